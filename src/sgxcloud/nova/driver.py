@@ -1,0 +1,1 @@
+class SGXLibvirtDriver: pass
