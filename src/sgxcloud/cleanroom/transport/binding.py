@@ -1,0 +1,153 @@
+"""What ties a TLS key to an enclave and to one collaboration.
+
+REPORTDATA (64 bytes) = SHA-256 over length-prefixed parts, then 32 zero bytes::
+
+    "sgxcloud-cleanroom-tls-v1" | SubjectPublicKeyInfo DER of the TLS key
+    | collaboration definition hash | the peer's fresh nonce
+
+Length prefixes (4-byte big-endian) make the encoding unambiguous and the
+label keeps this hash from being confused with any other use of REPORTDATA.
+A peer accepts the evidence only when it recomputes the same value from the
+certificate *it saw in its own handshake*, *its own* definition hash and the
+nonce *it* just sent: so a quote cannot be moved to another key, replayed into
+another session, or used for a changed definition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sgxcloud.cleanroom.transport.errors import PeerRefused
+from sgxcloud.sgx.identity import EnclaveIdentity
+
+DOMAIN = b"sgxcloud-cleanroom-tls-v1"
+NONCE_SIZE = 32
+
+
+def report_data(public_key_der: bytes, definition_hash: str, peer_nonce: bytes) -> bytes:
+    digest = hashlib.sha256()
+    for part in (DOMAIN, public_key_der, definition_hash.encode(), peer_nonce):
+        digest.update(len(part).to_bytes(4, "big"))
+        digest.update(part)
+    return digest.digest() + bytes(32)
+
+
+class Attester(Protocol):
+    """Produces evidence for given REPORTDATA (hardware quote or simulated)."""
+
+    simulated: bool
+
+    def evidence(self, report_data: bytes) -> Any: ...
+
+
+class Verifier(Protocol):
+    def verify(self, evidence: Any, now: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SimulatedAttester:
+    """Evidence produced without SGX, marked simulated by the attestation service."""
+
+    identity: EnclaveIdentity
+    simulated: bool = True
+
+    def evidence(self, report_data: bytes) -> Any:
+        from sgxcloud.cas.evidence.simulated import make_simulated_evidence
+
+        return make_simulated_evidence(self.identity, report_data)
+
+
+@dataclass(frozen=True)
+class PeerPolicy:
+    """What this process accepts from a peer: the definition's pins, nothing more."""
+
+    definition_hash: str
+    mrenclaves: frozenset[str]
+    allow_simulation: bool
+    verifier: Verifier
+    allowed_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
+    clock: Callable[[], int] = field(default=lambda: int(time.time()))
+
+    def check(self, evidence: Any, peer_public_key_der: bytes, own_nonce: bytes) -> Any:
+        """Verify ``evidence`` for this session or raise :class:`PeerRefused`."""
+        if evidence.simulated and not self.allow_simulation:
+            raise _simulated_refused()
+        try:
+            verified = self.verifier.verify(evidence, self.clock())
+        except Exception as exc:  # every verifier failure is one verdict
+            raise PeerRefused(f"peer attestation evidence rejected ({_reason(exc)})") from exc
+        if verified.simulated and not self.allow_simulation:
+            raise _simulated_refused()
+        if not verified.simulated and verified.tcb_status not in self.allowed_tcb_statuses:
+            raise PeerRefused(
+                f"peer platform TCB status {verified.tcb_status} is not allowed by the "
+                "collaboration definition"
+            )
+        mrenclave = verified.identity.mrenclave.lower()
+        if mrenclave not in self.mrenclaves:
+            raise PeerRefused(
+                f"peer enclave MRENCLAVE {mrenclave[:16]}… is not pinned by the "
+                "collaboration definition"
+            )
+        expected = report_data(peer_public_key_der, self.definition_hash, own_nonce)
+        if not hmac.compare_digest(bytes(verified.report_data), expected):
+            raise PeerRefused(
+                "peer evidence is not bound to this TLS key, this session's nonce and "
+                "this collaboration definition (replayed, relayed, or a changed definition)"
+            )
+        return verified
+
+
+def _simulated_refused() -> PeerRefused:
+    return PeerRefused(
+        "peer presented SIMULATED attestation evidence; the collaboration definition "
+        "requires SGX hardware (enclaves.allow_simulated is false)"
+    )
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def verifier_for(allow_simulation: bool, collateral_source: Any = None) -> Verifier:
+    """The verifier a definition calls for: hardware always; simulated only if allowed."""
+    from sgxcloud.cas.evidence.simulated import SimulatedVerifier
+
+    hardware = _hardware_verifier(collateral_source)
+    if not allow_simulation:
+        return hardware
+    return _SimulationTolerant(hardware, SimulatedVerifier())
+
+
+def _hardware_verifier(collateral_source: Any) -> Verifier:
+    try:
+        from sgxcloud.cas.evidence import DefaultVerifier
+    except ImportError:  # attestation service built without DCAP support
+        return _NoHardware()
+    return DefaultVerifier(collateral_source)
+
+
+class _NoHardware:
+    """Stands in when DCAP verification is unavailable: every quote is refused."""
+
+    def verify(self, evidence: Any, now: int) -> Any:
+        raise PeerRefused("DCAP quote verification is not available in this build")
+
+
+@dataclass(frozen=True)
+class _SimulationTolerant:
+    """Hardware verification first; simulated evidence only as a declared fallback."""
+
+    hardware: Verifier
+    simulated: Verifier
+
+    def verify(self, evidence: Any, now: int) -> Any:
+        if evidence.format == "simulated":
+            return self.simulated.verify(evidence, now)
+        return self.hardware.verify(evidence, now)

@@ -1,0 +1,261 @@
+"""The application protocol on top of attested TLS.
+
+Frames are ``kind (1 byte) | sequence (8 bytes) | length (4 bytes) | payload``.
+Each direction numbers its frames from zero; a frame whose number is not the
+next one expected (a replay or a reordering by anything between the
+application and TLS) ends the session.  TLS itself rejects tampered records
+and replayed handshakes; the nonces exchanged in HELLO make each session's
+evidence single-use.
+
+Session opening, symmetric for both roles::
+
+    client -> HELLO {role, definition_hash, nonce, extra}
+    server -> HELLO {...}
+    client -> EVIDENCE (REPORTDATA bound to client key, definition, server nonce)
+    server -> EVIDENCE (... client nonce)   or ERROR if it refuses the client
+
+after which either side may still send ERROR {code, message} and close.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import enum
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sgxcloud.cleanroom.transport.binding import NONCE_SIZE, Attester, PeerPolicy, report_data
+from sgxcloud.cleanroom.transport.errors import (
+    PeerRefused,
+    ProtocolViolation,
+    RemoteError,
+    TransportError,
+)
+from sgxcloud.cleanroom.transport.tls import TlsConnection, public_key_der
+
+PROTOCOL = "sgxcloud-cleanroom/1"
+HEADER = struct.Struct(">BQI")
+MAX_FRAME = 16 << 20
+"""Largest payload accepted: bounds the memory one frame can take (EPC is scarce)."""
+
+DATA_CHUNK = 1 << 20
+
+
+class Kind(enum.IntEnum):
+    HELLO = 1
+    EVIDENCE = 2
+    REQUEST = 3
+    RESPONSE = 4
+    DATA = 5
+    END = 6
+    ERROR = 7
+
+
+class FramedConnection:
+    """Sequenced frames over one TLS connection."""
+
+    def __init__(self, tls: TlsConnection) -> None:
+        self.tls = tls
+        self._send_seq = 0
+        self._recv_seq = 0
+
+    def send(self, kind: Kind, payload: bytes) -> None:
+        if len(payload) > MAX_FRAME:
+            raise ProtocolViolation("frame too large to send")
+        self.send_raw(kind, self._send_seq, payload)
+        self._send_seq += 1
+
+    def send_raw(self, kind: int, seq: int, payload: bytes) -> None:
+        """Write a frame with an explicit sequence number (tests replay with this)."""
+        self.tls.sendall(HEADER.pack(kind, seq, len(payload)) + payload)
+
+    def send_json(self, kind: Kind, obj: dict[str, Any]) -> None:
+        self.send(kind, json.dumps(obj, separators=(",", ":")).encode())
+
+    def recv(self) -> tuple[Kind, bytes]:
+        kind, seq, length = HEADER.unpack(self.tls.recv_exact(HEADER.size))
+        if seq != self._recv_seq:
+            raise ProtocolViolation(
+                f"message out of sequence (got #{seq}, expected #{self._recv_seq}): "
+                "replayed or reordered; session closed"
+            )
+        if length > MAX_FRAME:
+            raise ProtocolViolation("frame larger than the protocol allows")
+        try:
+            frame_kind = Kind(kind)
+        except ValueError as exc:
+            raise ProtocolViolation(f"unknown frame kind {kind}") from exc
+        payload = self.tls.recv_exact(length) if length else b""
+        self._recv_seq += 1
+        return frame_kind, payload
+
+    def recv_json(self, *expected: Kind) -> tuple[Kind, dict[str, Any]]:
+        kind, payload = self.recv()
+        if kind not in expected and kind is not Kind.ERROR:
+            wanted = "/".join(k.name for k in expected)
+            raise ProtocolViolation(f"expected {wanted}, got {kind.name}")
+        try:
+            obj = json.loads(payload)
+        except ValueError as exc:
+            raise ProtocolViolation(f"malformed {kind.name} message") from exc
+        if not isinstance(obj, dict):
+            raise ProtocolViolation(f"malformed {kind.name} message")
+        if kind is Kind.ERROR:
+            raise RemoteError(str(obj.get("message", "peer reported an error"))[:500],
+                              str(obj.get("code", "error")))
+        return kind, obj
+
+    def send_error(self, code: str, message: str) -> None:
+        # The peer may already be gone; the refusal stands either way.
+        with contextlib.suppress(TransportError):
+            self.send_json(Kind.ERROR, {"code": code, "message": message})
+
+    def close(self) -> None:
+        self.tls.close()
+
+
+@dataclass
+class AttestedChannel:
+    """A framed connection whose peer has passed attestation for this session."""
+
+    frames: FramedConnection
+    peer: Any  # sgxcloud.cas.evidence.VerifiedEvidence
+    peer_hello: dict[str, Any]
+
+    # Convenience pass-throughs so callers speak to the channel, not its parts.
+    def request(self, obj: dict[str, Any]) -> None:
+        self.frames.send_json(Kind.REQUEST, obj)
+
+    def respond(self, obj: dict[str, Any]) -> None:
+        self.frames.send_json(Kind.RESPONSE, obj)
+
+    def refuse(self, code: str, message: str) -> None:
+        self.frames.send_error(code, message)
+
+    def close(self) -> None:
+        self.frames.close()
+
+    def send_stream(self, chunks: Iterator[bytes], trailer: dict[str, Any]) -> None:
+        """Send bytes as DATA frames, then END with ``trailer``."""
+        for chunk in chunks:
+            for start in range(0, len(chunk), DATA_CHUNK):
+                self.frames.send(Kind.DATA, chunk[start : start + DATA_CHUNK])
+        self.frames.send_json(Kind.END, trailer)
+
+    def receive_stream(self, sink) -> dict[str, Any]:
+        """Copy DATA frames into ``sink.write`` until END; returns END's trailer.
+
+        An ERROR frame mid-stream raises :class:`RemoteError`; the caller must
+        then discard whatever ``sink`` received (nothing is half-ingested).
+        """
+        while True:
+            kind, payload = self.frames.recv()
+            if kind is Kind.DATA:
+                sink.write(payload)
+                continue
+            if kind in (Kind.END, Kind.ERROR):
+                obj = json.loads(payload or b"{}")
+                if kind is Kind.ERROR:
+                    raise RemoteError(str(obj.get("message", "peer failed"))[:500],
+                                      str(obj.get("code", "error")))
+                return obj
+            raise ProtocolViolation(f"unexpected {kind.name} inside a data stream")
+
+
+def _hello(role: str, policy: PeerPolicy, nonce: bytes, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "protocol": PROTOCOL,
+        "role": role,
+        "definition_hash": policy.definition_hash,
+        "nonce": nonce.hex(),
+        "extra": extra,
+    }
+
+
+def _read_hello(frames: FramedConnection, policy: PeerPolicy) -> dict[str, Any]:
+    _, hello = frames.recv_json(Kind.HELLO)
+    if hello.get("protocol") != PROTOCOL:
+        raise ProtocolViolation(f"peer speaks {hello.get('protocol')!r}, not {PROTOCOL}")
+    try:
+        nonce = bytes.fromhex(str(hello.get("nonce", "")))
+    except ValueError as exc:
+        raise ProtocolViolation("malformed nonce in HELLO") from exc
+    if len(nonce) != NONCE_SIZE:
+        raise ProtocolViolation("malformed nonce in HELLO")
+    if hello.get("definition_hash") != policy.definition_hash:
+        raise PeerRefused(
+            f"peer runs collaboration definition {str(hello.get('definition_hash'))[:16]}…, "
+            f"this side runs {policy.definition_hash[:16]}…; a changed definition needs "
+            "fresh approvals and a restart with the same file on every side"
+        )
+    hello["nonce_bytes"] = nonce
+    return hello
+
+
+def _evidence_message(attester: Attester, frames: FramedConnection, policy: PeerPolicy,
+                      peer_nonce: bytes) -> dict[str, Any]:
+    own_key = public_key_der(frames.tls.own_certificate())
+    evidence = attester.evidence(report_data(own_key, policy.definition_hash, peer_nonce))
+    return {"format": evidence.format, "raw": base64.b64encode(evidence.raw).decode()}
+
+
+def _check_evidence(frames: FramedConnection, policy: PeerPolicy, message: dict[str, Any],
+                    own_nonce: bytes) -> Any:
+    from sgxcloud.cas.evidence.model import Evidence
+
+    try:
+        evidence = Evidence(format=str(message["format"]), raw=base64.b64decode(message["raw"]))
+    except (KeyError, ValueError) as exc:
+        raise ProtocolViolation("malformed EVIDENCE message") from exc
+    peer_key = public_key_der(frames.tls.peer_certificate())
+    return policy.check(evidence, peer_key, own_nonce)
+
+
+def open_client(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Attester,
+                extra: dict[str, Any] | None = None) -> AttestedChannel:
+    """Client side of the session opening; raises PeerRefused / RemoteError on refusal."""
+    frames = FramedConnection(tls)
+    try:
+        nonce = os.urandom(NONCE_SIZE)
+        frames.send_json(Kind.HELLO, _hello(role, policy, nonce, extra or {}))
+        hello = _read_hello(frames, policy)
+        frames.send_json(Kind.EVIDENCE, _evidence_message(attester, frames, policy,
+                                                          hello["nonce_bytes"]))
+        _, message = frames.recv_json(Kind.EVIDENCE)
+        peer = _check_evidence(frames, policy, message, nonce)
+    except PeerRefused as exc:
+        frames.send_error("refused", str(exc))
+        frames.close()
+        raise
+    except TransportError:
+        frames.close()
+        raise
+    return AttestedChannel(frames, peer, hello)
+
+
+def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Attester,
+                extra: dict[str, Any] | None = None) -> AttestedChannel:
+    """Server side: refuses (with an ERROR frame and a reason) before sending anything else."""
+    frames = FramedConnection(tls)
+    try:
+        nonce = os.urandom(NONCE_SIZE)
+        hello = _read_hello(frames, policy)
+        frames.send_json(Kind.HELLO, _hello(role, policy, nonce, extra or {}))
+        _, message = frames.recv_json(Kind.EVIDENCE)
+        peer = _check_evidence(frames, policy, message, nonce)
+        frames.send_json(Kind.EVIDENCE, _evidence_message(attester, frames, policy,
+                                                          hello["nonce_bytes"]))
+    except PeerRefused as exc:
+        frames.send_error("refused", str(exc))
+        frames.close()
+        raise
+    except TransportError:
+        frames.close()
+        raise
+    return AttestedChannel(frames, peer, hello)
+

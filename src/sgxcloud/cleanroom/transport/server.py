@@ -1,0 +1,84 @@
+"""A small threaded listener for attested sessions (one thread per peer).
+
+A peer that fails TLS or attestation is logged with its reason and dropped;
+the listener keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+from sgxcloud.cleanroom.transport import tls as tlsmod
+from sgxcloud.cleanroom.transport.binding import Attester, PeerPolicy
+from sgxcloud.cleanroom.transport.channel import AttestedChannel, open_server
+from sgxcloud.cleanroom.transport.errors import TransportError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AttestedChannel], None]
+
+
+class AttestedServer:
+    """Accepts mutually attested TLS sessions and hands each to ``handler``."""
+
+    def __init__(self, host: str, port: int, identity: tlsmod.TlsIdentity, role: str,
+                 policy: PeerPolicy, attester: Attester, handler: Handler,
+                 on_refusal: Callable[[str], None] | None = None,
+                 hello_extra: dict | None = None) -> None:
+        self.identity = identity
+        self.role = role
+        self.policy = policy
+        self.attester = attester
+        self.handler = handler
+        self.on_refusal = on_refusal
+        self.hello_extra = hello_extra or {}
+        self._sock = socket.create_server((host, port), reuse_port=False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def serve_forever(self) -> None:
+        self._sock.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _session(self, conn: socket.socket) -> None:
+        try:
+            tls = tlsmod.accept(conn, self.identity)
+            channel = open_server(tls, self.role, self.policy, self.attester, self.hello_extra)
+        except TransportError as exc:
+            log.warning("session refused: %s", exc)
+            if self.on_refusal:
+                self.on_refusal(str(exc))
+            return
+        try:
+            self.handler(channel)
+        except TransportError as exc:
+            log.warning("session ended: %s", exc)
+            if self.on_refusal:
+                self.on_refusal(str(exc))
+        finally:
+            channel.close()

@@ -1,0 +1,285 @@
+"""Attested TLS between clean-room processes, over real sockets on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from sgxcloud.cleanroom.transport import (
+    AttestedServer,
+    Kind,
+    PeerPolicy,
+    PeerRefused,
+    RemoteError,
+    SimulatedAttester,
+    TlsIdentity,
+    TransportError,
+    connect,
+    open_client,
+    report_data,
+    verifier_for,
+)
+from sgxcloud.sgx.identity import EnclaveIdentity
+
+COORD = EnclaveIdentity(mrenclave="c" * 64, mrsigner="5" * 64, isvprodid=1, isvsvn=1, debug=False)
+NODE = EnclaveIdentity(mrenclave="a" * 64, mrsigner="5" * 64, isvprodid=2, isvsvn=1, debug=False)
+ROGUE = EnclaveIdentity(mrenclave="e" * 64, mrsigner="5" * 64, isvprodid=1, isvsvn=1, debug=False)
+DEF_HASH = "sha256:" + "1" * 64
+
+
+def eventually(condition, timeout=5.0) -> bool:
+    """The server thread records refusals just after answering; give it a moment."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def policy(pins, definition_hash=DEF_HASH, allow_simulation=True) -> PeerPolicy:
+    return PeerPolicy(
+        definition_hash=definition_hash,
+        mrenclaves=frozenset(p.mrenclave for p in pins),
+        allow_simulation=allow_simulation,
+        verifier=verifier_for(allow_simulation),
+    )
+
+
+@dataclass
+class Echo:
+    """A node-like server that records what it accepted and refused."""
+
+    requests: list = field(default_factory=list)
+    refusals: list = field(default_factory=list)
+
+    def handle(self, channel) -> None:
+        while True:
+            _, req = channel.frames.recv_json(Kind.REQUEST)
+            self.requests.append(req)
+            channel.respond({"echo": req, "peer": channel.peer.identity.mrenclave})
+
+
+@pytest.fixture
+def node_server():
+    servers = []
+
+    def start(server_policy=None, attester=None):
+        echo = Echo()
+        server = AttestedServer(
+            "127.0.0.1", 0, TlsIdentity.generate("node"), "node",
+            server_policy or policy([COORD]), attester or SimulatedAttester(NODE),
+            echo.handle, on_refusal=echo.refusals.append,
+        )
+        server.start()
+        servers.append(server)
+        return server, echo
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def client(server, client_policy=None, attester=None, identity=None):
+    tls = connect(server.address, identity or TlsIdentity.generate("coordinator"))
+    return open_client(tls, "coordinator", client_policy or policy([NODE]),
+                       attester or SimulatedAttester(COORD))
+
+
+def test_mutual_attestation_and_request(node_server):
+    server, _echo = node_server()
+    channel = client(server)
+    assert channel.peer.identity.mrenclave == NODE.mrenclave
+    assert channel.peer.simulated
+    channel.request({"op": "ping"})
+    _, answer = channel.frames.recv_json(Kind.RESPONSE)
+    assert answer == {"echo": {"op": "ping"}, "peer": COORD.mrenclave}
+    channel.close()
+
+
+def test_node_refuses_wrong_mrenclave(node_server):
+    server, echo = node_server()
+    with pytest.raises(RemoteError, match="not pinned"):
+        client(server, attester=SimulatedAttester(ROGUE))
+    assert echo.requests == []
+    assert eventually(lambda: any("not pinned" in r for r in echo.refusals))
+
+
+def test_client_refuses_wrong_node_mrenclave(node_server):
+    server, _echo = node_server(attester=SimulatedAttester(ROGUE))
+    with pytest.raises(PeerRefused, match="not pinned"):
+        client(server)
+
+
+def test_changed_definition_refused(node_server):
+    server, echo = node_server()
+    changed = policy([NODE], definition_hash="sha256:" + "2" * 64)
+    with pytest.raises(RemoteError, match="definition"):
+        client(server, client_policy=changed)
+    assert echo.requests == []
+
+
+def test_simulated_evidence_refused_when_hardware_required(node_server):
+    server, echo = node_server(server_policy=policy([COORD], allow_simulation=False))
+    with pytest.raises(RemoteError, match="SIMULATED"):
+        client(server)
+    assert echo.requests == []
+
+
+class Recording:
+    """An attester that remembers the evidence it made (to replay it later)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.simulated = True
+        self.made = []
+
+    def evidence(self, data):
+        ev = self.inner.evidence(data)
+        self.made.append(ev)
+        return ev
+
+
+class Replaying:
+    simulated = True
+
+    def __init__(self, evidence):
+        self._evidence = evidence
+
+    def evidence(self, _data):
+        return self._evidence
+
+
+def test_replayed_evidence_refused(node_server):
+    server, _echo = node_server()
+    recorder = Recording(SimulatedAttester(COORD))
+    identity = TlsIdentity.generate("coordinator")
+    client(server, attester=recorder, identity=identity).close()
+    # Same TLS key, same definition, genuine evidence, but from an earlier session.
+    with pytest.raises(RemoteError, match="not bound"):
+        client(server, attester=Replaying(recorder.made[0]), identity=identity)
+
+
+def test_evidence_for_another_key_refused(node_server):
+    server, _echo = node_server()
+    genuine = TlsIdentity.generate("coordinator")
+
+    class Relay:  # genuine enclave's evidence, attacker's TLS key
+        simulated = True
+
+        def evidence(self, _data):
+            nonce = b"\0" * 32
+            return SimulatedAttester(COORD).evidence(
+                report_data(genuine.public_key_der(), DEF_HASH, nonce))
+
+    with pytest.raises(RemoteError, match="not bound"):
+        client(server, attester=Relay())
+
+
+def test_replayed_application_frame_rejected(node_server):
+    server, echo = node_server()
+    channel = client(server)
+    channel.request({"op": "first"})
+    channel.frames.recv_json(Kind.RESPONSE)
+    # Re-send the REQUEST with the sequence number it had before (a replay).
+    seq = channel.frames._send_seq - 1
+    channel.frames.send_raw(Kind.REQUEST, seq, b'{"op":"first"}')
+    with pytest.raises(TransportError):
+        channel.frames.recv_json(Kind.RESPONSE)
+    assert echo.requests == [{"op": "first"}]
+    assert eventually(lambda: any("out of sequence" in r for r in echo.refusals))
+
+
+class TamperingProxy:
+    """Forwards TCP bytes; flips one bit in client->server traffic after ``after`` bytes."""
+
+    def __init__(self, target, after=None, record=None):
+        self.target = target
+        self.after = after
+        self.record = record
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._run, daemon=True).start()
+
+    @property
+    def address(self):
+        return self.listener.getsockname()[:2]
+
+    def _run(self):
+        down, _ = self.listener.accept()
+        up = socket.create_connection(self.target)
+        threading.Thread(target=self._pump, args=(up, down, False), daemon=True).start()
+        self._pump(down, up, True)
+
+    def _pump(self, src, dst, tamper):
+        seen = 0
+        try:
+            while data := src.recv(65536):
+                if tamper and self.record is not None:
+                    self.record.append(data)
+                if tamper and self.after is not None and seen <= self.after < seen + len(data):
+                    buf = bytearray(data)
+                    buf[self.after - seen] ^= 0x01
+                    data = bytes(buf)
+                seen += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def test_tampered_record_rejected(node_server):
+    server, echo = node_server()
+    # Measure how many bytes the session opening takes, then tamper right after.
+    record: list[bytes] = []
+    plain = TamperingProxy(server.address, record=record)
+    channel = open_client(connect(plain.address, TlsIdentity.generate("c")), "coordinator",
+                          policy([NODE]), SimulatedAttester(COORD))
+    opened = sum(len(r) for r in record)
+    channel.close()
+
+    proxy = TamperingProxy(server.address, after=opened + 10)
+    channel = open_client(connect(proxy.address, TlsIdentity.generate("c")), "coordinator",
+                          policy([NODE]), SimulatedAttester(COORD))
+    channel.request({"op": "pay-attention"})
+    with pytest.raises(TransportError):
+        channel.frames.recv_json(Kind.RESPONSE)
+    assert echo.requests == []
+
+
+def test_replayed_connection_rejected(node_server):
+    server, echo = node_server()
+    record: list[bytes] = []
+    proxy = TamperingProxy(server.address, record=record)
+    channel = open_client(connect(proxy.address, TlsIdentity.generate("c")), "coordinator",
+                          policy([NODE]), SimulatedAttester(COORD))
+    channel.request({"op": "once"})
+    channel.frames.recv_json(Kind.RESPONSE)
+    channel.close()
+    assert echo.requests == [{"op": "once"}]
+    # Replay the client's bytes verbatim on a new connection: the server's fresh
+    # handshake randomness makes them worthless.
+    with socket.create_connection(server.address) as raw:
+        try:
+            for chunk in record:
+                raw.sendall(chunk)
+            raw.settimeout(5)
+            while raw.recv(65536):
+                pass
+        except OSError:
+            pass
+    assert echo.requests == [{"op": "once"}]
+
+
+def test_unreachable_peer_is_a_clear_error():
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    with pytest.raises(TransportError, match="cannot reach"):
+        connect(("127.0.0.1", port), TlsIdentity.generate("c"), timeout=2)
