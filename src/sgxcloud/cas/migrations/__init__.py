@@ -1,0 +1,1 @@
+"""Alembic migrations of the CAS database, shipped as package data."""

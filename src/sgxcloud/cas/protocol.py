@@ -1,0 +1,176 @@
+"""The attest-and-fetch protocol: nonces, key binding, and the sealed answer.
+
+1. The enclave makes a fresh P-256 key pair and asks for a nonce.
+2. It puts ``SHA-256(SubjectPublicKeyInfo DER ‖ nonce)`` into the first 32
+   bytes of REPORTDATA and sends its evidence with the public key.
+3. The service checks the evidence, the binding, the nonce (single use,
+   unexpired) and the policy; then it encrypts the service's configuration
+   to that public key with HPKE (RFC 9180, base mode, DHKEM(P-256,
+   HKDF-SHA256), HKDF-SHA256, AES-256-GCM; the nonce is in HPKE's ``info``)
+   and issues an X.509 certificate for the key from the policy CA.
+
+Only the holder of the private key, which never left the attested enclave,
+can read the configuration.  Both sides import this module, so the byte
+layouts below are defined exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets as _random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives import hpke, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sgxcloud.cas.errors import CasError, EvidenceError
+
+NONCE_SIZE = 32
+BINDING_SIZE = 32  # the first half of the 64-byte REPORTDATA
+REPORT_DATA_SIZE = 64
+HPKE_SUITE_NAME = "DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM"
+_INFO_PREFIX = b"sgxcloud-cas configuration v1\0"
+_SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+class ProtocolError(CasError):
+    """A protocol message is malformed (bad input: HTTP 400, exit status 2)."""
+
+    exit_code = 2
+
+
+class NonceRejected(EvidenceError):
+    """The nonce is unknown, already used, or expired: a replay or a stale answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="nonce")
+
+
+class BindingError(EvidenceError):
+    """REPORTDATA does not commit to this public key and nonce."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="binding")
+
+
+def new_nonce() -> bytes:
+    return _random.token_bytes(NONCE_SIZE)
+
+
+def parse_nonce(text: str) -> bytes:
+    """A nonce as sent on the wire (hex); anything else is bad input."""
+    try:
+        nonce = bytes.fromhex(text)
+    except ValueError as exc:
+        raise ProtocolError("nonce must be hex") from exc
+    if len(nonce) != NONCE_SIZE:
+        raise ProtocolError(f"nonce must be {NONCE_SIZE} bytes")
+    return nonce
+
+
+# -- keys ---------------------------------------------------------------------
+
+
+def public_key_der(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_enclave_public_key(pem_or_der: bytes) -> ec.EllipticCurvePublicKey:
+    """The enclave's public key; only P-256 is accepted (HPKE suite and certificate)."""
+    try:
+        if pem_or_der.lstrip().startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(pem_or_der)
+        else:
+            key = serialization.load_der_public_key(pem_or_der)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError("public_key is not a valid PEM or DER public key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
+        key.curve, ec.SECP256R1
+    ):
+        raise ProtocolError("public_key must be an EC P-256 key")
+    return key
+
+
+def new_enclave_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+# -- binding ------------------------------------------------------------------
+
+
+def binding_digest(public_key: ec.EllipticCurvePublicKey, nonce: bytes) -> bytes:
+    return hashlib.sha256(public_key_der(public_key) + nonce).digest()
+
+
+def report_data_for(public_key: ec.EllipticCurvePublicKey, nonce: bytes) -> bytes:
+    """The 64 bytes an enclave writes to REPORTDATA: the digest, then zeros."""
+    return binding_digest(public_key, nonce).ljust(REPORT_DATA_SIZE, b"\0")
+
+
+def check_binding(
+    report_data: bytes, public_key: ec.EllipticCurvePublicKey, nonce: bytes
+) -> None:
+    """Raise :class:`BindingError` unless REPORTDATA[:32] commits to key and nonce."""
+    expected = binding_digest(public_key, nonce)
+    if not hmac.compare_digest(report_data[:BINDING_SIZE], expected):
+        raise BindingError("REPORTDATA is not bound to this public key and nonce")
+
+
+# -- the sealed configuration -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What a verified enclave receives (the plaintext of the sealed answer)."""
+
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "argv": self.argv,
+                "env": self.env,
+                "files": {path: content.hex() for path, content in sorted(self.files.items())},
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Configuration:
+        try:
+            document: Mapping[str, Any] = json.loads(data)
+            return cls(
+                argv=[str(a) for a in document["argv"]],
+                env={str(k): str(v) for k, v in document["env"].items()},
+                files={str(p): bytes.fromhex(c) for p, c in document["files"].items()},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProtocolError("configuration document is malformed") from exc
+
+
+def _info(nonce: bytes) -> bytes:
+    return _INFO_PREFIX + nonce
+
+
+def seal_configuration(
+    configuration: Configuration, public_key: ec.EllipticCurvePublicKey, nonce: bytes
+) -> bytes:
+    return _SUITE.encrypt(configuration.to_bytes(), public_key, info=_info(nonce))
+
+
+def open_configuration(
+    ciphertext: bytes, private_key: ec.EllipticCurvePrivateKey, nonce: bytes
+) -> Configuration:
+    try:
+        plaintext = _SUITE.decrypt(ciphertext, private_key, info=_info(nonce))
+    except Exception as exc:  # HPKE raises several types; all mean the same to us
+        raise ProtocolError("sealed configuration cannot be opened with this key") from exc
+    return Configuration.from_bytes(plaintext)

@@ -1,0 +1,342 @@
+"""Database access for the service: one :class:`Repository` per transaction.
+
+The service layer never writes SQL; it opens ``Database.transaction()`` and
+calls these methods.  Every read-modify-write takes a row lock first
+(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite transactions already hold
+the database write lock from ``BEGIN IMMEDIATE``), so concurrent requests
+serialise instead of overwriting each other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from sgxcloud.cas.store import db
+from sgxcloud.cas.store.errors import StoreError
+from sgxcloud.cas.store.models import (
+    AuditEntryRow,
+    AuditHeadRow,
+    NonceRow,
+    PolicyRow,
+    PolicyVersionRow,
+    SecretRow,
+)
+
+T = TypeVar("T")
+
+# PostgreSQL SQLSTATEs that mean "try the whole transaction again".
+_RETRYABLE_PG = {"40001", "40P01"}
+_MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class StoredPolicy:
+    name: str
+    version: int
+    policy_hash: str
+    text: str
+    owners: tuple[str, ...]
+    updated_at: int
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class SealedSecret:
+    policy: str
+    name: str
+    kind: str
+    master_key_id: str
+    wrapped_key: bytes
+    ciphertext: bytes
+    spec_hash: str
+    created_at: int
+
+
+class Database:
+    """The service's database: engine, schema, and transactions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Database:
+        """Connect to ``url`` and, unless told not to, migrate it to the newest schema."""
+        engine = db.make_engine(url)
+        try:
+            if migrate:
+                db.upgrade(engine)
+            elif not db.schema_is_current(engine):
+                raise StoreError("database schema is not current: run the service once to migrate")
+        except OperationalError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open the database: {_reason(exc)}") from exc
+        return cls(engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Repository]:
+        """One transaction: committed on success, rolled back on any exception."""
+        with self._sessions() as session, session.begin():
+            yield Repository(session)
+
+    def run(self, work: Callable[[Repository], T]) -> T:
+        """Run ``work`` in a transaction, retrying it when the database says to.
+
+        Deadlocks and serialisation failures on PostgreSQL, and a busy SQLite
+        database, are transient: the whole transaction is replayed.
+        """
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                with self.transaction() as repo:
+                    return work(repo)
+            except OperationalError as exc:
+                if attempt == _MAX_ATTEMPTS or not _is_transient(exc):
+                    raise StoreError(f"database error: {_reason(exc)}") from exc
+            time.sleep(0.01 * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None)
+    if code in _RETRYABLE_PG:
+        return True
+    return "database is locked" in str(exc.orig)
+
+
+def _reason(exc: DBAPIError) -> str:
+    # The driver's first line names the problem without echoing parameters.
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+
+
+class Repository:
+    """Queries and updates within one transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- nonces --------------------------------------------------------------
+
+    def add_nonce(self, nonce: str, issued_at: int, expires_at: int) -> None:
+        self.session.add(NonceRow(nonce=nonce, issued_at=issued_at, expires_at=expires_at))
+        self.session.flush()
+
+    def consume_nonce(self, nonce: str, now: int) -> bool:
+        """Mark ``nonce`` used if it exists, is unused and unexpired; one caller wins."""
+        result = self.session.execute(
+            update(NonceRow)
+            .where(NonceRow.nonce == nonce, NonceRow.used_at.is_(None), NonceRow.expires_at > now)
+            .values(used_at=now)
+        )
+        return result.rowcount == 1
+
+    def nonce_state(self, nonce: str) -> NonceRow | None:
+        return self.session.get(NonceRow, nonce)
+
+    def purge_nonces(self, before: int) -> int:
+        """Forget nonces that expired before ``before``; returns how many."""
+        result = self.session.execute(delete(NonceRow).where(NonceRow.expires_at < before))
+        return result.rowcount
+
+    # -- policies ------------------------------------------------------------
+
+    def get_policy(self, name: str, *, lock: bool = False) -> StoredPolicy | None:
+        query = select(PolicyRow).where(PolicyRow.name == name)
+        if lock:
+            query = query.with_for_update()
+        row = self.session.scalars(query).one_or_none()
+        return None if row is None else _policy(row)
+
+    def list_policies(self) -> list[StoredPolicy]:
+        rows = self.session.scalars(select(PolicyRow).order_by(PolicyRow.name))
+        return [_policy(row) for row in rows]
+
+    def create_policy(self, policy: StoredPolicy) -> None:
+        """Insert a new policy; a concurrent creation of the same name fails here."""
+        self.session.add(
+            PolicyRow(
+                name=policy.name,
+                version=policy.version,
+                policy_hash=policy.policy_hash,
+                text=policy.text,
+                owners=json.dumps(list(policy.owners)),
+                updated_at=policy.updated_at,
+                updated_by=policy.updated_by,
+            )
+        )
+        try:
+            self.session.flush()
+        except IntegrityError as exc:
+            raise DuplicateRow(policy.name) from exc
+        self._record_version(policy, predecessor=None, deleted=False)
+
+    def replace_policy(self, policy: StoredPolicy, predecessor: str) -> bool:
+        """Swap in ``policy`` only if the stored hash is still ``predecessor``.
+
+        The ``WHERE`` on the old hash makes this a compare-and-swap even
+        without the row lock the caller already holds.
+        """
+        result = self.session.execute(
+            update(PolicyRow)
+            .where(PolicyRow.name == policy.name, PolicyRow.policy_hash == predecessor)
+            .values(
+                version=policy.version,
+                policy_hash=policy.policy_hash,
+                text=policy.text,
+                owners=json.dumps(list(policy.owners)),
+                updated_at=policy.updated_at,
+                updated_by=policy.updated_by,
+            )
+        )
+        if result.rowcount != 1:
+            return False
+        self._record_version(policy, predecessor=predecessor, deleted=False)
+        return True
+
+    def delete_policy(self, current: StoredPolicy, *, at: int, by: str) -> bool:
+        result = self.session.execute(
+            delete(PolicyRow).where(
+                PolicyRow.name == current.name, PolicyRow.policy_hash == current.policy_hash
+            )
+        )
+        if result.rowcount != 1:
+            return False
+        self.session.execute(delete(SecretRow).where(SecretRow.policy == current.name))
+        tombstone = StoredPolicy(
+            current.name, current.version + 1, current.policy_hash, "", (), at, by
+        )
+        self._record_version(tombstone, predecessor=current.policy_hash, deleted=True)
+        return True
+
+    def policy_history(self, name: str) -> list[PolicyVersionRow]:
+        query = (
+            select(PolicyVersionRow)
+            .where(PolicyVersionRow.name == name)
+            .order_by(PolicyVersionRow.version)
+        )
+        return list(self.session.scalars(query))
+
+    def last_version(self, name: str) -> int:
+        history = self.policy_history(name)
+        return history[-1].version if history else 0
+
+    def _record_version(self, policy: StoredPolicy, *, predecessor: str | None, deleted: bool):
+        self.session.add(
+            PolicyVersionRow(
+                name=policy.name,
+                version=policy.version,
+                policy_hash=policy.policy_hash,
+                predecessor_hash=predecessor,
+                text=policy.text,
+                deleted=deleted,
+                applied_at=policy.updated_at,
+                applied_by=policy.updated_by,
+            )
+        )
+        try:
+            self.session.flush()
+        except IntegrityError as exc:
+            raise DuplicateRow(f"{policy.name} version {policy.version}") from exc
+
+    # -- secrets -------------------------------------------------------------
+
+    def get_secrets(self, policy: str) -> dict[str, SealedSecret]:
+        rows = self.session.scalars(select(SecretRow).where(SecretRow.policy == policy))
+        return {row.name: _secret(row) for row in rows}
+
+    def put_secret(self, secret: SealedSecret) -> None:
+        """Insert or replace one sealed secret."""
+        self.session.merge(
+            SecretRow(
+                policy=secret.policy,
+                name=secret.name,
+                kind=secret.kind,
+                master_key_id=secret.master_key_id,
+                wrapped_key=secret.wrapped_key,
+                ciphertext=secret.ciphertext,
+                spec_hash=secret.spec_hash,
+                created_at=secret.created_at,
+            )
+        )
+        self.session.flush()
+
+    def delete_secrets(self, policy: str, keep: set[str]) -> None:
+        query = delete(SecretRow).where(SecretRow.policy == policy)
+        if keep:
+            query = query.where(SecretRow.name.not_in(sorted(keep)))
+        self.session.execute(query)
+
+    def all_secrets(self) -> list[SealedSecret]:
+        return [_secret(row) for row in self.session.scalars(select(SecretRow))]
+
+    # -- audit ---------------------------------------------------------------
+
+    def lock_audit_head(self) -> AuditHeadRow:
+        """The chain head, locked until commit: appends happen one at a time."""
+        query = select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()
+        head = self.session.scalars(query).one_or_none()
+        if head is None:
+            raise StoreError("the audit chain head is missing: the database was not migrated")
+        return head
+
+    def audit_head(self) -> AuditHeadRow | None:
+        return self.session.get(AuditHeadRow, 1)
+
+    def add_audit_entry(self, entry: AuditEntryRow, head: AuditHeadRow) -> None:
+        self.session.add(entry)
+        head.seq = entry.seq
+        head.entry_hash = entry.entry_hash
+        try:
+            self.session.flush()
+        except IntegrityError as exc:
+            raise DuplicateRow(f"audit entry {entry.seq}") from exc
+
+    def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntryRow]:
+        query = select(AuditEntryRow).where(AuditEntryRow.seq > after).order_by(AuditEntryRow.seq)
+        if limit is not None:
+            query = query.limit(limit)
+        return list(self.session.scalars(query))
+
+
+class DuplicateRow(StoreError):
+    """A row that must be unique already exists (a concurrent writer won)."""
+
+
+def _policy(row: PolicyRow) -> StoredPolicy:
+    return StoredPolicy(
+        name=row.name,
+        version=row.version,
+        policy_hash=row.policy_hash,
+        text=row.text,
+        owners=tuple(json.loads(row.owners)),
+        updated_at=row.updated_at,
+        updated_by=row.updated_by,
+    )
+
+
+def _secret(row: SecretRow) -> SealedSecret:
+    return SealedSecret(
+        policy=row.policy,
+        name=row.name,
+        kind=row.kind,
+        master_key_id=row.master_key_id,
+        wrapped_key=row.wrapped_key,
+        ciphertext=row.ciphertext,
+        spec_hash=row.spec_hash,
+        created_at=row.created_at,
+    )

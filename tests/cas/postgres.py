@@ -1,0 +1,165 @@
+"""A throwaway PostgreSQL server for the CAS tests (a real server, not a mock).
+
+``server()`` starts one server per test session (initdb into a temporary
+directory, ``pg_ctl start`` on a free loopback port) and stops it at exit;
+``fresh_database(server)`` gives each test its own empty database.  As root,
+PostgreSQL refuses to run, so the server runs as the ``postgres`` user via
+``runuser`` with a directory it owns.
+
+Without PostgreSQL binaries the tests are skipped with a loud reason, except
+under ``CI=true``, where a missing server is a failure.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SEARCH = [Path("/usr/lib/postgresql") / v / "bin" for v in ("17", "16", "15", "14")]
+
+
+def find_bindir() -> Path | None:
+    explicit = os.environ.get("SGXCLOUD_PG_BINDIR")
+    candidates = [Path(explicit)] if explicit else SEARCH
+    for candidate in candidates:
+        if (candidate / "pg_ctl").exists() and (candidate / "initdb").exists():
+            return candidate
+    on_path = shutil.which("pg_ctl")
+    return Path(on_path).parent if on_path else None
+
+
+@dataclass
+class PostgresServer:
+    bindir: Path
+    datadir: Path
+    port: int
+    run_as: str | None
+    log: Path
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _cmd(self, *args: str) -> list[str]:
+        command = [str(self.bindir / args[0]), *args[1:]]
+        return ["runuser", "-u", self.run_as, "--", *command] if self.run_as else command
+
+    def start(self) -> None:
+        subprocess.run(
+            self._cmd(
+                "initdb",
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ),
+            check=True,
+            capture_output=True,
+        )
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} "
+            "-c fsync=off -c full_page_writes=off -c max_connections=100"
+        )
+        subprocess.run(
+            self._cmd(
+                "pg_ctl",
+                "-D",
+                str(self.datadir),
+                "-o",
+                options,
+                "-l",
+                str(self.log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self) -> None:
+        subprocess.run(
+            self._cmd("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop"),
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+
+_server: PostgresServer | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server() -> PostgresServer:
+    """The session's PostgreSQL server, started on first use (or skip/fail)."""
+    global _server
+    if _server is not None:
+        return _server
+    bindir = find_bindir()
+    if bindir is None:
+        reason = (
+            "PostgreSQL binaries not found (looked in /usr/lib/postgresql/*/bin and PATH): "
+            "PostgreSQL tests NOT RUN"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    run_as = None
+    base = Path(tempfile.mkdtemp(prefix="sgxcloud-pg-"))
+    if os.geteuid() == 0:
+        run_as = "postgres"
+        entry = pwd.getpwnam(run_as)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+    candidate = PostgresServer(bindir, base / "data", _free_port(), run_as, base / "server.log")
+    try:
+        candidate.start()
+    except subprocess.CalledProcessError as exc:
+        log = candidate.log.read_text() if candidate.log.exists() else ""
+        candidate.stop()
+        pytest.fail(f"cannot start PostgreSQL: {exc.stderr.decode()[-500:]} {log[-500:]}")
+    _server = candidate
+    atexit.register(candidate.stop)
+    return candidate
+
+
+def fresh_database(pg: PostgresServer) -> str:
+    """Create an empty database and return its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"cas_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(
+        f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres", autocommit=True
+    ) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return pg.url(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on each backend: a SQLite file, then a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cas.db'}"
+    return fresh_database(server())

@@ -1,0 +1,124 @@
+"""The audit chain: appends link up; edits, deletions, reordering and truncation are found."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import delete, update
+
+from sgxcloud.cas import audit
+from sgxcloud.cas.store import Database
+from sgxcloud.cas.store.models import AuditEntryRow
+
+try:
+    from tests.cas import postgres as pg
+except ImportError:  # tests/cas is not a package: pytest put its directory on sys.path
+    import postgres as pg  # type: ignore[no-redef]
+
+database_url = pg.database_url
+
+
+@pytest.fixture
+def chain(database_url: str):
+    database = Database.open(database_url)
+    for i in range(5):
+        with database.transaction() as repo:
+            audit.append(
+                repo,
+                kind=audit.AuditKind.ATTESTATION,
+                subject=f"policy/service-{i}",
+                actor="enclave",
+                outcome="accepted" if i % 2 else "rejected",
+                detail={"i": i, "reasons": ["r"]},
+                now=1000 + i,
+            )
+    yield database
+    database.close()
+
+
+def _tamper(database: Database, statement) -> None:
+    with database.engine.begin() as connection:
+        connection.execute(statement)
+
+
+def test_intact_chain_verifies(chain: Database) -> None:
+    report = audit.verify_chain(chain)
+    assert report.ok and report.entries == 5 and report.head_seq == 5
+    entries = audit.entries(chain)
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
+    assert entries[0].prev_hash == audit.GENESIS_HASH
+    assert all(b.prev_hash == a.entry_hash for a, b in zip(entries, entries[1:], strict=False))
+    assert report.head_hash == entries[-1].entry_hash
+
+
+def test_empty_chain_verifies(database_url: str) -> None:
+    database = Database.open(database_url)
+    report = audit.verify_chain(database)
+    assert report.ok and report.entries == 0 and report.head_hash == audit.GENESIS_HASH
+    database.close()
+
+
+def test_edited_entry_is_detected(chain: Database) -> None:
+    _tamper(chain, update(AuditEntryRow).where(AuditEntryRow.seq == 3).values(outcome="accepted"))
+    report = audit.verify_chain(chain)
+    assert not report.ok
+    assert [(p.seq, p.problem) for p in report.problems] == [
+        (3, "entry hash does not match its contents")
+    ]
+
+
+def test_edit_with_recomputed_hash_breaks_the_next_link(chain: Database) -> None:
+    # A forger who recomputes the edited entry's own hash still breaks entry 4's link.
+    row = audit.entries(chain)[2]
+    forged = audit.entry_hash(
+        seq=3,
+        at=row.at,
+        kind=row.kind,
+        subject=row.subject,
+        actor=row.actor,
+        outcome="accepted",
+        detail=audit.canonical_json(row.detail),
+        prev_hash=row.prev_hash,
+    )
+    _tamper(
+        chain,
+        update(AuditEntryRow)
+        .where(AuditEntryRow.seq == 3)
+        .values(outcome="accepted", entry_hash=forged),
+    )
+    report = audit.verify_chain(chain)
+    assert (4, "previous-hash link broken") in [(p.seq, p.problem) for p in report.problems]
+
+
+def test_deleted_entry_is_detected(chain: Database) -> None:
+    _tamper(chain, delete(AuditEntryRow).where(AuditEntryRow.seq == 2))
+    problems = [(p.seq, p.problem) for p in audit.verify_chain(chain).problems]
+    assert (3, "sequence gap: expected 2, found 3") in problems
+    assert (3, "previous-hash link broken") in problems
+
+
+def test_truncated_tail_is_detected(chain: Database) -> None:
+    _tamper(chain, delete(AuditEntryRow).where(AuditEntryRow.seq == 5))
+    report = audit.verify_chain(chain)
+    assert not report.ok
+    assert "does not match the last entry" in report.problems[0].problem
+
+
+def test_reordered_entries_are_detected(chain: Database) -> None:
+    # Swap the contents of entries 2 and 3 while keeping sequence numbers.
+    rows = {e.seq: e for e in audit.entries(chain)}
+    for seq, other in ((2, 3), (3, 2)):
+        source = rows[other]
+        _tamper(
+            chain,
+            update(AuditEntryRow)
+            .where(AuditEntryRow.seq == seq)
+            .values(
+                at=source.at,
+                subject=source.subject,
+                outcome=source.outcome,
+                detail=audit.canonical_json(source.detail),
+                prev_hash=source.prev_hash,
+                entry_hash=source.entry_hash,
+            ),
+        )
+    assert not audit.verify_chain(chain).ok
