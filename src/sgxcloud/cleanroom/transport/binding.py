@@ -71,6 +71,8 @@ class PeerPolicy:
     allow_simulation: bool
     verifier: Verifier
     allowed_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
+    pin: Callable[[EnclaveIdentity], bool] | None = None
+    """Further identity checks (MRSIGNER, ISVPRODID, minimum ISVSVN, no debug)."""
     clock: Callable[[], int] = field(default=lambda: int(time.time()))
 
     def check(self, evidence: Any, peer_public_key_der: bytes, own_nonce: bytes) -> Any:
@@ -89,7 +91,7 @@ class PeerPolicy:
                 "collaboration definition"
             )
         mrenclave = verified.identity.mrenclave.lower()
-        if mrenclave not in self.mrenclaves:
+        if mrenclave not in self.mrenclaves or (self.pin and not self.pin(verified.identity)):
             raise PeerRefused(
                 f"peer enclave MRENCLAVE {mrenclave[:16]}… is not pinned by the "
                 "collaboration definition"

@@ -1,0 +1,212 @@
+"""The collaboration definition as typed, immutable Python objects.
+
+Built only by :mod:`.load` after the document passed schema and semantic
+checks, so code using these objects can trust every reference in them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sgxcloud.sgx.identity import EnclaveIdentity
+
+ROLES = ("data_provider", "analyst", "result_recipient")
+DATASET_KINDS = ("attributes", "exposures", "purchases")
+IDENTIFIER_KINDS = ("email", "phone", "customer_id")
+ATTRIBUTE_TYPES = ("boolean", "category", "integer", "number")
+TEMPLATES = ("audience_size", "overlap", "campaign_lift")
+EXPOSURE_GROUPS = ("test", "control")
+
+
+def canonical_json(document: Any) -> bytes:
+    """The one byte form used for hashing and signing: sorted keys, no spaces, UTF-8."""
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Party:
+    name: str
+    roles: tuple[str, ...]
+    public_key: str
+    display_name: str = ""
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+
+@dataclass(frozen=True)
+class IdentifierColumn:
+    column: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Attribute:
+    column: str
+    type: str
+    values: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    provider: str
+    name: str
+    kind: str
+    identifiers: tuple[IdentifierColumn, ...]
+    attributes: tuple[Attribute, ...] = ()
+    default_phone_region: str | None = None
+    group_column: str | None = None
+    timestamp_column: str | None = None
+    amount_column: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """``provider.dataset``, the name analyses use."""
+        return f"{self.provider}.{self.name}"
+
+    def attribute(self, column: str) -> Attribute | None:
+        return next((a for a in self.attributes if a.column == column), None)
+
+    @property
+    def event_columns(self) -> tuple[str, ...]:
+        cols = (self.group_column, self.timestamp_column, self.amount_column)
+        return tuple(c for c in cols if c)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    name: str
+    template: str
+    analysts: tuple[str, ...]
+    recipients: tuple[str, ...] = ()
+    attributes: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
+    exposures: str | None = None
+    purchases: str | None = None
+    attribution_window_days: int = 28
+    breakdowns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContributionBounds:
+    max_purchases_per_person: int = 10
+    max_revenue_per_person: float = 1000.0
+
+
+@dataclass(frozen=True)
+class DifferentialPrivacy:
+    epsilon_per_query: float
+    budget_per_analyst: float
+    enabled: bool = True
+    mechanism: str = "laplace"
+    delta: float | None = None
+    bounds: ContributionBounds = field(default_factory=ContributionBounds)
+
+
+@dataclass(frozen=True)
+class Privacy:
+    min_group_size: int
+    differencing_check: bool = True
+    dp: DifferentialPrivacy | None = None
+
+    @property
+    def dp_enabled(self) -> bool:
+        return self.dp is not None and self.dp.enabled
+
+
+@dataclass(frozen=True)
+class EnclavePin:
+    """What the definition demands of an enclave; MRENCLAVE is always pinned."""
+
+    mrenclave: str
+    mrsigner: str | None = None
+    isvprodid: int | None = None
+    min_isvsvn: int | None = None
+
+    def matches(self, identity: EnclaveIdentity) -> bool:
+        """True when an attested identity satisfies this pin (debug enclaves never do)."""
+        if identity.debug or identity.mrenclave.lower() != self.mrenclave:
+            return False
+        if self.mrsigner is not None and identity.mrsigner.lower() != self.mrsigner:
+            return False
+        if self.isvprodid is not None and identity.isvprodid != self.isvprodid:
+            return False
+        return self.min_isvsvn is None or identity.isvsvn >= self.min_isvsvn
+
+
+@dataclass(frozen=True)
+class Enclaves:
+    coordinator: EnclavePin
+    node: EnclavePin
+    allow_simulated: bool = False
+    allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A validated collaboration definition; ``document`` is exactly what was signed."""
+
+    name: str
+    description: str
+    parties: tuple[Party, ...]
+    enclaves: Enclaves
+    datasets: tuple[Dataset, ...]
+    analyses: tuple[Analysis, ...]
+    privacy: Privacy
+    document: dict[str, Any] = field(repr=False, compare=False, hash=False)
+
+    def definition_hash(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of the document: any change changes it."""
+        return hashlib.sha256(canonical_json(self.document)).hexdigest()
+
+    def party(self, name: str) -> Party | None:
+        return next((p for p in self.parties if p.name == name), None)
+
+    def parties_with_role(self, role: str) -> tuple[Party, ...]:
+        return tuple(p for p in self.parties if role in p.roles)
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parties_with_role("data_provider"))
+
+    def dataset(self, ref: str) -> Dataset | None:
+        """Look up ``provider.dataset``."""
+        return next((d for d in self.datasets if d.ref == ref), None)
+
+    def datasets_of(self, provider: str) -> tuple[Dataset, ...]:
+        return tuple(d for d in self.datasets if d.provider == provider)
+
+    def analysis(self, name: str) -> Analysis | None:
+        return next((a for a in self.analyses if a.name == name), None)
+
+    def resolve_attribute(self, ref: str) -> tuple[Dataset, Attribute] | None:
+        """Look up ``provider.dataset.column`` among attribute datasets."""
+        provider, dataset, column = (ref.split(".") + ["", "", ""])[:3]
+        ds = self.dataset(f"{provider}.{dataset}")
+        attr = ds.attribute(column) if ds else None
+        return (ds, attr) if ds and attr else None
+
+    def columns_needed(self, dataset_ref: str) -> tuple[str, ...]:
+        """Columns a node may send for ``dataset_ref``: identifiers plus what some
+        allowed analysis uses.  Everything else stays with the provider."""
+        ds = self.dataset(dataset_ref)
+        if ds is None:
+            return ()
+        used: set[str] = set()
+        for analysis in self.analyses:
+            for ref in (*analysis.attributes, *analysis.breakdowns):
+                if ref.rsplit(".", 1)[0] == dataset_ref:
+                    used.add(ref.rsplit(".", 1)[1])
+            if dataset_ref in (analysis.exposures, analysis.purchases):
+                used.update(ds.event_columns)
+        cols = [i.column for i in ds.identifiers]
+        cols += [a.column for a in ds.attributes if a.column in used]
+        cols += [c for c in ds.event_columns if c in used]
+        return tuple(cols)

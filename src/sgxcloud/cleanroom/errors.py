@@ -1,0 +1,98 @@
+"""Typed failures of the clean room core.
+
+Every message is safe to show to any party: it names fields, datasets,
+counts and reasons, never an identifier (raw or keyed-hashed), a key or a
+data value that could single out a person.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sgxcloud.errors import InputError, SgxcloudError
+
+
+class CleanroomError(SgxcloudError):
+    """Root of every clean room failure."""
+
+
+class DefinitionError(InputError, CleanroomError):
+    """The collaboration definition is invalid; ``field`` is a dotted path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"definition: {field}: {message}" if field else f"definition: {message}")
+
+
+class ApprovalError(CleanroomError):
+    """Approvals are missing or do not match the definition and enclaves."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, missing: tuple[str, ...] = (),
+                 invalid: tuple[str, ...] = ()) -> None:
+        self.missing = missing
+        self.invalid = invalid
+        super().__init__(message)
+
+
+class QueryError(InputError, CleanroomError):
+    """A query document is malformed (bad JSON shape, unknown attribute...)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"query: {field}: {message}" if field else f"query: {message}")
+
+
+REFUSAL_REASONS = ("not_allowed", "budget", "differencing", "suppressed")
+"""Why a well-formed query released nothing.
+
+``not_allowed``: the analyst may not run this template, or it is not in the
+definition; ``budget``: the analyst's differential-privacy budget would be
+exceeded; ``differencing``: the cohort differs from an earlier released one by
+fewer than k people; ``suppressed``: every cell would cover fewer than k
+people, so there is nothing to release.
+"""
+
+
+class QueryRefused(CleanroomError):
+    """The engine refused to release anything for this query."""
+
+    exit_code = 4
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REFUSAL_REASONS:
+            raise ValueError(f"unknown refusal reason {reason!r}")
+        self.reason = reason
+        self.message = message
+        super().__init__(f"query refused ({reason}): {message}")
+
+
+class IngestError(InputError, CleanroomError):
+    """A batch could not be ingested; nothing of it was kept.
+
+    ``report`` is a JSON-able summary: counts per problem and row numbers,
+    never the offending values.
+    """
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        self.report = report or {}
+        super().__init__(message)
+
+
+class ResultSignatureError(CleanroomError):
+    """A result document's signature or content does not verify."""
+
+    exit_code = 3
+
+
+class AuditChainError(CleanroomError):
+    """The audit log's hash chain is broken at ``seq``."""
+
+    exit_code = 3
+
+    def __init__(self, seq: int, message: str) -> None:
+        self.seq = seq
+        super().__init__(f"audit log broken at entry {seq}: {message}")

@@ -1,0 +1,250 @@
+"""Identifier normalisation and re-keying, run by a provider's node in its enclave.
+
+Normalisation rules (documented in docs/cleanroom/concepts.md):
+
+* every identifier: Unicode NFKC, surrounding white space trimmed;
+* e-mail: lower-cased whole; must look like ``local@domain.tld`` (no spaces,
+  one ``@``, at most 254 characters).  For ``gmail.com`` and
+  ``googlemail.com`` only — where Google documents that dots are ignored and
+  ``+tag`` is a sub-address — dots are removed from the local part, a
+  ``+tag`` is dropped and the domain becomes ``gmail.com``.  Other domains
+  keep dots and ``+tag``: for them these may be different mailboxes;
+* phone: parsed by ``phonenumbers`` (Google's libphonenumber metadata) with
+  the dataset's ``default_phone_region`` for numbers written without a
+  country code; it must be a valid number, and is written in E.164;
+* customer id: trimmed, 1–128 printable characters, case kept.
+
+Re-keying: HMAC-SHA256 under a 32-byte key that exists only inside attested
+enclaves, over ``kind NUL normalised-value`` so an e-mail and a customer id
+with the same text never collide.  The output is 32 raw bytes.
+
+Invalid identifiers are counted per column and reported; the values are
+never echoed.  A row left with no valid identifier is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sgxcloud.cleanroom.definition import Dataset
+from sgxcloud.cleanroom.errors import IngestError
+
+KEY_BYTES = 32
+HASH_BYTES = 32
+HASH_TYPE = pa.binary(HASH_BYTES)
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+def new_key() -> bytes:
+    """A fresh re-keying key; in production the coordinator enclave makes it
+    and hands it only to attested nodes."""
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def _clean(value: str) -> str:
+    return unicodedata.normalize("NFKC", value).strip()
+
+
+def normalise_email(value: str) -> str | None:
+    text = _clean(value).lower()
+    if len(text) > 254 or not _EMAIL.match(text):
+        return None
+    local, domain = text.rsplit("@", 1)
+    if domain in GMAIL_DOMAINS:
+        local = local.split("+", 1)[0].replace(".", "")
+        domain = "gmail.com"
+        if not local:
+            return None
+    return f"{local}@{domain}"
+
+
+def normalise_phone(value: str, default_region: str | None) -> str | None:
+    text = _clean(value)
+    if not text or len(text) > 40:
+        return None
+    try:
+        number = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_customer_id(value: str) -> str | None:
+    text = _clean(value)
+    if not 1 <= len(text) <= 128 or not text.isprintable():
+        return None
+    return text
+
+
+def normalise(kind: str, value: Any, default_region: str | None = None) -> str | None:
+    """Normalised form of one identifier, or None when it is missing or invalid."""
+    if value is None:
+        return None
+    value = str(value)
+    if kind == "email":
+        return normalise_email(value)
+    if kind == "phone":
+        return normalise_phone(value, default_region)
+    if kind == "customer_id":
+        return normalise_customer_id(value)
+    raise ValueError(f"unknown identifier kind {kind!r}")
+
+
+def keyed_hash(key: bytes, kind: str, normalised: str) -> bytes:
+    if len(key) < KEY_BYTES:
+        raise ValueError("the re-keying key must be at least 32 bytes")
+    return hmac.new(key, kind.encode() + b"\x00" + normalised.encode(), hashlib.sha256).digest()
+
+
+# -- node-side batch preparation ----------------------------------------------------
+
+
+def prepared_schema(dataset: Dataset, columns: Sequence[str] | None = None) -> pa.Schema:
+    """Arrow schema of what a node sends the coordinator for ``dataset``."""
+    wanted = list(columns) if columns is not None else _declared(dataset)
+    fields = []
+    types = _column_types(dataset)
+    for col in wanted:
+        if col not in types:
+            raise IngestError(f"{dataset.ref}: column {col} is not declared in the definition")
+        fields.append(pa.field(col, types[col]))
+    return pa.schema(fields)
+
+
+def _declared(dataset: Dataset) -> list[str]:
+    return ([i.column for i in dataset.identifiers] + [a.column for a in dataset.attributes]
+            + list(dataset.event_columns))
+
+
+def _column_types(dataset: Dataset) -> dict[str, pa.DataType]:
+    attr_types = {"boolean": pa.bool_(), "category": pa.string(), "integer": pa.int64(),
+                  "number": pa.float64()}
+    types: dict[str, pa.DataType] = {i.column: HASH_TYPE for i in dataset.identifiers}
+    types.update({a.column: attr_types[a.type] for a in dataset.attributes})
+    if dataset.group_column:
+        types[dataset.group_column] = pa.string()
+    if dataset.timestamp_column:
+        types[dataset.timestamp_column] = TIMESTAMP_TYPE
+    if dataset.amount_column:
+        types[dataset.amount_column] = pa.float64()
+    return types
+
+
+@dataclass
+class PrepareReport:
+    """Counts only: never a value.  Merge reports of several batches with ``add``."""
+
+    dataset: str
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_without_identifier: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: PrepareReport) -> None:
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        self.rows_without_identifier += other.rows_without_identifier
+        for mine, theirs in ((self.invalid, other.invalid), (self.missing, other.missing)):
+            for col, n in theirs.items():
+                mine[col] = mine.get(col, 0) + n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset, "rows_in": self.rows_in, "rows_out": self.rows_out,
+            "rows_without_identifier": self.rows_without_identifier,
+            "invalid_identifiers": dict(self.invalid), "missing_identifiers": dict(self.missing),
+        }
+
+
+def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table, key: bytes,
+                  columns: Sequence[str] | None = None) -> tuple[pa.RecordBatch, PrepareReport]:
+    """Normalise and re-key identifiers, keep only ``columns`` (default: all
+    declared), cast the rest to their declared types.
+
+    Raises :class:`IngestError` for a missing column or a value that cannot be
+    cast; invalid identifiers are nulled and counted, rows left without any
+    identifier are dropped and counted.
+    """
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    schema = prepared_schema(dataset, columns)
+    missing_cols = [f.name for f in schema if f.name not in table.column_names]
+    if missing_cols:
+        raise IngestError(f"{dataset.ref}: missing column(s) " + ", ".join(missing_cols),
+                          {"dataset": dataset.ref, "missing_columns": missing_cols})
+    report = PrepareReport(dataset.ref, rows_in=table.num_rows)
+    kinds = {i.column: i.kind for i in dataset.identifiers}
+    arrays: list[pa.Array] = []
+    for fld in schema:
+        column = table.column(fld.name)
+        if fld.name in kinds:
+            arrays.append(_rekey(column, kinds[fld.name], dataset.default_phone_region, key,
+                                 report, fld.name))
+        else:
+            arrays.append(_cast(column, fld.type, dataset.ref, fld.name))
+    prepared = pa.Table.from_arrays(arrays, schema=schema)
+    id_cols = [c for c in schema.names if c in kinds]
+    has_id = pc.or_kleene(*[pc.is_valid(prepared[c]) for c in id_cols]) if len(id_cols) > 1 \
+        else pc.is_valid(prepared[id_cols[0]])
+    kept = prepared.filter(has_id)
+    report.rows_out = kept.num_rows
+    report.rows_without_identifier = prepared.num_rows - kept.num_rows
+    return _one_batch(kept), report
+
+
+def _rekey(column: pa.ChunkedArray, kind: str, region: str | None, key: bytes,
+           report: PrepareReport, name: str) -> pa.Array:
+    out: list[bytes | None] = []
+    invalid = missing = 0
+    for value in column.to_pylist():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            missing += 1
+            out.append(None)
+            continue
+        norm = normalise(kind, value, region)
+        if norm is None:
+            invalid += 1
+            out.append(None)
+        else:
+            out.append(keyed_hash(key, kind, norm))
+    if invalid:
+        report.invalid[name] = report.invalid.get(name, 0) + invalid
+    if missing:
+        report.missing[name] = report.missing.get(name, 0) + missing
+    return pa.array(out, type=HASH_TYPE)
+
+
+def _cast(column: pa.ChunkedArray, target: pa.DataType, ref: str, name: str) -> pa.ChunkedArray:
+    try:
+        if pa.types.is_timestamp(target) and pa.types.is_timestamp(column.type) \
+                and column.type.tz is None:
+            column = pc.assume_timezone(column, "UTC")
+        return column.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        # Arrow's message quotes the offending value: report only the column,
+        # and drop the cause so no traceback carries the value either.
+        raise IngestError(
+            f"{ref}: column {name} cannot be read as {target}",
+            {"dataset": ref, "column": name, "expected_type": str(target)},
+        ) from None
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    table = table.combine_chunks()
+    batches = table.to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)

@@ -1,0 +1,389 @@
+"""A data provider's node: serves its own data, and only to an attested coordinator.
+
+It runs next to the provider's files (CSV, Parquet) or DuckDB database, in an
+enclave in production.  For every session it checks, before sending a byte of
+data: the coordinator's attestation (MRENCLAVE pinned by the definition, the
+TLS key, the definition hash, this session's nonce; SIMULATED evidence only if
+the definition allows it) and that every provider, this one included, has
+approved this exact definition and these enclaves.
+
+It then sends only the columns approved analyses need, with identifiers
+normalised and re-keyed (HMAC under the collaboration key the coordinator
+enclave hands over on the attested channel), as Arrow record batches streamed
+in bounded chunks.  A bad file produces a report of counts and column names
+(never values); the coordinator discards anything it staged; the node keeps
+serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from sgxcloud.cleanroom.approvals import Approval, verify_approvals
+from sgxcloud.cleanroom.definition import Dataset, Definition
+from sgxcloud.cleanroom.errors import CleanroomError, IngestError
+from sgxcloud.cleanroom.identifiers import KEY_BYTES, PrepareReport, prepare_batch
+from sgxcloud.cleanroom.transport import (
+    AttestedChannel,
+    AttestedServer,
+    Kind,
+    PeerRefused,
+    TlsIdentity,
+    TransportError,
+)
+from sgxcloud.cleanroom.transport.trust import local_attester, peer_policy
+from sgxcloud.errors import InputError
+
+log = logging.getLogger("sgxcloud.cleanroom.node")
+
+DEFAULT_BATCH_ROWS = 65_536
+SOURCE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
+                   ".duckdb": "duckdb", ".db": "duckdb"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one dataset lives on the provider's side."""
+
+    path: Path
+    format: str
+    table: str | None = None  # DuckDB only
+
+    @classmethod
+    def parse(cls, spec: str) -> Source:
+        """``file.csv``, ``file.parquet`` or ``file.duckdb:table``."""
+        path_text, _, table = _split_duckdb(spec)
+        path = Path(path_text)
+        fmt = SOURCE_SUFFIXES.get(path.suffix.lower())
+        if fmt is None:
+            raise InputError(f"{path}: unsupported data file type (use .csv, .parquet or .duckdb)")
+        if fmt == "duckdb" and not table:
+            raise InputError(f"{path}: name the DuckDB table as {path}:TABLE")
+        return cls(path, fmt, table or None)
+
+    def describe(self) -> str:
+        return f"{self.path}:{self.table}" if self.table else str(self.path)
+
+
+def _split_duckdb(spec: str) -> tuple[str, str, str]:
+    match = re.fullmatch(r"(.+\.(?:duckdb|db)):([A-Za-z_][A-Za-z0-9_]*)", spec)
+    return (match.group(1), ":", match.group(2)) if match else (spec, "", "")
+
+
+# -- reading provider data in bounded batches -----------------------------------------
+
+
+def read_batches(source: Source, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Yield ``columns`` of ``source`` in batches of at most ``batch_rows`` rows.
+
+    Raises :class:`IngestError` with a value-free message for unreadable files
+    and missing columns.  CSV cells are read as text; typing is
+    ``prepare_batch``'s job, so phone numbers never turn into integers.
+    """
+    if not source.path.exists():
+        raise IngestError(f"{source.describe()}: file not found", {"problem": "file_not_found"})
+    reader = {"csv": _csv_batches, "parquet": _parquet_batches, "duckdb": _duckdb_batches}
+    try:
+        yield from reader[source.format](source, columns, batch_rows)
+    except IngestError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise IngestError(f"{source.describe()}: {_safe_reason(exc)}",
+                          {"problem": "malformed_file"}) from None
+    except Exception as exc:  # DuckDB's own error classes
+        if type(exc).__module__.startswith("duckdb"):
+            raise IngestError(f"{source.describe()}: cannot read table ({type(exc).__name__})",
+                              {"problem": "malformed_file"}) from None
+        raise
+
+
+_SAFE_PATTERNS = (
+    (re.compile(r"Expected (\d+) columns, got (\d+)"), "a row has {1} fields, the header {0}"),
+    (re.compile(r"CSV parse error: Row #(\d+)"), "CSV parse error in row {0}"),
+    (re.compile(r"Parquet magic bytes not found"), "not a Parquet file"),
+    (re.compile(r"Could not open Parquet"), "not a Parquet file"),
+    (re.compile(r"Empty CSV file"), "empty CSV file"),
+    (re.compile(r"invalid UTF-8|Invalid UTF8", re.I), "text is not valid UTF-8"),
+)
+
+
+def _safe_reason(exc: Exception) -> str:
+    """A description of a parse failure that quotes no cell (Arrow's messages do)."""
+    text = str(exc)
+    for pattern, template in _SAFE_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return template.format(*match.groups())
+    return f"malformed file ({type(exc).__name__})"
+
+
+def _require(available: list[str], columns: list[str], source: Source) -> None:
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise IngestError(
+            f"{source.describe()}: missing column(s) {', '.join(missing)}",
+            {"problem": "schema_mismatch", "missing_columns": missing},
+        )
+
+
+def _csv_batches(source: Source, columns: list[str], batch_rows: int):
+    with pacsv.open_csv(source.path, read_options=pacsv.ReadOptions(block_size=1 << 20),
+                        convert_options=pacsv.ConvertOptions(column_types={})) as probe:
+        _require(probe.schema.names, columns, source)
+    convert = pacsv.ConvertOptions(include_columns=columns,
+                                   column_types={c: pa.string() for c in columns},
+                                   strings_can_be_null=True)
+    with pacsv.open_csv(source.path, read_options=pacsv.ReadOptions(block_size=4 << 20),
+                        convert_options=convert) as reader:
+        for batch in reader:
+            yield from _split(batch, batch_rows)
+
+
+def _parquet_batches(source: Source, columns: list[str], batch_rows: int):
+    parquet = pq.ParquetFile(source.path)
+    _require(parquet.schema_arrow.names, columns, source)
+    yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def _duckdb_batches(source: Source, columns: list[str], batch_rows: int):
+    import duckdb
+
+    with duckdb.connect(str(source.path), read_only=True) as con:
+        names = [r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+            [source.table]).fetchall()]
+        if not names:
+            raise IngestError(f"{source.describe()}: no such table",
+                              {"problem": "schema_mismatch"})
+        _require(names, columns, source)
+        # Column names come from the validated definition and the table name matched
+        # an identifier pattern in Source.parse, so quoting them is enough.
+        select = ", ".join(f'"{c}"' for c in columns)
+        query = f'SELECT {select} FROM "{source.table}"'  # noqa: S608
+        reader = con.execute(query).fetch_record_batch(
+            batch_rows)
+        yield from reader
+
+
+def _split(batch: pa.RecordBatch, rows: int):
+    for start in range(0, batch.num_rows, rows):
+        yield batch.slice(start, rows)
+
+
+# -- the node -----------------------------------------------------------------------------
+
+
+@dataclass
+class NodeConfig:
+    provider: str
+    definition: Definition
+    sources: dict[str, Source]
+    approvals: list[Approval] = field(default_factory=list)
+    simulate: bool = False
+    simulate_mrenclave: str | None = None
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    max_invalid_fraction: float = 0.0
+    """Share of rows with an unusable identifier above which a dataset is refused."""
+
+    def validate(self) -> None:
+        if self.provider not in self.definition.providers:
+            raise InputError(f"{self.provider} is not a data provider in this definition")
+        declared = {d.name for d in self.definition.datasets_of(self.provider)}
+        unknown = sorted(set(self.sources) - declared)
+        if unknown:
+            raise InputError(f"dataset(s) {', '.join(unknown)} are not declared for "
+                             f"{self.provider} in the definition")
+
+
+class _FrameSink:
+    """File-like object Arrow's IPC writer writes into; ships 1 MiB DATA frames."""
+
+    def __init__(self, channel: AttestedChannel, chunk: int = 1 << 20) -> None:
+        self._channel = channel
+        self._buffer = bytearray()
+        self._chunk = chunk
+        self.closed = False
+        self.bytes_sent = 0
+
+    def write(self, data) -> int:
+        self._buffer += bytes(data)
+        while len(self._buffer) >= self._chunk:
+            self._ship(bytes(self._buffer[: self._chunk]))
+            del self._buffer[: self._chunk]
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._ship(bytes(self._buffer))
+            self._buffer.clear()
+
+    def _ship(self, data: bytes) -> None:
+        self._channel.frames.send(Kind.DATA, data)
+        self.bytes_sent += len(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.closed = True
+
+
+class ProviderNode:
+    """Serves one provider's datasets over attested sessions."""
+
+    def __init__(self, config: NodeConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+        config.validate()
+        self.config = config
+        self.definition = config.definition
+        self.events: list[dict[str, Any]] = []  # what the operator sees; never a value
+        self.server = AttestedServer(
+            host, port, TlsIdentity.generate(f"node-{config.provider}"), "node",
+            peer_policy(self.definition, "coordinator"),
+            local_attester(self.definition, "node", simulate=config.simulate,
+                           mrenclave=config.simulate_mrenclave),
+            self._serve_session,
+            on_refusal=lambda reason: self._event("refused", reason=reason),
+            hello_extra={"provider": config.provider},
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.address
+
+    def start(self) -> None:
+        self.server.start()
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        event = {"event": kind, "provider": self.config.provider, **fields}
+        self.events.append(event)
+        log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    # -- one session ------------------------------------------------------------------
+
+    def _serve_session(self, channel: AttestedChannel) -> None:
+        self._check_approvals(channel)
+        self._event("session", coordinator=channel.peer.identity.mrenclave[:16],
+                    simulated=channel.peer.simulated)
+        while True:
+            try:
+                _, request = channel.frames.recv_json(Kind.REQUEST)
+            except TransportError as exc:
+                if "closed" in str(exc):
+                    return
+                raise
+            op = request.get("op")
+            if op == "describe":
+                channel.respond(self._describe())
+            elif op == "send":
+                self._send_dataset(channel, request)
+            elif op == "bye":
+                return
+            else:
+                channel.refuse("bad_request", f"unknown operation {str(op)[:40]!r}")
+                return
+
+    def _check_approvals(self, channel: AttestedChannel) -> None:
+        offered = channel.peer_hello.get("extra", {}).get("approvals", [])
+        approvals = list(self.config.approvals)
+        try:
+            approvals += [Approval.from_dict(a) for a in offered]
+        except CleanroomError as exc:
+            self._refuse(channel, f"malformed approvals from coordinator ({exc})")
+        status = verify_approvals(self.definition, approvals)
+        if self.config.provider not in status.valid:
+            self._refuse(channel, f"no valid approval from {self.config.provider} of definition "
+                                  f"{self.definition.definition_hash()[:16]}… and its enclaves")
+        if not status.complete:
+            self._refuse(channel, "approvals incomplete: missing or invalid from "
+                         + ", ".join((*status.missing, *status.invalid)))
+
+    def _refuse(self, channel: AttestedChannel, reason: str) -> None:
+        channel.refuse("refused", reason)
+        raise PeerRefused(reason)
+
+    def _describe(self) -> dict[str, Any]:
+        datasets = []
+        for ds in self.definition.datasets_of(self.config.provider):
+            source = self.config.sources.get(ds.name)
+            datasets.append({"dataset": ds.name, "available": source is not None,
+                             "columns": list(self.definition.columns_needed(ds.ref))})
+        return {"provider": self.config.provider, "datasets": datasets}
+
+    def _send_dataset(self, channel: AttestedChannel, request: dict[str, Any]) -> None:
+        name = str(request.get("dataset", ""))
+        ds = self.definition.dataset(f"{self.config.provider}.{name}")
+        source = self.config.sources.get(name)
+        if ds is None or source is None:
+            channel.refuse("bad_request", f"{self.config.provider} serves no dataset {name[:40]!r}")
+            return
+        try:
+            key = base64.b64decode(str(request.get("key", "")), validate=True)
+        except ValueError:
+            key = b""
+        if len(key) != KEY_BYTES:
+            channel.refuse("bad_request", "the re-keying key must be 32 bytes")
+            return
+        batch_rows = min(int(request.get("batch_rows") or self.config.batch_rows),
+                         self.config.batch_rows)
+        try:
+            trailer = self._stream(channel, ds, source, key, batch_rows)
+        except IngestError as exc:
+            self._event("rejected", dataset=name, reason=str(exc), report=exc.report)
+            channel.refuse("bad_input", str(exc) + _report_suffix(exc.report))
+            return
+        self._event("sent", dataset=name, rows=trailer["rows"], bytes=trailer["bytes"])
+
+    def _stream(self, channel: AttestedChannel, ds: Dataset, source: Source, key: bytes,
+                batch_rows: int) -> dict[str, Any]:
+        columns = list(self.definition.columns_needed(ds.ref))
+        report = PrepareReport(ds.ref)
+        sink = _FrameSink(channel)
+        writer = None
+        batches = 0
+        for raw in read_batches(source, columns, batch_rows):
+            prepared, part = prepare_batch(ds, raw, key, columns)
+            report.add(part)
+            if writer is None:
+                writer = pa.ipc.new_stream(sink, prepared.schema)
+            writer.write_batch(prepared)
+            batches += 1
+        if writer is None:
+            raise IngestError(f"{source.describe()}: no rows", {"problem": "empty"})
+        writer.close()
+        sink.flush()
+        self._check_identifiers(ds, report)
+        trailer = {"rows": report.rows_out, "batches": batches, "bytes": sink.bytes_sent,
+                   "report": report.to_dict()}
+        channel.frames.send_json(Kind.END, trailer)
+        return trailer
+
+    def _check_identifiers(self, ds: Dataset, report: PrepareReport) -> None:
+        unusable = sum(report.invalid.values()) + report.rows_without_identifier
+        if report.rows_in and unusable / report.rows_in > self.config.max_invalid_fraction:
+            raise IngestError(
+                f"{ds.ref}: {sum(report.invalid.values())} invalid identifier(s) and "
+                f"{report.rows_without_identifier} row(s) without a usable identifier in "
+                f"{report.rows_in} rows (limit {self.config.max_invalid_fraction:.1%})",
+                {"problem": "bad_identifiers", **report.to_dict()},
+            )
+
+
+def _report_suffix(report: dict[str, Any]) -> str:
+    invalid = report.get("invalid_identifiers") or {}
+    if invalid:
+        return " [invalid per column: " + ", ".join(f"{k}={v}" for k, v in invalid.items()) + "]"
+    return ""

@@ -1,0 +1,145 @@
+"""Signed result documents: the only thing that leaves the coordinator enclave.
+
+A result names the definition hash and the canonical query it answers, lists
+the released cells (each with its suppression flag), the privacy parameters
+applied, and is signed with the coordinator enclave's Ed25519 key over the
+canonical JSON of everything but the signature.  Recipients check it with
+:func:`verify_result` against the key bound into the coordinator's
+attestation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sgxcloud.cleanroom.approvals import decode_public_key, encode_public_key
+from sgxcloud.cleanroom.definition import canonical_json
+from sgxcloud.cleanroom.errors import CleanroomError, ResultSignatureError
+
+RESULT_FORMAT = "sgxcloud.cleanroom.result/v1"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One released number.  ``dims`` says which slice (arm, segment, dataset
+    set...); ``value`` is None when ``suppressed``; ``noisy`` when DP noise
+    was added to it or to the counts it is derived from."""
+
+    metric: str
+    value: float | int | None
+    dims: dict[str, str] = field(default_factory=dict)
+    suppressed: bool = False
+    noisy: bool = False
+
+    def key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return self.metric, tuple(sorted(self.dims.items()))
+
+
+@dataclass(frozen=True)
+class Result:
+    result_id: str
+    collaboration: str
+    definition_hash: str
+    analysis: str
+    template: str
+    query: dict[str, Any]
+    query_hash: str
+    cells: tuple[Cell, ...]
+    privacy: dict[str, Any]
+    recipients: tuple[str, ...]
+    released_at: str
+    signer: str = ""  # ed25519:<base64> of the coordinator enclave's key
+    signature: str = ""  # base64
+    format: str = RESULT_FORMAT
+
+    def cell(self, metric: str, **dims: str) -> Cell:
+        """The cell for ``metric`` at exactly ``dims``; KeyError if absent."""
+        for c in self.cells:
+            if c.metric == metric and c.dims == dims:
+                return c
+        raise KeyError((metric, dims))
+
+    def value(self, metric: str, **dims: str) -> float | int | None:
+        return self.cell(metric, **dims).value
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["cells"] = [asdict(c) for c in self.cells]
+        doc["recipients"] = list(self.recipients)
+        return doc
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
+
+    def signed_payload(self) -> bytes:
+        doc = self.to_dict()
+        doc.pop("signature")
+        return canonical_json(doc)
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Result:
+        try:
+            cells = tuple(Cell(**c) for c in doc["cells"])
+            body = {k: doc[k] for k in (
+                "result_id", "collaboration", "definition_hash", "analysis", "template", "query",
+                "query_hash", "privacy", "released_at", "signer", "signature", "format")}
+            return cls(cells=cells, recipients=tuple(doc["recipients"]), **body)
+        except (KeyError, TypeError) as exc:
+            raise ResultSignatureError("not a clean room result document") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> Result:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ResultSignatureError("not a clean room result document (bad JSON)") from exc
+
+
+def new_result_id() -> str:
+    return str(uuid.uuid4())
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def sign_result(result: Result, private_key: Ed25519PrivateKey) -> Result:
+    unsigned = replace(result, signer=encode_public_key(private_key), signature="")
+    signature = private_key.sign(unsigned.signed_payload())
+    return replace(unsigned, signature=base64.b64encode(signature).decode("ascii"))
+
+
+def verify_result(result: Result | dict[str, Any] | str,
+                  coordinator_public_key: str | Ed25519PublicKey,
+                  *, definition_hash: str | None = None) -> Result:
+    """Return the result if it is signed by ``coordinator_public_key`` (and,
+    when given, answers ``definition_hash``); raise ResultSignatureError."""
+    if isinstance(result, str):
+        result = Result.from_json(result)
+    elif isinstance(result, dict):
+        result = Result.from_dict(result)
+    try:
+        key = (decode_public_key(coordinator_public_key)
+               if isinstance(coordinator_public_key, str) else coordinator_public_key)
+    except CleanroomError as exc:
+        raise ResultSignatureError(str(exc)) from exc
+    if result.format != RESULT_FORMAT:
+        raise ResultSignatureError("unknown result format")
+    if result.signer != encode_public_key(key):
+        raise ResultSignatureError("result was signed by a different key")
+    try:
+        key.verify(base64.b64decode(result.signature, validate=True), result.signed_payload())
+    except (InvalidSignature, binascii.Error, ValueError) as exc:
+        raise ResultSignatureError("result signature does not verify") from exc
+    if definition_hash is not None and result.definition_hash != definition_hash:
+        raise ResultSignatureError("result answers a different definition")
+    return result

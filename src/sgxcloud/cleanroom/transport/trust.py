@@ -1,0 +1,67 @@
+"""From a collaboration definition to what each side of a session accepts.
+
+One composition root: nodes and the coordinator both build their peer policy
+and their attester here, so the two sides cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from sgxcloud.cleanroom.definition import Definition, EnclavePin
+from sgxcloud.cleanroom.transport.binding import (
+    Attester,
+    PeerPolicy,
+    SimulatedAttester,
+    verifier_for,
+)
+from sgxcloud.cleanroom.transport.errors import PeerRefused
+from sgxcloud.sgx.identity import EnclaveIdentity
+
+ROLES = ("coordinator", "node")
+
+
+def _pin(definition: Definition, role: str) -> EnclavePin:
+    if role not in ROLES:
+        raise ValueError(f"unknown enclave role {role!r}")
+    return getattr(definition.enclaves, role)
+
+
+def peer_policy(definition: Definition, peer_role: str, collateral_source=None) -> PeerPolicy:
+    """What a peer in ``peer_role`` must prove, exactly as the definition pins it."""
+    pin = _pin(definition, peer_role)
+    return PeerPolicy(
+        definition_hash=definition.definition_hash(),
+        mrenclaves=frozenset({pin.mrenclave}),
+        allow_simulation=definition.enclaves.allow_simulated,
+        verifier=verifier_for(definition.enclaves.allow_simulated, collateral_source),
+        allowed_tcb_statuses=frozenset(definition.enclaves.allowed_tcb_statuses),
+        pin=pin.matches,
+    )
+
+
+def simulated_identity(definition: Definition, role: str,
+                       mrenclave: str | None = None) -> EnclaveIdentity:
+    """The identity a SIMULATED enclave of ``role`` claims (the pinned one unless
+    overridden, which tests use to play an enclave running other code)."""
+    pin = _pin(definition, role)
+    return EnclaveIdentity(
+        mrenclave=(mrenclave or pin.mrenclave).lower(),
+        mrsigner=pin.mrsigner or "0" * 64,
+        isvprodid=pin.isvprodid or 0,
+        isvsvn=pin.min_isvsvn or 0,
+        debug=False,
+    )
+
+
+def local_attester(definition: Definition, role: str, *, simulate: bool,
+                   mrenclave: str | None = None) -> Attester:
+    """Evidence source for this process.
+
+    Without SGX the only source is SIMULATED evidence, and only when asked for:
+    a definition that forbids simulation then makes every peer refuse us, loudly.
+    """
+    if simulate:
+        return SimulatedAttester(simulated_identity(definition, role, mrenclave))
+    raise PeerRefused(
+        "no SGX attestation is available on this machine (no /dev/attestation); "
+        "run with --simulate to use SIMULATED evidence"
+    )
