@@ -1,0 +1,443 @@
+"""Collateral for DCAP quote verification: from a file, or from a PCCS with a cache.
+
+Collateral (TCB info, QE identity, PCK CRL, root CA CRL, their issuer chains
+and signatures) is what dcap-qvl needs besides the quote.  Each piece is signed
+by Intel and valid for a window (``issueDate``/``nextUpdate``, CRL
+``lastUpdate``/``nextUpdate``).  The verifier refuses collateral outside its
+window; the PCCS cache serves a piece only while it is valid and refetches it
+at its ``nextUpdate``, so a stale cache can never widen that window.
+
+The PCCS client speaks the Intel PCS v4 API shape that both Intel's PCS and a
+PCCS serve::
+
+    GET {base}/sgx/certification/v4/tcb?fmspc=...     (tdx/... for TDX quotes)
+    GET {base}/sgx/certification/v4/qe/identity       (tdx/... for TDX quotes)
+    GET {base}/sgx/certification/v4/pckcrl?ca=processor|platform&encoding=der
+    GET {base}/sgx/certification/v4/rootcacrl          (PCCS; or root_ca_crl_url)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import unquote
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from sgxcloud.cas.errors import CollateralError
+from sgxcloud.sgx.quote import QuoteFormatError, read_header
+
+COLLATERAL_FIELDS = (
+    "pck_crl_issuer_chain",
+    "root_ca_crl",
+    "pck_crl",
+    "tcb_info_issuer_chain",
+    "tcb_info",
+    "tcb_info_signature",
+    "qe_identity_issuer_chain",
+    "qe_identity",
+    "qe_identity_signature",
+)
+"""Keys of dcap-qvl's ``QuoteCollateralV3`` JSON form (CRLs and signatures hex)."""
+
+
+def _qvl() -> Any:
+    """dcap-qvl, imported when first needed so policy code never loads it."""
+    import dcap_qvl
+
+    return dcap_qvl
+
+
+@runtime_checkable
+class CollateralSource(Protocol):
+    """Where the verifier gets collateral for a quote at time ``now``.
+
+    Returns a ``dcap_qvl.QuoteCollateralV3``; raises ``CollateralError`` when
+    none can be had.
+    """
+
+    def get(self, quote: bytes, now: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ValidityWindow:
+    """Unix seconds in which a piece of collateral may be used: [not_before, not_after)."""
+
+    not_before: int
+    not_after: int
+
+    def contains(self, now: int) -> bool:
+        return self.not_before <= now < self.not_after
+
+    def intersect(self, other: ValidityWindow) -> ValidityWindow:
+        return ValidityWindow(
+            max(self.not_before, other.not_before), min(self.not_after, other.not_after)
+        )
+
+
+def _iso_seconds(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+def signed_json_window(text: str, what: str) -> ValidityWindow:
+    """Window of a TCB info or QE identity body (``issueDate``/``nextUpdate``)."""
+    try:
+        body = json.loads(text)
+        return ValidityWindow(_iso_seconds(body["issueDate"]), _iso_seconds(body["nextUpdate"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CollateralError(f"{what} has no readable issueDate/nextUpdate") from exc
+
+
+def crl_window(der: bytes, what: str) -> ValidityWindow:
+    """Window of a DER CRL (``thisUpdate``/``nextUpdate``)."""
+    try:
+        crl = x509.load_der_x509_crl(der)
+    except ValueError as exc:
+        raise CollateralError(f"{what} is not a DER certificate revocation list") from exc
+    if crl.next_update_utc is None:
+        raise CollateralError(f"{what} has no nextUpdate")
+    return ValidityWindow(
+        int(crl.last_update_utc.timestamp()), int(crl.next_update_utc.timestamp())
+    )
+
+
+_WINDOW_CACHE: OrderedDict[int, tuple[Any, ValidityWindow]] = OrderedDict()
+_WINDOW_LOCK = threading.Lock()
+
+
+def collateral_window(collateral: Any) -> ValidityWindow:
+    """The window in which every piece of ``collateral`` is valid.
+
+    Remembered per collateral object (holding a reference, so ids are not
+    reused), since sources hand out the same object while it is valid.
+    """
+    key = id(collateral)
+    with _WINDOW_LOCK:
+        hit = _WINDOW_CACHE.get(key)
+        if hit is not None and hit[0] is collateral:
+            _WINDOW_CACHE.move_to_end(key)
+            return hit[1]
+    window = (
+        signed_json_window(collateral.tcb_info, "TCB info")
+        .intersect(signed_json_window(collateral.qe_identity, "QE identity"))
+        .intersect(crl_window(bytes(collateral.pck_crl), "PCK CRL"))
+        .intersect(crl_window(bytes(collateral.root_ca_crl), "root CA CRL"))
+    )
+    with _WINDOW_LOCK:
+        _WINDOW_CACHE[key] = (collateral, window)
+        while len(_WINDOW_CACHE) > 64:
+            _WINDOW_CACHE.popitem(last=False)
+    return window
+
+
+def collateral_from_json(text: str, origin: str) -> Any:
+    """A ``dcap_qvl.QuoteCollateralV3`` from its JSON form, or one clear error."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise CollateralError(f"{origin}: not JSON") from exc
+    if not isinstance(document, dict):
+        raise CollateralError(f"{origin}: expected a JSON object of collateral fields")
+    missing = [name for name in COLLATERAL_FIELDS if not isinstance(document.get(name), str)]
+    if missing:
+        raise CollateralError(f"{origin}: missing collateral fields {', '.join(missing)}")
+    try:
+        collateral = _qvl().QuoteCollateralV3.from_json(text)
+    except ValueError as exc:
+        raise CollateralError(f"{origin}: not dcap-qvl QuoteCollateralV3 collateral") from exc
+    collateral_window(collateral)  # unreadable validity dates fail here, not mid-verify
+    return collateral
+
+
+class FileCollateral:
+    """Offline collateral from one JSON file (dcap-qvl ``QuoteCollateralV3`` form).
+
+    The file is read once; the same collateral serves every quote of its
+    platform (the verifier still checks FMSPC and validity time).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise CollateralError(f"cannot read collateral file {self.path}: {reason}") from exc
+        self._collateral = collateral_from_json(text, str(self.path))
+
+    def get(self, quote: bytes, now: int) -> Any:
+        return self._collateral
+
+    def __repr__(self) -> str:
+        return f"FileCollateral({str(self.path)!r})"
+
+
+# ---------------------------------------------------------------------------
+# PCCS / Intel PCS v4
+
+
+def raw_member(body: str, key: str) -> str:
+    """Exact source text of top-level member ``key`` of a JSON object.
+
+    Intel signs the bytes of ``tcbInfo``/``enclaveIdentity`` as served;
+    re-serialising a parsed copy could change them, so they are cut out as is.
+    """
+    decoder = json.JSONDecoder()
+    index = _skip_ws(body, 0)
+    if not body.startswith("{", index):
+        raise ValueError("not a JSON object")
+    index = _skip_ws(body, index + 1)
+    while index < len(body) and body[index] != "}":
+        name, index = decoder.raw_decode(body, index)
+        index = _skip_ws(body, index)
+        if not body.startswith(":", index):
+            raise ValueError("expected ':'")
+        start = _skip_ws(body, index + 1)
+        _, end = decoder.raw_decode(body, start)
+        if name == key:
+            return body[start:end]
+        index = _skip_ws(body, end)
+        if body.startswith(",", index):
+            index = _skip_ws(body, index + 1)
+    raise KeyError(key)
+
+
+def _skip_ws(text: str, index: int) -> int:
+    while index < len(text) and text[index] in " \t\r\n":
+        index += 1
+    return index
+
+
+def _crl_der(body: bytes) -> bytes:
+    """A CRL as DER from any encoding a PCS/PCCS serves (DER, PEM or hex)."""
+    stripped = body.strip()
+    if stripped.startswith(b"-----BEGIN"):
+        try:
+            return x509.load_pem_x509_crl(stripped).public_bytes(Encoding.DER)
+        except ValueError as exc:
+            raise CollateralError("PCCS served an unreadable PEM CRL") from exc
+    try:
+        return bytes.fromhex(stripped.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return bytes(body)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One cached piece of collateral with its validity window."""
+
+    fields: dict[str, str]
+    window: ValidityWindow
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "fields": self.fields,
+                "not_before": self.window.not_before,
+                "not_after": self.window.not_after,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> _Piece:
+        data = json.loads(text)
+        return cls(dict(data["fields"]), ValidityWindow(data["not_before"], data["not_after"]))
+
+
+class PccsCollateral:
+    """Collateral fetched from a PCCS (or Intel's PCS) and cached by validity.
+
+    ``base_url`` is the server root (``https://pccs.example:8081``); the v4
+    paths are added here.  Each piece is cached in memory and in ``cache_dir``
+    (so restarts keep it) and served while ``now`` is inside its window; at or
+    after its ``nextUpdate`` it is fetched again.  If the server itself only
+    has expired collateral, ``CollateralError`` says so.  FMSPC and PCK CA type
+    come from the quote's PCK certificate (via dcap-qvl's parser).
+
+    ``http_client`` is an ``httpx.Client`` (e.g. one trusting the PCCS's own
+    CA); by default a client with certificate verification and a 10 s timeout.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        cache_dir: str | os.PathLike,
+        http_client: Any = None,
+        *,
+        root_ca_crl_url: str | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.root_ca_crl_url = root_ca_crl_url or f"{self.base_url}/sgx/certification/v4/rootcacrl"
+        self.cache_dir = Path(cache_dir)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CollateralError(f"cannot create collateral cache {self.cache_dir}") from exc
+        if http_client is None:
+            import httpx
+
+            http_client = httpx.Client(timeout=10.0)
+        self._http = http_client
+        self._pieces: dict[str, _Piece] = {}
+        self._assembled: dict[tuple[str, ...], tuple[Any, ValidityWindow]] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PccsCollateral({self.base_url!r})"
+
+    def get(self, quote: bytes, now: int) -> Any:
+        tee, fmspc, ca = self._platform_of(quote)
+        key = (tee, fmspc, ca)
+        with self._lock:
+            hit = self._assembled.get(key)
+            if hit is not None and hit[1].contains(now):
+                return hit[0]
+            pieces = [
+                self._piece(f"tcb-{tee}-{fmspc}", now, lambda: self._fetch_tcb(tee, fmspc)),
+                self._piece(f"qe-{tee}", now, lambda: self._fetch_qe(tee)),
+                self._piece(f"pckcrl-{ca}", now, lambda: self._fetch_pck_crl(ca)),
+                self._piece("rootcacrl", now, self._fetch_root_crl),
+            ]
+            fields: dict[str, str] = {}
+            window = ValidityWindow(0, 2**63)
+            for piece in pieces:
+                fields.update(piece.fields)
+                window = window.intersect(piece.window)
+            collateral = collateral_from_json(json.dumps(fields), f"PCCS {self.base_url}")
+            self._assembled[key] = (collateral, window)
+            return collateral
+
+    # -- cache ------------------------------------------------------------
+
+    def _piece(self, name: str, now: int, fetch: Any) -> _Piece:
+        piece = self._pieces.get(name) or self._load_cached(name)
+        if piece is not None and piece.window.contains(now):
+            self._pieces[name] = piece
+            return piece
+        piece = fetch()
+        if now >= piece.window.not_after:
+            raise CollateralError(
+                f"PCCS {self.base_url} serves {name} collateral that expired at "
+                f"{datetime.fromtimestamp(piece.window.not_after).isoformat()}"
+            )
+        self._pieces[name] = piece
+        self._store_cached(name, piece)
+        return piece
+
+    def _cache_path(self, name: str) -> Path:
+        return self.cache_dir / f"{name}.json"
+
+    def _load_cached(self, name: str) -> _Piece | None:
+        try:
+            return _Piece.from_json(self._cache_path(name).read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # absent or damaged cache entry: fetch afresh
+
+    def _store_cached(self, name: str, piece: _Piece) -> None:
+        path = self._cache_path(name)
+        with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{name}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(piece.to_json())
+            os.replace(tmp, path)
+
+    # -- fetching -----------------------------------------------------------
+
+    @staticmethod
+    def _platform_of(quote: bytes) -> tuple[str, str, str]:
+        try:
+            header = read_header(quote)
+            parsed = _qvl().parse_quote(quote)
+            return ("sgx" if header.is_sgx else "tdx", parsed.fmspc().upper(), parsed.ca())
+        except (QuoteFormatError, ValueError) as exc:
+            raise CollateralError(
+                "cannot tell which platform the quote comes from (no readable PCK certificate)"
+            ) from exc
+
+    def _get(self, url: str, params: dict[str, str] | None = None) -> Any:
+        import httpx
+
+        try:
+            response = self._http.get(url, params=params)
+        except httpx.HTTPError as exc:
+            raise CollateralError(f"PCCS unreachable at {url}: {type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise CollateralError(f"PCCS answered {response.status_code} for {url}")
+        return response
+
+    @staticmethod
+    def _header(response: Any, *names: str) -> str:
+        for name in names:
+            value = response.headers.get(name)
+            if value:
+                return unquote(value)
+        raise CollateralError(f"PCCS response for {response.url} lacks the {names[0]} header")
+
+    def _signed_json(
+        self,
+        url: str,
+        params: dict[str, str] | None,
+        member: str,
+        chain_headers: tuple[str, ...],
+        prefix: str,
+        what: str,
+    ) -> _Piece:
+        response = self._get(url, params)
+        body = response.text
+        try:
+            inner = raw_member(body, member)
+            signature = json.loads(body)["signature"]
+            bytes.fromhex(signature)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CollateralError(f"PCCS {what} at {url} is not signed {member} JSON") from exc
+        fields = {
+            prefix: inner,
+            f"{prefix}_signature": signature,
+            f"{prefix}_issuer_chain": self._header(response, *chain_headers),
+        }
+        return _Piece(fields, signed_json_window(inner, what))
+
+    def _fetch_tcb(self, tee: str, fmspc: str) -> _Piece:
+        return self._signed_json(
+            f"{self.base_url}/{tee}/certification/v4/tcb",
+            {"fmspc": fmspc},
+            "tcbInfo",
+            ("TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"),
+            "tcb_info",
+            "TCB info",
+        )
+
+    def _fetch_qe(self, tee: str) -> _Piece:
+        return self._signed_json(
+            f"{self.base_url}/{tee}/certification/v4/qe/identity",
+            None,
+            "enclaveIdentity",
+            ("SGX-Enclave-Identity-Issuer-Chain",),
+            "qe_identity",
+            "QE identity",
+        )
+
+    def _fetch_pck_crl(self, ca: str) -> _Piece:
+        url = f"{self.base_url}/sgx/certification/v4/pckcrl"
+        response = self._get(url, {"ca": ca, "encoding": "der"})
+        der = _crl_der(response.content)
+        return _Piece(
+            {
+                "pck_crl": der.hex(),
+                "pck_crl_issuer_chain": self._header(response, "SGX-PCK-CRL-Issuer-Chain"),
+            },
+            crl_window(der, "PCK CRL"),
+        )
+
+    def _fetch_root_crl(self) -> _Piece:
+        der = _crl_der(self._get(self.root_ca_crl_url).content)
+        return _Piece({"root_ca_crl": der.hex()}, crl_window(der, "root CA CRL"))

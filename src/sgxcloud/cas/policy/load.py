@@ -1,0 +1,106 @@
+"""``load_policy``: text or mapping -> validated, immutable ``Policy``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sgxcloud.cas.errors import PolicyError
+from sgxcloud.cas.policy.access import certificate_fingerprint_id, public_key_id
+from sgxcloud.cas.policy.document import canonical_bytes, parse_document
+from sgxcloud.cas.policy.model import (
+    DEFAULT_TCB_STATUSES,
+    DEFAULT_VALIDITY_DAYS,
+    GRAMINE_KEY_SIZE,
+    AccessRules,
+    MrenclaveIdentity,
+    Policy,
+    Principal,
+    SecretImport,
+    SecretSpec,
+    ServicePolicy,
+    SignerIdentity,
+)
+from sgxcloud.cas.policy.validate import schema_problems, semantic_problems
+
+
+def load_policy(text_or_mapping: str | bytes | Mapping[str, Any]) -> Policy:
+    """Parse and validate a policy (YAML text, or an already-parsed mapping).
+
+    Raises ``PolicyError`` listing every problem (``.problems``), each with the
+    field path it concerns.
+    """
+    document = parse_document(text_or_mapping)
+    problems = schema_problems(document)
+    if not problems:  # semantic checks rely on the schema's shape
+        problems = semantic_problems(document)
+    if problems:
+        raise PolicyError.from_problems(problems)
+    return _build(document)
+
+
+def _build(doc: dict[str, Any]) -> Policy:
+    import hashlib
+
+    return Policy(
+        name=doc["name"],
+        services={name: _service(name, spec) for name, spec in doc["services"].items()},
+        secrets={name: _secret(name, spec) for name, spec in doc.get("secrets", {}).items()},
+        access=AccessRules(
+            owners=tuple(_principal(p) for p in doc["access"]["owners"]),
+            readers=tuple(_principal(p) for p in doc["access"].get("readers", [])),
+        ),
+        predecessor=doc.get("predecessor"),
+        hash=hashlib.sha256(canonical_bytes(doc)).hexdigest(),
+        document=doc,
+    )
+
+
+def _service(name: str, spec: dict[str, Any]) -> ServicePolicy:
+    identities = tuple(
+        MrenclaveIdentity(i["mrenclave"].lower())
+        if "mrenclave" in i
+        else SignerIdentity(i["mrsigner"].lower(), i["isvprodid"], i["min_isvsvn"])
+        for i in spec["identities"]
+    )
+    return ServicePolicy(
+        name=name,
+        identities=identities,
+        allow_debug=spec.get("allow_debug", False),
+        allow_simulated=spec.get("allow_simulated", False),
+        tolerated_tcb_statuses=tuple(spec.get("tolerated_tcb_statuses", DEFAULT_TCB_STATUSES)),
+        tolerated_advisories=tuple(spec.get("tolerated_advisories", ())),
+        command=tuple(spec.get("command", ())),
+        environment=dict(spec.get("environment", {})),
+        files=dict(spec.get("files", {})),
+    )
+
+
+def _secret(name: str, spec: dict[str, Any]) -> SecretSpec:
+    kind = spec["kind"]
+    source = spec.get("import_from")
+    imported = SecretImport(source["policy"], source["secret"]) if source else None
+    size = spec.get("size")
+    if kind == "gramine-key":
+        size = GRAMINE_KEY_SIZE
+    validity = spec.get("validity_days")
+    if kind == "x509" and imported is None and validity is None:
+        validity = DEFAULT_VALIDITY_DAYS
+    return SecretSpec(
+        name=name,
+        kind=kind,
+        size=size,
+        algorithm=spec.get("algorithm"),
+        key=spec.get("key"),
+        subject=spec.get("subject"),
+        sans=tuple(spec.get("sans", ())),
+        validity_days=validity,
+        export_to=tuple(spec.get("export_to", ())),
+        import_from=imported,
+    )
+
+
+def _principal(spec: dict[str, Any]) -> Principal:
+    if "public_key" in spec:
+        return Principal(spec["name"], public_key_id(spec["public_key"]))
+    return Principal(spec["name"], certificate_fingerprint_id(spec["client_certificate_sha256"]))
