@@ -29,9 +29,12 @@ DOMAIN = b"sgxcloud-cleanroom-tls-v1"
 NONCE_SIZE = 32
 
 
-def report_data(public_key_der: bytes, definition_hash: str, peer_nonce: bytes) -> bytes:
+def report_data(public_key_der: bytes, definition_hash: str, peer_nonce: bytes,
+                *extra: bytes) -> bytes:
+    """REPORTDATA binding a key, a definition and a nonce (plus ``extra`` parts,
+    e.g. the coordinator's result-signing key next to its TLS key)."""
     digest = hashlib.sha256()
-    for part in (DOMAIN, public_key_der, definition_hash.encode(), peer_nonce):
+    for part in (DOMAIN, public_key_der, definition_hash.encode(), peer_nonce, *extra):
         digest.update(len(part).to_bytes(4, "big"))
         digest.update(part)
     return digest.digest() + bytes(32)
@@ -75,7 +78,8 @@ class PeerPolicy:
     """Further identity checks (MRSIGNER, ISVPRODID, minimum ISVSVN, no debug)."""
     clock: Callable[[], int] = field(default=lambda: int(time.time()))
 
-    def check(self, evidence: Any, peer_public_key_der: bytes, own_nonce: bytes) -> Any:
+    def check(self, evidence: Any, peer_public_key_der: bytes, own_nonce: bytes,
+              *extra: bytes) -> Any:
         """Verify ``evidence`` for this session or raise :class:`PeerRefused`."""
         if evidence.simulated and not self.allow_simulation:
             raise _simulated_refused()
@@ -96,7 +100,7 @@ class PeerPolicy:
                 f"peer enclave MRENCLAVE {mrenclave[:16]}… is not pinned by the "
                 "collaboration definition"
             )
-        expected = report_data(peer_public_key_der, self.definition_hash, own_nonce)
+        expected = report_data(peer_public_key_der, self.definition_hash, own_nonce, *extra)
         if not hmac.compare_digest(bytes(verified.report_data), expected):
             raise PeerRefused(
                 "peer evidence is not bound to this TLS key, this session's nonce and "

@@ -1,0 +1,450 @@
+"""The coordinator enclave: pulls approved data from attested nodes, runs
+analyses with the engine, signs results, and serves the HTTP API.
+
+Layers, so each can be tested alone: :class:`Coordinator` (state, ingestion,
+queries; no HTTP) and :func:`create_app` (FastAPI: decode, call, encode).
+Everything it keeps (the re-keying key, the result-signing key, staged data,
+the engine's tables, budgets and audit log) lives under ``workdir``, which in
+production is an encrypted mount whose key only the attested enclave gets.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from sgxcloud.cleanroom.approvals import (
+    Approval,
+    generate_private_key,
+    private_key_from_pem,
+    private_key_to_pem,
+    verify_approvals,
+)
+from sgxcloud.cleanroom.definition import Definition
+from sgxcloud.cleanroom.errors import CleanroomError, IngestError
+from sgxcloud.cleanroom.identifiers import new_key
+from sgxcloud.cleanroom.transport import (
+    Kind,
+    RemoteError,
+    TlsIdentity,
+    TransportError,
+    connect,
+    open_client,
+    public_key_der,
+    report_data,
+)
+from sgxcloud.cleanroom.transport.request_auth import RequestVerifier
+from sgxcloud.cleanroom.transport.signer import signer_statement
+from sgxcloud.cleanroom.transport.trust import local_attester, peer_policy
+from sgxcloud.errors import InputError
+
+log = logging.getLogger("sgxcloud.cleanroom.coordinator")
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class CoordinatorConfig:
+    definition: Definition
+    workdir: Path
+    nodes: dict[str, tuple[str, int]]
+    approvals: list[Approval] = field(default_factory=list)
+    simulate: bool = False
+    simulate_mrenclave: str | None = None
+    memory_limit: str = "512MB"
+    batch_rows: int = 65_536
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.nodes) - set(self.definition.providers))
+        if unknown:
+            raise InputError(f"node(s) for {', '.join(unknown)}: "
+                             "not data providers in the definition")
+
+
+def _secret_file(path: Path, make: Callable[[], bytes]) -> bytes:
+    """Read a key kept in the (enclave-encrypted) workdir, creating it once."""
+    if path.exists():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return data
+
+
+class Coordinator:
+    """Ingestion from nodes and query execution, shared by the API and tests."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        from sgxcloud.cleanroom.engine import Engine
+
+        config.validate()
+        self.config = config
+        self.definition = config.definition
+        self.definition_hash = self.definition.definition_hash()
+        self.workdir = config.workdir
+        keys = self.workdir / "keys"
+        self._rekey = _secret_file(keys / "rekey.bin", new_key)
+        signing = private_key_from_pem(
+            _secret_file(keys / "result-signing.pem",
+                         lambda: private_key_to_pem(generate_private_key())))
+        self.attester = local_attester(self.definition, "coordinator", simulate=config.simulate,
+                                       mrenclave=config.simulate_mrenclave)
+        self.simulated = bool(self.attester.simulated)
+        self.tls = TlsIdentity.generate("coordinator")
+        self.engine = Engine(self.definition, self.workdir / "engine", signing_key=signing,
+                             memory_limit=config.memory_limit)
+        self.signer = self.engine.public_key
+        self.signer_statement = signer_statement(self.attester, self.signer,
+                                                 self.definition_hash)
+        self.requests = RequestVerifier(self.definition)
+        self._engine_lock = threading.Lock()
+        self._status_lock = threading.Lock()
+        self.datasets: dict[str, dict[str, Any]] = {
+            ds.ref: {"dataset": ds.ref, "state": "pending", "rows": 0, "reason": ""}
+            for ds in self.definition.datasets if ds.provider in config.nodes
+        }
+
+    # -- attestation -----------------------------------------------------------------
+
+    def attestation(self, nonce: bytes) -> dict[str, Any]:
+        """Evidence binding the HTTPS key, the signer and the definition to ``nonce``."""
+        binding = report_data(self.tls.public_key_der(), self.definition_hash, nonce,
+                              self.signer.encode())
+        evidence = self.attester.evidence(binding)
+        return {
+            "definition_hash": self.definition_hash,
+            "simulated": self.simulated,
+            "signer": self.signer,
+            "tls_public_key": base64.b64encode(self.tls.public_key_der()).decode(),
+            "evidence": {"format": evidence.format,
+                         "raw": base64.b64encode(evidence.raw).decode()},
+            "signer_statement": self.signer_statement,
+        }
+
+    def approval_status(self) -> dict[str, Any]:
+        status = verify_approvals(self.definition, self.config.approvals)
+        return {"valid": list(status.valid), "missing": list(status.missing),
+                "invalid": list(status.invalid), "complete": status.complete}
+
+    # -- ingestion ---------------------------------------------------------------------
+
+    def ingest_all(self, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
+        """Pull every dataset from every node; a failing node or file affects only itself."""
+        for provider in self.config.nodes:
+            self.ingest_provider(provider, progress)
+        return self.status()
+
+    def ingest_provider(self, provider: str, progress: Progress | None = None) -> None:
+        refs = [ds.ref for ds in self.definition.datasets_of(provider)]
+        try:
+            channel = open_client(
+                connect(self.config.nodes[provider], self.tls), "coordinator",
+                peer_policy(self.definition, "node"), self.attester,
+                extra={"approvals": [a.to_dict() for a in self.config.approvals]},
+            )
+        except TransportError as exc:
+            for ref in refs:
+                self._set(ref, state="unavailable", reason=str(exc))
+            log.warning("node %s: %s", provider, exc)
+            return
+        try:
+            channel.request({"op": "describe"})
+            _, described = channel.frames.recv_json(Kind.RESPONSE)
+            for entry in described.get("datasets", []):
+                ref = f"{provider}.{entry.get('dataset')}"
+                if ref not in self.datasets:
+                    continue
+                if not entry.get("available"):
+                    self._set(ref, state="unavailable", reason="the node has no file for it")
+                    continue
+                self._ingest_dataset(channel, provider, str(entry["dataset"]), progress)
+            channel.request({"op": "bye"})
+        except TransportError as exc:
+            for ref in refs:
+                if self.datasets[ref]["state"] in ("pending", "ingesting"):
+                    self._set(ref, state="failed", reason=str(exc))
+        finally:
+            channel.close()
+
+    def _ingest_dataset(self, channel, provider: str, dataset: str,
+                        progress: Progress | None) -> None:
+        ref = f"{provider}.{dataset}"
+        self._set(ref, state="ingesting", reason="")
+        staging = self.workdir / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        staged = staging / f"{ref}.arrows"
+        channel.request({"op": "send", "dataset": dataset,
+                         "key": base64.b64encode(self._rekey).decode(),
+                         "batch_rows": self.config.batch_rows})
+        started = time.monotonic()
+        try:
+            with staged.open("wb") as sink:
+                counting = _Counting(sink, lambda n: progress and progress(
+                    "receive", {"dataset": ref, "bytes": n}))
+                trailer = channel.receive_stream(counting)
+            with pa.memory_map(str(staged)) as source, self._engine_lock:
+                reader = pa.ipc.open_stream(source)
+                report = self.engine.ingest(provider, dataset, reader)
+        except RemoteError as exc:
+            self._set(ref, state="rejected", reason=str(exc))
+            log.warning("%s rejected by its node: %s", ref, exc)
+            return
+        except (IngestError, CleanroomError, pa.ArrowException) as exc:
+            self._set(ref, state="rejected", reason=f"cannot ingest: {exc}")
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                staged.unlink()
+        self._set(ref, state="ingested", rows=report.rows, reason="",
+                  bytes=trailer.get("bytes", 0),
+                  seconds=round(time.monotonic() - started, 3),
+                  identifier_report=trailer.get("report", {}))
+        if progress:
+            progress("ingested", {"dataset": ref, "rows": report.rows})
+
+    def _set(self, ref: str, **fields: Any) -> None:
+        with self._status_lock:
+            self.datasets[ref].update(fields)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        with self._status_lock:
+            return {k: dict(v) for k, v in self.datasets.items()}
+
+    # -- queries -----------------------------------------------------------------------
+
+    def run_query(self, query: dict[str, Any], analyst: str):
+        with self._engine_lock:
+            return self.engine.run(query, analyst)
+
+    def bundle(self, result) -> dict[str, Any]:
+        """A result plus what a recipient needs to verify it offline."""
+        return {"result": result.to_dict(), "signer_statement": self.signer_statement}
+
+    def budget(self, analyst: str) -> dict[str, Any]:
+        with self._engine_lock:
+            status = self.engine.budget(analyst)
+        return {"analyst": analyst, "total": status.total, "spent": status.spent,
+                "remaining": status.remaining}
+
+    def audit_entries(self) -> list[dict[str, Any]]:
+        with self._engine_lock:
+            return [_entry_dict(e) for e in self.engine.audit.entries()]
+
+    def close(self) -> None:
+        with self._engine_lock:
+            self.engine.close()
+
+
+def _entry_dict(entry: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(entry) if is_dataclass(entry) else dict(entry)
+
+
+class _Counting:
+    """Write-through file wrapper that reports bytes received (for progress bars)."""
+
+    def __init__(self, sink, report: Callable[[int], Any]) -> None:
+        self._sink = sink
+        self._report = report
+        self.total = 0
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        self.total += len(data)
+        self._report(self.total)
+        return len(data)
+
+
+def tls_public_key_matches(attestation: dict[str, Any], cert) -> bool:
+    """Whether the key the API attested is the one in the certificate we connected to."""
+    return base64.b64decode(attestation["tls_public_key"]) == public_key_der(cert)
+
+
+# -- HTTP API ----------------------------------------------------------------------------
+
+API_VERSION = "1.0"
+
+
+def create_app(coordinator: Coordinator | None = None):
+    """The coordinator's HTTP API (FastAPI).  Handlers decode, call, encode.
+
+    ``coordinator`` may be None to render the OpenAPI document only.
+    """
+    import json
+
+    from fastapi import FastAPI, Query, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel
+
+    from sgxcloud.cleanroom.errors import QueryError, QueryRefused
+    from sgxcloud.cleanroom.transport.request_auth import RequestRejected
+
+    app = FastAPI(
+        title="sgxcloud clean room coordinator",
+        version=API_VERSION,
+        description=(
+            "HTTP API of the clean room coordinator enclave. Attestation and the "
+            "definition are public; every other call is signed by a party's Ed25519 "
+            "key (X-Cleanroom-Party, -Nonce, -Issued-At, -Signature headers). "
+            "Results are signed by the enclave's key, which its attestation binds."
+        ),
+    )
+    app.state.coordinator = coordinator
+    results: dict[str, dict[str, Any]] = {}
+
+    class ErrorBody(BaseModel):
+        code: str
+        message: str
+
+    class ErrorResponse(BaseModel):
+        error: ErrorBody
+
+    def error(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+    errors = {r: {"model": ErrorResponse} for r in (400, 401, 403, 404)}
+
+    async def authenticate(request: Request) -> str:
+        body = await request.body()
+        return app.state.coordinator.requests.verify(
+            {k.lower(): v for k, v in request.headers.items()},
+            request.method, request.url.path, body)
+
+    def guarded(handler):
+        """Map library verdicts to HTTP statuses; nothing else leaks out."""
+        import functools
+
+        @functools.wraps(handler)
+        async def wrapper(*args, **kwargs):
+            try:
+                return await handler(*args, **kwargs)
+            except RequestRejected as exc:
+                return error(401, "unauthenticated", str(exc))
+            except QueryRefused as exc:
+                return error(403, f"refused_{exc.reason}", str(exc))
+            except (QueryError, InputError) as exc:
+                return error(400, "bad_request", str(exc))
+            except CleanroomError as exc:
+                return error(400, "error", str(exc))
+        return wrapper
+
+    @app.get("/v1/health", tags=["public"])
+    async def health() -> dict[str, Any]:
+        """Liveness, and whether this coordinator runs on SIMULATED attestation."""
+        c = app.state.coordinator
+        return {"status": "ok", "simulated": c.simulated, "definition_hash": c.definition_hash}
+
+    @app.get("/v1/attestation", tags=["public"], responses=errors)
+    async def attestation(nonce: str = Query(..., pattern="^[0-9a-f]{64}$",
+                                             description="32 random bytes, hex")):
+        """Fresh evidence binding the HTTPS key, the result signer, the definition
+        hash and ``nonce``; check it before trusting anything else."""
+        return app.state.coordinator.attestation(bytes.fromhex(nonce))
+
+    @app.get("/v1/definition", tags=["public"])
+    async def definition() -> dict[str, Any]:
+        """The collaboration definition this coordinator runs, and its hash."""
+        c = app.state.coordinator
+        return {"definition_hash": c.definition_hash, "document": c.definition.document}
+
+    @app.get("/v1/status", tags=["parties"], responses=errors)
+    @guarded
+    async def status(request: Request):
+        """Approvals and the ingestion state of every dataset."""
+        await authenticate(request)
+        c = app.state.coordinator
+        return {"simulated": c.simulated, "definition_hash": c.definition_hash,
+                "approvals": c.approval_status(), "datasets": list(c.status().values())}
+
+    @app.post("/v1/ingest", tags=["providers"], responses=errors)
+    @guarded
+    async def ingest(request: Request):
+        """A data provider asks the coordinator to pull its datasets again
+        (after fixing a file); answers with their new state."""
+        party = await authenticate(request)
+        c = app.state.coordinator
+        if party not in c.config.nodes:
+            return error(403, "not_allowed", f"{party} runs no node known to this coordinator")
+        await run_in_threadpool(c.ingest_provider, party)
+        mine = [v for v in c.status().values() if v["dataset"].startswith(party + ".")]
+        return {"datasets": mine}
+
+    @app.post("/v1/queries", tags=["analysts"], responses=errors)
+    @guarded
+    async def submit_query(request: Request):
+        """Run a query as the signing analyst; returns the signed result bundle."""
+        analyst = await authenticate(request)
+        try:
+            doc = json.loads(await request.body())
+        except ValueError:
+            return error(400, "bad_request", "body must be a JSON query document")
+        c = app.state.coordinator
+        result = await run_in_threadpool(c.run_query, doc, analyst)
+        bundle = c.bundle(result)
+        results[result.result_id] = {"bundle": bundle, "analyst": analyst}
+        return bundle
+
+    @app.get("/v1/results/{result_id}", tags=["recipients"], responses=errors)
+    @guarded
+    async def get_result(result_id: str, request: Request):
+        """A released result, for the analyst who asked or a listed recipient."""
+        party = await authenticate(request)
+        entry = results.get(result_id)
+        if entry is None:
+            return error(404, "not_found", "no such result")
+        recipients = entry["bundle"]["result"].get("recipients", [])
+        if party != entry["analyst"] and party not in recipients:
+            return error(403, "not_allowed", f"{party} is not a recipient of this result")
+        return entry["bundle"]
+
+    @app.get("/v1/budget", tags=["analysts"], responses=errors)
+    @guarded
+    async def budget(request: Request):
+        """The signing analyst's differential-privacy budget."""
+        analyst = await authenticate(request)
+        return await run_in_threadpool(app.state.coordinator.budget, analyst)
+
+    @app.get("/v1/audit", tags=["parties"], responses=errors)
+    @guarded
+    async def audit(request: Request):
+        """The hash-chained audit log: every request and every released number."""
+        await authenticate(request)
+        return {"entries": await run_in_threadpool(app.state.coordinator.audit_entries)}
+
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API description committed as docs/cleanroom/openapi.json."""
+    return create_app(None).openapi()
+
+
+def serve(coordinator: Coordinator, host: str, port: int,
+          on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve the API over HTTPS with the coordinator's attested TLS key (blocks)."""
+    import socket
+
+    import uvicorn
+
+    cert, key = coordinator.tls.write_pem_files(coordinator.workdir / "tls")
+    sock = socket.create_server((host, port))
+    config = uvicorn.Config(create_app(coordinator), ssl_certfile=str(cert),
+                            ssl_keyfile=str(key), log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    if on_ready:
+        on_ready(sock.getsockname()[1])
+    server.run(sockets=[sock])

@@ -1,0 +1,203 @@
+"""Python SDK for analysts and recipients: attest the coordinator, submit
+queries, fetch and verify results.
+
+Nothing is trusted until the coordinator has proved, with fresh attestation
+evidence, that the HTTPS key this client connects to, the key that signs
+results and the collaboration definition all belong to the enclave the
+definition pins.  After that, every request goes over HTTPS pinned to exactly
+that certificate, signed with the party's Ed25519 key::
+
+    client = CleanroomClient.connect("https://127.0.0.1:8443", definition,
+                                     "brand", private_key)
+    verified = client.query({"template": "audience_size", "analysis": "reach",
+                             "filter": "bank.customers.premium_card = true"})
+    verified.result.value("people")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sgxcloud.cleanroom.definition import Definition
+from sgxcloud.cleanroom.errors import CleanroomError, QueryError, QueryRefused
+from sgxcloud.cleanroom.results import Result, verify_result
+from sgxcloud.cleanroom.transport import (
+    PeerRefused,
+    TransportError,
+    fetch_server_certificate,
+    pinned_client_context,
+    public_key_der,
+)
+from sgxcloud.cleanroom.transport.request_auth import RequestRejected, sign_request
+from sgxcloud.cleanroom.transport.signer import verify_signer_statement
+from sgxcloud.cleanroom.transport.trust import peer_policy
+
+
+@dataclass(frozen=True)
+class VerifiedResult:
+    """A result whose signature and signer attestation have been checked."""
+
+    result: Result
+    bundle: dict[str, Any]
+    simulated: bool
+
+    def to_json(self) -> str:
+        return json.dumps(self.bundle, indent=2, sort_keys=True)
+
+
+def verify_bundle(bundle: dict[str, Any] | str, definition: Definition) -> VerifiedResult:
+    """Verify a result bundle offline against ``definition``.
+
+    Checks, in order: the signer statement's evidence (coordinator MRENCLAVE
+    pin, SIMULATED only if the definition allows it, binding of the signer key
+    and the definition hash), then the result's signature by that key and its
+    definition hash.  Raises ``PeerRefused`` or ``ResultSignatureError``.
+    """
+    if isinstance(bundle, str):
+        try:
+            bundle = json.loads(bundle)
+        except ValueError as exc:
+            raise CleanroomError("not a result bundle (bad JSON)") from exc
+    if not isinstance(bundle, dict) or "result" not in bundle or "signer_statement" not in bundle:
+        raise CleanroomError("not a result bundle (needs 'result' and 'signer_statement')")
+    statement = bundle["signer_statement"]
+    verified = verify_signer_statement(statement, peer_policy(definition, "coordinator"))
+    result = verify_result(bundle["result"], str(statement.get("signer")),
+                           definition_hash=definition.definition_hash())
+    return VerifiedResult(result, bundle, bool(verified.simulated))
+
+
+class CleanroomClient:
+    """An attested, authenticated session with the coordinator API."""
+
+    def __init__(self, base_url: str, definition: Definition, party: str,
+                 private_key: Ed25519PrivateKey, http: httpx.Client, attestation: dict[str, Any],
+                 simulated: bool) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.definition = definition
+        self.party = party
+        self._key = private_key
+        self._http = http
+        self.attestation = attestation
+        self.simulated = simulated
+
+    @classmethod
+    def connect(cls, base_url: str, definition: Definition, party: str,
+                private_key: Ed25519PrivateKey, timeout: float = 600.0) -> CleanroomClient:
+        """Attest the coordinator, then open an HTTPS session pinned to its key."""
+        parts = urlsplit(base_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise CleanroomError("the coordinator URL must be https://HOST:PORT")
+        cert = fetch_server_certificate(parts.hostname, parts.port or 443)
+        pinned = pinned_client_context(cert.public_bytes(serialization.Encoding.PEM))
+        http = httpx.Client(base_url=base_url, verify=pinned, timeout=timeout)
+        nonce = os.urandom(32)
+        try:
+            response = http.get("/v1/attestation", params={"nonce": nonce.hex()})
+        except httpx.HTTPError as exc:
+            http.close()
+            raise TransportError(f"coordinator unreachable ({type(exc).__name__})") from exc
+        attestation = _json_or_error(response)
+        try:
+            verified = _check_attestation(attestation, definition, public_key_der(cert), nonce)
+        except Exception:
+            http.close()
+            raise
+        return cls(base_url, definition, party, private_key, http, attestation,
+                   bool(verified.simulated))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CleanroomClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- signed calls ----------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        content = b"" if body is None else json.dumps(body).encode()
+        headers = sign_request(self._key, self.party, method, path, content)
+        if content:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = self._http.request(method, path, content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"coordinator request failed ({type(exc).__name__})") from exc
+        return _json_or_error(response)
+
+    def query(self, query: dict[str, Any]) -> VerifiedResult:
+        """Submit a query; the answer is verified before it is returned."""
+        return verify_bundle(self._call("POST", "/v1/queries", query), self.definition)
+
+    def result(self, result_id: str) -> VerifiedResult:
+        return verify_bundle(self._call("GET", f"/v1/results/{result_id}"), self.definition)
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/status")
+
+    def budget(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/budget")
+
+    def audit(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/audit")["entries"]
+
+    def reingest(self) -> dict[str, Any]:
+        """(Data providers) ask the coordinator to pull this provider's data again."""
+        return self._call("POST", "/v1/ingest")
+
+
+def _check_attestation(attestation: dict[str, Any], definition: Definition, tls_key: bytes,
+                       nonce: bytes) -> Any:
+    import base64
+
+    from sgxcloud.cas.evidence.model import Evidence
+
+    if attestation.get("definition_hash") != definition.definition_hash():
+        raise PeerRefused("the coordinator runs a different collaboration definition")
+    try:
+        evidence = Evidence(format=str(attestation["evidence"]["format"]),
+                            raw=base64.b64decode(attestation["evidence"]["raw"], validate=True))
+        signer = str(attestation["signer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PeerRefused("malformed attestation document from the coordinator") from exc
+    policy = peer_policy(definition, "coordinator")
+    verified = policy.check(evidence, tls_key, nonce, signer.encode())
+    statement = attestation.get("signer_statement") or {}
+    if statement.get("signer") != signer:
+        raise PeerRefused("the coordinator's signer statement names another key")
+    verify_signer_statement(statement, policy)
+    return verified
+
+
+_REFUSAL_CODES = {f"refused_{r}": r for r in ("not_allowed", "budget", "differencing",
+                                              "suppressed")}
+
+
+def _json_or_error(response: httpx.Response) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except ValueError as exc:
+        raise TransportError(f"coordinator answered HTTP {response.status_code} without JSON") \
+            from exc
+    if response.is_success:
+        return doc
+    err = doc.get("error", {}) if isinstance(doc, dict) else {}
+    code, message = str(err.get("code", "error")), str(err.get("message", "request failed"))
+    if code in _REFUSAL_CODES:
+        raise QueryRefused(_REFUSAL_CODES[code], message.split(": ", 1)[-1])
+    if response.status_code == 401:
+        raise RequestRejected(message)
+    if response.status_code == 400:
+        raise QueryError("", message)
+    raise CleanroomError(f"coordinator: {message}")
