@@ -163,3 +163,98 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'cas.db'}"
     return fresh_database(server())
+
+
+# -- a ready CAS over either backend, shared by the service, protocol and
+# -- concurrency tests (this is the one helper module of tests/cas) ---------
+
+MRENCLAVE = "ab" * 32
+MRSIGNER = "cd" * 32
+CLOCK = 1_760_000_000  # a fixed "now" (2025-10-09) keeps every test deterministic
+
+
+def owner_key():  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def public_pem(key) -> str:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def policy_text(
+    owner,  # type: ignore[no-untyped-def]
+    *,
+    name: str = "shop",
+    mrenclave: str = MRENCLAVE,
+    allow_simulated: bool = True,
+    predecessor: str | None = None,
+    description: str = "test policy",
+    readers=(),  # type: ignore[no-untyped-def]
+) -> str:
+    import yaml
+
+    document = {
+        "name": name,
+        "description": description,
+        "access": {
+            "owners": [{"name": "owner", "public_key": public_pem(owner)}],
+            "readers": [
+                {"name": f"reader{i}", "public_key": public_pem(r)} for i, r in enumerate(readers)
+            ],
+        },
+        "services": {
+            "web": {
+                "identities": [{"mrenclave": mrenclave}],
+                "allow_simulated": allow_simulated,
+                "command": ["/usr/bin/python3", "app.py", "--db-password={{secret:db_password}}"],
+                "environment": {"API_TOKEN": "{{ secret:api_token:base64 }}", "MODE": "prod"},
+                "files": {
+                    "/etc/app/tls.key": "{{secret:tls_key}}",
+                    "/etc/app/tls.crt": "{{secret:tls_cert:chain-pem}}",
+                    "/dev/attestation/keys/data": "{{secret:data_key:raw}}",
+                },
+            }
+        },
+        "secrets": {
+            "db_password": {"kind": "random", "size": 24},
+            "api_token": {"kind": "random", "size": 32},
+            "tls_key": {"kind": "private-key", "algorithm": "ec-p256"},
+            "tls_cert": {
+                "kind": "x509",
+                "key": "tls_key",
+                "subject": "CN=web.shop.example",
+                "sans": ["web.shop.example", "10.0.0.5"],
+                "validity_days": 30,
+            },
+            "data_key": {"kind": "gramine-key"},
+        },
+    }
+    if predecessor is not None:
+        document["predecessor"] = predecessor
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def make_service(url: str, keyring=None, *, nonce_ttl: int = 60):  # type: ignore[no-untyped-def]
+    from sgxcloud.cas import secrets
+    from sgxcloud.cas.evidence import DefaultVerifier
+    from sgxcloud.cas.service.core import CasService
+    from sgxcloud.cas.store import Database
+
+    keyring = keyring or secrets.Keyring(secrets.MasterKey.generate())
+    service = CasService(Database.open(url), keyring, DefaultVerifier(None), nonce_ttl=nonce_ttl)
+    service.start()
+    return service
+
+
+def simulated_identity(mrenclave: str = MRENCLAVE, debug: bool = False):  # type: ignore[no-untyped-def]
+    from sgxcloud.sgx.identity import EnclaveIdentity
+
+    return EnclaveIdentity(mrenclave, MRSIGNER, 0, 0, debug)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from sqlalchemy import delete, update
 
@@ -46,7 +48,7 @@ def test_intact_chain_verifies(chain: Database) -> None:
     entries = audit.entries(chain)
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
     assert entries[0].prev_hash == audit.GENESIS_HASH
-    assert all(b.prev_hash == a.entry_hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.entry_hash for a, b in itertools.pairwise(entries))
     assert report.head_hash == entries[-1].entry_hash
 
 

@@ -341,6 +341,16 @@ def subject_alternative_names(names: Iterable[str]) -> list[x509.GeneralName]:
     return result
 
 
+def subject_name(subject: str) -> x509.Name:
+    """``CN=api,O=Shop`` (RFC 4514) as given, or a bare name as the common name."""
+    if "=" in subject:
+        try:
+            return x509.Name.from_rfc4514_string(subject)
+        except ValueError as exc:
+            raise SecretsError(f"certificate subject {subject!r} is not an RFC 4514 name") from exc
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject[:64])])
+
+
 def issue_certificate(
     ca: CertificateAuthority,
     public_key: PublicKey,
@@ -355,7 +365,7 @@ def issue_certificate(
         raise SecretsError(f"certificate validity must be at least one day, got {days}")
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]))
+        .subject_name(subject_name(common_name))
         .issuer_name(ca.certificate.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())

@@ -1,0 +1,217 @@
+"""The enclave side of attest-and-fetch.
+
+Inside an SGX enclave under Gramine::
+
+    config = fetch_configuration("https://cas.example:8443", policy="shop",
+                                 service="web", ca_file="/etc/cas-ca.pem")
+
+makes a fresh P-256 key pair, asks for a nonce, writes
+``SHA-256(public key ‖ nonce)`` to ``/dev/attestation/user_report_data``,
+reads the quote from ``/dev/attestation/quote``, sends both, and opens the
+sealed configuration with the private key, which never leaves the enclave.
+
+Without ``/dev/attestation`` there is no evidence, and the client says so: it
+produces SIMULATED evidence only when the caller passes ``simulate=`` with
+the identity to claim, and the service rejects that unless the policy allows
+simulation.  The service's TLS certificate is checked against a pinned CA
+file, never the system store: the CAS is its own trust root.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sgxcloud.cas import protocol
+from sgxcloud.cas.errors import AccessDenied, CasError, EvidenceError
+from sgxcloud.cas.evidence import make_simulated_evidence
+from sgxcloud.sgx.identity import EnclaveIdentity
+
+log = logging.getLogger(__name__)
+
+ATTESTATION_DIR = Path("dev/attestation")
+
+
+class ClientError(CasError):
+    """The configuration could not be fetched (service unreachable or refused)."""
+
+    exit_code = 1
+
+
+class NoEvidenceSource(ClientError):
+    """Not inside an SGX enclave (no /dev/attestation) and simulation not requested."""
+
+
+@dataclass(frozen=True)
+class FetchedConfiguration:
+    """What the enclave received: its configuration, its certificate, and how it got them."""
+
+    configuration: protocol.Configuration
+    private_key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+    ca_certificate: x509.Certificate
+    policy_hash: str
+    simulated: bool
+    tcb_status: str
+
+    def private_key_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+class GramineEvidence:
+    """Quotes from Gramine's attestation pseudo-files under ``root`` (``/`` in an enclave)."""
+
+    def __init__(self, root: Path = Path("/")) -> None:
+        self.directory = root / ATTESTATION_DIR
+
+    def available(self) -> bool:
+        return (self.directory / "user_report_data").exists() and (
+            self.directory / "quote"
+        ).exists()
+
+    def evidence(self, report_data: bytes) -> bytes:
+        # Writing user_report_data and then reading quote is Gramine's interface:
+        # the read returns a quote over the report data just written.
+        try:
+            (self.directory / "user_report_data").write_bytes(report_data)
+            return (self.directory / "quote").read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot get a quote from {self.directory}: {exc.strerror}") from exc
+
+
+class SimulatedEvidence:
+    """SIMULATED evidence claiming ``identity``: no SGX, no security; for tests and demos."""
+
+    def __init__(self, identity: EnclaveIdentity) -> None:
+        self.identity = identity
+
+    def available(self) -> bool:
+        return True
+
+    def evidence(self, report_data: bytes) -> bytes:
+        log.warning("using SIMULATED attestation evidence: no SGX hardware, no security")
+        return make_simulated_evidence(self.identity, report_data).raw
+
+
+def choose_evidence_source(
+    root: Path = Path("/"), simulate: EnclaveIdentity | None = None
+) -> GramineEvidence | SimulatedEvidence:
+    """Gramine's quote when present; simulation only when explicitly asked for."""
+    gramine = GramineEvidence(root)
+    if gramine.available():
+        return gramine
+    if simulate is not None:
+        return SimulatedEvidence(simulate)
+    raise NoEvidenceSource(
+        f"no SGX attestation interface at {gramine.directory} (not in a Gramine enclave?) "
+        "and simulation was not requested"
+    )
+
+
+def pinned_tls(ca_file: Path) -> ssl.SSLContext:
+    """A TLS context that trusts only the CAS's own CA."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(f"cannot load the pinned CA {ca_file}") from exc
+
+
+def fetch_configuration(
+    base_url: str,
+    *,
+    policy: str,
+    service: str,
+    ca_file: Path | None = None,
+    root: Path = Path("/"),
+    simulate: EnclaveIdentity | None = None,
+    http_client: httpx.Client | None = None,
+    timeout: float = 30.0,
+) -> FetchedConfiguration:
+    """Attest to the CAS and return this enclave's configuration."""
+    source = choose_evidence_source(root, simulate)
+    owns_client = http_client is None
+    if http_client is None:
+        if ca_file is None:
+            raise ClientError("ca_file (the CAS's CA certificate) is required")
+        http_client = httpx.Client(base_url=base_url, verify=pinned_tls(ca_file), timeout=timeout)
+    try:
+        return _attest(http_client, source, policy, service)
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach the CAS at {base_url}: {type(exc).__name__}") from exc
+    finally:
+        if owns_client:
+            http_client.close()
+
+
+def _attest(
+    client: httpx.Client,
+    source: GramineEvidence | SimulatedEvidence,
+    policy: str,
+    service: str,
+) -> FetchedConfiguration:
+    key = protocol.new_enclave_key()
+    grant = _json(client.post("/v1/nonces"))
+    nonce = protocol.parse_nonce(grant["nonce"])
+    evidence = source.evidence(protocol.report_data_for(key.public_key(), nonce))
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    answer = _json(
+        client.post(
+            "/v1/attest",
+            json={
+                "policy": policy,
+                "service": service,
+                "nonce": nonce.hex(),
+                "public_key": public_pem.decode(),
+                "evidence": base64.b64encode(evidence).decode(),
+            },
+        )
+    )
+    configuration = protocol.open_configuration(
+        base64.b64decode(answer["sealed_configuration"]), key, nonce
+    )
+    certificate = x509.load_pem_x509_certificate(answer["certificate"].encode())
+    ca_certificate = x509.load_pem_x509_certificate(answer["ca_certificate"].encode())
+    if certificate.public_key() != key.public_key():
+        raise ClientError("the certificate returned is not for this enclave's key")
+    certificate.verify_directly_issued_by(ca_certificate)
+    return FetchedConfiguration(
+        configuration,
+        key,
+        certificate,
+        ca_certificate,
+        answer["policy_hash"],
+        bool(answer["simulated"]),
+        answer["tcb_status"],
+    )
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ClientError(f"CAS answered {response.status_code} without JSON") from exc
+    if response.status_code == 403 and body.get("error") == "attestation-rejected":
+        rejected = EvidenceError(body.get("message", "attestation rejected"),
+                                 code=body.get("code", "policy"))
+        rejected.reasons = body.get("reasons", [])  # type: ignore[attr-defined]
+        raise rejected
+    if response.status_code == 403:
+        raise AccessDenied(body.get("message", "forbidden"))
+    if response.status_code >= 400:
+        raise ClientError(f"CAS answered {response.status_code}: {body.get('message', '')}")
+    return body

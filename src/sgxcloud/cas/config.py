@@ -1,0 +1,152 @@
+"""Settings of the CAS service: a YAML file, overridden by the environment.
+
+Every setting can come from the file (``database_url: ...``) or from
+``SGXCLOUD_CAS_<NAME>`` (``SGXCLOUD_CAS_DATABASE_URL=...``); the environment
+wins.  Everything is validated at start-up, so a typo stops the service with
+one line naming the setting instead of failing on the first request.
+
+The master key itself is never a setting: the file names where it is
+(``master_key_file``), or the operator puts it in ``SGXCLOUD_CAS_MASTER_KEY``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sgxcloud.cas import secrets
+from sgxcloud.errors import InputError
+
+ENV_PREFIX = "SGXCLOUD_CAS_"
+
+
+class ConfigError(InputError):
+    """The service configuration is invalid; names the setting at fault."""
+
+
+class Settings(BaseModel):
+    """Validated service settings (see docs/cas/operator-guide.md for each one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8443, ge=1, le=65535)
+    database_url: str = "sqlite:///cas.db"
+    master_key_file: Path | None = None
+    retired_master_key_files: tuple[Path, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    collateral: Literal["pccs", "file", "none"] = "none"
+    pccs_url: str | None = None
+    collateral_cache_dir: Path = Path("collateral-cache")
+    collateral_file: Path | None = None
+    nonce_ttl_seconds: int = Field(120, ge=5, le=3600)
+    request_max_skew_seconds: int = Field(300, ge=10, le=3600)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.collateral == "pccs" and not self.pccs_url:
+            raise ValueError("collateral 'pccs' needs pccs_url")
+        if self.collateral == "file" and self.collateral_file is None:
+            raise ValueError("collateral 'file' needs collateral_file")
+        return self
+
+    def keyring(self, environ: Mapping[str, str] | None = None) -> secrets.Keyring:
+        """The master keys, from the environment or the key files named here."""
+        environ = os.environ if environ is None else environ
+        text = environ.get(ENV_PREFIX + "MASTER_KEY")
+        if text:
+            current = secrets.decode_master_key(text, origin=ENV_PREFIX + "MASTER_KEY")
+        elif self.master_key_file is not None:
+            current = secrets.load_master_key(self.master_key_file)
+        else:
+            raise ConfigError(
+                f"no master key: set master_key_file or {ENV_PREFIX}MASTER_KEY "
+                "(create one with 'sgxcloud cas init')"
+            )
+        retired = tuple(secrets.load_master_key(p) for p in self.retired_master_key_files)
+        return secrets.Keyring(current, retired)
+
+    def collateral_source(self) -> Any:
+        """The collateral source chosen here (None: only simulated evidence verifies)."""
+        from sgxcloud.cas.collateral import FileCollateral, PccsCollateral
+
+        if self.collateral == "pccs":
+            assert self.pccs_url is not None
+            return PccsCollateral(self.pccs_url, self.collateral_cache_dir)
+        if self.collateral == "file":
+            assert self.collateral_file is not None
+            return FileCollateral(self.collateral_file)
+        return None
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        values[name] = raw.split(os.pathsep) if name == "retired_master_key_files" else raw
+    return values
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Settings from ``path`` (optional), then the environment, then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        try:
+            document = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML") from exc
+        if document is None:
+            document = {}
+        if not isinstance(document, dict):
+            raise ConfigError(f"{path} must be a mapping of setting: value")
+        values.update(document)
+        base = path.parent
+    values.update(_from_environment(environ))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+    return _resolve_paths(settings, base)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    """Relative paths in a file are relative to that file, as operators expect."""
+
+    def resolve(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else base / p
+
+    updates: dict[str, Any] = {
+        name: resolve(getattr(settings, name))
+        for name in ("master_key_file", "tls_cert", "tls_key", "collateral_file")
+        if getattr(settings, name) is not None and not getattr(settings, name).is_absolute()
+    }
+    if not settings.collateral_cache_dir.is_absolute():
+        updates["collateral_cache_dir"] = base / settings.collateral_cache_dir
+    updates["retired_master_key_files"] = tuple(
+        p if p.is_absolute() else base / p for p in settings.retired_master_key_files
+    )
+    url = settings.database_url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        updates["database_url"] = prefix + str(base / url[len(prefix):])
+    return settings.model_copy(update=updates)

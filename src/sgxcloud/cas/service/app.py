@@ -1,0 +1,207 @@
+"""The HTTP API: decode, call :class:`CasService`, encode.  Nothing else lives here.
+
+Typed errors become status codes in one table (``STATUS``); any other
+exception is a bug and answers a bare 500 without detail, so neither secrets
+nor internals can leak through an error body.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from sgxcloud.cas.errors import (
+    AccessDenied,
+    CollateralError,
+    ConflictError,
+    EvidenceError,
+    MalformedEvidenceError,
+    PolicyError,
+)
+from sgxcloud.cas.protocol import HPKE_SUITE_NAME, ProtocolError
+from sgxcloud.cas.secrets import SecretsError
+from sgxcloud.cas.service import auth, schemas
+from sgxcloud.cas.service.core import (
+    AttestationRejected,
+    AttestRequest,
+    CasService,
+    NotFound,
+    NotReady,
+)
+from sgxcloud.cas.store import StoreError
+from sgxcloud.errors import SgxcloudError
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1"
+
+# Most specific first: (error class, HTTP status, error label).
+STATUS: list[tuple[type[Exception], int, str]] = [
+    (MalformedEvidenceError, 400, "bad-request"),
+    (AttestationRejected, 403, "attestation-rejected"),
+    (EvidenceError, 403, "attestation-rejected"),
+    (PolicyError, 400, "bad-request"),
+    (ProtocolError, 400, "bad-request"),
+    (auth.AuthenticationError, 401, "unauthenticated"),
+    (AccessDenied, 403, "forbidden"),
+    (NotFound, 404, "not-found"),
+    (ConflictError, 409, "conflict"),
+    (CollateralError, 503, "unavailable"),
+    (NotReady, 503, "unavailable"),
+    (StoreError, 503, "unavailable"),
+    (SecretsError, 500, "internal"),  # a master key problem is the operator's, not the caller's
+]
+
+_ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 409, 503)}
+
+
+def create_app(service: CasService, *, clock: Callable[[], float] = time.time,
+               max_skew: int = 300) -> FastAPI:
+    """The ASGI application for ``service``; ``clock`` is injectable for tests."""
+    app = FastAPI(
+        title="sgxcloud attestation and configuration service",
+        version=API_VERSION,
+        description=(
+            "Enclaves prove what they are (DCAP quote, or SIMULATED evidence where a policy "
+            "allows it) and receive their configuration sealed to their own key. Owners manage "
+            "policies with signed requests. See docs/cas/protocol.md."
+        ),
+        responses=_ERRORS,
+    )
+
+    def now() -> int:
+        return int(clock())
+
+    async def caller(request: Request) -> str:
+        body = await request.body()
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return auth.authenticate(
+            request.headers, request.method, path, body, now=now(), max_skew=max_skew
+        ).id
+
+    @app.exception_handler(SgxcloudError)
+    async def _typed_error(_request: Request, exc: SgxcloudError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        body = schemas.ErrorBody(error="bad-request", message=str(first.get("msg")), field=where)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error handling a request: %s", type(exc).__name__)
+        body = schemas.ErrorBody(error="internal", message="internal error")
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=500)
+
+    @app.get("/v1/health", response_model=schemas.HealthResponse, tags=["service"])
+    def health() -> schemas.HealthResponse:
+        return schemas.HealthResponse(state=service.state, database=service.database.dialect)
+
+    @app.post("/v1/nonces", response_model=schemas.NonceResponse, tags=["attestation"])
+    def nonce() -> schemas.NonceResponse:
+        """A fresh single-use nonce for the enclave to bind into REPORTDATA."""
+        grant = service.issue_nonce(now())
+        return schemas.NonceResponse(nonce=grant.nonce, expires_at=grant.expires_at)
+
+    @app.post("/v1/attest", response_model=schemas.AttestResponse, tags=["attestation"])
+    def attest(body: schemas.AttestBody) -> schemas.AttestResponse:
+        """Verify evidence, binding, nonce and policy; answer the sealed configuration."""
+        result = service.attest(AttestRequest(**body.model_dump()), now())
+        return schemas.AttestResponse(
+            policy=result.policy,
+            service=result.service,
+            policy_hash=result.policy_hash,
+            nonce=result.nonce,
+            hpke_suite=HPKE_SUITE_NAME,
+            sealed_configuration=base64.b64encode(result.sealed_configuration).decode(),
+            certificate=result.certificate_pem,
+            ca_certificate=result.ca_certificate_pem,
+            simulated=result.simulated,
+            tcb_status=result.tcb_status,
+            audit_seq=result.audit_seq,
+        )
+
+    @app.put("/v1/policies", response_model=schemas.PolicyApplyResponse, tags=["policies"])
+    async def apply_policy(request: Request, body: schemas.PolicyApplyBody):  # type: ignore[no-untyped-def]
+        """Create or update a policy (signed by an owner; updates name their predecessor)."""
+        who = await caller(request)
+        info = service.apply_policy(who, body.policy, now())
+        return schemas.PolicyApplyResponse(
+            name=info.name,
+            version=info.version,
+            policy_hash=info.policy_hash,
+            created=info.created,
+            generated_secrets=info.generated_secrets,
+        )
+
+    @app.get("/v1/policies/{name}", response_model=schemas.PolicyResponse, tags=["policies"])
+    async def read_policy(request: Request, name: str) -> schemas.PolicyResponse:
+        """The policy document and secret metadata (owners and readers; never values)."""
+        view = service.read_policy(await caller(request), name)
+        return schemas.PolicyResponse(
+            name=view.name,
+            version=view.version,
+            policy_hash=view.policy_hash,
+            text=view.text,
+            updated_at=view.updated_at,
+            updated_by=view.updated_by,
+            secrets=[schemas.SecretMetadata(**s) for s in view.secrets],
+            ca_certificate=view.ca_certificate_pem,
+        )
+
+    @app.delete("/v1/policies/{name}", status_code=204, tags=["policies"])
+    async def delete_policy(
+        request: Request,
+        name: str,
+        predecessor: str = Query(description="hash of the version being deleted"),
+    ) -> None:
+        """Delete a policy and its secrets (owners; names the current hash)."""
+        service.delete_policy(await caller(request), name, predecessor, now())
+
+    @app.get("/v1/audit", response_model=list[schemas.AuditEntryModel], tags=["audit"])
+    async def audit_entries(
+        request: Request,
+        after: int = Query(0, ge=0),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> list[schemas.AuditEntryModel]:
+        """Audit entries about the policies the caller owns or reads."""
+        entries = service.audit_entries(await caller(request), after=after, limit=limit)
+        return [schemas.AuditEntryModel(**e.to_dict()) for e in entries]
+
+    @app.get("/v1/audit/verify", response_model=schemas.AuditVerifyResponse, tags=["audit"])
+    async def audit_verify(request: Request) -> schemas.AuditVerifyResponse:
+        """Walk the whole hash chain (any authenticated owner may ask)."""
+        await caller(request)
+        return schemas.AuditVerifyResponse(**service.verify_audit().to_dict())
+
+    return app
+
+
+def _error_response(exc: SgxcloudError) -> JSONResponse:
+    status, label = 400, "bad-request"  # any other deliberate error is about the input
+    for cls, code, name in STATUS:
+        if isinstance(exc, cls):
+            status, label = code, name
+            break
+    body = schemas.ErrorBody(error=label, message=str(exc))
+    if status == 500:
+        body.message = "internal error"
+        log.error("service error: %s", type(exc).__name__)
+    if isinstance(exc, PolicyError):
+        body.field = exc.field
+        body.problems = [{"field": p.field, "message": p.message} for p in exc.problems]
+    if isinstance(exc, EvidenceError):
+        body.code = exc.code
+    if isinstance(exc, AttestationRejected):
+        body.reasons = exc.reasons
+        body.audit_seq = exc.audit_seq
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)

@@ -1,0 +1,499 @@
+"""The service layer: every operation of the CAS, independent of HTTP.
+
+:class:`CasService` owns the database, the master keyring and the evidence
+verifier, and moves through an explicit lifecycle (``CREATED`` → ``READY`` →
+``STOPPED``) that gates every call.  The HTTP handlers in
+:mod:`sgxcloud.cas.service.app` only decode, call one method here, and encode.
+
+Time is always a parameter (``now``, Unix seconds) so tests are deterministic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from sgxcloud.cas import audit, protocol, secrets
+from sgxcloud.cas.errors import (
+    AccessDenied,
+    CasError,
+    ConflictError,
+    EvidenceError,
+    PolicyError,
+)
+from sgxcloud.cas.evidence import EvidenceVerifier, VerifiedEvidence
+from sgxcloud.cas.evidence.model import sniff_evidence
+from sgxcloud.cas.policy import check_import, evaluate, load_policy
+from sgxcloud.cas.policy.model import Policy
+from sgxcloud.cas.service import materials
+from sgxcloud.cas.store import Database, DuplicateRow, Repository, StoredPolicy
+
+log = logging.getLogger(__name__)
+
+ATTESTED_CERT_DAYS = 30
+
+
+class State(StrEnum):
+    CREATED = "created"
+    READY = "ready"
+    STOPPED = "stopped"
+
+
+class NotReady(CasError):
+    """The service is not accepting requests (starting up or shutting down)."""
+
+
+class NotFound(CasError):
+    """No such policy (or service in it)."""
+
+
+@dataclass(frozen=True)
+class NonceGrant:
+    nonce: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class AttestRequest:
+    policy: str
+    service: str
+    nonce: str
+    public_key: str  # PEM
+    evidence: str  # base64 of the evidence bytes
+
+
+@dataclass(frozen=True)
+class AttestResult:
+    policy: str
+    service: str
+    policy_hash: str
+    nonce: str
+    sealed_configuration: bytes
+    certificate_pem: str
+    ca_certificate_pem: str
+    simulated: bool
+    tcb_status: str
+    audit_seq: int
+
+
+class AttestationRejected(EvidenceError):
+    """The enclave may not have this configuration; ``reasons`` says every why."""
+
+    def __init__(self, reasons: list[str], *, code: str = "policy", audit_seq: int = 0) -> None:
+        super().__init__("attestation rejected: " + "; ".join(reasons), code=code)
+        self.reasons = reasons
+        self.audit_seq = audit_seq
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    name: str
+    version: int
+    policy_hash: str
+    created: bool
+    generated_secrets: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """What a reader sees: the document and secret metadata, never secret values."""
+
+    name: str
+    version: int
+    policy_hash: str
+    text: str
+    updated_at: int
+    updated_by: str
+    secrets: list[dict[str, Any]]
+    ca_certificate_pem: str
+
+
+class CasService:
+    """Attestation and configuration: policies in, verified enclaves' configurations out."""
+
+    def __init__(
+        self,
+        database: Database,
+        keyring: secrets.Keyring,
+        verifier: EvidenceVerifier,
+        *,
+        nonce_ttl: int = 120,
+    ) -> None:
+        self.database = database
+        self.keyring = keyring
+        self.verifier = verifier
+        self.nonce_ttl = nonce_ttl
+        self._state = State.CREATED
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def start(self) -> None:
+        """Check that the stored secrets open with the configured master keys."""
+        with self._lock:
+            if self._state is not State.CREATED:
+                raise NotReady(f"cannot start a service that is {self._state}")
+            with self.database.transaction() as repo:
+                for row in repo.all_secrets()[:1]:
+                    self.keyring.find(row.master_key_id)
+            self._state = State.READY
+            log.info("CAS ready (database %s)", self.database.dialect)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._state = State.STOPPED
+        self.database.close()
+
+    def _require_ready(self) -> None:
+        if self._state is not State.READY:
+            raise NotReady(f"service is {self._state}, not ready")
+
+    # -- protocol ----------------------------------------------------------------
+
+    def issue_nonce(self, now: int) -> NonceGrant:
+        self._require_ready()
+        nonce = protocol.new_nonce().hex()
+        expires = now + self.nonce_ttl
+
+        def work(repo: Repository) -> None:
+            repo.add_nonce(nonce, issued_at=now, expires_at=expires)
+            repo.purge_nonces(before=now - self.nonce_ttl)
+
+        self.database.run(work)
+        return NonceGrant(nonce, expires)
+
+    def attest(self, request: AttestRequest, now: int) -> AttestResult:
+        """Verify evidence, binding, nonce and policy; return the sealed configuration.
+
+        Every decision, accepted or not, is appended to the audit chain in the
+        same transaction that consumes the nonce.
+        """
+        self._require_ready()
+        nonce = protocol.parse_nonce(request.nonce)
+        public_key = protocol.load_enclave_public_key(request.public_key.encode())
+        try:
+            raw = base64.b64decode(request.evidence, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise protocol.ProtocolError("evidence must be base64") from exc
+        evidence = sniff_evidence(raw)
+        # Verification is pure CPU work: do it before taking any database lock.
+        verified: VerifiedEvidence | None = None
+        evidence_failure: EvidenceError | None = None
+        try:
+            verified = self.verifier.verify(evidence, now)
+        except EvidenceError as exc:
+            evidence_failure = exc
+            log.info("evidence rejected for %s/%s: %s", request.policy, request.service, exc.code)
+
+        def decide(repo: Repository) -> tuple[list[str], str, int, Any]:
+            reasons: list[str] = []
+            code = "policy"
+            if not repo.consume_nonce(nonce.hex(), now):
+                state = repo.nonce_state(nonce.hex())
+                if state is None:
+                    reasons.append("nonce was not issued by this service")
+                elif state.used_at is not None:
+                    reasons.append("nonce was already used (replay)")
+                else:
+                    reasons.append("nonce expired")
+                code = "nonce"
+            stored = repo.get_policy(request.policy)
+            policy: Policy | None = None
+            if stored is None:
+                reasons.append(f"no policy named {request.policy!r}")
+            else:
+                policy = load_policy(stored.text)
+                if request.service not in policy.services:
+                    reasons.append(f"policy has no service {request.service!r}")
+            if evidence_failure is not None:
+                reasons.append(str(evidence_failure))
+                code = evidence_failure.code if code == "policy" else code
+            if verified is not None:
+                try:
+                    protocol.check_binding(verified.report_data, public_key, nonce)
+                except protocol.BindingError as exc:
+                    reasons.append(str(exc))
+                    code = "binding" if code == "policy" else code
+                if policy is not None and request.service in policy.services:
+                    decision = evaluate(policy.services[request.service], verified)
+                    if not decision.accepted:
+                        reasons.extend(decision.reasons)
+            accepted = not reasons
+            entry = audit.append(
+                repo,
+                kind=audit.AuditKind.ATTESTATION,
+                subject=f"{request.policy}/{request.service}",
+                actor="enclave-key:" + protocol.binding_digest(public_key, b"").hex()[:16],
+                outcome="accepted" if accepted else "rejected",
+                detail=_attestation_detail(verified, reasons, stored),
+                now=now,
+            )
+            configuration = None
+            if accepted and policy is not None and stored is not None:
+                configuration = (
+                    stored,
+                    materials.render(policy.services[request.service], policy, self._loader(repo)),
+                    self._ca(repo, policy.name),
+                )
+            return reasons, code, entry.seq, configuration
+
+        reasons, code, seq, outcome = self.database.run(decide)
+        if reasons:
+            log.info("attestation rejected for %s/%s (audit #%d)", request.policy,
+                     request.service, seq)
+            raise AttestationRejected(reasons, code=code, audit_seq=seq)
+        stored, configuration, ca = outcome
+        assert verified is not None
+        certificate = secrets.issue_certificate(
+            ca,
+            public_key,
+            common_name=f"{request.service}.{request.policy}",
+            sans=[f"urn:sgxcloud:cas:{request.policy}:{request.service}"],
+            now=materials.utc(now),
+            days=ATTESTED_CERT_DAYS,
+        )
+        log.info("attestation accepted for %s/%s (audit #%d)", request.policy, request.service, seq)
+        return AttestResult(
+            policy=request.policy,
+            service=request.service,
+            policy_hash=stored.policy_hash,
+            nonce=nonce.hex(),
+            sealed_configuration=protocol.seal_configuration(configuration, public_key, nonce),
+            certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+            ca_certificate_pem=ca.certificate_pem.decode(),
+            simulated=verified.simulated,
+            tcb_status=verified.tcb_status,
+            audit_seq=seq,
+        )
+
+    def _ca(self, repo: Repository, policy: str) -> secrets.CertificateAuthority:
+        row = repo.get_secrets(policy)[materials.CA_ROW]
+        return secrets.CertificateAuthority.from_secret(materials.open_value(self.keyring, row))
+
+    def _loader(self, repo: Repository) -> materials.Loader:
+        """Opens a policy's secret; an imported one only while its exporter still offers it."""
+
+        def load(policy_name: str, secret_name: str) -> secrets.SecretValue:
+            stored = repo.get_policy(policy_name)
+            if stored is None:
+                raise PolicyError("", f"policy {policy_name!r} no longer exists")
+            spec = load_policy(stored.text).secrets[secret_name]
+            if spec.import_from is not None:
+                source = repo.get_policy(spec.import_from.policy)
+                try:
+                    if source is None:
+                        raise PolicyError("", "exporting policy is gone")
+                    check_import(load_policy(stored.text), load_policy(source.text))
+                except PolicyError as exc:
+                    raise AccessDenied(
+                        f"secret {secret_name!r} is no longer exported to {policy_name!r} "
+                        f"by {spec.import_from.policy!r}"
+                    ) from exc
+                return load(spec.import_from.policy, spec.import_from.secret)
+            row = repo.get_secrets(policy_name).get(secret_name)
+            if row is None:
+                raise PolicyError(f"secrets.{secret_name}", "secret has not been generated")
+            return materials.open_value(self.keyring, row)
+
+        return load
+
+    # -- policies ------------------------------------------------------------------
+
+    def apply_policy(self, caller: str, text: str, now: int) -> PolicyInfo:
+        """Create or update a policy; an update must name the current hash as predecessor."""
+        self._require_ready()
+        policy = load_policy(text)
+
+        def work(repo: Repository) -> PolicyInfo:
+            current = repo.get_policy(policy.name, lock=True)
+            if current is None:
+                if policy.predecessor is not None:
+                    raise ConflictError(
+                        f"policy {policy.name!r} does not exist, but the update names "
+                        "a predecessor"
+                    )
+                if not policy.access.allows("update", caller):
+                    raise AccessDenied("you are not an owner of the policy you are creating")
+                version = repo.last_version(policy.name) + 1
+            else:
+                current_policy = load_policy(current.text)
+                if not current_policy.access.allows("update", caller):
+                    raise AccessDenied(f"not an owner of policy {policy.name!r}")
+                if policy.predecessor != current.policy_hash:
+                    raise ConflictError(
+                        f"policy {policy.name!r} is at {current.policy_hash[:12]}…, "
+                        "the update names another predecessor; fetch, merge and retry"
+                    )
+                version = current.version + 1
+            self._check_imports(repo, policy)
+            stored = StoredPolicy(
+                name=policy.name,
+                version=version,
+                policy_hash=policy.hash,
+                text=text,
+                owners=tuple(p.id for p in policy.access.owners),
+                updated_at=now,
+                updated_by=caller,
+            )
+            if current is None:
+                repo.create_policy(stored)
+            elif not repo.replace_policy(stored, predecessor=current.policy_hash):
+                raise ConflictError(f"policy {policy.name!r} changed concurrently; retry")
+            generated = materials.reconcile(repo, self.keyring, policy, now)
+            audit.append(
+                repo,
+                kind=audit.AuditKind.POLICY_APPLY,
+                subject=policy.name,
+                actor=caller,
+                outcome="applied",
+                detail={
+                    "version": version,
+                    "policy_hash": policy.hash,
+                    "predecessor": policy.predecessor,
+                    "generated_secrets": generated,
+                },
+                now=now,
+            )
+            return PolicyInfo(policy.name, version, policy.hash, current is None, generated)
+
+        try:
+            info = self.database.run(work)
+        except DuplicateRow as exc:
+            # Two creators raced; the loser sees the winner's row.
+            raise ConflictError(f"policy {policy.name!r} was created concurrently; retry") from exc
+        log.info("policy %s version %d applied by %s", info.name, info.version, caller)
+        return info
+
+    def _check_imports(self, repo: Repository, policy: Policy) -> None:
+        """Both sides must agree: the exporter must offer each imported secret to us."""
+        exporters = {s.import_from.policy for s in policy.imports if s.import_from}
+        for exporter_name in sorted(exporters):
+            source = repo.get_policy(exporter_name)
+            if source is None:
+                field_path = next(
+                    f"secrets.{s.name}.import_from"
+                    for s in policy.imports
+                    if s.import_from and s.import_from.policy == exporter_name
+                )
+                raise PolicyError(field_path, f"policy {exporter_name!r} does not exist")
+            check_import(policy, load_policy(source.text))
+
+    def read_policy(self, caller: str, name: str) -> PolicyView:
+        self._require_ready()
+        with self.database.transaction() as repo:
+            stored = repo.get_policy(name)
+            if stored is None:
+                raise NotFound(f"no policy named {name!r}")
+            policy = load_policy(stored.text)
+            if not policy.access.allows("read", caller):
+                raise AccessDenied(f"not an owner or reader of policy {name!r}")
+            rows = repo.get_secrets(name)
+            ca = self._ca(repo, name)
+        listed = [
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "imported_from": (
+                    f"{spec.import_from.policy}/{spec.import_from.secret}"
+                    if spec.import_from
+                    else None
+                ),
+                "created_at": rows[spec.name].created_at if spec.name in rows else None,
+                "master_key_id": rows[spec.name].master_key_id if spec.name in rows else None,
+            }
+            for spec in policy.secrets.values()
+        ]
+        return PolicyView(
+            stored.name, stored.version, stored.policy_hash, stored.text, stored.updated_at,
+            stored.updated_by, listed, ca.certificate_pem.decode(),
+        )
+
+    def delete_policy(self, caller: str, name: str, predecessor: str, now: int) -> None:
+        self._require_ready()
+
+        def work(repo: Repository) -> None:
+            current = repo.get_policy(name, lock=True)
+            if current is None:
+                raise NotFound(f"no policy named {name!r}")
+            if not load_policy(current.text).access.allows("delete", caller):
+                raise AccessDenied(f"not an owner of policy {name!r}")
+            if predecessor != current.policy_hash:
+                raise ConflictError(
+                    f"policy {name!r} is at {current.policy_hash[:12]}…, not the version named"
+                )
+            if not repo.delete_policy(current, at=now, by=caller):
+                raise ConflictError(f"policy {name!r} changed concurrently; retry")
+            audit.append(
+                repo,
+                kind=audit.AuditKind.POLICY_DELETE,
+                subject=name,
+                actor=caller,
+                outcome="deleted",
+                detail={"version": current.version, "policy_hash": current.policy_hash},
+                now=now,
+            )
+
+        self.database.run(work)
+        log.info("policy %s deleted by %s", name, caller)
+
+    # -- audit -----------------------------------------------------------------------
+
+    def audit_entries(
+        self, caller: str, *, after: int = 0, limit: int = 100
+    ) -> list[audit.AuditEntry]:
+        """Entries about the policies ``caller`` may currently read.
+
+        Operators read the whole chain, deleted policies included, with
+        ``sgxcloud audit show`` against the database.
+        """
+        self._require_ready()
+        with self.database.transaction() as repo:
+            readable = {
+                p.name
+                for p in repo.list_policies()
+                if load_policy(p.text).access.allows("read", caller)
+            }
+        allowed = readable
+        if not allowed:
+            raise AccessDenied("you own or read no policy on this service")
+        entries = audit.entries(self.database, after=after)
+        visible = [e for e in entries if e.subject.split("/")[0] in allowed]
+        return visible[:limit]
+
+    def verify_audit(self) -> audit.ChainReport:
+        self._require_ready()
+        return audit.verify_chain(self.database)
+
+
+def _attestation_detail(
+    verified: VerifiedEvidence | None, reasons: list[str], stored: StoredPolicy | None
+) -> dict[str, Any]:
+    detail: dict[str, Any] = {
+        "reasons": reasons,
+        "policy_hash": stored.policy_hash if stored else None,
+    }
+    if verified is not None:
+        detail.update(
+            {
+                "mrenclave": verified.identity.mrenclave,
+                "mrsigner": verified.identity.mrsigner,
+                "isvprodid": verified.identity.isvprodid,
+                "isvsvn": verified.identity.isvsvn,
+                "debug": verified.identity.debug,
+                "tcb_status": verified.tcb_status,
+                "advisory_ids": list(verified.advisory_ids),
+                "simulated": verified.simulated,
+            }
+        )
+    return detail

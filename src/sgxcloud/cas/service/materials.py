@@ -1,0 +1,163 @@
+"""Secret material of a policy: made on apply, sealed at rest, rendered on attest.
+
+``reconcile`` brings the sealed secrets in line with a new policy version
+(keeping a secret whose spec did not change, so applying the same policy twice
+does not rotate keys).  ``render`` fills a service's argv, environment and
+files with the secret values an accepted enclave receives.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+
+from cryptography.hazmat.primitives import serialization
+
+from sgxcloud.cas import secrets
+from sgxcloud.cas.errors import PolicyError
+from sgxcloud.cas.policy.model import DEFAULT_VALIDITY_DAYS, Policy, SecretSpec, ServicePolicy
+from sgxcloud.cas.policy.placeholders import FORMATS, substitute
+from sgxcloud.cas.policy.placeholders import render_file as _render_file
+from sgxcloud.cas.protocol import Configuration
+from sgxcloud.cas.store import Repository, SealedSecret
+
+CA_ROW = "@ca"
+"""The policy CA's row; '@' cannot start a secret name, so it never collides."""
+
+Loader = Callable[[str, str], secrets.SecretValue]
+
+
+def spec_hash(spec: SecretSpec) -> str:
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()
+
+
+def seal_value(
+    keyring: secrets.Keyring, policy: str, name: str, value: secrets.SecretValue, *,
+    spec_digest: str, now: int,
+) -> SealedSecret:
+    sealed = secrets.seal(keyring, value.to_bytes(), context=f"{policy}/{name}")
+    return SealedSecret(
+        policy, name, value.kind, sealed.master_key_id, sealed.wrapped_key, sealed.ciphertext,
+        spec_digest, now,
+    )
+
+
+def open_value(keyring: secrets.Keyring, row: SealedSecret) -> secrets.SecretValue:
+    sealed = secrets.Sealed(row.master_key_id, row.wrapped_key, row.ciphertext)
+    plaintext = secrets.unseal(keyring, sealed, context=f"{row.policy}/{row.name}")
+    return secrets.SecretValue.from_bytes(plaintext)
+
+
+def utc(now: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(now, tz=dt.UTC)
+
+
+def reconcile(repo: Repository, keyring: secrets.Keyring, policy: Policy, now: int) -> list[str]:
+    """Generate new or changed secrets, drop removed ones; returns the names generated."""
+    existing = repo.get_secrets(policy.name)
+    ca_row = existing.get(CA_ROW)
+    if ca_row is None:
+        ca = secrets.make_ca(policy.name, utc(now))
+        repo.put_secret(seal_value(keyring, policy.name, CA_ROW, ca.to_secret(),
+                                   spec_digest="ca", now=now))
+    else:
+        ca = secrets.CertificateAuthority.from_secret(open_value(keyring, ca_row))
+    generated: list[str] = []
+    made: dict[str, secrets.SecretValue] = {}
+    # Keys before certificates: an x509 secret may certify a private-key secret.
+    ordered = sorted(policy.secrets.values(), key=lambda s: (s.kind == "x509", s.name))
+    for spec in ordered:
+        if spec.import_from is not None:
+            continue  # read from the exporting policy at attestation time
+        digest = spec_hash(spec)
+        row = existing.get(spec.name)
+        if row is not None and row.spec_hash == digest:
+            if spec.kind == "private-key":
+                made[spec.name] = open_value(keyring, row)
+            continue
+        value = _generate(spec, ca, made, repo, keyring, policy.name, now)
+        made[spec.name] = value
+        repo.put_secret(seal_value(keyring, policy.name, spec.name, value,
+                                   spec_digest=digest, now=now))
+        generated.append(spec.name)
+    keep = {CA_ROW} | {s.name for s in policy.secrets.values() if s.import_from is None}
+    repo.delete_secrets(policy.name, keep)
+    return generated
+
+
+def _generate(
+    spec: SecretSpec,
+    ca: secrets.CertificateAuthority,
+    made: dict[str, secrets.SecretValue],
+    repo: Repository,
+    keyring: secrets.Keyring,
+    policy: str,
+    now: int,
+) -> secrets.SecretValue:
+    if spec.kind == "random":
+        return secrets.random_bytes(spec.size or 32)
+    if spec.kind == "gramine-key":
+        return secrets.gramine_mount_key()
+    if spec.kind == "private-key":
+        return secrets.private_key_secret(spec.algorithm or "ec-p256")
+    if spec.kind == "x509":
+        days = spec.validity_days or DEFAULT_VALIDITY_DAYS
+        common_name = spec.subject or spec.name
+        if spec.key is None:
+            return secrets.certificate_secret(
+                ca, common_name=common_name, sans=spec.sans, now=utc(now), days=days
+            )
+        key_value = made.get(spec.key)
+        if key_value is None:
+            row = repo.get_secrets(policy).get(spec.key)
+            if row is None:
+                raise PolicyError(f"secrets.{spec.name}.key", f"no private-key secret {spec.key!r}")
+            key_value = open_value(keyring, row)
+        public = serialization.load_pem_public_key(key_value.part("public"))
+        cert = secrets.issue_certificate(
+            ca, public, common_name=common_name, sans=spec.sans, now=utc(now), days=days  # type: ignore[arg-type]
+        )
+        return secrets.SecretValue(
+            "x509",
+            {"cert": cert.public_bytes(serialization.Encoding.PEM), "ca": ca.certificate_pem},
+        )
+    raise PolicyError(f"secrets.{spec.name}.kind", f"unknown secret kind {spec.kind!r}")
+
+
+def formatted(value: secrets.SecretValue, fmt: str) -> bytes:
+    """One secret in one of the formats the placeholder syntax offers."""
+    if fmt not in FORMATS.get(value.kind, ()):
+        raise PolicyError("", f"format {fmt!r} does not apply to a {value.kind} secret")
+    if value.kind in {"random", "gramine-key"}:
+        raw = value.part("value")
+        return {"hex": raw.hex().encode(), "base64": base64.b64encode(raw), "raw": raw}[fmt]
+    if value.kind == "private-key":
+        return value.part("key") if fmt == "pem" else value.part("public")
+    cert, ca = value.part("cert"), value.part("ca")
+    return {"pem": cert, "chain-pem": cert + ca, "ca-pem": ca}[fmt]
+
+
+def render(service: ServicePolicy, policy: Policy, load: Loader) -> Configuration:
+    """The service's configuration with every placeholder replaced by its value."""
+
+    def value_bytes(name: str, fmt: str | None) -> bytes:
+        spec = policy.secrets.get(name)
+        if spec is None:
+            raise PolicyError(f"services.{service.name}", f"unknown secret {name!r}")
+        value = load(policy.name, name)
+        return formatted(value, fmt or FORMATS[value.kind][0])
+
+    def value_text(name: str, fmt: str | None) -> str:
+        if fmt == "raw":
+            raise PolicyError(f"services.{service.name}", "raw secrets may only fill a whole file")
+        return value_bytes(name, fmt).decode()
+
+    return Configuration(
+        argv=[substitute(arg, value_text) for arg in service.command],
+        env={k: substitute(v, value_text) for k, v in service.environment.items()},
+        files={path: _render_file(text, value_bytes) for path, text in service.files.items()},
+    )

@@ -1,0 +1,107 @@
+"""Wire shapes of the HTTP API (pydantic models, hence the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(_Model):
+    error: str = Field(description="error class: bad-request, unauthenticated, forbidden, "
+                       "attestation-rejected, not-found, conflict, unavailable, internal")
+    message: str
+    field: str | None = Field(None, description="the offending field (policies, requests)")
+    problems: list[dict[str, str]] | None = Field(None, description="every policy problem")
+    code: str | None = Field(None, description="stable reason code of a rejection")
+    reasons: list[str] | None = Field(None, description="every reason for a rejection")
+    audit_seq: int | None = Field(None, description="audit entry recording the decision")
+
+
+class HealthResponse(_Model):
+    state: str
+    database: str
+
+
+class NonceResponse(_Model):
+    nonce: str = Field(description="32 bytes, hex; single use")
+    expires_at: int = Field(description="Unix seconds")
+
+
+class AttestBody(_Model):
+    policy: str
+    service: str
+    nonce: str = Field(description="as returned by POST /v1/nonces")
+    public_key: str = Field(description="the enclave's fresh EC P-256 public key, PEM")
+    evidence: str = Field(description="base64 of a DCAP quote or of simulated evidence")
+
+
+class AttestResponse(_Model):
+    policy: str
+    service: str
+    policy_hash: str
+    nonce: str
+    hpke_suite: str
+    sealed_configuration: str = Field(
+        description="base64 HPKE ciphertext of the configuration JSON, for the enclave key"
+    )
+    certificate: str = Field(description="PEM certificate for the enclave key, from the policy CA")
+    ca_certificate: str = Field(description="PEM certificate of the policy CA")
+    simulated: bool = Field(description="true if the evidence was SIMULATED (no SGX)")
+    tcb_status: str
+    audit_seq: int
+
+
+class PolicyApplyBody(_Model):
+    policy: str = Field(description="the policy document (YAML or JSON text)")
+
+
+class PolicyApplyResponse(_Model):
+    name: str
+    version: int
+    policy_hash: str
+    created: bool
+    generated_secrets: list[str]
+
+
+class SecretMetadata(_Model):
+    name: str
+    kind: str
+    imported_from: str | None
+    created_at: int | None
+    master_key_id: str | None
+
+
+class PolicyResponse(_Model):
+    name: str
+    version: int
+    policy_hash: str
+    text: str
+    updated_at: int
+    updated_by: str
+    secrets: list[SecretMetadata] = Field(description="metadata only; values never leave")
+    ca_certificate: str
+
+
+class AuditEntryModel(_Model):
+    seq: int
+    at: int
+    kind: str
+    subject: str
+    actor: str
+    outcome: str
+    detail: dict[str, Any]
+    prev_hash: str
+    entry_hash: str
+
+
+class AuditVerifyResponse(_Model):
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    problems: list[dict[str, Any]]
