@@ -1,0 +1,16 @@
+"""OpenStack Nova integration: SGX hosts, EPC in Placement, sgx-epc guests.
+
+Laid out like Nova's libvirt area, one role per module:
+
+- ``conf``: the ``[sgx]`` options (and ``list_opts`` for oslo-config-generator)
+- ``resources``: Placement resource class, traits and host-stat keys
+- ``config``: libvirt XML <-> objects (domain capabilities ``<sgx>``, the
+  ``sgx-epc`` memory device); decides nothing
+- ``host``: what the host's libvirt/QEMU say about SGX
+- ``requirements``: what a flavor asks for (EPC size, ``sgx:`` keys)
+- ``designer``: shapes a guest config for SGX (EPC device, NUMA, maxMemory, CPU)
+- ``driver``: ``SGXLibvirtDriver``, the compute driver tying these together
+- ``extra_specs``: ``sgx:`` flavor key validators (Nova entry point)
+- ``scheduler``: ``SGXFilter`` and ``SGXWeigher``
+- ``api``: WSGI middleware refusing live migration/suspend of SGX servers
+"""

@@ -1,0 +1,1 @@
+"""nova-api additions: refuse operations SGX servers cannot survive."""

@@ -1,0 +1,75 @@
+"""What a flavor asks of SGX: EPC size and the ``sgx:`` extra specs.
+
+One reading of the flavor, shared by the driver, the scheduler filter and
+weigher, so they can never disagree about what a server needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+
+from oslo_utils import strutils
+
+from sgxcloud.nova.resources import EPC_RESOURCE_CLASS
+
+SPEC_PROVISION_KEY = "sgx:provision_key"
+SPEC_REQUIRE_FLC = "sgx:require_flc"
+SPEC_REQUIRE_SGX2 = "sgx:require_sgx2"
+
+# "resources:CUSTOM_SGX_EPC_MB" or a granular group "resources1:...".
+_EPC_SPEC = re.compile(r"resources[\w-]*:" + EPC_RESOURCE_CLASS)
+
+
+EPC_CANNOT_MOVE = (
+    "{action} is not supported for SGX servers: QEMU cannot save or migrate "
+    "enclave page cache. Use cold migration (resize/migrate) instead."
+)
+"""Why SGX servers refuse live migration and suspend (API and driver alike)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SGXRequest:
+    epc_mb: int = 0
+    provision_key: bool = False
+    require_flc: bool = False
+    require_sgx2: bool = False
+
+    @property
+    def wants_sgx(self) -> bool:
+        return self.epc_mb > 0
+
+
+NO_SGX = SGXRequest()
+
+
+def sgx_request_from_extra_specs(extra_specs: Mapping[str, str] | None) -> SGXRequest:
+    """Read a flavor's extra specs.  Values were validated when the flavor was
+    created (``sgxcloud.nova.extra_specs``); anything unreadable counts as absent.
+    """
+    if not extra_specs:
+        return NO_SGX
+    epc_mb = 0
+    for key, value in extra_specs.items():
+        if _EPC_SPEC.fullmatch(key):
+            try:
+                epc_mb += max(int(value), 0)
+            except (TypeError, ValueError):
+                continue
+    if not epc_mb:
+        return NO_SGX
+    return SGXRequest(
+        epc_mb=epc_mb,
+        provision_key=_flag(extra_specs, SPEC_PROVISION_KEY),
+        require_flc=_flag(extra_specs, SPEC_REQUIRE_FLC),
+        require_sgx2=_flag(extra_specs, SPEC_REQUIRE_SGX2),
+    )
+
+
+def sgx_request_from_flavor(flavor: object) -> SGXRequest:
+    return sgx_request_from_extra_specs(getattr(flavor, "extra_specs", None))
+
+
+def _flag(extra_specs: Mapping[str, str], key: str) -> bool:
+    return strutils.bool_from_string(extra_specs.get(key, "false"), default=False)
