@@ -19,12 +19,14 @@ from sgxcloud.cas.evidence.model import (
     VerifiedEvidence,
     load_evidence,
 )
+from sgxcloud.cas.evidence.report import AttestationReport, check_evidence
 from sgxcloud.cas.evidence.simulated import SimulatedVerifier, make_simulated_evidence
 
 __all__ = [
     "SIMULATED_FORMAT",
     "SIMULATED_TCB_STATUS",
     "SIMULATED_WARNING",
+    "AttestationReport",
     "DcapVerifier",
     "DefaultVerifier",
     "Evidence",
@@ -33,6 +35,7 @@ __all__ = [
     "RejectingVerifier",
     "SimulatedVerifier",
     "VerifiedEvidence",
+    "check_evidence",
     "load_evidence",
     "make_simulated_evidence",
 ]
