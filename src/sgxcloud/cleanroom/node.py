@@ -252,6 +252,7 @@ class ProviderNode:
             self._serve_session,
             on_refusal=lambda reason: self._event("refused", reason=reason),
             hello_extra={"provider": config.provider},
+            admit=self._admit,
         )
 
     @property
@@ -275,7 +276,6 @@ class ProviderNode:
     # -- one session ------------------------------------------------------------------
 
     def _serve_session(self, channel: AttestedChannel) -> None:
-        self._check_approvals(channel)
         self._event("session", coordinator=channel.peer.identity.mrenclave[:16],
                     simulated=channel.peer.simulated)
         while True:
@@ -296,24 +296,23 @@ class ProviderNode:
                 channel.refuse("bad_request", f"unknown operation {str(op)[:40]!r}")
                 return
 
-    def _check_approvals(self, channel: AttestedChannel) -> None:
-        offered = channel.peer_hello.get("extra", {}).get("approvals", [])
+    def _admit(self, _peer: Any, hello: dict[str, Any]) -> None:
+        """No data without every provider's approval of this definition and these
+        enclaves, this provider's above all (checked inside the session opening)."""
+        offered = (hello.get("extra") or {}).get("approvals") or []
         approvals = list(self.config.approvals)
         try:
             approvals += [Approval.from_dict(a) for a in offered]
         except CleanroomError as exc:
-            self._refuse(channel, f"malformed approvals from coordinator ({exc})")
+            raise PeerRefused(f"malformed approvals from the coordinator ({exc})") from exc
         status = verify_approvals(self.definition, approvals)
         if self.config.provider not in status.valid:
-            self._refuse(channel, f"no valid approval from {self.config.provider} of definition "
-                                  f"{self.definition.definition_hash()[:16]}… and its enclaves")
+            raise PeerRefused(
+                f"no valid approval from {self.config.provider} of definition "
+                f"{self.definition.definition_hash()[:16]}… and its enclaves")
         if not status.complete:
-            self._refuse(channel, "approvals incomplete: missing or invalid from "
-                         + ", ".join((*status.missing, *status.invalid)))
-
-    def _refuse(self, channel: AttestedChannel, reason: str) -> None:
-        channel.refuse("refused", reason)
-        raise PeerRefused(reason)
+            raise PeerRefused("approvals incomplete: missing or invalid from "
+                              + ", ".join((*status.missing, *status.invalid)))
 
     def _describe(self) -> dict[str, Any]:
         datasets = []

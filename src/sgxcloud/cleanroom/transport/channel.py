@@ -25,7 +25,7 @@ import enum
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,8 +239,13 @@ def open_client(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
 
 
 def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Attester,
-                extra: dict[str, Any] | None = None) -> AttestedChannel:
-    """Server side: refuses (with an ERROR frame and a reason) before sending anything else."""
+                extra: dict[str, Any] | None = None,
+                admit: Callable[[Any, dict[str, Any]], None] | None = None) -> AttestedChannel:
+    """Server side: refuses (with an ERROR frame and a reason) before sending anything else.
+
+    ``admit(verified_peer, peer_hello)`` may raise :class:`PeerRefused` for
+    checks beyond attestation (a node's approvals), still inside the opening.
+    """
     frames = FramedConnection(tls)
     try:
         nonce = os.urandom(NONCE_SIZE)
@@ -248,6 +253,8 @@ def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
         frames.send_json(Kind.HELLO, _hello(role, policy, nonce, extra or {}))
         _, message = frames.recv_json(Kind.EVIDENCE)
         peer = _check_evidence(frames, policy, message, nonce)
+        if admit:
+            admit(peer, hello)
         frames.send_json(Kind.EVIDENCE, _evidence_message(attester, frames, policy,
                                                           hello["nonce_bytes"]))
     except PeerRefused as exc:

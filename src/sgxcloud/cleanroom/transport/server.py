@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from sgxcloud.cleanroom.transport import tls as tlsmod
 from sgxcloud.cleanroom.transport.binding import Attester, PeerPolicy
@@ -27,7 +28,8 @@ class AttestedServer:
     def __init__(self, host: str, port: int, identity: tlsmod.TlsIdentity, role: str,
                  policy: PeerPolicy, attester: Attester, handler: Handler,
                  on_refusal: Callable[[str], None] | None = None,
-                 hello_extra: dict | None = None) -> None:
+                 hello_extra: dict | None = None,
+                 admit: Callable[[Any, dict[str, Any]], None] | None = None) -> None:
         self.identity = identity
         self.role = role
         self.policy = policy
@@ -35,6 +37,7 @@ class AttestedServer:
         self.handler = handler
         self.on_refusal = on_refusal
         self.hello_extra = hello_extra or {}
+        self.admit = admit
         self._sock = socket.create_server((host, port), reuse_port=False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,7 +71,8 @@ class AttestedServer:
     def _session(self, conn: socket.socket) -> None:
         try:
             tls = tlsmod.accept(conn, self.identity)
-            channel = open_server(tls, self.role, self.policy, self.attester, self.hello_extra)
+            channel = open_server(tls, self.role, self.policy, self.attester,
+                                  self.hello_extra, self.admit)
         except TransportError as exc:
             log.warning("session refused: %s", exc)
             if self.on_refusal:

@@ -1,0 +1,427 @@
+"""``sgxcloud cleanroom``: one command per role.
+
+providers: ``keygen``, ``approve``, ``node``; operators: ``coordinator``,
+``local``; analysts: ``query``, ``status``, ``budget``; recipients and
+everyone: ``verify-result``, ``audit``.  Commands are thin: the library does
+the work, these only parse options and render.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from sgxcloud.errors import InputError
+
+console = Console(stderr=False)
+
+
+def _emit(as_json: bool, doc: Any, render=None) -> None:
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    elif render:
+        render(doc)
+    else:
+        console.print_json(data=doc)
+
+
+def _definition(path: str):
+    from sgxcloud.cleanroom.definition import load_definition
+
+    return load_definition(path)
+
+
+def _key(path: str):
+    from sgxcloud.cleanroom.approvals import private_key_from_pem
+
+    try:
+        return private_key_from_pem(Path(path).read_bytes())
+    except OSError as exc:
+        raise InputError(f"cannot read key {path}: {exc.strerror}") from exc
+
+
+def _approvals(paths: tuple[str, ...]):
+    from sgxcloud.cleanroom.approvals import Approval
+
+    approvals = []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read approval file {path}") from exc
+        for item in doc if isinstance(doc, list) else [doc]:
+            approvals.append(Approval.from_dict(item))
+    return approvals
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"{text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def _ready(path: str | None, doc: dict[str, Any]) -> None:
+    """Tell a supervisor (``local``, tests) where we listen, atomically."""
+    if path:
+        tmp = Path(path + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+@click.group("cleanroom")
+def cleanroom() -> None:
+    """Confidential data clean room: providers, coordinator, analysts, recipients."""
+
+
+@cleanroom.command()
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the private key (PEM, mode 0600).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def keygen(out: str, as_json: bool) -> int:
+    """Make a party's Ed25519 key; put the printed public key in the definition."""
+    import os
+
+    from sgxcloud.cleanroom.approvals import (
+        encode_public_key,
+        generate_private_key,
+        private_key_to_pem,
+    )
+
+    key = generate_private_key()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private_key_to_pem(key))
+    _emit(as_json, {"private_key": out, "public_key": encode_public_key(key)},
+          lambda d: console.print(f"public key: [bold]{d['public_key']}[/]"))
+    return 0
+
+
+@cleanroom.command()
+@click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--party", required=True, help="Your party name in the definition.")
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def approve(definition: str, party: str, key_path: str, out: str, as_json: bool) -> int:
+    """Sign your approval of a definition and the enclaves it pins."""
+    from sgxcloud.cleanroom.approvals import approve as sign
+
+    d = _definition(definition)
+    approval = sign(d, party, _key(key_path))
+    Path(out).write_text(json.dumps(approval.to_dict(), indent=2) + "\n")
+    doc = {"party": party, "definition_hash": d.definition_hash(),
+           "coordinator_mrenclave": d.enclaves.coordinator.mrenclave,
+           "node_mrenclave": d.enclaves.node.mrenclave, "approval": out}
+    _emit(as_json, doc, lambda x: console.print(
+        f"{party} approved definition {x['definition_hash'][:16]}… "
+        f"(coordinator {x['coordinator_mrenclave'][:16]}…) → {out}"))
+    return 0
+
+
+@cleanroom.command()
+@click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--provider", required=True, help="The provider this node serves.")
+@click.option("--dataset", "datasets", multiple=True, required=True, metavar="NAME=SOURCE",
+              help="A dataset and its file: x.csv, x.parquet or x.duckdb:TABLE. Repeatable.")
+@click.option("--approvals", "approval_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Approval files known locally (the coordinator also presents its own).")
+@click.option("--listen", default="127.0.0.1:7401", show_default=True)
+@click.option("--simulate", is_flag=True,
+              help="Use SIMULATED attestation (no SGX). Peers refuse it unless allowed.")
+@click.option("--simulate-mrenclave", hidden=True, help="Tests: claim another MRENCLAVE.")
+@click.option("--batch-rows", default=65_536, show_default=True, type=click.IntRange(1))
+@click.option("--max-invalid-fraction", default=0.0, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Refuse a dataset when more rows than this have unusable identifiers.")
+@click.option("--ready-file", hidden=True)
+@click.option("-v", "--verbose", is_flag=True, help="Log sessions and refusals.")
+def node(definition, provider, datasets, approval_files, listen, simulate, simulate_mrenclave,
+         batch_rows, max_invalid_fraction, ready_file, verbose) -> int:
+    """Serve your own data to the attested coordinator (runs until stopped)."""
+    from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
+
+    _logging(verbose)
+    sources = {}
+    for spec in datasets:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise InputError(f"--dataset {spec!r}: expected NAME=SOURCE")
+        sources[name] = Source.parse(path)
+    host, port = _hostport(listen)
+    server = ProviderNode(NodeConfig(
+        provider=provider, definition=_definition(definition), sources=sources,
+        approvals=_approvals(approval_files), simulate=simulate,
+        simulate_mrenclave=simulate_mrenclave, batch_rows=batch_rows,
+        max_invalid_fraction=max_invalid_fraction), host, port)
+    bound = server.address
+    label = " [bold red]SIMULATED attestation[/]" if simulate else ""
+    console.print(f"node {provider} listening on {bound[0]}:{bound[1]}{label}", highlight=False)
+    _ready(ready_file, {"host": bound[0], "port": bound[1], "pid": __import__("os").getpid()})
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+@cleanroom.command()
+@click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--approvals", "approval_files", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False))
+@click.option("--node", "nodes", multiple=True, required=True, metavar="PROVIDER=HOST:PORT")
+@click.option("--workdir", required=True, type=click.Path(file_okay=False))
+@click.option("--listen", default="127.0.0.1:8443", show_default=True)
+@click.option("--simulate", is_flag=True, help="Use SIMULATED attestation (no SGX).")
+@click.option("--simulate-mrenclave", hidden=True)
+@click.option("--memory-limit", default="512MB", show_default=True,
+              help="DuckDB memory limit inside the enclave (EPC is scarce).")
+@click.option("--batch-rows", default=65_536, show_default=True, type=click.IntRange(1))
+@click.option("--ready-file", hidden=True)
+@click.option("-v", "--verbose", is_flag=True)
+def coordinator(definition, approval_files, nodes, workdir, listen, simulate, simulate_mrenclave,
+                memory_limit, batch_rows, ready_file, verbose) -> int:
+    """Pull approved data from the nodes and serve the HTTPS API (runs until stopped)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig, serve
+
+    _logging(verbose)
+    node_map = {}
+    for spec in nodes:
+        provider, sep, address = spec.partition("=")
+        if not sep:
+            raise InputError(f"--node {spec!r}: expected PROVIDER=HOST:PORT")
+        node_map[provider] = _hostport(address)
+    coord = Coordinator(CoordinatorConfig(
+        definition=_definition(definition), workdir=Path(workdir), nodes=node_map,
+        approvals=_approvals(approval_files), simulate=simulate,
+        simulate_mrenclave=simulate_mrenclave, memory_limit=memory_limit,
+        batch_rows=batch_rows))
+    if simulate:
+        console.print("[bold red]SIMULATED attestation: no SGX hardware, no security[/]")
+    approvals = coord.approval_status()
+    if not approvals["complete"]:
+        console.print(f"[yellow]approvals incomplete: missing {approvals['missing']}, "
+                      f"invalid {approvals['invalid']}; nodes will refuse[/]")
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  console=console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(kind: str, info: dict[str, Any]) -> None:
+            ref = info["dataset"]
+            if ref not in tasks:
+                tasks[ref] = bar.add_task(f"ingest {ref}", total=None)
+            if kind == "receive":
+                bar.update(tasks[ref], completed=info["bytes"])
+
+        coord.ingest_all(progress)
+    table = Table(title="datasets")
+    for col in ("dataset", "state", "rows", "reason"):
+        table.add_column(col)
+    for st in coord.status().values():
+        table.add_row(st["dataset"], st["state"], str(st.get("rows", 0)), st.get("reason", ""))
+    console.print(table)
+    host, port = _hostport(listen)
+
+    def ready(bound_port: int) -> None:
+        console.print(f"coordinator API on https://{host}:{bound_port}", highlight=False)
+        _ready(ready_file, {"host": host, "port": bound_port, "status": coord.status()})
+
+    try:
+        serve(coord, host, port, on_ready=ready)
+    finally:
+        coord.close()
+    return 0
+
+
+def _client(url: str, definition: str, party: str, key: str):
+    from sgxcloud.cleanroom.sdk import CleanroomClient
+
+    return CleanroomClient.connect(url, _definition(definition), party, _key(key))
+
+
+def _client_options(f):
+    for option in reversed([
+        click.option("--url", required=True, envvar="SGXCLOUD_CLEANROOM_URL",
+                     help="Coordinator API, https://HOST:PORT."),
+        click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False)),
+        click.option("--party", required=True, help="Your party name."),
+        click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
+                     help="Your Ed25519 private key (PEM)."),
+        click.option("--json", "as_json", is_flag=True),
+    ]):
+        f = option(f)
+    return f
+
+
+@cleanroom.command()
+@_client_options
+@click.option("--file", "query_file", type=click.Path(exists=True, dir_okay=False),
+              help="A query document (JSON).")
+@click.option("--template", type=click.Choice(["audience_size", "overlap", "campaign_lift"]))
+@click.option("--analysis", help="The analysis name in the definition.")
+@click.option("--filter", "filter_text", help="e.g. \"bank.customers.premium_card = true\".")
+@click.option("--breakdown", help="campaign_lift: an allowed attribute.")
+@click.option("--datasets", help="overlap: comma-separated provider.dataset names.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Save the signed result bundle.")
+@click.option("--html", type=click.Path(dir_okay=False), help="campaign_lift: HTML report.")
+def query(url, definition, party, key, as_json, query_file, template, analysis, filter_text,
+          breakdown, datasets, out, html) -> int:
+    """Run a query as an analyst; prints the verified, released numbers."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    if query_file:
+        doc = json.loads(Path(query_file).read_text())
+    else:
+        if not template or not analysis:
+            raise InputError("give --file, or --template and --analysis")
+        doc = {"template": template, "analysis": analysis}
+        if filter_text:
+            doc["filter"] = filter_text
+        if breakdown:
+            doc["breakdown"] = breakdown
+        if datasets:
+            doc["datasets"] = [d.strip() for d in datasets.split(",")]
+    with _client(url, definition, party, key) as client, Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=True, disable=as_json) as bar:
+        bar.add_task(f"running {doc.get('template')} in the enclave", total=None)
+        verified = client.query(doc)
+    if out:
+        Path(out).write_text(verified.to_json() + "\n")
+    if html:
+        from sgxcloud.cleanroom.report import write_lift_report
+
+        write_lift_report(verified.result, html, simulated=verified.simulated)
+    _emit(as_json, verified.bundle["result"], lambda _: render_result(verified))
+    return 0
+
+
+def render_result(verified, target: Console | None = None) -> None:
+    """A result as a table, with suppressed cells and SIMULATED clearly marked."""
+    result = verified.result
+    out = target or console
+    title = f"{result.template} · {result.analysis} · result {result.result_id[:8]}"
+    table = Table(title=title)
+    dims = sorted({k for c in result.cells for k in c.dims})
+    for col in (*dims, "metric", "value"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for cell in result.cells:
+        if cell.suppressed:
+            value = "[yellow]suppressed (< k)[/]"
+        elif isinstance(cell.value, float):
+            value = f"{cell.value:,.4f}"
+        else:
+            value = f"{cell.value:,}" if cell.value is not None else "–"
+        if cell.noisy and not cell.suppressed:
+            value += " [dim](DP)[/]"
+        table.add_row(*(cell.dims.get(d, "") for d in dims), cell.metric, value)
+    out.print(table)
+    note = "[bold red]signed by a SIMULATED enclave[/]" if verified.simulated \
+        else "[green]signed by the attested coordinator enclave[/]"
+    out.print(f"signature verified; {note}")
+
+
+@cleanroom.command("verify-result")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def verify_result_cmd(bundle: str, definition: str, as_json: bool) -> int:
+    """Verify a result bundle offline: exit 0 if valid, 1 if not."""
+    from sgxcloud.cleanroom.errors import CleanroomError
+    from sgxcloud.cleanroom.sdk import verify_bundle
+    from sgxcloud.cleanroom.transport import TransportError
+
+    d = _definition(definition)
+    try:
+        verified = verify_bundle(Path(bundle).read_text(), d)
+    except (CleanroomError, TransportError) as exc:
+        _emit(as_json, {"valid": False, "reason": str(exc)},
+              lambda x: console.print(f"[bold red]INVALID[/]: {x['reason']}"))
+        return 1
+    doc = {"valid": True, "result_id": verified.result.result_id,
+           "definition_hash": verified.result.definition_hash, "signer": verified.result.signer,
+           "simulated": verified.simulated}
+    _emit(as_json, doc, lambda _: render_result(verified))
+    return 0
+
+
+@cleanroom.command()
+@_client_options
+def status(url, definition, party, key, as_json) -> int:
+    """Approvals and dataset ingestion state, from the attested coordinator."""
+    with _client(url, definition, party, key) as client:
+        doc = client.status()
+
+    def render(d):
+        table = Table(title="datasets" + (" (SIMULATED)" if d["simulated"] else ""))
+        for col in ("dataset", "state", "rows", "reason"):
+            table.add_column(col)
+        for st in d["datasets"]:
+            table.add_row(st["dataset"], st["state"], str(st.get("rows", 0)), st.get("reason", ""))
+        console.print(table)
+        console.print(f"approvals: {d['approvals']}")
+
+    _emit(as_json, doc, render)
+    return 0
+
+
+@cleanroom.command()
+@_client_options
+def budget(url, definition, party, key, as_json) -> int:
+    """Your remaining differential-privacy budget."""
+    with _client(url, definition, party, key) as client:
+        _emit(as_json, client.budget())
+    return 0
+
+
+@cleanroom.command()
+@_client_options
+def audit(url, definition, party, key, as_json) -> int:
+    """The coordinator's audit log (every request and released number)."""
+    with _client(url, definition, party, key) as client:
+        entries = client.audit()
+
+    def render(rows):
+        table = Table(title="audit log")
+        for col in ("seq", "event", "actor", "data"):
+            table.add_column(col)
+        for e in rows:
+            table.add_row(str(e.get("seq", "")), str(e.get("event", "")), str(e.get("actor", "")),
+                          json.dumps(e.get("data", {}))[:80])
+        console.print(table)
+
+    _emit(as_json, entries, render)
+    return 0
+
+
+@cleanroom.command()
+@click.option("--workdir", required=True, type=click.Path(file_okay=False),
+              help="A directory prepared by the demo or by hand (see docs/cleanroom).")
+@click.option("--json", "as_json", is_flag=True)
+def local(workdir: str, as_json: bool) -> int:
+    """Run every node and the coordinator as separate local processes (SIMULATED)."""
+    from sgxcloud.cleanroom.local import LocalCollaboration
+
+    with LocalCollaboration.from_workdir(Path(workdir)) as collab:
+        _emit(as_json, collab.describe(), lambda d: console.print(
+            f"[bold red]SIMULATED[/] collaboration running; coordinator at {d['url']} "
+            "(Ctrl-C stops)"))
+        collab.wait()
+    return 0

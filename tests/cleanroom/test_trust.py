@@ -1,0 +1,151 @@
+"""A real node process refuses every coordinator it must not trust.
+
+The node runs as its own process (``sgxcloud cleanroom node``) on loopback;
+the test plays the coordinator over real attested TLS, sometimes honestly,
+sometimes as the wrong enclave, with a changed definition or missing
+approvals.  Identifiers are searched for in everything the node wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from sgxcloud.cleanroom.approvals import Approval
+from sgxcloud.cleanroom.definition import definition_from_dict
+from sgxcloud.cleanroom.identifiers import HASH_TYPE, new_key
+from sgxcloud.cleanroom.local import LocalCollaboration, prepare_example
+from sgxcloud.cleanroom.transport import (
+    Kind,
+    RemoteError,
+    TlsIdentity,
+    connect,
+    open_client,
+)
+from sgxcloud.cleanroom.transport.trust import local_attester, peer_policy
+
+
+@pytest.fixture(scope="module")
+def collab(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("trust")
+    example = prepare_example(workdir, people=400, min_group_size=5)
+    # The node knows no approvals of its own: only what the coordinator presents.
+    nodes = LocalCollaboration(workdir=workdir, definition=example.definition, approvals=[],
+                               nodes={"bank": example.nodes["bank"]})
+    nodes.start_nodes()
+    yield example, nodes
+    nodes.stop()
+
+
+def definition_of(example):
+    return definition_from_dict(yaml.safe_load(example.definition.read_text()))
+
+
+def approvals_of(example, without=()):
+    docs = [json.loads(p.read_text()) for p in example.approvals]
+    return [d for d in docs if d["party"] not in without]
+
+
+def open_session(nodes, definition, approvals, *, mrenclave=None, policy_definition=None):
+    attester = local_attester(definition, "coordinator", simulate=True, mrenclave=mrenclave)
+    tls = connect(nodes.addresses["bank"], TlsIdentity.generate("coordinator"))
+    return open_client(tls, "coordinator", peer_policy(policy_definition or definition, "node"),
+                       attester, extra={"approvals": approvals})
+
+
+def fetch(channel, dataset="customers", key=None):
+    channel.request({"op": "send", "dataset": dataset,
+                     "key": base64.b64encode(key or new_key()).decode()})
+    buffer = io.BytesIO()
+    trailer = channel.receive_stream(buffer)
+    return pa.ipc.open_stream(buffer.getvalue()).read_all(), trailer, buffer.getvalue()
+
+
+def test_honest_coordinator_gets_only_needed_columns_rekeyed(collab):
+    example, nodes = collab
+    definition = definition_of(example)
+    channel = open_session(nodes, definition, approvals_of(example))
+    table, trailer, raw = fetch(channel)
+    channel.request({"op": "bye"})
+    channel.close()
+    assert table.column_names == list(definition.columns_needed("bank.customers"))
+    assert table.schema.field("email").type == HASH_TYPE
+    source = pq.read_table(example.nodes["bank"]["customers"])
+    assert table.num_rows == trailer["rows"] == source.num_rows
+    # No raw identifier crossed the wire, not even inside the Arrow stream.
+    for email in source.column("email").to_pylist()[:50]:
+        assert email.strip().encode() not in raw
+        assert email.strip().lower().encode() not in raw
+
+
+def test_wrong_mrenclave_refused(collab):
+    example, nodes = collab
+    with pytest.raises(RemoteError, match="not pinned"):
+        open_session(nodes, definition_of(example), approvals_of(example),
+                     mrenclave="ee" * 32)
+
+
+def test_changed_definition_refused(collab):
+    example, nodes = collab
+    doc = copy.deepcopy(yaml.safe_load(example.definition.read_text()))
+    doc["privacy"]["min_group_size"] = 2  # a quiet change that would weaken privacy
+    changed = definition_from_dict(doc)
+    with pytest.raises(RemoteError, match="definition"):
+        open_session(nodes, changed, approvals_of(example))
+
+
+def test_missing_approval_refused(collab):
+    example, nodes = collab
+    with pytest.raises(RemoteError, match="approval"):
+        open_session(nodes, definition_of(example), approvals_of(example, without={"bank"}))
+    with pytest.raises(RemoteError, match="incomplete"):
+        open_session(nodes, definition_of(example), approvals_of(example, without={"telecom"}))
+
+
+def test_forged_approval_refused(collab):
+    example, nodes = collab
+    approvals = approvals_of(example)
+    bank = next(a for a in approvals if a["party"] == "bank")
+    forged = Approval.from_dict({**bank, "node_mrenclave": "ee" * 32}).to_dict()
+    approvals = [a for a in approvals if a["party"] != "bank"] + [forged]
+    with pytest.raises(RemoteError, match="approval"):
+        open_session(nodes, definition_of(example), approvals)
+
+
+def test_node_keeps_serving_after_refusals(collab):
+    example, nodes = collab
+    channel = open_session(nodes, definition_of(example), approvals_of(example))
+    table, _, _ = fetch(channel)
+    channel.close()
+    assert table.num_rows > 0
+
+
+def test_hardware_definition_refuses_simulated_coordinator(tmp_path):
+    example = prepare_example(tmp_path, people=50, allow_simulated=False)
+    node = LocalCollaboration(workdir=tmp_path, definition=example.definition, approvals=[],
+                              nodes={"bank": example.nodes["bank"]})
+    node.start_nodes()
+    try:
+        definition = definition_of(example)
+        with pytest.raises(RemoteError, match="SIMULATED"):
+            open_session(node, definition, approvals_of(example))
+    finally:
+        node.stop()
+    log = (tmp_path / "logs" / "node-bank.log").read_text()
+    assert "SIMULATED" in log
+
+
+def test_node_log_has_refusals_but_no_identifiers(collab):
+    example, nodes = collab
+    log = (example.workdir / "logs" / "node-bank.log").read_text()
+    assert "not pinned" in log and "approval" in log
+    for email in pq.read_table(example.nodes["bank"]["customers"]).column("email").to_pylist():
+        assert email.strip().lower() not in log.lower()
+        assert email.split("@")[0].strip().lower() not in log.lower()
