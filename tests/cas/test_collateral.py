@@ -1,0 +1,278 @@
+"""Collateral from files and from a PCCS: a real HTTP server on loopback, no mocks.
+
+The server speaks the Intel PCS v4 API shape and serves the real collateral of
+../shared/testdata/dcap, so everything the client fetches still has to pass
+dcap-qvl's signature checks.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from sgxcloud.cas.collateral import (
+    FileCollateral,
+    PccsCollateral,
+    collateral_window,
+    raw_member,
+)
+from sgxcloud.cas.errors import CollateralError, EvidenceError
+from sgxcloud.cas.evidence import DcapVerifier, Evidence
+
+
+class LoopbackPccs:
+    """A real HTTP server on loopback serving real collateral, recording requests."""
+
+    def __init__(self, collateral: dict[str, str], tee: str, fmspc: str, ca: str,
+                 pck_crl_encoding: str = "der") -> None:  # fmt: skip
+        self.requests: list[str] = []
+        self.broken: dict[str, int] = {}  # path -> status to answer instead
+        self.drop_headers = False
+        v4 = "certification/v4"
+        tcb_body = (f'{{"tcbInfo": {collateral["tcb_info"]},\n "signature": '
+                    f'"{collateral["tcb_info_signature"]}"}}')  # fmt: skip
+        qe_body = (f'{{"enclaveIdentity":{collateral["qe_identity"]},"signature":'
+                   f'"{collateral["qe_identity_signature"]}"}}')  # fmt: skip
+        pck_der = bytes.fromhex(collateral["pck_crl"])
+        pck_body = pck_der
+        if pck_crl_encoding == "pem":
+            pck_body = x509.load_der_x509_crl(pck_der).public_bytes(Encoding.PEM)
+        self.routes: dict[tuple[str, str], tuple[bytes, dict[str, str]]] = {
+            (f"/{tee}/{v4}/tcb", f"fmspc={fmspc}"): (
+                tcb_body.encode(),
+                {"TCB-Info-Issuer-Chain": quote(collateral["tcb_info_issuer_chain"])},
+            ),
+            (f"/{tee}/{v4}/qe/identity", ""): (
+                qe_body.encode(),
+                {
+                    "SGX-Enclave-Identity-Issuer-Chain": quote(
+                        collateral["qe_identity_issuer_chain"]
+                    )
+                },
+            ),
+            (f"/sgx/{v4}/pckcrl", f"ca={ca}&encoding=der"): (
+                pck_body,
+                {"SGX-PCK-CRL-Issuer-Chain": quote(collateral["pck_crl_issuer_chain"])},
+            ),
+            (f"/sgx/{v4}/rootcacrl", ""): (collateral["root_ca_crl"].encode(), {}),  # hex, as PCCS
+        }
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                query = "&".join(f"{k}={v[0]}" for k, v in sorted(parse_qs(url.query).items()))
+                server.requests.append(url.path)
+                status = server.broken.get(url.path)
+                route = server.routes.get((url.path, query))
+                if status or route is None:
+                    self.send_response(status or 404)
+                    self.end_headers()
+                    return
+                body, headers = route
+                self.send_response(200)
+                for name, value in headers.items():
+                    if not server.drop_headers:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _pccs(testdata: Path, name: str, tee: str, fmspc: str, ca: str, **kw):
+    collateral = json.loads((testdata / f"{name}_collateral.json").read_text())
+    server = LoopbackPccs(collateral, tee, fmspc, ca, **kw)
+    return server
+
+
+@pytest.fixture
+def pccs(testdata):
+    server = _pccs(testdata, "sgx_quote", "sgx", "00A067110000", "processor")
+    yield server
+    server.close()
+
+
+# -- files ------------------------------------------------------------------------
+
+
+def test_file_collateral_window_is_the_readme_window(sgx_collateral_path, vectors):
+    window = collateral_window(FileCollateral(sgx_collateral_path).get(b"", 0))
+    assert (window.not_before, window.not_after) == vectors.sgx_window
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read collateral file"),
+        ("not json", "not JSON"),
+        ("[]", "expected a JSON object"),
+        ('{"tcb_info": "x"}', "missing collateral fields"),
+    ],
+)
+def test_bad_collateral_files_give_one_line(tmp_path, content, message):
+    path = tmp_path / "collateral.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(CollateralError, match=message) as caught:
+        FileCollateral(path)
+    assert "\n" not in str(caught.value) and caught.value.exit_code == 2
+
+
+def test_collateral_with_garbage_values_is_refused(sgx_collateral_path, tmp_path):
+    document = json.loads(sgx_collateral_path.read_text())
+    document["pck_crl"] = "zz"
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(CollateralError):
+        FileCollateral(path)
+    document = json.loads(sgx_collateral_path.read_text())
+    document["tcb_info"] = '{"id": "SGX"}'  # no validity dates
+    path.write_text(json.dumps(document))
+    with pytest.raises(CollateralError, match="issueDate"):
+        FileCollateral(path)
+
+
+# -- raw member extraction (what Intel signed, byte for byte) ----------------------------
+
+
+def test_raw_member_returns_the_exact_source_text():
+    body = '{ "a" : [1, {"b": "}"}] ,"tcbInfo":{"x":"\\u00e9\\"", "y" : 1.50},"z":null}'
+    assert raw_member(body, "tcbInfo") == '{"x":"\\u00e9\\"", "y" : 1.50}'
+    assert raw_member(body, "a") == '[1, {"b": "}"}]'
+    assert raw_member(body, "z") == "null"
+    with pytest.raises(KeyError):
+        raw_member(body, "missing")
+    with pytest.raises(ValueError):
+        raw_member("[1]", "a")
+
+
+# -- PCCS ---------------------------------------------------------------------------
+
+
+def test_pccs_collateral_verifies_like_the_file(pccs, tmp_path, sgx_quote, sgx_collateral_path,
+                                                vectors):  # fmt: skip
+    evidence = Evidence("dcap", sgx_quote)
+    from_pccs = DcapVerifier(PccsCollateral(pccs.url, tmp_path)).verify(evidence, vectors.sgx_now)
+    from_file = DcapVerifier(FileCollateral(sgx_collateral_path)).verify(evidence, vectors.sgx_now)
+    assert from_pccs == from_file
+    assert sorted(pccs.requests) == [
+        "/sgx/certification/v4/pckcrl",
+        "/sgx/certification/v4/qe/identity",
+        "/sgx/certification/v4/rootcacrl",
+        "/sgx/certification/v4/tcb",
+    ]
+
+
+def test_pccs_cache_serves_while_valid_and_survives_restart(pccs, tmp_path, sgx_quote, vectors):
+    start, end = vectors.sgx_window
+    verifier = DcapVerifier(PccsCollateral(pccs.url, tmp_path))
+    evidence = Evidence("dcap", sgx_quote)
+    for now in (start, start + 3600, end - 1):
+        verifier.verify(evidence, now)
+    assert len(pccs.requests) == 4  # fetched once, then served from the cache
+    restarted = DcapVerifier(PccsCollateral(pccs.url, tmp_path))
+    assert restarted.verify(evidence, vectors.sgx_now).tcb_status == vectors.status
+    assert len(pccs.requests) == 4  # the on-disk cache was enough
+    assert {p.name for p in tmp_path.glob("*.json")} == {
+        "tcb-sgx-00A067110000.json", "qe-sgx.json", "pckcrl-processor.json", "rootcacrl.json",
+    }  # fmt: skip
+
+
+def test_pccs_cache_is_never_used_past_next_update(pccs, tmp_path, sgx_quote, vectors):
+    """At the QE identity's nextUpdate only that piece is refetched; the PCCS still
+    has the same (now expired) one, so the answer is an error, not stale collateral."""
+    source = PccsCollateral(pccs.url, tmp_path)
+    source.get(sgx_quote, vectors.sgx_now)
+    assert len(pccs.requests) == 4
+    with pytest.raises(CollateralError, match="expired"):
+        source.get(sgx_quote, vectors.sgx_window[1])
+    assert pccs.requests[4:] == ["/sgx/certification/v4/qe/identity"]
+    # A verifier over the same source gives no verdict it cannot stand behind.
+    with pytest.raises(CollateralError):
+        DcapVerifier(source).verify(Evidence("dcap", sgx_quote), vectors.sgx_window[1] + 10)
+
+
+def test_damaged_cache_entries_are_refetched(pccs, tmp_path, sgx_quote, vectors):
+    PccsCollateral(pccs.url, tmp_path).get(sgx_quote, vectors.sgx_now)
+    (tmp_path / "qe-sgx.json").write_text("{broken")
+    source = PccsCollateral(pccs.url, tmp_path)
+    DcapVerifier(source).verify(Evidence("dcap", sgx_quote), vectors.sgx_now)
+    assert pccs.requests[4:] == ["/sgx/certification/v4/qe/identity"]
+
+
+def test_pccs_pem_encoded_crl_is_accepted(testdata, tmp_path, sgx_quote, vectors):
+    server = _pccs(testdata, "sgx_quote", "sgx", "00A067110000", "processor",
+                   pck_crl_encoding="pem")  # fmt: skip
+    try:
+        verifier = DcapVerifier(PccsCollateral(server.url, tmp_path))
+        assert verifier.verify(Evidence("dcap", sgx_quote), vectors.sgx_now).tcb_status
+    finally:
+        server.close()
+
+
+def test_pccs_serves_tdx_paths_for_tdx_quotes(testdata, tmp_path, vectors):
+    server = _pccs(testdata, "tdx_quote", "tdx", "B0C06F000000", "platform")
+    try:
+        verifier = DcapVerifier(PccsCollateral(server.url, tmp_path))
+        with pytest.raises(EvidenceError) as caught:
+            verifier.verify(Evidence("dcap", (testdata / "tdx_quote").read_bytes()),
+                            vectors.tdx_now)  # fmt: skip
+        assert caught.value.code == "not-sgx-enclave"
+        assert "/tdx/certification/v4/tcb" in server.requests
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("tcb-500", "answered 500"),
+        ("qe-404", "answered 404"),
+        ("headers", "lacks the"),
+    ],
+)
+def test_pccs_failures_are_collateral_errors(pccs, tmp_path, sgx_quote, vectors, breakage,
+                                             message):  # fmt: skip
+    if breakage == "tcb-500":
+        pccs.broken["/sgx/certification/v4/tcb"] = 500
+    elif breakage == "qe-404":
+        pccs.broken["/sgx/certification/v4/qe/identity"] = 404
+    else:
+        pccs.drop_headers = True
+    with pytest.raises(CollateralError, match=message):
+        PccsCollateral(pccs.url, tmp_path).get(sgx_quote, vectors.sgx_now)
+
+
+def test_unreachable_pccs_is_a_collateral_error(tmp_path, sgx_quote, vectors):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(CollateralError, match="unreachable"):
+        PccsCollateral(f"http://127.0.0.1:{port}", tmp_path).get(sgx_quote, vectors.sgx_now)
+
+
+def test_quote_without_readable_pck_certificate(pccs, tmp_path, sgx_quote, vectors):
+    with pytest.raises(CollateralError, match="platform"):
+        PccsCollateral(pccs.url, tmp_path).get(sgx_quote[:600], vectors.sgx_now)
+    assert pccs.requests == []
