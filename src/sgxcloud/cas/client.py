@@ -20,8 +20,10 @@ file, never the system store: the CAS is its own trust root.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sgxcloud.cas import protocol
-from sgxcloud.cas.errors import AccessDenied, CasError, EvidenceError
+from sgxcloud.cas.errors import (
+    AccessDenied,
+    CasError,
+    ConflictError,
+    EvidenceError,
+    PolicyError,
+    PolicyProblem,
+)
 from sgxcloud.cas.evidence import make_simulated_evidence
+from sgxcloud.cas.service.auth import sign_request
 from sgxcloud.sgx.identity import EnclaveIdentity
 
 log = logging.getLogger(__name__)
@@ -45,6 +55,10 @@ class ClientError(CasError):
     """The configuration could not be fetched (service unreachable or refused)."""
 
     exit_code = 1
+
+
+class PolicyNotFound(ClientError):
+    """The service has no policy of that name."""
 
 
 class NoEvidenceSource(ClientError):
@@ -206,8 +220,9 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     except ValueError as exc:
         raise ClientError(f"CAS answered {response.status_code} without JSON") from exc
     if response.status_code == 403 and body.get("error") == "attestation-rejected":
-        rejected = EvidenceError(body.get("message", "attestation rejected"),
-                                 code=body.get("code", "policy"))
+        rejected = EvidenceError(
+            body.get("message", "attestation rejected"), code=body.get("code", "policy")
+        )
         rejected.reasons = body.get("reasons", [])  # type: ignore[attr-defined]
         raise rejected
     if response.status_code == 403:
@@ -215,3 +230,99 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     if response.status_code >= 400:
         raise ClientError(f"CAS answered {response.status_code}: {body.get('message', '')}")
     return body
+
+
+# -- the owner side: policy management over signed requests -------------------
+
+
+class OwnerClient:
+    """Policy management for owners: every request signed with the owner's key.
+
+    ``certificate`` is given when the policy names the owner by client
+    certificate fingerprint (``client_certificate_sha256``) instead of key.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        key: Any,
+        *,
+        ca_file: Path | None = None,
+        certificate: x509.Certificate | None = None,
+        http_client: httpx.Client | None = None,
+        clock: Any = None,
+    ) -> None:
+        self._key = key
+        self._certificate = certificate
+        self._clock = clock or time.time
+        if http_client is None:
+            verify: Any = pinned_tls(ca_file) if ca_file is not None else True
+            http_client = httpx.Client(base_url=base_url, verify=verify, timeout=30.0)
+        self._http = http_client
+        self.base_url = base_url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OwnerClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        content = b"" if body is None else _canonical(body)
+        headers = sign_request(
+            self._key, method, path, content, now=int(self._clock()), certificate=self._certificate
+        )
+        if body is not None:
+            headers["content-type"] = "application/json"
+        try:
+            return self._http.request(method, path, content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ClientError(
+                f"cannot reach the CAS at {self.base_url}: {type(exc).__name__}"
+            ) from exc
+
+    def apply(self, text: str) -> dict[str, Any]:
+        return _owner_answer(self._request("PUT", "/v1/policies", {"policy": text}))
+
+    def show(self, name: str) -> dict[str, Any]:
+        return _owner_answer(self._request("GET", f"/v1/policies/{name}"))
+
+    def delete(self, name: str, predecessor: str) -> None:
+        _owner_answer(self._request("DELETE", f"/v1/policies/{name}?predecessor={predecessor}"))
+
+    def audit(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        return _owner_answer(self._request("GET", f"/v1/audit?after={after}&limit={limit}"))  # type: ignore[return-value]
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _owner_answer(response: httpx.Response) -> Any:
+    if response.status_code == 204:
+        return None
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ClientError(f"CAS answered {response.status_code} without JSON") from exc
+    if response.status_code < 400:
+        return body
+    message = body.get("message", "") if isinstance(body, dict) else ""
+    if response.status_code == 400 and body.get("field") is not None:
+        problems = body.get("problems") or []
+        raise PolicyError.from_problems(
+            [PolicyProblem(p["field"], p["message"]) for p in problems]
+            or [PolicyProblem(body["field"], message)]
+        )
+    if response.status_code in {401, 403}:
+        raise AccessDenied(message or "forbidden")
+    if response.status_code == 404:
+        raise PolicyNotFound(message)
+    if response.status_code == 409:
+        raise ConflictError(message)
+    raise ClientError(f"CAS answered {response.status_code}: {message}")

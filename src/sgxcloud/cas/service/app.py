@@ -61,9 +61,14 @@ STATUS: list[tuple[type[Exception], int, str]] = [
 _ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 409, 503)}
 
 
-def create_app(service: CasService, *, clock: Callable[[], float] = time.time,
-               max_skew: int = 300) -> FastAPI:
-    """The ASGI application for ``service``; ``clock`` is injectable for tests."""
+def create_app(
+    service: CasService | None, *, clock: Callable[[], float] = time.time, max_skew: int = 300
+) -> FastAPI:
+    """The ASGI application for ``service``; ``clock`` is injectable for tests.
+
+    With ``service=None`` the app only documents the API (``openapi_document``):
+    every endpoint answers 503.
+    """
     app = FastAPI(
         title="sgxcloud attestation and configuration service",
         version=API_VERSION,
@@ -77,6 +82,11 @@ def create_app(service: CasService, *, clock: Callable[[], float] = time.time,
 
     def now() -> int:
         return int(clock())
+
+    def cas() -> CasService:
+        if service is None:
+            raise NotReady("no service behind this application (documentation only)")
+        return service
 
     async def caller(request: Request) -> str:
         body = await request.body()
@@ -104,18 +114,18 @@ def create_app(service: CasService, *, clock: Callable[[], float] = time.time,
 
     @app.get("/v1/health", response_model=schemas.HealthResponse, tags=["service"])
     def health() -> schemas.HealthResponse:
-        return schemas.HealthResponse(state=service.state, database=service.database.dialect)
+        return schemas.HealthResponse(state=cas().state, database=cas().database.dialect)
 
     @app.post("/v1/nonces", response_model=schemas.NonceResponse, tags=["attestation"])
     def nonce() -> schemas.NonceResponse:
         """A fresh single-use nonce for the enclave to bind into REPORTDATA."""
-        grant = service.issue_nonce(now())
+        grant = cas().issue_nonce(now())
         return schemas.NonceResponse(nonce=grant.nonce, expires_at=grant.expires_at)
 
     @app.post("/v1/attest", response_model=schemas.AttestResponse, tags=["attestation"])
     def attest(body: schemas.AttestBody) -> schemas.AttestResponse:
         """Verify evidence, binding, nonce and policy; answer the sealed configuration."""
-        result = service.attest(AttestRequest(**body.model_dump()), now())
+        result = cas().attest(AttestRequest(**body.model_dump()), now())
         return schemas.AttestResponse(
             policy=result.policy,
             service=result.service,
@@ -134,7 +144,7 @@ def create_app(service: CasService, *, clock: Callable[[], float] = time.time,
     async def apply_policy(request: Request, body: schemas.PolicyApplyBody):  # type: ignore[no-untyped-def]
         """Create or update a policy (signed by an owner; updates name their predecessor)."""
         who = await caller(request)
-        info = service.apply_policy(who, body.policy, now())
+        info = cas().apply_policy(who, body.policy, now())
         return schemas.PolicyApplyResponse(
             name=info.name,
             version=info.version,
@@ -146,7 +156,7 @@ def create_app(service: CasService, *, clock: Callable[[], float] = time.time,
     @app.get("/v1/policies/{name}", response_model=schemas.PolicyResponse, tags=["policies"])
     async def read_policy(request: Request, name: str) -> schemas.PolicyResponse:
         """The policy document and secret metadata (owners and readers; never values)."""
-        view = service.read_policy(await caller(request), name)
+        view = cas().read_policy(await caller(request), name)
         return schemas.PolicyResponse(
             name=view.name,
             version=view.version,
@@ -165,7 +175,7 @@ def create_app(service: CasService, *, clock: Callable[[], float] = time.time,
         predecessor: str = Query(description="hash of the version being deleted"),
     ) -> None:
         """Delete a policy and its secrets (owners; names the current hash)."""
-        service.delete_policy(await caller(request), name, predecessor, now())
+        cas().delete_policy(await caller(request), name, predecessor, now())
 
     @app.get("/v1/audit", response_model=list[schemas.AuditEntryModel], tags=["audit"])
     async def audit_entries(
@@ -174,16 +184,21 @@ def create_app(service: CasService, *, clock: Callable[[], float] = time.time,
         limit: int = Query(100, ge=1, le=1000),
     ) -> list[schemas.AuditEntryModel]:
         """Audit entries about the policies the caller owns or reads."""
-        entries = service.audit_entries(await caller(request), after=after, limit=limit)
+        entries = cas().audit_entries(await caller(request), after=after, limit=limit)
         return [schemas.AuditEntryModel(**e.to_dict()) for e in entries]
 
     @app.get("/v1/audit/verify", response_model=schemas.AuditVerifyResponse, tags=["audit"])
     async def audit_verify(request: Request) -> schemas.AuditVerifyResponse:
         """Walk the whole hash chain (any authenticated owner may ask)."""
         await caller(request)
-        return schemas.AuditVerifyResponse(**service.verify_audit().to_dict())
+        return schemas.AuditVerifyResponse(**cas().verify_audit().to_dict())
 
     return app
+
+
+def openapi_document() -> dict:
+    """The OpenAPI document (committed as docs/cas/openapi.json)."""
+    return create_app(None).openapi()
 
 
 def _error_response(exc: SgxcloudError) -> JSONResponse:

@@ -1,0 +1,163 @@
+"""Composition root: settings → database, keyring, verifier → service → HTTPS server.
+
+This is the one place that chooses implementations (which collateral source,
+which verifier), in the manner of Marblerun's composition root; the service
+layer and the handlers only see interfaces.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from fastapi import FastAPI
+
+from sgxcloud.cas.config import ConfigError, Settings
+from sgxcloud.cas.evidence import DefaultVerifier
+from sgxcloud.cas.service.app import create_app
+from sgxcloud.cas.service.core import CasService
+from sgxcloud.cas.store import Database
+
+log = logging.getLogger(__name__)
+
+
+def build_service(settings: Settings) -> CasService:
+    """A started service for ``settings`` (migrates the database, checks the master key)."""
+    keyring = settings.keyring()
+    verifier = DefaultVerifier(settings.collateral_source())
+    database = Database.open(settings.database_url)
+    service = CasService(database, keyring, verifier, nonce_ttl=settings.nonce_ttl_seconds)
+    service.start()
+    return service
+
+
+def build_app(settings: Settings, service: CasService | None = None) -> FastAPI:
+    service = service or build_service(settings)
+    return create_app(service, max_skew=settings.request_max_skew_seconds)
+
+
+def serve(settings: Settings) -> None:
+    """Run the HTTPS API until interrupted (``sgxcloud cas serve``)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ConfigError("tls_cert and tls_key are required: the CAS only speaks HTTPS")
+    service = build_service(settings)
+    app = create_app(service, max_skew=settings.request_max_skew_seconds)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            ssl_certfile=str(settings.tls_cert),
+            ssl_keyfile=str(settings.tls_key),
+            log_level=settings.log_level,
+            access_log=settings.log_level == "debug",
+        )
+    finally:
+        service.stop()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+def make_loopback_tls(directory: Path, *, now: dt.datetime | None = None) -> TlsFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost (demo, tests, bench)."""
+    now = now or dt.datetime.now(dt.UTC)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sgxcloud CAS loopback CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.touch(mode=0o600)
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
+@contextmanager
+def background_https(
+    app: FastAPI, tls: TlsFiles, *, host: str = "127.0.0.1", log_level: str = "warning"
+) -> Iterator[str]:
+    """Serve ``app`` over HTTPS on a free loopback port in a thread; yields the base URL."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=0,
+        ssl_certfile=str(tls.cert),
+        ssl_keyfile=str(tls.key),
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="cas-https", daemon=True)
+    thread.start()
+    _wait_for(lambda: server.started or not thread.is_alive(), timeout=20)
+    if not server.started:
+        raise RuntimeError("the HTTPS server did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"https://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _wait_for(condition: Callable[[], bool], *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)

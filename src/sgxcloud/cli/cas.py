@@ -1,0 +1,113 @@
+"""``sgxcloud cas``: run the attestation and configuration service.
+
+Thin over :mod:`sgxcloud.cas.service.server` and :mod:`sgxcloud.cas.config`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.panel import Panel
+
+from sgxcloud.cas import secrets
+from sgxcloud.cas.config import load_settings
+
+_CONFIG_HELP = (
+    "Settings file (YAML). Every setting can also come from SGXCLOUD_CAS_<NAME>, which wins; "
+    "see docs/cas/operator-guide.md."
+)
+
+
+@click.group(name="cas")
+def cas() -> None:
+    """Run the attestation and configuration service (CAS).
+
+    Enclaves prove what they are and receive their configuration; owners
+    manage policies with 'sgxcloud policy'; operators check the audit chain
+    with 'sgxcloud audit verify'.
+    """
+
+
+@cas.command(name="serve")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=_CONFIG_HELP
+)
+@click.option("--host", help="Address to listen on (setting: host; default 127.0.0.1).")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help="TCP port (setting: port; default 8443)."
+)
+def serve(config_path: Path | None, host: str | None, port: int | None) -> int:
+    """Serve the HTTPS API until interrupted.
+
+    Validates every setting, migrates the database (SQLite by default,
+    PostgreSQL with database_url: postgresql://...), checks that the master key
+    opens the stored secrets, then listens with the configured TLS certificate.
+    Exit 2 on an invalid setting, with one line naming it.
+    """
+    from sgxcloud.cas.service.server import serve as run
+
+    settings = load_settings(config_path, host=host, port=port)
+    run(settings)
+    return 0
+
+
+@cas.command(name="init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--loopback-tls",
+    is_flag=True,
+    help="Also make a throwaway CA and a 127.0.0.1 certificate (testing only).",
+)
+def init(directory: Path, loopback_tls: bool) -> int:
+    """Create DIRECTORY with a new master key (mode 0600) and a settings file.
+
+    The master key encrypts every secret at rest; keep it out of backups of
+    the database.  Refuses to overwrite an existing key.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path = directory / "master.key"
+    if key_path.exists():
+        raise click.UsageError(f"{key_path} exists; refusing to replace a master key")
+    key = secrets.MasterKey.generate()
+    secrets.write_master_key(key_path, key)
+    lines = [
+        "# sgxcloud CAS settings (docs/cas/operator-guide.md)",
+        "database_url: sqlite:///cas.db",
+        "master_key_file: master.key",
+        "host: 127.0.0.1",
+        "port: 8443",
+        "nonce_ttl_seconds: 120",
+        "collateral: none   # or: pccs (with pccs_url) or file (with collateral_file)",
+    ]
+    if loopback_tls:
+        from sgxcloud.cas.service.server import make_loopback_tls
+
+        tls = make_loopback_tls(directory / "tls")
+        lines += [
+            f"tls_cert: {tls.cert.relative_to(directory)}",
+            f"tls_key: {tls.key.relative_to(directory)}",
+        ]
+    else:
+        lines += ["# tls_cert: /etc/sgxcloud/cas.pem", "# tls_key: /etc/sgxcloud/cas.key"]
+    settings_path = directory / "cas.yaml"
+    if not settings_path.exists():
+        settings_path.write_text("\n".join(lines) + "\n")
+    Console().print(
+        Panel.fit(
+            f"master key id [bold]{key.key_id}[/] in {key_path}\nsettings in {settings_path}",
+            title="CAS initialised",
+        )
+    )
+    return 0
+
+
+@cas.command(name="openapi")
+def openapi() -> int:
+    """Print the OpenAPI document of the HTTP API (committed as docs/cas/openapi.json)."""
+    from sgxcloud.cas.service.app import openapi_document
+
+    click.echo(json.dumps(openapi_document(), indent=2, sort_keys=True))
+    return 0

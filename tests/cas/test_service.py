@@ -1,0 +1,346 @@
+"""The HTTP API in-process: owners' signed policy CRUD, typed errors, OpenAPI, no leaks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sgxcloud.cas import protocol
+from sgxcloud.cas.evidence import make_simulated_evidence
+from sgxcloud.cas.policy import load_policy, policy_hash
+from sgxcloud.cas.service import auth
+from sgxcloud.cas.service.app import create_app
+
+try:
+    from tests.cas import postgres as pg
+except ImportError:  # tests/cas is not a package: pytest put its directory on sys.path
+    import postgres as pg  # type: ignore[no-redef]
+
+OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "cas" / "openapi.json"
+NOW = pg.CLOCK
+
+
+class Api:
+    """A TestClient plus the owner's signing, at a fixed clock."""
+
+    def __init__(self, url: str) -> None:
+        self.service = pg.make_service(url)
+        self.now = NOW
+        self.client = TestClient(
+            create_app(self.service, clock=lambda: self.now), raise_server_exceptions=False
+        )
+
+    def signed(self, method: str, path: str, key, body: dict | None = None):  # type: ignore[no-untyped-def]
+        content = json.dumps(body).encode() if body is not None else b""
+        headers = auth.sign_request(key, method, path, content, now=self.now)
+        if body is not None:
+            headers["content-type"] = "application/json"
+        return self.client.request(method, path, content=content, headers=headers)
+
+    def apply(self, key, text: str):  # type: ignore[no-untyped-def]
+        return self.signed("PUT", "/v1/policies", key, {"policy": text})
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Api:
+    api = Api(f"sqlite:///{tmp_path / 'cas.db'}")
+    yield api
+    api.service.stop()
+
+
+@pytest.fixture
+def owner():  # type: ignore[no-untyped-def]
+    return pg.owner_key()
+
+
+def test_health_and_nonce(api: Api) -> None:
+    assert api.client.get("/v1/health").json() == {"state": "ready", "database": "sqlite"}
+    first = api.client.post("/v1/nonces").json()
+    second = api.client.post("/v1/nonces").json()
+    assert first["nonce"] != second["nonce"] and len(bytes.fromhex(first["nonce"])) == 32
+    assert first["expires_at"] == NOW + 60
+
+
+def test_policy_lifecycle_with_predecessors(api: Api, owner) -> None:  # type: ignore[no-untyped-def]
+    text = pg.policy_text(owner)
+    created = api.apply(owner, text)
+    assert created.status_code == 200, created.text
+    body = created.json()
+    assert body["created"] and body["version"] == 1 and body["policy_hash"] == policy_hash(text)
+    assert sorted(body["generated_secrets"]) == [
+        "api_token",
+        "data_key",
+        "db_password",
+        "tls_cert",
+        "tls_key",
+    ]
+    # Creating again without a predecessor loses: someone already created it.
+    assert api.apply(owner, text).status_code == 409
+    update = pg.policy_text(owner, description="v2", predecessor=body["policy_hash"])
+    updated = api.apply(owner, update)
+    assert updated.status_code == 200 and updated.json()["version"] == 2
+    assert updated.json()["generated_secrets"] == []  # unchanged specs keep their values
+    stale = api.apply(
+        owner, pg.policy_text(owner, description="v3", predecessor=body["policy_hash"])
+    )
+    assert stale.status_code == 409 and stale.json()["error"] == "conflict"
+    current = updated.json()["policy_hash"]
+    wrong = api.signed("DELETE", f"/v1/policies/shop?predecessor={body['policy_hash']}", owner)
+    assert wrong.status_code == 409
+    gone = api.signed("DELETE", f"/v1/policies/shop?predecessor={current}", owner)
+    assert gone.status_code == 204
+    assert api.signed("GET", "/v1/policies/shop", owner).status_code == 404
+    assert (
+        api.signed("DELETE", f"/v1/policies/shop?predecessor={current}", owner).status_code == 404
+    )
+
+
+def test_only_owners_change_and_only_owners_or_readers_read(api: Api, owner) -> None:  # type: ignore[no-untyped-def]
+    reader, stranger = pg.owner_key(), pg.owner_key()
+    text = pg.policy_text(owner, readers=[reader])
+    assert api.apply(owner, text).status_code == 200
+    digest = policy_hash(text)
+    hijack = pg.policy_text(stranger, predecessor=digest)
+    refused = api.apply(stranger, hijack)
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    assert (
+        api.apply(
+            reader, pg.policy_text(owner, readers=[reader], predecessor=digest, description="x")
+        ).status_code
+        == 403
+    )
+    denied = api.signed("GET", "/v1/policies/shop", stranger)
+    assert denied.status_code == 403 and "text" not in denied.json()
+    assert (
+        api.signed("DELETE", f"/v1/policies/shop?predecessor={digest}", reader).status_code == 403
+    )
+    view = api.signed("GET", "/v1/policies/shop", reader)
+    assert view.status_code == 200 and view.json()["text"] == text
+    assert {s["name"] for s in view.json()["secrets"]} >= {"db_password", "tls_cert"}
+    # Creating a policy that does not name you as owner is refused too.
+    assert api.apply(stranger, pg.policy_text(owner, name="other")).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "error"),
+    [
+        (
+            lambda h: {k: v for k, v in h.items() if k != auth.SIGNATURE_HEADER},
+            401,
+            "unauthenticated",
+        ),
+        (lambda h: {**h, auth.DATE_HEADER: str(NOW - 3600)}, 401, "unauthenticated"),
+        (
+            lambda h: {**h, auth.SIGNATURE_HEADER: base64.b64encode(b"x" * 64).decode()},
+            401,
+            "unauthenticated",
+        ),
+        (lambda h: {**h, auth.KEY_HEADER: "not base64!"}, 401, "unauthenticated"),
+    ],
+)
+def test_bad_signatures_are_401(api: Api, owner, mutate, status, error) -> None:  # type: ignore[no-untyped-def]
+    content = json.dumps({"policy": pg.policy_text(owner)}).encode()
+    headers = auth.sign_request(owner, "PUT", "/v1/policies", content, now=NOW)
+    headers = mutate(headers)
+    headers["content-type"] = "application/json"
+    answer = api.client.put("/v1/policies", content=content, headers=headers)
+    assert answer.status_code == status and answer.json()["error"] == error
+
+
+def test_signature_covers_the_body(api: Api, owner) -> None:  # type: ignore[no-untyped-def]
+    content = json.dumps({"policy": pg.policy_text(owner)}).encode()
+    headers = auth.sign_request(owner, "PUT", "/v1/policies", b"{}", now=NOW)
+    headers["content-type"] = "application/json"
+    assert api.client.put("/v1/policies", content=content, headers=headers).status_code == 401
+
+
+def test_client_certificate_owner(api: Api, tmp_path: Path) -> None:
+    import datetime as dt
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    from sgxcloud.cas import secrets
+
+    ca = secrets.make_ca("owners", dt.datetime.fromtimestamp(NOW, dt.UTC))
+    key = secrets.new_private_key("ec-p256")
+    cert = secrets.issue_certificate(
+        ca, key.public_key(), common_name="alice", now=dt.datetime.fromtimestamp(NOW, dt.UTC)
+    )
+    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    text = pg.policy_text(pg.owner_key()).replace(
+        "  - name: owner\n    public_key:",
+        "  - name: alice\n    client_certificate_sha256: "
+        f"'{fingerprint}'\n  - name: owner\n    public_key:",
+    )
+    assert "client_certificate_sha256" in text
+    content = json.dumps({"policy": text}).encode()
+    headers = auth.sign_request(key, "PUT", "/v1/policies", content, now=NOW, certificate=cert)
+    headers["content-type"] = "application/json"
+    answer = api.client.put("/v1/policies", content=content, headers=headers)
+    assert answer.status_code == 200, answer.text
+
+
+def test_invalid_policy_is_400_with_the_field(api: Api, owner) -> None:  # type: ignore[no-untyped-def]
+    text = (
+        pg.policy_text(owner)
+        .replace("'" + pg.MRENCLAVE + "'", "'xyz'")
+        .replace(pg.MRENCLAVE, "xyz")
+    )
+    answer = api.apply(owner, text)
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["error"] == "bad-request"
+    assert body["field"].startswith("services.web.identities")
+    assert api.apply(owner, "name: [unclosed").status_code == 400
+
+
+def test_malformed_requests_are_400_not_500(api: Api) -> None:
+    assert api.client.post("/v1/attest", json={"policy": "p"}).status_code == 400
+    assert (
+        api.client.post(
+            "/v1/attest", content=b"not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 400
+    )
+    nonce = api.client.post("/v1/nonces").json()["nonce"]
+    base = {
+        "policy": "shop",
+        "service": "web",
+        "nonce": nonce,
+        "public_key": pg.public_pem(protocol.new_enclave_key()),
+        "evidence": "AAAA",
+    }
+    for field, value in [
+        ("nonce", "zz"),
+        ("public_key", "nope"),
+        ("evidence", "%%%"),
+        ("evidence", base64.b64encode(b"garbage").decode()),
+    ]:
+        answer = api.client.post("/v1/attest", json={**base, field: value})
+        assert answer.status_code == 400, (field, answer.text)
+        assert answer.json()["error"] == "bad-request"
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.dictionaries(
+        st.sampled_from(["policy", "service", "nonce", "public_key", "evidence", "extra"]),
+        st.one_of(
+            st.text(max_size=80),
+            st.integers(),
+            st.none(),
+            st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+        ),
+    )
+)
+def test_random_attest_bodies_never_crash(api: Api, body: dict) -> None:
+    answer = api.client.post("/v1/attest", json=body)
+    assert answer.status_code in {400, 403}, answer.text
+
+
+def test_no_secret_value_leaks(api: Api, owner, caplog, capsys) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.DEBUG)
+    text = pg.policy_text(owner)
+    assert api.apply(owner, text).status_code == 200
+    # An accepted enclave receives the values: collect them to search for.
+    key = protocol.new_enclave_key()
+    nonce = api.client.post("/v1/nonces").json()["nonce"]
+    evidence = make_simulated_evidence(
+        pg.simulated_identity(), protocol.report_data_for(key.public_key(), bytes.fromhex(nonce))
+    )
+    accepted = api.client.post(
+        "/v1/attest",
+        json={
+            "policy": "shop",
+            "service": "web",
+            "nonce": nonce,
+            "public_key": pg.public_pem(key),
+            "evidence": base64.b64encode(evidence.raw).decode(),
+        },
+    )
+    assert accepted.status_code == 200
+    config = protocol.open_configuration(
+        base64.b64decode(accepted.json()["sealed_configuration"]), key, bytes.fromhex(nonce)
+    )
+    values = [
+        config.argv[2].split("=", 1)[1],
+        config.env["API_TOKEN"],
+        config.files["/etc/app/tls.key"].decode().splitlines()[1],
+        config.files["/dev/attestation/keys/data"].hex(),
+    ]
+    # Now provoke every other path: rejections, errors, reads by others, audit.
+    stranger = pg.owner_key()
+    outputs = [accepted.text]
+    outputs.append(
+        api.client.post(
+            "/v1/attest",
+            json={
+                "policy": "shop",
+                "service": "web",
+                "nonce": nonce,
+                "public_key": pg.public_pem(key),
+                "evidence": base64.b64encode(evidence.raw).decode(),
+            },
+        ).text
+    )  # replay
+    outputs.append(api.signed("GET", "/v1/policies/shop", stranger).text)
+    outputs.append(api.signed("GET", "/v1/policies/shop", owner).text)
+    outputs.append(api.signed("GET", "/v1/audit", owner).text)
+    outputs.append(api.apply(owner, pg.policy_text(owner, predecessor="0" * 64)).text)
+    outputs.append(api.signed("GET", "/v1/audit/verify", owner).text)
+    captured = capsys.readouterr()
+    haystack = "\n".join([*outputs, caplog.text, captured.out, captured.err])
+    haystack = haystack.replace(accepted.json()["sealed_configuration"], "")
+    for value in values:
+        assert value not in haystack
+    assert values[0] not in json.dumps(load_policy(text).document)
+
+
+def test_audit_endpoints(api: Api, owner) -> None:  # type: ignore[no-untyped-def]
+    assert api.signed("GET", "/v1/audit", owner).status_code == 403  # owns nothing yet
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+    entries = api.signed("GET", "/v1/audit", owner).json()
+    assert [(e["kind"], e["subject"], e["outcome"]) for e in entries] == [
+        ("policy.apply", "shop", "applied")
+    ]
+    report = api.signed("GET", "/v1/audit/verify", owner).json()
+    assert report["ok"] and report["entries"] == 1
+    assert api.client.get("/v1/audit/verify").status_code == 401
+
+
+def test_committed_openapi_document_is_current(api: Api) -> None:
+    generated = api.client.get("/openapi.json").json()
+    assert OPENAPI.exists(), "run: sgxcloud cas openapi > docs/cas/openapi.json"
+    assert json.loads(OPENAPI.read_text()) == generated, (
+        "docs/cas/openapi.json is stale: run sgxcloud cas openapi > docs/cas/openapi.json"
+    )
+
+
+def test_service_refuses_work_before_start_and_after_stop(tmp_path: Path) -> None:
+    from sgxcloud.cas import secrets
+    from sgxcloud.cas.evidence import DefaultVerifier
+    from sgxcloud.cas.service.core import CasService, NotReady
+    from sgxcloud.cas.store import Database
+
+    service = CasService(
+        Database.open(f"sqlite:///{tmp_path / 'x.db'}"),
+        secrets.Keyring(secrets.MasterKey.generate()),
+        DefaultVerifier(None),
+    )
+    client = TestClient(create_app(service), raise_server_exceptions=False)
+    assert client.post("/v1/nonces").status_code == 503
+    service.start()
+    assert client.post("/v1/nonces").status_code == 200
+    service.stop()
+    with pytest.raises(NotReady):
+        service.issue_nonce(NOW)
