@@ -24,6 +24,7 @@ never echoed.  A row left with no valid identifier is dropped and counted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -199,8 +200,7 @@ def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table, key: bytes
             arrays.append(_cast(column, fld.type, dataset.ref, fld.name))
     prepared = pa.Table.from_arrays(arrays, schema=schema)
     id_cols = [c for c in schema.names if c in kinds]
-    has_id = pc.or_kleene(*[pc.is_valid(prepared[c]) for c in id_cols]) if len(id_cols) > 1 \
-        else pc.is_valid(prepared[id_cols[0]])
+    has_id = functools.reduce(pc.or_, [pc.is_valid(prepared[c]) for c in id_cols])
     kept = prepared.filter(has_id)
     report.rows_out = kept.num_rows
     report.rows_without_identifier = prepared.num_rows - kept.num_rows

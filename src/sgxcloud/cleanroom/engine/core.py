@@ -1,18 +1,51 @@
-"""Engine facade (interface published first; implementation follows)."""
+"""The engine facade: ingestion, query authorisation, privacy, signing, audit.
+
+One :class:`Engine` per coordinator enclave.  Data lives in a DuckDB
+database in ``workdir`` (``SET memory_limit`` / ``threads``, spilling to
+``workdir/spill``; in production ``workdir`` is an encrypted enclave mount);
+the privacy ledger (DP budget, released answers) is SQLite in the same
+directory and the audit log a JSON-lines file beside it, so a restarted
+engine on the same ``workdir`` keeps every privacy promise it made.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sgxcloud.cleanroom.definition import Definition
-from sgxcloud.cleanroom.engine.query import Query
-from sgxcloud.cleanroom.results import Result
+from sgxcloud.cleanroom.approvals import encode_public_key, generate_private_key
+from sgxcloud.cleanroom.audit import AuditLog
+from sgxcloud.cleanroom.definition import EXPOSURE_GROUPS, Dataset, Definition
+from sgxcloud.cleanroom.engine import analyses
+from sgxcloud.cleanroom.engine.identity import data_table, quote, resolve_people
+from sgxcloud.cleanroom.engine.query import (
+    AudienceSizeQuery,
+    CampaignLiftQuery,
+    OverlapQuery,
+    Query,
+    canonical_query,
+    check_query,
+    parse_query,
+    query_key,
+)
+from sgxcloud.cleanroom.engine.release import build_cells
+from sgxcloud.cleanroom.errors import IngestError, QueryError, QueryRefused
+from sgxcloud.cleanroom.identifiers import prepared_schema
+from sgxcloud.cleanroom.privacy import CohortStore, NoiseSource, PrivacyLedger
+from sgxcloud.cleanroom.results import Result, new_result_id, now_iso, sign_result
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTED_ROWS = 10
 
 
 @dataclass(frozen=True)
@@ -21,7 +54,6 @@ class IngestReport:
     rows: int
     batches: int
     replaced_rows: int = 0
-    problems: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "rows": self.rows, "batches": self.batches,
@@ -39,15 +71,345 @@ class BudgetStatus:
         return max(0.0, self.total - self.spent)
 
 
+@dataclass
+class _Problems:
+    """Row-level problems of one ingestion: counts and first row numbers only."""
+
+    found: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, what: str, mask: pa.Array, offset: int) -> None:
+        hits = pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
+        if not hits:
+            return
+        entry = self.found.setdefault(what, {"count": 0, "rows": []})
+        entry["count"] += len(hits)
+        room = MAX_REPORTED_ROWS - len(entry["rows"])
+        entry["rows"].extend(offset + i for i in hits[:room])
+
+
 class Engine:
+    """Runs approved analyses over ingested, keyed data; releases signed aggregates."""
+
     def __init__(self, definition: Definition, workdir: str | Path, *,
                  signing_key: Ed25519PrivateKey | None = None, memory_limit: str = "512MB",
                  threads: int = 2) -> None:
-        raise NotImplementedError
+        self.definition = definition
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._signing_key = signing_key or generate_private_key()
+        self._lock = threading.RLock()
+        self._con = duckdb.connect(str(self.workdir / "engine.duckdb"))
+        try:
+            self._con.execute("SET memory_limit = ?", [memory_limit])
+            self._con.execute("SET threads = ?", [int(threads)])
+        except duckdb.Error as exc:
+            self._con.close()
+            raise QueryError("memory_limit", "not a valid DuckDB memory limit or thread count") \
+                from exc
+        self._con.execute("SET temp_directory = ?", [str(self.workdir / "spill")])
+        self._con.execute("SET preserve_insertion_order = false")
+        self.ledger = PrivacyLedger(self.workdir / "privacy.sqlite")
+        self.audit = AuditLog(self.workdir / "audit.jsonl")
+        self.cohorts = CohortStore(self._con)
+        self._noise = NoiseSource(definition.privacy.dp) if definition.privacy.dp_enabled \
+            else None
+        self._resolved = False
+        self._bind_definition()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def public_key(self) -> str:
+        """``ed25519:...`` of the result-signing key (bind it into attestation)."""
+        return encode_public_key(self._signing_key)
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+            self.ledger.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _bind_definition(self) -> None:
+        """Data ingested under another definition was approved for that one only."""
+        self._con.execute("CREATE TABLE IF NOT EXISTS engine_meta (definition_hash VARCHAR)")
+        row = self._con.execute("SELECT definition_hash FROM engine_meta").fetchone()
+        current = self.definition.definition_hash()
+        if row and row[0] != current:
+            for (name,) in self._con.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'd\\_%' "
+                    "ESCAPE '\\' OR table_name LIKE 'p\\_%' ESCAPE '\\'").fetchall():
+                self._con.execute(f"DROP TABLE {quote(name)}")
+            log.warning("definition changed: dropped data ingested under the previous one")
+        self._con.execute("DELETE FROM engine_meta")
+        self._con.execute("INSERT INTO engine_meta VALUES (?)", [current])
+
+    def datasets(self) -> dict[str, int]:
+        """Rows held per ingested dataset."""
+        with self._lock:
+            return {ds.ref: self._rows(ds) for ds in self.definition.datasets
+                    if self._has_table(ds)}
+
+    def budget(self, analyst: str) -> BudgetStatus:
+        dp = self.definition.privacy.dp
+        total = dp.budget_per_analyst if dp and dp.enabled else 0.0
+        return BudgetStatus(analyst, total, self.ledger.spent(self.definition.name, analyst))
+
+    # -- ingestion -----------------------------------------------------------------
 
     def ingest(self, provider: str, dataset: str,
-               data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch]) -> IngestReport:
-        raise NotImplementedError
+               data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch], *,
+               actor: str | None = None) -> IngestReport:
+        """Replace ``provider.dataset`` with ``data`` (prepared by the node), atomically.
+
+        Raises IngestError with a report of counts and row numbers — never
+        values — and keeps nothing of the attempt.
+        """
+        ref = f"{provider}.{dataset}"
+        ds = self.definition.dataset(ref)
+        if ds is None:
+            raise IngestError(f"{ref} is not a dataset of this collaboration", {"dataset": ref})
+        schema = prepared_schema(ds, self.definition.columns_needed(ref))
+        with self._lock:
+            try:
+                report = self._ingest_atomically(ds, schema, _batches(data))
+            except IngestError as exc:
+                self.audit.append("ingest_rejected", actor or provider,
+                                  {"dataset": ref, "message": str(exc), "report": exc.report})
+                raise
+            self._resolved = False
+            self.audit.append("ingest", actor or provider, report.to_dict())
+            log.info("ingested %s: %d rows", ref, report.rows)
+            return report
+
+    def _ingest_atomically(self, ds: Dataset, schema: pa.Schema,
+                           batches: Iterator[pa.RecordBatch]) -> IngestReport:
+        table, staging = data_table(ds), quote(f"staging_{ds.provider}__{ds.name}")
+        columns = ", ".join(f"{quote(f.name)} {_duck_type(f.type)}" for f in schema)
+        problems = _Problems()
+        rows = count = 0
+        self._con.execute("BEGIN TRANSACTION")
+        try:
+            self._con.execute(f"CREATE OR REPLACE TABLE {staging} ({columns})")
+            for batch in batches:
+                batch = _conform(ds, schema, batch)
+                _validate_rows(ds, batch, problems, rows)
+                if not problems.found:
+                    self._con.register("incoming_batch", batch)
+                    self._con.execute(f"INSERT INTO {staging} SELECT * FROM incoming_batch")  # noqa: S608
+                    self._con.unregister("incoming_batch")
+                rows += batch.num_rows
+                count += 1
+            if problems.found:
+                raise IngestError(
+                    f"{ds.ref}: {sum(p['count'] for p in problems.found.values())} bad row(s); "
+                    "nothing was ingested",
+                    {"dataset": ds.ref, "rows_seen": rows, "problems": problems.found})
+            replaced = self._rows(ds) if self._has_table(ds) else 0
+            self._con.execute(f"DROP TABLE IF EXISTS {table}")
+            self._con.execute(f"ALTER TABLE {staging} RENAME TO {table}")
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        return IngestReport(ds.ref, rows, count, replaced)
+
+    def _has_table(self, ds: Dataset) -> bool:
+        name = data_table(ds).strip('"')
+        return bool(self._con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
+
+    def _rows(self, ds: Dataset) -> int:
+        return self._con.execute(f"SELECT count(*) FROM {data_table(ds)}").fetchone()[0]  # noqa: S608
+
+    def _ensure_resolved(self) -> None:
+        if self._resolved:
+            return
+        for ds in self.definition.datasets:
+            if not self._has_table(ds):
+                schema = prepared_schema(ds, self.definition.columns_needed(ds.ref))
+                cols = ", ".join(f"{quote(f.name)} {_duck_type(f.type)}" for f in schema)
+                self._con.execute(f"CREATE TABLE {data_table(ds)} ({cols})")
+        resolve_people(self._con, self.definition.datasets)
+        self._resolved = True
+
+    # -- queries -----------------------------------------------------------------------
 
     def run(self, query: Query | dict[str, Any], analyst: str) -> Result:
-        raise NotImplementedError
+        """Answer ``query`` for ``analyst`` or raise QueryRefused / QueryError."""
+        try:
+            parsed = query if not isinstance(query, dict) else parse_query(query)
+            analysis = check_query(self.definition, parsed, analyst)
+        except (QueryError, QueryRefused) as exc:
+            reason = getattr(exc, "reason", "invalid_query")
+            self.audit.append("refusal", analyst, {"reason": reason, "message": str(exc)})
+            raise
+        key = query_key(parsed, self.definition.definition_hash())
+        with self._lock:
+            self.audit.append("query", analyst, {"query": canonical_query(parsed),
+                                                 "query_hash": key})
+            earlier = self.ledger.released(key)
+            if earlier is not None:
+                result = self._resign(Result.from_json(earlier))
+                self.audit.append("cache_hit", analyst, {"query_hash": key,
+                                                         "result_id": result.result_id})
+                return result
+            try:
+                result = self._compute_and_release(parsed, analysis, analyst, key)
+            except QueryRefused as exc:
+                self.audit.append("refusal", analyst, {"reason": exc.reason, "query_hash": key,
+                                                       "message": str(exc)})
+                raise
+            self.audit.append("release", analyst, {
+                "query_hash": key, "result_id": result.result_id,
+                "cells": [[c.metric, c.dims, c.value, c.suppressed] for c in result.cells]})
+            return result
+
+    def _compute_and_release(self, query: Query, analysis: Any, analyst: str,
+                             key: str) -> Result:
+        self._ensure_resolved()
+        if isinstance(query, AudienceSizeQuery):
+            draft = analyses.audience_size(self._con, self.definition, query)
+        elif isinstance(query, OverlapQuery):
+            draft = analyses.overlap(self._con, self.definition, query)
+        elif isinstance(query, CampaignLiftQuery):
+            draft = analyses.campaign_lift(self._con, self.definition, analysis, query)
+        else:  # pragma: no cover - parse_query makes only these
+            raise QueryError("template", "unknown query type")
+        privacy = self.definition.privacy
+        k = privacy.min_group_size
+        plan = build_cells(query, draft, k)  # suppression decided on exact counts
+        if not plan.any_released:
+            raise QueryRefused("suppressed",
+                               f"every figure would cover fewer than k={k} people")
+        if privacy.differencing_check:
+            for label in plan.released_cohorts:
+                self.cohorts.check(draft.cohorts[label], k)
+        dp_info: dict[str, Any] | None = None
+        remaining = None
+        if self._noise is not None and privacy.dp is not None:
+            dp = privacy.dp
+            remaining = self.ledger.spend(self.definition.name, analyst, key,
+                                          dp.epsilon_per_query, dp.budget_per_analyst,
+                                          dp.delta or 0.0)
+            dp_info = plan.add_noise(self._noise, dp)
+        cells = plan.cells()
+        for label in plan.released_cohorts:
+            self.cohorts.record(f"{key}:{label}", key, draft.cohorts[label])
+        result = sign_result(Result(
+            result_id=new_result_id(),
+            collaboration=self.definition.name,
+            definition_hash=self.definition.definition_hash(),
+            analysis=analysis.name,
+            template=query.template,
+            query=canonical_query(query),
+            query_hash=key,
+            cells=tuple(cells),
+            privacy={"min_group_size": k, "differencing_check": privacy.differencing_check,
+                     "differential_privacy": dp_info,
+                     "budget_remaining_at_release": remaining},
+            recipients=tuple(dict.fromkeys((analyst, *analysis.recipients))),
+            released_at=now_iso(),
+        ), self._signing_key)
+        stored = self.ledger.store_release(self.definition.name, key, result.to_json())
+        return result if stored == result.to_json() else self._resign(Result.from_json(stored))
+
+    def _resign(self, result: Result) -> Result:
+        """Cached answers are re-signed if the enclave key changed; content is kept."""
+        if result.signer == self.public_key:
+            return result
+        return sign_result(replace(result, signature=""), self._signing_key)
+
+
+# -- ingestion helpers ---------------------------------------------------------------
+
+
+def _batches(data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
+             ) -> Iterator[pa.RecordBatch]:
+    if isinstance(data, pa.Table):
+        yield from data.to_batches(max_chunksize=65536)
+    elif isinstance(data, pa.RecordBatch):
+        yield data
+    else:
+        for batch in data:
+            if isinstance(batch, pa.Table):
+                yield from batch.to_batches(max_chunksize=65536)
+            else:
+                yield batch
+
+
+def _duck_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_fixed_size_binary(arrow_type) or pa.types.is_binary(arrow_type):
+        return "BLOB"
+    if pa.types.is_boolean(arrow_type):
+        return "BOOLEAN"
+    if pa.types.is_int64(arrow_type):
+        return "BIGINT"
+    if pa.types.is_float64(arrow_type):
+        return "DOUBLE"
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMPTZ"
+    return "VARCHAR"
+
+
+def _conform(ds: Dataset, schema: pa.Schema, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Exactly the expected columns, in order, with the expected types."""
+    got = set(batch.schema.names)
+    want = set(schema.names)
+    if got != want:
+        report = {"dataset": ds.ref, "missing_columns": sorted(want - got),
+                  "unexpected_columns": sorted(got - want)}
+        raise IngestError(f"{ds.ref}: columns do not match the approved analysis "
+                          "(only the columns it needs may be sent)", report)
+    arrays = []
+    for fld in schema:
+        column = batch.column(batch.schema.get_field_index(fld.name))
+        if column.type != fld.type:
+            try:
+                column = column.cast(fld.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                raise IngestError(
+                    f"{ds.ref}: column {fld.name} has type {batch.schema.field(fld.name).type}, "
+                    f"expected {fld.type}",
+                    {"dataset": ds.ref, "column": fld.name, "expected_type": str(fld.type)},
+                ) from None
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _validate_rows(ds: Dataset, batch: pa.RecordBatch, problems: _Problems, offset: int) -> None:
+    ids = [batch.column(batch.schema.get_field_index(i.column)) for i in ds.identifiers
+           if i.column in batch.schema.names]
+    if ids:
+        no_id = pc.invert(pc.is_valid(ids[0]))
+        for column in ids[1:]:
+            no_id = pc.and_(no_id, pc.invert(pc.is_valid(column)))
+        problems.add("row without any identifier", no_id, offset)
+    names = batch.schema.names
+    for attr in ds.attributes:
+        if attr.column not in names:
+            continue
+        column = batch.column(names.index(attr.column))
+        if attr.values:
+            problems.add(f"{attr.column}: value not declared",
+                         pc.invert(pc.is_in(column, pa.array(attr.values))), offset)
+        if attr.min is not None:
+            problems.add(f"{attr.column}: below min", pc.less(column, attr.min), offset)
+        if attr.max is not None:
+            problems.add(f"{attr.column}: above max", pc.greater(column, attr.max), offset)
+    for col in ds.event_columns:
+        if col in names:
+            problems.add(f"{col}: missing value", pc.is_null(batch.column(names.index(col))),
+                         offset)
+    if ds.group_column and ds.group_column in names:
+        column = batch.column(names.index(ds.group_column))
+        problems.add(f"{ds.group_column}: not test/control",
+                     pc.invert(pc.is_in(column, pa.array(EXPOSURE_GROUPS))), offset)
+    if ds.amount_column and ds.amount_column in names:
+        column = batch.column(names.index(ds.amount_column))
+        bad = pc.or_(pc.less(column, 0.0), pc.is_nan(column))
+        problems.add(f"{ds.amount_column}: negative or not a number", bad, offset)

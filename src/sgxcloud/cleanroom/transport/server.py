@@ -84,5 +84,10 @@ class AttestedServer:
             log.warning("session ended: %s", exc)
             if self.on_refusal:
                 self.on_refusal(str(exc))
+        except Exception as exc:
+            # A bug must not take the listener down nor leak data through a
+            # traceback: name the exception type only, tell the peer, carry on.
+            log.error("session failed: internal error (%s)", type(exc).__name__)
+            channel.refuse("internal", f"internal error ({type(exc).__name__})")
         finally:
             channel.close()

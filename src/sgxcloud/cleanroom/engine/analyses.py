@@ -1,0 +1,151 @@
+"""The three analysis templates, computed exactly inside DuckDB.
+
+Each returns a :class:`Draft`: exact figures plus, for every figure, how
+many distinct people it covers and which suppression unit it belongs to,
+and the cohorts (temporary tables of person keys) that the differencing
+check compares.  Privacy (suppression, noise) is applied by the engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from sgxcloud.cleanroom.definition import Analysis, Definition
+from sgxcloud.cleanroom.engine.identity import person_table, quote
+from sgxcloud.cleanroom.engine.query import (
+    AudienceSizeQuery,
+    CampaignLiftQuery,
+    OverlapQuery,
+)
+from sgxcloud.cleanroom.engine.sql import compile_filter
+
+ALL = "(all)"
+NONE_SEGMENT = "(none)"
+ARMS = ("test", "control")
+
+
+@dataclass
+class Draft:
+    """Exact results before privacy; ``cohorts`` maps a cell label to a temp table."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    cohorts: dict[str, str] = field(default_factory=dict)
+    lift: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    regions: dict[tuple[bool, ...], int] = field(default_factory=dict)
+    segments: tuple[str, ...] = ()
+
+
+def audience_size(con: duckdb.DuckDBPyConnection, definition: Definition,
+                  query: AudienceSizeQuery) -> Draft:
+    params: list[Any] = []
+    where = compile_filter(definition, query.filter, params)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE q_audience AS "  # noqa: S608
+                f"SELECT pkey FROM persons WHERE {where}", params)
+    n = con.execute("SELECT count(*) FROM q_audience").fetchone()[0]
+    return Draft(counts={"audience": n}, cohorts={"audience": "q_audience"})
+
+
+def overlap_label(datasets: tuple[str, ...]) -> str:
+    return "+".join(datasets)
+
+
+def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
+            query: OverlapQuery) -> Draft:
+    params: list[Any] = []
+    where = compile_filter(definition, query.filter, params)
+    flags = []
+    for i, ref in enumerate(query.datasets):
+        ds = definition.dataset(ref)
+        assert ds is not None  # checked by check_query
+        flags.append(f"person IN (SELECT person FROM {person_table(ds)}) AS m{i}")
+    any_member = " OR ".join(f"m{i}" for i in range(len(query.datasets)))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE q_overlap AS SELECT * FROM "  # noqa: S608
+        f"(SELECT pkey, {', '.join(flags)} FROM persons WHERE {where}) WHERE {any_member}",
+        params)
+    draft = Draft()
+    cols = ", ".join(f"m{i}" for i in range(len(query.datasets)))
+    for row in con.execute(f"SELECT {cols}, count(*) FROM q_overlap GROUP BY ALL").fetchall():
+        draft.regions[tuple(row[:-1])] = row[-1]
+    for size in range(1, len(query.datasets) + 1):
+        for subset in itertools.combinations(range(len(query.datasets)), size):
+            label = overlap_label(tuple(query.datasets[i] for i in subset))
+            table = f"q_overlap_{'_'.join(map(str, subset))}"
+            cond = " AND ".join(f"m{i}" for i in subset)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS "  # noqa: S608
+                        f"SELECT pkey FROM q_overlap WHERE {cond}")
+            draft.counts[label] = sum(n for region, n in draft.regions.items()
+                                      if all(region[i] for i in subset))
+            draft.cohorts[label] = table
+    return draft
+
+
+def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analysis: Analysis,
+                  query: CampaignLiftQuery) -> Draft:
+    exposures = definition.dataset(analysis.exposures or "")
+    purchases = definition.dataset(analysis.purchases or "")
+    assert exposures is not None and purchases is not None  # checked by the definition
+    params: list[Any] = []
+    where = compile_filter(definition, query.filter, params, person_col="person")
+    segment_sql, segment_join = f"'{ALL}'", ""
+    if query.breakdown:
+        resolved = definition.resolve_attribute(query.breakdown)
+        assert resolved is not None
+        ds, attr = resolved
+        segment_join = (f"LEFT JOIN (SELECT person, CAST(min({quote(attr.column)}) AS VARCHAR) "
+                        f"AS seg FROM {person_table(ds)} GROUP BY person) s ON s.person = c.person")
+        segment_sql = f"coalesce(s.seg, '{NONE_SEGMENT}')"
+    grp, ets = quote(exposures.group_column or ""), quote(exposures.timestamp_column or "")
+    pts, amt = quote(purchases.timestamp_column or ""), quote(purchases.amount_column or "")
+    window = int(analysis.attribution_window_days)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE q_lift AS
+        WITH exposed AS (
+            SELECT person, min({ets}) AS first_exposure, min({grp}) AS arm
+            FROM {person_table(exposures)} GROUP BY person
+            HAVING count(DISTINCT {grp}) = 1),
+        chosen AS (SELECT * FROM exposed WHERE {where}),
+        attributed AS (
+            SELECT c.person, count(*) AS purchases, sum(p.{amt}) AS revenue
+            FROM chosen c JOIN {person_table(purchases)} p ON p.person = c.person
+             AND p.{pts} >= c.first_exposure
+             AND p.{pts} < c.first_exposure + INTERVAL {window} DAY
+            GROUP BY c.person)
+        SELECT c.person, ps.pkey, c.arm, {segment_sql} AS segment,
+               coalesce(a.purchases, 0) AS purchases, coalesce(a.revenue, 0.0) AS revenue
+        FROM chosen c JOIN persons ps ON ps.person = c.person
+             LEFT JOIN attributed a ON a.person = c.person {segment_join}
+        """, params)  # noqa: S608
+    bounds = definition.privacy.dp.bounds if definition.privacy.dp else None
+    max_p = bounds.max_purchases_per_person if bounds else 1
+    max_r = float(bounds.max_revenue_per_person) if bounds else 1.0
+    rows = con.execute("""
+        SELECT coalesce(segment, ?) AS segment, arm, count(*) AS people,
+               count(*) FILTER (WHERE purchases > 0) AS converters,
+               sum(purchases) AS purchases, sum(revenue) AS revenue,
+               coalesce(var_samp(revenue), 0.0) AS revenue_var,
+               sum(least(purchases, ?)) AS purchases_clipped,
+               sum(least(revenue, ?)) AS revenue_clipped,
+               sum(least(revenue, ?) * least(revenue, ?)) AS revenue_sq_clipped
+        FROM q_lift GROUP BY GROUPING SETS ((segment, arm), (arm))
+        """, [ALL, max_p, max_r, max_r, max_r]).fetchall()
+    names = ("segment", "arm", "people", "converters", "purchases", "revenue", "revenue_var",
+             "purchases_clipped", "revenue_clipped", "revenue_sq_clipped")
+    draft = Draft()
+    for row in rows:
+        record = dict(zip(names, row, strict=True))
+        if record["arm"] not in ARMS:
+            continue  # ingestion rejects other values; be safe anyway
+        draft.lift[(record["segment"], record["arm"])] = record
+    draft.segments = tuple(sorted({s for s, _ in draft.lift if s != ALL}))
+    for arm in ARMS:
+        table = f"q_lift_{arm}"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS "  # noqa: S608
+                    "SELECT pkey FROM q_lift WHERE arm = ?", [arm])
+        draft.cohorts[arm] = table
+        draft.counts[arm] = draft.lift.get((ALL, arm), {}).get("people", 0)
+    return draft

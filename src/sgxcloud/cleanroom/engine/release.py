@@ -1,0 +1,213 @@
+"""From exact drafts to released cells: suppression first, then DP noise.
+
+Suppression is decided on exact counts (a cell must really cover k people);
+noise is added afterwards, and derived figures (rates, lifts, intervals) are
+computed from the noisy values only — post-processing, which costs no
+budget.  Budget per query: ε (and δ) is split evenly over the measures that
+touch the same people (sequential composition); disjoint slices (test vs
+control arm, breakdown segments, Venn regions of an overlap) each get the
+full share (parallel composition).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sgxcloud.cleanroom.definition import DifferentialPrivacy
+from sgxcloud.cleanroom.engine.analyses import ALL, ARMS, Draft, overlap_label
+from sgxcloud.cleanroom.engine.query import (
+    AudienceSizeQuery,
+    CampaignLiftQuery,
+    OverlapQuery,
+    Query,
+)
+from sgxcloud.cleanroom.engine.stats import ArmSummary, conversion_lift, finite, revenue_lift
+from sgxcloud.cleanroom.privacy import NoiseSource, complementary_suppression
+from sgxcloud.cleanroom.results import Cell
+
+LIFT_MEASURES = 5  # people, converters, purchases, revenue, revenue² per arm
+ARM_PEOPLE_METRICS = ("people",)
+ARM_CONVERSION_METRICS = ("converters", "conversion_rate", "purchases", "revenue",
+                          "revenue_per_person")
+
+
+@dataclass
+class ReleasePlan:
+    query: Query
+    draft: Draft
+    k: int
+    suppressed: set[tuple[str, ...]] = field(default_factory=set)
+    released_cohorts: list[str] = field(default_factory=list)
+    noisy: bool = False
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def any_released(self) -> bool:
+        return bool(self.released_cohorts)
+
+    # -- noise -------------------------------------------------------------------
+
+    def add_noise(self, noise: NoiseSource, dp: DifferentialPrivacy) -> dict[str, Any]:
+        self.noisy = True
+        info: dict[str, Any] = {"mechanism": dp.mechanism, "epsilon": dp.epsilon_per_query,
+                                "delta": dp.delta}
+        if isinstance(self.query, AudienceSizeQuery):
+            self.draft.counts["audience"] = noise.count(self.draft.counts["audience"],
+                                                        dp.epsilon_per_query, dp.delta)
+            info["epsilon_per_measure"] = dp.epsilon_per_query
+        elif isinstance(self.query, OverlapQuery):
+            n = len(self.query.datasets)
+            regions = {}
+            for mask in range(1, 2 ** n):
+                region = tuple(bool(mask >> i & 1) for i in range(n))
+                regions[region] = noise.count(self.draft.regions.get(region, 0),
+                                              dp.epsilon_per_query, dp.delta)
+            for label in list(self.draft.counts):
+                members = [self.query.datasets.index(r) for r in label.split("+")]
+                self.draft.counts[label] = sum(v for region, v in regions.items()
+                                               if all(region[i] for i in members))
+            info["epsilon_per_measure"] = dp.epsilon_per_query
+        else:
+            info.update(self._noise_lift(noise, dp))
+        return info
+
+    def _noise_lift(self, noise: NoiseSource, dp: DifferentialPrivacy) -> dict[str, Any]:
+        eps = dp.epsilon_per_query / LIFT_MEASURES
+        delta = dp.delta / LIFT_MEASURES if dp.delta else None
+        bounds = dp.bounds
+        slices = self.draft.segments or (ALL,)
+        for segment in slices:
+            for arm in ARMS:
+                rec = self.draft.lift.setdefault((segment, arm), _empty(segment, arm))
+                people = noise.count(rec["people"], eps, delta)
+                rec.update(
+                    people=people,
+                    converters=min(noise.count(rec["converters"], eps, delta), people),
+                    purchases=noise.bounded_sum(rec["purchases_clipped"],
+                                                bounds.max_purchases_per_person, eps, delta),
+                    revenue=noise.bounded_sum(rec["revenue_clipped"],
+                                              bounds.max_revenue_per_person, eps, delta),
+                    revenue_sq=noise.bounded_sum(rec["revenue_sq_clipped"],
+                                                 bounds.max_revenue_per_person ** 2, eps, delta),
+                )
+        if self.draft.segments:  # overall figures are sums of the noisy segments
+            for arm in ARMS:
+                total = self.draft.lift[(ALL, arm)]
+                for metric in ("people", "converters", "purchases", "revenue", "revenue_sq"):
+                    total[metric] = sum(self.draft.lift[(s, arm)][metric] for s in slices)
+        for rec in self.draft.lift.values():
+            n = rec["people"]
+            mean = rec["revenue"] / n if n > 0 else 0.0
+            rec["revenue_var"] = max(0.0, (rec["revenue_sq"] - n * mean * mean) / (n - 1)) \
+                if n > 1 else 0.0
+        return {"epsilon_per_measure": eps, "measures": LIFT_MEASURES,
+                "contribution_bounds": {
+                    "max_purchases_per_person": bounds.max_purchases_per_person,
+                    "max_revenue_per_person": bounds.max_revenue_per_person},
+                "note": "purchases and revenue are clipped per person to the bounds"}
+
+    # -- cells ---------------------------------------------------------------------
+
+    def cells(self) -> list[Cell]:
+        if isinstance(self.query, AudienceSizeQuery):
+            return [self._cell("people", self.draft.counts["audience"], {}, ("audience",))]
+        if isinstance(self.query, OverlapQuery):
+            return [self._cell("people", n, {"datasets": label}, (label,))
+                    for label, n in self.draft.counts.items()]
+        return self._lift_cells()
+
+    def _cell(self, metric: str, value: Any, dims: dict[str, str],
+              unit: tuple[str, ...]) -> Cell:
+        hidden = unit in self.suppressed
+        if isinstance(value, float):
+            value = finite(value)
+        return Cell(metric, None if hidden else value, dims, hidden, self.noisy and not hidden)
+
+    def _lift_cells(self) -> list[Cell]:
+        out: list[Cell] = []
+        for segment in (ALL, *self.draft.segments):
+            summaries = {}
+            for arm in ARMS:
+                rec = self.draft.lift.setdefault((segment, arm), _empty(segment, arm))
+                summary = ArmSummary(rec["people"], rec["converters"], rec["purchases"],
+                                     rec["revenue"], rec["revenue_var"])
+                summaries[arm] = summary
+                dims = {"segment": segment, "arm": arm}
+                out.append(self._cell("people", rec["people"], dims, ("people", segment, arm)))
+                values = {"converters": rec["converters"],
+                          "conversion_rate": summary.conversion_rate,
+                          "purchases": rec["purchases"], "revenue": float(rec["revenue"]),
+                          "revenue_per_person": summary.revenue_per_person}
+                for metric in ARM_CONVERSION_METRICS:
+                    out.append(self._cell(metric, values[metric], dims,
+                                          ("conversion", segment, arm)))
+            hidden = any(("conversion", segment, arm) in self.suppressed for arm in ARMS)
+            comparison = {**conversion_lift(summaries["test"], summaries["control"]),
+                          **revenue_lift(summaries["test"], summaries["control"])}
+            for metric, value in comparison.items():
+                out.append(Cell(metric, None if hidden else value, {"segment": segment},
+                                hidden, self.noisy and not hidden))
+        return out
+
+
+def _empty(segment: str, arm: str) -> dict[str, Any]:
+    return {"segment": segment, "arm": arm, "people": 0, "converters": 0, "purchases": 0,
+            "revenue": 0.0, "revenue_var": 0.0, "purchases_clipped": 0,
+            "revenue_clipped": 0.0, "revenue_sq_clipped": 0.0}
+
+
+def build_cells(query: Query, draft: Draft, k: int) -> ReleasePlan:
+    """Decide suppression on exact counts; say which cohorts will be released."""
+    plan = ReleasePlan(query, draft, k)
+    if isinstance(query, AudienceSizeQuery | OverlapQuery):
+        for label, n in draft.counts.items():
+            if n < k:
+                plan.suppressed.add((label,))
+            else:
+                plan.released_cohorts.append(label)
+        if isinstance(query, OverlapQuery):
+            assert all(overlap_label((r,)) in draft.counts for r in query.datasets)
+        return plan
+    assert isinstance(query, CampaignLiftQuery)
+    _suppress_lift(plan)
+    for arm in ARMS:
+        if ("people", ALL, arm) not in plan.suppressed:
+            plan.released_cohorts.append(arm)
+    return plan
+
+
+def _suppress_lift(plan: ReleasePlan) -> None:
+    draft, k = plan.draft, plan.k
+    slices = (ALL, *draft.segments)
+
+    def get(segment: str, arm: str, metric: str) -> int:
+        return int(draft.lift.get((segment, arm), {}).get(metric, 0))
+
+    for segment in slices:
+        for arm in ARMS:
+            if get(segment, arm, "people") < k:
+                plan.suppressed.add(("people", segment, arm))
+                plan.suppressed.add(("conversion", segment, arm))
+            elif get(segment, arm, "converters") < k:
+                plan.suppressed.add(("conversion", segment, arm))
+    if not draft.segments:
+        return
+    for level, metric in (("people", "people"), ("conversion", "converters")):
+        for arm in ARMS:
+            if (level, ALL, arm) in plan.suppressed:
+                continue  # the total is hidden: nothing to subtract from
+            parts = {s: get(s, arm, metric) for s in draft.segments}
+            primary = {s for s in draft.segments if (level, s, arm) in plan.suppressed}
+            for segment in complementary_suppression(parts, primary):
+                plan.suppressed.add((level, segment, arm))
+                if level == "people":
+                    plan.suppressed.add(("conversion", segment, arm))
+    # a segment newly hidden at the people level may leave one conversion part exposed
+    for arm in ARMS:
+        if ("conversion", ALL, arm) in plan.suppressed:
+            continue
+        parts = {s: get(s, arm, "converters") for s in draft.segments}
+        primary = {s for s in draft.segments if ("conversion", s, arm) in plan.suppressed}
+        for segment in complementary_suppression(parts, primary):
+            plan.suppressed.add(("conversion", segment, arm))

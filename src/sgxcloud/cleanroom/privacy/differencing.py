@@ -1,0 +1,61 @@
+"""Differencing check over released cohorts.
+
+Two released counts whose cohorts differ by a few people reveal those
+people (``count(A) − count(A minus Bob)``).  Every released cohort is kept
+inside the enclave as a set of keyed-hash person keys; a new query whose
+cohort's symmetric difference with any earlier one is non-zero but smaller
+than k is refused.  An identical cohort (difference 0) reveals nothing new.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from sgxcloud.cleanroom.errors import QueryRefused
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS released_cohort_meta (
+    cohort_id VARCHAR PRIMARY KEY, query_key VARCHAR NOT NULL, size BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS released_cohort (cohort_id VARCHAR NOT NULL, pkey BLOB NOT NULL);
+"""
+
+
+class CohortStore:
+    """Released cohorts in the engine's DuckDB database (same transaction rules)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self.con.execute(_SCHEMA)
+
+    def check(self, table: str, k: int) -> None:
+        """Refuse if cohort ``table`` (one column ``pkey``) is within k of a released one.
+
+        ``table`` is an engine-made temporary table name, never user text.
+        """
+        size = self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+        row = self.con.execute(
+            f"""
+            WITH inter AS (
+                SELECT c.cohort_id, count(*) AS n
+                FROM released_cohort c JOIN {table} t ON c.pkey = t.pkey
+                GROUP BY c.cohort_id)
+            SELECT min(m.size + ? - 2 * coalesce(i.n, 0))
+            FROM released_cohort_meta m LEFT JOIN inter i USING (cohort_id)
+            WHERE m.size + ? - 2 * coalesce(i.n, 0) BETWEEN 1 AND ?
+            """,  # noqa: S608
+            [size, size, k - 1],
+        ).fetchone()
+        if row and row[0] is not None:
+            raise QueryRefused(
+                "differencing",
+                f"the cohort differs from an earlier released one by fewer than k={k} people",
+            )
+
+    def record(self, cohort_id: str, query_key: str, table: str) -> None:
+        self.con.execute(
+            f"INSERT INTO released_cohort SELECT ?, pkey FROM {table}", [cohort_id]  # noqa: S608
+        )
+        self.con.execute(
+            f"INSERT INTO released_cohort_meta SELECT ?, ?, count(*) FROM {table}",  # noqa: S608
+            [cohort_id, query_key],
+        )

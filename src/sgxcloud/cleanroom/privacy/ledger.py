@@ -1,0 +1,135 @@
+"""The privacy ledger: DP budget spent per analyst, and every released answer.
+
+Kept in SQLite through SQLAlchemy so it survives a coordinator restart.
+Spending is check-and-insert inside one ``BEGIN IMMEDIATE`` transaction, so
+concurrent queries (threads or processes) can never overspend together.
+
+The budget is tracked per collaboration *name* and analyst, not per
+definition hash: re-approving an edited definition must not reset what an
+analyst has already spent.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from sgxcloud.cleanroom.errors import QueryRefused
+
+_metadata = MetaData()
+
+spend_table = Table(
+    "dp_spend", _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("collaboration", String(64), nullable=False, index=True),
+    Column("analyst", String(64), nullable=False, index=True),
+    Column("query_key", String(64), nullable=False),
+    Column("epsilon", Float, nullable=False),
+    Column("delta", Float, nullable=False, default=0.0),
+    Column("at", String(40), nullable=False),
+)
+
+released_table = Table(
+    "released", _metadata,
+    Column("query_key", String(64), primary_key=True),
+    Column("collaboration", String(64), nullable=False),
+    Column("result_json", Text, nullable=False),
+    Column("at", String(40), nullable=False),
+)
+
+# Tolerance for float sums: 10 queries of ε=0.1 must fit a budget of 1.0.
+_EPS_SLACK = 1e-9
+
+
+def _sqlite_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (pysqlite otherwise defers it).
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class PrivacyLedger:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._engine = _sqlite_engine(self.path)
+        _metadata.create_all(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def spent(self, collaboration: str, analyst: str) -> float:
+        with self._engine.begin() as conn:
+            return self._spent(conn, collaboration, analyst)
+
+    @staticmethod
+    def _spent(conn: Connection, collaboration: str, analyst: str) -> float:
+        total = conn.execute(
+            select(func.coalesce(func.sum(spend_table.c.epsilon), 0.0)).where(
+                spend_table.c.collaboration == collaboration, spend_table.c.analyst == analyst)
+        ).scalar_one()
+        return float(total)
+
+    def spend(self, collaboration: str, analyst: str, query_key: str, epsilon: float,
+              budget: float, delta: float = 0.0) -> float:
+        """Record ``epsilon`` against the analyst's budget and return what
+        remains, or raise QueryRefused("budget") and record nothing."""
+        with self._engine.begin() as conn:
+            spent = self._spent(conn, collaboration, analyst)
+            if spent + epsilon > budget + _EPS_SLACK:
+                raise QueryRefused(
+                    "budget",
+                    f"{analyst} has {max(0.0, budget - spent):.4g} of ε={budget:g} left; "
+                    f"this query needs {epsilon:g}",
+                )
+            conn.execute(spend_table.insert().values(
+                collaboration=collaboration, analyst=analyst, query_key=query_key,
+                epsilon=epsilon, delta=delta, at=datetime.now(UTC).isoformat()))
+            return budget - spent - epsilon
+
+    def released(self, query_key: str) -> str | None:
+        """The result JSON released earlier for this exact query, if any."""
+        with self._engine.begin() as conn:
+            return conn.execute(
+                select(released_table.c.result_json).where(
+                    released_table.c.query_key == query_key)
+            ).scalar_one_or_none()
+
+    def store_release(self, collaboration: str, query_key: str, result_json: str) -> str:
+        """Store a released result; if another released it first, return that one."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(released_table.insert().values(
+                    query_key=query_key, collaboration=collaboration, result_json=result_json,
+                    at=datetime.now(UTC).isoformat()))
+        except IntegrityError:
+            earlier = self.released(query_key)
+            if earlier is not None:
+                return earlier
+            raise
+        return result_json
