@@ -170,10 +170,10 @@ def _duckdb_batches(source: Source, columns: list[str], batch_rows: int):
         # an identifier pattern in Source.parse, so quoting them is enough.
         select = ", ".join(f'"{c}"' for c in columns)
         query = f'SELECT {select} FROM "{source.table}"'  # noqa: S608
-        result = con.execute(query)
-        # DuckDB 2 renamed fetch_record_batch to to_arrow_reader.
-        reader = (result.to_arrow_reader(batch_rows) if hasattr(result, "to_arrow_reader")
-                  else result.fetch_record_batch(batch_rows))
+        # A relation streams (DuckDB >= 2); the older cursor API is the fallback.
+        relation = con.sql(query)
+        reader = (relation.to_arrow_reader(batch_rows) if hasattr(relation, "to_arrow_reader")
+                  else relation.fetch_arrow_reader(batch_rows))
         for batch in reader:
             yield from _split(batch, batch_rows)
 

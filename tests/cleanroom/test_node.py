@@ -1,0 +1,167 @@
+"""Bad provider input: a clear, value-free report; nothing sent; the node keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sgxcloud.cleanroom.approvals import approve, encode_public_key, generate_private_key
+from sgxcloud.cleanroom.definition import definition_from_dict
+from sgxcloud.cleanroom.identifiers import HASH_TYPE, new_key
+from sgxcloud.cleanroom.local import example_definition
+from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
+from sgxcloud.cleanroom.transport import (
+    RemoteError,
+    TlsIdentity,
+    connect,
+    open_client,
+)
+from sgxcloud.cleanroom.transport.trust import local_attester, peer_policy
+from sgxcloud.errors import InputError
+
+SECRET_EMAILS = ["zelda.secret@example.org", "Oscar.Hidden@Example.org", "mallory@corp.example"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    keys = {p: generate_private_key() for p in ("bank", "telecom", "retailer", "brand")}
+    definition = definition_from_dict(
+        example_definition({p: encode_public_key(k) for p, k in keys.items()}))
+    approvals = [approve(definition, p, keys[p]) for p in ("bank", "telecom", "retailer")]
+    return definition, approvals
+
+
+def good_rows(n=30):
+    emails = SECRET_EMAILS + [f"p{i}@example.org" for i in range(n)]
+    return {"email": emails, "premium_card": ["true", "false"] * (len(emails) // 2)
+            + ["true"] * (len(emails) % 2),
+            "age_band": ["18-34"] * len(emails)}
+
+
+def write_csv(path, text):
+    path.write_text(text)
+    return Source.parse(str(path))
+
+
+def start(definition, approvals, sources, **kw):
+    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
+                                   approvals=approvals, simulate=True, **kw))
+    node.start()
+    return node
+
+
+def request(node, definition, dataset="customers"):
+    tls = connect(node.address, TlsIdentity.generate("coordinator"))
+    channel = open_client(tls, "coordinator", peer_policy(definition, "node"),
+                          local_attester(definition, "coordinator", simulate=True))
+    try:
+        channel.request({"op": "send", "dataset": dataset,
+                         "key": base64.b64encode(new_key()).decode()})
+        sink = io.BytesIO()
+        trailer = channel.receive_stream(sink)
+        return pa.ipc.open_stream(sink.getvalue()).read_all(), trailer
+    finally:
+        channel.close()
+
+
+def assert_no_identifiers(text):
+    for email in SECRET_EMAILS:
+        assert email.lower() not in text.lower()
+        assert email.split("@")[0].lower() not in text.lower()
+
+
+CSV_HEADER = "email,premium_card,age_band\n"
+CASES = {
+    "wrong field count": (CSV_HEADER + "zelda.secret@example.org,true\n"
+                          + "mallory@corp.example,true,18-34,extra\n", "fields"),
+    "missing column": ("email,age_band\nzelda.secret@example.org,18-34\n", "missing column"),
+    "not boolean": (CSV_HEADER + "zelda.secret@example.org,maybe-yes,18-34\n",
+                    "premium_card cannot be read"),
+    "bad identifiers": (CSV_HEADER + "".join(f"{e.replace('@', ' at ')},true,18-34\n"
+                                             for e in SECRET_EMAILS)
+                        + "p1@example.org,true,18-34\n", "invalid identifier"),
+    "empty file": ("", "empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_csv_is_reported_and_node_keeps_serving(setup, tmp_path, case, caplog):
+    definition, approvals = setup
+    text, expected = CASES[case]
+    node = start(definition, approvals, {"customers": write_csv(tmp_path / "bad.csv", text)})
+    try:
+        with pytest.raises(RemoteError, match=expected) as info:
+            request(node, definition)
+        assert_no_identifiers(str(info.value))
+        # Fix the file: the same node process serves it at once.
+        pa.csv.write_csv(pa.table(good_rows()), tmp_path / "bad.csv")
+        table, trailer = request(node, definition)
+        assert table.num_rows == trailer["rows"] == len(good_rows()["email"])
+        assert table.schema.field("email").type == HASH_TYPE
+    finally:
+        node.stop()
+    events = " ".join(str(e) for e in node.events)
+    assert "rejected" in events
+    assert_no_identifiers(events)
+    assert_no_identifiers(caplog.text)
+
+
+def test_garbage_parquet_reported(setup, tmp_path):
+    definition, approvals = setup
+    path = tmp_path / "bank.parquet"
+    path.write_bytes(b"zelda.secret@example.org" * 10)
+    node = start(definition, approvals, {"customers": Source.parse(str(path))})
+    try:
+        with pytest.raises(RemoteError, match="not a Parquet file") as info:
+            request(node, definition)
+        assert_no_identifiers(str(info.value))
+    finally:
+        node.stop()
+
+
+def test_parquet_and_duckdb_sources_stream_in_batches(setup, tmp_path):
+    definition, approvals = setup
+    rows = good_rows(500)
+    table = pa.table({"email": rows["email"],
+                      "premium_card": [v == "true" for v in rows["premium_card"]],
+                      "age_band": rows["age_band"]})
+    pq.write_table(table, tmp_path / "bank.parquet", row_group_size=100)
+    with duckdb.connect(str(tmp_path / "bank.duckdb")) as con:
+        con.register("t", table)
+        con.execute("CREATE TABLE customers AS SELECT * FROM t")
+    for spec in (str(tmp_path / "bank.parquet"), f"{tmp_path / 'bank.duckdb'}:customers"):
+        node = start(definition, approvals, {"customers": Source.parse(spec)}, batch_rows=64)
+        try:
+            got, trailer = request(node, definition)
+        finally:
+            node.stop()
+        assert got.num_rows == table.num_rows
+        assert trailer["batches"] == -(-table.num_rows // 64)
+
+
+def test_duckdb_missing_table_reported(setup, tmp_path):
+    definition, approvals = setup
+    duckdb.connect(str(tmp_path / "x.duckdb")).close()
+    node = start(definition, approvals,
+                 {"customers": Source.parse(f"{tmp_path / 'x.duckdb'}:customers")})
+    try:
+        with pytest.raises(RemoteError, match="no such table"):
+            request(node, definition)
+    finally:
+        node.stop()
+
+
+def test_unknown_dataset_and_bad_source_specs(setup, tmp_path):
+    definition, _approvals = setup
+    with pytest.raises(InputError, match="not declared"):
+        NodeConfig(provider="bank", definition=definition,
+                   sources={"nope": Source.parse(str(tmp_path / "a.csv"))}).validate()
+    with pytest.raises(InputError, match="unsupported"):
+        Source.parse(str(tmp_path / "a.xlsx"))
+    with pytest.raises(InputError, match="DuckDB table"):
+        Source.parse(str(tmp_path / "a.duckdb"))
