@@ -119,7 +119,7 @@ def check_evidence(
                 "rejected", [NO_POLICY_SIMULATED], ["simulated"], evidence.format, now, verified
             )
         return AttestationReport("accepted", [], [], evidence.format, now, verified)
-    from sgxcloud.cas.policy.evaluate import evaluate
+    from sgxcloud.cas.policy.decision import evaluate
 
     decision = evaluate(service, verified)
     return AttestationReport(

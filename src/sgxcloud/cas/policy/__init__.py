@@ -8,8 +8,8 @@ that updates name as ``predecessor``.
 """
 
 from sgxcloud.cas.policy.access import certificate_fingerprint_id, certificate_id, public_key_id
+from sgxcloud.cas.policy.decision import Decision, evaluate
 from sgxcloud.cas.policy.document import canonical_bytes, parse_document, policy_hash
-from sgxcloud.cas.policy.evaluate import Decision, evaluate
 from sgxcloud.cas.policy.imports import check_import
 from sgxcloud.cas.policy.load import load_policy
 from sgxcloud.cas.policy.model import (

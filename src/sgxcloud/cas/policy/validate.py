@@ -65,8 +65,31 @@ def field_path(parts: Iterable[Any]) -> str:
 
 def schema_problems(document: Any) -> list[PolicyProblem]:
     errors = sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.path)))
-    problems = [_describe(error) for error in errors]
+    problems = [problem for error in errors for problem in _describe_choice(error)]
     return _unique(problems)
+
+
+def _describe_choice(error: jsonschema.ValidationError) -> list[PolicyProblem]:
+    """For oneOf/anyOf, report inside the one branch the author evidently meant.
+
+    A branch is "meant" when the object has that branch's required keys and no
+    keys foreign to it; then ``identities[0].mrenclave`` is blamed, not
+    ``identities[0]`` as a whole.
+    """
+    if error.validator not in ("oneOf", "anyOf") or not error.context:
+        return [_describe(error)]
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.schema_path[0], []).append(sub)
+    shape_errors = ("additionalProperties", "not", "type")
+    meant = [
+        subs
+        for subs in branches.values()
+        if not any(sub.validator in shape_errors and not sub.relative_path for sub in subs)
+    ]
+    if len(meant) != 1:
+        return [_describe(error)]
+    return [problem for sub in meant[0] for problem in _describe_choice(sub)]
 
 
 def _describe(error: jsonschema.ValidationError) -> PolicyProblem:
@@ -74,6 +97,9 @@ def _describe(error: jsonschema.ValidationError) -> PolicyProblem:
     schema = error.schema if isinstance(error.schema, dict) else {}
     description = schema.get("description")
     kind = error.validator
+    if "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str):
+        rule = description or _bound_message(kind, error.validator_value)
+        return PolicyProblem(path, f"has a bad key {error.instance!r}: must be {rule}")
     if kind == "required":
         missing = error.message.split("'")[1] if "'" in error.message else "a field"
         return PolicyProblem(field_path([*error.absolute_path, missing]), "is required")
