@@ -49,17 +49,17 @@ def vectors() -> SimpleNamespace:
     return VECTORS
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def testdata() -> Path:
     return dcap_testdata()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sgx_quote(testdata: Path) -> bytes:
     return (testdata / "sgx_quote").read_bytes()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sgx_collateral_path(testdata: Path) -> Path:
     return testdata / "sgx_quote_collateral.json"
 
