@@ -107,7 +107,8 @@ def approve(definition: Definition, party: str, private_key: Ed25519PrivateKey, 
     if member is None:
         raise ApprovalError(f"{party} is not a party of this collaboration")
     if encode_public_key(private_key) != member.public_key:
-        raise ApprovalError(f"the private key does not match {party}'s public key in the definition")
+        raise ApprovalError(f"the private key does not match {party}'s public key "
+                            "in the definition")
     unsigned = Approval(
         party=party,
         definition_hash=definition.definition_hash(),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from fastapi import Request  # module level: FastAPI resolves string annotations here
 
 from sgxcloud.cleanroom.approvals import (
     Approval,
@@ -285,7 +286,7 @@ def create_app(coordinator: Coordinator | None = None):
     """
     import json
 
-    from fastapi import FastAPI, Query, Request
+    from fastapi import FastAPI, Query
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel

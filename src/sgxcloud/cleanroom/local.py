@@ -173,131 +173,41 @@ class LocalCollaboration:
 
 # -- an example collaboration (demo, tests, benchmark) ---------------------------------
 
-EXAMPLE_PROVIDERS = ("bank", "telecom", "retailer")
-EXAMPLE_COORDINATOR_MRENCLAVE = "c0" * 32
-EXAMPLE_NODE_MRENCLAVE = "a1" * 32
+EXAMPLE_DEFINITION = (Path(sgxcloud.__file__).resolve().parents[2]
+                      / "examples" / "cleanroom" / "collaboration.yaml")
+"""The worked definition; its data comes from :mod:`sgxcloud.cleanroom.datagen`."""
 
 
-def example_definition(public_keys: dict[str, str], *, allow_simulated: bool = True,
-                       min_group_size: int = 50, dp: bool = False) -> dict[str, Any]:
-    """The bank / telecom / retailer / brand collaboration of the demo, as a document."""
-    def email_ds(provider: str, name: str, kind: str, **extra: Any) -> dict[str, Any]:
-        return {"provider": provider, "name": name, "kind": kind,
-                "identifiers": [{"column": "email", "kind": "email"}], **extra}
+def example_definition(public_keys: dict[str, str] | None = None, *,
+                       allow_simulated: bool = True, min_group_size: int | None = None,
+                       dp: bool | None = None) -> dict[str, Any]:
+    """The worked collaboration as a document, with each party's key replaced.
 
-    privacy: dict[str, Any] = {"min_group_size": min_group_size, "differencing_check": True}
-    if dp:
-        privacy["differential_privacy"] = {"epsilon_per_query": 0.5, "budget_per_analyst": 5.0}
-    return {
-        "format": "sgxcloud.cleanroom/v1",
-        "name": "baby_products_campaign",
-        "description": "Bank, telecom and retailer measure a brand's campaign (example).",
-        "parties": [
-            *({"name": p, "roles": ["data_provider"], "public_key": public_keys[p]}
-              for p in EXAMPLE_PROVIDERS),
-            {"name": "brand", "roles": ["analyst", "result_recipient"],
-             "public_key": public_keys["brand"]},
-        ],
-        "enclaves": {"coordinator": {"mrenclave": EXAMPLE_COORDINATOR_MRENCLAVE},
-                     "node": {"mrenclave": EXAMPLE_NODE_MRENCLAVE},
-                     "allow_simulated": allow_simulated},
-        "datasets": [
-            email_ds("bank", "customers", "attributes", attributes=[
-                {"column": "premium_card", "type": "boolean"},
-                {"column": "age_band", "type": "category", "values": ["18-34", "35-54", "55+"]}]),
-            email_ds("telecom", "subscribers", "attributes", attributes=[
-                {"column": "region", "type": "category",
-                 "values": ["north", "south", "east", "west"]}]),
-            email_ds("retailer", "buyers", "attributes", attributes=[
-                {"column": "baby_products", "type": "boolean"}]),
-            email_ds("retailer", "exposures", "exposures", group_column="arm",
-                     timestamp_column="exposed_at"),
-            email_ds("retailer", "purchases", "purchases", timestamp_column="purchased_at",
-                     amount_column="amount"),
-        ],
-        "analyses": [
-            {"name": "reach", "template": "audience_size", "analysts": ["brand"],
-             "attributes": ["bank.customers.premium_card", "bank.customers.age_band",
-                            "telecom.subscribers.region", "retailer.buyers.baby_products"]},
-            {"name": "overlap", "template": "overlap", "analysts": ["brand"],
-             "datasets": ["bank.customers", "telecom.subscribers", "retailer.buyers"]},
-            {"name": "lift", "template": "campaign_lift", "analysts": ["brand"],
-             "recipients": ["brand"], "exposures": "retailer.exposures",
-             "purchases": "retailer.purchases", "attribution_window_days": 14,
-             "attributes": ["retailer.buyers.baby_products", "bank.customers.premium_card"],
-             "breakdowns": ["telecom.subscribers.region"]},
-        ],
-        "privacy": privacy,
-    }
-
-
-def write_example_data(datadir: Path, people: int, seed: int = 7,
-                       chunk: int = 250_000) -> dict[str, dict[str, str]]:
-    """Synthetic provider files (Parquet), written in chunks so memory stays flat.
-
-    Each provider knows an overlapping ~70% of ``people``; the test arm converts
-    more than control, so the lift analysis has a real effect to find.
+    The example file carries keys derived from public strings; a real run
+    (demo, tests) gives every party a fresh key instead.
     """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import yaml
 
-    rng = np.random.default_rng(seed)
-    datadir.mkdir(parents=True, exist_ok=True)
-    files = {"bank": {"customers": "bank_customers.parquet"},
-             "telecom": {"subscribers": "telecom_subscribers.parquet"},
-             "retailer": {"buyers": "retailer_buyers.parquet",
-                          "exposures": "retailer_exposures.parquet",
-                          "purchases": "retailer_purchases.parquet"}}
-    writers: dict[str, pq.ParquetWriter] = {}
-    start = np.datetime64("2026-09-01T00:00:00", "us")
-
-    def write(name: str, table: pa.Table) -> None:
-        if name not in writers:
-            writers[name] = pq.ParquetWriter(datadir / name, table.schema)
-        writers[name].write_table(table)
-
-    for lo in range(0, people, chunk):
-        ids = np.arange(lo, min(lo + chunk, people))
-        n = len(ids)
-        emails = pa.array([f"  Person.{i:09d}@Example.ORG " if i % 17 == 0
-                           else f"person.{i:09d}@example.org" for i in ids])
-        baby = rng.random(n) < 0.3
-        premium = rng.random(n) < 0.25
-        for provider, dataset, share, extra in (
-            ("bank", "customers", 0.7, {
-                "premium_card": pa.array(premium),
-                "age_band": pa.array(rng.choice(["18-34", "35-54", "55+"], n))}),
-            ("telecom", "subscribers", 0.75, {
-                "region": pa.array(rng.choice(["north", "south", "east", "west"], n))}),
-            ("retailer", "buyers", 0.8, {"baby_products": pa.array(baby)}),
-        ):
-            keep = rng.random(n) < share
-            table = pa.table({"email": emails.filter(pa.array(keep)),
-                              **{k: v.filter(pa.array(keep)) for k, v in extra.items()}})
-            write(files[provider][dataset], table)
-        exposed = rng.random(n) < 0.5
-        arm = np.where(rng.random(n) < 0.5, "test", "control")
-        exposed_at = start + rng.integers(0, 14 * 86_400, n).astype("timedelta64[s]")
-        write(files["retailer"]["exposures"], pa.table({
-            "email": emails.filter(pa.array(exposed)),
-            "arm": pa.array(arm[exposed]),
-            "exposed_at": pa.array(exposed_at[exposed].astype("datetime64[us]"))}))
-        rate = np.where(arm == "test", 0.12, 0.08) + np.where(baby, 0.04, 0.0)
-        buys = exposed & (rng.random(n) < rate)
-        delay = rng.integers(-3 * 86_400, 20 * 86_400, n).astype("timedelta64[s]")
-        write(files["retailer"]["purchases"], pa.table({
-            "email": emails.filter(pa.array(buys)),
-            "purchased_at": pa.array((exposed_at + delay)[buys].astype("datetime64[us]")),
-            "amount": pa.array(np.round(rng.gamma(2.0, 20.0, n)[buys], 2))}))
-    for w in writers.values():
-        w.close()
-    return {p: {d: str(datadir / f) for d, f in ds.items()} for p, ds in files.items()}
+    try:
+        doc = yaml.safe_load(EXAMPLE_DEFINITION.read_text())
+    except OSError as exc:
+        raise InputError(f"example definition not found at {EXAMPLE_DEFINITION}") from exc
+    for party in doc["parties"]:
+        if public_keys and party["name"] in public_keys:
+            party["public_key"] = public_keys[party["name"]]
+    doc["enclaves"]["allow_simulated"] = allow_simulated
+    if min_group_size is not None:
+        doc["privacy"]["min_group_size"] = min_group_size
+    if dp is not None and "differential_privacy" in doc["privacy"]:
+        doc["privacy"]["differential_privacy"]["enabled"] = dp
+    return doc
 
 
 def prepare_example(workdir: Path, people: int = 20_000, *, allow_simulated: bool = True,
-                    min_group_size: int = 50, dp: bool = False) -> LocalCollaboration:
-    """Keys for every party, the definition, every provider's approval and the data."""
+                    min_group_size: int | None = None, dp: bool | None = None,
+                    fmt: str = "parquet", progress=None) -> LocalCollaboration:
+    """Fresh keys for every party, the definition, every provider's approval and
+    synthetic data for ``people`` people: a ready-to-start local collaboration."""
     import yaml
 
     from sgxcloud.cleanroom.approvals import (
@@ -306,10 +216,12 @@ def prepare_example(workdir: Path, people: int = 20_000, *, allow_simulated: boo
         generate_private_key,
         private_key_to_pem,
     )
+    from sgxcloud.cleanroom.datagen import generate
     from sgxcloud.cleanroom.definition import definition_from_dict
 
     workdir.mkdir(parents=True, exist_ok=True)
-    keys = {p: generate_private_key() for p in (*EXAMPLE_PROVIDERS, "brand")}
+    template = example_definition()
+    keys = {p["name"]: generate_private_key() for p in template["parties"]}
     (workdir / "keys").mkdir(exist_ok=True)
     for party, key in keys.items():
         path = workdir / "keys" / f"{party}.pem"
@@ -322,12 +234,16 @@ def prepare_example(workdir: Path, people: int = 20_000, *, allow_simulated: boo
     definition = definition_from_dict(doc)
     (workdir / "approvals").mkdir(exist_ok=True)
     approvals = []
-    for provider in EXAMPLE_PROVIDERS:
+    for provider in definition.providers:
         path = workdir / "approvals" / f"{provider}.json"
         path.write_text(json.dumps(approve(definition, provider, keys[provider]).to_dict(),
                                    indent=2) + "\n")
         approvals.append(path)
-    nodes = write_example_data(workdir / "data", people)
+    data = generate(workdir / "data", people=people, fmt=fmt, progress=progress)
+    nodes: dict[str, dict[str, str]] = {}
+    for ref, path in data.files.items():
+        provider, dataset = ref.split(".")
+        nodes.setdefault(provider, {})[dataset] = str(path)
     collab = LocalCollaboration(workdir=workdir, definition=workdir / "definition.yaml",
                                 approvals=approvals, nodes=nodes)
     collab.save()

@@ -195,8 +195,9 @@ class NodeConfig:
     simulate: bool = False
     simulate_mrenclave: str | None = None
     batch_rows: int = DEFAULT_BATCH_ROWS
-    max_invalid_fraction: float = 0.0
-    """Share of rows with an unusable identifier above which a dataset is refused."""
+    max_invalid_fraction: float = 0.01
+    """Share of invalid identifiers (or of rows left without any) above which the
+    whole dataset is refused; below it they are dropped and counted."""
 
     def validate(self) -> None:
         if self.provider not in self.definition.providers:
@@ -374,8 +375,9 @@ class ProviderNode:
         return trailer
 
     def _check_identifiers(self, ds: Dataset, report: PrepareReport) -> None:
-        unusable = sum(report.invalid.values()) + report.rows_without_identifier
-        if report.rows_in and unusable / report.rows_in > self.config.max_invalid_fraction:
+        invalid = sum(report.invalid.values())
+        worst = max(invalid, report.rows_without_identifier)
+        if report.rows_in and worst / report.rows_in > self.config.max_invalid_fraction:
             raise IngestError(
                 f"{ds.ref}: {sum(report.invalid.values())} invalid identifier(s) and "
                 f"{report.rows_without_identifier} row(s) without a usable identifier in "

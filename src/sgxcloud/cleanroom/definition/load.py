@@ -99,7 +99,8 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
     if err.validator == "required":
         return err.message.split(" is a required")[0] + " is required"
     if err.validator == "additionalProperties":
-        return "unknown field(s): " + err.message.split("(")[-1].rstrip(")").replace(" were unexpected", "").replace(" was unexpected", "")
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        return "unknown field(s): " + ", ".join(map(str, extra))
     if err.validator in ("enum", "const"):
         allowed = err.validator_value if err.validator == "enum" else [err.validator_value]
         return "must be one of " + ", ".join(map(str, allowed))
@@ -307,7 +308,8 @@ def _build(doc: dict[str, Any]) -> Definition:
                 provider=d["provider"],
                 name=d["name"],
                 kind=d["kind"],
-                identifiers=tuple(IdentifierColumn(i["column"], i["kind"]) for i in d["identifiers"]),
+                identifiers=tuple(IdentifierColumn(i["column"], i["kind"])
+                                  for i in d["identifiers"]),
                 attributes=tuple(
                     Attribute(a["column"], a["type"], tuple(a.get("values", ())), a.get("min"),
                               a.get("max"))

@@ -188,7 +188,7 @@ class Definition:
 
     def resolve_attribute(self, ref: str) -> tuple[Dataset, Attribute] | None:
         """Look up ``provider.dataset.column`` among attribute datasets."""
-        provider, dataset, column = (ref.split(".") + ["", "", ""])[:3]
+        provider, dataset, column = [*ref.split("."), "", "", ""][:3]
         ds = self.dataset(f"{provider}.{dataset}")
         attr = ds.attribute(column) if ds else None
         return (ds, attr) if ds and attr else None

@@ -5,6 +5,7 @@ query types and their parsers.
 """
 
 from sgxcloud.cleanroom.engine.core import BudgetStatus, Engine, IngestReport
+from sgxcloud.cleanroom.engine.query import And as FilterAnd
 from sgxcloud.cleanroom.engine.query import (
     AudienceSizeQuery,
     CampaignLiftQuery,
@@ -19,7 +20,6 @@ from sgxcloud.cleanroom.engine.query import (
     parse_query,
     query_key,
 )
-from sgxcloud.cleanroom.engine.query import And as FilterAnd
 from sgxcloud.cleanroom.engine.query import Not as FilterNot
 from sgxcloud.cleanroom.engine.query import Or as FilterOr
 

@@ -207,12 +207,14 @@ def _parse_filter(doc: Any, path: str, depth: int) -> Filter:
         items = doc[op]
         if not isinstance(items, list) or len(items) < 2:
             raise QueryError(f"{path}.{op}", "needs a list of at least two filters")
-        parsed = tuple(_parse_filter(x, f"{path}.{op}[{i}]", depth + 1) for i, x in enumerate(items))
+        parsed = tuple(_parse_filter(x, f"{path}.{op}[{i}]", depth + 1)
+                       for i, x in enumerate(items))
         return And(parsed) if op == "and" else Or(parsed)
     if set(doc) == {"not"}:
         return Not(_parse_filter(doc["not"], f"{path}.not", depth + 1))
     if set(doc) != {"attribute", "op", "value"}:
-        raise QueryError(path, "must be {attribute, op, value}, {and: [...]}, {or: [...]} or {not: ...}")
+        raise QueryError(path, "must be {attribute, op, value}, {and: [...]}, {or: [...]} "
+                               "or {not: ...}")
     attribute, op, value = doc["attribute"], doc["op"], doc["value"]
     if not isinstance(attribute, str):
         raise QueryError(f"{path}.attribute", "must be a string")
@@ -362,8 +364,8 @@ def check_query(definition: Definition, query: Query, analyst: str) -> Analysis:
                                    f"dataset {ref} is not allowed in analysis {analysis.name}")
     if isinstance(query, CampaignLiftQuery) and query.breakdown is not None \
             and query.breakdown not in analysis.breakdowns:
-        raise QueryRefused("not_allowed",
-                           f"breakdown {query.breakdown} is not allowed in analysis {analysis.name}")
+        raise QueryRefused("not_allowed", f"breakdown {query.breakdown} is not allowed "
+                                          f"in analysis {analysis.name}")
     return analysis
 
 
