@@ -38,9 +38,10 @@ def setup():
 
 def good_rows(n=30):
     emails = SECRET_EMAILS + [f"p{i}@example.org" for i in range(n)]
-    return {"email": emails, "premium_card": ["true", "false"] * (len(emails) // 2)
-            + ["true"] * (len(emails) % 2),
-            "age_band": ["18-34"] * len(emails)}
+    return {"customer_id": [f"C{i:05d}" for i in range(len(emails))], "email": emails,
+            "phone": [None] * len(emails),
+            "premium_card": [str(i % 2 == 0).lower() for i in range(len(emails))],
+            "income_band": ["middle"] * len(emails)}
 
 
 def write_csv(path, text):
@@ -75,16 +76,17 @@ def assert_no_identifiers(text):
         assert email.split("@")[0].lower() not in text.lower()
 
 
-CSV_HEADER = "email,premium_card,age_band\n"
+CSV_HEADER = "customer_id,email,phone,premium_card,income_band\n"
 CASES = {
-    "wrong field count": (CSV_HEADER + "zelda.secret@example.org,true\n"
-                          + "mallory@corp.example,true,18-34,extra\n", "fields"),
-    "missing column": ("email,age_band\nzelda.secret@example.org,18-34\n", "missing column"),
-    "not boolean": (CSV_HEADER + "zelda.secret@example.org,maybe-yes,18-34\n",
+    "wrong field count": (CSV_HEADER + "C1,zelda.secret@example.org,,true\n"
+                          + "C2,mallory@corp.example,,true,low,extra\n", "fields"),
+    "missing column": ("customer_id,email,income_band\nC1,zelda.secret@example.org,low\n",
+                       "missing column"),
+    "not boolean": (CSV_HEADER + "C1,zelda.secret@example.org,,maybe-yes,low\n",
                     "premium_card cannot be read"),
-    "bad identifiers": (CSV_HEADER + "".join(f"{e.replace('@', ' at ')},true,18-34\n"
+    "bad identifiers": (CSV_HEADER + "".join(f",{e.replace('@', ' at ')},,true,low\n"
                                              for e in SECRET_EMAILS)
-                        + "p1@example.org,true,18-34\n", "invalid identifier"),
+                        + ",p1@example.org,,true,low\n", "invalid identifier"),
     "empty file": ("", "empty"),
 }
 
@@ -127,9 +129,8 @@ def test_garbage_parquet_reported(setup, tmp_path):
 def test_parquet_and_duckdb_sources_stream_in_batches(setup, tmp_path):
     definition, approvals = setup
     rows = good_rows(500)
-    table = pa.table({"email": rows["email"],
-                      "premium_card": [v == "true" for v in rows["premium_card"]],
-                      "age_band": rows["age_band"]})
+    table = pa.table({**rows, "phone": pa.array(rows["phone"], pa.string()),
+                      "premium_card": [v == "true" for v in rows["premium_card"]]})
     pq.write_table(table, tmp_path / "bank.parquet", row_group_size=100)
     with duckdb.connect(str(tmp_path / "bank.duckdb")) as con:
         con.register("t", table)

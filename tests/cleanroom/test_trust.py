@@ -44,6 +44,35 @@ def collab(tmp_path_factory):
     nodes.stop()
 
 
+SPOILED = {"not-an-email", "12345", "+44 12"}  # datagen's deliberately invalid values
+
+
+def identifier_strings(example, providers=None):
+    """Every raw identifier the providers hold, in forms a leak could take."""
+    definition = definition_of(example)
+    found = set()
+    for ds in definition.datasets:
+        if providers and ds.provider not in providers:
+            continue
+        path = example.nodes[ds.provider][ds.name]
+        table = pq.read_table(path, columns=[i.column for i in ds.identifiers])
+        for ident in ds.identifiers:
+            for value in table.column(ident.column).to_pylist():
+                if value is None or value.strip() in SPOILED:
+                    continue
+                text = value.strip().lower()
+                if ident.kind == "phone":
+                    text = "".join(ch for ch in text if ch.isdigit())[-10:]
+                found.add(text)
+    return found
+
+
+def assert_absent(identifiers, text):
+    text = text.lower()
+    leaked = [i for i in identifiers if i in text]
+    assert not leaked, f"{len(leaked)} identifier(s) leaked"
+
+
 def definition_of(example):
     return definition_from_dict(yaml.safe_load(example.definition.read_text()))
 
@@ -78,11 +107,10 @@ def test_honest_coordinator_gets_only_needed_columns_rekeyed(collab):
     assert table.column_names == list(definition.columns_needed("bank.customers"))
     assert table.schema.field("email").type == HASH_TYPE
     source = pq.read_table(example.nodes["bank"]["customers"])
-    assert table.num_rows == trailer["rows"] == source.num_rows
+    assert table.num_rows == trailer["rows"]
+    assert 0.95 * source.num_rows <= table.num_rows <= source.num_rows
     # No raw identifier crossed the wire, not even inside the Arrow stream.
-    for email in source.column("email").to_pylist()[:50]:
-        assert email.strip().encode() not in raw
-        assert email.strip().lower().encode() not in raw
+    assert_absent(identifier_strings(example, {"bank"}), raw.decode("latin-1"))
 
 
 def test_wrong_mrenclave_refused(collab):
@@ -146,6 +174,4 @@ def test_node_log_has_refusals_but_no_identifiers(collab):
     example, nodes = collab
     log = (example.workdir / "logs" / "node-bank.log").read_text()
     assert "not pinned" in log and "approval" in log
-    for email in pq.read_table(example.nodes["bank"]["customers"]).column("email").to_pylist():
-        assert email.strip().lower() not in log.lower()
-        assert email.split("@")[0].strip().lower() not in log.lower()
+    assert_absent(identifier_strings(example, {"bank"}), log)

@@ -145,7 +145,7 @@ def approve(definition: str, party: str, key_path: str, out: str, as_json: bool)
               help="Use SIMULATED attestation (no SGX). Peers refuse it unless allowed.")
 @click.option("--simulate-mrenclave", hidden=True, help="Tests: claim another MRENCLAVE.")
 @click.option("--batch-rows", default=65_536, show_default=True, type=click.IntRange(1))
-@click.option("--max-invalid-fraction", default=0.0, show_default=True,
+@click.option("--max-invalid-fraction", default=0.01, show_default=True,
               type=click.FloatRange(0, 1),
               help="Refuse a dataset when more rows than this have unusable identifiers.")
 @click.option("--ready-file", hidden=True)
