@@ -23,7 +23,6 @@ from sgxcloud.cleanroom.definition import definition_from_dict
 from sgxcloud.cleanroom.identifiers import HASH_TYPE, new_key
 from sgxcloud.cleanroom.local import LocalCollaboration, prepare_example
 from sgxcloud.cleanroom.transport import (
-    Kind,
     RemoteError,
     TlsIdentity,
     connect,
@@ -171,7 +170,7 @@ def test_hardware_definition_refuses_simulated_coordinator(tmp_path):
 
 
 def test_node_log_has_refusals_but_no_identifiers(collab):
-    example, nodes = collab
+    example, _nodes = collab
     log = (example.workdir / "logs" / "node-bank.log").read_text()
     assert "not pinned" in log and "approval" in log
     assert_absent(identifier_strings(example, {"bank"}), log)
