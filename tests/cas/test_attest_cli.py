@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -23,9 +25,19 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+OUTPUT_SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "docs/cas/attest-verify.schema.json").read_text()
+)
+
+
 def run_json(capsys, *args: str) -> tuple[int, dict]:
+    """Run with --json; every output must match the published schema."""
     code, out, _err = run(capsys, *args, "--json")
-    return code, json.loads(out)
+    data = json.loads(out)
+    if args[0] == "verify":
+        jsonschema.validate(data, OUTPUT_SCHEMA)
+        assert code == (0 if data["verdict"] == "accepted" else 1)
+    return code, data
 
 
 @pytest.fixture
@@ -239,3 +251,14 @@ def test_bad_input_is_one_line_and_exit_2(capsys, case, testdata, tmp_path, vect
 def test_help_mentions_exit_statuses(capsys):
     code, out, _ = run(capsys, "verify", "--help")
     assert code == 0 and "Exit 0 accepted, 1 rejected, 2 usage or input error" in out
+
+
+def test_output_schema_names_every_reason_code():
+    from sgxcloud.cas.evidence.dcap import _VERDICTS
+
+    codes = {code for _, code, _ in _VERDICTS} | {
+        "mrenclave", "mrsigner", "isvprodid", "isvsvn", "debug", "simulated", "tcb_status",
+        "advisory", "collateral-expired", "collateral-not-yet-valid", "not-sgx-enclave",
+        "wrong-format", "disabled", "invalid",
+    }  # fmt: skip
+    assert codes <= set(OUTPUT_SCHEMA["properties"]["reason_codes"]["items"]["enum"])
