@@ -1,0 +1,212 @@
+"""Campaign lift as a self-contained HTML report (one file, chart inlined).
+
+The chart shows the test and control conversion rates of every segment with
+95% Wilson intervals (computed from the released people and converter
+counts; nothing unreleased is needed) and the relative lift with its
+released confidence interval.  Suppressed cells are drawn as markers, never
+as numbers.  A result from SIMULATED attestation says so at the top.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from sgxcloud.cleanroom.results import Cell, Result
+
+ARMS = ("test", "control")
+ALL = "(all)"
+
+
+def _index(result: Result) -> dict[tuple[str, str, str], Cell]:
+    """(metric, segment, arm or '') -> cell."""
+    out = {}
+    for cell in result.cells:
+        out[(cell.metric, cell.dims.get("segment", ALL), cell.dims.get("arm", ""))] = cell
+    return out
+
+
+def segments(result: Result) -> list[str]:
+    seen = [c.dims.get("segment", ALL) for c in result.cells]
+    ordered = sorted(set(seen), key=lambda s: (s != ALL, s))
+    return ordered
+
+
+def _value(cells, metric: str, segment: str, arm: str = "") -> float | None:
+    cell = cells.get((metric, segment, arm))
+    return None if cell is None or cell.suppressed else cell.value
+
+
+def _suppressed(cells, metric: str, segment: str, arm: str = "") -> bool:
+    cell = cells.get((metric, segment, arm))
+    return cell is not None and cell.suppressed
+
+
+def wilson(converters: float | None, people: float | None) -> tuple[float, float] | None:
+    """95% Wilson interval of a conversion rate from released counts."""
+    if converters is None or not people:
+        return None
+    from statsmodels.stats.proportion import proportion_confint
+
+    k = min(max(round(converters), 0), round(people))
+    low, high = proportion_confint(k, round(people), alpha=0.05, method="wilson")
+    return float(low), float(high)
+
+
+def chart_png(result: Result) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = _index(result)
+    segs = segments(result)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.38
+    colors = {"test": "#2b6cb0", "control": "#a0aec0"}
+    for offset, arm in ((-width / 2, "test"), (width / 2, "control")):
+        for i, seg in enumerate(segs):
+            x = i + offset
+            rate = _value(cells, "conversion_rate", seg, arm)
+            if rate is None:
+                left.bar(x, 0.002, width, color="white", edgecolor="#c05621", hatch="//")
+                left.annotate("suppressed", (x, 0.004), ha="center", va="bottom", rotation=90,
+                              fontsize=7, color="#c05621")
+                continue
+            ci = wilson(_value(cells, "converters", seg, arm), _value(cells, "people", seg, arm))
+            err = [[rate - ci[0]], [ci[1] - rate]] if ci else None
+            left.bar(x, rate, width, color=colors[arm], yerr=err, capsize=3,
+                     label=arm if i == 0 else None)
+    left.set_xticks(range(len(segs)), segs, rotation=20, ha="right")
+    left.set_ylabel("conversion rate")
+    left.set_title("Conversion rate, test vs control (95% CI)")
+    left.legend()
+    for i, seg in enumerate(segs):
+        lift = _value(cells, "conversion_lift_rel", seg)
+        if lift is None:
+            right.plot(i, 0, marker="x", color="#c05621")
+            right.annotate("suppressed", (i, 0), textcoords="offset points", xytext=(0, 6),
+                           ha="center", fontsize=7, color="#c05621")
+            continue
+        low = _value(cells, "conversion_lift_rel_ci_low", seg)
+        high = _value(cells, "conversion_lift_rel_ci_high", seg)
+        err = [[lift - low], [high - lift]] if low is not None and high is not None else None
+        right.errorbar(i, lift * 100, yerr=[[e[0] * 100] for e in err] if err else None,
+                       fmt="o", color="#2b6cb0", capsize=4)
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_xticks(range(len(segs)), segs, rotation=20, ha="right")
+    right.set_ylabel("relative lift (%)")
+    right.set_title("Relative conversion lift (95% CI)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _fmt(cells, metric: str, seg: str, arm: str = "", pct: bool = False, money: bool = False,
+         digits: int = 1) -> str:
+    if _suppressed(cells, metric, seg, arm):
+        return '<span class="sup">suppressed (&lt; k)</span>'
+    value = _value(cells, metric, seg, arm)
+    if value is None:
+        return "–"
+    if pct:
+        return f"{value * 100:.2f}%"
+    if money:
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def _ci(cells, metric: str, seg: str, pct: bool = False, money: bool = False) -> str:
+    low = _value(cells, f"{metric}_ci_low", seg)
+    high = _value(cells, f"{metric}_ci_high", seg)
+    if low is None or high is None:
+        return ""
+    if pct:
+        return f" <small>[{low * 100:.2f}%, {high * 100:.2f}%]</small>"
+    return f" <small>[{low:,.2f}, {high:,.2f}]</small>" if money else \
+        f" <small>[{low:,.1f}, {high:,.1f}]</small>"
+
+
+def lift_report_html(result: Result, *, simulated: bool, title: str | None = None) -> str:
+    """The whole report as one HTML string (chart embedded as a PNG data URI)."""
+    if result.template != "campaign_lift":
+        raise ValueError("an HTML lift report needs a campaign_lift result")
+    cells = _index(result)
+    png = base64.b64encode(chart_png(result)).decode()
+    esc = html.escape
+    rows = []
+    for seg in segments(result):
+        rows.append(
+            "<tr>"
+            f"<th>{esc(seg)}</th>"
+            + "".join(f"<td>{_fmt(cells, 'people', seg, arm)}</td>"
+                      f"<td>{_fmt(cells, 'converters', seg, arm)}</td>"
+                      f"<td>{_fmt(cells, 'conversion_rate', seg, arm, pct=True)}</td>"
+                      f"<td>{_fmt(cells, 'revenue_per_person', seg, arm, money=True)}</td>"
+                      for arm in ARMS)
+            + f"<td>{_fmt(cells, 'conversion_lift_abs', seg, pct=True)}"
+              f"{_ci(cells, 'conversion_lift_abs', seg, pct=True)}</td>"
+            + f"<td>{_fmt(cells, 'conversion_lift_rel', seg, pct=True)}"
+              f"{_ci(cells, 'conversion_lift_rel', seg, pct=True)}</td>"
+            + f"<td>{_fmt(cells, 'conversion_p_value', seg, digits=4)}</td>"
+            + f"<td>{_fmt(cells, 'incremental_conversions', seg)}"
+              f"{_ci(cells, 'incremental_conversions', seg)}</td>"
+            + f"<td>{_fmt(cells, 'incremental_revenue', seg, money=True)}"
+              f"{_ci(cells, 'incremental_revenue', seg, money=True)}</td>"
+            "</tr>")
+    banner = ('<div class="sim">SIMULATED attestation: this result was produced without SGX '
+              "hardware and proves nothing about confidentiality.</div>") if simulated else ""
+    privacy = "".join(f"<li>{esc(str(k))}: {esc(str(v))}</li>"
+                      for k, v in sorted(result.privacy.items()))
+    heading = esc(title or f"Campaign lift — {result.collaboration} / {result.analysis}")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{heading}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em;color:#1a202c}}
+table{{border-collapse:collapse;font-size:0.9em}}
+td,th{{border:1px solid #cbd5e0;padding:4px 8px;text-align:right}}
+th{{background:#edf2f7}}.sup{{color:#c05621;font-style:italic}}
+.sim{{background:#fed7d7;border:2px solid #c53030;padding:0.6em;font-weight:bold;margin-bottom:1em}}
+small{{color:#4a5568}}code{{font-size:0.85em}}
+</style></head><body>
+{banner}
+<h1>{heading}</h1>
+<p>Result <code>{esc(result.result_id)}</code>, released {esc(result.released_at)}, for
+definition <code>{esc(result.definition_hash)}</code>;
+signed by <code>{esc(result.signer)}</code>.</p>
+<img alt="test vs control conversion rates and lift" src="data:image/png;base64,{png}">
+<h2>Figures</h2>
+<table>
+<tr><th rowspan="2">segment</th><th colspan="4">test (exposed)</th><th colspan="4">control</th>
+<th rowspan="2">lift (abs) [95% CI]</th><th rowspan="2">lift (rel) [95% CI]</th>
+<th rowspan="2">p-value</th><th rowspan="2">incremental conversions</th>
+<th rowspan="2">incremental revenue</th></tr>
+<tr>{"<th>people</th><th>converters</th><th>rate</th><th>revenue/person</th>" * 2}</tr>
+{"".join(rows)}
+</table>
+<h2>Privacy applied</h2><ul>{privacy}</ul>
+<p><small>Cells covering fewer than k people are suppressed. Arm conversion-rate intervals in
+the chart are Wilson intervals from the released counts.</small></p>
+</body></html>
+"""
+
+
+def write_lift_report(result: Result, path: str | Path, *, simulated: bool) -> Path:
+    target = Path(path)
+    target.write_text(lift_report_html(result, simulated=simulated), encoding="utf-8")
+    return target
+
+
+def summary(result: Result) -> dict[str, Any]:
+    """Headline numbers of the overall segment (for consoles and demo summaries)."""
+    cells = _index(result)
+    return {m: _value(cells, m, ALL) for m in (
+        "conversion_lift_abs", "conversion_lift_rel", "conversion_p_value",
+        "incremental_conversions", "incremental_revenue")}
