@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import fixtures
 from lxml import etree
@@ -87,7 +88,8 @@ class SGXServersTestBase(base.ServersTestBase):
     """
 
     microversion = "latest"
-    ADDITIONAL_FILTERS = ["SGXFilter"]
+    ADMIN_API = True  # operators pick hosts and migrate; tests do both
+    ADDITIONAL_FILTERS: ClassVar[list[str]] = ["SGXFilter"]
 
     def setUp(self):
         # hostname -> <features> XML reported by that host's fake libvirt
@@ -107,6 +109,10 @@ class SGXServersTestBase(base.ServersTestBase):
         )
         super().setUp()
         self.useFixture(_FakeLibvirtKeepsEPC())
+        # No real disk images exist; Nova's own vPMEM tests stub the same call
+        # so that cold migration and resize reach the guest-config code.
+        self.useFixture(fixtures.MockPatch(
+            "nova.virt.libvirt.LibvirtDriver._get_instance_disk_info", return_value=[]))
         self.flags(cpu_mode="host-model", group="libvirt")
 
     def _setup_compute_service(self):
