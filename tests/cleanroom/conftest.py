@@ -7,10 +7,11 @@ figure without DuckDB or the engine's SQL — the engine must agree with it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -29,6 +30,12 @@ EXAMPLE = REPO / "examples" / "cleanroom" / "collaboration.yaml"
 PEOPLE = 3000
 SEED = 11
 KEY = bytes(range(32))  # a fixed re-keying key: tests search outputs for its hashes
+
+
+@pytest.fixture(scope="session")
+def rekey_key() -> bytes:
+    """The re-keying key the ``prepared`` batches were made with."""
+    return KEY
 
 
 @pytest.fixture(scope="session")
@@ -93,10 +100,8 @@ def make_engine(tmp_path: Path, prepared: dict[str, Any]) -> Callable[..., Engin
 
     yield make
     for engine in engines:
-        try:
+        with contextlib.suppress(Exception):  # already closed by the test
             engine.close()
-        except Exception:  # noqa: BLE001 - already closed by the test
-            pass
 
 
 # -- the independent plaintext reference ------------------------------------------------
@@ -122,7 +127,8 @@ class _UnionFind:
 class Plain:
     """Plaintext figures computed with pandas and statsmodels, nothing else."""
 
-    IDS = {"bank.customers": {"customer_id": "customer_id", "email": "email", "phone": "phone"},
+    IDS: ClassVar[dict[str, dict[str, str]]] = {
+           "bank.customers": {"customer_id": "customer_id", "email": "email", "phone": "phone"},
            "telecom.subscribers": {"phone": "phone"},
            "retailer.customers": {"email": "email", "phone": "phone"},
            "retailer.exposures": {"email": "email", "phone": "phone"},

@@ -1,0 +1,158 @@
+"""Bad input: clear reports, nothing partially ingested, the engine keeps serving."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from sgxcloud.cleanroom.errors import IngestError, QueryError, QueryRefused
+from sgxcloud.cleanroom.identifiers import prepare_batch
+
+AUDIENCE = {"template": "audience_size", "analysis": "audience"}
+
+
+@pytest.fixture
+def engine(make_definition, make_engine):
+    return make_engine(make_definition())
+
+
+def _replace(batch: pa.RecordBatch, column: str, values: list) -> pa.RecordBatch:
+    idx = batch.schema.get_field_index(column)
+    array = pa.array(values, type=batch.schema.field(column).type)
+    return batch.set_column(idx, batch.schema.field(column), array)
+
+
+def test_schema_mismatch_is_reported_and_nothing_changes(engine, prepared):
+    before = engine.datasets()
+    batch = prepared["bank.customers"].drop_columns(["income_band"])
+    with pytest.raises(IngestError) as err:
+        engine.ingest("bank", "customers", batch)
+    assert err.value.report["missing_columns"] == ["income_band"]
+    assert engine.datasets() == before
+
+
+def test_extra_columns_are_refused(engine, prepared):
+    batch = prepared["telecom.subscribers"]
+    extra = batch.append_column("date_of_birth", pa.array(["x"] * batch.num_rows))
+    with pytest.raises(IngestError) as err:
+        engine.ingest("telecom", "subscribers", extra)
+    assert err.value.report["unexpected_columns"] == ["date_of_birth"]
+
+
+def test_wrong_type_is_reported_without_values(engine, prepared):
+    batch = prepared["retailer.purchases"]
+    bad = batch.set_column(batch.schema.get_field_index("amount"), "amount",
+                           pa.array(["secret-amount"] * batch.num_rows))
+    with pytest.raises(IngestError) as err:
+        engine.ingest("retailer", "purchases", bad)
+    assert "amount" in str(err.value)
+    assert "secret-amount" not in str(err.value) and "secret-amount" not in repr(err.value.report)
+
+
+def test_bad_rows_anywhere_in_a_stream_leave_nothing(engine, prepared, plain):
+    before = engine.run(AUDIENCE, "brand").value("people")
+    exposures = prepared["retailer.exposures"]
+    groups = exposures.column("group").to_pylist()
+    groups[-3] = "treatment"  # not test/control, in the last batch
+    bad_last = _replace(exposures, "group", groups)
+    batches = [exposures.slice(0, 500), exposures.slice(500, 500), bad_last.slice(1000)]
+    with pytest.raises(IngestError) as err:
+        engine.ingest("retailer", "exposures", iter(batches))
+    problem = err.value.report["problems"]["group: not test/control"]
+    assert problem == {"count": 1, "rows": [exposures.num_rows - 3]}
+    assert "nothing was ingested" in str(err.value)
+    assert "treatment" not in str(err.value)
+    assert engine.datasets()["retailer.exposures"] == exposures.num_rows
+    assert engine.run(AUDIENCE, "brand").value("people") == before  # keeps serving
+    rejected = [e for e in engine.audit.entries() if e.event == "ingest_rejected"]
+    assert rejected and rejected[-1].data["dataset"] == "retailer.exposures"
+
+
+def test_value_checks(engine, prepared):
+    purchases = prepared["retailer.purchases"]
+    amounts = purchases.column("amount").to_pylist()
+    amounts[0] = -5.0
+    amounts[1] = float("nan")
+    with pytest.raises(IngestError) as err:
+        engine.ingest("retailer", "purchases", _replace(purchases, "amount", amounts))
+    assert err.value.report["problems"]["amount: negative or not a number"]["count"] == 2
+    bank = prepared["bank.customers"]
+    bands = bank.column("income_band").to_pylist()
+    bands[4] = "billionaire"
+    with pytest.raises(IngestError) as err:
+        engine.ingest("bank", "customers", _replace(bank, "income_band", bands))
+    assert err.value.report["problems"]["income_band: value not declared"]["rows"] == [4]
+    no_ids = bank
+    for column in ("customer_id", "email", "phone"):
+        values = no_ids.column(column).to_pylist()
+        values[7] = None
+        no_ids = _replace(no_ids, column, values)
+    with pytest.raises(IngestError) as err:
+        engine.ingest("bank", "customers", no_ids)
+    assert err.value.report["problems"]["row without any identifier"]["rows"] == [7]
+
+
+def test_reingest_replaces(engine, prepared):
+    batch = prepared["telecom.subscribers"]
+    report = engine.ingest("telecom", "subscribers", batch.slice(0, 100))
+    assert report.rows == 100 and report.replaced_rows == batch.num_rows
+    assert engine.datasets()["telecom.subscribers"] == 100
+
+
+def test_unknown_dataset(engine, prepared):
+    with pytest.raises(IngestError):
+        engine.ingest("bank", "transactions", prepared["bank.customers"])
+
+
+def test_prepare_batch_rejects_uncastable_columns_without_values(make_definition, generated):
+    import pyarrow.parquet as pq
+
+    definition = make_definition()
+    ds = definition.dataset("bank.customers")
+    table = pq.read_table(generated.files["bank.customers"])
+    table = table.set_column(table.schema.get_field_index("premium_card"), "premium_card",
+                             pc.cast(pa.array(["maybe-yes"] * table.num_rows), pa.string()))
+    with pytest.raises(IngestError) as err:
+        prepare_batch(ds, table, bytes(32), definition.columns_needed(ds.ref))
+    assert "premium_card" in str(err.value) and "maybe-yes" not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_memory_limit_and_threads_are_applied(make_definition, make_engine):
+    engine = make_engine(make_definition(), ingest=False, memory_limit="64MB", threads=1)
+    con = engine._con
+    assert con.execute("SELECT current_setting('threads')").fetchone()[0] == 1
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert limit.replace(" ", "").upper() in ("64.0MB", "61.0MIB", "64MB", "61.0MB")
+
+
+def test_bad_memory_limit_is_an_input_error(make_definition, make_engine):
+    with pytest.raises(QueryError):
+        make_engine(make_definition(), ingest=False, memory_limit="lots")
+
+
+def test_queries_are_authorised(engine):
+    with pytest.raises(QueryRefused) as err:
+        engine.run(AUDIENCE, "agency")  # a recipient, not an analyst of this analysis
+    assert err.value.reason == "not_allowed"
+    with pytest.raises(QueryRefused) as err:
+        engine.run({"analysis": "reach", "template": "overlap",
+                    "datasets": ["bank.customers", "retailer.purchases"]}, "brand")
+    assert err.value.reason == "not_allowed"
+    with pytest.raises(QueryRefused) as err:  # the template must match the analysis
+        engine.run({"template": "audience_size", "analysis": "reach"}, "brand")
+    assert err.value.reason == "not_allowed"
+    with pytest.raises(QueryRefused) as err:
+        engine.run({"template": "audience_size", "analysis": "audience",
+                    "filter": "telecom.subscribers.phone_model = 'x'"}, "brand")
+    assert err.value.reason == "not_allowed"
+    with pytest.raises(QueryRefused):
+        engine.run({"template": "campaign_lift", "analysis": "lift",
+                    "breakdown": "retailer.customers.loyalty_tier"}, "brand")
+    with pytest.raises(QueryError):
+        engine.run({"template": "audience_size", "analysis": "audience",
+                    "filter": "bank.customers.premium_card = 'yes'"}, "brand")
+    with pytest.raises(QueryError):
+        engine.run({"template": "audience_size", "analysis": "audience",
+                    "filter": "bank.customers.income_band = 'x'; DROP TABLE persons"}, "brand")
