@@ -114,8 +114,8 @@ def test_campaign_lift_breakdown_and_filter_match_plain(engine, plain):
     _check_segment(result, table, "(all)")
     for segment in ("true", "false"):
         part = table[table.segment == segment]
-        if min(len(part[part.arm == a]) for a in ("test", "control")) >= 5 and \
-                min(int((part[part.arm == a].purchases > 0).sum()) for a in ("test", "control")) >= 5:
+        arms = [part[part.arm == a] for a in ("test", "control")]
+        if min(len(a) for a in arms) >= 5 and min(int((a.purchases > 0).sum()) for a in arms) >= 5:
             _check_segment(result, part, segment)
 
 
