@@ -430,3 +430,16 @@ def test_public_api_is_exactly_all():
         if not name.startswith("_") and not inspect.ismodule(value)
     }
     assert set(policy_api.__all__) == public
+
+
+def test_reference_documents_every_schema_field():
+    reference = (REPO / "docs/cas/policy-reference.md").read_text()
+    schema = policy_schema()
+    names: set[str] = set(schema["properties"])
+    for definition in schema["$defs"].values():
+        names |= set(definition.get("properties", {}))
+        for branch in definition.get("oneOf", []) + definition.get("allOf", []):
+            names |= set(branch.get("properties", {}))
+            names |= set(branch.get("then", {}).get("properties", {}))
+    missing = sorted(name for name in names if f"`{name}`" not in reference)
+    assert not missing, f"undocumented policy fields: {missing}"
