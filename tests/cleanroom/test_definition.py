@@ -1,0 +1,142 @@
+"""Collaboration definition: schema, semantic checks with field paths, canonical hash."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sgxcloud.cleanroom.definition import (
+    definition_from_dict,
+    definition_schema,
+    load_definition,
+    parse_definition,
+    validate_document,
+)
+from sgxcloud.cleanroom.errors import DefinitionError
+from sgxcloud.errors import InputError
+from sgxcloud.sgx.identity import EnclaveIdentity
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "cleanroom" / "collaboration.yaml"
+
+
+def test_example_loads():
+    definition = load_definition(EXAMPLE)
+    assert definition.providers == ("bank", "telecom", "retailer")
+    assert definition.dataset("retailer.exposures").kind == "exposures"
+    assert definition.analysis("lift").attribution_window_days == 28
+    assert definition.privacy.min_group_size == 50
+    assert not definition.privacy.dp_enabled
+    assert definition.columns_needed("telecom.subscribers") == ("phone", "region", "device")
+
+
+def test_docs_schema_is_the_packaged_schema():
+    docs = json.loads((REPO / "docs" / "cleanroom" / "definition.schema.json").read_text())
+    assert docs == definition_schema()
+
+
+def test_hash_ignores_formatting_but_not_meaning(base_doc):
+    definition = definition_from_dict(base_doc)
+    reordered = json.loads(json.dumps(base_doc, sort_keys=True))
+    assert definition_from_dict(reordered).definition_hash() == definition.definition_hash()
+    as_yaml = yaml.safe_dump(base_doc, default_flow_style=True)
+    assert parse_definition(as_yaml).definition_hash() == definition.definition_hash()
+    for path, value in [(("privacy", "min_group_size"), 21),
+                        (("enclaves", "node", "mrenclave"), "ab" * 32),
+                        (("analyses", 2, "attribution_window_days"), 27),
+                        (("description",), "changed")]:
+        doc = copy.deepcopy(base_doc)
+        target = doc
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = value
+        assert definition_from_dict(doc).definition_hash() != definition.definition_hash(), path
+
+
+def _error(doc) -> DefinitionError:
+    with pytest.raises(DefinitionError) as err:
+        definition_from_dict(doc)
+    assert isinstance(err.value, InputError) and err.value.exit_code == 2
+    return err.value
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda d: d["enclaves"]["coordinator"].update(mrenclave="XYZ"),
+     "enclaves.coordinator.mrenclave"),
+    (lambda d: d["parties"][0].update(roles=["boss"]), "parties[0].roles[0]"),
+    (lambda d: d["datasets"][1]["identifiers"][0].update(kind="passport"),
+     "datasets[1].identifiers[0].kind"),
+    (lambda d: d["privacy"].update(min_group_size=1), "privacy.min_group_size"),
+    (lambda d: d["analyses"][0].update(colour="blue"), "analyses[0]"),
+    (lambda d: d.pop("privacy"), ""),
+])
+def test_schema_errors_carry_the_field(base_doc, mutate, field):
+    doc = copy.deepcopy(base_doc)
+    mutate(doc)
+    assert _error(doc).field == field
+
+
+@pytest.mark.parametrize(("mutate", "field", "words"), [
+    (lambda d: d["parties"][1].update(name="bank"), "parties[1].name", "duplicate"),
+    (lambda d: d["datasets"][0].update(provider="brand"), "datasets[0].provider",
+     "data_provider"),
+    (lambda d: d["datasets"][1].pop("default_phone_region"),
+     "datasets[1].default_phone_region", "required"),
+    (lambda d: d["datasets"][3].pop("group_column"), "datasets[3].group_column", "required"),
+    (lambda d: d["datasets"][1]["attributes"][0].pop("values"),
+     "datasets[1].attributes[0].values", "category"),
+    (lambda d: d["analyses"][0]["analysts"].append("bank"), "analyses[0].analysts[1]",
+     "analyst"),
+    (lambda d: d["analyses"][0]["attributes"].append("bank.customers.salary"),
+     "analyses[0].attributes[6]", "no such attribute"),
+    (lambda d: d["analyses"][2].update(exposures="retailer.purchases"), "analyses[2].exposures",
+     "kind exposures"),
+    (lambda d: d["analyses"][2]["breakdowns"].append("retailer.purchases.amount"),
+     "analyses[2].breakdowns[2]", "no such attribute"),
+    (lambda d: d["analyses"][1].update(datasets=["bank.customers"]), "analyses[1].datasets",
+     "at least two"),
+    (lambda d: d["enclaves"]["node"].update(mrenclave=d["enclaves"]["coordinator"]["mrenclave"]),
+     "enclaves.node.mrenclave", "differ"),
+    (lambda d: d["privacy"]["differential_privacy"].update(budget_per_analyst=0.1),
+     "privacy.differential_privacy.budget_per_analyst", "smaller"),
+    (lambda d: d["privacy"]["differential_privacy"].update(mechanism="gaussian"),
+     "privacy.differential_privacy.delta", "required"),
+])
+def test_semantic_errors_carry_the_field(base_doc, mutate, field, words):
+    doc = copy.deepcopy(base_doc)
+    mutate(doc)
+    err = _error(doc)
+    assert err.field == field
+    assert words in err.message
+    assert field in str(err)
+
+
+def test_all_problems_are_listed(base_doc):
+    doc = copy.deepcopy(base_doc)
+    doc["parties"][1]["name"] = "bank"
+    doc["analyses"][0]["analysts"] = ["retailer"]
+    fields = [field for field, _ in validate_document(doc)]
+    assert "parties[1].name" in fields and "analyses[0].analysts[0]" in fields
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(DefinitionError, match="not valid YAML at line"):
+        parse_definition("parties: [\n  - {name: x")
+    with pytest.raises(DefinitionError, match="cannot read"):
+        load_definition(tmp_path / "missing.yaml")
+    with pytest.raises(DefinitionError, match="mapping"):
+        parse_definition("- just a list")
+
+
+def test_enclave_pin_matches_identity():
+    pin = load_definition(EXAMPLE).enclaves.coordinator
+    good = EnclaveIdentity(mrenclave=pin.mrenclave, mrsigner=pin.mrsigner or "", isvprodid=0,
+                           isvsvn=1, debug=False)
+    assert pin.matches(good)
+    assert not pin.matches(EnclaveIdentity(**{**good.__dict__, "debug": True}))
+    assert not pin.matches(EnclaveIdentity(**{**good.__dict__, "mrenclave": "00" * 32}))
+    assert not pin.matches(EnclaveIdentity(**{**good.__dict__, "mrsigner": "11" * 32}))
