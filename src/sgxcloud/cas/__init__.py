@@ -21,8 +21,10 @@ Modules:
 - ``sgxcloud.cas.evidence``: ``Evidence``, ``VerifiedEvidence``,
   ``EvidenceVerifier``, ``DcapVerifier`` (dcap-qvl), ``SimulatedVerifier``,
   ``DefaultVerifier``, ``RejectingVerifier``, ``load_evidence``,
-  ``make_simulated_evidence``.  Simulated evidence is always
-  ``simulated=True`` and rejected unless a service sets ``allow_simulated``.
+  ``make_simulated_evidence``, and ``check_evidence`` -> ``AttestationReport``
+  (verify + optional policy verdict, as ``sgxcloud attest verify`` prints it).
+  Simulated evidence is always ``simulated=True`` and rejected unless a
+  service sets ``allow_simulated``.
 - ``sgxcloud.cas.collateral``: ``CollateralSource``, ``FileCollateral``,
   ``PccsCollateral`` (Intel PCS v4 API, cached within validity times),
   ``collateral_window``.

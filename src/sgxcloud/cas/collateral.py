@@ -25,7 +25,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote
@@ -327,7 +327,7 @@ class PccsCollateral:
         if now >= piece.window.not_after:
             raise CollateralError(
                 f"PCCS {self.base_url} serves {name} collateral that expired at "
-                f"{datetime.fromtimestamp(piece.window.not_after).isoformat()}"
+                f"{datetime.fromtimestamp(piece.window.not_after, UTC):%Y-%m-%dT%H:%M:%SZ}"
             )
         self._pieces[name] = piece
         self._store_cached(name, piece)

@@ -73,9 +73,9 @@ def attest() -> None:
 @click.option(
     "--pccs-cache",
     type=click.Path(file_okay=False),
-    default=".sgxcloud-pccs-cache",
-    show_default=True,
-    help="Cache directory for collateral fetched with --pccs.",
+    default=str(Path.home() / ".cache" / "sgxcloud" / "pccs"),
+    show_default="~/.cache/sgxcloud/pccs",
+    help="Cache directory for collateral fetched with --pccs (kept within validity).",
 )
 @click.option(
     "--time",
