@@ -21,7 +21,7 @@ from cryptography import x509
 
 from sgxcloud.cas.errors import PolicyProblem
 from sgxcloud.cas.policy import placeholders as ph
-from sgxcloud.cas.policy.access import public_key_id
+from sgxcloud.cas.policy.access import certificate_fingerprint_id, public_key_id
 from sgxcloud.cas.policy.model import GRAMINE_KEY_SIZE
 
 GRAMINE_KEYS_DIR = "/dev/attestation/keys/"
@@ -192,7 +192,7 @@ def check_access(access: dict[str, Any]) -> Iterator[PolicyProblem]:
                     yield PolicyProblem(f"{where}.public_key", "is not a readable PEM public key")
                     continue
             else:
-                principal_id = "cert:" + principal["client_certificate_sha256"]
+                principal_id = certificate_fingerprint_id(principal["client_certificate_sha256"])
             if principal_id in seen_ids:
                 yield PolicyProblem(where, f"the same key/certificate as {seen_ids[principal_id]}")
             seen_ids.setdefault(principal_id, where)
