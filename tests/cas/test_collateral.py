@@ -276,3 +276,16 @@ def test_quote_without_readable_pck_certificate(pccs, tmp_path, sgx_quote, vecto
     with pytest.raises(CollateralError, match="platform"):
         PccsCollateral(pccs.url, tmp_path).get(sgx_quote[:600], vectors.sgx_now)
     assert pccs.requests == []
+
+
+def test_attest_verify_cli_fetches_from_a_pccs(pccs, tmp_path, testdata, vectors, capsys):
+    from sgxcloud.cli.main import main
+
+    args = [
+        "attest", "verify", "--quote", str(testdata / "sgx_quote"), "--pccs", pccs.url,
+        "--pccs-cache", str(tmp_path), "--time", str(vectors.sgx_now), "--json",
+    ]  # fmt: skip
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verdict"] == "accepted" and data["tcb_status"] == vectors.status
+    assert main(args) == 0 and len(pccs.requests) == 4  # second run: from the disk cache
