@@ -214,9 +214,13 @@ def test_pccs_cache_is_never_used_past_next_update(pccs, tmp_path, sgx_quote, ve
 def test_damaged_cache_entries_are_refetched(pccs, tmp_path, sgx_quote, vectors):
     PccsCollateral(pccs.url, tmp_path).get(sgx_quote, vectors.sgx_now)
     (tmp_path / "qe-sgx.json").write_text("{broken")
+    (tmp_path / "rootcacrl.json").write_text('{"fields": {}, "not_before": "0", "not_after": 1}')
     source = PccsCollateral(pccs.url, tmp_path)
     DcapVerifier(source).verify(Evidence("dcap", sgx_quote), vectors.sgx_now)
-    assert pccs.requests[4:] == ["/sgx/certification/v4/qe/identity"]
+    assert sorted(pccs.requests[4:]) == [
+        "/sgx/certification/v4/qe/identity",
+        "/sgx/certification/v4/rootcacrl",
+    ]
 
 
 def test_pccs_pem_encoded_crl_is_accepted(testdata, tmp_path, sgx_quote, vectors):

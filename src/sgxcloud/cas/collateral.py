@@ -250,7 +250,16 @@ class _Piece:
     @classmethod
     def from_json(cls, text: str) -> _Piece:
         data = json.loads(text)
-        return cls(dict(data["fields"]), ValidityWindow(data["not_before"], data["not_after"]))
+        fields, start, end = data["fields"], data["not_before"], data["not_after"]
+        if not (
+            isinstance(fields, dict)
+            and fields
+            and all(isinstance(v, str) for v in fields.values())
+            and type(start) is int
+            and type(end) is int
+        ):
+            raise ValueError("not a cached collateral piece")
+        return cls(dict(fields), ValidityWindow(start, end))
 
 
 class PccsCollateral:
