@@ -13,6 +13,7 @@ they attest a trust domain, and CAS policies pin SGX enclave identities.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -146,8 +147,6 @@ _FMSPC_CACHE: dict[str, str] = {}
 
 def _fmspc(collateral: Any) -> str:
     """FMSPC named by the (already verified) TCB info, for reports and audit."""
-    import json
-
     text = collateral.tcb_info
     cached = _FMSPC_CACHE.get(text)
     if cached is None:
