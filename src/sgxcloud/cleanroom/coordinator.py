@@ -158,6 +158,8 @@ class Coordinator:
         except TransportError as exc:
             for ref in refs:
                 self._set(ref, state="unavailable", reason=str(exc))
+            self._audit("ingest_rejected", provider,
+                        {"datasets": refs, "stage": "session", "message": str(exc)})
             log.warning("node %s: %s", provider, exc)
             return
         try:
@@ -197,9 +199,12 @@ class Coordinator:
                 trailer = channel.receive_stream(counting)
             with pa.memory_map(str(staged)) as source, self._engine_lock:
                 reader = pa.ipc.open_stream(source)
-                report = self.engine.ingest(provider, dataset, reader)
+                report = self.engine.ingest(provider, dataset, reader, actor=provider)
         except RemoteError as exc:
+            # Whatever was staged is discarded below; the engine never saw it.
             self._set(ref, state="rejected", reason=str(exc))
+            self._audit("ingest_rejected", provider,
+                        {"dataset": ref, "stage": "node", "message": str(exc)})
             log.warning("%s rejected by its node: %s", ref, exc)
             return
         except (IngestError, CleanroomError, pa.ArrowException) as exc:
@@ -214,6 +219,10 @@ class Coordinator:
                   identifier_report=trailer.get("report", {}))
         if progress:
             progress("ingested", {"dataset": ref, "rows": report.rows})
+
+    def _audit(self, event: str, actor: str, data: dict[str, Any]) -> None:
+        with self._engine_lock:
+            self.engine.audit.append(event, actor, data)
 
     def _set(self, ref: str, **fields: Any) -> None:
         with self._status_lock:

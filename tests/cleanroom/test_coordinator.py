@@ -1,0 +1,230 @@
+"""The coordinator over real processes: three nodes and a coordinator on
+loopback, driven through the HTTPS API with the SDK; plus the ingestion
+path in-process, where a file that goes bad half-way must leave nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from sgxcloud.cleanroom.approvals import approve, private_key_from_pem
+from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig, openapi_document
+from sgxcloud.cleanroom.definition import load_definition
+from sgxcloud.cleanroom.errors import CleanroomError, QueryRefused, ResultSignatureError
+from sgxcloud.cleanroom.local import prepare_example
+from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
+from sgxcloud.cleanroom.sdk import CleanroomClient, verify_bundle
+from sgxcloud.cleanroom.transport import (
+    PeerRefused,
+    fetch_server_certificate,
+    pinned_client_context,
+)
+from sgxcloud.cleanroom.transport.request_auth import RequestRejected, sign_request
+
+ROOT = Path(__file__).resolve().parents[2]
+AUDIENCE = {"template": "audience_size", "analysis": "audience",
+            "filter": "bank.customers.premium_card = true AND retailer.customers.baby_buyer = true"}
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("coord")
+    collab = prepare_example(workdir, people=3000, min_group_size=20)
+    collab.start()
+    yield collab
+    collab.stop()
+
+
+def key(collab, party):
+    return private_key_from_pem((collab.workdir / "keys" / f"{party}.pem").read_bytes())
+
+
+def client(collab, party="brand"):
+    return CleanroomClient.connect(collab.url, load_definition(collab.definition), party,
+                                   key(collab, party))
+
+
+def test_separate_processes_and_everything_ingested(running):
+    pids = running.pids()
+    assert set(pids) == {"node-bank", "node-telecom", "node-retailer", "coordinator"}
+    assert len(set(pids.values())) == 4
+    with client(running) as c:
+        status = c.status()
+    assert status["simulated"] is True
+    assert status["approvals"]["complete"]
+    assert {d["dataset"]: d["state"] for d in status["datasets"]} == {
+        "bank.customers": "ingested", "telecom.subscribers": "ingested",
+        "retailer.customers": "ingested", "retailer.exposures": "ingested",
+        "retailer.purchases": "ingested"}
+
+
+def test_query_result_verifies_and_recipients_can_fetch_it(running, tmp_path):
+    with client(running) as brand:
+        verified = brand.query(AUDIENCE)
+    assert verified.simulated
+    assert verified.result.value("people") > 0
+    with client(running, "agency") as agency:
+        again = agency.result(verified.result.result_id)
+    assert again.result == verified.result
+    with client(running, "bank") as bank, pytest.raises(CleanroomError, match="recipient"):
+        bank.result(verified.result.result_id)
+    # verify-result, the recipients' command, as a real process.
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(verified.to_json())
+    cli = [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", "verify-result", str(bundle),
+           "--definition", str(running.definition), "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["valid"] is True
+    doc = json.loads(bundle.read_text())
+    doc["result"]["cells"][0]["value"] += 1
+    bundle.write_text(json.dumps(doc))
+    done = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
+    assert done.returncode == 1
+    assert "does not verify" in json.loads(done.stdout)["reason"]
+
+
+def test_bundle_checks_definition_and_signer(running):
+    with client(running) as brand:
+        verified = brand.query(AUDIENCE)
+    bundle = json.loads(verified.to_json())
+    other = dict(bundle, signer_statement=dict(bundle["signer_statement"],
+                                               signer="ed25519:" + "A" * 43 + "="))
+    with pytest.raises(PeerRefused, match="not bound"):
+        verify_bundle(other, load_definition(running.definition))
+    forged = json.loads(verified.to_json())
+    forged["result"]["definition_hash"] = "0" * 64
+    with pytest.raises(ResultSignatureError):
+        verify_bundle(forged, load_definition(running.definition))
+
+
+def test_refusals_come_back_typed(running):
+    small = {"template": "audience_size", "analysis": "audience",
+             "filter": "telecom.subscribers.region = 'north' AND bank.customers.income_band = "
+                       "'high' AND retailer.customers.loyalty_tier = 'gold' "
+                       "AND telecom.subscribers.device = 'other'"}
+    with client(running) as brand:
+        with pytest.raises(QueryRefused) as info:
+            brand.query(small)
+        assert info.value.reason == "suppressed"
+        with pytest.raises(QueryRefused) as info:
+            brand.query({"template": "campaign_lift", "analysis": "audience"})
+    with client(running, "agency") as agency, pytest.raises(QueryRefused):
+        agency.query(AUDIENCE)
+
+
+def test_requests_must_be_signed_fresh_and_by_the_party(running):
+    definition = load_definition(running.definition)
+    host, port = running.url.removeprefix("https://").split(":")
+    cert = fetch_server_certificate(host, int(port))
+    ctx = pinned_client_context(cert.public_bytes(serialization.Encoding.PEM))
+    with httpx.Client(base_url=running.url, verify=ctx) as http:
+        assert http.get("/v1/status").status_code == 401
+        headers = sign_request(key(running, "brand"), "brand", "GET", "/v1/status")
+        assert http.get("/v1/status", headers=headers).status_code == 200
+        replay = http.get("/v1/status", headers=headers)
+        assert replay.status_code == 401 and "replayed" in replay.json()["error"]["message"]
+        wrong = sign_request(key(running, "bank"), "brand", "GET", "/v1/status")
+        assert http.get("/v1/status", headers=wrong).status_code == 401
+        body = json.dumps(AUDIENCE).encode()
+        signed = sign_request(key(running, "brand"), "brand", "POST", "/v1/queries", body)
+        tampered = body.replace(b"true", b"false", 1)
+        answer = http.post("/v1/queries", content=tampered, headers=signed)
+        assert answer.status_code == 401
+        assert http.get("/v1/health").json()["simulated"] is True
+    assert definition.definition_hash() == http_definition_hash(running, ctx)
+
+
+def http_definition_hash(running, ctx):
+    with httpx.Client(base_url=running.url, verify=ctx) as http:
+        return http.get("/v1/definition").json()["definition_hash"]
+
+
+def test_audit_log_and_no_identifiers_anywhere(running):
+    from test_trust import assert_absent, identifier_strings
+
+    with client(running) as brand:
+        lift = brand.query({"template": "campaign_lift", "analysis": "lift",
+                            "breakdown": "telecom.subscribers.region"})
+        entries = brand.audit()
+        status = brand.status()
+    events = {e["event"] for e in entries}
+    assert {"ingest", "query", "release"} <= events
+    outputs = [json.dumps(entries), json.dumps(status), lift.to_json()]
+    outputs += [p.read_text(errors="replace") for p in (running.workdir / "logs").glob("*.log")]
+    identifiers = identifier_strings(running)
+    assert len(identifiers) > 1000
+    for text in outputs:
+        assert_absent(identifiers, text)
+
+
+def test_openapi_document_is_committed_and_current():
+    committed = json.loads((ROOT / "docs" / "cleanroom" / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(openapi_document()))
+
+
+# -- ingestion in-process: atomic per dataset ------------------------------------------
+
+
+def test_file_going_bad_half_way_leaves_nothing_and_can_be_fixed(tmp_path):
+    collab = prepare_example(tmp_path / "ex", people=600, min_group_size=5)
+    definition = load_definition(collab.definition)
+    approvals = [approve(definition, p, key(collab, p)) for p in definition.providers]
+    csv_path = tmp_path / "customers.csv"
+    header = "customer_id,email,phone,premium_card,income_band\n"
+    rows = 20_000  # enough for several 1 MiB DATA frames to arrive before the bad row
+    good = "".join(f"C{i:05d},p{i}@example.org,,true,low\n" for i in range(rows))
+    csv_path.write_text(header + good + "C99999,late@example.org,,perhaps,low\n")
+    node = ProviderNode(NodeConfig(provider="bank", definition=definition,
+                                   sources={"customers": Source.parse(str(csv_path))},
+                                   approvals=approvals, simulate=True, batch_rows=1000))
+    node.start()
+    coordinator = Coordinator(CoordinatorConfig(
+        definition=definition, workdir=tmp_path / "coordinator",
+        nodes={"bank": node.address}, approvals=approvals, simulate=True, batch_rows=1000))
+    try:
+        seen = []
+        coordinator.ingest_all(lambda kind, info: seen.append((kind, info.get("bytes"))))
+        state = coordinator.status()["bank.customers"]
+        assert state["state"] == "rejected"
+        assert "premium_card" in state["reason"]
+        assert any(kind == "receive" for kind, _ in seen)  # batches did arrive first...
+        assert "bank.customers" not in coordinator.engine.datasets()  # ...and were discarded
+        assert not any((tmp_path / "coordinator" / "staging").iterdir())
+        rejected = [e for e in coordinator.engine.audit.entries() if e.event == "ingest_rejected"]
+        assert rejected and rejected[-1].data["stage"] == "node"
+        csv_path.write_text(header + good)
+        coordinator.ingest_provider("bank")
+        assert coordinator.status()["bank.customers"]["state"] == "ingested"
+        assert coordinator.engine.datasets()["bank.customers"] == rows
+    finally:
+        coordinator.close()
+        node.stop()
+
+
+def test_unreachable_node_is_reported(tmp_path):
+    collab = prepare_example(tmp_path / "ex", people=100)
+    definition = load_definition(collab.definition)
+    coordinator = Coordinator(CoordinatorConfig(
+        definition=definition, workdir=tmp_path / "c", nodes={"bank": ("127.0.0.1", 9)},
+        simulate=True))
+    try:
+        coordinator.ingest_all()
+        assert coordinator.status()["bank.customers"]["state"] == "unavailable"
+    finally:
+        coordinator.close()
+
+
+def test_unsigned_sdk_party_rejected(running):
+    with client(running, "brand") as brand:
+        brand.party = "agency"  # signs with brand's key but claims to be the agency
+        with pytest.raises(RequestRejected):
+            brand.status()
