@@ -10,13 +10,20 @@ value computed by hand below.
 from __future__ import annotations
 
 import datetime as dt
+import io
+import os
+import types
 from unittest import mock
 
+import fixtures
 from keystoneauth1 import noauth, session
 from openstack import connection
+from openstackclient.compute.v2.usage import ShowUsage
 from oslo_utils import timeutils
 
 from sgxcloud.nova import usage as epc_usage
+from sgxcloud.nova.osc.host import ListSGXHost
+from sgxcloud.nova.osc.usage import ListSGXUsage, ShowSGXUsage
 from tests.functional_nova.base import SGXServersTestBase
 
 T0 = dt.datetime(2026, 3, 2, 0, 0, 0)  # window start (naive UTC, as Nova stores it)
@@ -136,3 +143,65 @@ class EPCUsageTest(SGXServersTestBase):
         (listed,) = epc_usage.usages(self.conn, start, end)
         self.assertEqual(ours.epc_mb_hours, listed.epc_mb_hours)
         self.assertEqual(nova["total_memory_mb_usage"], listed.total_memory_mb_usage)
+
+        self._check_osc_commands(project, start, end, ours)
+
+    def _check_osc_commands(self, project, start, end, ours):
+        """The plugin's commands against the same cloud, beside OSC's own."""
+        app = osc_app(self.conn, project)
+        when = ["--start", start.isoformat(), "--end", end.isoformat()]
+        chart = os.path.join(self.useFixture(fixtures.TempDir()).path, "epc.png")
+        columns, data = run_command(app, ShowSGXUsage, [*when, "--chart", chart])
+        shown = dict(zip(columns, (_plain(v) for v in data), strict=True))
+        self.assertEqual("1056.00", shown["EPC MB-Hours"])
+        self.assertEqual("3", shown["Servers"])
+        with open(chart, "rb") as handle:
+            self.assertEqual(b"\x89PNG", handle.read(4))
+
+        # OSC's own "openstack usage show" on the same window: same rows, same values.
+        days = ["--start", start.date().isoformat(), "--end", (end + 24 * HOUR).date().isoformat()]
+        osc_columns, osc_data = run_command(app, ShowUsage, days)
+        ours_same_window = run_command(app, ShowSGXUsage, days)
+        theirs = dict(zip(osc_columns, (_plain(v) for v in osc_data), strict=True))
+        mine = dict(zip(ours_same_window[0], (_plain(v) for v in ours_same_window[1]), strict=True))
+        self.assertEqual(theirs, {k: mine[k] for k in theirs})
+
+        columns, rows = run_command(
+            app, ListSGXUsage, [*when, "--chart", chart, "--chart-by", "day"]
+        )
+        (listed,) = [dict(zip(columns, (_plain(v) for v in r), strict=True)) for r in rows]
+        self.assertEqual(shown, listed)
+
+        columns, rows = run_command(app, ListSGXHost, [])
+        hosts = [dict(zip(columns, (_plain(v) for v in r), strict=True)) for r in rows]
+        self.assertEqual(["sgx1"], [h["Host"] for h in hosts])  # plain1 has no SGX
+        sgx1 = hosts[0]
+        self.assertEqual((512, 0, 128, 384, 1), (
+            sgx1["EPC Total MB"], sgx1["EPC Reserved MB"], sgx1["EPC Used MB"],
+            sgx1["EPC Free MB"], sgx1["SGX Servers"]))  # fmt: skip
+        self.assertIn("HW_CPU_X86_SGX", sgx1["SGX Traits"])
+
+
+def _plain(value):
+    """What a cell shows in a table (cliff columns format themselves)."""
+    return value.human_readable() if hasattr(value, "human_readable") else value
+
+
+def osc_app(conn, project_id):
+    """The parts of OSC's app object the commands use, around a real SDK connection."""
+    # Nova's harness runs no Keystone; OSC's usage commands only check the
+    # identity API version unless --project is given, so that is all we stand in for.
+    no_keystone = types.SimpleNamespace(identity=types.SimpleNamespace(api_version="3"))
+    client_manager = types.SimpleNamespace(
+        sgx=conn,
+        compute=conn.compute,
+        sdk_connection=no_keystone,
+        auth_ref=types.SimpleNamespace(project_id=project_id),
+    )
+    return types.SimpleNamespace(client_manager=client_manager, stdout=io.StringIO())
+
+
+def run_command(app, command_class, argv):
+    command = command_class(app, None)
+    parsed = command.get_parser(command_class.__name__).parse_args(argv)
+    return command.take_action(parsed)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sgxcloud.errors import SgxcloudError
+from sgxcloud.nova import resources
 from sgxcloud.nova.requirements import sgx_request_from_extra_specs
 
 UTC = dt.UTC
@@ -434,9 +435,116 @@ class FlavorCatalog:
         if not done or flavor is None:
             return True
         latest = max(done, key=lambda m: m.created_at)
-        if latest.status == "reverted":
-            wanted = latest.old_flavor_id
-        else:
-            wanted = latest.new_flavor_id
+        reverted = latest.status == "reverted"
+        wanted = latest.old_flavor_id if reverted else latest.new_flavor_id
         name = getattr(flavor, "original_name", None) or getattr(flavor, "name", None)
         return wanted in self.name_by_id and self.name_by_id[wanted] == name
+
+
+# -- EPC capacity per compute node (Placement) --------------------------------
+
+
+@dataclass(frozen=True)
+class HostEpc:
+    """One compute node's EPC as Placement accounts it."""
+
+    name: str
+    uuid: str
+    total_mb: int
+    reserved_mb: int
+    used_mb: int
+    traits: tuple[str, ...]
+    sgx_servers: int
+
+    @property
+    def free_mb(self) -> int:
+        # EPC is never over-committed (allocation ratio 1.0).
+        return max(self.total_mb - self.reserved_mb - self.used_mb, 0)
+
+
+def host_epc(conn: Any) -> list[HostEpc]:
+    """Every resource provider with EPC inventory or the SGX trait, by name."""
+    placement = conn.placement
+    providers = _placement_get(placement, "/resource_providers", "1.14")["resource_providers"]
+    hosts = []
+    for provider in providers:
+        uuid = provider["uuid"]
+        base = f"/resource_providers/{uuid}"
+        inventory = _placement_get(placement, f"{base}/inventories", "1.14")["inventories"]
+        traits = _placement_get(placement, f"{base}/traits", "1.14")["traits"]
+        epc = inventory.get(resources.EPC_RESOURCE_CLASS)
+        if epc is None and resources.TRAIT_SGX not in traits:
+            continue
+        used = _placement_get(placement, f"{base}/usages", "1.14")["usages"]
+        allocations = _placement_get(placement, f"{base}/allocations", "1.14")["allocations"]
+        sgx_servers = sum(
+            1
+            for alloc in allocations.values()
+            if alloc["resources"].get(resources.EPC_RESOURCE_CLASS, 0) > 0
+        )
+        hosts.append(
+            HostEpc(
+                name=provider["name"],
+                uuid=uuid,
+                total_mb=(epc or {}).get("total", 0),
+                reserved_mb=(epc or {}).get("reserved", 0),
+                used_mb=used.get(resources.EPC_RESOURCE_CLASS, 0),
+                traits=tuple(t for t in resources.SGX_TRAITS if t in traits),
+                sgx_servers=sgx_servers,
+            )
+        )
+    return sorted(hosts, key=lambda h: h.name)
+
+
+def _placement_get(placement: Any, path: str, microversion: str) -> dict[str, Any]:
+    response = placement.get(path, microversion=microversion)
+    if response.status_code != 200:
+        raise UsageError(f"Placement GET {path} failed with HTTP {response.status_code}")
+    return response.json()
+
+
+# -- charts ---------------------------------------------------------------------
+
+
+def write_chart(usages: Sequence[ProjectEpcUsage], path: str, by: str = "server") -> str:
+    """A PNG bar chart of EPC MB-hours per server or per day; returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+
+    if by == "server":
+        labels = [
+            f"{s.name or s.server_id[:8]} ({s.project_id[:8]})" for u in usages for s in u.servers
+        ]
+        values = [s.epc_mb_hours for u in usages for s in u.servers]
+        title = "EPC MB-hours per server"
+    elif by == "day":
+        days: dict[dt.date, float] = {}
+        for u in usages:
+            for day, value in u.epc_mb_hours_per_day().items():
+                days[day] = days.get(day, 0.0) + value
+        labels = [d.isoformat() for d in sorted(days)]
+        values = [days[d] for d in sorted(days)]
+        title = "EPC MB-hours per day (UTC)"
+    else:
+        raise UsageError(f"chart by {by!r}: choose 'server' or 'day'")
+    if usages:
+        start = min(u.start for u in usages).strftime("%Y-%m-%d %H:%M")
+        stop = max(u.stop for u in usages).strftime("%Y-%m-%d %H:%M")
+        title += f"\n{start} to {stop} UTC"
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.6 * len(labels) + 2), 4.5))
+    try:
+        axes.bar(range(len(values)), values, color="#3b6ea5")
+        axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        axes.set_ylabel("EPC MB-hours")
+        axes.set_title(title)
+        for index, value in enumerate(values):
+            axes.annotate(f"{value:.2f}", (index, value), ha="center", va="bottom", fontsize=8)
+        figure.tight_layout()
+        figure.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        raise UsageError(f"cannot write chart {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(figure)
+    return path

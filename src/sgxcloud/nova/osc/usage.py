@@ -1,0 +1,136 @@
+"""``openstack sgx usage show`` and ``openstack sgx usage list``.
+
+Same rows and values as ``openstack usage show/list`` (Nova's
+os-simple-tenant-usage, formatted by OSC's own column classes), plus
+``EPC MB-Hours``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from openstack import utils as sdk_utils
+from openstackclient.compute.v2.usage import CountColumn, FloatColumn
+from openstackclient.identity import common as identity_common
+from osc_lib import exceptions
+from osc_lib.command import command
+
+from sgxcloud.nova import usage as epc_usage
+
+DATE_FORMAT = "%Y-%m-%d"
+COLUMNS = ("Project", "Servers", "RAM MB-Hours", "CPU Hours", "Disk GB-Hours", "EPC MB-Hours")
+
+
+def parse_when(text: str | None, default: dt.datetime) -> dt.datetime:
+    """``2026-03-01`` (as OSC takes it) or a full ISO time; naive means UTC."""
+    if not text:
+        return default
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise exceptions.CommandError(
+            f"invalid date {text!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS"
+        ) from None
+    return epc_usage.as_utc(value) or default
+
+
+def window(parsed_args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime]:
+    """The window OSC's usage commands use by default: 4 weeks ago to tomorrow."""
+    now = dt.datetime.now(dt.UTC)
+    start = parse_when(parsed_args.start, now - dt.timedelta(weeks=4))
+    end = parse_when(parsed_args.end, now + dt.timedelta(days=1))
+    if not start < end:
+        raise exceptions.CommandError("--start must be before --end")
+    return start, end
+
+
+def row(usage: epc_usage.ProjectEpcUsage) -> tuple[Any, ...]:
+    return (
+        usage.project_id,
+        CountColumn(usage.servers),
+        FloatColumn(usage.total_memory_mb_usage),
+        FloatColumn(usage.total_vcpus_usage),
+        FloatColumn(usage.total_local_gb_usage),
+        FloatColumn(usage.epc_mb_hours),
+    )
+
+
+def _add_window_and_chart(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--start",
+        metavar="<start>",
+        help="Usage range start date, ex 2012-01-20 (default: 4 weeks ago)",
+    )
+    parser.add_argument(
+        "--end", metavar="<end>", help="Usage range end date, ex 2012-01-20 (default: tomorrow)"
+    )
+    parser.add_argument(
+        "--chart",
+        metavar="<file.png>",
+        help="Also write a PNG bar chart of EPC MB-hours to this file",
+    )
+    parser.add_argument(
+        "--chart-by",
+        choices=("server", "day"),
+        default="server",
+        help="Chart EPC MB-hours per server (default) or per day",
+    )
+
+
+class ShowSGXUsage(command.ShowOne):
+    _description = "Show resource usage, with EPC MB-hours, for a single project"
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--project", metavar="<project>", help="Name or ID of project to show usage for"
+        )
+        identity_common.add_project_domain_option_to_parser(parser)
+        _add_window_and_chart(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[tuple[str, ...], Any]:
+        conn = self.app.client_manager.sgx
+        start, end = window(parsed_args)
+        if parsed_args.project:
+            identity = sdk_utils.ensure_service_version(conn.identity, "3")
+            project = identity_common.find_project_id_sdk(
+                identity, parsed_args.project, parsed_args.project_domain
+            )
+        else:
+            project = self.app.client_manager.auth_ref.project_id
+        result = epc_usage.project_usage(conn, project, start, end)
+        if parsed_args.chart:
+            epc_usage.write_chart([result], parsed_args.chart, by=parsed_args.chart_by)
+        if parsed_args.formatter == "table":
+            self.app.stdout.write(
+                f"Usage from {start.strftime(DATE_FORMAT)} to {end.strftime(DATE_FORMAT)} "
+                f"on project {project}: \n"
+            )
+        return COLUMNS, row(result)
+
+
+class ListSGXUsage(command.Lister):
+    _description = "List resource usage, with EPC MB-hours, per project"
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_window_and_chart(parser)
+        return parser
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        conn = self.app.client_manager.sgx
+        start, end = window(parsed_args)
+        results = epc_usage.usages(conn, start, end)
+        if parsed_args.chart:
+            epc_usage.write_chart(results, parsed_args.chart, by=parsed_args.chart_by)
+        if parsed_args.formatter == "table" and results:
+            self.app.stdout.write(
+                f"Usage from {start.strftime(DATE_FORMAT)} to {end.strftime(DATE_FORMAT)}: \n"
+            )
+        return COLUMNS, [row(r) for r in results]
