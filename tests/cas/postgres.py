@@ -73,6 +73,11 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
+        self._pg_ctl_start()
+
+    def _pg_ctl_start(self) -> None:
+        # The server's own output goes to the log file (-l): were it left on
+        # pg_ctl's stdout, it would hold our pipe open forever.
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} "
             "-c fsync=off -c full_page_writes=off -c max_connections=100"
@@ -93,7 +98,18 @@ class PostgresServer:
             ),
             check=True,
             capture_output=True,
+            timeout=90,
         )
+
+    def restart(self) -> None:
+        """Stop the server (fast shutdown) and start it again on the same data."""
+        subprocess.run(
+            self._cmd("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "-t", "60", "stop"),
+            check=True,
+            capture_output=True,
+            timeout=90,
+        )
+        self._pg_ctl_start()
 
     def stop(self) -> None:
         subprocess.run(
@@ -205,7 +221,10 @@ def policy_text(
         "name": name,
         "description": description,
         "access": {
-            "owners": [{"name": "owner", "public_key": public_pem(owner)}],
+            "owners": [
+                {"name": f"owner{i}" if i else "owner", "public_key": public_pem(o)}
+                for i, o in enumerate(owner if isinstance(owner, list | tuple) else [owner])
+            ],
             "readers": [
                 {"name": f"reader{i}", "public_key": public_pem(r)} for i, r in enumerate(readers)
             ],

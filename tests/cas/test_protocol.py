@@ -1,0 +1,309 @@
+"""Attest-and-fetch: binding, nonces, sealing, every rejection, and the happy path over HTTPS."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sgxcloud.cas import audit, client, protocol, secrets
+from sgxcloud.cas.collateral import FileCollateral
+from sgxcloud.cas.errors import EvidenceError
+from sgxcloud.cas.evidence import DefaultVerifier, make_simulated_evidence
+from sgxcloud.cas.policy import load_policy
+from sgxcloud.cas.service.app import create_app
+from sgxcloud.cas.service.core import AttestationRejected, AttestRequest, CasService
+from sgxcloud.cas.service.server import background_https, make_loopback_tls
+from sgxcloud.cas.store import Database
+
+try:
+    from tests.cas import postgres as pg
+except ImportError:  # tests/cas is not a package: pytest put its directory on sys.path
+    import postgres as pg  # type: ignore[no-redef]
+
+NOW = pg.CLOCK
+DCAP = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "dcap"
+REAL_MRENCLAVE = "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"
+REAL_NOW = 1752919277  # inside the sample collateral's validity window (testdata README)
+
+
+# -- primitives ---------------------------------------------------------------
+
+
+def test_binding_accepts_only_this_key_and_nonce() -> None:
+    key, other = protocol.new_enclave_key(), protocol.new_enclave_key()
+    nonce = protocol.new_nonce()
+    report_data = protocol.report_data_for(key.public_key(), nonce)
+    assert len(report_data) == 64 and report_data[32:] == bytes(32)
+    protocol.check_binding(report_data, key.public_key(), nonce)
+    with pytest.raises(protocol.BindingError):
+        protocol.check_binding(report_data, other.public_key(), nonce)
+    with pytest.raises(protocol.BindingError):
+        protocol.check_binding(report_data, key.public_key(), protocol.new_nonce())
+
+
+def test_sealed_configuration_opens_only_with_the_key_and_nonce() -> None:
+    key, other = protocol.new_enclave_key(), protocol.new_enclave_key()
+    nonce = protocol.new_nonce()
+    config = protocol.Configuration(["app", "--x"], {"A": "b"}, {"/k": b"\x00\xff"})
+    sealed = protocol.seal_configuration(config, key.public_key(), nonce)
+    assert b"--x" not in sealed
+    assert protocol.open_configuration(sealed, key, nonce) == config
+    with pytest.raises(protocol.ProtocolError):
+        protocol.open_configuration(sealed, other, nonce)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.open_configuration(sealed, key, protocol.new_nonce())
+    with pytest.raises(protocol.ProtocolError):
+        protocol.open_configuration(sealed[:-1] + bytes([sealed[-1] ^ 1]), key, nonce)
+
+
+def test_only_p256_keys_and_well_formed_nonces() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    p384 = (
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(protocol.ProtocolError, match="P-256"):
+        protocol.load_enclave_public_key(p384)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.load_enclave_public_key(b"garbage")
+    for bad in ["zz", "ab" * 31, ""]:
+        with pytest.raises(protocol.ProtocolError):
+            protocol.parse_nonce(bad)
+
+
+# -- the service's decisions --------------------------------------------------
+
+
+@pytest.fixture
+def service(tmp_path: Path):  # type: ignore[no-untyped-def]
+    service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}", nonce_ttl=60)
+    owner = pg.owner_key()
+    service.apply_policy(_owner_id(owner), pg.policy_text(owner), NOW)
+    hardware = pg.policy_text(owner, name="hw", allow_simulated=False)
+    service.apply_policy(_owner_id(owner), hardware, NOW)
+    yield service
+    service.stop()
+
+
+def _owner_id(key) -> str:  # type: ignore[no-untyped-def]
+    from sgxcloud.cas.policy import public_key_id
+
+    return public_key_id(pg.public_pem(key))
+
+
+def _request(
+    service: CasService,
+    *,
+    policy="shop",
+    identity=None,
+    key=None,
+    bind_key=None,
+    nonce: str | None = None,
+    now: int = NOW,
+) -> tuple[AttestRequest, ec.EllipticCurvePrivateKey]:
+    key = key or protocol.new_enclave_key()
+    nonce = nonce or service.issue_nonce(now).nonce
+    bound = (bind_key or key).public_key()
+    evidence = make_simulated_evidence(
+        identity or pg.simulated_identity(), protocol.report_data_for(bound, bytes.fromhex(nonce))
+    )
+    return AttestRequest(
+        policy, "web", nonce, pg.public_pem(key), base64.b64encode(evidence.raw).decode()
+    ), key
+
+
+def _rejected(service: CasService, request: AttestRequest, now: int = NOW) -> AttestationRejected:
+    with pytest.raises(AttestationRejected) as info:
+        service.attest(request, now)
+    entry = audit.entries(service.database)[info.value.audit_seq - 1]
+    assert entry.outcome == "rejected" and entry.detail["reasons"] == info.value.reasons
+    return info.value
+
+
+def test_accepted_simulated_attestation_is_labelled(service: CasService) -> None:
+    request, key = _request(service)
+    result = service.attest(request, NOW + 1)
+    assert result.simulated and result.tcb_status == "Simulated"
+    config = protocol.open_configuration(
+        result.sealed_configuration, key, bytes.fromhex(request.nonce)
+    )
+    assert config.argv[:2] == ["/usr/bin/python3", "app.py"]
+    assert len(config.files["/dev/attestation/keys/data"]) == 16
+    entry = audit.entries(service.database)[result.audit_seq - 1]
+    assert entry.outcome == "accepted" and entry.detail["simulated"] is True
+
+
+def test_replayed_nonce_is_rejected(service: CasService) -> None:
+    request, _ = _request(service)
+    service.attest(request, NOW + 1)
+    rejected = _rejected(service, request, NOW + 2)
+    assert rejected.code == "nonce" and "already used" in rejected.reasons[0]
+
+
+def test_expired_nonce_is_rejected(service: CasService) -> None:
+    request, _ = _request(service)
+    rejected = _rejected(service, request, NOW + 61)
+    assert rejected.reasons == ["nonce expired"]
+
+
+def test_unissued_nonce_is_rejected(service: CasService) -> None:
+    request, _ = _request(service, nonce="ee" * 32)
+    assert _rejected(service, request).reasons == ["nonce was not issued by this service"]
+
+
+def test_report_data_not_bound_to_the_key_is_rejected(service: CasService) -> None:
+    request, _ = _request(service, bind_key=protocol.new_enclave_key())
+    rejected = _rejected(service, request)
+    assert rejected.code == "binding"
+    assert rejected.reasons == ["REPORTDATA is not bound to this public key and nonce"]
+
+
+def test_simulated_evidence_under_hardware_only_policy_is_rejected(service: CasService) -> None:
+    request, _ = _request(service, policy="hw")
+    rejected = _rejected(service, request)
+    assert len(rejected.reasons) == 1 and "simulated evidence" in rejected.reasons[0]
+
+
+def test_wrong_mrenclave_and_debug_are_rejected_with_every_reason(service: CasService) -> None:
+    request, _ = _request(service, identity=pg.simulated_identity("ef" * 32, debug=True))
+    reasons = _rejected(service, request).reasons
+    assert any("MRENCLAVE" in r for r in reasons), reasons
+    assert any("debug" in r for r in reasons), reasons
+
+
+def test_unknown_policy_or_service(service: CasService) -> None:
+    request, _ = _request(service, policy="nope")
+    assert "no policy named 'nope'" in _rejected(service, request).reasons
+
+
+def test_real_dcap_quote_not_bound_to_our_key_is_rejected(tmp_path: Path) -> None:
+    """A genuine Intel-signed quote verifies, but its REPORTDATA ("Hello, world!") binds nothing."""
+    verifier = DefaultVerifier(FileCollateral(DCAP / "sgx_quote_collateral.json"))
+    keyring = secrets.Keyring(secrets.MasterKey.generate())
+    service = CasService(Database.open(f"sqlite:///{tmp_path / 'd.db'}"), keyring, verifier)
+    service.start()
+    owner = pg.owner_key()
+    text = pg.policy_text(owner, mrenclave=REAL_MRENCLAVE, allow_simulated=False).replace(
+        "allow_simulated: false",
+        "allow_simulated: false\n"
+        "    tolerated_tcb_statuses: [UpToDate, ConfigurationAndSWHardeningNeeded]\n"
+        "    tolerated_advisories: [INTEL-SA-00289, INTEL-SA-00615]",
+    )
+    assert load_policy(text).services["web"].tolerated_advisories
+    service.apply_policy(_owner_id(owner), text, REAL_NOW)
+    # The enclave side reads the quote from a Gramine-like tree.
+    root = tmp_path / "root"
+    (root / "dev/attestation").mkdir(parents=True)
+    (root / "dev/attestation/user_report_data").write_bytes(b"")
+    (root / "dev/attestation/quote").write_bytes((DCAP / "sgx_quote").read_bytes())
+    source = client.choose_evidence_source(root)
+    assert isinstance(source, client.GramineEvidence)
+    key = protocol.new_enclave_key()
+    nonce = service.issue_nonce(REAL_NOW).nonce
+    report_data = protocol.report_data_for(key.public_key(), bytes.fromhex(nonce))
+    quote = source.evidence(report_data)
+    assert (root / "dev/attestation/user_report_data").read_bytes() == report_data
+    request = AttestRequest(
+        "shop", "web", nonce, pg.public_pem(key), base64.b64encode(quote).decode()
+    )
+    rejected = _rejected(service, request, REAL_NOW)
+    assert rejected.reasons == ["REPORTDATA is not bound to this public key and nonce"]
+    entry = audit.entries(service.database)[-1]
+    assert entry.detail["mrenclave"] == REAL_MRENCLAVE and entry.detail["simulated"] is False
+    assert entry.detail["tcb_status"] == "ConfigurationAndSWHardeningNeeded"
+    # A flipped byte in the signed report body: the signature check refuses it.
+    tampered = bytearray(quote)
+    tampered[120] ^= 1
+    nonce = service.issue_nonce(REAL_NOW).nonce
+    request = AttestRequest(
+        "shop", "web", nonce, pg.public_pem(key), base64.b64encode(bytes(tampered)).decode()
+    )
+    assert _rejected(service, request, REAL_NOW).code != "policy"
+    service.stop()
+
+
+def test_no_evidence_source_without_gramine_unless_simulation_is_asked(tmp_path: Path) -> None:
+    with pytest.raises(client.NoEvidenceSource, match="simulation was not requested"):
+        client.choose_evidence_source(tmp_path)
+    assert isinstance(
+        client.choose_evidence_source(tmp_path, pg.simulated_identity()), client.SimulatedEvidence
+    )
+
+
+# -- the happy path over real HTTPS on loopback -------------------------------
+
+
+@pytest.fixture
+def https_cas(tmp_path: Path):  # type: ignore[no-untyped-def]
+    service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
+    owner = pg.owner_key()
+    import time
+
+    service.apply_policy(_owner_id(owner), pg.policy_text(owner), int(time.time()))
+    tls = make_loopback_tls(tmp_path / "tls")
+    with background_https(create_app(service), tls) as url:
+        yield url, tls
+    service.stop()
+
+
+def test_happy_path_over_https(https_cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, tls = https_cas
+    fetched = client.fetch_configuration(
+        url,
+        policy="shop",
+        service="web",
+        ca_file=tls.ca_cert,
+        root=tmp_path,
+        simulate=pg.simulated_identity(),
+    )
+    assert fetched.simulated and fetched.tcb_status == "Simulated"
+    config = fetched.configuration
+    assert config.env["MODE"] == "prod" and len(base64.b64decode(config.env["API_TOKEN"])) == 32
+    assert config.argv[2].startswith("--db-password=") and len(config.argv[2]) == 14 + 48
+    chain = config.files["/etc/app/tls.crt"].decode()
+    leaf = x509.load_pem_x509_certificate(chain.encode())
+    assert leaf.subject.rfc4514_string() == "CN=web.shop.example"
+    # Both certificates (the service's TLS cert from the policy, and the one
+    # issued for the enclave key) chain to the same per-policy CA.
+    leaf.verify_directly_issued_by(fetched.ca_certificate)
+    fetched.certificate.verify_directly_issued_by(fetched.ca_certificate)
+    assert fetched.certificate.public_key() == fetched.private_key.public_key()
+
+
+def test_client_refuses_a_service_not_signed_by_the_pinned_ca(https_cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, _ = https_cas
+    other = make_loopback_tls(tmp_path / "other")
+    with pytest.raises(client.ClientError, match="cannot reach"):
+        client.fetch_configuration(
+            url,
+            policy="shop",
+            service="web",
+            ca_file=other.ca_cert,
+            root=tmp_path,
+            simulate=pg.simulated_identity(),
+        )
+
+
+def test_rejection_over_https_carries_the_reason(https_cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, tls = https_cas
+    with pytest.raises(EvidenceError) as info:
+        client.fetch_configuration(
+            url,
+            policy="shop",
+            service="web",
+            ca_file=tls.ca_cert,
+            root=tmp_path,
+            simulate=pg.simulated_identity("00" * 32),
+        )
+    assert any("MRENCLAVE" in r for r in info.value.reasons)  # type: ignore[attr-defined]
+    plain = httpx.Client(verify=ssl.create_default_context(cafile=str(tls.ca_cert)))
+    assert plain.get(url + "/v1/health").json()["state"] == "ready"
+    plain.close()
