@@ -1,0 +1,88 @@
+"""The OSC plugin's protocol, its argument handling and the chart file."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import re
+import types
+from pathlib import Path
+
+import pytest
+from osc_lib import exceptions
+
+from sgxcloud.nova.osc import plugin
+from sgxcloud.nova.osc.usage import ShowSGXUsage, parse_when, window
+from sgxcloud.nova.usage import EpcSpan, ProjectEpcUsage, ServerEpcUsage, UsageError, write_chart
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations"
+T0 = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
+
+
+def test_plugin_protocol():
+    assert plugin.API_NAME == "sgx"
+    assert plugin.API_VERSION_OPTION == "os_sgx_api_version"
+    assert plugin.DEFAULT_API_VERSION in plugin.API_VERSIONS
+    parser = plugin.build_option_parser(argparse.ArgumentParser())
+    assert parser.parse_args([]).os_sgx_api_version == "1"
+    manager = types.SimpleNamespace(sdk_connection=object())
+    assert plugin.make_client(manager) is manager.sdk_connection
+
+
+def test_documented_entry_points_name_real_commands():
+    text = (DOCS / "osc-entry-points.txt").read_text()
+    entries = re.findall(r'^(sgx_[a-z_]+) = "([\w.]+):(\w+)"$', text, re.M)
+    assert {name for name, _, _ in entries} == {"sgx_usage_show", "sgx_usage_list", "sgx_host_list"}
+    for _name, module, attribute in entries:
+        command_class = getattr(importlib.import_module(module), attribute)
+        assert hasattr(command_class, "take_action")
+
+
+def test_window_defaults_and_refusals():
+    parser = ShowSGXUsage(types.SimpleNamespace(), None).get_parser("sgx usage show")
+    start, end = window(parser.parse_args([]))
+    assert dt.timedelta(weeks=4) < end - start <= dt.timedelta(weeks=4, days=1, seconds=5)
+    start, end = window(parser.parse_args(["--start", "2026-03-01", "--end", "2026-03-02T06:00"]))
+    assert (start, end) == (T0 - dt.timedelta(days=1), T0 + dt.timedelta(hours=6))
+    with pytest.raises(exceptions.CommandError, match="before --end"):
+        window(parser.parse_args(["--start", "2026-03-02", "--end", "2026-03-01"]))
+    with pytest.raises(exceptions.CommandError, match="invalid date"):
+        parse_when("yesterday", T0)
+    assert parser.parse_args(["--chart", "x.png"]).chart_by == "server"
+
+
+def _usage() -> ProjectEpcUsage:
+    servers = [
+        ServerEpcUsage(
+            server_id=f"id-{n}",
+            name=n,
+            project_id="p",
+            flavor="f",
+            hours=h,
+            vcpus=1,
+            memory_mb=512,
+            local_gb=1,
+            started_at=T0,
+            ended_at=T0 + h * dt.timedelta(hours=1),
+            state="terminated",
+            epc_mb=mb,
+            spans=(EpcSpan(T0, mb),),
+            epc_mb_hours=mb * h,
+        )
+        for n, mb, h in (("a", 64, 3.0), ("b", 128, 6.0))
+    ]
+    return ProjectEpcUsage("p", T0, T0 + dt.timedelta(hours=10), servers=servers)
+
+
+@pytest.mark.parametrize("by", ["server", "day"])
+def test_chart_is_a_png(tmp_path, by):
+    path = write_chart([_usage()], str(tmp_path / "epc.png"), by=by)
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chart_refusals(tmp_path):
+    with pytest.raises(UsageError, match="choose"):
+        write_chart([_usage()], str(tmp_path / "x.png"), by="week")
+    with pytest.raises(UsageError, match="cannot write chart"):
+        write_chart([_usage()], str(tmp_path / "missing-dir" / "x.png"))
