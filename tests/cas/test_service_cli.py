@@ -1,0 +1,164 @@
+"""Settings and the cas/policy/audit commands, against a real HTTPS service on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import update
+
+from sgxcloud.cas.config import ConfigError, load_settings
+from sgxcloud.cas.policy import policy_hash
+from sgxcloud.cas.service.server import background_https, build_app, build_service
+from sgxcloud.cas.store import Database
+from sgxcloud.cas.store.models import AuditEntryRow
+from sgxcloud.cli.main import main as cli
+
+try:
+    from tests.cas import postgres as pg
+except ImportError:  # tests/cas is not a package: pytest put its directory on sys.path
+    import postgres as pg  # type: ignore[no-redef]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    assert cli(["cas", "init", str(tmp_path / "cas"), "--loopback-tls"]) == 0
+    return tmp_path / "cas"
+
+
+def test_init_writes_a_private_key_and_valid_settings(home: Path) -> None:
+    assert (home / "master.key").stat().st_mode & 0o777 == 0o600
+    settings = load_settings(home / "cas.yaml", environ={})
+    assert settings.master_key_file == home / "master.key"
+    assert settings.database_url == f"sqlite:///{home / 'cas.db'}"
+    assert settings.tls_cert == home / "tls" / "server.pem"
+    assert len(settings.keyring(environ={}).current.key) == 32
+    assert cli(["cas", "init", str(home)]) == 2  # never replaces a master key
+
+
+@pytest.mark.parametrize(
+    ("content", "environ", "message"),
+    [
+        ("port: 99999\n", {}, "invalid setting port"),
+        ("nonce_ttl_seconds: 1\n", {}, "invalid setting nonce_ttl_seconds"),
+        ("tls_cert: a.pem\n", {}, "tls_cert and tls_key must be given together"),
+        ("colateral: pccs\n", {}, "invalid setting colateral"),
+        ("collateral: pccs\n", {}, "needs pccs_url"),
+        ("[1, 2]\n", {}, "must be a mapping"),
+        ("", {"SGXCLOUD_CAS_PORT": "http"}, "invalid setting port"),
+    ],
+)
+def test_invalid_settings_name_the_setting(
+    tmp_path: Path, content: str, environ: dict, message: str
+) -> None:
+    path = tmp_path / "cas.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, environ=environ)
+
+
+def test_environment_wins_and_master_key_from_env(tmp_path: Path) -> None:
+    path = tmp_path / "cas.yaml"
+    path.write_text("port: 9000\n")
+    key = "A" * 43 + "="
+    settings = load_settings(path, environ={"SGXCLOUD_CAS_PORT": "9443"})
+    assert settings.port == 9443
+    keyring = settings.keyring(environ={"SGXCLOUD_CAS_MASTER_KEY": key})
+    assert keyring.current.key == bytes(32)
+    with pytest.raises(ConfigError, match="no master key"):
+        settings.keyring(environ={})
+
+
+def test_serve_without_master_key_is_one_line_exit_2(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "cas.yaml"
+    path.write_text("master_key_file: missing.key\ntls_cert: a.pem\ntls_key: a.key\n")
+    assert cli(["cas", "serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot read master key file") and "\n" not in err
+
+
+def test_openapi_command_prints_the_committed_document(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert cli(["cas", "openapi"]) == 0
+    committed = Path(__file__).resolve().parents[2] / "docs" / "cas" / "openapi.json"
+    assert json.loads(capsys.readouterr().out) == json.loads(committed.read_text())
+
+
+@pytest.fixture
+def running(home: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from sgxcloud.cas.service.server import TlsFiles
+
+    settings = load_settings(home / "cas.yaml", environ={})
+    service = build_service(settings)
+    tls = TlsFiles(home / "tls" / "ca.pem", settings.tls_cert, settings.tls_key)  # type: ignore[arg-type]
+    owner = pg.owner_key()
+    key_file = tmp_path / "owner.pem"
+    key_file.write_bytes(
+        owner.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with background_https(build_app(settings, service), tls) as url:
+        yield ["policy", "--url", url, "--ca-file", str(tls.ca_cert), "--key", str(key_file)], owner
+    service.stop()
+
+
+def test_policy_commands_end_to_end(running, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    base, owner = running
+    v1 = tmp_path / "v1.yaml"
+    v1.write_text(pg.policy_text(owner))
+    assert cli([*base, "--json", "apply", str(v1)]) == 0
+    applied = json.loads(capsys.readouterr().out)
+    assert applied["version"] == 1 and applied["policy_hash"] == policy_hash(v1.read_text())
+    assert cli([*base, "diff", str(v1)]) == 0
+    capsys.readouterr()
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(pg.policy_text(owner, description="second", predecessor=applied["policy_hash"]))
+    assert cli([*base, "--json", "diff", str(v2)]) == 1
+    diff = json.loads(capsys.readouterr().out)
+    assert diff["predecessor_matches"] and "+description: second" in diff["diff"]
+    assert cli([*base, "apply", str(v2)]) == 0
+    assert "updated" in capsys.readouterr().out
+    assert cli([*base, "apply", str(v2)]) == 1  # its predecessor is no longer current
+    assert "error:" in capsys.readouterr().err
+    assert cli([*base, "--json", "show", "shop"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == 2 and {s["name"] for s in shown["secrets"]} >= {"tls_key"}
+    assert cli([*base, "show", "shop"]) == 0
+    assert "db_password" in capsys.readouterr().out
+    assert cli([*base, "--json", "delete", "shop"]) == 0
+    assert json.loads(capsys.readouterr().out)["deleted"] is True
+    assert cli([*base, "show", "shop"]) == 1
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def test_policy_apply_of_an_invalid_file_is_exit_2(running, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    base, owner = running
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(pg.policy_text(owner).replace("kind: random", "kind: rando"))
+    assert cli([*base, "apply", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: secrets.") and err.count("\n") == 1
+
+
+def test_audit_commands_find_tampering(running, home: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    base, owner = running
+    policy_file = tmp_path / "p.yaml"
+    policy_file.write_text(pg.policy_text(owner))
+    assert cli([*base, "apply", str(policy_file)]) == 0
+    config = ["--config", str(home / "cas.yaml")]
+    os.environ.pop("SGXCLOUD_CAS_DATABASE_URL", None)
+    assert cli(["audit", "verify", *config]) == 0
+    assert "intact" in capsys.readouterr().out
+    assert cli(["audit", "show", *config, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["kind"] == "policy.apply"
+    database = Database.open(f"sqlite:///{home / 'cas.db'}", migrate=False)
+    with database.engine.begin() as connection:
+        connection.execute(update(AuditEntryRow).values(actor="someone else"))
+    database.close()
+    assert cli(["audit", "verify", *config]) == 1
+    assert "BROKEN" in capsys.readouterr().out
