@@ -180,7 +180,7 @@ EXAMPLE_DEFINITION = (Path(sgxcloud.__file__).resolve().parents[2]
 
 def example_definition(public_keys: dict[str, str] | None = None, *,
                        allow_simulated: bool = True, min_group_size: int | None = None,
-                       dp: bool | None = None) -> dict[str, Any]:
+                       dp: bool | None = None, dp_budget: float | None = None) -> dict[str, Any]:
     """The worked collaboration as a document, with each party's key replaced.
 
     The example file carries keys derived from public strings; a real run
@@ -198,14 +198,18 @@ def example_definition(public_keys: dict[str, str] | None = None, *,
     doc["enclaves"]["allow_simulated"] = allow_simulated
     if min_group_size is not None:
         doc["privacy"]["min_group_size"] = min_group_size
-    if dp is not None and "differential_privacy" in doc["privacy"]:
-        doc["privacy"]["differential_privacy"]["enabled"] = dp
+    dp_doc = doc["privacy"].get("differential_privacy")
+    if dp is not None and dp_doc:
+        dp_doc["enabled"] = dp
+    if dp_budget is not None and dp_doc:
+        dp_doc["budget_per_analyst"] = dp_budget
     return doc
 
 
 def prepare_example(workdir: Path, people: int = 20_000, *, allow_simulated: bool = True,
                     min_group_size: int | None = None, dp: bool | None = None,
-                    fmt: str = "parquet", progress=None) -> LocalCollaboration:
+                    dp_budget: float | None = None, fmt: str = "parquet",
+                    progress=None) -> LocalCollaboration:
     """Fresh keys for every party, the definition, every provider's approval and
     synthetic data for ``people`` people: a ready-to-start local collaboration."""
     import yaml
@@ -229,7 +233,7 @@ def prepare_example(workdir: Path, people: int = 20_000, *, allow_simulated: boo
         path.write_bytes(private_key_to_pem(key))
     doc = example_definition({p: encode_public_key(k) for p, k in keys.items()},
                              allow_simulated=allow_simulated, min_group_size=min_group_size,
-                             dp=dp)
+                             dp=dp, dp_budget=dp_budget)
     (workdir / "definition.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     definition = definition_from_dict(doc)
     (workdir / "approvals").mkdir(exist_ok=True)

@@ -1,0 +1,92 @@
+"""The local default: separate processes, SIMULATED everywhere and said so;
+the privacy budget survives a coordinator restart."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sgxcloud.cleanroom.approvals import private_key_from_pem
+from sgxcloud.cleanroom.definition import load_definition
+from sgxcloud.cleanroom.errors import QueryRefused
+from sgxcloud.cleanroom.local import LocalCollaboration, prepare_example
+from sgxcloud.cleanroom.sdk import CleanroomClient
+from sgxcloud.cleanroom.transport import PeerRefused
+
+QUERY = {"template": "audience_size", "analysis": "audience",
+         "filter": "bank.customers.premium_card = true"}
+
+
+def brand(collab, definition_path=None, party="brand"):
+    key = private_key_from_pem((collab.workdir / "keys" / f"{party}.pem").read_bytes())
+    return CleanroomClient.connect(collab.url, load_definition(definition_path
+                                                               or collab.definition),
+                                   party, key)
+
+
+@pytest.fixture(scope="module")
+def dp_collab(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("local")
+    collab = prepare_example(workdir, people=1000, min_group_size=20, dp=True, dp_budget=1.0)
+    collab.start()
+    yield collab
+    collab.stop()
+
+
+def test_every_role_is_its_own_simulated_process(dp_collab):
+    pids = dp_collab.pids()
+    assert os.getpid() not in pids.values() and len(set(pids.values())) == 4
+    for name in pids:
+        log = (dp_collab.workdir / "logs" / f"{name}.log").read_text()
+        assert "SIMULATED" in log, name
+    assert dp_collab.describe()["simulated"] is True
+
+
+def test_budget_and_repeat_cache_survive_a_coordinator_restart(dp_collab):
+    with brand(dp_collab) as c:
+        first = c.query(QUERY)
+        assert first.result.cell("people").noisy
+        assert c.query(QUERY).result.value("people") == first.result.value("people")
+        spent = c.budget()["spent"]
+    assert spent == pytest.approx(0.5)
+
+    dp_collab.stop("coordinator")
+    dp_collab.start_coordinator()  # same workdir; nodes keep running; data pulled again
+    with brand(dp_collab) as c:
+        assert c.budget()["spent"] == pytest.approx(spent)
+        assert c.query(QUERY).result.value("people") == first.result.value("people")
+        c.query({**QUERY, "filter": "retailer.customers.baby_buyer = true"})
+        with pytest.raises(QueryRefused) as info:
+            c.query({**QUERY, "filter": "telecom.subscribers.device = 'ios'"})
+        assert info.value.reason == "budget"
+
+    dp_collab.stop("coordinator")
+    dp_collab.start_coordinator()
+    with brand(dp_collab) as c, pytest.raises(QueryRefused) as info:
+        c.query({**QUERY, "filter": "telecom.subscribers.device = 'android'"})
+    assert info.value.reason == "budget"
+
+
+def test_sdk_refuses_a_coordinator_running_other_code(tmp_path):
+    collab = prepare_example(tmp_path, people=200, min_group_size=5)
+    collab.coordinator_args = ["--simulate-mrenclave", "ee" * 32]
+    with collab:
+        with pytest.raises(PeerRefused, match="not pinned"):
+            brand(collab)
+        # ...and the nodes refused it too: no data went to it.
+        assert {d["state"] for d in collab.ingestion.values()} == {"unavailable"}
+        assert all("not pinned" in d["reason"] for d in collab.ingestion.values())
+
+
+def test_sdk_refuses_a_coordinator_with_another_definition(tmp_path):
+    collab = prepare_example(tmp_path / "a", people=200, min_group_size=5)
+    other = prepare_example(tmp_path / "b", people=10, min_group_size=5)
+    with collab, pytest.raises(PeerRefused, match="different collaboration definition"):
+        brand(collab, other.definition)
+
+
+def test_local_workdir_round_trip(tmp_path):
+    collab = prepare_example(tmp_path, people=50)
+    again = LocalCollaboration.from_workdir(tmp_path)
+    assert again.nodes == collab.nodes and again.definition == collab.definition
