@@ -102,7 +102,12 @@ def keygen(out: str, as_json: bool) -> int:
     )
 
     key = generate_private_key()
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise InputError(f"{out} exists; refusing to overwrite a key") from exc
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror}") from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(private_key_to_pem(key))
     _emit(as_json, {"private_key": out, "public_key": encode_public_key(key)},
@@ -287,7 +292,10 @@ def query(url, definition, party, key, as_json, query_file, template, analysis, 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     if query_file:
-        doc = json.loads(Path(query_file).read_text())
+        try:
+            doc = json.loads(Path(query_file).read_text())
+        except ValueError as exc:
+            raise InputError(f"{query_file}: not a JSON query document") from exc
     else:
         if not template or not analysis:
             raise InputError("give --file, or --template and --analysis")
