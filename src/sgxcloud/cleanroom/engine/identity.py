@@ -7,6 +7,9 @@ phone links that e-mail and that phone).  Components are found in DuckDB by
 min-label propagation with pointer jumping, so it streams and spills like
 any other query.  A person's key (``pkey``) is the smallest keyed hash in its
 component: stable across re-resolution, and never leaves the enclave.
+The working tables are temporary (rebuilt after every ingestion and on
+restart), so they spill to ``temp_directory`` instead of being checkpointed
+into the database file.
 """
 
 # ruff: noqa: S608 -- SQL text here is assembled only from names the definition
@@ -59,7 +62,7 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
     if not selects:
         selects = ["SELECT NULL::BLOB AS id WHERE false"]
     con.execute(
-        "CREATE OR REPLACE TABLE id_nodes AS SELECT id, row_number() OVER (ORDER BY id) AS nid "
+        "CREATE OR REPLACE TEMP TABLE id_nodes AS SELECT id, row_number() OVER () AS nid "
         f"FROM (SELECT DISTINCT id FROM ({' UNION ALL '.join(selects)}))"
     )
     edge_selects = []
@@ -72,21 +75,21 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
         ]
     edges = " UNION ALL ".join(edge_selects) or "SELECT 0::BIGINT AS a, 0::BIGINT AS b WHERE false"
     con.execute(
-        f"CREATE OR REPLACE TABLE id_edges AS SELECT DISTINCT a, b FROM "
+        f"CREATE OR REPLACE TEMP TABLE id_edges AS SELECT DISTINCT a, b FROM "
         f"(SELECT a, b FROM ({edges}) UNION ALL SELECT b, a FROM ({edges})) WHERE a <> b"
     )
-    con.execute("CREATE OR REPLACE TABLE id_labels AS SELECT nid, nid AS label FROM id_nodes")
+    con.execute("CREATE OR REPLACE TEMP TABLE id_labels AS SELECT nid, nid AS label FROM id_nodes")
     rounds = 0
     for rounds in range(1, MAX_ROUNDS + 1):  # noqa: B007 (rounds reported below)
         con.execute("""
-            CREATE OR REPLACE TABLE id_labels_next AS
+            CREATE OR REPLACE TEMP TABLE id_labels_next AS
             SELECT l.nid, least(l.label, coalesce(min(n.label), l.label)) AS label
             FROM id_labels l LEFT JOIN id_edges e ON e.a = l.nid
                  LEFT JOIN id_labels n ON n.nid = e.b
             GROUP BY l.nid, l.label""")
         # pointer jumping: adopt the label of my label
         con.execute("""
-            CREATE OR REPLACE TABLE id_labels_next AS
+            CREATE OR REPLACE TEMP TABLE id_labels_next AS
             SELECT x.nid, least(x.label, y.label) AS label
             FROM id_labels_next x JOIN id_labels_next y ON y.nid = x.label""")
         changed = con.execute(
@@ -99,9 +102,9 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
     else:
         raise RuntimeError("person resolution did not converge")
     con.execute("""
-        CREATE OR REPLACE TABLE persons AS
-        SELECT DISTINCT l.label AS person, n.id AS pkey
-        FROM id_labels l JOIN id_nodes n ON n.nid = l.label""")
+        CREATE OR REPLACE TEMP TABLE persons AS
+        SELECT l.label AS person, min(n.id) AS pkey
+        FROM id_labels l JOIN id_nodes n ON n.nid = l.nid GROUP BY l.label""")
     for ds in datasets:
         joins, labels = [], []
         for j, ident in enumerate(ds.identifiers):
@@ -111,7 +114,7 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
         rest = [quote(a.column) for a in ds.attributes] + [quote(c) for c in ds.event_columns]
         cols = ", ".join(["coalesce(" + ", ".join(labels) + ") AS person"]
                          + [f"t.{c}" for c in rest])
-        con.execute(f"CREATE OR REPLACE TABLE {person_table(ds)} AS "
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {person_table(ds)} AS "
                     f"SELECT {cols} FROM {data_table(ds)} t {' '.join(joins)}")
     identifiers = con.execute("SELECT count(*) FROM id_nodes").fetchone()[0]
     people = con.execute("SELECT count(*) FROM persons").fetchone()[0]
