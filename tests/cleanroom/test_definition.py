@@ -140,3 +140,15 @@ def test_enclave_pin_matches_identity():
     assert not pin.matches(EnclaveIdentity(**{**good.__dict__, "debug": True}))
     assert not pin.matches(EnclaveIdentity(**{**good.__dict__, "mrenclave": "00" * 32}))
     assert not pin.matches(EnclaveIdentity(**{**good.__dict__, "mrsigner": "11" * 32}))
+
+
+def test_public_surfaces_are_explicit():
+    import sgxcloud.cleanroom.definition as definition_pkg
+    import sgxcloud.cleanroom.engine as engine_pkg
+    import sgxcloud.cleanroom.privacy as privacy_pkg
+
+    for module in (definition_pkg, engine_pkg, privacy_pkg):
+        public = {n for n in vars(module) if not n.startswith("_")
+                  and not isinstance(getattr(module, n), type(module))}
+        public -= {"annotations"}
+        assert sorted(module.__all__) == sorted(public), module.__name__

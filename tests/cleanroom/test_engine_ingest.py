@@ -156,3 +156,20 @@ def test_queries_are_authorised(engine):
     with pytest.raises(QueryError):
         engine.run({"template": "audience_size", "analysis": "audience",
                     "filter": "bank.customers.income_band = 'x'; DROP TABLE persons"}, "brand")
+
+
+def test_data_from_another_definition_is_dropped(make_definition, make_engine, tmp_path):
+    engine = make_engine(make_definition(), tmp_path / "w")
+    assert engine.datasets()["bank.customers"] > 0
+    engine.close()
+    changed = make_engine(make_definition(min_group_size=21), tmp_path / "w", ingest=False)
+    assert changed.datasets() == {}  # approved for the old definition only
+
+
+def test_record_batch_reader_is_streamed(make_definition, make_engine, prepared):
+    engine = make_engine(make_definition(), ingest=False)
+    batch = prepared["telecom.subscribers"]
+    reader = pa.RecordBatchReader.from_batches(
+        batch.schema, [batch.slice(i, 400) for i in range(0, batch.num_rows, 400)])
+    report = engine.ingest("telecom", "subscribers", reader)
+    assert report.rows == batch.num_rows and report.batches == -(-batch.num_rows // 400)

@@ -50,6 +50,17 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch(exist_ok=True)
         self._lock = threading.Lock()
+        self._known: tuple[int, int, str] | None = None  # (file size, next seq, head hash)
+
+    def _head(self, handle: Any) -> tuple[int, str]:
+        """Next sequence number and previous hash; re-read only if another
+        writer (process) appended since our last write."""
+        size = handle.seek(0, 2)
+        if self._known and self._known[0] == size:
+            return self._known[1], self._known[2]
+        handle.seek(0)
+        last = _last_entry(handle)
+        return (last.seq + 1, last.hash) if last else (1, GENESIS)
 
     def append(self, event: str, actor: str, data: dict[str, Any]) -> AuditEntry:
         if event not in EVENTS:
@@ -57,15 +68,14 @@ class AuditLog:
         with self._lock, self.path.open("a+", encoding="utf-8") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)  # other processes append too
             try:
-                handle.seek(0)
-                last = _last_entry(handle)
-                seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
+                seq, prev = self._head(handle)
                 draft = AuditEntry(seq, datetime.now(UTC).isoformat(timespec="milliseconds"),
                                    event, actor, json.loads(canonical_json(data)), prev, "")
                 entry = AuditEntry(**{**asdict(draft), "hash": draft.compute_hash()})
                 handle.seek(0, 2)
                 handle.write(json.dumps(asdict(entry), sort_keys=True, allow_nan=False) + "\n")
                 handle.flush()
+                self._known = (handle.tell(), entry.seq + 1, entry.hash)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return entry
