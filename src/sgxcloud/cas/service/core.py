@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -33,11 +35,12 @@ from sgxcloud.cas.evidence.model import sniff_evidence
 from sgxcloud.cas.policy import check_import, evaluate, load_policy
 from sgxcloud.cas.policy.model import Policy
 from sgxcloud.cas.service import materials
-from sgxcloud.cas.store import Database, DuplicateRow, Repository, StoredPolicy
+from sgxcloud.cas.store import Database, DuplicateRow, Repository, SealedSecret, StoredPolicy
 
 log = logging.getLogger(__name__)
 
 ATTESTED_CERT_DAYS = 30
+PARSE_CACHE_SIZE = 256
 
 
 class State(StrEnum):
@@ -132,6 +135,24 @@ class CasService:
         self.nonce_ttl = nonce_ttl
         self._state = State.CREATED
         self._lock = threading.Lock()
+        # Stored policy texts never change under a hash, so their parses can be
+        # shared; validating YAML against the schema on every attestation would
+        # dominate its cost.
+        self._parse_cache: OrderedDict[str, Policy] = OrderedDict()
+
+    def _parsed(self, stored: StoredPolicy) -> Policy:
+        key = hashlib.sha256(stored.text.encode()).hexdigest()
+        with self._lock:
+            policy = self._parse_cache.get(key)
+            if policy is not None:
+                self._parse_cache.move_to_end(key)
+                return policy
+        policy = load_policy(stored.text)
+        with self._lock:
+            self._parse_cache[key] = policy
+            while len(self._parse_cache) > PARSE_CACHE_SIZE:
+                self._parse_cache.popitem(last=False)
+        return policy
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -213,7 +234,7 @@ class CasService:
             if stored is None:
                 reasons.append(f"no policy named {request.policy!r}")
             else:
-                policy = load_policy(stored.text)
+                policy = self._parsed(stored)
                 if request.service not in policy.services:
                     reasons.append(f"policy has no service {request.service!r}")
             if evidence_failure is not None:
@@ -282,26 +303,42 @@ class CasService:
         return secrets.CertificateAuthority.from_secret(materials.open_value(self.keyring, row))
 
     def _loader(self, repo: Repository) -> materials.Loader:
-        """Opens a policy's secret; an imported one only while its exporter still offers it."""
+        """Opens a policy's secret; an imported one only while its exporter still offers it.
+
+        Rows are read once per loader (one transaction), however many
+        placeholders name them.
+        """
+        opened: dict[tuple[str, str], secrets.SecretValue] = {}
+        rows: dict[str, dict[str, SealedSecret]] = {}
+
+        def rows_of(policy_name: str) -> dict[str, SealedSecret]:
+            if policy_name not in rows:
+                rows[policy_name] = repo.get_secrets(policy_name)
+            return rows[policy_name]
 
         def load(policy_name: str, secret_name: str) -> secrets.SecretValue:
+            if (policy_name, secret_name) not in opened:
+                opened[policy_name, secret_name] = open_one(policy_name, secret_name)
+            return opened[policy_name, secret_name]
+
+        def open_one(policy_name: str, secret_name: str) -> secrets.SecretValue:
             stored = repo.get_policy(policy_name)
             if stored is None:
                 raise PolicyError("", f"policy {policy_name!r} no longer exists")
-            spec = load_policy(stored.text).secrets[secret_name]
+            spec = self._parsed(stored).secrets[secret_name]
             if spec.import_from is not None:
                 source = repo.get_policy(spec.import_from.policy)
                 try:
                     if source is None:
                         raise PolicyError("", "exporting policy is gone")
-                    check_import(load_policy(stored.text), load_policy(source.text))
+                    check_import(self._parsed(stored), self._parsed(source))
                 except PolicyError as exc:
                     raise AccessDenied(
                         f"secret {secret_name!r} is no longer exported to {policy_name!r} "
                         f"by {spec.import_from.policy!r}"
                     ) from exc
                 return load(spec.import_from.policy, spec.import_from.secret)
-            row = repo.get_secrets(policy_name).get(secret_name)
+            row = rows_of(policy_name).get(secret_name)
             if row is None:
                 raise PolicyError(f"secrets.{secret_name}", "secret has not been generated")
             return materials.open_value(self.keyring, row)
@@ -327,7 +364,7 @@ class CasService:
                     raise AccessDenied("you are not an owner of the policy you are creating")
                 version = repo.last_version(policy.name) + 1
             else:
-                current_policy = load_policy(current.text)
+                current_policy = self._parsed(current)
                 if not current_policy.access.allows("update", caller):
                     raise AccessDenied(f"not an owner of policy {policy.name!r}")
                 if policy.predecessor != current.policy_hash:
@@ -387,7 +424,7 @@ class CasService:
                     if s.import_from and s.import_from.policy == exporter_name
                 )
                 raise PolicyError(field_path, f"policy {exporter_name!r} does not exist")
-            check_import(policy, load_policy(source.text))
+            check_import(policy, self._parsed(source))
 
     def read_policy(self, caller: str, name: str) -> PolicyView:
         self._require_ready()
@@ -395,7 +432,7 @@ class CasService:
             stored = repo.get_policy(name)
             if stored is None:
                 raise NotFound(f"no policy named {name!r}")
-            policy = load_policy(stored.text)
+            policy = self._parsed(stored)
             if not policy.access.allows("read", caller):
                 raise AccessDenied(f"not an owner or reader of policy {name!r}")
             rows = repo.get_secrets(name)
@@ -426,7 +463,7 @@ class CasService:
             current = repo.get_policy(name, lock=True)
             if current is None:
                 raise NotFound(f"no policy named {name!r}")
-            if not load_policy(current.text).access.allows("delete", caller):
+            if not self._parsed(current).access.allows("delete", caller):
                 raise AccessDenied(f"not an owner of policy {name!r}")
             if predecessor != current.policy_hash:
                 raise ConflictError(
@@ -462,7 +499,7 @@ class CasService:
             readable = {
                 p.name
                 for p in repo.list_policies()
-                if load_policy(p.text).access.allows("read", caller)
+                if self._parsed(p).access.allows("read", caller)
             }
         allowed = readable
         if not allowed:
