@@ -6,7 +6,7 @@ import itertools
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sgxcloud.cleanroom.engine import Engine
@@ -77,7 +77,9 @@ def test_no_released_audience_below_k(k_engine, plain, flt):
                                "filter": flt}, "brand")
     except QueryRefused as exc:
         assert exc.reason == "suppressed"
+        event("suppressed")
         return
+    event("released")
     _assert_cells_cover_k(result)
     assert result.value("people") >= K
 
@@ -97,7 +99,10 @@ def test_no_released_lift_cell_below_k_and_no_lone_suppression(k_engine, breakdo
         result = k_engine.run(query, "brand")
     except QueryRefused as exc:
         assert exc.reason == "suppressed"
+        event("suppressed")
         return
+    event("released with some suppressed cells" if any(c.suppressed for c in result.cells)
+          else "released in full")
     _assert_cells_cover_k(result)
     if breakdown is None:
         return

@@ -41,8 +41,11 @@ Public interfaces (stable; imported from the sub-modules named):
     ``Engine(definition, workdir, *, signing_key=None, memory_limit="512MB",
     threads=2)``; ``engine.ingest(provider, dataset, table | RecordBatchReader
     | iterable of RecordBatch) -> IngestReport`` (atomic: a bad batch leaves
-    nothing; re-ingesting a dataset replaces it); ``engine.run(query | dict,
-    analyst) -> Result``; ``engine.budget(analyst) -> BudgetStatus``;
+    nothing; re-ingesting a dataset replaces it; the batch columns must be
+    exactly ``prepared_schema(dataset, definition.columns_needed(ref))``);
+    ``engine.run(query | dict, analyst) -> Result``; ``engine.budget(analyst)
+    -> BudgetStatus(total, spent, remaining)``; ``engine.datasets() -> {ref:
+    rows}``;
     ``engine.public_key`` (``ed25519:...``, to bind into attestation);
     ``engine.audit`` (``AuditLog``); ``engine.close()``.  Queries:
     ``parse_query(json_dict)`` → ``AudienceSizeQuery(analysis, filter)``,
@@ -50,8 +53,16 @@ Public interfaces (stable; imported from the sub-modules named):
     filter, breakdown)``; filters as a JSON tree or text
     (``parse_filter_text("bank.customers.premium_card = true AND ...")``).
     Refusals: ``QueryRefused(reason, message)`` with reason in
-    ``not_allowed | budget | differencing | suppressed``; malformed queries:
-    ``QueryError(field, message)``.
+    ``not_allowed | budget | differencing | suppressed`` (``suppressed`` only
+    when *every* cell would be below k; otherwise cells are flagged
+    individually); malformed queries: ``QueryError(field, message)``.
+    Cells: audience ``people``; overlap ``people`` with ``dims={"datasets":
+    "a.b+c.d"}``; lift per ``{segment, arm}`` (``people, converters,
+    conversion_rate, purchases, revenue, revenue_per_person``) and per
+    ``{segment}`` (``conversion_lift_abs[_ci_low|_ci_high]``, ``..._rel``,
+    ``conversion_p_value``, ``revenue_per_person_lift_abs|rel[...]``,
+    ``revenue_p_value``, ``incremental_conversions|revenue[...]``); the
+    overall segment is ``(all)``, people without a breakdown value ``(none)``.
 
 ``sgxcloud.cleanroom.results``
     ``Result`` (``cells`` of ``Cell(metric, value, dims, suppressed, noisy)``,
