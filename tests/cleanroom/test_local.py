@@ -90,3 +90,20 @@ def test_local_workdir_round_trip(tmp_path):
     collab = prepare_example(tmp_path, people=50)
     again = LocalCollaboration.from_workdir(tmp_path)
     assert again.nodes == collab.nodes and again.definition == collab.definition
+
+
+def test_demo_tells_the_whole_story(tmp_path):
+    from rich.console import Console
+
+    from sgxcloud.demo.cleanroom import run
+
+    console = Console(record=True, width=120)
+    summary = run(console, tmp_path, people=20_000)
+    text = console.export_text()
+    assert summary["simulated"] and "SIMULATED" in text
+    assert summary["audience"] and summary["audience"] > 0
+    assert summary["small_group_suppressed"] is True
+    assert summary["differencing"] == "differencing"
+    assert summary["lift"]["conversion_lift_rel"] is not None
+    assert "data:image/png;base64," in open(summary["report"]).read()
+    assert summary["audit_entries"] > 5
