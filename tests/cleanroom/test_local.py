@@ -4,6 +4,7 @@ the privacy budget survives a coordinator restart."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -105,5 +106,5 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert summary["small_group_suppressed"] is True
     assert summary["differencing"] == "differencing"
     assert summary["lift"]["conversion_lift_rel"] is not None
-    assert "data:image/png;base64," in open(summary["report"]).read()
+    assert "data:image/png;base64," in Path(summary["report"]).read_text()
     assert summary["audit_entries"] > 5
