@@ -88,3 +88,23 @@ def test_identifiers_never_leave(make_definition, make_engine, prepared, plain, 
     assert not leaked, leaked[:5]
     assert not [d for d in raw if d in audit_bytes]
     assert len(engine.audit.entries()) >= len(queries)
+
+
+def test_refusals_do_not_echo_identifier_like_names(make_definition, make_engine):
+    engine = make_engine(make_definition(), ingest=False)
+    probes = [
+        {"template": "audience_size", "analysis": "audience",
+         "filter": {"attribute": "anna.smith@example.org", "op": "=", "value": True}},
+        {"template": "audience_size", "analysis": "+447400000001"},
+        {"template": "overlap", "analysis": "reach",
+         "datasets": ["bank.customers", "07400 000001"]},
+        {"template": "audience_size", "analysis": "audience", "anna@example.org": 1},
+    ]
+    for probe in probes:
+        with pytest.raises(CleanroomError) as err:
+            engine.run(probe, "brand")
+        for secret in ("anna.smith@example.org", "+447400000001", "07400 000001",
+                       "anna@example.org"):
+            assert secret not in str(err.value)
+    log = engine.audit.path.read_text()
+    assert "@example.org" not in log and "7400" not in log

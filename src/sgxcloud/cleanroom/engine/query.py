@@ -158,7 +158,7 @@ def parse_query(doc: Any) -> Query:
         raise QueryError("template", "must be one of " + ", ".join(allowed))
     unknown = sorted(set(doc) - allowed[template])
     if unknown:
-        raise QueryError(unknown[0], f"unknown field for {template}")
+        raise QueryError(shown(unknown[0]), f"unknown field for {template}")
     analysis = doc.get("analysis")
     if not isinstance(analysis, str) or not analysis:
         raise QueryError("analysis", "must name an analysis of the definition")
@@ -342,29 +342,44 @@ class _TextParser:
 
 # -- checking a query against the definition ------------------------------------------
 
+_NAME = re.compile(r"^[a-z][a-z0-9_.]{0,120}$")
+
+
+def shown(text: str) -> str:
+    """Echo a name from a query in a message only if it looks like a name.
+
+    Refusals go to the audit log every party reads; a "name" that is really
+    an e-mail address or a phone number must not end up there.
+    """
+    return text if isinstance(text, str) and _NAME.match(text) else "(not a valid name)"
+
+
 
 def check_query(definition: Definition, query: Query, analyst: str) -> Analysis:
     """Authorise and type-check; raise QueryRefused("not_allowed") or QueryError."""
     analysis = definition.analysis(query.analysis)
     if analysis is None or analysis.template != query.template:
         raise QueryRefused("not_allowed",
-                           f"no {query.template} analysis named {query.analysis} in the definition")
+                           f"no {query.template} analysis named {shown(query.analysis)} "
+                           "in the definition")
     if analyst not in analysis.analysts:
-        raise QueryRefused("not_allowed", f"{analyst} may not run analysis {analysis.name}")
+        raise QueryRefused("not_allowed",
+                           f"{shown(analyst)} may not run analysis {analysis.name}")
     for attribute in sorted(filter_attributes(query.filter)):
         if attribute not in analysis.attributes:
             raise QueryRefused("not_allowed",
-                               f"attribute {attribute} is not allowed in analysis {analysis.name}")
+                               f"attribute {shown(attribute)} is not allowed in analysis "
+                               f"{analysis.name}")
     if query.filter is not None:
         _check_types(definition, query.filter, "filter")
     if isinstance(query, OverlapQuery):
         for ref in query.datasets:
             if ref not in analysis.datasets:
-                raise QueryRefused("not_allowed",
-                                   f"dataset {ref} is not allowed in analysis {analysis.name}")
+                raise QueryRefused("not_allowed", f"dataset {shown(ref)} is not allowed "
+                                                  f"in analysis {analysis.name}")
     if isinstance(query, CampaignLiftQuery) and query.breakdown is not None \
             and query.breakdown not in analysis.breakdowns:
-        raise QueryRefused("not_allowed", f"breakdown {query.breakdown} is not allowed "
+        raise QueryRefused("not_allowed", f"breakdown {shown(query.breakdown)} is not allowed "
                                           f"in analysis {analysis.name}")
     return analysis
 
