@@ -307,3 +307,45 @@ def test_rejection_over_https_carries_the_reason(https_cas, tmp_path: Path) -> N
     plain = httpx.Client(verify=ssl.create_default_context(cafile=str(tls.ca_cert)))
     assert plain.get(url + "/v1/health").json()["state"] == "ready"
     plain.close()
+
+
+# -- the launcher a Gramine manifest starts -----------------------------------
+
+
+def test_launcher_installs_files_and_environment_then_runs_the_python_command(
+    https_cas, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    url, tls = https_cas
+    fetched = client.fetch_configuration(
+        url,
+        policy="shop",
+        service="web",
+        ca_file=tls.ca_cert,
+        root=tmp_path,
+        simulate=pg.simulated_identity(),
+    )
+    root = tmp_path / "enclave"
+    (root / "dev/attestation/keys").mkdir(parents=True)
+    monkeypatch.setattr(client.os, "environ", dict(client.os.environ))
+    client.install(fetched, root)
+    key_file = root / "etc/app/tls.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert len((root / "dev/attestation/keys/data").read_bytes()) == 16
+    assert client.os.environ["MODE"] == "prod"
+    script = tmp_path / "app.py"
+    marker = tmp_path / "ran.txt"
+    script.write_text(
+        "import os, sys\n"
+        f"open({str(marker)!r}, 'w').write(os.environ['MODE'] + ' ' + ' '.join(sys.argv[1:]))\n"
+    )
+    monkeypatch.setattr(client.sys, "argv", list(client.sys.argv))
+    assert client.run_argv(["/usr/bin/python3", str(script), "--flag"]) == 0
+    assert marker.read_text() == "prod --flag"
+
+
+def test_launcher_needs_its_settings(capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(client.ClientError, match="SGXCLOUD_CAS_URL"):
+        client.launch(environ={})
+    assert client.main(["nonsense"]) == 2
+    assert "usage" in capsys.readouterr().err

@@ -22,7 +22,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import runpy
 import ssl
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,3 +329,91 @@ def _owner_answer(response: httpx.Response) -> Any:
     if response.status_code == 409:
         raise ConflictError(message)
     raise ClientError(f"CAS answered {response.status_code}: {message}")
+
+
+# -- the launcher that a Gramine manifest starts -------------------------------
+
+LAUNCH_ENV = ("SGXCLOUD_CAS_URL", "SGXCLOUD_CAS_POLICY", "SGXCLOUD_CAS_SERVICE", "SGXCLOUD_CAS_CA")
+
+
+def install(fetched: FetchedConfiguration, root: Path = Path("/")) -> None:
+    """Write the received files (mode 0600) under ``root`` and export the environment.
+
+    A file under ``/dev/attestation/keys/`` sets a Gramine encrypted-mount key;
+    other files should live on a tmpfs mount so they stay in enclave memory.
+    """
+    for path, content in fetched.configuration.files.items():
+        target = root / path.lstrip("/")
+        if not str(path).startswith("/dev/attestation/"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+        except OSError as exc:
+            raise ClientError(f"cannot write configured file {path}: {exc.strerror}") from exc
+    os.environ.update(fetched.configuration.env)
+
+
+def run_argv(argv: list[str]) -> int:
+    """Run the configured command in this process (Python) or replace it (anything else).
+
+    Python workloads run in the same interpreter (``runpy``), so the secrets
+    never cross an ``execve`` (which Gramine implements by starting a new
+    enclave process).
+    """
+    if not argv:
+        raise ClientError("the policy gives this service no command")
+    program = Path(argv[0]).name
+    if program.startswith("python"):
+        args = argv[1:]
+        if len(args) >= 2 and args[0] == "-m":
+            sys.argv = [args[1], *args[2:]]
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+        elif args:
+            sys.argv = list(args)
+            runpy.run_path(args[0], run_name="__main__")
+        else:
+            raise ClientError("a python command needs a script or -m MODULE")
+        return 0
+    os.execv(argv[0], argv)  # noqa: S606 - the argv comes from the attested policy
+    return 0  # pragma: no cover
+
+
+def launch(environ: dict[str, str] | None = None, root: Path = Path("/")) -> int:
+    """Fetch this enclave's configuration, install it, and run its command.
+
+    Configured by ``SGXCLOUD_CAS_URL``, ``SGXCLOUD_CAS_POLICY``,
+    ``SGXCLOUD_CAS_SERVICE`` and ``SGXCLOUD_CAS_CA`` (fixed in the manifest, so
+    they are part of the measurement and the host cannot redirect them).
+    """
+    environ = dict(os.environ if environ is None else environ)
+    missing = [name for name in LAUNCH_ENV if not environ.get(name)]
+    if missing:
+        raise ClientError("missing launcher settings: " + ", ".join(missing))
+    fetched = fetch_configuration(
+        environ["SGXCLOUD_CAS_URL"],
+        policy=environ["SGXCLOUD_CAS_POLICY"],
+        service=environ["SGXCLOUD_CAS_SERVICE"],
+        ca_file=Path(environ["SGXCLOUD_CAS_CA"]),
+        root=root,
+    )
+    install(fetched, root)
+    return run_argv(fetched.configuration.argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sgxcloud.cas.client launch``: the entry point of the Gramine manifest."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["launch"]:
+        print("usage: python -m sgxcloud.cas.client launch", file=sys.stderr)
+        return 2
+    try:
+        return launch()
+    except CasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
