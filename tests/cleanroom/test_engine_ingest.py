@@ -173,3 +173,29 @@ def test_record_batch_reader_is_streamed(make_definition, make_engine, prepared)
         batch.schema, [batch.slice(i, 400) for i in range(0, batch.num_rows, 400)])
     report = engine.ingest("telecom", "subscribers", reader)
     assert report.rows == batch.num_rows and report.batches == -(-batch.num_rows // 400)
+
+
+def _open_engine_elsewhere(definition_doc, workdir, queue):
+    from sgxcloud.cleanroom.definition import definition_from_dict
+    from sgxcloud.cleanroom.engine import Engine
+    from sgxcloud.cleanroom.errors import CleanroomError
+
+    try:
+        Engine(definition_from_dict(definition_doc), workdir).close()
+        queue.put("opened")
+    except CleanroomError as exc:
+        queue.put(str(exc))
+
+
+def test_a_workdir_serves_one_engine_process(make_definition, make_engine, tmp_path):
+    import multiprocessing
+
+    definition = make_definition()
+    make_engine(definition, tmp_path / "busy", ingest=False)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_open_engine_elsewhere,
+                       args=(definition.document, tmp_path / "busy", queue))
+    proc.start()
+    proc.join(60)
+    assert "in use by another engine" in queue.get(timeout=5)

@@ -308,3 +308,15 @@ def test_differencing_state_survives_restart(make_definition, make_engine, tmp_p
                             "filter": "bank.customers.income_band != 'high'"}, "brand")
     expected = plain.people("bank.customers", lambda f: f.income_band != "high")
     assert result.value("people") == len(expected)
+
+
+def test_dp_overlap_cells_come_from_noisy_disjoint_regions(make_definition, make_engine):
+    engine = make_engine(_dp_definition(make_definition, budget=5.0, eps=1.0))
+    result = engine.run({"template": "overlap", "analysis": "reach",
+                         "datasets": ["bank.customers", "telecom.subscribers"]}, "brand")
+    a = result.value("people", datasets="bank.customers")
+    b = result.value("people", datasets="telecom.subscribers")
+    both = result.value("people", datasets="bank.customers+telecom.subscribers")
+    assert both <= min(a, b)  # consistent: every cell is a sum of the same noisy regions
+    assert result.privacy["differential_privacy"]["epsilon_per_measure"] == 1.0
+    assert engine.budget("brand").spent == pytest.approx(1.0)

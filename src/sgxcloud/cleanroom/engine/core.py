@@ -42,7 +42,7 @@ from sgxcloud.cleanroom.engine.query import (
     query_key,
 )
 from sgxcloud.cleanroom.engine.release import build_cells
-from sgxcloud.cleanroom.errors import IngestError, QueryError, QueryRefused
+from sgxcloud.cleanroom.errors import CleanroomError, IngestError, QueryError, QueryRefused
 from sgxcloud.cleanroom.identifiers import prepared_schema
 from sgxcloud.cleanroom.privacy import CohortStore, NoiseSource, PrivacyLedger
 from sgxcloud.cleanroom.results import Result, new_result_id, now_iso, sign_result
@@ -102,7 +102,10 @@ class Engine:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._signing_key = signing_key or generate_private_key()
         self._lock = threading.RLock()
-        self._con = duckdb.connect(str(self.workdir / "engine.duckdb"))
+        try:
+            self._con = duckdb.connect(str(self.workdir / "engine.duckdb"))
+        except duckdb.IOException as exc:  # another process holds the database lock
+            raise CleanroomError(f"{self.workdir} is in use by another engine") from exc
         try:
             self._con.execute("SET memory_limit = ?", [memory_limit])
             self._con.execute("SET threads = ?", [int(threads)])
