@@ -142,9 +142,17 @@ class Coordinator:
     # -- ingestion ---------------------------------------------------------------------
 
     def ingest_all(self, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
-        """Pull every dataset from every node; a failing node or file affects only itself."""
-        for provider in self.config.nodes:
-            self.ingest_provider(provider, progress)
+        """Pull every dataset from every node; a failing node or file affects only itself.
+
+        Providers are pulled concurrently so the nodes re-key in parallel; the
+        engine takes one dataset at a time (its own lock), staged on disk meanwhile.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, len(self.config.nodes))) as pool:
+            for future in [pool.submit(self.ingest_provider, p, progress)
+                           for p in self.config.nodes]:
+                future.result()
         return self.status()
 
     def ingest_provider(self, provider: str, progress: Progress | None = None) -> None:
