@@ -162,3 +162,82 @@ def test_audit_commands_find_tampering(running, home: Path, tmp_path: Path, caps
     database.close()
     assert cli(["audit", "verify", *config]) == 1
     assert "BROKEN" in capsys.readouterr().out
+
+
+def _serve(settings_path: Path) -> tuple:  # type: ignore[type-arg]
+    import subprocess
+    import sys
+
+    from sgxcloud.cas import client
+
+    settings = load_settings(settings_path, environ={})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--config", str(settings_path)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"https://127.0.0.1:{settings.port}"
+    ca = settings_path.parent / "tls" / "ca.pem"
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with httpx.Client(verify=client.pinned_tls(ca)) as http:
+                if http.get(url + "/v1/health").status_code == 200:
+                    return process, url, ca
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError(process.stderr.read().decode() if process.stderr else "no start")
+
+
+def test_cas_serve_process_restart_keeps_everything(home: Path) -> None:
+    import socket
+
+    from sgxcloud.cas import client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings_path = home / "cas.yaml"
+    settings_path.write_text(settings_path.read_text().replace("port: 8443", f"port: {port}"))
+    owner = pg.owner_key()
+    process, url, ca = _serve(settings_path)
+    try:
+        with client.OwnerClient(url, owner, ca_file=ca) as owner_client:
+            applied = owner_client.apply(pg.policy_text(owner))
+        first = client.fetch_configuration(
+            url,
+            policy="shop",
+            service="web",
+            ca_file=ca,
+            root=home,
+            simulate=pg.simulated_identity(),
+        )
+    finally:
+        process.terminate()
+        # uvicorn shuts down gracefully, then re-raises SIGTERM as its exit status.
+        assert process.wait(timeout=20) in (0, -15)
+    process, url, ca = _serve(settings_path)
+    try:
+        with client.OwnerClient(url, owner, ca_file=ca) as owner_client:
+            shown = owner_client.show("shop")
+        again = client.fetch_configuration(
+            url,
+            policy="shop",
+            service="web",
+            ca_file=ca,
+            root=home,
+            simulate=pg.simulated_identity(),
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert shown["policy_hash"] == applied["policy_hash"] and shown["version"] == 1
+    # Same sealed secrets after the restart: the enclave gets the same values.
+    assert again.configuration.argv == first.configuration.argv
+    assert cli(["audit", "verify", "--config", str(settings_path)]) == 0
