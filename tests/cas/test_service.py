@@ -344,3 +344,73 @@ def test_service_refuses_work_before_start_and_after_stop(tmp_path: Path) -> Non
     service.stop()
     with pytest.raises(NotReady):
         service.issue_nonce(NOW)
+
+
+def _with(text: str, edit) -> str:  # type: ignore[no-untyped-def]
+    import yaml
+
+    document = yaml.safe_load(text)
+    edit(document)
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def test_secret_export_and_import_need_both_sides(api: Api, owner) -> None:  # type: ignore[no-untyped-def]
+    from sgxcloud.cas.errors import PolicyError
+    from sgxcloud.cas.policy import public_key_id
+    from sgxcloud.cas.service.core import AttestationRejected, AttestRequest
+
+    who = public_key_id(pg.public_pem(owner))
+    service = api.service
+
+    def exporter(doc, offer=("consumer",)):  # type: ignore[no-untyped-def]
+        doc["secrets"]["shared"] = {"kind": "random", "size": 16, "export_to": list(offer)}
+
+    def importer(doc):  # type: ignore[no-untyped-def]
+        doc["secrets"]["shared"] = {
+            "kind": "random",
+            "import_from": {"policy": "shop", "secret": "shared"},
+        }
+        doc["services"]["web"]["environment"]["SHARED"] = "{{secret:shared}}"
+
+    consumer = _with(pg.policy_text(owner, name="consumer"), importer)
+    with pytest.raises(PolicyError):  # the exporter does not exist yet
+        service.apply_policy(who, consumer, NOW)
+    shop = _with(pg.policy_text(owner), lambda d: exporter(d, offer=["someone-else"]))
+    service.apply_policy(who, shop, NOW)
+    with pytest.raises(PolicyError, match="does not export"):
+        service.apply_policy(who, consumer, NOW)
+    shop_v2 = _with(pg.policy_text(owner, predecessor=policy_hash(shop)), exporter)
+    service.apply_policy(who, shop_v2, NOW)
+    service.apply_policy(who, consumer, NOW)
+
+    def attest(policy: str):  # type: ignore[no-untyped-def]
+        key = protocol.new_enclave_key()
+        nonce = service.issue_nonce(NOW).nonce
+        evidence = make_simulated_evidence(
+            pg.simulated_identity(),
+            protocol.report_data_for(key.public_key(), bytes.fromhex(nonce)),
+        )
+        result = service.attest(
+            AttestRequest(
+                policy, "web", nonce, pg.public_pem(key), base64.b64encode(evidence.raw).decode()
+            ),
+            NOW,
+        )
+        return protocol.open_configuration(result.sealed_configuration, key, bytes.fromhex(nonce))
+
+    shared = attest("consumer").env["SHARED"]
+    assert len(bytes.fromhex(shared)) == 16
+    # Changing only whom a secret is offered to does not rotate it.
+    with service.database.transaction() as repo:
+        rows = repo.get_secrets("shop")
+    assert rows["shared"].created_at == NOW
+    # The exporter withdraws the offer: the importer's enclaves stop receiving it.
+    shop_v3 = _with(
+        pg.policy_text(owner, predecessor=policy_hash(shop_v2)),
+        lambda d: exporter(d, offer=["someone-else"]),
+    )
+    service.apply_policy(who, shop_v3, NOW)
+    with pytest.raises(AttestationRejected) as info:
+        attest("consumer")
+    assert info.value.code == "secrets" and "no longer exported" in info.value.reasons[0]
+    assert shared not in str(info.value)

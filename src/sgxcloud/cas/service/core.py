@@ -250,6 +250,21 @@ class CasService:
                     decision = evaluate(policy.services[request.service], verified)
                     if not decision.accepted:
                         reasons.extend(decision.reasons)
+            configuration = None
+            if not reasons and policy is not None and stored is not None:
+                try:
+                    service = policy.services[request.service]
+                    configuration = (
+                        stored,
+                        materials.render(service, policy, self._loader(repo)),
+                        self._ca(repo, policy.name),
+                    )
+                except (AccessDenied, PolicyError) as exc:
+                    # e.g. an imported secret whose exporter withdrew it: a
+                    # rejection like any other, recorded with its reason.
+                    reasons.append(str(exc))
+                    code = "secrets"
+                    configuration = None
             accepted = not reasons
             entry = audit.append(
                 repo,
@@ -260,13 +275,6 @@ class CasService:
                 detail=_attestation_detail(verified, reasons, stored),
                 now=now,
             )
-            configuration = None
-            if accepted and policy is not None and stored is not None:
-                configuration = (
-                    stored,
-                    materials.render(policy.services[request.service], policy, self._loader(repo)),
-                    self._ca(repo, policy.name),
-                )
             return reasons, code, entry.seq, configuration
 
         reasons, code, seq, outcome = self.database.run(decide)

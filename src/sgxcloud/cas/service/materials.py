@@ -31,8 +31,14 @@ CA_ROW = "@ca"
 Loader = Callable[[str, str], secrets.SecretValue]
 
 
+GENERATION_FIELDS = ("kind", "size", "algorithm", "key", "subject", "sans", "validity_days")
+"""What makes a secret's value: changing anything else (description, who it is
+exported to) must not rotate it."""
+
+
 def spec_hash(spec: SecretSpec) -> str:
-    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()
+    fields = {name: value for name, value in asdict(spec).items() if name in GENERATION_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def seal_value(
