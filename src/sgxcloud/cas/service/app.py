@@ -1,5 +1,9 @@
 """The HTTP API: decode, call :class:`CasService`, encode.  Nothing else lives here.
 
+Service calls touch the database and may generate keys, so they run in the
+thread pool (plain ``def`` handlers, or ``run_in_threadpool`` where a handler
+must first read the raw body to check its signature), never on the event loop.
+
 Typed errors become status codes in one table (``STATUS``); any other
 exception is a bug and answers a bare 500 without detail, so neither secrets
 nor internals can leak through an error body.
@@ -15,6 +19,7 @@ from collections.abc import Callable
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from sgxcloud.cas.errors import (
     AccessDenied,
@@ -144,7 +149,7 @@ def create_app(
     async def apply_policy(request: Request, body: schemas.PolicyApplyBody):  # type: ignore[no-untyped-def]
         """Create or update a policy (signed by an owner; updates name their predecessor)."""
         who = await caller(request)
-        info = cas().apply_policy(who, body.policy, now())
+        info = await run_in_threadpool(cas().apply_policy, who, body.policy, now())
         return schemas.PolicyApplyResponse(
             name=info.name,
             version=info.version,
@@ -156,7 +161,8 @@ def create_app(
     @app.get("/v1/policies/{name}", response_model=schemas.PolicyResponse, tags=["policies"])
     async def read_policy(request: Request, name: str) -> schemas.PolicyResponse:
         """The policy document and secret metadata (owners and readers; never values)."""
-        view = cas().read_policy(await caller(request), name)
+        who = await caller(request)
+        view = await run_in_threadpool(cas().read_policy, who, name)
         return schemas.PolicyResponse(
             name=view.name,
             version=view.version,
@@ -175,7 +181,8 @@ def create_app(
         predecessor: str = Query(description="hash of the version being deleted"),
     ) -> None:
         """Delete a policy and its secrets (owners; names the current hash)."""
-        cas().delete_policy(await caller(request), name, predecessor, now())
+        who = await caller(request)
+        await run_in_threadpool(cas().delete_policy, who, name, predecessor, now())
 
     @app.get("/v1/audit", response_model=list[schemas.AuditEntryModel], tags=["audit"])
     async def audit_entries(
@@ -184,14 +191,18 @@ def create_app(
         limit: int = Query(100, ge=1, le=1000),
     ) -> list[schemas.AuditEntryModel]:
         """Audit entries about the policies the caller owns or reads."""
-        entries = cas().audit_entries(await caller(request), after=after, limit=limit)
+        who = await caller(request)
+        entries = await run_in_threadpool(
+            lambda: cas().audit_entries(who, after=after, limit=limit)
+        )
         return [schemas.AuditEntryModel(**e.to_dict()) for e in entries]
 
     @app.get("/v1/audit/verify", response_model=schemas.AuditVerifyResponse, tags=["audit"])
     async def audit_verify(request: Request) -> schemas.AuditVerifyResponse:
         """Walk the whole hash chain (any authenticated owner may ask)."""
         await caller(request)
-        return schemas.AuditVerifyResponse(**cas().verify_audit().to_dict())
+        report = await run_in_threadpool(cas().verify_audit)
+        return schemas.AuditVerifyResponse(**report.to_dict())
 
     return app
 
