@@ -241,3 +241,19 @@ def test_cas_serve_process_restart_keeps_everything(home: Path) -> None:
     # Same sealed secrets after the restart: the enclave gets the same values.
     assert again.configuration.argv == first.configuration.argv
     assert cli(["audit", "verify", "--config", str(settings_path)]) == 0
+
+
+def test_service_refuses_to_start_with_the_wrong_master_key(home: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sgxcloud.cas import secrets
+    from sgxcloud.cas.policy import public_key_id
+
+    settings = load_settings(home / "cas.yaml", environ={})
+    service = build_service(settings)
+    owner = pg.owner_key()
+    service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+    service.stop()
+    other = secrets.MasterKey.generate().encoded()
+    wrong = load_settings(home / "cas.yaml", environ={})
+    monkeypatch.setenv("SGXCLOUD_CAS_MASTER_KEY", other)
+    with pytest.raises(secrets.MasterKeyError, match="no master key with id"):
+        build_service(wrong)

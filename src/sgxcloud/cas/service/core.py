@@ -161,13 +161,17 @@ class CasService:
         return self._state
 
     def start(self) -> None:
-        """Check that the stored secrets open with the configured master keys."""
+        """Refuse to start unless every stored secret's master key is configured.
+
+        A key id is derived from the key itself, so a match proves the right
+        key; a wrong or missing key fails here, not on the first attestation.
+        """
         with self._lock:
             if self._state is not State.CREATED:
                 raise NotReady(f"cannot start a service that is {self._state}")
             with self.database.transaction() as repo:
-                for row in repo.all_secrets()[:1]:
-                    self.keyring.find(row.master_key_id)
+                for key_id in sorted(repo.master_key_ids()):
+                    self.keyring.find(key_id)
             self._state = State.READY
             log.info("CAS ready (database %s)", self.database.dialect)
 

@@ -39,7 +39,11 @@ def build_service(settings: Settings) -> CasService:
     verifier = DefaultVerifier(settings.collateral_source())
     database = Database.open(settings.database_url)
     service = CasService(database, keyring, verifier, nonce_ttl=settings.nonce_ttl_seconds)
-    service.start()
+    try:
+        service.start()
+    except BaseException:
+        database.close()
+        raise
     return service
 
 

@@ -281,6 +281,10 @@ class Repository:
             query = query.where(SecretRow.name.not_in(sorted(keep)))
         self.session.execute(query)
 
+    def master_key_ids(self) -> set[str]:
+        """Ids of the master keys that sealed the stored secrets."""
+        return set(self.session.scalars(select(SecretRow.master_key_id).distinct()))
+
     def all_secrets(self) -> list[SealedSecret]:
         return [_secret(row) for row in self.session.scalars(select(SecretRow))]
 
