@@ -320,3 +320,35 @@ def test_dp_overlap_cells_come_from_noisy_disjoint_regions(make_definition, make
     assert both <= min(a, b)  # consistent: every cell is a sum of the same noisy regions
     assert result.privacy["differential_privacy"]["epsilon_per_measure"] == 1.0
     assert engine.budget("brand").spent == pytest.approx(1.0)
+
+
+def test_cohort_store_symmetric_difference():
+    import hashlib
+
+    import duckdb
+
+    from sgxcloud.cleanroom.privacy import CohortStore
+
+    con = duckdb.connect()
+    store = CohortStore(con)
+    keys = [hashlib.sha256(str(i).encode()).digest() for i in range(200)]
+
+    def cohort(name, members):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} (pkey BLOB)")
+        con.executemany(f"INSERT INTO {name} VALUES (?)", [[keys[i]] for i in members])
+
+    cohort("a", range(100))
+    store.check("a", 10)
+    store.record("q1:a", "q1", "a")
+    cohort("same", range(100))
+    store.check("same", 10)  # difference 0: allowed
+    cohort("minus_one", range(1, 100))
+    with pytest.raises(QueryRefused):
+        store.check("minus_one", 10)
+    cohort("plus_nine", range(109))
+    with pytest.raises(QueryRefused):
+        store.check("plus_nine", 10)
+    cohort("swap_five", [*range(5, 100), *range(100, 105)])  # 5 out, 5 in: difference 10
+    store.check("swap_five", 10)
+    cohort("far", range(150, 200))
+    store.check("far", 10)
