@@ -223,6 +223,8 @@ def test_malformed_requests_are_400_not_500(api: Api) -> None:
         ("public_key", "nope"),
         ("evidence", "%%%"),
         ("evidence", base64.b64encode(b"garbage").decode()),
+        ("policy", "p" * 500),
+        ("service", "Web Service"),
     ]:
         answer = api.client.post("/v1/attest", json={**base, field: value})
         assert answer.status_code == 400, (field, answer.text)

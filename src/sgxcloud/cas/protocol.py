@@ -97,6 +97,11 @@ def load_enclave_public_key(pem_or_der: bytes) -> ec.EllipticCurvePublicKey:
     return key
 
 
+def key_fingerprint(key: ec.EllipticCurvePublicKey) -> str:
+    """SHA-256 (hex) of the key's SubjectPublicKeyInfo DER: how logs name an enclave key."""
+    return hashlib.sha256(public_key_der(key)).hexdigest()
+
+
 def new_enclave_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -158,8 +158,10 @@ def create_app(
             generated_secrets=info.generated_secrets,
         )
 
+    policy_name = Path(pattern=schemas.NAME_PATTERN, description="policy name")
+
     @app.get("/v1/policies/{name}", response_model=schemas.PolicyResponse, tags=["policies"])
-    async def read_policy(request: Request, name: str) -> schemas.PolicyResponse:
+    async def read_policy(request: Request, name: str = policy_name) -> schemas.PolicyResponse:
         """The policy document and secret metadata (owners and readers; never values)."""
         who = await caller(request)
         view = await run_in_threadpool(cas().read_policy, who, name)
@@ -177,8 +179,10 @@ def create_app(
     @app.delete("/v1/policies/{name}", status_code=204, tags=["policies"])
     async def delete_policy(
         request: Request,
-        name: str,
-        predecessor: str = Query(description="hash of the version being deleted"),
+        name: str = policy_name,
+        predecessor: str = Query(
+            pattern="^[0-9a-f]{64}$", description="hash of the version being deleted"
+        ),
     ) -> None:
         """Delete a policy and its secrets (owners; names the current hash)."""
         who = await caller(request)

@@ -221,71 +221,43 @@ class CasService:
             evidence_failure = exc
             log.info("evidence rejected for %s/%s: %s", request.policy, request.service, exc.code)
 
-        def decide(repo: Repository) -> tuple[list[str], str, int, Any]:
-            reasons: list[str] = []
-            code = "policy"
-            if not repo.consume_nonce(nonce.hex(), now):
-                state = repo.nonce_state(nonce.hex())
-                if state is None:
-                    reasons.append("nonce was not issued by this service")
-                elif state.used_at is not None:
-                    reasons.append("nonce was already used (replay)")
-                else:
-                    reasons.append("nonce expired")
-                code = "nonce"
+        def decide(repo: Repository) -> tuple[_Verdict, int, Any]:
+            verdict = _Verdict()
+            verdict.add(_nonce_problem(repo, nonce, now), "nonce")
             stored = repo.get_policy(request.policy)
-            policy: Policy | None = None
-            if stored is None:
-                reasons.append(f"no policy named {request.policy!r}")
-            else:
-                policy = self._parsed(stored)
-                if request.service not in policy.services:
-                    reasons.append(f"policy has no service {request.service!r}")
+            policy = self._parsed(stored) if stored is not None else None
+            if policy is None:
+                verdict.add(f"no policy named {request.policy!r}")
+            elif request.service not in policy.services:
+                verdict.add(f"policy has no service {request.service!r}")
+                policy = None
             if evidence_failure is not None:
-                reasons.append(str(evidence_failure))
-                code = evidence_failure.code if code == "policy" else code
+                verdict.add(str(evidence_failure), evidence_failure.code)
             if verified is not None:
-                try:
-                    protocol.check_binding(verified.report_data, public_key, nonce)
-                except protocol.BindingError as exc:
-                    reasons.append(str(exc))
-                    code = "binding" if code == "policy" else code
-                if policy is not None and request.service in policy.services:
+                verdict.add(_binding_problem(verified, public_key, nonce), "binding")
+                if policy is not None:
                     decision = evaluate(policy.services[request.service], verified)
-                    if not decision.accepted:
-                        reasons.extend(decision.reasons)
+                    verdict.extend(decision.reasons)
             configuration = None
-            if not reasons and policy is not None and stored is not None:
-                try:
-                    service = policy.services[request.service]
-                    configuration = (
-                        stored,
-                        materials.render(service, policy, self._loader(repo)),
-                        self._ca(repo, policy.name),
-                    )
-                except (AccessDenied, PolicyError) as exc:
-                    # e.g. an imported secret whose exporter withdrew it: a
-                    # rejection like any other, recorded with its reason.
-                    reasons.append(str(exc))
-                    code = "secrets"
-                    configuration = None
-            accepted = not reasons
+            if verdict.accepted and policy is not None and stored is not None:
+                configuration = self._configuration(repo, stored, policy, request.service, verdict)
             entry = audit.append(
                 repo,
                 kind=audit.AuditKind.ATTESTATION,
                 subject=f"{request.policy}/{request.service}",
-                actor="enclave-key:" + protocol.binding_digest(public_key, b"").hex()[:16],
-                outcome="accepted" if accepted else "rejected",
-                detail=_attestation_detail(verified, reasons, stored),
+                actor="enclave-key:" + protocol.key_fingerprint(public_key)[:16],
+                outcome="accepted" if verdict.accepted else "rejected",
+                detail=_attestation_detail(verified, verdict.reasons, stored),
                 now=now,
             )
-            return reasons, code, entry.seq, configuration
+            return verdict, entry.seq, configuration
 
-        reasons, code, seq, outcome = self.database.run(decide)
-        if reasons:
-            log.info("attestation rejected for %s/%s (audit #%d)", request.policy,
-                     request.service, seq)
-            raise AttestationRejected(reasons, code=code, audit_seq=seq)
+        verdict, seq, outcome = self.database.run(decide)
+        if not verdict.accepted:
+            log.info(
+                "attestation rejected for %s/%s (audit #%d)", request.policy, request.service, seq
+            )
+            raise AttestationRejected(verdict.reasons, code=verdict.code, audit_seq=seq)
         stored, configuration, ca = outcome
         assert verified is not None
         certificate = secrets.issue_certificate(
@@ -309,6 +281,24 @@ class CasService:
             tcb_status=verified.tcb_status,
             audit_seq=seq,
         )
+
+    def _configuration(
+        self,
+        repo: Repository,
+        stored: StoredPolicy,
+        policy: Policy,
+        service: str,
+        verdict: _Verdict,
+    ) -> tuple[StoredPolicy, protocol.Configuration, secrets.CertificateAuthority] | None:
+        """The rendered configuration, or None with the reason added to ``verdict``."""
+        try:
+            rendered = materials.render(policy.services[service], policy, self._loader(repo))
+            return stored, rendered, self._ca(repo, policy.name)
+        except (AccessDenied, PolicyError) as exc:
+            # e.g. an imported secret whose exporter withdrew it: a rejection
+            # like any other, recorded with its reason.
+            verdict.add(str(exc), "secrets")
+            return None
 
     def _ca(self, repo: Repository, policy: str) -> secrets.CertificateAuthority:
         row = repo.get_secrets(policy)[materials.CA_ROW]
@@ -369,8 +359,7 @@ class CasService:
             if current is None:
                 if policy.predecessor is not None:
                     raise ConflictError(
-                        f"policy {policy.name!r} does not exist, but the update names "
-                        "a predecessor"
+                        f"policy {policy.name!r} does not exist, but the update names a predecessor"
                     )
                 if not policy.access.allows("update", caller):
                     raise AccessDenied("you are not an owner of the policy you are creating")
@@ -464,8 +453,14 @@ class CasService:
             for spec in policy.secrets.values()
         ]
         return PolicyView(
-            stored.name, stored.version, stored.policy_hash, stored.text, stored.updated_at,
-            stored.updated_by, listed, ca.certificate_pem.decode(),
+            stored.name,
+            stored.version,
+            stored.policy_hash,
+            stored.text,
+            stored.updated_at,
+            stored.updated_by,
+            listed,
+            ca.certificate_pem.decode(),
         )
 
     def delete_policy(self, caller: str, name: str, predecessor: str, now: int) -> None:
@@ -523,6 +518,49 @@ class CasService:
     def verify_audit(self) -> audit.ChainReport:
         self._require_ready()
         return audit.verify_chain(self.database)
+
+
+@dataclass
+class _Verdict:
+    """Reasons collected while judging one attestation; the first problem names the code."""
+
+    reasons: list[str] = field(default_factory=list)
+    code: str = "policy"
+
+    @property
+    def accepted(self) -> bool:
+        return not self.reasons
+
+    def add(self, reason: str | None, code: str = "policy") -> None:
+        if reason is None:
+            return
+        if not self.reasons:
+            self.code = code
+        self.reasons.append(reason)
+
+    def extend(self, reasons: list[str]) -> None:
+        for reason in reasons:
+            self.add(reason)
+
+
+def _nonce_problem(repo: Repository, nonce: bytes, now: int) -> str | None:
+    """Spend the nonce; say why not if it cannot be spent."""
+    if repo.consume_nonce(nonce.hex(), now):
+        return None
+    state = repo.nonce_state(nonce.hex())
+    if state is None:
+        return "nonce was not issued by this service"
+    if state.used_at is not None:
+        return "nonce was already used (replay)"
+    return "nonce expired"
+
+
+def _binding_problem(verified: VerifiedEvidence, public_key: Any, nonce: bytes) -> str | None:
+    try:
+        protocol.check_binding(verified.report_data, public_key, nonce)
+    except protocol.BindingError as exc:
+        return str(exc)
+    return None
 
 
 def _attestation_detail(

@@ -42,13 +42,24 @@ def spec_hash(spec: SecretSpec) -> str:
 
 
 def seal_value(
-    keyring: secrets.Keyring, policy: str, name: str, value: secrets.SecretValue, *,
-    spec_digest: str, now: int,
+    keyring: secrets.Keyring,
+    policy: str,
+    name: str,
+    value: secrets.SecretValue,
+    *,
+    spec_digest: str,
+    now: int,
 ) -> SealedSecret:
     sealed = secrets.seal(keyring, value.to_bytes(), context=f"{policy}/{name}")
     return SealedSecret(
-        policy, name, value.kind, sealed.master_key_id, sealed.wrapped_key, sealed.ciphertext,
-        spec_digest, now,
+        policy,
+        name,
+        value.kind,
+        sealed.master_key_id,
+        sealed.wrapped_key,
+        sealed.ciphertext,
+        spec_digest,
+        now,
     )
 
 
@@ -68,8 +79,9 @@ def reconcile(repo: Repository, keyring: secrets.Keyring, policy: Policy, now: i
     ca_row = existing.get(CA_ROW)
     if ca_row is None:
         ca = secrets.make_ca(policy.name, utc(now))
-        repo.put_secret(seal_value(keyring, policy.name, CA_ROW, ca.to_secret(),
-                                   spec_digest="ca", now=now))
+        repo.put_secret(
+            seal_value(keyring, policy.name, CA_ROW, ca.to_secret(), spec_digest="ca", now=now)
+        )
     else:
         ca = secrets.CertificateAuthority.from_secret(open_value(keyring, ca_row))
     generated: list[str] = []
@@ -87,8 +99,9 @@ def reconcile(repo: Repository, keyring: secrets.Keyring, policy: Policy, now: i
             continue
         value = _generate(spec, ca, made, repo, keyring, policy.name, now)
         made[spec.name] = value
-        repo.put_secret(seal_value(keyring, policy.name, spec.name, value,
-                                   spec_digest=digest, now=now))
+        repo.put_secret(
+            seal_value(keyring, policy.name, spec.name, value, spec_digest=digest, now=now)
+        )
         generated.append(spec.name)
     keep = {CA_ROW} | {s.name for s in policy.secrets.values() if s.import_from is None}
     repo.delete_secrets(policy.name, keep)
@@ -125,7 +138,12 @@ def _generate(
             key_value = open_value(keyring, row)
         public = serialization.load_pem_public_key(key_value.part("public"))
         cert = secrets.issue_certificate(
-            ca, public, common_name=common_name, sans=spec.sans, now=utc(now), days=days  # type: ignore[arg-type]
+            ca,
+            public,
+            common_name=common_name,
+            sans=spec.sans,
+            now=utc(now),
+            days=days,  # type: ignore[arg-type]
         )
         return secrets.SecretValue(
             "x509",

@@ -12,8 +12,10 @@ class _Model(BaseModel):
 
 
 class ErrorBody(_Model):
-    error: str = Field(description="error class: bad-request, unauthenticated, forbidden, "
-                       "attestation-rejected, not-found, conflict, unavailable, internal")
+    error: str = Field(
+        description="error class: bad-request, unauthenticated, forbidden, "
+        "attestation-rejected, not-found, conflict, unavailable, internal"
+    )
     message: str
     field: str | None = Field(None, description="the offending field (policies, requests)")
     problems: list[dict[str, str]] | None = Field(None, description="every policy problem")
@@ -32,12 +34,19 @@ class NonceResponse(_Model):
     expires_at: int = Field(description="Unix seconds")
 
 
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"  # policy and service names (policy schema)
+
+
 class AttestBody(_Model):
-    policy: str
-    service: str
-    nonce: str = Field(description="as returned by POST /v1/nonces")
-    public_key: str = Field(description="the enclave's fresh EC P-256 public key, PEM")
-    evidence: str = Field(description="base64 of a DCAP quote or of simulated evidence")
+    policy: str = Field(pattern=NAME_PATTERN)
+    service: str = Field(pattern=NAME_PATTERN)
+    nonce: str = Field(max_length=64, description="as returned by POST /v1/nonces")
+    public_key: str = Field(
+        max_length=4096, description="the enclave's fresh EC P-256 public key, PEM"
+    )
+    evidence: str = Field(
+        max_length=1_500_000, description="base64 of a DCAP quote or of simulated evidence"
+    )
 
 
 class AttestResponse(_Model):
@@ -57,7 +66,7 @@ class AttestResponse(_Model):
 
 
 class PolicyApplyBody(_Model):
-    policy: str = Field(description="the policy document (YAML or JSON text)")
+    policy: str = Field(max_length=1 << 20, description="the policy document (YAML or JSON text)")
 
 
 class PolicyApplyResponse(_Model):
