@@ -28,9 +28,21 @@ def example(tmp_path_factory):
 def test_help_lists_every_role(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for command in ("keygen", "approve", "node", "coordinator", "query", "verify-result",
+    for command in ("init", "keygen", "approve", "node", "coordinator", "query", "verify-result",
                     "status", "audit", "budget", "local"):
         assert command in out
+
+
+def test_init_prepares_a_collaboration(capsys, tmp_path):
+    code, out, _ = run(capsys, "init", tmp_path / "c", "--people", 200, "--format", "csv",
+                       "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert len(doc["approvals"]) == 3
+    assert all(p.endswith(".csv") for ds in doc["datasets"].values() for p in ds.values())
+    assert (tmp_path / "c" / "local.json").exists()
+    code, _, err = run(capsys, "init", tmp_path / "c")
+    assert code == 2 and "not empty" in err
 
 
 def test_keygen_and_approve(capsys, tmp_path, example):

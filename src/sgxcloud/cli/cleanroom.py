@@ -88,6 +88,45 @@ def cleanroom() -> None:
 
 
 @cleanroom.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--people", default=20_000, show_default=True, type=click.IntRange(1),
+              help="Synthetic population size.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet",
+              show_default=True, help="Provider file format.")
+@click.option("--hardware", is_flag=True,
+              help="Write allow_simulated: false (nodes then refuse SIMULATED peers).")
+@click.option("--json", "as_json", is_flag=True)
+def init(directory: str, people: int, fmt: str, hardware: bool, as_json: bool) -> int:
+    """Start a collaboration from the worked example: a key per party, the
+    definition with those keys, every provider's approval, synthetic data and
+    local.json for `sgxcloud cleanroom local`."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from sgxcloud.cleanroom.local import prepare_example
+
+    target = Path(directory)
+    if target.exists() and any(target.iterdir()):
+        raise InputError(f"{directory} is not empty")
+    with Progress(TextColumn("{task.description}"), BarColumn(), console=Console(stderr=True),
+                  transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"generating data for {people:,} people", total=people)
+        collab = prepare_example(target, people=people, fmt=fmt, allow_simulated=not hardware,
+                                 progress=lambda done, _total: bar.update(task, completed=done))
+    doc = {"directory": str(target), "definition": str(collab.definition),
+           "approvals": [str(a) for a in collab.approvals], "keys": str(target / "keys"),
+           "datasets": collab.nodes}
+
+    def render(d):
+        console.print(f"definition: {d['definition']}")
+        console.print(f"keys: {d['keys']} (one per party; keep them private)")
+        console.print(f"approvals: {', '.join(d['approvals'])}")
+        console.print(f"next: [bold]sgxcloud cleanroom local --workdir {directory}[/]")
+
+    _emit(as_json, doc, render)
+    return 0
+
+
+@cleanroom.command()
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the private key (PEM, mode 0600).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
