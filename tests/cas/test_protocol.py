@@ -10,12 +10,15 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sgxcloud.cas import audit, client, protocol, secrets
 from sgxcloud.cas.collateral import FileCollateral
 from sgxcloud.cas.errors import EvidenceError
 from sgxcloud.cas.evidence import DefaultVerifier, make_simulated_evidence
 from sgxcloud.cas.policy import load_policy
+from sgxcloud.cas.service import auth
 from sgxcloud.cas.service.app import create_app
 from sgxcloud.cas.service.core import AttestationRejected, AttestRequest, CasService
 from sgxcloud.cas.service.server import background_https, make_loopback_tls
@@ -349,3 +352,41 @@ def test_launcher_needs_its_settings(capsys) -> None:  # type: ignore[no-untyped
         client.launch(environ={})
     assert client.main(["nonsense"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+# -- parsers never crash on hostile input -------------------------------------
+
+_FUZZ_KEY = protocol.new_enclave_key()
+
+
+@settings(max_examples=200, deadline=None)
+@given(blob=st.binary(max_size=300), nonce=st.binary(min_size=32, max_size=32))
+def test_random_ciphertexts_are_clean_rejections(blob: bytes, nonce: bytes) -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.open_configuration(blob, _FUZZ_KEY, nonce)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=400))
+def test_random_configuration_documents_are_clean_rejections(data: bytes) -> None:
+    try:
+        config = protocol.Configuration.from_bytes(data)
+    except protocol.ProtocolError:
+        return
+    assert isinstance(config.argv, list)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(
+            [auth.DATE_HEADER, auth.SIGNATURE_HEADER, auth.KEY_HEADER, auth.CERT_HEADER]
+        ),
+        st.one_of(
+            st.text(max_size=60), st.binary(max_size=60).map(lambda b: base64.b64encode(b).decode())
+        ),
+    )
+)
+def test_random_signature_headers_never_authenticate(headers: dict) -> None:
+    with pytest.raises(auth.AuthenticationError):
+        auth.authenticate(headers, "GET", "/v1/audit", b"", now=NOW, max_skew=300)
