@@ -199,3 +199,15 @@ def test_a_workdir_serves_one_engine_process(make_definition, make_engine, tmp_p
     proc.start()
     proc.join(60)
     assert "in use by another engine" in queue.get(timeout=5)
+
+
+def test_running_out_of_memory_is_a_typed_error(make_definition, make_engine, prepared):
+    from sgxcloud.cleanroom.errors import EngineLimitError
+
+    engine = make_engine(make_definition(), memory_limit="64MB")
+    engine._con.execute("SET memory_limit = '1MB'")  # squeeze it after ingestion
+    with pytest.raises(EngineLimitError, match="memory limit"):
+        engine.run({"template": "campaign_lift", "analysis": "lift",
+                    "breakdown": "telecom.subscribers.region"}, "brand")
+    engine._con.execute("SET memory_limit = '256MB'")
+    assert engine.run({"template": "audience_size", "analysis": "audience"}, "brand")

@@ -55,7 +55,8 @@ Public interfaces (stable; imported from the sub-modules named):
     Refusals: ``QueryRefused(reason, message)`` with reason in
     ``not_allowed | budget | differencing | suppressed`` (``suppressed`` only
     when *every* cell would be below k; otherwise cells are flagged
-    individually); malformed queries: ``QueryError(field, message)``.
+    individually); malformed queries: ``QueryError(field, message)``; the
+    memory limit hit: ``EngineLimitError`` (nothing released or kept).
     Cells: audience ``people``; overlap ``people`` with ``dims={"datasets":
     "a.b+c.d"}``; lift per ``{segment, arm}`` (``people, converters,
     conversion_rate, purchases, revenue, revenue_per_person``) and per

@@ -82,6 +82,12 @@ class IngestError(InputError, CleanroomError):
         super().__init__(message)
 
 
+class EngineLimitError(CleanroomError):
+    """The engine hit its configured memory limit; nothing was released or kept."""
+
+    exit_code = 5
+
+
 class ResultSignatureError(CleanroomError):
     """A result document's signature or content does not verify."""
 

@@ -14,6 +14,7 @@ engine on the same ``workdir`` keeps every privacy promise it made.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -42,7 +43,13 @@ from sgxcloud.cleanroom.engine.query import (
     query_key,
 )
 from sgxcloud.cleanroom.engine.release import build_cells
-from sgxcloud.cleanroom.errors import CleanroomError, IngestError, QueryError, QueryRefused
+from sgxcloud.cleanroom.errors import (
+    CleanroomError,
+    EngineLimitError,
+    IngestError,
+    QueryError,
+    QueryRefused,
+)
 from sgxcloud.cleanroom.identifiers import prepared_schema
 from sgxcloud.cleanroom.privacy import CohortStore, NoiseSource, PrivacyLedger
 from sgxcloud.cleanroom.results import Result, new_result_id, now_iso, sign_result
@@ -101,6 +108,7 @@ class Engine:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._signing_key = signing_key or generate_private_key()
+        self.memory_limit = memory_limit
         self._lock = threading.RLock()
         try:
             self._con = duckdb.connect(str(self.workdir / "engine.duckdb"))
@@ -183,7 +191,8 @@ class Engine:
         schema = prepared_schema(ds, self.definition.columns_needed(ref))
         with self._lock:
             try:
-                report = self._ingest_atomically(ds, schema, _batches(data))
+                with self._memory_guard():
+                    report = self._ingest_atomically(ds, schema, _batches(data))
             except IngestError as exc:
                 self.audit.append("ingest_rejected", actor or provider,
                                   {"dataset": ref, "message": str(exc), "report": exc.report})
@@ -266,7 +275,8 @@ class Engine:
                                                          "result_id": result.result_id})
                 return result
             try:
-                result = self._compute_and_release(parsed, analysis, analyst, key)
+                with self._memory_guard():
+                    result = self._compute_and_release(parsed, analysis, analyst, key)
             except QueryRefused as exc:
                 self.audit.append("refusal", analyst, {"reason": exc.reason, "query_hash": key,
                                                        "message": str(exc)})
@@ -324,6 +334,17 @@ class Engine:
         ), self._signing_key)
         stored = self.ledger.store_release(self.definition.name, key, result.to_json())
         return result if stored == result.to_json() else self._resign(Result.from_json(stored))
+
+    @contextlib.contextmanager
+    def _memory_guard(self) -> Iterator[None]:
+        """DuckDB's out-of-memory error becomes a typed, actionable one."""
+        try:
+            yield
+        except duckdb.OutOfMemoryException as exc:
+            self._resolved = False  # a resolution may have stopped half-way
+            raise EngineLimitError(
+                f"the engine needs more than its memory limit ({self.memory_limit}); "
+                "raise memory_limit or give it fewer threads") from exc
 
     def _resign(self, result: Result) -> Result:
         """Cached answers are re-signed if the enclave key changed; content is kept."""

@@ -74,10 +74,11 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
             for other in others
         ]
     edges = " UNION ALL ".join(edge_selects) or "SELECT 0::BIGINT AS a, 0::BIGINT AS b WHERE false"
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE id_edges AS SELECT DISTINCT a, b FROM "
-        f"(SELECT a, b FROM ({edges}) UNION ALL SELECT b, a FROM ({edges})) WHERE a <> b"
-    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE id_edges_one AS SELECT DISTINCT a, b "
+                f"FROM ({edges}) WHERE a <> b")
+    con.execute("CREATE OR REPLACE TEMP TABLE id_edges AS SELECT DISTINCT a, b FROM "
+                "(SELECT a, b FROM id_edges_one UNION ALL SELECT b, a FROM id_edges_one)")
+    con.execute("DROP TABLE id_edges_one")
     con.execute("CREATE OR REPLACE TEMP TABLE id_labels AS SELECT nid, nid AS label FROM id_nodes")
     rounds = 0
     for rounds in range(1, MAX_ROUNDS + 1):  # noqa: B007 (rounds reported below)
@@ -102,20 +103,21 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
     else:
         raise RuntimeError("person resolution did not converge")
     con.execute("""
+        CREATE OR REPLACE TEMP TABLE id_person AS
+        SELECT n.id, l.label AS person FROM id_nodes n JOIN id_labels l USING (nid)""")
+    con.execute("DROP TABLE id_edges")
+    con.execute("""
         CREATE OR REPLACE TEMP TABLE persons AS
-        SELECT l.label AS person, min(n.id) AS pkey
-        FROM id_labels l JOIN id_nodes n ON n.nid = l.nid GROUP BY l.label""")
+        SELECT person, min(id) AS pkey FROM id_person GROUP BY person""")
     for ds in datasets:
-        joins, labels = [], []
-        for j, ident in enumerate(ds.identifiers):
-            joins.append(f"LEFT JOIN id_nodes n{j} ON n{j}.id = t.{quote(ident.column)} "
-                         f"LEFT JOIN id_labels l{j} ON l{j}.nid = n{j}.nid")
-            labels.append(f"l{j}.label")
+        # Every identifier of a row lies in the same component: one join on
+        # the first non-null one finds the row's person.
+        first_id = "coalesce(" + ", ".join(f"t.{quote(i.column)}" for i in ds.identifiers) + ")"
         rest = [quote(a.column) for a in ds.attributes] + [quote(c) for c in ds.event_columns]
-        cols = ", ".join(["coalesce(" + ", ".join(labels) + ") AS person"]
-                         + [f"t.{c}" for c in rest])
+        cols = ", ".join(["ip.person", *(f"t.{c}" for c in rest)])
         con.execute(f"CREATE OR REPLACE TEMP TABLE {person_table(ds)} AS "
-                    f"SELECT {cols} FROM {data_table(ds)} t {' '.join(joins)}")
+                    f"SELECT {cols} FROM {data_table(ds)} t "
+                    f"JOIN id_person ip ON ip.id = {first_id}")
     identifiers = con.execute("SELECT count(*) FROM id_nodes").fetchone()[0]
     people = con.execute("SELECT count(*) FROM persons").fetchone()[0]
     log.info("resolved %d identifiers into %d people in %d rounds", identifiers, people, rounds)
