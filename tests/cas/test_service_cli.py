@@ -257,3 +257,33 @@ def test_service_refuses_to_start_with_the_wrong_master_key(home: Path, monkeypa
     monkeypatch.setenv("SGXCLOUD_CAS_MASTER_KEY", other)
     with pytest.raises(secrets.MasterKeyError, match="no master key with id"):
         build_service(wrong)
+
+
+def test_master_key_rotation_with_rewrap(home: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from sgxcloud.cas import secrets
+    from sgxcloud.cas.policy import public_key_id
+
+    settings = load_settings(home / "cas.yaml", environ={})
+    service = build_service(settings)
+    owner = pg.owner_key()
+    service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+    before = service.read_policy(public_key_id(pg.public_pem(owner)), "shop").secrets
+    service.stop()
+    new_key = secrets.MasterKey.generate()
+    secrets.write_master_key(home / "new.key", new_key)
+    config = home / "cas.yaml"
+    config.write_text(
+        config.read_text().replace(
+            "master_key_file: master.key",
+            "master_key_file: new.key\nretired_master_key_files: [master.key]",
+        )
+    )
+    assert cli(["cas", "rewrap", "--config", str(config)]) == 0
+    assert "re-wrapped under master key " + new_key.key_id in capsys.readouterr().out
+    # The old key can go: everything opens with the new one alone.
+    config.write_text(config.read_text().replace("retired_master_key_files: [master.key]", ""))
+    service = build_service(load_settings(config, environ={}))
+    after = service.read_policy(public_key_id(pg.public_pem(owner)), "shop").secrets
+    assert {s["master_key_id"] for s in after} == {new_key.key_id}
+    assert [s["name"] for s in after] == [s["name"] for s in before]
+    service.stop()

@@ -104,6 +104,30 @@ def init(directory: Path, loopback_tls: bool) -> int:
     return 0
 
 
+@cas.command(name="rewrap")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=_CONFIG_HELP
+)
+def rewrap(config_path: Path | None) -> int:
+    """Re-wrap every secret under the current master key (after a rotation).
+
+    Set master_key_file to the new key and list the old one in
+    retired_master_key_files, run this, then drop the retired key.
+    """
+    from sgxcloud.cas.service.materials import rewrap_all
+    from sgxcloud.cas.store import Database
+
+    settings = load_settings(config_path)
+    keyring = settings.keyring()
+    database = Database.open(settings.database_url)
+    try:
+        moved = database.run(lambda repo: rewrap_all(repo, keyring))
+    finally:
+        database.close()
+    Console().print(f"{moved} secret(s) re-wrapped under master key {keyring.current.key_id}")
+    return 0
+
+
 @cas.command(name="openapi")
 def openapi() -> int:
     """Print the OpenAPI document of the HTTP API (committed as docs/cas/openapi.json)."""

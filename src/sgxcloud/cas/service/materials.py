@@ -185,3 +185,31 @@ def render(service: ServicePolicy, policy: Policy, load: Loader) -> Configuratio
         env={k: substitute(v, value_text) for k, v in service.environment.items()},
         files={path: _render_file(text, value_bytes) for path, text in service.files.items()},
     )
+
+
+def rewrap_all(repo: Repository, keyring: secrets.Keyring) -> int:
+    """Re-wrap every row sealed under a retired master key; returns how many moved.
+
+    Only the data keys are re-encrypted; secret ciphertexts stay as they are.
+    Afterwards the retired keys can be dropped from the configuration.
+    """
+    moved = 0
+    for row in repo.all_secrets():
+        if row.master_key_id == keyring.current.key_id:
+            continue
+        sealed = secrets.Sealed(row.master_key_id, row.wrapped_key, row.ciphertext)
+        fresh = secrets.rewrap(keyring, sealed, context=f"{row.policy}/{row.name}")
+        repo.put_secret(
+            SealedSecret(
+                row.policy,
+                row.name,
+                row.kind,
+                fresh.master_key_id,
+                fresh.wrapped_key,
+                fresh.ciphertext,
+                row.spec_hash,
+                row.created_at,
+            )
+        )
+        moved += 1
+    return moved
