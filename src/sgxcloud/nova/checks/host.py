@@ -630,22 +630,7 @@ def _check_nova(tree: HostTree) -> list[Finding]:
                 f"set [DEFAULT] compute_driver = {DRIVER} and restart nova-compute",
             )
         )
-    if parser.has_section("sgx"):
-        options = (
-            ", ".join(
-                f"{k} = {v}" for k, v in parser.items("sgx", raw=True) if k not in parser.defaults()
-            )
-            or "defaults"
-        )
-        findings.append(ok("nova.sgx_options", f"[sgx] section present ({options})"))
-    else:
-        findings.append(
-            warning(
-                "nova.sgx_options",
-                "no [sgx] section: all SGX options at their defaults",
-                "add [sgx] (e.g. reserved_epc_mb) to nova.conf; see the sample config",
-            )
-        )
+    findings.extend(_check_sgx_section(parser))
     filters = parser.get("filter_scheduler", "enabled_filters", fallback=None)
     names = {f.strip() for f in (filters or "").split(",") if f.strip()}
     if SGX_FILTER in names:
@@ -666,3 +651,44 @@ def _check_nova(tree: HostTree) -> list[Finding]:
             )
         )
     return findings
+
+
+def _check_sgx_section(parser: configparser.ConfigParser) -> list[Finding]:
+    """``[sgx]`` values checked against the options the driver declares."""
+    if not parser.has_section("sgx"):
+        return [
+            warning(
+                "nova.sgx_options",
+                "no [sgx] section: all SGX options at their defaults",
+                "add [sgx] (e.g. reserved_epc_mb) to nova.conf; see the sample config",
+            )
+        ]
+    try:
+        from sgxcloud.nova.conf import list_opts
+    except ImportError:  # oslo.config absent: only report what is set
+        declared = None
+    else:
+        declared = {opt.dest: opt for _group, opts in list_opts() for opt in opts}
+    values = {k: v for k, v in parser.items("sgx", raw=True) if k not in parser.defaults()}
+    problems = []
+    for key, value in values.items():
+        if declared is None:
+            continue
+        opt = declared.get(key)
+        if opt is None:
+            problems.append(f"unknown option {key!r}")
+            continue
+        try:
+            opt.type(value)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{key} = {value!r}: {exc}")
+    shown = ", ".join(f"{k} = {v}" for k, v in values.items()) or "defaults"
+    if problems:
+        return [
+            failure(
+                "nova.sgx_options",
+                f"[sgx] has {'; '.join(problems)}",
+                "fix the [sgx] options (oslo-config-generator --namespace sgxcloud lists them)",
+            )
+        ]
+    return [ok("nova.sgx_options", f"[sgx] section valid ({shown})")]
