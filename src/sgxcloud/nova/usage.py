@@ -305,7 +305,7 @@ def _project_from_usage(
         total_local_gb_usage=usage.total_local_gb_usage or 0.0,
     )
     rows = list(usage.server_usages or [])
-    servers = _servers_by_id(conn, project_id, period_start)
+    servers = _servers_by_id(conn, project_id)
     for row in rows:
         result.servers.append(
             _server_usage(conn, _get(row), servers, catalog, period_start, period_stop)
@@ -317,7 +317,7 @@ def _get(row: Any) -> Mapping[str, Any]:
     return row if isinstance(row, Mapping) else row.to_dict()
 
 
-def _servers_by_id(conn: Any, project_id: str, since: dt.datetime) -> dict[str, Any]:
+def _servers_by_id(conn: Any, project_id: str) -> dict[str, Any]:
     """Live and deleted servers of the project, with their embedded flavors."""
     found: dict[str, Any] = {}
     query = {"all_projects": True, "project_id": project_id}
