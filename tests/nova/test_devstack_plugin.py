@@ -9,6 +9,7 @@ moved in a real temporary tree.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "devstack" / "plugin.sh"
 SETTINGS = REPO / "devstack" / "settings"
 SNIPPET = REPO / "etc" / "nova" / "api-paste.ini.sgx-snippet"
+README = REPO / "devstack" / "README.md"
 
 STANDINS = r"""
 set -o errexit -o nounset -o pipefail
@@ -284,3 +286,14 @@ def test_extra_registers_epc_limit_and_isolated_aggregate(tmp_path):
 def test_compute_only_node_creates_nothing_in_the_api(tmp_path):
     _, calls, _ = _run_phases(tmp_path, ["stack extra", "unstack"], enabled="n-cpu")
     assert not any(call.startswith("openstack") for call in calls)
+
+
+def test_readme_documents_every_setting_and_its_links_resolve():
+    text = README.read_text()
+    settings = re.findall(r"^(SGXCLOUD_\w+)=", SETTINGS.read_text(), flags=re.MULTILINE)
+    assert settings
+    for name in settings:
+        assert f"`{name}`" in text, name
+    links = re.findall(r"\]\((?!https?://|#)([^)#]+)(?:#[^)]*)?\)", text)
+    assert links
+    assert not [link for link in links if not (README.parent / link).exists()]
