@@ -32,24 +32,28 @@ def definition():
     return load_definition(EXAMPLE)
 
 
+def canonical(tree):
+    return parse_filter(tree.to_dict())
+
+
 def test_text_and_json_forms_agree():
     text = ("retailer.customers.baby_buyer = true AND NOT (telecom.subscribers.region IN "
             "('north', 'west') OR bank.customers.income_band <> 'low')")
     parsed = parse_filter_text(text)
-    assert parsed == FilterAnd((
+    assert parsed == canonical(FilterAnd((
         Comparison("retailer.customers.baby_buyer", "=", True),
         FilterNot(FilterOr((
             Comparison("telecom.subscribers.region", "in", ("north", "west")),
             Comparison("bank.customers.income_band", "!=", "low"),
         ))),
-    ))
+    )))
     assert parse_filter(parsed.to_dict()) == parsed
 
 
 def test_precedence_and_literals():
     node = parse_filter_text("a.b.c = 1 OR a.b.d = 2.5 AND a.b.e = 'it''s'")
-    assert node == FilterOr((Comparison("a.b.c", "=", 1), FilterAnd((
-        Comparison("a.b.d", "=", 2.5), Comparison("a.b.e", "=", "it's")))))
+    assert node == canonical(FilterOr((Comparison("a.b.c", "=", 1), FilterAnd((
+        Comparison("a.b.d", "=", 2.5), Comparison("a.b.e", "=", "it's"))))))
 
 
 @pytest.mark.parametrize("text", [
@@ -133,3 +137,15 @@ def test_compiled_sql_binds_every_value(definition):
     assert "north" not in sql and "we" not in sql.replace("WHERE", "")
     assert sql.count("?") == 3
     assert '"p_telecom__subscribers"' in sql and '"region"' in sql
+
+
+def test_and_or_have_one_canonical_form():
+    def key(text):
+        return query_key(parse_query({"template": "audience_size", "analysis": "audience",
+                                      "filter": text}), "h")
+
+    a, b, c = "a.b.x = 1", "a.b.y = 2", "a.b.z = 3"
+    assert key(f"{a} AND {b}") == key(f"{b} AND {a}") == key(f"{b} AND {a} AND {b}")
+    assert key(f"{a} AND ({b} AND {c})") == key(f"({c} AND {a}) AND {b}")
+    assert key(f"{a} OR {b}") != key(f"{a} AND {b}")
+    assert key(f"{a} AND ({b} OR {c})") != key(f"({a} AND {b}) OR {c}")

@@ -207,9 +207,8 @@ def _parse_filter(doc: Any, path: str, depth: int) -> Filter:
         items = doc[op]
         if not isinstance(items, list) or len(items) < 2:
             raise QueryError(f"{path}.{op}", "needs a list of at least two filters")
-        parsed = tuple(_parse_filter(x, f"{path}.{op}[{i}]", depth + 1)
-                       for i, x in enumerate(items))
-        return And(parsed) if op == "and" else Or(parsed)
+        parsed = [_parse_filter(x, f"{path}.{op}[{i}]", depth + 1) for i, x in enumerate(items)]
+        return _junction(And if op == "and" else Or, parsed)
     if set(doc) == {"not"}:
         return Not(_parse_filter(doc["not"], f"{path}.not", depth + 1))
     if set(doc) != {"attribute", "op", "value"}:
@@ -229,6 +228,18 @@ def _parse_filter(doc: Any, path: str, depth: int) -> Filter:
     if not _is_scalar(value):
         raise QueryError(f"{path}.value", "must be a string, number or boolean")
     return Comparison(attribute, op, value)
+
+
+def _junction(kind: type[And] | type[Or], items: list[Filter]) -> Filter:
+    """AND/OR in one canonical form: nested same-kind flattened, children
+    de-duplicated and sorted, so ``a AND b`` and ``b AND a`` are one query
+    (one cache entry, one budget charge)."""
+    flat: dict[bytes, Filter] = {}
+    for item in items:
+        for part in (item.items if isinstance(item, kind) else (item,)):
+            flat[canonical_json(part.to_dict())] = part
+    ordered = tuple(flat[key] for key in sorted(flat))
+    return ordered[0] if len(ordered) == 1 else kind(ordered)
 
 
 def _is_scalar(value: Any) -> bool:
