@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from sgxcloud.cas import audit, client, protocol, secrets
 from sgxcloud.cas.collateral import FileCollateral
-from sgxcloud.cas.errors import EvidenceError
 from sgxcloud.cas.evidence import DefaultVerifier, make_simulated_evidence
 from sgxcloud.cas.policy import load_policy
 from sgxcloud.cas.service import auth
@@ -297,7 +296,7 @@ def test_client_refuses_a_service_not_signed_by_the_pinned_ca(https_cas, tmp_pat
 
 def test_rejection_over_https_carries_the_reason(https_cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     url, tls = https_cas
-    with pytest.raises(EvidenceError) as info:
+    with pytest.raises(client.AttestationRefused) as info:
         client.fetch_configuration(
             url,
             policy="shop",
@@ -306,7 +305,7 @@ def test_rejection_over_https_carries_the_reason(https_cas, tmp_path: Path) -> N
             root=tmp_path,
             simulate=pg.simulated_identity("00" * 32),
         )
-    assert any("MRENCLAVE" in r for r in info.value.reasons)  # type: ignore[attr-defined]
+    assert any("MRENCLAVE" in r for r in info.value.reasons)
     plain = httpx.Client(verify=ssl.create_default_context(cafile=str(tls.ca_cert)))
     assert plain.get(url + "/v1/health").json()["state"] == "ready"
     plain.close()

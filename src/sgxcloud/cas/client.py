@@ -60,6 +60,14 @@ class ClientError(CasError):
     exit_code = 1
 
 
+class AttestationRefused(EvidenceError):
+    """The CAS judged this enclave and said no; ``reasons`` lists every why."""
+
+    def __init__(self, message: str, *, code: str, reasons: list[str]) -> None:
+        super().__init__(message, code=code)
+        self.reasons = reasons
+
+
 class PolicyNotFound(ClientError):
     """The service has no policy of that name."""
 
@@ -223,11 +231,11 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     except ValueError as exc:
         raise ClientError(f"CAS answered {response.status_code} without JSON") from exc
     if response.status_code == 403 and body.get("error") == "attestation-rejected":
-        rejected = EvidenceError(
-            body.get("message", "attestation rejected"), code=body.get("code", "policy")
+        raise AttestationRefused(
+            body.get("message", "attestation rejected"),
+            code=body.get("code", "policy"),
+            reasons=list(body.get("reasons", [])),
         )
-        rejected.reasons = body.get("reasons", [])  # type: ignore[attr-defined]
-        raise rejected
     if response.status_code == 403:
         raise AccessDenied(body.get("message", "forbidden"))
     if response.status_code >= 400:
@@ -299,7 +307,10 @@ class OwnerClient:
         _owner_answer(self._request("DELETE", f"/v1/policies/{name}?predecessor={predecessor}"))
 
     def audit(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        return _owner_answer(self._request("GET", f"/v1/audit?after={after}&limit={limit}"))  # type: ignore[return-value]
+        answer: list[dict[str, Any]] = _owner_answer(
+            self._request("GET", f"/v1/audit?after={after}&limit={limit}")
+        )
+        return answer
 
 
 def _canonical(body: dict[str, Any]) -> bytes:

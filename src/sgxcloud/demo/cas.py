@@ -22,7 +22,6 @@ from rich.table import Table
 
 from sgxcloud.cas import audit, client, secrets
 from sgxcloud.cas.config import Settings
-from sgxcloud.cas.errors import EvidenceError
 from sgxcloud.cas.evidence import SIMULATED_WARNING
 from sgxcloud.cas.service.server import (
     background_https,
@@ -191,8 +190,8 @@ def run(console: Console, workdir: Path) -> dict[str, Any]:
                     simulate=tampered,
                 )
                 reasons = ["(unexpectedly accepted)"]
-            except EvidenceError as exc:
-                reasons = getattr(exc, "reasons", [str(exc)])
+            except client.AttestationRefused as exc:
+                reasons = exc.reasons
             console.print(
                 Panel(
                     "\n".join(f"• {r}" for r in reasons),

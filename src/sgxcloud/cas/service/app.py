@@ -146,7 +146,9 @@ def create_app(
         )
 
     @app.put("/v1/policies", response_model=schemas.PolicyApplyResponse, tags=["policies"])
-    async def apply_policy(request: Request, body: schemas.PolicyApplyBody):  # type: ignore[no-untyped-def]
+    async def apply_policy(
+        request: Request, body: schemas.PolicyApplyBody
+    ) -> schemas.PolicyApplyResponse:
         """Create or update a policy (signed by an owner; updates name their predecessor)."""
         who = await caller(request)
         info = await run_in_threadpool(cas().apply_policy, who, body.policy, now())

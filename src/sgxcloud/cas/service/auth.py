@@ -134,7 +134,8 @@ def authenticate(
     return Caller(caller_id)
 
 
-def _credential(headers: Mapping[str, str]):  # type: ignore[no-untyped-def]
+def _credential(headers: Mapping[str, str]) -> tuple[object, str]:
+    """The public key that must have signed, and the principal id it stands for."""
     cert_text = headers.get(CERT_HEADER)
     key_text = headers.get(KEY_HEADER)
     try:

@@ -137,13 +137,10 @@ def _generate(
                 raise PolicyError(f"secrets.{spec.name}.key", f"no private-key secret {spec.key!r}")
             key_value = open_value(keyring, row)
         public = serialization.load_pem_public_key(key_value.part("public"))
+        if not isinstance(public, secrets.PublicKey):
+            raise PolicyError(f"secrets.{spec.name}.key", "key type cannot be certified")
         cert = secrets.issue_certificate(
-            ca,
-            public,
-            common_name=common_name,
-            sans=spec.sans,
-            now=utc(now),
-            days=days,  # type: ignore[arg-type]
+            ca, public, common_name=common_name, sans=spec.sans, now=utc(now), days=days
         )
         return secrets.SecretValue(
             "x509",
