@@ -19,8 +19,8 @@ from tests.functional_nova.base import SGXServersTestBase
 QEMU_WITHOUT_SGX = "sgx epc isn't supported by this QEMU binary"
 
 
-def _run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+def _run(*argv: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 class SGXDomainXMLTest(SGXServersTestBase):
@@ -68,7 +68,8 @@ class SGXDomainXMLTest(SGXServersTestBase):
             if os.environ.get("CI"):
                 self.fail(f"libvirtd (qemu:///system) not reachable in CI: {probe.stderr}")
             self.skipTest(f"no local libvirtd: {probe.stderr.strip()}")
-        result = _run("virsh", "-c", "qemu:///system", "define", self.path)
+        # The first define after libvirtd starts probes QEMU, slow on a busy machine.
+        result = _run("virsh", "-c", "qemu:///system", "define", self.path, timeout=600)
         if result.returncode == 0:  # never expected here; don't leave it behind
             _run("virsh", "-c", "qemu:///system", "undefine", self._domain_name())
             self.fail("qemu driver accepted SGX on a host without SGX")

@@ -9,7 +9,7 @@ from nova.tests.functional.api import client
 
 from sgxcloud.nova import resources
 from sgxcloud.nova.config import sgx_epc_devices
-from tests.fixtures.domcaps import sgx_features_xml
+from sgxcloud.nova.testing.fakes import sgx_features_xml
 from tests.functional_nova.base import SGXServersTestBase
 
 

@@ -1,0 +1,195 @@
+"""Demo screen: SGX virtual machines in an in-process OpenStack cloud.
+
+Nova's own API, conductor, scheduler and Placement run in this process with
+``sgxcloud.SGXLibvirtDriver`` on five compute hosts whose (fake) libvirt
+reports different EPC sizes, and one without SGX.  No SGX hardware is used:
+what is real is Nova's scheduling and Placement accounting, and the domain
+XML our driver generates (checked by libvirt's own schema and parser).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+
+from sgxcloud.nova import resources
+
+# name -> (EPC MiB per host NUMA node, FLC, SGX2); None: no SGX at all
+HOSTS: dict[str, tuple[dict[int, int], bool, bool] | None] = {
+    "sgx-a": ({0: 128, 1: 128}, True, False),
+    "sgx-b": ({0: 512}, True, True),
+    "sgx-c": ({0: 64}, False, False),
+    "plain-1": None,
+    "plain-2": None,
+}
+
+# name -> (EPC MiB or 0, extra sgx: keys)
+FLAVORS: dict[str, tuple[int, dict[str, str]]] = {
+    "std.small": (0, {}),
+    "sgx.small": (64, {}),
+    "sgx.medium": (128, {"sgx:require_flc": "true"}),
+    "sgx.large": (256, {"sgx:require_sgx2": "true"}),
+    "sgx.huge": (1024, {}),
+}
+
+# (server name, flavor) in boot order
+SERVERS = [
+    ("web-1", "std.small"), ("web-2", "std.small"), ("web-3", "std.small"),
+    ("enclave-1", "sgx.small"), ("enclave-2", "sgx.small"), ("enclave-3", "sgx.small"),
+    ("cleanroom-node", "sgx.medium"), ("coordinator", "sgx.large"),
+    ("too-big", "sgx.huge"),
+]
+
+
+def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
+    workdir = workdir / "nova"
+    workdir.mkdir(parents=True, exist_ok=True)
+    console.rule("[bold]1 · SGX virtual machines in OpenStack Nova")
+    console.print(
+        "In-process cloud: Nova API, conductor, scheduler and Placement for real; "
+        "libvirt [bold yellow]faked[/] as in Nova's own functional tests (no SGX here).")
+
+    with console.status("Starting compute hosts…"):
+        for name, spec in HOSTS.items():
+            if spec is None:
+                cloud.start_compute(name)
+            else:
+                sections, flc, sgx2 = spec
+                cloud.start_sgx_compute(name, sections, flc=flc, sgx2=sgx2)
+    flavor_ids = {
+        name: (cloud.create_sgx_flavor(epc, extra=extra, name=name) if epc
+               else cloud._create_flavor(memory_mb=512, vcpu=1, disk=1, name=name))
+        for name, (epc, extra) in FLAVORS.items()
+    }
+
+    servers: dict[str, dict] = {}
+    with console.status("Booting servers…") as status:
+        for name, flavor in SERVERS:
+            status.update(f"Booting {name} ({flavor})…")
+            created = cloud.api.post_server({"server": cloud._build_server(
+                name=name, flavor_id=flavor_ids[flavor], networks="none")})
+            servers[name] = cloud.wait_for_any_status(created, {"ACTIVE", "ERROR"})
+
+    console.print(_servers_table(servers))
+    console.print(_hosts_table(cloud))
+
+    refusal = _try_live_migration(cloud, servers["enclave-1"])
+    console.print(Panel(refusal, title="Live migration of enclave-1 (an SGX server)",
+                        border_style="yellow"))
+
+    xml = cloud.domain_xml(servers["cleanroom-node"])
+    xml_path = workdir / "cleanroom-node.xml"
+    xml_path.write_text(xml)
+    checks = _libvirt_checks(xml_path)
+    console.print(Panel(
+        Group(Syntax(_excerpt(xml), "xml", theme="ansi_dark"), "", checks.render(),
+              f"[dim]whole file: {xml_path}[/]"),
+        title="Domain XML of cleanroom-node (the parts SGX adds)"))
+    return {
+        "servers": {name: {"status": s["status"], "host": s.get("OS-EXT-SRV-ATTR:host")}
+                    for name, s in servers.items()},
+        "epc_used_mb": {h: cloud.epc_usage(h) for h, spec in HOSTS.items() if spec},
+        "domain_xml": str(xml_path),
+        "libvirt_checks": checks.results,
+    }
+
+
+def _servers_table(servers: dict[str, dict]) -> Table:
+    table = Table(title="Where each server landed")
+    for column in ("server", "flavor", "EPC MiB", "status", "host / reason"):
+        table.add_column(column)
+    flavor_of = dict(SERVERS)
+    for name, server in servers.items():
+        epc = FLAVORS[flavor_of[name]][0]
+        if server["status"] == "ACTIVE":
+            where, style = server["OS-EXT-SRV-ATTR:host"], "green"
+        else:
+            where, style = server.get("fault", {}).get("message", "?"), "red"
+        table.add_row(name, flavor_of[name], str(epc or "–"),
+                      f"[{style}]{server['status']}[/]", where)
+    return table
+
+
+def _hosts_table(cloud: Any) -> Table:
+    table = Table(title="EPC per host (from Placement)")
+    for column in ("host", "SGX traits", "EPC total", "used", "free"):
+        table.add_column(column, justify="right" if column[0] in "Euf" else "left")
+    for host in HOSTS:
+        inventory = cloud.epc_inventory(host)
+        traits = sorted(t.removeprefix("CUSTOM_").removeprefix("HW_CPU_X86_")
+                        for t in cloud.traits(host) & set(resources.SGX_TRAITS))
+        if not inventory:
+            table.add_row(host, "[dim]none[/]", "–", "–", "–")
+            continue
+        used = cloud.epc_usage(host)
+        free = inventory["total"] - inventory["reserved"] - used
+        table.add_row(host, ", ".join(traits), f"{inventory['total']} MiB",
+                      f"{used} MiB", f"{free} MiB")
+    return table
+
+
+def _try_live_migration(cloud: Any, server: dict) -> str:
+    from nova.tests.functional.api import client
+
+    try:
+        cloud.admin_api.post_server_action(
+            server["id"], {"os-migrateLive": {"host": None, "block_migration": "auto"}})
+    except client.OpenStackApiException as exc:
+        import json
+
+        body = json.loads(exc.response.text)
+        fault = next(iter(body.values()))
+        return f"HTTP {fault['code']}: {fault['message']}"
+    return "[red]accepted — this should not happen for an SGX server[/]"
+
+
+def _excerpt(xml: str) -> str:
+    """The lines of the domain XML that SGX adds or needs."""
+    keep, inside = [], False
+    for line in xml.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("<numa>", "<memory model=")):
+            inside = True
+        if inside:
+            keep.append(line)
+            inside = not stripped.startswith(("</numa>", "</memory>"))
+        elif stripped.startswith(("<maxMemory", "<memory>", "<vcpu", "<feature name=\"sgx")):
+            keep.append(line)
+    return "\n".join(keep)
+
+
+class _LibvirtChecks:
+    def __init__(self) -> None:
+        self.results: dict[str, str] = {}
+
+    def render(self) -> Table:
+        table = Table(show_header=False, box=None)
+        for check, result in self.results.items():
+            style = "green" if result.startswith("ok") else "yellow"
+            table.add_row(check, f"[{style}]{result}[/]")
+        return table
+
+
+def _libvirt_checks(path: Path) -> _LibvirtChecks:
+    checks = _LibvirtChecks()
+    commands = {
+        "virt-xml-validate (libvirt RNG schema)": ["virt-xml-validate", str(path), "domain"],
+        "virsh -c test:///default define (libvirt parser)":
+            ["virsh", "-c", "test:///default", "define", str(path)],
+    }
+    for label, argv in commands.items():
+        if not shutil.which(argv[0]):
+            checks.results[label] = "not installed here"
+            continue
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        checks.results[label] = ("ok" if done.returncode == 0
+                                 else f"FAILED: {done.stderr.strip()[:200]}")
+    return checks
+
