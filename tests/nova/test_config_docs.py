@@ -193,3 +193,13 @@ def test_guide_relative_links_resolve():
     assert links
     missing = [link for link in links if not (GUIDE.parent / link).exists()]
     assert not missing, missing
+
+
+def test_tool_refuses_clearly_when_the_namespace_is_not_installed(tool, monkeypatch, capsys,
+                                                                 tmp_path):
+    # oslo-config-generator itself would only log a warning and write an empty sample.
+    monkeypatch.setattr(tool.metadata, "entry_points", lambda group: [])
+    status = tool.main(["--sample", str(tmp_path / "s"), "--reference", str(tmp_path / "r")])
+    assert status == 2
+    assert "no 'oslo.config.opts' entry point named 'sgxcloud'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
