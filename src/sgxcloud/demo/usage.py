@@ -20,6 +20,7 @@ The figures are Nova's own usage plus EPC MB-hours computed by
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,28 @@ def _connect(cloud: Any) -> tuple[Any, str]:
     )
 
 
+def _usage_with_every_launched_server(
+    conn: Any, project: str, start: dt.datetime, end: dt.datetime
+) -> epc_usage.ProjectEpcUsage:
+    """Nova's usage, once it lists every server already launched.
+
+    On the in-process harness os-simple-tenant-usage was seen to miss a server
+    for a moment right after it turned ACTIVE; the demo boots servers just
+    before this screen, so it waits (at most ~5 s) for Nova to catch up.
+    """
+    launched = {
+        s.id
+        for s in conn.compute.servers(details=True, all_projects=True, project_id=project)
+        if s.launched_at
+    }
+    for _ in range(50):
+        usage = epc_usage.project_usage(conn, project, start, end)
+        if launched <= {s.server_id for s in usage.servers}:
+            break
+        time.sleep(0.1)
+    return usage
+
+
 def run(console: Console, workdir: Path, cloud: Any) -> dict:
     """Show the usage report with EPC MB-hours and write ``epc-usage.png`` into ``workdir``."""
     conn, project = _connect(cloud)
@@ -82,7 +105,7 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict:
             title="Usage accounting",
         )
     )
-    usage = epc_usage.project_usage(conn, project, start, end)
+    usage = _usage_with_every_launched_server(conn, project, start, end)
 
     totals = Table(title=f"Usage on project {project} (last 24 h)")
     totals.add_column("Field")
