@@ -69,19 +69,38 @@ def _assert_cells_cover_k(result, plain_lift=None):
             assert cell.value >= K, (cell.metric, cell.dims)
 
 
+_OPS = {"=": lambda col, v: col == v, "!=": lambda col, v: col != v,
+        "in": lambda col, v: col.isin(v)}
+
+
+def _plain_audience(plain, node) -> set:
+    """The filter evaluated independently on the plaintext reference."""
+    if "and" in node:
+        return set.intersection(*(_plain_audience(plain, n) for n in node["and"]))
+    if "or" in node:
+        return set.union(*(_plain_audience(plain, n) for n in node["or"]))
+    if "not" in node:
+        return plain.everyone - _plain_audience(plain, node["not"])
+    provider, dataset, column = node["attribute"].split(".")
+    op = _OPS[node["op"]]
+    return plain.people(f"{provider}.{dataset}", lambda f: op(f[column], node["value"]))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(flt=FILTERS)
 def test_no_released_audience_below_k(k_engine, plain, flt):
+    truth = len(_plain_audience(plain, flt))
     try:
         result = k_engine.run({"template": "audience_size", "analysis": "audience",
                                "filter": flt}, "brand")
     except QueryRefused as exc:
         assert exc.reason == "suppressed"
+        assert truth < K
         event("suppressed")
         return
     event("released")
     _assert_cells_cover_k(result)
-    assert result.value("people") >= K
+    assert result.value("people") == truth >= K
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -352,3 +371,26 @@ def test_cohort_store_symmetric_difference():
     store.check("swap_five", 10)
     cohort("far", range(150, 200))
     store.check("far", 10)
+
+
+def test_lift_differencing_is_refused(make_definition, make_engine, plain):
+    k = 20
+    engine = make_engine(make_definition(min_group_size=k))
+    table = plain.lift_table()
+    banked = table[table.index.isin(plain.people("bank.customers"))]
+    base = "bank.customers.income_band IN ('low', 'middle', 'high')"
+    for band, baby in itertools.product(("high", "middle", "low"), (True, False)):
+        removed = plain.people("bank.customers", lambda f, b=band: f.income_band == b) \
+            & plain.people("retailer.customers", lambda f, y=baby: f.baby_buyer == y)
+        arm_diffs = [len(set(banked[banked.arm == a].index) & removed)
+                     for a in ("test", "control")]
+        if any(0 < d < k for d in arm_diffs):
+            break
+    else:
+        pytest.fail("the generated data has no small slice to test with")
+    engine.run({"template": "campaign_lift", "analysis": "lift", "filter": base}, "brand")
+    attack = (f"{base} AND NOT (bank.customers.income_band = '{band}' AND "
+              f"retailer.customers.baby_buyer = {str(baby).lower()})")
+    with pytest.raises(QueryRefused) as err:
+        engine.run({"template": "campaign_lift", "analysis": "lift", "filter": attack}, "brand")
+    assert err.value.reason == "differencing"
