@@ -287,3 +287,54 @@ def test_master_key_rotation_with_rewrap(home: Path, tmp_path: Path, capsys) -> 
     assert {s["master_key_id"] for s in after} == {new_key.key_id}
     assert [s["name"] for s in after] == [s["name"] for s in before]
     service.stop()
+
+
+def test_owner_authenticated_by_tls_client_certificate(home: Path, tmp_path: Path) -> None:
+    """Mutual TLS: a certificate owner needs no request signature at all."""
+    import datetime as dt
+    import hashlib
+    import ssl
+
+    import httpx
+    import yaml
+
+    from sgxcloud.cas import secrets
+    from sgxcloud.cas.service.server import TlsFiles
+
+    now = dt.datetime.now(dt.UTC)
+    owners_ca = secrets.make_ca("owners", now)
+    (tmp_path / "owners-ca.pem").write_bytes(owners_ca.certificate_pem)
+    key = secrets.new_private_key("ec-p256")
+    cert = secrets.issue_certificate(owners_ca, key.public_key(), common_name="alice", now=now)
+    (tmp_path / "alice.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "alice.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    document = yaml.safe_load(pg.policy_text(pg.owner_key()))
+    document["access"]["owners"] = [{"name": "alice", "client_certificate_sha256": fingerprint}]
+    body = {"policy": yaml.safe_dump(document)}
+
+    settings = load_settings(home / "cas.yaml", environ={})
+    service = build_service(settings)
+    tls = TlsFiles(home / "tls" / "ca.pem", settings.tls_cert, settings.tls_key)  # type: ignore[arg-type]
+    with background_https(
+        build_app(settings, service), tls, owner_ca=tmp_path / "owners-ca.pem"
+    ) as url:
+        with_cert = ssl.create_default_context(cafile=str(tls.ca_cert))
+        with_cert.load_cert_chain(tmp_path / "alice.pem", tmp_path / "alice.key")
+        with httpx.Client(base_url=url, verify=with_cert) as http:
+            created = http.put("/v1/policies", json=body)
+            assert created.status_code == 200, created.text
+            assert (
+                http.get("/v1/policies/shop").json()["updated_by"] == f"cert:sha256:{fingerprint}"
+            )
+        without = ssl.create_default_context(cafile=str(tls.ca_cert))
+        with httpx.Client(base_url=url, verify=without) as http:
+            assert http.get("/v1/policies/shop").status_code == 401
+            assert http.post("/v1/nonces").status_code == 200  # enclaves need no certificate
+    service.stop()

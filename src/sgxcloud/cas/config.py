@@ -41,6 +41,7 @@ class Settings(BaseModel):
     retired_master_key_files: tuple[Path, ...] = ()
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    owner_ca_file: Path | None = None
     collateral: Literal["pccs", "file", "none"] = "none"
     pccs_url: str | None = None
     collateral_cache_dir: Path = Path("collateral-cache")
@@ -137,7 +138,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
 
     updates: dict[str, Any] = {
         name: resolve(getattr(settings, name))
-        for name in ("master_key_file", "tls_cert", "tls_key", "collateral_file")
+        for name in ("master_key_file", "tls_cert", "tls_key", "owner_ca_file", "collateral_file")
         if getattr(settings, name) is not None and not getattr(settings, name).is_absolute()
     }
     if not settings.collateral_cache_dir.is_absolute():
@@ -148,5 +149,5 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     url = settings.database_url
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        updates["database_url"] = prefix + str(base / url[len(prefix):])
+        updates["database_url"] = prefix + str(base / url[len(prefix) :])
     return settings.model_copy(update=updates)

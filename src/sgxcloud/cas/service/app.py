@@ -96,8 +96,15 @@ def create_app(
     async def caller(request: Request) -> str:
         body = await request.body()
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        peer = request.scope.get("state", {}).get(auth.PEER_CERTIFICATE_STATE)
         return auth.authenticate(
-            request.headers, request.method, path, body, now=now(), max_skew=max_skew
+            request.headers,
+            request.method,
+            path,
+            body,
+            now=now(),
+            max_skew=max_skew,
+            tls_client_certificate=peer,
         ).id
 
     @app.exception_handler(SgxcloudError)

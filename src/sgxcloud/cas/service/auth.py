@@ -38,6 +38,8 @@ DATE_HEADER = "x-sgxcloud-date"
 KEY_HEADER = "x-sgxcloud-key"
 CERT_HEADER = "x-sgxcloud-certificate"
 SIGNATURE_HEADER = "x-sgxcloud-signature"
+PEER_CERTIFICATE_STATE = "sgxcloud_tls_client_certificate"
+"""Key in a request's ASGI ``state`` holding the verified TLS client certificate (DER)."""
 _DOMAIN = b"sgxcloud-cas-request-v1"
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -103,10 +105,18 @@ def authenticate(
     *,
     now: int,
     max_skew: int,
+    tls_client_certificate: bytes | None = None,
 ) -> Caller:
-    """The caller proven by the request's signature; ``AuthenticationError`` otherwise."""
+    """The caller proven by the request's signature or, failing that, by mutual TLS.
+
+    ``tls_client_certificate`` is the DER certificate the TLS layer already
+    verified against the configured owner CA; the TLS handshake proved
+    possession of its key, so no signature is needed.
+    """
     date_text = headers.get(DATE_HEADER)
     signature_text = headers.get(SIGNATURE_HEADER)
+    if not date_text and not signature_text and tls_client_certificate:
+        return Caller(certificate_id(tls_client_certificate))
     if not date_text or not signature_text:
         raise AuthenticationError("request is not signed (see 'sgxcloud policy --help')")
     try:

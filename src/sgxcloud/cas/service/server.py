@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from cryptography import x509
@@ -23,10 +25,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sgxcloud.cas.config import ConfigError, Settings
 from sgxcloud.cas.evidence import DefaultVerifier
 from sgxcloud.cas.service.app import create_app
+from sgxcloud.cas.service.auth import PEER_CERTIFICATE_STATE
 from sgxcloud.cas.service.core import CasService
 from sgxcloud.cas.store import Database
 
@@ -52,6 +56,31 @@ def build_app(settings: Settings, service: CasService | None = None) -> FastAPI:
     return create_app(service, max_skew=settings.request_max_skew_seconds)
 
 
+class PeerCertificateH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, passing the TLS client certificate to the app.
+
+    uvicorn does not implement the ASGI TLS extension; the verified peer
+    certificate (DER) is put into each request's ``scope["state"]`` instead,
+    which this connection owns (a per-connection copy of the app state).
+    """
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def,override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.app_state = {**self.app_state, PEER_CERTIFICATE_STATE: peer}
+
+
+def _tls_options(cert: Path, key: Path, owner_ca: Path | None) -> dict[str, Any]:
+    """uvicorn TLS settings; with ``owner_ca``, client certificates are requested (mTLS)."""
+    options: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    if owner_ca is not None:
+        options.update(
+            ssl_ca_certs=str(owner_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL, http=PeerCertificateH11
+        )
+    return options
+
+
 def serve(settings: Settings) -> None:
     """Run the HTTPS API until interrupted (``sgxcloud cas serve``)."""
     if settings.tls_cert is None or settings.tls_key is None:
@@ -63,10 +92,9 @@ def serve(settings: Settings) -> None:
             app,
             host=settings.host,
             port=settings.port,
-            ssl_certfile=str(settings.tls_cert),
-            ssl_keyfile=str(settings.tls_key),
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
+            **_tls_options(settings.tls_cert, settings.tls_key, settings.owner_ca_file),
         )
     finally:
         service.stop()
@@ -134,18 +162,22 @@ def make_loopback_tls(directory: Path, *, now: dt.datetime | None = None) -> Tls
 
 @contextmanager
 def background_https(
-    app: FastAPI, tls: TlsFiles, *, host: str = "127.0.0.1", log_level: str = "warning"
+    app: FastAPI,
+    tls: TlsFiles,
+    *,
+    host: str = "127.0.0.1",
+    log_level: str = "warning",
+    owner_ca: Path | None = None,
 ) -> Iterator[str]:
     """Serve ``app`` over HTTPS on a free loopback port in a thread; yields the base URL."""
     config = uvicorn.Config(
         app,
         host=host,
         port=0,
-        ssl_certfile=str(tls.cert),
-        ssl_keyfile=str(tls.key),
         log_level=log_level,
         access_log=False,
         lifespan="off",
+        **_tls_options(tls.cert, tls.key, owner_ca),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="cas-https", daemon=True)
