@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
-import re
+import tomllib
 import types
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from sgxcloud.nova.osc import plugin
 from sgxcloud.nova.osc.usage import ShowSGXUsage, parse_when, window
 from sgxcloud.nova.usage import EpcSpan, ProjectEpcUsage, ServerEpcUsage, UsageError, write_chart
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations"
+ROOT = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
 
 
@@ -30,11 +30,14 @@ def test_plugin_protocol():
     assert plugin.make_client(manager) is manager.sdk_connection
 
 
-def test_documented_entry_points_name_real_commands():
-    text = (DOCS / "osc-entry-points.txt").read_text()
-    entries = re.findall(r'^(sgx_[a-z_]+) = "([\w.]+):(\w+)"$', text, re.M)
-    assert {name for name, _, _ in entries} == {"sgx_usage_show", "sgx_usage_list", "sgx_host_list"}
-    for _name, module, attribute in entries:
+def test_declared_entry_points_name_real_commands():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    groups = pyproject["project"]["entry-points"]
+    assert groups["openstack.cli.extension"]["sgx"] == "sgxcloud.nova.osc.plugin"
+    commands = groups[f"openstack.{plugin.API_NAME}.v{plugin.DEFAULT_API_VERSION}"]
+    assert set(commands) == {"sgx_usage_show", "sgx_usage_list", "sgx_host_list"}
+    for target in commands.values():
+        module, attribute = target.split(":")
         command_class = getattr(importlib.import_module(module), attribute)
         assert hasattr(command_class, "take_action")
 
