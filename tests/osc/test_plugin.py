@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import json
 import tomllib
 import types
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from osc_lib import exceptions
 
 from sgxcloud.nova.osc import plugin
-from sgxcloud.nova.osc.usage import ShowSGXUsage, parse_when, window
+from sgxcloud.nova.osc.usage import COLUMNS, ShowSGXUsage, parse_when, row, window
 from sgxcloud.nova.usage import EpcSpan, ProjectEpcUsage, ServerEpcUsage, UsageError, write_chart
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,3 +90,14 @@ def test_chart_refusals(tmp_path):
         write_chart([_usage()], str(tmp_path / "x.png"), by="week")
     with pytest.raises(UsageError, match="cannot write chart"):
         write_chart([_usage()], str(tmp_path / "missing-dir" / "x.png"))
+
+
+def test_rows_render_for_tables_and_json():
+    cells = row(_usage())
+    assert [c.human_readable() if hasattr(c, "human_readable") else c for c in cells] == [
+        "p", "2", "0.00", "0.00", "0.00", "960.00",
+    ]  # fmt: skip
+    machine = [c.machine_readable() if hasattr(c, "machine_readable") else c for c in cells]
+    document = json.loads(json.dumps(dict(zip(COLUMNS, machine, strict=True))))
+    assert document["EPC MB-Hours"] == 64 * 3.0 + 128 * 6.0
+    assert [s["epc_mb_hours"] for s in document["Servers"]] == [192.0, 768.0]

@@ -48,9 +48,22 @@ def window(parsed_args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime]:
 
 
 def row(usage: epc_usage.ProjectEpcUsage) -> tuple[Any, ...]:
+    """Table cells as OSC shows them; ``-f json`` gets numbers and per-server rows."""
+    servers = [
+        {
+            "instance_id": s.server_id,
+            "name": s.name,
+            "flavor": s.flavor,
+            "hours": s.hours,
+            "epc_mb": s.epc_mb,
+            "epc_mb_hours": s.epc_mb_hours,
+            "epc_exact": s.epc_exact,
+        }
+        for s in usage.servers
+    ]
     return (
         usage.project_id,
-        CountColumn(usage.servers),
+        CountColumn(servers),
         FloatColumn(usage.total_memory_mb_usage),
         FloatColumn(usage.total_vcpus_usage),
         FloatColumn(usage.total_local_gb_usage),
