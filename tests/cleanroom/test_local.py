@@ -56,6 +56,7 @@ def test_budget_and_repeat_cache_survive_a_coordinator_restart(dp_collab):
     dp_collab.start_coordinator()  # same workdir; nodes keep running; data pulled again
     with brand(dp_collab) as c:
         assert c.budget()["spent"] == pytest.approx(spent)
+        assert c.result(first.result.result_id).result == first.result  # kept across restarts
         assert c.query(QUERY).result.value("people") == first.result.value("people")
         c.query({**QUERY, "filter": "retailer.customers.baby_buyer = true"})
         with pytest.raises(QueryRefused) as info:

@@ -283,3 +283,10 @@ def test_unreachable_peer_is_a_clear_error():
         port = s.getsockname()[1]
     with pytest.raises(TransportError, match="cannot reach"):
         connect(("127.0.0.1", port), TlsIdentity.generate("c"), timeout=2)
+
+
+def test_public_surface_is_sorted_and_complete():
+    import sgxcloud.cleanroom.transport as transport
+
+    assert transport.__all__ == sorted(transport.__all__)
+    assert all(hasattr(transport, name) for name in transport.__all__)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from sgxcloud.cleanroom.approvals import (
     verify_approvals,
 )
 from sgxcloud.cleanroom.definition import Definition
+from sgxcloud.cleanroom.engine import Engine
 from sgxcloud.cleanroom.errors import CleanroomError, IngestError
 from sgxcloud.cleanroom.identifiers import new_key
 from sgxcloud.cleanroom.transport import (
@@ -41,7 +44,6 @@ from sgxcloud.cleanroom.transport import (
     TransportError,
     connect,
     open_client,
-    public_key_der,
     report_data,
 )
 from sgxcloud.cleanroom.transport.request_auth import RequestVerifier
@@ -88,8 +90,6 @@ class Coordinator:
     """Ingestion from nodes and query execution, shared by the API and tests."""
 
     def __init__(self, config: CoordinatorConfig) -> None:
-        from sgxcloud.cleanroom.engine import Engine
-
         config.validate()
         self.config = config
         self.definition = config.definition
@@ -250,6 +250,20 @@ class Coordinator:
         """A result plus what a recipient needs to verify it offline."""
         return {"result": result.to_dict(), "signer_statement": self.signer_statement}
 
+    def keep_result(self, bundle: dict[str, Any], analyst: str) -> None:
+        """Store a released bundle so recipients can fetch it, across restarts too."""
+        results = self.workdir / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        result_id = bundle["result"]["result_id"]
+        (results / f"{result_id}.json").write_text(
+            json.dumps({"analyst": analyst, "bundle": bundle}, sort_keys=True))
+
+    def kept_result(self, result_id: str) -> dict[str, Any] | None:
+        if not re.fullmatch(r"[0-9a-f-]{1,64}", result_id):
+            return None
+        path = self.workdir / "results" / f"{result_id}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
     def budget(self, analyst: str) -> dict[str, Any]:
         with self._engine_lock:
             status = self.engine.budget(analyst)
@@ -286,11 +300,6 @@ class _Counting:
         return len(data)
 
 
-def tls_public_key_matches(attestation: dict[str, Any], cert) -> bool:
-    """Whether the key the API attested is the one in the certificate we connected to."""
-    return base64.b64decode(attestation["tls_public_key"]) == public_key_der(cert)
-
-
 # -- HTTP API ----------------------------------------------------------------------------
 
 API_VERSION = "1.0"
@@ -301,8 +310,6 @@ def create_app(coordinator: Coordinator | None = None):
 
     ``coordinator`` may be None to render the OpenAPI document only.
     """
-    import json
-
     from fastapi import FastAPI, Query
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
@@ -322,7 +329,6 @@ def create_app(coordinator: Coordinator | None = None):
         ),
     )
     app.state.coordinator = coordinator
-    results: dict[str, dict[str, Any]] = {}
 
     class ErrorBody(BaseModel):
         code: str
@@ -413,7 +419,7 @@ def create_app(coordinator: Coordinator | None = None):
         c = app.state.coordinator
         result = await run_in_threadpool(c.run_query, doc, analyst)
         bundle = c.bundle(result)
-        results[result.result_id] = {"bundle": bundle, "analyst": analyst}
+        await run_in_threadpool(c.keep_result, bundle, analyst)
         return bundle
 
     @app.get("/v1/results/{result_id}", tags=["recipients"], responses=errors)
@@ -421,7 +427,7 @@ def create_app(coordinator: Coordinator | None = None):
     async def get_result(result_id: str, request: Request):
         """A released result, for the analyst who asked or a listed recipient."""
         party = await authenticate(request)
-        entry = results.get(result_id)
+        entry = await run_in_threadpool(app.state.coordinator.kept_result, result_id)
         if entry is None:
             return error(404, "not_found", "no such result")
         recipients = entry["bundle"]["result"].get("recipients", [])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +248,8 @@ class ProviderNode:
         config.validate()
         self.config = config
         self.definition = config.definition
-        self.events: list[dict[str, Any]] = []  # what the operator sees; never a value
+        # What the operator sees (never a value); bounded for a long-running node.
+        self.events: deque[dict[str, Any]] = deque(maxlen=1000)
         self.server = AttestedServer(
             host, port, TlsIdentity.generate(f"node-{config.provider}"), "node",
             peer_policy(self.definition, "coordinator"),
