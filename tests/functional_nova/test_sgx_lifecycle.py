@@ -153,6 +153,20 @@ class SGXLifecycleTest(SGXServersTestBase):
         self.assertIn("SGX is no longer available", str(ex))
         self.assertIn("sgx supported='no'", str(ex))
 
+    def test_recovery_after_sgx_lost_by_evacuation(self):
+        server = self._boot(host="sgx1")
+        self.set_host_features("sgx1", sgx_features_xml(None, supported=False))
+        self.assertRaises(exception.InvalidConfiguration,
+                          self.restart_compute_service, "sgx1")
+        # What the refusal tells the operator to do: mark down, evacuate, restart.
+        service = self.admin_api.get_services(host="sgx1", binary="nova-compute")[0]
+        self.admin_api.put_service_force_down(service["id"], True)
+        server = self._evacuate_server(server, expected_host="sgx2", expected_state="SHUTOFF")
+        self.start_compute("sgx1")
+        self.admin_api.put_service_force_down(service["id"], False)
+        self.assertEqual({"sgx2": 64}, self.epc_allocation(server["id"]))
+        self.assertIsNone(self.epc_inventory("sgx1"))
+
     def test_restart_without_sgx_servers_drops_inventory(self):
         self.set_host_features("sgx2", sgx_features_xml(None, supported=False))
         self.restart_compute_service("sgx2")

@@ -63,8 +63,9 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
                 f"This host has {len(sgx_servers)} SGX server(s) "
                 f"({', '.join(sgx_servers)}) but SGX is no longer available "
                 f"({self._sgx_host.capabilities.reason}). Re-enable SGX in "
-                "firmware/libvirt, or cold-migrate or delete these servers, "
-                "before restarting nova-compute.")
+                "firmware/libvirt; or mark this compute service down "
+                "(openstack compute service set --down), evacuate or delete "
+                "these servers, then restart nova-compute.")
 
     # -- Placement and scheduler stats --------------------------------------
 
