@@ -504,9 +504,12 @@ def _check_libvirt(tree: HostTree, runner: Runner, facts: dict) -> list[Finding]
             )
         )
         return findings
+    # The driver's own parser, so this check and Placement can never disagree.
+    from sgxcloud.nova.host import SGXCapabilitiesError, parse_sgx_capabilities
+
     try:
-        caps = sysfacts.parse_sgx_domcaps(xml)
-    except ValueError as exc:
+        caps = parse_sgx_capabilities(xml)
+    except SGXCapabilitiesError as exc:
         facts["domcaps_sgx"] = None
         findings.append(
             failure(
@@ -521,22 +524,22 @@ def _check_libvirt(tree: HostTree, runner: Runner, facts: dict) -> list[Finding]
         "flc": caps.flc,
         "sgx1": caps.sgx1,
         "sgx2": caps.sgx2,
-        "section_size_kib": caps.section_size_kib,
-        "sections": [{"node": n, "size_kib": s} for n, s in caps.sections_kib],
+        "section_size_kib": caps.epc_total_kib,
+        "sections": [{"node": n, "size_kib": s} for n, s in sorted(caps.sections_kib.items())],
     }
     if not caps.supported:
         findings.append(
             failure(
                 "libvirt.domcaps",
-                "libvirt reports <sgx supported='no'>: QEMU cannot create SGX EPC memory on "
-                "this host",
+                f"libvirt offers no SGX ({caps.reason}): QEMU cannot create SGX EPC memory "
+                "on this host",
                 "fix the findings above (firmware, /dev/sgx_vepc access, versions), then "
                 "restart libvirtd to re-probe QEMU",
             )
         )
     else:
         sections = (
-            ", ".join(f"node {n}: {s // KIB} MiB" for n, s in caps.sections_kib)
+            ", ".join(f"node {n}: {s // KIB} MiB" for n, s in sorted(caps.sections_kib.items()))
             or "no sections listed"
         )
         findings.append(
@@ -544,7 +547,7 @@ def _check_libvirt(tree: HostTree, runner: Runner, facts: dict) -> list[Finding]
                 "libvirt.domcaps",
                 f"libvirt <sgx supported='yes'>: flc={'yes' if caps.flc else 'no'}, "
                 f"sgx2={'yes' if caps.sgx2 else 'no'}, "
-                f"EPC {caps.section_size_kib // KIB} MiB ({sections})",
+                f"EPC {caps.epc_total_kib // KIB} MiB ({sections})",
             )
         )
     return findings

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import struct
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from sgxcloud.sgx.epc import KIB
@@ -56,49 +55,6 @@ def size_in_bytes(value: str, unit: str | None) -> int:
     except ValueError:
         raise ValueError(f"not an integer size: {value.strip()[:20]!r}") from None
     return number * multiplier
-
-
-@dataclass(frozen=True)
-class SgxDomainCaps:
-    """libvirt's ``<sgx>`` domain capabilities (libvirt >= 8.10, QEMU >= 7.0)."""
-
-    supported: bool
-    flc: bool = False
-    sgx1: bool = False
-    sgx2: bool = False
-    section_size_kib: int = 0
-    sections_kib: tuple[tuple[int | None, int], ...] = ()  # (NUMA node, KiB)
-
-
-def parse_sgx_domcaps(xml: str) -> SgxDomainCaps:
-    """Read ``<domainCapabilities><features><sgx>``; absent means "no SGX".
-
-    TODO(lead): replace with ``sgxcloud.nova.capabilities.parse_sgx_capabilities``
-    once it lands, so the driver and this check cannot disagree.
-    """
-    try:
-        root = ET.fromstring(xml)  # noqa: S314 - local libvirt output
-    except ET.ParseError as exc:
-        raise ValueError(f"not XML ({exc})") from None
-    if root.tag != "domainCapabilities":
-        raise ValueError(f"root element is <{root.tag}>, expected <domainCapabilities>")
-    sgx = root.find("./features/sgx")
-    if sgx is None or sgx.get("supported") != "yes":
-        return SgxDomainCaps(supported=False)
-
-    def flag(name: str) -> bool:
-        return (sgx.findtext(name) or "").strip() == "yes"
-
-    total = sgx.find("section_size")
-    total_kib = (
-        size_in_bytes(total.text or "0", total.get("unit")) // KIB if total is not None else 0
-    )
-    sections = []
-    for section in sgx.findall("./sections/section"):
-        node = section.get("node")
-        size = size_in_bytes(section.get("size", "0"), section.get("unit")) // KIB
-        sections.append((int(node) if node is not None and node.isdigit() else None, size))
-    return SgxDomainCaps(True, flag("flc"), flag("sgx1"), flag("sgx2"), total_kib, tuple(sections))
 
 
 @dataclass(frozen=True)
