@@ -55,6 +55,9 @@ log = logging.getLogger("sgxcloud.cleanroom.coordinator")
 
 Progress = Callable[[str, dict[str, Any]], None]
 
+STREAM_TIMEOUT_S = 600.0
+"""How long a node may take to produce the next chunk (re-keying is CPU-bound)."""
+
 
 @dataclass
 class CoordinatorConfig:
@@ -170,6 +173,7 @@ class Coordinator:
                         {"datasets": refs, "stage": "session", "message": str(exc)})
             log.warning("node %s: %s", provider, exc)
             return
+        channel.set_timeout(STREAM_TIMEOUT_S)
         try:
             channel.request({"op": "describe"})
             _, described = channel.frames.recv_json(Kind.RESPONSE)

@@ -48,6 +48,9 @@ from sgxcloud.errors import InputError
 log = logging.getLogger("sgxcloud.cleanroom.node")
 
 DEFAULT_BATCH_ROWS = 65_536
+SESSION_TIMEOUT_S = 3600.0
+"""An attested coordinator may stay quiet between requests while it ingests
+other providers' data (minutes at tens of millions of rows)."""
 SOURCE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
                    ".duckdb": "duckdb", ".db": "duckdb"}
 
@@ -282,6 +285,7 @@ class ProviderNode:
     # -- one session ------------------------------------------------------------------
 
     def _serve_session(self, channel: AttestedChannel) -> None:
+        channel.set_timeout(SESSION_TIMEOUT_S)
         self._event("session", coordinator=channel.peer.identity.mrenclave[:16],
                     simulated=channel.peer.simulated)
         while True:

@@ -140,6 +140,10 @@ class AttestedChannel:
     def close(self) -> None:
         self.frames.close()
 
+    def set_timeout(self, seconds: float) -> None:
+        """How long a read or write may stall from now on (openings use the default)."""
+        self.frames.tls.timeout = seconds
+
     def send_stream(self, chunks: Iterator[bytes], trailer: dict[str, Any]) -> None:
         """Send bytes as DATA frames, then END with ``trailer``."""
         for chunk in chunks:
@@ -159,7 +163,10 @@ class AttestedChannel:
                 sink.write(payload)
                 continue
             if kind in (Kind.END, Kind.ERROR):
-                obj = json.loads(payload or b"{}")
+                try:
+                    obj = json.loads(payload or b"{}")
+                except ValueError as exc:
+                    raise ProtocolViolation(f"malformed {kind.name} message") from exc
                 if kind is Kind.ERROR:
                     raise RemoteError(str(obj.get("message", "peer failed"))[:500],
                                       str(obj.get("code", "error")))
