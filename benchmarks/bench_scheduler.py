@@ -22,8 +22,8 @@ dropped the rest.  Both configurations always see the same hosts and request.
 A third, control configuration adds a do-nothing filter and weigher, to show
 the floor any plug-in pair costs in Nova's handlers.  Measurements are
 interleaved (rotating order per round) after a warm-up; the figures are
-medians, the ratio is median(sgx) / median(baseline), the spread is the
-inter-quartile range of the per-round paired ratios.
+medians, the ratio is median(sgx) / median(baseline), with a bootstrap 95 %
+interval.
 
 Writes docs/benchmarks/scheduler.md.
 Run: .venv/bin/python benchmarks/bench_scheduler.py [--iterations N] [--json]
@@ -65,7 +65,7 @@ from nova.scheduler import filters, host_manager, weights  # noqa: E402
 from nova.scheduler import utils as scheduler_utils  # noqa: E402
 
 from sgxcloud.nova import resources  # noqa: E402
-from sgxcloud.nova.scheduler.stats import host_sgx_stats  # noqa: E402
+from sgxcloud.nova.scheduler import SGXFilter, SGXWeigher  # noqa: E402
 
 CONF = nova.conf.CONF
 DOC = ROOT / "docs" / "benchmarks" / "scheduler.md"
@@ -296,13 +296,12 @@ class Case:
     def summary(self) -> dict:
         ms = 1e3
         base, sgx, null = (self.samples[name] for name in CONFIGS)
-        paired = [s / b for s, b in zip(sgx.total_s, base.total_s, strict=True)]
-        q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+        low, high = _ratio_ci(sgx.total_s, base.total_s)
         med = statistics.median
         return {
             "hosts": self.hosts,
             "request": self.request,
-            "samples": len(paired),
+            "samples": len(base.total_s),
             "requests_per_sample": self.reps,
             "baseline_ms": med(base.total_s) * ms,
             "sgx_ms": med(sgx.total_s) * ms,
@@ -311,8 +310,8 @@ class Case:
             "sgx_filter_ms": med(sgx.filter_s) * ms,
             "sgx_weigh_ms": med(sgx.weigh_s) * ms,
             "ratio": med(sgx.total_s) / med(base.total_s),
-            "paired_ratio_q1": q1,
-            "paired_ratio_q3": q3,
+            "ratio_ci95_low": low,
+            "ratio_ci95_high": high,
             "ratio_cpu_time": med(sgx.cpu_s) / med(base.cpu_s),
             "null_plugins_ratio": med(null.total_s) / med(base.total_s),
             "hosts_passed_baseline": base.passed,
@@ -320,6 +319,24 @@ class Case:
             "best_host_is_sgx_baseline": base.best_is_sgx,
             "best_host_is_sgx_sgx": sgx.best_is_sgx,
         }
+
+
+def _has_sgx(host_state) -> bool:
+    return host_state.stats.get(resources.STAT_SGX) == "true"
+
+
+def _ratio_ci(sgx: list[float], base: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """95 % bootstrap interval of median(sgx) / median(base), resampling whole
+    rounds so that each round's pair stays together."""
+    rng = random.Random(0)
+    n = len(sgx)
+    ratios = []
+    for _ in range(resamples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(sgx[i] for i in picks)
+                      / statistics.median(base[i] for i in picks))
+    ratios.sort()
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
 
 
 def _time_once(manager, hosts: list, spec, reps: int) -> tuple[float, float, float, list]:
@@ -361,8 +378,47 @@ def measure(hosts: int, request: str, iterations: int, warmup: int,
             samples.weigh_s.append(w)
             samples.cpu_s.append(cpu)
             samples.passed = len(weighed)
-            samples.best_is_sgx = host_sgx_stats(weighed[0].obj).sgx if weighed else False
+            samples.best_is_sgx = bool(weighed) and _has_sgx(weighed[0].obj)
     return case
+
+
+def parts(hosts: int, request: str, iterations: int,
+          managers: dict[str, host_manager.HostManager]) -> dict[str, float]:
+    """Median CPU milliseconds per request of each plug-in piece on its own,
+    next to an in-tree Nova weigher and the do-nothing controls, so a ratio
+    above target can be traced to a piece."""
+    sgx_request = request == "sgx"
+    states = make_host_states(hosts, 1.0 if sgx_request else SGX_HOST_FRACTION, seed=hosts)
+    spec = make_request_spec(sgx_request)
+    sgx_hm = managers["sgx"]
+    sgx_filter = next(f for f in sgx_hm.enabled_filters if isinstance(f, SGXFilter))
+    sgx_weigher = next(w for w in sgx_hm.weighers if isinstance(w, SGXWeigher))
+    ram_weigher = next(w for w in sgx_hm.weighers if type(w).__name__ == "RAMWeigher")
+    weighed = [weights.WeighedHost(state, 0.0) for state in states]
+    filter_handler, weigh_handler = sgx_hm.filter_handler, sgx_hm.weight_handler
+    pieces = {
+        "SGXFilter.filter_all": lambda: list(sgx_filter.filter_all(states, spec)),
+        "SGXWeigher.weigh_objects": lambda: sgx_weigher.weigh_objects(weighed, spec),
+        "SGXWeigher.weight_multiplier, every host":
+            lambda: [sgx_weigher.weight_multiplier(state) for state in states],
+        "Nova filter handler with SGXFilter alone":
+            lambda: filter_handler.get_filtered_objects([sgx_filter], states, spec),
+        "Nova filter handler with NullFilter alone":
+            lambda: filter_handler.get_filtered_objects([NullFilter()], states, spec),
+        "Nova weigh handler with SGXWeigher alone":
+            lambda: weigh_handler.get_weighed_objects([sgx_weigher], states, spec),
+        "Nova weigh handler with RAMWeigher alone":
+            lambda: weigh_handler.get_weighed_objects([ram_weigher], states, spec),
+        "Nova weigh handler with NullWeigher alone":
+            lambda: weigh_handler.get_weighed_objects([NullWeigher()], states, spec),
+    }
+    times: dict[str, list[float]] = {name: [] for name in pieces}
+    for _ in range(iterations):  # interleaved like the main measurement
+        for name, piece in pieces.items():
+            start = time.thread_time()
+            piece()
+            times[name].append(time.thread_time() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
 def make_managers() -> dict[str, host_manager.HostManager]:
@@ -371,8 +427,9 @@ def make_managers() -> dict[str, host_manager.HostManager]:
 
 
 def run(sizes: Sequence[int] = DEFAULT_SIZES, iterations: int = DEFAULT_ITERATIONS,
-        warmup: int = 5, progress=None) -> list[dict]:
-    """Every (size, request) case; ``progress(text)`` is told before each."""
+        warmup: int = 5, progress=None) -> tuple[list[dict], dict]:
+    """Every (size, request) case, then the plug-in pieces at the largest
+    size; ``progress(text)`` is told before each step."""
     managers = make_managers()
     results = []
     for hosts in sizes:
@@ -380,7 +437,13 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, iterations: int = DEFAULT_ITERATIO
             if progress:
                 progress(f"{hosts} hosts, {request} request")
             results.append(measure(hosts, request, iterations, warmup, managers).summary())
-    return results
+    largest = max(sizes)
+    breakdown: dict = {"hosts": largest}
+    for request in ("ordinary", "sgx"):
+        if progress:
+            progress(f"plug-in pieces at {largest} hosts, {request} request")
+        breakdown[request] = parts(largest, request, iterations, managers)
+    return results, breakdown
 
 
 # --------------------------------------------------------------------------- report
@@ -412,7 +475,7 @@ def verdict(results: list[dict]) -> dict:
 
 
 def _spread(r: dict) -> str:
-    return f"{r['paired_ratio_q1']:.3f}–{r['paired_ratio_q3']:.3f}"
+    return f"{r['ratio_ci95_low']:.3f}–{r['ratio_ci95_high']:.3f}"
 
 
 def markdown(report: dict) -> str:
@@ -427,6 +490,9 @@ def markdown(report: dict) -> str:
         f"| {r['hosts']:,} | {r['request']} | {r['baseline_filter_ms']:.3f} | "
         f"{r['sgx_filter_ms']:.3f} | {r['baseline_weigh_ms']:.3f} | {r['sgx_weigh_ms']:.3f} |"
         for r in report["results"])
+    p = report["parts"]
+    parts_rows = "\n".join(
+        f"| {name} | {p['ordinary'][name]:.3f} | {p['sgx'][name]:.3f} |" for name in p["ordinary"])
     if math.isnan(v["worst_ratio"]):
         outcome = f"Not measured at {v['hosts']:,} hosts in this run."
     else:
@@ -444,22 +510,22 @@ plug-ins enabled, against the same request and hosts without them.
 - Machine: {m["cpu"]}, {m["cores"]} cores (shared with other work while measuring),
   {m["platform"]}
 - Python {m["python"]}, Nova {m["nova"]}
-- Command: `.venv/bin/python benchmarks/bench_scheduler.py --iterations {report["iterations"]}`
+- Command: `{report["command"]}`
 
 ## Results
 
 Median milliseconds per request for `get_filtered_hosts` + `get_weighed_hosts`.
-*Ratio* is median(sgx) / median(baseline); *IQR* is the inter-quartile range
-of the per-round paired ratios, a simple measure of the noise. *CPU
+*Ratio* is median(sgx) / median(baseline); *95% CI* is a bootstrap interval
+for it (rounds resampled whole), a simple measure of the noise. *CPU
 ratio* is the same ratio from the thread's CPU time instead of wall time, which
 ignores the moments the benchmark was descheduled by other work on the machine.
 *Null ratio* is the ratio for a control configuration, baseline plus a
 filter that keeps every host and a weigher that returns 0 (with the usual
 aggregate-aware multiplier): the floor that *any* extra filter and weigher pay
 in Nova's handlers. *Passed* is how many hosts survived the filters
-(baseline / sgx). *Rounds* is rounds × requests timed per sample.
+(baseline / sgx). *n* is rounds × requests timed per sample.
 
-| Hosts | Request | Passed | Baseline ms | SGX ms | Ratio | IQR | CPU ratio | Null ratio | Rounds |
+| Hosts | Request | Passed | Baseline ms | SGX ms | Ratio | 95% CI | CPU ratio | Null ratio | n |
 |---:|---|---|---:|---:|---:|---|---:|---:|---|
 {rows}
 
@@ -469,10 +535,20 @@ Where the time goes (medians, ms):
 |---:|---|---:|---:|---:|---:|
 {split}
 
+The plug-in pieces on their own at {p["hosts"]:,} hosts, next to Nova's
+RAMWeigher and the do-nothing controls (median CPU ms per request; a
+weigher's cost in Nova's handler includes normalising its weights, its
+multiplier per host and the debug-log dictionaries Nova builds even with
+debug logging off):
+
+| Piece | Ordinary request | SGX request |
+|---|---:|---:|
+{parts_rows}
+
 ## Method
 
 - Nova's real scheduler code, in-process: `nova.scheduler.host_manager.HostManager`
-  built twice from Nova's defaults. *Baseline*: `[filter_scheduler]
+  built from Nova's defaults for each configuration. *Baseline*: `[filter_scheduler]
   enabled_filters` = Nova's default list (ComputeFilter,
   ComputeCapabilitiesFilter, ImagePropertiesFilter,
   ServerGroupAntiAffinityFilter, ServerGroupAffinityFilter), `weight_classes =
@@ -522,7 +598,7 @@ def _table(report: dict) -> Table:
                         "(median ms per request)")
     for name, justify in (("hosts", "right"), ("request", "left"), ("passed b/s", "right"),
                           ("baseline ms", "right"), ("sgx ms", "right"),
-                          ("ratio", "right"), ("IQR", "right"), ("ratio CPU", "right"),
+                          ("ratio", "right"), ("95% CI", "right"), ("ratio CPU", "right"),
                           ("null ratio", "right"),
                           ("filter b/s ms", "right"), ("weigh b/s ms", "right")):
         table.add_column(name, justify=justify)
@@ -565,13 +641,17 @@ def main(iterations: int, warmup: int, sizes: tuple[int, ...], output: Path,
     """Benchmark Nova scheduling with and without SGXFilter + SGXWeigher."""
     console = Console(stderr=as_json)
     with console.status("measuring…") as status:
-        results = run(sizes, iterations, warmup,
-                      progress=lambda text: status.update(f"measuring {text}…"))
+        results, breakdown = run(sizes, iterations, warmup,
+                                 progress=lambda text: status.update(f"measuring {text}…"))
     report = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "iterations": iterations,
+        "command": (".venv/bin/python benchmarks/bench_scheduler.py "
+                    f"--iterations {iterations} --warmup {warmup} "
+                    f"--sizes {','.join(map(str, sizes))}"),
         "results": results,
+        "parts": breakdown,
         "verdict": verdict(results),
     }
     output.parent.mkdir(parents=True, exist_ok=True)

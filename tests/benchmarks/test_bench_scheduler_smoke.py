@@ -37,10 +37,10 @@ def _sane(summary: dict) -> None:
     for key in ("baseline_ms", "sgx_ms", "baseline_filter_ms", "baseline_weigh_ms",
                 "sgx_filter_ms", "sgx_weigh_ms"):
         assert math.isfinite(summary[key]) and summary[key] > 0, key
-    for key in ("ratio", "ratio_cpu_time", "null_plugins_ratio", "paired_ratio_q1",
-                "paired_ratio_q3"):
+    for key in ("ratio", "ratio_cpu_time", "null_plugins_ratio", "ratio_ci95_low",
+                "ratio_ci95_high"):
         assert math.isfinite(summary[key]) and summary[key] > 0, key
-    assert summary["paired_ratio_q1"] <= summary["paired_ratio_q3"]
+    assert summary["ratio_ci95_low"] <= summary["ratio_ci95_high"]
     assert summary["baseline_ms"] == pytest.approx(
         summary["baseline_filter_ms"] + summary["baseline_weigh_ms"], rel=0.5)
     assert summary["ratio"] == pytest.approx(summary["sgx_ms"] / summary["baseline_ms"])
