@@ -38,9 +38,9 @@ from sgxcloud.cleanroom.transport import (
     AttestedChannel,
     AttestedServer,
     Kind,
+    PeerClosed,
     PeerRefused,
     TlsIdentity,
-    TransportError,
 )
 from sgxcloud.cleanroom.transport.trust import local_attester, peer_policy
 from sgxcloud.errors import InputError
@@ -291,10 +291,8 @@ class ProviderNode:
         while True:
             try:
                 _, request = channel.frames.recv_json(Kind.REQUEST)
-            except TransportError as exc:
-                if "closed" in str(exc):
-                    return
-                raise
+            except PeerClosed:
+                return
             op = request.get("op")
             if op == "describe":
                 channel.respond(self._describe())

@@ -21,6 +21,7 @@ from sgxcloud.cleanroom.transport.channel import (
     open_server,
 )
 from sgxcloud.cleanroom.transport.errors import (
+    PeerClosed,
     PeerRefused,
     ProtocolViolation,
     RemoteError,
@@ -42,6 +43,7 @@ __all__ = [
     "Attester",
     "FramedConnection",
     "Kind",
+    "PeerClosed",
     "PeerPolicy",
     "PeerRefused",
     "ProtocolViolation",

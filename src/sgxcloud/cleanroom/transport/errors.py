@@ -16,6 +16,10 @@ class TransportError(SgxcloudError):
     exit_code = 3
 
 
+class PeerClosed(TransportError):
+    """The peer closed the connection (the normal end of a session, or a crash)."""
+
+
 class PeerRefused(TransportError):
     """The peer's attestation, definition or approvals are not acceptable."""
 

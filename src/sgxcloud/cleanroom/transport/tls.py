@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-from sgxcloud.cleanroom.transport.errors import TransportError
+from sgxcloud.cleanroom.transport.errors import PeerClosed, TransportError
 
 IO_TIMEOUT_S = 60.0
 """How long one read or write may stall before the connection is abandoned."""
@@ -132,7 +132,7 @@ class TlsConnection:
             except SSL.WantWriteError:
                 self._wait(readable=False)
             except SSL.ZeroReturnError as exc:
-                raise TransportError("peer closed the connection") from exc
+                raise PeerClosed("peer closed the connection") from exc
             except SSL.SysCallError as exc:
                 raise TransportError("connection lost") from exc
             except SSL.Error as exc:
@@ -162,7 +162,7 @@ class TlsConnection:
             want = min(n - len(chunks), 1 << 20)
             chunk = self._retrying(lambda want=want: self._conn.recv(want))
             if not chunk:
-                raise TransportError("peer closed the connection")
+                raise PeerClosed("peer closed the connection")
             chunks += chunk
         return bytes(chunks)
 
