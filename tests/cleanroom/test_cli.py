@@ -92,9 +92,17 @@ def test_query_unreachable_coordinator(capsys, example):
 
 
 def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, example):
+    try:
+        from test_trust import assert_absent, identifier_strings
+    except ImportError:  # tests/cleanroom became a package
+        from tests.cleanroom.test_trust import assert_absent, identifier_strings
+
+    printed = []
     with example:
         common = ["--url", example.url, "--definition", example.definition,
                   "--party", "brand", "--key", example.workdir / "keys" / "brand.pem"]
+        code, out, _ = run(capsys, "status", *common)
+        printed.append(out)
         code, out, _ = run(capsys, "status", *common, "--json")
         assert code == 0 and json.loads(out)["approvals"]["complete"]
         code, out, _ = run(capsys, "query", *common, "--template", "campaign_lift",
@@ -102,6 +110,7 @@ def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, 
                            "--out", tmp_path / "lift.json", "--html", tmp_path / "lift.html")
         assert code == 0
         assert "conversion_lift_rel" in out and "SIMULATED" in out
+        printed.append(out)
         assert "data:image/png;base64," in (tmp_path / "lift.html").read_text()
         code, out, _ = run(capsys, "query", *common, "--template", "audience_size",
                            "--analysis", "audience", "--filter",
@@ -109,10 +118,17 @@ def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, 
                            "bank.customers.income_band = 'high' AND "
                            "retailer.customers.loyalty_tier = 'gold'")
         assert code == 4  # refused: suppressed
+        code, out, _ = run(capsys, "audit", *common)
+        printed.append(out)
         code, out, _ = run(capsys, "audit", *common, "--json")
+        printed.append(out)
         assert code == 0 and any(e["event"] == "refusal" for e in json.loads(out))
         code, out, _ = run(capsys, "budget", *common, "--json")
         assert code == 0 and "remaining" in json.loads(out)
     code, out, _ = run(capsys, "verify-result", tmp_path / "lift.json", "--definition",
                        example.definition)
     assert code == 0 and "signature verified" in out
+    printed += [out, (tmp_path / "lift.html").read_text(), (tmp_path / "lift.json").read_text()]
+    identifiers = identifier_strings(example)
+    for text in printed:
+        assert_absent(identifiers, text)
