@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from sgxcloud.cleanroom.approvals import private_key_from_pem  # noqa: E402
 from sgxcloud.cleanroom.definition import load_definition  # noqa: E402
 from sgxcloud.cleanroom.errors import QueryRefused  # noqa: E402
-from sgxcloud.cleanroom.local import prepare_example  # noqa: E402
+from sgxcloud.cleanroom.local import LocalCollaboration, prepare_example  # noqa: E402
 from sgxcloud.cleanroom.sdk import CleanroomClient  # noqa: E402
 
 AUDIENCE_FILTER = ("bank.customers.premium_card = true AND retailer.customers.baby_buyer = true "
@@ -59,6 +59,7 @@ data, memory_limit = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
 con.execute(f"SET memory_limit = '{memory_limit}'")
 con.execute("SET threads = 2")
+con.execute("SET enable_progress_bar = false")
 start = time.perf_counter()
 email = "lower(trim({c}))"
 phone = ("CASE WHEN regexp_replace({c}, '[^0-9]', '', 'g') LIKE '0%' "
@@ -134,7 +135,7 @@ def run_baseline(data: Path, memory_limit: str) -> tuple[dict, int]:
         out, _ = proc.communicate()
     if proc.returncode:
         raise SystemExit("baseline failed")
-    return json.loads(out), rss.peak_total
+    return json.loads(out.strip().splitlines()[-1]), rss.peak_total
 
 
 def run_cleanroom(collab, memory_limit: str, batch_rows: int) -> tuple[dict, PeakRss]:
@@ -175,14 +176,19 @@ def main() -> int:
                         help="DuckDB memory limit in the coordinator and the baseline")
     parser.add_argument("--batch-rows", type=int, default=65_536,
                         help="record batch size the nodes stream")
-    parser.add_argument("--workdir", type=Path, help="keep data here (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep data here and reuse it if already generated "
+                             "(default: a temp dir)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs/benchmarks/cleanroom.md")
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-cleanroom-"))
     try:
         t = time.perf_counter()
-        collab = prepare_example(workdir, people=args.rows, min_group_size=50)
+        if args.workdir and (workdir / "local.json").exists():
+            collab = LocalCollaboration.from_workdir(workdir)  # same data, new processes
+        else:
+            collab = prepare_example(workdir, people=args.rows, min_group_size=50)
         generation = time.perf_counter() - t
         rows = {f"{p}.{d}": pq_rows(path) for p, ds in collab.nodes.items()
                 for d, path in ds.items()}
