@@ -7,11 +7,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from sgxcloud.cleanroom.transport import (
     AttestedServer,
+    GramineAttester,
     Kind,
     PeerPolicy,
     PeerRefused,
@@ -47,7 +49,7 @@ def policy(pins, definition_hash=DEF_HASH, allow_simulation=True) -> PeerPolicy:
         definition_hash=definition_hash,
         mrenclaves=frozenset(p.mrenclave for p in pins),
         allow_simulation=allow_simulation,
-        verifier=verifier_for(allow_simulation),
+        verifier=verifier_for(),
     )
 
 
@@ -290,3 +292,66 @@ def test_public_surface_is_sorted_and_complete():
 
     assert transport.__all__ == sorted(transport.__all__)
     assert all(hasattr(transport, name) for name in transport.__all__)
+
+
+# -- the hardware path: a real Intel-signed quote through Gramine's pseudo-files ---------
+
+DCAP = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "dcap"
+QUOTE_TIME = 1752919277  # inside the sample collateral's validity window
+QUOTE_MRENCLAVE = "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"
+
+
+@pytest.fixture
+def recorded_attestation(tmp_path):
+    """A recorded /dev/attestation: whatever REPORTDATA is written, this quote
+    (REPORTDATA "Hello, world!") comes back, as a replayed quote would."""
+    if not (DCAP / "sgx_quote").exists():
+        pytest.skip("shared DCAP test vectors not present")
+    root = tmp_path / "attestation"
+    root.mkdir()
+    (root / "user_report_data").write_bytes(b"")
+    (root / "quote").write_bytes((DCAP / "sgx_quote").read_bytes())
+    return root
+
+
+def hardware_policy(tcb_status="ConfigurationAndSWHardeningNeeded"):
+    from sgxcloud.cas.collateral import FileCollateral
+
+    return PeerPolicy(
+        definition_hash=DEF_HASH, mrenclaves=frozenset({QUOTE_MRENCLAVE}),
+        allow_simulation=False,
+        verifier=verifier_for(FileCollateral(DCAP / "sgx_quote_collateral.json")),
+        allowed_tcb_statuses=frozenset({tcb_status}), clock=lambda: QUOTE_TIME)
+
+
+def test_genuine_quote_not_bound_to_the_session_is_refused(recorded_attestation, node_server):
+    attester = GramineAttester(recorded_attestation)
+    assert GramineAttester.available(recorded_attestation)
+    binding = report_data(b"spki", DEF_HASH, b"\1" * 32)
+    evidence = attester.evidence(binding)
+    assert (recorded_attestation / "user_report_data").read_bytes() == binding
+    verified = hardware_policy().verifier.verify(evidence, QUOTE_TIME)
+    assert not verified.simulated and verified.identity.mrenclave == QUOTE_MRENCLAVE
+    with pytest.raises(PeerRefused, match="not bound"):
+        hardware_policy().check(evidence, b"spki", b"\1" * 32)
+    # The same over a real connection: a node requiring hardware refuses it.
+    server, echo = node_server(server_policy=hardware_policy())
+    with pytest.raises(RemoteError, match="not bound"):
+        client(server, attester=attester)
+    assert echo.requests == []
+
+
+def test_genuine_quote_with_a_disallowed_tcb_status_is_refused(recorded_attestation):
+    evidence = GramineAttester(recorded_attestation).evidence(bytes(64))
+    with pytest.raises(PeerRefused, match="TCB status"):
+        hardware_policy(tcb_status="UpToDate").check(evidence, b"spki", b"\1" * 32)
+
+
+def test_no_attestation_device_and_no_simulation_is_a_clear_error(tmp_path):
+    from sgxcloud.cleanroom.definition import definition_from_dict
+    from sgxcloud.cleanroom.local import example_definition
+    from sgxcloud.cleanroom.transport.trust import local_attester
+
+    definition = definition_from_dict(example_definition())
+    with pytest.raises(PeerRefused, match="--simulate"):
+        local_attester(definition, "node", simulate=False, attestation_root=tmp_path)

@@ -69,6 +69,7 @@ class CoordinatorConfig:
     simulate_mrenclave: str | None = None
     memory_limit: str = "512MB"
     batch_rows: int = 65_536
+    collateral_source: Any = None
 
     def validate(self) -> None:
         unknown = sorted(set(self.nodes) - set(self.definition.providers))
@@ -163,7 +164,8 @@ class Coordinator:
         try:
             channel = open_client(
                 connect(self.config.nodes[provider], self.tls), "coordinator",
-                peer_policy(self.definition, "node"), self.attester,
+                peer_policy(self.definition, "node", self.config.collateral_source),
+                self.attester,
                 extra={"approvals": [a.to_dict() for a in self.config.approvals]},
             )
         except TransportError as exc:

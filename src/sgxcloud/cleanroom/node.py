@@ -199,6 +199,8 @@ class NodeConfig:
     simulate: bool = False
     simulate_mrenclave: str | None = None
     batch_rows: int = DEFAULT_BATCH_ROWS
+    collateral_source: Any = None
+    """Where DCAP collateral comes from (``FileCollateral``/``PccsCollateral``)."""
     max_invalid_fraction: float = 0.01
     """Share of invalid identifiers (or of rows left without any) above which the
     whole dataset is refused; below it they are dropped and counted."""
@@ -255,7 +257,7 @@ class ProviderNode:
         self.events: deque[dict[str, Any]] = deque(maxlen=1000)
         self.server = AttestedServer(
             host, port, TlsIdentity.generate(f"node-{config.provider}"), "node",
-            peer_policy(self.definition, "coordinator"),
+            peer_policy(self.definition, "coordinator", config.collateral_source),
             local_attester(self.definition, "node", simulate=config.simulate,
                            mrenclave=config.simulate_mrenclave),
             self._serve_session,

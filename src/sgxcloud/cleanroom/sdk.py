@@ -53,7 +53,8 @@ class VerifiedResult:
         return json.dumps(self.bundle, indent=2, sort_keys=True)
 
 
-def verify_bundle(bundle: dict[str, Any] | str, definition: Definition) -> VerifiedResult:
+def verify_bundle(bundle: dict[str, Any] | str, definition: Definition,
+                  collateral_source: Any = None) -> VerifiedResult:
     """Verify a result bundle offline against ``definition``.
 
     Checks, in order: the signer statement's evidence (coordinator MRENCLAVE
@@ -69,7 +70,8 @@ def verify_bundle(bundle: dict[str, Any] | str, definition: Definition) -> Verif
     if not isinstance(bundle, dict) or "result" not in bundle or "signer_statement" not in bundle:
         raise CleanroomError("not a result bundle (needs 'result' and 'signer_statement')")
     statement = bundle["signer_statement"]
-    verified = verify_signer_statement(statement, peer_policy(definition, "coordinator"))
+    verified = verify_signer_statement(
+        statement, peer_policy(definition, "coordinator", collateral_source))
     result = verify_result(bundle["result"], str(statement.get("signer")),
                            definition_hash=definition.definition_hash())
     return VerifiedResult(result, bundle, bool(verified.simulated))
@@ -80,7 +82,7 @@ class CleanroomClient:
 
     def __init__(self, base_url: str, definition: Definition, party: str,
                  private_key: Ed25519PrivateKey, http: httpx.Client, attestation: dict[str, Any],
-                 simulated: bool) -> None:
+                 simulated: bool, collateral_source: Any = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.definition = definition
         self.party = party
@@ -88,10 +90,12 @@ class CleanroomClient:
         self._http = http
         self.attestation = attestation
         self.simulated = simulated
+        self.collateral_source = collateral_source
 
     @classmethod
     def connect(cls, base_url: str, definition: Definition, party: str,
-                private_key: Ed25519PrivateKey, timeout: float = 600.0) -> CleanroomClient:
+                private_key: Ed25519PrivateKey, timeout: float = 600.0,
+                collateral_source: Any = None) -> CleanroomClient:
         """Attest the coordinator, then open an HTTPS session pinned to its key."""
         parts = urlsplit(base_url)
         if parts.scheme != "https" or not parts.hostname:
@@ -107,12 +111,13 @@ class CleanroomClient:
             raise TransportError(f"coordinator unreachable ({type(exc).__name__})") from exc
         attestation = _json_or_error(response)
         try:
-            verified = _check_attestation(attestation, definition, public_key_der(cert), nonce)
+            verified = _check_attestation(attestation, definition, public_key_der(cert), nonce,
+                                          collateral_source)
         except Exception:
             http.close()
             raise
         return cls(base_url, definition, party, private_key, http, attestation,
-                   bool(verified.simulated))
+                   bool(verified.simulated), collateral_source)
 
     def close(self) -> None:
         self._http.close()
@@ -138,10 +143,12 @@ class CleanroomClient:
 
     def query(self, query: dict[str, Any]) -> VerifiedResult:
         """Submit a query; the answer is verified before it is returned."""
-        return verify_bundle(self._call("POST", "/v1/queries", query), self.definition)
+        return verify_bundle(self._call("POST", "/v1/queries", query), self.definition,
+                             self.collateral_source)
 
     def result(self, result_id: str) -> VerifiedResult:
-        return verify_bundle(self._call("GET", f"/v1/results/{result_id}"), self.definition)
+        return verify_bundle(self._call("GET", f"/v1/results/{result_id}"), self.definition,
+                             self.collateral_source)
 
     def status(self) -> dict[str, Any]:
         return self._call("GET", "/v1/status")
@@ -158,7 +165,7 @@ class CleanroomClient:
 
 
 def _check_attestation(attestation: dict[str, Any], definition: Definition, tls_key: bytes,
-                       nonce: bytes) -> Any:
+                       nonce: bytes, collateral_source: Any = None) -> Any:
     import base64
 
     from sgxcloud.cas.evidence.model import Evidence
@@ -171,7 +178,7 @@ def _check_attestation(attestation: dict[str, Any], definition: Definition, tls_
         signer = str(attestation["signer"])
     except (KeyError, TypeError, ValueError) as exc:
         raise PeerRefused("malformed attestation document from the coordinator") from exc
-    policy = peer_policy(definition, "coordinator")
+    policy = peer_policy(definition, "coordinator", collateral_source)
     verified = policy.check(evidence, tls_key, nonce, signer.encode())
     statement = attestation.get("signer_statement") or {}
     if statement.get("signer") != signer:

@@ -62,6 +62,28 @@ def _approvals(paths: tuple[str, ...]):
     return approvals
 
 
+def _collateral(collateral: str | None, pccs: str | None):
+    """DCAP collateral for verifying real quotes: a file, or a PCCS with a cache."""
+    if collateral and pccs:
+        raise InputError("give --collateral or --pccs, not both")
+    if collateral:
+        from sgxcloud.cas.collateral import FileCollateral
+
+        return FileCollateral(collateral)
+    if pccs:
+        from sgxcloud.cas.collateral import PccsCollateral
+
+        return PccsCollateral(pccs, Path.home() / ".cache" / "sgxcloud" / "pccs")
+    return None
+
+
+def _collateral_options(f):
+    f = click.option("--pccs", metavar="URL",
+                     help="PCCS to fetch DCAP collateral from (cached).")(f)
+    return click.option("--collateral", type=click.Path(exists=True, dir_okay=False),
+                        help="DCAP collateral file for verifying peers' quotes.")(f)
+
+
 def _hostport(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
@@ -192,10 +214,11 @@ def approve(definition: str, party: str, key_path: str, out: str, as_json: bool)
 @click.option("--max-invalid-fraction", default=0.01, show_default=True,
               type=click.FloatRange(0, 1),
               help="Refuse a dataset when more rows than this have unusable identifiers.")
+@_collateral_options
 @click.option("--ready-file", hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log sessions and refusals.")
 def node(definition, provider, datasets, approval_files, listen, simulate, simulate_mrenclave,
-         batch_rows, max_invalid_fraction, ready_file, verbose) -> int:
+         batch_rows, max_invalid_fraction, collateral, pccs, ready_file, verbose) -> int:
     """Serve your own data to the attested coordinator (runs until stopped)."""
     from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
 
@@ -211,7 +234,8 @@ def node(definition, provider, datasets, approval_files, listen, simulate, simul
         provider=provider, definition=_definition(definition), sources=sources,
         approvals=_approvals(approval_files), simulate=simulate,
         simulate_mrenclave=simulate_mrenclave, batch_rows=batch_rows,
-        max_invalid_fraction=max_invalid_fraction), host, port)
+        max_invalid_fraction=max_invalid_fraction,
+        collateral_source=_collateral(collateral, pccs)), host, port)
     bound = server.address
     label = " [bold red]SIMULATED attestation[/]" if simulate else ""
     console.print(f"node {provider} listening on {bound[0]}:{bound[1]}{label}", highlight=False)
@@ -236,10 +260,11 @@ def node(definition, provider, datasets, approval_files, listen, simulate, simul
 @click.option("--memory-limit", default="512MB", show_default=True,
               help="DuckDB memory limit inside the enclave (EPC is scarce).")
 @click.option("--batch-rows", default=65_536, show_default=True, type=click.IntRange(1))
+@_collateral_options
 @click.option("--ready-file", hidden=True)
 @click.option("-v", "--verbose", is_flag=True)
 def coordinator(definition, approval_files, nodes, workdir, listen, simulate, simulate_mrenclave,
-                memory_limit, batch_rows, ready_file, verbose) -> int:
+                memory_limit, batch_rows, collateral, pccs, ready_file, verbose) -> int:
     """Pull approved data from the nodes and serve the HTTPS API (runs until stopped)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -256,7 +281,7 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
         definition=_definition(definition), workdir=Path(workdir), nodes=node_map,
         approvals=_approvals(approval_files), simulate=simulate,
         simulate_mrenclave=simulate_mrenclave, memory_limit=memory_limit,
-        batch_rows=batch_rows))
+        batch_rows=batch_rows, collateral_source=_collateral(collateral, pccs)))
     if simulate:
         console.print("[bold red]SIMULATED attestation: no SGX hardware, no security[/]")
     approvals = coord.approval_status()
@@ -294,10 +319,11 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
     return 0
 
 
-def _client(url: str, definition: str, party: str, key: str):
+def _client(url: str, definition: str, party: str, key: str, collateral=None, pccs=None):
     from sgxcloud.cleanroom.sdk import CleanroomClient
 
-    return CleanroomClient.connect(url, _definition(definition), party, _key(key))
+    return CleanroomClient.connect(url, _definition(definition), party, _key(key),
+                                   collateral_source=_collateral(collateral, pccs))
 
 
 def _client_options(f):
@@ -311,7 +337,7 @@ def _client_options(f):
         click.option("--json", "as_json", is_flag=True),
     ]):
         f = option(f)
-    return f
+    return _collateral_options(f)
 
 
 @cleanroom.command()
@@ -325,8 +351,8 @@ def _client_options(f):
 @click.option("--datasets", help="overlap: comma-separated provider.dataset names.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Save the signed result bundle.")
 @click.option("--html", type=click.Path(dir_okay=False), help="campaign_lift: HTML report.")
-def query(url, definition, party, key, as_json, query_file, template, analysis, filter_text,
-          breakdown, datasets, out, html) -> int:
+def query(url, definition, party, key, as_json, collateral, pccs, query_file, template, analysis,
+          filter_text, breakdown, datasets, out, html) -> int:
     """Run a query as an analyst; prints the verified, released numbers."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -345,7 +371,7 @@ def query(url, definition, party, key, as_json, query_file, template, analysis, 
             doc["breakdown"] = breakdown
         if datasets:
             doc["datasets"] = [d.strip() for d in datasets.split(",")]
-    with _client(url, definition, party, key) as client, Progress(
+    with _client(url, definition, party, key, collateral, pccs) as client, Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
             console=Console(stderr=True), transient=True, disable=as_json) as bar:
         bar.add_task(f"running {doc.get('template')} in the enclave", total=None)
@@ -388,8 +414,9 @@ def render_result(verified, target: Console | None = None) -> None:
 @cleanroom.command("verify-result")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
+@_collateral_options
 @click.option("--json", "as_json", is_flag=True)
-def verify_result_cmd(bundle: str, definition: str, as_json: bool) -> int:
+def verify_result_cmd(bundle: str, definition: str, collateral, pccs, as_json: bool) -> int:
     """Verify a result bundle offline: exit 0 if valid, 1 if not."""
     from sgxcloud.cleanroom.errors import CleanroomError
     from sgxcloud.cleanroom.sdk import verify_bundle
@@ -397,7 +424,7 @@ def verify_result_cmd(bundle: str, definition: str, as_json: bool) -> int:
 
     d = _definition(definition)
     try:
-        verified = verify_bundle(Path(bundle).read_text(), d)
+        verified = verify_bundle(Path(bundle).read_text(), d, _collateral(collateral, pccs))
     except (CleanroomError, TransportError) as exc:
         _emit(as_json, {"valid": False, "reason": str(exc)},
               lambda x: console.print(f"[bold red]INVALID[/]: {x['reason']}"))
@@ -411,9 +438,9 @@ def verify_result_cmd(bundle: str, definition: str, as_json: bool) -> int:
 
 @cleanroom.command()
 @_client_options
-def status(url, definition, party, key, as_json) -> int:
+def status(url, definition, party, key, as_json, collateral, pccs) -> int:
     """Approvals and dataset ingestion state, from the attested coordinator."""
-    with _client(url, definition, party, key) as client:
+    with _client(url, definition, party, key, collateral, pccs) as client:
         doc = client.status()
 
     def render(d):
@@ -431,18 +458,18 @@ def status(url, definition, party, key, as_json) -> int:
 
 @cleanroom.command()
 @_client_options
-def budget(url, definition, party, key, as_json) -> int:
+def budget(url, definition, party, key, as_json, collateral, pccs) -> int:
     """Your remaining differential-privacy budget."""
-    with _client(url, definition, party, key) as client:
+    with _client(url, definition, party, key, collateral, pccs) as client:
         _emit(as_json, client.budget())
     return 0
 
 
 @cleanroom.command()
 @_client_options
-def audit(url, definition, party, key, as_json) -> int:
+def audit(url, definition, party, key, as_json, collateral, pccs) -> int:
     """The coordinator's audit log (every request and released number)."""
-    with _client(url, definition, party, key) as client:
+    with _client(url, definition, party, key, collateral, pccs) as client:
         entries = client.audit()
 
     def render(rows):

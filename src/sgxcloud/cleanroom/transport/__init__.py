@@ -8,6 +8,7 @@ any application frame moves (:mod:`.channel`).
 
 from sgxcloud.cleanroom.transport.binding import (
     Attester,
+    GramineAttester,
     PeerPolicy,
     SimulatedAttester,
     report_data,
@@ -42,6 +43,7 @@ __all__ = [
     "AttestedServer",
     "Attester",
     "FramedConnection",
+    "GramineAttester",
     "Kind",
     "PeerClosed",
     "PeerPolicy",

@@ -20,6 +20,7 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from sgxcloud.cleanroom.transport.errors import PeerRefused
@@ -121,39 +122,43 @@ def _reason(exc: Exception) -> str:
     return text[:200]
 
 
-def verifier_for(allow_simulation: bool, collateral_source: Any = None) -> Verifier:
-    """The verifier a definition calls for: hardware always; simulated only if allowed."""
-    from sgxcloud.cas.evidence.simulated import SimulatedVerifier
+def verifier_for(collateral_source: Any = None) -> Verifier:
+    """The attestation service's composition root: DCAP quotes checked with
+    dcap-qvl against ``collateral_source`` (a ``FileCollateral`` or
+    ``PccsCollateral``), simulated documents read and marked simulated.
 
-    hardware = _hardware_verifier(collateral_source)
-    if not allow_simulation:
-        return hardware
-    return _SimulationTolerant(hardware, SimulatedVerifier())
+    Whether simulated evidence is acceptable is :class:`PeerPolicy`'s decision.
+    """
+    from sgxcloud.cas.evidence import DefaultVerifier
 
-
-def _hardware_verifier(collateral_source: Any) -> Verifier:
-    try:
-        from sgxcloud.cas.evidence import DefaultVerifier
-    except ImportError:  # attestation service built without DCAP support
-        return _NoHardware()
     return DefaultVerifier(collateral_source)
 
 
-class _NoHardware:
-    """Stands in when DCAP verification is unavailable: every quote is refused."""
-
-    def verify(self, evidence: Any, now: int) -> Any:
-        raise PeerRefused("DCAP quote verification is not available in this build")
+GRAMINE_ATTESTATION = Path("/dev/attestation")
 
 
 @dataclass(frozen=True)
-class _SimulationTolerant:
-    """Hardware verification first; simulated evidence only as a declared fallback."""
+class GramineAttester:
+    """Hardware evidence from inside a Gramine enclave: write REPORTDATA to
+    ``user_report_data``, read the DCAP quote back from ``quote``.
 
-    hardware: Verifier
-    simulated: Verifier
+    ``root`` is a parameter so a recorded tree can stand in for the
+    pseudo-files in tests; the quote is returned as is, never parsed here.
+    """
 
-    def verify(self, evidence: Any, now: int) -> Any:
-        if evidence.format == "simulated":
-            return self.simulated.verify(evidence, now)
-        return self.hardware.verify(evidence, now)
+    root: Path = GRAMINE_ATTESTATION
+    simulated: bool = False
+
+    @classmethod
+    def available(cls, root: Path = GRAMINE_ATTESTATION) -> bool:
+        return (root / "quote").exists() and (root / "user_report_data").exists()
+
+    def evidence(self, report_data: bytes) -> Any:
+        from sgxcloud.cas.evidence.model import Evidence
+
+        try:
+            (self.root / "user_report_data").write_bytes(report_data)
+            quote = (self.root / "quote").read_bytes()
+        except OSError as exc:
+            raise PeerRefused(f"cannot obtain a quote from {self.root} ({exc.strerror})") from exc
+        return Evidence("dcap", quote)

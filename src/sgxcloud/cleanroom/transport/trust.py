@@ -6,9 +6,13 @@ and their attester here, so the two sides cannot drift apart.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sgxcloud.cleanroom.definition import Definition, EnclavePin
 from sgxcloud.cleanroom.transport.binding import (
+    GRAMINE_ATTESTATION,
     Attester,
+    GramineAttester,
     PeerPolicy,
     SimulatedAttester,
     verifier_for,
@@ -32,7 +36,7 @@ def peer_policy(definition: Definition, peer_role: str, collateral_source=None) 
         definition_hash=definition.definition_hash(),
         mrenclaves=frozenset({pin.mrenclave}),
         allow_simulation=definition.enclaves.allow_simulated,
-        verifier=verifier_for(definition.enclaves.allow_simulated, collateral_source),
+        verifier=verifier_for(collateral_source),
         allowed_tcb_statuses=frozenset(definition.enclaves.allowed_tcb_statuses),
         pin=pin.matches,
     )
@@ -53,15 +57,16 @@ def simulated_identity(definition: Definition, role: str,
 
 
 def local_attester(definition: Definition, role: str, *, simulate: bool,
-                   mrenclave: str | None = None) -> Attester:
-    """Evidence source for this process.
-
-    Without SGX the only source is SIMULATED evidence, and only when asked for:
-    a definition that forbids simulation then makes every peer refuse us, loudly.
-    """
+                   mrenclave: str | None = None,
+                   attestation_root: Path = GRAMINE_ATTESTATION) -> Attester:
+    """Evidence source for this process: DCAP quotes inside Gramine, or
+    SIMULATED evidence when asked for (never as a silent fallback: a
+    definition that forbids simulation then makes every peer refuse us)."""
     if simulate:
         return SimulatedAttester(simulated_identity(definition, role, mrenclave))
+    if GramineAttester.available(attestation_root):
+        return GramineAttester(attestation_root)
     raise PeerRefused(
-        "no SGX attestation is available on this machine (no /dev/attestation); "
-        "run with --simulate to use SIMULATED evidence"
+        f"no SGX attestation is available here ({attestation_root} is missing); "
+        "run inside a Gramine enclave, or with --simulate for SIMULATED evidence"
     )
