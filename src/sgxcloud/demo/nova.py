@@ -9,10 +9,12 @@ XML our driver generates (checked by libvirt's own schema and parser).
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -39,13 +41,17 @@ FLAVORS: dict[str, tuple[int, dict[str, str]]] = {
     "sgx.huge": (1024, {}),
 }
 
-# (server name, flavor) in boot order
+# (hours after the demo's week starts, server name, flavor) in boot order
 SERVERS = [
-    ("web-1", "std.small"), ("web-2", "std.small"), ("web-3", "std.small"),
-    ("enclave-1", "sgx.small"), ("enclave-2", "sgx.small"), ("enclave-3", "sgx.small"),
-    ("cleanroom-node", "sgx.medium"), ("coordinator", "sgx.large"),
-    ("too-big", "sgx.huge"),
+    (0, "web-1", "std.small"), (0, "web-2", "std.small"), (0, "web-3", "std.small"),
+    (0, "enclave-1", "sgx.small"), (0, "enclave-2", "sgx.small"),
+    (0, "enclave-3", "sgx.small"),
+    (24, "cleanroom-node", "sgx.medium"), (24, "coordinator", "sgx.large"),
+    (24, "too-big", "sgx.huge"),
 ]
+RESIZE_AT_HOURS = 72  # enclave-1: sgx.small (64 MiB) -> sgx.medium (128 MiB)
+DELETE_AT_HOURS = 120  # enclave-3 deleted
+WEEK_HOURS = 168
 
 
 def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
@@ -54,7 +60,10 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
     console.rule("[bold]1 · SGX virtual machines in OpenStack Nova")
     console.print(
         "In-process cloud: Nova API, conductor, scheduler and Placement for real; "
-        "libvirt [bold yellow]faked[/] as in Nova's own functional tests (no SGX here).")
+        "libvirt [bold yellow]faked[/] as in Nova's own functional tests (no SGX here). "
+        "Its clock is [bold]simulated[/]: the demo plays one week of operations so "
+        "that the usage report has hours to count.")
+    clock = SimulatedClock(cloud)
 
     with console.status("Starting compute hosts…"):
         for name, spec in HOSTS.items():
@@ -71,7 +80,8 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
 
     servers: dict[str, dict] = {}
     with console.status("Booting servers…") as status:
-        for name, flavor in SERVERS:
+        for at_hours, name, flavor in SERVERS:
+            clock.advance_to(at_hours)
             status.update(f"Booting {name} ({flavor})…")
             created = cloud.api.post_server({"server": cloud._build_server(
                 name=name, flavor_id=flavor_ids[flavor], networks="none")})
@@ -92,6 +102,19 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
         Group(Syntax(_excerpt(xml), "xml", theme="ansi_dark"), "", checks.render(),
               f"[dim]whole file: {xml_path}[/]"),
         title="Domain XML of cleanroom-node (the parts SGX adds)"))
+
+    with console.status("Later that week: a resize and a deletion…"):
+        clock.advance_to(RESIZE_AT_HOURS)
+        servers["enclave-1"] = _resize(cloud, servers["enclave-1"], flavor_ids["sgx.medium"])
+        clock.advance_to(DELETE_AT_HOURS)
+        cloud._delete_server(servers["enclave-3"])
+        cloud._wait_until_deleted(servers["enclave-3"])
+        clock.advance_to(WEEK_HOURS)
+    console.print(
+        f"Hour {RESIZE_AT_HOURS}: enclave-1 resized sgx.small → sgx.medium (64 → 128 MiB "
+        f"EPC, now on {servers['enclave-1']['OS-EXT-SRV-ATTR:host']}); hour "
+        f"{DELETE_AT_HOURS}: enclave-3 deleted; the week ends at hour {WEEK_HOURS}.")
+    cloud.usage_window = (clock.start, clock.now)
     return {
         "servers": {name: {"status": s["status"], "host": s.get("OS-EXT-SRV-ATTR:host")}
                     for name, s in servers.items()},
@@ -101,11 +124,46 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
     }
 
 
+class SimulatedClock:
+    """The in-process cloud's clock (oslo ``timeutils.utcnow``), moved by hand.
+
+    Nova stamps launches, deletions and migrations with ``timeutils.utcnow()``,
+    so moving it lets the demo play a week of operations in seconds.  The
+    cloud must have been started with a long ``service_down_time``, or its
+    services would look dead after a jump.
+    """
+
+    def __init__(self, cloud: Any) -> None:
+        from oslo_utils import timeutils
+
+        real_now = timeutils.utcnow()
+        self.start = (real_now - dt.timedelta(days=8)).replace(microsecond=0)
+        self.now = self.start
+        patcher = mock.patch.object(timeutils, "utcnow", side_effect=self._utcnow)
+        patcher.start()
+        cloud.addCleanup(patcher.stop)
+
+    def _utcnow(self, with_timezone: bool = False) -> dt.datetime:
+        return self.now.replace(tzinfo=dt.UTC) if with_timezone else self.now
+
+    def advance_to(self, hours: float) -> None:
+        self.now = max(self.now, self.start + dt.timedelta(hours=hours))
+
+
+def _resize(cloud: Any, server: dict, flavor_id: str) -> dict:
+    # The fake hosts have no instance directories to rename; Nova's own resize
+    # tests stub the same call.
+    with mock.patch("os.rename"):
+        cloud.api.post_server_action(server["id"], {"resize": {"flavorRef": flavor_id}})
+        cloud._wait_for_state_change(server, "VERIFY_RESIZE")
+        cloud.api.post_server_action(server["id"], {"confirmResize": None})
+        return cloud._wait_for_state_change(server, "ACTIVE")
+
 def _servers_table(servers: dict[str, dict]) -> Table:
     table = Table(title="Where each server landed")
     for column in ("server", "flavor", "EPC MiB", "status", "host / reason"):
         table.add_column(column)
-    flavor_of = dict(SERVERS)
+    flavor_of = {name: flavor for _, name, flavor in SERVERS}
     for name, server in servers.items():
         epc = FLAVORS[flavor_of[name]][0]
         if server["status"] == "ACTIVE":

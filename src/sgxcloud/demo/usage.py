@@ -29,6 +29,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from sgxcloud.nova import usage as epc_usage
+from sgxcloud.nova.usage import as_utc
 
 
 def harness_connection(compute_url: str, placement_url: str, project_id: str) -> Any:
@@ -94,8 +95,14 @@ def _usage_with_every_launched_server(
 def run(console: Console, workdir: Path, cloud: Any) -> dict:
     """Show the usage report with EPC MB-hours and write ``epc-usage.png`` into ``workdir``."""
     conn, project = _connect(cloud)
-    now = dt.datetime.now(dt.UTC)
-    start, end = now - dt.timedelta(days=1), now + dt.timedelta(minutes=1)
+    window = getattr(cloud, "usage_window", None)  # the Nova section's simulated week
+    if window:
+        start, end = (as_utc(moment) for moment in window)
+        period = f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC, simulated clock"
+    else:
+        now = dt.datetime.now(dt.UTC)
+        start, end = now - dt.timedelta(days=1), now + dt.timedelta(minutes=1)
+        period = "last 24 h"
     console.print(
         Panel(
             "Nova's os-simple-tenant-usage counts CPU, RAM and disk hours; sgxcloud adds\n"
@@ -107,7 +114,7 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict:
     )
     usage = _usage_with_every_launched_server(conn, project, start, end)
 
-    totals = Table(title=f"Usage on project {project} (last 24 h)")
+    totals = Table(title=f"Usage on project {project} ({period})")
     totals.add_column("Field")
     totals.add_column("Value", justify="right")
     for field, value in (

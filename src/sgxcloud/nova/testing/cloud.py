@@ -205,6 +205,15 @@ class SGXServersTestBase(base.ServersTestBase):
 
 
 class _CloudCase(SGXServersTestBase):
+    # [DEFAULT] options set just before the services start (some, such as
+    # service_down_time, are read only then).
+    start_flags: ClassVar[dict[str, object]] = {}
+
+    def _setup_services(self):
+        for name, value in self.start_flags.items():
+            self.flags(**{name: value})
+        super()._setup_services()
+
     def runTest(self):
         """Never run as a test: InProcessCloud drives setUp/cleanups itself."""
 
@@ -217,17 +226,29 @@ class InProcessCloud:
     fixtures.  Everything is torn down on exit.
     """
 
+    def __init__(self, **flags: object) -> None:
+        """``flags``: [DEFAULT] options to set before the services start."""
+        self._flags = flags
+
     def __enter__(self) -> SGXServersTestBase:
-        self._case = _CloudCase()
+        root = logging.getLogger()
+        self._logging = (root.level, list(root.handlers))
+        self._case = type("_Cloud", (_CloudCase,), {"start_flags": self._flags})()
         self._case.setUp()
         return self._case
 
     def __exit__(self, *exc_info) -> None:
-        # Nova's services log their shutdown after the harness stopped capturing logs.
+        # Nova's services log their shutdown after the harness stopped
+        # capturing logs, and the harness leaves DEBUG handlers on the root
+        # logger: silence the one, undo the other.
         logging.disable(logging.INFO)
         try:
             self._case.doCleanups()
         finally:
+            root = logging.getLogger()
+            level, handlers = self._logging
+            root.setLevel(level)
+            root.handlers[:] = handlers
             logging.disable(logging.NOTSET)
 
 
