@@ -628,7 +628,7 @@ def _sizes(_ctx, _param, value: str) -> tuple[int, ...]:
 
 @click.command()
 @click.option("--iterations", type=click.IntRange(min=3), default=DEFAULT_ITERATIONS,
-              show_default=True, help="Timed rounds per case (each runs both configurations).")
+              show_default=True, help="Timed rounds per case (each runs every configuration once).")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed rounds per case before measuring.")
 @click.option("--sizes", default=",".join(map(str, DEFAULT_SIZES)), show_default=True,
