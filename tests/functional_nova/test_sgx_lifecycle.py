@@ -129,6 +129,17 @@ class SGXLifecycleTest(SGXServersTestBase):
         self.assertEqual({"sgx2": 64}, self.epc_allocation(server["id"]))
         self.assertEqual([64 * 1024], self._epc_kib_in_xml(server))
 
+    def test_rebuild_to_new_image_on_a_full_host(self):
+        # The server's own EPC fills the host; a rebuild must not be refused
+        # for lack of free EPC (the scheduler checks rebuilds in place).
+        self.start_sgx_compute("full", {0: 64})
+        server = self._boot(host="full")
+        self.assertEqual(0, self.epc_inventory("full")["total"] - self.epc_usage("full"))
+        image = self.glance.auto_disk_config_enabled_image["id"]
+        server = self._rebuild_server(server, image)
+        self.assertEqual(image, server["image"]["id"])
+        self.assertEqual({"full": 64}, self.epc_allocation(server["id"]))
+
     def test_shelve_offload_frees_and_unshelve_reclaims_epc(self):
         server = self._boot(host="sgx2")
         self._shelve_server(server)  # offloaded at once (shelved_offload_time 0)

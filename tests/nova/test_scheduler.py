@@ -72,6 +72,15 @@ def test_filter_host_passes_agrees_with_filter_all():
     assert SGXFilter().host_passes(host, spec({}))
 
 
+def test_filter_lets_rebuilds_through():
+    # A rebuild stays on its host, whose free EPC already excludes the server.
+    full = sgx_host("full", 0)
+    rebuild = spec(SGX64)
+    rebuild.scheduler_hints = {"_nova_check_type": ["rebuild"]}
+    assert passing([full], rebuild) == ["full"]
+    assert passing([full], spec(SGX64)) == []
+
+
 def test_garbage_stats_fail_closed():
     host = Host("odd", {resources.STAT_SGX: "true", resources.STAT_EPC_FREE_MB: "many"})
     assert passing([host], spec(SGX64)) == []

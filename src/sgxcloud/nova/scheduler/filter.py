@@ -8,30 +8,42 @@ reported free EPC as a cheap pre-check.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from nova.scheduler import filters
+from nova.scheduler import utils as scheduler_utils
 from oslo_log import log as logging
 
+from sgxcloud.nova import resources
 from sgxcloud.nova.requirements import SGXRequest, sgx_request_from_flavor
-from sgxcloud.nova.scheduler.stats import host_sgx_stats
+from sgxcloud.nova.scheduler.stats import epc_free_mb, has_flag, has_sgx, host_stats
 
 LOG = logging.getLogger(__name__)
+
+# flavor requirement -> the host stat that must be "true"
+_FEATURE_STATS = (
+    ("require_flc", resources.STAT_FLC, "no flexible launch control"),
+    ("require_sgx2", resources.STAT_SGX2, "no SGX2"),
+    ("provision_key", resources.STAT_PROVISION_KEY, "no provisioning key device"),
+)
 
 
 class SGXFilter(filters.BaseHostFilter):
 
+    # A rebuild keeps the server where it is, with the EPC it already holds;
+    # its own EPC would make a full host look unable to take it.
     RUN_ON_REBUILD = False
 
-    def filter_all(self, filter_obj_list: Iterable, spec_obj) -> Iterator:
+    def filter_all(self, filter_obj_list: Iterable, spec_obj) -> Iterable:
+        # Overriding filter_all skips BaseHostFilter._filter_one, which is
+        # where Nova honours RUN_ON_REBUILD: honour it here.
+        if scheduler_utils.request_is_rebuild(spec_obj):
+            return filter_obj_list
         # Read the flavor once per request, not once per host.
         request = sgx_request_from_flavor(spec_obj.flavor)
         if not request.wants_sgx:
-            yield from filter_obj_list
-            return
-        for host_state in filter_obj_list:
-            if self._passes(host_state, request):
-                yield host_state
+            return filter_obj_list
+        return [host for host in filter_obj_list if self._passes(host, request)]
 
     def host_passes(self, host_state, spec_obj) -> bool:
         request = sgx_request_from_flavor(spec_obj.flavor)
@@ -39,18 +51,15 @@ class SGXFilter(filters.BaseHostFilter):
 
     @staticmethod
     def _passes(host_state, request: SGXRequest) -> bool:
-        stats = host_sgx_stats(host_state)
+        stats = host_stats(host_state)
         reason = None
-        if not stats.sgx:
+        if not has_sgx(stats):
             reason = "no SGX"
-        elif stats.epc_free_mb < request.epc_mb:
-            reason = f"{stats.epc_free_mb} MiB EPC free, {request.epc_mb} MiB asked"
-        elif request.require_flc and not stats.flc:
-            reason = "no flexible launch control"
-        elif request.require_sgx2 and not stats.sgx2:
-            reason = "no SGX2"
-        elif request.provision_key and not stats.provision_key:
-            reason = "no provisioning key device"
+        elif (free := epc_free_mb(stats)) < request.epc_mb:
+            reason = f"{free} MiB EPC free, {request.epc_mb} MiB asked"
+        else:
+            reason = next((why for wanted, stat, why in _FEATURE_STATS
+                           if getattr(request, wanted) and not has_flag(stats, stat)), None)
         if reason:
             LOG.debug("%s fails SGX requirements: %s", host_state, reason)
             return False

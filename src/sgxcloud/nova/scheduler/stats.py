@@ -1,36 +1,31 @@
-"""A host's SGX facts as the driver published them in ``HostState.stats``."""
+"""A host's SGX facts as the driver published them in ``HostState.stats``.
+
+Read straight from the stats dict: the scheduler calls these for every host
+of every request, so they build nothing (see benchmarks/bench_scheduler.py).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping
 
 from sgxcloud.nova import resources
 
 
-@dataclasses.dataclass(frozen=True)
-class HostSGXStats:
-    sgx: bool
-    epc_free_mb: int
-    flc: bool
-    sgx2: bool
-    provision_key: bool
+def host_stats(host_state: object) -> Mapping[str, str]:
+    return getattr(host_state, "stats", None) or {}
 
 
-NO_SGX = HostSGXStats(sgx=False, epc_free_mb=0, flc=False, sgx2=False, provision_key=False)
+def has_sgx(stats: Mapping[str, str]) -> bool:
+    return stats.get(resources.STAT_SGX) == "true"
 
 
-def host_sgx_stats(host_state: object) -> HostSGXStats:
-    stats = getattr(host_state, "stats", None) or {}
-    if stats.get(resources.STAT_SGX) != "true":
-        return NO_SGX
+def epc_free_mb(stats: Mapping[str, str]) -> int:
+    """Free EPC the host last reported; 0 when absent or unreadable (fail closed)."""
     try:
-        free = int(stats.get(resources.STAT_EPC_FREE_MB, 0))
+        return int(stats.get(resources.STAT_EPC_FREE_MB, 0))
     except (TypeError, ValueError):
-        free = 0
-    return HostSGXStats(
-        sgx=True,
-        epc_free_mb=free,
-        flc=stats.get(resources.STAT_FLC) == "true",
-        sgx2=stats.get(resources.STAT_SGX2) == "true",
-        provision_key=stats.get(resources.STAT_PROVISION_KEY) == "true",
-    )
+        return 0
+
+
+def has_flag(stats: Mapping[str, str], key: str) -> bool:
+    return stats.get(key) == "true"
