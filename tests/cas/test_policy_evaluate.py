@@ -161,3 +161,12 @@ def test_simulated_evidence_accepted_only_when_allowed(simulated, vectors):
     assert decision.accepted  # there is no TCB to judge, so TCB tolerances do not apply
     wrong = service_for([{"mrenclave": OTHER}], allow_simulated=True)
     assert evaluate(wrong, simulated).codes == ["mrenclave"]  # identity still checked
+
+
+def test_service_without_identities_accepts_nothing(verified, simulated, vectors):
+    """Defence in depth: the schema needs one identity, evaluate() must not rely on it."""
+    empty = replace(service_for([{"mrenclave": vectors.mrenclave}], **TOLERANT), identities=())
+    decision = evaluate(empty, verified)
+    assert not decision.accepted and decision.codes == ["identity"]
+    lax = replace(empty, allow_simulated=True, allow_debug=True)
+    assert evaluate(lax, simulated).codes == ["identity"]

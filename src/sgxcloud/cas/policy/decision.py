@@ -19,8 +19,8 @@ ANY_ADVISORY = "*"
 class Decision:
     """``accepted`` iff ``reasons`` is empty; ``codes`` name each reason for machines.
 
-    Codes: mrenclave, mrsigner, isvprodid, isvsvn, debug, simulated,
-    tcb_status, advisory.
+    Codes: identity (the service lists none), mrenclave, mrsigner, isvprodid,
+    isvsvn, debug, simulated, tcb_status, advisory.
     """
 
     accepted: bool
@@ -59,8 +59,14 @@ def evaluate(service: ServicePolicy, evidence: VerifiedEvidence) -> Decision:
 
 
 def _identity_reasons(service: ServicePolicy, evidence: VerifiedEvidence) -> list[tuple[str, str]]:
-    """Empty if any accepted identity matches; otherwise why none does."""
+    """Empty if any accepted identity matches; otherwise why none does.
+
+    A service with no accepted identity accepts nothing: the schema demands
+    one, but a policy built any other way must not fail open.
+    """
     identity = evidence.identity
+    if not service.identities:
+        return [("identity", "the service accepts no enclave identity")]
     by_enclave = [i for i in service.identities if isinstance(i, MrenclaveIdentity)]
     by_signer = [i for i in service.identities if isinstance(i, SignerIdentity)]
     if any(i.mrenclave == identity.mrenclave for i in by_enclave):
