@@ -338,3 +338,13 @@ def test_owner_authenticated_by_tls_client_certificate(home: Path, tmp_path: Pat
             assert http.get("/v1/policies/shop").status_code == 401
             assert http.post("/v1/nonces").status_code == 200  # enclaves need no certificate
     service.stop()
+
+
+@pytest.mark.parametrize("command", ["show", "verify"])
+def test_audit_of_a_missing_sqlite_file_creates_nothing(tmp_path: Path, capsys, command) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "missing.db"
+    url = f"sqlite:///{missing}"
+    assert cli(["audit", command, "--database-url", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: no database file {missing}: check database_url"
+    assert list(tmp_path.iterdir()) == []  # no empty database (nor -wal/-shm) left behind

@@ -8,6 +8,8 @@ PostgreSQL relies on row locks (``SELECT ... FOR UPDATE``) in the repository.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -34,6 +36,20 @@ def make_engine(url: str) -> Engine:
             parsed = parsed.set(drivername="postgresql+psycopg")
         return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
     raise StoreError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite database file that ``url`` names but that does not exist."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # make_engine reports it
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    path = parsed.database or ""
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return None if Path(path).exists() else path
 
 
 def _sqlite_engine(url: str) -> Engine:

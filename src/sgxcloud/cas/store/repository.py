@@ -70,7 +70,16 @@ class Database:
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Database:
-        """Connect to ``url`` and, unless told not to, migrate it to the newest schema."""
+        """Connect to ``url`` and, unless told not to, migrate it to the newest schema.
+
+        Without migration (read-only tools such as ``sgxcloud audit``) a
+        SQLite file must already exist: SQLite would otherwise create an empty
+        one, leaving a stray file behind a mistyped path.
+        """
+        if not migrate:
+            missing = db.missing_sqlite_file(url)
+            if missing is not None:
+                raise StoreError(f"no database file {missing}: check database_url")
         engine = db.make_engine(url)
         try:
             if migrate:
