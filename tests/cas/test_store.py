@@ -33,8 +33,12 @@ def test_migration_creates_schema_and_is_idempotent(database_url: str) -> None:
 
 
 def test_unmigrated_database_is_refused_without_migrate(tmp_path) -> None:
+    (tmp_path / "empty.db").touch()  # an existing file without the schema
     with pytest.raises(StoreError, match="not current"):
         Database.open(f"sqlite:///{tmp_path / 'empty.db'}", migrate=False)
+    with pytest.raises(StoreError, match="no database file"):
+        Database.open(f"sqlite:///{tmp_path / 'absent.db'}", migrate=False)
+    assert not (tmp_path / "absent.db").exists()
 
 
 def test_unsupported_url_is_a_clear_error() -> None:
