@@ -130,6 +130,17 @@ class SGXSchedulingTest(SGXServersTestBase):
         spread = self._create_server(flavor_id=flavor, networks="none")
         self.assertEqual("roomy", spread["OS-EXT-SRV-ATTR:host"])
 
+    def test_tcb_status_requirement_filters_hosts(self):
+        self.flags(tcb_status="OutOfDate", group="sgx")
+        self.start_sgx_compute("stale", {0: 256})
+        self.flags(tcb_status="UpToDate", group="sgx")
+        self.start_sgx_compute("current", {0: 64})
+        flavor = self.create_sgx_flavor(32, extra={"sgx:tcb_status": "UpToDate"})
+        for _ in range(2):  # pack would pick "current" anyway: fill it first
+            server = self._create_server(flavor_id=flavor, networks="none")
+            self.assertEqual("current", server["OS-EXT-SRV-ATTR:host"])
+        self._create_server(flavor_id=flavor, networks="none", expected_state="ERROR")
+
     def test_sgx2_and_flc_requirements_filter_hosts(self):
         self.start_sgx_compute("sgx1-only", {0: 256}, flc=False, sgx2=False)
         flavor = self.create_sgx_flavor(32, extra={"sgx:require_sgx2": "true"})
@@ -165,6 +176,13 @@ class SGXFlavorKeysTest(SGXServersTestBase):
                                {"sgx:provision_key": "maybe"})
         self.assertEqual(400, ex.response.status_code)
         self.assertIn("not a valid boolean-like value", ex.response.text)
+
+    def test_tcb_status_values_validated(self):
+        self._extra_specs({"sgx:tcb_status": "UpToDate,SWHardeningNeeded"})
+        for bad in ("Revoked", "uptodate", "UpToDate,", "UpToDate;OutOfDate"):
+            ex = self.assertRaises(client.OpenStackApiException, self._extra_specs,
+                                   {"sgx:tcb_status": bad})
+            self.assertEqual(400, ex.response.status_code)
 
     def test_unknown_sgx_key_rejected(self):
         ex = self.assertRaises(client.OpenStackApiException, self._extra_specs,

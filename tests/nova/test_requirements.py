@@ -32,3 +32,11 @@ def test_unusable_epc_values_mean_no_sgx(value):
 
 def test_sgx_keys_without_epc_mean_no_sgx():
     assert sgx_request_from_extra_specs({"sgx:provision_key": "true"}) == NO_SGX
+
+
+def test_accepted_tcb_statuses():
+    request = sgx_request_from_extra_specs({
+        "resources:CUSTOM_SGX_EPC_MB": "8", "sgx:tcb_status": "UpToDate, SWHardeningNeeded"})
+    assert request.accepted_tcb_statuses == {"UpToDate", "SWHardeningNeeded"}
+    assert not sgx_request_from_extra_specs(
+        {"resources:CUSTOM_SGX_EPC_MB": "8"}).accepted_tcb_statuses

@@ -66,6 +66,20 @@ def test_filter_checks_each_sgx_requirement(key, host_kwargs):
     assert passing(hosts, spec({**SGX64, key: "true"})) == ["able"]
 
 
+def test_filter_checks_tcb_status():
+    def with_tcb(name, status):
+        host = sgx_host(name, 256)
+        if status:
+            host.stats[resources.STAT_TCB_STATUS] = status
+        return host
+
+    hosts = [with_tcb("current", "UpToDate"), with_tcb("stale", "OutOfDate"),
+             with_tcb("unmeasured", "unknown"), with_tcb("old-driver", None)]
+    assert passing(hosts, spec({**SGX64, "sgx:tcb_status": "UpToDate,SWHardeningNeeded"})) \
+        == ["current"]
+    assert len(passing(hosts, spec(SGX64))) == 4
+
+
 def test_filter_host_passes_agrees_with_filter_all():
     host = sgx_host("sgx", 16)
     assert not SGXFilter().host_passes(host, spec(SGX64))

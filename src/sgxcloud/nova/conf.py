@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from sgxcloud.sgx.tcb import TCB_STATUSES
+
 sgx_group = cfg.OptGroup(
     "sgx",
     title="Intel SGX options",
@@ -76,6 +78,26 @@ DCAP attestation.
 Related options:
 
 * Flavors ask for the key with ``sgx:provision_key=true``.
+""",
+    ),
+    cfg.StrOpt(
+        "tcb_status",
+        default="unknown",
+        choices=["unknown", *TCB_STATUSES],
+        help="""
+This host's SGX platform TCB status, as Intel's TCB info (from PCS or your
+PCCS) rates its FMSPC and TCB level: what a verifier will say about quotes
+produced here.  Published to the scheduler so that flavors with
+``sgx:tcb_status`` land only on hosts whose status they accept.
+
+Nova cannot measure it: set it from the verdict of a quote made on this host
+(``sgxcloud attest verify``) and update it after microcode or BIOS updates
+and TCB recoveries.
+
+Possible values:
+
+* ``unknown`` (default): the host passes no ``sgx:tcb_status`` requirement.
+* A TCB status, e.g. ``UpToDate`` or ``SWHardeningNeeded``.
 """,
     ),
     cfg.StrOpt(

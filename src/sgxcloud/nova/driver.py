@@ -139,6 +139,7 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
             resources.STAT_FLC: str(capabilities.flc).lower(),
             resources.STAT_SGX2: str(capabilities.sgx2).lower(),
             resources.STAT_PROVISION_KEY: str(self._sgx_host.provision_key).lower(),
+            resources.STAT_TCB_STATUS: CONF.sgx.tcb_status,
         }
 
     def _epc_used_kib_by_node(self, exclude_uuid: str | None = None) -> dict[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from nova.api.validation.extra_specs import base
 
 from sgxcloud.nova import requirements
+from sgxcloud.sgx.tcb import TCB_STATUSES
 
 _NEEDS_EPC = "  Needs ``resources:CUSTOM_SGX_EPC_MB``."
 
@@ -33,13 +34,31 @@ _BOOLEAN_KEYS = {
     ),
 }
 
+# One or more TCB statuses, comma-separated; Revoked is never acceptable.
+_TCB_LIST = "({0})(,({0}))*".format("|".join(s for s in TCB_STATUSES if s != "Revoked"))
+
 EXTRA_SPEC_VALIDATORS = [
+    *(
+        base.ExtraSpecValidator(
+            name=name,
+            description=description + _NEEDS_EPC,
+            value={"type": bool, "description": meaning},
+        )
+        for name, (description, meaning) in _BOOLEAN_KEYS.items()
+    ),
     base.ExtraSpecValidator(
-        name=name,
-        description=description + _NEEDS_EPC,
-        value={"type": bool, "description": meaning},
-    )
-    for name, (description, meaning) in _BOOLEAN_KEYS.items()
+        name=requirements.SPEC_TCB_STATUS,
+        description=(
+            "Only schedule on hosts whose ``[sgx] tcb_status`` is one of these "
+            "platform TCB statuses (comma-separated), so that quotes made in the "
+            "guest pass verifiers that accept them." + _NEEDS_EPC
+        ),
+        value={
+            "type": str,
+            "pattern": _TCB_LIST,
+            "description": "Accepted TCB statuses, e.g. ``UpToDate,SWHardeningNeeded``.",
+        },
+    ),
 ]
 
 

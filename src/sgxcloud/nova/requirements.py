@@ -17,6 +17,7 @@ from sgxcloud.nova.resources import EPC_RESOURCE_CLASS
 SPEC_PROVISION_KEY = "sgx:provision_key"
 SPEC_REQUIRE_FLC = "sgx:require_flc"
 SPEC_REQUIRE_SGX2 = "sgx:require_sgx2"
+SPEC_TCB_STATUS = "sgx:tcb_status"
 
 # "resources:CUSTOM_SGX_EPC_MB" or a granular group "resources1:...".
 _EPC_SPEC = re.compile(r"resources[\w-]*:" + EPC_RESOURCE_CLASS)
@@ -35,6 +36,8 @@ class SGXRequest:
     provision_key: bool = False
     require_flc: bool = False
     require_sgx2: bool = False
+    accepted_tcb_statuses: frozenset[str] = frozenset()
+    """Empty: any host; otherwise the host's ``[sgx] tcb_status`` must be one of these."""
 
     @property
     def wants_sgx(self) -> bool:
@@ -64,6 +67,9 @@ def sgx_request_from_extra_specs(extra_specs: Mapping[str, str] | None) -> SGXRe
         provision_key=_flag(extra_specs, SPEC_PROVISION_KEY),
         require_flc=_flag(extra_specs, SPEC_REQUIRE_FLC),
         require_sgx2=_flag(extra_specs, SPEC_REQUIRE_SGX2),
+        accepted_tcb_statuses=frozenset(
+            status.strip() for status in extra_specs.get(SPEC_TCB_STATUS, "").split(",")
+            if status.strip()),
     )
 
 

@@ -2,8 +2,8 @@
 
 Placement already guarantees EPC capacity (``CUSTOM_SGX_EPC_MB``) and is the
 authority; this filter checks what Placement cannot express as resources —
-launch control, SGX2, the provisioning key — and uses the host's last
-reported free EPC as a cheap pre-check.
+launch control, SGX2, the provisioning key, the platform's TCB status — and
+uses the host's last reported free EPC as a cheap pre-check.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ class SGXFilter(filters.BaseHostFilter):
             reason = "no SGX"
         elif (free := epc_free_mb(stats)) < request.epc_mb:
             reason = f"{free} MiB EPC free, {request.epc_mb} MiB asked"
+        elif (request.accepted_tcb_statuses and stats.get(resources.STAT_TCB_STATUS)
+              not in request.accepted_tcb_statuses):
+            reason = f"TCB status {stats.get(resources.STAT_TCB_STATUS, 'unknown')} not accepted"
         else:
             reason = next((why for wanted, stat, why in _FEATURE_STATS
                            if getattr(request, wanted) and not has_flag(stats, stat)), None)
