@@ -141,6 +141,7 @@ def run_baseline(data: Path, memory_limit: str) -> tuple[dict, int]:
 def run_cleanroom(collab, memory_limit: str, batch_rows: int) -> tuple[dict, PeakRss]:
     collab.coordinator_args = ["--memory-limit", memory_limit, "--batch-rows", str(batch_rows)]
     collab.node_args = {p: ["--batch-rows", str(batch_rows)] for p in collab.nodes}
+    collab.start_timeout = 6 * 3600.0  # ingestion of tens of millions of rows takes a while
     timings: dict[str, float] = {}
     with PeakRss(collab.pids) as rss:
         start = time.perf_counter()

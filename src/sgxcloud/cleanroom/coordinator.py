@@ -99,6 +99,7 @@ class Coordinator:
         self.definition = config.definition
         self.definition_hash = self.definition.definition_hash()
         self.workdir = config.workdir
+        self._discard_staging()
         keys = self.workdir / "keys"
         self._rekey = _secret_file(keys / "rekey.bin", new_key)
         signing = private_key_from_pem(
@@ -120,6 +121,11 @@ class Coordinator:
             ds.ref: {"dataset": ds.ref, "state": "pending", "rows": 0, "reason": ""}
             for ds in self.definition.datasets if ds.provider in config.nodes
         }
+
+    def _discard_staging(self) -> None:
+        """Data half-received when a previous run died is never ingested: drop it."""
+        for leftover in (self.workdir / "staging").glob("*.arrows"):
+            leftover.unlink(missing_ok=True)
 
     # -- attestation -----------------------------------------------------------------
 

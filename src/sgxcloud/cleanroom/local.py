@@ -53,6 +53,8 @@ class LocalCollaboration:
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     url: str = ""
     ingestion: dict[str, Any] = field(default_factory=dict)
+    start_timeout: float = START_TIMEOUT_S
+    """The coordinator is ready only after pulling all data: allow for big inputs."""
 
     @classmethod
     def from_workdir(cls, workdir: Path) -> LocalCollaboration:
@@ -92,7 +94,7 @@ class LocalCollaboration:
                  "--ready-file", str(ready)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self.processes[name] = proc
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout
         while not ready.exists():
             if proc.poll() is not None:
                 tail = (logs / f"{name}.log").read_text(errors="replace").strip().splitlines()
