@@ -213,13 +213,17 @@ def test_file_going_bad_half_way_leaves_nothing_and_can_be_fixed(tmp_path):
         node.stop()
 
 
-def test_unreachable_node_is_reported(tmp_path):
+def test_unreachable_node_is_reported_and_stale_staging_dropped(tmp_path):
     collab = prepare_example(tmp_path / "ex", people=100)
     definition = load_definition(collab.definition)
+    stale = tmp_path / "c" / "staging" / "bank.customers.arrows"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half of a stream from a run that was killed")
     coordinator = Coordinator(CoordinatorConfig(
         definition=definition, workdir=tmp_path / "c", nodes={"bank": ("127.0.0.1", 9)},
         simulate=True))
     try:
+        assert not stale.exists()
         coordinator.ingest_all()
         assert coordinator.status()["bank.customers"]["state"] == "unavailable"
     finally:
