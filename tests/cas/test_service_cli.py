@@ -30,13 +30,41 @@ def home(tmp_path: Path) -> Path:
 
 
 def test_init_writes_a_private_key_and_valid_settings(home: Path) -> None:
-    assert (home / "master.key").stat().st_mode & 0o777 == 0o600
+    assert (home / "keys" / "master.key").stat().st_mode & 0o777 == 0o600
     settings = load_settings(home / "cas.yaml", environ={})
-    assert settings.master_key_file == home / "master.key"
-    assert settings.database_url == f"sqlite:///{home / 'cas.db'}"
+    assert settings.master_key_file == home / "keys" / "master.key"
+    assert settings.database_url == f"sqlite:///{home / 'data' / 'cas.db'}"
+    assert not settings.master_key_beside_database()
     assert settings.tls_cert == home / "tls" / "server.pem"
     assert len(settings.keyring(environ={}).current.key) == 32
     assert cli(["cas", "init", str(home)]) == 2  # never replaces a master key
+
+
+def test_init_key_dir_elsewhere_and_never_the_database_directory(tmp_path: Path) -> None:
+    keys = tmp_path / "vault"
+    assert cli(["cas", "init", str(tmp_path / "cas"), "--key-dir", str(keys)]) == 0
+    settings = load_settings(tmp_path / "cas" / "cas.yaml", environ={})
+    assert settings.master_key_file == (keys / "master.key").resolve()
+    assert not settings.master_key_beside_database()
+    data = tmp_path / "other" / "data"
+    assert cli(["cas", "init", str(tmp_path / "other"), "--key-dir", str(data)]) == 2
+    assert not (data / "master.key").exists()
+
+
+def test_serve_warns_when_the_key_is_beside_the_sqlite_database(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from sgxcloud.cas import secrets
+
+    secrets.write_master_key(tmp_path / "master.key", secrets.MasterKey.generate())
+    path = tmp_path / "cas.yaml"
+    path.write_text("database_url: sqlite:///cas.db\nmaster_key_file: master.key\n")
+    assert load_settings(path, environ={}).master_key_beside_database()
+    assert cli(["cas", "serve", "--config", str(path)]) == 2  # stops later: no TLS configured
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: master key" in err and "same directory as the SQLite database" in err
+    path.write_text("database_url: sqlite:///data/cas.db\nmaster_key_file: master.key\n")
+    assert not load_settings(path, environ={}).master_key_beside_database()
+    assert cli(["cas", "serve", "--config", str(path)]) == 2
+    assert "warning" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -156,7 +184,7 @@ def test_audit_commands_find_tampering(running, home: Path, tmp_path: Path, caps
     assert "intact" in capsys.readouterr().out
     assert cli(["audit", "show", *config, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["kind"] == "policy.apply"
-    database = Database.open(f"sqlite:///{home / 'cas.db'}", migrate=False)
+    database = Database.open(f"sqlite:///{home / 'data' / 'cas.db'}", migrate=False)
     with database.engine.begin() as connection:
         connection.execute(update(AuditEntryRow).values(actor="someone else"))
     database.close()
@@ -270,18 +298,18 @@ def test_master_key_rotation_with_rewrap(home: Path, tmp_path: Path, capsys) -> 
     before = service.read_policy(public_key_id(pg.public_pem(owner)), "shop").secrets
     service.stop()
     new_key = secrets.MasterKey.generate()
-    secrets.write_master_key(home / "new.key", new_key)
+    secrets.write_master_key(home / "keys" / "new.key", new_key)
     config = home / "cas.yaml"
     config.write_text(
         config.read_text().replace(
-            "master_key_file: master.key",
-            "master_key_file: new.key\nretired_master_key_files: [master.key]",
+            "master_key_file: keys/master.key",
+            "master_key_file: keys/new.key\nretired_master_key_files: [keys/master.key]",
         )
     )
     assert cli(["cas", "rewrap", "--config", str(config)]) == 0
     assert "re-wrapped under master key " + new_key.key_id in capsys.readouterr().out
     # The old key can go: everything opens with the new one alone.
-    config.write_text(config.read_text().replace("retired_master_key_files: [master.key]", ""))
+    config.write_text(config.read_text().replace("retired_master_key_files: [keys/master.key]", ""))
     service = build_service(load_settings(config, environ={}))
     after = service.read_policy(public_key_id(pg.public_pem(owner)), "shop").secrets
     assert {s["master_key_id"] for s in after} == {new_key.key_id}

@@ -60,6 +60,20 @@ class Settings(BaseModel):
             raise ValueError("collateral 'file' needs collateral_file")
         return self
 
+    def master_key_beside_database(self) -> bool:
+        """Whether an existing master key file sits in the SQLite database's directory.
+
+        Then one copy of that directory (a backup, a snapshot) holds both the
+        sealed secrets and the key that opens them.
+        """
+        prefix = "sqlite:///"
+        url = self.database_url
+        key = self.master_key_file
+        if key is None or not key.exists() or not url.startswith(prefix) or ":memory:" in url:
+            return False
+        database = Path(url[len(prefix) :])
+        return key.resolve().parent == database.resolve().parent
+
     def keyring(self, environ: Mapping[str, str] | None = None) -> secrets.Keyring:
         """The master keys, from the environment or the key files named here."""
         environ = os.environ if environ is None else environ

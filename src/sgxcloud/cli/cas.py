@@ -50,6 +50,13 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> int:
     from sgxcloud.cas.service.server import serve as run
 
     settings = load_settings(config_path, host=host, port=port)
+    if settings.master_key_beside_database():
+        Console(stderr=True).print(
+            f"[bold yellow]warning:[/] master key {settings.master_key_file} is in the same "
+            "directory as the SQLite database: a copy of that directory opens every secret. "
+            "Move the key (or use SGXCLOUD_CAS_MASTER_KEY).",
+            soft_wrap=True,
+        )
     run(settings)
     return 0
 
@@ -57,26 +64,41 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> int:
 @cas.command(name="init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
+    "--key-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for master.key (default DIRECTORY/keys; never the database's directory).",
+)
+@click.option(
     "--loopback-tls",
     is_flag=True,
     help="Also make a throwaway CA and a 127.0.0.1 certificate (testing only).",
 )
-def init(directory: Path, loopback_tls: bool) -> int:
-    """Create DIRECTORY with a new master key (mode 0600) and a settings file.
+def init(directory: Path, key_dir: Path | None, loopback_tls: bool) -> int:
+    """Create DIRECTORY with a settings file, data/ for the database and a master key.
 
-    The master key encrypts every secret at rest; keep it out of backups of
-    the database.  Refuses to overwrite an existing key.
+    The master key (mode 0600) encrypts every secret at rest, so it goes in a
+    directory of its own (DIRECTORY/keys, or --key-dir), never beside the
+    database in DIRECTORY/data: back up data/, never keys/.  Refuses to
+    overwrite an existing key.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    key_path = directory / "master.key"
+    data_dir = directory / "data"
+    key_dir = key_dir if key_dir is not None else directory / "keys"
+    if key_dir.resolve() == data_dir.resolve():
+        raise click.UsageError("--key-dir must not be the database directory")
+    key_path = key_dir / "master.key"
     if key_path.exists():
         raise click.UsageError(f"{key_path} exists; refusing to replace a master key")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = secrets.MasterKey.generate()
     secrets.write_master_key(key_path, key)
+    key_setting = key_path.resolve()
+    if key_setting.is_relative_to(directory.resolve()):
+        key_setting = key_setting.relative_to(directory.resolve())
     lines = [
         "# sgxcloud CAS settings (docs/cas/operator-guide.md)",
-        "database_url: sqlite:///cas.db",
-        "master_key_file: master.key",
+        "database_url: sqlite:///data/cas.db   # back up data/; never keys/ with it",
+        f"master_key_file: {key_setting}",
         "host: 127.0.0.1",
         "port: 8443",
         "nonce_ttl_seconds: 120",
@@ -97,7 +119,8 @@ def init(directory: Path, loopback_tls: bool) -> int:
         settings_path.write_text("\n".join(lines) + "\n")
     Console().print(
         Panel.fit(
-            f"master key id [bold]{key.key_id}[/] in {key_path}\nsettings in {settings_path}",
+            f"master key id [bold]{key.key_id}[/] in {key_path}\n"
+            f"database in {data_dir}\nsettings in {settings_path}",
             title="CAS initialised",
         )
     )

@@ -91,7 +91,8 @@ def run(console: Console, workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "cas"
     home.mkdir(exist_ok=True)
-    key_path = home / "master.key"
+    key_path = home / "keys" / "master.key"  # never beside the database
+    key_path.parent.mkdir(mode=0o700, exist_ok=True)
     if not key_path.exists():
         secrets.write_master_key(key_path, secrets.MasterKey.generate())
     tls = make_loopback_tls(home / "tls")
