@@ -249,26 +249,35 @@ def qemu_user(tree: HostTree) -> str:
 
 
 def _can_open_rw(tree: HostTree, node: NodeInfo, user: str) -> tuple[bool, str]:
-    """Whether ``user`` may open ``node`` read-write, and through what."""
-    if node.mode & 0o006 == 0o006:
-        return True, "world read-write"
+    """Whether ``user`` may open ``node`` read-write, and through what.
+
+    POSIX order (acl(5), "Access check algorithm"): the owner is judged by
+    the owner bits alone; then a named-user ACL entry; then the owning group
+    and named-group entries (any granting one suffices, all limited by the
+    ACL mask); only a user in none of those classes gets the "other" bits.
+    """
+    rw = 0o6
     uid = tree.user_uid(user)
-    if uid is not None and uid == node.uid and node.mode & 0o600 == 0o600:
-        return True, "owner"
-    group_name = tree.group_names().get(node.gid)
-    in_group = group_name is not None and (
-        user in tree.group_members(group_name) or tree.user_primary_gid(user) == node.gid
-    )
-    if in_group and node.mode & 0o060 == 0o060:
-        return True, f"group {group_name}"
+    if uid is not None and uid == node.uid:
+        return (node.mode >> 6) & rw == rw, "owner"
     try:
         acl = sysfacts.parse_posix_acl(os.getxattr(tree.path(node.path), "system.posix_acl_access"))
     except (OSError, ValueError):
-        return False, ""
-    mask = 0o7 if acl.mask is None else acl.mask
-    if uid is not None and acl.users.get(uid, 0) & mask & 0o6 == 0o6:
-        return True, f"ACL user:{user}"
-    return False, ""
+        acl = None
+    mask = 0o7 if acl is None or acl.mask is None else acl.mask
+    if acl is not None and uid is not None and uid in acl.users:
+        return acl.users[uid] & mask & rw == rw, f"ACL user:{user}"
+    gids = tree.user_gids(user)
+    matched = []
+    if node.gid in gids:
+        matched.append((((node.mode >> 3) & 0o7) & mask, f"group {tree.group_name(node.gid)}"))
+    if acl is not None:
+        matched += [(perm & mask, f"ACL group:{tree.group_name(gid)}")
+                    for gid, perm in acl.groups.items() if gid in gids]
+    if matched:
+        granting = [how for perm, how in matched if perm & rw == rw]
+        return (True, granting[0]) if granting else (False, matched[0][1])
+    return node.mode & rw == rw, "world read-write" if node.mode & rw == rw else "other"
 
 
 def _describe(tree: HostTree, node: NodeInfo) -> str:

@@ -139,30 +139,31 @@ class HostTree:
         """gid -> name from the tree's ``/etc/group`` (not this machine's)."""
         return {gid: name for name, (gid, _members) in self._groups().items()}
 
-    def group_members(self, name: str) -> set[str]:
-        entry = self._groups().get(name)
-        return set(entry[1]) if entry else set()
+    def group_name(self, gid: int) -> str:
+        return self.group_names().get(gid, str(gid))
 
     def user_primary_gid(self, user: str) -> int | None:
-        try:
-            text = self.read_text("/etc/passwd")
-        except TreeReadError:
-            return None
-        for line in text.splitlines():
-            parts = line.split(":")
-            if len(parts) >= 4 and parts[0] == user and parts[3].isdigit():
-                return int(parts[3])
-        return None
+        return self._passwd_number(user, 3)
 
     def user_uid(self, user: str) -> int | None:
+        return self._passwd_number(user, 2)
+
+    def user_gids(self, user: str) -> set[int]:
+        """The primary group and every supplementary group of ``user``."""
+        gids = {gid for name, (gid, members) in self._groups().items() if user in members}
+        primary = self.user_primary_gid(user)
+        return gids | ({primary} if primary is not None else set())
+
+    def _passwd_number(self, user: str, field: int) -> int | None:
+        """A numeric field of ``user``'s line in the tree's ``/etc/passwd``."""
         try:
             text = self.read_text("/etc/passwd")
         except TreeReadError:
             return None
         for line in text.splitlines():
             parts = line.split(":")
-            if len(parts) >= 3 and parts[0] == user and parts[2].isdigit():
-                return int(parts[2])
+            if len(parts) > field and parts[0] == user and parts[field].isdigit():
+                return int(parts[field])
         return None
 
     def _groups(self) -> dict[str, tuple[int, list[str]]]:
