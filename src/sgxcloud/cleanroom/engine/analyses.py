@@ -90,6 +90,8 @@ def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
 
 def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analysis: Analysis,
                   query: CampaignLiftQuery) -> Draft:
+    """Exact lift figures per (segment, arm), and the person-key table of every
+    cell (people and converters) for the differencing check."""
     exposures = definition.dataset(analysis.exposures or "")
     purchases = definition.dataset(analysis.purchases or "")
     assert exposures is not None and purchases is not None  # checked by the definition
@@ -147,9 +149,24 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
         draft.lift[(record["segment"], record["arm"])] = record
     draft.segments = tuple(sorted({s for s, _ in draft.lift if s != ALL}))
     for arm in ARMS:
-        table = f"q_lift_{arm}"
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS "
-                    "SELECT pkey FROM q_lift WHERE arm = ?", [arm])
-        draft.cohorts[arm] = table
         draft.counts[arm] = draft.lift.get((ALL, arm), {}).get("people", 0)
+    _lift_cohorts(con, draft)
     return draft
+
+
+def lift_cohort(segment: str, arm: str, level: str = "people") -> str:
+    """The cohort label of one lift cell: its people, or its converters."""
+    return f"{segment}|{arm}|{level}"
+
+
+def _lift_cohorts(con: duckdb.DuckDBPyConnection, draft: Draft) -> None:
+    """One person-key table per (segment, arm) cell and level, for the differencing
+    check: a breakdown segment is released on its own, so it is a cohort of its own."""
+    for i, segment in enumerate((ALL, *draft.segments)):
+        for arm in ARMS:
+            for level, condition in (("people", "TRUE"), ("conversion", "purchases > 0")):
+                table = f"q_lift_{arm}_{i}_{level}"
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT pkey FROM q_lift "
+                            f"WHERE arm = ? AND (? OR segment = ?) AND {condition}",
+                            [arm, segment == ALL, segment])
+                draft.cohorts[lift_cohort(segment, arm, level)] = table

@@ -42,7 +42,7 @@ from sgxcloud.cleanroom.engine.query import (
     parse_query,
     query_key,
 )
-from sgxcloud.cleanroom.engine.release import build_cells
+from sgxcloud.cleanroom.engine.release import ReleasePlan, build_cells
 from sgxcloud.cleanroom.errors import (
     CleanroomError,
     EngineLimitError,
@@ -303,9 +303,11 @@ class Engine:
         if not plan.any_released:
             raise QueryRefused("suppressed",
                                f"every figure would cover fewer than k={k} people")
+        # recorded even when the check is off, so turning it on later sees them
+        released = self._released_cohort_tables(plan, draft)
         if privacy.differencing_check:
-            for label in plan.released_cohorts:
-                self.cohorts.check(draft.cohorts[label], k)
+            for table in released.values():
+                self.cohorts.check(table, k)
         dp_info: dict[str, Any] | None = None
         remaining = None
         if self._noise is not None and privacy.dp is not None:
@@ -315,8 +317,8 @@ class Engine:
                                           dp.delta or 0.0)
             dp_info = plan.add_noise(self._noise, dp)
         cells = plan.cells()
-        for label in plan.released_cohorts:
-            self.cohorts.record(f"{key}:{label}", key, draft.cohorts[label])
+        for label, table in released.items():
+            self.cohorts.record(f"{key}:{label}", key, table)
         result = sign_result(Result(
             result_id=new_result_id(),
             collaboration=self.definition.name,
@@ -334,6 +336,18 @@ class Engine:
         ), self._signing_key)
         stored = self.ledger.store_release(self.definition.name, key, result.to_json())
         return result if stored == result.to_json() else self._resign(Result.from_json(stored))
+
+    def _released_cohort_tables(self, plan: ReleasePlan, draft: analyses.Draft,
+                                ) -> dict[str, str]:
+        """label -> person-key table of every cohort this release exposes: each
+        released cell, and each one derivable from them by subtraction."""
+        tables = {label: draft.cohorts[label] for label in plan.released_cohorts}
+        for i, (label, parts) in enumerate(plan.derived_cohorts.items()):
+            table = f"q_derived_{i}"
+            union = " UNION ALL ".join(f"SELECT pkey FROM {draft.cohorts[p]}" for p in parts)
+            self._con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {union}")
+            tables[label] = table
+        return tables
 
     @contextlib.contextmanager
     def _memory_guard(self) -> Iterator[None]:

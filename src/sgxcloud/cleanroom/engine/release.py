@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sgxcloud.cleanroom.definition import DifferentialPrivacy
-from sgxcloud.cleanroom.engine.analyses import ALL, ARMS, Draft, overlap_label
+from sgxcloud.cleanroom.engine.analyses import ALL, ARMS, Draft, lift_cohort, overlap_label
 from sgxcloud.cleanroom.engine.query import (
     AudienceSizeQuery,
     CampaignLiftQuery,
@@ -26,6 +26,8 @@ from sgxcloud.cleanroom.engine.stats import ArmSummary, conversion_lift, finite,
 from sgxcloud.cleanroom.privacy import NoiseSource, complementary_suppression
 from sgxcloud.cleanroom.results import Cell
 
+LEVELS = ("people", "conversion")  # suppression units of a lift cell
+REST = "(hidden)"  # the segments hidden in one arm, as a whole
 LIFT_MEASURES = 5  # people, converters, purchases, revenue, revenue² per arm
 ARM_PEOPLE_METRICS = ("people",)
 ARM_CONVERSION_METRICS = ("converters", "conversion_rate", "purchases", "revenue",
@@ -39,6 +41,9 @@ class ReleasePlan:
     k: int
     suppressed: set[tuple[str, ...]] = field(default_factory=set)
     released_cohorts: list[str] = field(default_factory=list)
+    # cohorts not released as a cell but derivable by subtraction: label -> the
+    # disjoint released-draft cohorts whose union it is
+    derived_cohorts: dict[str, tuple[str, ...]] = field(default_factory=dict)
     noisy: bool = False
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -171,10 +176,24 @@ def build_cells(query: Query, draft: Draft, k: int) -> ReleasePlan:
         return plan
     assert isinstance(query, CampaignLiftQuery)
     _suppress_lift(plan)
-    for arm in ARMS:
-        if ("people", ALL, arm) not in plan.suppressed:
-            plan.released_cohorts.append(arm)
+    _lift_released_cohorts(plan)
     return plan
+
+
+def _lift_released_cohorts(plan: ReleasePlan) -> None:
+    """Every released (segment, arm) cell is a cohort — its people and, when its
+    conversion figures are shown, its converters — and so is what subtraction
+    yields: a released total minus the released segments (the hidden rest)."""
+    segments = plan.draft.segments
+    for level in LEVELS:
+        for arm in ARMS:
+            for segment in (ALL, *segments):
+                if (level, segment, arm) not in plan.suppressed:
+                    plan.released_cohorts.append(lift_cohort(segment, arm, level))
+            hidden = tuple(s for s in segments if (level, s, arm) in plan.suppressed)
+            if hidden and (level, ALL, arm) not in plan.suppressed:
+                plan.derived_cohorts[lift_cohort(REST, arm, level)] = tuple(
+                    lift_cohort(s, arm, level) for s in hidden)
 
 
 def _suppress_lift(plan: ReleasePlan) -> None:
