@@ -263,20 +263,28 @@ services:
     assert problems["services.web.identities[1]"] == "duplicate of identities[0]"
 
 
+ALICE = "cert:sha256:" + CERT  # the principal id of base()'s owner
+MALLORY = "cert:sha256:" + "ee" * 32
+
+
 def test_import_and_export_sections():
     problems = problems_of(
         base(
             secrets={
-                "a": {"kind": "random", "size": 4, "export_to": ["shop"]},
+                "a": {
+                    "kind": "random",
+                    "size": 4,
+                    "export_to": [{"policy": "shop", "owner": ALICE}],
+                },
                 "b": {
                     "kind": "random",
                     "size": 4,
-                    "import_from": {"policy": "shop", "secret": "a"},
+                    "import_from": {"policy": "shop", "owner": ALICE, "secret": "a"},
                 },
                 "c": {
                     "kind": "random",
-                    "import_from": {"policy": "other", "secret": "x"},
-                    "export_to": ["z"],
+                    "import_from": {"policy": "other", "owner": ALICE, "secret": "x"},
+                    "export_to": [{"policy": "z", "owner": ALICE}],
                 },
             }
         )
@@ -286,28 +294,83 @@ def test_import_and_export_sections():
     assert "secrets.b.size" in problems and "secrets.c.export_to" in problems
 
 
+@pytest.mark.parametrize(
+    ("secret", "field"),
+    [
+        ({"kind": "random", "size": 4, "export_to": ["consumer"]}, "secrets.s.export_to[0]"),
+        (
+            {"kind": "random", "size": 4, "export_to": [{"policy": "consumer"}]},
+            "secrets.s.export_to[0].owner",
+        ),
+        (
+            {"kind": "random", "size": 4, "export_to": [{"policy": "c", "owner": "alice"}]},
+            "secrets.s.export_to[0].owner",
+        ),
+        (
+            {"kind": "random", "import_from": {"policy": "db", "secret": "x"}},
+            "secrets.s.import_from.owner",
+        ),
+    ],
+)
+def test_imports_and_exports_must_pin_the_counterpart_owner(secret, field):
+    """A bare policy name can be squatted: the schema demands an owner id beside it."""
+    assert field in problems_of(base(secrets={"s": secret}))
+
+
 def test_check_import_needs_both_sides():
     exporter = load_policy(
         base(
             name="db",
             secrets={
-                "pw": {"kind": "random", "size": 16, "export_to": ["shop"]},
+                "pw": {
+                    "kind": "random",
+                    "size": 16,
+                    "export_to": [{"policy": "shop", "owner": ALICE}],
+                },
                 "private": {"kind": "random", "size": 16},
-                "key": {"kind": "private-key", "algorithm": "ec-p256", "export_to": ["shop"]},
+                "key": {
+                    "kind": "private-key",
+                    "algorithm": "ec-p256",
+                    "export_to": [{"policy": "shop", "owner": ALICE}],
+                },
             },
         )
     )
     good = load_policy(
-        base(secrets={"db_pw": {"kind": "random", "import_from": {"policy": "db", "secret": "pw"}}})
+        base(
+            secrets={
+                "db_pw": {
+                    "kind": "random",
+                    "import_from": {"policy": "db", "owner": ALICE, "secret": "pw"},
+                }
+            }
+        )
     )
     assert check_import(good, exporter) == {"db_pw": "pw"}
+
+    def importing(source, owner=ALICE):
+        return {"kind": "random", "import_from": {"policy": source, "owner": owner, "secret": "x"}}
+
     bad = load_policy(
         base(
             secrets={
-                "a": {"kind": "random", "import_from": {"policy": "db", "secret": "private"}},
-                "b": {"kind": "random", "import_from": {"policy": "db", "secret": "missing"}},
-                "c": {"kind": "random", "import_from": {"policy": "db", "secret": "key"}},
-                "d": {"kind": "random", "import_from": {"policy": "elsewhere", "secret": "x"}},
+                "a": {
+                    "kind": "random",
+                    "import_from": {"policy": "db", "owner": ALICE, "secret": "private"},
+                },
+                "b": {
+                    "kind": "random",
+                    "import_from": {"policy": "db", "owner": ALICE, "secret": "missing"},
+                },
+                "c": {
+                    "kind": "random",
+                    "import_from": {"policy": "db", "owner": ALICE, "secret": "key"},
+                },
+                "d": importing("elsewhere"),
+                "e": {
+                    "kind": "random",
+                    "import_from": {"policy": "db", "owner": MALLORY, "secret": "pw"},
+                },
             }
         )
     )
@@ -318,6 +381,37 @@ def test_check_import_needs_both_sides():
     assert "has no secret 'missing'" in problems["secrets.b.import_from"]
     assert "is random but db/key is private-key" in problems["secrets.c.kind"]
     assert not any(field.startswith("secrets.d") for field in problems)  # not this exporter's
+    assert "is not an owner of policy 'db'" in problems["secrets.e.import_from.owner"]
+
+
+def test_export_reaches_only_an_importer_with_the_pinned_owner():
+    """The squat: someone else's policy named 'shop' importing db's secret gets nothing."""
+    exporter = load_policy(
+        base(
+            name="db",
+            secrets={
+                "pw": {
+                    "kind": "random",
+                    "size": 16,
+                    "export_to": [{"policy": "shop", "owner": ALICE}],
+                }
+            },
+        )
+    )
+    squatter = base(
+        access={"owners": [{"name": "mallory", "client_certificate_sha256": "ee" * 32}]},
+        secrets={
+            "pw": {
+                "kind": "random",
+                "import_from": {"policy": "db", "owner": ALICE, "secret": "pw"},
+            }
+        },
+    )
+    with pytest.raises(PolicyError, match="does not export 'pw' to 'shop'"):
+        check_import(load_policy(squatter), exporter)
+    # Alice adding Mallory as a co-owner of her own 'shop' is Alice's decision: it holds.
+    squatter["access"]["owners"].append({"name": "alice", "client_certificate_sha256": CERT})
+    assert check_import(load_policy(squatter), exporter) == {"pw": "pw"}
 
 
 # -- reading YAML strictly -------------------------------------------------------------------

@@ -365,12 +365,13 @@ def test_secret_export_and_import_need_both_sides(api: Api, owner) -> None:  # t
     service = api.service
 
     def exporter(doc, offer=("consumer",)):  # type: ignore[no-untyped-def]
-        doc["secrets"]["shared"] = {"kind": "random", "size": 16, "export_to": list(offer)}
+        grants = [{"policy": name, "owner": who} for name in offer]
+        doc["secrets"]["shared"] = {"kind": "random", "size": 16, "export_to": grants}
 
     def importer(doc):  # type: ignore[no-untyped-def]
         doc["secrets"]["shared"] = {
             "kind": "random",
-            "import_from": {"policy": "shop", "secret": "shared"},
+            "import_from": {"policy": "shop", "owner": who, "secret": "shared"},
         }
         doc["services"]["web"]["environment"]["SHARED"] = "{{secret:shared}}"
 
@@ -416,3 +417,147 @@ def test_secret_export_and_import_need_both_sides(api: Api, owner) -> None:  # t
         attest("consumer")
     assert info.value.code == "secrets" and "no longer exported" in info.value.reasons[0]
     assert shared not in str(info.value)
+
+
+def _attest_simulated(service, policy: str):  # type: ignore[no-untyped-def]
+    """Attest to ``policy``/web with SIMULATED evidence; the opened configuration."""
+    from sgxcloud.cas.service.core import AttestRequest
+
+    key = protocol.new_enclave_key()
+    nonce = service.issue_nonce(NOW).nonce
+    evidence = make_simulated_evidence(
+        pg.simulated_identity(), protocol.report_data_for(key.public_key(), bytes.fromhex(nonce))
+    )
+    request = AttestRequest(
+        policy, "web", nonce, pg.public_pem(key), base64.b64encode(evidence.raw).decode()
+    )
+    result = service.attest(request, NOW)
+    return protocol.open_configuration(result.sealed_configuration, key, bytes.fromhex(nonce))
+
+
+def test_exported_secret_cannot_be_taken_by_squatting_the_importer_name(api: Api) -> None:
+    """Review finding 1 (/tmp/rev/squat.py): the offer names the importer's owner too."""
+    from sgxcloud.cas.errors import AccessDenied, PolicyError
+    from sgxcloud.cas.policy import public_key_id
+    from sgxcloud.cas.service.core import AttestationRejected
+
+    service = api.service
+    victim, partner, mallory = pg.owner_key(), pg.owner_key(), pg.owner_key()
+    vid, pid, mid = (public_key_id(pg.public_pem(k)) for k in (victim, partner, mallory))
+
+    def shop(doc):  # type: ignore[no-untyped-def]
+        grant = {"policy": "consumer", "owner": pid}
+        doc["secrets"]["shared"] = {"kind": "random", "size": 16, "export_to": [grant]}
+        for spec in doc["services"].values():
+            spec["allow_simulated"] = False
+
+    def consumer(doc, owner=vid):  # type: ignore[no-untyped-def]
+        source = {"policy": "shop", "owner": owner, "secret": "shared"}
+        doc["secrets"]["shared"] = {"kind": "random", "import_from": source}
+        doc["services"]["web"]["environment"]["SHARED"] = "{{secret:shared}}"
+        doc["services"]["web"]["allow_simulated"] = True
+
+    service.apply_policy(vid, _with(pg.policy_text(victim), shop), NOW)
+    # Mallory creates 'consumer' first, with her own key: the name is hers, the offer is not.
+    squat = _with(pg.policy_text(mallory, name="consumer"), consumer)
+    with pytest.raises(PolicyError, match="does not export 'shared' to 'consumer'"):
+        service.apply_policy(mid, squat, NOW)
+    # Naming a made-up exporter owner does not help either.
+    with pytest.raises(PolicyError, match="is not an owner of policy 'shop'"):
+        service.apply_policy(
+            mid, _with(pg.policy_text(mallory, name="consumer"), lambda d: consumer(d, mid)), NOW
+        )
+    # Holding the name first (a plain policy, then an update that imports) is no better.
+    plain = pg.policy_text(mallory, name="consumer")
+    service.apply_policy(mid, plain, NOW)
+    with pytest.raises(PolicyError, match="does not export"):
+        service.apply_policy(
+            mid,
+            _with(
+                pg.policy_text(mallory, name="consumer", predecessor=policy_hash(plain)), consumer
+            ),
+            NOW,
+        )
+    assert "SHARED" not in _attest_simulated(service, "consumer").env
+    # The partner the offer was meant for is refused the name Mallory holds ...
+    with pytest.raises(AccessDenied):
+        service.apply_policy(pid, _with(pg.policy_text(partner, name="consumer"), consumer), NOW)
+    # ... and once Mallory deletes it, only Mallory (a former owner) could re-create it.
+    service.delete_policy(mid, "consumer", policy_hash(plain), NOW)
+    with pytest.raises(AccessDenied, match="only one of its former owners"):
+        service.apply_policy(pid, _with(pg.policy_text(partner, name="consumer"), consumer), NOW)
+    # Under another name the partner is not offered the secret either (the grant names 'consumer').
+    with pytest.raises(PolicyError, match="does not export"):
+        service.apply_policy(pid, _with(pg.policy_text(partner, name="consumer2"), consumer), NOW)
+    with pytest.raises(AttestationRejected):
+        _attest_simulated(service, "shop")  # the exporter itself stays hardware-only
+
+
+def test_importer_with_the_pinned_owner_receives_the_secret_and_loses_it_with_that_owner(
+    api: Api,
+) -> None:
+    from sgxcloud.cas.errors import PolicyError
+    from sgxcloud.cas.policy import public_key_id
+    from sgxcloud.cas.service.core import AttestationRejected
+
+    service = api.service
+    victim, partner, other = pg.owner_key(), pg.owner_key(), pg.owner_key()
+    vid, pid, oid = (public_key_id(pg.public_pem(k)) for k in (victim, partner, other))
+
+    def shop(doc):  # type: ignore[no-untyped-def]
+        grant = {"policy": "consumer", "owner": pid}
+        doc["secrets"]["shared"] = {"kind": "random", "size": 16, "export_to": [grant]}
+
+    def consumer(doc):  # type: ignore[no-untyped-def]
+        source = {"policy": "shop", "owner": vid, "secret": "shared"}
+        doc["secrets"]["shared"] = {"kind": "random", "import_from": source}
+        doc["services"]["web"]["environment"]["SHARED"] = "{{secret:shared}}"
+
+    service.apply_policy(vid, _with(pg.policy_text(victim), shop), NOW)
+    first = _with(pg.policy_text(partner, name="consumer"), consumer)
+    service.apply_policy(pid, first, NOW)
+    assert len(bytes.fromhex(_attest_simulated(service, "consumer").env["SHARED"])) == 16
+
+    # The partner cannot hand the importing policy to owners the offer does not name.
+    def handed_over(doc):  # type: ignore[no-untyped-def]
+        consumer(doc)
+        doc["access"]["owners"] = [{"name": "other", "public_key": pg.public_pem(other)}]
+
+    with pytest.raises(PolicyError, match="does not export"):
+        update = pg.policy_text(partner, name="consumer", predecessor=policy_hash(first))
+        service.apply_policy(pid, _with(update, handed_over), NOW)
+
+    # The exporter re-pins the offer to another owner: the importer already
+    # stored is refused the secret at its next attestation.
+    def repinned(doc):  # type: ignore[no-untyped-def]
+        shop(doc)
+        doc["secrets"]["shared"]["export_to"] = [{"policy": "consumer", "owner": oid}]
+
+    shop_v1 = _with(pg.policy_text(victim), shop)
+    shop_v2 = _with(pg.policy_text(victim, predecessor=policy_hash(shop_v1)), repinned)
+    service.apply_policy(vid, shop_v2, NOW)
+    with pytest.raises(AttestationRejected) as info:
+        _attest_simulated(service, "consumer")
+    assert info.value.code == "secrets"
+
+
+def test_operator_may_restrict_who_creates_policies(tmp_path: Path) -> None:
+    from sgxcloud.cas.config import ConfigError, load_settings
+    from sgxcloud.cas.errors import AccessDenied
+    from sgxcloud.cas.policy import public_key_id
+
+    allowed, stranger = pg.owner_key(), pg.owner_key()
+    aid, sid = public_key_id(pg.public_pem(allowed)), public_key_id(pg.public_pem(stranger))
+    settings = load_settings(None, environ={"SGXCLOUD_CAS_POLICY_CREATORS": f"{aid}, {aid[:-1]}0"})
+    assert settings.policy_creators == (aid, aid[:-1] + "0")
+    with pytest.raises(ConfigError, match="invalid setting policy_creators"):
+        load_settings(None, environ={"SGXCLOUD_CAS_POLICY_CREATORS": "alice"})
+    service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
+    service.policy_creators = frozenset(settings.policy_creators)
+    try:
+        with pytest.raises(AccessDenied, match="only listed principals create policies"):
+            service.apply_policy(sid, pg.policy_text(stranger), NOW)
+        text = pg.policy_text(allowed)
+        assert service.apply_policy(aid, text, NOW).created
+    finally:
+        service.stop()

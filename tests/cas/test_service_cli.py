@@ -376,3 +376,26 @@ def test_audit_of_a_missing_sqlite_file_creates_nothing(tmp_path: Path, capsys, 
     err = capsys.readouterr().err.strip()
     assert err == f"error: no database file {missing}: check database_url"
     assert list(tmp_path.iterdir()) == []  # no empty database (nor -wal/-shm) left behind
+
+
+def test_policy_owner_id_prints_the_principal_id_to_pin(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from sgxcloud.cas.policy import public_key_id
+
+    key = pg.owner_key()
+    key_file = tmp_path / "owner.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "owner.pub").write_text(pg.public_pem(key))
+    expected = public_key_id(pg.public_pem(key))
+    assert cli(["policy", "--key", str(key_file), "--json", "owner-id"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == expected
+    assert cli(["policy", "owner-id", "--public-key", str(tmp_path / "owner.pub")]) == 0
+    assert capsys.readouterr().out.strip() == expected
+    assert cli(["policy", "owner-id", "--public-key", str(key_file)]) == 2  # a private key
+    assert "is not a readable key or certificate" in capsys.readouterr().err
+    assert cli(["policy", "owner-id"]) == 2

@@ -14,15 +14,23 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from sgxcloud.cas import secrets
 from sgxcloud.errors import InputError
 
 ENV_PREFIX = "SGXCLOUD_CAS_"
+PRINCIPAL_ID_PATTERN = r"^(key|cert):sha256:[0-9a-f]{64}$"
 
 
 class ConfigError(InputError):
@@ -49,6 +57,11 @@ class Settings(BaseModel):
     nonce_ttl_seconds: int = Field(120, ge=5, le=3600)
     request_max_skew_seconds: int = Field(300, ge=10, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Principal ids (key:sha256:<hex> / cert:sha256:<hex>) allowed to create
+    # policies; unset: any authenticated caller may.
+    policy_creators: (
+        tuple[Annotated[str, StringConstraints(pattern=PRINCIPAL_ID_PATTERN)], ...] | None
+    ) = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -109,7 +122,12 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        values[name] = raw.split(os.pathsep) if name == "retired_master_key_files" else raw
+        if name == "retired_master_key_files":
+            values[name] = raw.split(os.pathsep)
+        elif name == "policy_creators":
+            values[name] = [item.strip() for item in raw.split(",") if item.strip()]
+        else:
+            values[name] = raw
     return values
 
 

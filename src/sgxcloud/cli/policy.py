@@ -22,7 +22,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from sgxcloud.cas.client import OwnerClient
-from sgxcloud.cas.policy import load_policy
+from sgxcloud.cas.policy import certificate_id, load_policy, public_key_id
 from sgxcloud.errors import InputError
 
 
@@ -215,4 +215,51 @@ def delete(conn: Connection, name: str, predecessor: str | None, yes: bool) -> i
         {"name": name, "deleted": True, "policy_hash": predecessor},
         Panel.fit(f"policy {name} deleted", style="red"),
     )
+    return 0
+
+
+@policy.command(name="owner-id")
+@click.option(
+    "--public-key",
+    "public_key_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A PEM public key (default: the public half of --key).",
+)
+@click.option(
+    "--certificate",
+    "certificate_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A client certificate (PEM or DER) instead of a key.",
+)
+@click.pass_obj
+def owner_id(conn: Connection, public_key_file: Path | None, certificate_file: Path | None) -> int:
+    """Print the principal id of a key or certificate (no service needed).
+
+    This is the id to pin a counterpart policy by, in export_to[].owner and
+    import_from.owner, and to list in the operator's policy_creators setting.
+    """
+    if public_key_file is not None and certificate_file is not None:
+        raise click.UsageError("give --public-key or --certificate, not both")
+    try:
+        if certificate_file is not None:
+            source = certificate_file
+            principal = certificate_id(certificate_file.read_bytes())
+        elif public_key_file is not None:
+            source = public_key_file
+            principal = public_key_id(public_key_file.read_bytes())
+        elif conn.key_file is not None:
+            source = conn.key_file
+            private = serialization.load_pem_private_key(conn.key_file.read_bytes(), None)
+            principal = public_key_id(
+                private.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+        else:
+            raise click.UsageError("give --public-key, --certificate or the group's --key")
+    except OSError as exc:
+        raise InputError(f"cannot read {source}: {exc.strerror}") from exc
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{source} is not a readable key or certificate") from exc
+    _emit(conn, {"id": principal, "source": str(source)}, principal)
     return 0

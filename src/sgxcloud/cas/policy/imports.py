@@ -1,4 +1,10 @@
-"""Secrets shared between policies: only where both sides say so."""
+"""Secrets shared between policies: only where both sides say so, naming each other by identity.
+
+A policy name is not an identity: any caller may create a policy under a name
+that is free (never used, or used by a policy since deleted).  So each side
+pins the other by one of its owners' principal ids as well as its name; a
+squatter with a different key holds the name but not the identity.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +15,42 @@ from sgxcloud.cas.policy.model import Policy
 def check_import(importing: Policy, exporting: Policy) -> dict[str, str]:
     """Check every import of ``importing`` from ``exporting``; return local -> exported names.
 
-    An import holds only if the exporter has the secret, lists the importer in
-    its ``export_to``, and both sides agree on the kind.  ``PolicyError`` lists
-    every import that does not hold, with the importer's field paths.
+    An import holds only if the exporter is owned by the owner the import
+    names, has the secret, offers it to a policy of the importer's name *and*
+    an owner the importer has, and both sides agree on the kind.
+    ``PolicyError`` lists every import that does not hold, with the
+    importer's field paths.  Messages name policies and secrets, never keys.
     """
     problems: list[PolicyProblem] = []
     pairs: dict[str, str] = {}
+    importer_owners = importing.owner_ids
     for spec in importing.imports:
         assert spec.import_from is not None
         if spec.import_from.policy != exporting.name:
             continue
         where = f"secrets.{spec.name}.import_from"
         source = exporting.secrets.get(spec.import_from.secret)
-        if source is None:
+        if spec.import_from.owner not in exporting.owner_ids:
+            problems.append(
+                PolicyProblem(
+                    f"{where}.owner", f"is not an owner of policy {exporting.name!r}"
+                )
+            )
+        elif source is None:
             problems.append(
                 PolicyProblem(
                     where, f"policy {exporting.name!r} has no secret {spec.import_from.secret!r}"
                 )
             )
-        elif importing.name not in source.export_to:
+        elif not any(
+            grant.policy == importing.name and grant.owner in importer_owners
+            for grant in source.export_to
+        ):
             problems.append(
                 PolicyProblem(
                     where,
                     f"policy {exporting.name!r} does not export "
-                    f"{source.name!r} to {importing.name!r}",
+                    f"{source.name!r} to {importing.name!r} with any of its owners",
                 )
             )
         elif source.kind != spec.kind:

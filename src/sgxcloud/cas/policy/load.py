@@ -13,6 +13,7 @@ from sgxcloud.cas.policy.model import (
     DEFAULT_VALIDITY_DAYS,
     GRAMINE_KEY_SIZE,
     AccessRules,
+    ExportGrant,
     MrenclaveIdentity,
     Policy,
     Principal,
@@ -37,6 +38,26 @@ def load_policy(text_or_mapping: str | bytes | Mapping[str, Any]) -> Policy:
     if problems:
         raise PolicyError.from_problems(problems)
     return _build(document)
+
+
+def owner_ids(text: str) -> frozenset[str]:
+    """Owner ids named by a stored policy text, read leniently.
+
+    For history: an old version may not validate against today's schema, yet
+    its owners must still be known (who may re-create a deleted policy's name).
+    Unreadable entries are skipped, so the result can only shrink, never grow.
+    """
+    try:
+        owners = parse_document(text).get("access", {}).get("owners", [])
+    except (PolicyError, AttributeError):
+        return frozenset()
+    ids = set()
+    for spec in owners if isinstance(owners, list) else []:
+        try:
+            ids.add(_principal(spec).id)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return frozenset(ids)
 
 
 def _build(doc: dict[str, Any]) -> Policy:
@@ -79,7 +100,9 @@ def _service(name: str, spec: dict[str, Any]) -> ServicePolicy:
 def _secret(name: str, spec: dict[str, Any]) -> SecretSpec:
     kind = spec["kind"]
     source = spec.get("import_from")
-    imported = SecretImport(source["policy"], source["secret"]) if source else None
+    imported = (
+        SecretImport(source["policy"], source["owner"], source["secret"]) if source else None
+    )
     size = spec.get("size")
     if kind == "gramine-key":
         size = GRAMINE_KEY_SIZE
@@ -95,7 +118,7 @@ def _secret(name: str, spec: dict[str, Any]) -> SecretSpec:
         subject=spec.get("subject"),
         sans=tuple(spec.get("sans", ())),
         validity_days=validity,
-        export_to=tuple(spec.get("export_to", ())),
+        export_to=tuple(ExportGrant(g["policy"], g["owner"]) for g in spec.get("export_to", ())),
         import_from=imported,
     )
 

@@ -50,10 +50,28 @@ class ServicePolicy:
 
 @dataclass(frozen=True)
 class SecretImport:
-    """Where an imported secret comes from: another policy's exported secret."""
+    """Where an imported secret comes from: another policy's exported secret.
+
+    ``owner`` pins the exporter by identity (a principal id, see ``Principal``):
+    a policy name alone could be taken by anyone once its holder deletes it.
+    """
 
     policy: str
+    owner: str
     secret: str
+
+
+@dataclass(frozen=True)
+class ExportGrant:
+    """To whom a secret is offered: a policy name *and* one of its owners.
+
+    The name alone is not enough: any caller may create a policy under a name
+    not yet (or no longer) taken, so the importer must also be owned by
+    ``owner`` (a principal id).
+    """
+
+    policy: str
+    owner: str
 
 
 @dataclass(frozen=True)
@@ -74,7 +92,7 @@ class SecretSpec:
     subject: str | None = None
     sans: tuple[str, ...] = ()
     validity_days: int | None = None
-    export_to: tuple[str, ...] = ()
+    export_to: tuple[ExportGrant, ...] = ()
     import_from: SecretImport | None = None
 
     @property
@@ -125,9 +143,13 @@ class Policy:
         return tuple(s for s in self.secrets.values() if s.import_from is not None)
 
     @property
-    def exports(self) -> dict[str, tuple[str, ...]]:
-        """Secret name -> policies it is offered to."""
+    def exports(self) -> dict[str, tuple[ExportGrant, ...]]:
+        """Secret name -> (policy, owner) pairs it is offered to."""
         return {s.name: s.export_to for s in self.secrets.values() if s.export_to}
+
+    @property
+    def owner_ids(self) -> frozenset[str]:
+        return frozenset(p.id for p in self.access.owners)
 
     def service(self, name: str) -> ServicePolicy:
         from sgxcloud.cas.errors import PolicyError

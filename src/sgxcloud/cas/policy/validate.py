@@ -202,7 +202,7 @@ def check_secrets(policy_name: str, secrets: dict[str, Any]) -> Iterator[PolicyP
     for name, spec in secrets.items():
         where = f"secrets.{name}"
         kind = spec["kind"]
-        if policy_name in spec.get("export_to", []):
+        if any(grant["policy"] == policy_name for grant in spec.get("export_to", [])):
             yield PolicyProblem(f"{where}.export_to", "a policy cannot export to itself")
         if "import_from" in spec:
             yield from _check_import_spec(where, policy_name, spec)

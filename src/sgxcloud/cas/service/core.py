@@ -33,6 +33,7 @@ from sgxcloud.cas.errors import (
 from sgxcloud.cas.evidence import EvidenceVerifier, VerifiedEvidence
 from sgxcloud.cas.evidence.model import sniff_evidence
 from sgxcloud.cas.policy import check_import, evaluate, load_policy
+from sgxcloud.cas.policy.load import owner_ids
 from sgxcloud.cas.policy.model import Policy
 from sgxcloud.cas.service import materials
 from sgxcloud.cas.store import Database, DuplicateRow, Repository, SealedSecret, StoredPolicy
@@ -128,11 +129,14 @@ class CasService:
         verifier: EvidenceVerifier,
         *,
         nonce_ttl: int = 120,
+        policy_creators: frozenset[str] | None = None,
     ) -> None:
         self.database = database
         self.keyring = keyring
         self.verifier = verifier
         self.nonce_ttl = nonce_ttl
+        # None: any authenticated caller may create a policy (the default).
+        self.policy_creators = policy_creators
         self._state = State.CREATED
         self._lock = threading.Lock()
         # Stored policy texts never change under a hash, so their parses can be
@@ -363,6 +367,7 @@ class CasService:
                     )
                 if not policy.access.allows("update", caller):
                     raise AccessDenied("you are not an owner of the policy you are creating")
+                self._check_creator(repo, policy.name, caller)
                 version = repo.last_version(policy.name) + 1
             else:
                 current_policy = self._parsed(current)
@@ -412,6 +417,23 @@ class CasService:
             raise ConflictError(f"policy {policy.name!r} was created concurrently; retry") from exc
         log.info("policy %s version %d applied by %s", info.name, info.version, caller)
         return info
+
+    def _check_creator(self, repo: Repository, name: str, caller: str) -> None:
+        """Who may create a policy under ``name``.
+
+        A name that a deleted policy held keeps its audit history (readable by
+        whoever owns the name), and other policies may still refer to it; so
+        only one of its last owners may take it again.  Operators may also
+        restrict creation to listed principals (setting ``policy_creators``).
+        """
+        if self.policy_creators is not None and caller not in self.policy_creators:
+            raise AccessDenied("this service lets only listed principals create policies")
+        live = [row for row in repo.policy_history(name) if not row.deleted]
+        if live and caller not in owner_ids(live[-1].text):
+            raise AccessDenied(
+                f"policy name {name!r} belonged to a deleted policy: "
+                "only one of its former owners may create it again"
+            )
 
     def _check_imports(self, repo: Repository, policy: Policy) -> None:
         """Both sides must agree: the exporter must offer each imported secret to us."""

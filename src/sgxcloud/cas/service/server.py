@@ -42,7 +42,14 @@ def build_service(settings: Settings) -> CasService:
     keyring = settings.keyring()
     verifier = DefaultVerifier(settings.collateral_source())
     database = Database.open(settings.database_url)
-    service = CasService(database, keyring, verifier, nonce_ttl=settings.nonce_ttl_seconds)
+    creators = settings.policy_creators
+    service = CasService(
+        database,
+        keyring,
+        verifier,
+        nonce_ttl=settings.nonce_ttl_seconds,
+        policy_creators=frozenset(creators) if creators is not None else None,
+    )
     try:
         service.start()
     except BaseException:
