@@ -8,6 +8,8 @@ import copy
 import itertools
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from sgxcloud.cleanroom.definition import definition_from_dict
 from sgxcloud.cleanroom.errors import QueryRefused
@@ -86,3 +88,119 @@ def test_converters_differencing_is_refused(base_doc, make_engine, plain):
                          f"retailer.customers.baby_buyer = {str(baby).lower()})",
                          breakdown=None), "brand")
     assert err.value.reason == "differencing"
+
+
+# -- complementary suppression: nothing below k by subtraction ---------------------------
+
+K = 150
+DATASETS = ("bank.customers", "retailer.customers", "telecom.subscribers")
+
+
+def _rec(segment, arm, people, converters):
+    return {"segment": segment, "arm": arm, "people": people, "converters": converters,
+            "purchases": converters, "revenue": 10.0 * converters, "revenue_var": 1.0,
+            "purchases_clipped": converters, "revenue_clipped": 10.0 * converters,
+            "revenue_sq_clipped": 100.0 * converters}
+
+
+def test_two_small_hidden_segments_are_not_recoverable_together():
+    """The reviewer's case: segments of 3 and 4 people hidden, total − the rest = 7."""
+    from sgxcloud.cleanroom.engine.analyses import Draft
+    from sgxcloud.cleanroom.engine.query import CampaignLiftQuery
+    from sgxcloud.cleanroom.engine.release import build_cells
+
+    sizes = {"a": (3, 1), "b": (4, 1), "c": (100, 29), "d": (100, 29)}
+    lift = {}
+    for arm in ("test", "control"):
+        lift[("(all)", arm)] = _rec("(all)", arm, 207, 60)
+        for seg, (people, conv) in sizes.items():
+            lift[(seg, arm)] = _rec(seg, arm, people, conv)
+    plan = build_cells(CampaignLiftQuery("lift", None, "x"),
+                       Draft(lift=lift, segments=tuple(sizes)), 20)
+    cells = plan.cells()
+    for metric in ("people", "converters", "revenue", "purchases"):
+        for arm in ("test", "control"):
+            def value(seg, metric=metric, arm=arm):
+                return next(c.value for c in cells if c.metric == metric
+                            and c.dims == {"segment": seg, "arm": arm})
+            released = [value(s) for s in sizes if value(s) is not None]
+            rest = value("(all)") - sum(released)
+            assert rest == 0 or rest >= 20 * (10 if metric == "revenue" else 1), (metric, rest)
+    assert plan.derived_cohorts  # the hidden rest is a cohort for the differencing check
+
+
+def test_overlap_hides_a_cell_whose_venn_region_is_small():
+    """bank = 100 and bank+telecom = 97 would release "bank only" = 3."""
+    from sgxcloud.cleanroom.engine.analyses import Draft
+    from sgxcloud.cleanroom.engine.query import OverlapQuery
+    from sgxcloud.cleanroom.engine.release import build_cells
+
+    two = ("bank.customers", "telecom.subscribers")
+    draft = Draft(counts={"bank.customers": 100, "telecom.subscribers": 300,
+                          "bank.customers+telecom.subscribers": 97},
+                  regions={(True, False): 3, (False, True): 203, (True, True): 97})
+    plan = build_cells(OverlapQuery("reach", two), draft, 20)
+    values = {c.dims["datasets"]: c.value for c in plan.cells()}
+    assert values == {"bank.customers": 100, "telecom.subscribers": 300,
+                      "bank.customers+telecom.subscribers": None}
+    _assert_no_small_derivable(values, two, 20)
+
+
+def _assert_no_small_derivable(values, datasets, k):
+    """Independent of the engine's linear algebra: nested differences and Venn
+    regions by inclusion–exclusion, wherever the released cells determine them."""
+    def label(subset):
+        return "+".join(subset)
+
+    subsets = [s for n in range(1, len(datasets) + 1) for s in itertools.combinations(datasets, n)]
+    known = {s: values[label(s)] for s in subsets if values.get(label(s)) is not None}
+    for s, t in itertools.permutations(known, 2):
+        if set(s) < set(t):
+            diff = known[s] - known[t]
+            assert diff == 0 or diff >= k, (s, t, diff)
+    for s in subsets:
+        supersets = [t for t in subsets if set(s) <= set(t)]
+        if all(t in known for t in supersets):
+            region = sum((-1) ** (len(t) - len(s)) * known[t] for t in supersets)
+            assert region == 0 or region >= k, (s, region)
+
+
+@pytest.fixture(scope="module")
+def k_engine(tmp_path_factory, base_doc, prepared):
+    from sgxcloud.cleanroom.engine import Engine
+
+    doc = copy.deepcopy(base_doc)
+    doc["privacy"].update(min_group_size=K, differencing_check=False)
+    engine = Engine(definition_from_dict(doc), tmp_path_factory.mktemp("kb"))
+    for ref, batch in prepared.items():
+        engine.ingest(*ref.split("."), batch)
+    yield engine
+    engine.close()
+
+
+OVERLAP_FILTERS = [
+    None, "retailer.customers.baby_buyer = true", "bank.customers.premium_card = true",
+    "retailer.customers.baby_buyer = true AND bank.customers.premium_card = true",
+    "retailer.customers.baby_buyer = false AND bank.customers.premium_card = true",
+    "NOT (retailer.customers.baby_buyer = true AND bank.customers.premium_card = true)",
+    "retailer.customers.baby_buyer = true OR bank.customers.premium_card = true",
+]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flt=st.sampled_from(OVERLAP_FILTERS),
+       datasets=st.sampled_from([c for n in (2, 3) for c in itertools.combinations(DATASETS, n)]))
+def test_no_overlap_figure_below_k_by_subtraction(k_engine, flt, datasets):
+    query = {"template": "overlap", "analysis": "reach", "datasets": list(datasets)}
+    if flt:
+        query["filter"] = flt
+    try:
+        result = k_engine.run(query, "brand")
+    except QueryRefused as exc:
+        assert exc.reason == "suppressed"
+        event("suppressed")
+        return
+    values = {c.dims["datasets"]: c.value for c in result.cells}
+    event("some hidden" if None in values.values() else "all released")
+    assert all(v is None or v >= K for v in values.values())
+    _assert_no_small_derivable(values, datasets, K)

@@ -110,7 +110,7 @@ def test_no_released_audience_below_k(k_engine, plain, flt):
            "retailer.customers.baby_buyer = true",
            "bank.customers.income_band = 'high'",
            "NOT bank.customers.income_band IN ('low')"])))
-def test_no_released_lift_cell_below_k_and_no_lone_suppression(k_engine, breakdown, flt):
+def test_no_released_lift_cell_below_k_and_no_small_remainder(k_engine, breakdown, flt):
     query = {"template": "campaign_lift", "analysis": "lift", "breakdown": breakdown}
     if flt:
         query["filter"] = flt
@@ -129,10 +129,10 @@ def test_no_released_lift_cell_below_k_and_no_lone_suppression(k_engine, breakdo
         total = result.cell(metric, segment="(all)", arm=arm)
         parts = [c for c in result.cells if c.metric == metric and c.dims.get("arm") == arm
                  and c.dims["segment"] != "(all)"]
-        hidden = [c for c in parts if c.suppressed]
         if not total.suppressed:
-            # one hidden part would be total minus the others
-            assert len(hidden) != 1, (arm, metric)
+            # total minus the released parts is the hidden parts together: 0 or ≥ k
+            rest = total.value - sum(c.value for c in parts if not c.suppressed)
+            assert rest == 0 or rest >= K, (arm, metric, rest)
 
 
 def test_small_audience_is_refused_as_suppressed(k_engine):
@@ -146,7 +146,14 @@ def test_small_audience_is_refused_as_suppressed(k_engine):
 
 def test_complementary_suppression_rule():
     assert complementary_suppression({"a": 3, "b": 50, "c": 40}, {"a"}) == {"a", "c"}
-    assert complementary_suppression({"a": 3, "b": 4, "c": 40}, {"a", "b"}) == {"a", "b"}
+    # two tiny hidden parts: total minus the others would reveal 7 people together
+    assert complementary_suppression({"a": 3, "b": 4, "c": 40, "d": 50}, {"a", "b"},
+                                     k=20) == {"a", "b", "c"}
+    assert complementary_suppression({"a": 3, "b": 4, "c": 40}, {"a", "b"}, k=5) == {"a", "b"}
+    # empty parts hidden alone reveal nothing (0 people)
+    assert complementary_suppression({"a": 0, "b": 40}, {"a"}, k=20) == {"a"}
+    assert complementary_suppression({"a": 0, "b": 3, "c": 40, "d": 41}, {"a", "b"},
+                                     k=20) == {"a", "b", "c"}
     assert complementary_suppression({"a": 50, "b": 60}, set()) == set()
 
 

@@ -57,6 +57,12 @@ def overlap_label(datasets: tuple[str, ...]) -> str:
     return "+".join(datasets)
 
 
+def region_label(datasets: tuple[str, ...], region: tuple[bool, ...]) -> str:
+    """The Venn region of people in exactly the ``region`` datasets."""
+    return overlap_label(tuple(d for d, inside in zip(datasets, region, strict=True)
+                               if inside)) + " only"
+
+
 def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
             query: OverlapQuery) -> Draft:
     params: list[Any] = []
@@ -75,6 +81,13 @@ def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
     cols = ", ".join(f"m{i}" for i in range(len(query.datasets)))
     for row in con.execute(f"SELECT {cols}, count(*) FROM q_overlap GROUP BY ALL").fetchall():
         draft.regions[tuple(row[:-1])] = row[-1]
+    for region in itertools.product((False, True), repeat=len(query.datasets)):
+        if any(region):  # each Venn region is a cohort too, when derivable
+            table = f"q_overlap_r{''.join(str(int(b)) for b in region)}"
+            cond = " AND ".join(f"{'' if b else 'NOT '}m{i}" for i, b in enumerate(region))
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS "
+                        f"SELECT pkey FROM q_overlap WHERE {cond}")
+            draft.cohorts[region_label(query.datasets, region)] = table
     for size in range(1, len(query.datasets) + 1):
         for subset in itertools.combinations(range(len(query.datasets)), size):
             label = overlap_label(tuple(query.datasets[i] for i in subset))

@@ -343,6 +343,9 @@ class Engine:
         released cell, and each one derivable from them by subtraction."""
         tables = {label: draft.cohorts[label] for label in plan.released_cohorts}
         for i, (label, parts) in enumerate(plan.derived_cohorts.items()):
+            if len(parts) == 1:
+                tables[label] = draft.cohorts[parts[0]]
+                continue
             table = f"q_derived_{i}"
             union = " UNION ALL ".join(f"SELECT pkey FROM {draft.cohorts[p]}" for p in parts)
             self._con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {union}")

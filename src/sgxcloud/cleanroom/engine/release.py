@@ -14,8 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from sgxcloud.cleanroom.definition import DifferentialPrivacy
-from sgxcloud.cleanroom.engine.analyses import ALL, ARMS, Draft, lift_cohort, overlap_label
+from sgxcloud.cleanroom.engine.analyses import (
+    ALL,
+    ARMS,
+    Draft,
+    lift_cohort,
+    overlap_label,
+    region_label,
+)
 from sgxcloud.cleanroom.engine.query import (
     AudienceSizeQuery,
     CampaignLiftQuery,
@@ -165,14 +174,14 @@ def _empty(segment: str, arm: str) -> dict[str, Any]:
 def build_cells(query: Query, draft: Draft, k: int) -> ReleasePlan:
     """Decide suppression on exact counts; say which cohorts will be released."""
     plan = ReleasePlan(query, draft, k)
-    if isinstance(query, AudienceSizeQuery | OverlapQuery):
-        for label, n in draft.counts.items():
-            if n < k:
-                plan.suppressed.add((label,))
-            else:
-                plan.released_cohorts.append(label)
-        if isinstance(query, OverlapQuery):
-            assert all(overlap_label((r,)) in draft.counts for r in query.datasets)
+    if isinstance(query, AudienceSizeQuery):
+        if draft.counts["audience"] < k:
+            plan.suppressed.add(("audience",))
+        else:
+            plan.released_cohorts.append("audience")
+        return plan
+    if isinstance(query, OverlapQuery):
+        _suppress_overlap(plan)
         return plan
     assert isinstance(query, CampaignLiftQuery)
     _suppress_lift(plan)
@@ -218,7 +227,7 @@ def _suppress_lift(plan: ReleasePlan) -> None:
                 continue  # the total is hidden: nothing to subtract from
             parts = {s: get(s, arm, metric) for s in draft.segments}
             primary = {s for s in draft.segments if (level, s, arm) in plan.suppressed}
-            for segment in complementary_suppression(parts, primary):
+            for segment in complementary_suppression(parts, primary, k):
                 plan.suppressed.add((level, segment, arm))
                 if level == "people":
                     plan.suppressed.add(("conversion", segment, arm))
@@ -228,5 +237,83 @@ def _suppress_lift(plan: ReleasePlan) -> None:
             continue
         parts = {s: get(s, arm, "converters") for s in draft.segments}
         primary = {s for s in draft.segments if ("conversion", s, arm) in plan.suppressed}
-        for segment in complementary_suppression(parts, primary):
+        for segment in complementary_suppression(parts, primary, k):
             plan.suppressed.add(("conversion", segment, arm))
+
+
+def _suppress_overlap(plan: ReleasePlan) -> None:
+    """Hide overlap cells until no figure derivable from the released ones — a
+    cell, a Venn region (``bank = 100`` and ``bank+telecom = 97`` give "bank
+    only" = 3), or any other set of regions — covers 1 … k−1 people.
+
+    With at most three datasets there are 7 regions and 127 sets of regions, so
+    every derivable set is checked exactly (linear algebra over region counts).
+    """
+    assert isinstance(plan.query, OverlapQuery)
+    draft, k, datasets = plan.draft, plan.k, plan.query.datasets
+    assert all(overlap_label((r,)) in draft.counts for r in datasets)
+    venn = VennAlgebra(datasets, draft.regions)
+    released = [label for label in draft.counts if draft.counts[label] >= k]
+    while released:
+        bad = venn.small_derivable(released, k)
+        if bad is None:
+            break
+        # hide the most specific (then smallest) cell whose absence stops the leak
+        order = sorted(released, key=lambda lb: (-lb.count("+"), draft.counts[lb], lb))
+        victim = next((lb for lb in order
+                       if not venn.derivable([x for x in released if x != lb], bad)), order[0])
+        released.remove(victim)
+    for label in draft.counts:
+        if label in released:
+            plan.released_cohorts.append(label)
+        else:
+            plan.suppressed.add((label,))
+    for region in venn.derivable_regions(released):
+        label = region_label(datasets, region)
+        if label not in released and label in draft.cohorts:
+            plan.derived_cohorts[label] = (label,)
+
+
+class VennAlgebra:
+    """Overlap cells as sums of disjoint Venn regions, for derivability checks.
+
+    A cell (an intersection of datasets) is the 0/1 vector of the regions it
+    contains; a set of regions is derivable from released cells when its
+    vector lies in their span (then its count is a linear combination of
+    released counts).
+    """
+
+    def __init__(self, datasets: tuple[str, ...], regions: dict[tuple[bool, ...], int]) -> None:
+        n = len(datasets)
+        self.datasets = datasets
+        self.regions = [tuple(bool(mask >> i & 1) for i in range(n)) for mask in range(1, 2 ** n)]
+        self.counts = np.array([regions.get(r, 0) for r in self.regions], dtype=float)
+        # every non-empty set of regions, as rows of 0/1
+        m = len(self.regions)
+        self.sets = np.array([[mask >> j & 1 for j in range(m)] for mask in range(1, 2 ** m)],
+                             dtype=float)
+
+    def vector(self, label: str) -> np.ndarray:
+        members = [self.datasets.index(ref) for ref in label.split("+")]
+        return np.array([all(r[i] for i in members) for r in self.regions], dtype=float)
+
+    def _in_span(self, released: list[str], rows: np.ndarray) -> np.ndarray:
+        if not released:
+            return np.zeros(len(rows), dtype=bool)
+        basis = np.array([self.vector(lb) for lb in released])
+        projector = np.linalg.pinv(basis) @ basis
+        return np.abs(rows - rows @ projector).max(axis=1) < 1e-9
+
+    def derivable(self, released: list[str], row: np.ndarray) -> bool:
+        return bool(self._in_span(released, row[None, :])[0])
+
+    def small_derivable(self, released: list[str], k: int) -> np.ndarray | None:
+        """A derivable set of regions covering 1 … k−1 people, if any."""
+        sizes = self.sets @ self.counts
+        hits = self._in_span(released, self.sets) & (sizes > 0) & (sizes < k)
+        return self.sets[int(np.argmax(hits))] if hits.any() else None
+
+    def derivable_regions(self, released: list[str]) -> list[tuple[bool, ...]]:
+        unit = np.eye(len(self.regions))
+        return [r for r, ok in zip(self.regions, self._in_span(released, unit), strict=True)
+                if ok]
