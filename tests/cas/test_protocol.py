@@ -186,6 +186,41 @@ def test_unknown_policy_or_service(service: CasService) -> None:
     assert "no policy named 'nope'" in _rejected(service, request).reasons
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("evidence", "%%%", "evidence must be base64"),
+        ("evidence", base64.b64encode(b"garbage").decode(), "not a DCAP quote"),
+        ("public_key", "-----BEGIN PUBLIC KEY-----\nnope\n", "public_key is not a valid"),
+        ("nonce", "zz", "nonce must be hex"),
+    ],
+)
+def test_malformed_requests_are_audited_and_spend_their_nonce(
+    service: CasService, field: str, value: str, message: str
+) -> None:
+    """Review finding 5: rejected before judging is still a decision on the record."""
+    from dataclasses import replace
+
+    from sgxcloud.cas.service.core import MalformedAttestation
+
+    request, _ = _request(service)
+    before = len(audit.entries(service.database))
+    with pytest.raises(MalformedAttestation, match=message) as info:
+        service.attest(replace(request, **{field: value}), NOW)
+    entries = audit.entries(service.database)
+    assert len(entries) == before + 1 and info.value.audit_seq == entries[-1].seq
+    entry = entries[-1]
+    assert entry.outcome == "rejected" and entry.subject == "shop/web"
+    assert entry.detail["malformed"] is True and message in entry.detail["reasons"][0]
+    recorded = str(entry.to_dict())  # no raw input copied into the log
+    assert request.evidence not in recorded and request.nonce not in recorded
+    assert field == "nonce" or value not in recorded
+    if field != "nonce":  # a well-formed nonce was spent: the good request cannot follow
+        rejected = _rejected(service, request)
+        assert rejected.code == "nonce" and "already used" in rejected.reasons[0]
+    assert audit.verify_chain(service.database).ok
+
+
 def test_real_dcap_quote_not_bound_to_our_key_is_rejected(tmp_path: Path) -> None:
     """A genuine Intel-signed quote verifies, but its REPORTDATA ("Hello, world!") binds nothing."""
     verifier = DefaultVerifier(FileCollateral(DCAP / "sgx_quote_collateral.json"))

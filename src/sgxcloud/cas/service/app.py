@@ -36,6 +36,7 @@ from sgxcloud.cas.service.core import (
     AttestationRejected,
     AttestRequest,
     CasService,
+    MalformedAttestation,
     NotFound,
     NotReady,
 )
@@ -262,5 +263,7 @@ def _error_response(exc: SgxcloudError) -> JSONResponse:
         body.code = exc.code
     if isinstance(exc, AttestationRejected):
         body.reasons = exc.reasons
+        body.audit_seq = exc.audit_seq
+    if isinstance(exc, MalformedAttestation):
         body.audit_seq = exc.audit_seq
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)

@@ -28,9 +28,10 @@ from sgxcloud.cas.errors import (
     CasError,
     ConflictError,
     EvidenceError,
+    MalformedEvidenceError,
     PolicyError,
 )
-from sgxcloud.cas.evidence import EvidenceVerifier, VerifiedEvidence
+from sgxcloud.cas.evidence import Evidence, EvidenceVerifier, VerifiedEvidence
 from sgxcloud.cas.evidence.model import sniff_evidence
 from sgxcloud.cas.policy import check_import, evaluate, load_policy
 from sgxcloud.cas.policy.load import owner_ids
@@ -85,6 +86,17 @@ class AttestResult:
     simulated: bool
     tcb_status: str
     audit_seq: int
+
+
+class MalformedAttestation(protocol.ProtocolError):
+    """An attestation request that cannot be judged (bad nonce, key or evidence format).
+
+    Still audited (``audit_seq``) and its nonce, if well-formed, spent.
+    """
+
+    def __init__(self, message: str, *, audit_seq: int) -> None:
+        super().__init__(message)
+        self.audit_seq = audit_seq
 
 
 class AttestationRejected(EvidenceError):
@@ -209,13 +221,17 @@ class CasService:
         same transaction that consumes the nonce.
         """
         self._require_ready()
-        nonce = protocol.parse_nonce(request.nonce)
-        public_key = protocol.load_enclave_public_key(request.public_key.encode())
-        try:
-            raw = base64.b64decode(request.evidence, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise protocol.ProtocolError("evidence must be base64") from exc
-        evidence = sniff_evidence(raw)
+        nonce, public_key, evidence, malformed = _read_request(request)
+        if malformed is not None:
+            problem = malformed
+            seq = self.database.run(
+                lambda repo: self._reject_malformed(repo, request, nonce, public_key, problem, now)
+            )
+            log.info(
+                "malformed attestation for %s/%s (audit #%d)", request.policy, request.service, seq
+            )
+            raise MalformedAttestation(str(malformed), audit_seq=seq) from malformed
+        assert nonce is not None and public_key is not None and evidence is not None
         # Verification is pure CPU work: do it before taking any database lock.
         verified: VerifiedEvidence | None = None
         evidence_failure: EvidenceError | None = None
@@ -249,7 +265,7 @@ class CasService:
                 repo,
                 kind=audit.AuditKind.ATTESTATION,
                 subject=f"{request.policy}/{request.service}",
-                actor="enclave-key:" + protocol.key_fingerprint(public_key)[:16],
+                actor=_enclave_actor(public_key),
                 outcome="accepted" if verdict.accepted else "rejected",
                 detail=_attestation_detail(verified, verdict.reasons, stored),
                 now=now,
@@ -285,6 +301,36 @@ class CasService:
             tcb_status=verified.tcb_status,
             audit_seq=seq,
         )
+
+    def _reject_malformed(
+        self,
+        repo: Repository,
+        request: AttestRequest,
+        nonce: bytes | None,
+        public_key: Any,
+        problem: CasError,
+        now: int,
+    ) -> int:
+        """Audit a request that cannot be judged; spend its nonce if it is one.
+
+        Only the problem's safe message is recorded, never the evidence, key
+        or nonce bytes the caller sent.
+        """
+        reasons = [str(problem)]
+        if nonce is not None:
+            nonce_problem = _nonce_problem(repo, nonce, now)
+            if nonce_problem is not None:
+                reasons.append(nonce_problem)
+        entry = audit.append(
+            repo,
+            kind=audit.AuditKind.ATTESTATION,
+            subject=f"{request.policy}/{request.service}",
+            actor=_enclave_actor(public_key),
+            outcome="rejected",
+            detail={"reasons": reasons, "malformed": True, "policy_hash": None},
+            now=now,
+        )
+        return entry.seq
 
     def _configuration(
         self,
@@ -563,6 +609,38 @@ class _Verdict:
     def extend(self, reasons: list[str]) -> None:
         for reason in reasons:
             self.add(reason)
+
+
+def _read_request(
+    request: AttestRequest,
+) -> tuple[bytes | None, Any, Evidence | None, CasError | None]:
+    """Decode nonce, key and evidence; whatever decodes, plus the first problem."""
+    problem: CasError | None = None
+    nonce = public_key = evidence = None
+    try:
+        nonce = protocol.parse_nonce(request.nonce)
+    except protocol.ProtocolError as exc:
+        problem = exc
+    try:
+        public_key = protocol.load_enclave_public_key(request.public_key.encode())
+    except protocol.ProtocolError as exc:
+        problem = problem or exc
+    try:
+        raw = base64.b64decode(request.evidence, validate=True)
+    except (binascii.Error, ValueError):
+        problem = problem or protocol.ProtocolError("evidence must be base64")
+    else:
+        try:
+            evidence = sniff_evidence(raw)
+        except MalformedEvidenceError as exc:
+            problem = problem or exc
+    return nonce, public_key, evidence, problem
+
+
+def _enclave_actor(public_key: Any) -> str:
+    if public_key is None:
+        return "enclave-key:unreadable"
+    return "enclave-key:" + protocol.key_fingerprint(public_key)[:16]
 
 
 def _nonce_problem(repo: Repository, nonce: bytes, now: int) -> str | None:
