@@ -279,7 +279,8 @@ def test_no_evidence_source_without_gramine_unless_simulation_is_asked(tmp_path:
 
 
 @pytest.fixture
-def https_cas(tmp_path: Path):  # type: ignore[no-untyped-def]
+def https_cas_with_owner(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """(url, tls files, owner key) of a CAS over HTTPS on loopback with policy 'shop'."""
     service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
     owner = pg.owner_key()
     import time
@@ -287,8 +288,14 @@ def https_cas(tmp_path: Path):  # type: ignore[no-untyped-def]
     service.apply_policy(_owner_id(owner), pg.policy_text(owner), int(time.time()))
     tls = make_loopback_tls(tmp_path / "tls")
     with background_https(create_app(service), tls) as url:
-        yield url, tls
+        yield url, tls, owner
     service.stop()
+
+
+@pytest.fixture
+def https_cas(https_cas_with_owner):  # type: ignore[no-untyped-def]
+    url, tls, _owner = https_cas_with_owner
+    return url, tls
 
 
 def test_happy_path_over_https(https_cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -329,18 +336,60 @@ def test_client_refuses_a_service_not_signed_by_the_pinned_ca(https_cas, tmp_pat
         )
 
 
-def test_rejection_over_https_carries_the_reason(https_cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    url, tls = https_cas
-    with pytest.raises(client.AttestationRefused) as info:
-        client.fetch_configuration(
-            url,
-            policy="shop",
-            service="web",
-            ca_file=tls.ca_cert,
-            root=tmp_path,
-            simulate=pg.simulated_identity("00" * 32),
+def test_rejection_over_https_tells_the_enclave_nothing_but_the_audit_entry(
+    https_cas_with_owner, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """Review finding 3: reasons go to the owners' audit log, not to whoever asks."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+
+    from sgxcloud.cli.main import main as cli
+
+    url, tls, owner = https_cas_with_owner
+
+    def refused(**where):  # type: ignore[no-untyped-def]
+        with pytest.raises(client.AttestationRefused) as info:
+            client.fetch_configuration(
+                url, ca_file=tls.ca_cert, root=tmp_path, **{"service": "web", **where}
+            )
+        return info.value
+
+    wrong_build = refused(policy="shop", simulate=pg.simulated_identity("00" * 32))
+    no_policy = refused(policy="nope", simulate=pg.simulated_identity())
+    no_service = refused(policy="shop", service="db", simulate=pg.simulated_identity())
+    told = [(e.code, str(e).split("#")[0]) for e in (wrong_build, no_policy, no_service)]
+    assert (
+        told
+        == [("rejected", "attestation rejected; the policy's owners can read why in audit entry ")]
+        * 3
+    )
+    assert "MRENCLAVE" not in str(wrong_build) and "nope" not in str(no_policy)
+    # The owner reads the reasons of the rejection of their policy, and only theirs.
+    key_file = tmp_path / "owner.pem"
+    key_file.write_bytes(
+        owner.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
-    assert any("MRENCLAVE" in r for r in info.value.reasons)
+    )
+    owner_args = [
+        "audit",
+        "show",
+        "--url",
+        url,
+        "--key",
+        str(key_file),
+        "--ca-file",
+        str(tls.ca_cert),
+    ]
+    assert cli([*owner_args, "--seq", str(wrong_build.audit_seq), "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["outcome"] == "rejected" and entry["subject"] == "shop/web"
+    assert any("MRENCLAVE" in r for r in entry["detail"]["reasons"])
+    assert cli([*owner_args, "--seq", str(no_policy.audit_seq)]) == 1  # not about their policy
+    assert "not about your policies" in capsys.readouterr().err
     plain = httpx.Client(verify=ssl.create_default_context(cafile=str(tls.ca_cert)))
     assert plain.get(url + "/v1/health").json()["state"] == "ready"
     plain.close()

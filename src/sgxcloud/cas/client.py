@@ -61,11 +61,16 @@ class ClientError(CasError):
 
 
 class AttestationRefused(EvidenceError):
-    """The CAS judged this enclave and said no; ``reasons`` lists every why."""
+    """The CAS judged this enclave and said no.
 
-    def __init__(self, message: str, *, code: str, reasons: list[str]) -> None:
+    The enclave is not told why (that would tell anyone what a policy
+    accepts); the policy's owners read the reasons in audit entry
+    ``audit_seq`` (``OwnerClient.audit_entry``, ``sgxcloud audit show --seq``).
+    """
+
+    def __init__(self, message: str, *, code: str, audit_seq: int | None) -> None:
         super().__init__(message, code=code)
-        self.reasons = reasons
+        self.audit_seq = audit_seq
 
 
 class PolicyNotFound(ClientError):
@@ -233,8 +238,8 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     if response.status_code == 403 and body.get("error") == "attestation-rejected":
         raise AttestationRefused(
             body.get("message", "attestation rejected"),
-            code=body.get("code", "policy"),
-            reasons=list(body.get("reasons", [])),
+            code=body.get("code", "rejected"),
+            audit_seq=body.get("audit_seq"),
         )
     if response.status_code == 403:
         raise AccessDenied(body.get("message", "forbidden"))
@@ -311,6 +316,11 @@ class OwnerClient:
             self._request("GET", f"/v1/audit?after={after}&limit={limit}")
         )
         return answer
+
+    def audit_entry(self, seq: int) -> dict[str, Any] | None:
+        """Audit entry ``seq`` (e.g. a rejection's), or None if it is not about our policies."""
+        found = self.audit(after=seq - 1, limit=1)
+        return found[0] if found and found[0]["seq"] == seq else None
 
 
 def _canonical(body: dict[str, Any]) -> bytes:

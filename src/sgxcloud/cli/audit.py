@@ -1,8 +1,11 @@
-"""``sgxcloud audit``: read and verify the CAS audit chain, straight from its database.
+"""``sgxcloud audit``: read and verify the CAS audit chain.
 
 Operators run these next to the service (same settings file); they read the
-database without migrating it.  Exit status of ``verify``: 0 intact, 1 broken,
-2 usage or input error.
+database without migrating it.  Policy owners read the entries about their
+policies over the API instead (``show --url URL --key KEY``): that is where an
+enclave's rejection reasons are, since the enclave is told only an audit
+sequence number.  Exit status of ``verify``: 0 intact, 1 broken; of ``show``:
+0 listed, 1 the asked entry (``--seq``) is not visible; 2 usage or input error.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from rich.table import Table
 from sgxcloud.cas import audit as audit_log
 from sgxcloud.cas.config import load_settings
 from sgxcloud.cas.store import Database
+from sgxcloud.cli.policy import Connection
 
 _config = click.option(
     "--config",
@@ -81,18 +85,74 @@ def verify(config_path: Path | None, database_url: str | None, as_json: bool) ->
 @audit.command(name="show")
 @_config
 @_database
+@click.option(
+    "--url",
+    metavar="URL",
+    help="Read over the CAS API as a policy owner (signed with --key) instead of the database.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    envvar="SGXCLOUD_CAS_OWNER_KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --url: your owner private key (PEM) (env SGXCLOUD_CAS_OWNER_KEY).",
+)
+@click.option(
+    "--cert",
+    "cert_file",
+    envvar="SGXCLOUD_CAS_OWNER_CERT",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --url: your client certificate, if the policy names you by certificate.",
+)
+@click.option(
+    "--ca-file",
+    envvar="SGXCLOUD_CAS_CA",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --url: trust only this CA for the CAS's TLS certificate (env SGXCLOUD_CAS_CA).",
+)
 @click.option("--after", type=click.IntRange(min=0), default=0, help="Start after this seq.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option(
+    "--seq",
+    type=click.IntRange(min=1),
+    help="Show only this entry (e.g. the audit_seq a rejected enclave was given).",
+)
 @_json
 def show(
-    config_path: Path | None, database_url: str | None, after: int, limit: int, as_json: bool
+    config_path: Path | None,
+    database_url: str | None,
+    url: str | None,
+    key_file: Path | None,
+    cert_file: Path | None,
+    ca_file: Path | None,
+    after: int,
+    limit: int,
+    seq: int | None,
+    as_json: bool,
 ) -> int:
-    """List audit entries: attestation decisions and policy changes."""
-    database = _open(config_path, database_url)
-    try:
-        entries = audit_log.entries(database, after=after, limit=limit)
-    finally:
-        database.close()
+    """List audit entries: attestation decisions (with every reason) and policy changes.
+
+    From the database (operators: --config or --database-url), or over the API
+    (owners: --url and --key), which lists only entries about policies you
+    own or read.
+    """
+    if seq is not None:
+        after, limit = seq - 1, 1
+    if url is not None:
+        if config_path is not None or database_url is not None:
+            raise click.UsageError("give --url (owner, over the API) or a database, not both")
+        with Connection(url, ca_file, key_file, cert_file, as_json).client() as client:
+            listed = client.audit(after=after, limit=min(limit, 1000))
+    else:
+        database = _open(config_path, database_url)
+        try:
+            listed = [e.to_dict() for e in audit_log.entries(database, after=after, limit=limit)]
+        finally:
+            database.close()
+    entries = [audit_log.AuditEntry(**e) for e in listed]
+    if seq is not None and [e.seq for e in entries] != [seq]:
+        Console(stderr=True).print(f"audit entry #{seq} is not there or not about your policies")
+        return 1
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return 0

@@ -3,7 +3,8 @@
 A CAS runs over HTTPS on loopback; an owner applies a policy with a signed
 request; the demo workload attests with SIMULATED evidence (the policy
 explicitly allows simulation: there is no SGX here) and receives its
-configuration; a variant with the wrong MRENCLAVE is refused with its reason;
+configuration; a variant with the wrong MRENCLAVE is refused (the enclave is
+told only an audit number; the owner reads the reason in the audit log);
 the audit chain is verified.  Secret values are never printed.
 """
 
@@ -190,12 +191,21 @@ def run(console: Console, workdir: Path) -> dict[str, Any]:
                     root=workdir,
                     simulate=tampered,
                 )
-                reasons = ["(unexpectedly accepted)"]
+                reasons, told = ["(unexpectedly accepted)"], "accepted"
             except client.AttestationRefused as exc:
-                reasons = exc.reasons
+                # The enclave learns only a verdict and an audit number; the
+                # owner reads the reasons from the audit log.
+                told = f"code {exc.code!r}, audit entry #{exc.audit_seq}"
+                with client.OwnerClient(url, owner, ca_file=tls.ca_cert) as owner_client:
+                    entry = owner_client.audit_entry(exc.audit_seq) if exc.audit_seq else None
+                reasons = entry["detail"]["reasons"] if entry else ["(entry not visible)"]
             console.print(
                 Panel(
-                    "\n".join(f"• {r}" for r in reasons),
+                    Group(
+                        f"the enclave is told only: [bold]{told}[/]",
+                        "the owner reads the reasons in that audit entry (signed request):",
+                        *(f"• {r}" for r in reasons),
+                    ),
                     title=f"[red]REJECTED[/] variant with MRENCLAVE {TAMPERED_MRENCLAVE[:16]}… "
                     "(SIMULATED evidence)",
                     border_style="red",

@@ -46,6 +46,8 @@ from sgxcloud.errors import SgxcloudError
 log = logging.getLogger(__name__)
 
 API_VERSION = "1"
+REJECTED_CODE = "rejected"
+"""The one verdict code a rejected enclave is told, whatever the reasons."""
 
 # Most specific first: (error class, HTTP status, error label).
 STATUS: list[tuple[type[Exception], int, str]] = [
@@ -137,7 +139,11 @@ def create_app(
 
     @app.post("/v1/attest", response_model=schemas.AttestResponse, tags=["attestation"])
     def attest(body: schemas.AttestBody) -> schemas.AttestResponse:
-        """Verify evidence, binding, nonce and policy; answer the sealed configuration."""
+        """Verify evidence, binding, nonce and policy; answer the sealed configuration.
+
+        A rejection answers 403 with code 'rejected' and the audit entry's
+        number only: the reasons are for the policy's owners (GET /v1/audit).
+        """
         result = cas().attest(AttestRequest(**body.model_dump()), now())
         return schemas.AttestResponse(
             policy=result.policy,
@@ -252,6 +258,18 @@ def _error_response(exc: SgxcloudError) -> JSONResponse:
         if isinstance(exc, cls):
             status, label = code, name
             break
+    if isinstance(exc, AttestationRejected):
+        # The caller is an unauthenticated enclave (or anyone): the reasons
+        # would say whether a policy exists and what it accepts.  They go to
+        # the audit entry, which the policy's owners read.
+        body = schemas.ErrorBody(
+            error=label,
+            message=f"attestation rejected; the policy's owners can read why "
+            f"in audit entry #{exc.audit_seq}",
+            code=REJECTED_CODE,
+            audit_seq=exc.audit_seq,
+        )
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
     body = schemas.ErrorBody(error=label, message=str(exc))
     if status == 500:
         body.message = "internal error"
@@ -261,9 +279,6 @@ def _error_response(exc: SgxcloudError) -> JSONResponse:
         body.problems = [{"field": p.field, "message": p.message} for p in exc.problems]
     if isinstance(exc, EvidenceError):
         body.code = exc.code
-    if isinstance(exc, AttestationRejected):
-        body.reasons = exc.reasons
-        body.audit_seq = exc.audit_seq
     if isinstance(exc, MalformedAttestation):
         body.audit_seq = exc.audit_seq
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)

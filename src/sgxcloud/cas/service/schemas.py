@@ -19,8 +19,11 @@ class ErrorBody(_Model):
     message: str
     field: str | None = Field(None, description="the offending field (policies, requests)")
     problems: list[dict[str, str]] | None = Field(None, description="every policy problem")
-    code: str | None = Field(None, description="stable reason code of a rejection")
-    reasons: list[str] | None = Field(None, description="every reason for a rejection")
+    code: str | None = Field(
+        None,
+        description="'rejected' for every rejected attestation (reasons are never sent to "
+        "the enclave: read audit entry audit_seq as an owner of the policy)",
+    )
     audit_seq: int | None = Field(None, description="audit entry recording the decision")
 
 
