@@ -63,7 +63,10 @@ def test_breakdown_segment_differencing_is_refused(base_doc, make_engine, plain)
     # the same cohorts in other words differ by 0 everywhere: allowed, same figures
     again = engine.run(_lift("bank.customers.income_band = 'high' OR "
                              "NOT bank.customers.income_band = 'high'"), "brand")
-    assert [c.value for c in again.cells] == [c.value for c in first.cells]
+    for a, b in zip(again.cells, first.cells, strict=True):
+        assert (a.metric, a.dims, a.suppressed) == (b.metric, b.dims, b.suppressed)
+        assert a.value == pytest.approx(b.value, nan_ok=True) if b.value is not None \
+            else a.value is None
 
 
 def test_converters_differencing_is_refused(base_doc, make_engine, plain):
@@ -204,3 +207,38 @@ def test_no_overlap_figure_below_k_by_subtraction(k_engine, flt, datasets):
     event("some hidden" if None in values.values() else "all released")
     assert all(v is None or v >= K for v in values.values())
     _assert_no_small_derivable(values, datasets, K)
+
+
+# -- segments: every declared value, always -------------------------------------------
+
+
+REGION_SEGMENTS = {*REGIONS, "(none)"}
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_every_declared_segment_is_always_emitted(base_doc, make_engine, dp):
+    """Which segments appear must not depend on the data: an empty segment and a
+    segment of 1 … k−1 people both show as suppressed cells, with or without DP."""
+    extra = {"differential_privacy": {**base_doc["privacy"]["differential_privacy"],
+                                      "enabled": True, "epsilon_per_query": 1.0}} if dp else {}
+    engine = make_engine(_definition(base_doc, 20, **extra))
+    result = engine.run(_lift("telecom.subscribers.region = 'north'"), "brand")
+    segments = {c.dims["segment"] for c in result.cells} - {"(all)"}
+    assert segments == REGION_SEGMENTS
+    for segment in REGION_SEGMENTS - {"north"}:  # nobody there: hidden, not absent
+        for arm in ("test", "control"):
+            assert result.cell("people", segment=segment, arm=arm).suppressed
+    assert result.value("people", segment="north", arm="test") is not None
+    boolean = engine.run(_lift("retailer.customers.baby_buyer = true",
+                               breakdown="bank.customers.premium_card"), "brand")
+    assert {c.dims["segment"] for c in boolean.cells} == {"(all)", "true", "false", "(none)"}
+
+
+def test_reserved_segment_names_are_not_category_values(base_doc):
+    from sgxcloud.cleanroom.errors import DefinitionError
+
+    doc = copy.deepcopy(base_doc)
+    doc["datasets"][1]["attributes"][0]["values"].append("(none)")
+    with pytest.raises(DefinitionError) as err:
+        definition_from_dict(doc)
+    assert err.value.field == "datasets[1].attributes[0].values[5]"

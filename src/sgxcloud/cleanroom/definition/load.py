@@ -34,6 +34,9 @@ from sgxcloud.cleanroom.errors import DefinitionError
 
 Problem = tuple[str, str]  # (field path, message)
 
+# Segment names a breakdown adds to an attribute's declared values.
+RESERVED_SEGMENTS = ("(all)", "(none)")
+
 
 @cache
 def definition_schema() -> dict[str, Any]:
@@ -182,6 +185,9 @@ def _check_attribute(attr: dict[str, Any], at: str) -> Iterator[Problem]:
         yield f"{at}.values", "required for type category"
     if attr["type"] != "category" and "values" in attr:
         yield f"{at}.values", "only for type category"
+    for j, value in enumerate(attr.get("values", [])):
+        if value in RESERVED_SEGMENTS:  # a breakdown prints these as segment names
+            yield f"{at}.values[{j}]", f"{value} is reserved"
     if ("min" in attr or "max" in attr) and attr["type"] not in ("integer", "number"):
         yield at, "min/max only for integer and number"
     if "min" in attr and "max" in attr and attr["min"] > attr["max"]:

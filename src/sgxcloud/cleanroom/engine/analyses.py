@@ -18,7 +18,7 @@ from typing import Any
 
 import duckdb
 
-from sgxcloud.cleanroom.definition import Analysis, Definition
+from sgxcloud.cleanroom.definition import Analysis, Attribute, Definition
 from sgxcloud.cleanroom.engine.identity import person_table, quote
 from sgxcloud.cleanroom.engine.query import (
     AudienceSizeQuery,
@@ -160,11 +160,21 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
         if record["arm"] not in ARMS:
             continue  # ingestion rejects other values; be safe anyway
         draft.lift[(record["segment"], record["arm"])] = record
-    draft.segments = tuple(sorted({s for s, _ in draft.lift if s != ALL}))
+    if query.breakdown:
+        # Every declared value is a segment, present or not: which segments exist
+        # would otherwise show that 1 … k−1 people have a value (and escape DP).
+        declared = tuple(dict.fromkeys((*breakdown_values(attr), NONE_SEGMENT)))
+        extra = sorted({s for s, _ in draft.lift if s != ALL} - set(declared))
+        draft.segments = (*declared, *extra)  # extra: never, ingestion checks values
     for arm in ARMS:
         draft.counts[arm] = draft.lift.get((ALL, arm), {}).get("people", 0)
     _lift_cohorts(con, draft)
     return draft
+
+
+def breakdown_values(attribute: Attribute) -> tuple[str, ...]:
+    """The segments of a breakdown attribute, as its values print in SQL."""
+    return ("true", "false") if attribute.type == "boolean" else attribute.values
 
 
 def lift_cohort(segment: str, arm: str, level: str = "people") -> str:
