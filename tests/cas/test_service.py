@@ -561,3 +561,31 @@ def test_operator_may_restrict_who_creates_policies(tmp_path: Path) -> None:
         assert service.apply_policy(aid, text, NOW).created
     finally:
         service.stop()
+
+
+def test_policy_stored_in_the_old_name_only_form_fails_closed_and_stays_updatable(
+    api: Api, owner
+) -> None:  # type: ignore[no-untyped-def]
+    """Policies stored before owner pinning no longer load: refuse, audited; owners re-apply."""
+    from sqlalchemy import update
+
+    from sgxcloud.cas.policy import public_key_id
+    from sgxcloud.cas.service.core import AttestationRejected
+    from sgxcloud.cas.store.models import PolicyRow
+
+    service, who = api.service, public_key_id(pg.public_pem(owner))
+    text = pg.policy_text(owner)
+    service.apply_policy(who, text, NOW)
+    old_form = _with(
+        text, lambda d: d["secrets"].update(x={"kind": "random", "size": 4, "export_to": ["b"]})
+    )
+    with service.database.transaction() as repo:
+        repo.session.execute(
+            update(PolicyRow).where(PolicyRow.name == "shop").values(text=old_form)
+        )
+    with pytest.raises(AttestationRejected) as info:
+        _attest_simulated(service, "shop")
+    assert info.value.reasons == ["the stored policy does not load; its owners must re-apply it"]
+    again = pg.policy_text(owner, predecessor=policy_hash(text))
+    assert service.apply_policy(who, again, NOW).version == 2
+    assert _attest_simulated(service, "shop").argv
