@@ -152,3 +152,15 @@ def test_public_surfaces_are_explicit():
                   and not isinstance(getattr(module, n), type(module))}
         public -= {"annotations"}
         assert sorted(module.__all__) == sorted(public), module.__name__
+
+
+def test_non_utf8_file_is_a_one_line_definition_error(tmp_path):
+    binary = tmp_path / "definition.yaml"
+    binary.write_bytes(b"name: caf\xe9\n\xff\xfe\x00secret")
+    with pytest.raises(DefinitionError) as err:
+        load_definition(binary)
+    assert isinstance(err.value, InputError) and err.value.exit_code == 2
+    assert str(err.value) == f"definition: {binary} is not UTF-8 text"
+    with pytest.raises(DefinitionError, match="not UTF-8"):
+        parse_definition(binary.read_bytes())
+    assert parse_definition(EXAMPLE.read_bytes()).name == "baby_campaign_2026"

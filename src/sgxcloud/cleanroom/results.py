@@ -16,6 +16,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -97,11 +98,28 @@ class Result:
             raise ResultSignatureError("not a clean room result document") from exc
 
     @classmethod
-    def from_json(cls, text: str) -> Result:
+    def from_json(cls, text: str | bytes) -> Result:
         try:
+            if isinstance(text, bytes):
+                text = text.decode("utf-8")
             return cls.from_dict(json.loads(text))
+        except UnicodeDecodeError as exc:  # never echo the bytes
+            raise ResultSignatureError("not a clean room result document (not UTF-8)") from exc
         except json.JSONDecodeError as exc:
             raise ResultSignatureError("not a clean room result document (bad JSON)") from exc
+        except RecursionError as exc:
+            raise ResultSignatureError("not a clean room result document (nested too deeply)") \
+                from exc
+
+
+def load_result(path: str | Path) -> Result:
+    """Read a result file; any unreadable or malformed file is a ResultSignatureError
+    with a one-line message (never a traceback, never the file's content)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ResultSignatureError(f"cannot read {path}: {exc.strerror}") from exc
+    return Result.from_json(data)
 
 
 def new_result_id() -> str:
@@ -118,12 +136,12 @@ def sign_result(result: Result, private_key: Ed25519PrivateKey) -> Result:
     return replace(unsigned, signature=base64.b64encode(signature).decode("ascii"))
 
 
-def verify_result(result: Result | dict[str, Any] | str,
+def verify_result(result: Result | dict[str, Any] | str | bytes,
                   coordinator_public_key: str | Ed25519PublicKey,
                   *, definition_hash: str | None = None) -> Result:
     """Return the result if it is signed by ``coordinator_public_key`` (and,
     when given, answers ``definition_hash``); raise ResultSignatureError."""
-    if isinstance(result, str):
+    if isinstance(result, str | bytes):
         result = Result.from_json(result)
     elif isinstance(result, dict):
         result = Result.from_dict(result)

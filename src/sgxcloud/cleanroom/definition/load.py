@@ -50,11 +50,18 @@ def load_definition(path: str | Path) -> Definition:
         text = Path(path).read_text("utf-8")
     except OSError as exc:
         raise DefinitionError("", f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # never echo the bytes: they may be data
+        raise DefinitionError("", f"{path} is not UTF-8 text") from exc
     return parse_definition(text)
 
 
-def parse_definition(text: str) -> Definition:
-    """Parse YAML (or JSON) text; raise the first problem found."""
+def parse_definition(text: str | bytes) -> Definition:
+    """Parse YAML (or JSON) text, or UTF-8 bytes; raise the first problem found."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DefinitionError("", "not UTF-8 text") from exc
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
