@@ -164,3 +164,19 @@ def test_non_utf8_file_is_a_one_line_definition_error(tmp_path):
     with pytest.raises(DefinitionError, match="not UTF-8"):
         parse_definition(binary.read_bytes())
     assert parse_definition(EXAMPLE.read_bytes()).name == "baby_campaign_2026"
+
+
+def test_tolerated_advisories(base_doc):
+    assert definition_from_dict(base_doc).enclaves.tolerated_advisories == ()  # none by default
+    doc = copy.deepcopy(base_doc)
+    doc["enclaves"]["tolerated_advisories"] = ["INTEL-SA-00615", "INTEL-SA-00657"]
+    enclaves = definition_from_dict(doc).enclaves
+    assert enclaves.tolerated_advisories == ("INTEL-SA-00615", "INTEL-SA-00657")
+    assert definition_from_dict(doc).definition_hash() != definition_from_dict(
+        base_doc).definition_hash()  # peers approve what they tolerate
+    doc["enclaves"]["tolerated_advisories"] = ["*"]
+    assert definition_from_dict(doc).enclaves.tolerated_advisories == ("*",)
+    doc["enclaves"]["tolerated_advisories"] = ["SA-615"]
+    with pytest.raises(DefinitionError) as err:
+        definition_from_dict(doc)
+    assert err.value.field == "enclaves.tolerated_advisories[0]"

@@ -315,6 +315,7 @@ def _build(doc: dict[str, Any]) -> Definition:
             node=_pin(enclaves["node"]),
             allow_simulated=enclaves.get("allow_simulated", False),
             allowed_tcb_statuses=tuple(enclaves.get("allowed_tcb_statuses", ["UpToDate"])),
+            tolerated_advisories=tuple(enclaves.get("tolerated_advisories", ())),
         ),
         datasets=tuple(
             Dataset(

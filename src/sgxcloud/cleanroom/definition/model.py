@@ -147,6 +147,8 @@ class Enclaves:
     node: EnclavePin
     allow_simulated: bool = False
     allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
+    # Intel advisories (INTEL-SA-NNNNN, or "*") a peer's TCB may carry; none by default
+    tolerated_advisories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
