@@ -2,8 +2,9 @@
 
 Each returns a :class:`Draft`: exact figures plus, for every figure, how
 many distinct people it covers and which suppression unit it belongs to,
-and the cohorts (temporary tables of person keys) that the differencing
-check compares.  Privacy (suppression, noise) is applied by the engine.
+and the cohorts (the person keys behind each figure, as conditions over
+one temporary table) that the differencing check compares.  Privacy
+(suppression, noise) is applied by the engine.
 """
 
 # ruff: noqa: S608 -- SQL text here is assembled only from names the definition
@@ -32,12 +33,28 @@ NONE_SEGMENT = "(none)"
 ARMS = ("test", "control")
 
 
+@dataclass(frozen=True)
+class Cohort:
+    """The people behind one figure: rows of the draft's ``cohort_table`` (one per
+    person, column ``pkey``) meeting ``condition`` (engine-made SQL; values bound)."""
+
+    condition: str
+    params: tuple[Any, ...] = ()
+
+    @staticmethod
+    def union(parts: list[Cohort]) -> Cohort:
+        """Disjoint parts together (e.g. the hidden segments of one arm)."""
+        return Cohort(" OR ".join(f"({p.condition})" for p in parts),
+                      tuple(v for p in parts for v in p.params))
+
+
 @dataclass
 class Draft:
-    """Exact results before privacy; ``cohorts`` maps a cell label to a temp table."""
+    """Exact results before privacy; ``cohorts`` maps a cell label to its people."""
 
     counts: dict[str, int] = field(default_factory=dict)
-    cohorts: dict[str, str] = field(default_factory=dict)
+    cohorts: dict[str, Cohort] = field(default_factory=dict)
+    cohort_table: str = ""
     lift: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     regions: dict[tuple[bool, ...], int] = field(default_factory=dict)
     segments: tuple[str, ...] = ()
@@ -50,7 +67,8 @@ def audience_size(con: duckdb.DuckDBPyConnection, definition: Definition,
     con.execute(f"CREATE OR REPLACE TEMP TABLE q_audience AS "
                 f"SELECT pkey FROM persons WHERE {where}", params)
     n = con.execute("SELECT count(*) FROM q_audience").fetchone()[0]
-    return Draft(counts={"audience": n}, cohorts={"audience": "q_audience"})
+    return Draft(counts={"audience": n}, cohorts={"audience": Cohort("TRUE")},
+                 cohort_table="q_audience")
 
 
 def overlap_label(datasets: tuple[str, ...]) -> str:
@@ -77,27 +95,21 @@ def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
         f"CREATE OR REPLACE TEMP TABLE q_overlap AS SELECT * FROM "
         f"(SELECT pkey, {', '.join(flags)} FROM persons WHERE {where}) WHERE {any_member}",
         params)
-    draft = Draft()
+    draft = Draft(cohort_table="q_overlap")
     cols = ", ".join(f"m{i}" for i in range(len(query.datasets)))
     for row in con.execute(f"SELECT {cols}, count(*) FROM q_overlap GROUP BY ALL").fetchall():
         draft.regions[tuple(row[:-1])] = row[-1]
     for region in itertools.product((False, True), repeat=len(query.datasets)):
         if any(region):  # each Venn region is a cohort too, when derivable
-            table = f"q_overlap_r{''.join(str(int(b)) for b in region)}"
             cond = " AND ".join(f"{'' if b else 'NOT '}m{i}" for i, b in enumerate(region))
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS "
-                        f"SELECT pkey FROM q_overlap WHERE {cond}")
-            draft.cohorts[region_label(query.datasets, region)] = table
+            draft.cohorts[region_label(query.datasets, region)] = Cohort(cond)
     for size in range(1, len(query.datasets) + 1):
         for subset in itertools.combinations(range(len(query.datasets)), size):
             label = overlap_label(tuple(query.datasets[i] for i in subset))
-            table = f"q_overlap_{'_'.join(map(str, subset))}"
             cond = " AND ".join(f"m{i}" for i in subset)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS "
-                        f"SELECT pkey FROM q_overlap WHERE {cond}")
             draft.counts[label] = sum(n for region, n in draft.regions.items()
                                       if all(region[i] for i in subset))
-            draft.cohorts[label] = table
+            draft.cohorts[label] = Cohort(cond)
     return draft
 
 
@@ -154,7 +166,7 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
         """, [ALL, max_p, max_r, max_r, max_r]).fetchall()
     names = ("segment", "arm", "people", "converters", "purchases", "revenue", "revenue_var",
              "purchases_clipped", "revenue_clipped", "revenue_sq_clipped")
-    draft = Draft()
+    draft = Draft(cohort_table="q_lift")
     for row in rows:
         record = dict(zip(names, row, strict=True))
         if record["arm"] not in ARMS:
@@ -168,7 +180,7 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
         draft.segments = (*declared, *extra)  # extra: never, ingestion checks values
     for arm in ARMS:
         draft.counts[arm] = draft.lift.get((ALL, arm), {}).get("people", 0)
-    _lift_cohorts(con, draft)
+    _lift_cohorts(draft)
     return draft
 
 
@@ -182,14 +194,14 @@ def lift_cohort(segment: str, arm: str, level: str = "people") -> str:
     return f"{segment}|{arm}|{level}"
 
 
-def _lift_cohorts(con: duckdb.DuckDBPyConnection, draft: Draft) -> None:
-    """One person-key table per (segment, arm) cell and level, for the differencing
+def _lift_cohorts(draft: Draft) -> None:
+    """The people of every (segment, arm) cell and level, for the differencing
     check: a breakdown segment is released on its own, so it is a cohort of its own."""
-    for i, segment in enumerate((ALL, *draft.segments)):
+    for segment in (ALL, *draft.segments):
         for arm in ARMS:
-            for level, condition in (("people", "TRUE"), ("conversion", "purchases > 0")):
-                table = f"q_lift_{arm}_{i}_{level}"
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT pkey FROM q_lift "
-                            f"WHERE arm = ? AND (? OR segment = ?) AND {condition}",
-                            [arm, segment == ALL, segment])
-                draft.cohorts[lift_cohort(segment, arm, level)] = table
+            where, params = "arm = ?", (arm,)
+            if segment != ALL:
+                where, params = f"{where} AND segment = ?", (arm, segment)
+            draft.cohorts[lift_cohort(segment, arm, "people")] = Cohort(where, params)
+            draft.cohorts[lift_cohort(segment, arm, "conversion")] = Cohort(
+                f"{where} AND purchases > 0", params)

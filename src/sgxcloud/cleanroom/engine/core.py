@@ -303,11 +303,10 @@ class Engine:
         if not plan.any_released:
             raise QueryRefused("suppressed",
                                f"every figure would cover fewer than k={k} people")
-        # recorded even when the check is off, so turning it on later sees them
-        released = self._released_cohort_tables(plan, draft)
+        # staged (and recorded) even when the check is off, so turning it on later sees them
+        released = self._stage_released_cohorts(plan, draft)
         if privacy.differencing_check:
-            for table in released.values():
-                self.cohorts.check(table, k)
+            self.cohorts.check_staged(released, k)
         dp_info: dict[str, Any] | None = None
         remaining = None
         if self._noise is not None and privacy.dp is not None:
@@ -317,8 +316,7 @@ class Engine:
                                           dp.delta or 0.0)
             dp_info = plan.add_noise(self._noise, dp)
         cells = plan.cells()
-        for label, table in released.items():
-            self.cohorts.record(f"{key}:{label}", key, table)
+        self.cohorts.record_staged(released, key, prefix=f"{key}:")
         result = sign_result(Result(
             result_id=new_result_id(),
             collaboration=self.definition.name,
@@ -337,20 +335,19 @@ class Engine:
         stored = self.ledger.store_release(self.definition.name, key, result.to_json())
         return result if stored == result.to_json() else self._resign(Result.from_json(stored))
 
-    def _released_cohort_tables(self, plan: ReleasePlan, draft: analyses.Draft,
-                                ) -> dict[str, str]:
-        """label -> person-key table of every cohort this release exposes: each
-        released cell, and each one derivable from them by subtraction."""
-        tables = {label: draft.cohorts[label] for label in plan.released_cohorts}
-        for i, (label, parts) in enumerate(plan.derived_cohorts.items()):
-            if len(parts) == 1:
-                tables[label] = draft.cohorts[parts[0]]
-                continue
-            table = f"q_derived_{i}"
-            union = " UNION ALL ".join(f"SELECT pkey FROM {draft.cohorts[p]}" for p in parts)
-            self._con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {union}")
-            tables[label] = table
-        return tables
+    def _stage_released_cohorts(self, plan: ReleasePlan, draft: analyses.Draft) -> list[str]:
+        """Stage the people of every cohort this release exposes — each released
+        cell, and each one derivable from them by subtraction — in one pass."""
+        cohorts = {label: draft.cohorts[label] for label in plan.released_cohorts}
+        for label, parts in plan.derived_cohorts.items():
+            cohorts[label] = analyses.Cohort.union([draft.cohorts[p] for p in parts])
+        selects, params = [], []
+        for label, cohort in cohorts.items():
+            selects.append(f"SELECT ? AS cid, pkey FROM {draft.cohort_table} "
+                           f"WHERE {cohort.condition}")
+            params += [label, *cohort.params]
+        self.cohorts.stage(" UNION ALL ".join(selects), params)
+        return list(cohorts)
 
     @contextlib.contextmanager
     def _memory_guard(self) -> Iterator[None]:

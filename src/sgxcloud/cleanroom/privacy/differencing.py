@@ -18,11 +18,15 @@ million.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import duckdb
 
 from sgxcloud.cleanroom.errors import QueryRefused
 
 PREFIX = 8  # bytes of each person key kept per released cohort member
+STAGED = "staged_cohorts"  # temp table (cid, pkey) of one release's cohorts
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS released_cohort_meta (
@@ -69,4 +73,50 @@ class CohortStore:
         self.con.execute(
             f"INSERT INTO released_cohort_meta SELECT ?, ?, count(*) FROM {table}",
             [cohort_id, query_key],
+        )
+
+    # -- many cohorts of one release at once (one pass over the store) ------------------
+
+    def stage(self, relation: str, params: Sequence[Any]) -> None:
+        """Stage one release's cohorts: ``relation`` (engine-made SQL, values bound)
+        yields ``(cid, pkey)``, one row per member of each labelled cohort."""
+        source = relation or "SELECT NULL::VARCHAR AS cid, NULL::BLOB AS pkey WHERE false"
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {STAGED} AS "
+                         f"SELECT cid, pkey[1:{PREFIX}] AS pkey FROM ({source})", list(params))
+
+    def check_staged(self, labels: Sequence[str], k: int) -> None:
+        """Refuse if any staged cohort (empty ones included) is within k of a released one."""
+        row = self.con.execute(
+            f"""
+            WITH labels AS (SELECT unnest(?::VARCHAR[]) AS cid),
+            sizes AS (SELECT l.cid, count(s.pkey) AS size
+                      FROM labels l LEFT JOIN {STAGED} s USING (cid) GROUP BY l.cid),
+            inter AS (SELECT s.cid, c.cohort_id, count(*) AS n
+                      FROM {STAGED} s JOIN released_cohort c ON c.pkey = s.pkey
+                      GROUP BY s.cid, c.cohort_id)
+            SELECT count(*)
+            FROM sizes z CROSS JOIN released_cohort_meta m
+                 LEFT JOIN inter i ON i.cid = z.cid AND i.cohort_id = m.cohort_id
+            WHERE m.size + z.size - 2 * coalesce(i.n, 0) BETWEEN 1 AND ?
+            """,
+            [list(labels), k - 1],
+        ).fetchone()
+        if row and row[0]:
+            raise QueryRefused(
+                "differencing",
+                f"the cohort differs from an earlier released one by fewer than k={k} people",
+            )
+
+    def record_staged(self, labels: Sequence[str], query_key: str, prefix: str = "") -> None:
+        """Keep the staged cohorts as released, as ``prefix + label``."""
+        self.con.execute(f"INSERT INTO released_cohort SELECT ? || cid, pkey FROM {STAGED}",
+                         [prefix])
+        self.con.execute(
+            f"""
+            INSERT INTO released_cohort_meta
+            SELECT ? || l.cid, ?, count(s.pkey)
+            FROM (SELECT unnest(?::VARCHAR[]) AS cid) l LEFT JOIN {STAGED} s USING (cid)
+            GROUP BY l.cid
+            """,
+            [prefix, query_key, list(labels)],
         )
