@@ -242,3 +242,31 @@ def test_reserved_segment_names_are_not_category_values(base_doc):
     with pytest.raises(DefinitionError) as err:
         definition_from_dict(doc)
     assert err.value.field == "datasets[1].attributes[0].values[5]"
+
+
+def test_overlap_region_differencing_is_refused(base_doc, make_engine, plain):
+    """Removing X people from "bank only" and Y ≥ k from "bank and telecom" moves
+    every cell by ≥ k, yet "bank only" (derivable: bank − both) by |X| < k."""
+    removals = {"NOT retailer.customers.baby_buyer = true":
+                plain.everyone - plain.people("retailer.customers", lambda f: f.baby_buyer),
+                "NOT bank.customers.premium_card = true":
+                plain.everyone - plain.people("bank.customers", lambda f: f.premium_card)}
+    for (flt, kept), pair in itertools.product(removals.items(),
+                                               itertools.combinations(DATASETS, 2)):
+        a, b = (plain.people(ref) for ref in pair)
+        regions = [a - b, a & b, b - a]
+        gone = [len(r - kept) for r in regions]
+        labels_gone = [gone[0] + gone[1], gone[1], gone[1] + gone[2]]
+        k = gone[0] + 1
+        if gone[0] and all(d >= k for d in labels_gone) \
+                and all(len(r & kept) >= k for r in regions):
+            break
+    else:
+        pytest.fail("the generated data has no overlap to test with")
+    engine = make_engine(_definition(base_doc, k))
+    query = {"template": "overlap", "analysis": "reach", "datasets": list(pair)}
+    first = engine.run(query, "brand")
+    assert not any(c.suppressed for c in first.cells)
+    with pytest.raises(QueryRefused) as err:
+        engine.run({**query, "filter": flt}, "brand")
+    assert err.value.reason == "differencing"

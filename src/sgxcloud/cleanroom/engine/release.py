@@ -269,9 +269,9 @@ def _suppress_overlap(plan: ReleasePlan) -> None:
         else:
             plan.suppressed.add((label,))
     for region in venn.derivable_regions(released):
-        label = region_label(datasets, region)
-        if label not in released and label in draft.cohorts:
-            plan.derived_cohorts[label] = (label,)
+        if not all(region):  # the all-datasets region is the released intersection cell
+            plan.derived_cohorts[region_label(datasets, region)] = \
+                (region_label(datasets, region),)
 
 
 class VennAlgebra:
