@@ -251,7 +251,7 @@ def test_overlap_region_differencing_is_refused(base_doc, make_engine, plain):
                 plain.everyone - plain.people("retailer.customers", lambda f: f.baby_buyer),
                 "NOT bank.customers.premium_card = true":
                 plain.everyone - plain.people("bank.customers", lambda f: f.premium_card)}
-    for (flt, kept), pair in itertools.product(removals.items(),
+    for (flt, kept), pair in itertools.product(removals.items(),  # noqa: B007 (used below)
                                                itertools.combinations(DATASETS, 2)):
         a, b = (plain.people(ref) for ref in pair)
         regions = [a - b, a & b, b - a]
