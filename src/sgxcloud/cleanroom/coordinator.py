@@ -217,7 +217,9 @@ class Coordinator:
                 counting = _Counting(sink, lambda n: progress and progress(
                     "receive", {"dataset": ref, "bytes": n}))
                 trailer = channel.receive_stream(counting)
-            with pa.memory_map(str(staged)) as source, self._engine_lock:
+            # Buffered reads, not a memory map: mapped pages of a large staged
+            # file would count against the enclave's memory.
+            with pa.OSFile(str(staged)) as source, self._engine_lock:
                 reader = pa.ipc.open_stream(source)
                 report = self.engine.ingest(provider, dataset, reader, actor=provider)
         except RemoteError as exc:
