@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,16 @@ def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, 
     identifiers = identifier_strings(example)
     for text in printed:
         assert_absent(identifiers, text)
+
+
+def test_verify_result_on_a_binary_file_is_one_clear_error(tmp_path, capsys):
+    from sgxcloud.cli.main import main
+
+    bundle = tmp_path / "result.bin"
+    bundle.write_bytes(b"\xff\xfe\x00not text")
+    definition = Path(__file__).resolve().parents[2] / "examples/cleanroom/collaboration.yaml"
+    code = main(["cleanroom", "verify-result", str(bundle), "--definition", str(definition)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().startswith("error: cannot read result bundle")
+    assert "Traceback" not in err

@@ -314,14 +314,20 @@ def recorded_attestation(tmp_path):
     return root
 
 
-def hardware_policy(tcb_status="ConfigurationAndSWHardeningNeeded"):
+# The advisories Intel lists for the recorded quote's platform (testdata README).
+QUOTE_ADVISORIES = frozenset({"INTEL-SA-00289", "INTEL-SA-00615"})
+
+
+def hardware_policy(tcb_status="ConfigurationAndSWHardeningNeeded",
+                    advisories=QUOTE_ADVISORIES):
     from sgxcloud.cas.collateral import FileCollateral
 
     return PeerPolicy(
         definition_hash=DEF_HASH, mrenclaves=frozenset({QUOTE_MRENCLAVE}),
         allow_simulation=False,
         verifier=verifier_for(FileCollateral(DCAP / "sgx_quote_collateral.json")),
-        allowed_tcb_statuses=frozenset({tcb_status}), clock=lambda: QUOTE_TIME)
+        allowed_tcb_statuses=frozenset({tcb_status}), tolerated_advisories=advisories,
+        clock=lambda: QUOTE_TIME)
 
 
 def test_genuine_quote_not_bound_to_the_session_is_refused(recorded_attestation, node_server):
@@ -345,6 +351,16 @@ def test_genuine_quote_with_a_disallowed_tcb_status_is_refused(recorded_attestat
     evidence = GramineAttester(recorded_attestation).evidence(bytes(64))
     with pytest.raises(PeerRefused, match="TCB status"):
         hardware_policy(tcb_status="UpToDate").check(evidence, b"spki", b"\1" * 32)
+
+
+def test_genuine_quote_with_untolerated_advisories_is_refused(recorded_attestation):
+    evidence = GramineAttester(recorded_attestation).evidence(bytes(64))
+    with pytest.raises(PeerRefused, match="INTEL-SA-00615"):
+        hardware_policy(advisories=frozenset({"INTEL-SA-00289"})).check(
+            evidence, b"spki", b"\1" * 32)
+    # "*" tolerates any advisory; the quote then fails only on its binding.
+    with pytest.raises(PeerRefused, match="not bound"):
+        hardware_policy(advisories=frozenset({"*"})).check(evidence, b"spki", b"\1" * 32)
 
 
 def test_no_attestation_device_and_no_simulation_is_a_clear_error(tmp_path):

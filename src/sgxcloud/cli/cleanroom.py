@@ -359,7 +359,7 @@ def query(url, definition, party, key, as_json, collateral, pccs, query_file, te
     if query_file:
         try:
             doc = json.loads(Path(query_file).read_text())
-        except ValueError as exc:
+        except (OSError, ValueError) as exc:
             raise InputError(f"{query_file}: not a JSON query document") from exc
     else:
         if not template or not analysis:
@@ -424,7 +424,11 @@ def verify_result_cmd(bundle: str, definition: str, collateral, pccs, as_json: b
 
     d = _definition(definition)
     try:
-        verified = verify_bundle(Path(bundle).read_text(), d, _collateral(collateral, pccs))
+        text = Path(bundle).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read result bundle {bundle}: not a readable text file") from exc
+    try:
+        verified = verify_bundle(text, d, _collateral(collateral, pccs))
     except (CleanroomError, TransportError) as exc:
         _emit(as_json, {"valid": False, "reason": str(exc)},
               lambda x: console.print(f"[bold red]INVALID[/]: {x['reason']}"))

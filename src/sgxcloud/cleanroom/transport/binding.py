@@ -75,6 +75,8 @@ class PeerPolicy:
     allow_simulation: bool
     verifier: Verifier
     allowed_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
+    tolerated_advisories: frozenset[str] = frozenset()
+    """Intel security advisories a peer's platform may carry; ``*`` tolerates any."""
     pin: Callable[[EnclaveIdentity], bool] | None = None
     """Further identity checks (MRSIGNER, ISVPRODID, minimum ISVSVN, no debug)."""
     clock: Callable[[], int] = field(default=lambda: int(time.time()))
@@ -94,6 +96,12 @@ class PeerPolicy:
             raise PeerRefused(
                 f"peer platform TCB status {verified.tcb_status} is not allowed by the "
                 "collaboration definition"
+            )
+        untolerated = sorted(set(verified.advisory_ids) - self.tolerated_advisories)
+        if not verified.simulated and untolerated and "*" not in self.tolerated_advisories:
+            raise PeerRefused(
+                f"peer platform has advisories {', '.join(untolerated)} that the "
+                "collaboration definition does not tolerate"
             )
         mrenclave = verified.identity.mrenclave.lower()
         if mrenclave not in self.mrenclaves or (self.pin and not self.pin(verified.identity)):

@@ -38,6 +38,7 @@ def peer_policy(definition: Definition, peer_role: str, collateral_source=None) 
         allow_simulation=definition.enclaves.allow_simulated,
         verifier=verifier_for(collateral_source),
         allowed_tcb_statuses=frozenset(definition.enclaves.allowed_tcb_statuses),
+        tolerated_advisories=frozenset(definition.enclaves.tolerated_advisories),
         pin=pin.matches,
     )
 
