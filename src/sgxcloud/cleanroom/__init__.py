@@ -70,7 +70,8 @@ Public interfaces (stable; imported from the sub-modules named):
     ``definition_hash``, ``query``, ``privacy``, ``signer``, ``signature``;
     ``to_json / from_json``, ``value(metric, **dims)``),
     ``verify_result(result, coordinator_public_key, definition_hash=None)``
-    raises ``ResultSignatureError``.
+    raises ``ResultSignatureError``; ``load_result(path)`` reads one from a
+    file (a non-text file is a ``ResultSignatureError`` too).
 
 ``sgxcloud.cleanroom.audit``
     ``AuditLog(path).append / entries / verify``, ``verify_chain(entries) ->
