@@ -133,31 +133,20 @@ def append(
     """Append one entry inside the caller's transaction (commits with it)."""
     head = repo.lock_audit_head()
     detail_json = canonical_json(detail)
-    seq = head.seq + 1
-    digest = entry_hash(
-        seq=seq,
-        at=now,
-        kind=str(kind),
-        subject=subject,
-        actor=actor,
-        outcome=outcome,
-        detail=detail_json,
-        prev_hash=head.entry_hash,
-    )
-    row = AuditEntryRow(
-        seq=seq,
-        at=now,
-        kind=str(kind),
-        subject=subject,
-        actor=actor,
-        outcome=outcome,
-        detail=detail_json,
-        prev_hash=head.entry_hash,
-        entry_hash=digest,
-    )
-    prev = head.entry_hash
+    fields = {
+        "seq": head.seq + 1,
+        "at": now,
+        "kind": str(kind),
+        "subject": subject,
+        "actor": actor,
+        "outcome": outcome,
+        "detail": detail_json,
+        "prev_hash": head.entry_hash,
+    }
+    row = AuditEntryRow(**fields, entry_hash=entry_hash(**fields))
     repo.add_audit_entry(row, head)
-    return AuditEntry(seq, now, str(kind), subject, actor, outcome, dict(detail), prev, digest)
+    return AuditEntry(row.seq, now, str(kind), subject, actor, outcome, dict(detail),
+                      row.prev_hash, row.entry_hash)
 
 
 def entries(database: Database, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
