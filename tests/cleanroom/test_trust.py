@@ -170,7 +170,13 @@ def test_hardware_definition_refuses_simulated_coordinator(tmp_path):
 
 
 def test_node_log_has_refusals_but_no_identifiers(collab):
-    example, _nodes = collab
+    example, nodes = collab
+    # Refusals of its own, so the test holds when run alone too.
+    with pytest.raises(RemoteError, match="not pinned"):
+        open_session(nodes, definition_of(example), approvals_of(example),
+                     mrenclave="ee" * 32)
+    with pytest.raises(RemoteError, match="approval"):
+        open_session(nodes, definition_of(example), approvals_of(example, without={"bank"}))
     log = (example.workdir / "logs" / "node-bank.log").read_text()
     assert "not pinned" in log and "approval" in log
     assert_absent(identifier_strings(example, {"bank"}), log)
