@@ -175,9 +175,10 @@ class LocalCollaboration:
 
 # -- an example collaboration (demo, tests, benchmark) ---------------------------------
 
-EXAMPLE_DEFINITION = (Path(sgxcloud.__file__).resolve().parents[2]
-                      / "examples" / "cleanroom" / "collaboration.yaml")
-"""The worked definition; its data comes from :mod:`sgxcloud.cleanroom.datagen`."""
+EXAMPLE_DEFINITION = Path(__file__).with_name("example_collaboration.yaml")
+"""The worked definition (package data, so the installed demo finds it too;
+``examples/cleanroom/collaboration.yaml`` links here); its data comes from
+:mod:`sgxcloud.cleanroom.datagen`."""
 
 
 def example_definition(public_keys: dict[str, str] | None = None, *,
