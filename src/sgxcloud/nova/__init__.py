@@ -13,4 +13,7 @@ Laid out like Nova's libvirt area, one role per module:
 - ``extra_specs``: ``sgx:`` flavor key validators (Nova entry point)
 - ``scheduler``: ``SGXFilter`` and ``SGXWeigher``
 - ``api``: WSGI middleware refusing live migration/suspend of SGX servers
+- ``usage`` and ``osc``: EPC MB-hours and the ``openstack sgx`` commands
+- ``checks``: read-only node, VM and guest checks (``sgxcloud host|guest``)
+- ``testing``: an in-process SGX cloud on Nova's functional harness (tests, demo)
 """
