@@ -22,6 +22,7 @@ from rich.table import Table
 from sgxcloud.cas import audit as audit_log
 from sgxcloud.cas.config import load_settings
 from sgxcloud.cas.store import Database
+from sgxcloud.cli.owner_options import owner_credentials
 from sgxcloud.cli.policy import Connection
 
 _config = click.option(
@@ -90,26 +91,7 @@ def verify(config_path: Path | None, database_url: str | None, as_json: bool) ->
     metavar="URL",
     help="Read over the CAS API as a policy owner (signed with --key) instead of the database.",
 )
-@click.option(
-    "--key",
-    "key_file",
-    envvar="SGXCLOUD_CAS_OWNER_KEY",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="With --url: your owner private key (PEM) (env SGXCLOUD_CAS_OWNER_KEY).",
-)
-@click.option(
-    "--cert",
-    "cert_file",
-    envvar="SGXCLOUD_CAS_OWNER_CERT",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="With --url: your client certificate, if the policy names you by certificate.",
-)
-@click.option(
-    "--ca-file",
-    envvar="SGXCLOUD_CAS_CA",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="With --url: trust only this CA for the CAS's TLS certificate (env SGXCLOUD_CAS_CA).",
-)
+@owner_credentials("With --url: ")
 @click.option("--after", type=click.IntRange(min=0), default=0, help="Start after this seq.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
 @click.option(

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from sgxcloud.cas.client import OwnerClient
 from sgxcloud.cas.policy import certificate_id, load_policy, public_key_id
+from sgxcloud.cli.owner_options import owner_credentials
 from sgxcloud.errors import InputError
 
 
@@ -75,26 +76,7 @@ def _emit(conn: Connection, data: Any, human: Any) -> None:
     metavar="URL",
     help="CAS base URL, e.g. https://cas.example:8443 (env SGXCLOUD_CAS_URL).",
 )
-@click.option(
-    "--ca-file",
-    envvar="SGXCLOUD_CAS_CA",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Trust only this CA for the CAS's TLS certificate (env SGXCLOUD_CAS_CA).",
-)
-@click.option(
-    "--key",
-    "key_file",
-    envvar="SGXCLOUD_CAS_OWNER_KEY",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Your private key (PEM) that signs requests (env SGXCLOUD_CAS_OWNER_KEY).",
-)
-@click.option(
-    "--cert",
-    "cert_file",
-    envvar="SGXCLOUD_CAS_OWNER_CERT",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Your client certificate (PEM), if the policy names you by certificate.",
-)
+@owner_credentials()
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON for scripts.")
 @click.pass_context
 def policy(
