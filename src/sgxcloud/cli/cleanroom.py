@@ -48,6 +48,17 @@ def _key(path: str):
         raise InputError(f"cannot read key {path}: {exc.strerror}") from exc
 
 
+def _pairs(specs: tuple[str, ...], option: str, shape: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` option values, split; a value without ``=`` is one clear error."""
+    pairs = []
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep:
+            raise InputError(f"{option} {spec!r}: expected {shape}")
+        pairs.append((key, value))
+    return pairs
+
+
 def _approvals(paths: tuple[str, ...]):
     from sgxcloud.cleanroom.approvals import Approval
 
@@ -223,12 +234,8 @@ def node(definition, provider, datasets, approval_files, listen, simulate, simul
     from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
 
     _logging(verbose)
-    sources = {}
-    for spec in datasets:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise InputError(f"--dataset {spec!r}: expected NAME=SOURCE")
-        sources[name] = Source.parse(path)
+    sources = {name: Source.parse(path)
+               for name, path in _pairs(datasets, "--dataset", "NAME=SOURCE")}
     host, port = _hostport(listen)
     server = ProviderNode(NodeConfig(
         provider=provider, definition=_definition(definition), sources=sources,
@@ -271,12 +278,8 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
     from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig, serve
 
     _logging(verbose)
-    node_map = {}
-    for spec in nodes:
-        provider, sep, address = spec.partition("=")
-        if not sep:
-            raise InputError(f"--node {spec!r}: expected PROVIDER=HOST:PORT")
-        node_map[provider] = _hostport(address)
+    node_map = {provider: _hostport(address)
+                for provider, address in _pairs(nodes, "--node", "PROVIDER=HOST:PORT")}
     coord = Coordinator(CoordinatorConfig(
         definition=_definition(definition), workdir=Path(workdir), nodes=node_map,
         approvals=_approvals(approval_files), simulate=simulate,
