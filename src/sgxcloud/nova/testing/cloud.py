@@ -231,24 +231,18 @@ class InProcessCloud:
         self._flags = flags
 
     def __enter__(self) -> SGXServersTestBase:
-        root = logging.getLogger()
-        self._logging = (root.level, list(root.handlers))
         self._case = type("_Cloud", (_CloudCase,), {"start_flags": self._flags})()
         self._case.setUp()
         return self._case
 
     def __exit__(self, *exc_info) -> None:
         # Nova's services log their shutdown after the harness stopped
-        # capturing logs, and the harness leaves DEBUG handlers on the root
-        # logger: silence the one, undo the other.
+        # capturing logs; callers that print afterwards reset logging
+        # themselves (the demo does), since oslo.log configured it on import.
         logging.disable(logging.INFO)
         try:
             self._case.doCleanups()
         finally:
-            root = logging.getLogger()
-            level, handlers = self._logging
-            root.setLevel(level)
-            root.handlers[:] = handlers
             logging.disable(logging.NOTSET)
 
 
