@@ -89,11 +89,10 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
         total = capabilities.epc_total_mb
         if not capabilities.supported or total <= 0:
             return None
-        reserved = CONF.sgx.reserved_epc_mb
-        if reserved >= total:
+        reserved = _reserved_epc_mb(total)
+        if reserved == total:
             LOG.warning("[sgx] reserved_epc_mb (%d) leaves none of the %d MiB EPC "
-                        "for guests", reserved, total)
-            reserved = total
+                        "for guests", CONF.sgx.reserved_epc_mb, total)
         max_unit = total - reserved
         if CONF.sgx.max_epc_per_instance_mb:
             max_unit = min(max_unit, CONF.sgx.max_epc_per_instance_mb)
@@ -110,7 +109,7 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def _sgx_traits(self) -> set[str]:
         capabilities = self._sgx_host.capabilities
-        if not capabilities.supported or not capabilities.epc_total_kib:
+        if not capabilities.supported:  # supported implies EPC (host.py)
             return set()
         traits = {resources.TRAIT_SGX}
         if capabilities.flc:
@@ -129,7 +128,7 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
         if not capabilities.supported:
             return {resources.STAT_SGX: "false"}
         total = capabilities.epc_total_mb
-        reserved = min(CONF.sgx.reserved_epc_mb, total)
+        reserved = _reserved_epc_mb(total)
         used = kib_to_mib(sum(self._epc_used_kib_by_node().values()))
         return {
             resources.STAT_SGX: "true",
@@ -208,6 +207,11 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
     def check_can_live_migrate_source(self, context, instance, *args, **kwargs):
         _refuse_if_sgx(instance, "Live migration", precheck=True)
         return super().check_can_live_migrate_source(context, instance, *args, **kwargs)
+
+
+def _reserved_epc_mb(total_mb: int) -> int:
+    """``[sgx] reserved_epc_mb``, never more than the host has."""
+    return min(CONF.sgx.reserved_epc_mb, total_mb)
 
 
 class SGXOperationNotSupported(exception.Invalid):
