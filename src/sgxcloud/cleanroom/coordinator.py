@@ -36,7 +36,7 @@ from sgxcloud.cleanroom.approvals import (
 from sgxcloud.cleanroom.definition import Definition
 from sgxcloud.cleanroom.engine import Engine
 from sgxcloud.cleanroom.errors import CleanroomError, IngestError
-from sgxcloud.cleanroom.identifiers import new_key
+from sgxcloud.cleanroom.identifiers import KEY_BYTES, new_key
 from sgxcloud.cleanroom.transport import (
     Kind,
     RemoteError,
@@ -78,16 +78,68 @@ class CoordinatorConfig:
                              "not data providers in the definition")
 
 
-def _secret_file(path: Path, make: Callable[[], bytes]) -> bytes:
-    """Read a key kept in the (enclave-encrypted) workdir, creating it once."""
-    if path.exists():
-        return path.read_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = make()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+def _secret_file(path: Path, make: Callable[[], bytes],
+                 check: Callable[[bytes], str | None] = lambda _: None) -> bytes:
+    """Read a key kept in the (enclave-encrypted) workdir, creating it once.
+
+    ``check`` returns what is wrong with the bytes read, or None.  Errors name
+    the file and the problem, never the key.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = _create_secret(path, make())
+    except OSError as exc:
+        raise CleanroomError(f"{path}: cannot read ({exc.strerror})") from exc
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:  # as ssh does: a key others could read may already be known
+        raise CleanroomError(f"{path}: open to other users (mode {mode:o}); "
+                             f"restrict it with 'chmod 600 {path}'")
+    problem = check(data)
+    if problem:
+        raise CleanroomError(f"{path}: {problem}")
     return data
+
+
+def _create_secret(path: Path, data: bytes) -> bytes:
+    """Write ``path`` complete or not at all, never readable by anyone else.
+
+    A temporary file in the same directory is created with O_EXCL and mode
+    0600 (no window with wider permissions, no following a planted link),
+    written, flushed to disk, then renamed over ``path``: a crash leaves
+    either no key or the whole key, never a short one.  Temporaries of a run
+    that died are removed first.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CleanroomError(f"{path}: cannot create ({exc.strerror})") from exc
+    with contextlib.suppress(OSError):  # make the rename durable where the FS allows
+        dirfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    return data
+
+
+def _rekey_problem(data: bytes) -> str | None:
+    if len(data) == KEY_BYTES:
+        return None
+    # Replacing the key is no fix: released cohorts were recorded under it and
+    # the differencing check could no longer compare new ones with them.
+    return (f"the re-keying key is damaged ({len(data)} bytes, expected {KEY_BYTES}); "
+            "restore this file from a backup of the workdir, do not delete it")
 
 
 class Coordinator:
@@ -101,7 +153,7 @@ class Coordinator:
         self.workdir = config.workdir
         self._discard_staging()
         keys = self.workdir / "keys"
-        self._rekey = _secret_file(keys / "rekey.bin", new_key)
+        self._rekey = _secret_file(keys / "rekey.bin", new_key, _rekey_problem)
         signing = private_key_from_pem(
             _secret_file(keys / "result-signing.pem",
                          lambda: private_key_to_pem(generate_private_key())))
@@ -114,7 +166,7 @@ class Coordinator:
         self.signer = self.engine.public_key
         self.signer_statement = signer_statement(self.attester, self.signer,
                                                  self.definition_hash)
-        self.requests = RequestVerifier(self.definition)
+        self.requests = RequestVerifier(self.definition, self.workdir / "request-nonces.sqlite")
         self._engine_lock = threading.Lock()
         self._status_lock = threading.Lock()
         self.datasets: dict[str, dict[str, Any]] = {

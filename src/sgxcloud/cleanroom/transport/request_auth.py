@@ -7,18 +7,25 @@ method, path, a hash of the body, the party, a one-time nonce and the time::
     X-Cleanroom-Party, X-Cleanroom-Nonce, X-Cleanroom-Issued-At, X-Cleanroom-Signature
 
 The coordinator refuses a signature that does not verify, a clock more than
-``MAX_SKEW_S`` away, and a nonce it has already seen (a replayed request).
+``MAX_SKEW_S`` away, and a nonce the same party has already used (a replayed
+request).  Used nonces are kept in SQLite in the coordinator's workdir, so a
+request captured in transit or from a log cannot be replayed after a restart
+either; each is kept until its request would fail the clock check anyway.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
+import re
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -31,12 +38,21 @@ PURPOSE = "sgxcloud.cleanroom.request/v1"
 MAX_SKEW_S = 300
 HEADERS = ("x-cleanroom-party", "x-cleanroom-nonce", "x-cleanroom-issued-at",
            "x-cleanroom-signature")
+_NONCE = re.compile(r"[0-9a-f]{32,128}")
+"""At least 16 random bytes, hex (``sign_request`` sends 16); bounded so a
+party cannot fill the nonce store with huge values."""
 
 
 class RequestRejected(SgxcloudError):
     """The request's signature, party, time or nonce is not acceptable (HTTP 401)."""
 
     exit_code = 4
+
+
+class NonceStoreError(SgxcloudError):
+    """The used-nonce store cannot be opened or written: no request is accepted."""
+
+    exit_code = 3
 
 
 def _payload(method: str, path: str, body: bytes, party: str, nonce: str, issued_at: int) -> bytes:
@@ -61,17 +77,90 @@ def sign_request(key: Ed25519PrivateKey, party: str, method: str, path: str,
     }
 
 
-class RequestVerifier:
-    """Checks signed requests against the definition's party keys; remembers nonces."""
+class UsedNonces:
+    """Nonces already accepted, per party, for as long as a replay could pass the clock.
 
-    def __init__(self, definition: Definition) -> None:
-        self.definition = definition
-        self._seen: dict[str, int] = {}
+    A request issued at ``t`` passes the clock check until ``t + MAX_SKEW_S``,
+    so its nonce is kept until then and pruned after.  Claiming is one
+    ``BEGIN IMMEDIATE`` transaction committed with ``synchronous=FULL`` before
+    the caller acts on the request: a crash right after cannot forget it, and
+    threads or processes sharing the file cannot both claim one nonce.
+    ``path=None`` keeps them in memory only (unit tests; no restart survives it).
+    """
+
+    _SCHEMA = """
+        CREATE TABLE IF NOT EXISTS used_nonce (
+            party TEXT NOT NULL, nonce TEXT NOT NULL, issued_at INTEGER NOT NULL,
+            PRIMARY KEY (party, nonce)) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS used_nonce_issued_at ON used_nonce (issued_at);
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
         self._lock = threading.Lock()
+        try:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            # One connection shared by the API's threads, serialised by _lock;
+            # autocommit mode so BEGIN IMMEDIATE below is ours.
+            self._db = sqlite3.connect(":memory:" if path is None else str(path), timeout=30,
+                                       isolation_level=None, check_same_thread=False)
+            if path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(self._SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise NonceStoreError(f"{path}: cannot open the used-nonce store ({exc})") from exc
+
+    def claim(self, party: str, nonce: str, issued_at: int, now: int) -> bool:
+        """Record ``nonce`` for ``party``; False if it was already used."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM used_nonce WHERE issued_at < ?",
+                                 (now - MAX_SKEW_S,))
+                added = self._db.execute(
+                    "INSERT OR IGNORE INTO used_nonce (party, nonce, issued_at) VALUES (?, ?, ?)",
+                    (party, nonce, issued_at)).rowcount
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise NonceStoreError(f"{self.path}: cannot record a used nonce ({exc})") from exc
+        return added == 1
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM used_nonce").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class RequestVerifier:
+    """Checks signed requests against the definition's party keys; remembers nonces.
+
+    ``nonce_store`` is the SQLite file that makes replay protection survive a
+    restart; the coordinator always passes one.  Without it nonces are kept in
+    memory only, which suits unit tests and nothing else.
+    """
+
+    def __init__(self, definition: Definition, nonce_store: Path | None = None) -> None:
+        self.definition = definition
+        self.nonces = UsedNonces(nonce_store)
+
+    def close(self) -> None:
+        self.nonces.close()
 
     def verify(self, headers: Mapping[str, str], method: str, path: str, body: bytes,
                now: int | None = None) -> str:
-        """Return the authenticated party name or raise :class:`RequestRejected`."""
+        """Return the authenticated party name or raise :class:`RequestRejected`.
+
+        The nonce is recorded (durably, with a store) before this returns, so
+        the caller may act on the request at once.
+        """
         values = {h: headers.get(h) for h in HEADERS}
         if any(v is None for v in values.values()):
             raise RequestRejected("request is not signed (X-Cleanroom-* headers missing)")
@@ -79,23 +168,23 @@ class RequestVerifier:
         party = self.definition.party(party_name)
         if party is None:
             raise RequestRejected(f"{party_name[:40]!r} is not a party of this collaboration")
+        nonce = str(values["x-cleanroom-nonce"])
         try:
             issued_at = int(str(values["x-cleanroom-issued-at"]))
             signature = base64.b64decode(str(values["x-cleanroom-signature"]), validate=True)
         except (ValueError, binascii.Error) as exc:
             raise RequestRejected("malformed request signature headers") from exc
+        if not _NONCE.fullmatch(nonce):
+            raise RequestRejected("malformed request nonce (32 to 128 lower-case hex digits)")
         current = int(time.time() if now is None else now)
         if abs(current - issued_at) > MAX_SKEW_S:
             raise RequestRejected("request timestamp is too far from the coordinator's clock")
-        nonce = str(values["x-cleanroom-nonce"])
         payload = _payload(method, path, body, party_name, nonce, issued_at)
         try:
             decode_public_key(party.public_key).verify(signature, payload)
         except (InvalidSignature, SgxcloudError) as exc:
             raise RequestRejected(f"signature does not verify for {party_name}") from exc
-        with self._lock:
-            self._seen = {n: t for n, t in self._seen.items() if current - t <= MAX_SKEW_S}
-            if nonce in self._seen:
-                raise RequestRejected("request replayed (nonce already used)")
-            self._seen[nonce] = issued_at
+        # Only signed requests reach the store: strangers cannot fill it.
+        if not self.nonces.claim(party_name, nonce, issued_at, current):
+            raise RequestRejected("request replayed (nonce already used)")
         return party_name
