@@ -8,6 +8,7 @@ real coordinator process behind its HTTPS API, stopped and started again.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import sqlite3
@@ -28,7 +29,7 @@ from sgxcloud.cleanroom.approvals import (
     generate_private_key,
     private_key_from_pem,
 )
-from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig
+from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig, create_app
 from sgxcloud.cleanroom.definition import definition_from_dict
 from sgxcloud.cleanroom.errors import CleanroomError
 from sgxcloud.cleanroom.identifiers import KEY_BYTES
@@ -52,6 +53,11 @@ T0 = 1_800_000_000
 
 def signed(party: str = "brand", now: int = T0, path: str = "/v1/status") -> dict[str, str]:
     return {k.lower(): v for k, v in sign_request(KEYS[party], party, "GET", path, now=now).items()}
+
+
+def make_coordinator(workdir: Path) -> Coordinator:
+    return Coordinator(CoordinatorConfig(definition=DEFINITION, workdir=workdir, nodes={},
+                                         simulate=True))
 
 
 # -- the used-nonce store ---------------------------------------------------------------
@@ -157,12 +163,27 @@ def test_damaged_store_is_one_clear_error(tmp_path):
         RequestVerifier(DEFINITION, store)
 
 
+def test_api_fails_closed_when_the_store_cannot_be_written(tmp_path):
+    coordinator = make_coordinator(tmp_path / "c")
+    app = create_app(coordinator)
+
+    async def get(headers: dict[str, str]) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cleanroom") as http:
+            return await http.get("/v1/status", headers=headers)
+
+    try:
+        accepted = asyncio.run(get(sign_request(KEYS["brand"], "brand", "GET", "/v1/status")))
+        assert accepted.status_code == 200
+        coordinator.requests.close()  # the store is gone: nothing may be accepted unrecorded
+        answer = asyncio.run(get(sign_request(KEYS["brand"], "brand", "GET", "/v1/status")))
+        assert answer.status_code == 500
+        assert "simulated" not in answer.text
+    finally:
+        coordinator.close()
+
+
 # -- the re-keying key ----------------------------------------------------------------------
-
-
-def make_coordinator(workdir: Path) -> Coordinator:
-    return Coordinator(CoordinatorConfig(definition=DEFINITION, workdir=workdir, nodes={},
-                                         simulate=True))
 
 
 def test_rekey_key_created_private_whatever_the_umask(tmp_path):
