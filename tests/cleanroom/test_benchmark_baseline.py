@@ -148,7 +148,8 @@ def test_identifiers_normalise_like_the_clean_room(population):
     assert len(values["phone"]) > 1000 and len(values["email"]) > 1000
     values["email"] |= {" A.B+x@GoogleMail.com ", ".+x@gmail.com", "a@b", "a b@c.de",
                         "x@y.z.", "UPPER@Example.ORG", "a+b@example.org", "@@", "a@b.c",
-                        "a@b@c.de", "\tx@y.org\n", "x" * 250 + "@y.org"}
+                        "a@b@c.de", "\tx@y.org\n", "\u3000x@y.org\xa0",
+                        "x" * 250 + "@y.org"}
     values["phone"] |= {"07400000001", "+44 7400 000001", "+4420 7946 0000", "020 7946 0000",
                         "074OO 000001", "+44 12", "12345", "", "0", "+44", "07400-000.001",
                         "0800 123 4567", "+44 70 1234 5678", " +447400000001 "}
@@ -165,3 +166,17 @@ def test_parser_only_phone_shapes_are_invalid_in_the_baseline():
     got = _normalised_by_sql("phone", list(PARSER_ONLY_PHONES))
     assert all(got[v] is None for v in PARSER_ONLY_PHONES)
     assert all(normalise("phone", v, "GB") for v in PARSER_ONLY_PHONES)
+
+
+def test_the_audience_filter_is_parsed_or_refused():
+    parsed = baseline.parse_conjunction(baseline.BENCH_AUDIENCE)
+    assert [(c.dataset, c.column, c.op, c.value) for c in parsed] == [
+        ("bank.customers", "premium_card", "=", True),
+        ("retailer.customers", "baby_buyer", "=", True),
+        ("telecom.subscribers", "region", "=", "north")]
+    assert baseline.parse_conjunction("bank.customers.income_band != 'o''neil'")[0].value \
+        == "o'neil"
+    for bad in ("bank.customers.premium_card = true OR x.y.z = 1",
+                "nowhere.table.col = 1", "bank.customers.region = north"):
+        with pytest.raises(ValueError):
+            baseline.parse_conjunction(bad)
