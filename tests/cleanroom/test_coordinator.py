@@ -183,7 +183,7 @@ def test_file_going_bad_half_way_leaves_nothing_and_can_be_fixed(tmp_path):
     approvals = [approve(definition, p, key(collab, p)) for p in definition.providers]
     csv_path = tmp_path / "customers.csv"
     header = "customer_id,email,phone,premium_card,income_band\n"
-    rows = 20_000  # enough for several 1 MiB DATA frames to arrive before the bad row
+    rows = 100_000  # enough for several 1 MiB DATA frames to arrive before the bad row
     good = "".join(f"C{i:05d},p{i}@example.org,,true,low\n" for i in range(rows))
     csv_path.write_text(header + good + "C99999,late@example.org,,perhaps,low\n")
     node = ProviderNode(NodeConfig(provider="bank", definition=definition,

@@ -211,3 +211,22 @@ def test_running_out_of_memory_is_a_typed_error(make_definition, make_engine, pr
                     "breakdown": "telecom.subscribers.region"}, "brand")
     engine._con.execute("SET memory_limit = '256MB'")
     assert engine.run({"template": "audience_size", "analysis": "audience"}, "brand")
+
+
+def test_a_database_of_an_older_format_is_refused_not_reused(make_definition, make_engine,
+                                                             tmp_path):
+    import duckdb
+
+    from sgxcloud.cleanroom.errors import CleanroomError
+
+    old = tmp_path / "old"
+    old.mkdir()
+    con = duckdb.connect(str(old / "engine.duckdb"))  # as format 1 left it: BLOB identifiers
+    con.execute("CREATE TABLE released_cohort (cohort_id VARCHAR, pkey BLOB)")
+    con.close()
+    with pytest.raises(CleanroomError, match=r"format 1.*fresh workdir"):
+        make_engine(make_definition(), old, ingest=False)
+    # the refused database is left as it was
+    con = duckdb.connect(str(old / "engine.duckdb"))
+    assert [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()] \
+        == ["released_cohort"]

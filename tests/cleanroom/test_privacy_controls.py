@@ -349,35 +349,41 @@ def test_dp_overlap_cells_come_from_noisy_disjoint_regions(make_definition, make
 
 
 def test_cohort_store_symmetric_difference():
-    import hashlib
-
     import duckdb
 
     from sgxcloud.cleanroom.privacy import CohortStore
 
     con = duckdb.connect()
     store = CohortStore(con)
-    keys = [hashlib.sha256(str(i).encode()).digest() for i in range(200)]
 
-    def cohort(name, members):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} (pkey BLOB)")
-        con.executemany(f"INSERT INTO {name} VALUES (?)", [[keys[i]] for i in members])
+    def stage(*cohorts: range | list[int]) -> list[str]:
+        values = ", ".join(f"({cid}, {member})" for cid, members in enumerate(cohorts)
+                           for member in members)
+        store.stage(f"SELECT * FROM (VALUES {values}) v(cid, person)" if values else "", [])
+        return [f"c{cid}" for cid in range(len(cohorts))]
 
-    cohort("a", range(100))
-    store.check("a", 10)
-    store.record("q1:a", "q1", "a")
-    cohort("same", range(100))
-    store.check("same", 10)  # difference 0: allowed
-    cohort("minus_one", range(1, 100))
+    def check(*cohorts: range | list[int]) -> None:
+        store.check_staged(stage(*cohorts), 10)
+
+    check(range(100))
+    store.record_staged(stage(range(100), range(300, 340)), "q1", prefix="q1:")
+    check(range(100))  # difference 0: allowed
+    for close in (range(1, 100), range(109), [*range(1, 100), 7777]):
+        with pytest.raises(QueryRefused):
+            check(close)
+    with pytest.raises(QueryRefused):  # one close cohort among others refuses the release
+        check(range(150, 200), range(300, 339))
+    check([*range(5, 100), *range(100, 105)])  # 5 out, 5 in: difference 10
+    check(range(150, 200), range(1000, 1100))  # far in size, or disjoint
+    check(range(500, 600))  # same size, nothing shared: difference 200
+    check([])  # an empty cohort is within k only of released ones smaller than k
+    store.record_staged(stage(range(2000, 2003)), "q2", prefix="q2:")
     with pytest.raises(QueryRefused):
-        store.check("minus_one", 10)
-    cohort("plus_nine", range(109))
-    with pytest.raises(QueryRefused):
-        store.check("plus_nine", 10)
-    cohort("swap_five", [*range(5, 100), *range(100, 105)])  # 5 out, 5 in: difference 10
-    store.check("swap_five", 10)
-    cohort("far", range(150, 200))
-    store.check("far", 10)
+        check([])
+    assert con.execute("SELECT count(*), count(DISTINCT cohort_no) FROM released_cohort"
+                       ).fetchone() == (143, 3)
+    assert con.execute("SELECT list(cohort_id ORDER BY cohort_no) FROM released_cohort_meta"
+                       ).fetchone()[0] == ["q1:c0", "q1:c1", "q2:c0"]
 
 
 def test_lift_differencing_is_refused(make_definition, make_engine, plain):

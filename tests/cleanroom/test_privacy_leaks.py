@@ -30,10 +30,13 @@ def _needles(plain, key: bytes) -> tuple[set[str], set[bytes]]:
                 if norm is None:
                     continue
                 texts.add(norm)
-                digest = keyed_hash(key, kind, norm)
-                raw.add(digest)
-                texts.add(digest.hex())
-                texts.add(base64.b64encode(digest).decode())
+                keyed = keyed_hash(key, kind, norm)
+                for order in ("big", "little"):
+                    packed = keyed.to_bytes(8, order, signed=True)
+                    raw.add(packed)
+                    texts.add(packed.hex())
+                    texts.add(base64.b64encode(packed).decode())
+                texts.add(str(keyed))
     return texts, raw
 
 

@@ -343,6 +343,7 @@ class Coordinator:
     def close(self) -> None:
         with self._engine_lock:
             self.engine.close()
+        self.requests.close()
 
 
 def _entry_dict(entry: Any) -> dict[str, Any]:

@@ -19,7 +19,18 @@ Normalisation rules (documented in docs/cleanroom/concepts.md):
 
 Re-keying: HMAC-SHA256 under a 32-byte key that exists only inside attested
 enclaves, over ``kind NUL normalised-value`` so an e-mail and a customer id
-with the same text never collide.  The output is 32 raw bytes.
+with the same text never collide.  The first 8 bytes of the MAC, as a signed
+64-bit integer, are the keyed identifier: joins on a machine word are several
+times faster and lighter than on 32-byte strings (EPC is scarce).  Without
+the key nobody can compute, invert or collide them; two *different*
+identifiers share one by chance with probability about N²/2⁶⁵ (one chance
+in ~15,000 among 50 million identifiers), which would merge two people —
+a bounded error far below any suppression threshold.
+
+Batches are normalised column-wise with Arrow compute (RE2) for ASCII
+values of the common shapes; everything else — non-ASCII text, unusual
+phone shapes — takes the per-value functions below, and tests prove both
+paths give the same result.
 
 Invalid identifiers are counted per column and reported; the values are
 never echoed.  A row left with no valid identifier is dropped and counted.
@@ -29,14 +40,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
 import re
 import secrets
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,8 +56,7 @@ from sgxcloud.cleanroom.definition import Dataset
 from sgxcloud.cleanroom.errors import IngestError
 
 KEY_BYTES = 32
-HASH_BYTES = 32
-HASH_TYPE = pa.binary(HASH_BYTES)
+HASH_TYPE = pa.int64()
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
@@ -195,10 +205,48 @@ def normalise(kind: str, value: Any, default_region: str | None = None) -> str |
     raise ValueError(f"unknown identifier kind {kind!r}")
 
 
-def keyed_hash(key: bytes, kind: str, normalised: str) -> bytes:
-    if len(key) < KEY_BYTES:
-        raise ValueError("the re-keying key must be at least 32 bytes")
-    return hmac.new(key, kind.encode() + b"\x00" + normalised.encode(), hashlib.sha256).digest()
+def keyed_hash(key: bytes, kind: str, normalised: str) -> int:
+    """The keyed identifier of one normalised value (see the module doc)."""
+    return int(Rekeyer(key).hash_many(kind, [normalised])[0])
+
+
+class Rekeyer:
+    """HMAC-SHA256 of many values under one key.
+
+    RFC 2104 spelled out: the key's inner and outer pads (and the kind
+    prefix) are absorbed once, so each value costs two SHA-256 state copies
+    instead of a fresh HMAC set-up — about twice as fast as ``hmac.new`` per
+    value (tests check the result equals ``hmac.new``).
+    """
+
+    _BLOCK = 64
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < KEY_BYTES:
+            raise ValueError("the re-keying key must be at least 32 bytes")
+        padded = key.ljust(self._BLOCK, b"\x00") if len(key) <= self._BLOCK \
+            else hashlib.sha256(key).digest().ljust(self._BLOCK, b"\x00")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
+        self._per_kind: dict[str, Any] = {}
+
+    def hash_many(self, kind: str, values: Iterable[str]) -> np.ndarray:
+        """Keyed identifiers (int64) of ``values``, in order."""
+        inner_kind = self._per_kind.get(kind)
+        if inner_kind is None:
+            inner_kind = self._inner.copy()
+            inner_kind.update(kind.encode() + b"\x00")
+            self._per_kind[kind] = inner_kind
+        outer = self._outer
+        digests = []
+        for value in values:
+            inner = inner_kind.copy()
+            inner.update(value.encode())
+            mac = outer.copy()
+            mac.update(inner.digest())
+            digests.append(mac.digest())
+        # the first 8 of every 32 bytes, big-endian, as int64
+        return np.frombuffer(b"".join(digests), dtype=">i8")[::4].astype(np.int64)
 
 
 # -- node-side batch preparation ----------------------------------------------------
@@ -262,7 +310,8 @@ class PrepareReport:
         }
 
 
-def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table, key: bytes,
+def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table,
+                  key: bytes | Rekeyer,
                   columns: Sequence[str] | None = None) -> tuple[pa.RecordBatch, PrepareReport]:
     """Normalise and re-key identifiers, keep only ``columns`` (default: all
     declared), cast the rest to their declared types.
@@ -279,12 +328,13 @@ def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table, key: bytes
                           {"dataset": dataset.ref, "missing_columns": missing_cols})
     report = PrepareReport(dataset.ref, rows_in=table.num_rows)
     kinds = {i.column: i.kind for i in dataset.identifiers}
+    rekeyer = key if isinstance(key, Rekeyer) else Rekeyer(key)
     arrays: list[pa.Array] = []
     for fld in schema:
         column = table.column(fld.name)
         if fld.name in kinds:
-            arrays.append(_rekey(column, kinds[fld.name], dataset.default_phone_region, key,
-                                 report, fld.name))
+            arrays.append(_rekey(column, kinds[fld.name], dataset.default_phone_region,
+                                 rekeyer, report, fld.name))
         else:
             arrays.append(_cast(column, fld.type, dataset.ref, fld.name))
     prepared = pa.Table.from_arrays(arrays, schema=schema)
@@ -296,29 +346,131 @@ def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table, key: bytes
     return _one_batch(kept), report
 
 
-def _rekey(column: pa.ChunkedArray, kind: str, region: str | None, key: bytes,
+def _rekey(column: pa.ChunkedArray, kind: str, region: str | None, rekeyer: Rekeyer,
            report: PrepareReport, name: str) -> pa.Array:
-    out: list[bytes | None] = []
-    invalid = missing = 0
-    # Event tables repeat a person's identifier on many rows, and phone parsing
-    # costs ~40 µs: remember each distinct value's outcome within the batch.
-    seen: dict[Any, bytes | None] = {}
-    for value in column.to_pylist():
-        if value is None or (isinstance(value, str) and not value.strip()):
-            missing += 1
-            out.append(None)
-            continue
-        if value not in seen:
-            norm = normalise(kind, value, region)
-            seen[value] = None if norm is None else keyed_hash(key, kind, norm)
-        digest = seen[value]
-        invalid += digest is None
-        out.append(digest)
+    normalised, missing = normalise_array(kind, column.combine_chunks(), region)
+    invalid = normalised.null_count - missing
     if invalid:
         report.invalid[name] = report.invalid.get(name, 0) + invalid
     if missing:
         report.missing[name] = report.missing.get(name, 0) + missing
-    return pa.array(out, type=HASH_TYPE)
+    # Event tables repeat a person's identifier on many rows: hash each value once.
+    distinct = pc.unique(normalised).drop_null()
+    hashes = pa.array(rekeyer.hash_many(kind, distinct.to_pylist()), type=HASH_TYPE)
+    return pc.take(hashes, pc.index_in(normalised, value_set=distinct))
+
+
+# -- column-wise normalisation ------------------------------------------------------
+#
+# The vectorised rules cover ASCII values (for which NFKC changes nothing) of
+# the common shapes and must agree exactly with the per-value functions above;
+# every other value is handed to those.  Python's str.strip() and its regex
+# ``\s`` treat these ASCII characters as white space:
+_ASCII_SPACE = " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"
+_RE2_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f "
+_EMAIL_RE2 = rf"^[^@{_RE2_SPACE}]+@[^@{_RE2_SPACE}]+\.[^@{_RE2_SPACE}.]+$"
+_CUSTOMER_ID_RE2 = r"^[\x20-\x7e]{1,128}$"  # str.isprintable() for ASCII
+_PHONE_SHAPE_RE2 = r"^\+?[0-9][0-9 ().-]*$"
+
+
+def normalise_array(kind: str, values: pa.Array, region: str | None = None,
+                    ) -> tuple[pa.Array, int]:
+    """Normalised strings (null where missing or invalid) and the number missing.
+
+    Same verdict as :func:`normalise` on every value, column-wise where it can.
+    """
+    if kind not in ("email", "phone", "customer_id"):
+        raise ValueError(f"unknown identifier kind {kind!r}")
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return _normalise_each(kind, values.to_pylist(), region)
+    values = values.cast(pa.string())
+    ascii_ = pc.fill_null(pc.string_is_ascii(values), False)
+    trimmed = pc.utf8_trim(values, _ASCII_SPACE)
+    blank = pc.fill_null(pc.equal(trimmed, ""), False)
+    missing_mask = pc.or_(pc.is_null(values), pc.and_(ascii_, blank))
+    if kind == "email":
+        fast, handled = _emails(pc.ascii_lower(trimmed))
+    elif kind == "phone":
+        fast, handled = _phones(trimmed, region)
+    else:  # customer id: every ASCII value is settled here
+        printable = pc.fill_null(pc.match_substring_regex(trimmed, _CUSTOMER_ID_RE2), False)
+        fast, handled = pc.if_else(printable, trimmed, pa.scalar(None, pa.string())), None
+    if handled is None:
+        handled = pa.array(np.ones(len(values), dtype=bool))
+    settled = pc.or_(missing_mask, pc.and_(ascii_, pc.fill_null(handled, False)))
+    out = pc.if_else(pc.or_(missing_mask, pc.invert(settled)), pa.scalar(None, pa.string()),
+                     fast)
+    others = pc.indices_nonzero(pc.invert(settled))
+    extra_missing = 0
+    if len(others):
+        rest, extra_missing = _normalise_each(kind, pc.take(values, others).to_pylist(), region)
+        out = pc.replace_with_mask(out, pc.invert(settled), rest)
+    missing = pc.sum(missing_mask).as_py() or 0
+    return out, missing + extra_missing
+
+
+def _normalise_each(kind: str, values: list[Any], region: str | None) -> tuple[pa.Array, int]:
+    out: list[str | None] = []
+    missing = 0
+    for value in values:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            missing += 1
+            out.append(None)
+        else:
+            out.append(normalise(kind, value, region))
+    return pa.array(out, type=pa.string()), missing
+
+
+def _emails(lowered: pa.Array) -> tuple[pa.Array, None]:
+    """ASCII e-mails: every value is settled here (valid or invalid)."""
+    valid = pc.and_(pc.less_equal(pc.utf8_length(lowered), 254),
+                    pc.match_substring_regex(lowered, _EMAIL_RE2))
+    parts = pc.extract_regex(lowered, r"^(?P<local>[^@]*)@(?P<domain>.*)$")
+    local, domain = pc.struct_field(parts, "local"), pc.struct_field(parts, "domain")
+    gmail = pc.fill_null(pc.is_in(domain, pa.array(sorted(GMAIL_DOMAINS))), False)
+    g_local = pc.replace_substring(pc.replace_substring_regex(local, r"\+.*$", ""), ".", "")
+    g_valid = pc.not_equal(g_local, "")
+    normal = pc.if_else(gmail, pc.binary_join_element_wise(g_local, "gmail.com", "@"), lowered)
+    ok = pc.fill_null(pc.and_(valid, pc.or_(pc.invert(gmail), g_valid)), False)
+    return pc.if_else(ok, normal, pa.scalar(None, pa.string())), None
+
+
+def _phones(trimmed: pa.Array, region: str | None) -> tuple[pa.Array, pa.Array]:
+    """ASCII phone numbers in the fast path's shapes (see :func:`_fast_e164`);
+    ``handled`` is false for everything the full parser must judge."""
+    too_long = pc.fill_null(pc.greater(pc.utf8_length(trimmed), 40), False)
+    rules = _region_rules(region)
+    if rules is None:
+        return pa.nulls(len(trimmed), pa.string()), too_long
+    shaped = pc.fill_null(pc.match_substring_regex(trimmed, _PHONE_SHAPE_RE2), False)
+    digits = pc.replace_substring_regex(trimmed, r"[ ().-]", "")
+    plus_cc = "+" + rules.country_code
+    by_cc = pc.fill_null(pc.starts_with(digits, plus_cc), False)
+    national = pc.if_else(by_cc, pc.utf8_slice_codeunits(digits, len(plus_cc)),
+                          pa.scalar(None, pa.string()))
+    if rules.national_prefix:
+        by_prefix = pc.and_(pc.invert(by_cc),
+                            pc.fill_null(pc.starts_with(digits, rules.national_prefix), False))
+        national = pc.if_else(by_prefix, pc.utf8_slice_codeunits(
+            digits, len(rules.national_prefix)), national)
+    usable = pc.and_(shaped, pc.fill_null(pc.and_(
+        pc.not_equal(national, ""), pc.invert(pc.starts_with(national, "0"))), False))
+    valid = pc.and_(usable, _rule_matches(national, rules.general))
+    typed = functools.reduce(pc.or_, [_rule_matches(national, t) for t in rules.types],
+                             pa.array(np.zeros(len(trimmed), dtype=bool)))
+    accepted = pc.and_(valid, typed)
+    e164 = pc.binary_join_element_wise("+" + rules.country_code, national, "")
+    return (pc.if_else(accepted, e164, pa.scalar(None, pa.string())),
+            pc.or_(accepted, too_long))
+
+
+def _rule_matches(national: pa.Array, rule: tuple[re.Pattern[str], frozenset[int]]) -> pa.Array:
+    pattern, lengths = rule
+    ok = pc.fill_null(pc.match_substring_regex(national, f"^(?:{pattern.pattern})$"), False)
+    if lengths:
+        ok = pc.and_(ok, pc.fill_null(pc.is_in(pc.utf8_length(national),
+                                               pa.array(sorted(lengths), pa.int32())), False))
+    return ok
 
 
 def _cast(column: pa.ChunkedArray, target: pa.DataType, ref: str, name: str) -> pa.ChunkedArray:

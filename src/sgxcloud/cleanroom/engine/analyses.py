@@ -36,7 +36,7 @@ ARMS = ("test", "control")
 @dataclass(frozen=True)
 class Cohort:
     """The people behind one figure: rows of the draft's ``cohort_table`` (one per
-    person, column ``pkey``) meeting ``condition`` (engine-made SQL; values bound)."""
+    person, column ``person``) meeting ``condition`` (engine-made SQL; values bound)."""
 
     condition: str
     params: tuple[Any, ...] = ()
@@ -65,7 +65,7 @@ def audience_size(con: duckdb.DuckDBPyConnection, definition: Definition,
     params: list[Any] = []
     where = compile_filter(definition, query.filter, params)
     con.execute(f"CREATE OR REPLACE TEMP TABLE q_audience AS "
-                f"SELECT pkey FROM persons WHERE {where}", params)
+                f"SELECT person FROM persons WHERE {where}", params)
     n = con.execute("SELECT count(*) FROM q_audience").fetchone()[0]
     return Draft(counts={"audience": n}, cohorts={"audience": Cohort("TRUE")},
                  cohort_table="q_audience")
@@ -93,7 +93,7 @@ def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
     any_member = " OR ".join(f"m{i}" for i in range(len(query.datasets)))
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE q_overlap AS SELECT * FROM "
-        f"(SELECT pkey, {', '.join(flags)} FROM persons WHERE {where}) WHERE {any_member}",
+        f"(SELECT person, {', '.join(flags)} FROM persons WHERE {where}) WHERE {any_member}",
         params)
     draft = Draft(cohort_table="q_overlap")
     cols = ", ".join(f"m{i}" for i in range(len(query.datasets)))
@@ -138,7 +138,7 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
         WITH exposed AS (
             SELECT person, min({ets}) AS first_exposure, min({grp}) AS arm
             FROM {person_table(exposures)} GROUP BY person
-            HAVING count(DISTINCT {grp}) = 1),
+            HAVING min({grp}) = max({grp})),  -- one arm only
         chosen AS (SELECT * FROM exposed WHERE {where}),
         attributed AS (
             SELECT c.person, count(*) AS purchases, sum(p.{amt}) AS revenue
@@ -146,10 +146,9 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
              AND p.{pts} >= c.first_exposure
              AND p.{pts} < c.first_exposure + INTERVAL {window} DAY
             GROUP BY c.person)
-        SELECT c.person, ps.pkey, c.arm, {segment_sql} AS segment,
+        SELECT c.person, c.arm, {segment_sql} AS segment,
                coalesce(a.purchases, 0) AS purchases, coalesce(a.revenue, 0.0) AS revenue
-        FROM chosen c JOIN persons ps ON ps.person = c.person
-             LEFT JOIN attributed a ON a.person = c.person {segment_join}
+        FROM chosen c LEFT JOIN attributed a ON a.person = c.person {segment_join}
         """, params)
     bounds = definition.privacy.dp.bounds if definition.privacy.dp else None
     max_p = bounds.max_purchases_per_person if bounds else 1

@@ -57,6 +57,9 @@ from sgxcloud.cleanroom.results import Result, new_result_id, now_iso, sign_resu
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_ROWS = 10
+# Version of what the engine keeps in its database; 2: 64-bit keyed identifiers
+# and numbered cohorts.  An older database is refused, never silently reused.
+ENGINE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class Engine:
                 from exc
         self._con.execute("SET temp_directory = ?", [str(self.workdir / "spill")])
         self._con.execute("SET preserve_insertion_order = false")
+        self._check_format()
         self.ledger = PrivacyLedger(self.workdir / "privacy.sqlite")
         self.audit = AuditLog(self.workdir / "audit.jsonl")
         self.cohorts = CohortStore(self._con)
@@ -148,6 +152,24 @@ class Engine:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    def _check_format(self) -> None:
+        tables = {name for (name,) in self._con.execute(
+            "SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "engine_format" in tables:
+            version = self._con.execute("SELECT max(version) FROM engine_format").fetchone()[0]
+        elif tables:
+            version = 1
+        else:
+            self._con.execute("CREATE TABLE engine_format (version INTEGER)")
+            self._con.execute("INSERT INTO engine_format VALUES (?)", [ENGINE_FORMAT])
+            version = ENGINE_FORMAT
+        if version != ENGINE_FORMAT:
+            self._con.close()
+            raise CleanroomError(
+                f"{self.workdir} holds an engine database of format {version}, this version "
+                f"uses format {ENGINE_FORMAT}; start from a fresh workdir (released answers "
+                "and cohorts of the old one cannot be carried over)")
 
     def _bind_definition(self) -> None:
         """Data ingested under another definition was approved for that one only."""
@@ -342,10 +364,10 @@ class Engine:
         for label, parts in plan.derived_cohorts.items():
             cohorts[label] = analyses.Cohort.union([draft.cohorts[p] for p in parts])
         selects, params = [], []
-        for label, cohort in cohorts.items():
-            selects.append(f"SELECT ? AS cid, pkey FROM {draft.cohort_table} "
+        for index, cohort in enumerate(cohorts.values()):
+            selects.append(f"SELECT ? AS cid, person FROM {draft.cohort_table} "
                            f"WHERE {cohort.condition}")
-            params += [label, *cohort.params]
+            params += [index, *cohort.params]
         self.cohorts.stage(" UNION ALL ".join(selects), params)
         return list(cohorts)
 

@@ -6,10 +6,12 @@ inside the enclave as a set of keyed-hash person keys; a new query whose
 cohort's symmetric difference with any earlier one is non-zero but smaller
 than k is refused.  An identical cohort (difference 0) reveals nothing new.
 
-Members are stored as the first 8 bytes of each person key (itself an
-HMAC output, so uniformly random): a quarter of the space, and among ten
-million people the chance of any two sharing a prefix is about 3 in a
-million.
+Members are stored as person keys (64-bit keyed identifiers), numbered
+cohorts in ordinary DuckDB tables that spill to disk.  Only released cohorts
+whose size is within k of a new one can be within k of it (the symmetric
+difference is at least the difference in size), so members are compared only
+for those candidates — usually none — and the check costs a look at the
+cohort sizes otherwise.
 """
 
 # ruff: noqa: S608 -- SQL text here is assembled only from names the definition
@@ -25,98 +27,81 @@ import duckdb
 
 from sgxcloud.cleanroom.errors import QueryRefused
 
-PREFIX = 8  # bytes of each person key kept per released cohort member
-STAGED = "staged_cohorts"  # temp table (cid, pkey) of one release's cohorts
+STAGED = "staged_cohort"  # (cid INTEGER, person BIGINT): one release's cohorts, by label index
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS released_cohort_meta (
-    cohort_id VARCHAR PRIMARY KEY, query_key VARCHAR NOT NULL, size BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS released_cohort (cohort_id VARCHAR NOT NULL, pkey BLOB NOT NULL);
+    cohort_no INTEGER PRIMARY KEY, cohort_id VARCHAR NOT NULL,
+    query_key VARCHAR NOT NULL, size BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS released_cohort (cohort_no INTEGER NOT NULL, person BIGINT NOT NULL);
 """
 
 
 class CohortStore:
-    """Released cohorts in the engine's DuckDB database (same transaction rules)."""
+    """Released cohorts in the engine's DuckDB database.
+
+    One release at a time: :meth:`stage` its cohorts, :meth:`check_staged`
+    them against every released one, then :meth:`record_staged` them.
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
         self.con.execute(_SCHEMA)
 
-    def check(self, table: str, k: int) -> None:
-        """Refuse if cohort ``table`` (one column ``pkey``) is within k of a released one.
-
-        ``table`` is an engine-made temporary table name, never user text.
-        """
-        size = self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        row = self.con.execute(
-            f"""
-            WITH inter AS (
-                SELECT c.cohort_id, count(*) AS n
-                FROM released_cohort c JOIN {table} t ON c.pkey = t.pkey[1:{PREFIX}]
-                GROUP BY c.cohort_id)
-            SELECT min(m.size + ? - 2 * coalesce(i.n, 0))
-            FROM released_cohort_meta m LEFT JOIN inter i USING (cohort_id)
-            WHERE m.size + ? - 2 * coalesce(i.n, 0) BETWEEN 1 AND ?
-            """,
-            [size, size, k - 1],
-        ).fetchone()
-        if row and row[0] is not None:
-            raise QueryRefused(
-                "differencing",
-                f"the cohort differs from an earlier released one by fewer than k={k} people",
-            )
-
-    def record(self, cohort_id: str, query_key: str, table: str) -> None:
-        self.con.execute(
-            f"INSERT INTO released_cohort SELECT ?, pkey[1:{PREFIX}] FROM {table}", [cohort_id]
-        )
-        self.con.execute(
-            f"INSERT INTO released_cohort_meta SELECT ?, ?, count(*) FROM {table}",
-            [cohort_id, query_key],
-        )
-
-    # -- many cohorts of one release at once (one pass over the store) ------------------
-
     def stage(self, relation: str, params: Sequence[Any]) -> None:
         """Stage one release's cohorts: ``relation`` (engine-made SQL, values bound)
-        yields ``(cid, pkey)``, one row per member of each labelled cohort."""
-        source = relation or "SELECT NULL::VARCHAR AS cid, NULL::BLOB AS pkey WHERE false"
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {STAGED} AS "
-                         f"SELECT cid, pkey[1:{PREFIX}] AS pkey FROM ({source})", list(params))
+        yields ``(cid, person)`` with ``cid`` the index of the cohort's label."""
+        source = relation or "SELECT NULL::INTEGER AS cid, NULL::BIGINT AS person WHERE false"
+        self.con.execute(f"CREATE OR REPLACE TABLE {STAGED} AS "
+                         f"SELECT cid::INTEGER AS cid, person FROM ({source})", list(params))
+
+    def _staged_sizes(self, count: int) -> list[int]:
+        sizes = [0] * count
+        for cid, n in self.con.execute(f"SELECT cid, count(*) FROM {STAGED} GROUP BY cid"
+                                       ).fetchall():
+            sizes[cid] = n
+        return sizes
 
     def check_staged(self, labels: Sequence[str], k: int) -> None:
         """Refuse if any staged cohort (empty ones included) is within k of a released one."""
-        row = self.con.execute(
-            f"""
-            WITH labels AS (SELECT unnest(?::VARCHAR[]) AS cid),
-            sizes AS (SELECT l.cid, count(s.pkey) AS size
-                      FROM labels l LEFT JOIN {STAGED} s USING (cid) GROUP BY l.cid),
-            inter AS (SELECT s.cid, c.cohort_id, count(*) AS n
-                      FROM {STAGED} s JOIN released_cohort c ON c.pkey = s.pkey
-                      GROUP BY s.cid, c.cohort_id)
-            SELECT count(*)
-            FROM sizes z CROSS JOIN released_cohort_meta m
-                 LEFT JOIN inter i ON i.cid = z.cid AND i.cohort_id = m.cohort_id
-            WHERE m.size + z.size - 2 * coalesce(i.n, 0) BETWEEN 1 AND ?
-            """,
-            [list(labels), k - 1],
-        ).fetchone()
-        if row and row[0]:
-            raise QueryRefused(
-                "differencing",
-                f"the cohort differs from an earlier released one by fewer than k={k} people",
-            )
+        sizes = self._staged_sizes(len(labels))
+        candidates = self.con.execute(
+            """SELECT s.cid, m.cohort_no, s.size + m.size
+               FROM (SELECT unnest(?::BIGINT[]) AS size, generate_subscripts(?::BIGINT[], 1) - 1
+                     AS cid) s
+               JOIN released_cohort_meta m ON abs(m.size - s.size) < ?
+               WHERE s.size + m.size > 0""",
+            [sizes, sizes, k]).fetchall()
+        if not candidates:
+            return
+        cohort_nos = sorted({no for _, no, _ in candidates})
+        overlap = {(cid, no): n for cid, no, n in self.con.execute(
+            f"""SELECT s.cid, c.cohort_no, count(*)
+                FROM {STAGED} s JOIN released_cohort c ON c.person = s.person
+                WHERE c.cohort_no IN (SELECT unnest(?::INTEGER[]))
+                GROUP BY ALL""", [cohort_nos]).fetchall()}
+        for cid, no, total in candidates:
+            if 1 <= total - 2 * overlap.get((cid, no), 0) < k:
+                raise QueryRefused(
+                    "differencing",
+                    f"the cohort differs from an earlier released one by fewer than k={k} people",
+                )
 
     def record_staged(self, labels: Sequence[str], query_key: str, prefix: str = "") -> None:
-        """Keep the staged cohorts as released, as ``prefix + label``."""
-        self.con.execute(f"INSERT INTO released_cohort SELECT ? || cid, pkey FROM {STAGED}",
-                         [prefix])
-        self.con.execute(
-            f"""
-            INSERT INTO released_cohort_meta
-            SELECT ? || l.cid, ?, count(s.pkey)
-            FROM (SELECT unnest(?::VARCHAR[]) AS cid) l LEFT JOIN {STAGED} s USING (cid)
-            GROUP BY l.cid
-            """,
-            [prefix, query_key, list(labels)],
-        )
+        """Keep the staged cohorts as released, as ``prefix + label``; all or nothing."""
+        sizes = self._staged_sizes(len(labels))
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            first = self.con.execute(
+                "SELECT coalesce(max(cohort_no), 0) + 1 FROM released_cohort_meta").fetchone()[0]
+            self.con.executemany(
+                "INSERT INTO released_cohort_meta VALUES (?, ?, ?, ?)",
+                [[first + i, prefix + label, query_key, sizes[i]]
+                 for i, label in enumerate(labels)])
+            self.con.execute(f"INSERT INTO released_cohort SELECT ? + cid, person FROM {STAGED}",
+                             [first])
+            self.con.execute(f"DROP TABLE {STAGED}")
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
