@@ -109,8 +109,8 @@ def _parse_phone(text: str, default_region: str | None) -> str | None:
 # Separators people write inside phone numbers; anything else takes the slow path.
 _PHONE_SHAPE = re.compile(r"\+?[0-9][0-9 ().-]*")
 _PHONE_SEPARATORS = str.maketrans("", "", " ().-")
-_NUMBER_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number",
-                 "pager", "uan", "voicemail", "fixed_line", "mobile")
+_NUMBER_TYPES = ("mobile", "fixed_line", "premium_rate", "toll_free", "shared_cost", "voip",
+                 "personal_number", "pager", "uan", "voicemail")
 
 
 @dataclass(frozen=True)
@@ -385,7 +385,7 @@ def normalise_array(kind: str, values: pa.Array, region: str | None = None,
         return _normalise_each(kind, values.to_pylist(), region)
     values = values.cast(pa.string())
     ascii_ = pc.fill_null(pc.string_is_ascii(values), False)
-    trimmed = pc.utf8_trim(values, _ASCII_SPACE)
+    trimmed = pc.ascii_trim(values, _ASCII_SPACE)  # only ASCII rows' results are used
     blank = pc.fill_null(pc.equal(trimmed, ""), False)
     missing_mask = pc.or_(pc.is_null(values), pc.and_(ascii_, blank))
     if kind == "email":
@@ -412,27 +412,35 @@ def normalise_array(kind: str, values: pa.Array, region: str | None = None,
 def _normalise_each(kind: str, values: list[Any], region: str | None) -> tuple[pa.Array, int]:
     out: list[str | None] = []
     missing = 0
+    seen: dict[Any, str | None] = {}  # the same odd value tends to recur (e.g. "12345")
     for value in values:
         if value is None or (isinstance(value, str) and not value.strip()):
             missing += 1
             out.append(None)
-        else:
-            out.append(normalise(kind, value, region))
+            continue
+        if value not in seen:
+            seen[value] = normalise(kind, value, region)
+        out.append(seen[value])
     return pa.array(out, type=pa.string()), missing
 
 
 def _emails(lowered: pa.Array) -> tuple[pa.Array, None]:
     """ASCII e-mails: every value is settled here (valid or invalid)."""
-    valid = pc.and_(pc.less_equal(pc.utf8_length(lowered), 254),
-                    pc.match_substring_regex(lowered, _EMAIL_RE2))
-    parts = pc.extract_regex(lowered, r"^(?P<local>[^@]*)@(?P<domain>.*)$")
-    local, domain = pc.struct_field(parts, "local"), pc.struct_field(parts, "domain")
-    gmail = pc.fill_null(pc.is_in(domain, pa.array(sorted(GMAIL_DOMAINS))), False)
-    g_local = pc.replace_substring(pc.replace_substring_regex(local, r"\+.*$", ""), ".", "")
-    g_valid = pc.not_equal(g_local, "")
-    normal = pc.if_else(gmail, pc.binary_join_element_wise(g_local, "gmail.com", "@"), lowered)
-    ok = pc.fill_null(pc.and_(valid, pc.or_(pc.invert(gmail), g_valid)), False)
-    return pc.if_else(ok, normal, pa.scalar(None, pa.string())), None
+    valid = pc.fill_null(pc.and_(pc.less_equal(pc.utf8_length(lowered), 254),
+                                 pc.match_substring_regex(lowered, _EMAIL_RE2)), False)
+    # a valid address has one '@': its domain is Gmail's exactly when it ends so
+    gmail = functools.reduce(pc.or_, [pc.fill_null(pc.ends_with(lowered, "@" + d), False)
+                                      for d in sorted(GMAIL_DOMAINS)])
+    gmail = pc.and_(valid, gmail)
+    out = pc.if_else(valid, lowered, pa.scalar(None, pa.string()))
+    rows = pc.indices_nonzero(gmail)
+    if len(rows):  # few rows: Gmail's dot and +tag rules on those only
+        local = pc.struct_field(pc.extract_regex(pc.take(lowered, rows), r"^(?P<l>[^@]*)@"), "l")
+        local = pc.replace_substring(pc.replace_substring_regex(local, r"\+.*$", ""), ".", "")
+        address = pc.if_else(pc.equal(local, ""), pa.scalar(None, pa.string()),
+                             pc.binary_join_element_wise(local, "gmail.com", "@"))
+        out = pc.replace_with_mask(out, gmail, address)
+    return out, None
 
 
 def _phones(trimmed: pa.Array, region: str | None) -> tuple[pa.Array, pa.Array]:
@@ -456,9 +464,17 @@ def _phones(trimmed: pa.Array, region: str | None) -> tuple[pa.Array, pa.Array]:
     usable = pc.and_(shaped, pc.fill_null(pc.and_(
         pc.not_equal(national, ""), pc.invert(pc.starts_with(national, "0"))), False))
     valid = pc.and_(usable, _rule_matches(national, rules.general))
-    typed = functools.reduce(pc.or_, [_rule_matches(national, t) for t in rules.types],
-                             pa.array(np.zeros(len(trimmed), dtype=bool)))
-    accepted = pc.and_(valid, typed)
+    # valid for some number type: each type's patterns only on the rows no
+    # earlier type took (mobile and fixed line first, which take nearly all)
+    accepted = np.zeros(len(trimmed), dtype=bool)
+    pending = np.asarray(pc.indices_nonzero(valid))
+    for rule in rules.types:
+        if not len(pending):
+            break
+        hit = np.asarray(_rule_matches(pc.take(national, pending), rule), dtype=bool)
+        accepted[pending[hit]] = True
+        pending = pending[~hit]
+    accepted = pa.array(accepted)
     e164 = pc.binary_join_element_wise("+" + rules.country_code, national, "")
     return (pc.if_else(accepted, e164, pa.scalar(None, pa.string())),
             pc.or_(accepted, too_long))

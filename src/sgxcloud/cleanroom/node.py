@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from sgxcloud.cleanroom.approvals import Approval, verify_approvals
 from sgxcloud.cleanroom.definition import Dataset, Definition
 from sgxcloud.cleanroom.errors import CleanroomError, IngestError
-from sgxcloud.cleanroom.identifiers import KEY_BYTES, PrepareReport, prepare_batch
+from sgxcloud.cleanroom.identifiers import KEY_BYTES, PrepareReport, Rekeyer, prepare_batch
 from sgxcloud.cleanroom.transport import (
     AttestedChannel,
     AttestedServer,
@@ -363,8 +363,9 @@ class ProviderNode:
         sink = _FrameSink(channel)
         writer = None
         batches = 0
+        rekeyer = Rekeyer(key)
         for raw in read_batches(source, columns, batch_rows):
-            prepared, part = prepare_batch(ds, raw, key, columns)
+            prepared, part = prepare_batch(ds, raw, rekeyer, columns)
             report.add(part)
             if writer is None:
                 writer = pa.ipc.new_stream(sink, prepared.schema)
