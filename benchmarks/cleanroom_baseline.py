@@ -297,22 +297,27 @@ def _run(con: duckdb.DuckDBPyConnection, data_dir: Path, scratch: Path, memory_l
         levels = _link(con)
 
     with _timed(phases, "audience"):
-        params: list[Any] = []
-        parts = []
-        for comp in comparisons:
-            parts.append(f"SELECT person FROM {_persons(comp.dataset)} "
-                         f'WHERE "{comp.column}" {comp.op} ?')
-            params.append(comp.value)
-        body = " INTERSECT ".join(parts) or \
-            " UNION ".join(f"SELECT person FROM {_persons(ref)}" for ref in DATASETS)
-        audience = con.execute(f"SELECT count(*) FROM ({body})", params).fetchone()[0]
+        audience = _audience(con, comparisons)
 
     with _timed(phases, "lift"):
         lift, by_segment = _lift(con, window_days, breakdown)
 
-    return {"audience": int(audience),
-            "lift": lift, "lift_by_region": by_segment, "phases": phases,
-            "link_levels": levels, "memory_limit": memory_limit}
+    return {"audience": audience, "lift": lift, "lift_by_region": by_segment,
+            "phases": phases, "link_levels": levels, "memory_limit": memory_limit}
+
+
+def _audience(con: duckdb.DuckDBPyConnection, comparisons: tuple[Comparison, ...]) -> int:
+    """People for whom every comparison holds on one of their rows of its dataset."""
+    if not comparisons:
+        everyone = " UNION ".join(f"SELECT person FROM {_persons(ref)}" for ref in DATASETS)
+        return int(con.execute(f"SELECT count(*) FROM ({everyone})").fetchone()[0])
+    for k, comp in enumerate(comparisons):
+        con.execute(f"CREATE TABLE audience_{k} AS SELECT DISTINCT person "
+                    f'FROM {_persons(comp.dataset)} WHERE "{comp.column}" {comp.op} ?',
+                    [comp.value])
+    both = " INTERSECT ".join(f"SELECT person FROM audience_{k}"
+                              for k in range(len(comparisons)))
+    return int(con.execute(f"SELECT count(*) FROM ({both})").fetchone()[0])
 
 
 def _link(con: duckdb.DuckDBPyConnection) -> int:
@@ -343,10 +348,13 @@ def _link(con: duckdb.DuckDBPyConnection) -> int:
         con.execute(f"CREATE TABLE l{level} AS SELECT a AS nid, least(a, min(b)) AS label "
                     f"FROM (SELECT a, b FROM g{level - 1} UNION ALL "
                     f"SELECT b, a FROM g{level - 1}) GROUP BY a")
-        con.execute(f"CREATE TABLE g{level} AS SELECT DISTINCT x.label AS a, y.label AS b "
-                    f"FROM g{level - 1} e JOIN l{level} x ON x.nid = e.a "
-                    f"JOIN l{level} y ON y.nid = e.b WHERE x.label <> y.label")
+        # one hash join per statement: two at once ran out of memory at 10M people
+        con.execute(f"CREATE TABLE half AS SELECT x.label AS a, e.b "
+                    f"FROM g{level - 1} e JOIN l{level} x ON x.nid = e.a")
         con.execute(f"DROP TABLE g{level - 1}")
+        con.execute(f"CREATE TABLE g{level} AS SELECT DISTINCT e.a, y.label AS b "
+                    f"FROM half e JOIN l{level} y ON y.nid = e.b WHERE e.a <> y.label")
+        con.execute("DROP TABLE half")
         if con.execute(f"SELECT count(*) FROM g{level}").fetchone()[0] == 0:
             break
     con.execute(f"DROP TABLE g{level}")
@@ -357,35 +365,67 @@ def _link(con: duckdb.DuckDBPyConnection) -> int:
         con.execute(f"DROP TABLE l{k}")
         con.execute("DROP TABLE labels")
         con.execute("ALTER TABLE labels_next RENAME TO labels")
+    # A component's smallest identifier is its own label: no row needed, which
+    # makes every later lookup's hash table a third smaller.
+    con.execute("CREATE TABLE labels_next AS SELECT nid, label FROM labels WHERE nid <> label")
+    con.execute("DROP TABLE labels")
+    con.execute("ALTER TABLE labels_next RENAME TO labels")
     return level
 
 
 def _lift(con: duckdb.DuckDBPyConnection, window_days: int, breakdown: bool,
           ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+    """Per arm (and per segment) figures.
+
+    One large join per statement, and no min()/max() over strings next to a
+    join (their aggregate states do not spill: out of memory at 10M people):
+    arms and segments are aggregated as small integer codes.
+    """
+    code = "CASE \"group\" " + " ".join(
+        f"WHEN {_literal(arm)} THEN {n}" for n, arm in enumerate(ARMS)) + " END"
+    con.execute(f"CREATE TABLE exposure_rows AS SELECT person, exposed_at, {code} AS arm "
+                f"FROM {_persons(EXPOSURES)}")
+    con.execute("""
+        CREATE TABLE exposed AS
+        SELECT person, min(exposed_at) AS first_exposure, min(arm) AS arm
+        FROM exposure_rows GROUP BY person HAVING min(arm) = max(arm)""")
+    con.execute(f"CREATE TABLE purchase_rows AS SELECT person, amount, purchased_at "
+                f"FROM {_persons(PURCHASES)}")
+    con.execute(f"""
+        CREATE TABLE attributed AS
+        SELECT e.person, count(*) AS purchases, sum(p.amount) AS revenue
+        FROM purchase_rows p JOIN exposed e ON p.person = e.person
+         AND p.purchased_at >= e.first_exposure
+         AND p.purchased_at < e.first_exposure + INTERVAL {int(window_days)} DAY
+        GROUP BY e.person""")
+    arms = "[" + ", ".join(_literal(arm) for arm in ARMS) + "]"
+    con.execute(f"""
+        CREATE TABLE per_person AS
+        SELECT e.person, {arms}[e.arm + 1] AS arm,
+               coalesce(a.purchases, 0) AS purchases,
+               coalesce(a.revenue, 0.0) AS revenue
+        FROM exposed e LEFT JOIN attributed a ON a.person = e.person""")
     segment, segment_join = f"'{ALL}'", ""
     if breakdown:
         ref, column = BREAKDOWN
-        segment = f"coalesce(s.seg, '{NONE_SEGMENT}')"
-        segment_join = (f"LEFT JOIN (SELECT person, CAST(min(\"{column}\") AS VARCHAR) AS seg "
-                        f"FROM {_persons(ref)} WHERE person IN (SELECT person FROM exposed) "
-                        "GROUP BY person) s ON s.person = e.person")
+        # codes in the values' own order, so min(code) is the code of min(value)
+        con.execute(f"CREATE TABLE segment_codes AS SELECT value, CAST(value AS VARCHAR) "
+                    f"AS seg, row_number() OVER (ORDER BY value) AS code FROM (SELECT DISTINCT "
+                    f'"{column}" AS value FROM {_table(ref)} WHERE "{column}" IS NOT NULL)')
+        con.execute(f"CREATE TABLE segment_rows AS SELECT t.person, c.code "
+                    f'FROM {_persons(ref)} t JOIN segment_codes c ON c.value = t."{column}"')
+        con.execute("CREATE TABLE segments AS SELECT person, min(code) AS code "
+                    "FROM segment_rows WHERE person IN (SELECT person FROM exposed) "
+                    "GROUP BY person")
+        segment = f"coalesce(c.seg, '{NONE_SEGMENT}')"
+        segment_join = ("LEFT JOIN segments s ON s.person = e.person "
+                        "LEFT JOIN segment_codes c ON c.code = s.code")
     rows = con.execute(f"""
-        WITH exposed AS (
-            SELECT person, min(exposed_at) AS first_exposure, min("group") AS arm
-            FROM {_persons(EXPOSURES)} GROUP BY person HAVING min("group") = max("group")),
-        attributed AS (
-            SELECT e.person, count(*) AS purchases, sum(p.amount) AS revenue
-            FROM exposed e JOIN {_persons(PURCHASES)} p ON p.person = e.person
-             AND p.purchased_at >= e.first_exposure
-             AND p.purchased_at < e.first_exposure + INTERVAL {int(window_days)} DAY
-            GROUP BY e.person),
-        per_person AS (
-            SELECT e.arm, {segment} AS segment, coalesce(a.purchases, 0) AS purchases,
-                   coalesce(a.revenue, 0.0) AS revenue
-            FROM exposed e LEFT JOIN attributed a ON a.person = e.person {segment_join})
         SELECT coalesce(segment, '{ALL}'), arm, count(*), count(*) FILTER (WHERE purchases > 0),
                sum(purchases), sum(revenue)
-        FROM per_person GROUP BY GROUPING SETS ((segment, arm), (arm))""").fetchall()
+        FROM (SELECT e.arm, {segment} AS segment, e.purchases, e.revenue
+              FROM per_person e {segment_join})
+        GROUP BY GROUPING SETS ((segment, arm), (arm))""").fetchall()
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     for seg, arm, people, converters, purchases, revenue in rows:
         cells.setdefault(seg, {})[arm] = {"people": int(people), "converters": int(converters),
