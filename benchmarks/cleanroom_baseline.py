@@ -9,7 +9,8 @@ exactly what the clean room answers, with the clean room's semantics:
   ``+tag`` removed (domain ``gmail.com``); phone as E.164 for the default
   region GB, valid by libphonenumber's own GB patterns (read from the
   ``phonenumbers`` metadata when the SQL is built: configuration, not per-row
-  work); customer id 1–128 characters.  Kinds are separate namespaces.
+  work); customer id 1–128 characters, no control characters.  Kinds are
+  separate namespaces.
   Shapes the clean room hands to libphonenumber's full parser (``00``
   prefixes, other countries, extensions) count as invalid here; the generated
   data has none, and tests/cleanroom/test_benchmark_baseline.py shows both
@@ -254,6 +255,9 @@ def run_baseline(data_dir: Path, memory_limit: str = "512MB",
     """
     comparisons = parse_conjunction(audience) if isinstance(audience, str) else tuple(audience)
     data_dir = Path(data_dir)
+    missing = [path for path, _ in DATASETS.values() if not (data_dir / path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{data_dir}: missing {', '.join(missing)}")
     scratch = Path(tempfile.mkdtemp(prefix="cleanroom-baseline-", dir=workdir))
     try:
         start = time.perf_counter()
@@ -446,9 +450,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip the lift breakdown by telecom region")
     parser.add_argument("--workdir", type=Path, help="where the database and spill files go")
     args = parser.parse_args(argv)
-    result = run_baseline(args.data_dir, args.memory_limit, args.audience,
-                          window_days=args.window_days, breakdown=not args.no_breakdown,
-                          workdir=args.workdir)
+    try:
+        result = run_baseline(args.data_dir, args.memory_limit, args.audience,
+                              window_days=args.window_days, breakdown=not args.no_breakdown,
+                              workdir=args.workdir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except duckdb.Error as exc:  # e.g. out of memory under --memory-limit
+        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
     print(json.dumps(result))
     return 0
 
