@@ -17,15 +17,17 @@ Normalisation rules (documented in docs/cleanroom/concepts.md):
   tests show both paths always agree;
 * customer id: trimmed, 1–128 printable characters, case kept.
 
-Re-keying: HMAC-SHA256 under a 32-byte key that exists only inside attested
-enclaves, over ``kind NUL normalised-value`` so an e-mail and a customer id
-with the same text never collide.  The first 8 bytes of the MAC, as a signed
-64-bit integer, are the keyed identifier: joins on a machine word are several
-times faster and lighter than on 32-byte strings (EPC is scarce).  Without
-the key nobody can compute, invert or collide them; two *different*
-identifiers share one by chance with probability about N²/2⁶⁵ (one chance
-in ~15,000 among 50 million identifiers), which would merge two people —
-a bounded error far below any suppression threshold.
+Re-keying: AES-CMAC (NIST SP 800-38B) with AES-256 under a 32-byte key
+that exists only inside attested enclaves, over ``kind NUL normalised-value``
+so an e-mail and a customer id with the same text never collide.  The first
+8 bytes of the MAC, as a signed 64-bit integer, are the keyed identifier:
+joins on a machine word are several times faster and lighter than on
+strings (EPC is scarce).  Without the key nobody can compute, invert or
+collide them; two *different* identifiers share one by chance with
+probability about N²/2⁶⁵ (one chance in ~15,000 among 50 million
+identifiers), which would merge two people — a bounded error far below any
+suppression threshold.  CMAC rather than HMAC-SHA256 because it batches:
+a whole column goes through AES-NI at once (see :class:`Rekeyer`).
 
 Batches are normalised column-wise with Arrow compute (RE2) for ASCII
 values of the common shapes; everything else — non-ASCII text, unusual
@@ -39,11 +41,10 @@ never echoed.  A row left with no valid identifier is dropped and counted.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,7 @@ import numpy as np
 import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from sgxcloud.cleanroom.definition import Dataset
 from sgxcloud.cleanroom.errors import IngestError
@@ -207,46 +209,69 @@ def normalise(kind: str, value: Any, default_region: str | None = None) -> str |
 
 def keyed_hash(key: bytes, kind: str, normalised: str) -> int:
     """The keyed identifier of one normalised value (see the module doc)."""
-    return int(Rekeyer(key).hash_many(kind, [normalised])[0])
+    return int(Rekeyer(key).hash_many(kind, pa.array([normalised], pa.string()))[0])
 
 
 class Rekeyer:
-    """HMAC-SHA256 of many values under one key.
+    """AES-CMAC (NIST SP 800-38B) of a whole column of values at once.
 
-    RFC 2104 spelled out: the key's inner and outer pads (and the kind
-    prefix) are absorbed once, so each value costs two SHA-256 state copies
-    instead of a fresh HMAC set-up — about twice as fast as ``hmac.new`` per
-    value (tests check the result equals ``hmac.new``).
+    The standard algorithm, batched: values are grouped by their number of
+    16-byte blocks, padded and tweaked with the subkeys K1/K2 as the standard
+    says, and the CBC chain is run for every value of a group together, one
+    AES-ECB call per block position (AES-NI through ``cryptography``).  About
+    4× cheaper per value than a Python loop of HMAC-SHA256, which dominated a
+    node's time; tests check every output equals ``cryptography``'s CMAC.
     """
 
-    _BLOCK = 64
+    _PADS = pa.array([b"\x80" + b"\x00" * (n - 1) if n else b"" for n in range(16)],
+                     pa.binary())
 
     def __init__(self, key: bytes) -> None:
-        if len(key) < KEY_BYTES:
-            raise ValueError("the re-keying key must be at least 32 bytes")
-        padded = key.ljust(self._BLOCK, b"\x00") if len(key) <= self._BLOCK \
-            else hashlib.sha256(key).digest().ljust(self._BLOCK, b"\x00")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
-        self._per_kind: dict[str, Any] = {}
+        if len(key) != KEY_BYTES:
+            raise ValueError("the re-keying key must be 32 bytes")
+        self._aes = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305 (CMAC)
+        zero = np.zeros((1, 16), dtype=np.uint8)
+        k1 = _double(bytes(self._encrypt(zero)[0]))
+        self._k1 = np.frombuffer(k1, dtype=np.uint8)
+        self._k2 = np.frombuffer(_double(k1), dtype=np.uint8)
 
-    def hash_many(self, kind: str, values: Iterable[str]) -> np.ndarray:
-        """Keyed identifiers (int64) of ``values``, in order."""
-        inner_kind = self._per_kind.get(kind)
-        if inner_kind is None:
-            inner_kind = self._inner.copy()
-            inner_kind.update(kind.encode() + b"\x00")
-            self._per_kind[kind] = inner_kind
-        outer = self._outer
-        digests = []
-        for value in values:
-            inner = inner_kind.copy()
-            inner.update(value.encode())
-            mac = outer.copy()
-            mac.update(inner.digest())
-            digests.append(mac.digest())
-        # the first 8 of every 32 bytes, big-endian, as int64
-        return np.frombuffer(b"".join(digests), dtype=">i8")[::4].astype(np.int64)
+    def _encrypt(self, blocks: np.ndarray) -> np.ndarray:
+        return np.frombuffer(self._aes.update(blocks.tobytes()), dtype=np.uint8).reshape(-1, 16)
+
+    def hash_many(self, kind: str, values: pa.Array) -> np.ndarray:
+        """Keyed identifiers (int64) of the non-null strings ``values``, in order."""
+        prefix = pa.scalar(kind.encode() + b"\x00", pa.binary())
+        raw = values.cast(pa.binary())
+        if isinstance(raw, pa.ChunkedArray):
+            raw = raw.combine_chunks()
+        lengths = np.asarray(pc.binary_length(raw), dtype=np.int64) + len(prefix.as_py())
+        blocks = np.maximum(1, (lengths + 15) // 16)
+        complete = (lengths % 16 == 0) & (lengths > 0)
+        padding = np.where(complete, 0, blocks * 16 - lengths)
+        messages = pc.binary_join_element_wise(prefix, raw, pc.take(self._PADS, padding), b"")
+        macs = np.empty((len(values), 16), dtype=np.uint8)
+        for n in np.unique(blocks):
+            rows = np.flatnonzero(blocks == n)
+            group = pc.take(messages, rows)
+            offsets = np.frombuffer(group.buffers()[1], dtype=np.int32)[
+                group.offset:group.offset + len(group) + 1]
+            data = np.frombuffer(group.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+            data = data.reshape(len(rows), n, 16).copy()
+            data[:, -1] ^= np.where(complete[rows, None], self._k1, self._k2)
+            state = np.zeros((len(rows), 16), dtype=np.uint8)
+            for j in range(n):
+                state = self._encrypt(state ^ data[:, j])
+            macs[rows] = state
+        # the first 8 bytes of each MAC, big-endian, as int64
+        return macs[:, :8].copy().view(">i8").reshape(-1).astype(np.int64)
+
+
+def _double(block: bytes) -> bytes:
+    """Multiplication by x in GF(2^128), as CMAC derives its subkeys."""
+    value = int.from_bytes(block, "big") << 1
+    if value >> 128:
+        value = (value & ((1 << 128) - 1)) ^ 0x87
+    return value.to_bytes(16, "big")
 
 
 # -- node-side batch preparation ----------------------------------------------------
@@ -354,10 +379,11 @@ def _rekey(column: pa.ChunkedArray, kind: str, region: str | None, rekeyer: Reke
         report.invalid[name] = report.invalid.get(name, 0) + invalid
     if missing:
         report.missing[name] = report.missing.get(name, 0) + missing
-    # Event tables repeat a person's identifier on many rows: hash each value once.
-    distinct = pc.unique(normalised).drop_null()
-    hashes = pa.array(rekeyer.hash_many(kind, distinct.to_pylist()), type=HASH_TYPE)
-    return pc.take(hashes, pc.index_in(normalised, value_set=distinct))
+    # Hashing every value costs less than finding the distinct ones first.
+    present = np.asarray(normalised.is_valid(), dtype=bool)
+    keyed = np.zeros(len(normalised), dtype=np.int64)
+    keyed[present] = rekeyer.hash_many(kind, normalised.drop_null())
+    return pa.array(keyed, type=HASH_TYPE, mask=~present)
 
 
 # -- column-wise normalisation ------------------------------------------------------
