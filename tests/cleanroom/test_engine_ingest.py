@@ -230,3 +230,22 @@ def test_a_database_of_an_older_format_is_refused_not_reused(make_definition, ma
     con = duckdb.connect(str(old / "engine.duckdb"))
     assert [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()] \
         == ["released_cohort"]
+
+
+def test_attribution_days_are_utc_days_whatever_the_host_zone(make_definition, make_engine,
+                                                              monkeypatch):
+    import time
+
+    import duckdb
+
+    sql = ("SELECT epoch(TIMESTAMPTZ '2026-03-20 12:00:00+00' + INTERVAL 28 DAY) "
+           "- epoch(TIMESTAMPTZ '2026-03-20 12:00:00+00')")
+    monkeypatch.setenv("TZ", "Europe/London")  # a host there: the clocks change on 29 March
+    time.tzset()
+    try:
+        assert duckdb.connect().execute(sql).fetchone()[0] == 28 * 86400 - 3600
+        engine = make_engine(make_definition(), ingest=False)
+        assert engine._con.execute(sql).fetchone()[0] == 28 * 86400
+    finally:
+        monkeypatch.undo()
+        time.tzset()

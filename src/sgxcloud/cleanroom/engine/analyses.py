@@ -122,34 +122,58 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
     assert exposures is not None and purchases is not None  # checked by the definition
     params: list[Any] = []
     where = compile_filter(definition, query.filter, params, person_col="person")
-    segment_sql, segment_join = f"'{ALL}'", ""
+    grp, ets = quote(exposures.group_column or ""), quote(exposures.timestamp_column or "")
+    pts, amt = quote(purchases.timestamp_column or ""), quote(purchases.amount_column or "")
+    window = int(analysis.attribution_window_days)
+    # One large join per statement, and arms and segments aggregated as small
+    # integer codes: min()/max() of strings next to a join cannot spill and ran
+    # out of memory on ten million people.
+    arm_code = "CASE " + grp + " " + " ".join(
+        f"WHEN '{arm}' THEN {n}" for n, arm in enumerate(ARMS)) + " END"
+    con.execute(f"""
+        CREATE OR REPLACE TABLE q_exposed AS
+        SELECT person, min({ets}) AS first_exposure, min(arm) AS arm
+        FROM (SELECT person, {ets}, {arm_code} AS arm FROM {person_table(exposures)})
+        GROUP BY person HAVING min(arm) = max(arm)  -- one arm only""")
+    con.execute(f"CREATE OR REPLACE TABLE q_chosen AS SELECT * FROM q_exposed WHERE {where}",
+                params)
+    con.execute("DROP TABLE q_exposed")
+    con.execute(f"""
+        CREATE OR REPLACE TABLE q_attributed AS
+        SELECT c.person, count(*) AS purchases, sum(p.{amt}) AS revenue
+        FROM {person_table(purchases)} p JOIN q_chosen c ON p.person = c.person
+         AND p.{pts} >= c.first_exposure
+         AND p.{pts} < c.first_exposure + INTERVAL {window} DAY
+        GROUP BY c.person""")
+    arm_name = "CASE c.arm " + " ".join(f"WHEN {n} THEN '{arm}'" for n, arm in enumerate(ARMS)) \
+        + " END"
+    con.execute(f"""
+        CREATE OR REPLACE TABLE q_lift AS
+        SELECT c.person, {arm_name} AS arm, '{ALL}' AS segment,
+               coalesce(a.purchases, 0) AS purchases, coalesce(a.revenue, 0.0) AS revenue
+        FROM q_chosen c LEFT JOIN q_attributed a ON a.person = c.person""")
+    con.execute("DROP TABLE q_chosen")
+    con.execute("DROP TABLE q_attributed")
     if query.breakdown:
         resolved = definition.resolve_attribute(query.breakdown)
         assert resolved is not None
         ds, attr = resolved
-        segment_join = (f"LEFT JOIN (SELECT person, CAST(min({quote(attr.column)}) AS VARCHAR) "
-                        f"AS seg FROM {person_table(ds)} GROUP BY person) s ON s.person = c.person")
-        segment_sql = f"coalesce(s.seg, '{NONE_SEGMENT}')"
-    grp, ets = quote(exposures.group_column or ""), quote(exposures.timestamp_column or "")
-    pts, amt = quote(purchases.timestamp_column or ""), quote(purchases.amount_column or "")
-    window = int(analysis.attribution_window_days)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE q_lift AS
-        WITH exposed AS (
-            SELECT person, min({ets}) AS first_exposure, min({grp}) AS arm
-            FROM {person_table(exposures)} GROUP BY person
-            HAVING min({grp}) = max({grp})),  -- one arm only
-        chosen AS (SELECT * FROM exposed WHERE {where}),
-        attributed AS (
-            SELECT c.person, count(*) AS purchases, sum(p.{amt}) AS revenue
-            FROM chosen c JOIN {person_table(purchases)} p ON p.person = c.person
-             AND p.{pts} >= c.first_exposure
-             AND p.{pts} < c.first_exposure + INTERVAL {window} DAY
-            GROUP BY c.person)
-        SELECT c.person, c.arm, {segment_sql} AS segment,
-               coalesce(a.purchases, 0) AS purchases, coalesce(a.revenue, 0.0) AS revenue
-        FROM chosen c LEFT JOIN attributed a ON a.person = c.person {segment_join}
-        """, params)
+        # codes in the values' own order, so min() picks what min(value) would
+        values = ("false", "true") if attr.type == "boolean" else tuple(sorted(attr.values))
+        code = (f"CAST({quote(attr.column)} AS INTEGER)" if attr.type == "boolean"
+                else "CASE " + quote(attr.column) + " " + " ".join(
+                    f"WHEN ? THEN {n}" for n in range(len(values))) + " END")
+        code_params = [] if attr.type == "boolean" else list(values)
+        con.execute(f"CREATE OR REPLACE TABLE q_segment AS SELECT person, min(code) AS code "
+                    f"FROM (SELECT person, {code} AS code FROM {person_table(ds)}) "
+                    "WHERE code IS NOT NULL GROUP BY person", code_params)
+        names = " ".join(f"WHEN {n} THEN ?" for n in range(len(values)))
+        con.execute(f"""
+            CREATE OR REPLACE TABLE q_lift AS
+            SELECT l.person, l.arm, coalesce(CASE s.code {names} END, '{NONE_SEGMENT}') AS segment,
+                   l.purchases, l.revenue
+            FROM q_lift l LEFT JOIN q_segment s ON s.person = l.person""", list(values))
+        con.execute("DROP TABLE q_segment")
     bounds = definition.privacy.dp.bounds if definition.privacy.dp else None
     max_p = bounds.max_purchases_per_person if bounds else 1
     max_r = float(bounds.max_revenue_per_person) if bounds else 1.0

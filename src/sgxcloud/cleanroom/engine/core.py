@@ -126,6 +126,9 @@ class Engine:
                 from exc
         self._con.execute("SET temp_directory = ?", [str(self.workdir / "spill")])
         self._con.execute("SET preserve_insertion_order = false")
+        # attribution windows count days in UTC, whatever the host's zone says
+        # (28 days across a daylight-saving change would otherwise be an hour short)
+        self._con.execute("SET TimeZone = 'UTC'")
         self._check_format()
         self.ledger = PrivacyLedger(self.workdir / "privacy.sqlite")
         self.audit = AuditLog(self.workdir / "audit.jsonl")

@@ -4,11 +4,15 @@ Records are linked when they share a keyed identifier (same kind, same
 normalised value); a person is a connected component of identifiers linked
 through rows that carry several of them (a bank row with an e-mail and a
 phone links that e-mail and that phone).  Components are found in DuckDB by
-min-label propagation with pointer jumping over the identifiers that occur
+min-label propagation with graph contraction over the identifiers that occur
 on such rows (an identifier never seen next to another is a person of its
-own and costs nothing), so it streams and spills like any other query.  A
-person's key is the smallest keyed identifier of its component: stable
-across re-resolution, and never leaves the enclave.
+own and costs nothing): every identifier takes the smallest label of its
+neighbourhood, the graph is contracted to those labels, and the same is done
+on the much smaller graph until no edge is left; labels are then composed
+back down.  Only the first level touches every linked identifier, and each
+statement holds one large join, so it streams and spills under the memory
+limit.  A person's key is the smallest keyed identifier of its component:
+stable across re-resolution, and never leaves the enclave.
 
 The working tables are ordinary tables, rebuilt after every ingestion and
 on restart: DuckDB keeps temporary tables in memory and runs out of it on
@@ -65,34 +69,40 @@ def _anchor(ds: Dataset, alias: str = "t") -> str:
 def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) -> Resolution:
     """(Re)build ``persons(person)`` and one ``p_*`` table (person + columns) per dataset."""
     edges = [f"SELECT {_anchor(ds)} AS a, t.{quote(i.column)} AS b FROM {data_table(ds)} t "
-             f"WHERE t.{quote(i.column)} IS NOT NULL"
+             f"WHERE t.{quote(i.column)} IS NOT NULL AND t.{quote(i.column)} <> {_anchor(ds)}"
              for ds in datasets if len(ds.identifiers) > 1 for i in ds.identifiers[1:]]
     edges_sql = " UNION ALL ".join(edges) or "SELECT 0::BIGINT AS a, 0::BIGINT AS b WHERE false"
-    con.execute(f"CREATE OR REPLACE TABLE r_edge AS SELECT DISTINCT a, b FROM ({edges_sql}) "
-                "WHERE a <> b")
-    con.execute("CREATE OR REPLACE TABLE r_sym AS "
-                "SELECT a, b FROM r_edge UNION ALL SELECT b, a FROM r_edge")
-    con.execute("DROP TABLE r_edge")
-    con.execute("CREATE OR REPLACE TABLE r_label AS "
-                "SELECT a AS v, least(a, min(b)) AS l FROM r_sym GROUP BY a")
-    rounds = 0
-    for rounds in range(1, MAX_ROUNDS + 1):  # noqa: B007 (rounds reported below)
-        # my neighbours' smallest label, then pointer jumping: the label of my label
-        con.execute("""
-            CREATE OR REPLACE TABLE r_next AS
-            SELECT x.v, least(x.l, o.l, y.l) AS l
-            FROM (SELECT e.a AS v, min(n.l) AS l FROM r_sym e JOIN r_label n ON n.v = e.b
-                  GROUP BY e.a) x
-            JOIN r_label o ON o.v = x.v JOIN r_label y ON y.v = x.l""")
-        changed = con.execute("SELECT count(*) FROM r_next JOIN r_label USING (v) "
-                              "WHERE r_next.l <> r_label.l").fetchone()[0]
-        con.execute("DROP TABLE r_label")
-        con.execute("ALTER TABLE r_next RENAME TO r_label")
-        if changed == 0:
+    con.execute(f"CREATE OR REPLACE TABLE r_graph_0 AS {edges_sql}")
+    level = 0
+    while True:
+        if level >= MAX_ROUNDS:
+            raise RuntimeError("person resolution did not converge")
+        level += 1
+        graph, labels = f"r_graph_{level - 1}", f"r_label_{level}"
+        con.execute(f"CREATE OR REPLACE TABLE {labels} AS SELECT a AS v, least(a, min(b)) AS l "
+                    f"FROM (SELECT a, b FROM {graph} UNION ALL SELECT b, a FROM {graph}) "
+                    "GROUP BY a")
+        # contract: an edge between two different labels survives (one join a statement)
+        con.execute(f"CREATE OR REPLACE TABLE r_half AS SELECT x.l AS a, e.b FROM {graph} e "
+                    f"JOIN {labels} x ON x.v = e.a")
+        con.execute(f"DROP TABLE {graph}")
+        con.execute(f"CREATE OR REPLACE TABLE r_graph_{level} AS SELECT DISTINCT e.a, y.l AS b "
+                    f"FROM r_half e JOIN {labels} y ON y.v = e.b WHERE e.a <> y.l")
+        con.execute("DROP TABLE r_half")
+        if not con.execute(f"SELECT count(*) FROM r_graph_{level}").fetchone()[0]:
             break
-    else:
-        raise RuntimeError("person resolution did not converge")
-    con.execute("DROP TABLE r_sym")
+    con.execute(f"DROP TABLE r_graph_{level}")
+    con.execute(f"ALTER TABLE r_label_{level} RENAME TO r_label")
+    for k in range(level - 1, 0, -1):  # a label without a surviving edge is final
+        con.execute(f"CREATE OR REPLACE TABLE r_label_next AS SELECT x.v, coalesce(h.l, x.l) AS l "
+                    f"FROM r_label_{k} x LEFT JOIN r_label h ON h.v = x.l")
+        con.execute(f"DROP TABLE r_label_{k}")
+        con.execute("DROP TABLE r_label")
+        con.execute("ALTER TABLE r_label_next RENAME TO r_label")
+    linked = con.execute("SELECT count(*) FROM r_label").fetchone()[0]
+    # a component's smallest identifier is its own label: no row needed
+    con.execute("DELETE FROM r_label WHERE v = l")
+    rounds = level
     for ds in datasets:
         rest = [quote(a.column) for a in ds.attributes] + [quote(c) for c in ds.event_columns]
         cols = ", ".join([f"coalesce(r.l, {_anchor(ds)}) AS person", *(f"t.{c}" for c in rest)])
@@ -102,8 +112,8 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
     people = " UNION ".join(f"SELECT person FROM {person_table(ds)}" for ds in datasets) \
         or "SELECT 0::BIGINT AS person WHERE false"
     con.execute(f"CREATE OR REPLACE TABLE persons AS {people}")
-    linked = con.execute("SELECT count(*) FROM r_label").fetchone()[0]
     con.execute("DROP TABLE r_label")
     n_people = con.execute("SELECT count(*) FROM persons").fetchone()[0]
-    log.info("resolved %d people (%d linked identifiers) in %d rounds", n_people, linked, rounds)
+    log.info("resolved %d people (%d linked identifiers) in %d contraction levels",
+             n_people, linked, rounds)
     return Resolution(linked, n_people, rounds)
