@@ -31,16 +31,22 @@ Public interfaces (stable; imported from the sub-modules named):
 ``sgxcloud.cleanroom.identifiers`` (runs in the provider's node enclave)
     ``prepare_batch(dataset, batch, key, columns=None) -> (RecordBatch,
     PrepareReport)``: keeps ``columns`` (pass ``definition.columns_needed(ref)``),
-    normalises identifiers and replaces each by HMAC-SHA256 under ``key``
-    (32 bytes, ``new_key()``; only ever inside attested enclaves) as
-    ``binary(32)``; invalid identifiers are counted, never echoed.
-    ``prepared_schema(dataset, columns)`` is what the engine expects.
-    ``normalise(kind, value, region)``, ``keyed_hash(key, kind, value)``.
+    normalises identifiers (column-wise where exact, else per value) and
+    replaces each by its keyed identifier: AES-CMAC under ``key`` (32 bytes,
+    ``new_key()``; only ever inside attested enclaves) truncated to ``int64``;
+    ``key`` may be a ``Rekeyer(key)`` reused across batches.  Invalid
+    identifiers are counted, never echoed.  ``prepared_schema(dataset,
+    columns)`` is what the engine expects.  ``normalise(kind, value, region)``,
+    ``normalise_array(kind, values, region) -> (array, missing)``,
+    ``keyed_hash(key, kind, value) -> int``, ``Rekeyer(key).hash_many(kind,
+    values) -> int64 array``.
 
 ``sgxcloud.cleanroom.engine`` (runs in the coordinator enclave)
     ``Engine(definition, workdir, *, signing_key=None, memory_limit="512MB",
-    threads=2)``; ``engine.ingest(provider, dataset, table | RecordBatchReader
-    | iterable of RecordBatch) -> IngestReport`` (atomic: a bad batch leaves
+    threads=2)`` (raises ``CleanroomError`` for a workdir whose engine
+    database has another format: refused, never reused);
+    ``engine.ingest(provider, dataset, table | RecordBatchReader | iterable
+    of RecordBatch) -> IngestReport`` (atomic: a bad batch leaves
     nothing; re-ingesting a dataset replaces it; the batch columns must be
     exactly ``prepared_schema(dataset, definition.columns_needed(ref))``);
     ``engine.run(query | dict, analyst) -> Result``; ``engine.budget(analyst)

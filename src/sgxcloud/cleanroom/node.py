@@ -8,9 +8,10 @@ the definition allows it) and that every provider, this one included, has
 approved this exact definition and these enclaves.
 
 It then sends only the columns approved analyses need, with identifiers
-normalised and re-keyed (HMAC under the collaboration key the coordinator
-enclave hands over on the attested channel), as Arrow record batches streamed
-in bounded chunks.  A bad file produces a report of counts and column names
+normalised and re-keyed (64-bit AES-CMAC keyed identifiers under the
+collaboration key the coordinator enclave hands over on the attested channel;
+one ``Rekeyer`` per stream), as Arrow record batches streamed in bounded
+chunks.  A bad file produces a report of counts and column names
 (never values); the coordinator discards anything it staged; the node keeps
 serving.
 """
