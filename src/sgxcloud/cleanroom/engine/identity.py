@@ -68,6 +68,10 @@ def _anchor(ds: Dataset, alias: str = "t") -> str:
 
 def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) -> Resolution:
     """(Re)build ``persons(person)`` and one ``p_*`` table (person + columns) per dataset."""
+    # working tables an interrupted run (out of memory, a crash) may have left
+    for (name,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name "
+                               "LIKE 'r\\_%' ESCAPE '\\'").fetchall():
+        con.execute(f"DROP TABLE {quote(name)}")
     edges = [f"SELECT {_anchor(ds)} AS a, t.{quote(i.column)} AS b FROM {data_table(ds)} t "
              f"WHERE t.{quote(i.column)} IS NOT NULL AND t.{quote(i.column)} <> {_anchor(ds)}"
              for ds in datasets if len(ds.identifiers) > 1 for i in ds.identifiers[1:]]
@@ -86,9 +90,12 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
         con.execute(f"CREATE OR REPLACE TABLE r_half AS SELECT x.l AS a, e.b FROM {graph} e "
                     f"JOIN {labels} x ON x.v = e.a")
         con.execute(f"DROP TABLE {graph}")
-        con.execute(f"CREATE OR REPLACE TABLE r_graph_{level} AS SELECT DISTINCT e.a, y.l AS b "
+        con.execute(f"CREATE OR REPLACE TABLE r_joined AS SELECT e.a, y.l AS b "
                     f"FROM r_half e JOIN {labels} y ON y.v = e.b WHERE e.a <> y.l")
         con.execute("DROP TABLE r_half")
+        con.execute(f"CREATE OR REPLACE TABLE r_graph_{level} AS SELECT DISTINCT a, b "
+                    "FROM r_joined")
+        con.execute("DROP TABLE r_joined")
         if not con.execute(f"SELECT count(*) FROM r_graph_{level}").fetchone()[0]:
             break
     con.execute(f"DROP TABLE r_graph_{level}")
@@ -101,18 +108,19 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
         con.execute("ALTER TABLE r_label_next RENAME TO r_label")
     linked = con.execute("SELECT count(*) FROM r_label").fetchone()[0]
     # a component's smallest identifier is its own label: no row needed
-    con.execute("DELETE FROM r_label WHERE v = l")
+    con.execute("CREATE OR REPLACE TABLE r_link AS SELECT v, l FROM r_label WHERE v <> l")
+    con.execute("DROP TABLE r_label")
     rounds = level
     for ds in datasets:
         rest = [quote(a.column) for a in ds.attributes] + [quote(c) for c in ds.event_columns]
         cols = ", ".join([f"coalesce(r.l, {_anchor(ds)}) AS person", *(f"t.{c}" for c in rest)])
         con.execute(f"CREATE OR REPLACE TABLE {person_table(ds)} AS "
                     f"SELECT {cols} FROM {data_table(ds)} t "
-                    f"LEFT JOIN r_label r ON r.v = {_anchor(ds)}")
+                    f"LEFT JOIN r_link r ON r.v = {_anchor(ds)}")
     people = " UNION ".join(f"SELECT person FROM {person_table(ds)}" for ds in datasets) \
         or "SELECT 0::BIGINT AS person WHERE false"
     con.execute(f"CREATE OR REPLACE TABLE persons AS {people}")
-    con.execute("DROP TABLE r_label")
+    con.execute("DROP TABLE r_link")
     n_people = con.execute("SELECT count(*) FROM persons").fetchone()[0]
     log.info("resolved %d people (%d linked identifiers) in %d contraction levels",
              n_people, linked, rounds)
