@@ -3,8 +3,10 @@
 Each returns a :class:`Draft`: exact figures plus, for every figure, how
 many distinct people it covers and which suppression unit it belongs to,
 and the cohorts (the person keys behind each figure, as conditions over
-one temporary table) that the differencing check compares.  Privacy
-(suppression, noise) is applied by the engine.
+one working table) that the differencing check compares.  Privacy
+(suppression, noise) is applied by the engine.  Working tables are ordinary
+tables, replaced by the next query: DuckDB keeps temporary tables in memory,
+ordinary ones spill under the memory limit.
 """
 
 # ruff: noqa: S608 -- SQL text here is assembled only from names the definition
@@ -64,7 +66,7 @@ def audience_size(con: duckdb.DuckDBPyConnection, definition: Definition,
                   query: AudienceSizeQuery) -> Draft:
     params: list[Any] = []
     where = compile_filter(definition, query.filter, params)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE q_audience AS "
+    con.execute(f"CREATE OR REPLACE TABLE q_audience AS "
                 f"SELECT person FROM persons WHERE {where}", params)
     n = con.execute("SELECT count(*) FROM q_audience").fetchone()[0]
     return Draft(counts={"audience": n}, cohorts={"audience": Cohort("TRUE")},
@@ -92,7 +94,7 @@ def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
         flags.append(f"person IN (SELECT person FROM {person_table(ds)}) AS m{i}")
     any_member = " OR ".join(f"m{i}" for i in range(len(query.datasets)))
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE q_overlap AS SELECT * FROM "
+        f"CREATE OR REPLACE TABLE q_overlap AS SELECT * FROM "
         f"(SELECT person, {', '.join(flags)} FROM persons WHERE {where}) WHERE {any_member}",
         params)
     draft = Draft(cohort_table="q_overlap")
