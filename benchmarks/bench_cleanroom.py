@@ -64,6 +64,8 @@ class PeakRss:
         self._pids = pids
         self.peak_total = 0
         self.peak_each: dict[str, int] = {}
+        self.phase_peaks: dict[str, dict[str, int]] = {}  # phase -> process -> peak
+        self._phase: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -77,8 +79,13 @@ class PeakRss:
                     continue
                 total += rss
                 self.peak_each[name] = max(self.peak_each.get(name, 0), rss)
+                self._phase[name] = max(self._phase.get(name, 0), rss)
             self.peak_total = max(self.peak_total, total)
             self._stop.wait(0.1)
+
+    def end_phase(self, phase: str) -> None:
+        """Close a phase: its peaks per process are kept, and a new phase starts."""
+        self.phase_peaks[phase], self._phase = self._phase, {}
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -118,6 +125,7 @@ def run_cleanroom(collab, memory_limit: str, batch_rows: int) -> tuple[dict, Pea
         start = time.perf_counter()
         collab.start()
         timings["start_attest_transfer_ingest"] = time.perf_counter() - start
+        rss.end_phase("ingestion")
         timings["datasets"] = collab.ingestion
         try:
             definition = load_definition(collab.definition)
@@ -135,6 +143,7 @@ def run_cleanroom(collab, memory_limit: str, batch_rows: int) -> tuple[dict, Pea
                 timings["lift_query"] = time.perf_counter() - t
                 timings["lift"] = {arm: {m: lift.value(m, arm=arm, segment="(all)")
                                          for m in LIFT_FIGURES} for arm in ("test", "control")}
+                rss.end_phase("queries")
         finally:
             collab.stop()
     timings["total"] = time.perf_counter() - start
@@ -231,7 +240,8 @@ def main() -> int:
     for limit, extra, extra_rss, error in bounded:
         memory_rows.append(memory_row(limit, extra, extra_rss, baseline) if extra and extra_rss
                            else f"| {limit} | refused: {error} | | | | |")
-    memory_header = ("| coordinator memory limit | end to end | peak RSS coordinator "
+    memory_header = ("| coordinator memory limit | end to end "
+                     "| peak RSS coordinator (ingestion / queries) "
                      "| peak RSS largest node | all processes | audience vs baseline |")
     section = f"""## Clean room
 
@@ -289,8 +299,10 @@ def memory_row(limit: str, timings: dict, rss: PeakRss, baseline: dict) -> str:
     nodes = max((v for k, v in rss.peak_each.items() if k != "coordinator"), default=0)
     same = ("suppressed (< k)" if isinstance(timings["audience"], str) else
             "equal" if timings["audience"] == baseline["audience"] else "DIFFERENT")
+    phases = " / ".join(mib(rss.phase_peaks.get(phase, {}).get("coordinator", 0))
+                        for phase in ("ingestion", "queries"))
     return (f"| {limit} | {timings['total']:.1f} s | {mib(rss.peak_each.get('coordinator', 0))} "
-            f"| {mib(nodes)} | {mib(rss.peak_total)} | {same} |")
+            f"({phases}) | {mib(nodes)} | {mib(rss.peak_total)} | {same} |")
 
 
 def fresh_engine(collab: LocalCollaboration) -> None:
