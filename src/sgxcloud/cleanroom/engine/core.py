@@ -240,9 +240,10 @@ class Engine:
                 batch = _conform(ds, schema, batch)
                 _validate_rows(ds, batch, problems, rows)
                 if not problems.found:
-                    self._con.register("incoming_batch", batch)
-                    self._con.execute(f"INSERT INTO {staging} SELECT * FROM incoming_batch")
-                    self._con.unregister("incoming_batch")
+                    # A relation scan, not register()/unregister(): a registered
+                    # view keeps its batch alive until the transaction ends, so
+                    # memory would grow with the whole dataset (duckdb-python#469).
+                    self._con.from_arrow(batch).insert_into(staging)
                 rows += batch.num_rows
                 count += 1
             if problems.found:
