@@ -272,3 +272,25 @@ def test_ingestion_holds_one_batch_at_a_time_not_the_whole_stream(make_definitio
     report = engine.ingest("telecom", "subscribers", stream())
     assert report.rows == batches * template.num_rows
     assert peak < 6 * batch_bytes, (peak, batch_bytes)
+
+
+def test_long_chains_of_identifiers_resolve_to_one_person(make_definition, make_engine,
+                                                          rekey_key):
+    # C0–E0–C1–E1–…: each bank row shares one identifier with the next, so the
+    # component is a path that needs several contraction levels.
+    engine = make_engine(make_definition(), ingest=False)
+    ds = engine.definition.dataset("bank.customers")
+    links = 200
+    rows = [{"customer_id": f"C{i}", "email": f"e{i}@example.org", "phone": None,
+             "premium_card": True, "income_band": "low"} for i in range(links)]
+    rows += [{"customer_id": f"C{i + 1}", "email": f"e{i}@example.org", "phone": None,
+              "premium_card": True, "income_band": "low"} for i in range(links)]
+    rows.append({"customer_id": "LONER", "email": None, "phone": None,
+                 "premium_card": True, "income_band": "low"})
+    batch, _ = prepare_batch(ds, pa.Table.from_pylist(rows), rekey_key,
+                             engine.definition.columns_needed(ds.ref))
+    engine.ingest("bank", "customers", batch)
+    engine._ensure_resolved()
+    people = engine._con.execute(
+        'SELECT count(DISTINCT person), count(*) FROM "p_bank__customers"').fetchone()
+    assert people == (2, 2 * links + 1)

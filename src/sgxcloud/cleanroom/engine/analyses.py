@@ -22,13 +22,15 @@ from typing import Any
 import duckdb
 
 from sgxcloud.cleanroom.definition import Analysis, Attribute, Definition
-from sgxcloud.cleanroom.engine.identity import person_table, quote
+from sgxcloud.cleanroom.engine.identity import ensure_persons, person_table, quote
 from sgxcloud.cleanroom.engine.query import (
+    And,
     AudienceSizeQuery,
     CampaignLiftQuery,
+    Comparison,
     OverlapQuery,
 )
-from sgxcloud.cleanroom.engine.sql import compile_filter
+from sgxcloud.cleanroom.engine.sql import comparison_condition, compile_filter
 
 ALL = "(all)"
 NONE_SEGMENT = "(none)"
@@ -65,9 +67,20 @@ class Draft:
 def audience_size(con: duckdb.DuckDBPyConnection, definition: Definition,
                   query: AudienceSizeQuery) -> Draft:
     params: list[Any] = []
-    where = compile_filter(definition, query.filter, params)
+    universe, rest = "persons", query.filter
+    comparisons = (query.filter.items if isinstance(query.filter, And)
+                   else (query.filter,) if isinstance(query.filter, Comparison) else ())
+    if comparisons and all(isinstance(c, Comparison) for c in comparisons):
+        # Only people of the first comparison's dataset can match a conjunction of
+        # comparisons: start from them, not from everyone in any dataset.
+        dataset, condition = comparison_condition(definition, comparisons[0], params)
+        universe = f"(SELECT DISTINCT person FROM {person_table(dataset)} WHERE {condition})"
+        rest = And(tuple(comparisons[1:])) if len(comparisons) > 1 else None
+    else:
+        ensure_persons(con, definition.datasets)
+    where = compile_filter(definition, rest, params)
     con.execute(f"CREATE OR REPLACE TABLE q_audience AS "
-                f"SELECT person FROM persons WHERE {where}", params)
+                f"SELECT person FROM {universe} WHERE {where}", params)
     n = con.execute("SELECT count(*) FROM q_audience").fetchone()[0]
     return Draft(counts={"audience": n}, cohorts={"audience": Cohort("TRUE")},
                  cohort_table="q_audience")
@@ -87,6 +100,7 @@ def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
             query: OverlapQuery) -> Draft:
     params: list[Any] = []
     where = compile_filter(definition, query.filter, params)
+    ensure_persons(con, definition.datasets)
     flags = []
     for i, ref in enumerate(query.datasets):
         ds = definition.dataset(ref)

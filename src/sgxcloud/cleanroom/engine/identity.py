@@ -56,8 +56,7 @@ def person_table(ds: Dataset) -> str:
 @dataclass(frozen=True)
 class Resolution:
     linked_identifiers: int
-    people: int
-    rounds: int
+    levels: int
 
 
 def _anchor(ds: Dataset, alias: str = "t") -> str:
@@ -67,11 +66,12 @@ def _anchor(ds: Dataset, alias: str = "t") -> str:
 
 
 def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) -> Resolution:
-    """(Re)build ``persons(person)`` and one ``p_*`` table (person + columns) per dataset."""
+    """(Re)build one ``p_*`` table (person + columns) per dataset."""
     # working tables an interrupted run (out of memory, a crash) may have left
     for (name,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name "
                                "LIKE 'r\\_%' ESCAPE '\\'").fetchall():
         con.execute(f"DROP TABLE {quote(name)}")
+    con.execute("DROP TABLE IF EXISTS persons")  # of the previous resolution
     edges = [f"SELECT {_anchor(ds)} AS a, t.{quote(i.column)} AS b FROM {data_table(ds)} t "
              f"WHERE t.{quote(i.column)} IS NOT NULL AND t.{quote(i.column)} <> {_anchor(ds)}"
              for ds in datasets if len(ds.identifiers) > 1 for i in ds.identifiers[1:]]
@@ -99,29 +99,37 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
         if not con.execute(f"SELECT count(*) FROM r_graph_{level}").fetchone()[0]:
             break
     con.execute(f"DROP TABLE r_graph_{level}")
-    con.execute(f"ALTER TABLE r_label_{level} RENAME TO r_label")
-    for k in range(level - 1, 0, -1):  # a label without a surviving edge is final
-        con.execute(f"CREATE OR REPLACE TABLE r_label_next AS SELECT x.v, coalesce(h.l, x.l) AS l "
-                    f"FROM r_label_{k} x LEFT JOIN r_label h ON h.v = x.l")
+    linked = con.execute("SELECT count(*) FROM r_label_1").fetchone()[0]
+    # Compose the levels' labels back down (a label without a surviving edge is
+    # final); the last step keeps only identifiers labelled by another one: a
+    # component's smallest identifier is its own label and needs no row.
+    top = f"r_label_{level}"
+    for k in range(level - 1, 0, -1):
+        keep = " WHERE coalesce(h.l, x.l) <> x.v" if k == 1 else ""
+        target = "r_link" if k == 1 else "r_label_next"
+        con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT x.v, coalesce(h.l, x.l) AS l "
+                    f"FROM r_label_{k} x LEFT JOIN {top} h ON h.v = x.l{keep}")
         con.execute(f"DROP TABLE r_label_{k}")
-        con.execute("DROP TABLE r_label")
-        con.execute("ALTER TABLE r_label_next RENAME TO r_label")
-    linked = con.execute("SELECT count(*) FROM r_label").fetchone()[0]
-    # a component's smallest identifier is its own label: no row needed
-    con.execute("CREATE OR REPLACE TABLE r_link AS SELECT v, l FROM r_label WHERE v <> l")
-    con.execute("DROP TABLE r_label")
-    rounds = level
+        con.execute(f"DROP TABLE {top}")
+        if k > 1:
+            con.execute(f"ALTER TABLE r_label_next RENAME TO {top}")
+    if level == 1:
+        con.execute("CREATE OR REPLACE TABLE r_link AS SELECT v, l FROM r_label_1 WHERE v <> l")
+        con.execute("DROP TABLE r_label_1")
     for ds in datasets:
         rest = [quote(a.column) for a in ds.attributes] + [quote(c) for c in ds.event_columns]
         cols = ", ".join([f"coalesce(r.l, {_anchor(ds)}) AS person", *(f"t.{c}" for c in rest)])
         con.execute(f"CREATE OR REPLACE TABLE {person_table(ds)} AS "
                     f"SELECT {cols} FROM {data_table(ds)} t "
                     f"LEFT JOIN r_link r ON r.v = {_anchor(ds)}")
+    con.execute("DROP TABLE r_link")
+    log.info("resolved %d linked identifiers in %d contraction levels", linked, level)
+    return Resolution(linked, level)
+
+
+def ensure_persons(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) -> None:
+    """``persons(person)``: everyone in any dataset, built when a query first needs it
+    (a filter with NOT, or an overlap); resolution drops it."""
     people = " UNION ".join(f"SELECT person FROM {person_table(ds)}" for ds in datasets) \
         or "SELECT 0::BIGINT AS person WHERE false"
-    con.execute(f"CREATE OR REPLACE TABLE persons AS {people}")
-    con.execute("DROP TABLE r_link")
-    n_people = con.execute("SELECT count(*) FROM persons").fetchone()[0]
-    log.info("resolved %d people (%d linked identifiers) in %d contraction levels",
-             n_people, linked, rounds)
-    return Resolution(linked, n_people, rounds)
+    con.execute(f"CREATE TABLE IF NOT EXISTS persons AS {people}")

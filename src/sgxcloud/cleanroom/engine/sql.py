@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sgxcloud.cleanroom.definition import Definition
+from sgxcloud.cleanroom.definition import Dataset, Definition
 from sgxcloud.cleanroom.engine.identity import person_table, quote
 from sgxcloud.cleanroom.engine.query import COMPARISON_OPS, And, Comparison, Filter, Not, Or
 
@@ -31,8 +31,9 @@ def compile_filter(definition: Definition, node: Filter | None, params: list[Any
     return _comparison(definition, node, params, person_col)
 
 
-def _comparison(definition: Definition, node: Comparison, params: list[Any],
-                person_col: str) -> str:
+def comparison_condition(definition: Definition, node: Comparison,
+                         params: list[Any]) -> tuple[Dataset, str]:
+    """The dataset a comparison reads and its condition over that dataset's rows."""
     resolved = definition.resolve_attribute(node.attribute)
     if resolved is None or node.op not in COMPARISON_OPS:
         raise ValueError("filter was not checked against the definition")
@@ -41,9 +42,13 @@ def _comparison(definition: Definition, node: Comparison, params: list[Any],
     if node.op == "in":
         values = node.value if isinstance(node.value, tuple) else (node.value,)
         params.extend(values)
-        condition = f"{column} IN ({', '.join('?' for _ in values)})"
-    else:
-        params.append(node.value)
-        condition = f"{column} {node.op} ?"
+        return dataset, f"{column} IN ({', '.join('?' for _ in values)})"
+    params.append(node.value)
+    return dataset, f"{column} {node.op} ?"
+
+
+def _comparison(definition: Definition, node: Comparison, params: list[Any],
+                person_col: str) -> str:
+    dataset, condition = comparison_condition(definition, node, params)
     return (f"{quote(person_col)} IN "
             f"(SELECT person FROM {person_table(dataset)} WHERE {condition})")
