@@ -206,19 +206,30 @@ class Coordinator:
     def ingest_all(self, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
         """Pull every dataset from every node; a failing node or file affects only itself.
 
-        Providers are pulled concurrently so the nodes re-key in parallel; the
-        engine takes one dataset at a time (its own lock), staged on disk meanwhile.
+        Every dataset comes over its own attested session, all at once, so the
+        nodes re-key in parallel — a provider with several datasets is not
+        left working alone at the end; the engine takes one dataset at a time
+        (its own lock), staged on disk meanwhile.
         """
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=max(1, len(self.config.nodes))) as pool:
-            for future in [pool.submit(self.ingest_provider, p, progress)
-                           for p in self.config.nodes]:
+            available = {p: pool.submit(self._available, p) for p in self.config.nodes}
+            wanted = [(p, name) for p, future in available.items() for name in future.result()]
+        with ThreadPoolExecutor(max_workers=max(1, len(wanted))) as pool:
+            for future in [pool.submit(self.ingest_dataset, p, name, progress)
+                           for p, name in wanted]:
                 future.result()
         return self.status()
 
     def ingest_provider(self, provider: str, progress: Progress | None = None) -> None:
-        refs = [ds.ref for ds in self.definition.datasets_of(provider)]
+        """Pull one provider's datasets, one after another."""
+        for name in self._available(provider):
+            self.ingest_dataset(provider, name, progress)
+
+    def _session(self, provider: str, refs: list[str]):
+        """An attested session with ``provider``'s node, or None (``refs`` marked
+        unavailable and the refusal audited)."""
         try:
             channel = open_client(
                 connect(self.config.nodes[provider], self.tls), "coordinator",
@@ -232,8 +243,17 @@ class Coordinator:
             self._audit("ingest_rejected", provider,
                         {"datasets": refs, "stage": "session", "message": str(exc)})
             log.warning("node %s: %s", provider, exc)
-            return
+            return None
         channel.set_timeout(STREAM_TIMEOUT_S)
+        return channel
+
+    def _available(self, provider: str) -> list[str]:
+        """The datasets ``provider``'s node has files for (the others are marked)."""
+        refs = [ds.ref for ds in self.definition.datasets_of(provider)]
+        channel = self._session(provider, refs)
+        if channel is None:
+            return []
+        names = []
         try:
             channel.request({"op": "describe"})
             _, described = channel.frames.recv_json(Kind.RESPONSE)
@@ -244,12 +264,29 @@ class Coordinator:
                 if not entry.get("available"):
                     self._set(ref, state="unavailable", reason="the node has no file for it")
                     continue
-                self._ingest_dataset(channel, provider, str(entry["dataset"]), progress)
+                names.append(str(entry["dataset"]))
             channel.request({"op": "bye"})
         except TransportError as exc:
             for ref in refs:
-                if self.datasets[ref]["state"] in ("pending", "ingesting"):
-                    self._set(ref, state="failed", reason=str(exc))
+                self._set(ref, state="failed", reason=str(exc))
+            return []
+        finally:
+            channel.close()
+        return names
+
+    def ingest_dataset(self, provider: str, dataset: str,
+                       progress: Progress | None = None) -> None:
+        """Pull one dataset over a session of its own."""
+        ref = f"{provider}.{dataset}"
+        channel = self._session(provider, [ref])
+        if channel is None:
+            return
+        try:
+            self._ingest_dataset(channel, provider, dataset, progress)
+            channel.request({"op": "bye"})
+        except TransportError as exc:
+            if self.datasets[ref]["state"] in ("pending", "ingesting"):
+                self._set(ref, state="failed", reason=str(exc))
         finally:
             channel.close()
 
