@@ -195,6 +195,17 @@ def owner_key():  # type: ignore[no-untyped-def]
     return ec.generate_private_key(ec.SECP256R1())
 
 
+def private_pem(key) -> bytes:  # type: ignore[no-untyped-def]
+    """The key as an unencrypted PKCS#8 PEM file would hold it (for --key options)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
 def public_pem(key) -> str:  # type: ignore[no-untyped-def]
     from cryptography.hazmat.primitives import serialization
 

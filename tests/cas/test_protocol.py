@@ -342,8 +342,6 @@ def test_rejection_over_https_tells_the_enclave_nothing_but_the_audit_entry(
     """Review finding 3: reasons go to the owners' audit log, not to whoever asks."""
     import json
 
-    from cryptography.hazmat.primitives import serialization
-
     from sgxcloud.cli.main import main as cli
 
     url, tls, owner = https_cas_with_owner
@@ -367,13 +365,7 @@ def test_rejection_over_https_tells_the_enclave_nothing_but_the_audit_entry(
     assert "MRENCLAVE" not in str(wrong_build) and "nope" not in str(no_policy)
     # The owner reads the reasons of the rejection of their policy, and only theirs.
     key_file = tmp_path / "owner.pem"
-    key_file.write_bytes(
-        owner.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_file.write_bytes(pg.private_pem(owner))
     owner_args = [
         "audit",
         "show",

@@ -123,13 +123,7 @@ def running(home: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     tls = TlsFiles(home / "tls" / "ca.pem", settings.tls_cert, settings.tls_key)  # type: ignore[arg-type]
     owner = pg.owner_key()
     key_file = tmp_path / "owner.pem"
-    key_file.write_bytes(
-        owner.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_file.write_bytes(pg.private_pem(owner))
     with background_https(build_app(settings, service), tls) as url:
         yield ["policy", "--url", url, "--ca-file", str(tls.ca_cert), "--key", str(key_file)], owner
     service.stop()
@@ -335,13 +329,7 @@ def test_owner_authenticated_by_tls_client_certificate(home: Path, tmp_path: Pat
     key = secrets.new_private_key("ec-p256")
     cert = secrets.issue_certificate(owners_ca, key.public_key(), common_name="alice", now=now)
     (tmp_path / "alice.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "alice.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    (tmp_path / "alice.key").write_bytes(pg.private_pem(key))
     fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
     document = yaml.safe_load(pg.policy_text(pg.owner_key()))
     document["access"]["owners"] = [{"name": "alice", "client_certificate_sha256": fingerprint}]
@@ -383,13 +371,7 @@ def test_policy_owner_id_prints_the_principal_id_to_pin(tmp_path: Path, capsys) 
 
     key = pg.owner_key()
     key_file = tmp_path / "owner.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_file.write_bytes(pg.private_pem(key))
     (tmp_path / "owner.pub").write_text(pg.public_pem(key))
     expected = public_key_id(pg.public_pem(key))
     assert cli(["policy", "--key", str(key_file), "--json", "owner-id"]) == 0

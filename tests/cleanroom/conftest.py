@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -102,6 +102,20 @@ def make_engine(tmp_path: Path, prepared: dict[str, Any]) -> Callable[..., Engin
     for engine in engines:
         with contextlib.suppress(Exception):  # already closed by the test
             engine.close()
+
+
+@pytest.fixture(scope="module")
+def k_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             base_doc: dict[str, Any], prepared: dict[str, Any]) -> Iterator[Engine]:
+    """One engine per test module with that module's ``K`` as minimum group size and
+    the differencing check off (the module tests suppression, not differencing)."""
+    doc = copy.deepcopy(base_doc)
+    doc["privacy"].update(min_group_size=request.module.K, differencing_check=False)
+    engine = Engine(definition_from_dict(doc), tmp_path_factory.mktemp("k"))
+    for ref, batch in prepared.items():
+        engine.ingest(*ref.split("."), batch)
+    yield engine
+    engine.close()
 
 
 # -- the independent plaintext reference ------------------------------------------------

@@ -168,19 +168,6 @@ def _assert_no_small_derivable(values, datasets, k):
             assert region == 0 or region >= k, (s, region)
 
 
-@pytest.fixture(scope="module")
-def k_engine(tmp_path_factory, base_doc, prepared):
-    from sgxcloud.cleanroom.engine import Engine
-
-    doc = copy.deepcopy(base_doc)
-    doc["privacy"].update(min_group_size=K, differencing_check=False)
-    engine = Engine(definition_from_dict(doc), tmp_path_factory.mktemp("kb"))
-    for ref, batch in prepared.items():
-        engine.ingest(*ref.split("."), batch)
-    yield engine
-    engine.close()
-
-
 OVERLAP_FILTERS = [
     None, "retailer.customers.baby_buyer = true", "bank.customers.premium_card = true",
     "retailer.customers.baby_buyer = true AND bank.customers.premium_card = true",

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sgxcloud.cleanroom.engine import Engine
 from sgxcloud.cleanroom.errors import QueryRefused
 from sgxcloud.cleanroom.privacy import PrivacyLedger, complementary_suppression
 
@@ -44,21 +43,6 @@ FILTERS = st.recursive(
     ),
     max_leaves=5,
 )
-
-
-@pytest.fixture(scope="module")
-def k_engine(tmp_path_factory, base_doc, prepared):
-    import copy
-
-    from sgxcloud.cleanroom.definition import definition_from_dict
-
-    doc = copy.deepcopy(base_doc)
-    doc["privacy"].update(min_group_size=K, differencing_check=False)
-    engine = Engine(definition_from_dict(doc), tmp_path_factory.mktemp("k"))
-    for ref, batch in prepared.items():
-        engine.ingest(*ref.split("."), batch)
-    yield engine
-    engine.close()
 
 
 def _assert_cells_cover_k(result, plain_lift=None):
