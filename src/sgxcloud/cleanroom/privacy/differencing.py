@@ -47,6 +47,7 @@ class CohortStore:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
         self.con.execute(_SCHEMA)
+        self._staged: dict[int, int] = {}  # cid -> members of the staged release
 
     def stage(self, relation: str, params: Sequence[Any]) -> None:
         """Stage one release's cohorts: ``relation`` (engine-made SQL, values bound)
@@ -54,13 +55,12 @@ class CohortStore:
         source = relation or "SELECT NULL::INTEGER AS cid, NULL::BIGINT AS person WHERE false"
         self.con.execute(f"CREATE OR REPLACE TABLE {STAGED} AS "
                          f"SELECT cid::INTEGER AS cid, person FROM ({source})", list(params))
+        # counted once here: both the check and the record need the sizes
+        self._staged = dict(self.con.execute(
+            f"SELECT cid, count(*) FROM {STAGED} GROUP BY cid").fetchall())
 
     def _staged_sizes(self, count: int) -> list[int]:
-        sizes = [0] * count
-        for cid, n in self.con.execute(f"SELECT cid, count(*) FROM {STAGED} GROUP BY cid"
-                                       ).fetchall():
-            sizes[cid] = n
-        return sizes
+        return [self._staged.get(cid, 0) for cid in range(count)]
 
     def check_staged(self, labels: Sequence[str], k: int) -> None:
         """Refuse if any staged cohort (empty ones included) is within k of a released one."""
