@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sgxcloud.cas import audit, client, protocol, secrets
+from sgxcloud.cas.client import launcher
 from sgxcloud.cas.collateral import FileCollateral
 from sgxcloud.cas.evidence import DefaultVerifier, make_simulated_evidence
 from sgxcloud.cas.policy import load_policy
@@ -404,20 +405,20 @@ def test_launcher_installs_files_and_environment_then_runs_the_python_command(
     )
     root = tmp_path / "enclave"
     (root / "dev/attestation/keys").mkdir(parents=True)
-    monkeypatch.setattr(client.os, "environ", dict(client.os.environ))
+    monkeypatch.setattr(launcher.os, "environ", dict(launcher.os.environ))
     client.install(fetched, root)
     key_file = root / "etc/app/tls.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert key_file.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert len((root / "dev/attestation/keys/data").read_bytes()) == 16
-    assert client.os.environ["MODE"] == "prod"
+    assert launcher.os.environ["MODE"] == "prod"
     script = tmp_path / "app.py"
     marker = tmp_path / "ran.txt"
     script.write_text(
         "import os, sys\n"
         f"open({str(marker)!r}, 'w').write(os.environ['MODE'] + ' ' + ' '.join(sys.argv[1:]))\n"
     )
-    monkeypatch.setattr(client.sys, "argv", list(client.sys.argv))
+    monkeypatch.setattr(launcher.sys, "argv", list(launcher.sys.argv))
     assert client.run_argv(["/usr/bin/python3", str(script), "--flag"]) == 0
     assert marker.read_text() == "prod --flag"
 

@@ -1,0 +1,36 @@
+"""Errors of the enclave and owner clients, under the CAS root (:class:`CasError`)."""
+
+from __future__ import annotations
+
+from sgxcloud.cas.errors import CasError, EvidenceError
+
+
+class ClientError(CasError):
+    """The configuration could not be fetched (service unreachable or refused)."""
+
+    exit_code = 1
+
+
+class ServiceUnavailable(ClientError):
+    """The CAS could not be reached or answered 502/503/504: worth retrying."""
+
+
+class AttestationRefused(EvidenceError):
+    """The CAS judged this enclave and said no.
+
+    The enclave is not told why (that would tell anyone what a policy
+    accepts); the policy's owners read the reasons in audit entry
+    ``audit_seq`` (``OwnerClient.audit_entry``, ``sgxcloud audit show --seq``).
+    """
+
+    def __init__(self, message: str, *, code: str, audit_seq: int | None) -> None:
+        super().__init__(message, code=code)
+        self.audit_seq = audit_seq
+
+
+class PolicyNotFound(ClientError):
+    """The service has no policy of that name."""
+
+
+class NoEvidenceSource(ClientError):
+    """Not inside an SGX enclave (no /dev/attestation) and simulation not requested."""

@@ -1,0 +1,124 @@
+"""The owner side: policy management over signed requests.
+
+Owners run this from their own machines (``sgxcloud policy``, ``sgxcloud
+audit show --url``); enclaves never need it.  Requests are signed by
+:func:`sgxcloud.cas.service.auth.sign_request`, imported when the first
+request is made, so importing the client package stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography import x509
+
+from sgxcloud.cas.client.enclave import pinned_tls
+from sgxcloud.cas.client.errors import ClientError, PolicyNotFound
+from sgxcloud.cas.errors import AccessDenied, ConflictError, PolicyError, PolicyProblem
+
+
+class OwnerClient:
+    """Policy management for owners: every request signed with the owner's key.
+
+    ``certificate`` is given when the policy names the owner by client
+    certificate fingerprint (``client_certificate_sha256``) instead of key.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        key: Any,
+        *,
+        ca_file: Path | None = None,
+        certificate: x509.Certificate | None = None,
+        http_client: httpx.Client | None = None,
+        clock: Any = None,
+    ) -> None:
+        self._key = key
+        self._certificate = certificate
+        self._clock = clock or time.time
+        if http_client is None:
+            verify: Any = pinned_tls(ca_file) if ca_file is not None else True
+            http_client = httpx.Client(base_url=base_url, verify=verify, timeout=30.0)
+        self._http = http_client
+        self.base_url = base_url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OwnerClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        from sgxcloud.cas.service.auth import sign_request
+
+        content = b"" if body is None else _canonical(body)
+        headers = sign_request(
+            self._key, method, path, content, now=int(self._clock()), certificate=self._certificate
+        )
+        if body is not None:
+            headers["content-type"] = "application/json"
+        try:
+            return self._http.request(method, path, content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ClientError(
+                f"cannot reach the CAS at {self.base_url}: {type(exc).__name__}"
+            ) from exc
+
+    def apply(self, text: str) -> dict[str, Any]:
+        return _owner_answer(self._request("PUT", "/v1/policies", {"policy": text}))
+
+    def show(self, name: str) -> dict[str, Any]:
+        return _owner_answer(self._request("GET", f"/v1/policies/{name}"))
+
+    def delete(self, name: str, predecessor: str) -> None:
+        _owner_answer(self._request("DELETE", f"/v1/policies/{name}?predecessor={predecessor}"))
+
+    def audit(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        answer: list[dict[str, Any]] = _owner_answer(
+            self._request("GET", f"/v1/audit?after={after}&limit={limit}")
+        )
+        return answer
+
+    def audit_entry(self, seq: int) -> dict[str, Any] | None:
+        """Audit entry ``seq`` (e.g. a rejection's), or None if it is not about our policies."""
+        found = self.audit(after=seq - 1, limit=1)
+        return found[0] if found and found[0]["seq"] == seq else None
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _owner_answer(response: httpx.Response) -> Any:
+    if response.status_code == 204:
+        return None
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ClientError(f"CAS answered {response.status_code} without JSON") from exc
+    if response.status_code < 400:
+        return body
+    message = body.get("message", "") if isinstance(body, dict) else ""
+    if response.status_code == 400 and body.get("field") is not None:
+        problems = body.get("problems") or []
+        raise PolicyError.from_problems(
+            [PolicyProblem(p["field"], p["message"]) for p in problems]
+            or [PolicyProblem(body["field"], message)]
+        )
+    if response.status_code in {401, 403}:
+        raise AccessDenied(message or "forbidden")
+    if response.status_code == 404:
+        raise PolicyNotFound(message)
+    if response.status_code == 409:
+        raise ConflictError(message)
+    raise ClientError(f"CAS answered {response.status_code}: {message}")
