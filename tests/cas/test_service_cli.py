@@ -163,8 +163,13 @@ def test_policy_apply_of_an_invalid_file_is_exit_2(running, tmp_path: Path, caps
     bad = tmp_path / "bad.yaml"
     bad.write_text(pg.policy_text(owner).replace("kind: random", "kind: rando"))
     assert cli([*base, "apply", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: secrets.") and err.count("\n") == 1
+    err = capsys.readouterr().err.splitlines()
+    # Both secrets of kind "random" are wrong, and both are named (it used to be the first).
+    assert err[0] == f"error: {bad}: 2 problem(s):"
+    assert err[1:] == [
+        "  secrets.api_token.kind: must be one of: random, private-key, x509, gramine-key",
+        "  secrets.db_password.kind: must be one of: random, private-key, x509, gramine-key",
+    ]
 
 
 def test_audit_commands_find_tampering(running, home: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -15,13 +15,14 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
+from click.core import ParameterSource
 from rich.panel import Panel
 from rich.table import Table
 
 from sgxcloud.cas import audit as audit_log
 from sgxcloud.cas.config import load_settings
 from sgxcloud.cas.store import Database
+from sgxcloud.cli.output import console, wide_output
 from sgxcloud.cli.owner_options import owner_credentials
 from sgxcloud.cli.policy import Connection
 
@@ -37,6 +38,11 @@ _database = click.option(
     help="Read this database instead (sqlite:///FILE or postgresql://...).",
 )
 _json = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+_wide = click.option(
+    "--wide",
+    is_flag=True,
+    help="Never crop values to the terminal's width (always so when output is not a terminal).",
+)
 
 
 def _open(config_path: Path | None, database_url: str | None) -> Database:
@@ -53,7 +59,8 @@ def audit() -> None:
 @_config
 @_database
 @_json
-def verify(config_path: Path | None, database_url: str | None, as_json: bool) -> int:
+@_wide
+def verify(config_path: Path | None, database_url: str | None, as_json: bool, wide: bool) -> int:
     """Check that no audit entry was edited, deleted or reordered.
 
     Recomputes every entry's hash and link and compares the last entry with
@@ -68,7 +75,7 @@ def verify(config_path: Path | None, database_url: str | None, as_json: bool) ->
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     elif report.ok:
-        Console().print(
+        console(wide).print(
             Panel.fit(
                 f"{report.entries} entries, head #{report.head_seq}\nhead hash {report.head_hash}",
                 title="audit chain intact",
@@ -79,7 +86,7 @@ def verify(config_path: Path | None, database_url: str | None, as_json: bool) ->
         table = Table("seq", "problem", title="audit chain BROKEN", title_style="bold red")
         for problem in report.problems:
             table.add_row(str(problem.seq), problem.problem)
-        Console().print(table)
+        console(wide).print(table)
     return 0 if report.ok else 1
 
 
@@ -89,7 +96,9 @@ def verify(config_path: Path | None, database_url: str | None, as_json: bool) ->
 @click.option(
     "--url",
     metavar="URL",
-    help="Read over the CAS API as a policy owner (signed with --key) instead of the database.",
+    envvar="SGXCLOUD_CAS_URL",
+    help="Read over the CAS API as a policy owner (signed with --key) instead of the database "
+    "(env SGXCLOUD_CAS_URL; an explicit --config or --database-url wins over the environment).",
 )
 @owner_credentials("With --url: ")
 @click.option("--after", type=click.IntRange(min=0), default=0, help="Start after this seq.")
@@ -100,7 +109,10 @@ def verify(config_path: Path | None, database_url: str | None, as_json: bool) ->
     help="Show only this entry (e.g. the audit_seq a rejected enclave was given).",
 )
 @_json
+@_wide
+@click.pass_context
 def show(
+    ctx: click.Context,
     config_path: Path | None,
     database_url: str | None,
     url: str | None,
@@ -111,6 +123,7 @@ def show(
     limit: int,
     seq: int | None,
     as_json: bool,
+    wide: bool,
 ) -> int:
     """List audit entries: attestation decisions (with every reason) and policy changes.
 
@@ -120,8 +133,11 @@ def show(
     """
     if seq is not None:
         after, limit = seq - 1, 1
+    local = config_path is not None or database_url is not None
+    if url is not None and local and ctx.get_parameter_source("url") is ParameterSource.ENVIRONMENT:
+        url = None  # the operator named a database on the command line: read it
     if url is not None:
-        if config_path is not None or database_url is not None:
+        if local:
             raise click.UsageError("give --url (owner, over the API) or a database, not both")
         with Connection(url, ca_file, key_file, cert_file, as_json).client() as client:
             listed = client.audit(after=after, limit=min(limit, 1000))
@@ -133,7 +149,7 @@ def show(
             database.close()
     entries = [audit_log.AuditEntry(**e) for e in listed]
     if seq is not None and [e.seq for e in entries] != [seq]:
-        Console(stderr=True).print(f"audit entry #{seq} is not there or not about your policies")
+        console(stderr=True).print(f"audit entry #{seq} is not there or not about your policies")
         return 1
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
@@ -148,20 +164,22 @@ def show(
             e.kind,
             e.subject,
             f"[{style}]{e.outcome}[/]" if style else e.outcome,
-            _summary(e),
+            _summary(e, full=wide_output(wide)),
         )
-    Console().print(table)
+    console(wide).print(table)
     return 0
 
 
-def _summary(entry: audit_log.AuditEntry) -> str:
+def _summary(entry: audit_log.AuditEntry, *, full: bool = False) -> str:
     detail = entry.detail
     if entry.kind == audit_log.AuditKind.ATTESTATION:
         parts = []
         if detail.get("simulated"):
             parts.append("SIMULATED")
         if detail.get("mrenclave"):
-            parts.append(f"MRENCLAVE {detail['mrenclave'][:12]}…")
+            mrenclave = detail["mrenclave"]
+            parts.append(f"MRENCLAVE {mrenclave if full else mrenclave[:12] + '…'}")
         parts.extend(detail.get("reasons", []))
         return "; ".join(parts)
-    return f"v{detail.get('version')} {str(detail.get('policy_hash'))[:12]}…"
+    policy_hash = str(detail.get("policy_hash"))
+    return f"v{detail.get('version')} {policy_hash if full else policy_hash[:12] + '…'}"

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.panel import Panel
 
 from sgxcloud.cas import secrets
 from sgxcloud.cas.config import load_settings
+from sgxcloud.cli.output import console
 
 _CONFIG_HELP = (
     "Settings file (YAML). Every setting can also come from SGXCLOUD_CAS_<NAME>, which wins; "
@@ -51,7 +51,7 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> int:
 
     settings = load_settings(config_path, host=host, port=port)
     if settings.master_key_beside_database():
-        Console(stderr=True).print(
+        console(stderr=True).print(
             f"[bold yellow]warning:[/] master key {settings.master_key_file} is in the same "
             "directory as the SQLite database: a copy of that directory opens every secret. "
             "Move the key (or use SGXCLOUD_CAS_MASTER_KEY).",
@@ -117,7 +117,7 @@ def init(directory: Path, key_dir: Path | None, loopback_tls: bool) -> int:
     settings_path = directory / "cas.yaml"
     if not settings_path.exists():
         settings_path.write_text("\n".join(lines) + "\n")
-    Console().print(
+    console().print(
         Panel.fit(
             f"master key id [bold]{key.key_id}[/] in {key_path}\n"
             f"database in {data_dir}\nsettings in {settings_path}",
@@ -147,7 +147,7 @@ def rewrap(config_path: Path | None) -> int:
         moved = database.run(lambda repo: rewrap_all(repo, keyring))
     finally:
         database.close()
-    Console().print(f"{moved} secret(s) re-wrapped under master key {keyring.current.key_id}")
+    console().print(f"{moved} secret(s) re-wrapped under master key {keyring.current.key_id}")
     return 0
 
 

@@ -22,6 +22,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str, str]] = {
     "attest": ("sgxcloud.cli.attest", "attest", "Verify SGX attestation evidence."),
     "cas": ("sgxcloud.cli.cas", "cas", "Run the attestation and configuration service."),
     "policy": ("sgxcloud.cli.policy", "policy", "Manage CAS policies (owners)."),
+    "owner": ("sgxcloud.cli.owner", "owner", "Make and identify CAS policy owner keys."),
     "audit": ("sgxcloud.cli.audit", "audit", "Inspect and verify audit logs."),
     "cleanroom": ("sgxcloud.cli.cleanroom", "cleanroom", "Confidential data clean room."),
 }

@@ -1,8 +1,15 @@
-"""``sgxcloud policy``: owners apply, show, diff and delete CAS policies.
+"""``sgxcloud policy``: owners apply, show, diff, delete and validate CAS policies.
 
 Thin over :class:`sgxcloud.cas.client.OwnerClient`; every request is signed
-with the owner's private key.  Exit status: 0 done (``diff``: no difference),
-1 refused or conflicting (``diff``: differences), 2 usage or input error.
+with the owner's private key.  Exit status: 0 done (``diff``: no difference;
+``validate``: valid), 1 refused or conflicting (``diff``: differences;
+``validate``: problems found), 2 usage or input error.
+
+The connection options (``--url``, ``--key``, ``--cert``, ``--ca-file``,
+``--json``, ``--wide``) are accepted before or after the subcommand, and
+``--url``/``--key``/``--cert``/``--ca-file`` also come from
+``SGXCLOUD_CAS_URL``/``_OWNER_KEY``/``_OWNER_CERT``/``_CA`` — the one
+convention of every command that talks to a CAS.
 """
 
 from __future__ import annotations
@@ -14,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from rich.console import Console, Group
+from rich.console import Group
 from rich.panel import Panel
-from rich.syntax import Syntax
 from rich.table import Table
 
 from sgxcloud.cas.client import OwnerClient
+from sgxcloud.cas.errors import PolicyError
 from sgxcloud.cas.policy import certificate_id, load_policy, public_key_id
+from sgxcloud.cli.output import code, console
 from sgxcloud.cli.owner_options import owner_credentials
 from sgxcloud.errors import InputError
 
@@ -34,6 +43,7 @@ class Connection:
     key_file: Path | None
     cert_file: Path | None
     as_json: bool
+    wide: bool = False
 
     def client(self) -> OwnerClient:
         if not self.url:
@@ -66,18 +76,51 @@ def _emit(conn: Connection, data: Any, human: Any) -> None:
     if conn.as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
-        Console().print(human)
+        console(conn.wide).print(human)
+
+
+def _override(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A connection option given after the subcommand wins over the group's."""
+    if param.name and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+        conn = ctx.find_object(Connection)
+        if conn is not None:
+            setattr(conn, param.name, value)
+    return value
+
+
+_URL_HELP = "CAS base URL, e.g. https://cas.example:8443 (env SGXCLOUD_CAS_URL)."
+_WIDE_HELP = "Never crop values to the terminal's width (always so when output is not a terminal)."
+
+
+def connection_options(function: Any) -> Any:
+    """The group's connection options, accepted again after the subcommand."""
+    options = [
+        click.option("--url", metavar="URL", expose_value=False, callback=_override,
+                     help=_URL_HELP),
+        click.option("--key", "key_file", expose_value=False, callback=_override,
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="Owner private key (PEM) signing requests (env SGXCLOUD_CAS_OWNER_KEY)."),
+        click.option("--cert", "cert_file", expose_value=False, callback=_override,
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="Client certificate (PEM) if the policy names you by certificate."),
+        click.option("--ca-file", "ca_file", expose_value=False, callback=_override,
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="Trust only this CA for the CAS's TLS (env SGXCLOUD_CAS_CA)."),
+        click.option("--json", "as_json", is_flag=True, default=None, expose_value=False,
+                     callback=_override, help="Print results as JSON for scripts."),
+        click.option("--wide", is_flag=True, default=None, expose_value=False,
+                     callback=_override, help=_WIDE_HELP),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
 
 
 @click.group(name="policy")
-@click.option(
-    "--url",
-    envvar="SGXCLOUD_CAS_URL",
-    metavar="URL",
-    help="CAS base URL, e.g. https://cas.example:8443 (env SGXCLOUD_CAS_URL).",
-)
+@click.option("--url", envvar="SGXCLOUD_CAS_URL", metavar="URL", help=_URL_HELP)
 @owner_credentials()
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON for scripts.")
+@click.option("--wide", is_flag=True, help=_WIDE_HELP)
 @click.pass_context
 def policy(
     ctx: click.Context,
@@ -86,23 +129,77 @@ def policy(
     key_file: Path | None,
     cert_file: Path | None,
     as_json: bool,
+    wide: bool,
 ) -> None:
     """Manage CAS policies as an owner (requests are signed with --key).
 
     An update must name, in its 'predecessor' field, the hash of the version it
     replaces (see 'show'); if someone else updated first, the service answers
-    409 and nothing changes.
+    409 and nothing changes. Options may come before or after the subcommand.
     """
-    ctx.obj = Connection(url, ca_file, key_file, cert_file, as_json)
+    ctx.obj = Connection(url, ca_file, key_file, cert_file, as_json, wide)
+
+
+def _check_locally(text: str, source: str) -> None:
+    """Every problem of the document, each with its field path, before anything is sent."""
+    try:
+        load_policy(text)
+    except PolicyError as exc:
+        _print_problems(source, exc)
+        raise click.exceptions.Exit(2) from None
+
+
+def _print_problems(source: str, exc: PolicyError) -> None:
+    out = console(stderr=True)
+    out.print(f"error: {source}: {len(exc.problems)} problem(s):", highlight=False)
+    for problem in exc.problems:
+        out.print(f"  {problem.field or '(document)'}: {problem.message}", highlight=False)
+
+
+@policy.command(name="validate")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+@connection_options
+@click.pass_obj
+def validate(conn: Connection, files: tuple[Path, ...]) -> int:
+    """Check policy FILES offline, listing every problem with its field path.
+
+    Runs exactly the checks the service runs on 'apply' (schema, placeholders,
+    secret references, owners), without a service or a key. Exit 0 when every
+    file is valid, 1 when any has problems, 2 when one cannot be read.
+    """
+    results = []
+    for file in files:
+        text = _read(file)
+        try:
+            loaded = load_policy(text)
+        except PolicyError as exc:
+            problems = [{"field": p.field, "message": p.message} for p in exc.problems]
+            results.append({"file": str(file), "valid": False, "problems": problems})
+            if not conn.as_json:
+                _print_problems(str(file), exc)
+            continue
+        results.append(
+            {"file": str(file), "valid": True, "name": loaded.name, "policy_hash": loaded.hash,
+             "problems": []}
+        )
+        if not conn.as_json:
+            console(conn.wide).print(
+                f"{file}: valid (policy {loaded.name}, hash {loaded.hash})", highlight=False
+            )
+    if conn.as_json:
+        click.echo(json.dumps(results, indent=2))
+    return 0 if all(r["valid"] for r in results) else 1
 
 
 @policy.command(name="apply")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@connection_options
 @click.pass_obj
 def apply(conn: Connection, file: Path) -> int:
     """Create or update the policy in FILE (YAML); prints its new version and hash."""
     text = _read(file)
-    load_policy(text)  # catch mistakes locally, with every field named
+    _check_locally(text, str(file))  # every mistake, each with its field, before sending
     with conn.client() as client:
         result = client.apply(text)
     table = Table(show_header=False, title=f"policy {result['name']}")
@@ -116,6 +213,7 @@ def apply(conn: Connection, file: Path) -> int:
 
 @policy.command(name="show")
 @click.argument("name")
+@connection_options
 @click.pass_obj
 def show(conn: Connection, name: str) -> int:
     """Show policy NAME: version, hash, document and secret metadata (never values)."""
@@ -129,16 +227,18 @@ def show(conn: Connection, name: str) -> int:
         secrets_table.add_row(
             s["name"], s["kind"], s["imported_from"] or "generated", s["master_key_id"] or "-"
         )
-    _emit(conn, view, Group(summary, secrets_table, Syntax(view["text"], "yaml")))
+    _emit(conn, view, Group(summary, secrets_table, code(view["text"], "yaml", conn.wide)))
     return 0
 
 
 @policy.command(name="diff")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@connection_options
 @click.pass_obj
 def diff(conn: Connection, file: Path) -> int:
     """Compare FILE with the policy on the service; exit 1 if they differ."""
     text = _read(file)
+    _check_locally(text, str(file))
     local = load_policy(text)
     with conn.client() as client:
         remote = client.show(local.name)
@@ -168,7 +268,7 @@ def diff(conn: Connection, file: Path) -> int:
             if predecessor_ok
             else f"[yellow]predecessor must be {remote['policy_hash']} to update[/]"
         )
-        human = Group(Syntax("".join(lines) or "(layout only)", "diff"), note)
+        human = Group(code("".join(lines) or "(layout only)", "diff", conn.wide), note)
     _emit(conn, result, human)
     return 0 if same else 1
 
@@ -181,6 +281,7 @@ def diff(conn: Connection, file: Path) -> int:
     help="Delete only if the policy is still at this hash (default: the current one).",
 )
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@connection_options
 @click.pass_obj
 def delete(conn: Connection, name: str, predecessor: str | None, yes: bool) -> int:
     """Delete policy NAME and all its secrets (enclaves can no longer attest to it)."""
@@ -213,6 +314,7 @@ def delete(conn: Connection, name: str, predecessor: str | None, yes: bool) -> i
     type=click.Path(dir_okay=False, path_type=Path),
     help="A client certificate (PEM or DER) instead of a key.",
 )
+@connection_options
 @click.pass_obj
 def owner_id(conn: Connection, public_key_file: Path | None, certificate_file: Path | None) -> int:
     """Print the principal id of a key or certificate (no service needed).

@@ -430,7 +430,7 @@ class CasService:
                     raise AccessDenied(f"not an owner of policy {policy.name!r}")
                 if policy.predecessor != current.policy_hash:
                     raise ConflictError(
-                        f"policy {policy.name!r} is at {current.policy_hash[:12]}…, "
+                        f"policy {policy.name!r} is at {current.policy_hash}, "
                         "the update names another predecessor; fetch, merge and retry"
                     )
                 version = current.version + 1
@@ -551,7 +551,7 @@ class CasService:
                 raise AccessDenied(f"not an owner of policy {name!r}")
             if predecessor != current.policy_hash:
                 raise ConflictError(
-                    f"policy {name!r} is at {current.policy_hash[:12]}…, not the version named"
+                    f"policy {name!r} is at {current.policy_hash}, not the version named"
                 )
             if not repo.delete_policy(current, at=now, by=caller):
                 raise ConflictError(f"policy {name!r} changed concurrently; retry")
