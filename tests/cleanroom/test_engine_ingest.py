@@ -143,10 +143,18 @@ def test_queries_are_authorised(engine):
     with pytest.raises(QueryRefused) as err:  # the template must match the analysis
         engine.run({"template": "audience_size", "analysis": "reach"}, "brand")
     assert err.value.reason == "not_allowed"
-    with pytest.raises(QueryRefused) as err:
+    with pytest.raises(QueryError, match=r"unknown attribute telecom.subscribers.phone_model; "
+                       "analysis audience allows bank.customers.premium_card"):
         engine.run({"template": "audience_size", "analysis": "audience",
                     "filter": "telecom.subscribers.phone_model = 'x'"}, "brand")
-    assert err.value.reason == "not_allowed"
+    with pytest.raises(QueryError, match=r"unknown dataset bank.customer; analysis reach "
+                       "allows bank.customers, telecom.subscribers"):
+        engine.run({"analysis": "reach", "template": "overlap",
+                    "datasets": ["bank.customer", "telecom.subscribers"]}, "brand")
+    with pytest.raises(QueryError, match="no analysis named reech in the definition; "
+                       "yours: audience, reach, lift"):
+        engine.run({"analysis": "reech", "template": "overlap",
+                    "datasets": ["bank.customers", "telecom.subscribers"]}, "brand")
     with pytest.raises(QueryRefused):
         engine.run({"template": "campaign_lift", "analysis": "lift",
                     "breakdown": "retailer.customers.loyalty_tier"}, "brand")

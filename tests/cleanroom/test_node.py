@@ -77,17 +77,32 @@ def assert_no_identifiers(text):
 
 
 CSV_HEADER = "customer_id,email,phone,premium_card,income_band\n"
+# Every message names the dataset, the file, the line and the column, and says
+# what would be accepted (issue 12).
 CASES = {
-    "wrong field count": (CSV_HEADER + "C1,zelda.secret@example.org,,true\n"
-                          + "C2,mallory@corp.example,,true,low,extra\n", "fields"),
+    "wrong field count": (CSV_HEADER + "C0,p0@example.org,,true,low\n"
+                          + "C1,zelda.secret@example.org,,true\n"
+                          + "C2,mallory@corp.example,,true,low,extra\n",
+                          r"^bank\.customers: .*bad\.csv: 2 line\(s\) do not have the header's 5 "
+                          r"fields: line 3 has 4, line 4 has 6; a value containing a comma"),
     "missing column": ("customer_id,email,income_band\nC1,zelda.secret@example.org,low\n",
-                       "missing column"),
-    "not boolean": (CSV_HEADER + "C1,zelda.secret@example.org,,maybe-yes,low\n",
-                    "premium_card cannot be read"),
+                       r"^bank\.customers: .*bad\.csv: missing column\(s\) phone, premium_card"),
+    "not boolean": (CSV_HEADER + "C0,p0@example.org,,true,low\n"
+                    + "C1,zelda.secret@example.org,,maybe-yes,low\n",
+                    r"^bank\.customers: .*bad\.csv, line 3: column premium_card: 1 value\(s\) "
+                    r"cannot be read as boolean; accepted: true/false, yes/no"),
+    "undeclared category": (CSV_HEADER + "C0,p0@example.org,,true,low\n"
+                            + '"C1","zelda.secret@example.org",,true,\n'
+                            + '"C2\nstill C2",mallory@corp.example,,yes,very-high\n',
+                            r"^bank\.customers: .*bad\.csv, line 4: column income_band: 1 "
+                            r"value\(s\) not among the declared values; accepted: low, middle, "
+                            r"high$"),
     "bad identifiers": (CSV_HEADER + "".join(f",{e.replace('@', ' at ')},,true,low\n"
                                              for e in SECRET_EMAILS)
-                        + ",p1@example.org,,true,low\n", "invalid identifier"),
-    "empty file": ("", "empty"),
+                        + ",p1@example.org,,true,low\n",
+                        r"^bank\.customers: .*bad\.csv: 3 invalid identifier\(s\) \(email=3\) .*"
+                        r"run 'sgxcloud cleanroom node check'"),
+    "empty file": ("", r"^bank\.customers: .*bad\.csv: empty CSV file"),
 }
 
 

@@ -222,10 +222,19 @@ class Coordinator:
                 future.result()
         return self.status()
 
-    def ingest_provider(self, provider: str, progress: Progress | None = None) -> None:
-        """Pull one provider's datasets, one after another."""
+    def ingest_provider(self, provider: str, progress: Progress | None = None,
+                        datasets: list[str] | None = None) -> None:
+        """Pull (again) one provider's datasets, or only ``datasets`` of them, one
+        after another.  A refresh replaces a dataset atomically: a rejected one
+        leaves the previous data in use."""
+        declared = [ds.name for ds in self.definition.datasets_of(provider)]
+        unknown = sorted(set(datasets or ()) - set(declared))
+        if unknown:
+            raise InputError(f"{provider} has no dataset {', '.join(unknown)} in the definition; "
+                             f"its datasets: {', '.join(declared)}")
         for name in self._available(provider):
-            self.ingest_dataset(provider, name, progress)
+            if datasets is None or name in datasets:
+                self.ingest_dataset(provider, name, progress)
 
     def _session(self, provider: str, refs: list[str]):
         """An attested session with ``provider``'s node, or None (``refs`` marked
@@ -239,7 +248,7 @@ class Coordinator:
             )
         except TransportError as exc:
             for ref in refs:
-                self._set(ref, state="unavailable", reason=str(exc))
+                self._not_ingested(ref, "unavailable", str(exc))
             self._audit("ingest_rejected", provider,
                         {"datasets": refs, "stage": "session", "message": str(exc)})
             log.warning("node %s: %s", provider, exc)
@@ -262,13 +271,13 @@ class Coordinator:
                 if ref not in self.datasets:
                     continue
                 if not entry.get("available"):
-                    self._set(ref, state="unavailable", reason="the node has no file for it")
+                    self._not_ingested(ref, "unavailable", "the node has no file for it")
                     continue
                 names.append(str(entry["dataset"]))
             channel.request({"op": "bye"})
         except TransportError as exc:
             for ref in refs:
-                self._set(ref, state="failed", reason=str(exc))
+                self._not_ingested(ref, "failed", str(exc))
             return []
         finally:
             channel.close()
@@ -286,7 +295,7 @@ class Coordinator:
             channel.request({"op": "bye"})
         except TransportError as exc:
             if self.datasets[ref]["state"] in ("pending", "ingesting"):
-                self._set(ref, state="failed", reason=str(exc))
+                self._not_ingested(ref, "failed", str(exc))
         finally:
             channel.close()
 
@@ -313,13 +322,13 @@ class Coordinator:
                 report = self.engine.ingest(provider, dataset, reader, actor=provider)
         except RemoteError as exc:
             # Whatever was staged is discarded below; the engine never saw it.
-            self._set(ref, state="rejected", reason=str(exc))
+            self._not_ingested(ref, "rejected", str(exc))
             self._audit("ingest_rejected", provider,
                         {"dataset": ref, "stage": "node", "message": str(exc)})
             log.warning("%s rejected by its node: %s", ref, exc)
             return
         except (IngestError, CleanroomError, pa.ArrowException) as exc:
-            self._set(ref, state="rejected", reason=f"cannot ingest: {exc}")
+            self._not_ingested(ref, "rejected", f"cannot ingest: {exc}")
             return
         finally:
             with contextlib.suppress(OSError):
@@ -334,6 +343,15 @@ class Coordinator:
     def _audit(self, event: str, actor: str, data: dict[str, Any]) -> None:
         with self._engine_lock:
             self.engine.audit.append(event, actor, data)
+
+    def _not_ingested(self, ref: str, state: str, reason: str) -> None:
+        """A pull that failed: ``rows`` are what queries use now (the previous
+        ingestion's, kept because a dataset is replaced atomically, or none)."""
+        with self._engine_lock:
+            held = self.engine.datasets().get(ref, 0)
+        note = (f"; queries keep using the {held} rows of its previous ingestion" if held
+                else "; no data of it is held")
+        self._set(ref, state=state, rows=held, reason=reason + note)
 
     def _set(self, ref: str, **fields: Any) -> None:
         with self._status_lock:
@@ -444,7 +462,14 @@ def create_app(coordinator: Coordinator | None = None):
     def error(status: int, code: str, message: str) -> JSONResponse:
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
-    errors = {r: {"model": ErrorResponse} for r in (400, 401, 403, 404)}
+    errors = {r: {"model": ErrorResponse} for r in (400, 401, 403, 404, 500)}
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        """Outside the guarded handlers too: never a 500 without a JSON body."""
+        log.error("internal error: %s", type(exc).__name__, exc_info=exc)
+        return error(500, "internal_error", "internal error in the coordinator; its operator "
+                     "has the details in the coordinator's log")
 
     async def authenticate(request: Request) -> str:
         body = await request.body()
@@ -468,6 +493,13 @@ def create_app(coordinator: Coordinator | None = None):
                 return error(400, "bad_request", str(exc))
             except CleanroomError as exc:
                 return error(400, "error", str(exc))
+            except Exception:
+                # A bug (an engine or DuckDB error): the caller still gets JSON with
+                # a stable code; details go to the operator's log only.
+                log.exception("internal error in %s", handler.__name__)
+                return error(500, "internal_error",
+                             "internal error in the coordinator; its operator has the details "
+                             "in the coordinator's log")
         return wrapper
 
     @app.get("/v1/health", tags=["public"])
@@ -501,13 +533,26 @@ def create_app(coordinator: Coordinator | None = None):
     @app.post("/v1/ingest", tags=["providers"], responses=errors)
     @guarded
     async def ingest(request: Request):
-        """A data provider asks the coordinator to pull its datasets again
-        (after fixing a file); answers with their new state."""
+        """A data provider asks the coordinator to pull its datasets again (after
+        fixing or refreshing a file): all of them, or those named in an optional
+        body ``{"datasets": ["customers"]}``; answers with their new state.  A
+        rejected pull leaves the previous data in use."""
         party = await authenticate(request)
         c = app.state.coordinator
         if party not in c.config.nodes:
             return error(403, "not_allowed", f"{party} runs no node known to this coordinator")
-        await run_in_threadpool(c.ingest_provider, party)
+        body = await request.body()
+        names = None
+        if body.strip():
+            try:
+                names = json.loads(body).get("datasets")
+            except (ValueError, AttributeError):
+                names = "bad"
+            if names is not None and (not isinstance(names, list)
+                                      or not all(isinstance(n, str) for n in names)):
+                return error(400, "bad_request",
+                             'body must be {"datasets": ["NAME", ...]} or empty')
+        await run_in_threadpool(c.ingest_provider, party, None, names)
         mine = [v for v in c.status().values() if v["dataset"].startswith(party + ".")]
         return {"datasets": mine}
 

@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from sgxcloud.cleanroom import columns
 from sgxcloud.cleanroom.definition import Dataset
 from sgxcloud.cleanroom.errors import IngestError
 
@@ -361,10 +362,12 @@ def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table,
             arrays.append(_rekey(column, kinds[fld.name], dataset.default_phone_region,
                                  rekeyer, report, fld.name))
         else:
-            arrays.append(_cast(column, fld.type, dataset.ref, fld.name))
+            zone = dataset.timestamp_timezone if fld.name == dataset.timestamp_column else "UTC"
+            arrays.append(_cast(column, fld.type, dataset.ref, fld.name, zone))
     prepared = pa.Table.from_arrays(arrays, schema=schema)
     id_cols = [c for c in schema.names if c in kinds]
     has_id = functools.reduce(pc.or_, [pc.is_valid(prepared[c]) for c in id_cols])
+    check_values(dataset, prepared, has_id)
     kept = prepared.filter(has_id)
     report.rows_out = kept.num_rows
     report.rows_without_identifier = prepared.num_rows - kept.num_rows
@@ -515,19 +518,70 @@ def _rule_matches(national: pa.Array, rule: tuple[re.Pattern[str], frozenset[int
     return ok
 
 
-def _cast(column: pa.ChunkedArray, target: pa.DataType, ref: str, name: str) -> pa.ChunkedArray:
+def _cast(column: pa.ChunkedArray, target: pa.DataType, ref: str, name: str,
+          timezone: str = "UTC") -> pa.Array:
     try:
-        if pa.types.is_timestamp(target) and pa.types.is_timestamp(column.type) \
-                and column.type.tz is None:
-            column = pc.assume_timezone(column, "UTC")
-        return column.cast(target)
+        return columns.convert(column, target, timezone)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        # Arrow's message quotes the offending value: report only the column,
-        # and drop the cause so no traceback carries the value either.
+        # Arrow's message quotes the offending value: report rows and the column
+        # only, and drop the cause so no traceback carries the value either.
+        found = columns.problem(column, name, target, timezone)
         raise IngestError(
-            f"{ref}: column {name} cannot be read as {target}",
-            {"dataset": ref, "column": name, "expected_type": str(target)},
+            f"{ref}: column {name}: {found.count} value(s) cannot be read as {found.expected}; "
+            f"accepted: {found.accepted}",
+            {"dataset": ref, "column": name, "expected_type": found.expected,
+             "bad_rows": list(found.rows), "bad_count": found.count,
+             "accepted": found.accepted},
         ) from None
+
+
+def check_values(dataset: Dataset, table: pa.Table, has_id: pa.Array | None = None) -> None:
+    """Declared values, bounds, arms and amounts, checked on the provider's side so
+    the error names rows of the provider's file; rows without an identifier are
+    dropped anyway and not checked.  Raises IngestError for the first column
+    with a problem (rows only, never values)."""
+    for column, problem, accepted, mask in _value_checks(dataset, table):
+        if has_id is not None:
+            mask = pc.and_(mask, has_id)
+        hits = pc.indices_nonzero(pc.fill_null(mask, False))
+        if len(hits):
+            rows = hits.to_pylist()
+            raise IngestError(
+                f"{dataset.ref}: column {column}: {len(rows)} value(s) {problem}; "
+                f"accepted: {accepted}",
+                {"dataset": dataset.ref, "column": column, "problem": problem,
+                 "bad_rows": rows[:columns.MAX_ROWS_SHOWN], "bad_count": len(rows),
+                 "accepted": accepted})
+
+
+def _value_checks(dataset: Dataset, table: pa.Table):
+    """(column, problem, accepted, mask of offending rows) for each value rule."""
+    names = table.column_names
+    for attr in dataset.attributes:
+        if attr.column not in names:
+            continue
+        column = table[attr.column]
+        if attr.values:
+            # an empty cell is an unknown value, not a wrong one
+            yield (attr.column, "not among the declared values", ", ".join(attr.values),
+                   pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column,
+                                                                   pa.array(attr.values)))))
+        if attr.min is not None:
+            yield (attr.column, f"below the declared min {attr.min:g}",
+                   f"values from {attr.min:g}", pc.less(column, attr.min))
+        if attr.max is not None:
+            yield (attr.column, f"above the declared max {attr.max:g}",
+                   f"values up to {attr.max:g}", pc.greater(column, attr.max))
+    for col in dataset.event_columns:
+        if col in names:
+            yield (col, "empty", "a value in every row", pc.is_null(table[col]))
+    if dataset.group_column and dataset.group_column in names:
+        yield (dataset.group_column, "neither test nor control", "test, control",
+               pc.invert(pc.is_in(table[dataset.group_column], pa.array(("test", "control")))))
+    if dataset.amount_column and dataset.amount_column in names:
+        amount = table[dataset.amount_column]
+        yield (dataset.amount_column, "negative or not a number", "amounts of 0 or more",
+               pc.or_(pc.less(amount, 0.0), pc.is_nan(amount)))
 
 
 def _one_batch(table: pa.Table) -> pa.RecordBatch:

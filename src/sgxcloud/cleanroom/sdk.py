@@ -27,7 +27,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sgxcloud.cleanroom.definition import Definition
-from sgxcloud.cleanroom.errors import CleanroomError, QueryError, QueryRefused
+from sgxcloud.cleanroom.errors import (
+    CleanroomError,
+    QueryError,
+    QueryRefused,
+    ResultSignatureError,
+)
 from sgxcloud.cleanroom.results import Result, verify_result
 from sgxcloud.cleanroom.transport import (
     PeerRefused,
@@ -69,6 +74,15 @@ def verify_bundle(bundle: dict[str, Any] | str, definition: Definition,
             raise CleanroomError("not a result bundle (bad JSON)") from exc
     if not isinstance(bundle, dict) or "result" not in bundle or "signer_statement" not in bundle:
         raise CleanroomError("not a result bundle (needs 'result' and 'signer_statement')")
+    answered = bundle["result"].get("definition_hash") if isinstance(bundle["result"], dict) \
+        else None
+    expected = definition.definition_hash()
+    if isinstance(answered, str) and answered != expected:
+        # Say so first: the attestation checks below would fail too, but in words
+        # about keys and nonces that do not point at the wrong file.
+        raise ResultSignatureError(
+            f"this result answers definition {answered[:16]}…, not the definition given "
+            f"({expected[:16]}…): check the --definition file")
     statement = bundle["signer_statement"]
     verified = verify_signer_statement(
         statement, peer_policy(definition, "coordinator", collateral_source))
@@ -159,9 +173,17 @@ class CleanroomClient:
     def audit(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/audit")["entries"]
 
+    def refresh(self, datasets: list[str] | None = None) -> dict[str, Any]:
+        """(Data providers) ask the coordinator to pull this provider's datasets again —
+        all of them, or only ``datasets`` (names without the provider prefix) — after
+        a file was fixed or updated.  Returns ``{"datasets": [state, ...]}``; a
+        rejected pull leaves the previous data in use (its ``rows`` say so)."""
+        body = {"datasets": list(datasets)} if datasets else None
+        return self._call("POST", "/v1/ingest", body)
+
     def reingest(self) -> dict[str, Any]:
-        """(Data providers) ask the coordinator to pull this provider's data again."""
-        return self._call("POST", "/v1/ingest")
+        """Older name of :meth:`refresh` (all datasets)."""
+        return self.refresh()
 
 
 def _check_attestation(attestation: dict[str, Any], definition: Definition, tls_key: bytes,
@@ -206,5 +228,8 @@ def _json_or_error(response: httpx.Response) -> dict[str, Any]:
     if response.status_code == 401:
         raise RequestRejected(message)
     if response.status_code == 400:
-        raise QueryError("", message)
+        # the message is already complete ("query: filter: ..."): do not prefix it again
+        error = QueryError("", message)
+        error.args = (message,)
+        raise error
     raise CleanroomError(f"coordinator: {message}")

@@ -178,6 +178,11 @@ def _check_event_columns(ds: dict[str, Any], at: str) -> Iterator[Problem]:
         "exposures": ("group_column", "timestamp_column"),
         "purchases": ("timestamp_column", "amount_column"),
     }[ds["kind"]]
+    if "timestamp_timezone" in ds:
+        if "timestamp_column" not in needed:
+            yield f"{at}.timestamp_timezone", f"not allowed for kind {ds['kind']}"
+        elif not _known_zone(ds["timestamp_timezone"]):
+            yield f"{at}.timestamp_timezone", "not an IANA time zone (e.g. UTC, Europe/Berlin)"
     for key in ("group_column", "timestamp_column", "amount_column"):
         if key in needed and key not in ds:
             yield f"{at}.{key}", f"required for kind {ds['kind']}"
@@ -185,6 +190,16 @@ def _check_event_columns(ds: dict[str, Any], at: str) -> Iterator[Problem]:
             yield f"{at}.{key}", f"not allowed for kind {ds['kind']}"
     if ds["kind"] != "attributes" and ds.get("attributes"):
         yield f"{at}.attributes", "only datasets of kind attributes carry attributes"
+
+
+def _known_zone(name: str) -> bool:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _check_attribute(attr: dict[str, Any], at: str) -> Iterator[Problem]:
@@ -333,6 +348,7 @@ def _build(doc: dict[str, Any]) -> Definition:
                 group_column=d.get("group_column"),
                 timestamp_column=d.get("timestamp_column"),
                 amount_column=d.get("amount_column"),
+                timestamp_timezone=d.get("timestamp_timezone", "UTC"),
             )
             for d in doc["datasets"]
         ),

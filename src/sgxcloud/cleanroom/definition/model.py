@@ -65,6 +65,8 @@ class Dataset:
     group_column: str | None = None
     timestamp_column: str | None = None
     amount_column: str | None = None
+    timestamp_timezone: str = "UTC"
+    """IANA zone in which naive timestamps (no zone, no offset) are read."""
 
     @property
     def ref(self) -> str:

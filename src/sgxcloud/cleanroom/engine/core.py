@@ -463,8 +463,10 @@ def _validate_rows(ds: Dataset, batch: pa.RecordBatch, problems: _Problems, offs
             continue
         column = batch.column(names.index(attr.column))
         if attr.values:
+            # an empty cell is an unknown value (null), not an undeclared one
             problems.add(f"{attr.column}: value not declared",
-                         pc.invert(pc.is_in(column, pa.array(attr.values))), offset)
+                         pc.and_(pc.is_valid(column),
+                                 pc.invert(pc.is_in(column, pa.array(attr.values)))), offset)
         if attr.min is not None:
             problems.add(f"{attr.column}: below min", pc.less(column, attr.min), offset)
         if attr.max is not None:

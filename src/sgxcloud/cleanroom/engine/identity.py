@@ -117,7 +117,13 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
         con.execute("CREATE OR REPLACE TABLE r_link AS SELECT v, l FROM r_label_1 WHERE v <> l")
         con.execute("DROP TABLE r_label_1")
     for ds in datasets:
-        rest = [quote(a.column) for a in ds.attributes] + [quote(c) for c in ds.event_columns]
+        # The columns the data table really has: a declared attribute no analysis
+        # uses is never sent (Definition.columns_needed), so it is not there.
+        present = {name for (name,) in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ?",
+            [data_table(ds).strip('"')]).fetchall()}
+        rest = [quote(c) for c in (*(a.column for a in ds.attributes), *ds.event_columns)
+                if c in present]
         cols = ", ".join([f"coalesce(r.l, {_anchor(ds)}) AS person", *(f"t.{c}" for c in rest)])
         con.execute(f"CREATE OR REPLACE TABLE {person_table(ds)} AS "
                     f"SELECT {cols} FROM {data_table(ds)} t "

@@ -251,8 +251,8 @@ def _is_scalar(value: Any) -> bool:
 # -- the text form -------------------------------------------------------------------
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<comma>,)|(?P<op><=|>=|!=|<>|=|<|>)"
-    r"|(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+(?:\.\d+)?)"
+    r"\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<comma>,)|(?P<op><=|>=|!=|<>|==|=|<|>)"
+    r"|(?P<str>'(?:[^']|'')*')|(?P<dq>\"[^\"]*\")|(?P<num>-?\d+(?:\.\d+)?)"
     r"|(?P<word>[A-Za-z_][A-Za-z0-9_.]*))"
 )
 
@@ -265,7 +265,7 @@ def parse_filter_text(text: str) -> Filter:
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if not match or match.end() == pos:
-            raise QueryError("filter", f"cannot read the filter at character {pos + 1}")
+            raise QueryError("filter", _unreadable(text, pos))
         pos = match.end()
         kind = match.lastgroup or ""
         tokens.append((kind, match.group(kind)))
@@ -274,6 +274,21 @@ def parse_filter_text(text: str) -> Filter:
     if parser.pos != len(tokens):
         raise QueryError("filter", "unexpected text after the end of the filter")
     return parse_filter(node.to_dict())  # re-check limits and normalise
+
+
+def _unreadable(text: str, pos: int) -> str:
+    """Where the filter stops making sense, and the usual cause (the text itself is
+    not echoed: refusals are audited, and a filter could hold anything)."""
+    while pos < len(text) - 1 and text[pos].isspace():
+        pos += 1
+    char = text[pos]
+    hints = {"&": "write AND", "|": "write OR", "!": "write NOT, or != to compare",
+             '"': "write text values in single quotes", "'": "a quote is not closed"}
+    hint = hints.get(char, "")
+    where = f"cannot read the filter at character {pos + 1}"
+    if not char.isalnum() and char.isascii() and char.isprintable():
+        where += f" ({char!r})"
+    return f"{where}: {hint}" if hint else where
 
 
 class _TextParser:
@@ -337,7 +352,10 @@ class _TextParser:
             return Comparison(attribute, "in", tuple(values))
         kind, op = self._take()
         if kind != "op":
-            raise QueryError("filter", "expected a comparison operator")
+            raise QueryError("filter", f"expected a comparison operator after {shown(attribute)} "
+                                       "(=, !=, <, <=, >, >= or IN)")
+        if op == "==":
+            raise QueryError("filter", f"write = to compare, not == (after {shown(attribute)})")
         return Comparison(attribute, "!=" if op == "<>" else op, self._literal())
 
     def _literal(self) -> Scalar:
@@ -348,7 +366,11 @@ class _TextParser:
             return float(value) if "." in value else int(value)
         if kind == "word" and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise QueryError("filter", "expected a quoted string, a number, true or false")
+        if kind == "dq":
+            raise QueryError("filter", "write text values in single quotes, e.g. "
+                                       "region = 'north' (double quotes are not used)")
+        raise QueryError("filter", "expected a value: a string in single quotes ('north'), "
+                                   "a number, true or false")
 
 
 # -- checking a query against the definition ------------------------------------------
@@ -367,32 +389,57 @@ def shown(text: str) -> str:
 
 
 def check_query(definition: Definition, query: Query, analyst: str) -> Analysis:
-    """Authorise and type-check; raise QueryRefused("not_allowed") or QueryError."""
+    """Authorise and type-check; raise QueryRefused("not_allowed") or QueryError.
+
+    A name the definition does not have at all is a QueryError that lists the
+    names the analysis allows (the definition is public to every party); a name
+    it has but this analysis does not allow is a refusal.
+    """
     analysis = definition.analysis(query.analysis)
-    if analysis is None or analysis.template != query.template:
+    if analysis is None:
+        mine = [a.name for a in definition.analyses if analyst in a.analysts]
+        raise QueryError("analysis", f"no analysis named {shown(query.analysis)} in the "
+                                     f"definition; yours: {_listed(mine)}")
+    if analysis.template != query.template:
         raise QueryRefused("not_allowed",
-                           f"no {query.template} analysis named {shown(query.analysis)} "
-                           "in the definition")
+                           f"analysis {analysis.name} runs template {analysis.template}, "
+                           f"not {query.template}")
     if analyst not in analysis.analysts:
         raise QueryRefused("not_allowed",
                            f"{shown(analyst)} may not run analysis {analysis.name}")
     for attribute in sorted(filter_attributes(query.filter)):
+        if definition.resolve_attribute(attribute) is None:
+            raise QueryError("filter", f"unknown attribute {shown(attribute)}; analysis "
+                                       f"{analysis.name} allows {_listed(analysis.attributes)}")
         if attribute not in analysis.attributes:
             raise QueryRefused("not_allowed",
                                f"attribute {shown(attribute)} is not allowed in analysis "
-                               f"{analysis.name}")
+                               f"{analysis.name} (allowed: {_listed(analysis.attributes)})")
     if query.filter is not None:
         _check_types(definition, query.filter, "filter")
     if isinstance(query, OverlapQuery):
         for ref in query.datasets:
+            if definition.dataset(ref) is None:
+                raise QueryError("datasets", f"unknown dataset {shown(ref)}; analysis "
+                                             f"{analysis.name} allows {_listed(analysis.datasets)}")
             if ref not in analysis.datasets:
                 raise QueryRefused("not_allowed", f"dataset {shown(ref)} is not allowed "
-                                                  f"in analysis {analysis.name}")
-    if isinstance(query, CampaignLiftQuery) and query.breakdown is not None \
-            and query.breakdown not in analysis.breakdowns:
-        raise QueryRefused("not_allowed", f"breakdown {shown(query.breakdown)} is not allowed "
-                                          f"in analysis {analysis.name}")
+                                                  f"in analysis {analysis.name} "
+                                                  f"(allowed: {_listed(analysis.datasets)})")
+    if isinstance(query, CampaignLiftQuery) and query.breakdown is not None:
+        if definition.resolve_attribute(query.breakdown) is None:
+            raise QueryError("breakdown", f"unknown attribute {shown(query.breakdown)}; "
+                                          f"analysis {analysis.name} allows breakdowns by "
+                                          f"{_listed(analysis.breakdowns)}")
+        if query.breakdown not in analysis.breakdowns:
+            raise QueryRefused("not_allowed",
+                               f"breakdown {shown(query.breakdown)} is not allowed in analysis "
+                               f"{analysis.name} (allowed: {_listed(analysis.breakdowns)})")
     return analysis
+
+
+def _listed(names: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(names) if names else "none"
 
 
 def _check_types(definition: Definition, node: Filter, path: str) -> None:
