@@ -124,7 +124,7 @@ def test_type_checks_against_the_definition(definition):
                 "telecom.subscribers.region IN ('north', 3)"):
         with pytest.raises(QueryError):
             check(bad)
-    with pytest.raises(QueryError, match="unknown attribute retailer.purchases.amount"):
+    with pytest.raises(QueryError, match=r"unknown attribute retailer\.purchases\.amount"):
         check("retailer.purchases.amount > 3")  # an amount column, not an attribute
 
 
