@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 from osc_lib import exceptions
 
+from sgxcloud.nova.accounting import EpcSpan
+from sgxcloud.nova.charts import write_chart
+from sgxcloud.nova.errors import UsageError
 from sgxcloud.nova.osc import plugin
 from sgxcloud.nova.osc.usage import COLUMNS, ShowSGXUsage, parse_when, row, window
-from sgxcloud.nova.usage import EpcSpan, ProjectEpcUsage, ServerEpcUsage, UsageError, write_chart
+from sgxcloud.nova.usage import ProjectEpcUsage, ServerEpcUsage
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)

@@ -9,16 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nova.api.openstack.compute.simple_tenant_usage import SimpleTenantUsageController
 
-from sgxcloud.nova.usage import (
+from sgxcloud.nova.accounting import (
     ActionRecord,
     EpcSpan,
     MigrationRecord,
-    ProjectEpcUsage,
-    ServerEpcUsage,
     epc_mb_hours,
     epc_spans,
     hours_for,
 )
+from sgxcloud.nova.usage import ProjectEpcUsage, ServerEpcUsage
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 2, tzinfo=UTC)

@@ -28,8 +28,9 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from sgxcloud.nova import charts, placement
 from sgxcloud.nova import usage as epc_usage
-from sgxcloud.nova.usage import as_utc
+from sgxcloud.nova.accounting import as_utc
 
 
 def harness_connection(compute_url: str, placement_url: str, project_id: str) -> Any:
@@ -143,7 +144,7 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict:
         )
     console.print(per_server)
 
-    hosts = epc_usage.host_epc(conn)
+    hosts = placement.host_epc(conn)
     host_table = Table(title="EPC per SGX host (Placement)")
     for column in ("Host", "Total MiB", "Reserved", "Used", "Free", "SGX servers"):
         host_table.add_column(column, justify="left" if column == "Host" else "right")
@@ -159,7 +160,7 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict:
     console.print(host_table)
 
     workdir.mkdir(parents=True, exist_ok=True)
-    chart = epc_usage.write_chart([usage], str(workdir / "epc-usage.png"), by="server")
+    chart = charts.write_chart([usage], str(workdir / "epc-usage.png"), by="server")
     console.print(f"Chart of EPC MB-hours per server: [bold]{chart}[/]")
     return {
         "project": project,

@@ -11,8 +11,8 @@ part of the server's life is rebuilt from its instance actions (when the
 create/resize finished) and migration records (which flavors it moved
 between), and charged at the size it had then.
 
-The computation (:func:`hours_for`, :func:`epc_mb_hours`, :func:`epc_spans`)
-is pure and works on plain records; :func:`project_usage` and
+The computation lives in :mod:`sgxcloud.nova.accounting` (pure, plain
+records); :func:`project_usage` and
 :func:`usages` fetch those records through an ``openstack.connection
 .Connection`` (openstacksdk) with admin rights.  The CPU, RAM and disk figures
 are Nova's own numbers, passed through unchanged.
@@ -21,176 +21,26 @@ are Nova's own numbers, passed through unchanged.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sgxcloud.errors import SgxcloudError
-from sgxcloud.nova import resources
+from sgxcloud.nova.accounting import (
+    BUILD_EVENT,
+    CREATE,
+    DONE_MIGRATIONS,
+    FINISH_EVENT,
+    ActionRecord,
+    EpcSpan,
+    MigrationRecord,
+    as_utc,
+    epc_mb_hours,
+    epc_spans,
+)
+from sgxcloud.nova.errors import UsageError
 from sgxcloud.nova.requirements import sgx_request_from_extra_specs
 
-UTC = dt.UTC
-
-# Instance actions that change the flavor a server runs with, and the
-# compute-side event whose finish is the moment the guest runs at its new size
-# (Nova sets ``launched_at`` in that same step).
-_RESIZE = "resize"
-_REVERT = "revertResize"
-_FINISH_EVENT = {_RESIZE: "compute_finish_resize", _REVERT: "compute_finish_revert_resize"}
-_CREATE = "create"
-_BUILD_EVENT = "compute__do_build_and_run_instance"
-_DONE_MIGRATIONS = {"finished", "confirming", "confirmed", "reverting", "reverted"}
-
-
-class UsageError(SgxcloudError):
-    """Usage could not be computed from what the cloud returned."""
-
-    exit_code = 1
-
-
-# -- the arithmetic ---------------------------------------------------------
-
-
-def as_utc(value: dt.datetime | str | None) -> dt.datetime | None:
-    """A timezone-aware UTC datetime from Nova's ISO strings or naive datetimes.
-
-    Nova's API reports UTC without an offset; naive values are taken as UTC.
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def hours_for(
-    launched_at: dt.datetime | None,
-    terminated_at: dt.datetime | None,
-    period_start: dt.datetime,
-    period_stop: dt.datetime,
-) -> float:
-    """Hours of ``[launched_at, terminated_at)`` inside the window, as Nova counts them.
-
-    Mirrors ``SimpleTenantUsageController._hours_for`` clause by clause (a
-    property test checks it against Nova's own function): nothing before
-    launch, nothing after termination, nothing for a server never launched.
-    """
-    if terminated_at is not None and terminated_at < period_start:
-        return 0
-    if launched_at is not None and launched_at > period_stop:
-        return 0
-    if launched_at is None:
-        return 0
-    start = max(launched_at, period_start)
-    stop = min(period_stop, terminated_at) if terminated_at is not None else period_stop
-    return (stop - start).total_seconds() / 3600.0
-
-
-@dataclass(frozen=True)
-class EpcSpan:
-    """From ``start`` on (until the next span or termination) the server had ``epc_mb``."""
-
-    start: dt.datetime
-    epc_mb: int
-
-
-def epc_mb_hours(
-    spans: Sequence[EpcSpan],
-    terminated_at: dt.datetime | None,
-    period_start: dt.datetime,
-    period_stop: dt.datetime,
-) -> float:
-    """Σ size × Nova-clipped hours over the spans of one server's life."""
-    total = 0.0
-    for index, span in enumerate(spans):
-        end = spans[index + 1].start if index + 1 < len(spans) else terminated_at
-        if end is not None and terminated_at is not None:
-            end = min(end, terminated_at)
-        total += span.epc_mb * hours_for(span.start, end, period_start, period_stop)
-    return total
-
-
-# -- what the cloud tells us ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActionRecord:
-    """One instance action: ``action`` name, when it was asked for, when its
-    compute step finished (``None`` when the events are not visible)."""
-
-    action: str
-    start_time: dt.datetime
-    finished_at: dt.datetime | None = None
-
-
-@dataclass(frozen=True)
-class MigrationRecord:
-    """A resize's migration record; flavor ids are Nova's internal ids."""
-
-    created_at: dt.datetime
-    status: str
-    old_flavor_id: int | None
-    new_flavor_id: int | None
-
-
-def epc_spans(
-    launched_at: dt.datetime | None,
-    current_epc_mb: int,
-    actions: Sequence[ActionRecord],
-    migrations: Sequence[MigrationRecord],
-    epc_by_flavor_id: Mapping[int, int],
-) -> tuple[tuple[EpcSpan, ...], bool]:
-    """The server's EPC over time and whether every size is known for sure.
-
-    ``launched_at`` is Nova's (reset by each resize/revert), so the last span
-    always starts exactly where Nova starts counting.  Earlier spans need the
-    create/resize records; a size that cannot be resolved is taken as the
-    current one and the result is flagged as not exact.
-    """
-    if launched_at is None:
-        return (), True
-    changes = sorted((a for a in actions if a.action in _FINISH_EVENT), key=lambda a: a.start_time)
-    # A change asked for after the current launch has not finished (yet).
-    changes = [a for a in changes if a.start_time <= launched_at]
-    if not changes:
-        return (EpcSpan(launched_at, current_epc_mb),), True
-    resizes = sorted(
-        (m for m in migrations if m.status in _DONE_MIGRATIONS), key=lambda m: m.created_at
-    )
-    exact = True
-    # Walk back from the present: before each change the server had the size
-    # the change moved away from.
-    sizes = [current_epc_mb]
-    resize_index = sum(1 for a in changes if a.action == _RESIZE) - 1
-    for change in reversed(changes):
-        if change.action == _RESIZE:
-            record = resizes[resize_index] if 0 <= resize_index < len(resizes) else None
-            before = epc_by_flavor_id.get(record.old_flavor_id) if record else None
-            resize_index -= 1
-        else:  # a revert restores the size the reverted resize had left
-            record = resizes[resize_index] if 0 <= resize_index < len(resizes) else None
-            before = epc_by_flavor_id.get(record.new_flavor_id) if record else None
-        if before is None:
-            exact = False
-            before = sizes[-1]
-        sizes.append(before)
-    sizes.reverse()
-    created = _first_launch(actions)
-    if created is None:
-        exact = False
-        return (EpcSpan(launched_at, current_epc_mb),), exact
-    starts = [created] + [c.finished_at or c.start_time for c in changes[:-1]] + [launched_at]
-    return tuple(EpcSpan(s, size) for s, size in zip(starts, sizes, strict=True)), exact
-
-
-def _first_launch(actions: Iterable[ActionRecord]) -> dt.datetime | None:
-    creates = [a for a in actions if a.action == _CREATE]
-    if not creates:
-        return None
-    first = min(creates, key=lambda a: a.start_time)
-    return first.finished_at or first.start_time
+__all__ = ["ProjectEpcUsage", "ServerEpcUsage", "UsageError", "project_usage", "usages"]
 
 
 # -- results ------------------------------------------------------------------
@@ -346,7 +196,7 @@ def _server_usage(
     exact = server is not None
     actions = _actions(conn, server_id) if exact else []
     spans: tuple[EpcSpan, ...]
-    if any(a.action in _FINISH_EVENT for a in actions):
+    if any(a.action in FINISH_EVENT for a in actions):
         migrations = _migrations(conn, server_id)
         spans, exact = epc_spans(launched_at, current, actions, migrations, catalog.epc_by_id)
         exact = exact and catalog.consistent_with(flavor, migrations)
@@ -375,8 +225,8 @@ def _actions(conn: Any, server_id: str) -> list[ActionRecord]:
     records = []
     for action in conn.compute.server_actions(server_id):
         finished = None
-        wanted = _FINISH_EVENT.get(action.action) or (
-            _BUILD_EVENT if action.action == _CREATE else None
+        wanted = FINISH_EVENT.get(action.action) or (
+            BUILD_EVENT if action.action == CREATE else None
         )
         if wanted:
             detail = conn.compute.get_server_action(action.request_id, server_id)
@@ -431,7 +281,7 @@ class FlavorCatalog:
 
     def consistent_with(self, flavor: Any, migrations: Sequence[MigrationRecord]) -> bool:
         """The latest resize's new flavor is the server's current flavor."""
-        done = [m for m in migrations if m.status in _DONE_MIGRATIONS]
+        done = [m for m in migrations if m.status in DONE_MIGRATIONS]
         if not done or flavor is None:
             return True
         latest = max(done, key=lambda m: m.created_at)
@@ -441,110 +291,3 @@ class FlavorCatalog:
         return wanted in self.name_by_id and self.name_by_id[wanted] == name
 
 
-# -- EPC capacity per compute node (Placement) --------------------------------
-
-
-@dataclass(frozen=True)
-class HostEpc:
-    """One compute node's EPC as Placement accounts it."""
-
-    name: str
-    uuid: str
-    total_mb: int
-    reserved_mb: int
-    used_mb: int
-    traits: tuple[str, ...]
-    sgx_servers: int
-
-    @property
-    def free_mb(self) -> int:
-        # EPC is never over-committed (allocation ratio 1.0).
-        return max(self.total_mb - self.reserved_mb - self.used_mb, 0)
-
-
-def host_epc(conn: Any) -> list[HostEpc]:
-    """Every resource provider with EPC inventory or the SGX trait, by name."""
-    placement = conn.placement
-    providers = _placement_get(placement, "/resource_providers", "1.14")["resource_providers"]
-    hosts = []
-    for provider in providers:
-        uuid = provider["uuid"]
-        base = f"/resource_providers/{uuid}"
-        inventory = _placement_get(placement, f"{base}/inventories", "1.14")["inventories"]
-        traits = _placement_get(placement, f"{base}/traits", "1.14")["traits"]
-        epc = inventory.get(resources.EPC_RESOURCE_CLASS)
-        if epc is None and resources.TRAIT_SGX not in traits:
-            continue
-        used = _placement_get(placement, f"{base}/usages", "1.14")["usages"]
-        allocations = _placement_get(placement, f"{base}/allocations", "1.14")["allocations"]
-        sgx_servers = sum(
-            1
-            for alloc in allocations.values()
-            if alloc["resources"].get(resources.EPC_RESOURCE_CLASS, 0) > 0
-        )
-        hosts.append(
-            HostEpc(
-                name=provider["name"],
-                uuid=uuid,
-                total_mb=(epc or {}).get("total", 0),
-                reserved_mb=(epc or {}).get("reserved", 0),
-                used_mb=used.get(resources.EPC_RESOURCE_CLASS, 0),
-                traits=tuple(t for t in resources.SGX_TRAITS if t in traits),
-                sgx_servers=sgx_servers,
-            )
-        )
-    return sorted(hosts, key=lambda h: h.name)
-
-
-def _placement_get(placement: Any, path: str, microversion: str) -> dict[str, Any]:
-    response = placement.get(path, microversion=microversion)
-    if response.status_code != 200:
-        raise UsageError(f"Placement GET {path} failed with HTTP {response.status_code}")
-    return response.json()
-
-
-# -- charts ---------------------------------------------------------------------
-
-
-def write_chart(usages: Sequence[ProjectEpcUsage], path: str, by: str = "server") -> str:
-    """A PNG bar chart of EPC MB-hours per server or per day; returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
-    import matplotlib.pyplot as plt
-
-    if by == "server":
-        labels = [
-            f"{s.name or s.server_id[:8]} ({s.project_id[:8]})" for u in usages for s in u.servers
-        ]
-        values = [s.epc_mb_hours for u in usages for s in u.servers]
-        title = "EPC MB-hours per server"
-    elif by == "day":
-        days: dict[dt.date, float] = {}
-        for u in usages:
-            for day, value in u.epc_mb_hours_per_day().items():
-                days[day] = days.get(day, 0.0) + value
-        labels = [d.isoformat() for d in sorted(days)]
-        values = [days[d] for d in sorted(days)]
-        title = "EPC MB-hours per day (UTC)"
-    else:
-        raise UsageError(f"chart by {by!r}: choose 'server' or 'day'")
-    if usages:
-        start = min(u.start for u in usages).strftime("%Y-%m-%d %H:%M")
-        stop = max(u.stop for u in usages).strftime("%Y-%m-%d %H:%M")
-        title += f"\n{start} to {stop} UTC"
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.6 * len(labels) + 2), 4.5))
-    try:
-        axes.bar(range(len(values)), values, color="#3b6ea5")
-        axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-        axes.set_ylabel("EPC MB-hours")
-        axes.set_title(title)
-        for index, value in enumerate(values):
-            axes.annotate(f"{value:.2f}", (index, value), ha="center", va="bottom", fontsize=8)
-        figure.tight_layout()
-        figure.savefig(path, format="png", dpi=100)
-    except OSError as exc:
-        raise UsageError(f"cannot write chart {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(figure)
-    return path

@@ -9,7 +9,7 @@ from typing import Any
 from osc_lib.cli import format_columns
 from osc_lib.command import command
 
-from sgxcloud.nova import usage as epc_usage
+from sgxcloud.nova import placement
 
 COLUMNS = (
     "Host",
@@ -28,7 +28,7 @@ class ListSGXHost(command.Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        hosts = epc_usage.host_epc(self.app.client_manager.sgx)
+        hosts = placement.host_epc(self.app.client_manager.sgx)
         return COLUMNS, [
             (
                 h.name,

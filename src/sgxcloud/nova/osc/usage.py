@@ -18,7 +18,9 @@ from openstackclient.identity import common as identity_common
 from osc_lib import exceptions
 from osc_lib.command import command
 
+from sgxcloud.nova import charts
 from sgxcloud.nova import usage as epc_usage
+from sgxcloud.nova.accounting import as_utc
 
 DATE_FORMAT = "%Y-%m-%d"
 COLUMNS = ("Project", "Servers", "RAM MB-Hours", "CPU Hours", "Disk GB-Hours", "EPC MB-Hours")
@@ -34,7 +36,7 @@ def parse_when(text: str | None, default: dt.datetime) -> dt.datetime:
         raise exceptions.CommandError(
             f"invalid date {text!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS"
         ) from None
-    return epc_usage.as_utc(value) or default
+    return as_utc(value) or default
 
 
 def window(parsed_args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime]:
@@ -117,7 +119,7 @@ class ShowSGXUsage(command.ShowOne):
             project = self.app.client_manager.auth_ref.project_id
         result = epc_usage.project_usage(conn, project, start, end)
         if parsed_args.chart:
-            epc_usage.write_chart([result], parsed_args.chart, by=parsed_args.chart_by)
+            charts.write_chart([result], parsed_args.chart, by=parsed_args.chart_by)
         if parsed_args.formatter == "table":
             self.app.stdout.write(
                 f"Usage from {start.strftime(DATE_FORMAT)} to {end.strftime(DATE_FORMAT)} "
@@ -141,7 +143,7 @@ class ListSGXUsage(command.Lister):
         start, end = window(parsed_args)
         results = epc_usage.usages(conn, start, end)
         if parsed_args.chart:
-            epc_usage.write_chart(results, parsed_args.chart, by=parsed_args.chart_by)
+            charts.write_chart(results, parsed_args.chart, by=parsed_args.chart_by)
         if parsed_args.formatter == "table" and results:
             self.app.stdout.write(
                 f"Usage from {start.strftime(DATE_FORMAT)} to {end.strftime(DATE_FORMAT)}: \n"
