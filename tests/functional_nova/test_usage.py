@@ -26,7 +26,7 @@ from sgxcloud.demo import usage as demo_usage
 from sgxcloud.demo.usage import harness_connection
 from sgxcloud.nova import usage as epc_usage
 from sgxcloud.nova.osc.host import ListSGXHost
-from sgxcloud.nova.osc.usage import ListSGXUsage, ShowSGXUsage
+from sgxcloud.nova.osc.usage import ExportSGXUsage, ListSGXUsage, ShowSGXUsage
 from tests.functional_nova.base import SGXServersTestBase
 
 T0 = dt.datetime(2026, 3, 2, 0, 0, 0)  # window start (naive UTC, as Nova stores it)
@@ -170,6 +170,144 @@ class EPCUsageTest(SGXServersTestBase):
             sgx1["EPC Total MB"], sgx1["EPC Reserved MB"], sgx1["EPC Used MB"],
             sgx1["EPC Free MB"], sgx1["SGX Servers"]))  # fmt: skip
         self.assertIn("HW_CPU_X86_SGX", sgx1["SGX Traits"])
+
+
+
+class EPCUsageStableWindowsTest(SGXServersTestBase):
+    """Issue 11: a closed window's bill must not change after the fact.
+
+    Six servers on two SGX hosts, with hours T+0h.. on a frozen clock:
+
+    - A 32 MiB, built at 0h, runs throughout;
+    - B 64 MiB, built at 2h, deleted at 20h;
+    - D 32 MiB, built at 5h, resized to 128 MiB at 30h, reverted at 32h;
+    - E 64 MiB, built at 6h, shelved (offloaded) at 12h, unshelved at 20h;
+    - F 64 MiB, built at 7h, cold-migrated to the other host at 15h;
+    - C 64 MiB, built at 10h, resized to 128 MiB at 40h (the issue's server).
+
+    Window W1 = [8h, 36h] by hand (MiB x h):
+    A 32x28 = 896; B 64x12 = 768; C 64x26 = 1664; D 32x22 + 128x2 + 32x4 = 1088;
+    E 64x(4+16) = 1280; F 64x28 = 1792; total 7488.
+    Window W2 = [36h, 48h]: A 384; C 64x4 + 128x8 = 1280; D 384; E 768; F 768;
+    total 3584.  W1 + W2 = [8h, 48h] = 11072.
+    """
+
+    def setUp(self):
+        timeutils.set_time_override(T0 - 6 * HOUR)
+        self.addCleanup(timeutils.clear_time_override)
+        self.flags(service_down_time=30 * 24 * 3600)
+        super().setUp()
+        self.flags(allow_resize_to_same_host=True)
+        self.flags(shelved_offload_time=0)
+        self.start_sgx_compute("sgx1", {0: 512})
+        self.start_sgx_compute("sgx2", {0: 512})
+        self.flavors = {mb: self.create_sgx_flavor(mb, name=f"sgx.{mb}") for mb in (32, 64, 128)}
+        self.conn = sdk_connection(self)
+        # The fake libvirt has no disks to move (as in Nova's own libvirt tests).
+        patcher = mock.patch(
+            "nova.virt.libvirt.driver.LibvirtDriver.migrate_disk_and_power_off",
+            return_value="{}",
+        )
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def at(self, hours: float) -> None:
+        timeutils.set_time_override(T0 + hours * HOUR)
+
+    def settle(self, server: dict, action: str, event: str) -> None:
+        """Wait until the compute step's event is recorded before the clock moves on."""
+        self._wait_for_instance_action_event(server, action, event, "success")
+
+    def boot(self, hours: float, name: str, mb: int) -> dict:
+        self.at(hours)
+        server = self._create_server(name=name, flavor_id=self.flavors[mb], networks="none")
+        self.settle(server, "create", "compute__do_build_and_run_instance")
+        return server
+
+    def resize(self, hours: float, server: dict, mb: int) -> dict:
+        self.at(hours)
+        server = self._resize_server(server, self.flavors[mb])
+        self.settle(server, "resize", "compute_finish_resize")
+        return server
+
+    def window(self, lo: float, hi: float) -> dict[str, float]:
+        project = self.api_fixture.project_id
+        usage = epc_usage.project_usage(self.conn, project, T0 + lo * HOUR, T0 + hi * HOUR)
+        self.assertTrue(all(s.epc_exact for s in usage.servers), [s.notes for s in usage.servers])
+        figures = {s.name: s.epc_mb_hours for s in usage.servers}
+        figures["total"] = usage.epc_mb_hours
+        return figures
+
+    def test_windows_before_and_after_resizes_keep_their_figures(self):
+        a = self.boot(0, "A", 32)
+        b = self.boot(2, "B", 64)
+        d = self.boot(5, "D", 32)
+        e = self.boot(6, "E", 64)
+        f = self.boot(7, "F", 64)
+        c = self.boot(10, "C", 64)
+        self.at(12)
+        e = self._shelve_server(e)
+        self.settle(e, "shelve", "compute_shelve_instance")
+        self.at(15)
+        source = f["OS-EXT-SRV-ATTR:host"]
+        f = self._migrate_server(f)
+        self.assertNotEqual(source, f["OS-EXT-SRV-ATTR:host"])
+        self.settle(f, "migrate", "compute_finish_resize")
+        self.at(16)
+        self._confirm_resize(f)
+        self.at(20)
+        self._delete_server(b)
+        e = self._unshelve_server(e)
+        self.settle(e, "unshelve", "compute_unshelve_instance")
+        d = self.resize(30, d, 128)
+        self.at(32)
+        self._revert_resize(d)
+        self.settle(d, "revertResize", "compute_finish_revert_resize")
+
+        w1 = {"A": 896, "B": 768, "C": 1664, "D": 1088, "E": 1280, "F": 1792, "total": 7488}
+        self.at(37)
+        self.assertEqual(w1, self.window(8, 36))
+
+        c = self.resize(40, c, 128)
+        self.at(41)
+        self._confirm_resize(c)
+        self.at(55)
+        # Asked long after, with C resized: the same figures.
+        self.assertEqual(w1, self.window(8, 36))
+        w2 = {"A": 384, "C": 1280, "D": 384, "E": 768, "F": 768, "total": 3584}
+        self.assertEqual(w2, self.window(36, 48))
+        self.assertEqual(w1["total"] + w2["total"], self.window(8, 48)["total"])
+
+        # Nova's own rows leave C out of W1 now (its launched_at moved to 40h):
+        # the CPU/RAM figures passed through are Nova's, and C is flagged.
+        project = self.api_fixture.project_id
+        ours = epc_usage.project_usage(self.conn, project, T0 + 8 * HOUR, T0 + 36 * HOUR)
+        nova = self.admin_api.api_get(
+            f"/os-simple-tenant-usage/{project}?start={(T0 + 8 * HOUR).isoformat()}"
+            f"&end={(T0 + 36 * HOUR).isoformat()}"
+        ).body["tenant_usage"]
+        nova_ids = {s["instance_id"] for s in nova["server_usages"]}
+        self.assertNotIn(c["id"], nova_ids)
+        self.assertEqual(nova["total_memory_mb_usage"], ours.total_memory_mb_usage)
+        by_name = {s.name: s for s in ours.servers}
+        self.assertEqual(0.0, by_name["C"].hours)
+        self.assertEqual(26.0, by_name["C"].held_hours)
+        self.assertTrue(by_name["C"].nova_hours_differ)
+        self.assertFalse(by_name["A"].nova_hours_differ)
+        flagged = {s.name for s in ours.servers if s.nova_hours_differ}
+        self.assertEqual({"C", "D", "E", "F"}, flagged)
+        del a
+
+        # The billing export (every project) carries the same figures.
+        app = osc_app(self.conn, project)
+        when = ["--start", (T0 + 8 * HOUR).isoformat(), "--end", (T0 + 36 * HOUR).isoformat()]
+        columns, lines = run_command(app, ExportSGXUsage, when)
+        exported = [dict(zip(columns, line, strict=True)) for line in lines]
+        self.assertEqual(
+            {k: v for k, v in w1.items() if k != "total"},
+            {line["server_name"]: line["epc_mb_hours"] for line in exported},
+        )
+        self.assertEqual({project}, {line["project_id"] for line in exported})
 
 
 def _plain(value):

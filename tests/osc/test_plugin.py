@@ -13,11 +13,19 @@ from pathlib import Path
 import pytest
 from osc_lib import exceptions
 
-from sgxcloud.nova.accounting import EpcSpan
+from sgxcloud.nova.accounting import Period, Timeline
 from sgxcloud.nova.charts import write_chart
 from sgxcloud.nova.errors import UsageError
 from sgxcloud.nova.osc import plugin
-from sgxcloud.nova.osc.usage import COLUMNS, ShowSGXUsage, parse_when, row, window
+from sgxcloud.nova.osc.usage import (
+    COLUMNS,
+    EXPORT_COLUMNS,
+    ShowSGXUsage,
+    export_rows,
+    parse_when,
+    row,
+    window,
+)
 from sgxcloud.nova.usage import ProjectEpcUsage, ServerEpcUsage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +47,9 @@ def test_declared_entry_points_name_real_commands():
     groups = pyproject["project"]["entry-points"]
     assert groups["openstack.cli.extension"]["sgx"] == "sgxcloud.nova.osc.plugin"
     commands = groups[f"openstack.{plugin.API_NAME}.v{plugin.DEFAULT_API_VERSION}"]
-    assert set(commands) == {"sgx_usage_show", "sgx_usage_list", "sgx_host_list"}
+    assert set(commands) == {
+        "sgx_usage_show", "sgx_usage_list", "sgx_usage_export", "sgx_host_list",
+    }  # fmt: skip
     for target in commands.values():
         module, attribute = target.split(":")
         command_class = getattr(importlib.import_module(module), attribute)
@@ -70,12 +80,11 @@ def _usage() -> ProjectEpcUsage:
             vcpus=1,
             memory_mb=512,
             local_gb=1,
-            started_at=T0,
-            ended_at=T0 + h * dt.timedelta(hours=1),
             state="terminated",
             epc_mb=mb,
-            spans=(EpcSpan(T0, mb),),
+            timeline=Timeline((Period(T0, T0 + h * dt.timedelta(hours=1), mb),)),
             epc_mb_hours=mb * h,
+            held_hours=h,
         )
         for n, mb, h in (("a", 64, 3.0), ("b", 128, 6.0))
     ]
@@ -104,3 +113,20 @@ def test_rows_render_for_tables_and_json():
     document = json.loads(json.dumps(dict(zip(COLUMNS, machine, strict=True))))
     assert document["EPC MB-Hours"] == 64 * 3.0 + 128 * 6.0
     assert [s["epc_mb_hours"] for s in document["Servers"]] == [192.0, 768.0]
+
+
+def test_export_columns_are_a_stable_contract():
+    # Billing systems import these by name: changing them is a breaking change.
+    assert EXPORT_COLUMNS == (
+        "window_start", "window_end", "project_id", "server_id", "server_name", "flavor",
+        "epc_mb", "epc_mb_hours", "held_hours", "exact", "nova_hours", "nova_hours_differ",
+    )  # fmt: skip
+    usage = _usage()
+    usage.start, usage.stop = T0, T0 + dt.timedelta(hours=10)
+    lines = [dict(zip(EXPORT_COLUMNS, line, strict=True)) for line in export_rows([usage])]
+    assert lines[1] == {
+        "window_start": "2026-03-02T00:00:00Z", "window_end": "2026-03-02T10:00:00Z",
+        "project_id": "p", "server_id": "id-b", "server_name": "b", "flavor": "f",
+        "epc_mb": 128, "epc_mb_hours": 768.0, "held_hours": 6.0, "exact": True,
+        "nova_hours": 6.0, "nova_hours_differ": False,
+    }  # fmt: skip

@@ -1,30 +1,52 @@
 """EPC MB-hours arithmetic: pure functions over plain records, no I/O.
 
-:mod:`sgxcloud.nova.usage` fetches the records from Nova; this module only
-counts.  Keeping it pure lets property tests drive it with generated
-lifecycles and windows.
+A server's EPC history is a :class:`Timeline`: the periods during which it
+held EPC, each with one size.  The charge for a window is the sum over the
+periods of ``size × (hours of the period inside the window)`` — an integral,
+so it depends only on what happened inside the window, and the charges of
+back-to-back windows add up to the charge of the span they cover.  It is
+counted exactly, in MiB-microseconds (integers), and turned into MB-hours only
+at the end, so additivity holds to the last bit.
+
+:func:`timeline_from_history` builds the timeline from records that Nova never
+rewrites (instance actions and their events, resize/migration records, the
+server's termination time); :mod:`sgxcloud.nova.usage` fetches them.  Nova's
+own ``launched_at`` is not used: Nova resets it at every resize, revert,
+rebuild, evacuation, unshelve and rescue, which is why its usage rows change
+after the fact.  :func:`hours_for` mirrors Nova's arithmetic only to explain
+Nova's CPU/RAM rows beside ours.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 UTC = dt.UTC
+_MICROSECONDS_PER_HOUR = 3_600_000_000
 
-# Instance actions that change the flavor a server runs with, and the
-# compute-side event whose finish is the moment the guest runs at its new size
-# (Nova sets ``launched_at`` in that same step).
-_RESIZE = "resize"
-_REVERT = "revertResize"
-FINISH_EVENT = {_RESIZE: "compute_finish_resize", _REVERT: "compute_finish_revert_resize"}
+# Instance actions and the compute event whose successful finish is the
+# moment the change takes effect on the host.  Nova names events
+# ``compute_<method>`` (``wrap_instance_event(prefix='compute')``).
 CREATE = "create"
 BUILD_EVENT = "compute__do_build_and_run_instance"
-DONE_MIGRATIONS = {"finished", "confirming", "confirmed", "reverting", "reverted"}
-
-
-# -- the arithmetic ---------------------------------------------------------
+MOVES = {"resize": "compute_finish_resize", "migrate": "compute_finish_resize"}
+REVERT = "revertResize"
+REVERT_EVENT = "compute_finish_revert_resize"
+CONFIRM = "confirmResize"
+SHELVE = "shelve"
+SHELVE_EVENT = "compute_shelve_instance"
+SHELVE_OFFLOAD = "shelveOffload"
+SHELVE_OFFLOAD_EVENT = "compute_shelve_offload_instance"
+UNSHELVE = "unshelve"
+# Unshelving an offloaded server spawns it again; unshelving one that was
+# only shelved (shelved_offload_time > 0, not yet offloaded) starts it.
+UNSHELVE_EVENTS = ("compute_unshelve_instance", "compute_start_instance")
+# Migration records of resizes and cold migrations (evacuations and live
+# migrations keep the flavor).
+MOVE_MIGRATION_TYPES = ("resize", "migration")
 
 
 def as_utc(value: dt.datetime | str | None) -> dt.datetime | None:
@@ -50,8 +72,8 @@ def hours_for(
     """Hours of ``[launched_at, terminated_at)`` inside the window, as Nova counts them.
 
     Mirrors ``SimpleTenantUsageController._hours_for`` clause by clause (a
-    property test checks it against Nova's own function): nothing before
-    launch, nothing after termination, nothing for a server never launched.
+    property test checks it against Nova's own function).  Used only to say
+    where Nova's rows differ from the timeline, never to charge EPC.
     """
     if terminated_at is not None and terminated_at < period_start:
         return 0
@@ -64,121 +86,259 @@ def hours_for(
     return (stop - start).total_seconds() / 3600.0
 
 
+# -- timelines ------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class EpcSpan:
-    """From ``start`` on (until the next span or termination) the server had ``epc_mb``."""
+class Period:
+    """The server held ``epc_mb`` MiB of EPC from ``start`` to ``end`` (``None``: still)."""
 
     start: dt.datetime
+    end: dt.datetime | None
     epc_mb: int
 
 
-def epc_mb_hours(
-    spans: Sequence[EpcSpan],
-    terminated_at: dt.datetime | None,
-    period_start: dt.datetime,
-    period_stop: dt.datetime,
-) -> float:
-    """Σ size × Nova-clipped hours over the spans of one server's life."""
-    total = 0.0
-    for index, span in enumerate(spans):
-        end = spans[index + 1].start if index + 1 < len(spans) else terminated_at
-        if end is not None and terminated_at is not None:
-            end = min(end, terminated_at)
-        total += span.epc_mb * hours_for(span.start, end, period_start, period_stop)
-    return total
+@dataclass(frozen=True)
+class Timeline:
+    """One server's EPC over its life; ``exact`` is False when a size was guessed."""
+
+    periods: tuple[Period, ...]
+    exact: bool = True
+    notes: tuple[str, ...] = ()
+
+    def mb_microseconds(self, start: dt.datetime, stop: dt.datetime) -> int:
+        """EPC MiB × microseconds held inside ``[start, stop)`` — exact, additive."""
+        return sum(_overlap_mb_us(p, start, stop) for p in self.periods)
+
+    def mb_hours(self, start: dt.datetime, stop: dt.datetime) -> float:
+        return self.mb_microseconds(start, stop) / _MICROSECONDS_PER_HOUR
+
+    def held_hours(self, start: dt.datetime, stop: dt.datetime) -> float:
+        """Hours inside the window during which the server held its resources."""
+        held = sum(_overlap_us(p, start, stop) for p in self.periods)
+        return held / _MICROSECONDS_PER_HOUR
 
 
-# -- what the cloud tells us ------------------------------------------------
+def _overlap_us(period: Period, start: dt.datetime, stop: dt.datetime) -> int:
+    lo = max(period.start, start)
+    hi = stop if period.end is None else min(period.end, stop)
+    if hi <= lo:
+        return 0
+    delta = hi - lo
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _overlap_mb_us(period: Period, start: dt.datetime, stop: dt.datetime) -> int:
+    return period.epc_mb * _overlap_us(period, start, stop)
+
+
+class ChangeKind(enum.Enum):
+    HOLD = "hold"  # the guest runs (again) on a host: it holds EPC from now on
+    RESIZE = "resize"  # from now on it has another size
+    RELEASE = "release"  # it holds no EPC any more (shelved, deleted)
+
+
+@dataclass(frozen=True)
+class Change:
+    at: dt.datetime
+    kind: ChangeKind
+    epc_mb: int | None = None  # HOLD/RESIZE: the size from now on (HOLD: None keeps it)
+
+
+def timeline_from_changes(
+    changes: Sequence[Change], exact: bool = True, notes: tuple[str, ...] = ()
+) -> Timeline:
+    """Periods of holding EPC at one size, from changes in time order.
+
+    Changes at the same instant apply in the order given (Python's sort is
+    stable), so a release and a hold in the same microsecond cost nothing.
+    """
+    periods: list[Period] = []
+    size = 0
+    since: dt.datetime | None = None  # holding since, or None
+    for change in sorted(changes, key=lambda c: c.at):
+        if since is not None and change.kind is not ChangeKind.HOLD:
+            if change.at > since:
+                periods.append(Period(since, change.at, size))
+            since = change.at if change.kind is ChangeKind.RESIZE else None
+        elif since is None and change.kind is ChangeKind.HOLD:
+            since = change.at
+        if change.epc_mb is not None:
+            size = change.epc_mb
+    if since is not None:
+        periods.append(Period(since, None, size))
+    return Timeline(tuple(periods), exact, notes)
+
+
+# -- from Nova's records ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One instance-action event: its name, when it finished, whether it succeeded."""
+
+    event: str
+    finish_time: dt.datetime | None
+    result: str | None = "Success"
+
+    @property
+    def succeeded(self) -> bool:
+        return self.finish_time is not None and (self.result or "").lower() == "success"
 
 
 @dataclass(frozen=True)
 class ActionRecord:
-    """One instance action: ``action`` name, when it was asked for, when its
-    compute step finished (``None`` when the events are not visible)."""
+    """One instance action: ``action`` name, when it was asked for, its events."""
 
     action: str
     start_time: dt.datetime
-    finished_at: dt.datetime | None = None
+    events: tuple[EventRecord, ...] = ()
+
+    def finished(self, *names: str) -> dt.datetime | None:
+        """When the last successful event among ``names`` finished, if any did."""
+        times = [e.finish_time for e in self.events if e.event in names and e.succeeded]
+        return max(times) if times else None  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)
 class MigrationRecord:
-    """A resize's migration record; flavor ids are Nova's internal ids."""
+    """A resize or cold migration record; flavor ids are Nova's internal ids."""
 
     created_at: dt.datetime
     status: str
     old_flavor_id: int | None
     new_flavor_id: int | None
+    migration_type: str = "resize"
 
 
-def epc_spans(
-    launched_at: dt.datetime | None,
-    current_epc_mb: int,
+def needs_migrations(actions: Sequence[ActionRecord]) -> bool:
+    """Whether the server's sizes over time depend on migration records."""
+    return any(a.action in MOVES for a in actions)
+
+
+def timeline_from_history(
     actions: Sequence[ActionRecord],
     migrations: Sequence[MigrationRecord],
-    epc_by_flavor_id: Mapping[int, int],
-) -> tuple[tuple[EpcSpan, ...], bool]:
-    """The server's EPC over time and whether every size is known for sure.
-
-    ``launched_at`` is Nova's (reset by each resize/revert), so the last span
-    always starts exactly where Nova starts counting.  Earlier spans need the
-    create/resize records; a size that cannot be resolved is taken as the
-    current one and the result is flagged as not exact.
-    """
-    if launched_at is None:
-        return (), True
-    changes = sorted((a for a in actions if a.action in FINISH_EVENT), key=lambda a: a.start_time)
-    # A change asked for after the current launch has not finished (yet).
-    changes = [a for a in changes if a.start_time <= launched_at]
-    if not changes:
-        return (EpcSpan(launched_at, current_epc_mb),), True
-    sizes, exact = _sizes_before_changes(changes, current_epc_mb, migrations, epc_by_flavor_id)
-    created = _first_launch(actions)
-    if created is None:
-        exact = False
-        return (EpcSpan(launched_at, current_epc_mb),), exact
-    starts = [created] + [c.finished_at or c.start_time for c in changes[:-1]] + [launched_at]
-    return tuple(EpcSpan(s, size) for s, size in zip(starts, sizes, strict=True)), exact
-
-
-def _sizes_before_changes(
-    changes: Sequence[ActionRecord],
     current_epc_mb: int,
+    epc_by_flavor_id: Mapping[int, int],
+    terminated_at: dt.datetime | None,
+) -> Timeline:
+    """The server's EPC timeline from records Nova does not rewrite.
+
+    - built: holds EPC from the finish of ``compute__do_build_and_run_instance``;
+    - resized / cold-migrated: the new size from the finish of
+      ``compute_finish_resize`` (the guest runs at it from then, confirmed or
+      not); reverted: the size before, from ``compute_finish_revert_resize``;
+    - shelved: nothing from the finish of ``compute_shelve_instance`` (an
+      offloaded server holds no EPC; the moment a periodic offload happens is
+      not recorded by Nova, so the shelve is the boundary); unshelved: holds
+      again from the finish of its compute step;
+    - evacuated, rebuilt, stopped, rescued: unchanged (the size is the same and
+      Placement keeps the allocation);
+    - deleted: nothing from ``terminated_at``.
+
+    Sizes come from the migration records (old/new flavor) through
+    ``epc_by_flavor_id``; the server's current size is authoritative for the
+    last period.  Where a size cannot be resolved the current one is used and
+    the timeline is marked not exact, with a note saying why.
+    """
+    ordered = sorted(actions, key=lambda a: a.start_time)
+    notes: list[str] = []
+    sizes = _move_sizes(ordered, migrations, epc_by_flavor_id, notes)
+    initial = _initial_size(sizes, current_epc_mb)
+    changes: list[Change] = []
+    size = initial
+    before_move: list[int] = []  # sizes a revert would go back to
+    built = False
+    for index, action in enumerate(ordered):
+        name = action.action
+        if name == CREATE:
+            when = action.finished(BUILD_EVENT)
+            if when is not None:
+                built = True
+                changes.append(Change(when, ChangeKind.HOLD, size))
+        elif name in MOVES:
+            when = action.finished(MOVES[name])
+            if when is not None:
+                before_move.append(size)
+                size = sizes.get(index, current_epc_mb)
+                changes.append(Change(when, ChangeKind.RESIZE, size))
+        elif name == REVERT:
+            when = action.finished(REVERT_EVENT)
+            if when is not None and before_move:
+                size = before_move.pop()
+                changes.append(Change(when, ChangeKind.RESIZE, size))
+        elif name == CONFIRM:
+            before_move.clear()
+        elif name == SHELVE:
+            # Volume-backed servers are offloaded by the API directly.
+            when = action.finished(SHELVE_EVENT, SHELVE_OFFLOAD_EVENT)
+            if when is not None:
+                changes.append(Change(when, ChangeKind.RELEASE))
+        elif name == SHELVE_OFFLOAD:
+            when = action.finished(SHELVE_OFFLOAD_EVENT)
+            if when is not None:
+                changes.append(Change(when, ChangeKind.RELEASE))
+        elif name == UNSHELVE:
+            when = action.finished(*UNSHELVE_EVENTS)
+            if when is not None:
+                changes.append(Change(when, ChangeKind.HOLD))
+    if terminated_at is not None:
+        changes.append(Change(terminated_at, ChangeKind.RELEASE))
+    if not built and ordered and not any(a.action == CREATE for a in ordered):
+        notes.append("no create action visible: the build time is unknown")
+    exact = not notes
+    if size != current_epc_mb:
+        notes.append(
+            f"sizes from the migration records end at {size} MiB, the flavor has "
+            f"{current_epc_mb} MiB"
+        )
+        exact = False
+    return timeline_from_changes(changes, exact, tuple(notes))
+
+
+def _move_sizes(
+    ordered: Sequence[ActionRecord],
     migrations: Sequence[MigrationRecord],
     epc_by_flavor_id: Mapping[int, int],
-) -> tuple[list[int], bool]:
-    """The size before each change and the current one, oldest first.
+    notes: list[str],
+) -> dict[int, int]:
+    """Size after each resize/migrate action (by action index), and ``-1`` key:
+    the size before the first one.
 
-    Walks back from the present: before each change the server had the size
-    the change moved away from (a revert restores the size the reverted
-    resize had left).
+    Each move is paired with the first migration record created at or after
+    the action was asked for (the conductor creates it while handling the
+    action) and before the next move was asked for.
     """
-    resizes = sorted(
-        (m for m in migrations if m.status in DONE_MIGRATIONS), key=lambda m: m.created_at
+    records = sorted(
+        (m for m in migrations if m.migration_type in MOVE_MIGRATION_TYPES),
+        key=lambda m: m.created_at,
     )
-    exact = True
-    sizes = [current_epc_mb]
-    resize_index = sum(1 for a in changes if a.action == _RESIZE) - 1
-    for change in reversed(changes):
-        record = resizes[resize_index] if 0 <= resize_index < len(resizes) else None
-        if change.action == _RESIZE:
-            before = epc_by_flavor_id.get(record.old_flavor_id) if record else None
-            resize_index -= 1
-        else:
-            before = epc_by_flavor_id.get(record.new_flavor_id) if record else None
-        if before is None:
-            exact = False
-            before = sizes[-1]
-        sizes.append(before)
-    sizes.reverse()
-    return sizes, exact
+    moves = [(i, a) for i, a in enumerate(ordered) if a.action in MOVES]
+    sizes: dict[int, int] = {}
+    used = 0
+    for position, (index, action) in enumerate(moves):
+        limit = moves[position + 1][1].start_time if position + 1 < len(moves) else None
+        record = None
+        while used < len(records) and records[used].created_at < action.start_time:
+            used += 1
+        if used < len(records) and (limit is None or records[used].created_at < limit):
+            record = records[used]
+            used += 1
+        if action.finished(MOVES[action.action]) is None:
+            continue  # never took effect: its sizes do not matter
+        if record is None:
+            notes.append(f"no migration record for the {action.action} at {action.start_time}")
+            continue
+        new = epc_by_flavor_id.get(record.new_flavor_id) if record.new_flavor_id else None
+        old = epc_by_flavor_id.get(record.old_flavor_id) if record.old_flavor_id else None
+        if new is None or old is None:
+            notes.append(f"a flavor of the {action.action} at {action.start_time} is unknown")
+            continue
+        sizes[index] = new
+        sizes.setdefault(-1, old)
+    return sizes
 
 
-def _first_launch(actions: Iterable[ActionRecord]) -> dt.datetime | None:
-    creates = [a for a in actions if a.action == CREATE]
-    if not creates:
-        return None
-    first = min(creates, key=lambda a: a.start_time)
-    return first.finished_at or first.start_time
-
-
+def _initial_size(sizes: Mapping[int, int], current_epc_mb: int) -> int:
+    return sizes.get(-1, current_epc_mb)

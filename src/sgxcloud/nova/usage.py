@@ -1,21 +1,23 @@
-"""EPC MB-hours: what each server's enclave page cache cost, beside Nova's usage.
+"""EPC MB-hours per server and project, fetched from Nova, beside Nova's usage.
 
-Nova's ``os-simple-tenant-usage`` already counts, per server, the hours it ran
-inside a window (``_hours_for``: from ``max(start, launched_at)`` to
-``min(end, terminated_at)``).  EPC MB-hours are the EPC size of the server's
-flavor (``resources:CUSTOM_SGX_EPC_MB``) times those hours, with one
-refinement: a server resized to a flavor with another EPC size is charged by
-size over time.  Nova resets ``launched_at`` when a resize (or revert)
-finishes, so its own hours for such a server only start there; the earlier
-part of the server's life is rebuilt from its instance actions (when the
-create/resize finished) and migration records (which flavors it moved
-between), and charged at the size it had then.
+For a window ``[start, end)`` (the end clipped to "now", as Nova does) every
+server that may have lived in it is found from the server list — live servers
+plus every server changed since ``start`` (Nova includes deleted ones when
+``changes-since`` is given) — and its EPC timeline is built from records Nova
+never rewrites: instance actions with their events, resize/migration records
+and the termination time (:func:`sgxcloud.nova.accounting.timeline_from_history`).
+Nova's ``os-simple-tenant-usage`` rows are not used for EPC: Nova resets
+``launched_at`` at every resize, revert, rebuild, evacuation, unshelve and
+rescue and then leaves the server out of windows before that moment, so its
+rows for a past window change after the fact.
 
-The computation lives in :mod:`sgxcloud.nova.accounting` (pure, plain
-records); :func:`project_usage` and
-:func:`usages` fetch those records through an ``openstack.connection
-.Connection`` (openstacksdk) with admin rights.  The CPU, RAM and disk figures
-are Nova's own numbers, passed through unchanged.
+The CPU, RAM and disk totals are Nova's own, passed through unchanged so they
+reconcile with ``openstack usage show``; each server row carries Nova's
+hours beside the hours the timeline says it held its resources, and
+``nova_hours_differ`` where they disagree (see docs/operations/usage.md).
+
+Everything is read through an ``openstack.connection.Connection``
+(openstacksdk) with admin rights.
 """
 
 from __future__ import annotations
@@ -26,16 +28,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sgxcloud.nova.accounting import (
-    BUILD_EVENT,
     CREATE,
-    DONE_MIGRATIONS,
-    FINISH_EVENT,
+    MOVES,
+    REVERT,
+    SHELVE,
+    SHELVE_OFFLOAD,
+    UNSHELVE,
     ActionRecord,
-    EpcSpan,
+    EventRecord,
     MigrationRecord,
+    Timeline,
     as_utc,
-    epc_mb_hours,
-    epc_spans,
+    needs_migrations,
+    timeline_from_history,
 )
 from sgxcloud.nova.errors import UsageError
 from sgxcloud.nova.requirements import sgx_request_from_extra_specs
@@ -43,28 +48,43 @@ from sgxcloud.nova.requirements import sgx_request_from_extra_specs
 __all__ = ["ProjectEpcUsage", "ServerEpcUsage", "UsageError", "project_usage", "usages"]
 
 
+# Actions whose events the timeline reads (the others change nothing it counts).
+_TIMED_ACTIONS = {CREATE, REVERT, SHELVE, SHELVE_OFFLOAD, UNSHELVE, *MOVES}
+# Nova's hours and the timeline's are both from the same events, seconds
+# apart at most; a larger gap means Nova's row left part of the life out.
+_NOVA_TOLERANCE_HOURS = 1 / 60
+
+
 # -- results ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ServerEpcUsage:
-    """One server's usage row: Nova's figures plus EPC."""
+    """One server's usage row: EPC from its timeline, Nova's figures beside it."""
 
     server_id: str
     name: str
     project_id: str
     flavor: str
-    hours: float  # Nova's
+    hours: float  # Nova's (0 when Nova has no row for the server in the window)
     vcpus: int
     memory_mb: int
     local_gb: int
-    started_at: dt.datetime | None
-    ended_at: dt.datetime | None
     state: str
     epc_mb: int  # current size
-    spans: tuple[EpcSpan, ...]
+    timeline: Timeline
     epc_mb_hours: float
+    held_hours: float  # hours inside the window the server held its resources
     epc_exact: bool = True
+
+    @property
+    def nova_hours_differ(self) -> bool:
+        """Nova's hours leave out (or add) part of what the server held."""
+        return abs(self.hours - self.held_hours) > _NOVA_TOLERANCE_HOURS
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.timeline.notes
 
 
 @dataclass
@@ -82,11 +102,17 @@ class ProjectEpcUsage:
 
     @property
     def epc_mb_hours(self) -> float:
-        return sum(s.epc_mb_hours for s in self.servers)
+        # Summed exactly, then converted: a partition of windows adds up.
+        total = sum(s.timeline.mb_microseconds(self.start, self.stop) for s in self.servers)
+        return total / 3_600_000_000
 
     @property
     def sgx_servers(self) -> list[ServerEpcUsage]:
-        return [s for s in self.servers if s.epc_mb or any(x.epc_mb for x in s.spans)]
+        return [s for s in self.servers if s.epc_mb or any(p.epc_mb for p in s.timeline.periods)]
+
+    @property
+    def nova_rows_differ(self) -> bool:
+        return any(s.nova_hours_differ for s in self.servers)
 
     def epc_mb_hours_per_day(self) -> dict[dt.date, float]:
         """EPC MB-hours split by UTC calendar day (for charts)."""
@@ -94,8 +120,7 @@ class ProjectEpcUsage:
         day = self.start.replace(hour=0, minute=0, second=0, microsecond=0)
         while day < self.stop:
             lo, hi = max(day, self.start), min(day + dt.timedelta(days=1), self.stop)
-            total = sum(epc_mb_hours(s.spans, s.ended_at, lo, hi) for s in self.servers)
-            days[day.date()] = total
+            days[day.date()] = sum(s.timeline.mb_hours(lo, hi) for s in self.servers)
             day += dt.timedelta(days=1)
         return days
 
@@ -104,26 +129,72 @@ class ProjectEpcUsage:
 
 
 def project_usage(
-    conn: Any, project_id: str, start: dt.datetime, end: dt.datetime
+    conn: Any,
+    project_id: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    now: dt.datetime | None = None,
 ) -> ProjectEpcUsage:
     """One project's usage, as ``openstack usage show`` sees it, plus EPC.
 
     ``conn`` is an ``openstack.connection.Connection`` with admin rights
     (deleted servers, instance actions and migrations are admin views).
     """
+    period_start, period_stop = _window(start, end, now)
     usage = conn.compute.get_usage(project_id, start=_naive(start), end=_naive(end))
     catalog = FlavorCatalog.from_cloud(conn)
-    return _project_from_usage(conn, usage, project_id, start, end, catalog)
+    servers = _servers(conn, period_start, project_id)
+    return _project(conn, project_id, usage, servers, catalog, period_start, period_stop)
 
 
-def usages(conn: Any, start: dt.datetime, end: dt.datetime) -> list[ProjectEpcUsage]:
-    """Every project's usage, as ``openstack usage list`` sees it, plus EPC."""
+def usages(
+    conn: Any, start: dt.datetime, end: dt.datetime, now: dt.datetime | None = None
+) -> list[ProjectEpcUsage]:
+    """Every project's usage, as ``openstack usage list`` sees it, plus EPC.
+
+    A project appears when Nova lists it or when one of its servers held EPC
+    in the window (Nova leaves out a project whose only server was resized
+    after the window).
+    """
+    period_start, period_stop = _window(start, end, now)
     catalog = FlavorCatalog.from_cloud(conn)
-    result = []
     # Nova only lists servers for detailed=1 (a boolean True is sent as "True").
-    for usage in conn.compute.usages(start=_naive(start), end=_naive(end), detailed=1):
-        result.append(_project_from_usage(conn, usage, usage.project_id, start, end, catalog))
+    nova = {
+        u.project_id: u
+        for u in conn.compute.usages(start=_naive(start), end=_naive(end), detailed=1)
+    }
+    by_project: dict[str, dict[str, Any]] = {}
+    for server_id, server in _servers(conn, period_start, None).items():
+        by_project.setdefault(server.project_id, {})[server_id] = server
+    result = []
+    for project_id in sorted(set(nova) | set(by_project)):
+        servers = by_project.get(project_id, {})
+        project = _project(
+            conn, project_id, nova.get(project_id), servers, catalog, period_start, period_stop
+        )
+        if project.servers or project_id in nova:
+            result.append(project)
     return result
+
+
+def _utcnow() -> dt.datetime:
+    # oslo's clock: the same "now" Nova uses (and tests can move).
+    from oslo_utils import timeutils
+
+    now = as_utc(timeutils.utcnow())
+    assert now is not None
+    return now
+
+
+def _window(
+    start: dt.datetime, end: dt.datetime, now: dt.datetime | None
+) -> tuple[dt.datetime, dt.datetime]:
+    """The window as counted: the end clipped to "now", as Nova clips it."""
+    period_start, period_stop = as_utc(start), as_utc(end)
+    assert period_start is not None and period_stop is not None
+    current = as_utc(now) if now is not None else _utcnow()
+    assert current is not None
+    return period_start, max(period_start, min(period_stop, current))
 
 
 def _naive(value: dt.datetime) -> dt.datetime:
@@ -133,33 +204,49 @@ def _naive(value: dt.datetime) -> dt.datetime:
     return aware.replace(tzinfo=None)
 
 
-def _project_from_usage(
+def _servers(conn: Any, since: dt.datetime, project_id: str | None) -> dict[str, Any]:
+    """Every server that may have lived in a window starting at ``since``.
+
+    Live servers, plus every server changed since then: with ``changes-since``
+    Nova includes deleted servers, and a server deleted inside or after the
+    window was changed (deleted) after its start.
+    """
+    query: dict[str, Any] = {"all_projects": True}
+    if project_id is not None:
+        query["project_id"] = project_id
+    found: dict[str, Any] = {}
+    for server in conn.compute.servers(details=True, **query):
+        found[server.id] = server
+    changed = conn.compute.servers(details=True, changes_since=_naive(since).isoformat(), **query)
+    for server in changed:
+        found.setdefault(server.id, server)
+    return found
+
+
+def _project(
     conn: Any,
-    usage: Any,
     project_id: str,
-    start: dt.datetime,
-    end: dt.datetime,
+    usage: Any,
+    servers: Mapping[str, Any],
     catalog: FlavorCatalog,
+    period_start: dt.datetime,
+    period_stop: dt.datetime,
 ) -> ProjectEpcUsage:
-    # Nova clips the window's end to "now" and reports the window it used.
-    period_start = as_utc(getattr(usage, "start", None)) or as_utc(start)
-    period_stop = as_utc(getattr(usage, "stop", None)) or as_utc(end)
-    assert period_start is not None and period_stop is not None
-    result = ProjectEpcUsage(
-        project_id=project_id,
-        start=period_start,
-        stop=period_stop,
-        total_hours=usage.total_hours or 0.0,
-        total_vcpus_usage=usage.total_vcpus_usage or 0.0,
-        total_memory_mb_usage=usage.total_memory_mb_usage or 0.0,
-        total_local_gb_usage=usage.total_local_gb_usage or 0.0,
-    )
-    rows = list(usage.server_usages or [])
-    servers = _servers_by_id(conn, project_id)
-    for row in rows:
-        result.servers.append(
-            _server_usage(conn, _get(row), servers, catalog, period_start, period_stop)
-        )
+    result = ProjectEpcUsage(project_id=project_id, start=period_start, stop=period_stop)
+    rows: dict[str, Mapping[str, Any]] = {}
+    if usage is not None and getattr(usage, "total_hours", None) is not None:
+        result.total_hours = usage.total_hours or 0.0
+        result.total_vcpus_usage = usage.total_vcpus_usage or 0.0
+        result.total_memory_mb_usage = usage.total_memory_mb_usage or 0.0
+        result.total_local_gb_usage = usage.total_local_gb_usage or 0.0
+        rows = {_get(r)["instance_id"]: _get(r) for r in usage.server_usages or []}
+    for server_id in sorted(set(servers) | set(rows)):
+        row = _server_usage(
+            conn, server_id, servers.get(server_id), rows.get(server_id), catalog,
+            period_start, period_stop,
+        )  # fmt: skip
+        if row.held_hours > 0 or server_id in rows:
+            result.servers.append(row)
     return result
 
 
@@ -167,90 +254,98 @@ def _get(row: Any) -> Mapping[str, Any]:
     return row if isinstance(row, Mapping) else row.to_dict()
 
 
-def _servers_by_id(conn: Any, project_id: str) -> dict[str, Any]:
-    """Live and deleted servers of the project, with their embedded flavors."""
-    found: dict[str, Any] = {}
-    query = {"all_projects": True, "project_id": project_id}
-    for server in conn.compute.servers(details=True, **query):
-        found[server.id] = server
-    for server in conn.compute.servers(details=True, deleted_only=True, **query):
-        found.setdefault(server.id, server)
-    return found
-
-
 def _server_usage(
     conn: Any,
-    row: Mapping[str, Any],
-    servers: Mapping[str, Any],
+    server_id: str,
+    server: Any,
+    row: Mapping[str, Any] | None,
     catalog: FlavorCatalog,
     period_start: dt.datetime,
     period_stop: dt.datetime,
 ) -> ServerEpcUsage:
-    server_id = row["instance_id"]
-    launched_at = as_utc(row.get("started_at"))
-    ended_at = as_utc(row.get("ended_at"))
-    server = servers.get(server_id)
-    flavor = getattr(server, "flavor", None) if server is not None else None
+    row = row or {}
+    flavor = getattr(server, "flavor", None)
     extra_specs = getattr(flavor, "extra_specs", None) or {}
     current = sgx_request_from_extra_specs(extra_specs).epc_mb
-    exact = server is not None
-    actions = _actions(conn, server_id) if exact else []
-    spans: tuple[EpcSpan, ...]
-    if any(a.action in FINISH_EVENT for a in actions):
-        migrations = _migrations(conn, server_id)
-        spans, exact = epc_spans(launched_at, current, actions, migrations, catalog.epc_by_id)
-        exact = exact and catalog.consistent_with(flavor, migrations)
-    else:
-        spans = (EpcSpan(launched_at, current),) if launched_at else ()
+    timeline = _timeline(conn, server_id, server, current, catalog, period_start)
     return ServerEpcUsage(
         server_id=server_id,
-        name=row.get("name") or "",
-        project_id=row.get("project_id") or row.get("tenant_id") or "",
-        flavor=row.get("flavor") or "",
+        name=row.get("name") or getattr(server, "name", None) or "",
+        project_id=row.get("tenant_id") or getattr(server, "project_id", None) or "",
+        flavor=row.get("flavor") or _flavor_name(flavor),
         hours=row.get("hours") or 0.0,
-        vcpus=row.get("vcpus") or 0,
-        memory_mb=row.get("memory_mb") or 0,
-        local_gb=row.get("local_gb") or 0,
-        started_at=launched_at,
-        ended_at=ended_at,
-        state=row.get("state") or "",
+        vcpus=row.get("vcpus") or getattr(flavor, "vcpus", None) or 0,
+        memory_mb=row.get("memory_mb") or getattr(flavor, "ram", None) or 0,
+        local_gb=row.get("local_gb") or getattr(flavor, "disk", None) or 0,
+        state=row.get("state") or getattr(server, "vm_state", None) or "",
         epc_mb=current,
-        spans=spans,
-        epc_mb_hours=epc_mb_hours(spans, ended_at, period_start, period_stop),
-        epc_exact=exact,
+        timeline=timeline,
+        epc_mb_hours=timeline.mb_hours(period_start, period_stop),
+        held_hours=timeline.held_hours(period_start, period_stop),
+        epc_exact=timeline.exact,
     )
+
+
+def _flavor_name(flavor: Any) -> str:
+    return getattr(flavor, "original_name", None) or getattr(flavor, "name", None) or ""
+
+
+def _timeline(
+    conn: Any,
+    server_id: str,
+    server: Any,
+    current: int,
+    catalog: FlavorCatalog,
+    period_start: dt.datetime,
+) -> Timeline:
+    if server is None:
+        return Timeline((), False, ("the server is not in Nova's server list",))
+    terminated = as_utc(getattr(server, "terminated_at", None))
+    if terminated is not None and terminated < period_start:
+        return Timeline(())  # gone before the window: nothing to fetch
+    actions = _actions(conn, server_id)
+    migrations = _migrations(conn, server_id) if needs_migrations(actions) else []
+    timeline = timeline_from_history(actions, migrations, current, catalog.epc_by_id, terminated)
+    if migrations and not catalog.consistent_with(getattr(server, "flavor", None), migrations):
+        note = "flavor ids in the migration records do not match the flavor list"
+        return Timeline(timeline.periods, False, (*timeline.notes, note))
+    return timeline
 
 
 def _actions(conn: Any, server_id: str) -> list[ActionRecord]:
     records = []
     for action in conn.compute.server_actions(server_id):
-        finished = None
-        wanted = FINISH_EVENT.get(action.action) or (
-            BUILD_EVENT if action.action == CREATE else None
-        )
-        if wanted:
-            detail = conn.compute.get_server_action(action.request_id, server_id)
-            for event in detail.events or []:
-                event = _get(event)
-                if event.get("event") == wanted and event.get("finish_time"):
-                    finished = as_utc(event["finish_time"])
         start = as_utc(action.start_time)
         assert start is not None
-        records.append(ActionRecord(action.action, start, finished))
+        events: tuple[EventRecord, ...] = ()
+        if action.action in _TIMED_ACTIONS:
+            detail = conn.compute.get_server_action(action.request_id, server_id)
+            events = tuple(
+                EventRecord(e.get("event") or "", as_utc(e.get("finish_time")), e.get("result"))
+                for e in (_get(event) for event in detail.events or [])
+            )
+        records.append(ActionRecord(action.action, start, events))
     return records
 
 
 def _migrations(conn: Any, server_id: str) -> list[MigrationRecord]:
     records = []
-    for migration in conn.compute.migrations(server_id=server_id, migration_type="resize"):
+    for migration in conn.compute.migrations(server_id=server_id):
         created = as_utc(migration.created_at)
         assert created is not None
         records.append(
             MigrationRecord(
-                created, migration.status, migration.old_flavor_id, migration.new_flavor_id
+                created,
+                migration.status,
+                migration.old_flavor_id,
+                migration.new_flavor_id,
+                migration.migration_type or "resize",
             )
         )
     return records
+
+
+_DONE_MIGRATIONS = {"finished", "confirming", "confirmed", "reverting", "reverted"}
 
 
 @dataclass
@@ -280,14 +375,11 @@ class FlavorCatalog:
         return cls(epc, names)
 
     def consistent_with(self, flavor: Any, migrations: Sequence[MigrationRecord]) -> bool:
-        """The latest resize's new flavor is the server's current flavor."""
-        done = [m for m in migrations if m.status in DONE_MIGRATIONS]
+        """The latest finished move's flavor (new, or old if reverted) is the current one."""
+        done = [m for m in migrations if m.status in _DONE_MIGRATIONS]
         if not done or flavor is None:
             return True
         latest = max(done, key=lambda m: m.created_at)
-        reverted = latest.status == "reverted"
-        wanted = latest.old_flavor_id if reverted else latest.new_flavor_id
-        name = getattr(flavor, "original_name", None) or getattr(flavor, "name", None)
+        wanted = latest.old_flavor_id if latest.status == "reverted" else latest.new_flavor_id
+        name = _flavor_name(flavor)
         return wanted in self.name_by_id and self.name_by_id[wanted] == name
-
-

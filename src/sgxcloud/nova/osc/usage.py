@@ -1,8 +1,10 @@
-"""``openstack sgx usage show`` and ``openstack sgx usage list``.
+"""``openstack sgx usage show``, ``list`` and ``export``.
 
-Same rows and values as ``openstack usage show/list`` (Nova's
-os-simple-tenant-usage, formatted by OSC's own column classes), plus
-``EPC MB-Hours``.
+``show``/``list``: same rows and values as ``openstack usage show/list``
+(Nova's os-simple-tenant-usage, formatted by OSC's own column classes), plus
+``EPC MB-Hours``.  ``export``: one line per server and window with stable,
+snake_case columns (:data:`EXPORT_COLUMNS`) for a billing system to import
+with ``-f csv`` or ``-f json``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def row(usage: epc_usage.ProjectEpcUsage) -> tuple[Any, ...]:
             "epc_mb": s.epc_mb,
             "epc_mb_hours": s.epc_mb_hours,
             "epc_exact": s.epc_exact,
+            "held_hours": s.held_hours,
+            "nova_hours_differ": s.nova_hours_differ,
         }
         for s in usage.servers
     ]
@@ -149,3 +153,70 @@ class ListSGXUsage(command.Lister):
                 f"Usage from {start.strftime(DATE_FORMAT)} to {end.strftime(DATE_FORMAT)}: \n"
             )
         return COLUMNS, [row(r) for r in results]
+
+
+# A contract with billing systems: names and order only ever grow at the end
+# (docs/operations/usage.md documents each column; a test pins the tuple).
+EXPORT_COLUMNS = (
+    "window_start",
+    "window_end",
+    "project_id",
+    "server_id",
+    "server_name",
+    "flavor",
+    "epc_mb",
+    "epc_mb_hours",
+    "held_hours",
+    "exact",
+    "nova_hours",
+    "nova_hours_differ",
+)
+
+
+def export_rows(results: Iterable[epc_usage.ProjectEpcUsage]) -> list[tuple[Any, ...]]:
+    """One line per server and window; times ISO 8601 UTC, figures as plain numbers."""
+    lines = []
+    for usage in results:
+        start = usage.start.strftime("%Y-%m-%dT%H:%M:%SZ")
+        stop = usage.stop.strftime("%Y-%m-%dT%H:%M:%SZ")
+        for s in usage.servers:
+            line = (start, stop, usage.project_id, s.server_id, s.name, s.flavor, s.epc_mb)
+            figures = (round(s.epc_mb_hours, 6), round(s.held_hours, 6), s.epc_exact)
+            lines.append((*line, *figures, round(s.hours, 6), s.nova_hours_differ))
+    return lines
+
+
+class ExportSGXUsage(command.Lister):
+    _description = (
+        "Export EPC MB-hours per server for a billing system (-f csv or -f json; "
+        "stable column names)"
+    )
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--project", metavar="<project>", help="Only this project (name or ID; default: all)"
+        )
+        identity_common.add_project_domain_option_to_parser(parser)
+        parser.add_argument(
+            "--start", metavar="<start>", help="Window start, ex 2026-03-01 (default: 4 weeks ago)"
+        )
+        parser.add_argument(
+            "--end", metavar="<end>", help="Window end, ex 2026-04-01 (default: tomorrow)"
+        )
+        return parser
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        conn = self.app.client_manager.sgx
+        start, end = window(parsed_args)
+        if parsed_args.project:
+            identity = sdk_utils.ensure_service_version(conn.identity, "3")
+            project = identity_common.find_project_id_sdk(
+                identity, parsed_args.project, parsed_args.project_domain
+            )
+            results = [epc_usage.project_usage(conn, project, start, end)]
+        else:
+            results = epc_usage.usages(conn, start, end)
+        return EXPORT_COLUMNS, export_rows(results)
