@@ -31,7 +31,7 @@ class LoopbackPccs:
     """A real HTTP server on loopback serving real collateral, recording requests."""
 
     def __init__(self, collateral: dict[str, str], tee: str, fmspc: str, ca: str,
-                 pck_crl_encoding: str = "der") -> None:  # fmt: skip
+                 pck_crl_encoding: str = "der", tls=None) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
         self.requests: list[str] = []
         self.broken: dict[str, int] = {}  # path -> status to answer instead
         self.drop_headers = False
@@ -89,7 +89,15 @@ class LoopbackPccs:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if tls is not None:  # a PCCS behind a private CA
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls.cert, tls.key)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
@@ -293,3 +301,36 @@ def test_attest_verify_cli_fetches_from_a_pccs(pccs, tmp_path, testdata, vectors
     data = json.loads(capsys.readouterr().out)
     assert data["verdict"] == "accepted" and data["tcb_status"] == vectors.status
     assert main(args) == 0 and len(pccs.requests) == 4  # second run: from the disk cache
+
+
+def test_pccs_behind_a_private_ca_from_the_settings_file(testdata, tmp_path, sgx_quote, vectors):
+    """cas.yaml's pccs_ca_file: without it every attestation failed (503), with it they verify."""
+    from sgxcloud.cas.config import load_settings
+    from sgxcloud.cas.evidence import DefaultVerifier
+    from sgxcloud.cas.service.server import make_loopback_tls
+
+    tls = make_loopback_tls(tmp_path / "pccs-tls")
+    server = _pccs(testdata, "sgx_quote", "sgx", "00A067110000", "processor", tls=tls)
+    try:
+        settings_file = tmp_path / "cas.yaml"
+        base = f"collateral: pccs\npccs_url: {server.url}\npccs_timeout_seconds: 5\n"
+        settings_file.write_text(base + "collateral_cache_dir: cache-a\n")
+        untrusted = DefaultVerifier(load_settings(settings_file, environ={}).collateral_source())
+        with pytest.raises(CollateralError):
+            untrusted.verify(Evidence("dcap", sgx_quote), vectors.sgx_now)
+        settings_file.write_text(
+            base + f"collateral_cache_dir: cache-b\npccs_ca_file: {tls.ca_cert.name}\n"
+            f"pccs_root_ca_crl_url: {server.url}/sgx/certification/v4/rootcacrl\n"
+        )
+        (tmp_path / tls.ca_cert.name).write_bytes(tls.ca_cert.read_bytes())  # relative to the file
+        settings = load_settings(settings_file, environ={})
+        assert settings.pccs_ca_file == tmp_path / tls.ca_cert.name
+        verified = DefaultVerifier(settings.collateral_source()).verify(
+            Evidence("dcap", sgx_quote), vectors.sgx_now
+        )
+        assert verified.identity.mrenclave == vectors.mrenclave
+        settings_file.write_text(base + "pccs_ca_file: missing.pem\n")
+        with pytest.raises(Exception, match="invalid setting pccs_ca_file"):
+            load_settings(settings_file, environ={}).collateral_source()
+    finally:
+        server.close()

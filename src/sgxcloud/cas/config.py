@@ -52,6 +52,11 @@ class Settings(BaseModel):
     owner_ca_file: Path | None = None
     collateral: Literal["pccs", "file", "none"] = "none"
     pccs_url: str | None = None
+    # The PCCS's TLS CA (a private PCCS); unset: the system trust store.
+    pccs_ca_file: Path | None = None
+    # Where Intel's root CA CRL comes from; unset: the PCCS's v4 rootcacrl path.
+    pccs_root_ca_crl_url: str | None = None
+    pccs_timeout_seconds: float = Field(10.0, gt=0, le=120)
     collateral_cache_dir: Path = Path("collateral-cache")
     collateral_file: Path | None = None
     nonce_ttl_seconds: int = Field(120, ge=5, le=3600)
@@ -109,11 +114,33 @@ class Settings(BaseModel):
 
         if self.collateral == "pccs":
             assert self.pccs_url is not None
-            return PccsCollateral(self.pccs_url, self.collateral_cache_dir)
+            return PccsCollateral(
+                self.pccs_url,
+                self.collateral_cache_dir,
+                self._pccs_http_client(),
+                root_ca_crl_url=self.pccs_root_ca_crl_url,
+            )
         if self.collateral == "file":
             assert self.collateral_file is not None
             return FileCollateral(self.collateral_file)
         return None
+
+
+    def _pccs_http_client(self) -> Any:
+        """An HTTP client for the PCCS, trusting ``pccs_ca_file`` when it is set."""
+        import ssl
+
+        import httpx
+
+        verify: Any = True
+        if self.pccs_ca_file is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(self.pccs_ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"invalid setting pccs_ca_file: cannot load {self.pccs_ca_file}"
+                ) from exc
+        return httpx.Client(timeout=self.pccs_timeout_seconds, verify=verify)
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -170,7 +197,14 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
 
     updates: dict[str, Any] = {
         name: resolve(getattr(settings, name))
-        for name in ("master_key_file", "tls_cert", "tls_key", "owner_ca_file", "collateral_file")
+        for name in (
+            "master_key_file",
+            "tls_cert",
+            "tls_key",
+            "owner_ca_file",
+            "collateral_file",
+            "pccs_ca_file",
+        )
         if getattr(settings, name) is not None and not getattr(settings, name).is_absolute()
     }
     if not settings.collateral_cache_dir.is_absolute():

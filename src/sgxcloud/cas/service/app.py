@@ -131,6 +131,19 @@ def create_app(
     def health() -> schemas.HealthResponse:
         return schemas.HealthResponse(state=cas().state, database=cas().database.dialect)
 
+    @app.get("/v1/health/live", response_model=schemas.ProbeResponse, tags=["service"],
+             response_model_exclude_none=True)
+    async def live() -> schemas.ProbeResponse:
+        """Liveness: the process answers (restart it if not). Touches nothing else."""
+        return schemas.ProbeResponse(ok=True, check="live")
+
+    @app.get("/v1/health/ready", response_model=schemas.ProbeResponse, tags=["service"])
+    def ready() -> JSONResponse:
+        """Readiness: started and the database answers (503 otherwise): route traffic here."""
+        problem = cas().readiness_problem()
+        body = schemas.ProbeResponse(ok=problem is None, check="ready", problem=problem)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=503 if problem else 200)
+
     @app.post("/v1/nonces", response_model=schemas.NonceResponse, tags=["attestation"])
     def nonce() -> schemas.NonceResponse:
         """A fresh single-use nonce for the enclave to bind into REPORTDATA."""

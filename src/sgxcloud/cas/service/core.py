@@ -37,7 +37,14 @@ from sgxcloud.cas.policy import check_import, evaluate, load_policy
 from sgxcloud.cas.policy.load import owner_ids
 from sgxcloud.cas.policy.model import Policy
 from sgxcloud.cas.service import materials
-from sgxcloud.cas.store import Database, DuplicateRow, Repository, SealedSecret, StoredPolicy
+from sgxcloud.cas.store import (
+    Database,
+    DuplicateRow,
+    Repository,
+    SealedSecret,
+    StoredPolicy,
+    StoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +202,16 @@ class CasService:
         with self._lock:
             self._state = State.STOPPED
         self.database.close()
+
+    def readiness_problem(self) -> str | None:
+        """Why this replica should get no traffic now, or None when it can serve."""
+        if self._state is not State.READY:
+            return f"service is {self._state}"
+        try:
+            self.database.ping()
+        except StoreError:
+            return "database unreachable"
+        return None
 
     def _require_ready(self) -> None:
         if self._state is not State.READY:

@@ -27,6 +27,14 @@ class ErrorBody(_Model):
     audit_seq: int | None = Field(None, description="audit entry recording the decision")
 
 
+class ProbeResponse(_Model):
+    """A liveness or readiness probe's answer (load balancers, systemd, Kubernetes)."""
+
+    ok: bool
+    check: str
+    problem: str | None = None
+
+
 class HealthResponse(_Model):
     state: str
     database: str

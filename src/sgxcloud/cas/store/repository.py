@@ -98,6 +98,22 @@ class Database:
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        """One round trip to the database; StoreError if it does not answer."""
+        # A raw connection: no transaction, so no SQLite write lock for a probe.
+        try:
+            raw = self.engine.raw_connection()
+        except DBAPIError as exc:
+            raise StoreError(f"database unreachable: {_reason(exc)}") from exc
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as exc:  # the driver's own error class, whatever the backend
+            raise StoreError(f"database unreachable: {type(exc).__name__}") from exc
+        finally:
+            raw.close()
+
     @contextmanager
     def transaction(self) -> Iterator[Repository]:
         """One transaction: committed on success, rolled back on any exception."""

@@ -1,0 +1,140 @@
+"""cas backup / restore while enclaves attest, on SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sgxcloud.cas import audit, client, secrets
+from sgxcloud.cas.policy import public_key_id
+from sgxcloud.cas.service.app import create_app
+from sgxcloud.cas.service.server import background_https, make_loopback_tls
+from sgxcloud.cas.store import Database
+from sgxcloud.cli.main import main as cli
+from tests.cas import postgres as pg
+
+
+def _url(backend: str, path: Path) -> str:
+    return f"sqlite:///{path}" if backend == "sqlite" else pg.fresh_database(pg.server())
+
+
+def _settings(path: Path, url: str, key_file: Path) -> Path:
+    path.write_text(f"database_url: {url}\nmaster_key_file: {key_file}\n")
+    return path
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_backup_taken_under_attestations_restores_to_a_verifying_chain(
+    backend: str, tmp_path: Path, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    for name in ("SGXCLOUD_CAS_DATABASE_URL", "SGXCLOUD_CAS_MASTER_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    key = secrets.MasterKey.generate()
+    key_file = tmp_path / "master.key"
+    secrets.write_master_key(key_file, key)
+    live_url = _url(backend, tmp_path / "live.db")
+    service = pg.make_service(live_url, secrets.Keyring(key))
+    owner = pg.owner_key()
+    service.apply_policy(public_key_id(pg.public_pem(owner).encode()), pg.policy_text(owner),
+                         int(time.time()))
+    tls = make_loopback_tls(tmp_path / "tls")
+    backup_file = tmp_path / ("cas.backup" if backend == "sqlite" else "cas.dump")
+    done: list[int] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def enclave(url: str) -> None:
+        while not stop.is_set():
+            try:
+                client.fetch_configuration(url, policy="shop", service="web",
+                                           ca_file=tls.ca_cert, root=tmp_path,
+                                           simulate=pg.simulated_identity())
+                done.append(1)
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    try:
+        with background_https(create_app(service), tls) as url:
+            workers = [threading.Thread(target=enclave, args=(url,)) for _ in range(4)]
+            for worker in workers:
+                worker.start()
+            while len(done) < 20 and not failures:
+                time.sleep(0.05)
+            before = len(done)
+            live_settings = _settings(tmp_path / "live.yaml", live_url, key_file)
+            assert cli(["cas", "backup", "--config", str(live_settings), str(backup_file)]) == 0
+            taken = capsys.readouterr().out
+            while len(done) < before + 20 and not failures:
+                time.sleep(0.05)  # attestations went on during and after the backup
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=60)
+        assert not failures, failures[0]
+        live = audit.entries(service.database)
+    finally:
+        stop.set()
+        service.stop()
+    assert backup_file.stat().st_mode & 0o777 == 0o600 or backend == "postgresql"
+    if backend == "sqlite":
+        assert "audit chain intact" in taken
+    assert cli(["cas", "backup", "--config", str(live_settings), str(backup_file)]) == 2
+    assert "exists; refusing to replace it" in capsys.readouterr().err
+
+    restored_url = _url(backend, tmp_path / "restored.db")
+    if backend == "postgresql":
+        Database.open(restored_url).close()  # an existing, migrated database, as in production
+    restored_settings = _settings(tmp_path / "restored.yaml", restored_url, key_file)
+    restore = ["cas", "restore", "--config", str(restored_settings), str(backup_file)]
+    if backend == "postgresql":
+        restore.append("--replace")
+    assert cli(restore) == 0
+    assert "audit chain intact" in capsys.readouterr().out
+    assert cli(["audit", "verify", "--config", str(restored_settings)]) == 0
+    database = Database.open(restored_url, migrate=False)
+    try:
+        restored = audit.entries(database)
+    finally:
+        database.close()
+    # A state the live chain really passed through: a prefix of it, mid-traffic.
+    assert 1 < len(restored) < len(live)
+    assert [e.entry_hash for e in restored] == [e.entry_hash for e in live[: len(restored)]]
+    # The restored service opens with the same master key, and refuses without it.
+    other_key = tmp_path / "other.key"
+    secrets.write_master_key(other_key, secrets.MasterKey.generate())
+    elsewhere = _settings(tmp_path / "wrong.yaml", _url(backend, tmp_path / "again.db"), other_key)
+    assert cli(["cas", "restore", "--config", str(elsewhere), str(backup_file), "--replace"]) == 2
+    assert "no master key with id" in capsys.readouterr().err
+
+
+def test_restore_never_replaces_a_database_unasked(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("SGXCLOUD_CAS_DATABASE_URL", raising=False)
+    key_file = tmp_path / "master.key"
+    secrets.write_master_key(key_file, secrets.MasterKey.generate())
+    Database.open(f"sqlite:///{tmp_path / 'a.db'}").close()
+    settings = _settings(tmp_path / "a.yaml", f"sqlite:///{tmp_path / 'a.db'}", key_file)
+    assert cli(["cas", "backup", "--config", str(settings), str(tmp_path / "b")]) == 0
+    assert cli(["cas", "restore", "--config", str(settings), str(tmp_path / "b")]) == 2
+    assert "pass --replace" in capsys.readouterr().err
+    (tmp_path / "junk").write_text("not a backup")
+    assert cli(["cas", "restore", "--config", str(settings), str(tmp_path / "junk")]) == 2
+    assert "neither a SQLite backup nor a pg_dump" in capsys.readouterr().err
+
+
+def test_liveness_and_readiness_probes(tmp_path: Path) -> None:
+    import httpx
+
+    service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
+    tls = make_loopback_tls(tmp_path / "tls")
+    with background_https(create_app(service), tls) as url, httpx.Client(
+        base_url=url, verify=client.pinned_tls(tls.ca_cert)
+    ) as http:
+        assert http.get("/v1/health/live").json() == {"ok": True, "check": "live"}
+        assert http.get("/v1/health/ready").json() == {"ok": True, "check": "ready"}
+        service.stop()  # shutting down (or a dead database): no traffic, but still alive
+        ready = http.get("/v1/health/ready")
+        assert ready.status_code == 503 and ready.json()["problem"] == "service is stopped"
+        assert http.get("/v1/health/live").status_code == 200
