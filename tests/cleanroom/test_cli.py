@@ -30,7 +30,7 @@ def test_help_lists_every_role(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
     for command in ("init", "keygen", "approve", "node", "coordinator", "query", "verify-result",
-                    "status", "audit", "budget", "local"):
+                    "status", "audit", "budget", "local", "refresh", "match-rate", "public-key"):
         assert command in out
 
 
@@ -123,7 +123,9 @@ def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, 
         printed.append(out)
         code, out, _ = run(capsys, "audit", *common, "--json")
         printed.append(out)
-        assert code == 0 and any(e["event"] == "refusal" for e in json.loads(out))
+        audit_doc = json.loads(out)
+        assert code == 0 and any(e["event"] == "refusal" for e in audit_doc["entries"])
+        assert audit_doc["chain"]["verified"] and len(audit_doc["chain"]["head"]) == 64
         code, out, _ = run(capsys, "budget", *common, "--json")
         assert code == 0 and "remaining" in json.loads(out)
     code, out, _ = run(capsys, "verify-result", tmp_path / "lift.json", "--definition",
@@ -146,3 +148,105 @@ def test_verify_result_on_a_binary_file_is_one_clear_error(tmp_path, capsys):
     assert code == 2
     assert err.strip().startswith("error: cannot read result bundle")
     assert "Traceback" not in err
+
+
+def test_provider_and_analyst_everyday_commands(capsys, tmp_path, monkeypatch):
+    """refresh then query; a rejected refresh keeps the previous data and says so;
+    --url from the environment; query --json is a bundle verify-result accepts;
+    the audit chain is verified; budget and status are readable; public-key;
+    match rates; errors that say what to fix."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    collab = prepare_example(tmp_path / "ex", people=1500, min_group_size=20)
+    keys = collab.workdir / "keys"
+    subscribers = Path(collab.nodes["telecom"]["subscribers"])
+    original = pq.read_table(subscribers)
+    with collab:
+        monkeypatch.setenv("SGXCLOUD_CLEANROOM_URL", collab.url)
+        brand = ["--definition", collab.definition, "--party", "brand", "--key",
+                 keys / "brand.pem"]
+        telecom = ["--definition", collab.definition, "--party", "telecom", "--key",
+                   keys / "telecom.pem"]
+        code, out, _ = run(capsys, "query", *brand, "--template", "overlap", "--analysis",
+                           "reach", "--datasets", "bank.customers,telecom.subscribers", "--json")
+        assert code == 0
+        (tmp_path / "reach.json").write_text(out)
+        bundle = json.loads(out)
+        assert set(bundle) == {"result", "signer_statement"}
+        everyone = next(c["value"] for c in bundle["result"]["cells"]
+                        if c["dims"] == {"datasets": "telecom.subscribers"})
+        code, out, _ = run(capsys, "verify-result", tmp_path / "reach.json", "--definition",
+                           collab.definition)
+        assert code == 0 and "signature verified" in out
+        code, out, _ = run(capsys, "match-rate", *brand, "--analysis", "reach", "--datasets",
+                           "bank.customers,telecom.subscribers", "--json")
+        rates = json.loads(out)["rates"]
+        assert code == 0 and {r["of"] for r in rates} == {"bank.customers",
+                                                          "telecom.subscribers"}
+        assert all(r["rate"] is None or 0 < r["rate"] <= 1 for r in rates)
+        north = run(capsys, "query", *brand, "--template", "audience_size", "--analysis",
+                    "audience", "--filter", "telecom.subscribers.region = 'north'", "--json")
+        before = json.loads(north[1])["result"]["cells"][0]["value"]
+        assert before < everyone
+
+        # the provider moves everyone to the north and refreshes from the CLI
+        pq.write_table(original.set_column(
+            original.schema.get_field_index("region"), "region",
+            pc.if_else(pc.is_valid(original["region"]), "north", original["region"])),
+            subscribers)
+        code, out, _ = run(capsys, "refresh", *telecom, "--json")
+        (state,) = json.loads(out)["datasets"]
+        assert code == 0 and state["state"] == "ingested" and state["rows"] > 1000
+        in_use = state["rows"]
+        code, out, _ = run(capsys, "query", *brand, "--template", "audience_size", "--analysis",
+                           "audience", "--filter", "telecom.subscribers.region IN ('north')",
+                           "--json")
+        assert code == 0 and json.loads(out)["result"]["cells"][0]["value"] == everyone
+
+        # a broken refresh: rejected, the previous rows stay in use, exit 1
+        subscribers.write_bytes(b"not parquet at all")
+        code, out, _ = run(capsys, "refresh", *telecom, "--dataset", "subscribers", "--json")
+        (state,) = json.loads(out)["datasets"]
+        assert code == 1 and state["state"] == "rejected"
+        assert state["rows"] == in_use
+        assert "not a Parquet file" in state["reason"]
+        assert f"queries keep using the {in_use} rows" in state["reason"]
+        code, _, err = run(capsys, "refresh", *telecom, "--dataset", "subscriber")
+        assert code == 2 and "no dataset subscriber" in err and "its datasets: subscribers" in err
+
+        code, out, _ = run(capsys, "status", *brand)
+        assert code == 0 and "approvals: complete (bank, retailer, telecom)" in out
+        assert "{" not in out
+        code, out, _ = run(capsys, "budget", *brand)
+        assert code == 0 and "differential privacy is off" in out and "{" not in out
+        code, out, _ = run(capsys, "audit", *brand)
+        assert code == 0 and "hash chain verified" in out and "\\u" not in out
+        assert "audience_size audience; filter" in out
+
+        # errors that say what to fix, once
+        code, _, err = run(capsys, "query", *brand, "--template", "audience_size",
+                           "--analysis", "audience", "--filter",
+                           "telecom.subscribers.region == 'north'")
+        assert code == 2 and err.count("query:") == 1 and "write = to compare, not ==" in err
+        code, _, err = run(capsys, "query", *brand, "--template", "audience_size",
+                           "--analysis", "audience", "--filter",
+                           'telecom.subscribers.region = "north"')
+        assert code == 2 and "single quotes" in err
+        code, _, err = run(capsys, "query", *brand, "--template", "overlap", "--analysis",
+                           "reach", "--datasets", "bank.customers,telecom.subscriber")
+        assert code == 2 and "unknown dataset telecom.subscriber" in err
+    code, out, _ = run(capsys, "public-key", "--key", keys / "brand.pem", "--definition",
+                       collab.definition)
+    assert code == 0 and out.startswith("ed25519:") and "party brand" in out
+    monkeypatch.delenv("SGXCLOUD_CLEANROOM_URL")
+    code, _, err = run(capsys, "status", *brand)
+    assert code == 2 and "give --url" in err and "SGXCLOUD_CLEANROOM_URL" in err
+    code, out, _ = run(capsys, "status", "--help")
+    assert "[required]" not in out.split("--definition")[0]
+    # a result checked against another collaboration's definition says so
+    other = prepare_example(tmp_path / "other", people=50)
+    code, out, _ = run(capsys, "verify-result", tmp_path / "reach.json", "--definition",
+                       other.definition)
+    assert code == 1 and "answers definition" in out and "check the --definition file" in out
+    assert "nonce" not in out

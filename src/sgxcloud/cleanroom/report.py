@@ -21,6 +21,96 @@ ARMS = ("test", "control")
 ALL = "(all)"
 
 
+# -- differential-privacy noise, as readers need to see it -------------------------------
+#
+# Every noised figure is shown with the standard deviation of the noise in it
+# and a 95% noise margin; figures derived from noised ones (rates, lifts) get
+# an interval propagated from their parts.  All of it follows from the signed
+# privacy block of the result and the public definition parameters in it.
+
+BASE_LIFT_METRICS = {"people": "count", "converters": "count", "purchases": "purchases",
+                     "revenue": "revenue"}
+LAPLACE_95 = 2.1183  # ln(20)/sqrt(2): a Laplace draw lies within this many sd 95% of the time
+GAUSS_95 = 1.96
+
+
+def _draw_sd(dp: dict[str, Any], sensitivity: float, epsilon: float,
+             delta: float | None) -> float:
+    if dp.get("mechanism", "laplace") == "laplace":
+        return sensitivity / epsilon * 2 ** 0.5
+    from sgxcloud.cleanroom.privacy.dp import _gaussian_scale
+
+    return _gaussian_scale(float(sensitivity), float(epsilon), float(delta or 1e-6))
+
+
+def noise_sd(result: Result, cell: Cell) -> float | None:
+    """Standard deviation of the DP noise in ``cell``'s released value; None when
+    the cell carries none or is derived from several noised figures."""
+    dp = (result.privacy or {}).get("differential_privacy")
+    if not dp or not cell.noisy or cell.suppressed:
+        return None
+    eps = float(dp.get("epsilon_per_measure") or dp.get("epsilon") or 0)
+    if eps <= 0:
+        return None
+    if result.template == "audience_size" and cell.metric == "people":
+        return _draw_sd(dp, 1.0, eps, dp.get("delta"))
+    if result.template == "overlap" and cell.metric == "people":
+        datasets = result.query.get("datasets") or []
+        members = len(cell.dims.get("datasets", "").split("+"))
+        draws = 2 ** max(0, len(datasets) - members)  # the Venn regions summed
+        return _draw_sd(dp, 1.0, eps, dp.get("delta")) * draws ** 0.5
+    if result.template == "campaign_lift" and cell.metric in BASE_LIFT_METRICS:
+        measures = int(dp.get("measures") or 1)
+        delta = dp["delta"] / measures if dp.get("delta") else None
+        bounds = dp.get("contribution_bounds") or {}
+        sensitivity = {"count": 1.0,
+                       "purchases": float(bounds.get("max_purchases_per_person", 1)),
+                       "revenue": float(bounds.get("max_revenue_per_person", 1))
+                       }[BASE_LIFT_METRICS[cell.metric]]
+        sd = _draw_sd(dp, sensitivity, eps, delta)
+        segments = {c.dims.get("segment") for c in result.cells} - {ALL, None}
+        if cell.dims.get("segment") == ALL and segments:
+            sd *= len(segments) ** 0.5  # the total is the sum of the noised segments
+        return sd
+    return None
+
+
+def noise_margin(result: Result, cell: Cell) -> float | None:
+    """Half-width of the 95% interval of the noise in ``cell`` (None: no noise of its own)."""
+    sd = noise_sd(result, cell)
+    if sd is None:
+        return None
+    dp = result.privacy.get("differential_privacy") or {}
+    return sd * (LAPLACE_95 if dp.get("mechanism", "laplace") == "laplace" else GAUSS_95)
+
+
+def noise_interval(result: Result, cell: Cell) -> tuple[float, float] | None:
+    """A 95% interval for ``cell`` that accounts for the noise: the noise margin of
+    a noised figure (never below 0), or, for a rate derived from two noised
+    figures, the range their margins allow."""
+    if not cell.noisy or cell.suppressed or cell.value is None:
+        return None
+    margin = noise_margin(result, cell)
+    if margin is not None:
+        return max(0.0, cell.value - margin), cell.value + margin
+    if result.template == "campaign_lift" and cell.metric in ("conversion_rate",
+                                                              "revenue_per_person"):
+        top = "converters" if cell.metric == "conversion_rate" else "revenue"
+        dims = dict(cell.dims)
+        try:
+            num, den = result.cell(top, **dims), result.cell("people", **dims)
+        except KeyError:
+            return None
+        m_num, m_den = noise_margin(result, num), noise_margin(result, den)
+        if None in (m_num, m_den) or num.value is None or den.value is None:
+            return None
+        low_den, high_den = max(1.0, den.value - m_den), den.value + m_den
+        low = max(0.0, num.value - m_num) / high_den
+        high = (num.value + m_num) / low_den
+        return (low, min(high, 1.0)) if cell.metric == "conversion_rate" else (low, high)
+    return None
+
+
 def _index(result: Result) -> dict[tuple[str, str, str], Cell]:
     """(metric, segment, arm or '') -> cell."""
     out = {}

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sgxcloud.cleanroom.definition import Definition
 from sgxcloud.cleanroom.errors import (
+    AuditChainError,
     CleanroomError,
     QueryError,
     QueryRefused,
@@ -56,6 +57,48 @@ class VerifiedResult:
 
     def to_json(self) -> str:
         return json.dumps(self.bundle, indent=2, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class AuditTrail:
+    """Audit entries whose hash chain verified; ``head`` is the last entry's hash."""
+
+    entries: list[dict[str, Any]]
+    head: str
+
+
+@dataclass(frozen=True)
+class MatchRates:
+    """Match rates between datasets, from a verified overlap result.
+
+    ``rates`` rows: ``{"datasets": "a+b", "of": "a", "matched": n, "total": m,
+    "rate": n/m}``; ``matched``/``rate`` are None when a cell was suppressed.
+    With differential privacy, both counts are noised and so is the rate.
+    """
+
+    verified: VerifiedResult
+    rates: list[dict[str, Any]]
+
+    @classmethod
+    def from_result(cls, verified: VerifiedResult) -> MatchRates:
+        cells = {c.dims.get("datasets", ""): c for c in verified.result.cells
+                 if c.metric == "people"}
+        rows = []
+        for label, cell in cells.items():
+            members = label.split("+")
+            if len(members) < 2:
+                continue
+            for member in members:
+                total = cells.get(member)
+                usable = not cell.suppressed and total is not None and not total.suppressed \
+                    and total.value
+                rows.append({
+                    "datasets": label, "of": member,
+                    "matched": None if cell.suppressed else cell.value,
+                    "total": None if total is None or total.suppressed else total.value,
+                    "rate": (cell.value / total.value) if usable else None,
+                    "noisy": bool(cell.noisy or (total is not None and total.noisy))})
+        return cls(verified, rows)
 
 
 def verify_bundle(bundle: dict[str, Any] | str, definition: Definition,
@@ -172,6 +215,30 @@ class CleanroomClient:
 
     def audit(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/audit")["entries"]
+
+    def audit_verified(self) -> AuditTrail:
+        """The audit log with its hash chain checked here, on the party's side.
+        Raises :class:`AuditChainError` at the first broken entry."""
+        from sgxcloud.cleanroom.audit import AuditEntry, verify_chain
+
+        entries = self.audit()
+        try:
+            parsed = [AuditEntry(**e) for e in entries]
+        except TypeError as exc:
+            raise AuditChainError(0, "the coordinator sent entries of an unknown shape") from exc
+        head = verify_chain(parsed)
+        return AuditTrail(entries, head)
+
+    def match_rate(self, analysis: str, datasets: list[str],
+                   filter_text: str | None = None) -> MatchRates:
+        """How many of each provider's people the others also know: an overlap
+        query of an analysis the definition allows, released (k-suppressed,
+        noised) like any other; the rates are computed here from its cells."""
+        query: dict[str, Any] = {"template": "overlap", "analysis": analysis,
+                                 "datasets": list(datasets)}
+        if filter_text:
+            query["filter"] = filter_text
+        return MatchRates.from_result(self.query(query))
 
     def refresh(self, datasets: list[str] | None = None) -> dict[str, Any]:
         """(Data providers) ask the coordinator to pull this provider's datasets again —

@@ -1,8 +1,9 @@
 """``sgxcloud cleanroom``: one command per role.
 
-providers: ``keygen``, ``approve``, ``node``; operators: ``coordinator``,
-``local``; analysts: ``query``, ``status``, ``budget``; recipients and
-everyone: ``verify-result``, ``audit``.  Commands are thin: the library does
+providers: ``keygen``, ``approve``, ``node check``, ``node`` (serve),
+``refresh``; operators: ``coordinator``, ``local``; analysts: ``query``,
+``match-rate``, ``status``, ``budget``; recipients and everyone:
+``verify-result``, ``audit``, ``public-key``.  Commands are thin: the library does
 the work, these only parse options and render.
 """
 
@@ -19,9 +20,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from sgxcloud.cli.output import console as output_console
 from sgxcloud.errors import InputError
 
-console = Console(stderr=False)
+console = output_console()  # full values when piped (cli/output.py)
 
 
 def _emit(as_json: bool, doc: Any, render=None) -> None:
@@ -209,7 +211,81 @@ def approve(definition: str, party: str, key_path: str, out: str, as_json: bool)
     return 0
 
 
-@cleanroom.command()
+class _NodeGroup(click.Group):
+    """``node`` serves (as it always did) unless a sub-command is named:
+    ``node --definition …`` and ``node serve --definition …`` are the same."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["serve", *args]
+        return super().parse_args(ctx, args)
+
+
+@cleanroom.group(cls=_NodeGroup)
+def node() -> None:
+    """A data provider's node: `serve` your data to the attested coordinator, or
+    `check` your files first (nothing leaves this machine)."""
+
+
+@node.command("check")
+@click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--provider", required=True, help="Your provider name in the definition.")
+@click.option("--dataset", "datasets", multiple=True, required=True, metavar="NAME=SOURCE",
+              help="A dataset and its file: x.csv, x.parquet or x.duckdb:TABLE. Repeatable.")
+@click.option("--max-invalid-fraction", default=0.01, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="The node's limit of rows with unusable identifiers.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def node_check(definition, provider, datasets, max_invalid_fraction, as_json) -> int:
+    """Dry run over your own files before anything leaves this machine: schema and
+    types, time zones, identifier validity, duplicates, empty columns — with line
+    numbers and example values (shown here only; never sent). Exit 1 on errors."""
+    from sgxcloud.cleanroom.check import check_provider
+    from sgxcloud.cleanroom.node import Source
+
+    d = _definition(definition)
+    if provider not in d.providers:
+        raise InputError(f"{provider} is not a data provider in this definition; providers: "
+                         + ", ".join(d.providers))
+    sources = {name: Source.parse(path)
+               for name, path in _pairs(datasets, "--dataset", "NAME=SOURCE")}
+    declared = [ds.name for ds in d.datasets_of(provider)]
+    unknown = sorted(set(sources) - set(declared))
+    if unknown:
+        raise InputError(f"dataset(s) {', '.join(unknown)} are not declared for {provider}; "
+                         f"its datasets: {', '.join(declared)}")
+    report = check_provider(d, provider, sources, max_invalid_fraction)
+    _emit(as_json, report.to_dict(), _render_check)
+    return 0 if report.ok else 1
+
+
+def _render_check(doc: dict[str, Any]) -> None:
+    marks = {"error": "[bold red]error[/]", "warning": "[yellow]warning[/]",
+             "info": "[dim]info[/]"}
+    for ds in doc["datasets"]:
+        verdict = ("[green]ready[/]" if not ds["errors"] else
+                   f"[bold red]{ds['errors']} error(s): the node would refuse it[/]")
+        console.print(f"[bold]{ds['dataset']}[/] ← {ds['source'] or '(no file)'}: "
+                      f"{ds['rows']:,} rows, {verdict}", highlight=False)
+        for f in ds["findings"]:
+            where = next((k for k in ("lines", "rows") if f.get(k)), None)
+            column = f"{f['column']}: " if f["column"] else ""
+            count = f"{f['count']:,} " if f["count"] and not f["message"][0].isdigit() else ""
+            line = f"  {marks[f['severity']]} {column}{count}{f['message']}"
+            if where:
+                more = "…" if f["count"] > len(f[where]) else ""
+                line += f" ({where[:-1] if len(f[where]) == 1 else where} " \
+                        f"{', '.join(map(str, f[where]))}{more})"
+            console.print(line, highlight=False, markup=True)
+            for n, example in zip(f.get(where) or [], f["examples"], strict=False):
+                console.print(f"      {where[:-1] if where else 'row'} {n}: {example!r}",
+                              highlight=False, markup=False)
+    console.print("[green]every dataset is ready to be served[/]" if doc["ok"] else
+                  "[bold red]fix the errors above before serving[/] "
+                  "(values shown here never leave this machine)")
+
+
+@node.command("serve")
 @click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--provider", required=True, help="The provider this node serves.")
 @click.option("--dataset", "datasets", multiple=True, required=True, metavar="NAME=SOURCE",
@@ -228,8 +304,9 @@ def approve(definition: str, party: str, key_path: str, out: str, as_json: bool)
 @_collateral_options
 @click.option("--ready-file", hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log sessions and refusals.")
-def node(definition, provider, datasets, approval_files, listen, simulate, simulate_mrenclave,
-         batch_rows, max_invalid_fraction, collateral, pccs, ready_file, verbose) -> int:
+def node_serve(definition, provider, datasets, approval_files, listen, simulate,
+               simulate_mrenclave, batch_rows, max_invalid_fraction, collateral, pccs, ready_file,
+               verbose) -> int:
     """Serve your own data to the attested coordinator (runs until stopped)."""
     from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
 
@@ -322,16 +399,19 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
     return 0
 
 
-def _client(url: str, definition: str, party: str, key: str, collateral=None, pccs=None):
+def _client(url: str | None, definition: str, party: str, key: str, collateral=None,
+            pccs=None):
     from sgxcloud.cleanroom.sdk import CleanroomClient
 
+    if not url:
+        raise InputError("give --url https://HOST:PORT or set SGXCLOUD_CLEANROOM_URL")
     return CleanroomClient.connect(url, _definition(definition), party, _key(key),
                                    collateral_source=_collateral(collateral, pccs))
 
 
 def _client_options(f):
     for option in reversed([
-        click.option("--url", required=True, envvar="SGXCLOUD_CLEANROOM_URL",
+        click.option("--url", envvar="SGXCLOUD_CLEANROOM_URL", show_envvar=True,
                      help="Coordinator API, https://HOST:PORT."),
         click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False)),
         click.option("--party", required=True, help="Your party name."),
@@ -354,9 +434,11 @@ def _client_options(f):
 @click.option("--datasets", help="overlap: comma-separated provider.dataset names.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Save the signed result bundle.")
 @click.option("--html", type=click.Path(dir_okay=False), help="campaign_lift: HTML report.")
+@click.option("--all", "show_all", is_flag=True, help="Show every segment of a long breakdown.")
 def query(url, definition, party, key, as_json, collateral, pccs, query_file, template, analysis,
-          filter_text, breakdown, datasets, out, html) -> int:
-    """Run a query as an analyst; prints the verified, released numbers."""
+          filter_text, breakdown, datasets, out, html, show_all) -> int:
+    """Run a query as an analyst; prints the verified, released numbers.  With
+    --json it prints the signed result bundle, which `verify-result` accepts."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     if query_file:
@@ -385,12 +467,47 @@ def query(url, definition, party, key, as_json, collateral, pccs, query_file, te
         from sgxcloud.cleanroom.report import write_lift_report
 
         write_lift_report(verified.result, html, simulated=verified.simulated)
-    _emit(as_json, verified.bundle["result"], lambda _: render_result(verified))
+    _emit(as_json, verified.bundle, lambda _: render_result(verified, show_all=show_all))
     return 0
 
 
-def render_result(verified, target: Console | None = None) -> None:
-    """A result as a table, with suppressed cells and SIMULATED clearly marked."""
+SEGMENTS_SHOWN = 8
+"""Segments of a breakdown shown before the rest is collapsed (``--all`` shows every one)."""
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "–" if value is None else str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.2f}"
+
+
+def _shown_value(result, cell) -> str:
+    """A released value as people should read it: suppression marked, and every
+    noised figure with the noise in it (± its 95% margin, or an interval)."""
+    from sgxcloud.cleanroom.report import noise_interval, noise_margin
+
+    if cell.suppressed:
+        return "[yellow]suppressed (< k)[/]"
+    text = _number(cell.value)
+    if not cell.noisy:
+        return text
+    margin = noise_margin(result, cell)
+    if margin is not None:
+        text += f" ± {_number(float(margin))}"
+        if isinstance(cell.value, int | float) and margin > abs(cell.value):
+            text += " [yellow](noise larger than the figure)[/]"
+        return text + " [dim](DP 95%)[/]"
+    interval = noise_interval(result, cell)
+    if interval is not None:
+        return text + f" [{_number(interval[0])}, {_number(interval[1])}] [dim](DP 95%)[/]"
+    return text + " [dim](from DP figures)[/]"
+
+
+def render_result(verified, target: Console | None = None, *, show_all: bool = False) -> None:
+    """A result as a table: suppressed cells and SIMULATED clearly marked, each
+    noised figure with its noise, long breakdowns collapsed unless ``show_all``."""
     result = verified.result
     out = target or console
     title = f"{result.template} · {result.analysis} · result {result.result_id[:8]}"
@@ -398,17 +515,25 @@ def render_result(verified, target: Console | None = None) -> None:
     dims = sorted({k for c in result.cells for k in c.dims})
     for col in (*dims, "metric", "value"):
         table.add_column(col, justify="right" if col == "value" else "left")
+    segments = list(dict.fromkeys(c.dims["segment"] for c in result.cells
+                                  if "segment" in c.dims))
+    shown = segments if show_all else segments[:SEGMENTS_SHOWN]
     for cell in result.cells:
-        if cell.suppressed:
-            value = "[yellow]suppressed (< k)[/]"
-        elif isinstance(cell.value, float):
-            value = f"{cell.value:,.4f}"
-        else:
-            value = f"{cell.value:,}" if cell.value is not None else "–"
-        if cell.noisy and not cell.suppressed:
-            value += " [dim](DP)[/]"
-        table.add_row(*(cell.dims.get(d, "") for d in dims), cell.metric, value)
+        if "segment" in cell.dims and cell.dims["segment"] not in shown:
+            continue
+        table.add_row(*(cell.dims.get(d, "") for d in dims), cell.metric,
+                      _shown_value(result, cell))
     out.print(table)
+    hidden = len(segments) - len(shown)
+    if hidden:
+        out.print(f"{hidden} more segment(s) not shown: --all shows them, --json gives the "
+                  "whole signed bundle, --html a report", highlight=False)
+    dp = (result.privacy or {}).get("differential_privacy")
+    if dp:
+        out.print(f"differential privacy: {dp.get('mechanism')} noise, ε={dp.get('epsilon')} for "
+                  "this query; ± is the 95% margin of the noise in a figure (sampling error "
+                  "comes on top); lifts and p-values are computed from the noised figures",
+                  highlight=False)
     note = "[bold red]signed by a SIMULATED enclave[/]" if verified.simulated \
         else "[green]signed by the attested coordinator enclave[/]"
     out.print(f"signature verified; {note}")
@@ -419,7 +544,9 @@ def render_result(verified, target: Console | None = None) -> None:
 @click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
 @_collateral_options
 @click.option("--json", "as_json", is_flag=True)
-def verify_result_cmd(bundle: str, definition: str, collateral, pccs, as_json: bool) -> int:
+@click.option("--all", "show_all", is_flag=True, help="Show every segment of a long breakdown.")
+def verify_result_cmd(bundle: str, definition: str, collateral, pccs, as_json: bool,
+                      show_all: bool) -> int:
     """Verify a result bundle offline: exit 0 if valid, 1 if not."""
     from sgxcloud.cleanroom.errors import CleanroomError
     from sgxcloud.cleanroom.sdk import verify_bundle
@@ -439,8 +566,29 @@ def verify_result_cmd(bundle: str, definition: str, collateral, pccs, as_json: b
     doc = {"valid": True, "result_id": verified.result.result_id,
            "definition_hash": verified.result.definition_hash, "signer": verified.result.signer,
            "simulated": verified.simulated}
-    _emit(as_json, doc, lambda _: render_result(verified))
+    _emit(as_json, doc, lambda _: render_result(verified, show_all=show_all))
     return 0
+
+
+def _render_datasets(datasets: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for col in ("dataset", "state", "rows in use", "reason"):
+        table.add_column(col, justify="right" if col == "rows in use" else "left")
+    colours = {"ingested": "green", "rejected": "red", "failed": "red", "unavailable": "yellow"}
+    for st in datasets:
+        colour = colours.get(st["state"], "white")
+        table.add_row(st["dataset"], f"[{colour}]{st['state']}[/]", f"{st.get('rows', 0):,}",
+                      st.get("reason", ""))
+    console.print(table)
+
+
+def _approvals_line(approvals: dict[str, Any]) -> str:
+    if approvals.get("complete"):
+        return "approvals: [green]complete[/] (" + ", ".join(approvals.get("valid", [])) + ")"
+    parts = [f"missing: {', '.join(approvals['missing'])}" if approvals.get("missing") else "",
+             f"invalid: {', '.join(approvals['invalid'])}" if approvals.get("invalid") else ""]
+    return "approvals: [red]incomplete[/] — " + "; ".join(p for p in parts if p) \
+        + " (nodes refuse to send data until every provider approved)"
 
 
 @cleanroom.command()
@@ -451,13 +599,9 @@ def status(url, definition, party, key, as_json, collateral, pccs) -> int:
         doc = client.status()
 
     def render(d):
-        table = Table(title="datasets" + (" (SIMULATED)" if d["simulated"] else ""))
-        for col in ("dataset", "state", "rows", "reason"):
-            table.add_column(col)
-        for st in d["datasets"]:
-            table.add_row(st["dataset"], st["state"], str(st.get("rows", 0)), st.get("reason", ""))
-        console.print(table)
-        console.print(f"approvals: {d['approvals']}")
+        _render_datasets(d["datasets"], "datasets" + (" (SIMULATED)" if d["simulated"] else ""))
+        console.print(_approvals_line(d["approvals"]), highlight=False)
+        console.print(f"definition {d['definition_hash']}", highlight=False)
 
     _emit(as_json, doc, render)
     return 0
@@ -465,31 +609,158 @@ def status(url, definition, party, key, as_json, collateral, pccs) -> int:
 
 @cleanroom.command()
 @_client_options
+@click.option("--dataset", "datasets", multiple=True, metavar="NAME",
+              help="Only this dataset (repeatable); default: all of yours.")
+def refresh(url, definition, party, key, as_json, collateral, pccs, datasets) -> int:
+    """(Data providers) have the coordinator pull your datasets again after you
+    fixed or updated a file.  A rejected pull keeps the previous data in use.
+    Exit 1 if any dataset was not ingested."""
+    with _client(url, definition, party, key, collateral, pccs) as client:
+        doc = client.refresh(list(datasets) or None)
+    _emit(as_json, doc, lambda d: _render_datasets(d["datasets"], f"{party}: datasets pulled"))
+    return 0 if all(d["state"] == "ingested" for d in doc["datasets"]) else 1
+
+
+@cleanroom.command()
+@_client_options
 def budget(url, definition, party, key, as_json, collateral, pccs) -> int:
     """Your remaining differential-privacy budget."""
     with _client(url, definition, party, key, collateral, pccs) as client:
-        _emit(as_json, client.budget())
+        doc = client.budget()
+
+    def render(d):
+        if not d["total"]:
+            console.print(f"{d['analyst']}: differential privacy is off in this collaboration "
+                          "(no budget is spent)", highlight=False)
+            return
+        console.print(f"{d['analyst']}: ε spent {d['spent']:.4g} of {d['total']:.4g}; "
+                      f"[bold]{d['remaining']:.4g} remaining[/]", highlight=False)
+
+    _emit(as_json, doc, render)
     return 0
+
+
+def _audit_summary(entry: dict[str, Any]) -> str:
+    """One readable line for an audit entry's data (never truncated mid-value)."""
+    data = entry.get("data") or {}
+    event = entry.get("event")
+    if event in ("ingest",):
+        return f"{data.get('dataset')}: {data.get('rows', 0):,} rows"
+    if event == "ingest_rejected":
+        return f"{data.get('dataset') or ', '.join(data.get('datasets', []))}: " \
+               f"{data.get('message', '')}"
+    if event == "query":
+        q = data.get("query") or {}
+        parts = [f"{q.get('template')} {q.get('analysis')}"]
+        if q.get("datasets"):
+            parts.append("datasets " + ", ".join(q["datasets"]))
+        if q.get("breakdown"):
+            parts.append(f"by {q['breakdown']}")
+        if q.get("filter"):
+            parts.append("filter " + json.dumps(q["filter"], ensure_ascii=False,
+                                                 separators=(",", ":")))
+        return "; ".join(parts)
+    if event == "release":
+        cells = data.get("cells") or []
+        hidden = sum(1 for c in cells if len(c) > 3 and c[3])
+        return f"result {str(data.get('result_id', ''))[:8]}: {len(cells)} figure(s), " \
+               f"{hidden} suppressed"
+    if event == "cache_hit":
+        return f"same query as before: result {str(data.get('result_id', ''))[:8]} again"
+    if event == "refusal":
+        return f"{data.get('reason')}: {data.get('message', '')}"
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
 
 @cleanroom.command()
 @_client_options
 def audit(url, definition, party, key, as_json, collateral, pccs) -> int:
-    """The coordinator's audit log (every request and released number)."""
+    """The coordinator's audit log (every request and released number), with its
+    hash chain verified here; exit 3 if the chain is broken."""
     with _client(url, definition, party, key, collateral, pccs) as client:
-        entries = client.audit()
+        trail = client.audit_verified()
+    doc = {"chain": {"verified": True, "entries": len(trail.entries), "head": trail.head},
+           "entries": trail.entries}
 
-    def render(rows):
+    def render(d):
         table = Table(title="audit log")
-        for col in ("seq", "event", "actor", "data"):
-            table.add_column(col)
-        for e in rows:
-            table.add_row(str(e.get("seq", "")), str(e.get("event", "")), str(e.get("actor", "")),
-                          json.dumps(e.get("data", {}))[:80])
+        for col in ("seq", "at", "event", "actor", "what"):
+            table.add_column(col, overflow="fold")
+        for e in d["entries"]:
+            table.add_row(str(e.get("seq", "")), str(e.get("at", ""))[:19].replace("T", " "),
+                          str(e.get("event", "")), str(e.get("actor", "")), _audit_summary(e))
         console.print(table)
+        console.print(f"[green]hash chain verified[/]: {d['chain']['entries']} entries, "
+                      f"head {d['chain']['head']}", highlight=False)
 
-    _emit(as_json, entries, render)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        render(doc)
     return 0
+
+
+@cleanroom.command("match-rate")
+@_client_options
+@click.option("--analysis", required=True, help="An overlap analysis of the definition.")
+@click.option("--datasets", required=True, help="Two or three provider.dataset names.")
+@click.option("--filter", "filter_text", help="Optional filter, as for `query`.")
+def match_rate(url, definition, party, key, as_json, collateral, pccs, analysis, datasets,
+               filter_text) -> int:
+    """How many of each dataset's people the other datasets also know, from an
+    overlap query: released like any other result (suppressed below k, noised
+    under differential privacy)."""
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    with _client(url, definition, party, key, collateral, pccs) as client:
+        rates = client.match_rate(analysis, names, filter_text)
+    doc = {"rates": rates.rates, "bundle": rates.verified.bundle}
+
+    def render(d):
+        table = Table(title=f"match rates · {analysis}")
+        for col in ("matched in", "of", "matched", "of total", "rate"):
+            table.add_column(col, justify="left" if col in ("matched in", "of") else "right")
+        for r in d["rates"]:
+            rate = "[yellow]suppressed (< k)[/]" if r["rate"] is None else f"{r['rate']:.1%}"
+            if r["noisy"] and r["rate"] is not None:
+                rate += " [dim](DP)[/]"
+            table.add_row(r["datasets"], r["of"], _number(r["matched"]), _number(r["total"]),
+                          rate)
+        console.print(table)
+        note = "[bold red]SIMULATED enclave[/]" if rates.verified.simulated \
+            else "[green]attested coordinator enclave[/]"
+        console.print(f"from result {rates.verified.result.result_id}, signed by the {note}")
+
+    _emit(as_json, doc, render)
+    return 0
+
+
+@cleanroom.command("public-key")
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A party's Ed25519 private key (PEM).")
+@click.option("--definition", type=click.Path(exists=True, dir_okay=False),
+              help="Also say which party of this definition the key belongs to.")
+@click.option("--json", "as_json", is_flag=True)
+def public_key(key_path: str, definition: str | None, as_json: bool) -> int:
+    """Print the public key (the party id in definitions) of a private key PEM."""
+    from sgxcloud.cleanroom.approvals import encode_public_key
+
+    public = encode_public_key(_key(key_path))
+    doc: dict[str, Any] = {"key": key_path, "public_key": public}
+    if definition:
+        d = _definition(definition)
+        party = next((p for p in d.parties if p.public_key == public), None)
+        doc["party"] = party.name if party else None
+        doc["roles"] = list(party.roles) if party else []
+
+    def render(x):
+        console.print(x["public_key"], highlight=False)
+        if "party" in x:
+            console.print(f"party {x['party']} ({', '.join(x['roles'])})" if x["party"] else
+                          "[yellow]no party of this definition has this key[/]",
+                          highlight=False)
+
+    _emit(as_json, doc, render)
+    return 0 if not definition or doc.get("party") else 1
 
 
 @cleanroom.command()

@@ -1,0 +1,352 @@
+"""``node check``: a provider's dry run over its own files, before anything leaves.
+
+It reads every declared column the way the node will (same readers, same
+conversions, same identifier rules) and reports, per dataset: schema problems,
+values that cannot be read as their declared type, time zones, invalid
+identifiers, rows without any identifier, duplicates and empty columns —
+with file lines (CSV) or rows, and *examples of the offending values*.
+
+Examples are the provider's own data shown to the provider on its own
+machine: this module is never used by the node's serving path, and nothing
+it produces is sent or logged anywhere (the node's errors carry rows and
+counts only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sgxcloud.cleanroom import columns as coltypes
+from sgxcloud.cleanroom.definition import Dataset, Definition
+from sgxcloud.cleanroom.errors import IngestError
+from sgxcloud.cleanroom.identifiers import (
+    Rekeyer,
+    _column_types,
+    _value_checks,
+    new_key,
+    normalise_array,
+)
+from sgxcloud.cleanroom.node import Source, csv_lines, read_batches
+
+MAX_EXAMPLES = 5
+KIND_NAMES = {"email": "e-mail addresses", "phone": "phone numbers",
+              "customer_id": "customer ids"}
+PHONE_HINT = ("numbers without a country code are read in default_phone_region {region}; "
+              "write others as +<country code> …")
+
+
+@dataclass
+class Finding:
+    severity: str  # "error" (the node would refuse the dataset), "warning", "info"
+    column: str
+    message: str
+    count: int = 0
+    rows: list[int] = field(default_factory=list)  # 0-based data rows until located
+    examples: list[str] = field(default_factory=list)
+    where: str = ""  # "line" (CSV) or "row", with ``rows`` as file numbers once located
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"severity": self.severity, "column": self.column, "message": self.message,
+                "count": self.count, self.where + "s" if self.where else "rows": self.rows,
+                "examples": self.examples}
+
+
+@dataclass
+class DatasetCheck:
+    dataset: str
+    source: str
+    rows: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return sum(f.severity == "error" for f in self.findings)
+
+    @property
+    def warnings(self) -> int:
+        return sum(f.severity == "warning" for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "source": self.source, "rows": self.rows,
+                "errors": self.errors, "warnings": self.warnings,
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+@dataclass
+class CheckReport:
+    provider: str
+    datasets: list[DatasetCheck]
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.errors for d in self.datasets)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"provider": self.provider, "ok": self.ok,
+                "datasets": [d.to_dict() for d in self.datasets]}
+
+
+def check_provider(definition: Definition, provider: str, sources: dict[str, Source],
+                   max_invalid_fraction: float = 0.01, batch_rows: int = 65_536) -> CheckReport:
+    """Check every dataset of ``provider`` that ``sources`` names (and say which
+    declared ones have no file)."""
+    checks = []
+    for ds in definition.datasets_of(provider):
+        source = sources.get(ds.name)
+        if source is None:
+            check = DatasetCheck(ds.ref, "")
+            check.findings.append(Finding("warning", "", "no file given for this dataset "
+                                          f"(--dataset {ds.name}=FILE)"))
+            checks.append(check)
+            continue
+        checks.append(check_dataset(definition, ds, source, max_invalid_fraction, batch_rows))
+    return CheckReport(provider, checks)
+
+
+class _Tracker:
+    """Findings of one kind over all batches: count, first rows, first examples."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.rows: list[int] = []
+        self.examples: list[str] = []
+
+    def add(self, mask: pa.Array, values: pa.Array | None, offset: int) -> None:
+        hits = pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
+        self.count += len(hits)
+        room = MAX_EXAMPLES - len(self.rows)
+        for i in hits[:max(0, room)]:
+            self.rows.append(offset + i)
+            if values is not None:
+                self.examples.append(str(values[i].as_py()))
+
+
+def check_dataset(definition: Definition, ds: Dataset, source: Source,
+                  max_invalid_fraction: float = 0.01, batch_rows: int = 65_536) -> DatasetCheck:
+    check = DatasetCheck(ds.ref, source.describe())
+    needed = list(definition.columns_needed(ds.ref))
+    declared = list(dict.fromkeys([*needed, *(a.column for a in ds.attributes),
+                                   *ds.event_columns]))
+    available = _columns_of(source, check)
+    if available is None:
+        return check
+    missing = [c for c in needed if c not in available]
+    if missing:
+        check.findings.append(Finding("error", ", ".join(missing),
+                                      "column(s) missing: an allowed analysis needs them"))
+    unused_missing = [c for c in declared if c not in needed and c not in available]
+    if unused_missing:
+        check.findings.append(Finding(
+            "warning", ", ".join(unused_missing), "declared in the definition but not in the "
+            "file; no analysis uses them, so nothing is lost (they would never be sent)"))
+    extra = [c for c in available if c not in declared]
+    if extra:
+        check.findings.append(Finding("info", ", ".join(extra),
+                                      "not declared: these columns never leave this machine"))
+    present = [c for c in declared if c in available]
+    if missing:
+        return check
+    types = _column_types(ds)
+    kinds = {i.column: i.kind for i in ds.identifiers}
+    trackers: dict[tuple[str, str, str], _Tracker] = {}
+    nulls = dict.fromkeys(present, 0)
+    keyed: dict[str, list[np.ndarray]] = {c: [] for c in kinds if c in present}
+    keyed_rows: dict[str, list[np.ndarray]] = {c: [] for c in keyed}
+    rekeyer = Rekeyer(new_key())  # a throw-away key: only equality matters here
+    zone_counts = [0, 0, 0, 0]  # with offset, naive, ambiguous, nonexistent
+
+    def track(column: str, severity: str, message: str) -> _Tracker:
+        return trackers.setdefault((column, severity, message), _Tracker())
+
+    offset = 0
+    try:
+        for raw in read_batches(source, present, batch_rows):
+            table = pa.Table.from_batches([raw]) if isinstance(raw, pa.RecordBatch) else raw
+            has_id = None
+            for col in present:
+                values = table[col].combine_chunks()
+                nulls[col] += _blank(values)
+                if col in kinds:
+                    valid = _identifier(values, kinds[col], ds, col, offset, track, keyed,
+                                        keyed_rows, rekeyer)
+                    has_id = valid if has_id is None else pc.or_(has_id, valid)
+                    continue
+                zone = ds.timestamp_timezone if col == ds.timestamp_column else "UTC"
+                if col == ds.timestamp_column and pa.types.is_string(values.type):
+                    aware = pc.sum(pc.fill_null(pc.match_substring_regex(
+                        values, coltypes._OFFSET), False)).as_py() or 0
+                    zone_counts[0] += aware
+                    zone_counts[1] += len(values) - values.null_count - aware
+                    ambiguous, gap = coltypes.count_local_time_gaps(values, zone)
+                    zone_counts[2] += ambiguous
+                    zone_counts[3] += gap
+                try:
+                    coltypes.convert(values, types[col], zone)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                    bad = coltypes.bad_rows(values, types[col], zone)
+                    mask = np.zeros(len(values), dtype=bool)
+                    mask[bad] = True
+                    track(col, "error", f"value(s) cannot be read as "
+                                        f"{coltypes.type_name(types[col])}; "
+                                        f"accepted: {coltypes.accepted_text(types[col], zone)}"
+                          ).add(pa.array(mask), values, offset)
+            if has_id is not None:
+                track("", "warning",
+                      "rows without any usable identifier (dropped, never sent)"
+                      ).add(pc.invert(has_id), None, offset)
+                _values(ds, table, types, has_id, offset, track)
+            offset += table.num_rows
+    except IngestError as exc:
+        check.findings.append(Finding("error", str(exc.report.get("column", "")),
+                                      str(exc).replace(f"{source.describe()}: ", "", 1)))
+        return check
+    check.rows = offset
+    for (column, severity, message), tracker in trackers.items():
+        if tracker.count:
+            check.findings.append(Finding(severity, column, message, tracker.count,
+                                          tracker.rows, tracker.examples))
+    _duplicates(ds, keyed, keyed_rows, check)
+    _identifier_share(check, trackers, kinds, max_invalid_fraction)
+    for col, n in nulls.items():
+        if offset and n == offset:
+            check.findings.append(Finding("warning", col, "empty in every row", n))
+    if ds.timestamp_column and (zone_counts[0] or zone_counts[1]):
+        check.findings.append(Finding(
+            "info", ds.timestamp_column,
+            f"{zone_counts[1]:,} timestamp(s) without a zone, read in {ds.timestamp_timezone} "
+            "(the definition's timestamp_timezone); "
+            f"{zone_counts[0]:,} with a zone or offset, kept as written"))
+    if zone_counts[2] or zone_counts[3]:
+        check.findings.append(Finding(
+            "warning", ds.timestamp_column or "",
+            f"{zone_counts[2]:,} local time(s) occur twice in {ds.timestamp_timezone} (clocks "
+            f"going back; read as the first) and {zone_counts[3]:,} do not exist (clocks going "
+            "forward; moved past the gap): write an offset to be exact", zone_counts[2]
+            + zone_counts[3]))
+    _locate(check, source)
+    order = {"error": 0, "warning": 1, "info": 2}
+    check.findings.sort(key=lambda f: order[f.severity])
+    return check
+
+
+def _columns_of(source: Source, check: DatasetCheck) -> list[str] | None:
+    """The file's column names, or None (with the error recorded)."""
+    try:
+        if source.format == "csv":
+            import pyarrow.csv as pacsv
+
+            with pacsv.open_csv(source.path, read_options=pacsv.ReadOptions(block_size=1 << 20),
+                                parse_options=pacsv.ParseOptions(
+                                    invalid_row_handler=lambda _row: "skip")) as reader:
+                return list(reader.schema.names)
+        if source.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(source.path).schema_arrow.names)
+        next(read_batches(source, [], 1), None)  # DuckDB: checks the table exists
+        import duckdb
+
+        with duckdb.connect(str(source.path), read_only=True) as con:
+            return [r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                [source.table]).fetchall()]
+    except IngestError as exc:
+        check.findings.append(Finding("error", "", str(exc)))
+    except FileNotFoundError:
+        check.findings.append(Finding("error", "", "file not found"))
+    except Exception as exc:  # Arrow's and DuckDB's parse errors quote data: name the kind
+        check.findings.append(Finding("error", "", f"cannot read the file ({type(exc).__name__})"))
+    return None
+
+
+def _blank(values: pa.Array) -> int:
+    if pa.types.is_string(values.type):
+        return int(pc.sum(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), True))
+                   .as_py() or 0)
+    return values.null_count
+
+
+def _identifier(values, kind, ds, col, offset, track, keyed, keyed_rows, rekeyer) -> pa.Array:
+    text = values if pa.types.is_string(values.type) else values.cast(pa.string())
+    normalised, _ = normalise_array(kind, text, ds.default_phone_region)
+    blank = pc.or_(pc.is_null(text), pc.equal(pc.utf8_trim_whitespace(text), ""))
+    invalid = pc.and_(pc.invert(pc.fill_null(blank, True)), pc.is_null(normalised))
+    hint = f"invalid {KIND_NAMES[kind]}"
+    if kind == "phone":
+        hint += "; " + PHONE_HINT.format(region=ds.default_phone_region)
+    track(col, "warning", hint).add(invalid, text, offset)
+    present = pc.is_valid(normalised)
+    rows = np.flatnonzero(np.asarray(present, dtype=bool)) + offset
+    keyed[col].append(rekeyer.hash_many(kind, normalised.drop_null()))
+    keyed_rows[col].append(rows)
+    return present
+
+
+def _values(ds, table, types, has_id, offset, track) -> None:
+    """Declared values, bounds, arms, amounts: what the node would refuse."""
+    identifiers = {i.column for i in ds.identifiers}
+    converted = {}
+    for col in table.column_names:
+        if col in identifiers or col not in types:
+            continue
+        zone = ds.timestamp_timezone if col == ds.timestamp_column else "UTC"
+        try:
+            converted[col] = coltypes.convert(table[col], types[col], zone)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            continue  # reported as a type problem already
+    if not converted:
+        return
+    for column, problem, accepted, mask in _value_checks(ds, pa.table(converted)):
+        track(column, "error", f"value(s) {problem}; accepted: {accepted}").add(
+            pc.and_(mask, has_id), table[column].combine_chunks(), offset)
+
+
+def _duplicates(ds: Dataset, keyed, keyed_rows, check: DatasetCheck) -> None:
+    if ds.kind != "attributes":
+        return  # several exposures or purchases per person are normal
+    for col, parts in keyed.items():
+        if not parts:
+            continue
+        hashes = np.concatenate(parts)
+        rows = np.concatenate(keyed_rows[col])
+        _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+        repeated = counts[inverse] > 1
+        if repeated.any():
+            values = int((counts > 1).sum())
+            check.findings.append(Finding(
+                "warning", col, f"{values:,} identifier(s) appear on more than one row; a "
+                "person's attributes are then read from several rows (a filter matches if "
+                "any row does)", int(repeated.sum()), [int(r) for r in rows[repeated][:5]]))
+
+
+def _identifier_share(check: DatasetCheck, trackers, kinds, limit: float) -> None:
+    if not check.rows:
+        return
+    invalid = sum(t.count for (col, _, msg), t in trackers.items()
+                  if col in kinds and msg.startswith("invalid"))
+    without = sum(t.count for (col, _, msg), t in trackers.items()
+                  if col == "" and msg.startswith("rows without"))
+    worst = max(invalid, without)
+    if worst / check.rows > limit:
+        check.findings.append(Finding(
+            "error", ", ".join(kinds), f"{worst:,} of {check.rows:,} rows have unusable "
+            f"identifiers: above the node's limit of {limit:.1%}, so the node would refuse "
+            "this dataset (fix the rows below, or raise --max-invalid-fraction)", worst))
+
+
+def _locate(check: DatasetCheck, source: Source) -> None:
+    """Data rows → file lines (CSV, in one pass) or 1-based rows."""
+    rows = sorted({r for f in check.findings for r in f.rows})
+    lines = csv_lines(source.path, rows) if rows and source.format == "csv" else {}
+    for finding in check.findings:
+        if source.format == "csv":
+            finding.where = "line"
+            finding.rows = [lines.get(r, r + 2) for r in finding.rows]
+        else:
+            finding.where = "row"
+            finding.rows = [r + 1 for r in finding.rows]
