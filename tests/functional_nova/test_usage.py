@@ -24,6 +24,7 @@ from rich.console import Console
 
 from sgxcloud.demo import usage as demo_usage
 from sgxcloud.demo.usage import harness_connection
+from sgxcloud.nova import compat
 from sgxcloud.nova import usage as epc_usage
 from sgxcloud.nova.osc.host import ListSGXHost
 from sgxcloud.nova.osc.usage import ExportSGXUsage, ListSGXUsage, ShowSGXUsage
@@ -37,7 +38,7 @@ def sdk_connection(test: SGXServersTestBase) -> connection.Connection:
     """openstacksdk on the in-process Nova and Placement, as an admin."""
     return harness_connection(
         test.api_fixture.admin_api.base_url,
-        test.placement_fixture.endpoint,
+        compat.placement_endpoint(test),
         test.api_fixture.project_id,
     )
 
@@ -143,8 +144,10 @@ class EPCUsageTest(SGXServersTestBase):
         chart = os.path.join(self.useFixture(fixtures.TempDir()).path, "epc.png")
         columns, data = run_command(app, ShowSGXUsage, [*when, "--chart", chart])
         shown = dict(zip(columns, (_plain(v) for v in data), strict=True))
-        self.assertEqual("1056.00", shown["EPC MB-Hours"])
-        self.assertEqual("3", shown["Servers"])
+        # OSC's own columns format these: "1056.00" and "3" from OSC 8, the
+        # float 1056.0 and the int 3 before (2025.1 and older).
+        self.assertEqual(1056.0, float(shown["EPC MB-Hours"]))
+        self.assertEqual(3, int(shown["Servers"]))
         with open(chart, "rb") as handle:
             self.assertEqual(b"\x89PNG", handle.read(4))
 
@@ -319,10 +322,14 @@ def osc_app(conn, project_id):
     """The parts of OSC's app object the commands use, around a real SDK connection."""
     # Nova's harness runs no Keystone; OSC's usage commands only check the
     # identity API version unless --project is given, so that is all we stand in for.
-    no_keystone = types.SimpleNamespace(identity=types.SimpleNamespace(api_version="3"))
+    # OSC 6 (2024.1) reads its compute client from sdk_connection and names
+    # (without calling) a keystoneclient ``identity``.
+    no_keystone = types.SimpleNamespace(
+        identity=types.SimpleNamespace(api_version="3"), compute=conn.compute)
     client_manager = types.SimpleNamespace(
         sgx=conn,
         compute=conn.compute,
+        identity=None,
         sdk_connection=no_keystone,
         auth_ref=types.SimpleNamespace(project_id=project_id),
     )

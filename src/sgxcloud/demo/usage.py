@@ -11,7 +11,7 @@ in order of preference:
   booted; or
 - the harness objects themselves: ``cloud.api_fixture`` (Nova's
   ``OSAPIFixture``; its ``admin_api.base_url`` and ``project_id`` are used)
-  and ``cloud.placement_fixture`` (``PlacementFixture``; its ``endpoint``).
+  and the in-process Placement (``compat.placement_endpoint``).
 
 The figures are Nova's own usage plus EPC MB-hours computed by
 :mod:`sgxcloud.nova.usage`, the same code ``openstack sgx usage show`` runs.
@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from sgxcloud.nova import charts, placement
+from sgxcloud.nova import charts, compat, placement
 from sgxcloud.nova import usage as epc_usage
 from sgxcloud.nova.accounting import as_utc
 
@@ -65,7 +65,7 @@ def _connect(cloud: Any) -> tuple[Any, str]:
     api = cloud.api_fixture
     return (
         harness_connection(
-            api.admin_api.base_url, cloud.placement_fixture.endpoint, api.project_id
+            api.admin_api.base_url, compat.placement_endpoint(cloud), api.project_id
         ),
         api.project_id,
     )

@@ -23,8 +23,8 @@ from nova import exception
 from nova.virt.libvirt import driver as libvirt_driver
 from oslo_log import log as logging
 
+from sgxcloud.nova import compat, designer, resources
 from sgxcloud.nova import conf as sgx_conf
-from sgxcloud.nova import designer, resources
 from sgxcloud.nova.config import sgx_epc_devices
 from sgxcloud.nova.host import SGXHost
 from sgxcloud.nova.requirements import EPC_CANNOT_MOVE, SGXRequest, sgx_request_from_flavor
@@ -44,7 +44,14 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     # -- start-up -------------------------------------------------------------
 
-    def process_instances_at_startup(self, context, instances):
+    def init_host(self, host):
+        super().init_host(host)
+        # Nova 29-33 have no process_instances_at_startup: look the host's
+        # instances up here, still before anything is reported to Placement.
+        if not compat.driver_receives_startup_instances():
+            self._validate_sgx_configuration(compat.instances_on_host(host))
+
+    def process_instances_at_startup(self, context, instances):  # Nova 34 on
         instances = super().process_instances_at_startup(context, instances)
         self._validate_sgx_configuration(instances)
         return instances

@@ -16,16 +16,11 @@ from nova.virt.libvirt import host as libvirt_host
 from oslo_log import log as logging
 
 from sgxcloud.errors import InputError
+from sgxcloud.nova import compat
 from sgxcloud.nova import config as sgx_config
 from sgxcloud.sgx.epc import kib_to_mib
 
 LOG = logging.getLogger(__name__)
-
-# libvirt 8.10 added per-NUMA EPC <sections> and the <source><nodemask> of
-# sgx-epc devices; QEMU 7.0 added NUMA-aware virtual EPC.  Older stacks can't
-# place EPC on a NUMA node, so we don't offer SGX on them at all.
-MIN_LIBVIRT_SGX_VERSION = (8, 10, 0)
-MIN_QEMU_SGX_VERSION = (7, 0, 0)
 
 
 class SGXCapabilitiesError(InputError):
@@ -120,10 +115,10 @@ class SGXHost:
         """SGX as this host may offer it to guests; each give-up reason logged."""
         if self._virt_type != "kvm":
             return self._give_up(f"virt_type is {self._virt_type!r}; SGX guests need 'kvm'")
-        if not self._host.has_min_version(lv_ver=MIN_LIBVIRT_SGX_VERSION):
-            return self._give_up(f"libvirt older than {_dotted(MIN_LIBVIRT_SGX_VERSION)}")
-        if not self._host.has_min_version(hv_ver=MIN_QEMU_SGX_VERSION):
-            return self._give_up(f"QEMU older than {_dotted(MIN_QEMU_SGX_VERSION)}")
+        if not self._host.has_min_version(lv_ver=compat.MIN_LIBVIRT):
+            return self._give_up(f"libvirt older than {_dotted(compat.MIN_LIBVIRT)}")
+        if not self._host.has_min_version(hv_ver=compat.MIN_QEMU):
+            return self._give_up(f"QEMU older than {_dotted(compat.MIN_QEMU)}")
         try:
             xml = self._host.get_connection().getDomainCapabilities(
                 None, "x86_64", None, self._virt_type, 0)

@@ -15,15 +15,17 @@ import shutil
 import subprocess
 from collections.abc import Callable
 
+from sgxcloud.nova import compat
 from sgxcloud.nova.checks import sysfacts
 from sgxcloud.nova.checks.cpuid import CpuidReader, SgxCpuid
 from sgxcloud.nova.checks.model import Finding, Report, failure, ok, warning
 from sgxcloud.nova.checks.tree import HostTree, MissingFile, NodeInfo, TreeReadError
 from sgxcloud.sgx.epc import KIB, bytes_to_mib
 
-MIN_KERNEL = (5, 13)  # first release with /dev/sgx_vepc (virtual EPC for KVM)
-MIN_LIBVIRT = (8, 10)  # first release with <sgx> domain capabilities and sgx-epc memory
-MIN_QEMU = (7, 0)  # first release with memory-backend-epc and query-sgx-capabilities
+# Version minima live in sgxcloud.nova.compat (the one place that knows versions).
+MIN_KERNEL = compat.MIN_KERNEL
+MIN_LIBVIRT = compat.MIN_LIBVIRT
+MIN_QEMU = compat.MIN_QEMU
 
 RECORDED_DIR = "/var/lib/sgxcloud"  # where a recorded tree keeps command outputs
 DOMCAPS_FILE = f"{RECORDED_DIR}/domcapabilities.xml"  # `virsh domcapabilities`
