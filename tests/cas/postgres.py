@@ -288,3 +288,36 @@ def simulated_identity(mrenclave: str = MRENCLAVE, debug: bool = False):  # type
     from sgxcloud.sgx.identity import EnclaveIdentity
 
     return EnclaveIdentity(mrenclave, MRSIGNER, 0, 0, debug)
+
+
+AUDIENCE = "https://cas.test:443"
+"""The origin in-process tests sign for (a served app accepts its own URL's)."""
+
+
+def consent_document(  # type: ignore[no-untyped-def]
+    text: str, key, *, now: int = CLOCK, audience: str = AUDIENCE, valid_for: int = 3600
+):
+    """A co-owner's signed consent to own the policy ``text`` (what 'policy consent' writes)."""
+    from sgxcloud.cas.policy import load_policy
+    from sgxcloud.cas.service import auth
+
+    policy = load_policy(text)
+    return auth.sign_consent(
+        key,
+        audience=audience,
+        policy=policy.name,
+        policy_hash=policy.hash,
+        expires_at=now + valid_for,
+    )
+
+
+def consents(text: str, *keys, now: int = CLOCK):  # type: ignore[no-untyped-def]
+    """Verified consents of ``keys`` for ``text``, as the HTTP layer hands them to the service."""
+    from sgxcloud.cas.service import auth
+
+    return [
+        auth.verify_consent(
+            consent_document(text, key, now=now), audiences=frozenset({AUDIENCE}), now=now
+        )
+        for key in keys
+    ]

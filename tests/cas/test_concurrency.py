@@ -55,8 +55,9 @@ def cluster(database_url: str):  # type: ignore[no-untyped-def]
 def test_many_clients_attest_at_once_and_the_chain_holds(cluster) -> None:  # type: ignore[no-untyped-def]
     url, keyring, services = cluster
     owner_a, owner_b = pg.owner_key(), pg.owner_key()
+    text = pg.policy_text([owner_a, owner_b])
     services[0].apply_policy(
-        public_key_id(pg.public_pem(owner_a)), pg.policy_text([owner_a, owner_b]), NOW
+        public_key_id(pg.public_pem(owner_a)), text, NOW, pg.consents(text, owner_b)
     )
     barrier = threading.Barrier(CLIENTS)
 
@@ -85,7 +86,7 @@ def test_two_owners_update_one_policy_at_once_exactly_one_wins(cluster) -> None:
     owners = [pg.owner_key(), pg.owner_key()]
     ids = [public_key_id(pg.public_pem(o)) for o in owners]
     text = pg.policy_text(owners)
-    services[0].apply_policy(ids[0], text, NOW)
+    services[0].apply_policy(ids[0], text, NOW, pg.consents(text, owners[1]))
     current = policy_hash(text)
     for round_ in range(ROUNDS):
         updates = [

@@ -265,6 +265,7 @@ services:
 
 ALICE = "cert:sha256:" + CERT  # the principal id of base()'s owner
 MALLORY = "cert:sha256:" + "ee" * 32
+MALLORY_OWNER = {"name": "mallory", "client_certificate_sha256": "ee" * 32}
 
 
 def test_import_and_export_sections():
@@ -346,7 +347,7 @@ def test_check_import_needs_both_sides():
             }
         )
     )
-    assert check_import(good, exporter) == {"db_pw": "pw"}
+    assert check_import(good, exporter, **SIGNED_BY_ALICE) == {"db_pw": "pw"}
 
     def importing(source, owner=ALICE):
         return {"kind": "random", "import_from": {"policy": source, "owner": owner, "secret": "x"}}
@@ -375,13 +376,16 @@ def test_check_import_needs_both_sides():
         )
     )
     with pytest.raises(PolicyError) as caught:
-        check_import(bad, exporter)
+        check_import(bad, exporter, **SIGNED_BY_ALICE)
     problems = {p.field: p.message for p in caught.value.problems}
     assert "does not export 'private' to 'shop'" in problems["secrets.a.import_from"]
     assert "has no secret 'missing'" in problems["secrets.b.import_from"]
     assert "is random but db/key is private-key" in problems["secrets.c.kind"]
     assert not any(field.startswith("secrets.d") for field in problems)  # not this exporter's
     assert "is not an owner of policy 'db'" in problems["secrets.e.import_from.owner"]
+
+
+SIGNED_BY_ALICE = {"importer_owners": frozenset({ALICE}), "exporter_owners": frozenset({ALICE})}
 
 
 def test_export_reaches_only_an_importer_with_the_pinned_owner():
@@ -407,11 +411,32 @@ def test_export_reaches_only_an_importer_with_the_pinned_owner():
             }
         },
     )
+    signed = {"exporter_owners": frozenset({ALICE})}
     with pytest.raises(PolicyError, match="does not export 'pw' to 'shop'"):
-        check_import(load_policy(squatter), exporter)
-    # Alice adding Mallory as a co-owner of her own 'shop' is Alice's decision: it holds.
+        check_import(load_policy(squatter), exporter, importer_owners={MALLORY}, **signed)
+    # Listing Alice's public id beside her own is Mallory's word alone: as long
+    # as Alice did not sign the importer, the offer to Alice does not reach it.
     squatter["access"]["owners"].append({"name": "alice", "client_certificate_sha256": CERT})
-    assert check_import(load_policy(squatter), exporter) == {"pw": "pw"}
+    with pytest.raises(PolicyError, match="does not export 'pw' to 'shop'"):
+        check_import(load_policy(squatter), exporter, importer_owners={MALLORY}, **signed)
+    # Alice co-signed (she consented to co-own it with Mallory): her decision, it holds.
+    both = frozenset({MALLORY, ALICE})
+    assert check_import(load_policy(squatter), exporter, importer_owners=both, **signed) == {
+        "pw": "pw"
+    }
+    # The mirror: an exporter listing Alice without her signature is not Alice's.
+    with pytest.raises(PolicyError, match="is not an owner of policy 'db'"):
+        check_import(
+            load_policy(squatter), exporter, importer_owners=both, exporter_owners={MALLORY}
+        )
+    # A stored owner set never widens a document: owners it no longer lists do not count.
+    with pytest.raises(PolicyError, match="is not an owner of policy 'db'"):
+        check_import(
+            load_policy(squatter),
+            load_policy(base(name="db", access={"owners": [MALLORY_OWNER]})),
+            importer_owners=both,
+            exporter_owners=both,
+        )
 
 
 # -- reading YAML strictly -------------------------------------------------------------------

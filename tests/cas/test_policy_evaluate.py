@@ -170,3 +170,32 @@ def test_service_without_identities_accepts_nothing(verified, simulated, vectors
     assert not decision.accepted and decision.codes == ["identity"]
     lax = replace(empty, allow_simulated=True, allow_debug=True)
     assert evaluate(lax, simulated).codes == ["identity"]
+
+
+def test_exporter_strength_floor_on_the_real_quote(verified, vectors):
+    """An exported secret needs evidence one of its exporter's services accepts, identity aside."""
+    from sgxcloud.cas.policy import evaluate_strength
+
+    def exporter(*services):  # type: ignore[no-untyped-def]
+        document = {
+            "name": "db",
+            "access": {"owners": [{"name": "alice", "client_certificate_sha256": CERT}]},
+            "services": {
+                f"s{i}": {"identities": [{"mrenclave": OTHER}], **fields}
+                for i, fields in enumerate(services)
+            },
+        }
+        return load_policy(document)
+
+    # The real quote's platform is ConfigurationAndSWHardeningNeeded with two advisories.
+    strict = exporter({})
+    decision = evaluate_strength(strict, verified)
+    assert not decision.accepted and set(decision.codes) == {"tcb_status", "advisory"}
+    assert evaluate_strength(exporter({}, TOLERANT), verified).accepted  # one service suffices
+    # Identity is not part of the floor: OTHER is not the quote's MRENCLAVE.
+    assert "mrenclave" not in evaluate_strength(strict, verified).codes
+    simulated = replace(verified, simulated=True)
+    assert evaluate_strength(exporter(TOLERANT), simulated).codes == ["simulated"]
+    assert evaluate_strength(exporter({"allow_simulated": True}), simulated).accepted
+    debug = replace(verified, identity=replace(verified.identity, debug=True))
+    assert "debug" in evaluate_strength(exporter(TOLERANT), debug).codes

@@ -34,7 +34,8 @@ class Api:
         self.service = pg.make_service(url)
         self.now = NOW
         self.client = TestClient(
-            create_app(self.service, clock=lambda: self.now), raise_server_exceptions=False
+            create_app(self.service, clock=lambda: self.now, audiences=[pg.AUDIENCE]),
+            raise_server_exceptions=False,
         )
 
     def signed(self, method: str, path: str, key, body: dict | None = None):  # type: ignore[no-untyped-def]
@@ -44,8 +45,11 @@ class Api:
             headers["content-type"] = "application/json"
         return self.client.request(method, path, content=content, headers=headers)
 
-    def apply(self, key, text: str):  # type: ignore[no-untyped-def]
-        return self.signed("PUT", "/v1/policies", key, {"policy": text})
+    def apply(self, key, text: str, consents=()):  # type: ignore[no-untyped-def]
+        body = {"policy": text}
+        if consents:
+            body["consents"] = list(consents)
+        return self.signed("PUT", "/v1/policies", key, body)
 
 
 @pytest.fixture
@@ -175,13 +179,15 @@ def test_client_certificate_owner(api: Api, tmp_path: Path) -> None:
         ca, key.public_key(), common_name="alice", now=dt.datetime.fromtimestamp(NOW, dt.UTC)
     )
     fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-    text = pg.policy_text(pg.owner_key()).replace(
+    co_owner = pg.owner_key()
+    text = pg.policy_text(co_owner).replace(
         "  - name: owner\n    public_key:",
         "  - name: alice\n    client_certificate_sha256: "
         f"'{fingerprint}'\n  - name: owner\n    public_key:",
     )
     assert "client_certificate_sha256" in text
-    content = json.dumps({"policy": text}).encode()
+    consent = pg.consent_document(text, co_owner)
+    content = json.dumps({"policy": text, "consents": [consent]}).encode()
     headers = auth.sign_request(key, "PUT", "/v1/policies", content, now=NOW, certificate=cert)
     headers["content-type"] = "application/json"
     answer = api.client.put("/v1/policies", content=content, headers=headers)
@@ -525,7 +531,8 @@ def test_importer_with_the_pinned_owner_receives_the_secret_and_loses_it_with_th
 
     with pytest.raises(PolicyError, match="does not export"):
         update = pg.policy_text(partner, name="consumer", predecessor=policy_hash(first))
-        service.apply_policy(pid, _with(update, handed_over), NOW)
+        update = _with(update, handed_over)
+        service.apply_policy(pid, update, NOW, pg.consents(update, other))
 
     # The exporter re-pins the offer to another owner: the importer already
     # stored is refused the secret at its next attestation.

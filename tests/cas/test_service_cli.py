@@ -386,3 +386,30 @@ def test_policy_owner_id_prints_the_principal_id_to_pin(tmp_path: Path, capsys) 
     assert cli(["policy", "owner-id", "--public-key", str(key_file)]) == 2  # a private key
     assert "is not a readable key or certificate" in capsys.readouterr().err
     assert cli(["policy", "owner-id"]) == 2
+
+
+def test_policy_consent_then_apply_with_it(running, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A co-owner signs 'policy consent' offline; the applying owner passes the file."""
+    base, owner = running
+    bob = pg.owner_key()
+    bob_key = tmp_path / "bob.pem"
+    bob_key.write_bytes(pg.private_pem(bob))
+    url = base[base.index("--url") + 1]
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(pg.policy_text([owner, bob]))
+    assert cli([*base, "apply", str(shared)]) == 1
+    assert "missing consent of owner1" in capsys.readouterr().err
+    consent = tmp_path / "bob.consent.json"
+    bob_cli = ["policy", "--url", url, "--key", str(bob_key)]
+    assert cli([*bob_cli, "--json", "consent", str(shared), "-o", str(consent)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["policy_hash"] == policy_hash(shared.read_text())
+    assert cli([*base, "--json", "apply", str(shared), "--consent", str(consent)]) == 0
+    assert json.loads(capsys.readouterr().out)["created"] is True
+    # Bob is an owner now: he reads it with his own key (no consent needed for that).
+    assert cli([*bob_cli, "--ca-file", base[base.index("--ca-file") + 1], "show", "shop"]) == 0
+    capsys.readouterr()
+    # A file that is not a consent: one line, exit 2.
+    assert cli([*base, "apply", str(shared), "--consent", str(shared)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1

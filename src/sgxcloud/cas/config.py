@@ -12,6 +12,7 @@ The master key itself is never a setting: the file names where it is
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -30,6 +32,7 @@ from sgxcloud.cas import secrets
 from sgxcloud.errors import InputError
 
 ENV_PREFIX = "SGXCLOUD_CAS_"
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, not bound
 PRINCIPAL_ID_PATTERN = r"^(key|cert):sha256:[0-9a-f]{64}$"
 
 
@@ -50,6 +53,10 @@ class Settings(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     owner_ca_file: Path | None = None
+    # The origins owners reach the service at (https://cas.example:8443);
+    # owners' signatures are bound to one of them.  Unset: derived from
+    # host and port (see audiences()).
+    public_urls: tuple[str, ...] = ()
     collateral: Literal["pccs", "file", "none"] = "none"
     pccs_url: str | None = None
     # The PCCS's TLS CA (a private PCCS); unset: the system trust store.
@@ -68,6 +75,15 @@ class Settings(BaseModel):
         tuple[Annotated[str, StringConstraints(pattern=PRINCIPAL_ID_PATTERN)], ...] | None
     ) = None
 
+    @field_validator("public_urls")
+    @classmethod
+    def _origins(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        from sgxcloud.cas.service.auth import origin_of
+
+        for url in urls:
+            origin_of(url)  # ValueError names the bad URL
+        return urls
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -77,6 +93,28 @@ class Settings(BaseModel):
         if self.collateral == "file" and self.collateral_file is None:
             raise ValueError("collateral 'file' needs collateral_file")
         return self
+
+    def audiences(self) -> tuple[str, ...]:
+        """The origins owners' signatures may name (``public_urls``, or host and port).
+
+        Without ``public_urls``: ``https://<host>:<port>``, plus the loopback
+        names for a loopback host, plus this machine's names for a wildcard
+        host.  Behind a proxy or under another DNS name, set ``public_urls``.
+        """
+        from sgxcloud.cas.service.auth import origin_of
+
+        if self.public_urls:
+            return tuple(dict.fromkeys(origin_of(u) for u in self.public_urls))
+        wildcard = self.host in _WILDCARD_HOSTS
+        hosts = [] if wildcard else [self.host]
+        if wildcard or self.host in {"127.0.0.1", "::1", "localhost"}:
+            hosts += ["localhost", "127.0.0.1", "::1"]
+        if wildcard:
+            hosts += [socket.gethostname(), socket.getfqdn()]
+        urls = [
+            f"https://[{h}]:{self.port}" if ":" in h else f"https://{h}:{self.port}" for h in hosts
+        ]
+        return tuple(dict.fromkeys(origin_of(u) for u in urls))
 
     def master_key_beside_database(self) -> bool:
         """Whether an existing master key file sits in the SQLite database's directory.
@@ -151,7 +189,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         if name == "retired_master_key_files":
             values[name] = raw.split(os.pathsep)
-        elif name == "policy_creators":
+        elif name in {"policy_creators", "public_urls"}:
             values[name] = [item.strip() for item in raw.split(",") if item.strip()]
         else:
             values[name] = raw

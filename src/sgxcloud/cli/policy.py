@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
+from sgxcloud.cas import client as cas_client
 from sgxcloud.cas.client import OwnerClient
 from sgxcloud.cas.errors import PolicyError
 from sgxcloud.cas.policy import certificate_id, load_policy, public_key_id
@@ -46,6 +48,11 @@ class Connection:
     wide: bool = False
 
     def client(self) -> OwnerClient:
+        url, key, certificate = self.credentials()
+        return OwnerClient(url, key, ca_file=self.ca_file, certificate=certificate)
+
+    def credentials(self) -> tuple[str, Any, x509.Certificate | None]:
+        """URL, private key and (optional) certificate of the owner running the command."""
         if not self.url:
             raise click.UsageError("--url (or SGXCLOUD_CAS_URL) is required")
         if self.key_file is None:
@@ -60,7 +67,7 @@ class Connection:
                 certificate = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
             except (OSError, ValueError) as exc:
                 raise InputError(f"cannot load the owner certificate {self.cert_file}") from exc
-        return OwnerClient(self.url, key, ca_file=self.ca_file, certificate=certificate)
+        return self.url, key, certificate
 
 
 def _read(path: Path) -> str:
@@ -192,22 +199,99 @@ def validate(conn: Connection, files: tuple[Path, ...]) -> int:
     return 0 if all(r["valid"] for r in results) else 1
 
 
+def _read_consent(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(_read(path))
+    except ValueError as exc:
+        raise InputError(f"{path} is not a consent file (JSON from 'policy consent')") from exc
+    if not isinstance(document, dict) or "signature" not in document:
+        raise InputError(f"{path} is not a consent file (JSON from 'policy consent')")
+    return document
+
+
 @policy.command(name="apply")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @connection_options
+@click.option(
+    "--consent",
+    "consent_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A co-owner's consent file ('policy consent'); once per owner the policy adds.",
+)
 @click.pass_obj
-def apply(conn: Connection, file: Path) -> int:
-    """Create or update the policy in FILE (YAML); prints its new version and hash."""
+def apply(conn: Connection, file: Path, consent_files: tuple[Path, ...]) -> int:
+    """Create or update the policy in FILE (YAML); prints its new version and hash.
+
+    Every owner the policy lists must have signed it: you, by this request,
+    and each other owner it adds by a consent file made with 'policy consent'
+    for exactly this file.
+    """
     text = _read(file)
     _check_locally(text, str(file))  # every mistake, each with its field, before sending
+    consents = [_read_consent(path) for path in consent_files]
     with conn.client() as client:
-        result = client.apply(text)
+        result = client.apply(text, consents)
     table = Table(show_header=False, title=f"policy {result['name']}")
     table.add_row("version", str(result["version"]))
     table.add_row("hash", result["policy_hash"])
     table.add_row("created", "yes" if result["created"] else "no (updated)")
     table.add_row("secrets generated", ", ".join(result["generated_secrets"]) or "none")
     _emit(conn, result, table)
+    return 0
+
+
+@policy.command(name="consent")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--valid-for",
+    "hours",
+    type=click.IntRange(1, 7 * 24),
+    default=24,
+    show_default=True,
+    help="Hours the consent stays usable (at most 7 days).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the consent here (default: standard output).",
+)
+@connection_options
+@click.pass_obj
+def consent(conn: Connection, file: Path, hours: int, output: Path | None) -> int:
+    """Sign your consent to be an owner of exactly the policy in FILE (no service contacted).
+
+    Hand the file to the owner who runs 'policy apply FILE --consent ...'.  It
+    is valid only on the CAS at --url, only for this exact policy version
+    (its hash, which includes the predecessor), only once, until it expires.
+    """
+    text = _read(file)
+    policy_doc = load_policy(text)
+    url, key, certificate = conn.credentials()
+    try:
+        document = cas_client.consent(
+            key, url, text, now=int(time.time()), valid_for=hours * 3600, certificate=certificate
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    rendered = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    if output is None:
+        click.echo(rendered, nl=False)
+        return 0
+    try:
+        output.write_text(rendered)
+    except OSError as exc:
+        raise InputError(f"cannot write {output}: {exc.strerror}") from exc
+    summary = {
+        "policy": policy_doc.name,
+        "policy_hash": policy_doc.hash,
+        "audience": document["audience"],
+        "expires_at": document["expires_at"],
+        "file": str(output),
+    }
+    _emit(conn, summary, f"consent to own {policy_doc.name} at {policy_doc.hash[:12]}… "
+          f"on {document['audience']} written to {output}")
     return 0
 
 

@@ -30,7 +30,7 @@ from sgxcloud.cas.client.errors import (
     ServiceUnavailable,
 )
 from sgxcloud.cas.client.launcher import LAUNCH_ENV, install, launch, main, run_argv
-from sgxcloud.cas.client.owner import OwnerClient
+from sgxcloud.cas.client.owner import OwnerClient, consent
 
 __all__ = [
     "ATTESTATION_DIR",
@@ -45,6 +45,7 @@ __all__ = [
     "ServiceUnavailable",
     "SimulatedEvidence",
     "choose_evidence_source",
+    "consent",
     "fetch_configuration",
     "install",
     "launch",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,12 @@ class OwnerClient:
                 f"cannot reach the CAS at {self.base_url}: {type(exc).__name__}"
             ) from exc
 
-    def apply(self, text: str) -> dict[str, Any]:
-        return _owner_answer(self._request("PUT", "/v1/policies", {"policy": text}))
+    def apply(self, text: str, consents: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """Create or update a policy; ``consents`` from each owner it adds (see :func:`consent`)."""
+        body: dict[str, Any] = {"policy": text}
+        if consents:
+            body["consents"] = [dict(c) for c in consents]
+        return _owner_answer(self._request("PUT", "/v1/policies", body))
 
     def show(self, name: str) -> dict[str, Any]:
         return _owner_answer(self._request("GET", f"/v1/policies/{name}"))
@@ -93,6 +98,37 @@ class OwnerClient:
         """Audit entry ``seq`` (e.g. a rejection's), or None if it is not about our policies."""
         found = self.audit(after=seq - 1, limit=1)
         return found[0] if found and found[0]["seq"] == seq else None
+
+
+DEFAULT_CONSENT_SECONDS = 86400
+
+
+def consent(
+    key: Any,
+    base_url: str,
+    text: str,
+    *,
+    now: int,
+    valid_for: int = DEFAULT_CONSENT_SECONDS,
+    certificate: x509.Certificate | None = None,
+) -> dict[str, Any]:
+    """A co-owner's signed consent to own exactly the policy ``text`` on the CAS at ``base_url``.
+
+    The owner who applies the policy sends it along; the CAS accepts it once,
+    before it expires, for this policy version only.  Needs no connection.
+    """
+    from sgxcloud.cas.policy import load_policy
+    from sgxcloud.cas.service.auth import origin_of, sign_consent
+
+    policy = load_policy(text)
+    return sign_consent(
+        key,
+        audience=origin_of(base_url),
+        policy=policy.name,
+        policy_hash=policy.hash,
+        expires_at=now + valid_for,
+        certificate=certificate,
+    )
 
 
 def _canonical(body: dict[str, Any]) -> bytes:

@@ -8,7 +8,7 @@ that updates name as ``predecessor``.
 """
 
 from sgxcloud.cas.policy.access import certificate_fingerprint_id, certificate_id, public_key_id
-from sgxcloud.cas.policy.decision import Decision, evaluate
+from sgxcloud.cas.policy.decision import Decision, evaluate, evaluate_strength
 from sgxcloud.cas.policy.document import canonical_bytes, parse_document, policy_hash
 from sgxcloud.cas.policy.imports import check_import
 from sgxcloud.cas.policy.load import load_policy
@@ -54,6 +54,7 @@ __all__ = [
     "certificate_id",
     "check_import",
     "evaluate",
+    "evaluate_strength",
     "find_placeholders",
     "load_policy",
     "parse_document",

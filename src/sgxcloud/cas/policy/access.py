@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     PublicFormat,
@@ -20,7 +21,10 @@ from cryptography.hazmat.primitives.serialization import (
 def public_key_id(public_key_pem: str | bytes) -> str:
     """``key:sha256:<hex>`` over the key's SubjectPublicKeyInfo DER; ValueError if unreadable."""
     data = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
-    key = load_pem_public_key(data)
+    try:
+        key = load_pem_public_key(data)
+    except UnsupportedAlgorithm as exc:  # e.g. a well-formed key of an unknown type
+        raise ValueError("unsupported public key type") from exc
     der = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return "key:sha256:" + hashlib.sha256(der).hexdigest()
 

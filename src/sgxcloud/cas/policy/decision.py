@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sgxcloud.cas.evidence.model import VerifiedEvidence
-from sgxcloud.cas.policy.model import MrenclaveIdentity, ServicePolicy, SignerIdentity
+from sgxcloud.cas.policy.model import (
+    MrenclaveIdentity,
+    Policy,
+    ServicePolicy,
+    SignerIdentity,
+)
 
 ANY_ADVISORY = "*"
 
@@ -29,8 +34,42 @@ class Decision:
 
 
 def evaluate(service: ServicePolicy, evidence: VerifiedEvidence) -> Decision:
+    reasons = _identity_reasons(service, evidence) + _evidence_reasons(service, evidence)
+    return Decision(
+        accepted=not reasons,
+        reasons=[text for _, text in reasons],
+        codes=[code for code, _ in reasons],
+    )
+
+
+def evaluate_strength(policy: Policy, evidence: VerifiedEvidence) -> Decision:
+    """Would ``policy`` accept evidence this strong, from an enclave of its own?
+
+    The floor an exported secret keeps wherever it goes: an importer's enclave
+    has its own identity, but its evidence (hardware or simulated, debug, TCB
+    status, advisories) must satisfy at least one service of the exporting
+    policy.  Otherwise one policy's ``allow_simulated`` (or a looser TCB
+    tolerance) would hand out another policy's secret on weaker evidence than
+    its owners accept.
+    """
+    best: list[tuple[str, str]] | None = None
+    for service in policy.services.values():
+        reasons = _evidence_reasons(service, evidence)
+        if not reasons:
+            return Decision(accepted=True)
+        if best is None or len(reasons) < len(best):
+            best = reasons
+    best = best or [("identity", "the policy has no service")]
+    return Decision(
+        accepted=False,
+        reasons=[text for _, text in best],
+        codes=[code for code, _ in best],
+    )
+
+
+def _evidence_reasons(service: ServicePolicy, evidence: VerifiedEvidence) -> list[tuple[str, str]]:
+    """What ``service`` holds against the evidence itself, whoever the enclave is."""
     reasons: list[tuple[str, str]] = []
-    reasons += _identity_reasons(service, evidence)
     identity = evidence.identity
     if identity.debug and not service.allow_debug:
         reasons.append(
@@ -51,11 +90,7 @@ def evaluate(service: ServicePolicy, evidence: VerifiedEvidence) -> Decision:
             )
     else:
         reasons += _tcb_reasons(service, evidence)
-    return Decision(
-        accepted=not reasons,
-        reasons=[text for _, text in reasons],
-        codes=[code for code, _ in reasons],
-    )
+    return reasons
 
 
 def _identity_reasons(service: ServicePolicy, evidence: VerifiedEvidence) -> list[tuple[str, str]]:

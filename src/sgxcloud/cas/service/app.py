@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -70,12 +70,18 @@ _ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 40
 
 
 def create_app(
-    service: CasService | None, *, clock: Callable[[], float] = time.time, max_skew: int = 300
+    service: CasService | None,
+    *,
+    clock: Callable[[], float] = time.time,
+    max_skew: int = 300,
+    audiences: Iterable[str] = (),
 ) -> FastAPI:
     """The ASGI application for ``service``; ``clock`` is injectable for tests.
 
-    With ``service=None`` the app only documents the API (``openapi_document``):
-    every endpoint answers 503.
+    ``audiences`` are the origins (``https://host:port``) owners reach this
+    service at: owners' signatures must name one of them.  More can be added
+    once the port is known (``add_audience``).  With ``service=None`` the app
+    only documents the API (``openapi_document``): every endpoint answers 503.
     """
     app = FastAPI(
         title="sgxcloud attestation and configuration service",
@@ -87,6 +93,7 @@ def create_app(
         ),
         responses=_ERRORS,
     )
+    app.state.audiences = frozenset(auth.origin_of(a) for a in audiences)
 
     def now() -> int:
         return int(clock())
@@ -178,7 +185,11 @@ def create_app(
     ) -> schemas.PolicyApplyResponse:
         """Create or update a policy (signed by an owner; updates name their predecessor)."""
         who = await caller(request)
-        info = await run_in_threadpool(cas().apply_policy, who, body.policy, now())
+        consents = [
+            auth.verify_consent(c.model_dump(), audiences=app.state.audiences, now=now())
+            for c in body.consents
+        ]
+        info = await run_in_threadpool(cas().apply_policy, who, body.policy, now(), consents)
         return schemas.PolicyApplyResponse(
             name=info.name,
             version=info.version,
@@ -258,6 +269,11 @@ def _document_400_not_422(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def add_audience(app: FastAPI, url: str) -> None:
+    """Accept owners' signatures made for ``url``'s origin too."""
+    app.state.audiences = app.state.audiences | {auth.origin_of(url)}
 
 
 def openapi_document() -> dict:

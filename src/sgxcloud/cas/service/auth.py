@@ -16,6 +16,14 @@ derives from the policy, so matching is a string comparison.  The time must
 be within the configured skew; a replayed update is harmless because it names
 a predecessor hash that is no longer current (409), and a replayed delete finds
 nothing (404).
+
+Co-owners consent.  Listing someone as an owner hands them the policy's
+secrets *and* lends the policy their identity (exporters pin importers by an
+owner id, and the reverse), so a policy may list only owners who signed it:
+each co-owner other than the caller signs a :func:`sign_consent` statement over
+the service (its origin, see :func:`origin_of`), the policy name and the exact
+policy hash (which includes the predecessor), with an expiry of at most
+:data:`CONSENT_MAX_LIFETIME`.  The service spends each consent once.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -41,6 +51,9 @@ SIGNATURE_HEADER = "x-sgxcloud-signature"
 PEER_CERTIFICATE_STATE = "sgxcloud_tls_client_certificate"
 """Key in a request's ASGI ``state`` holding the verified TLS client certificate (DER)."""
 _DOMAIN = b"sgxcloud-cas-request-v1"
+_CONSENT_DOMAIN = b"sgxcloud-cas-owner-consent-v1"
+CONSENT_MAX_LIFETIME = 7 * 86400
+"""Longest a consent may be valid for: owners sign offline, but not forever."""
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -78,13 +91,7 @@ def sign_request(
     certificate: x509.Certificate | None = None,
 ) -> dict[str, str]:
     """Headers that authenticate one request (used by the CLI and tests)."""
-    payload = signing_payload(method, path, now, body)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
-    elif isinstance(key, rsa.RSAPrivateKey):
-        signature = key.sign(payload, _pss(), hashes.SHA256())
-    else:
-        signature = key.sign(payload)
+    signature = _sign(key, signing_payload(method, path, now, body))
     headers = {DATE_HEADER: str(now), SIGNATURE_HEADER: base64.b64encode(signature).decode()}
     if certificate is not None:
         der = certificate.public_bytes(serialization.Encoding.DER)
@@ -130,6 +137,20 @@ def authenticate(
         )
     public_key, caller_id = _credential(headers)
     payload = signing_payload(method, path, date, body)
+    if not _verifies(public_key, signature, payload):
+        raise AuthenticationError("request signature does not verify")
+    return Caller(caller_id)
+
+
+def _sign(key: SigningKey, payload: bytes) -> bytes:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(payload, _pss(), hashes.SHA256())
+    return key.sign(payload)
+
+
+def _verifies(public_key: object, signature: bytes, payload: bytes) -> bool:
     try:
         if isinstance(public_key, ec.EllipticCurvePublicKey):
             public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
@@ -139,15 +160,121 @@ def authenticate(
             public_key.verify(signature, payload)
         else:
             raise AuthenticationError("unsupported owner key type")
-    except InvalidSignature as exc:
-        raise AuthenticationError("request signature does not verify") from exc
-    return Caller(caller_id)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _credential_fields(key: SigningKey, certificate: x509.Certificate | None) -> dict[str, str]:
+    if certificate is not None:
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        return {"certificate": base64.b64encode(der).decode()}
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {"key": base64.b64encode(der).decode()}
+
+
+# -- origins: what a signature is bound to -------------------------------------
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of ``url``, lower-case, the port always explicit.
+
+    Owners' signatures name the origin they were made for; a service accepts
+    only its own origins (setting ``public_urls``), so a request or consent
+    sent to one service cannot be relayed to another.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ValueError(f"bad port in URL {url!r}") from exc
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+# -- co-owners' consent ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Consent:
+    """A verified consent: ``principal`` agrees to own ``policy`` at ``policy_hash``."""
+
+    principal: str
+    policy: str
+    policy_hash: str
+    expires_at: int
+    spend_id: str
+    """What the service records to spend it once: a digest of the signed
+    statement and the signer, never of the signature (ECDSA signatures are
+    malleable, so a signature digest could be dodged)."""
+
+
+def consent_payload(audience: str, policy: str, policy_hash: str, expires_at: int) -> bytes:
+    fields = [audience, policy, policy_hash, str(expires_at)]
+    return b"\n".join([_CONSENT_DOMAIN, *(f.encode() for f in fields)])
+
+
+def sign_consent(
+    key: SigningKey,
+    *,
+    audience: str,
+    policy: str,
+    policy_hash: str,
+    expires_at: int,
+    certificate: x509.Certificate | None = None,
+) -> dict[str, Any]:
+    """A co-owner's consent to be an owner of exactly this policy version on this service."""
+    signature = _sign(key, consent_payload(audience, policy, policy_hash, expires_at))
+    return {
+        "audience": audience,
+        "policy": policy,
+        "policy_hash": policy_hash,
+        "expires_at": expires_at,
+        **_credential_fields(key, certificate),
+        "signature": base64.b64encode(signature).decode(),
+    }
+
+
+def verify_consent(
+    document: Mapping[str, Any], *, audiences: frozenset[str], now: int
+) -> Consent:
+    """The consent ``document`` proves; AuthenticationError says why it proves none."""
+    try:
+        audience = str(document["audience"])
+        policy = str(document["policy"])
+        policy_hash = str(document["policy_hash"])
+        expires_at = int(document["expires_at"])
+        signature = base64.b64decode(str(document["signature"]), validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise AuthenticationError("a consent is malformed") from exc
+    public_key, principal = _load_credential(document.get("key"), document.get("certificate"))
+    if audience not in audiences:
+        raise AuthenticationError(f"the consent of {principal} was made for another service")
+    if expires_at <= now:
+        raise AuthenticationError(f"the consent of {principal} has expired")
+    if expires_at > now + CONSENT_MAX_LIFETIME:
+        raise AuthenticationError(
+            f"the consent of {principal} is valid for longer than {CONSENT_MAX_LIFETIME} s"
+        )
+    payload = consent_payload(audience, policy, policy_hash, expires_at)
+    if not _verifies(public_key, signature, payload):
+        raise AuthenticationError(f"the consent of {principal} does not verify")
+    spend = hashlib.sha256(b"consent\n" + principal.encode() + b"\n" + payload).hexdigest()
+    return Consent(principal, policy, policy_hash, expires_at, spend)
 
 
 def _credential(headers: Mapping[str, str]) -> tuple[object, str]:
     """The public key that must have signed, and the principal id it stands for."""
-    cert_text = headers.get(CERT_HEADER)
-    key_text = headers.get(KEY_HEADER)
+    return _load_credential(headers.get(KEY_HEADER), headers.get(CERT_HEADER))
+
+
+def _load_credential(key_text: str | None, cert_text: str | None) -> tuple[object, str]:
     try:
         if cert_text:
             der = base64.b64decode(cert_text, validate=True)

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -33,10 +34,11 @@ from sgxcloud.cas.errors import (
 )
 from sgxcloud.cas.evidence import Evidence, EvidenceVerifier, VerifiedEvidence
 from sgxcloud.cas.evidence.model import sniff_evidence
-from sgxcloud.cas.policy import check_import, evaluate, load_policy
+from sgxcloud.cas.policy import check_import, evaluate, evaluate_strength, load_policy
 from sgxcloud.cas.policy.load import owner_ids
 from sgxcloud.cas.policy.model import Policy
 from sgxcloud.cas.service import materials
+from sgxcloud.cas.service.auth import Consent
 from sgxcloud.cas.store import (
     Database,
     DuplicateRow,
@@ -285,7 +287,9 @@ class CasService:
                     verdict.extend(decision.reasons)
             configuration = None
             if verdict.accepted and policy is not None and stored is not None:
-                configuration = self._configuration(repo, stored, policy, request.service, verdict)
+                configuration = self._configuration(
+                    repo, stored, policy, request.service, verdict, verified
+                )
             entry = audit.append(
                 repo,
                 kind=audit.AuditKind.ATTESTATION,
@@ -364,10 +368,12 @@ class CasService:
         policy: Policy,
         service: str,
         verdict: _Verdict,
+        verified: VerifiedEvidence,
     ) -> tuple[StoredPolicy, protocol.Configuration, secrets.CertificateAuthority] | None:
         """The rendered configuration, or None with the reason added to ``verdict``."""
         try:
-            rendered = materials.render(policy.services[service], policy, self._loader(repo))
+            loader = self._loader(repo, verified)
+            rendered = materials.render(policy.services[service], policy, loader)
             return stored, rendered, self._ca(repo, policy.name)
         except (AccessDenied, PolicyError) as exc:
             # e.g. an imported secret whose exporter withdrew it: a rejection
@@ -379,11 +385,13 @@ class CasService:
         row = repo.get_secrets(policy)[materials.CA_ROW]
         return secrets.CertificateAuthority.from_secret(materials.open_value(self.keyring, row))
 
-    def _loader(self, repo: Repository) -> materials.Loader:
+    def _loader(self, repo: Repository, verified: VerifiedEvidence) -> materials.Loader:
         """Opens a policy's secret; an imported one only while its exporter still offers it.
 
-        Rows are read once per loader (one transaction), however many
-        placeholders name them.
+        An imported secret also needs ``verified`` (the attesting enclave's
+        evidence) to be strong enough for the exporting policy: a secret never
+        leaves on evidence weaker than its own policy accepts.  Rows are read
+        once per loader (one transaction), however many placeholders name them.
         """
         opened: dict[tuple[str, str], secrets.SecretValue] = {}
         rows: dict[str, dict[str, SealedSecret]] = {}
@@ -408,12 +416,25 @@ class CasService:
                 try:
                     if source is None:
                         raise PolicyError("", "exporting policy is gone")
-                    check_import(self._parsed(stored), self._parsed(source))
+                    exporter = self._parsed(source)
+                    check_import(
+                        self._parsed(stored),
+                        exporter,
+                        importer_owners=frozenset(stored.owners),
+                        exporter_owners=frozenset(source.owners),
+                    )
                 except PolicyError as exc:
                     raise AccessDenied(
                         f"secret {secret_name!r} is no longer exported to {policy_name!r} "
                         f"by {spec.import_from.policy!r}"
                     ) from exc
+                strength = evaluate_strength(exporter, verified)
+                if not strength.accepted:
+                    raise AccessDenied(
+                        f"secret {secret_name!r} comes from policy {exporter.name!r}, which "
+                        "accepts no evidence as weak as this enclave's: "
+                        + "; ".join(strength.reasons)
+                    )
                 return load(spec.import_from.policy, spec.import_from.secret)
             row = rows_of(policy_name).get(secret_name)
             if row is None:
@@ -424,10 +445,20 @@ class CasService:
 
     # -- policies ------------------------------------------------------------------
 
-    def apply_policy(self, caller: str, text: str, now: int) -> PolicyInfo:
-        """Create or update a policy; an update must name the current hash as predecessor."""
+    def apply_policy(
+        self, caller: str, text: str, now: int, consents: Sequence[Consent] = ()
+    ) -> PolicyInfo:
+        """Create or update a policy; an update must name the current hash as predecessor.
+
+        Every owner the version lists must have signed it: the caller (by
+        signing the request) or through a verified ``consents`` entry for this
+        exact policy hash.  On an update, owners already stored (they signed
+        an earlier version) need not sign again.  Each consent is spent in the
+        same transaction, so it is used at most once.
+        """
         self._require_ready()
         policy = load_policy(text)
+        _check_consents_match(policy, consents)
 
         def work(repo: Repository) -> PolicyInfo:
             current = repo.get_policy(policy.name, lock=True)
@@ -440,6 +471,7 @@ class CasService:
                     raise AccessDenied("you are not an owner of the policy you are creating")
                 self._check_creator(repo, policy.name, caller)
                 version = repo.last_version(policy.name) + 1
+                already_signed: frozenset[str] = frozenset()
             else:
                 # The stored owner ids, not a re-parse: a policy stored under
                 # an older schema must stay updatable by its owners.
@@ -451,7 +483,10 @@ class CasService:
                         "the update names another predecessor; fetch, merge and retry"
                     )
                 version = current.version + 1
-            self._check_imports(repo, policy)
+                already_signed = frozenset(current.owners)
+            self._check_signed_owners(repo, policy, caller, consents, already_signed, now)
+            signed_owners = frozenset(p.id for p in policy.access.owners)
+            self._check_imports(repo, policy, signed_owners)
             stored = StoredPolicy(
                 name=policy.name,
                 version=version,
@@ -477,6 +512,7 @@ class CasService:
                     "policy_hash": policy.hash,
                     "predecessor": policy.predecessor,
                     "generated_secrets": generated,
+                    "consents": sorted(c.principal for c in consents),
                 },
                 now=now,
             )
@@ -507,8 +543,48 @@ class CasService:
                 "only one of its former owners may create it again"
             )
 
-    def _check_imports(self, repo: Repository, policy: Policy) -> None:
-        """Both sides must agree: the exporter must offer each imported secret to us."""
+    @staticmethod
+    def _check_signed_owners(
+        repo: Repository,
+        policy: Policy,
+        caller: str,
+        consents: Sequence[Consent],
+        already_signed: frozenset[str],
+        now: int,
+    ) -> None:
+        """Refuse a version that lists an owner who did not sign; spend the consents.
+
+        Listing someone as owner lends the policy their identity (imports and
+        exports pin counterparts by owner id) and would let them read it, so
+        nobody is listed on someone else's word alone.
+        """
+        listed = {p.id: p.name for p in policy.access.owners}
+        signers = {caller} | {c.principal for c in consents}
+        strangers = sorted(c.principal for c in consents if c.principal not in listed)
+        if strangers:
+            raise AccessDenied(
+                f"consent from {strangers[0]}, who is not an owner the policy lists"
+            )
+        missing = [
+            f"{name} ({pid})"
+            for pid, name in listed.items()
+            if pid not in signers and pid not in already_signed
+        ]
+        if missing:
+            raise AccessDenied(
+                "every owner the policy adds must sign it; missing consent of "
+                + ", ".join(missing)
+                + " (each runs 'sgxcloud policy consent' and hands over the file)"
+            )
+        for consent in consents:
+            if not repo.spend_signature(consent.spend_id, expires_at=consent.expires_at, now=now):
+                raise AccessDenied(f"the consent of {consent.principal} was already used")
+
+    def _check_imports(self, repo: Repository, policy: Policy, owners: frozenset[str]) -> None:
+        """Both sides must agree: the exporter must offer each imported secret to us.
+
+        ``owners`` are the owners of ``policy`` who signed it.
+        """
         exporters = {s.import_from.policy for s in policy.imports if s.import_from}
         for exporter_name in sorted(exporters):
             source = repo.get_policy(exporter_name)
@@ -519,7 +595,12 @@ class CasService:
                     if s.import_from and s.import_from.policy == exporter_name
                 )
                 raise PolicyError(field_path, f"policy {exporter_name!r} does not exist")
-            check_import(policy, self._parsed(source))
+            check_import(
+                policy,
+                self._parsed(source),
+                importer_owners=owners,
+                exporter_owners=frozenset(source.owners),
+            )
 
     def read_policy(self, caller: str, name: str) -> PolicyView:
         self._require_ready()
@@ -528,7 +609,7 @@ class CasService:
             if stored is None:
                 raise NotFound(f"no policy named {name!r}")
             policy = self._parsed(stored)
-            if not policy.access.allows("read", caller):
+            if not _may_read(stored, policy, caller):
                 raise AccessDenied(f"not an owner or reader of policy {name!r}")
             rows = repo.get_secrets(name)
             ca = self._ca(repo, name)
@@ -600,7 +681,7 @@ class CasService:
             readable = {
                 p.name
                 for p in repo.list_policies()
-                if self._parsed(p).access.allows("read", caller)
+                if _may_read(p, self._parsed(p), caller)
             }
         allowed = readable
         if not allowed:
@@ -612,6 +693,20 @@ class CasService:
     def verify_audit(self) -> audit.ChainReport:
         self._require_ready()
         return audit.verify_chain(self.database)
+
+
+def _may_read(stored: StoredPolicy, policy: Policy, caller: str) -> bool:
+    """Signed owners, and readers (being listed as a reader only ever gives)."""
+    return caller in stored.owners or any(r.id == caller for r in policy.access.readers)
+
+
+def _check_consents_match(policy: Policy, consents: Sequence[Consent]) -> None:
+    for consent in consents:
+        if consent.policy != policy.name or consent.policy_hash != policy.hash:
+            raise AccessDenied(
+                f"the consent of {consent.principal} is for another policy or version "
+                f"(it names {consent.policy!r} at {consent.policy_hash[:12]}…)"
+            )
 
 
 @dataclass

@@ -76,8 +76,29 @@ class AttestResponse(_Model):
     audit_seq: int
 
 
+class ConsentBody(_Model):
+    """A co-owner's signed consent (made by 'sgxcloud policy consent')."""
+
+    audience: str = Field(max_length=300, description="origin of the service it is for")
+    policy: str = Field(pattern=NAME_PATTERN)
+    policy_hash: str = Field(pattern="^[0-9a-f]{64}$")
+    expires_at: int = Field(description="Unix seconds; at most 7 days ahead")
+    key: str | None = Field(
+        None, max_length=8192, description="base64 DER SubjectPublicKeyInfo of the signer"
+    )
+    certificate: str | None = Field(
+        None, max_length=16384, description="base64 DER client certificate of the signer"
+    )
+    signature: str = Field(max_length=2048, description="base64 signature over the statement")
+
+
 class PolicyApplyBody(_Model):
     policy: str = Field(max_length=1 << 20, description="the policy document (YAML or JSON text)")
+    consents: list[ConsentBody] = Field(
+        default_factory=list,
+        max_length=32,
+        description="one consent per owner the policy adds, other than the signer of the request",
+    )
 
 
 class PolicyApplyResponse(_Model):

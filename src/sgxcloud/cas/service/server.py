@@ -29,7 +29,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sgxcloud.cas.config import ConfigError, Settings
 from sgxcloud.cas.evidence import DefaultVerifier
-from sgxcloud.cas.service.app import create_app
+from sgxcloud.cas.service.app import add_audience, create_app
 from sgxcloud.cas.service.auth import PEER_CERTIFICATE_STATE
 from sgxcloud.cas.service.core import CasService
 from sgxcloud.cas.store import Database
@@ -60,7 +60,9 @@ def build_service(settings: Settings) -> CasService:
 
 def build_app(settings: Settings, service: CasService | None = None) -> FastAPI:
     service = service or build_service(settings)
-    return create_app(service, max_skew=settings.request_max_skew_seconds)
+    return create_app(
+        service, max_skew=settings.request_max_skew_seconds, audiences=settings.audiences()
+    )
 
 
 class PeerCertificateH11(H11Protocol):
@@ -93,7 +95,9 @@ def serve(settings: Settings) -> None:
     if settings.tls_cert is None or settings.tls_key is None:
         raise ConfigError("tls_cert and tls_key are required: the CAS only speaks HTTPS")
     service = build_service(settings)
-    app = create_app(service, max_skew=settings.request_max_skew_seconds)
+    app = create_app(
+        service, max_skew=settings.request_max_skew_seconds, audiences=settings.audiences()
+    )
     try:
         uvicorn.run(
             app,
@@ -193,8 +197,10 @@ def background_https(
     if not server.started:
         raise RuntimeError("the HTTPS server did not start")
     port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"https://{host}:{port}"
+    add_audience(app, url)  # the port was only known now
     try:
-        yield f"https://{host}:{port}"
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)

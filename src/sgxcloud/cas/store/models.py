@@ -42,7 +42,8 @@ class PolicyRow(Base):
     version: Mapped[int] = mapped_column(Integer, nullable=False)
     policy_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     text: Mapped[str] = mapped_column(Text, nullable=False)
-    owners: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list of fingerprints
+    # JSON list of the principal ids of the owners who signed (see migration 0002)
+    owners: Mapped[str] = mapped_column(Text, nullable=False)
     updated_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
     updated_by: Mapped[str] = mapped_column(String(200), nullable=False)
 
@@ -88,6 +89,15 @@ class NonceRow(Base):
     issued_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
     expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
     used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class SpentSignatureRow(Base):
+    """An owner's signed statement already used (a consent, a request id), until it expires."""
+
+    __tablename__ = "spent_signatures"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
 
 
 class AuditHeadRow(Base):

@@ -29,6 +29,7 @@ from sgxcloud.cas.store.models import (
     PolicyRow,
     PolicyVersionRow,
     SecretRow,
+    SpentSignatureRow,
 )
 
 T = TypeVar("T")
@@ -177,6 +178,22 @@ class Repository:
         """Forget nonces that expired before ``before``; returns how many."""
         result = self.session.execute(delete(NonceRow).where(NonceRow.expires_at < before))
         return result.rowcount
+
+    # -- owners' signed statements ----------------------------------------------
+
+    def spend_signature(self, spend_id: str, *, expires_at: int, now: int) -> bool:
+        """Record ``spend_id`` as used; False if it already was (one caller wins).
+
+        The insert runs in a savepoint, so a duplicate leaves the surrounding
+        transaction usable (PostgreSQL would otherwise abort it).
+        """
+        self.session.execute(delete(SpentSignatureRow).where(SpentSignatureRow.expires_at < now))
+        try:
+            with self.session.begin_nested():
+                self.session.add(SpentSignatureRow(id=spend_id, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
 
     # -- policies ------------------------------------------------------------
 
