@@ -235,3 +235,37 @@ def test_unsigned_sdk_party_rejected(running):
         brand.party = "agency"  # signs with brand's key but claims to be the agency
         with pytest.raises(RequestRejected):
             brand.status()
+
+
+def test_metrics_are_aggregates_with_no_query_content(running):
+    """GET /metrics (the operator's view): outcomes by reason code, budgets per
+    analyst, rows per dataset — and nothing of the queries themselves."""
+    from tests.metrics.promtool import check_metrics, samples
+
+    def scrape(c):
+        answer = c._http.get("/metrics")
+        assert answer.status_code == 200
+        check_metrics(answer.content)
+        return answer.text, samples(answer.content)
+
+    marker = {**AUDIENCE, "filter": AUDIENCE["filter"] + " AND bank.customers.premium_card = true"}
+    with client(running) as brand, client(running, "agency") as agency:
+        _, before = scrape(brand)
+        brand.query(marker)
+        with pytest.raises(CleanroomError):
+            agency.query(AUDIENCE)
+        text, after = scrape(brand)
+        budget = brand.budget()
+
+    def delta(name, labels=()):
+        return after.get((name, labels), 0) - before.get((name, labels), 0)
+
+    assert delta("sgxcloud_cleanroom_queries_released_total") == 1
+    assert delta("sgxcloud_cleanroom_queries_refused_total", (("reason", "not_allowed"),)) == 1
+    assert after[("sgxcloud_cleanroom_dataset_rows", (("dataset", "bank.customers"),))] > 0
+    assert after[("sgxcloud_cleanroom_dataset_state",
+                  (("dataset", "bank.customers"), ("state", "ingested")))] == 1
+    spent = after[("sgxcloud_cleanroom_dp_budget_spent", (("analyst", "brand"),))]
+    assert spent == budget["spent"]
+    # Labels and values say nothing of the queries: no filter text, no attribute names.
+    assert "premium_card" not in text and "baby_buyer" not in text and "audience" not in text

@@ -613,9 +613,12 @@ def serve(coordinator: Coordinator, host: str, port: int,
 
     import uvicorn
 
+    from sgxcloud.cleanroom.metrics import measured_app
+
     cert, key = coordinator.tls.write_pem_files(coordinator.workdir / "tls")
     sock = socket.create_server((host, port))
-    config = uvicorn.Config(create_app(coordinator), ssl_certfile=str(cert),
+    # The API plus GET /metrics (aggregates only: see cleanroom/metrics.py).
+    config = uvicorn.Config(measured_app(coordinator), ssl_certfile=str(cert),
                             ssl_keyfile=str(key), log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     if on_ready:

@@ -6,13 +6,14 @@ with ``sgxcloud guest`` so both print the same kind of table.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from sgxcloud.nova.checks import Report, Status, check_host, check_vm_epc
+from sgxcloud.nova.checks import Report, Status, check_host, check_vm_epc, exporter
 
 _STYLE = {Status.OK: "green", Status.WARNING: "yellow", Status.FAILURE: "bold red"}
 _VERDICT = {
@@ -116,3 +117,59 @@ def _vm_table(report: Report) -> Table:
 
 def _mib(kib: int | None) -> str:
     return "—" if kib is None else f"{kib / 1024:g}"
+
+
+@host.command(name="exporter")
+@root_option
+@click.option("--host", "hostname", metavar="NAME", help="host label (default: the node's name)")
+@click.option(
+    "--listen",
+    metavar="ADDR:PORT",
+    default=f"127.0.0.1:{exporter.DEFAULT_PORT}",
+    show_default=True,
+    help="Serve GET /metrics here (Prometheus text format).",
+)
+@click.option(
+    "--textfile",
+    type=click.Path(dir_okay=False),
+    help="Instead of serving, write the metrics once to this file for node_exporter's "
+    "textfile collector (atomically: a temporary file, then rename) and exit.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="When serving: re-read the node (and re-run the host check) at most this often, s.",
+)
+def exporter_command(
+    root: str, hostname: str | None, listen: str, textfile: str | None, interval: float
+) -> int:
+    """Prometheus metrics of this node: EPC capacity, reserved, allocated, free
+    (per host and per NUMA node), EPC per server, and the host check's verdict."""
+    if textfile is not None:
+        state = exporter.node_state_from_tree(root, hostname)
+        try:
+            exporter.write_textfile(textfile, exporter.render([state]))
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {textfile}: {exc.strerror or exc}") from None
+        return 0
+    address, _, port = listen.rpartition(":")
+    if not address or not port.isdigit():
+        raise click.BadParameter("use ADDR:PORT, e.g. 127.0.0.1:9842", param_hint="--listen")
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # one line per scrape is noise
+
+    states = exporter.CachedState(lambda: exporter.node_state_from_tree(root, hostname), interval)
+    try:
+        server = make_server(address.strip("[]"), int(port), exporter.make_wsgi_app(states),
+                             handler_class=_Quiet)  # fmt: skip
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    click.echo(f"serving http://{listen}/metrics", err=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0

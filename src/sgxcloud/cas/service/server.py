@@ -32,15 +32,19 @@ from sgxcloud.cas.evidence import DefaultVerifier
 from sgxcloud.cas.service.app import add_audience, create_app
 from sgxcloud.cas.service.auth import PEER_CERTIFICATE_STATE
 from sgxcloud.cas.service.core import CasService
+from sgxcloud.cas.service.metrics import CasMetrics, MeasuredService, ObservedCollateral
 from sgxcloud.cas.store import Database
 
 log = logging.getLogger(__name__)
 
 
-def build_service(settings: Settings) -> CasService:
+def build_service(settings: Settings, metrics: CasMetrics | None = None) -> CasService:
     """A started service for ``settings`` (migrates the database, checks the master key)."""
     keyring = settings.keyring()
-    verifier = DefaultVerifier(settings.collateral_source())
+    source = settings.collateral_source()
+    if metrics is not None and source is not None:
+        source = ObservedCollateral(source, metrics)  # collateral age/expiry on /metrics
+    verifier = DefaultVerifier(source)
     database = Database.open(settings.database_url)
     creators = settings.policy_creators
     service = CasService(
@@ -58,11 +62,32 @@ def build_service(settings: Settings) -> CasService:
     return service
 
 
-def build_app(settings: Settings, service: CasService | None = None) -> FastAPI:
-    service = service or build_service(settings)
-    return create_app(
-        service, max_skew=settings.request_max_skew_seconds, audiences=settings.audiences()
+def build_app(
+    settings: Settings, service: CasService | None = None, metrics: CasMetrics | None = None
+) -> FastAPI:
+    metrics = metrics or CasMetrics()
+    service = service or build_service(settings, metrics)
+    return measured_app(
+        service, metrics, max_skew=settings.request_max_skew_seconds,
+        audiences=settings.audiences(),
+    )  # fmt: skip
+
+
+def measured_app(
+    service: CasService, metrics: CasMetrics, *, max_skew: int = 300, **app_options: Any
+) -> FastAPI:
+    """The CAS app with attestations counted and timed, and ``GET /metrics``.
+
+    ``app_options`` go to :func:`create_app` unchanged (e.g. ``audiences``).
+    """
+    metrics.watch(service)
+    app = create_app(
+        MeasuredService(service, metrics),  # type: ignore[arg-type]
+        max_skew=max_skew,
+        **app_options,
     )
+    metrics.add_route(app)
+    return app
 
 
 class PeerCertificateH11(H11Protocol):
@@ -94,10 +119,12 @@ def serve(settings: Settings) -> None:
     """Run the HTTPS API until interrupted (``sgxcloud cas serve``)."""
     if settings.tls_cert is None or settings.tls_key is None:
         raise ConfigError("tls_cert and tls_key are required: the CAS only speaks HTTPS")
-    service = build_service(settings)
-    app = create_app(
-        service, max_skew=settings.request_max_skew_seconds, audiences=settings.audiences()
-    )
+    metrics = CasMetrics()
+    service = build_service(settings, metrics)
+    app = measured_app(
+        service, metrics, max_skew=settings.request_max_skew_seconds,
+        audiences=settings.audiences(),
+    )  # fmt: skip
     try:
         uvicorn.run(
             app,

@@ -1,0 +1,202 @@
+"""Prometheus metrics of the CAS: attestations, their latency, policies, collateral.
+
+Wired in the composition root (``server.py``), never in ``core.py``: the
+service is wrapped (:class:`MeasuredService`) and the collateral source is
+observed (:class:`ObservedCollateral`), so the service logic knows nothing of
+metrics.  Served on ``GET /metrics`` of the CAS app.
+
+What a reader of /metrics learns is deliberately coarse: attestation counts by
+verdict and by the stable reason *code* (``nonce``, ``policy``, ``binding``,
+``collateral-expired``...), never policy names, services, measurements or
+the reason sentences, which only a policy's owners may read (GET /v1/audit).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sgxcloud.cas.collateral import collateral_window
+from sgxcloud.cas.errors import CollateralError, EvidenceError
+from sgxcloud.cas.service.core import (
+    AttestationRejected,
+    CasService,
+    MalformedAttestation,
+    NotReady,
+)
+
+# Attestation verification is mostly quote checking (ms) but a PCCS fetch can
+# take seconds: buckets from 5 ms to 10 s.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class CasMetrics:
+    """The CAS's metric families, in a registry of their own (one per service)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.attestations = Counter(
+            "sgxcloud_cas_attestations",
+            "Attestation requests judged, by verdict and reason code",
+            ["verdict", "reason"],
+            registry=self.registry,
+        )
+        self.attestation_seconds = Histogram(
+            "sgxcloud_cas_attestation_duration_seconds",
+            "Time to judge an attestation request, by verdict",
+            ["verdict"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.nonces = Counter(
+            "sgxcloud_cas_nonces_issued", "Nonces issued to enclaves", registry=self.registry
+        )
+        self.collateral_errors = Counter(
+            "sgxcloud_cas_collateral_fetch_errors",
+            "Collateral that could not be loaded or fetched",
+            registry=self.registry,
+        )
+        self._lock = threading.Lock()
+        self._collateral: tuple[int, int, float] | None = None  # not_before, not_after, seen
+
+    def saw_collateral(self, not_before: int, not_after: int) -> None:
+        with self._lock:
+            self._collateral = (not_before, not_after, time.time())
+
+    def collateral(self) -> tuple[int, int, float] | None:
+        with self._lock:
+            return self._collateral
+
+    def watch(self, service: CasService) -> None:
+        """Report the service's state (policies) at each scrape."""
+        self.registry.register(_StateCollector(service, self))
+
+    def add_route(self, app: Any) -> None:
+        """``GET /metrics`` on ``app`` (exactly that path: no redirect to /metrics/)."""
+        from starlette.responses import Response
+
+        def metrics(_request: Any) -> Response:  # sync: collection reads the database
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+        app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+
+
+class _StateCollector(Collector):
+    def __init__(self, service: CasService, metrics: CasMetrics) -> None:
+        self._service = service
+        self._metrics = metrics
+
+    def describe(self) -> list:
+        return []  # collected fresh at each scrape
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ready = GaugeMetricFamily("sgxcloud_cas_ready", "1 when the service accepts requests")
+        try:
+            self._service._require_ready()
+        except NotReady:
+            ready.add_metric([], 0)
+        else:
+            ready.add_metric([], 1)
+            policies = GaugeMetricFamily("sgxcloud_cas_policies", "Policies stored in the CAS")
+            policies.add_metric([], self._service.database.run(lambda r: len(r.list_policies())))
+            yield policies
+        yield ready
+        seen = self._metrics.collateral()
+        if seen is not None:
+            not_before, not_after, _ = seen
+            issued = GaugeMetricFamily(
+                "sgxcloud_cas_collateral_issue_timestamp_seconds",
+                "Issue time of the collateral last used (latest issueDate/thisUpdate), Unix s",
+            )
+            issued.add_metric([], not_before)
+            expires = GaugeMetricFamily(
+                "sgxcloud_cas_collateral_expiry_timestamp_seconds",
+                "When the collateral last used expires (earliest nextUpdate), Unix s",
+            )
+            expires.add_metric([], not_after)
+            age = GaugeMetricFamily(
+                "sgxcloud_cas_collateral_age_seconds",
+                "Age of the collateral last used at scrape time",
+            )
+            age.add_metric([], max(time.time() - not_before, 0))
+            yield from (issued, expires, age)
+
+
+class MeasuredService:
+    """A :class:`CasService` whose attestations and nonces are counted and timed.
+
+    Everything else passes through unchanged.
+    """
+
+    def __init__(self, service: CasService, metrics: CasMetrics) -> None:
+        self._service = service
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._service, name)
+
+    def issue_nonce(self, now: int) -> Any:
+        grant = self._service.issue_nonce(now)
+        self._metrics.nonces.inc()
+        return grant
+
+    def attest(self, request: Any, now: int) -> Any:
+        started = time.perf_counter()
+        verdict, reason = "error", "internal"
+        try:
+            result = self._service.attest(request, now)
+            verdict, reason = "accepted", "none"
+            return result
+        except MalformedAttestation:
+            verdict, reason = "rejected", "malformed"
+            raise
+        except (AttestationRejected, EvidenceError) as exc:
+            verdict, reason = "rejected", exc.code or "policy"
+            raise
+        except NotReady:
+            reason = "not-ready"
+            raise
+        except CollateralError:
+            reason = "collateral-unavailable"
+            raise
+        finally:
+            self._metrics.attestations.labels(verdict, reason).inc()
+            self._metrics.attestation_seconds.labels(verdict).observe(
+                time.perf_counter() - started
+            )
+
+
+class ObservedCollateral:
+    """A collateral source that remembers the validity of what it last returned."""
+
+    def __init__(self, source: Any, metrics: CasMetrics) -> None:
+        self._source = source
+        self._metrics = metrics
+
+    def __repr__(self) -> str:
+        return repr(self._source)
+
+    def get(self, quote: bytes, now: int) -> Any:
+        try:
+            collateral = self._source.get(quote, now)
+        except CollateralError:
+            self._metrics.collateral_errors.inc()
+            raise
+        try:
+            window = collateral_window(collateral)
+        except CollateralError:
+            return collateral  # the verifier will say why it is unusable
+        self._metrics.saw_collateral(window.not_before, window.not_after)
+        return collateral
