@@ -153,7 +153,7 @@ def chart_png(result: Result) -> bytes:
     import matplotlib.pyplot as plt
 
     cells = _index(result)
-    segs = segments(result)
+    segs = segments(result)[:SEGMENTS_SHOWN]  # the table lists every one
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.38
     colors = {"test": "#2b6cb0", "control": "#a0aec0"}
@@ -198,12 +198,27 @@ def chart_png(result: Result) -> bytes:
 
 
 def _fmt(cells, metric: str, seg: str, arm: str = "", pct: bool = False, money: bool = False,
-         digits: int = 1) -> str:
+         digits: int = 1, result: Result | None = None) -> str:
     if _suppressed(cells, metric, seg, arm):
         return '<span class="sup">suppressed (&lt; k)</span>'
     value = _value(cells, metric, seg, arm)
     if value is None:
         return "–"
+    text = _plain(value, pct, money, digits)
+    cell = cells.get((metric, seg, arm))
+    if result is not None and cell is not None and cell.noisy:
+        margin = noise_margin(result, cell)
+        interval = None if margin is not None else noise_interval(result, cell)
+        if margin is not None:
+            wide = ' class="wide"' if margin > abs(value) else ""
+            text += f"<br><small{wide}>± {_plain(margin, pct, money, digits)} noise</small>"
+        elif interval is not None:
+            text += (f"<br><small>[{_plain(interval[0], pct, money, digits)}, "
+                     f"{_plain(interval[1], pct, money, digits)}] with noise</small>")
+    return text
+
+
+def _plain(value: float, pct: bool, money: bool, digits: int) -> str:
     if pct:
         return f"{value * 100:.2f}%"
     if money:
@@ -236,10 +251,13 @@ def lift_report_html(result: Result, *, simulated: bool, title: str | None = Non
         rows.append(
             "<tr>"
             f"<th>{esc(seg)}</th>"
-            + "".join(f"<td>{_fmt(cells, 'people', seg, arm)}</td>"
-                      f"<td>{_fmt(cells, 'converters', seg, arm)}</td>"
-                      f"<td>{_fmt(cells, 'conversion_rate', seg, arm, pct=True)}</td>"
-                      f"<td>{_fmt(cells, 'revenue_per_person', seg, arm, money=True)}</td>"
+            + "".join(f"<td>{_fmt(cells, 'people', seg, arm, result=result)}</td>"
+                      f"<td>{_fmt(cells, 'converters', seg, arm, result=result)}</td>"
+                      f"<td>{_fmt(cells, 'conversion_rate', seg, arm, pct=True, result=result)}"
+                      "</td>"
+                      f"<td>{_fmt(cells, 'revenue', seg, arm, money=True, result=result)}</td>"
+                      f"<td>{_fmt(cells, 'revenue_per_person', seg, arm, False, True, 1, result)}"
+                      "</td>"
                       for arm in ARMS)
             + f"<td>{_fmt(cells, 'conversion_lift_abs', seg, pct=True)}"
               f"{_ci(cells, 'conversion_lift_abs', seg, pct=True)}</td>"
@@ -264,6 +282,7 @@ table{{border-collapse:collapse;font-size:0.9em}}
 td,th{{border:1px solid #cbd5e0;padding:4px 8px;text-align:right}}
 th{{background:#edf2f7}}.sup{{color:#c05621;font-style:italic}}
 .sim{{background:#fed7d7;border:2px solid #c53030;padding:0.6em;font-weight:bold;margin-bottom:1em}}
+.wide{{color:#c05621;font-weight:bold}}.dp{{background:#fefcbf;padding:0.5em}}
 small{{color:#4a5568}}code{{font-size:0.85em}}
 </style></head><body>
 {banner}
@@ -274,18 +293,45 @@ signed by <code>{esc(result.signer)}</code>.</p>
 <img alt="test vs control conversion rates and lift" src="data:image/png;base64,{png}">
 <h2>Figures</h2>
 <table>
-<tr><th rowspan="2">segment</th><th colspan="4">test (exposed)</th><th colspan="4">control</th>
+<tr><th rowspan="2">segment</th><th colspan="5">test (exposed)</th><th colspan="5">control</th>
 <th rowspan="2">lift (abs) [95% CI]</th><th rowspan="2">lift (rel) [95% CI]</th>
 <th rowspan="2">p-value</th><th rowspan="2">incremental conversions</th>
 <th rowspan="2">incremental revenue</th></tr>
-<tr>{"<th>people</th><th>converters</th><th>rate</th><th>revenue/person</th>" * 2}</tr>
-{"".join(rows)}
+<tr>{ARM_HEADINGS * 2}</tr>
+{"".join(rows[:SEGMENTS_SHOWN])}
 </table>
+{_more_rows(rows[SEGMENTS_SHOWN:])}
+{_noise_note(result)}
 <h2>Privacy applied</h2><ul>{privacy}</ul>
 <p><small>Cells covering fewer than k people are suppressed. Arm conversion-rate intervals in
 the chart are Wilson intervals from the released counts.</small></p>
 </body></html>
 """
+
+
+ARM_HEADINGS = ("<th>people</th><th>converters</th><th>rate</th><th>revenue</th>"
+                "<th>revenue/person</th>")
+SEGMENTS_SHOWN = 12
+"""Segments in the report's table before the rest is collapsed (and in the chart)."""
+
+
+def _more_rows(rows: list[str]) -> str:
+    if not rows:
+        return ""
+    return (f"<details><summary>{len(rows)} more segment(s)</summary><table>"
+            + "".join(rows) + "</table></details>")
+
+
+def _noise_note(result: Result) -> str:
+    dp = (result.privacy or {}).get("differential_privacy")
+    if not dp:
+        return ""
+    return (f"<p class=\"dp\">Differential privacy: {html.escape(str(dp.get('mechanism')))} "
+            f"noise, ε = {html.escape(str(dp.get('epsilon')))} for this query. Under each noised "
+            "figure, ± is the 95% margin of the noise added to it (marked when larger than the "
+            "figure itself: such a figure says little); rates show the interval their noised "
+            "parts allow. Lifts, p-values and their confidence intervals are computed from the "
+            "noised figures and cover sampling error only.</p>")
 
 
 def write_lift_report(result: Result, path: str | Path, *, simulated: bool) -> Path:

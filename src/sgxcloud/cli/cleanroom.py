@@ -495,7 +495,8 @@ def _shown_value(result, cell) -> str:
         return text
     margin = noise_margin(result, cell)
     if margin is not None:
-        text += f" ± {_number(float(margin))}"
+        text += f" ± {margin:,.1f}" if isinstance(cell.value, int) else \
+            f" ± {_number(float(margin))}"
         if isinstance(cell.value, int | float) and margin > abs(cell.value):
             text += " [yellow](noise larger than the figure)[/]"
         return text + " [dim](DP 95%)[/]"
