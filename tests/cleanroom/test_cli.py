@@ -158,7 +158,8 @@ def test_provider_and_analyst_everyday_commands(capsys, tmp_path, monkeypatch):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    collab = prepare_example(tmp_path / "ex", people=1500, min_group_size=20)
+    # exact figures (DP off) so that a refresh's effect can be compared exactly
+    collab = prepare_example(tmp_path / "ex", people=1500, min_group_size=20, dp=False)
     keys = collab.workdir / "keys"
     subscribers = Path(collab.nodes["telecom"]["subscribers"])
     original = pq.read_table(subscribers)

@@ -33,8 +33,9 @@ def results(tmp_path_factory, base_doc, prepared):
 
     doc = copy.deepcopy(base_doc)
     doc["privacy"].update(min_group_size=5, differencing_check=False)
-    doc["privacy"]["differential_privacy"].update(enabled=True, epsilon_per_query=EPSILON,
-                                                  budget_per_analyst=100.0)
+    doc["privacy"].setdefault("differential_privacy", {}).update(
+        enabled=True, mechanism="laplace", epsilon_per_query=EPSILON, budget_per_analyst=100.0,
+        contribution_bounds={"max_purchases_per_person": 10, "max_revenue_per_person": 500})
     with Engine(definition_from_dict(doc), tmp_path_factory.mktemp("dp")) as engine:
         for ref, batch in prepared.items():
             engine.ingest(*ref.split("."), batch)
@@ -47,8 +48,8 @@ def results(tmp_path_factory, base_doc, prepared):
     return {"lift": lift, "overlap": overlap, "audience": audience}
 
 
-def test_noise_of_each_released_figure(results, base_doc):
-    bound = base_doc["privacy"]["differential_privacy"]["contribution_bounds"]
+def test_noise_of_each_released_figure(results):
+    bound = {"max_revenue_per_person": 500}
     laplace_sd = math.sqrt(2)  # per unit of sensitivity / epsilon
     audience = results["audience"]
     assert noise_sd(audience, audience.cells[0]) == pytest.approx(laplace_sd / EPSILON)

@@ -30,6 +30,10 @@ ZONE = "Europe/Berlin"
 def _doc_with(base_doc, *, zone: str | None = ZONE, drop_device: bool = True):
     doc = copy.deepcopy(base_doc)
     doc["privacy"]["min_group_size"] = 5
+    doc["privacy"]["differencing_check"] = False  # many queries on one population
+    dp = doc["privacy"].setdefault("differential_privacy", {
+        "epsilon_per_query": 0.5, "budget_per_analyst": 10.0})
+    dp["enabled"] = False  # exact figures, compared with the plaintext
     for ds in doc["datasets"]:
         if ds["kind"] in ("exposures", "purchases") and zone:
             ds["timestamp_timezone"] = zone
