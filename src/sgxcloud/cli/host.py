@@ -73,9 +73,18 @@ def host() -> None:
 @host.command(name="check")
 @root_option
 @json_option
-def check(root: str, as_json: bool) -> int:
+@click.option(
+    "--config-file",
+    "config_files",
+    multiple=True,
+    metavar="PATH",
+    help="nova-compute's configuration file; repeat it as for nova-compute (later files "
+    "override earlier ones).  Default: /etc/nova/nova.conf, else kolla-ansible's "
+    "/etc/kolla/nova-compute/nova.conf.",
+)
+def check(root: str, as_json: bool, config_files: tuple[str, ...]) -> int:
     """Is this node ready to host SGX VMs?  Exit 0 only when it is."""
-    return emit(check_host(root), as_json)
+    return emit(check_host(root, config_files=config_files), as_json)
 
 
 @host.command(name="vm-epc")

@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from sgxcloud import extras
 from sgxcloud.errors import SgxcloudError
 
 # name -> (module, attribute, one-line help).  Adding an area is one line here.
@@ -40,15 +41,23 @@ class LazyGroup(click.Group):
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("sgxcloud"):
-                return _unavailable(name, short_help)
-            raise
+                return _unavailable(name, short_help, "not available in this build")
+            # An optional dependency is missing: `--help` still lists the
+            # group, and running it names the extra to install.
+            return _unavailable(name, short_help, extras.install_hint(exc))
         return getattr(module, attribute)
 
 
-def _unavailable(name: str, short_help: str) -> click.Command:
-    @click.command(name=name, help=f"{short_help} (not available in this build)")
+def _unavailable(name: str, short_help: str, why: str) -> click.Command:
+    @click.command(
+        name=name,
+        help=f"{short_help}\n\nNot available: {why}.",
+        short_help=f"{short_help} (not installed)",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
     def missing() -> None:
-        raise SgxcloudError(f"'sgxcloud {name}' is not available in this build")
+        raise SgxcloudError(f"'sgxcloud {name}' is not available: {why}")
 
     return missing
 
@@ -75,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     except SgxcloudError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        # A command reached for an optional dependency this install lacks.
+        if exc.name and exc.name.startswith("sgxcloud"):
+            raise
+        click.echo(f"error: {extras.install_hint(exc)}", err=True)
+        return 2
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130

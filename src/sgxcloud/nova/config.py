@@ -16,12 +16,7 @@ from nova import exception
 from nova.virt import hardware
 from nova.virt.libvirt import config as vconfig
 
-_SIZE_UNITS_IN_KIB = {
-    "b": 1 / 1024, "bytes": 1 / 1024,
-    "k": 1, "kib": 1,
-    "m": 1024, "mib": 1024,
-    "g": 1024 * 1024, "gib": 1024 * 1024,
-}
+from sgxcloud.nova import capabilities
 
 
 def _invalid(message: str) -> exception.InvalidInput:
@@ -29,25 +24,11 @@ def _invalid(message: str) -> exception.InvalidInput:
 
 
 def parse_size_kib(text: str | None, unit: str | None, where: str) -> int:
-    """A libvirt size with its ``unit`` attribute (default KiB) in whole KiB."""
-    if text is None or not text.strip():
-        raise _invalid(f"{where}: size is missing")
+    """A libvirt size in whole KiB; Nova's InvalidInput when it is not one."""
     try:
-        value = int(text.strip())
-    except ValueError:
-        raise _invalid(f"{where}: size {text.strip()!r} is not a whole number") from None
-    factor = _SIZE_UNITS_IN_KIB.get((unit or "KiB").lower())
-    if factor is None:
-        raise _invalid(f"{where}: unknown size unit {unit!r}")
-    if value < 0:
-        raise _invalid(f"{where}: size {value} is negative")
-    return int(value * factor)
-
-
-def parse_yes_no(text: str | None, where: str) -> bool:
-    if text is None or text.strip() not in ("yes", "no"):
-        raise _invalid(f"{where}: expected 'yes' or 'no', found {text!r}")
-    return text.strip() == "yes"
+        return capabilities.parse_size_kib(text, unit, where)
+    except capabilities.SGXCapabilitiesError as exc:
+        raise _invalid(str(exc)) from None
 
 
 class _ComparableConfig(vconfig.LibvirtConfigObject):
@@ -77,12 +58,11 @@ class LibvirtConfigDomainCapsSGXSection(_ComparableConfig):
 
     def parse_dom(self, xmldoc: etree._Element) -> None:
         super().parse_dom(xmldoc)
-        node = xmldoc.get("node")
-        if node is not None:
-            if not node.isdigit():
-                raise _invalid(f"sgx section: node {node!r} is not a NUMA node number")
-            self.node = int(node)
-        self.size_kib = parse_size_kib(xmldoc.get("size"), xmldoc.get("unit"), "sgx section")
+        try:
+            section = capabilities.read_section(xmldoc)
+        except capabilities.SGXCapabilitiesError as exc:
+            raise _invalid(str(exc)) from None
+        self.node, self.size_kib = section.node, section.size_kib
 
     def format_dom(self) -> etree._Element:
         section = super().format_dom()
@@ -117,20 +97,17 @@ class LibvirtConfigDomainCapsFeatureSGX(_ComparableConfig):
 
     def parse_dom(self, xmldoc: etree._Element) -> None:
         super().parse_dom(xmldoc)
-        self.supported = parse_yes_no(xmldoc.get("supported"), "sgx supported")
-        for child in xmldoc:
-            if child.tag in ("flc", "sgx1", "sgx2"):
-                setattr(self, child.tag, parse_yes_no(child.text, f"sgx {child.tag}"))
-            elif child.tag == "section_size":
-                self.section_size_kib = parse_size_kib(
-                    child.text, child.get("unit"), "sgx section_size")
-            elif child.tag == "sections":
-                for element in child:
-                    if element.tag != "section":
-                        continue
-                    section = LibvirtConfigDomainCapsSGXSection()
-                    section.parse_dom(element)
-                    self.sections.append(section)
+        try:
+            feature = capabilities.read_sgx_feature(xmldoc)
+        except capabilities.SGXCapabilitiesError as exc:
+            raise _invalid(str(exc)) from None
+        self.supported, self.flc, self.sgx1, self.sgx2 = (
+            feature.supported, feature.flc, feature.sgx1, feature.sgx2)
+        self.section_size_kib = feature.section_size_kib
+        self.sections = [
+            LibvirtConfigDomainCapsSGXSection(node=section.node, size_kib=section.size_kib)
+            for section in feature.sections
+        ]
 
     def format_dom(self) -> etree._Element:
         sgx = super().format_dom()

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sgxcloud.nova import compat
 from sgxcloud.nova.checks import sysfacts
@@ -31,6 +31,10 @@ RECORDED_DIR = "/var/lib/sgxcloud"  # where a recorded tree keeps command output
 DOMCAPS_FILE = f"{RECORDED_DIR}/domcapabilities.xml"  # `virsh domcapabilities`
 VERSION_FILE = f"{RECORDED_DIR}/virsh-version.txt"  # `virsh version`
 NOVA_CONF = "/etc/nova/nova.conf"
+# Where nova-compute's configuration lives when no --config-file is given:
+# packages and DevStack, then kolla-ansible (the host side of the container's
+# /etc/nova/nova.conf).  The first that exists is read.
+NOVA_CONF_CANDIDATES = (NOVA_CONF, "/etc/kolla/nova-compute/nova.conf")
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 DRIVER = "sgxcloud.SGXLibvirtDriver"
 SGX_FILTER = "SGXFilter"
@@ -59,11 +63,18 @@ def run_command(argv: list[str]) -> str:
     return done.stdout
 
 
-def check_host(root: str | os.PathLike[str] = "/", runner: Runner = run_command) -> Report:
+def check_host(
+    root: str | os.PathLike[str] = "/",
+    runner: Runner = run_command,
+    config_files: Sequence[str] = (),
+) -> Report:
     """Every readiness finding for the node whose files are under ``root``.
 
     ``runner`` runs ``virsh``/``qemu`` when ``root`` is the live ``/`` and no
     recorded output exists; on a recorded tree nothing is ever executed.
+    ``config_files`` are nova-compute's configuration files in oslo.config's
+    order (later ones override earlier ones); none given: the first of
+    :data:`NOVA_CONF_CANDIDATES` that exists.
     """
     tree = HostTree(root)
     report = Report(tool="host-check", root=str(tree.root))
@@ -76,7 +87,7 @@ def check_host(root: str | os.PathLike[str] = "/", runner: Runner = run_command)
     report.add(*_check_devices(tree, kernel))
     report.add(*_check_epc(tree, cpuid, report.facts))
     report.add(*_check_libvirt(tree, runner, report.facts))
-    report.add(*_check_nova(tree))
+    report.add(*_check_nova(tree, config_files))
     report.facts.update(
         {
             "flags": sorted({"sgx", "sgx_lc"} & flags) if isinstance(flags, set) else [],
@@ -515,8 +526,9 @@ def _check_libvirt(tree: HostTree, runner: Runner, facts: dict) -> list[Finding]
             )
         )
         return findings
-    # The driver's own parser, so this check and Placement can never disagree.
-    from sgxcloud.nova.host import SGXCapabilitiesError, parse_sgx_capabilities
+    # The driver's own parser (lxml only, no Nova: this check stays fast and
+    # warning-free), so this check and Placement can never disagree.
+    from sgxcloud.nova.capabilities import SGXCapabilitiesError, parse_sgx_capabilities
 
     try:
         caps = parse_sgx_capabilities(xml)
@@ -602,36 +614,51 @@ def _versions(tree: HostTree, runner: Runner, findings: list[Finding]) -> sysfac
 # -- Nova -------------------------------------------------------------------
 
 
-def _check_nova(tree: HostTree) -> list[Finding]:
+def _check_nova(tree: HostTree, config_files: Sequence[str] = ()) -> list[Finding]:
+    paths = list(config_files)
+    if not paths:
+        found = next((p for p in NOVA_CONF_CANDIDATES if tree.exists(p)), None)
+        if found is None:
+            return [
+                failure(
+                    "nova.config",
+                    f"no nova.conf found (looked for {', '.join(NOVA_CONF_CANDIDATES)})",
+                    "install nova-compute and configure it for SGX (docs/operations), or "
+                    "name its files with --config-file",
+                )
+            ]
+        paths = [found]
     parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        parser.read_string(tree.read_text(NOVA_CONF), source=NOVA_CONF)
-    except MissingFile:
-        return [
-            failure(
-                "nova.config",
-                f"{NOVA_CONF} not found",
-                "install nova-compute and configure it for SGX (docs/operations)",
-            )
-        ]
-    except TreeReadError as exc:
-        return [
-            failure(
-                "nova.config",
-                f"cannot read nova.conf: {exc}",
-                "run as root or fix the file's permissions",
-            )
-        ]
-    except configparser.Error as exc:
-        first = str(exc).splitlines()[0]
-        return [
-            failure(
-                "nova.config",
-                f"{NOVA_CONF} is not valid INI: {first}",
-                "fix the syntax error at the line shown",
-            )
-        ]
-    findings = []
+    for path in paths:
+        try:
+            # As oslo.config reads repeated --config-file: later files win.
+            parser.read_string(_read_config(tree, path), source=path)
+        except MissingFile:
+            return [
+                failure(
+                    "nova.config",
+                    f"{path} not found",
+                    "give the path of nova-compute's nova.conf with --config-file",
+                )
+            ]
+        except TreeReadError as exc:
+            return [
+                failure(
+                    "nova.config",
+                    f"cannot read {path}: {exc}",
+                    "run as root or fix the file's permissions",
+                )
+            ]
+        except configparser.Error as exc:
+            first = str(exc).splitlines()[0]
+            return [
+                failure(
+                    "nova.config",
+                    f"{path} is not valid INI: {first}",
+                    "fix the syntax error at the line shown",
+                )
+            ]
+    findings = [ok("nova.config", f"read {', '.join(paths)}")]
     driver = parser.get("DEFAULT", "compute_driver", fallback=None)
     if driver == DRIVER:
         findings.append(ok("nova.compute_driver", f"compute_driver = {DRIVER}"))
@@ -665,6 +692,21 @@ def _check_nova(tree: HostTree) -> list[Finding]:
             )
         )
     return findings
+
+
+def _read_config(tree: HostTree, path: str) -> str:
+    """A configuration file named on the command line.  An absolute path is
+    the node's (looked up under ``--root``); a relative one, or an absolute one
+    that only exists outside a recorded tree, is read as given."""
+    if os.path.isabs(path) and (tree.exists(path) or not os.path.exists(path)):
+        return tree.read_text(path)
+    if not os.path.exists(path):
+        raise MissingFile(path, "not found")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise TreeReadError(path, exc.strerror or str(exc)) from None
 
 
 def _check_sgx_section(parser: configparser.ConfigParser) -> list[Finding]:
