@@ -48,18 +48,16 @@ def test_unsupported_url_is_a_clear_error() -> None:
         Database.open("::::")
 
 
-def test_nonce_is_consumed_once_and_not_after_expiry(database_url: str) -> None:
+def test_a_nonce_is_spent_once_and_forgotten_after_expiry(database_url: str) -> None:
     database = Database.open(database_url)
     with database.transaction() as repo:
-        repo.add_nonce("aa" * 32, issued_at=100, expires_at=160)
-        repo.add_nonce("bb" * 32, issued_at=100, expires_at=160)
+        assert repo.spend_nonce("aa" * 32, expires_at=160, now=150)
+        assert not repo.spend_nonce("aa" * 32, expires_at=160, now=150)  # same transaction
     with database.transaction() as repo:
-        assert repo.consume_nonce("aa" * 32, now=150)
-    with database.transaction() as repo:
-        assert not repo.consume_nonce("aa" * 32, now=151)  # replay
-        assert not repo.consume_nonce("bb" * 32, now=160)  # expired at the deadline
-        assert not repo.consume_nonce("cc" * 32, now=150)  # never issued
-        assert repo.purge_nonces(before=161) == 2
+        assert not repo.spend_nonce("aa" * 32, expires_at=160, now=151)  # replay
+        assert repo.spend_nonce("bb" * 32, expires_at=170, now=151)
+        assert repo.purge_nonces(before=161) == 1
+        assert repo.purge_nonces(before=171) == 1
     database.close()
 
 
@@ -89,11 +87,11 @@ def test_restart_keeps_everything(database_url: str) -> None:
     database = Database.open(database_url)
     with database.transaction() as repo:
         repo.create_policy(_policy("kept", 1, "k1"))
-        repo.add_nonce("dd" * 32, issued_at=1, expires_at=99)
+        repo.spend_nonce("dd" * 32, expires_at=99, now=1)
     database.close()
     reopened = Database.open(database_url)
     with reopened.transaction() as repo:
         policy = repo.get_policy("kept")
         assert policy is not None and policy.owners == ("owner-a",)
-        assert repo.consume_nonce("dd" * 32, now=50)
+        assert not repo.spend_nonce("dd" * 32, expires_at=99, now=50)  # still spent
     reopened.close()

@@ -152,8 +152,11 @@ def create_app(
         return JSONResponse(body.model_dump(exclude_none=True), status_code=503 if problem else 200)
 
     @app.post("/v1/nonces", response_model=schemas.NonceResponse, tags=["attestation"])
-    def nonce() -> schemas.NonceResponse:
-        """A fresh single-use nonce for the enclave to bind into REPORTDATA."""
+    async def nonce() -> schemas.NonceResponse:
+        """A fresh single-use nonce for the enclave to bind into REPORTDATA.
+
+        Pure CPU (an authenticated nonce, stored only when spent): on the event loop.
+        """
         grant = cas().issue_nonce(now())
         return schemas.NonceResponse(nonce=grant.nonce, expires_at=grant.expires_at)
 

@@ -39,6 +39,7 @@ from sgxcloud.cas.policy.load import owner_ids
 from sgxcloud.cas.policy.model import Policy
 from sgxcloud.cas.service import materials
 from sgxcloud.cas.service.auth import Consent
+from sgxcloud.cas.service.nonces import REPLAYED, NonceMinter
 from sgxcloud.cas.store import (
     Database,
     DuplicateRow,
@@ -160,6 +161,8 @@ class CasService:
         self.policy_creators = policy_creators
         self._state = State.CREATED
         self._lock = threading.Lock()
+        self._nonces = NonceMinter(keyring, nonce_ttl)
+        self._next_purge = 0
         # Stored policy texts never change under a hash, so their parses can be
         # shared; validating YAML against the schema on every attestation would
         # dominate its cost.
@@ -222,16 +225,20 @@ class CasService:
     # -- protocol ----------------------------------------------------------------
 
     def issue_nonce(self, now: int) -> NonceGrant:
+        """A fresh nonce: authenticated, not stored (see :mod:`.nonces`), so no write."""
         self._require_ready()
-        nonce = protocol.new_nonce().hex()
-        expires = now + self.nonce_ttl
+        nonce, expires = self._nonces.issue(now)
+        return NonceGrant(nonce.hex(), expires)
 
-        def work(repo: Repository) -> None:
-            repo.add_nonce(nonce, issued_at=now, expires_at=expires)
+    def _spend_nonce(self, repo: Repository, nonce: bytes, now: int) -> str | None:
+        """Check and spend the nonce inside the attestation's transaction; why not, if not."""
+        problem, expires = self._nonces.check(nonce, now)
+        if problem is not None:
+            return problem
+        if now >= self._next_purge:  # spent nonces are kept only while they could check
+            self._next_purge = now + 60
             repo.purge_nonces(before=now - self.nonce_ttl)
-
-        self.database.run(work)
-        return NonceGrant(nonce, expires)
+        return None if repo.spend_nonce(nonce.hex(), expires_at=expires, now=now) else REPLAYED
 
     def attest(self, request: AttestRequest, now: int) -> AttestResult:
         """Verify evidence, binding, nonce and policy; return the sealed configuration.
@@ -262,7 +269,7 @@ class CasService:
 
         def decide(repo: Repository) -> tuple[_Verdict, int, Any]:
             verdict = _Verdict()
-            verdict.add(_nonce_problem(repo, nonce, now), "nonce")
+            verdict.add(self._spend_nonce(repo, nonce, now), "nonce")
             stored = repo.get_policy(request.policy)
             policy = None
             if stored is None:
@@ -347,7 +354,7 @@ class CasService:
         """
         reasons = [str(problem)]
         if nonce is not None:
-            nonce_problem = _nonce_problem(repo, nonce, now)
+            nonce_problem = self._spend_nonce(repo, nonce, now)
             if nonce_problem is not None:
                 reasons.append(nonce_problem)
         entry = audit.append(
@@ -395,11 +402,17 @@ class CasService:
         """
         opened: dict[tuple[str, str], secrets.SecretValue] = {}
         rows: dict[str, dict[str, SealedSecret]] = {}
+        policies: dict[str, StoredPolicy | None] = {}
 
         def rows_of(policy_name: str) -> dict[str, SealedSecret]:
             if policy_name not in rows:
                 rows[policy_name] = repo.get_secrets(policy_name)
             return rows[policy_name]
+
+        def policy_of(policy_name: str) -> StoredPolicy | None:
+            if policy_name not in policies:
+                policies[policy_name] = repo.get_policy(policy_name)
+            return policies[policy_name]
 
         def load(policy_name: str, secret_name: str) -> secrets.SecretValue:
             if (policy_name, secret_name) not in opened:
@@ -407,12 +420,12 @@ class CasService:
             return opened[policy_name, secret_name]
 
         def open_one(policy_name: str, secret_name: str) -> secrets.SecretValue:
-            stored = repo.get_policy(policy_name)
+            stored = policy_of(policy_name)
             if stored is None:
                 raise PolicyError("", f"policy {policy_name!r} no longer exists")
             spec = self._parsed(stored).secrets[secret_name]
             if spec.import_from is not None:
-                source = repo.get_policy(spec.import_from.policy)
+                source = policy_of(spec.import_from.policy)
                 try:
                     if source is None:
                         raise PolicyError("", "exporting policy is gone")
@@ -762,18 +775,6 @@ def _enclave_actor(public_key: Any) -> str:
     if public_key is None:
         return "enclave-key:unreadable"
     return "enclave-key:" + protocol.key_fingerprint(public_key)[:16]
-
-
-def _nonce_problem(repo: Repository, nonce: bytes, now: int) -> str | None:
-    """Spend the nonce; say why not if it cannot be spent."""
-    if repo.consume_nonce(nonce.hex(), now):
-        return None
-    state = repo.nonce_state(nonce.hex())
-    if state is None:
-        return "nonce was not issued by this service"
-    if state.used_at is not None:
-        return "nonce was already used (replay)"
-    return "nonce expired"
 
 
 def _binding_problem(verified: VerifiedEvidence, public_key: Any, nonce: bytes) -> str | None:

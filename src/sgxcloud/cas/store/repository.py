@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -158,24 +160,26 @@ class Repository:
 
     # -- nonces --------------------------------------------------------------
 
-    def add_nonce(self, nonce: str, issued_at: int, expires_at: int) -> None:
-        self.session.add(NonceRow(nonce=nonce, issued_at=issued_at, expires_at=expires_at))
-        self.session.flush()
+    def spend_nonce(self, nonce: str, *, expires_at: int, now: int) -> bool:
+        """Record ``nonce`` as used; False if it already was (by any replica).
 
-    def consume_nonce(self, nonce: str, now: int) -> bool:
-        """Mark ``nonce`` used if it exists, is unused and unexpired; one caller wins."""
-        result = self.session.execute(
-            update(NonceRow)
-            .where(NonceRow.nonce == nonce, NonceRow.used_at.is_(None), NonceRow.expires_at > now)
-            .values(used_at=now)
+        An insert that does nothing on conflict: the primary key decides, so
+        of two concurrent spends exactly one commits a row.
+        """
+        dialect = self.session.get_bind().dialect.name
+        insert = sqlite_insert if dialect == "sqlite" else pg_insert
+        # Core on the table, with RETURNING: the ORM's bulk path reports no rowcount on
+        # PostgreSQL, and a returned row is the one unambiguous "inserted" on both.
+        statement = (
+            insert(NonceRow.__table__)
+            .values(nonce=nonce, issued_at=now, expires_at=expires_at, used_at=now)
+            .on_conflict_do_nothing(index_elements=["nonce"])
+            .returning(NonceRow.__table__.c.nonce)
         )
-        return result.rowcount == 1
-
-    def nonce_state(self, nonce: str) -> NonceRow | None:
-        return self.session.get(NonceRow, nonce)
+        return self.session.execute(statement).first() is not None
 
     def purge_nonces(self, before: int) -> int:
-        """Forget nonces that expired before ``before``; returns how many."""
+        """Forget spent nonces that expired before ``before`` (they can no longer check)."""
         result = self.session.execute(delete(NonceRow).where(NonceRow.expires_at < before))
         return result.rowcount
 
