@@ -778,3 +778,13 @@ def local(workdir: str, as_json: bool) -> int:
             "(Ctrl-C stops)"))
         collab.wait()
     return 0
+
+
+def _register_console() -> None:
+    """The web console lives in its own module (it pulls in Starlette and Jinja)."""
+    from sgxcloud.cli.cleanroom_console import console as console_command
+
+    cleanroom.add_command(console_command)
+
+
+_register_console()
