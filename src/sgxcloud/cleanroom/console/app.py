@@ -50,6 +50,7 @@ def _environment() -> Environment:
                       autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["cell"] = views.cell_text
     env.filters["filter_text"] = views.filter_text
+    env.filters["when"] = views.when
     env.filters["short"] = lambda text, n=16: (str(text)[:n] + "…") if len(str(text)) > n \
         else str(text)
     return env

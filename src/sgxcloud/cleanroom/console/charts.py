@@ -21,8 +21,8 @@ from markupsafe import Markup
 from sgxcloud.cleanroom.report import ALL, wilson
 from sgxcloud.cleanroom.results import Cell, Result
 
-WIDTH = 760
-LABEL_W = 190
+PLOT_W = 500
+CHAR_W = 7.2  # width of one 12px label character, near enough to size the label column
 RIGHT_PAD = 70
 ROW_H = 30
 TOP = 46
@@ -56,9 +56,13 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 
 class _Canvas:
-    def __init__(self, title: str, description: str, rows: int, legend: Sequence[tuple[str, str]]
-                 = ()) -> None:
+    def __init__(self, title: str, description: str, rows: int, labels: Sequence[str],
+                 legend: Sequence[tuple[str, str]] = ()) -> None:
         self.height = TOP + rows * ROW_H + BOTTOM
+        # The label column fits the longest label, so no label is cut off.
+        self.label_w = min(max(120, int(max((len(x) for x in labels), default=0) * CHAR_W) + 20),
+                           460)
+        self.width = self.label_w + PLOT_W + RIGHT_PAD
         self.parts: list[str] = []
         self.title = title
         self.description = description
@@ -71,7 +75,7 @@ class _Canvas:
 
     def x(self, value: float) -> float:
         span = (self.hi - self.lo) or 1.0
-        return LABEL_W + (value - self.lo) / span * (WIDTH - LABEL_W - RIGHT_PAD)
+        return self.label_w + (value - self.lo) / span * PLOT_W
 
     def add(self, markup: str) -> None:
         self.parts.append(markup)
@@ -93,7 +97,7 @@ class _Canvas:
 
     def render(self) -> Markup:
         legend = []
-        x = LABEL_W
+        x = self.label_w
         for label, colour in self.legend:
             legend.append(f'<rect x="{x}" y="24" width="12" height="12" fill="{colour}"/>')
             legend.append(f'<text x="{x + 16}" y="34" font-size="12" fill="#111827">'
@@ -103,7 +107,8 @@ class _Canvas:
         # Every piece of text above went through escape(): the markup is ours.
         return Markup(  # noqa: S704
             f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="chart" '
-            f'viewBox="0 0 {WIDTH} {self.height}" width="{WIDTH}" height="{self.height}" '
+            f'viewBox="0 0 {self.width} {self.height}" width="{self.width}" '
+            f'height="{self.height}" '
             f'aria-labelledby="{self._id}-t {self._id}-d">'
             f'<title id="{self._id}-t">{escape(self.title)}</title>'
             f'<desc id="{self._id}-d">{escape(self.description)}</desc>'
@@ -153,7 +158,8 @@ def lift_chart(result: Result) -> Markup:
     shown = [v for _, iv in rows for v in (iv.value, iv.low, iv.high) if v is not None]
     canvas = _Canvas("Relative conversion lift, test vs control (95% CI)",
                      "Point estimate and 95% confidence interval of the relative lift in "
-                     "conversion rate for each segment; zero means no effect.", len(rows))
+                     "conversion rate for each segment; zero means no effect.", len(rows),
+                     segs)
     canvas.scale(min([0.0, *shown]), max([0.0, *shown]))
     canvas.axis(_percent)
     zero = canvas.x(0.0)
@@ -161,7 +167,7 @@ def lift_chart(result: Result) -> Markup:
                f'y2="{canvas.height - BOTTOM + 6}" stroke="{COLOURS["axis"]}" stroke-width="1.5"/>')
     for i, (seg, iv) in enumerate(rows):
         y = _row_y(i)
-        canvas.text(LABEL_W - 10, y + 4, seg, anchor="end")
+        canvas.text(canvas.label_w - 10, y + 4, seg, anchor="end")
         if iv.value is None:
             _suppressed_mark(canvas, y)
             continue
@@ -176,7 +182,7 @@ def lift_chart(result: Result) -> Markup:
         canvas.add(f'<circle cx="{canvas.x(iv.value):.1f}" cy="{y:.1f}" r="5" '
                    f'fill="{COLOURS["lift"]}"><title>{escape(seg)}: '
                    f"{iv.value * 100:+.1f}%</title></circle>")
-        canvas.text(WIDTH - RIGHT_PAD + 6, y + 4, f"{iv.value * 100:+.1f}%", size=11)
+        canvas.text(canvas.width - RIGHT_PAD + 6, y + 4, f"{iv.value * 100:+.1f}%", size=11)
     return canvas.render()
 
 
@@ -187,7 +193,7 @@ def arm_chart(result: Result) -> Markup:
     segs = _segments(result)[:MAX_ROWS]
     canvas = _Canvas("Conversion rate by arm (95% Wilson interval)",
                      "For each segment, the conversion rate of the test (exposed) and control "
-                     "groups with 95% intervals.", len(segs) * 2,
+                     "groups with 95% intervals.", len(segs) * 2, segs,
                      legend=(("test", COLOURS["test"]), ("control", COLOURS["control"])))
     bars = []
     for seg in segs:
@@ -202,7 +208,7 @@ def arm_chart(result: Result) -> Markup:
     for i, (seg, arm, rate, ci) in enumerate(bars):
         y = _row_y(i)
         if arm == "test":
-            canvas.text(LABEL_W - 10, y + ROW_H / 2 + 4, seg, anchor="end")
+            canvas.text(canvas.label_w - 10, y + ROW_H / 2 + 4, seg, anchor="end")
         if rate is None:
             _suppressed_mark(canvas, y)
             continue
@@ -213,7 +219,7 @@ def arm_chart(result: Result) -> Markup:
         if ci:
             canvas.add(f'<line x1="{canvas.x(ci[0]):.1f}" y1="{y:.1f}" x2="{canvas.x(ci[1]):.1f}"'
                        f' y2="{y:.1f}" stroke="#111827" stroke-width="1.5"/>')
-        canvas.text(WIDTH - RIGHT_PAD + 6, y + 4, f"{rate * 100:.2f}%", size=11)
+        canvas.text(canvas.width - RIGHT_PAD + 6, y + 4, f"{rate * 100:.2f}%", size=11)
     return canvas.render()
 
 
@@ -221,12 +227,12 @@ def bar_chart(title: str, description: str,
               rows: Sequence[tuple[str, float | None]]) -> Markup:
     """Horizontal bars of counts (overlap, audience); None is a suppressed cell."""
     rows = list(rows)[:MAX_ROWS]
-    canvas = _Canvas(title, description, len(rows))
+    canvas = _Canvas(title, description, len(rows), [label for label, _ in rows])
     canvas.scale(0.0, max([1.0, *(v for _, v in rows if v is not None)]))
     canvas.axis(lambda v: f"{v:,.0f}")
     for i, (label, value) in enumerate(rows):
         y = _row_y(i)
-        canvas.text(LABEL_W - 10, y + 4, label, anchor="end")
+        canvas.text(canvas.label_w - 10, y + 4, label, anchor="end")
         if value is None:
             _suppressed_mark(canvas, y)
             continue
@@ -234,7 +240,7 @@ def bar_chart(title: str, description: str,
         canvas.add(f'<rect x="{x0:.1f}" y="{y - 10:.1f}" width="{canvas.x(value) - x0:.1f}" '
                    f'height="20" fill="{COLOURS["bar"]}"><title>{escape(label)}: '
                    f"{value:,.0f}</title></rect>")
-        canvas.text(WIDTH - RIGHT_PAD + 6, y + 4, f"{value:,.0f}", size=11)
+        canvas.text(canvas.width - RIGHT_PAD + 6, y + 4, f"{value:,.0f}", size=11)
     return canvas.render()
 
 

@@ -150,7 +150,9 @@ def audit_summary(entry: dict[str, Any]) -> str:
     if event == "cache_hit":
         return f"repeated question: result {data.get('result_id')} again"
     if event == "refusal":
-        return f"refused ({data.get('reason')}): {data.get('message')}"
+        message = str(data.get("message", ""))
+        return message if message.startswith("query refused") else \
+            f"refused ({data.get('reason')}): {message}"
     if event == "ingest":
         return f"{data.get('dataset', '')} · {data.get('rows', '')} rows"
     if event == "ingest_rejected":
@@ -176,3 +178,9 @@ def visible_releases(entries: list[dict[str, Any]], party: str,
                 out.append({"result_id": data.get("result_id"), "analysis": analysis,
                             "at": entry.get("at"), "analyst": entry.get("actor")})
     return list(reversed(out))
+
+
+def when(stamp: Any) -> str:
+    """``2026-12-03T14:50:09.383+00:00`` as ``2026-12-03 14:50:09`` (UTC)."""
+    text = str(stamp or "")
+    return text[:19].replace("T", " ") if len(text) >= 19 else text
