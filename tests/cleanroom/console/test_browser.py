@@ -16,6 +16,7 @@ import json
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from sgxcloud.cleanroom.approvals import Approval, verify_approvals
@@ -38,9 +39,17 @@ def _no_csp_violations(browser) -> None:
     assert not [m for m in errors if "Content Security Policy" in m], errors
 
 
+def _click(driver, element_id: str) -> None:
+    """Click what loads a new page, and wait for that page (a click returns
+    before the navigation it starts has finished)."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, element_id).click()
+    _wait(driver, expected_conditions.staleness_of(old))
+    _wait(driver, lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def _run(driver) -> None:
-    driver.find_element(By.ID, "run").click()
-    _wait(driver, lambda d: "/results/" in d.current_url or d.find_elements(By.ID, "query-error"))
+    _click(driver, "run")
 
 
 def test_provider_approves_then_sees_its_data_ingested(unapproved_collab, browser):
@@ -59,7 +68,7 @@ def test_provider_approves_then_sees_its_data_ingested(unapproved_collab, browse
     browser.screenshot("provider-before-approval", height=1400)
 
     d.find_element(By.ID, "reviewed").click()
-    d.find_element(By.ID, "approve").click()
+    _click(d, "approve")
     assert _h1(d) == "Approval signed"
     definition = load_definition(collab.local.definition)
     assert definition.definition_hash() in d.find_element(By.ID, "approval-done").text
@@ -79,8 +88,7 @@ def test_provider_approves_then_sees_its_data_ingested(unapproved_collab, browse
     assert "telecom.subscribers" in mine and "bank.customers" not in mine
     browser.screenshot("provider-overview", height=1400)
 
-    d.find_element(By.ID, "reingest").click()  # after fixing a file: pull it again
-    _wait(d, lambda drv: drv.find_elements(By.ID, "reingested"))
+    _click(d, "reingest")  # after fixing a file: pull it again
     assert "ingested" in d.find_element(By.ID, "reingested").text
     _no_csp_violations(browser)
 
@@ -150,7 +158,7 @@ def test_analyst_lift_query_chart_verify_and_export(collab, browser):
     assert "[" in d.find_element(By.ID, "lift-table").text  # confidence intervals shown
     browser.screenshot("lift-result", height=2600)
 
-    d.find_element(By.ID, "verify-again").click()
+    _click(d, "verify-again")
     assert "verified again" in d.find_element(By.ID, "verify-outcome").text
 
     for link, suffix in (("export-csv", ".csv"), ("export-json", ".json"),
@@ -170,14 +178,14 @@ def test_analyst_lift_query_chart_verify_and_export(collab, browser):
     # The exported file verifies in the console too; a tampered copy does not.
     d.get(brand.base + "/verify")
     d.find_element(By.ID, "bundle").send_keys(str(bundle))
-    d.find_element(By.ID, "verify-file").click()
+    _click(d, "verify-file")
     assert d.find_element(By.ID, "verify-file-outcome").text.startswith("Valid.")
     doc = json.loads(bundle.read_text())
     doc["result"]["cells"][0]["value"] = 10**6
     tampered = bundle.with_name("tampered.json")
     tampered.write_text(json.dumps(doc))
     d.find_element(By.ID, "bundle").send_keys(str(tampered))
-    d.find_element(By.ID, "verify-file").click()
+    _click(d, "verify-file")
     outcome = d.find_element(By.ID, "verify-file-outcome").text
     assert outcome.startswith("INVALID") and "signature" in outcome
     _no_csp_violations(browser)
@@ -238,9 +246,8 @@ def test_keyboard_only(collab, browser):
         if active.get_attribute("id") == "run":
             active.send_keys(Keys.ENTER)
             break
-    _wait(d, lambda drv: "/results/" in drv.current_url)
-    assert ticked == 2
-    assert d.find_elements(By.CSS_SELECTOR, "svg.chart")
+    _wait(d, lambda drv: drv.find_elements(By.CSS_SELECTOR, "svg.chart"))
+    assert ticked == 2 and "/results/" in d.current_url
     browser.screenshot("overlap-result")
     # The focus ring is visible (not removed by the stylesheet).
     d.find_element(By.ID, "verify-again").send_keys("")
