@@ -14,9 +14,9 @@ import csv
 import json
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from sgxcloud.cleanroom.approvals import Approval, verify_approvals
@@ -44,8 +44,16 @@ def _click(driver, element_id: str) -> None:
     before the navigation it starts has finished)."""
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, element_id).click()
-    _wait(driver, expected_conditions.staleness_of(old))
+    _wait(driver, lambda _: _gone(old))
     _wait(driver, lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def _gone(element) -> bool:
+    try:
+        element.is_enabled()
+    except WebDriverException:  # stale; chromedriver may also say "Node ... does not belong"
+        return True
+    return False
 
 
 def _run(driver) -> None:
