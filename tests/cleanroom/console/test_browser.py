@@ -138,7 +138,8 @@ def test_analyst_audience_query(collab, browser):
     _run(d)
     assert "/results/" in d.current_url
     headline = d.find_element(By.ID, "headline").text
-    assert headline.startswith("Audience: ≈ ")  # DP noise is said, not hidden
+    assert headline.startswith("Audience: ≈ ")  # DP noise is said, not hidden,
+    assert " ± " in headline  # with its 95% margin
     filter_text = d.find_element(By.ID, "query-filter").text
     assert "bank.customers.premium_card = true" in filter_text
     assert "telecom.subscribers.device IN ('android', 'ios')" in filter_text

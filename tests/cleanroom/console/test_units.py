@@ -125,6 +125,16 @@ def test_cells_say_noise_and_suppression():
     assert views.cell_text(Cell("incremental_revenue_ci_low", -5.5)) == "-5.50"
 
 
+def test_noised_figures_carry_their_noise_margin():
+    dp = {"differential_privacy": {"mechanism": "laplace", "epsilon": 0.5, "delta": None}}
+    cell = Cell("people", 1000, noisy=True)
+    result = Result("r-2", "c", "0" * 64, "audience", "audience_size", {}, "q", (cell,), dp,
+                    ("brand",), "2026-12-03T00:00:00+00:00")
+    text = views.cell_text(cell, result)
+    assert text.startswith("≈ 1,000 ± ")  # Laplace, sensitivity 1, ε 0.5: about ± 6
+    assert 4 <= float(text.rsplit(" ", 1)[1]) <= 8
+
+
 def test_csv_export_neutralises_formulas():
     result = _lift_result(["=HYPERLINK(\"http://x\")", "(all)", "@SUM(1)"])
     rows = list(csv.reader(io.StringIO(exports.result_csv(result))))

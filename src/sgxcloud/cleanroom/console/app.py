@@ -323,10 +323,10 @@ def create_app(session: PartySession, guard: Guard) -> Starlette:
     return GuardMiddleware(app, guard)  # type: ignore[return-value]
 
 
-def _audience(result) -> Any:
+def _audience(result) -> str | None:
     if result.template != "audience_size":
         return None
-    return next((c for c in result.cells if c.metric == "people"), None)
+    return views.cell_text(next((c for c in result.cells if c.metric == "people"), None), result)
 
 
 def _download(body: str, filename: str, media_type: str) -> Response:

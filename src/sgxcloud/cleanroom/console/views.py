@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sgxcloud.cleanroom.report import ALL
+from sgxcloud.cleanroom.report import ALL, noise_interval, noise_margin
 from sgxcloud.cleanroom.results import Cell, Result
 
 PAGE_ROWS = 12
@@ -40,14 +40,27 @@ def number(metric: str, value: float | int | None) -> str:
     return f"{int(value):,}"
 
 
-def cell_text(cell: Cell | None) -> str:
-    """A released figure as people should read it: suppression and DP noise said."""
+def cell_text(cell: Cell | None, result: Result | None = None) -> str:
+    """A released figure as people should read it: suppression said, DP noise
+    marked with ≈ and, when ``result`` is given, its 95% noise margin (± m) or,
+    for a rate of two noised counts, the range the noise allows."""
     if cell is None:
         return "–"
     if cell.suppressed:
         return "suppressed (< k)"
     text = number(cell.metric, cell.value)
-    return f"≈ {text}" if cell.noisy else text
+    if not cell.noisy:
+        return text
+    text = f"≈ {text}"
+    if result is not None:
+        margin = noise_margin(result, cell)
+        if margin is not None:
+            return f"{text} ± {number(cell.metric, margin)}"
+        interval = noise_interval(result, cell)
+        if interval is not None:
+            return f"{text} ({number(cell.metric, interval[0])}–" \
+                   f"{number(cell.metric, interval[1])})"
+    return text
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,7 @@ def _find(result: Result, metric: str, **dims: str) -> Cell | None:
 
 def _with_ci(result: Result, metric: str, segment: str) -> str:
     main = _find(result, metric, segment=segment)
-    text = cell_text(main)
+    text = cell_text(main, result)
     low = _find(result, f"{metric}_ci_low", segment=segment)
     high = _find(result, f"{metric}_ci_high", segment=segment)
     if main is None or main.suppressed or low is None or high is None \
@@ -84,14 +97,14 @@ def lift_rows(result: Result) -> list[LiftRow]:
                       key=lambda s: (s != ALL, s))
     rows = []
     for seg in segments:
-        arms = {arm: {m: cell_text(_find(result, m, segment=seg, arm=arm))
+        arms = {arm: {m: cell_text(_find(result, m, segment=seg, arm=arm), result)
                       for m in ("people", "converters", "conversion_rate",
                                 "revenue_per_person")}
                 for arm in ("test", "control")}
         rows.append(LiftRow(
             seg, arms, _with_ci(result, "conversion_lift_abs", seg),
             _with_ci(result, "conversion_lift_rel", seg),
-            cell_text(_find(result, "conversion_p_value", segment=seg)),
+            cell_text(_find(result, "conversion_p_value", segment=seg), result),
             _with_ci(result, "incremental_conversions", seg),
             _with_ci(result, "incremental_revenue", seg)))
     return rows
@@ -101,7 +114,7 @@ def cell_rows(result: Result) -> tuple[list[str], list[dict[str, Any]]]:
     """Every released cell as a row: its dimensions, metric and shown value."""
     dims = sorted({k for c in result.cells for k in c.dims})
     rows = [{"dims": [c.dims.get(d, "") for d in dims], "metric": c.metric,
-             "value": cell_text(c), "suppressed": c.suppressed, "noisy": c.noisy}
+             "value": cell_text(c, result), "suppressed": c.suppressed, "noisy": c.noisy}
             for c in result.cells]
     return dims, rows
 
