@@ -48,8 +48,13 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> int:
     Exit 2 on an invalid setting, with one line naming it.
     """
     from sgxcloud.cas.service.server import serve as run
+    from sgxcloud.cas.tls import check_server_tls
 
     settings = load_settings(config_path, host=host, port=port)
+    settings.keyring()  # the master key first: without it nothing else matters
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        for warning in check_server_tls(settings.tls_cert, settings.tls_key):
+            console(stderr=True).print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
     if settings.master_key_beside_database():
         console(stderr=True).print(
             f"[bold yellow]warning:[/] master key {settings.master_key_file} is in the same "
@@ -73,7 +78,33 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> int:
     is_flag=True,
     help="Also make a throwaway CA and a 127.0.0.1 certificate (testing only).",
 )
-def init(directory: Path, key_dir: Path | None, loopback_tls: bool) -> int:
+@click.option(
+    "--tls-csr",
+    "tls_names",
+    multiple=True,
+    metavar="HOST",
+    help="Production TLS: make DIRECTORY/tls/server.key and a CSR naming HOST (repeat for "
+    "every DNS name or IP that enclaves and owners use); your CA signs it into "
+    "tls/server.pem, and enclaves pin that CA as cas-ca.pem.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Production TLS: an existing certificate chain (PEM) for the CAS (with --tls-key).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The private key (PEM) of --tls-cert.",
+)
+def init(
+    directory: Path,
+    key_dir: Path | None,
+    loopback_tls: bool,
+    tls_names: tuple[str, ...],
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> int:
     """Create DIRECTORY with a settings file, data/ for the database and a master key.
 
     The master key (mode 0600) encrypts every secret at rest, so it goes in a
@@ -81,6 +112,15 @@ def init(directory: Path, key_dir: Path | None, loopback_tls: bool) -> int:
     database in DIRECTORY/data: back up data/, never keys/.  Refuses to
     overwrite an existing key.
     """
+    chosen = [bool(loopback_tls), bool(tls_names), tls_cert is not None or tls_key is not None]
+    if sum(chosen) > 1:
+        raise click.UsageError("choose one of --loopback-tls, --tls-csr, --tls-cert/--tls-key")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_cert is not None and tls_key is not None:
+        from sgxcloud.cas.tls import check_server_tls
+
+        check_server_tls(tls_cert, tls_key)  # refuse unusable files before creating anything
     data_dir = directory / "data"
     key_dir = key_dir if key_dir is not None else directory / "keys"
     if key_dir.resolve() == data_dir.resolve():
@@ -95,6 +135,7 @@ def init(directory: Path, key_dir: Path | None, loopback_tls: bool) -> int:
     key_setting = key_path.resolve()
     if key_setting.is_relative_to(directory.resolve()):
         key_setting = key_setting.relative_to(directory.resolve())
+    notes: list[str] = []
     lines = [
         "# sgxcloud CAS settings (docs/cas/operator-guide.md)",
         "database_url: sqlite:///data/cas.db   # back up data/; never keys/ with it",
@@ -112,8 +153,26 @@ def init(directory: Path, key_dir: Path | None, loopback_tls: bool) -> int:
             f"tls_cert: {tls.cert.relative_to(directory)}",
             f"tls_key: {tls.key.relative_to(directory)}",
         ]
+    elif tls_names:
+        from sgxcloud.cas.tls import make_key_and_csr
+
+        _key, csr = make_key_and_csr(directory / "tls", list(tls_names))
+        lines += [
+            "tls_cert: tls/server.pem   # your CA's certificate for tls/server.csr (chain, PEM)",
+            "tls_key: tls/server.key",
+        ]
+        notes.append(
+            f"TLS: have your CA sign {csr} and save the chain as {directory / 'tls/server.pem'}; "
+            "give enclave builders that CA's certificate as cas-ca.pem"
+        )
+    elif tls_cert is not None and tls_key is not None:
+        lines += [f"tls_cert: {tls_cert.resolve()}", f"tls_key: {tls_key.resolve()}"]
     else:
         lines += ["# tls_cert: /etc/sgxcloud/cas.pem", "# tls_key: /etc/sgxcloud/cas.key"]
+        notes.append(
+            "TLS: none configured, and 'cas serve' needs it: rerun with --tls-csr HOST or "
+            "--tls-cert/--tls-key, or set tls_cert and tls_key in cas.yaml"
+        )
     settings_path = directory / "cas.yaml"
     if not settings_path.exists():
         settings_path.write_text("\n".join(lines) + "\n")
@@ -124,6 +183,8 @@ def init(directory: Path, key_dir: Path | None, loopback_tls: bool) -> int:
             title="CAS initialised",
         )
     )
+    for note in notes:
+        console().print(note, highlight=False)
     return 0
 
 
