@@ -6,9 +6,10 @@ on the noisy counts: whether a figure is hidden is then post-processing of
 DP outputs and reveals nothing the noisy figures do not (issue 9, finding
 10).  Derived figures (rates, lifts, intervals) are computed from the noisy
 values only — post-processing, which costs no budget.  Budget per query: ε
-(and δ) is split evenly over the measures that touch the same people (sequential composition); disjoint slices (test vs
-control arm, breakdown segments, Venn regions of an overlap) each get the
-full share (parallel composition).
+(and δ) is split evenly over the measures that touch the same people
+(sequential composition); disjoint slices (test vs control arm, breakdown
+segments, Venn regions of an overlap) each get the full share (parallel
+composition).
 """
 
 from __future__ import annotations
