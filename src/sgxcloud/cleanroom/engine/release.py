@@ -232,7 +232,12 @@ def build_cells(query: Query, draft: Draft, k: int) -> ReleasePlan:
 
 def decide_suppression(plan: ReleasePlan) -> None:
     """Suppress on the counts the draft holds now.  Under DP these are the noisy
-    counts, so whether a figure is suppressed is post-processing of DP outputs."""
+    counts, so whether a figure is suppressed is post-processing of DP outputs.
+
+    Under DP only primary suppression applies (a noisy count below k is hidden):
+    totals and overlap cells are sums of the noisy parts, so anything derived
+    from the released figures by subtraction is itself a noisy, DP-protected
+    value, and hiding more would only cost accuracy."""
     query, draft, k = plan.query, plan.draft, plan.k
     if isinstance(query, AudienceSizeQuery):
         if draft.counts["audience"] < k:
@@ -278,7 +283,7 @@ def _suppress_lift(plan: ReleasePlan) -> None:
                 plan.suppressed.add(("conversion", segment, arm))
             elif get(segment, arm, "converters") < k:
                 plan.suppressed.add(("conversion", segment, arm))
-    if not draft.segments:
+    if not draft.segments or plan.noisy:
         return
     for level, metric in (("people", "people"), ("conversion", "converters")):
         for arm in ARMS:
@@ -313,7 +318,7 @@ def _suppress_overlap(plan: ReleasePlan) -> None:
     assert all(overlap_label((r,)) in draft.counts for r in datasets)
     venn = VennAlgebra(datasets, draft.regions)
     released = [label for label in draft.counts if draft.counts[label] >= k]
-    while released:
+    while released and not plan.noisy:
         bad = venn.small_derivable(released, k)
         if bad is None:
             break
