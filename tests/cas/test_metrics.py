@@ -49,12 +49,16 @@ def test_metrics_count_attestations_by_verdict_and_code(tmp_path: Path) -> None:
     service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
     try:
         metrics = CasMetrics()
-        client = TestClient(measured_app(service, metrics), raise_server_exceptions=False)
+        client = TestClient(
+            measured_app(service, metrics, audiences=[pg.AUDIENCE]), raise_server_exceptions=False
+        )
         owner = pg.owner_key()
         secret_policy_name = "shop"
         body = json.dumps({"policy": pg.policy_text(owner)}).encode()
         # The app runs on the real clock: sign with it.
-        headers = auth.sign_request(owner, "PUT", "/v1/policies", body, now=int(time.time()))
+        headers = auth.sign_request(
+            owner, "PUT", "/v1/policies", body, now=int(time.time()), audience=pg.AUDIENCE
+        )
         headers["content-type"] = "application/json"
         assert client.put("/v1/policies", content=body, headers=headers).status_code == 200
 

@@ -452,17 +452,33 @@ def test_random_configuration_documents_are_clean_rejections(data: bytes) -> Non
     assert isinstance(config.argv, list)
 
 
+AUD = "https://cas.test:443"
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     headers=st.dictionaries(
         st.sampled_from(
-            [auth.DATE_HEADER, auth.SIGNATURE_HEADER, auth.KEY_HEADER, auth.CERT_HEADER]
+            [
+                auth.DATE_HEADER,
+                auth.SIGNATURE_HEADER,
+                auth.KEY_HEADER,
+                auth.CERT_HEADER,
+                auth.AUDIENCE_HEADER,
+                auth.REQUEST_ID_HEADER,
+            ]
         ),
         st.one_of(
-            st.text(max_size=60), st.binary(max_size=60).map(lambda b: base64.b64encode(b).decode())
+            st.text(max_size=60),
+            st.binary(max_size=60).map(lambda b: base64.b64encode(b).decode()),
+            st.just(AUD),
+            st.just("ab" * 16),
+            st.just(str(NOW)),
         ),
     )
 )
 def test_random_signature_headers_never_authenticate(headers: dict) -> None:
     with pytest.raises(auth.AuthenticationError):
-        auth.authenticate(headers, "GET", "/v1/audit", b"", now=NOW, max_skew=300)
+        auth.authenticate(
+            headers, "GET", "/v1/audit", b"", now=NOW, max_skew=300, audiences=frozenset({AUD})
+        )

@@ -32,6 +32,8 @@ from tests.cas.loadbalancer import RoundRobinBalancer
 
 ROOT = Path(__file__).resolve().parents[2]
 ENCLAVES = 12
+PUBLIC = "https://cas.replicas.test:8443"
+"""The origin owners sign for: the replicas' one public name (setting public_urls)."""
 ROUNDS = 6
 
 
@@ -93,7 +95,7 @@ def test_three_replicas_one_killed_nothing_lost(tmp_path: Path) -> None:
     settings = tmp_path / "cas.yaml"
     settings.write_text(
         f"database_url: {url}\nmaster_key_file: {key_file}\ntls_cert: {tls.cert}\n"
-        f"tls_key: {tls.key}\nlog_level: warning\n"
+        f"tls_key: {tls.key}\nlog_level: warning\npublic_urls: [{PUBLIC}]\n"
     )
     replicas = start_replicas(settings, 3, tmp_path)
     try:
@@ -102,7 +104,9 @@ def test_three_replicas_one_killed_nothing_lost(tmp_path: Path) -> None:
         ports = [port for _, port in replicas]
         owner = pg.owner_key()
         with RoundRobinBalancer([("127.0.0.1", p) for p in ports]) as balancer:
-            with client.OwnerClient(balancer.url, owner, ca_file=tls.ca_cert) as owner_client:
+            with client.OwnerClient(
+                balancer.url, owner, ca_file=tls.ca_cert, audience=PUBLIC
+            ) as owner_client:
                 v1 = owner_client.apply(pg.policy_text(owner))
 
             # Policy updates through three different replicas at once: exactly one wins.
@@ -110,7 +114,7 @@ def test_three_replicas_one_killed_nothing_lost(tmp_path: Path) -> None:
                 text = pg.policy_text(owner, description=f"via {port}",
                                       predecessor=v1["policy_hash"])
                 with client.OwnerClient(f"https://127.0.0.1:{port}", owner,
-                                        ca_file=tls.ca_cert) as direct:
+                                        ca_file=tls.ca_cert, audience=PUBLIC) as direct:
                     try:
                         return direct.apply(text)["policy_hash"]
                     except ConflictError:

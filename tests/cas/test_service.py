@@ -40,7 +40,7 @@ class Api:
 
     def signed(self, method: str, path: str, key, body: dict | None = None):  # type: ignore[no-untyped-def]
         content = json.dumps(body).encode() if body is not None else b""
-        headers = auth.sign_request(key, method, path, content, now=self.now)
+        headers = auth.sign_request(key, method, path, content, now=self.now, audience=pg.AUDIENCE)
         if body is not None:
             headers["content-type"] = "application/json"
         return self.client.request(method, path, content=content, headers=headers)
@@ -151,7 +151,9 @@ def test_only_owners_change_and_only_owners_or_readers_read(api: Api, owner) -> 
 )
 def test_bad_signatures_are_401(api: Api, owner, mutate, status, error) -> None:  # type: ignore[no-untyped-def]
     content = json.dumps({"policy": pg.policy_text(owner)}).encode()
-    headers = auth.sign_request(owner, "PUT", "/v1/policies", content, now=NOW)
+    headers = auth.sign_request(
+        owner, "PUT", "/v1/policies", content, now=NOW, audience=pg.AUDIENCE
+    )
     headers = mutate(headers)
     headers["content-type"] = "application/json"
     answer = api.client.put("/v1/policies", content=content, headers=headers)
@@ -160,7 +162,7 @@ def test_bad_signatures_are_401(api: Api, owner, mutate, status, error) -> None:
 
 def test_signature_covers_the_body(api: Api, owner) -> None:  # type: ignore[no-untyped-def]
     content = json.dumps({"policy": pg.policy_text(owner)}).encode()
-    headers = auth.sign_request(owner, "PUT", "/v1/policies", b"{}", now=NOW)
+    headers = auth.sign_request(owner, "PUT", "/v1/policies", b"{}", now=NOW, audience=pg.AUDIENCE)
     headers["content-type"] = "application/json"
     assert api.client.put("/v1/policies", content=content, headers=headers).status_code == 401
 
@@ -188,7 +190,9 @@ def test_client_certificate_owner(api: Api, tmp_path: Path) -> None:
     assert "client_certificate_sha256" in text
     consent = pg.consent_document(text, co_owner)
     content = json.dumps({"policy": text, "consents": [consent]}).encode()
-    headers = auth.sign_request(key, "PUT", "/v1/policies", content, now=NOW, certificate=cert)
+    headers = auth.sign_request(
+        key, "PUT", "/v1/policies", content, now=NOW, audience=pg.AUDIENCE, certificate=cert
+    )
     headers["content-type"] = "application/json"
     answer = api.client.put("/v1/policies", content=content, headers=headers)
     assert answer.status_code == 200, answer.text

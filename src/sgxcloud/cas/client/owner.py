@@ -27,6 +27,8 @@ class OwnerClient:
 
     ``certificate`` is given when the policy names the owner by client
     certificate fingerprint (``client_certificate_sha256``) instead of key.
+    Requests are signed for ``base_url``'s origin unless ``audience`` names
+    the CAS's public origin (e.g. when reaching one replica directly).
     """
 
     def __init__(
@@ -38,8 +40,10 @@ class OwnerClient:
         certificate: x509.Certificate | None = None,
         http_client: httpx.Client | None = None,
         clock: Any = None,
+        audience: str | None = None,
     ) -> None:
         self._key = key
+        self._audience = audience
         self._certificate = certificate
         self._clock = clock or time.time
         if http_client is None:
@@ -60,11 +64,17 @@ class OwnerClient:
     def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> httpx.Response:
-        from sgxcloud.cas.service.auth import sign_request
+        from sgxcloud.cas.service.auth import origin_of, sign_request
 
         content = b"" if body is None else _canonical(body)
         headers = sign_request(
-            self._key, method, path, content, now=int(self._clock()), certificate=self._certificate
+            self._key,
+            method,
+            path,
+            content,
+            now=int(self._clock()),
+            audience=origin_of(self._audience or self.base_url),
+            certificate=self._certificate,
         )
         if body is not None:
             headers["content-type"] = "application/json"

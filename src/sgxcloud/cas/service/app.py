@@ -107,15 +107,21 @@ def create_app(
         body = await request.body()
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         peer = request.scope.get("state", {}).get(auth.PEER_CERTIFICATE_STATE)
-        return auth.authenticate(
+        who = auth.authenticate(
             request.headers,
             request.method,
             path,
             body,
             now=now(),
             max_skew=max_skew,
+            audiences=app.state.audiences,
             tls_client_certificate=peer,
-        ).id
+        )
+        if who.spend_id is not None:
+            # Committed before the request acts: a replay is refused even if
+            # this request fails later (e.g. a conflicting update).
+            await run_in_threadpool(cas().spend_request, who.spend_id, who.spend_until, now())
+        return who.id
 
     @app.exception_handler(SgxcloudError)
     async def _typed_error(_request: Request, exc: SgxcloudError) -> JSONResponse:

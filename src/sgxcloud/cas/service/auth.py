@@ -1,7 +1,9 @@
 """Signed owner requests: who is calling, proven by a signature over the request.
 
-An owner signs ``sgxcloud-cas-request-v1``, the method, the path (with query),
-the time and the SHA-256 of the body with the private key of either
+An owner signs ``sgxcloud-cas-request-v2``, the service's origin (the
+*audience*, see :func:`origin_of`), the method, the path (with query), the
+time, a fresh request id and the SHA-256 of the body with the private key of
+either
 
 * a public key listed in the policy (header ``X-Sgxcloud-Key``: base64 DER
   SubjectPublicKeyInfo), or
@@ -13,9 +15,11 @@ the time and the SHA-256 of the body with the private key of either
 
 The resulting principal id is the one :mod:`sgxcloud.cas.policy.access`
 derives from the policy, so matching is a string comparison.  The time must
-be within the configured skew; a replayed update is harmless because it names
-a predecessor hash that is no longer current (409), and a replayed delete finds
-nothing (404).
+be within the configured skew, the audience one of the service's own origins,
+and the request id unused: the service records (signer, request id) in its
+database until the request's time leaves the skew window, so a captured
+request is accepted once — never replayed after a delete or a revert, and
+never at another service, or at another replica sharing the database.
 
 Co-owners consent.  Listing someone as an owner hands them the policy's
 secrets *and* lends the policy their identity (exporters pin importers by an
@@ -31,6 +35,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +54,13 @@ DATE_HEADER = "x-sgxcloud-date"
 KEY_HEADER = "x-sgxcloud-key"
 CERT_HEADER = "x-sgxcloud-certificate"
 SIGNATURE_HEADER = "x-sgxcloud-signature"
+AUDIENCE_HEADER = "x-sgxcloud-audience"
+REQUEST_ID_HEADER = "x-sgxcloud-request-id"
 PEER_CERTIFICATE_STATE = "sgxcloud_tls_client_certificate"
 """Key in a request's ASGI ``state`` holding the verified TLS client certificate (DER)."""
-_DOMAIN = b"sgxcloud-cas-request-v1"
+_DOMAIN = b"sgxcloud-cas-request-v2"
+_REQUEST_ID = re.compile(r"[0-9a-f]{32,128}")
+"""At least 16 random bytes, hex (``sign_request`` sends 16); bounded."""
 _CONSENT_DOMAIN = b"sgxcloud-cas-owner-consent-v1"
 CONSENT_MAX_LIFETIME = 7 * 86400
 """Longest a consent may be valid for: owners sign offline, but not forever."""
@@ -64,18 +74,29 @@ class AuthenticationError(AccessDenied):
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated principal (``id`` as policies name it)."""
+    """An authenticated principal (``id`` as policies name it).
+
+    ``spend_id`` and ``spend_until``: what the service must record as used
+    before acting on a signed request (None for mutual TLS, where the TLS
+    session itself cannot be replayed).
+    """
 
     id: str
+    spend_id: str | None = None
+    spend_until: int = 0
 
 
-def signing_payload(method: str, path: str, date: int, body: bytes) -> bytes:
+def signing_payload(
+    method: str, path: str, date: int, body: bytes, *, audience: str, request_id: str
+) -> bytes:
     return b"\n".join(
         [
             _DOMAIN,
+            audience.encode(),
             method.upper().encode(),
             path.encode(),
             str(date).encode(),
+            request_id.encode(),
             hashlib.sha256(body).hexdigest().encode(),
         ]
     )
@@ -88,11 +109,20 @@ def sign_request(
     body: bytes,
     *,
     now: int,
+    audience: str,
     certificate: x509.Certificate | None = None,
+    request_id: str | None = None,
 ) -> dict[str, str]:
-    """Headers that authenticate one request (used by the CLI and tests)."""
-    signature = _sign(key, signing_payload(method, path, now, body))
-    headers = {DATE_HEADER: str(now), SIGNATURE_HEADER: base64.b64encode(signature).decode()}
+    """Headers that authenticate one request to the service at ``audience`` (an origin)."""
+    request_id = request_id or os.urandom(16).hex()
+    payload = signing_payload(method, path, now, body, audience=audience, request_id=request_id)
+    signature = _sign(key, payload)
+    headers = {
+        DATE_HEADER: str(now),
+        AUDIENCE_HEADER: audience,
+        REQUEST_ID_HEADER: request_id,
+        SIGNATURE_HEADER: base64.b64encode(signature).decode(),
+    }
     if certificate is not None:
         der = certificate.public_bytes(serialization.Encoding.DER)
         headers[CERT_HEADER] = base64.b64encode(der).decode()
@@ -112,9 +142,13 @@ def authenticate(
     *,
     now: int,
     max_skew: int,
+    audiences: frozenset[str],
     tls_client_certificate: bytes | None = None,
 ) -> Caller:
     """The caller proven by the request's signature or, failing that, by mutual TLS.
+
+    The caller must then spend ``Caller.spend_id`` (the service does, in its
+    database) before acting: this function cannot see earlier requests.
 
     ``tls_client_certificate`` is the DER certificate the TLS layer already
     verified against the configured owner CA; the TLS handshake proved
@@ -131,15 +165,26 @@ def authenticate(
         signature = base64.b64decode(signature_text, validate=True)
     except (ValueError, binascii.Error) as exc:
         raise AuthenticationError("request signature headers are malformed") from exc
+    request_id = headers.get(REQUEST_ID_HEADER, "")
+    audience = headers.get(AUDIENCE_HEADER, "")
+    if not _REQUEST_ID.fullmatch(request_id) or not audience:
+        raise AuthenticationError(
+            f"request names no {AUDIENCE_HEADER} or valid {REQUEST_ID_HEADER} "
+            "(an older client? sign with sgxcloud-cas-request-v2)"
+        )
+    if audience not in audiences:
+        raise AuthenticationError("request was signed for another service (audience)")
     if abs(now - date) > max_skew:
         raise AuthenticationError(
             f"request time is {date - now:+d} s from the service's clock (allowed ±{max_skew} s)"
         )
     public_key, caller_id = _credential(headers)
-    payload = signing_payload(method, path, date, body)
+    payload = signing_payload(method, path, date, body, audience=audience, request_id=request_id)
     if not _verifies(public_key, signature, payload):
         raise AuthenticationError("request signature does not verify")
-    return Caller(caller_id)
+    spend = hashlib.sha256(f"request\n{caller_id}\n{request_id}".encode()).hexdigest()
+    # Kept until no clock could accept the request again.
+    return Caller(caller_id, spend_id=spend, spend_until=date + max_skew + 1)
 
 
 def _sign(key: SigningKey, payload: bytes) -> bytes:

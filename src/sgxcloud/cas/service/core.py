@@ -38,7 +38,7 @@ from sgxcloud.cas.policy import check_import, evaluate, evaluate_strength, load_
 from sgxcloud.cas.policy.load import owner_ids
 from sgxcloud.cas.policy.model import Policy
 from sgxcloud.cas.service import materials
-from sgxcloud.cas.service.auth import Consent
+from sgxcloud.cas.service.auth import AuthenticationError, Consent
 from sgxcloud.cas.service.nonces import REPLAYED, NonceMinter
 from sgxcloud.cas.store import (
     Database,
@@ -455,6 +455,20 @@ class CasService:
             return materials.open_value(self.keyring, row)
 
         return load
+
+    # -- owner requests ------------------------------------------------------------
+
+    def spend_request(self, spend_id: str, expires_at: int, now: int) -> None:
+        """Record a signed owner request as used; refuse one already used (a replay).
+
+        In the database, committed at once: every replica sharing it sees it.
+        """
+        self._require_ready()
+        fresh = self.database.run(
+            lambda repo: repo.spend_signature(spend_id, expires_at=expires_at, now=now)
+        )
+        if not fresh:
+            raise AuthenticationError("request was already used (replay); sign a new one")
 
     # -- policies ------------------------------------------------------------------
 

@@ -186,18 +186,22 @@ class Repository:
     # -- owners' signed statements ----------------------------------------------
 
     def spend_signature(self, spend_id: str, *, expires_at: int, now: int) -> bool:
-        """Record ``spend_id`` as used; False if it already was (one caller wins).
+        """Record ``spend_id`` as used; False if it already was (by any replica).
 
-        The insert runs in a savepoint, so a duplicate leaves the surrounding
-        transaction usable (PostgreSQL would otherwise abort it).
+        The same insert-or-nothing as ``spend_nonce``: the primary key decides,
+        and a duplicate leaves the surrounding transaction usable.
         """
-        self.session.execute(delete(SpentSignatureRow).where(SpentSignatureRow.expires_at < now))
-        try:
-            with self.session.begin_nested():
-                self.session.add(SpentSignatureRow(id=spend_id, expires_at=expires_at))
-        except IntegrityError:
-            return False
-        return True
+        table = SpentSignatureRow.__table__
+        self.session.execute(delete(table).where(table.c.expires_at < now))
+        dialect = self.session.get_bind().dialect.name
+        insert = sqlite_insert if dialect == "sqlite" else pg_insert
+        statement = (
+            insert(table)
+            .values(id=spend_id, expires_at=expires_at)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(table.c.id)
+        )
+        return self.session.execute(statement).first() is not None
 
     # -- policies ------------------------------------------------------------
 

@@ -1,0 +1,165 @@
+"""Issue 9 finding 5: a signed owner request is accepted once, by the service it was made for.
+
+An attacker who captured owner requests (from a proxy log, a shared
+terminal, a compromised load balancer) replays them over real HTTPS on
+loopback: a create after the owner deleted the policy, an update after the
+owner reverted, a request sent to another CAS, and a request sent again to
+another replica sharing the database.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sgxcloud.cas import client, secrets
+from sgxcloud.cas.client import pinned_tls
+from sgxcloud.cas.policy import policy_hash, public_key_id
+from sgxcloud.cas.service import auth
+from sgxcloud.cas.service.app import create_app
+from sgxcloud.cas.service.server import background_https, make_loopback_tls
+
+try:
+    from tests.cas import postgres as pg
+except ImportError:  # tests/cas is not a package: pytest put its directory on sys.path
+    import postgres as pg  # type: ignore[no-redef]
+
+database_url = pg.database_url
+
+
+class Wire:
+    """An owner client whose requests an eavesdropper records as they leave."""
+
+    def __init__(self, url: str, ca_file: Path, key: Any) -> None:
+        self.captured: list[httpx.Request] = []
+        http = httpx.Client(
+            base_url=url,
+            verify=pinned_tls(ca_file),
+            event_hooks={"request": [self.captured.append]},
+        )
+        self.owner = client.OwnerClient(url, key, ca_file=ca_file, http_client=http)
+
+    def last(self) -> httpx.Request:
+        return self.captured[-1]
+
+
+def replay(request: httpx.Request, ca_file: Path, url: str | None = None) -> httpx.Response:
+    """Send a captured request again, byte for byte (to ``url``'s host if given)."""
+    target = request.url if url is None else httpx.URL(url).join(request.url.raw_path.decode())
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+    with httpx.Client(verify=pinned_tls(ca_file)) as http:
+        return http.request(request.method, target, headers=headers, content=request.content)
+
+
+@pytest.fixture
+def two_cas(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Two independent CAS on loopback (own databases), one pinned CA for both."""
+    tls = make_loopback_tls(tmp_path / "tls")
+    services = [pg.make_service(f"sqlite:///{tmp_path / f'cas{i}.db'}") for i in (0, 1)]
+    with (
+        background_https(create_app(services[0]), tls) as first,
+        background_https(create_app(services[1]), tls) as second,
+    ):
+        yield (first, second), tls.ca_cert
+    for service in services:
+        service.stop()
+
+
+def test_captured_create_replayed_after_delete_does_not_bring_the_policy_back(
+    two_cas,  # type: ignore[no-untyped-def]
+) -> None:
+    (url, _), ca = two_cas
+    owner = pg.owner_key()
+    wire = Wire(url, ca, owner)
+    text = pg.policy_text(owner)
+    wire.owner.apply(text)
+    captured_create = wire.last()
+    wire.owner.delete("shop", policy_hash(text))
+    replayed = replay(captured_create, ca)
+    assert replayed.status_code == 401, replayed.text
+    assert "already used" in replayed.json()["message"]
+    with pytest.raises(client.PolicyNotFound):
+        wire.owner.show("shop")
+
+
+def test_captured_update_replayed_after_a_revert_changes_nothing(two_cas) -> None:  # type: ignore[no-untyped-def]
+    (url, _), ca = two_cas
+    owner = pg.owner_key()
+    wire = Wire(url, ca, owner)
+    v1 = pg.policy_text(owner)
+    wire.owner.apply(v1)
+    v2 = pg.policy_text(owner, predecessor=policy_hash(v1), description="v2 (withdrawn)")
+    wire.owner.apply(v2)
+    captured_update = wire.last()
+    # The owner reverts to v1 (delete, create v1 again): v2's predecessor is current again.
+    wire.owner.delete("shop", policy_hash(v2))
+    wire.owner.apply(v1)
+    replayed = replay(captured_update, ca)
+    assert replayed.status_code == 401, replayed.text
+    assert wire.owner.show("shop")["policy_hash"] == policy_hash(v1)
+
+
+def test_request_signed_for_one_cas_is_refused_by_another(two_cas) -> None:  # type: ignore[no-untyped-def]
+    (first, second), ca = two_cas
+    owner = pg.owner_key()
+    text = pg.policy_text(owner)
+    at_first, at_second = Wire(first, ca, owner), Wire(second, ca, owner)
+    at_first.owner.apply(text)
+    at_second.owner.apply(text)  # the same policy (same hash) on both services
+    at_first.owner.delete("shop", policy_hash(text))
+    relayed = replay(at_first.last(), ca, url=second)
+    assert relayed.status_code == 401, relayed.text
+    assert "another service" in relayed.json()["message"]
+    assert at_second.owner.show("shop")["version"] == 1
+
+
+def test_a_request_is_accepted_once_across_replicas_on_one_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Replicas behind one public URL share the database, so they share the used ids."""
+    public = "https://cas.example:443"
+    ring = secrets.Keyring(secrets.MasterKey.generate())
+    replicas = [pg.make_service(database_url, ring) for _ in range(2)]
+    tls = make_loopback_tls(tmp_path / "tls")
+    owner = pg.owner_key()
+    replicas[0].apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+    try:
+        with (
+            background_https(create_app(replicas[0], audiences=[public]), tls) as one,
+            background_https(create_app(replicas[1], audiences=[public]), tls) as two,
+        ):
+            headers = auth.sign_request(
+                owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=public
+            )
+            with httpx.Client(verify=pinned_tls(tls.ca_cert)) as http:
+                assert http.get(f"{one}/v1/policies/shop", headers=headers).status_code == 200
+                again = http.get(f"{two}/v1/policies/shop", headers=headers)
+                assert again.status_code == 401 and "already used" in again.json()["message"]
+                assert http.get(f"{one}/v1/policies/shop", headers=headers).status_code == 401
+                fresh = auth.sign_request(
+                    owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=public
+                )
+                assert http.get(f"{two}/v1/policies/shop", headers=fresh).status_code == 200
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def test_requests_without_request_id_or_audience_are_refused(two_cas) -> None:  # type: ignore[no-untyped-def]
+    """The old v1 signature (no audience, no request id) no longer authenticates."""
+    (url, _), ca = two_cas
+    owner = pg.owner_key()
+    headers = auth.sign_request(
+        owner, "GET", "/v1/audit", b"", now=int(time.time()), audience=auth.origin_of(url)
+    )
+    with httpx.Client(verify=pinned_tls(ca)) as http:
+        for dropped in (auth.REQUEST_ID_HEADER, auth.AUDIENCE_HEADER):
+            partial = {k: v for k, v in headers.items() if k != dropped}
+            answer = http.get(f"{url}/v1/audit", headers=partial)
+            assert answer.status_code == 401 and "request-id" in answer.json()["message"]
+        short = {**headers, auth.REQUEST_ID_HEADER: "ab" * 8}  # 8 bytes: too few to be random
+        assert http.get(f"{url}/v1/audit", headers=short).status_code == 401
