@@ -179,7 +179,8 @@ def main() -> int:
         if args.workdir and (workdir / "local.json").exists():
             collab = LocalCollaboration.from_workdir(workdir)  # same data, new processes
         else:
-            collab = prepare_example(workdir, people=args.rows, min_group_size=50)
+            # exact answers (DP off), so that they can be checked against the baseline
+            collab = prepare_example(workdir, people=args.rows, min_group_size=50, dp=False)
         generation = time.perf_counter() - t
         rows = {f"{p}.{d}": pq_rows(path) for p, ds in collab.nodes.items()
                 for d, path in ds.items()}

@@ -23,10 +23,23 @@ KIB, MIB = 1024, 1024 * 1024
 
 @pytest.fixture
 def node(tree) -> Path:
-    """The ready two-NUMA host, running the two recorded QEMU VMs' domains."""
+    """The ready two-NUMA host, running the two recorded QEMU VMs' domains, plus
+    a stopped one (defined in /etc/libvirt/qemu only: it keeps its EPC in Placement)."""
     root = tree("sgx-host-2numa")
     shutil.copytree(DATA / "qemu-vms/root/run", root / "run")
+    defined = root / "etc/libvirt/qemu"
+    defined.mkdir(parents=True, exist_ok=True)
+    for live in (root / "run/libvirt/qemu").glob("*.xml"):  # running ones are defined too
+        shutil.copy(live, defined / live.name)
+    (defined / "instance-0000002c.xml").write_text(STOPPED)
     return root
+
+
+STOPPED = """<domain type='kvm'><name>instance-0000002c</name>
+  <uuid>5b0e8f1c-2c2d-4d3e-9f4a-0a1b2c3d4e5f</uuid>
+  <devices><memory model='sgx-epc'><source><nodemask>1</nodemask></source>
+    <target><size unit='KiB'>16384</size><node>0</node></target></memory></devices>
+</domain>"""
 
 
 def test_node_metrics_equal_domcaps_nova_conf_and_domain_xml(node):
@@ -36,8 +49,10 @@ def test_node_metrics_equal_domcaps_nova_conf_and_domain_xml(node):
     host = (("host", "sgx1"),)
 
     caps = parse_sgx_capabilities((node / "var/lib/sgxcloud/domcapabilities.xml").read_text())
-    domains = sorted((node / "run/libvirt/qemu").glob("*.xml"))
+    # Every defined domain once, running (live XML) or stopped (persistent XML).
+    domains = sorted((node / "etc/libvirt/qemu").glob("*.xml"))
     asked = {d.name: requested_epc_kib(d.read_text()) * KIB for d in domains}
+    assert len(asked) == 3 and asked["instance-0000002c.xml"] == 16 * MIB
     assert got[("sgxcloud_node_epc_capacity_bytes", host)] == caps.epc_total_kib * KIB
     assert got[("sgxcloud_node_epc_reserved_bytes", host)] == 64 * MIB  # nova.conf
     assert got[("sgxcloud_node_epc_allocated_bytes", host)] == sum(asked.values())

@@ -30,8 +30,21 @@ def test_example_loads():
     assert definition.dataset("retailer.exposures").kind == "exposures"
     assert definition.analysis("lift").attribution_window_days == 28
     assert definition.privacy.min_group_size == 50
-    assert not definition.privacy.dp_enabled
+    assert definition.privacy.dp_enabled  # the shipped example: DP on (issue 9)
     assert definition.columns_needed("telecom.subscribers") == ("phone", "region", "device")
+
+
+def test_dp_is_on_unless_turned_off():
+    """No differential_privacy section means DP with the defaults; exact answers
+    need ``enabled: false`` written down."""
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    del doc["privacy"]["differential_privacy"]
+    dp = definition_from_dict(doc).privacy.dp
+    assert dp is not None and dp.enabled
+    assert (dp.epsilon_per_query, dp.budget_per_analyst) == (0.5, 10.0)
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["privacy"]["differential_privacy"]["enabled"] = False
+    assert not definition_from_dict(doc).privacy.dp_enabled
 
 
 def test_docs_schema_is_the_packaged_schema():

@@ -332,44 +332,6 @@ def test_dp_overlap_cells_come_from_noisy_disjoint_regions(make_definition, make
     assert engine.budget("brand").spent == pytest.approx(1.0)
 
 
-def test_cohort_store_symmetric_difference():
-    import duckdb
-
-    from sgxcloud.cleanroom.privacy import CohortStore
-
-    con = duckdb.connect()
-    store = CohortStore(con)
-
-    def stage(*cohorts: range | list[int]) -> list[str]:
-        values = ", ".join(f"({cid}, {member})" for cid, members in enumerate(cohorts)
-                           for member in members)
-        store.stage(f"SELECT * FROM (VALUES {values}) v(cid, person)" if values else "", [])
-        return [f"c{cid}" for cid in range(len(cohorts))]
-
-    def check(*cohorts: range | list[int]) -> None:
-        store.check_staged(stage(*cohorts), 10)
-
-    check(range(100))
-    store.record_staged(stage(range(100), range(300, 340)), "q1", prefix="q1:")
-    check(range(100))  # difference 0: allowed
-    for close in (range(1, 100), range(109), [*range(1, 100), 7777]):
-        with pytest.raises(QueryRefused):
-            check(close)
-    with pytest.raises(QueryRefused):  # one close cohort among others refuses the release
-        check(range(150, 200), range(300, 339))
-    check([*range(5, 100), *range(100, 105)])  # 5 out, 5 in: difference 10
-    check(range(150, 200), range(1000, 1100))  # far in size, or disjoint
-    check(range(500, 600))  # same size, nothing shared: difference 200
-    check([])  # an empty cohort is within k only of released ones smaller than k
-    store.record_staged(stage(range(2000, 2003)), "q2", prefix="q2:")
-    with pytest.raises(QueryRefused):
-        check([])
-    assert con.execute("SELECT count(*), count(DISTINCT cohort_no) FROM released_cohort"
-                       ).fetchone() == (143, 3)
-    assert con.execute("SELECT list(cohort_id ORDER BY cohort_no) FROM released_cohort_meta"
-                       ).fetchone()[0] == ["q1:c0", "q1:c1", "q2:c0"]
-
-
 def test_lift_differencing_is_refused(make_definition, make_engine, plain):
     k = 20
     engine = make_engine(make_definition(min_group_size=k))

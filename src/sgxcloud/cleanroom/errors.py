@@ -51,9 +51,12 @@ REFUSAL_REASONS = ("not_allowed", "budget", "differencing", "suppressed")
 
 ``not_allowed``: the analyst may not run this template, or it is not in the
 definition; ``budget``: the analyst's differential-privacy budget would be
-exceeded; ``differencing``: the cohort differs from an earlier released one by
-fewer than k people; ``suppressed``: every cell would cover fewer than k
-people, so there is nothing to release.
+exceeded; ``differencing``: together with an earlier release, this one would
+determine a count over fewer than k people (e.g. its cohort differs from an
+earlier released one by fewer than k people); ``suppressed``: every cell would
+cover fewer than k people (under DP: every noisy count is below k), so there is
+nothing to release.  Under DP, ``differencing`` and ``suppressed`` refusals
+have spent the query's ε.
 """
 
 

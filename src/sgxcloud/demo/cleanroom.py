@@ -40,7 +40,9 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
     console.print(Panel(
         "A bank, a telecom operator and a retailer pool data for a brand's campaign.\n"
         "Each runs a [bold]node[/] next to its own data; a [bold]coordinator[/] enclave "
-        "matches people and releases only aggregates (k-suppression, differencing check).\n"
+        "matches people and releases only aggregates: differentially private (OpenDP "
+        "noise, a budget per analyst), k-suppression decided on the noisy counts, and a "
+        "differencing check as a second line.\n"
         "[bold red]SIMULATED attestation[/]: this machine has no SGX, so every enclave "
         "here is a plain process whose evidence is labelled simulated.",
         title="Confidential data clean room", border_style="blue"))
@@ -84,7 +86,8 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
                 audience_result = brand.query({"template": "audience_size",
                                                "analysis": "audience", "filter": SEGMENT})
                 audience: int | None = audience_result.result.value("people")
-                shown = f"[bold]{audience:,}[/] people"
+                shown = f"[bold]{audience:,}[/] people" + (
+                    " (with DP noise)" if audience_result.result.cell("people").noisy else "")
             except QueryRefused as exc:  # a small --people run can make it too small
                 audience, shown = None, f"[yellow]{exc}[/]"
             console.print(Panel(f"{SEGMENT}\n→ {shown}",
@@ -103,8 +106,9 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
                 suppressed = bool(tiny.result.cell("people").suppressed)
             except QueryRefused as exc:
                 suppressed = exc.reason == "suppressed"
+            noisy = " (noisy count)" if definition.privacy.dp_enabled else ""
             console.print(Panel(f"{TINY}\n→ [yellow]suppressed[/]: fewer than "
-                                f"k={definition.privacy.min_group_size} people"
+                                f"k={definition.privacy.min_group_size} people{noisy}"
                                 if suppressed else "→ released (group was large enough)",
                                 title="small group"))
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 UTC = dt.UTC
 _MICROSECONDS_PER_HOUR = 3_600_000_000
@@ -245,56 +245,81 @@ def timeline_from_history(
     ordered = sorted(actions, key=lambda a: a.start_time)
     notes: list[str] = []
     sizes = _move_sizes(ordered, migrations, epc_by_flavor_id, notes)
-    initial = _initial_size(sizes, current_epc_mb)
-    changes: list[Change] = []
-    size = initial
-    before_move: list[int] = []  # sizes a revert would go back to
-    built = False
+    walk = _Walk(size=sizes.get(-1, current_epc_mb), sizes=sizes, current=current_epc_mb)
     for index, action in enumerate(ordered):
-        name = action.action
-        if name == CREATE:
-            when = action.finished(BUILD_EVENT)
-            if when is not None:
-                built = True
-                changes.append(Change(when, ChangeKind.HOLD, size))
-        elif name in MOVES:
-            when = action.finished(MOVES[name])
-            if when is not None:
-                before_move.append(size)
-                size = sizes.get(index, current_epc_mb)
-                changes.append(Change(when, ChangeKind.RESIZE, size))
-        elif name == REVERT:
-            when = action.finished(REVERT_EVENT)
-            if when is not None and before_move:
-                size = before_move.pop()
-                changes.append(Change(when, ChangeKind.RESIZE, size))
-        elif name == CONFIRM:
-            before_move.clear()
-        elif name == SHELVE:
-            # Volume-backed servers are offloaded by the API directly.
-            when = action.finished(SHELVE_EVENT, SHELVE_OFFLOAD_EVENT)
-            if when is not None:
-                changes.append(Change(when, ChangeKind.RELEASE))
-        elif name == SHELVE_OFFLOAD:
-            when = action.finished(SHELVE_OFFLOAD_EVENT)
-            if when is not None:
-                changes.append(Change(when, ChangeKind.RELEASE))
-        elif name == UNSHELVE:
-            when = action.finished(*UNSHELVE_EVENTS)
-            if when is not None:
-                changes.append(Change(when, ChangeKind.HOLD))
+        handler = _HANDLERS.get(action.action)
+        if handler is not None:
+            handler(walk, index, action)
     if terminated_at is not None:
-        changes.append(Change(terminated_at, ChangeKind.RELEASE))
-    if not built and ordered and not any(a.action == CREATE for a in ordered):
+        walk.changes.append(Change(terminated_at, ChangeKind.RELEASE))
+    if ordered and not any(a.action == CREATE for a in ordered):
         notes.append("no create action visible: the build time is unknown")
-    exact = not notes
-    if size != current_epc_mb:
+    if walk.size != current_epc_mb:
         notes.append(
-            f"sizes from the migration records end at {size} MiB, the flavor has "
+            f"sizes from the migration records end at {walk.size} MiB, the flavor has "
             f"{current_epc_mb} MiB"
         )
-        exact = False
-    return timeline_from_changes(changes, exact, tuple(notes))
+    return timeline_from_changes(walk.changes, not notes, tuple(notes))
+
+
+@dataclass
+class _Walk:
+    """The state while walking a server's actions in time order."""
+
+    size: int  # the size the guest has now (in the walk)
+    sizes: Mapping[int, int]  # size after each move, by action index
+    current: int  # the flavor's size today (for moves whose size is unknown)
+    before_move: list[int] = field(default_factory=list)  # what a revert goes back to
+    changes: list[Change] = field(default_factory=list)
+
+
+def _on_create(walk: _Walk, index: int, action: ActionRecord) -> None:
+    when = action.finished(BUILD_EVENT)
+    if when is not None:
+        walk.changes.append(Change(when, ChangeKind.HOLD, walk.size))
+
+
+def _on_move(walk: _Walk, index: int, action: ActionRecord) -> None:
+    when = action.finished(MOVES[action.action])
+    if when is not None:
+        walk.before_move.append(walk.size)
+        walk.size = walk.sizes.get(index, walk.current)
+        walk.changes.append(Change(when, ChangeKind.RESIZE, walk.size))
+
+
+def _on_revert(walk: _Walk, index: int, action: ActionRecord) -> None:
+    when = action.finished(REVERT_EVENT)
+    if when is not None and walk.before_move:
+        walk.size = walk.before_move.pop()
+        walk.changes.append(Change(when, ChangeKind.RESIZE, walk.size))
+
+
+def _on_confirm(walk: _Walk, index: int, action: ActionRecord) -> None:
+    walk.before_move.clear()
+
+
+def _at_finish_of(
+    kind: ChangeKind, *events: str
+) -> Callable[[_Walk, int, ActionRecord], None]:
+    def handle(walk: _Walk, index: int, action: ActionRecord) -> None:
+        when = action.finished(*events)
+        if when is not None:
+            walk.changes.append(Change(when, kind))
+
+    return handle
+
+
+# What each instance action does to the timeline (others change nothing).
+_HANDLERS: dict[str, Callable[[_Walk, int, ActionRecord], None]] = {
+    CREATE: _on_create,
+    **dict.fromkeys(MOVES, _on_move),
+    REVERT: _on_revert,
+    CONFIRM: _on_confirm,
+    # Volume-backed servers are offloaded by the API directly.
+    SHELVE: _at_finish_of(ChangeKind.RELEASE, SHELVE_EVENT, SHELVE_OFFLOAD_EVENT),
+    SHELVE_OFFLOAD: _at_finish_of(ChangeKind.RELEASE, SHELVE_OFFLOAD_EVENT),
+    UNSHELVE: _at_finish_of(ChangeKind.HOLD, *UNSHELVE_EVENTS),
+}
 
 
 def _move_sizes(
@@ -340,5 +365,3 @@ def _move_sizes(
     return sizes
 
 
-def _initial_size(sizes: Mapping[int, int], current_epc_mb: int) -> int:
-    return sizes.get(-1, current_epc_mb)

@@ -36,6 +36,10 @@ Problem = tuple[str, str]  # (field path, message)
 
 # Segment names a breakdown adds to an attribute's declared values.
 RESERVED_SEGMENTS = ("(all)", "(none)")
+# DP settings when a definition has no differential_privacy section: DP is on by
+# default; exact answers need an explicit ``enabled: false``
+DEFAULT_EPSILON_PER_QUERY = 0.5
+DEFAULT_BUDGET_PER_ANALYST = 10.0
 
 
 @cache
@@ -304,7 +308,9 @@ def _build(doc: dict[str, Any]) -> Definition:
     enclaves = doc["enclaves"]
     privacy = doc["privacy"]
     dp_doc = privacy.get("differential_privacy")
-    dp = None
+    # DP is on unless the definition turns it off (``enabled: false``): k-suppression
+    # and the differencing check alone cannot stop every tracker (issue 9)
+    dp = DifferentialPrivacy(DEFAULT_EPSILON_PER_QUERY, DEFAULT_BUDGET_PER_ANALYST)
     if dp_doc:
         bounds = dp_doc.get("contribution_bounds", {})
         dp = DifferentialPrivacy(

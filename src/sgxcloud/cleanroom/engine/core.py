@@ -31,7 +31,12 @@ from sgxcloud.cleanroom.approvals import encode_public_key, generate_private_key
 from sgxcloud.cleanroom.audit import AuditLog
 from sgxcloud.cleanroom.definition import EXPOSURE_GROUPS, Dataset, Definition
 from sgxcloud.cleanroom.engine import analyses
-from sgxcloud.cleanroom.engine.identity import data_table, quote, resolve_people
+from sgxcloud.cleanroom.engine.identity import (
+    data_table,
+    ensure_persons,
+    quote,
+    resolve_people,
+)
 from sgxcloud.cleanroom.engine.query import (
     AudienceSizeQuery,
     CampaignLiftQuery,
@@ -42,7 +47,7 @@ from sgxcloud.cleanroom.engine.query import (
     parse_query,
     query_key,
 )
-from sgxcloud.cleanroom.engine.release import ReleasePlan, build_cells
+from sgxcloud.cleanroom.engine.release import ReleasePlan, decide_suppression
 from sgxcloud.cleanroom.errors import (
     CleanroomError,
     EngineLimitError,
@@ -51,15 +56,16 @@ from sgxcloud.cleanroom.errors import (
     QueryRefused,
 )
 from sgxcloud.cleanroom.identifiers import prepared_schema
-from sgxcloud.cleanroom.privacy import CohortStore, NoiseSource, PrivacyLedger
+from sgxcloud.cleanroom.privacy import CohortStore, NoiseSource, PrivacyLedger, Release
 from sgxcloud.cleanroom.results import Result, new_result_id, now_iso, sign_result
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_ROWS = 10
 # Version of what the engine keeps in its database; 2: 64-bit keyed identifiers
-# and numbered cohorts.  An older database is refused, never silently reused.
-ENGINE_FORMAT = 2
+# and numbered cohorts; 3: releases kept as regions and vectors, person links kept
+# for remapping.  An older database is refused, never silently reused.
+ENGINE_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -277,7 +283,24 @@ class Engine:
                 cols = ", ".join(f"{quote(f.name)} {_duck_type(f.type)}" for f in schema)
                 self._con.execute(f"CREATE TABLE {data_table(ds)} ({cols})")
         resolve_people(self._con, self.definition.datasets)
+        self._remap_released()
         self._resolved = True
+
+    def _remap_released(self) -> None:
+        """Released cohorts follow people to their keys under the new resolution
+        (a refresh can merge components and change keys); without this, a query
+        differing from an earlier one by one real person would look k apart."""
+        tables = {name for (name,) in self._con.execute(
+            "SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "person_link_prev" not in tables:
+            return
+        if self._con.execute("SELECT count(*) FROM released_region").fetchone()[0]:
+            ensure_persons(self._con, self.definition.datasets)
+            moved = self.cohorts.remap("person_link_prev", "person_link", "persons")
+            if moved:
+                log.info("person resolution changed: %d released people moved to new keys",
+                         moved)
+        self._con.execute("DROP TABLE person_link_prev")
 
     # -- queries -----------------------------------------------------------------------
 
@@ -325,24 +348,30 @@ class Engine:
             raise QueryError("template", "unknown query type")
         privacy = self.definition.privacy
         k = privacy.min_group_size
-        plan = build_cells(query, draft, k)  # suppression decided on exact counts
-        if not plan.any_released:
-            raise QueryRefused("suppressed",
-                               f"every figure would cover fewer than k={k} people")
-        # staged (and recorded) even when the check is off, so turning it on later sees them
-        released = self._stage_released_cohorts(plan, draft)
-        if privacy.differencing_check:
-            self.cohorts.check_staged(released, k)
+        plan = ReleasePlan(query, draft, k)
         dp_info: dict[str, Any] | None = None
         remaining = None
         if self._noise is not None and privacy.dp is not None:
             dp = privacy.dp
+            # Every query that reaches the data costs ε, whatever comes of it, and
+            # noise comes before suppression: a suppressed answer is then decided on
+            # noisy counts (post-processing), and asking again is never free.
             remaining = self.ledger.spend(self.definition.name, analyst, key,
                                           dp.epsilon_per_query, dp.budget_per_analyst,
                                           dp.delta or 0.0)
             dp_info = plan.add_noise(self._noise, dp)
+        decide_suppression(plan)  # on exact counts, or on the noisy ones under DP
+        if not plan.any_released:
+            raise QueryRefused("suppressed",
+                               f"every figure would cover fewer than k={k} people"
+                               + (" (decided on the noisy counts; the budget was spent)"
+                                  if dp_info else ""))
+        # staged (and recorded) even when the check is off, so turning it on later sees them
+        release = self._stage_release(plan, draft)
+        if privacy.differencing_check:
+            self.cohorts.check_staged(release, k)
         cells = plan.cells()
-        self.cohorts.record_staged(released, key, prefix=f"{key}:")
+        self.cohorts.record_staged(release, key)
         result = sign_result(Result(
             result_id=new_result_id(),
             collaboration=self.definition.name,
@@ -361,19 +390,13 @@ class Engine:
         stored = self.ledger.store_release(self.definition.name, key, result.to_json())
         return result if stored == result.to_json() else self._resign(Result.from_json(stored))
 
-    def _stage_released_cohorts(self, plan: ReleasePlan, draft: analyses.Draft) -> list[str]:
-        """Stage the people of every cohort this release exposes — each released
-        cell, and each one derivable from them by subtraction — in one pass."""
-        cohorts = {label: draft.cohorts[label] for label in plan.released_cohorts}
-        for label, parts in plan.derived_cohorts.items():
-            cohorts[label] = analyses.Cohort.union([draft.cohorts[p] for p in parts])
-        selects, params = [], []
-        for index, cohort in enumerate(cohorts.values()):
-            selects.append(f"SELECT ? AS cid, person FROM {draft.cohort_table} "
-                           f"WHERE {cohort.condition}")
-            params += [index, *cohort.params]
-        self.cohorts.stage(" UNION ALL ".join(selects), params)
-        return list(cohorts)
+    def _stage_release(self, plan: ReleasePlan, draft: analyses.Draft) -> Release:
+        """Stage the people of this release by region (Venn region, lift part, the
+        audience) for the differencing check, in one pass over the draft's table."""
+        region, params, release = plan.release_shape()
+        self.cohorts.stage(f"SELECT {region} AS region, person FROM {draft.cohort_table}",
+                           params)
+        return release
 
     @contextlib.contextmanager
     def _memory_guard(self) -> Iterator[None]:

@@ -11,8 +11,14 @@ neighbourhood, the graph is contracted to those labels, and the same is done
 on the much smaller graph until no edge is left; labels are then composed
 back down.  Only the first level touches every linked identifier, and each
 statement holds one large join, so it streams and spills under the memory
-limit.  A person's key is the smallest keyed identifier of its component:
-stable across re-resolution, and never leaves the enclave.
+limit.  A person's key is the smallest keyed identifier of its component; it
+never leaves the enclave.  It is *not* stable across refreshes: a re-ingested
+dataset with one more identifier on a row can merge components and give a
+person a smaller key.  The links of the last resolution (``person_link``:
+identifier → key, for identifiers that are not their own key) are therefore
+kept, and the next resolution leaves them as ``person_link_prev`` so that
+released cohorts can be moved to the new keys
+(``privacy.differencing.CohortStore.remap``).
 
 The working tables are ordinary tables, rebuilt after every ingestion and
 on restart: DuckDB keeps temporary tables in memory and runs out of it on
@@ -72,6 +78,16 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
                                "LIKE 'r\\_%' ESCAPE '\\'").fetchall():
         con.execute(f"DROP TABLE {quote(name)}")
     con.execute("DROP TABLE IF EXISTS persons")  # of the previous resolution
+    # The previous links stay until released cohorts were moved to the new keys
+    # (CohortStore.remap); if an earlier remap never ran, those links are the ones
+    # the stored keys come from, so they are kept and the newer ones dropped.
+    tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()"
+                                                ).fetchall()}
+    if "person_link" in tables:
+        if "person_link_prev" in tables:
+            con.execute("DROP TABLE person_link")
+        else:
+            con.execute("ALTER TABLE person_link RENAME TO person_link_prev")
     edges = [f"SELECT {_anchor(ds)} AS a, t.{quote(i.column)} AS b FROM {data_table(ds)} t "
              f"WHERE t.{quote(i.column)} IS NOT NULL AND t.{quote(i.column)} <> {_anchor(ds)}"
              for ds in datasets if len(ds.identifiers) > 1 for i in ds.identifiers[1:]]
@@ -128,7 +144,8 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
         con.execute(f"CREATE OR REPLACE TABLE {person_table(ds)} AS "
                     f"SELECT {cols} FROM {data_table(ds)} t "
                     f"LEFT JOIN r_link r ON r.v = {_anchor(ds)}")
-    con.execute("DROP TABLE r_link")
+    # kept: the next resolution moves released cohorts from these keys to its own
+    con.execute("ALTER TABLE r_link RENAME TO person_link")
     log.info("resolved %d linked identifiers in %d contraction levels", linked, level)
     return Resolution(linked, level)
 

@@ -1,12 +1,15 @@
-"""From exact drafts to released cells: suppression first, then DP noise.
+"""From exact drafts to released cells: DP noise (when enabled), then suppression.
 
-Suppression is decided on exact counts (a cell must really cover k people);
-noise is added afterwards, and derived figures (rates, lifts, intervals) are
-computed from the noisy values only — post-processing, which costs no
-budget.  Budget per query: ε (and δ) is split evenly over the measures that
-touch the same people (sequential composition); disjoint slices (test vs
-control arm, breakdown segments, Venn regions of an overlap) each get the
-full share (parallel composition).
+Without DP, suppression is decided on exact counts (a released cell really
+covers k people).  With DP, noise is added first and suppression is decided
+on the noisy counts: whether a figure is hidden is then post-processing of
+DP outputs and reveals nothing the noisy figures do not (issue 9, finding
+10).  Derived figures (rates, lifts, intervals) are computed from the noisy
+values only — post-processing, which costs no budget.  Budget per query: ε
+(and δ) is split evenly over the measures that touch the same people
+(sequential composition); disjoint slices (test vs control arm, breakdown
+segments, Venn regions of an overlap) each get the full share (parallel
+composition).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from sgxcloud.cleanroom.engine.query import (
     Query,
 )
 from sgxcloud.cleanroom.engine.stats import ArmSummary, conversion_lift, finite, revenue_lift
-from sgxcloud.cleanroom.privacy import NoiseSource, complementary_suppression
+from sgxcloud.cleanroom.privacy import NoiseSource, Release, complementary_suppression
 from sgxcloud.cleanroom.results import Cell
 
 LEVELS = ("people", "conversion")  # suppression units of a lift cell
@@ -60,6 +63,53 @@ class ReleasePlan:
     def any_released(self) -> bool:
         return bool(self.released_cohorts)
 
+    # -- what the differencing check compares ---------------------------------------
+
+    def release_shape(self) -> tuple[str, list[Any], Release]:
+        """The release as regions and vectors for the differencing check: a SQL
+        expression giving each row of the draft's cohort table its region (rows
+        with NULL are in no region), its bound values, and every released count
+        as the set of regions it adds up."""
+        query, draft = self.query, self.draft
+        labels: list[str] = []
+        vectors: list[frozenset[int]] = []
+        if isinstance(query, AudienceSizeQuery):
+            if ("audience",) not in self.suppressed:
+                labels.append("audience")
+                vectors.append(frozenset({0}))
+            return "0", [], Release(tuple(labels), tuple(vectors))
+        if isinstance(query, OverlapQuery):
+            n = len(query.datasets)
+            expr = " + ".join(f"m{i}::INTEGER * {1 << i}" for i in range(n)) + " - 1"
+            for label in draft.counts:
+                if (label,) in self.suppressed:
+                    continue
+                members = [query.datasets.index(r) for r in label.split("+")]
+                labels.append(label)
+                vectors.append(frozenset(mask - 1 for mask in range(1, 2 ** n)
+                                         if all(mask >> i & 1 for i in members)))
+            return expr, [], Release(tuple(labels), tuple(vectors))
+        # lift: (segment, arm, converted) regions; a segment's cells and the totals
+        # per arm are unions of them
+        segments = draft.segments or (ALL,)
+        seg_code = "0" if not draft.segments else "CASE segment " + " ".join(
+            f"WHEN ? THEN {n}" for n in range(len(segments))) + " END"
+        params: list[Any] = [] if not draft.segments else list(segments)
+        expr = (f"({seg_code}) * 4 + (CASE arm WHEN 'test' THEN 0 WHEN 'control' THEN 2 END)"
+                " + (purchases > 0)::INTEGER")
+        for level in LEVELS:
+            for arm_no, arm in enumerate(ARMS):
+                for segment in (ALL, *draft.segments):
+                    if (level, segment, arm) in self.suppressed:
+                        continue
+                    chosen = range(len(segments)) if segment == ALL \
+                        else (segments.index(segment),)
+                    converted = (0, 1) if level == "people" else (1,)
+                    labels.append(lift_cohort(segment, arm, level))
+                    vectors.append(frozenset(s * 4 + arm_no * 2 + c
+                                             for s in chosen for c in converted))
+        return expr, params, Release(tuple(labels), tuple(vectors))
+
     # -- noise -------------------------------------------------------------------
 
     def add_noise(self, noise: NoiseSource, dp: DifferentialPrivacy) -> dict[str, Any]:
@@ -81,6 +131,7 @@ class ReleasePlan:
                 members = [self.query.datasets.index(r) for r in label.split("+")]
                 self.draft.counts[label] = sum(v for region, v in regions.items()
                                                if all(region[i] for i in members))
+            self.draft.regions = regions  # suppression then sees only noisy regions
             info["epsilon_per_measure"] = dp.epsilon_per_query
         else:
             info.update(self._noise_lift(noise, dp))
@@ -172,21 +223,34 @@ def _empty(segment: str, arm: str) -> dict[str, Any]:
 
 
 def build_cells(query: Query, draft: Draft, k: int) -> ReleasePlan:
-    """Decide suppression on exact counts; say which cohorts will be released."""
+    """Decide suppression on the draft's counts (exact ones, or noisy ones after
+    :meth:`ReleasePlan.add_noise`); say which cohorts will be released."""
     plan = ReleasePlan(query, draft, k)
+    decide_suppression(plan)
+    return plan
+
+
+def decide_suppression(plan: ReleasePlan) -> None:
+    """Suppress on the counts the draft holds now.  Under DP these are the noisy
+    counts, so whether a figure is suppressed is post-processing of DP outputs.
+
+    Under DP only primary suppression applies (a noisy count below k is hidden):
+    totals and overlap cells are sums of the noisy parts, so anything derived
+    from the released figures by subtraction is itself a noisy, DP-protected
+    value, and hiding more would only cost accuracy."""
+    query, draft, k = plan.query, plan.draft, plan.k
     if isinstance(query, AudienceSizeQuery):
         if draft.counts["audience"] < k:
             plan.suppressed.add(("audience",))
         else:
             plan.released_cohorts.append("audience")
-        return plan
+        return
     if isinstance(query, OverlapQuery):
         _suppress_overlap(plan)
-        return plan
+        return
     assert isinstance(query, CampaignLiftQuery)
     _suppress_lift(plan)
     _lift_released_cohorts(plan)
-    return plan
 
 
 def _lift_released_cohorts(plan: ReleasePlan) -> None:
@@ -219,7 +283,7 @@ def _suppress_lift(plan: ReleasePlan) -> None:
                 plan.suppressed.add(("conversion", segment, arm))
             elif get(segment, arm, "converters") < k:
                 plan.suppressed.add(("conversion", segment, arm))
-    if not draft.segments:
+    if not draft.segments or plan.noisy:
         return
     for level, metric in (("people", "people"), ("conversion", "converters")):
         for arm in ARMS:
@@ -254,7 +318,7 @@ def _suppress_overlap(plan: ReleasePlan) -> None:
     assert all(overlap_label((r,)) in draft.counts for r in datasets)
     venn = VennAlgebra(datasets, draft.regions)
     released = [label for label in draft.counts if draft.counts[label] >= k]
-    while released:
+    while released and not plan.noisy:
         bad = venn.small_derivable(released, k)
         if bad is None:
             break

@@ -7,8 +7,9 @@ Placement uses, so the metrics and Placement agree by construction:
   compute driver's own parser; the driver reports their sum to Placement);
 - reserved: ``[sgx] reserved_epc_mb`` from nova.conf, capped at the capacity
   (as the driver caps it);
-- allocated: the ``sgx-epc`` memory devices of the domains libvirt has here
-  (as the driver counts them), per instance with its Nova project;
+- allocated: the ``sgx-epc`` memory devices of every domain libvirt has here,
+  running or not (as the driver counts them: a stopped server keeps its EPC
+  in Placement), per instance with its Nova project;
 - the host check's verdict.
 
 :func:`node_state_from_tree` reads a node (``/`` or a recorded tree);
@@ -40,7 +41,8 @@ from sgxcloud.nova.checks.model import Report, Status
 from sgxcloud.nova.checks.tree import HostTree, TreeReadError
 from sgxcloud.sgx.epc import KIB
 
-DOMAIN_XML_DIR = "/run/libvirt/qemu"
+DOMAIN_XML_DIR = "/run/libvirt/qemu"  # running domains (libvirt's live status XML)
+DEFINED_XML_DIR = "/etc/libvirt/qemu"  # every defined domain's persistent XML
 NOVA_NS = "{http://openstack.org/xmlns/libvirt/nova/1.1}"
 MIB = 1024 * 1024
 DEFAULT_PORT = 9842
@@ -217,12 +219,15 @@ def _reserved_epc_mb(tree: HostTree) -> int:
 
 
 def _domain_xmls(tree: HostTree) -> Iterator[str]:
-    for name in sorted(tree.listdir(DOMAIN_XML_DIR)):
-        if name.endswith(".xml"):
-            try:
-                yield tree.read_text(f"{DOMAIN_XML_DIR}/{name}")
-            except TreeReadError:
-                continue  # a domain that stopped while we listed
+    """Each domain once: its live XML when running, else its persistent definition."""
+    live = {n for n in tree.listdir(DOMAIN_XML_DIR) if n.endswith(".xml")}
+    defined = {n for n in tree.listdir(DEFINED_XML_DIR) if n.endswith(".xml")}
+    for name in sorted(live | defined):
+        directory = DOMAIN_XML_DIR if name in live else DEFINED_XML_DIR
+        try:
+            yield tree.read_text(f"{directory}/{name}")
+        except TreeReadError:
+            continue  # a domain that stopped or was undefined while we listed
 
 
 # -- Prometheus ---------------------------------------------------------------------
