@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import update
 
 from sgxcloud.cas.config import ConfigError, load_settings
-from sgxcloud.cas.policy import policy_hash
+from sgxcloud.cas.policy import policy_hash, public_key_id
 from sgxcloud.cas.service.server import background_https, build_app, build_service
 from sgxcloud.cas.store import Database
 from sgxcloud.cas.store.models import AuditEntryRow
@@ -413,3 +413,48 @@ def test_policy_consent_then_apply_with_it(running, tmp_path: Path, capsys) -> N
     assert cli([*base, "apply", str(shared), "--consent", str(shared)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
+
+
+@pytest.fixture
+def usual_umask():  # type: ignore[no-untyped-def]
+    """The umask most systems run services under (022): group and others may read."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_init_and_first_start_keep_the_database_private(tmp_path: Path, usual_umask) -> None:  # type: ignore[no-untyped-def]
+    """Issue 9 finding 8: data/ 0700, the SQLite file and its -wal/-shm 0600."""
+    home = tmp_path / "cas"
+    assert cli(["cas", "init", str(home)]) == 0
+    assert (home / "data").stat().st_mode & 0o777 == 0o700
+    settings = load_settings(home / "cas.yaml", environ={})
+    service = build_service(settings)
+    try:
+        owner = pg.owner_key()
+        service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+        files = sorted((home / "data").iterdir())
+        assert {f.name for f in files} >= {"cas.db", "cas.db-wal", "cas.db-shm"}
+        for file in files:
+            assert file.stat().st_mode & 0o777 == 0o600, file
+    finally:
+        service.stop()
+
+
+def test_serve_tightens_a_database_others_can_read_and_says_so(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from sgxcloud.cas import secrets
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    Database.open(f"sqlite:///{data / 'cas.db'}").close()
+    (data / "cas.db").chmod(0o644)
+    (tmp_path / "keys").mkdir(mode=0o700)
+    secrets.write_master_key(tmp_path / "keys" / "master.key", secrets.MasterKey.generate())
+    path = tmp_path / "cas.yaml"
+    path.write_text("database_url: sqlite:///data/cas.db\nmaster_key_file: keys/master.key\n")
+    assert cli(["cas", "serve", "--config", str(path)]) == 2  # stops later: no TLS configured
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cas.db was mode 0644" in err and "set to 0600" in err
+    assert "data is mode 0755" in err and "make it 0700" in err
+    assert (data / "cas.db").stat().st_mode & 0o777 == 0o600

@@ -55,6 +55,10 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> int:
     if settings.tls_cert is not None and settings.tls_key is not None:
         for warning in check_server_tls(settings.tls_cert, settings.tls_key):
             console(stderr=True).print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
+    from sgxcloud.cas.store.db import secure_sqlite_files
+
+    for message in secure_sqlite_files(settings.database_url):
+        console(stderr=True).print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
     if settings.master_key_beside_database():
         console(stderr=True).print(
             f"[bold yellow]warning:[/] master key {settings.master_key_file} is in the same "
@@ -128,7 +132,9 @@ def init(
     key_path = key_dir / "master.key"
     if key_path.exists():
         raise click.UsageError(f"{key_path} exists; refusing to replace a master key")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # The database (policies, sealed secrets) is the service user's alone.
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)  # mkdir's mode is filtered by the umask, and exist_ok keeps old modes
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = secrets.MasterKey.generate()
     secrets.write_master_key(key_path, key)

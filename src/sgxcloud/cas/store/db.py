@@ -8,6 +8,9 @@ PostgreSQL relies on row locks (``SELECT ... FOR UPDATE``) in the repository.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 from pathlib import Path
 
 from alembic import command
@@ -50,6 +53,50 @@ def missing_sqlite_file(url: str) -> str | None:
     if path in ("", ":memory:") or path.startswith("file:"):
         return None
     return None if Path(path).exists() else path
+
+
+def secure_sqlite_files(url: str, *, create: bool = True) -> list[str]:
+    """Keep a SQLite database private to the service's user; say what was wrong.
+
+    The file holds policies (with any literal values in them) and the sealed
+    secrets, so it is created 0600 before SQLite would create it 0644 (SQLite
+    gives its -wal and -shm files the database file's mode), and an existing
+    file (or -wal/-shm) readable by others is tightened to 0600.  A directory
+    open to others is reported, not changed (it may be shared on purpose).
+    Returns one message per problem found; PostgreSQL and in-memory: none.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return []
+    path_text = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or path_text in ("", ":memory:"):
+        return []
+    if path_text.startswith("file:"):
+        return []
+    path = Path(path_text)
+    messages: list[str] = []
+    if create and not path.exists() and path.parent.is_dir():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = stat.S_IMODE(candidate.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            candidate.chmod(0o600)
+            messages.append(
+                f"{candidate} was mode {mode:04o} (readable by other users); set to 0600"
+            )
+    if path.parent.is_dir():
+        mode = stat.S_IMODE(path.parent.stat().st_mode)
+        if mode & 0o077:
+            messages.append(
+                f"database directory {path.parent} is mode {mode:04o}: other users can see "
+                "and, if it is writable, replace its files; make it 0700"
+            )
+    return messages
 
 
 def _sqlite_engine(url: str) -> Engine:

@@ -10,6 +10,7 @@ serialise instead of overwriting each other.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from sgxcloud.cas.store.models import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # PostgreSQL SQLSTATEs that mean "try the whole transaction again".
 _RETRYABLE_PG = {"40001", "40P01"}
@@ -83,6 +85,8 @@ class Database:
             missing = db.missing_sqlite_file(url)
             if missing is not None:
                 raise StoreError(f"no database file {missing}: check database_url")
+        for message in db.secure_sqlite_files(url, create=migrate):
+            log.warning("%s", message)
         engine = db.make_engine(url)
         try:
             if migrate:
