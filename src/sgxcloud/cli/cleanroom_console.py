@@ -20,16 +20,19 @@ def _local_defaults(workdir: Path, party: str) -> dict[str, str | None]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{workdir / 'local.json'}: missing or not JSON "
                          "(give a directory made by 'sgxcloud cleanroom init')") from exc
-    url = None
-    ready = workdir / "run" / "coordinator.ready"
-    try:
-        info = json.loads(ready.read_text())
-        url = f"https://{info['host']}:{info['port']}"
-    except (OSError, ValueError, KeyError):
-        pass
     return {"definition": definition,
             "key": str(workdir / "keys" / f"{party}.pem"),
-            "approval_out": str(workdir / "approvals" / f"{party}.json"), "url": url}
+            "approval_out": str(workdir / "approvals" / f"{party}.json"),
+            "url": _local_url(workdir)}
+
+
+def _local_url(workdir: Path) -> str | None:
+    """The URL of the coordinator `cleanroom local` runs from ``workdir`` now."""
+    try:
+        info = json.loads((workdir / "run" / "coordinator.ready").read_text())
+        return f"https://{info['host']}:{info['port']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @click.command("console")
@@ -69,6 +72,7 @@ def console(party, key, definition, url, workdir, approval_out, port, collateral
     from sgxcloud.cli.cleanroom import _collateral, _definition, _key
     from sgxcloud.cli.cleanroom import console as out
 
+    explicit_url = url
     if workdir:
         defaults = _local_defaults(Path(workdir), party)
         definition = definition or defaults["definition"]
@@ -84,9 +88,13 @@ def console(party, key, definition, url, workdir, approval_out, port, collateral
     defn = _definition(definition)
     if workdir and not approval_out and party in defn.providers:
         approval_out = defaults["approval_out"]
+    locate = None
+    if workdir and not explicit_url:
+        locate = lambda: _local_url(Path(workdir))  # noqa: E731 (follows local restarts)
     session = PartySession(url, defn, party, _key(key),
                            collateral_source=_collateral(collateral, pccs),
-                           approval_out=Path(approval_out) if approval_out else None)
+                           approval_out=Path(approval_out) if approval_out else None,
+                           locate=locate)
     sock = bind(port)
 
     def ready(guard) -> None:

@@ -101,13 +101,14 @@ class Collab:
         return self.consoles[party]
 
     def restart_coordinator(self) -> None:
-        """What the coordinator's operator does: restart it (same address) with
-        the approvals now on disk."""
-        port = int(self.local.url.rsplit(":", 1)[1])
+        """What the coordinator's operator does: restart it with the approvals
+        now on disk.  It comes back with a new TLS key on a new port; consoles
+        started with --workdir follow it there."""
+        old = self.local.url
         self.local.stop("coordinator")
         self.local.approvals = sorted((self.workdir / "approvals").glob("*.json"))
-        self.local.coordinator_args = ["--listen", f"127.0.0.1:{port}"]
         self.local.start_coordinator()
+        assert self.local.url != old
 
     def stop(self) -> None:
         for console in self.consoles.values():

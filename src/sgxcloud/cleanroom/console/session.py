@@ -57,6 +57,9 @@ class PartySession:
     collateral_source: Any = None
     approval_out: Path | None = None
     connector: Connector | None = None
+    locate: Callable[[], str | None] | None = None
+    """Where the coordinator is now (``--workdir``: a local coordinator gets a new
+    port at each restart); read again before each attestation."""
     _client: CleanroomClient | None = field(default=None, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _results: OrderedDict[str, VerifiedResult] = field(default_factory=OrderedDict, repr=False)
@@ -90,6 +93,8 @@ class PartySession:
     def _connect(self) -> CleanroomClient:
         if self.connector:
             return self.connector()
+        if self.locate:
+            self.url = self.locate() or self.url
         return CleanroomClient.connect(self.url, self.definition, self.party, self.key,
                                        collateral_source=self.collateral_source)
 

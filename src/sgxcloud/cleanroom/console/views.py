@@ -32,7 +32,7 @@ def number(metric: str, value: float | int | None) -> str:
     if base in _PERCENT:
         return f"{float(value) * 100:.2f}%"
     if base.endswith("p_value"):
-        return f"{float(value):.4f}"
+        return "< 0.0001" if 0 <= float(value) < 0.0001 else f"{float(value):.4f}"
     if base in _MONEY:
         return f"{float(value):,.2f}"
     if isinstance(value, float) and not value.is_integer():

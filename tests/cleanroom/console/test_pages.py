@@ -1,0 +1,42 @@
+"""Pages other roles see, over HTTP against real console processes: a result
+recipient finds and verifies what an analyst released, and asks nothing."""
+
+from __future__ import annotations
+
+import re
+from contextlib import closing
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _client(console) -> httpx.Client:
+    client = httpx.Client(base_url=console.base, timeout=120)
+    assert client.get(console.url).status_code == 303  # token -> cookie
+    return client
+
+
+def test_a_recipient_finds_verifies_and_exports_what_the_analyst_released(collab):
+    with closing(_client(collab.console("brand"))) as brand:
+        form = brand.get("/query/lift").text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+        # The browser tests' question too: asked again, it is answered from the
+        # store (no budget, no differencing against itself).
+        ran = brand.post("/query/lift", data={"csrf": csrf,
+                                              "breakdown": "telecom.subscribers.region"})
+        assert ran.status_code == 303, re.sub(r"<[^>]+>", " ", ran.text)[-600:]
+        result_id = ran.headers["location"].rsplit("/", 1)[1]
+
+    with closing(_client(collab.console("agency"))) as agency:
+        assert "names you as an analyst of no analysis" in agency.get("/query").text
+        assert agency.get("/query/lift").status_code == 404
+        listing = agency.get("/results").text
+        assert f'href="/results/{result_id}"' in listing  # read from the audit log
+        page = agency.get(f"/results/{result_id}").text
+        assert "Signature verified" in page and "telecom.subscribers.region" in page
+        bundle = agency.get(f"/results/{result_id}/export.json")
+        assert bundle.headers["content-disposition"].startswith("attachment;")
+        assert bundle.json()["result"]["result_id"] == result_id
+        assert agency.get("/budget").status_code == 200
