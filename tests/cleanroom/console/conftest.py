@@ -129,7 +129,7 @@ def _collab(workdir: Path, *, people: int, unapproved: str | None = None) -> Col
 @pytest.fixture(scope="session")
 def collab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collab]:
     """Every provider has approved; data ingested; consoles started on demand."""
-    people = int(os.environ.get("SGXCLOUD_CONSOLE_PEOPLE", "2500"))
+    people = int(os.environ.get("SGXCLOUD_CONSOLE_PEOPLE", "10000"))
     c = _collab(tmp_path_factory.mktemp("console"), people=people)
     yield c
     c.stop()
