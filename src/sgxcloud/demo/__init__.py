@@ -29,6 +29,7 @@ def run_demo(console: Console, workdir: Path, sections: Iterable[str] = SECTIONS
     summary: dict[str, Any] = {}
     timings: dict[str, float] = {}
     if {"nova", "usage"} & set(sections):
+        _import_http_stack_before_eventlet()
         with _quiet_nova_imports():
             from sgxcloud.nova.testing.cloud import InProcessCloud
         # The Nova section plays a week on a simulated clock; services must
@@ -78,6 +79,18 @@ def _plain_logging() -> None:
     demo speaks through its screens, with warnings (SIMULATED!) still shown."""
     logging.basicConfig(level=logging.WARNING, force=True,
                         format="%(levelname)s %(name)s: %(message)s")
+
+
+def _import_http_stack_before_eventlet() -> None:
+    """Import httpx's transport now, before Nova's harness monkey-patches.
+
+    httpcore imports trio whenever it is installed (selenium brings it), and
+    trio cannot be imported once eventlet has replaced ``socket.socket``
+    (``GreenSocket`` has no ``sendmsg``); the CAS and clean-room sections
+    that follow the cloud talk HTTPS through httpx.
+    """
+    with contextlib.suppress(ImportError):
+        import httpcore  # noqa: F401
 
 
 @contextlib.contextmanager
