@@ -178,3 +178,39 @@ def test_row_errors_name_file_line_column_and_what_is_accepted(tmp_path, base_do
                 raise locate(exc, ds, source, 0) from None
     assert info.match(message)
     assert "treatment" not in str(info.value) and "04/03" not in str(info.value)
+
+
+def test_an_unexpected_engine_error_is_a_json_500_without_details(tmp_path, monkeypatch):
+    """The issue saw 'coordinator answered HTTP 500 without JSON'; whatever the bug,
+    the API answers with its error body and the detail stays in the operator's log."""
+    import json
+
+    import duckdb
+    from fastapi.testclient import TestClient
+
+    from sgxcloud.cleanroom.approvals import private_key_from_pem
+    from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig, create_app
+    from sgxcloud.cleanroom.definition import load_definition
+    from sgxcloud.cleanroom.local import prepare_example
+    from sgxcloud.cleanroom.transport.request_auth import sign_request
+
+    collab = prepare_example(tmp_path / "ex", people=50)
+    coordinator = Coordinator(CoordinatorConfig(
+        definition=load_definition(collab.definition), workdir=tmp_path / "c", nodes={},
+        simulate=True))
+    try:
+        def broken(*_args):
+            raise duckdb.BinderException('Table "t" does not have a column named "device"')
+
+        monkeypatch.setattr(coordinator, "run_query", broken)
+        key = private_key_from_pem((collab.workdir / "keys" / "brand.pem").read_bytes())
+        body = json.dumps({"template": "audience_size", "analysis": "audience"}).encode()
+        headers = sign_request(key, "brand", "POST", "/v1/queries", body)
+        response = TestClient(create_app(coordinator)).post("/v1/queries", content=body,
+                                                            headers=headers)
+        assert response.status_code == 500
+        error = response.json()["error"]
+        assert error["code"] == "internal_error" and "coordinator's log" in error["message"]
+        assert "device" not in response.text and "Binder" not in response.text
+    finally:
+        coordinator.close()
