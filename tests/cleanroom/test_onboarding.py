@@ -214,3 +214,32 @@ def test_an_unexpected_engine_error_is_a_json_500_without_details(tmp_path, monk
         assert "device" not in response.text and "Binder" not in response.text
     finally:
         coordinator.close()
+
+
+def test_a_refresh_with_new_data_is_answered_afresh_the_same_data_from_the_cache(
+        tmp_path, base_doc, prepared):
+    """Repeating a query used to return the answer cached before a refresh, however
+    the data had changed."""
+    import pyarrow.compute as pc
+
+    definition = definition_from_dict(_doc_with(base_doc, zone=None))
+    query = {"template": "audience_size", "analysis": "audience",
+             "filter": "telecom.subscribers.region = 'north'"}
+    with Engine(definition, tmp_path / "e") as engine:
+        for ref, batch in prepared.items():
+            engine.ingest(*ref.split("."), batch.select(list(definition.columns_needed(ref))))
+        first = engine.run(query, "brand")
+        telecom = prepared["telecom.subscribers"].select(
+            list(definition.columns_needed("telecom.subscribers")))
+        engine.ingest("telecom", "subscribers", telecom)  # the same data again
+        again = engine.run(query, "brand")
+        assert again.result_id == first.result_id  # from the cache, as before
+        region = telecom.schema.get_field_index("region")
+        everyone_north = telecom.set_column(region, "region", pc.if_else(
+            pc.is_valid(telecom["region"]), "north", telecom["region"]))
+        engine.ingest("telecom", "subscribers", everyone_north)
+        fresh = engine.run(query, "brand")
+        assert fresh.result_id != first.result_id
+        assert fresh.value("people") > first.value("people")
+        events = [e.event for e in engine.audit.entries()]
+        assert events.count("cache_hit") == 1

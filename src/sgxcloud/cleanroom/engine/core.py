@@ -15,6 +15,7 @@ engine on the same ``workdir`` keeps every privacy promise it made.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -190,9 +191,13 @@ class Engine:
                     "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'd\\_%' "
                     "ESCAPE '\\' OR table_name LIKE 'p\\_%' ESCAPE '\\'").fetchall():
                 self._con.execute(f"DROP TABLE {quote(name)}")
+            self._con.execute("DROP TABLE IF EXISTS data_versions")
             log.warning("definition changed: dropped data ingested under the previous one")
         self._con.execute("DELETE FROM engine_meta")
         self._con.execute("INSERT INTO engine_meta VALUES (?)", [current])
+        # what each dataset holds, by content: answers are cached per data version
+        self._con.execute("CREATE TABLE IF NOT EXISTS data_versions "
+                          "(dataset VARCHAR PRIMARY KEY, fingerprint VARCHAR)")
 
     def datasets(self) -> dict[str, int]:
         """Rows held per ingested dataset."""
@@ -260,11 +265,26 @@ class Engine:
             replaced = self._rows(ds) if self._has_table(ds) else 0
             self._con.execute(f"DROP TABLE IF EXISTS {table}")
             self._con.execute(f"ALTER TABLE {staging} RENAME TO {table}")
+            # Order-independent content hash: the same file pulled again (after a
+            # restart: same re-keying key) keeps cached answers; changed data does not.
+            fingerprint = self._con.execute(
+                f"SELECT coalesce(sum(hash(t)::HUGEINT), 0)::VARCHAR || ':' || count(*) "
+                f"FROM {table} t").fetchone()[0]
+            self._con.execute("INSERT OR REPLACE INTO data_versions VALUES (?, ?)",
+                              [ds.ref, fingerprint])
             self._con.execute("COMMIT")
         except BaseException:
             self._con.execute("ROLLBACK")
             raise
         return IngestReport(ds.ref, rows, count, replaced)
+
+    def _data_version(self) -> str:
+        """One hash of what every dataset holds now.  A refresh that changes data
+        changes it, so a repeated query is answered from the new data (and, under
+        DP, is a new release that costs budget) instead of from the cache."""
+        rows = self._con.execute(
+            "SELECT dataset, fingerprint FROM data_versions ORDER BY dataset").fetchall()
+        return hashlib.sha256(repr(rows).encode()).hexdigest()
 
     def _has_table(self, ds: Dataset) -> bool:
         name = data_table(ds).strip('"')
@@ -313,8 +333,8 @@ class Engine:
             reason = getattr(exc, "reason", "invalid_query")
             self.audit.append("refusal", analyst, {"reason": reason, "message": str(exc)})
             raise
-        key = query_key(parsed, self.definition.definition_hash())
         with self._lock:
+            key = query_key(parsed, self.definition.definition_hash(), self._data_version())
             self.audit.append("query", analyst, {"query": canonical_query(parsed),
                                                  "query_hash": key})
             earlier = self.ledger.released(key)

@@ -140,9 +140,13 @@ def canonical_query(query: Query) -> dict[str, Any]:
     return query.to_dict()
 
 
-def query_key(query: Query, definition_hash: str) -> str:
-    """Cache key: the same question on the same definition gets the same answer."""
-    body = {"definition_hash": definition_hash, "query": canonical_query(query)}
+def query_key(query: Query, definition_hash: str, data_version: str = "") -> str:
+    """Cache key: the same question on the same definition and the same data gets
+    the same answer (``data_version``: the engine's hash of what it holds)."""
+    body: dict[str, Any] = {"definition_hash": definition_hash,
+                            "query": canonical_query(query)}
+    if data_version:
+        body["data_version"] = data_version
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
