@@ -334,7 +334,9 @@ class Engine:
             self.audit.append("refusal", analyst, {"reason": reason, "message": str(exc)})
             raise
         with self._lock:
-            key = query_key(parsed, self.definition.definition_hash(), self._data_version())
+            with self._memory_guard():
+                version = self._data_version()
+            key = query_key(parsed, self.definition.definition_hash(), version)
             self.audit.append("query", analyst, {"query": canonical_query(parsed),
                                                  "query_hash": key})
             earlier = self.ledger.released(key)
