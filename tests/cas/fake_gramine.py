@@ -43,7 +43,7 @@ class FakeAttestationDevice:
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
         self._stop.set()
-        (self.directory / "user_report_data").write_bytes(b"stop")
+        (self.directory / "user_report_data").write_bytes(b"stop".ljust(64, b"\0"))
         # Unblock the serving thread's open() with a reader that goes away at once.
         try:
             fd = os.open(self.directory / "quote", os.O_RDONLY | os.O_NONBLOCK)
@@ -59,7 +59,9 @@ class FakeAttestationDevice:
             # One quote per report-data write, as Gramine: wait for a new write first,
             # or a reader still draining the last quote would get a second one.
             report_data = (self.directory / "user_report_data").read_bytes()
-            if report_data == served:
+            # A 64-byte write that is not the last one served: an empty or short read
+            # is the writer's truncate-then-write caught half-way, not a request.
+            if len(report_data) != 64 or report_data == served:
                 time.sleep(0.002)
                 continue
             fd = os.open(quote, os.O_WRONLY)  # blocks until the enclave opens it to read
