@@ -192,7 +192,8 @@ class EPCUsageStableWindowsTest(SGXServersTestBase):
     A 32x28 = 896; B 64x12 = 768; C 64x26 = 1664; D 32x22 + 128x2 + 32x4 = 1088;
     E 64x(4+16) = 1280; F 64x28 = 1792; total 7488.
     Window W2 = [36h, 48h]: A 384; C 64x4 + 128x8 = 1280; D 384; E 768; F 768;
-    total 3584.  W1 + W2 = [8h, 48h] = 11072.
+    total 3584.  W1 + W2 = [8h, 48h] = 11072.  Then C is deleted at 56h: both
+    windows keep their figures.
     """
 
     def setUp(self):
@@ -311,6 +312,17 @@ class EPCUsageStableWindowsTest(SGXServersTestBase):
             {line["server_name"]: line["epc_mb_hours"] for line in exported},
         )
         self.assertEqual({project}, {line["project_id"] for line in exported})
+
+        # C deleted after its resize: Nova soft-deletes its migration records,
+        # but the sizes the driver recorded in its instance actions remain,
+        # so its bill for W1 is still exact and unchanged.
+        self.at(56)
+        self._delete_server(c)
+        self.at(57)
+        self.assertEqual([], self.admin_api.api_get(
+            f"/os-migrations?instance_uuid={c['id']}").body["migrations"])
+        self.assertEqual(w1, self.window(8, 36))
+        self.assertEqual(w2, self.window(36, 48))
 
 
 def _plain(value):

@@ -114,13 +114,22 @@ def lifecycles(draw) -> Lifecycle:
     holding_since: int | None = None
     size = SIZE_BY_FLAVOR[flavor]
     flavor_at = [(0, size)]
+    # A driver that records sizes in the actions (sgxcloud's), and a server
+    # whose migration records are gone (Nova soft-deletes them with it).
+    recorded = draw(st.booleans())
+    migrations_gone = recorded and draw(st.booleans())
+
+    def sized(events: list, mib: int, at: int) -> list:
+        return [*events, (f"sgxcloud_epc_mb_{mib}", at, "Success")] if recorded else events
 
     def hold_until(minute: int) -> None:
         for m in range(holding_since, minute):
             held[m] = size
 
     build = t + draw(st.integers(0, 5))
-    actions.append(("create", t, [("compute__do_build_and_run_instance", build, "Success")]))
+    actions.append(
+        ("create", t, sized([("compute__do_build_and_run_instance", build, "Success")], size, t))
+    )
     holding_since = build
     t = build
     terminated = None
@@ -158,7 +167,8 @@ def lifecycles(draw) -> Lifecycle:
             new = flavor if step == "migrate" else draw(st.sampled_from(sorted(SIZE_BY_FLAVOR)))
             done = t + draw(st.integers(0, 5))
             kind = "migration" if step == "migrate" else "resize"
-            actions.append((step, t, [("compute_finish_resize", done, "Success")]))
+            finish = [("compute_finish_resize", done, "Success")]
+            actions.append((step, t, sized(finish, SIZE_BY_FLAVOR[new], done)))
             outcome = draw(st.sampled_from(["confirm", "revert"]))
             record = [t, "finished", flavor, new, kind]
             migrations.append(record)  # status updated below (Nova updates it in place)
@@ -183,7 +193,8 @@ def lifecycles(draw) -> Lifecycle:
                 t = back
     if holding_since is not None:
         hold_until(600)  # beyond every window the tests ask about
-    return Lifecycle(actions, [tuple(m) for m in migrations], terminated, held, flavor_at)
+    kept = [] if migrations_gone else [tuple(m) for m in migrations]
+    return Lifecycle(actions, kept, terminated, held, flavor_at)
 
 
 def timeline_as_of(life: Lifecycle, now: int) -> Timeline:
@@ -257,6 +268,15 @@ def test_unknown_flavor_is_flagged_not_guessed_silently():
     # A deleted server's migration records are gone (Nova soft-deletes them with it).
     gone = timeline_from_history([create, resize], [], 128, SIZE_BY_FLAVOR, T0 + 5 * H)
     assert not gone.exact and "no migration record" in gone.notes[0]
+    # ...unless the driver recorded the sizes in the actions themselves.
+    create = ActionRecord(
+        "create", T0, (ev("compute__do_build_and_run_instance", 0), ev("sgxcloud_epc_mb_32", 0))
+    )
+    resize = ActionRecord(
+        "resize", T0 + 2 * H, (ev("compute_finish_resize", 120), ev("sgxcloud_epc_mb_128", 120))
+    )
+    kept = timeline_from_history([create, resize], [], 128, SIZE_BY_FLAVOR, T0 + 5 * H)
+    assert kept.exact and kept.mb_hours(T0, T0 + 6 * H) == 32 * 2 + 128 * 3
 
 
 def test_shelved_server_holds_no_epc_until_unshelved():

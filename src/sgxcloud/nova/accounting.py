@@ -44,6 +44,11 @@ UNSHELVE = "unshelve"
 # Unshelving an offloaded server spawns it again; unshelving one that was
 # only shelved (shelved_offload_time > 0, not yet offloaded) starts it.
 UNSHELVE_EVENTS = ("compute_unshelve_instance", "compute_start_instance")
+# The compute driver records the EPC size a guest is given as an event of the
+# action that gave it (create, resize, revert...): "sgxcloud_epc_mb_<MiB>".
+# Unlike migration records (soft-deleted with the server), instance actions
+# and their events stay visible after the server is deleted.
+EPC_EVENT_PREFIX = "sgxcloud_epc_mb_"
 # Migration records of resizes and cold migrations (evacuations and live
 # migrations keep the flavor).
 MOVE_MIGRATION_TYPES = ("resize", "migration")
@@ -211,9 +216,27 @@ class MigrationRecord:
     migration_type: str = "resize"
 
 
+def recorded_epc_mb(action: ActionRecord) -> int | None:
+    """The EPC size the driver recorded in this action, if it did."""
+    for event in action.events:
+        if event.event.startswith(EPC_EVENT_PREFIX) and event.succeeded:
+            size = event.event.removeprefix(EPC_EVENT_PREFIX)
+            if size.isdigit():
+                return int(size)
+    return None
+
+
+def epc_event_name(epc_mb: int) -> str:
+    return f"{EPC_EVENT_PREFIX}{epc_mb}"
+
+
 def needs_migrations(actions: Sequence[ActionRecord]) -> bool:
-    """Whether the server's sizes over time depend on migration records."""
-    return any(a.action in MOVES for a in actions)
+    """Whether the server's sizes over time depend on migration records
+    (a successful move whose size the driver did not record)."""
+    return any(
+        a.action in MOVES and a.finished(MOVES[a.action]) and recorded_epc_mb(a) is None
+        for a in actions
+    )
 
 
 def timeline_from_history(
@@ -237,15 +260,21 @@ def timeline_from_history(
       Placement keeps the allocation);
     - deleted: nothing from ``terminated_at``.
 
-    Sizes come from the migration records (old/new flavor) through
-    ``epc_by_flavor_id``; the server's current size is authoritative for the
-    last period.  Where a size cannot be resolved the current one is used and
-    the timeline is marked not exact, with a note saying why.
+    Sizes come from the events the compute driver records in each action
+    (``sgxcloud_epc_mb_<MiB>``: they survive the server's deletion), else
+    from the migration records (old/new flavor) through ``epc_by_flavor_id``;
+    the server's current size is authoritative for the last period.  Where
+    a size cannot be resolved the current one is used and the timeline is
+    marked not exact, with a note saying why.
     """
     ordered = sorted(actions, key=lambda a: a.start_time)
     notes: list[str] = []
     sizes = _move_sizes(ordered, migrations, epc_by_flavor_id, notes)
-    walk = _Walk(size=sizes.get(-1, current_epc_mb), sizes=sizes, current=current_epc_mb)
+    created = next((a for a in ordered if a.action == CREATE), None)
+    initial = recorded_epc_mb(created) if created is not None else None
+    if initial is None:
+        initial = sizes.get(-1, current_epc_mb)
+    walk = _Walk(size=initial, sizes=sizes, current=current_epc_mb)
     for index, action in enumerate(ordered):
         handler = _HANDLERS.get(action.action)
         if handler is not None:
@@ -352,6 +381,10 @@ def _move_sizes(
             used += 1
         if action.finished(MOVES[action.action]) is None:
             continue  # never took effect: its sizes do not matter
+        recorded = recorded_epc_mb(action)
+        if recorded is not None:
+            sizes[index] = recorded
+            continue
         if record is None:
             notes.append(f"no migration record for the {action.action} at {action.start_time}")
             continue

@@ -20,11 +20,13 @@ from typing import Any
 
 import nova.conf
 from nova import exception
+from nova.compute import utils as compute_utils
 from nova.virt.libvirt import driver as libvirt_driver
 from oslo_log import log as logging
 
 from sgxcloud.nova import compat, designer, resources
 from sgxcloud.nova import conf as sgx_conf
+from sgxcloud.nova.accounting import epc_event_name
 from sgxcloud.nova.config import sgx_epc_devices
 from sgxcloud.nova.host import SGXHost
 from sgxcloud.nova.requirements import EPC_CANNOT_MOVE, SGXRequest, sgx_request_from_flavor
@@ -178,6 +180,10 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
         request = sgx_request_from_flavor(instance.flavor)
         if request.wants_sgx:
             self._add_sgx_to_guest(guest, instance, request)
+        if request.wants_sgx or _had_sgx(instance):
+            # Nova's own context argument (positional after rescue, block_device_info).
+            context = args[2] if len(args) > 2 else kwargs.get("context")
+            _record_epc_size(context, instance, request.epc_mb)
         return guest
 
     def _add_sgx_to_guest(self, guest, instance, request: SGXRequest) -> None:
@@ -214,6 +220,28 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
     def check_can_live_migrate_source(self, context, instance, *args, **kwargs):
         _refuse_if_sgx(instance, "Live migration", precheck=True)
         return super().check_can_live_migrate_source(context, instance, *args, **kwargs)
+
+
+def _had_sgx(instance) -> bool:
+    """The server is being resized away from a flavor with EPC."""
+    old = instance.old_flavor if instance.obj_attr_is_set("old_flavor") else None
+    return old is not None and sgx_request_from_flavor(old).wants_sgx
+
+
+def _record_epc_size(context, instance, epc_mb: int) -> None:
+    """Leave the size the guest gets in Nova's record of the action that gives
+    it (an instance-action event).  Usage accounting reads it back: unlike
+    migration records, instance actions outlive the server's deletion, so the
+    EPC bill of a resized, then deleted server stays exact."""
+    if context is None:
+        return
+    try:
+        with compute_utils.EventReporter(
+            context, epc_event_name(epc_mb), CONF.host, instance.uuid
+        ):
+            pass
+    except Exception as exc:  # accounting falls back to migration records
+        LOG.debug("Could not record the EPC size of %s: %s", instance.uuid, exc)
 
 
 def _reserved_epc_mb(total_mb: int) -> int:
