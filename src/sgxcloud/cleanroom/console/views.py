@@ -51,7 +51,7 @@ def cell_text(cell: Cell | None, result: Result | None = None) -> str:
     text = number(cell.metric, cell.value)
     if not cell.noisy:
         return text
-    text = f"≈ {text}"
+    text = text if text.startswith("<") else f"≈ {text}"  # "< 0.0001" says enough
     if result is not None:
         margin = noise_margin(result, cell)
         if margin is not None:
