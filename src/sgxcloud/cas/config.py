@@ -53,6 +53,9 @@ class Settings(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     owner_ca_file: Path | None = None
+    # CRLs (PEM or DER) of the owner CA: a revoked owner certificate
+    # authenticates no one; an out-of-date CRL stops certificate owners.
+    owner_crl_files: tuple[Path, ...] = ()
     # The origins owners reach the service at (https://cas.example:8443);
     # owners' signatures are bound to one of them.  Unset: derived from
     # host and port (see audiences()).
@@ -187,7 +190,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        if name == "retired_master_key_files":
+        if name in {"retired_master_key_files", "owner_crl_files"}:
             values[name] = raw.split(os.pathsep)
         elif name in {"policy_creators", "public_urls"}:
             values[name] = [item.strip() for item in raw.split(",") if item.strip()]
@@ -247,9 +250,10 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     }
     if not settings.collateral_cache_dir.is_absolute():
         updates["collateral_cache_dir"] = base / settings.collateral_cache_dir
-    updates["retired_master_key_files"] = tuple(
-        p if p.is_absolute() else base / p for p in settings.retired_master_key_files
-    )
+    for listed in ("retired_master_key_files", "owner_crl_files"):
+        updates[listed] = tuple(
+            p if p.is_absolute() else base / p for p in getattr(settings, listed)
+        )
     url = settings.database_url
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":

@@ -75,6 +75,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     max_skew: int = 300,
     audiences: Iterable[str] = (),
+    owner_certificates: auth.OwnerCertificates | None = None,
 ) -> FastAPI:
     """The ASGI application for ``service``; ``clock`` is injectable for tests.
 
@@ -94,6 +95,7 @@ def create_app(
         responses=_ERRORS,
     )
     app.state.audiences = frozenset(auth.origin_of(a) for a in audiences)
+    certificates = owner_certificates or auth.OwnerCertificates()
 
     def now() -> int:
         return int(clock())
@@ -116,6 +118,7 @@ def create_app(
             max_skew=max_skew,
             audiences=app.state.audiences,
             tls_client_certificate=peer,
+            certificates=certificates,
         )
         if who.spend_id is not None:
             # Committed before the request acts: a replay is refused even if
@@ -195,7 +198,12 @@ def create_app(
         """Create or update a policy (signed by an owner; updates name their predecessor)."""
         who = await caller(request)
         consents = [
-            auth.verify_consent(c.model_dump(), audiences=app.state.audiences, now=now())
+            auth.verify_consent(
+                c.model_dump(),
+                audiences=app.state.audiences,
+                now=now(),
+                certificates=certificates,
+            )
             for c in body.consents
         ]
         info = await run_in_threadpool(cas().apply_policy, who, body.policy, now(), consents)

@@ -11,7 +11,10 @@ either
   ``X-Sgxcloud-Certificate``: base64 DER).  Signing with the certificate's key
   proves possession just as a TLS client-certificate handshake would, and
   works behind TLS-terminating proxies and with servers (uvicorn) that do not
-  pass the peer certificate to the application.
+  pass the peer certificate to the application.  A certificate authenticates
+  only while valid, chained to the owner CA when one is configured, and not
+  revoked by a configured CRL (:class:`OwnerCertificates`) — by signature or
+  by mutual TLS alike.
 
 The resulting principal id is the one :mod:`sgxcloud.cas.policy.access`
 derives from the policy, so matching is a string comparison.  The time must
@@ -34,11 +37,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,6 +51,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509 import verification
 
 from sgxcloud.cas.errors import AccessDenied
 from sgxcloud.cas.policy.access import certificate_id, public_key_id
@@ -70,6 +76,110 @@ SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519Pri
 
 class AuthenticationError(AccessDenied):
     """The request is unsigned, badly signed, or too old (HTTP 401)."""
+
+
+class OwnerCertificates:
+    """What an owner's certificate must satisfy before it authenticates anyone.
+
+    Always: the validity period contains the request's time.  With an owner
+    CA (``owner_ca_file``): the certificate chains to it, by
+    ``cryptography.x509.verification`` (a client verifier; a subjectAltName is
+    not required of owner certificates).  With CRLs (``owner_crl_files``):
+    its serial is not revoked by a CRL of its issuer, and that CRL verifies
+    and is current — an out-of-date CRL stops certificate owners rather than
+    let a revoked one through.  CRL files are re-read when they change.
+    Without an owner CA a certificate is a pinned key with a validity period:
+    the policy names the exact certificate by its SHA-256.
+    """
+
+    def __init__(self, ca_file: Path | None = None, crl_files: Sequence[Path] = ()) -> None:
+        self._roots: list[x509.Certificate] = []
+        if ca_file is not None:
+            try:
+                self._roots = x509.load_pem_x509_certificates(ca_file.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot read the owner CA {ca_file}") from exc
+        self._crl_files = tuple(crl_files)
+        self._crls: dict[Path, tuple[float, x509.CertificateRevocationList]] = {}
+        self._current_crls()  # an unreadable CRL stops the service at start
+
+    def check(self, certificate: x509.Certificate, now: int) -> None:
+        """Raise AuthenticationError unless ``certificate`` may authenticate at ``now``."""
+        at = dt.datetime.fromtimestamp(now, dt.UTC)
+        if not certificate.not_valid_before_utc <= at <= certificate.not_valid_after_utc:
+            raise AuthenticationError(
+                "owner certificate is not valid now (valid "
+                f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
+            )
+        if self._roots:
+            ee = verification.ExtensionPolicy.webpki_defaults_ee().may_be_present(
+                x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
+            )
+            verifier = (
+                verification.PolicyBuilder()
+                .store(verification.Store(self._roots))
+                .time(at)
+                .extension_policies(
+                    ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee
+                )
+                .build_client_verifier()
+            )
+            try:
+                verifier.verify(certificate, [])
+            except verification.VerificationError as exc:
+                raise AuthenticationError(
+                    "owner certificate does not chain to the owner CA (owner_ca_file)"
+                ) from exc
+        self._check_revocation(certificate, at)
+
+    def _check_revocation(self, certificate: x509.Certificate, at: dt.datetime) -> None:
+        issuers = [r for r in self._roots if r.subject == certificate.issuer]
+        if certificate.subject == certificate.issuer:
+            issuers.append(certificate)  # self-signed: it signs its own CRL
+        for crl in self._current_crls():
+            if crl.issuer != certificate.issuer:
+                continue
+            if not any(_crl_signed_by(crl, issuer) for issuer in issuers):
+                raise AuthenticationError(
+                    "the owner CRL for this certificate's issuer does not verify"
+                )
+            if crl.next_update_utc is not None and crl.next_update_utc < at:
+                raise AuthenticationError(
+                    f"the owner CRL for this certificate's issuer is out of date "
+                    f"(next update was {crl.next_update_utc:%Y-%m-%d %H:%M} UTC)"
+                )
+            if crl.get_revoked_certificate_by_serial_number(certificate.serial_number):
+                raise AuthenticationError("owner certificate is revoked")
+
+    def _current_crls(self) -> list[x509.CertificateRevocationList]:
+        crls = []
+        for path in self._crl_files:
+            try:
+                mtime = path.stat().st_mtime
+                cached = self._crls.get(path)
+                if cached is None or cached[0] != mtime:
+                    data = path.read_bytes()
+                    crl = (
+                        x509.load_pem_x509_crl(data)
+                        if data.lstrip().startswith(b"-----BEGIN")
+                        else x509.load_der_x509_crl(data)
+                    )
+                    self._crls[path] = cached = (mtime, crl)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot read the owner CRL {path}") from exc
+            crls.append(cached[1])
+        return crls
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+_VALIDITY_ONLY = OwnerCertificates()
 
 
 @dataclass(frozen=True)
@@ -144,6 +254,7 @@ def authenticate(
     max_skew: int,
     audiences: frozenset[str],
     tls_client_certificate: bytes | None = None,
+    certificates: OwnerCertificates = _VALIDITY_ONLY,
 ) -> Caller:
     """The caller proven by the request's signature or, failing that, by mutual TLS.
 
@@ -157,6 +268,8 @@ def authenticate(
     date_text = headers.get(DATE_HEADER)
     signature_text = headers.get(SIGNATURE_HEADER)
     if not date_text and not signature_text and tls_client_certificate:
+        # The TLS layer checked the chain, not revocation: the same checks as a signature.
+        certificates.check(x509.load_der_x509_certificate(tls_client_certificate), now)
         return Caller(certificate_id(tls_client_certificate))
     if not date_text or not signature_text:
         raise AuthenticationError("request is not signed (see 'sgxcloud policy --help')")
@@ -178,7 +291,7 @@ def authenticate(
         raise AuthenticationError(
             f"request time is {date - now:+d} s from the service's clock (allowed ±{max_skew} s)"
         )
-    public_key, caller_id = _credential(headers)
+    public_key, caller_id = _credential(headers, certificates, now)
     payload = signing_payload(method, path, date, body, audience=audience, request_id=request_id)
     if not _verifies(public_key, signature, payload):
         raise AuthenticationError("request signature does not verify")
@@ -287,7 +400,11 @@ def sign_consent(
 
 
 def verify_consent(
-    document: Mapping[str, Any], *, audiences: frozenset[str], now: int
+    document: Mapping[str, Any],
+    *,
+    audiences: frozenset[str],
+    now: int,
+    certificates: OwnerCertificates = _VALIDITY_ONLY,
 ) -> Consent:
     """The consent ``document`` proves; AuthenticationError says why it proves none."""
     try:
@@ -298,7 +415,9 @@ def verify_consent(
         signature = base64.b64decode(str(document["signature"]), validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise AuthenticationError("a consent is malformed") from exc
-    public_key, principal = _load_credential(document.get("key"), document.get("certificate"))
+    public_key, principal = _load_credential(
+        document.get("key"), document.get("certificate"), certificates, now
+    )
     if audience not in audiences:
         raise AuthenticationError(f"the consent of {principal} was made for another service")
     if expires_at <= now:
@@ -314,16 +433,21 @@ def verify_consent(
     return Consent(principal, policy, policy_hash, expires_at, spend)
 
 
-def _credential(headers: Mapping[str, str]) -> tuple[object, str]:
+def _credential(
+    headers: Mapping[str, str], certificates: OwnerCertificates, now: int
+) -> tuple[object, str]:
     """The public key that must have signed, and the principal id it stands for."""
-    return _load_credential(headers.get(KEY_HEADER), headers.get(CERT_HEADER))
+    return _load_credential(headers.get(KEY_HEADER), headers.get(CERT_HEADER), certificates, now)
 
 
-def _load_credential(key_text: str | None, cert_text: str | None) -> tuple[object, str]:
+def _load_credential(
+    key_text: str | None, cert_text: str | None, certificates: OwnerCertificates, now: int
+) -> tuple[object, str]:
     try:
         if cert_text:
             der = base64.b64decode(cert_text, validate=True)
             certificate = x509.load_der_x509_certificate(der)
+            certificates.check(certificate, now)
             return certificate.public_key(), certificate_id(der)
         if key_text:
             der = base64.b64decode(key_text, validate=True)

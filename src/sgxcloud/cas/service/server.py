@@ -30,7 +30,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from sgxcloud.cas.config import ConfigError, Settings
 from sgxcloud.cas.evidence import DefaultVerifier
 from sgxcloud.cas.service.app import add_audience, create_app
-from sgxcloud.cas.service.auth import PEER_CERTIFICATE_STATE
+from sgxcloud.cas.service.auth import PEER_CERTIFICATE_STATE, OwnerCertificates
 from sgxcloud.cas.service.core import CasService
 from sgxcloud.cas.service.metrics import CasMetrics, MeasuredService, ObservedCollateral
 from sgxcloud.cas.store import Database
@@ -69,8 +69,16 @@ def build_app(
     service = service or build_service(settings, metrics)
     return measured_app(
         service, metrics, max_skew=settings.request_max_skew_seconds,
-        audiences=settings.audiences(),
+        audiences=settings.audiences(), owner_certificates=owner_certificates(settings),
     )  # fmt: skip
+
+
+def owner_certificates(settings: Settings) -> OwnerCertificates:
+    """The owner-certificate checks the settings ask for (owner CA, CRLs)."""
+    try:
+        return OwnerCertificates(settings.owner_ca_file, settings.owner_crl_files)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def measured_app(
@@ -123,7 +131,7 @@ def serve(settings: Settings) -> None:
     service = build_service(settings, metrics)
     app = measured_app(
         service, metrics, max_skew=settings.request_max_skew_seconds,
-        audiences=settings.audiences(),
+        audiences=settings.audiences(), owner_certificates=owner_certificates(settings),
     )  # fmt: skip
     try:
         uvicorn.run(
