@@ -390,7 +390,12 @@ class Engine:
                                   if dp_info else ""))
         # staged (and recorded) even when the check is off, so turning it on later sees them
         release = self._stage_release(plan, draft)
-        if privacy.differencing_check:
+        if privacy.differencing_check and dp_info is None:
+            # Without DP only: the check is decided on exact data, so under DP its
+            # verdict ("refused: differencing") would be a noise-free answer to "does
+            # this cell hold 1 … k−1 people?" that no ε accounts for.  Under DP every
+            # figure derivable from releases is a difference of noisy figures, and
+            # composition over the analyst's budget is the guarantee.
             self.cohorts.check_staged(release, k)
         cells = plan.cells()
         self.cohorts.record_staged(release, key)
@@ -403,7 +408,8 @@ class Engine:
             query=canonical_query(query),
             query_hash=key,
             cells=tuple(cells),
-            privacy={"min_group_size": k, "differencing_check": privacy.differencing_check,
+            privacy={"min_group_size": k,
+                     "differencing_check": privacy.differencing_check and dp_info is None,
                      "differential_privacy": dp_info,
                      "budget_remaining_at_release": remaining},
             recipients=tuple(dict.fromkeys((analyst, *analysis.recipients))),
