@@ -223,7 +223,7 @@ def test_ledger_spend_is_atomic_across_connections(tmp_path):
     for t in threads:
         t.join()
     assert len(granted) == 4
-    assert PrivacyLedger(path).spent("collab", "brand") == pytest.approx(2.0)
+    assert PrivacyLedger(path).spent("brand") == pytest.approx(2.0)
 
 
 def test_dp_adds_noise_and_repeats_the_same_answer(make_definition, make_engine, plain):

@@ -208,7 +208,12 @@ class Engine:
     def budget(self, analyst: str) -> BudgetStatus:
         dp = self.definition.privacy.dp
         total = dp.budget_per_analyst if dp and dp.enabled else 0.0
-        return BudgetStatus(analyst, total, self.ledger.spent(self.definition.name, analyst))
+        return BudgetStatus(analyst, total,
+                            self.ledger.spent(analyst, self._analyst_key(analyst)))
+
+    def _analyst_key(self, analyst: str) -> str | None:
+        party = self.definition.party(analyst)
+        return party.public_key if party else None
 
     # -- ingestion -----------------------------------------------------------------
 
@@ -380,7 +385,8 @@ class Engine:
             # noisy counts (post-processing), and asking again is never free.
             remaining = self.ledger.spend(self.definition.name, analyst, key,
                                           dp.epsilon_per_query, dp.budget_per_analyst,
-                                          dp.delta or 0.0)
+                                          dp.delta or 0.0,
+                                          analyst_key=self._analyst_key(analyst))
             dp_info = plan.add_noise(self._noise, dp)
         decide_suppression(plan)  # on exact counts, or on the noisy ones under DP
         if not plan.any_released:

@@ -4,9 +4,13 @@ Kept in SQLite through SQLAlchemy so it survives a coordinator restart.
 Spending is check-and-insert inside one ``BEGIN IMMEDIATE`` transaction, so
 concurrent queries (threads or processes) can never overspend together.
 
-The budget is tracked per collaboration *name* and analyst, not per
-definition hash: re-approving an edited definition must not reset what an
-analyst has already spent.
+The budget belongs to the analyst across the whole ledger (one per
+workdir, i.e. per set of ingested data), not to a collaboration name or
+definition hash: re-approving an edited or *renamed* definition on the same
+workdir must not reset what an analyst has already spent on that data
+(red-team attack 14).  An analyst is recognised by party name *or* public
+key, so renaming the party does not reset it either.  A fresh workdir is a
+new collaboration.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    or_,
     select,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -40,6 +45,8 @@ spend_table = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("collaboration", String(64), nullable=False, index=True),
     Column("analyst", String(64), nullable=False, index=True),
+    # the analyst's signing key: renaming the party keeps its spending
+    Column("analyst_key", String(128), nullable=True, index=True),
     Column("query_key", String(64), nullable=False),
     Column("epsilon", Float, nullable=False),
     Column("delta", Float, nullable=False, default=0.0),
@@ -79,28 +86,38 @@ class PrivacyLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._engine = _sqlite_engine(self.path)
         _metadata.create_all(self._engine)
+        with self._engine.begin() as conn:  # ledgers written before analyst_key existed
+            columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(dp_spend)")}
+            if "analyst_key" not in columns:
+                conn.exec_driver_sql("ALTER TABLE dp_spend ADD COLUMN analyst_key VARCHAR(128)")
 
     def close(self) -> None:
         self._engine.dispose()
 
-    def spent(self, collaboration: str, analyst: str) -> float:
+    def spent(self, analyst: str, analyst_key: str | None = None) -> float:
+        """ε the analyst spent in this workdir, under any collaboration name or
+        definition, as this party name or under this key."""
         with self._engine.begin() as conn:
-            return self._spent(conn, collaboration, analyst)
+            return self._spent(conn, analyst, analyst_key)
 
     @staticmethod
-    def _spent(conn: Connection, collaboration: str, analyst: str) -> float:
+    def _spent(conn: Connection, analyst: str, analyst_key: str | None) -> float:
+        who = spend_table.c.analyst == analyst
+        if analyst_key:
+            who = or_(who, spend_table.c.analyst_key == analyst_key)
         total = conn.execute(
-            select(func.coalesce(func.sum(spend_table.c.epsilon), 0.0)).where(
-                spend_table.c.collaboration == collaboration, spend_table.c.analyst == analyst)
+            select(func.coalesce(func.sum(spend_table.c.epsilon), 0.0)).where(who)
         ).scalar_one()
         return float(total)
 
     def spend(self, collaboration: str, analyst: str, query_key: str, epsilon: float,
-              budget: float, delta: float = 0.0) -> float:
+              budget: float, delta: float = 0.0, analyst_key: str | None = None) -> float:
         """Record ``epsilon`` against the analyst's budget and return what
-        remains, or raise QueryRefused("budget") and record nothing."""
+        remains, or raise QueryRefused("budget") and record nothing.
+        ``collaboration`` is recorded for the record only; the budget is the
+        analyst's across the workdir."""
         with self._engine.begin() as conn:
-            spent = self._spent(conn, collaboration, analyst)
+            spent = self._spent(conn, analyst, analyst_key)
             if spent + epsilon > budget + _EPS_SLACK:
                 raise QueryRefused(
                     "budget",
@@ -108,7 +125,8 @@ class PrivacyLedger:
                     f"this query needs {epsilon:g}",
                 )
             conn.execute(spend_table.insert().values(
-                collaboration=collaboration, analyst=analyst, query_key=query_key,
+                collaboration=collaboration, analyst=analyst, analyst_key=analyst_key,
+                query_key=query_key,
                 epsilon=epsilon, delta=delta, at=datetime.now(UTC).isoformat()))
             return budget - spent - epsilon
 
