@@ -52,14 +52,15 @@ class Release:
     slurp: bool  # skip-level upgrade release (operators upgrade SLURP to SLURP)
 
     def __str__(self) -> str:
-        return f"{self.name} {self.codename} (Nova {self.nova_major})"
+        name = f"{self.name} {self.codename}" if self.codename else self.name
+        return f"{name} (Nova {self.nova_major})"
 
 
 RELEASES: tuple[Release, ...] = (
     Release("2024.1", "Caracal", 29, 11, slurp=True),
     Release("2025.1", "Epoxy", 31, 13, slurp=True),
     Release("2026.1", "Gazpacho", 33, 15, slurp=True),
-    Release("2026.2", "Hibiscus", 34, 16, slurp=False),
+    Release("2026.2", "", 34, 16, slurp=False),
 )
 NEWEST = RELEASES[-1]
 

@@ -21,6 +21,7 @@ from nova.tests.functional.libvirt import base
 from oslo_utils import versionutils
 
 from sgxcloud.nova import resources
+from sgxcloud.nova.api import paste
 from sgxcloud.nova.testing.fakes import sgx_features_xml
 
 SGX_LIBVIRT_VERSION = versionutils.convert_version_to_int((9, 0, 0))
@@ -34,12 +35,7 @@ def installed_api_paste_ini() -> Path:
 
 def api_paste_with_sgx_guard(directory: str) -> str:
     """Nova's api-paste.ini with our ``sgx_guard`` filter, as an operator edits it."""
-    text = installed_api_paste_ini().read_text()
-    text = text.replace(" osapi_compute_app_v21", " sgx_guard osapi_compute_app_v21")
-    text += (
-        "\n[filter:sgx_guard]\n"
-        "paste.filter_factory = sgxcloud.nova.api.middleware:SGXActionGuard.factory\n"
-    )
+    text = paste.with_sgx_guard(installed_api_paste_ini().read_text())
     path = os.path.join(directory, "api-paste.ini")
     with open(path, "w") as handle:
         handle.write(text)
