@@ -140,7 +140,9 @@ def test_snippet_puts_guard_after_auth_and_before_the_app(edited_paste_ini):
                 continue
             pipeline = parsed[section][key].split()
             assert pipeline[-2:] == ["sgx_guard", "osapi_compute_app_v21"], (section, key)
-            assert pipeline.index("keystonecontext") < pipeline.index("sgx_guard")
+            # After authentication: keystone's context, or Nova 29's noauth2.
+            auth = "keystonecontext" if key == "keystone" else "noauth2"
+            assert pipeline.index(auth) < pipeline.index("sgx_guard")
             assert pipeline.count("sgx_guard") == 1
 
 

@@ -23,14 +23,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED_NODE = ROOT / "tests/checks/data/sgx-host-2numa/root"
 ROLES = ("nova", "admin", "host", "cas", "client", "cleanroom")
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = pytest.mark.timeout(2400)
 
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
     return subprocess.run(argv, capture_output=True, text=True, env=env, check=False,
-                          timeout=900, **kwargs)
+                          timeout=1800, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,8 @@ def envs(dist, tmp_path_factory) -> dict[str, Path]:
         assert done.returncode == 0, f"{role}: {done.stderr[-3000:]}"
         return target
 
-    # Two at a time: unpacking is I/O, resolving is CPU; CI has two cores.
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # Three at a time: downloads and unpacking wait on I/O more than on CPU.
+    with ThreadPoolExecutor(max_workers=3) as pool:
         return dict(zip(("bare", *ROLES), pool.map(install, ("bare", *ROLES)), strict=True))
 
 
