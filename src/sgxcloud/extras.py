@@ -19,6 +19,7 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "oslo_log": "nova",
     "oslo_utils": "nova",
     "lxml": "host",
+    "prometheus_client": "host",
     # admin workstation
     "openstack": "admin",
     "osc_lib": "admin",
