@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from sgxcloud.nova.checks import Report, Status, check_host, check_vm_epc, exporter
+from sgxcloud.nova.checks import Report, Status, check_host, check_vm_epc
 
 _STYLE = {Status.OK: "green", Status.WARNING: "yellow", Status.FAILURE: "bold red"}
 _VERDICT = {
@@ -134,7 +134,9 @@ def _mib(kib: int | None) -> str:
 @click.option(
     "--listen",
     metavar="ADDR:PORT",
-    default=f"127.0.0.1:{exporter.DEFAULT_PORT}",
+    # exporter.DEFAULT_PORT; the exporter module is imported only when used
+    # (prometheus-client comes with the 'host' extra, `guest check` needs none).
+    default="127.0.0.1:9842",
     show_default=True,
     help="Serve GET /metrics here (Prometheus text format).",
 )
@@ -156,6 +158,8 @@ def exporter_command(
 ) -> int:
     """Prometheus metrics of this node: EPC capacity, reserved, allocated, free
     (per host and per NUMA node), EPC per server, and the host check's verdict."""
+    from sgxcloud.nova.checks import exporter
+
     if textfile is not None:
         state = exporter.node_state_from_tree(root, hostname)
         try:
