@@ -1,15 +1,18 @@
-"""The audit log: append-only, hash-chained, every request and released number."""
+"""The audit log: append-only, hash-chained, every request and decision (never a figure)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import threading
 
 import pytest
 
+from sgxcloud.cleanroom.approvals import generate_private_key
 from sgxcloud.cleanroom.audit import AuditLog, read_entries, verify_chain
 from sgxcloud.cleanroom.errors import AuditChainError, QueryRefused
+from sgxcloud.cleanroom.results import result_digest, sign_result
 
 
 def _log(tmp_path, n=5):
@@ -112,6 +115,45 @@ def test_engine_logs_requests_releases_and_refusals(make_definition, make_engine
     assert events[5:] == ["query", "release", "query", "cache_hit", "refusal"]
     release = entries[6]
     assert release.data["result_id"] == result.result_id
-    assert release.data["cells"] == [["people", {}, result.value("people"), False]]
+    # the figures reach only the result's recipients; the log names and digests it
+    assert release.data == {"query_hash": result.query_hash, "result_id": result.result_id,
+                            "analysis": "audience", "recipients": list(result.recipients),
+                            "result_digest": result_digest(result)}
+    assert entries[8].data["result_digest"] == result_digest(result)  # the cache hit
     assert entries[-1].actor == "agency" and entries[-1].data["reason"] == "not_allowed"
     engine.audit.verify()
+
+
+def test_audit_log_holds_no_released_figure(make_definition, make_engine):
+    """Every party reads the audit log, but a result's figures are for its
+    recipients only (red-team attack 05: the bank, refused the result, read every
+    released number in the log).  Audience, overlap and lift with a breakdown:
+    no release or cache-hit entry carries a cell, each carries the digest of the
+    result the recipients get; fails on the old code, which logged every cell."""
+    engine = make_engine(make_definition(min_group_size=20))
+    queries = [{"template": "audience_size", "analysis": "audience"},
+               {"template": "overlap", "analysis": "reach",
+                "datasets": ["bank.customers", "telecom.subscribers"]},
+               {"template": "campaign_lift", "analysis": "lift",
+                "breakdown": "bank.customers.premium_card"}]
+    results = [engine.run(q, "brand") for q in queries]
+    engine.run(queries[0], "brand")  # a cache hit
+    digests = {r.result_id: result_digest(r) for r in results}
+    logged = [e for e in engine.audit.entries() if e.event in ("release", "cache_hit")]
+    assert len(logged) == 4
+    for entry in logged:
+        assert set(entry.data) <= {"query_hash", "result_id", "analysis", "recipients",
+                                   "result_digest"}
+        assert entry.data["result_digest"] == digests[entry.data["result_id"]]
+    for entry in engine.audit.entries():  # nothing else carries figures either
+        assert "cells" not in json.dumps(entry.data)
+
+
+def test_result_digest_survives_resigning_and_catches_edits(make_definition, make_engine):
+    engine = make_engine(make_definition(min_group_size=20))
+    result = engine.run({"template": "audience_size", "analysis": "audience"}, "brand")
+    resigned = sign_result(dataclasses.replace(result, signature=""), generate_private_key())
+    assert result_digest(resigned) == result_digest(result)
+    edited = dataclasses.replace(result, cells=(dataclasses.replace(
+        result.cells[0], value=result.cells[0].value + 1),))
+    assert result_digest(edited) != result_digest(result)

@@ -1,10 +1,13 @@
-"""Append-only, hash-chained audit log of every request and released number.
+"""Append-only, hash-chained audit log of every request and decision.
 
 One JSON object per line.  Each entry carries the SHA-256 of the previous
 entry, so removing, reordering or editing any line breaks the chain from
 there on; :func:`verify_chain` finds the first broken entry.  Every party
-may read the whole log: it holds query texts, refusals, counts of ingested
-rows and released cells — never an identifier, raw or hashed.
+may read the whole log: it holds who asked what (query texts), each verdict
+(release, cache hit, refusal and its reason), counts of ingested rows, and
+for each release its recipients and the digest of the signed result — never
+a released figure (only the result's recipients get those) and never an
+identifier, raw or hashed.
 """
 
 from __future__ import annotations

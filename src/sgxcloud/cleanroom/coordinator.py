@@ -594,7 +594,8 @@ def create_app(coordinator: Coordinator | None = None):
     @app.get("/v1/audit", tags=["parties"], responses=errors)
     @guarded
     async def audit(request: Request):
-        """The hash-chained audit log: every request and every released number."""
+        """The hash-chained audit log: every request, verdict and result digest
+        (released figures reach only the result's recipients)."""
         await authenticate(request)
         return {"entries": await run_in_threadpool(app.state.coordinator.audit_entries)}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -120,6 +121,17 @@ def load_result(path: str | Path) -> Result:
     except OSError as exc:
         raise ResultSignatureError(f"cannot read {path}: {exc.strerror}") from exc
     return Result.from_json(data)
+
+
+def result_digest(result: Result) -> str:
+    """``sha256:<hex>`` of the result's content (everything but the signer and
+    signature, so a cached result re-signed by a new enclave key keeps it).  The
+    audit log records this, never the figures: a recipient checks that the
+    result it fetched is the one the log says was released."""
+    doc = result.to_dict()
+    doc.pop("signature")
+    doc.pop("signer", None)
+    return "sha256:" + hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
 def new_result_id() -> str:

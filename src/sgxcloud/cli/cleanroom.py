@@ -662,10 +662,9 @@ def _audit_summary(entry: dict[str, Any]) -> str:
                                                  separators=(",", ":")))
         return "; ".join(parts)
     if event == "release":
-        cells = data.get("cells") or []
-        hidden = sum(1 for c in cells if len(c) > 3 and c[3])
-        return f"result {str(data.get('result_id', ''))[:8]}: {len(cells)} figure(s), " \
-               f"{hidden} suppressed"
+        to = ", ".join(data.get("recipients") or [])
+        return f"result {str(data.get('result_id', ''))[:8]} released to {to or '?'}, " \
+               f"{data.get('result_digest', '')}"
     if event == "cache_hit":
         return f"same query as before: result {str(data.get('result_id', ''))[:8]} again"
     if event == "refusal":
@@ -676,8 +675,9 @@ def _audit_summary(entry: dict[str, Any]) -> str:
 @cleanroom.command()
 @_client_options
 def audit(url, definition, party, key, as_json, collateral, pccs) -> int:
-    """The coordinator's audit log (every request and released number), with its
-    hash chain verified here; exit 3 if the chain is broken."""
+    """The coordinator's audit log (every request, verdict and result digest; the
+    figures only in results, for their recipients), with its hash chain verified
+    here; exit 3 if the chain is broken."""
     with _client(url, definition, party, key, collateral, pccs) as client:
         trail = client.audit_verified()
     doc = {"chain": {"verified": True, "entries": len(trail.entries), "head": trail.head},

@@ -159,7 +159,7 @@ def audit_summary(entry: dict[str, Any]) -> str:
         return (f"{query.get('template')} · {query.get('analysis')} · "
                 f"{filter_text(query.get('filter'))}")
     if event == "release":
-        return f"result {data.get('result_id')} · {len(data.get('cells') or [])} cell(s)"
+        return f"result {data.get('result_id')} · to {', '.join(data.get('recipients') or [])}"
     if event == "cache_hit":
         return f"repeated question: result {data.get('result_id')} again"
     if event == "refusal":

@@ -58,7 +58,13 @@ from sgxcloud.cleanroom.errors import (
 )
 from sgxcloud.cleanroom.identifiers import prepared_schema
 from sgxcloud.cleanroom.privacy import CohortStore, NoiseSource, PrivacyLedger, Release
-from sgxcloud.cleanroom.results import Result, new_result_id, now_iso, sign_result
+from sgxcloud.cleanroom.results import (
+    Result,
+    new_result_id,
+    now_iso,
+    result_digest,
+    sign_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +353,9 @@ class Engine:
             earlier = self.ledger.released(key)
             if earlier is not None:
                 result = self._resign(Result.from_json(earlier))
-                self.audit.append("cache_hit", analyst, {"query_hash": key,
-                                                         "result_id": result.result_id})
+                self.audit.append("cache_hit", analyst, {
+                    "query_hash": key, "result_id": result.result_id,
+                    "result_digest": result_digest(result)})
                 return result
             try:
                 with self._memory_guard():
@@ -357,9 +364,13 @@ class Engine:
                 self.audit.append("refusal", analyst, {"reason": exc.reason, "query_hash": key,
                                                        "message": str(exc)})
                 raise
+            # Every party reads the audit log: it records who released what to whom
+            # and the result's digest, never the figures — those reach only the
+            # result's recipients (red-team attack 05).
             self.audit.append("release", analyst, {
                 "query_hash": key, "result_id": result.result_id,
-                "cells": [[c.metric, c.dims, c.value, c.suppressed] for c in result.cells]})
+                "analysis": result.analysis, "recipients": list(result.recipients),
+                "result_digest": result_digest(result)})
             return result
 
     def _compute_and_release(self, query: Query, analysis: Any, analyst: str,
