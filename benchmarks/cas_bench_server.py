@@ -51,8 +51,12 @@ def main() -> None:
     service = build_service(settings)
     service.verifier = RealQuoteCost(service.verifier)  # type: ignore[assignment]
     assert settings.tls_cert is not None and settings.tls_key is not None
+    try:  # owners sign for this origin (older trees, run as a baseline, had no audiences)
+        app = create_app(service, audiences=[f"https://127.0.0.1:{settings.port}"])
+    except TypeError:
+        app = create_app(service)
     uvicorn.run(
-        create_app(service),
+        app,
         host="127.0.0.1",
         port=settings.port,
         log_level="warning",

@@ -379,20 +379,28 @@ class CasService:
     ) -> tuple[StoredPolicy, protocol.Configuration, secrets.CertificateAuthority] | None:
         """The rendered configuration, or None with the reason added to ``verdict``."""
         try:
-            loader = self._loader(repo, verified)
+            rows: dict[str, dict[str, SealedSecret]] = {}  # one read per policy, CA included
+            loader = self._loader(repo, verified, rows)
             rendered = materials.render(policy.services[service], policy, loader)
-            return stored, rendered, self._ca(repo, policy.name)
+            if policy.name not in rows:
+                rows[policy.name] = repo.get_secrets(policy.name)
+            return stored, rendered, self._ca(rows[policy.name])
         except (AccessDenied, PolicyError) as exc:
             # e.g. an imported secret whose exporter withdrew it: a rejection
             # like any other, recorded with its reason.
             verdict.add(str(exc), "secrets")
             return None
 
-    def _ca(self, repo: Repository, policy: str) -> secrets.CertificateAuthority:
-        row = repo.get_secrets(policy)[materials.CA_ROW]
+    def _ca(self, rows: dict[str, SealedSecret]) -> secrets.CertificateAuthority:
+        row = rows[materials.CA_ROW]
         return secrets.CertificateAuthority.from_secret(materials.open_value(self.keyring, row))
 
-    def _loader(self, repo: Repository, verified: VerifiedEvidence) -> materials.Loader:
+    def _loader(
+        self,
+        repo: Repository,
+        verified: VerifiedEvidence,
+        rows: dict[str, dict[str, SealedSecret]] | None = None,
+    ) -> materials.Loader:
         """Opens a policy's secret; an imported one only while its exporter still offers it.
 
         An imported secret also needs ``verified`` (the attesting enclave's
@@ -401,7 +409,7 @@ class CasService:
         once per loader (one transaction), however many placeholders name them.
         """
         opened: dict[tuple[str, str], secrets.SecretValue] = {}
-        rows: dict[str, dict[str, SealedSecret]] = {}
+        rows = {} if rows is None else rows  # the caller's, to reuse what was read
         policies: dict[str, StoredPolicy | None] = {}
 
         def rows_of(policy_name: str) -> dict[str, SealedSecret]:
@@ -639,7 +647,7 @@ class CasService:
             if not _may_read(stored, policy, caller):
                 raise AccessDenied(f"not an owner or reader of policy {name!r}")
             rows = repo.get_secrets(name)
-            ca = self._ca(repo, name)
+            ca = self._ca(rows)
         listed = [
             {
                 "name": spec.name,
