@@ -380,7 +380,7 @@ class CasService:
         """The rendered configuration, or None with the reason added to ``verdict``."""
         try:
             rows: dict[str, dict[str, SealedSecret]] = {}  # one read per policy, CA included
-            loader = self._loader(repo, verified, rows)
+            loader = self._loader(repo, verified, rows, {stored.name: stored})
             rendered = materials.render(policy.services[service], policy, loader)
             if policy.name not in rows:
                 rows[policy.name] = repo.get_secrets(policy.name)
@@ -400,6 +400,7 @@ class CasService:
         repo: Repository,
         verified: VerifiedEvidence,
         rows: dict[str, dict[str, SealedSecret]] | None = None,
+        policies: dict[str, StoredPolicy | None] | None = None,
     ) -> materials.Loader:
         """Opens a policy's secret; an imported one only while its exporter still offers it.
 
@@ -409,8 +410,9 @@ class CasService:
         once per loader (one transaction), however many placeholders name them.
         """
         opened: dict[tuple[str, str], secrets.SecretValue] = {}
-        rows = {} if rows is None else rows  # the caller's, to reuse what was read
-        policies: dict[str, StoredPolicy | None] = {}
+        # The caller's, to reuse what this transaction already read.
+        rows = {} if rows is None else rows
+        policies = {} if policies is None else policies
 
         def rows_of(policy_name: str) -> dict[str, SealedSecret]:
             if policy_name not in rows:
