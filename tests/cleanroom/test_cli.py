@@ -65,6 +65,28 @@ def test_keygen_and_approve(capsys, tmp_path, example):
     assert code == 3 and "does not match" in err and "Traceback" not in err
 
 
+def test_approving_a_definition_with_dp_off_warns_loudly(capsys, tmp_path, example):
+    """DP off protects counts of people only (red-team attack 13: two lift windows
+    gave one purchase's amount); approving such a definition says so on stderr
+    (--json output stays clean and carries it too).  The example has DP on: silent."""
+    import yaml
+
+    key = example.workdir / "keys" / "bank.pem"
+    code, out, err = run(capsys, "approve", "--definition", example.definition, "--party",
+                         "bank", "--key", key, "--out", tmp_path / "on.json", "--json")
+    assert code == 0 and "WARNING" not in err and json.loads(out)["warnings"] == []
+    doc = yaml.safe_load(Path(example.definition).read_text())
+    doc["privacy"]["differential_privacy"]["enabled"] = False
+    off = tmp_path / "dp-off.yaml"
+    off.write_text(yaml.safe_dump(doc))
+    code, out, err = run(capsys, "approve", "--definition", off, "--party", "bank",
+                         "--key", key, "--out", tmp_path / "off.json", "--json")
+    assert code == 0
+    assert "WARNING: differential privacy is OFF" in err
+    assert "sums of purchases and revenue are not compared" in err
+    assert json.loads(out)["warnings"] == [err.split("WARNING: ", 1)[1].strip()]
+
+
 @pytest.mark.parametrize("args, message", [
     (["node", "--provider", "bank", "--dataset", "nope=x.csv"], "not declared"),
     (["node", "--provider", "bank", "--dataset", "customers"], "NAME=SOURCE"),

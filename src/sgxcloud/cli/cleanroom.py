@@ -41,6 +41,15 @@ def _definition(path: str):
     return load_definition(path)
 
 
+def _privacy_warnings(d) -> list[str]:
+    """Say loudly, on stderr (so --json output stays clean), what the definition's
+    privacy settings do not protect."""
+    found = d.privacy.warnings()
+    for text in found:
+        click.secho(f"WARNING: {text}", fg="red", bold=True, err=True)
+    return found
+
+
 def _key(path: str):
     from sgxcloud.cleanroom.approvals import private_key_from_pem
 
@@ -200,11 +209,13 @@ def approve(definition: str, party: str, key_path: str, out: str, as_json: bool)
     from sgxcloud.cleanroom.approvals import approve as sign
 
     d = _definition(definition)
+    warnings = _privacy_warnings(d)
     approval = sign(d, party, _key(key_path))
     Path(out).write_text(json.dumps(approval.to_dict(), indent=2) + "\n")
     doc = {"party": party, "definition_hash": d.definition_hash(),
            "coordinator_mrenclave": d.enclaves.coordinator.mrenclave,
-           "node_mrenclave": d.enclaves.node.mrenclave, "approval": out}
+           "node_mrenclave": d.enclaves.node.mrenclave, "approval": out,
+           "warnings": warnings}
     _emit(as_json, doc, lambda x: console.print(
         f"{party} approved definition {x['definition_hash'][:16]}… "
         f"(coordinator {x['coordinator_mrenclave'][:16]}…) → {out}"))
@@ -314,8 +325,10 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
     sources = {name: Source.parse(path)
                for name, path in _pairs(datasets, "--dataset", "NAME=SOURCE")}
     host, port = _hostport(listen)
+    d = _definition(definition)
+    _privacy_warnings(d)
     server = ProviderNode(NodeConfig(
-        provider=provider, definition=_definition(definition), sources=sources,
+        provider=provider, definition=d, sources=sources,
         approvals=_approvals(approval_files), simulate=simulate,
         simulate_mrenclave=simulate_mrenclave, batch_rows=batch_rows,
         max_invalid_fraction=max_invalid_fraction,
@@ -364,6 +377,7 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
         batch_rows=batch_rows, collateral_source=_collateral(collateral, pccs)))
     if simulate:
         console.print("[bold red]SIMULATED attestation: no SGX hardware, no security[/]")
+    _privacy_warnings(coord.config.definition)
     approvals = coord.approval_status()
     if not approvals["complete"]:
         console.print(f"[yellow]approvals incomplete: missing {approvals['missing']}, "
@@ -773,6 +787,7 @@ def local(workdir: str, as_json: bool) -> int:
     from sgxcloud.cleanroom.local import LocalCollaboration
 
     with LocalCollaboration.from_workdir(Path(workdir)) as collab:
+        _privacy_warnings(_definition(str(collab.definition)))
         _emit(as_json, collab.describe(), lambda d: console.print(
             f"[bold red]SIMULATED[/] collaboration running; coordinator at {d['url']} "
             "(Ctrl-C stops)"))

@@ -10,6 +10,7 @@ from sgxcloud.cleanroom.definition.load import (
 from sgxcloud.cleanroom.definition.model import (
     ATTRIBUTE_TYPES,
     DATASET_KINDS,
+    DP_OFF_WARNING,
     EXPOSURE_GROUPS,
     IDENTIFIER_KINDS,
     ROLES,
@@ -31,6 +32,7 @@ from sgxcloud.cleanroom.definition.model import (
 __all__ = [
     "ATTRIBUTE_TYPES",
     "DATASET_KINDS",
+    "DP_OFF_WARNING",
     "EXPOSURE_GROUPS",
     "IDENTIFIER_KINDS",
     "ROLES",

@@ -112,6 +112,15 @@ class DifferentialPrivacy:
     bounds: ContributionBounds = field(default_factory=ContributionBounds)
 
 
+DP_OFF_WARNING = (
+    "differential privacy is OFF (differential_privacy.enabled: false): only counts of "
+    "people are protected (k, and the differencing check between pairs of releases); "
+    "sums of purchases and revenue are not compared across analyses over the same "
+    "people, so two releases (e.g. lift with attribution windows of 27 and 28 days) can "
+    "reveal one purchase's amount, and combinations of three or more releases are not "
+    "stopped — see docs/cleanroom/privacy-model.md, 'Limits'")
+
+
 @dataclass(frozen=True)
 class Privacy:
     min_group_size: int
@@ -121,6 +130,13 @@ class Privacy:
     @property
     def dp_enabled(self) -> bool:
         return self.dp is not None and self.dp.enabled
+
+    def warnings(self) -> list[str]:
+        """What a party approving these settings must know (said loudly by the
+        CLI at approval and start, and logged by the engine)."""
+        if self.dp_enabled:
+            return []
+        return [DP_OFF_WARNING]
 
 
 @dataclass(frozen=True)

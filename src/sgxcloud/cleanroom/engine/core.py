@@ -149,6 +149,8 @@ class Engine:
         self._noise = NoiseSource(definition.privacy.dp) if definition.privacy.dp_enabled \
             else None
         self._resolved = False
+        for warning in definition.privacy.warnings():
+            log.warning("%s", warning)
         self._bind_definition()
 
     # -- lifecycle -----------------------------------------------------------------
