@@ -5,7 +5,9 @@ A bank, a telecom operator and a retailer each run a node next to their own
 processes on this machine, with SIMULATED attestation because there is no
 SGX here.  The brand sizes an audience, measures campaign lift (HTML report
 with a chart), sees a small group suppressed and a differencing attempt
-refused, and verifies the signed result as a recipient would.
+defeated (under DP by noise: the difference of two noisy counts says nothing
+exact about the small group; with DP off, refused by the differencing check),
+and verifies the signed result as a recipient would.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
         "A bank, a telecom operator and a retailer pool data for a brand's campaign.\n"
         "Each runs a [bold]node[/] next to its own data; a [bold]coordinator[/] enclave "
         "matches people and releases only aggregates: differentially private (OpenDP "
-        "noise, a budget per analyst), k-suppression decided on the noisy counts, and a "
-        "differencing check as a second line.\n"
+        "noise, a budget per analyst), k-suppression decided on the noisy counts, and, "
+        "when DP is off, a differencing check instead.\n"
         "[bold red]SIMULATED attestation[/]: this machine has no SGX, so every enclave "
         "here is a plain process whose evidence is labelled simulated.",
         title="Confidential data clean room", border_style="blue"))
@@ -113,19 +115,28 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
                                 title="small group"))
 
             base = "bank.customers.premium_card = true"
-            brand.query({"template": "audience_size", "analysis": "audience", "filter": base})
+            first = brand.query({"template": "audience_size", "analysis": "audience",
+                                 "filter": base})
             try:
-                brand.query({"template": "audience_size", "analysis": "audience",
-                             "filter": f"{base} AND NOT ({TINY})"})
+                second = brand.query({"template": "audience_size", "analysis": "audience",
+                                      "filter": f"{base} AND NOT ({TINY})"})
                 differencing = "released"
             except QueryRefused as exc:
-                differencing = exc.reason
-            console.print(Panel(
-                f"1. {base}\n2. {base} AND NOT ({TINY})\n→ second query "
-                + ("[bold red]refused[/]: the cohorts differ by fewer than k people, so "
-                   "subtracting the answers would reveal a small group"
-                   if differencing == "differencing" else f"{differencing}"),
-                title="differencing attempt"))
+                second, differencing = None, exc.reason
+            if differencing == "differencing":
+                outcome = ("[bold red]refused[/]: the cohorts differ by fewer than k people, "
+                           "so subtracting the answers would reveal a small group")
+            elif second is not None and definition.privacy.dp_enabled and None not in (
+                    first.result.value("people"), second.result.value("people")):
+                a, b = first.result.value("people"), second.result.value("people")
+                outcome = (f"released with noise: {a} − {b} = {a - b} is a difference of "
+                           "two noisy counts and says nothing exact about the small group "
+                           "(DP protects it; a refusal decided on the exact data would itself "
+                           "reveal whether the group is empty, so under DP there is none)")
+            else:
+                outcome = differencing
+            console.print(Panel(f"1. {base}\n2. {base} AND NOT ({TINY})\n→ second query "
+                                + outcome, title="differencing attempt"))
             entries = brand.audit()
 
         verified = verify_bundle(lift.to_json(), definition)
@@ -143,6 +154,7 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
         "report": str(report),
         "small_group_suppressed": suppressed,
         "differencing": differencing,
+        "dp": definition.privacy.dp_enabled,
         "audit_entries": len(entries),
         "seconds": round(time.monotonic() - started, 1),
     }
