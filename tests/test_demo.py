@@ -60,6 +60,8 @@ def test_whole_demo(tmp_path):
     # would be an oracle; refused with DP off), and an HTML report.
     room = summary["cleanroom"]
     assert room["simulated"] and room["audience"] > 0
+    # Simulation only because every process was told so on its command line.
+    assert room["simulation_opt_in"] == "--allow-simulated"
     assert room["small_group_suppressed"]
     assert room["differencing"] == ("released" if room["dp"] else "differencing")
     assert Path(room["report"]).stat().st_size > 0

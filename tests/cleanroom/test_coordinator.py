@@ -188,11 +188,13 @@ def test_file_going_bad_half_way_leaves_nothing_and_can_be_fixed(tmp_path):
     csv_path.write_text(header + good + "C99999,late@example.org,,perhaps,low\n")
     node = ProviderNode(NodeConfig(provider="bank", definition=definition,
                                    sources={"customers": Source.parse(str(csv_path))},
-                                   approvals=approvals, simulate=True, batch_rows=1000))
+                                   approvals=approvals, simulate=True, allow_simulated=True,
+                                   batch_rows=1000))
     node.start()
     coordinator = Coordinator(CoordinatorConfig(
         definition=definition, workdir=tmp_path / "coordinator",
-        nodes={"bank": node.address}, approvals=approvals, simulate=True, batch_rows=1000))
+        nodes={"bank": node.address}, approvals=approvals, simulate=True,
+        allow_simulated=True, batch_rows=1000))
     try:
         seen = []
         coordinator.ingest_all(lambda kind, info: seen.append((kind, info.get("bytes"))))

@@ -51,14 +51,15 @@ def write_csv(path, text):
 
 def start(definition, approvals, sources, **kw):
     node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
-                                   approvals=approvals, simulate=True, **kw))
+                                   approvals=approvals, simulate=True, allow_simulated=True,
+                                   **kw))
     node.start()
     return node
 
 
 def request(node, definition, dataset="customers"):
     tls = connect(node.address, TlsIdentity.generate("coordinator"))
-    channel = open_client(tls, "coordinator", peer_policy(definition, "node"),
+    channel = open_client(tls, "coordinator", peer_policy(definition, "node", allow_simulated=True),
                           local_attester(definition, "coordinator", simulate=True))
     try:
         channel.request({"op": "send", "dataset": dataset,

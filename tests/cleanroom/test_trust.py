@@ -84,7 +84,8 @@ def approvals_of(example, without=()):
 def open_session(nodes, definition, approvals, *, mrenclave=None, policy_definition=None):
     attester = local_attester(definition, "coordinator", simulate=True, mrenclave=mrenclave)
     tls = connect(nodes.addresses["bank"], TlsIdentity.generate("coordinator"))
-    return open_client(tls, "coordinator", peer_policy(policy_definition or definition, "node"),
+    return open_client(tls, "coordinator", peer_policy(policy_definition or definition, "node",
+                                                   allow_simulated=True),
                        attester, extra={"approvals": approvals})
 
 

@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,6 +30,9 @@ from pydantic import (
 
 from sgxcloud.cas import secrets
 from sgxcloud.errors import InputError
+
+if TYPE_CHECKING:
+    from sgxcloud.web.limits import RequestLimits
 
 ENV_PREFIX = "SGXCLOUD_CAS_"
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, not bound
@@ -72,6 +75,16 @@ class Settings(BaseModel):
     nonce_ttl_seconds: int = Field(120, ge=5, le=3600)
     request_max_skew_seconds: int = Field(300, ge=10, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Request limits, enforced before a request is parsed or authenticated
+    # (sgxcloud.web.limits): an unsigned caller can make the service hold no more.
+    max_attest_body_bytes: int = Field(2 << 20, ge=64 << 10, le=64 << 20)
+    max_policy_body_bytes: int = Field(2 << 20, ge=64 << 10, le=64 << 20)
+    max_body_bytes: int = Field(16 << 10, ge=0, le=1 << 20)
+    max_header_bytes: int = Field(16 << 10, ge=4 << 10, le=1 << 20)
+    max_connections: int = Field(256, ge=1, le=100_000)
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    keep_alive_seconds: int = Field(5, ge=1, le=300)
     # Principal ids (key:sha256:<hex> / cert:sha256:<hex>) allowed to create
     # policies; unset: any authenticated caller may.
     policy_creators: (
@@ -118,6 +131,19 @@ class Settings(BaseModel):
             f"https://[{h}]:{self.port}" if ":" in h else f"https://{h}:{self.port}" for h in hosts
         ]
         return tuple(dict.fromkeys(origin_of(u) for u in urls))
+
+    def request_limits(self) -> RequestLimits:
+        """The limits every route shares (route body limits are separate settings)."""
+        from sgxcloud.web.limits import RequestLimits  # the server's dependencies only
+
+        return RequestLimits(
+            max_body_bytes=self.max_body_bytes,
+            body_timeout_s=self.body_timeout_seconds,
+            header_timeout_s=self.header_timeout_seconds,
+            max_header_bytes=self.max_header_bytes,
+            max_connections=self.max_connections,
+            keep_alive_s=self.keep_alive_seconds,
+        )
 
     def master_key_beside_database(self) -> bool:
         """Whether an existing master key file sits in the SQLite database's directory.

@@ -48,8 +48,16 @@ from sgxcloud.cleanroom.transport import (
 )
 from sgxcloud.cleanroom.transport.request_auth import RequestVerifier
 from sgxcloud.cleanroom.transport.signer import signer_statement
-from sgxcloud.cleanroom.transport.trust import local_attester, peer_policy
+from sgxcloud.cleanroom.transport.trust import SIMULATION_WARNING, local_attester, peer_policy
 from sgxcloud.errors import InputError
+from sgxcloud.web.limits import (
+    KIB,
+    RequestLimits,
+    RequestLimitsMiddleware,
+    RouteLimit,
+    load_json,
+    uvicorn_options,
+)
 
 log = logging.getLogger("sgxcloud.cleanroom.coordinator")
 
@@ -67,6 +75,9 @@ class CoordinatorConfig:
     approvals: list[Approval] = field(default_factory=list)
     simulate: bool = False
     simulate_mrenclave: str | None = None
+    allow_simulated: bool = False
+    """Accept SIMULATED nodes (only if the definition allows it too): they receive
+    the re-keying key, so never by accident."""
     memory_limit: str = "512MB"
     batch_rows: int = 65_536
     collateral_source: Any = None
@@ -160,6 +171,8 @@ class Coordinator:
         self.attester = local_attester(self.definition, "coordinator", simulate=config.simulate,
                                        mrenclave=config.simulate_mrenclave)
         self.simulated = bool(self.attester.simulated)
+        if config.allow_simulated and self.definition.enclaves.allow_simulated:
+            log.warning(SIMULATION_WARNING)
         self.tls = TlsIdentity.generate("coordinator")
         self.engine = Engine(self.definition, self.workdir / "engine", signing_key=signing,
                              memory_limit=config.memory_limit)
@@ -242,7 +255,8 @@ class Coordinator:
         try:
             channel = open_client(
                 connect(self.config.nodes[provider], self.tls), "coordinator",
-                peer_policy(self.definition, "node", self.config.collateral_source),
+                peer_policy(self.definition, "node", self.config.collateral_source,
+                            allow_simulated=self.config.allow_simulated),
                 self.attester,
                 extra={"approvals": [a.to_dict() for a in self.config.approvals]},
             )
@@ -427,10 +441,19 @@ class _Counting:
 API_VERSION = "1.0"
 
 
-def create_app(coordinator: Coordinator | None = None):
+MAX_QUERY_BODY_BYTES = 64 * KIB
+"""Default body limit of POST /v1/queries (a query document is a few hundred bytes)."""
+MAX_QUERY_DEPTH = 32
+"""Deepest JSON nesting a query document may have."""
+
+
+def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits | None = None,
+               max_query_bytes: int = MAX_QUERY_BODY_BYTES):
     """The coordinator's HTTP API (FastAPI).  Handlers decode, call, encode.
 
-    ``coordinator`` may be None to render the OpenAPI document only.
+    ``coordinator`` may be None to render the OpenAPI document only.  Bodies
+    are bounded per route and signature headers checked before any body is
+    read (:mod:`sgxcloud.web.limits`, the CAS's mechanism too).
     """
     from fastapi import FastAPI, Query
     from fastapi.concurrency import run_in_threadpool
@@ -462,7 +485,7 @@ def create_app(coordinator: Coordinator | None = None):
     def error(status: int, code: str, message: str) -> JSONResponse:
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
-    errors = {r: {"model": ErrorResponse} for r in (400, 401, 403, 404, 500)}
+    errors = {r: {"model": ErrorResponse} for r in (400, 401, 403, 404, 408, 413, 500)}
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -562,9 +585,9 @@ def create_app(coordinator: Coordinator | None = None):
         """Run a query as the signing analyst; returns the signed result bundle."""
         analyst = await authenticate(request)
         try:
-            doc = json.loads(await request.body())
-        except ValueError:
-            return error(400, "bad_request", "body must be a JSON query document")
+            doc = load_json(await request.body(), max_depth=MAX_QUERY_DEPTH)
+        except InputError as exc:
+            return error(400, "bad_request", f"body must be a JSON query document ({exc})")
         c = app.state.coordinator
         result = await run_in_threadpool(c.run_query, doc, analyst)
         bundle = c.bundle(result)
@@ -599,7 +622,26 @@ def create_app(coordinator: Coordinator | None = None):
         await authenticate(request)
         return {"entries": await run_in_threadpool(app.state.coordinator.audit_entries)}
 
+    def signed(_scope, headers) -> None:
+        app.state.coordinator.requests.check_headers(headers)
+
+    limits = limits or RequestLimits()
+    small = limits.max_body_bytes
+    app.add_middleware(
+        RequestLimitsMiddleware, limits=limits, render=_limit_error,
+        routes=[RouteLimit("POST", "/v1/queries", max_query_bytes, signed),
+                RouteLimit("POST", "/v1/ingest", small, signed),
+                *(RouteLimit("GET", path, small, signed)
+                  for path in ("/v1/status", "/v1/results/[^/]+", "/v1/budget", "/v1/audit"))])
     return app
+
+
+_LIMIT_CODES = {400: "bad_request", 401: "unauthenticated", 408: "timeout", 413: "too_large"}
+
+
+def _limit_error(status: int, message: str) -> dict[str, Any]:
+    """Refusals made before a handler runs, in the API's error shape."""
+    return {"error": {"code": _LIMIT_CODES.get(status, "bad_request"), "message": message}}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -608,7 +650,9 @@ def openapi_document() -> dict[str, Any]:
 
 
 def serve(coordinator: Coordinator, host: str, port: int,
-          on_ready: Callable[[int], None] | None = None) -> None:
+          on_ready: Callable[[int], None] | None = None, *,
+          limits: RequestLimits | None = None,
+          max_query_bytes: int = MAX_QUERY_BODY_BYTES) -> None:
     """Serve the API over HTTPS with the coordinator's attested TLS key (blocks)."""
     import socket
 
@@ -616,11 +660,14 @@ def serve(coordinator: Coordinator, host: str, port: int,
 
     from sgxcloud.cleanroom.metrics import measured_app
 
+    limits = limits or RequestLimits()
     cert, key = coordinator.tls.write_pem_files(coordinator.workdir / "tls")
     sock = socket.create_server((host, port))
     # The API plus GET /metrics (aggregates only: see cleanroom/metrics.py).
-    config = uvicorn.Config(measured_app(coordinator), ssl_certfile=str(cert),
-                            ssl_keyfile=str(key), log_level="warning", access_log=False)
+    config = uvicorn.Config(measured_app(coordinator, limits=limits,
+                                         max_query_bytes=max_query_bytes),
+                            ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="warning",
+                            access_log=False, **uvicorn_options(limits))
     server = uvicorn.Server(config)
     if on_ready:
         on_ready(sock.getsockname()[1])

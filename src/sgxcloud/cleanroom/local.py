@@ -3,8 +3,9 @@
 Each provider's node and the coordinator run as their own OS processes on
 this machine (``sgxcloud cleanroom node`` / ``coordinator``), talking attested
 TLS over loopback exactly as they would across machines.  There is no SGX
-here, so every process uses SIMULATED evidence, and the definition must say
-``allow_simulated: true`` or the processes refuse each other.
+here, so every process uses SIMULATED evidence and is started with
+``--allow-simulated`` (each prints the loud warning); the definition must
+say ``allow_simulated: true`` too, or the processes refuse each other.
 
 A workdir holds ``local.json``::
 
@@ -108,7 +109,7 @@ class LocalCollaboration:
     def start_nodes(self) -> None:
         for provider, datasets in self.nodes.items():
             args = ["node", "--definition", str(self.definition), "--provider", provider,
-                    "--listen", "127.0.0.1:0", "--simulate", "--verbose"]
+                    "--listen", "127.0.0.1:0", "--simulate", "--allow-simulated", "--verbose"]
             for name, source in datasets.items():
                 args += ["--dataset", f"{name}={source}"]
             for approval in self.approvals:
@@ -119,7 +120,7 @@ class LocalCollaboration:
     def start_coordinator(self) -> None:
         args = ["coordinator", "--definition", str(self.definition), "--workdir",
                 str(self.workdir / "coordinator"), "--listen", "127.0.0.1:0", "--simulate",
-                "--verbose"]
+                "--allow-simulated", "--verbose"]
         for provider, (host, port) in self.addresses.items():
             args += ["--node", f"{provider}={host}:{port}"]
         for approval in self.approvals:

@@ -158,12 +158,14 @@ class MeasuredCoordinator:
         return result
 
 
-def measured_app(coordinator: Any, metrics: CoordinatorMetrics | None = None) -> Any:
-    """The coordinator's API with queries measured and ``GET /metrics``."""
+def measured_app(coordinator: Any, metrics: CoordinatorMetrics | None = None,
+                 **app_options: Any) -> Any:
+    """The coordinator's API with queries measured and ``GET /metrics``
+    (``app_options``, e.g. request limits, go to ``create_app``)."""
     from sgxcloud.cleanroom.coordinator import create_app
 
     metrics = metrics or CoordinatorMetrics()
     metrics.watch(coordinator)
-    app = create_app(MeasuredCoordinator(coordinator, metrics))
+    app = create_app(MeasuredCoordinator(coordinator, metrics), **app_options)
     metrics.add_route(app)
     return app

@@ -43,7 +43,7 @@ from sgxcloud.cleanroom.transport import (
     PeerRefused,
     TlsIdentity,
 )
-from sgxcloud.cleanroom.transport.trust import local_attester, peer_policy
+from sgxcloud.cleanroom.transport.trust import SIMULATION_WARNING, local_attester, peer_policy
 from sgxcloud.errors import InputError
 
 log = logging.getLogger("sgxcloud.cleanroom.node")
@@ -253,6 +253,8 @@ class NodeConfig:
     approvals: list[Approval] = field(default_factory=list)
     simulate: bool = False
     simulate_mrenclave: str | None = None
+    allow_simulated: bool = False
+    """Accept a SIMULATED coordinator (only if the definition allows it too)."""
     batch_rows: int = DEFAULT_BATCH_ROWS
     collateral_source: Any = None
     """Where DCAP collateral comes from (``FileCollateral``/``PccsCollateral``)."""
@@ -310,9 +312,12 @@ class ProviderNode:
         self.definition = config.definition
         # What the operator sees (never a value); bounded for a long-running node.
         self.events: deque[dict[str, Any]] = deque(maxlen=1000)
+        if config.allow_simulated and self.definition.enclaves.allow_simulated:
+            log.warning(SIMULATION_WARNING)
         self.server = AttestedServer(
             host, port, TlsIdentity.generate(f"node-{config.provider}"), "node",
-            peer_policy(self.definition, "coordinator", config.collateral_source),
+            peer_policy(self.definition, "coordinator", config.collateral_source,
+                        allow_simulated=config.allow_simulated),
             local_attester(self.definition, "node", simulate=config.simulate,
                            mrenclave=config.simulate_mrenclave),
             self._serve_session,

@@ -128,7 +128,7 @@ def verify_bundle(bundle: dict[str, Any] | str, definition: Definition,
             f"({expected[:16]}…): check the --definition file")
     statement = bundle["signer_statement"]
     verified = verify_signer_statement(
-        statement, peer_policy(definition, "coordinator", collateral_source))
+        statement, _coordinator_policy(definition, collateral_source))
     result = verify_result(bundle["result"], str(statement.get("signer")),
                            definition_hash=definition.definition_hash())
     return VerifiedResult(result, bundle, bool(verified.simulated))
@@ -267,13 +267,21 @@ def _check_attestation(attestation: dict[str, Any], definition: Definition, tls_
         signer = str(attestation["signer"])
     except (KeyError, TypeError, ValueError) as exc:
         raise PeerRefused("malformed attestation document from the coordinator") from exc
-    policy = peer_policy(definition, "coordinator", collateral_source)
+    policy = _coordinator_policy(definition, collateral_source)
     verified = policy.check(evidence, tls_key, nonce, signer.encode())
     statement = attestation.get("signer_statement") or {}
     if statement.get("signer") != signer:
         raise PeerRefused("the coordinator's signer statement names another key")
     verify_signer_statement(statement, policy)
     return verified
+
+
+def _coordinator_policy(definition: Definition, collateral_source: Any):
+    # Parties and recipients follow the definition alone: they send signed
+    # queries, never data or keys, and every result from a SIMULATED
+    # coordinator is labelled so (VerifiedResult.simulated, red in the CLI).
+    return peer_policy(definition, "coordinator", collateral_source,
+                       allow_simulated=definition.enclaves.allow_simulated)
 
 
 _REFUSAL_CODES = {f"refused_{r}": r for r in ("not_allowed", "budget", "differencing",

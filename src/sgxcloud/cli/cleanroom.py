@@ -121,6 +121,31 @@ def _ready(path: str | None, doc: dict[str, Any]) -> None:
         tmp.replace(path)
 
 
+def _allow_simulated_option(f):
+    return click.option(
+        "--allow-simulated", is_flag=True,
+        help="Accept SIMULATED peers (demos and tests only). Needed on top of the "
+             "definition's enclaves.allow_simulated: the definition alone is never enough.")(f)
+
+
+def _simulation_banner(definition, allow_simulated: bool) -> None:
+    """Say loudly, on stderr, that this process trusts SIMULATED peers."""
+    from rich.panel import Panel
+
+    from sgxcloud.cleanroom.transport.trust import SIMULATION_WARNING
+
+    err = Console(stderr=True)
+    if allow_simulated and definition.enclaves.allow_simulated:
+        err.print(Panel(SIMULATION_WARNING, title="WARNING: --allow-simulated",
+                        style="bold red"))
+    elif allow_simulated:
+        err.print("[yellow]--allow-simulated has no effect: the definition requires SGX "
+                  "hardware (enclaves.allow_simulated is false)[/]")
+    elif definition.enclaves.allow_simulated:
+        err.print("[yellow]the definition allows SIMULATED enclaves; this process still "
+                  "refuses them (start it with --allow-simulated for a demo)[/]")
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -308,6 +333,7 @@ def _render_check(doc: dict[str, Any]) -> None:
 @click.option("--simulate", is_flag=True,
               help="Use SIMULATED attestation (no SGX). Peers refuse it unless allowed.")
 @click.option("--simulate-mrenclave", hidden=True, help="Tests: claim another MRENCLAVE.")
+@_allow_simulated_option
 @click.option("--batch-rows", default=65_536, show_default=True, type=click.IntRange(1))
 @click.option("--max-invalid-fraction", default=0.01, show_default=True,
               type=click.FloatRange(0, 1),
@@ -316,8 +342,8 @@ def _render_check(doc: dict[str, Any]) -> None:
 @click.option("--ready-file", hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log sessions and refusals.")
 def node_serve(definition, provider, datasets, approval_files, listen, simulate,
-               simulate_mrenclave, batch_rows, max_invalid_fraction, collateral, pccs, ready_file,
-               verbose) -> int:
+               simulate_mrenclave, allow_simulated, batch_rows, max_invalid_fraction, collateral,
+               pccs, ready_file, verbose) -> int:
     """Serve your own data to the attested coordinator (runs until stopped)."""
     from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
 
@@ -325,14 +351,16 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
     sources = {name: Source.parse(path)
                for name, path in _pairs(datasets, "--dataset", "NAME=SOURCE")}
     host, port = _hostport(listen)
-    d = _definition(definition)
-    _privacy_warnings(d)
+    loaded = _definition(definition)
+    _privacy_warnings(loaded)
     server = ProviderNode(NodeConfig(
-        provider=provider, definition=d, sources=sources,
+        provider=provider, definition=loaded, sources=sources,
         approvals=_approvals(approval_files), simulate=simulate,
-        simulate_mrenclave=simulate_mrenclave, batch_rows=batch_rows,
+        simulate_mrenclave=simulate_mrenclave, allow_simulated=allow_simulated,
+        batch_rows=batch_rows,
         max_invalid_fraction=max_invalid_fraction,
         collateral_source=_collateral(collateral, pccs)), host, port)
+    _simulation_banner(loaded, allow_simulated)
     bound = server.address
     label = " [bold red]SIMULATED attestation[/]" if simulate else ""
     console.print(f"node {provider} listening on {bound[0]}:{bound[1]}{label}", highlight=False)
@@ -354,14 +382,21 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
 @click.option("--listen", default="127.0.0.1:8443", show_default=True)
 @click.option("--simulate", is_flag=True, help="Use SIMULATED attestation (no SGX).")
 @click.option("--simulate-mrenclave", hidden=True)
+@_allow_simulated_option
 @click.option("--memory-limit", default="512MB", show_default=True,
               help="DuckDB memory limit inside the enclave (EPC is scarce).")
 @click.option("--batch-rows", default=65_536, show_default=True, type=click.IntRange(1))
+@click.option("--max-query-bytes", default=64 << 10, show_default=True,
+              type=click.IntRange(1024, 16 << 20),
+              help="Largest query body accepted (larger ones: 413, before reading them).")
+@click.option("--max-connections", default=64, show_default=True, type=click.IntRange(1),
+              help="Requests handled at once; more are answered 503.")
 @_collateral_options
 @click.option("--ready-file", hidden=True)
 @click.option("-v", "--verbose", is_flag=True)
 def coordinator(definition, approval_files, nodes, workdir, listen, simulate, simulate_mrenclave,
-                memory_limit, batch_rows, collateral, pccs, ready_file, verbose) -> int:
+                allow_simulated, memory_limit, batch_rows, max_query_bytes, max_connections,
+                collateral, pccs, ready_file, verbose) -> int:
     """Pull approved data from the nodes and serve the HTTPS API (runs until stopped)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -370,11 +405,14 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
     _logging(verbose)
     node_map = {provider: _hostport(address)
                 for provider, address in _pairs(nodes, "--node", "PROVIDER=HOST:PORT")}
+    loaded = _definition(definition)
     coord = Coordinator(CoordinatorConfig(
-        definition=_definition(definition), workdir=Path(workdir), nodes=node_map,
+        definition=loaded, workdir=Path(workdir), nodes=node_map,
         approvals=_approvals(approval_files), simulate=simulate,
-        simulate_mrenclave=simulate_mrenclave, memory_limit=memory_limit,
+        simulate_mrenclave=simulate_mrenclave, allow_simulated=allow_simulated,
+        memory_limit=memory_limit,
         batch_rows=batch_rows, collateral_source=_collateral(collateral, pccs)))
+    _simulation_banner(loaded, allow_simulated)
     if simulate:
         console.print("[bold red]SIMULATED attestation: no SGX hardware, no security[/]")
     _privacy_warnings(coord.config.definition)
@@ -406,8 +444,11 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
         console.print(f"coordinator API on https://{host}:{bound_port}", highlight=False)
         _ready(ready_file, {"host": host, "port": bound_port, "status": coord.status()})
 
+    from sgxcloud.web.limits import RequestLimits
+
     try:
-        serve(coord, host, port, on_ready=ready)
+        serve(coord, host, port, on_ready=ready, max_query_bytes=max_query_bytes,
+              limits=RequestLimits(max_connections=max_connections))
     finally:
         coord.close()
     return 0
@@ -784,8 +825,14 @@ def public_key(key_path: str, definition: str | None, as_json: bool) -> int:
 @click.option("--json", "as_json", is_flag=True)
 def local(workdir: str, as_json: bool) -> int:
     """Run every node and the coordinator as separate local processes (SIMULATED)."""
-    from sgxcloud.cleanroom.local import LocalCollaboration
+    from rich.panel import Panel
 
+    from sgxcloud.cleanroom.local import LocalCollaboration
+    from sgxcloud.cleanroom.transport.trust import SIMULATION_WARNING
+
+    # Every process here is started with --allow-simulated: say what that means.
+    Console(stderr=True).print(Panel(SIMULATION_WARNING, style="bold red",
+                                     title="WARNING: SIMULATED collaboration"))
     with LocalCollaboration.from_workdir(Path(workdir)) as collab:
         _privacy_warnings(_definition(str(collab.definition)))
         _emit(as_json, collab.describe(), lambda d: console.print(

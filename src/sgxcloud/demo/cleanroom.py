@@ -28,6 +28,7 @@ from sgxcloud.cleanroom.errors import QueryRefused
 from sgxcloud.cleanroom.local import prepare_example
 from sgxcloud.cleanroom.report import summary, write_lift_report
 from sgxcloud.cleanroom.sdk import CleanroomClient, verify_bundle
+from sgxcloud.cleanroom.transport.trust import SIMULATION_OPT_IN, SIMULATION_WARNING
 
 DEFAULT_PEOPLE = 60_000
 SEGMENT = ("(bank.customers.premium_card = true OR retailer.customers.baby_buyer = true) "
@@ -48,6 +49,10 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
         "[bold red]SIMULATED attestation[/]: this machine has no SGX, so every enclave "
         "here is a plain process whose evidence is labelled simulated.",
         title="Confidential data clean room", border_style="blue"))
+    # Every node and the coordinator below is started with --allow-simulated:
+    # without it each would refuse the others, whatever the definition says.
+    console.print(Panel(SIMULATION_WARNING, style="bold red",
+                        title=f"WARNING: processes started with {SIMULATION_OPT_IN}"))
 
     with Progress(TextColumn("{task.description}"), BarColumn(), console=console,
                   transient=True) as bar:
@@ -148,6 +153,7 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
 
     return {
         "simulated": True,
+        "simulation_opt_in": SIMULATION_OPT_IN,
         "people": people,
         "audience": audience,
         "lift": summary(lift.result),

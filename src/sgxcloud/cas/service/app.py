@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +42,7 @@ from sgxcloud.cas.service.core import (
 )
 from sgxcloud.cas.store import StoreError
 from sgxcloud.errors import SgxcloudError
+from sgxcloud.web.limits import MIB, RequestLimits, RequestLimitsMiddleware, RouteLimit
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,22 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (SecretsError, 500, "internal"),  # a master key problem is the operator's, not the caller's
 ]
 
-_ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 409, 503)}
+_ERRORS = {
+    status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 408, 409, 413, 503)
+}
+
+# Error labels of the refusals made before a request reaches a handler.
+_LIMIT_LABELS = {400: "bad-request", 401: "unauthenticated", 408: "timeout", 413: "too-large"}
+
+MAX_ATTEST_BODY_BYTES = 2 * MIB
+"""Default body limit of POST /v1/attest (evidence is at most 1.5 MB of base64)."""
+MAX_POLICY_BODY_BYTES = 2 * MIB
+"""Default body limit of PUT /v1/policies (a policy is at most 1 MiB of text)."""
+
+
+def _limit_error(status: int, message: str) -> dict:
+    label = _LIMIT_LABELS.get(status, "bad-request")
+    return schemas.ErrorBody(error=label, message=message).model_dump(exclude_none=True)
 
 
 def create_app(
@@ -76,6 +92,9 @@ def create_app(
     max_skew: int = 300,
     audiences: Iterable[str] = (),
     owner_certificates: auth.OwnerCertificates | None = None,
+    limits: RequestLimits | None = None,
+    max_attest_bytes: int = MAX_ATTEST_BODY_BYTES,
+    max_policy_bytes: int = MAX_POLICY_BODY_BYTES,
 ) -> FastAPI:
     """The ASGI application for ``service``; ``clock`` is injectable for tests.
 
@@ -83,6 +102,9 @@ def create_app(
     service at: owners' signatures must name one of them.  More can be added
     once the port is known (``add_audience``).  With ``service=None`` the app
     only documents the API (``openapi_document``): every endpoint answers 503.
+    Request bodies are bounded per route and owner requests' signature
+    headers checked before any body is read (:mod:`sgxcloud.web.limits`);
+    ``limits`` holds the bounds shared by all routes.
     """
     app = FastAPI(
         title="sgxcloud attestation and configuration service",
@@ -265,6 +287,28 @@ def create_app(
         report = await run_in_threadpool(cas().verify_audit)
         return schemas.AuditVerifyResponse(**report.to_dict())
 
+    def signed(scope: dict, headers: Mapping[str, str]) -> None:
+        auth.check_headers(
+            headers,
+            now=now(),
+            max_skew=max_skew,
+            tls_client_certificate=scope.get("state", {}).get(auth.PEER_CERTIFICATE_STATE),
+        )
+
+    limits = limits or RequestLimits()
+    owner = r"/v1/policies/[^/]+"
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        limits=limits,
+        routes=[
+            RouteLimit("POST", "/v1/attest", max_attest_bytes),
+            RouteLimit("PUT", "/v1/policies", max_policy_bytes, signed),
+            RouteLimit("GET", owner, limits.max_body_bytes, signed),
+            RouteLimit("DELETE", owner, limits.max_body_bytes, signed),
+            RouteLimit("GET", "/v1/audit(/verify)?", limits.max_body_bytes, signed),
+        ],
+        render=_limit_error,
+    )
     _document_400_not_422(app)
     return app
 

@@ -433,6 +433,37 @@ def verify_consent(
     return Consent(principal, policy, policy_hash, expires_at, spend)
 
 
+def check_headers(
+    headers: Mapping[str, str],
+    *,
+    now: int,
+    max_skew: int,
+    tls_client_certificate: bytes | None = None,
+) -> None:
+    """The checks of :func:`authenticate` that need neither the body nor the
+    database, made before the body is read (``sgxcloud.web.limits``).
+
+    An unsigned, malformed or stale request is refused here, so a stranger
+    cannot make the service read (and hold) a body at all; the signature,
+    audience, credential and request id are checked by :func:`authenticate`.
+    """
+    date_text = headers.get(DATE_HEADER)
+    signature_text = headers.get(SIGNATURE_HEADER)
+    if not date_text and not signature_text and tls_client_certificate:
+        return  # mutual TLS: authenticate() checks the certificate
+    if not date_text or not signature_text:
+        raise AuthenticationError("request is not signed (see 'sgxcloud policy --help')")
+    try:
+        date = int(date_text)
+        base64.b64decode(signature_text, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise AuthenticationError("request signature headers are malformed") from exc
+    if abs(now - date) > max_skew:
+        raise AuthenticationError(
+            f"request time is {date - now:+d} s from the service's clock (allowed ±{max_skew} s)"
+        )
+
+
 def _credential(
     headers: Mapping[str, str], certificates: OwnerCertificates, now: int
 ) -> tuple[object, str]:

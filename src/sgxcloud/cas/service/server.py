@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sgxcloud.cas.config import ConfigError, Settings
 from sgxcloud.cas.evidence import DefaultVerifier
@@ -34,6 +33,7 @@ from sgxcloud.cas.service.auth import PEER_CERTIFICATE_STATE, OwnerCertificates
 from sgxcloud.cas.service.core import CasService
 from sgxcloud.cas.service.metrics import CasMetrics, MeasuredService, ObservedCollateral
 from sgxcloud.cas.store import Database
+from sgxcloud.web.limits import LimitedH11Protocol, RequestLimits, uvicorn_options
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,9 @@ def build_app(
     return measured_app(
         service, metrics, max_skew=settings.request_max_skew_seconds,
         audiences=settings.audiences(), owner_certificates=owner_certificates(settings),
+        limits=settings.request_limits(),
+        max_attest_bytes=settings.max_attest_body_bytes,
+        max_policy_bytes=settings.max_policy_body_bytes,
     )  # fmt: skip
 
 
@@ -98,7 +101,7 @@ def measured_app(
     return app
 
 
-class PeerCertificateH11(H11Protocol):
+class PeerCertificateH11(LimitedH11Protocol):
     """uvicorn's HTTP/1.1 protocol, passing the TLS client certificate to the app.
 
     uvicorn does not implement the ASGI TLS extension; the verified peer
@@ -113,13 +116,17 @@ class PeerCertificateH11(H11Protocol):
         self.app_state = {**self.app_state, PEER_CERTIFICATE_STATE: peer}
 
 
-def _tls_options(cert: Path, key: Path, owner_ca: Path | None) -> dict[str, Any]:
-    """uvicorn TLS settings; with ``owner_ca``, client certificates are requested (mTLS)."""
+def _server_options(
+    cert: Path, key: Path, owner_ca: Path | None, limits: RequestLimits
+) -> dict[str, Any]:
+    """uvicorn TLS settings and limits; with ``owner_ca``, client certificates are
+    requested (mTLS)."""
     options: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    protocol = LimitedH11Protocol
     if owner_ca is not None:
-        options.update(
-            ssl_ca_certs=str(owner_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL, http=PeerCertificateH11
-        )
+        options.update(ssl_ca_certs=str(owner_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL)
+        protocol = PeerCertificateH11
+    options.update(uvicorn_options(limits, protocol))
     return options
 
 
@@ -129,10 +136,7 @@ def serve(settings: Settings) -> None:
         raise ConfigError("tls_cert and tls_key are required: the CAS only speaks HTTPS")
     metrics = CasMetrics()
     service = build_service(settings, metrics)
-    app = measured_app(
-        service, metrics, max_skew=settings.request_max_skew_seconds,
-        audiences=settings.audiences(), owner_certificates=owner_certificates(settings),
-    )  # fmt: skip
+    app = build_app(settings, service, metrics)
     try:
         uvicorn.run(
             app,
@@ -140,7 +144,10 @@ def serve(settings: Settings) -> None:
             port=settings.port,
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
-            **_tls_options(settings.tls_cert, settings.tls_key, settings.owner_ca_file),
+            **_server_options(
+                settings.tls_cert, settings.tls_key, settings.owner_ca_file,
+                settings.request_limits(),
+            ),
         )
     finally:
         service.stop()
@@ -214,6 +221,7 @@ def background_https(
     host: str = "127.0.0.1",
     log_level: str = "warning",
     owner_ca: Path | None = None,
+    limits: RequestLimits | None = None,
 ) -> Iterator[str]:
     """Serve ``app`` over HTTPS on a free loopback port in a thread; yields the base URL."""
     config = uvicorn.Config(
@@ -223,7 +231,7 @@ def background_https(
         log_level=log_level,
         access_log=False,
         lifespan="off",
-        **_tls_options(tls.cert, tls.key, owner_ca),
+        **_server_options(tls.cert, tls.key, owner_ca, limits or RequestLimits()),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="cas-https", daemon=True)

@@ -80,18 +80,21 @@ class PeerPolicy:
     pin: Callable[[EnclaveIdentity], bool] | None = None
     """Further identity checks (MRSIGNER, ISVPRODID, minimum ISVSVN, no debug)."""
     clock: Callable[[], int] = field(default=lambda: int(time.time()))
+    simulation_refusal: str = ""
+    """Why SIMULATED evidence is refused, when ``allow_simulation`` is false
+    (the definition's reason unless set)."""
 
     def check(self, evidence: Any, peer_public_key_der: bytes, own_nonce: bytes,
               *extra: bytes) -> Any:
         """Verify ``evidence`` for this session or raise :class:`PeerRefused`."""
         if evidence.simulated and not self.allow_simulation:
-            raise _simulated_refused()
+            raise _simulated_refused(self.simulation_refusal)
         try:
             verified = self.verifier.verify(evidence, self.clock())
         except Exception as exc:  # every verifier failure is one verdict
             raise PeerRefused(f"peer attestation evidence rejected ({_reason(exc)})") from exc
         if verified.simulated and not self.allow_simulation:
-            raise _simulated_refused()
+            raise _simulated_refused(self.simulation_refusal)
         if not verified.simulated and verified.tcb_status not in self.allowed_tcb_statuses:
             raise PeerRefused(
                 f"peer platform TCB status {verified.tcb_status} is not allowed by the "
@@ -118,10 +121,11 @@ class PeerPolicy:
         return verified
 
 
-def _simulated_refused() -> PeerRefused:
+def _simulated_refused(reason: str = "") -> PeerRefused:
     return PeerRefused(
-        "peer presented SIMULATED attestation evidence; the collaboration definition "
-        "requires SGX hardware (enclaves.allow_simulated is false)"
+        "peer presented SIMULATED attestation evidence; "
+        + (reason or "the collaboration definition requires SGX hardware "
+           "(enclaves.allow_simulated is false)")
     )
 
 

@@ -42,6 +42,9 @@ PROTOCOL = "sgxcloud-cleanroom/1"
 HEADER = struct.Struct(">BQI")
 MAX_FRAME = 16 << 20
 """Largest payload accepted: bounds the memory one frame can take (EPC is scarce)."""
+MAX_OPENING_FRAME = 1 << 20
+"""Largest HELLO or EVIDENCE accepted: before attestation the peer is a stranger,
+who must not make us hold a full-size frame (a DCAP quote is a few KiB)."""
 
 DATA_CHUNK = 1 << 20
 
@@ -77,14 +80,16 @@ class FramedConnection:
     def send_json(self, kind: Kind, obj: dict[str, Any]) -> None:
         self.send(kind, json.dumps(obj, separators=(",", ":")).encode())
 
-    def recv(self) -> tuple[Kind, bytes]:
+    def recv(self, limit: int = MAX_FRAME) -> tuple[Kind, bytes]:
+        """The next frame; one whose declared length exceeds ``limit`` ends the
+        session before its payload is read."""
         kind, seq, length = HEADER.unpack(self.tls.recv_exact(HEADER.size))
         if seq != self._recv_seq:
             raise ProtocolViolation(
                 f"message out of sequence (got #{seq}, expected #{self._recv_seq}): "
                 "replayed or reordered; session closed"
             )
-        if length > MAX_FRAME:
+        if length > min(limit, MAX_FRAME):
             raise ProtocolViolation("frame larger than the protocol allows")
         try:
             frame_kind = Kind(kind)
@@ -94,8 +99,8 @@ class FramedConnection:
         self._recv_seq += 1
         return frame_kind, payload
 
-    def recv_json(self, *expected: Kind) -> tuple[Kind, dict[str, Any]]:
-        kind, payload = self.recv()
+    def recv_json(self, *expected: Kind, limit: int = MAX_FRAME) -> tuple[Kind, dict[str, Any]]:
+        kind, payload = self.recv(limit)
         if kind not in expected and kind is not Kind.ERROR:
             wanted = "/".join(k.name for k in expected)
             raise ProtocolViolation(f"expected {wanted}, got {kind.name}")
@@ -185,7 +190,7 @@ def _hello(role: str, policy: PeerPolicy, nonce: bytes, extra: dict[str, Any]) -
 
 
 def _read_hello(frames: FramedConnection, policy: PeerPolicy) -> dict[str, Any]:
-    _, hello = frames.recv_json(Kind.HELLO)
+    _, hello = frames.recv_json(Kind.HELLO, limit=MAX_OPENING_FRAME)
     if hello.get("protocol") != PROTOCOL:
         raise ProtocolViolation(f"peer speaks {hello.get('protocol')!r}, not {PROTOCOL}")
     try:
@@ -233,7 +238,7 @@ def open_client(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
         hello = _read_hello(frames, policy)
         frames.send_json(Kind.EVIDENCE, _evidence_message(attester, frames, policy,
                                                           hello["nonce_bytes"]))
-        _, message = frames.recv_json(Kind.EVIDENCE)
+        _, message = frames.recv_json(Kind.EVIDENCE, limit=MAX_OPENING_FRAME)
         peer = _check_evidence(frames, policy, message, nonce)
     except PeerRefused as exc:
         frames.send_error("refused", str(exc))
@@ -258,7 +263,7 @@ def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
         nonce = os.urandom(NONCE_SIZE)
         hello = _read_hello(frames, policy)
         frames.send_json(Kind.HELLO, _hello(role, policy, nonce, extra or {}))
-        _, message = frames.recv_json(Kind.EVIDENCE)
+        _, message = frames.recv_json(Kind.EVIDENCE, limit=MAX_OPENING_FRAME)
         peer = _check_evidence(frames, policy, message, nonce)
         if admit:
             admit(peer, hello)

@@ -154,19 +154,22 @@ class RequestVerifier:
     def close(self) -> None:
         self.nonces.close()
 
-    def verify(self, headers: Mapping[str, str], method: str, path: str, body: bytes,
-               now: int | None = None) -> str:
-        """Return the authenticated party name or raise :class:`RequestRejected`.
+    def check_headers(self, headers: Mapping[str, str], now: int | None = None) -> None:
+        """The checks of :meth:`verify` that need no body, made before it is read.
 
-        The nonce is recorded (durably, with a store) before this returns, so
-        the caller may act on the request at once.
+        An unsigned request, an unknown party, a malformed nonce or a stale
+        clock is refused here, so a stranger cannot make the coordinator read
+        (and hold) a body at all; the signature itself covers the body.
         """
+        self._check_headers(headers, now)
+
+    def _check_headers(self, headers: Mapping[str, str],
+                       now: int | None) -> tuple[str, str, int, bytes, int]:
         values = {h: headers.get(h) for h in HEADERS}
         if any(v is None for v in values.values()):
             raise RequestRejected("request is not signed (X-Cleanroom-* headers missing)")
         party_name = str(values["x-cleanroom-party"])
-        party = self.definition.party(party_name)
-        if party is None:
+        if self.definition.party(party_name) is None:
             raise RequestRejected(f"{party_name[:40]!r} is not a party of this collaboration")
         nonce = str(values["x-cleanroom-nonce"])
         try:
@@ -179,6 +182,19 @@ class RequestVerifier:
         current = int(time.time() if now is None else now)
         if abs(current - issued_at) > MAX_SKEW_S:
             raise RequestRejected("request timestamp is too far from the coordinator's clock")
+        return party_name, nonce, issued_at, signature, current
+
+    def verify(self, headers: Mapping[str, str], method: str, path: str, body: bytes,
+               now: int | None = None) -> str:
+        """Return the authenticated party name or raise :class:`RequestRejected`.
+
+        The nonce is recorded (durably, with a store) before this returns, so
+        the caller may act on the request at once.
+        """
+        party_name, nonce, issued_at, signature, current = self._check_headers(headers, now)
+        party = self.definition.party(party_name)
+        if party is None:  # checked above; kept so the key below is never None
+            raise RequestRejected(f"{party_name[:40]!r} is not a party of this collaboration")
         payload = _payload(method, path, body, party_name, nonce, issued_at)
         try:
             decode_public_key(party.public_key).verify(signature, payload)

@@ -1,7 +1,12 @@
 """A small threaded listener for attested sessions (one thread per peer).
 
 A peer that fails TLS or attestation is logged with its reason and dropped;
-the listener keeps serving everyone else.
+the listener keeps serving everyone else.  Until a peer has passed
+attestation it is a stranger, so what it can hold is bounded: at most
+``max_sessions`` sessions at once (more connections are closed at once), the
+whole opening (TLS handshake, HELLO, EVIDENCE) within ``OPENING_TIMEOUT_S``
+however slowly bytes trickle in, and opening frames of at most
+``channel.MAX_OPENING_FRAME`` bytes.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +27,11 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[AttestedChannel], None]
 
+OPENING_TIMEOUT_S = 30.0
+"""How long a peer may take from connecting to having passed attestation."""
+MAX_SESSIONS = 32
+"""Sessions (opening or open) at once; a node serves one coordinator."""
+
 
 class AttestedServer:
     """Accepts mutually attested TLS sessions and hands each to ``handler``."""
@@ -29,7 +40,9 @@ class AttestedServer:
                  policy: PeerPolicy, attester: Attester, handler: Handler,
                  on_refusal: Callable[[str], None] | None = None,
                  hello_extra: dict | None = None,
-                 admit: Callable[[Any, dict[str, Any]], None] | None = None) -> None:
+                 admit: Callable[[Any, dict[str, Any]], None] | None = None,
+                 max_sessions: int = MAX_SESSIONS,
+                 opening_timeout: float = OPENING_TIMEOUT_S) -> None:
         self.identity = identity
         self.role = role
         self.policy = policy
@@ -38,6 +51,8 @@ class AttestedServer:
         self.on_refusal = on_refusal
         self.hello_extra = hello_extra or {}
         self.admit = admit
+        self.opening_timeout = opening_timeout
+        self._slots = threading.BoundedSemaphore(max_sessions)
         self._sock = socket.create_server((host, port), reuse_port=False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,6 +71,10 @@ class AttestedServer:
                 continue
             except OSError:
                 break
+            if not self._slots.acquire(blocking=False):
+                log.warning("session refused: too many sessions at once")
+                conn.close()
+                continue
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def start(self) -> None:
@@ -70,9 +89,17 @@ class AttestedServer:
 
     def _session(self, conn: socket.socket) -> None:
         try:
-            tls = tlsmod.accept(conn, self.identity)
+            self._attested_session(conn)
+        finally:
+            self._slots.release()
+
+    def _attested_session(self, conn: socket.socket) -> None:
+        try:
+            tls = tlsmod.accept(conn, self.identity,
+                                deadline=time.monotonic() + self.opening_timeout)
             channel = open_server(tls, self.role, self.policy, self.attester,
                                   self.hello_extra, self.admit)
+            tls.deadline = None  # attested: the handler sets its own timeouts
         except TransportError as exc:
             log.warning("session refused: %s", exc)
             if self.on_refusal:

@@ -15,6 +15,7 @@ import datetime as dt
 import select
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,14 +113,21 @@ class TlsConnection:
     call loops on OpenSSL's want-read/want-write until done or timed out.
     """
 
-    def __init__(self, conn: SSL.Connection, sock: socket.socket, timeout: float) -> None:
+    def __init__(self, conn: SSL.Connection, sock: socket.socket, timeout: float,
+                 deadline: float | None = None) -> None:
         self._conn = conn
         self._sock = sock
         self.timeout = timeout
+        self.deadline = deadline
+        """``time.monotonic()`` by which everything must be done (a session
+        opening), on top of the per-operation ``timeout``; None: no deadline."""
 
     def _wait(self, readable: bool) -> None:
         rl, wl = ([self._sock], []) if readable else ([], [self._sock])
-        r, w, _ = select.select(rl, wl, [], self.timeout)
+        wait = self.timeout
+        if self.deadline is not None:
+            wait = min(wait, max(self.deadline - time.monotonic(), 0.0))
+        r, w, _ = select.select(rl, wl, [], wait)
         if not r and not w:
             raise TransportError("peer did not respond in time")
 
@@ -175,14 +183,15 @@ class TlsConnection:
             self._sock.close()
 
 
-def _wrap(sock: socket.socket, identity: TlsIdentity, server: bool, timeout: float):
+def _wrap(sock: socket.socket, identity: TlsIdentity, server: bool, timeout: float,
+          deadline: float | None = None):
     sock.settimeout(timeout)
     conn = SSL.Connection(_context(identity), sock)
     if server:
         conn.set_accept_state()
     else:
         conn.set_connect_state()
-    tls = TlsConnection(conn, sock, timeout)
+    tls = TlsConnection(conn, sock, timeout, deadline)
     try:
         tls.handshake()
     except TransportError:
@@ -200,9 +209,11 @@ def connect(address: tuple[str, int], identity: TlsIdentity, timeout: float = IO
     return _wrap(sock, identity, server=False, timeout=timeout)
 
 
-def accept(sock: socket.socket, identity: TlsIdentity, timeout: float = IO_TIMEOUT_S):
-    """Complete the server side of the handshake on an accepted socket."""
-    return _wrap(sock, identity, server=True, timeout=timeout)
+def accept(sock: socket.socket, identity: TlsIdentity, timeout: float = IO_TIMEOUT_S,
+           deadline: float | None = None):
+    """Complete the server side of the handshake on an accepted socket
+    (by ``deadline``, a ``time.monotonic()`` value, if given)."""
+    return _wrap(sock, identity, server=True, timeout=timeout, deadline=deadline)
 
 
 def pinned_client_context(cert_pem: bytes) -> ssl.SSLContext:

@@ -29,13 +29,36 @@ def _pin(definition: Definition, role: str) -> EnclavePin:
     return getattr(definition.enclaves, role)
 
 
-def peer_policy(definition: Definition, peer_role: str, collateral_source=None) -> PeerPolicy:
-    """What a peer in ``peer_role`` must prove, exactly as the definition pins it."""
+SIMULATION_OPT_IN = "--allow-simulated"
+"""The command-line flag by which a process itself accepts SIMULATED peers."""
+
+SIMULATION_WARNING = (
+    "SIMULATED attestation accepted: no SGX protects anything here. Any process can "
+    "pose as a node or the coordinator, receive the re-keying key and data, and invert "
+    "keyed identifiers. Demos and tests only, never real data."
+)
+"""The banner every process that accepts SIMULATED peers shows (and logs)."""
+
+
+def peer_policy(definition: Definition, peer_role: str, collateral_source=None, *,
+                allow_simulated: bool = False) -> PeerPolicy:
+    """What a peer in ``peer_role`` must prove, exactly as the definition pins it.
+
+    SIMULATED evidence is accepted only when the definition allows it *and*
+    this process was told so itself (``allow_simulated``, from its own
+    command line): a definition copied from the example, which allows
+    simulation, must never be enough on its own.
+    """
     pin = _pin(definition, peer_role)
+    refusal = ""
+    if definition.enclaves.allow_simulated and not allow_simulated:
+        refusal = (f"the definition allows simulation but this process was not started "
+                   f"with {SIMULATION_OPT_IN} (never trusted by accident)")
     return PeerPolicy(
         definition_hash=definition.definition_hash(),
         mrenclaves=frozenset({pin.mrenclave}),
-        allow_simulation=definition.enclaves.allow_simulated,
+        allow_simulation=definition.enclaves.allow_simulated and allow_simulated,
+        simulation_refusal=refusal,
         verifier=verifier_for(collateral_source),
         allowed_tcb_statuses=frozenset(definition.enclaves.allowed_tcb_statuses),
         tolerated_advisories=frozenset(definition.enclaves.tolerated_advisories),

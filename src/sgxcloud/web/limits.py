@@ -1,0 +1,281 @@
+"""Bounds on what a caller can make a service hold before it is authenticated.
+
+The CAS and the clean-room coordinator run in enclaves, where memory is EPC:
+a service that reads a whole request body before checking who sent it lets
+anyone on the network fill it (one unsigned 300 MiB body took the CAS from
+96 to 697 MiB).  Both services therefore sit behind the same two pieces:
+
+* :class:`RequestLimitsMiddleware` (ASGI), per route and before the
+  application sees the request: a ``Content-Length`` above the route's limit
+  is answered 413 without reading a byte of the body; the headers of a signed
+  route are checked (signature headers present, known party, clock) before
+  the body is read, so an unsigned request is answered 401 at once; a body
+  sent without a length (chunked) is counted while it arrives and refused 413
+  as soon as it passes the limit; a body that trickles in for longer than
+  ``body_timeout_s`` is answered 408.  The 413/408 answers close the
+  connection, so an attacker cannot keep streaming into it.
+* :func:`uvicorn_options`: the server-side bounds uvicorn offers (request
+  head size, concurrent requests, keep-alive) plus :class:`LimitedH11Protocol`,
+  which closes a connection that has not sent a complete request head within
+  ``header_timeout_s`` (slow-loris), something uvicorn does not do itself.
+
+The signature still covers the body, so a request passing the header check
+is only fully authenticated once the (bounded) body has been read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from sgxcloud.errors import InputError, SgxcloudError
+
+KIB = 1024
+MIB = 1024 * KIB
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+Precheck = Callable[[Scope, Headers], None]
+"""Checks a request's headers before its body is read; raises a
+:class:`~sgxcloud.errors.SgxcloudError` (answered 401) to refuse it."""
+
+Render = Callable[[int, str], Mapping[str, Any]]
+"""The service's error body for an HTTP status and a message."""
+
+
+class BodyTooLarge(InputError):
+    """A request body (or JSON document) is larger or deeper than allowed."""
+
+
+@dataclass(frozen=True)
+class RouteLimit:
+    """The body limit (and header check) for requests matching ``method`` and ``path``.
+
+    ``path`` is a regular expression matched against the whole request path.
+    """
+
+    method: str
+    path: str
+    max_body_bytes: int
+    precheck: Precheck | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        return method == self.method and re.fullmatch(self.path, path) is not None
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Limits shared by every route; each route may set its own body limit."""
+
+    max_body_bytes: int = 16 * KIB
+    """Body limit of routes without their own (health, reads, deletes...)."""
+    body_timeout_s: float = 30.0
+    """How long a whole request body may take to arrive."""
+    header_timeout_s: float = 10.0
+    """How long a connection may take to send a complete request head."""
+    max_header_bytes: int = 16 * KIB
+    """Largest request line plus headers (uvicorn's h11 limit; answered 400)."""
+    max_connections: int = 256
+    """Requests or connections handled at once; more are answered 503."""
+    keep_alive_s: int = 5
+    """How long an idle keep-alive connection stays open."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_header_bytes", "max_connections", "keep_alive_s"):
+            if int(getattr(self, name)) < (0 if name == "max_body_bytes" else 1):
+                raise ValueError(f"{name} must be positive")
+        for name in ("body_timeout_s", "header_timeout_s"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be positive")
+
+
+class RequestLimitsMiddleware:
+    """ASGI middleware enforcing :class:`RequestLimits` and per-route limits.
+
+    The body is read here, within its limit, and handed to the application in
+    one message, so nothing downstream can read more than the limit.
+    """
+
+    def __init__(self, app: ASGIApp, *, limits: RequestLimits,
+                 routes: tuple[RouteLimit, ...] | list[RouteLimit], render: Render) -> None:
+        self.app = app
+        self.limits = limits
+        self.routes = tuple(routes)
+        self.render = render
+
+    def route_for(self, method: str, path: str) -> RouteLimit | None:
+        return next((r for r in self.routes if r.matches(method, path)), None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self.route_for(scope["method"], scope["path"])
+        limit = route.max_body_bytes if route else self.limits.max_body_bytes
+        headers = Headers(scope=scope)
+        declared = _declared_length(headers)
+        if declared == -1:
+            await self._refuse(scope, receive, send, 400, "malformed Content-Length")
+            return
+        if declared is not None and declared > limit:
+            await self._refuse(scope, receive, send, 413, _too_large(limit))
+            return
+        if route is not None and route.precheck is not None:
+            try:
+                route.precheck(scope, headers)
+            except SgxcloudError as exc:
+                await self._refuse(scope, receive, send, 401, str(exc))
+                return
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                body = await _read_body(receive, limit)
+        except TimeoutError:
+            await self._refuse(scope, receive, send, 408,
+                               f"request body not received within {self.limits.body_timeout_s:g} s")
+            return
+        except BodyTooLarge as exc:
+            await self._refuse(scope, receive, send, 413, str(exc))
+            return
+        if body is None:  # the client went away
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
+                      message: str) -> None:
+        # Connection: close — the rest of an oversized body is never read.
+        response = JSONResponse(dict(self.render(status, message)), status_code=status,
+                                headers={"connection": "close"})
+        await response(scope, receive, send)
+
+
+def _declared_length(headers: Headers) -> int | None:
+    """The Content-Length, None if absent, -1 if malformed or contradictory."""
+    values = headers.getlist("content-length")
+    if not values:
+        return None
+    if len(set(values)) != 1 or not values[0].isdigit():
+        return -1
+    return int(values[0])
+
+
+def _too_large(limit: int) -> str:
+    return f"request body larger than this endpoint accepts ({limit} bytes)"
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, counted as it arrives (chunked too); None if the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(_too_large(limit))
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # only http.disconnect can follow
+
+    return replay
+
+
+class LimitedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing connections that are slow to send a request head.
+
+    uvicorn times out idle keep-alive connections but waits forever for a
+    request head that arrives a byte at a time.  Here a connection must
+    deliver a complete head within ``header_timeout_s`` of opening and of
+    each finished response; :func:`uvicorn_options` sets the value.
+    """
+
+    header_timeout_s: float = RequestLimits.header_timeout_s
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def,override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+        super().connection_lost(exc)
+
+    def _arm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_late)
+
+    def _head_late(self) -> None:
+        self._head_deadline = None
+        waiting = self.cycle is None or self.cycle.response_complete
+        if waiting and not self.transport.is_closing():
+            self.transport.close()
+
+
+def uvicorn_options(limits: RequestLimits,
+                    protocol: type[LimitedH11Protocol] = LimitedH11Protocol) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.Config``/``uvicorn.run`` enforcing ``limits``.
+
+    Always the h11 protocol (its head-size limit is the one configured here;
+    httptools would apply its own).
+    """
+    limited = type(protocol.__name__, (protocol,), {"header_timeout_s": limits.header_timeout_s})
+    return {
+        "http": limited,
+        "limit_concurrency": limits.max_connections,
+        "timeout_keep_alive": limits.keep_alive_s,
+        "h11_max_incomplete_event_size": limits.max_header_bytes,
+    }
+
+
+def load_json(body: bytes, *, max_depth: int = 32) -> Any:
+    """Parse a JSON request body no deeper than ``max_depth`` (arrays and objects).
+
+    Deep nesting would otherwise end in a RecursionError (a 500) in the
+    parser or in code that walks the document.
+    """
+    try:
+        document = json.loads(body)
+    except RecursionError:
+        raise BodyTooLarge(f"JSON nested deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        raise InputError("body is not a JSON document") from exc
+    stack = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > max_depth:
+                raise BodyTooLarge(f"JSON nested deeper than {max_depth} levels")
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return document

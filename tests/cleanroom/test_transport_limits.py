@@ -1,0 +1,133 @@
+"""What a stranger can make a node's (or any attested listener's) session opening hold.
+
+Before attestation a peer has proven nothing, so the listener bounds it: an
+opening frame larger than ``MAX_OPENING_FRAME`` ends the session before its
+payload is read, the whole opening must finish within the opening timeout
+however slowly bytes trickle in, and only so many sessions run at once.
+Real sockets on loopback (issue 9, finding 4, the nodes' streaming side).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from sgxcloud.cleanroom.transport import (
+    AttestedServer,
+    Kind,
+    PeerPolicy,
+    SimulatedAttester,
+    TlsIdentity,
+    TransportError,
+    connect,
+    open_client,
+    verifier_for,
+)
+from sgxcloud.cleanroom.transport.channel import HEADER, MAX_OPENING_FRAME, FramedConnection
+from sgxcloud.sgx.identity import EnclaveIdentity
+
+COORD = EnclaveIdentity(mrenclave="c" * 64, mrsigner="5" * 64, isvprodid=1, isvsvn=1, debug=False)
+NODE = EnclaveIdentity(mrenclave="a" * 64, mrsigner="5" * 64, isvprodid=2, isvsvn=1, debug=False)
+DEF_HASH = "sha256:" + "1" * 64
+
+
+def _policy() -> PeerPolicy:
+    return PeerPolicy(definition_hash=DEF_HASH, mrenclaves=frozenset({COORD.mrenclave}),
+                      allow_simulation=True, verifier=verifier_for())
+
+
+def _server(refusals: list[str], **kwargs) -> AttestedServer:  # type: ignore[no-untyped-def]
+    def handle(channel) -> None:  # type: ignore[no-untyped-def]
+        channel.frames.recv_json(Kind.REQUEST)
+        channel.respond({"ok": True})
+
+    server = AttestedServer("127.0.0.1", 0, TlsIdentity.generate("node"), "node", _policy(),
+                            SimulatedAttester(NODE), handle, on_refusal=refusals.append,
+                            **kwargs)
+    server.start()
+    return server
+
+
+def _closed_by_server(frames: FramedConnection, within: float) -> bool:
+    """Whether the server ends the connection within ``within`` seconds."""
+    frames.tls.timeout = within
+    try:
+        frames.tls.recv_exact(1)
+    except TransportError as exc:
+        return "in time" not in str(exc)
+    return False
+
+
+def test_an_oversized_hello_ends_the_session_before_its_payload_is_read() -> None:
+    refusals: list[str] = []
+    server = _server(refusals)
+    try:
+        frames = FramedConnection(connect(server.address, TlsIdentity.generate("stranger")))
+        # Declare a frame just above the opening limit (still under MAX_FRAME), send
+        # only its header: the old listener waited to read the whole payload.
+        frames.tls.sendall(HEADER.pack(Kind.HELLO, 0, MAX_OPENING_FRAME + 1))
+        assert _closed_by_server(frames, within=5)
+        frames.close()
+        deadline = time.monotonic() + 5
+        while not refusals and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert any("larger than the protocol allows" in r for r in refusals)
+    finally:
+        server.stop()
+
+
+def test_a_peer_trickling_its_opening_is_cut_off() -> None:
+    refusals: list[str] = []
+    server = _server(refusals, opening_timeout=1.0)
+    try:
+        frames = FramedConnection(connect(server.address, TlsIdentity.generate("stranger")))
+        started = time.monotonic()
+        header = HEADER.pack(Kind.HELLO, 0, 100)
+        closed = False
+        for byte in header:  # one byte every 0.2 s: each read is quick, the whole is not
+            try:
+                frames.tls.sendall(bytes([byte]))
+            except TransportError:
+                closed = True
+                break
+            if _closed_by_server(frames, within=0.2):
+                closed = True
+                break
+        assert closed and time.monotonic() - started < 3.5
+        frames.close()
+    finally:
+        server.stop()
+
+
+def test_sessions_beyond_the_limit_are_closed_at_once_and_slots_come_back() -> None:
+    refusals: list[str] = []
+    server = _server(refusals, max_sessions=2, opening_timeout=2.0)
+    try:
+        idle = [socket.create_connection(server.address) for _ in range(2)]
+        time.sleep(0.3)
+        extra = socket.create_connection(server.address)
+        extra.settimeout(3)
+        assert extra.recv(1) == b"", "a third session was admitted"
+        extra.close()
+        for sock in idle:
+            sock.close()
+        # Once the idle strangers are gone, a real coordinator still gets in.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                channel = open_client(connect(server.address, TlsIdentity.generate("coord")),
+                                      "coordinator", PeerPolicy(
+                                          definition_hash=DEF_HASH,
+                                          mrenclaves=frozenset({NODE.mrenclave}),
+                                          allow_simulation=True, verifier=verifier_for()),
+                                      SimulatedAttester(COORD))
+                break
+            except TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        channel.request({"op": "ping"})
+        assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": True}
+        channel.close()
+    finally:
+        server.stop()
