@@ -49,6 +49,7 @@ from sgxcloud.cleanroom.transport import (
 from sgxcloud.cleanroom.transport.request_auth import RequestVerifier
 from sgxcloud.cleanroom.transport.signer import signer_statement
 from sgxcloud.cleanroom.transport.trust import SIMULATION_WARNING, local_attester, peer_policy
+from sgxcloud.cleanroom.workdir import prepare_workdir, private_dir, private_file
 from sgxcloud.errors import InputError
 from sgxcloud.web.limits import (
     KIB,
@@ -162,6 +163,7 @@ class Coordinator:
         self.definition = config.definition
         self.definition_hash = self.definition.definition_hash()
         self.workdir = config.workdir
+        prepare_workdir(self.workdir)  # 0700; refuses one other users can read
         self._discard_staging()
         keys = self.workdir / "keys"
         self._rekey = _secret_file(keys / "rekey.bin", new_key, _rekey_problem)
@@ -174,12 +176,16 @@ class Coordinator:
         if config.allow_simulated and self.definition.enclaves.allow_simulated:
             log.warning(SIMULATION_WARNING)
         self.tls = TlsIdentity.generate("coordinator")
-        self.engine = Engine(self.definition, self.workdir / "engine", signing_key=signing,
+        engine_dir = private_dir(self.workdir / "engine")
+        for name in ("privacy.sqlite", "audit.jsonl"):  # SQLite's journals take this mode
+            private_file(engine_dir / name)
+        self.engine = Engine(self.definition, engine_dir, signing_key=signing,
                              memory_limit=config.memory_limit)
         self.signer = self.engine.public_key
         self.signer_statement = signer_statement(self.attester, self.signer,
                                                  self.definition_hash)
-        self.requests = RequestVerifier(self.definition, self.workdir / "request-nonces.sqlite")
+        self.requests = RequestVerifier(
+            self.definition, private_file(self.workdir / "request-nonces.sqlite"))
         self._engine_lock = threading.Lock()
         self._status_lock = threading.Lock()
         self.datasets: dict[str, dict[str, Any]] = {
@@ -317,15 +323,14 @@ class Coordinator:
                         progress: Progress | None) -> None:
         ref = f"{provider}.{dataset}"
         self._set(ref, state="ingesting", reason="")
-        staging = self.workdir / "staging"
-        staging.mkdir(parents=True, exist_ok=True)
+        staging = private_dir(self.workdir / "staging")
         staged = staging / f"{ref}.arrows"
         channel.request({"op": "send", "dataset": dataset,
                          "key": base64.b64encode(self._rekey).decode(),
                          "batch_rows": self.config.batch_rows})
         started = time.monotonic()
         try:
-            with staged.open("wb") as sink:
+            with _private_open(staged) as sink:
                 counting = _Counting(sink, lambda n: progress and progress(
                     "receive", {"dataset": ref, "bytes": n}))
                 trailer = channel.receive_stream(counting)
@@ -387,11 +392,11 @@ class Coordinator:
 
     def keep_result(self, bundle: dict[str, Any], analyst: str) -> None:
         """Store a released bundle so recipients can fetch it, across restarts too."""
-        results = self.workdir / "results"
-        results.mkdir(parents=True, exist_ok=True)
+        results = private_dir(self.workdir / "results")
         result_id = bundle["result"]["result_id"]
-        (results / f"{result_id}.json").write_text(
-            json.dumps({"analyst": analyst, "bundle": bundle}, sort_keys=True))
+        with _private_open(results / f"{result_id}.json") as handle:
+            handle.write(json.dumps({"analyst": analyst, "bundle": bundle},
+                                    sort_keys=True).encode())
 
     def kept_result(self, result_id: str) -> dict[str, Any] | None:
         if not re.fullmatch(r"[0-9a-f-]{1,64}", result_id):
@@ -419,6 +424,11 @@ def _entry_dict(entry: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
     return asdict(entry) if is_dataclass(entry) else dict(entry)
+
+
+def _private_open(path: Path):
+    """``path`` opened for writing (truncated), created 0600 whatever the umask."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 class _Counting:

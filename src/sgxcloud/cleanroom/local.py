@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import sgxcloud
+from sgxcloud.cleanroom.workdir import private_dir
 from sgxcloud.errors import InputError, SgxcloudError
 
 LOCAL_FILE = "local.json"
@@ -80,16 +81,15 @@ class LocalCollaboration:
     # -- processes -----------------------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str]) -> dict[str, Any]:
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        ready = self.workdir / "run" / f"{name}.ready"
-        ready.parent.mkdir(parents=True, exist_ok=True)
+        logs = private_dir(self.workdir / "logs")
+        ready = private_dir(self.workdir / "run") / f"{name}.ready"
         ready.unlink(missing_ok=True)
         env = dict(os.environ)
         src = str(Path(sgxcloud.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
         env.setdefault("COLUMNS", "120")
-        with (logs / f"{name}.log").open("ab") as log:
+        log_fd = os.open(logs / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", *args,
                  "--ready-file", str(ready)],

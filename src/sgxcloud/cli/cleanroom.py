@@ -346,6 +346,9 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
                pccs, ready_file, verbose) -> int:
     """Serve your own data to the attested coordinator (runs until stopped)."""
     from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
+    from sgxcloud.cleanroom.workdir import private_umask
+
+    private_umask()  # anything this process writes is the owner's alone
 
     _logging(verbose)
     sources = {name: Source.parse(path)
@@ -401,6 +404,9 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig, serve
+    from sgxcloud.cleanroom.workdir import private_umask
+
+    private_umask()  # DuckDB's and SQLite's files in the workdir: owner only
 
     _logging(verbose)
     node_map = {provider: _hostport(address)

@@ -69,9 +69,10 @@ class TlsIdentity:
 
     def write_pem_files(self, directory: Path) -> tuple[Path, Path]:
         """Write cert and key for servers that only take file names (uvicorn)."""
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         cert_path = directory / "tls-cert.pem"
         key_path = directory / "tls-key.pem"
+        cert_path.touch(mode=0o600)  # public, but the workdir's files are all private
         cert_path.write_bytes(self.cert_pem())
         key_path.touch(mode=0o600)
         key_path.write_bytes(
