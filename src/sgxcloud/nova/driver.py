@@ -196,10 +196,21 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
             raise exception.InvalidConfiguration(
                 f"Server {instance.uuid} asks for the SGX provisioning key but "
                 f"{CONF.sgx.provision_key_device} is absent on this host")
+        used_kib = self._epc_used_kib_by_node(exclude_uuid=instance.uuid)
+        free_kib = ((capabilities.epc_total_mb - _reserved_epc_mb(capabilities.epc_total_mb))
+                    * KIB - sum(used_kib.values()))
+        if request.epc_mb * KIB > free_kib:
+            # EPC given to a guest is never reclaimed: never over-commit, whatever
+            # Placement believed (guests defined outside Nova, a flavor key Nova
+            # read differently). Nova reschedules the build elsewhere.
+            raise exception.ComputeResourcesUnavailable(
+                reason=f"server {instance.uuid} needs {request.epc_mb} MiB EPC but this "
+                       f"host has only {kib_to_mib(max(free_kib, 0))} MiB free (EPC is never "
+                       "over-committed)")
         nodemask = designer.choose_host_nodemask(
             capabilities,
             request.epc_mb * KIB,
-            self._epc_used_kib_by_node(exclude_uuid=instance.uuid),
+            used_kib,
             preferred_nodes=_host_cells_of(instance),
         )
         designer.add_sgx_epc(guest, request, capabilities, nodemask)

@@ -7,6 +7,7 @@ weigher, so they can never disagree about what a server needs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 
@@ -19,8 +20,54 @@ SPEC_REQUIRE_FLC = "sgx:require_flc"
 SPEC_REQUIRE_SGX2 = "sgx:require_sgx2"
 SPEC_TCB_STATUS = "sgx:tcb_status"
 
-# "resources:CUSTOM_SGX_EPC_MB" or a granular group "resources1:...".
-_EPC_SPEC = re.compile(r"resources[\w-]*:" + EPC_RESOURCE_CLASS)
+RESOURCES_PREFIX = "resources"
+
+# Nova's own pattern (nova.scheduler.utils.ResourceRequest.XS_KEYPAT, the same
+# in every supported release); used only where Nova is not installed.
+_NOVA_XS_KEYPAT = re.compile(r"^(resources|trait)([a-zA-Z0-9_-]{1,64})?:(.*)$")
+
+
+@functools.cache
+def _flavor_key_pattern() -> re.Pattern[str]:
+    """How Nova splits ``resources[GROUP]:CLASS`` / ``trait[GROUP]:NAME`` flavor keys.
+
+    Taken from Nova itself where it is installed (compute, scheduler, API), so
+    a key counts as EPC exactly when Nova's scheduler asks Placement for it:
+    a key Nova ignores (a group suffix over 64 characters, a character
+    outside ``[a-zA-Z0-9_-]``) must give no EPC, or a guest would get EPC that
+    Placement never allocated.  Admin workstations (usage reports) have no
+    Nova and use the same pattern.
+    """
+    try:
+        from nova.scheduler.utils import ResourceRequest
+    except ImportError:
+        return _NOVA_XS_KEYPAT
+    return ResourceRequest.XS_KEYPAT
+
+
+def _nova_amount(value: object) -> int:
+    """A resource amount as Nova's ``RequestGroup.add_resource`` reads it: a
+    non-negative integer, anything else ignored (0)."""
+    try:
+        amount = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
+    return amount if amount >= 0 else 0
+
+
+def epc_mb_from_extra_specs(extra_specs: Mapping[str, str]) -> int:
+    """The EPC MiB Placement allocates for these flavor keys (all groups added up,
+    as Nova's ``ResourceRequest.merged_resources`` does)."""
+    pattern = _flavor_key_pattern()
+    total = 0
+    for key, value in extra_specs.items():
+        match = pattern.match(key)
+        if match is None:
+            continue
+        prefix, _group, name = match.groups()
+        if prefix == RESOURCES_PREFIX and name == EPC_RESOURCE_CLASS:
+            total += _nova_amount(value)
+    return total
 
 
 EPC_CANNOT_MOVE = (
@@ -53,13 +100,7 @@ def sgx_request_from_extra_specs(extra_specs: Mapping[str, str] | None) -> SGXRe
     """
     if not extra_specs:
         return NO_SGX
-    epc_mb = 0
-    for key, value in extra_specs.items():
-        if _EPC_SPEC.fullmatch(key):
-            try:
-                epc_mb += max(int(value), 0)
-            except (TypeError, ValueError):
-                continue
+    epc_mb = epc_mb_from_extra_specs(extra_specs)
     if not epc_mb:
         return NO_SGX
     return SGXRequest(
