@@ -578,8 +578,8 @@ def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits 
         names = None
         if body.strip():
             try:
-                names = json.loads(body).get("datasets")
-            except (ValueError, AttributeError):
+                names = load_json(body, max_depth=MAX_QUERY_DEPTH).get("datasets")
+            except (InputError, AttributeError):
                 names = "bad"
             if names is not None and (not isinstance(names, list)
                                       or not all(isinstance(n, str) for n in names)):
