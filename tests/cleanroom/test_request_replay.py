@@ -253,7 +253,8 @@ def test_rekey_key_open_to_others_is_refused(tmp_path):
 def test_damaged_rekey_key_stops_the_command_with_one_line(tmp_path):
     collab = prepare_example(tmp_path / "ex", people=50)
     rekey = collab.workdir / "coordinator" / "keys" / "rekey.bin"
-    rekey.parent.mkdir(parents=True)
+    rekey.parent.parent.mkdir(mode=0o700)  # private, as the coordinator makes it
+    rekey.parent.mkdir(mode=0o700)
     rekey.touch(mode=0o600)
     rekey.write_bytes(b"\x00" * 5)
     cli = [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", "coordinator",

@@ -163,7 +163,8 @@ class Coordinator:
         self.definition = config.definition
         self.definition_hash = self.definition.definition_hash()
         self.workdir = config.workdir
-        prepare_workdir(self.workdir)  # 0700; refuses one other users can read
+        # 0700 and 0600 throughout; loose keys are refused below, not tightened.
+        prepare_workdir(self.workdir, refused_elsewhere=("keys",))
         self._discard_staging()
         keys = self.workdir / "keys"
         self._rekey = _secret_file(keys / "rekey.bin", new_key, _rekey_problem)

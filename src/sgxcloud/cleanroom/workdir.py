@@ -66,11 +66,14 @@ def private_file(path: Path) -> Path:
     return path
 
 
-def prepare_workdir(workdir: Path) -> None:
+def prepare_workdir(workdir: Path, *, refused_elsewhere: tuple[str, ...] = ()) -> None:
     """Create the workdir 0700, or restrict an existing one and everything inside.
 
-    Raises :class:`CleanroomError` (one line, with the fix) when the modes
-    cannot be changed.
+    Files under the subdirectories named in ``refused_elsewhere`` are left
+    alone: their owner refuses them when loose (a key others could read may
+    already be known; tightening it would hide that).  Raises
+    :class:`CleanroomError` (one line, with the fix) when the modes cannot be
+    changed.
     """
     if not workdir.exists():
         private_dir(workdir)
@@ -81,7 +84,8 @@ def prepare_workdir(workdir: Path) -> None:
     candidates = [(workdir, DIR_MODE)]
     for root, dirs, files in os.walk(workdir):
         candidates += [(Path(root) / name, DIR_MODE) for name in dirs]
-        candidates += [(Path(root) / name, FILE_MODE) for name in files]
+        if Path(root).relative_to(workdir).parts[:1] not in {(d,) for d in refused_elsewhere}:
+            candidates += [(Path(root) / name, FILE_MODE) for name in files]
     for path, mode in candidates:
         if path.is_symlink() or open_to_others(path) is None:
             continue
