@@ -230,7 +230,7 @@ def prepare_example(workdir: Path, people: int = 20_000, *, allow_simulated: boo
     workdir.mkdir(parents=True, exist_ok=True)
     template = example_definition()
     keys = {p["name"]: generate_private_key() for p in template["parties"]}
-    (workdir / "keys").mkdir(exist_ok=True)
+    private_dir(workdir / "keys")  # every party's private key, 0600 each
     for party, key in keys.items():
         path = workdir / "keys" / f"{party}.pem"
         path.touch(mode=0o600)
