@@ -276,3 +276,25 @@ def test_json_probe_of_fetch_from_client_only_install(enclave_python, tmp_path: 
         }
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize("path", ["/../escaped", "/a/../../escaped", "/link/escaped"])
+def test_install_writes_nothing_outside_its_root(tmp_path: Path, path: str) -> None:
+    """A file the CAS sends is written under --root or not at all (``..`` or a symlink out)."""
+    from sgxcloud.cas import protocol
+    from sgxcloud.cas.client.enclave import FetchedConfiguration
+    from sgxcloud.cas.client.errors import ClientError
+    from sgxcloud.cas.client.launcher import install
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    configuration = protocol.Configuration(argv=["x"], env={}, files={path: b"outside"})
+    fetched = FetchedConfiguration(configuration, None, None, None, "h", True, "Simulated")  # type: ignore[arg-type]
+    with pytest.raises(ClientError, match="outside the file-system root"):
+        install(fetched, root)
+    assert not (tmp_path / "escaped").exists()
+    inside = protocol.Configuration(argv=["x"], env={}, files={"/etc/app.conf": b"ok"})
+    fetched = FetchedConfiguration(inside, None, None, None, "h", True, "Simulated")  # type: ignore[arg-type]
+    (written,) = install(fetched, root)
+    assert written.read_bytes() == b"ok" and written.stat().st_mode & 0o777 == 0o600

@@ -203,6 +203,13 @@ def test_placeholder_checks_in_argv_env_and_files():
     assert 'services.web.files["/etc/r"]' not in problems  # raw as a whole file is fine
 
 
+@pytest.mark.parametrize("path", ["/../x", "/etc/../../etc/cron.d/x", "/a/.."])
+def test_file_paths_may_not_climb_out_of_the_launcher_root(path):
+    problems = problems_of(base(services=service(files={path: "y"})))
+    assert problems[f"services.web.files[{json.dumps(path)}]"] == "a file path may not contain '..'"
+    assert load_policy(base(services=service(files={"/etc/a..b": "y"}))).services
+
+
 def test_gramine_key_files_must_be_raw_gramine_keys():
     secrets = {"vol": {"kind": "gramine-key"}, "r": {"kind": "random", "size": 16}}
     ok = base(

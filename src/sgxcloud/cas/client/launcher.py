@@ -34,8 +34,13 @@ def install(fetched: FetchedConfiguration, root: Path = Path("/")) -> list[Path]
     written.
     """
     written = []
+    base = root.resolve()
     for path, content in fetched.configuration.files.items():
         target = root / path.lstrip("/")
+        # The policy validator refuses ".." already; resolving (symlinks too)
+        # and checking containment keeps a file inside --root whatever the CAS sent.
+        if ".." in Path(path).parts or not target.resolve().is_relative_to(base):
+            raise ClientError(f"configured file {path} is outside the file-system root")
         if not str(path).startswith("/dev/attestation/"):
             target.parent.mkdir(parents=True, exist_ok=True)
         try:

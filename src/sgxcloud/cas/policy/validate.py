@@ -268,6 +268,9 @@ def check_services(services: dict[str, Any], secrets: dict[str, Any]) -> Iterato
             )
         for path, content in service.get("files", {}).items():
             file_where = f"{where}.files[{json.dumps(path)}]"
+            if ".." in path.split("/"):
+                # the launcher writes under its root; ".." would leave it
+                yield PolicyProblem(file_where, "a file path may not contain '..'")
             yield from _check_text(file_where, content, secrets, binary_ok=True)
             if path.startswith(GRAMINE_KEYS_DIR):
                 yield from _check_gramine_key_file(file_where, path, content, secrets)
