@@ -154,6 +154,41 @@ def test_an_exporter_that_accepts_simulated_evidence_shares_with_a_simulated_imp
     assert len(bytes.fromhex(cas.fetch("shop", tmp_path).configuration.env["PW"])) == 16
 
 
+def _exporter_with_dev(owner: Any, *, to_owner: str, prod_uses_pw: bool) -> str:
+    """'db': hardware-only 'web' (using 'pw' if told) beside a simulated 'dev' not using it."""
+
+    def change(document: dict) -> None:
+        grant = {"policy": "shop", "owner": to_owner}
+        document["secrets"]["pw"] = {"kind": "random", "size": 16, "export_to": [grant]}
+        document["secrets"]["dev_pw"] = {"kind": "random", "size": 16}
+        if prod_uses_pw:
+            document["services"]["web"]["environment"]["PW"] = "{{secret:pw}}"
+        document["services"]["dev"] = {
+            "identities": [{"mrenclave": "cc" * 32}],
+            "allow_simulated": True,
+            "allow_debug": True,
+            "environment": {"PW": "{{secret:dev_pw}}"},
+        }
+
+    return _edit(pg.policy_text(owner, name="db", allow_simulated=False), change)
+
+
+@pytest.mark.parametrize("prod_uses_pw", [True, False], ids=["used-by-prod", "unused"])
+def test_a_simulated_service_of_the_exporter_lowers_no_floor_of_a_secret_it_does_not_use(
+    cas: Cas, tmp_path: Path, prod_uses_pw: bool
+) -> None:
+    """The floor is the strictest service using the secret (all services if none does)."""
+    alice = pg.owner_key()
+    cas.apply(alice, _exporter_with_dev(alice, to_owner=_id(alice), prod_uses_pw=prod_uses_pw))
+    cas.apply(alice, _importer(alice, from_owner=_id(alice)))
+    with pytest.raises(client.AttestationRefused) as refused:
+        cas.fetch("shop", tmp_path)
+    with cas.owner(alice) as owner:
+        entry = owner.audit_entry(refused.value.audit_seq)
+    assert entry is not None and entry["outcome"] == "rejected"
+    assert "hardware evidence only" in " ".join(entry["detail"]["reasons"])
+
+
 # -- consent: how co-owners are listed now ------------------------------------------------
 
 

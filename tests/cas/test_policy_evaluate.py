@@ -191,7 +191,9 @@ def test_exporter_strength_floor_on_the_real_quote(verified, vectors):
     strict = exporter({})
     decision = evaluate_strength(strict, verified)
     assert not decision.accepted and set(decision.codes) == {"tcb_status", "advisory"}
-    assert evaluate_strength(exporter({}, TOLERANT), verified).accepted  # one service suffices
+    # No service uses a secret here: every service's floor applies (the strictest).
+    assert not evaluate_strength(exporter({}, TOLERANT), verified).accepted
+    assert evaluate_strength(exporter(TOLERANT, TOLERANT), verified).accepted
     # Identity is not part of the floor: OTHER is not the quote's MRENCLAVE.
     assert "mrenclave" not in evaluate_strength(strict, verified).codes
     simulated = replace(verified, simulated=True)

@@ -16,6 +16,7 @@ from sgxcloud.cas.policy.model import (
     ServicePolicy,
     SignerIdentity,
 )
+from sgxcloud.cas.policy.placeholders import find_placeholders
 
 ANY_ADVISORY = "*"
 
@@ -42,29 +43,47 @@ def evaluate(service: ServicePolicy, evidence: VerifiedEvidence) -> Decision:
     )
 
 
-def evaluate_strength(policy: Policy, evidence: VerifiedEvidence) -> Decision:
-    """Would ``policy`` accept evidence this strong, from an enclave of its own?
+def evaluate_strength(
+    policy: Policy, evidence: VerifiedEvidence, secret: str | None = None
+) -> Decision:
+    """Would ``policy`` give ``secret`` to evidence this strong, from an enclave of its own?
 
     The floor an exported secret keeps wherever it goes: an importer's enclave
     has its own identity, but its evidence (hardware or simulated, debug, TCB
-    status, advisories) must satisfy at least one service of the exporting
-    policy.  Otherwise one policy's ``allow_simulated`` (or a looser TCB
-    tolerance) would hand out another policy's secret on weaker evidence than
-    its owners accept.
+    status, advisories) must satisfy *every* service of the exporting policy
+    that uses the secret (names it in a placeholder), i.e. the strictest of
+    them.  Any one of them would not do: a simulated ``dev`` service next to a
+    hardware-only ``prod`` would lower ``prod``'s secret to simulated
+    evidence.  A secret no service uses (or ``secret=None``) must satisfy every
+    service of the policy: with no user to learn the owners' intent from, the
+    strictest floor they set anywhere applies.  Otherwise one policy's
+    ``allow_simulated`` (or a looser TCB tolerance) would hand out another
+    policy's secret on weaker evidence than its owners accept.
     """
-    best: list[tuple[str, str]] | None = None
-    for service in policy.services.values():
-        reasons = _evidence_reasons(service, evidence)
-        if not reasons:
-            return Decision(accepted=True)
-        if best is None or len(reasons) < len(best):
-            best = reasons
-    best = best or [("identity", "the policy has no service")]
+    services = list(policy.services.values())
+    if secret is not None:
+        users = [s for s in services if secret in services_secrets(s)]
+        services = users or services
+    if not services:
+        return Decision(
+            accepted=False, reasons=["the policy has no service"], codes=["identity"]
+        )
+    reasons: list[tuple[str, str]] = []
+    for service in services:
+        for reason in _evidence_reasons(service, evidence):
+            if reason not in reasons:
+                reasons.append(reason)
     return Decision(
-        accepted=False,
-        reasons=[text for _, text in best],
-        codes=[code for code, _ in best],
+        accepted=not reasons,
+        reasons=[text for _, text in reasons],
+        codes=[code for code, _ in reasons],
     )
+
+
+def services_secrets(service: ServicePolicy) -> frozenset[str]:
+    """Names of the secrets ``service`` places in its argv, environment or files."""
+    texts = [*service.command, *service.environment.values(), *service.files.values()]
+    return frozenset(p.secret for text in texts for p in find_placeholders(text))
 
 
 def _evidence_reasons(service: ServicePolicy, evidence: VerifiedEvidence) -> list[tuple[str, str]]:

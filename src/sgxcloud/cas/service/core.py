@@ -451,11 +451,13 @@ class CasService:
                         f"secret {secret_name!r} is no longer exported to {policy_name!r} "
                         f"by {spec.import_from.policy!r}"
                     ) from exc
-                strength = evaluate_strength(exporter, verified)
+                strength = evaluate_strength(
+                    exporter, verified, spec.import_from.secret
+                )
                 if not strength.accepted:
                     raise AccessDenied(
                         f"secret {secret_name!r} comes from policy {exporter.name!r}, which "
-                        "accepts no evidence as weak as this enclave's: "
+                        "gives it to no evidence as weak as this enclave's: "
                         + "; ".join(strength.reasons)
                     )
                 return load(spec.import_from.policy, spec.import_from.secret)
