@@ -105,7 +105,10 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert summary["simulated"] and "SIMULATED" in text
     assert summary["audience"] and summary["audience"] > 0
     assert summary["small_group_suppressed"] is True
-    assert summary["differencing"] == "differencing"
+    # DP is on in the demo: the attempt is released with noise (an exact-data
+    # refusal would be an oracle, red-team attack 03), and the panel says so
+    assert summary["dp"] and summary["differencing"] == "released"
+    assert "released with noise" in text
     assert summary["lift"]["conversion_lift_rel"] is not None
     assert "data:image/png;base64," in Path(summary["report"]).read_text()
     assert summary["audit_entries"] > 5
