@@ -458,6 +458,10 @@ def test_export_reaches_only_an_importer_with_the_pinned_owner():
         ("? [complex]\n: 1", "keys must be strings"),
         (b"\xff\xfe", "not UTF-8"),
         ("", "a policy is a mapping"),
+        ("name: x\nsize: " + "9" * 5000, "integer too large to read"),
+        ("name: x\nsize: " + "9" * 30, "integer out of range"),
+        ("name: x\ndescription: !!binary AAAA", "unsupported value of type bytes"),
+        ("name: x\ndescription: !!set {a: null}", "unsupported value of type set"),
     ],
 )
 def test_unreadable_documents(text, words):

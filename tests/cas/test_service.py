@@ -210,6 +210,9 @@ def test_invalid_policy_is_400_with_the_field(api: Api, owner) -> None:  # type:
     assert body["error"] == "bad-request"
     assert body["field"].startswith("services.web.identities")
     assert api.apply(owner, "name: [unclosed").status_code == 400
+    # A signed body too large a number for int() is a 400, not a crash (500).
+    huge = api.apply(owner, "name: x\nsize: " + "9" * 5000 + "\n")
+    assert huge.status_code == 400 and "too large" in huge.json()["message"], huge.text
 
 
 def test_malformed_requests_are_400_not_500(api: Api) -> None:

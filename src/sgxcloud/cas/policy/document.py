@@ -19,6 +19,8 @@ from yaml.events import AliasEvent
 from sgxcloud.cas.errors import PolicyError
 
 MAX_POLICY_BYTES = 1 << 20
+# No field needs more; a larger integer could not even be printed back (int/str limit).
+MAX_INTEGER = (1 << 63) - 1
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -76,15 +78,26 @@ def parse_document(text_or_mapping: str | bytes | Mapping[str, Any]) -> dict[str
             mark = exc.problem_mark
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise PolicyError("", f"not valid YAML{where}: {exc.problem}") from exc
+        except ValueError as exc:
+            # int() refuses integers of more than 4300 digits (CVE-2020-10735 limit).
+            raise PolicyError("", "policy contains an integer too large to read") from exc
         except (yaml.YAMLError, RecursionError) as exc:
             raise PolicyError("", "not valid YAML") from exc
+        try:
+            document = _plain(document)
+        except RecursionError as exc:
+            raise PolicyError("", "policy is nested too deeply") from exc
     if not isinstance(document, dict):
         raise PolicyError("", "a policy is a mapping with name, access and services")
     return document
 
 
 def _plain(value: Any) -> Any:
-    """Copy a mapping given in code into plain dicts/lists, refusing non-JSON types."""
+    """Copy a document into plain dicts/lists, refusing non-JSON types and huge integers.
+
+    Applied to parsed YAML too: ``!!binary`` or ``!!set`` values, or an integer
+    too large to print, are a clear ``PolicyError``, never a crash later.
+    """
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
@@ -94,6 +107,8 @@ def _plain(value: Any) -> Any:
         return out
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+        raise PolicyError("", f"integer out of range (at most {MAX_INTEGER} in magnitude)")
     if value is None or isinstance(value, str | int | float | bool):
         return value
     raise PolicyError("", f"unsupported value of type {type(value).__name__}")
