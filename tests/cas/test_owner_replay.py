@@ -149,6 +149,47 @@ def test_a_request_is_accepted_once_across_replicas_on_one_database(
             replica.stop()
 
 
+@pytest.mark.parametrize("ahead", [200, 3000])
+def test_a_replica_with_a_clock_ahead_does_not_purge_a_request_another_still_accepts(
+    database_url: str, tmp_path: Path, ahead: int
+) -> None:
+    """Replica B's clock is ``ahead`` s fast: its purge must not let A accept a replay."""
+    public = "https://cas.example:443"
+    ring = secrets.Keyring(secrets.MasterKey.generate())
+    replicas = [pg.make_service(database_url, ring) for _ in range(2)]
+    tls = make_loopback_tls(tmp_path / "tls")
+    owner, stranger = pg.owner_key(), pg.owner_key()
+    replicas[0].apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+    start = int(time.time())
+    slow, fast = [float(start)], [float(start + ahead)]
+    try:
+        with (
+            background_https(
+                create_app(replicas[0], audiences=[public], clock=lambda: slow[0]), tls
+            ) as one,
+            background_https(
+                create_app(replicas[1], audiences=[public], clock=lambda: fast[0]), tls
+            ) as two,
+            httpx.Client(verify=pinned_tls(tls.ca_cert)) as http,
+        ):
+            captured = auth.sign_request(
+                owner, "GET", "/v1/policies/shop", b"", now=start, audience=public
+            )
+            assert http.get(f"{one}/v1/policies/shop", headers=captured).status_code == 200
+            slow[0] += 110
+            fast[0] += 110  # A would still accept the request's date (±300 s)
+            # Any signed request at B, even a stranger's, runs B's purge.
+            anyone = auth.sign_request(
+                stranger, "GET", "/v1/audit", b"", now=int(fast[0]), audience=public
+            )
+            http.get(f"{two}/v1/audit", headers=anyone)
+            again = http.get(f"{one}/v1/policies/shop", headers=captured)
+            assert again.status_code == 401 and "already used" in again.json()["message"]
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
 def test_requests_without_request_id_or_audience_are_refused(two_cas) -> None:  # type: ignore[no-untyped-def]
     """The old v1 signature (no audience, no request id) no longer authenticates."""
     (url, _), ca = two_cas

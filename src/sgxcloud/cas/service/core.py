@@ -41,6 +41,7 @@ from sgxcloud.cas.service import materials
 from sgxcloud.cas.service.auth import AuthenticationError, Consent
 from sgxcloud.cas.service.nonces import REPLAYED, NonceMinter
 from sgxcloud.cas.store import (
+    REPLICA_CLOCK_MARGIN,
     Database,
     DuplicateRow,
     Repository,
@@ -237,7 +238,7 @@ class CasService:
             return problem
         if now >= self._next_purge:  # spent nonces are kept only while they could check
             self._next_purge = now + 60
-            repo.purge_nonces(before=now - self.nonce_ttl)
+            repo.purge_nonces(before=now - max(self.nonce_ttl, REPLICA_CLOCK_MARGIN))
         return None if repo.spend_nonce(nonce.hex(), expires_at=expires, now=now) else REPLAYED
 
     def attest(self, request: AttestRequest, now: int) -> AttestResult:

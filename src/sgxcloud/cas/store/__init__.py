@@ -2,6 +2,7 @@
 
 from sgxcloud.cas.store.errors import StoreError
 from sgxcloud.cas.store.repository import (
+    REPLICA_CLOCK_MARGIN,
     Database,
     DuplicateRow,
     Repository,
@@ -9,4 +10,12 @@ from sgxcloud.cas.store.repository import (
     StoredPolicy,
 )
 
-__all__ = ["Database", "DuplicateRow", "Repository", "SealedSecret", "StoreError", "StoredPolicy"]
+__all__ = [
+    "REPLICA_CLOCK_MARGIN",
+    "Database",
+    "DuplicateRow",
+    "Repository",
+    "SealedSecret",
+    "StoreError",
+    "StoredPolicy",
+]

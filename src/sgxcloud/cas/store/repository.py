@@ -67,6 +67,13 @@ class SealedSecret:
     created_at: int
 
 
+# Replicas share one database but not one clock.  A used request, consent or nonce
+# is remembered this long past its own expiry, so a replica whose clock is behind
+# the purging one's (by up to this much) still finds it and refuses a replay.
+# Replicas' clocks must agree within this margin (docs/cas/operator-guide.md).
+REPLICA_CLOCK_MARGIN = 3600
+
+
 class Database:
     """The service's database: engine, schema, and transactions."""
 
@@ -184,7 +191,11 @@ class Repository:
         return self.session.execute(statement).first() is not None
 
     def purge_nonces(self, before: int) -> int:
-        """Forget spent nonces that expired before ``before`` (they can no longer check)."""
+        """Forget spent nonces that expired before ``before`` (they can no longer check).
+
+        Callers pass ``before`` at least ``REPLICA_CLOCK_MARGIN`` in the past, for
+        the same reason as ``spend_signature``.
+        """
         result = self.session.execute(delete(NonceRow).where(NonceRow.expires_at < before))
         return result.rowcount
 
@@ -197,7 +208,9 @@ class Repository:
         and a duplicate leaves the surrounding transaction usable.
         """
         table = SpentSignatureRow.__table__
-        self.session.execute(delete(table).where(table.c.expires_at < now))
+        # Not at ``expires_at`` by this replica's clock: a replica whose clock is
+        # behind would still accept the request, and find no record of it.
+        self.session.execute(delete(table).where(table.c.expires_at < now - REPLICA_CLOCK_MARGIN))
         dialect = self.session.get_bind().dialect.name
         insert = sqlite_insert if dialect == "sqlite" else pg_insert
         statement = (
