@@ -131,3 +131,91 @@ def test_sessions_beyond_the_limit_are_closed_at_once_and_slots_come_back() -> N
         channel.close()
     finally:
         server.stop()
+
+
+_NODE_PROCESS = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from tests.cleanroom.test_transport_limits import _server
+server = _server([])
+print(server.address[1], flush=True)
+time.sleep(600)
+"""
+
+
+def test_strangers_cannot_grow_a_node_process() -> None:
+    """The red team's attack 04 on a real process, RSS sampled with psutil: 24
+    strangers with self-made certificates each announce a 16 MiB HELLO and send
+    15 MiB of it (on the old code: +138 MB here, 164 -> 600 MB on a node holding
+    data), then 40 more send HELLOs just under the opening limit and stall."""
+    import contextlib
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    import psutil
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", _NODE_PROCESS, str(root)],
+                            stdout=subprocess.PIPE, text=True)
+    held: list[FramedConnection] = []
+    try:
+        port = int(proc.stdout.readline())  # type: ignore[union-attr]
+        node = psutil.Process(proc.pid)
+        before = node.memory_info().rss
+        peak = [before]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                with contextlib.suppress(psutil.Error):
+                    peak[0] = max(peak[0], node.memory_info().rss)
+                time.sleep(0.05)
+
+        def stranger(declared: int, sent: int) -> None:
+            with contextlib.suppress(TransportError, OSError):
+                frames = FramedConnection(connect(("127.0.0.1", port),
+                                                  TlsIdentity.generate("stranger")))
+                held.append(frames)
+                frames.tls.sendall(HEADER.pack(Kind.HELLO, 0, declared))
+                for start in range(0, sent, 1 << 20):
+                    frames.tls.sendall(b"{" * min(1 << 20, sent - start))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        for declared, sent, count in ((16 << 20, 15 << 20, 24),
+                                      (MAX_OPENING_FRAME, MAX_OPENING_FRAME - 1, 40)):
+            threads = [threading.Thread(target=stranger, args=(declared, sent))
+                       for _ in range(count)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+        time.sleep(1)
+        done.set()
+        watcher.join()
+        grown = (peak[0] - before) / 1e6
+        # At most MAX_SESSIONS openings, each holding under 2 x MAX_OPENING_FRAME.
+        assert grown < 80, f"node RSS grew {grown:.0f} MB under strangers' frames"
+        for frames in held:
+            frames.close()
+        # ... and it still serves a genuine coordinator once the strangers are gone.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                channel = open_client(connect(("127.0.0.1", port), TlsIdentity.generate("c")),
+                                      "coordinator", PeerPolicy(
+                                          definition_hash=DEF_HASH,
+                                          mrenclaves=frozenset({NODE.mrenclave}),
+                                          allow_simulation=True, verifier=verifier_for()),
+                                      SimulatedAttester(COORD))
+                break
+            except TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        channel.close()
+    finally:
+        proc.kill()
+        proc.wait()
