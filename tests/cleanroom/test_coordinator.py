@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -141,6 +142,34 @@ def test_requests_must_be_signed_fresh_and_by_the_party(running):
         assert answer.status_code == 401
         assert http.get("/v1/health").json()["simulated"] is True
     assert definition.definition_hash() == http_definition_hash(running, ctx)
+
+
+def test_long_and_deeply_nested_text_filters_are_clear_400s(running):
+    """Red-team 08/12 on the real coordinator: 5,000 NOTs were a 500 (RecursionError);
+    repeated terms were read in full (under the engine lock) before being counted."""
+    host, port = running.url.removeprefix("https://").split(":")
+    cert = fetch_server_certificate(host, int(port))
+    ctx = pinned_client_context(cert.public_bytes(serialization.Encoding.PEM))
+    same = "bank.customers.premium_card = true"
+    cases = [("NOT " * 5000 + same, "longer than 16384 characters"),
+             ("NOT " * 3000 + same, "nested deeper than 8"),
+             (" AND ".join([same] * 400), "more than 64 filter nodes")]
+    with httpx.Client(base_url=running.url, verify=ctx, timeout=30) as http:
+        for text, message in cases:
+            body = json.dumps({"template": "audience_size", "analysis": "audience",
+                               "filter": text}).encode()
+            headers = sign_request(key(running, "brand"), "brand", "POST", "/v1/queries", body)
+            headers["Content-Type"] = "application/json"
+            started = time.monotonic()
+            answer = http.post("/v1/queries", content=body, headers=headers)
+            assert answer.status_code == 400, answer.text[:200]
+            assert message in answer.json()["error"]["message"]
+            assert time.monotonic() - started < 5
+    with client(running) as brand:  # still serving, and the refusals are audited
+        assert brand.query(AUDIENCE).result
+        refusals = [e for e in brand.audit() if e["event"] == "refusal"
+                    and "query: filter:" in e["data"].get("message", "")]
+    assert len(refusals) >= 3
 
 
 def http_definition_hash(running, ctx):

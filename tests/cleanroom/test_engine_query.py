@@ -83,6 +83,34 @@ def test_limits():
         parse_filter({"and": [{"attribute": "a.b.c", "op": "=", "value": 1}]})
 
 
+def test_filter_limits_count_what_was_written_and_bound_the_text():
+    """Red-team 08/12: repeated AND terms collapsed to one before the 64-node check
+    (a 15 MB filter was read for 39 s), and 5,000 NOTs were a RecursionError."""
+    same = "bank.customers.premium_card = true"
+    with pytest.raises(QueryError, match="more than 64 filter nodes"):
+        parse_filter_text(" AND ".join([same] * 65))
+    with pytest.raises(QueryError, match="more than 64 filter nodes"):
+        parse_filter({"and": [{"attribute": "a.b.c", "op": "=", "value": 1}] * 100_000})
+    assert parse_filter_text(" AND ".join([same] * 30)) == Comparison(
+        "bank.customers.premium_card", "=", True)  # within the limit: still one comparison
+    with pytest.raises(QueryError, match="longer than 16384 characters"):
+        parse_filter_text(" AND ".join([same] * 150_000))
+    with pytest.raises(QueryError, match="deeper"):
+        parse_filter_text("NOT " * 3000 + same)  # within the length bound: depth stops it
+    with pytest.raises(QueryError, match="longer than 16384"):
+        parse_filter_text("NOT " * 5000 + same)
+    with pytest.raises(QueryError, match="deeper"):
+        parse_filter_text("(" * 3000 + same + ")" * 3000)
+    with pytest.raises(QueryError, match="text value longer than 1024"):
+        parse_filter_text("a.b.c = '" + "x" * 1025 + "'")
+    with pytest.raises(QueryError, match="text value longer than 1024"):
+        parse_filter({"attribute": "a.b.c", "op": "in", "value": ["x" * 1025]})
+    with pytest.raises(QueryError, match="longer than 200"):
+        parse_filter({"attribute": "a" * 201, "op": "=", "value": 1})
+    assert parse_filter_text("a.b.c = '" + "x" * 1024 + "'") == Comparison(
+        "a.b.c", "=", "x" * 1024)
+
+
 def test_query_shapes():
     assert isinstance(parse_query({"template": "audience_size", "analysis": "audience"}),
                       AudienceSizeQuery)

@@ -34,8 +34,8 @@ from sgxcloud.cleanroom.approvals import (
     verify_approvals,
 )
 from sgxcloud.cleanroom.definition import Definition
-from sgxcloud.cleanroom.engine import Engine
-from sgxcloud.cleanroom.errors import CleanroomError, IngestError
+from sgxcloud.cleanroom.engine import Engine, parse_query
+from sgxcloud.cleanroom.errors import CleanroomError, IngestError, QueryError
 from sgxcloud.cleanroom.identifiers import KEY_BYTES, new_key
 from sgxcloud.cleanroom.transport import (
     Kind,
@@ -384,8 +384,16 @@ class Coordinator:
     # -- queries -----------------------------------------------------------------------
 
     def run_query(self, query: dict[str, Any], analyst: str):
+        # Read the query before taking the engine lock: one party's long or
+        # malformed filter must not hold up everyone else's requests.
+        try:
+            parsed = parse_query(query)
+        except QueryError as exc:
+            with self._engine_lock:
+                self.engine.record_refusal(analyst, exc)
+            raise
         with self._engine_lock:
-            return self.engine.run(query, analyst)
+            return self.engine.run(parsed, analyst)
 
     def bundle(self, result) -> dict[str, Any]:
         """A result plus what a recipient needs to verify it offline."""

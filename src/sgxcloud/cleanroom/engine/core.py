@@ -337,14 +337,18 @@ class Engine:
 
     # -- queries -----------------------------------------------------------------------
 
+    def record_refusal(self, analyst: str, exc: QueryError | QueryRefused) -> None:
+        """Audit a query refused before it reached :meth:`run` (or inside it)."""
+        reason = getattr(exc, "reason", "invalid_query")
+        self.audit.append("refusal", analyst, {"reason": reason, "message": str(exc)})
+
     def run(self, query: Query | dict[str, Any], analyst: str) -> Result:
         """Answer ``query`` for ``analyst`` or raise QueryRefused / QueryError."""
         try:
             parsed = query if not isinstance(query, dict) else parse_query(query)
             analysis = check_query(self.definition, parsed, analyst)
         except (QueryError, QueryRefused) as exc:
-            reason = getattr(exc, "reason", "invalid_query")
-            self.audit.append("refusal", analyst, {"reason": reason, "message": str(exc)})
+            self.record_refusal(analyst, exc)
             raise
         with self._lock:
             with self._memory_guard():

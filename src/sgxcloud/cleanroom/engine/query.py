@@ -28,8 +28,18 @@ from sgxcloud.cleanroom.errors import QueryError, QueryRefused
 
 COMPARISON_OPS = ("=", "!=", "<", "<=", ">", ">=", "in")
 MAX_FILTER_NODES = 64
+"""Counted as written, before AND/OR are de-duplicated: ``a AND a AND …`` collapses
+to one comparison, but every copy had to be read first."""
 MAX_FILTER_DEPTH = 8
 MAX_IN_VALUES = 100
+MAX_FILTER_TEXT = 16 << 10
+"""Characters in a text filter: 64 comparisons with IN lists fit several times
+over; a longer text is refused before it is tokenised (a 15 MB filter once took
+39 s to read)."""
+MAX_LITERAL = 1 << 10
+"""Characters in one string value (declared category values are short)."""
+MAX_NAME = 200
+"""Characters in an attribute name (``provider.dataset.column``)."""
 
 Scalar = bool | int | float | str
 
@@ -187,40 +197,48 @@ def parse_query(doc: Any) -> Query:
 
 
 def parse_filter(doc: Any, path: str = "filter", depth: int = 0) -> Filter:
-    node = _parse_filter(doc, path, depth)
-    if _count(node) > MAX_FILTER_NODES:
-        raise QueryError(path, f"more than {MAX_FILTER_NODES} filter nodes")
-    return node
+    return _parse_filter(doc, path, depth, _NodeBudget(path))
 
 
-def _count(node: Filter) -> int:
-    if isinstance(node, Comparison):
-        return 1
-    if isinstance(node, Not):
-        return 1 + _count(node.item)
-    return 1 + sum(_count(i) for i in node.items)
+class _NodeBudget:
+    """Counts filter nodes as they are read and stops at the limit, so a filter of
+    a million copies costs no more to refuse than one of 65."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.left = MAX_FILTER_NODES
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise QueryError(self.path, f"more than {MAX_FILTER_NODES} filter nodes "
+                                        "(comparisons, AND, OR and NOT, counted as written)")
 
 
-def _parse_filter(doc: Any, path: str, depth: int) -> Filter:
+def _parse_filter(doc: Any, path: str, depth: int, budget: _NodeBudget) -> Filter:
     if depth > MAX_FILTER_DEPTH:
         raise QueryError(path, f"filter nested deeper than {MAX_FILTER_DEPTH}")
     if not isinstance(doc, dict):
         raise QueryError(path, "must be an object")
+    budget.take()
     if set(doc) in ({"and"}, {"or"}):
         op = next(iter(doc))
         items = doc[op]
         if not isinstance(items, list) or len(items) < 2:
             raise QueryError(f"{path}.{op}", "needs a list of at least two filters")
-        parsed = [_parse_filter(x, f"{path}.{op}[{i}]", depth + 1) for i, x in enumerate(items)]
+        parsed = [_parse_filter(x, f"{path}.{op}[{i}]", depth + 1, budget)
+                  for i, x in enumerate(items)]
         return _junction(And if op == "and" else Or, parsed)
     if set(doc) == {"not"}:
-        return Not(_parse_filter(doc["not"], f"{path}.not", depth + 1))
+        return Not(_parse_filter(doc["not"], f"{path}.not", depth + 1, budget))
     if set(doc) != {"attribute", "op", "value"}:
         raise QueryError(path, "must be {attribute, op, value}, {and: [...]}, {or: [...]} "
                                "or {not: ...}")
     attribute, op, value = doc["attribute"], doc["op"], doc["value"]
     if not isinstance(attribute, str):
         raise QueryError(f"{path}.attribute", "must be a string")
+    if len(attribute) > MAX_NAME:
+        raise QueryError(f"{path}.attribute", f"longer than {MAX_NAME} characters")
     if op not in COMPARISON_OPS:
         raise QueryError(f"{path}.op", "must be one of " + ", ".join(COMPARISON_OPS))
     if op == "in":
@@ -228,10 +246,17 @@ def _parse_filter(doc: Any, path: str, depth: int) -> Filter:
             raise QueryError(f"{path}.value", f"'in' needs a list of 1 to {MAX_IN_VALUES} values")
         if not all(_is_scalar(v) for v in value):
             raise QueryError(f"{path}.value", "values must be strings, numbers or booleans")
+        _check_literals(f"{path}.value", value)
         return Comparison(attribute, op, tuple(sorted(set(value), key=repr)))
     if not _is_scalar(value):
         raise QueryError(f"{path}.value", "must be a string, number or boolean")
+    _check_literals(f"{path}.value", [value])
     return Comparison(attribute, op, value)
+
+
+def _check_literals(path: str, values: list[Any]) -> None:
+    if any(isinstance(v, str) and len(v) > MAX_LITERAL for v in values):
+        raise QueryError(path, f"a text value longer than {MAX_LITERAL} characters")
 
 
 def _junction(kind: type[And] | type[Or], items: list[Filter]) -> Filter:
@@ -263,6 +288,9 @@ _TOKEN = re.compile(
 
 def parse_filter_text(text: str) -> Filter:
     """Parse ``a.b.c = 'x' AND (NOT d.e.f IN (1, 2) OR g.h.i >= 3)``."""
+    if len(text) > MAX_FILTER_TEXT:
+        # Before tokenising: the cost of reading must not grow with what was sent.
+        raise QueryError("filter", f"a text filter longer than {MAX_FILTER_TEXT} characters")
     tokens: list[tuple[str, str]] = []
     pos = 0
     text = text.strip()
@@ -299,6 +327,7 @@ class _TextParser:
     def __init__(self, tokens: list[tuple[str, str]]) -> None:
         self.tokens = tokens
         self.pos = 0
+        self.budget = _NodeBudget("filter")
 
     def _peek(self) -> tuple[str, str]:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else ("end", "")
@@ -315,22 +344,36 @@ class _TextParser:
             return True
         return False
 
-    def parse_or(self, depth: int) -> Filter:
+    @staticmethod
+    def _depth(depth: int) -> None:
+        # Checked on every way down (parentheses and NOT), so recursion stays shallow.
         if depth > MAX_FILTER_DEPTH:
-            raise QueryError("filter", f"filter nested deeper than {MAX_FILTER_DEPTH}")
+            raise QueryError("filter", f"filter nested deeper than {MAX_FILTER_DEPTH} "
+                                       "(parentheses and NOT)")
+
+    def parse_or(self, depth: int) -> Filter:
+        self._depth(depth)
         items = [self.parse_and(depth)]
         while self._keyword("OR"):
             items.append(self.parse_and(depth))
-        return items[0] if len(items) == 1 else Or(tuple(items))
+        if len(items) == 1:
+            return items[0]
+        self.budget.take()
+        return Or(tuple(items))
 
     def parse_and(self, depth: int) -> Filter:
         items = [self.parse_not(depth)]
         while self._keyword("AND"):
             items.append(self.parse_not(depth))
-        return items[0] if len(items) == 1 else And(tuple(items))
+        if len(items) == 1:
+            return items[0]
+        self.budget.take()
+        return And(tuple(items))
 
     def parse_not(self, depth: int) -> Filter:
+        self._depth(depth)
         if self._keyword("NOT"):
+            self.budget.take()
             return Not(self.parse_not(depth + 1))
         if self._peek()[0] == "lp":
             self._take()
@@ -341,6 +384,7 @@ class _TextParser:
         return self.parse_comparison()
 
     def parse_comparison(self) -> Comparison:
+        self.budget.take()
         kind, attribute = self._take()
         if kind != "word" or attribute.upper() in ("AND", "OR", "NOT", "IN"):
             raise QueryError("filter", "expected an attribute name")
