@@ -268,13 +268,39 @@ def test_unsigned_sdk_party_rejected(running):
             brand.status()
 
 
+def test_metrics_are_not_on_the_api_port_and_only_on_loopback(running, tmp_path):
+    """Red team: GET /metrics on the API port answered any network client with each
+    analyst's budget spent and each dataset's rows and ingestion times."""
+    host, port = running.url.removeprefix("https://").split(":")
+    cert = fetch_server_certificate(host, int(port))
+    ctx = pinned_client_context(cert.public_bytes(serialization.Encoding.PEM))
+    with httpx.Client(base_url=running.url, verify=ctx) as http:
+        answer = http.get("/metrics")
+        assert answer.status_code in (401, 404)
+        assert "sgxcloud_cleanroom" not in answer.text
+    # A metrics listener others could reach is refused, in one line, before ingestion.
+    run = subprocess.run(
+        [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", "coordinator",
+         "--definition", str(running.definition), "--approvals", str(running.approvals[0]),
+         "--node", "bank=127.0.0.1:9", "--workdir", str(tmp_path / "w"), "--simulate",
+         "--allow-simulated", "--metrics-listen", "0.0.0.0:0"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert run.returncode != 0
+    assert "loopback only" in run.stderr + run.stdout
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "w" / "engine.duckdb").exists()
+
+
 def test_metrics_are_aggregates_with_no_query_content(running):
     """GET /metrics (the operator's view): outcomes by reason code, budgets per
     analyst, rows per dataset — and nothing of the queries themselves."""
     from tests.metrics.promtool import check_metrics, samples
 
-    def scrape(c):
-        answer = c._http.get("/metrics")
+    assert running.metrics_url.startswith("http://127.0.0.1:")
+
+    def scrape(_c):
+        answer = httpx.get(running.metrics_url)
         assert answer.status_code == 200
         check_metrics(answer.content)
         return answer.text, samples(answer.content)

@@ -669,25 +669,38 @@ def openapi_document() -> dict[str, Any]:
 
 
 def serve(coordinator: Coordinator, host: str, port: int,
-          on_ready: Callable[[int], None] | None = None, *,
+          on_ready: Callable[[int, int | None], None] | None = None, *,
           limits: RequestLimits | None = None,
-          max_query_bytes: int = MAX_QUERY_BODY_BYTES) -> None:
-    """Serve the API over HTTPS with the coordinator's attested TLS key (blocks)."""
+          max_query_bytes: int = MAX_QUERY_BODY_BYTES,
+          metrics_listen: tuple[str, int] | None = None) -> None:
+    """Serve the API over HTTPS with the coordinator's attested TLS key (blocks).
+
+    With ``metrics_listen`` (a loopback address), ``GET /metrics`` is served
+    there over plain HTTP; never on the API's port (see cleanroom/metrics.py).
+    ``on_ready(api_port, metrics_port_or_None)`` is called once both listen.
+    """
     import socket
 
     import uvicorn
 
-    from sgxcloud.cleanroom.metrics import measured_app
+    from sgxcloud.cleanroom.metrics import CoordinatorMetrics, measured_app, serve_metrics
 
     limits = limits or RequestLimits()
-    cert, key = coordinator.tls.write_pem_files(coordinator.workdir / "tls")
-    sock = socket.create_server((host, port))
-    # The API plus GET /metrics (aggregates only: see cleanroom/metrics.py).
-    config = uvicorn.Config(measured_app(coordinator, limits=limits,
-                                         max_query_bytes=max_query_bytes),
-                            ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="warning",
-                            access_log=False, **uvicorn_options(limits))
-    server = uvicorn.Server(config)
-    if on_ready:
-        on_ready(sock.getsockname()[1])
-    server.run(sockets=[sock])
+    metrics = CoordinatorMetrics()
+    metrics_server = serve_metrics(metrics, *metrics_listen) if metrics_listen else None
+    try:
+        cert, key = coordinator.tls.write_pem_files(coordinator.workdir / "tls")
+        sock = socket.create_server((host, port))
+        config = uvicorn.Config(measured_app(coordinator, metrics, limits=limits,
+                                             max_query_bytes=max_query_bytes),
+                                ssl_certfile=str(cert), ssl_keyfile=str(key),
+                                log_level="warning", access_log=False,
+                                **uvicorn_options(limits))
+        server = uvicorn.Server(config)
+        if on_ready:
+            on_ready(sock.getsockname()[1],
+                     metrics_server.server_port if metrics_server else None)
+        server.run(sockets=[sock])
+    finally:
+        if metrics_server:
+            metrics_server.shutdown()

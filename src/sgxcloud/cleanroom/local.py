@@ -54,6 +54,8 @@ class LocalCollaboration:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     url: str = ""
+    metrics_url: str = ""
+    """The coordinator's loopback metrics listener, when started with --metrics-listen."""
     ingestion: dict[str, Any] = field(default_factory=dict)
     start_timeout: float = START_TIMEOUT_S
     """The coordinator is ready only after pulling all data: allow for big inputs."""
@@ -120,13 +122,14 @@ class LocalCollaboration:
     def start_coordinator(self) -> None:
         args = ["coordinator", "--definition", str(self.definition), "--workdir",
                 str(self.workdir / "coordinator"), "--listen", "127.0.0.1:0", "--simulate",
-                "--allow-simulated", "--verbose"]
+                "--allow-simulated", "--metrics-listen", "127.0.0.1:0", "--verbose"]
         for provider, (host, port) in self.addresses.items():
             args += ["--node", f"{provider}={host}:{port}"]
         for approval in self.approvals:
             args += ["--approvals", str(approval)]
         info = self._spawn("coordinator", args + self.coordinator_args)
         self.url = f"https://{info['host']}:{info['port']}"
+        self.metrics_url = info.get("metrics", "")
         self.ingestion = info.get("status", {})
 
     def start(self) -> LocalCollaboration:
@@ -142,7 +145,8 @@ class LocalCollaboration:
         return {name: p.pid for name, p in self.processes.items() if p.poll() is None}
 
     def describe(self) -> dict[str, Any]:
-        return {"simulated": True, "url": self.url, "pids": self.pids(),
+        return {"simulated": True, "url": self.url, "metrics": self.metrics_url,
+                "pids": self.pids(),
                 "nodes": {p: f"{h}:{port}" for p, (h, port) in self.addresses.items()},
                 "datasets": self.ingestion}
 

@@ -1,8 +1,9 @@
-"""Prometheus metrics of the clean-room coordinator, on ``GET /metrics``.
+"""Prometheus metrics of the clean-room coordinator, on a listener of their own.
 
-Who reads /metrics: the coordinator's operator, who in the clean-room trust
+Who reads them: the coordinator's operator, who in the clean-room trust
 model is *not* trusted with the data.  So the metrics hold only what any
-party already sees and nothing about a person or a query:
+party already sees (in ``/v1/status`` and the audit log) and nothing about a
+person or a query:
 
 - queries released, and refused by the engine's fixed reason code
   (``not_allowed``, ``budget``, ``differencing``, ``suppressed``) — never the
@@ -12,27 +13,35 @@ party already sees and nothing about a person or a query:
 - per dataset (the definition's ``provider.dataset`` names): its state,
   the rows held and the duration and size of its last ingestion.
 
+They are still who asked how much, when, and how many rows each provider
+holds, which a party sees only after authenticating and a stranger must not
+see at all.  So they are not on the API's port (which any network client can
+reach) but on a plain-HTTP listener of their own that accepts loopback
+addresses only (:func:`serve_metrics`, ``--metrics-listen``): Prometheus, or
+an authenticating proxy, scrapes them on the coordinator's host.
+
 Wired by wrapping the coordinator (:class:`MeasuredCoordinator`) where the app
 is served; the coordinator and engine know nothing of metrics.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
-    generate_latest,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sgxcloud.cleanroom.errors import REFUSAL_REASONS, QueryRefused
+from sgxcloud.errors import InputError
 
 QUERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 DATASET_STATES = ("pending", "ingesting", "ingested", "rejected", "failed")
@@ -69,14 +78,37 @@ class CoordinatorMetrics:
     def watch(self, coordinator: Any) -> None:
         self.registry.register(_StateCollector(coordinator))
 
-    def add_route(self, app: Any) -> None:
-        """``GET /metrics`` on ``app`` (exactly that path: no redirect to /metrics/)."""
-        from starlette.responses import Response
 
-        def metrics(_request: Any) -> Response:  # sync: collection reads the database
-            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
-        app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+def check_metrics_address(host: str) -> None:
+    """Refuse a metrics listener anyone but this host could reach."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise InputError(
+            f"--metrics-listen {host}: metrics name each analyst's budget spent and each "
+            "dataset's rows and ingestion times, so they are served on loopback only "
+            "(127.0.0.1 or ::1); scrape them on this host or through a proxy that "
+            "authenticates"
+        )
+
+
+def serve_metrics(metrics: CoordinatorMetrics, host: str, port: int) -> Any:
+    """Serve ``GET /metrics`` over plain HTTP on a loopback address, in a thread.
+
+    Returns the server (``server_port``, ``shutdown()``).  Collection reads the
+    coordinator's state under its locks, never on the API's event loop.
+    """
+    check_metrics_address(host)
+    try:
+        server, _thread = start_http_server(port, addr=host.strip("[]"),
+                                            registry=metrics.registry)
+    except OSError as exc:
+        raise InputError(f"cannot listen for metrics on {host}:{port} "
+                         f"({exc.strerror or exc})") from None
+    return server
 
 
 class _StateCollector(Collector):
@@ -158,14 +190,11 @@ class MeasuredCoordinator:
         return result
 
 
-def measured_app(coordinator: Any, metrics: CoordinatorMetrics | None = None,
+def measured_app(coordinator: Any, metrics: CoordinatorMetrics,
                  **app_options: Any) -> Any:
-    """The coordinator's API with queries measured and ``GET /metrics``
-    (``app_options``, e.g. request limits, go to ``create_app``)."""
+    """The coordinator's API with queries measured into ``metrics`` (served apart:
+    :func:`serve_metrics`); ``app_options``, e.g. request limits, go to ``create_app``."""
     from sgxcloud.cleanroom.coordinator import create_app
 
-    metrics = metrics or CoordinatorMetrics()
     metrics.watch(coordinator)
-    app = create_app(MeasuredCoordinator(coordinator, metrics), **app_options)
-    metrics.add_route(app)
-    return app
+    return create_app(MeasuredCoordinator(coordinator, metrics), **app_options)

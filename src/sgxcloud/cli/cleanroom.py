@@ -394,17 +394,25 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
               help="Largest query body accepted (larger ones: 413, before reading them).")
 @click.option("--max-connections", default=64, show_default=True, type=click.IntRange(1),
               help="Requests handled at once; more are answered 503.")
+@click.option("--metrics-listen", metavar="HOST:PORT",
+              help="Serve Prometheus GET /metrics over HTTP here; loopback addresses only "
+                   "(127.0.0.1:PORT). Off by default; never on the API's port.")
 @_collateral_options
 @click.option("--ready-file", hidden=True)
 @click.option("-v", "--verbose", is_flag=True)
 def coordinator(definition, approval_files, nodes, workdir, listen, simulate, simulate_mrenclave,
                 allow_simulated, memory_limit, batch_rows, max_query_bytes, max_connections,
-                collateral, pccs, ready_file, verbose) -> int:
+                metrics_listen, collateral, pccs, ready_file, verbose) -> int:
     """Pull approved data from the nodes and serve the HTTPS API (runs until stopped)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig, serve
+    from sgxcloud.cleanroom.metrics import check_metrics_address
     from sgxcloud.cleanroom.workdir import private_umask
+
+    metrics_at = _hostport(metrics_listen) if metrics_listen else None
+    if metrics_at:
+        check_metrics_address(metrics_at[0])  # before hours of ingestion, not after
 
     private_umask()  # DuckDB's and SQLite's files in the workdir: owner only
 
@@ -446,15 +454,20 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
     console.print(table)
     host, port = _hostport(listen)
 
-    def ready(bound_port: int) -> None:
+    def ready(bound_port: int, metrics_port: int | None) -> None:
         console.print(f"coordinator API on https://{host}:{bound_port}", highlight=False)
-        _ready(ready_file, {"host": host, "port": bound_port, "status": coord.status()})
+        doc = {"host": host, "port": bound_port, "status": coord.status()}
+        if metrics_at and metrics_port:
+            doc["metrics"] = f"http://{metrics_at[0]}:{metrics_port}/metrics"
+            console.print(f"metrics on {doc['metrics']}", highlight=False)
+        _ready(ready_file, doc)
 
     from sgxcloud.web.limits import RequestLimits
 
     try:
         serve(coord, host, port, on_ready=ready, max_query_bytes=max_query_bytes,
-              limits=RequestLimits(max_connections=max_connections))
+              limits=RequestLimits(max_connections=max_connections),
+              metrics_listen=metrics_at)
     finally:
         coord.close()
     return 0
