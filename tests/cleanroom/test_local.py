@@ -3,7 +3,12 @@ the privacy budget survives a coordinator restart."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ from sgxcloud.cleanroom.local import LocalCollaboration, prepare_example
 from sgxcloud.cleanroom.sdk import CleanroomClient
 from sgxcloud.cleanroom.transport import PeerRefused
 
+ROOT = Path(__file__).resolve().parents[2]
 QUERY = {"template": "audience_size", "analysis": "audience",
          "filter": "bank.customers.premium_card = true"}
 
@@ -112,3 +118,49 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert summary["lift"]["conversion_lift_rel"] is not None
     assert "data:image/png;base64," in Path(summary["report"]).read_text()
     assert summary["audit_entries"] > 5
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_local_stops_its_processes_on_sigterm_and_sigint(tmp_path, signum):
+    """`cleanroom local` stopped with SIGTERM left its nodes and coordinator running."""
+    import psutil
+
+    prepare_example(tmp_path, people=200, min_group_size=5)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", "local", "--workdir",
+         str(tmp_path), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    pids: dict[str, int] = {}
+    try:
+        text = ""
+        while True:
+            line = proc.stdout.readline()
+            assert line, "cleanroom local exited before it was ready"
+            text += line
+            if line.startswith("}"):
+                break
+        pids = json.loads(text)["pids"]
+        assert len(pids) == 4 and all(psutil.pid_exists(p) for p in pids.values())
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [name for name, p in pids.items() if _alive(p)], "children left running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids.values():  # on failure: what the old code left behind
+            if _alive(pid):
+                psutil.Process(pid).kill()
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -852,12 +852,27 @@ def local(workdir: str, as_json: bool) -> int:
     # Every process here is started with --allow-simulated: say what that means.
     Console(stderr=True).print(Panel(SIMULATION_WARNING, style="bold red",
                                      title="WARNING: SIMULATED collaboration"))
+
+    def stop(_signum: int, _frame: Any) -> None:
+        # SIGTERM's default ends this process at once and leaves every node and the
+        # coordinator running; as an interrupt, the `with` below stops them first
+        # (once: a second signal must not cut that short).
+        for other in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(other, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     with LocalCollaboration.from_workdir(Path(workdir)) as collab:
-        _privacy_warnings(_definition(str(collab.definition)))
-        _emit(as_json, collab.describe(), lambda d: console.print(
-            f"[bold red]SIMULATED[/] collaboration running; coordinator at {d['url']} "
-            "(Ctrl-C stops)"))
-        collab.wait()
+        try:
+            _privacy_warnings(_definition(str(collab.definition)))
+            _emit(as_json, collab.describe(), lambda d: console.print(
+                f"[bold red]SIMULATED[/] collaboration running; coordinator at {d['url']} "
+                "(Ctrl-C or SIGTERM stops it and its processes)"))
+            sys.stdout.flush()  # a supervisor reading --json waits for it
+            collab.wait()
+        except KeyboardInterrupt:
+            pass  # once running, a stop is the normal end; the `with` stops every process
     return 0
 
 
