@@ -25,8 +25,8 @@ sys.path.insert(0, os.environ.get("SGXCLOUD_BENCH_SRC", str(ROOT / "src")))
 from sgxcloud.cas.collateral import FileCollateral  # noqa: E402
 from sgxcloud.cas.config import load_settings  # noqa: E402
 from sgxcloud.cas.evidence import DefaultVerifier, load_evidence  # noqa: E402
+from sgxcloud.cas.service import server  # noqa: E402
 from sgxcloud.cas.service.app import create_app  # noqa: E402
-from sgxcloud.cas.service.server import _tls_options, build_service  # noqa: E402
 
 DCAP = ROOT.parent / "shared" / "testdata" / "dcap"
 QUOTE_TIME = 1752919277  # inside the sample collateral's validity window
@@ -48,20 +48,23 @@ class RealQuoteCost:
 
 def main() -> None:
     settings = load_settings(Path(sys.argv[1]), port=int(sys.argv[2]))
-    service = build_service(settings)
+    service = server.build_service(settings)
     service.verifier = RealQuoteCost(service.verifier)  # type: ignore[assignment]
     assert settings.tls_cert is not None and settings.tls_key is not None
-    try:  # owners sign for this origin (older trees, run as a baseline, had no audiences)
-        app = create_app(service, audiences=[f"https://127.0.0.1:{settings.port}"])
-    except TypeError:
-        app = create_app(service)
+    # Production's options: owners sign for this origin, request limits as configured.
+    # Older trees (run as a baseline) had neither: what they take, they get.
+    if hasattr(server, "_server_options"):
+        limits = settings.request_limits()
+        app = create_app(service, audiences=[f"https://127.0.0.1:{settings.port}"], limits=limits)
+        options = server._server_options(settings.tls_cert, settings.tls_key, None, limits)
+    else:
+        try:
+            app = create_app(service, audiences=[f"https://127.0.0.1:{settings.port}"])
+        except TypeError:
+            app = create_app(service)
+        options = server._tls_options(settings.tls_cert, settings.tls_key, None)
     uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        **_tls_options(settings.tls_cert, settings.tls_key, None),
+        app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False, **options
     )
 
 
