@@ -138,3 +138,49 @@ def test_liveness_and_readiness_probes(tmp_path: Path) -> None:
         ready = http.get("/v1/health/ready")
         assert ready.status_code == 503 and ready.json()["problem"] == "service is stopped"
         assert http.get("/v1/health/live").status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_backup_and_restore_files_are_private_from_their_first_byte(
+    tmp_path: Path, backend: str, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    """Red-team a07: DEST.partial and *.restoring were 0644 while being written."""
+    import os
+
+    from sgxcloud.cas import backup as backup_module
+
+    monkeypatch.delenv("SGXCLOUD_CAS_DATABASE_URL", raising=False)
+    url = _url(backend, tmp_path / "a.db")
+    Database.open(url).close()
+    seen: list[tuple[str, int]] = []
+    real_copy, real_run = backup_module._sqlite_copy, backup_module._run
+
+    def copy(source: Path, destination: Path) -> None:
+        seen.append((destination.name, destination.stat().st_mode & 0o777))
+        real_copy(source, destination)
+        seen.append((destination.name, destination.stat().st_mode & 0o777))
+
+    def run(tool: str, *args: str, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        for arg in args:
+            if arg.startswith("--file="):
+                partial = Path(arg.removeprefix("--file="))
+                seen.append((partial.name, partial.stat().st_mode & 0o777))
+        real_run(tool, *args, **kwargs)
+        for arg in args:
+            if arg.startswith("--file="):
+                partial = Path(arg.removeprefix("--file="))
+                seen.append((partial.name, partial.stat().st_mode & 0o777))
+
+    monkeypatch.setattr(backup_module, "_sqlite_copy", copy)
+    monkeypatch.setattr(backup_module, "_run", run)
+    previous = os.umask(0o000)  # the most permissive umask: nothing may depend on it
+    try:
+        backup_module.backup(url, tmp_path / "b")
+        if backend == "sqlite":
+            backup_module.restore(tmp_path / "b", url, replace=True)
+    finally:
+        os.umask(previous)
+    names = {name for name, _ in seen}
+    assert "b.partial" in names and (backend != "sqlite" or "a.db.restoring" in names)
+    assert all(mode == 0o600 for _, mode in seen), seen
+    assert (tmp_path / "b").stat().st_mode & 0o777 == 0o600

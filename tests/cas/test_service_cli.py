@@ -458,3 +458,36 @@ def test_serve_tightens_a_database_others_can_read_and_says_so(tmp_path: Path, c
     assert "cas.db was mode 0644" in err and "set to 0600" in err
     assert "data is mode 0755" in err and "make it 0700" in err
     assert (data / "cas.db").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o002])
+def test_init_under_a_permissive_umask_leaves_nothing_others_can_change(
+    tmp_path: Path, umask: int
+) -> None:
+    """Red-team a07: under umask 000 cas.yaml, tls/ and the PEM files were world-writable."""
+    previous = os.umask(umask)
+    try:
+        assert cli(["cas", "init", str(tmp_path / "cas"), "--loopback-tls"]) == 0
+        assert cli(["cas", "init", str(tmp_path / "csr"), "--tls-csr", "cas.example"]) == 0
+    finally:
+        os.umask(previous)
+    home = tmp_path / "cas"
+    expected = {
+        home: 0o755, home / "data": 0o700, home / "keys": 0o700, home / "tls": 0o700,
+        home / "cas.yaml": 0o600, home / "keys/master.key": 0o600,
+        home / "tls/ca.pem": 0o644, home / "tls/server.pem": 0o644, home / "tls/server.key": 0o600,
+        tmp_path / "csr/tls": 0o700, tmp_path / "csr/tls/server.key": 0o600,
+        tmp_path / "csr/tls/server.csr": 0o644, tmp_path / "csr/cas.yaml": 0o600,
+    }
+    assert {p: p.stat().st_mode & 0o777 for p in expected} == expected
+
+
+def test_serve_refuses_settings_others_can_change(home: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    settings = home / "cas.yaml"
+    for target, mode in ((settings, 0o666), (home, 0o775)):
+        target.chmod(mode)
+        assert cli(["cas", "serve", "--config", str(settings)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1
+        assert "writable by group or others" in err and f"chmod go-w {target}" in err
+        target.chmod(0o755 if target.is_dir() else 0o600)

@@ -24,6 +24,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from sgxcloud.cas import audit
+from sgxcloud.cas.files import new_private_file
 from sgxcloud.cas.store import Database, StoreError
 
 SQLITE_MAGIC = b"SQLite format 3\0"
@@ -58,6 +59,7 @@ def backup(database_url: str, destination: Path) -> BackupReport:
     backend = make_url(database_url).get_backend_name()
     partial = destination.with_name(destination.name + ".partial")
     try:
+        _private(partial)  # 0600 before the first byte: pg_dump and SQLite keep its mode
         if backend == "sqlite":
             _sqlite_copy(_sqlite_path(database_url), partial)
             report = _chain_of(f"sqlite:///{partial}")
@@ -88,6 +90,7 @@ def restore(source: Path, database_url: str, *, replace: bool = False) -> Backup
             raise BackupError(f"{target} exists; stop the service and pass --replace")
         partial = target.with_name(target.name + ".restoring")
         try:
+            _private(partial)
             _sqlite_copy(source, partial)
             for suffix in ("-wal", "-shm"):  # a stale WAL would replay onto the restored file
                 Path(str(target) + suffix).unlink(missing_ok=True)
@@ -120,6 +123,13 @@ def _sqlite_path(url: str) -> Path:
     return Path(path)
 
 
+def _private(path: Path) -> None:
+    try:
+        new_private_file(path)
+    except OSError as exc:
+        raise BackupError(f"cannot create {path}: {exc.strerror}") from exc
+
+
 def _sqlite_copy(source: Path, destination: Path) -> None:
     if not source.exists():
         raise BackupError(f"no database file {source}")
@@ -127,7 +137,6 @@ def _sqlite_copy(source: Path, destination: Path) -> None:
         with sqlite3.connect(source, timeout=30) as src, sqlite3.connect(destination) as dst:
             src.backup(dst)  # one step: a single consistent snapshot
             dst.execute("PRAGMA journal_mode = DELETE")  # a self-contained file, no -wal
-        destination.chmod(0o600)
     except sqlite3.Error as exc:
         raise BackupError(f"SQLite backup failed: {exc}") from exc
 

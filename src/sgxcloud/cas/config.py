@@ -225,6 +225,26 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def check_settings_file(path: Path) -> None:
+    """Refuse settings that group or others may change (the file or its directory).
+
+    Whoever can edit cas.yaml, or replace it in its directory, chooses the
+    database and master key the service trusts.
+    """
+    try:
+        for target in (path, path.resolve().parent):
+            mode = target.stat().st_mode
+            sticky_dir = target.is_dir() and mode & 0o1000
+            if mode & 0o022 and not sticky_dir:
+                kind = "directory" if target.is_dir() else "settings file"
+                raise ConfigError(
+                    f"{kind} {target} is writable by group or others (mode "
+                    f"{mode & 0o777:04o}); run: chmod go-w {target}"
+                )
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
 def load_settings(
     path: Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
 ) -> Settings:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sgxcloud.cas import files
 from sgxcloud.cas.errors import CasError
 
 RENEW_WARNING_DAYS = 30
@@ -49,7 +50,7 @@ def make_key_and_csr(directory: Path, names: list[str]) -> tuple[Path, Path]:
     for path in (key_path, csr_path):
         if path.exists():
             raise TlsSetupError(f"{path} exists; refusing to replace it")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files.make_dir(directory, files.PRIVATE_DIR)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -66,7 +67,7 @@ def make_key_and_csr(directory: Path, names: list[str]) -> tuple[Path, Path]:
                 serialization.NoEncryption(),
             )
         )
-    csr_path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    files.write_file(csr_path, csr.public_bytes(serialization.Encoding.PEM), files.PUBLIC)
     return key_path, csr_path
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 from rich.panel import Panel
 
-from sgxcloud.cas import secrets
-from sgxcloud.cas.config import load_settings
+from sgxcloud.cas import files, secrets
+from sgxcloud.cas.config import check_settings_file, load_settings
 from sgxcloud.cli.output import console
 
 _CONFIG_HELP = (
@@ -50,6 +50,8 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> int:
     from sgxcloud.cas.service.server import serve as run
     from sgxcloud.cas.tls import check_server_tls
 
+    if config_path is not None:
+        check_settings_file(config_path)
     settings = load_settings(config_path, host=host, port=port)
     settings.keyring()  # the master key first: without it nothing else matters
     if settings.tls_cert is not None and settings.tls_key is not None:
@@ -132,10 +134,15 @@ def init(
     key_path = key_dir / "master.key"
     if key_path.exists():
         raise click.UsageError(f"{key_path} exists; refusing to replace a master key")
+    # Every mode is explicit (whatever the umask): whoever can edit cas.yaml or
+    # a directory on its path can point the service at their own database or key.
+    if directory.exists():
+        directory.chmod(directory.stat().st_mode & 0o755)
+    else:
+        files.make_dir(directory, files.PUBLIC_DIR)
     # The database (policies, sealed secrets) is the service user's alone.
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data_dir.chmod(0o700)  # mkdir's mode is filtered by the umask, and exist_ok keeps old modes
-    key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files.make_dir(data_dir, files.PRIVATE_DIR)
+    files.make_dir(key_dir, files.PRIVATE_DIR)
     key = secrets.MasterKey.generate()
     secrets.write_master_key(key_path, key)
     key_setting = key_path.resolve()
@@ -181,7 +188,8 @@ def init(
         )
     settings_path = directory / "cas.yaml"
     if not settings_path.exists():
-        settings_path.write_text("\n".join(lines) + "\n")
+        # 0600: a database_url may carry a password
+        files.write_file(settings_path, ("\n".join(lines) + "\n").encode(), files.PRIVATE)
     console().print(
         Panel.fit(
             f"master key id [bold]{key.key_id}[/] in {key_path}\n"

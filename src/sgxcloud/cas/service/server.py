@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
 
+from sgxcloud.cas import files
 from sgxcloud.cas.config import ConfigError, Settings
 from sgxcloud.cas.evidence import DefaultVerifier
 from sgxcloud.cas.service.app import add_audience, create_app
@@ -163,7 +164,7 @@ class TlsFiles:
 def make_loopback_tls(directory: Path, *, now: dt.datetime | None = None) -> TlsFiles:
     """A throwaway CA and a server certificate for 127.0.0.1/localhost (demo, tests, bench)."""
     now = now or dt.datetime.now(dt.UTC)
-    directory.mkdir(parents=True, exist_ok=True)
+    files.make_dir(directory, files.PRIVATE_DIR)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sgxcloud CAS loopback CA")])
     ca = (
@@ -199,18 +200,19 @@ def make_loopback_tls(directory: Path, *, now: dt.datetime | None = None) -> Tls
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    files.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.touch(mode=0o600)
-    files.key.write_bytes(
+    made = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.write_file(made.ca_cert, ca.public_bytes(serialization.Encoding.PEM), files.PUBLIC)
+    files.write_file(made.cert, cert.public_bytes(serialization.Encoding.PEM), files.PUBLIC)
+    files.write_file(
+        made.key,
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        )
+        ),
+        files.PRIVATE,
     )
-    return files
+    return made
 
 
 @contextmanager
