@@ -94,7 +94,8 @@ def test_launcher_has_a_real_help(enclave_python) -> None:  # type: ignore[no-un
         env=_enclave_env(site), capture_output=True, text=True, timeout=60,
     )
     assert helped.returncode == 0
-    for word in ("--url", "--ca-file", "--root", "--attempts", "SGXCLOUD_CAS_CA", "Exit"):
+    for word in ("--url", "--ca-file", "--root", "--attempts", "SGXCLOUD_CAS_CA", "Exit",
+                 "--policy-owner", "--no-owner-pin"):
         assert word in helped.stdout
     missing = subprocess.run(
         [str(python), "-m", "sgxcloud.cas.client", "launch"],
@@ -103,7 +104,8 @@ def test_launcher_has_a_real_help(enclave_python) -> None:  # type: ignore[no-un
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.strip() == (
         "error: missing launcher settings: SGXCLOUD_CAS_URL, SGXCLOUD_CAS_POLICY, "
-        "SGXCLOUD_CAS_SERVICE, SGXCLOUD_CAS_CA"
+        "SGXCLOUD_CAS_SERVICE, SGXCLOUD_CAS_CA, SGXCLOUD_CAS_POLICY_OWNERS "
+        "(or --no-owner-pin, insecure)"
     )
 
 
@@ -155,7 +157,8 @@ def test_launcher_installs_files_env_argv_and_keys_and_the_example_serves(
             tree["db"], identity
         ) as db_device, FakeAttestationDevice(tree["web"], identity) as web_device:
             settings = {"SGXCLOUD_CAS_URL": url, "SGXCLOUD_CAS_POLICY": "notes",
-                        "SGXCLOUD_CAS_CA": str(tls.ca_cert)}
+                        "SGXCLOUD_CAS_CA": str(tls.ca_cert),
+                        "SGXCLOUD_CAS_POLICY_OWNERS": owner_id}
 
             def launch(name: str) -> subprocess.Popen:  # type: ignore[type-arg]
                 process = subprocess.Popen(
@@ -229,7 +232,7 @@ def test_a_refused_enclave_starts_nothing(enclave_python, tmp_path: Path) -> Non
             answer = subprocess.run(
                 [str(python), "-m", "sgxcloud.cas.client", "launch", "--root", str(tree["db"]),
                  "--url", url, "--policy", "notes", "--service", "db",
-                 "--ca-file", str(tls.ca_cert)],
+                 "--ca-file", str(tls.ca_cert), "--policy-owner", owner_id],
                 env=_enclave_env(site), capture_output=True, text=True, timeout=300,
             )
         assert answer.returncode == 1

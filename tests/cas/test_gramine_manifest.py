@@ -73,6 +73,7 @@ DEFINES = {
     "cas_url": "https://cas.example:8443",
     "cas_policy": "notes",
     "cas_service": "web",
+    "cas_policy_owners": "key:sha256:" + "ab" * 32,
 }
 
 
@@ -88,6 +89,8 @@ def test_renders_to_toml_with_the_launcher_and_pinned_settings() -> None:
     env = manifest["loader"]["env"]
     assert env["SGXCLOUD_CAS_URL"] == "https://cas.example:8443"
     assert (env["SGXCLOUD_CAS_POLICY"], env["SGXCLOUD_CAS_SERVICE"]) == ("notes", "web")
+    # Who must own the policy is measured too (a squatted name is refused).
+    assert env["SGXCLOUD_CAS_POLICY_OWNERS"] == DEFINES["cas_policy_owners"]
     # The pinned CA is under /app, which is a trusted (measured) directory.
     assert env["SGXCLOUD_CAS_CA"].startswith("/app/")
     assert "file:/srv/notes/app/" in manifest["sgx"]["trusted_files"]

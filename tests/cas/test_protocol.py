@@ -423,6 +423,50 @@ def test_launcher_installs_files_and_environment_then_runs_the_python_command(
     assert marker.read_text() == "prod --flag"
 
 
+def test_a_squatted_policy_name_configures_no_pinned_enclave(
+    https_cas_with_owner, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """Red-team a09: Mallory created 'shop' first, with the victim's public MRENCLAVE.
+
+    The CAS seals the policy's signed owners into the answer; the launcher,
+    pinned to the victim's id, installs nothing and runs nothing.
+    """
+    from tests.cas.fake_gramine import FakeAttestationDevice
+
+    url, tls, mallory = https_cas_with_owner  # 'shop' is Mallory's (she signed it)
+    victim_id = _owner_id(pg.owner_key())
+    mallory_id = _owner_id(mallory)
+    with pytest.raises(client.UntrustedConfiguration, match="not signed by a pinned owner"):
+        client.fetch_configuration(
+            url, policy="shop", service="web", ca_file=tls.ca_cert, root=tmp_path,
+            simulate=pg.simulated_identity(), policy_owners=[victim_id],
+        )
+    root = tmp_path / "enclave"
+    settings = ["launch", "--url", url, "--policy", "shop", "--service", "web",
+                "--ca-file", str(tls.ca_cert), "--root", str(root), "--attempts", "1"]
+    with FakeAttestationDevice(root, pg.simulated_identity()):
+        assert client.main([*settings, "--policy-owner", victim_id]) == 1
+        err = capsys.readouterr().err
+        assert "not signed by a pinned owner" in err and "Traceback" not in err
+        assert not (root / "etc").exists()  # nothing installed
+        # The pin is mandatory: without one (and without --no-owner-pin) nothing runs.
+        assert client.main(settings) == 2
+        assert "SGXCLOUD_CAS_POLICY_OWNERS" in capsys.readouterr().err
+    # The real owner's pin (one of several suffices) and the exact hash are accepted.
+    fetched = client.fetch_configuration(
+        url, policy="shop", service="web", ca_file=tls.ca_cert, root=tmp_path,
+        simulate=pg.simulated_identity(), policy_owners=[victim_id, mallory_id],
+    )
+    assert fetched.configuration.policy_owners == (mallory_id,)
+    assert fetched.configuration.policy_hash == fetched.policy_hash
+    with pytest.raises(client.UntrustedConfiguration, match="not the pinned"):
+        client.fetch_configuration(
+            url, policy="shop", service="web", ca_file=tls.ca_cert, root=tmp_path,
+            simulate=pg.simulated_identity(), policy_owners=[mallory_id],
+            policy_hash="00" * 32,
+        )
+
+
 def test_launcher_needs_its_settings(capsys) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(client.ClientError, match="SGXCLOUD_CAS_URL"):
         client.launch(environ={})

@@ -132,11 +132,22 @@ def check_binding(
 
 @dataclass(frozen=True)
 class Configuration:
-    """What a verified enclave receives (the plaintext of the sealed answer)."""
+    """What a verified enclave receives (the plaintext of the sealed answer).
+
+    ``policy_name``, ``policy_hash`` and ``policy_owners`` (the principal ids
+    who signed the policy) say who controls this configuration.  They travel
+    inside the sealed (HPKE, key- and nonce-bound) answer, so only the CAS can
+    set them; an enclave checks them against what its manifest pins, and so
+    refuses a policy created under its expected name by someone else.  An
+    older CAS sends none (empty): a pinning enclave then refuses.
+    """
 
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict, repr=False)
     files: dict[str, bytes] = field(default_factory=dict, repr=False)
+    policy_name: str = ""
+    policy_hash: str = ""
+    policy_owners: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
         return json.dumps(
@@ -144,6 +155,11 @@ class Configuration:
                 "argv": self.argv,
                 "env": self.env,
                 "files": {path: content.hex() for path, content in sorted(self.files.items())},
+                "policy": {
+                    "name": self.policy_name,
+                    "hash": self.policy_hash,
+                    "owners": sorted(self.policy_owners),
+                },
             },
             sort_keys=True,
         ).encode()
@@ -152,10 +168,14 @@ class Configuration:
     def from_bytes(cls, data: bytes) -> Configuration:
         try:
             document: Mapping[str, Any] = json.loads(data)
+            policy: Mapping[str, Any] = document.get("policy") or {}
             return cls(
                 argv=[str(a) for a in document["argv"]],
                 env={str(k): str(v) for k, v in document["env"].items()},
                 files={str(p): bytes.fromhex(c) for p, c in document["files"].items()},
+                policy_name=str(policy.get("name", "")),
+                policy_hash=str(policy.get("hash", "")),
+                policy_owners=tuple(str(o) for o in policy.get("owners", ())),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ProtocolError("configuration document is malformed") from exc

@@ -28,6 +28,7 @@ from sgxcloud.cas.client.errors import (
     NoEvidenceSource,
     PolicyNotFound,
     ServiceUnavailable,
+    UntrustedConfiguration,
 )
 from sgxcloud.cas.client.launcher import LAUNCH_ENV, install, launch, main, run_argv
 from sgxcloud.cas.client.owner import OwnerClient, consent
@@ -44,6 +45,7 @@ __all__ = [
     "PolicyNotFound",
     "ServiceUnavailable",
     "SimulatedEvidence",
+    "UntrustedConfiguration",
     "choose_evidence_source",
     "consent",
     "fetch_configuration",

@@ -26,6 +26,7 @@ import base64
 import logging
 import ssl
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from sgxcloud.cas.client.errors import (
     ClientError,
     NoEvidenceSource,
     ServiceUnavailable,
+    UntrustedConfiguration,
 )
 from sgxcloud.cas.errors import AccessDenied
 from sgxcloud.sgx.identity import EnclaveIdentity
@@ -159,8 +161,17 @@ def fetch_configuration(
     timeout: float = 30.0,
     attempts: int = 1,
     backoff: float = 0.5,
+    policy_owners: Collection[str] | None = None,
+    policy_hash: str | None = None,
 ) -> FetchedConfiguration:
     """Attest to the CAS and return this enclave's configuration.
+
+    ``policy_owners`` pins who controls the configuration: the policy must
+    have been signed by at least one of these principal ids (as the CAS
+    reports inside the sealed answer), else ``UntrustedConfiguration`` — a
+    policy name alone can be taken by anyone who creates it first.
+    ``policy_hash`` pins one exact policy version.  ``None`` checks nothing
+    (the launcher makes the owner pin mandatory).
 
     With ``attempts`` > 1, an unreachable service or a 502/503/504 answer is
     retried with exponential backoff, each time with a fresh key and nonce: a
@@ -176,7 +187,9 @@ def fetch_configuration(
     try:
         for attempt in range(1, max(1, attempts) + 1):
             try:
-                return _attest(http_client, source, policy, service)
+                fetched = _attest(http_client, source, policy, service)
+                check_pins(fetched.configuration, policy, policy_owners, policy_hash)
+                return fetched
             except httpx.HTTPError as exc:
                 failure: ServiceUnavailable = ServiceUnavailable(
                     f"cannot reach the CAS at {base_url}: {type(exc).__name__}"
@@ -194,6 +207,34 @@ def fetch_configuration(
     finally:
         if owns_client:
             http_client.close()
+
+
+def check_pins(
+    configuration: protocol.Configuration,
+    policy: str,
+    policy_owners: Collection[str] | None,
+    policy_hash: str | None,
+) -> None:
+    """Refuse a configuration whose policy is not the one this enclave pins."""
+    if configuration.policy_name and configuration.policy_name != policy:
+        raise UntrustedConfiguration(
+            f"the CAS answered for policy {configuration.policy_name!r}, not {policy!r}"
+        )
+    if policy_owners is not None:
+        pinned = {owner.strip() for owner in policy_owners if owner.strip()}
+        if not pinned:
+            raise UntrustedConfiguration("no policy owner to pin was given")
+        if not pinned & set(configuration.policy_owners):
+            signed = ", ".join(configuration.policy_owners) or "none reported (an older CAS?)"
+            raise UntrustedConfiguration(
+                f"policy {policy!r} is not signed by a pinned owner (its owners: {signed}); "
+                "someone else may have created it under this name — nothing was installed"
+            )
+    if policy_hash is not None and configuration.policy_hash != policy_hash.lower():
+        raise UntrustedConfiguration(
+            f"policy {policy!r} has hash {configuration.policy_hash or 'unknown'}, "
+            f"not the pinned {policy_hash}"
+        )
 
 
 def _attest(

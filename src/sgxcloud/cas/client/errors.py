@@ -34,3 +34,11 @@ class PolicyNotFound(ClientError):
 
 class NoEvidenceSource(ClientError):
     """Not inside an SGX enclave (no /dev/attestation) and simulation not requested."""
+
+
+class UntrustedConfiguration(ClientError):
+    """The CAS answered for a policy this enclave does not trust (owners or hash not pinned).
+
+    E.g. someone else created a policy under the expected name first (a squat):
+    the configuration is discarded, nothing is installed.
+    """

@@ -22,6 +22,12 @@ from sgxcloud.cas.client.errors import ClientError
 from sgxcloud.cas.errors import CasError
 
 LAUNCH_ENV = ("SGXCLOUD_CAS_URL", "SGXCLOUD_CAS_POLICY", "SGXCLOUD_CAS_SERVICE", "SGXCLOUD_CAS_CA")
+# Who must have signed the policy: principal ids (key:sha256:…, cert:sha256:…),
+# separated by commas or spaces.  Mandatory unless SGXCLOUD_CAS_NO_OWNER_PIN=1:
+# without it, whoever creates the policy name first configures this enclave.
+OWNERS_ENV = "SGXCLOUD_CAS_POLICY_OWNERS"
+HASH_ENV = "SGXCLOUD_CAS_POLICY_HASH"
+NO_PIN_ENV = "SGXCLOUD_CAS_NO_OWNER_PIN"
 DEFAULT_ATTEMPTS = 5
 
 
@@ -91,6 +97,27 @@ def _exit_status(code: object) -> int:
     return 1
 
 
+def pinned_owners(environ: Mapping[str, str]) -> list[str] | None:
+    """The owner pin from the settings; None only when explicitly switched off."""
+    owners = environ.get(OWNERS_ENV, "").replace(",", " ").split()
+    if owners:
+        return owners
+    if environ.get(NO_PIN_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return None
+    raise ClientError(
+        f"missing launcher settings: {OWNERS_ENV} (or --no-owner-pin, insecure)"
+    )
+
+
+def missing_settings(environ: Mapping[str, str]) -> list[str]:
+    missing = [name for name in LAUNCH_ENV if not environ.get(name)]
+    try:
+        pinned_owners(environ)
+    except ClientError:
+        missing.append(f"{OWNERS_ENV} (or --no-owner-pin, insecure)")
+    return missing
+
+
 def launch(
     environ: Mapping[str, str] | None = None,
     root: Path = Path("/"),
@@ -100,12 +127,22 @@ def launch(
     """Fetch this enclave's configuration, install it, and run its command.
 
     Configured by ``SGXCLOUD_CAS_URL``, ``SGXCLOUD_CAS_POLICY``,
-    ``SGXCLOUD_CAS_SERVICE`` and ``SGXCLOUD_CAS_CA`` (fixed in the manifest).
+    ``SGXCLOUD_CAS_SERVICE``, ``SGXCLOUD_CAS_CA`` and
+    ``SGXCLOUD_CAS_POLICY_OWNERS`` (optionally ``SGXCLOUD_CAS_POLICY_HASH``),
+    fixed in the manifest.
     """
     environ = dict(os.environ if environ is None else environ)
-    missing = [name for name in LAUNCH_ENV if not environ.get(name)]
+    missing = missing_settings(environ)
     if missing:
         raise ClientError("missing launcher settings: " + ", ".join(missing))
+    owners = pinned_owners(environ)
+    if owners is None:
+        logging.getLogger(__name__).warning(
+            "policy owners are not pinned (%s): whoever controls policy %r configures "
+            "this enclave",
+            NO_PIN_ENV,
+            environ["SGXCLOUD_CAS_POLICY"],
+        )
     fetched = fetch_configuration(
         environ["SGXCLOUD_CAS_URL"],
         policy=environ["SGXCLOUD_CAS_POLICY"],
@@ -113,6 +150,8 @@ def launch(
         ca_file=Path(environ["SGXCLOUD_CAS_CA"]),
         root=root,
         attempts=attempts,
+        policy_owners=owners,
+        policy_hash=environ.get(HASH_ENV) or None,
     )
     install(fetched, root)
     logging.getLogger(__name__).info(
@@ -151,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Environment: SGXCLOUD_CAS_URL (https://cas.example:8443), SGXCLOUD_CAS_POLICY, "
             "SGXCLOUD_CAS_SERVICE, SGXCLOUD_CAS_CA (the pinned CA certificate of the CAS's "
-            "TLS; the system trust store is never used). A refusal names only an audit "
+            "TLS; the system trust store is never used), SGXCLOUD_CAS_POLICY_OWNERS (required: "
+            "principal ids, one of which must have signed the policy, comma-separated), "
+            "SGXCLOUD_CAS_POLICY_HASH (optional), SGXCLOUD_CAS_NO_OWNER_PIN=1 (insecure). "
+            "A refusal names only an audit "
             "entry number: the policy's owners read why with 'sgxcloud audit show --seq N'."
         ),
     )
@@ -160,6 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
     launch_cmd.add_argument("--service", help="service in the policy (env SGXCLOUD_CAS_SERVICE)")
     launch_cmd.add_argument(
         "--ca-file", help="the CAS's CA certificate, PEM (env SGXCLOUD_CAS_CA)"
+    )
+    launch_cmd.add_argument(
+        "--policy-owner",
+        action="append",
+        metavar="ID",
+        help="a principal id (key:sha256:… or cert:sha256:…) that must be among the policy's "
+        "signed owners; repeatable, any one suffices (env SGXCLOUD_CAS_POLICY_OWNERS). "
+        "Required: a policy name alone can be created by anyone",
+    )
+    launch_cmd.add_argument(
+        "--policy-hash",
+        metavar="HEX",
+        help="accept only this exact policy version (env SGXCLOUD_CAS_POLICY_HASH)",
+    )
+    launch_cmd.add_argument(
+        "--no-owner-pin",
+        action="store_true",
+        help="INSECURE: accept a policy whoever owns it (env SGXCLOUD_CAS_NO_OWNER_PIN=1)",
     )
     launch_cmd.add_argument(
         "--root",
@@ -194,10 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         "SGXCLOUD_CAS_POLICY": args.policy,
         "SGXCLOUD_CAS_SERVICE": args.service,
         "SGXCLOUD_CAS_CA": args.ca_file,
+        OWNERS_ENV: ",".join(args.policy_owner or []),
+        HASH_ENV: args.policy_hash,
+        NO_PIN_ENV: "1" if args.no_owner_pin else None,
     }
     environ = {**os.environ, **{k: v for k, v in overrides.items() if v}}
     try:
-        missing = [name for name in LAUNCH_ENV if not environ.get(name)]
+        missing = missing_settings(environ)
         if missing:
             print("error: missing launcher settings: " + ", ".join(missing), file=sys.stderr)
             return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -383,6 +384,14 @@ class CasService:
             rows: dict[str, dict[str, SealedSecret]] = {}  # one read per policy, CA included
             loader = self._loader(repo, verified, rows, {stored.name: stored})
             rendered = materials.render(policy.services[service], policy, loader)
+            # Who controls this configuration, sealed with it: the enclave checks
+            # the owners against its pinned ones (a squatted name is refused).
+            rendered = dataclasses.replace(
+                rendered,
+                policy_name=stored.name,
+                policy_hash=stored.policy_hash,
+                policy_owners=tuple(sorted(stored.owners)),
+            )
             if policy.name not in rows:
                 rows[policy.name] = repo.get_secrets(policy.name)
             return stored, rendered, self._ca(rows[policy.name])
