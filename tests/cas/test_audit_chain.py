@@ -124,3 +124,27 @@ def test_reordered_entries_are_detected(chain: Database) -> None:
             ),
         )
     assert not audit.verify_chain(chain).ok
+
+
+def test_entries_about_some_policies_are_filtered_and_paged_in_the_database(
+    database_url: str,
+) -> None:
+    """Red-team a08: GET /v1/audit loaded every entry before filtering; now SQL does it.
+
+    '_' and '%' in a name are literal (a LIKE wildcard must not match 'shop').
+    """
+    database = Database.open(database_url)
+    try:
+        for i, subject in enumerate(["shop", "s_op/web", "shop/web", "shopx/web", "sh%/a"] * 3):
+            with database.transaction() as repo:
+                audit.append(
+                    repo, kind=audit.AuditKind.ATTESTATION, subject=subject, actor="a",
+                    outcome="rejected", detail={}, now=1000 + i,
+                )
+        mine = audit.entries(database, policies={"shop", "sh%"})
+        assert [e.subject for e in mine] == ["shop", "shop/web", "sh%/a"] * 3
+        page = audit.entries(database, policies={"s_op"}, after=2, limit=1)
+        assert [(e.seq, e.subject) for e in page] == [(7, "s_op/web")]
+        assert audit.entries(database, policies=set()) == []
+    finally:
+        database.close()

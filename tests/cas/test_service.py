@@ -331,6 +331,9 @@ def test_audit_endpoints(api: Api, owner) -> None:  # type: ignore[no-untyped-de
     report = api.signed("GET", "/v1/audit/verify", owner).json()
     assert report["ok"] and report["entries"] == 1
     assert api.client.get("/v1/audit/verify").status_code == 401
+    # Red-team a08: a key anyone can make does not buy a walk of the whole chain.
+    stranger = api.signed("GET", "/v1/audit/verify", pg.owner_key())
+    assert stranger.status_code == 403 and "own or read no policy" in stranger.text
 
 
 def test_committed_openapi_document_is_current(api: Api) -> None:

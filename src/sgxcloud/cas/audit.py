@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -149,9 +149,17 @@ def append(
                       row.prev_hash, row.entry_hash)
 
 
-def entries(database: Database, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
+def entries(
+    database: Database,
+    *,
+    after: int = 0,
+    limit: int | None = None,
+    policies: Iterable[str] | None = None,
+) -> list[AuditEntry]:
+    """Entries after ``after`` (about ``policies`` only, if given), oldest first."""
     with database.transaction() as repo:
-        return [_entry(row) for row in repo.audit_entries(after=after, limit=limit)]
+        rows = repo.audit_entries(after=after, limit=limit, policies=policies)
+        return [_entry(row) for row in rows]
 
 
 def verify_chain(database: Database) -> ChainReport:

@@ -282,9 +282,9 @@ def create_app(
 
     @app.get("/v1/audit/verify", response_model=schemas.AuditVerifyResponse, tags=["audit"])
     async def audit_verify(request: Request) -> schemas.AuditVerifyResponse:
-        """Walk the whole hash chain (any authenticated owner may ask)."""
-        await caller(request)
-        report = await run_in_threadpool(cas().verify_audit)
+        """Walk the whole hash chain (owners and readers of at least one policy)."""
+        who = await caller(request)
+        report = await run_in_threadpool(cas().verify_audit, who)
         return schemas.AuditVerifyResponse(**report.to_dict())
 
     def signed(scope: dict, headers: Mapping[str, str]) -> None:

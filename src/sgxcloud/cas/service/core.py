@@ -725,6 +725,20 @@ class CasService:
         Operators read the whole chain, deleted policies included, with
         ``sgxcloud audit show`` against the database.
         """
+        allowed = self._readable_policies(caller)
+        # filtered and limited in the database: never the whole chain per request
+        return audit.entries(self.database, after=after, limit=limit, policies=allowed)
+
+    def verify_audit(self, caller: str) -> audit.ChainReport:
+        """Walk the whole chain: for owners or readers of some policy (it reads every entry).
+
+        A key anyone can make must not buy a full-chain walk; operators verify
+        with ``sgxcloud audit verify`` against the database.
+        """
+        self._readable_policies(caller)
+        return audit.verify_chain(self.database)
+
+    def _readable_policies(self, caller: str) -> set[str]:
         self._require_ready()
         with self.database.transaction() as repo:
             readable = {
@@ -732,16 +746,9 @@ class CasService:
                 for p in repo.list_policies()
                 if _may_read(p, self._parsed(p), caller)
             }
-        allowed = readable
-        if not allowed:
+        if not readable:
             raise AccessDenied("you own or read no policy on this service")
-        entries = audit.entries(self.database, after=after)
-        visible = [e for e in entries if e.subject.split("/")[0] in allowed]
-        return visible[:limit]
-
-    def verify_audit(self) -> audit.ChainReport:
-        self._require_ready()
-        return audit.verify_chain(self.database)
+        return readable
 
 
 def _may_read(stored: StoredPolicy, policy: Policy, caller: str) -> bool:

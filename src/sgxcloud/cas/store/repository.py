@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -386,8 +386,20 @@ class Repository:
         set_committed_value(head, "seq", entry.seq)
         set_committed_value(head, "entry_hash", entry.entry_hash)
 
-    def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntryRow]:
+    def audit_entries(
+        self, *, after: int = 0, limit: int | None = None, policies: Iterable[str] | None = None
+    ) -> list[AuditEntryRow]:
+        """Entries after ``after``; with ``policies``, only those about them (filtered in SQL)."""
         query = select(AuditEntryRow).where(AuditEntryRow.seq > after).order_by(AuditEntryRow.seq)
+        if policies is not None:
+            names = sorted(policies)
+            subject = AuditEntryRow.subject
+            query = query.where(
+                or_(
+                    subject.in_(names),
+                    *(subject.startswith(name + "/", autoescape=True) for name in names),
+                )
+            )
         if limit is not None:
             query = query.limit(limit)
         return list(self.session.scalars(query))
