@@ -1,5 +1,6 @@
-"""The CAS's /metrics: attestations by verdict and reason code, latency, policies,
-collateral age and expiry — valid for promtool, and nothing owners keep private."""
+"""The CAS's metrics: attestations by verdict and reason code, latency, policies,
+collateral age and expiry — valid for promtool, served apart from the API, and
+nothing owners keep private (not even whether a policy exists)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 from fastapi.testclient import TestClient
 
 from sgxcloud.cas import protocol
 from sgxcloud.cas.collateral import FileCollateral, collateral_window
 from sgxcloud.cas.evidence import make_simulated_evidence
 from sgxcloud.cas.service import auth
-from sgxcloud.cas.service.metrics import CasMetrics, ObservedCollateral
+from sgxcloud.cas.service.metrics import CasMetrics, ObservedCollateral, serve_metrics
 from sgxcloud.cas.service.server import measured_app
 from tests.metrics.promtool import check_metrics, samples
 
@@ -45,6 +47,15 @@ def _attest(client: TestClient, *, policy: str = "shop", bind: bool = True) -> i
     return answer.status_code
 
 
+def _scrape(metrics: CasMetrics) -> httpx.Response:
+    """GET /metrics from the metrics listener (loopback, a free port), as Prometheus does."""
+    server = serve_metrics(metrics, "127.0.0.1", 0)
+    try:
+        return httpx.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10)
+    finally:
+        server.shutdown()
+
+
 def test_metrics_count_attestations_by_verdict_and_code(tmp_path: Path) -> None:
     service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
     try:
@@ -66,19 +77,23 @@ def test_metrics_count_attestations_by_verdict_and_code(tmp_path: Path) -> None:
         assert _attest(client) == 200
         assert _attest(client, bind=False) == 403
         assert _attest(client, policy="nope") == 403
+        # Red team a02: an unbound request naming a policy that does not exist
+        # counts as 'binding' too, so the counter is no existence oracle.
+        assert _attest(client, policy="nope", bind=False) == 403
 
-        answer = client.get("/metrics", follow_redirects=False)
+        assert client.get("/metrics").status_code == 404  # never on the API's port
+        answer = _scrape(metrics)
         assert answer.status_code == 200
         check_metrics(answer.content)
         got = samples(answer.content)
         count = "sgxcloud_cas_attestations_total"
         assert got[(count, (("reason", "none"), ("verdict", "accepted")))] == 2
-        assert got[(count, (("reason", "binding"), ("verdict", "rejected")))] == 1
+        assert got[(count, (("reason", "binding"), ("verdict", "rejected")))] == 2
         assert got[(count, (("reason", "policy"), ("verdict", "rejected")))] == 1
         histogram = "sgxcloud_cas_attestation_duration_seconds_count"
         assert got[(histogram, (("verdict", "accepted"),))] == 2
         assert got[("sgxcloud_cas_policies", ())] == 1
-        assert got[("sgxcloud_cas_nonces_issued_total", ())] == 4
+        assert got[("sgxcloud_cas_nonces_issued_total", ())] == 5
         assert got[("sgxcloud_cas_ready", ())] == 1
         # Owners' business stays theirs: no policy names, services or reason sentences.
         text_out = answer.text
@@ -97,8 +112,8 @@ def test_collateral_age_and_expiry_are_those_of_the_collateral_used(
     window = collateral_window(collateral)
     service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
     try:
-        client = TestClient(measured_app(service, metrics))
-        payload = client.get("/metrics").content
+        measured_app(service, metrics)
+        payload = _scrape(metrics).content
     finally:
         service.stop()
     check_metrics(payload)

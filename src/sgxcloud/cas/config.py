@@ -50,6 +50,10 @@ class Settings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8443, ge=1, le=65535)
+    # Prometheus metrics over plain HTTP on a listener of their own, never the
+    # API's port; off unless metrics_port is set (0: any free port).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(None, ge=0, le=65535)
     database_url: str = "sqlite:///cas.db"
     master_key_file: Path | None = None
     retired_master_key_files: tuple[Path, ...] = ()

@@ -156,6 +156,7 @@ def init(
         "host: 127.0.0.1",
         "port: 8443",
         "nonce_ttl_seconds: 120",
+        "# metrics_port: 9184   # Prometheus metrics, plain HTTP on metrics_host (127.0.0.1)",
         "collateral: none   # or: pccs (with pccs_url) or file (with collateral_file)",
     ]
     if loopback_tls:

@@ -272,6 +272,12 @@ class CasService:
         def decide(repo: Repository) -> tuple[_Verdict, int, Any]:
             verdict = _Verdict()
             verdict.add(self._spend_nonce(repo, nonce, now), "nonce")
+            # Problems that do not depend on the policy come first, so the first
+            # (the code counted on /metrics) says nothing of whether it exists.
+            if evidence_failure is not None:
+                verdict.add(str(evidence_failure), evidence_failure.code)
+            if verified is not None:
+                verdict.add(_binding_problem(verified, public_key, nonce), "binding")
             stored = repo.get_policy(request.policy)
             policy = None
             if stored is None:
@@ -287,13 +293,9 @@ class CasService:
             if policy is not None and request.service not in policy.services:
                 verdict.add(f"policy has no service {request.service!r}")
                 policy = None
-            if evidence_failure is not None:
-                verdict.add(str(evidence_failure), evidence_failure.code)
-            if verified is not None:
-                verdict.add(_binding_problem(verified, public_key, nonce), "binding")
-                if policy is not None:
-                    decision = evaluate(policy.services[request.service], verified)
-                    verdict.extend(decision.reasons)
+            if verified is not None and policy is not None:
+                decision = evaluate(policy.services[request.service], verified)
+                verdict.extend(decision.reasons)
             configuration = None
             if verdict.accepted and policy is not None and stored is not None:
                 configuration = self._configuration(

@@ -3,12 +3,18 @@
 Wired in the composition root (``server.py``), never in ``core.py``: the
 service is wrapped (:class:`MeasuredService`) and the collateral source is
 observed (:class:`ObservedCollateral`), so the service logic knows nothing of
-metrics.  Served on ``GET /metrics`` of the CAS app.
+metrics.  Served over plain HTTP on a listener of their own
+(:func:`serve_metrics`; settings ``metrics_host``, 127.0.0.1 by default, and
+``metrics_port``), never on the API's port that enclaves and anyone else reach.
 
 What a reader of /metrics learns is deliberately coarse: attestation counts by
 verdict and by the stable reason *code* (``nonce``, ``policy``, ``binding``,
 ``collateral-expired``...), never policy names, services, measurements or
 the reason sentences, which only a policy's owners may read (GET /v1/audit).
+The code is that of the first problem found, and the problems that do not
+depend on the policy (nonce, evidence, binding) are checked first: a request
+that fails those counts the same whether the policy it names exists or not
+(red team a02).
 """
 
 from __future__ import annotations
@@ -18,17 +24,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sgxcloud.cas.collateral import collateral_window
+from sgxcloud.cas.config import ConfigError
 from sgxcloud.cas.errors import CollateralError, EvidenceError
 from sgxcloud.cas.service.core import (
     AttestationRejected,
@@ -83,14 +84,22 @@ class CasMetrics:
         """Report the service's state (policies) at each scrape."""
         self.registry.register(_StateCollector(service, self))
 
-    def add_route(self, app: Any) -> None:
-        """``GET /metrics`` on ``app`` (exactly that path: no redirect to /metrics/)."""
-        from starlette.responses import Response
 
-        def metrics(_request: Any) -> Response:  # sync: collection reads the database
-            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
-        app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+def serve_metrics(metrics: CasMetrics, host: str, port: int) -> Any:
+    """Serve ``GET /metrics`` over plain HTTP on ``host:port``, in a thread.
+
+    Returns the server (``server_port``, ``shutdown()``).  Collection reads the
+    database in that thread, never on the API's event loop.
+    """
+    try:
+        server, _thread = start_http_server(port, addr=host.strip("[]"), registry=metrics.registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen for metrics on {host}:{port} ({exc.strerror or exc}): "
+            "set metrics_host/metrics_port"
+        ) from None
+    return server
 
 
 class _StateCollector(Collector):

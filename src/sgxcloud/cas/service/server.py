@@ -32,7 +32,12 @@ from sgxcloud.cas.evidence import DefaultVerifier
 from sgxcloud.cas.service.app import add_audience, create_app
 from sgxcloud.cas.service.auth import PEER_CERTIFICATE_STATE, OwnerCertificates
 from sgxcloud.cas.service.core import CasService
-from sgxcloud.cas.service.metrics import CasMetrics, MeasuredService, ObservedCollateral
+from sgxcloud.cas.service.metrics import (
+    CasMetrics,
+    MeasuredService,
+    ObservedCollateral,
+    serve_metrics,
+)
 from sgxcloud.cas.store import Database
 from sgxcloud.web.limits import LimitedH11Protocol, RequestLimits, uvicorn_options
 
@@ -88,18 +93,17 @@ def owner_certificates(settings: Settings) -> OwnerCertificates:
 def measured_app(
     service: CasService, metrics: CasMetrics, *, max_skew: int = 300, **app_options: Any
 ) -> FastAPI:
-    """The CAS app with attestations counted and timed, and ``GET /metrics``.
+    """The CAS app with attestations counted and timed into ``metrics``.
 
+    The metrics are served apart (:func:`serve_metrics`), never by this app.
     ``app_options`` go to :func:`create_app` unchanged (e.g. ``audiences``).
     """
     metrics.watch(service)
-    app = create_app(
+    return create_app(
         MeasuredService(service, metrics),  # type: ignore[arg-type]
         max_skew=max_skew,
         **app_options,
     )
-    metrics.add_route(app)
-    return app
 
 
 class PeerCertificateH11(LimitedH11Protocol):
@@ -138,7 +142,10 @@ def serve(settings: Settings) -> None:
     metrics = CasMetrics()
     service = build_service(settings, metrics)
     app = build_app(settings, service, metrics)
+    metrics_server = None
     try:
+        if settings.metrics_port is not None:
+            metrics_server = serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
         uvicorn.run(
             app,
             host=settings.host,
@@ -151,6 +158,8 @@ def serve(settings: Settings) -> None:
             ),
         )
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         service.stop()
 
 
