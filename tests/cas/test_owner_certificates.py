@@ -194,3 +194,121 @@ def test_an_unreadable_owner_crl_stops_the_service_with_one_line(tmp_path: Path,
     assert cli(["cas", "serve", "--config", str(home / "cas.yaml")]) == 2
     err = capsys.readouterr().err
     assert "cannot read the owner CRL" in err and "Traceback" not in err
+
+
+def _authority(
+    name: str, issuer: secrets.CertificateAuthority | None = None
+) -> secrets.CertificateAuthority:
+    """A root (no ``issuer``) or an intermediate CA, as an organisation's PKI has them."""
+    key = secrets.new_private_key("ec-p256")
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    signer = issuer.key if issuer else key
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.certificate.subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=300))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0),
+                       critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                       critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(signer, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return secrets.CertificateAuthority(key, certificate)
+
+
+def _with_usage(key: Any, usage: x509.KeyUsage | None, eku: list | None) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "signer")])
+    builder = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=30))
+    )
+    if usage is not None:
+        builder = builder.add_extension(usage, critical=True)
+    if eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+def test_a_certificate_not_for_signing_or_client_auth_authenticates_no_one(home: Path) -> None:
+    """Red team a05: KeyUsage without digitalSignature (or a serverAuth-only EKU) still
+    signed requests and consents, though mutual TLS refused it; now every path refuses."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID as Eku
+
+    from sgxcloud.cas.service.auth import AuthenticationError, OwnerCertificates
+
+    key = secrets.new_private_key("ec-p256")
+    cert_sign_only = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+    signing = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+    no_signing = _with_usage(key, cert_sign_only, None)
+    server_only = _with_usage(key, signing, [Eku.SERVER_AUTH])
+    good = _with_usage(key, signing, [Eku.CLIENT_AUTH])
+    cas = Cas(home, {})
+    service, served = cas.serve()
+    try:
+        with served as url:
+            with pytest.raises(AccessDenied, match="digitalSignature"):
+                _apply(url, cas.tls.ca_cert, key, no_signing)
+            with pytest.raises(AccessDenied, match="clientAuth"):
+                _apply(url, cas.tls.ca_cert, key, server_only)
+            assert _apply(url, cas.tls.ca_cert, key, good)["created"]
+    finally:
+        service.stop()
+    now = int(NOW.timestamp())
+    for bad in (no_signing, server_only):  # the check consents and mutual TLS go through
+        with pytest.raises(AuthenticationError):
+            OwnerCertificates().check(bad, now)
+    OwnerCertificates().check(_with_usage(key, None, [Eku.ANY_EXTENDED_KEY_USAGE]), now)
+
+
+def test_with_crls_every_certificate_of_the_chain_needs_a_current_crl_of_its_issuer(
+    home: Path, tmp_path: Path
+) -> None:
+    """Red team a05b: a leaf revoked by an intermediate was accepted when only the root's
+    CRL was configured.  Intermediates in owner_ca_file are not trust anchors."""
+    root = _authority("owners root")
+    middle = _authority("owners team", root)
+    (tmp_path / "owners.pem").write_bytes(root.certificate_pem + middle.certificate_pem)
+    key = secrets.new_private_key("ec-p256")
+    alice = secrets.issue_certificate(middle, key.public_key(), common_name="alice", now=NOW)
+    root_crl, middle_crl = tmp_path / "root.crl", tmp_path / "middle.crl"
+
+    def publish(path: Path, ca: secrets.CertificateAuthority, revoked: list) -> None:  # type: ignore[type-arg]
+        path.write_bytes(crl_of(ca, revoked, next_update=NOW + dt.timedelta(days=7))
+                         .public_bytes(serialization.Encoding.PEM))
+
+    publish(root_crl, root, [])
+    publish(middle_crl, middle, [alice])
+    environ = {"SGXCLOUD_CAS_OWNER_CA_FILE": str(tmp_path / "owners.pem")}
+    only_root = Cas(home, {**environ, "SGXCLOUD_CAS_OWNER_CRL_FILES": str(root_crl)})
+    both = {**environ, "SGXCLOUD_CAS_OWNER_CRL_FILES": f"{root_crl}:{middle_crl}"}
+    for cas, expected in ((only_root, "no current owner CRL of CN=owners team"),
+                          (Cas(home, both), "revoked")):
+        service, served = cas.serve()
+        try:
+            with served as url, pytest.raises(AccessDenied, match=expected):
+                _apply(url, cas.tls.ca_cert, key, alice)
+        finally:
+            service.stop()
+    # Alice's certificate is good again; then the root revokes the intermediate itself.
+    publish(middle_crl, middle, [])
+    cas = Cas(home, both)
+    service, served = cas.serve()
+    try:
+        with served as url:
+            assert _apply(url, cas.tls.ca_cert, key, alice)["created"]
+            publish(root_crl, root, [middle.certificate])
+            as_alice = client.OwnerClient(url, key, ca_file=cas.tls.ca_cert, certificate=alice)
+            with as_alice as owner, pytest.raises(AccessDenied, match=r"revoked.*owners team"):
+                owner.show("shop")
+    finally:
+        service.stop()

@@ -39,6 +39,7 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import itertools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sgxcloud.cas.errors import AccessDenied
 from sgxcloud.cas.policy.access import certificate_id, public_key_id
@@ -81,24 +83,37 @@ class AuthenticationError(AccessDenied):
 class OwnerCertificates:
     """What an owner's certificate must satisfy before it authenticates anyone.
 
-    Always: the validity period contains the request's time.  With an owner
-    CA (``owner_ca_file``): the certificate chains to it, by
+    Always (by request signature, mutual TLS and in consents alike): the
+    validity period contains the request's time; a KeyUsage, if present,
+    allows digitalSignature; an ExtendedKeyUsage, if present, allows
+    clientAuth (or any).  With an owner CA (``owner_ca_file``): the
+    certificate chains to one of its self-signed (root) certificates, by
     ``cryptography.x509.verification`` (a client verifier; a subjectAltName is
-    not required of owner certificates).  With CRLs (``owner_crl_files``):
-    its serial is not revoked by a CRL of its issuer, and that CRL verifies
-    and is current — an out-of-date CRL stops certificate owners rather than
-    let a revoked one through.  CRL files are re-read when they change.
-    Without an owner CA a certificate is a pinned key with a validity period:
-    the policy names the exact certificate by its SHA-256.
+    not required of owner certificates); the file's other certificates are
+    intermediates, not trust anchors, so their revocation is checked too.
+    With CRLs (``owner_crl_files``) and an owner CA, fail closed: every
+    certificate of the chain but the root must be covered by a current CRL
+    that its issuer signed, and not be revoked by it.  CRL files are re-read
+    when they change.  Without an owner CA a certificate is a pinned key with
+    a validity period (and a CRL it signed itself, if one is configured): the
+    policy names the exact certificate by its SHA-256.
     """
 
     def __init__(self, ca_file: Path | None = None, crl_files: Sequence[Path] = ()) -> None:
         self._roots: list[x509.Certificate] = []
+        self._intermediates: list[x509.Certificate] = []
         if ca_file is not None:
             try:
-                self._roots = x509.load_pem_x509_certificates(ca_file.read_bytes())
+                found = x509.load_pem_x509_certificates(ca_file.read_bytes())
             except (OSError, ValueError) as exc:
                 raise ValueError(f"cannot read the owner CA {ca_file}") from exc
+            self._roots = [c for c in found if c.subject == c.issuer]
+            self._intermediates = [c for c in found if c.subject != c.issuer]
+            if not self._roots:
+                raise ValueError(
+                    f"the owner CA {ca_file} holds no self-signed (root) certificate: "
+                    "put the root there; other certificates in it are intermediates"
+                )
         self._crl_files = tuple(crl_files)
         self._crls: dict[Path, tuple[float, x509.CertificateRevocationList]] = {}
         self._current_crls()  # an unreadable CRL stops the service at start
@@ -112,35 +127,61 @@ class OwnerCertificates:
                 f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} to "
                 f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
             )
-        if self._roots:
-            ee = verification.ExtensionPolicy.webpki_defaults_ee().may_be_present(
-                x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
+        _check_usage(certificate)
+        if not self._roots:
+            self._check_pinned_revocation(certificate, at)
+            return
+        ee = verification.ExtensionPolicy.webpki_defaults_ee().may_be_present(
+            x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
+        )
+        verifier = (
+            verification.PolicyBuilder()
+            .store(verification.Store(self._roots))
+            .time(at)
+            .extension_policies(
+                ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee
             )
-            verifier = (
-                verification.PolicyBuilder()
-                .store(verification.Store(self._roots))
-                .time(at)
-                .extension_policies(
-                    ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee
-                )
-                .build_client_verifier()
-            )
-            try:
-                verifier.verify(certificate, [])
-            except verification.VerificationError as exc:
-                raise AuthenticationError(
-                    "owner certificate does not chain to the owner CA (owner_ca_file)"
-                ) from exc
-        self._check_revocation(certificate, at)
+            .build_client_verifier()
+        )
+        try:
+            verified = verifier.verify(certificate, self._intermediates)
+        except verification.VerificationError as exc:
+            raise AuthenticationError(
+                "owner certificate does not chain to the owner CA (owner_ca_file)"
+            ) from exc
+        if self._crl_files:
+            chain = verified.chain  # leaf first, the trust anchor last
+            for subject, issuer in itertools.pairwise(chain):
+                self._check_covered(subject, issuer, at)
 
-    def _check_revocation(self, certificate: x509.Certificate, at: dt.datetime) -> None:
-        issuers = [r for r in self._roots if r.subject == certificate.issuer]
-        if certificate.subject == certificate.issuer:
-            issuers.append(certificate)  # self-signed: it signs its own CRL
+    def _check_covered(
+        self, subject: x509.Certificate, issuer: x509.Certificate, at: dt.datetime
+    ) -> None:
+        """Fail closed: a current CRL signed by ``issuer`` must cover ``subject``."""
+        for crl in self._current_crls():
+            if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
+                continue
+            if crl.next_update_utc is not None and crl.next_update_utc < at:
+                raise AuthenticationError(
+                    f"the owner CRL of {issuer.subject.rfc4514_string()} is out of date "
+                    f"(next update was {crl.next_update_utc:%Y-%m-%d %H:%M} UTC)"
+                )
+            if crl.get_revoked_certificate_by_serial_number(subject.serial_number):
+                raise AuthenticationError(
+                    f"owner certificate is revoked ({subject.subject.rfc4514_string()})"
+                )
+            return
+        raise AuthenticationError(
+            f"no current owner CRL of {issuer.subject.rfc4514_string()} is configured "
+            "(owner_crl_files): revocation cannot be checked, so the certificate is refused"
+        )
+
+    def _check_pinned_revocation(self, certificate: x509.Certificate, at: dt.datetime) -> None:
+        """A pinned certificate (no owner CA): a CRL of its issuer, if configured, is obeyed."""
         for crl in self._current_crls():
             if crl.issuer != certificate.issuer:
                 continue
-            if not any(_crl_signed_by(crl, issuer) for issuer in issuers):
+            if certificate.subject != certificate.issuer or not _crl_signed_by(crl, certificate):
                 raise AuthenticationError(
                     "the owner CRL for this certificate's issuer does not verify"
                 )
@@ -170,6 +211,26 @@ class OwnerCertificates:
                 raise ValueError(f"cannot read the owner CRL {path}") from exc
             crls.append(cached[1])
         return crls
+
+
+def _check_usage(certificate: x509.Certificate) -> None:
+    """The same key-usage rules as mutual TLS, for every way a certificate authenticates."""
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        if not usage.digital_signature:
+            raise AuthenticationError(
+                "owner certificate's KeyUsage does not allow digitalSignature"
+            )
+    try:
+        extended = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    allowed = {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+    if not allowed.intersection(extended):
+        raise AuthenticationError("owner certificate's ExtendedKeyUsage does not allow clientAuth")
 
 
 def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
