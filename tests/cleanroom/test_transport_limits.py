@@ -112,20 +112,7 @@ def test_sessions_beyond_the_limit_are_closed_at_once_and_slots_come_back() -> N
         for sock in idle:
             sock.close()
         # Once the idle strangers are gone, a real coordinator still gets in.
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                channel = open_client(connect(server.address, TlsIdentity.generate("coord")),
-                                      "coordinator", PeerPolicy(
-                                          definition_hash=DEF_HASH,
-                                          mrenclaves=frozenset({NODE.mrenclave}),
-                                          allow_simulation=True, verifier=verifier_for()),
-                                      SimulatedAttester(COORD))
-                break
-            except TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        channel = _genuine_coordinator_connects(server.address, within=5, pause=0.1)
         channel.request({"op": "ping"})
         assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": True}
         channel.close()
@@ -201,21 +188,26 @@ def test_strangers_cannot_grow_a_node_process() -> None:
         for frames in held:
             frames.close()
         # ... and it still serves a genuine coordinator once the strangers are gone.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                channel = open_client(connect(("127.0.0.1", port), TlsIdentity.generate("c")),
-                                      "coordinator", PeerPolicy(
-                                          definition_hash=DEF_HASH,
-                                          mrenclaves=frozenset({NODE.mrenclave}),
-                                          allow_simulation=True, verifier=verifier_for()),
-                                      SimulatedAttester(COORD))
-                break
-            except TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        channel = _genuine_coordinator_connects(("127.0.0.1", port), within=10, pause=0.2)
         channel.close()
     finally:
         proc.kill()
         proc.wait()
+
+
+def _genuine_coordinator_connects(address, within: float, pause: float):
+    """An attested coordinator's channel to the node at ``address``, retried
+    until ``within`` seconds pass (strangers' sessions may still be closing)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return open_client(connect(address, TlsIdentity.generate("coord")),
+                               "coordinator", PeerPolicy(
+                                   definition_hash=DEF_HASH,
+                                   mrenclaves=frozenset({NODE.mrenclave}),
+                                   allow_simulation=True, verifier=verifier_for()),
+                               SimulatedAttester(COORD))
+        except TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
