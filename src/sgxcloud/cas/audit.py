@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sgxcloud.cas.store import Database, Repository
+from sgxcloud.cas.store import AuditHead, Database, Repository
 from sgxcloud.cas.store.models import AuditEntryRow
 
 GENESIS_HASH = "0" * 64
@@ -129,9 +129,13 @@ def append(
     outcome: str,
     detail: Mapping[str, Any],
     now: int,
+    head: AuditHead | None = None,
 ) -> AuditEntry:
-    """Append one entry inside the caller's transaction (commits with it)."""
-    head = repo.lock_audit_head()
+    """Append one entry inside the caller's transaction (commits with it).
+
+    ``head`` is the chain head this transaction already locked, if it did.
+    """
+    head = head or repo.lock_audit_head()
     detail_json = canonical_json(detail)
     fields = {
         "seq": head.seq + 1,
@@ -143,10 +147,10 @@ def append(
         "detail": detail_json,
         "prev_hash": head.entry_hash,
     }
-    row = AuditEntryRow(**fields, entry_hash=entry_hash(**fields))
-    repo.add_audit_entry(row, head)
-    return AuditEntry(row.seq, now, str(kind), subject, actor, outcome, dict(detail),
-                      row.prev_hash, row.entry_hash)
+    digest = entry_hash(**fields)
+    repo.add_audit_entry({**fields, "entry_hash": digest})
+    return AuditEntry(head.seq + 1, now, str(kind), subject, actor, outcome, dict(detail),
+                      head.entry_hash, digest)
 
 
 def entries(

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 ATTESTED_CERT_DAYS = 30
 PARSE_CACHE_SIZE = 256
+LOADED_CACHE_SIZE = 256
 
 
 class State(StrEnum):
@@ -143,6 +144,28 @@ class PolicyView:
     ca_certificate_pem: str
 
 
+@dataclass
+class _LoadedPolicy:
+    """One version of a policy as this replica read it, reused while it is current.
+
+    ``policy`` is None when the stored text no longer loads (an older schema).
+    ``opened`` and ``ca`` fill in as attestations need them.  A (version,
+    hash) pair names one text and one generation of sealed secrets (versions
+    are never reused for a name; deletions are versions), so the attestation
+    checks that pair in its own transaction and reloads on any difference.
+    """
+
+    stored: StoredPolicy
+    policy: Policy | None
+    rows: dict[str, SealedSecret]
+    opened: dict[str, secrets.SecretValue] = field(default_factory=dict)
+    ca: secrets.CertificateAuthority | None = None
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.stored.version, self.stored.policy_hash
+
+
 class CasService:
     """Attestation and configuration: policies in, verified enclaves' configurations out."""
 
@@ -169,6 +192,11 @@ class CasService:
         # shared; validating YAML against the schema on every attestation would
         # dominate its cost.
         self._parse_cache: OrderedDict[str, Policy] = OrderedDict()
+        # Policies recently attested against, with their sealed rows and the
+        # values opened from them (see _LoadedPolicy): an attestation then
+        # reads one narrow row per policy instead of loading and unsealing
+        # everything again.  Bounded; dropped on any version change.
+        self._loaded: OrderedDict[str, _LoadedPolicy] = OrderedDict()
 
     def _parsed(self, stored: StoredPolicy) -> Policy:
         key = hashlib.sha256(stored.text.encode()).hexdigest()
@@ -183,6 +211,55 @@ class CasService:
             while len(self._parse_cache) > PARSE_CACHE_SIZE:
                 self._parse_cache.popitem(last=False)
         return policy
+
+    def _current(self, repo: Repository, name: str) -> _LoadedPolicy | None:
+        """Policy ``name`` as it stands in ``repo``'s transaction, loaded at most once per version.
+
+        Call with the audit chain head locked: every policy or secret change
+        appends to the chain in its own transaction, so none can commit while
+        this transaction holds the head, and what is read here stays current
+        until commit.
+        """
+        version = repo.policy_version(name)
+        with self._lock:
+            cached = self._loaded.get(name)
+            if version is None or (cached is not None and cached.key != version):
+                self._loaded.pop(name, None)
+                cached = None
+            if cached is not None:
+                self._loaded.move_to_end(name)
+                return cached
+        if version is None:
+            return None
+        stored = repo.get_policy(name)
+        if stored is None:  # pragma: no cover - the head lock forbids it
+            return None
+        try:
+            parsed: Policy | None = self._parsed(stored)
+        except PolicyError:
+            parsed = None
+        loaded = _LoadedPolicy(stored, parsed, repo.get_secrets(name))
+        with self._lock:
+            self._loaded[name] = loaded
+            while len(self._loaded) > LOADED_CACHE_SIZE:
+                self._loaded.popitem(last=False)
+        return loaded
+
+    def _opened(self, loaded: _LoadedPolicy, secret_name: str) -> secrets.SecretValue:
+        value = loaded.opened.get(secret_name)
+        if value is None:
+            row = loaded.rows.get(secret_name)
+            if row is None:
+                raise PolicyError(f"secrets.{secret_name}", "secret has not been generated")
+            value = loaded.opened[secret_name] = materials.open_value(self.keyring, row)
+        return value
+
+    def _loaded_ca(self, loaded: _LoadedPolicy) -> secrets.CertificateAuthority:
+        if loaded.ca is None:
+            loaded.ca = secrets.CertificateAuthority.from_secret(
+                self._opened(loaded, materials.CA_ROW)
+            )
+        return loaded.ca
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -270,6 +347,10 @@ class CasService:
             log.info("evidence rejected for %s/%s: %s", request.policy, request.service, exc.code)
 
         def decide(repo: Repository) -> tuple[_Verdict, int, Any]:
+            # The head first: while this transaction holds it no policy or
+            # secret can change (see _current), so the decision and its audit
+            # entry see one state of every policy they read.
+            head = repo.lock_audit_head()
             verdict = _Verdict()
             verdict.add(self._spend_nonce(repo, nonce, now), "nonce")
             # Problems that do not depend on the policy come first, so the first
@@ -278,18 +359,18 @@ class CasService:
                 verdict.add(str(evidence_failure), evidence_failure.code)
             if verified is not None:
                 verdict.add(_binding_problem(verified, public_key, nonce), "binding")
-            stored = repo.get_policy(request.policy)
+            loaded = self._current(repo, request.policy)
+            stored = loaded.stored if loaded is not None else None
             policy = None
-            if stored is None:
+            if loaded is None:
                 verdict.add(f"no policy named {request.policy!r}")
+            elif loaded.policy is None:
+                # Stored under an older schema (e.g. name-only export_to):
+                # fail closed, on the record, until its owners re-apply it.
+                verdict.add("the stored policy does not load; its owners must re-apply it")
+                stored = None
             else:
-                try:
-                    policy = self._parsed(stored)
-                except PolicyError:
-                    # Stored under an older schema (e.g. name-only export_to):
-                    # fail closed, on the record, until its owners re-apply it.
-                    verdict.add("the stored policy does not load; its owners must re-apply it")
-                    stored = None
+                policy = loaded.policy
             if policy is not None and request.service not in policy.services:
                 verdict.add(f"policy has no service {request.service!r}")
                 policy = None
@@ -297,10 +378,9 @@ class CasService:
                 decision = evaluate(policy.services[request.service], verified)
                 verdict.extend(decision.reasons)
             configuration = None
-            if verdict.accepted and policy is not None and stored is not None:
-                configuration = self._configuration(
-                    repo, stored, policy, request.service, verdict, verified
-                )
+            if verdict.accepted and policy is not None and loaded is not None:
+                configuration = self._configuration(repo, loaded, request.service, verdict,
+                                                    verified)
             entry = audit.append(
                 repo,
                 kind=audit.AuditKind.ATTESTATION,
@@ -309,6 +389,7 @@ class CasService:
                 outcome="accepted" if verdict.accepted else "rejected",
                 detail=_attestation_detail(verified, verdict.reasons, stored),
                 now=now,
+                head=head,
             )
             return verdict, entry.seq, configuration
 
@@ -375,17 +456,17 @@ class CasService:
     def _configuration(
         self,
         repo: Repository,
-        stored: StoredPolicy,
-        policy: Policy,
+        loaded: _LoadedPolicy,
         service: str,
         verdict: _Verdict,
-        verified: VerifiedEvidence,
+        verified: VerifiedEvidence | None,
     ) -> tuple[StoredPolicy, protocol.Configuration, secrets.CertificateAuthority] | None:
         """The rendered configuration, or None with the reason added to ``verdict``."""
+        assert loaded.policy is not None
+        stored = loaded.stored
         try:
-            rows: dict[str, dict[str, SealedSecret]] = {}  # one read per policy, CA included
-            loader = self._loader(repo, verified, rows, {stored.name: stored})
-            rendered = materials.render(policy.services[service], policy, loader)
+            loader = self._loader(repo, verified, loaded)
+            rendered = materials.render(loaded.policy.services[service], loaded.policy, loader)
             # Who controls this configuration, sealed with it: the enclave checks
             # the owners against its pinned ones (a squatted name is refused).
             rendered = dataclasses.replace(
@@ -394,9 +475,7 @@ class CasService:
                 policy_hash=stored.policy_hash,
                 policy_owners=tuple(sorted(stored.owners)),
             )
-            if policy.name not in rows:
-                rows[policy.name] = repo.get_secrets(policy.name)
-            return stored, rendered, self._ca(rows[policy.name])
+            return stored, rendered, self._loaded_ca(loaded)
         except (AccessDenied, PolicyError) as exc:
             # e.g. an imported secret whose exporter withdrew it: a rejection
             # like any other, recorded with its reason.
@@ -408,75 +487,54 @@ class CasService:
         return secrets.CertificateAuthority.from_secret(materials.open_value(self.keyring, row))
 
     def _loader(
-        self,
-        repo: Repository,
-        verified: VerifiedEvidence,
-        rows: dict[str, dict[str, SealedSecret]] | None = None,
-        policies: dict[str, StoredPolicy | None] | None = None,
+        self, repo: Repository, verified: VerifiedEvidence | None, attested: _LoadedPolicy
     ) -> materials.Loader:
         """Opens a policy's secret; an imported one only while its exporter still offers it.
 
         An imported secret also needs ``verified`` (the attesting enclave's
         evidence) to be strong enough for the exporting policy: a secret never
-        leaves on evidence weaker than its own policy accepts.  Rows are read
-        once per loader (one transaction), however many placeholders name them.
+        leaves on evidence weaker than its own policy accepts.  Each policy is
+        looked up once per loader (one transaction), however many
+        placeholders name it.
         """
-        opened: dict[tuple[str, str], secrets.SecretValue] = {}
-        # The caller's, to reuse what this transaction already read.
-        rows = {} if rows is None else rows
-        policies = {} if policies is None else policies
+        policies: dict[str, _LoadedPolicy | None] = {attested.stored.name: attested}
 
-        def rows_of(policy_name: str) -> dict[str, SealedSecret]:
-            if policy_name not in rows:
-                rows[policy_name] = repo.get_secrets(policy_name)
-            return rows[policy_name]
-
-        def policy_of(policy_name: str) -> StoredPolicy | None:
+        def policy_of(policy_name: str) -> _LoadedPolicy | None:
             if policy_name not in policies:
-                policies[policy_name] = repo.get_policy(policy_name)
+                policies[policy_name] = self._current(repo, policy_name)
             return policies[policy_name]
 
         def load(policy_name: str, secret_name: str) -> secrets.SecretValue:
-            if (policy_name, secret_name) not in opened:
-                opened[policy_name, secret_name] = open_one(policy_name, secret_name)
-            return opened[policy_name, secret_name]
-
-        def open_one(policy_name: str, secret_name: str) -> secrets.SecretValue:
-            stored = policy_of(policy_name)
-            if stored is None:
+            loaded = policy_of(policy_name)
+            if loaded is None or loaded.policy is None:
                 raise PolicyError("", f"policy {policy_name!r} no longer exists")
-            spec = self._parsed(stored).secrets[secret_name]
-            if spec.import_from is not None:
-                source = policy_of(spec.import_from.policy)
-                try:
-                    if source is None:
-                        raise PolicyError("", "exporting policy is gone")
-                    exporter = self._parsed(source)
-                    check_import(
-                        self._parsed(stored),
-                        exporter,
-                        importer_owners=frozenset(stored.owners),
-                        exporter_owners=frozenset(source.owners),
-                    )
-                except PolicyError as exc:
-                    raise AccessDenied(
-                        f"secret {secret_name!r} is no longer exported to {policy_name!r} "
-                        f"by {spec.import_from.policy!r}"
-                    ) from exc
-                strength = evaluate_strength(
-                    exporter, verified, spec.import_from.secret
+            spec = loaded.policy.secrets[secret_name]
+            if spec.import_from is None:
+                return self._opened(loaded, secret_name)
+            source = policy_of(spec.import_from.policy)
+            try:
+                if source is None or source.policy is None:
+                    raise PolicyError("", "exporting policy is gone")
+                exporter = source.policy
+                check_import(
+                    loaded.policy,
+                    exporter,
+                    importer_owners=frozenset(loaded.stored.owners),
+                    exporter_owners=frozenset(source.stored.owners),
                 )
-                if not strength.accepted:
-                    raise AccessDenied(
-                        f"secret {secret_name!r} comes from policy {exporter.name!r}, which "
-                        "gives it to no evidence as weak as this enclave's: "
-                        + "; ".join(strength.reasons)
-                    )
-                return load(spec.import_from.policy, spec.import_from.secret)
-            row = rows_of(policy_name).get(secret_name)
-            if row is None:
-                raise PolicyError(f"secrets.{secret_name}", "secret has not been generated")
-            return materials.open_value(self.keyring, row)
+            except PolicyError as exc:
+                raise AccessDenied(
+                    f"secret {secret_name!r} is no longer exported to {policy_name!r} "
+                    f"by {spec.import_from.policy!r}"
+                ) from exc
+            strength = evaluate_strength(exporter, verified, spec.import_from.secret)
+            if not strength.accepted:
+                raise AccessDenied(
+                    f"secret {secret_name!r} comes from policy {exporter.name!r}, which "
+                    "gives it to no evidence as weak as this enclave's: "
+                    + "; ".join(strength.reasons)
+                )
+            return load(spec.import_from.policy, spec.import_from.secret)
 
         return load
 

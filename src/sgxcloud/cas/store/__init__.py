@@ -3,6 +3,7 @@
 from sgxcloud.cas.store.errors import StoreError
 from sgxcloud.cas.store.repository import (
     REPLICA_CLOCK_MARGIN,
+    AuditHead,
     Database,
     DuplicateRow,
     Repository,
@@ -12,6 +13,7 @@ from sgxcloud.cas.store.repository import (
 
 __all__ = [
     "REPLICA_CLOCK_MARGIN",
+    "AuditHead",
     "Database",
     "DuplicateRow",
     "Repository",

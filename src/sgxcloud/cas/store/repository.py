@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import Engine, delete, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Engine, bindparam, delete, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.orm.attributes import set_committed_value
 
 from sgxcloud.cas.store import db
 from sgxcloud.cas.store.errors import StoreError
@@ -56,6 +54,14 @@ class StoredPolicy:
 
 
 @dataclass(frozen=True)
+class AuditHead:
+    """Where the audit chain ends: the next entry gets ``seq + 1`` and links ``entry_hash``."""
+
+    seq: int
+    entry_hash: str
+
+
+@dataclass(frozen=True)
 class SealedSecret:
     policy: str
     name: str
@@ -80,6 +86,14 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # SQLite has one writer at a time and every transaction here takes the
+        # write lock at BEGIN.  Threads of this process queue on a lock of
+        # their own instead of SQLite's busy handler, which polls with growing
+        # sleeps (tens of ms): under concurrent attestations that polling, not
+        # the work, made the latency tail (p99 in seconds).  Other processes
+        # (the CLI, a backup) still meet the busy timeout.  Reentrant, so a
+        # nested transaction behaves as before (it waits on SQLite itself).
+        self._local_writer = threading.RLock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Database:
@@ -132,7 +146,11 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Repository]:
         """One transaction: committed on success, rolled back on any exception."""
-        with self._sessions() as session, session.begin():
+        if self._local_writer is None:
+            with self._sessions() as session, session.begin():
+                yield Repository(session)
+            return
+        with self._local_writer, self._sessions() as session, session.begin():
             yield Repository(session)
 
     def run(self, work: Callable[[Repository], T]) -> T:
@@ -170,6 +188,16 @@ class Repository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
+    @property
+    def _connection(self):  # type: ignore[no-untyped-def]
+        # Core statements on the hot path (attestation) skip the ORM's
+        # per-statement work; they run in the same transaction as the rest.
+        return self.session.connection()
+
+    @property
+    def _dialect(self) -> str:
+        return self.session.get_bind().dialect.name
+
     # -- nonces --------------------------------------------------------------
 
     def spend_nonce(self, nonce: str, *, expires_at: int, now: int) -> bool:
@@ -178,17 +206,11 @@ class Repository:
         An insert that does nothing on conflict: the primary key decides, so
         of two concurrent spends exactly one commits a row.
         """
-        dialect = self.session.get_bind().dialect.name
-        insert = sqlite_insert if dialect == "sqlite" else pg_insert
         # Core on the table, with RETURNING: the ORM's bulk path reports no rowcount on
         # PostgreSQL, and a returned row is the one unambiguous "inserted" on both.
-        statement = (
-            insert(NonceRow.__table__)
-            .values(nonce=nonce, issued_at=now, expires_at=expires_at, used_at=now)
-            .on_conflict_do_nothing(index_elements=["nonce"])
-            .returning(NonceRow.__table__.c.nonce)
-        )
-        return self.session.execute(statement).first() is not None
+        statement = _SPEND_NONCE
+        values = {"nonce": nonce, "issued_at": now, "expires_at": expires_at, "used_at": now}
+        return self._connection.execute(statement, values).first() is not None
 
     def purge_nonces(self, before: int) -> int:
         """Forget spent nonces that expired before ``before`` (they can no longer check).
@@ -211,17 +233,20 @@ class Repository:
         # Not at ``expires_at`` by this replica's clock: a replica whose clock is
         # behind would still accept the request, and find no record of it.
         self.session.execute(delete(table).where(table.c.expires_at < now - REPLICA_CLOCK_MARGIN))
-        dialect = self.session.get_bind().dialect.name
-        insert = sqlite_insert if dialect == "sqlite" else pg_insert
-        statement = (
-            insert(table)
-            .values(id=spend_id, expires_at=expires_at)
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(table.c.id)
-        )
-        return self.session.execute(statement).first() is not None
+        values = {"id": spend_id, "expires_at": expires_at}
+        return self._connection.execute(_SPEND_SIGNATURE, values).first() is not None
 
     # -- policies ------------------------------------------------------------
+
+    def policy_version(self, name: str) -> tuple[int, str] | None:
+        """The current (version, hash) of policy ``name``, or None: one narrow read.
+
+        A version number is never reused for a name (deletions are versions
+        too), so with the hash it names one policy text and one generation of
+        its secrets: callers may reuse what they loaded for the same pair.
+        """
+        row = self._connection.execute(_POLICY_VERSION, {"name": name}).first()
+        return None if row is None else (row[0], row[1])
 
     def get_policy(self, name: str, *, lock: bool = False) -> StoredPolicy | None:
         query = select(PolicyRow).where(PolicyRow.name == name)
@@ -358,33 +383,30 @@ class Repository:
 
     # -- audit ---------------------------------------------------------------
 
-    def lock_audit_head(self) -> AuditHeadRow:
+    def lock_audit_head(self) -> AuditHead:
         """The chain head, locked until commit: appends happen one at a time."""
-        query = select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()
-        head = self.session.scalars(query).one_or_none()
-        if head is None:
+        row = self._connection.execute(_LOCK_AUDIT_HEAD[self._dialect]).first()
+        if row is None:
             raise StoreError("the audit chain head is missing: the database was not migrated")
-        return head
+        return AuditHead(row[0], row[1])
 
     def audit_head(self) -> AuditHeadRow | None:
         return self.session.get(AuditHeadRow, 1)
 
-    def add_audit_entry(self, entry: AuditEntryRow, head: AuditHeadRow) -> None:
-        # Core statements, not the ORM unit of work (a flush per attestation
-        # cost more than the two statements); ``head`` stays locked and is
-        # kept in step, so a second append in this transaction chains on.
-        values = {column.key: getattr(entry, column.key) for column in _AUDIT_COLUMNS}
+    def add_audit_entry(self, entry: dict[str, object]) -> None:
+        """Insert one chain entry (all columns of ``audit_log``) and move the head to it.
+
+        Core statements, not the ORM unit of work (a flush per attestation
+        cost more than the statements); the head row was locked by
+        :meth:`lock_audit_head` in this transaction.
+        """
         try:
-            self.session.execute(AuditEntryRow.__table__.insert(), values)
+            self._connection.execute(_INSERT_AUDIT_ENTRY, entry)
         except IntegrityError as exc:
-            raise DuplicateRow(f"audit entry {entry.seq}") from exc
-        self.session.execute(
-            update(AuditHeadRow.__table__)
-            .where(AuditHeadRow.__table__.c.id == head.id)
-            .values(seq=entry.seq, entry_hash=entry.entry_hash)
+            raise DuplicateRow(f"audit entry {entry['seq']}") from exc
+        self._connection.execute(
+            _MOVE_AUDIT_HEAD, {"seq": entry["seq"], "entry_hash": entry["entry_hash"]}
         )
-        set_committed_value(head, "seq", entry.seq)
-        set_committed_value(head, "entry_hash", entry.entry_hash)
 
     def audit_entries(
         self, *, after: int = 0, limit: int | None = None, policies: Iterable[str] | None = None
@@ -405,7 +427,36 @@ class Repository:
         return list(self.session.scalars(query))
 
 
-_AUDIT_COLUMNS = tuple(AuditEntryRow.__table__.columns)
+# Statements of the attestation path, built once (building a statement costs
+# more than running it on SQLite).
+# Written as SQL: SQLAlchemy cannot cache the compiled form of its dialects'
+# ON CONFLICT constructs ("no key"), and compiling one per attestation cost
+# more than running it.  The same text suits SQLite (>= 3.35) and PostgreSQL.
+_SPEND_NONCE = text(
+    "INSERT INTO nonces (nonce, issued_at, expires_at, used_at) "
+    "VALUES (:nonce, :issued_at, :expires_at, :used_at) "
+    "ON CONFLICT (nonce) DO NOTHING RETURNING nonce"
+)
+_SPEND_SIGNATURE = text(
+    "INSERT INTO spent_signatures (id, expires_at) VALUES (:id, :expires_at) "
+    "ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+_POLICIES = PolicyRow.__table__
+_POLICY_VERSION = select(_POLICIES.c.version, _POLICIES.c.policy_hash).where(
+    _POLICIES.c.name == bindparam("name")
+)
+_HEAD = AuditHeadRow.__table__
+_HEAD_QUERY = select(_HEAD.c.seq, _HEAD.c.entry_hash).where(_HEAD.c.id == 1)
+_LOCK_AUDIT_HEAD = {
+    "sqlite": _HEAD_QUERY,  # the transaction already holds the database write lock
+    "postgresql": _HEAD_QUERY.with_for_update(),
+}
+_INSERT_AUDIT_ENTRY = AuditEntryRow.__table__.insert()
+_MOVE_AUDIT_HEAD = (
+    update(_HEAD)
+    .where(_HEAD.c.id == 1)
+    .values(seq=bindparam("seq"), entry_hash=bindparam("entry_hash"))
+)
 
 
 class DuplicateRow(StoreError):
