@@ -46,6 +46,34 @@ def test_server_restart_keeps_policies_secrets_and_audit(pg_url: str) -> None:
     reopened.stop()
 
 
+def test_a_running_service_rides_out_a_database_restart(pg_url: str) -> None:
+    """Pooled connections break when PostgreSQL restarts; the next requests still succeed.
+
+    The pool neither pings nor resets connections (round trips are most of an
+    attestation's database cost): a broken connection fails its transaction,
+    which is replayed on a fresh one, reads included.
+    """
+    try:
+        from tests.cas.test_concurrency import _attest_once
+    except ImportError:
+        from test_concurrency import _attest_once  # type: ignore[no-redef]
+
+    service = pg.make_service(pg_url)
+    owner = pg.owner_key()
+    owner_id = public_key_id(pg.public_pem(owner))
+    service.apply_policy(owner_id, pg.policy_text(owner), NOW)
+    before = _attest_once(service, NOW).argv[2]
+    pg.server().restart()  # every pooled connection is now broken
+    assert service.read_policy(owner_id, "shop").name == "shop"
+    assert _attest_once(service, NOW + 1).argv[2] == before
+    pg.server().restart()
+    assert len(service.audit_entries(owner_id)) == 3
+    pg.server().restart()
+    assert audit.verify_chain(service.database).ok
+    assert service.readiness_problem() is None
+    service.stop()
+
+
 def test_audit_append_waits_for_the_chain_head_lock(pg_url: str) -> None:
     """While one transaction holds the head row, another append blocks instead of forking."""
     service = pg.make_service(pg_url)

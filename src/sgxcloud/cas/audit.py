@@ -161,16 +161,15 @@ def entries(
     policies: Iterable[str] | None = None,
 ) -> list[AuditEntry]:
     """Entries after ``after`` (about ``policies`` only, if given), oldest first."""
-    with database.transaction() as repo:
-        rows = repo.audit_entries(after=after, limit=limit, policies=policies)
-        return [_entry(row) for row in rows]
+    rows = database.run(
+        lambda repo: repo.audit_entries(after=after, limit=limit, policies=policies)
+    )
+    return [_entry(row) for row in rows]
 
 
 def verify_chain(database: Database) -> ChainReport:
     """Walk the whole chain and report every break found (not just the first)."""
-    with database.transaction() as repo:
-        rows = repo.audit_entries()
-        head = repo.audit_head()
+    rows, head = database.run(lambda repo: (repo.audit_entries(), repo.audit_head()))
     problems: list[ChainProblem] = []
     expected_prev = GENESIS_HASH
     expected_seq = 1

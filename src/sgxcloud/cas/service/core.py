@@ -713,15 +713,18 @@ class CasService:
 
     def read_policy(self, caller: str, name: str) -> PolicyView:
         self._require_ready()
-        with self.database.transaction() as repo:
+
+        def read(repo: Repository) -> tuple[StoredPolicy, Policy, dict[str, SealedSecret]]:
             stored = repo.get_policy(name)
             if stored is None:
                 raise NotFound(f"no policy named {name!r}")
             policy = self._parsed(stored)
             if not _may_read(stored, policy, caller):
                 raise AccessDenied(f"not an owner or reader of policy {name!r}")
-            rows = repo.get_secrets(name)
-            ca = self._ca(rows)
+            return stored, policy, repo.get_secrets(name)
+
+        stored, policy, rows = self.database.run(read)
+        ca = self._ca(rows)
         listed = [
             {
                 "name": spec.name,
@@ -800,12 +803,11 @@ class CasService:
 
     def _readable_policies(self, caller: str) -> set[str]:
         self._require_ready()
-        with self.database.transaction() as repo:
-            readable = {
-                p.name
-                for p in repo.list_policies()
-                if _may_read(p, self._parsed(p), caller)
-            }
+        readable = {
+            p.name
+            for p in self.database.run(lambda repo: repo.list_policies())
+            if _may_read(p, self._parsed(p), caller)
+        }
         if not readable:
             raise AccessDenied("you own or read no policy on this service")
         return readable

@@ -139,9 +139,11 @@ class Database:
             cursor.execute("SELECT 1")
             cursor.close()
         except Exception as exc:  # the driver's own error class, whatever the backend
+            raw.invalidate()  # never back to the pool: it may be broken
             raise StoreError(f"database unreachable: {type(exc).__name__}") from exc
-        finally:
-            raw.close()
+        else:
+            raw.rollback()  # the pool does not reset connections (see db.make_engine)
+        raw.close()
 
     @contextmanager
     def transaction(self) -> Iterator[Repository]:
@@ -163,14 +165,22 @@ class Database:
             try:
                 with self.transaction() as repo:
                     return work(repo)
-            except OperationalError as exc:
+            except DBAPIError as exc:
                 if attempt == _MAX_ATTEMPTS or not _is_transient(exc):
-                    raise StoreError(f"database error: {_reason(exc)}") from exc
+                    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                        raise StoreError(f"database error: {_reason(exc)}") from exc
+                    raise
             time.sleep(0.01 * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _is_transient(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        # The connection broke (e.g. the database restarted) and the pool has
+        # dropped it and its siblings.  Replaying is safe even if the break hid
+        # a commit: nonces, request ids and chain positions are unique keys,
+        # so the replay fails instead of acting twice.
+        return True
     code = getattr(exc.orig, "sqlstate", None)
     if code in _RETRYABLE_PG:
         return True
