@@ -8,6 +8,7 @@ parsed; both services use it unchanged.
 from sgxcloud.web.limits import (
     BodyTooLarge,
     LimitedH11Protocol,
+    LimitedHttpToolsProtocol,
     RequestLimits,
     RequestLimitsMiddleware,
     RouteLimit,
@@ -17,6 +18,7 @@ from sgxcloud.web.limits import (
 __all__ = [
     "BodyTooLarge",
     "LimitedH11Protocol",
+    "LimitedHttpToolsProtocol",
     "RequestLimits",
     "RequestLimitsMiddleware",
     "RouteLimit",

@@ -39,7 +39,7 @@ from sgxcloud.cas.service.metrics import (
     serve_metrics,
 )
 from sgxcloud.cas.store import Database
-from sgxcloud.web.limits import LimitedH11Protocol, RequestLimits, uvicorn_options
+from sgxcloud.web.limits import LimitedHttpToolsProtocol, RequestLimits, uvicorn_options
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,8 @@ def measured_app(
     )
 
 
-class PeerCertificateH11(LimitedH11Protocol):
-    """uvicorn's HTTP/1.1 protocol, passing the TLS client certificate to the app.
+class PeerCertificateProtocol(LimitedHttpToolsProtocol):
+    """The limited HTTP/1.1 protocol, passing the TLS client certificate to the app.
 
     uvicorn does not implement the ASGI TLS extension; the verified peer
     certificate (DER) is put into each request's ``scope["state"]`` instead,
@@ -127,10 +127,10 @@ def _server_options(
     """uvicorn TLS settings and limits; with ``owner_ca``, client certificates are
     requested (mTLS)."""
     options: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-    protocol = LimitedH11Protocol
+    protocol = LimitedHttpToolsProtocol
     if owner_ca is not None:
         options.update(ssl_ca_certs=str(owner_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL)
-        protocol = PeerCertificateH11
+        protocol = PeerCertificateProtocol
     options.update(uvicorn_options(limits, protocol))
     return options
 

@@ -1,0 +1,164 @@
+"""The HTTP/1.1 protocols of :mod:`sgxcloud.web.limits` keep the same limits.
+
+The services run on httptools' C parser (:class:`LimitedHttpToolsProtocol`)
+for its lower CPU per request; h11 (:class:`LimitedH11Protocol`) remains
+available.  Both must close a connection that is slow to send a request head
+(uvicorn alone waits forever) and refuse a head that grows past the limit
+without ending (h11 does that itself, httptools would gather it in memory).
+Real uvicorn servers over TLS on loopback, spoken to with raw sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from sgxcloud.cas.service.server import make_loopback_tls
+from sgxcloud.web.limits import (
+    LimitedH11Protocol,
+    LimitedHttpToolsProtocol,
+    RequestLimits,
+    uvicorn_options,
+)
+
+LIMITS = RequestLimits(header_timeout_s=0.5, max_header_bytes=4096)
+
+
+async def _echo(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """Answers the body's length, so a test sees the whole request arrived."""
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = str(size).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return make_loopback_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(params=[LimitedHttpToolsProtocol, LimitedH11Protocol],
+                ids=["httptools", "h11"])
+def server(request: pytest.FixtureRequest, tls) -> Iterator[tuple[int, ssl.SSLContext]]:  # type: ignore[no-untyped-def]
+    config = uvicorn.Config(_echo, host="127.0.0.1", port=0, log_level="warning",
+                            lifespan="off", ssl_certfile=str(tls.cert),
+                            ssl_keyfile=str(tls.key), **uvicorn_options(LIMITS, request.param))
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not running.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert running.started, "the server did not start"
+    context = ssl.create_default_context(cafile=str(Path(tls.ca_cert)))
+    yield running.servers[0].sockets[0].getsockname()[1], context
+    running.should_exit = True
+    thread.join(timeout=10)
+
+
+def _connect(server: tuple[int, ssl.SSLContext]) -> ssl.SSLSocket:
+    port, context = server
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def _response(sock: ssl.SSLSocket) -> bytes:
+    """One response's bytes (the echo's bodies are short), b'' if the server closed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                   if line.startswith(b"content-length:")), 0)
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _closed_within(sock: ssl.SSLSocket, seconds: float, trickle: bytes) -> float | None:
+    """Send ``trickle`` a byte every 0.05 s until the server closes; seconds it took."""
+    started = time.monotonic()
+    sock.settimeout(0.05)
+    for n in range(int(seconds / 0.05)):
+        try:
+            sock.sendall(trickle[n % len(trickle):][:1])
+            if sock.recv(1) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except (OSError, ssl.SSLError):
+            return time.monotonic() - started
+    return None
+
+
+def test_a_request_and_its_body_are_served(server) -> None:  # type: ignore[no-untyped-def]
+    with _connect(server) as sock:
+        for _ in range(2):  # keep-alive: the second request on the same connection
+            sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            answer = _response(sock)
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n5")
+
+
+def test_a_head_trickling_in_is_cut_off(server) -> None:  # type: ignore[no-untyped-def]
+    with _connect(server) as sock:
+        took = _closed_within(sock, 4, b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 200)
+    assert took is not None, "a connection sending a head byte per 0.05 s stayed open 4 s"
+    assert took < LIMITS.header_timeout_s + 1
+
+
+def test_the_head_deadline_restarts_after_each_response(server) -> None:  # type: ignore[no-untyped-def]
+    with _connect(server) as sock:
+        time.sleep(LIMITS.header_timeout_s * 0.6)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(LIMITS.header_timeout_s * 0.6)  # past the first deadline, not the second
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 200")
+        took = _closed_within(sock, 4, b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 200)
+    assert took is not None and took < LIMITS.header_timeout_s + 1
+
+
+def test_a_head_growing_past_the_limit_is_refused(server) -> None:  # type: ignore[no-untyped-def]
+    with _connect(server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent, answer = 0, b""
+        sock.settimeout(0.002)
+        while sent < 1 << 20 and not answer:  # a MiB: far past the limit
+            sock.sendall(b"a" * 1024)
+            sent += 1024
+            try:
+                answer = sock.recv(65536)
+            except TimeoutError:
+                pass
+            except ssl.SSLWantReadError:  # a TLS 1.3 session ticket, no data
+                pass
+        sock.settimeout(5)
+        answer += _response(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+    assert sent < 256 * 1024, f"the server let {sent} bytes of an unfinished head in"
+
+
+def test_a_head_within_the_limit_is_served(server) -> None:  # type: ignore[no-untyped-def]
+    with _connect(server) as sock:
+        for piece in (b"GET / HTTP/1.1\r\nHost: x\r\n", b"X-Big: " + b"a" * 3000, b"\r\n\r\n"):
+            sock.sendall(piece)
+            time.sleep(0.05)
+        assert _response(sock).startswith(b"HTTP/1.1 200")
