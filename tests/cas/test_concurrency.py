@@ -135,3 +135,42 @@ def test_concurrent_creation_of_one_policy(cluster) -> None:  # type: ignore[no-
         outcomes = list(pool.map(create, range(3)))
     assert sum(not isinstance(o, ConflictError) for o in outcomes) == 1, outcomes
     assert audit.verify_chain(services[0].database).ok
+
+
+def test_attestations_beyond_the_concurrency_limit_wait_their_turn(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """At most ``attest_concurrency`` attestations are worked on at once; all complete."""
+    from sgxcloud.cas.evidence import DefaultVerifier
+    from sgxcloud.cas.store import Database
+
+    inside, most = 0, 0
+    count = threading.Lock()
+
+    class Watched(DefaultVerifier):
+        def verify(self, evidence, now):  # type: ignore[no-untyped-def]
+            nonlocal inside, most
+            with count:
+                inside += 1
+                most = max(most, inside)
+            try:
+                threading.Event().wait(0.05)  # long enough for every caller to pile up
+                return super().verify(evidence, now)
+            finally:
+                with count:
+                    inside -= 1
+
+    service = CasService(
+        Database.open(f"sqlite:///{tmp_path / 'cas.db'}"),
+        secrets.Keyring(secrets.MasterKey.generate()),
+        Watched(None),
+        attest_concurrency=2,
+    )
+    service.start()
+    owner = pg.owner_key()
+    service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), NOW)
+    with ThreadPoolExecutor(8) as pool:
+        configurations = list(pool.map(lambda _: _attest_once(service, NOW), range(8)))
+    assert len({c.argv[2] for c in configurations}) == 1
+    assert most == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        CasService(service.database, service.keyring, Watched(None), attest_concurrency=0)
+    service.stop()

@@ -77,6 +77,8 @@ class Settings(BaseModel):
     collateral_cache_dir: Path = Path("collateral-cache")
     collateral_file: Path | None = None
     nonce_ttl_seconds: int = Field(120, ge=5, le=3600)
+    # Attestations worked on at once (the rest queue): see core.ATTEST_CONCURRENCY.
+    attest_concurrency: int = Field(4, ge=1, le=64)
     request_max_skew_seconds: int = Field(300, ge=10, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Request limits, enforced before a request is parsed or authenticated

@@ -58,6 +58,7 @@ def build_service(settings: Settings, metrics: CasMetrics | None = None) -> CasS
         keyring,
         verifier,
         nonce_ttl=settings.nonce_ttl_seconds,
+        attest_concurrency=settings.attest_concurrency,
         policy_creators=frozenset(creators) if creators is not None else None,
     )
     try:
