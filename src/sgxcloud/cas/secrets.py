@@ -351,26 +351,18 @@ def subject_name(subject: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject[:64])])
 
 
-def issue_certificate(
-    ca: CertificateAuthority,
-    public_key: PublicKey,
-    *,
-    common_name: str,
-    sans: Iterable[str] = (),
-    now: dt.datetime,
-    days: int = CERT_VALIDITY_DAYS,
-) -> x509.Certificate:
-    """A leaf certificate for ``public_key``, usable for TLS server and client auth."""
-    if days < 1:
-        raise SecretsError(f"certificate validity must be at least one day, got {days}")
+def certificate_template(
+    ca: CertificateAuthority, *, common_name: str, sans: Iterable[str] = ()
+) -> x509.CertificateBuilder:
+    """Everything of a leaf certificate from ``ca`` but its key, serial and validity.
+
+    Builders are immutable, so one template serves every certificate issued
+    to the same name (the CAS keeps one per attested service).
+    """
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject_name(common_name))
         .issuer_name(ca.certificate.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + dt.timedelta(days=days), ca.certificate.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage(
@@ -385,7 +377,37 @@ def issue_certificate(
     general_names = subject_alternative_names(sans)
     if general_names:
         builder = builder.add_extension(x509.SubjectAlternativeName(general_names), critical=False)
-    return builder.sign(ca.key, _signing_hash(ca.key))
+    return builder
+
+
+def issue_certificate(
+    ca: CertificateAuthority,
+    public_key: PublicKey,
+    *,
+    common_name: str = "",
+    sans: Iterable[str] = (),
+    now: dt.datetime,
+    days: int = CERT_VALIDITY_DAYS,
+    template: x509.CertificateBuilder | None = None,
+) -> x509.Certificate:
+    """A leaf certificate for ``public_key``, usable for TLS server and client auth.
+
+    ``template`` (from :func:`certificate_template` for the same ``ca``)
+    replaces ``common_name`` and ``sans``.
+    """
+    if days < 1:
+        raise SecretsError(f"certificate validity must be at least one day, got {days}")
+    if template is None:
+        if not common_name:
+            raise SecretsError("a certificate needs a common name (or a template)")
+        template = certificate_template(ca, common_name=common_name, sans=sans)
+    return (
+        template.public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(now + dt.timedelta(days=days), ca.certificate.not_valid_after_utc))
+        .sign(ca.key, _signing_hash(ca.key))
+    )
 
 
 def certificate_secret(

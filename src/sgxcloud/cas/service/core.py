@@ -170,6 +170,8 @@ class _LoadedPolicy:
     rows: dict[str, SealedSecret]
     opened: dict[str, secrets.SecretValue] = field(default_factory=dict)
     ca: secrets.CertificateAuthority | None = None
+    # per service: the attested enclaves' certificate but key, serial, validity
+    certificates: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -418,15 +420,10 @@ class CasService:
                 "attestation rejected for %s/%s (audit #%d)", request.policy, request.service, seq
             )
             raise AttestationRejected(verdict.reasons, code=verdict.code, audit_seq=seq)
-        stored, configuration, ca = outcome
+        stored, configuration, ca, template = outcome
         assert verified is not None
         certificate = secrets.issue_certificate(
-            ca,
-            public_key,
-            common_name=f"{request.service}.{request.policy}",
-            sans=[f"urn:sgxcloud:cas:{request.policy}:{request.service}"],
-            now=materials.utc(now),
-            days=ATTESTED_CERT_DAYS,
+            ca, public_key, now=materials.utc(now), days=ATTESTED_CERT_DAYS, template=template
         )
         log.info("attestation accepted for %s/%s (audit #%d)", request.policy, request.service, seq)
         return AttestResult(
@@ -479,8 +476,9 @@ class CasService:
         service: str,
         verdict: _Verdict,
         verified: VerifiedEvidence | None,
-    ) -> tuple[StoredPolicy, protocol.Configuration, secrets.CertificateAuthority] | None:
-        """The rendered configuration, or None with the reason added to ``verdict``."""
+    ) -> tuple[StoredPolicy, protocol.Configuration, secrets.CertificateAuthority, Any] | None:
+        """The rendered configuration (and the enclave certificate's template), or None
+        with the reason added to ``verdict``."""
         assert loaded.policy is not None
         stored = loaded.stored
         try:
@@ -494,7 +492,15 @@ class CasService:
                 policy_hash=stored.policy_hash,
                 policy_owners=tuple(sorted(stored.owners)),
             )
-            return stored, rendered, self._loaded_ca(loaded)
+            ca = self._loaded_ca(loaded)
+            template = loaded.certificates.get(service)
+            if template is None:
+                template = loaded.certificates[service] = secrets.certificate_template(
+                    ca,
+                    common_name=f"{service}.{stored.name}",
+                    sans=[f"urn:sgxcloud:cas:{stored.name}:{service}"],
+                )
+            return stored, rendered, ca, template
         except (AccessDenied, PolicyError) as exc:
             # e.g. an imported secret whose exporter withdrew it: a rejection
             # like any other, recorded with its reason.
