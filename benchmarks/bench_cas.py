@@ -205,11 +205,11 @@ def _enclave(job: tuple[str, str, float, float, str]) -> list[float]:
     url, ca, start_at, seconds, root = job
     identity = EnclaveIdentity(MRENCLAVE, "cd" * 32, 0, 0, False)
     latencies: list[float] = []
-    with httpx.Client(base_url=url, verify=client.pinned_tls(Path(ca)), timeout=60) as http:
+    with client.CasConnection(url, Path(ca), timeout=60) as connection:
 
         def one() -> None:
             client.fetch_configuration(url, policy="bench", service="svc", root=Path(root),
-                                       simulate=identity, http_client=http)
+                                       simulate=identity, connection=connection)
 
         one()  # connection and TLS handshake before the clock starts
         while time.time() < start_at:

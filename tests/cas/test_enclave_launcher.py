@@ -74,14 +74,17 @@ def test_the_client_extra_holds_nothing_server_side(enclave_python) -> None:  # 
         "import sys, sgxcloud.cas.client as c\n"
         "import sgxcloud.cas.client.launcher\n"
         f"print(sorted(m for m in {SERVER_SIDE!r} if m in sys.modules))\n"
-        "print(sorted(m for m in sys.modules if m.startswith('sgxcloud.cas.')))"
+        "print(sorted(m for m in sys.modules if m.startswith('sgxcloud.cas.')))\n"
+        "print(sorted(m for m in ('httpx', 'httpcore', 'h11', 'anyio') if m in sys.modules))"
     )
     answer = subprocess.run(
         [str(python), "-c", probe], env=_enclave_env(site), capture_output=True, text=True,
         timeout=60, check=True,
     )
-    server_modules, ours = answer.stdout.splitlines()
+    server_modules, ours, http_clients = answer.stdout.splitlines()
     assert server_modules == "[]"
+    # The launcher speaks http.client; httpx (the owners' client) stays unloaded.
+    assert http_clients == "[]"
     # The enclave loads the protocol and its client, never policy/store/service/evidence.
     for area in ("service", "store", "policy", "evidence", "collateral", "secrets"):
         assert f"sgxcloud.cas.{area}" not in ours

@@ -133,13 +133,12 @@ def test_three_replicas_one_killed_nothing_lost(tmp_path: Path) -> None:
 
             def enclave() -> None:
                 started.wait()
-                with httpx.Client(base_url=balancer.url, verify=client.pinned_tls(tls.ca_cert),
-                                  timeout=20) as http:
+                with client.CasConnection(balancer.url, tls.ca_cert, timeout=20) as connection:
                     for _ in range(ROUNDS):
                         try:
                             fetched = client.fetch_configuration(
                                 balancer.url, policy="shop", service="web", root=tmp_path,
-                                simulate=pg.simulated_identity(), http_client=http,
+                                simulate=pg.simulated_identity(), connection=connection,
                                 attempts=8, backoff=0.1,
                             )
                             results.append(fetched.policy_hash)

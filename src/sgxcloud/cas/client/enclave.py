@@ -23,20 +23,22 @@ never the service (no FastAPI, SQLAlchemy, dcap-qvl).
 from __future__ import annotations
 
 import base64
+import json
 import logging
-import ssl
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sgxcloud.cas import protocol
+from sgxcloud.cas.client.connection import CasConnection
+from sgxcloud.cas.client.connection import pinned_tls as pinned_tls  # its historical home
 from sgxcloud.cas.client.errors import (
     AttestationRefused,
     ClientError,
@@ -141,14 +143,6 @@ def choose_evidence_source(
     )
 
 
-def pinned_tls(ca_file: Path) -> ssl.SSLContext:
-    """A TLS context that trusts only the CAS's own CA."""
-    try:
-        return ssl.create_default_context(cafile=str(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ClientError(f"cannot load the pinned CA {ca_file}") from exc
-
-
 def fetch_configuration(
     base_url: str,
     *,
@@ -157,7 +151,7 @@ def fetch_configuration(
     ca_file: Path | None = None,
     root: Path = Path("/"),
     simulate: EnclaveIdentity | None = None,
-    http_client: httpx.Client | None = None,
+    connection: CasConnection | None = None,
     timeout: float = 30.0,
     attempts: int = 1,
     backoff: float = 0.5,
@@ -165,6 +159,10 @@ def fetch_configuration(
     policy_hash: str | None = None,
 ) -> FetchedConfiguration:
     """Attest to the CAS and return this enclave's configuration.
+
+    Without ``connection``, one is opened to ``base_url`` trusting only
+    ``ca_file`` (with ``timeout``) and closed at the end; pass a
+    :class:`CasConnection` to reuse one (and its TLS session) across calls.
 
     ``policy_owners`` pins who controls the configuration: the policy must
     have been signed by at least one of these principal ids (as the CAS
@@ -179,22 +177,15 @@ def fetch_configuration(
     never a wrong answer.  Refusals (403, 400...) are never retried.
     """
     source = choose_evidence_source(root, simulate)
-    owns_client = http_client is None
-    if http_client is None:
-        if ca_file is None:
-            raise ClientError("ca_file (the CAS's CA certificate) is required")
-        http_client = httpx.Client(base_url=base_url, verify=pinned_tls(ca_file), timeout=timeout)
+    owns_connection = connection is None
+    if connection is None:
+        connection = CasConnection(base_url, ca_file, timeout=timeout)
     try:
         for attempt in range(1, max(1, attempts) + 1):
             try:
-                fetched = _attest(http_client, source, policy, service)
+                fetched = _attest(connection, source, policy, service)
                 check_pins(fetched.configuration, policy, policy_owners, policy_hash)
                 return fetched
-            except httpx.HTTPError as exc:
-                failure: ServiceUnavailable = ServiceUnavailable(
-                    f"cannot reach the CAS at {base_url}: {type(exc).__name__}"
-                )
-                failure.__cause__ = exc
             except ServiceUnavailable as exc:
                 failure = exc
             if attempt >= attempts:
@@ -205,8 +196,8 @@ def fetch_configuration(
             time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
     finally:
-        if owns_client:
-            http_client.close()
+        if owns_connection:
+            connection.close()
 
 
 def check_pins(
@@ -238,22 +229,23 @@ def check_pins(
 
 
 def _attest(
-    client: httpx.Client,
+    connection: CasConnection,
     source: GramineEvidence | SimulatedEvidence,
     policy: str,
     service: str,
 ) -> FetchedConfiguration:
-    key = protocol.new_enclave_key()
-    grant = _json(client.post("/v1/nonces"))
-    nonce = protocol.parse_nonce(grant["nonce"])
-    evidence = source.evidence(protocol.report_data_for(key.public_key(), nonce))
-    public_pem = key.public_key().public_bytes(
+    key = protocol.new_enclave_key()  # fresh for every attempt, like the nonce
+    public_key = key.public_key()
+    grant = _answer(*connection.post_json("/v1/nonces"))
+    nonce = protocol.parse_nonce(_field(grant, "nonce"))
+    evidence = source.evidence(protocol.report_data_for(public_key, nonce))
+    public_pem = public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    answer = _json(
-        client.post(
+    answer = _answer(
+        *connection.post_json(
             "/v1/attest",
-            json={
+            {
                 "policy": policy,
                 "service": service,
                 "nonce": nonce.hex(),
@@ -262,41 +254,66 @@ def _attest(
             },
         )
     )
-    configuration = protocol.open_configuration(
-        base64.b64decode(answer["sealed_configuration"]), key, nonce
-    )
-    certificate = x509.load_pem_x509_certificate(answer["certificate"].encode())
-    ca_certificate = x509.load_pem_x509_certificate(answer["ca_certificate"].encode())
-    if certificate.public_key() != key.public_key():
+    try:
+        sealed = base64.b64decode(_field(answer, "sealed_configuration"), validate=True)
+    except ValueError as exc:
+        raise ClientError("the CAS's sealed configuration is not base64") from exc
+    configuration = protocol.open_configuration(sealed, key, nonce)
+    try:
+        certificate = x509.load_pem_x509_certificate(_field(answer, "certificate").encode())
+        ca_certificate = x509.load_pem_x509_certificate(_field(answer, "ca_certificate").encode())
+    except ValueError as exc:
+        raise ClientError("the CAS answered with a malformed certificate") from exc
+    if certificate.public_key() != public_key:
         raise ClientError("the certificate returned is not for this enclave's key")
-    certificate.verify_directly_issued_by(ca_certificate)
+    try:
+        certificate.verify_directly_issued_by(ca_certificate)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise ClientError("the certificate returned is not issued by the CA returned") from exc
     return FetchedConfiguration(
         configuration,
         key,
         certificate,
         ca_certificate,
-        answer["policy_hash"],
-        bool(answer["simulated"]),
-        answer["tcb_status"],
+        _field(answer, "policy_hash"),
+        _flag(answer, "simulated"),
+        _field(answer, "tcb_status"),
         answer.get("audit_seq"),
     )
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
-    if response.status_code in RETRY_STATUSES:
-        raise ServiceUnavailable(f"CAS answered {response.status_code}")
+def _field(answer: dict[str, Any], name: str) -> str:
+    value = answer.get(name)
+    if not isinstance(value, str):
+        raise ClientError(f"the CAS's answer lacks {name!r}")
+    return value
+
+
+def _flag(answer: dict[str, Any], name: str) -> bool:
+    value = answer.get(name)
+    if not isinstance(value, bool):
+        raise ClientError(f"the CAS's answer lacks {name!r}")
+    return value
+
+
+def _answer(status: int, body: bytes) -> dict[str, Any]:
+    """The JSON object of a successful answer; the matching error otherwise."""
+    if status in RETRY_STATUSES:
+        raise ServiceUnavailable(f"CAS answered {status}")
     try:
-        body = response.json()
+        document = json.loads(body)
     except ValueError as exc:
-        raise ClientError(f"CAS answered {response.status_code} without JSON") from exc
-    if response.status_code == 403 and body.get("error") == "attestation-rejected":
+        raise ClientError(f"CAS answered {status} without JSON") from exc
+    if not isinstance(document, dict):
+        raise ClientError(f"CAS answered {status} with JSON that is not an object")
+    if status == 403 and document.get("error") == "attestation-rejected":
         raise AttestationRefused(
-            body.get("message", "attestation rejected"),
-            code=body.get("code", "rejected"),
-            audit_seq=body.get("audit_seq"),
+            document.get("message", "attestation rejected"),
+            code=document.get("code", "rejected"),
+            audit_seq=document.get("audit_seq"),
         )
-    if response.status_code == 403:
-        raise AccessDenied(body.get("message", "forbidden"))
-    if response.status_code >= 400:
-        raise ClientError(f"CAS answered {response.status_code}: {body.get('message', '')}")
-    return body
+    if status == 403:
+        raise AccessDenied(document.get("message", "forbidden"))
+    if status >= 400:
+        raise ClientError(f"CAS answered {status}: {document.get('message', '')}")
+    return document

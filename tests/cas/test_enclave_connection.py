@@ -1,0 +1,248 @@
+"""The enclave's connection to the CAS (``CasConnection``, standard library http.client).
+
+Everything a general HTTP client gave the enclave is checked against a real
+CAS over HTTPS on loopback: the TLS pin (also through a proxy), keep-alive,
+a connection the CAS closed while idle, timeouts, retries with a fresh
+connection, ``HTTPS_PROXY``/``NO_PROXY`` through a real CONNECT proxy, and
+one-line refusals that carry no credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sgxcloud.cas import client
+from sgxcloud.cas.policy import public_key_id
+from sgxcloud.cas.service.app import create_app
+from sgxcloud.cas.service.server import background_https, make_loopback_tls
+from sgxcloud.web.limits import RequestLimits
+
+try:
+    from tests.cas import postgres as pg
+    from tests.cas.loadbalancer import RoundRobinBalancer
+except ImportError:  # tests/cas is not a package: pytest put its directory on sys.path
+    import postgres as pg  # type: ignore[no-redef]
+    from loadbalancer import RoundRobinBalancer  # type: ignore[no-redef]
+
+
+@pytest.fixture
+def cas(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """(url, pinned CA file) of a CAS over HTTPS, policy 'shop'; idle ones close after 1 s."""
+    service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
+    owner = pg.owner_key()
+    service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner),
+                         int(time.time()))
+    tls = make_loopback_tls(tmp_path / "tls")
+    with background_https(create_app(service), tls, limits=RequestLimits(keep_alive_s=1)) as url:
+        yield url, tls.ca_cert
+    service.stop()
+
+
+def _fetch(url: str, root: Path, **options):  # type: ignore[no-untyped-def]
+    return client.fetch_configuration(
+        url, policy="shop", service="web", root=root, simulate=pg.simulated_identity(),
+        **options,
+    )
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+# -- loopback helpers: a TCP relay, a CONNECT proxy, a server that never answers --
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+def _splice(a: socket.socket, b: socket.socket) -> None:
+    for source, sink in ((a, b), (b, a)):
+        threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+
+
+@contextlib.contextmanager
+def _listener(handle) -> Iterator[int]:  # type: ignore[no-untyped-def]
+    """A loopback listener giving each accepted socket to ``handle`` (a thread); yields its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        server.close()
+
+
+@contextlib.contextmanager
+def _relay(target_port: int, *, drop_first: int = 0) -> Iterator[tuple[int, list[str]]]:
+    """A TCP relay to ``target_port`` that closes its first ``drop_first`` connections at once."""
+    seen: list[str] = []
+
+    def handle(conn: socket.socket) -> None:
+        seen.append("dropped" if len(seen) < drop_first else "relayed")
+        if seen[-1] == "dropped":
+            conn.close()
+            return
+        _splice(conn, socket.create_connection(("127.0.0.1", target_port)))
+
+    with _listener(handle) as port:
+        yield port, seen
+
+
+@contextlib.contextmanager
+def _connect_proxy() -> Iterator[tuple[int, list[bytes]]]:
+    """An HTTP CONNECT proxy; yields (port, the request heads it received)."""
+    heads: list[bytes] = []
+
+    def handle(conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        heads.append(head)
+        target = head.split(b" ", 2)[1].decode()
+        host, _, port = target.rpartition(":")
+        upstream = socket.create_connection((host, int(port)))
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        _splice(conn, upstream)
+
+    with _listener(handle) as port:
+        yield port, heads
+
+
+# -- what the connection keeps from a general HTTP client -----------------------
+
+
+def test_one_connection_serves_many_attestations(cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, ca = cas
+    with RoundRobinBalancer([("127.0.0.1", _port(url))]) as balancer:
+        with client.CasConnection(balancer.url, ca) as connection:
+            keys = {_fetch(balancer.url, tmp_path, connection=connection).private_key
+                    .public_key().public_numbers() for _ in range(5)}
+        assert len(keys) == 5  # a fresh enclave key every time, on one TLS connection
+        assert balancer.connections == [1]
+
+
+def test_a_connection_the_cas_closed_while_idle_is_reopened(cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, ca = cas
+    with client.CasConnection(url, ca) as connection:
+        _fetch(url, tmp_path, connection=connection)
+        time.sleep(2.5)  # the CAS closes idle keep-alive connections after 1 s
+        # attempts=1: no retry hides it, the closed connection must be noticed before use.
+        assert _fetch(url, tmp_path, connection=connection, attempts=1).policy_hash
+
+
+def test_the_pin_holds_and_a_refused_pin_is_one_line(cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, _ = cas
+    other = make_loopback_tls(tmp_path / "other")
+    with pytest.raises(client.ServiceUnavailable,
+                       match=r"^cannot reach the CAS at https://127\.0\.0\.1:\d+: "
+                             r"SSLCertVerificationError$"):
+        _fetch(url, tmp_path, ca_file=other.ca_cert)
+
+
+def test_unreachable_cas_is_retried_with_backoff_on_a_fresh_connection(cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, ca = cas
+    with _relay(_port(url), drop_first=2) as (port, seen):
+        relayed = f"https://127.0.0.1:{port}"
+        with pytest.raises(client.ServiceUnavailable, match="cannot reach the CAS"):
+            _fetch(relayed, tmp_path, ca_file=ca, attempts=1)
+        started = time.monotonic()
+        fetched = _fetch(relayed, tmp_path, ca_file=ca, attempts=3, backoff=0.2)
+        assert fetched.policy_hash and time.monotonic() - started >= 0.2
+        assert seen == ["dropped", "dropped", "relayed"]
+
+
+def test_a_cas_that_never_answers_times_out(tmp_path: Path) -> None:
+    ca = make_loopback_tls(tmp_path / "tls").ca_cert
+    with _listener(lambda conn: time.sleep(30)) as port:  # accepts, says nothing
+        started = time.monotonic()
+        with pytest.raises(client.ServiceUnavailable, match="cannot reach the CAS"):
+            _fetch(f"https://127.0.0.1:{port}", tmp_path, ca_file=ca, timeout=0.5)
+        assert time.monotonic() - started < 5
+
+
+def test_https_proxy_is_used_through_connect_and_the_pin_still_holds(  # type: ignore[no-untyped-def]
+    cas, tmp_path: Path, monkeypatch
+) -> None:
+    url, ca = cas
+    with _connect_proxy() as (port, heads):
+        monkeypatch.setenv("HTTPS_PROXY", f"http://enclave:s%3Acret@127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert _fetch(url, tmp_path, ca_file=ca).policy_hash
+        assert len(heads) == 1 and heads[0].startswith(
+            f"CONNECT 127.0.0.1:{_port(url)} HTTP/1.".encode()  # 1.0 from Python 3.11
+        )
+        # base64("enclave:s:cret"): the credentials of the proxy URL, percent-decoded.
+        assert b"Proxy-Authorization: Basic ZW5jbGF2ZTpzOmNyZXQ=\r\n" in heads[0]
+        other = make_loopback_tls(tmp_path / "other")
+        with pytest.raises(client.ServiceUnavailable, match="SSLCertVerificationError"):
+            _fetch(url, tmp_path, ca_file=other.ca_cert)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert _fetch(url, tmp_path, ca_file=ca).policy_hash
+        assert len(heads) == 2  # the refused pin went through the proxy, the bypass did not
+
+
+# -- refusals -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:8443", r"must be https://HOST\[:PORT\] \(got http://…\)"),
+        ("127.0.0.1:8443", r"must be https://"),
+        ("https://admin:hunter2@127.0.0.1:8443", r"must not carry credentials"),
+        ("https://127.0.0.1:99999", r"invalid port"),
+    ],
+)
+def test_bad_urls_are_refused_in_one_line_without_credentials(  # type: ignore[no-untyped-def]
+    url: str, message: str, tmp_path: Path
+) -> None:
+    ca = make_loopback_tls(tmp_path / "tls").ca_cert
+    with pytest.raises(client.ClientError, match=message) as refused:
+        _fetch(url, tmp_path, ca_file=ca)
+    assert "\n" not in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+def test_a_context_that_does_not_verify_is_refused(tmp_path: Path) -> None:
+    loose = ssl.create_default_context()
+    loose.check_hostname = False
+    with pytest.raises(client.ClientError, match="must verify the CAS's certificate"):
+        client.CasConnection("https://127.0.0.1:8443", tls=loose)
+    with pytest.raises(client.ClientError, match=r"ca_file .* is required"):
+        client.CasConnection("https://127.0.0.1:8443")
+
+
+def test_only_http_connect_proxies_are_used(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    ca = make_loopback_tls(tmp_path / "tls").ca_cert
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("ALL_PROXY", "socks5://user:pw@127.0.0.1:1080")
+    with pytest.raises(client.ClientError, match=r"http:// proxy \(CONNECT\), not socks5://$"):
+        client.CasConnection("https://127.0.0.1:8443", ca)
+
