@@ -9,6 +9,7 @@ serialise instead of overwriting each other.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -18,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import Engine, bindparam, delete, or_, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, delete, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from sgxcloud.cas.store import db
 from sgxcloud.cas.store.errors import StoreError
@@ -85,7 +86,6 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
         # SQLite has one writer at a time and every transaction here takes the
         # write lock at BEGIN.  Threads of this process queue on a lock of
         # their own instead of SQLite's busy handler, which polls with growing
@@ -148,12 +148,19 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Repository]:
         """One transaction: committed on success, rolled back on any exception."""
-        if self._local_writer is None:
-            with self._sessions() as session, session.begin():
-                yield Repository(session)
-            return
-        with self._local_writer, self._sessions() as session, session.begin():
-            yield Repository(session)
+        # A Core connection; the ORM session only comes when a method needs it
+        # (the attestation path does not): making one per request cost more
+        # than the statements it ran.
+        with contextlib.ExitStack() as stack:
+            if self._local_writer is not None:
+                stack.enter_context(self._local_writer)
+            connection = stack.enter_context(self.engine.begin())
+            repo = Repository(connection)
+            try:
+                yield repo
+                repo.flush()
+            finally:
+                repo.close()
 
     def run(self, work: Callable[[Repository], T]) -> T:
         """Run ``work`` in a transaction, retrying it when the database says to.
@@ -195,18 +202,30 @@ def _reason(exc: DBAPIError) -> str:
 class Repository:
     """Queries and updates within one transaction."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    @property
-    def _connection(self):  # type: ignore[no-untyped-def]
+    def __init__(self, connection: Connection) -> None:
         # Core statements on the hot path (attestation) skip the ORM's
-        # per-statement work; they run in the same transaction as the rest.
-        return self.session.connection()
+        # per-statement work; ORM queries run in the same transaction.
+        self._connection = connection
+        self._dialect = connection.dialect.name
+        self._session: Session | None = None
 
     @property
-    def _dialect(self) -> str:
-        return self.session.get_bind().dialect.name
+    def session(self) -> Session:
+        """An ORM session joined to this transaction (made on first use)."""
+        if self._session is None:
+            # Joined to the connection's transaction, which the Database
+            # commits or rolls back; the session itself never commits.
+            self._session = Session(bind=self._connection, expire_on_commit=False)
+        return self._session
+
+    def flush(self) -> None:
+        if self._session is not None:
+            self._session.flush()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     # -- nonces --------------------------------------------------------------
 
