@@ -4,8 +4,10 @@ There is no SGX here, so enclaves present SIMULATED evidence; to charge each
 attestation what a real one costs, this server's verifier first verifies the
 real Intel-signed SGX quote from ../shared/testdata/dcap with warm collateral
 (dcap-qvl, exactly what ``DcapVerifier`` does for a real enclave), then
-judges the simulated evidence.  Everything else is the production
-composition root (``build_service`` → ``create_app`` → uvicorn with TLS).
+judges the simulated evidence.  Everything else is production's own
+``serve()`` (the code behind ``sgxcloud cas serve``: ``build_service`` →
+the app with its metrics, audiences and limits → uvicorn with production's
+server options), so whatever the server gains or loses, the benchmark sees.
 
 Run by benchmarks/bench_cas.py: ``python benchmarks/cas_bench_server.py CONFIG PORT``.
 """
@@ -15,8 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-
-import uvicorn
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # SGXCLOUD_BENCH_SRC: serve another tree's code (the baseline) with this harness.
@@ -26,7 +27,6 @@ from sgxcloud.cas.collateral import FileCollateral  # noqa: E402
 from sgxcloud.cas.config import load_settings  # noqa: E402
 from sgxcloud.cas.evidence import DefaultVerifier, load_evidence  # noqa: E402
 from sgxcloud.cas.service import server  # noqa: E402
-from sgxcloud.cas.service.app import create_app  # noqa: E402
 
 DCAP = ROOT.parent / "shared" / "testdata" / "dcap"
 QUOTE_TIME = 1752919277  # inside the sample collateral's validity window
@@ -48,24 +48,20 @@ class RealQuoteCost:
 
 def main() -> None:
     settings = load_settings(Path(sys.argv[1]), port=int(sys.argv[2]))
-    service = server.build_service(settings)
-    service.verifier = RealQuoteCost(service.verifier)  # type: ignore[assignment]
-    assert settings.tls_cert is not None and settings.tls_key is not None
-    # Production's options: owners sign for this origin, request limits as configured.
-    # Older trees (run as a baseline) had neither: what they take, they get.
-    if hasattr(server, "_server_options"):
-        limits = settings.request_limits()
-        app = create_app(service, audiences=[f"https://127.0.0.1:{settings.port}"], limits=limits)
-        options = server._server_options(settings.tls_cert, settings.tls_key, None, limits)
-    else:
-        try:
-            app = create_app(service, audiences=[f"https://127.0.0.1:{settings.port}"])
-        except TypeError:
-            app = create_app(service)
-        options = server._tls_options(settings.tls_cert, settings.tls_key, None)
-    uvicorn.run(
-        app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False, **options
-    )
+    production_build = server.build_service
+
+    # The one substitution: serve() builds its service through this module
+    # attribute (in every revision since the first), so the real quote's cost
+    # is added without copying serve()'s composition here.
+    def build_service(*args: Any, **kwargs: Any) -> Any:
+        service = production_build(*args, **kwargs)
+        if not hasattr(service, "verifier"):  # never measure without the quote's cost
+            raise SystemExit("cas_bench_server: the service has no verifier to wrap")
+        service.verifier = RealQuoteCost(service.verifier)
+        return service
+
+    server.build_service = build_service  # type: ignore[assignment]
+    server.serve(settings)
 
 
 if __name__ == "__main__":
