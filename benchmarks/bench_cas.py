@@ -381,7 +381,14 @@ def bench_load(workdir: Path, plan: Plan) -> dict[str, Any]:
             opened.append({**setup.label(), **row})
             _log("open", setup, row)
         best = _most_capacity(closed, ours)
-        for rate in [r for r in plan.sweep if r != plan.rate] if best is not None else []:
+        for rate in sorted(set(plan.sweep) - {plan.rate}) if best is not None else []:
+            saturated = [r["offered_per_s"] for r in opened
+                         if r["config"] == best.key and r["offered_per_s"] <= rate
+                         and _saturated(r)]
+            if saturated:  # a higher rate would only queue longer: spend the minutes elsewhere
+                skipped.append(f"open loop at {rate:g}/s on {best.key}: already saturated at "
+                               f"{min(saturated):g}/s")
+                continue
             row = run_cell(best.urls, tls.ca_cert, workdir,
                            Load(plan.open_clients, plan.seconds, rate, plan.arrivals),
                            best.pids, best.database_pids)
@@ -398,6 +405,11 @@ def bench_load(workdir: Path, plan: Plan) -> dict[str, Any]:
     order = [s.key for s in setups]
     opened.sort(key=lambda r: (order.index(r["config"]), r["offered_per_s"]))
     return {"closed": closed, "open": opened, "skipped": skipped}
+
+
+def _saturated(row: dict[str, Any]) -> bool:
+    """An open-loop cell whose offered rate was clearly not served."""
+    return row["unsent"] > 0 or row["per_s"] < 0.9 * row["offered_per_s"]
 
 
 def _most_capacity(closed: list[dict[str, Any]], setups: list[Setup]) -> Setup | None:
