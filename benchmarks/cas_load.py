@@ -347,9 +347,12 @@ def _figures(
         "steal_cpus": steal / wall,
         "load": load_average,
     }
-    # Little's law, L = λW: the mean number in flight.  Closed loop: it should
-    # equal the clients; a shortfall is time the clients spent outside requests.
-    figures["in_flight"] = figures["per_s"] * figures["mean_ms"] / 1000
+    # The mean number of round trips in flight over the window, measured
+    # directly (Little's law: = throughput × mean latency).  Closed loop: it
+    # should equal the clients; a shortfall is time they spent between requests.
+    figures["in_flight"] = sum(
+        max(0.0, min(e, end) - max(b, start)) for b, e in zip(began, ended, strict=True)
+    ) / load.seconds
     if load.rate is not None:
         lags = sorted(1000 * (b - s) for r in results
                       for s, b, idle in zip(r["scheduled"], r["began"], r["idle"], strict=True)

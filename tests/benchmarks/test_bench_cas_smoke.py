@@ -128,8 +128,8 @@ def test_a_tiny_run_against_a_real_replica(tmp_path):
         assert row["server_cpu_ms"] > 0 and row["client_cpu_ms"] > 0
         assert 0 <= row["harness_cpu_ms"] < row["client_cpu_ms"]
         assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
-    # Little's law holds in the closed loop: about 2 round trips in flight.
-    assert 1.5 < closed["in_flight"] <= 2.05
+    # The closed loop keeps its 2 enclaves busy: about 2 round trips in flight.
+    assert 1.5 < closed["in_flight"] <= 2.0 + 1e-6
     assert opened["offered_per_s"] == 10 and opened["unsent"] == 0
     report = {
         "measured_at": "now", "machine": "here", "duration_s": 1.0,
