@@ -478,7 +478,8 @@ def machine_state(
         reasons.append(f"a single-threaded probe got only {share:.0%} of a core")
     speed = min(p["verify_per_cpu_s"] / REFERENCE_SPEED["verify_per_cpu_s"] for p in probes)
     if speed < 0.85:
-        reasons.append(f"the CPU ran at {speed:.0%} of its quiet speed (per CPU-second)")
+        reasons.append(f"the speed probe ran at {speed:.0%} of its quiet speed per CPU-second "
+                       "(a slower host, or cores and caches shared with others)")
     return {"load_at_start": list(load_start), "probes": probes, "reference": REFERENCE_SPEED,
             "speed_ratio": speed, "shared": bool(reasons), "reasons": reasons}
 
@@ -546,7 +547,7 @@ def _command(plan: Plan) -> str:
     if plan.rate != Plan.rate:
         words.append(f"--rate {plan.rate:g}")
     if plan.sweep != Plan.sweep:
-        words.append("--sweep " + " ".join(f"{r:g}" for r in plan.sweep))
+        words.append(" ".join(["--sweep", *(f"{r:g}" for r in plan.sweep)]))
     if plan.baseline:
         words.append(f"--baseline {plan.baseline}")
     return " ".join(words)
@@ -604,7 +605,8 @@ def _closed_table(rows: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     body = []
     for r in rows:
-        cpu = r["server_cpu_ms"] + r["database_cpu_ms"] + r["client_cpu_ms"]
+        database = 0.0 if math.isnan(r["database_cpu_ms"]) else r["database_cpu_ms"]
+        cpu = r["server_cpu_ms"] + database + r["client_cpu_ms"]
         ceiling = 2000 / cpu if cpu > 0 else math.nan  # 2 CPUs' worth of round trips
         body.append(
             f"| {r['backend']} | {r['replicas']} | {r['clients']} | {_f(r['per_s'], 0)} | "
@@ -716,6 +718,9 @@ generator kept clients idle between round trips.
 rate — each on its own schedule, evenly phased by default (together one round
 trip every 1/rate s, like wrk2 or k6's constant-arrival-rate) or Poisson
 (`--arrivals poisson`) — whether or not earlier round trips have come back.
+(With Poisson arrivals an enclave's next round trip may fall due before its
+previous one has ended; with one connection each it then waits, and that
+wait counts: slightly pessimistic against independent enclaves.)
 Latency is measured from each round trip's **scheduled** start, not from when
 it was sent: a client still busy with its previous round trip sends late, and
 that wait counts.  Measuring from the send instead would hide exactly the
@@ -745,9 +750,10 @@ second of the cell: other people's work on the machine.  The machine-speed
 probe (a real quote verification and a fixed Python loop, per CPU-second, at
 the start and the end) separates a slower machine from a busier one.
 
-Server, database (all PostgreSQL processes) and client CPU per round trip
-come from the kernel's per-process accounting over the cell, divided by the
-round trips completed: the figures competition distorts least.
+Server, database (all PostgreSQL processes; SQLite runs inside the server:
+"–") and client CPU per round trip come from the kernel's per-process
+accounting over the cell, divided by the round trips completed: the figures
+competition distorts least.
 
 Run: `.venv/bin/python benchmarks/bench_cas.py` (about 3 minutes; `--seconds`
 per cell, `--json` for machine-readable output, `--baseline REV` to measure a

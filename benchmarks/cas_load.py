@@ -340,7 +340,8 @@ def _figures(
         "p99_ms": percentile(ms, 99),
         "max_ms": ms[-1] if ms else math.nan,
         "server_cpu_ms": server_cpu * per_trip,
-        "database_cpu_ms": database_cpu * per_trip,
+        # SQLite runs inside the server: no database processes to account.
+        "database_cpu_ms": database_cpu * per_trip if before.database else math.nan,
         "client_cpu_ms": client_cpu * per_trip,
         "harness_cpu_ms": harness_cpu * per_trip,
         "other_cpus": max(0.0, other) / wall,  # CPUs busy with processes not of this cell
