@@ -678,9 +678,7 @@ rendering, HPKE, certificate; in-process, no HTTP) takes
 {max(0.0, server_ms - parts['service_ms']):.1f} ms — is HTTP/TLS and request
 handling (two requests per round trip).  Each enclave spent {client_ms:.1f} ms
 of CPU per round trip (key generation, evidence, HPKE opening, HTTP) on the
-same 2 CPUs: the "CPU-bound ceiling" column is 2 CPUs divided by server +
-database + client CPU per round trip, the most this machine could do with
-every core busy and clients on board.
+same 2 CPUs.
 """
 
 
@@ -731,7 +729,10 @@ min(window, 5 s)) stops; what it never sent is reported as *unsent* and
 counted in the percentiles at the delay it had reached.  *Late starts* is the
 share of round trips sent over 1 ms after their schedule.  *Served /s* is the
 successful round trips divided by the time from the first schedule to the
-last answer (at least the window).
+last answer (at least the window).  Every configuration is run at 300/s;
+then the one with the most 16-enclave capacity at a few more rates (150, 225
+and 375/s by default, `--sweep`) to show where latency turns up — a rate
+above one already saturated is skipped.
 
 **Target** (issue 13, ≥ 300 round trips/s at 16 clients with p99 ≤ 50 ms): met
 only when one configuration both has a 16-client closed-loop capacity of at
@@ -741,8 +742,8 @@ and kept p99 within 50 ms.
 
 **The generator measures itself**: *client CPU* is the enclaves' whole CPU
 per round trip; the generator's own share (scheduling and bookkeeping outside
-the client library, plus the coordinating process) is in the JSON
-(`harness_cpu_ms`, typically hundredths of a ms).  *Generator lag p99* is how
+the client library, plus the coordinating process) is stated under the
+open-loop table (per cell: `harness_cpu_ms` in the JSON).  *Generator lag p99* is how
 late an idle enclave woke for a scheduled round trip — the generator's own
 delay, not the server's.  *Other CPUs* is the machine's busy time (from
 /proc/stat) minus that of the server, database, enclaves and coordinator, per
@@ -753,7 +754,9 @@ the start and the end) separates a slower machine from a busier one.
 Server, database (all PostgreSQL processes; SQLite runs inside the server:
 "–") and client CPU per round trip come from the kernel's per-process
 accounting over the cell, divided by the round trips completed: the figures
-competition distorts least.
+competition distorts least.  The *CPU-bound ceiling* is 2 CPUs divided by
+server + database + client CPU per round trip: the most this machine could
+serve with every core busy and the clients on it too.
 
 Run: `.venv/bin/python benchmarks/bench_cas.py` (about 3 minutes; `--seconds`
 per cell, `--json` for machine-readable output, `--baseline REV` to measure a
