@@ -350,25 +350,26 @@ def bench_load(workdir: Path, plan: Plan) -> dict[str, Any]:
     secrets.write_master_key(key_path, secrets.MasterKey.generate())
     owner = secrets.new_private_key("ec-p256")
     wants_pg = any(CONFIGS[key][0] == "PostgreSQL" for key in plan.configs)
-    postgres = _durable_postgres(workdir) if wants_pg and find_bindir() else None
     skipped: list[str] = []
     setups: list[Setup] = []
-    baseline_tree = _baseline_tree(workdir, plan.baseline) if plan.baseline else None
-    if baseline_tree is not None:
-        setups.append(Setup("baseline", f"SQLite, baseline {plan.baseline[:10]}", 1,  # type: ignore[index]
-                            f"sqlite:///{workdir / 'base.db'}", baseline_tree / "src"))
-    for key in plan.configs:
-        backend, replicas = CONFIGS[key]
-        if backend == "SQLite":
-            setups.append(Setup(key, backend, replicas, f"sqlite:///{workdir / f'{key}.db'}"))
-        elif postgres is None:
-            skipped.append(f"{key}: no PostgreSQL binaries found")
-        else:
-            setups.append(Setup(key, backend, replicas, fresh_database(postgres),
-                                database_pids=_postmaster_pid(postgres.datadir)))
     closed: list[dict[str, Any]] = []
     opened: list[dict[str, Any]] = []
+    postgres = baseline_tree = None
     try:
+        postgres = _durable_postgres(workdir) if wants_pg and find_bindir() else None
+        if plan.baseline:
+            baseline_tree = _baseline_tree(workdir, plan.baseline)
+            setups.append(Setup("baseline", f"SQLite, baseline {plan.baseline[:10]}", 1,
+                                f"sqlite:///{workdir / 'base.db'}", baseline_tree / "src"))
+        for key in plan.configs:
+            backend, replicas = CONFIGS[key]
+            if backend == "SQLite":
+                setups.append(Setup(key, backend, replicas, f"sqlite:///{workdir / f'{key}.db'}"))
+            elif postgres is None:
+                skipped.append(f"{key}: no PostgreSQL binaries found")
+            else:
+                setups.append(Setup(key, backend, replicas, fresh_database(postgres),
+                                    database_pids=_postmaster_pid(postgres.datadir)))
         for setup in setups:
             setup.start(workdir, tls, key_path, owner)
             for clients in plan.clients:
