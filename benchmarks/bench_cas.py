@@ -782,7 +782,7 @@ def markdown(report: dict[str, Any]) -> str:
     plan = Plan(**{**report["plan"], "configs": tuple(report["plan"]["configs"]),
                    "clients": tuple(report["plan"]["clients"]),
                    "sweep": tuple(report["plan"]["sweep"])})
-    skipped = "".join(f"\nNot measured: {s}.\n" for s in report["skipped"])
+    skipped = f"\nNot measured: {'; '.join(report['skipped'])}.\n" if report["skipped"] else ""
     return f"""## Attestation and configuration service (CAS)
 
 Measured {report['measured_at']} on {report['machine']}, by `{_command(plan)}`
