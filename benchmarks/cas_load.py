@@ -97,19 +97,17 @@ def _enclave(
     """One enclave process: warm up, report ready, run the cell, report its samples."""
     import logging
 
-    import httpx
-
     from sgxcloud.cas import client
     from sgxcloud.sgx.identity import EnclaveIdentity
 
     logging.disable(logging.WARNING)
     identity = EnclaveIdentity(MRENCLAVE, "cd" * 32, 0, 0, False)
     try:
-        with httpx.Client(base_url=url, verify=client.pinned_tls(Path(ca)), timeout=30) as http:
+        with client.CasConnection(url, Path(ca), timeout=30) as connection:
 
             def one() -> None:
                 client.fetch_configuration(url, policy="bench", service="svc", root=Path(root),
-                                           simulate=identity, http_client=http)
+                                           simulate=identity, connection=connection)
 
             one()  # imports, TLS handshake, first round trip: before the clock starts
             messages.put(("ready", index, None))
