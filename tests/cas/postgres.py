@@ -292,18 +292,30 @@ def simulated_identity(mrenclave: str = MRENCLAVE, debug: bool = False):  # type
 
 AUDIENCE = "https://cas.test:443"
 """The origin in-process tests sign for (a served app accepts its own URL's)."""
+DEPLOYMENT = "d" * 32
+"""A deployment id for consents handed straight to a service (the HTTP layer checks ids)."""
 
 
 def consent_document(  # type: ignore[no-untyped-def]
-    text: str, key, *, now: int = CLOCK, audience: str = AUDIENCE, valid_for: int = 3600
+    text: str,
+    key,
+    *,
+    now: int = CLOCK,
+    audience: str = AUDIENCE,
+    valid_for: int = 3600,
+    deployment: str = DEPLOYMENT,
 ):
-    """A co-owner's signed consent to own the policy ``text`` (what 'policy consent' writes)."""
+    """A co-owner's signed consent to own the policy ``text`` (what 'policy consent' writes).
+
+    Sent over HTTP, ``deployment`` must be the service's (``service.deployment_id``).
+    """
     from sgxcloud.cas.policy import load_policy
     from sgxcloud.cas.service import auth
 
     policy = load_policy(text)
     return auth.sign_consent(
         key,
+        deployment=deployment,
         audience=audience,
         policy=policy.name,
         policy_hash=policy.hash,
@@ -317,7 +329,10 @@ def consents(text: str, *keys, now: int = CLOCK):  # type: ignore[no-untyped-def
 
     return [
         auth.verify_consent(
-            consent_document(text, key, now=now), audiences=frozenset({AUDIENCE}), now=now
+            consent_document(text, key, now=now),
+            deployment=DEPLOYMENT,
+            audiences=frozenset({AUDIENCE}),
+            now=now,
         )
         for key in keys
     ]

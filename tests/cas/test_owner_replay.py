@@ -3,7 +3,8 @@
 An attacker who captured owner requests (from a proxy log, a shared
 terminal, a compromised load balancer) replays them over real HTTPS on
 loopback: a create after the owner deleted the policy, an update after the
-owner reverted, a request sent to another CAS, and a request sent again to
+owner reverted, a request sent to another CAS — also one that owners reach
+at the same origin (red team a06 part 3) — and a request sent again to
 another replica sharing the database.
 """
 
@@ -18,6 +19,7 @@ import pytest
 
 from sgxcloud.cas import client, secrets
 from sgxcloud.cas.client import pinned_tls
+from sgxcloud.cas.errors import AccessDenied
 from sgxcloud.cas.policy import policy_hash, public_key_id
 from sgxcloud.cas.service import auth
 from sgxcloud.cas.service.app import create_app
@@ -34,14 +36,16 @@ database_url = pg.database_url
 class Wire:
     """An owner client whose requests an eavesdropper records as they leave."""
 
-    def __init__(self, url: str, ca_file: Path, key: Any) -> None:
+    def __init__(self, url: str, ca_file: Path, key: Any, audience: str | None = None) -> None:
         self.captured: list[httpx.Request] = []
         http = httpx.Client(
             base_url=url,
             verify=pinned_tls(ca_file),
             event_hooks={"request": [self.captured.append]},
         )
-        self.owner = client.OwnerClient(url, key, ca_file=ca_file, http_client=http)
+        self.owner = client.OwnerClient(
+            url, key, ca_file=ca_file, http_client=http, audience=audience
+        )
 
     def last(self) -> httpx.Request:
         return self.captured[-1]
@@ -117,6 +121,87 @@ def test_request_signed_for_one_cas_is_refused_by_another(two_cas) -> None:  # t
     assert at_second.owner.show("shop")["version"] == 1
 
 
+PUBLIC = "https://cas.example:443"
+"""The one origin two deployments share in the tests below (both set it in public_urls)."""
+
+
+@pytest.fixture
+def same_origin(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Two CAS deployments (own databases) that owners reach at one origin, ``PUBLIC``."""
+    tls = make_loopback_tls(tmp_path / "tls")
+    services = [pg.make_service(f"sqlite:///{tmp_path / f'deployment{i}.db'}") for i in (0, 1)]
+    with (
+        background_https(create_app(services[0], audiences=[PUBLIC]), tls) as first,
+        background_https(create_app(services[1], audiences=[PUBLIC]), tls) as second,
+    ):
+        yield (first, second), tls.ca_cert, services
+    for service in services:
+        service.stop()
+
+
+def test_a_request_for_one_deployment_is_refused_by_another_at_the_same_origin(
+    same_origin,  # type: ignore[no-untyped-def]
+) -> None:
+    """Red team a06 part 3: A's captured delete, replayed at B (same origin), deleted there too."""
+    (a, b), ca, _ = same_origin
+    owner = pg.owner_key()
+    text = pg.policy_text(owner)
+    at_a, at_b = Wire(a, ca, owner, audience=PUBLIC), Wire(b, ca, owner, audience=PUBLIC)
+    at_a.owner.apply(text)
+    at_b.owner.apply(text)  # the same owner, the same policy (same hash) on both deployments
+    at_a.owner.delete("shop", policy_hash(text))
+    relayed = replay(at_a.last(), ca, url=b)
+    assert relayed.status_code == 401, relayed.text
+    assert "another CAS deployment" in relayed.json()["message"]
+    assert at_b.owner.show("shop")["version"] == 1
+    with pytest.raises(client.PolicyNotFound):
+        at_a.owner.show("shop")  # A did accept it: it was A's
+
+
+def test_a_request_refused_by_the_other_deployment_is_still_accepted_by_its_own(
+    same_origin,  # type: ignore[no-untyped-def]
+) -> None:
+    (a, b), ca, services = same_origin
+    owner = pg.owner_key()
+    for service in services:
+        service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+    assert services[0].deployment_id != services[1].deployment_id
+    signed_for_a = auth.sign_request(
+        owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=PUBLIC,
+        deployment=services[0].deployment_id,
+    )
+    with httpx.Client(verify=pinned_tls(ca)) as http:
+        at_b = http.get(f"{b}/v1/policies/shop", headers=signed_for_a)
+        assert at_b.status_code == 401
+        assert at_b.json()["message"] == (
+            f"request was signed for another CAS deployment ({services[0].deployment_id}); "
+            f"this CAS is deployment {services[1].deployment_id} (GET /v1/health): sign for it"
+        )
+        # B's refusal spent nothing: the request is A's, once.
+        assert http.get(f"{a}/v1/policies/shop", headers=signed_for_a).status_code == 200
+        assert http.get(f"{a}/v1/policies/shop", headers=signed_for_a).status_code == 401
+
+
+def test_a_consent_for_one_deployment_is_refused_by_another_at_the_same_origin(
+    same_origin,  # type: ignore[no-untyped-def]
+) -> None:
+    (a, b), ca, services = same_origin
+    alice, bob = pg.owner_key(), pg.owner_key()
+    text = pg.policy_text([alice, bob])
+    bobs = client.consent(bob, PUBLIC, text, now=int(time.time()),
+                          deployment=services[0].deployment_id)
+    with client.OwnerClient(b, alice, ca_file=ca, audience=PUBLIC) as at_b:
+        with pytest.raises(AccessDenied, match="consent of key:sha256:[0-9a-f]+ was made for "
+                                               "another CAS deployment"):
+            at_b.apply(text, [bobs])
+        with pytest.raises(client.PolicyNotFound):
+            at_b.show("shop")
+    with client.OwnerClient(a, alice, ca_file=ca, audience=PUBLIC) as at_a:
+        assert at_a.apply(text, [bobs])["created"]
+    with client.OwnerClient(a, bob, ca_file=ca, audience=PUBLIC) as as_bob:
+        assert as_bob.show("shop")["version"] == 1
+
+
 def test_a_request_is_accepted_once_across_replicas_on_one_database(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -127,13 +212,16 @@ def test_a_request_is_accepted_once_across_replicas_on_one_database(
     tls = make_loopback_tls(tmp_path / "tls")
     owner = pg.owner_key()
     replicas[0].apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+    deployment = replicas[0].deployment_id
+    assert replicas[1].deployment_id == deployment  # one database: one deployment
     try:
         with (
             background_https(create_app(replicas[0], audiences=[public]), tls) as one,
             background_https(create_app(replicas[1], audiences=[public]), tls) as two,
         ):
             headers = auth.sign_request(
-                owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=public
+                owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=public,
+                deployment=deployment,
             )
             with httpx.Client(verify=pinned_tls(tls.ca_cert)) as http:
                 assert http.get(f"{one}/v1/policies/shop", headers=headers).status_code == 200
@@ -141,7 +229,8 @@ def test_a_request_is_accepted_once_across_replicas_on_one_database(
                 assert again.status_code == 401 and "already used" in again.json()["message"]
                 assert http.get(f"{one}/v1/policies/shop", headers=headers).status_code == 401
                 fresh = auth.sign_request(
-                    owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=public
+                    owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=public,
+                    deployment=deployment,
                 )
                 assert http.get(f"{two}/v1/policies/shop", headers=fresh).status_code == 200
     finally:
@@ -173,14 +262,16 @@ def test_a_replica_with_a_clock_ahead_does_not_purge_a_request_another_still_acc
             httpx.Client(verify=pinned_tls(tls.ca_cert)) as http,
         ):
             captured = auth.sign_request(
-                owner, "GET", "/v1/policies/shop", b"", now=start, audience=public
+                owner, "GET", "/v1/policies/shop", b"", now=start, audience=public,
+                deployment=replicas[0].deployment_id,
             )
             assert http.get(f"{one}/v1/policies/shop", headers=captured).status_code == 200
             slow[0] += 110
             fast[0] += 110  # A would still accept the request's date (±300 s)
             # Any signed request at B, even a stranger's, runs B's purge.
             anyone = auth.sign_request(
-                stranger, "GET", "/v1/audit", b"", now=int(fast[0]), audience=public
+                stranger, "GET", "/v1/audit", b"", now=int(fast[0]), audience=public,
+                deployment=replicas[1].deployment_id,
             )
             http.get(f"{two}/v1/audit", headers=anyone)
             again = http.get(f"{one}/v1/policies/shop", headers=captured)
@@ -190,17 +281,88 @@ def test_a_replica_with_a_clock_ahead_does_not_purge_a_request_another_still_acc
             replica.stop()
 
 
+def _older_signature(key: Any, method: str, path: str, *, now: int, audience: str) -> dict:
+    """Headers as the owner client before the deployment id signed them (sgxcloud-cas-request-v2)."""
+    import base64
+    import hashlib
+    import os
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    request_id = os.urandom(16).hex()
+    payload = b"\n".join([
+        b"sgxcloud-cas-request-v2", audience.encode(), method.encode(), path.encode(),
+        str(now).encode(), request_id.encode(), hashlib.sha256(b"").hexdigest().encode(),
+    ])
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {
+        auth.DATE_HEADER: str(now),
+        auth.AUDIENCE_HEADER: audience,
+        auth.REQUEST_ID_HEADER: request_id,
+        auth.KEY_HEADER: base64.b64encode(der).decode(),
+        auth.SIGNATURE_HEADER: base64.b64encode(
+            key.sign(payload, ec.ECDSA(hashes.SHA256()))
+        ).decode(),
+    }
+
+
+def test_older_signatures_are_refused_naming_the_upgrade(same_origin) -> None:  # type: ignore[no-untyped-def]
+    """v2 (origin only) named no deployment: accepted anywhere, it would keep a06 open."""
+    (a, _), ca, services = same_origin
+    owner = pg.owner_key()
+    services[0].apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+    older = _older_signature(owner, "GET", "/v1/policies/shop", now=int(time.time()),
+                             audience=PUBLIC)
+    with httpx.Client(verify=pinned_tls(ca)) as http:
+        answer = http.get(f"{a}/v1/policies/shop", headers=older)
+        assert answer.status_code == 401
+        message = answer.json()["message"]
+        assert "older form (sgxcloud-cas-request-v2 or before)" in message
+        assert "upgrade the owner client" in message and "sgxcloud-cas-request-v3" in message
+        # Naming a deployment does not revive a v2 signature: the domain differs.
+        dressed = {**older, auth.DEPLOYMENT_HEADER: services[0].deployment_id}
+        answer = http.get(f"{a}/v1/policies/shop", headers=dressed)
+        assert answer.status_code == 401 and "does not verify" in answer.json()["message"]
+        # Refused before the body is read (sgxcloud.web.limits), so no body is held.
+        put = http.put(f"{a}/v1/policies", headers={**older, "content-length": "100000"},
+                       content=b"{" + b" " * 99_999)
+        assert put.status_code == 401 and "older form" in put.json()["message"]
+    # An older consent (sgxcloud-cas-owner-consent-v1, no deployment) is refused too.
+    alice, bob = pg.owner_key(), pg.owner_key()
+    text = pg.policy_text([alice, bob], name="shared")
+    consent = client.consent(bob, PUBLIC, text, now=int(time.time()),
+                             deployment=services[0].deployment_id)
+    del consent["deployment"]
+    with (
+        client.OwnerClient(a, alice, ca_file=ca, audience=PUBLIC) as owner_client,
+        pytest.raises(AccessDenied, match=r"older form \(sgxcloud-cas-owner-consent-v1\)"),
+    ):
+        owner_client.apply(text, [consent])
+
+
 def test_requests_without_request_id_or_audience_are_refused(two_cas) -> None:  # type: ignore[no-untyped-def]
     """The old v1 signature (no audience, no request id) no longer authenticates."""
     (url, _), ca = two_cas
     owner = pg.owner_key()
+    with client.OwnerClient(url, owner, ca_file=ca) as owner_client:
+        deployment = owner_client.deployment_id()  # what GET /v1/health says
     headers = auth.sign_request(
-        owner, "GET", "/v1/audit", b"", now=int(time.time()), audience=auth.origin_of(url)
+        owner, "GET", "/v1/audit", b"", now=int(time.time()), audience=auth.origin_of(url),
+        deployment=deployment,
     )
     with httpx.Client(verify=pinned_tls(ca)) as http:
-        for dropped in (auth.REQUEST_ID_HEADER, auth.AUDIENCE_HEADER):
+        # Whole, it authenticates (403: the caller owns no policy to audit).
+        assert http.get(f"{url}/v1/audit", headers=headers).status_code == 403
+        for dropped, says in (
+            (auth.REQUEST_ID_HEADER, "request-id"),
+            (auth.AUDIENCE_HEADER, "request-id"),
+            (auth.DEPLOYMENT_HEADER, "older form"),
+        ):
             partial = {k: v for k, v in headers.items() if k != dropped}
             answer = http.get(f"{url}/v1/audit", headers=partial)
-            assert answer.status_code == 401 and "request-id" in answer.json()["message"]
+            assert answer.status_code == 401 and says in answer.json()["message"]
         short = {**headers, auth.REQUEST_ID_HEADER: "ab" * 8}  # 8 bytes: too few to be random
         assert http.get(f"{url}/v1/audit", headers=short).status_code == 401

@@ -42,6 +42,12 @@ class Cas:
     def owner(self, key: Any) -> client.OwnerClient:
         return client.OwnerClient(self.url, key, ca_file=self.ca_file)
 
+    def consent(self, key: Any, text: str, *, url: str | None = None, **options: Any) -> dict:
+        """A co-owner's consent for this CAS (its deployment id; its URL unless ``url``)."""
+        return client.consent(
+            key, url or self.url, text, deployment=self.service.deployment_id, **options
+        )
+
     def apply(self, key: Any, text: str, consents: list[dict] | None = None) -> dict:
         with self.owner(key) as owner:
             return owner.apply(text, consents) if consents else owner.apply(text)
@@ -200,20 +206,20 @@ def test_co_owner_is_listed_with_a_consent_bound_to_service_policy_and_hash(
     now = int(time.time())
     other = pg.policy_text([alice, bob], description="another version")
     for wrong in (
-        client.consent(bob, cas.url, other, now=now),  # another hash
-        client.consent(bob, "https://cas.elsewhere:8443", text, now=now),  # another service
-        client.consent(bob, cas.url, text, now=now - 2 * 86400, valid_for=3600),  # expired
-        client.consent(bob, cas.url, text, now=now, valid_for=8 * 86400),  # too long
-        client.consent(pg.owner_key(), cas.url, text, now=now),  # not an owner listed
+        cas.consent(bob, other, now=now),  # another hash
+        cas.consent(bob, text, now=now, url="https://cas.elsewhere:8443"),  # another service
+        cas.consent(bob, text, now=now - 2 * 86400, valid_for=3600),  # expired
+        cas.consent(bob, text, now=now, valid_for=8 * 86400),  # too long
+        cas.consent(pg.owner_key(), text, now=now),  # not an owner listed
     ):
         with pytest.raises(AccessDenied):
             cas.apply(alice, text, [wrong])
-    forged = client.consent(bob, cas.url, text, now=now)
+    forged = cas.consent(bob, text, now=now)
     forged["expires_at"] += 60  # the signature covers the expiry
     with pytest.raises(AccessDenied, match="does not verify"):
         cas.apply(alice, text, [forged])
 
-    consent = client.consent(bob, cas.url, text, now=now)
+    consent = cas.consent(bob, text, now=now)
     created = cas.apply(alice, text, [consent])
     assert created["created"]
     with cas.owner(bob) as owner:  # Bob signed: he is an owner in full
@@ -222,7 +228,7 @@ def test_co_owner_is_listed_with_a_consent_bound_to_service_policy_and_hash(
     # The same consent cannot bring Bob back into a re-created policy: spent.
     with pytest.raises(AccessDenied, match="already used"):
         cas.apply(alice, text, [consent])
-    fresh = client.consent(bob, cas.url, text, now=now + 1)
+    fresh = cas.consent(bob, text, now=now + 1)
     assert cas.apply(alice, text, [fresh])["created"]
 
 
@@ -234,14 +240,14 @@ def test_an_update_needs_the_consent_of_each_owner_it_adds_only(cas: Cas) -> Non
     with pytest.raises(AccessDenied, match="missing consent of owner1"):
         cas.apply(alice, v2)
     now = int(time.time())
-    cas.apply(alice, v2, [client.consent(bob, cas.url, v2, now=now)])
+    cas.apply(alice, v2, [cas.consent(bob, v2, now=now)])
     # Bob, now a signed owner, updates without anyone's consent; so may Alice.
     v3 = pg.policy_text([alice, bob], predecessor=policy_hash(v2), description="v3")
     cas.apply(bob, v3)
     v4 = pg.policy_text([alice, bob, carol], predecessor=policy_hash(v3))
     with pytest.raises(AccessDenied, match="missing consent of owner2"):
         cas.apply(bob, v4)
-    cas.apply(bob, v4, [client.consent(carol, cas.url, v4, now=now)])
+    cas.apply(bob, v4, [cas.consent(carol, v4, now=now)])
     with cas.owner(carol) as owner:
         assert owner.show("shop")["version"] == 4
 

@@ -497,6 +497,7 @@ def test_random_configuration_documents_are_clean_rejections(data: bytes) -> Non
 
 
 AUD = "https://cas.test:443"
+DEPLOYMENT = "ab" * 16
 
 
 @settings(max_examples=200, deadline=None)
@@ -510,6 +511,7 @@ AUD = "https://cas.test:443"
                 auth.CERT_HEADER,
                 auth.AUDIENCE_HEADER,
                 auth.REQUEST_ID_HEADER,
+                auth.DEPLOYMENT_HEADER,
             ]
         ),
         st.one_of(
@@ -517,6 +519,7 @@ AUD = "https://cas.test:443"
             st.binary(max_size=60).map(lambda b: base64.b64encode(b).decode()),
             st.just(AUD),
             st.just("ab" * 16),
+            st.just(DEPLOYMENT),
             st.just(str(NOW)),
         ),
     )
@@ -524,5 +527,6 @@ AUD = "https://cas.test:443"
 def test_random_signature_headers_never_authenticate(headers: dict) -> None:
     with pytest.raises(auth.AuthenticationError):
         auth.authenticate(
-            headers, "GET", "/v1/audit", b"", now=NOW, max_skew=300, audiences=frozenset({AUD})
+            headers, "GET", "/v1/audit", b"", now=NOW, max_skew=300, audiences=frozenset({AUD}),
+            deployment=DEPLOYMENT,
         )

@@ -40,7 +40,10 @@ class Api:
 
     def signed(self, method: str, path: str, key, body: dict | None = None):  # type: ignore[no-untyped-def]
         content = json.dumps(body).encode() if body is not None else b""
-        headers = auth.sign_request(key, method, path, content, now=self.now, audience=pg.AUDIENCE)
+        headers = auth.sign_request(
+            key, method, path, content, now=self.now, audience=pg.AUDIENCE,
+            deployment=self.service.deployment_id,
+        )
         if body is not None:
             headers["content-type"] = "application/json"
         return self.client.request(method, path, content=content, headers=headers)
@@ -65,7 +68,10 @@ def owner():  # type: ignore[no-untyped-def]
 
 
 def test_health_and_nonce(api: Api) -> None:
-    assert api.client.get("/v1/health").json() == {"state": "ready", "database": "sqlite"}
+    assert api.client.get("/v1/health").json() == {
+        "state": "ready", "database": "sqlite", "deployment": api.service.deployment_id
+    }
+    assert auth.is_deployment_id(api.service.deployment_id)
     first = api.client.post("/v1/nonces").json()
     second = api.client.post("/v1/nonces").json()
     assert first["nonce"] != second["nonce"] and len(bytes.fromhex(first["nonce"])) == 32
@@ -152,7 +158,8 @@ def test_only_owners_change_and_only_owners_or_readers_read(api: Api, owner) -> 
 def test_bad_signatures_are_401(api: Api, owner, mutate, status, error) -> None:  # type: ignore[no-untyped-def]
     content = json.dumps({"policy": pg.policy_text(owner)}).encode()
     headers = auth.sign_request(
-        owner, "PUT", "/v1/policies", content, now=NOW, audience=pg.AUDIENCE
+        owner, "PUT", "/v1/policies", content, now=NOW, audience=pg.AUDIENCE,
+        deployment=api.service.deployment_id,
     )
     headers = mutate(headers)
     headers["content-type"] = "application/json"
@@ -162,7 +169,10 @@ def test_bad_signatures_are_401(api: Api, owner, mutate, status, error) -> None:
 
 def test_signature_covers_the_body(api: Api, owner) -> None:  # type: ignore[no-untyped-def]
     content = json.dumps({"policy": pg.policy_text(owner)}).encode()
-    headers = auth.sign_request(owner, "PUT", "/v1/policies", b"{}", now=NOW, audience=pg.AUDIENCE)
+    headers = auth.sign_request(
+        owner, "PUT", "/v1/policies", b"{}", now=NOW, audience=pg.AUDIENCE,
+        deployment=api.service.deployment_id,
+    )
     headers["content-type"] = "application/json"
     assert api.client.put("/v1/policies", content=content, headers=headers).status_code == 401
 
@@ -188,10 +198,11 @@ def test_client_certificate_owner(api: Api, tmp_path: Path) -> None:
         f"'{fingerprint}'\n  - name: owner\n    public_key:",
     )
     assert "client_certificate_sha256" in text
-    consent = pg.consent_document(text, co_owner)
+    consent = pg.consent_document(text, co_owner, deployment=api.service.deployment_id)
     content = json.dumps({"policy": text, "consents": [consent]}).encode()
     headers = auth.sign_request(
-        key, "PUT", "/v1/policies", content, now=NOW, audience=pg.AUDIENCE, certificate=cert
+        key, "PUT", "/v1/policies", content, now=NOW, audience=pg.AUDIENCE, certificate=cert,
+        deployment=api.service.deployment_id,
     )
     headers["content-type"] = "application/json"
     answer = api.client.put("/v1/policies", content=content, headers=headers)

@@ -118,6 +118,7 @@ def show(
     url: str | None,
     key_file: Path | None,
     cert_file: Path | None,
+    deployment: str | None,
     ca_file: Path | None,
     after: int,
     limit: int,
@@ -139,7 +140,8 @@ def show(
     if url is not None:
         if local:
             raise click.UsageError("give --url (owner, over the API) or a database, not both")
-        with Connection(url, ca_file, key_file, cert_file, as_json).client() as client:
+        owner = Connection(url, ca_file, key_file, cert_file, as_json, deployment=deployment)
+        with owner.client() as client:
             listed = client.audit(after=after, limit=min(limit, 1000))
     else:
         database = _open(config_path, database_url)

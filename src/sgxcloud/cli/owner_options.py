@@ -10,6 +10,35 @@ import click
 
 F = TypeVar("F", bound=Callable[..., object])
 
+DEPLOYMENT_HELP = (
+    "pin the CAS deployment id your signatures name (32 hex digits, or @FILE holding it); "
+    "default: the id the CAS serves at /v1/health, asked over the pinned TLS "
+    "(env SGXCLOUD_CAS_DEPLOYMENT)."
+)
+
+
+def read_deployment(value: str | None) -> str | None:
+    """The deployment id an option names: the id itself, or ``@FILE`` holding it."""
+    from sgxcloud.cas.service.auth import is_deployment_id
+    from sgxcloud.errors import InputError
+
+    if value is None or value == "":
+        return None
+    source = "--deployment"
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            value = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the deployment id file {path}") from exc
+        source = str(path)
+    if not is_deployment_id(value):
+        raise InputError(
+            f"{source} is not a CAS deployment id (32 lower-case hex digits, as "
+            "GET /v1/health and 'sgxcloud cas deployment' show)"
+        )
+    return value
+
 
 def owner_credentials(qualifier: str = "") -> Callable[[F], F]:
     """``--key``, ``--cert`` and ``--ca-file``; ``qualifier`` prefixes each help
@@ -25,6 +54,9 @@ def owner_credentials(qualifier: str = "") -> Callable[[F], F]:
             type=click.Path(dir_okay=False, path_type=Path),
             help=f"{qualifier}your client certificate (PEM), if the policy names you "
                  "by certificate (env SGXCLOUD_CAS_OWNER_CERT)."),
+        click.option(
+            "--deployment", "deployment", envvar="SGXCLOUD_CAS_DEPLOYMENT", metavar="ID|@FILE",
+            help=f"{qualifier}{DEPLOYMENT_HELP}"),
         click.option(
             "--ca-file", envvar="SGXCLOUD_CAS_CA",
             type=click.Path(dir_okay=False, path_type=Path),

@@ -6,10 +6,12 @@ with the owner's private key.  Exit status: 0 done (``diff``: no difference;
 ``validate``: problems found), 2 usage or input error.
 
 The connection options (``--url``, ``--key``, ``--cert``, ``--ca-file``,
-``--json``, ``--wide``) are accepted before or after the subcommand, and
-``--url``/``--key``/``--cert``/``--ca-file`` also come from
-``SGXCLOUD_CAS_URL``/``_OWNER_KEY``/``_OWNER_CERT``/``_CA`` — the one
-convention of every command that talks to a CAS.
+``--deployment``, ``--json``, ``--wide``) are accepted before or after the
+subcommand, and ``--url``/``--key``/``--cert``/``--ca-file``/``--deployment``
+also come from ``SGXCLOUD_CAS_URL``/``_OWNER_KEY``/``_OWNER_CERT``/``_CA``/
+``_DEPLOYMENT`` — the one convention of every command that talks to a CAS.
+Signatures name the CAS deployment: pinned with ``--deployment``, else the id
+the CAS serves at ``/v1/health`` (asked over the pinned TLS).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from sgxcloud.cas.client import OwnerClient
 from sgxcloud.cas.errors import PolicyError
 from sgxcloud.cas.policy import certificate_id, load_policy, public_key_id
 from sgxcloud.cli.output import code, console
-from sgxcloud.cli.owner_options import owner_credentials
+from sgxcloud.cli.owner_options import DEPLOYMENT_HELP, owner_credentials, read_deployment
 from sgxcloud.errors import InputError
 
 
@@ -46,10 +48,14 @@ class Connection:
     cert_file: Path | None
     as_json: bool
     wide: bool = False
+    deployment: str | None = None
 
     def client(self) -> OwnerClient:
         url, key, certificate = self.credentials()
-        return OwnerClient(url, key, ca_file=self.ca_file, certificate=certificate)
+        return OwnerClient(
+            url, key, ca_file=self.ca_file, certificate=certificate,
+            deployment=read_deployment(self.deployment),
+        )
 
     def credentials(self) -> tuple[str, Any, x509.Certificate | None]:
         """URL, private key and (optional) certificate of the owner running the command."""
@@ -113,6 +119,8 @@ def connection_options(function: Any) -> Any:
         click.option("--ca-file", "ca_file", expose_value=False, callback=_override,
                      type=click.Path(dir_okay=False, path_type=Path),
                      help="Trust only this CA for the CAS's TLS (env SGXCLOUD_CAS_CA)."),
+        click.option("--deployment", "deployment", metavar="ID|@FILE", expose_value=False,
+                     callback=_override, help=DEPLOYMENT_HELP[0].upper() + DEPLOYMENT_HELP[1:]),
         click.option("--json", "as_json", is_flag=True, default=None, expose_value=False,
                      callback=_override, help="Print results as JSON for scripts."),
         click.option("--wide", is_flag=True, default=None, expose_value=False,
@@ -135,6 +143,7 @@ def policy(
     ca_file: Path | None,
     key_file: Path | None,
     cert_file: Path | None,
+    deployment: str | None,
     as_json: bool,
     wide: bool,
 ) -> None:
@@ -144,7 +153,7 @@ def policy(
     replaces (see 'show'); if someone else updated first, the service answers
     409 and nothing changes. Options may come before or after the subcommand.
     """
-    ctx.obj = Connection(url, ca_file, key_file, cert_file, as_json, wide)
+    ctx.obj = Connection(url, ca_file, key_file, cert_file, as_json, wide, deployment)
 
 
 def _check_locally(text: str, source: str) -> None:
@@ -260,18 +269,25 @@ def apply(conn: Connection, file: Path, consent_files: tuple[Path, ...]) -> int:
 @connection_options
 @click.pass_obj
 def consent(conn: Connection, file: Path, hours: int, output: Path | None) -> int:
-    """Sign your consent to be an owner of exactly the policy in FILE (no service contacted).
+    """Sign your consent to be an owner of exactly the policy in FILE.
 
     Hand the file to the owner who runs 'policy apply FILE --consent ...'.  It
-    is valid only on the CAS at --url, only for this exact policy version
-    (its hash, which includes the predecessor), only once, until it expires.
+    is valid only on the CAS deployment at --url, only for this exact policy
+    version (its hash, which includes the predecessor), only once, until it
+    expires.  With --deployment no service is contacted; without it, the
+    deployment id is asked of the CAS at --url (GET /v1/health, over --ca-file).
     """
     text = _read(file)
     policy_doc = load_policy(text)
     url, key, certificate = conn.credentials()
+    deployment = read_deployment(conn.deployment)
+    if deployment is None:
+        with conn.client() as client:
+            deployment = client.deployment_id()
     try:
         document = cas_client.consent(
-            key, url, text, now=int(time.time()), valid_for=hours * 3600, certificate=certificate
+            key, url, text, now=int(time.time()), deployment=deployment,
+            valid_for=hours * 3600, certificate=certificate,
         )
     except ValueError as exc:
         raise InputError(str(exc)) from exc
@@ -286,12 +302,13 @@ def consent(conn: Connection, file: Path, hours: int, output: Path | None) -> in
     summary = {
         "policy": policy_doc.name,
         "policy_hash": policy_doc.hash,
+        "deployment": document["deployment"],
         "audience": document["audience"],
         "expires_at": document["expires_at"],
         "file": str(output),
     }
     _emit(conn, summary, f"consent to own {policy_doc.name} at {policy_doc.hash[:12]}… "
-          f"on {document['audience']} written to {output}")
+          f"on {document['audience']} (deployment {document['deployment']}) written to {output}")
     return 0
 
 

@@ -4,6 +4,12 @@ Owners run this from their own machines (``sgxcloud policy``, ``sgxcloud
 audit show --url``); enclaves never need it.  Requests are signed by
 :func:`sgxcloud.cas.service.auth.sign_request`, imported when the first
 request is made, so importing the client package stays light.
+
+Every signature names the CAS *deployment* it is for (an id the CAS serves
+at ``GET /v1/health``, shared by its replicas): taken from there over the
+pinned TLS on first use, or pinned by the owner (``deployment=``), so a
+request or consent made for one deployment is worthless at another — even at
+one reached at the same address.
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ class OwnerClient:
     ``certificate`` is given when the policy names the owner by client
     certificate fingerprint (``client_certificate_sha256``) instead of key.
     Requests are signed for ``base_url``'s origin unless ``audience`` names
-    the CAS's public origin (e.g. when reaching one replica directly).
+    the CAS's public origin (e.g. when reaching one replica directly), and
+    for the deployment id ``deployment`` if given (pinned: the CAS refuses
+    the requests if it is another deployment), else the one the CAS serves
+    at ``GET /v1/health`` (asked once, over the same pinned TLS).
     """
 
     def __init__(
@@ -41,9 +50,13 @@ class OwnerClient:
         http_client: httpx.Client | None = None,
         clock: Any = None,
         audience: str | None = None,
+        deployment: str | None = None,
     ) -> None:
+        if deployment is not None:
+            deployment = _checked_deployment(deployment, "the pinned deployment id")
         self._key = key
         self._audience = audience
+        self._deployment = deployment
         self._certificate = certificate
         self._clock = clock or time.time
         if http_client is None:
@@ -61,18 +74,45 @@ class OwnerClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    def deployment_id(self) -> str:
+        """The id of the CAS deployment this client signs for (pinned, or asked once)."""
+        if self._deployment is None:
+            try:
+                response = self._http.get("/v1/health")
+            except httpx.HTTPError as exc:
+                raise ClientError(
+                    f"cannot reach the CAS at {self.base_url}: {type(exc).__name__}"
+                ) from exc
+            if response.status_code != 200:
+                raise ClientError(
+                    f"CAS at {self.base_url} answered {response.status_code} to GET /v1/health"
+                )
+            try:
+                named = response.json().get("deployment")
+            except (ValueError, AttributeError):
+                named = None
+            if not named:
+                raise ClientError(
+                    f"the CAS at {self.base_url} names no deployment id (GET /v1/health): "
+                    "it is older than this client; upgrade the CAS"
+                )
+            self._deployment = _checked_deployment(named, f"the CAS at {self.base_url}")
+        return self._deployment
+
     def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> httpx.Response:
         from sgxcloud.cas.service.auth import origin_of, sign_request
 
         content = b"" if body is None else _canonical(body)
+        deployment = self.deployment_id()
         headers = sign_request(
             self._key,
             method,
             path,
             content,
             now=int(self._clock()),
+            deployment=deployment,
             audience=origin_of(self._audience or self.base_url),
             certificate=self._certificate,
         )
@@ -119,10 +159,12 @@ def consent(
     text: str,
     *,
     now: int,
+    deployment: str,
     valid_for: int = DEFAULT_CONSENT_SECONDS,
     certificate: x509.Certificate | None = None,
 ) -> dict[str, Any]:
-    """A co-owner's signed consent to own exactly the policy ``text`` on the CAS at ``base_url``.
+    """A co-owner's signed consent to own exactly the policy ``text`` on the CAS
+    ``deployment`` (its id: pinned, or :meth:`OwnerClient.deployment_id`) at ``base_url``.
 
     The owner who applies the policy sends it along; the CAS accepts it once,
     before it expires, for this policy version only.  Needs no connection.
@@ -133,12 +175,21 @@ def consent(
     policy = load_policy(text)
     return sign_consent(
         key,
+        deployment=_checked_deployment(deployment, "the deployment id"),
         audience=origin_of(base_url),
         policy=policy.name,
         policy_hash=policy.hash,
         expires_at=now + valid_for,
         certificate=certificate,
     )
+
+
+def _checked_deployment(value: str, source: str) -> str:
+    from sgxcloud.cas.service.auth import is_deployment_id
+
+    if not isinstance(value, str) or not is_deployment_id(value):
+        raise ClientError(f"{source} is not a CAS deployment id (32 hex digits): {value!r:.80}")
+    return value
 
 
 def _canonical(body: dict[str, Any]) -> bytes:

@@ -142,6 +142,7 @@ def create_app(
             body,
             now=now(),
             max_skew=max_skew,
+            deployment=cas().deployment_id,
             audiences=app.state.audiences,
             tls_client_certificate=peer,
             certificates=certificates,
@@ -171,7 +172,10 @@ def create_app(
 
     @app.get("/v1/health", response_model=schemas.HealthResponse, tags=["service"])
     def health() -> schemas.HealthResponse:
-        return schemas.HealthResponse(state=cas().state, database=cas().database.dialect)
+        """State, database kind, and the deployment id owners' signatures must name."""
+        return schemas.HealthResponse(
+            state=cas().state, database=cas().database.dialect, deployment=cas().deployment_id
+        )
 
     @app.get("/v1/health/live", response_model=schemas.ProbeResponse, tags=["service"],
              response_model_exclude_none=True)
@@ -243,6 +247,7 @@ def create_app(
         consents = [
             auth.verify_consent(
                 c.model_dump(),
+                deployment=cas().deployment_id,
                 audiences=app.state.audiences,
                 now=now(),
                 certificates=certificates,

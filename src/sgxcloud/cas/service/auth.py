@@ -1,9 +1,9 @@
 """Signed owner requests: who is calling, proven by a signature over the request.
 
-An owner signs ``sgxcloud-cas-request-v2``, the service's origin (the
-*audience*, see :func:`origin_of`), the method, the path (with query), the
-time, a fresh request id and the SHA-256 of the body with the private key of
-either
+An owner signs ``sgxcloud-cas-request-v3``, the service's *deployment id*,
+its origin (the *audience*, see :func:`origin_of`), the method, the path
+(with query), the time, a fresh request id and the SHA-256 of the body with
+the private key of either
 
 * a public key listed in the policy (header ``X-Sgxcloud-Key``: base64 DER
   SubjectPublicKeyInfo), or
@@ -18,19 +18,32 @@ either
 
 The resulting principal id is the one :mod:`sgxcloud.cas.policy.access`
 derives from the policy, so matching is a string comparison.  The time must
-be within the configured skew, the audience one of the service's own origins,
-and the request id unused: the service records (signer, request id) in its
-database until the request's time leaves the skew window, so a captured
-request is accepted once — never replayed after a delete or a revert, and
-never at another service, or at another replica sharing the database.
+be within the configured skew, the deployment id the service's own, the
+audience one of its own origins, and the request id unused: the service
+records (signer, request id) in its database until the request's time leaves
+the skew window, so a captured request is accepted once — never replayed
+after a delete or a revert, never at another replica sharing the database,
+and never at another deployment, even one reached at the same origin.
+
+The deployment id is random, made once with the deployment's database (so
+replicas sharing it share the id, and a backup carries it), and served
+unauthenticated by ``GET /v1/health``.  Origins alone cannot tell
+deployments apart: two CASes without ``public_urls`` on one loopback port, or
+two behind one name, have the same origin but separate records of used
+request ids, so a request signed for one could be spent again at the other.
+Older signatures (``sgxcloud-cas-request-v2`` and before) name no deployment
+and are refused with a message naming the upgrade; the service cannot know
+whether its origin is unique, so it cannot accept them safely anywhere.
 
 Co-owners consent.  Listing someone as an owner hands them the policy's
 secrets *and* lends the policy their identity (exporters pin importers by an
 owner id, and the reverse), so a policy may list only owners who signed it:
 each co-owner other than the caller signs a :func:`sign_consent` statement over
-the service (its origin, see :func:`origin_of`), the policy name and the exact
+the service (its deployment id and origin), the policy name and the exact
 policy hash (which includes the predecessor), with an expiry of at most
 :data:`CONSENT_MAX_LIFETIME`.  The service spends each consent once.
+Consents of the older form (``sgxcloud-cas-owner-consent-v1``, no deployment)
+are refused.
 """
 
 from __future__ import annotations
@@ -64,12 +77,22 @@ CERT_HEADER = "x-sgxcloud-certificate"
 SIGNATURE_HEADER = "x-sgxcloud-signature"
 AUDIENCE_HEADER = "x-sgxcloud-audience"
 REQUEST_ID_HEADER = "x-sgxcloud-request-id"
+DEPLOYMENT_HEADER = "x-sgxcloud-deployment"
 PEER_CERTIFICATE_STATE = "sgxcloud_tls_client_certificate"
 """Key in a request's ASGI ``state`` holding the verified TLS client certificate (DER)."""
-_DOMAIN = b"sgxcloud-cas-request-v2"
+_DOMAIN = b"sgxcloud-cas-request-v3"
 _REQUEST_ID = re.compile(r"[0-9a-f]{32,128}")
 """At least 16 random bytes, hex (``sign_request`` sends 16); bounded."""
-_CONSENT_DOMAIN = b"sgxcloud-cas-owner-consent-v1"
+DEPLOYMENT_PATTERN = "^[0-9a-f]{32}$"
+"""A deployment id: 16 random bytes, hex (migration 0003 makes it)."""
+_DEPLOYMENT = re.compile(DEPLOYMENT_PATTERN)
+_CONSENT_DOMAIN = b"sgxcloud-cas-owner-consent-v2"
+_OLDER_REQUEST = (
+    "request is signed in an older form (sgxcloud-cas-request-v2 or before) that names no "
+    f"CAS deployment ({DEPLOYMENT_HEADER}), so it could be replayed at another CAS with the "
+    "same address: upgrade the owner client (sgxcloud policy, OwnerClient) to sign "
+    "sgxcloud-cas-request-v3"
+)
 CONSENT_MAX_LIFETIME = 7 * 86400
 """Longest a consent may be valid for: owners sign offline, but not forever."""
 
@@ -257,12 +280,25 @@ class Caller:
     spend_until: int = 0
 
 
+def is_deployment_id(text: str) -> bool:
+    """Whether ``text`` has the form of a deployment id (32 lower-case hex digits)."""
+    return _DEPLOYMENT.fullmatch(text) is not None
+
+
 def signing_payload(
-    method: str, path: str, date: int, body: bytes, *, audience: str, request_id: str
+    method: str,
+    path: str,
+    date: int,
+    body: bytes,
+    *,
+    deployment: str,
+    audience: str,
+    request_id: str,
 ) -> bytes:
     return b"\n".join(
         [
             _DOMAIN,
+            deployment.encode(),
             audience.encode(),
             method.upper().encode(),
             path.encode(),
@@ -280,16 +316,25 @@ def sign_request(
     body: bytes,
     *,
     now: int,
+    deployment: str,
     audience: str,
     certificate: x509.Certificate | None = None,
     request_id: str | None = None,
 ) -> dict[str, str]:
-    """Headers that authenticate one request to the service at ``audience`` (an origin)."""
+    """Headers that authenticate one request to the CAS ``deployment`` at ``audience`` (an origin).
+
+    ``deployment`` is the id the CAS serves at ``GET /v1/health``.
+    """
+    if not is_deployment_id(deployment):
+        raise ValueError(f"not a CAS deployment id (32 hex digits): {deployment!r}")
     request_id = request_id or os.urandom(16).hex()
-    payload = signing_payload(method, path, now, body, audience=audience, request_id=request_id)
+    payload = signing_payload(
+        method, path, now, body, deployment=deployment, audience=audience, request_id=request_id
+    )
     signature = _sign(key, payload)
     headers = {
         DATE_HEADER: str(now),
+        DEPLOYMENT_HEADER: deployment,
         AUDIENCE_HEADER: audience,
         REQUEST_ID_HEADER: request_id,
         SIGNATURE_HEADER: base64.b64encode(signature).decode(),
@@ -313,11 +358,14 @@ def authenticate(
     *,
     now: int,
     max_skew: int,
+    deployment: str,
     audiences: frozenset[str],
     tls_client_certificate: bytes | None = None,
     certificates: OwnerCertificates = _VALIDITY_ONLY,
 ) -> Caller:
     """The caller proven by the request's signature or, failing that, by mutual TLS.
+
+    ``deployment`` is this service's deployment id: a signature must name it.
 
     The caller must then spend ``Caller.spend_id`` (the service does, in its
     database) before acting: this function cannot see earlier requests.
@@ -339,26 +387,44 @@ def authenticate(
         signature = base64.b64decode(signature_text, validate=True)
     except (ValueError, binascii.Error) as exc:
         raise AuthenticationError("request signature headers are malformed") from exc
+    signed_for = _signed_deployment(headers)
     request_id = headers.get(REQUEST_ID_HEADER, "")
     audience = headers.get(AUDIENCE_HEADER, "")
     if not _REQUEST_ID.fullmatch(request_id) or not audience:
         raise AuthenticationError(
-            f"request names no {AUDIENCE_HEADER} or valid {REQUEST_ID_HEADER} "
-            "(an older client? sign with sgxcloud-cas-request-v2)"
+            f"request names no {AUDIENCE_HEADER} or valid {REQUEST_ID_HEADER}"
         )
     if audience not in audiences:
         raise AuthenticationError("request was signed for another service (audience)")
+    # Origins may be shared (loopback, one name for two deployments): the id is not.
+    if signed_for != deployment:
+        raise AuthenticationError(
+            f"request was signed for another CAS deployment ({signed_for}); this CAS is "
+            f"deployment {deployment} (GET /v1/health): sign for it"
+        )
     if abs(now - date) > max_skew:
         raise AuthenticationError(
             f"request time is {date - now:+d} s from the service's clock (allowed ±{max_skew} s)"
         )
     public_key, caller_id = _credential(headers, certificates, now)
-    payload = signing_payload(method, path, date, body, audience=audience, request_id=request_id)
+    payload = signing_payload(
+        method, path, date, body, deployment=deployment, audience=audience, request_id=request_id
+    )
     if not _verifies(public_key, signature, payload):
         raise AuthenticationError("request signature does not verify")
     spend = hashlib.sha256(f"request\n{caller_id}\n{request_id}".encode()).hexdigest()
     # Kept until no clock could accept the request again.
     return Caller(caller_id, spend_id=spend, spend_until=date + max_skew + 1)
+
+
+def _signed_deployment(headers: Mapping[str, str]) -> str:
+    """The deployment id a signed request names; the upgrade message if it names none."""
+    named = headers.get(DEPLOYMENT_HEADER)
+    if not named:
+        raise AuthenticationError(_OLDER_REQUEST)
+    if not is_deployment_id(named):
+        raise AuthenticationError(f"{DEPLOYMENT_HEADER} is not a deployment id (32 hex digits)")
+    return named
 
 
 def _sign(key: SigningKey, payload: bytes) -> bytes:
@@ -400,9 +466,11 @@ def _credential_fields(key: SigningKey, certificate: x509.Certificate | None) ->
 def origin_of(url: str) -> str:
     """``scheme://host:port`` of ``url``, lower-case, the port always explicit.
 
-    Owners' signatures name the origin they were made for; a service accepts
-    only its own origins (setting ``public_urls``), so a request or consent
-    sent to one service cannot be relayed to another.
+    Owners' signatures name the origin they were made for (and the
+    deployment id); a service accepts only its own origins (setting
+    ``public_urls``).  Origins need not be unique — two deployments may share
+    one — so the deployment id, not the origin, keeps a request or consent
+    for one deployment from being spent at another.
     """
     parts = urlsplit(url.strip())
     if parts.scheme not in {"https", "http"} or not parts.hostname:
@@ -425,6 +493,7 @@ class Consent:
     """A verified consent: ``principal`` agrees to own ``policy`` at ``policy_hash``."""
 
     principal: str
+    deployment: str
     policy: str
     policy_hash: str
     expires_at: int
@@ -434,23 +503,31 @@ class Consent:
     malleable, so a signature digest could be dodged)."""
 
 
-def consent_payload(audience: str, policy: str, policy_hash: str, expires_at: int) -> bytes:
-    fields = [audience, policy, policy_hash, str(expires_at)]
+def consent_payload(
+    deployment: str, audience: str, policy: str, policy_hash: str, expires_at: int
+) -> bytes:
+    fields = [deployment, audience, policy, policy_hash, str(expires_at)]
     return b"\n".join([_CONSENT_DOMAIN, *(f.encode() for f in fields)])
 
 
 def sign_consent(
     key: SigningKey,
     *,
+    deployment: str,
     audience: str,
     policy: str,
     policy_hash: str,
     expires_at: int,
     certificate: x509.Certificate | None = None,
 ) -> dict[str, Any]:
-    """A co-owner's consent to be an owner of exactly this policy version on this service."""
-    signature = _sign(key, consent_payload(audience, policy, policy_hash, expires_at))
+    """A co-owner's consent to be an owner of exactly this policy version on this
+    CAS ``deployment`` (its id, from ``GET /v1/health``) at ``audience``."""
+    if not is_deployment_id(deployment):
+        raise ValueError(f"not a CAS deployment id (32 hex digits): {deployment!r}")
+    payload = consent_payload(deployment, audience, policy, policy_hash, expires_at)
+    signature = _sign(key, payload)
     return {
+        "deployment": deployment,
         "audience": audience,
         "policy": policy,
         "policy_hash": policy_hash,
@@ -463,12 +540,15 @@ def sign_consent(
 def verify_consent(
     document: Mapping[str, Any],
     *,
+    deployment: str,
     audiences: frozenset[str],
     now: int,
     certificates: OwnerCertificates = _VALIDITY_ONLY,
 ) -> Consent:
-    """The consent ``document`` proves; AuthenticationError says why it proves none."""
+    """The consent ``document`` proves for this CAS (``deployment``, ``audiences``);
+    AuthenticationError says why it proves none."""
     try:
+        signed_for = document.get("deployment")
         audience = str(document["audience"])
         policy = str(document["policy"])
         policy_hash = str(document["policy_hash"])
@@ -479,6 +559,16 @@ def verify_consent(
     public_key, principal = _load_credential(
         document.get("key"), document.get("certificate"), certificates, now
     )
+    if not signed_for:
+        raise AuthenticationError(
+            f"the consent of {principal} is in an older form (sgxcloud-cas-owner-consent-v1) "
+            "that names no CAS deployment: have it made again with 'sgxcloud policy consent'"
+        )
+    if signed_for != deployment:
+        raise AuthenticationError(
+            f"the consent of {principal} was made for another CAS deployment; this CAS is "
+            f"deployment {deployment}"
+        )
     if audience not in audiences:
         raise AuthenticationError(f"the consent of {principal} was made for another service")
     if expires_at <= now:
@@ -487,11 +577,11 @@ def verify_consent(
         raise AuthenticationError(
             f"the consent of {principal} is valid for longer than {CONSENT_MAX_LIFETIME} s"
         )
-    payload = consent_payload(audience, policy, policy_hash, expires_at)
+    payload = consent_payload(deployment, audience, policy, policy_hash, expires_at)
     if not _verifies(public_key, signature, payload):
         raise AuthenticationError(f"the consent of {principal} does not verify")
     spend = hashlib.sha256(b"consent\n" + principal.encode() + b"\n" + payload).hexdigest()
-    return Consent(principal, policy, policy_hash, expires_at, spend)
+    return Consent(principal, deployment, policy, policy_hash, expires_at, spend)
 
 
 def check_headers(
@@ -504,9 +594,10 @@ def check_headers(
     """The checks of :func:`authenticate` that need neither the body nor the
     database, made before the body is read (``sgxcloud.web.limits``).
 
-    An unsigned, malformed or stale request is refused here, so a stranger
-    cannot make the service read (and hold) a body at all; the signature,
-    audience, credential and request id are checked by :func:`authenticate`.
+    An unsigned, malformed, stale or older-form (no deployment) request is
+    refused here, so a stranger cannot make the service read (and hold) a
+    body at all; the signature, deployment and audience values, credential
+    and request id are checked by :func:`authenticate`.
     """
     date_text = headers.get(DATE_HEADER)
     signature_text = headers.get(SIGNATURE_HEADER)
@@ -519,6 +610,7 @@ def check_headers(
         base64.b64decode(signature_text, validate=True)
     except (ValueError, binascii.Error) as exc:
         raise AuthenticationError("request signature headers are malformed") from exc
+    _signed_deployment(headers)
     if abs(now - date) > max_skew:
         raise AuthenticationError(
             f"request time is {date - now:+d} s from the service's clock (allowed ±{max_skew} s)"

@@ -200,6 +200,8 @@ class CasService:
         # None: any authenticated caller may create a policy (the default).
         self.policy_creators = policy_creators
         self._state = State.CREATED
+        # Read from the database at start (owners' signatures must name it).
+        self.deployment_id = ""
         self._lock = threading.Lock()
         self._attest_slots = threading.BoundedSemaphore(attest_concurrency)
         self._nonces = NonceMinter(keyring, nonce_ttl)
@@ -295,8 +297,11 @@ class CasService:
             with self.database.transaction() as repo:
                 for key_id in sorted(repo.master_key_ids()):
                     self.keyring.find(key_id)
+                self.deployment_id = repo.deployment_id()
             self._state = State.READY
-            log.info("CAS ready (database %s)", self.database.dialect)
+            log.info(
+                "CAS ready (database %s, deployment %s)", self.database.dialect, self.deployment_id
+            )
 
     def stop(self) -> None:
         with self._lock:

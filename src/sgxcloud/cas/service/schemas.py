@@ -38,6 +38,10 @@ class ProbeResponse(_Model):
 class HealthResponse(_Model):
     state: str
     database: str
+    deployment: str = Field(
+        description="this CAS deployment's id (shared by its replicas): owners' signed "
+        "requests and consents must name it"
+    )
 
 
 class NonceResponse(_Model):
@@ -79,6 +83,12 @@ class AttestResponse(_Model):
 class ConsentBody(_Model):
     """A co-owner's signed consent (made by 'sgxcloud policy consent')."""
 
+    deployment: str | None = Field(
+        None,
+        max_length=64,
+        description="id of the CAS deployment it is for (GET /v1/health); "
+        "required: consents without it are of an older form and refused",
+    )
     audience: str = Field(max_length=300, description="origin of the service it is for")
     policy: str = Field(pattern=NAME_PATTERN)
     policy_hash: str = Field(pattern="^[0-9a-f]{64}$")

@@ -100,6 +100,16 @@ class SpentSignatureRow(Base):
     expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
 
 
+class DeploymentRow(Base):
+    """The single row naming this deployment (migration 0003): owners' signatures bind it."""
+
+    __tablename__ = "deployment"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    deployment_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 class AuditHeadRow(Base):
     """The single row that every audit append locks: it serialises the chain."""
 

@@ -28,6 +28,7 @@ from sgxcloud.cas.store.errors import StoreError
 from sgxcloud.cas.store.models import (
     AuditEntryRow,
     AuditHeadRow,
+    DeploymentRow,
     NonceRow,
     PolicyRow,
     PolicyVersionRow,
@@ -226,6 +227,20 @@ class Repository:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+    # -- the deployment ----------------------------------------------------------
+
+    def deployment_id(self) -> str:
+        """This deployment's id (made once with the database, migration 0003).
+
+        Owners' signatures name it; replicas sharing the database share it.
+        """
+        found = self.session.scalar(
+            select(DeploymentRow.deployment_id).where(DeploymentRow.id == 1)
+        )
+        if found is None:
+            raise StoreError("the database names no deployment (its 'deployment' row is missing)")
+        return found
 
     # -- nonces --------------------------------------------------------------
 
