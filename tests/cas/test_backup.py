@@ -97,8 +97,13 @@ def test_backup_taken_under_attestations_restores_to_a_verifying_chain(
     database = Database.open(restored_url, migrate=False)
     try:
         restored = audit.entries(database)
+        with database.transaction() as repo:
+            restored_deployment = repo.deployment_id()
     finally:
         database.close()
+    # The same deployment: owners' signatures made for it are valid on the restored database
+    # (PostgreSQL: the target's own id, made when it was migrated, is replaced).
+    assert restored_deployment == service.deployment_id
     # A state the live chain really passed through: a prefix of it, mid-traffic.
     assert 1 < len(restored) < len(live)
     assert [e.entry_hash for e in restored] == [e.entry_hash for e in live[: len(restored)]]

@@ -270,6 +270,110 @@ def test_cas_serve_process_restart_keeps_everything(home: Path) -> None:
     assert cli(["audit", "verify", "--config", str(settings_path)]) == 0
 
 
+def test_owner_cli_signs_for_one_of_two_deployments_at_the_same_address(
+    tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """Red team a06 part 3 end to end: two 'cas serve' deployments with default settings
+    (no public_urls), one after the other on 127.0.0.1:PORT — one origin, two databases."""
+    import socket
+    import time
+
+    import httpx
+
+    from sgxcloud.cas import client
+    from sgxcloud.cas.service import auth
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = {}
+    for name in ("a", "b"):
+        assert cli(["cas", "init", str(tmp_path / name), "--loopback-tls"]) == 0
+        path = tmp_path / name / "cas.yaml"
+        path.write_text(path.read_text().replace("port: 8443", f"port: {port}"))
+        settings[name] = path
+    capsys.readouterr()
+    owner, bob = pg.owner_key(), pg.owner_key()
+    owner_file, bob_file = tmp_path / "owner.pem", tmp_path / "bob.pem"
+    owner_file.write_bytes(pg.private_pem(owner))
+    bob_file.write_bytes(pg.private_pem(bob))
+    shop, shared = tmp_path / "shop.yaml", tmp_path / "shared.yaml"
+    shop.write_text(pg.policy_text(owner))
+    shared.write_text(pg.policy_text([owner, bob], name="shared"))
+    consent_for_a = tmp_path / "bob-for-a.json"
+
+    def stop(process) -> None:  # type: ignore[no-untyped-def]
+        process.terminate()
+        process.wait(timeout=20)
+
+    process, url, ca = _serve(settings["a"])
+    try:
+        as_owner = ["policy", "--url", url, "--ca-file", str(ca), "--key", str(owner_file)]
+        assert cli([*as_owner, "apply", str(shop)]) == 0
+        capsys.readouterr()
+        # Bob's consent: the deployment id is asked of A, over A's pinned TLS.
+        as_bob = ["policy", "--url", url, "--ca-file", str(ca), "--key", str(bob_file)]
+        assert cli([*as_bob, "--json", "consent", str(shared), "-o", str(consent_for_a)]) == 0
+        deployment_a = json.loads(capsys.readouterr().out)["deployment"]
+        with httpx.Client(verify=client.pinned_tls(ca)) as http:
+            assert http.get(f"{url}/v1/health").json()["deployment"] == deployment_a
+        # A delete of A's policy, signed for A and not sent yet: what an attacker captures.
+        path = f"/v1/policies/shop?predecessor={policy_hash(shop.read_text())}"
+        captured = auth.sign_request(owner, "DELETE", path, b"", now=int(time.time()),
+                                     deployment=deployment_a, audience=auth.origin_of(url))
+    finally:
+        stop(process)
+
+    process, url_b, ca_b = _serve(settings["b"])
+    try:
+        assert url_b == url  # the same origin
+        as_owner_b = ["policy", "--url", url, "--ca-file", str(ca_b), "--key", str(owner_file)]
+        assert cli([*as_owner_b, "apply", str(shop)]) == 0  # B's own id, asked of B
+        capsys.readouterr()
+        with httpx.Client(verify=client.pinned_tls(ca_b)) as http:
+            relayed = http.delete(url + path, headers=captured)
+        assert relayed.status_code == 401 and "another CAS deployment" in relayed.text
+        assert cli([*as_owner_b, "--json", "show", "shop"]) == 0
+        assert json.loads(capsys.readouterr().out)["version"] == 1
+        # A's consent is worthless at B: one line, exit 1, nothing stored.
+        assert cli([*as_owner_b, "apply", str(shared), "--consent", str(consent_for_a)]) == 1
+        err = capsys.readouterr().err
+        assert "made for another CAS deployment" in err and err.count("\n") == 1
+        # An owner who pinned A's id (option or environment) never signs for B.
+        assert cli([*as_owner_b, "--deployment", deployment_a, "show", "shop"]) == 1
+        assert "signed for another CAS deployment" in capsys.readouterr().err
+    finally:
+        stop(process)
+
+    process, url, ca = _serve(settings["a"])
+    try:
+        with httpx.Client(verify=client.pinned_tls(ca)) as http:
+            assert http.delete(url + path, headers=captured).status_code == 204  # A's own
+        pin = tmp_path / "a.deployment"
+        pin.write_text(deployment_a + "\n")
+        pinned = ["policy", "--url", url, "--ca-file", str(ca), "--key", str(owner_file),
+                  "--deployment", f"@{pin}"]
+        assert cli([*pinned, "--json", "apply", str(shared), "--consent",
+                    str(consent_for_a)]) == 0
+        assert json.loads(capsys.readouterr().out)["created"] is True
+        assert cli([*pinned, "show", "shop"]) == 1  # deleted by the captured request, at A
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize("value", ["cas.example", "ABCDEF" * 6, "@/nonexistent/deployment"])
+def test_a_bad_pinned_deployment_is_one_line_exit_2(tmp_path: Path, capsys, value) -> None:  # type: ignore[no-untyped-def]
+    key_file = tmp_path / "owner.pem"
+    key_file.write_bytes(pg.private_pem(pg.owner_key()))
+    policy_file = tmp_path / "p.yaml"
+    policy_file.write_text(pg.policy_text(pg.owner_key()))
+    command = ["policy", "--url", "https://127.0.0.1:1", "--key", str(key_file),
+               "--deployment", value, "consent", str(policy_file)]
+    assert cli(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "deployment id" in err
+
+
 def test_service_refuses_to_start_with_the_wrong_master_key(home: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from sgxcloud.cas import secrets
     from sgxcloud.cas.policy import public_key_id
@@ -400,14 +504,16 @@ def test_policy_consent_then_apply_with_it(running, tmp_path: Path, capsys) -> N
     assert cli([*base, "apply", str(shared)]) == 1
     assert "missing consent of owner1" in capsys.readouterr().err
     consent = tmp_path / "bob.consent.json"
-    bob_cli = ["policy", "--url", url, "--key", str(bob_key)]
+    # The CAS's deployment id is asked of it over the pinned TLS (or pinned with --deployment).
+    bob_cli = ["policy", "--url", url, "--key", str(bob_key), "--ca-file",
+               base[base.index("--ca-file") + 1]]
     assert cli([*bob_cli, "--json", "consent", str(shared), "-o", str(consent)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["policy_hash"] == policy_hash(shared.read_text())
     assert cli([*base, "--json", "apply", str(shared), "--consent", str(consent)]) == 0
     assert json.loads(capsys.readouterr().out)["created"] is True
     # Bob is an owner now: he reads it with his own key (no consent needed for that).
-    assert cli([*bob_cli, "--ca-file", base[base.index("--ca-file") + 1], "show", "shop"]) == 0
+    assert cli([*bob_cli, "show", "shop"]) == 0
     capsys.readouterr()
     # A file that is not a consent: one line, exit 2.
     assert cli([*base, "apply", str(shared), "--consent", str(shared)]) == 2
