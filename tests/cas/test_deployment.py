@@ -10,6 +10,7 @@ deployments at one origin: ``test_owner_replay.py``; the CLI end to end:
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def test_a_cas_that_names_no_deployment_is_a_clear_client_error(tmp_path: Path) 
     with (
         background_https(older, tls) as url,
         client.OwnerClient(url, pg.owner_key(), ca_file=tls.ca_cert) as owner,
-        pytest.raises(client.ClientError, match="names no deployment id .* upgrade the CAS"),
+        pytest.raises(client.ClientError, match=r"names no deployment id .* upgrade the CAS"),
     ):
         owner.show("shop")
 
@@ -169,3 +170,47 @@ def test_the_database_row_is_the_one_source(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="names no deployment"):
         pg.make_service(url)
+
+
+def test_a_copy_renewed_as_a_deployment_of_its_own_refuses_the_originals_requests(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A restore is the same deployment; 'cas deployment --renew' makes a copy another one."""
+    import shutil
+
+    from sgxcloud.cli.main import main as cli
+
+    monkeypatch.delenv("SGXCLOUD_CAS_DATABASE_URL", raising=False)
+    key = secrets.MasterKey.generate()
+    key_file = tmp_path / "master.key"
+    secrets.write_master_key(key_file, key)
+    original = pg.make_service(f"sqlite:///{tmp_path / 'prod.db'}", secrets.Keyring(key))
+    owner = pg.owner_key()
+    original.apply_policy(_id(owner), pg.policy_text(owner), pg.CLOCK)
+    prod_id = original.deployment_id
+    original.stop()
+    shutil.copy(tmp_path / "prod.db", tmp_path / "staging.db")
+    settings = tmp_path / "staging.yaml"
+    settings.write_text(
+        f"database_url: sqlite:///{tmp_path / 'staging.db'}\nmaster_key_file: {key_file}\n"
+    )
+    assert cli(["cas", "deployment", "--config", str(settings)]) == 0
+    assert capsys.readouterr().out.strip() == prod_id  # a copy: the same deployment
+    assert cli(["cas", "deployment", "--config", str(settings), "--renew", "--json"]) == 0
+    renewed = json.loads(capsys.readouterr().out)
+    assert renewed["previous"] == prod_id and auth.is_deployment_id(renewed["deployment"])
+    assert renewed["deployment"] != prod_id
+    staging = pg.make_service(f"sqlite:///{tmp_path / 'staging.db'}", secrets.Keyring(key))
+    tls = make_loopback_tls(tmp_path / "tls")
+    try:
+        assert staging.deployment_id == renewed["deployment"]
+        with background_https(create_app(staging), tls) as url:
+            with (
+                client.OwnerClient(url, owner, ca_file=tls.ca_cert, deployment=prod_id) as old,
+                pytest.raises(AccessDenied, match="another CAS deployment"),
+            ):
+                old.show("shop")
+            with client.OwnerClient(url, owner, ca_file=tls.ca_cert) as fresh:
+                assert fresh.show("shop")["version"] == 1
+    finally:
+        staging.stop()

@@ -191,8 +191,8 @@ def test_a_consent_for_one_deployment_is_refused_by_another_at_the_same_origin(
     bobs = client.consent(bob, PUBLIC, text, now=int(time.time()),
                           deployment=services[0].deployment_id)
     with client.OwnerClient(b, alice, ca_file=ca, audience=PUBLIC) as at_b:
-        with pytest.raises(AccessDenied, match="consent of key:sha256:[0-9a-f]+ was made for "
-                                               "another CAS deployment"):
+        with pytest.raises(AccessDenied, match=r"consent of key:sha256:[0-9a-f]+ was made for "
+                                               r"another CAS deployment"):
             at_b.apply(text, [bobs])
         with pytest.raises(client.PolicyNotFound):
             at_b.show("shop")
@@ -282,7 +282,7 @@ def test_a_replica_with_a_clock_ahead_does_not_purge_a_request_another_still_acc
 
 
 def _older_signature(key: Any, method: str, path: str, *, now: int, audience: str) -> dict:
-    """Headers as the owner client before the deployment id signed them (sgxcloud-cas-request-v2)."""
+    """Headers as owner clients signed before the deployment id (sgxcloud-cas-request-v2)."""
     import base64
     import hashlib
     import os

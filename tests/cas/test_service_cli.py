@@ -317,6 +317,9 @@ def test_owner_cli_signs_for_one_of_two_deployments_at_the_same_address(
         deployment_a = json.loads(capsys.readouterr().out)["deployment"]
         with httpx.Client(verify=client.pinned_tls(ca)) as http:
             assert http.get(f"{url}/v1/health").json()["deployment"] == deployment_a
+        # The operator reads the same id from the database, to hand to owners who pin it.
+        assert cli(["cas", "deployment", "--config", str(settings["a"]), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"deployment": deployment_a}
         # A delete of A's policy, signed for A and not sent yet: what an attacker captures.
         path = f"/v1/policies/shop?predecessor={policy_hash(shop.read_text())}"
         captured = auth.sign_request(owner, "DELETE", path, b"", now=int(time.time()),

@@ -309,6 +309,48 @@ def restore(source: Path, config_path: Path | None, replace: bool, as_json: bool
     return 0 if report.audit.ok else 1
 
 
+@cas.command(name="deployment")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=_CONFIG_HELP
+)
+@click.option(
+    "--renew",
+    is_flag=True,
+    help="Give the database a new id first: for a copy (a restored backup) that becomes a "
+    "deployment of its own. Stop every 'cas serve' on it before.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def deployment(config_path: Path | None, renew: bool, as_json: bool) -> int:
+    """Print this CAS deployment's id, which owners' signatures name.
+
+    Random, made once with the database: every replica sharing it has the
+    same id, and a backup restored elsewhere carries it (a restore is the same
+    deployment). Owners who want to pin it pass it to 'sgxcloud policy
+    --deployment' (otherwise their client asks GET /v1/health over the pinned
+    TLS). A copy started as a separate CAS (e.g. staging from a production
+    backup) would accept requests signed for the original: --renew it first;
+    signed requests, consents and pins made for the old id then fail there.
+    """
+    from sgxcloud.cas.store import Database
+
+    settings = load_settings(config_path)
+    database = Database.open(settings.database_url, migrate=False)
+    try:
+        with database.transaction() as repo:
+            previous = repo.deployment_id()
+            found = repo.renew_deployment_id() if renew else previous
+    finally:
+        database.close()
+    if as_json:
+        answer = {"deployment": found, **({"previous": previous} if renew else {})}
+        click.echo(json.dumps(answer))
+    elif renew:
+        console().print(f"deployment {found} (was {previous})", highlight=False)
+    else:
+        click.echo(found)
+    return 0
+
+
 @cas.command(name="openapi")
 def openapi() -> int:
     """Print the OpenAPI document of the HTTP API (committed as docs/cas/openapi.json)."""

@@ -167,7 +167,8 @@ def consent(
     ``deployment`` (its id: pinned, or :meth:`OwnerClient.deployment_id`) at ``base_url``.
 
     The owner who applies the policy sends it along; the CAS accepts it once,
-    before it expires, for this policy version only.  Needs no connection.
+    before it expires, for this policy version only.  Needs no connection
+    (the deployment id is given).
     """
     from sgxcloud.cas.policy import load_policy
     from sgxcloud.cas.service.auth import origin_of, sign_consent

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -241,6 +242,16 @@ class Repository:
         if found is None:
             raise StoreError("the database names no deployment (its 'deployment' row is missing)")
         return found
+
+    def renew_deployment_id(self) -> str:
+        """A new random deployment id (for a copy becoming a deployment of its own)."""
+        fresh = os.urandom(16).hex()
+        done = self.session.execute(
+            update(DeploymentRow).where(DeploymentRow.id == 1).values(deployment_id=fresh)
+        )
+        if done.rowcount != 1:
+            raise StoreError("the database names no deployment (its 'deployment' row is missing)")
+        return fresh
 
     # -- nonces --------------------------------------------------------------
 
