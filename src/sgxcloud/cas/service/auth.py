@@ -610,11 +610,11 @@ def check_headers(
         base64.b64decode(signature_text, validate=True)
     except (ValueError, binascii.Error) as exc:
         raise AuthenticationError("request signature headers are malformed") from exc
-    _signed_deployment(headers)
     if abs(now - date) > max_skew:
         raise AuthenticationError(
             f"request time is {date - now:+d} s from the service's clock (allowed ±{max_skew} s)"
         )
+    _signed_deployment(headers)
 
 
 def _credential(
