@@ -236,9 +236,9 @@ class Repository:
 
         Owners' signatures name it; replicas sharing the database share it.
         """
-        found = self.session.scalar(
+        found = self._connection.execute(
             select(DeploymentRow.deployment_id).where(DeploymentRow.id == 1)
-        )
+        ).scalar()
         if found is None:
             raise StoreError("the database names no deployment (its 'deployment' row is missing)")
         return found
@@ -246,7 +246,7 @@ class Repository:
     def renew_deployment_id(self) -> str:
         """A new random deployment id (for a copy becoming a deployment of its own)."""
         fresh = os.urandom(16).hex()
-        done = self.session.execute(
+        done = self._connection.execute(
             update(DeploymentRow).where(DeploymentRow.id == 1).values(deployment_id=fresh)
         )
         if done.rowcount != 1:
