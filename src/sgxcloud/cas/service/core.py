@@ -194,6 +194,7 @@ class CasService:
         if attest_concurrency < 1:
             raise ValueError("attest_concurrency must be at least 1")
         self.database = database
+        self.attest_concurrency = attest_concurrency
         self.keyring = keyring
         self.verifier = verifier
         self.nonce_ttl = nonce_ttl
