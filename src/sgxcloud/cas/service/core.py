@@ -459,6 +459,9 @@ class CasService:
         Only the problem's safe message is recorded, never the evidence, key
         or nonce bytes the caller sent.
         """
+        # The head before the nonce, as in every attestation: two transactions
+        # spending one nonce never wait for each other in opposite orders.
+        head = repo.lock_audit_head()
         reasons = [str(problem)]
         if nonce is not None:
             nonce_problem = self._spend_nonce(repo, nonce, now)
@@ -472,6 +475,7 @@ class CasService:
             outcome="rejected",
             detail={"reasons": reasons, "malformed": True, "policy_hash": None},
             now=now,
+            head=head,
         )
         return entry.seq
 
