@@ -162,3 +162,66 @@ def test_a_head_within_the_limit_is_served(server) -> None:  # type: ignore[no-u
             sock.sendall(piece)
             time.sleep(0.05)
         assert _response(sock).startswith(b"HTTP/1.1 200")
+
+
+
+def test_expect_100_continue_is_answered_before_the_body(server) -> None:  # type: ignore[no-untyped-def]
+    """The interim answer is not held back with the response head."""
+    with _connect(server) as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        sock.settimeout(5)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        sock.sendall(b"hello")
+        answer = interim.partition(b"\r\n\r\n")[2] or _response(sock)
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n5"), answer
+
+
+class _Recorded:
+    """A transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+def test_a_response_head_is_written_with_its_first_body_bytes() -> None:
+    from sgxcloud.web.limits import _HeadWithFirstBody
+
+    sent = _Recorded()
+    response = _HeadWithFirstBody(sent)  # type: ignore[arg-type]
+    response.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # at once: the client waits for it
+    response.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+    assert sent.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    response.write(b"body")
+    response.write(b"more")
+    assert sent.writes[1:] == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody", b"more"]
+    assert response.get_extra_info("peername") == "info:peername" and not response.is_closing()
+    # A head whose body never comes (the app failed after starting) goes out on close.
+    sent = _Recorded()
+    response = _HeadWithFirstBody(sent)  # type: ignore[arg-type]
+    response.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    response.close()
+    assert sent.writes == [b"HTTP/1.1 200 OK\r\n\r\n"] and response.is_closing()
+    # HEAD, 204, empty bodies: uvicorn writes b"" as the body, which sends the head.
+    sent = _Recorded()
+    response = _HeadWithFirstBody(sent)  # type: ignore[arg-type]
+    response.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    response.write(b"")
+    assert sent.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]

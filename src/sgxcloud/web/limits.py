@@ -283,6 +283,9 @@ class LimitedHttpToolsProtocol(_SlowHeadCutoff, HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
+        # The new request's cycle (started or queued behind a pipelined one).
+        if self.cycle is not None and self.cycle.transport is self.transport:
+            self.cycle.transport = _HeadWithFirstBody(self.transport)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -290,6 +293,49 @@ class LimitedHttpToolsProtocol(_SlowHeadCutoff, HttpToolsProtocol):
         # the end of this request (pipelining) are not counted: at most one read.
         self._in_head = True
         self._head_bytes = 0
+
+
+class _HeadWithFirstBody:
+    """One response's transport: the head goes out with the first body bytes.
+
+    uvicorn writes a response's head and its body separately; over TLS that
+    is two records, two encryptions and two socket writes (and two reads for
+    the client) where one does: on the CAS's small answers the second write
+    cost as much CPU as the first.  The head is held until the body's first
+    write (an empty one for HEAD, 204 or an empty body) or until the
+    connection is closed; an interim ``100 Continue`` is written at once.
+    """
+
+    __slots__ = ("_head", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if not self._started:
+            if data.startswith(b"HTTP/1.1 100 "):  # the client waits for it to send the body
+                self._transport.write(data)
+                return
+            self._started = True
+            self._head = data
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 LimitedProtocol = LimitedH11Protocol | LimitedHttpToolsProtocol
