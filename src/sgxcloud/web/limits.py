@@ -28,6 +28,7 @@ is only fully authenticated once the (bounded) body has been read.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -75,7 +76,11 @@ class RouteLimit:
     precheck: Precheck | None = None
 
     def matches(self, method: str, path: str) -> bool:
-        return method == self.method and re.fullmatch(self.path, path) is not None
+        return method == self.method and self._pattern.fullmatch(path) is not None
+
+    @functools.cached_property
+    def _pattern(self) -> re.Pattern[str]:
+        return re.compile(self.path)
 
 
 @dataclass(frozen=True)
@@ -127,8 +132,7 @@ class RequestLimitsMiddleware:
             return
         route = self.route_for(scope["method"], scope["path"])
         limit = route.max_body_bytes if route else self.limits.max_body_bytes
-        headers = Headers(scope=scope)
-        declared = _declared_length(headers)
+        declared, chunked = _framing(scope["headers"])
         if declared == -1:
             await self._refuse(scope, receive, send, 400, "malformed Content-Length")
             return
@@ -137,10 +141,15 @@ class RequestLimitsMiddleware:
             return
         if route is not None and route.precheck is not None:
             try:
-                route.precheck(scope, headers)
+                route.precheck(scope, Headers(scope=scope))
             except SgxcloudError as exc:
                 await self._refuse(scope, receive, send, 401, str(exc))
                 return
+        if not chunked and not declared:
+            # No body by HTTP/1.1's framing (no length, or 0, and not chunked):
+            # nothing to bound or wait for, the application reads b"" at once.
+            await self.app(scope, receive, send)
+            return
         try:
             async with asyncio.timeout(self.limits.body_timeout_s):
                 body = await _read_body(receive, limit)
@@ -163,14 +172,23 @@ class RequestLimitsMiddleware:
         await response(scope, receive, send)
 
 
-def _declared_length(headers: Headers) -> int | None:
-    """The Content-Length, None if absent, -1 if malformed or contradictory."""
-    values = headers.getlist("content-length")
-    if not values:
-        return None
-    if len(set(values)) != 1 or not values[0].isdigit():
-        return -1
-    return int(values[0])
+def _framing(raw_headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
+    """(Content-Length: None if absent, -1 if malformed or contradictory;
+    whether a Transfer-Encoding is present), read from the ASGI headers."""
+    lengths: set[bytes] = set()
+    encoded = False
+    for name, value in raw_headers:
+        name = name.lower()  # ASGI servers lower-case names; be sure
+        if name == b"content-length":
+            lengths.add(value)
+        elif name == b"transfer-encoding":
+            encoded = True
+    if not lengths:
+        return None, encoded
+    (value, *others) = lengths
+    if others or not value.isdigit():
+        return -1, encoded
+    return int(value), encoded
 
 
 def _too_large(limit: int) -> str:
