@@ -374,12 +374,15 @@ class CasService:
             log.info("evidence rejected for %s/%s: %s", request.policy, request.service, exc.code)
 
         def decide(repo: Repository) -> tuple[_Verdict, int, Any]:
-            # The head first: while this transaction holds it no policy or
-            # secret can change (see _current), so the decision and its audit
-            # entry see one state of every policy they read.
-            head = repo.lock_audit_head()
             verdict = _Verdict()
+            # The nonce before the head (its key decides alone; spending it
+            # does not need the chain), in every transaction that spends one:
+            # one lock order, and the head is held a statement less.
             verdict.add(self._spend_nonce(repo, nonce, now), "nonce")
+            # The head before any policy is read: while this transaction holds
+            # it no policy or secret can change (see _current), so the decision
+            # and its audit entry see one state of every policy they read.
+            head = repo.lock_audit_head()
             # Problems that do not depend on the policy come first, so the first
             # (the code counted on /metrics) says nothing of whether it exists.
             if evidence_failure is not None:
@@ -459,14 +462,13 @@ class CasService:
         Only the problem's safe message is recorded, never the evidence, key
         or nonce bytes the caller sent.
         """
-        # The head before the nonce, as in every attestation: two transactions
-        # spending one nonce never wait for each other in opposite orders.
-        head = repo.lock_audit_head()
         reasons = [str(problem)]
         if nonce is not None:
+            # The nonce before the head, as in every attestation (one lock order).
             nonce_problem = self._spend_nonce(repo, nonce, now)
             if nonce_problem is not None:
                 reasons.append(nonce_problem)
+        head = repo.lock_audit_head()
         entry = audit.append(
             repo,
             kind=audit.AuditKind.ATTESTATION,
