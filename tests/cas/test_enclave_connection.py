@@ -10,6 +10,8 @@ one-line refusals that carry no credentials.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import io
 import socket
 import ssl
 import threading
@@ -246,3 +248,133 @@ def test_only_http_connect_proxies_are_used(tmp_path: Path, monkeypatch) -> None
     with pytest.raises(client.ClientError, match=r"http:// proxy \(CONNECT\), not socks5://$"):
         client.CasConnection("https://127.0.0.1:8443", ca)
 
+
+
+# -- reading answers: every framing a CAS or a load balancer in front may use ----------
+
+OK_JSON = b'{"nonce":"00"}'
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + OK_JSON, (200, OK_JSON, True)),
+        # header names in any case; same Content-Length twice is one length
+        (b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 14\r\nContent-Length: 14\r\nX-A: b\r\n\r\n"
+         + OK_JSON, (200, OK_JSON, True)),
+        (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+         (503, b"{}", False)),
+        (b"HTTP/1.1 200\n\rContent-Length: 0\n\n", None),  # a header name is a token
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + OK_JSON,
+         (200, OK_JSON, True)),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"4;ext=1\r\n{\"no\r\nA\r\nnce\":\"00\"}\r\n0\r\nX-Trailer: t\r\n\r\n",
+         (200, OK_JSON, True)),
+        (b"HTTP/1.0 502 Bad Gateway\r\nContent-Type: text/html\r\n\r\n<html>bad</html>",
+         (502, b"<html>bad</html>", False)),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\n" + OK_JSON, (200, OK_JSON, False)),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", (204, b"", True)),
+    ],
+)
+def test_answers_are_read_by_their_framing(answer: bytes, expected) -> None:  # type: ignore[no-untyped-def]
+    from sgxcloud.cas.client.connection import read_response
+
+    if expected is None:
+        with pytest.raises(http.client.HTTPException):
+            read_response(io.BytesIO(answer))
+        return
+    if not expected[2]:  # the body ends with the connection
+        assert read_response(io.BytesIO(answer)) == expected
+        return
+    stream = io.BytesIO(answer + b"HTTP/1.1 200 OK\r\n")
+    assert read_response(stream) == expected
+    assert stream.read() == b"HTTP/1.1 200 OK\r\n"  # the next answer is left untouched
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"", http.client.RemoteDisconnected),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", http.client.BadStatusLine),
+        (b"HTTP/2 200\r\n\r\n", http.client.BadStatusLine),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", http.client.BadStatusLine),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{\"nonce\"", http.client.IncompleteRead),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nContent-Length: 15\r\n\r\n",
+         http.client.HTTPException),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", http.client.HTTPException),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n folded\r\n\r\n{}", http.client.HTTPException),
+        (b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n", http.client.HTTPException),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n", http.client.LineTooLong),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: a\r\n" * 101 + b"\r\n", http.client.HTTPException),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", http.client.IncompleteRead),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x4\r\n{\"no\r\n0\r\n\r\n",
+         http.client.HTTPException),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"no\r\n0\r\n\r\n",
+         http.client.HTTPException),  # the chunk swallowed the last one: no end
+    ],
+)
+def test_malformed_answers_are_refused(answer: bytes, error: type[Exception]) -> None:
+    from sgxcloud.cas.client.connection import read_response
+
+    with pytest.raises(error):
+        read_response(io.BytesIO(answer))
+
+
+@contextlib.contextmanager
+def _scripted_https(tls, answers: list[bytes]) -> Iterator[tuple[int, list[bytes]]]:  # type: ignore[no-untyped-def]
+    """A TLS server answering each request with the next of ``answers`` (closing after a 1.0
+    answer or one saying close); yields (port, the request heads it saw, one entry per
+    connection joined by b'|')."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    script = iter(answers)
+    seen: list[bytes] = []
+
+    def handle(raw: socket.socket) -> None:
+        with context.wrap_socket(raw, server_side=True) as conn, conn.makefile("rb") as reader:
+            heads = []
+            while True:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        seen.append(b"|".join(heads))
+                        return
+                    head += line
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                reader.read(length)
+                heads.append(head.split(b"\r\n")[0])
+                answer = next(script)
+                conn.sendall(answer)
+                if answer.startswith(b"HTTP/1.0") or b"Connection: close" in answer:
+                    seen.append(b"|".join(heads))
+                    return
+
+    with _listener(handle) as port:
+        yield port, seen
+
+
+def test_keep_alive_follows_the_answers_framing(tmp_path: Path) -> None:
+    tls = make_loopback_tls(tmp_path / "tls")
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"E\r\n" + OK_JSON + b"\r\n0\r\n\r\n")
+    answers = [
+        chunked,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + OK_JSON,
+        b"HTTP/1.0 200 OK\r\n\r\n" + OK_JSON,  # ends with the connection
+        b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nConnection: close\r\n\r\n" + OK_JSON,
+        chunked,
+        chunked,
+    ]
+    with _scripted_https(tls, answers) as (port, seen):
+        with client.CasConnection(f"https://127.0.0.1:{port}/cas/", tls.ca_cert) as connection:
+            for _ in answers[:-1]:
+                assert connection.post_json("/v1/nonces") == (200, OK_JSON)
+            assert connection.post_json("/v1/attest", {"policy": "ü"})[0] == 200
+        time.sleep(0.2)
+    # Three connections: the 1.0 answer and the 'close' each ended one.
+    assert seen == [
+        b"POST /cas/v1/nonces HTTP/1.1|" * 2 + b"POST /cas/v1/nonces HTTP/1.1",
+        b"POST /cas/v1/nonces HTTP/1.1",
+        b"POST /cas/v1/nonces HTTP/1.1|POST /cas/v1/attest HTTP/1.1",
+    ]
