@@ -214,3 +214,27 @@ def test_a_copy_renewed_as_a_deployment_of_its_own_refuses_the_originals_request
                 assert fresh.show("shop")["version"] == 1
     finally:
         staging.stop()
+
+
+def test_nonces_belong_to_one_deployment(tmp_path: Path) -> None:
+    """A deployment's replicas check each other's nonces; a renewed copy (same key) does not."""
+    import shutil
+
+    from sgxcloud.cas.service.nonces import NOT_ISSUED
+
+    keyring = secrets.Keyring(secrets.MasterKey.generate())
+    first = pg.make_service(f"sqlite:///{tmp_path / 'prod.db'}", keyring)
+    replica = pg.make_service(f"sqlite:///{tmp_path / 'prod.db'}", keyring)
+    nonce = bytes.fromhex(first.issue_nonce(pg.CLOCK).nonce)
+    assert replica._nonces.check(nonce, pg.CLOCK)[0] is None
+    replica.stop()
+    first.stop()
+    shutil.copy(tmp_path / "prod.db", tmp_path / "staging.db")
+    with Database.open(f"sqlite:///{tmp_path / 'staging.db'}").transaction() as repo:
+        repo.renew_deployment_id()
+    staging = pg.make_service(f"sqlite:///{tmp_path / 'staging.db'}", keyring)
+    try:
+        assert staging.deployment_id != first.deployment_id
+        assert staging._nonces.check(nonce, pg.CLOCK)[0] == NOT_ISSUED
+    finally:
+        staging.stop()

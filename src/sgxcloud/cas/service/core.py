@@ -299,6 +299,7 @@ class CasService:
                 for key_id in sorted(repo.master_key_ids()):
                     self.keyring.find(key_id)
                 self.deployment_id = repo.deployment_id()
+            self._nonces = NonceMinter(self.keyring, self.nonce_ttl, self.deployment_id)
             self._state = State.READY
             log.info(
                 "CAS ready (database %s, deployment %s)", self.database.dialect, self.deployment_id

@@ -29,9 +29,17 @@ REPLAYED = "nonce was already used (replay)"
 
 
 class NonceMinter:
-    def __init__(self, keyring: secrets.Keyring, ttl: int) -> None:
+    """Issues and checks nonces of one deployment.
+
+    ``deployment`` (the deployment id) is part of the tag key: a copy of the
+    database renewed as a deployment of its own shares the master key but
+    not the nonces.
+    """
+
+    def __init__(self, keyring: secrets.Keyring, ttl: int, deployment: str = "") -> None:
         keys = (keyring.current, *keyring.retired)
-        self._keys = [hmac.new(k.key, _LABEL, hashlib.sha256).digest() for k in keys]
+        label = _LABEL + deployment.encode() + b"\0"
+        self._keys = [hmac.new(k.key, label, hashlib.sha256).digest() for k in keys]
         self.ttl = ttl
 
     def issue(self, now: int) -> tuple[bytes, int]:
