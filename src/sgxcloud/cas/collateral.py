@@ -23,6 +23,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,8 +34,16 @@ from urllib.parse import unquote
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from sgxcloud.cas.errors import CollateralError
-from sgxcloud.sgx.quote import QuoteFormatError, read_header
+from sgxcloud.cas.errors import CollateralError, EvidenceError
+from sgxcloud.cas.pck import PckCheckError, precheck
+
+_CACHE_MAX = 256  # entries per cache; keys are verified platforms, so few in practice
+
+
+def _trim(cache: dict, limit: int) -> None:
+    """Drop the oldest entries (insertion order) beyond ``limit``."""
+    while len(cache) > limit:
+        del cache[next(iter(cache))]
 
 COLLATERAL_FIELDS = (
     "pck_crl_issuer_chain",
@@ -262,6 +271,19 @@ class _Piece:
         return cls(dict(fields), ValidityWindow(start, end))
 
 
+class _FetchesBusy(CollateralError):
+    """Every fetch slot is taken: says nothing about the key, so it is not remembered."""
+
+
+class _Flight:
+    """One fetch of one piece in progress; requests for the same piece wait for it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.piece: _Piece | None = None
+        self.error: str | None = None
+
+
 class PccsCollateral:
     """Collateral fetched from a PCCS (or Intel's PCS) and cached by validity.
 
@@ -270,7 +292,16 @@ class PccsCollateral:
     (so restarts keep it) and served while ``now`` is inside its window; at or
     after its ``nextUpdate`` it is fetched again.  If the server itself only
     has expired collateral, ``CollateralError`` says so.  FMSPC and PCK CA type
-    come from the quote's PCK certificate (via dcap-qvl's parser).
+    come from the quote's PCK certificate once its chain to Intel's pinned
+    root and the quote's signatures have verified (``sgxcloud.cas.pck``):
+    nobody can make this source fetch for a platform Intel did not certify.
+
+    Concurrency (red team: collateral DoS): cache hits take no lock that a
+    fetch holds; a piece is fetched by one request at a time while the others
+    asking for it wait for that result (single flight, at most
+    ``wait_seconds``); a failed fetch is remembered for ``failure_ttl``
+    seconds, during which that piece fails at once without a request; at most
+    ``max_fetches`` fetches run at once, beyond that a request fails at once.
 
     ``http_client`` is an ``httpx.Client`` (e.g. one trusting the PCCS's own
     CA); by default a client with certificate verification and a 10 s timeout.
@@ -283,6 +314,10 @@ class PccsCollateral:
         http_client: Any = None,
         *,
         root_ca_crl_url: str | None = None,
+        failure_ttl: float = 15.0,
+        max_fetches: int = 4,
+        wait_seconds: float = 30.0,
+        clock: Any = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.root_ca_crl_url = root_ca_crl_url or f"{self.base_url}/sgx/certification/v4/rootcacrl"
@@ -296,50 +331,108 @@ class PccsCollateral:
 
             http_client = httpx.Client(timeout=10.0)
         self._http = http_client
+        self.failure_ttl = failure_ttl
+        self.wait_seconds = wait_seconds
+        self._clock = clock
         self._pieces: dict[str, _Piece] = {}
         self._assembled: dict[tuple[str, ...], tuple[Any, ValidityWindow]] = {}
+        self._flights: dict[str, _Flight] = {}
+        self._failures: dict[str, tuple[float, str]] = {}  # piece -> (retry after, message)
+        self._fetch_slots = threading.BoundedSemaphore(max_fetches)
+        self._max_fetches = max_fetches
+        # Guards the dictionaries above for a few operations at a time; never
+        # held across file or network I/O.
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PccsCollateral({self.base_url!r})"
 
     def get(self, quote: bytes, now: int) -> Any:
-        tee, fmspc, ca = self._platform_of(quote)
+        tee, fmspc, ca = self._platform_of(quote, now)
         key = (tee, fmspc, ca)
+        hit = self._assembled.get(key)
+        if hit is not None and hit[1].contains(now):
+            return hit[0]
+        pieces = [
+            self._piece(f"tcb-{tee}-{fmspc}", now, lambda: self._fetch_tcb(tee, fmspc)),
+            self._piece(f"qe-{tee}", now, lambda: self._fetch_qe(tee)),
+            self._piece(f"pckcrl-{ca}", now, lambda: self._fetch_pck_crl(ca)),
+            self._piece("rootcacrl", now, self._fetch_root_crl),
+        ]
+        fields: dict[str, str] = {}
+        window = ValidityWindow(0, 2**63)
+        for piece in pieces:
+            fields.update(piece.fields)
+            window = window.intersect(piece.window)
+        collateral = collateral_from_json(json.dumps(fields), f"PCCS {self.base_url}")
         with self._lock:
-            hit = self._assembled.get(key)
-            if hit is not None and hit[1].contains(now):
-                return hit[0]
-            pieces = [
-                self._piece(f"tcb-{tee}-{fmspc}", now, lambda: self._fetch_tcb(tee, fmspc)),
-                self._piece(f"qe-{tee}", now, lambda: self._fetch_qe(tee)),
-                self._piece(f"pckcrl-{ca}", now, lambda: self._fetch_pck_crl(ca)),
-                self._piece("rootcacrl", now, self._fetch_root_crl),
-            ]
-            fields: dict[str, str] = {}
-            window = ValidityWindow(0, 2**63)
-            for piece in pieces:
-                fields.update(piece.fields)
-                window = window.intersect(piece.window)
-            collateral = collateral_from_json(json.dumps(fields), f"PCCS {self.base_url}")
             self._assembled[key] = (collateral, window)
-            return collateral
+            _trim(self._assembled, _CACHE_MAX)
+        return collateral
 
     # -- cache ------------------------------------------------------------
 
     def _piece(self, name: str, now: int, fetch: Any) -> _Piece:
-        piece = self._pieces.get(name) or self._load_cached(name)
+        piece = self._pieces.get(name)
         if piece is not None and piece.window.contains(now):
-            self._pieces[name] = piece
             return piece
-        piece = fetch()
-        if now >= piece.window.not_after:
-            raise CollateralError(
-                f"PCCS {self.base_url} serves {name} collateral that expired at "
-                f"{datetime.fromtimestamp(piece.window.not_after, UTC):%Y-%m-%dT%H:%M:%SZ}"
-            )
-        self._pieces[name] = piece
-        self._store_cached(name, piece)
+        with self._lock:
+            failed = self._failures.get(name)
+            if failed is not None and self._clock() < failed[0]:
+                raise CollateralError(failed[1])
+            self._failures.pop(name, None)
+            flight = self._flights.get(name)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[name] = _Flight()
+        if not leader:
+            if not flight.done.wait(self.wait_seconds):
+                raise CollateralError(
+                    f"{name} collateral is still being fetched from PCCS {self.base_url}"
+                )
+            if flight.piece is not None and flight.piece.window.contains(now):
+                return flight.piece
+            raise CollateralError(flight.error or f"PCCS {self.base_url} has no usable {name}")
+        try:
+            piece = self._load_or_fetch(name, now, fetch)
+            flight.piece = piece
+            return piece
+        except CollateralError as exc:
+            flight.error = str(exc)
+            if not isinstance(exc, _FetchesBusy) and self.failure_ttl > 0:
+                with self._lock:  # one bad key costs one fetch per failure_ttl, not one a request
+                    self._failures[name] = (self._clock() + self.failure_ttl, str(exc))
+                    _trim(self._failures, _CACHE_MAX)
+            raise
+        except BaseException:
+            flight.error = f"fetching {name} collateral from PCCS {self.base_url} failed"
+            raise
+        finally:
+            with self._lock:
+                self._flights.pop(name, None)
+            flight.done.set()
+
+    def _load_or_fetch(self, name: str, now: int, fetch: Any) -> _Piece:
+        piece = self._load_cached(name)
+        if piece is None or not piece.window.contains(now):
+            if not self._fetch_slots.acquire(blocking=False):
+                raise _FetchesBusy(
+                    f"PCCS {self.base_url}: {self._max_fetches} collateral fetches already "
+                    "in flight; try again"
+                )
+            try:
+                piece = fetch()
+            finally:
+                self._fetch_slots.release()
+            if now >= piece.window.not_after:
+                raise CollateralError(
+                    f"PCCS {self.base_url} serves {name} collateral that expired at "
+                    f"{datetime.fromtimestamp(piece.window.not_after, UTC):%Y-%m-%dT%H:%M:%SZ}"
+                )
+            self._store_cached(name, piece)
+        with self._lock:
+            self._pieces[name] = piece
+            _trim(self._pieces, _CACHE_MAX)
         return piece
 
     def _cache_path(self, name: str) -> Path:
@@ -362,15 +455,20 @@ class PccsCollateral:
     # -- fetching -----------------------------------------------------------
 
     @staticmethod
-    def _platform_of(quote: bytes) -> tuple[str, str, str]:
+    def _platform_of(quote: bytes, now: int) -> tuple[str, str, str]:
+        """TEE, FMSPC and CA of a quote whose PCK chain and signatures verify.
+
+        The verifier has already checked (this is a cache hit then); callers
+        that use the source directly get the same protection.
+        """
         try:
-            header = read_header(quote)
-            parsed = _qvl().parse_quote(quote)
-            return ("sgx" if header.is_sgx else "tdx", parsed.fmspc().upper(), parsed.ca())
-        except (QuoteFormatError, ValueError) as exc:
+            platform = precheck(quote, now)
+        except (PckCheckError, EvidenceError) as exc:
             raise CollateralError(
-                "cannot tell which platform the quote comes from (no readable PCK certificate)"
+                "cannot tell which platform the quote comes from: its PCK certificate chain "
+                "or signatures do not verify"
             ) from exc
+        return platform.tee, platform.fmspc, platform.ca
 
     def _get(self, url: str, params: dict[str, str] | None = None) -> Any:
         import httpx

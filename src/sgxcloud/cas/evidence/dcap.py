@@ -3,7 +3,8 @@
 dcap-qvl does the cryptography: the quote's signature by the attestation key,
 the QE report's signature by the PCK, the PCK chain to Intel's root CA, CRLs,
 TCB info and QE identity.  This module adds what a service needs around it:
-collateral from a source, a strict validity window (``nextUpdate`` is
+the checks that need no collateral *before* collateral is asked for
+(``sgxcloud.cas.pck``), collateral from a source, a strict validity window (``nextUpdate`` is
 exclusive), a verdict vocabulary instead of library messages, and the enclave
 identity from the verified bytes.
 
@@ -20,6 +21,7 @@ from typing import Any
 from sgxcloud.cas.collateral import CollateralSource, collateral_window
 from sgxcloud.cas.errors import EvidenceError, MalformedEvidenceError
 from sgxcloud.cas.evidence.model import Evidence, VerifiedEvidence
+from sgxcloud.cas.pck import PckCheckError, precheck
 from sgxcloud.sgx.quote import QuoteFormatError, parse_sgx_quote, read_header
 
 # dcap-qvl message fragment -> (our code, our verdict).  First match wins.
@@ -97,6 +99,14 @@ class DcapVerifier:
             header = read_header(raw)
         except QuoteFormatError as exc:
             raise MalformedEvidenceError(str(exc)) from exc
+        # What needs no collateral first (PCK chain to the pinned Intel root,
+        # QE report and quote signatures): collateral is fetched over the
+        # network, keyed by the FMSPC in the PCK certificate, and an unchecked
+        # certificate let anyone choose that key (red team: collateral DoS).
+        try:
+            precheck(raw, now)
+        except PckCheckError as exc:
+            raise _verdict(exc) from exc
         collateral = self.collateral_source.get(raw, now)
         self._check_window(collateral, now)
         try:
