@@ -182,9 +182,7 @@ def _precheck(quote: bytes, now: int) -> _Chain:
             "the quote carries no PCK certificate chain (certification data type 5)"
         )
     chain = _verified_chain(reader.take(reader.u32()), now, "sgx" if header.is_sgx else "tdx")
-    _verify_p256(
-        chain.leaf_key, qe_signature, qe_report, "signature is invalid for qe_report (not by the PCK)"
-    )
+    _verify_p256(chain.leaf_key, qe_signature, qe_report, "signature is invalid for qe_report")
     binding = hashlib.sha256(attestation_key + qe_auth).digest()
     if qe_report[_QE_REPORT_DATA : _QE_REPORT_DATA + 32] != binding:
         raise _invalid("QE report hash mismatch (attestation key not bound to the QE)")
