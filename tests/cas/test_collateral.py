@@ -35,6 +35,8 @@ class LoopbackPccs:
         self.requests: list[str] = []
         self.broken: dict[str, int] = {}  # path -> status to answer instead
         self.drop_headers = False
+        self.hold: dict[str, threading.Event] = {}  # query text -> gate the answer waits for
+        self.held = threading.Event()  # set when a request starts waiting at a gate
         v4 = "certification/v4"
         tcb_body = (f'{{"tcbInfo": {collateral["tcb_info"]},\n "signature": '
                     f'"{collateral["tcb_info_signature"]}"}}')  # fmt: skip
@@ -70,6 +72,10 @@ class LoopbackPccs:
                 url = urlsplit(self.path)
                 query = "&".join(f"{k}={v[0]}" for k, v in sorted(parse_qs(url.query).items()))
                 server.requests.append(url.path)
+                for needle, gate in server.hold.items():
+                    if needle in url.query:
+                        server.held.set()
+                        gate.wait(60)  # a PCCS slow to answer, until the test opens the gate
                 status = server.broken.get(url.path)
                 route = server.routes.get((url.path, query))
                 if status or route is None:
@@ -334,3 +340,157 @@ def test_pccs_behind_a_private_ca_from_the_settings_file(testdata, tmp_path, sgx
             load_settings(settings_file, environ={}).collateral_source()
     finally:
         server.close()
+
+
+# -- denial of service through collateral (red team: forged FMSPCs, slow PCCS) -------
+
+
+def _forged_fmspc(quote: bytes, fmspc: bytes) -> bytes:
+    """The real quote with 6 other FMSPC bytes in its PCK leaf (same length, PEM re-encoded)."""
+    import base64
+
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    start = quote.index(begin) + len(begin)
+    stop = quote.index(end, start)
+    body = quote[start:stop]
+    der = base64.b64decode(b"".join(body.split()))
+    at = der.index(bytes.fromhex("00A067110000"))
+    encoded = base64.b64encode(der[:at] + fmspc + der[at + 6 :])
+    width = max(len(line) for line in body.split(b"\n"))
+    lines = b"\n".join(encoded[i : i + width] for i in range(0, len(encoded), width))
+    forged = quote[:start] + b"\n" + lines + b"\n" + quote[stop:]
+    assert len(forged) == len(quote)
+    return forged
+
+
+def test_forged_fmspc_quotes_are_rejected_without_any_pccs_request(pccs, tmp_path, sgx_quote,
+                                                                    vectors):  # fmt: skip
+    """Before: each forged FMSPC cost one PCCS request (and a LAZY PCCS one to Intel),
+    under a lock every attestation waited for, and ended in a 503 (CollateralError)."""
+    import os
+
+    source = PccsCollateral(pccs.url, tmp_path)
+    verifier = DcapVerifier(source)
+    for _ in range(20):
+        forged = Evidence("dcap", _forged_fmspc(sgx_quote, os.urandom(6)))
+        with pytest.raises(EvidenceError) as caught:
+            verifier.verify(forged, vectors.sgx_now)
+        assert caught.value.code == "certificate-invalid"  # a verdict, not "no verdict" (503)
+    with pytest.raises(CollateralError, match="platform"):  # the source alone refuses too
+        source.get(_forged_fmspc(sgx_quote, bytes(6)), vectors.sgx_now)
+    assert pccs.requests == []
+    assert verifier.verify(Evidence("dcap", sgx_quote), vectors.sgx_now).tcb_status == (
+        vectors.status
+    )  # and the genuine quote still verifies
+    assert list(tmp_path.iterdir()) and not list(tmp_path.glob("tcb-*-0000*"))
+
+
+def test_a_failed_fetch_is_remembered_not_repeated_per_request(pccs, tmp_path, sgx_quote,
+                                                              vectors):  # fmt: skip
+    """Before: a failed fetch was not cached, so every request for that key fetched again."""
+    pccs.broken["/sgx/certification/v4/tcb"] = 404
+    source = PccsCollateral(pccs.url, tmp_path)
+    for _ in range(10):
+        with pytest.raises(CollateralError, match="answered 404"):
+            source.get(sgx_quote, vectors.sgx_now)
+    assert pccs.requests == ["/sgx/certification/v4/tcb"]
+
+
+def test_a_remembered_failure_expires_after_its_ttl(pccs, tmp_path, sgx_quote, vectors):
+    clock = [1000.0]
+    pccs.broken["/sgx/certification/v4/tcb"] = 500
+    source = PccsCollateral(pccs.url, tmp_path, failure_ttl=15, clock=lambda: clock[0])
+    with pytest.raises(CollateralError):
+        source.get(sgx_quote, vectors.sgx_now)
+    clock[0] += 14.9
+    with pytest.raises(CollateralError, match="answered 500"):
+        source.get(sgx_quote, vectors.sgx_now)
+    assert len(pccs.requests) == 1
+    del pccs.broken["/sgx/certification/v4/tcb"]
+    clock[0] += 0.2  # past the TTL: fetched again, and now it works
+    assert collateral_window(source.get(sgx_quote, vectors.sgx_now)).contains(vectors.sgx_now)
+    assert pccs.requests.count("/sgx/certification/v4/tcb") == 2
+
+
+def test_cached_and_simulated_attestations_complete_while_a_fetch_hangs(pccs, tmp_path,
+                                                                       testdata, sgx_quote,
+                                                                       vectors):  # fmt: skip
+    """Before: one global lock, held across the fetch, serialised every attestation
+    behind it (cache hits included), and blocked threads filled every attest slot.
+
+    A genuine quote from another platform (Cosmian's, FMSPC 30606A000000) makes the
+    PCCS hang; six of them are sent through the service (4 attest slots).  Meanwhile
+    a quote whose collateral is cached, and a simulated attestation, must complete.
+    No timing is measured: the PCCS gate stays shut until both have finished (the
+    joins' 30 s bound is only there so that the old code fails instead of hanging).
+    """
+    import base64
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sgxcloud.cas import protocol, secrets
+    from sgxcloud.cas.evidence import DefaultVerifier, make_simulated_evidence
+    from sgxcloud.cas.policy import public_key_id
+    from sgxcloud.cas.service.core import AttestRequest, CasService
+    from sgxcloud.cas.store import Database
+
+    try:
+        from tests.cas import postgres as pg
+    except ImportError:  # tests/cas is not a package: pytest put its directory on sys.path
+        import postgres as pg  # type: ignore[no-redef]
+
+    now = vectors.sgx_now
+    source = PccsCollateral(pccs.url, tmp_path / "cache")
+    verifier = DefaultVerifier(source)
+    verifier.verify(Evidence("dcap", sgx_quote), now)  # SGX collateral now cached
+    service = CasService(
+        Database.open(f"sqlite:///{tmp_path / 'cas.db'}"),
+        secrets.Keyring(secrets.MasterKey.generate()),
+        verifier,
+        attest_concurrency=4,
+    )
+    service.start()
+    owner = pg.owner_key()
+    service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), now)
+
+    def request(raw: bytes, key) -> AttestRequest:  # type: ignore[no-untyped-def]
+        nonce = service.issue_nonce(now).nonce
+        return AttestRequest("shop", "web", nonce, pg.public_pem(key),
+                             base64.b64encode(raw).decode())  # fmt: skip
+
+    cosmian = (testdata / "sgx_quote_cosmian.dat").read_bytes()
+    gate = threading.Event()
+    pccs.hold["fmspc=30606A000000"] = gate
+    pool = ThreadPoolExecutor(8)
+    try:
+        slow = [
+            pool.submit(service.attest, request(cosmian, protocol.new_enclave_key()), now)
+            for _ in range(6)
+        ]
+        assert pccs.held.wait(30)  # a fetch for the other platform is in flight, and hangs
+
+        def simulated() -> protocol.Configuration:
+            key = protocol.new_enclave_key()
+            attest = request(b"", key)
+            evidence = make_simulated_evidence(
+                pg.simulated_identity(),
+                protocol.report_data_for(key.public_key(), bytes.fromhex(attest.nonce)),
+            )
+            raw = base64.b64encode(evidence.raw).decode()
+            attest = AttestRequest(attest.policy, attest.service, attest.nonce,
+                                   attest.public_key, raw)  # fmt: skip
+            result = service.attest(attest, now)
+            return protocol.open_configuration(
+                result.sealed_configuration, key, bytes.fromhex(attest.nonce)
+            )
+
+        cached = pool.submit(verifier.verify, Evidence("dcap", sgx_quote), now)
+        assert cached.result(timeout=30).tcb_status == vectors.status
+        assert pool.submit(simulated).result(timeout=30).argv
+        assert not gate.is_set() and pccs.requests.count("/sgx/certification/v4/tcb") == 2
+    finally:
+        gate.set()
+        for future in slow:
+            with pytest.raises(CollateralError):  # no verdict: the PCCS never had it (404)
+                future.result(timeout=60)
+        pool.shutdown()
+        service.stop()

@@ -365,3 +365,47 @@ def test_public_api_is_exactly_all():
         if not name.startswith("_") and not inspect.ismodule(value)
     }
     assert set(evidence_api.__all__) == public
+
+
+# -- checked before any collateral is fetched (sgxcloud.cas.pck) -----------------------
+
+
+def test_pinned_root_is_intels_sgx_root_ca(testdata):
+    from cryptography import x509
+
+    from sgxcloud.cas.pck import INTEL_SGX_ROOT_CA_PEM
+
+    pinned = x509.load_pem_x509_certificate(INTEL_SGX_ROOT_CA_PEM)
+    assert pinned == x509.load_der_x509_certificate((testdata / "TrustedRootCA.der").read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("name", "platform"),
+    [
+        ("sgx_quote", ("sgx", "00A067110000", "processor")),
+        ("tdx_quote", ("tdx", "B0C06F000000", "platform")),
+        ("sgx_quote_cosmian.dat", ("sgx", "30606A000000", "platform")),
+    ],
+)
+def test_precheck_reads_the_platform_of_real_quotes(testdata, vectors, name, platform):
+    """FMSPC and CA type as the test data README states, from the verified PCK leaf."""
+    from sgxcloud.cas.pck import precheck
+
+    found = precheck((testdata / name).read_bytes(), vectors.sgx_now)
+    assert (found.tee, found.fmspc, found.ca) == platform
+
+
+def test_precheck_refuses_what_dcap_qvl_refuses_without_collateral(sgx_quote, vectors):
+    from sgxcloud.cas.evidence.dcap import _verdict
+    from sgxcloud.cas.pck import PckCheckError, precheck
+
+    sig = L.SIGNATURE_DATA_OFFSET
+    for position, code in [
+        (L.REPORT_DATA_OFFSET, "signature-invalid"),  # report body: attestation key signature
+        (sig + 10, "signature-invalid"),  # the ISV signature itself
+        (sig + 128 + 10, "signature-invalid"),  # QE report: PCK signature
+        (2000, "certificate-invalid"),  # inside the PCK leaf
+    ]:
+        with pytest.raises(PckCheckError) as caught:
+            precheck(flipped(sgx_quote, position).raw, vectors.sgx_now)
+        assert _verdict(caught.value).code == code

@@ -45,6 +45,7 @@ def _trim(cache: dict, limit: int) -> None:
     while len(cache) > limit:
         del cache[next(iter(cache))]
 
+
 COLLATERAL_FIELDS = (
     "pck_crl_issuer_chain",
     "root_ca_crl",
@@ -301,7 +302,12 @@ class PccsCollateral:
     asking for it wait for that result (single flight, at most
     ``wait_seconds``); a failed fetch is remembered for ``failure_ttl``
     seconds, during which that piece fails at once without a request; at most
-    ``max_fetches`` fetches run at once, beyond that a request fails at once.
+    ``max_fetches`` fetches run at once and at most ``max_waiting`` requests
+    wait for one, beyond that a request fails at once (``CollateralError``).
+    So at most ``max_fetches + max_waiting`` threads ever wait on the PCCS:
+    keep that below the service's ``attest_concurrency`` (the settings do)
+    and attestations with cached collateral, or simulated ones, always find
+    a free slot.
 
     ``http_client`` is an ``httpx.Client`` (e.g. one trusting the PCCS's own
     CA); by default a client with certificate verification and a 10 s timeout.
@@ -315,8 +321,9 @@ class PccsCollateral:
         *,
         root_ca_crl_url: str | None = None,
         failure_ttl: float = 15.0,
-        max_fetches: int = 4,
-        wait_seconds: float = 30.0,
+        max_fetches: int = 2,
+        max_waiting: int = 1,
+        wait_seconds: float = 15.0,
         clock: Any = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -340,6 +347,8 @@ class PccsCollateral:
         self._failures: dict[str, tuple[float, str]] = {}  # piece -> (retry after, message)
         self._fetch_slots = threading.BoundedSemaphore(max_fetches)
         self._max_fetches = max_fetches
+        self._max_waiting = max_waiting
+        self._waiting = 0
         # Guards the dictionaries above for a few operations at a time; never
         # held across file or network I/O.
         self._lock = threading.Lock()
@@ -385,8 +394,19 @@ class PccsCollateral:
             leader = flight is None
             if flight is None:
                 flight = self._flights[name] = _Flight()
+            elif self._waiting >= self._max_waiting:
+                raise _FetchesBusy(
+                    f"{name} collateral is being fetched from PCCS {self.base_url}; try again"
+                )
+            else:
+                self._waiting += 1
         if not leader:
-            if not flight.done.wait(self.wait_seconds):
+            try:
+                finished = flight.done.wait(self.wait_seconds)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if not finished:
                 raise CollateralError(
                     f"{name} collateral is still being fetched from PCCS {self.base_url}"
                 )

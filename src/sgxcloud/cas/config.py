@@ -187,11 +187,16 @@ class Settings(BaseModel):
 
         if self.collateral == "pccs":
             assert self.pccs_url is not None
+            # Threads waiting on the PCCS stay below attest_concurrency (when it
+            # is above 1), so attestations that need no fetch find a free slot.
+            fetches = max(1, self.attest_concurrency // 2)
             return PccsCollateral(
                 self.pccs_url,
                 self.collateral_cache_dir,
                 self._pccs_http_client(),
                 root_ca_crl_url=self.pccs_root_ca_crl_url,
+                max_fetches=fetches,
+                max_waiting=max(0, self.attest_concurrency - fetches - 1),
             )
         if self.collateral == "file":
             assert self.collateral_file is not None
