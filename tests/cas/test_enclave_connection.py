@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import signal
 import socket
 import ssl
 import threading
@@ -321,7 +322,7 @@ def test_malformed_answers_are_refused(answer: bytes, error: type[Exception]) ->
 
 
 @contextlib.contextmanager
-def _scripted_https(tls, answers: list[bytes]) -> Iterator[tuple[int, list[bytes]]]:  # type: ignore[no-untyped-def]
+def _scripted_https(tls, answers: list) -> Iterator[tuple[int, list[bytes]]]:  # type: ignore[no-untyped-def]
     """A TLS server answering each request with the next of ``answers`` (closing after a 1.0
     answer or one saying close); yields (port, the request heads it saw, one entry per
     connection joined by b'|')."""
@@ -345,7 +346,11 @@ def _scripted_https(tls, answers: list[bytes]) -> Iterator[tuple[int, list[bytes
                 reader.read(length)
                 heads.append(head.split(b"\r\n")[0])
                 answer = next(script)
-                conn.sendall(answer)
+                if isinstance(answer, tuple):  # (delay in seconds, answer)
+                    time.sleep(answer[0])
+                    answer = answer[1]
+                with contextlib.suppress(OSError):  # the client may have gone
+                    conn.sendall(answer)
                 if answer.startswith(b"HTTP/1.0") or b"Connection: close" in answer:
                     seen.append(b"|".join(heads))
                     return
@@ -378,3 +383,30 @@ def test_keep_alive_follows_the_answers_framing(tmp_path: Path) -> None:
         b"POST /cas/v1/nonces HTTP/1.1",
         b"POST /cas/v1/nonces HTTP/1.1|POST /cas/v1/attest HTTP/1.1",
     ]
+
+
+def test_an_interrupted_request_never_leaves_its_answer_for_the_next(tmp_path: Path) -> None:
+    tls = make_loopback_tls(tmp_path / "tls")
+    first, second = b'{"nonce":"01"}', b'{"nonce":"02"}'
+    answers = [(1.0, b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + first),
+               b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + second]
+
+    class Interrupted(BaseException):
+        pass
+
+    def interrupt(*_: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with _scripted_https(tls, answers) as (port, _), client.CasConnection(
+            f"https://127.0.0.1:{port}", tls.ca_cert
+        ) as connection:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)  # while the first answer is late
+            with pytest.raises(Interrupted):
+                connection.post_json("/v1/nonces")
+            # At once, before the late answer arrives (which the idle check would catch).
+            assert connection.post_json("/v1/nonces") == (200, second)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -144,6 +144,11 @@ class CasConnection:
                 raise ServiceUnavailable(
                     f"cannot reach the CAS at {self.base_url}: {type(exc).__name__}"
                 ) from exc
+            except BaseException:
+                # Interrupted (KeyboardInterrupt...) between request and answer:
+                # an unread answer must never be taken for the next request's.
+                self._disconnect()
+                raise
             if not keep_alive:
                 self._disconnect()
             return status, content
