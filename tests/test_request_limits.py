@@ -339,11 +339,16 @@ def test_cas_deeply_nested_json_is_a_bad_request_not_a_crash(cas: Service) -> No
 # -- the coordinator ---------------------------------------------------------------------
 
 
-def _party_headers(workdir: Path, party: str = "brand", body: bytes = b"") -> dict[str, str]:
+def _party_headers(service: Service, workdir: Path, party: str = "brand",
+                   body: bytes = b"") -> dict[str, str]:
     from sgxcloud.cleanroom.approvals import private_key_from_pem
 
     key = private_key_from_pem((workdir / "keys" / f"{party}.pem").read_bytes())
-    return sign_request(key, party, "POST", "/v1/queries", body)
+    with httpx.Client(verify=service.context, timeout=10) as http:
+        health = http.get(service.url + "/v1/health").json()  # what a request must name
+    return sign_request(key, party, "POST", "/v1/queries", body,
+                        definition_hash=health["definition_hash"],
+                        coordinator=health["coordinator"])
 
 
 def test_coordinator_refuses_big_bodies_before_reading_them(coordinator) -> None:
@@ -359,7 +364,7 @@ def test_coordinator_refuses_big_bodies_before_reading_them(coordinator) -> None
     # before the body is read): the chunked body is cut at the limit.
     outcome = assert_cheap(service, lambda: attack(
         service, "POST", "/v1/queries", total=ATTACK_BYTES, chunked=True,
-        headers=_party_headers(workdir)), status=413)
+        headers=_party_headers(service, workdir)), status=413)
     assert json.loads(outcome.body)["error"]["code"] == "too_large"
 
 
@@ -368,7 +373,7 @@ def test_coordinator_deeply_nested_query_is_a_bad_request(coordinator) -> None:
     body = b"[" * 30_000 + b"]" * 30_000
     with httpx.Client(verify=service.context, timeout=10) as http:
         answer = http.post(service.url + "/v1/queries", content=body,
-                           headers=_party_headers(workdir, body=body))
+                           headers=_party_headers(service, workdir, body=body))
     assert answer.status_code == 400, answer.text
     assert "nested" in answer.json()["error"]["message"]
     assert service.alive()

@@ -129,14 +129,16 @@ def test_requests_must_be_signed_fresh_and_by_the_party(running):
     ctx = pinned_client_context(cert.public_bytes(serialization.Encoding.PEM))
     with httpx.Client(base_url=running.url, verify=ctx) as http:
         assert http.get("/v1/status").status_code == 401
-        headers = sign_request(key(running, "brand"), "brand", "GET", "/v1/status")
+        here = signed_for(http)
+        headers = sign_request(key(running, "brand"), "brand", "GET", "/v1/status", **here)
         assert http.get("/v1/status", headers=headers).status_code == 200
         replay = http.get("/v1/status", headers=headers)
         assert replay.status_code == 401 and "replayed" in replay.json()["error"]["message"]
-        wrong = sign_request(key(running, "bank"), "brand", "GET", "/v1/status")
+        wrong = sign_request(key(running, "bank"), "brand", "GET", "/v1/status", **here)
         assert http.get("/v1/status", headers=wrong).status_code == 401
         body = json.dumps(AUDIENCE).encode()
-        signed = sign_request(key(running, "brand"), "brand", "POST", "/v1/queries", body)
+        signed = sign_request(key(running, "brand"), "brand", "POST", "/v1/queries", body,
+                              **here)
         tampered = body.replace(b"true", b"false", 1)
         answer = http.post("/v1/queries", content=tampered, headers=signed)
         assert answer.status_code == 401
@@ -155,10 +157,12 @@ def test_long_and_deeply_nested_text_filters_are_clear_400s(running):
              ("NOT " * 3000 + same, "nested deeper than 8"),
              (" AND ".join([same] * 400), "more than 64 filter nodes")]
     with httpx.Client(base_url=running.url, verify=ctx, timeout=30) as http:
+        here = signed_for(http)
         for text, message in cases:
             body = json.dumps({"template": "audience_size", "analysis": "audience",
                                "filter": text}).encode()
-            headers = sign_request(key(running, "brand"), "brand", "POST", "/v1/queries", body)
+            headers = sign_request(key(running, "brand"), "brand", "POST", "/v1/queries", body,
+                                   **here)
             headers["Content-Type"] = "application/json"
             started = time.monotonic()
             answer = http.post("/v1/queries", content=body, headers=headers)
@@ -170,6 +174,12 @@ def test_long_and_deeply_nested_text_filters_are_clear_400s(running):
         refusals = [e for e in brand.audit() if e["event"] == "refusal"
                     and "query: filter:" in e["data"].get("message", "")]
     assert len(refusals) >= 3
+
+
+def signed_for(http: httpx.Client) -> dict[str, str]:
+    """What a signed request to this coordinator must name (from /v1/health)."""
+    health = http.get("/v1/health").json()
+    return {"definition_hash": health["definition_hash"], "coordinator": health["coordinator"]}
 
 
 def http_definition_hash(running, ctx):

@@ -205,7 +205,9 @@ def test_an_unexpected_engine_error_is_a_json_500_without_details(tmp_path, monk
         monkeypatch.setattr(coordinator, "run_query", broken)
         key = private_key_from_pem((collab.workdir / "keys" / "brand.pem").read_bytes())
         body = json.dumps({"template": "audience_size", "analysis": "audience"}).encode()
-        headers = sign_request(key, "brand", "POST", "/v1/queries", body)
+        headers = sign_request(key, "brand", "POST", "/v1/queries", body,
+                               definition_hash=coordinator.definition_hash,
+                               coordinator=coordinator.signer)
         response = TestClient(create_app(coordinator)).post("/v1/queries", content=body,
                                                             headers=headers)
         assert response.status_code == 500

@@ -49,10 +49,14 @@ KEYS = {p: generate_private_key() for p in ("bank", "telecom", "retailer", "bran
 DEFINITION = definition_from_dict(example_definition(
     {p: encode_public_key(k) for p, k in KEYS.items()}))
 T0 = 1_800_000_000
+SIGNER = encode_public_key(generate_private_key())
+"""Stands for the coordinator's result-signing key, the id requests name."""
+HERE = {"definition_hash": DEFINITION.definition_hash(), "coordinator": SIGNER}
 
 
 def signed(party: str = "brand", now: int = T0, path: str = "/v1/status") -> dict[str, str]:
-    return {k.lower(): v for k, v in sign_request(KEYS[party], party, "GET", path, now=now).items()}
+    return {k.lower(): v
+            for k, v in sign_request(KEYS[party], party, "GET", path, now=now, **HERE).items()}
 
 
 def make_coordinator(workdir: Path) -> Coordinator:
@@ -66,15 +70,15 @@ def make_coordinator(workdir: Path) -> Coordinator:
 def test_request_accepted_before_a_restart_is_refused_after_it(tmp_path):
     store = tmp_path / "request-nonces.sqlite"
     headers = signed()
-    before = RequestVerifier(DEFINITION, store)
+    before = RequestVerifier(DEFINITION, SIGNER, store)
     assert before.verify(headers, "GET", "/v1/status", b"", now=T0) == "brand"
     # The old instance is not closed: a crash right after accepting must not
     # lose the nonce (it was committed before verify returned).
-    after = RequestVerifier(DEFINITION, store)
+    after = RequestVerifier(DEFINITION, SIGNER, store)
     with pytest.raises(RequestRejected, match="replayed"):
         after.verify(headers, "GET", "/v1/status", b"", now=T0 + 10)
     before.close()
-    again = RequestVerifier(DEFINITION, store)
+    again = RequestVerifier(DEFINITION, SIGNER, store)
     with pytest.raises(RequestRejected, match="replayed"):
         again.verify(headers, "GET", "/v1/status", b"", now=T0 + MAX_SKEW_S)
     assert again.verify(signed(now=T0 + 20), "GET", "/v1/status", b"", now=T0 + 20) == "brand"
@@ -83,7 +87,7 @@ def test_request_accepted_before_a_restart_is_refused_after_it(tmp_path):
 
 
 def test_outside_the_clock_window_refused_and_not_recorded(tmp_path):
-    verifier = RequestVerifier(DEFINITION, tmp_path / "n.sqlite")
+    verifier = RequestVerifier(DEFINITION, SIGNER, tmp_path / "n.sqlite")
     for issued in (T0 - MAX_SKEW_S - 1, T0 + MAX_SKEW_S + 1):
         with pytest.raises(RequestRejected, match="clock"):
             verifier.verify(signed(now=issued), "GET", "/v1/status", b"", now=T0)
@@ -97,7 +101,7 @@ def test_outside_the_clock_window_refused_and_not_recorded(tmp_path):
 
 
 def test_nonces_pruned_only_once_their_request_is_stale(tmp_path):
-    verifier = RequestVerifier(DEFINITION, tmp_path / "n.sqlite")
+    verifier = RequestVerifier(DEFINITION, SIGNER, tmp_path / "n.sqlite")
     old = signed(now=T0)
     verifier.verify(old, "GET", "/v1/status", b"", now=T0)
     # At the edge of the window the old request still passes the clock: kept.
@@ -127,7 +131,7 @@ def test_a_nonce_belongs_to_its_party(tmp_path):
 
 
 def test_malformed_nonce_refused(tmp_path):
-    verifier = RequestVerifier(DEFINITION, tmp_path / "n.sqlite")
+    verifier = RequestVerifier(DEFINITION, SIGNER, tmp_path / "n.sqlite")
     for nonce in ("", "00", "g" * 32, "A" * 32, "0" * 129):
         with pytest.raises(RequestRejected, match="nonce"):
             verifier.verify({**signed(), "x-cleanroom-nonce": nonce}, "GET", "/v1/status", b"",
@@ -137,7 +141,7 @@ def test_malformed_nonce_refused(tmp_path):
 
 def test_concurrent_replays_across_threads_and_instances_accept_once(tmp_path):
     store = tmp_path / "n.sqlite"
-    verifiers = [RequestVerifier(DEFINITION, store) for _ in range(2)]  # two "processes"
+    verifiers = [RequestVerifier(DEFINITION, SIGNER, store) for _ in range(2)]  # two "processes"
     headers = signed()
     start = threading.Barrier(8)
 
@@ -160,7 +164,7 @@ def test_damaged_store_is_one_clear_error(tmp_path):
     store = tmp_path / "n.sqlite"
     store.write_bytes(b"this is not a database, it was overwritten" * 100)
     with pytest.raises(NonceStoreError, match="cannot open the used-nonce store"):
-        RequestVerifier(DEFINITION, store)
+        RequestVerifier(DEFINITION, SIGNER, store)
 
 
 def test_api_fails_closed_when_the_store_cannot_be_written(tmp_path):
@@ -172,11 +176,14 @@ def test_api_fails_closed_when_the_store_cannot_be_written(tmp_path):
         async with httpx.AsyncClient(transport=transport, base_url="http://cleanroom") as http:
             return await http.get("/v1/status", headers=headers)
 
+    here = {"definition_hash": coordinator.definition_hash, "coordinator": coordinator.signer}
     try:
-        accepted = asyncio.run(get(sign_request(KEYS["brand"], "brand", "GET", "/v1/status")))
+        accepted = asyncio.run(get(sign_request(KEYS["brand"], "brand", "GET", "/v1/status",
+                                                **here)))
         assert accepted.status_code == 200
         coordinator.requests.close()  # the store is gone: nothing may be accepted unrecorded
-        answer = asyncio.run(get(sign_request(KEYS["brand"], "brand", "GET", "/v1/status")))
+        answer = asyncio.run(get(sign_request(KEYS["brand"], "brand", "GET", "/v1/status",
+                                              **here)))
         assert answer.status_code == 500
         assert "simulated" not in answer.text
     finally:
@@ -281,11 +288,19 @@ def https(collab) -> httpx.Client:
     return httpx.Client(base_url=collab.url, verify=ctx)
 
 
+def signed_for(collab) -> dict[str, str]:
+    """What a signed request to this coordinator must name (from /v1/health)."""
+    with https(collab) as http:
+        health = http.get("/v1/health").json()
+    return {"definition_hash": health["definition_hash"], "coordinator": health["coordinator"]}
+
+
 def test_replay_refused_across_a_real_coordinator_restart_and_key_never_logged(tmp_path):
     collab = prepare_example(tmp_path, people=200, min_group_size=5)
     brand = private_key_from_pem((collab.workdir / "keys" / "brand.pem").read_bytes())
     with collab:
-        captured = sign_request(brand, "brand", "GET", "/v1/status")
+        here = signed_for(collab)
+        captured = sign_request(brand, "brand", "GET", "/v1/status", **here)
         with https(collab) as http:
             assert http.get("/v1/status", headers=captured).status_code == 200
 
@@ -295,7 +310,9 @@ def test_replay_refused_across_a_real_coordinator_restart_and_key_never_logged(t
             replay = http.get("/v1/status", headers=captured)
             assert replay.status_code == 401
             assert "replayed" in replay.json()["error"]["message"]
-            fresh = sign_request(brand, "brand", "GET", "/v1/status")
+            # A restart keeps the coordinator (its signing key is in the workdir).
+            assert signed_for(collab) == here
+            fresh = sign_request(brand, "brand", "GET", "/v1/status", **here)
             assert http.get("/v1/status", headers=fresh).status_code == 200
 
         workdir = collab.workdir / "coordinator"

@@ -55,16 +55,23 @@ def test_bundle_from_simulated_signer_refused_when_hardware_required():
         verify_bundle("[]", hardware)
 
 
+SIGNER = encode_public_key(generate_private_key())
+"""Stands for the coordinator's result-signing key, the id requests name."""
+
+
 def test_request_signatures():
     d = definition()
-    verifier = RequestVerifier(d)
+    verifier = RequestVerifier(d, SIGNER)
+    here = {"definition_hash": d.definition_hash(), "coordinator": SIGNER}
     headers = {k.lower(): v for k, v in
-               sign_request(KEYS["brand"], "brand", "POST", "/v1/queries", b"{}", now=1000).items()}
+               sign_request(KEYS["brand"], "brand", "POST", "/v1/queries", b"{}", now=1000,
+                            **here).items()}
     assert verifier.verify(headers, "POST", "/v1/queries", b"{}", now=1000) == "brand"
     with pytest.raises(RequestRejected, match="replayed"):
         verifier.verify(headers, "POST", "/v1/queries", b"{}", now=1000)
     fresh = {k.lower(): v for k, v in
-             sign_request(KEYS["brand"], "brand", "POST", "/v1/queries", b"{}", now=1000).items()}
+             sign_request(KEYS["brand"], "brand", "POST", "/v1/queries", b"{}", now=1000,
+                          **here).items()}
     with pytest.raises(RequestRejected, match="clock"):
         verifier.verify(fresh, "POST", "/v1/queries", b"{}", now=1000 + MAX_SKEW_S + 1)
     with pytest.raises(RequestRejected, match="does not verify"):

@@ -185,8 +185,10 @@ class Coordinator:
         self.signer = self.engine.public_key
         self.signer_statement = signer_statement(self.attester, self.signer,
                                                  self.definition_hash)
+        # Requests must name this definition and this coordinator's attested
+        # signer, so one captured here is refused by any other coordinator.
         self.requests = RequestVerifier(
-            self.definition, private_file(self.workdir / "request-nonces.sqlite"))
+            self.definition, self.signer, private_file(self.workdir / "request-nonces.sqlite"))
         self._engine_lock = threading.Lock()
         self._status_lock = threading.Lock()
         self.datasets: dict[str, dict[str, Any]] = {
@@ -488,7 +490,9 @@ def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits 
         description=(
             "HTTP API of the clean room coordinator enclave. Attestation and the "
             "definition are public; every other call is signed by a party's Ed25519 "
-            "key (X-Cleanroom-Party, -Nonce, -Issued-At, -Signature headers). "
+            "key (X-Cleanroom-Party, -Nonce, -Issued-At, -Definition, -Coordinator, -Signature "
+            "headers; sgxcloud.cleanroom.request/v2, naming this collaboration's definition "
+            "hash and this coordinator's attested result signer). "
             "Results are signed by the enclave's key, which its attestation binds."
         ),
     )
@@ -546,9 +550,12 @@ def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits 
 
     @app.get("/v1/health", tags=["public"])
     async def health() -> dict[str, Any]:
-        """Liveness, and whether this coordinator runs on SIMULATED attestation."""
+        """Liveness, whether this coordinator runs on SIMULATED attestation, and what
+        signed requests must name (definition hash, coordinator); a client signs for
+        the coordinator its attestation proved, not for what this unattested answer says."""
         c = app.state.coordinator
-        return {"status": "ok", "simulated": c.simulated, "definition_hash": c.definition_hash}
+        return {"status": "ok", "simulated": c.simulated, "definition_hash": c.definition_hash,
+                "coordinator": c.signer}
 
     @app.get("/v1/attestation", tags=["public"], responses=errors)
     async def attestation(nonce: str = Query(..., pattern="^[0-9a-f]{64}$",

@@ -148,6 +148,7 @@ class CleanroomClient:
         self.attestation = attestation
         self.simulated = simulated
         self.collateral_source = collateral_source
+        self._definition_hash = definition.definition_hash()
 
     @classmethod
     def connect(cls, base_url: str, definition: Definition, party: str,
@@ -189,7 +190,11 @@ class CleanroomClient:
 
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         content = b"" if body is None else json.dumps(body).encode()
-        headers = sign_request(self._key, self.party, method, path, content)
+        # Named from what connect() verified: the definition we hold and the
+        # signer the coordinator's evidence binds; no other coordinator accepts it.
+        headers = sign_request(self._key, self.party, method, path, content,
+                               definition_hash=self._definition_hash,
+                               coordinator=str(self.attestation["signer"]))
         if content:
             headers["Content-Type"] = "application/json"
         try:

@@ -1,16 +1,29 @@
 """Signed HTTP requests: how a party proves who it is to the coordinator API.
 
 Every party's Ed25519 public key is in the definition, so no passwords or
-tokens exist.  A request carries four headers; the signature covers the
-method, path, a hash of the body, the party, a one-time nonce and the time::
+tokens exist.  A request carries six headers; the signature
+(``sgxcloud.cleanroom.request/v2``) covers the method, path, a hash of the
+body, the party, a one-time nonce, the time, and *where the request is for*:
+the collaboration (its definition hash) and the coordinator (its
+result-signing key, which the coordinator's attestation binds)::
 
-    X-Cleanroom-Party, X-Cleanroom-Nonce, X-Cleanroom-Issued-At, X-Cleanroom-Signature
+    X-Cleanroom-Party, X-Cleanroom-Nonce, X-Cleanroom-Issued-At,
+    X-Cleanroom-Definition, X-Cleanroom-Coordinator, X-Cleanroom-Signature
+
+A party may use one key in several collaborations, and one definition may
+run at several coordinators (each workdir is a coordinator of its own, with
+its own used-nonce store): without the last two, a request captured at one
+could be spent again at another within the clock window.  The client takes
+both from what it attested (``GET /v1/attestation``), so it never signs for a
+coordinator it has not verified.
 
 The coordinator refuses a signature that does not verify, a clock more than
-``MAX_SKEW_S`` away, and a nonce the same party has already used (a replayed
-request).  Used nonces are kept in SQLite in the coordinator's workdir, so a
-request captured in transit or from a log cannot be replayed after a restart
-either; each is kept until its request would fail the clock check anyway.
+``MAX_SKEW_S`` away, a request for another collaboration or coordinator, one
+signed in the older form (v1, which named neither) and a nonce the same party
+has already used (a replayed request).  Used nonces are kept in SQLite in the
+coordinator's workdir, so a request captured in transit or from a log cannot
+be replayed after a restart either; each is kept until its request would
+fail the clock check anyway.
 """
 
 from __future__ import annotations
@@ -34,10 +47,19 @@ from sgxcloud.cleanroom.approvals import decode_public_key
 from sgxcloud.cleanroom.definition import Definition, canonical_json
 from sgxcloud.errors import SgxcloudError
 
-PURPOSE = "sgxcloud.cleanroom.request/v1"
+PURPOSE = "sgxcloud.cleanroom.request/v2"
+OLD_PURPOSE = "sgxcloud.cleanroom.request/v1"
 MAX_SKEW_S = 300
 HEADERS = ("x-cleanroom-party", "x-cleanroom-nonce", "x-cleanroom-issued-at",
            "x-cleanroom-signature")
+DEFINITION_HEADER = "x-cleanroom-definition"
+COORDINATOR_HEADER = "x-cleanroom-coordinator"
+UPGRADE_MESSAGE = (
+    f"request is signed in the older form ({OLD_PURPOSE}), which names no collaboration "
+    "and no coordinator, so it could be replayed at another coordinator where the party "
+    "has the same key: upgrade sgxcloud on the party's side (SDK, CLI, console) to sign "
+    f"{PURPOSE}")
+_DEFINITION_HASH = re.compile(r"[0-9a-f]{64}")
 _NONCE = re.compile(r"[0-9a-f]{32,128}")
 """At least 16 random bytes, hex (``sign_request`` sends 16); bounded so a
 party cannot fill the nonce store with huge values."""
@@ -55,24 +77,38 @@ class NonceStoreError(SgxcloudError):
     exit_code = 3
 
 
-def _payload(method: str, path: str, body: bytes, party: str, nonce: str, issued_at: int) -> bytes:
+def _payload(method: str, path: str, body: bytes, party: str, nonce: str, issued_at: int,
+             definition_hash: str, coordinator: str) -> bytes:
     return canonical_json({
         "purpose": PURPOSE, "method": method.upper(), "path": path,
         "body_sha256": hashlib.sha256(body).hexdigest(), "party": party,
         "nonce": nonce, "issued_at": issued_at,
+        "definition_hash": definition_hash, "coordinator": coordinator,
     })
 
 
 def sign_request(key: Ed25519PrivateKey, party: str, method: str, path: str,
-                 body: bytes = b"", now: int | None = None) -> dict[str, str]:
-    """Headers that authenticate one request as ``party``."""
+                 body: bytes = b"", now: int | None = None, *, definition_hash: str,
+                 coordinator: str) -> dict[str, str]:
+    """Headers that authenticate one request as ``party`` to one coordinator.
+
+    ``definition_hash`` is the collaboration's (the client's own definition);
+    ``coordinator`` is the coordinator's result-signing key (``ed25519:...``)
+    as its verified attestation names it (``CleanroomClient.attestation["signer"]``).
+    """
+    if not _DEFINITION_HASH.fullmatch(definition_hash):
+        raise ValueError("definition_hash must be 64 lower-case hex digits")
+    decode_public_key(coordinator)  # the form the coordinator serves, or a clear error
     nonce = os.urandom(16).hex()
     issued_at = int(time.time() if now is None else now)
-    signature = key.sign(_payload(method, path, body, party, nonce, issued_at))
+    signature = key.sign(_payload(method, path, body, party, nonce, issued_at,
+                                  definition_hash, coordinator))
     return {
         "X-Cleanroom-Party": party,
         "X-Cleanroom-Nonce": nonce,
         "X-Cleanroom-Issued-At": str(issued_at),
+        "X-Cleanroom-Definition": definition_hash,
+        "X-Cleanroom-Coordinator": coordinator,
         "X-Cleanroom-Signature": base64.b64encode(signature).decode(),
     }
 
@@ -142,13 +178,18 @@ class UsedNonces:
 class RequestVerifier:
     """Checks signed requests against the definition's party keys; remembers nonces.
 
-    ``nonce_store`` is the SQLite file that makes replay protection survive a
-    restart; the coordinator always passes one.  Without it nonces are kept in
-    memory only, which suits unit tests and nothing else.
+    ``coordinator`` is this coordinator's result-signing key (``ed25519:...``),
+    the id its attestation binds: a request must name it and this
+    definition's hash.  ``nonce_store`` is the SQLite file that makes replay
+    protection survive a restart; the coordinator always passes one.  Without
+    it nonces are kept in memory only, which suits unit tests and nothing else.
     """
 
-    def __init__(self, definition: Definition, nonce_store: Path | None = None) -> None:
+    def __init__(self, definition: Definition, coordinator: str,
+                 nonce_store: Path | None = None) -> None:
         self.definition = definition
+        self.definition_hash = definition.definition_hash()
+        self.coordinator = coordinator
         self.nonces = UsedNonces(nonce_store)
 
     def close(self) -> None:
@@ -182,7 +223,32 @@ class RequestVerifier:
         current = int(time.time() if now is None else now)
         if abs(current - issued_at) > MAX_SKEW_S:
             raise RequestRejected("request timestamp is too far from the coordinator's clock")
+        self._check_bound_here(headers)
         return party_name, nonce, issued_at, signature, current
+
+    def _check_bound_here(self, headers: Mapping[str, str]) -> None:
+        """The request names this collaboration and this coordinator.
+
+        Only a clear early answer: the signature below is checked over *this*
+        coordinator's values, never over what the headers claim.
+        """
+        definition = headers.get(DEFINITION_HEADER)
+        coordinator = headers.get(COORDINATOR_HEADER)
+        if definition is None and coordinator is None:
+            raise RequestRejected(UPGRADE_MESSAGE)
+        if definition is None or coordinator is None:
+            raise RequestRejected("request names its collaboration or its coordinator, not "
+                                  "both (X-Cleanroom-Definition, X-Cleanroom-Coordinator)")
+        if definition != self.definition_hash:
+            raise RequestRejected(
+                f"request was signed for another collaboration (definition "
+                f"{definition[:16]}…); this coordinator runs definition "
+                f"{self.definition_hash[:16]}… (GET /v1/definition): sign for it")
+        if coordinator != self.coordinator:
+            raise RequestRejected(
+                f"request was signed for another coordinator ({coordinator[:24]}…); this "
+                f"coordinator is {self.coordinator[:24]}… (the signer of GET /v1/attestation): "
+                "attest it and sign for it")
 
     def verify(self, headers: Mapping[str, str], method: str, path: str, body: bytes,
                now: int | None = None) -> str:
@@ -195,7 +261,8 @@ class RequestVerifier:
         party = self.definition.party(party_name)
         if party is None:  # checked above; kept so the key below is never None
             raise RequestRejected(f"{party_name[:40]!r} is not a party of this collaboration")
-        payload = _payload(method, path, body, party_name, nonce, issued_at)
+        payload = _payload(method, path, body, party_name, nonce, issued_at,
+                           self.definition_hash, self.coordinator)
         try:
             decode_public_key(party.public_key).verify(signature, payload)
         except (InvalidSignature, SgxcloudError) as exc:
