@@ -277,3 +277,21 @@ def test_the_verifier_refuses_the_older_form_and_half_named_requests_on_the_head
         sign_request(keys["brand"], "brand", "GET", "/v1/status", definition_hash="x",
                      coordinator=here)
     verifier.close()
+
+
+def test_malformed_names_are_refused_without_being_echoed():
+    from sgxcloud.cleanroom.transport.request_auth import RequestRejected, sign_request
+
+    keys, definition, here, verifier = _verifier_world()
+    good = _lower(sign_request(keys["brand"], "brand", "GET", "/v1/status",
+                               definition_hash=definition.definition_hash(), coordinator=here))
+    for header, value, message in (
+            ("x-cleanroom-definition", "<script>" * 20, "not a definition hash"),
+            ("x-cleanroom-coordinator", "<script>" * 20, "not a coordinator's signing key")):
+        with pytest.raises(RequestRejected, match=message) as info:
+            verifier.check_headers({**good, header: value})
+        assert "<script>" not in str(info.value)
+    with pytest.raises(ValueError, match="coordinator's signer"):
+        sign_request(keys["brand"], "brand", "GET", "/v1/status",
+                     definition_hash=definition.definition_hash(), coordinator="ed25519:x")
+    verifier.close()

@@ -60,6 +60,8 @@ UPGRADE_MESSAGE = (
     "has the same key: upgrade sgxcloud on the party's side (SDK, CLI, console) to sign "
     f"{PURPOSE}")
 _DEFINITION_HASH = re.compile(r"[0-9a-f]{64}")
+_COORDINATOR = re.compile(r"ed25519:[A-Za-z0-9+/]{43}=")
+"""A coordinator id: its Ed25519 result-signing key as definitions write keys."""
 _NONCE = re.compile(r"[0-9a-f]{32,128}")
 """At least 16 random bytes, hex (``sign_request`` sends 16); bounded so a
 party cannot fill the nonce store with huge values."""
@@ -98,7 +100,8 @@ def sign_request(key: Ed25519PrivateKey, party: str, method: str, path: str,
     """
     if not _DEFINITION_HASH.fullmatch(definition_hash):
         raise ValueError("definition_hash must be 64 lower-case hex digits")
-    decode_public_key(coordinator)  # the form the coordinator serves, or a clear error
+    if not _COORDINATOR.fullmatch(coordinator):
+        raise ValueError("coordinator must be the coordinator's signer, ed25519:<base64>")
     nonce = os.urandom(16).hex()
     issued_at = int(time.time() if now is None else now)
     signature = key.sign(_payload(method, path, body, party, nonce, issued_at,
@@ -239,6 +242,12 @@ class RequestVerifier:
         if definition is None or coordinator is None:
             raise RequestRejected("request names its collaboration or its coordinator, not "
                                   "both (X-Cleanroom-Definition, X-Cleanroom-Coordinator)")
+        if not _DEFINITION_HASH.fullmatch(definition):
+            raise RequestRejected("X-Cleanroom-Definition is not a definition hash "
+                                  "(64 lower-case hex digits)")
+        if not _COORDINATOR.fullmatch(coordinator):
+            raise RequestRejected("X-Cleanroom-Coordinator is not a coordinator's signing key "
+                                  "(ed25519:<base64>)")
         if definition != self.definition_hash:
             raise RequestRejected(
                 f"request was signed for another collaboration (definition "
