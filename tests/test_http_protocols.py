@@ -15,6 +15,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,13 @@ from sgxcloud.web.limits import (
 LIMITS = RequestLimits(header_timeout_s=0.5, max_header_bytes=4096)
 
 
+BIG = 64 * 1024
+"""The body of GET /big: pipelined, a few fill any socket buffer a reader leaves unread."""
+
+
 async def _echo(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
-    """Answers the body's length, so a test sees the whole request arrived."""
+    """Answers the body's length, so a test sees the whole request arrived
+    (GET /big: ``BIG`` bytes)."""
     if scope["type"] != "http":
         return
     size = 0
@@ -41,7 +47,7 @@ async def _echo(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         size += len(message.get("body", b""))
         if not message.get("more_body"):
             break
-    body = str(size).encode()
+    body = b"b" * BIG if scope["path"] == "/big" else str(size).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -52,12 +58,15 @@ def tls(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
     return make_loopback_tls(tmp_path_factory.mktemp("tls"))
 
 
-@pytest.fixture(params=[LimitedHttpToolsProtocol, LimitedH11Protocol],
-                ids=["httptools", "h11"])
-def server(request: pytest.FixtureRequest, tls) -> Iterator[tuple[int, ssl.SSLContext]]:  # type: ignore[no-untyped-def]
+PROTOCOLS = pytest.mark.parametrize("protocol", [LimitedHttpToolsProtocol, LimitedH11Protocol],
+                                    ids=["httptools", "h11"])
+
+
+@contextmanager
+def _serving(tls, protocol: type, limits: RequestLimits) -> Iterator[uvicorn.Server]:  # type: ignore[no-untyped-def]
     config = uvicorn.Config(_echo, host="127.0.0.1", port=0, log_level="warning",
                             lifespan="off", ssl_certfile=str(tls.cert),
-                            ssl_keyfile=str(tls.key), **uvicorn_options(LIMITS, request.param))
+                            ssl_keyfile=str(tls.key), **uvicorn_options(limits, protocol))
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
@@ -65,10 +74,22 @@ def server(request: pytest.FixtureRequest, tls) -> Iterator[tuple[int, ssl.SSLCo
     while not running.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert running.started, "the server did not start"
-    context = ssl.create_default_context(cafile=str(Path(tls.ca_cert)))
-    yield running.servers[0].sockets[0].getsockname()[1], context
-    running.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield running
+    finally:
+        running.should_exit = True
+        thread.join(timeout=10)
+
+
+def _port(running: uvicorn.Server) -> int:
+    return running.servers[0].sockets[0].getsockname()[1]
+
+
+@pytest.fixture(params=[LimitedHttpToolsProtocol, LimitedH11Protocol],
+                ids=["httptools", "h11"])
+def server(request: pytest.FixtureRequest, tls) -> Iterator[tuple[int, ssl.SSLContext]]:  # type: ignore[no-untyped-def]
+    with _serving(tls, request.param, LIMITS) as running:
+        yield _port(running), ssl.create_default_context(cafile=str(Path(tls.ca_cert)))
 
 
 def _connect(server: tuple[int, ssl.SSLContext]) -> ssl.SSLSocket:
@@ -163,6 +184,75 @@ def test_a_head_within_the_limit_is_served(server) -> None:  # type: ignore[no-u
             time.sleep(0.05)
         assert _response(sock).startswith(b"HTTP/1.1 200")
 
+def _slow_reader(port: int, context: ssl.SSLContext, requests: int = 200) -> ssl.SSLSocket:
+    """A client that pipelines ``requests`` x GET /big through a 4 KiB receive
+    buffer and never reads an answer (red team, slow_reader.py)."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", port))
+    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * requests)
+    return sock
+
+
+def _wait(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@PROTOCOLS
+def test_a_client_that_does_not_read_loses_its_connections(tls, protocol) -> None:  # type: ignore[no-untyped-def]
+    """Slow readers fill every slot, are cut off once their output stays unread
+    for ``response_timeout_s``, and a legitimate request is served after them.
+
+    The old protocols waited for such a client forever: its connection stayed
+    among the server's connections (the slots ``max_connections`` counts) and
+    every other request was answered 503.  Generous bounds: 1 s is the limit,
+    20 s the test's patience (the event loop's own TLS close gives up after 30).
+    """
+    limits = RequestLimits(header_timeout_s=0.5, max_connections=3, response_timeout_s=1)
+    context = ssl.create_default_context(cafile=str(Path(tls.ca_cert)))
+    with _serving(tls, protocol, limits) as running:
+        port = _port(running)
+        connections = running.server_state.connections
+        readers = [_slow_reader(port, context) for _ in range(limits.max_connections)]
+        try:
+            assert _wait(lambda: len(connections) == 0, 20), (
+                f"{len(connections)} connections whose client reads nothing held 20 s "
+                f"(response_timeout_s {limits.response_timeout_s:g})")
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+                assert _response(sock).startswith(b"HTTP/1.1 200")
+        finally:
+            for reader in readers:
+                reader.close()
+
+
+@PROTOCOLS
+def test_a_slow_but_reading_client_gets_its_whole_answer(tls, protocol) -> None:  # type: ignore[no-untyped-def]
+    """The deadline is on output left unread, not on the response: a client that
+    reads keeps its connection however long the answers take in total."""
+    limits = RequestLimits(header_timeout_s=5, response_timeout_s=1)
+    context = ssl.create_default_context(cafile=str(Path(tls.ca_cert)))
+    with _serving(tls, protocol, limits) as running:
+        sock = _slow_reader(_port(running), context, requests=40)
+        with sock:
+            expected = 40 * BIG
+            got, body, started = 0, b"", time.monotonic()
+            while got < expected:
+                chunk = sock.recv(16384)
+                assert chunk, f"closed after {got} of {expected} bytes"
+                body += chunk
+                got = body.count(b"b")
+                time.sleep(0.002)  # slower than the server writes: it pauses often
+            assert time.monotonic() - started > 0  # it did read through pauses
+            assert body.count(b"HTTP/1.1 200") == 40
 
 
 def test_expect_100_continue_is_answered_before_the_body(server) -> None:  # type: ignore[no-untyped-def]

@@ -17,9 +17,11 @@ anyone on the network fill it (one unsigned 300 MiB body took the CAS from
 * :func:`uvicorn_options`: the server-side bounds uvicorn offers (concurrent
   requests, keep-alive) plus an HTTP/1.1 protocol that closes a connection
   that has not sent a complete request head within ``header_timeout_s``
-  (slow-loris) and refuses a head growing past ``max_header_bytes``:
-  :class:`LimitedHttpToolsProtocol` (C parser, the default) or
-  :class:`LimitedH11Protocol` (pure Python), the same limits on both.
+  (slow-loris), refuses a head growing past ``max_header_bytes`` and aborts
+  a connection whose client does not read its responses within
+  ``response_timeout_s`` (slow reader): :class:`LimitedHttpToolsProtocol`
+  (C parser, the default) or :class:`LimitedH11Protocol` (pure Python), the
+  same limits on both.
 
 The signature still covers the body, so a request passing the header check
 is only fully authenticated once the (bounded) body has been read.
@@ -99,12 +101,15 @@ class RequestLimits:
     """Requests or connections handled at once; more are answered 503."""
     keep_alive_s: int = 5
     """How long an idle keep-alive connection stays open."""
+    response_timeout_s: float = 30.0
+    """How long a response may wait for the client to read it: a connection whose
+    writing stays paused this long (the client takes nothing in) is aborted."""
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_header_bytes", "max_connections", "keep_alive_s"):
             if int(getattr(self, name)) < (0 if name == "max_body_bytes" else 1):
                 raise ValueError(f"{name} must be positive")
-        for name in ("body_timeout_s", "header_timeout_s"):
+        for name in ("body_timeout_s", "header_timeout_s", "response_timeout_s"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be positive")
 
@@ -268,15 +273,105 @@ class _SlowHeadCutoff:
             self.transport.close()
 
 
-class LimitedH11Protocol(_SlowHeadCutoff, H11Protocol):
-    """uvicorn's pure-Python HTTP/1.1 protocol (h11) with the slow-head cutoff.
+CLOSING_GRACE_S = 5.0
+"""How long a connection the server closed may wait, its output all handed to
+the socket, for the client's side of the TLS close."""
+
+
+class _SlowReadCutoff:
+    """Aborts a connection whose client does not read what it is sent (slow reader).
+
+    uvicorn awaits a paused transport before each response write and has no
+    deadline on that wait: a client that pipelines requests and never reads
+    kept its connection (and its ``max_connections`` slot) forever, and the
+    head cutoff and keep-alive timer never ran because a response was always
+    unfinished.  Here the transport pausing writing (its buffer past the high
+    water mark) arms a deadline of ``response_timeout_s``; it is cancelled
+    only when the client has read the buffer down to the low water mark.  So
+    every state of a connection has a deadline: the head's, the body's, the
+    keep-alive's, or this one while unread output waits.  The connection is
+    aborted, not closed: a close would wait for the buffer to flush.
+    """
+
+    response_timeout_s: float = RequestLimits.response_timeout_s
+    _write_deadline: asyncio.TimerHandle | None = None
+    _closing_check: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.response_timeout_s,
+                                                        self._unread_too_long)
+
+    def resume_writing(self) -> None:
+        self._cancel_write_deadline()
+        super().resume_writing()  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_write_deadline()
+        if self._closing_check is not None:
+            self._closing_check.cancel()
+            self._closing_check = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _cancel_write_deadline(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _unread_too_long(self) -> None:
+        self._write_deadline = None
+        # connection_lost follows: the response waiting to write is told the
+        # client is gone, pipelined requests behind it are dropped.
+        self.transport.abort()
+
+    # A connection the server closes (503 or 4xx with ``Connection: close``,
+    # head or keep-alive deadline, malformed request) is only gone once TLS has
+    # flushed and exchanged close_notify; a client that reads nothing never
+    # answers, and the event loop waits 30 s (its TLS shutdown timeout) with the
+    # slot taken.  Once what was written has left the transport, the client has
+    # CLOSING_GRACE_S more before the connection is aborted.
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self._watch_closing()
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()  # type: ignore[misc]
+        self._watch_closing()
+
+    def send_400_response(self, msg: str) -> None:
+        super().send_400_response(msg)  # type: ignore[misc]
+        self._watch_closing()
+
+    def _head_late(self) -> None:
+        super()._head_late()  # type: ignore[misc]
+        self._watch_closing()
+
+    def _watch_closing(self) -> None:
+        if self.transport.is_closing() and self._closing_check is None:
+            self._closing_check = self.loop.call_later(CLOSING_GRACE_S, self._closing_too_long)
+
+    def _closing_too_long(self) -> None:
+        self._closing_check = None
+        if self.transport.get_write_buffer_size():
+            # Still flushing to a client that reads: the write deadline covers a stall.
+            self._closing_check = self.loop.call_later(CLOSING_GRACE_S, self._closing_too_long)
+        else:
+            self.transport.abort()
+
+
+class LimitedH11Protocol(_SlowReadCutoff, _SlowHeadCutoff, H11Protocol):
+    """uvicorn's pure-Python HTTP/1.1 protocol (h11) with the slow-head and slow-read cutoffs.
 
     h11 itself refuses (400) a request head still incomplete after
     ``h11_max_incomplete_event_size`` bytes, which :func:`uvicorn_options` sets.
     """
 
 
-class LimitedHttpToolsProtocol(_SlowHeadCutoff, HttpToolsProtocol):
+class LimitedHttpToolsProtocol(_SlowReadCutoff, _SlowHeadCutoff, HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol on httptools (llhttp, C) with the same limits as h11.
 
     The C parser costs a fraction of h11's CPU per request.  It has no bound
@@ -366,13 +461,19 @@ def uvicorn_options(limits: RequestLimits,
     Always one of the protocols above (httptools unless told), so that the
     slow-head cutoff and the head-size limit configured here apply.
     """
-    limited = type(protocol.__name__, (protocol,), {"header_timeout_s": limits.header_timeout_s,
-                                                    "max_head_bytes": limits.max_header_bytes})
+    limited = type(protocol.__name__, (protocol,), {
+        "header_timeout_s": limits.header_timeout_s,
+        "max_head_bytes": limits.max_header_bytes,
+        "response_timeout_s": limits.response_timeout_s,
+    })
     return {
         "http": limited,
         "limit_concurrency": limits.max_connections,
         "timeout_keep_alive": limits.keep_alive_s,
         "h11_max_incomplete_event_size": limits.max_header_bytes,
+        # No WebSocket route is served; an upgraded connection would leave
+        # these protocols (and the connection count) for one without their limits.
+        "ws": "none",
     }
 
 
