@@ -90,7 +90,7 @@ def cas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     settings = home / "cas.yaml"
     settings.write_text(
         settings.read_text().replace("port: 8443", f"port: {port}")
-        + "header_timeout_seconds: 1\nbody_timeout_seconds: 2\n"
+        + "header_timeout_seconds: 1\nbody_timeout_seconds: 2\nresponse_timeout_seconds: 2\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--config", str(settings)],
@@ -124,6 +124,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
     collab.start_timeout = 120
     # No node runs: the coordinator finds the bank's address closed and serves anyway.
     collab.addresses = {"bank": ("127.0.0.1", _free_port())}
+    collab.coordinator_args = ["--response-timeout", "2"]
     collab.start_coordinator()
     try:
         host, port = collab.url.removeprefix("https://").split(":")
@@ -248,6 +249,46 @@ def attack(service: Service, method: str, path: str, *, total: int, chunked: boo
     return Outcome(status, sent, body)
 
 
+SLOW_READER_PATIENCE = 20.0
+"""Seconds a test waits for a slow reader to be cut off (the limit is 2 s; the
+old code held it forever)."""
+
+
+def slow_reader(service: Service, path: str = "/openapi.json",
+                requests: int = 400) -> ssl.SSLSocket:
+    """The red team's slow reader (attack-cas2/slow_reader.py): a 4 KiB receive
+    buffer, ``requests`` pipelined GETs, and no answer ever read."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10)
+    raw.connect((service.host, service.port))
+    sock = service.context.wrap_socket(raw, server_hostname=service.host)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {service.host}\r\n\r\n".encode() * requests)
+    return sock
+
+
+def held_by_server(service: Service, sock: ssl.SSLSocket) -> bool:
+    """Whether the service process still has a socket to ``sock`` (in any state)."""
+    here = sock.getsockname()
+    return any(c.raddr and tuple(c.raddr) == here
+               for c in psutil.Process(service.process.pid).net_connections("tcp"))
+
+
+def assert_slow_readers_cut_off(service: Service, count: int = 3) -> None:
+    readers = [slow_reader(service) for _ in range(count)]
+    try:
+        deadline = time.monotonic() + SLOW_READER_PATIENCE
+        while any(held_by_server(service, r) for r in readers):
+            assert time.monotonic() < deadline, (
+                f"connections whose client reads nothing held {SLOW_READER_PATIENCE:g} s "
+                "(response timeout 2 s)")
+            time.sleep(0.2)
+    finally:
+        for reader in readers:
+            reader.close()
+    assert service.alive()
+
+
 def assert_cheap(service: Service, outcome_of, *, status: int) -> Outcome:
     before = service.reset_peak()
     outcome = outcome_of()
@@ -320,6 +361,15 @@ def test_cas_answers_408_to_a_body_that_trickles(cas: Service) -> None:
     assert status == 408 and json.loads(body)["error"] == "timeout"
 
 
+def test_cas_cuts_off_clients_that_do_not_read_their_answers(cas: Service) -> None:
+    """Slow reader (red team attack-cas2): pipelined GET /openapi.json, never read.
+
+    The old server waited on the unread response forever, past every timeout,
+    with the connection's ``max_connections`` slot taken.
+    """
+    assert_slow_readers_cut_off(cas)
+
+
 def test_cas_refuses_oversized_headers(cas: Service) -> None:
     with _open(cas) as sock:
         sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (64 * 1024))
@@ -377,3 +427,8 @@ def test_coordinator_deeply_nested_query_is_a_bad_request(coordinator) -> None:
     assert answer.status_code == 400, answer.text
     assert "nested" in answer.json()["error"]["message"]
     assert service.alive()
+
+
+def test_coordinator_cuts_off_clients_that_do_not_read_their_answers(coordinator) -> None:
+    service, _ = coordinator
+    assert_slow_readers_cut_off(service)

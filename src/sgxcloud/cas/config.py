@@ -91,6 +91,8 @@ class Settings(BaseModel):
     header_timeout_seconds: float = Field(10.0, gt=0, le=300)
     body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     keep_alive_seconds: int = Field(5, ge=1, le=300)
+    # A client that leaves its answers unread this long loses the connection.
+    response_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     # Principal ids (key:sha256:<hex> / cert:sha256:<hex>) allowed to create
     # policies; unset: any authenticated caller may.
     policy_creators: (
@@ -149,6 +151,7 @@ class Settings(BaseModel):
             max_header_bytes=self.max_header_bytes,
             max_connections=self.max_connections,
             keep_alive_s=self.keep_alive_seconds,
+            response_timeout_s=self.response_timeout_seconds,
         )
 
     def master_key_beside_database(self) -> bool:

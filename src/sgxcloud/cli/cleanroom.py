@@ -394,6 +394,9 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
               help="Largest query body accepted (larger ones: 413, before reading them).")
 @click.option("--max-connections", default=64, show_default=True, type=click.IntRange(1),
               help="Requests handled at once; more are answered 503.")
+@click.option("--response-timeout", default=30.0, show_default=True,
+              type=click.FloatRange(0, 3600, min_open=True), metavar="SECONDS",
+              help="A client that leaves its answers unread this long loses the connection.")
 @click.option("--metrics-listen", metavar="HOST:PORT",
               help="Serve Prometheus GET /metrics over HTTP here; loopback addresses only "
                    "(127.0.0.1:PORT). Off by default; never on the API's port.")
@@ -402,7 +405,7 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
 @click.option("-v", "--verbose", is_flag=True)
 def coordinator(definition, approval_files, nodes, workdir, listen, simulate, simulate_mrenclave,
                 allow_simulated, memory_limit, batch_rows, max_query_bytes, max_connections,
-                metrics_listen, collateral, pccs, ready_file, verbose) -> int:
+                response_timeout, metrics_listen, collateral, pccs, ready_file, verbose) -> int:
     """Pull approved data from the nodes and serve the HTTPS API (runs until stopped)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -466,7 +469,8 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
 
     try:
         serve(coord, host, port, on_ready=ready, max_query_bytes=max_query_bytes,
-              limits=RequestLimits(max_connections=max_connections),
+              limits=RequestLimits(max_connections=max_connections,
+                                   response_timeout_s=response_timeout),
               metrics_listen=metrics_at)
     finally:
         coord.close()
