@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from sgxcloud.cas.service.server import make_loopback_tls
+from sgxcloud.cas.service.server import PeerCertificateProtocol, make_loopback_tls
 from sgxcloud.web.limits import (
     LimitedH11Protocol,
     LimitedHttpToolsProtocol,
@@ -205,7 +205,9 @@ def _wait(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
     return True
 
 
-@PROTOCOLS
+@pytest.mark.parametrize("protocol", [LimitedHttpToolsProtocol, LimitedH11Protocol,
+                                      PeerCertificateProtocol],
+                         ids=["httptools", "h11", "cas-mtls"])
 def test_a_client_that_does_not_read_loses_its_connections(tls, protocol) -> None:  # type: ignore[no-untyped-def]
     """Slow readers fill every slot, are cut off once their output stays unread
     for ``response_timeout_s``, and a legitimate request is served after them.
