@@ -28,6 +28,11 @@ from sgxcloud.cas.config import load_settings  # noqa: E402
 from sgxcloud.cas.evidence import DefaultVerifier, load_evidence  # noqa: E402
 from sgxcloud.cas.service import server  # noqa: E402
 
+try:  # older trees (a --baseline run) have no pre-collateral check
+    from sgxcloud.cas.pck import forget_checked_quotes as _forget_checked_quotes
+except ImportError:  # pragma: no cover
+    _forget_checked_quotes = None
+
 DCAP = ROOT.parent / "shared" / "testdata" / "dcap"
 QUOTE_TIME = 1752919277  # inside the sample collateral's validity window
 
@@ -42,6 +47,11 @@ class RealQuoteCost:
         assert self.real.verify(self.quote, QUOTE_TIME).identity.mrenclave.startswith("33d8736d")
 
     def verify(self, evidence, now):  # type: ignore[no-untyped-def]
+        if _forget_checked_quotes is not None:
+            # A real enclave's quote is always new (it binds a fresh nonce): no
+            # shortcut for having seen this one (the PCK chain stays cached,
+            # as it would for one platform's enclaves).
+            _forget_checked_quotes()
         self.real.verify(self.quote, QUOTE_TIME)
         return self.inner.verify(evidence, now)
 

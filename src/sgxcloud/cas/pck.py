@@ -130,6 +130,17 @@ class _Reader:
         return int(struct.unpack("<I", self.take(4))[0])
 
 
+def forget_checked_quotes() -> None:
+    """Drop the quotes remembered as checked (chains stay): each next quote is checked again.
+
+    Real enclaves never repeat a quote (each binds a fresh nonce); the
+    benchmark, which re-verifies one real quote, calls this so that every
+    attestation pays what a new quote costs.
+    """
+    with _CHAINS_LOCK:
+        _QUOTES.clear()
+
+
 def precheck(quote: bytes, now: int) -> Platform:
     """Check what needs no collateral; return the platform its collateral is keyed by.
 
