@@ -237,6 +237,26 @@ def test_a_client_that_does_not_read_loses_its_connections(tls, protocol) -> Non
 
 
 @PROTOCOLS
+def test_a_connection_the_server_closes_is_released_though_the_client_is_silent(
+        tls, protocol) -> None:  # type: ignore[no-untyped-def]
+    """The head deadline closes an idle connection whose client then neither reads
+    nor closes: it leaves the server's connections ``CLOSING_GRACE_S`` later.
+
+    Before, the close waited for the client's TLS close_notify until the event
+    loop's TLS shutdown timeout (30 s), the slot taken all along.
+    """
+    limits = RequestLimits(header_timeout_s=0.5)
+    context = ssl.create_default_context(cafile=str(Path(tls.ca_cert)))
+    with _serving(tls, protocol, limits) as running:
+        connections = running.server_state.connections
+        raw = socket.create_connection(("127.0.0.1", _port(running)), timeout=10)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1"):
+            assert _wait(lambda: len(connections) == 1, 10)
+            assert _wait(lambda: len(connections) == 0, 20), (
+                "a connection closed by the server held 20 s by a silent client")
+
+
+@PROTOCOLS
 def test_a_slow_but_reading_client_gets_its_whole_answer(tls, protocol) -> None:  # type: ignore[no-untyped-def]
     """The deadline is on output left unread, not on the response: a client that
     reads keeps its connection however long the answers take in total."""
