@@ -235,7 +235,13 @@ def background_https(
     owner_ca: Path | None = None,
     limits: RequestLimits | None = None,
 ) -> Iterator[str]:
-    """Serve ``app`` over HTTPS on a free loopback port in a thread; yields the base URL."""
+    """Serve ``app`` over HTTPS on a free loopback port in a thread; yields the base URL.
+
+    On asyncio's own loop, never uvloop: the thread may live in a process that
+    eventlet has monkey-patched (the demo runs Nova's harness), where asyncio's
+    selector is green and yields to eventlet's hub, while uvloop's blocks the
+    whole OS thread — every other green thread of the demo stopped with it.
+    """
     config = uvicorn.Config(
         app,
         host=host,
@@ -243,6 +249,7 @@ def background_https(
         log_level=log_level,
         access_log=False,
         lifespan="off",
+        loop="asyncio",
         **_server_options(tls.cert, tls.key, owner_ca, limits or RequestLimits()),
     )
     server = uvicorn.Server(config)
