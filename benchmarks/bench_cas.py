@@ -251,8 +251,12 @@ class Setup:
         )
         for _ in range(self.replicas):
             self.servers.append(_start_replica(settings, tls.ca_cert, self.src))
-        with client.OwnerClient(self.urls[0], owner, ca_file=tls.ca_cert) as owners:
-            owners.apply(_policy(_public_pem(owner)))
+        policy = _policy(_public_pem(owner))
+        if self.src == ROOT / "src":
+            with client.OwnerClient(self.urls[0], owner, ca_file=tls.ca_cert) as owners:
+                owners.apply(policy)
+        else:  # another tree's server speaks that tree's owner protocol
+            _apply_with_tree(self.src, workdir, self.urls[0], tls.ca_cert, owner, policy)
 
     def stop(self) -> None:
         for server, _ in self.servers:
@@ -264,6 +268,34 @@ class Setup:
                 server.kill()
                 server.wait()
         self.servers.clear()
+
+
+def _apply_with_tree(
+    src: Path, workdir: Path, url: str, ca: Path, owner: Any, policy: str
+) -> None:
+    """Apply ``policy`` with the owner client of the tree at ``src`` (a baseline's)."""
+    from cryptography.hazmat.primitives import serialization
+
+    key_file, policy_file = workdir / "baseline-owner.pem", workdir / "baseline-policy.yaml"
+    key_file.write_bytes(owner.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    policy_file.write_text(policy)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from cryptography.hazmat.primitives import serialization\n"
+        "from sgxcloud.cas import client\n"
+        "key = serialization.load_pem_private_key(Path(sys.argv[1]).read_bytes(), None)\n"
+        "with client.OwnerClient(sys.argv[2], key, ca_file=Path(sys.argv[3])) as owners:\n"
+        "    owners.apply(Path(sys.argv[4]).read_text())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(key_file), url, str(ca), str(policy_file)],
+        env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True, check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the baseline's owner client failed: {done.stderr[-500:]}")
 
 
 def _public_pem(key: Any) -> str:
