@@ -92,29 +92,11 @@ def test_a_withdrawn_export_stops_at_once_on_every_replica(replicas) -> None:  #
     offered = shop(["consumer"])
     managing.apply_policy(who, offered, NOW)
     managing.apply_policy(who, consumer, NOW)
-    shared = _attest_consumer(serving, NOW).env["SHARED"]
+    shared = _attest_once(serving, NOW, "consumer").env["SHARED"]
     assert len(bytes.fromhex(shared)) == 16
     # Only the exporter changes (the importer's version stays): still refused at once.
     managing.apply_policy(who, shop(["someone-else"], policy_hash(offered)), NOW + 1)
     with pytest.raises(AttestationRejected) as refused:
-        _attest_consumer(serving, NOW + 1)
+        _attest_once(serving, NOW + 1, "consumer")
     assert refused.value.code == "secrets" and "no longer exported" in refused.value.reasons[0]
 
-
-def _attest_consumer(service, now: int):  # type: ignore[no-untyped-def]
-    import base64
-
-    from sgxcloud.cas import protocol
-    from sgxcloud.cas.evidence import make_simulated_evidence
-    from sgxcloud.cas.service.core import AttestRequest
-
-    key = protocol.new_enclave_key()
-    nonce = service.issue_nonce(now).nonce
-    evidence = make_simulated_evidence(
-        pg.simulated_identity(), protocol.report_data_for(key.public_key(), bytes.fromhex(nonce))
-    )
-    request = AttestRequest(
-        "consumer", "web", nonce, pg.public_pem(key), base64.b64encode(evidence.raw).decode()
-    )
-    result = service.attest(request, now)
-    return protocol.open_configuration(result.sealed_configuration, key, bytes.fromhex(nonce))

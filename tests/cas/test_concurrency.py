@@ -30,14 +30,14 @@ CLIENTS = 8
 ROUNDS = 4
 
 
-def _attest_once(service: CasService, now: int) -> protocol.Configuration:
+def _attest_once(service: CasService, now: int, policy: str = "shop") -> protocol.Configuration:
     key = protocol.new_enclave_key()
     nonce = service.issue_nonce(now).nonce
     evidence = make_simulated_evidence(
         pg.simulated_identity(), protocol.report_data_for(key.public_key(), bytes.fromhex(nonce))
     )
     request = AttestRequest(
-        "shop", "web", nonce, pg.public_pem(key), base64.b64encode(evidence.raw).decode()
+        policy, "web", nonce, pg.public_pem(key), base64.b64encode(evidence.raw).decode()
     )
     result = service.attest(request, now)
     return protocol.open_configuration(result.sealed_configuration, key, bytes.fromhex(nonce))
