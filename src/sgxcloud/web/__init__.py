@@ -3,7 +3,8 @@
 :mod:`sgxcloud.web.limits` bounds what an unauthenticated caller can make a
 service hold (request bodies, headers, connections, time) before anything is
 parsed; both services use it unchanged.  :mod:`sgxcloud.web.routing` serves
-a service's hottest endpoints with less CPU than FastAPI's generic handling.
+a service's hottest endpoints with less CPU than FastAPI's generic handling
+(:class:`DirectRoute`), ahead of its middleware stack (:class:`DirectApp`).
 """
 
 from sgxcloud.web.limits import (
@@ -15,10 +16,12 @@ from sgxcloud.web.limits import (
     RouteLimit,
     uvicorn_options,
 )
-from sgxcloud.web.routing import DirectRoute
+from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute
 
 __all__ = [
+    "TELEMETRY_OFF",
     "BodyTooLarge",
+    "DirectApp",
     "DirectRoute",
     "LimitedH11Protocol",
     "LimitedHttpToolsProtocol",

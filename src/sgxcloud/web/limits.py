@@ -135,39 +135,52 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = self.route_for(scope["method"], scope["path"])
+        admitted = await self.admit(scope, receive, send,
+                                    self.route_for(scope["method"], scope["path"]))
+        if admitted is not None:
+            await self.app(scope, admitted, send)
+
+    async def admit(self, scope: Scope, receive: Receive, send: Send,
+                    route: RouteLimit | None) -> Receive | None:
+        """Apply the limits of ``route`` (None: the shared ones) to an HTTP request.
+
+        Returns what the application must receive the request through: the
+        body read here within its limit (or ``receive`` itself when there is
+        no body).  None when the request was refused (answered here) or the
+        client went away.  :class:`~sgxcloud.web.routing.DirectApp` calls this
+        directly for the routes it serves ahead of the middleware stack.
+        """
         limit = route.max_body_bytes if route else self.limits.max_body_bytes
         declared, chunked = _framing(scope["headers"])
         if declared == -1:
             await self._refuse(scope, receive, send, 400, "malformed Content-Length")
-            return
+            return None
         if declared is not None and declared > limit:
             await self._refuse(scope, receive, send, 413, _too_large(limit))
-            return
+            return None
         if route is not None and route.precheck is not None:
             try:
                 route.precheck(scope, Headers(scope=scope))
             except SgxcloudError as exc:
                 await self._refuse(scope, receive, send, 401, str(exc))
-                return
+                return None
         if not chunked and not declared:
             # No body by HTTP/1.1's framing (no length, or 0, and not chunked):
             # nothing to bound or wait for, the application reads b"" at once.
-            await self.app(scope, receive, send)
-            return
+            return receive
         try:
             async with asyncio.timeout(self.limits.body_timeout_s):
                 body = await _read_body(receive, limit)
         except TimeoutError:
             await self._refuse(scope, receive, send, 408,
                                f"request body not received within {self.limits.body_timeout_s:g} s")
-            return
+            return None
         except BodyTooLarge as exc:
             await self._refuse(scope, receive, send, 413, str(exc))
-            return
+            return None
         if body is None:  # the client went away
-            return
-        await self.app(scope, _replay(body, receive), send)
+            return None
+        return _replay(body, receive)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
                       message: str) -> None:

@@ -48,7 +48,7 @@ from sgxcloud.cas.service.core import (
 from sgxcloud.cas.store import StoreError
 from sgxcloud.errors import SgxcloudError
 from sgxcloud.web.limits import MIB, RequestLimits, RequestLimitsMiddleware, RouteLimit
-from sgxcloud.web.routing import DirectRoute
+from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,11 @@ def create_app(
     headers checked before any body is read (:mod:`sgxcloud.web.limits`);
     ``limits`` holds the bounds shared by all routes.
     """
-    app = FastAPI(
+    # DirectApp: the attestation's two requests skip FastAPI's generic stack.
+    # FastAPI's own OpenTelemetry is off: the CAS's metrics are Prometheus
+    # (metrics.py, on a listener of their own), nothing is exported elsewhere.
+    app = DirectApp(
+        telemetry=TELEMETRY_OFF,
         title="sgxcloud attestation and configuration service",
         version=API_VERSION,
         description=(
