@@ -21,7 +21,11 @@ from cryptography import x509
 
 from sgxcloud.cas.errors import PolicyProblem
 from sgxcloud.cas.policy import placeholders as ph
-from sgxcloud.cas.policy.access import certificate_fingerprint_id, public_key_id
+from sgxcloud.cas.policy.access import (
+    OwnerKeyError,
+    certificate_fingerprint_id,
+    public_key_id,
+)
 from sgxcloud.cas.policy.model import GRAMINE_KEY_SIZE
 
 GRAMINE_KEYS_DIR = "/dev/attestation/keys/"
@@ -188,6 +192,9 @@ def check_access(access: dict[str, Any]) -> Iterator[PolicyProblem]:
             if "public_key" in principal:
                 try:
                     principal_id = public_key_id(principal["public_key"])
+                except OwnerKeyError as exc:
+                    yield PolicyProblem(f"{where}.public_key", str(exc))
+                    continue
                 except (ValueError, TypeError):
                     yield PolicyProblem(f"{where}.public_key", "is not a readable PEM public key")
                     continue

@@ -143,7 +143,10 @@ def create_app(
         body = await request.body()
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         peer = request.scope.get("state", {}).get(auth.PEER_CERTIFICATE_STATE)
-        who = auth.authenticate(
+        # Off the event loop: a signature check costs up to a few ms of CPU,
+        # and every caller (enclaves included) waits on the loop.
+        who = await run_in_threadpool(
+            auth.authenticate,
             request.headers,
             request.method,
             path,

@@ -62,14 +62,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sgxcloud.cas.errors import AccessDenied
-from sgxcloud.cas.policy.access import certificate_id, public_key_id
+from sgxcloud.cas.policy.access import (
+    OwnerKeyError,
+    certificate_id,
+    check_owner_key,
+    public_key_id,
+)
 
 DATE_HEADER = "x-sgxcloud-date"
 KEY_HEADER = "x-sgxcloud-key"
@@ -632,15 +637,20 @@ def _load_credential(
             der = base64.b64decode(cert_text, validate=True)
             certificate = x509.load_der_x509_certificate(der)
             certificates.check(certificate, now)
-            return certificate.public_key(), certificate_id(der)
+            key = certificate.public_key()
+            check_owner_key(key)
+            return key, certificate_id(der)
         if key_text:
             der = base64.b64decode(key_text, validate=True)
             key = serialization.load_der_public_key(der)
+            check_owner_key(key)
             pem = key.public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             return key, public_key_id(pem)
-    except (ValueError, binascii.Error, TypeError) as exc:
+    except OwnerKeyError as exc:
+        raise AuthenticationError(f"request credential not accepted: {exc}") from exc
+    except (ValueError, binascii.Error, TypeError, UnsupportedAlgorithm) as exc:
         raise AuthenticationError("request credential is not a valid key or certificate") from exc
     raise AuthenticationError(f"request names no key ({KEY_HEADER} or {CERT_HEADER})")
 
