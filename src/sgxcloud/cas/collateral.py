@@ -19,6 +19,7 @@ PCCS serve::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -147,6 +148,78 @@ def collateral_window(collateral: Any) -> ValidityWindow:
         while len(_WINDOW_CACHE) > 64:
             _WINDOW_CACHE.popitem(last=False)
     return window
+
+
+@dataclass(frozen=True)
+class CollateralFacts:
+    """What the verdict cache needs to know about one collateral object.
+
+    ``fingerprint`` is SHA-256 of dcap-qvl's own serialisation of every field
+    it verifies with (``to_json``: the nine fields, and a PCK certificate
+    chain when the collateral carries one), so equal contents give equal
+    fingerprints whatever object holds them.  ``certificate_windows`` names
+    the validity of every certificate in the collateral's chains, inclusive
+    as X.509 validity is; ``None`` when a chain cannot be read here (then no
+    verdict about this collateral is reused).
+    """
+
+    fingerprint: bytes
+    certificate_windows: tuple[tuple[str, ValidityWindow], ...] | None
+
+
+_CHAIN_FIELDS = (
+    "tcb_info_issuer_chain",
+    "qe_identity_issuer_chain",
+    "pck_crl_issuer_chain",
+    "pck_certificate_chain",
+)
+_FACTS_CACHE: OrderedDict[int, tuple[Any, CollateralFacts]] = OrderedDict()
+
+
+def collateral_facts(collateral: Any) -> CollateralFacts:
+    """Fingerprint and certificate windows of ``collateral`` (see ``CollateralFacts``).
+
+    Serialising costs about 60 µs, so the facts are remembered per object,
+    holding a reference (ids are not reused while it lives): dcap-qvl's
+    collateral objects have no setters, so an object's contents never change
+    (``tests/cas/test_verdict_cache.py`` holds dcap-qvl to that).
+    """
+    key = id(collateral)
+    with _WINDOW_LOCK:
+        hit = _FACTS_CACHE.get(key)
+        if hit is not None and hit[0] is collateral:
+            _FACTS_CACHE.move_to_end(key)
+            return hit[1]
+    text = collateral.to_json()
+    document = json.loads(text)
+    windows: list[tuple[str, ValidityWindow]] | None = []
+    for field in _CHAIN_FIELDS:
+        pem = document.get(field)
+        if pem is None and field == "pck_certificate_chain":
+            continue  # optional: the quote's own chain is used (``pck.CheckedQuote``)
+        try:
+            certificates = x509.load_pem_x509_certificates(str(pem).encode())
+        except ValueError:
+            windows = None
+            break
+        for index, certificate in enumerate(certificates):
+            windows.append(
+                (
+                    f"{field}[{index}]",
+                    ValidityWindow(
+                        int(certificate.not_valid_before_utc.timestamp()),
+                        int(certificate.not_valid_after_utc.timestamp()),
+                    ),
+                )
+            )
+    facts = CollateralFacts(
+        hashlib.sha256(text.encode()).digest(), None if windows is None else tuple(windows)
+    )
+    with _WINDOW_LOCK:
+        _FACTS_CACHE[key] = (collateral, facts)
+        while len(_FACTS_CACHE) > 64:
+            _FACTS_CACHE.popitem(last=False)
+    return facts
 
 
 def collateral_from_json(text: str, origin: str) -> Any:

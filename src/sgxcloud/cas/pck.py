@@ -16,7 +16,14 @@ needs no collateral is checked here first, with ``cryptography``:
 
 Only then are FMSPC and CA type read, from the verified leaf.  Revocation,
 QE identity and TCB level need collateral and stay dcap-qvl's job, which
-repeats these checks on the same bytes.
+repeats these checks on the same bytes the first time it sees a platform.
+
+``check_quote`` also says what the verifier's verdict cache
+(``sgxcloud.cas.evidence.dcap``) may key a verdict on: the digest of every
+byte of the quote except the report body and the ISV signature (the two
+things that differ between the quotes of one platform's enclaves), and the
+validity window of the PCK chain.  Only a quote that passed these checks
+gets a ``CheckedQuote``.
 """
 
 from __future__ import annotations
@@ -87,17 +94,38 @@ class Platform:
 
 
 @dataclass(frozen=True)
+class CheckedQuote:
+    """A quote whose PCK chain and signatures verified (``check_quote``).
+
+    ``platform_digest`` is SHA-256 over every byte of the quote except the
+    report body and the ISV enclave report signature: the header, the
+    signature data length, the attestation key, the QE report, its signature,
+    the QE authentication data, the certification data and anything after
+    it.  Two checked quotes with equal digests differ at most in what the
+    attestation key signed for each (the report body) and that signature.
+    ``chain_window`` is [latest notBefore, earliest notAfter] over the PCK
+    chain's certificates and the pinned root, in Unix seconds (inclusive, as
+    X.509 validity is).
+    """
+
+    platform: Platform
+    platform_digest: bytes
+    chain_window: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class _Chain:
     platform: Platform
     leaf_key: ec.EllipticCurvePublicKey
-    not_before: int
+    not_before: int  # while this entry may be reused (always, today: see _verify_chain)
     not_after: int
+    validity: tuple[int, int]  # the certificates' own validity, for verdict windows
 
 
 _CHAINS: OrderedDict[bytes, _Chain] = OrderedDict()
 _CHAINS_LOCK = threading.Lock()  # held for dictionary operations only, never across work
 _CHAINS_MAX = 256  # distinct genuine PCK chains remembered (one per platform)
-_QUOTES: OrderedDict[bytes, _Chain] = OrderedDict()  # sha256(quote) -> its (valid) chain
+_QUOTES: OrderedDict[bytes, tuple[_Chain, CheckedQuote]] = OrderedDict()  # sha256(quote) ->
 _QUOTES_MAX = 1024
 
 
@@ -135,38 +163,58 @@ def forget_checked_quotes() -> None:
 
     Real enclaves never repeat a quote (each binds a fresh nonce); the
     benchmark, which re-verifies one real quote, calls this so that every
-    attestation pays what a new quote costs.
+    attestation pays what a new quote of a known platform costs.
     """
     with _CHAINS_LOCK:
         _QUOTES.clear()
 
 
+def forget_checked_chains() -> None:
+    """Drop the PCK chains and quotes remembered as checked, as in a fresh process.
+
+    For measuring what the first quote of a platform costs.
+    """
+    with _CHAINS_LOCK:
+        _QUOTES.clear()
+        _CHAINS.clear()
+
+
 def precheck(quote: bytes, now: int) -> Platform:
     """Check what needs no collateral; return the platform its collateral is keyed by.
 
+    ``check_quote(quote, now).platform``: see there.
+    """
+    return check_quote(quote, now).platform
+
+
+def check_quote(quote: bytes, now: int) -> CheckedQuote:
+    """Check what needs no collateral (module docstring); say what a verdict may rest on.
+
     Raises ``PckCheckError`` (a failed check) or ``MalformedEvidenceError``.
-    Costs a chain verification and two ECDSA verifications (about 1 ms); a
-    quote that passed is remembered by digest while its chain is valid (the
-    same bytes give the same answer), so an enclave re-attesting with the same
-    quote costs a hash.  Failures are not remembered: they cost the sender as
-    much CPU as any other bad request, and no I/O.
+    Costs a chain verification and two ECDSA verifications (about 1 ms); the
+    chain, the same for every quote of a platform, is remembered, so a new
+    quote of a known platform costs the two ECDSA verifications (about
+    0.2 ms).  A quote that passed is remembered by digest while its chain is
+    valid (the same bytes give the same answer), so an enclave re-attesting
+    with the same quote costs a hash.  Failures are not remembered: they cost
+    the sender as much CPU as any other bad request, and no I/O.
     """
     digest = hashlib.sha256(quote).digest()
     with _CHAINS_LOCK:
         hit = _QUOTES.get(digest)
         if hit is not None:
             _QUOTES.move_to_end(digest)
-    if hit is not None and hit.not_before <= now < hit.not_after:
-        return hit.platform
-    chain = _precheck(quote, now)
+    if hit is not None and hit[0].not_before <= now < hit[0].not_after:
+        return hit[1]
+    chain, checked = _precheck(quote, now)
     with _CHAINS_LOCK:
-        _QUOTES[digest] = chain
+        _QUOTES[digest] = (chain, checked)
         while len(_QUOTES) > _QUOTES_MAX:
             _QUOTES.popitem(last=False)
-    return chain.platform
+    return checked
 
 
-def _precheck(quote: bytes, now: int) -> _Chain:
+def _precheck(quote: bytes, now: int) -> tuple[_Chain, CheckedQuote]:
     try:
         header = read_header(quote)
     except QuoteFormatError as exc:
@@ -204,7 +252,24 @@ def _precheck(quote: bytes, now: int) -> _Chain:
     except ValueError as exc:
         raise _invalid("ISV enclave report signature is invalid (key not on P-256)") from exc
     _verify_p256(key, isv_signature, quote[:signed_end], "ISV enclave report signature is invalid")
-    return chain
+    return chain, CheckedQuote(chain.platform, platform_digest(quote), chain.validity)
+
+
+def platform_digest(quote: bytes) -> bytes:
+    """SHA-256 of every byte of ``quote`` but its report body and ISV signature.
+
+    The report body is [48, end of body) and the ISV signature the 64 bytes
+    after the 4-byte signature data length; both have fixed offsets and sizes
+    for a given header (which is hashed), so the concatenation is unambiguous.
+    """
+    (tee_type,) = struct.unpack_from("<I", quote, L.TEE_TYPE_OFFSET)
+    body = _TDX_BODY if tee_type == L.TEE_TYPE_TDX else L.REPORT_BODY_SIZE
+    signed_end = L.HEADER_SIZE + body
+    return hashlib.sha256(
+        quote[: L.HEADER_SIZE]
+        + quote[signed_end : signed_end + 4]
+        + quote[signed_end + 4 + _SIGNATURE :]
+    ).digest()
 
 
 def _verify_p256(key: ec.EllipticCurvePublicKey, raw: bytes, data: bytes, message: str) -> None:
@@ -270,7 +335,7 @@ def _verify_chain(pem: bytes, now: int, tee: str) -> _Chain:
         isinstance(leaf_key, ec.EllipticCurvePublicKey) and leaf_key.curve.name == "secp256r1"
     ):
         raise _invalid("PCK certificate is not issued by a PCK CA with a P-256 key")
-    return _Chain(Platform(tee, _fmspc(leaf), ca), leaf_key, 0, 2**63)
+    return _Chain(Platform(tee, _fmspc(leaf), ca), leaf_key, 0, 2**63, (starts, ends))
 
 
 def _fmspc(leaf: x509.Certificate) -> str:
