@@ -82,7 +82,16 @@ def _rate(call, seconds: float) -> float:  # type: ignore[no-untyped-def]
 
 
 def bench_verification() -> dict[str, float]:
+    """Quotes verified per second: dcap-qvl alone, and the CAS verifier as production pays.
+
+    One real quote stands for many: before each CAS verification the verifier
+    forgets the quote (a new quote of a known platform: PCK chain and dcap-qvl's
+    verdict on the platform reused, the quote's own signatures checked), or the
+    platform too (a platform's first quote: chain, signatures and dcap-qvl).
+    """
     import dcap_qvl
+
+    from sgxcloud.cas.pck import forget_checked_chains, forget_checked_quotes
 
     raw = (DCAP / "sgx_quote").read_bytes()
     collateral_source = FileCollateral(DCAP / "sgx_quote_collateral.json")
@@ -90,14 +99,24 @@ def bench_verification() -> dict[str, float]:
     verifier = DefaultVerifier(collateral_source)
     evidence = load_evidence(raw)
     assert verifier.verify(evidence, QUOTE_TIME).identity.mrenclave.startswith("33d8736d")
-    direct, ours = [], []
+
+    def known_platform() -> None:
+        forget_checked_quotes()
+        verifier.verify(evidence, QUOTE_TIME)
+
+    def first_of_platform() -> None:
+        forget_checked_chains()
+        DefaultVerifier(collateral_source).verify(evidence, QUOTE_TIME)
+
+    direct, ours, cold = [], [], []
     for _ in range(3):  # interleave to share the machine's noise fairly
         direct.append(
             _rate(lambda: dcap_qvl.verify(raw, collateral, QUOTE_TIME), VERIFY_SECONDS / 3)
         )
-        ours.append(_rate(lambda: verifier.verify(evidence, QUOTE_TIME), VERIFY_SECONDS / 3))
-    d, o = statistics.median(direct), statistics.median(ours)
-    return {"direct_per_s": d, "cas_per_s": o, "ratio": o / d}
+        ours.append(_rate(known_platform, VERIFY_SECONDS / 3))
+        cold.append(_rate(first_of_platform, VERIFY_SECONDS / 6))
+    d, o, c = statistics.median(direct), statistics.median(ours), statistics.median(cold)
+    return {"direct_per_s": d, "cas_per_s": o, "ratio": o / d, "cold_per_s": c}
 
 
 def bench_parts(workdir: Path) -> dict[str, float]:
@@ -144,9 +163,15 @@ def bench_parts(workdir: Path) -> dict[str, float]:
         service.attest(AttestRequest("bench", "svc", nonce, public,
                                      base64.b64encode(evidence).decode()), now)
 
+    from sgxcloud.cas.pck import forget_checked_quotes
+
+    def new_quote() -> None:  # of a known platform, as in cas_bench_server
+        forget_checked_quotes()
+        verifier.verify(quote, QUOTE_TIME)
+
     try:
         return {
-            "quote_ms": cpu_ms(lambda: verifier.verify(quote, QUOTE_TIME)),
+            "quote_ms": cpu_ms(new_quote),
             "service_ms": cpu_ms(attest),
         }
     finally:
@@ -728,7 +753,10 @@ process with one keep-alive HTTPS connection (the TLS handshake happens once,
 before the clock starts); enclaves are spread over replicas by connection, as
 an L4 balancer does.  The server is production's `serve()`
 (benchmarks/cas_bench_server.py) whose verifier also verifies a real
-Intel-signed SGX quote with warm collateral on every attestation: the
+Intel-signed SGX quote with warm collateral on every attestation, paying
+what a new quote of a platform already seen costs (its two ECDSA signatures;
+the PCK chain and dcap-qvl's verdict on the platform are reused, as in
+production; a platform's first quote is in the quote verification table): the
 enclaves' evidence is SIMULATED (no SGX here), the verification cost is real.
 PostgreSQL runs with its durable defaults (fsync and synchronous_commit on);
 SQLite in WAL mode with `synchronous=FULL`.  Clients, server and database
@@ -801,11 +829,16 @@ def _verification_table(v: dict[str, float]) -> str:
     rows = [
         ("`dcap_qvl.verify` directly, real SGX quote, warm collateral (baseline)",
          f"{v['direct_per_s']:,.0f} verifications/s"),
-        ("CAS verifier on the same quote and collateral",
+        ("CAS verifier, a new quote of a known platform (its signatures checked, "
+         "dcap-qvl's verdict on the platform and collateral reused)",
          f"{v['cas_per_s']:,.0f} verifications/s ({1000 / v['cas_per_s']:.2f} ms each)"),
         ("ratio CAS / direct (target ≥ 0.8×)",
          f"**{v['ratio']:.2f}×** ({'meets' if v['ratio'] >= 0.8 else 'MISSES'} the target)"),
     ]
+    if "cold_per_s" in v:  # reports written before the verdict cache have no such figure
+        rows.append(("CAS verifier, a platform's first quote (PCK chain, signatures, dcap-qvl)",
+                     f"{v['cold_per_s']:,.0f} verifications/s "
+                     f"({1000 / v['cold_per_s']:.2f} ms each)"))
     return "\n".join(["| quote verification | figure |", "|---|---|",
                       *(f"| {name} | {figure} |" for name, figure in rows)])
 

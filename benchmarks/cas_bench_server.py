@@ -3,8 +3,24 @@
 There is no SGX here, so enclaves present SIMULATED evidence; to charge each
 attestation what a real one costs, this server's verifier first verifies the
 real Intel-signed SGX quote from ../shared/testdata/dcap with warm collateral
-(dcap-qvl, exactly what ``DcapVerifier`` does for a real enclave), then
-judges the simulated evidence.  Everything else is production's own
+(exactly what ``DcapVerifier`` does for a real enclave), then judges the
+simulated evidence.
+
+What a real quote costs depends on what the verifier has seen.  Real enclaves
+never repeat a quote (each binds a fresh nonce) but a platform's enclaves share
+its PCK chain, QE report and attestation key, and all share the collateral.
+So before each attestation the harness forgets the quote itself
+(``pck.forget_checked_quotes``) and every attestation pays what a new quote of
+a known platform pays: the header, report body and ISV signature read again,
+the QE report's signature by the PCK leaf and the ISV signature by the
+attestation key verified (two ECDSA verifications), the attestation key's
+binding to the QE report, the collateral's window, the quote's platform digest,
+and the identity parsed from the quote.  What stays cached, as in production:
+the PCK chain's verification (per chain), the collateral (per file), and
+dcap-qvl's verdict on that platform and collateral (``DcapVerifier.verdicts``:
+TCB status and advisories; see ``sgxcloud.cas.evidence.dcap``).  A platform's
+first quote (chain and dcap-qvl too) is measured apart, in bench_cas.py's
+quote verification table.  Everything else is production's own
 ``serve()`` (the code behind ``sgxcloud cas serve``: ``build_service`` →
 the app with its metrics, audiences and limits → uvicorn with production's
 server options), so whatever the server gains or loses, the benchmark sees.
@@ -49,8 +65,9 @@ class RealQuoteCost:
     def verify(self, evidence, now):  # type: ignore[no-untyped-def]
         if _forget_checked_quotes is not None:
             # A real enclave's quote is always new (it binds a fresh nonce): no
-            # shortcut for having seen this one (the PCK chain stays cached,
-            # as it would for one platform's enclaves).
+            # shortcut for having seen this one (the PCK chain and dcap-qvl's
+            # verdict on the platform stay cached, as for one platform's
+            # enclaves in production).
             _forget_checked_quotes()
         self.real.verify(self.quote, QUOTE_TIME)
         return self.inner.verify(evidence, now)
