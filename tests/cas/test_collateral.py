@@ -494,3 +494,58 @@ def test_cached_and_simulated_attestations_complete_while_a_fetch_hangs(pccs, tm
                 future.result(timeout=60)
         pool.shutdown()
         service.stop()
+
+
+# -- what is cached is Intel's (red team attack-cas3, finding 5) -----------------------
+
+
+def _redated_tcb(pccs: LoopbackPccs) -> tuple[tuple[str, str], bytes, bytes, dict[str, str]]:
+    """Intel's real TCB info with nextUpdate moved to 2099: its signature no longer verifies."""
+    key = next(k for k in pccs.routes if k[0].endswith("/tcb"))
+    good, headers = pccs.routes[key]
+    bad = good.replace(b'"nextUpdate":"2025-07-19', b'"nextUpdate":"2099-07-19')
+    assert bad != good
+    return key, good, bad, headers
+
+
+def test_a_bad_pccs_answer_is_never_cached(pccs, tmp_path, sgx_quote, vectors):
+    """Refused when fetched, kept neither in memory nor on disk: once the PCCS
+    serves Intel's collateral again (after ``failure_ttl``), attestations pass."""
+    key, good, bad, headers = _redated_tcb(pccs)
+    pccs.routes[key] = (bad, headers)
+    source = PccsCollateral(pccs.url, tmp_path, failure_ttl=0)
+    verifier = DcapVerifier(source)
+    with pytest.raises(CollateralError, match="Intel's signature does not verify"):
+        verifier.verify(Evidence("dcap", sgx_quote), vectors.sgx_now)
+    assert not (tmp_path / "tcb-sgx-00A067110000.json").exists()
+    pccs.routes[key] = (good, headers)
+    assert verifier.verify(Evidence("dcap", sgx_quote), vectors.sgx_now).tcb_status == (
+        vectors.status
+    )
+    restarted = DcapVerifier(PccsCollateral(pccs.url, tmp_path, failure_ttl=0))
+    assert restarted.verify(Evidence("dcap", sgx_quote), vectors.sgx_now).tcb_status == (
+        vectors.status
+    )
+
+
+@pytest.mark.parametrize(
+    ("piece", "field", "change"),
+    [
+        ("tcb-sgx-00A067110000", "tcb_info", lambda v: v.replace("2025-07-19", "2099-07-19", 1)),
+        ("qe-sgx", "qe_identity_signature", lambda v: ("0" * 8) + v[8:]),
+        ("pckcrl-processor", "pck_crl_issuer_chain", lambda v: v.split("-----END")[0][:-40]),
+        ("rootcacrl", "root_ca_crl", lambda v: v[:-8] + "00000000"),
+    ],
+)
+def test_an_altered_cache_file_is_refetched_not_trusted(
+    pccs, tmp_path, sgx_quote, vectors, piece, field, change
+):
+    PccsCollateral(pccs.url, tmp_path).get(sgx_quote, vectors.sgx_now)
+    path = tmp_path / f"{piece}.json"
+    stored = json.loads(path.read_text())
+    stored["fields"][field] = change(stored["fields"][field])
+    path.write_text(json.dumps(stored))
+    restarted = PccsCollateral(pccs.url, tmp_path)
+    assert DcapVerifier(restarted).verify(Evidence("dcap", sgx_quote), vectors.sgx_now)
+    assert len(pccs.requests) == 5  # the altered piece, and only it, fetched again
+    assert json.loads(path.read_text())["fields"][field] != stored["fields"][field]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -35,8 +36,11 @@ from urllib.parse import unquote
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from sgxcloud.cas.collateral_check import check_collateral_fields
 from sgxcloud.cas.errors import CollateralError, EvidenceError
 from sgxcloud.cas.pck import PckCheckError, precheck
+
+log = logging.getLogger(__name__)
 
 _CACHE_MAX = 256  # entries per cache; keys are verified platforms, so few in practice
 
@@ -517,6 +521,9 @@ class PccsCollateral:
                 piece = fetch()
             finally:
                 self._fetch_slots.release()
+            # Before it is kept (memory and disk, until the date it states):
+            # an unchecked answer once blocked a platform type until 2099.
+            check_collateral_fields(piece.fields, f"PCCS {self.base_url} {name}")
             if now >= piece.window.not_after:
                 raise CollateralError(
                     f"PCCS {self.base_url} serves {name} collateral that expired at "
@@ -533,9 +540,15 @@ class PccsCollateral:
 
     def _load_cached(self, name: str) -> _Piece | None:
         try:
-            return _Piece.from_json(self._cache_path(name).read_text(encoding="utf-8"))
+            piece = _Piece.from_json(self._cache_path(name).read_text(encoding="utf-8"))
+            # Checked again: the file may predate the check, or have been altered.
+            check_collateral_fields(piece.fields, f"cached {name}")
+        except CollateralError as exc:
+            log.warning("%s; fetching it again", exc)
+            return None
         except (OSError, ValueError, KeyError, TypeError):
             return None  # absent or damaged cache entry: fetch afresh
+        return piece
 
     def _store_cached(self, name: str, piece: _Piece) -> None:
         path = self._cache_path(name)

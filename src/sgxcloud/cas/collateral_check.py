@@ -81,3 +81,26 @@ def check_crl(der: bytes, issuer_chain_pem: str | None, what: str) -> None:
     key = issuer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(key):
         raise CollateralError(f"{what}: its signature does not verify with its Intel issuer")
+
+
+def check_collateral_fields(fields: dict[str, str], what: str) -> None:
+    """Check every signed piece present in ``fields`` (dcap-qvl's collateral field names)."""
+    for member in ("tcb_info", "qe_identity"):
+        if member in fields:
+            check_signed_json(
+                fields[member],
+                fields.get(f"{member}_signature", ""),
+                fields.get(f"{member}_issuer_chain", ""),
+                f"{what} ({member})",
+            )
+    try:
+        if "pck_crl" in fields:
+            check_crl(
+                bytes.fromhex(fields["pck_crl"]),
+                fields.get("pck_crl_issuer_chain", ""),
+                f"{what} (pck_crl)",
+            )
+        if "root_ca_crl" in fields:
+            check_crl(bytes.fromhex(fields["root_ca_crl"]), None, f"{what} (root_ca_crl)")
+    except ValueError as exc:  # not hex
+        raise CollateralError(f"{what}: a CRL is not hex DER") from exc
