@@ -549,3 +549,18 @@ def test_an_altered_cache_file_is_refetched_not_trusted(
     assert DcapVerifier(restarted).verify(Evidence("dcap", sgx_quote), vectors.sgx_now)
     assert len(pccs.requests) == 5  # the altered piece, and only it, fetched again
     assert json.loads(path.read_text())["fields"][field] != stored["fields"][field]
+
+
+@pytest.mark.parametrize("member", ["tcb_info", "qe_identity"])
+def test_an_altered_collateral_file_is_named_for_what_it_is(
+    sgx_collateral_path, tmp_path, sgx_quote, vectors, member
+):
+    """A file whose TCB info / QE identity Intel did not sign: ``collateral-invalid``,
+    not a platform mismatch (dcap-qvl's "Signature is invalid for tcb_info")."""
+    collateral = json.loads(sgx_collateral_path.read_text())
+    collateral[member] = collateral[member].replace('"version":', '"version": ', 1)
+    altered = tmp_path / "collateral.json"
+    altered.write_text(json.dumps(collateral))
+    with pytest.raises(EvidenceError) as refused:
+        DcapVerifier(FileCollateral(altered)).verify(Evidence("dcap", sgx_quote), vectors.sgx_now)
+    assert refused.value.code == "collateral-invalid", refused.value.detail

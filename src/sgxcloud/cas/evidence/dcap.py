@@ -133,6 +133,18 @@ _VERDICTS: tuple[tuple[str, str, str], ...] = (
         "signature-invalid",
         "quote signature invalid: the attestation key is not bound to the quoting enclave",
     ),
+    # Before "qe identity" and "tcb": these name the collateral piece whose
+    # own signature failed, not a platform that does not match it.
+    (
+        "signature is invalid for tcb_info",
+        "collateral-invalid",
+        "collateral invalid: the TCB info is not signed by Intel (altered?)",
+    ),
+    (
+        "signature is invalid for qe_identity",
+        "collateral-invalid",
+        "collateral invalid: the QE identity is not signed by Intel (altered?)",
+    ),
     ("unknown qe vendor", "qe-untrusted", "the quote was not made by Intel's quoting enclave"),
     ("qe identity", "qe-untrusted", "the quoting enclave does not match Intel's QE identity"),
     ("revoked", "revoked", "a certificate in the quote's chain has been revoked"),
