@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,3 +248,44 @@ def test_service_errors_answer_as_the_stack(app, stub: Stub, caplog, path: str, 
     assert outcome.raised == ("RuntimeError" if isinstance(error, RuntimeError) else None)
     if status == 500:
         assert body["message"] == "internal error"
+
+
+def test_attestations_run_on_their_own_threads_no_more_at_once_than_configured() -> None:
+    """``attest_concurrency`` threads named cas-attest: the others wait their turn in the queue."""
+    inside, most, names = 0, 0, set()
+    count = threading.Lock()
+
+    class Slow(Stub):
+        def attest(self, request: Any, now: int) -> AttestResult:
+            nonlocal inside, most
+            with count:
+                inside += 1
+                most = max(most, inside)
+                names.add(threading.current_thread().name)
+            time.sleep(0.02)
+            with count:
+                inside -= 1
+            return super().attest(request, now)
+
+    app = create_app(Slow())  # type: ignore[arg-type]
+    sent: list[int] = []
+
+    async def one() -> None:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": ATTEST_BODY, "more_body": False}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                sent.append(message["status"])
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/attest", "root_path": "",
+                 "headers": _json(len(ATTEST_BODY)), "query_string": b""}
+        await app(scope, receive, send)
+
+    async def many() -> None:
+        await asyncio.gather(*(one() for _ in range(8)))
+
+    asyncio.run(many())
+    assert sent == [200] * 8
+    assert most == Stub.attest_concurrency
+    assert len(names) == Stub.attest_concurrency and all(n.startswith("cas-attest") for n in names)

@@ -4,7 +4,9 @@
 service hold (request bodies, headers, connections, time) before anything is
 parsed; both services use it unchanged.  :mod:`sgxcloud.web.routing` serves
 a service's hottest endpoints with less CPU than FastAPI's generic handling
-(:class:`DirectRoute`), ahead of its middleware stack (:class:`DirectApp`).
+(:class:`DirectRoute`), ahead of its middleware stack (:class:`DirectApp`);
+:mod:`sgxcloud.web.offload` runs their blocking work on threads of their own
+(:class:`OffloadThreads`).
 """
 
 from sgxcloud.web.limits import (
@@ -16,6 +18,7 @@ from sgxcloud.web.limits import (
     RouteLimit,
     uvicorn_options,
 )
+from sgxcloud.web.offload import OffloadThreads
 from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "DirectRoute",
     "LimitedH11Protocol",
     "LimitedHttpToolsProtocol",
+    "OffloadThreads",
     "RequestLimits",
     "RequestLimitsMiddleware",
     "RouteLimit",

@@ -13,12 +13,10 @@ nor internals can leak through an error body.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Path, Query, Request
@@ -48,6 +46,7 @@ from sgxcloud.cas.service.core import (
 from sgxcloud.cas.store import StoreError
 from sgxcloud.errors import SgxcloudError
 from sgxcloud.web.limits import MIB, RequestLimits, RequestLimitsMiddleware, RouteLimit
+from sgxcloud.web.offload import OffloadThreads
 from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute
 
 log = logging.getLogger(__name__)
@@ -226,12 +225,11 @@ def create_app(
         return JSONResponse({"nonce": grant.nonce, "expires_at": grant.expires_at})
 
     # Attestations run on threads of their own, as many as the service works
-    # on at once: the others wait in the executor's queue, not on a lock in
-    # one of the shared pool's threads (whose wake-ups and hand-offs cost
-    # about a tenth of the server's CPU under load).
-    attest_workers = ThreadPoolExecutor(
-        max_workers=getattr(service, "attest_concurrency", 1), thread_name_prefix="cas-attest"
-    )
+    # on at once: the others wait in the queue, not on a lock in one of the
+    # shared pool's threads (whose wake-ups and hand-offs cost about a tenth
+    # of the server's CPU under load), and are handed back to the loop
+    # without an executor's futures and semaphore (sgxcloud.web.offload).
+    attest_workers = OffloadThreads(getattr(service, "attest_concurrency", 1), "cas-attest")
 
     @direct("POST", "/v1/attest", response_model=schemas.AttestResponse, tags=["attestation"])
     async def attest(body: schemas.AttestBody) -> JSONResponse:
@@ -242,9 +240,7 @@ def create_app(
         """
         request = AttestRequest(body.policy, body.service, body.nonce, body.public_key,
                                 body.evidence)
-        result = await asyncio.get_running_loop().run_in_executor(
-            attest_workers, cas().attest, request, now()
-        )
+        result = await attest_workers.call(cas().attest, request, now())
         return JSONResponse({
             "policy": result.policy,
             "service": result.service,
