@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 
 from sgxcloud.web.limits import RequestLimits, RequestLimitsMiddleware, RouteLimit
-from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute
+from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute, JSONAnswer
 
 
 class Item(BaseModel):
@@ -164,3 +166,26 @@ def test_a_direct_route_with_path_parameters_is_refused() -> None:
     with pytest.raises(TypeError, match="at most one JSON body"):
         DirectApp().router.add_api_route("/x/{name}", by_name, methods=["POST"],
                                          route_class_override=DirectRoute)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text()
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(content=_JSON)
+def test_a_json_answer_is_a_json_response_byte_for_byte(content: Any) -> None:
+    answer, response = JSONAnswer(content), JSONResponse(content)
+    assert (answer.body, answer.raw_headers) == (response.body, response.raw_headers)
+
+
+@pytest.mark.parametrize("content", [float("nan"), {"x": float("inf")}, {"x": b"bytes"},
+                                     "\ud800"], ids=["nan", "inf", "bytes", "surrogate"])
+def test_a_json_answer_refuses_what_a_json_response_refuses(content: Any) -> None:
+    with pytest.raises(Exception) as refused:
+        JSONResponse(content)
+    with pytest.raises(type(refused.value)):
+        JSONAnswer(content)

@@ -19,13 +19,14 @@ from sgxcloud.web.limits import (
     uvicorn_options,
 )
 from sgxcloud.web.offload import OffloadThreads
-from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute
+from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute, JSONAnswer
 
 __all__ = [
     "TELEMETRY_OFF",
     "BodyTooLarge",
     "DirectApp",
     "DirectRoute",
+    "JSONAnswer",
     "LimitedH11Protocol",
     "LimitedHttpToolsProtocol",
     "OffloadThreads",

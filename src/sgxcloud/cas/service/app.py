@@ -47,7 +47,7 @@ from sgxcloud.cas.store import StoreError
 from sgxcloud.errors import SgxcloudError
 from sgxcloud.web.limits import MIB, RequestLimits, RequestLimitsMiddleware, RouteLimit
 from sgxcloud.web.offload import OffloadThreads
-from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute
+from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute, JSONAnswer
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +216,13 @@ def create_app(
     # and answer JSON built here.  response_model still documents the answer;
     # tests check the answers against it.
     @direct("POST", "/v1/nonces", response_model=schemas.NonceResponse, tags=["attestation"])
-    async def nonce() -> JSONResponse:
+    async def nonce() -> JSONAnswer:
         """A fresh single-use nonce for the enclave to bind into REPORTDATA.
 
         Pure CPU (an authenticated nonce, stored only when spent): on the event loop.
         """
         grant = cas().issue_nonce(now())
-        return JSONResponse({"nonce": grant.nonce, "expires_at": grant.expires_at})
+        return JSONAnswer({"nonce": grant.nonce, "expires_at": grant.expires_at})
 
     # Attestations run on threads of their own, as many as the service works
     # on at once: the others wait in the queue, not on a lock in one of the
@@ -232,7 +232,7 @@ def create_app(
     attest_workers = OffloadThreads(getattr(service, "attest_concurrency", 1), "cas-attest")
 
     @direct("POST", "/v1/attest", response_model=schemas.AttestResponse, tags=["attestation"])
-    async def attest(body: schemas.AttestBody) -> JSONResponse:
+    async def attest(body: schemas.AttestBody) -> JSONAnswer:
         """Verify evidence, binding, nonce and policy; answer the sealed configuration.
 
         A rejection answers 403 with code 'rejected' and the audit entry's
@@ -241,7 +241,7 @@ def create_app(
         request = AttestRequest(body.policy, body.service, body.nonce, body.public_key,
                                 body.evidence)
         result = await attest_workers.call(cas().attest, request, now())
-        return JSONResponse({
+        return JSONAnswer({
             "policy": result.policy,
             "service": result.service,
             "policy_hash": result.policy_hash,
