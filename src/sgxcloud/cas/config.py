@@ -78,7 +78,12 @@ class Settings(BaseModel):
     collateral_file: Path | None = None
     nonce_ttl_seconds: int = Field(120, ge=5, le=3600)
     # Attestations worked on at once (the rest queue): see core.ATTEST_CONCURRENCY.
+    # Per worker process, as are max_connections and the database pool.
     attest_concurrency: int = Field(4, ge=1, le=64)
+    # Worker processes of one 'cas serve', sharing its listening socket: one
+    # Python process uses about one core (the GIL), so up to the number of
+    # cores (see docs/cas/operator-guide.md, "Workers").
+    workers: int = Field(1, ge=1, le=64)
     request_max_skew_seconds: int = Field(300, ge=10, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Request limits, enforced before a request is parsed or authenticated

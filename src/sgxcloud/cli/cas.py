@@ -39,12 +39,21 @@ def cas() -> None:
 @click.option(
     "--port", type=click.IntRange(1, 65535), help="TCP port (setting: port; default 8443)."
 )
-def serve(config_path: Path | None, host: str | None, port: int | None) -> int:
+@click.option(
+    "--workers", type=click.IntRange(1, 64),
+    help="Worker processes sharing the port (setting: workers; default 1). One process "
+    "uses about one core: up to the number of cores (docs/cas/operator-guide.md).",
+)  # fmt: skip
+def serve(
+    config_path: Path | None, host: str | None, port: int | None, workers: int | None
+) -> int:
     """Serve the HTTPS API until interrupted.
 
     Validates every setting, migrates the database (SQLite by default,
     PostgreSQL with database_url: postgresql://...), checks that the master key
     opens the stored secrets, then listens with the configured TLS certificate.
+    With several workers, this process supervises them: one that dies is
+    replaced, SIGTERM or SIGINT stops them all.
     Exit 2 on an invalid setting, with one line naming it.
     """
     from sgxcloud.cas.service.server import serve as run
@@ -52,7 +61,7 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> int:
 
     if config_path is not None:
         check_settings_file(config_path)
-    settings = load_settings(config_path, host=host, port=port)
+    settings = load_settings(config_path, host=host, port=port, workers=workers)
     settings.keyring()  # the master key first: without it nothing else matters
     if settings.tls_cert is not None and settings.tls_key is not None:
         for warning in check_server_tls(settings.tls_cert, settings.tls_key):

@@ -15,17 +15,27 @@ The code is that of the first problem found, and the problems that do not
 depend on the policy (nonce, evidence, binding) are checked first: a request
 that fails those counts the same whether the policy it names exists or not
 (red team a02).
+
+With several worker processes (setting ``workers``), each worker counts into
+prometheus_client's multiprocess files in a directory private to that start
+of the service (``PROMETHEUS_MULTIPROC_DIR``, set by the parent before the
+workers start), and the parent serves /metrics for the whole service
+(:class:`WorkerMetrics`): counts and histograms summed over the workers, the
+dead ones included, the collateral the workers last used, and the state.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from sgxcloud.cas.collateral import collateral_window
@@ -41,6 +51,13 @@ from sgxcloud.cas.service.core import (
 # Attestation verification is mostly quote checking (ms) but a PCCS fetch can
 # take seconds: buckets from 5 ms to 10 s.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+COLLATERAL_ISSUED = "sgxcloud_cas_collateral_issue_timestamp_seconds"
+COLLATERAL_ISSUED_HELP = (
+    "Issue time of the collateral last used (latest issueDate/thisUpdate), Unix s"
+)
+COLLATERAL_EXPIRES = "sgxcloud_cas_collateral_expiry_timestamp_seconds"
+COLLATERAL_EXPIRES_HELP = "When the collateral last used expires (earliest nextUpdate), Unix s"
 
 
 class CasMetrics:
@@ -71,10 +88,24 @@ class CasMetrics:
         )
         self._lock = threading.Lock()
         self._collateral: tuple[int, int, float] | None = None  # not_before, not_after, seen
+        # A worker of several: the collateral it uses goes to the shared files
+        # too, where the parent finds the one any worker used last.
+        self._shared_collateral: tuple[Gauge, Gauge] | None = None
+        if os.environ.get(MULTIPROCESS_DIR):
+            self._shared_collateral = (
+                Gauge(COLLATERAL_ISSUED, COLLATERAL_ISSUED_HELP, registry=None,
+                      multiprocess_mode="mostrecent"),
+                Gauge(COLLATERAL_EXPIRES, COLLATERAL_EXPIRES_HELP, registry=None,
+                      multiprocess_mode="mostrecent"),
+            )  # fmt: skip
 
     def saw_collateral(self, not_before: int, not_after: int) -> None:
         with self._lock:
             self._collateral = (not_before, not_after, time.time())
+        if self._shared_collateral is not None:
+            issued, expires = self._shared_collateral
+            issued.set(not_before)
+            expires.set(not_after)
 
     def collateral(self) -> tuple[int, int, float] | None:
         with self._lock:
@@ -86,7 +117,56 @@ class CasMetrics:
 
 
 
-def serve_metrics(metrics: CasMetrics, host: str, port: int) -> Any:
+class WorkerMetrics:
+    """/metrics of a service with several worker processes, served by their parent.
+
+    The workers' counts and histograms (summed over every worker this start
+    ran, the dead ones too, so counters never go back), the collateral any
+    worker used last, readiness and policies from the parent's own service,
+    and the workers themselves (live, restarted).
+    """
+
+    def __init__(self, service: CasService, directory: Path,
+                 live_workers: Callable[[], int]) -> None:  # fmt: skip
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.restarts = Counter(
+            "sgxcloud_cas_worker_restarts",
+            "Worker processes that died and were replaced",
+            registry=self.registry,
+        )
+        self.registry.register(_WorkersCollector(service, directory, live_workers))
+
+
+class _WorkersCollector(Collector):
+    def __init__(self, service: CasService, directory: Path,
+                 live_workers: Callable[[], int]) -> None:  # fmt: skip
+        self._files = MultiProcessCollector(None, path=str(directory))
+        self._state = _StateCollector(service, CasMetrics(CollectorRegistry()))
+        self._live_workers = live_workers
+
+    def describe(self) -> list:
+        return []  # collected fresh at each scrape
+
+    def collect(self) -> Iterator[Metric]:
+        issued: float | None = None
+        for family in self._files.collect():
+            if family.name == COLLATERAL_ISSUED and family.samples:
+                issued = family.samples[0].value
+            yield family
+        if issued is not None:
+            age = GaugeMetricFamily(
+                "sgxcloud_cas_collateral_age_seconds",
+                "Age of the collateral last used at scrape time",
+            )
+            age.add_metric([], max(time.time() - issued, 0))
+            yield age
+        yield from self._state.collect()
+        workers = GaugeMetricFamily("sgxcloud_cas_workers", "Worker processes running")
+        workers.add_metric([], self._live_workers())
+        yield workers
+
+
+def serve_metrics(metrics: CasMetrics | WorkerMetrics, host: str, port: int) -> Any:
     """Serve ``GET /metrics`` over plain HTTP on ``host:port``, in a thread.
 
     Returns the server (``server_port``, ``shutdown()``).  Collection reads the
@@ -125,15 +205,9 @@ class _StateCollector(Collector):
         seen = self._metrics.collateral()
         if seen is not None:
             not_before, not_after, _ = seen
-            issued = GaugeMetricFamily(
-                "sgxcloud_cas_collateral_issue_timestamp_seconds",
-                "Issue time of the collateral last used (latest issueDate/thisUpdate), Unix s",
-            )
+            issued = GaugeMetricFamily(COLLATERAL_ISSUED, COLLATERAL_ISSUED_HELP)
             issued.add_metric([], not_before)
-            expires = GaugeMetricFamily(
-                "sgxcloud_cas_collateral_expiry_timestamp_seconds",
-                "When the collateral last used expires (earliest nextUpdate), Unix s",
-            )
+            expires = GaugeMetricFamily(COLLATERAL_EXPIRES, COLLATERAL_EXPIRES_HELP)
             expires.add_metric([], not_after)
             age = GaugeMetricFamily(
                 "sgxcloud_cas_collateral_age_seconds",

@@ -7,13 +7,21 @@ layer and the handlers only see interfaces.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import functools
 import ipaddress
 import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
 import ssl
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from sgxcloud.cas import files
 from sgxcloud.cas.config import ConfigError, Settings
@@ -33,9 +42,11 @@ from sgxcloud.cas.service.app import add_audience, create_app
 from sgxcloud.cas.service.auth import PEER_CERTIFICATE_STATE, OwnerCertificates
 from sgxcloud.cas.service.core import CasService
 from sgxcloud.cas.service.metrics import (
+    MULTIPROCESS_DIR,
     CasMetrics,
     MeasuredService,
     ObservedCollateral,
+    WorkerMetrics,
     serve_metrics,
 )
 from sgxcloud.cas.store import Database
@@ -44,14 +55,20 @@ from sgxcloud.web.limits import LimitedHttpToolsProtocol, RequestLimits, uvicorn
 log = logging.getLogger(__name__)
 
 
-def build_service(settings: Settings, metrics: CasMetrics | None = None) -> CasService:
-    """A started service for ``settings`` (migrates the database, checks the master key)."""
+def build_service(
+    settings: Settings, metrics: CasMetrics | None = None, *, migrate: bool = True
+) -> CasService:
+    """A started service for ``settings`` (migrates the database, checks the master key).
+
+    ``migrate=False`` (the workers of a ``cas serve``, whose parent migrated):
+    a database whose schema is not current is refused instead.
+    """
     keyring = settings.keyring()
     source = settings.collateral_source()
     if metrics is not None and source is not None:
         source = ObservedCollateral(source, metrics)  # collateral age/expiry on /metrics
     verifier = DefaultVerifier(source)
-    database = Database.open(settings.database_url)
+    database = Database.open(settings.database_url, migrate=migrate)
     creators = settings.policy_creators
     service = CasService(
         database,
@@ -136,10 +153,32 @@ def _server_options(
     return options
 
 
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Everything uvicorn is told for ``settings``: address, logs, TLS, limits."""
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    return dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        **_server_options(
+            settings.tls_cert, settings.tls_key, settings.owner_ca_file,
+            settings.request_limits(),
+        ),
+    )  # fmt: skip
+
+
 def serve(settings: Settings) -> None:
-    """Run the HTTPS API until interrupted (``sgxcloud cas serve``)."""
+    """Run the HTTPS API until interrupted (``sgxcloud cas serve``).
+
+    With ``workers`` above 1, :func:`serve_workers`; otherwise this process
+    serves.
+    """
     if settings.tls_cert is None or settings.tls_key is None:
         raise ConfigError("tls_cert and tls_key are required: the CAS only speaks HTTPS")
+    if settings.workers > 1:
+        serve_workers(settings)
+        return
     metrics = CasMetrics()
     service = build_service(settings, metrics)
     app = build_app(settings, service, metrics)
@@ -147,21 +186,174 @@ def serve(settings: Settings) -> None:
     try:
         if settings.metrics_port is not None:
             metrics_server = serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=settings.log_level == "debug",
-            **_server_options(
-                settings.tls_cert, settings.tls_key, settings.owner_ca_file,
-                settings.request_limits(),
-            ),
-        )
+        uvicorn.run(app, **_uvicorn_options(settings))
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
         service.stop()
+
+
+# -- several worker processes ------------------------------------------------------
+#
+# One Python process serves on about one core (the GIL).  With ``workers: N``
+# the parent does what must happen once (migrations, the deployment id, the
+# master-key check: build_service), binds the listening socket, and hands it
+# to N workers started by uvicorn's own supervisor (spawned, so each builds
+# its own service, database engine and event loop; none inherits a
+# connection or a lock of the parent's).  The kernel spreads connections
+# over the workers accepting on the shared socket.  Everything replicas on
+# one database already guarantee holds between workers: nonces are spent in
+# the database, the audit chain's head is locked there, and SQLite writers
+# queue on a lock file (store.db.SqliteWriterLock).
+
+
+def serve_workers(settings: Settings) -> None:
+    """Serve with ``settings.workers`` processes until SIGTERM/SIGINT stops them all.
+
+    A worker that dies is logged, counted (``sgxcloud_cas_worker_restarts``)
+    and replaced; one that stops answering the supervisor's pings is killed
+    and replaced.  SIGHUP replaces the workers one by one; SIGTTIN/SIGTTOU
+    add or remove one (uvicorn's supervisor).
+    """
+    builder = build_service  # looked up now: a harness (the benchmark) may substitute it
+    metrics_dir = Path(tempfile.mkdtemp(prefix="sgxcloud-cas-metrics-"))  # 0700, this start's
+    previous = os.environ.get(MULTIPROCESS_DIR)
+    os.environ[MULTIPROCESS_DIR] = str(metrics_dir)  # inherited by the workers only
+    service = builder(settings)
+    metrics_server = None
+    sock: socket.socket | None = None
+    try:
+        config = WorkerConfig(settings, builder)
+        sock = config.bind_socket()
+        supervisor = WorkerSupervisor(config, [sock])
+        metrics = WorkerMetrics(service, metrics_dir, supervisor.live_workers)
+        supervisor.on_death = lambda _pid: metrics.restarts.inc()
+        if settings.metrics_port is not None:
+            metrics_server = serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
+        supervisor.run()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if sock is not None:
+            sock.close()
+        service.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if previous is None:
+            os.environ.pop(MULTIPROCESS_DIR, None)
+        else:
+            os.environ[MULTIPROCESS_DIR] = previous
+
+
+class WorkerConfig(uvicorn.Config):
+    """The uvicorn configuration of the workers of :func:`serve_workers`.
+
+    Rebuilt from the settings in each worker (it travels as its settings and
+    builder, both picklable; the limited protocol class made for the limits
+    is not), with an app factory that builds the worker's own service there.
+    """
+
+    def __init__(self, settings: Settings, builder: Callable[..., CasService]) -> None:
+        self.settings = settings
+        self.builder = builder
+        super().__init__(
+            functools.partial(worker_app, settings, builder),
+            factory=True,
+            workers=settings.workers,
+            **_uvicorn_options(settings),
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WorkerConfig, (self.settings, self.builder))
+
+
+class WorkerSupervisor(Multiprocess):
+    """uvicorn's supervisor, saying which worker died and how, and counting it."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self.on_death: Callable[[int], None] = lambda _pid: None
+
+    def live_workers(self) -> int:
+        return sum(1 for process in list(self.processes) if process.process.is_alive())
+
+    def keep_subprocess_alive(self) -> None:
+        before = list(self.processes)
+        super().keep_subprocess_alive()  # kills a hung worker, replaces a dead one
+        for old, new in zip(before, self.processes, strict=False):
+            if old is not new:
+                log.warning(
+                    "CAS worker %s %s; worker %s replaces it",
+                    old.pid, _how_it_ended(old.exitcode), new.pid,
+                )  # fmt: skip
+                self.on_death(old.pid or 0)
+
+
+def _how_it_ended(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+def worker_app(settings: Settings, builder: Callable[..., CasService]) -> ASGIApp:
+    """The app of one worker, built in the worker (uvicorn calls this factory there)."""
+    _stop_with_parent()
+    metrics = CasMetrics()  # counts into the parent's multiprocess directory
+    try:
+        service = builder(settings, metrics, migrate=False)  # the parent migrated
+    except Exception as exc:  # the parent started with the same settings: a passing failure
+        log.error("CAS worker %d could not start: %s", os.getpid(), exc)
+        time.sleep(2)  # the supervisor starts another: not in a tight loop
+        raise SystemExit(1) from None
+    return _StopsService(build_app(settings, service, metrics), service)
+
+
+class _StopsService:
+    """An app whose service stops (database closed) when uvicorn shuts the worker down."""
+
+    def __init__(self, app: ASGIApp, service: CasService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.service.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """Have Linux send this worker SIGTERM when its parent dies, even by SIGKILL.
+
+    Otherwise the workers of a parent killed outright would keep serving,
+    unsupervised, on the socket they inherited.
+    """
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the supervisor's pipe is all there is
+        return
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass(frozen=True)

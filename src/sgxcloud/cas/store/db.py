@@ -3,15 +3,20 @@
 SQLite (the default) gets write transactions that take the database lock at
 ``BEGIN`` (``BEGIN IMMEDIATE``): two requests that read-then-write the same
 rows then queue instead of failing half-way with "database is locked".
+Writers queue on :class:`SqliteWriterLock` before that (threads and
+processes alike), so SQLite's busy handler is never what they wait in.
 PostgreSQL relies on row locks (``SELECT ... FOR UPDATE``) in the repository.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
+import threading
 from pathlib import Path
+from types import TracebackType
 
 from alembic import command
 from alembic.config import Config
@@ -130,6 +135,80 @@ def _sqlite_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+class SqliteWriterLock:
+    """One SQLite writer at a time, across this process's threads and other processes.
+
+    Every transaction of the service takes SQLite's write lock at ``BEGIN``.
+    A writer that finds it taken waits in SQLite's busy handler, which polls
+    with growing sleeps (up to 100 ms): with several workers on one database
+    that polling, not the work, made the latency tail (p99 in seconds).
+    Writers queue here instead, and a queued writer wakes the moment the lock
+    is free: threads of one process on a reentrant lock, processes on
+    ``flock`` of a file beside the database (``<database>.lock``, 0600).
+    A process that does not take this lock (the sqlite3 shell) still meets
+    the busy timeout.  Reentrant: a nested transaction waits on SQLite
+    itself, as it did before.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._threads = threading.RLock()
+        self._depth = 0  # nesting of the thread holding _threads
+        self._fd: int | None = None
+        self._pid = 0  # the process that opened _fd (a forked child opens its own)
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            # flock belongs to the open file description: a child sharing the
+            # parent's would share its lock, so each process opens the file.
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def __enter__(self) -> SqliteWriterLock:
+        self._threads.acquire()
+        if self._depth == 0:
+            try:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)  # releases the GIL while it waits
+            except BaseException:
+                self._threads.release()
+                raise
+        self._depth += 1
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
+def writer_lock(engine: Engine) -> SqliteWriterLock | threading.RLock | None:
+    """The lock writers of ``engine``'s database queue on (see :class:`SqliteWriterLock`).
+
+    None for PostgreSQL (row locks); an in-process lock for an in-memory
+    SQLite database, which no other process can open.
+    """
+    if engine.dialect.name != "sqlite":
+        return None
+    path = engine.url.database or ""
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return threading.RLock()
+    return SqliteWriterLock(Path(f"{path}.lock"))
 
 
 def alembic_config(engine: Engine) -> Config:

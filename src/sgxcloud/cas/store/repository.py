@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -90,13 +89,10 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         # SQLite has one writer at a time and every transaction here takes the
-        # write lock at BEGIN.  Threads of this process queue on a lock of
-        # their own instead of SQLite's busy handler, which polls with growing
-        # sleeps (tens of ms): under concurrent attestations that polling, not
-        # the work, made the latency tail (p99 in seconds).  Other processes
-        # (the CLI, a backup) still meet the busy timeout.  Reentrant, so a
-        # nested transaction behaves as before (it waits on SQLite itself).
-        self._local_writer = threading.RLock() if engine.dialect.name == "sqlite" else None
+        # write lock at BEGIN: writers (threads, and other processes such as
+        # the workers of one 'cas serve') queue on db.writer_lock instead of
+        # SQLite's polling busy handler, which made the latency tail.
+        self._local_writer = db.writer_lock(engine)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Database:
@@ -129,6 +125,8 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+        if isinstance(self._local_writer, db.SqliteWriterLock):
+            self._local_writer.close()
 
     def ping(self) -> None:
         """One round trip to the database; StoreError if it does not answer."""
