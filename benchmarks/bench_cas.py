@@ -8,8 +8,10 @@ there is no SGX here, but the verification cost is real):
    (target ≥ 0.8×), and a machine-speed probe at the start and the end.
 2. Closed loop, capacity: 1, 4 and 16 enclaves (separate processes, the real
    client library, one keep-alive HTTPS connection each) against SQLite with
-   1 replica and one PostgreSQL (durable defaults) with 1 and 2 replicas:
-   round trips/s, p50/p99, server, database and client CPU per round trip.
+   1 replica and one PostgreSQL (durable defaults) with 1 and 2 replicas, and
+   one ``cas serve`` with 2 worker processes (setting ``workers``) on each:
+   round trips/s, p50/p99, server (all its processes), database and client
+   CPU per round trip.
 3. Open loop, latency: 16 enclaves together offering 300 round trips/s, each
    on its own schedule, latency counted from each request's scheduled start
    (no coordinated omission), on every configuration; then a rate sweep on
@@ -58,7 +60,14 @@ from sgxcloud.sgx.identity import EnclaveIdentity  # noqa: E402
 DCAP = ROOT.parent / "shared" / "testdata" / "dcap"
 VERIFY_SECONDS = 3.0
 CLIENT_COUNTS = (1, 4, 16)
-CONFIGS = {"sqlite": ("SQLite", 1), "pg1": ("PostgreSQL", 1), "pg2": ("PostgreSQL", 2)}
+# key: (database, replicas, worker processes per replica)
+CONFIGS = {
+    "sqlite": ("SQLite", 1, 1),
+    "sqlite-w2": ("SQLite", 1, 2),
+    "pg1": ("PostgreSQL", 1, 1),
+    "pg2": ("PostgreSQL", 2, 1),
+    "pg1-w2": ("PostgreSQL", 1, 2),
+}
 TARGET_CLIENTS = 16
 TARGET_PER_S = 300
 TARGET_P99_MS = 50
@@ -246,13 +255,14 @@ def _start_replica(
 
 @dataclass
 class Setup:
-    """One configuration under test: a database and its replicas."""
+    """One configuration under test: a database and its replicas (and their workers)."""
 
-    key: str  # sqlite, pg1, pg2 or baseline
+    key: str  # a CONFIGS key or baseline
     backend: str
     replicas: int
     database_url: str
     src: Path = ROOT / "src"
+    workers: int = 1
     database_pids: list[int] = field(default_factory=list)
     servers: list[tuple[subprocess.Popen, str]] = field(default_factory=list)  # type: ignore[type-arg]
 
@@ -262,10 +272,12 @@ class Setup:
 
     @property
     def pids(self) -> list[int]:
+        """The replicas' processes (run_cell counts their workers' CPU too)."""
         return [server.pid for server, _ in self.servers]
 
     def label(self) -> dict[str, Any]:
-        return {"config": self.key, "backend": self.backend, "replicas": self.replicas}
+        return {"config": self.key, "backend": self.backend, "replicas": self.replicas,
+                "workers": self.workers}
 
     def start(self, workdir: Path, tls: Any, key_path: Path, owner: Any) -> None:
         settings = workdir / f"cas-{self.key}.yaml"
@@ -273,6 +285,7 @@ class Setup:
             f"database_url: {self.database_url}\nmaster_key_file: {key_path}\n"
             f"tls_cert: {tls.cert}\ntls_key: {tls.key}\nlog_level: warning\n"
             "nonce_ttl_seconds: 600\n"
+            + (f"workers: {self.workers}\n" if self.workers > 1 else "")
         )
         for _ in range(self.replicas):
             self.servers.append(_start_replica(settings, tls.ca_cert, self.src))
@@ -391,11 +404,16 @@ class Plan:
 
 def _log(kind: str, setup: Setup, row: dict[str, Any]) -> None:
     offered = f" offered {row['offered_per_s']:g}/s" if row["offered_per_s"] else ""
-    print(f"  {kind:6} {setup.backend} ×{setup.replicas} {row['clients']:2} enclaves{offered}: "
+    print(f"  {kind:6} {setup.backend} ×{setup.replicas}{_workers_text(setup.workers)} "
+          f"{row['clients']:2} enclaves{offered}: "
           f"{row['per_s']:.0f}/s p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms, server "
           f"{row['server_cpu_ms']:.1f} client {row['client_cpu_ms']:.1f} ms CPU/trip, "
           f"other {row['other_cpus']:.2f} CPUs, errors {row['errors']}",
           file=sys.stderr, flush=True)
+
+
+def _workers_text(workers: int) -> str:
+    return f" ({workers} workers)" if workers > 1 else ""
 
 
 def bench_load(workdir: Path, plan: Plan) -> dict[str, Any]:
@@ -419,14 +437,16 @@ def bench_load(workdir: Path, plan: Plan) -> dict[str, Any]:
             setups.append(Setup("baseline", f"SQLite, baseline {plan.baseline[:10]}", 1,
                                 f"sqlite:///{workdir / 'base.db'}", baseline_tree / "src"))
         for key in plan.configs:
-            backend, replicas = CONFIGS[key]
+            backend, replicas, workers = CONFIGS[key]
             if backend == "SQLite":
-                setups.append(Setup(key, backend, replicas, f"sqlite:///{workdir / f'{key}.db'}"))
+                setups.append(Setup(key, backend, replicas, f"sqlite:///{workdir / f'{key}.db'}",
+                                    workers=workers))
             elif postgres is None:
                 skipped.append(f"{key}: no PostgreSQL binaries found")
             else:
                 setups.append(Setup(key, backend, replicas, fresh_database(postgres),
-                                    database_pids=_postmaster_pid(postgres.datadir)))
+                                    database_pids=_postmaster_pid(postgres.datadir),
+                                    workers=workers))
         for setup in setups:
             setup.start(workdir, tls, key_path, owner)
             for clients in plan.clients:
@@ -645,6 +665,7 @@ def _target_paragraph(report: dict[str, Any]) -> str:
                      "in the open loop, every round trip served with p99 within the bound)."),
              ""]
     names = {r["config"]: f"{r['backend']}, {r['replicas']} replica(s)"
+                          f"{_workers_text(r.get('workers', 1))}"
              for r in report["closed"] + report["open"]}
     for v in target["configs"]:
         capacity = (f"capacity {_f(v['capacity_per_s'], 0)}/s "
@@ -657,30 +678,31 @@ def _target_paragraph(report: dict[str, Any]) -> str:
 
 
 def _closed_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| database | replicas | enclaves | round trips/s | p50 ms | p99 ms | "
+    head = ("| database | replicas | workers | enclaves | round trips/s | p50 ms | p99 ms | "
             "in flight | server CPU ms | DB CPU ms | client CPU ms | "
             "CPU-bound ceiling /s | other CPUs | load | errors |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     body = []
     for r in rows:
         database = 0.0 if math.isnan(r["database_cpu_ms"]) else r["database_cpu_ms"]
         cpu = r["server_cpu_ms"] + database + r["client_cpu_ms"]
         ceiling = 2000 / cpu if cpu > 0 else math.nan  # 2 CPUs' worth of round trips
         body.append(
-            f"| {r['backend']} | {r['replicas']} | {r['clients']} | {_f(r['per_s'], 0)} | "
-            f"{_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {_f(r['in_flight'])} | "
+            f"| {r['backend']} | {r['replicas']} | {r.get('workers', 1)} | {r['clients']} | "
+            f"{_f(r['per_s'], 0)} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {_f(r['in_flight'])} | "
             f"{_f(r['server_cpu_ms'])} | {_f(r['database_cpu_ms'])} | {_f(r['client_cpu_ms'])} | "
             f"{_f(ceiling, 0)} | {_f(r['other_cpus'], 2)} | {_f(r['load'])} | {r['errors']} |")
     return "\n".join([head, *body])
 
 
 def _open_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| database | replicas | enclaves | offered /s | served /s | p50 ms | p90 ms | "
-            "p99 ms | max ms | late starts | generator lag p99 ms | server CPU ms | "
+    head = ("| database | replicas | workers | enclaves | offered /s | served /s | p50 ms | "
+            "p90 ms | p99 ms | max ms | late starts | generator lag p99 ms | server CPU ms | "
             "client CPU ms | other CPUs | load | errors / unsent |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     body = [
-        f"| {r['backend']} | {r['replicas']} | {r['clients']} | {r['offered_per_s']:g} | "
+        f"| {r['backend']} | {r['replicas']} | {r.get('workers', 1)} | {r['clients']} | "
+        f"{r['offered_per_s']:g} | "
         f"{_f(r['per_s'], 0)} | {_f(r['p50_ms'])} | {_f(r['p90_ms'])} | {_f(r['p99_ms'])} | "
         f"{_f(r['max_ms'])} | {r['late_starts']:.0%} | {_f(r['generator_lag_p99_ms'], 2)} | "
         f"{_f(r['server_cpu_ms'])} | {_f(r['client_cpu_ms'])} | {_f(r['other_cpus'], 2)} | "
@@ -890,17 +912,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench_cas.py",
         description="Measure CAS attest-and-fetch capacity (closed loop: 1, 4, 16 enclaves; "
-                    "SQLite 1 replica, PostgreSQL 1 and 2 replicas) and latency at a fixed "
+                    "SQLite 1 replica, PostgreSQL 1 and 2 replicas, each database also "
+                    "with 1 replica of 2 worker processes) and latency at a fixed "
                     "offered rate (open loop, no coordinated omission), each attestation "
                     "also verifying a real SGX quote.  Writes docs/benchmarks/cas.md and "
-                    "prints it (or JSON).  The default run takes about 3 minutes.",
+                    "prints it (or JSON).  The default run takes about 5 minutes.",
     )
     parser.add_argument("--seconds", type=float, default=Plan.seconds,
                         help="measured time per cell (default %(default)g)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                         metavar="CONFIG",
-                        help="configurations: sqlite (1 replica), pg1, pg2 (PostgreSQL, 1 or "
-                             "2 replicas); default all")
+                        help="configurations: sqlite (1 replica), sqlite-w2 (1 replica, 2 "
+                             "workers), pg1, pg2 (PostgreSQL, 1 or 2 replicas), pg1-w2 "
+                             "(PostgreSQL, 1 replica, 2 workers); default all")
     parser.add_argument("--clients", nargs="+", type=int, default=list(CLIENT_COUNTS),
                         metavar="N", help="closed-loop enclave counts (default 1 4 16)")
     parser.add_argument("--open-clients", type=int, default=TARGET_CLIENTS, metavar="N",

@@ -73,20 +73,27 @@ class RealQuoteCost:
         return self.inner.verify(evidence, now)
 
 
+_production_build = server.build_service
+
+
+def build_service(*args: Any, **kwargs: Any) -> Any:
+    """Production's service, its verifier charged a real quote's cost.
+
+    At module level: with several workers, serve() hands this function to
+    each worker process (by name; a worker imports this file again).
+    """
+    service = _production_build(*args, **kwargs)
+    if not hasattr(service, "verifier"):  # never measure without the quote's cost
+        raise SystemExit("cas_bench_server: the service has no verifier to wrap")
+    service.verifier = RealQuoteCost(service.verifier)
+    return service
+
+
 def main() -> None:
     settings = load_settings(Path(sys.argv[1]), port=int(sys.argv[2]))
-    production_build = server.build_service
-
     # The one substitution: serve() builds its service through this module
     # attribute (in every revision since the first), so the real quote's cost
     # is added without copying serve()'s composition here.
-    def build_service(*args: Any, **kwargs: Any) -> Any:
-        service = production_build(*args, **kwargs)
-        if not hasattr(service, "verifier"):  # never measure without the quote's cost
-            raise SystemExit("cas_bench_server: the service has no verifier to wrap")
-        service.verifier = RealQuoteCost(service.verifier)
-        return service
-
     server.build_service = build_service  # type: ignore[assignment]
     server.serve(settings)
 

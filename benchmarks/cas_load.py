@@ -210,7 +210,8 @@ class _Snapshot:
     def take(cls, servers: list[int], database: list[int]) -> _Snapshot:
         import psutil
 
-        return cls(time.monotonic(), _cpu_of(servers), _cpu_of(_tree(database)),
+        # A server's worker processes (setting workers) are its children.
+        return cls(time.monotonic(), _cpu_of(_tree(servers)), _cpu_of(_tree(database)),
                    psutil.cpu_times(), time.process_time())
 
 

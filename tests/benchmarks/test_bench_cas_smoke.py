@@ -144,3 +144,27 @@ def test_a_tiny_run_against_a_real_replica(tmp_path):
     text = bench_cas.markdown(report)
     assert "### Capacity: closed loop" in text and "### Latency at a fixed rate" in text
     assert "NOT the target" in text  # a run at another rate never claims issue 13's target
+
+
+def test_a_tiny_run_against_one_replica_of_two_workers(tmp_path):
+    """The 2-worker configuration really runs 2 workers, and their CPU is counted."""
+    plan = bench_cas.Plan(seconds=1.0, configs=("sqlite-w2",), clients=(4,), open_clients=4,
+                          rate=20, sweep=())
+    cells = bench_cas.bench_load(tmp_path, plan)
+    (closed,), (opened,) = cells["closed"], cells["open"]
+    for row in (closed, opened):
+        assert row["config"] == "sqlite-w2" and row["workers"] == 2 and row["replicas"] == 1
+        assert row["round_trips"] > 0 and row["errors"] == 0, row.get("first_error")
+        # The parent only supervises: this much CPU per round trip is the workers'.
+        assert row["server_cpu_ms"] > 1.0
+    assert "workers: 2" in (tmp_path / "cas-sqlite-w2.yaml").read_text()
+    report = {"closed": cells["closed"], "open": cells["open"]}
+    assert "| SQLite | 1 | 2 | 4 |" in bench_cas._closed_table(report["closed"])
+    verdict = bench_cas.judge(cells["closed"], cells["open"], 4, 20)
+    assert [v["config"] for v in verdict["configs"]] == ["sqlite-w2"]
+
+
+def test_every_configuration_names_its_database_replicas_and_workers():
+    assert bench_cas.CONFIGS["sqlite-w2"] == ("SQLite", 1, 2)
+    assert bench_cas.CONFIGS["pg1-w2"] == ("PostgreSQL", 1, 2)
+    assert all(len(value) == 3 for value in bench_cas.CONFIGS.values())
