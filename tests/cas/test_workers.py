@@ -77,13 +77,13 @@ class Served:
     def workers(self) -> list[int]:
         """The worker processes (not multiprocessing's resource tracker)."""
         found = []
-        for child in psutil.Process(self.process.pid).children():
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            self.seen.add(child.pid)  # multiprocessing's resource tracker too
             try:
                 if "spawn_main" in " ".join(child.cmdline()):
                     found.append(child.pid)
             except psutil.NoSuchProcess:
                 continue
-        self.seen.update(found)
         return found
 
     def wait_workers(self, count: int, *, exclude: int | None = None) -> list[int]:
@@ -91,7 +91,9 @@ class Served:
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()[-3000:]
             pids = [p for p in self.workers() if p != exclude]
-            if len(pids) == count and self._ready():
+            log = self.log.read_text()
+            serving = [p for p in pids if f"Started server process [{p}]" in log]
+            if len(serving) == count and self._ready():
                 return pids
             time.sleep(0.1)
         raise AssertionError(f"{count} workers not ready: {self.log.read_text()[-3000:]}")
@@ -117,6 +119,14 @@ class Served:
             raise
 
 
+def _describe(pid: int) -> str:
+    try:
+        process = psutil.Process(pid)
+        return f"{pid} {process.status()} {' '.join(process.cmdline())[:120]}"
+    except psutil.NoSuchProcess:
+        return f"{pid} gone"
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -127,26 +137,46 @@ def _alive(pid: int) -> bool:
 def _worker_connections(
     served: Served, workers: list[int]
 ) -> dict[int, http.client.HTTPSConnection]:
-    """One open HTTPS connection to each worker (which worker accepted a connection
-    is the kernel's choice: connections are opened until every worker has one)."""
+    """One open HTTPS connection to each worker.
+
+    Which worker accepts a connection is the kernel's choice (an idle worker
+    tends to win every time): connections are opened in bursts, kept open
+    so the handshakes keep the winner busy, until every worker has one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     context = ssl.create_default_context(cafile=str(served.tls.ca_cert))
-    found: dict[int, http.client.HTTPSConnection] = {}
-    for _ in range(60):
+
+    def connect(_: int) -> http.client.HTTPSConnection:
         connection = http.client.HTTPSConnection("127.0.0.1", served.port, context=context,
                                                  timeout=10)
         connection.request("GET", "/v1/health/live")
         connection.getresponse().read()
-        local = connection.sock.getsockname()
-        owner = next((pid for pid in workers if any(
-            c.raddr and tuple(c.raddr) == local for c in psutil.Process(pid).net_connections())),
-            None)
-        if owner is None or owner in found:
+        return connection
+
+    opened: list[http.client.HTTPSConnection] = []
+    found: dict[int, http.client.HTTPSConnection] = {}
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(10):
+            opened += pool.map(connect, range(8))
+            served_by = _connections_of(workers)
+            for connection in opened:
+                owner = served_by.get(connection.sock.getsockname())
+                if owner is not None and owner not in found:
+                    found[owner] = connection
+            if len(found) == len(workers):
+                break
+    for connection in opened:
+        if connection not in found.values():
             connection.close()
-        else:
-            found[owner] = connection
-        if len(found) == len(workers):
-            return found
-    raise AssertionError("the kernel never gave a connection to every worker")
+    assert len(found) == len(workers), "the kernel never gave a connection to every worker"
+    return found
+
+
+def _connections_of(workers: list[int]) -> dict[tuple[str, int], int]:
+    """The worker serving each client address (ip, port) connected to the service."""
+    return {tuple(c.raddr): pid for pid in workers  # type: ignore[misc]
+            for c in psutil.Process(pid).net_connections() if c.raddr}
 
 
 def _post(connection: http.client.HTTPSConnection, path: str, body: dict | None = None):  # type: ignore[no-untyped-def]
@@ -223,7 +253,8 @@ def test_two_workers_one_killed_nothing_lost(tmp_path: Path, backend: str) -> No
         started.wait()
         while len(results) < ENCLAVES * ROUNDS // 3 and not failures:
             time.sleep(0.01)
-        victim = workers[0]
+        clients_of = list(_connections_of(workers).values())
+        victim = max(workers, key=clients_of.count)  # the worker serving the most enclaves
         os.kill(victim, signal.SIGKILL)  # mid-traffic: its enclaves' connections break
         for thread in threads:
             thread.join(timeout=300)
@@ -247,6 +278,9 @@ def test_two_workers_one_killed_nothing_lost(tmp_path: Path, backend: str) -> No
         served.stop()
     # SIGTERM: the parent, every worker it ever ran, and its helpers are gone.
     assert served.process.returncode == 0
+    deadline = time.monotonic() + 10  # the resource tracker leaves once its pipe closes
+    while any(_alive(pid) for pid in served.seen) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not [pid for pid in served.seen if _alive(pid)]
     assert "Stopping parent process" in served.log.read_text()
 
@@ -284,13 +318,17 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
         served.process.send_signal(signal.SIGKILL)  # no chance to stop its workers itself
         served.process.wait(timeout=10)
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(_alive(pid) for pid in served.seen) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [pid for pid in workers if _alive(pid)]
+        assert not [_describe(pid) for pid in served.seen if _alive(pid)]
     finally:
-        for pid in served.seen:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        for pid in served.seen:  # what the test started and the kernel did not stop
+            try:
+                leftover = psutil.Process(pid)
+                if "multiprocessing" in " ".join(leftover.cmdline()):
+                    leftover.kill()
+            except psutil.NoSuchProcess:
+                continue
 
 
 def test_a_bad_workers_setting_is_one_line(tmp_path: Path) -> None:

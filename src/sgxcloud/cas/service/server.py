@@ -219,10 +219,11 @@ def serve_workers(settings: Settings) -> None:
     metrics_dir = Path(tempfile.mkdtemp(prefix="sgxcloud-cas-metrics-"))  # 0700, this start's
     previous = os.environ.get(MULTIPROCESS_DIR)
     os.environ[MULTIPROCESS_DIR] = str(metrics_dir)  # inherited by the workers only
-    service = builder(settings)
+    service: CasService | None = None
     metrics_server = None
     sock: socket.socket | None = None
     try:
+        service = builder(settings)  # once, before any worker: migrations, deployment id
         config = WorkerConfig(settings, builder)
         sock = config.bind_socket()
         supervisor = WorkerSupervisor(config, [sock])
@@ -236,12 +237,21 @@ def serve_workers(settings: Settings) -> None:
             metrics_server.shutdown()
         if sock is not None:
             sock.close()
-        service.stop()
+        if service is not None:
+            service.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         if previous is None:
             os.environ.pop(MULTIPROCESS_DIR, None)
         else:
             os.environ[MULTIPROCESS_DIR] = previous
+
+
+# How long a worker may leave the supervisor's ping unanswered before it is
+# killed and replaced.  uvicorn's 5 s is too short here: a new worker answers
+# only once it has imported the service's modules, which took 6-8 s on the
+# 2-core test machine under load (and the supervisor then killed every
+# worker it started, over and over).
+WORKER_HEALTHCHECK_SECONDS = 30
 
 
 class WorkerConfig(uvicorn.Config):
@@ -259,6 +269,7 @@ class WorkerConfig(uvicorn.Config):
             functools.partial(worker_app, settings, builder),
             factory=True,
             workers=settings.workers,
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
             **_uvicorn_options(settings),
         )
 
