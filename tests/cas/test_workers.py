@@ -314,7 +314,7 @@ def _counting_processes(served: Served) -> set[str]:
 def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
     served = Served(tmp_path, f"sqlite:///{tmp_path / 'cas.db'}")
     try:
-        workers = served.wait_workers(2)
+        served.wait_workers(2)
         served.process.send_signal(signal.SIGKILL)  # no chance to stop its workers itself
         served.process.wait(timeout=10)
         deadline = time.monotonic() + 30
