@@ -8,22 +8,25 @@ dcap-qvl's signature checks.
 from __future__ import annotations
 
 import json
+import re
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from sgxcloud.cas import pck
 from sgxcloud.cas.collateral import (
     FileCollateral,
     PccsCollateral,
     collateral_window,
     raw_member,
 )
-from sgxcloud.cas.errors import CollateralError, EvidenceError
+from sgxcloud.cas.errors import CollateralError, EvidenceError, MalformedEvidenceError
 from sgxcloud.cas.evidence import DcapVerifier, Evidence
 
 
@@ -564,3 +567,124 @@ def test_an_altered_collateral_file_is_named_for_what_it_is(
     with pytest.raises(EvidenceError) as refused:
         DcapVerifier(FileCollateral(altered)).verify(Evidence("dcap", sgx_quote), vectors.sgx_now)
     assert refused.value.code == "collateral-invalid", refused.value.detail
+
+
+# -- the piece that was asked for, in a form dcap-qvl reads (red team attack-cas4, 1, 3) --
+
+_PLATFORM_AT = 1752919200  # inside the windows of both sample collaterals
+
+
+def _tdx_routes(testdata: Path) -> dict[tuple[str, str], tuple[bytes, dict[str, str]]]:
+    """Intel-signed TDX pieces (the TD_QE identity, FMSPC B0C06F000000's TCB info, the
+    Platform CA's CRL), routed by path suffix so they can be served for SGX requests."""
+    server = _pccs(testdata, "tdx_quote", "sgx", "00A067110000", "processor")
+    server.close()
+    return server.routes
+
+
+def _serve_instead(pccs: LoopbackPccs, routes, suffix: str) -> None:  # type: ignore[no-untyped-def]
+    mine = next(k for k in pccs.routes if k[0].endswith(suffix))
+    theirs = next(k for k in routes if k[0].endswith(suffix))
+    pccs.routes[mine] = routes[theirs]
+
+
+def _edit(pccs: LoopbackPccs, suffix: str, change) -> None:  # type: ignore[no-untyped-def]
+    key = next(k for k in pccs.routes if k[0].endswith(suffix))
+    body, headers = pccs.routes[key]
+    pccs.routes[key] = change(body, dict(headers))
+
+
+def _space_in_signature(body: bytes, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+    head, _, rest = body.rpartition(b'"signature":')
+    text = rest.decode()
+    at = text.index('"') + 11  # ten digits into the hex
+    return head + b'"signature":' + (text[:at] + " " + text[at:]).encode(), headers
+
+
+def _root_first(header: str):  # type: ignore[no-untyped-def]
+    def change(body: bytes, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+        pem = unquote(headers[header])
+        end = "-----END CERTIFICATE-----"
+        signer, root = [c + end for c in pem.split(end)[:2]]
+        headers[header] = quote(root.strip() + "\n" + signer.strip() + "\n")
+        return body, headers
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("case", "expect"),
+    [
+        ("TD_QE identity for SGX's", "not the SGX QE identity"),
+        ("another FMSPC's TCB info", "not SGX TCB info"),
+        ("the Platform CA's CRL for the Processor CA's", "not the CRL of the PCK processor CA"),
+        ("a space in the TCB info signature", "not 128 hex digits"),
+        ("the root first in the QE identity chain", "not [signing certificate, Intel SGX Root"),
+    ],
+)
+def test_a_signed_piece_for_another_request_or_unreadable_is_never_kept(
+    pccs, testdata, tmp_path, sgx_quote, vectors, case, expect
+):
+    """Intel-signed, yet not what was asked for (or not readable by dcap-qvl): refused
+    when fetched, not stored; the corrected PCCS is used after ``failure_ttl``."""
+    good = dict(pccs.routes)
+    tdx = _tdx_routes(testdata)
+    change = {
+        "TD_QE identity for SGX's": lambda: _serve_instead(pccs, tdx, "/qe/identity"),
+        "another FMSPC's TCB info": lambda: _serve_instead(pccs, tdx, "/tcb"),
+        "the Platform CA's CRL for the Processor CA's": lambda: _serve_instead(
+            pccs, tdx, "/pckcrl"
+        ),
+        "a space in the TCB info signature": lambda: _edit(pccs, "/tcb", _space_in_signature),
+        "the root first in the QE identity chain": lambda: _edit(
+            pccs, "/qe/identity", _root_first("SGX-Enclave-Identity-Issuer-Chain")
+        ),
+    }[case]
+    change()
+    source = PccsCollateral(pccs.url, tmp_path, failure_ttl=0)
+    with pytest.raises(CollateralError, match=re.escape(expect)):
+        source.get(sgx_quote, _PLATFORM_AT)
+    pccs.routes.clear()
+    pccs.routes.update(good)
+    verifier = DcapVerifier(source)
+    assert verifier.verify(Evidence("dcap", sgx_quote), _PLATFORM_AT).tcb_status == vectors.status
+    restarted = DcapVerifier(PccsCollateral(pccs.url, tmp_path, failure_ttl=0))
+    assert restarted.verify(Evidence("dcap", sgx_quote), _PLATFORM_AT).tcb_status == (
+        vectors.status
+    )
+
+
+def test_a_clock_behind_the_pcs_fetches_once_per_failure_ttl_not_per_attestation(
+    pccs, tmp_path, sgx_quote
+):
+    """Collateral not yet valid by this host's clock is not kept, and the refusal is
+    remembered: 20 attestations 5 s before the TCB info's issue date fetch it once."""
+    issued = 1750330571  # the SGX TCB info's issueDate
+    source = PccsCollateral(pccs.url, tmp_path, failure_ttl=60)
+    for _ in range(20):
+        with pytest.raises(CollateralError, match="check this host's clock"):
+            source.get(sgx_quote, issued - 5)
+    assert pccs.requests.count("/sgx/certification/v4/tcb") == 1
+
+
+def _padded_chain(quote: bytes, padding: int) -> bytes:
+    """``quote`` with text appended to its PCK certificate data (PEM readers skip it)."""
+    qe_auth = struct.unpack_from("<H", quote, 1012)[0]
+    at = 1014 + qe_auth
+    _, size = struct.unpack_from("<HI", quote, at)
+    certification = quote[at + 6 : at + 6 + size] + b"x" * padding + b"\n"
+    padded = bytearray(quote[:at]) + struct.pack("<HI", 5, len(certification)) + certification
+    struct.pack_into("<I", padded, 432, len(padded) - 436)  # the signature data's length
+    return bytes(padded)
+
+
+def test_a_padded_pck_chain_pins_no_memory(sgx_quote, sgx_collateral_path, vectors):
+    """Red team attack-cas4, finding 2: the chain cache kept the sender's certification
+    text (up to the 1 MiB evidence limit) as its key.  Now a chain larger than
+    ``MAX_PCK_CHAIN_BYTES`` is malformed evidence, and keys are 32-byte digests."""
+    verifier = DcapVerifier(FileCollateral(sgx_collateral_path))
+    with pytest.raises(MalformedEvidenceError, match="PCK certificate chain is"):
+        verifier.verify(Evidence("dcap", _padded_chain(sgx_quote, 1 << 20)), vectors.sgx_now)
+    small = _padded_chain(sgx_quote, 4000)
+    assert verifier.verify(Evidence("dcap", small), vectors.sgx_now).tcb_status == vectors.status
+    assert all(len(key) == 32 for key in pck._CHAINS)

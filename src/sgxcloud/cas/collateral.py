@@ -36,7 +36,7 @@ from urllib.parse import unquote
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from sgxcloud.cas.collateral_check import check_collateral_fields
+from sgxcloud.cas.collateral_check import check_piece
 from sgxcloud.cas.errors import CollateralError, EvidenceError
 from sgxcloud.cas.pck import PckCheckError, precheck
 
@@ -439,18 +439,26 @@ class PccsCollateral:
         hit = self._assembled.get(key)
         if hit is not None and hit[1].contains(now):
             return hit[0]
-        pieces = [
-            self._piece(f"tcb-{tee}-{fmspc}", now, lambda: self._fetch_tcb(tee, fmspc)),
-            self._piece(f"qe-{tee}", now, lambda: self._fetch_qe(tee)),
-            self._piece(f"pckcrl-{ca}", now, lambda: self._fetch_pck_crl(ca)),
-            self._piece("rootcacrl", now, self._fetch_root_crl),
-        ]
+        fetchers = {
+            f"tcb-{tee}-{fmspc}": lambda: self._fetch_tcb(tee, fmspc),
+            f"qe-{tee}": lambda: self._fetch_qe(tee),
+            f"pckcrl-{ca}": lambda: self._fetch_pck_crl(ca),
+            "rootcacrl": self._fetch_root_crl,
+        }
+        pieces = [self._piece(name, now, fetch) for name, fetch in fetchers.items()]
         fields: dict[str, str] = {}
         window = ValidityWindow(0, 2**63)
         for piece in pieces:
             fields.update(piece.fields)
             window = window.intersect(piece.window)
-        collateral = collateral_from_json(json.dumps(fields), f"PCCS {self.base_url}")
+        try:
+            collateral = collateral_from_json(json.dumps(fields), f"PCCS {self.base_url}")
+        except CollateralError:
+            # Each piece passed its checks, yet dcap-qvl cannot read them
+            # together: keep none of them (they are fetched again after
+            # failure_ttl) rather than refuse this platform until they expire.
+            self._forget(fetchers, "the PCCS's collateral cannot be read together")
+            raise
         with self._lock:
             self._assembled[key] = (collateral, window)
             _trim(self._assembled, _CACHE_MAX)
@@ -523,17 +531,35 @@ class PccsCollateral:
                 self._fetch_slots.release()
             # Before it is kept (memory and disk, until the date it states):
             # an unchecked answer once blocked a platform type until 2099.
-            check_collateral_fields(piece.fields, f"PCCS {self.base_url} {name}")
+            check_piece(name, piece.fields, f"PCCS {self.base_url} {name}")
             if now >= piece.window.not_after:
                 raise CollateralError(
                     f"PCCS {self.base_url} serves {name} collateral that expired at "
                     f"{datetime.fromtimestamp(piece.window.not_after, UTC):%Y-%m-%dT%H:%M:%SZ}"
+                )
+            if now < piece.window.not_before:
+                # Not kept, and (as a failure) not fetched again for failure_ttl:
+                # a host clock behind the PCS's otherwise refetched per attestation.
+                raise CollateralError(
+                    f"PCCS {self.base_url} serves {name} collateral valid only from "
+                    f"{datetime.fromtimestamp(piece.window.not_before, UTC):%Y-%m-%dT%H:%M:%SZ}"
+                    "; check this host's clock"
                 )
             self._store_cached(name, piece)
         with self._lock:
             self._pieces[name] = piece
             _trim(self._pieces, _CACHE_MAX)
         return piece
+
+    def _forget(self, names: Any, reason: str) -> None:
+        """Drop pieces from memory and disk; fetch them again only after ``failure_ttl``."""
+        with self._lock:
+            for name in names:
+                self._pieces.pop(name, None)
+                self._failures[name] = (self._clock() + self.failure_ttl, reason)
+        for name in names:
+            with contextlib.suppress(OSError):
+                self._cache_path(name).unlink()
 
     def _cache_path(self, name: str) -> Path:
         return self.cache_dir / f"{name}.json"
@@ -542,7 +568,7 @@ class PccsCollateral:
         try:
             piece = _Piece.from_json(self._cache_path(name).read_text(encoding="utf-8"))
             # Checked again: the file may predate the check, or have been altered.
-            check_collateral_fields(piece.fields, f"cached {name}")
+            check_piece(name, piece.fields, f"cached {name}")
         except CollateralError as exc:
             log.warning("%s; fetching it again", exc)
             return None

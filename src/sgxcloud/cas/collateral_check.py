@@ -15,11 +15,27 @@ kept, and again when it is read back from disk:
   key; CRLs: the CRL's own signature verifies with its issuer's key (the root
   CA CRL with the pinned root's).
 
+It must also be the piece that was asked for, in the form dcap-qvl reads
+(red team attack-cas4, finding 1: Intel-signed pieces served for the wrong
+request — the TDX QE identity for SGX's, another FMSPC's TCB info, the
+Platform CA's CRL for the Processor CA's — or with a space in the signature
+hex or the root first in the chain passed a signature-only check and blocked
+attestation just the same):
+
+- TCB info: ``id`` of the TEE (``SGX``/``TDX``) and the requested FMSPC;
+  QE identity: ``id`` ``QE`` (SGX) or ``TD_QE`` (TDX); a CRL: issued by the
+  requested CA (PCK Processor/Platform CA, or the root for the root CA CRL);
+- signatures exactly 128 hex digits; issuer chains exactly [signer, Intel's
+  root], as Intel's PCS serves them.
+
 Validity in time, revocation and TCB matching stay with dcap-qvl, which
 checks all of this again, with times, when it verifies a quote.
 """
 
 from __future__ import annotations
+
+import json
+import re
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -31,17 +47,25 @@ from sgxcloud.cas.errors import CollateralError
 from sgxcloud.cas.pck import INTEL_SGX_ROOT_CA_PEM
 
 _ROOT = x509.load_pem_x509_certificate(INTEL_SGX_ROOT_CA_PEM)
+_SIGNATURE_HEX = re.compile(r"[0-9a-fA-F]{128}")
+_TCB_INFO_IDS = {"sgx": "SGX", "tdx": "TDX"}
+_QE_IDENTITY_IDS = {"sgx": "QE", "tdx": "TD_QE"}
+_PCK_CA_NAMES = {"processor": "Intel SGX PCK Processor CA", "platform": "Intel SGX PCK Platform CA"}
 
 
 def _issued_by_intel(issuer_chain_pem: str, what: str) -> x509.Certificate:
-    """The chain's first non-root certificate, checked to be issued by the pinned root."""
+    """The chain's signer, checked: the chain is [signer, pinned root], the signer issued by it."""
     try:
         certificates = x509.load_pem_x509_certificates(issuer_chain_pem.encode())
     except ValueError as exc:
         raise CollateralError(f"{what}: its issuer chain is not readable PEM") from exc
-    signer = next((c for c in certificates if c != _ROOT), None)
-    if signer is None:
-        raise CollateralError(f"{what}: its issuer chain names no signing certificate")
+    # dcap-qvl takes the first certificate as the signer (the root first is
+    # "CaUsedAsEndEntity"), so only Intel's own order is accepted.
+    if len(certificates) != 2 or certificates[1] != _ROOT or certificates[0] == _ROOT:
+        raise CollateralError(
+            f"{what}: its issuer chain is not [signing certificate, Intel SGX Root CA]"
+        )
+    signer = certificates[0]
     try:
         signer.verify_directly_issued_by(_ROOT)
     except (ValueError, TypeError, InvalidSignature) as exc:
@@ -55,11 +79,11 @@ def check_signed_json(body: str, signature_hex: str, issuer_chain_pem: str, what
     """CollateralError unless ``body`` (TCB info / QE identity text) is signed by Intel."""
     signer = _issued_by_intel(issuer_chain_pem, what)
     key = signer.public_key()
-    try:
-        raw = bytes.fromhex(signature_hex)
-    except ValueError as exc:
-        raise CollateralError(f"{what}: its signature is not hex") from exc
-    if len(raw) != 64 or not isinstance(key, ec.EllipticCurvePublicKey):
+    # Exactly 128 digits: bytes.fromhex skips whitespace, dcap-qvl does not.
+    if not _SIGNATURE_HEX.fullmatch(signature_hex):
+        raise CollateralError(f"{what}: its signature is not 128 hex digits")
+    raw = bytes.fromhex(signature_hex)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
         raise CollateralError(f"{what}: not an ECDSA P-256 signature by an EC key")
     signature = encode_dss_signature(int.from_bytes(raw[:32]), int.from_bytes(raw[32:]))
     try:
@@ -68,39 +92,76 @@ def check_signed_json(body: str, signature_hex: str, issuer_chain_pem: str, what
         raise CollateralError(f"{what}: Intel's signature does not verify (altered?)") from exc
 
 
-def check_crl(der: bytes, issuer_chain_pem: str | None, what: str) -> None:
+def check_crl(der: bytes, issuer_chain_pem: str | None, what: str, *, ca: str = "") -> None:
     """CollateralError unless the CRL is signed by Intel's root or a CA the root issued.
 
-    ``issuer_chain_pem`` None: the CRL must be the root's own (the root CA CRL).
+    ``issuer_chain_pem`` None: the CRL must be the root's own (the root CA CRL);
+    otherwise it must be the CRL of PCK CA ``ca`` (``processor``/``platform``).
     """
     try:
         crl = x509.load_der_x509_crl(der)
     except ValueError as exc:
         raise CollateralError(f"{what}: not a DER CRL") from exc
-    issuer = _ROOT if issuer_chain_pem is None else _issued_by_intel(issuer_chain_pem, what)
+    if issuer_chain_pem is None:
+        issuer = _ROOT
+    else:
+        issuer = _issued_by_intel(issuer_chain_pem, what)
+        if _common_name(issuer.subject) != _PCK_CA_NAMES.get(ca):
+            raise CollateralError(f"{what}: not the CRL of the PCK {ca} CA")
+    if crl.issuer != issuer.subject:
+        raise CollateralError(f"{what}: issued by another CA than its chain names")
     key = issuer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(key):
         raise CollateralError(f"{what}: its signature does not verify with its Intel issuer")
 
 
-def check_collateral_fields(fields: dict[str, str], what: str) -> None:
-    """Check every signed piece present in ``fields`` (dcap-qvl's collateral field names)."""
-    for member in ("tcb_info", "qe_identity"):
-        if member in fields:
-            check_signed_json(
-                fields[member],
-                fields.get(f"{member}_signature", ""),
-                fields.get(f"{member}_issuer_chain", ""),
-                f"{what} ({member})",
-            )
+def _common_name(name: x509.Name) -> str:
+    names = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def _json_fields(body: str, what: str) -> dict:
     try:
-        if "pck_crl" in fields:
-            check_crl(
-                bytes.fromhex(fields["pck_crl"]),
-                fields.get("pck_crl_issuer_chain", ""),
-                f"{what} (pck_crl)",
+        document = json.loads(body)
+    except ValueError as exc:
+        raise CollateralError(f"{what}: not JSON") from exc
+    if not isinstance(document, dict):
+        raise CollateralError(f"{what}: not a JSON object")
+    return document
+
+
+def check_piece(name: str, fields: dict[str, str], what: str) -> None:
+    """Check a cached piece by its name (``tcb-TEE-FMSPC``, ``qe-TEE``, ``pckcrl-CA``,
+    ``rootcacrl``): Intel signed it, it is what that name asks for, dcap-qvl can read it."""
+    kind, _, rest = name.partition("-")
+    try:
+        if kind == "tcb":
+            tee, _, fmspc = rest.partition("-")
+            body = fields["tcb_info"]
+            check_signed_json(
+                body, fields["tcb_info_signature"], fields["tcb_info_issuer_chain"], what
             )
-        if "root_ca_crl" in fields:
-            check_crl(bytes.fromhex(fields["root_ca_crl"]), None, f"{what} (root_ca_crl)")
-    except ValueError as exc:  # not hex
+            document = _json_fields(body, what)
+            if document.get("id") != _TCB_INFO_IDS.get(tee):
+                raise CollateralError(f"{what}: not {tee.upper()} TCB info")
+            if str(document.get("fmspc", "")).upper() != fmspc.upper():
+                raise CollateralError(f"{what}: TCB info for another FMSPC")
+        elif kind == "qe":
+            body = fields["qe_identity"]
+            check_signed_json(
+                body, fields["qe_identity_signature"], fields["qe_identity_issuer_chain"], what
+            )
+            if _json_fields(body, what).get("id") != _QE_IDENTITY_IDS.get(rest):
+                raise CollateralError(f"{what}: not the {rest.upper()} QE identity")
+        elif kind == "pckcrl":
+            check_crl(
+                bytes.fromhex(fields["pck_crl"]), fields["pck_crl_issuer_chain"], what, ca=rest
+            )
+        elif name == "rootcacrl":
+            check_crl(bytes.fromhex(fields["root_ca_crl"]), None, what)
+        else:
+            raise CollateralError(f"{what}: not a collateral piece this CAS asks for")
+    except KeyError as exc:
+        raise CollateralError(f"{what}: lacks {exc.args[0]}") from exc
+    except ValueError as exc:  # a CRL that is not hex
         raise CollateralError(f"{what}: a CRL is not hex DER") from exc

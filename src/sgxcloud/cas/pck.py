@@ -81,6 +81,9 @@ _QE_REPORT = 384
 _QE_REPORT_DATA = 320  # offset of REPORTDATA inside a report body
 _TDX_BODY = 584  # TDX 1.0 report body in a v4 quote
 _CERT_PCK_CHAIN = 5
+# Intel's PCK chains (leaf, PCK CA, root in PEM) are ~3.7 KB; anything much
+# larger is padding a sender chose, and costs parsing and memory.
+MAX_PCK_CHAIN_BYTES = 16 * 1024
 _CERT_QE_REPORT = 6
 
 
@@ -240,7 +243,12 @@ def _precheck(quote: bytes, now: int) -> tuple[_Chain, CheckedQuote]:
         raise MalformedEvidenceError(
             "the quote carries no PCK certificate chain (certification data type 5)"
         )
-    chain = _verified_chain(reader.take(reader.u32()), now, "sgx" if header.is_sgx else "tdx")
+    size = reader.u32()
+    if size > MAX_PCK_CHAIN_BYTES:
+        raise MalformedEvidenceError(
+            f"the quote's PCK certificate chain is {size} bytes (at most {MAX_PCK_CHAIN_BYTES})"
+        )
+    chain = _verified_chain(reader.take(size), now, "sgx" if header.is_sgx else "tdx")
     _verify_p256(chain.leaf_key, qe_signature, qe_report, "signature is invalid for qe_report")
     binding = hashlib.sha256(attestation_key + qe_auth).digest()
     if qe_report[_QE_REPORT_DATA : _QE_REPORT_DATA + 32] != binding:
@@ -281,7 +289,9 @@ def _verify_p256(key: ec.EllipticCurvePublicKey, raw: bytes, data: bytes, messag
 
 
 def _verified_chain(pem: bytes, now: int, tee: str) -> _Chain:
-    key = tee.encode() + b"\0" + pem
+    # A digest, not the text: the text is the sender's (red team attack-cas4:
+    # 256 padded 1 MiB copies of a genuine chain pinned 256 MiB as keys).
+    key = hashlib.sha256(tee.encode() + b"\0" + pem).digest()
     with _CHAINS_LOCK:
         hit = _CHAINS.get(key)
         if hit is not None:
