@@ -309,6 +309,50 @@ def test_malformed_simulated_documents_are_rejected(change):
         SimulatedVerifier().verify(Evidence("simulated", json.dumps(document).encode()), 0)
 
 
+def _dumped_whole(identity: EnclaveIdentity, report_data: bytes) -> bytes:
+    """The simulated document as one json.dumps of all its fields (the reference layout)."""
+    default = "0700000000000000e700000000000000" if identity.debug else (
+        "0500000000000000e700000000000000")
+    document = {
+        "format": SIMULATED_FORMAT,
+        "WARNING": SIMULATED_WARNING,
+        "mrenclave": identity.mrenclave.lower(),
+        "mrsigner": identity.mrsigner.lower(),
+        "isvprodid": identity.isvprodid,
+        "isvsvn": identity.isvsvn,
+        "debug": identity.debug,
+        "attributes": (identity.attributes or default).lower(),
+        "report_data": report_data.ljust(64, b"\0").hex(),
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        IDENTITY,
+        replace(IDENTITY, debug=True),
+        replace(IDENTITY, mrenclave="AB" * 32, mrsigner="0F" * 32, isvprodid=65535, isvsvn=0,
+                attributes="0500000000000000E700000000000000"),
+    ],
+)
+def test_simulated_evidence_is_the_whole_document_whatever_the_report_data(identity):
+    """Made from a per-identity template (the benchmark's enclaves make one per round trip),
+    the evidence is byte for byte the document dumped whole, for every report data in turn."""
+    for report_data in (b"", b"nonce", bytes(range(64)), b"\xff" * 64, b"\"report_data\": \""):
+        evidence = make_simulated_evidence(identity, report_data)
+        assert evidence.raw == _dumped_whole(identity, report_data)
+        verified = SimulatedVerifier().verify(evidence, 0)
+        assert verified.report_data == report_data.ljust(64, b"\0")
+
+
+def test_an_identity_simulated_evidence_cannot_claim_is_refused_every_time():
+    bad = replace(IDENTITY, mrenclave="zz" * 32)
+    for _ in range(2):  # a refusal is not remembered as a template
+        with pytest.raises(MalformedEvidenceError, match="mrenclave"):
+            make_simulated_evidence(bad, b"")
+
+
 def test_report_data_longer_than_64_bytes_is_refused():
     with pytest.raises(EvidenceError):
         make_simulated_evidence(IDENTITY, bytes(65))
