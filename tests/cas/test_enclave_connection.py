@@ -264,6 +264,32 @@ def test_only_http_connect_proxies_are_used(tmp_path: Path, monkeypatch) -> None
 OK_JSON = b'{"nonce":"00"}'
 
 
+class _Trickle(io.RawIOBase):
+    """A stream that gives at most 7 bytes per read, as a slow network may."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        chunk = self._data.read(min(7, len(buffer)))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+# How answers arrive: the connection reads through a buffer, where a head is
+# usually all there (split at once) but may have arrived only in part (read
+# line by line); a plain stream is read line by line.  Same answers either way.
+READERS = {
+    "buffered": lambda data: io.BufferedReader(io.BytesIO(data)),
+    "trickled": lambda data: io.BufferedReader(_Trickle(data)),
+    "small-buffer": lambda data: io.BufferedReader(io.BytesIO(data), buffer_size=16),
+    "unbuffered": io.BytesIO,
+}
+
+
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
@@ -283,19 +309,26 @@ OK_JSON = b'{"nonce":"00"}'
          (502, b"<html>bad</html>", False)),
         (b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\n" + OK_JSON, (200, OK_JSON, False)),
         (b"HTTP/1.1 204 No Content\r\n\r\n", (204, b"", True)),
+        # a bare LF ends a line wherever it is, as it does when read line by line
+        (b"HTTP/1.1 200 OK\r\nX-A: b\nContent-Length: 14\r\n\r\n" + OK_JSON,
+         (200, OK_JSON, True)),
+        (b"HTTP/1.1 200 OK\nContent-Length: 14\n\r\n" + OK_JSON, (200, OK_JSON, True)),
+        # a bare CR ends nothing: no Content-Length here, the body ends with the connection
+        (b"HTTP/1.1 200 OK\r\nX-A: b\rContent-Length: 2\r\n\r\n{}", (200, b"{}", False)),
     ],
 )
-def test_answers_are_read_by_their_framing(answer: bytes, expected) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("reader", READERS)
+def test_answers_are_read_by_their_framing(answer: bytes, expected, reader: str) -> None:  # type: ignore[no-untyped-def]
     from sgxcloud.cas.client.connection import read_response
 
     if expected is None:
         with pytest.raises(http.client.HTTPException):
-            read_response(io.BytesIO(answer))
+            read_response(READERS[reader](answer))
         return
     if not expected[2]:  # the body ends with the connection
-        assert read_response(io.BytesIO(answer)) == expected
+        assert read_response(READERS[reader](answer)) == expected
         return
-    stream = io.BytesIO(answer + b"HTTP/1.1 200 OK\r\n")
+    stream = READERS[reader](answer + b"HTTP/1.1 200 OK\r\n")
     assert read_response(stream) == expected
     assert stream.read() == b"HTTP/1.1 200 OK\r\n"  # the next answer is left untouched
 
@@ -322,11 +355,12 @@ def test_answers_are_read_by_their_framing(answer: bytes, expected) -> None:  # 
          http.client.HTTPException),  # the chunk swallowed the last one: no end
     ],
 )
-def test_malformed_answers_are_refused(answer: bytes, error: type[Exception]) -> None:
+@pytest.mark.parametrize("reader", READERS)
+def test_malformed_answers_are_refused(answer: bytes, error: type[Exception], reader: str) -> None:
     from sgxcloud.cas.client.connection import read_response
 
     with pytest.raises(error):
-        read_response(io.BytesIO(answer))
+        read_response(READERS[reader](answer))
 
 
 @contextlib.contextmanager

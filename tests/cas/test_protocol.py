@@ -337,6 +337,84 @@ def test_client_refuses_a_service_not_signed_by_the_pinned_ca(https_cas, tmp_pat
         )
 
 
+class _Tampering:
+    """A CAS gone wrong: a real connection whose attest answers pass through ``change``."""
+
+    def __init__(self, connection: client.CasConnection, change) -> None:  # type: ignore[no-untyped-def]
+        self.connection, self.change = connection, change
+        self.base_url = connection.base_url
+
+    def post_json(self, path: str, body=None) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+        import json
+
+        status, content = self.connection.post_json(path, body)
+        if path == "/v1/attest" and status == 200:
+            answer = json.loads(content)
+            self.change(answer)
+            content = json.dumps(answer).encode()
+        return status, content
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def test_the_enclave_checks_the_certificates_of_every_answer(https_cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The policy CA is parsed once and kept; each certificate issued is still checked
+    against it, and a CA that does not parse is refused however often it comes."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    url, tls = https_cas
+    forger = ec.generate_private_key(ec.SECP256R1())
+
+    def fetch(connection):  # type: ignore[no-untyped-def]
+        return client.fetch_configuration(url, policy="shop", service="web", root=tmp_path,
+                                          simulate=pg.simulated_identity(), connection=connection)
+
+    def forged(answer: dict) -> None:  # same names, same key, signed by another key
+        issued = x509.load_pem_x509_certificate(answer["certificate"].encode())
+        builder = (x509.CertificateBuilder().subject_name(issued.subject)
+                   .issuer_name(issued.issuer).public_key(issued.public_key())
+                   .serial_number(issued.serial_number)
+                   .not_valid_before(issued.not_valid_before_utc)
+                   .not_valid_after(issued.not_valid_after_utc))
+        answer["certificate"] = builder.sign(forger, hashes.SHA256()).public_bytes(
+            Encoding.PEM).decode()
+
+    with client.CasConnection(url, tls.ca_cert) as connection:
+        first = fetch(connection)  # its CA is now known
+        earlier = first.certificate.public_bytes(Encoding.PEM).decode()
+        refusals = [
+            (forged, "not issued by the CA returned"),
+            (lambda answer: answer.update(certificate=earlier), "not for this enclave's key"),
+            (lambda answer: answer.update(ca_certificate="-----BEGIN CERTIFICATE-----\nAAAA\n"
+                                          "-----END CERTIFICATE-----\n"), "malformed certificate"),
+        ]
+        for change, refusal in refusals * 2:
+            with pytest.raises(client.ClientError, match=refusal):
+                fetch(_Tampering(connection, change))
+        again = fetch(connection)
+    assert again.ca_certificate == first.ca_certificate
+    again.certificate.verify_directly_issued_by(again.ca_certificate)
+
+
+def test_a_gramine_tree_is_looked_for_at_every_fetch(tmp_path: Path) -> None:
+    """Where the pseudo-files are is worked out once per root; whether they are there, each time."""
+    identity = pg.simulated_identity()
+    assert isinstance(client.choose_evidence_source(tmp_path, identity), client.SimulatedEvidence)
+    attestation = tmp_path / "dev/attestation"
+    attestation.mkdir(parents=True)
+    (attestation / "user_report_data").write_bytes(bytes(64))
+    (attestation / "quote").write_bytes(b"quote")
+    (attestation / "attestation_type").write_text("dcap\n")
+    assert isinstance(client.choose_evidence_source(tmp_path, identity), client.GramineEvidence)
+    (attestation / "attestation_type").write_text("none\n")
+    with pytest.raises(client.NoEvidenceSource, match="remote_attestation"):
+        client.choose_evidence_source(tmp_path, identity)
+    (attestation / "quote").unlink()
+    assert isinstance(client.choose_evidence_source(tmp_path, identity), client.SimulatedEvidence)
+
+
 def test_rejection_over_https_tells_the_enclave_nothing_but_the_audit_entry(
     https_cas_with_owner, tmp_path: Path, capsys
 ) -> None:  # type: ignore[no-untyped-def]

@@ -167,7 +167,7 @@ class Configuration:
     @classmethod
     def from_bytes(cls, data: bytes) -> Configuration:
         try:
-            document: Mapping[str, Any] = json.loads(data)
+            document: Mapping[str, Any] = json.loads(data.decode())  # to_bytes writes UTF-8
             policy: Mapping[str, Any] = document.get("policy") or {}
             return cls(
                 argv=[str(a) for a in document["argv"]],

@@ -36,7 +36,7 @@ import socket
 import ssl
 import threading
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -46,6 +46,7 @@ from sgxcloud.cas.client.errors import ClientError, ServiceUnavailable
 
 USER_AGENT = "sgxcloud-cas-client"
 _PRINTABLE = re.compile(r"[!-~]*")
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # made once, not per request
 
 
 def pinned_tls(ca_file: Path) -> ssl.SSLContext:
@@ -120,7 +121,7 @@ class CasConnection:
         payload = b""
         content_type = ""
         if body is not None:
-            payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            payload = _JSON.encode(body).encode()
             content_type = "Content-Type: application/json\r\n"
         # One write for head and body: one TLS record, one system call.
         request = (
@@ -220,6 +221,9 @@ def _environment_proxy(host: str) -> tuple[str, int, dict[str, str]] | None:
 # Content-Length; chunked and read-to-close framing and interim 1xx answers
 # are read too (a load balancer's error page may use them).  Anything else
 # is an http.client exception, hence ServiceUnavailable, on a closed connection.
+# A head that one read brought in whole (the usual case) is split at once; any
+# other (partly arrived, bare CR or LF) is read line by line: the same lines
+# either way.
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -230,7 +234,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110
 def read_response(answers: BinaryIO) -> tuple[int, bytes, bool]:
     """(status, body, whether the connection stays open) of one HTTP/1.x answer to a POST."""
     while True:
-        line = _line(answers)
+        head = _buffered_head(answers)
+        line = head[0] if head else _line(answers)
         if not line:
             raise http.client.RemoteDisconnected("the CAS closed the connection without answering")
         version, _, rest = line.partition(b" ")
@@ -238,7 +243,7 @@ def read_response(answers: BinaryIO) -> tuple[int, bytes, bool]:
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or not (code.isdigit() and len(code) == 3):
             raise http.client.BadStatusLine(line[:80].decode("latin-1"))
         status = int(code)
-        headers = _headers(answers)
+        headers = _headers(head[1:] if head else _header_lines(answers))
         if status == 101:
             raise http.client.BadStatusLine("101: the CAS switched protocols unasked")
         if status >= 200:  # 1xx answers are interim: the real one follows
@@ -270,15 +275,44 @@ def _line(answers: BinaryIO) -> bytes:
     return line
 
 
-def _headers(answers: BinaryIO) -> dict[bytes, bytes]:
-    """The framing headers of a head (the others are read and dropped)."""
-    found: dict[bytes, bytes] = {}
-    for _ in range(MAX_HEADERS + 1):
+def _buffered_head(answers: BinaryIO) -> list[bytes] | None:
+    """The lines of the next head, consumed, when ``answers`` holds all of it in its buffer.
+
+    None (nothing consumed) when it does not, or when the head has a CR or LF
+    outside its CRLF line ends: then it is read line by line.
+    """
+    peek = getattr(answers, "peek", None)
+    if peek is None:
+        return None
+    buffered = peek(1)  # what is buffered; one read only if nothing is
+    end = buffered.find(b"\r\n\r\n")
+    if end <= 0 or end > MAX_LINE:
+        return None
+    head = buffered[:end]
+    lines = head.split(b"\r\n")
+    if head.count(b"\r") != len(lines) - 1 or head.count(b"\n") != len(lines) - 1:
+        return None
+    answers.read(end + 4)
+    return lines
+
+
+def _header_lines(answers: BinaryIO) -> Iterator[bytes]:
+    """The header lines of a head, read one by one, up to its blank line."""
+    while True:
         line = _line(answers)
         if line in (b"\r\n", b"\n"):
-            return found
+            return
         if not line.endswith(b"\n"):
             raise http.client.IncompleteRead(line)
+        yield line
+
+
+def _headers(lines: Iterable[bytes]) -> dict[bytes, bytes]:
+    """The framing headers of a head's header lines (the others are checked and dropped)."""
+    found: dict[bytes, bytes] = {}
+    for count, line in enumerate(lines):
+        if count == MAX_HEADERS:
+            raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
         name, colon, value = line.partition(b":")
         if not colon or not _TOKEN.fullmatch(name):
             raise http.client.HTTPException("malformed header line")  # obs-fold included
@@ -290,7 +324,7 @@ def _headers(answers: BinaryIO) -> dict[bytes, bytes]:
                     raise http.client.HTTPException("conflicting Content-Length")
                 value = found[name] + b", " + value
             found[name] = value
-    raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
+    return found
 
 
 def _chunked(answers: BinaryIO) -> bytes:
@@ -306,7 +340,7 @@ def _chunked(answers: BinaryIO) -> bytes:
         if len(chunk) != left or _line(answers) not in (b"\r\n", b"\n"):
             raise http.client.IncompleteRead(chunk, left - len(chunk))
         parts.append(chunk)
-    _headers(answers)  # the trailer section, ignored
+    _headers(_header_lines(answers))  # the trailer section, checked and ignored
     return b"".join(parts)
 
 

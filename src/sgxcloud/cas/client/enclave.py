@@ -23,10 +23,11 @@ never the service (no FastAPI, SQLAlchemy, dcap-qvl).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,11 @@ class GramineEvidence:
 
     def __init__(self, root: Path = Path("/")) -> None:
         self.directory = root / ATTESTATION_DIR
+        self._report_data = self.directory / "user_report_data"
+        self._quote = self.directory / "quote"
 
     def available(self) -> bool:
-        return (self.directory / "user_report_data").exists() and (
-            self.directory / "quote"
-        ).exists()
+        return self._report_data.exists() and self._quote.exists()
 
     def check_type(self) -> None:
         """Refuse an enclave built without remote attestation (``attestation_type`` none)."""
@@ -104,8 +105,8 @@ class GramineEvidence:
         # Writing user_report_data and then reading quote is Gramine's interface:
         # the read returns a quote over the report data just written.
         try:
-            (self.directory / "user_report_data").write_bytes(report_data)
-            return (self.directory / "quote").read_bytes()
+            self._report_data.write_bytes(report_data)
+            return self._quote.read_bytes()
         except OSError as exc:
             raise ClientError(f"cannot get a quote from {self.directory}: {exc.strerror}") from exc
 
@@ -120,18 +121,24 @@ class SimulatedEvidence:
         return True
 
     def evidence(self, report_data: bytes) -> bytes:
-        # Imported here: an enclave never simulates, so it never loads the evidence package.
-        from sgxcloud.cas.evidence.simulated import make_simulated_evidence
-
         log.warning("using SIMULATED attestation evidence: no SGX hardware, no security")
-        return make_simulated_evidence(self.identity, report_data).raw
+        return _simulator()(self.identity, report_data).raw
+
+
+@functools.cache
+def _simulator() -> Callable[[EnclaveIdentity, bytes], Any]:
+    # Imported on first use (an enclave never simulates, so it never loads the
+    # evidence package), and once: an import statement costs ~5 µs every call.
+    from sgxcloud.cas.evidence.simulated import make_simulated_evidence
+
+    return make_simulated_evidence
 
 
 def choose_evidence_source(
     root: Path = Path("/"), simulate: EnclaveIdentity | None = None
 ) -> GramineEvidence | SimulatedEvidence:
     """Gramine's quote when present; simulation only when explicitly asked for."""
-    gramine = GramineEvidence(root)
+    gramine = _gramine_at(root)
     if gramine.available():
         gramine.check_type()
         return gramine
@@ -141,6 +148,12 @@ def choose_evidence_source(
         f"no SGX attestation interface at {gramine.directory} (not in a Gramine enclave?) "
         "and simulation was not requested"
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _gramine_at(root: Path) -> GramineEvidence:
+    # Its paths are made once per root; whether the files exist is asked every time.
+    return GramineEvidence(root)
 
 
 def fetch_configuration(
@@ -261,7 +274,7 @@ def _attest(
     configuration = protocol.open_configuration(sealed, key, nonce)
     try:
         certificate = x509.load_pem_x509_certificate(_field(answer, "certificate").encode())
-        ca_certificate = x509.load_pem_x509_certificate(_field(answer, "ca_certificate").encode())
+        ca_certificate = _ca_certificate(_field(answer, "ca_certificate"))
     except ValueError as exc:
         raise ClientError("the CAS answered with a malformed certificate") from exc
     if certificate.public_key() != public_key:
@@ -280,6 +293,13 @@ def _attest(
         _field(answer, "tcb_status"),
         answer.get("audit_seq"),
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _ca_certificate(pem: str) -> x509.Certificate:
+    # The same few policy CAs come back in every answer: each is parsed once.
+    # (Every certificate issued is still verified against it.)
+    return x509.load_pem_x509_certificate(pem.encode())
 
 
 def _field(answer: dict[str, Any], name: str) -> str:
@@ -301,7 +321,7 @@ def _answer(status: int, body: bytes) -> dict[str, Any]:
     if status in RETRY_STATUSES:
         raise ServiceUnavailable(f"CAS answered {status}")
     try:
-        document = json.loads(body)
+        document = json.loads(body.decode())  # UTF-8, as JSON on the wire is (RFC 8259)
     except ValueError as exc:
         raise ClientError(f"CAS answered {status} without JSON") from exc
     if not isinstance(document, dict):
