@@ -79,7 +79,7 @@ def test_json_round_trip_and_lookup(signed):
     _, _, result = signed
     again = Result.from_json(result.to_json())
     assert again == result
-    assert json.loads(result.to_json())["format"] == "sgxcloud.cleanroom.result/v1"
+    assert json.loads(result.to_json())["format"] == "sgxcloud.cleanroom.result/v2"
     assert result.value("people", datasets="bank.customers") > 0
     with pytest.raises(KeyError):
         result.value("people", datasets="nobody")

@@ -37,6 +37,7 @@ from sgxcloud.cleanroom.definition import Definition
 from sgxcloud.cleanroom.engine import Engine, parse_query
 from sgxcloud.cleanroom.errors import CleanroomError, IngestError, QueryError
 from sgxcloud.cleanroom.identifiers import KEY_BYTES, new_key
+from sgxcloud.cleanroom.results import now_iso
 from sgxcloud.cleanroom.transport import (
     Kind,
     RemoteError,
@@ -192,7 +193,8 @@ class Coordinator:
         self._engine_lock = threading.Lock()
         self._status_lock = threading.Lock()
         self.datasets: dict[str, dict[str, Any]] = {
-            ds.ref: {"dataset": ds.ref, "state": "pending", "rows": 0, "reason": ""}
+            ds.ref: {"dataset": ds.ref, "state": "pending", "rows": 0, "reason": "",
+                     "in_use": False, "ingested_at": None}
             for ds in self.definition.datasets if ds.provider in config.nodes
         }
 
@@ -344,9 +346,11 @@ class Coordinator:
                 report = self.engine.ingest(provider, dataset, reader, actor=provider)
         except RemoteError as exc:
             # Whatever was staged is discarded below; the engine never saw it.
+            # The node's message (counts, row numbers, the file's name) is for its
+            # provider's status only: every party reads the audit log.
             self._not_ingested(ref, "rejected", str(exc))
             self._audit("ingest_rejected", provider,
-                        {"dataset": ref, "stage": "node", "message": str(exc)})
+                        {"dataset": ref, "stage": "node", "message": NODE_REJECTED_MESSAGE})
             log.warning("%s rejected by its node: %s", ref, exc)
             return
         except (IngestError, CleanroomError, pa.ArrowException) as exc:
@@ -356,7 +360,7 @@ class Coordinator:
             with contextlib.suppress(OSError):
                 staged.unlink()
         self._set(ref, state="ingested", rows=report.rows, reason="",
-                  bytes=trailer.get("bytes", 0),
+                  in_use=True, ingested_at=now_iso(), bytes=trailer.get("bytes", 0),
                   seconds=round(time.monotonic() - started, 3),
                   identifier_report=trailer.get("report", {}))
         if progress:
@@ -370,18 +374,40 @@ class Coordinator:
         """A pull that failed: ``rows`` are what queries use now (the previous
         ingestion's, kept because a dataset is replaced atomically, or none)."""
         with self._engine_lock:
-            held = self.engine.datasets().get(ref, 0)
+            held = self.engine.datasets().get(ref)
         note = (f"; queries keep using the {held} rows of its previous ingestion" if held
                 else "; no data of it is held")
-        self._set(ref, state=state, rows=held, reason=reason + note)
+        self._set(ref, state=state, rows=held or 0, in_use=held is not None,
+                  reason=reason + note)
 
     def _set(self, ref: str, **fields: Any) -> None:
         with self._status_lock:
             self.datasets[ref].update(fields)
 
     def status(self) -> dict[str, dict[str, Any]]:
+        """Every dataset's full state, exact counts included: for the operator
+        (the coordinator's console, metrics) and, dataset by dataset, for its
+        provider — never for other parties (:meth:`status_for`)."""
         with self._status_lock:
             return {k: dict(v) for k, v in self.datasets.items()}
+
+    def status_for(self, party: str) -> list[dict[str, Any]]:
+        """The datasets as ``party`` may see them: its own in full (rows, bytes,
+        seconds, identifier report, the reason of a refusal), every other one
+        by name, state and the time its data in use was ingested only.
+
+        Exact sizes of another provider's data are not an aggregate released
+        under the privacy controls: an analyst would read one person leaving
+        across a refresh (red team attack-cas3, finding 2).  Size-derived
+        figures go too (bytes, seconds, the counts inside a refusal's reason)."""
+        views = []
+        for ref, entry in self.status().items():
+            provider = ref.split(".", 1)[0]
+            if provider == party:
+                views.append({**entry, "provider": provider})
+            else:
+                views.append(public_dataset_view(entry, provider))
+        return views
 
     # -- queries -----------------------------------------------------------------------
 
@@ -429,6 +455,28 @@ class Coordinator:
         with self._engine_lock:
             self.engine.close()
         self.requests.close()
+
+
+NODE_REJECTED_MESSAGE = ("the provider's node refused to send the data; nothing of it was "
+                         "ingested (its provider sees why)")
+PUBLIC_REASONS = {
+    "rejected": "refused by its provider's node or by the engine; its provider sees why",
+    "failed": "the pull from its provider's node failed; its provider sees why",
+    "unavailable": "its provider's node was not reachable or had no file for it",
+}
+PUBLIC_DATASET_FIELDS = ("dataset", "provider", "state", "in_use", "ingested_at", "reason")
+
+
+def public_dataset_view(entry: dict[str, Any], provider: str) -> dict[str, Any]:
+    """A dataset's state for a party that is not its provider: no count of any
+    kind and no size-derived figure; the reason a fixed sentence per state."""
+    in_use = bool(entry.get("in_use"))
+    reason = PUBLIC_REASONS.get(entry.get("state", ""), "")
+    if reason:
+        reason += ("; queries keep using its previous ingestion" if in_use
+                   else "; no data of it is held")
+    return {"dataset": entry["dataset"], "provider": provider, "state": entry.get("state"),
+            "in_use": in_use, "ingested_at": entry.get("ingested_at"), "reason": reason}
 
 
 def _entry_dict(entry: Any) -> dict[str, Any]:
@@ -573,11 +621,13 @@ def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits 
     @app.get("/v1/status", tags=["parties"], responses=errors)
     @guarded
     async def status(request: Request):
-        """Approvals and the ingestion state of every dataset."""
-        await authenticate(request)
+        """Approvals and the ingestion state of every dataset: in full (rows,
+        identifier report, reasons) for the signing provider's own datasets; by
+        name, state and ingestion time only for everyone else's."""
+        party = await authenticate(request)
         c = app.state.coordinator
         return {"simulated": c.simulated, "definition_hash": c.definition_hash,
-                "approvals": c.approval_status(), "datasets": list(c.status().values())}
+                "approvals": c.approval_status(), "datasets": c.status_for(party)}
 
     @app.post("/v1/ingest", tags=["providers"], responses=errors)
     @guarded
@@ -602,7 +652,7 @@ def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits 
                 return error(400, "bad_request",
                              'body must be {"datasets": ["NAME", ...]} or empty')
         await run_in_threadpool(c.ingest_provider, party, None, names)
-        mine = [v for v in c.status().values() if v["dataset"].startswith(party + ".")]
+        mine = [v for v in c.status_for(party) if v["provider"] == party]
         return {"datasets": mine}
 
     @app.post("/v1/queries", tags=["analysts"], responses=errors)

@@ -97,6 +97,10 @@ class ResultSignatureError(CleanroomError):
     exit_code = 3
 
 
+class ResultDigestError(ResultSignatureError):
+    """A result does not match (or cannot be checked against) an audit entry's digest."""
+
+
 class AuditChainError(CleanroomError):
     """The audit log's hash chain is broken at ``seq``."""
 

@@ -1,9 +1,12 @@
 """Prometheus metrics of the clean-room coordinator, on a listener of their own.
 
 Who reads them: the coordinator's operator, who in the clean-room trust
-model is *not* trusted with the data.  So the metrics hold only what any
-party already sees (in ``/v1/status`` and the audit log) and nothing about a
-person or a query:
+model is *not* trusted with the data.  So the metrics hold nothing about a
+person or a query, and of the data only what the privacy model leaves
+visible to the operator (docs/cleanroom/privacy-model.md, "Timing and
+sizes"): how many rows each provider sent and how long ingestion took.
+Other *parties* do not get those (``/v1/status`` gives each provider its own
+datasets' counts only), so the metrics must never be served to them:
 
 - queries released, and refused by the engine's fixed reason code
   (``not_allowed``, ``budget``, ``differencing``, ``suppressed``) — never the
@@ -14,8 +17,7 @@ person or a query:
   the rows held and the duration and size of its last ingestion.
 
 They are still who asked how much, when, and how many rows each provider
-holds, which a party sees only after authenticating and a stranger must not
-see at all.  So they are not on the API's port (which any network client can
+holds, which no party but that provider and no stranger may see.  So they are not on the API's port (which any network client can
 reach) but on a plain-HTTP listener of their own that accepts loopback
 addresses only (:func:`serve_metrics`, ``--metrics-listen``): Prometheus, or
 an authenticating proxy, scrapes them on the coordinator's host.

@@ -6,6 +6,13 @@ applied, and is signed with the coordinator enclave's Ed25519 key over the
 canonical JSON of everything but the signature.  Recipients check it with
 :func:`verify_result` against the key bound into the coordinator's
 attestation.
+
+Result digests (what the audit log, read by every party, records of a
+release) are keyed: HMAC-SHA256 under the result's own random 256-bit
+``digest_key``, which only the result's recipients receive (inside the signed
+result).  An unkeyed hash would let anyone who reads the log test guesses of
+the figures, since every other field of a result is public or in the log
+(red team attack-cas3, finding 1: audience sizes recovered in < 0.5 s).
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
+import os
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -25,9 +34,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from sgxcloud.cleanroom.approvals import decode_public_key, encode_public_key
 from sgxcloud.cleanroom.definition import canonical_json
-from sgxcloud.cleanroom.errors import CleanroomError, ResultSignatureError
+from sgxcloud.cleanroom.errors import CleanroomError, ResultDigestError, ResultSignatureError
 
-RESULT_FORMAT = "sgxcloud.cleanroom.result/v1"
+RESULT_FORMAT = "sgxcloud.cleanroom.result/v2"
+"""v2 added ``digest_key``; a v1 result (written before) still verifies."""
+RESULT_FORMAT_V1 = "sgxcloud.cleanroom.result/v1"
+RESULT_FORMATS = (RESULT_FORMAT, RESULT_FORMAT_V1)
+DIGEST_PREFIX = "hmac-sha256:"
+"""Result digest v2: ``hmac-sha256:<hex>`` keyed by the result's ``digest_key``."""
+LEGACY_DIGEST_PREFIX = "sha256:"
+"""Result digest v1 (unkeyed SHA-256): refused, its figures could be brute-forced."""
+DIGEST_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,9 @@ class Result:
     signer: str = ""  # ed25519:<base64> of the coordinator enclave's key
     signature: str = ""  # base64
     format: str = RESULT_FORMAT
+    # hex of 32 random bytes, signed with the rest; the key of the result's digest,
+    # so only those who hold the result can compute or test it ("" in a v1 result)
+    digest_key: str = ""
 
     def cell(self, metric: str, **dims: str) -> Cell:
         """The cell for ``metric`` at exactly ``dims``; KeyError if absent."""
@@ -77,6 +97,8 @@ class Result:
         doc = asdict(self)
         doc["cells"] = [asdict(c) for c in self.cells]
         doc["recipients"] = list(self.recipients)
+        if self.format == RESULT_FORMAT_V1:  # v1 had no such field: keep its signature valid
+            doc.pop("digest_key")
         return doc
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -94,7 +116,8 @@ class Result:
             body = {k: doc[k] for k in (
                 "result_id", "collaboration", "definition_hash", "analysis", "template", "query",
                 "query_hash", "privacy", "released_at", "signer", "signature", "format")}
-            return cls(cells=cells, recipients=tuple(doc["recipients"]), **body)
+            return cls(cells=cells, recipients=tuple(doc["recipients"]),
+                       digest_key=doc.get("digest_key", ""), **body)
         except (KeyError, TypeError) as exc:
             raise ResultSignatureError("not a clean room result document") from exc
 
@@ -123,15 +146,55 @@ def load_result(path: str | Path) -> Result:
     return Result.from_json(data)
 
 
+def new_digest_key() -> str:
+    return os.urandom(DIGEST_KEY_BYTES).hex()
+
+
+def _digest_key(result: Result) -> bytes:
+    if result.format == RESULT_FORMAT_V1 or not result.digest_key:
+        raise ResultDigestError(
+            f"result {result.result_id} is of format v1 (written before keyed digests) and has "
+            "no digest key; only its signature can be checked")
+    try:
+        key = bytes.fromhex(result.digest_key)
+    except ValueError:
+        key = b""
+    if len(key) != DIGEST_KEY_BYTES:
+        raise ResultDigestError(f"result {result.result_id}: digest_key is not "
+                                f"{DIGEST_KEY_BYTES} bytes of hex")
+    return key
+
+
 def result_digest(result: Result) -> str:
-    """``sha256:<hex>`` of the result's content (everything but the signer and
-    signature, so a cached result re-signed by a new enclave key keeps it).  The
-    audit log records this, never the figures: a recipient checks that the
-    result it fetched is the one the log says was released."""
+    """``hmac-sha256:<hex>`` of the result's content (everything but the signer,
+    the signature and the digest key itself, so a cached result re-signed by a
+    new enclave key keeps it), keyed by the result's ``digest_key``.
+
+    The audit log records this, never the figures: a recipient checks that the
+    result it fetched is the one the log says was released
+    (:func:`check_result_digest`), while a party without the result cannot test
+    guessed figures against it.  Raises ResultDigestError for a v1 result."""
+    key = _digest_key(result)
     doc = result.to_dict()
-    doc.pop("signature")
-    doc.pop("signer", None)
-    return "sha256:" + hashlib.sha256(canonical_json(doc)).hexdigest()
+    for name in ("signature", "signer", "digest_key"):
+        doc.pop(name, None)
+    return DIGEST_PREFIX + hmac.new(key, canonical_json(doc), hashlib.sha256).hexdigest()
+
+
+def check_result_digest(result: Result, digest: object) -> None:
+    """Raise ResultDigestError unless ``digest`` (from an audit entry) is this
+    result's digest.  Unkeyed ``sha256:`` digests of older coordinators are
+    refused, not compared: they were a brute-force oracle for the figures."""
+    if isinstance(digest, str) and digest.startswith(LEGACY_DIGEST_PREFIX):
+        raise ResultDigestError(
+            "the audit entry holds an unkeyed sha256: digest (result digest v1, written by an "
+            "older coordinator); it is not checked — v1 digests let any party test guessed "
+            "figures — rely on the result's signature instead")
+    if not isinstance(digest, str) or not digest.startswith(DIGEST_PREFIX):
+        raise ResultDigestError(f"unknown result digest format (expected {DIGEST_PREFIX}…)")
+    if not hmac.compare_digest(result_digest(result).encode(), digest.encode()):
+        raise ResultDigestError(f"result {result.result_id} does not match the digest the "
+                                "audit log records for it")
 
 
 def new_result_id() -> str:
@@ -162,7 +225,7 @@ def verify_result(result: Result | dict[str, Any] | str | bytes,
                if isinstance(coordinator_public_key, str) else coordinator_public_key)
     except CleanroomError as exc:
         raise ResultSignatureError(str(exc)) from exc
-    if result.format != RESULT_FORMAT:
+    if result.format not in RESULT_FORMATS:
         raise ResultSignatureError("unknown result format")
     if result.signer != encode_public_key(key):
         raise ResultSignatureError("result was signed by a different key")

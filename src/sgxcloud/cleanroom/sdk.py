@@ -32,9 +32,10 @@ from sgxcloud.cleanroom.errors import (
     CleanroomError,
     QueryError,
     QueryRefused,
+    ResultDigestError,
     ResultSignatureError,
 )
-from sgxcloud.cleanroom.results import Result, verify_result
+from sgxcloud.cleanroom.results import Result, check_result_digest, verify_result
 from sgxcloud.cleanroom.transport import (
     PeerRefused,
     TransportError,
@@ -213,6 +214,9 @@ class CleanroomClient:
                              self.collateral_source)
 
     def status(self) -> dict[str, Any]:
+        """Approvals and datasets: this party's own datasets in full (rows,
+        identifier report, reasons); other providers' by name, state and
+        ingestion time only (their sizes are not released)."""
         return self._call("GET", "/v1/status")
 
     def budget(self) -> dict[str, Any]:
@@ -233,6 +237,24 @@ class CleanroomClient:
             raise AuditChainError(0, "the coordinator sent entries of an unknown shape") from exc
         head = verify_chain(parsed)
         return AuditTrail(entries, head)
+
+    def check_logged(self, verified: VerifiedResult,
+                     trail: AuditTrail | None = None) -> dict[str, Any]:
+        """Check that the audit log records ``verified`` as released: its
+        ``release`` entry (and any ``cache_hit``) carries this result's keyed
+        digest.  Returns the release entry; raises :class:`ResultDigestError`
+        if none matches (or the log holds only an older, unkeyed digest), and
+        :class:`AuditChainError` if the log's chain is broken."""
+        trail = trail or self.audit_verified()
+        result = verified.result
+        logged = [e for e in trail.entries if e.get("event") in ("release", "cache_hit")
+                  and (e.get("data") or {}).get("result_id") == result.result_id]
+        if not logged:
+            raise ResultDigestError(f"the audit log records no release of result "
+                                    f"{result.result_id}")
+        for entry in logged:
+            check_result_digest(result, entry["data"].get("result_digest"))
+        return next((e for e in logged if e["event"] == "release"), logged[0])
 
     def match_rate(self, analysis: str, datasets: list[str],
                    filter_text: str | None = None) -> MatchRates:

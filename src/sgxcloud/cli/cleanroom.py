@@ -656,8 +656,9 @@ def _render_datasets(datasets: list[dict[str, Any]], title: str) -> None:
     colours = {"ingested": "green", "rejected": "red", "failed": "red", "unavailable": "yellow"}
     for st in datasets:
         colour = colours.get(st["state"], "white")
-        table.add_row(st["dataset"], f"[{colour}]{st['state']}[/]", f"{st.get('rows', 0):,}",
-                      st.get("reason", ""))
+        # another provider's dataset comes without counts (not released to us)
+        rows = f"{st['rows']:,}" if isinstance(st.get("rows"), int) else "–"
+        table.add_row(st["dataset"], f"[{colour}]{st['state']}[/]", rows, st.get("reason", ""))
     console.print(table)
 
 
@@ -724,7 +725,7 @@ def _audit_summary(entry: dict[str, Any]) -> str:
     data = entry.get("data") or {}
     event = entry.get("event")
     if event in ("ingest",):
-        return f"{data.get('dataset')}: {data.get('rows', 0):,} rows"
+        return f"{data.get('dataset')}: ingested"
     if event == "ingest_rejected":
         return f"{data.get('dataset') or ', '.join(data.get('datasets', []))}: " \
                f"{data.get('message', '')}"

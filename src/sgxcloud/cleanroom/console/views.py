@@ -167,7 +167,7 @@ def audit_summary(entry: dict[str, Any]) -> str:
         return message if message.startswith("query refused") else \
             f"refused ({data.get('reason')}): {message}"
     if event == "ingest":
-        return f"{data.get('dataset', '')} · {data.get('rows', '')} rows"
+        return f"{data.get('dataset', '')} · ingested"
     if event == "ingest_rejected":
         return f"{data.get('dataset') or ', '.join(data.get('datasets') or [])}: " \
                f"{data.get('message', '')}"

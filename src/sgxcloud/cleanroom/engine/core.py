@@ -59,7 +59,10 @@ from sgxcloud.cleanroom.errors import (
 from sgxcloud.cleanroom.identifiers import prepared_schema
 from sgxcloud.cleanroom.privacy import CohortStore, NoiseSource, PrivacyLedger, Release
 from sgxcloud.cleanroom.results import (
+    RESULT_FORMAT,
+    RESULT_FORMAT_V1,
     Result,
+    new_digest_key,
     new_result_id,
     now_iso,
     result_digest,
@@ -69,6 +72,8 @@ from sgxcloud.cleanroom.results import (
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_ROWS = 10
+INGEST_REJECTED_MESSAGE = ("the data did not pass the engine's checks; nothing of it was "
+                           "ingested (its provider sees why)")
 # Version of what the engine keeps in its database; 2: 64-bit keyed identifiers
 # and numbered cohorts; 3: releases kept as regions and vectors, person links kept
 # for remapping.  An older database is refused, never silently reused.
@@ -242,12 +247,17 @@ class Engine:
             try:
                 with self._memory_guard():
                     report = self._ingest_atomically(ds, schema, _batches(data))
-            except IngestError as exc:
+            except IngestError:
+                # Every party reads the log: the error's counts, row numbers and
+                # file name are the provider's (it gets them with the error).
                 self.audit.append("ingest_rejected", actor or provider,
-                                  {"dataset": ref, "message": str(exc), "report": exc.report})
+                                  {"dataset": ref, "stage": "engine",
+                                   "message": INGEST_REJECTED_MESSAGE})
                 raise
             self._resolved = False
-            self.audit.append("ingest", actor or provider, report.to_dict())
+            # No row counts: every party reads the log, and exact sizes are the
+            # provider's and the operator's only (red team attack-cas3, finding 2).
+            self.audit.append("ingest", actor or provider, {"dataset": ref})
             log.info("ingested %s: %d rows", ref, report.rows)
             return report
 
@@ -358,7 +368,7 @@ class Engine:
                                                  "query_hash": key})
             earlier = self.ledger.released(key)
             if earlier is not None:
-                result = self._resign(Result.from_json(earlier))
+                result = self._resign(self._keyed(key, Result.from_json(earlier)))
                 self.audit.append("cache_hit", analyst, {
                     "query_hash": key, "result_id": result.result_id,
                     "result_digest": result_digest(result)})
@@ -437,6 +447,7 @@ class Engine:
                      "budget_remaining_at_release": remaining},
             recipients=tuple(dict.fromkeys((analyst, *analysis.recipients))),
             released_at=now_iso(),
+            digest_key=new_digest_key(),
         ), self._signing_key)
         stored = self.ledger.store_release(self.definition.name, key, result.to_json())
         return result if stored == result.to_json() else self._resign(Result.from_json(stored))
@@ -459,6 +470,17 @@ class Engine:
             raise EngineLimitError(
                 f"the engine needs more than its memory limit ({self.memory_limit}); "
                 "raise memory_limit or give it fewer threads") from exc
+
+    def _keyed(self, key: str, result: Result) -> Result:
+        """A stored answer of format v1 (released before keyed digests) becomes v2
+        with a digest key of its own, stored back so later hits repeat it: its
+        cache-hit entries must not carry an unkeyed digest of its figures."""
+        if result.format != RESULT_FORMAT_V1:
+            return result
+        upgraded = sign_result(replace(result, format=RESULT_FORMAT, digest_key=new_digest_key(),
+                                       signature=""), self._signing_key)
+        self.ledger.replace_release(key, upgraded.to_json())
+        return upgraded
 
     def _resign(self, result: Result) -> Result:
         """Cached answers are re-signed if the enclave key changed; content is kept."""

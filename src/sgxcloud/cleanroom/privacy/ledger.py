@@ -138,6 +138,12 @@ class PrivacyLedger:
                     released_table.c.query_key == query_key)
             ).scalar_one_or_none()
 
+    def replace_release(self, query_key: str, result_json: str) -> None:
+        """Replace the stored answer to ``query_key`` (same figures, new form)."""
+        with self._engine.begin() as conn:
+            conn.execute(released_table.update().where(
+                released_table.c.query_key == query_key).values(result_json=result_json))
+
     def store_release(self, collaboration: str, query_key: str, result_json: str) -> str:
         """Store a released result; if another released it first, return that one."""
         try:
