@@ -16,7 +16,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from sgxcloud.cleanroom.approvals import approve, private_key_from_pem
-from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig, openapi_document
+from sgxcloud.cleanroom.coordinator import (
+    PUBLIC_DATASET_FIELDS,
+    Coordinator,
+    CoordinatorConfig,
+    openapi_document,
+)
 from sgxcloud.cleanroom.definition import load_definition
 from sgxcloud.cleanroom.errors import CleanroomError, QueryRefused, ResultSignatureError
 from sgxcloud.cleanroom.local import prepare_example
@@ -120,6 +125,123 @@ def test_refusals_come_back_typed(running):
             brand.query({"template": "campaign_lift", "analysis": "audience"})
     with client(running, "agency") as agency, pytest.raises(QueryRefused):
         agency.query(AUDIENCE)
+
+
+PARTIES = ("bank", "telecom", "retailer", "brand", "agency")
+DATASETS = {"bank.customers", "telecom.subscribers", "retailer.customers",
+            "retailer.exposures", "retailer.purchases"}
+
+
+def _numbers(value):
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [value]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return []
+
+
+def _views(collab):
+    views = {}
+    for party in PARTIES:
+        with client(collab, party) as c:
+            views[party] = {d["dataset"]: d for d in c.status()["datasets"]}
+    return views
+
+
+def test_status_gives_exact_counts_to_a_datasets_provider_only(running):
+    """Red team attack-cas3, finding 2: every party (analysts and recipients too)
+    read every provider's exact row and identifier counts in GET /v1/status.  Now a
+    provider reads its own datasets in full; everyone else — other providers,
+    analysts, recipients — a dataset's name, state and ingestion time only."""
+    try:
+        from test_privacy_disclosure import schema
+    except ImportError:  # tests/cleanroom became a package
+        from tests.cleanroom.test_privacy_disclosure import schema
+
+    status_schema = schema("status")
+    for party in PARTIES:
+        with client(running, party) as c:
+            status_schema.validate(c.status())
+    views = _views(running)
+    for party, datasets in views.items():
+        assert set(datasets) == DATASETS
+        for ref, d in datasets.items():
+            assert d["state"] == "ingested" and d["ingested_at"] and d["in_use"] is True
+            if ref.startswith(party + "."):  # its own: everything, as before
+                report = d["identifier_report"]
+                assert d["rows"] > 0 and report["rows_out"] == d["rows"]
+                assert report["rows_in"] >= d["rows"] and d["bytes"] > 0
+            else:
+                assert set(d) == set(PUBLIC_DATASET_FIELDS), (party, d)
+                assert _numbers(d) == [], (party, d)
+    assert not any(ref.startswith(("brand.", "agency.")) for ref in views["brand"])
+    # the audit log, which every party reads, names ingestions without counts
+    with client(running, "agency") as agency:
+        ingests = [e for e in agency.audit() if e["event"].startswith("ingest")]
+    assert len(ingests) >= len(DATASETS)
+    for entry in ingests:
+        assert _numbers(entry["data"]) == [], entry
+
+
+def test_a_one_person_refresh_is_seen_by_its_provider_only(running):
+    """t_refresh_status.py: the bank drops one customer and refreshes; the brand
+    (an analyst) read the exact difference, 1.  Now its view changes only in the
+    ingestion time; the bank's own view has the new count."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    path = Path(running.nodes["bank"]["customers"])
+    before = _views(running)
+    shutil.copy(path, path.with_suffix(".orig"))
+    try:
+        table = pq.read_table(path)
+        pq.write_table(table.slice(1), path)
+        with client(running, "bank") as bank:
+            mine = {d["dataset"]: d for d in bank.refresh()["datasets"]}
+        assert set(mine) == {"bank.customers"}  # a provider's answer: its own only
+        after = _views(running)
+        rows = before["bank"]["bank.customers"]["rows"]
+        assert after["bank"]["bank.customers"]["rows"] == rows - 1
+        for party in ("telecom", "retailer", "brand", "agency"):
+            old, new = before[party]["bank.customers"], after[party]["bank.customers"]
+            assert new["ingested_at"] > old["ingested_at"]
+            assert {**new, "ingested_at": None} == {**old, "ingested_at": None}
+    finally:
+        shutil.move(path.with_suffix(".orig"), path)
+        with client(running, "bank") as bank:
+            assert bank.refresh()["datasets"][0]["state"] == "ingested"
+
+
+def test_a_recipient_checks_its_result_against_the_audit_log(running):
+    """The log's digest is keyed by a key inside the result: the agency (a
+    recipient) fetches the brand's result and finds it logged; the bank, which
+    may not fetch it, reads the same entry and only an hmac-sha256 digest."""
+    from sgxcloud.cleanroom.errors import ResultDigestError
+
+    with client(running) as brand:
+        verified = brand.query(AUDIENCE)
+    with client(running, "agency") as agency:
+        fetched = agency.result(verified.result.result_id)
+        entry = agency.check_logged(fetched)
+    assert entry["event"] == "release" and entry["data"]["result_id"] == fetched.result.result_id
+    assert entry["data"]["result_digest"].startswith("hmac-sha256:")
+    with client(running, "bank") as bank:
+        seen = [e for e in bank.audit() if e["event"] in ("release", "cache_hit")
+                and e["data"]["result_id"] == fetched.result.result_id]
+        assert seen and all("cells" not in json.dumps(e) for e in seen)
+        assert fetched.result.digest_key not in json.dumps(bank.audit())
+    import dataclasses
+
+    other = dataclasses.replace(fetched, result=dataclasses.replace(
+        fetched.result, result_id="0" * 8 + fetched.result.result_id[8:]))
+    with client(running, "agency") as agency, pytest.raises(ResultDigestError,
+                                                            match="no release"):
+        agency.check_logged(other)
 
 
 def test_requests_must_be_signed_fresh_and_by_the_party(running):
@@ -245,6 +367,15 @@ def test_file_going_bad_half_way_leaves_nothing_and_can_be_fixed(tmp_path):
         assert not any((tmp_path / "coordinator" / "staging").iterdir())
         rejected = [e for e in coordinator.engine.audit.entries() if e.event == "ingest_rejected"]
         assert rejected and rejected[-1].data["stage"] == "node"
+        # the node's message (the file, the line, the column) is for the bank only:
+        # every party reads the audit log and /v1/status
+        logged = json.dumps(rejected[-1].data)
+        assert "premium_card" not in logged and str(csv_path) not in logged
+        public = {d["dataset"]: d for d in coordinator.status_for("brand")}["bank.customers"]
+        assert public["state"] == "rejected" and "premium_card" not in public["reason"]
+        assert str(csv_path) not in json.dumps(public)
+        own = {d["dataset"]: d for d in coordinator.status_for("bank")}["bank.customers"]
+        assert "premium_card" in own["reason"]
         csv_path.write_text(header + good)
         coordinator.ingest_provider("bank")
         assert coordinator.status()["bank.customers"]["state"] == "ingested"

@@ -175,7 +175,7 @@ def test_recipients_check_the_result_they_hold_against_the_log(dp_engine):
 def test_older_unkeyed_digests_and_v1_results_are_refused_with_a_reason(dp_engine):
     result = dp_engine.run(QUERIES[0], "brand")
     legacy = "sha256:" + hashlib.sha256(canonical_json(_public_content(result))).hexdigest()
-    with pytest.raises(ResultDigestError, match="unkeyed sha256: digest.*older coordinator"):
+    with pytest.raises(ResultDigestError, match=r"unkeyed sha256: digest.*older coordinator"):
         check_result_digest(result, legacy)
     with pytest.raises(ResultDigestError, match="unknown result digest format"):
         check_result_digest(result, "md5:00")
@@ -246,3 +246,40 @@ def test_audit_entries_carry_no_exact_counts_of_anyones_data(make_definition, ma
     everything = json.dumps([e.data for e in engine.audit.entries()])
     for n in {*sizes.values(), sizes["bank.customers"] - 1}:
         assert f": {n}," not in everything and f": {n}}}" not in everything
+
+
+# -- the published formats ----------------------------------------------------------------
+
+
+def schema(name: str):
+    from pathlib import Path
+
+    from jsonschema import Draft202012Validator
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "cleanroom" / f"{name}.schema.json"
+    doc = json.loads(path.read_text())
+    Draft202012Validator.check_schema(doc)
+    return Draft202012Validator(doc)
+
+
+def test_results_and_audit_entries_match_their_published_schemas(dp_engine, prepared):
+    results = [dp_engine.run(q, "brand") for q in QUERIES]
+    dp_engine.run(QUERIES[0], "brand")
+    bad = prepared["bank.customers"].to_pylist()
+    bad[0]["income_band"] = "enormous"
+    with pytest.raises(IngestError):
+        dp_engine.ingest("bank", "customers",
+                         pa.Table.from_pylist(bad, schema=prepared["bank.customers"].schema))
+    result_schema, entry_schema = schema("result"), schema("audit-entry")
+    for result in results:
+        result_schema.validate(json.loads(result.to_json()))
+    v1 = dataclasses.replace(results[0], format=RESULT_FORMAT_V1, digest_key="")
+    result_schema.validate(json.loads(v1.to_json()))
+    assert not result_schema.is_valid({**json.loads(v1.to_json()), "digest_key": "00" * 32})
+    entries = [dataclasses.asdict(e) for e in dp_engine.audit.entries()]
+    assert {e["event"] for e in entries} == {"ingest", "ingest_rejected", "query", "release",
+                                             "cache_hit"}
+    for entry in entries:
+        entry_schema.validate(entry)
+    old = {**entries[0], "data": {"dataset": "bank.customers", "rows": 10, "replaced_rows": 0}}
+    assert not entry_schema.is_valid(old)  # the older entries' counts are not in the format

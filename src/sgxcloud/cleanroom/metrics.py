@@ -6,7 +6,8 @@ person or a query, and of the data only what the privacy model leaves
 visible to the operator (docs/cleanroom/privacy-model.md, "Timing and
 sizes"): how many rows each provider sent and how long ingestion took.
 Other *parties* do not get those (``/v1/status`` gives each provider its own
-datasets' counts only), so the metrics must never be served to them:
+datasets' counts only), so the metrics must never be served to them.
+What they hold:
 
 - queries released, and refused by the engine's fixed reason code
   (``not_allowed``, ``budget``, ``differencing``, ``suppressed``) — never the
@@ -17,8 +18,9 @@ datasets' counts only), so the metrics must never be served to them:
   the rows held and the duration and size of its last ingestion.
 
 They are still who asked how much, when, and how many rows each provider
-holds, which no party but that provider and no stranger may see.  So they are not on the API's port (which any network client can
-reach) but on a plain-HTTP listener of their own that accepts loopback
+holds, which no party but that provider and no stranger may see.  So they
+are not on the API's port (which any network client can reach) but on a
+plain-HTTP listener of their own that accepts loopback
 addresses only (:func:`serve_metrics`, ``--metrics-listen``): Prometheus, or
 an authenticating proxy, scrapes them on the coordinator's host.
 
