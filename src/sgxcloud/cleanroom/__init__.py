@@ -77,7 +77,11 @@ Public interfaces (stable; imported from the sub-modules named):
     ``to_json / from_json``, ``value(metric, **dims)``),
     ``verify_result(result, coordinator_public_key, definition_hash=None)``
     raises ``ResultSignatureError``; ``load_result(path)`` reads one from a
-    file (a non-text file is a ``ResultSignatureError`` too).
+    file (a non-text file is a ``ResultSignatureError`` too).  Format v2
+    (``RESULT_FORMAT``) carries ``digest_key``; ``result_digest(result)`` is
+    its audit-log digest (``hmac-sha256:...``, keyed: only holders of the
+    result can compute or test it) and ``check_result_digest(result, digest)``
+    raises ``ResultDigestError`` on a mismatch or an older unkeyed digest.
 
 ``sgxcloud.cleanroom.audit``
     ``AuditLog(path).append / entries / verify``, ``verify_chain(entries) ->

@@ -4,10 +4,11 @@ One JSON object per line.  Each entry carries the SHA-256 of the previous
 entry, so removing, reordering or editing any line breaks the chain from
 there on; :func:`verify_chain` finds the first broken entry.  Every party
 may read the whole log: it holds who asked what (query texts), each verdict
-(release, cache hit, refusal and its reason), counts of ingested rows, and
-for each release its recipients and the digest of the signed result — never
-a released figure (only the result's recipients get those) and never an
-identifier, raw or hashed.
+(release, cache hit, refusal and its reason), which datasets were ingested
+(never how many rows: a provider's sizes are its own), and for each release
+its recipients and the keyed digest of the signed result — never a released
+figure (only the result's recipients get those, and the digest's key) and
+never an identifier, raw or hashed.
 """
 
 from __future__ import annotations
