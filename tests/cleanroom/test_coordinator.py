@@ -397,7 +397,13 @@ def test_unreachable_node_is_reported_and_stale_staging_dropped(tmp_path):
     try:
         assert not stale.exists()
         coordinator.ingest_all()
-        assert coordinator.status()["bank.customers"]["state"] == "unavailable"
+        own = coordinator.status()["bank.customers"]
+        assert own["state"] == "unavailable"
+        # a session that could not be opened says nothing about the data: every
+        # party reads why (without the provider's count of rows held)
+        public = {d["dataset"]: d for d in coordinator.status_for("brand")}["bank.customers"]
+        assert public["reason"].startswith(own["reason"].split("; ")[0])
+        assert public["reason"].endswith("no data of it is held") and "rows" not in public
     finally:
         coordinator.close()
 

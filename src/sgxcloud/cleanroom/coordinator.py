@@ -194,7 +194,7 @@ class Coordinator:
         self._status_lock = threading.Lock()
         self.datasets: dict[str, dict[str, Any]] = {
             ds.ref: {"dataset": ds.ref, "state": "pending", "rows": 0, "reason": "",
-                     "in_use": False, "ingested_at": None}
+                     "public_reason": None, "in_use": False, "ingested_at": None}
             for ds in self.definition.datasets if ds.provider in config.nodes
         }
 
@@ -273,7 +273,9 @@ class Coordinator:
             )
         except TransportError as exc:
             for ref in refs:
-                self._not_ingested(ref, "unavailable", str(exc))
+                # the attested session failed (unreachable, approvals, evidence):
+                # nothing about the data, so every party may read why
+                self._not_ingested(ref, "unavailable", str(exc), public=True)
             self._audit("ingest_rejected", provider,
                         {"datasets": refs, "stage": "session", "message": str(exc)})
             log.warning("node %s: %s", provider, exc)
@@ -296,7 +298,8 @@ class Coordinator:
                 if ref not in self.datasets:
                     continue
                 if not entry.get("available"):
-                    self._not_ingested(ref, "unavailable", "the node has no file for it")
+                    self._not_ingested(ref, "unavailable", "the node has no file for it",
+                                       public=True)
                     continue
                 names.append(str(entry["dataset"]))
             channel.request({"op": "bye"})
@@ -327,7 +330,7 @@ class Coordinator:
     def _ingest_dataset(self, channel, provider: str, dataset: str,
                         progress: Progress | None) -> None:
         ref = f"{provider}.{dataset}"
-        self._set(ref, state="ingesting", reason="")
+        self._set(ref, state="ingesting", reason="", public_reason=None)
         staging = private_dir(self.workdir / "staging")
         staged = staging / f"{ref}.arrows"
         channel.request({"op": "send", "dataset": dataset,
@@ -359,7 +362,7 @@ class Coordinator:
         finally:
             with contextlib.suppress(OSError):
                 staged.unlink()
-        self._set(ref, state="ingested", rows=report.rows, reason="",
+        self._set(ref, state="ingested", rows=report.rows, reason="", public_reason=None,
                   in_use=True, ingested_at=now_iso(), bytes=trailer.get("bytes", 0),
                   seconds=round(time.monotonic() - started, 3),
                   identifier_report=trailer.get("report", {}))
@@ -370,15 +373,18 @@ class Coordinator:
         with self._engine_lock:
             self.engine.audit.append(event, actor, data)
 
-    def _not_ingested(self, ref: str, state: str, reason: str) -> None:
+    def _not_ingested(self, ref: str, state: str, reason: str, *, public: bool = False) -> None:
         """A pull that failed: ``rows`` are what queries use now (the previous
-        ingestion's, kept because a dataset is replaced atomically, or none)."""
+        ingestion's, kept because a dataset is replaced atomically, or none).
+        ``public``: ``reason`` says nothing about the data (a session that could
+        not be opened), so other parties see it too; otherwise they get a fixed
+        sentence (a node's or the engine's refusal names counts, rows, files)."""
         with self._engine_lock:
             held = self.engine.datasets().get(ref)
         note = (f"; queries keep using the {held} rows of its previous ingestion" if held
                 else "; no data of it is held")
         self._set(ref, state=state, rows=held or 0, in_use=held is not None,
-                  reason=reason + note)
+                  reason=reason + note, public_reason=reason if public else None)
 
     def _set(self, ref: str, **fields: Any) -> None:
         with self._status_lock:
@@ -404,6 +410,7 @@ class Coordinator:
         for ref, entry in self.status().items():
             provider = ref.split(".", 1)[0]
             if provider == party:
+                entry.pop("public_reason", None)
                 views.append({**entry, "provider": provider})
             else:
                 views.append(public_dataset_view(entry, provider))
@@ -462,16 +469,17 @@ NODE_REJECTED_MESSAGE = ("the provider's node refused to send the data; nothing 
 PUBLIC_REASONS = {
     "rejected": "refused by its provider's node or by the engine; its provider sees why",
     "failed": "the pull from its provider's node failed; its provider sees why",
-    "unavailable": "its provider's node was not reachable or had no file for it",
+    "unavailable": "its provider's node could not be reached",
 }
 PUBLIC_DATASET_FIELDS = ("dataset", "provider", "state", "in_use", "ingested_at", "reason")
 
 
 def public_dataset_view(entry: dict[str, Any], provider: str) -> dict[str, Any]:
     """A dataset's state for a party that is not its provider: no count of any
-    kind and no size-derived figure; the reason a fixed sentence per state."""
+    kind and no size-derived figure; the reason a fixed sentence per state, or
+    why its node's session failed (which says nothing about the data)."""
     in_use = bool(entry.get("in_use"))
-    reason = PUBLIC_REASONS.get(entry.get("state", ""), "")
+    reason = entry.get("public_reason") or PUBLIC_REASONS.get(entry.get("state", ""), "")
     if reason:
         reason += ("; queries keep using its previous ingestion" if in_use
                    else "; no data of it is held")
