@@ -188,6 +188,10 @@ def test_older_unkeyed_digests_and_v1_results_are_refused_with_a_reason(dp_engin
     # ...but has no key to check a digest with
     with pytest.raises(ResultDigestError, match="format v1"):
         result_digest(v1)
+    # a v2 result without its key is not a valid result, even correctly signed
+    keyless = sign_result(dataclasses.replace(result, digest_key="", signature=""), key)
+    with pytest.raises(ResultDigestError, match="digest_key is not 32 bytes"):
+        verify_result(keyless, dp_engine.public_key)
 
 
 def test_a_stored_v1_answer_is_upgraded_before_its_cache_hit_is_logged(dp_engine):

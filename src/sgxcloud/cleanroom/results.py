@@ -151,7 +151,7 @@ def new_digest_key() -> str:
 
 
 def _digest_key(result: Result) -> bytes:
-    if result.format == RESULT_FORMAT_V1 or not result.digest_key:
+    if result.format == RESULT_FORMAT_V1:
         raise ResultDigestError(
             f"result {result.result_id} is of format v1 (written before keyed digests) and has "
             "no digest key; only its signature can be checked")
@@ -227,6 +227,8 @@ def verify_result(result: Result | dict[str, Any] | str | bytes,
         raise ResultSignatureError(str(exc)) from exc
     if result.format not in RESULT_FORMATS:
         raise ResultSignatureError("unknown result format")
+    if result.format == RESULT_FORMAT:
+        _digest_key(result)  # a v2 result carries its 32-byte digest key
     if result.signer != encode_public_key(key):
         raise ResultSignatureError("result was signed by a different key")
     try:
