@@ -164,6 +164,7 @@ def init(
         f"master_key_file: {key_setting}",
         "host: 127.0.0.1",
         "port: 8443",
+        "# workers: 2   # processes serving the port: about the cores the CAS may use",
         "nonce_ttl_seconds: 120",
         "# metrics_port: 9184   # Prometheus metrics, plain HTTP on metrics_host (127.0.0.1)",
         "collateral: none   # or: pccs (with pccs_url) or file (with collateral_file)",
