@@ -255,6 +255,7 @@ def test_two_workers_one_killed_nothing_lost(tmp_path: Path, backend: str) -> No
             time.sleep(0.01)
         clients_of = list(_connections_of(workers).values())
         victim = max(workers, key=clients_of.count)  # the worker serving the most enclaves
+        assert clients_of.count(victim) > 0
         os.kill(victim, signal.SIGKILL)  # mid-traffic: its enclaves' connections break
         for thread in threads:
             thread.join(timeout=300)
@@ -299,7 +300,7 @@ def test_two_workers_one_killed_nothing_lost(tmp_path: Path, backend: str) -> No
     successes = ENCLAVES * ROUNDS + 1  # + the cross-worker nonce test's
     assert successes <= counted <= len(accepted)
     assert counted >= len(accepted) - ENCLAVES
-    assert nonces >= successes + 1  # + the replayed test nonce's grant
+    assert nonces >= successes  # each success spent a nonce of its own
     assert str(victim) in per_worker and len(per_worker) >= 2  # the killed one's counts stay
 
 
