@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 
 from sgxcloud.cas.service.server import PeerCertificateProtocol, make_loopback_tls
+from sgxcloud.web.connections import tls_context
 from sgxcloud.web.limits import (
     LimitedH11Protocol,
     LimitedHttpToolsProtocol,
@@ -64,9 +65,9 @@ PROTOCOLS = pytest.mark.parametrize("protocol", [LimitedHttpToolsProtocol, Limit
 
 @contextmanager
 def _serving(tls, protocol: type, limits: RequestLimits) -> Iterator[uvicorn.Server]:  # type: ignore[no-untyped-def]
+    options = uvicorn_options(limits, protocol, tls=tls_context(str(tls.cert), str(tls.key)))
     config = uvicorn.Config(_echo, host="127.0.0.1", port=0, log_level="warning",
-                            lifespan="off", ssl_certfile=str(tls.cert),
-                            ssl_keyfile=str(tls.key), **uvicorn_options(limits, protocol))
+                            lifespan="off", **options)
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()

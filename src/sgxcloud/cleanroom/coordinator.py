@@ -52,6 +52,7 @@ from sgxcloud.cleanroom.transport.signer import signer_statement
 from sgxcloud.cleanroom.transport.trust import SIMULATION_WARNING, local_attester, peer_policy
 from sgxcloud.cleanroom.workdir import prepare_workdir, private_dir, private_file
 from sgxcloud.errors import InputError
+from sgxcloud.web.connections import tls_context
 from sgxcloud.web.limits import (
     KIB,
     RequestLimits,
@@ -756,11 +757,11 @@ def serve(coordinator: Coordinator, host: str, port: int,
     try:
         cert, key = coordinator.tls.write_pem_files(coordinator.workdir / "tls")
         sock = socket.create_server((host, port))
+        # TLS by the connection gate: every connection counted before its handshake.
         config = uvicorn.Config(measured_app(coordinator, metrics, limits=limits,
                                              max_query_bytes=max_query_bytes),
-                                ssl_certfile=str(cert), ssl_keyfile=str(key),
                                 log_level="warning", access_log=False,
-                                **uvicorn_options(limits))
+                                **uvicorn_options(limits, tls=tls_context(str(cert), str(key))))
         server = uvicorn.Server(config)
         if on_ready:
             on_ready(sock.getsockname()[1],

@@ -14,9 +14,12 @@ anyone on the network fill it (one unsigned 300 MiB body took the CAS from
   as soon as it passes the limit; a body that trickles in for longer than
   ``body_timeout_s`` is answered 408.  The 413/408 answers close the
   connection, so an attacker cannot keep streaming into it.
-* :func:`uvicorn_options`: the server-side bounds uvicorn offers (concurrent
-  requests, keep-alive) plus an HTTP/1.1 protocol that closes a connection
-  that has not sent a complete request head within ``header_timeout_s``
+* :func:`uvicorn_options`: every accepted connection counted from accept on,
+  before its TLS handshake, against ``max_connections`` and its client's
+  ``max_connections_per_client``, slow ones evicted when the service is full,
+  the handshake bounded by ``header_timeout_s`` (:mod:`sgxcloud.web.connections`);
+  keep-alive; and an HTTP/1.1 protocol that closes a connection that has not
+  sent a complete request head within ``header_timeout_s`` of opening
   (slow-loris), refuses a head growing past ``max_header_bytes`` and aborts
   a connection whose client does not read its responses within
   ``response_timeout_s`` (slow reader): :class:`LimitedHttpToolsProtocol`
@@ -33,6 +36,7 @@ import asyncio
 import functools
 import json
 import re
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +47,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sgxcloud.errors import InputError, SgxcloudError
+from sgxcloud.web.connections import ConnectionGate, GatedProtocol
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -98,7 +103,13 @@ class RequestLimits:
     max_header_bytes: int = 16 * KIB
     """Largest request line plus headers: a head still incomplete past it is answered 400."""
     max_connections: int = 256
-    """Requests or connections handled at once; more are answered 503."""
+    """Connections held at once, counted from accept (TLS handshakes included).
+    One more takes the slot of a connection that has owed its request longest
+    (longer than :data:`~sgxcloud.web.connections.EVICTION_GRACE_S`), or is
+    closed at once."""
+    max_connections_per_client: int = 64
+    """Connections one client (IPv4 address, IPv6 /64) may hold at once, the same
+    way; 0: no per-client limit (behind a proxy, every client is the proxy)."""
     keep_alive_s: int = 5
     """How long an idle keep-alive connection stays open."""
     response_timeout_s: float = 30.0
@@ -106,9 +117,11 @@ class RequestLimits:
     writing stays paused this long (the client takes nothing in) is aborted."""
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_header_bytes", "max_connections", "keep_alive_s"):
-            if int(getattr(self, name)) < (0 if name == "max_body_bytes" else 1):
-                raise ValueError(f"{name} must be positive")
+        for name in ("max_body_bytes", "max_header_bytes", "max_connections", "keep_alive_s",
+                     "max_connections_per_client"):
+            least = 0 if name in ("max_body_bytes", "max_connections_per_client") else 1
+            if int(getattr(self, name)) < least:
+                raise ValueError(f"{name} must be {'positive' if least else 'zero or more'}")
         for name in ("body_timeout_s", "header_timeout_s", "response_timeout_s"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be positive")
@@ -248,13 +261,15 @@ class _SlowHeadCutoff:
 
     uvicorn times out idle keep-alive connections but waits forever for a
     request head that arrives a byte at a time.  Here a connection must
-    deliver a complete head within ``header_timeout_s`` of opening and of
-    each finished response; :func:`uvicorn_options` sets the value.  Mixed
+    deliver a complete head within ``header_timeout_s`` of opening (its
+    accept, TLS handshake included: ``opened_at``, set by the connection
+    gate) and of each finished response; :func:`uvicorn_options` sets the value.  Mixed
     into each of uvicorn's HTTP/1.1 protocols below (both keep ``loop``,
     ``transport`` and the current request's ``cycle`` under those names).
     """
 
     header_timeout_s: float = RequestLimits.header_timeout_s
+    opened_at: float | None = None
     _head_deadline: asyncio.TimerHandle | None = None
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
@@ -262,7 +277,7 @@ class _SlowHeadCutoff:
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         super().connection_made(transport)  # type: ignore[misc]
-        self._arm_head_deadline()
+        self._arm_head_deadline(self.opened_at)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
@@ -274,10 +289,13 @@ class _SlowHeadCutoff:
             self._head_deadline = None
         super().connection_lost(exc)  # type: ignore[misc]
 
-    def _arm_head_deadline(self) -> None:
+    def _arm_head_deadline(self, since: float | None = None) -> None:
         if self._head_deadline is not None:
             self._head_deadline.cancel()
-        self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_late)
+        delay = self.header_timeout_s
+        if since is not None:
+            delay = max(delay - (self.loop.time() - since), 0.0)
+        self._head_deadline = self.loop.call_later(delay, self._head_late)
 
     def _head_late(self) -> None:
         self._head_deadline = None
@@ -376,7 +394,7 @@ class _SlowReadCutoff:
             self.transport.abort()
 
 
-class LimitedH11Protocol(_SlowReadCutoff, _SlowHeadCutoff, H11Protocol):
+class LimitedH11Protocol(GatedProtocol, _SlowReadCutoff, _SlowHeadCutoff, H11Protocol):
     """uvicorn's pure-Python HTTP/1.1 protocol (h11) with the slow-head and slow-read cutoffs.
 
     h11 itself refuses (400) a request head still incomplete after
@@ -384,7 +402,8 @@ class LimitedH11Protocol(_SlowReadCutoff, _SlowHeadCutoff, H11Protocol):
     """
 
 
-class LimitedHttpToolsProtocol(_SlowReadCutoff, _SlowHeadCutoff, HttpToolsProtocol):
+class LimitedHttpToolsProtocol(GatedProtocol, _SlowReadCutoff, _SlowHeadCutoff,
+                               HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol on httptools (llhttp, C) with the same limits as h11.
 
     The C parser costs a fraction of h11's CPU per request.  It has no bound
@@ -468,20 +487,33 @@ LimitedProtocol = LimitedH11Protocol | LimitedHttpToolsProtocol
 
 
 def uvicorn_options(limits: RequestLimits,
-                    protocol: type[LimitedProtocol] = LimitedHttpToolsProtocol) -> dict[str, Any]:
+                    protocol: type[LimitedProtocol] = LimitedHttpToolsProtocol, *,
+                    tls: ssl.SSLContext | None = None) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config``/``uvicorn.run`` enforcing ``limits``.
 
     Always one of the protocols above (httptools unless told), so that the
-    slow-head cutoff and the head-size limit configured here apply.
+    slow-head cutoff and the head-size limit configured here apply, behind a
+    :class:`~sgxcloud.web.connections.ConnectionGate` that counts every
+    connection from accept on.  TLS (``tls``, e.g.
+    :func:`~sgxcloud.web.connections.tls_context`) is done by the gate, once
+    it has admitted a connection: give it here, never as uvicorn's ``ssl_*``
+    options (the gate refuses connections that arrive already handshaken).
     """
     limited = type(protocol.__name__, (protocol,), {
         "header_timeout_s": limits.header_timeout_s,
         "max_head_bytes": limits.max_header_bytes,
         "response_timeout_s": limits.response_timeout_s,
     })
+    gate = ConnectionGate(
+        limited, max_connections=limits.max_connections,
+        max_per_client=limits.max_connections_per_client,
+        handshake_timeout_s=limits.header_timeout_s, tls=tls)
     return {
-        "http": limited,
-        "limit_concurrency": limits.max_connections,
+        "http": gate,
+        # The gate bounds connections; uvicorn's own count (503 at the limit)
+        # is kept one above it, for requests still running on connections
+        # already gone.
+        "limit_concurrency": limits.max_connections + 1,
         "timeout_keep_alive": limits.keep_alive_s,
         "h11_max_incomplete_event_size": limits.max_header_bytes,
         # No WebSocket route is served; an upgraded connection would leave

@@ -50,6 +50,7 @@ from sgxcloud.cas.service.metrics import (
     serve_metrics,
 )
 from sgxcloud.cas.store import Database
+from sgxcloud.web.connections import tls_context
 from sgxcloud.web.limits import LimitedHttpToolsProtocol, RequestLimits, uvicorn_options
 
 log = logging.getLogger(__name__)
@@ -142,15 +143,17 @@ class PeerCertificateProtocol(LimitedHttpToolsProtocol):
 def _server_options(
     cert: Path, key: Path, owner_ca: Path | None, limits: RequestLimits
 ) -> dict[str, Any]:
-    """uvicorn TLS settings and limits; with ``owner_ca``, client certificates are
-    requested (mTLS)."""
-    options: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    """uvicorn options for TLS and the limits; with ``owner_ca``, client certificates
+    are requested (mTLS).  TLS is the connection gate's, not uvicorn's: a
+    connection is counted and admitted before its handshake (web.connections)."""
     protocol = LimitedHttpToolsProtocol
     if owner_ca is not None:
-        options.update(ssl_ca_certs=str(owner_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL)
+        tls = tls_context(str(cert), str(key), ca_certs=str(owner_ca),
+                          cert_reqs=ssl.CERT_OPTIONAL)
         protocol = PeerCertificateProtocol
-    options.update(uvicorn_options(limits, protocol))
-    return options
+    else:
+        tls = tls_context(str(cert), str(key))
+    return uvicorn_options(limits, protocol, tls=tls)
 
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:

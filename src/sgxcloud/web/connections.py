@@ -1,0 +1,292 @@
+"""Every connection a service accepts is bounded from accept on, before any TLS work.
+
+uvicorn counts a connection only once its TLS handshake is over, and the
+event loop gives a handshake 60 s: 15,000 silent TCP sockets grew the CAS by
+660 MiB and nothing refused them (red team attack-cas3, finding 4).  And one
+address could take every slot: 300 connections sending a request head a byte
+a second, re-opened before the head deadline, left the CAS answering 503 to
+everyone else (finding 3).
+
+So the server is started without TLS and each accepted TCP connection comes
+here first (:class:`ConnectionGate`, the protocol factory given to uvicorn):
+
+* it is counted at once, against the service's limit (``max_connections``)
+  and its client's (``max_connections_per_client``, per IPv4 address or IPv6
+  /64; 0: off, for a service behind a proxy that hides addresses);
+* over either limit it takes the slot of a connection that has owed its
+  request for longer than :data:`EVICTION_GRACE_S` (a handshake not finished,
+  a head or body not all sent, a keep-alive connection idle) — the one
+  waiting longest, of the same client when the client's limit is the one
+  reached — and otherwise it is closed at once: no TLS object is made for it;
+* admitted, its TLS handshake (``loop.start_tls``) must finish within
+  ``handshake_timeout_s``; then the HTTP protocol takes over the connection,
+  which keeps its slot until it is lost.
+
+The eviction is what holds against many addresses: a slow connection keeps
+its slot only while nobody else needs it, so filling the service takes a
+fresh connection per slot every :data:`EVICTION_GRACE_S` instead of every
+head timeout, and a legitimate client arriving at a full service is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.config import SSL_PROTOCOL_VERSION, create_ssl_context
+
+log = logging.getLogger(__name__)
+
+EVICTION_GRACE_S = 2.0
+"""How long a connection may owe its request before a new connection may take its slot.
+
+A legitimate client sends its head within milliseconds of connecting (or of
+its previous answer); two seconds leave room for a slow network and a
+client that works between two requests on one connection."""
+
+REPORT_EVERY_S = 10.0
+"""Refused and evicted connections are logged as counts, at most this often."""
+
+
+def tls_context(certfile: str, keyfile: str, *, ca_certs: str | None = None,
+                cert_reqs: int = ssl.CERT_NONE) -> ssl.SSLContext:
+    """The server TLS context uvicorn would make from its ``ssl_*`` options."""
+    return create_ssl_context(certfile, keyfile, None, SSL_PROTOCOL_VERSION, cert_reqs,
+                              ca_certs, "TLSv1")
+
+
+def client_of(peer: Any) -> str | None:
+    """Whose connection this is, for the per-client limit: the IPv4 address, or the
+    IPv6 /64 (one host gets a /64); None when the peer has no IP address."""
+    if not isinstance(peer, tuple) or not peer:
+        return None
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return f"{int(address) >> 64:x}::/64"
+    return str(address)
+
+
+class Slot:
+    """One accepted connection's place in its gate, from accept until it is lost."""
+
+    __slots__ = ("client", "gate", "handshake", "owed_since", "protocol", "transport")
+
+    def __init__(self, gate: ConnectionGate, client: str | None,
+                 transport: asyncio.Transport, now: float) -> None:
+        self.gate = gate
+        self.client = client
+        self.transport = transport
+        self.protocol: Any = None  # the HTTP protocol, once the TLS layer is made
+        self.handshake: asyncio.Task[None] | None = None
+        self.owed_since = now
+        """Since when the client owes a (complete) request: accept, or the end of
+        the last response.  Meaningful while :meth:`owes` holds."""
+
+    def owes(self) -> bool:
+        """Whether the connection waits for its client: TLS handshake, request head
+        or body not all received, or idle between requests."""
+        protocol = self.protocol
+        if protocol is None or self.handshake is not None:
+            return True
+        cycle = protocol.cycle
+        return cycle is None or cycle.response_complete or cycle.more_body
+
+    def release(self) -> None:
+        self.gate.release(self)
+
+
+class ConnectionGate:
+    """uvicorn's protocol factory (its ``http`` option): admits or refuses each
+    accepted connection, runs its TLS handshake, hands it to ``protocol_class``.
+
+    One per server (per process): the counts are this process's connections.
+    """
+
+    def __init__(self, protocol_class: type, *, max_connections: int,
+                 max_per_client: int, handshake_timeout_s: float,
+                 tls: ssl.SSLContext | None, grace_s: float = EVICTION_GRACE_S) -> None:
+        self.protocol_class = protocol_class
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        self.handshake_timeout_s = handshake_timeout_s
+        self.tls = tls
+        self.grace_s = grace_s
+        self.slots: set[Slot] = set()
+        self.per_client: dict[str, int] = {}
+        self.refused = 0
+        self.evicted = 0
+        self._reported = (0, 0)
+        self._report_at = 0.0
+
+    def __call__(self, *, config: Any, server_state: Any, app_state: Any,
+                 _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+        def make() -> Any:
+            return self.protocol_class(config=config, server_state=server_state,
+                                       app_state=app_state, _loop=_loop)
+        return _Accepted(self, make, _loop or asyncio.get_event_loop())
+
+    @property
+    def held(self) -> int:
+        return len(self.slots)
+
+    def admit(self, transport: asyncio.Transport, now: float) -> Slot | None:
+        """A slot for a just-accepted connection, or None: close it."""
+        client = client_of(transport.get_extra_info("peername"))
+        if (client is not None and self.max_per_client
+                and self.per_client.get(client, 0) >= self.max_per_client
+                and not self._evict(now, client)):
+            return self._refuse(now)
+        if len(self.slots) >= self.max_connections and not self._evict(now, None):
+            return self._refuse(now)
+        slot = Slot(self, client, transport, now)
+        self.slots.add(slot)
+        if client is not None:
+            self.per_client[client] = self.per_client.get(client, 0) + 1
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        if slot not in self.slots:
+            return
+        self.slots.discard(slot)
+        if slot.client is not None:
+            left = self.per_client[slot.client] - 1
+            if left:
+                self.per_client[slot.client] = left
+            else:
+                del self.per_client[slot.client]
+
+    def _evict(self, now: float, client: str | None) -> bool:
+        """Abort the connection (of ``client``, if given) that has owed its request
+        longest, if longer than the grace; whether one was."""
+        oldest: Slot | None = None
+        for slot in self.slots:
+            if (client is None or slot.client == client) and slot.owes() \
+                    and now - slot.owed_since >= self.grace_s \
+                    and (oldest is None or slot.owed_since < oldest.owed_since):
+                oldest = slot
+        if oldest is None:
+            return False
+        self.release(oldest)  # now: its connection_lost comes later
+        if oldest.handshake is not None:
+            oldest.handshake.cancel()  # connect_accepted_socket closes it
+        else:
+            oldest.transport.abort()
+        self.evicted += 1
+        self._report(now)
+        return True
+
+    def _refuse(self, now: float) -> None:
+        self.refused += 1
+        self._report(now)
+        return None
+
+    def _report(self, now: float) -> None:
+        if now < self._report_at:
+            return
+        self._report_at = now + REPORT_EVERY_S
+        refused, evicted = self.refused - self._reported[0], self.evicted - self._reported[1]
+        self._reported = (self.refused, self.evicted)
+        log.warning("connection limits: %d connections refused, %d slow ones evicted "
+                    "(%d held, at most %d, %d per client)", refused, evicted,
+                    len(self.slots), self.max_connections, self.max_per_client)
+
+
+class _Accepted(asyncio.Protocol):
+    """A just-accepted TCP connection: admitted (or closed), then handed to the
+    TLS layer and the HTTP protocol.
+
+    The hand-over goes through ``loop.connect_accepted_socket`` with
+    ``ssl_handshake_timeout``, on a duplicate of the socket's descriptor: this
+    transport is closed from ``connection_made`` before it reads a byte (the
+    duplicate keeps the connection open), so the ClientHello waits in the
+    kernel for the TLS transport.  ``loop.start_tls`` on this transport would
+    race with the first read: uvloop starts reading after ``connection_made``
+    whatever the protocol asked.
+    """
+
+    def __init__(self, gate: ConnectionGate, make: Callable[[], Any],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.gate = gate
+        self.make = make
+        self.loop = loop
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def,override]
+        if transport.get_extra_info("sslcontext") is not None:
+            # The server itself was given TLS (ssl_certfile...): the handshake
+            # already ran uncounted.  uvicorn_options(tls=...) is the way.
+            log.error("connection gate: TLS must be given to uvicorn_options, not to uvicorn")
+            transport.abort()
+            return
+        slot = self.gate.admit(transport, self.loop.time())
+        if slot is None:
+            transport.abort()  # before any TLS work: no SSL object, no buffers
+            return
+        try:
+            sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        except OSError as exc:  # out of descriptors: refused like any other
+            log.debug("accepted connection not handed over: %s", exc)
+            slot.release()
+            transport.abort()
+            return
+        transport.abort()  # the duplicate holds the connection; nothing was read
+        slot.handshake = self.loop.create_task(self._serve(slot, sock))
+
+    async def _serve(self, slot: Slot, sock: socket.socket) -> None:
+        def protocol() -> Any:
+            made = self.make()
+            made.gate_slot = slot
+            made.opened_at = slot.owed_since
+            slot.protocol = made
+            return made
+
+        try:
+            transport, _ = await self.loop.connect_accepted_socket(
+                protocol, sock, ssl=self.gate.tls,
+                ssl_handshake_timeout=self.gate.handshake_timeout_s if self.gate.tls else None)
+        except (OSError, asyncio.CancelledError) as exc:
+            # The handshake timed out or failed, the client left, or the slot was
+            # taken by another connection (evicted: this task cancelled).
+            log.debug("connection closed before its TLS handshake ended: %s", exc)
+            sock.close()
+            slot.release()
+            return
+        finally:
+            slot.handshake = None
+        slot.transport = transport
+        if slot not in self.gate.slots:  # evicted as the handshake ended
+            transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # the raw transport closed by connection_made: the slot lives on
+
+
+class GatedProtocol:
+    """Mixed into the HTTP protocols: gives the connection's slot back when it is
+    lost, and notes when its client starts to owe the next request."""
+
+    gate_slot: Slot | None = None
+    opened_at: float | None = None
+    loop: asyncio.AbstractEventLoop
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if self.gate_slot is not None:
+            self.gate_slot.owed_since = self.loop.time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.gate_slot is not None:
+            self.gate_slot.release()
+            self.gate_slot = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
