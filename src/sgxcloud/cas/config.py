@@ -92,7 +92,11 @@ class Settings(BaseModel):
     max_policy_body_bytes: int = Field(2 << 20, ge=64 << 10, le=64 << 20)
     max_body_bytes: int = Field(16 << 10, ge=0, le=1 << 20)
     max_header_bytes: int = Field(16 << 10, ge=4 << 10, le=1 << 20)
+    # Connections held at once, counted from accept (TLS handshakes too), and
+    # by one client address (IPv6: /64); 0 turns the per-client limit off
+    # (behind a proxy or load balancer that hides client addresses).
     max_connections: int = Field(256, ge=1, le=100_000)
+    max_connections_per_client: int = Field(64, ge=0, le=100_000)
     header_timeout_seconds: float = Field(10.0, gt=0, le=300)
     body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     keep_alive_seconds: int = Field(5, ge=1, le=300)
@@ -155,6 +159,7 @@ class Settings(BaseModel):
             header_timeout_s=self.header_timeout_seconds,
             max_header_bytes=self.max_header_bytes,
             max_connections=self.max_connections,
+            max_connections_per_client=self.max_connections_per_client,
             keep_alive_s=self.keep_alive_seconds,
             response_timeout_s=self.response_timeout_seconds,
         )

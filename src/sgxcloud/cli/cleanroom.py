@@ -393,7 +393,12 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
               type=click.IntRange(1024, 16 << 20),
               help="Largest query body accepted (larger ones: 413, before reading them).")
 @click.option("--max-connections", default=64, show_default=True, type=click.IntRange(1),
-              help="Requests handled at once; more are answered 503.")
+              help="Connections held at once, TLS handshakes included; one more takes the "
+                   "slot of a connection slow to send its request, or is closed.")
+@click.option("--max-connections-per-client", default=16, show_default=True,
+              type=click.IntRange(0), metavar="N",
+              help="Connections one client address (IPv6: /64) may hold at once; 0: no "
+                   "per-client limit (behind a proxy that hides client addresses).")
 @click.option("--response-timeout", default=30.0, show_default=True,
               type=click.FloatRange(0, 3600, min_open=True), metavar="SECONDS",
               help="A client that leaves its answers unread this long loses the connection.")
@@ -405,7 +410,7 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
 @click.option("-v", "--verbose", is_flag=True)
 def coordinator(definition, approval_files, nodes, workdir, listen, simulate, simulate_mrenclave,
                 allow_simulated, memory_limit, batch_rows, max_query_bytes, max_connections,
-                response_timeout, metrics_listen, collateral, pccs, ready_file, verbose) -> int:
+                max_connections_per_client, response_timeout, metrics_listen, collateral, pccs, ready_file, verbose) -> int:
     """Pull approved data from the nodes and serve the HTTPS API (runs until stopped)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -470,6 +475,7 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
     try:
         serve(coord, host, port, on_ready=ready, max_query_bytes=max_query_bytes,
               limits=RequestLimits(max_connections=max_connections,
+                                   max_connections_per_client=max_connections_per_client,
                                    response_timeout_s=response_timeout),
               metrics_listen=metrics_at)
     finally:

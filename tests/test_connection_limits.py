@@ -1,0 +1,285 @@
+"""One client cannot take a service's connections; unfinished handshakes cost little.
+
+Red team attack-cas3, findings 3 and 4, on real processes (``sgxcloud cas
+serve``, ``sgxcloud cleanroom coordinator``) over TLS on loopback.  Clients
+speak from several loopback addresses (127.0.0.0/8 is all local), so one
+"address" can be the attacker while another is a legitimate client:
+
+3. 300 connections from one address sending a request head a byte a second
+   (re-opened before the head deadline) left the CAS answering 503 to every
+   legitimate request: one global limit, no per-client one, and a slow head
+   kept its slot for the whole head timeout.
+4. Connections that never finished TLS were not counted at all and waited
+   60 s for their handshake: 15,000 silent sockets grew the CAS by 660 MiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from sgxcloud.cli.main import main as cli
+from sgxcloud.web.connections import EVICTION_GRACE_S, client_of
+from tests.test_request_limits import MIB, Service, _env, _free_port, _stop
+
+MAX_CONNECTIONS = 16
+PER_CLIENT = 4
+HEAD_TIMEOUT = 6.0
+ATTACKER = "127.0.0.2"
+LEGIT = "127.0.0.3"
+
+
+def _start_cas(home: Path, extra: str) -> Service:
+    assert cli(["cas", "init", str(home), "--loopback-tls"]) == 0
+    port = _free_port()
+    settings = home / "cas.yaml"
+    settings.write_text(settings.read_text().replace("port: 8443", f"port: {port}") + extra)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--config", str(settings)],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    context = ssl.create_default_context(cafile=str(home / "tls" / "ca.pem"))
+    service = Service(process, "127.0.0.1", port, context)
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if service.alive():
+                return service
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop(process)
+            raise AssertionError("the CAS did not start")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    service = _start_cas(
+        tmp_path_factory.mktemp("cas") / "cas",
+        f"max_connections: {MAX_CONNECTIONS}\nmax_connections_per_client: {PER_CLIENT}\n"
+        f"header_timeout_seconds: {HEAD_TIMEOUT}\n")
+    yield service
+    _stop(service.process)
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A coordinator process with no nodes: its API is all an attacker needs."""
+    from cryptography.hazmat.primitives import serialization
+
+    from sgxcloud.cleanroom.local import prepare_example
+    from sgxcloud.cleanroom.transport import fetch_server_certificate, pinned_client_context
+
+    workdir = tmp_path_factory.mktemp("coordinator")
+    collab = prepare_example(workdir, people=200)
+    collab.start_timeout = 120
+    collab.addresses = {"bank": ("127.0.0.1", _free_port())}
+    collab.coordinator_args = ["--max-connections", str(MAX_CONNECTIONS),
+                               "--max-connections-per-client", str(PER_CLIENT)]
+    collab.start_coordinator()
+    try:
+        host, port = collab.url.removeprefix("https://").split(":")
+        cert = fetch_server_certificate(host, int(port))
+        context = pinned_client_context(cert.public_bytes(serialization.Encoding.PEM))
+        yield Service(collab.processes["coordinator"], host, int(port), context)
+    finally:
+        collab.stop()
+
+
+# -- clients from a given loopback address ----------------------------------------------
+
+
+def _tcp(service: Service, source: str, timeout: float = 5) -> socket.socket:
+    return socket.create_connection((service.host, service.port), timeout=timeout,
+                                    source_address=(source, 0))
+
+
+def _slow_head(service: Service, source: str) -> ssl.SSLSocket:
+    """Finished TLS, then an unfinished request head (the red team's t_slots.py)."""
+    sock = service.context.wrap_socket(_tcp(service, source), server_hostname=service.host)
+    sock.sendall(b"POST /v1/nonces HTTP/1.1\r\nHost: x\r\n")
+    return sock
+
+
+def _refused(service: Service, source: str) -> bool:
+    """Whether a new connection from ``source`` is closed before its TLS handshake ends."""
+    try:
+        with service.context.wrap_socket(_tcp(service, source),
+                                         server_hostname=service.host) as sock:
+            sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            return sock.recv(1) == b""
+    except (OSError, ssl.SSLError):
+        return True
+
+
+def _status(service: Service, source: str, path: str = "/v1/health") -> int | str:
+    transport = httpx.HTTPTransport(verify=service.context, local_address=source)
+    try:
+        with httpx.Client(transport=transport, timeout=10) as client:
+            return client.get(service.url + path).status_code
+    except httpx.TransportError as exc:
+        return type(exc).__name__
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def _close_all(socks: list) -> None:  # type: ignore[type-arg]
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def assert_one_address_cannot_take_the_slots(service: Service) -> None:
+    held = [_slow_head(service, ATTACKER) for _ in range(PER_CLIENT)]
+    try:
+        # The attacker's next connection is refused at once (its own are still
+        # within the grace, so none of them gives its slot) ...
+        assert _refused(service, ATTACKER), "a connection over the per-client limit was served"
+        # ... while another address is served, and the service is not full.
+        assert _status(service, LEGIT) == 200
+        # Many more from the attacker: never more than its share held.
+        more = []
+        for _ in range(3 * MAX_CONNECTIONS):
+            with contextlib.suppress(OSError, ssl.SSLError):
+                more.append(_slow_head(service, ATTACKER))
+        held += more
+        assert _status(service, LEGIT) == 200
+    finally:
+        _close_all(held)
+
+
+def assert_slow_connections_give_way(service: Service) -> None:
+    """Slow heads from enough addresses to fill the service (4 x 4 = 16): after the
+    grace, a newcomer takes the slot of the one waiting longest."""
+    attackers = [f"127.0.1.{n}" for n in range(1, MAX_CONNECTIONS // PER_CLIENT + 1)]
+    held = [_slow_head(service, a) for a in attackers for _ in range(PER_CLIENT)]
+    try:
+        time.sleep(0.3)
+        assert _refused(service, LEGIT), "the service was not full"
+        time.sleep(EVICTION_GRACE_S + 0.5)
+        for _ in range(3):
+            assert _status(service, LEGIT) == 200
+        time.sleep(0.2)
+        evicted = sum(_closed_by_server(s, 0.01) for s in held)
+        assert 1 <= evicted <= 3, f"{evicted} slow connections closed for 3 requests"
+    finally:
+        _close_all(held)
+
+
+# -- the CAS -----------------------------------------------------------------------------
+
+
+def test_cas_one_address_over_its_cap_is_refused_while_another_is_served(cas: Service) -> None:
+    assert_one_address_cannot_take_the_slots(cas)
+
+
+def test_cas_slow_connections_give_their_slots_to_new_ones_when_full(cas: Service) -> None:
+    assert_slow_connections_give_way(cas)
+
+
+def test_cas_silent_sockets_beyond_the_limit_are_closed_at_once(cas: Service) -> None:
+    """The red team's t_prehandshake.py, scaled down: raw TCP connections that never
+    start TLS, from many addresses (below each one's cap).  Before, every one was
+    accepted and held for the event loop's 60 s TLS handshake timeout."""
+    sources = [f"127.0.2.{n}" for n in range(1, 41)]
+    silent = [_tcp(cas, s) for s in sources for _ in range(PER_CLIENT - 1)]
+    try:
+        time.sleep(1)
+        open_ = [s for s in silent if not _closed_by_server(s, 0.01)]
+        assert len(open_) <= MAX_CONNECTIONS, (
+            f"{len(open_)} of {len(silent)} silent sockets held (limit {MAX_CONNECTIONS})")
+        # The slots they hold are taken back for a legitimate client after the grace.
+        time.sleep(EVICTION_GRACE_S)
+        assert _status(cas, LEGIT, "/v1/health") == 200
+    finally:
+        _close_all(silent)
+
+
+def test_cas_a_tls_handshake_has_a_deadline(cas: Service) -> None:
+    """An admitted connection that never finishes its handshake is closed after the
+    head timeout (the whole opening: handshake and head), not the loop's 60 s."""
+    with _tcp(cas, "127.0.3.1") as silent, _tcp(cas, "127.0.3.2") as partial:
+        # A TLS record header announcing a ClientHello, then nothing.
+        partial.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03")
+        started = time.monotonic()
+        assert _closed_by_server(silent, HEAD_TIMEOUT + 5)
+        assert _closed_by_server(partial, 1)
+        assert time.monotonic() - started < HEAD_TIMEOUT + 2
+
+
+def test_cas_memory_stays_bounded_under_a_wave_of_silent_sockets(cas: Service) -> None:
+    """3,000 silent sockets from 750 addresses (the red team: 15,000 grew the CAS by
+    660 MiB, ~45 KiB each, and the memory stayed).  Loose bound: 32 MiB."""
+    process = psutil.Process(cas.process.pid)
+    before = cas.reset_peak()
+    sources = [f"127.0.{4 + n // 250}.{1 + n % 250}" for n in range(750)]
+    silent: list[socket.socket] = []
+    try:
+        for source in sources:
+            for _ in range(PER_CLIENT):
+                with contextlib.suppress(OSError):
+                    silent.append(_tcp(cas, source))
+        time.sleep(1)
+        fds = process.num_fds()
+        assert fds < 200, f"the CAS holds {fds} descriptors for {len(silent)} silent sockets"
+    finally:
+        _close_all(silent)
+    growth = cas.peak() - before
+    assert len(silent) > 2500
+    assert growth < 32 * MIB, f"peak RSS grew {growth / MIB:.0f} MiB for {len(silent)} sockets"
+    assert _status(cas, LEGIT) == 200
+
+
+def test_per_client_limit_zero_turns_it_off(tmp_path: Path) -> None:
+    """Behind a proxy every client is the proxy's address: 0 disables the cap."""
+    service = _start_cas(tmp_path / "cas", "max_connections: 8\nmax_connections_per_client: 0\n")
+    try:
+        held = [_slow_head(service, ATTACKER) for _ in range(6)]
+        try:
+            assert _status(service, ATTACKER) == 200
+        finally:
+            _close_all(held)
+    finally:
+        _stop(service.process)
+
+
+# -- the coordinator ---------------------------------------------------------------------
+
+
+def test_coordinator_one_address_over_its_cap_is_refused_while_another_is_served(
+        coordinator: Service) -> None:
+    assert_one_address_cannot_take_the_slots(coordinator)
+
+
+def test_coordinator_slow_connections_give_their_slots_to_new_ones_when_full(
+        coordinator: Service) -> None:
+    assert_slow_connections_give_way(coordinator)
+
+
+# -- whose connection is it ----------------------------------------------------------------
+
+
+def test_clients_are_ipv4_addresses_and_ipv6_64s() -> None:
+    assert client_of(("192.0.2.7", 443)) == "192.0.2.7"
+    assert client_of(("::ffff:192.0.2.7", 443, 0, 0)) == "192.0.2.7"
+    assert client_of(("2001:db8:1:2::1", 443, 0, 0)) == client_of(("2001:db8:1:2:ff::9", 1, 0, 0))
+    assert client_of(("2001:db8:1:2::1", 443, 0, 0)) != client_of(("2001:db8:1:3::1", 443, 0, 0))
+    assert client_of("/run/cas.sock") is None
+    assert client_of(None) is None
