@@ -165,15 +165,13 @@ def assert_one_address_cannot_take_the_slots(service: Service) -> None:
         _close_all(held)
 
 
-def assert_slow_connections_give_way(service: Service) -> None:
-    """Slow heads from enough addresses to fill the service (4 x 4 = 16): after the
-    grace, a newcomer takes the slot of the one waiting longest."""
+def assert_a_newcomer_gets_a_fair_share(service: Service) -> None:
+    """Slow heads from 4 addresses fill the service (4 x 4 = 16): a client from a
+    fifth address takes a slot from one of them at once."""
     attackers = [f"127.0.1.{n}" for n in range(1, MAX_CONNECTIONS // PER_CLIENT + 1)]
     held = [_slow_head(service, a) for a in attackers for _ in range(PER_CLIENT)]
     try:
         time.sleep(0.3)
-        assert _refused(service, LEGIT), "the service was not full"
-        time.sleep(EVICTION_GRACE_S + 0.5)
         for _ in range(3):
             assert _status(service, LEGIT) == 200
         time.sleep(0.2)
@@ -183,11 +181,33 @@ def assert_slow_connections_give_way(service: Service) -> None:
         _close_all(held)
 
 
+def assert_slow_connections_give_way(service: Service) -> None:
+    """Slow heads from as many addresses as there are slots, one each: a newcomer
+    is refused at first, then takes the slot of the one waiting longest."""
+    held = [_slow_head(service, f"127.0.1.{n}") for n in range(1, MAX_CONNECTIONS + 1)]
+    try:
+        time.sleep(0.3)
+        assert _refused(service, LEGIT), "the service was not full"
+        time.sleep(EVICTION_GRACE_S + 0.5)
+        for _ in range(3):
+            assert _status(service, LEGIT) == 200
+        time.sleep(0.2)
+        evicted = [n for n, s in enumerate(held) if _closed_by_server(s, 0.01)]
+        assert 1 <= len(evicted) <= 3, f"{len(evicted)} slow connections closed for 3 requests"
+        assert evicted == list(range(len(evicted))), "not the ones waiting longest"
+    finally:
+        _close_all(held)
+
+
 # -- the CAS -----------------------------------------------------------------------------
 
 
 def test_cas_one_address_over_its_cap_is_refused_while_another_is_served(cas: Service) -> None:
     assert_one_address_cannot_take_the_slots(cas)
+
+
+def test_cas_a_newcomer_takes_a_slot_from_the_biggest_holder(cas: Service) -> None:
+    assert_a_newcomer_gets_a_fair_share(cas)
 
 
 def test_cas_slow_connections_give_their_slots_to_new_ones_when_full(cas: Service) -> None:
@@ -266,6 +286,11 @@ def test_per_client_limit_zero_turns_it_off(tmp_path: Path) -> None:
 def test_coordinator_one_address_over_its_cap_is_refused_while_another_is_served(
         coordinator: Service) -> None:
     assert_one_address_cannot_take_the_slots(coordinator)
+
+
+def test_coordinator_a_newcomer_takes_a_slot_from_the_biggest_holder(
+        coordinator: Service) -> None:
+    assert_a_newcomer_gets_a_fair_share(coordinator)
 
 
 def test_coordinator_slow_connections_give_their_slots_to_new_ones_when_full(

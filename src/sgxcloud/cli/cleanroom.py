@@ -410,7 +410,8 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
 @click.option("-v", "--verbose", is_flag=True)
 def coordinator(definition, approval_files, nodes, workdir, listen, simulate, simulate_mrenclave,
                 allow_simulated, memory_limit, batch_rows, max_query_bytes, max_connections,
-                max_connections_per_client, response_timeout, metrics_listen, collateral, pccs, ready_file, verbose) -> int:
+                max_connections_per_client, response_timeout, metrics_listen, collateral, pccs,
+                ready_file, verbose) -> int:
     """Pull approved data from the nodes and serve the HTTPS API (runs until stopped)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 

@@ -13,19 +13,25 @@ here first (:class:`ConnectionGate`, the protocol factory given to uvicorn):
 * it is counted at once, against the service's limit (``max_connections``)
   and its client's (``max_connections_per_client``, per IPv4 address or IPv6
   /64; 0: off, for a service behind a proxy that hides addresses);
-* over either limit it takes the slot of a connection that has owed its
-  request for longer than :data:`EVICTION_GRACE_S` (a handshake not finished,
-  a head or body not all sent, a keep-alive connection idle) — the one
-  waiting longest, of the same client when the client's limit is the one
-  reached — and otherwise it is closed at once: no TLS object is made for it;
+* over its client's limit, it takes the slot of that client's connection that
+  has owed its request longest, if for longer than :data:`EVICTION_GRACE_S`
+  (a handshake not finished, a head or body not all sent, a keep-alive
+  connection idle);
+* at the service's limit, it takes a slot from the client holding most
+  connections (its connection waiting longest, whatever its age) if that
+  client would still hold more than the newcomer's; or else that of the
+  connection that has owed its request longest, past the grace;
+* a connection that finds no slot is closed at once: no TLS object is made;
 * admitted, its TLS handshake (``loop.start_tls``) must finish within
   ``handshake_timeout_s``; then the HTTP protocol takes over the connection,
   which keeps its slot until it is lost.
 
-The eviction is what holds against many addresses: a slow connection keeps
-its slot only while nobody else needs it, so filling the service takes a
-fresh connection per slot every :data:`EVICTION_GRACE_S` instead of every
-head timeout, and a legitimate client arriving at a full service is served.
+Eviction is what holds against many addresses.  A connection that is not
+being answered keeps its slot only while nobody with a smaller share needs
+it: to keep a newcomer out, an attacker must hold the service with as many
+addresses as it has slots (one connection each), and even then renew each
+connection every :data:`EVICTION_GRACE_S` rather than every head timeout.
+A connection whose request has arrived whole is never evicted.
 """
 
 from __future__ import annotations
@@ -143,12 +149,17 @@ class ConnectionGate:
     def admit(self, transport: asyncio.Transport, now: float) -> Slot | None:
         """A slot for a just-accepted connection, or None: close it."""
         client = client_of(transport.get_extra_info("peername"))
-        if (client is not None and self.max_per_client
-                and self.per_client.get(client, 0) >= self.max_per_client
-                and not self._evict(now, client)):
-            return self._refuse(now)
-        if len(self.slots) >= self.max_connections and not self._evict(now, None):
-            return self._refuse(now)
+        if client is not None and self.max_per_client \
+                and self.per_client.get(client, 0) >= self.max_per_client:
+            victim = self._longest_owing(now, client)
+            if victim is None:
+                return self._refuse(now)
+            self._evict(victim, now)
+        if len(self.slots) >= self.max_connections:
+            victim = self._from_biggest(client) or self._longest_owing(now, None)
+            if victim is None:
+                return self._refuse(now)
+            self._evict(victim, now)
         slot = Slot(self, client, transport, now)
         self.slots.add(slot)
         if client is not None:
@@ -166,25 +177,38 @@ class ConnectionGate:
             else:
                 del self.per_client[slot.client]
 
-    def _evict(self, now: float, client: str | None) -> bool:
-        """Abort the connection (of ``client``, if given) that has owed its request
-        longest, if longer than the grace; whether one was."""
+    def _from_biggest(self, newcomer: str | None) -> Slot | None:
+        """A slot for a newcomer to a full service, fairly: the connection waiting
+        longest (any age) of the client holding most, if it would still hold
+        more than the newcomer's client.  So a client with few connections gets
+        in at once, and filling the service takes as many addresses as slots."""
+        if not self.per_client:
+            return None
+        biggest, count = max(self.per_client.items(), key=lambda item: item[1])
+        mine = self.per_client.get(newcomer, 0) if newcomer is not None else 0
+        if count <= mine + 1:  # taking one would not leave it holding more
+            return None
+        return self._longest_owing(None, biggest)
+
+    def _longest_owing(self, now: float | None, client: str | None) -> Slot | None:
+        """The connection (of ``client``, if given) that has owed its request
+        longest: longer than the grace unless ``now`` is None."""
         oldest: Slot | None = None
         for slot in self.slots:
             if (client is None or slot.client == client) and slot.owes() \
-                    and now - slot.owed_since >= self.grace_s \
+                    and (now is None or now - slot.owed_since >= self.grace_s) \
                     and (oldest is None or slot.owed_since < oldest.owed_since):
                 oldest = slot
-        if oldest is None:
-            return False
-        self.release(oldest)  # now: its connection_lost comes later
-        if oldest.handshake is not None:
-            oldest.handshake.cancel()  # connect_accepted_socket closes it
+        return oldest
+
+    def _evict(self, victim: Slot, now: float) -> None:
+        self.release(victim)  # now: its connection_lost comes later
+        if victim.handshake is not None:
+            victim.handshake.cancel()  # connect_accepted_socket closes it
         else:
-            oldest.transport.abort()
+            victim.transport.abort()
         self.evicted += 1
         self._report(now)
-        return True
 
     def _refuse(self, now: float) -> None:
         self.refused += 1
