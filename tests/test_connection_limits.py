@@ -29,7 +29,7 @@ import psutil
 import pytest
 
 from sgxcloud.cli.main import main as cli
-from sgxcloud.web.connections import EVICTION_GRACE_S, client_of
+from sgxcloud.web.connections import EVICTION_GRACE_S, TRIM_EVERY_S, client_of
 from tests.test_request_limits import MIB, Service, _env, _free_port, _stop
 
 MAX_CONNECTIONS = 16
@@ -265,6 +265,56 @@ def test_cas_memory_stays_bounded_under_a_wave_of_silent_sockets(cas: Service) -
     assert len(silent) > 2500
     assert growth < 32 * MIB, f"peak RSS grew {growth / MIB:.0f} MiB for {len(silent)} sockets"
     assert _status(cas, LEGIT) == 200
+
+
+@pytest.fixture(scope="module")
+def roomy_cas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A CAS admitting 2,000 connections from one address: what each one costs."""
+    service = _start_cas(tmp_path_factory.mktemp("roomy") / "cas",
+                         "max_connections: 2000\nmax_connections_per_client: 0\n"
+                         "header_timeout_seconds: 60\n")
+    yield service
+    _stop(service.process)
+
+
+def _rss(service: Service) -> int:
+    return psutil.Process(service.process.pid).memory_info().rss
+
+
+def test_cas_an_admitted_silent_connection_makes_no_tls_object(roomy_cas: Service) -> None:
+    """1,500 admitted sockets that send nothing: a descriptor and a reader each
+    (~3 KiB), no TLS layer until the first byte (with one: ~55 KiB each)."""
+    before = _rss(roomy_cas)
+    silent = [_tcp(roomy_cas, ATTACKER) for _ in range(1500)]
+    try:
+        time.sleep(1.5)
+        growth = _rss(roomy_cas) - before
+        assert growth < 24 * MIB, f"RSS grew {growth / MIB:.0f} MiB for {len(silent)} silent"
+    finally:
+        _close_all(silent)
+    time.sleep(1)
+    assert _rss(roomy_cas) - before < 24 * MIB, "closing them made TLS objects"
+    assert _status(roomy_cas, LEGIT) == 200
+
+
+def test_cas_memory_comes_back_after_a_wave_of_unfinished_handshakes(roomy_cas: Service) -> None:
+    """1,500 connections that start a ClientHello and stall hold their TLS objects
+    (bounded by max_connections); once they are gone the C heap is trimmed.  The
+    red team: 314 -> 978 MiB, still 997 MiB after they closed."""
+    before = _rss(roomy_cas)
+    partial = [_tcp(roomy_cas, ATTACKER) for _ in range(1500)]
+    try:
+        for sock in partial:
+            sock.sendall(b"\x16\x03\x01\x40\x00\x01\x00\x3f\xfc\x03")
+        time.sleep(1.5)
+        held = _rss(roomy_cas) - before
+    finally:
+        _close_all(partial)
+    deadline = time.monotonic() + TRIM_EVERY_S + 5  # one trim every TRIM_EVERY_S at most
+    while (left := _rss(roomy_cas) - before) >= max(held / 2, 16 * MIB):
+        assert time.monotonic() < deadline, (
+            f"{left / MIB:.0f} of {held / MIB:.0f} MiB still held after the connections closed")
+        time.sleep(0.5)
 
 
 def test_per_client_limit_zero_turns_it_off(tmp_path: Path) -> None:
