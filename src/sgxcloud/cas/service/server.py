@@ -171,6 +171,28 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _listen(settings: Settings) -> socket.socket:
+    """The API's listening socket, bound here rather than by uvicorn.
+
+    uvicorn would announce ``http://``: TLS is done by the connection gate
+    (web.connections), after a connection is admitted, so uvicorn's own
+    settings carry none.  Inheritable, for the workers of :func:`serve_workers`.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        sock = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
+    sock.set_inheritable(True)
+    host = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
+    logging.getLogger("uvicorn.error").info(
+        "CAS serving on https://%s:%d (Press CTRL+C to quit)", host, sock.getsockname()[1]
+    )
+    return sock
+
+
 def serve(settings: Settings) -> None:
     """Run the HTTPS API until interrupted (``sgxcloud cas serve``).
 
@@ -189,7 +211,12 @@ def serve(settings: Settings) -> None:
     try:
         if settings.metrics_port is not None:
             metrics_server = serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
-        uvicorn.run(app, **_uvicorn_options(settings))
+        config = uvicorn.Config(app, **_uvicorn_options(settings))
+        sock = _listen(settings)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            sock.close()
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -228,7 +255,7 @@ def serve_workers(settings: Settings) -> None:
     try:
         service = builder(settings)  # once, before any worker: migrations, deployment id
         config = WorkerConfig(settings, builder)
-        sock = config.bind_socket()
+        sock = _listen(settings)
         supervisor = WorkerSupervisor(config, [sock])
         metrics = WorkerMetrics(service, metrics_dir, supervisor.live_workers)
         supervisor.on_death = lambda _pid: metrics.restarts.inc()
