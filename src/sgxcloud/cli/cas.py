@@ -165,6 +165,7 @@ def init(
         "host: 127.0.0.1",
         "port: 8443",
         "# workers: 2   # processes serving the port: about the cores the CAS may use",
+        "# max_connections_per_client: 0   # behind a proxy hiding client addresses (default 64)",
         "nonce_ttl_seconds: 120",
         "# metrics_port: 9184   # Prometheus metrics, plain HTTP on metrics_host (127.0.0.1)",
         "collateral: none   # or: pccs (with pccs_url) or file (with collateral_file)",
