@@ -14,6 +14,7 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -315,13 +316,16 @@ def _counting_processes(served: Served) -> set[str]:
 def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
     served = Served(tmp_path, f"sqlite:///{tmp_path / 'cas.db'}")
     try:
-        served.wait_workers(2)
+        workers = served.wait_workers(2)
+        # Left behind by a parent killed outright (systemd's PrivateTmp removes it).
+        metrics_dir = psutil.Process(workers[0]).environ()["PROMETHEUS_MULTIPROC_DIR"]
         served.process.send_signal(signal.SIGKILL)  # no chance to stop its workers itself
         served.process.wait(timeout=10)
         deadline = time.monotonic() + 30
         while any(_alive(pid) for pid in served.seen) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [_describe(pid) for pid in served.seen if _alive(pid)]
+        shutil.rmtree(metrics_dir)
     finally:
         for pid in served.seen:  # what the test started and the kernel did not stop
             try:
