@@ -211,3 +211,65 @@ def _genuine_coordinator_connects(address, within: float, pause: float):
             if time.monotonic() > deadline:
                 raise
             time.sleep(pause)
+
+
+def _from(address: tuple[str, int], source: str) -> socket.socket:
+    return socket.create_connection(address, timeout=5, source_address=(source, 0))
+
+
+def _closed_at_once(sock: socket.socket) -> bool:
+    sock.settimeout(3)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_one_address_cannot_take_a_nodes_sessions() -> None:
+    """Red team attack-cas3 finding 3 on the nodes' port: silent strangers re-opened
+    before the opening timeout kept every session slot.  Now one address holds at
+    most ``max_per_peer``, and a peer from an address holding none takes the place
+    of an opening of the address holding most (the coordinator is served at once)."""
+    server = _server([], max_sessions=4, max_per_peer=2, opening_timeout=30)
+    held: list[socket.socket] = []
+    try:
+        held += [_from(server.address, "127.0.0.2") for _ in range(2)]
+        time.sleep(0.3)
+        extra = _from(server.address, "127.0.0.2")
+        assert _closed_at_once(extra), "a third session from one address was admitted"
+        extra.close()
+        held += [_from(server.address, "127.0.0.3") for _ in range(2)]
+        time.sleep(0.3)
+        channel = _genuine_coordinator_connects(server.address, within=0, pause=0)
+        channel.request({"op": "ping"})
+        assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": True}
+        channel.close()
+        assert sum(_closed_at_once(s) for s in held) == 1
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
+def test_strangers_from_many_addresses_give_way_after_the_grace() -> None:
+    """One silent stranger per address fills the node: a newcomer is refused at
+    first, then takes the place of the opening waiting longest."""
+    from sgxcloud.web.connections import EVICTION_GRACE_S
+
+    server = _server([], max_sessions=4, max_per_peer=2, opening_timeout=30)
+    held = [_from(server.address, f"127.0.4.{n}") for n in range(1, 5)]
+    try:
+        time.sleep(0.3)
+        extra = _from(server.address, "127.0.5.1")
+        assert _closed_at_once(extra), "a fifth session was admitted"
+        extra.close()
+        time.sleep(EVICTION_GRACE_S + 0.2)
+        channel = _genuine_coordinator_connects(server.address, within=0, pause=0)
+        channel.close()
+        assert _closed_at_once(held[0]), "not the opening waiting longest"
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()

@@ -2,7 +2,10 @@
 
 :mod:`sgxcloud.web.limits` bounds what an unauthenticated caller can make a
 service hold (request bodies, headers, connections, time) before anything is
-parsed; both services use it unchanged.  :mod:`sgxcloud.web.routing` serves
+parsed; both services use it unchanged.  :mod:`sgxcloud.web.connections`
+counts every connection from its accept, before TLS (per service and per
+client address), which :func:`uvicorn_options` puts in front of the server.
+:mod:`sgxcloud.web.routing` serves
 a service's hottest endpoints with less CPU than FastAPI's generic handling
 (:class:`DirectRoute`), ahead of its middleware stack (:class:`DirectApp`);
 :mod:`sgxcloud.web.offload` runs their blocking work on threads of their own

@@ -46,8 +46,6 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from uvicorn.config import SSL_PROTOCOL_VERSION, create_ssl_context
-
 log = logging.getLogger(__name__)
 
 EVICTION_GRACE_S = 2.0
@@ -89,6 +87,8 @@ _trim_heap = _heap_trimmer()
 def tls_context(certfile: str, keyfile: str, *, ca_certs: str | None = None,
                 cert_reqs: int = ssl.CERT_NONE) -> ssl.SSLContext:
     """The server TLS context uvicorn would make from its ``ssl_*`` options."""
+    from uvicorn.config import SSL_PROTOCOL_VERSION, create_ssl_context
+
     return create_ssl_context(certfile, keyfile, None, SSL_PROTOCOL_VERSION, cert_reqs,
                               ca_certs, "TLSv1")
 
