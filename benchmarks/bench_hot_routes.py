@@ -145,10 +145,13 @@ async def _measure(requests: int, repeat: int) -> dict[str, float]:
         scope["app"] = app  # what Starlette does before its stack
         await app.middleware_stack(scope, receive, send)  # type: ignore[misc]
 
+    options = uvicorn_options(RequestLimits())
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            **uvicorn_options(RequestLimits()))
+                            **options)
     config.load()
-    protocol = config.http_protocol_class(  # type: ignore[call-arg]
+    # The HTTP protocol the connection gate hands a connection to once TLS is
+    # done (the gate itself needs a real socket; TLS is not measured here).
+    protocol = options["http"].protocol_class(  # type: ignore[call-arg]
         config=config, server_state=ServerState(), app_state={},
         _loop=asyncio.get_running_loop())
     transport = _MemoryTransport()
