@@ -44,7 +44,10 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sgxcloud.web.balance import ConnectionBalancer
 
 log = logging.getLogger(__name__)
 
@@ -163,21 +166,109 @@ class ConnectionGate:
         self._closed_since_trim = 0
         self._trim_at = 0.0
         self._trim_timer: asyncio.TimerHandle | None = None
+        self.balancer: ConnectionBalancer | None = None
+        self.state: Any = None  # the server state of balanced connections
+        self.shed = 0
+        self._shedding: Slot | None = None
+        self.observe: Callable[[str], None] = lambda _outcome: None
+        """Told of each connection ``refused``, ``evicted``, ``handed_over`` to a
+        sibling worker or ``shed`` (closed after its answer to even the workers
+        out): a service's metrics count them."""
+        self._config: Any = None
 
     def __call__(self, *, config: Any, server_state: Any, app_state: Any,
                  _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+        loop = _loop or asyncio.get_event_loop()
+        if self.balancer is not None:  # one state for accepted and handed-over connections
+            return _Accepted(self, self._make_balanced, loop)
+
         def make() -> Any:
             return self.protocol_class(config=config, server_state=server_state,
                                        app_state=app_state, _loop=_loop)
-        return _Accepted(self, make, _loop or asyncio.get_event_loop())
+        return _Accepted(self, make, loop)
 
     @property
     def held(self) -> int:
         return len(self.slots)
 
-    def admit(self, transport: asyncio.Transport, now: float) -> Slot | None:
-        """A slot for a just-accepted connection, or None: close it."""
-        client = client_of(transport.get_extra_info("peername"))
+    # -- between worker processes (web.balance) -----------------------------------
+
+    def balance(self, balancer: ConnectionBalancer, config: Any) -> None:
+        """Even out connections with the sibling workers of ``balancer``'s
+        directory (call before serving; :meth:`start_balancing` in the worker's
+        event loop).  The gate then keeps the server state of its connections."""
+        from sgxcloud.web.balance import WorkerServerState
+
+        self.balancer = balancer
+        self.state = WorkerServerState(config)
+        self._config = config
+
+    def start_balancing(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.balancer is not None
+        self.balancer.start(loop, lambda sock: self.take(sock, self._make_balanced, loop))
+        self.balancer.publish(len(self.slots))
+
+    async def drain(self, timeout_s: float) -> None:
+        """What uvicorn's server does at shutdown for the connections it knows:
+        ask each to close once its response is sent, wait for them and their
+        requests (at most ``timeout_s``).  Handovers stop first."""
+        if self.balancer is None or self.state is None:
+            return
+        self.balancer.stop()
+        for connection in list(self.state.connections):
+            connection.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (self.state.connections or self.state.tasks) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    def should_shed(self, slot: Slot) -> bool:
+        """Whether the request just arrived on ``slot`` should be answered with
+        ``Connection: close`` so that its client reconnects to a sibling worker:
+        when this worker holds two or more connections above the sibling holding
+        fewest, one connection at a time (web.balance)."""
+        if self.balancer is None or self._shedding in self.slots:
+            return False
+        fewest = self.balancer.fewest()
+        if fewest is None or len(self.slots) - fewest < 2:
+            return False
+        self._shedding = slot
+        self.shed += 1
+        self.observe("shed")
+        return True
+
+    def _make_balanced(self) -> Any:
+        return self.protocol_class(config=self._config, server_state=self.state,
+                                   app_state={}, _loop=None)
+
+    def arrived(self, sock: socket.socket, make: Callable[[], Any],
+                loop: asyncio.AbstractEventLoop) -> None:
+        """A connection this process accepted: handed to a sibling worker holding
+        fewer, or taken here."""
+        if self.balancer is not None and self.balancer.hand_over(sock, len(self.slots)):
+            sock.close()
+            self.observe("handed_over")
+            return
+        self.take(sock, make, loop)
+
+    def take(self, sock: socket.socket, make: Callable[[], Any],
+             loop: asyncio.AbstractEventLoop) -> None:
+        """Admit a connection (accepted here or handed over), or close it."""
+        try:
+            peer = sock.getpeername()
+        except OSError:  # already gone
+            sock.close()
+            return
+        slot = self.admit(client_of(peer), loop.time())
+        if self.balancer is not None:
+            self.balancer.publish(len(self.slots))
+        if slot is None:
+            sock.close()  # before any TLS work: no SSL object, no buffers
+            return
+        _open(slot, sock, make, loop)
+
+    def admit(self, client: str | None, now: float) -> Slot | None:
+        """A slot for a just-accepted connection of ``client``, or None: close it."""
         if client is not None and self.max_per_client \
                 and self.per_client.get(client, 0) >= self.max_per_client:
             victim = self._longest_owing(now, client)
@@ -199,6 +290,8 @@ class ConnectionGate:
         if slot not in self.slots:
             return
         self.slots.discard(slot)
+        if self.balancer is not None:
+            self.balancer.publish(len(self.slots))
         if slot.client is not None:
             left = self.per_client[slot.client] - 1
             if left:
@@ -248,10 +341,12 @@ class ConnectionGate:
         self.release(victim)  # now: its connection_lost comes later
         victim.close()
         self.evicted += 1
+        self.observe("evicted")
         self._report(now)
 
     def _refuse(self, now: float) -> None:
         self.refused += 1
+        self.observe("refused")
         self._report(now)
         return None
 
@@ -267,18 +362,15 @@ class ConnectionGate:
 
 
 class _Accepted(asyncio.Protocol):
-    """A just-accepted TCP connection: admitted (or closed), then handed to the
-    TLS layer and the HTTP protocol once its first bytes have arrived.
+    """A just-accepted TCP connection, handed to the gate on a duplicate of its
+    descriptor before a byte of it is read.
 
-    The hand-over goes through ``loop.connect_accepted_socket`` with
-    ``ssl_handshake_timeout``, on a duplicate of the socket's descriptor: this
-    transport is closed from ``connection_made`` before it reads a byte (the
-    duplicate keeps the connection open), so the ClientHello waits in the
-    kernel for the TLS transport.  (``loop.start_tls`` on this transport would
-    race with the first read: uvloop starts reading after ``connection_made``
-    whatever the protocol asked.)  Until the socket is readable only a
-    descriptor and a reader are held: a silent connection makes no TLS object
-    (~55 KiB with uvloop's TLS buffers).
+    The hand-over goes through ``loop.connect_accepted_socket`` (:func:`_open`):
+    this transport is closed from ``connection_made`` (the duplicate keeps the
+    connection open), so the ClientHello waits in the kernel for the TLS
+    transport.  (``loop.start_tls`` on this transport would race with the
+    first read: uvloop starts reading after ``connection_made`` whatever the
+    protocol asked.)
     """
 
     def __init__(self, gate: ConnectionGate, make: Callable[[], Any],
@@ -294,86 +386,98 @@ class _Accepted(asyncio.Protocol):
             log.error("connection gate: TLS must be given to uvicorn_options, not to uvicorn")
             transport.abort()
             return
-        slot = self.gate.admit(transport, self.loop.time())
-        if slot is None:
-            transport.abort()  # before any TLS work: no SSL object, no buffers
-            return
         try:
             sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
         except OSError as exc:  # out of descriptors: refused like any other
             log.debug("accepted connection not handed over: %s", exc)
-            slot.release()
+            self.gate._refuse(self.loop.time())
             transport.abort()
             return
         transport.abort()  # the duplicate holds the connection; nothing was read
-        if self.gate.tls is None:
-            self._serve(slot, sock)
-            return
-        fd = sock.fileno()
-
-        def drop() -> None:
-            self.loop.remove_reader(fd)
-            deadline.cancel()
-            sock.close()
-
-        def silent_too_long() -> None:
-            slot.release()
-            drop()
-
-        def readable() -> None:
-            self.loop.remove_reader(fd)
-            deadline.cancel()
-            try:
-                first = sock.recv(1, socket.MSG_PEEK)
-            except BlockingIOError:
-                first = b"?"
-            except OSError:
-                first = b""
-            if not first:  # closed before a byte: no TLS object for it either
-                slot.release()
-                sock.close()
-                return
-            self._serve(slot, sock)
-
-        deadline = self.loop.call_later(self.gate.handshake_timeout_s, silent_too_long)
-        self.loop.add_reader(fd, readable)
-        slot.close = drop
-
-    def _serve(self, slot: Slot, sock: socket.socket) -> None:
-        task = self.loop.create_task(self._connect(slot, sock))
-        slot.handshake = task
-        slot.close = task.cancel  # connect_accepted_socket closes the socket
-
-    async def _connect(self, slot: Slot, sock: socket.socket) -> None:
-        def protocol() -> Any:
-            made = self.make()
-            made.gate_slot = slot
-            made.opened_at = slot.owed_since
-            slot.protocol = made
-            return made
-
-        tls = self.gate.tls
-        # The opening as a whole (first bytes, handshake) within the deadline.
-        left = self.gate.handshake_timeout_s - (self.loop.time() - slot.owed_since)
-        try:
-            transport, _ = await self.loop.connect_accepted_socket(
-                protocol, sock, ssl=tls,
-                ssl_handshake_timeout=max(left, 0.1) if tls is not None else None)
-        except (OSError, asyncio.CancelledError) as exc:
-            # The handshake timed out or failed, the client left, or the slot was
-            # taken by another connection (evicted: this task cancelled).
-            log.debug("connection closed before its TLS handshake ended: %s", exc)
-            sock.close()
-            slot.release()
-            return
-        finally:
-            slot.handshake = None
-        slot.close = transport.abort
-        if slot not in self.gate.slots:  # evicted as the handshake ended
-            transport.abort()
+        self.gate.arrived(sock, self.make, self.loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass  # the raw transport closed by connection_made: the slot lives on
+
+
+def _open(slot: Slot, sock: socket.socket, make: Callable[[], Any],
+          loop: asyncio.AbstractEventLoop) -> None:
+    """An admitted connection: once its first bytes arrive, its TLS handshake
+    (within the gate's deadline for the whole opening), then ``make``'s HTTP
+    protocol.  Until the socket is readable only a descriptor and a reader are
+    held: a silent connection makes no TLS object (~55 KiB with uvloop's TLS
+    buffers)."""
+    gate = slot.gate
+    if gate.tls is None:
+        _serve(slot, sock, make, loop)
+        return
+    fd = sock.fileno()
+
+    def drop() -> None:
+        loop.remove_reader(fd)
+        deadline.cancel()
+        sock.close()
+
+    def silent_too_long() -> None:
+        slot.release()
+        drop()
+
+    def readable() -> None:
+        loop.remove_reader(fd)
+        deadline.cancel()
+        try:
+            first = sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            first = b"?"
+        except OSError:
+            first = b""
+        if not first:  # closed before a byte: no TLS object for it either
+            slot.release()
+            sock.close()
+            return
+        _serve(slot, sock, make, loop)
+
+    deadline = loop.call_later(gate.handshake_timeout_s, silent_too_long)
+    loop.add_reader(fd, readable)
+    slot.close = drop
+
+
+def _serve(slot: Slot, sock: socket.socket, make: Callable[[], Any],
+           loop: asyncio.AbstractEventLoop) -> None:
+    task = loop.create_task(_connect(slot, sock, make, loop))
+    slot.handshake = task
+    slot.close = task.cancel  # connect_accepted_socket closes the socket
+
+
+async def _connect(slot: Slot, sock: socket.socket, make: Callable[[], Any],
+                   loop: asyncio.AbstractEventLoop) -> None:
+    def protocol() -> Any:
+        made = make()
+        made.gate_slot = slot
+        made.opened_at = slot.owed_since
+        slot.protocol = made
+        return made
+
+    gate = slot.gate
+    tls = gate.tls
+    # The opening as a whole (first bytes, handshake) within the deadline.
+    left = gate.handshake_timeout_s - (loop.time() - slot.owed_since)
+    try:
+        transport, _ = await loop.connect_accepted_socket(
+            protocol, sock, ssl=tls,
+            ssl_handshake_timeout=max(left, 0.1) if tls is not None else None)
+    except (OSError, asyncio.CancelledError) as exc:
+        # The handshake timed out or failed, the client left, or the slot was
+        # taken by another connection (evicted: this task cancelled).
+        log.debug("connection closed before its TLS handshake ended: %s", exc)
+        sock.close()
+        slot.release()
+        return
+    finally:
+        slot.handshake = None
+    slot.close = transport.abort
+    if slot not in gate.slots:  # evicted as the handshake ended
+        transport.abort()
 
 
 class GatedProtocol:
@@ -383,6 +487,14 @@ class GatedProtocol:
     gate_slot: Slot | None = None
     opened_at: float | None = None
     loop: asyncio.AbstractEventLoop
+
+    def shed_if_unbalanced(self) -> None:
+        """Close this connection after the response to the request just arrived
+        if the gate wants it elsewhere (:meth:`ConnectionGate.should_shed`)."""
+        slot, cycle = self.gate_slot, getattr(self, "cycle", None)
+        if slot is not None and cycle is not None and cycle.keep_alive \
+                and slot.gate.should_shed(slot):
+            cycle.keep_alive = False  # uvicorn: "connection: close", then closes
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]

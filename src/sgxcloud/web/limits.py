@@ -431,6 +431,7 @@ class LimitedHttpToolsProtocol(GatedProtocol, _SlowReadCutoff, _SlowHeadCutoff,
         # The new request's cycle (started or queued behind a pipelined one).
         if self.cycle is not None and self.cycle.transport is self.transport:
             self.cycle.transport = _HeadWithFirstBody(self.transport)
+        self.shed_if_unbalanced()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -81,6 +81,13 @@ class CasMetrics:
         self.nonces = Counter(
             "sgxcloud_cas_nonces_issued", "Nonces issued to enclaves", registry=self.registry
         )
+        self.connections = Counter(
+            "sgxcloud_cas_connections",
+            "Connections the API's connection limits refused or evicted, or the "
+            "workers moved to even out their load, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.collateral_errors = Counter(
             "sgxcloud_cas_collateral_fetch_errors",
             "Collateral that could not be loaded or fetched",

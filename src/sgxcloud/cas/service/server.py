@@ -7,6 +7,7 @@ layer and the handlers only see interfaces.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import datetime as dt
 import functools
@@ -50,10 +51,19 @@ from sgxcloud.cas.service.metrics import (
     serve_metrics,
 )
 from sgxcloud.cas.store import Database
-from sgxcloud.web.connections import tls_context
+from sgxcloud.web.balance import ConnectionBalancer
+from sgxcloud.web.connections import ConnectionGate, tls_context
 from sgxcloud.web.limits import LimitedHttpToolsProtocol, RequestLimits, uvicorn_options
 
 log = logging.getLogger(__name__)
+
+
+def count_connections(gate: ConnectionGate, metrics: CasMetrics) -> None:
+    """``sgxcloud_cas_connections_total``: what the connection gate refused,
+    evicted, handed to another worker or closed to even the workers out."""
+    counters = {outcome: metrics.connections.labels(outcome=outcome)
+                for outcome in ("refused", "evicted", "handed_over", "shed")}
+    gate.observe = lambda outcome: counters[outcome].inc()
 
 
 def build_service(
@@ -211,7 +221,9 @@ def serve(settings: Settings) -> None:
     try:
         if settings.metrics_port is not None:
             metrics_server = serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
-        config = uvicorn.Config(app, **_uvicorn_options(settings))
+        options = _uvicorn_options(settings)
+        count_connections(options["http"], metrics)
+        config = uvicorn.Config(app, **options)
         sock = _listen(settings)
         try:
             uvicorn.Server(config).run(sockets=[sock])
@@ -247,6 +259,7 @@ def serve_workers(settings: Settings) -> None:
     """
     builder = build_service  # looked up now: a harness (the benchmark) may substitute it
     metrics_dir = Path(tempfile.mkdtemp(prefix="sgxcloud-cas-metrics-"))  # 0700, this start's
+    balance_dir = Path(tempfile.mkdtemp(prefix="sgxcloud-cas-workers-"))  # 0700: web.balance
     previous = os.environ.get(MULTIPROCESS_DIR)
     os.environ[MULTIPROCESS_DIR] = str(metrics_dir)  # inherited by the workers only
     service: CasService | None = None
@@ -254,7 +267,7 @@ def serve_workers(settings: Settings) -> None:
     sock: socket.socket | None = None
     try:
         service = builder(settings)  # once, before any worker: migrations, deployment id
-        config = WorkerConfig(settings, builder)
+        config = WorkerConfig(settings, builder, balance_dir)
         sock = _listen(settings)
         supervisor = WorkerSupervisor(config, [sock])
         metrics = WorkerMetrics(service, metrics_dir, supervisor.live_workers)
@@ -270,6 +283,7 @@ def serve_workers(settings: Settings) -> None:
         if service is not None:
             service.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(balance_dir, ignore_errors=True)
         if previous is None:
             os.environ.pop(MULTIPROCESS_DIR, None)
         else:
@@ -282,6 +296,8 @@ def serve_workers(settings: Settings) -> None:
 # 2-core test machine under load (and the supervisor then killed every
 # worker it started, over and over).
 WORKER_HEALTHCHECK_SECONDS = 30
+DRAIN_SECONDS = 10
+"""How long a stopping worker lets its connections finish their requests."""
 
 
 class WorkerConfig(uvicorn.Config):
@@ -292,19 +308,26 @@ class WorkerConfig(uvicorn.Config):
     is not), with an app factory that builds the worker's own service there.
     """
 
-    def __init__(self, settings: Settings, builder: Callable[..., CasService]) -> None:
+    def __init__(self, settings: Settings, builder: Callable[..., CasService],
+                 balance_dir: Path) -> None:
         self.settings = settings
         self.builder = builder
+        self.balance_dir = balance_dir
+        options = _uvicorn_options(settings)
+        gate: ConnectionGate = options["http"]
+        # Connections evened out between the workers (web.balance): otherwise
+        # enclaves that keep their connections may all sit on one worker.
+        gate.balance(ConnectionBalancer(balance_dir), self)
         super().__init__(
-            functools.partial(worker_app, settings, builder),
+            functools.partial(worker_app, settings, builder, gate),
             factory=True,
             workers=settings.workers,
             timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
-            **_uvicorn_options(settings),
+            **options,
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (WorkerConfig, (self.settings, self.builder))
+        return (WorkerConfig, (self.settings, self.builder, self.balance_dir))
 
 
 class WorkerSupervisor(Multiprocess):
@@ -344,25 +367,30 @@ ASGIApp = Callable[
 ]
 
 
-def worker_app(settings: Settings, builder: Callable[..., CasService]) -> ASGIApp:
+def worker_app(settings: Settings, builder: Callable[..., CasService],
+               gate: ConnectionGate) -> ASGIApp:
     """The app of one worker, built in the worker (uvicorn calls this factory there)."""
     _stop_with_parent()
     metrics = CasMetrics()  # counts into the parent's multiprocess directory
+    count_connections(gate, metrics)
     try:
         service = builder(settings, metrics, migrate=False)  # the parent migrated
     except Exception as exc:  # the parent started with the same settings: a passing failure
         log.error("CAS worker %d could not start: %s", os.getpid(), exc)
         time.sleep(2)  # the supervisor starts another: not in a tight loop
         raise SystemExit(1) from None
-    return _StopsService(build_app(settings, service, metrics), service)
+    return _StopsService(build_app(settings, service, metrics), service, gate)
 
 
 class _StopsService:
-    """An app whose service stops (database closed) when uvicorn shuts the worker down."""
+    """An app whose service stops (database closed) when uvicorn shuts the worker
+    down, after the connections its gate balances have drained; the gate starts
+    taking handovers from the other workers at startup."""
 
-    def __init__(self, app: ASGIApp, service: CasService) -> None:
+    def __init__(self, app: ASGIApp, service: CasService, gate: ConnectionGate) -> None:
         self.app = app
         self.service = service
+        self.gate = gate
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
@@ -371,8 +399,10 @@ class _StopsService:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.gate.start_balancing(asyncio.get_running_loop())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.gate.drain(DRAIN_SECONDS)
                 self.service.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
