@@ -9,7 +9,7 @@ from sqlalchemy import delete, update
 
 from sgxcloud.cas import audit
 from sgxcloud.cas.store import Database
-from sgxcloud.cas.store.models import AuditEntryRow
+from sgxcloud.cas.store.models import AuditEntryRow, AuditHeadRow
 
 try:
     from tests.cas import postgres as pg
@@ -148,3 +148,72 @@ def test_entries_about_some_policies_are_filtered_and_paged_in_the_database(
         assert audit.entries(database, policies=set()) == []
     finally:
         database.close()
+
+
+def _append(database: Database, count: int, subject: str = "policy/service") -> None:
+    for i in range(count):
+        with database.transaction() as repo:
+            audit.append(
+                repo, kind=audit.AuditKind.ATTESTATION, subject=subject, actor="enclave",
+                outcome="rejected", detail={"i": i}, now=2000 + i,
+            )
+
+
+def test_a_walk_from_a_checkpoint_reads_only_what_was_appended_since(
+    chain: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red team rt5 finding 3: each verification re-hashed every entry ever written."""
+    first = audit.verify_chain(chain)
+    _append(chain, 3)
+    hashed: list[int] = []
+    real = audit.entry_hash
+    monkeypatch.setattr(audit, "entry_hash", lambda **f: hashed.append(f["seq"]) or real(**f))
+    report = audit.verify_chain(chain, since=first.checkpoint, page=2)
+    # the checkpointed entry (its hash re-checked) and the three new ones, in pages of two
+    assert report.ok and report.entries == 3 and report.head_seq == 8
+    assert sorted(hashed) == [5, 6, 7, 8]
+    assert audit.verify_chain(chain, since=report.checkpoint).entries == 0
+
+
+def test_a_walk_from_a_checkpoint_finds_new_breaks_and_rewrites_before_it(
+    chain: Database,
+) -> None:
+    checkpoint = audit.verify_chain(chain).checkpoint
+    _append(chain, 2)
+    _tamper(chain, update(AuditEntryRow).where(AuditEntryRow.seq == 7).values(outcome="accepted"))
+    problems = audit.verify_chain(chain, since=checkpoint).problems
+    assert [(p.seq, p.kind) for p in problems] == [(7, audit.CONTENT_CHANGED)]
+    # Rewriting the chain consistently up to the head changes the checkpointed
+    # entry's hash: a walk from the checkpoint sees it without re-reading the past.
+    entries = audit.entries(chain)
+    prev = audit.GENESIS_HASH
+    for e in entries:
+        digest = audit.entry_hash(
+            seq=e.seq, at=e.at, kind=e.kind, subject=e.subject, actor=e.actor,
+            outcome="accepted" if e.seq == 3 else e.outcome,
+            detail=audit.canonical_json(e.detail), prev_hash=prev,
+        )
+        _tamper(chain, update(AuditEntryRow).where(AuditEntryRow.seq == e.seq).values(
+            outcome="accepted" if e.seq == 3 else e.outcome, prev_hash=prev, entry_hash=digest))
+        prev = digest
+    _tamper(chain, update(AuditHeadRow).values(entry_hash=prev))
+    kinds = [p.kind for p in audit.verify_chain(chain, since=checkpoint).problems]
+    assert kinds == [audit.REWRITTEN, audit.LINK_BROKEN]  # entry 6 links to the new 5
+
+
+def test_a_head_moved_back_behind_a_checkpoint_is_detected(chain: Database) -> None:
+    checkpoint = audit.verify_chain(chain).checkpoint
+    _tamper(chain, delete(AuditEntryRow).where(AuditEntryRow.seq >= 4))
+    row = audit.entries(chain)[-1]
+    _tamper(chain, update(AuditHeadRow).values(seq=row.seq, entry_hash=row.entry_hash))
+    assert audit.verify_chain(chain).ok  # consistent on its own: only a kept head shows it
+    kinds = {p.kind for p in audit.verify_chain(chain, since=checkpoint).problems}
+    assert kinds == {audit.REWRITTEN, audit.HEAD_MISMATCH}
+
+
+def test_entries_after_the_head_are_detected(chain: Database) -> None:
+    _tamper(chain, update(AuditHeadRow).values(seq=4, entry_hash=audit.entries(chain)[3].entry_hash))
+    problems = audit.verify_chain(chain).problems
+    assert [p.problem for p in problems] == [
+        "chain head (seq 4) does not match the last entry (seq 5)"
+    ]

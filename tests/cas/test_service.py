@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgxcloud.cas import protocol
+from sgxcloud.cas import audit, protocol
 from sgxcloud.cas.evidence import make_simulated_evidence
 from sgxcloud.cas.policy import load_policy, policy_hash
 from sgxcloud.cas.service import auth
@@ -340,11 +340,60 @@ def test_audit_endpoints(api: Api, owner) -> None:  # type: ignore[no-untyped-de
         ("policy.apply", "shop", "applied")
     ]
     report = api.signed("GET", "/v1/audit/verify", owner).json()
-    assert report["ok"] and report["entries"] == 1
+    assert report == {"ok": True, "problems": []}
     assert api.client.get("/v1/audit/verify").status_code == 401
     # Red-team a08: a key anyone can make does not buy a walk of the whole chain.
     stranger = api.signed("GET", "/v1/audit/verify", pg.owner_key())
     assert stranger.status_code == 403 and "own or read no policy" in stranger.text
+
+
+def _attest_garbage(api: Api, policy: str) -> None:
+    """An unauthenticated, audited attestation request (anyone can make one)."""
+    nonce = api.client.post("/v1/nonces").json()["nonce"]
+    body = {"policy": policy, "service": "web", "nonce": nonce, "public_key": "x", "evidence": "x"}
+    assert api.client.post("/v1/attest", json=body).status_code == 400
+
+
+def test_audit_verify_costs_what_was_appended_and_tells_no_position(
+    api: Api, owner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red team rt5 finding 3: any key bought a re-hash of every tenant's entries per call,
+    and the answer (entries, head_seq) counted every tenant's activity between two calls."""
+    stranger = pg.owner_key()  # policy creation is open: a key anyone can make
+    assert api.apply(stranger, pg.policy_text(stranger, name="mine")).status_code == 200
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+    for _ in range(5):
+        _attest_garbage(api, "shop")
+    hashed: list[int] = []
+    real = audit.entry_hash
+    monkeypatch.setattr(audit, "entry_hash", lambda **f: hashed.append(f["seq"]) or real(**f))
+    first = api.signed("GET", "/v1/audit/verify", stranger)
+    assert len(hashed) == 7  # the first call of this process walks the chain once
+    hashed.clear()
+    second = api.signed("GET", "/v1/audit/verify", stranger)
+    assert hashed == [7]  # then only the position verified before is re-checked
+    for _ in range(3):  # the other tenant works meanwhile
+        _attest_garbage(api, "shop")
+    hashed.clear()
+    third = api.signed("GET", "/v1/audit/verify", stranger)
+    assert hashed == [7, 8, 9, 10]
+    assert first.json() == second.json() == third.json() == {"ok": True, "problems": []}
+
+
+def test_audit_verify_reports_a_break_found_once_until_restart(api: Api, owner) -> None:
+    from sqlalchemy import update
+
+    from sgxcloud.cas.store.models import AuditEntryRow
+
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+    _attest_garbage(api, "shop")
+    with api.service.database.engine.begin() as connection:
+        connection.execute(update(AuditEntryRow).where(AuditEntryRow.seq == 2).values(actor="x"))
+    broken = {"ok": False, "problems": [{"problem": audit.CONTENT_CHANGED}]}
+    assert api.signed("GET", "/v1/audit/verify", owner).json() == broken
+    _attest_garbage(api, "shop")  # walked past; still reported
+    again = api.signed("GET", "/v1/audit/verify", owner).json()
+    assert not again["ok"] and broken["problems"][0] in again["problems"]
 
 
 def test_committed_openapi_document_is_current(api: Api) -> None:

@@ -60,15 +60,41 @@ class AuditEntry:
         }
 
 
+PAGE = 1000
+"""Entries read per transaction while walking the chain."""
+
+# What kind of break a problem is, without saying where (answers to owners
+# must not carry chain positions: see sgxcloud.cas.service.core.verify_audit).
+SEQUENCE_GAP = "sequence gap"
+LINK_BROKEN = "previous-hash link broken"
+CONTENT_CHANGED = "entry hash does not match its contents"
+HEAD_MISSING = "chain head row is missing"
+HEAD_MISMATCH = "chain head does not match the last entry"
+REWRITTEN = "an entry verified earlier was changed or removed"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A position verified earlier: entry ``seq`` (0: none yet) had hash ``entry_hash``."""
+
+    seq: int
+    entry_hash: str
+
+
 @dataclass(frozen=True)
 class ChainProblem:
     seq: int
     problem: str
+    kind: str = ""
 
 
 @dataclass(frozen=True)
 class ChainReport:
-    """The result of walking the chain: ``ok`` only if no problem was found."""
+    """The result of walking the chain: ``ok`` only if no problem was found.
+
+    ``entries``: how many this walk checked (all of them, unless it started
+    from a checkpoint).
+    """
 
     entries: int
     head_seq: int
@@ -78,6 +104,11 @@ class ChainReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """Where the next walk may start from (the head this one reached)."""
+        return Checkpoint(self.head_seq, self.head_hash)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,45 +198,110 @@ def entries(
     return [_entry(row) for row in rows]
 
 
-def verify_chain(database: Database) -> ChainReport:
-    """Walk the whole chain and report every break found (not just the first)."""
-    rows, head = database.run(lambda repo: (repo.audit_entries(), repo.audit_head()))
+def verify_chain(
+    database: Database, since: Checkpoint | None = None, *, page: int = PAGE
+) -> ChainReport:
+    """Walk the chain and report every break found (not just the first).
+
+    Without ``since``, the whole chain.  From a checkpoint (a position this
+    caller verified before and kept where the database cannot change it),
+    only what was appended since: the checkpointed entry must still hold its
+    hash and the entries after it must link to it, so a rewrite of the chain
+    up to there shows, while an edit of an older entry that leaves every
+    hash alone is left to full walks (``sgxcloud audit verify``).  Rows are
+    read ``page`` at a time, each page in a transaction of its own: memory
+    and lock time stay bounded however long the chain is.
+    """
+    start = since or Checkpoint(0, GENESIS_HASH)
+    # The last entry before the head: an append moves both in one commit, so
+    # a head read after it is at or past it (at every isolation level), and
+    # entries appended meanwhile lie beyond the head and wait for the next walk.
+    last_seq, head = database.run(lambda repo: (repo.last_audit_seq(), repo.audit_head()))
+    end = head.seq if head is not None else last_seq
     problems: list[ChainProblem] = []
-    expected_prev = GENESIS_HASH
-    expected_seq = 1
-    for row in rows:
-        if row.seq != expected_seq:
-            problems.append(
-                ChainProblem(row.seq, f"sequence gap: expected {expected_seq}, found {row.seq}")
-            )
-        if row.prev_hash != expected_prev:
-            problems.append(ChainProblem(row.seq, "previous-hash link broken"))
-        recomputed = entry_hash(
-            seq=row.seq,
-            at=row.at,
-            kind=row.kind,
-            subject=row.subject,
-            actor=row.actor,
-            outcome=row.outcome,
-            detail=row.detail,
-            prev_hash=row.prev_hash,
-        )
-        if recomputed != row.entry_hash:
-            problems.append(ChainProblem(row.seq, "entry hash does not match its contents"))
-        expected_prev = row.entry_hash
-        expected_seq = row.seq + 1
-    last_seq = rows[-1].seq if rows else 0
+    expected_prev, expected_seq = start.entry_hash, start.seq + 1
+    cursor, walked = start.seq, 0
+    if start.seq:
+        problems.extend(_anchor_problems(database, start))
+    while cursor < end:
+        after = cursor
+        rows = database.run(lambda repo: repo.audit_entries(after=after, limit=page))
+        rows = [row for row in rows if row.seq <= end]
+        if not rows:
+            break
+        for row in rows:
+            problems.extend(_row_problems(row, expected_seq, expected_prev))
+            expected_prev = row.entry_hash
+            expected_seq = row.seq + 1
+        walked += len(rows)
+        cursor = rows[-1].seq
     if head is None:
-        problems.append(ChainProblem(last_seq, "chain head row is missing"))
-        return ChainReport(len(rows), last_seq, expected_prev, problems)
-    if head.seq != last_seq or head.entry_hash != expected_prev:
+        problems.append(ChainProblem(cursor, "chain head row is missing", HEAD_MISSING))
+        return ChainReport(walked, cursor, expected_prev, problems)
+    if head.seq < start.seq:
         problems.append(
             ChainProblem(
                 head.seq,
-                f"chain head (seq {head.seq}) does not match the last entry (seq {last_seq})",
+                f"chain head (seq {head.seq}) is behind entry {start.seq}, verified earlier",
+                HEAD_MISMATCH,
             )
         )
-    return ChainReport(len(rows), head.seq, head.entry_hash, problems)
+    elif last_seq != head.seq or cursor != head.seq or head.entry_hash != expected_prev:
+        found = last_seq if last_seq > head.seq else cursor
+        problems.append(
+            ChainProblem(
+                head.seq,
+                f"chain head (seq {head.seq}) does not match the last entry (seq {found})",
+                HEAD_MISMATCH,
+            )
+        )
+    return ChainReport(walked, head.seq, head.entry_hash, problems)
+
+
+def _row_problems(row: AuditEntryRow, expected_seq: int, expected_prev: str) -> list[ChainProblem]:
+    problems = []
+    if row.seq != expected_seq:
+        problems.append(
+            ChainProblem(
+                row.seq, f"sequence gap: expected {expected_seq}, found {row.seq}", SEQUENCE_GAP
+            )
+        )
+    if row.prev_hash != expected_prev:
+        problems.append(ChainProblem(row.seq, "previous-hash link broken", LINK_BROKEN))
+    if _recomputed(row) != row.entry_hash:
+        problems.append(
+            ChainProblem(row.seq, "entry hash does not match its contents", CONTENT_CHANGED)
+        )
+    return problems
+
+
+def _anchor_problems(database: Database, start: Checkpoint) -> list[ChainProblem]:
+    """The checkpointed entry must be there, whole, with the hash it had when verified."""
+    rows = database.run(lambda repo: repo.audit_entries(after=start.seq - 1, limit=1))
+    row = rows[0] if rows else None
+    if (
+        row is None
+        or row.seq != start.seq
+        or row.entry_hash != start.entry_hash
+        or _recomputed(row) != row.entry_hash
+    ):
+        return [
+            ChainProblem(start.seq, "an entry verified earlier was changed or removed", REWRITTEN)
+        ]
+    return []
+
+
+def _recomputed(row: AuditEntryRow) -> str:
+    return entry_hash(
+        seq=row.seq,
+        at=row.at,
+        kind=row.kind,
+        subject=row.subject,
+        actor=row.actor,
+        outcome=row.outcome,
+        detail=row.detail,
+        prev_hash=row.prev_hash,
+    )
 
 
 def _entry(row: AuditEntryRow) -> AuditEntry:

@@ -132,6 +132,14 @@ class AttestationRejected(EvidenceError):
 
 
 @dataclass(frozen=True)
+class AuditCheck:
+    """What an owner learns of the chain: intact or not, and which kinds of break."""
+
+    ok: bool
+    problems: list[str]
+
+
+@dataclass(frozen=True)
 class PolicyInfo:
     name: str
     version: int
@@ -216,6 +224,10 @@ class CasService:
         # reads one narrow row per policy instead of loading and unsealing
         # everything again.  Bounded; dropped on any version change.
         self._loaded: OrderedDict[str, _LoadedPolicy] = OrderedDict()
+        # The audit chain as far as this process verified it (see verify_audit).
+        self._audit_walk = threading.Lock()
+        self._audit_verified = audit.Checkpoint(0, audit.GENESIS_HASH)
+        self._audit_problems: list[str] = []
 
     def _parsed(self, stored: StoredPolicy) -> Policy:
         key = hashlib.sha256(stored.text.encode()).hexdigest()
@@ -830,14 +842,29 @@ class CasService:
         # filtered and limited in the database: never the whole chain per request
         return audit.entries(self.database, after=after, limit=limit, policies=allowed)
 
-    def verify_audit(self, caller: str) -> audit.ChainReport:
-        """Walk the whole chain: for owners or readers of some policy (it reads every entry).
+    def verify_audit(self, caller: str) -> AuditCheck:
+        """Whether the audit chain is intact: for owners or readers of some policy.
 
-        A key anyone can make must not buy a full-chain walk; operators verify
-        with ``sgxcloud audit verify`` against the database.
+        Each call costs what was appended since the last one, not the whole
+        chain: this process keeps the position it verified (in memory, where
+        the database cannot change it) and checks only newer entries plus
+        that position's own hash; walks run one at a time, so callers arriving
+        together share one.  A break, once found, stays reported until the
+        process restarts.  The answer says whether and how the chain broke,
+        never where or how long it is: positions and counts would tell any key
+        (policy creation is open by default) how much every other tenant did.
+        Operators walk the whole chain with ``sgxcloud audit verify``.
         """
         self._readable_policies(caller)
-        return audit.verify_chain(self.database)
+        with self._audit_walk:
+            report = audit.verify_chain(self.database, since=self._audit_verified)
+            if report.head_seq >= self._audit_verified.seq:
+                self._audit_verified = report.checkpoint
+            for problem in report.problems:
+                if problem.kind not in self._audit_problems:
+                    log.error("audit chain broken at entry %d: %s", problem.seq, problem.problem)
+                    self._audit_problems.append(problem.kind)
+            return AuditCheck(ok=not self._audit_problems, problems=list(self._audit_problems))
 
     def _readable_policies(self, caller: str) -> set[str]:
         self._require_ready()

@@ -151,8 +151,10 @@ class AuditEntryModel(_Model):
 
 
 class AuditVerifyResponse(_Model):
+    """Whether the whole audit chain is intact; never where it is or how long it is."""
+
     ok: bool
-    entries: int
-    head_seq: int
-    head_hash: str
-    problems: list[dict[str, Any]]
+    problems: list[dict[str, str]] = Field(
+        description="one {'problem': kind} per kind of break found (operators see where with "
+        "'sgxcloud audit verify'); empty when ok"
+    )

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, delete, or_, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -446,6 +446,10 @@ class Repository:
 
     def audit_head(self) -> AuditHeadRow | None:
         return self.session.get(AuditHeadRow, 1)
+
+    def last_audit_seq(self) -> int:
+        """The highest entry number stored (0 for none): one index lookup."""
+        return self.session.scalar(select(func.max(AuditEntryRow.seq))) or 0
 
     def add_audit_entry(self, entry: dict[str, object]) -> None:
         """Insert one chain entry (all columns of ``audit_log``) and move the head to it.
