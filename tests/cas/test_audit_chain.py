@@ -212,7 +212,8 @@ def test_a_head_moved_back_behind_a_checkpoint_is_detected(chain: Database) -> N
 
 
 def test_entries_after_the_head_are_detected(chain: Database) -> None:
-    _tamper(chain, update(AuditHeadRow).values(seq=4, entry_hash=audit.entries(chain)[3].entry_hash))
+    fourth = audit.entries(chain)[3]
+    _tamper(chain, update(AuditHeadRow).values(seq=4, entry_hash=fourth.entry_hash))
     problems = audit.verify_chain(chain).problems
     assert [p.problem for p in problems] == [
         "chain head (seq 4) does not match the last entry (seq 5)"

@@ -224,8 +224,9 @@ def verify_chain(
     if start.seq:
         problems.extend(_anchor_problems(database, start))
     while cursor < end:
-        after = cursor
-        rows = database.run(lambda repo: repo.audit_entries(after=after, limit=page))
+        rows = database.run(
+            lambda repo, after=cursor: repo.audit_entries(after=after, limit=page)
+        )
         rows = [row for row in rows if row.seq <= end]
         if not rows:
             break
