@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from sqlalchemy import delete, update
@@ -218,3 +219,21 @@ def test_entries_after_the_head_are_detected(chain: Database) -> None:
     assert [p.problem for p in problems] == [
         "chain head (seq 4) does not match the last entry (seq 5)"
     ]
+
+
+def test_entry_refs_name_entries_only_for_the_deployment_that_made_them() -> None:
+    from sgxcloud.cas import secrets
+    from sgxcloud.cas.audit_refs import REF_PATTERN, EntryRefs
+
+    old, new = secrets.MasterKey.generate(), secrets.MasterKey.generate()
+    refs = EntryRefs(secrets.Keyring(old), "deployment-a")
+    made = [refs.ref(seq) for seq in (1, 2, 3, 2**40)]
+    assert all(re.fullmatch(REF_PATTERN, r) for r in made) and len(set(made)) == 4
+    assert [refs.seq(r) for r in made] == [1, 2, 3, 2**40]
+    assert refs.ref(2) == made[1]  # the same entry, the same name
+    # After a rotation, refs made under the retired key still resolve while it is configured.
+    assert EntryRefs(secrets.Keyring(new, (old,)), "deployment-a").seq(made[0]) == 1
+    assert EntryRefs(secrets.Keyring(new), "deployment-a").seq(made[0]) is None
+    assert EntryRefs(secrets.Keyring(old), "deployment-b").seq(made[0]) is None
+    for junk in ("", "A" * 22, made[0][:-1], made[0] + "A", "é" * 22, "=" * 22):
+        assert refs.seq(junk) is None

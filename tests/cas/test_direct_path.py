@@ -72,7 +72,7 @@ class Stub:
         if self.error is not None:
             raise self.error
         return AttestResult(request.policy, request.service, "c" * 64, request.nonce, b"sealed",
-                            "CERT", "CA", True, "UpToDate", 7)
+                            "CERT", "CA", True, "UpToDate", 7, "r" * 22)
 
 
 @dataclass
@@ -173,7 +173,7 @@ def test_answers_are_those_of_the_stack(app, stub: Stub) -> None:  # type: ignor
     nonce = _both(app, stub, "POST", "/v1/nonces", [(b"content-length", b"0")], [b""])
     assert nonce.status == 200 and json.loads(nonce.body)["nonce"] == "ab" * 32
     accepted = _both(app, stub, "POST", "/v1/attest", _json(len(ATTEST_BODY)), [ATTEST_BODY])
-    assert accepted.status == 200 and json.loads(accepted.body)["audit_seq"] == 7
+    assert accepted.status == 200 and json.loads(accepted.body)["audit_ref"] == "r" * 22
     assert (b"content-type", b"application/json") in accepted.headers
     chunked = _both(app, stub, "POST", "/v1/attest", [*_json(), (b"transfer-encoding", b"chunked")],
                     [ATTEST_BODY[:10], ATTEST_BODY[10:]])
@@ -217,11 +217,12 @@ def test_bad_bodies_answer_as_the_stack(app, stub: Stub, content: bytes,  # type
     ("error", "status", "label"),
     [
         (MalformedEvidenceError("bad quote"), 400, "bad-request"),
-        (AttestationRejected([f"policy says {SECRET}"], audit_seq=9), 403, "attestation-rejected"),
+        (AttestationRejected([f"policy says {SECRET}"], audit_seq=9, audit_ref="r" * 22), 403,
+         "attestation-rejected"),
         (EvidenceError("stale", code="collateral-expired"), 403, "attestation-rejected"),
         (PolicyError("x", "bad", [PolicyProblem("x", "bad")]), 400, "bad-request"),
         (ProtocolError("bad key"), 400, "bad-request"),
-        (MalformedAttestation("bad evidence", audit_seq=3), 400, "bad-request"),
+        (MalformedAttestation("bad evidence", audit_seq=3, audit_ref="m" * 22), 400, "bad-request"),
         (AuthenticationError("who"), 401, "unauthenticated"),
         (AccessDenied("no"), 403, "forbidden"),
         (NotFound("no policy"), 404, "not-found"),

@@ -145,7 +145,7 @@ def test_importers_simulation_setting_never_releases_a_hardware_only_secret(
     with pytest.raises(client.AttestationRefused) as refused:
         cas.fetch("shop", tmp_path)
     with cas.owner(alice) as owner:
-        entry = owner.audit_entry(refused.value.audit_seq)
+        entry = owner.audit_entry(refused.value.audit_ref)
     assert entry is not None and entry["outcome"] == "rejected"
     reasons = " ".join(entry["detail"]["reasons"])
     assert "comes from policy 'db'" in reasons and "hardware evidence only" in reasons
@@ -190,7 +190,7 @@ def test_a_simulated_service_of_the_exporter_lowers_no_floor_of_a_secret_it_does
     with pytest.raises(client.AttestationRefused) as refused:
         cas.fetch("shop", tmp_path)
     with cas.owner(alice) as owner:
-        entry = owner.audit_entry(refused.value.audit_seq)
+        entry = owner.audit_entry(refused.value.audit_ref)
     assert entry is not None and entry["outcome"] == "rejected"
     assert "hardware evidence only" in " ".join(entry["detail"]["reasons"])
 

@@ -435,7 +435,8 @@ def test_rejection_over_https_tells_the_enclave_nothing_but_the_audit_entry(
     wrong_build = refused(policy="shop", simulate=pg.simulated_identity("00" * 32))
     no_policy = refused(policy="nope", simulate=pg.simulated_identity())
     no_service = refused(policy="shop", service="db", simulate=pg.simulated_identity())
-    told = [(e.code, str(e).split("#")[0]) for e in (wrong_build, no_policy, no_service)]
+    told = [(e.code, str(e).removesuffix(e.audit_ref or "?"))
+            for e in (wrong_build, no_policy, no_service)]
     assert (
         told
         == [("rejected", "attestation rejected; the policy's owners can read why in audit entry ")]
@@ -455,11 +456,11 @@ def test_rejection_over_https_tells_the_enclave_nothing_but_the_audit_entry(
         "--ca-file",
         str(tls.ca_cert),
     ]
-    assert cli([*owner_args, "--seq", str(wrong_build.audit_seq), "--json"]) == 0
+    assert cli([*owner_args, "--ref", wrong_build.audit_ref, "--json"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)
     assert entry["outcome"] == "rejected" and entry["subject"] == "shop/web"
     assert any("MRENCLAVE" in r for r in entry["detail"]["reasons"])
-    assert cli([*owner_args, "--seq", str(no_policy.audit_seq)]) == 1  # not about their policy
+    assert cli([*owner_args, "--ref", no_policy.audit_ref]) == 1  # not about their policy
     assert "not about your policies" in capsys.readouterr().err
     plain = httpx.Client(verify=ssl.create_default_context(cafile=str(tls.ca_cert)))
     assert plain.get(url + "/v1/health").json()["state"] == "ready"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -347,11 +348,59 @@ def test_audit_endpoints(api: Api, owner) -> None:  # type: ignore[no-untyped-de
     assert stranger.status_code == 403 and "own or read no policy" in stranger.text
 
 
-def _attest_garbage(api: Api, policy: str) -> None:
-    """An unauthenticated, audited attestation request (anyone can make one)."""
+def _attest_garbage(api: Api, policy: str) -> dict:
+    """An unauthenticated, audited attestation request (anyone can make one); its answer."""
     nonce = api.client.post("/v1/nonces").json()["nonce"]
     body = {"policy": policy, "service": "web", "nonce": nonce, "public_key": "x", "evidence": "x"}
-    assert api.client.post("/v1/attest", json=body).status_code == 400
+    answer = api.client.post("/v1/attest", json=body)
+    assert answer.status_code == 400
+    return answer.json()
+
+
+def test_attesters_and_owners_are_told_refs_not_chain_positions(api: Api, owner) -> None:
+    """Red team rt5 finding 3: a rejected attestation's answer (no key needed) and an owner's
+    entries carried the entry's position in the chain every tenant shares: two of them counted
+    every other tenant's attestations and policy changes in between."""
+    stranger = pg.owner_key()
+    assert api.apply(stranger, pg.policy_text(stranger, name="mine")).status_code == 200
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+    first = _attest_garbage(api, "mine")
+    theirs = _attest_garbage(api, "shop")  # another tenant's activity in between
+    second = _attest_garbage(api, "mine")
+    nonce = api.client.post("/v1/nonces").json()["nonce"]
+    key = protocol.new_enclave_key()
+    evidence = make_simulated_evidence(
+        pg.simulated_identity(), protocol.report_data_for(key.public_key(), bytes.fromhex(nonce))
+    )
+    rejected = api.client.post("/v1/attest", json={
+        "policy": "nope", "service": "web", "nonce": nonce, "public_key": pg.public_pem(key),
+        "evidence": base64.b64encode(evidence.raw).decode(),
+    })
+    assert rejected.status_code == 403
+    answers = [first, theirs, second, rejected.json()]
+    for answer in answers:
+        assert "audit_seq" not in answer and "#" not in answer["message"]
+        assert re.fullmatch("[A-Za-z0-9_-]{22}", answer["audit_ref"])
+    assert answers[-1]["message"].endswith(answers[-1]["audit_ref"])
+    assert len({a["audit_ref"] for a in answers}) == 4
+    # The owner finds the entries it was told of, named the same way, without positions
+    # or hashes (the position is hashed with the other fields: it could be searched for).
+    listed = api.signed("GET", "/v1/audit", stranger).json()
+    assert [e["ref"] for e in listed if e["kind"] == "attestation"] == [
+        first["audit_ref"], second["audit_ref"]
+    ]
+    assert all(set(e) == {"ref", "at", "kind", "subject", "actor", "outcome", "detail"}
+               for e in listed)
+    one = api.signed("GET", f"/v1/audit?ref={second['audit_ref']}", stranger).json()
+    assert [e["ref"] for e in one] == [second["audit_ref"]]
+    page = api.signed("GET", f"/v1/audit?after={first['audit_ref']}&limit=1", stranger).json()
+    assert [e["ref"] for e in page] == [second["audit_ref"]]
+    assert api.signed("GET", "/v1/audit?after=0", stranger).json() == listed  # older clients
+    # Another tenant's entry is not shown; a ref this CAS did not make, or a position, is 400.
+    assert api.signed("GET", f"/v1/audit?ref={theirs['audit_ref']}", stranger).json() == []
+    for query in ("ref=" + "A" * 22, "after=" + "A" * 22, "after=5"):
+        refused = api.signed("GET", f"/v1/audit?{query}", stranger)
+        assert refused.status_code == 400 and refused.json()["error"] == "bad-request"
 
 
 def test_audit_verify_costs_what_was_appended_and_tells_no_position(

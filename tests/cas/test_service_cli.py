@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import update
@@ -183,6 +185,20 @@ def test_audit_commands_find_tampering(running, home: Path, tmp_path: Path, caps
     assert "intact" in capsys.readouterr().out
     assert cli(["audit", "show", *config, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["kind"] == "policy.apply"
+    # The operator finds the entry an enclave was told of by its ref (rt5 finding 3: the
+    # enclave is no longer told the position), with the master key of the settings file.
+    url, ca = base[2], base[4]
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca)) as http:
+        nonce = http.post(url + "/v1/nonces").json()["nonce"]
+        told = http.post(url + "/v1/attest", json={
+            "policy": "nope", "service": "web", "nonce": nonce, "public_key": "x", "evidence": "x",
+        }).json()
+    assert set(told) >= {"audit_ref"} and "audit_seq" not in told
+    assert cli(["audit", "show", *config, "--ref", told["audit_ref"], "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert (entry["seq"], entry["subject"]) == (2, "nope/web")
+    assert cli(["audit", "show", *config, "--ref", "A" * 22]) == 2
+    assert "not the ref of an audit entry of this CAS" in capsys.readouterr().err
     database = Database.open(f"sqlite:///{home / 'data' / 'cas.db'}", migrate=False)
     with database.engine.begin() as connection:
         connection.execute(update(AuditEntryRow).values(actor="someone else"))

@@ -3,9 +3,10 @@
 Operators run these next to the service (same settings file); they read the
 database without migrating it.  Policy owners read the entries about their
 policies over the API instead (``show --url URL --key KEY``): that is where an
-enclave's rejection reasons are, since the enclave is told only an audit
-sequence number.  Exit status of ``verify``: 0 intact, 1 broken; of ``show``:
-0 listed, 1 the asked entry (``--seq``) is not visible; 2 usage or input error.
+enclave's rejection reasons are, since the enclave is told only the entry's
+ref (an opaque name: positions in the chain, which every tenant shares, are
+the operator's).  Exit status of ``verify``: 0 intact, 1 broken; of ``show``:
+0 listed, 1 the asked entry (``--seq``, ``--ref``) is not visible; 2 usage or input error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from sgxcloud.cas import audit as audit_log
+from sgxcloud.cas.audit_refs import EntryRefs
 from sgxcloud.cas.config import load_settings
 from sgxcloud.cas.store import Database
 from sgxcloud.cli.output import console, wide_output
@@ -48,6 +50,17 @@ _wide = click.option(
 def _open(config_path: Path | None, database_url: str | None) -> Database:
     settings = load_settings(config_path, database_url=database_url)
     return Database.open(settings.database_url, migrate=False)
+
+
+def _ref_seq(config_path: Path | None, database_url: str | None, database: Database,
+             ref: str) -> int:
+    """The position a ref names, read with the deployment's master key (operators)."""
+    keyring = load_settings(config_path, database_url=database_url).keyring()
+    deployment = database.run(lambda repo: repo.deployment_id())
+    seq = EntryRefs(keyring, deployment).seq(ref)
+    if seq is None:
+        raise click.BadParameter("not the ref of an audit entry of this CAS", param_hint="--ref")
+    return seq
 
 
 @click.group(name="audit")
@@ -101,12 +114,26 @@ def verify(config_path: Path | None, database_url: str | None, as_json: bool, wi
     "(env SGXCLOUD_CAS_URL; an explicit --config or --database-url wins over the environment).",
 )
 @owner_credentials("With --url: ")
-@click.option("--after", type=click.IntRange(min=0), default=0, help="Start after this seq.")
+@click.option(
+    "--after", type=click.IntRange(min=0), default=0, help="Start after this seq (database)."
+)
+@click.option(
+    "--after-ref",
+    metavar="REF",
+    default="",
+    help="With --url: start after this entry (the last ref of the previous page).",
+)
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
 @click.option(
     "--seq",
     type=click.IntRange(min=1),
-    help="Show only this entry (e.g. the audit_seq a rejected enclave was given).",
+    help="Show only the entry at this position (database; operators).",
+)
+@click.option(
+    "--ref",
+    metavar="REF",
+    help="Show only this entry: the audit_ref a rejected enclave was given "
+    "(over the API; from the database with --config, whose master key reads it).",
 )
 @_json
 @_wide
@@ -121,8 +148,10 @@ def show(
     deployment: str | None,
     ca_file: Path | None,
     after: int,
+    after_ref: str,
     limit: int,
     seq: int | None,
+    ref: str | None,
     as_json: bool,
     wide: bool,
 ) -> int:
@@ -132,49 +161,68 @@ def show(
     (owners: --url and --key), which lists only entries about policies you
     own or read.
     """
-    if seq is not None:
-        after, limit = seq - 1, 1
+    if seq is not None and ref is not None:
+        raise click.UsageError("give --seq or --ref, not both")
     local = config_path is not None or database_url is not None
     if url is not None and local and ctx.get_parameter_source("url") is ParameterSource.ENVIRONMENT:
         url = None  # the operator named a database on the command line: read it
     if url is not None:
         if local:
             raise click.UsageError("give --url (owner, over the API) or a database, not both")
+        if seq is not None or after:
+            raise click.UsageError(
+                "over the API entries are named by ref, not position: use --ref / --after-ref"
+            )
         owner = Connection(url, ca_file, key_file, cert_file, as_json, deployment=deployment)
         with owner.client() as client:
-            listed = client.audit(after=after, limit=min(limit, 1000))
-    else:
-        database = _open(config_path, database_url)
-        try:
-            listed = [e.to_dict() for e in audit_log.entries(database, after=after, limit=limit)]
-        finally:
-            database.close()
-    entries = [audit_log.AuditEntry(**e) for e in listed]
-    if seq is not None and [e.seq for e in entries] != [seq]:
-        console(stderr=True).print(f"audit entry #{seq} is not there or not about your policies")
+            if ref is not None:
+                found = client.audit_entry(ref)
+                listed = [found] if found else []
+            else:
+                listed = client.audit(after=after_ref, limit=min(limit, 1000))
+        return _print(listed, "ref", ref, as_json, wide)
+    if after_ref:
+        raise click.UsageError("--after-ref pages over the API (--url); a database pages --after")
+    database = _open(config_path, database_url)
+    try:
+        if ref is not None:
+            seq = _ref_seq(config_path, database_url, database, ref)
+        if seq is not None:
+            after, limit = seq - 1, 1
+        listed = [e.to_dict() for e in audit_log.entries(database, after=after, limit=limit)]
+    finally:
+        database.close()
+    if seq is not None:
+        listed = [e for e in listed if e["seq"] == seq]
+    return _print(listed, "seq", ref or (f"#{seq}" if seq is not None else None), as_json, wide)
+
+
+def _print(listed: list[dict], name: str, asked: str | None, as_json: bool, wide: bool) -> int:
+    """Print entries named by ``name`` (seq or ref); 1 if the one ``asked`` is not there."""
+    if asked is not None and not listed:
+        console(stderr=True).print(f"audit entry {asked} is not there or not about your policies")
         return 1
     if as_json:
-        click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
+        click.echo(json.dumps(listed, indent=2))
         return 0
-    table = Table("seq", "time (UTC)", "kind", "subject", "outcome", "detail", title="audit log")
-    for e in entries:
-        when = dt.datetime.fromtimestamp(e.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        style = {"rejected": "red", "accepted": "green"}.get(e.outcome, "")
+    table = Table(name, "time (UTC)", "kind", "subject", "outcome", "detail", title="audit log")
+    for e in listed:
+        when = dt.datetime.fromtimestamp(e["at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        style = {"rejected": "red", "accepted": "green"}.get(e["outcome"], "")
         table.add_row(
-            str(e.seq),
+            str(e.get(name, e.get("seq", "?"))),  # a CAS of an earlier release answers seq
             when,
-            e.kind,
-            e.subject,
-            f"[{style}]{e.outcome}[/]" if style else e.outcome,
-            _summary(e, full=wide_output(wide)),
+            e["kind"],
+            e["subject"],
+            f"[{style}]{e['outcome']}[/]" if style else e["outcome"],
+            _summary(e["kind"], e["detail"], full=wide_output(wide)),
         )
     console(wide).print(table)
     return 0
 
 
-def _summary(entry: audit_log.AuditEntry, *, full: bool = False) -> str:
-    detail = entry.detail
-    if entry.kind == audit_log.AuditKind.ATTESTATION:
+def _summary(kind: str, detail: dict, *, full: bool = False) -> str:
+    if kind == audit_log.AuditKind.ATTESTATION:
         parts = []
         if detail.get("simulated"):
             parts.append("SIMULATED")

@@ -4,7 +4,7 @@ A CAS runs over HTTPS on loopback; an owner applies a policy with a signed
 request; the demo workload attests with SIMULATED evidence (the policy
 explicitly allows simulation: there is no SGX here) and receives its
 configuration; a variant with the wrong MRENCLAVE is refused (the enclave is
-told only an audit number; the owner reads the reason in the audit log);
+told only an audit entry ref; the owner reads the reason in the audit log);
 the audit chain is verified.  Secret values are never printed.
 """
 
@@ -193,11 +193,11 @@ def run(console: Console, workdir: Path) -> dict[str, Any]:
                 )
                 reasons, told = ["(unexpectedly accepted)"], "accepted"
             except client.AttestationRefused as exc:
-                # The enclave learns only a verdict and an audit number; the
+                # The enclave learns only a verdict and an audit entry ref; the
                 # owner reads the reasons from the audit log.
-                told = f"code {exc.code!r}, audit entry #{exc.audit_seq}"
+                told = f"code {exc.code!r}, audit entry {exc.audit_ref}"
                 with client.OwnerClient(url, owner, ca_file=tls.ca_cert) as owner_client:
-                    entry = owner_client.audit_entry(exc.audit_seq) if exc.audit_seq else None
+                    entry = owner_client.audit_entry(exc.audit_ref) if exc.audit_ref else None
                 reasons = entry["detail"]["reasons"] if entry else ["(entry not visible)"]
             console.print(
                 Panel(

@@ -68,7 +68,7 @@ class FetchedConfiguration:
     policy_hash: str
     simulated: bool
     tcb_status: str
-    audit_seq: int | None = None
+    audit_ref: str | None = None  # the audit entry of the decision (its owners read it)
 
     def private_key_pem(self) -> bytes:
         return self.private_key.private_bytes(
@@ -291,7 +291,7 @@ def _attest(
         _field(answer, "policy_hash"),
         _flag(answer, "simulated"),
         _field(answer, "tcb_status"),
-        answer.get("audit_seq"),
+        answer.get("audit_ref"),
     )
 
 
@@ -330,7 +330,7 @@ def _answer(status: int, body: bytes) -> dict[str, Any]:
         raise AttestationRefused(
             document.get("message", "attestation rejected"),
             code=document.get("code", "rejected"),
-            audit_seq=document.get("audit_seq"),
+            audit_ref=document.get("audit_ref"),
         )
     if status == 403:
         raise AccessDenied(document.get("message", "forbidden"))

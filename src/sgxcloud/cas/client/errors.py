@@ -20,12 +20,12 @@ class AttestationRefused(EvidenceError):
 
     The enclave is not told why (that would tell anyone what a policy
     accepts); the policy's owners read the reasons in audit entry
-    ``audit_seq`` (``OwnerClient.audit_entry``, ``sgxcloud audit show --seq``).
+    ``audit_ref`` (``OwnerClient.audit_entry``, ``sgxcloud audit show --ref``).
     """
 
-    def __init__(self, message: str, *, code: str, audit_seq: int | None) -> None:
+    def __init__(self, message: str, *, code: str, audit_ref: str | None) -> None:
         super().__init__(message, code=code)
-        self.audit_seq = audit_seq
+        self.audit_ref = audit_ref
 
 
 class PolicyNotFound(ClientError):

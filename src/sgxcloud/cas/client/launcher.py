@@ -155,9 +155,9 @@ def launch(
     )
     install(fetched, root)
     logging.getLogger(__name__).info(
-        "configuration installed (policy %s, audit #%s); starting %s",
+        "configuration installed (policy %s, audit entry %s); starting %s",
         fetched.policy_hash,
-        fetched.audit_seq,
+        fetched.audit_ref,
         Path(fetched.configuration.argv[0]).name if fetched.configuration.argv else "-",
     )
     return run_argv(fetched.configuration.argv)
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
             "principal ids, one of which must have signed the policy, comma-separated), "
             "SGXCLOUD_CAS_POLICY_HASH (optional), SGXCLOUD_CAS_NO_OWNER_PIN=1 (insecure). "
             "A refusal names only an audit "
-            "entry number: the policy's owners read why with 'sgxcloud audit show --seq N'."
+            "entry (its ref): the policy's owners read why with 'sgxcloud audit show --ref REF'."
         ),
     )
     launch_cmd.add_argument("--url", help="CAS base URL (env SGXCLOUD_CAS_URL)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,16 +139,19 @@ class OwnerClient:
     def delete(self, name: str, predecessor: str) -> None:
         _owner_answer(self._request("DELETE", f"/v1/policies/{name}?predecessor={predecessor}"))
 
-    def audit(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        answer: list[dict[str, Any]] = _owner_answer(
-            self._request("GET", f"/v1/audit?after={after}&limit={limit}")
-        )
+    def audit(self, after: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        """Entries about our policies, oldest first; ``after``: the previous page's last ref."""
+        # no empty 'after': a CAS of an earlier release reads it as a number
+        query = urllib.parse.urlencode({"after": after, "limit": limit} if after else
+                                       {"limit": limit})
+        answer: list[dict[str, Any]] = _owner_answer(self._request("GET", f"/v1/audit?{query}"))
         return answer
 
-    def audit_entry(self, seq: int) -> dict[str, Any] | None:
-        """Audit entry ``seq`` (e.g. a rejection's), or None if it is not about our policies."""
-        found = self.audit(after=seq - 1, limit=1)
-        return found[0] if found and found[0]["seq"] == seq else None
+    def audit_entry(self, ref: str) -> dict[str, Any] | None:
+        """Audit entry ``ref`` (e.g. a rejection's), or None if it is not about our policies."""
+        query = urllib.parse.urlencode({"ref": ref})
+        found = _owner_answer(self._request("GET", f"/v1/audit?{query}"))
+        return found[0] if found else None
 
 
 DEFAULT_CONSENT_SECONDS = 86400

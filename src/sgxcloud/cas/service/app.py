@@ -236,7 +236,7 @@ def create_app(
         """Verify evidence, binding, nonce and policy; answer the sealed configuration.
 
         A rejection answers 403 with code 'rejected' and the audit entry's
-        number only: the reasons are for the policy's owners (GET /v1/audit).
+        ref only: the reasons are for the policy's owners (GET /v1/audit).
         """
         request = AttestRequest(body.policy, body.service, body.nonce, body.public_key,
                                 body.evidence)
@@ -252,7 +252,7 @@ def create_app(
             "ca_certificate": result.ca_certificate_pem,
             "simulated": result.simulated,
             "tcb_status": result.tcb_status,
-            "audit_seq": result.audit_seq,
+            "audit_ref": result.audit_ref,
         })
 
     @app.put("/v1/policies", response_model=schemas.PolicyApplyResponse, tags=["policies"])
@@ -313,13 +313,17 @@ def create_app(
     @app.get("/v1/audit", response_model=list[schemas.AuditEntryModel], tags=["audit"])
     async def audit_entries(
         request: Request,
-        after: int = Query(0, ge=0),
+        after: str = Query(
+            "", max_length=64,
+            description="ref of the last entry of the previous page (empty or 0: from the start)",
+        ),
         limit: int = Query(100, ge=1, le=1000),
+        ref: str | None = Query(None, max_length=64, description="just this entry"),
     ) -> list[schemas.AuditEntryModel]:
-        """Audit entries about the policies the caller owns or reads."""
+        """Audit entries about the policies the caller owns or reads, oldest first."""
         who = await caller(request)
         entries = await run_in_threadpool(
-            lambda: cas().audit_entries(who, after=after, limit=limit)
+            lambda: cas().owner_audit(who, after=after, limit=limit, ref=ref)
         )
         return [schemas.AuditEntryModel(**e.to_dict()) for e in entries]
 
@@ -404,9 +408,9 @@ def _error_response(exc: SgxcloudError) -> JSONResponse:
         body = schemas.ErrorBody(
             error=label,
             message=f"attestation rejected; the policy's owners can read why "
-            f"in audit entry #{exc.audit_seq}",
+            f"in audit entry {exc.audit_ref}",
             code=REJECTED_CODE,
-            audit_seq=exc.audit_seq,
+            audit_ref=exc.audit_ref,
         )
         return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
     body = schemas.ErrorBody(error=label, message=str(exc))
@@ -419,5 +423,5 @@ def _error_response(exc: SgxcloudError) -> JSONResponse:
     if isinstance(exc, EvidenceError):
         body.code = exc.code
     if isinstance(exc, MalformedAttestation):
-        body.audit_seq = exc.audit_seq
+        body.audit_ref = exc.audit_ref
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)

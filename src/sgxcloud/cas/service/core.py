@@ -25,6 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from sgxcloud.cas import audit, protocol, secrets
+from sgxcloud.cas.audit_refs import EntryRefs
 from sgxcloud.cas.errors import (
     AccessDenied,
     CasError,
@@ -109,26 +110,56 @@ class AttestResult:
     simulated: bool
     tcb_status: str
     audit_seq: int
+    audit_ref: str = ""  # what the enclave is told (see sgxcloud.cas.audit_refs)
 
 
 class MalformedAttestation(protocol.ProtocolError):
     """An attestation request that cannot be judged (bad nonce, key or evidence format).
 
-    Still audited (``audit_seq``) and its nonce, if well-formed, spent.
+    Still audited (``audit_seq``, told as ``audit_ref``) and its nonce, if
+    well-formed, spent.
     """
 
-    def __init__(self, message: str, *, audit_seq: int) -> None:
+    def __init__(self, message: str, *, audit_seq: int, audit_ref: str = "") -> None:
         super().__init__(message)
         self.audit_seq = audit_seq
+        self.audit_ref = audit_ref
 
 
 class AttestationRejected(EvidenceError):
-    """The enclave may not have this configuration; ``reasons`` says every why."""
+    """The enclave may not have this configuration; ``reasons`` says every why.
 
-    def __init__(self, reasons: list[str], *, code: str = "policy", audit_seq: int = 0) -> None:
+    ``audit_seq`` is the entry's position (logs, operators); ``audit_ref``
+    what the caller is told.
+    """
+
+    def __init__(
+        self, reasons: list[str], *, code: str = "policy", audit_seq: int = 0, audit_ref: str = ""
+    ) -> None:
         super().__init__("attestation rejected: " + "; ".join(reasons), code=code)
         self.reasons = reasons
         self.audit_seq = audit_seq
+        self.audit_ref = audit_ref
+
+
+@dataclass(frozen=True)
+class OwnerAuditEntry:
+    """An audit entry as an owner or reader sees it: named by its ref, not its position.
+
+    Without the sequence number, the hashes would give it away (it is hashed
+    with the other fields, so it could be searched for), so they stay out too.
+    """
+
+    ref: str
+    at: int
+    kind: str
+    subject: str
+    actor: str
+    outcome: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -214,6 +245,7 @@ class CasService:
         self._lock = threading.Lock()
         self._attest_slots = threading.BoundedSemaphore(attest_concurrency)
         self._nonces = NonceMinter(keyring, nonce_ttl)
+        self._refs = EntryRefs(keyring)
         self._next_purge = 0
         # Stored policy texts never change under a hash, so their parses can be
         # shared; validating YAML against the schema on every attestation would
@@ -312,6 +344,7 @@ class CasService:
                     self.keyring.find(key_id)
                 self.deployment_id = repo.deployment_id()
             self._nonces = NonceMinter(self.keyring, self.nonce_ttl, self.deployment_id)
+            self._refs = EntryRefs(self.keyring, self.deployment_id)
             self._state = State.READY
             log.info(
                 "CAS ready (database %s, deployment %s)", self.database.dialect, self.deployment_id
@@ -372,10 +405,10 @@ class CasService:
             seq = self.database.run(
                 lambda repo: self._reject_malformed(repo, request, nonce, public_key, problem, now)
             )
-            log.info(
-                "malformed attestation for %s/%s (audit #%d)", request.policy, request.service, seq
-            )
-            raise MalformedAttestation(str(malformed), audit_seq=seq) from malformed
+            ref = self._refs.ref(seq)
+            log.info("malformed attestation for %s/%s (audit #%d, ref %s)",
+                     request.policy, request.service, seq, ref)
+            raise MalformedAttestation(str(malformed), audit_seq=seq, audit_ref=ref) from malformed
         assert nonce is not None and public_key is not None and evidence is not None
         # Verification is pure CPU work: do it before taking any database lock.
         verified: VerifiedEvidence | None = None
@@ -437,17 +470,19 @@ class CasService:
             return verdict, entry.seq, configuration
 
         verdict, seq, outcome = self.database.run(decide)
+        ref = self._refs.ref(seq)
         if not verdict.accepted:
-            log.info(
-                "attestation rejected for %s/%s (audit #%d)", request.policy, request.service, seq
-            )
-            raise AttestationRejected(verdict.reasons, code=verdict.code, audit_seq=seq)
+            log.info("attestation rejected for %s/%s (audit #%d, ref %s)",
+                     request.policy, request.service, seq, ref)
+            raise AttestationRejected(verdict.reasons, code=verdict.code, audit_seq=seq,
+                                      audit_ref=ref)
         stored, configuration, ca, template = outcome
         assert verified is not None
         certificate = secrets.issue_certificate(
             ca, public_key, now=materials.utc(now), days=ATTESTED_CERT_DAYS, template=template
         )
-        log.info("attestation accepted for %s/%s (audit #%d)", request.policy, request.service, seq)
+        log.info("attestation accepted for %s/%s (audit #%d, ref %s)",
+                 request.policy, request.service, seq, ref)
         return AttestResult(
             policy=request.policy,
             service=request.service,
@@ -459,6 +494,7 @@ class CasService:
             simulated=verified.simulated,
             tcb_status=verified.tcb_status,
             audit_seq=seq,
+            audit_ref=ref,
         )
 
     def _reject_malformed(
@@ -833,14 +869,48 @@ class CasService:
     def audit_entries(
         self, caller: str, *, after: int = 0, limit: int = 100
     ) -> list[audit.AuditEntry]:
-        """Entries about the policies ``caller`` may currently read.
+        """Entries about the policies ``caller`` may currently read, with their positions.
 
+        For this process's own use; callers over the API get :meth:`owner_audit`.
         Operators read the whole chain, deleted policies included, with
         ``sgxcloud audit show`` against the database.
         """
         allowed = self._readable_policies(caller)
         # filtered and limited in the database: never the whole chain per request
         return audit.entries(self.database, after=after, limit=limit, policies=allowed)
+
+    def owner_audit(
+        self, caller: str, *, after: str = "", limit: int = 100, ref: str | None = None
+    ) -> list[OwnerAuditEntry]:
+        """Entries about the policies ``caller`` may read, named by ref (never by position).
+
+        ``after`` is the ref of the last entry of the previous page ("" to
+        start); ``ref`` asks for that one entry (an empty list if it is not
+        about the caller's policies).  A ref this deployment did not make is
+        a bad request.
+        """
+        if ref is not None:
+            seq = self._ref_seq(ref, "ref")
+            found = self.audit_entries(caller, after=seq - 1, limit=1)
+            found = [e for e in found if e.seq == seq]
+        else:
+            start = self._ref_seq(after, "after") if after not in ("", "0") else 0
+            found = self.audit_entries(caller, after=start, limit=limit)
+        return [
+            OwnerAuditEntry(self._refs.ref(e.seq), e.at, e.kind, e.subject, e.actor, e.outcome,
+                            e.detail)
+            for e in found
+        ]
+
+    def _ref_seq(self, ref: str, field_name: str) -> int:
+        seq = self._refs.seq(ref)
+        if seq is None or seq < 1:
+            # Older clients page with positions, which the API no longer gives.
+            raise protocol.ProtocolError(
+                f"{field_name}: not the ref of an audit entry of this CAS (entries are named by "
+                "their ref, not their position: upgrade a client that sends a number)"
+            )
+        return seq
 
     def verify_audit(self, caller: str) -> AuditCheck:
         """Whether the audit chain is intact: for owners or readers of some policy.

@@ -22,9 +22,13 @@ class ErrorBody(_Model):
     code: str | None = Field(
         None,
         description="'rejected' for every rejected attestation (reasons are never sent to "
-        "the enclave: read audit entry audit_seq as an owner of the policy)",
+        "the enclave: read audit entry audit_ref as an owner of the policy)",
     )
-    audit_seq: int | None = Field(None, description="audit entry recording the decision")
+    audit_ref: str | None = Field(
+        None,
+        description="opaque name of the audit entry recording the decision (GET /v1/audit?ref=); "
+        "replaces audit_seq, the entry's position in the chain all tenants share",
+    )
 
 
 class ProbeResponse(_Model):
@@ -77,7 +81,7 @@ class AttestResponse(_Model):
     ca_certificate: str = Field(description="PEM certificate of the policy CA")
     simulated: bool = Field(description="true if the evidence was SIMULATED (no SGX)")
     tcb_status: str
-    audit_seq: int
+    audit_ref: str = Field(description="opaque name of the audit entry recording the decision")
 
 
 class ConsentBody(_Model):
@@ -139,15 +143,19 @@ class PolicyResponse(_Model):
 
 
 class AuditEntryModel(_Model):
-    seq: int
+    """An audit entry about a policy the caller owns or reads.
+
+    Named by ``ref``; its position in the chain (and the hashes, which would
+    give the position away) are the operator's: ``sgxcloud audit show``.
+    """
+
+    ref: str = Field(description="opaque name of the entry (what an enclave is told)")
     at: int
     kind: str
     subject: str
     actor: str
     outcome: str
     detail: dict[str, Any]
-    prev_hash: str
-    entry_hash: str
 
 
 class AuditVerifyResponse(_Model):
