@@ -238,3 +238,27 @@ def test_nonces_belong_to_one_deployment(tmp_path: Path) -> None:
         assert staging._nonces.check(nonce, pg.CLOCK)[0] == NOT_ISSUED
     finally:
         staging.stop()
+
+
+def test_migration_0004_indexes_who_reads_each_existing_policy(database_url: str) -> None:
+    """The audit endpoints find a caller's policies through policy_access (rt5 finding 3's
+    sibling); policies stored before it get their owners' and readers' rows on upgrade."""
+    keyring = secrets.Keyring(secrets.MasterKey.generate())
+    owner, reader, other = pg.owner_key(), pg.owner_key(), pg.owner_key()
+    service = pg.make_service(database_url, keyring)
+    service.apply_policy(_id(owner), pg.policy_text(owner, readers=[reader]), pg.CLOCK)
+    service.apply_policy(_id(other), pg.policy_text(other, name="theirs"), pg.CLOCK)
+    service.stop()
+    engine = db.make_engine(database_url)
+    command.downgrade(db.alembic_config(engine), "0003")
+    assert not inspect(engine).has_table("policy_access")
+    engine.dispose()
+    upgraded = pg.make_service(database_url, keyring)  # migrates to the head
+    try:
+        with upgraded.database.transaction() as repo:
+            assert repo.policies_readable_by(_id(owner)) == {"shop"}
+            assert repo.policies_readable_by(_id(reader)) == {"shop"}
+            assert repo.policies_readable_by(_id(other)) == {"theirs"}
+        assert [e.subject for e in upgraded.audit_entries(_id(reader))] == ["shop"]
+    finally:
+        upgraded.stop()

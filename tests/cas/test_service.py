@@ -445,6 +445,45 @@ def test_audit_verify_reports_a_break_found_once_until_restart(api: Api, owner) 
     assert not again["ok"] and broken["problems"][0] in again["problems"]
 
 
+def test_audit_requests_cost_what_the_caller_reads_not_what_every_tenant_stores(
+    api: Api, owner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sibling of red team rt5 finding 3: each audit request loaded and parsed every tenant's
+    policy (past the parse cache, a few ms each: 2.9 s of CPU per request with 400 policies
+    of a stranger), and one policy that no longer loads broke every owner's audit reads."""
+    from sqlalchemy import update
+
+    from sgxcloud.cas.service import core
+    from sgxcloud.cas.store.models import PolicyRow
+
+    reader, stranger = pg.owner_key(), pg.owner_key()
+    assert api.apply(owner, pg.policy_text(owner, readers=[reader])).status_code == 200
+    for i in range(3):
+        assert api.apply(stranger, pg.policy_text(stranger, name=f"junk{i}")).status_code == 200
+    with api.service.database.engine.begin() as connection:  # stored under an older schema
+        connection.execute(update(PolicyRow).where(PolicyRow.name == "junk0")
+                           .values(text="name: junk0\nold_field: true\n"))
+    parsed: list[str] = []
+    real = core.load_policy
+    monkeypatch.setattr(core, "load_policy", lambda text: parsed.append(text) or real(text))
+    api.service._parse_cache.clear()  # as when other tenants' policies outnumber the cache
+    for key in (owner, reader):
+        listed = api.signed("GET", "/v1/audit", key)
+        assert listed.status_code == 200, listed.text
+        assert {e["subject"] for e in listed.json()} == {"shop"}
+        assert api.signed("GET", "/v1/audit/verify", key).json()["ok"]
+    assert parsed == []
+    assert api.signed("GET", "/v1/audit", stranger).status_code == 200  # its own, old or not
+    # Access follows the policy: a reader dropped by an update, or a deleted policy, reads no more.
+    current = api.signed("GET", "/v1/policies/shop", owner).json()["policy_hash"]
+    assert api.apply(owner, pg.policy_text(owner, predecessor=current)).status_code == 200
+    assert api.signed("GET", "/v1/audit", reader).status_code == 403
+    current = api.signed("GET", "/v1/policies/shop", owner).json()["policy_hash"]
+    deleted = api.signed("DELETE", f"/v1/policies/shop?predecessor={current}", owner)
+    assert deleted.status_code == 204
+    assert api.signed("GET", "/v1/audit", owner).status_code == 403
+
+
 def test_committed_openapi_document_is_current(api: Api) -> None:
     generated = api.client.get("/openapi.json").json()
     assert OPENAPI.exists(), "run: sgxcloud cas openapi > docs/cas/openapi.json"

@@ -690,6 +690,7 @@ class CasService:
                 owners=tuple(p.id for p in policy.access.owners),
                 updated_at=now,
                 updated_by=caller,
+                readers=tuple(p.id for p in policy.access.readers),
             )
             if current is None:
                 repo.create_policy(stored)
@@ -937,12 +938,15 @@ class CasService:
             return AuditCheck(ok=not self._audit_problems, problems=list(self._audit_problems))
 
     def _readable_policies(self, caller: str) -> set[str]:
+        """The policies ``caller`` owns or reads, found through the caller's own rows.
+
+        Never by loading and parsing every tenant's policy: that made each
+        audit request cost what all tenants store (past the parse cache, a
+        few ms per policy: ~2.9 s of CPU per request with 400 policies of a
+        stranger, red team rt5 finding 3's sibling).
+        """
         self._require_ready()
-        readable = {
-            p.name
-            for p in self.database.run(lambda repo: repo.list_policies())
-            if _may_read(p, self._parsed(p), caller)
-        }
+        readable = self.database.run(lambda repo: repo.policies_readable_by(caller))
         if not readable:
             raise AccessDenied("you own or read no policy on this service")
         return readable

@@ -206,7 +206,7 @@ class _StateCollector(Collector):
         else:
             ready.add_metric([], 1)
             policies = GaugeMetricFamily("sgxcloud_cas_policies", "Policies stored in the CAS")
-            policies.add_metric([], self._service.database.run(lambda r: len(r.list_policies())))
+            policies.add_metric([], self._service.database.run(lambda r: r.count_policies()))
             yield policies
         yield ready
         seen = self._metrics.collateral()

@@ -48,6 +48,20 @@ class PolicyRow(Base):
     updated_by: Mapped[str] = mapped_column(String(200), nullable=False)
 
 
+class PolicyAccessRow(Base):
+    """Who may read a current policy: its signed owners and its readers, one row each.
+
+    Keyed by principal first, so finding the policies a caller may read is an
+    index range over that caller's rows, whatever other tenants store (see
+    migration 0004).
+    """
+
+    __tablename__ = "policy_access"
+
+    principal: Mapped[str] = mapped_column(String(200), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(200), primary_key=True)
+
+
 class PolicyVersionRow(Base):
     """Every version a policy ever had, deletions included (``text`` empty)."""
 

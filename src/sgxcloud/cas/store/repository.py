@@ -31,6 +31,7 @@ from sgxcloud.cas.store.models import (
     AuditHeadRow,
     DeploymentRow,
     NonceRow,
+    PolicyAccessRow,
     PolicyRow,
     PolicyVersionRow,
     SecretRow,
@@ -54,6 +55,8 @@ class StoredPolicy:
     owners: tuple[str, ...]
     updated_at: int
     updated_by: str
+    # principal ids of the readers the text lists (only written; reads leave it empty)
+    readers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,21 @@ class Repository:
         rows = self.session.scalars(select(PolicyRow).order_by(PolicyRow.name))
         return [_policy(row) for row in rows]
 
+    def count_policies(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(PolicyRow)) or 0
+
+    def policies_readable_by(self, principal: str) -> set[str]:
+        """Names of the current policies ``principal`` owns (signed) or reads: one index range."""
+        query = select(PolicyAccessRow.policy).where(PolicyAccessRow.principal == principal)
+        return set(self.session.scalars(query))
+
+    def _set_access(self, policy: StoredPolicy | None, name: str) -> None:
+        self.session.execute(delete(PolicyAccessRow).where(PolicyAccessRow.policy == name))
+        if policy is not None:
+            principals = sorted({*policy.owners, *policy.readers})
+            self.session.add_all(PolicyAccessRow(principal=p, policy=name) for p in principals)
+            self.session.flush()
+
     def create_policy(self, policy: StoredPolicy) -> None:
         """Insert a new policy; a concurrent creation of the same name fails here."""
         self.session.add(
@@ -330,6 +348,7 @@ class Repository:
             self.session.flush()
         except IntegrityError as exc:
             raise DuplicateRow(policy.name) from exc
+        self._set_access(policy, policy.name)
         self._record_version(policy, predecessor=None, deleted=False)
 
     def replace_policy(self, policy: StoredPolicy, predecessor: str) -> bool:
@@ -352,6 +371,7 @@ class Repository:
         )
         if result.rowcount != 1:
             return False
+        self._set_access(policy, policy.name)
         self._record_version(policy, predecessor=predecessor, deleted=False)
         return True
 
@@ -364,6 +384,7 @@ class Repository:
         if result.rowcount != 1:
             return False
         self.session.execute(delete(SecretRow).where(SecretRow.policy == current.name))
+        self._set_access(None, current.name)
         tombstone = StoredPolicy(
             current.name, current.version + 1, current.policy_hash, "", (), at, by
         )
