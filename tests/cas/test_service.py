@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sgxcloud.cas import audit, protocol
 from sgxcloud.cas.evidence import make_simulated_evidence
 from sgxcloud.cas.policy import load_policy, policy_hash
-from sgxcloud.cas.service import auth
+from sgxcloud.cas.service import auth, core
 from sgxcloud.cas.service.app import create_app
 
 try:
@@ -443,6 +443,79 @@ def test_audit_verify_reports_a_break_found_once_until_restart(api: Api, owner) 
     _attest_garbage(api, "shop")  # walked past; still reported
     again = api.signed("GET", "/v1/audit/verify", owner).json()
     assert not again["ok"] and broken["problems"][0] in again["problems"]
+
+
+def test_a_restart_resumes_audit_verification_from_the_tagged_checkpoint(
+    api: Api, owner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each process walked the whole chain once after start; the verified position is now
+    kept in the database under an HMAC tag: a restart (or another replica) resumes from it.
+    A database writer cannot move it without the master key, and it never passes a break."""
+    from sqlalchemy import update
+
+    from sgxcloud.cas.store.models import AuditCheckpointRow, AuditEntryRow
+
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+    for _ in range(4):
+        _attest_garbage(api, "shop")
+    assert api.signed("GET", "/v1/audit/verify", owner).json()["ok"]  # walks 1..5
+    url = str(api.service.database.engine.url)
+    hashed: list[int] = []
+    real = audit.entry_hash
+    monkeypatch.setattr(audit, "entry_hash", lambda **f: hashed.append(f["seq"]) or real(**f))
+
+    def verify_in_a_new_process() -> core.AuditCheck:
+        hashed.clear()
+        restarted = pg.make_service(url, api.service.keyring)
+        try:
+            who = restarted.database.run(lambda r: r.list_policies())[0].owners[0]
+            return restarted.verify_audit(who)
+        finally:
+            restarted.stop()
+
+    def kept() -> tuple[int, str]:
+        with api.service.database.engine.begin() as connection:
+            row = connection.execute(AuditCheckpointRow.__table__.select()).one()
+        return row.seq, row.tag
+
+    def tamper(statement) -> None:  # type: ignore[no-untyped-def]
+        with api.service.database.engine.begin() as connection:
+            connection.execute(statement)
+
+    _attest_garbage(api, "shop")
+    assert verify_in_a_new_process().ok
+    assert hashed == [5, 6]  # the checkpointed entry and the one appended since
+    assert kept()[0] == 6
+    # A walk that finds a break does not move the kept position past it: restarts find it.
+    _attest_garbage(api, "shop")
+    tamper(update(AuditEntryRow).where(AuditEntryRow.seq == 7).values(actor="x"))
+    for _ in range(2):
+        broken = verify_in_a_new_process()
+        assert broken.problems == [audit.CONTENT_CHANGED] and hashed == [6, 7]
+        assert kept()[0] == 6
+    # Without the master key, a database writer cannot move the position past an edit:
+    # a row whose tag does not check is ignored and the whole chain is walked.
+    tamper(update(AuditEntryRow).where(AuditEntryRow.seq == 7).values(actor=real_actor(api)))
+    tamper(update(AuditEntryRow).where(AuditEntryRow.seq == 2).values(actor="x"))
+    tamper(update(AuditCheckpointRow).values(seq=7, tag="0" * 64))
+    broken = verify_in_a_new_process()
+    assert broken.problems == [audit.CONTENT_CHANGED] and sorted(hashed) == list(range(1, 8))
+
+
+def real_actor(api: Api) -> str:
+    """The actor every garbage attestation of these tests records."""
+    return audit.entries(api.service.database)[1].actor
+
+
+def test_a_verification_waits_for_a_running_one_at_most_briefly(api: Api, owner) -> None:
+    """A first walk of a long chain takes a while: callers arriving meanwhile answer 503
+    after a short wait instead of each holding a server thread for the walk's duration."""
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+    api.service.audit_walk_wait = 0.05
+    with api.service._audit_walk:  # another caller's walk
+        busy = api.signed("GET", "/v1/audit/verify", owner)
+    assert busy.status_code == 503 and busy.json()["error"] == "unavailable"
+    assert api.signed("GET", "/v1/audit/verify", owner).json()["ok"]
 
 
 def test_audit_requests_cost_what_the_caller_reads_not_what_every_tenant_stores(

@@ -66,3 +66,34 @@ class EntryRefs:
                 (seq,) = struct.unpack(">Q", plain[8:])
                 return seq
         return None
+
+
+_CHECKPOINT_LABEL = b"sgxcloud-cas audit checkpoint v1\0"
+
+
+class CheckpointTags:
+    """HMAC tags of verified chain positions kept in the database.
+
+    Whoever can write the database but holds no master key cannot make a
+    position look verified; a tag under a retired key still checks while
+    that key is configured.
+    """
+
+    def __init__(self, keyring: secrets.Keyring, deployment: str = "") -> None:
+        label = _CHECKPOINT_LABEL + deployment.encode() + b"\0"
+        self._keys = [
+            hmac.new(k.key, label, hashlib.sha256).digest()
+            for k in (keyring.current, *keyring.retired)
+        ]
+
+    def tag(self, seq: int, entry_hash: str) -> str:
+        return self._tag(self._keys[0], seq, entry_hash)
+
+    def check(self, seq: int, entry_hash: str, tag: str) -> bool:
+        return any(
+            hmac.compare_digest(tag, self._tag(key, seq, entry_hash)) for key in self._keys
+        )
+
+    @staticmethod
+    def _tag(key: bytes, seq: int, entry_hash: str) -> str:
+        return hmac.new(key, f"{seq}:{entry_hash}".encode(), hashlib.sha256).hexdigest()

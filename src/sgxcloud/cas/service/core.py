@@ -25,7 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from sgxcloud.cas import audit, protocol, secrets
-from sgxcloud.cas.audit_refs import EntryRefs
+from sgxcloud.cas.audit_refs import CheckpointTags, EntryRefs
 from sgxcloud.cas.errors import (
     AccessDenied,
     CasError,
@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 ATTESTED_CERT_DAYS = 30
 PARSE_CACHE_SIZE = 256
 LOADED_CACHE_SIZE = 256
+AUDIT_WALK_WAIT = 2.0
+"""Seconds a verification waits for another one to finish before answering 503
+(a first walk of a long chain takes a while; waiting callers would hold threads)."""
 ATTEST_CONCURRENCY = 4
 """Attestations worked on at once per process; more callers wait their turn.
 
@@ -77,6 +80,10 @@ class State(StrEnum):
 
 class NotReady(CasError):
     """The service is not accepting requests (starting up or shutting down)."""
+
+
+class Busy(NotReady):
+    """The same work is under way for another caller; retry in a moment (HTTP 503)."""
 
 
 class NotFound(CasError):
@@ -246,6 +253,7 @@ class CasService:
         self._attest_slots = threading.BoundedSemaphore(attest_concurrency)
         self._nonces = NonceMinter(keyring, nonce_ttl)
         self._refs = EntryRefs(keyring)
+        self._checkpoint_tags = CheckpointTags(keyring)
         self._next_purge = 0
         # Stored policy texts never change under a hash, so their parses can be
         # shared; validating YAML against the schema on every attestation would
@@ -260,6 +268,7 @@ class CasService:
         self._audit_walk = threading.Lock()
         self._audit_verified = audit.Checkpoint(0, audit.GENESIS_HASH)
         self._audit_problems: list[str] = []
+        self.audit_walk_wait = AUDIT_WALK_WAIT
 
     def _parsed(self, stored: StoredPolicy) -> Policy:
         key = hashlib.sha256(stored.text.encode()).hexdigest()
@@ -345,6 +354,7 @@ class CasService:
                 self.deployment_id = repo.deployment_id()
             self._nonces = NonceMinter(self.keyring, self.nonce_ttl, self.deployment_id)
             self._refs = EntryRefs(self.keyring, self.deployment_id)
+            self._checkpoint_tags = CheckpointTags(self.keyring, self.deployment_id)
             self._state = State.READY
             log.info(
                 "CAS ready (database %s, deployment %s)", self.database.dialect, self.deployment_id
@@ -919,23 +929,49 @@ class CasService:
         Each call costs what was appended since the last one, not the whole
         chain: this process keeps the position it verified (in memory, where
         the database cannot change it) and checks only newer entries plus
-        that position's own hash; walks run one at a time, so callers arriving
-        together share one.  A break, once found, stays reported until the
+        that position's own hash.  The position is also kept in the database
+        under an HMAC tag (master key), so a restart or another replica
+        resumes from it; it is not moved past a break, so a restart finds the
+        break again.  Walks run one at a time: a caller arriving during a
+        long one gets :class:`Busy` after ``AUDIT_WALK_WAIT`` seconds rather
+        than hold a thread.  A break, once found, stays reported until the
         process restarts.  The answer says whether and how the chain broke,
         never where or how long it is: positions and counts would tell any key
         (policy creation is open by default) how much every other tenant did.
         Operators walk the whole chain with ``sgxcloud audit verify``.
         """
         self._readable_policies(caller)
-        with self._audit_walk:
-            report = audit.verify_chain(self.database, since=self._audit_verified)
-            if report.head_seq >= self._audit_verified.seq:
+        if not self._audit_walk.acquire(timeout=self.audit_walk_wait):
+            raise Busy("the audit chain is being verified for another caller; retry shortly")
+        try:
+            start = self._stored_checkpoint(self._audit_verified)
+            report = audit.verify_chain(self.database, since=start)
+            if report.head_seq >= start.seq:
                 self._audit_verified = report.checkpoint
             for problem in report.problems:
                 if problem.kind not in self._audit_problems:
                     log.error("audit chain broken at entry %d: %s", problem.seq, problem.problem)
                     self._audit_problems.append(problem.kind)
+            if not self._audit_problems and report.head_seq > start.seq:
+                cp = report.checkpoint
+                tag = self._checkpoint_tags.tag(cp.seq, cp.entry_hash)
+                self.database.run(
+                    lambda repo: repo.advance_audit_checkpoint(cp.seq, cp.entry_hash, tag)
+                )
             return AuditCheck(ok=not self._audit_problems, problems=list(self._audit_problems))
+        finally:
+            self._audit_walk.release()
+
+    def _stored_checkpoint(self, mine: audit.Checkpoint) -> audit.Checkpoint:
+        """The later of ``mine`` and the database's position, if its tag checks."""
+        stored = self.database.run(lambda repo: repo.audit_checkpoint())
+        if stored is None or stored[0] <= mine.seq:
+            return mine
+        seq, entry_hash, tag = stored
+        if not self._checkpoint_tags.check(seq, entry_hash, tag):
+            log.warning("the audit checkpoint in the database has a bad tag: ignored")
+            return mine
+        return audit.Checkpoint(seq, entry_hash)
 
     def _readable_policies(self, caller: str) -> set[str]:
         """The policies ``caller`` owns or reads, found through the caller's own rows.

@@ -114,6 +114,21 @@ class SpentSignatureRow(Base):
     expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
 
 
+class AuditCheckpointRow(Base):
+    """How far the audit chain was verified, tagged under the master key (migration 0005).
+
+    One row.  Only ever moves forward; a tag that does not check (a database
+    writer's) is ignored, which costs a longer walk, never a missed break.
+    """
+
+    __tablename__ = "audit_checkpoint"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    entry_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    tag: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
 class DeploymentRow(Base):
     """The single row naming this deployment (migration 0003): owners' signatures bind it."""
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from sgxcloud.cas.store import db
 from sgxcloud.cas.store.errors import StoreError
 from sgxcloud.cas.store.models import (
+    AuditCheckpointRow,
     AuditEntryRow,
     AuditHeadRow,
     DeploymentRow,
@@ -467,6 +468,19 @@ class Repository:
 
     def audit_head(self) -> AuditHeadRow | None:
         return self.session.get(AuditHeadRow, 1)
+
+    def audit_checkpoint(self) -> tuple[int, str, str] | None:
+        """(seq, entry_hash, tag) of the verified position kept in the database, if any."""
+        row = self.session.get(AuditCheckpointRow, 1)
+        return None if row is None else (row.seq, row.entry_hash, row.tag)
+
+    def advance_audit_checkpoint(self, seq: int, entry_hash: str, tag: str) -> None:
+        """Keep a later verified position; an earlier one than stored changes nothing."""
+        self.session.execute(
+            update(AuditCheckpointRow)
+            .where(AuditCheckpointRow.id == 1, AuditCheckpointRow.seq < seq)
+            .values(seq=seq, entry_hash=entry_hash, tag=tag)
+        )
 
     def last_audit_seq(self) -> int:
         """The highest entry number stored (0 for none): one index lookup."""
