@@ -237,3 +237,45 @@ def test_entry_refs_name_entries_only_for_the_deployment_that_made_them() -> Non
     assert EntryRefs(secrets.Keyring(old), "deployment-b").seq(made[0]) is None
     for junk in ("", "A" * 22, made[0][:-1], made[0] + "A", "é" * 22, "=" * 22):
         assert refs.seq(junk) is None
+
+
+def test_an_owners_entries_are_found_by_index_not_by_a_scan_of_every_tenants(
+    database_url: str,
+) -> None:
+    """Sibling of red team rt5 finding 3: GET /v1/audit filtered every entry after the cursor
+    by subject, so an owner's request cost what all tenants had logged (78 ms of CPU at
+    300,000 entries on SQLite, for an owner with none).  The query is now index ranges over
+    (subject, seq); PostgreSQL's plan is checked with sequential scans priced out."""
+    from sqlalchemy import event
+
+    database = Database.open(database_url)
+    try:
+        _append(database, 3, subject="other/web")
+        _append(database, 2, subject="shop/web")
+        statements: list[tuple[str, object]] = []
+
+        def seen(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+            if "FROM audit_log" in statement and "subject" in statement:
+                statements.append((statement, parameters))
+
+        event.listen(database.engine, "before_cursor_execute", seen)
+        mine = audit.entries(database, policies={"shop", "s_op"}, after=1, limit=10)
+        event.remove(database.engine, "before_cursor_execute", seen)
+        assert [e.seq for e in mine] == [4, 5]
+        (statement, parameters), = statements
+        many = {f"p{i}" for i in range(450)} | {"shop"}  # in several statements, merged
+        assert [e.seq for e in audit.entries(database, policies=many, after=4)] == [5]
+        assert [e.seq for e in audit.entries(database, policies=many, limit=1)] == [4]
+        with database.engine.connect() as connection:
+            raw = connection.connection.driver_connection
+            if database.dialect == "postgresql":
+                cursor = raw.cursor()
+                cursor.execute("SET enable_seqscan = off")
+                cursor.execute("EXPLAIN " + statement, parameters)
+            else:
+                cursor = raw.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            plan = "\n".join(str(row) for row in cursor.fetchall())
+        assert "ix_audit_log_subject_seq" in plan, plan
+        assert "Seq Scan" not in plan and "SCAN audit_log" not in plan, plan
+    finally:
+        database.close()

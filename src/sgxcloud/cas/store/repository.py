@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, delete, func, or_, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, select, text, union_all, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -542,20 +542,44 @@ class Repository:
     def audit_entries(
         self, *, after: int = 0, limit: int | None = None, policies: Iterable[str] | None = None
     ) -> list[AuditEntryRow]:
-        """Entries after ``after``; with ``policies``, only those about them (filtered in SQL)."""
+        """Entries after ``after``; with ``policies``, only those about them (filtered in SQL).
+
+        A policy's entries have the subject ``name`` (its changes) or
+        ``name/service`` (attestations).  They are found as index ranges over
+        (subject, seq) — the names by equality, each ``name/`` prefix as the
+        bytewise range up to ``name0`` ('0' follows '/') — one sub-select each,
+        so the cost follows the caller's entries, not the whole log (an OR of
+        the same ranges lets SQLite's planner fall back to scanning every entry
+        after ``after`` once there are a few policies).  No LIKE: '_' and '%'
+        in a name are plain.
+        """
         query = select(AuditEntryRow).where(AuditEntryRow.seq > after).order_by(AuditEntryRow.seq)
-        if policies is not None:
-            names = sorted(policies)
-            subject = AuditEntryRow.subject
-            query = query.where(
-                or_(
-                    subject.in_(names),
-                    *(subject.startswith(name + "/", autoescape=True) for name in names),
-                )
-            )
-        if limit is not None:
-            query = query.limit(limit)
-        return list(self.session.scalars(query))
+        if policies is None:
+            return list(self.session.scalars(query.limit(limit) if limit is not None else query))
+        names = sorted(policies)
+        found: list[AuditEntryRow] = []
+        for start in range(0, len(names), _NAMES_PER_QUERY):  # SQLite caps compound selects
+            about = self._seqs_about(names[start : start + _NAMES_PER_QUERY], after)
+            chunk = query.where(AuditEntryRow.seq.in_(about))
+            found.extend(self.session.scalars(chunk.limit(limit) if limit is not None else chunk))
+        found.sort(key=lambda row: row.seq)
+        return found[:limit] if limit is not None else found
+
+    def _seqs_about(self, names: list[str], after: int) -> Any:
+        subject: Any = AuditEntryRow.subject
+        if self._dialect == "postgresql":
+            subject = subject.collate("C")  # as the index (migration 0006): bytewise
+        seq = AuditEntryRow.seq
+        return union_all(
+            select(seq).where(subject.in_(names), seq > after),
+            *(
+                select(seq).where(subject >= name + "/", subject < name + "0", seq > after)
+                for name in names
+            ),
+        )
+
+
+_NAMES_PER_QUERY = 200
 
 
 # Statements of the attestation path, as SQL for each dialect's driver (run by
