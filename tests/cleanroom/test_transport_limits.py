@@ -273,3 +273,183 @@ def test_strangers_from_many_addresses_give_way_after_the_grace() -> None:
         for sock in held:
             sock.close()
         server.stop()
+
+
+# -- attested sessions: idle ones give way, requests in progress never do (attack-rt5, 2) --
+
+
+def _attested_from(address: tuple[str, int], source: str, policy: PeerPolicy | None = None,
+                   attester: SimulatedAttester | None = None, extra: dict | None = None):
+    """A session that passes attestation as the coordinator, from ``source``."""
+    return open_client(connect(address, TlsIdentity.generate("not-the-coordinator"),
+                               timeout=10, source=source), "coordinator",
+                       policy or PeerPolicy(definition_hash=DEF_HASH,
+                                            mrenclaves=frozenset({NODE.mrenclave}),
+                                            allow_simulation=True, verifier=verifier_for()),
+                       attester or SimulatedAttester(COORD), extra)
+
+
+def _ended(channel, within: float) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the node ends an attested session within ``within`` seconds."""
+    return _closed_by_server(channel.frames, within)
+
+
+def _collaboration(tmp_path):  # type: ignore[no-untyped-def]
+    """The red team's setup: the example collaboration, every approval, simulation."""
+    import json
+
+    from sgxcloud.cleanroom.approvals import Approval
+    from sgxcloud.cleanroom.definition import load_definition
+    from sgxcloud.cleanroom.local import prepare_example
+    from sgxcloud.cleanroom.transport.trust import local_attester, peer_policy
+
+    collab = prepare_example(tmp_path / "ex", people=200)
+    definition = load_definition(collab.definition)
+    approvals = [Approval.from_dict(json.loads(p.read_text())) for p in collab.approvals]
+    policy = peer_policy(definition, "node", None, allow_simulated=True)
+    attester = local_attester(definition, "coordinator", simulate=True)
+    extra = {"approvals": [a.to_dict() for a in approvals]}
+    return collab, definition, approvals, policy, attester, extra
+
+
+def _coordinator(tmp_path, definition, approvals, address):  # type: ignore[no-untyped-def]
+    from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig
+
+    return Coordinator(CoordinatorConfig(
+        definition=definition, workdir=tmp_path / "coordinator", nodes={"bank": address},
+        approvals=approvals, simulate=True, allow_simulated=True))
+
+
+def test_attested_idle_sessions_cannot_lock_the_coordinator_out_of_a_node_process(tmp_path):
+    """Red team attack-rt5 finding 2, on a real node process (``cleanroom node``):
+    32 sessions (8 from each of 127.0.0.2-5) attested as the coordinator with the
+    collaboration's approvals, then silent, held every place for an hour; the
+    coordinator's pulls failed ('connection lost').  Now idle sessions of the
+    addresses holding most give way, and the coordinator ingests at once."""
+    collab, definition, approvals, policy, attester, extra = _collaboration(tmp_path)
+    collab.nodes = {"bank": collab.nodes["bank"]}
+    held = []
+    coordinator = None
+    try:
+        collab.start_nodes()
+        address = collab.addresses["bank"]
+        for n in range(32):
+            held.append(_attested_from(address, f"127.0.0.{2 + n // 8}", policy, attester,
+                                       extra))
+        time.sleep(0.3)
+        coordinator = _coordinator(tmp_path, definition, approvals, address)
+        started = time.monotonic()
+        coordinator.ingest_provider("bank")
+        state = coordinator.status()["bank.customers"]
+        assert state["state"] == "ingested", state["reason"]
+        assert time.monotonic() - started < 5
+        # The places taken were idle attested sessions of the addresses holding most.
+        assert any(_ended(ch, within=0.05) for ch in held)
+    finally:
+        if coordinator is not None:
+            coordinator.close()
+        for channel in held:
+            channel.close()
+        collab.stop()
+
+
+def test_a_request_in_progress_is_never_taken() -> None:
+    """At the limit, a newcomer takes the place of an idle attested session of the
+    address holding most, never that of a session whose request is being served."""
+    import threading
+
+    release = threading.Event()
+
+    def handle(channel) -> None:  # type: ignore[no-untyped-def]
+        while (request := channel.next_request(30, 30)) is not None:
+            if request.get("op") == "slow":
+                release.wait(20)
+            channel.respond({"ok": request.get("op")})
+
+    server = AttestedServer("127.0.0.1", 0, TlsIdentity.generate("node"), "node", _policy(),
+                            SimulatedAttester(NODE), handle, max_sessions=3, max_per_peer=3)
+    server.start()
+    sessions = []
+    try:
+        busy = [_attested_from(server.address, "127.0.0.2") for _ in range(2)]
+        sessions += busy
+        for channel in busy:
+            channel.request({"op": "slow"})
+        idle = _attested_from(server.address, "127.0.0.2")
+        sessions.append(idle)
+        time.sleep(0.3)  # the slow requests are in progress, the third session idle
+        newcomer = _attested_from(server.address, "127.0.0.3")
+        sessions.append(newcomer)
+        newcomer.request({"op": "ping"})
+        assert newcomer.frames.recv_json(Kind.RESPONSE)[1] == {"ok": "ping"}
+        assert _ended(idle, within=2), "the idle session kept its place"
+        # Full again (two requests in progress, the newcomer idle, under the grace):
+        # nothing may be taken, so a fourth address is refused at once.
+        assert _closed_at_once(_from(server.address, "127.0.0.4"))
+        release.set()
+        for channel in busy:
+            assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": "slow"}
+        assert server.evicted == 1
+    finally:
+        release.set()
+        for channel in sessions:
+            channel.close()
+        server.stop()
+
+
+def test_an_idle_attested_session_is_closed_by_the_node(tmp_path, monkeypatch) -> None:
+    """An attested session could stay silent for an hour (SESSION_TIMEOUT_S); the
+    coordinator never waits between requests, so the node now closes a session
+    idle for IDLE_TIMEOUT_S (30 s; 1 s here)."""
+    from sgxcloud.cleanroom import node as nodemod
+    from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
+
+    assert getattr(nodemod, "IDLE_TIMEOUT_S", 3600) <= 60
+    monkeypatch.setattr(nodemod, "IDLE_TIMEOUT_S", 1.0, raising=False)
+    collab, definition, approvals, policy, attester, extra = _collaboration(tmp_path)
+    sources = {name: Source.parse(path) for name, path in collab.nodes["bank"].items()}
+    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
+                                   approvals=approvals, simulate=True, allow_simulated=True))
+    node.start()
+    try:
+        silent = _attested_from(node.address, "127.0.0.2", policy, attester, extra)
+        talking = _attested_from(node.address, "127.0.0.2", policy, attester, extra)
+        for _ in range(3):  # a session that keeps asking keeps its place
+            time.sleep(0.5)
+            talking.request({"op": "describe"})
+            assert talking.frames.recv_json(Kind.RESPONSE)[1]["provider"] == "bank"
+        assert _ended(silent, within=1.5), "the silent session was not closed"
+        silent.close()
+        talking.close()
+        assert not any(e["event"] == "refused" for e in node.events)
+    finally:
+        node.stop()
+
+
+def test_the_coordinator_asks_again_when_a_full_node_closes_its_session(tmp_path) -> None:
+    """A node full of sessions opened under the grace, one per address, closes the
+    coordinator's connection at once; the coordinator opens a session again after a
+    pause (NODE_RETRY_PAUSES_S) and gets the place of one idle past the grace,
+    instead of marking the provider's datasets unavailable."""
+    from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
+
+    collab, definition, approvals, policy, attester, extra = _collaboration(tmp_path)
+    sources = {name: Source.parse(path) for name, path in collab.nodes["bank"].items()}
+    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
+                                   approvals=approvals, simulate=True, allow_simulated=True))
+    node.server.max_sessions = 4
+    node.start()
+    held = []
+    coordinator = _coordinator(tmp_path, definition, approvals, node.address)
+    try:
+        held += [_attested_from(node.address, f"127.0.6.{n}", policy, attester, extra)
+                 for n in range(1, 5)]
+        coordinator.ingest_provider("bank")
+        state = coordinator.status()["bank.customers"]
+        assert state["state"] == "ingested", state["reason"]
+        assert node.server.evicted >= 1
+    finally:
+        coordinator.close()
+        for channel in held:
+            channel.close()
+        node.stop()

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 from fastapi import Request  # module level: FastAPI resolves string annotations here
@@ -39,7 +39,11 @@ from sgxcloud.cleanroom.errors import CleanroomError, IngestError, QueryError
 from sgxcloud.cleanroom.identifiers import KEY_BYTES, new_key
 from sgxcloud.cleanroom.results import now_iso
 from sgxcloud.cleanroom.transport import (
+    AttestedChannel,
     Kind,
+    PeerRefused,
+    PeerTimedOut,
+    ProtocolViolation,
     RemoteError,
     TlsIdentity,
     TransportError,
@@ -68,6 +72,26 @@ Progress = Callable[[str, dict[str, Any]], None]
 
 STREAM_TIMEOUT_S = 600.0
 """How long a node may take to produce the next chunk (re-keying is CPU-bound)."""
+NODE_RETRY_PAUSES_S = (0.2, 1.0, 2.5)
+"""Pauses before each new session when one was lost before the node answered.
+A full node gives a newcomer the place of a session idle for 2 s at most
+(transport.server), so the last attempt comes after that grace."""
+
+T = TypeVar("T")
+
+
+def _transient(exc: TransportError) -> bool:
+    """A lost connection, worth a new session; not a refusal (attestation,
+    approvals, the node's verdict), a broken protocol, or a peer that stalled."""
+    return not isinstance(exc, (PeerRefused, RemoteError, ProtocolViolation, PeerTimedOut))
+
+
+def _goodbye(channel: AttestedChannel) -> None:
+    """End a session politely; the answer is already in hand, so a node that has
+    gone meanwhile changes nothing."""
+    with contextlib.suppress(TransportError):
+        channel.request({"op": "bye"})
+    channel.close()
 
 
 @dataclass
@@ -261,72 +285,97 @@ class Coordinator:
             if datasets is None or name in datasets:
                 self.ingest_dataset(provider, name, progress)
 
-    def _session(self, provider: str, refs: list[str]):
-        """An attested session with ``provider``'s node, or None (``refs`` marked
-        unavailable and the refusal audited)."""
-        try:
-            channel = open_client(
-                connect(self.config.nodes[provider], self.tls), "coordinator",
-                peer_policy(self.definition, "node", self.config.collateral_source,
-                            allow_simulated=self.config.allow_simulated),
-                self.attester,
-                extra={"approvals": [a.to_dict() for a in self.config.approvals]},
-            )
-        except TransportError as exc:
-            for ref in refs:
-                # the attested session failed (unreachable, approvals, evidence):
-                # nothing about the data, so every party may read why
-                self._not_ingested(ref, "unavailable", str(exc), public=True)
-            self._audit("ingest_rejected", provider,
-                        {"datasets": refs, "stage": "session", "message": str(exc)})
-            log.warning("node %s: %s", provider, exc)
-            return None
+    def _open(self, provider: str) -> AttestedChannel:
+        channel = open_client(
+            connect(self.config.nodes[provider], self.tls), "coordinator",
+            peer_policy(self.definition, "node", self.config.collateral_source,
+                        allow_simulated=self.config.allow_simulated),
+            self.attester,
+            extra={"approvals": [a.to_dict() for a in self.config.approvals]},
+        )
         channel.set_timeout(STREAM_TIMEOUT_S)
         return channel
+
+    def _node_call(self, provider: str, refs: list[str],
+                   work: Callable[[AttestedChannel], T]) -> T | None:
+        """``work`` over an attested session with ``provider``'s node; None when
+        no session could be opened (``refs`` marked unavailable, refusal audited).
+
+        A session lost before the node's answer began (a full node takes an
+        idle session's place for a newcomer, ours too; it closes a connection
+        it has no place for) is opened again after a pause, up to
+        ``len(NODE_RETRY_PAUSES_S)`` times: every call to a node is idempotent.
+        Other failures of ``work`` are raised.
+        """
+        for pause in (*NODE_RETRY_PAUSES_S, None):
+            try:
+                channel = self._open(provider)
+            except TransportError as exc:
+                if pause is not None and _transient(exc):
+                    log.info("node %s: %s; opening a session again", provider, exc)
+                    time.sleep(pause)
+                    continue
+                for ref in refs:
+                    # the attested session failed (unreachable, approvals, evidence):
+                    # nothing about the data, so every party may read why
+                    self._not_ingested(ref, "unavailable", str(exc), public=True)
+                self._audit("ingest_rejected", provider,
+                            {"datasets": refs, "stage": "session", "message": str(exc)})
+                log.warning("node %s: %s", provider, exc)
+                return None
+            opened = channel.frames.received
+            try:
+                return work(channel)
+            except TransportError as exc:
+                if pause is None or not _transient(exc) or channel.frames.received != opened:
+                    raise
+                log.info("node %s: session lost before the answer (%s); asking again",
+                         provider, exc)
+            finally:
+                channel.close()
+            time.sleep(pause)
+        return None  # not reached: the last attempt returns or raises
 
     def _available(self, provider: str) -> list[str]:
         """The datasets ``provider``'s node has files for (the others are marked)."""
         refs = [ds.ref for ds in self.definition.datasets_of(provider)]
-        channel = self._session(provider, refs)
-        if channel is None:
-            return []
-        names = []
-        try:
+
+        def describe(channel: AttestedChannel) -> dict[str, Any]:
             channel.request({"op": "describe"})
             _, described = channel.frames.recv_json(Kind.RESPONSE)
-            for entry in described.get("datasets", []):
-                ref = f"{provider}.{entry.get('dataset')}"
-                if ref not in self.datasets:
-                    continue
-                if not entry.get("available"):
-                    self._not_ingested(ref, "unavailable", "the node has no file for it",
-                                       public=True)
-                    continue
-                names.append(str(entry["dataset"]))
-            channel.request({"op": "bye"})
+            _goodbye(channel)
+            return described
+
+        try:
+            described = self._node_call(provider, refs, describe)
         except TransportError as exc:
             for ref in refs:
                 self._not_ingested(ref, "failed", str(exc))
             return []
-        finally:
-            channel.close()
+        if described is None:
+            return []
+        names = []
+        for entry in described.get("datasets", []):
+            ref = f"{provider}.{entry.get('dataset')}"
+            if ref not in self.datasets:
+                continue
+            if not entry.get("available"):
+                self._not_ingested(ref, "unavailable", "the node has no file for it",
+                                   public=True)
+                continue
+            names.append(str(entry["dataset"]))
         return names
 
     def ingest_dataset(self, provider: str, dataset: str,
                        progress: Progress | None = None) -> None:
         """Pull one dataset over a session of its own."""
         ref = f"{provider}.{dataset}"
-        channel = self._session(provider, [ref])
-        if channel is None:
-            return
         try:
-            self._ingest_dataset(channel, provider, dataset, progress)
-            channel.request({"op": "bye"})
+            self._node_call(provider, [ref], lambda channel: self._ingest_dataset(
+                channel, provider, dataset, progress))
         except TransportError as exc:
             if self.datasets[ref]["state"] in ("pending", "ingesting"):
                 self._not_ingested(ref, "failed", str(exc))
-        finally:
-            channel.close()
 
     def _ingest_dataset(self, channel, provider: str, dataset: str,
                         progress: Progress | None) -> None:
@@ -343,6 +392,9 @@ class Coordinator:
                 counting = _Counting(sink, lambda n: progress and progress(
                     "receive", {"dataset": ref, "bytes": n}))
                 trailer = channel.receive_stream(counting)
+            # Done with the node before the (long) ingestion: an attested session
+            # left idle is closed by the node after its idle timeout.
+            _goodbye(channel)
             # Buffered reads, not a memory map: mapped pages of a large staged
             # file would count against the enclave's memory.
             with pa.OSFile(str(staged)) as source, self._engine_lock:

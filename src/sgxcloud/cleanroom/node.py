@@ -39,7 +39,6 @@ from sgxcloud.cleanroom.transport import (
     AttestedChannel,
     AttestedServer,
     Kind,
-    PeerClosed,
     PeerRefused,
     TlsIdentity,
 )
@@ -49,9 +48,16 @@ from sgxcloud.errors import InputError
 log = logging.getLogger("sgxcloud.cleanroom.node")
 
 DEFAULT_BATCH_ROWS = 65_536
-SESSION_TIMEOUT_S = 3600.0
-"""An attested coordinator may stay quiet between requests while it ingests
-other providers' data (minutes at tens of millions of rows)."""
+IDLE_TIMEOUT_S = 30.0
+"""How long an attested session may wait for its next request before the node
+closes it.  The coordinator sends each request as soon as its session is open
+and says ``bye`` as soon as it has the answer (before ingesting it), so it is
+never quiet for more than milliseconds; a silent session only holds a place
+(red team attack-rt5, finding 2: an hour was allowed).  Under pressure an
+idle session gives its place to a newcomer after 2 s already (transport.server)."""
+WRITE_STALL_S = 60.0
+"""How long one write of an answer may stall: the coordinator takes each 1 MiB
+frame into a staging file as it arrives."""
 MAX_LINES_SHOWN = 5
 SOURCE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
                    ".duckdb": "duckdb", ".db": "duckdb"}
@@ -347,13 +353,13 @@ class ProviderNode:
     # -- one session ------------------------------------------------------------------
 
     def _serve_session(self, channel: AttestedChannel) -> None:
-        channel.set_timeout(SESSION_TIMEOUT_S)
         self._event("session", coordinator=channel.peer.identity.mrenclave[:16],
                     simulated=channel.peer.simulated)
         while True:
-            try:
-                _, request = channel.frames.recv_json(Kind.REQUEST)
-            except PeerClosed:
+            # Idle while waiting here (the listener may give the place away or
+            # close it after IDLE_TIMEOUT_S); the request, once read, is never cut.
+            request = channel.next_request(IDLE_TIMEOUT_S, WRITE_STALL_S)
+            if request is None:
                 return
             op = request.get("op")
             if op == "describe":

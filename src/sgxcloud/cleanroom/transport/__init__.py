@@ -24,6 +24,7 @@ from sgxcloud.cleanroom.transport.channel import (
 from sgxcloud.cleanroom.transport.errors import (
     PeerClosed,
     PeerRefused,
+    PeerTimedOut,
     ProtocolViolation,
     RemoteError,
     TransportError,
@@ -48,6 +49,7 @@ __all__ = [
     "PeerClosed",
     "PeerPolicy",
     "PeerRefused",
+    "PeerTimedOut",
     "ProtocolViolation",
     "RemoteError",
     "SimulatedAttester",

@@ -31,7 +31,9 @@ from typing import Any
 
 from sgxcloud.cleanroom.transport.binding import NONCE_SIZE, Attester, PeerPolicy, report_data
 from sgxcloud.cleanroom.transport.errors import (
+    PeerClosed,
     PeerRefused,
+    PeerTimedOut,
     ProtocolViolation,
     RemoteError,
     TransportError,
@@ -115,6 +117,11 @@ class FramedConnection:
                               str(obj.get("code", "error")))
         return kind, obj
 
+    @property
+    def received(self) -> int:
+        """Frames received so far (the opening's included)."""
+        return self._recv_seq
+
     def send_error(self, code: str, message: str) -> None:
         # The peer may already be gone; the refusal stands either way.
         with contextlib.suppress(TransportError):
@@ -131,6 +138,35 @@ class AttestedChannel:
     frames: FramedConnection
     peer: Any  # sgxcloud.cas.evidence.VerifiedEvidence
     peer_hello: dict[str, Any]
+    activity: Callable[[bool], bool] | None = None
+    """Set by a listener (:class:`~.server.AttestedServer`): told True when a
+    request has arrived whole (in progress: never taken) and False when the
+    session waits for the next one (idle: its place may go to a newcomer);
+    returns False once the listener has taken the session."""
+
+    def next_request(self, idle_timeout: float, work_timeout: float) -> dict[str, Any] | None:
+        """The peer's next REQUEST, or None when it ended the session or left it
+        idle for ``idle_timeout`` seconds.
+
+        While waiting the session is idle; once the request has arrived whole it
+        is in progress until the next call, and writes may then stall for
+        ``work_timeout`` seconds each.
+        """
+        if self.activity is not None and not self.activity(False):
+            return None
+        self.set_timeout(idle_timeout)
+        try:
+            _, request = self.frames.recv_json(Kind.REQUEST)
+        except (PeerClosed, PeerTimedOut):
+            return None
+        except TransportError:
+            if self.activity is not None and not self.activity(False):
+                return None  # taken by the listener: its socket was shut
+            raise
+        if self.activity is not None and not self.activity(True):
+            return None
+        self.set_timeout(work_timeout)
+        return request
 
     # Convenience pass-throughs so callers speak to the channel, not its parts.
     def request(self, obj: dict[str, Any]) -> None:

@@ -20,6 +20,10 @@ class PeerClosed(TransportError):
     """The peer closed the connection (the normal end of a session, or a crash)."""
 
 
+class PeerTimedOut(TransportError):
+    """The peer sent (or took) nothing for as long as this side waits."""
+
+
 class PeerRefused(TransportError):
     """The peer's attestation, definition or approvals are not acceptable."""
 

@@ -1,22 +1,32 @@
 """A small threaded listener for attested sessions (one thread per peer).
 
 A peer that fails TLS or attestation is logged with its reason and dropped;
-the listener keeps serving everyone else.  Until a peer has passed
-attestation it is a stranger, so what it can hold is bounded: at most
-``max_sessions`` sessions at once and ``max_per_peer`` from one address
-(IPv6: /64), the whole opening (TLS handshake, HELLO, EVIDENCE) within
-``OPENING_TIMEOUT_S`` however slowly bytes trickle in, and opening frames of
-at most ``channel.MAX_OPENING_FRAME`` bytes.
+the listener keeps serving everyone else.  Sessions are bounded as the
+HTTPS services' connections are (sgxcloud.web.connections), counted from the
+accept: at most ``max_sessions`` at once and ``max_per_peer`` from one
+address (IPv6: /64); the whole opening (TLS handshake, HELLO, EVIDENCE)
+within ``OPENING_TIMEOUT_S`` however slowly bytes trickle in, and opening
+frames of at most ``channel.MAX_OPENING_FRAME`` bytes.
 
-A connection over a limit takes the place of a session still opening, as
-the HTTPS services' connection gate does (sgxcloud.web.connections): over
-its address's limit, that address's opening waiting longest, if for more
-than ``EVICTION_GRACE_S``; at ``max_sessions``, the longest-waiting opening
-of the address holding most, if it would still hold more than the
-newcomer's, or else any opening past the grace.  Otherwise it is closed at
-once.  So strangers re-opening silent connections before the opening
-timeout cannot keep the coordinator out (red team attack-cas3, finding 3,
-on the nodes' port).  An attested session is never taken.
+A session *owes* the listener its next request while it is opening, and,
+once attested, while it waits between requests (the handler reports this
+through :meth:`AttestedChannel.next_request`); a request that has arrived is
+in progress until the handler asks for the next one, and is never cut.  A
+connection over a limit takes the place of a session that owes:
+
+* over its address's limit, that address's session owing longest, if for
+  more than ``EVICTION_GRACE_S``;
+* at ``max_sessions``, the session owing longest (whatever its age) of the
+  address holding most, if that address would still hold more than the
+  newcomer's; or else any session owing for more than the grace.
+
+Otherwise it is closed at once.  So filling a node takes as many addresses
+as it has sessions, each renewed every ``EVICTION_GRACE_S``: neither
+strangers re-opening silent connections (red team attack-cas3, finding 3)
+nor attested peers staying silent (attack-rt5, finding 2: 32 simulated
+coordinators from 4 addresses held a node for an hour) keep the coordinator
+out.  Passing attestation buys no place: in simulated mode anyone holding
+the approvals passes, on SGX anyone running the pinned coordinator build.
 """
 
 from __future__ import annotations
@@ -39,13 +49,17 @@ from sgxcloud.web.connections import EVICTION_GRACE_S, client_of
 log = logging.getLogger(__name__)
 
 Handler = Callable[[AttestedChannel], None]
+"""Serves one attested session.  It asks for each request with
+``channel.next_request``: the session is idle (and may be taken for a
+newcomer) only while it waits there."""
 
 OPENING_TIMEOUT_S = 30.0
 """How long a peer may take from connecting to having passed attestation."""
 MAX_SESSIONS = 32
 """Sessions (opening or open) at once; a node serves one coordinator."""
 MAX_PER_PEER = 8
-"""Sessions from one address at once; the coordinator opens one at a time."""
+"""Sessions from one address at once; the coordinator opens one per dataset of
+the provider's at most (all at once), and one to ask what the node has."""
 
 
 _ANYONE = object()
@@ -56,7 +70,15 @@ class _Session:
     conn: socket.socket
     peer: str | None
     started: float
+    owed_since: float
+    """Since when the peer owes its next request: the accept, or the end of the
+    last request.  Meaningful while :meth:`owes` holds."""
     opening: bool = True
+    busy: bool = False
+    """A request has arrived and is being served: never taken."""
+
+    def owes(self) -> bool:
+        return not self.busy
 
 
 class AttestedServer:
@@ -84,6 +106,8 @@ class AttestedServer:
         self._lock = threading.Lock()
         self._sessions: set[_Session] = set()
         self._per_peer: dict[str | None, int] = {}
+        self.evicted = 0
+        """Sessions taken for newcomers (openings and idle attested ones)."""
         self._sock = socket.create_server((host, port), reuse_port=False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,43 +137,59 @@ class AttestedServer:
         now = time.monotonic()
         with self._lock:
             if peer is not None and self._per_peer.get(peer, 0) >= self.max_per_peer:
-                victim = self._longest_opening(now, peer)
+                victim = self._longest_owing(now, peer)
                 if victim is None:
                     return None
                 self._evict(victim)
             if len(self._sessions) >= self.max_sessions:
-                victim = self._from_biggest(peer) or self._longest_opening(now, _ANYONE)
+                victim = self._from_biggest(peer) or self._longest_owing(now, _ANYONE)
                 if victim is None:
                     return None
                 self._evict(victim)
-            session = _Session(conn, peer, now)
+            session = _Session(conn, peer, now, now)
             self._sessions.add(session)
             self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
             return session
 
     def _from_biggest(self, newcomer: str | None) -> _Session | None:
+        """The place of the session owing longest (any age) of the address
+        holding most, if it would still hold more than the newcomer's."""
         biggest, count = max(self._per_peer.items(), key=lambda item: item[1])
         if count <= self._per_peer.get(newcomer, 0) + 1:
             return None
-        return self._longest_opening(None, biggest)
+        return self._longest_owing(None, biggest)
 
-    def _longest_opening(self, now: float | None, peer: object) -> _Session | None:
-        """The session of ``peer`` (``_ANYONE``: of any peer) still opening longest:
-        for longer than the grace unless ``now`` is None."""
+    def _longest_owing(self, now: float | None, peer: object) -> _Session | None:
+        """The session of ``peer`` (``_ANYONE``: of any peer) owing its request
+        longest (opening, or attested and idle): for longer than the grace
+        unless ``now`` is None.  A request in progress is never chosen."""
         oldest: _Session | None = None
         for session in self._sessions:
-            if session.opening and (peer is _ANYONE or session.peer == peer) \
-                    and (now is None or now - session.started >= EVICTION_GRACE_S) \
-                    and (oldest is None or session.started < oldest.started):
+            if session.owes() and (peer is _ANYONE or session.peer == peer) \
+                    and (now is None or now - session.owed_since >= EVICTION_GRACE_S) \
+                    and (oldest is None or session.owed_since < oldest.owed_since):
                 oldest = session
         return oldest
 
     def _evict(self, session: _Session) -> None:
-        """End a session still opening; its thread finds its socket shut."""
+        """End a session that owes its request; its thread finds its socket shut."""
         self._forget(session)
-        log.info("session opening evicted for a new connection")
+        self.evicted += 1
+        log.info("%s session evicted for a new connection",
+                 "opening" if session.opening else "idle attested")
         with contextlib.suppress(OSError):
             session.conn.shutdown(socket.SHUT_RDWR)
+
+    def _activity(self, session: _Session, busy: bool) -> bool:
+        """The handler's report: a request arrived (``busy``) or the session waits
+        for the next.  False when the session was taken meanwhile."""
+        with self._lock:
+            if session not in self._sessions:
+                return False
+            session.busy = busy
+            if not busy:
+                session.owed_since = time.monotonic()
+            return True
 
     def _forget(self, session: _Session) -> None:
         if session not in self._sessions:
@@ -160,6 +200,11 @@ class AttestedServer:
             self._per_peer[session.peer] = left
         else:
             del self._per_peer[session.peer]
+
+    def _taken(self, session: _Session) -> bool:
+        """Whether ``session`` was evicted (its failure is then no refusal)."""
+        with self._lock:
+            return session not in self._sessions
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -186,18 +231,25 @@ class AttestedServer:
                                   self.hello_extra, self.admit)
             tls.deadline = None  # attested: the handler sets its own timeouts
             with self._lock:
-                session.opening = False  # attested: never evicted
-            if session not in self._sessions:  # evicted just as it passed
+                session.opening = False  # attested: owes its first request from now
+                session.owed_since = time.monotonic()
+                taken = session not in self._sessions
+            if taken:  # evicted just as it passed
                 channel.close()
                 return
         except TransportError as exc:
+            if self._taken(session):
+                return
             log.warning("session refused: %s", exc)
             if self.on_refusal:
                 self.on_refusal(str(exc))
             return
+        channel.activity = lambda busy: self._activity(session, busy)
         try:
             self.handler(channel)
         except TransportError as exc:
+            if self._taken(session):
+                return
             log.warning("session ended: %s", exc)
             if self.on_refusal:
                 self.on_refusal(str(exc))

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-from sgxcloud.cleanroom.transport.errors import PeerClosed, TransportError
+from sgxcloud.cleanroom.transport.errors import PeerClosed, PeerTimedOut, TransportError
 
 IO_TIMEOUT_S = 60.0
 """How long one read or write may stall before the connection is abandoned."""
@@ -130,7 +130,7 @@ class TlsConnection:
             wait = min(wait, max(self.deadline - time.monotonic(), 0.0))
         r, w, _ = select.select(rl, wl, [], wait)
         if not r and not w:
-            raise TransportError("peer did not respond in time")
+            raise PeerTimedOut("peer did not respond in time")
 
     def _retrying(self, op):
         while True:
@@ -201,10 +201,13 @@ def _wrap(sock: socket.socket, identity: TlsIdentity, server: bool, timeout: flo
     return tls
 
 
-def connect(address: tuple[str, int], identity: TlsIdentity, timeout: float = IO_TIMEOUT_S):
-    """Open a mutually authenticated TLS 1.3 connection (certificates unjudged yet)."""
+def connect(address: tuple[str, int], identity: TlsIdentity, timeout: float = IO_TIMEOUT_S,
+            source: str | None = None):
+    """Open a mutually authenticated TLS 1.3 connection (certificates unjudged yet),
+    from the local address ``source`` if given."""
     try:
-        sock = socket.create_connection(address, timeout=timeout)
+        sock = socket.create_connection(address, timeout=timeout,
+                                        source_address=(source, 0) if source else None)
     except OSError as exc:
         raise TransportError(f"cannot reach {address[0]}:{address[1]} ({exc.strerror})") from exc
     return _wrap(sock, identity, server=False, timeout=timeout)
