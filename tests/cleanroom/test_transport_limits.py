@@ -12,6 +12,8 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from sgxcloud.cleanroom.transport import (
     AttestedServer,
     Kind,
@@ -453,3 +455,63 @@ def test_the_coordinator_asks_again_when_a_full_node_closes_its_session(tmp_path
         for channel in held:
             channel.close()
         node.stop()
+
+
+def test_a_node_pinned_to_its_coordinator_serves_no_other(tmp_path) -> None:
+    """Approvals do not name a coordinator: any holder of them (simulated) or of the
+    pinned build (SGX) passes the opening.  A node started with ``--coordinator``
+    (the coordinator's result-signing key) refuses, inside the opening, a session
+    that does not sign this session's nonce and TLS key with that key: no signer,
+    another signer, or the right signer's name with a proof made for another
+    session.  The real coordinator is served."""
+    from sgxcloud.cleanroom.approvals import generate_private_key
+    from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
+    from sgxcloud.cleanroom.transport import PeerRefused, RemoteError
+    from sgxcloud.cleanroom.transport.signer import session_proof
+
+    collab, definition, approvals, policy, attester, extra = _collaboration(tmp_path)
+    coordinator = _coordinator(tmp_path, definition, approvals, ("127.0.0.1", 9))
+    sources = {name: Source.parse(path) for name, path in collab.nodes["bank"].items()}
+    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
+                                   approvals=approvals, simulate=True, allow_simulated=True,
+                                   coordinator=coordinator.signer))
+    node.start()
+    coordinator.config.nodes["bank"] = node.address
+    impostor = generate_private_key()
+    dh = definition.definition_hash()
+    replayed = session_proof(coordinator._signing, dh, b"\0" * 32, b"another session's key")
+    cases = {
+        "no signer": None,
+        "another signer": lambda nonce, key: session_proof(impostor, dh, nonce, key),
+        "a copied proof": lambda nonce, key: replayed,
+        "a forged proof": lambda nonce, key: {
+            "signer": coordinator.signer,
+            "signer_proof": session_proof(impostor, dh, nonce, key)["signer_proof"]},
+    }
+    try:
+        for label, proof in cases.items():
+            tls = connect(node.address, TlsIdentity.generate("impostor"), timeout=10)
+            try:
+                open_client(tls, "coordinator", policy, attester, extra, proof)
+            except (PeerRefused, RemoteError) as exc:
+                assert "coordinator" in str(exc), (label, str(exc))
+            else:
+                raise AssertionError(f"{label}: session opened")
+        coordinator.ingest_provider("bank")
+        state = coordinator.status()["bank.customers"]
+        assert state["state"] == "ingested", state["reason"]
+        refused = [e["reason"] for e in node.events if e["event"] == "refused"]
+        assert len(refused) == len(cases)
+    finally:
+        coordinator.close()
+        node.stop()
+
+
+def test_a_node_refuses_a_malformed_coordinator_pin(tmp_path) -> None:
+    from sgxcloud.cleanroom.node import NodeConfig, ProviderNode
+    from sgxcloud.errors import InputError
+
+    _, definition, approvals, *_ = _collaboration(tmp_path)
+    with pytest.raises(InputError, match="--coordinator"):
+        ProviderNode(NodeConfig(provider="bank", definition=definition, sources={},
+                                approvals=approvals, coordinator="ed25519:not-a-key"))

@@ -52,7 +52,7 @@ from sgxcloud.cleanroom.transport import (
     report_data,
 )
 from sgxcloud.cleanroom.transport.request_auth import RequestVerifier
-from sgxcloud.cleanroom.transport.signer import signer_statement
+from sgxcloud.cleanroom.transport.signer import session_proof, signer_statement
 from sgxcloud.cleanroom.transport.trust import SIMULATION_WARNING, local_attester, peer_policy
 from sgxcloud.cleanroom.workdir import prepare_workdir, private_dir, private_file
 from sgxcloud.errors import InputError
@@ -197,6 +197,7 @@ class Coordinator:
         signing = private_key_from_pem(
             _secret_file(keys / "result-signing.pem",
                          lambda: private_key_to_pem(generate_private_key())))
+        self._signing = signing  # also proves to nodes pinned to it who this is
         self.attester = local_attester(self.definition, "coordinator", simulate=config.simulate,
                                        mrenclave=config.simulate_mrenclave)
         self.simulated = bool(self.attester.simulated)
@@ -292,6 +293,8 @@ class Coordinator:
                         allow_simulated=self.config.allow_simulated),
             self.attester,
             extra={"approvals": [a.to_dict() for a in self.config.approvals]},
+            proof=lambda nonce, tls_key: session_proof(self._signing, self.definition_hash,
+                                                       nonce, tls_key),
         )
         channel.set_timeout(STREAM_TIMEOUT_S)
         return channel

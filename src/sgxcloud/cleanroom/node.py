@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from sgxcloud.cleanroom.approvals import Approval, verify_approvals
+from sgxcloud.cleanroom.approvals import Approval, decode_public_key, verify_approvals
 from sgxcloud.cleanroom.definition import Dataset, Definition
 from sgxcloud.cleanroom.errors import CleanroomError, IngestError
 from sgxcloud.cleanroom.identifiers import KEY_BYTES, PrepareReport, Rekeyer, prepare_batch
@@ -42,6 +42,8 @@ from sgxcloud.cleanroom.transport import (
     PeerRefused,
     TlsIdentity,
 )
+from sgxcloud.cleanroom.transport.channel import Opening
+from sgxcloud.cleanroom.transport.signer import check_session_proof
 from sgxcloud.cleanroom.transport.trust import SIMULATION_WARNING, local_attester, peer_policy
 from sgxcloud.errors import InputError
 
@@ -267,10 +269,19 @@ class NodeConfig:
     max_invalid_fraction: float = 0.01
     """Share of invalid identifiers (or of rows left without any) above which the
     whole dataset is refused; below it they are dropped and counted."""
+    coordinator: str | None = None
+    """The one coordinator served: its result-signing key (``ed25519:…``, what
+    ``cleanroom status`` shows as attested).  None: any attested coordinator
+    of this definition, as approvals allow."""
 
     def validate(self) -> None:
         if self.provider not in self.definition.providers:
             raise InputError(f"{self.provider} is not a data provider in this definition")
+        if self.coordinator is not None:
+            try:
+                decode_public_key(self.coordinator)
+            except CleanroomError as exc:
+                raise InputError(f"--coordinator: {exc}") from None
         declared = {d.name for d in self.definition.datasets_of(self.provider)}
         unknown = sorted(set(self.sources) - declared)
         if unknown:
@@ -372,10 +383,16 @@ class ProviderNode:
                 channel.refuse("bad_request", f"unknown operation {str(op)[:40]!r}")
                 return
 
-    def _admit(self, _peer: Any, hello: dict[str, Any]) -> None:
+    def _admit(self, _peer: Any, opening: Opening) -> None:
         """No data without every provider's approval of this definition and these
-        enclaves, this provider's above all (checked inside the session opening)."""
-        offered = (hello.get("extra") or {}).get("approvals") or []
+        enclaves, this provider's above all, nor to another coordinator than the
+        one configured (checked inside the session opening, the signer first:
+        it is one signature)."""
+        if self.config.coordinator is not None:
+            check_session_proof(opening.evidence, self.config.coordinator,
+                                self.definition.definition_hash(), opening.nonce,
+                                opening.peer_key)
+        offered = (opening.hello.get("extra") or {}).get("approvals") or []
         approvals = list(self.config.approvals)
         try:
             approvals += [Approval.from_dict(a) for a in offered]

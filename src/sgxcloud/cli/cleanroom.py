@@ -338,12 +338,16 @@ def _render_check(doc: dict[str, Any]) -> None:
 @click.option("--max-invalid-fraction", default=0.01, show_default=True,
               type=click.FloatRange(0, 1),
               help="Refuse a dataset when more rows than this have unusable identifiers.")
+@click.option("--coordinator", "coordinator_signer", metavar="SIGNER",
+              help="Serve only the coordinator with this result-signing key (ed25519:..., "
+                   "as 'cleanroom status' shows it); default: any attested coordinator "
+                   "of this definition.")
 @_collateral_options
 @click.option("--ready-file", hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log sessions and refusals.")
 def node_serve(definition, provider, datasets, approval_files, listen, simulate,
-               simulate_mrenclave, allow_simulated, batch_rows, max_invalid_fraction, collateral,
-               pccs, ready_file, verbose) -> int:
+               simulate_mrenclave, allow_simulated, batch_rows, max_invalid_fraction,
+               coordinator_signer, collateral, pccs, ready_file, verbose) -> int:
     """Serve your own data to the attested coordinator (runs until stopped)."""
     from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
     from sgxcloud.cleanroom.workdir import private_umask
@@ -361,7 +365,7 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
         approvals=_approvals(approval_files), simulate=simulate,
         simulate_mrenclave=simulate_mrenclave, allow_simulated=allow_simulated,
         batch_rows=batch_rows,
-        max_invalid_fraction=max_invalid_fraction,
+        max_invalid_fraction=max_invalid_fraction, coordinator=coordinator_signer,
         collateral_source=_collateral(collateral, pccs)), host, port)
     _simulation_banner(loaded, allow_simulated)
     bound = server.address
@@ -683,12 +687,15 @@ def _approvals_line(approvals: dict[str, Any]) -> str:
 def status(url, definition, party, key, as_json, collateral, pccs) -> int:
     """Approvals and dataset ingestion state, from the attested coordinator."""
     with _client(url, definition, party, key, collateral, pccs) as client:
-        doc = client.status()
+        # The signer its evidence binds: what a node's --coordinator pins.
+        doc = {**client.status(), "coordinator": str(client.attestation["signer"])}
 
     def render(d):
         _render_datasets(d["datasets"], "datasets" + (" (SIMULATED)" if d["simulated"] else ""))
         console.print(_approvals_line(d["approvals"]), highlight=False)
         console.print(f"definition {d['definition_hash']}", highlight=False)
+        console.print(f"coordinator {d['coordinator']} (attested result signer)",
+                      highlight=False)
 
     _emit(as_json, doc, render)
     return 0

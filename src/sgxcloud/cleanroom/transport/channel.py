@@ -245,11 +245,32 @@ def _read_hello(frames: FramedConnection, policy: PeerPolicy) -> dict[str, Any]:
     return hello
 
 
+Proof = Callable[[bytes, bytes], dict[str, Any]]
+"""Extra fields for this side's EVIDENCE message, from the peer's nonce and this
+side's TLS key (the coordinator's proof of its signer, ``signer.session_proof``)."""
+
+
 def _evidence_message(attester: Attester, frames: FramedConnection, policy: PeerPolicy,
-                      peer_nonce: bytes) -> dict[str, Any]:
+                      peer_nonce: bytes, proof: Proof | None = None) -> dict[str, Any]:
     own_key = public_key_der(frames.tls.own_certificate())
     evidence = attester.evidence(report_data(own_key, policy.definition_hash, peer_nonce))
-    return {"format": evidence.format, "raw": base64.b64encode(evidence.raw).decode()}
+    message = {"format": evidence.format, "raw": base64.b64encode(evidence.raw).decode()}
+    if proof is not None:
+        message.update(proof(peer_nonce, own_key))
+    return message
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What a server saw of a client's session opening, for its ``admit`` check."""
+
+    hello: dict[str, Any]
+    evidence: dict[str, Any]
+    """The client's EVIDENCE message, with any fields beyond the evidence."""
+    nonce: bytes
+    """The nonce this side sent."""
+    peer_key: bytes
+    """SubjectPublicKeyInfo DER of the TLS key the client used in this handshake."""
 
 
 def _check_evidence(frames: FramedConnection, policy: PeerPolicy, message: dict[str, Any],
@@ -265,15 +286,17 @@ def _check_evidence(frames: FramedConnection, policy: PeerPolicy, message: dict[
 
 
 def open_client(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Attester,
-                extra: dict[str, Any] | None = None) -> AttestedChannel:
-    """Client side of the session opening; raises PeerRefused / RemoteError on refusal."""
+                extra: dict[str, Any] | None = None,
+                proof: Proof | None = None) -> AttestedChannel:
+    """Client side of the session opening; raises PeerRefused / RemoteError on refusal.
+    ``proof`` adds fields to this side's EVIDENCE message (older servers ignore them)."""
     frames = FramedConnection(tls)
     try:
         nonce = os.urandom(NONCE_SIZE)
         frames.send_json(Kind.HELLO, _hello(role, policy, nonce, extra or {}))
         hello = _read_hello(frames, policy)
         frames.send_json(Kind.EVIDENCE, _evidence_message(attester, frames, policy,
-                                                          hello["nonce_bytes"]))
+                                                          hello["nonce_bytes"], proof))
         _, message = frames.recv_json(Kind.EVIDENCE, limit=MAX_OPENING_FRAME)
         peer = _check_evidence(frames, policy, message, nonce)
     except PeerRefused as exc:
@@ -288,11 +311,12 @@ def open_client(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
 
 def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Attester,
                 extra: dict[str, Any] | None = None,
-                admit: Callable[[Any, dict[str, Any]], None] | None = None) -> AttestedChannel:
+                admit: Callable[[Any, Opening], None] | None = None) -> AttestedChannel:
     """Server side: refuses (with an ERROR frame and a reason) before sending anything else.
 
-    ``admit(verified_peer, peer_hello)`` may raise :class:`PeerRefused` for
-    checks beyond attestation (a node's approvals), still inside the opening.
+    ``admit(verified_peer, opening)`` may raise :class:`PeerRefused` for
+    checks beyond attestation (a node's approvals, its coordinator's signer),
+    still inside the opening.
     """
     frames = FramedConnection(tls)
     try:
@@ -302,7 +326,8 @@ def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
         _, message = frames.recv_json(Kind.EVIDENCE, limit=MAX_OPENING_FRAME)
         peer = _check_evidence(frames, policy, message, nonce)
         if admit:
-            admit(peer, hello)
+            admit(peer, Opening(hello, message, nonce,
+                                public_key_der(frames.tls.peer_certificate())))
         frames.send_json(Kind.EVIDENCE, _evidence_message(attester, frames, policy,
                                                           hello["nonce_bytes"]))
     except PeerRefused as exc:

@@ -42,7 +42,7 @@ from typing import Any
 
 from sgxcloud.cleanroom.transport import tls as tlsmod
 from sgxcloud.cleanroom.transport.binding import Attester, PeerPolicy
-from sgxcloud.cleanroom.transport.channel import AttestedChannel, open_server
+from sgxcloud.cleanroom.transport.channel import AttestedChannel, Opening, open_server
 from sgxcloud.cleanroom.transport.errors import TransportError
 from sgxcloud.web.connections import EVICTION_GRACE_S, client_of
 
@@ -88,7 +88,7 @@ class AttestedServer:
                  policy: PeerPolicy, attester: Attester, handler: Handler,
                  on_refusal: Callable[[str], None] | None = None,
                  hello_extra: dict | None = None,
-                 admit: Callable[[Any, dict[str, Any]], None] | None = None,
+                 admit: Callable[[Any, Opening], None] | None = None,
                  max_sessions: int = MAX_SESSIONS,
                  opening_timeout: float = OPENING_TIMEOUT_S,
                  max_per_peer: int = MAX_PER_PEER) -> None:

@@ -1,4 +1,5 @@
-"""Binding the coordinator's result-signing key into its attestation.
+"""Binding the coordinator's result-signing key into its attestation, and
+proving it in a node session.
 
 Results are verified long after the session that produced them, by parties
 who were never online with the enclave.  So the coordinator publishes a
@@ -14,10 +15,14 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from sgxcloud.cleanroom.transport.binding import Attester, PeerPolicy, report_data
 from sgxcloud.cleanroom.transport.errors import PeerRefused
 
 SIGNER_LABEL = b"sgxcloud-cleanroom-result-signer-v1"
+SESSION_LABEL = b"sgxcloud-cleanroom-node-session-v1"
 
 
 def signer_statement(attester: Attester, signer: str, definition_hash: str) -> dict[str, Any]:
@@ -43,3 +48,42 @@ def verify_signer_statement(statement: dict[str, Any], policy: PeerPolicy) -> An
     except (KeyError, TypeError, ValueError) as exc:
         raise PeerRefused("malformed signer statement") from exc
     return policy.check(evidence, signer.encode(), SIGNER_LABEL)
+
+
+# -- which coordinator: a node pinned to one signer ------------------------------------
+#
+# Approvals name a definition and its enclaves, not a coordinator instance:
+# every attested coordinator running the definition passes (in simulated mode
+# anyone holding the approvals; on SGX anyone running the pinned build).  A
+# node given the coordinator's signer (``--coordinator``) asks each session
+# for a signature by that key over this session: the node's nonce and the TLS
+# key of this handshake.  The key lives only in that coordinator's workdir
+# (inside its enclave on SGX), so no other instance can answer.
+
+
+def session_proof(signing_key: Ed25519PrivateKey, definition_hash: str, peer_nonce: bytes,
+                  own_tls_key: bytes) -> dict[str, Any]:
+    """Fields of the coordinator's EVIDENCE message proving it holds ``signing_key``."""
+    from sgxcloud.cleanroom.approvals import encode_public_key
+
+    payload = report_data(own_tls_key, definition_hash, peer_nonce, SESSION_LABEL)
+    return {"signer": encode_public_key(signing_key),
+            "signer_proof": base64.b64encode(signing_key.sign(payload)).decode()}
+
+
+def check_session_proof(message: dict[str, Any], signer: str, definition_hash: str,
+                        own_nonce: bytes, peer_tls_key: bytes) -> None:
+    """Refuse a session whose EVIDENCE message does not prove ``signer``."""
+    from sgxcloud.cleanroom.approvals import decode_public_key
+
+    if message.get("signer") != signer:
+        named = str(message.get("signer") or "none")[:60]
+        raise PeerRefused(f"this node serves only the coordinator {signer[:24]}…; "
+                          f"the peer's signer is {named}")
+    payload = report_data(peer_tls_key, definition_hash, own_nonce, SESSION_LABEL)
+    try:
+        proof = base64.b64decode(str(message.get("signer_proof", "")), validate=True)
+        decode_public_key(signer).verify(proof, payload)
+    except (ValueError, InvalidSignature) as exc:
+        raise PeerRefused("the peer does not hold the coordinator's signing key "
+                          "(no valid proof for this session)") from exc
