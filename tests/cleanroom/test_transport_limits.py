@@ -515,3 +515,31 @@ def test_a_node_refuses_a_malformed_coordinator_pin(tmp_path) -> None:
     with pytest.raises(InputError, match="--coordinator"):
         ProviderNode(NodeConfig(provider="bank", definition=definition, sources={},
                                 approvals=approvals, coordinator="ed25519:not-a-key"))
+
+
+def test_closing_a_connection_twice_leaves_a_reused_descriptor_alone(tmp_path) -> None:
+    """OpenSSL keeps the socket's descriptor number: a second ``close`` ran a TLS
+    shutdown on whatever had that number by then.  The coordinator closes a node
+    session after ``bye`` and again on the way out; meanwhile another thread opened
+    a staged stream, and its reader lost bytes ('Expected to read 335544321
+    metadata bytes')."""
+    import os
+
+    server = _server([])
+    try:
+        tls = connect(server.address, TlsIdentity.generate("coord"))
+        number = tls._sock.fileno()
+        tls.close()
+        staged = tmp_path / "staged.arrows"
+        staged.write_bytes(b"0123456789" * 100)
+        fd = os.open(staged, os.O_RDWR)
+        try:
+            if fd != number:
+                pytest.skip("the descriptor number was not reused")
+            tls.close()
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 0, "the second close read the file"
+            assert staged.read_bytes() == b"0123456789" * 100
+        finally:
+            os.close(fd)
+    finally:
+        server.stop()

@@ -120,6 +120,7 @@ class TlsConnection:
         self._sock = sock
         self.timeout = timeout
         self.deadline = deadline
+        self._closed = False
         """``time.monotonic()`` by which everything must be done (a session
         opening), on top of the per-operation ``timeout``; None: no deadline."""
 
@@ -176,6 +177,12 @@ class TlsConnection:
         return bytes(chunks)
 
     def close(self) -> None:
+        """Idempotent: OpenSSL keeps the descriptor's number, so a second
+        shutdown would write to (or read from) whatever file or socket has
+        been given that number since — a staged stream was corrupted so."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._conn.shutdown()
         except SSL.Error:
