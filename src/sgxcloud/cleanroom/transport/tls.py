@@ -215,6 +215,8 @@ def connect(address: tuple[str, int], identity: TlsIdentity, timeout: float = IO
     try:
         sock = socket.create_connection(address, timeout=timeout,
                                         source_address=(source, 0) if source else None)
+    except TimeoutError as exc:  # a timeout, not a refusal: callers do not retry it
+        raise PeerTimedOut(f"cannot reach {address[0]}:{address[1]} (timed out)") from exc
     except OSError as exc:
         raise TransportError(f"cannot reach {address[0]}:{address[1]} ({exc.strerror})") from exc
     return _wrap(sock, identity, server=False, timeout=timeout)
