@@ -128,6 +128,9 @@ def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, 
         printed.append(out)
         code, out, _ = run(capsys, "status", *common, "--json")
         assert code == 0 and json.loads(out)["approvals"]["complete"]
+        # the attested signer, which a node's --coordinator pins
+        assert json.loads(out)["coordinator"].startswith("ed25519:")
+        assert json.loads(out)["coordinator"] in printed[0]
         code, out, _ = run(capsys, "query", *common, "--template", "campaign_lift",
                            "--analysis", "lift", "--breakdown", "telecom.subscribers.region",
                            "--out", tmp_path / "lift.json", "--html", tmp_path / "lift.html")
