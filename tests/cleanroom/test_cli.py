@@ -131,10 +131,10 @@ def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, 
         # the attested signer, which a node's --coordinator pins
         assert json.loads(out)["coordinator"].startswith("ed25519:")
         assert json.loads(out)["coordinator"] in printed[0]
-        code, out, _ = run(capsys, "query", *common, "--template", "campaign_lift",
-                           "--analysis", "lift", "--breakdown", "telecom.subscribers.region",
-                           "--out", tmp_path / "lift.json", "--html", tmp_path / "lift.html")
-        assert code == 0
+        code, out, err = run(capsys, "query", *common, "--template", "campaign_lift",
+                             "--analysis", "lift", "--breakdown", "telecom.subscribers.region",
+                             "--out", tmp_path / "lift.json", "--html", tmp_path / "lift.html")
+        assert code == 0, err
         assert "conversion_lift_rel" in out and "SIMULATED" in out
         printed.append(out)
         assert "data:image/png;base64," in (tmp_path / "lift.html").read_text()
