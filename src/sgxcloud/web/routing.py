@@ -11,7 +11,10 @@ model, the endpoint (a sync one in the thread pool, as FastAPI would) returns
 its :class:`~starlette.responses.Response` itself.  A body that does not
 validate raises :class:`~fastapi.exceptions.RequestValidationError` with the
 ``("body", ...)`` locations FastAPI would give, so the application's handler
-for it answers as before.
+for it answers as before.  A body holding more JSON values than its model's
+``max_json_values`` (default :data:`MAX_JSON_VALUES`) is refused so before
+it is parsed: pydantic builds the whole input again for every error it
+reports, so a body of many small values costs far more than its size says.
 
 :class:`DirectApp` goes one step further: a request for one of its
 DirectRoutes skips the generic middleware stack and router (about a tenth
@@ -45,9 +48,13 @@ from sgxcloud.web.limits import (
     RouteLimit,
     Scope,
     Send,
+    json_values_within,
 )
 
 NOT_JSON = "Input should be a JSON document (Content-Type: application/json)"
+MAX_JSON_VALUES = 1024
+"""Values and keys a DirectRoute body may hold unless its model says otherwise
+(a ``max_json_values`` class variable sized to the model's legitimate bodies)."""
 
 
 class DirectRoute(APIRoute):
@@ -65,13 +72,14 @@ class DirectRoute(APIRoute):
                 or dependant.cookie_params or dependant.dependencies
                 or len(dependant.body_params) > 1):
             raise TypeError(f"{self.path}: a DirectRoute endpoint takes at most one JSON body")
-        body_name, model = None, None
+        body_name, model, max_values = None, None, MAX_JSON_VALUES
         if dependant.body_params:
             (field,) = dependant.body_params
             model = field.field_info.annotation
             if not (inspect.isclass(model) and issubclass(model, BaseModel)):
                 raise TypeError(f"{self.path}: a DirectRoute body must be a pydantic model")
             body_name = field.name
+            max_values = int(getattr(model, "max_json_values", MAX_JSON_VALUES))
         endpoint = self.endpoint
         threaded = not inspect.iscoroutinefunction(endpoint)
         path = self.path
@@ -80,7 +88,8 @@ class DirectRoute(APIRoute):
                           body: Callable[[], Awaitable[bytes]]) -> Response:
             arguments: dict[str, Any] = {}
             if model is not None:
-                arguments[body_name] = _validated(model, content_type, await body())  # type: ignore[index]
+                arguments[body_name] = validated_body(model, content_type, await body(),  # type: ignore[index]
+                                                  max_values)
             if threaded:
                 response = await run_in_threadpool(endpoint, **arguments)
             else:
@@ -98,10 +107,16 @@ class DirectRoute(APIRoute):
         return handle
 
 
-def _validated(model: type[BaseModel], content_type: str | None, body: bytes) -> BaseModel:
+def validated_body(model: type[BaseModel], content_type: str | None, body: bytes,
+               max_values: int = MAX_JSON_VALUES) -> BaseModel:
+    """The body as ``model``, or RequestValidationError; every error without its input."""
     if not _is_json(content_type):
         raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",),
                                        "msg": NOT_JSON, "input": None}])
+    if not json_values_within(body, max_values):
+        raise RequestValidationError([{"type": "too_long", "loc": ("body",), "input": None,
+                                       "msg": f"Input should be a JSON document of at most "
+                                              f"{max_values} values"}])
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
