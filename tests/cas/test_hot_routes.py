@@ -88,7 +88,7 @@ def test_answers_are_the_documented_models(api: Api) -> None:
         (b"not json", "application/json", None),
         (b"", "application/json", None),
         (b"[]", "application/json", None),
-        (b"[" * 100_000 + b"]" * 100_000, "application/json", None),  # deep nesting
+        (b"[" * 40_000 + b"]" * 40_000, "application/json", None),  # deep nesting
         (b'{"policy": "p"}', "text/plain", None),  # JSON only as application/json, as before
         (b'{"policy": "p"}', None, None),
     ],

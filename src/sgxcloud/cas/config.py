@@ -88,7 +88,9 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Request limits, enforced before a request is parsed or authenticated
     # (sgxcloud.web.limits): an unsigned caller can make the service hold no more.
-    max_attest_body_bytes: int = Field(2 << 20, ge=64 << 10, le=64 << 20)
+    # Evidence is at most 64 KiB of base64 (schemas.MAX_EVIDENCE_CHARS); up to
+    # 2 MiB (the old default) still loads, but buys nothing.
+    max_attest_body_bytes: int = Field(96 << 10, ge=16 << 10, le=2 << 20)
     max_policy_body_bytes: int = Field(2 << 20, ge=64 << 10, le=64 << 20)
     max_body_bytes: int = Field(16 << 10, ge=0, le=1 << 20)
     max_header_bytes: int = Field(16 << 10, ge=4 << 10, le=1 << 20)

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from sgxcloud.cas.errors import (
@@ -45,9 +46,15 @@ from sgxcloud.cas.service.core import (
 )
 from sgxcloud.cas.store import StoreError
 from sgxcloud.errors import SgxcloudError
-from sgxcloud.web.limits import MIB, RequestLimits, RequestLimitsMiddleware, RouteLimit
+from sgxcloud.web.limits import KIB, MIB, RequestLimits, RequestLimitsMiddleware, RouteLimit
 from sgxcloud.web.offload import OffloadThreads
-from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute, JSONAnswer
+from sgxcloud.web.routing import (
+    TELEMETRY_OFF,
+    DirectApp,
+    DirectRoute,
+    JSONAnswer,
+    validated_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +88,9 @@ _ERRORS = {
 # Error labels of the refusals made before a request reaches a handler.
 _LIMIT_LABELS = {400: "bad-request", 401: "unauthenticated", 408: "timeout", 413: "too-large"}
 
-MAX_ATTEST_BODY_BYTES = 2 * MIB
-"""Default body limit of POST /v1/attest (evidence is at most 1.5 MB of base64)."""
+MAX_ATTEST_BODY_BYTES = 96 * KIB
+"""Default body limit of POST /v1/attest: evidence is at most 64 KiB of base64
+(schemas.MAX_EVIDENCE_CHARS), the key 4 KiB; a real one is ~11 KiB."""
 MAX_POLICY_BODY_BYTES = 2 * MIB
 """Default body limit of PUT /v1/policies (a policy is at most 1 MiB of text)."""
 
@@ -255,23 +263,35 @@ def create_app(
             "audit_ref": result.audit_ref,
         })
 
-    @app.put("/v1/policies", response_model=schemas.PolicyApplyResponse, tags=["policies"])
-    async def apply_policy(
-        request: Request, body: schemas.PolicyApplyBody
-    ) -> schemas.PolicyApplyResponse:
+    # The body is read raw: its signature is checked before it is parsed (a
+    # body parameter would have FastAPI parse and validate it first, for
+    # anyone who forges well-formed signature headers), and it is parsed on a
+    # thread (a legitimate policy may be a MiB).  Documented as a body parameter.
+    @app.put("/v1/policies", response_model=schemas.PolicyApplyResponse, tags=["policies"],
+             openapi_extra=_json_body(schemas.PolicyApplyBody))
+    async def apply_policy(request: Request) -> schemas.PolicyApplyResponse:
         """Create or update a policy (signed by an owner; updates name their predecessor)."""
         who = await caller(request)
-        consents = [
-            auth.verify_consent(
-                c.model_dump(),
-                deployment=cas().deployment_id,
-                audiences=app.state.audiences,
-                now=now(),
-                certificates=certificates,
-            )
-            for c in body.consents
-        ]
-        info = await run_in_threadpool(cas().apply_policy, who, body.policy, now(), consents)
+        content_type, raw, when = request.headers.get("content-type"), await request.body(), now()
+
+        def decode() -> tuple[schemas.PolicyApplyBody, list]:
+            body = validated_body(schemas.PolicyApplyBody, content_type, raw,
+                                  schemas.PolicyApplyBody.max_json_values)
+            assert isinstance(body, schemas.PolicyApplyBody)
+            # Up to 32 signature checks: on the thread too.
+            return body, [
+                auth.verify_consent(
+                    c.model_dump(),
+                    deployment=cas().deployment_id,
+                    audiences=app.state.audiences,
+                    now=when,
+                    certificates=certificates,
+                )
+                for c in body.consents
+            ]
+
+        body, consents = await run_in_threadpool(decode)
+        info = await run_in_threadpool(cas().apply_policy, who, body.policy, when, consents)
         return schemas.PolicyApplyResponse(
             name=info.name,
             version=info.version,
@@ -366,13 +386,31 @@ def create_app(
     return app
 
 
+_RAW_BODIES: tuple[type[BaseModel], ...] = (schemas.PolicyApplyBody,)
+"""Models of bodies read raw (checked before parsing), documented as FastAPI would."""
+
+
+def _json_body(model: type[BaseModel]) -> dict:
+    """``openapi_extra`` documenting a raw body as the body parameter ``model``."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"content": {"application/json": {"schema": schema}},
+                            "required": True}}
+
+
 def _document_400_not_422(app: FastAPI) -> None:
-    """Make the OpenAPI document say what the API does: bad input is 400, never 422."""
+    """Make the OpenAPI document say what the API does: bad input is 400, never 422;
+    bodies read raw (``_RAW_BODIES``) are in its components as body parameters are."""
     generate = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             document = generate()
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in _RAW_BODIES:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
+            document["components"]["schemas"] = dict(sorted(components.items()))
             for operations in document.get("paths", {}).values():
                 for operation in operations.values():
                     operation.get("responses", {}).pop("422", None)

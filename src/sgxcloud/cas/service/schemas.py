@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,8 +55,16 @@ class NonceResponse(_Model):
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"  # policy and service names (policy schema)
 
+MAX_EVIDENCE_CHARS = 64 << 10
+"""Base64 characters of evidence: a DCAP quote with its PCK certificate chain
+is ~4.6-5 KB (~6.7 K characters), simulated evidence ~0.5 KB; this allows
+48 KiB, ten times a real quote, and nothing an enclave would never send."""
+
 
 class AttestBody(_Model):
+    # Five string fields: 10 separators.  Bounded before parsing (sgxcloud.web.routing).
+    max_json_values: ClassVar[int] = 32
+
     policy: str = Field(pattern=NAME_PATTERN)
     service: str = Field(pattern=NAME_PATTERN)
     nonce: str = Field(max_length=64, description="as returned by POST /v1/nonces")
@@ -64,7 +72,8 @@ class AttestBody(_Model):
         max_length=4096, description="the enclave's fresh EC P-256 public key, PEM"
     )
     evidence: str = Field(
-        max_length=1_500_000, description="base64 of a DCAP quote or of simulated evidence"
+        max_length=MAX_EVIDENCE_CHARS,
+        description="base64 of a DCAP quote or of simulated evidence",
     )
 
 
@@ -107,6 +116,9 @@ class ConsentBody(_Model):
 
 
 class PolicyApplyBody(_Model):
+    # The policy text is one string; 32 consents of 9 fields: ~600 separators.
+    max_json_values: ClassVar[int] = 1024
+
     policy: str = Field(max_length=1 << 20, description="the policy document (YAML or JSON text)")
     consents: list[ConsentBody] = Field(
         default_factory=list,
