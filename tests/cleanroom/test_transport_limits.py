@@ -543,3 +543,33 @@ def test_closing_a_connection_twice_leaves_a_reused_descriptor_alone(tmp_path) -
             os.close(fd)
     finally:
         server.stop()
+
+
+def test_an_opening_frame_of_many_values_is_refused_before_it_is_parsed() -> None:
+    # The red team's HELLO (rt5, held finding): 1 MiB of empty lists, which a
+    # node parsed (~0.1 s of CPU, the GIL held) before asking who the peer is.
+    payload = b'{"x":[' + b",".join([b"[]"] * ((MAX_OPENING_FRAME - 8) // 3)) + b"]}"
+    assert len(payload) <= MAX_OPENING_FRAME
+    refusals: list[str] = []
+    server = _server(refusals)
+    identities = [TlsIdentity.generate("stranger") for _ in range(5)]
+    try:
+        started = time.process_time()  # the listener runs in this process
+        for identity in identities:
+            frames = FramedConnection(connect(server.address, identity))
+            frames.tls.sendall(HEADER.pack(Kind.HELLO, 0, len(payload)) + payload)
+            assert _closed_by_server(frames, within=5)
+            frames.close()
+        deadline = time.monotonic() + 5
+        while len(refusals) < len(identities) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cpu = time.process_time() - started
+        assert len(refusals) == len(identities), refusals
+        # Fixed: ~10 ms each with both TLS ends; before: ~0.1 s parsing each.
+        assert cpu < 0.25, f"{cpu:.2f} s of CPU for 5 refused HELLOs"
+        assert all("too many values" in r for r in refusals), refusals
+        from sgxcloud.cleanroom.transport.channel import MAX_OPENING_VALUES
+
+        assert MAX_OPENING_VALUES >= 1024  # room for a HELLO's approvals (~15 values each)
+    finally:
+        server.stop()

@@ -578,6 +578,8 @@ MAX_QUERY_BODY_BYTES = 64 * KIB
 """Default body limit of POST /v1/queries (a query document is a few hundred bytes)."""
 MAX_QUERY_DEPTH = 32
 """Deepest JSON nesting a query document may have."""
+MAX_QUERY_VALUES = 4096
+"""Most JSON values and keys a query (or ingest) body may hold, checked before parsing."""
 
 
 def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits | None = None,
@@ -708,7 +710,8 @@ def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits 
         names = None
         if body.strip():
             try:
-                names = load_json(body, max_depth=MAX_QUERY_DEPTH).get("datasets")
+                names = load_json(body, max_depth=MAX_QUERY_DEPTH,
+                                  max_values=MAX_QUERY_VALUES).get("datasets")
             except (InputError, AttributeError):
                 names = "bad"
             if names is not None and (not isinstance(names, list)
@@ -725,7 +728,8 @@ def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits 
         """Run a query as the signing analyst; returns the signed result bundle."""
         analyst = await authenticate(request)
         try:
-            doc = load_json(await request.body(), max_depth=MAX_QUERY_DEPTH)
+            doc = load_json(await request.body(), max_depth=MAX_QUERY_DEPTH,
+                            max_values=MAX_QUERY_VALUES)
         except InputError as exc:
             return error(400, "bad_request", f"body must be a JSON query document ({exc})")
         c = app.state.coordinator
