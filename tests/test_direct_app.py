@@ -8,7 +8,7 @@ telemetry, a root path, an earlier route taking the request) keeps it there.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from fastapi import APIRouter, FastAPI, Request
@@ -21,7 +21,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 
 from sgxcloud.web.limits import RequestLimits, RequestLimitsMiddleware, RouteLimit
-from sgxcloud.web.routing import TELEMETRY_OFF, DirectApp, DirectRoute, JSONAnswer
+from sgxcloud.web.routing import (
+    MAX_JSON_VALUES,
+    TELEMETRY_OFF,
+    DirectApp,
+    DirectRoute,
+    JSONAnswer,
+)
 
 
 class Item(BaseModel):
@@ -189,3 +195,31 @@ def test_a_json_answer_refuses_what_a_json_response_refuses(content: Any) -> Non
         JSONResponse(content)
     with pytest.raises(type(refused.value)):
         JSONAnswer(content)
+
+
+class Few(BaseModel):
+    max_json_values: ClassVar[int] = 4
+    n: int
+
+
+async def _few(few: Few) -> JSONResponse:
+    return JSONResponse({"n": few.n})
+
+
+def test_a_body_of_more_values_than_its_model_allows_is_refused_unparsed() -> None:
+    app = _app()
+    app.router.add_api_route("/few", _few, methods=["POST"], route_class_override=DirectRoute)
+    client = _started(app)
+    assert client.post("/few", json={"n": 1}).json() == {"n": 1}
+    refused = client.post("/few", json={"n": 1, "x": [1, 2, 3]})
+    assert refused.status_code == 422  # FastAPI's default handler for RequestValidationError
+    assert refused.json()["detail"][0]["msg"] == (
+        "Input should be a JSON document of at most 4 values")
+    assert refused.json()["detail"][0].get("input") is None  # never echoed
+    # Without a bound of its own, a model takes MAX_JSON_VALUES.
+    many = b'{"n": 1, "x": [' + b",".join([b"0"] * MAX_JSON_VALUES) + b"]}"
+    refused = client.post("/echo", content=many, headers={"content-type": "application/json"})
+    assert refused.json()["detail"][0]["msg"].endswith(f"at most {MAX_JSON_VALUES} values")
+    # Four separators outside strings (Few ignores unknown fields): within its bound.
+    assert client.post("/few", content=b'{"n": 7, "s": "a, b: [c] {d}, \\"e: [f]"}',
+                       headers={"content-type": "application/json"}).json() == {"n": 7}
