@@ -2,7 +2,8 @@
 
 :mod:`sgxcloud.web.limits` bounds what an unauthenticated caller can make a
 service hold (request bodies, headers, connections, time) before anything is
-parsed; both services use it unchanged.  :mod:`sgxcloud.web.connections`
+parsed, and what a JSON body may cost to parse (its values, counted first);
+both services use it unchanged.  :mod:`sgxcloud.web.connections`
 counts every connection from its accept, before TLS (per service and per
 client address), which :func:`uvicorn_options` puts in front of the server.
 :mod:`sgxcloud.web.routing` serves
