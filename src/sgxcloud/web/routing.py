@@ -29,7 +29,7 @@ import inspect
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -52,6 +52,7 @@ from sgxcloud.web.limits import (
 )
 
 NOT_JSON = "Input should be a JSON document (Content-Type: application/json)"
+Model = TypeVar("Model", bound=BaseModel)
 MAX_JSON_VALUES = 1024
 """Values and keys a DirectRoute body may hold unless its model says otherwise
 (a ``max_json_values`` class variable sized to the model's legitimate bodies)."""
@@ -88,8 +89,8 @@ class DirectRoute(APIRoute):
                           body: Callable[[], Awaitable[bytes]]) -> Response:
             arguments: dict[str, Any] = {}
             if model is not None:
-                arguments[body_name] = validated_body(model, content_type, await body(),  # type: ignore[index]
-                                                  max_values)
+                arguments[body_name] = validated_body(  # type: ignore[index]
+                    model, content_type, await body(), max_values)
             if threaded:
                 response = await run_in_threadpool(endpoint, **arguments)
             else:
@@ -107,8 +108,8 @@ class DirectRoute(APIRoute):
         return handle
 
 
-def validated_body(model: type[BaseModel], content_type: str | None, body: bytes,
-               max_values: int = MAX_JSON_VALUES) -> BaseModel:
+def validated_body(model: type[Model], content_type: str | None, body: bytes,
+                   max_values: int = MAX_JSON_VALUES) -> Model:
     """The body as ``model``, or RequestValidationError; every error without its input."""
     if not _is_json(content_type):
         raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",),

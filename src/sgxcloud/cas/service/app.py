@@ -277,7 +277,6 @@ def create_app(
         def decode() -> tuple[schemas.PolicyApplyBody, list]:
             body = validated_body(schemas.PolicyApplyBody, content_type, raw,
                                   schemas.PolicyApplyBody.max_json_values)
-            assert isinstance(body, schemas.PolicyApplyBody)
             # Up to 32 signature checks: on the thread too.
             return body, [
                 auth.verify_consent(
