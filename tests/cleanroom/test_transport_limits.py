@@ -9,6 +9,7 @@ Real sockets on loopback (issue 9, finding 4, the nodes' streaming side).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -571,5 +572,44 @@ def test_an_opening_frame_of_many_values_is_refused_before_it_is_parsed() -> Non
         from sgxcloud.cleanroom.transport.channel import MAX_OPENING_VALUES
 
         assert MAX_OPENING_VALUES >= 1024  # room for a HELLO's approvals (~15 values each)
+    finally:
+        server.stop()
+
+
+def test_an_attested_peers_request_of_many_values_is_refused_before_it_is_parsed() -> None:
+    # Attestation proves little (simulated mode: holding the approvals), and a
+    # REQUEST may be a 16 MiB frame: 1 MiB of empty lists cost ~0.3 s to parse.
+    from sgxcloud.cleanroom.transport.channel import MAX_FRAME
+
+    outcomes: list[object] = []
+
+    def handle(channel) -> None:  # type: ignore[no-untyped-def]
+        try:
+            outcomes.append(channel.next_request(5, 5))
+        except TransportError as exc:
+            outcomes.append(exc)
+
+    server = AttestedServer("127.0.0.1", 0, TlsIdentity.generate("node"), "node", _policy(),
+                            SimulatedAttester(NODE), handle)
+    server.start()
+    try:
+        payloads = [b'{"op":"describe","x":[' + b",".join([b"[]"] * 1000) + b"]}",
+                    b'{"op":"x","x":[' + b",".join([b"[]"] * (((1 << 20) - 16) // 3)) + b"]}"]
+        started = time.process_time()  # the listener runs in this process
+        for payload in payloads:
+            channel = _attested_from(server.address, "127.0.0.1")
+            # Refused on its header: the node may close before it is all sent.
+            with contextlib.suppress(TransportError):
+                channel.frames.send(Kind.REQUEST, payload)
+            deadline = time.monotonic() + 5
+            while len(outcomes) < payloads.index(payload) + 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            channel.close()
+        cpu = time.process_time() - started
+        assert [type(o).__name__ for o in outcomes] == ["ProtocolViolation"] * 2, outcomes
+        assert "too many values" in str(outcomes[0])
+        assert "larger than the protocol allows" in str(outcomes[1])
+        assert cpu < 0.5, f"{cpu:.2f} s of CPU"
+        assert len(payloads[1]) < MAX_FRAME  # accepted by the frame limit before
     finally:
         server.stop()

@@ -52,6 +52,12 @@ MAX_OPENING_VALUES = 4096
 """JSON values and keys a HELLO or EVIDENCE may hold, checked before it is
 parsed (a 1 MiB frame of empty lists cost a node ~90 ms of CPU to parse); a
 real HELLO holds one approval per provider (~15 values each)."""
+MAX_REQUEST_FRAME = 64 << 10
+MAX_REQUEST_VALUES = 256
+"""Bounds of a REQUEST to a listener (a node): requests are a few fields
+(``describe``, ``send`` a dataset, ``bye``), and passing attestation proves
+little (in simulated mode, holding the approvals), so a 16 MiB REQUEST of
+empty lists must not cost a node seconds of CPU to parse."""
 
 DATA_CHUNK = 1 << 20
 
@@ -165,7 +171,8 @@ class AttestedChannel:
             return None
         self.set_timeout(idle_timeout)
         try:
-            _, request = self.frames.recv_json(Kind.REQUEST)
+            _, request = self.frames.recv_json(Kind.REQUEST, limit=MAX_REQUEST_FRAME,
+                                               max_values=MAX_REQUEST_VALUES)
         except (PeerClosed, PeerTimedOut):
             return None
         except TransportError:
