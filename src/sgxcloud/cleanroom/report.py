@@ -167,7 +167,9 @@ def chart_png(result: Result) -> bytes:
                               fontsize=7, color="#c05621")
                 continue
             ci = wilson(_value(cells, "converters", seg, arm), _value(cells, "people", seg, arm))
-            err = [[rate - ci[0]], [ci[1] - rate]] if ci else None
+            # Under DP the rate is noised apart from the counts the interval comes
+            # from, so it may lie outside it: no bar below the rate (or above).
+            err = [[max(rate - ci[0], 0.0)], [max(ci[1] - rate, 0.0)]] if ci else None
             left.bar(x, rate, width, color=colors[arm], yerr=err, capsize=3,
                      label=arm if i == 0 else None)
     left.set_xticks(range(len(segs)), segs, rotation=20, ha="right")
