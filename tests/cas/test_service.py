@@ -420,12 +420,14 @@ def test_audit_verify_costs_what_was_appended_and_tells_no_position(
     assert len(hashed) == 7  # the first call of this process walks the chain once
     hashed.clear()
     second = api.signed("GET", "/v1/audit/verify", stranger)
-    assert hashed == [7]  # then only the position verified before is re-checked
+    # then only the position verified before, plus the caller's own older entry (1, its
+    # policy) and its successor's link: never the other tenant's entries (rt6 finding 2)
+    assert hashed == [7, 1, 2]
     for _ in range(3):  # the other tenant works meanwhile
         _attest_garbage(api, "shop")
     hashed.clear()
     third = api.signed("GET", "/v1/audit/verify", stranger)
-    assert hashed == [7, 8, 9, 10]
+    assert hashed == [7, 8, 9, 10, 1, 2]
     assert first.json() == second.json() == third.json() == {"ok": True, "problems": []}
 
 
@@ -484,14 +486,15 @@ def test_a_restart_resumes_audit_verification_from_the_tagged_checkpoint(
 
     _attest_garbage(api, "shop")
     assert verify_in_a_new_process().ok
-    assert hashed == [5, 6]  # the checkpointed entry and the one appended since
+    # the checkpointed entry and the one appended since, then the caller's older entries
+    assert hashed == [5, 6, 1, 2, 3, 4, 5]
     assert kept()[0] == 6
     # A walk that finds a break does not move the kept position past it: restarts find it.
     _attest_garbage(api, "shop")
     tamper(update(AuditEntryRow).where(AuditEntryRow.seq == 7).values(actor="x"))
     for _ in range(2):
         broken = verify_in_a_new_process()
-        assert broken.problems == [audit.CONTENT_CHANGED] and hashed == [6, 7]
+        assert broken.problems == [audit.CONTENT_CHANGED] and hashed[:2] == [6, 7]
         assert kept()[0] == 6
     # Without the master key, a database writer cannot move the position past an edit:
     # a row whose tag does not check is ignored and the whole chain is walked.
@@ -500,6 +503,66 @@ def test_a_restart_resumes_audit_verification_from_the_tagged_checkpoint(
     tamper(update(AuditCheckpointRow).values(seq=7, tag="0" * 64))
     broken = verify_in_a_new_process()
     assert broken.problems == [audit.CONTENT_CHANGED] and sorted(hashed) == list(range(1, 8))
+
+
+def test_audit_verify_finds_an_edit_of_the_callers_entry_older_than_the_checkpoint(
+    api: Api, owner
+) -> None:
+    """Red team rt6 finding 2: verification resumed from the tagged checkpoint and never
+    looked at older entries again, so an owner's entry edited in the database (a rejection
+    turned into an acceptance, hash left alone) was read over GET /v1/audit while
+    /v1/audit/verify answered ok.  The caller's own entries are now re-checked each call."""
+    from sqlalchemy import update
+
+    from sgxcloud.cas.store.models import AuditEntryRow
+
+    stranger = pg.owner_key()
+    assert api.apply(stranger, pg.policy_text(stranger, name="mine")).status_code == 200
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+    for _ in range(3):
+        _attest_garbage(api, "shop")  # rejected: entries 3..5
+    assert api.signed("GET", "/v1/audit/verify", owner).json()["ok"]  # checkpoint at 5
+    _attest_garbage(api, "shop")
+    assert api.signed("GET", "/v1/audit/verify", owner).json()["ok"]  # checkpoint at 6
+
+    def edit(seq: int, **values: object) -> None:
+        with api.service.database.engine.begin() as connection:
+            connection.execute(update(AuditEntryRow).where(AuditEntryRow.seq == seq).values(
+                **values))
+
+    edit(3, outcome="accepted", detail='{"reasons":[]}')  # the stored hash left alone
+    # Another tenant's answer stays about the part it may check (and tells nothing else).
+    assert api.signed("GET", "/v1/audit/verify", stranger).json()["ok"]
+    broken = api.signed("GET", "/v1/audit/verify", owner).json()
+    assert broken == {"ok": False, "problems": [{"problem": audit.CONTENT_CHANGED}]}
+
+
+def test_audit_verify_finds_a_rehashed_entry_of_the_caller_by_its_successors_link(
+    api: Api, owner
+) -> None:
+    """A writer who also recomputes the edited entry's hash breaks its successor's link."""
+    from sqlalchemy import select, update
+
+    from sgxcloud.cas.store.models import AuditEntryRow
+
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+    for _ in range(3):
+        _attest_garbage(api, "shop")
+    assert api.signed("GET", "/v1/audit/verify", owner).json()["ok"]
+    _attest_garbage(api, "shop")
+    assert api.signed("GET", "/v1/audit/verify", owner).json()["ok"]
+    forged = {"outcome": "accepted", "detail": '{"reasons":[]}'}
+    with api.service.database.engine.begin() as connection:
+        row = connection.execute(select(AuditEntryRow).where(AuditEntryRow.seq == 2)).one()
+        digest = audit.entry_hash(
+            seq=row.seq, at=row.at, kind=row.kind, subject=row.subject, actor=row.actor,
+            prev_hash=row.prev_hash, **forged,
+        )
+        connection.execute(
+            update(AuditEntryRow).where(AuditEntryRow.seq == 2).values(entry_hash=digest, **forged)
+        )
+    broken = api.signed("GET", "/v1/audit/verify", owner).json()
+    assert broken == {"ok": False, "problems": [{"problem": audit.LINK_BROKEN}]}
 
 
 def real_actor(api: Api) -> str:

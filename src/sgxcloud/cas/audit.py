@@ -259,6 +259,56 @@ def verify_chain(
     return ChainReport(walked, head.seq, head.entry_hash, problems)
 
 
+OWNED_CHECKED = 1000
+"""How many of a caller's own entries (the latest) :func:`verify_entries_about` re-checks."""
+
+
+def verify_entries_about(
+    database: Database, policies: Iterable[str], *, before: int, limit: int = OWNED_CHECKED
+) -> list[ChainProblem]:
+    """Re-check the latest ``limit`` entries about ``policies`` older than ``before``.
+
+    For what an incremental walk (:func:`verify_chain` from a checkpoint at
+    ``before``) no longer looks at: each entry must still match its hash,
+    and its successor must link to that hash and match its own.  So an
+    edit that leaves the hash alone (red team rt6 finding 2) shows, and so
+    does one that rewrites the entry's hash; a writer who also rewrites the
+    successor's link and hash moves the break one entry further, onto an
+    entry of someone else that only the full walk (``sgxcloud audit
+    verify``) checks.  The cost follows the caller's entries (two indexed
+    reads), never the whole chain.
+    """
+    if before <= 1:
+        return []
+    owned = database.run(
+        lambda repo: repo.latest_audit_entries_about(policies, before=before, limit=limit)
+    )
+    if not owned:
+        return []
+    successors = {
+        row.seq: row
+        for row in database.run(lambda repo: repo.audit_entries_at(r.seq + 1 for r in owned))
+    }
+    owned_seqs = {row.seq for row in owned}  # re-hashed once each, as owned
+    problems: list[ChainProblem] = []
+    for row in owned:
+        if _recomputed(row) != row.entry_hash:
+            problems.append(
+                ChainProblem(row.seq, "entry hash does not match its contents", CONTENT_CHANGED)
+            )
+        after = successors.get(row.seq + 1)
+        if after is None:  # before <= the head: every owned entry has a successor
+            problems.append(ChainProblem(row.seq + 1, "entry is missing", SEQUENCE_GAP))
+            continue
+        if after.prev_hash != row.entry_hash:
+            problems.append(ChainProblem(after.seq, "previous-hash link broken", LINK_BROKEN))
+        if after.seq not in owned_seqs and _recomputed(after) != after.entry_hash:
+            problems.append(
+                ChainProblem(after.seq, "entry hash does not match its contents", CONTENT_CHANGED)
+            )
+    return problems
+
+
 def _row_problems(row: AuditEntryRow, expected_seq: int, expected_prev: str) -> list[ChainProblem]:
     problems = []
     if row.seq != expected_seq:

@@ -924,23 +924,25 @@ class CasService:
         return seq
 
     def verify_audit(self, caller: str) -> AuditCheck:
-        """Whether the audit chain is intact: for owners or readers of some policy.
+        """Whether the chain's new part and the caller's entries are intact.
 
-        Each call costs what was appended since the last one, not the whole
-        chain: this process keeps the position it verified (in memory, where
-        the database cannot change it) and checks only newer entries plus
-        that position's own hash.  The position is also kept in the database
-        under an HMAC tag (master key), so a restart or another replica
-        resumes from it; it is not moved past a break, so a restart finds the
-        break again.  Walks run one at a time: a caller arriving during a
-        long one gets :class:`Busy` after ``AUDIT_WALK_WAIT`` seconds rather
-        than hold a thread.  A break, once found, stays reported until the
-        process restarts.  The answer says whether and how the chain broke,
-        never where or how long it is: positions and counts would tell any key
-        (policy creation is open by default) how much every other tenant did.
-        Operators walk the whole chain with ``sgxcloud audit verify``.
+        For owners or readers of some policy.  Each call costs what was appended since the
+        last one plus the caller's own entries, not the whole chain: this process keeps the
+        position it verified (in memory, where the database cannot change it) and checks
+        only newer entries plus that position's own hash; then the latest
+        ``audit.OWNED_CHECKED`` entries about the caller's policies before that position,
+        each with the link and hash of its successor (see :func:`audit.verify_entries_about`
+        for what that does not catch). The position is also kept in the database under an
+        HMAC tag (master key), so a restart or another replica resumes from it; it is not
+        moved past a break, so a restart finds the break again.  Walks run one at a time: a
+        caller arriving during a long one gets :class:`Busy` after ``AUDIT_WALK_WAIT``
+        seconds rather than hold a thread.  A break, once found, stays reported until the
+        process restarts.  The answer says whether and how the chain broke, never where or
+        how long it is: positions and counts would tell any key (policy creation is open by
+        default) how much every other tenant did. Operators walk the whole chain with
+        ``sgxcloud audit verify``.
         """
-        self._readable_policies(caller)
+        readable = self._readable_policies(caller)
         if not self._audit_walk.acquire(timeout=self.audit_walk_wait):
             raise Busy("the audit chain is being verified for another caller; retry shortly")
         try:
@@ -948,7 +950,10 @@ class CasService:
             report = audit.verify_chain(self.database, since=start)
             if report.head_seq >= start.seq:
                 self._audit_verified = report.checkpoint
-            for problem in report.problems:
+            # The walk re-hashes only from the checkpoint on: the caller's own
+            # older entries are re-checked here (red team rt6 finding 2).
+            owned = audit.verify_entries_about(self.database, readable, before=start.seq)
+            for problem in [*report.problems, *owned]:
                 if problem.kind not in self._audit_problems:
                     log.error("audit chain broken at entry %d: %s", problem.seq, problem.problem)
                     self._audit_problems.append(problem.kind)
