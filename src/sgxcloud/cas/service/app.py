@@ -348,10 +348,12 @@ def create_app(
 
     @app.get("/v1/audit/verify", response_model=schemas.AuditVerifyResponse, tags=["audit"])
     async def audit_verify(request: Request) -> schemas.AuditVerifyResponse:
-        """Whether the hash chain is intact (owners and readers of at least one policy).
+        """Whether the chain's new part and the caller's entries are intact (owners, readers).
 
         Checks what was appended since the last check (the position verified
-        before stays in the service's memory); answers no position or count.
+        before stays in the service's memory) and the caller's latest 1000
+        older entries with their successors' links; not the whole chain (that
+        is ``sgxcloud audit verify``).  Answers no position or count.
         """
         who = await caller(request)
         check = await run_in_threadpool(cas().verify_audit, who)
