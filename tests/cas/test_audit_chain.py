@@ -279,3 +279,28 @@ def test_an_owners_entries_are_found_by_index_not_by_a_scan_of_every_tenants(
         assert "Seq Scan" not in plan and "SCAN audit_log" not in plan, plan
     finally:
         database.close()
+
+
+def test_a_callers_older_entries_are_rechecked_with_their_successors_links(
+    chain: Database,
+) -> None:
+    """Red team rt6 finding 2: entries older than the checkpoint were never re-hashed over
+    the API.  verify_entries_about re-checks the latest ``limit`` entries about the caller's
+    policies before it, each with its successor's link and hash; another's are not read."""
+    assert audit.verify_entries_about(chain, {"policy"}, before=5) == []
+    _tamper(chain, update(AuditEntryRow).where(AuditEntryRow.seq == 1).values(outcome="x"))
+    found = audit.verify_entries_about(chain, {"policy"}, before=5)
+    assert [(p.seq, p.kind) for p in found] == [(1, audit.CONTENT_CHANGED)]
+    # the bound: only the latest `limit` of the caller's entries (2 and 3 here)
+    assert audit.verify_entries_about(chain, {"policy"}, before=4, limit=2) == []
+    assert audit.verify_entries_about(chain, {"other"}, before=5) == []  # not the caller's
+    assert audit.verify_entries_about(chain, {"policy"}, before=1) == []  # walked instead
+    # the edited entry's hash recomputed: its successor's link breaks
+    row = audit.entries(chain)[0]
+    forged = audit.entry_hash(
+        seq=1, at=row.at, kind=row.kind, subject=row.subject, actor=row.actor, outcome="x",
+        detail=audit.canonical_json(row.detail), prev_hash=row.prev_hash,
+    )
+    _tamper(chain, update(AuditEntryRow).where(AuditEntryRow.seq == 1).values(entry_hash=forged))
+    found = audit.verify_entries_about(chain, {"policy"}, before=5)
+    assert [(p.seq, p.kind) for p in found] == [(2, audit.LINK_BROKEN)]
