@@ -199,6 +199,25 @@ def assert_slow_connections_give_way(service: Service) -> None:
         _close_all(held)
 
 
+def assert_silent_connections_give_way_at_once(service: Service) -> None:
+    """Red team attack-rt6, finding 1: one silent TCP connection (no byte) per
+    address fills the service, each younger than the grace.  A silent one holds
+    its slot only ``SILENT_GRACE_S``: a client is served at once, and the slots
+    taken are silent ones."""
+    from sgxcloud.web.connections import SILENT_GRACE_S
+
+    held = [_tcp(service, f"127.0.7.{n}") for n in range(1, MAX_CONNECTIONS + 1)]
+    try:
+        time.sleep(SILENT_GRACE_S + 0.2)
+        for _ in range(3):
+            assert _status(service, LEGIT) == 200
+        time.sleep(0.2)
+        evicted = [n for n, s in enumerate(held) if _closed_by_server(s, 0.01)]
+        assert 1 <= len(evicted) <= 3, f"{len(evicted)} silent connections closed for 3 requests"
+    finally:
+        _close_all(held)
+
+
 # -- the CAS -----------------------------------------------------------------------------
 
 
@@ -212,6 +231,10 @@ def test_cas_a_newcomer_takes_a_slot_from_the_biggest_holder(cas: Service) -> No
 
 def test_cas_slow_connections_give_their_slots_to_new_ones_when_full(cas: Service) -> None:
     assert_slow_connections_give_way(cas)
+
+
+def test_cas_silent_connections_give_their_slots_at_once_when_full(cas: Service) -> None:
+    assert_silent_connections_give_way_at_once(cas)
 
 
 def test_cas_silent_sockets_beyond_the_limit_are_closed_at_once(cas: Service) -> None:
@@ -349,6 +372,11 @@ def test_coordinator_slow_connections_give_their_slots_to_new_ones_when_full(
 
 
 # -- whose connection is it ----------------------------------------------------------------
+
+
+def test_coordinator_silent_connections_give_their_slots_at_once_when_full(
+        coordinator: Service) -> None:
+    assert_silent_connections_give_way_at_once(coordinator)
 
 
 def test_clients_are_ipv4_addresses_and_ipv6_64s() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import time
 
 import pytest
@@ -257,12 +258,15 @@ def test_one_address_cannot_take_a_nodes_sessions() -> None:
 
 
 def test_strangers_from_many_addresses_give_way_after_the_grace() -> None:
-    """One silent stranger per address fills the node: a newcomer is refused at
-    first, then takes the place of the opening waiting longest."""
+    """One stranger per address, each having started its opening (a byte of a
+    TLS record), fills the node: a newcomer is refused at first, then takes the
+    place of the opening waiting longest."""
     from sgxcloud.web.connections import EVICTION_GRACE_S
 
     server = _server([], max_sessions=4, max_per_peer=2, opening_timeout=30)
     held = [_from(server.address, f"127.0.4.{n}") for n in range(1, 5)]
+    for sock in held:
+        sock.sendall(b"\x16")  # the first byte of a ClientHello, and no more
     try:
         time.sleep(0.3)
         extra = _from(server.address, "127.0.5.1")
@@ -275,6 +279,57 @@ def test_strangers_from_many_addresses_give_way_after_the_grace() -> None:
     finally:
         for sock in held:
             sock.close()
+        server.stop()
+
+
+def test_silent_strangers_from_many_addresses_give_way_at_once() -> None:
+    """Red team attack-rt6, finding 1: one connection per address that never
+    sends a byte, renewed just under the grace, held a node from 32 addresses.
+    A silent connection holds its place only ``SILENT_GRACE_S``: the genuine
+    coordinator is served at once, while attackers keep renewing."""
+    import threading
+
+    from sgxcloud.web.connections import SILENT_GRACE_S
+
+    server = _server([], max_sessions=8, max_per_peer=2, opening_timeout=30)
+    stop = threading.Event()
+
+    def renew(source: str, start: float) -> None:
+        """The red team's loop: each connection reset after 1.5 s (under the
+        grace), one refused or closed by the node re-opened at once."""
+        stop.wait(start)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                sock = _from(server.address, source)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.settimeout(1.5)
+                with contextlib.suppress(OSError):
+                    sock.recv(1)  # returns (or fails) early only if the node closed it
+                sock.close()
+
+    attackers = [threading.Thread(target=renew, args=(f"127.0.6.{n}", n * 0.15), daemon=True)
+                 for n in range(1, 9)]
+    for thread in attackers:
+        thread.start()
+    try:
+        time.sleep(8 * 0.15 + SILENT_GRACE_S)
+        served = 0
+        for _ in range(5):
+            try:
+                channel = _genuine_coordinator_connects(server.address, within=0, pause=0)
+            except TransportError:
+                continue
+            channel.request({"op": "ping"})
+            assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": True}
+            channel.close()
+            served += 1
+            time.sleep(0.3)
+        assert served == 5, f"the coordinator was served {served} times in 5"
+        assert server.evicted >= 1
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(timeout=3)
         server.stop()
 
 

@@ -20,7 +20,9 @@ here first (:class:`ConnectionGate`, the protocol factory given to uvicorn):
 * at the service's limit, it takes a slot from the client holding most
   connections (its connection waiting longest, whatever its age) if that
   client would still hold more than the newcomer's; or else that of the
-  connection that has owed its request longest, past the grace;
+  connection that has owed its request longest, past the grace, where a
+  connection that has not sent a byte yet is past it after
+  :data:`SILENT_GRACE_S`;
 * a connection that finds no slot is closed at once: no TLS object is made;
 * admitted, its TLS handshake (``loop.start_tls``) must finish within
   ``handshake_timeout_s``; then the HTTP protocol takes over the connection,
@@ -30,7 +32,11 @@ Eviction is what holds against many addresses.  A connection that is not
 being answered keeps its slot only while nobody with a smaller share needs
 it: to keep a newcomer out, an attacker must hold the service with as many
 addresses as it has slots (one connection each), and even then renew each
-connection every :data:`EVICTION_GRACE_S` rather than every head timeout.
+connection every :data:`EVICTION_GRACE_S` rather than every head timeout,
+and each silent one every :data:`SILENT_GRACE_S` (red team attack-rt6,
+finding 1: 560 addresses renewing silent connections every 1.5 s cost the
+CAS 8 of 39 enclave round trips).  Only a connection that has started its
+opening (sent a byte) keeps the longer grace.
 A connection whose request has arrived whole is never evicted.
 """
 
@@ -57,6 +63,15 @@ EVICTION_GRACE_S = 2.0
 A legitimate client sends its head within milliseconds of connecting (or of
 its previous answer); two seconds leave room for a slow network and a
 client that works between two requests on one connection."""
+
+SILENT_GRACE_S = 0.2
+"""How long a connection that has not sent a byte keeps its slot in a full service.
+
+A client sends its first bytes (the TLS ClientHello) right behind the TCP
+handshake, within milliseconds of the accept; a connection still silent
+after this holds only a descriptor and costs nothing to drop.  Without it,
+one silent connection per address, renewed every :data:`EVICTION_GRACE_S`,
+held a node from 32 addresses (red team attack-rt6, finding 1)."""
 
 REPORT_EVERY_S = 10.0
 """Refused and evicted connections are logged as counts, at most this often."""
@@ -115,7 +130,7 @@ def client_of(peer: Any) -> str | None:
 class Slot:
     """One accepted connection's place in its gate, from accept until it is lost."""
 
-    __slots__ = ("client", "close", "gate", "handshake", "owed_since", "protocol")
+    __slots__ = ("client", "close", "gate", "handshake", "owed_since", "protocol", "silent")
 
     def __init__(self, gate: ConnectionGate, client: str | None, now: float) -> None:
         self.gate = gate
@@ -127,6 +142,8 @@ class Slot:
         self.owed_since = now
         """Since when the client owes a (complete) request: accept, or the end of
         the last response.  Meaningful while :meth:`owes` holds."""
+        self.silent = False
+        """No byte has arrived yet (set while the gate waits for the first)."""
 
     def owes(self) -> bool:
         """Whether the connection waits for its client: its first bytes, the TLS
@@ -150,13 +167,15 @@ class ConnectionGate:
 
     def __init__(self, protocol_class: type, *, max_connections: int,
                  max_per_client: int, handshake_timeout_s: float,
-                 tls: ssl.SSLContext | None, grace_s: float = EVICTION_GRACE_S) -> None:
+                 tls: ssl.SSLContext | None, grace_s: float = EVICTION_GRACE_S,
+                 silent_grace_s: float = SILENT_GRACE_S) -> None:
         self.protocol_class = protocol_class
         self.max_connections = max_connections
         self.max_per_client = max_per_client
         self.handshake_timeout_s = handshake_timeout_s
         self.tls = tls
         self.grace_s = grace_s
+        self.silent_grace_s = silent_grace_s
         self.slots: set[Slot] = set()
         self.per_client: dict[str, int] = {}
         self.refused = 0
@@ -276,7 +295,8 @@ class ConnectionGate:
                 return self._refuse(now)
             self._evict(victim, now)
         if len(self.slots) >= self.max_connections:
-            victim = self._from_biggest(client) or self._longest_owing(now, None)
+            victim = self._from_biggest(client) \
+                or self._longest_owing(now, None, self.silent_grace_s)
             if victim is None:
                 return self._refuse(now)
             self._evict(victim, now)
@@ -326,13 +346,17 @@ class ConnectionGate:
             return None
         return self._longest_owing(None, biggest)
 
-    def _longest_owing(self, now: float | None, client: str | None) -> Slot | None:
+    def _longest_owing(self, now: float | None, client: str | None,
+                       silent_grace_s: float | None = None) -> Slot | None:
         """The connection (of ``client``, if given) that has owed its request
-        longest: longer than the grace unless ``now`` is None."""
+        longest: longer than the grace unless ``now`` is None (``silent_grace_s``,
+        if given, for a connection that has not sent a byte)."""
         oldest: Slot | None = None
         for slot in self.slots:
+            grace = silent_grace_s if slot.silent and silent_grace_s is not None \
+                else self.grace_s
             if (client is None or slot.client == client) and slot.owes() \
-                    and (now is None or now - slot.owed_since >= self.grace_s) \
+                    and (now is None or now - slot.owed_since >= grace) \
                     and (oldest is None or slot.owed_since < oldest.owed_since):
                 oldest = slot
         return oldest
@@ -423,6 +447,7 @@ def _open(slot: Slot, sock: socket.socket, make: Callable[[], Any],
         drop()
 
     def readable() -> None:
+        slot.silent = False
         loop.remove_reader(fd)
         deadline.cancel()
         try:
@@ -438,6 +463,7 @@ def _open(slot: Slot, sock: socket.socket, make: Callable[[], Any],
         _serve(slot, sock, make, loop)
 
     deadline = loop.call_later(gate.handshake_timeout_s, silent_too_long)
+    slot.silent = True
     loop.add_reader(fd, readable)
     slot.close = drop
 

@@ -18,10 +18,16 @@ connection over a limit takes the place of a session that owes:
   more than ``EVICTION_GRACE_S``;
 * at ``max_sessions``, the session owing longest (whatever its age) of the
   address holding most, if that address would still hold more than the
-  newcomer's; or else any session owing for more than the grace.
+  newcomer's; or else any session owing for more than the grace, where a
+  connection that has not sent a byte yet is past it after
+  ``SILENT_GRACE_S`` (0.2 s: a peer sends its ClientHello right behind the
+  TCP handshake).
 
 Otherwise it is closed at once.  So filling a node takes as many addresses
-as it has sessions, each renewed every ``EVICTION_GRACE_S``: neither
+as it has sessions, each renewed every ``EVICTION_GRACE_S`` once it has
+started its opening, and every ``SILENT_GRACE_S`` while silent (red team
+attack-rt6, finding 1: one silent connection from each of 32 addresses,
+renewed every 1.5 s, failed 8 of 10 coordinator calls).  Neither
 strangers re-opening silent connections (red team attack-cas3, finding 3)
 nor attested peers staying silent (attack-rt5, finding 2: 32 simulated
 coordinators from 4 addresses held a node for an hour) keep the coordinator
@@ -44,7 +50,7 @@ from sgxcloud.cleanroom.transport import tls as tlsmod
 from sgxcloud.cleanroom.transport.binding import Attester, PeerPolicy
 from sgxcloud.cleanroom.transport.channel import AttestedChannel, Opening, open_server
 from sgxcloud.cleanroom.transport.errors import TransportError
-from sgxcloud.web.connections import EVICTION_GRACE_S, client_of
+from sgxcloud.web.connections import EVICTION_GRACE_S, SILENT_GRACE_S, client_of
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,8 @@ class _Session:
     """Since when the peer owes its next request: the accept, or the end of the
     last request.  Meaningful while :meth:`owes` holds."""
     opening: bool = True
+    silent: bool = True
+    """No byte has arrived yet: a full node drops it after ``SILENT_GRACE_S``."""
     busy: bool = False
     """A request has arrived and is being served: never taken."""
 
@@ -142,7 +150,8 @@ class AttestedServer:
                     return None
                 self._evict(victim)
             if len(self._sessions) >= self.max_sessions:
-                victim = self._from_biggest(peer) or self._longest_owing(now, _ANYONE)
+                victim = self._from_biggest(peer) \
+                    or self._longest_owing(now, _ANYONE, SILENT_GRACE_S)
                 if victim is None:
                     return None
                 self._evict(victim)
@@ -159,14 +168,18 @@ class AttestedServer:
             return None
         return self._longest_owing(None, biggest)
 
-    def _longest_owing(self, now: float | None, peer: object) -> _Session | None:
+    def _longest_owing(self, now: float | None, peer: object,
+                       silent_grace: float | None = None) -> _Session | None:
         """The session of ``peer`` (``_ANYONE``: of any peer) owing its request
         longest (opening, or attested and idle): for longer than the grace
-        unless ``now`` is None.  A request in progress is never chosen."""
+        unless ``now`` is None (``silent_grace``, if given, for a connection
+        that has not sent a byte).  A request in progress is never chosen."""
         oldest: _Session | None = None
         for session in self._sessions:
+            grace = silent_grace if session.silent and silent_grace is not None \
+                else EVICTION_GRACE_S
             if session.owes() and (peer is _ANYONE or session.peer == peer) \
-                    and (now is None or now - session.owed_since >= EVICTION_GRACE_S) \
+                    and (now is None or now - session.owed_since >= grace) \
                     and (oldest is None or session.owed_since < oldest.owed_since):
                 oldest = session
         return oldest
@@ -223,7 +236,28 @@ class AttestedServer:
             with self._lock:
                 self._forget(session)
 
+    def _first_byte(self, session: _Session) -> bool:
+        """Wait (within the opening deadline) for the peer's first byte, without
+        reading it; then the session is no longer silent.  False: the peer left,
+        was evicted or said nothing in time."""
+        left = session.started + self.opening_timeout - time.monotonic()
+        try:
+            session.conn.settimeout(max(left, 0.01))
+            first = session.conn.recv(1, socket.MSG_PEEK)
+        except OSError:  # timed out, reset, or shut by an eviction
+            first = b""
+        if not first:
+            return False
+        with self._lock:
+            session.silent = False
+        return True
+
     def _attested_session(self, session: _Session) -> None:
+        if not self._first_byte(session):
+            if not self._taken(session):
+                log.info("session closed: no byte before it left or its deadline")
+            session.conn.close()
+            return
         try:
             tls = tlsmod.accept(session.conn, self.identity,
                                 deadline=session.started + self.opening_timeout)
