@@ -563,6 +563,36 @@ def test_a_node_pinned_to_its_coordinator_serves_no_other(tmp_path) -> None:
         node.stop()
 
 
+def test_a_pinned_node_checks_the_signer_before_the_evidence(tmp_path) -> None:
+    """Red team attack-rt6, lead: a node pinned to its coordinator verified a
+    stranger's evidence (a full DCAP quote check on SGX) before the cheap
+    signer proof.  Now a stranger with evidence of the wrong enclave and no
+    proof is refused for the signer, its evidence never judged."""
+    from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
+    from sgxcloud.cleanroom.transport import PeerRefused, RemoteError
+
+    collab, definition, approvals, policy, _attester, extra = _collaboration(tmp_path)
+    coordinator = _coordinator(tmp_path, definition, approvals, ("127.0.0.1", 9))
+    sources = {name: Source.parse(path) for name, path in collab.nodes["bank"].items()}
+    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
+                                   approvals=approvals, simulate=True, allow_simulated=True,
+                                   coordinator=coordinator.signer))
+    node.start()
+    try:
+        tls = connect(node.address, TlsIdentity.generate("stranger"), timeout=10)
+        with pytest.raises((PeerRefused, RemoteError)):
+            open_client(tls, "coordinator", policy, SimulatedAttester(NODE), extra)
+        deadline = time.monotonic() + 5  # the node notes it just after it answers
+        while not (refused := [e["reason"] for e in node.events if e["event"] == "refused"]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(refused) == 1 and "coordinator" in refused[0], refused
+        assert "enclave" not in refused[0].lower(), refused
+    finally:
+        coordinator.close()
+        node.stop()
+
+
 def test_a_node_refuses_a_malformed_coordinator_pin(tmp_path) -> None:
     from sgxcloud.cleanroom.node import NodeConfig, ProviderNode
     from sgxcloud.errors import InputError

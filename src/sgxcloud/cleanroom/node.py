@@ -341,6 +341,7 @@ class ProviderNode:
             on_refusal=lambda reason: self._event("refused", reason=reason),
             hello_extra={"provider": config.provider},
             admit=self._admit,
+            vouch=self._vouch if config.coordinator is not None else None,
         )
 
     @property
@@ -383,15 +384,20 @@ class ProviderNode:
                 channel.refuse("bad_request", f"unknown operation {str(op)[:40]!r}")
                 return
 
+    def _vouch(self, opening: Opening) -> None:
+        """No session for another coordinator than the one configured: checked
+        before its evidence (one Ed25519 signature, where the evidence may be a
+        full DCAP quote check), so a stranger's opening costs no quote check
+        (red team attack-rt6, lead)."""
+        assert self.config.coordinator is not None
+        check_session_proof(opening.evidence, self.config.coordinator,
+                            self.definition.definition_hash(), opening.nonce,
+                            opening.peer_key)
+
     def _admit(self, _peer: Any, opening: Opening) -> None:
         """No data without every provider's approval of this definition and these
-        enclaves, this provider's above all, nor to another coordinator than the
-        one configured (checked inside the session opening, the signer first:
-        it is one signature)."""
-        if self.config.coordinator is not None:
-            check_session_proof(opening.evidence, self.config.coordinator,
-                                self.definition.definition_hash(), opening.nonce,
-                                opening.peer_key)
+        enclaves, this provider's above all (checked inside the session opening,
+        after the coordinator's signer, :meth:`_vouch`)."""
         offered = (opening.hello.get("extra") or {}).get("approvals") or []
         approvals = list(self.config.approvals)
         try:

@@ -329,12 +329,15 @@ def open_client(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
 
 def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Attester,
                 extra: dict[str, Any] | None = None,
-                admit: Callable[[Any, Opening], None] | None = None) -> AttestedChannel:
+                admit: Callable[[Any, Opening], None] | None = None,
+                vouch: Callable[[Opening], None] | None = None) -> AttestedChannel:
     """Server side: refuses (with an ERROR frame and a reason) before sending anything else.
 
-    ``admit(verified_peer, opening)`` may raise :class:`PeerRefused` for
-    checks beyond attestation (a node's approvals, its coordinator's signer),
-    still inside the opening.
+    ``vouch(opening)`` may raise :class:`PeerRefused` before the evidence is
+    verified, for a cheap check that needs no verified peer (a pinned
+    coordinator's signature: a stranger then costs no quote verification);
+    ``admit(verified_peer, opening)`` after it, for checks beyond attestation
+    (a node's approvals), still inside the opening.
     """
     frames = FramedConnection(tls)
     try:
@@ -343,10 +346,12 @@ def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
         frames.send_json(Kind.HELLO, _hello(role, policy, nonce, extra or {}))
         _, message = frames.recv_json(Kind.EVIDENCE, limit=MAX_OPENING_FRAME,
                                       max_values=MAX_OPENING_VALUES)
+        opening = Opening(hello, message, nonce, public_key_der(frames.tls.peer_certificate()))
+        if vouch:
+            vouch(opening)
         peer = _check_evidence(frames, policy, message, nonce)
         if admit:
-            admit(peer, Opening(hello, message, nonce,
-                                public_key_der(frames.tls.peer_certificate())))
+            admit(peer, opening)
         frames.send_json(Kind.EVIDENCE, _evidence_message(attester, frames, policy,
                                                           hello["nonce_bytes"]))
     except PeerRefused as exc:

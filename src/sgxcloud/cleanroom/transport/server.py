@@ -97,6 +97,7 @@ class AttestedServer:
                  on_refusal: Callable[[str], None] | None = None,
                  hello_extra: dict | None = None,
                  admit: Callable[[Any, Opening], None] | None = None,
+                 vouch: Callable[[Opening], None] | None = None,
                  max_sessions: int = MAX_SESSIONS,
                  opening_timeout: float = OPENING_TIMEOUT_S,
                  max_per_peer: int = MAX_PER_PEER) -> None:
@@ -108,6 +109,7 @@ class AttestedServer:
         self.on_refusal = on_refusal
         self.hello_extra = hello_extra or {}
         self.admit = admit
+        self.vouch = vouch
         self.opening_timeout = opening_timeout
         self.max_sessions = max_sessions
         self.max_per_peer = max_per_peer
@@ -262,7 +264,7 @@ class AttestedServer:
             tls = tlsmod.accept(session.conn, self.identity,
                                 deadline=session.started + self.opening_timeout)
             channel = open_server(tls, self.role, self.policy, self.attester,
-                                  self.hello_extra, self.admit)
+                                  self.hello_extra, self.admit, self.vouch)
             tls.deadline = None  # attested: the handler sets its own timeouts
             with self._lock:
                 session.opening = False  # attested: owes its first request from now
