@@ -12,6 +12,7 @@ import base64
 import copy
 import io
 import json
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -178,6 +179,12 @@ def test_node_log_has_refusals_but_no_identifiers(collab):
                      mrenclave="ee" * 32)
     with pytest.raises(RemoteError, match="approval"):
         open_session(nodes, definition_of(example), approvals_of(example, without={"bank"}))
-    log = (example.workdir / "logs" / "node-bank.log").read_text()
+    # The node logs a refusal just after it answers: give the line a moment.
+    deadline = time.monotonic() + 5
+    while True:
+        log = (example.workdir / "logs" / "node-bank.log").read_text()
+        if ("not pinned" in log and "approval" in log) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert "not pinned" in log and "approval" in log
     assert_absent(identifier_strings(example, {"bank"}), log)
