@@ -171,7 +171,10 @@ class AuditEntryModel(_Model):
 
 
 class AuditVerifyResponse(_Model):
-    """Whether the whole audit chain is intact; never where it is or how long it is."""
+    """Whether what this call checks of the audit chain is intact (entries appended
+    since the last verified position, and the caller's own latest older entries
+    with their successors' links; docs/cas/protocol.md); never where a break is
+    or how long the chain is."""
 
     ok: bool
     problems: list[dict[str, str]] = Field(
