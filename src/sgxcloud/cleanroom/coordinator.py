@@ -809,6 +809,7 @@ def serve(coordinator: Coordinator, host: str, port: int,
     import uvicorn
 
     from sgxcloud.cleanroom.metrics import CoordinatorMetrics, measured_app, serve_metrics
+    from sgxcloud.web.heap import freeze_startup_objects
 
     limits = limits or RequestLimits()
     metrics = CoordinatorMetrics()
@@ -822,6 +823,7 @@ def serve(coordinator: Coordinator, host: str, port: int,
                                 log_level="warning", access_log=False,
                                 **uvicorn_options(limits, tls=tls_context(str(cert), str(key))))
         server = uvicorn.Server(config)
+        freeze_startup_objects()
         if on_ready:
             on_ready(sock.getsockname()[1],
                      metrics_server.server_port if metrics_server else None)

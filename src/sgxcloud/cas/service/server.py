@@ -53,6 +53,7 @@ from sgxcloud.cas.service.metrics import (
 from sgxcloud.cas.store import Database
 from sgxcloud.web.balance import ConnectionBalancer
 from sgxcloud.web.connections import ConnectionGate, tls_context
+from sgxcloud.web.heap import freeze_startup_objects
 from sgxcloud.web.limits import LimitedHttpToolsProtocol, RequestLimits, uvicorn_options
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ def serve(settings: Settings) -> None:
         count_connections(options["http"], metrics)
         config = uvicorn.Config(app, **options)
         sock = _listen(settings)
+        freeze_startup_objects()
         try:
             uvicorn.Server(config).run(sockets=[sock])
         finally:
@@ -274,6 +276,7 @@ def serve_workers(settings: Settings) -> None:
         supervisor.on_death = lambda _pid: metrics.restarts.inc()
         if settings.metrics_port is not None:
             metrics_server = serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
+        freeze_startup_objects()
         supervisor.run()
     finally:
         if metrics_server is not None:
@@ -400,6 +403,7 @@ class _StopsService:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.gate.start_balancing(asyncio.get_running_loop())
+                freeze_startup_objects()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.gate.drain(DRAIN_SECONDS)
