@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from sgxcloud.canonical import canonical_json as shared_canonical_json
 from sgxcloud.cas.store import AuditHead, Database, Repository
 from sgxcloud.cas.store.models import AuditEntryRow
 
@@ -121,8 +122,8 @@ class ChainReport:
 
 
 def canonical_json(value: Mapping[str, Any]) -> str:
-    """The one serialisation that hashes are computed over."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    """The one serialisation that hashes are computed over: ASCII, as every stored entry."""
+    return shared_canonical_json(value, ascii_only=True).decode("ascii")
 
 
 def entry_hash(

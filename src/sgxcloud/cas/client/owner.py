@@ -105,7 +105,7 @@ class OwnerClient:
     ) -> httpx.Response:
         from sgxcloud.cas.service.auth import origin_of, sign_request
 
-        content = b"" if body is None else _canonical(body)
+        content = b"" if body is None else _body_bytes(body)
         deployment = self.deployment_id()
         headers = sign_request(
             self._key,
@@ -197,7 +197,8 @@ def _checked_deployment(value: str, source: str) -> str:
     return value
 
 
-def _canonical(body: dict[str, Any]) -> bytes:
+def _body_bytes(body: dict[str, Any]) -> bytes:
+    # Not canonical JSON: the signature covers the SHA-256 of exactly the bytes sent.
     return json.dumps(body, separators=(",", ":")).encode()
 
 

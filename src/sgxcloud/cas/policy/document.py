@@ -9,13 +9,13 @@ refused, so what the author sees is what is validated and hashed.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 from yaml.events import AliasEvent
 
+from sgxcloud.canonical import canonical_json
 from sgxcloud.cas.errors import PolicyError
 
 MAX_POLICY_BYTES = 1 << 20
@@ -117,9 +117,7 @@ def _plain(value: Any) -> Any:
 def canonical_bytes(document: Mapping[str, Any]) -> bytes:
     """Sorted-key, whitespace-free UTF-8 JSON: formatting and comments do not count."""
     try:
-        return json.dumps(
-            document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        return canonical_json(document)
     except ValueError as exc:
         raise PolicyError("", "policy contains a value JSON cannot represent (NaN/inf)") from exc
 

@@ -7,10 +7,10 @@ checks, so code using these objects can trust every reference in them.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from sgxcloud.canonical import canonical_json
 from sgxcloud.sgx.identity import EnclaveIdentity
 
 ROLES = ("data_provider", "analyst", "result_recipient")
@@ -19,13 +19,6 @@ IDENTIFIER_KINDS = ("email", "phone", "customer_id")
 ATTRIBUTE_TYPES = ("boolean", "category", "integer", "number")
 TEMPLATES = ("audience_size", "overlap", "campaign_lift")
 EXPOSURE_GROUPS = ("test", "control")
-
-
-def canonical_json(document: Any) -> bytes:
-    """The one byte form used for hashing and signing: sorted keys, no spaces, UTF-8."""
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 @dataclass(frozen=True)
