@@ -54,7 +54,9 @@ class FakeAttestationDevice:
 
     def _serve(self) -> None:
         quote = self.directory / "quote"
-        served = (self.directory / "user_report_data").read_bytes()
+        # What __enter__ wrote, not a read here: the enclave may have written its
+        # report data before this thread first runs.
+        served = bytes(64)
         while not self._stop.is_set():
             # One quote per report-data write, as Gramine: wait for a new write first,
             # or a reader still draining the last quote would get a second one.

@@ -48,11 +48,12 @@ from sgxcloud.cas.client.errors import (
     UntrustedConfiguration,
 )
 from sgxcloud.cas.errors import AccessDenied
+from sgxcloud.sgx.gramine import DEVICE, GramineAttestation
 from sgxcloud.sgx.identity import EnclaveIdentity
 
 log = logging.getLogger(__name__)
 
-ATTESTATION_DIR = Path("dev/attestation")
+ATTESTATION_DIR = DEVICE.relative_to("/")
 RETRY_STATUSES = frozenset({502, 503, 504})
 """Answers a load balancer or a restarting replica gives: the next try may succeed."""
 
@@ -82,31 +83,21 @@ class GramineEvidence:
     """Quotes from Gramine's attestation pseudo-files under ``root`` (``/`` in an enclave)."""
 
     def __init__(self, root: Path = Path("/")) -> None:
-        self.directory = root / ATTESTATION_DIR
-        self._report_data = self.directory / "user_report_data"
-        self._quote = self.directory / "quote"
+        self.device = GramineAttestation(root / ATTESTATION_DIR)
+        self.directory = self.device.directory
 
     def available(self) -> bool:
-        return self._report_data.exists() and self._quote.exists()
+        return self.device.available()
 
     def check_type(self) -> None:
         """Refuse an enclave built without remote attestation (``attestation_type`` none)."""
-        kind_file = self.directory / "attestation_type"
-        try:
-            kind = kind_file.read_text().strip()
-        except OSError:
-            return  # older Gramine: no such file; the quote read will tell
-        if kind not in ("dcap", "epid"):
-            raise NoEvidenceSource(
-                f"{kind_file} says {kind!r}: set sgx.remote_attestation = \"dcap\" in the manifest"
-            )
+        reason = self.device.why_not_attestable()
+        if reason is not None:
+            raise NoEvidenceSource(reason)
 
     def evidence(self, report_data: bytes) -> bytes:
-        # Writing user_report_data and then reading quote is Gramine's interface:
-        # the read returns a quote over the report data just written.
         try:
-            self._report_data.write_bytes(report_data)
-            return self._quote.read_bytes()
+            return self.device.quote(report_data)
         except OSError as exc:
             raise ClientError(f"cannot get a quote from {self.directory}: {exc.strerror}") from exc
 

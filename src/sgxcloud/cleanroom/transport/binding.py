@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sgxcloud.cleanroom.transport.errors import PeerRefused
+from sgxcloud.sgx.gramine import DEVICE, GramineAttestation
 from sgxcloud.sgx.identity import EnclaveIdentity
 
 DOMAIN = b"sgxcloud-cleanroom-tls-v1"
@@ -146,13 +147,13 @@ def verifier_for(collateral_source: Any = None) -> Verifier:
     return DefaultVerifier(collateral_source)
 
 
-GRAMINE_ATTESTATION = Path("/dev/attestation")
+GRAMINE_ATTESTATION = DEVICE
 
 
 @dataclass(frozen=True)
 class GramineAttester:
-    """Hardware evidence from inside a Gramine enclave: write REPORTDATA to
-    ``user_report_data``, read the DCAP quote back from ``quote``.
+    """Hardware evidence from inside a Gramine enclave, by
+    :class:`sgxcloud.sgx.gramine.GramineAttestation` (as the CAS client gets it).
 
     ``root`` is a parameter so a recorded tree can stand in for the
     pseudo-files in tests; the quote is returned as is, never parsed here.
@@ -163,14 +164,13 @@ class GramineAttester:
 
     @classmethod
     def available(cls, root: Path = GRAMINE_ATTESTATION) -> bool:
-        return (root / "quote").exists() and (root / "user_report_data").exists()
+        return GramineAttestation(root).available()
 
     def evidence(self, report_data: bytes) -> Any:
         from sgxcloud.cas.evidence.model import Evidence
 
         try:
-            (self.root / "user_report_data").write_bytes(report_data)
-            quote = (self.root / "quote").read_bytes()
+            quote = GramineAttestation(self.root).quote(report_data)
         except OSError as exc:
             raise PeerRefused(f"cannot obtain a quote from {self.root} ({exc.strerror})") from exc
         return Evidence("dcap", quote)

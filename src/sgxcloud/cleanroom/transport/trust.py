@@ -18,6 +18,7 @@ from sgxcloud.cleanroom.transport.binding import (
     verifier_for,
 )
 from sgxcloud.cleanroom.transport.errors import PeerRefused
+from sgxcloud.sgx.gramine import GramineAttestation
 from sgxcloud.sgx.identity import EnclaveIdentity
 
 ROLES = ("coordinator", "node")
@@ -88,7 +89,12 @@ def local_attester(definition: Definition, role: str, *, simulate: bool,
     definition that forbids simulation then makes every peer refuse us)."""
     if simulate:
         return SimulatedAttester(simulated_identity(definition, role, mrenclave))
-    if GramineAttester.available(attestation_root):
+    device = GramineAttestation(attestation_root)
+    if device.available():
+        # An enclave built without remote attestation: say so now, not at a peer's refusal.
+        reason = device.why_not_attestable()
+        if reason is not None:
+            raise PeerRefused(f"no SGX attestation here: {reason}")
         return GramineAttester(attestation_root)
     raise PeerRefused(
         f"no SGX attestation is available here ({attestation_root} is missing); "
