@@ -366,3 +366,61 @@ def test_requests_without_request_id_or_audience_are_refused(two_cas) -> None:  
             assert answer.status_code == 401 and says in answer.json()["message"]
         short = {**headers, auth.REQUEST_ID_HEADER: "ab" * 8}  # 8 bytes: too few to be random
         assert http.get(f"{url}/v1/audit", headers=short).status_code == 401
+
+
+def test_one_signature_is_accepted_once_whichever_credential_names_its_key(
+    same_origin,  # type: ignore[no-untyped-def]
+) -> None:
+    """The credential headers are not signed: a request signed with a certificate's key
+    also verifies with the bare key (and with any other certificate of that key).  A
+    captured read, replayed under the owner's bare key, was answered again."""
+    import base64
+    import datetime as dt
+    import hashlib
+
+    import yaml
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    (a, _), ca, services = same_origin
+    owner = pg.owner_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "owner")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(owner.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        .sign(owner, hashes.SHA256())
+    )
+    # The owner's bare key owns the policy; the owner's certificate (same key) reads it.
+    document = yaml.safe_load(pg.policy_text(owner))
+    fingerprint = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+    document["access"]["readers"] = [
+        {"name": "owner-cert", "client_certificate_sha256": fingerprint}
+    ]
+    owner_id = public_key_id(pg.public_pem(owner))
+    services[0].apply_policy(owner_id, yaml.safe_dump(document), pg.CLOCK)
+    signed = auth.sign_request(
+        owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=PUBLIC,
+        deployment=services[0].deployment_id, certificate=certificate,
+    )
+    as_key = {k: v for k, v in signed.items() if k != auth.CERT_HEADER}
+    spki = owner.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    as_key[auth.KEY_HEADER] = base64.b64encode(spki).decode()
+    with httpx.Client(verify=pinned_tls(ca)) as http:
+        assert http.get(f"{a}/v1/policies/shop", headers=signed).status_code == 200
+        replayed = http.get(f"{a}/v1/policies/shop", headers=as_key)
+        assert replayed.status_code == 401, replayed.text
+        assert "already used" in replayed.json()["message"]
+        # Either way round.
+        fresh = auth.sign_request(
+            owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=PUBLIC,
+            deployment=services[0].deployment_id,
+        )
+        assert http.get(f"{a}/v1/policies/shop", headers=fresh).status_code == 200
+        as_certificate = {k: v for k, v in fresh.items() if k != auth.KEY_HEADER}
+        as_certificate[auth.CERT_HEADER] = signed[auth.CERT_HEADER]
+        assert http.get(f"{a}/v1/policies/shop", headers=as_certificate).status_code == 401

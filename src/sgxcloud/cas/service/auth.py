@@ -20,10 +20,12 @@ The resulting principal id is the one :mod:`sgxcloud.cas.policy.access`
 derives from the policy, so matching is a string comparison.  The time must
 be within the configured skew, the deployment id the service's own, the
 audience one of its own origins, and the request id unused: the service
-records (signer, request id) in its database until the request's time leaves
-the skew window, so a captured request is accepted once — never replayed
-after a delete or a revert, never at another replica sharing the database,
-and never at another deployment, even one reached at the same origin.
+records (signing key, request id) in its database until the request's time
+leaves the skew window, so a captured request is accepted once — never
+replayed after a delete or a revert, never at another replica sharing the
+database, never at another deployment, even one reached at the same origin,
+and never again under another credential (bare key or certificate) of the
+same key.
 
 The deployment id is random, made once with the deployment's database (so
 replicas sharing it share the id, and a backup carries it), and served
@@ -417,9 +419,22 @@ def authenticate(
     )
     if not _verifies(public_key, signature, payload):
         raise AuthenticationError("request signature does not verify")
-    spend = hashlib.sha256(f"request\n{caller_id}\n{request_id}".encode()).hexdigest()
+    # Spent per signing key, not per principal: the credential headers are not
+    # signed, so one signature verifies under the bare key and under every
+    # certificate of that key, each another principal.  Keyed by principal, a
+    # captured request was accepted once per credential form (for a bare key
+    # the two ids are the same, so its spend id is what it was).
+    spend = hashlib.sha256(f"request\n{_key_id(public_key)}\n{request_id}".encode()).hexdigest()
     # Kept until no clock could accept the request again.
     return Caller(caller_id, spend_id=spend, spend_until=date + max_skew + 1)
+
+
+def _key_id(public_key: object) -> str:
+    """The principal id a bare ``public_key`` stands for."""
+    pem = public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return public_key_id(pem)
 
 
 def _signed_deployment(headers: Mapping[str, str]) -> str:
@@ -644,10 +659,7 @@ def _load_credential(
             der = base64.b64decode(key_text, validate=True)
             key = serialization.load_der_public_key(der)
             check_owner_key(key)
-            pem = key.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            return key, public_key_id(pem)
+            return key, _key_id(key)
     except OwnerKeyError as exc:
         raise AuthenticationError(f"request credential not accepted: {exc}") from exc
     except (ValueError, binascii.Error, TypeError, UnsupportedAlgorithm) as exc:
