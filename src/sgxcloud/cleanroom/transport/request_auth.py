@@ -24,6 +24,10 @@ has already used (a replayed request).  Used nonces are kept in SQLite in the
 coordinator's workdir, so a request captured in transit or from a log cannot
 be replayed after a restart either; each is kept until its request would
 fail the clock check anyway.
+
+The nonce form, the clock window, the body digest and the signature check
+are :mod:`sgxcloud.signed_requests`, which the CAS's owner requests follow
+too; the header names and the signed bytes are this service's own.
 """
 
 from __future__ import annotations
@@ -31,8 +35,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
-import os
 import re
 import sqlite3
 import threading
@@ -40,12 +42,19 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sgxcloud.cleanroom.approvals import decode_public_key
 from sgxcloud.cleanroom.definition import Definition, canonical_json
 from sgxcloud.errors import SgxcloudError
+from sgxcloud.signed_requests import (
+    REQUEST_ID,
+    body_digest,
+    is_fresh,
+    new_request_id,
+    sign,
+    signature_verifies,
+)
 
 PURPOSE = "sgxcloud.cleanroom.request/v2"
 OLD_PURPOSE = "sgxcloud.cleanroom.request/v1"
@@ -62,9 +71,6 @@ UPGRADE_MESSAGE = (
 _DEFINITION_HASH = re.compile(r"[0-9a-f]{64}")
 _COORDINATOR = re.compile(r"ed25519:[A-Za-z0-9+/]{43}=")
 """A coordinator id: its Ed25519 result-signing key as definitions write keys."""
-_NONCE = re.compile(r"[0-9a-f]{32,128}")
-"""At least 16 random bytes, hex (``sign_request`` sends 16); bounded so a
-party cannot fill the nonce store with huge values."""
 
 
 class RequestRejected(SgxcloudError):
@@ -83,7 +89,7 @@ def _payload(method: str, path: str, body: bytes, party: str, nonce: str, issued
              definition_hash: str, coordinator: str) -> bytes:
     return canonical_json({
         "purpose": PURPOSE, "method": method.upper(), "path": path,
-        "body_sha256": hashlib.sha256(body).hexdigest(), "party": party,
+        "body_sha256": body_digest(body), "party": party,
         "nonce": nonce, "issued_at": issued_at,
         "definition_hash": definition_hash, "coordinator": coordinator,
     })
@@ -102,10 +108,10 @@ def sign_request(key: Ed25519PrivateKey, party: str, method: str, path: str,
         raise ValueError("definition_hash must be 64 lower-case hex digits")
     if not _COORDINATOR.fullmatch(coordinator):
         raise ValueError("coordinator must be the coordinator's signer, ed25519:<base64>")
-    nonce = os.urandom(16).hex()
+    nonce = new_request_id()
     issued_at = int(time.time() if now is None else now)
-    signature = key.sign(_payload(method, path, body, party, nonce, issued_at,
-                                  definition_hash, coordinator))
+    signature = sign(key, _payload(method, path, body, party, nonce, issued_at,
+                                   definition_hash, coordinator))
     return {
         "X-Cleanroom-Party": party,
         "X-Cleanroom-Nonce": nonce,
@@ -156,6 +162,7 @@ class UsedNonces:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+                # Those whose requests are stale (stale_from(issued_at) <= now).
                 self._db.execute("DELETE FROM used_nonce WHERE issued_at < ?",
                                  (now - MAX_SKEW_S,))
                 added = self._db.execute(
@@ -221,10 +228,10 @@ class RequestVerifier:
             signature = base64.b64decode(str(values["x-cleanroom-signature"]), validate=True)
         except (ValueError, binascii.Error) as exc:
             raise RequestRejected("malformed request signature headers") from exc
-        if not _NONCE.fullmatch(nonce):
+        if not REQUEST_ID.fullmatch(nonce):  # the shared request-id form
             raise RequestRejected("malformed request nonce (32 to 128 lower-case hex digits)")
         current = int(time.time() if now is None else now)
-        if abs(current - issued_at) > MAX_SKEW_S:
+        if not is_fresh(issued_at, current, MAX_SKEW_S):
             raise RequestRejected("request timestamp is too far from the coordinator's clock")
         self._check_bound_here(headers)
         return party_name, nonce, issued_at, signature, current
@@ -273,9 +280,11 @@ class RequestVerifier:
         payload = _payload(method, path, body, party_name, nonce, issued_at,
                            self.definition_hash, self.coordinator)
         try:
-            decode_public_key(party.public_key).verify(signature, payload)
-        except (InvalidSignature, SgxcloudError) as exc:
+            key = decode_public_key(party.public_key)
+        except SgxcloudError as exc:
             raise RequestRejected(f"signature does not verify for {party_name}") from exc
+        if not signature_verifies(key, signature, payload):
+            raise RequestRejected(f"signature does not verify for {party_name}")
         # Only signed requests reach the store: strangers cannot fill it.
         if not self.nonces.claim(party_name, nonce, issued_at, current):
             raise RequestRejected("request replayed (nonce already used)")

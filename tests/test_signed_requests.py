@@ -1,0 +1,99 @@
+"""The CAS and the clean-room coordinator verify signed requests by one set of
+rules (sgxcloud.signed_requests): the same clock window to the second, the
+same request-id form, the same record-keeping horizon, each over its own
+wire format."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sgxcloud.cas.service import auth
+from sgxcloud.cleanroom.approvals import encode_public_key, generate_private_key
+from sgxcloud.cleanroom.definition import definition_from_dict
+from sgxcloud.cleanroom.local import example_definition
+from sgxcloud.cleanroom.transport import request_auth
+from sgxcloud.signed_requests import REQUEST_ID, sign, stale_from
+
+T0 = 1_800_000_000
+SKEW = 300
+DEPLOYMENT = "d" * 32
+AUDIENCE = "https://cas.test:443"
+OWNER = ec.generate_private_key(ec.SECP256R1())
+PARTY_KEY = generate_private_key()
+DEFINITION = definition_from_dict(example_definition({"brand": encode_public_key(PARTY_KEY)}))
+SIGNER = encode_public_key(generate_private_key())
+HERE = {"definition_hash": DEFINITION.definition_hash(), "coordinator": SIGNER}
+
+
+def cas_accepts(now: int, request_id: str | None = None, body: bytes = b"{}") -> auth.Caller:
+    headers = auth.sign_request(OWNER, "PUT", "/v1/policies", b"{}", now=T0,
+                                deployment=DEPLOYMENT, audience=AUDIENCE, request_id=request_id)
+    return auth.authenticate(headers, "PUT", "/v1/policies", body, now=now, max_skew=SKEW,
+                             deployment=DEPLOYMENT, audiences=frozenset({AUDIENCE}))
+
+
+def coordinator_accepts(now: int, nonce: str | None = None, body: bytes = b"{}") -> str:
+    headers = {k.lower(): v for k, v in request_auth.sign_request(
+        PARTY_KEY, "brand", "POST", "/v1/queries", b"{}", now=T0, **HERE).items()}
+    if nonce is not None:  # signed over this nonce, as a client making it would
+        headers["x-cleanroom-nonce"] = nonce
+        payload = request_auth._payload("POST", "/v1/queries", b"{}", "brand", nonce, T0,
+                                        HERE["definition_hash"], SIGNER)
+        headers["x-cleanroom-signature"] = base64.b64encode(sign(PARTY_KEY, payload)).decode()
+    verifier = request_auth.RequestVerifier(DEFINITION, SIGNER)
+    try:
+        return verifier.verify(headers, "POST", "/v1/queries", body, now=now)
+    finally:
+        verifier.close()
+
+
+@pytest.mark.parametrize("offset", [-SKEW, 0, SKEW])
+def test_both_accept_a_request_within_the_clock_window(offset: int) -> None:
+    assert cas_accepts(T0 + offset).spend_until == stale_from(T0, SKEW)
+    assert coordinator_accepts(T0 + offset) == "brand"
+
+
+@pytest.mark.parametrize("offset", [-SKEW - 1, SKEW + 1])
+def test_both_refuse_a_request_a_second_outside_it(offset: int) -> None:
+    assert request_auth.MAX_SKEW_S == SKEW  # the coordinator's window is fixed; the CAS default
+    with pytest.raises(auth.AuthenticationError, match="from the service's clock"):
+        cas_accepts(T0 + offset)
+    with pytest.raises(request_auth.RequestRejected, match="too far from the coordinator"):
+        coordinator_accepts(T0 + offset)
+
+
+@pytest.mark.parametrize("request_id", ["a" * 32, "0" * 128])
+def test_both_take_the_same_request_ids(request_id: str) -> None:
+    assert REQUEST_ID.fullmatch(request_id)
+    assert cas_accepts(T0, request_id).id
+    assert coordinator_accepts(T0, request_id) == "brand"
+
+
+@pytest.mark.parametrize("request_id", ["a" * 31, "0" * 129, "A" * 32, "g" * 32])
+def test_both_refuse_the_same_request_ids(request_id: str) -> None:
+    with pytest.raises(auth.AuthenticationError, match="valid x-sgxcloud-request-id"):
+        cas_accepts(T0, request_id)
+    with pytest.raises(request_auth.RequestRejected, match="malformed request nonce"):
+        coordinator_accepts(T0, request_id)
+
+
+def test_both_refuse_a_changed_body() -> None:
+    with pytest.raises(auth.AuthenticationError, match="does not verify"):
+        cas_accepts(T0, body=b"{ }")
+    with pytest.raises(request_auth.RequestRejected, match="does not verify"):
+        coordinator_accepts(T0, body=b"{ }")
+
+
+def test_the_coordinator_keeps_a_used_nonce_exactly_until_its_request_is_stale() -> None:
+    nonces = request_auth.UsedNonces(None)
+    try:
+        assert nonces.claim("brand", "a" * 32, T0, now=T0)
+        assert not nonces.claim("brand", "a" * 32, T0, now=stale_from(T0, SKEW) - 1)
+        # From stale_from on the clock check refuses it, so the record may go.
+        assert nonces.claim("brand", "b" * 32, T0 + SKEW + 1, now=stale_from(T0, SKEW))
+        assert nonces.count() == 1
+    finally:
+        nonces.close()
