@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from sgxcloud.cas.backup import BackupError
+from sgxcloud.cas.config import ConfigError
 from sgxcloud.cas.errors import (
     AccessDenied,
     CollateralError,
@@ -30,19 +32,21 @@ from sgxcloud.cas.errors import (
     PolicyError,
     PolicyProblem,
 )
-from sgxcloud.cas.protocol import ProtocolError
-from sgxcloud.cas.secrets import SecretsError
+from sgxcloud.cas.protocol import BindingError, NonceRejected, ProtocolError
+from sgxcloud.cas.secrets import MasterKeyError, SecretsError
 from sgxcloud.cas.service.app import create_app
 from sgxcloud.cas.service.auth import AuthenticationError
 from sgxcloud.cas.service.core import (
     AttestationRejected,
     AttestResult,
+    Busy,
     MalformedAttestation,
     NonceGrant,
     NotFound,
     NotReady,
 )
-from sgxcloud.cas.store import StoreError
+from sgxcloud.cas.store import DuplicateRow, StoreError
+from sgxcloud.cas.tls import TlsSetupError
 from sgxcloud.errors import SgxcloudError
 from sgxcloud.web.limits import RequestLimits
 
@@ -229,8 +233,16 @@ def test_bad_bodies_answer_as_the_stack(app, stub: Stub, content: bytes,  # type
         (ConflictError("moved"), 409, "conflict"),
         (CollateralError("PCCS down"), 503, "unavailable"),
         (NotReady("starting"), 503, "unavailable"),
+        (Busy("same work under way"), 503, "unavailable"),
+        (NonceRejected("nonce used"), 403, "attestation-rejected"),
+        (BindingError("not bound"), 403, "attestation-rejected"),
         (StoreError("database gone"), 503, "unavailable"),
+        (DuplicateRow("a concurrent writer won"), 503, "unavailable"),
+        (BackupError("no backup method"), 503, "unavailable"),
         (SecretsError(f"master key {SECRET}"), 500, "internal"),
+        (MasterKeyError(f"no master key with id {SECRET}"), 500, "internal"),
+        (ConfigError("invalid setting"), 400, "bad-request"),
+        (TlsSetupError("bad certificate"), 400, "bad-request"),
         (SgxcloudError("other"), 400, "bad-request"),
         (RuntimeError(f"bug holding {SECRET}"), 500, "internal"),
     ],
@@ -250,6 +262,9 @@ def test_service_errors_answer_as_the_stack(app, stub: Stub, caplog, path: str, 
     assert outcome.raised == ("RuntimeError" if isinstance(error, RuntimeError) else None)
     if status == 500:
         assert body["message"] == "internal error"
+    elif isinstance(error, SgxcloudError) and not isinstance(error, AttestationRejected):
+        assert body["message"] == str(error)
+        assert body.get("code") == (error.code if isinstance(error, EvidenceError) else None)
 
 
 def test_attestations_run_on_their_own_threads_no_more_at_once_than_configured() -> None:

@@ -16,8 +16,15 @@ How to use (the public API; everything else is an implementation detail)::
 Modules:
 
 - ``sgxcloud.cas.errors``: ``CasError`` and its verdicts ``EvidenceError``
-  (``MalformedEvidenceError``), ``CollateralError``, ``PolicyError`` (with
-  field paths), ``AccessDenied``, ``ConflictError``.
+  (``MalformedEvidenceError``, ``NonceRejected``, ``BindingError``,
+  ``AttestationRejected``), ``CollateralError``, ``PolicyError`` (with field
+  paths), ``AccessDenied`` (``AuthenticationError``), ``ConflictError``,
+  ``ProtocolError`` (``MalformedAttestation``), ``NotReady`` (``Busy``),
+  ``NotFound``, ``ConfigError`` (also an ``InputError``), ``TlsSetupError``,
+  ``SecretsError`` (``MasterKeyError``).  Every error of the CAS derives from
+  ``CasError``: the store's (``StoreError``, ``DuplicateRow``,
+  ``BackupError``) are in ``sgxcloud.cas.store.errors``, the clients' in
+  ``sgxcloud.cas.client.errors``.
 - ``sgxcloud.cas.evidence``: ``Evidence``, ``VerifiedEvidence``,
   ``EvidenceVerifier``, ``DcapVerifier`` (dcap-qvl), ``SimulatedVerifier``,
   ``DefaultVerifier``, ``RejectingVerifier``, ``load_evidence``,

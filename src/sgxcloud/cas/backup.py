@@ -25,15 +25,12 @@ from sqlalchemy.engine import make_url
 
 from sgxcloud.cas import audit
 from sgxcloud.cas.files import new_private_file
-from sgxcloud.cas.store import Database, StoreError
+from sgxcloud.cas.store import Database
+from sgxcloud.cas.store.errors import BackupError as BackupError
 
 SQLITE_MAGIC = b"SQLite format 3\0"
 PG_DUMP_MAGIC = b"PGDMP"
 PG_SEARCH = [Path("/usr/lib/postgresql") / v / "bin" for v in ("17", "16", "15", "14")]
-
-
-class BackupError(StoreError):
-    """A backup or restore could not be made; nothing was left half-written."""
 
 
 @dataclass(frozen=True)

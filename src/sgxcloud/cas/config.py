@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from sgxcloud.cas import secrets
-from sgxcloud.errors import InputError
+from sgxcloud.cas.errors import ConfigError as ConfigError
 
 if TYPE_CHECKING:
     from sgxcloud.web.limits import RequestLimits
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 ENV_PREFIX = "SGXCLOUD_CAS_"
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, not bound
 PRINCIPAL_ID_PATTERN = r"^(key|cert):sha256:[0-9a-f]{64}$"
-
-
-class ConfigError(InputError):
-    """The service configuration is invalid; names the setting at fault."""
 
 
 class Settings(BaseModel):

@@ -3,16 +3,29 @@
 Every low-level failure (dcap-qvl, YAML, JSON Schema, HTTP) is translated into
 one of these at the boundary where it happens, with ``raise ... from exc``, so
 callers handle a handful of verdicts and messages never carry library internals
-or secret values.  The HTTP API maps them to status codes: ``PolicyError`` ->
-400, ``EvidenceError`` -> 403, ``AccessDenied`` -> 403, ``ConflictError`` -> 409,
-``CollateralError`` -> 503.
+or secret values.  The HTTP API maps them to status codes, most specific first
+(``sgxcloud.cas.service.app.STATUS``): ``MalformedEvidenceError``,
+``ProtocolError`` (``MalformedAttestation``), ``PolicyError`` -> 400;
+``AuthenticationError`` -> 401; ``EvidenceError`` (``AttestationRejected``),
+``AccessDenied`` -> 403; ``NotFound`` -> 404; ``ConflictError`` -> 409;
+``CollateralError``, ``NotReady`` (``Busy``), ``StoreError`` -> 503;
+``SecretsError`` -> 500 without its message.  Any other ``CasError``
+(``ConfigError``, ``TlsSetupError``) answers 400.
+
+Every error of the CAS and its clients derives from :class:`CasError`; the
+storage layer's (``StoreError``, ``DuplicateRow``, ``BackupError``) live in
+``sgxcloud.cas.store.errors`` and the clients' in ``sgxcloud.cas.client.errors``.
+The modules that raise them re-export them under their historical names
+(``sgxcloud.cas.secrets.SecretsError``, ``sgxcloud.cas.protocol.ProtocolError``,
+``sgxcloud.cas.service.core.NotFound``...).  This module imports nothing but
+the standard library and :mod:`sgxcloud.errors`: the enclave client imports it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sgxcloud.errors import SgxcloudError
+from sgxcloud.errors import InputError, SgxcloudError
 
 
 class CasError(SgxcloudError):
@@ -96,3 +109,98 @@ class ConflictError(CasError):
     """An update named a predecessor hash that is no longer current."""
 
     exit_code = 1
+
+
+class AuthenticationError(AccessDenied):
+    """The request is unsigned, badly signed, or too old (HTTP 401)."""
+
+
+# -- the attestation protocol ------------------------------------------------
+
+
+class ProtocolError(CasError):
+    """A protocol message is malformed (bad input: HTTP 400, exit status 2)."""
+
+    exit_code = 2
+
+
+class NonceRejected(EvidenceError):
+    """The nonce is unknown, already used, or expired: a replay or a stale answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="nonce")
+
+
+class BindingError(EvidenceError):
+    """REPORTDATA does not commit to this public key and nonce."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="binding")
+
+
+class MalformedAttestation(ProtocolError):
+    """An attestation request that cannot be judged (bad nonce, key or evidence format).
+
+    Still audited (``audit_seq``, told as ``audit_ref``) and its nonce, if
+    well-formed, spent.
+    """
+
+    def __init__(self, message: str, *, audit_seq: int, audit_ref: str = "") -> None:
+        super().__init__(message)
+        self.audit_seq = audit_seq
+        self.audit_ref = audit_ref
+
+
+class AttestationRejected(EvidenceError):
+    """The enclave may not have this configuration; ``reasons`` says every why.
+
+    ``audit_seq`` is the entry's position (logs, operators); ``audit_ref``
+    what the caller is told.
+    """
+
+    def __init__(
+        self, reasons: list[str], *, code: str = "policy", audit_seq: int = 0, audit_ref: str = ""
+    ) -> None:
+        super().__init__("attestation rejected: " + "; ".join(reasons), code=code)
+        self.reasons = reasons
+        self.audit_seq = audit_seq
+        self.audit_ref = audit_ref
+
+
+# -- the service ---------------------------------------------------------------
+
+
+class NotReady(CasError):
+    """The service is not accepting requests (starting up or shutting down)."""
+
+
+class Busy(NotReady):
+    """The same work is under way for another caller; retry in a moment (HTTP 503)."""
+
+
+class NotFound(CasError):
+    """No such policy (or service in it)."""
+
+
+class ConfigError(InputError, CasError):
+    """The service configuration is invalid; names the setting at fault."""
+
+
+class TlsSetupError(CasError):
+    """The CAS's TLS key or certificate cannot be used."""
+
+    exit_code = 2
+
+
+class SecretsError(CasError):
+    """Secret material cannot be loaded, generated or opened (no values shown).
+
+    The HTTP API answers 500 ``internal`` without this message: a master key
+    problem is the operator's, not the caller's.
+    """
+
+    exit_code = 2
+
+
+class MasterKeyError(SecretsError):
+    """The master key is missing, malformed, or not the one that sealed a row."""

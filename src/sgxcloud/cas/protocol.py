@@ -27,7 +27,9 @@ from typing import Any
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sgxcloud.cas.errors import CasError, EvidenceError
+from sgxcloud.cas.errors import BindingError as BindingError
+from sgxcloud.cas.errors import NonceRejected as NonceRejected
+from sgxcloud.cas.errors import ProtocolError as ProtocolError
 
 NONCE_SIZE = 32
 BINDING_SIZE = 32  # the first half of the 64-byte REPORTDATA
@@ -35,26 +37,6 @@ REPORT_DATA_SIZE = 64
 HPKE_SUITE_NAME = "DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM"
 _INFO_PREFIX = b"sgxcloud-cas configuration v1\0"
 _SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-
-
-class ProtocolError(CasError):
-    """A protocol message is malformed (bad input: HTTP 400, exit status 2)."""
-
-    exit_code = 2
-
-
-class NonceRejected(EvidenceError):
-    """The nonce is unknown, already used, or expired: a replay or a stale answer."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="nonce")
-
-
-class BindingError(EvidenceError):
-    """REPORTDATA does not commit to this public key and nonce."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="binding")
 
 
 def new_nonce() -> bytes:

@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sgxcloud.errors import SgxcloudError
+from sgxcloud.cas.errors import MasterKeyError as MasterKeyError
+from sgxcloud.cas.errors import SecretsError as SecretsError
 
 MASTER_KEY_ENV = "SGXCLOUD_CAS_MASTER_KEY"
 MASTER_KEY_SIZE = 32
@@ -43,16 +44,6 @@ GRAMINE_KEY_SIZE = 16  # Gramine's encrypted files use 128-bit wrap keys
 _NONCE_SIZE = 12
 CA_VALIDITY_DAYS = 3650
 CERT_VALIDITY_DAYS = 90
-
-
-class SecretsError(SgxcloudError):
-    """Secret material cannot be loaded, generated or opened (no values shown)."""
-
-    exit_code = 2
-
-
-class MasterKeyError(SecretsError):
-    """The master key is missing, malformed, or not the one that sealed a row."""
 
 
 # -- master keys and sealing ------------------------------------------------

@@ -21,15 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sgxcloud.cas import files
-from sgxcloud.cas.errors import CasError
+from sgxcloud.cas.errors import TlsSetupError as TlsSetupError
 
 RENEW_WARNING_DAYS = 30
-
-
-class TlsSetupError(CasError):
-    """The CAS's TLS key or certificate cannot be used."""
-
-    exit_code = 2
 
 
 def _alt_names(names: list[str]) -> list[x509.GeneralName]:

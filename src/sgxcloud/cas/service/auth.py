@@ -73,7 +73,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from sgxcloud.cas.errors import AccessDenied
+from sgxcloud.cas.errors import AuthenticationError as AuthenticationError
 from sgxcloud.cas.policy.access import (
     OwnerKeyError,
     certificate_id,
@@ -113,10 +113,6 @@ _OLDER_REQUEST = (
 )
 CONSENT_MAX_LIFETIME = 7 * 86400
 """Longest a consent may be valid for: owners sign offline, but not forever."""
-
-
-class AuthenticationError(AccessDenied):
-    """The request is unsigned, badly signed, or too old (HTTP 401)."""
 
 
 class OwnerCertificates:

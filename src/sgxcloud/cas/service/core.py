@@ -34,6 +34,11 @@ from sgxcloud.cas.errors import (
     MalformedEvidenceError,
     PolicyError,
 )
+from sgxcloud.cas.errors import AttestationRejected as AttestationRejected
+from sgxcloud.cas.errors import Busy as Busy
+from sgxcloud.cas.errors import MalformedAttestation as MalformedAttestation
+from sgxcloud.cas.errors import NotFound as NotFound
+from sgxcloud.cas.errors import NotReady as NotReady
 from sgxcloud.cas.evidence import Evidence, EvidenceVerifier, VerifiedEvidence
 from sgxcloud.cas.evidence.model import sniff_evidence
 from sgxcloud.cas.policy import check_import, evaluate, evaluate_strength, load_policy
@@ -78,18 +83,6 @@ class State(StrEnum):
     STOPPED = "stopped"
 
 
-class NotReady(CasError):
-    """The service is not accepting requests (starting up or shutting down)."""
-
-
-class Busy(NotReady):
-    """The same work is under way for another caller; retry in a moment (HTTP 503)."""
-
-
-class NotFound(CasError):
-    """No such policy (or service in it)."""
-
-
 @dataclass(frozen=True)
 class NonceGrant:
     nonce: str
@@ -118,35 +111,6 @@ class AttestResult:
     tcb_status: str
     audit_seq: int
     audit_ref: str = ""  # what the enclave is told (see sgxcloud.cas.audit_refs)
-
-
-class MalformedAttestation(protocol.ProtocolError):
-    """An attestation request that cannot be judged (bad nonce, key or evidence format).
-
-    Still audited (``audit_seq``, told as ``audit_ref``) and its nonce, if
-    well-formed, spent.
-    """
-
-    def __init__(self, message: str, *, audit_seq: int, audit_ref: str = "") -> None:
-        super().__init__(message)
-        self.audit_seq = audit_seq
-        self.audit_ref = audit_ref
-
-
-class AttestationRejected(EvidenceError):
-    """The enclave may not have this configuration; ``reasons`` says every why.
-
-    ``audit_seq`` is the entry's position (logs, operators); ``audit_ref``
-    what the caller is told.
-    """
-
-    def __init__(
-        self, reasons: list[str], *, code: str = "policy", audit_seq: int = 0, audit_ref: str = ""
-    ) -> None:
-        super().__init__("attestation rejected: " + "; ".join(reasons), code=code)
-        self.reasons = reasons
-        self.audit_seq = audit_seq
-        self.audit_ref = audit_ref
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from sgxcloud.cas.store import db
+from sgxcloud.cas.store.errors import DuplicateRow as DuplicateRow
 from sgxcloud.cas.store.errors import StoreError
 from sgxcloud.cas.store.models import (
     AuditCheckpointRow,
@@ -657,10 +658,6 @@ _APPEND_AUDIT_ENTRY = _for_drivers(
 _MOVE_AUDIT_HEAD = _for_drivers(
     "UPDATE audit_head SET seq = :seq, entry_hash = :entry_hash WHERE id = 1"
 )
-
-
-class DuplicateRow(StoreError):
-    """A row that must be unique already exists (a concurrent writer won)."""
 
 
 def _policy(row: PolicyRow) -> StoredPolicy:
