@@ -186,6 +186,8 @@ def test_api_fails_closed_when_the_store_cannot_be_written(tmp_path):
                                               **here)))
         assert answer.status_code == 500
         assert "simulated" not in answer.text
+        # NonceStoreError: the operator's problem, answered as one (not a 401 or 400).
+        assert answer.json()["error"]["code"] == "internal_error"
     finally:
         coordinator.close()
 

@@ -93,5 +93,8 @@ Public interfaces (stable; imported from the sub-modules named):
     lift effect, written in streams.
 
 Errors all derive from ``sgxcloud.cleanroom.errors.CleanroomError`` (itself a
-``SgxcloudError``); their messages never contain identifiers or data values.
+``SgxcloudError``), those of the attested channel and of signed requests
+(``RequestRejected``, ``NonceStoreError``) from
+``sgxcloud.cleanroom.transport.errors.TransportError``; their messages never
+contain identifiers or data values.
 """

@@ -109,3 +109,13 @@ class AuditChainError(CleanroomError):
     def __init__(self, seq: int, message: str) -> None:
         self.seq = seq
         super().__init__(f"audit log broken at entry {seq}: {message}")
+
+
+class LocalProcessError(CleanroomError):
+    """A local node or coordinator process failed to start."""
+
+    exit_code = 3
+
+
+class CoordinatorUnavailable(CleanroomError):
+    """The coordinator could not be reached or did not prove who it is."""

@@ -28,17 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import sgxcloud
+from sgxcloud.cleanroom.errors import LocalProcessError as LocalProcessError
 from sgxcloud.cleanroom.workdir import private_dir
-from sgxcloud.errors import InputError, SgxcloudError
+from sgxcloud.errors import InputError
 
 LOCAL_FILE = "local.json"
 START_TIMEOUT_S = 600.0
-
-
-class LocalProcessError(SgxcloudError):
-    """A local node or coordinator process failed to start."""
-
-    exit_code = 3
 
 
 @dataclass

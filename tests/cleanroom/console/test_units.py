@@ -6,17 +6,28 @@ to send markup on demand; the browser tests use the real one)."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import warnings
 
 import pytest
 
 from sgxcloud.cleanroom.approvals import encode_public_key, generate_private_key
-from sgxcloud.cleanroom.console import Guard, PartySession, builder, charts, exports, views
+from sgxcloud.cleanroom.console import (
+    CoordinatorUnavailable,
+    Guard,
+    PartySession,
+    builder,
+    charts,
+    exports,
+    views,
+)
 from sgxcloud.cleanroom.definition import definition_from_dict
 from sgxcloud.cleanroom.errors import QueryError
 from sgxcloud.cleanroom.local import example_definition
 from sgxcloud.cleanroom.results import Cell, Result
+from sgxcloud.cleanroom.transport import TransportError
+from sgxcloud.cleanroom.transport.request_auth import RequestRejected
 
 HOSTILE = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 
@@ -190,3 +201,59 @@ def test_pages_escape_what_the_coordinator_sends(definition, keys):
 def test_a_key_that_is_not_the_partys_is_refused(definition, keys):
     with pytest.raises(Exception, match="does not match brand"):
         PartySession("https://127.0.0.1:1", definition, "brand", keys["bank"])
+
+
+class _Answering(_StandIn):
+    """A coordinator session whose ``status`` raises what the test gives it."""
+
+    def __init__(self, error: Exception, log: list[str]) -> None:
+        self.error, self.log = error, log
+
+    def status(self):
+        self.log.append("status")
+        raise self.error
+
+    def close(self):
+        self.log.append("close")
+
+
+@pytest.mark.parametrize(("error", "raised", "calls", "shown"), [
+    # The coordinator answered 401 (the SDK's RequestRejected): one call, the
+    # session kept, the refusal shown as a refusal.
+    (RequestRejected("request replayed (nonce already used)"), RequestRejected,
+     ["connect", "status"],
+     "the coordinator refused our signed request: request replayed (nonce already used)"),
+    # The session broke: dropped, one fresh attempt, then "unavailable".
+    (TransportError("connection lost"), CoordinatorUnavailable,
+     ["connect", "status", "close", "connect", "status", "close"],
+     "coordinator unavailable: connection lost"),
+], ids=["RequestRejected", "TransportError"])
+def test_a_refused_request_is_not_taken_for_a_broken_session(definition, keys, error, raised,
+                                                             calls, shown):
+    """Holds before and after RequestRejected moved under TransportError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+        from sgxcloud.cleanroom.console.app import create_app
+
+    log: list[str] = []
+
+    def connect():
+        log.append("connect")
+        return _Answering(error, log)
+
+    session = PartySession("https://127.0.0.1:1", definition, "brand", keys["brand"],
+                           connector=connect)
+    with pytest.raises(raised):
+        session.status()
+    assert log == calls
+    session.drop()
+    log.clear()
+    guard = Guard(port=1)
+    client = TestClient(create_app(session, guard), base_url="http://127.0.0.1:1")
+    client.get(guard.url(), follow_redirects=False)
+    client.cookies.set(guard.cookie_name, guard.session)
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "The coordinator did not answer" in page.text and html.escape(shown) in page.text

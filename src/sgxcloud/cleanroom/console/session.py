@@ -25,18 +25,16 @@ from sgxcloud.cleanroom.approvals import Approval, approve, encode_public_key
 from sgxcloud.cleanroom.audit import AuditEntry, verify_chain
 from sgxcloud.cleanroom.definition import Definition
 from sgxcloud.cleanroom.errors import AuditChainError, CleanroomError
+from sgxcloud.cleanroom.errors import CoordinatorUnavailable as CoordinatorUnavailable
 from sgxcloud.cleanroom.sdk import CleanroomClient, VerifiedResult, verify_bundle
 from sgxcloud.cleanroom.transport import TransportError
+from sgxcloud.cleanroom.transport.errors import RequestRejected
 from sgxcloud.errors import SgxcloudError
 
 MAX_KEPT_RESULTS = 200
 """Results this console fetched or ran, kept in memory for paging and export."""
 
 Connector = Callable[[], CleanroomClient]
-
-
-class CoordinatorUnavailable(CleanroomError):
-    """The coordinator could not be reached or did not prove who it is."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +119,8 @@ class PartySession:
             client = self.client()
             try:
                 return action(client)
+            except RequestRejected:
+                raise  # the coordinator answered (401): a refusal, not a broken session
             except TransportError as exc:
                 self.drop()
                 if attempt == 2:

@@ -2,7 +2,10 @@
 
 At the trust boundary every low-level failure (TLS alert, bad frame, failed
 quote check) becomes one of these, with a message that names what was wrong
-but never carries key material or data.
+but never carries key material or data.  The signed-request verdicts of the
+coordinator's HTTP API (:mod:`.request_auth`, which re-exports them) are here
+too: ``RequestRejected`` (HTTP 401, exit status 4) and ``NonceStoreError``
+(exit status 3).
 """
 
 from __future__ import annotations
@@ -44,3 +47,15 @@ class RemoteError(TransportError):
     def __init__(self, message: str, code: str = "error") -> None:
         super().__init__(message)
         self.code = code
+
+
+class RequestRejected(TransportError):
+    """The request's signature, party, time or nonce is not acceptable (HTTP 401)."""
+
+    exit_code = 4
+
+
+class NonceStoreError(TransportError):
+    """The used-nonce store cannot be opened or written: no request is accepted."""
+
+    exit_code = 3

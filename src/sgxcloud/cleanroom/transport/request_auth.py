@@ -46,6 +46,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sgxcloud.cleanroom.approvals import decode_public_key
 from sgxcloud.cleanroom.definition import Definition, canonical_json
+from sgxcloud.cleanroom.transport.errors import NonceStoreError as NonceStoreError
+from sgxcloud.cleanroom.transport.errors import RequestRejected as RequestRejected
 from sgxcloud.errors import SgxcloudError
 from sgxcloud.signed_requests import (
     REQUEST_ID,
@@ -71,18 +73,6 @@ UPGRADE_MESSAGE = (
 _DEFINITION_HASH = re.compile(r"[0-9a-f]{64}")
 _COORDINATOR = re.compile(r"ed25519:[A-Za-z0-9+/]{43}=")
 """A coordinator id: its Ed25519 result-signing key as definitions write keys."""
-
-
-class RequestRejected(SgxcloudError):
-    """The request's signature, party, time or nonce is not acceptable (HTTP 401)."""
-
-    exit_code = 4
-
-
-class NonceStoreError(SgxcloudError):
-    """The used-nonce store cannot be opened or written: no request is accepted."""
-
-    exit_code = 3
 
 
 def _payload(method: str, path: str, body: bytes, party: str, nonce: str, issued_at: int,
