@@ -14,7 +14,7 @@ import dataclasses
 
 from lxml import etree
 
-from sgxcloud.errors import InputError
+from sgxcloud.nova.errors import SGXCapabilitiesError as SGXCapabilitiesError
 from sgxcloud.sgx.epc import kib_to_mib
 
 _SIZE_UNITS_IN_KIB = {
@@ -23,10 +23,6 @@ _SIZE_UNITS_IN_KIB = {
     "m": 1024, "mib": 1024,
     "g": 1024 * 1024, "gib": 1024 * 1024,
 }
-
-
-class SGXCapabilitiesError(InputError):
-    """Domain capabilities XML that is not what libvirt writes."""
 
 
 def parse_size_kib(text: str | None, unit: str | None, where: str) -> int:

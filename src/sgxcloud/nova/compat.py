@@ -25,7 +25,7 @@ import dataclasses
 from importlib import metadata
 from typing import Any
 
-from sgxcloud.errors import SgxcloudError
+from sgxcloud.nova.errors import UnsupportedRelease as UnsupportedRelease
 
 # -- what the host stack must have (sgxcloud host check, SGXHost) ----------
 
@@ -63,10 +63,6 @@ RELEASES: tuple[Release, ...] = (
     Release("2026.2", "", 34, 16, slurp=False),
 )
 NEWEST = RELEASES[-1]
-
-
-class UnsupportedRelease(SgxcloudError):
-    """The installed Nova belongs to no supported OpenStack release."""
 
 
 def release_for_nova(nova_version: str) -> Release:

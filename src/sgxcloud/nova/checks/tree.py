@@ -19,22 +19,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sgxcloud.errors import InputError
+from sgxcloud.nova.errors import MissingFile as MissingFile
+from sgxcloud.nova.errors import TreeReadError as TreeReadError
 
 MAX_READ = 4 * 1024 * 1024  # smaps of a big QEMU is ~1 MiB; refuse runaway files
 _CHUNK = 64 * 1024
-
-
-class TreeReadError(InputError):
-    """A file under the root could not be read; ``reason`` is one short phrase."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-class MissingFile(TreeReadError):
-    """The file does not exist (or its process exited while we looked)."""
 
 
 @dataclass(frozen=True)
