@@ -72,6 +72,10 @@ TARGET_CLIENTS = 16
 TARGET_PER_S = 300
 TARGET_P99_MS = 50
 SWEEP = (150, 225, 375)
+# The target's two cells are measured this many times on every configuration
+# (the first with the rest of the run, the others after it): one run of 6 s
+# cells on a shared 2-core machine says little about how reliably it holds.
+ROUNDS = 3
 # The offered rate counts as served when the achieved rate is within this
 # fraction of it (the last round trips' own latency alone costs ~0.5 % of 6 s).
 RATE_TOLERANCE = 0.98
@@ -400,6 +404,7 @@ class Plan:
     sweep: tuple[float, ...] = SWEEP
     arrivals: str = "uniform"
     baseline: str | None = None
+    rounds: int = ROUNDS
 
 
 def _log(kind: str, setup: Setup, row: dict[str, Any]) -> None:
@@ -429,6 +434,7 @@ def bench_load(workdir: Path, plan: Plan) -> dict[str, Any]:
     setups: list[Setup] = []
     closed: list[dict[str, Any]] = []
     opened: list[dict[str, Any]] = []
+    repeats: list[dict[str, Any]] = []
     postgres = baseline_tree = None
     try:
         postgres = _durable_postgres(workdir) if wants_pg and find_bindir() else None
@@ -475,6 +481,7 @@ def bench_load(workdir: Path, plan: Plan) -> dict[str, Any]:
                            best.pids, best.database_pids)
             opened.append({**best.label(), **row})
             _log("open", best, row)
+        repeats = _repeat_target(plan, ours, tls.ca_cert, workdir)
     finally:
         for setup in setups:
             setup.stop()
@@ -485,7 +492,40 @@ def bench_load(workdir: Path, plan: Plan) -> dict[str, Any]:
                             str(baseline_tree)], check=False, capture_output=True)
     order = [s.key for s in setups]
     opened.sort(key=lambda r: (order.index(r["config"]), r["offered_per_s"]))
-    return {"closed": closed, "open": opened, "skipped": skipped}
+    return {"closed": closed, "open": opened, "repeats": repeats, "skipped": skipped}
+
+
+def _repeat_target(plan: Plan, setups: list[Setup], ca: Path, workdir: Path,
+                   ) -> list[dict[str, Any]]:
+    """Rounds 2.. of the target's two cells (closed loop and open loop at the
+    rate, ``plan.open_clients`` enclaves) on every configuration, in turn."""
+    rows: list[dict[str, Any]] = []
+    for round_no in range(2, plan.rounds + 1):
+        for setup in setups:
+            for load in (Load(plan.open_clients, plan.seconds),
+                         Load(plan.open_clients, plan.seconds, plan.rate, plan.arrivals)):
+                row = run_cell(setup.urls, ca, workdir, load, setup.pids, setup.database_pids)
+                rows.append({**setup.label(), **row, "round": round_no})
+                _log(f"{'closed' if load.rate is None else 'open'}#{round_no}", setup, row)
+    return rows
+
+
+def judge_rounds(cells: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """The target in each round (round 1: the main cells) and overall: met only
+    when one configuration met it in every round."""
+    rounds = [judge(cells["closed"], cells["open"], plan.open_clients, plan.rate)]
+    for round_no in range(2, plan.rounds + 1):
+        these = [r for r in cells["repeats"] if r["round"] == round_no]
+        rounds.append(judge([r for r in these if r["offered_per_s"] is None],
+                            [r for r in these if r["offered_per_s"] is not None],
+                            plan.open_clients, plan.rate))
+    configs = [v["config"] for v in rounds[0]["configs"]]
+    met_in = {c: sum(1 for r in rounds for v in r["configs"] if v["config"] == c and v["met"])
+              for c in configs}
+    first = rounds[0]
+    return {**first, "met": any(n == len(rounds) for n in met_in.values()),
+            "met_first_round": first["met"], "rounds": len(rounds), "met_in": met_in,
+            "by_round": rounds}
 
 
 def _saturated(row: dict[str, Any]) -> bool:
@@ -598,7 +638,7 @@ def run(plan: Plan) -> dict[str, Any]:
         "verification": verification,
         "parts": parts,
         **cells,
-        "target": judge(cells["closed"], cells["open"], plan.open_clients, plan.rate),
+        "target": judge_rounds(cells, plan),
         "duration_s": time.monotonic() - began,
     }
 
@@ -626,6 +666,8 @@ def _command(plan: Plan) -> str:
         words.append(f"--rate {plan.rate:g}")
     if plan.sweep != Plan.sweep:
         words.append(" ".join(["--sweep", *(f"{r:g}" for r in plan.sweep)]))
+    if plan.rounds != Plan.rounds:
+        words.append(f"--rounds {plan.rounds}")
     if plan.baseline:
         words.append(f"--baseline {plan.baseline}")
     return " ".join(words)
@@ -660,9 +702,12 @@ def _target_paragraph(report: dict[str, Any]) -> str:
             f"{target['p99_ms']:g} ms{'' if issue else '; issue 13 asks 300/s at 16'}): ")
     if not target["configs"] or not any(v["measured"] for v in target["configs"]):
         return head + "**not measured** in this run."
+    rounds = target.get("rounds", 1)
     head += "**MET**" if target["met"] else "**NOT MET**"
     lines = [head + (" (capacity ≥ the rate in the closed loop AND, at that rate offered "
-                     "in the open loop, every round trip served with p99 within the bound)."),
+                     "in the open loop, every round trip served with p99 within the bound"
+                     + (f", by one configuration in each of {rounds} rounds" if rounds > 1
+                        else "") + ")."),
              ""]
     names = {r["config"]: f"{r['backend']}, {r['replicas']} replica(s)"
                           f"{_workers_text(r.get('workers', 1))}"
@@ -673,8 +718,31 @@ def _target_paragraph(report: dict[str, Any]) -> str:
         latency = (f"at {target['per_s']:g}/s offered: {_f(v['open_per_s'], 0)}/s served, "
                    f"p99 {_f(v['open_p99_ms'])} ms ({'holds' if v['latency_ok'] else 'fails'})")
         lines.append(f"- {names.get(v['config'], v['config'])}: {capacity}; {latency}"
-                     f" → {'met' if v['met'] else 'not met'}")
+                     f" → {'met' if v['met'] else 'not met'}"
+                     + (f"; met in {target['met_in'][v['config']]} of {rounds} rounds"
+                        if rounds > 1 else ""))
+    if rounds > 1:
+        lines += ["", _rounds_table(target, names)]
     return "\n".join(lines)
+
+
+def _rounds_table(target: dict[str, Any], names: dict[str, str]) -> str:
+    """Each round's two target cells per configuration: capacity / p99 at the rate."""
+    header = ("| configuration | " + " | ".join(f"round {n}" for n in
+                                                 range(1, target["rounds"] + 1))
+              + " |\n|---|" + "---|" * target["rounds"])
+    rows = []
+    for config in target["met_in"]:
+        cells = []
+        for judged in target["by_round"]:
+            v = next((v for v in judged["configs"] if v["config"] == config), None)
+            cells.append("–" if v is None or not v["measured"] else
+                         f"{_f(v['capacity_per_s'], 0)}/s, p99 {_f(v['open_p99_ms'])} ms "
+                         f"{'✓' if v['met'] else '✗'}")
+        rows.append(f"| {names.get(config, config)} | " + " | ".join(cells) + " |")
+    return (f"Each round: {target['clients']}-enclave capacity (closed loop), then p99 with "
+            f"{target['per_s']:g}/s offered (open loop); ✓ both hold.\n\n"
+            + header + "\n" + "\n".join(rows))
 
 
 def _closed_table(rows: list[dict[str, Any]]) -> str:
@@ -821,7 +889,11 @@ above one already saturated is skipped.
 only when one configuration both has a 16-client closed-loop capacity of at
 least 300/s, and, with 300/s offered by 16 enclaves in the open loop, served
 every round trip without error, achieved at least 98 % of the offered rate
-and kept p99 within 50 ms.
+and kept p99 within 50 ms — and did so in every **round**: the target's two
+cells (the 16-enclave closed loop and 300/s offered) are measured `--rounds`
+times (default 3) on every configuration, the first with the rest of the run
+and the others after it, one configuration after another, so that one lucky
+or unlucky 6-second cell on a shared machine does not decide the verdict.
 
 **The generator measures itself**: *client CPU* is the enclaves' whole CPU
 per round trip; the generator's own share (scheduling and bookkeeping outside
@@ -841,7 +913,7 @@ competition distorts least.  The *CPU-bound ceiling* is 2 CPUs divided by
 server + database + client CPU per round trip: the most this machine could
 serve with every core busy and the clients on it too.
 
-Run: `.venv/bin/python benchmarks/bench_cas.py` (about 3 minutes; `--seconds`
+Run: `.venv/bin/python benchmarks/bench_cas.py` (about 7 minutes; `--seconds`
 per cell, `--json` for machine-readable output, `--baseline REV` to measure a
 git revision's server in the same run, `--help` for the rest).
 """
@@ -905,7 +977,7 @@ def _json_safe(value: Any) -> Any:
 def _plan(args: argparse.Namespace) -> Plan:
     return Plan(seconds=args.seconds, configs=tuple(args.configs), clients=tuple(args.clients),
                 open_clients=args.open_clients, rate=args.rate, sweep=tuple(args.sweep),
-                arrivals=args.arrivals, baseline=args.baseline)
+                arrivals=args.arrivals, baseline=args.baseline, rounds=args.rounds)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -916,7 +988,7 @@ def _parser() -> argparse.ArgumentParser:
                     "with 1 replica of 2 worker processes) and latency at a fixed "
                     "offered rate (open loop, no coordinated omission), each attestation "
                     "also verifying a real SGX quote.  Writes docs/benchmarks/cas.md and "
-                    "prints it (or JSON).  The default run takes about 5 minutes.",
+                    "prints it (or JSON).  The default run takes about 7 minutes.",
     )
     parser.add_argument("--seconds", type=float, default=Plan.seconds,
                         help="measured time per cell (default %(default)g)")
@@ -938,6 +1010,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--arrivals", choices=["uniform", "poisson"], default="uniform",
                         help="open-loop schedule: evenly phased enclaves or Poisson "
                              "(default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, metavar="N",
+                        help="measure the target's two cells N times on every configuration "
+                             "(the target is met when one configuration meets it in every "
+                             "round; default %(default)s)")
     parser.add_argument("--baseline", metavar="REV",
                         help="also measure the server of git revision REV (SQLite, closed "
                              "loop, same harness) for ratios")
@@ -957,6 +1033,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("enclave counts must be between 1 and 64")
     if any(r <= 0 for r in [args.rate, *args.sweep]):
         parser.error("rates must be positive")
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be between 1 and 20")
     if args.baseline:
         found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet",
                                 f"{args.baseline}^{{commit}}"], capture_output=True, check=False)
