@@ -23,13 +23,13 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from sgxcloud.cleanroom import coordinator as coordinator_module
 from sgxcloud.cleanroom.approvals import (
     encode_public_key,
     generate_private_key,
     private_key_from_pem,
 )
 from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig, create_app
+from sgxcloud.cleanroom.coordinator import service as coordinator_service
 from sgxcloud.cleanroom.definition import definition_from_dict
 from sgxcloud.cleanroom.errors import CleanroomError
 from sgxcloud.cleanroom.identifiers import KEY_BYTES
@@ -223,14 +223,14 @@ def test_interrupted_creation_leaves_no_key_and_the_next_start_makes_a_whole_one
     def fail(*_args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(coordinator_module.os, "replace", fail)
+    monkeypatch.setattr(coordinator_service.os, "replace", fail)
     with pytest.raises(CleanroomError, match="cannot create"):
-        coordinator_module._secret_file(rekey, lambda: b"k" * KEY_BYTES)
+        coordinator_service._secret_file(rekey, lambda: b"k" * KEY_BYTES)
     assert list(rekey.parent.iterdir()) == []  # neither the key nor a temporary
     monkeypatch.undo()
     # A run killed between creating and renaming leaves a temporary: ignored, removed.
     (rekey.parent / ".rekey.bin.4242.tmp").write_bytes(b"half")
-    data = coordinator_module._secret_file(rekey, lambda: b"k" * KEY_BYTES)
+    data = coordinator_service._secret_file(rekey, lambda: b"k" * KEY_BYTES)
     assert data == rekey.read_bytes() == b"k" * KEY_BYTES
     assert [p.name for p in rekey.parent.iterdir()] == ["rekey.bin"]
 

@@ -198,7 +198,7 @@ def measured_app(coordinator: Any, metrics: CoordinatorMetrics,
                  **app_options: Any) -> Any:
     """The coordinator's API with queries measured into ``metrics`` (served apart:
     :func:`serve_metrics`); ``app_options``, e.g. request limits, go to ``create_app``."""
-    from sgxcloud.cleanroom.coordinator import create_app
+    from sgxcloud.cleanroom.coordinator.app import create_app
 
     metrics.watch(coordinator)
     return create_app(MeasuredCoordinator(coordinator, metrics), **app_options)
