@@ -7,7 +7,8 @@ be tested alone:
 - :mod:`.service`: :class:`Coordinator` (state, ingestion, queries, the key
   files in its workdir; no HTTP) and :class:`CoordinatorConfig`;
 - :mod:`.schemas`: the API's wire shapes (its error answer);
-- :mod:`.app`: :func:`create_app` (FastAPI: decode, call, encode);
+- :mod:`.app`: :func:`create_app` (FastAPI: decode, call, encode; one table
+  maps errors to statuses);
 - :mod:`.server`: :func:`serve`, the composition root (HTTPS, limits, metrics).
 
 The names below were all importable from ``sgxcloud.cleanroom.coordinator``
