@@ -114,3 +114,24 @@ def test_the_public_names_are_importable_from_the_package() -> None:
                  "openapi_document", "serve"):
         assert name in package.__all__
     assert all(hasattr(package, name) for name in package.__all__)
+
+
+@pytest.mark.parametrize("nonce", ["NOT-A-NONCE-SECRET", "ab" * 31, ""])
+def test_a_malformed_parameter_is_a_400_in_the_api_shape(client: TestClient, nonce: str) -> None:
+    """FastAPI's own checks (the attestation's nonce pattern) answer like every other
+    error, 400 ``bad_request``, not 422 ``{"detail": [...]}``; the value is not echoed."""
+    answer = client.get("/v1/attestation", params={"nonce": nonce})
+    assert answer.status_code == 400
+    body = answer.json()
+    assert set(body) == {"error"} and body["error"]["code"] == "bad_request"
+    assert body["error"]["message"].startswith("query.nonce: ")
+    if nonce:
+        assert nonce not in answer.text
+
+
+def test_the_published_document_names_no_422(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    responses = [op.get("responses", {}) for ops in document["paths"].values()
+                 for op in ops.values()]
+    assert not any("422" in r for r in responses)
+    assert "HTTPValidationError" not in document["components"]["schemas"]

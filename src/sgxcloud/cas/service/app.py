@@ -48,6 +48,7 @@ from sgxcloud.cas.store import StoreError
 from sgxcloud.errors import SgxcloudError
 from sgxcloud.web.limits import KIB, MIB, RequestLimits, RequestLimitsMiddleware, RouteLimit
 from sgxcloud.web.offload import OffloadThreads
+from sgxcloud.web.openapi import drop_validation_422, first_problem
 from sgxcloud.web.routing import (
     TELEMETRY_OFF,
     DirectApp,
@@ -177,9 +178,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        body = schemas.ErrorBody(error="bad-request", message=str(first.get("msg")), field=where)
+        where, what = first_problem(exc)
+        body = schemas.ErrorBody(error="bad-request", message=what, field=where)
         return JSONResponse(body.model_dump(exclude_none=True), status_code=400)
 
     @app.exception_handler(Exception)
@@ -412,13 +412,7 @@ def _document_400_not_422(app: FastAPI) -> None:
                 components.update(schema.pop("$defs", {}))
                 components[model.__name__] = schema
             document["components"]["schemas"] = dict(sorted(components.items()))
-            for operations in document.get("paths", {}).values():
-                for operation in operations.values():
-                    operation.get("responses", {}).pop("422", None)
-            schemas_ = document.get("components", {}).get("schemas", {})
-            for name in ("HTTPValidationError", "ValidationError"):
-                schemas_.pop(name, None)
-            app.openapi_schema = document
+            app.openapi_schema = drop_validation_422(document)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

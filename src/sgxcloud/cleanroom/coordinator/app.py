@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from sgxcloud.cleanroom.coordinator import schemas
@@ -29,6 +30,7 @@ from sgxcloud.cleanroom.errors import CleanroomError, QueryRefused
 from sgxcloud.cleanroom.transport.errors import RequestRejected
 from sgxcloud.errors import InputError
 from sgxcloud.web.limits import KIB, RequestLimits, RequestLimitsMiddleware, RouteLimit, load_json
+from sgxcloud.web.openapi import document_400_not_422, first_problem
 
 log = logging.getLogger("sgxcloud.cleanroom.coordinator")  # one name for the package's log
 
@@ -120,6 +122,13 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     """Outside the guarded handlers too: never a 500 without a JSON body."""
     log.error("internal error: %s", type(exc).__name__, exc_info=exc)
     return _error(500, "internal_error", INTERNAL_ERROR_MESSAGE)
+
+
+async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A parameter FastAPI checked (e.g. the attestation's nonce): 400 in the API's
+    shape, not FastAPI's 422 ``{"detail": [...]}``; the value sent is not echoed."""
+    where, what = first_problem(exc)
+    return _error(400, "bad_request", f"{where}: {what}" if where else what)
 
 
 def _coordinator(request: Request) -> Coordinator:
@@ -288,7 +297,9 @@ def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits 
     app = FastAPI(title="sgxcloud clean room coordinator", version=API_VERSION,
                   description=DESCRIPTION)
     app.state.coordinator = coordinator
+    app.add_exception_handler(RequestValidationError, _bad_request)
     app.add_exception_handler(Exception, _unexpected)
+    document_400_not_422(app)
     for method, path, endpoint, options in _ROUTES:
         app.add_api_route(path, endpoint, methods=[method], **options)
 
