@@ -182,3 +182,50 @@ def test_unknown_dataset_and_bad_source_specs(setup, tmp_path):
         Source.parse(str(tmp_path / "a.xlsx"))
     with pytest.raises(InputError, match="DuckDB table"):
         Source.parse(str(tmp_path / "a.duckdb"))
+
+
+def test_a_stranger_learns_nothing_of_the_node_before_its_evidence_is_checked(setup):
+    """Red team rt7 finding 8: a HELLO naming another definition was refused with 64
+    bits of the node's definition hash (which collaboration a host serves; its
+    nodes linked), and the node's own HELLO named its provider to anyone who
+    knew the hash.  A refusal before attestation names only what the peer sent."""
+    import json
+    import os
+    import time
+
+    from sgxcloud.cleanroom.transport.channel import PROTOCOL, FramedConnection, Kind
+
+    definition, approvals = setup
+    node = start(definition, approvals, {})
+    ours = definition.definition_hash()
+
+    def hello(definition_hash):
+        frames = FramedConnection(connect(node.address, TlsIdentity.generate("stranger")))
+        frames.send_json(Kind.HELLO, {"protocol": PROTOCOL, "role": "coordinator",
+                                      "definition_hash": definition_hash,
+                                      "nonce": os.urandom(32).hex(), "extra": {}})
+        return frames
+
+    try:
+        theirs = "sha256:" + "0123456789abcdef" * 4
+        frames = hello(theirs)
+        with pytest.raises(RemoteError) as refused:
+            frames.recv_json(Kind.HELLO)
+        frames.close()
+        told = str(refused.value)
+        # What helps an honest coordinator: its own hash, and that the node runs another.
+        assert theirs[:16] in told and "this side runs another" in told
+        digest = ours.split(":")[-1]
+        assert not [digest[i:i + 6] for i in range(len(digest) - 5) if digest[i:i + 6] in told]
+        # Knowing the hash (an approval file shows it) still names no provider.
+        frames = hello(ours)
+        _, answer = frames.recv_json(Kind.HELLO)
+        frames.close()
+        assert answer["extra"] == {} and "bank" not in json.dumps(answer)
+        # The node's operator still sees why it refused.
+        deadline = time.monotonic() + 5
+        while not [e for e in node.events if theirs[:16] in e.get("reason", "")]:
+            assert time.monotonic() < deadline, list(node.events)
+            time.sleep(0.02)
+    finally:
+        node.stop()

@@ -339,7 +339,9 @@ class ProviderNode:
                            mrenclave=config.simulate_mrenclave),
             self._serve_session,
             on_refusal=lambda reason: self._event("refused", reason=reason),
-            hello_extra={"provider": config.provider},
+            # No HELLO extra: it goes to the peer before its evidence is checked,
+            # and the provider's name told a stranger whose node this is (red
+            # team rt7 finding 8); the attested coordinator asks 'describe'.
             admit=self._admit,
             vouch=self._vouch if config.coordinator is not None else None,
         )

@@ -241,7 +241,17 @@ def _hello(role: str, policy: PeerPolicy, nonce: bytes, extra: dict[str, Any]) -
     }
 
 
-def _read_hello(frames: FramedConnection, policy: PeerPolicy) -> dict[str, Any]:
+def _read_hello(frames: FramedConnection, policy: PeerPolicy, *,
+                answering: bool = False) -> dict[str, Any]:
+    """The peer's HELLO, checked; ``answering``: this side has not said its HELLO yet.
+
+    A server refuses a HELLO for another definition before anything of its own
+    is said, so its refusal names only what the peer sent: the stranger who
+    asked learns no part of this side's definition hash (red team rt7 finding
+    8: it told 64 bits of it, enough to tell which collaboration a host serves
+    and to link its nodes).  The client has sent its hash already; its refusal
+    names both, for its operator.
+    """
     _, hello = frames.recv_json(Kind.HELLO, limit=MAX_OPENING_FRAME,
                                 max_values=MAX_OPENING_VALUES)
     if hello.get("protocol") != PROTOCOL:
@@ -253,10 +263,11 @@ def _read_hello(frames: FramedConnection, policy: PeerPolicy) -> dict[str, Any]:
     if len(nonce) != NONCE_SIZE:
         raise ProtocolViolation("malformed nonce in HELLO")
     if hello.get("definition_hash") != policy.definition_hash:
+        theirs = str(hello.get("definition_hash"))[:16]
+        ours = "another" if answering else f"{policy.definition_hash[:16]}…"
         raise PeerRefused(
-            f"peer runs collaboration definition {str(hello.get('definition_hash'))[:16]}…, "
-            f"this side runs {policy.definition_hash[:16]}…; a changed definition needs "
-            "fresh approvals and a restart with the same file on every side"
+            f"peer runs collaboration definition {theirs}…, this side runs {ours}; a changed "
+            "definition needs fresh approvals and a restart with the same file on every side"
         )
     hello["nonce_bytes"] = nonce
     return hello
@@ -342,7 +353,7 @@ def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
     frames = FramedConnection(tls)
     try:
         nonce = os.urandom(NONCE_SIZE)
-        hello = _read_hello(frames, policy)
+        hello = _read_hello(frames, policy, answering=True)
         frames.send_json(Kind.HELLO, _hello(role, policy, nonce, extra or {}))
         _, message = frames.recv_json(Kind.EVIDENCE, limit=MAX_OPENING_FRAME,
                                       max_values=MAX_OPENING_VALUES)
