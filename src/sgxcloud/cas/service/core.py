@@ -33,6 +33,7 @@ from sgxcloud.cas.errors import (
     EvidenceError,
     MalformedEvidenceError,
     PolicyError,
+    PolicyProblem,
 )
 from sgxcloud.cas.errors import AttestationRejected as AttestationRejected
 from sgxcloud.cas.errors import Busy as Busy
@@ -632,21 +633,16 @@ class CasService:
 
         def work(repo: Repository) -> PolicyInfo:
             current = repo.get_policy(policy.name, lock=True)
+            # The stored owner ids, not a re-parse: a policy stored under
+            # an older schema must stay updatable by its owners.
+            if current is None or caller not in current.owners:
+                # Whether the name is free, held or was deleted is not said to
+                # a caller who does not own it (red team rt7 finding 6).
+                self._check_not_owned(repo, policy, caller, current)
             if current is None:
-                if policy.predecessor is not None:
-                    raise ConflictError(
-                        f"policy {policy.name!r} does not exist, but the update names a predecessor"
-                    )
-                if not policy.access.allows("update", caller):
-                    raise AccessDenied("you are not an owner of the policy you are creating")
-                self._check_creator(repo, policy.name, caller)
                 version = repo.last_version(policy.name) + 1
                 already_signed: frozenset[str] = frozenset()
             else:
-                # The stored owner ids, not a re-parse: a policy stored under
-                # an older schema must stay updatable by its owners.
-                if caller not in current.owners:
-                    raise AccessDenied(f"not an owner of policy {policy.name!r}")
                 if policy.predecessor != current.policy_hash:
                     raise ConflictError(
                         f"policy {policy.name!r} is at {current.policy_hash}, "
@@ -697,22 +693,45 @@ class CasService:
         log.info("policy %s version %d applied by %s", info.name, info.version, caller)
         return info
 
-    def _check_creator(self, repo: Repository, name: str, caller: str) -> None:
-        """Who may create a policy under ``name``.
+    def _check_not_owned(
+        self, repo: Repository, policy: Policy, caller: str, current: StoredPolicy | None
+    ) -> None:
+        """Refuse a change to ``policy.name`` by a caller who does not own it, if it must be.
 
-        A name that a deleted policy held keeps its audit history (readable by
-        whoever owns the name), and other policies may still refer to it; so
-        only one of its last owners may take it again.  Operators may also
-        restrict creation to listed principals (setting ``policy_creators``).
+        The answer depends on whether the name is free, held by a policy, or
+        kept for a deleted one's owners only where it cannot be helped: a
+        create of a free name succeeds.  Otherwise it is the same (status and
+        message) for all three, so a key that owns nothing cannot tell them
+        apart (red team rt7 finding 6; attestation rejections hide the same):
+        an update of a policy the caller does not own, a create that does not
+        list the caller as owner, a create by a caller the operator's
+        ``policy_creators`` does not list (checked before the name), and a
+        create of a held name.  A name a deleted policy held keeps its audit
+        history (readable by whoever owns the name), and other policies may
+        still refer to it; so only one of its last owners may take it again,
+        and a caller who once applied a version of it is told why.
         """
+        name = policy.name
+        if policy.predecessor is not None:
+            raise NotFound(f"no policy named {name!r} that you own")
+        if not policy.access.allows("update", caller):
+            raise AccessDenied("you are not an owner of the policy you are creating")
         if self.policy_creators is not None and caller not in self.policy_creators:
             raise AccessDenied("this service lets only listed principals create policies")
-        live = [row for row in repo.policy_history(name) if not row.deleted]
-        if live and caller not in owner_ids(live[-1].text):
-            raise AccessDenied(
-                f"policy name {name!r} belonged to a deleted policy: "
-                "only one of its former owners may create it again"
-            )
+        if current is None:
+            history = repo.policy_history(name)
+            live = [row for row in history if not row.deleted]
+            if not live or caller in owner_ids(live[-1].text):
+                return  # free, or one of its last owners takes it again
+            if any(row.applied_by == caller for row in history):
+                raise AccessDenied(
+                    f"policy name {name!r} belonged to a deleted policy: "
+                    "only one of its last owners may create it again"
+                )
+        raise AccessDenied(
+            f"policy name {name!r} is taken: only its owners may apply it (the name of a "
+            "deleted policy stays with its last owners)"
+        )
 
     @staticmethod
     def _check_signed_owners(
@@ -760,18 +779,16 @@ class CasService:
         for exporter_name in sorted(exporters):
             source = repo.get_policy(exporter_name)
             if source is None:
-                field_path = next(
-                    f"secrets.{s.name}.import_from"
-                    for s in policy.imports
-                    if s.import_from and s.import_from.policy == exporter_name
+                raise _not_offered(policy, exporter_name, None)
+            try:
+                check_import(
+                    policy,
+                    self._parsed(source),
+                    importer_owners=owners,
+                    exporter_owners=frozenset(source.owners),
                 )
-                raise PolicyError(field_path, f"policy {exporter_name!r} does not exist")
-            check_import(
-                policy,
-                self._parsed(source),
-                importer_owners=owners,
-                exporter_owners=frozenset(source.owners),
-            )
+            except PolicyError as exc:
+                raise _not_offered(policy, exporter_name, exc) from None
 
     def read_policy(self, caller: str, name: str) -> PolicyView:
         self._require_ready()
@@ -779,10 +796,11 @@ class CasService:
         def read(repo: Repository) -> tuple[StoredPolicy, Policy, dict[str, SealedSecret]]:
             stored = repo.get_policy(name)
             if stored is None:
-                raise NotFound(f"no policy named {name!r}")
+                raise NotFound(_NOT_READABLE.format(name=name))
             policy = self._parsed(stored)
             if not _may_read(stored, policy, caller):
-                raise AccessDenied(f"not an owner or reader of policy {name!r}")
+                # The answer for a missing policy: not whether it exists (rt7 finding 6).
+                raise NotFound(_NOT_READABLE.format(name=name))
             return stored, policy, repo.get_secrets(name)
 
         stored, policy, rows = self.database.run(read)
@@ -817,10 +835,9 @@ class CasService:
 
         def work(repo: Repository) -> None:
             current = repo.get_policy(name, lock=True)
-            if current is None:
-                raise NotFound(f"no policy named {name!r}")
-            if caller not in current.owners:
-                raise AccessDenied(f"not an owner of policy {name!r}")
+            if current is None or caller not in current.owners:
+                # One answer, whether it exists or not (red team rt7 finding 6).
+                raise NotFound(f"no policy named {name!r} that you own")
             if predecessor != current.policy_hash:
                 raise ConflictError(
                     f"policy {name!r} is at {current.policy_hash}, not the version named"
@@ -965,6 +982,35 @@ class CasService:
         if not readable:
             raise AccessDenied("you own or read no policy on this service")
         return readable
+
+
+_NOT_READABLE = "no policy named {name!r} that you own or read"
+"""The answer to reading a policy the caller may not read, and one that does not exist."""
+
+
+def _not_offered(policy: Policy, exporter: str, problem: PolicyError | None) -> PolicyError:
+    """The refusal of ``policy``'s imports from ``exporter``, told alike whether
+    ``exporter`` does not exist, has another owner, has no such secret or does
+    not offer it: each would tell the importer's signer about a policy it may
+    not read (red team rt7 finding 6's sibling).  A kind mismatch is said as
+    such: it needs a real offer to this policy's owners."""
+    problems = []
+    for spec in policy.imports:
+        source = spec.import_from
+        if source is None or source.policy != exporter:
+            continue
+        kind = f"secrets.{spec.name}.kind"
+        if problem is not None and any(p.field == kind for p in problem.problems):
+            problems += [p for p in problem.problems if p.field == kind]
+            continue
+        where = f"secrets.{spec.name}.import_from"
+        if problem is None or any(p.field.startswith(where) for p in problem.problems):
+            problems.append(PolicyProblem(
+                where,
+                f"no policy {exporter!r} owned by {source.owner} offers a secret "
+                f"{source.secret!r} to {policy.name!r} with one of its owners",
+            ))
+    return PolicyError.from_problems(problems)
 
 
 def _may_read(stored: StoredPolicy, policy: Policy, caller: str) -> bool:

@@ -1,0 +1,192 @@
+"""A key that owns nothing cannot tell a policy name that exists, or existed, from one
+that never did (red team rt7 finding 6).
+
+Attestation rejections already look the same for every name (protocol.md); the owner
+API answered 403 for a policy the caller may not read and 404 for none, and a create
+said "belonged to a deleted policy".  Each owner-facing answer a stranger gets for a
+live, a deleted and a never-used name is compared here, status and body, over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from sgxcloud.cas.policy import policy_hash, public_key_id
+from sgxcloud.cas.service import auth
+from sgxcloud.cas.service.app import create_app
+
+try:
+    from tests.cas import postgres as pg
+except ImportError:  # tests/cas is not a package: pytest put its directory on sys.path
+    import postgres as pg  # type: ignore[no-redef]
+
+NOW = pg.CLOCK
+LIVE, GONE, NEVER = "alice-live", "alice-gone", "alice-never"
+
+
+class Api:
+    def __init__(self, url: str) -> None:
+        self.service = pg.make_service(url)
+        self.client = TestClient(create_app(self.service, clock=lambda: NOW,
+                                            audiences=[pg.AUDIENCE]),
+                                 raise_server_exceptions=False)
+
+    def signed(self, method: str, path: str, key, body: dict | None = None):  # type: ignore[no-untyped-def]
+        content = json.dumps(body).encode() if body is not None else b""
+        headers = auth.sign_request(key, method, path, content, now=NOW, audience=pg.AUDIENCE,
+                                    deployment=self.service.deployment_id)
+        if body is not None:
+            headers["content-type"] = "application/json"
+        return self.client.request(method, path, content=content, headers=headers)
+
+    def apply(self, key, text: str, consents=()):  # type: ignore[no-untyped-def]
+        body: dict = {"policy": text}
+        if consents:
+            body["consents"] = list(consents)
+        return self.signed("PUT", "/v1/policies", key, body)
+
+
+def _id(key) -> str:  # type: ignore[no-untyped-def]
+    return public_key_id(pg.public_pem(key))
+
+
+@pytest.fixture
+def world(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Alice holds LIVE and deleted GONE (her key alone); NEVER was never used."""
+    api = Api(f"sqlite:///{tmp_path / 'cas.db'}")
+    alice = pg.owner_key()
+    assert api.apply(alice, pg.policy_text(alice, name=LIVE)).status_code == 200
+    gone = pg.policy_text(alice, name=GONE)
+    assert api.apply(alice, gone).status_code == 200
+    path = f"/v1/policies/{GONE}?predecessor={policy_hash(gone)}"
+    assert api.signed("DELETE", path, alice).status_code == 204
+    yield api, alice
+    api.service.stop()
+
+
+def _same_for_every_name(answer) -> dict:  # type: ignore[no-untyped-def]
+    """{name: (status, body with the name replaced)}, asserted identical across names."""
+    seen = {}
+    for name in (LIVE, GONE, NEVER):
+        response = answer(name)
+        seen[name] = (response.status_code, response.text.replace(name, "NAME"))
+    assert seen[LIVE] == seen[GONE] == seen[NEVER], seen
+    return seen[LIVE]
+
+
+def test_reading_or_deleting_a_name_answers_alike_whether_it_exists(world) -> None:  # type: ignore[no-untyped-def]
+    api, alice = world
+    eve = pg.owner_key()
+    api.apply(eve, pg.policy_text(eve, name="eve-own"))  # eve owns something: a real tenant
+    status, body = _same_for_every_name(lambda n: api.signed("GET", f"/v1/policies/{n}", eve))
+    assert status == 404 and "deleted" not in body
+    digest = "0" * 64
+    status, _ = _same_for_every_name(
+        lambda n: api.signed("DELETE", f"/v1/policies/{n}?predecessor={digest}", eve))
+    assert status == 404
+    # The owner still reads and deletes hers; a reader still reads.
+    assert api.signed("GET", f"/v1/policies/{LIVE}", alice).status_code == 200
+
+
+def test_writing_a_name_one_does_not_own_answers_alike(world) -> None:  # type: ignore[no-untyped-def]
+    api, alice = world
+    eve = pg.owner_key()
+    # An update (it names a predecessor): never a create, so one answer for all three.
+    status, body = _same_for_every_name(lambda n: api.apply(
+        eve, pg.policy_text(eve, name=n, predecessor="1" * 64)))
+    assert status == 404 and "deleted" not in body
+    # A create that does not list the caller as owner.
+    status, _ = _same_for_every_name(lambda n: api.apply(eve, pg.policy_text(alice, name=n)))
+    assert status == 403
+    # A create of a held name: live and deleted alike, deletion not mentioned.
+    taken = {n: api.apply(eve, pg.policy_text(eve, name=n)) for n in (LIVE, GONE)}
+    told = {n: (r.status_code, r.text.replace(n, "NAME")) for n, r in taken.items()}
+    assert told[LIVE] == told[GONE] and told[LIVE][0] == 403, told
+    assert "belonged to a deleted policy" not in told[LIVE][1]
+    # (a never-used name is simply created: that is what a free name is for)
+    assert api.apply(eve, pg.policy_text(eve, name=NEVER)).status_code == 200
+
+
+def test_with_policy_creators_a_non_creator_learns_nothing_either(world) -> None:  # type: ignore[no-untyped-def]
+    api, alice = world
+    eve = pg.owner_key()
+    assert api.apply(eve, pg.policy_text(eve, name="eve-own")).status_code == 200
+    api.service.policy_creators = frozenset({_id(alice)})  # eve may keep updating hers only
+    status, body = _same_for_every_name(lambda n: api.apply(eve, pg.policy_text(eve, name=n)))
+    assert status == 403 and "only listed principals create policies" in body
+
+
+def test_a_former_owner_is_told_why_a_deleted_name_stays_closed(world) -> None:  # type: ignore[no-untyped-def]
+    """Bob held the policy and handed it to Carol, who deleted it: Bob, who applied
+    versions of it, is told; a stranger's answer is the live name's."""
+    api, _ = world
+    bob, carol, eve = pg.owner_key(), pg.owner_key(), pg.owner_key()
+    first = pg.policy_text(bob, name="handed")
+    assert api.apply(bob, first).status_code == 200
+    second = pg.policy_text(carol, name="handed", predecessor=policy_hash(first))
+    api.service.apply_policy(_id(bob), second, NOW, pg.consents(second, carol))
+    path = f"/v1/policies/handed?predecessor={policy_hash(second)}"
+    assert api.signed("DELETE", path, carol).status_code == 204
+    again = api.apply(bob, pg.policy_text(bob, name="handed"))
+    assert again.status_code == 403 and "belonged to a deleted policy" in again.json()["message"]
+    stranger = api.apply(eve, pg.policy_text(eve, name="handed"))
+    assert stranger.status_code == 403 and "deleted policy:" not in stranger.json()["message"]
+    assert api.apply(carol, pg.policy_text(carol, name="handed")).status_code == 200
+
+
+def test_an_import_says_alike_whether_the_exporter_exists_offers_or_has_the_secret(
+    world,
+) -> None:  # type: ignore[no-untyped-def]
+    """An import names another tenant's policy, owner and secret: the refusal must not say
+    which of them is wrong (it told whether the policy exists, who owns it, and its
+    secret names)."""
+    api, alice = world
+    eve = pg.owner_key()
+
+    def importer(exporter: str, owner: str, secret: str) -> str:
+        text = pg.policy_text(eve, name="eve-imports")
+        doc = yaml.safe_load(text)
+        doc["secrets"]["x"] = {"kind": "random",
+                               "import_from": {"policy": exporter, "owner": owner,
+                                               "secret": secret}}
+        return yaml.safe_dump(doc)
+
+    def message(exporter: str, owner: str, secret: str) -> tuple[int, str]:
+        answer = api.apply(eve, importer(exporter, owner, secret))
+        text = answer.text.replace(exporter, "P").replace(owner, "O").replace(secret, "S")
+        return answer.status_code, text
+
+    answers = {
+        "no such policy": message(NEVER, _id(alice), "db_password"),
+        "deleted policy": message(GONE, _id(alice), "db_password"),
+        "another owner": message(LIVE, _id(eve), "db_password"),
+        "no such secret": message(LIVE, _id(alice), "no_such_secret"),
+        "not offered": message(LIVE, _id(alice), "db_password"),
+    }
+    assert len(set(answers.values())) == 1, answers
+    assert answers["not offered"][0] == 400
+
+
+def test_a_strangers_read_costs_alike_for_a_live_and_a_missing_name(world) -> None:  # type: ignore[no-untyped-def]
+    """Roughly the same CPU: the refusal of a live name reads one row and a cached parse."""
+    api, _ = world
+    eve = pg.owner_key()
+    api.signed("GET", f"/v1/policies/{LIVE}", eve)  # warm the parse cache, as any read does
+
+    def cost(name: str) -> float:
+        best = float("inf")
+        for _ in range(5):
+            start = time.process_time()
+            for _ in range(20):
+                api.signed("GET", f"/v1/policies/{name}", eve)
+            best = min(best, (time.process_time() - start) / 20)
+        return best
+
+    live, never = cost(LIVE), cost(NEVER)
+    assert abs(live - never) < 0.25 * never, (live, never)
