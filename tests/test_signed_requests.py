@@ -10,6 +10,7 @@ import base64
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sgxcloud.cas.policy import public_key_id
 from sgxcloud.cas.service import auth
 from sgxcloud.cleanroom.approvals import encode_public_key, generate_private_key
 from sgxcloud.cleanroom.definition import definition_from_dict
@@ -97,3 +98,49 @@ def test_the_coordinator_keeps_a_used_nonce_exactly_until_its_request_is_stale()
         assert nonces.count() == 1
     finally:
         nonces.close()
+
+
+def test_both_services_sign_the_query_string_with_the_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A parameter added to a signed request is refused by both (the coordinator
+    signed the path alone: it took one it was never signed with); a request
+    signed with its query string is accepted by both, one without as before."""
+    from fastapi.testclient import TestClient
+
+    from sgxcloud.cas.service.app import create_app as cas_app
+    from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig
+    from sgxcloud.cleanroom.coordinator import create_app as coordinator_app
+    from tests.cas import postgres as pg
+
+    room = Coordinator(CoordinatorConfig(definition=DEFINITION, workdir=tmp_path / "room",
+                                         nodes={}, simulate=True))
+    service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
+    try:
+        party = TestClient(coordinator_app(room))
+
+        def as_brand(path: str) -> dict[str, str]:
+            return request_auth.sign_request(PARTY_KEY, "brand", "GET", path,
+                                             definition_hash=room.definition_hash,
+                                             coordinator=room.signer)
+
+        assert party.get("/v1/budget", headers=as_brand("/v1/budget")).status_code == 200
+        added = party.get("/v1/budget?analysis=audience", headers=as_brand("/v1/budget"))
+        assert added.status_code == 401, added.text
+        assert "does not verify" in added.json()["error"]["message"]
+        signed_with = as_brand("/v1/budget?analysis=audience")
+        assert party.get("/v1/budget?analysis=audience", headers=signed_with).status_code == 200
+
+        owner = pg.owner_key()
+        service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+        cas = TestClient(cas_app(service, clock=lambda: pg.CLOCK, audiences=[pg.AUDIENCE]))
+
+        def as_owner(path: str) -> dict[str, str]:
+            return auth.sign_request(owner, "GET", path, b"", now=pg.CLOCK, audience=pg.AUDIENCE,
+                                     deployment=service.deployment_id)
+
+        added = cas.get("/v1/policies/shop?x=1", headers=as_owner("/v1/policies/shop"))
+        assert added.status_code == 401 and "does not verify" in added.json()["message"]
+        assert cas.get("/v1/policies/shop?x=1", headers=as_owner("/v1/policies/shop?x=1")) \
+            .status_code == 200
+    finally:
+        room.close()
+        service.stop()

@@ -12,7 +12,8 @@ follow these rules, and the pieces here implement them once:
 * What is signed names the service it is for (CAS: deployment id and origin;
   coordinator: definition hash and result-signing key) and is rebuilt from the
   service's own values — method, path, its identity — never from what the
-  headers claim; the body counts by its SHA-256 (:func:`body_digest`).
+  headers claim; the path with its query string (:func:`signed_path`); the
+  body by its SHA-256 (:func:`body_digest`).
 * A request id (the coordinator's nonce): 16 to 64 random bytes, lower-case
   hex (:data:`REQUEST_ID`; :func:`new_request_id` makes 16).
 * Fresh: the signed time is within ``max_skew`` seconds of the service's
@@ -43,6 +44,12 @@ REQUEST_ID = re.compile(r"[0-9a-f]{32,128}")
 used ids with huge values."""
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+def signed_path(path: str, query: str) -> str:
+    """The path a signature covers: with the query string, when there is one,
+    so no parameter can be added to, or changed in, a signed request."""
+    return f"{path}?{query}" if query else path
 
 
 def new_request_id() -> str:

@@ -46,6 +46,7 @@ from sgxcloud.cas.service.core import (
 )
 from sgxcloud.cas.store import StoreError
 from sgxcloud.errors import SgxcloudError
+from sgxcloud.signed_requests import signed_path
 from sgxcloud.web.limits import KIB, MIB, RequestLimits, RequestLimitsMiddleware, RouteLimit
 from sgxcloud.web.offload import OffloadThreads
 from sgxcloud.web.openapi import drop_validation_422, first_problem
@@ -149,7 +150,7 @@ def create_app(
 
     async def caller(request: Request) -> str:
         body = await request.body()
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        path = signed_path(request.url.path, request.url.query)
         peer = request.scope.get("state", {}).get(auth.PEER_CERTIFICATE_STATE)
         # Off the event loop: a signature check costs up to a few ms of CPU,
         # and every caller (enclaves included) waits on the loop.

@@ -29,6 +29,7 @@ from sgxcloud.cleanroom.coordinator.service import Coordinator
 from sgxcloud.cleanroom.errors import CleanroomError, QueryRefused
 from sgxcloud.cleanroom.transport.errors import RequestRejected
 from sgxcloud.errors import InputError
+from sgxcloud.signed_requests import signed_path
 from sgxcloud.web.limits import KIB, RequestLimits, RequestLimitsMiddleware, RouteLimit, load_json
 from sgxcloud.web.openapi import document_400_not_422, first_problem
 
@@ -140,7 +141,7 @@ async def _authenticate(request: Request) -> str:
     body = await request.body()
     return _coordinator(request).requests.verify(
         {k.lower(): v for k, v in request.headers.items()},
-        request.method, request.url.path, body)
+        request.method, signed_path(request.url.path, request.url.query), body)
 
 
 def _query_document(body: bytes) -> Any:
