@@ -179,14 +179,12 @@ def test_a_strangers_read_costs_alike_for_a_live_and_a_missing_name(world) -> No
     eve = pg.owner_key()
     api.signed("GET", f"/v1/policies/{LIVE}", eve)  # warm the parse cache, as any read does
 
-    def cost(name: str) -> float:
-        best = float("inf")
-        for _ in range(5):
+    best = {LIVE: float("inf"), NEVER: float("inf")}
+    for _ in range(7):  # interleaved, best of 7: the machine is shared
+        for name in best:
             start = time.process_time()
             for _ in range(20):
                 api.signed("GET", f"/v1/policies/{name}", eve)
-            best = min(best, (time.process_time() - start) / 20)
-        return best
-
-    live, never = cost(LIVE), cost(NEVER)
+            best[name] = min(best[name], (time.process_time() - start) / 20)
+    live, never = best[LIVE], best[NEVER]
     assert abs(live - never) < 0.25 * never, (live, never)
