@@ -144,3 +144,48 @@ def test_both_services_sign_the_query_string_with_the_path(tmp_path) -> None:  #
     finally:
         room.close()
         service.stop()
+
+
+def test_a_record_of_used_requests_that_cannot_be_written_is_503_at_both(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No signed request can be accepted until the record is back: 'retry later',
+    not a bug (the coordinator answered 500 internal_error)."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from sgxcloud.cas.service.app import create_app as cas_app
+    from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig
+    from sgxcloud.cleanroom.coordinator import create_app as coordinator_app
+    from tests.cas import postgres as pg
+
+    service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
+    try:
+        owner = pg.owner_key()
+        service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+        cas = TestClient(cas_app(service, clock=lambda: pg.CLOCK, audiences=[pg.AUDIENCE]),
+                         raise_server_exceptions=False)
+        headers = auth.sign_request(owner, "GET", "/v1/policies/shop", b"", now=pg.CLOCK,
+                                    audience=pg.AUDIENCE, deployment=service.deployment_id)
+        with sqlite3.connect(tmp_path / "cas.db") as other:
+            other.execute("DROP TABLE spent_signatures")
+        answer = cas.get("/v1/policies/shop", headers=headers)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "unavailable"
+    finally:
+        service.stop()
+
+    room = Coordinator(CoordinatorConfig(definition=DEFINITION, workdir=tmp_path / "room",
+                                         nodes={}, simulate=True))
+    try:
+        party = TestClient(coordinator_app(room))
+        headers = request_auth.sign_request(PARTY_KEY, "brand", "GET", "/v1/budget",
+                                            definition_hash=room.definition_hash,
+                                            coordinator=room.signer)
+        # The store's file damaged under the running coordinator (its table gone).
+        with sqlite3.connect(room.requests.nonces.path) as other:
+            other.execute("DROP TABLE used_nonce")
+        answer = party.get("/v1/budget", headers=headers)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "unavailable"
+    finally:
+        room.close()

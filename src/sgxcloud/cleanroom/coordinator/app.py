@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from sgxcloud.cleanroom.coordinator import schemas
 from sgxcloud.cleanroom.coordinator.service import Coordinator
 from sgxcloud.cleanroom.errors import CleanroomError, QueryRefused
-from sgxcloud.cleanroom.transport.errors import RequestRejected
+from sgxcloud.cleanroom.transport.errors import NonceStoreError, RequestRejected
 from sgxcloud.errors import InputError
 from sgxcloud.signed_requests import signed_path
 from sgxcloud.web.limits import KIB, RequestLimits, RequestLimitsMiddleware, RouteLimit, load_json
@@ -56,13 +56,16 @@ MAX_QUERY_VALUES = 4096
 # query's code also names the reason: refused_suppressed, refused_budget...
 STATUS: list[tuple[type[Exception], int, str]] = [
     (RequestRejected, 401, "unauthenticated"),
+    # The record of used nonces cannot be written: no signed request can be
+    # accepted until it can, so "retry later", as the CAS answers for its database.
+    (NonceStoreError, 503, "unavailable"),
     (QueryRefused, 403, "refused"),
     (InputError, 400, "bad_request"),  # QueryError among them
     (CleanroomError, 400, "error"),
 ]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": schemas.ErrorResponse} for status in (400, 401, 403, 404, 408, 413, 500)
+    status: {"model": schemas.ErrorResponse} for status in (400, 401, 403, 404, 408, 413, 500, 503)
 }
 
 # Error codes of the refusals made before a request reaches a handler.
