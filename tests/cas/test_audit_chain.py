@@ -304,3 +304,72 @@ def test_a_callers_older_entries_are_rechecked_with_their_successors_links(
     _tamper(chain, update(AuditEntryRow).where(AuditEntryRow.seq == 1).values(entry_hash=forged))
     found = audit.verify_entries_about(chain, {"policy"}, before=5)
     assert [(p.seq, p.kind) for p in found] == [(2, audit.LINK_BROKEN)]
+
+
+def test_a_principals_entries_come_from_one_statement_over_its_access_rows(
+    database_url: str,
+) -> None:
+    """Red team rt7 finding 5: each audit call built one sub-select per policy the caller
+    owned or read (~100 µs of Python each, uncapped).  The entries of the policies in a
+    principal's view are now found by one fixed statement joining its policy_access rows
+    with the (subject, seq) index: the same ranges (names by equality, ``name/`` prefixes
+    bytewise), first or latest, between two positions."""
+    from sqlalchemy import event
+
+    from sgxcloud.cas.store.models import PolicyAccessRow
+
+    database = Database.open(database_url)
+    try:
+        for subject in ("shop", "shop/web", "shop.b/web", "s_op/web", "shop0", "sh%/web",
+                        "other/web", "shop/db", "shop-b"):
+            _append(database, 1, subject=subject)  # entries 1..9
+        with database.transaction() as repo:
+            repo.session.add_all([
+                PolicyAccessRow(principal="alice", policy="shop"),
+                PolicyAccessRow(principal="alice", policy="s_op"),
+                PolicyAccessRow(principal="bob", policy="other"),
+                *(PolicyAccessRow(principal="alice", policy=f"p{i}") for i in range(500)),
+            ])
+        statements: list[str] = []
+        event.listen(database.engine, "before_cursor_execute",
+                     lambda *args: statements.append(args[2]))
+        with database.transaction() as repo:
+            first = repo.audit_entries_for("alice", limit=10)
+            latest = repo.audit_entries_for("alice", before=8, limit=2, latest=True)
+            page = repo.audit_entries_for("alice", after=2, limit=2)
+            assert repo.audit_entries_for("carol", limit=10) == []
+        assert [r.seq for r in first] == [1, 2, 4, 8]
+        assert [r.seq for r in latest] == [2, 4]
+        assert [r.seq for r in page] == [4, 8]
+        assert sum("policy_access" in s for s in statements) == 4  # one each, 502 policies
+    finally:
+        database.close()
+
+
+def test_a_sweep_rechecks_every_older_entry_of_a_principal_round_after_round(
+    database_url: str,
+) -> None:
+    """Red team rt7 finding 4: the latest ``limit`` entries were a window that others could
+    fill.  The sweep goes on from where the previous call stopped: any entry is re-checked
+    within ⌈entries / limit⌉ calls however many entries others add."""
+    from sgxcloud.cas.store.models import PolicyAccessRow
+
+    database = Database.open(database_url)
+    try:
+        _append(database, 12, subject="shop/web")  # 1..12
+        _append(database, 1, subject="other/web")  # 13: the chain goes on
+        with database.transaction() as repo:
+            repo.session.add(PolicyAccessRow(principal="alice", policy="shop"))
+        _tamper(database, update(AuditEntryRow).where(AuditEntryRow.seq == 6)
+                .values(outcome="accepted"))
+        sweep, found = audit.Sweep(0, 0), []
+        for _ in range(6):
+            problems, sweep = audit.recheck_entries_of(
+                database, "alice", before=13, sweep=sweep, limit=3
+            )
+            found.append([(p.seq, p.kind) for p in problems])
+        # the latest 3 (10..12) each time; the sweep 1..3, 4..6, 7..9, 10..12, then over
+        assert found == [[], [(6, audit.CONTENT_CHANGED)], [], [], [], [(6, audit.CONTENT_CHANGED)]]
+        assert sweep == audit.Sweep(1, 6)
+    finally:
+        database.close()

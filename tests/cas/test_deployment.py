@@ -242,7 +242,8 @@ def test_nonces_belong_to_one_deployment(tmp_path: Path) -> None:
 
 def test_migration_0004_indexes_who_reads_each_existing_policy(database_url: str) -> None:
     """The audit endpoints find a caller's policies through policy_access (rt5 finding 3's
-    sibling); policies stored before it get their owners' and readers' rows on upgrade."""
+    sibling); policies stored before it get their owners' and readers' rows on upgrade,
+    and migration 0007 drops the readers' (listed without their consent: rt7 finding 4)."""
     keyring = secrets.Keyring(secrets.MasterKey.generate())
     owner, reader, other = pg.owner_key(), pg.owner_key(), pg.owner_key()
     service = pg.make_service(database_url, keyring)
@@ -252,13 +253,19 @@ def test_migration_0004_indexes_who_reads_each_existing_policy(database_url: str
     engine = db.make_engine(database_url)
     command.downgrade(db.alembic_config(engine), "0003")
     assert not inspect(engine).has_table("policy_access")
+    command.upgrade(db.alembic_config(engine), "0006")
+    with Database(engine).transaction() as repo:
+        assert repo.policies_readable_by(_id(reader)) == {"shop"}
     engine.dispose()
     upgraded = pg.make_service(database_url, keyring)  # migrates to the head
     try:
         with upgraded.database.transaction() as repo:
             assert repo.policies_readable_by(_id(owner)) == {"shop"}
-            assert repo.policies_readable_by(_id(reader)) == {"shop"}
+            assert repo.policies_readable_by(_id(reader)) == set()
             assert repo.policies_readable_by(_id(other)) == {"theirs"}
-        assert [e.subject for e in upgraded.audit_entries(_id(reader))] == ["shop"]
+        assert [e.subject for e in upgraded.audit_entries(_id(owner))] == ["shop"]
+        with pytest.raises(AccessDenied):
+            upgraded.audit_entries(_id(reader))
+        assert "readers" in upgraded.read_policy(_id(reader), "shop").text  # still reads it
     finally:
         upgraded.stop()

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from sgxcloud.cas import audit, protocol
 from sgxcloud.cas.evidence import make_simulated_evidence
-from sgxcloud.cas.policy import load_policy, policy_hash
+from sgxcloud.cas.policy import load_policy, policy_hash, public_key_id
 from sgxcloud.cas.service import auth, core
 from sgxcloud.cas.service.app import create_app
+from sgxcloud.cas.store.repository import StoredPolicy
 
 try:
     from tests.cas import postgres as pg
@@ -594,7 +595,9 @@ def test_audit_requests_cost_what_the_caller_reads_not_what_every_tenant_stores(
     from sgxcloud.cas.store.models import PolicyRow
 
     reader, stranger = pg.owner_key(), pg.owner_key()
-    assert api.apply(owner, pg.policy_text(owner, readers=[reader])).status_code == 200
+    text = pg.policy_text(owner, readers=[reader])
+    consent = pg.consent_document(text, reader, deployment=api.service.deployment_id)
+    assert api.apply(owner, text, consents=[consent]).status_code == 200
     for i in range(3):
         assert api.apply(stranger, pg.policy_text(stranger, name=f"junk{i}")).status_code == 200
     with api.service.database.engine.begin() as connection:  # stored under an older schema
@@ -891,3 +894,150 @@ def test_policy_stored_in_the_old_name_only_form_fails_closed_and_stays_updatabl
     again = pg.policy_text(owner, predecessor=policy_hash(text))
     assert service.apply_policy(who, again, NOW).version == 2
     assert _attest_simulated(service, "shop").argv
+
+
+def _flood(api: Api, policy: str, count: int) -> None:
+    """The red team's window flood: keyless malformed attestations naming ``policy``."""
+    body = {"policy": policy, "service": "web", "nonce": "00", "public_key": "x",
+            "evidence": "AA=="}
+    for _ in range(count):
+        assert api.client.post("/v1/attest", json=body).status_code == 400
+
+
+@pytest.mark.parametrize("how", ["stranger-names-the-policy", "reader-listing"])
+def test_a_window_flood_cannot_push_an_owners_edited_entry_out_of_verify(
+    api: Api, owner, how: str
+) -> None:
+    """Red team rt7 finding 4: verify re-checked the latest 1000 entries about the policies
+    the caller owned or read, and strangers chose those: ~1,100 keyless malformed
+    attestations naming the owner's policy, or naming a policy of the attacker's that listed
+    the owner as a reader (no consent needed).  An insider's edit of the owner's older entry
+    then passed verify as ok.  Now the owner's entries are swept, not windowed, and a
+    reader listing without consent adds nothing to the owner's view."""
+    from sqlalchemy import update
+
+    from sgxcloud.cas.store.models import AuditEntryRow
+
+    mallory = pg.owner_key()
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200  # entry 1: the owner's
+    assert api.signed("GET", "/v1/audit/verify", owner).json()["ok"]
+    if how == "reader-listing":
+        text = pg.policy_text(mallory, name="shop-prod", readers=[owner])
+        assert api.apply(mallory, text).status_code == 200
+        _flood(api, "shop-prod", audit.OWNED_CHECKED + 100)
+        listed = api.signed("GET", "/v1/audit?limit=1000", owner).json()
+        assert {e["subject"] for e in listed} == {"shop"}  # nothing of Mallory's
+    else:
+        _flood(api, "shop", audit.OWNED_CHECKED + 100)
+    mover = mallory if how == "reader-listing" else owner
+    assert api.signed("GET", "/v1/audit/verify", mover).json()["ok"]  # checkpoint past it all
+    with api.service.database.engine.begin() as connection:  # the insider's edit
+        connection.execute(
+            update(AuditEntryRow).where(AuditEntryRow.seq == 1).values(outcome="deleted")
+        )
+    broken = api.signed("GET", "/v1/audit/verify", owner).json()
+    assert broken == {"ok": False, "problems": [{"problem": audit.CONTENT_CHANGED}]}
+
+
+def test_an_owners_verify_sweeps_every_older_entry_in_bounded_calls(
+    api: Api, owner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each verify re-checks at most 2 * OWNED_CHECKED of the caller's older entries: the
+    latest, and the next of the caller's sweep, which resumes where the last call stopped
+    (kept per caller, tagged, in the database: another replica or a restart resumes it)."""
+    from sqlalchemy import update
+
+    from sgxcloud.cas.store.models import AuditEntryRow, AuditSweepRow
+
+    monkeypatch.setattr(audit, "OWNED_CHECKED", 4)
+    monkeypatch.setattr(audit.recheck_entries_of, "__kwdefaults__", {"limit": 4})
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+    for _ in range(20):
+        _attest_garbage(api, "shop")  # entries 2..21
+    assert api.signed("GET", "/v1/audit/verify", owner).json()["ok"]  # the walk: all 21
+    with api.service.database.engine.begin() as connection:
+        connection.execute(
+            update(AuditEntryRow).where(AuditEntryRow.seq == 10).values(outcome="accepted")
+        )
+    hashed: list[int] = []
+    real = audit.entry_hash
+    monkeypatch.setattr(audit, "entry_hash", lambda **f: hashed.append(f["seq"]) or real(**f))
+    answers = []
+    for _ in range(5):
+        hashed.clear()
+        answers.append(api.signed("GET", "/v1/audit/verify", owner).json()["ok"])
+        assert len(set(hashed)) <= 2 * 4 + 2  # checkpoint, 4 latest, 4 swept, a successor
+    assert answers[-1] is False  # found within ceil(21 / 4) calls, not never
+    who = public_key_id(pg.public_pem(owner))
+    with api.service.database.engine.begin() as connection:
+        row = connection.execute(AuditSweepRow.__table__.select()).one()
+    assert row.principal == who
+    assert api.service._checkpoint_tags.check(row.seq, f"sweep:{row.round}:{who}", row.tag)
+
+
+def test_a_reader_gets_a_policy_in_their_audit_view_only_with_their_consent(
+    api: Api, owner
+) -> None:
+    """Red team rt7 findings 4/5: anyone could list anyone as a reader (no consent) and so
+    fill their audit list and verify scope.  A listed reader still reads the document; the
+    policy's entries reach their audit view only once they consented (the co-owners'
+    mechanism), and stay while later versions list them."""
+    reader, stranger = pg.owner_key(), pg.owner_key()
+    text = pg.policy_text(owner, readers=[reader])
+    assert api.apply(owner, text).status_code == 200
+    assert api.signed("GET", "/v1/policies/shop", reader).status_code == 200
+    assert api.signed("GET", "/v1/audit", reader).status_code == 403
+    assert api.signed("GET", "/v1/audit/verify", reader).status_code == 403
+    current = api.signed("GET", "/v1/policies/shop", owner).json()["policy_hash"]
+    text = pg.policy_text(owner, readers=[reader], predecessor=current, description="v2")
+    stray = pg.consent_document(text, stranger, deployment=api.service.deployment_id)
+    refused = api.apply(owner, text, consents=[stray])
+    assert refused.status_code == 403 and "not an owner or reader" in refused.text
+    consent = pg.consent_document(text, reader, deployment=api.service.deployment_id)
+    assert api.apply(owner, text, consents=[consent]).status_code == 200
+    assert {e["subject"] for e in api.signed("GET", "/v1/audit", reader).json()} == {"shop"}
+    assert api.signed("GET", "/v1/audit/verify", reader).json()["ok"]
+    current = api.signed("GET", "/v1/policies/shop", owner).json()["policy_hash"]
+    text = pg.policy_text(owner, readers=[reader], predecessor=current, description="v3")
+    assert api.apply(owner, text).status_code == 200  # consented earlier: stays
+    assert api.signed("GET", "/v1/audit", reader).status_code == 200
+    current = api.signed("GET", "/v1/policies/shop", owner).json()["policy_hash"]
+    assert api.apply(owner, pg.policy_text(owner, predecessor=current)).status_code == 200
+    assert api.signed("GET", "/v1/audit", reader).status_code == 403  # dropped: gone
+
+
+def test_audit_call_cost_does_not_follow_strangers_reader_listings(api: Api, owner) -> None:
+    """Red team rt7 finding 5: a stranger listed the victim as reader of 2,000 policies (no
+    consent), and each of the victim's audit calls then cost ~100 µs of CPU per policy
+    (10 -> 250 ms).  Listings without consent no longer reach the victim's calls, and the
+    statement that finds a caller's entries is built once, whatever the caller reads."""
+    import time
+
+    mallory = pg.owner_key()
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+
+    def cpu_per_call() -> float:
+        best = float("inf")
+        for _ in range(5):
+            start = time.process_time()
+            assert api.signed("GET", "/v1/audit?limit=1", owner).status_code == 200
+            assert api.signed("GET", "/v1/audit/verify", owner).json()["ok"]
+            best = min(best, time.process_time() - start)
+        return best
+
+    before = cpu_per_call()
+    with api.service.database.transaction() as repo:  # as 2,000 consented listings would
+        for i in range(2000):
+            name = f"m{i:05d}"
+            repo.create_policy(StoredPolicy(
+                name, 1, "0" * 64, pg.policy_text(mallory, name=name, readers=[owner]),
+                (public_key_id(pg.public_pem(mallory)),), NOW, "mallory",
+                readers=(public_key_id(pg.public_pem(owner)),)))
+    # 2,000 policies in the caller's view (its own, or read with consent): one statement
+    after = cpu_per_call()
+    assert after < before + 0.03, (before, after)  # was ~0.2-0.4 s more per pair
+    # and a listing made without the victim's consent leaves the victim's view alone
+    text = pg.policy_text(mallory, name="m-api", readers=[owner])
+    assert api.apply(mallory, text).status_code == 200
+    listed = api.signed("GET", "/v1/audit?limit=1000", owner).json()
+    assert "m-api" not in {e["subject"] for e in listed}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -66,8 +67,11 @@ LOADED_CACHE_SIZE = 256
 AUDIT_WALK_WAIT = 2.0
 """Seconds a verification waits for another one to finish before answering 503
 (a first walk of a long chain takes a while; waiting callers would hold threads)."""
+SWEEPS_KEPT = 4096
+"""Callers whose verify sweep position this process remembers (the database keeps all)."""
 ATTEST_CONCURRENCY = 4
 """Attestations worked on at once per process; more callers wait their turn.
+
 
 The work is CPU under Python's GIL (quote verification, crypto, rendering)
 plus a short database transaction that every attestation takes in turn.  A
@@ -235,6 +239,8 @@ class CasService:
         self._audit_problems: list[str] = []
         self._audit_noted = threading.Lock()  # guards _audit_problems
         self.audit_walk_wait = AUDIT_WALK_WAIT
+        # Each caller's re-check sweep as far as this process took it (see verify_audit).
+        self._sweeps: OrderedDict[str, audit.Sweep] = OrderedDict()
 
     def _parsed(self, stored: StoredPolicy) -> Policy:
         key = hashlib.sha256(stored.text.encode()).hexdigest()
@@ -661,7 +667,7 @@ class CasService:
                 owners=tuple(p.id for p in policy.access.owners),
                 updated_at=now,
                 updated_by=caller,
-                readers=tuple(p.id for p in policy.access.readers),
+                readers=self._consenting_readers(repo, policy, consents, current is not None),
             )
             if current is None:
                 repo.create_policy(stored)
@@ -749,11 +755,14 @@ class CasService:
         nobody is listed on someone else's word alone.
         """
         listed = {p.id: p.name for p in policy.access.owners}
+        readers = {p.id for p in policy.access.readers}
         signers = {caller} | {c.principal for c in consents}
-        strangers = sorted(c.principal for c in consents if c.principal not in listed)
+        strangers = sorted(
+            c.principal for c in consents if c.principal not in {*listed, *readers}
+        )
         if strangers:
             raise AccessDenied(
-                f"consent from {strangers[0]}, who is not an owner the policy lists"
+                f"consent from {strangers[0]}, who is not an owner or reader the policy lists"
             )
         missing = [
             f"{name} ({pid})"
@@ -769,6 +778,25 @@ class CasService:
         for consent in consents:
             if not repo.spend_signature(consent.spend_id, expires_at=consent.expires_at, now=now):
                 raise AccessDenied(f"the consent of {consent.principal} was already used")
+
+    @staticmethod
+    def _consenting_readers(
+        repo: Repository, policy: Policy, consents: Sequence[Consent], update: bool
+    ) -> tuple[str, ...]:
+        """The listed readers who get the policy's entries in their audit view.
+
+        Those who consented, with this version's consents (the one mechanism
+        co-owners use) or to an earlier version still listing them.  A reader
+        listed on the owners' word alone may read the document (that only
+        gives) but its entries stay out of their audit list and verify:
+        otherwise anyone could fill a stranger's audit view, make each of their
+        audit calls cost what thousands of policies do, and push their own
+        entries out of what their verify re-checks (red team rt7 findings 4, 5).
+        """
+        consented = {c.principal for c in consents}
+        if update:
+            consented |= repo.access_of(policy.name)
+        return tuple(sorted({p.id for p in policy.access.readers} & consented))
 
     def _check_imports(self, repo: Repository, policy: Policy, owners: frozenset[str]) -> None:
         """Both sides must agree: the exporter must offer each imported secret to us.
@@ -862,15 +890,19 @@ class CasService:
     def audit_entries(
         self, caller: str, *, after: int = 0, limit: int = 100
     ) -> list[audit.AuditEntry]:
-        """Entries about the policies ``caller`` may currently read, with their positions.
+        """Entries about the policies in ``caller``'s audit view, with their positions.
 
+        Those ``caller`` owns or reads with consent (see :meth:`_consenting_readers`).
         For this process's own use; callers over the API get :meth:`owner_audit`.
         Operators read the whole chain, deleted policies included, with
         ``sgxcloud audit show`` against the database.
         """
-        allowed = self._readable_policies(caller)
+        self._require_scope(caller)
         # filtered and limited in the database: never the whole chain per request
-        return audit.entries(self.database, after=after, limit=limit, policies=allowed)
+        rows = self.database.run(
+            lambda repo: repo.audit_entries_for(caller, after=after, limit=limit)
+        )
+        return [audit.entry_of(row) for row in rows]
 
     def owner_audit(
         self, caller: str, *, after: str = "", limit: int = 100, ref: str | None = None
@@ -908,23 +940,27 @@ class CasService:
     def verify_audit(self, caller: str) -> AuditCheck:
         """Whether the chain's new part and the caller's entries are intact.
 
-        For owners or readers of some policy.  Each call costs what was appended since the
-        last one plus the caller's own entries, not the whole chain: this process keeps the
-        position it verified (in memory, where the database cannot change it) and checks
-        only newer entries plus that position's own hash; then the latest
-        ``audit.OWNED_CHECKED`` entries about the caller's policies before that position,
-        each with the link and hash of its successor (see :func:`audit.verify_entries_about`
-        for what that does not catch). The position is also kept in the database under an
-        HMAC tag (master key), so a restart or another replica resumes from it; it is not
-        moved past a break, so a restart finds the break again.  Walks run one at a time: a
-        caller arriving during a long one gets :class:`Busy` after ``AUDIT_WALK_WAIT``
-        seconds rather than hold a thread.  A break, once found, stays reported until the
-        process restarts.  The answer says whether and how the chain broke, never where or
-        how long it is: positions and counts would tell any key (policy creation is open by
-        default) how much every other tenant did. Operators walk the whole chain with
-        ``sgxcloud audit verify``.
+        For owners and consenting readers of some policy.  Each call costs what was
+        appended since the last one plus a bounded share of the caller's own entries, not
+        the whole chain: this process keeps the position it verified (in memory, where the
+        database cannot change it) and checks only newer entries plus that position's own
+        hash; then up to ``2 * audit.OWNED_CHECKED`` of the caller's entries before that
+        position, each with the link and hash of its successor: the latest, and the next
+        ones of the caller's sweep, which goes on where the caller's previous verify
+        stopped, so each of the caller's entries is re-checked once every
+        ⌈entries / OWNED_CHECKED⌉ calls whatever others append (see
+        :func:`audit.recheck_entries_of`; red team rt7 finding 4).  The sweep position is
+        kept per caller in the database under an HMAC tag (master key) and in memory.  The
+        chain position is also kept in the database under an HMAC tag, so a restart or
+        another replica resumes from it; it is not moved past a break, so a restart finds
+        the break again.  Walks run one at a time: a caller arriving during a long one gets
+        :class:`Busy` after ``AUDIT_WALK_WAIT`` seconds rather than hold a thread.  A
+        break, once found, stays reported until the process restarts.  The answer says
+        whether and how the chain broke, never where or how long it is: positions and counts
+        would tell any key (policy creation is open by default) how much every other tenant
+        did. Operators walk the whole chain with ``sgxcloud audit verify``.
         """
-        readable = self._readable_policies(caller)
+        self._require_scope(caller)
         if not self._audit_walk.acquire(timeout=self.audit_walk_wait):
             raise Busy("the audit chain is being verified for another caller; retry shortly")
         try:
@@ -943,12 +979,45 @@ class CasService:
             self._audit_walk.release()
         # The walk re-hashes only from the checkpoint on: the caller's own older
         # entries are re-checked here (red team rt6 finding 2), outside the walk's
-        # lock, since this costs what the caller owns and no one else need wait.
-        self._note_audit_problems(
-            audit.verify_entries_about(self.database, readable, before=start.seq)
+        # lock, since this costs a bounded share of what the caller owns.
+        problems, following = audit.recheck_entries_of(
+            self.database, caller, before=start.seq, sweep=self._sweep_of(caller)
         )
+        self._note_audit_problems(problems)
+        self._keep_sweep(caller, following)
         with self._audit_noted:
             return AuditCheck(ok=not self._audit_problems, problems=list(self._audit_problems))
+
+    def _sweep_of(self, caller: str) -> audit.Sweep:
+        """The later of this process's and the database's (if its tag checks) sweep position.
+
+        A database writer can only restart a caller's sweep (a row whose tag does not
+        check counts as none) or replay an older tagged position, which this process's
+        own memory of the caller outranks.
+        """
+        stored = self.database.run(lambda repo: repo.audit_sweep(caller))
+        found = audit.Sweep(0, 0)
+        if stored is not None:
+            round_, seq, tag = stored
+            if self._checkpoint_tags.check(seq, _sweep_label(caller, round_), tag):
+                found = audit.Sweep(round_, seq)
+            else:
+                log.warning("an audit sweep position in the database has a bad tag: ignored")
+        with self._audit_noted:
+            mine = self._sweeps.get(caller)
+        return found if mine is None else found.later(mine)
+
+    def _keep_sweep(self, caller: str, sweep: audit.Sweep) -> None:
+        with self._audit_noted:
+            self._sweeps[caller] = sweep
+            self._sweeps.move_to_end(caller)
+            while len(self._sweeps) > SWEEPS_KEPT:
+                self._sweeps.popitem(last=False)
+        tag = self._checkpoint_tags.tag(sweep.seq, _sweep_label(caller, sweep.round))
+        with contextlib.suppress(DuplicateRow):  # a concurrent verify of the caller's stored first
+            self.database.run(
+                lambda repo: repo.set_audit_sweep(caller, sweep.round, sweep.seq, tag)
+            )
 
     def _note_audit_problems(self, problems: Sequence[audit.ChainProblem]) -> None:
         """Keep each kind of break found (reported until restart), logged once with where."""
@@ -969,19 +1038,22 @@ class CasService:
             return mine
         return audit.Checkpoint(seq, entry_hash)
 
-    def _readable_policies(self, caller: str) -> set[str]:
-        """The policies ``caller`` owns or reads, found through the caller's own rows.
+    def _require_scope(self, caller: str) -> None:
+        """Refuse a caller who owns or reads (with consent) no policy: one index probe.
 
-        Never by loading and parsing every tenant's policy: that made each
-        audit request cost what all tenants store (past the parse cache, a
-        few ms per policy: ~2.9 s of CPU per request with 400 policies of a
-        stranger, red team rt5 finding 3's sibling).
+        The policies themselves are never loaded or parsed per audit request (that
+        made each cost what all tenants store: red team rt5 finding 3's sibling), and
+        the entries are found by one statement over the caller's ``policy_access``
+        rows (:meth:`Repository.audit_entries_for`).
         """
         self._require_ready()
-        readable = self.database.run(lambda repo: repo.policies_readable_by(caller))
-        if not readable:
+        if not self.database.run(lambda repo: repo.has_audit_scope(caller)):
             raise AccessDenied("you own or read no policy on this service")
-        return readable
+
+
+def _sweep_label(caller: str, round_: int) -> str:
+    """What a sweep position's tag covers besides the position (CheckpointTags' hash slot)."""
+    return f"sweep:{round_}:{caller}"
 
 
 _NOT_READABLE = "no policy named {name!r} that you own or read"

@@ -50,7 +50,11 @@ class PolicyRow(Base):
 
 
 class PolicyAccessRow(Base):
-    """Who may read a current policy: its signed owners and its readers, one row each.
+    """Whose audit view a current policy is in: its signed owners and consenting readers.
+
+    A reader listed without their consent may read the policy document but does
+    not get its entries in their audit list or verify (red team rt7 finding 4/5:
+    anyone could otherwise fill a stranger's audit view, one row each).
 
     Keyed by principal first, so finding the policies a caller may read is an
     index range over that caller's rows, whatever other tenants store (see
@@ -113,6 +117,22 @@ class SpentSignatureRow(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+
+
+class AuditSweepRow(Base):
+    """Where each principal's verify stopped re-checking its older entries (migration 0007).
+
+    ``tag``: HMAC under the master key over the principal and position; a row
+    whose tag does not check (a database writer's) restarts the sweep from the
+    first entry, which costs a longer round, never a skipped entry.
+    """
+
+    __tablename__ = "audit_sweeps"
+
+    principal: Mapped[str] = mapped_column(String(200), primary_key=True)
+    round: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    tag: Mapped[str] = mapped_column(String(64), nullable=False)
 
 
 class AuditCheckpointRow(Base):
