@@ -342,6 +342,23 @@ def test_a_principals_entries_come_from_one_statement_over_its_access_rows(
         assert [r.seq for r in latest] == [2, 4]
         assert [r.seq for r in page] == [4, 8]
         assert sum("policy_access" in s for s in statements) == 4  # one each, 502 policies
+        from sgxcloud.cas.store.repository import _SEQS_FOR
+
+        values = {"principal": "alice", "after": 0, "before": 2**62, "limit": 10}
+        for sql in _SEQS_FOR[database.dialect]:
+            with database.engine.connect() as connection:
+                raw = connection.connection.driver_connection
+                if database.dialect == "postgresql":
+                    cursor = raw.cursor()
+                    cursor.execute("SET enable_seqscan = off")
+                    cursor.execute("EXPLAIN " + re.sub(r":(\w+)", r"%(\1)s", sql), values)
+                else:
+                    cursor = raw.execute("EXPLAIN QUERY PLAN " + sql, values)
+                plan = "\n".join(str(row) for row in cursor.fetchall())
+            # both halves by the (subject, seq) index, in a loop over the caller's rows
+            assert plan.count("ix_audit_log_subject_seq") == 2, plan
+            assert "Seq Scan on audit_log" not in plan and "pk_audit_log" not in plan, plan
+            assert "SCAN a" not in plan and "autoindex_audit_log" not in plan, plan
     finally:
         database.close()
 
