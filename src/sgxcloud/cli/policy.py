@@ -226,7 +226,8 @@ def _read_consent(path: Path) -> dict[str, Any]:
     "consent_files",
     multiple=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="A co-owner's consent file ('policy consent'); once per owner the policy adds.",
+    help="A co-owner's consent file ('policy consent'); once per owner the policy adds "
+    "(and per reader who should get its audit entries).",
 )
 @click.pass_obj
 def apply(conn: Connection, file: Path, consent_files: tuple[Path, ...]) -> int:

@@ -340,7 +340,7 @@ def create_app(
         limit: int = Query(100, ge=1, le=1000),
         ref: str | None = Query(None, max_length=64, description="just this entry"),
     ) -> list[schemas.AuditEntryModel]:
-        """Audit entries about the policies the caller owns or reads, oldest first."""
+        """Audit entries about the policies the caller owns or reads with consent, oldest first."""
         who = await caller(request)
         entries = await run_in_threadpool(
             lambda: cas().owner_audit(who, after=after, limit=limit, ref=ref)
@@ -352,9 +352,13 @@ def create_app(
         """Whether the chain's new part and the caller's entries are intact (owners, readers).
 
         Checks what was appended since the last check (the position verified
-        before stays in the service's memory) and the caller's latest 1000
-        older entries with their successors' links; not the whole chain (that
-        is ``sgxcloud audit verify``).  Answers no position or count.
+        before stays in the service's memory) and, of the caller's older
+        entries, the latest 1000 and the next 1000 of the caller's sweep (which
+        goes on where its previous call stopped: every entry once per round of
+        calls), with their successors' links; not the whole chain (that is
+        ``sgxcloud audit verify``).  Entries of policies the caller reads count
+        only if the caller consented to being a reader.  Answers no position or
+        count.
         """
         who = await caller(request)
         check = await run_in_threadpool(cas().verify_audit, who)

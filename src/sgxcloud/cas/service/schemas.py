@@ -94,7 +94,7 @@ class AttestResponse(_Model):
 
 
 class ConsentBody(_Model):
-    """A co-owner's signed consent (made by 'sgxcloud policy consent')."""
+    """A co-owner's or reader's signed consent (made by 'sgxcloud policy consent')."""
 
     deployment: str | None = Field(
         None,
