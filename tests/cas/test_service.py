@@ -605,7 +605,8 @@ def test_audit_requests_cost_what_the_caller_reads_not_what_every_tenant_stores(
                            .values(text="name: junk0\nold_field: true\n"))
     parsed: list[str] = []
     real = core.load_policy
-    monkeypatch.setattr(core, "load_policy", lambda text: parsed.append(text) or real(text))
+    monkeypatch.setattr(core, "load_policy",
+                        lambda text, **kw: parsed.append(text) or real(text, **kw))
     api.service._parse_cache.clear()  # as when other tenants' policies outnumber the cache
     for key in (owner, reader):
         listed = api.signed("GET", "/v1/audit", key)

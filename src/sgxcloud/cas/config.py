@@ -88,6 +88,9 @@ class Settings(BaseModel):
     # 2 MiB (the old default) still loads, but buys nothing.
     max_attest_body_bytes: int = Field(96 << 10, ge=16 << 10, le=2 << 20)
     max_policy_body_bytes: int = Field(2 << 20, ge=64 << 10, le=64 << 20)
+    # The largest policy text (UTF-8 bytes) applied, checked before it is parsed;
+    # stored ones above it still load (document.MAX_POLICY_BYTES is the ceiling).
+    max_policy_bytes: int = Field(256 << 10, ge=4 << 10, le=1 << 20)
     max_body_bytes: int = Field(16 << 10, ge=0, le=1 << 20)
     max_header_bytes: int = Field(16 << 10, ge=4 << 10, le=1 << 20)
     # Connections held at once, counted from accept (TLS handshakes too), and

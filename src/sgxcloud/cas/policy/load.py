@@ -25,13 +25,16 @@ from sgxcloud.cas.policy.model import (
 from sgxcloud.cas.policy.validate import schema_problems, semantic_problems
 
 
-def load_policy(text_or_mapping: str | bytes | Mapping[str, Any]) -> Policy:
+def load_policy(
+    text_or_mapping: str | bytes | Mapping[str, Any], *, max_bytes: int | None = None
+) -> Policy:
     """Parse and validate a policy (YAML text, or an already-parsed mapping).
 
     Raises ``PolicyError`` listing every problem (``.problems``), each with the
-    field path it concerns.
+    field path it concerns.  ``max_bytes`` bounds the text's UTF-8 size (see
+    ``parse_document``).
     """
-    document = parse_document(text_or_mapping)
+    document = parse_document(text_or_mapping, max_bytes=max_bytes)
     problems = schema_problems(document)
     if not problems:  # semantic checks rely on the schema's shape
         problems = semantic_problems(document)

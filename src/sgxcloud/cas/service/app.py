@@ -94,7 +94,8 @@ MAX_ATTEST_BODY_BYTES = 96 * KIB
 """Default body limit of POST /v1/attest: evidence is at most 64 KiB of base64
 (schemas.MAX_EVIDENCE_CHARS), the key 4 KiB; a real one is ~11 KiB."""
 MAX_POLICY_BODY_BYTES = 2 * MIB
-"""Default body limit of PUT /v1/policies (a policy is at most 1 MiB of text)."""
+"""Default body limit of PUT /v1/policies (the policy text itself is bounded by the
+service's ``max_policy_bytes``, 256 KiB by default, checked before it is parsed)."""
 
 
 def _limit_error(status: int, message: str) -> dict:
@@ -273,6 +274,9 @@ def create_app(
     async def apply_policy(request: Request) -> schemas.PolicyApplyResponse:
         """Create or update a policy (signed by an owner; updates name their predecessor)."""
         who = await caller(request)
+        # Before the body is decoded: a caller who may create no policy and owns
+        # none is refused without its policy text being read (red team rt7).
+        await run_in_threadpool(cas().check_may_apply, who)
         content_type, raw, when = request.headers.get("content-type"), await request.body(), now()
 
         def decode() -> tuple[schemas.PolicyApplyBody, list]:

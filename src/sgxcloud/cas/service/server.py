@@ -90,6 +90,7 @@ def build_service(
         nonce_ttl=settings.nonce_ttl_seconds,
         attest_concurrency=settings.attest_concurrency,
         policy_creators=frozenset(creators) if creators is not None else None,
+        max_policy_bytes=settings.max_policy_bytes,
     )
     try:
         service.start()

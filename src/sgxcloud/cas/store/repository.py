@@ -355,6 +355,23 @@ class Repository:
         except IntegrityError as exc:
             raise DuplicateRow(f"audit sweep of {principal}") from exc
 
+    def policies_longer_than(self, characters: int) -> list[str]:
+        """Names of the current policies whose text has more than ``characters`` characters."""
+        query = select(PolicyRow.name).where(func.length(PolicyRow.text) > characters)
+        return sorted(self.session.scalars(query))
+
+    def owns_a_policy(self, principal: str) -> bool:
+        """Whether ``principal`` is a signed owner of some current policy (not just a reader).
+
+        Reads the owners of the policies ``principal`` has access rows for, not the policy texts.
+        """
+        query = (
+            select(PolicyRow.owners)
+            .join(PolicyAccessRow, PolicyAccessRow.policy == PolicyRow.name)
+            .where(PolicyAccessRow.principal == principal)
+        )
+        return any(principal in json.loads(owners) for owners in self.session.scalars(query))
+
     def _set_access(self, policy: StoredPolicy | None, name: str) -> None:
         self.session.execute(delete(PolicyAccessRow).where(PolicyAccessRow.policy == name))
         if policy is not None:
