@@ -21,7 +21,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -29,10 +29,18 @@ import psutil
 import pytest
 
 from sgxcloud.cli.main import main as cli
-from sgxcloud.web.connections import EVICTION_GRACE_S, TRIM_EVERY_S, client_of
+from sgxcloud.web.connections import (
+    EVICTION_GRACE_S,
+    TRIM_EVERY_S,
+    UNPROVEN_PER_PLACE,
+    client_of,
+)
+from tests.one_byte_openers import OneByteOpeners
 from tests.test_request_limits import MIB, Service, _env, _free_port, _stop
 
 MAX_CONNECTIONS = 16
+UNPROVEN = UNPROVEN_PER_PLACE * MAX_CONNECTIONS
+"""Places for connections whose TLS handshake has not completed."""
 PER_CLIENT = 4
 HEAD_TIMEOUT = 6.0
 ATTACKER = "127.0.0.2"
@@ -50,6 +58,7 @@ def _start_cas(home: Path, extra: str) -> Service:
     )
     context = ssl.create_default_context(cafile=str(home / "tls" / "ca.pem"))
     service = Service(process, "127.0.0.1", port, context)
+    service.ca_file = home / "tls" / "ca.pem"  # type: ignore[attr-defined]
     deadline = time.monotonic() + 60
     while True:
         with contextlib.suppress(httpx.TransportError):
@@ -201,12 +210,12 @@ def assert_slow_connections_give_way(service: Service) -> None:
 
 def assert_silent_connections_give_way_at_once(service: Service) -> None:
     """Red team attack-rt6, finding 1: one silent TCP connection (no byte) per
-    address fills the service, each younger than the grace.  A silent one holds
-    its slot only ``SILENT_GRACE_S``: a client is served at once, and the slots
-    taken are silent ones."""
+    address fills the service's places for handshakes, each younger than the
+    grace.  A silent one holds its slot only ``SILENT_GRACE_S``: a client is
+    served at once, and the slots taken are silent ones."""
     from sgxcloud.web.connections import SILENT_GRACE_S
 
-    held = [_tcp(service, f"127.0.7.{n}") for n in range(1, MAX_CONNECTIONS + 1)]
+    held = [_tcp(service, f"127.0.7.{n}") for n in range(1, UNPROVEN + 1)]
     try:
         time.sleep(SILENT_GRACE_S + 0.2)
         for _ in range(3):
@@ -216,6 +225,28 @@ def assert_silent_connections_give_way_at_once(service: Service) -> None:
         assert 1 <= len(evicted) <= 3, f"{len(evicted)} silent connections closed for 3 requests"
     finally:
         _close_all(held)
+
+
+def assert_one_byte_openers_do_not_keep_a_client_out(
+        service: Service, request: Callable[[], object], tries: int = 6) -> None:
+    """Red team attack-rt7, finding 2: one connection per address that sends one
+    byte of a ClientHello (0x16) and nothing more, reset every 1.5 s, from as
+    many addresses as the service has places for unfinished handshakes (64 =
+    4 x 16; before, 16 places in all, and a connection that had sent a byte kept
+    its place 2 s: the client was refused every time).  Such a connection has
+    proven nothing, so it gives way after ``UNPROVEN_GRACE_S`` (1 s), and a
+    connection whose handshake is done has places of its own."""
+    sources = [f"127.0.{40 + n // 250}.{1 + n % 250}" for n in range(UNPROVEN)]
+    failures: list[str] = []
+    with OneByteOpeners((service.host, service.port), sources, patient=True) as attack:
+        for _ in range(tries):
+            try:
+                request()
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}"[:120])
+            time.sleep(0.2)
+    assert attack.opened >= len(sources), "the attack did not run"
+    assert not failures, f"{len(failures)} of {tries} requests failed: {failures}"
 
 
 # -- the CAS -----------------------------------------------------------------------------
@@ -237,6 +268,27 @@ def test_cas_silent_connections_give_their_slots_at_once_when_full(cas: Service)
     assert_silent_connections_give_way_at_once(cas)
 
 
+def test_cas_one_byte_openers_from_many_addresses_do_not_keep_an_enclave_out(
+        cas: Service, tmp_path: Path) -> None:
+    """A simulated enclave attests (a fresh TLS connection each time, as one does
+    at start) while one-byte openers hold the CAS."""
+    from sgxcloud.cas import client
+    from tests.cas import postgres as pg
+
+    ca_file = cas.ca_file  # type: ignore[attr-defined]
+    owner = pg.owner_key()
+    with client.OwnerClient(cas.url, owner, ca_file=ca_file) as owners:
+        owners.apply(pg.policy_text(owner, name="onebyte"))
+
+    def attest() -> object:
+        return client.fetch_configuration(cas.url, policy="onebyte", service="web",
+                                          ca_file=ca_file, root=tmp_path,
+                                          simulate=pg.simulated_identity(), timeout=10)
+
+    attest()
+    assert_one_byte_openers_do_not_keep_a_client_out(cas, attest)
+
+
 def test_cas_silent_sockets_beyond_the_limit_are_closed_at_once(cas: Service) -> None:
     """The red team's t_prehandshake.py, scaled down: raw TCP connections that never
     start TLS, from many addresses (below each one's cap).  Before, every one was
@@ -246,8 +298,8 @@ def test_cas_silent_sockets_beyond_the_limit_are_closed_at_once(cas: Service) ->
     try:
         time.sleep(1)
         open_ = [s for s in silent if not _closed_by_server(s, 0.01)]
-        assert len(open_) <= MAX_CONNECTIONS, (
-            f"{len(open_)} of {len(silent)} silent sockets held (limit {MAX_CONNECTIONS})")
+        assert len(open_) <= UNPROVEN, (
+            f"{len(open_)} of {len(silent)} silent sockets held (limit {UNPROVEN})")
         # The slots they hold are taken back for a legitimate client after the grace.
         time.sleep(EVICTION_GRACE_S)
         assert _status(cas, LEGIT, "/v1/health") == 200
@@ -377,6 +429,17 @@ def test_coordinator_slow_connections_give_their_slots_to_new_ones_when_full(
 def test_coordinator_silent_connections_give_their_slots_at_once_when_full(
         coordinator: Service) -> None:
     assert_silent_connections_give_way_at_once(coordinator)
+
+
+def test_coordinator_one_byte_openers_from_many_addresses_do_not_keep_a_party_out(
+        coordinator: Service) -> None:
+    """A party's request on a fresh TLS connection each time, from its own address."""
+    def request() -> object:
+        status = _status(coordinator, LEGIT)
+        assert status == 200, status
+        return status
+
+    assert_one_byte_openers_do_not_keep_a_client_out(coordinator, request)
 
 
 def test_clients_are_ipv4_addresses_and_ipv6_64s() -> None:

@@ -105,7 +105,7 @@ def test_a_peer_trickling_its_opening_is_cut_off() -> None:
 
 def test_sessions_beyond_the_limit_are_closed_at_once_and_slots_come_back() -> None:
     refusals: list[str] = []
-    server = _server(refusals, max_sessions=2, opening_timeout=2.0)
+    server = _server(refusals, max_sessions=2, max_handshakes=2, opening_timeout=2.0)
     try:
         idle = [socket.create_connection(server.address) for _ in range(2)]
         time.sleep(0.3)
@@ -236,7 +236,7 @@ def test_one_address_cannot_take_a_nodes_sessions() -> None:
     before the opening timeout kept every session slot.  Now one address holds at
     most ``max_per_peer``, and a peer from an address holding none takes the place
     of an opening of the address holding most (the coordinator is served at once)."""
-    server = _server([], max_sessions=4, max_per_peer=2, opening_timeout=30)
+    server = _server([], max_sessions=4, max_handshakes=4, max_per_peer=2, opening_timeout=30)
     held: list[socket.socket] = []
     try:
         held += [_from(server.address, "127.0.0.2") for _ in range(2)]
@@ -259,11 +259,11 @@ def test_one_address_cannot_take_a_nodes_sessions() -> None:
 
 def test_strangers_from_many_addresses_give_way_after_the_grace() -> None:
     """One stranger per address, each having started its opening (a byte of a
-    TLS record), fills the node: a newcomer is refused at first, then takes the
-    place of the opening waiting longest."""
-    from sgxcloud.web.connections import EVICTION_GRACE_S
+    TLS record), fills the node's handshake places: a newcomer is refused at
+    first, then takes the place of the opening waiting longest."""
+    from sgxcloud.web.connections import UNPROVEN_GRACE_S
 
-    server = _server([], max_sessions=4, max_per_peer=2, opening_timeout=30)
+    server = _server([], max_sessions=4, max_handshakes=4, max_per_peer=2, opening_timeout=30)
     held = [_from(server.address, f"127.0.4.{n}") for n in range(1, 5)]
     for sock in held:
         sock.sendall(b"\x16")  # the first byte of a ClientHello, and no more
@@ -272,7 +272,7 @@ def test_strangers_from_many_addresses_give_way_after_the_grace() -> None:
         extra = _from(server.address, "127.0.5.1")
         assert _closed_at_once(extra), "a fifth session was admitted"
         extra.close()
-        time.sleep(EVICTION_GRACE_S + 0.2)
+        time.sleep(UNPROVEN_GRACE_S + 0.2)
         channel = _genuine_coordinator_connects(server.address, within=0, pause=0)
         channel.close()
         assert _closed_at_once(held[0]), "not the opening waiting longest"
@@ -291,7 +291,7 @@ def test_silent_strangers_from_many_addresses_give_way_at_once() -> None:
 
     from sgxcloud.web.connections import SILENT_GRACE_S
 
-    server = _server([], max_sessions=8, max_per_peer=2, opening_timeout=30)
+    server = _server([], max_sessions=8, max_handshakes=8, max_per_peer=2, opening_timeout=30)
     stop = threading.Event()
 
     def renew(source: str, start: float) -> None:
@@ -331,6 +331,159 @@ def test_silent_strangers_from_many_addresses_give_way_at_once() -> None:
         for thread in attackers:
             thread.join(timeout=3)
         server.stop()
+
+
+def test_one_byte_strangers_from_many_addresses_do_not_keep_the_coordinator_out() -> None:
+    """Red team attack-rt7, finding 2: one connection per address that sends one
+    byte of a ClientHello (0x16) and nothing more, renewed every 1.5 s, kept the
+    2 s grace of a connection that "has started its opening": from as many
+    addresses as a node has places, the coordinator was refused every time.  A
+    connection whose handshake has not completed has proven nothing: it waits
+    in one of ``HANDSHAKES_PER_SESSION`` x ``max_sessions`` places (no thread)
+    and gives way after ``UNPROVEN_GRACE_S`` (1 s) whatever it has sent.  Here
+    32 addresses (8 x 4 places) fill them, each opening at most one connection
+    per 1.5 s (the red team's ``--patient``): the coordinator is served every
+    time, in the place of one of theirs."""
+    from tests.one_byte_openers import OneByteOpeners
+
+    server = _server([], max_sessions=4, max_per_peer=2, opening_timeout=30)
+    sources = [f"127.0.8.{n}" for n in range(1, 33)]
+    served = 0
+    with OneByteOpeners(server.address, sources, patient=True) as attack:
+        try:
+            for _ in range(5):
+                try:
+                    channel = _genuine_coordinator_connects(server.address, within=0, pause=0)
+                except TransportError:
+                    continue
+                channel.request({"op": "ping"})
+                assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": True}
+                channel.close()
+                served += 1
+                time.sleep(0.3)
+        finally:
+            server.stop()
+    assert attack.opened >= len(sources), "the attack did not run"
+    assert served == 5, f"the coordinator was served {served} times in 5"
+    assert server.evicted >= 1, "the handshake places were not full"
+
+
+def test_a_coordinator_300_ms_away_gets_in(tmp_path) -> None:
+    """An honest slow peer: 150 ms each way (a TCP relay on loopback delaying
+    every chunk), its whole opening through it, with every handshake place held
+    by a one-byte stranger older than the grace (none renews)."""
+    from sgxcloud.web.connections import UNPROVEN_GRACE_S
+
+    server = _server([], max_sessions=4, max_handshakes=4, max_per_peer=2, opening_timeout=30)
+    held = [_from(server.address, f"127.0.9.{n}") for n in range(1, 5)]
+    relay = _DelayingRelay(server.address, "127.0.9.100", delay_s=0.15)
+    try:
+        for sock in held:
+            sock.sendall(b"\x16")
+        time.sleep(UNPROVEN_GRACE_S + 0.2)
+        started = time.monotonic()
+        channel = _genuine_coordinator_connects(relay.address, within=0, pause=0)
+        channel.request({"op": "ping"})
+        assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": True}
+        took = time.monotonic() - started
+        channel.close()
+        assert took >= 0.6, f"the relay did not delay ({took:.2f} s)"
+        assert server.evicted == 1
+    finally:
+        relay.stop()
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
+class _DelayingRelay:
+    """Forwards connections to ``target`` from ``source``, every chunk ``delay_s``
+    late in each direction (order kept): a peer one round trip of 2 x delay away."""
+
+    def __init__(self, target: tuple[str, int], source: str, delay_s: float) -> None:
+        import threading
+
+        self.target, self.source, self.delay_s = target, source, delay_s
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self._listener.getsockname()[:2]
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target, source_address=(self.source, 0))
+            self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        import queue
+        import threading
+
+        chunks: queue.Queue = queue.Queue()
+
+        def send() -> None:
+            while (item := chunks.get()) is not None:
+                due, data = item
+                time.sleep(max(0.0, due - time.monotonic()))
+                with contextlib.suppress(OSError):
+                    dst.sendall(data)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=send, daemon=True).start()
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                chunks.put(None)
+                return
+            chunks.put((time.monotonic() + self.delay_s, data))
+
+    def stop(self) -> None:
+        self._listener.close()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def test_one_byte_strangers_from_32_addresses_do_not_lock_the_coordinator_out_of_a_node(
+        tmp_path) -> None:
+    """The red team's t_node_onebyte.py on a real node (its default limits): 32
+    addresses, one byte each, renewed every 1.5 s and re-opened at once when
+    closed; a genuine coordinator ingests 5 times (the red team: 0 of 8)."""
+    from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
+    from tests.one_byte_openers import OneByteOpeners
+
+    collab, definition, approvals, *_ = _collaboration(tmp_path)
+    sources = {name: Source.parse(path) for name, path in collab.nodes["bank"].items()}
+    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
+                                   approvals=approvals, simulate=True, allow_simulated=True))
+    node.start()
+    states = []
+    try:
+        strangers = [f"127.0.7.{n}" for n in range(1, 33)]
+        with OneByteOpeners(node.address, strangers) as attack:
+            for n in range(5):
+                coordinator = _coordinator(tmp_path / f"c{n}", definition, approvals,
+                                           node.address)
+                try:
+                    coordinator.ingest_provider("bank")
+                    states.append(coordinator.status()["bank.customers"])
+                finally:
+                    coordinator.close()
+        assert attack.opened >= len(strangers), "the attack did not run"
+        assert [s["state"] for s in states] == ["ingested"] * 5, states
+    finally:
+        node.stop()
 
 
 # -- attested sessions: idle ones give way, requests in progress never do (attack-rt5, 2) --
@@ -442,8 +595,10 @@ def test_a_request_in_progress_is_never_taken() -> None:
         assert newcomer.frames.recv_json(Kind.RESPONSE)[1] == {"ok": "ping"}
         assert _ended(idle, within=2), "the idle session kept its place"
         # Full again (two requests in progress, the newcomer idle, under the grace):
-        # nothing may be taken, so a fourth address is refused at once.
-        assert _closed_at_once(_from(server.address, "127.0.0.4"))
+        # nothing may be taken, so a fourth address is closed once its handshake
+        # is done (it waits in a handshake place until then).
+        with pytest.raises(TransportError):
+            _attested_from(server.address, "127.0.0.4")
         release.set()
         for channel in busy:
             assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": "slow"}

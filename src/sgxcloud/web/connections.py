@@ -8,35 +8,43 @@ a second, re-opened before the head deadline, left the CAS answering 503 to
 everyone else (finding 3).
 
 So the server is started without TLS and each accepted TCP connection comes
-here first (:class:`ConnectionGate`, the protocol factory given to uvicorn):
+here first (:class:`ConnectionGate`, the protocol factory given to uvicorn),
+which keeps two kinds of places (:class:`Places`):
 
-* it is counted at once, against the service's limit (``max_connections``)
-  and its client's (``max_connections_per_client``, per IPv4 address or IPv6
-  /64; 0: off, for a service behind a proxy that hides addresses);
-* over its client's limit, it takes the slot of that client's connection that
-  has owed its request longest, if for longer than :data:`EVICTION_GRACE_S`
-  (a handshake not finished, a head or body not all sent, a keep-alive
-  connection idle);
-* at the service's limit, it takes a slot from the client holding most
-  connections (its connection waiting longest, whatever its age) if that
-  client would still hold more than the newcomer's; or else that of the
-  connection that has owed its request longest, past the grace, where a
-  connection that has not sent a byte yet is past it after
-  :data:`SILENT_GRACE_S`;
-* a connection that finds no slot is closed at once: no TLS object is made;
-* admitted, its TLS handshake (``loop.start_tls``) must finish within
-  ``handshake_timeout_s``; then the HTTP protocol takes over the connection,
-  which keeps its slot until it is lost.
+* a connection is *unproven* from its accept until its TLS handshake has
+  completed, whatever bytes it has sent, and takes one of
+  :data:`UNPROVEN_PER_PLACE` x ``max_connections`` places for unproven
+  connections: it holds a descriptor, and a TLS object once it has sent a
+  byte, but no request;
+* once its handshake has completed it is *proven* and takes one of the
+  ``max_connections`` places, before its first request is read (or is
+  closed: no place);
+* a client (IPv4 address, IPv6 /64; ``max_connections_per_client``, 0: off,
+  for a service behind a proxy that hides addresses) over its limit takes
+  the place of its own connection that has owed its request longest, if for
+  longer than :data:`EVICTION_GRACE_S`;
+* at either limit, a newcomer takes a place from the client holding most of
+  that kind (its connection waiting longest, whatever its age) if that
+  client would still hold more than the newcomer's; or else, among unproven
+  connections, the oldest one past :data:`UNPROVEN_GRACE_S` (1 s, a TLS 1.3
+  handshake over a 900 ms round trip; :data:`SILENT_GRACE_S` if it has not
+  sent a byte), and among proven ones the one that has owed its request
+  longest past :data:`EVICTION_GRACE_S` (a head or body not all sent, a
+  keep-alive connection idle);
+* a connection that finds no unproven place is closed at once: no TLS
+  object is made; its TLS handshake (``loop.start_tls``) must finish within
+  ``handshake_timeout_s`` of the accept.
 
 Eviction is what holds against many addresses.  A connection that is not
-being answered keeps its slot only while nobody with a smaller share needs
-it: to keep a newcomer out, an attacker must hold the service with as many
-addresses as it has slots (one connection each), and even then renew each
-connection every :data:`EVICTION_GRACE_S` rather than every head timeout,
-and each silent one every :data:`SILENT_GRACE_S` (red team attack-rt6,
-finding 1: 560 addresses renewing silent connections every 1.5 s cost the
-CAS 8 of 39 enclave round trips).  Only a connection that has started its
-opening (sent a byte) keeps the longer grace.
+being answered keeps its place only while nobody with a smaller share needs
+it: to keep a newcomer out, an attacker must hold every unproven place, one
+connection per address, each renewed within a second (or complete TLS
+handshakes and hold every proven place, one per address, each renewed
+within :data:`EVICTION_GRACE_S`).  Sending bytes buys nothing: one byte of a
+ClientHello per connection, renewed every 1.5 s, kept the 2 s grace of a
+connection "that has started", and 600 addresses cost the CAS 23 of 120
+enclave attestations (red team attack-rt7, finding 2; silent ones,
+attack-rt6 finding 1, were the same attack without the byte).
 A connection whose request has arrived whole is never evicted.
 """
 
@@ -72,6 +80,24 @@ handshake, within milliseconds of the accept; a connection still silent
 after this holds only a descriptor and costs nothing to drop.  Without it,
 one silent connection per address, renewed every :data:`EVICTION_GRACE_S`,
 held a node from 32 addresses (red team attack-rt6, finding 1)."""
+
+UNPROVEN_GRACE_S = 1.0
+"""How long a connection whose TLS handshake has not completed keeps its place
+in a full service, whatever bytes it has sent.
+
+A TLS 1.3 handshake completes at the server one round trip after the accept
+(its flight out, the client's Finished back), plus a few milliseconds of
+CPU: 0.3 s for a client 300 ms away, so 1 s leaves room for a client up to
+~900 ms away, or for one lost segment resent at a 300 ms round trip.  A
+connection that has only sent bytes has proven nothing: one byte of a
+ClientHello (0x16), renewed every 1.5 s from 32 addresses, kept a node's
+coordinator out (red team attack-rt7, finding 2)."""
+
+UNPROVEN_PER_PLACE = 4
+"""Places for unproven connections (handshake not completed) per place for
+proven ones, in a :class:`ConnectionGate`: an unproven connection holds a
+descriptor (~3 KiB), and once it has sent a byte a TLS object (~55 KiB), but
+no request, so filling a service takes this many times more addresses."""
 
 REPORT_EVERY_S = 10.0
 """Refused and evicted connections are logged as counts, at most this often."""
@@ -127,10 +153,184 @@ def client_of(peer: Any) -> str | None:
     return str(address)
 
 
+class Places:
+    """Which connections hold a place, and which gives way to a newcomer: the
+    rules a :class:`ConnectionGate` (CAS, coordinator) and a node's listener
+    (``cleanroom.transport.server``) share.
+
+    A connection is *unproven* from its accept until its TLS handshake has
+    completed, whatever bytes it has sent (one byte of a ClientHello costs
+    nothing: red team attack-rt7, finding 2), and *proven* after.  Each kind
+    has its own places:
+
+    * ``max_unproven`` for unproven ones, which are cheap (no thread, no
+      request parsed): a newcomer at the limit takes the place of the client
+      holding most unproven ones (its oldest), if that client would still
+      hold more than the newcomer's, or else of the oldest unproven
+      connection older than ``unproven_grace_s`` (``silent_grace_s`` for one
+      that has not sent a byte);
+    * ``max_proven`` for proven ones: a connection whose handshake completes
+      at the limit takes the place of the client holding most proven ones
+      (its connection owing longest, any age), if that client would still
+      hold more than this one's, or else of the proven connection owing its
+      request longest, past ``grace_s``; with no such place it is closed.
+
+    A client over ``max_per_client`` (all its connections) takes the place of
+    its own connection owing longest past ``grace_s``, or is closed.  A request
+    in progress (:meth:`owes` false) is never taken.
+
+    A place is any object with ``client``, ``owed_since`` (accept, or end of
+    the last answer), ``silent``, ``proven`` and ``owes()``; ``evict(place)``
+    ends one taken for a newcomer (already forgotten here).
+    """
+
+    def __init__(self, *, max_proven: int, max_unproven: int, max_per_client: int,
+                 evict: Callable[[Any], None], grace_s: float = EVICTION_GRACE_S,
+                 unproven_grace_s: float = UNPROVEN_GRACE_S,
+                 silent_grace_s: float = SILENT_GRACE_S) -> None:
+        self.max_proven = max_proven
+        self.max_unproven = max_unproven
+        self.max_per_client = max_per_client
+        self.grace_s = grace_s
+        self.unproven_grace_s = unproven_grace_s
+        self.silent_grace_s = silent_grace_s
+        self._evict = evict
+        self.unproven: dict[Any, None] = {}
+        """In accept order: the oldest first."""
+        self.proven: set[Any] = set()
+        self.per_client: dict[str, int] = {}
+        self._unproven_of: dict[str, int] = {}
+        self._proven_of: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.unproven) + len(self.proven)
+
+    def __contains__(self, place: Any) -> bool:
+        return place in self.proven or place in self.unproven
+
+    def admit(self, place: Any, now: float) -> bool:
+        """An unproven place for a just-accepted connection, or False: close it."""
+        client = place.client
+        if client is not None and self.max_per_client \
+                and self.per_client.get(client, 0) >= self.max_per_client:
+            victim = self._owing_longest(now, client, grace=self.grace_s)
+            if victim is None:
+                return False
+            self._take(victim)
+        if len(self.unproven) >= self.max_unproven:
+            victim = self._from_biggest(self._unproven_of, client, self.unproven) \
+                or self._oldest_unproven(now)
+            if victim is None:
+                return False
+            self._take(victim)
+        self.unproven[place] = None
+        place.proven = False
+        _add(self._unproven_of, client, 1)
+        _add(self.per_client, client, 1)
+        return True
+
+    def prove(self, place: Any, now: float) -> bool:
+        """``place`` completed its TLS handshake: a proven place for it, or False
+        (it is forgotten: close it)."""
+        if place not in self.unproven:
+            return False  # taken meanwhile
+        client = place.client
+        del self.unproven[place]
+        _add(self._unproven_of, client, -1)
+        if len(self.proven) >= self.max_proven:
+            victim = self._from_biggest(self._proven_of, client, self.proven) \
+                or self._owing_longest(now, None, self.proven)
+            if victim is None:
+                _add(self.per_client, client, -1)
+                return False
+            self._take(victim)
+        self.proven.add(place)
+        place.proven = True
+        _add(self._proven_of, client, 1)
+        return True
+
+    def forget(self, place: Any) -> bool:
+        """The connection is gone; False if it held no place (already taken)."""
+        if place in self.unproven:
+            del self.unproven[place]
+            _add(self._unproven_of, place.client, -1)
+        elif place in self.proven:
+            self.proven.discard(place)
+            _add(self._proven_of, place.client, -1)
+        else:
+            return False
+        _add(self.per_client, place.client, -1)
+        return True
+
+    def _take(self, victim: Any) -> None:
+        self.forget(victim)
+        self._evict(victim)
+
+    def _grace(self, place: Any) -> float:
+        if place.proven:
+            return self.grace_s
+        return self.silent_grace_s if place.silent else self.unproven_grace_s
+
+    def _from_biggest(self, counts: dict[str, int], newcomer: str | None,
+                      pool: Any) -> Any:
+        """The place owing longest (any age) in ``pool`` of the client holding
+        most there, if it would still hold more than the newcomer's."""
+        if not counts:
+            return None
+        biggest, count = max(counts.items(), key=lambda item: item[1])
+        mine = counts.get(newcomer, 0) if newcomer is not None else 0
+        if count <= mine + 1:  # taking one would not leave it holding more
+            return None
+        oldest = None
+        for place in pool:  # the unproven in accept order: the first is the oldest
+            if place.client == biggest and place.owes() \
+                    and (oldest is None or place.owed_since < oldest.owed_since):
+                oldest = place
+                if pool is self.unproven:
+                    break
+        return oldest
+
+    def _oldest_unproven(self, now: float) -> Any:
+        """The oldest unproven connection past its grace (the silent grace for
+        one that has sent nothing)."""
+        for place in self.unproven:
+            age = now - place.owed_since
+            if age < min(self.silent_grace_s, self.unproven_grace_s):
+                return None  # the rest are younger still
+            if age >= self._grace(place):
+                return place
+        return None
+
+    def _owing_longest(self, now: float, client: str | None, pool: Any = None,
+                       grace: float | None = None) -> Any:
+        """The connection (of ``client``, if given; in ``pool``, if given, else
+        any) owing its request longest, past ``grace`` (the grace of its kind
+        if None)."""
+        oldest = None
+        for place in (pool if pool is not None else (*self.unproven, *self.proven)):
+            if (client is None or place.client == client) and place.owes() \
+                    and now - place.owed_since >= (self._grace(place) if grace is None
+                                                   else grace) \
+                    and (oldest is None or place.owed_since < oldest.owed_since):
+                oldest = place
+        return oldest
+
+
+def _add(counts: dict[str, int], client: str | None, n: int) -> None:
+    if client is None:
+        return
+    left = counts.get(client, 0) + n
+    if left > 0:
+        counts[client] = left
+    else:
+        counts.pop(client, None)
+
+
 class Slot:
     """One accepted connection's place in its gate, from accept until it is lost."""
 
-    __slots__ = ("client", "close", "gate", "handshake", "owed_since", "protocol", "silent")
+    __slots__ = ("client", "close", "gate", "handshake", "owed_since", "protocol", "proven",
+                 "silent")
 
     def __init__(self, gate: ConnectionGate, client: str | None, now: float) -> None:
         self.gate = gate
@@ -144,6 +344,8 @@ class Slot:
         the last response.  Meaningful while :meth:`owes` holds."""
         self.silent = False
         """No byte has arrived yet (set while the gate waits for the first)."""
+        self.proven = False
+        """Its TLS handshake has completed (set by :class:`Places`)."""
 
     def owes(self) -> bool:
         """Whether the connection waits for its client: its first bytes, the TLS
@@ -168,16 +370,21 @@ class ConnectionGate:
     def __init__(self, protocol_class: type, *, max_connections: int,
                  max_per_client: int, handshake_timeout_s: float,
                  tls: ssl.SSLContext | None, grace_s: float = EVICTION_GRACE_S,
-                 silent_grace_s: float = SILENT_GRACE_S) -> None:
+                 unproven_grace_s: float = UNPROVEN_GRACE_S,
+                 silent_grace_s: float = SILENT_GRACE_S,
+                 max_unproven: int | None = None) -> None:
         self.protocol_class = protocol_class
         self.max_connections = max_connections
+        """Places for connections whose TLS handshake has completed."""
         self.max_per_client = max_per_client
         self.handshake_timeout_s = handshake_timeout_s
         self.tls = tls
-        self.grace_s = grace_s
-        self.silent_grace_s = silent_grace_s
-        self.slots: set[Slot] = set()
-        self.per_client: dict[str, int] = {}
+        self.places = Places(
+            max_proven=max_connections,
+            max_unproven=max_unproven if max_unproven is not None
+            else UNPROVEN_PER_PLACE * max_connections,
+            max_per_client=max_per_client, evict=self._evicted, grace_s=grace_s,
+            unproven_grace_s=unproven_grace_s, silent_grace_s=silent_grace_s)
         self.refused = 0
         self.evicted = 0
         self._reported = (0, 0)
@@ -208,7 +415,7 @@ class ConnectionGate:
 
     @property
     def held(self) -> int:
-        return len(self.slots)
+        return len(self.places)
 
     # -- between worker processes (web.balance) -----------------------------------
 
@@ -225,7 +432,7 @@ class ConnectionGate:
     def start_balancing(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.balancer is not None
         self.balancer.start(loop, lambda sock: self.take(sock, self._make_balanced, loop))
-        self.balancer.publish(len(self.slots))
+        self.balancer.publish(len(self.places))
 
     async def drain(self, timeout_s: float) -> None:
         """What uvicorn's server does at shutdown for the connections it knows:
@@ -246,10 +453,10 @@ class ConnectionGate:
         ``Connection: close`` so that its client reconnects to a sibling worker:
         when this worker holds two or more connections above the sibling holding
         fewest, one connection at a time (web.balance)."""
-        if self.balancer is None or self._shedding in self.slots:
+        if self.balancer is None or self._shedding in self.places:
             return False
         fewest = self.balancer.fewest()
-        if fewest is None or len(self.slots) - fewest < 2:
+        if fewest is None or len(self.places) - fewest < 2:
             return False
         self._shedding = slot
         self.shed += 1
@@ -264,7 +471,7 @@ class ConnectionGate:
                 loop: asyncio.AbstractEventLoop) -> None:
         """A connection this process accepted: handed to a sibling worker holding
         fewer, or taken here."""
-        if self.balancer is not None and self.balancer.hand_over(sock, len(self.slots)):
+        if self.balancer is not None and self.balancer.hand_over(sock, len(self.places)):
             sock.close()
             self.observe("handed_over")
             return
@@ -280,7 +487,7 @@ class ConnectionGate:
             return
         slot = self.admit(client_of(peer), loop.time())
         if self.balancer is not None:
-            self.balancer.publish(len(self.slots))
+            self.balancer.publish(len(self.places))
         if slot is None:
             sock.close()  # before any TLS work: no SSL object, no buffers
             return
@@ -288,36 +495,28 @@ class ConnectionGate:
 
     def admit(self, client: str | None, now: float) -> Slot | None:
         """A slot for a just-accepted connection of ``client``, or None: close it."""
-        if client is not None and self.max_per_client \
-                and self.per_client.get(client, 0) >= self.max_per_client:
-            victim = self._longest_owing(now, client)
-            if victim is None:
-                return self._refuse(now)
-            self._evict(victim, now)
-        if len(self.slots) >= self.max_connections:
-            victim = self._from_biggest(client) \
-                or self._longest_owing(now, None, self.silent_grace_s)
-            if victim is None:
-                return self._refuse(now)
-            self._evict(victim, now)
         slot = Slot(self, client, now)
-        self.slots.add(slot)
-        if client is not None:
-            self.per_client[client] = self.per_client.get(client, 0) + 1
+        if not self.places.admit(slot, now):
+            return self._refuse(now)
         return slot
 
+    def prove(self, slot: Slot, now: float) -> bool:
+        """``slot``'s TLS handshake completed: False if it finds no place (close it)."""
+        if slot not in self.places:
+            return False  # taken for a newcomer meanwhile
+        if self.places.prove(slot, now):
+            return True
+        self._refuse(now)  # no place for it
+        self._released()
+        return False
+
     def release(self, slot: Slot) -> None:
-        if slot not in self.slots:
-            return
-        self.slots.discard(slot)
+        if self.places.forget(slot):
+            self._released()
+
+    def _released(self) -> None:
         if self.balancer is not None:
-            self.balancer.publish(len(self.slots))
-        if slot.client is not None:
-            left = self.per_client[slot.client] - 1
-            if left:
-                self.per_client[slot.client] = left
-            else:
-                del self.per_client[slot.client]
+            self.balancer.publish(len(self.places))
         self._closed_since_trim += 1
         if self._closed_since_trim >= TRIM_AFTER_CLOSED and self._trim_timer is None \
                 and _trim_heap is not None:
@@ -333,40 +532,16 @@ class ConnectionGate:
         if _trim_heap is not None:
             _trim_heap()
 
-    def _from_biggest(self, newcomer: str | None) -> Slot | None:
-        """A slot for a newcomer to a full service, fairly: the connection waiting
-        longest (any age) of the client holding most, if it would still hold
-        more than the newcomer's client.  So a client with few connections gets
-        in at once, and filling the service takes as many addresses as slots."""
-        if not self.per_client:
-            return None
-        biggest, count = max(self.per_client.items(), key=lambda item: item[1])
-        mine = self.per_client.get(newcomer, 0) if newcomer is not None else 0
-        if count <= mine + 1:  # taking one would not leave it holding more
-            return None
-        return self._longest_owing(None, biggest)
-
-    def _longest_owing(self, now: float | None, client: str | None,
-                       silent_grace_s: float | None = None) -> Slot | None:
-        """The connection (of ``client``, if given) that has owed its request
-        longest: longer than the grace unless ``now`` is None (``silent_grace_s``,
-        if given, for a connection that has not sent a byte)."""
-        oldest: Slot | None = None
-        for slot in self.slots:
-            grace = silent_grace_s if slot.silent and silent_grace_s is not None \
-                else self.grace_s
-            if (client is None or slot.client == client) and slot.owes() \
-                    and (now is None or now - slot.owed_since >= grace) \
-                    and (oldest is None or slot.owed_since < oldest.owed_since):
-                oldest = slot
-        return oldest
-
-    def _evict(self, victim: Slot, now: float) -> None:
-        self.release(victim)  # now: its connection_lost comes later
+    def _evicted(self, victim: Slot) -> None:
+        """``victim``'s place was taken for a newcomer (:class:`Places`)."""
+        self._released()  # now: its connection_lost comes later
+        counted = getattr(victim.protocol, "connections", None)
+        if counted is not None:  # nor does uvicorn count it meanwhile (its 503 limit)
+            counted.discard(victim.protocol)
         victim.close()
         self.evicted += 1
         self.observe("evicted")
-        self._report(now)
+        self._report(asyncio.get_running_loop().time())
 
     def _refuse(self, now: float) -> None:
         self.refused += 1
@@ -381,8 +556,9 @@ class ConnectionGate:
         refused, evicted = self.refused - self._reported[0], self.evicted - self._reported[1]
         self._reported = (self.refused, self.evicted)
         log.warning("connection limits: %d connections refused, %d slow ones evicted "
-                    "(%d held, at most %d, %d per client)", refused, evicted,
-                    len(self.slots), self.max_connections, self.max_per_client)
+                    "(%d held, at most %d with a completed handshake and %d without, "
+                    "%d per client)", refused, evicted, len(self.places),
+                    self.max_connections, self.places.max_unproven, self.max_per_client)
 
 
 class _Accepted(asyncio.Protocol):
@@ -432,8 +608,11 @@ def _open(slot: Slot, sock: socket.socket, make: Callable[[], Any],
     held: a silent connection makes no TLS object (~55 KiB with uvloop's TLS
     buffers)."""
     gate = slot.gate
-    if gate.tls is None:
-        _serve(slot, sock, make, loop)
+    if gate.tls is None:  # no handshake to wait for
+        if gate.prove(slot, loop.time()):
+            _serve(slot, sock, make, loop)
+        else:
+            sock.close()
         return
     fd = sock.fileno()
 
@@ -502,7 +681,7 @@ async def _connect(slot: Slot, sock: socket.socket, make: Callable[[], Any],
     finally:
         slot.handshake = None
     slot.close = transport.abort
-    if slot not in gate.slots:  # evicted as the handshake ended
+    if slot not in gate.places:  # evicted as the handshake ended, or no place for it
         transport.abort()
 
 
@@ -513,6 +692,18 @@ class GatedProtocol:
     gate_slot: Slot | None = None
     opened_at: float | None = None
     loop: asyncio.AbstractEventLoop
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+        """The TLS handshake has completed: the connection moves to a proven
+        place (:meth:`ConnectionGate.prove`) before its first request is read,
+        or is closed."""
+        slot = self.gate_slot
+        proven = slot is None or slot.proven or slot.gate.prove(slot, self.loop.time())
+        super().connection_made(transport)  # type: ignore[misc]
+        if not proven:
+            self.gate_slot = None
+            getattr(self, "connections", set()).discard(self)
+            transport.abort()
 
     def shed_if_unbalanced(self) -> None:
         """Close this connection after the response to the request just arrived

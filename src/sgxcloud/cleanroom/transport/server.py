@@ -1,34 +1,44 @@
-"""A small threaded listener for attested sessions (one thread per peer).
+"""A listener for attested sessions: one thread for every TLS handshake, then one per session.
 
 A peer that fails TLS or attestation is logged with its reason and dropped;
-the listener keeps serving everyone else.  Sessions are bounded as the
-HTTPS services' connections are (sgxcloud.web.connections), counted from the
-accept: at most ``max_sessions`` at once and ``max_per_peer`` from one
-address (IPv6: /64); the whole opening (TLS handshake, HELLO, EVIDENCE)
-within ``OPENING_TIMEOUT_S`` however slowly bytes trickle in, and opening
-frames of at most ``channel.MAX_OPENING_FRAME`` bytes.
+the listener keeps serving everyone else.  Connections are bounded as the
+HTTPS services' are (:class:`sgxcloud.web.connections.Places`), counted from
+the accept:
+
+* until its TLS handshake has completed a connection has proven nothing,
+  whatever bytes it has sent: the listener's one thread drives its handshake
+  without blocking (a descriptor and an OpenSSL object, no thread), in one
+  of ``max_handshakes`` places (``HANDSHAKES_PER_SESSION`` x
+  ``max_sessions``: 256);
+* then it takes one of ``max_sessions`` session places (32) and a thread of
+  its own for the opening (HELLO, EVIDENCE) and the session, or is closed;
+* at most ``max_per_peer`` connections from one address (IPv6: /64); the
+  whole opening within ``OPENING_TIMEOUT_S`` however slowly bytes trickle
+  in, and opening frames of at most ``channel.MAX_OPENING_FRAME`` bytes.
 
 A session *owes* the listener its next request while it is opening, and,
 once attested, while it waits between requests (the handler reports this
 through :meth:`AttestedChannel.next_request`); a request that has arrived is
 in progress until the handler asks for the next one, and is never cut.  A
-connection over a limit takes the place of a session that owes:
+connection over a limit takes the place of one that owes:
 
-* over its address's limit, that address's session owing longest, if for
-  more than ``EVICTION_GRACE_S``;
-* at ``max_sessions``, the session owing longest (whatever its age) of the
-  address holding most, if that address would still hold more than the
-  newcomer's; or else any session owing for more than the grace, where a
-  connection that has not sent a byte yet is past it after
-  ``SILENT_GRACE_S`` (0.2 s: a peer sends its ClientHello right behind the
-  TCP handshake).
+* over its address's limit, that address's connection owing longest, if
+  for more than ``EVICTION_GRACE_S`` (2 s);
+* at a limit, the connection owing longest (whatever its age) of the
+  address holding most of that kind, if that address would still hold more
+  than the newcomer's; or else the oldest handshake past
+  ``UNPROVEN_GRACE_S`` (1 s: a TLS 1.3 handshake completes one round trip
+  after the accept; ``SILENT_GRACE_S``, 0.2 s, for a connection that has not
+  sent a byte), or the session owing longest past ``EVICTION_GRACE_S``.
 
-Otherwise it is closed at once.  So filling a node takes as many addresses
-as it has sessions, each renewed every ``EVICTION_GRACE_S`` once it has
-started its opening, and every ``SILENT_GRACE_S`` while silent (red team
-attack-rt6, finding 1: one silent connection from each of 32 addresses,
-renewed every 1.5 s, failed 8 of 10 coordinator calls).  Neither
-strangers re-opening silent connections (red team attack-cas3, finding 3)
+Otherwise it is closed at once.  So keeping the coordinator out takes 256
+addresses each renewing its connection within every second (or completing
+a TLS handshake with a client certificate per address every 2 s, from 32).
+Before, one byte of a ClientHello bought a connection the 2 s grace of an
+opening in one of 32 places with a thread each: 32 addresses renewing every
+1.5 s (17-38 connections/s, no TLS) kept the coordinator out (red team
+attack-rt7, finding 2; attack-rt6, finding 1 was the same without the byte).
+Neither strangers re-opening silent connections (attack-cas3, finding 3)
 nor attested peers staying silent (attack-rt5, finding 2: 32 simulated
 coordinators from 4 addresses held a node for an hour) keep the coordinator
 out.  Passing attestation buys no place: in simulated mode anyone holding
@@ -39,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import selectors
 import socket
 import threading
 import time
@@ -46,11 +57,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from OpenSSL import SSL
+
 from sgxcloud.cleanroom.transport import tls as tlsmod
 from sgxcloud.cleanroom.transport.binding import Attester, PeerPolicy
 from sgxcloud.cleanroom.transport.channel import AttestedChannel, Opening, open_server
 from sgxcloud.cleanroom.transport.errors import TransportError
-from sgxcloud.web.connections import EVICTION_GRACE_S, SILENT_GRACE_S, client_of
+from sgxcloud.web.connections import Places, client_of
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +75,23 @@ newcomer) only while it waits there."""
 OPENING_TIMEOUT_S = 30.0
 """How long a peer may take from connecting to having passed attestation."""
 MAX_SESSIONS = 32
-"""Sessions (opening or open) at once; a node serves one coordinator."""
+"""Sessions past their TLS handshake (opening or open, a thread each) at once;
+a node serves one coordinator."""
+HANDSHAKES_PER_SESSION = 8
+"""Connections whose TLS handshake has not completed, per session place: they
+are driven by the listener's one thread (a descriptor and an OpenSSL object
+each, no thread), so a node holds 256 of them by default."""
 MAX_PER_PEER = 8
 """Sessions from one address at once; the coordinator opens one per dataset of
 the provider's at most (all at once), and one to ask what the node has."""
-
-
-_ANYONE = object()
+TICK_S = 0.1
+"""How often the listener looks for openings past their deadline."""
 
 
 @dataclass(eq=False)
 class _Session:
     conn: socket.socket
-    peer: str | None
+    client: str | None
     started: float
     owed_since: float
     """Since when the peer owes its next request: the accept, or the end of the
@@ -82,15 +99,24 @@ class _Session:
     opening: bool = True
     silent: bool = True
     """No byte has arrived yet: a full node drops it after ``SILENT_GRACE_S``."""
+    proven: bool = False
+    """Its TLS handshake has completed (set by :class:`Places`)."""
     busy: bool = False
     """A request has arrived and is being served: never taken."""
+    tls: SSL.Connection | None = None
+    """The handshake in progress (the listener's thread drives it)."""
 
     def owes(self) -> bool:
         return not self.busy
 
 
 class AttestedServer:
-    """Accepts mutually attested TLS sessions and hands each to ``handler``."""
+    """Accepts mutually attested TLS sessions and hands each to ``handler``.
+
+    One thread accepts connections and drives every TLS handshake without
+    blocking; a connection gets a thread of its own (for the opening and the
+    session) only once its handshake has completed.
+    """
 
     def __init__(self, host: str, port: int, identity: tlsmod.TlsIdentity, role: str,
                  policy: PeerPolicy, attester: Attester, handler: Handler,
@@ -100,7 +126,8 @@ class AttestedServer:
                  vouch: Callable[[Opening], None] | None = None,
                  max_sessions: int = MAX_SESSIONS,
                  opening_timeout: float = OPENING_TIMEOUT_S,
-                 max_per_peer: int = MAX_PER_PEER) -> None:
+                 max_per_peer: int = MAX_PER_PEER,
+                 max_handshakes: int | None = None) -> None:
         self.identity = identity
         self.role = role
         self.policy = policy
@@ -111,16 +138,28 @@ class AttestedServer:
         self.admit = admit
         self.vouch = vouch
         self.opening_timeout = opening_timeout
-        self.max_sessions = max_sessions
         self.max_per_peer = max_per_peer
         self._lock = threading.Lock()
-        self._sessions: set[_Session] = set()
-        self._per_peer: dict[str | None, int] = {}
+        self.places = Places(
+            max_proven=max_sessions,
+            max_unproven=max_handshakes if max_handshakes is not None
+            else HANDSHAKES_PER_SESSION * max_sessions,
+            max_per_client=max_per_peer, evict=self._evict)
         self.evicted = 0
         """Sessions taken for newcomers (openings and idle attested ones)."""
+        self._context = tlsmod.server_context(identity)
         self._sock = socket.create_server((host, port), reuse_port=False)
+        self._selector = selectors.DefaultSelector()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def max_sessions(self) -> int:
+        return self.places.max_proven
+
+    @max_sessions.setter
+    def max_sessions(self, value: int) -> None:
+        self.places.max_proven = value
 
     @property
     def address(self) -> tuple[str, int]:
@@ -128,70 +167,143 @@ class AttestedServer:
         return host, port
 
     def serve_forever(self) -> None:
-        self._sock.settimeout(0.5)
-        while not self._stop.is_set():
+        self._sock.setblocking(False)
+        self._selector.register(self._sock, selectors.EVENT_READ, None)
+        try:
+            while not self._stop.is_set():
+                try:
+                    events = self._selector.select(TICK_S)
+                except (OSError, ValueError):  # the listening socket closed by stop()
+                    break
+                for key, _ in events:
+                    if key.data is None:
+                        self._accept()
+                    else:
+                        self._advance(key.data)
+                self._expire(time.monotonic())
+        finally:
+            with self._lock:
+                handshaking = list(self.places.unproven)
+                for session in handshaking:
+                    self.places.forget(session)
+            for session in handshaking:
+                self._drop(session)
+
+    def _accept(self) -> None:
+        while True:
             try:
                 conn, address = self._sock.accept()
-            except TimeoutError:
-                continue
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
-                break
-            session = self._admit(conn, client_of(address))
-            if session is None:
+                return
+            now = time.monotonic()
+            session = _Session(conn, client_of(address), now, now)
+            with self._lock:
+                admitted = self.places.admit(session, now)
+            if not admitted:
                 log.warning("session refused: too many sessions at once")
                 conn.close()
                 continue
-            threading.Thread(target=self._session, args=(session,), daemon=True).start()
+            conn.settimeout(tlsmod.IO_TIMEOUT_S)  # non-blocking underneath, as TlsConnection wants
+            self._selector.register(conn, selectors.EVENT_READ, session)
 
-    def _admit(self, conn: socket.socket, peer: str | None) -> _Session | None:
+    def _advance(self, session: _Session) -> None:
+        """The next step of ``session``'s handshake, its socket being ready."""
+        if session.tls is None:  # its first bytes: only now an OpenSSL object
+            try:
+                first = session.conn.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                first = b""
+            if not first:
+                self._give_up(session, None)
+                return
+            with self._lock:
+                session.silent = False
+            session.tls = SSL.Connection(self._context, session.conn)
+            session.tls.set_accept_state()
+        try:
+            session.tls.do_handshake()
+        except SSL.WantReadError:
+            self._selector.modify(session.conn, selectors.EVENT_READ, session)
+            return
+        except SSL.WantWriteError:
+            self._selector.modify(session.conn, selectors.EVENT_WRITE, session)
+            return
+        except SSL.SysCallError:
+            self._give_up(session, "connection lost")
+            return
+        except SSL.Error:
+            self._give_up(session, "TLS failure (record rejected or handshake failed)")
+            return
+        self._selector.unregister(session.conn)
         now = time.monotonic()
         with self._lock:
-            if peer is not None and self._per_peer.get(peer, 0) >= self.max_per_peer:
-                victim = self._longest_owing(now, peer)
-                if victim is None:
-                    return None
-                self._evict(victim)
-            if len(self._sessions) >= self.max_sessions:
-                victim = self._from_biggest(peer) \
-                    or self._longest_owing(now, _ANYONE, SILENT_GRACE_S)
-                if victim is None:
-                    return None
-                self._evict(victim)
-            session = _Session(conn, peer, now, now)
-            self._sessions.add(session)
-            self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
-            return session
+            proven = self.places.prove(session, now)
+            if proven:
+                session.owed_since = now
+        if not proven:
+            log.warning("session refused: too many sessions at once")
+            self._close(session)
+            return
+        threading.Thread(target=self._session, args=(session,), daemon=True).start()
 
-    def _from_biggest(self, newcomer: str | None) -> _Session | None:
-        """The place of the session owing longest (any age) of the address
-        holding most, if it would still hold more than the newcomer's."""
-        biggest, count = max(self._per_peer.items(), key=lambda item: item[1])
-        if count <= self._per_peer.get(newcomer, 0) + 1:
-            return None
-        return self._longest_owing(None, biggest)
+    def _expire(self, now: float) -> None:
+        """End the handshakes still unfinished at the opening deadline."""
+        late = []
+        with self._lock:
+            for session in self.places.unproven:  # the oldest first
+                if session.started + self.opening_timeout > now:
+                    break
+                late.append(session)
+            for session in late:
+                self.places.forget(session)
+        for session in late:
+            self._drop(session)
+            if session.silent:
+                log.info("session closed: no byte before its deadline")
+            else:
+                self._refused("peer did not respond in time")
 
-    def _longest_owing(self, now: float | None, peer: object,
-                       silent_grace: float | None = None) -> _Session | None:
-        """The session of ``peer`` (``_ANYONE``: of any peer) owing its request
-        longest (opening, or attested and idle): for longer than the grace
-        unless ``now`` is None (``silent_grace``, if given, for a connection
-        that has not sent a byte).  A request in progress is never chosen."""
-        oldest: _Session | None = None
-        for session in self._sessions:
-            grace = silent_grace if session.silent and silent_grace is not None \
-                else EVICTION_GRACE_S
-            if session.owes() and (peer is _ANYONE or session.peer == peer) \
-                    and (now is None or now - session.owed_since >= grace) \
-                    and (oldest is None or session.owed_since < oldest.owed_since):
-                oldest = session
-        return oldest
+    def _give_up(self, session: _Session, reason: str | None) -> None:
+        """A handshake that failed (``reason``) or a peer gone before a byte."""
+        with self._lock:
+            held = self.places.forget(session)
+        self._drop(session)
+        if held and reason is not None:
+            self._refused(reason)
+        elif held:
+            log.info("session closed: no byte before it left")
+
+    def _refused(self, reason: str) -> None:
+        log.warning("session refused: %s", reason)
+        if self.on_refusal:
+            self.on_refusal(reason)
+
+    def _drop(self, session: _Session) -> None:
+        """Close a connection whose handshake the listener's thread drives."""
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(session.conn)
+        self._close(session)
+
+    @staticmethod
+    def _close(session: _Session) -> None:
+        with contextlib.suppress(OSError):
+            session.conn.close()
 
     def _evict(self, session: _Session) -> None:
-        """End a session that owes its request; its thread finds its socket shut."""
-        self._forget(session)
+        """A session's place was taken for a newcomer: a handshake is ended here
+        (the listener's thread, which admits), a session's thread finds its
+        socket shut."""
         self.evicted += 1
         log.info("%s session evicted for a new connection",
+                 "handshaking" if not session.proven else
                  "opening" if session.opening else "idle attested")
+        if not session.proven:
+            self._drop(session)
+            return
         with contextlib.suppress(OSError):
             session.conn.shutdown(socket.SHUT_RDWR)
 
@@ -199,27 +311,17 @@ class AttestedServer:
         """The handler's report: a request arrived (``busy``) or the session waits
         for the next.  False when the session was taken meanwhile."""
         with self._lock:
-            if session not in self._sessions:
+            if session not in self.places:
                 return False
             session.busy = busy
             if not busy:
                 session.owed_since = time.monotonic()
             return True
 
-    def _forget(self, session: _Session) -> None:
-        if session not in self._sessions:
-            return
-        self._sessions.discard(session)
-        left = self._per_peer[session.peer] - 1
-        if left:
-            self._per_peer[session.peer] = left
-        else:
-            del self._per_peer[session.peer]
-
     def _taken(self, session: _Session) -> bool:
         """Whether ``session`` was evicted (its failure is then no refusal)."""
         with self._lock:
-            return session not in self._sessions
+            return session not in self.places
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -227,53 +329,34 @@ class AttestedServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._sock.close()
         if self._thread:
             self._thread.join(timeout=5)
+        self._sock.close()
 
     def _session(self, session: _Session) -> None:
         try:
             self._attested_session(session)
         finally:
             with self._lock:
-                self._forget(session)
-
-    def _first_byte(self, session: _Session) -> bool:
-        """Wait (within the opening deadline) for the peer's first byte, without
-        reading it; then the session is no longer silent.  False: the peer left,
-        was evicted or said nothing in time."""
-        left = session.started + self.opening_timeout - time.monotonic()
-        try:
-            session.conn.settimeout(max(left, 0.01))
-            first = session.conn.recv(1, socket.MSG_PEEK)
-        except OSError:  # timed out, reset, or shut by an eviction
-            first = b""
-        if not first:
-            return False
-        with self._lock:
-            session.silent = False
-        return True
+                self.places.forget(session)
 
     def _attested_session(self, session: _Session) -> None:
-        if not self._first_byte(session):
-            if not self._taken(session):
-                log.info("session closed: no byte before it left or its deadline")
-            session.conn.close()
-            return
+        assert session.tls is not None
+        tls = tlsmod.TlsConnection(session.tls, session.conn, tlsmod.IO_TIMEOUT_S,
+                                   deadline=session.started + self.opening_timeout)
         try:
-            tls = tlsmod.accept(session.conn, self.identity,
-                                deadline=session.started + self.opening_timeout)
             channel = open_server(tls, self.role, self.policy, self.attester,
                                   self.hello_extra, self.admit, self.vouch)
             tls.deadline = None  # attested: the handler sets its own timeouts
             with self._lock:
                 session.opening = False  # attested: owes its first request from now
                 session.owed_since = time.monotonic()
-                taken = session not in self._sessions
+                taken = session not in self.places
             if taken:  # evicted just as it passed
                 channel.close()
                 return
         except TransportError as exc:
+            tls.close()
             if self._taken(session):
                 return
             log.warning("session refused: %s", exc)

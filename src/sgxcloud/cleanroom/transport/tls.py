@@ -107,6 +107,14 @@ def _context(identity: TlsIdentity) -> SSL.Context:
     return ctx
 
 
+def server_context(identity: TlsIdentity) -> SSL.Context:
+    """The context of a listener's connections, made once: a listener that
+    drives its handshakes itself (``transport.server``) wraps each accepted
+    socket in ``SSL.Connection(context, sock)`` and, once the handshake is
+    done, in a :class:`TlsConnection`."""
+    return _context(identity)
+
+
 class TlsConnection:
     """A blocking-with-timeout view of a pyOpenSSL connection.
 
