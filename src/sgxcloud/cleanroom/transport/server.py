@@ -178,8 +178,13 @@ class AttestedServer:
                 for key, _ in events:
                     if key.data is None:
                         self._accept()
-                    else:
-                        self._advance(key.data)
+                    elif key.data.conn.fileno() != -1:  # not closed by an eviction just now
+                        try:
+                            self._advance(key.data)
+                        except Exception as exc:  # never the listener's end
+                            log.error("handshake failed: internal error (%s)",
+                                      type(exc).__name__)
+                            self._give_up(key.data, None)
                 self._expire(time.monotonic())
         finally:
             with self._lock:
@@ -195,7 +200,9 @@ class AttestedServer:
                 conn, address = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
+            except OSError as exc:  # out of descriptors: let some close first
+                log.warning("accept failed: %s", exc)
+                time.sleep(0.05)
                 return
             now = time.monotonic()
             session = _Session(conn, client_of(address), now, now)
