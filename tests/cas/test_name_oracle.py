@@ -10,12 +10,12 @@ live, a deleted and a never-used name is compared here, status and body, over HT
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from sgxcloud.cas.policy import policy_hash, public_key_id
 from sgxcloud.cas.service import auth
@@ -173,18 +173,31 @@ def test_an_import_says_alike_whether_the_exporter_exists_offers_or_has_the_secr
     assert answers["not offered"][0] == 400
 
 
-def test_a_strangers_read_costs_alike_for_a_live_and_a_missing_name(world) -> None:  # type: ignore[no-untyped-def]
-    """Roughly the same CPU: the refusal of a live name reads one row and a cached parse."""
-    api, _ = world
+def test_a_strangers_read_does_the_same_database_work_for_every_name(world) -> None:  # type: ignore[no-untyped-def]
+    """About the same cost, not only the same answer: a stranger's read of a live policy
+    runs the statements a missing one's runs (the secrets' rows are read only for
+    those who may read them), so only a cached parse is left to time.  (CPU per
+    request is too noisy on a shared machine to assert: measured, best of 7 x 30
+    signed GETs in process, 4.80 ms live, 4.56 deleted, 4.76 never used.)"""
+    api, alice = world
     eve = pg.owner_key()
     api.signed("GET", f"/v1/policies/{LIVE}", eve)  # warm the parse cache, as any read does
 
-    best = {LIVE: float("inf"), NEVER: float("inf")}
-    for _ in range(7):  # interleaved, best of 7: the machine is shared
-        for name in best:
-            start = time.process_time()
-            for _ in range(20):
-                api.signed("GET", f"/v1/policies/{name}", eve)
-            best[name] = min(best[name], (time.process_time() - start) / 20)
-    live, never = best[LIVE], best[NEVER]
-    assert abs(live - never) < 0.25 * never, (live, never)
+    def statements(name: str, key) -> list[str]:  # type: ignore[no-untyped-def]
+        seen: list[str] = []
+
+        def record(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+            seen.append(" ".join(statement.split()))
+
+        event.listen(api.service.database.engine, "before_cursor_execute", record)
+        try:
+            answer = api.signed("GET", f"/v1/policies/{name}", key)
+        finally:
+            event.remove(api.service.database.engine, "before_cursor_execute", record)
+        assert answer.status_code == (200 if key is alice else 404)
+        return seen
+
+    done = {name: statements(name, eve) for name in (LIVE, GONE, NEVER)}
+    assert done[LIVE] == done[GONE] == done[NEVER], done
+    assert not any("secrets" in s for s in done[LIVE])
+    assert any("secrets" in s for s in statements(LIVE, alice))  # the owner's view has them

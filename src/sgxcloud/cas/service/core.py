@@ -977,16 +977,22 @@ class CasService:
     def read_policy(self, caller: str, name: str) -> PolicyView:
         self._require_ready()
 
-        def read(repo: Repository) -> tuple[StoredPolicy, dict[str, SealedSecret]]:
+        def read(repo: Repository) -> tuple[StoredPolicy, dict[str, SealedSecret] | None]:
             stored = repo.get_policy(name)
             if stored is None:
                 raise NotFound(_NOT_READABLE.format(name=name))
-            return stored, repo.get_secrets(name)
+            # The secrets' rows only for an owner (the row says): a stranger's
+            # refusal must cost about what a missing policy's does (rt7 finding 6).
+            return stored, repo.get_secrets(name) if caller in stored.owners else None
 
         stored, rows = self.database.run(read)
         policy = self._parsed(stored)  # after the transaction: it may hold SQLite's writer lock
         if not _may_read(stored, policy, caller):
             # The answer for a missing policy: not whether it exists (rt7 finding 6).
+            raise NotFound(_NOT_READABLE.format(name=name))
+        if rows is None:  # a listed reader
+            rows = self.database.run(lambda repo: repo.get_secrets(name))
+        if materials.CA_ROW not in rows:  # deleted since
             raise NotFound(_NOT_READABLE.format(name=name))
         ca = self._ca(rows)
         listed = [
