@@ -164,3 +164,33 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_the_coordinator_log_has_one_format_uvicorns_lines_included(tmp_path):
+    """Red team rt7 finding 7's sibling: the coordinator's own lines (the command's
+    logging, -v for info) and uvicorn's were in two formats: uvicorn set up a handler
+    of its own (``WARNING:  Invalid HTTP request received.``)."""
+    import re
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    collab = prepare_example(tmp_path, people=50)
+    with collab:
+        address = urlsplit(collab.url)
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection((address.hostname, address.port), timeout=10) as raw, \
+                context.wrap_socket(raw) as tls:
+            tls.sendall(b"NOT HTTP \x00\x01\r\n\r\n")
+            tls.recv(100)
+        log = tmp_path / "logs" / "coordinator.log"
+        deadline = time.monotonic() + 10
+        while "Invalid HTTP request received." not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+    lines = [line for line in log.read_text().splitlines() if "Invalid HTTP request" in line]
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    assert re.match(stamp + r"uvicorn\.error WARNING Invalid HTTP request received\.$", lines[0])
+    assert [line for line in log.read_text().splitlines()
+            if re.match(stamp + r"sgxcloud\.\S+ INFO ", line)]  # the coordinator's own, -v

@@ -38,7 +38,9 @@ def serve(coordinator: Coordinator, host: str, port: int,
         # TLS by the connection gate: every connection counted before its handshake.
         config = uvicorn.Config(measured_app(coordinator, metrics, limits=limits,
                                              max_query_bytes=max_query_bytes),
-                                log_level="warning", access_log=False,
+                                # uvicorn's lines through the logging the command set up
+                                # (one format for the whole log), not a handler of its own
+                                log_level="warning", access_log=False, log_config=None,
                                 **uvicorn_options(limits, tls=tls_context(str(cert), str(key))))
         server = uvicorn.Server(config)
         freeze_startup_objects()
