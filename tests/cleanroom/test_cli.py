@@ -35,10 +35,15 @@ def test_help_lists_every_role(capsys):
 
 
 def test_init_prepares_a_collaboration(capsys, tmp_path):
-    code, out, _ = run(capsys, "init", tmp_path / "c", "--people", 200, "--format", "csv",
-                       "--json")
+    code, out, err = run(capsys, "init", tmp_path / "c", "--people", 200, "--format", "csv",
+                         "--json")
     assert code == 0
     doc = json.loads(out)
+    # init signs every provider's approval of the example (budget 10): it says what
+    # that budget permits (red team cr7 finding 1), on stderr and in --json
+    (warning,) = doc["warnings"]
+    assert "budget_per_analyst is 10, above 1" in warning and "up to 99.995 %" in warning
+    assert f"WARNING: {warning}" in err
     assert len(doc["approvals"]) == 3
     assert all(p.endswith(".csv") for ds in doc["datasets"].values() for p in ds.values())
     assert (tmp_path / "c" / "local.json").exists()
@@ -65,26 +70,64 @@ def test_keygen_and_approve(capsys, tmp_path, example):
     assert code == 3 and "does not match" in err and "Traceback" not in err
 
 
+def _privacy_variant(example, tmp_path, name: str, **dp) -> Path:
+    """The example definition with its differential_privacy settings changed."""
+    import yaml
+
+    doc = yaml.safe_load(Path(example.definition).read_text())
+    doc["privacy"]["differential_privacy"].update(dp)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _approve(capsys, tmp_path, example, definition: Path):
+    return run(capsys, "approve", "--definition", definition, "--party", "bank",
+               "--key", example.workdir / "keys" / "bank.pem",
+               "--out", tmp_path / f"{definition.stem}.json", "--json")
+
+
 def test_approving_a_definition_with_dp_off_warns_loudly(capsys, tmp_path, example):
     """DP off protects counts of people only (red-team attack 13: two lift windows
     gave one purchase's amount); approving such a definition says so on stderr
-    (--json output stays clean and carries it too).  The example has DP on: silent."""
-    import yaml
-
-    key = example.workdir / "keys" / "bank.pem"
-    code, out, err = run(capsys, "approve", "--definition", example.definition, "--party",
-                         "bank", "--key", key, "--out", tmp_path / "on.json", "--json")
+    (--json output stays clean and carries it too).  DP on with a budget of 1: silent."""
+    strong = _privacy_variant(example, tmp_path, "dp-on", budget_per_analyst=1.0)
+    code, out, err = _approve(capsys, tmp_path, example, strong)
     assert code == 0 and "WARNING" not in err and json.loads(out)["warnings"] == []
-    doc = yaml.safe_load(Path(example.definition).read_text())
-    doc["privacy"]["differential_privacy"]["enabled"] = False
-    off = tmp_path / "dp-off.yaml"
-    off.write_text(yaml.safe_dump(doc))
-    code, out, err = run(capsys, "approve", "--definition", off, "--party", "bank",
-                         "--key", key, "--out", tmp_path / "off.json", "--json")
+    off = _privacy_variant(example, tmp_path, "dp-off", enabled=False)
+    code, out, err = _approve(capsys, tmp_path, example, off)
     assert code == 0
     assert "WARNING: differential privacy is OFF" in err
     assert "sums of purchases and revenue are not compared" in err
     assert json.loads(out)["warnings"] == [err.split("WARNING: ", 1)[1].strip()]
+
+
+@pytest.mark.parametrize("budget, alone, two", [
+    (10.0, "99.995 %", "~100 %"), (2.0, "88 %", "98 %"), (1.5, "82 %", "95 %")])
+def test_approving_a_large_dp_budget_says_what_it_permits(capsys, tmp_path, example, budget,
+                                                           alone, two):
+    """Red team cr7 finding 1: at ε=10 one analyst learnt one person's hidden attribute
+    83 % of the time with allowed queries.  Approving a budget above 1 says, in one
+    line on stderr and in --json, how often a yes/no fact about one person can be told
+    (e^B/(1+e^B)), and that analysts pooling their answers add their budgets."""
+    path = _privacy_variant(example, tmp_path, f"b{budget:g}", budget_per_analyst=budget)
+    code, out, err = _approve(capsys, tmp_path, example, path)
+    assert code == 0
+    line = err.split("WARNING: ", 1)[1].strip()
+    assert "\n" not in line and err.count("WARNING") == 1
+    assert f"budget_per_analyst is {budget:g}, above 1" in line
+    assert f"correctly with probability up to {alone} " in line
+    assert f"two: {two})" in line and "per analyst" in line
+    assert "docs/cleanroom/privacy-model.md, 'What a budget permits'" in line
+    assert json.loads(out)["warnings"] == [line]
+
+
+@pytest.mark.parametrize("dp", [{"budget_per_analyst": 1.0},
+                                {"budget_per_analyst": 0.5, "epsilon_per_query": 0.1}])
+def test_approving_a_budget_of_at_most_1_is_silent(capsys, tmp_path, example, dp):
+    path = _privacy_variant(example, tmp_path, "small", **dp)
+    code, out, err = _approve(capsys, tmp_path, example, path)
+    assert code == 0 and "WARNING" not in err and json.loads(out)["warnings"] == []
 
 
 @pytest.mark.parametrize("args, message", [

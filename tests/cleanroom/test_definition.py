@@ -193,3 +193,57 @@ def test_tolerated_advisories(base_doc):
     with pytest.raises(DefinitionError) as err:
         definition_from_dict(doc)
     assert err.value.field == "enclaves.tolerated_advisories[0]"
+
+
+@pytest.mark.parametrize("dp, warned, figure", [
+    ({"budget_per_analyst": 10.0}, True, "99.995 %"),  # the red team's (cr7) setting
+    ({"budget_per_analyst": 1.01}, True, "73 %"),
+    ({"budget_per_analyst": 1.0}, False, None),
+    ({"budget_per_analyst": 0.5, "epsilon_per_query": 0.1}, False, None),
+    # gaussian: every query's δ counts too, (e^B + δ_total)/(1 + e^B)
+    ({"mechanism": "gaussian", "delta": 9e-4, "epsilon_per_query": 0.01,
+      "budget_per_analyst": 2.0}, True, "90 %"),  # 88 % without the 200 queries' δ
+])
+def test_a_budget_above_1_is_said_in_plain_words(base_doc, dp, warned, figure):
+    """What a budget permits is said where parties decide (Privacy.warnings: approve,
+    node, coordinator, local, init, the console, the engine's log)."""
+    doc = copy.deepcopy(base_doc)
+    doc["privacy"]["differential_privacy"].update(enabled=True, **dp)
+    warnings = definition_from_dict(doc).privacy.warnings()
+    assert len(warnings) == int(warned)
+    if warned:
+        assert f"correctly with probability up to {figure} " in warnings[0]
+
+
+def test_the_inference_bound():
+    from sgxcloud.cleanroom.definition import STRONG_DP_BUDGET, inference_bound
+
+    assert STRONG_DP_BUDGET == 1.0
+    assert inference_bound(0.0) == 0.5
+    assert round(inference_bound(1.0), 4) == 0.7311
+    assert round(inference_bound(10.0), 6) == 0.999955
+    assert inference_bound(100.0) == 1.0
+    assert round(inference_bound(2.0, 0.18), 4) == round((7.389056 + 0.18) / 8.389056, 4)
+
+
+def test_a_definition_without_a_dp_section_warns_about_the_default_budget():
+    """No section means ε 0.5 per query and a budget of 10 (unchanged: an approved
+    definition keeps meaning what it meant), so it warns."""
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    del doc["privacy"]["differential_privacy"]
+    (warning,) = definition_from_dict(doc).privacy.warnings()
+    assert "budget_per_analyst is 10, above 1" in warning and "99.995 %" in warning
+
+
+def test_the_engine_logs_what_the_budget_permits(base_doc, tmp_path, caplog):
+    import logging
+
+    from sgxcloud.cleanroom.engine import Engine
+
+    doc = copy.deepcopy(base_doc)
+    doc["privacy"]["differential_privacy"].update(enabled=True, budget_per_analyst=10.0)
+    with caplog.at_level(logging.WARNING, logger="sgxcloud.cleanroom.engine"):
+        Engine(definition_from_dict(doc), tmp_path / "engine").close()
+    logged = [r.getMessage() for r in caplog.records if "budget_per_analyst" in r.getMessage()]
+    assert len(logged) == 1 and "up to 99.995 %" in logged[0]
+    assert logged == definition_from_dict(doc).privacy.warnings()

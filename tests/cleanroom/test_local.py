@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,6 +119,10 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert summary["lift"]["conversion_lift_rel"] is not None
     assert "data:image/png;base64," in Path(summary["report"]).read_text()
     assert summary["audit_entries"] > 5
+    # the example's budget (10) is shown with what it permits, under the approvals
+    flat = re.sub(r"[│\s]+", " ", text)
+    assert "WARNING: privacy settings" in flat
+    assert "budget_per_analyst is 10, above 1" in flat and "up to 99.995 %" in flat
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

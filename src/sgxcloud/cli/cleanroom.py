@@ -181,9 +181,11 @@ def init(directory: str, people: int, fmt: str, hardware: bool, as_json: bool) -
         task = bar.add_task(f"generating data for {people:,} people", total=people)
         collab = prepare_example(target, people=people, fmt=fmt, allow_simulated=not hardware,
                                  progress=lambda done, _total: bar.update(task, completed=done))
+    # init signs every provider's approval: say what the definition does not protect
+    warnings = _privacy_warnings(_definition(str(collab.definition)))
     doc = {"directory": str(target), "definition": str(collab.definition),
            "approvals": [str(a) for a in collab.approvals], "keys": str(target / "keys"),
-           "datasets": collab.nodes}
+           "datasets": collab.nodes, "warnings": warnings}
 
     def render(d):
         console.print(f"definition: {d['definition']}")

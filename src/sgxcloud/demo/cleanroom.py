@@ -69,6 +69,8 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
         mark = "[green]✔ signed[/]" if party.name in status.valid else "–"
         table.add_row(party.name, ", ".join(party.roles), mark)
     console.print(table)
+    for warning in definition.privacy.warnings():  # what every approver was told
+        console.print(Panel(warning, style="bold red", title="WARNING: privacy settings"))
 
     with collab:
         processes = Table(title="separate processes (SIMULATED attestation)")

@@ -40,3 +40,15 @@ def test_a_recipient_finds_verifies_and_exports_what_the_analyst_released(collab
         assert bundle.headers["content-disposition"].startswith("attachment;")
         assert bundle.json()["result"]["result_id"] == result_id
         assert agency.get("/budget").status_code == 200
+
+
+def test_a_provider_approving_in_the_console_is_told_what_the_budget_permits(collab):
+    """The approval form and the definition page carry Privacy.warnings(): the
+    console's definition has a budget of 20 per analyst (red team cr7 finding 1)."""
+    with closing(_client(collab.console("bank"))) as bank:
+        overview = bank.get("/").text
+        form = overview[overview.index('id="approve-form"'):overview.index("</form>")]
+        assert "privacy-warning" in form
+        assert "budget_per_analyst is 20, above 1" in form and "yes/no fact" in form
+        definition = bank.get("/definition").text
+        assert "budget_per_analyst is 20, above 1" in definition

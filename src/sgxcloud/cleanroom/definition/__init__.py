@@ -14,6 +14,7 @@ from sgxcloud.cleanroom.definition.model import (
     EXPOSURE_GROUPS,
     IDENTIFIER_KINDS,
     ROLES,
+    STRONG_DP_BUDGET,
     TEMPLATES,
     Analysis,
     Attribute,
@@ -27,6 +28,7 @@ from sgxcloud.cleanroom.definition.model import (
     Party,
     Privacy,
     canonical_json,
+    inference_bound,
 )
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "EXPOSURE_GROUPS",
     "IDENTIFIER_KINDS",
     "ROLES",
+    "STRONG_DP_BUDGET",
     "TEMPLATES",
     "Analysis",
     "Attribute",
@@ -51,6 +54,7 @@ __all__ = [
     "canonical_json",
     "definition_from_dict",
     "definition_schema",
+    "inference_bound",
     "load_definition",
     "parse_definition",
     "validate_document",

@@ -7,6 +7,7 @@ checks, so code using these objects can trust every reference in them.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,46 @@ DP_OFF_WARNING = (
     "reveal one purchase's amount, and combinations of three or more releases are not "
     "stopped — see docs/cleanroom/privacy-model.md, 'Limits'")
 
+# Above this total ε per analyst the approval warns (what it permits, in plain words).
+# ε ≤ 1 is what the DP literature calls strong protection (e.g. Dwork and Roth, "The
+# Algorithmic Foundations of Differential Privacy", 2014): a guess about one person is
+# then right at most 73 % of the time where a coin is right 50 %.  At 2 it is 88 %,
+# at 10 it is 99.995 %.  See docs/cleanroom/privacy-model.md, 'What a budget permits'.
+STRONG_DP_BUDGET = 1.0
+
+
+def inference_bound(epsilon: float, delta: float = 0.0) -> float:
+    """The best probability, under (ε, δ)-DP, of telling correctly a yes/no fact
+    about one person that is a coin-flip beforehand: (e^ε + δ) / (1 + e^ε)."""
+    small = math.exp(-epsilon)
+    return min(1.0, (1.0 + delta * small) / (1.0 + small))
+
+
+def _percent(p: float) -> str:
+    """``73 %``, ``99.3 %``, ``99.995 %``: enough digits that it does not round to 100."""
+    miss = (1.0 - p) * 100
+    if miss < 1e-6:
+        return "~100 %"
+    return f"{p * 100:.{max(0, -math.floor(math.log10(miss)))}f} %"
+
+
+def budget_warning(dp: DifferentialPrivacy) -> str:
+    """What ``budget_per_analyst`` permits one analyst, and analysts pooling answers."""
+    budget = dp.budget_per_analyst
+    # gaussian: each query adds its δ (the ledger composes linearly)
+    delta = dp.delta * math.floor(budget / dp.epsilon_per_query + 1e-9) \
+        if dp.mechanism == "gaussian" and dp.delta else 0.0
+    return (
+        f"differential-privacy budget_per_analyst is {budget:g}, above "
+        f"{STRONG_DP_BUDGET:g} (the usual level for strong protection): an analyst who "
+        "spends it can tell a yes/no fact about one person (an attribute, or being in a "
+        "dataset) correctly with probability up to "
+        f"{_percent(inference_bound(budget, delta))} (e^B/(1+e^B) for B={budget:g}; "
+        "guessing gives 50 %, B=1 at most 73 %), and budgets are per analyst, so analysts "
+        "who pool their answers add them up (two: "
+        f"{_percent(inference_bound(2 * budget, 2 * delta))}) — see "
+        "docs/cleanroom/privacy-model.md, 'What a budget permits'")
+
 
 @dataclass(frozen=True)
 class Privacy:
@@ -127,9 +168,12 @@ class Privacy:
     def warnings(self) -> list[str]:
         """What a party approving these settings must know (said loudly by the
         CLI at approval and start, and logged by the engine)."""
-        if self.dp_enabled:
-            return []
-        return [DP_OFF_WARNING]
+        if not self.dp_enabled:
+            return [DP_OFF_WARNING]
+        assert self.dp is not None
+        if self.dp.budget_per_analyst > STRONG_DP_BUDGET:
+            return [budget_warning(self.dp)]
+        return []
 
 
 @dataclass(frozen=True)
