@@ -68,6 +68,7 @@ def test_keygen_and_approve(capsys, tmp_path, example):
     code, _, err = run(capsys, "approve", "--definition", example.definition, "--party", "bank",
                        "--key", tmp_path / "k.pem", "--out", tmp_path / "b.json")
     assert code == 3 and "does not match" in err and "Traceback" not in err
+    assert err.count("\n") == 1  # no warning before the refusal: nothing was approved
 
 
 def _privacy_variant(example, tmp_path, name: str, **dp) -> Path:

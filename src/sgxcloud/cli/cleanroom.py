@@ -236,8 +236,8 @@ def approve(definition: str, party: str, key_path: str, out: str, as_json: bool)
     from sgxcloud.cleanroom.approvals import approve as sign
 
     d = _definition(definition)
-    warnings = _privacy_warnings(d)
     approval = sign(d, party, _key(key_path))
+    warnings = _privacy_warnings(d)  # what was approved; a refusal stays one line
     Path(out).write_text(json.dumps(approval.to_dict(), indent=2) + "\n")
     doc = {"party": party, "definition_hash": d.definition_hash(),
            "coordinator_mrenclave": d.enclaves.coordinator.mrenclave,
@@ -361,7 +361,6 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
                for name, path in _pairs(datasets, "--dataset", "NAME=SOURCE")}
     host, port = _hostport(listen)
     loaded = _definition(definition)
-    _privacy_warnings(loaded)
     server = ProviderNode(NodeConfig(
         provider=provider, definition=loaded, sources=sources,
         approvals=_approvals(approval_files), simulate=simulate,
@@ -369,6 +368,7 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
         batch_rows=batch_rows,
         max_invalid_fraction=max_invalid_fraction, coordinator=coordinator_signer,
         collateral_source=_collateral(collateral, pccs)), host, port)
+    _privacy_warnings(loaded)  # once the arguments are good: a mistake stays one line
     _simulation_banner(loaded, allow_simulated)
     bound = server.address
     label = " [bold red]SIMULATED attestation[/]" if simulate else ""
