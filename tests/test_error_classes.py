@@ -35,6 +35,8 @@ ELSEWHERE = {
     "nova/api/paste.py:PasteError": "a ValueError of the paste.ini editor, caught beside it",
     # Private to its module (and under the area's root).
     "cas/collateral.py:_FetchesBusy": "private flow control inside the collateral cache",
+    "cas/service/core.py:_Unparsed": "private flow control: a transaction rolled back to parse "
+                                     "a policy text outside it",
     # Shared helpers of no single area: their root is sgxcloud's own.
     "sgx/quote.py:QuoteFormatError": "read by the CAS, the clean room and the node checks",
     "web/limits.py:BodyTooLarge": "the HTTP limits of both services",

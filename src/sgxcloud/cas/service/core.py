@@ -202,7 +202,7 @@ never reused for a name), and what was read from it: "policy" (its Policy, or it
 problems), "owners" (owner ids of a deleted name's last version), "stored" (the row)."""
 
 
-class _Unparsed(Exception):
+class _Unparsed(CasError):
     """A transaction met a policy text no one parsed before it: roll back, parse, retry.
 
     No policy text is parsed while a transaction holds the audit chain head or
