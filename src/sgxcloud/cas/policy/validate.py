@@ -34,6 +34,14 @@ _DNS_NAME = re.compile(
     r"(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 _GENERATION_FIELDS = ("size", "algorithm", "key", "subject", "sans", "validity_days")
+MAX_SECRETS = 256
+"""Secrets one policy may declare (also the schema's ``maxProperties``)."""
+MAX_PRIVATE_KEYS = 64
+"""Private keys one policy may have the CAS generate: an RSA-3072 key costs up to
+about half a second of CPU, paid by the service for whoever applies the policy
+(red team rt8 finding 1: 1,500 RSA-3072 keys in one 82 KB policy)."""
+MAX_RSA_KEYS = 8
+"""RSA keys among them (an EC or Ed25519 key costs well under a millisecond)."""
 
 
 @functools.cache
@@ -132,6 +140,7 @@ def _describe(error: jsonschema.ValidationError) -> PolicyProblem:
         "minLength",
         "maxLength",
         "minProperties",
+        "maxProperties",
         "uniqueItems",
     ):
         return PolicyProblem(path, _bound_message(kind, error.validator_value))
@@ -152,6 +161,7 @@ def _bound_message(kind: str, bound: Any) -> str:
         "maximum": f"must be at most {bound}",
         "minItems": f"needs at least {bound} item(s)",
         "maxItems": f"allows at most {bound} items",
+        "maxProperties": f"allows at most {bound} entries",
         "minLength": f"must be at least {bound} character(s)",
         "maxLength": f"must be at most {bound} characters",
         "minProperties": f"needs at least {bound} entry(ies)",
@@ -206,6 +216,16 @@ def check_access(access: dict[str, Any]) -> Iterator[PolicyProblem]:
 
 
 def check_secrets(policy_name: str, secrets: dict[str, Any]) -> Iterator[PolicyProblem]:
+    generated_keys = [spec.get("algorithm", "") for spec in secrets.values()
+                      if spec["kind"] == "private-key" and "import_from" not in spec]
+    if len(generated_keys) > MAX_PRIVATE_KEYS:
+        yield PolicyProblem("secrets", f"declares {len(generated_keys)} private keys to "
+                            f"generate; at most {MAX_PRIVATE_KEYS} are allowed")
+    rsa_keys = sum(1 for algorithm in generated_keys if algorithm.startswith("rsa"))
+    if rsa_keys > MAX_RSA_KEYS:
+        yield PolicyProblem("secrets", f"declares {rsa_keys} RSA private keys to generate; "
+                            f"at most {MAX_RSA_KEYS} are allowed (EC and Ed25519 keys are "
+                            "cheap to make)")
     for name, spec in secrets.items():
         where = f"secrets.{name}"
         kind = spec["kind"]

@@ -762,6 +762,7 @@ class CasService:
         self._require_ready()
         policy = load_policy(text, max_bytes=self.max_policy_bytes)
         _check_consents_match(policy, consents)
+        made_keys = self._keys_for(policy, caller)
 
         def work(repo: Repository, prepared: dict[_ParseKey, Any]) -> PolicyInfo:
             current = repo.get_policy(policy.name, lock=True)
@@ -799,7 +800,7 @@ class CasService:
                 repo.create_policy(stored)
             elif not repo.replace_policy(stored, predecessor=current.policy_hash):
                 raise ConflictError(f"policy {policy.name!r} changed concurrently; retry")
-            generated = materials.reconcile(repo, self.keyring, policy, now)
+            generated = materials.reconcile(repo, self.keyring, policy, now, made_keys)
             audit.append(
                 repo,
                 kind=audit.AuditKind.POLICY_APPLY,
@@ -824,6 +825,19 @@ class CasService:
             raise ConflictError(f"policy {policy.name!r} was created concurrently; retry") from exc
         log.info("policy %s version %d applied by %s", info.name, info.version, caller)
         return info
+
+    def _keys_for(self, policy: Policy, caller: str) -> dict[str, tuple[str, Any]]:
+        """The private keys applying ``policy`` will need, made before its transaction
+        (``materials.keys_to_generate``): none for a caller who does not own the
+        stored policy of that name, whom the transaction refuses anyway."""
+        def stored_rows(repo: Repository) -> dict[str, SealedSecret] | None:
+            current = repo.get_policy(policy.name)
+            if current is not None and caller not in current.owners:
+                return None
+            return repo.get_secrets(policy.name) if current is not None else {}
+
+        stored = self.database.run(stored_rows)
+        return {} if stored is None else materials.keys_to_generate(policy, stored)
 
     def check_may_apply(self, caller: str) -> None:
         """Refuse, before its body is read, a caller who may not apply any policy.
