@@ -190,8 +190,10 @@ def log_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"cas": {"format": LOG_FORMAT}},
+        # Exact repeats (uvicorn's one warning per refused request) thinned out.
+        "filters": {"repeats": {"()": "sgxcloud.web.logs.RepeatsThinned"}},
         "handlers": {"cas": {"class": "logging.StreamHandler", "formatter": "cas",
-                             "stream": "ext://sys.stderr"}},
+                             "stream": "ext://sys.stderr", "filters": ["repeats"]}},
         "loggers": {
             name: {"handlers": ["cas"], "level": upper, "propagate": False}
             for name in ("sgxcloud", "uvicorn", "uvicorn.access")
