@@ -398,7 +398,7 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
 @click.option("--max-query-bytes", default=64 << 10, show_default=True,
               type=click.IntRange(1024, 16 << 20),
               help="Largest query body accepted (larger ones: 413, before reading them).")
-@click.option("--max-connections", default=64, show_default=True, type=click.IntRange(1),
+@click.option("--max-connections", default=256, show_default=True, type=click.IntRange(1),
               help="Connections held at once, TLS handshakes included; one more takes the "
                    "slot of a connection slow to send its request, or is closed.")
 @click.option("--max-connections-per-client", default=16, show_default=True,
