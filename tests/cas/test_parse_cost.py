@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -25,9 +24,11 @@ from sgxcloud.cas.service.app import MAX_ATTEST_BODY_BYTES, create_app
 
 try:
     from tests.cas import postgres as pg
+    from tests.cas.measure import cpu_of
     from tests.cas.test_service import Api
 except ImportError:  # run from tests/cas
     import postgres as pg  # type: ignore[no-redef]
+    from measure import cpu_of  # type: ignore[no-redef]
     from test_service import Api  # type: ignore[no-redef]
 
 MIB = 1 << 20
@@ -43,16 +44,6 @@ def flood(item: bytes, size: int, field: str = "x") -> bytes:
     head, tail = b'{"%s":[' % field.encode(), b"]}"
     count = (size - len(head) - len(tail) + 1) // (len(item) + 1)
     return head + b",".join([item] * count) + tail
-
-
-def cpu_of(request) -> tuple[float, object]:  # type: ignore[no-untyped-def]
-    """CPU seconds of the cheaper of two tries (the machine is shared) and the answer."""
-    best, answer = float("inf"), None
-    for _ in range(2):
-        started = time.process_time()
-        answer = request()
-        best = min(best, time.process_time() - started)
-    return best, answer
 
 
 @pytest.fixture

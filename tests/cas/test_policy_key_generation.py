@@ -4,7 +4,6 @@ key made on the spot, stopped every attestation on SQLite for 4 minutes)."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,13 @@ from sgxcloud.cas import secrets
 from sgxcloud.cas.errors import AccessDenied, PolicyError
 from sgxcloud.cas.policy import load_policy
 from sgxcloud.cas.policy.validate import MAX_PRIVATE_KEYS, MAX_RSA_KEYS, MAX_SECRETS
-from sgxcloud.cas.service import core, materials
+from sgxcloud.cas.service import materials
 
 try:
+    from tests.cas import measure
     from tests.cas import postgres as pg
 except ImportError:  # pragma: no cover - run from tests/cas
+    import measure  # type: ignore[no-redef]
     import postgres as pg  # type: ignore[no-redef]
 
 
@@ -60,30 +61,13 @@ def test_a_policy_may_ask_for_a_bounded_number_of_generated_keys() -> None:
 def made_keys(monkeypatch):  # type: ignore[no-untyped-def]
     """Each private key the service makes, and whether a transaction was open then."""
     seen: list[bool] = []
-    state = threading.local()
-    real_transaction = core.Database.transaction
+    inside = measure.track_transactions(monkeypatch)
     real_make = secrets.private_key_secret
 
-    def transaction(self):  # type: ignore[no-untyped-def]
-        manager = real_transaction(self)
-
-        class Tracked:
-            def __enter__(self_inner):  # type: ignore[no-untyped-def]
-                repo = manager.__enter__()
-                state.depth = getattr(state, "depth", 0) + 1
-                return repo
-
-            def __exit__(self_inner, *exc):  # type: ignore[no-untyped-def]
-                state.depth -= 1
-                return manager.__exit__(*exc)
-
-        return Tracked()
-
     def make(algorithm: str = "ec-p256"):  # type: ignore[no-untyped-def]
-        seen.append(getattr(state, "depth", 0) > 0)
+        seen.append(inside())
         return real_make(algorithm)
 
-    monkeypatch.setattr(core.Database, "transaction", transaction)
     monkeypatch.setattr(secrets, "private_key_secret", make)
     return seen
 

@@ -18,7 +18,6 @@ import ast
 import base64
 import json
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,10 @@ from sgxcloud.cas.service.core import AttestationRejected, AttestRequest
 
 try:
     from tests.cas import postgres as pg
+    from tests.cas.measure import cpu_of, track_transactions
 except ImportError:  # run from tests/cas
     import postgres as pg  # type: ignore[no-redef]
+    from measure import cpu_of, track_transactions  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = pg.CLOCK
@@ -63,16 +64,6 @@ PARSE_CPU = 0.25
 0.44 s for 10 KB of '[', 3.5-10 s for the 1 MiB bodies)."""
 REQUEST_CPU = 0.3
 """Seconds of CPU one refused signed PUT may cost, HTTP and signature included."""
-
-
-def cpu_of(work) -> tuple[float, Any]:  # type: ignore[no-untyped-def]
-    """CPU seconds of the cheaper of two tries (the machine is shared) and the result."""
-    best, result = float("inf"), None
-    for _ in range(2):
-        started = time.process_time()
-        result = work()
-        best = min(best, time.process_time() - started)
-    return best, result
 
 
 # -- the loader: libyaml, bounded, same values ------------------------------------------
@@ -269,34 +260,17 @@ def any_api(database_url: str):  # type: ignore[no-untyped-def]
 def parses(monkeypatch):  # type: ignore[no-untyped-def]
     """Every policy text the service parses, and whether a transaction was open then."""
     seen: list[tuple[str, bool]] = []
-    open_ = threading.local()
+    inside = track_transactions(monkeypatch)
     real_load, real_owner_ids = core.load_policy, core.owner_ids
-    real_transaction = core.Database.transaction
-
-    def transaction(self):  # type: ignore[no-untyped-def]
-        manager = real_transaction(self)
-
-        class Tracked:
-            def __enter__(self_inner):  # type: ignore[no-untyped-def]
-                repo = manager.__enter__()
-                open_.depth = getattr(open_, "depth", 0) + 1
-                return repo
-
-            def __exit__(self_inner, *exc):  # type: ignore[no-untyped-def]
-                open_.depth -= 1
-                return manager.__exit__(*exc)
-
-        return Tracked()
 
     def load(text, **options):  # type: ignore[no-untyped-def]
-        seen.append((text, getattr(open_, "depth", 0) > 0))
+        seen.append((text, inside()))
         return real_load(text, **options)
 
     def owners(text):  # type: ignore[no-untyped-def]
-        seen.append((text, getattr(open_, "depth", 0) > 0))
+        seen.append((text, inside()))
         return real_owner_ids(text)
 
-    monkeypatch.setattr(core.Database, "transaction", transaction)
     monkeypatch.setattr(core, "load_policy", load)
     monkeypatch.setattr(core, "owner_ids", owners)
     return seen
