@@ -41,18 +41,10 @@ def test_different_lines_loggers_and_levels_are_not_thinned() -> None:
 
 
 def test_cas_serve_logging_thins_repeats() -> None:
-    config = log_config("info")
-    logging.config.dictConfig(config)
-    try:
-        handler = logging.getLogger("uvicorn").handlers[0]
-        stream = io.StringIO()
-        handler.setStream(stream)  # type: ignore[attr-defined]
-        for _ in range(500):
-            logging.getLogger("uvicorn.error").warning("Exceeded concurrency limit.")
-        assert stream.getvalue().count("Exceeded concurrency limit.") == 1
-    finally:
-        for name in ("sgxcloud", "uvicorn", "uvicorn.access"):
-            logger = logging.getLogger(name)
-            logger.handlers.clear()
-            logger.propagate = True
-            logger.setLevel(logging.NOTSET)
+    logging.config.dictConfig(log_config("info"))  # tests/conftest.py puts the loggers back
+    handler = logging.getLogger("uvicorn").handlers[0]
+    stream = io.StringIO()
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    for _ in range(500):
+        logging.getLogger("uvicorn.error").warning("Exceeded concurrency limit.")
+    assert stream.getvalue().count("Exceeded concurrency limit.") == 1

@@ -75,7 +75,6 @@ SWEEPS_KEPT = 4096
 ATTEST_CONCURRENCY = 4
 """Attestations worked on at once per process; more callers wait their turn.
 
-
 The work is CPU under Python's GIL (quote verification, crypto, rendering)
 plus a short database transaction that every attestation takes in turn.  A
 thread inside that transaction gives up the GIL at each statement and must win
