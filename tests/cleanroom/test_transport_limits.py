@@ -217,6 +217,22 @@ def _genuine_coordinator_connects(address, within: float, pause: float):
             time.sleep(pause)
 
 
+def _coordinator_served(address, times: int, within: float, pause: float) -> int:
+    """How many of ``times`` attempts of the genuine coordinator were answered a ping."""
+    served = 0
+    for _ in range(times):
+        try:
+            channel = _genuine_coordinator_connects(address, within=within, pause=pause)
+        except TransportError:
+            continue
+        channel.request({"op": "ping"})
+        assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": True}
+        channel.close()
+        served += 1
+        time.sleep(0.3)
+    return served
+
+
 def _from(address: tuple[str, int], source: str) -> socket.socket:
     return socket.create_connection(address, timeout=5, source_address=(source, 0))
 
@@ -313,17 +329,7 @@ def test_silent_strangers_from_many_addresses_give_way_at_once() -> None:
         thread.start()
     try:
         time.sleep(8 * 0.15 + SILENT_GRACE_S)
-        served = 0
-        for _ in range(5):
-            try:
-                channel = _genuine_coordinator_connects(server.address, within=0, pause=0)
-            except TransportError:
-                continue
-            channel.request({"op": "ping"})
-            assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": True}
-            channel.close()
-            served += 1
-            time.sleep(0.3)
+        served = _coordinator_served(server.address, 5, within=0, pause=0)
         assert served == 5, f"the coordinator was served {served} times in 5"
         assert server.evicted >= 1
     finally:
@@ -350,20 +356,9 @@ def test_one_byte_strangers_from_many_addresses_do_not_keep_the_coordinator_out(
 
     server = _server([], max_sessions=4, max_per_peer=2, opening_timeout=30)
     sources = [f"127.0.8.{n}" for n in range(1, 33)]
-    served = 0
     with OneByteOpeners(server.address, sources, patient=True) as attack:
         try:
-            for _ in range(5):
-                try:
-                    channel = _genuine_coordinator_connects(server.address, within=1.5,
-                                                            pause=0.2)
-                except TransportError:
-                    continue
-                channel.request({"op": "ping"})
-                assert channel.frames.recv_json(Kind.RESPONSE)[1] == {"ok": True}
-                channel.close()
-                served += 1
-                time.sleep(0.3)
+            served = _coordinator_served(server.address, 5, within=1.5, pause=0.2)
         finally:
             server.stop()
     assert attack.opened >= len(sources), "the attack did not run"
