@@ -153,13 +153,18 @@ def bench_parts(workdir: Path) -> dict[str, float]:
 
     verifier = DefaultVerifier(FileCollateral(DCAP / "sgx_quote_collateral.json"))
     quote = load_evidence((DCAP / "sgx_quote").read_bytes())
-    service = CasService(Database.open(f"sqlite:///{workdir / 'parts.db'}"),
-                         secrets.Keyring(secrets.MasterKey.generate()), verifier)
+    service = CasService(
+        Database.open(f"sqlite:///{workdir / 'parts.db'}"),
+        secrets.Keyring(secrets.MasterKey.generate()),
+        verifier,
+    )
     service.start()
     owner = secrets.new_private_key("ec-p256")
-    pem = owner.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    pem = (
+        owner.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     service.apply_policy(public_key_id(pem), _policy(pem), int(time.time()))
     identity = EnclaveIdentity(MRENCLAVE, "cd" * 32, 0, 0, False)
 
@@ -170,11 +175,16 @@ def bench_parts(workdir: Path) -> dict[str, float]:
         evidence = make_simulated_evidence(
             identity, protocol.report_data_for(key.public_key(), bytes.fromhex(nonce))
         ).raw
-        public = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
-        service.attest(AttestRequest("bench", "svc", nonce, public,
-                                     base64.b64encode(evidence).decode()), now)
+        public = (
+            key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+        service.attest(
+            AttestRequest("bench", "svc", nonce, public, base64.b64encode(evidence).decode()), now
+        )
 
     from sgxcloud.cas.pck import forget_checked_quotes
 
@@ -237,9 +247,15 @@ def _start_replica(
     log = settings.with_name(f"replica-{port}.log")
     with log.open("wb") as sink:
         server = subprocess.Popen(
-            [sys.executable, str(ROOT / "benchmarks" / "cas_bench_server.py"), str(settings),
-             str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=sink,
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "cas_bench_server.py"),
+                str(settings),
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
         )
     url = f"https://127.0.0.1:{port}"
     with httpx.Client(base_url=url, verify=client.pinned_tls(ca), timeout=2) as http:
@@ -280,16 +296,19 @@ class Setup:
         return [server.pid for server, _ in self.servers]
 
     def label(self) -> dict[str, Any]:
-        return {"config": self.key, "backend": self.backend, "replicas": self.replicas,
-                "workers": self.workers}
+        return {
+            "config": self.key,
+            "backend": self.backend,
+            "replicas": self.replicas,
+            "workers": self.workers,
+        }
 
     def start(self, workdir: Path, tls: Any, key_path: Path, owner: Any) -> None:
         settings = workdir / f"cas-{self.key}.yaml"
         settings.write_text(
             f"database_url: {self.database_url}\nmaster_key_file: {key_path}\n"
             f"tls_cert: {tls.cert}\ntls_key: {tls.key}\nlog_level: warning\n"
-            "nonce_ttl_seconds: 600\n"
-            + (f"workers: {self.workers}\n" if self.workers > 1 else "")
+            "nonce_ttl_seconds: 600\n" + (f"workers: {self.workers}\n" if self.workers > 1 else "")
         )
         for _ in range(self.replicas):
             self.servers.append(_start_replica(settings, tls.ca_cert, self.src))
@@ -312,16 +331,18 @@ class Setup:
         self.servers.clear()
 
 
-def _apply_with_tree(
-    src: Path, workdir: Path, url: str, ca: Path, owner: Any, policy: str
-) -> None:
+def _apply_with_tree(src: Path, workdir: Path, url: str, ca: Path, owner: Any, policy: str) -> None:
     """Apply ``policy`` with the owner client of the tree at ``src`` (a baseline's)."""
     from cryptography.hazmat.primitives import serialization
 
     key_file, policy_file = workdir / "baseline-owner.pem", workdir / "baseline-policy.yaml"
-    key_file.write_bytes(owner.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key_file.write_bytes(
+        owner.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     key_file.chmod(0o600)
     policy_file.write_text(policy)
     code = (
@@ -334,7 +355,10 @@ def _apply_with_tree(
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(key_file), url, str(ca), str(policy_file)],
-        env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"the baseline's owner client failed: {done.stderr[-500:]}")
@@ -343,16 +367,21 @@ def _apply_with_tree(
 def _public_pem(key: Any) -> str:
     from cryptography.hazmat.primitives import serialization
 
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def _baseline_tree(workdir: Path, revision: str) -> Path:
     """A detached checkout of ``revision`` (the code before this work) for comparison."""
     tree = workdir / "baseline"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), revision],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), revision],
+        check=True,
+        capture_output=True,
+    )
     return tree
 
 
@@ -362,12 +391,27 @@ def _durable_postgres(workdir: Path):  # type: ignore[no-untyped-def]
 
     class Durable(pg.PostgresServer):
         def _pg_ctl_start(self) -> None:
-            options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} "
-                       "-c max_connections=200")
+            options = (
+                f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} "
+                "-c max_connections=200"
+            )
             subprocess.run(
-                self._cmd("pg_ctl", "-D", str(self.datadir), "-o", options, "-l", str(self.log),
-                          "-w", "-t", "60", "start"),
-                check=True, capture_output=True, timeout=90,
+                self._cmd(
+                    "pg_ctl",
+                    "-D",
+                    str(self.datadir),
+                    "-o",
+                    options,
+                    "-l",
+                    str(self.log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ),
+                check=True,
+                capture_output=True,
+                timeout=90,
             )
 
     base = Path(tempfile.mkdtemp(prefix="bench-cas-pg-"))
@@ -409,12 +453,15 @@ class Plan:
 
 def _log(kind: str, setup: Setup, row: dict[str, Any]) -> None:
     offered = f" offered {row['offered_per_s']:g}/s" if row["offered_per_s"] else ""
-    print(f"  {kind:6} {setup.backend} ×{setup.replicas}{_workers_text(setup.workers)} "
-          f"{row['clients']:2} enclaves{offered}: "
-          f"{row['per_s']:.0f}/s p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms, server "
-          f"{row['server_cpu_ms']:.1f} client {row['client_cpu_ms']:.1f} ms CPU/trip, "
-          f"other {row['other_cpus']:.2f} CPUs, errors {row['errors']}",
-          file=sys.stderr, flush=True)
+    print(
+        f"  {kind:6} {setup.backend} ×{setup.replicas}{_workers_text(setup.workers)} "
+        f"{row['clients']:2} enclaves{offered}: "
+        f"{row['per_s']:.0f}/s p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms, server "
+        f"{row['server_cpu_ms']:.1f} client {row['client_cpu_ms']:.1f} ms CPU/trip, "
+        f"other {row['other_cpus']:.2f} CPUs, errors {row['errors']}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _workers_text(workers: int) -> str:
@@ -440,45 +487,86 @@ def bench_load(workdir: Path, plan: Plan) -> dict[str, Any]:
         postgres = _durable_postgres(workdir) if wants_pg and find_bindir() else None
         if plan.baseline:
             baseline_tree = _baseline_tree(workdir, plan.baseline)
-            setups.append(Setup("baseline", f"SQLite, baseline {plan.baseline[:10]}", 1,
-                                f"sqlite:///{workdir / 'base.db'}", baseline_tree / "src"))
+            setups.append(
+                Setup(
+                    "baseline",
+                    f"SQLite, baseline {plan.baseline[:10]}",
+                    1,
+                    f"sqlite:///{workdir / 'base.db'}",
+                    baseline_tree / "src",
+                )
+            )
         for key in plan.configs:
             backend, replicas, workers = CONFIGS[key]
             if backend == "SQLite":
-                setups.append(Setup(key, backend, replicas, f"sqlite:///{workdir / f'{key}.db'}",
-                                    workers=workers))
+                setups.append(
+                    Setup(
+                        key,
+                        backend,
+                        replicas,
+                        f"sqlite:///{workdir / f'{key}.db'}",
+                        workers=workers,
+                    )
+                )
             elif postgres is None:
                 skipped.append(f"{key}: no PostgreSQL binaries found")
             else:
-                setups.append(Setup(key, backend, replicas, fresh_database(postgres),
-                                    database_pids=_postmaster_pid(postgres.datadir),
-                                    workers=workers))
+                setups.append(
+                    Setup(
+                        key,
+                        backend,
+                        replicas,
+                        fresh_database(postgres),
+                        database_pids=_postmaster_pid(postgres.datadir),
+                        workers=workers,
+                    )
+                )
         for setup in setups:
             setup.start(workdir, tls, key_path, owner)
             for clients in plan.clients:
-                row = run_cell(setup.urls, tls.ca_cert, workdir, Load(clients, plan.seconds),
-                               setup.pids, setup.database_pids)
+                row = run_cell(
+                    setup.urls,
+                    tls.ca_cert,
+                    workdir,
+                    Load(clients, plan.seconds),
+                    setup.pids,
+                    setup.database_pids,
+                )
                 closed.append({**setup.label(), **row})
                 _log("closed", setup, row)
         ours = [s for s in setups if s.key != "baseline"]
         for setup in ours:
-            row = run_cell(setup.urls, tls.ca_cert, workdir,
-                           Load(plan.open_clients, plan.seconds, plan.rate, plan.arrivals),
-                           setup.pids, setup.database_pids)
+            row = run_cell(
+                setup.urls,
+                tls.ca_cert,
+                workdir,
+                Load(plan.open_clients, plan.seconds, plan.rate, plan.arrivals),
+                setup.pids,
+                setup.database_pids,
+            )
             opened.append({**setup.label(), **row})
             _log("open", setup, row)
         best = _most_capacity(closed, ours)
         for rate in sorted(set(plan.sweep) - {plan.rate}) if best is not None else []:
-            saturated = [r["offered_per_s"] for r in opened
-                         if r["config"] == best.key and r["offered_per_s"] <= rate
-                         and _saturated(r)]
+            saturated = [
+                r["offered_per_s"]
+                for r in opened
+                if r["config"] == best.key and r["offered_per_s"] <= rate and _saturated(r)
+            ]
             if saturated:  # a higher rate would only queue longer: spend the minutes elsewhere
-                skipped.append(f"open loop at {rate:g}/s on {best.key}: already saturated at "
-                               f"{min(saturated):g}/s")
+                skipped.append(
+                    f"open loop at {rate:g}/s on {best.key}: already saturated at "
+                    f"{min(saturated):g}/s"
+                )
                 continue
-            row = run_cell(best.urls, tls.ca_cert, workdir,
-                           Load(plan.open_clients, plan.seconds, rate, plan.arrivals),
-                           best.pids, best.database_pids)
+            row = run_cell(
+                best.urls,
+                tls.ca_cert,
+                workdir,
+                Load(plan.open_clients, plan.seconds, rate, plan.arrivals),
+                best.pids,
+                best.database_pids,
+            )
             opened.append({**best.label(), **row})
             _log("open", best, row)
         repeats = _repeat_target(plan, ours, tls.ca_cert, workdir)
@@ -488,22 +576,31 @@ def bench_load(workdir: Path, plan: Plan) -> dict[str, Any]:
         if postgres is not None:
             postgres.stop()
         if baseline_tree is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(baseline_tree)], check=False, capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline_tree)],
+                check=False,
+                capture_output=True,
+            )
     order = [s.key for s in setups]
     opened.sort(key=lambda r: (order.index(r["config"]), r["offered_per_s"]))
     return {"closed": closed, "open": opened, "repeats": repeats, "skipped": skipped}
 
 
-def _repeat_target(plan: Plan, setups: list[Setup], ca: Path, workdir: Path,
-                   ) -> list[dict[str, Any]]:
+def _repeat_target(
+    plan: Plan,
+    setups: list[Setup],
+    ca: Path,
+    workdir: Path,
+) -> list[dict[str, Any]]:
     """Rounds 2.. of the target's two cells (closed loop and open loop at the
     rate, ``plan.open_clients`` enclaves) on every configuration, in turn."""
     rows: list[dict[str, Any]] = []
     for round_no in range(2, plan.rounds + 1):
         for setup in setups:
-            for load in (Load(plan.open_clients, plan.seconds),
-                         Load(plan.open_clients, plan.seconds, plan.rate, plan.arrivals)):
+            for load in (
+                Load(plan.open_clients, plan.seconds),
+                Load(plan.open_clients, plan.seconds, plan.rate, plan.arrivals),
+            ):
                 row = run_cell(setup.urls, ca, workdir, load, setup.pids, setup.database_pids)
                 rows.append({**setup.label(), **row, "round": round_no})
                 _log(f"{'closed' if load.rate is None else 'open'}#{round_no}", setup, row)
@@ -516,16 +613,28 @@ def judge_rounds(cells: dict[str, Any], plan: Plan) -> dict[str, Any]:
     rounds = [judge(cells["closed"], cells["open"], plan.open_clients, plan.rate)]
     for round_no in range(2, plan.rounds + 1):
         these = [r for r in cells["repeats"] if r["round"] == round_no]
-        rounds.append(judge([r for r in these if r["offered_per_s"] is None],
-                            [r for r in these if r["offered_per_s"] is not None],
-                            plan.open_clients, plan.rate))
+        rounds.append(
+            judge(
+                [r for r in these if r["offered_per_s"] is None],
+                [r for r in these if r["offered_per_s"] is not None],
+                plan.open_clients,
+                plan.rate,
+            )
+        )
     configs = [v["config"] for v in rounds[0]["configs"]]
-    met_in = {c: sum(1 for r in rounds for v in r["configs"] if v["config"] == c and v["met"])
-              for c in configs}
+    met_in = {
+        c: sum(1 for r in rounds for v in r["configs"] if v["config"] == c and v["met"])
+        for c in configs
+    }
     first = rounds[0]
-    return {**first, "met": any(n == len(rounds) for n in met_in.values()),
-            "met_first_round": first["met"], "rounds": len(rounds), "met_in": met_in,
-            "by_round": rounds}
+    return {
+        **first,
+        "met": any(n == len(rounds) for n in met_in.values()),
+        "met_first_round": first["met"],
+        "rounds": len(rounds),
+        "met_in": met_in,
+        "by_round": rounds,
+    }
 
 
 def _saturated(row: dict[str, Any]) -> bool:
@@ -553,27 +662,44 @@ def judge(
     configuration meets both."""
     verdicts = []
     for config in dict.fromkeys(r["config"] for r in closed + opened if r["config"] != "baseline"):
-        capacity = next((r for r in closed if r["config"] == config
-                         and r["clients"] == clients), None)
-        latency = next((r for r in opened if r["config"] == config and r["clients"] == clients
-                        and r["offered_per_s"] == rate), None)
-        capacity_ok = (capacity is not None and capacity["errors"] == 0
-                       and capacity["per_s"] >= rate)
-        latency_ok = (latency is not None and latency["errors"] == 0 and latency["unsent"] == 0
-                      and latency["per_s"] >= RATE_TOLERANCE * rate
-                      and latency["p99_ms"] <= p99_ms)
-        verdicts.append({
-            "config": config,
-            "capacity_per_s": capacity["per_s"] if capacity else None,
-            "capacity_ok": capacity_ok,
-            "open_per_s": latency["per_s"] if latency else None,
-            "open_p99_ms": latency["p99_ms"] if latency else None,
-            "latency_ok": latency_ok,
-            "met": capacity_ok and latency_ok,
-            "measured": capacity is not None and latency is not None,
-        })
-    return {"clients": clients, "per_s": rate, "p99_ms": p99_ms,
-            "met": any(v["met"] for v in verdicts), "configs": verdicts}
+        capacity = next(
+            (r for r in closed if r["config"] == config and r["clients"] == clients), None
+        )
+        latency = next(
+            (
+                r
+                for r in opened
+                if r["config"] == config and r["clients"] == clients and r["offered_per_s"] == rate
+            ),
+            None,
+        )
+        capacity_ok = capacity is not None and capacity["errors"] == 0 and capacity["per_s"] >= rate
+        latency_ok = (
+            latency is not None
+            and latency["errors"] == 0
+            and latency["unsent"] == 0
+            and latency["per_s"] >= RATE_TOLERANCE * rate
+            and latency["p99_ms"] <= p99_ms
+        )
+        verdicts.append(
+            {
+                "config": config,
+                "capacity_per_s": capacity["per_s"] if capacity else None,
+                "capacity_ok": capacity_ok,
+                "open_per_s": latency["per_s"] if latency else None,
+                "open_p99_ms": latency["p99_ms"] if latency else None,
+                "latency_ok": latency_ok,
+                "met": capacity_ok and latency_ok,
+                "measured": capacity is not None and latency is not None,
+            }
+        )
+    return {
+        "clients": clients,
+        "per_s": rate,
+        "p99_ms": p99_ms,
+        "met": any(v["met"] for v in verdicts),
+        "configs": verdicts,
+    }
 
 
 def machine_state(
@@ -586,8 +712,10 @@ def machine_state(
         reasons.append(f"load average {load_start[0]:.1f} before the benchmark started")
     other = [r["other_cpus"] for r in closed + opened]
     if other and statistics.median(other) >= 0.15:
-        reasons.append(f"other processes kept {statistics.median(other):.2f} of the 2 CPUs "
-                       "busy during the cells (median)")
+        reasons.append(
+            f"other processes kept {statistics.median(other):.2f} of the 2 CPUs "
+            "busy during the cells (median)"
+        )
     steal = [r["steal_cpus"] for r in closed + opened]
     if steal and statistics.median(steal) >= 0.05:
         reasons.append(f"the hypervisor took {statistics.median(steal):.2f} CPUs (steal)")
@@ -596,10 +724,18 @@ def machine_state(
         reasons.append(f"a single-threaded probe got only {share:.0%} of a core")
     speed = min(p["verify_per_cpu_s"] / REFERENCE_SPEED["verify_per_cpu_s"] for p in probes)
     if speed < 0.85:
-        reasons.append(f"the speed probe ran at {speed:.0%} of its quiet speed per CPU-second "
-                       "(a slower host, or cores and caches shared with others)")
-    return {"load_at_start": list(load_start), "probes": probes, "reference": REFERENCE_SPEED,
-            "speed_ratio": speed, "shared": bool(reasons), "reasons": reasons}
+        reasons.append(
+            f"the speed probe ran at {speed:.0%} of its quiet speed per CPU-second "
+            "(a slower host, or cores and caches shared with others)"
+        )
+    return {
+        "load_at_start": list(load_start),
+        "probes": probes,
+        "reference": REFERENCE_SPEED,
+        "speed_ratio": speed,
+        "shared": bool(reasons),
+        "reasons": reasons,
+    }
 
 
 def _machine() -> str:
@@ -632,8 +768,12 @@ def run(plan: Plan) -> dict[str, Any]:
     return {
         "measured_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(),
-        "plan": {**plan.__dict__, "configs": list(plan.configs), "clients": list(plan.clients),
-                 "sweep": list(plan.sweep)},
+        "plan": {
+            **plan.__dict__,
+            "configs": list(plan.configs),
+            "clients": list(plan.clients),
+            "sweep": list(plan.sweep),
+        },
         "machine_state": machine_state(load_start, probes, cells["closed"], cells["open"]),
         "verification": verification,
         "parts": parts,
@@ -677,50 +817,69 @@ def _state_paragraph(report: dict[str, Any]) -> str:
     state = report["machine_state"]
     first, last = state["probes"][0], state["probes"][-1]
     load = ", ".join(f"{x:.2f}" for x in state["load_at_start"])
-    speed = (f"Machine-speed probe: {first['verify_per_cpu_s']:,.0f} → "
-             f"{last['verify_per_cpu_s']:,.0f} quote verifications and "
-             f"{first['python_per_cpu_s']:,.0f} → {last['python_per_cpu_s']:,.0f} Python loops "
-             f"per CPU-second at the start → end (quiet reference "
-             f"{REFERENCE_SPEED['verify_per_cpu_s']:,.0f} and "
-             f"{REFERENCE_SPEED['python_per_cpu_s']:,.0f}); the probe got "
-             f"{first['share']:.0%} → {last['share']:.0%} of a core.  Load average at the "
-             f"start {load} (1, 5, 15 min) on 2 CPUs.")
+    speed = (
+        f"Machine-speed probe: {first['verify_per_cpu_s']:,.0f} → "
+        f"{last['verify_per_cpu_s']:,.0f} quote verifications and "
+        f"{first['python_per_cpu_s']:,.0f} → {last['python_per_cpu_s']:,.0f} Python loops "
+        f"per CPU-second at the start → end (quiet reference "
+        f"{REFERENCE_SPEED['verify_per_cpu_s']:,.0f} and "
+        f"{REFERENCE_SPEED['python_per_cpu_s']:,.0f}); the probe got "
+        f"{first['share']:.0%} → {last['share']:.0%} of a core.  Load average at the "
+        f"start {load} (1, 5, 15 min) on 2 CPUs."
+    )
     if state["shared"]:
-        verdict = ("**The machine was SHARED during this run**: " + "; ".join(state["reasons"])
-                   + ".  Rates and latencies understate a quiet machine; CPU per round trip is "
-                   "the figure competition moves least.")
+        verdict = (
+            "**The machine was SHARED during this run**: "
+            + "; ".join(state["reasons"])
+            + ".  Rates and latencies understate a quiet machine; CPU per round trip is "
+            "the figure competition moves least."
+        )
     else:
-        verdict = ("The machine was quiet during this run (no other load seen, full speed).")
+        verdict = "The machine was quiet during this run (no other load seen, full speed)."
     return f"{speed}\n{verdict}"
 
 
 def _target_paragraph(report: dict[str, Any]) -> str:
     target = report["target"]
     issue = target["per_s"] == TARGET_PER_S and target["clients"] == TARGET_CLIENTS
-    head = (f"**{'Target' if issue else 'Check at the chosen rate, NOT the target'}** "
-            f"(≥ {target['per_s']:g} round trips/s at {target['clients']} clients with p99 ≤ "
-            f"{target['p99_ms']:g} ms{'' if issue else '; issue 13 asks 300/s at 16'}): ")
+    head = (
+        f"**{'Target' if issue else 'Check at the chosen rate, NOT the target'}** "
+        f"(≥ {target['per_s']:g} round trips/s at {target['clients']} clients with p99 ≤ "
+        f"{target['p99_ms']:g} ms{'' if issue else '; issue 13 asks 300/s at 16'}): "
+    )
     if not target["configs"] or not any(v["measured"] for v in target["configs"]):
         return head + "**not measured** in this run."
     rounds = target.get("rounds", 1)
     head += "**MET**" if target["met"] else "**NOT MET**"
-    lines = [head + (" (capacity ≥ the rate in the closed loop AND, at that rate offered "
-                     "in the open loop, every round trip served with p99 within the bound"
-                     + (f", by one configuration in each of {rounds} rounds" if rounds > 1
-                        else "") + ")."),
-             ""]
-    names = {r["config"]: f"{r['backend']}, {r['replicas']} replica(s)"
-                          f"{_workers_text(r.get('workers', 1))}"
-             for r in report["closed"] + report["open"]}
+    lines = [
+        head
+        + (
+            " (capacity ≥ the rate in the closed loop AND, at that rate offered "
+            "in the open loop, every round trip served with p99 within the bound"
+            + (f", by one configuration in each of {rounds} rounds" if rounds > 1 else "")
+            + ")."
+        ),
+        "",
+    ]
+    names = {
+        r["config"]: f"{r['backend']}, {r['replicas']} replica(s)"
+        f"{_workers_text(r.get('workers', 1))}"
+        for r in report["closed"] + report["open"]
+    }
     for v in target["configs"]:
-        capacity = (f"capacity {_f(v['capacity_per_s'], 0)}/s "
-                    f"({'≥' if v['capacity_ok'] else 'below'} {target['per_s']:g})")
-        latency = (f"at {target['per_s']:g}/s offered: {_f(v['open_per_s'], 0)}/s served, "
-                   f"p99 {_f(v['open_p99_ms'])} ms ({'holds' if v['latency_ok'] else 'fails'})")
-        lines.append(f"- {names.get(v['config'], v['config'])}: {capacity}; {latency}"
-                     f" → {'met' if v['met'] else 'not met'}"
-                     + (f"; met in {target['met_in'][v['config']]} of {rounds} rounds"
-                        if rounds > 1 else ""))
+        capacity = (
+            f"capacity {_f(v['capacity_per_s'], 0)}/s "
+            f"({'≥' if v['capacity_ok'] else 'below'} {target['per_s']:g})"
+        )
+        latency = (
+            f"at {target['per_s']:g}/s offered: {_f(v['open_per_s'], 0)}/s served, "
+            f"p99 {_f(v['open_p99_ms'])} ms ({'holds' if v['latency_ok'] else 'fails'})"
+        )
+        lines.append(
+            f"- {names.get(v['config'], v['config'])}: {capacity}; {latency}"
+            f" → {'met' if v['met'] else 'not met'}"
+            + (f"; met in {target['met_in'][v['config']]} of {rounds} rounds" if rounds > 1 else "")
+        )
     if rounds > 1:
         lines += ["", _rounds_table(target, names)]
     return "\n".join(lines)
@@ -728,28 +887,40 @@ def _target_paragraph(report: dict[str, Any]) -> str:
 
 def _rounds_table(target: dict[str, Any], names: dict[str, str]) -> str:
     """Each round's two target cells per configuration: capacity / p99 at the rate."""
-    header = ("| configuration | " + " | ".join(f"round {n}" for n in
-                                                 range(1, target["rounds"] + 1))
-              + " |\n|---|" + "---|" * target["rounds"])
+    header = (
+        "| configuration | "
+        + " | ".join(f"round {n}" for n in range(1, target["rounds"] + 1))
+        + " |\n|---|"
+        + "---|" * target["rounds"]
+    )
     rows = []
     for config in target["met_in"]:
         cells = []
         for judged in target["by_round"]:
             v = next((v for v in judged["configs"] if v["config"] == config), None)
-            cells.append("–" if v is None or not v["measured"] else
-                         f"{_f(v['capacity_per_s'], 0)}/s, p99 {_f(v['open_p99_ms'])} ms "
-                         f"{'✓' if v['met'] else '✗'}")
+            cells.append(
+                "–"
+                if v is None or not v["measured"]
+                else f"{_f(v['capacity_per_s'], 0)}/s, p99 {_f(v['open_p99_ms'])} ms "
+                f"{'✓' if v['met'] else '✗'}"
+            )
         rows.append(f"| {names.get(config, config)} | " + " | ".join(cells) + " |")
-    return (f"Each round: {target['clients']}-enclave capacity (closed loop), then p99 with "
-            f"{target['per_s']:g}/s offered (open loop); ✓ both hold.\n\n"
-            + header + "\n" + "\n".join(rows))
+    return (
+        f"Each round: {target['clients']}-enclave capacity (closed loop), then p99 with "
+        f"{target['per_s']:g}/s offered (open loop); ✓ both hold.\n\n"
+        + header
+        + "\n"
+        + "\n".join(rows)
+    )
 
 
 def _closed_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| database | replicas | workers | enclaves | round trips/s | p50 ms | p99 ms | "
-            "in flight | server CPU ms | DB CPU ms | client CPU ms | "
-            "CPU-bound ceiling /s | other CPUs | load | errors |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| database | replicas | workers | enclaves | round trips/s | p50 ms | p99 ms | "
+        "in flight | server CPU ms | DB CPU ms | client CPU ms | "
+        "CPU-bound ceiling /s | other CPUs | load | errors |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     body = []
     for r in rows:
         database = 0.0 if math.isnan(r["database_cpu_ms"]) else r["database_cpu_ms"]
@@ -759,15 +930,18 @@ def _closed_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['backend']} | {r['replicas']} | {r.get('workers', 1)} | {r['clients']} | "
             f"{_f(r['per_s'], 0)} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {_f(r['in_flight'])} | "
             f"{_f(r['server_cpu_ms'])} | {_f(r['database_cpu_ms'])} | {_f(r['client_cpu_ms'])} | "
-            f"{_f(ceiling, 0)} | {_f(r['other_cpus'], 2)} | {_f(r['load'])} | {r['errors']} |")
+            f"{_f(ceiling, 0)} | {_f(r['other_cpus'], 2)} | {_f(r['load'])} | {r['errors']} |"
+        )
     return "\n".join([head, *body])
 
 
 def _open_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| database | replicas | workers | enclaves | offered /s | served /s | p50 ms | "
-            "p90 ms | p99 ms | max ms | late starts | generator lag p99 ms | server CPU ms | "
-            "client CPU ms | other CPUs | load | errors / unsent |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| database | replicas | workers | enclaves | offered /s | served /s | p50 ms | "
+        "p90 ms | p99 ms | max ms | late starts | generator lag p99 ms | server CPU ms | "
+        "client CPU ms | other CPUs | load | errors / unsent |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     body = [
         f"| {r['backend']} | {r['replicas']} | {r.get('workers', 1)} | {r['clients']} | "
         f"{r['offered_per_s']:g} | "
@@ -784,12 +958,23 @@ def _generator_note(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     harness = max(r["harness_cpu_ms"] for r in rows)
-    lags = [r["generator_lag_p99_ms"] for r in rows
-            if not math.isnan(r.get("generator_lag_p99_ms", math.nan))]
-    woke = (f"; idle enclaves woke for their schedule within {max(lags):.2f} ms (p99, worst "
-            "open-loop cell)") if lags else ""
-    return (f"\nThe load generator's own CPU (outside the client library, plus the coordinating "
-            f"process): at most {harness:.2f} ms per round trip in any cell{woke}.\n")
+    lags = [
+        r["generator_lag_p99_ms"]
+        for r in rows
+        if not math.isnan(r.get("generator_lag_p99_ms", math.nan))
+    ]
+    woke = (
+        (
+            f"; idle enclaves woke for their schedule within {max(lags):.2f} ms (p99, worst "
+            "open-loop cell)"
+        )
+        if lags
+        else ""
+    )
+    return (
+        f"\nThe load generator's own CPU (outside the client library, plus the coordinating "
+        f"process): at most {harness:.2f} ms per round trip in any cell{woke}.\n"
+    )
 
 
 def _baseline_note(closed: list[dict[str, Any]]) -> str:
@@ -801,12 +986,15 @@ def _baseline_note(closed: list[dict[str, Any]]) -> str:
             ratios.append(
                 f"{clients} enclave(s): {new[0]['per_s'] / old[0]['per_s']:.2f}× the round "
                 f"trips/s, {new[0]['server_cpu_ms'] / old[0]['server_cpu_ms']:.2f}× the server "
-                "CPU per round trip")
+                "CPU per round trip"
+            )
     if not ratios:
         return ""
-    return ("\nThis code against the baseline's, same harness, same minutes (SQLite, 1 "
-            f"replica, closed loop): {'; '.join(ratios)}.  Under load one starved cell swings a "
-            "throughput ratio; the server-CPU ratio is the robust comparison.\n")
+    return (
+        "\nThis code against the baseline's, same harness, same minutes (SQLite, 1 "
+        f"replica, closed loop): {'; '.join(ratios)}.  Under load one starved cell swings a "
+        "throughput ratio; the server-CPU ratio is the robust comparison.\n"
+    )
 
 
 def _parts_paragraph(report: dict[str, Any]) -> str:
@@ -821,9 +1009,9 @@ Where the time goes (CPU per round trip, this run): a SQLite replica spent
 {server_ms:.1f} ms per round trip (median of its closed-loop cells); of that,
 the service layer alone (nonce, verification, decision, audit append,
 rendering, HPKE, certificate; in-process, no HTTP) takes
-{parts['service_ms']:.1f} ms, of which verifying the real quote is
-{parts['quote_ms']:.1f} ms.  The rest — about
-{max(0.0, server_ms - parts['service_ms']):.1f} ms — is HTTP/TLS and request
+{parts["service_ms"]:.1f} ms, of which verifying the real quote is
+{parts["quote_ms"]:.1f} ms.  The rest — about
+{max(0.0, server_ms - parts["service_ms"]):.1f} ms — is HTTP/TLS and request
 handling (two requests per round trip).  Each enclave spent {client_ms:.1f} ms
 of CPU per round trip (key generation, evidence, HPKE opening, HTTP) on the
 same 2 CPUs.
@@ -921,45 +1109,64 @@ git revision's server in the same run, `--help` for the rest).
 
 def _verification_table(v: dict[str, float]) -> str:
     rows = [
-        ("`dcap_qvl.verify` directly, real SGX quote, warm collateral (baseline)",
-         f"{v['direct_per_s']:,.0f} verifications/s"),
-        ("CAS verifier, a new quote of a known platform (its signatures checked, "
-         "dcap-qvl's verdict on the platform and collateral reused)",
-         f"{v['cas_per_s']:,.0f} verifications/s ({1000 / v['cas_per_s']:.2f} ms each)"),
-        ("ratio CAS / direct (target ≥ 0.8×)",
-         f"**{v['ratio']:.2f}×** ({'meets' if v['ratio'] >= 0.8 else 'MISSES'} the target)"),
+        (
+            "`dcap_qvl.verify` directly, real SGX quote, warm collateral (baseline)",
+            f"{v['direct_per_s']:,.0f} verifications/s",
+        ),
+        (
+            "CAS verifier, a new quote of a known platform (its signatures checked, "
+            "dcap-qvl's verdict on the platform and collateral reused)",
+            f"{v['cas_per_s']:,.0f} verifications/s ({1000 / v['cas_per_s']:.2f} ms each)",
+        ),
+        (
+            "ratio CAS / direct (target ≥ 0.8×)",
+            f"**{v['ratio']:.2f}×** ({'meets' if v['ratio'] >= 0.8 else 'MISSES'} the target)",
+        ),
     ]
     if "cold_per_s" in v:  # reports written before the verdict cache have no such figure
-        rows.append(("CAS verifier, a platform's first quote (PCK chain, signatures, dcap-qvl)",
-                     f"{v['cold_per_s']:,.0f} verifications/s "
-                     f"({1000 / v['cold_per_s']:.2f} ms each)"))
-    return "\n".join(["| quote verification | figure |", "|---|---|",
-                      *(f"| {name} | {figure} |" for name, figure in rows)])
+        rows.append(
+            (
+                "CAS verifier, a platform's first quote (PCK chain, signatures, dcap-qvl)",
+                f"{v['cold_per_s']:,.0f} verifications/s ({1000 / v['cold_per_s']:.2f} ms each)",
+            )
+        )
+    return "\n".join(
+        [
+            "| quote verification | figure |",
+            "|---|---|",
+            *(f"| {name} | {figure} |" for name, figure in rows),
+        ]
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
-    plan = Plan(**{**report["plan"], "configs": tuple(report["plan"]["configs"]),
-                   "clients": tuple(report["plan"]["clients"]),
-                   "sweep": tuple(report["plan"]["sweep"])})
+    plan = Plan(
+        **{
+            **report["plan"],
+            "configs": tuple(report["plan"]["configs"]),
+            "clients": tuple(report["plan"]["clients"]),
+            "sweep": tuple(report["plan"]["sweep"]),
+        }
+    )
     skipped = f"\nNot measured: {'; '.join(report['skipped'])}.\n" if report["skipped"] else ""
     return f"""## Attestation and configuration service (CAS)
 
-Measured {report['measured_at']} on {report['machine']}, by `{_command(plan)}`
-({plan.seconds:g} s per cell, {report['duration_s']:.0f} s in all).  No SGX here.
+Measured {report["measured_at"]} on {report["machine"]}, by `{_command(plan)}`
+({plan.seconds:g} s per cell, {report["duration_s"]:.0f} s in all).  No SGX here.
 {_state_paragraph(report)}
 
 {_target_paragraph(report)}
 {skipped}
-{_verification_table(report['verification'])}
+{_verification_table(report["verification"])}
 
 ### Capacity: closed loop
 
-{_closed_table(report['closed'])}
-{_baseline_note(report['closed'])}
+{_closed_table(report["closed"])}
+{_baseline_note(report["closed"])}
 ### Latency at a fixed rate: open loop ({plan.arrivals} arrivals)
 
-{_open_table(report['open'])}
-{_generator_note(report['closed'] + report['open'])}{_parts_paragraph(report)}
+{_open_table(report["open"])}
+{_generator_note(report["closed"] + report["open"])}{_parts_paragraph(report)}
 {METHOD}"""
 
 
@@ -975,52 +1182,103 @@ def _json_safe(value: Any) -> Any:
 
 
 def _plan(args: argparse.Namespace) -> Plan:
-    return Plan(seconds=args.seconds, configs=tuple(args.configs), clients=tuple(args.clients),
-                open_clients=args.open_clients, rate=args.rate, sweep=tuple(args.sweep),
-                arrivals=args.arrivals, baseline=args.baseline, rounds=args.rounds)
+    return Plan(
+        seconds=args.seconds,
+        configs=tuple(args.configs),
+        clients=tuple(args.clients),
+        open_clients=args.open_clients,
+        rate=args.rate,
+        sweep=tuple(args.sweep),
+        arrivals=args.arrivals,
+        baseline=args.baseline,
+        rounds=args.rounds,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench_cas.py",
         description="Measure CAS attest-and-fetch capacity (closed loop: 1, 4, 16 enclaves; "
-                    "SQLite 1 replica, PostgreSQL 1 and 2 replicas, each database also "
-                    "with 1 replica of 2 worker processes) and latency at a fixed "
-                    "offered rate (open loop, no coordinated omission), each attestation "
-                    "also verifying a real SGX quote.  Writes docs/benchmarks/cas.md and "
-                    "prints it (or JSON).  The default run takes about 7 minutes.",
+        "SQLite 1 replica, PostgreSQL 1 and 2 replicas, each database also "
+        "with 1 replica of 2 worker processes) and latency at a fixed "
+        "offered rate (open loop, no coordinated omission), each attestation "
+        "also verifying a real SGX quote.  Writes docs/benchmarks/cas.md and "
+        "prints it (or JSON).  The default run takes about 7 minutes.",
     )
-    parser.add_argument("--seconds", type=float, default=Plan.seconds,
-                        help="measured time per cell (default %(default)g)")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
-                        metavar="CONFIG",
-                        help="configurations: sqlite (1 replica), sqlite-w2 (1 replica, 2 "
-                             "workers), pg1, pg2 (PostgreSQL, 1 or 2 replicas), pg1-w2 "
-                             "(PostgreSQL, 1 replica, 2 workers); default all")
-    parser.add_argument("--clients", nargs="+", type=int, default=list(CLIENT_COUNTS),
-                        metavar="N", help="closed-loop enclave counts (default 1 4 16)")
-    parser.add_argument("--open-clients", type=int, default=TARGET_CLIENTS, metavar="N",
-                        help="enclaves sharing the open-loop rate (default %(default)s)")
-    parser.add_argument("--rate", type=float, default=TARGET_PER_S,
-                        help="open-loop offered round trips/s, on every configuration "
-                             "(default %(default)g, the target)")
-    parser.add_argument("--sweep", nargs="*", type=float, default=list(SWEEP), metavar="RATE",
-                        help="further open-loop rates on the configuration with the most "
-                             "capacity (default 150 225 375; none: --sweep alone)")
-    parser.add_argument("--arrivals", choices=["uniform", "poisson"], default="uniform",
-                        help="open-loop schedule: evenly phased enclaves or Poisson "
-                             "(default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=ROUNDS, metavar="N",
-                        help="measure the target's two cells N times on every configuration "
-                             "(the target is met when one configuration meets it in every "
-                             "round; default %(default)s)")
-    parser.add_argument("--baseline", metavar="REV",
-                        help="also measure the server of git revision REV (SQLite, closed "
-                             "loop, same harness) for ratios")
-    parser.add_argument("--json", action="store_true",
-                        help="print the report as JSON instead of Markdown")
-    parser.add_argument("--no-write", action="store_true",
-                        help="do not update docs/benchmarks/cas.md")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=Plan.seconds,
+        help="measured time per cell (default %(default)g)",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        default=list(CONFIGS),
+        metavar="CONFIG",
+        help="configurations: sqlite (1 replica), sqlite-w2 (1 replica, 2 "
+        "workers), pg1, pg2 (PostgreSQL, 1 or 2 replicas), pg1-w2 "
+        "(PostgreSQL, 1 replica, 2 workers); default all",
+    )
+    parser.add_argument(
+        "--clients",
+        nargs="+",
+        type=int,
+        default=list(CLIENT_COUNTS),
+        metavar="N",
+        help="closed-loop enclave counts (default 1 4 16)",
+    )
+    parser.add_argument(
+        "--open-clients",
+        type=int,
+        default=TARGET_CLIENTS,
+        metavar="N",
+        help="enclaves sharing the open-loop rate (default %(default)s)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=TARGET_PER_S,
+        help="open-loop offered round trips/s, on every configuration "
+        "(default %(default)g, the target)",
+    )
+    parser.add_argument(
+        "--sweep",
+        nargs="*",
+        type=float,
+        default=list(SWEEP),
+        metavar="RATE",
+        help="further open-loop rates on the configuration with the most "
+        "capacity (default 150 225 375; none: --sweep alone)",
+    )
+    parser.add_argument(
+        "--arrivals",
+        choices=["uniform", "poisson"],
+        default="uniform",
+        help="open-loop schedule: evenly phased enclaves or Poisson (default %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        metavar="N",
+        help="measure the target's two cells N times on every configuration "
+        "(the target is met when one configuration meets it in every "
+        "round; default %(default)s)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the server of git revision REV (SQLite, closed "
+        "loop, same harness) for ratios",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of Markdown"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="do not update docs/benchmarks/cas.md"
+    )
     return parser
 
 
@@ -1036,8 +1294,19 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.rounds <= 20:
         parser.error("--rounds must be between 1 and 20")
     if args.baseline:
-        found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet",
-                                f"{args.baseline}^{{commit}}"], capture_output=True, check=False)
+        found = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                f"{args.baseline}^{{commit}}",
+            ],
+            capture_output=True,
+            check=False,
+        )
         if found.returncode != 0:
             parser.error(f"--baseline {args.baseline}: no such git revision")
     try:

@@ -54,8 +54,11 @@ from sgxcloud.cleanroom.local import LocalCollaboration, prepare_example  # noqa
 from sgxcloud.cleanroom.sdk import CleanroomClient  # noqa: E402
 
 LIFT_FIGURES = ("people", "converters", "purchases", "revenue")
-AUDIENCE_FILTER = ("bank.customers.premium_card = true AND retailer.customers.baby_buyer = true "
-                   "AND telecom.subscribers.region = 'north'")
+AUDIENCE_FILTER = (
+    "bank.customers.premium_card = true AND retailer.customers.baby_buyer = true "
+    "AND telecom.subscribers.region = 'north'"
+)
+
 
 class PeakRss:
     """Samples the summed RSS of a set of processes (found by a callback)."""
@@ -101,10 +104,20 @@ def mib(n: int) -> str:
 
 
 def run_baseline(data: Path, memory_limit: str) -> tuple[dict, int]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/cleanroom_baseline.py"),
-                             str(data), "--memory-limit", memory_limit, "--no-breakdown",
-                             "--audience", AUDIENCE_FILTER],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/cleanroom_baseline.py"),
+            str(data),
+            "--memory-limit",
+            memory_limit,
+            "--no-breakdown",
+            "--audience",
+            AUDIENCE_FILTER,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     start = time.perf_counter()
     with PeakRss(lambda: {"baseline": proc.pid}) as rss:
         out, _ = proc.communicate()
@@ -133,16 +146,23 @@ def run_cleanroom(collab, memory_limit: str, batch_rows: int) -> tuple[dict, Pea
             with CleanroomClient.connect(collab.url, definition, "brand", key) as brand:
                 t = time.perf_counter()
                 try:
-                    answer = brand.query({"template": "audience_size", "analysis": "audience",
-                                          "filter": AUDIENCE_FILTER}).result.value("people")
+                    answer = brand.query(
+                        {
+                            "template": "audience_size",
+                            "analysis": "audience",
+                            "filter": AUDIENCE_FILTER,
+                        }
+                    ).result.value("people")
                 except QueryRefused as exc:  # small --rows: the segment is below k
                     answer = f"refused ({exc.reason})"
                 timings["audience_query"] = time.perf_counter() - t
                 t = time.perf_counter()
                 lift = brand.query({"template": "campaign_lift", "analysis": "lift"}).result
                 timings["lift_query"] = time.perf_counter() - t
-                timings["lift"] = {arm: {m: lift.value(m, arm=arm, segment="(all)")
-                                         for m in LIFT_FIGURES} for arm in ("test", "control")}
+                timings["lift"] = {
+                    arm: {m: lift.value(m, arm=arm, segment="(all)") for m in LIFT_FIGURES}
+                    for arm in ("test", "control")
+                }
                 rss.end_phase("queries")
         finally:
             collab.stop()
@@ -153,20 +173,37 @@ def run_cleanroom(collab, memory_limit: str, batch_rows: int) -> tuple[dict, Pea
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=10_000_000,
-                        help="people in the synthetic population (default 10 million)")
-    parser.add_argument("--memory-limit", default="512MB",
-                        help="DuckDB memory limit in the coordinator and the baseline")
-    parser.add_argument("--also-memory-limits", default="128MB,256MB",
-                        help="comma-separated further coordinator limits to run the clean "
-                             "room under, for the memory-bound table ('' for none)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="interleaved baseline/clean-room pairs; the median ratio counts")
-    parser.add_argument("--batch-rows", type=int, default=65_536,
-                        help="record batch size the nodes stream")
-    parser.add_argument("--workdir", type=Path,
-                        help="keep data here and reuse it if already generated "
-                             "(default: a temp dir)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=10_000_000,
+        help="people in the synthetic population (default 10 million)",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        default="512MB",
+        help="DuckDB memory limit in the coordinator and the baseline",
+    )
+    parser.add_argument(
+        "--also-memory-limits",
+        default="128MB,256MB",
+        help="comma-separated further coordinator limits to run the clean "
+        "room under, for the memory-bound table ('' for none)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="interleaved baseline/clean-room pairs; the median ratio counts",
+    )
+    parser.add_argument(
+        "--batch-rows", type=int, default=65_536, help="record batch size the nodes stream"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep data here and reuse it if already generated (default: a temp dir)",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs/benchmarks/cleanroom.md")
     args = parser.parse_args()
     extra_limits = [x.strip() for x in args.also_memory_limits.split(",") if x.strip()]
@@ -182,16 +219,20 @@ def main() -> int:
             # exact answers (DP off), so that they can be checked against the baseline
             collab = prepare_example(workdir, people=args.rows, min_group_size=50, dp=False)
         generation = time.perf_counter() - t
-        rows = {f"{p}.{d}": pq_rows(path) for p, ds in collab.nodes.items()
-                for d, path in ds.items()}
+        rows = {
+            f"{p}.{d}": pq_rows(path) for p, ds in collab.nodes.items() for d, path in ds.items()
+        }
         print(f"generated {args.rows:,} people in {generation:.1f}s: {rows}", file=sys.stderr)
         for run in range(max(1, args.repeat)):
             baseline, baseline_rss = run_baseline(workdir / "data", args.memory_limit)
             fresh_engine(collab)
             timings, rss = run_cleanroom(collab, args.memory_limit, args.batch_rows)
             pairs.append((baseline, baseline_rss, timings, rss))
-            print(f"run {run + 1}: clean room {timings['total']:.1f} s, baseline "
-                  f"{baseline['seconds']:.1f} s", file=sys.stderr)
+            print(
+                f"run {run + 1}: clean room {timings['total']:.1f} s, baseline "
+                f"{baseline['seconds']:.1f} s",
+                file=sys.stderr,
+            )
         for limit in extra_limits:
             fresh_engine(collab)
             try:
@@ -206,20 +247,25 @@ def main() -> int:
     ratios = sorted(t["total"] / b["seconds"] for b, _, t, _ in pairs)
     median = ratios[len(ratios) // 2]
     baseline, baseline_rss, timings, rss = sorted(
-        pairs, key=lambda x: x[2]["total"] / x[0]["seconds"])[len(pairs) // 2]
+        pairs, key=lambda x: x[2]["total"] / x[0]["seconds"]
+    )[len(pairs) // 2]
     queries = timings["audience_query"] + timings["lift_query"]
     total, base = timings["total"], baseline["seconds"]
     phases = baseline.get("phases", {})
-    machine = (f"{cpu_name()}, {os.cpu_count()} logical CPUs, "
-               f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Linux {platform.release()}, "
-               f"Python {platform.python_version()}")
+    machine = (
+        f"{cpu_name()}, {os.cpu_count()} logical CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
     per_file = ", ".join(f"{k} {v:,}" for k, v in rows.items())
     per_process = ", ".join(f"{k} {mib(v)}" for k, v in sorted(rss.peak_each.items()))
     datasets = timings["datasets"]
     sent = sum(d.get("bytes", 0) for d in datasets.values())
     per_dataset = "\n".join(
         f"| {ref} | {d.get('state')} | {d.get('rows', 0):,} | {mib(d.get('bytes', 0))} "
-        f"| {d.get('seconds', 0):.1f} s |" for ref, d in datasets.items())
+        f"| {d.get('seconds', 0):.1f} s |"
+        for ref, d in datasets.items()
+    )
     read_norm = phases.get("read_normalise", 0.0)
     link_query = sum(phases.get(k, 0.0) for k in ("link", "audience", "lift"))
     table = [
@@ -235,15 +281,22 @@ def main() -> int:
         f"| **{base:.1f} s** |",
         f"| peak RSS, all processes | {mib(rss.peak_total)} | {mib(baseline_rss)} |",
     ]
-    runs = ", ".join(f"{t['total']:.1f} s / {b['seconds']:.1f} s = {t['total'] / b['seconds']:.2f}×"
-                     for b, _, t, _ in pairs)
+    runs = ", ".join(
+        f"{t['total']:.1f} s / {b['seconds']:.1f} s = {t['total'] / b['seconds']:.2f}×"
+        for b, _, t, _ in pairs
+    )
     memory_rows = [memory_row(args.memory_limit, timings, rss, baseline)]
     for limit, extra, extra_rss, error in bounded:
-        memory_rows.append(memory_row(limit, extra, extra_rss, baseline) if extra and extra_rss
-                           else f"| {limit} | refused: {error} | | | | |")
-    memory_header = ("| coordinator memory limit | end to end "
-                     "| peak RSS coordinator (ingestion / queries) "
-                     "| peak RSS largest node | all processes | audience vs baseline |")
+        memory_rows.append(
+            memory_row(limit, extra, extra_rss, baseline)
+            if extra and extra_rss
+            else f"| {limit} | refused: {error} | | | | |"
+        )
+    memory_header = (
+        "| coordinator memory limit | end to end "
+        "| peak RSS coordinator (ingestion / queries) "
+        "| peak RSS largest node | all processes | audience vs baseline |"
+    )
     section = f"""## Clean room
 
 Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {machine},
@@ -298,12 +351,21 @@ the coordinator's modules alone); the rest of the coordinator follows its limit.
 
 def memory_row(limit: str, timings: dict, rss: PeakRss, baseline: dict) -> str:
     nodes = max((v for k, v in rss.peak_each.items() if k != "coordinator"), default=0)
-    same = ("suppressed (< k)" if isinstance(timings["audience"], str) else
-            "equal" if timings["audience"] == baseline["audience"] else "DIFFERENT")
-    phases = " / ".join(mib(rss.phase_peaks.get(phase, {}).get("coordinator", 0))
-                        for phase in ("ingestion", "queries"))
-    return (f"| {limit} | {timings['total']:.1f} s | {mib(rss.peak_each.get('coordinator', 0))} "
-            f"({phases}) | {mib(nodes)} | {mib(rss.peak_total)} | {same} |")
+    same = (
+        "suppressed (< k)"
+        if isinstance(timings["audience"], str)
+        else "equal"
+        if timings["audience"] == baseline["audience"]
+        else "DIFFERENT"
+    )
+    phases = " / ".join(
+        mib(rss.phase_peaks.get(phase, {}).get("coordinator", 0))
+        for phase in ("ingestion", "queries")
+    )
+    return (
+        f"| {limit} | {timings['total']:.1f} s | {mib(rss.peak_each.get('coordinator', 0))} "
+        f"({phases}) | {mib(nodes)} | {mib(rss.peak_total)} | {same} |"
+    )
 
 
 def fresh_engine(collab: LocalCollaboration) -> None:
@@ -316,16 +378,21 @@ def agreement(timings: dict, baseline: dict) -> str:
     """Whether both sides answered alike (the comparison means nothing otherwise)."""
     lines = []
     if isinstance(timings["audience"], str):  # refused: below k at a small --rows
-        lines.append(f"audience {timings['audience']} (baseline {baseline['audience']}, "
-                     "k = 50)")
+        lines.append(f"audience {timings['audience']} (baseline {baseline['audience']}, k = 50)")
     else:
         same = timings["audience"] == baseline["audience"]
-        lines.append(f"audience {timings['audience']} vs {baseline['audience']} "
-                     f"({'equal' if same else 'DIFFERENT'})")
+        lines.append(
+            f"audience {timings['audience']} vs {baseline['audience']} "
+            f"({'equal' if same else 'DIFFERENT'})"
+        )
     for arm in ("test", "control"):
         ours, theirs = timings.get("lift", {}).get(arm, {}), baseline["lift"].get(arm, {})
-        equal = all(ours.get(m) is not None and abs(float(ours[m]) - float(theirs.get(m, -1)))
-                    <= 1e-6 * max(1.0, abs(float(theirs.get(m, 0)))) for m in LIFT_FIGURES)
+        equal = all(
+            ours.get(m) is not None
+            and abs(float(ours[m]) - float(theirs.get(m, -1)))
+            <= 1e-6 * max(1.0, abs(float(theirs.get(m, 0))))
+            for m in LIFT_FIGURES
+        )
         figures = ", ".join(f"{m} {ours.get(m)}" for m in LIFT_FIGURES)
         lines.append(f"lift {arm}: {figures} ({'equal' if equal else 'DIFFERENT: ' + str(theirs)})")
     return "; ".join(lines) + "."
@@ -334,8 +401,10 @@ def agreement(timings: dict, baseline: dict) -> str:
 def verdict(ratio: float) -> str:
     if ratio <= 1.5:
         return "Met."
-    return ("Not met: the clean room's extra work (re-keying in the nodes, attested transport, "
-            "staging and ingestion, privacy checks) costs more than half the plain query.")
+    return (
+        "Not met: the clean room's extra work (re-keying in the nodes, attested transport, "
+        "staging and ingestion, privacy checks) costs more than half the plain query."
+    )
 
 
 def pq_rows(path: str) -> int:

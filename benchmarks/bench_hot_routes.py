@@ -45,11 +45,16 @@ from sgxcloud.cas.service.app import create_app  # noqa: E402
 from sgxcloud.cas.service.core import AttestResult, NonceGrant  # noqa: E402
 from sgxcloud.web.limits import RequestLimits, uvicorn_options  # noqa: E402
 
-ATTEST_BODY = json.dumps({
-    "policy": "bench", "service": "svc", "nonce": "ab" * 32,
-    "public_key": "-----BEGIN PUBLIC KEY-----\n" + "K" * 120 + "\n-----END PUBLIC KEY-----\n",
-    "evidence": base64.b64encode(os.urandom(1400)).decode(),
-}, separators=(",", ":")).encode()
+ATTEST_BODY = json.dumps(
+    {
+        "policy": "bench",
+        "service": "svc",
+        "nonce": "ab" * 32,
+        "public_key": "-----BEGIN PUBLIC KEY-----\n" + "K" * 120 + "\n-----END PUBLIC KEY-----\n",
+        "evidence": base64.b64encode(os.urandom(1400)).decode(),
+    },
+    separators=(",", ":"),
+).encode()
 """The size of a SIMULATED attestation request (a real quote's is about twice)."""
 
 PEM = "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n"
@@ -65,25 +70,47 @@ class StubService:
         return NonceGrant("ab" * 32, now + 600)
 
     def attest(self, request: Any, now: int) -> AttestResult:
-        return AttestResult(request.policy, request.service, "c" * 64, request.nonce,
-                            b"s" * 600, PEM.format("A" * 800), PEM.format("B" * 700), True,
-                            "UpToDate", 7)
+        return AttestResult(
+            request.policy,
+            request.service,
+            "c" * 64,
+            request.nonce,
+            b"s" * 600,
+            PEM.format("A" * 800),
+            PEM.format("B" * 700),
+            True,
+            "UpToDate",
+            7,
+        )
 
 
 REQUESTS = {"nonce": ("/v1/nonces", b""), "attest": ("/v1/attest", ATTEST_BODY)}
 
 
 def _scope(path: str, body: bytes) -> dict:
-    headers = [(b"host", b"127.0.0.1:8443"), (b"user-agent", b"sgxcloud-cas-client"),
-               (b"accept-encoding", b"identity")]
+    headers = [
+        (b"host", b"127.0.0.1:8443"),
+        (b"user-agent", b"sgxcloud-cas-client"),
+        (b"accept-encoding", b"identity"),
+    ]
     if body:
         headers.append((b"content-type", b"application/json"))
     headers.append((b"content-length", str(len(body)).encode()))
-    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1", "server": ("127.0.0.1", 8443),
-            "client": ("127.0.0.1", 50000), "scheme": "https", "root_path": "",
-            "headers": headers, "state": {}, "method": "POST", "path": path,
-            "raw_path": path.encode(), "query_string": b""}
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8443),
+        "client": ("127.0.0.1", 50000),
+        "scheme": "https",
+        "root_path": "",
+        "headers": headers,
+        "state": {},
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+    }
 
 
 async def _asgi_once(serve: Callable[..., Awaitable[None]], path: str, body: bytes) -> None:
@@ -108,8 +135,11 @@ class _MemoryTransport(asyncio.Transport):
         self.closing = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8443), "peername": ("127.0.0.1", 50000),
-                "sslcontext": object()}.get(name, default)
+        return {
+            "sockname": ("127.0.0.1", 8443),
+            "peername": ("127.0.0.1", 50000),
+            "sslcontext": object(),
+        }.get(name, default)
 
     def write(self, data: Any) -> None:
         self.written += len(data)
@@ -132,9 +162,15 @@ class _MemoryTransport(asyncio.Transport):
 
 def _wire(path: str, body: bytes) -> bytes:
     kind = b"Content-Type: application/json\r\n" if body else b""
-    return (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n"
-            b"User-Agent: sgxcloud-cas-client\r\nAccept-Encoding: identity\r\n" + kind
-            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n"
+        b"User-Agent: sgxcloud-cas-client\r\nAccept-Encoding: identity\r\n"
+        + kind
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
 
 
 async def _measure(requests: int, repeat: int) -> dict[str, float]:
@@ -146,14 +182,13 @@ async def _measure(requests: int, repeat: int) -> dict[str, float]:
         await app.middleware_stack(scope, receive, send)  # type: ignore[misc]
 
     options = uvicorn_options(RequestLimits())
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            **options)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **options)
     config.load()
     # The HTTP protocol the connection gate hands a connection to once TLS is
     # done (the gate itself needs a real socket; TLS is not measured here).
     protocol = options["http"].protocol_class(  # type: ignore[call-arg]
-        config=config, server_state=ServerState(), app_state={},
-        _loop=asyncio.get_running_loop())
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
     transport = _MemoryTransport()
     protocol.connection_made(transport)
 
@@ -187,8 +222,9 @@ async def _measure(requests: int, repeat: int) -> dict[str, float]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="CPU per request of POST /v1/nonces and /v1/attest in the CAS's HTTP "
-                    "layer (stub service, no TLS): direct path, FastAPI's stack, uvicorn's "
-                    "protocol.")
+        "layer (stub service, no TLS): direct path, FastAPI's stack, uvicorn's "
+        "protocol."
+    )
     parser.add_argument("--requests", type=int, default=2000, help="requests per round")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the best is kept")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -206,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"CPU per request, best of {args.repeat} x {args.requests} (us):")
     print(f"{'':28}{'nonce':>10}{'attest':>10}")
-    for way, label in (("asgi_stack", "ASGI, FastAPI's stack"),
-                       ("asgi_direct", "ASGI, direct path"),
-                       ("protocol", "uvicorn protocol + app")):
+    for way, label in (
+        ("asgi_stack", "ASGI, FastAPI's stack"),
+        ("asgi_direct", "ASGI, direct path"),
+        ("protocol", "uvicorn protocol + app"),
+    ):
         print(f"{label:28}{figures[f'{way}_nonce_us']:10.1f}{figures[f'{way}_attest_us']:10.1f}")
     return 0
 

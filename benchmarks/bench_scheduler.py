@@ -127,8 +127,11 @@ def make_host_states(count: int, sgx_fraction: float, seed: int = 0) -> list:
     rng = random.Random(seed)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     sgx_hosts = set(rng.sample(range(count), round(count * sgx_fraction)))
-    hv_specs = [objects.HVSpec(arch=fields.Architecture.X86_64,
-                               hv_type=fields.HVType.KVM, vm_mode=fields.VMMode.HVM)]
+    hv_specs = [
+        objects.HVSpec(
+            arch=fields.Architecture.X86_64, hv_type=fields.HVType.KVM, vm_mode=fields.VMMode.HVM
+        )
+    ]
     states = []
     for i in range(count):
         host = f"compute-{i:04d}"
@@ -148,16 +151,31 @@ def make_host_states(count: int, sgx_fraction: float, seed: int = 0) -> list:
         if i in sgx_hosts:
             stats.update(_sgx_stats(rng))
         node = objects.ComputeNode(
-            id=i + 1, uuid=f"00000000-0000-4000-8000-{i:012d}", host=host,
-            hypervisor_hostname=host, host_ip=f"10.0.{i // 250}.{i % 250 + 1}",
-            hypervisor_type="QEMU", hypervisor_version=rng.choice((8002000, 9001000)),
-            memory_mb=memory_mb, free_ram_mb=memory_mb - instances * 4096,
-            vcpus=vcpus, vcpus_used=min(instances * 2, vcpus), local_gb=local_gb,
-            local_gb_used=instances * 40, free_disk_gb=local_gb - instances * 40,
-            disk_available_least=local_gb - instances * 40, updated_at=now,
-            numa_topology=None, pci_device_pools=None, cpu_info="{}",
-            supported_hv_specs=hv_specs, stats=stats, metrics="[]",
-            cpu_allocation_ratio=4.0, ram_allocation_ratio=1.0, disk_allocation_ratio=1.0,
+            id=i + 1,
+            uuid=f"00000000-0000-4000-8000-{i:012d}",
+            host=host,
+            hypervisor_hostname=host,
+            host_ip=f"10.0.{i // 250}.{i % 250 + 1}",
+            hypervisor_type="QEMU",
+            hypervisor_version=rng.choice((8002000, 9001000)),
+            memory_mb=memory_mb,
+            free_ram_mb=memory_mb - instances * 4096,
+            vcpus=vcpus,
+            vcpus_used=min(instances * 2, vcpus),
+            local_gb=local_gb,
+            local_gb_used=instances * 40,
+            free_disk_gb=local_gb - instances * 40,
+            disk_available_least=local_gb - instances * 40,
+            updated_at=now,
+            numa_topology=None,
+            pci_device_pools=None,
+            cpu_info="{}",
+            supported_hv_specs=hv_specs,
+            stats=stats,
+            metrics="[]",
+            cpu_allocation_ratio=4.0,
+            ram_allocation_ratio=1.0,
+            disk_allocation_ratio=1.0,
         )
         state = host_manager.HostState(host, host, "00000000-0000-4000-8000-00000000ce11")
         state.update(compute=node, service=_service(host, now), aggregates=[], inst_dict={})
@@ -174,23 +192,47 @@ def make_request_spec(sgx: bool) -> objects.RequestSpec:
             f"trait:{resources.TRAIT_SGX}": "required",
         }
     flavor = objects.Flavor(
-        id=2, flavorid="sgx.small" if sgx else "m1.small",
-        name="sgx.small" if sgx else "m1.small", memory_mb=2048, vcpus=1, root_gb=20,
-        ephemeral_gb=0, swap=0, rxtx_factor=1.0, vcpu_weight=0, disabled=False,
-        is_public=True, extra_specs=extra_specs, description=None,
+        id=2,
+        flavorid="sgx.small" if sgx else "m1.small",
+        name="sgx.small" if sgx else "m1.small",
+        memory_mb=2048,
+        vcpus=1,
+        root_gb=20,
+        ephemeral_gb=0,
+        swap=0,
+        rxtx_factor=1.0,
+        vcpu_weight=0,
+        disabled=False,
+        is_public=True,
+        extra_specs=extra_specs,
+        description=None,
     )
-    image = objects.ImageMeta.from_dict({
-        "id": "6b2d1f6e-7a1c-4f1e-9d7e-3c1b5a7e9f01", "name": "ubuntu-24.04",
-        "disk_format": "qcow2", "container_format": "bare", "size": 2 << 30,
-        "min_ram": 0, "min_disk": 0,
-        "properties": {"hw_architecture": "x86_64", "img_hv_type": "kvm",
-                       "hw_vm_mode": "hvm"},
-    })
+    image = objects.ImageMeta.from_dict(
+        {
+            "id": "6b2d1f6e-7a1c-4f1e-9d7e-3c1b5a7e9f01",
+            "name": "ubuntu-24.04",
+            "disk_format": "qcow2",
+            "container_format": "bare",
+            "size": 2 << 30,
+            "min_ram": 0,
+            "min_disk": 0,
+            "properties": {"hw_architecture": "x86_64", "img_hv_type": "kvm", "hw_vm_mode": "hvm"},
+        }
+    )
     return objects.RequestSpec(
-        instance_uuid="5d1c0b9e-8a4b-4c1e-9f6a-2b7d3e4f5a60", project_id="9f2c4e1a",
-        user_id="u1", num_instances=1, flavor=flavor, image=image,
-        instance_group=None, ignore_hosts=None, force_hosts=None, force_nodes=None,
-        requested_destination=None, scheduler_hints={}, availability_zone=None,
+        instance_uuid="5d1c0b9e-8a4b-4c1e-9f6a-2b7d3e4f5a60",
+        project_id="9f2c4e1a",
+        user_id="u1",
+        num_instances=1,
+        flavor=flavor,
+        image=image,
+        instance_group=None,
+        ignore_hosts=None,
+        force_hosts=None,
+        force_nodes=None,
+        requested_destination=None,
+        scheduler_hints={},
+        availability_zone=None,
         is_bfv=False,
     )
 
@@ -223,9 +265,11 @@ def make_host_manager(with_sgx: bool) -> host_manager.HostManager:
     for (name, group), value in overrides.items():
         CONF.set_override(name, value, group=group)
     try:
-        with mock.patch.object(host_manager.HostManager, "refresh_cells_caches"), \
-                mock.patch.object(host_manager.HostManager, "_init_aggregates"), \
-                mock.patch.object(host_manager.HostManager, "_init_instance_info"):
+        with (
+            mock.patch.object(host_manager.HostManager, "refresh_cells_caches"),
+            mock.patch.object(host_manager.HostManager, "_init_aggregates"),
+            mock.patch.object(host_manager.HostManager, "_init_instance_info"),
+        ):
             return host_manager.HostManager()
     finally:
         for name, group in overrides:
@@ -291,7 +335,8 @@ class Case:
     request: str  # "ordinary" or "sgx"
     reps: int  # requests per timed sample
     samples: dict[str, Samples] = dataclasses.field(
-        default_factory=lambda: {name: Samples() for name in CONFIGS})
+        default_factory=lambda: {name: Samples() for name in CONFIGS}
+    )
 
     def summary(self) -> dict:
         ms = 1e3
@@ -333,8 +378,9 @@ def _ratio_ci(sgx: list[float], base: list[float], resamples: int = 2000) -> tup
     ratios = []
     for _ in range(resamples):
         picks = [rng.randrange(n) for _ in range(n)]
-        ratios.append(statistics.median(sgx[i] for i in picks)
-                      / statistics.median(base[i] for i in picks))
+        ratios.append(
+            statistics.median(sgx[i] for i in picks) / statistics.median(base[i] for i in picks)
+        )
     ratios.sort()
     return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
 
@@ -357,8 +403,9 @@ def _time_once(manager, hosts: list, spec, reps: int) -> tuple[float, float, flo
     return filter_s / reps, weigh_s / reps, cpu / reps, weighed
 
 
-def measure(hosts: int, request: str, iterations: int, warmup: int,
-            managers: dict | None = None) -> Case:
+def measure(
+    hosts: int, request: str, iterations: int, warmup: int, managers: dict | None = None
+) -> Case:
     """Time every configuration on the same hosts and request, interleaved."""
     sgx_request = request == "sgx"
     states = make_host_states(hosts, 1.0 if sgx_request else SGX_HOST_FRACTION, seed=hosts)
@@ -370,7 +417,7 @@ def measure(hosts: int, request: str, iterations: int, warmup: int,
             _time_once(managers[name], states, spec, case.reps)
     for i in range(iterations):
         # Rotate and reverse the order so no configuration always runs first.
-        order = CONFIGS[i % 3:] + CONFIGS[:i % 3]
+        order = CONFIGS[i % 3 :] + CONFIGS[: i % 3]
         for name in order[::-1] if (i // 3) % 2 else order:
             f, w, cpu, weighed = _time_once(managers[name], states, spec, case.reps)
             samples = case.samples[name]
@@ -382,8 +429,9 @@ def measure(hosts: int, request: str, iterations: int, warmup: int,
     return case
 
 
-def parts(hosts: int, request: str, iterations: int,
-          managers: dict[str, host_manager.HostManager]) -> dict[str, float]:
+def parts(
+    hosts: int, request: str, iterations: int, managers: dict[str, host_manager.HostManager]
+) -> dict[str, float]:
     """Median CPU milliseconds per request of each plug-in piece on its own,
     next to an in-tree Nova weigher and the do-nothing controls, so a ratio
     above target can be traced to a piece."""
@@ -399,18 +447,24 @@ def parts(hosts: int, request: str, iterations: int,
     pieces = {
         "SGXFilter.filter_all": lambda: list(sgx_filter.filter_all(states, spec)),
         "SGXWeigher.weigh_objects": lambda: sgx_weigher.weigh_objects(weighed, spec),
-        "SGXWeigher.weight_multiplier, every host":
-            lambda: [sgx_weigher.weight_multiplier(state) for state in states],
-        "Nova filter handler with SGXFilter alone":
-            lambda: filter_handler.get_filtered_objects([sgx_filter], states, spec),
-        "Nova filter handler with NullFilter alone":
-            lambda: filter_handler.get_filtered_objects([NullFilter()], states, spec),
-        "Nova weigh handler with SGXWeigher alone":
-            lambda: weigh_handler.get_weighed_objects([sgx_weigher], states, spec),
-        "Nova weigh handler with RAMWeigher alone":
-            lambda: weigh_handler.get_weighed_objects([ram_weigher], states, spec),
-        "Nova weigh handler with NullWeigher alone":
-            lambda: weigh_handler.get_weighed_objects([NullWeigher()], states, spec),
+        "SGXWeigher.weight_multiplier, every host": lambda: [
+            sgx_weigher.weight_multiplier(state) for state in states
+        ],
+        "Nova filter handler with SGXFilter alone": lambda: filter_handler.get_filtered_objects(
+            [sgx_filter], states, spec
+        ),
+        "Nova filter handler with NullFilter alone": lambda: filter_handler.get_filtered_objects(
+            [NullFilter()], states, spec
+        ),
+        "Nova weigh handler with SGXWeigher alone": lambda: weigh_handler.get_weighed_objects(
+            [sgx_weigher], states, spec
+        ),
+        "Nova weigh handler with RAMWeigher alone": lambda: weigh_handler.get_weighed_objects(
+            [ram_weigher], states, spec
+        ),
+        "Nova weigh handler with NullWeigher alone": lambda: weigh_handler.get_weighed_objects(
+            [NullWeigher()], states, spec
+        ),
     }
     times: dict[str, list[float]] = {name: [] for name in pieces}
     for _ in range(iterations):  # interleaved like the main measurement
@@ -422,12 +476,19 @@ def parts(hosts: int, request: str, iterations: int,
 
 
 def make_managers() -> dict[str, host_manager.HostManager]:
-    return {"baseline": make_host_manager(False), "sgx": make_host_manager(True),
-            "null": make_null_host_manager()}
+    return {
+        "baseline": make_host_manager(False),
+        "sgx": make_host_manager(True),
+        "null": make_null_host_manager(),
+    }
 
 
-def run(sizes: Sequence[int] = DEFAULT_SIZES, iterations: int = DEFAULT_ITERATIONS,
-        warmup: int = 5, progress=None) -> tuple[list[dict], dict]:
+def run(
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    iterations: int = DEFAULT_ITERATIONS,
+    warmup: int = 5,
+    progress=None,
+) -> tuple[list[dict], dict]:
     """Every (size, request) case, then the plug-in pieces at the largest
     size; ``progress(text)`` is told before each step."""
     managers = make_managers()
@@ -470,8 +531,12 @@ def machine() -> dict:
 def verdict(results: list[dict]) -> dict:
     at_target = [r for r in results if r["hosts"] == TARGET_HOSTS]
     worst = max((r["ratio"] for r in at_target), default=math.nan)
-    return {"target": TARGET, "hosts": TARGET_HOSTS, "worst_ratio": worst,
-            "met": bool(at_target) and worst <= TARGET}
+    return {
+        "target": TARGET,
+        "hosts": TARGET_HOSTS,
+        "worst_ratio": worst,
+        "met": bool(at_target) and worst <= TARGET,
+    }
 
 
 def _spread(r: dict) -> str:
@@ -485,20 +550,25 @@ def markdown(report: dict) -> str:
         f"{r['hosts_passed_sgx']} | {r['baseline_ms']:.3f} | {r['sgx_ms']:.3f} | "
         f"**{r['ratio']:.3f}×** | {_spread(r)} | {r['ratio_cpu_time']:.3f}× | "
         f"{r['null_plugins_ratio']:.3f}× | {r['samples']}×{r['requests_per_sample']} |"
-        for r in report["results"])
+        for r in report["results"]
+    )
     split = "\n".join(
         f"| {r['hosts']:,} | {r['request']} | {r['baseline_filter_ms']:.3f} | "
         f"{r['sgx_filter_ms']:.3f} | {r['baseline_weigh_ms']:.3f} | {r['sgx_weigh_ms']:.3f} |"
-        for r in report["results"])
+        for r in report["results"]
+    )
     p = report["parts"]
     parts_rows = "\n".join(
-        f"| {name} | {p['ordinary'][name]:.3f} | {p['sgx'][name]:.3f} |" for name in p["ordinary"])
+        f"| {name} | {p['ordinary'][name]:.3f} | {p['sgx'][name]:.3f} |" for name in p["ordinary"]
+    )
     if math.isnan(v["worst_ratio"]):
         outcome = f"Not measured at {v['hosts']:,} hosts in this run."
     else:
-        outcome = (f"**{'Met' if v['met'] else 'Not met'}**: the worst ratio at "
-                   f"{v['hosts']:,} hosts is {v['worst_ratio']:.3f}× "
-                   f"(target ≤ {v['target']:.2f}×).")
+        outcome = (
+            f"**{'Met' if v['met'] else 'Not met'}**: the worst ratio at "
+            f"{v['hosts']:,} hosts is {v['worst_ratio']:.3f}× "
+            f"(target ≤ {v['target']:.2f}×)."
+        )
     return f"""# Scheduler benchmark: SGXFilter + SGXWeigher
 
 Scheduling cost of one boot request in Nova's filter scheduler with the SGX
@@ -594,22 +664,35 @@ machine-readable output, `--iterations N` for more rounds).
 
 
 def _table(report: dict) -> Table:
-    table = Table(title="Nova scheduling cost: SGXFilter + SGXWeigher vs baseline "
-                        "(median ms per request)")
-    for name, justify in (("hosts", "right"), ("request", "left"), ("passed b/s", "right"),
-                          ("baseline ms", "right"), ("sgx ms", "right"),
-                          ("ratio", "right"), ("95% CI", "right"), ("ratio CPU", "right"),
-                          ("null ratio", "right"),
-                          ("filter b/s ms", "right"), ("weigh b/s ms", "right")):
+    table = Table(
+        title="Nova scheduling cost: SGXFilter + SGXWeigher vs baseline (median ms per request)"
+    )
+    for name, justify in (
+        ("hosts", "right"),
+        ("request", "left"),
+        ("passed b/s", "right"),
+        ("baseline ms", "right"),
+        ("sgx ms", "right"),
+        ("ratio", "right"),
+        ("95% CI", "right"),
+        ("ratio CPU", "right"),
+        ("null ratio", "right"),
+        ("filter b/s ms", "right"),
+        ("weigh b/s ms", "right"),
+    ):
         table.add_column(name, justify=justify)
     for r in report["results"]:
         colour = "green" if r["ratio"] <= TARGET else "red"
         table.add_row(
-            f"{r['hosts']:,}", r["request"],
+            f"{r['hosts']:,}",
+            r["request"],
             f"{r['hosts_passed_baseline']}/{r['hosts_passed_sgx']}",
-            f"{r['baseline_ms']:.3f}", f"{r['sgx_ms']:.3f}",
-            f"[{colour}]{r['ratio']:.3f}×[/{colour}]", _spread(r),
-            f"{r['ratio_cpu_time']:.3f}×", f"{r['null_plugins_ratio']:.3f}×",
+            f"{r['baseline_ms']:.3f}",
+            f"{r['sgx_ms']:.3f}",
+            f"[{colour}]{r['ratio']:.3f}×[/{colour}]",
+            _spread(r),
+            f"{r['ratio_cpu_time']:.3f}×",
+            f"{r['null_plugins_ratio']:.3f}×",
             f"{r['baseline_filter_ms']:.3f}/{r['sgx_filter_ms']:.3f}",
             f"{r['baseline_weigh_ms']:.3f}/{r['sgx_weigh_ms']:.3f}",
         )
@@ -627,29 +710,51 @@ def _sizes(_ctx, _param, value: str) -> tuple[int, ...]:
 
 
 @click.command()
-@click.option("--iterations", type=click.IntRange(min=3), default=DEFAULT_ITERATIONS,
-              show_default=True, help="Timed rounds per case (each runs every configuration once).")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Untimed rounds per case before measuring.")
-@click.option("--sizes", default=",".join(map(str, DEFAULT_SIZES)), show_default=True,
-              callback=_sizes, help="Comma-separated host counts.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=DOC,
-              show_default=True, help="Markdown report to write.")
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=3),
+    default=DEFAULT_ITERATIONS,
+    show_default=True,
+    help="Timed rounds per case (each runs every configuration once).",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Untimed rounds per case before measuring.",
+)
+@click.option(
+    "--sizes",
+    default=",".join(map(str, DEFAULT_SIZES)),
+    show_default=True,
+    callback=_sizes,
+    help="Comma-separated host counts.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DOC,
+    show_default=True,
+    help="Markdown report to write.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def main(iterations: int, warmup: int, sizes: tuple[int, ...], output: Path,
-         as_json: bool) -> None:
+def main(iterations: int, warmup: int, sizes: tuple[int, ...], output: Path, as_json: bool) -> None:
     """Benchmark Nova scheduling with and without SGXFilter + SGXWeigher."""
     console = Console(stderr=as_json)
     with console.status("measuring…") as status:
-        results, breakdown = run(sizes, iterations, warmup,
-                                 progress=lambda text: status.update(f"measuring {text}…"))
+        results, breakdown = run(
+            sizes, iterations, warmup, progress=lambda text: status.update(f"measuring {text}…")
+        )
     report = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "iterations": iterations,
-        "command": (".venv/bin/python benchmarks/bench_scheduler.py "
-                    f"--iterations {iterations} --warmup {warmup} "
-                    f"--sizes {','.join(map(str, sizes))}"),
+        "command": (
+            ".venv/bin/python benchmarks/bench_scheduler.py "
+            f"--iterations {iterations} --warmup {warmup} "
+            f"--sizes {','.join(map(str, sizes))}"
+        ),
         "results": results,
         "parts": breakdown,
         "verdict": verdict(results),
@@ -663,8 +768,10 @@ def main(iterations: int, warmup: int, sizes: tuple[int, ...], output: Path,
     v = report["verdict"]
     if not math.isnan(v["worst_ratio"]):
         word = "[green]met[/green]" if v["met"] else "[red]not met[/red]"
-        console.print(f"Target ≤ {TARGET:.2f}× at {TARGET_HOSTS:,} hosts: {word} "
-                      f"(worst {v['worst_ratio']:.3f}×)")
+        console.print(
+            f"Target ≤ {TARGET:.2f}× at {TARGET_HOSTS:,} hosts: {word} "
+            f"(worst {v['worst_ratio']:.3f}×)"
+        )
     console.print(f"Wrote {output}")
 
 

@@ -107,8 +107,14 @@ def _enclave(
         with client.CasConnection(url, Path(ca), timeout=30) as connection:
 
             def one() -> None:
-                client.fetch_configuration(url, policy="bench", service="svc", root=Path(root),
-                                           simulate=identity, connection=connection)
+                client.fetch_configuration(
+                    url,
+                    policy="bench",
+                    service="svc",
+                    root=Path(root),
+                    simulate=identity,
+                    connection=connection,
+                )
 
             one()  # imports, TLS handshake, first round trip: before the clock starts
             # A real enclave attests once; this process makes thousands of round
@@ -124,8 +130,9 @@ def _enclave(
             if load.rate is None:
                 samples = _closed_loop(one, start + load.seconds)
             else:
-                samples = _open_loop(one, schedule(load, index, start),
-                                     start + load.seconds + load.grace)
+                samples = _open_loop(
+                    one, schedule(load, index, start), start + load.seconds + load.grace
+                )
             samples["cpu"] = time.process_time() - cpu_before
             samples["pid"] = os.getpid()
         messages.put(("done", index, samples))
@@ -216,8 +223,13 @@ class _Snapshot:
         import psutil
 
         # A server's worker processes (setting workers) are its children.
-        return cls(time.monotonic(), _cpu_of(_tree(servers)), _cpu_of(_tree(database)),
-                   psutil.cpu_times(), time.process_time())
+        return cls(
+            time.monotonic(),
+            _cpu_of(_tree(servers)),
+            _cpu_of(_tree(database)),
+            psutil.cpu_times(),
+            time.process_time(),
+        )
 
 
 def _used(before: dict[int, float], after: dict[int, float]) -> float:
@@ -226,8 +238,7 @@ def _used(before: dict[int, float], after: dict[int, float]) -> float:
 
 
 def _busy(times: Any) -> float:
-    return sum(getattr(times, name, 0.0) for name in
-               ("user", "nice", "system", "irq", "softirq"))
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
 
 
 def run_cell(
@@ -284,8 +295,9 @@ def _expect(messages: Any, kind: str, count: int, timeout: float) -> list[dict[s
         try:
             what, index, payload = messages.get(timeout=max(0.1, deadline - time.monotonic()))
         except queue.Empty:
-            raise RuntimeError(f"{count - len(got)} enclave(s) did not report {kind!r} "
-                               f"within {timeout:.0f} s") from None
+            raise RuntimeError(
+                f"{count - len(got)} enclave(s) did not report {kind!r} within {timeout:.0f} s"
+            ) from None
         if what == "failed":
             raise RuntimeError(f"enclave {index} failed: {payload}")
         if what == kind:
@@ -355,13 +367,17 @@ def _figures(
     # The mean number of round trips in flight over the window, measured
     # directly (Little's law: = throughput × mean latency).  Closed loop: it
     # should equal the clients; a shortfall is time they spent between requests.
-    figures["in_flight"] = sum(
-        max(0.0, min(e, end) - max(b, start)) for b, e in zip(began, ended, strict=True)
-    ) / load.seconds
+    figures["in_flight"] = (
+        sum(max(0.0, min(e, end) - max(b, start)) for b, e in zip(began, ended, strict=True))
+        / load.seconds
+    )
     if load.rate is not None:
-        lags = sorted(1000 * (b - s) for r in results
-                      for s, b, idle in zip(r["scheduled"], r["began"], r["idle"], strict=True)
-                      if idle)
+        lags = sorted(
+            1000 * (b - s)
+            for r in results
+            for s, b, idle in zip(r["scheduled"], r["began"], r["idle"], strict=True)
+            if idle
+        )
         figures["generator_lag_p99_ms"] = percentile(lags, 99)
         late = [b - s for r in results for s, b in zip(r["scheduled"], r["began"], strict=True)]
         # Started over 1 ms late for any reason (mostly: the client was still busy).
@@ -390,8 +406,10 @@ def machine_probe(seconds: float = 1.0) -> dict[str, float]:
             table[str(i)] = len(table) + i % 7
 
     figures: dict[str, float] = {}
-    for name, work in (("verify", lambda: dcap_qvl.verify(quote, collateral, QUOTE_TIME)),
-                       ("python", python_work)):
+    for name, work in (
+        ("verify", lambda: dcap_qvl.verify(quote, collateral, QUOTE_TIME)),
+        ("python", python_work),
+    ):
         work()
         count, wall0, cpu0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - wall0 < seconds / 2:

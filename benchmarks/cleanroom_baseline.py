@@ -54,8 +54,10 @@ import phonenumbers
 # The datasets as prepare_example / datagen write them: file, identifier
 # columns and their kinds (first declared first, as in the definition).
 DATASETS: dict[str, tuple[str, dict[str, str]]] = {
-    "bank.customers": ("bank/customers.parquet",
-                       {"customer_id": "customer_id", "email": "email", "phone": "phone"}),
+    "bank.customers": (
+        "bank/customers.parquet",
+        {"customer_id": "customer_id", "email": "email", "phone": "phone"},
+    ),
     "telecom.subscribers": ("telecom/subscribers.parquet", {"phone": "phone"}),
     "retailer.customers": ("retailer/customers.parquet", {"email": "email", "phone": "phone"}),
     "retailer.exposures": ("retailer/exposures.parquet", {"email": "email", "phone": "phone"}),
@@ -65,8 +67,10 @@ EXPOSURES, PURCHASES = "retailer.exposures", "retailer.purchases"
 EVENT_COLUMNS = {EXPOSURES: ("group", "exposed_at"), PURCHASES: ("amount", "purchased_at")}
 BREAKDOWN = ("telecom.subscribers", "region")
 # The audience of benchmarks/bench_cleanroom.py (its AUDIENCE_FILTER).
-BENCH_AUDIENCE = ("bank.customers.premium_card = true AND retailer.customers.baby_buyer = true "
-                  "AND telecom.subscribers.region = 'north'")
+BENCH_AUDIENCE = (
+    "bank.customers.premium_card = true AND retailer.customers.baby_buyer = true "
+    "AND telecom.subscribers.region = 'north'"
+)
 ARMS = ("test", "control")
 ALL, NONE_SEGMENT = "(all)", "(none)"
 MAX_ROUNDS = 64
@@ -77,8 +81,18 @@ _WHITESPACE = "".join(chr(i) for i in range(sys.maxunicode + 1) if chr(i).isspac
 _WHITESPACE_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _WHITESPACE) + "]"
 _EMAIL_RE = r"[^@\s]+@[^@\s]+\.[^@\s.]+"
 _PHONE_SHAPE_RE = r"\+?[0-9][0-9 ().-]*"
-_NUMBER_TYPES = ("mobile", "fixed_line", "premium_rate", "toll_free", "shared_cost", "voip",
-                 "personal_number", "pager", "uan", "voicemail")
+_NUMBER_TYPES = (
+    "mobile",
+    "fixed_line",
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+)
 
 
 # -- the filter -------------------------------------------------------------------------
@@ -96,7 +110,9 @@ class Comparison:
 
 _COMPARISON = re.compile(
     r"\s*([a-z0-9_]+\.[a-z0-9_]+)\.([a-z0-9_]+)\s*(=|!=|<>|<=|>=|<|>)\s*"
-    r"(true|false|'(?:[^']|'')*'|-?[0-9]+(?:\.[0-9]+)?)\s*", re.IGNORECASE)
+    r"(true|false|'(?:[^']|'')*'|-?[0-9]+(?:\.[0-9]+)?)\s*",
+    re.IGNORECASE,
+)
 
 
 def parse_conjunction(text: str) -> tuple[Comparison, ...]:
@@ -145,8 +161,10 @@ def _phone_valid_sql(national: str, region: str) -> str:
 
 def _trimmed(column: str) -> str:
     edge = f"^{_WHITESPACE_CLASS}|{_WHITESPACE_CLASS}$"
-    return (f'CASE WHEN regexp_matches("{column}", {_literal(edge)}) '
-            f'THEN trim("{column}", {_literal(_WHITESPACE)}) ELSE "{column}" END')
+    return (
+        f'CASE WHEN regexp_matches("{column}", {_literal(edge)}) '
+        f'THEN trim("{column}", {_literal(_WHITESPACE)}) ELSE "{column}" END'
+    )
 
 
 def _identifier_stages(kind: str, column: str, region: str) -> list[str]:
@@ -167,8 +185,10 @@ def _identifier_stages(kind: str, column: str, region: str) -> list[str]:
         cc, prefix = str(meta.country_code), meta.national_prefix or ""
         national = f"CASE WHEN starts_with({{c}}, '+{cc}') THEN substr({{c}}, {len(cc) + 2})"
         if prefix:
-            national += (f" WHEN starts_with({{c}}, {_literal(prefix)}) "
-                         f"THEN substr({{c}}, {len(prefix) + 1})")
+            national += (
+                f" WHEN starts_with({{c}}, {_literal(prefix)}) "
+                f"THEN substr({{c}}, {len(prefix) + 1})"
+            )
         return [
             _trimmed(column),
             f"CASE WHEN length({{c}}) BETWEEN 1 AND 40 AND regexp_full_match({{c}}, "
@@ -186,8 +206,9 @@ def _identifier_stages(kind: str, column: str, region: str) -> list[str]:
     raise ValueError(f"unknown identifier kind {kind!r}")
 
 
-def normalised_sql(source: str, idcols: dict[str, str], keep: Sequence[str] = (),
-                   region: str = "GB") -> str:
+def normalised_sql(
+    source: str, idcols: dict[str, str], keep: Sequence[str] = (), region: str = "GB"
+) -> str:
     """SELECT over ``source`` (a table expression) giving, per row, ``c0, c1, …``: the
     normalised identifiers of ``idcols`` (column -> kind), NULL when missing or
     invalid, then the ``keep`` columns."""
@@ -209,12 +230,16 @@ def _hashed_select(ref: str, source: str, keep: Sequence[str], region: str) -> s
     ``kind:normalised``, NULL when missing or invalid), then the ``keep`` columns."""
     idcols = DATASETS[ref][1]
     rest = "".join(f', "{c}"' for c in keep)
-    hashed = [f"CASE WHEN c{n} IS NOT NULL THEN hash('{kind}:' || c{n}) END AS i{n}"
-              for n, kind in enumerate(idcols.values())]
+    hashed = [
+        f"CASE WHEN c{n} IS NOT NULL THEN hash('{kind}:' || c{n}) END AS i{n}"
+        for n, kind in enumerate(idcols.values())
+    ]
     ids = ", ".join(f"i{n}" for n in range(len(idcols)))
     inner = normalised_sql(f"read_parquet({_literal(source)})", idcols, keep, region)
-    return (f"SELECT * FROM (SELECT {', '.join(hashed)}{rest} FROM ({inner})) "
-            f"WHERE coalesce({ids}) IS NOT NULL")
+    return (
+        f"SELECT * FROM (SELECT {', '.join(hashed)}{rest} FROM ({inner})) "
+        f"WHERE coalesce({ids}) IS NOT NULL"
+    )
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -229,8 +254,10 @@ def _persons(ref: str) -> str:
     identifier (every identifier of a row lies in the same component)."""
     n = len(DATASETS[ref][1])
     first = f"coalesce({', '.join(f't.i{i}' for i in range(n))})" if n > 1 else "t.i0"
-    return (f"(SELECT coalesce(l.label, {first}) AS person, t.* FROM {_table(ref)} t "
-            f"LEFT JOIN labels l ON l.nid = {first})")
+    return (
+        f"(SELECT coalesce(l.label, {first}) AS person, t.* FROM {_table(ref)} t "
+        f"LEFT JOIN labels l ON l.nid = {first})"
+    )
 
 
 @contextmanager
@@ -240,10 +267,17 @@ def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
     phases[name] = round(time.perf_counter() - start, 3)
 
 
-def run_baseline(data_dir: Path, memory_limit: str = "512MB",
-                 audience: str | Sequence[Comparison] = BENCH_AUDIENCE, *,
-                 window_days: int = 28, breakdown: bool = True, region: str = "GB",
-                 threads: int = 2, workdir: Path | None = None) -> dict[str, Any]:
+def run_baseline(
+    data_dir: Path,
+    memory_limit: str = "512MB",
+    audience: str | Sequence[Comparison] = BENCH_AUDIENCE,
+    *,
+    window_days: int = 28,
+    breakdown: bool = True,
+    region: str = "GB",
+    threads: int = 2,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
     """Answer the benchmark's audience and lift questions on the plaintext files.
 
     Returns ``{"seconds", "audience", "lift": {arm: {people, converters,
@@ -263,8 +297,17 @@ def run_baseline(data_dir: Path, memory_limit: str = "512MB",
         start = time.perf_counter()
         con = duckdb.connect(str(scratch / "baseline.duckdb"))
         try:
-            result = _run(con, data_dir, scratch, memory_limit, comparisons, window_days,
-                          breakdown, region, threads)
+            result = _run(
+                con,
+                data_dir,
+                scratch,
+                memory_limit,
+                comparisons,
+                window_days,
+                breakdown,
+                region,
+                threads,
+            )
         finally:
             con.close()
         return {"seconds": round(time.perf_counter() - start, 3), **result}
@@ -272,9 +315,17 @@ def run_baseline(data_dir: Path, memory_limit: str = "512MB",
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run(con: duckdb.DuckDBPyConnection, data_dir: Path, scratch: Path, memory_limit: str,
-         comparisons: tuple[Comparison, ...], window_days: int, breakdown: bool, region: str,
-         threads: int) -> dict[str, Any]:
+def _run(
+    con: duckdb.DuckDBPyConnection,
+    data_dir: Path,
+    scratch: Path,
+    memory_limit: str,
+    comparisons: tuple[Comparison, ...],
+    window_days: int,
+    breakdown: bool,
+    region: str,
+    threads: int,
+) -> dict[str, Any]:
     con.execute("SET memory_limit = ?", [memory_limit])
     con.execute("SET threads = ?", [int(threads)])
     con.execute("SET temp_directory = ?", [str(scratch / "spill")])
@@ -294,8 +345,10 @@ def _run(con: duckdb.DuckDBPyConnection, data_dir: Path, scratch: Path, memory_l
     with _timed(phases, "read_normalise"):
         for ref, (path, _) in DATASETS.items():
             cols = list(dict.fromkeys(keep[ref]))
-            con.execute(f"CREATE TABLE {_table(ref)} AS "
-                        + _hashed_select(ref, str(data_dir / path), cols, region))
+            con.execute(
+                f"CREATE TABLE {_table(ref)} AS "
+                + _hashed_select(ref, str(data_dir / path), cols, region)
+            )
 
     with _timed(phases, "link"):
         levels = _link(con)
@@ -306,8 +359,14 @@ def _run(con: duckdb.DuckDBPyConnection, data_dir: Path, scratch: Path, memory_l
     with _timed(phases, "lift"):
         lift, by_segment = _lift(con, window_days, breakdown)
 
-    return {"audience": audience, "lift": lift, "lift_by_region": by_segment,
-            "phases": phases, "link_levels": levels, "memory_limit": memory_limit}
+    return {
+        "audience": audience,
+        "lift": lift,
+        "lift_by_region": by_segment,
+        "phases": phases,
+        "link_levels": levels,
+        "memory_limit": memory_limit,
+    }
 
 
 def _audience(con: duckdb.DuckDBPyConnection, comparisons: tuple[Comparison, ...]) -> int:
@@ -316,11 +375,12 @@ def _audience(con: duckdb.DuckDBPyConnection, comparisons: tuple[Comparison, ...
         everyone = " UNION ".join(f"SELECT person FROM {_persons(ref)}" for ref in DATASETS)
         return int(con.execute(f"SELECT count(*) FROM ({everyone})").fetchone()[0])
     for k, comp in enumerate(comparisons):
-        con.execute(f"CREATE TABLE audience_{k} AS SELECT DISTINCT person "
-                    f'FROM {_persons(comp.dataset)} WHERE "{comp.column}" {comp.op} ?',
-                    [comp.value])
-    both = " INTERSECT ".join(f"SELECT person FROM audience_{k}"
-                              for k in range(len(comparisons)))
+        con.execute(
+            f"CREATE TABLE audience_{k} AS SELECT DISTINCT person "
+            f'FROM {_persons(comp.dataset)} WHERE "{comp.column}" {comp.op} ?',
+            [comp.value],
+        )
+    both = " INTERSECT ".join(f"SELECT person FROM audience_{k}" for k in range(len(comparisons)))
     return int(con.execute(f"SELECT count(*) FROM ({both})").fetchone()[0])
 
 
@@ -341,31 +401,42 @@ def _link(con: duckdb.DuckDBPyConnection) -> int:
         if n < 2:
             continue
         first = f"coalesce({', '.join(f'i{i}' for i in range(n))})"
-        edges += [f"SELECT {first} AS a, i{i} AS b FROM {_table(ref)} WHERE i{i} IS NOT NULL "
-                  f"AND i{i} <> {first}" for i in range(1, n)]
+        edges += [
+            f"SELECT {first} AS a, i{i} AS b FROM {_table(ref)} WHERE i{i} IS NOT NULL "
+            f"AND i{i} <> {first}"
+            for i in range(1, n)
+        ]
     con.execute(f"CREATE TABLE g0 AS {' UNION ALL '.join(edges)}")
     level = 0
     while True:
         if level >= MAX_ROUNDS:
             raise RuntimeError("person linking did not converge")
         level += 1
-        con.execute(f"CREATE TABLE l{level} AS SELECT a AS nid, least(a, min(b)) AS label "
-                    f"FROM (SELECT a, b FROM g{level - 1} UNION ALL "
-                    f"SELECT b, a FROM g{level - 1}) GROUP BY a")
+        con.execute(
+            f"CREATE TABLE l{level} AS SELECT a AS nid, least(a, min(b)) AS label "
+            f"FROM (SELECT a, b FROM g{level - 1} UNION ALL "
+            f"SELECT b, a FROM g{level - 1}) GROUP BY a"
+        )
         # one hash join per statement: two at once ran out of memory at 10M people
-        con.execute(f"CREATE TABLE half AS SELECT x.label AS a, e.b "
-                    f"FROM g{level - 1} e JOIN l{level} x ON x.nid = e.a")
+        con.execute(
+            f"CREATE TABLE half AS SELECT x.label AS a, e.b "
+            f"FROM g{level - 1} e JOIN l{level} x ON x.nid = e.a"
+        )
         con.execute(f"DROP TABLE g{level - 1}")
-        con.execute(f"CREATE TABLE g{level} AS SELECT DISTINCT e.a, y.label AS b "
-                    f"FROM half e JOIN l{level} y ON y.nid = e.b WHERE e.a <> y.label")
+        con.execute(
+            f"CREATE TABLE g{level} AS SELECT DISTINCT e.a, y.label AS b "
+            f"FROM half e JOIN l{level} y ON y.nid = e.b WHERE e.a <> y.label"
+        )
         con.execute("DROP TABLE half")
         if con.execute(f"SELECT count(*) FROM g{level}").fetchone()[0] == 0:
             break
     con.execute(f"DROP TABLE g{level}")
     con.execute(f"ALTER TABLE l{level} RENAME TO labels")
     for k in range(level - 1, 0, -1):  # a label with no surviving edge is final
-        con.execute(f"CREATE TABLE labels_next AS SELECT l.nid, coalesce(h.label, l.label) "
-                    f"AS label FROM l{k} l LEFT JOIN labels h ON h.nid = l.label")
+        con.execute(
+            f"CREATE TABLE labels_next AS SELECT l.nid, coalesce(h.label, l.label) "
+            f"AS label FROM l{k} l LEFT JOIN labels h ON h.nid = l.label"
+        )
         con.execute(f"DROP TABLE l{k}")
         con.execute("DROP TABLE labels")
         con.execute("ALTER TABLE labels_next RENAME TO labels")
@@ -377,24 +448,34 @@ def _link(con: duckdb.DuckDBPyConnection) -> int:
     return level
 
 
-def _lift(con: duckdb.DuckDBPyConnection, window_days: int, breakdown: bool,
-          ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+def _lift(
+    con: duckdb.DuckDBPyConnection,
+    window_days: int,
+    breakdown: bool,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
     """Per arm (and per segment) figures.
 
     One large join per statement, and no min()/max() over strings next to a
     join (their aggregate states do not spill: out of memory at 10M people):
     arms and segments are aggregated as small integer codes.
     """
-    code = "CASE \"group\" " + " ".join(
-        f"WHEN {_literal(arm)} THEN {n}" for n, arm in enumerate(ARMS)) + " END"
-    con.execute(f"CREATE TABLE exposure_rows AS SELECT person, exposed_at, {code} AS arm "
-                f"FROM {_persons(EXPOSURES)}")
+    code = (
+        'CASE "group" '
+        + " ".join(f"WHEN {_literal(arm)} THEN {n}" for n, arm in enumerate(ARMS))
+        + " END"
+    )
+    con.execute(
+        f"CREATE TABLE exposure_rows AS SELECT person, exposed_at, {code} AS arm "
+        f"FROM {_persons(EXPOSURES)}"
+    )
     con.execute("""
         CREATE TABLE exposed AS
         SELECT person, min(exposed_at) AS first_exposure, min(arm) AS arm
         FROM exposure_rows GROUP BY person HAVING min(arm) = max(arm)""")
-    con.execute(f"CREATE TABLE purchase_rows AS SELECT person, amount, purchased_at "
-                f"FROM {_persons(PURCHASES)}")
+    con.execute(
+        f"CREATE TABLE purchase_rows AS SELECT person, amount, purchased_at "
+        f"FROM {_persons(PURCHASES)}"
+    )
     con.execute(f"""
         CREATE TABLE attributed AS
         SELECT e.person, count(*) AS purchases, sum(p.amount) AS revenue
@@ -413,17 +494,25 @@ def _lift(con: duckdb.DuckDBPyConnection, window_days: int, breakdown: bool,
     if breakdown:
         ref, column = BREAKDOWN
         # codes in the values' own order, so min(code) is the code of min(value)
-        con.execute(f"CREATE TABLE segment_codes AS SELECT value, CAST(value AS VARCHAR) "
-                    f"AS seg, row_number() OVER (ORDER BY value) AS code FROM (SELECT DISTINCT "
-                    f'"{column}" AS value FROM {_table(ref)} WHERE "{column}" IS NOT NULL)')
-        con.execute(f"CREATE TABLE segment_rows AS SELECT t.person, c.code "
-                    f'FROM {_persons(ref)} t JOIN segment_codes c ON c.value = t."{column}"')
-        con.execute("CREATE TABLE segments AS SELECT person, min(code) AS code "
-                    "FROM segment_rows WHERE person IN (SELECT person FROM exposed) "
-                    "GROUP BY person")
+        con.execute(
+            f"CREATE TABLE segment_codes AS SELECT value, CAST(value AS VARCHAR) "
+            f"AS seg, row_number() OVER (ORDER BY value) AS code FROM (SELECT DISTINCT "
+            f'"{column}" AS value FROM {_table(ref)} WHERE "{column}" IS NOT NULL)'
+        )
+        con.execute(
+            f"CREATE TABLE segment_rows AS SELECT t.person, c.code "
+            f'FROM {_persons(ref)} t JOIN segment_codes c ON c.value = t."{column}"'
+        )
+        con.execute(
+            "CREATE TABLE segments AS SELECT person, min(code) AS code "
+            "FROM segment_rows WHERE person IN (SELECT person FROM exposed) "
+            "GROUP BY person"
+        )
         segment = f"coalesce(c.seg, '{NONE_SEGMENT}')"
-        segment_join = ("LEFT JOIN segments s ON s.person = e.person "
-                        "LEFT JOIN segment_codes c ON c.code = s.code")
+        segment_join = (
+            "LEFT JOIN segments s ON s.person = e.person "
+            "LEFT JOIN segment_codes c ON c.code = s.code"
+        )
     rows = con.execute(f"""
         SELECT coalesce(segment, '{ALL}'), arm, count(*), count(*) FILTER (WHERE purchases > 0),
                sum(purchases), sum(revenue)
@@ -432,9 +521,12 @@ def _lift(con: duckdb.DuckDBPyConnection, window_days: int, breakdown: bool,
         GROUP BY GROUPING SETS ((segment, arm), (arm))""").fetchall()
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     for seg, arm, people, converters, purchases, revenue in rows:
-        cells.setdefault(seg, {})[arm] = {"people": int(people), "converters": int(converters),
-                                          "purchases": int(purchases),
-                                          "revenue": float(revenue)}
+        cells.setdefault(seg, {})[arm] = {
+            "people": int(people),
+            "converters": int(converters),
+            "purchases": int(purchases),
+            "revenue": float(revenue),
+        }
     overall = cells.pop(ALL, {})
     return overall, (cells if breakdown else {})
 
@@ -443,17 +535,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir", type=Path, help="directory with bank/, telecom/, retailer/")
     parser.add_argument("--memory-limit", default="512MB", help="DuckDB memory limit")
-    parser.add_argument("--audience", default=BENCH_AUDIENCE,
-                        help="conjunction of dataset.column op value comparisons")
+    parser.add_argument(
+        "--audience",
+        default=BENCH_AUDIENCE,
+        help="conjunction of dataset.column op value comparisons",
+    )
     parser.add_argument("--window-days", type=int, default=28)
-    parser.add_argument("--no-breakdown", action="store_true",
-                        help="skip the lift breakdown by telecom region")
+    parser.add_argument(
+        "--no-breakdown", action="store_true", help="skip the lift breakdown by telecom region"
+    )
     parser.add_argument("--workdir", type=Path, help="where the database and spill files go")
     args = parser.parse_args(argv)
     try:
-        result = run_baseline(args.data_dir, args.memory_limit, args.audience,
-                              window_days=args.window_days, breakdown=not args.no_breakdown,
-                              workdir=args.workdir)
+        result = run_baseline(
+            args.data_dir,
+            args.memory_limit,
+            args.audience,
+            window_days=args.window_days,
+            breakdown=not args.no_breakdown,
+            workdir=args.workdir,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

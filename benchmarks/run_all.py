@@ -37,10 +37,17 @@ when and on what it was measured.  None of this is SGX hardware.
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS))
-    parser.add_argument("--skip-run", action="store_true",
-                        help="Only rebuild docs/benchmarks.md from existing sections.")
-    parser.add_argument("--cleanroom-rows", type=int, default=None,
-                        help="Rows per provider for the clean-room benchmark.")
+    parser.add_argument(
+        "--skip-run",
+        action="store_true",
+        help="Only rebuild docs/benchmarks.md from existing sections.",
+    )
+    parser.add_argument(
+        "--cleanroom-rows",
+        type=int,
+        default=None,
+        help="Rows per provider for the clean-room benchmark.",
+    )
     args = parser.parse_args()
     if not args.skip_run:
         for name in args.only:
@@ -55,8 +62,9 @@ def main() -> int:
     parts = [HEADER]
     for name, (_, section) in SECTIONS.items():
         path = ROOT / "docs" / "benchmarks" / section
-        parts.append(path.read_text().strip() if path.exists()
-                     else f"## {name}\n\nNot measured yet.")
+        parts.append(
+            path.read_text().strip() if path.exists() else f"## {name}\n\nNot measured yet."
+        )
     (ROOT / "docs" / "benchmarks.md").write_text("\n\n".join(parts) + "\n")
     print(f"wrote {ROOT / 'docs' / 'benchmarks.md'}")
     return 0

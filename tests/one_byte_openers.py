@@ -24,8 +24,14 @@ class OneByteOpeners:
     connection per address per ``renew_s``); otherwise at once.
     """
 
-    def __init__(self, address: tuple[str, int], sources: list[str], *,
-                 renew_s: float = 1.5, patient: bool = False) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        sources: list[str],
+        *,
+        renew_s: float = 1.5,
+        patient: bool = False,
+    ) -> None:
         self.address = address
         self.sources = sources
         self.renew_s = renew_s
@@ -46,8 +52,9 @@ class OneByteOpeners:
 
     async def _run(self) -> None:
         count = len(self.sources)
-        await asyncio.gather(*(self._hold(source, n * self.renew_s / count)
-                               for n, source in enumerate(self.sources)))
+        await asyncio.gather(
+            *(self._hold(source, n * self.renew_s / count) for n, source in enumerate(self.sources))
+        )
 
     async def _hold(self, source: str, delay: float) -> None:
         loop = asyncio.get_running_loop()

@@ -45,8 +45,14 @@ def test_policy_documents_hash_their_utf8_bytes() -> None:
 def test_the_cas_audit_log_keeps_its_ascii_escapes() -> None:
     assert audit.canonical_json(DOCUMENT) == ASCII
     digest = audit.entry_hash(
-        seq=7, at=1700000000, kind="policy.apply", subject="café", actor="ö", outcome="applied",
-        detail=audit.canonical_json({"reasons": ["naïve"]}), prev_hash="0" * 64,
+        seq=7,
+        at=1700000000,
+        kind="policy.apply",
+        subject="café",
+        actor="ö",
+        outcome="applied",
+        detail=audit.canonical_json({"reasons": ["naïve"]}),
+        prev_hash="0" * 64,
     )
     assert digest == "ac293887012846e0a8a1f25b7cf2d321443446ba1a656da60b4d006daae304a6"
 

@@ -54,7 +54,9 @@ def _start_cas(home: Path, extra: str) -> Service:
     settings.write_text(settings.read_text().replace("port: 8443", f"port: {port}") + extra)
     process = subprocess.Popen(
         [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--config", str(settings)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     context = ssl.create_default_context(cafile=str(home / "tls" / "ca.pem"))
     service = Service(process, "127.0.0.1", port, context)
@@ -75,7 +77,8 @@ def cas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     service = _start_cas(
         tmp_path_factory.mktemp("cas") / "cas",
         f"max_connections: {MAX_CONNECTIONS}\nmax_connections_per_client: {PER_CLIENT}\n"
-        f"header_timeout_seconds: {HEAD_TIMEOUT}\n")
+        f"header_timeout_seconds: {HEAD_TIMEOUT}\n",
+    )
     yield service
     _stop(service.process)
 
@@ -92,8 +95,12 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     collab = prepare_example(workdir, people=200)
     collab.start_timeout = 120
     collab.addresses = {"bank": ("127.0.0.1", _free_port())}
-    collab.coordinator_args = ["--max-connections", str(MAX_CONNECTIONS),
-                               "--max-connections-per-client", str(PER_CLIENT)]
+    collab.coordinator_args = [
+        "--max-connections",
+        str(MAX_CONNECTIONS),
+        "--max-connections-per-client",
+        str(PER_CLIENT),
+    ]
     collab.start_coordinator()
     try:
         host, port = collab.url.removeprefix("https://").split(":")
@@ -108,8 +115,9 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 def _tcp(service: Service, source: str, timeout: float = 5) -> socket.socket:
-    return socket.create_connection((service.host, service.port), timeout=timeout,
-                                    source_address=(source, 0))
+    return socket.create_connection(
+        (service.host, service.port), timeout=timeout, source_address=(source, 0)
+    )
 
 
 def _slow_head(service: Service, source: str) -> ssl.SSLSocket:
@@ -122,8 +130,9 @@ def _slow_head(service: Service, source: str) -> ssl.SSLSocket:
 def _refused(service: Service, source: str) -> bool:
     """Whether a new connection from ``source`` is closed before its TLS handshake ends."""
     try:
-        with service.context.wrap_socket(_tcp(service, source),
-                                         server_hostname=service.host) as sock:
+        with service.context.wrap_socket(
+            _tcp(service, source), server_hostname=service.host
+        ) as sock:
             sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
             return sock.recv(1) == b""
     except (OSError, ssl.SSLError):
@@ -228,7 +237,8 @@ def assert_silent_connections_give_way_at_once(service: Service) -> None:
 
 
 def assert_one_byte_openers_do_not_keep_a_client_out(
-        service: Service, request: Callable[[], object], tries: int = 6) -> None:
+    service: Service, request: Callable[[], object], tries: int = 6
+) -> None:
     """Red team attack-rt7, finding 2: one connection per address that sends one
     byte of a ClientHello (0x16) and nothing more, reset every 1.5 s, from as
     many addresses as the service has places for unfinished handshakes (64 =
@@ -269,7 +279,8 @@ def test_cas_silent_connections_give_their_slots_at_once_when_full(cas: Service)
 
 
 def test_cas_one_byte_openers_from_many_addresses_do_not_keep_an_enclave_out(
-        cas: Service, tmp_path: Path) -> None:
+    cas: Service, tmp_path: Path
+) -> None:
     """A simulated enclave attests (a fresh TLS connection each time, as one does
     at start) while one-byte openers hold the CAS."""
     from sgxcloud.cas import client
@@ -281,9 +292,15 @@ def test_cas_one_byte_openers_from_many_addresses_do_not_keep_an_enclave_out(
         owners.apply(pg.policy_text(owner, name="onebyte"))
 
     def attest() -> object:
-        return client.fetch_configuration(cas.url, policy="onebyte", service="web",
-                                          ca_file=ca_file, root=tmp_path,
-                                          simulate=pg.simulated_identity(), timeout=10)
+        return client.fetch_configuration(
+            cas.url,
+            policy="onebyte",
+            service="web",
+            ca_file=ca_file,
+            root=tmp_path,
+            simulate=pg.simulated_identity(),
+            timeout=10,
+        )
 
     attest()
     assert_one_byte_openers_do_not_keep_a_client_out(cas, attest)
@@ -299,7 +316,8 @@ def test_cas_silent_sockets_beyond_the_limit_are_closed_at_once(cas: Service) ->
         time.sleep(1)
         open_ = [s for s in silent if not _closed_by_server(s, 0.01)]
         assert len(open_) <= UNPROVEN, (
-            f"{len(open_)} of {len(silent)} silent sockets held (limit {UNPROVEN})")
+            f"{len(open_)} of {len(silent)} silent sockets held (limit {UNPROVEN})"
+        )
         # The slots they hold are taken back for a legitimate client after the grace.
         time.sleep(EVICTION_GRACE_S)
         assert _status(cas, LEGIT, "/v1/health") == 200
@@ -345,9 +363,10 @@ def test_cas_memory_stays_bounded_under_a_wave_of_silent_sockets(cas: Service) -
 @pytest.fixture(scope="module")
 def roomy_cas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A CAS admitting 2,000 connections from one address: what each one costs."""
-    service = _start_cas(tmp_path_factory.mktemp("roomy") / "cas",
-                         "max_connections: 2000\nmax_connections_per_client: 0\n"
-                         "header_timeout_seconds: 60\n")
+    service = _start_cas(
+        tmp_path_factory.mktemp("roomy") / "cas",
+        "max_connections: 2000\nmax_connections_per_client: 0\nheader_timeout_seconds: 60\n",
+    )
     yield service
     _stop(service.process)
 
@@ -388,7 +407,8 @@ def test_cas_memory_comes_back_after_a_wave_of_unfinished_handshakes(roomy_cas: 
     deadline = time.monotonic() + TRIM_EVERY_S + 5  # one trim every TRIM_EVERY_S at most
     while (left := _rss(roomy_cas) - before) >= max(held / 2, 16 * MIB):
         assert time.monotonic() < deadline, (
-            f"{left / MIB:.0f} of {held / MIB:.0f} MiB still held after the connections closed")
+            f"{left / MIB:.0f} of {held / MIB:.0f} MiB still held after the connections closed"
+        )
         time.sleep(0.5)
 
 
@@ -409,17 +429,18 @@ def test_per_client_limit_zero_turns_it_off(tmp_path: Path) -> None:
 
 
 def test_coordinator_one_address_over_its_cap_is_refused_while_another_is_served(
-        coordinator: Service) -> None:
+    coordinator: Service,
+) -> None:
     assert_one_address_cannot_take_the_slots(coordinator)
 
 
-def test_coordinator_a_newcomer_takes_a_slot_from_the_biggest_holder(
-        coordinator: Service) -> None:
+def test_coordinator_a_newcomer_takes_a_slot_from_the_biggest_holder(coordinator: Service) -> None:
     assert_a_newcomer_gets_a_fair_share(coordinator)
 
 
 def test_coordinator_slow_connections_give_their_slots_to_new_ones_when_full(
-        coordinator: Service) -> None:
+    coordinator: Service,
+) -> None:
     assert_slow_connections_give_way(coordinator)
 
 
@@ -427,13 +448,16 @@ def test_coordinator_slow_connections_give_their_slots_to_new_ones_when_full(
 
 
 def test_coordinator_silent_connections_give_their_slots_at_once_when_full(
-        coordinator: Service) -> None:
+    coordinator: Service,
+) -> None:
     assert_silent_connections_give_way_at_once(coordinator)
 
 
 def test_coordinator_one_byte_openers_from_many_addresses_do_not_keep_a_party_out(
-        coordinator: Service) -> None:
+    coordinator: Service,
+) -> None:
     """A party's request on a fresh TLS connection each time, from its own address."""
+
     def request() -> object:
         status = _status(coordinator, LEGIT)
         assert status == 200, status

@@ -21,8 +21,7 @@ def run_demo(tmp_path: Path, *sections: str) -> dict:
         argv += ["--only", section]
     # The installed package alone, as a user has it: no source tree on the path.
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=840, env=env,
-                          check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=840, env=env, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 

@@ -134,9 +134,12 @@ def test_telemetry_not_turned_off_keeps_every_request_in_the_stack() -> None:
 
 def test_request_limits_are_the_one_middleware_kept_and_applied() -> None:
     app = _app()
-    app.add_middleware(RequestLimitsMiddleware, limits=RequestLimits(max_body_bytes=100),
-                       routes=[RouteLimit("POST", "/echo", 8)],
-                       render=lambda status, message: {"status": status, "message": message})
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        limits=RequestLimits(max_body_bytes=100),
+        routes=[RouteLimit("POST", "/echo", 8)],
+        render=lambda status, message: {"status": status, "message": message},
+    )
     client = _started(app)
     assert app.direct_routes == {("POST", "/echo")}
     assert client.post("/echo", json={"n": 3}).status_code == 200  # 7 bytes
@@ -170,12 +173,16 @@ def test_a_direct_route_with_path_parameters_is_refused() -> None:
         return JSONResponse({"name": name})
 
     with pytest.raises(TypeError, match="at most one JSON body"):
-        DirectApp().router.add_api_route("/x/{name}", by_name, methods=["POST"],
-                                         route_class_override=DirectRoute)
+        DirectApp().router.add_api_route(
+            "/x/{name}", by_name, methods=["POST"], route_class_override=DirectRoute
+        )
 
 
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text()
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
     | st.floats(allow_nan=False, allow_infinity=False),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12,
@@ -188,8 +195,11 @@ def test_a_json_answer_is_a_json_response_byte_for_byte(content: Any) -> None:
     assert (answer.body, answer.raw_headers) == (response.body, response.raw_headers)
 
 
-@pytest.mark.parametrize("content", [float("nan"), {"x": float("inf")}, {"x": b"bytes"},
-                                     "\ud800"], ids=["nan", "inf", "bytes", "surrogate"])
+@pytest.mark.parametrize(
+    "content",
+    [float("nan"), {"x": float("inf")}, {"x": b"bytes"}, "\ud800"],
+    ids=["nan", "inf", "bytes", "surrogate"],
+)
 def test_a_json_answer_refuses_what_a_json_response_refuses(content: Any) -> None:
     with pytest.raises(Exception) as refused:
         JSONResponse(content)
@@ -214,12 +224,16 @@ def test_a_body_of_more_values_than_its_model_allows_is_refused_unparsed() -> No
     refused = client.post("/few", json={"n": 1, "x": [1, 2, 3]})
     assert refused.status_code == 422  # FastAPI's default handler for RequestValidationError
     assert refused.json()["detail"][0]["msg"] == (
-        "Input should be a JSON document of at most 4 values")
+        "Input should be a JSON document of at most 4 values"
+    )
     assert refused.json()["detail"][0].get("input") is None  # never echoed
     # Without a bound of its own, a model takes MAX_JSON_VALUES.
     many = b'{"n": 1, "x": [' + b",".join([b"0"] * MAX_JSON_VALUES) + b"]}"
     refused = client.post("/echo", content=many, headers={"content-type": "application/json"})
     assert refused.json()["detail"][0]["msg"].endswith(f"at most {MAX_JSON_VALUES} values")
     # Four separators outside strings (Few ignores unknown fields): within its bound.
-    assert client.post("/few", content=b'{"n": 7, "s": "a, b: [c] {d}, \\"e: [f]"}',
-                       headers={"content-type": "application/json"}).json() == {"n": 7}
+    assert client.post(
+        "/few",
+        content=b'{"n": 7, "s": "a, b: [c] {d}, \\"e: [f]"}',
+        headers={"content-type": "application/json"},
+    ).json() == {"n": 7}

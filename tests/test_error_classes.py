@@ -20,8 +20,11 @@ AREAS = [
     ("cas/store", "sgxcloud.cas.store.errors", "sgxcloud.cas.errors:CasError"),
     ("cas/client", "sgxcloud.cas.client.errors", "sgxcloud.cas.errors:CasError"),
     ("cas", "sgxcloud.cas.errors", "sgxcloud.cas.errors:CasError"),
-    ("cleanroom/transport", "sgxcloud.cleanroom.transport.errors",
-     "sgxcloud.cleanroom.transport.errors:TransportError"),
+    (
+        "cleanroom/transport",
+        "sgxcloud.cleanroom.transport.errors",
+        "sgxcloud.cleanroom.transport.errors:TransportError",
+    ),
     ("cleanroom", "sgxcloud.cleanroom.errors", "sgxcloud.cleanroom.errors:CleanroomError"),
     ("nova", "sgxcloud.nova.errors", "sgxcloud.nova.errors:NovaLayerError"),
 ]
@@ -36,7 +39,7 @@ ELSEWHERE = {
     # Private to its module (and under the area's root).
     "cas/collateral.py:_FetchesBusy": "private flow control inside the collateral cache",
     "cas/service/core.py:_Unparsed": "private flow control: a transaction rolled back to parse "
-                                     "a policy text outside it",
+    "a policy text outside it",
     # Shared helpers of no single area: their root is sgxcloud's own.
     "sgx/quote.py:QuoteFormatError": "read by the CAS, the clean room and the node checks",
     "web/limits.py:BodyTooLarge": "the HTTP limits of both services",
@@ -56,11 +59,14 @@ def _exception_classes() -> dict[str, str]:
         rel = path.relative_to(SRC).as_posix()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef):
-                bases = [b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "")
-                         for b in node.bases]
+                bases = [
+                    b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "")
+                    for b in node.bases
+                ]
                 classes.append((rel, node.name, bases))
-    known = {n for n, v in vars(builtins).items()
-             if isinstance(v, type) and issubclass(v, BaseException)}
+    known = {
+        n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)
+    }
     found: dict[str, str] = {}
     grew = True
     while grew:
@@ -80,9 +86,18 @@ SURVEY = _exception_classes()
 
 def test_the_survey_sees_every_kind_of_error_class() -> None:
     names = {key.split(":")[1] for key in SURVEY}
-    assert {"SgxcloudError", "CasError", "StoreError", "DuplicateRow", "SecretsError",
-            "RequestRejected", "TreeReadError", "MalformedAttestation",
-            "PlaceholderSyntaxError", "UsageError"} <= names
+    assert {
+        "SgxcloudError",
+        "CasError",
+        "StoreError",
+        "DuplicateRow",
+        "SecretsError",
+        "RequestRejected",
+        "TreeReadError",
+        "MalformedAttestation",
+        "PlaceholderSyntaxError",
+        "UsageError",
+    } <= names
     assert set(ELSEWHERE) <= set(SURVEY)
 
 
@@ -126,15 +141,29 @@ MOVED = [
     ("sgxcloud.cas.store", "DuplicateRow", "sgxcloud.cas.store.errors", 2, False),
     ("sgxcloud.cas.store.repository", "DuplicateRow", "sgxcloud.cas.store.errors", 2, False),
     ("sgxcloud.cas.backup", "BackupError", "sgxcloud.cas.store.errors", 2, False),
-    ("sgxcloud.cleanroom.transport.request_auth", "RequestRejected",
-     "sgxcloud.cleanroom.transport.errors", 4, False),
-    ("sgxcloud.cleanroom.transport.request_auth", "NonceStoreError",
-     "sgxcloud.cleanroom.transport.errors", 3, False),
+    (
+        "sgxcloud.cleanroom.transport.request_auth",
+        "RequestRejected",
+        "sgxcloud.cleanroom.transport.errors",
+        4,
+        False,
+    ),
+    (
+        "sgxcloud.cleanroom.transport.request_auth",
+        "NonceStoreError",
+        "sgxcloud.cleanroom.transport.errors",
+        3,
+        False,
+    ),
     ("sgxcloud.cleanroom.local", "LocalProcessError", "sgxcloud.cleanroom.errors", 3, False),
-    ("sgxcloud.cleanroom.console.session", "CoordinatorUnavailable",
-     "sgxcloud.cleanroom.errors", 2, False),
-    ("sgxcloud.cleanroom.console", "CoordinatorUnavailable", "sgxcloud.cleanroom.errors", 2,
-     False),
+    (
+        "sgxcloud.cleanroom.console.session",
+        "CoordinatorUnavailable",
+        "sgxcloud.cleanroom.errors",
+        2,
+        False,
+    ),
+    ("sgxcloud.cleanroom.console", "CoordinatorUnavailable", "sgxcloud.cleanroom.errors", 2, False),
     ("sgxcloud.nova.compat", "UnsupportedRelease", "sgxcloud.nova.errors", 2, False),
     ("sgxcloud.nova.capabilities", "SGXCapabilitiesError", "sgxcloud.nova.errors", 2, True),
     ("sgxcloud.nova.checks.tree", "TreeReadError", "sgxcloud.nova.errors", 2, True),
@@ -153,11 +182,14 @@ def _instance(cls: type) -> tuple[SgxcloudError, str]:
     return cls("why"), "why"
 
 
-@pytest.mark.parametrize(("old", "name", "exit_code", "is_input"),
-                         [(o, n, e, i) for o, n, _, e, i in MOVED],
-                         ids=[f"{o}.{n}" for o, n, *_ in MOVED])
-def test_moved_errors_keep_their_exit_status_and_kind(old: str, name: str, exit_code: int,
-                                                      is_input: bool) -> None:
+@pytest.mark.parametrize(
+    ("old", "name", "exit_code", "is_input"),
+    [(o, n, e, i) for o, n, _, e, i in MOVED],
+    ids=[f"{o}.{n}" for o, n, *_ in MOVED],
+)
+def test_moved_errors_keep_their_exit_status_and_kind(
+    old: str, name: str, exit_code: int, is_input: bool
+) -> None:
     """Passes before and after the move: what ``sgxcloud`` does with each."""
     cls = getattr(importlib.import_module(old), name)
     error, message = _instance(cls)
@@ -166,11 +198,15 @@ def test_moved_errors_keep_their_exit_status_and_kind(old: str, name: str, exit_
     assert str(error) == message
 
 
-@pytest.mark.parametrize(("old", "name", "new"), [(o, n, w) for o, n, w, *_ in MOVED],
-                         ids=[f"{o}.{n}" for o, n, *_ in MOVED])
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [(o, n, w) for o, n, w, *_ in MOVED],
+    ids=[f"{o}.{n}" for o, n, *_ in MOVED],
+)
 def test_old_homes_export_the_very_class(old: str, name: str, new: str) -> None:
-    assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new),
-                                                                   name)
+    assert getattr(importlib.import_module(old), name) is getattr(
+        importlib.import_module(new), name
+    )
 
 
 def test_the_cli_reports_moved_cas_errors_as_before(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]

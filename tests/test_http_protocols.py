@@ -49,8 +49,13 @@ async def _echo(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if not message.get("more_body"):
             break
     body = b"b" * BIG if scope["path"] == "/big" else str(size).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -59,15 +64,17 @@ def tls(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
     return make_loopback_tls(tmp_path_factory.mktemp("tls"))
 
 
-PROTOCOLS = pytest.mark.parametrize("protocol", [LimitedHttpToolsProtocol, LimitedH11Protocol],
-                                    ids=["httptools", "h11"])
+PROTOCOLS = pytest.mark.parametrize(
+    "protocol", [LimitedHttpToolsProtocol, LimitedH11Protocol], ids=["httptools", "h11"]
+)
 
 
 @contextmanager
 def _serving(tls, protocol: type, limits: RequestLimits) -> Iterator[uvicorn.Server]:  # type: ignore[no-untyped-def]
     options = uvicorn_options(limits, protocol, tls=tls_context(str(tls.cert), str(tls.key)))
-    config = uvicorn.Config(_echo, host="127.0.0.1", port=0, log_level="warning",
-                            lifespan="off", **options)
+    config = uvicorn.Config(
+        _echo, host="127.0.0.1", port=0, log_level="warning", lifespan="off", **options
+    )
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
@@ -86,8 +93,7 @@ def _port(running: uvicorn.Server) -> int:
     return running.servers[0].sockets[0].getsockname()[1]
 
 
-@pytest.fixture(params=[LimitedHttpToolsProtocol, LimitedH11Protocol],
-                ids=["httptools", "h11"])
+@pytest.fixture(params=[LimitedHttpToolsProtocol, LimitedH11Protocol], ids=["httptools", "h11"])
 def server(request: pytest.FixtureRequest, tls) -> Iterator[tuple[int, ssl.SSLContext]]:  # type: ignore[no-untyped-def]
     with _serving(tls, request.param, LIMITS) as running:
         yield _port(running), ssl.create_default_context(cafile=str(Path(tls.ca_cert)))
@@ -108,8 +114,14 @@ def _response(sock: ssl.SSLSocket) -> bytes:
             return data
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-                   if line.startswith(b"content-length:")), 0)
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        ),
+        0,
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
@@ -121,7 +133,7 @@ def _closed_within(sock: ssl.SSLSocket, seconds: float, trickle: bytes) -> float
     sock.settimeout(0.05)
     for n in range(int(seconds / 0.05)):
         try:
-            sock.sendall(trickle[n % len(trickle):][:1])
+            sock.sendall(trickle[n % len(trickle) :][:1])
             if sock.recv(1) == b"":
                 return time.monotonic() - started
         except TimeoutError:
@@ -185,6 +197,7 @@ def test_a_head_within_the_limit_is_served(server) -> None:  # type: ignore[no-u
             time.sleep(0.05)
         assert _response(sock).startswith(b"HTTP/1.1 200")
 
+
 def _slow_reader(port: int, context: ssl.SSLContext, requests: int = 200) -> ssl.SSLSocket:
     """A client that pipelines ``requests`` x GET /big through a 4 KiB receive
     buffer and never reads an answer (red team, slow_reader.py)."""
@@ -206,9 +219,11 @@ def _wait(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
     return True
 
 
-@pytest.mark.parametrize("protocol", [LimitedHttpToolsProtocol, LimitedH11Protocol,
-                                      PeerCertificateProtocol],
-                         ids=["httptools", "h11", "cas-mtls"])
+@pytest.mark.parametrize(
+    "protocol",
+    [LimitedHttpToolsProtocol, LimitedH11Protocol, PeerCertificateProtocol],
+    ids=["httptools", "h11", "cas-mtls"],
+)
 def test_a_client_that_does_not_read_loses_its_connections(tls, protocol) -> None:  # type: ignore[no-untyped-def]
     """Slow readers fill every slot, are cut off once their output stays unread
     for ``response_timeout_s``, and a legitimate request is served after them.
@@ -227,7 +242,8 @@ def test_a_client_that_does_not_read_loses_its_connections(tls, protocol) -> Non
         try:
             assert _wait(lambda: len(connections) == 0, 20), (
                 f"{len(connections)} connections whose client reads nothing held 20 s "
-                f"(response_timeout_s {limits.response_timeout_s:g})")
+                f"(response_timeout_s {limits.response_timeout_s:g})"
+            )
             raw = socket.create_connection(("127.0.0.1", port), timeout=10)
             with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
                 sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
@@ -239,7 +255,8 @@ def test_a_client_that_does_not_read_loses_its_connections(tls, protocol) -> Non
 
 @PROTOCOLS
 def test_a_connection_the_server_closes_is_released_though_the_client_is_silent(
-        tls, protocol) -> None:  # type: ignore[no-untyped-def]
+    tls, protocol
+) -> None:  # type: ignore[no-untyped-def]
     """The head deadline closes an idle connection whose client then neither reads
     nor closes: it leaves the server's connections ``CLOSING_GRACE_S`` later.
 
@@ -254,7 +271,8 @@ def test_a_connection_the_server_closes_is_released_though_the_client_is_silent(
         with context.wrap_socket(raw, server_hostname="127.0.0.1"):
             assert _wait(lambda: len(connections) == 1, 10)
             assert _wait(lambda: len(connections) == 0, 20), (
-                "a connection closed by the server held 20 s by a silent client")
+                "a connection closed by the server held 20 s by a silent client"
+            )
 
 
 @PROTOCOLS
@@ -281,8 +299,9 @@ def test_a_slow_but_reading_client_gets_its_whole_answer(tls, protocol) -> None:
 def test_expect_100_continue_is_answered_before_the_body(server) -> None:  # type: ignore[no-untyped-def]
     """The interim answer is not held back with the response head."""
     with _connect(server) as sock:
-        sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-                     b"Expect: 100-continue\r\n\r\n")
+        sock.sendall(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
         sock.settimeout(5)
         interim = b""
         while b"\r\n\r\n" not in interim:
@@ -340,11 +359,12 @@ def test_a_response_head_is_written_with_its_first_body_bytes() -> None:
     assert sent.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]
 
 
-@pytest.mark.parametrize("protocol", [LimitedHttpToolsProtocol, LimitedH11Protocol,
-                                      PeerCertificateProtocol],
-                         ids=["httptools", "h11", "cas-mtls"])
-def test_a_full_server_gives_the_slot_of_the_slowest_connection_to_a_new_one(
-        tls, protocol) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "protocol",
+    [LimitedHttpToolsProtocol, LimitedH11Protocol, PeerCertificateProtocol],
+    ids=["httptools", "h11", "cas-mtls"],
+)
+def test_a_full_server_gives_the_slot_of_the_slowest_connection_to_a_new_one(tls, protocol) -> None:  # type: ignore[no-untyped-def]
     """Connections are counted before their handshake; at the limit a newcomer is
     closed at once unless a connection has owed its request for longer than the
     grace, and then the one waiting longest (here the slow head, opened first,

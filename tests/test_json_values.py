@@ -38,10 +38,12 @@ def separators(document: Any) -> int:
 
 @settings(max_examples=400, deadline=None)
 @given(DOCUMENTS, st.booleans(), st.booleans())
-def test_the_bound_is_exact_whatever_strings_hold(document: Any, ascii_only: bool,
-                                                  spaced: bool) -> None:
-    body = json.dumps(document, ensure_ascii=ascii_only,
-                      separators=(", ", ": ") if spaced else (",", ":")).encode()
+def test_the_bound_is_exact_whatever_strings_hold(
+    document: Any, ascii_only: bool, spaced: bool
+) -> None:
+    body = json.dumps(
+        document, ensure_ascii=ascii_only, separators=(", ", ": ") if spaced else (",", ":")
+    ).encode()
     count = separators(document)
     assert json_values_within(body, count)
     if count:
@@ -58,7 +60,7 @@ def test_many_values_are_refused_in_a_few_milliseconds() -> None:
 
 
 def test_big_strings_are_not_values() -> None:
-    policy = "rules:\n  - {a: [1, 2], b: \"c\\\\\"}\n" * 20_000  # 0.6 MB of separators
+    policy = 'rules:\n  - {a: [1, 2], b: "c\\\\"}\n' * 20_000  # 0.6 MB of separators
     body = json.dumps({"policy": policy, "consents": []}).encode()
     assert json_values_within(body, 5)  # { : , : [
     assert load_json(body, max_values=5)["policy"] == policy

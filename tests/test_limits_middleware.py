@@ -30,15 +30,23 @@ async def _app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
 
 
 MIDDLEWARE = RequestLimitsMiddleware(
-    _app, limits=RequestLimits(max_body_bytes=10, body_timeout_s=0.3),
-    routes=[RouteLimit("POST", "/big", 1000), RouteLimit("PUT", "/signed/[^/]+", 10,
-                                                          _refuse_unsigned)],
+    _app,
+    limits=RequestLimits(max_body_bytes=10, body_timeout_s=0.3),
+    routes=[
+        RouteLimit("POST", "/big", 1000),
+        RouteLimit("PUT", "/signed/[^/]+", 10, _refuse_unsigned),
+    ],
     render=lambda status, message: {"status": status, "message": message},
 )
 
 
-def _call(method: str, path: str, headers: list[tuple[bytes, bytes]],
-          chunks: list[bytes], delay: float = 0.0) -> tuple[int, dict, int]:
+def _call(
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    chunks: list[bytes],
+    delay: float = 0.0,
+) -> tuple[int, dict, int]:
     """(status, JSON answer, receive() calls the application or middleware made)."""
     calls = 0
     sent: list[dict] = []
@@ -49,8 +57,7 @@ def _call(method: str, path: str, headers: list[tuple[bytes, bytes]],
         if calls > len(chunks):
             await asyncio.sleep(3600)  # nothing more will come
         await asyncio.sleep(delay)
-        return {"type": "http.request", "body": chunks[calls - 1],
-                "more_body": calls < len(chunks)}
+        return {"type": "http.request", "body": chunks[calls - 1], "more_body": calls < len(chunks)}
 
     async def send(message: dict) -> None:
         sent.append(message)
@@ -66,8 +73,9 @@ def test_a_request_without_a_body_goes_straight_to_the_application() -> None:
 
 
 def test_a_body_within_the_limit_is_read_and_handed_over_whole() -> None:
-    status, answer, _ = _call("POST", "/big", [(b"content-length", b"600")],
-                              [b"a" * 300, b"b" * 300])
+    status, answer, _ = _call(
+        "POST", "/big", [(b"content-length", b"600")], [b"a" * 300, b"b" * 300]
+    )
     assert (status, answer) == (200, {"got": 600, "more": False})
     status, answer, _ = _call("POST", "/x", [(b"transfer-encoding", b"chunked")], [b"a" * 5] * 2)
     assert (status, answer) == (200, {"got": 10, "more": False})
@@ -84,8 +92,15 @@ def test_a_body_within_the_limit_is_read_and_handed_over_whole() -> None:
         ("POST", "/x", [(b"content-length", b"\xb2")], [b""], 400),  # not an ASCII digit
         ("PUT", "/signed/p", [(b"content-length", b"5")], [b"a" * 5], 401),  # before the body
     ],
-    ids=["declared", "route-limit", "chunked", "contradictory", "negative", "non-ascii",
-         "unsigned"],
+    ids=[
+        "declared",
+        "route-limit",
+        "chunked",
+        "contradictory",
+        "negative",
+        "non-ascii",
+        "unsigned",
+    ],
 )
 def test_refusals(method: str, path: str, headers: list, chunks: list, status: int) -> None:
     got, answer, calls = _call(method, path, headers, chunks)

@@ -10,22 +10,27 @@ from sgxcloud.cas.service.server import log_config
 from sgxcloud.web.logs import RepeatsThinned
 
 
-def _record(message: str, *args: object, name: str = "uvicorn.error",
-            level: int = logging.WARNING) -> logging.LogRecord:
+def _record(
+    message: str, *args: object, name: str = "uvicorn.error", level: int = logging.WARNING
+) -> logging.LogRecord:
     return logging.LogRecord(name, level, __file__, 1, message, args, None)
 
 
 def test_a_repeated_line_passes_once_per_window_then_says_how_many_were_dropped() -> None:
     now = [100.0]
     thinned = RepeatsThinned(window_s=10, clock=lambda: now[0])
-    passed = [r for r in (_record("Exceeded concurrency limit.") for _ in range(1000))
-              if thinned.filter(r)]
+    passed = [
+        r
+        for r in (_record("Exceeded concurrency limit.") for _ in range(1000))
+        if thinned.filter(r)
+    ]
     assert len(passed) == 1 and passed[0].getMessage() == "Exceeded concurrency limit."
     now[0] += 10
     again = _record("Exceeded concurrency limit.")
     assert thinned.filter(again)
-    assert again.getMessage() == ("Exceeded concurrency limit. (and 999 more like it in the "
-                                  "last 10 s)")
+    assert again.getMessage() == (
+        "Exceeded concurrency limit. (and 999 more like it in the last 10 s)"
+    )
     now[0] += 10
     quiet = _record("Exceeded concurrency limit.")
     assert thinned.filter(quiet) and "more like it" not in quiet.getMessage()
@@ -33,10 +38,14 @@ def test_a_repeated_line_passes_once_per_window_then_says_how_many_were_dropped(
 
 def test_different_lines_loggers_and_levels_are_not_thinned() -> None:
     thinned = RepeatsThinned(window_s=10, clock=lambda: 0.0)
-    records = [_record("attestation accepted for %s (ref %s)", "shop/web", ref)
-               for ref in ("a", "b", "c")]
-    records += [_record("same", name="sgxcloud.cas"), _record("same", name="uvicorn.error"),
-                _record("same", level=logging.ERROR)]
+    records = [
+        _record("attestation accepted for %s (ref %s)", "shop/web", ref) for ref in ("a", "b", "c")
+    ]
+    records += [
+        _record("same", name="sgxcloud.cas"),
+        _record("same", name="uvicorn.error"),
+        _record("same", level=logging.ERROR),
+    ]
     assert all(thinned.filter(r) for r in records)
 
 

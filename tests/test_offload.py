@@ -74,7 +74,8 @@ def test_no_more_calls_run_at_once_than_there_are_threads(run, threads: OffloadT
 
 
 def test_a_cancelled_call_runs_to_its_end_and_the_threads_go_on(  # type: ignore[no-untyped-def]
-        run, threads: OffloadThreads) -> None:
+    run, threads: OffloadThreads
+) -> None:
     finished = threading.Event()
 
     def slow() -> str:

@@ -11,14 +11,24 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = ROOT / "releasenotes/notes"
-SECTIONS = {"prelude", "features", "issues", "upgrade", "deprecations", "critical",
-            "security", "fixes", "other"}
+SECTIONS = {
+    "prelude",
+    "features",
+    "issues",
+    "upgrade",
+    "deprecations",
+    "critical",
+    "security",
+    "fixes",
+    "other",
+}
 
 
 def test_reno_lint_passes():
     reno = shutil.which("reno") or str(Path(sys.executable).with_name("reno"))
-    done = subprocess.run([reno, "lint"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [reno, "lint"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -33,12 +43,15 @@ def test_notes_are_reno_yaml_with_known_sections():
         for section, entries in body.items():
             if section != "prelude":
                 assert isinstance(entries, list) and all(
-                    isinstance(e, str) and e.strip() for e in entries), (note.name, section)
+                    isinstance(e, str) and e.strip() for e in entries
+                ), (note.name, section)
 
 
 def test_every_behaviour_change_of_the_release_matrix_has_an_upgrade_note():
     upgrade = " ".join(
-        entry for note in NOTES.glob("*.yaml")
-        for entry in yaml.safe_load(note.read_text()).get("upgrade", []))
+        entry
+        for note in NOTES.glob("*.yaml")
+        for entry in yaml.safe_load(note.read_text()).get("upgrade", [])
+    )
     for change in ("nova>=29,<35", "admin", "init_host", "nova.config"):
         assert change in upgrade, change

@@ -98,7 +98,9 @@ def cas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--config", str(settings)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     context = ssl.create_default_context(cafile=str(home / "tls" / "ca.pem"))
     service = Service(process, "127.0.0.1", port, context)
@@ -229,11 +231,18 @@ def _length(data: bytes) -> int:
     return 0
 
 
-def attack(service: Service, method: str, path: str, *, total: int, chunked: bool,
-           headers: dict[str, str] | None = None, chunk: int = MIB) -> Outcome:
+def attack(
+    service: Service,
+    method: str,
+    path: str,
+    *,
+    total: int,
+    chunked: bool,
+    headers: dict[str, str] | None = None,
+    chunk: int = MIB,
+) -> Outcome:
     """Send a ``total``-byte body, stopping as soon as the server answers."""
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {service.host}",
-             "Content-Type: application/json"]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {service.host}", "Content-Type: application/json"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}")
     sent = 0
@@ -258,8 +267,9 @@ SLOW_READER_PATIENCE = 20.0
 old code held it forever)."""
 
 
-def slow_reader(service: Service, path: str = "/openapi.json",
-                requests: int = 400) -> ssl.SSLSocket:
+def slow_reader(
+    service: Service, path: str = "/openapi.json", requests: int = 400
+) -> ssl.SSLSocket:
     """The red team's slow reader (attack-cas2/slow_reader.py): a 4 KiB receive
     buffer, ``requests`` pipelined GETs, and no answer ever read."""
     raw = socket.socket()
@@ -274,8 +284,10 @@ def slow_reader(service: Service, path: str = "/openapi.json",
 def held_by_server(service: Service, sock: ssl.SSLSocket) -> bool:
     """Whether the service process still has a socket to ``sock`` (in any state)."""
     here = sock.getsockname()
-    return any(c.raddr and tuple(c.raddr) == here
-               for c in psutil.Process(service.process.pid).net_connections("tcp"))
+    return any(
+        c.raddr and tuple(c.raddr) == here
+        for c in psutil.Process(service.process.pid).net_connections("tcp")
+    )
 
 
 def assert_slow_readers_cut_off(service: Service, count: int = 3) -> None:
@@ -285,7 +297,8 @@ def assert_slow_readers_cut_off(service: Service, count: int = 3) -> None:
         while any(held_by_server(service, r) for r in readers):
             assert time.monotonic() < deadline, (
                 f"connections whose client reads nothing held {SLOW_READER_PATIENCE:g} s "
-                "(response timeout 2 s)")
+                "(response timeout 2 s)"
+            )
             time.sleep(0.2)
     finally:
         for reader in readers:
@@ -308,30 +321,43 @@ def assert_cheap(service: Service, outcome_of, *, status: int) -> Outcome:
 
 
 def test_cas_refuses_an_oversized_declared_body_before_reading_it(cas: Service) -> None:
-    outcome = assert_cheap(cas, lambda: attack(cas, "PUT", "/v1/policies", total=ATTACK_BYTES,
-                                               chunked=False), status=413)
+    outcome = assert_cheap(
+        cas,
+        lambda: attack(cas, "PUT", "/v1/policies", total=ATTACK_BYTES, chunked=False),
+        status=413,
+    )
     assert json.loads(outcome.body)["error"] == "too-large"
     # Unauthenticated by design (enclaves attest before they have any key):
     # only the size protects this route.
-    outcome = assert_cheap(cas, lambda: attack(cas, "POST", "/v1/attest", total=ATTACK_BYTES,
-                                               chunked=False), status=413)
+    outcome = assert_cheap(
+        cas,
+        lambda: attack(cas, "POST", "/v1/attest", total=ATTACK_BYTES, chunked=False),
+        status=413,
+    )
     assert json.loads(outcome.body)["error"] == "too-large"
 
 
 def test_cas_counts_a_chunked_body_and_stops_at_the_limit(cas: Service) -> None:
-    outcome = assert_cheap(cas, lambda: attack(cas, "POST", "/v1/attest", total=ATTACK_BYTES,
-                                               chunked=True), status=413)
+    outcome = assert_cheap(
+        cas, lambda: attack(cas, "POST", "/v1/attest", total=ATTACK_BYTES, chunked=True), status=413
+    )
     assert json.loads(outcome.body)["error"] == "too-large"
 
 
 def test_cas_refuses_an_unsigned_owner_request_before_its_body(cas: Service) -> None:
     """No signature headers: 401 at once, though the (chunked) body never ends."""
-    outcome = assert_cheap(cas, lambda: attack(cas, "PUT", "/v1/policies", total=ATTACK_BYTES,
-                                               chunked=True), status=401)
+    outcome = assert_cheap(
+        cas,
+        lambda: attack(cas, "PUT", "/v1/policies", total=ATTACK_BYTES, chunked=True),
+        status=401,
+    )
     assert "not signed" in json.loads(outcome.body)["message"]
     stale = {"X-Sgxcloud-Date": "1", "X-Sgxcloud-Signature": "AAAA", "X-Sgxcloud-Key": "AAAA"}
-    outcome = assert_cheap(cas, lambda: attack(cas, "PUT", "/v1/policies", total=ATTACK_BYTES,
-                                               chunked=True, headers=stale), status=401)
+    outcome = assert_cheap(
+        cas,
+        lambda: attack(cas, "PUT", "/v1/policies", total=ATTACK_BYTES, chunked=True, headers=stale),
+        status=401,
+    )
     assert "clock" in json.loads(outcome.body)["message"]
 
 
@@ -345,7 +371,7 @@ def test_cas_closes_connections_that_send_their_head_slowly(cas: Service) -> Non
         closed = False
         for n in range(40):
             try:
-                sock.sendall(head[n:n + 1])
+                sock.sendall(head[n : n + 1])
                 if _answered(sock, 0.1):
                     closed = sock.closed
                     break
@@ -391,7 +417,8 @@ def test_cas_deeply_nested_json_is_a_bad_request_not_a_crash(cas: Service) -> No
 
 
 def test_cas_stays_fast_for_enclaves_while_one_connection_floods_it_with_values(
-        cas: Service) -> None:
+    cas: Service,
+) -> None:
     """Red team rt5, finding 1: one keep-alive connection looping 2 MiB bodies of
     empty lists (no nonce, no key) took 2.3 s of the CAS's CPU each, on its
     event loop; an enclave's nonce then took seconds.  Fixed: ~10 ms each."""
@@ -401,8 +428,11 @@ def test_cas_stays_fast_for_enclaves_while_one_connection_floods_it_with_values(
     def attacker() -> None:
         with httpx.Client(verify=cas.context, timeout=60) as http:
             while not stop.is_set():
-                answer = http.post(cas.url + "/v1/attest", content=body,
-                                   headers={"content-type": "application/json"})
+                answer = http.post(
+                    cas.url + "/v1/attest",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
                 flooded.append(answer.status_code)
 
     server = psutil.Process(cas.process.pid)
@@ -429,38 +459,61 @@ def test_cas_stays_fast_for_enclaves_while_one_connection_floods_it_with_values(
     assert per_request < 0.1, f"{per_request:.3f} s of the CAS's CPU per flooded request"
     assert waits[len(waits) // 2] < 0.3 and waits[-1] < 1.0, (
         f"an enclave's nonce took median {waits[len(waits) // 2]:.2f} s, max {waits[-1]:.2f} s "
-        f"during the flood")
+        f"during the flood"
+    )
 
 
 # -- the coordinator ---------------------------------------------------------------------
 
 
-def _party_headers(service: Service, workdir: Path, party: str = "brand",
-                   body: bytes = b"") -> dict[str, str]:
+def _party_headers(
+    service: Service, workdir: Path, party: str = "brand", body: bytes = b""
+) -> dict[str, str]:
     from sgxcloud.cleanroom.approvals import private_key_from_pem
 
     key = private_key_from_pem((workdir / "keys" / f"{party}.pem").read_bytes())
     with httpx.Client(verify=service.context, timeout=10) as http:
         health = http.get(service.url + "/v1/health").json()  # what a request must name
-    return sign_request(key, party, "POST", "/v1/queries", body,
-                        definition_hash=health["definition_hash"],
-                        coordinator=health["coordinator"])
+    return sign_request(
+        key,
+        party,
+        "POST",
+        "/v1/queries",
+        body,
+        definition_hash=health["definition_hash"],
+        coordinator=health["coordinator"],
+    )
 
 
 def test_coordinator_refuses_big_bodies_before_reading_them(coordinator) -> None:
     service, workdir = coordinator
-    outcome = assert_cheap(service, lambda: attack(
-        service, "POST", "/v1/queries", total=ATTACK_BYTES, chunked=False), status=413)
+    outcome = assert_cheap(
+        service,
+        lambda: attack(service, "POST", "/v1/queries", total=ATTACK_BYTES, chunked=False),
+        status=413,
+    )
     assert json.loads(outcome.body)["error"]["code"] == "too_large"
     # Unsigned and chunked: refused on its headers alone.
-    outcome = assert_cheap(service, lambda: attack(
-        service, "POST", "/v1/queries", total=ATTACK_BYTES, chunked=True), status=401)
+    outcome = assert_cheap(
+        service,
+        lambda: attack(service, "POST", "/v1/queries", total=ATTACK_BYTES, chunked=True),
+        status=401,
+    )
     assert json.loads(outcome.body)["error"]["code"] == "unauthenticated"
     # Headers of a real party (the signature, over another body, cannot verify
     # before the body is read): the chunked body is cut at the limit.
-    outcome = assert_cheap(service, lambda: attack(
-        service, "POST", "/v1/queries", total=ATTACK_BYTES, chunked=True,
-        headers=_party_headers(service, workdir)), status=413)
+    outcome = assert_cheap(
+        service,
+        lambda: attack(
+            service,
+            "POST",
+            "/v1/queries",
+            total=ATTACK_BYTES,
+            chunked=True,
+            headers=_party_headers(service, workdir),
+        ),
+        status=413,
+    )
     assert json.loads(outcome.body)["error"]["code"] == "too_large"
 
 
@@ -468,8 +521,11 @@ def test_coordinator_deeply_nested_query_is_a_bad_request(coordinator) -> None:
     service, workdir = coordinator
     body = b"[" * 100 + b"]" * 100  # few values (many are refused as such, below)
     with httpx.Client(verify=service.context, timeout=10) as http:
-        answer = http.post(service.url + "/v1/queries", content=body,
-                           headers=_party_headers(service, workdir, body=body))
+        answer = http.post(
+            service.url + "/v1/queries",
+            content=body,
+            headers=_party_headers(service, workdir, body=body),
+        )
     assert answer.status_code == 400, answer.text
     assert "nested" in answer.json()["error"]["message"]
     assert service.alive()

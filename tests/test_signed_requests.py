@@ -30,19 +30,40 @@ HERE = {"definition_hash": DEFINITION.definition_hash(), "coordinator": SIGNER}
 
 
 def cas_accepts(now: int, request_id: str | None = None, body: bytes = b"{}") -> auth.Caller:
-    headers = auth.sign_request(OWNER, "PUT", "/v1/policies", b"{}", now=T0,
-                                deployment=DEPLOYMENT, audience=AUDIENCE, request_id=request_id)
-    return auth.authenticate(headers, "PUT", "/v1/policies", body, now=now, max_skew=SKEW,
-                             deployment=DEPLOYMENT, audiences=frozenset({AUDIENCE}))
+    headers = auth.sign_request(
+        OWNER,
+        "PUT",
+        "/v1/policies",
+        b"{}",
+        now=T0,
+        deployment=DEPLOYMENT,
+        audience=AUDIENCE,
+        request_id=request_id,
+    )
+    return auth.authenticate(
+        headers,
+        "PUT",
+        "/v1/policies",
+        body,
+        now=now,
+        max_skew=SKEW,
+        deployment=DEPLOYMENT,
+        audiences=frozenset({AUDIENCE}),
+    )
 
 
 def coordinator_accepts(now: int, nonce: str | None = None, body: bytes = b"{}") -> str:
-    headers = {k.lower(): v for k, v in request_auth.sign_request(
-        PARTY_KEY, "brand", "POST", "/v1/queries", b"{}", now=T0, **HERE).items()}
+    headers = {
+        k.lower(): v
+        for k, v in request_auth.sign_request(
+            PARTY_KEY, "brand", "POST", "/v1/queries", b"{}", now=T0, **HERE
+        ).items()
+    }
     if nonce is not None:  # signed over this nonce, as a client making it would
         headers["x-cleanroom-nonce"] = nonce
-        payload = request_auth._payload("POST", "/v1/queries", b"{}", "brand", nonce, T0,
-                                        HERE["definition_hash"], SIGNER)
+        payload = request_auth._payload(
+            "POST", "/v1/queries", b"{}", "brand", nonce, T0, HERE["definition_hash"], SIGNER
+        )
         headers["x-cleanroom-signature"] = base64.b64encode(sign(PARTY_KEY, payload)).decode()
     verifier = request_auth.RequestVerifier(DEFINITION, SIGNER)
     try:
@@ -111,16 +132,22 @@ def test_both_services_sign_the_query_string_with_the_path(tmp_path) -> None:  #
     from sgxcloud.cleanroom.coordinator import create_app as coordinator_app
     from tests.cas import postgres as pg
 
-    room = Coordinator(CoordinatorConfig(definition=DEFINITION, workdir=tmp_path / "room",
-                                         nodes={}, simulate=True))
+    room = Coordinator(
+        CoordinatorConfig(definition=DEFINITION, workdir=tmp_path / "room", nodes={}, simulate=True)
+    )
     service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
     try:
         party = TestClient(coordinator_app(room))
 
         def as_brand(path: str) -> dict[str, str]:
-            return request_auth.sign_request(PARTY_KEY, "brand", "GET", path,
-                                             definition_hash=room.definition_hash,
-                                             coordinator=room.signer)
+            return request_auth.sign_request(
+                PARTY_KEY,
+                "brand",
+                "GET",
+                path,
+                definition_hash=room.definition_hash,
+                coordinator=room.signer,
+            )
 
         assert party.get("/v1/budget", headers=as_brand("/v1/budget")).status_code == 200
         added = party.get("/v1/budget?analysis=audience", headers=as_brand("/v1/budget"))
@@ -134,13 +161,22 @@ def test_both_services_sign_the_query_string_with_the_path(tmp_path) -> None:  #
         cas = TestClient(cas_app(service, clock=lambda: pg.CLOCK, audiences=[pg.AUDIENCE]))
 
         def as_owner(path: str) -> dict[str, str]:
-            return auth.sign_request(owner, "GET", path, b"", now=pg.CLOCK, audience=pg.AUDIENCE,
-                                     deployment=service.deployment_id)
+            return auth.sign_request(
+                owner,
+                "GET",
+                path,
+                b"",
+                now=pg.CLOCK,
+                audience=pg.AUDIENCE,
+                deployment=service.deployment_id,
+            )
 
         added = cas.get("/v1/policies/shop?x=1", headers=as_owner("/v1/policies/shop"))
         assert added.status_code == 401 and "does not verify" in added.json()["message"]
-        assert cas.get("/v1/policies/shop?x=1", headers=as_owner("/v1/policies/shop?x=1")) \
-            .status_code == 200
+        assert (
+            cas.get("/v1/policies/shop?x=1", headers=as_owner("/v1/policies/shop?x=1")).status_code
+            == 200
+        )
     finally:
         room.close()
         service.stop()
@@ -162,10 +198,19 @@ def test_a_record_of_used_requests_that_cannot_be_written_is_503_at_both(tmp_pat
     try:
         owner = pg.owner_key()
         service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
-        cas = TestClient(cas_app(service, clock=lambda: pg.CLOCK, audiences=[pg.AUDIENCE]),
-                         raise_server_exceptions=False)
-        headers = auth.sign_request(owner, "GET", "/v1/policies/shop", b"", now=pg.CLOCK,
-                                    audience=pg.AUDIENCE, deployment=service.deployment_id)
+        cas = TestClient(
+            cas_app(service, clock=lambda: pg.CLOCK, audiences=[pg.AUDIENCE]),
+            raise_server_exceptions=False,
+        )
+        headers = auth.sign_request(
+            owner,
+            "GET",
+            "/v1/policies/shop",
+            b"",
+            now=pg.CLOCK,
+            audience=pg.AUDIENCE,
+            deployment=service.deployment_id,
+        )
         with sqlite3.connect(tmp_path / "cas.db") as other:
             other.execute("DROP TABLE spent_signatures")
         answer = cas.get("/v1/policies/shop", headers=headers)
@@ -174,13 +219,19 @@ def test_a_record_of_used_requests_that_cannot_be_written_is_503_at_both(tmp_pat
     finally:
         service.stop()
 
-    room = Coordinator(CoordinatorConfig(definition=DEFINITION, workdir=tmp_path / "room",
-                                         nodes={}, simulate=True))
+    room = Coordinator(
+        CoordinatorConfig(definition=DEFINITION, workdir=tmp_path / "room", nodes={}, simulate=True)
+    )
     try:
         party = TestClient(coordinator_app(room))
-        headers = request_auth.sign_request(PARTY_KEY, "brand", "GET", "/v1/budget",
-                                            definition_hash=room.definition_hash,
-                                            coordinator=room.signer)
+        headers = request_auth.sign_request(
+            PARTY_KEY,
+            "brand",
+            "GET",
+            "/v1/budget",
+            definition_hash=room.definition_hash,
+            coordinator=room.signer,
+        )
         # The store's file damaged under the running coordinator (its table gone).
         with sqlite3.connect(room.requests.nonces.path) as other:
             other.execute("DROP TABLE used_nonce")

@@ -62,8 +62,9 @@ def test_a_stall_counts_for_every_round_trip_it_delayed():
     times = [start + i / 100 for i in range(50)]
     samples = cas_load._open_loop(one, times, cutoff=start + 10)
     assert len(samples["ended"]) == 50 and samples["errors"] == 0 and not samples["unsent"]
-    from_schedule = sorted(e - s for s, e in zip(samples["scheduled"], samples["ended"],
-                                                 strict=True))
+    from_schedule = sorted(
+        e - s for s, e in zip(samples["scheduled"], samples["ended"], strict=True)
+    )
     from_send = sorted(e - b for b, e in zip(samples["began"], samples["ended"], strict=True))
     assert sum(1 for x in from_schedule if x > 0.05) >= 10
     assert sum(1 for x in from_send if x > 0.15) <= 3  # what a send-timed generator would see
@@ -73,8 +74,14 @@ def test_a_stall_counts_for_every_round_trip_it_delayed():
 
 
 def _row(config: str, **figures: float) -> dict:
-    return {"config": config, "clients": 16, "errors": 0, "unsent": 0,
-            "offered_per_s": None, **figures}
+    return {
+        "config": config,
+        "clients": 16,
+        "errors": 0,
+        "unsent": 0,
+        "offered_per_s": None,
+        **figures,
+    }
 
 
 @pytest.mark.parametrize(
@@ -97,12 +104,18 @@ def test_target_needs_both_capacity_and_latency_at_the_rate(capacity, served, p9
 
 def test_target_must_be_met_in_every_round_by_one_configuration():
     def cells(round_no: int, config: str, p99: float) -> list[dict]:
-        return [{**_row(config, per_s=320), "round": round_no},
-                {**_row(config, per_s=300, p99_ms=p99), "offered_per_s": 300, "round": round_no}]
+        return [
+            {**_row(config, per_s=320), "round": round_no},
+            {**_row(config, per_s=300, p99_ms=p99), "offered_per_s": 300, "round": round_no},
+        ]
 
-    main = {"closed": [_row("a", per_s=320), _row("b", per_s=320)],
-            "open": [{**_row("a", per_s=300, p99_ms=20), "offered_per_s": 300},
-                     {**_row("b", per_s=300, p99_ms=20), "offered_per_s": 300}]}
+    main = {
+        "closed": [_row("a", per_s=320), _row("b", per_s=320)],
+        "open": [
+            {**_row("a", per_s=300, p99_ms=20), "offered_per_s": 300},
+            {**_row("b", per_s=300, p99_ms=20), "offered_per_s": 300},
+        ],
+    }
     plan = bench_cas.Plan(rounds=3)
     # a misses in round 2, b in round 3: each met twice, neither every time.
     flaky = cells(2, "a", 80) + cells(2, "b", 20) + cells(3, "a", 20) + cells(3, "b", 80)
@@ -141,8 +154,9 @@ def test_bad_options_are_one_line_and_exit_non_zero(argv, message, capsys):
 
 
 def test_a_tiny_run_against_a_real_replica(tmp_path):
-    plan = bench_cas.Plan(seconds=1.0, configs=("sqlite",), clients=(2,), open_clients=2,
-                          rate=10, sweep=(), rounds=2)
+    plan = bench_cas.Plan(
+        seconds=1.0, configs=("sqlite",), clients=(2,), open_clients=2, rate=10, sweep=(), rounds=2
+    )
     cells = bench_cas.bench_load(tmp_path, plan)
     (closed,), (opened,) = cells["closed"], cells["open"]
     # Round 2: the target's closed- and open-loop cells again, on the same replica.
@@ -157,10 +171,13 @@ def test_a_tiny_run_against_a_real_replica(tmp_path):
     assert 1.5 < closed["in_flight"] <= 2.0 + 1e-6
     assert opened["offered_per_s"] == 10 and opened["unsent"] == 0
     report = {
-        "measured_at": "now", "machine": "here", "duration_s": 1.0,
+        "measured_at": "now",
+        "machine": "here",
+        "duration_s": 1.0,
         "plan": {**plan.__dict__, "configs": ["sqlite"], "clients": [2], "sweep": []},
         "machine_state": bench_cas.machine_state(
-            (0.1, 0.1, 0.1), [cas_load.machine_probe(0.2)], cells["closed"], cells["open"]),
+            (0.1, 0.1, 0.1), [cas_load.machine_probe(0.2)], cells["closed"], cells["open"]
+        ),
         "verification": {"direct_per_s": 1000.0, "cas_per_s": 900.0, "ratio": 0.9},
         "parts": {"quote_ms": 1.0, "service_ms": 5.0},
         **cells,
@@ -174,8 +191,15 @@ def test_a_tiny_run_against_a_real_replica(tmp_path):
 
 def test_a_tiny_run_against_one_replica_of_two_workers(tmp_path):
     """The 2-worker configuration really runs 2 workers, and their CPU is counted."""
-    plan = bench_cas.Plan(seconds=1.0, configs=("sqlite-w2",), clients=(4,), open_clients=4,
-                          rate=20, sweep=(), rounds=1)
+    plan = bench_cas.Plan(
+        seconds=1.0,
+        configs=("sqlite-w2",),
+        clients=(4,),
+        open_clients=4,
+        rate=20,
+        sweep=(),
+        rounds=1,
+    )
     cells = bench_cas.bench_load(tmp_path, plan)
     (closed,), (opened,) = cells["closed"], cells["open"]
     for row in (closed, opened):

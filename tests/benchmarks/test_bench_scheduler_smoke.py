@@ -34,22 +34,36 @@ def managers(bench):
 
 
 def _sane(summary: dict) -> None:
-    for key in ("baseline_ms", "sgx_ms", "baseline_filter_ms", "baseline_weigh_ms",
-                "sgx_filter_ms", "sgx_weigh_ms"):
+    for key in (
+        "baseline_ms",
+        "sgx_ms",
+        "baseline_filter_ms",
+        "baseline_weigh_ms",
+        "sgx_filter_ms",
+        "sgx_weigh_ms",
+    ):
         assert math.isfinite(summary[key]) and summary[key] > 0, key
-    for key in ("ratio", "ratio_cpu_time", "null_plugins_ratio", "ratio_ci95_low",
-                "ratio_ci95_high"):
+    for key in (
+        "ratio",
+        "ratio_cpu_time",
+        "null_plugins_ratio",
+        "ratio_ci95_low",
+        "ratio_ci95_high",
+    ):
         assert math.isfinite(summary[key]) and summary[key] > 0, key
     assert summary["ratio_ci95_low"] <= summary["ratio_ci95_high"]
     assert summary["baseline_ms"] == pytest.approx(
-        summary["baseline_filter_ms"] + summary["baseline_weigh_ms"], rel=0.5)
+        summary["baseline_filter_ms"] + summary["baseline_weigh_ms"], rel=0.5
+    )
     assert summary["ratio"] == pytest.approx(summary["sgx_ms"] / summary["baseline_ms"])
 
 
 def test_configurations_load_nova_defaults_plus_the_sgx_plugins(bench, managers):
     def names(manager):
-        return ([type(f).__name__ for f in manager.enabled_filters],
-                [type(w).__name__ for w in manager.weighers])
+        return (
+            [type(f).__name__ for f in manager.enabled_filters],
+            [type(w).__name__ for w in manager.weighers],
+        )
 
     base_filters, base_weighers = names(managers["baseline"])
     sgx_filters, sgx_weighers = names(managers["sgx"])
@@ -86,18 +100,23 @@ def test_hosts_look_like_the_scheduler_sees_them(bench):
     sgx = [s for s in states if s.stats.get("sgx") == "true"]
     assert len(sgx) == 5
     assert all(int(s.stats["sgx_epc_free_mb"]) >= bench.EPC_REQUEST_MB for s in sgx)
-    assert all(s.free_ram_mb > 0 and s.vcpus_total > 0 and s.service["disabled"] is False
-               for s in states)
+    assert all(
+        s.free_ram_mb > 0 and s.vcpus_total > 0 and s.service["disabled"] is False for s in states
+    )
 
 
 def test_cli_writes_report_and_json(bench, tmp_path):
     out = tmp_path / "scheduler.md"
-    result = CliRunner().invoke(bench.main, ["--sizes", "10", "--iterations", "3",
-                                             "--warmup", "0", "--output", str(out), "--json"])
+    result = CliRunner().invoke(
+        bench.main,
+        ["--sizes", "10", "--iterations", "3", "--warmup", "0", "--output", str(out), "--json"],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert [(r["hosts"], r["request"]) for r in report["results"]] == [
-        (10, "ordinary"), (10, "sgx")]
+        (10, "ordinary"),
+        (10, "sgx"),
+    ]
     assert report["machine"]["nova"].startswith("34.")
     assert math.isnan(report["verdict"]["worst_ratio"])  # no 1,000-host case run
     text = out.read_text()
@@ -106,8 +125,7 @@ def test_cli_writes_report_and_json(bench, tmp_path):
 
 
 def test_cli_rejects_bad_sizes(bench, tmp_path):
-    result = CliRunner().invoke(bench.main, ["--sizes", "ten", "--output",
-                                             str(tmp_path / "x.md")])
+    result = CliRunner().invoke(bench.main, ["--sizes", "ten", "--output", str(tmp_path / "x.md")])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert not (tmp_path / "x.md").exists()

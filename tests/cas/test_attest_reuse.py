@@ -99,4 +99,3 @@ def test_a_withdrawn_export_stops_at_once_on_every_replica(replicas) -> None:  #
     with pytest.raises(AttestationRejected) as refused:
         _attest_once(serving, NOW + 1, "consumer")
     assert refused.value.code == "secrets" and "no longer exported" in refused.value.reasons[0]
-

@@ -139,8 +139,13 @@ def test_entries_about_some_policies_are_filtered_and_paged_in_the_database(
         for i, subject in enumerate(["shop", "s_op/web", "shop/web", "shopx/web", "sh%/a"] * 3):
             with database.transaction() as repo:
                 audit.append(
-                    repo, kind=audit.AuditKind.ATTESTATION, subject=subject, actor="a",
-                    outcome="rejected", detail={}, now=1000 + i,
+                    repo,
+                    kind=audit.AuditKind.ATTESTATION,
+                    subject=subject,
+                    actor="a",
+                    outcome="rejected",
+                    detail={},
+                    now=1000 + i,
                 )
         mine = audit.entries(database, policies={"shop", "sh%"})
         assert [e.subject for e in mine] == ["shop", "shop/web", "sh%/a"] * 3
@@ -155,8 +160,13 @@ def _append(database: Database, count: int, subject: str = "policy/service") -> 
     for i in range(count):
         with database.transaction() as repo:
             audit.append(
-                repo, kind=audit.AuditKind.ATTESTATION, subject=subject, actor="enclave",
-                outcome="rejected", detail={"i": i}, now=2000 + i,
+                repo,
+                kind=audit.AuditKind.ATTESTATION,
+                subject=subject,
+                actor="enclave",
+                outcome="rejected",
+                detail={"i": i},
+                now=2000 + i,
             )
 
 
@@ -190,12 +200,23 @@ def test_a_walk_from_a_checkpoint_finds_new_breaks_and_rewrites_before_it(
     prev = audit.GENESIS_HASH
     for e in entries:
         digest = audit.entry_hash(
-            seq=e.seq, at=e.at, kind=e.kind, subject=e.subject, actor=e.actor,
+            seq=e.seq,
+            at=e.at,
+            kind=e.kind,
+            subject=e.subject,
+            actor=e.actor,
             outcome="accepted" if e.seq == 3 else e.outcome,
-            detail=audit.canonical_json(e.detail), prev_hash=prev,
+            detail=audit.canonical_json(e.detail),
+            prev_hash=prev,
         )
-        _tamper(chain, update(AuditEntryRow).where(AuditEntryRow.seq == e.seq).values(
-            outcome="accepted" if e.seq == 3 else e.outcome, prev_hash=prev, entry_hash=digest))
+        _tamper(
+            chain,
+            update(AuditEntryRow)
+            .where(AuditEntryRow.seq == e.seq)
+            .values(
+                outcome="accepted" if e.seq == 3 else e.outcome, prev_hash=prev, entry_hash=digest
+            ),
+        )
         prev = digest
     _tamper(chain, update(AuditHeadRow).values(entry_hash=prev))
     kinds = [p.kind for p in audit.verify_chain(chain, since=checkpoint).problems]
@@ -262,7 +283,7 @@ def test_an_owners_entries_are_found_by_index_not_by_a_scan_of_every_tenants(
         mine = audit.entries(database, policies={"shop", "s_op"}, after=1, limit=10)
         event.remove(database.engine, "before_cursor_execute", seen)
         assert [e.seq for e in mine] == [4, 5]
-        (statement, parameters), = statements
+        ((statement, parameters),) = statements
         many = {f"p{i}" for i in range(450)} | {"shop"}  # in several statements, merged
         assert [e.seq for e in audit.entries(database, policies=many, after=4)] == [5]
         assert [e.seq for e in audit.entries(database, policies=many, limit=1)] == [4]
@@ -298,8 +319,14 @@ def test_a_callers_older_entries_are_rechecked_with_their_successors_links(
     # the edited entry's hash recomputed: its successor's link breaks
     row = audit.entries(chain)[0]
     forged = audit.entry_hash(
-        seq=1, at=row.at, kind=row.kind, subject=row.subject, actor=row.actor, outcome="x",
-        detail=audit.canonical_json(row.detail), prev_hash=row.prev_hash,
+        seq=1,
+        at=row.at,
+        kind=row.kind,
+        subject=row.subject,
+        actor=row.actor,
+        outcome="x",
+        detail=audit.canonical_json(row.detail),
+        prev_hash=row.prev_hash,
     )
     _tamper(chain, update(AuditEntryRow).where(AuditEntryRow.seq == 1).values(entry_hash=forged))
     found = audit.verify_entries_about(chain, {"policy"}, before=5)
@@ -320,19 +347,31 @@ def test_a_principals_entries_come_from_one_statement_over_its_access_rows(
 
     database = Database.open(database_url)
     try:
-        for subject in ("shop", "shop/web", "shop.b/web", "s_op/web", "shop0", "sh%/web",
-                        "other/web", "shop/db", "shop-b"):
+        for subject in (
+            "shop",
+            "shop/web",
+            "shop.b/web",
+            "s_op/web",
+            "shop0",
+            "sh%/web",
+            "other/web",
+            "shop/db",
+            "shop-b",
+        ):
             _append(database, 1, subject=subject)  # entries 1..9
         with database.transaction() as repo:
-            repo.session.add_all([
-                PolicyAccessRow(principal="alice", policy="shop"),
-                PolicyAccessRow(principal="alice", policy="s_op"),
-                PolicyAccessRow(principal="bob", policy="other"),
-                *(PolicyAccessRow(principal="alice", policy=f"p{i}") for i in range(500)),
-            ])
+            repo.session.add_all(
+                [
+                    PolicyAccessRow(principal="alice", policy="shop"),
+                    PolicyAccessRow(principal="alice", policy="s_op"),
+                    PolicyAccessRow(principal="bob", policy="other"),
+                    *(PolicyAccessRow(principal="alice", policy=f"p{i}") for i in range(500)),
+                ]
+            )
         statements: list[str] = []
-        event.listen(database.engine, "before_cursor_execute",
-                     lambda *args: statements.append(args[2]))
+        event.listen(
+            database.engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+        )
         with database.transaction() as repo:
             first = repo.audit_entries_for("alice", limit=10)
             latest = repo.audit_entries_for("alice", before=8, limit=2, latest=True)
@@ -377,8 +416,9 @@ def test_a_sweep_rechecks_every_older_entry_of_a_principal_round_after_round(
         _append(database, 1, subject="other/web")  # 13: the chain goes on
         with database.transaction() as repo:
             repo.session.add(PolicyAccessRow(principal="alice", policy="shop"))
-        _tamper(database, update(AuditEntryRow).where(AuditEntryRow.seq == 6)
-                .values(outcome="accepted"))
+        _tamper(
+            database, update(AuditEntryRow).where(AuditEntryRow.seq == 6).values(outcome="accepted")
+        )
         sweep, found = audit.Sweep(0, 0), []
         for _ in range(6):
             problems, sweep = audit.recheck_entries_of(

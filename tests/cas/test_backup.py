@@ -38,8 +38,9 @@ def test_backup_taken_under_attestations_restores_to_a_verifying_chain(
     live_url = _url(backend, tmp_path / "live.db")
     service = pg.make_service(live_url, secrets.Keyring(key))
     owner = pg.owner_key()
-    service.apply_policy(public_key_id(pg.public_pem(owner).encode()), pg.policy_text(owner),
-                         int(time.time()))
+    service.apply_policy(
+        public_key_id(pg.public_pem(owner).encode()), pg.policy_text(owner), int(time.time())
+    )
     tls = make_loopback_tls(tmp_path / "tls")
     backup_file = tmp_path / ("cas.backup" if backend == "sqlite" else "cas.dump")
     done: list[int] = []
@@ -49,9 +50,14 @@ def test_backup_taken_under_attestations_restores_to_a_verifying_chain(
     def enclave(url: str) -> None:
         while not stop.is_set():
             try:
-                client.fetch_configuration(url, policy="shop", service="web",
-                                           ca_file=tls.ca_cert, root=tmp_path,
-                                           simulate=pg.simulated_identity())
+                client.fetch_configuration(
+                    url,
+                    policy="shop",
+                    service="web",
+                    ca_file=tls.ca_cert,
+                    root=tmp_path,
+                    simulate=pg.simulated_identity(),
+                )
                 done.append(1)
             except BaseException as exc:
                 failures.append(exc)
@@ -134,9 +140,10 @@ def test_liveness_and_readiness_probes(tmp_path: Path) -> None:
 
     service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
     tls = make_loopback_tls(tmp_path / "tls")
-    with background_https(create_app(service), tls) as url, httpx.Client(
-        base_url=url, verify=client.pinned_tls(tls.ca_cert)
-    ) as http:
+    with (
+        background_https(create_app(service), tls) as url,
+        httpx.Client(base_url=url, verify=client.pinned_tls(tls.ca_cert)) as http,
+    ):
         assert http.get("/v1/health/live").json() == {"ok": True, "check": "live"}
         assert http.get("/v1/health/ready").json() == {"ok": True, "check": "ready"}
         service.stop()  # shutting down (or a dead database): no traffic, but still alive
@@ -147,7 +154,9 @@ def test_liveness_and_readiness_probes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_backup_and_restore_files_are_private_from_their_first_byte(
-    tmp_path: Path, backend: str, monkeypatch  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    backend: str,
+    monkeypatch,  # type: ignore[no-untyped-def]
 ) -> None:
     """Red-team a07: DEST.partial and *.restoring were 0644 while being written."""
     import os

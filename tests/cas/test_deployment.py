@@ -117,10 +117,14 @@ def test_an_owner_who_pins_the_id_never_signs_for_another_deployment(cas) -> Non
     url, ca, service = cas
     owner = pg.owner_key()
     asked: list[str] = []
-    http = httpx.Client(base_url=url, verify=pinned_tls(ca),
-                        event_hooks={"request": [lambda r: asked.append(r.url.path)]})
-    pinned = client.OwnerClient(url, owner, ca_file=ca, http_client=http,
-                                deployment=service.deployment_id)
+    http = httpx.Client(
+        base_url=url,
+        verify=pinned_tls(ca),
+        event_hooks={"request": [lambda r: asked.append(r.url.path)]},
+    )
+    pinned = client.OwnerClient(
+        url, owner, ca_file=ca, http_client=http, deployment=service.deployment_id
+    )
     with pinned:
         pinned.apply(pg.policy_text(owner))
     assert asked == ["/v1/policies"]  # pinned: /v1/health is never asked

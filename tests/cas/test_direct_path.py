@@ -51,8 +51,9 @@ from sgxcloud.errors import SgxcloudError
 from sgxcloud.web.limits import RequestLimits
 
 SECRET = "s3cr3t-value-never-shown"
-ATTEST_BODY = json.dumps({"policy": "shop", "service": "web", "nonce": "ab" * 32,
-                          "public_key": "k", "evidence": "ZQ=="}).encode()
+ATTEST_BODY = json.dumps(
+    {"policy": "shop", "service": "web", "nonce": "ab" * 32, "public_key": "k", "evidence": "ZQ=="}
+).encode()
 
 
 class Stub:
@@ -75,8 +76,19 @@ class Stub:
         self.calls += 1
         if self.error is not None:
             raise self.error
-        return AttestResult(request.policy, request.service, "c" * 64, request.nonce, b"sealed",
-                            "CERT", "CA", True, "UpToDate", 7, "r" * 22)
+        return AttestResult(
+            request.policy,
+            request.service,
+            "c" * 64,
+            request.nonce,
+            b"sealed",
+            "CERT",
+            "CA",
+            True,
+            "UpToDate",
+            7,
+            "r" * 22,
+        )
 
 
 @dataclass
@@ -88,8 +100,14 @@ class Outcome:
     raised: str | None = None
 
 
-def _call(asgi, method: str, path: str, headers: list[tuple[bytes, bytes]],
-          chunks: list[bytes], delay: float = 0.0) -> Outcome:
+def _call(
+    asgi,
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    chunks: list[bytes],
+    delay: float = 0.0,
+) -> Outcome:
     outcome = Outcome()
 
     async def receive() -> dict:
@@ -98,8 +116,11 @@ def _call(asgi, method: str, path: str, headers: list[tuple[bytes, bytes]],
             await asyncio.sleep(3600)  # nothing more will come
         if outcome.reads > 1:
             await asyncio.sleep(delay)  # the first part at once, the others late
-        return {"type": "http.request", "body": chunks[outcome.reads - 1],
-                "more_body": outcome.reads < len(chunks)}
+        return {
+            "type": "http.request",
+            "body": chunks[outcome.reads - 1],
+            "more_body": outcome.reads < len(chunks),
+        }
 
     async def send(message: dict) -> None:
         if message["type"] == "http.response.start":
@@ -107,10 +128,21 @@ def _call(asgi, method: str, path: str, headers: list[tuple[bytes, bytes]],
         else:
             outcome.body += message.get("body", b"")
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": method, "scheme": "https", "path": path, "raw_path": path.encode(),
-             "root_path": "", "query_string": b"", "headers": headers, "state": {},
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8443)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "state": {},
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8443),
+    }
     try:
         asyncio.run(asgi(scope, receive, send))
     except Exception as exc:  # the server (uvicorn) logs what the application raises
@@ -126,8 +158,12 @@ def stub() -> Stub:
 @pytest.fixture
 def app(stub: Stub):  # type: ignore[no-untyped-def]
     limits = RequestLimits(max_body_bytes=1000, body_timeout_s=0.3)
-    return create_app(stub, clock=lambda: 1_700_000_000, limits=limits,  # type: ignore[arg-type]
-                      max_attest_bytes=4000)
+    return create_app(
+        stub,
+        clock=lambda: 1_700_000_000,
+        limits=limits,  # type: ignore[arg-type]
+        max_attest_bytes=4000,
+    )
 
 
 def _both(app, stub: Stub, *args: Any, **kwargs: Any) -> Outcome:  # type: ignore[no-untyped-def]
@@ -179,8 +215,14 @@ def test_answers_are_those_of_the_stack(app, stub: Stub) -> None:  # type: ignor
     accepted = _both(app, stub, "POST", "/v1/attest", _json(len(ATTEST_BODY)), [ATTEST_BODY])
     assert accepted.status == 200 and json.loads(accepted.body)["audit_ref"] == "r" * 22
     assert (b"content-type", b"application/json") in accepted.headers
-    chunked = _both(app, stub, "POST", "/v1/attest", [*_json(), (b"transfer-encoding", b"chunked")],
-                    [ATTEST_BODY[:10], ATTEST_BODY[10:]])
+    chunked = _both(
+        app,
+        stub,
+        "POST",
+        "/v1/attest",
+        [*_json(), (b"transfer-encoding", b"chunked")],
+        [ATTEST_BODY[:10], ATTEST_BODY[10:]],
+    )
     assert chunked.status == 200 and chunked.reads == 2
 
 
@@ -195,10 +237,17 @@ def test_answers_are_those_of_the_stack(app, stub: Stub) -> None:  # type: ignor
     ],
     ids=["declared", "chunked", "contradictory", "negative", "trickle"],
 )
-def test_limits_hold_on_the_direct_path(app, stub: Stub, headers: list, chunks: list,  # type: ignore[no-untyped-def]
-                                        status: int, reads: int) -> None:
-    outcome = _both(app, stub, "POST", "/v1/attest", headers, chunks,
-                    delay=1.0 if status == 408 else 0.0)
+def test_limits_hold_on_the_direct_path(
+    app,
+    stub: Stub,
+    headers: list,
+    chunks: list,  # type: ignore[no-untyped-def]
+    status: int,
+    reads: int,
+) -> None:
+    outcome = _both(
+        app, stub, "POST", "/v1/attest", headers, chunks, delay=1.0 if status == 408 else 0.0
+    )
     assert (outcome.status, outcome.reads, stub.calls) == (status, reads, 0)
     assert (b"connection", b"close") in outcome.headers  # the rest is never read
     label = {400: "bad-request", 408: "timeout", 413: "too-large"}[status]
@@ -207,12 +256,20 @@ def test_limits_hold_on_the_direct_path(app, stub: Stub, headers: list, chunks: 
 
 @pytest.mark.parametrize(
     ("content", "content_type"),
-    [(b'{"policy": "p"}', b"application/json"), (b"not json", b"application/json"),
-     (b"[" * 1000 + b"]" * 1000, b"application/json"), (ATTEST_BODY, b"text/plain")],
+    [
+        (b'{"policy": "p"}', b"application/json"),
+        (b"not json", b"application/json"),
+        (b"[" * 1000 + b"]" * 1000, b"application/json"),
+        (ATTEST_BODY, b"text/plain"),
+    ],
     ids=["missing", "not-json", "deep", "not-json-type"],
 )
-def test_bad_bodies_answer_as_the_stack(app, stub: Stub, content: bytes,  # type: ignore[no-untyped-def]
-                                        content_type: bytes) -> None:
+def test_bad_bodies_answer_as_the_stack(
+    app,
+    stub: Stub,
+    content: bytes,  # type: ignore[no-untyped-def]
+    content_type: bytes,
+) -> None:
     outcome = _both(app, stub, "POST", "/v1/attest", _json(len(content), content_type), [content])
     assert outcome.status == 400 and json.loads(outcome.body)["error"] == "bad-request"
 
@@ -221,8 +278,11 @@ def test_bad_bodies_answer_as_the_stack(app, stub: Stub, content: bytes,  # type
     ("error", "status", "label"),
     [
         (MalformedEvidenceError("bad quote"), 400, "bad-request"),
-        (AttestationRejected([f"policy says {SECRET}"], audit_seq=9, audit_ref="r" * 22), 403,
-         "attestation-rejected"),
+        (
+            AttestationRejected([f"policy says {SECRET}"], audit_seq=9, audit_ref="r" * 22),
+            403,
+            "attestation-rejected",
+        ),
         (EvidenceError("stale", code="collateral-expired"), 403, "attestation-rejected"),
         (PolicyError("x", "bad", [PolicyProblem("x", "bad")]), 400, "bad-request"),
         (ProtocolError("bad key"), 400, "bad-request"),
@@ -249,8 +309,15 @@ def test_bad_bodies_answer_as_the_stack(app, stub: Stub, content: bytes,  # type
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else str(v),
 )
 @pytest.mark.parametrize("path", ["/v1/nonces", "/v1/attest"])
-def test_service_errors_answer_as_the_stack(app, stub: Stub, caplog, path: str,  # type: ignore[no-untyped-def]
-                                            error: Exception, status: int, label: str) -> None:
+def test_service_errors_answer_as_the_stack(
+    app,
+    stub: Stub,
+    caplog,
+    path: str,  # type: ignore[no-untyped-def]
+    error: Exception,
+    status: int,
+    label: str,
+) -> None:
     caplog.set_level(logging.DEBUG)
     stub.error = error
     content = ATTEST_BODY if path == "/v1/attest" else b""
@@ -295,8 +362,14 @@ def test_attestations_run_on_their_own_threads_no_more_at_once_than_configured()
             if message["type"] == "http.response.start":
                 sent.append(message["status"])
 
-        scope = {"type": "http", "method": "POST", "path": "/v1/attest", "root_path": "",
-                 "headers": _json(len(ATTEST_BODY)), "query_string": b""}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/attest",
+            "root_path": "",
+            "headers": _json(len(ATTEST_BODY)),
+            "query_string": b"",
+        }
         await app(scope, receive, send)
 
     async def many() -> None:

@@ -41,8 +41,9 @@ def cas(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """(url, pinned CA file) of a CAS over HTTPS, policy 'shop'; idle ones close after 1 s."""
     service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
     owner = pg.owner_key()
-    service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner),
-                         int(time.time()))
+    service.apply_policy(
+        public_key_id(pg.public_pem(owner)), pg.policy_text(owner), int(time.time())
+    )
     tls = make_loopback_tls(tmp_path / "tls")
     with background_https(create_app(service), tls, limits=RequestLimits(keep_alive_s=1)) as url:
         yield url, tls.ca_cert
@@ -51,7 +52,11 @@ def cas(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def _fetch(url: str, root: Path, **options):  # type: ignore[no-untyped-def]
     return client.fetch_configuration(
-        url, policy="shop", service="web", root=root, simulate=pg.simulated_identity(),
+        url,
+        policy="shop",
+        service="web",
+        root=root,
+        simulate=pg.simulated_identity(),
         **options,
     )
 
@@ -144,15 +149,23 @@ def test_one_connection_serves_many_attestations(cas, tmp_path: Path) -> None:  
     url, ca = cas
     with RoundRobinBalancer([("127.0.0.1", _port(url))]) as balancer:
         with client.CasConnection(balancer.url, ca) as connection:
-            keys = {_fetch(balancer.url, tmp_path, connection=connection).private_key
-                    .public_key().public_numbers() for _ in range(5)}
+            keys = {
+                _fetch(balancer.url, tmp_path, connection=connection)
+                .private_key.public_key()
+                .public_numbers()
+                for _ in range(5)
+            }
         assert len(keys) == 5  # a fresh enclave key every time, on one TLS connection
         assert balancer.connections == [1]
 
 
 @pytest.mark.parametrize("poll", [True, False], ids=["poll", "select-only"])
-def test_a_connection_the_cas_closed_while_idle_is_reopened(cas, tmp_path: Path, poll,  # type: ignore[no-untyped-def]
-                                                            monkeypatch) -> None:
+def test_a_connection_the_cas_closed_while_idle_is_reopened(
+    cas,
+    tmp_path: Path,
+    poll,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     """Also where ``select`` has no poll(): eventlet's green select (the demo runs the
     client beside Nova's harness) — the demo stopped with an AttributeError there."""
     if not poll:
@@ -170,9 +183,11 @@ def test_a_connection_the_cas_closed_while_idle_is_reopened(cas, tmp_path: Path,
 def test_the_pin_holds_and_a_refused_pin_is_one_line(cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     url, _ = cas
     other = make_loopback_tls(tmp_path / "other")
-    with pytest.raises(client.ServiceUnavailable,
-                       match=r"^cannot reach the CAS at https://127\.0\.0\.1:\d+: "
-                             r"SSLCertVerificationError$"):
+    with pytest.raises(
+        client.ServiceUnavailable,
+        match=r"^cannot reach the CAS at https://127\.0\.0\.1:\d+: "
+        r"SSLCertVerificationError$",
+    ):
         _fetch(url, tmp_path, ca_file=other.ca_cert)
 
 
@@ -258,7 +273,6 @@ def test_only_http_connect_proxies_are_used(tmp_path: Path, monkeypatch) -> None
         client.CasConnection("https://127.0.0.1:8443", ca)
 
 
-
 # -- reading answers: every framing a CAS or a load balancer in front may use ----------
 
 OK_JSON = b'{"nonce":"00"}'
@@ -295,23 +309,33 @@ READERS = {
     [
         (b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + OK_JSON, (200, OK_JSON, True)),
         # header names in any case; same Content-Length twice is one length
-        (b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 14\r\nContent-Length: 14\r\nX-A: b\r\n\r\n"
-         + OK_JSON, (200, OK_JSON, True)),
-        (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
-         (503, b"{}", False)),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 14\r\nContent-Length: 14\r\nX-A: b\r\n\r\n"
+            + OK_JSON,
+            (200, OK_JSON, True),
+        ),
+        (
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+            (503, b"{}", False),
+        ),
         (b"HTTP/1.1 200\n\rContent-Length: 0\n\n", None),  # a header name is a token
-        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + OK_JSON,
-         (200, OK_JSON, True)),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-         b"4;ext=1\r\n{\"no\r\nA\r\nnce\":\"00\"}\r\n0\r\nX-Trailer: t\r\n\r\n",
-         (200, OK_JSON, True)),
-        (b"HTTP/1.0 502 Bad Gateway\r\nContent-Type: text/html\r\n\r\n<html>bad</html>",
-         (502, b"<html>bad</html>", False)),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + OK_JSON,
+            (200, OK_JSON, True),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'4;ext=1\r\n{"no\r\nA\r\nnce":"00"}\r\n0\r\nX-Trailer: t\r\n\r\n',
+            (200, OK_JSON, True),
+        ),
+        (
+            b"HTTP/1.0 502 Bad Gateway\r\nContent-Type: text/html\r\n\r\n<html>bad</html>",
+            (502, b"<html>bad</html>", False),
+        ),
         (b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\n" + OK_JSON, (200, OK_JSON, False)),
         (b"HTTP/1.1 204 No Content\r\n\r\n", (204, b"", True)),
         # a bare LF ends a line wherever it is, as it does when read line by line
-        (b"HTTP/1.1 200 OK\r\nX-A: b\nContent-Length: 14\r\n\r\n" + OK_JSON,
-         (200, OK_JSON, True)),
+        (b"HTTP/1.1 200 OK\r\nX-A: b\nContent-Length: 14\r\n\r\n" + OK_JSON, (200, OK_JSON, True)),
         (b"HTTP/1.1 200 OK\nContent-Length: 14\n\r\n" + OK_JSON, (200, OK_JSON, True)),
         # a bare CR ends nothing: no Content-Length here, the body ends with the connection
         (b"HTTP/1.1 200 OK\r\nX-A: b\rContent-Length: 2\r\n\r\n{}", (200, b"{}", False)),
@@ -340,19 +364,25 @@ def test_answers_are_read_by_their_framing(answer: bytes, expected, reader: str)
         (b"SSH-2.0-OpenSSH_9.6\r\n", http.client.BadStatusLine),
         (b"HTTP/2 200\r\n\r\n", http.client.BadStatusLine),
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", http.client.BadStatusLine),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{\"nonce\"", http.client.IncompleteRead),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nContent-Length: 15\r\n\r\n",
-         http.client.HTTPException),
+        (b'HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{"nonce"', http.client.IncompleteRead),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nContent-Length: 15\r\n\r\n",
+            http.client.HTTPException,
+        ),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", http.client.HTTPException),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n folded\r\n\r\n{}", http.client.HTTPException),
         (b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n", http.client.HTTPException),
         (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n", http.client.LineTooLong),
         (b"HTTP/1.1 200 OK\r\n" + b"X: a\r\n" * 101 + b"\r\n", http.client.HTTPException),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", http.client.IncompleteRead),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x4\r\n{\"no\r\n0\r\n\r\n",
-         http.client.HTTPException),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"no\r\n0\r\n\r\n",
-         http.client.HTTPException),  # the chunk swallowed the last one: no end
+        (
+            b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x4\r\n{"no\r\n0\r\n\r\n',
+            http.client.HTTPException,
+        ),
+        (
+            b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{"no\r\n0\r\n\r\n',
+            http.client.HTTPException,
+        ),  # the chunk swallowed the last one: no end
     ],
 )
 @pytest.mark.parametrize("reader", READERS)
@@ -403,8 +433,9 @@ def _scripted_https(tls, answers: list) -> Iterator[tuple[int, list[bytes]]]:  #
 
 def test_keep_alive_follows_the_answers_framing(tmp_path: Path) -> None:
     tls = make_loopback_tls(tmp_path / "tls")
-    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"E\r\n" + OK_JSON + b"\r\n0\r\n\r\n")
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nE\r\n" + OK_JSON + b"\r\n0\r\n\r\n"
+    )
     answers = [
         chunked,
         b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + OK_JSON,
@@ -430,8 +461,10 @@ def test_keep_alive_follows_the_answers_framing(tmp_path: Path) -> None:
 def test_an_interrupted_request_never_leaves_its_answer_for_the_next(tmp_path: Path) -> None:
     tls = make_loopback_tls(tmp_path / "tls")
     first, second = b'{"nonce":"01"}', b'{"nonce":"02"}'
-    answers = [(1.0, b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + first),
-               b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + second]
+    answers = [
+        (1.0, b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + first),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n" + second,
+    ]
 
     class Interrupted(BaseException):
         pass
@@ -441,9 +474,10 @@ def test_an_interrupted_request_never_leaves_its_answer_for_the_next(tmp_path: P
 
     previous = signal.signal(signal.SIGALRM, interrupt)
     try:
-        with _scripted_https(tls, answers) as (port, _), client.CasConnection(
-            f"https://127.0.0.1:{port}", tls.ca_cert
-        ) as connection:
+        with (
+            _scripted_https(tls, answers) as (port, _),
+            client.CasConnection(f"https://127.0.0.1:{port}", tls.ca_cert) as connection,
+        ):
             signal.setitimer(signal.ITIMER_REAL, 0.3)  # while the first answer is late
             with pytest.raises(Interrupted):
                 connection.post_json("/v1/nonces")

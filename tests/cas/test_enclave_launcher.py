@@ -52,8 +52,17 @@ def enclave_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     python = venv / "bin/python"
     site = work / "app/site-packages"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--target", str(site), f"{wheel}[client]"],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            f"{wheel}[client]",
+        ],
         check=True,
         timeout=600,
         capture_output=True,
@@ -79,8 +88,12 @@ def test_the_client_extra_holds_nothing_server_side(enclave_python) -> None:  # 
         "print(sorted(m for m in ('httpx', 'httpcore', 'h11', 'anyio') if m in sys.modules))"
     )
     answer = subprocess.run(
-        [str(python), "-c", probe], env=_enclave_env(site), capture_output=True, text=True,
-        timeout=60, check=True,
+        [str(python), "-c", probe],
+        env=_enclave_env(site),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     server_modules, ours, http_clients = answer.stdout.splitlines()
     assert server_modules == "[]"
@@ -95,15 +108,29 @@ def test_launcher_has_a_real_help(enclave_python) -> None:  # type: ignore[no-un
     python, site = enclave_python
     helped = subprocess.run(
         [str(python), "-m", "sgxcloud.cas.client", "launch", "--help"],
-        env=_enclave_env(site), capture_output=True, text=True, timeout=60,
+        env=_enclave_env(site),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert helped.returncode == 0
-    for word in ("--url", "--ca-file", "--root", "--attempts", "SGXCLOUD_CAS_CA", "Exit",
-                 "--policy-owner", "--no-owner-pin"):
+    for word in (
+        "--url",
+        "--ca-file",
+        "--root",
+        "--attempts",
+        "SGXCLOUD_CAS_CA",
+        "Exit",
+        "--policy-owner",
+        "--no-owner-pin",
+    ):
         assert word in helped.stdout
     missing = subprocess.run(
         [str(python), "-m", "sgxcloud.cas.client", "launch"],
-        env=_enclave_env(site), capture_output=True, text=True, timeout=60,
+        env=_enclave_env(site),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.strip() == (
@@ -157,19 +184,25 @@ def test_launcher_installs_files_env_argv_and_keys_and_the_example_serves(
     processes: list[subprocess.Popen] = []  # type: ignore[type-arg]
     identity = pg.simulated_identity()
     try:
-        with background_https(create_app(service), tls) as url, FakeAttestationDevice(
-            tree["db"], identity
-        ) as db_device, FakeAttestationDevice(tree["web"], identity) as web_device:
-            settings = {"SGXCLOUD_CAS_URL": url, "SGXCLOUD_CAS_POLICY": "notes",
-                        "SGXCLOUD_CAS_CA": str(tls.ca_cert),
-                        "SGXCLOUD_CAS_POLICY_OWNERS": owner_id}
+        with (
+            background_https(create_app(service), tls) as url,
+            FakeAttestationDevice(tree["db"], identity) as db_device,
+            FakeAttestationDevice(tree["web"], identity) as web_device,
+        ):
+            settings = {
+                "SGXCLOUD_CAS_URL": url,
+                "SGXCLOUD_CAS_POLICY": "notes",
+                "SGXCLOUD_CAS_CA": str(tls.ca_cert),
+                "SGXCLOUD_CAS_POLICY_OWNERS": owner_id,
+            }
 
             def launch(name: str) -> subprocess.Popen:  # type: ignore[type-arg]
                 process = subprocess.Popen(
-                    [str(python), "-m", "sgxcloud.cas.client", "launch", "--root",
-                     str(tree[name])],
+                    [str(python), "-m", "sgxcloud.cas.client", "launch", "--root", str(tree[name])],
                     env=_enclave_env(site, **settings, SGXCLOUD_CAS_SERVICE=name),
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
                 )
                 processes.append(process)
                 return process
@@ -197,12 +230,14 @@ def test_launcher_installs_files_env_argv_and_keys_and_the_example_serves(
                 assert web.get(base + "/health").json() == {"ok": True}
                 assert web.post(base + "/note-1", content=b"hello").status_code == 201
                 assert web.get(base + "/").json() == {"note-1": "hello"}
-                wrong = web.get(f"https://127.0.0.1:{db_port}/",
-                                headers={"Authorization": "Bearer guessed"})
+                wrong = web.get(
+                    f"https://127.0.0.1:{db_port}/", headers={"Authorization": "Bearer guessed"}
+                )
                 assert wrong.status_code == 401
             entries = [e for e in audit.entries(service.database) if e.kind == "attestation"]
             assert [(e.subject, e.outcome) for e in entries] == [
-                ("notes/db", "accepted"), ("notes/web", "accepted")
+                ("notes/db", "accepted"),
+                ("notes/web", "accepted"),
             ]
             assert all(e.detail["simulated"] for e in entries)
     finally:
@@ -230,14 +265,33 @@ def test_a_refused_enclave_starts_nothing(enclave_python, tmp_path: Path) -> Non
     tls = make_loopback_tls(tmp_path / "tls")
     other_build = pg.simulated_identity("ee" * 32)
     try:
-        with background_https(create_app(service), tls) as url, FakeAttestationDevice(
-            tree["db"], other_build
+        with (
+            background_https(create_app(service), tls) as url,
+            FakeAttestationDevice(tree["db"], other_build),
         ):
             answer = subprocess.run(
-                [str(python), "-m", "sgxcloud.cas.client", "launch", "--root", str(tree["db"]),
-                 "--url", url, "--policy", "notes", "--service", "db",
-                 "--ca-file", str(tls.ca_cert), "--policy-owner", owner_id],
-                env=_enclave_env(site), capture_output=True, text=True, timeout=300,
+                [
+                    str(python),
+                    "-m",
+                    "sgxcloud.cas.client",
+                    "launch",
+                    "--root",
+                    str(tree["db"]),
+                    "--url",
+                    url,
+                    "--policy",
+                    "notes",
+                    "--service",
+                    "db",
+                    "--ca-file",
+                    str(tls.ca_cert),
+                    "--policy-owner",
+                    owner_id,
+                ],
+                env=_enclave_env(site),
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
         assert answer.returncode == 1
         assert "Traceback" not in answer.stderr
@@ -267,12 +321,16 @@ def test_json_probe_of_fetch_from_client_only_install(enclave_python, tmp_path: 
         " 'files': sorted(f.configuration.files), 'simulated': f.simulated}))\n"
     )
     try:
-        with background_https(create_app(service), tls) as url, FakeAttestationDevice(
-            root, pg.simulated_identity()
+        with (
+            background_https(create_app(service), tls) as url,
+            FakeAttestationDevice(root, pg.simulated_identity()),
         ):
             answer = subprocess.run(
                 [str(python), "-c", script, url, str(tls.ca_cert), str(root)],
-                env=_enclave_env(site), capture_output=True, text=True, timeout=300,
+                env=_enclave_env(site),
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
         assert answer.returncode == 0, answer.stderr
         got = json.loads(answer.stdout)

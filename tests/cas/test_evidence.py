@@ -311,8 +311,11 @@ def test_malformed_simulated_documents_are_rejected(change):
 
 def _dumped_whole(identity: EnclaveIdentity, report_data: bytes) -> bytes:
     """The simulated document as one json.dumps of all its fields (the reference layout)."""
-    default = "0700000000000000e700000000000000" if identity.debug else (
-        "0500000000000000e700000000000000")
+    default = (
+        "0700000000000000e700000000000000"
+        if identity.debug
+        else ("0500000000000000e700000000000000")
+    )
     document = {
         "format": SIMULATED_FORMAT,
         "WARNING": SIMULATED_WARNING,
@@ -332,14 +335,20 @@ def _dumped_whole(identity: EnclaveIdentity, report_data: bytes) -> bytes:
     [
         IDENTITY,
         replace(IDENTITY, debug=True),
-        replace(IDENTITY, mrenclave="AB" * 32, mrsigner="0F" * 32, isvprodid=65535, isvsvn=0,
-                attributes="0500000000000000E700000000000000"),
+        replace(
+            IDENTITY,
+            mrenclave="AB" * 32,
+            mrsigner="0F" * 32,
+            isvprodid=65535,
+            isvsvn=0,
+            attributes="0500000000000000E700000000000000",
+        ),
     ],
 )
 def test_simulated_evidence_is_the_whole_document_whatever_the_report_data(identity):
     """Made from a per-identity template (the benchmark's enclaves make one per round trip),
     the evidence is byte for byte the document dumped whole, for every report data in turn."""
-    for report_data in (b"", b"nonce", bytes(range(64)), b"\xff" * 64, b"\"report_data\": \""):
+    for report_data in (b"", b"nonce", bytes(range(64)), b"\xff" * 64, b'"report_data": "'):
         evidence = make_simulated_evidence(identity, report_data)
         assert evidence.raw == _dumped_whole(identity, report_data)
         verified = SimulatedVerifier().verify(evidence, 0)

@@ -54,7 +54,8 @@ def gramine_environment() -> jinja2.Environment:
         "purelib": Path(paths["purelib"]),
         "distlib": Path(
             sysconfig.get_path("stdlib", vars={"py_version_short": sys.version_info[0]})
-        ) / "dist-packages",
+        )
+        / "dist-packages",
         "get_config_var": sysconfig.get_config_var,
         "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX"),
         "implementation": sys.implementation,
@@ -98,9 +99,9 @@ def test_renders_to_toml_with_the_launcher_and_pinned_settings() -> None:
     assert manifest["sgx"]["remote_attestation"] == "dcap"
     assert manifest["sgx"]["debug"] is False
     assert f"file:{sysconfig.get_paths()['stdlib']}/" in manifest["sgx"]["trusted_files"]
-    assert "file:/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc/" in manifest["sgx"][
-        "trusted_files"
-    ]
+    assert (
+        "file:/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc/" in manifest["sgx"]["trusted_files"]
+    )
     # Nothing the host controls reaches the enclave: no argv or environment passthrough.
     assert "insecure__use_cmdline_argv" not in manifest["loader"]
     assert "insecure__use_host_env" not in manifest["loader"]

@@ -47,8 +47,13 @@ def _attest_body(api: Api, identity=None) -> tuple[dict, object, str]:  # type: 
         identity or pg.simulated_identity(),
         protocol.report_data_for(key.public_key(), bytes.fromhex(nonce)),
     )
-    body = {"policy": "shop", "service": "web", "nonce": nonce, "public_key": pg.public_pem(key),
-            "evidence": base64.b64encode(evidence.raw).decode()}
+    body = {
+        "policy": "shop",
+        "service": "web",
+        "nonce": nonce,
+        "public_key": pg.public_pem(key),
+        "evidence": base64.b64encode(evidence.raw).decode(),
+    }
     return body, key, nonce
 
 
@@ -63,8 +68,9 @@ def test_answers_are_the_documented_models(api: Api) -> None:
     accepted = schemas.AttestResponse.model_validate_json(answer.content)
     assert (accepted.policy, accepted.service, accepted.nonce) == ("shop", "web", nonce)
     assert accepted.hpke_suite == protocol.HPKE_SUITE_NAME and accepted.simulated is True
-    config = protocol.open_configuration(base64.b64decode(accepted.sealed_configuration), key,
-                                         bytes.fromhex(nonce))
+    config = protocol.open_configuration(
+        base64.b64decode(accepted.sealed_configuration), key, bytes.fromhex(nonce)
+    )
     assert config.env["API_TOKEN"]
     # The replay is rejected as every rejection is: 403, code 'rejected', the audit entry.
     replay = api.client.post("/v1/attest", json=body)
@@ -79,12 +85,40 @@ def test_answers_are_the_documented_models(api: Api) -> None:
     ("content", "content_type", "field"),
     [
         (b'{"policy": "p"}', "application/json", "service"),  # the first field missing
-        (json.dumps({"policy": "Not A Name", "service": "web", "nonce": "00",
-                     "public_key": "k", "evidence": "e"}).encode(), "application/json", "policy"),
-        (json.dumps({"policy": "p", "service": "web", "nonce": "00", "public_key": "k",
-                     "evidence": "e", "more": 1}).encode(), "application/json", "more"),
-        (json.dumps({"policy": "p", "service": "web", "nonce": 7, "public_key": "k",
-                     "evidence": "e"}).encode(), "application/vnd.x+json", "nonce"),
+        (
+            json.dumps(
+                {
+                    "policy": "Not A Name",
+                    "service": "web",
+                    "nonce": "00",
+                    "public_key": "k",
+                    "evidence": "e",
+                }
+            ).encode(),
+            "application/json",
+            "policy",
+        ),
+        (
+            json.dumps(
+                {
+                    "policy": "p",
+                    "service": "web",
+                    "nonce": "00",
+                    "public_key": "k",
+                    "evidence": "e",
+                    "more": 1,
+                }
+            ).encode(),
+            "application/json",
+            "more",
+        ),
+        (
+            json.dumps(
+                {"policy": "p", "service": "web", "nonce": 7, "public_key": "k", "evidence": "e"}
+            ).encode(),
+            "application/vnd.x+json",
+            "nonce",
+        ),
         (b"not json", "application/json", None),
         (b"", "application/json", None),
         (b"[]", "application/json", None),
@@ -92,12 +126,22 @@ def test_answers_are_the_documented_models(api: Api) -> None:
         (b'{"policy": "p"}', "text/plain", None),  # JSON only as application/json, as before
         (b'{"policy": "p"}', None, None),
     ],
-    ids=["missing", "pattern", "extra", "type", "not-json", "empty", "array", "deep",
-         "text-plain", "no-type"],
+    ids=[
+        "missing",
+        "pattern",
+        "extra",
+        "type",
+        "not-json",
+        "empty",
+        "array",
+        "deep",
+        "text-plain",
+        "no-type",
+    ],
 )
-def test_bad_attest_bodies_are_400_naming_the_field(api: Api, content: bytes,
-                                                    content_type: str | None,
-                                                    field: str | None) -> None:
+def test_bad_attest_bodies_are_400_naming_the_field(
+    api: Api, content: bytes, content_type: str | None, field: str | None
+) -> None:
     headers = {"content-type": content_type} if content_type else {}
     answer = api.client.post("/v1/attest", content=content, headers=headers)
     assert answer.status_code == 400, answer.text
@@ -110,11 +154,13 @@ def test_bad_attest_bodies_are_400_naming_the_field(api: Api, content: bytes,
 def test_a_direct_route_takes_only_a_json_body_and_answers_a_response() -> None:
     app = FastAPI()
     with pytest.raises(TypeError, match="at most one JSON body"):
-        app.router.add_api_route("/q", _with_query, methods=["GET"],
-                                 route_class_override=DirectRoute)
+        app.router.add_api_route(
+            "/q", _with_query, methods=["GET"], route_class_override=DirectRoute
+        )
     app.router.add_api_route("/ok", _answers, methods=["POST"], route_class_override=DirectRoute)
-    app.router.add_api_route("/bad", _no_response, methods=["POST"],
-                             route_class_override=DirectRoute)
+    app.router.add_api_route(
+        "/bad", _no_response, methods=["POST"], route_class_override=DirectRoute
+    )
     client = TestClient(app, raise_server_exceptions=False)
     assert client.post("/ok").json() == {"ok": True}
     assert client.post("/bad").status_code == 500

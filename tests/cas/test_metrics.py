@@ -68,7 +68,12 @@ def test_metrics_count_attestations_by_verdict_and_code(tmp_path: Path) -> None:
         body = json.dumps({"policy": pg.policy_text(owner)}).encode()
         # The app runs on the real clock: sign with it.
         headers = auth.sign_request(
-            owner, "PUT", "/v1/policies", body, now=int(time.time()), audience=pg.AUDIENCE,
+            owner,
+            "PUT",
+            "/v1/policies",
+            body,
+            now=int(time.time()),
+            audience=pg.AUDIENCE,
             deployment=service.deployment_id,
         )
         headers["content-type"] = "application/json"

@@ -33,14 +33,22 @@ LIVE, GONE, NEVER = "alice-live", "alice-gone", "alice-never"
 class Api:
     def __init__(self, url: str) -> None:
         self.service = pg.make_service(url)
-        self.client = TestClient(create_app(self.service, clock=lambda: NOW,
-                                            audiences=[pg.AUDIENCE]),
-                                 raise_server_exceptions=False)
+        self.client = TestClient(
+            create_app(self.service, clock=lambda: NOW, audiences=[pg.AUDIENCE]),
+            raise_server_exceptions=False,
+        )
 
     def signed(self, method: str, path: str, key, body: dict | None = None):  # type: ignore[no-untyped-def]
         content = json.dumps(body).encode() if body is not None else b""
-        headers = auth.sign_request(key, method, path, content, now=NOW, audience=pg.AUDIENCE,
-                                    deployment=self.service.deployment_id)
+        headers = auth.sign_request(
+            key,
+            method,
+            path,
+            content,
+            now=NOW,
+            audience=pg.AUDIENCE,
+            deployment=self.service.deployment_id,
+        )
         if body is not None:
             headers["content-type"] = "application/json"
         return self.client.request(method, path, content=content, headers=headers)
@@ -88,7 +96,8 @@ def test_reading_or_deleting_a_name_answers_alike_whether_it_exists(world) -> No
     assert status == 404 and "deleted" not in body
     digest = "0" * 64
     status, _ = _same_for_every_name(
-        lambda n: api.signed("DELETE", f"/v1/policies/{n}?predecessor={digest}", eve))
+        lambda n: api.signed("DELETE", f"/v1/policies/{n}?predecessor={digest}", eve)
+    )
     assert status == 404
     # The owner still reads and deletes hers; a reader still reads.
     assert api.signed("GET", f"/v1/policies/{LIVE}", alice).status_code == 200
@@ -98,8 +107,9 @@ def test_writing_a_name_one_does_not_own_answers_alike(world) -> None:  # type: 
     api, alice = world
     eve = pg.owner_key()
     # An update (it names a predecessor): never a create, so one answer for all three.
-    status, body = _same_for_every_name(lambda n: api.apply(
-        eve, pg.policy_text(eve, name=n, predecessor="1" * 64)))
+    status, body = _same_for_every_name(
+        lambda n: api.apply(eve, pg.policy_text(eve, name=n, predecessor="1" * 64))
+    )
     assert status == 404 and "deleted" not in body
     # A create that does not list the caller as owner.
     status, _ = _same_for_every_name(lambda n: api.apply(eve, pg.policy_text(alice, name=n)))
@@ -152,9 +162,10 @@ def test_an_import_says_alike_whether_the_exporter_exists_offers_or_has_the_secr
     def importer(exporter: str, owner: str, secret: str) -> str:
         text = pg.policy_text(eve, name="eve-imports")
         doc = yaml.safe_load(text)
-        doc["secrets"]["x"] = {"kind": "random",
-                               "import_from": {"policy": exporter, "owner": owner,
-                                               "secret": secret}}
+        doc["secrets"]["x"] = {
+            "kind": "random",
+            "import_from": {"policy": exporter, "owner": owner, "secret": secret},
+        }
         return yaml.safe_dump(doc)
 
     def message(exporter: str, owner: str, secret: str) -> tuple[int, str]:

@@ -146,8 +146,11 @@ def test_a_revoked_certificate_authenticates_no_one_by_signature_or_mutual_tls(
     (tmp_path / "alice.pem").write_bytes(alice.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "alice.key").write_bytes(pg.private_pem(key))
     crl = tmp_path / "owners.crl"
-    crl.write_bytes(crl_of(owners, [], next_update=NOW + dt.timedelta(days=7)).public_bytes(
-        serialization.Encoding.PEM))
+    crl.write_bytes(
+        crl_of(owners, [], next_update=NOW + dt.timedelta(days=7)).public_bytes(
+            serialization.Encoding.PEM
+        )
+    )
     cas = Cas(
         home,
         {
@@ -168,16 +171,22 @@ def test_a_revoked_certificate_authenticates_no_one_by_signature_or_mutual_tls(
             with httpx.Client(base_url=url, verify=mutual) as http:
                 assert http.get("/v1/policies/shop").status_code == 200
             # The owner CA revokes Alice's certificate: the new CRL is read at once.
-            crl.write_bytes(crl_of(owners, [alice], next_update=NOW + dt.timedelta(days=7))
-                            .public_bytes(serialization.Encoding.DER))
+            crl.write_bytes(
+                crl_of(owners, [alice], next_update=NOW + dt.timedelta(days=7)).public_bytes(
+                    serialization.Encoding.DER
+                )
+            )
             with as_alice(url) as owner, pytest.raises(AccessDenied, match="revoked"):
                 owner.show("shop")
             with httpx.Client(base_url=url, verify=mutual) as http:
                 answer = http.get("/v1/policies/shop")
                 assert answer.status_code == 401 and "revoked" in answer.json()["message"]
             # A CRL past its next update stops certificate owners (fail closed).
-            crl.write_bytes(crl_of(owners, [], next_update=NOW - dt.timedelta(minutes=1))
-                            .public_bytes(serialization.Encoding.PEM))
+            crl.write_bytes(
+                crl_of(owners, [], next_update=NOW - dt.timedelta(minutes=1)).public_bytes(
+                    serialization.Encoding.PEM
+                )
+            )
             with as_alice(url) as owner, pytest.raises(AccessDenied, match="out of date"):
                 owner.show("shop")
     finally:
@@ -211,10 +220,13 @@ def _authority(
         .serial_number(x509.random_serial_number())
         .not_valid_before(NOW - dt.timedelta(days=1))
         .not_valid_after(NOW + dt.timedelta(days=300))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0),
-                       critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                       critical=True)
+        .add_extension(
+            x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0), critical=True
+        )
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),  # type: ignore[arg-type]
@@ -228,9 +240,13 @@ def _authority(
 def _with_usage(key: Any, usage: x509.KeyUsage | None, eku: list | None) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "signer")])
     builder = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=30))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=30))
     )
     if usage is not None:
         builder = builder.add_extension(usage, critical=True)
@@ -283,16 +299,21 @@ def test_with_crls_every_certificate_of_the_chain_needs_a_current_crl_of_its_iss
     root_crl, middle_crl = tmp_path / "root.crl", tmp_path / "middle.crl"
 
     def publish(path: Path, ca: secrets.CertificateAuthority, revoked: list) -> None:  # type: ignore[type-arg]
-        path.write_bytes(crl_of(ca, revoked, next_update=NOW + dt.timedelta(days=7))
-                         .public_bytes(serialization.Encoding.PEM))
+        path.write_bytes(
+            crl_of(ca, revoked, next_update=NOW + dt.timedelta(days=7)).public_bytes(
+                serialization.Encoding.PEM
+            )
+        )
 
     publish(root_crl, root, [])
     publish(middle_crl, middle, [alice])
     environ = {"SGXCLOUD_CAS_OWNER_CA_FILE": str(tmp_path / "owners.pem")}
     only_root = Cas(home, {**environ, "SGXCLOUD_CAS_OWNER_CRL_FILES": str(root_crl)})
     both = {**environ, "SGXCLOUD_CAS_OWNER_CRL_FILES": f"{root_crl}:{middle_crl}"}
-    for cas, expected in ((only_root, "no current owner CRL of CN=owners team"),
-                          (Cas(home, both), "revoked")):
+    for cas, expected in (
+        (only_root, "no current owner CRL of CN=owners team"),
+        (Cas(home, both), "revoked"),
+    ):
         service, served = cas.serve()
         try:
             with served as url, pytest.raises(AccessDenied, match=expected):

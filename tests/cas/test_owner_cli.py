@@ -28,32 +28,63 @@ def test_keygen_makes_a_private_key_a_public_key_and_a_csr(
     tmp_path: Path, capsys, algorithm: str
 ) -> None:  # type: ignore[no-untyped-def]
     key_file = tmp_path / "alice.pem"
-    args = ["owner", "keygen", "--out", str(key_file), "--algorithm", algorithm,
-            "--csr", str(tmp_path / "alice.csr"), "--subject", "CN=alice,O=Example", "--json"]
+    args = [
+        "owner",
+        "keygen",
+        "--out",
+        str(key_file),
+        "--algorithm",
+        algorithm,
+        "--csr",
+        str(tmp_path / "alice.csr"),
+        "--subject",
+        "CN=alice,O=Example",
+        "--json",
+    ]
     assert cli(args) == 0
     made = json.loads(capsys.readouterr().out)
     assert key_file.stat().st_mode & 0o777 == 0o600
     public = (tmp_path / "alice.pub.pem").read_bytes()
     assert made["id"] == public_key_id(public)
     private = serialization.load_pem_private_key(key_file.read_bytes(), None)
-    assert public_key_id(
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert (
+        public_key_id(
+            private.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
         )
-    ) == made["id"]
+        == made["id"]
+    )
     csr = x509.load_pem_x509_csr((tmp_path / "alice.csr").read_bytes())
     assert csr.is_signature_valid and csr.subject.rfc4514_string() == "CN=alice,O=Example"
     # Never replaces a key; nothing half-written.
     assert cli(["owner", "keygen", "--out", str(key_file)]) == 2
     assert "exists; refusing to replace it" in capsys.readouterr().err
-    assert cli(["owner", "keygen", "--out", str(tmp_path / "b.pem"), "--csr",
-                str(tmp_path / "b.csr")]) == 2
+    assert (
+        cli(["owner", "keygen", "--out", str(tmp_path / "b.pem"), "--csr", str(tmp_path / "b.csr")])
+        == 2
+    )
     assert not (tmp_path / "b.pem").exists()
 
 
 def test_owner_id_from_any_key_certificate_or_csr(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    assert cli(["owner", "keygen", "--out", str(tmp_path / "o.pem"), "--algorithm", "p256",
-                "--csr", str(tmp_path / "o.csr"), "--subject", "CN=owner"]) == 0
+    assert (
+        cli(
+            [
+                "owner",
+                "keygen",
+                "--out",
+                str(tmp_path / "o.pem"),
+                "--algorithm",
+                "p256",
+                "--csr",
+                str(tmp_path / "o.csr"),
+                "--subject",
+                "CN=owner",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     key_id = public_key_id((tmp_path / "o.pub.pem").read_bytes())
     # An owner CA signs the CSR: the certificate-based owner's id.
@@ -61,16 +92,20 @@ def test_owner_id_from_any_key_certificate_or_csr(tmp_path: Path, capsys) -> Non
     csr = x509.load_pem_x509_csr((tmp_path / "o.csr").read_bytes())
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(csr.subject)
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
         .issuer_name(x509.Name.from_rfc4514_string("CN=owner CA"))
-        .public_key(csr.public_key()).serial_number(1)
-        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+        .public_key(csr.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
         .sign(ca_key, hashes.SHA256())
     )
     (tmp_path / "o.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "o.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
     expected = {
-        "o.pem": key_id, "o.pub.pem": key_id,
+        "o.pem": key_id,
+        "o.pub.pem": key_id,
         "o.crt": certificate_id(cert.public_bytes(serialization.Encoding.DER)),
         "o.der": certificate_id(cert.public_bytes(serialization.Encoding.DER)),
     }
@@ -106,7 +141,9 @@ def test_validate_lists_every_problem_with_its_field(tmp_path: Path, capsys) -> 
     assert lines[0] == f"error: {broken}: 4 problem(s):"
     fields = sorted(line.split(":")[0].strip() for line in lines[1:])
     assert fields == [
-        "secrets.api_token.size", "secrets.db_password.kind", "services.web",
+        "secrets.api_token.size",
+        "secrets.db_password.kind",
+        "services.web",
         "services.web.identities[0].mrenclave",
     ]
     assert cli(["policy", "validate", "--json", str(broken)]) == 1
@@ -161,7 +198,11 @@ def test_keygen_then_apply_then_attest_and_piped_output_is_whole(
     assert capsys.readouterr().out.strip() == public_key_id(public)
     # An enclave of that policy attests and gets its configuration.
     fetched = client.fetch_configuration(
-        url, policy="shop", service="web", ca_file=tls.ca_cert, root=tmp_path,
+        url,
+        policy="shop",
+        service="web",
+        ca_file=tls.ca_cert,
+        root=tmp_path,
         simulate=pg.simulated_identity(),
     )
     assert fetched.policy_hash == full_hash

@@ -167,7 +167,12 @@ def test_a_request_refused_by_the_other_deployment_is_still_accepted_by_its_own(
         service.apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
     assert services[0].deployment_id != services[1].deployment_id
     signed_for_a = auth.sign_request(
-        owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=PUBLIC,
+        owner,
+        "GET",
+        "/v1/policies/shop",
+        b"",
+        now=int(time.time()),
+        audience=PUBLIC,
         deployment=services[0].deployment_id,
     )
     with httpx.Client(verify=pinned_tls(ca)) as http:
@@ -188,11 +193,15 @@ def test_a_consent_for_one_deployment_is_refused_by_another_at_the_same_origin(
     (a, b), ca, services = same_origin
     alice, bob = pg.owner_key(), pg.owner_key()
     text = pg.policy_text([alice, bob])
-    bobs = client.consent(bob, PUBLIC, text, now=int(time.time()),
-                          deployment=services[0].deployment_id)
+    bobs = client.consent(
+        bob, PUBLIC, text, now=int(time.time()), deployment=services[0].deployment_id
+    )
     with client.OwnerClient(b, alice, ca_file=ca, audience=PUBLIC) as at_b:
-        with pytest.raises(AccessDenied, match=r"consent of key:sha256:[0-9a-f]+ was made for "
-                                               r"another CAS deployment"):
+        with pytest.raises(
+            AccessDenied,
+            match=r"consent of key:sha256:[0-9a-f]+ was made for "
+            r"another CAS deployment",
+        ):
             at_b.apply(text, [bobs])
         with pytest.raises(client.PolicyNotFound):
             at_b.show("shop")
@@ -220,7 +229,12 @@ def test_a_request_is_accepted_once_across_replicas_on_one_database(
             background_https(create_app(replicas[1], audiences=[public]), tls) as two,
         ):
             headers = auth.sign_request(
-                owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=public,
+                owner,
+                "GET",
+                "/v1/policies/shop",
+                b"",
+                now=int(time.time()),
+                audience=public,
                 deployment=deployment,
             )
             with httpx.Client(verify=pinned_tls(tls.ca_cert)) as http:
@@ -229,7 +243,12 @@ def test_a_request_is_accepted_once_across_replicas_on_one_database(
                 assert again.status_code == 401 and "already used" in again.json()["message"]
                 assert http.get(f"{one}/v1/policies/shop", headers=headers).status_code == 401
                 fresh = auth.sign_request(
-                    owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=public,
+                    owner,
+                    "GET",
+                    "/v1/policies/shop",
+                    b"",
+                    now=int(time.time()),
+                    audience=public,
                     deployment=deployment,
                 )
                 assert http.get(f"{two}/v1/policies/shop", headers=fresh).status_code == 200
@@ -262,7 +281,12 @@ def test_a_replica_with_a_clock_ahead_does_not_purge_a_request_another_still_acc
             httpx.Client(verify=pinned_tls(tls.ca_cert)) as http,
         ):
             captured = auth.sign_request(
-                owner, "GET", "/v1/policies/shop", b"", now=start, audience=public,
+                owner,
+                "GET",
+                "/v1/policies/shop",
+                b"",
+                now=start,
+                audience=public,
                 deployment=replicas[0].deployment_id,
             )
             assert http.get(f"{one}/v1/policies/shop", headers=captured).status_code == 200
@@ -270,7 +294,12 @@ def test_a_replica_with_a_clock_ahead_does_not_purge_a_request_another_still_acc
             fast[0] += 110  # A would still accept the request's date (±300 s)
             # Any signed request at B, even a stranger's, runs B's purge.
             anyone = auth.sign_request(
-                stranger, "GET", "/v1/audit", b"", now=int(fast[0]), audience=public,
+                stranger,
+                "GET",
+                "/v1/audit",
+                b"",
+                now=int(fast[0]),
+                audience=public,
                 deployment=replicas[1].deployment_id,
             )
             http.get(f"{two}/v1/audit", headers=anyone)
@@ -291,10 +320,17 @@ def _older_signature(key: Any, method: str, path: str, *, now: int, audience: st
     from cryptography.hazmat.primitives.asymmetric import ec
 
     request_id = os.urandom(16).hex()
-    payload = b"\n".join([
-        b"sgxcloud-cas-request-v2", audience.encode(), method.encode(), path.encode(),
-        str(now).encode(), request_id.encode(), hashlib.sha256(b"").hexdigest().encode(),
-    ])
+    payload = b"\n".join(
+        [
+            b"sgxcloud-cas-request-v2",
+            audience.encode(),
+            method.encode(),
+            path.encode(),
+            str(now).encode(),
+            request_id.encode(),
+            hashlib.sha256(b"").hexdigest().encode(),
+        ]
+    )
     der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -314,8 +350,9 @@ def test_older_signatures_are_refused_naming_the_upgrade(same_origin) -> None:  
     (a, _), ca, services = same_origin
     owner = pg.owner_key()
     services[0].apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
-    older = _older_signature(owner, "GET", "/v1/policies/shop", now=int(time.time()),
-                             audience=PUBLIC)
+    older = _older_signature(
+        owner, "GET", "/v1/policies/shop", now=int(time.time()), audience=PUBLIC
+    )
     with httpx.Client(verify=pinned_tls(ca)) as http:
         answer = http.get(f"{a}/v1/policies/shop", headers=older)
         assert answer.status_code == 401
@@ -327,14 +364,18 @@ def test_older_signatures_are_refused_naming_the_upgrade(same_origin) -> None:  
         answer = http.get(f"{a}/v1/policies/shop", headers=dressed)
         assert answer.status_code == 401 and "does not verify" in answer.json()["message"]
         # Refused before the body is read (sgxcloud.web.limits), so no body is held.
-        put = http.put(f"{a}/v1/policies", headers={**older, "content-length": "100000"},
-                       content=b"{" + b" " * 99_999)
+        put = http.put(
+            f"{a}/v1/policies",
+            headers={**older, "content-length": "100000"},
+            content=b"{" + b" " * 99_999,
+        )
         assert put.status_code == 401 and "older form" in put.json()["message"]
     # An older consent (sgxcloud-cas-owner-consent-v1, no deployment) is refused too.
     alice, bob = pg.owner_key(), pg.owner_key()
     text = pg.policy_text([alice, bob], name="shared")
-    consent = client.consent(bob, PUBLIC, text, now=int(time.time()),
-                             deployment=services[0].deployment_id)
+    consent = client.consent(
+        bob, PUBLIC, text, now=int(time.time()), deployment=services[0].deployment_id
+    )
     del consent["deployment"]
     with (
         client.OwnerClient(a, alice, ca_file=ca, audience=PUBLIC) as owner_client,
@@ -350,7 +391,12 @@ def test_requests_without_request_id_or_audience_are_refused(two_cas) -> None:  
     with client.OwnerClient(url, owner, ca_file=ca) as owner_client:
         deployment = owner_client.deployment_id()  # what GET /v1/health says
     headers = auth.sign_request(
-        owner, "GET", "/v1/audit", b"", now=int(time.time()), audience=auth.origin_of(url),
+        owner,
+        "GET",
+        "/v1/audit",
+        b"",
+        now=int(time.time()),
+        audience=auth.origin_of(url),
         deployment=deployment,
     )
     with httpx.Client(verify=pinned_tls(ca)) as http:
@@ -388,9 +434,13 @@ def test_one_signature_is_accepted_once_whichever_credential_names_its_key(
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "owner")])
     now = dt.datetime.now(dt.UTC)
     certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(owner.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(owner.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
         .sign(owner, hashes.SHA256())
     )
     # The owner's bare key owns the policy; the owner's certificate (same key) reads it.
@@ -402,8 +452,14 @@ def test_one_signature_is_accepted_once_whichever_credential_names_its_key(
     owner_id = public_key_id(pg.public_pem(owner))
     services[0].apply_policy(owner_id, yaml.safe_dump(document), pg.CLOCK)
     signed = auth.sign_request(
-        owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=PUBLIC,
-        deployment=services[0].deployment_id, certificate=certificate,
+        owner,
+        "GET",
+        "/v1/policies/shop",
+        b"",
+        now=int(time.time()),
+        audience=PUBLIC,
+        deployment=services[0].deployment_id,
+        certificate=certificate,
     )
     as_key = {k: v for k, v in signed.items() if k != auth.CERT_HEADER}
     spki = owner.public_key().public_bytes(
@@ -417,7 +473,12 @@ def test_one_signature_is_accepted_once_whichever_credential_names_its_key(
         assert "already used" in replayed.json()["message"]
         # Either way round.
         fresh = auth.sign_request(
-            owner, "GET", "/v1/policies/shop", b"", now=int(time.time()), audience=PUBLIC,
+            owner,
+            "GET",
+            "/v1/policies/shop",
+            b"",
+            now=int(time.time()),
+            audience=PUBLIC,
             deployment=services[0].deployment_id,
         )
         assert http.get(f"{a}/v1/policies/shop", headers=fresh).status_code == 200

@@ -59,8 +59,11 @@ def test_a_flood_of_values_in_an_attest_body_costs_little_cpu(shape: str) -> Non
     # on values, not the size limit, is what keeps each request cheap.
     client = TestClient(create_app(None, max_attest_bytes=2 * MIB))
     body = flood(SHAPES[shape], 2 * MIB)
-    cpu, answer = cpu_of(lambda: client.post(
-        "/v1/attest", content=body, headers={"content-type": "application/json"}))
+    cpu, answer = cpu_of(
+        lambda: client.post(
+            "/v1/attest", content=body, headers={"content-type": "application/json"}
+        )
+    )
     assert answer.status_code == 400, answer.text
     assert cpu < CPU_PER_REQUEST, f"{cpu:.3f} s of CPU for one refused {shape} body"
     assert answer.json()["error"] == "bad-request"
@@ -70,16 +73,22 @@ def test_a_flood_of_values_in_an_attest_body_costs_little_cpu(shape: str) -> Non
 def test_the_default_attest_limit_fits_real_quotes_not_megabytes(testdata) -> None:  # type: ignore[no-untyped-def]
     client = TestClient(create_app(None))
     quote = base64.b64encode((testdata / "sgx_quote").read_bytes()).decode()
-    body = {"policy": "shop", "service": "web", "nonce": "00" * 32,
-            "public_key": pg.public_pem(protocol.new_enclave_key()), "evidence": quote}
+    body = {
+        "policy": "shop",
+        "service": "web",
+        "nonce": "00" * 32,
+        "public_key": pg.public_pem(protocol.new_enclave_key()),
+        "evidence": quote,
+    }
     # Ten times a real quote is accepted as a body (the service behind it decides)...
     body["evidence"] = quote * 9
     assert len(body["evidence"]) <= schemas.MAX_EVIDENCE_CHARS
     answer = client.post("/v1/attest", json=body)
     assert answer.status_code == 503, answer.text  # no service: the body was valid
     # ... megabytes are not read.
-    answer = client.post("/v1/attest", content=flood(b"[]", 2 * MIB),
-                         headers={"content-type": "application/json"})
+    answer = client.post(
+        "/v1/attest", content=flood(b"[]", 2 * MIB), headers={"content-type": "application/json"}
+    )
     assert answer.status_code == 413 and answer.json()["error"] == "too-large"
     assert MAX_ATTEST_BODY_BYTES < 2 * MIB // 16
 
@@ -92,17 +101,33 @@ def test_a_valid_attest_body_still_passes(api: Api) -> None:
     from sgxcloud.cas.evidence import make_simulated_evidence
 
     evidence = make_simulated_evidence(
-        pg.simulated_identity(), protocol.report_data_for(key.public_key(), bytes.fromhex(nonce)))
-    body = {"policy": "shop", "service": "web", "nonce": nonce, "public_key": pg.public_pem(key),
-            "evidence": base64.b64encode(evidence.raw).decode()}
-    answer = api.client.post("/v1/attest", content=json.dumps(body, indent=4).encode(),
-                             headers={"content-type": "application/json"})
+        pg.simulated_identity(), protocol.report_data_for(key.public_key(), bytes.fromhex(nonce))
+    )
+    body = {
+        "policy": "shop",
+        "service": "web",
+        "nonce": nonce,
+        "public_key": pg.public_pem(key),
+        "evidence": base64.b64encode(evidence.raw).decode(),
+    }
+    answer = api.client.post(
+        "/v1/attest",
+        content=json.dumps(body, indent=4).encode(),
+        headers={"content-type": "application/json"},
+    )
     assert answer.status_code == 200, answer.text
 
 
 def _headers(api: Api, key, content: bytes) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    headers = auth.sign_request(key, "PUT", "/v1/policies", content, now=api.now,
-                                audience=pg.AUDIENCE, deployment=api.service.deployment_id)
+    headers = auth.sign_request(
+        key,
+        "PUT",
+        "/v1/policies",
+        content,
+        now=api.now,
+        audience=pg.AUDIENCE,
+        deployment=api.service.deployment_id,
+    )
     return {**headers, "content-type": "application/json"}
 
 
@@ -111,8 +136,7 @@ def test_a_policy_body_is_not_parsed_before_its_signature_is_checked(api: Api) -
     # refused 401 on the signature, the 2 MiB body never parsed.
     headers = _headers(api, pg.owner_key(), b"{}")
     body = flood(b"[]", 2 * MIB - 64)
-    cpu, answer = cpu_of(lambda: api.client.put("/v1/policies", content=body,
-                                                headers=headers))
+    cpu, answer = cpu_of(lambda: api.client.put("/v1/policies", content=body, headers=headers))
     assert cpu < CPU_PER_REQUEST, f"{cpu:.3f} s of CPU for a forged policy request"
     assert answer.status_code == 401, answer.text
 
@@ -121,8 +145,9 @@ def test_a_signed_flood_of_values_in_a_policy_body_costs_little_cpu(api: Api) ->
     # Anyone can make a key (policy_creators unset): a signature is no bound on cost.
     owner = pg.owner_key()
     body = flood(b"[]", 2 * MIB - 64, field="consents")
-    cpu, answer = cpu_of(lambda: api.client.put("/v1/policies", content=body,
-                                                headers=_headers(api, owner, body)))
+    cpu, answer = cpu_of(
+        lambda: api.client.put("/v1/policies", content=body, headers=_headers(api, owner, body))
+    )
     assert cpu < CPU_PER_REQUEST, f"{cpu:.3f} s of CPU for a signed flood"
     assert answer.status_code == 400, answer.text
     assert "at most 1024 values" in answer.json()["message"]
@@ -130,8 +155,9 @@ def test_a_signed_flood_of_values_in_a_policy_body_costs_little_cpu(api: Api) ->
 
 def test_a_policy_with_32_consents_is_within_the_bound(api: Api) -> None:
     owner = pg.owner_key()
-    consent = pg.consent_document(pg.policy_text(owner), pg.owner_key(),
-                                  deployment=api.service.deployment_id)
+    consent = pg.consent_document(
+        pg.policy_text(owner), pg.owner_key(), deployment=api.service.deployment_id
+    )
     body = json.dumps({"policy": pg.policy_text(owner), "consents": [consent] * 32}).encode()
     answer = api.client.put("/v1/policies", content=body, headers=_headers(api, owner, body))
     # Past the bound on values: judged on what the consents say, not refused for their number.

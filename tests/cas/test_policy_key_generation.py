@@ -24,8 +24,9 @@ except ImportError:  # pragma: no cover - run from tests/cas
     import postgres as pg  # type: ignore[no-redef]
 
 
-def _with_secrets(owner: Any, extra: dict[str, Any], name: str = "shop",
-                  predecessor: str | None = None) -> str:
+def _with_secrets(
+    owner: Any, extra: dict[str, Any], name: str = "shop", predecessor: str | None = None
+) -> str:
     document = yaml.safe_load(pg.policy_text(owner, name=name, predecessor=predecessor))
     document.setdefault("secrets", {}).update(extra)
     return yaml.safe_dump(document, sort_keys=False)
@@ -44,15 +45,24 @@ def _problems(text: str) -> list[tuple[str, str]]:
 def test_a_policy_may_ask_for_a_bounded_number_of_generated_keys() -> None:
     owner = pg.owner_key()
     # The base policy has one key of its own (tls_key, EC) and 5 secrets in all.
-    load_policy(_with_secrets(owner, {**_keys(MAX_PRIVATE_KEYS - MAX_RSA_KEYS - 1, "ec-p256"),
-                                      **_keys(MAX_RSA_KEYS, "rsa-3072", "r")}))
+    load_policy(
+        _with_secrets(
+            owner,
+            {
+                **_keys(MAX_PRIVATE_KEYS - MAX_RSA_KEYS - 1, "ec-p256"),
+                **_keys(MAX_RSA_KEYS, "rsa-3072", "r"),
+            },
+        )
+    )
     too_many = _problems(_with_secrets(owner, _keys(MAX_PRIVATE_KEYS, "ed25519")))
     assert any(f == "secrets" and "private keys" in m for f, m in too_many)
     too_much_rsa = _problems(_with_secrets(owner, _keys(MAX_RSA_KEYS + 1, "rsa-3072")))
     assert any(f == "secrets" and "RSA" in m for f, m in too_much_rsa)
     randoms = {f"s{i}": {"kind": "random", "size": 16} for i in range(MAX_SECRETS - 4)}
-    assert any(f == "secrets" and f"at most {MAX_SECRETS}" in m
-               for f, m in _problems(_with_secrets(owner, randoms)))
+    assert any(
+        f == "secrets" and f"at most {MAX_SECRETS}" in m
+        for f, m in _problems(_with_secrets(owner, randoms))
+    )
     # The red team's policy: 1,500 RSA-3072 keys in 82 KB.
     assert _problems(_with_secrets(owner, _keys(1500, "rsa-3072")))
 
@@ -72,8 +82,9 @@ def made_keys(monkeypatch):  # type: ignore[no-untyped-def]
     return seen
 
 
-def test_keys_are_made_before_the_transaction_that_stores_them(database_url: str,
-                                                               made_keys: list[bool]) -> None:
+def test_keys_are_made_before_the_transaction_that_stores_them(
+    database_url: str, made_keys: list[bool]
+) -> None:
     service = pg.make_service(database_url)
     try:
         owner = pg.owner_key()
@@ -85,9 +96,15 @@ def test_keys_are_made_before_the_transaction_that_stores_them(database_url: str
         assert {"k0", "k1", "k2", "r0"} <= set(stored)
         # An update keeps unchanged keys and makes only the new one, outside too.
         made_keys.clear()
-        update = _with_secrets(owner, {**_keys(3, "ec-p256"), **_keys(1, "rsa-3072", "r"),
-                                       "extra": {"kind": "private-key", "algorithm": "ed25519"}},
-                               predecessor=first.policy_hash)
+        update = _with_secrets(
+            owner,
+            {
+                **_keys(3, "ec-p256"),
+                **_keys(1, "rsa-3072", "r"),
+                "extra": {"kind": "private-key", "algorithm": "ed25519"},
+            },
+            predecessor=first.policy_hash,
+        )
         second = service.apply_policy(_owner_id(owner), update, pg.CLOCK)
         assert second.generated_secrets == ["extra"] and made_keys == [False]
         after = service.database.run(lambda repo: repo.get_secrets("shop"))
@@ -96,8 +113,9 @@ def test_keys_are_made_before_the_transaction_that_stores_them(database_url: str
         service.stop()
 
 
-def test_a_stranger_updating_anothers_policy_costs_no_key(tmp_path: Path,
-                                                          made_keys: list[bool]) -> None:
+def test_a_stranger_updating_anothers_policy_costs_no_key(
+    tmp_path: Path, made_keys: list[bool]
+) -> None:
     service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
     try:
         owner, stranger = pg.owner_key(), pg.owner_key()

@@ -120,13 +120,15 @@ def _corpus() -> dict[str, str]:
             texts[f"{doc.relative_to(ROOT)}#{i}"] = block
     for module in sorted((ROOT / "tests").rglob("*.py")):
         for node in ast.walk(ast.parse(module.read_text())):
-            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
-                    and ("services:" in node.value or "owners:" in node.value)):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and ("services:" in node.value or "owners:" in node.value)
+            ):
                 texts[f"{module.relative_to(ROOT)}:{node.lineno}"] = node.value
     owner, reader = pg.owner_key(), pg.owner_key()
     texts["pg.policy_text"] = pg.policy_text(owner)
-    texts["pg.policy_text(readers, two owners)"] = pg.policy_text([owner, reader],
-                                                                  readers=[reader])
+    texts["pg.policy_text(readers, two owners)"] = pg.policy_text([owner, reader], readers=[reader])
     texts["json"] = json.dumps(yaml.safe_load(pg.policy_text(owner)), indent=2)
     return texts
 
@@ -137,16 +139,39 @@ TRICKY = [
     "a: 1.5\nb: .inf\nc: -.Inf\nd: .nan\ne: 1e3\nf: 6.8523015e+5\ng: 1.\n",
     "a: yes\nb: No\nc: on\nd: OFF\ne: ~\nf: null\ng: Null\nh: true\ni:\n",
     "a: !!str 1\nb: !!int '3'\nc: !!float '2'\nd: !!binary aGVsbG8=\ne: !!set {x, y}\n",
-    "a: &x 1\nb: 2\n", "a: &x 1\nb: *x\n", "<<: {a: 1}\nb: 2\n", "a: 1\na: 2\n",
-    "? [a, b]\n: 1\n", "1: a\n", "a: [1, {b: c}, 'd', \"e\\u00e9\\x41\"]\n",
+    "a: &x 1\nb: 2\n",
+    "a: &x 1\nb: *x\n",
+    "<<: {a: 1}\nb: 2\n",
+    "a: 1\na: 2\n",
+    "? [a, b]\n: 1\n",
+    "1: a\n",
+    "a: [1, {b: c}, 'd', \"e\\u00e9\\x41\"]\n",
     "a: |\n  line\n   more\n\n  last\nb: >-\n  folded\n  text\n",
     "a: 'it''s'\nb: \"tab\\there\"\nc: plain text with : colon\n",
-    "a: 1\r\nb: 2\r\n", "\ufeffa: 1\n", "a: caf\u00e9 \u2603 \U0001f600\n", "a: x\u2028y\n",
-    "a: x\u0085y\n", "a: \x01\n", "a: \x7f\n", "\ta: 1\n", "a:\n\t- 1\n",
-    "---\na: 1\n...\n", "---\na: 1\n---\nb: 2\n", "", "# only a comment\n", "- 1\n- 2\n",
-    "a: [1, 2\n", "a: {b: 1\n", "a: 'open\n", "{a: 1, b: [2, 3]}", "a: !!python/name:os.system\n",
-    "%YAML 1.1\n---\na: 1\n", "%TAG !e! tag:example.com,2000:\n---\na: !e!x 1\n",
-    "a: 123456789012345678901234567890\n", "a: " + "9" * 5000 + "\n", "a: '\ud800'\n",
+    "a: 1\r\nb: 2\r\n",
+    "\ufeffa: 1\n",
+    "a: caf\u00e9 \u2603 \U0001f600\n",
+    "a: x\u2028y\n",
+    "a: x\u0085y\n",
+    "a: \x01\n",
+    "a: \x7f\n",
+    "\ta: 1\n",
+    "a:\n\t- 1\n",
+    "---\na: 1\n...\n",
+    "---\na: 1\n---\nb: 2\n",
+    "",
+    "# only a comment\n",
+    "- 1\n- 2\n",
+    "a: [1, 2\n",
+    "a: {b: 1\n",
+    "a: 'open\n",
+    "{a: 1, b: [2, 3]}",
+    "a: !!python/name:os.system\n",
+    "%YAML 1.1\n---\na: 1\n",
+    "%TAG !e! tag:example.com,2000:\n---\na: !e!x 1\n",
+    "a: 123456789012345678901234567890\n",
+    "a: " + "9" * 5000 + "\n",
+    "a: '\ud800'\n",
 ]
 TABS = ["a: \t1\n", "a:\t1\n", "a: [1,\t2]\n", "a: 1 \t# c\n", "a:\n  b: \t1\n"]
 """Tabs as separating white space (allowed by YAML): the pure-Python scanner refused
@@ -224,19 +249,28 @@ class Api:
         self.service = pg.make_service(url, keyring)
         for name, value in service_options.items():
             setattr(self.service, name, value)
-        self.client = TestClient(create_app(self.service, clock=lambda: NOW,
-                                            audiences=[pg.AUDIENCE]),
-                                 raise_server_exceptions=False)
+        self.client = TestClient(
+            create_app(self.service, clock=lambda: NOW, audiences=[pg.AUDIENCE]),
+            raise_server_exceptions=False,
+        )
 
     def put(self, key: Any, text: str, consents: list | None = None):  # type: ignore[no-untyped-def]
         body = {"policy": text}
         if consents:
             body["consents"] = consents
         content = json.dumps(body).encode()
-        headers = auth.sign_request(key, "PUT", "/v1/policies", content, now=NOW,
-                                    audience=pg.AUDIENCE, deployment=self.service.deployment_id)
-        return self.client.put("/v1/policies", content=content,
-                               headers={**headers, "content-type": "application/json"})
+        headers = auth.sign_request(
+            key,
+            "PUT",
+            "/v1/policies",
+            content,
+            now=NOW,
+            audience=pg.AUDIENCE,
+            deployment=self.service.deployment_id,
+        )
+        return self.client.put(
+            "/v1/policies", content=content, headers={**headers, "content-type": "application/json"}
+        )
 
 
 database_url = pg.database_url  # SQLite, then a real PostgreSQL
@@ -343,9 +377,11 @@ def _attest(service, policy: str, service_name: str = "web"):  # type: ignore[no
     key = protocol.new_enclave_key()
     nonce = service.issue_nonce(NOW).nonce
     evidence = make_simulated_evidence(
-        pg.simulated_identity(), protocol.report_data_for(key.public_key(), bytes.fromhex(nonce)))
-    request = AttestRequest(policy, service_name, nonce, pg.public_pem(key),
-                            base64.b64encode(evidence.raw).decode())
+        pg.simulated_identity(), protocol.report_data_for(key.public_key(), bytes.fromhex(nonce))
+    )
+    request = AttestRequest(
+        policy, service_name, nonce, pg.public_pem(key), base64.b64encode(evidence.raw).decode()
+    )
     return service.attest(request, NOW)
 
 
@@ -355,8 +391,9 @@ def _forget(service) -> None:  # type: ignore[no-untyped-def]
     service._loaded.clear()
 
 
-def test_an_uncached_policy_is_parsed_before_the_attestation_transaction(any_api: Api,
-                                                                          parses) -> None:
+def test_an_uncached_policy_is_parsed_before_the_attestation_transaction(
+    any_api: Api, parses
+) -> None:
     api = any_api
     owner = pg.owner_key()
     padded = pg.policy_text(owner) + "\n" * (200 << 10)  # valid, padded (the red team's)
@@ -379,8 +416,12 @@ def test_imports_are_parsed_before_the_transaction_too(api: Api, parses) -> None
     from tests.cas.test_ownership import _exporter, _importer
 
     alice = pg.owner_key()
-    assert api.put(alice, _exporter(alice, to_policy="shop", to_owner=_id(alice),
-                                    simulated=True)).status_code == 200
+    assert (
+        api.put(
+            alice, _exporter(alice, to_policy="shop", to_owner=_id(alice), simulated=True)
+        ).status_code
+        == 200
+    )
     assert api.put(alice, _importer(alice, from_owner=_id(alice))).status_code == 200
     assert not any(inside for _, inside in parses), "apply parsed inside its transaction"
     _forget(api.service)
@@ -389,8 +430,9 @@ def test_imports_are_parsed_before_the_transaction_too(api: Api, parses) -> None
     assert len(parses) == 2 and not any(inside for _, inside in parses)
 
 
-def test_a_policy_changed_after_its_parse_is_parsed_again_outside(api: Api, parses,
-                                                                  monkeypatch) -> None:
+def test_a_policy_changed_after_its_parse_is_parsed_again_outside(
+    api: Api, parses, monkeypatch
+) -> None:
     owner = pg.owner_key()
     first = pg.policy_text(owner)
     assert api.put(owner, first).status_code == 200
@@ -410,8 +452,7 @@ def test_a_policy_changed_after_its_parse_is_parsed_again_outside(api: Api, pars
     assert parses and not any(inside for _, inside in parses)
 
 
-def test_read_and_create_over_a_deleted_name_parse_outside_transactions(api: Api,
-                                                                        parses) -> None:
+def test_read_and_create_over_a_deleted_name_parse_outside_transactions(api: Api, parses) -> None:
     owner = pg.owner_key()
     text = pg.policy_text(owner)
     assert api.put(owner, text).status_code == 200

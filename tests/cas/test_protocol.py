@@ -368,18 +368,29 @@ def test_the_enclave_checks_the_certificates_of_every_answer(https_cas, tmp_path
     forger = ec.generate_private_key(ec.SECP256R1())
 
     def fetch(connection):  # type: ignore[no-untyped-def]
-        return client.fetch_configuration(url, policy="shop", service="web", root=tmp_path,
-                                          simulate=pg.simulated_identity(), connection=connection)
+        return client.fetch_configuration(
+            url,
+            policy="shop",
+            service="web",
+            root=tmp_path,
+            simulate=pg.simulated_identity(),
+            connection=connection,
+        )
 
     def forged(answer: dict) -> None:  # same names, same key, signed by another key
         issued = x509.load_pem_x509_certificate(answer["certificate"].encode())
-        builder = (x509.CertificateBuilder().subject_name(issued.subject)
-                   .issuer_name(issued.issuer).public_key(issued.public_key())
-                   .serial_number(issued.serial_number)
-                   .not_valid_before(issued.not_valid_before_utc)
-                   .not_valid_after(issued.not_valid_after_utc))
-        answer["certificate"] = builder.sign(forger, hashes.SHA256()).public_bytes(
-            Encoding.PEM).decode()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(issued.subject)
+            .issuer_name(issued.issuer)
+            .public_key(issued.public_key())
+            .serial_number(issued.serial_number)
+            .not_valid_before(issued.not_valid_before_utc)
+            .not_valid_after(issued.not_valid_after_utc)
+        )
+        answer["certificate"] = (
+            builder.sign(forger, hashes.SHA256()).public_bytes(Encoding.PEM).decode()
+        )
 
     with client.CasConnection(url, tls.ca_cert) as connection:
         first = fetch(connection)  # its CA is now known
@@ -387,8 +398,12 @@ def test_the_enclave_checks_the_certificates_of_every_answer(https_cas, tmp_path
         refusals = [
             (forged, "not issued by the CA returned"),
             (lambda answer: answer.update(certificate=earlier), "not for this enclave's key"),
-            (lambda answer: answer.update(ca_certificate="-----BEGIN CERTIFICATE-----\nAAAA\n"
-                                          "-----END CERTIFICATE-----\n"), "malformed certificate"),
+            (
+                lambda answer: answer.update(
+                    ca_certificate="-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+                ),
+                "malformed certificate",
+            ),
         ]
         for change, refusal in refusals * 2:
             with pytest.raises(client.ClientError, match=refusal):
@@ -435,8 +450,10 @@ def test_rejection_over_https_tells_the_enclave_nothing_but_the_audit_entry(
     wrong_build = refused(policy="shop", simulate=pg.simulated_identity("00" * 32))
     no_policy = refused(policy="nope", simulate=pg.simulated_identity())
     no_service = refused(policy="shop", service="db", simulate=pg.simulated_identity())
-    told = [(e.code, str(e).removesuffix(e.audit_ref or "?"))
-            for e in (wrong_build, no_policy, no_service)]
+    told = [
+        (e.code, str(e).removesuffix(e.audit_ref or "?"))
+        for e in (wrong_build, no_policy, no_service)
+    ]
     assert (
         told
         == [("rejected", "attestation rejected; the policy's owners can read why in audit entry ")]
@@ -517,12 +534,30 @@ def test_a_squatted_policy_name_configures_no_pinned_enclave(
     mallory_id = _owner_id(mallory)
     with pytest.raises(client.UntrustedConfiguration, match="not signed by a pinned owner"):
         client.fetch_configuration(
-            url, policy="shop", service="web", ca_file=tls.ca_cert, root=tmp_path,
-            simulate=pg.simulated_identity(), policy_owners=[victim_id],
+            url,
+            policy="shop",
+            service="web",
+            ca_file=tls.ca_cert,
+            root=tmp_path,
+            simulate=pg.simulated_identity(),
+            policy_owners=[victim_id],
         )
     root = tmp_path / "enclave"
-    settings = ["launch", "--url", url, "--policy", "shop", "--service", "web",
-                "--ca-file", str(tls.ca_cert), "--root", str(root), "--attempts", "1"]
+    settings = [
+        "launch",
+        "--url",
+        url,
+        "--policy",
+        "shop",
+        "--service",
+        "web",
+        "--ca-file",
+        str(tls.ca_cert),
+        "--root",
+        str(root),
+        "--attempts",
+        "1",
+    ]
     with FakeAttestationDevice(root, pg.simulated_identity()):
         assert client.main([*settings, "--policy-owner", victim_id]) == 1
         err = capsys.readouterr().err
@@ -533,15 +568,25 @@ def test_a_squatted_policy_name_configures_no_pinned_enclave(
         assert "SGXCLOUD_CAS_POLICY_OWNERS" in capsys.readouterr().err
     # The real owner's pin (one of several suffices) and the exact hash are accepted.
     fetched = client.fetch_configuration(
-        url, policy="shop", service="web", ca_file=tls.ca_cert, root=tmp_path,
-        simulate=pg.simulated_identity(), policy_owners=[victim_id, mallory_id],
+        url,
+        policy="shop",
+        service="web",
+        ca_file=tls.ca_cert,
+        root=tmp_path,
+        simulate=pg.simulated_identity(),
+        policy_owners=[victim_id, mallory_id],
     )
     assert fetched.configuration.policy_owners == (mallory_id,)
     assert fetched.configuration.policy_hash == fetched.policy_hash
     with pytest.raises(client.UntrustedConfiguration, match="not the pinned"):
         client.fetch_configuration(
-            url, policy="shop", service="web", ca_file=tls.ca_cert, root=tmp_path,
-            simulate=pg.simulated_identity(), policy_owners=[mallory_id],
+            url,
+            policy="shop",
+            service="web",
+            ca_file=tls.ca_cert,
+            root=tmp_path,
+            simulate=pg.simulated_identity(),
+            policy_owners=[mallory_id],
             policy_hash="00" * 32,
         )
 
@@ -606,6 +651,12 @@ DEPLOYMENT = "ab" * 16
 def test_random_signature_headers_never_authenticate(headers: dict) -> None:
     with pytest.raises(auth.AuthenticationError):
         auth.authenticate(
-            headers, "GET", "/v1/audit", b"", now=NOW, max_skew=300, audiences=frozenset({AUD}),
+            headers,
+            "GET",
+            "/v1/audit",
+            b"",
+            now=NOW,
+            max_skew=300,
+            audiences=frozenset({AUD}),
             deployment=DEPLOYMENT,
         )

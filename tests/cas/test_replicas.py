@@ -51,9 +51,20 @@ def start_replicas(settings: Path, count: int, log_dir: Path) -> list[tuple[subp
         port = _free_port()
         log = (log_dir / f"replica-{i}.log").open("w")
         process = subprocess.Popen(
-            [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--config", str(settings),
-             "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "sgxcloud.cli.main",
+                "cas",
+                "serve",
+                "--config",
+                str(settings),
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         replicas.append((process, port))
     return replicas
@@ -111,10 +122,12 @@ def test_three_replicas_one_killed_nothing_lost(tmp_path: Path) -> None:
 
             # Policy updates through three different replicas at once: exactly one wins.
             def update(port: int) -> str:
-                text = pg.policy_text(owner, description=f"via {port}",
-                                      predecessor=v1["policy_hash"])
-                with client.OwnerClient(f"https://127.0.0.1:{port}", owner,
-                                        ca_file=tls.ca_cert, audience=PUBLIC) as direct:
+                text = pg.policy_text(
+                    owner, description=f"via {port}", predecessor=v1["policy_hash"]
+                )
+                with client.OwnerClient(
+                    f"https://127.0.0.1:{port}", owner, ca_file=tls.ca_cert, audience=PUBLIC
+                ) as direct:
                     try:
                         return direct.apply(text)["policy_hash"]
                     except ConflictError:
@@ -137,9 +150,14 @@ def test_three_replicas_one_killed_nothing_lost(tmp_path: Path) -> None:
                     for _ in range(ROUNDS):
                         try:
                             fetched = client.fetch_configuration(
-                                balancer.url, policy="shop", service="web", root=tmp_path,
-                                simulate=pg.simulated_identity(), connection=connection,
-                                attempts=8, backoff=0.1,
+                                balancer.url,
+                                policy="shop",
+                                service="web",
+                                root=tmp_path,
+                                simulate=pg.simulated_identity(),
+                                connection=connection,
+                                attempts=8,
+                                backoff=0.1,
                             )
                             results.append(fetched.policy_hash)
                         except BaseException as exc:
@@ -196,10 +214,14 @@ def _nonce_single_use_across(ports: list[int], ca: Path, tmp_path: Path) -> None
         import base64
 
         body = {
-            "policy": "shop", "service": "web", "nonce": nonce.hex(),
-            "public_key": key.public_key().public_bytes(
+            "policy": "shop",
+            "service": "web",
+            "nonce": nonce.hex(),
+            "public_key": key.public_key()
+            .public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            ).decode(),
+            )
+            .decode(),
             "evidence": base64.b64encode(evidence).decode(),
         }
         assert b.post("/v1/attest", json=body).status_code == 200

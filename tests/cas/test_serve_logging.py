@@ -98,8 +98,11 @@ def test_info_logs_every_attestation_with_its_ref_in_one_format_from_every_worke
     assert len(ready) == 3, log
     # One format: uvicorn's lines and the service's alike.
     # (the command's own start-up checks print "warning: ..." before serving)
-    lines = [line for line in log.splitlines() if line.strip()
-             and not line.startswith(("warning: ", "  "))]
+    lines = [
+        line
+        for line in log.splitlines()
+        if line.strip() and not line.startswith(("warning: ", "  "))
+    ]
     assert any("uvicorn" in line for line in lines)
     assert all(LINE.match(line) for line in lines), log
     # Never a secret value: not those the enclave received, not its key.

@@ -43,7 +43,12 @@ class Api:
     def signed(self, method: str, path: str, key, body: dict | None = None):  # type: ignore[no-untyped-def]
         content = json.dumps(body).encode() if body is not None else b""
         headers = auth.sign_request(
-            key, method, path, content, now=self.now, audience=pg.AUDIENCE,
+            key,
+            method,
+            path,
+            content,
+            now=self.now,
+            audience=pg.AUDIENCE,
             deployment=self.service.deployment_id,
         )
         if body is not None:
@@ -71,7 +76,9 @@ def owner():  # type: ignore[no-untyped-def]
 
 def test_health_and_nonce(api: Api) -> None:
     assert api.client.get("/v1/health").json() == {
-        "state": "ready", "database": "sqlite", "deployment": api.service.deployment_id
+        "state": "ready",
+        "database": "sqlite",
+        "deployment": api.service.deployment_id,
     }
     assert auth.is_deployment_id(api.service.deployment_id)
     first = api.client.post("/v1/nonces").json()
@@ -161,7 +168,12 @@ def test_only_owners_change_and_only_owners_or_readers_read(api: Api, owner) -> 
 def test_bad_signatures_are_401(api: Api, owner, mutate, status, error) -> None:  # type: ignore[no-untyped-def]
     content = json.dumps({"policy": pg.policy_text(owner)}).encode()
     headers = auth.sign_request(
-        owner, "PUT", "/v1/policies", content, now=NOW, audience=pg.AUDIENCE,
+        owner,
+        "PUT",
+        "/v1/policies",
+        content,
+        now=NOW,
+        audience=pg.AUDIENCE,
         deployment=api.service.deployment_id,
     )
     headers = mutate(headers)
@@ -173,7 +185,12 @@ def test_bad_signatures_are_401(api: Api, owner, mutate, status, error) -> None:
 def test_signature_covers_the_body(api: Api, owner) -> None:  # type: ignore[no-untyped-def]
     content = json.dumps({"policy": pg.policy_text(owner)}).encode()
     headers = auth.sign_request(
-        owner, "PUT", "/v1/policies", b"{}", now=NOW, audience=pg.AUDIENCE,
+        owner,
+        "PUT",
+        "/v1/policies",
+        b"{}",
+        now=NOW,
+        audience=pg.AUDIENCE,
         deployment=api.service.deployment_id,
     )
     headers["content-type"] = "application/json"
@@ -204,7 +221,13 @@ def test_client_certificate_owner(api: Api, tmp_path: Path) -> None:
     consent = pg.consent_document(text, co_owner, deployment=api.service.deployment_id)
     content = json.dumps({"policy": text, "consents": [consent]}).encode()
     headers = auth.sign_request(
-        key, "PUT", "/v1/policies", content, now=NOW, audience=pg.AUDIENCE, certificate=cert,
+        key,
+        "PUT",
+        "/v1/policies",
+        content,
+        now=NOW,
+        audience=pg.AUDIENCE,
+        certificate=cert,
         deployment=api.service.deployment_id,
     )
     headers["content-type"] = "application/json"
@@ -374,10 +397,16 @@ def test_attesters_and_owners_are_told_refs_not_chain_positions(api: Api, owner)
     evidence = make_simulated_evidence(
         pg.simulated_identity(), protocol.report_data_for(key.public_key(), bytes.fromhex(nonce))
     )
-    rejected = api.client.post("/v1/attest", json={
-        "policy": "nope", "service": "web", "nonce": nonce, "public_key": pg.public_pem(key),
-        "evidence": base64.b64encode(evidence.raw).decode(),
-    })
+    rejected = api.client.post(
+        "/v1/attest",
+        json={
+            "policy": "nope",
+            "service": "web",
+            "nonce": nonce,
+            "public_key": pg.public_pem(key),
+            "evidence": base64.b64encode(evidence.raw).decode(),
+        },
+    )
     assert rejected.status_code == 403
     answers = [first, theirs, second, rejected.json()]
     for answer in answers:
@@ -389,10 +418,12 @@ def test_attesters_and_owners_are_told_refs_not_chain_positions(api: Api, owner)
     # or hashes (the position is hashed with the other fields: it could be searched for).
     listed = api.signed("GET", "/v1/audit", stranger).json()
     assert [e["ref"] for e in listed if e["kind"] == "attestation"] == [
-        first["audit_ref"], second["audit_ref"]
+        first["audit_ref"],
+        second["audit_ref"],
     ]
-    assert all(set(e) == {"ref", "at", "kind", "subject", "actor", "outcome", "detail"}
-               for e in listed)
+    assert all(
+        set(e) == {"ref", "at", "kind", "subject", "actor", "outcome", "detail"} for e in listed
+    )
     one = api.signed("GET", f"/v1/audit?ref={second['audit_ref']}", stranger).json()
     assert [e["ref"] for e in one] == [second["audit_ref"]]
     page = api.signed("GET", f"/v1/audit?after={first['audit_ref']}&limit=1", stranger).json()
@@ -529,8 +560,9 @@ def test_audit_verify_finds_an_edit_of_the_callers_entry_older_than_the_checkpoi
 
     def edit(seq: int, **values: object) -> None:
         with api.service.database.engine.begin() as connection:
-            connection.execute(update(AuditEntryRow).where(AuditEntryRow.seq == seq).values(
-                **values))
+            connection.execute(
+                update(AuditEntryRow).where(AuditEntryRow.seq == seq).values(**values)
+            )
 
     edit(3, outcome="accepted", detail='{"reasons":[]}')  # the stored hash left alone
     # Another tenant's answer stays about the part it may check (and tells nothing else).
@@ -557,8 +589,13 @@ def test_audit_verify_finds_a_rehashed_entry_of_the_caller_by_its_successors_lin
     with api.service.database.engine.begin() as connection:
         row = connection.execute(select(AuditEntryRow).where(AuditEntryRow.seq == 2)).one()
         digest = audit.entry_hash(
-            seq=row.seq, at=row.at, kind=row.kind, subject=row.subject, actor=row.actor,
-            prev_hash=row.prev_hash, **forged,
+            seq=row.seq,
+            at=row.at,
+            kind=row.kind,
+            subject=row.subject,
+            actor=row.actor,
+            prev_hash=row.prev_hash,
+            **forged,
         )
         connection.execute(
             update(AuditEntryRow).where(AuditEntryRow.seq == 2).values(entry_hash=digest, **forged)
@@ -601,12 +638,16 @@ def test_audit_requests_cost_what_the_caller_reads_not_what_every_tenant_stores(
     for i in range(3):
         assert api.apply(stranger, pg.policy_text(stranger, name=f"junk{i}")).status_code == 200
     with api.service.database.engine.begin() as connection:  # stored under an older schema
-        connection.execute(update(PolicyRow).where(PolicyRow.name == "junk0")
-                           .values(text="name: junk0\nold_field: true\n"))
+        connection.execute(
+            update(PolicyRow)
+            .where(PolicyRow.name == "junk0")
+            .values(text="name: junk0\nold_field: true\n")
+        )
     parsed: list[str] = []
     real = core.load_policy
-    monkeypatch.setattr(core, "load_policy",
-                        lambda text, **kw: parsed.append(text) or real(text, **kw))
+    monkeypatch.setattr(
+        core, "load_policy", lambda text, **kw: parsed.append(text) or real(text, **kw)
+    )
     api.service._parse_cache.clear()  # as when other tenants' policies outnumber the cache
     for key in (owner, reader):
         listed = api.signed("GET", "/v1/audit", key)
@@ -899,8 +940,13 @@ def test_policy_stored_in_the_old_name_only_form_fails_closed_and_stays_updatabl
 
 def _flood(api: Api, policy: str, count: int) -> None:
     """The red team's window flood: keyless malformed attestations naming ``policy``."""
-    body = {"policy": policy, "service": "web", "nonce": "00", "public_key": "x",
-            "evidence": "AA=="}
+    body = {
+        "policy": policy,
+        "service": "web",
+        "nonce": "00",
+        "public_key": "x",
+        "evidence": "AA==",
+    }
     for _ in range(count):
         assert api.client.post("/v1/attest", json=body).status_code == 400
 
@@ -1030,10 +1076,18 @@ def test_audit_call_cost_does_not_follow_strangers_reader_listings(api: Api, own
     with api.service.database.transaction() as repo:  # as 2,000 consented listings would
         for i in range(2000):
             name = f"m{i:05d}"
-            repo.create_policy(StoredPolicy(
-                name, 1, "0" * 64, pg.policy_text(mallory, name=name, readers=[owner]),
-                (public_key_id(pg.public_pem(mallory)),), NOW, "mallory",
-                readers=(public_key_id(pg.public_pem(owner)),)))
+            repo.create_policy(
+                StoredPolicy(
+                    name,
+                    1,
+                    "0" * 64,
+                    pg.policy_text(mallory, name=name, readers=[owner]),
+                    (public_key_id(pg.public_pem(mallory)),),
+                    NOW,
+                    "mallory",
+                    readers=(public_key_id(pg.public_pem(owner)),),
+                )
+            )
     # 2,000 policies in the caller's view (its own, or read with consent): one statement
     after = cpu_per_call()
     assert after < before + 0.03, (before, after)  # was ~0.2-0.4 s more per pair

@@ -190,9 +190,16 @@ def test_audit_commands_find_tampering(running, home: Path, tmp_path: Path, caps
     url, ca = base[2], base[4]
     with httpx.Client(verify=ssl.create_default_context(cafile=ca)) as http:
         nonce = http.post(url + "/v1/nonces").json()["nonce"]
-        told = http.post(url + "/v1/attest", json={
-            "policy": "nope", "service": "web", "nonce": nonce, "public_key": "x", "evidence": "x",
-        }).json()
+        told = http.post(
+            url + "/v1/attest",
+            json={
+                "policy": "nope",
+                "service": "web",
+                "nonce": nonce,
+                "public_key": "x",
+                "evidence": "x",
+            },
+        ).json()
     assert set(told) >= {"audit_ref"} and "audit_seq" not in told
     assert cli(["audit", "show", *config, "--ref", told["audit_ref"], "--json"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)
@@ -338,8 +345,15 @@ def test_owner_cli_signs_for_one_of_two_deployments_at_the_same_address(
         assert json.loads(capsys.readouterr().out) == {"deployment": deployment_a}
         # A delete of A's policy, signed for A and not sent yet: what an attacker captures.
         path = f"/v1/policies/shop?predecessor={policy_hash(shop.read_text())}"
-        captured = auth.sign_request(owner, "DELETE", path, b"", now=int(time.time()),
-                                     deployment=deployment_a, audience=auth.origin_of(url))
+        captured = auth.sign_request(
+            owner,
+            "DELETE",
+            path,
+            b"",
+            now=int(time.time()),
+            deployment=deployment_a,
+            audience=auth.origin_of(url),
+        )
     finally:
         stop(process)
 
@@ -370,10 +384,18 @@ def test_owner_cli_signs_for_one_of_two_deployments_at_the_same_address(
             assert http.delete(url + path, headers=captured).status_code == 204  # A's own
         pin = tmp_path / "a.deployment"
         pin.write_text(deployment_a + "\n")
-        pinned = ["policy", "--url", url, "--ca-file", str(ca), "--key", str(owner_file),
-                  "--deployment", f"@{pin}"]
-        assert cli([*pinned, "--json", "apply", str(shared), "--consent",
-                    str(consent_for_a)]) == 0
+        pinned = [
+            "policy",
+            "--url",
+            url,
+            "--ca-file",
+            str(ca),
+            "--key",
+            str(owner_file),
+            "--deployment",
+            f"@{pin}",
+        ]
+        assert cli([*pinned, "--json", "apply", str(shared), "--consent", str(consent_for_a)]) == 0
         assert json.loads(capsys.readouterr().out)["created"] is True
         assert cli([*pinned, "show", "shop"]) == 1  # deleted by the captured request, at A
     finally:
@@ -386,8 +408,17 @@ def test_a_bad_pinned_deployment_is_one_line_exit_2(tmp_path: Path, capsys, valu
     key_file.write_bytes(pg.private_pem(pg.owner_key()))
     policy_file = tmp_path / "p.yaml"
     policy_file.write_text(pg.policy_text(pg.owner_key()))
-    command = ["policy", "--url", "https://127.0.0.1:1", "--key", str(key_file),
-               "--deployment", value, "consent", str(policy_file)]
+    command = [
+        "policy",
+        "--url",
+        "https://127.0.0.1:1",
+        "--key",
+        str(key_file),
+        "--deployment",
+        value,
+        "consent",
+        str(policy_file),
+    ]
     assert cli(command) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and "deployment id" in err
@@ -524,8 +555,15 @@ def test_policy_consent_then_apply_with_it(running, tmp_path: Path, capsys) -> N
     assert "missing consent of owner1" in capsys.readouterr().err
     consent = tmp_path / "bob.consent.json"
     # The CAS's deployment id is asked of it over the pinned TLS (or pinned with --deployment).
-    bob_cli = ["policy", "--url", url, "--key", str(bob_key), "--ca-file",
-               base[base.index("--ca-file") + 1]]
+    bob_cli = [
+        "policy",
+        "--url",
+        url,
+        "--key",
+        str(bob_key),
+        "--ca-file",
+        base[base.index("--ca-file") + 1],
+    ]
     assert cli([*bob_cli, "--json", "consent", str(shared), "-o", str(consent)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["policy_hash"] == policy_hash(shared.read_text())
@@ -598,11 +636,19 @@ def test_init_under_a_permissive_umask_leaves_nothing_others_can_change(
         os.umask(previous)
     home = tmp_path / "cas"
     expected = {
-        home: 0o755, home / "data": 0o700, home / "keys": 0o700, home / "tls": 0o700,
-        home / "cas.yaml": 0o600, home / "keys/master.key": 0o600,
-        home / "tls/ca.pem": 0o644, home / "tls/server.pem": 0o644, home / "tls/server.key": 0o600,
-        tmp_path / "csr/tls": 0o700, tmp_path / "csr/tls/server.key": 0o600,
-        tmp_path / "csr/tls/server.csr": 0o644, tmp_path / "csr/cas.yaml": 0o600,
+        home: 0o755,
+        home / "data": 0o700,
+        home / "keys": 0o700,
+        home / "tls": 0o700,
+        home / "cas.yaml": 0o600,
+        home / "keys/master.key": 0o600,
+        home / "tls/ca.pem": 0o644,
+        home / "tls/server.pem": 0o644,
+        home / "tls/server.key": 0o600,
+        tmp_path / "csr/tls": 0o700,
+        tmp_path / "csr/tls/server.key": 0o600,
+        tmp_path / "csr/tls/server.csr": 0o644,
+        tmp_path / "csr/cas.yaml": 0o600,
     }
     assert {p: p.stat().st_mode & 0o777 for p in expected} == expected
 

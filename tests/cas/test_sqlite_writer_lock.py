@@ -40,8 +40,11 @@ def test_a_writer_of_another_process_starts_as_soon_as_the_lock_is_free(tmp_path
     url = f"sqlite:///{tmp_path / 'cas.db'}"
     database = Database.open(url)
     other = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        [sys.executable, "-c", _WRITER, url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     assert other.stdin is not None and other.stdout is not None
     try:
@@ -66,4 +69,3 @@ def test_a_writer_of_another_process_starts_as_soon_as_the_lock_is_free(tmp_path
         database.close()
     lock = tmp_path / "cas.db.lock"
     assert stat.S_IMODE(lock.stat().st_mode) == 0o600
-

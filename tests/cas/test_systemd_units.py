@@ -22,8 +22,9 @@ def test_units_verify_with_systemd_analyze(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
     units = sorted(str(p) for p in tmp_path.iterdir())
     assert len(units) == 3
-    done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=120
+    )
     # verify exits 0 on unknown keys; they are mistakes all the same.
     assert done.returncode == 0 and "Unknown key" not in done.stderr, done.stderr
     assert "unknown" not in done.stderr.lower(), done.stderr

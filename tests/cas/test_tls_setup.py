@@ -23,9 +23,13 @@ def _operator_ca(tmp_path: Path):  # type: ignore[no-untyped-def]
     name = x509.Name.from_rfc4514_string("CN=Example operator CA")
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=9))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=9))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -38,9 +42,13 @@ def _sign(csr: x509.CertificateSigningRequest, ca_key, ca_cert, days: int = 5): 
     now = dt.datetime.now(dt.UTC)
     end = now + dt.timedelta(days=days)
     builder = (
-        x509.CertificateBuilder().subject_name(csr.subject).issuer_name(ca_cert.subject)
-        .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(min(now, end) - dt.timedelta(days=2)).not_valid_after(end)
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(min(now, end) - dt.timedelta(days=2))
+        .not_valid_after(end)
     )
     for extension in csr.extensions:
         builder = builder.add_extension(extension.value, critical=extension.critical)
@@ -70,9 +78,10 @@ def test_csr_flow_serves_https_that_enclaves_pinning_the_operator_ca_accept(
     service = build_service(settings)
     tls = TlsFiles(ca_file, settings.tls_cert, settings.tls_key)  # type: ignore[arg-type]
     try:
-        with background_https(build_app(settings, service), tls) as url, httpx.Client(
-            verify=pinned_tls(ca_file)
-        ) as http:
+        with (
+            background_https(build_app(settings, service), tls) as url,
+            httpx.Client(verify=pinned_tls(ca_file)) as http,
+        ):
             assert http.get(url + "/v1/health/ready").json()["ok"] is True
     finally:
         service.stop()
@@ -87,26 +96,36 @@ def test_operator_files_are_checked_before_anything_is_created(tmp_path: Path, c
         .sign(key, hashes.SHA256())
     )
     cert_file, key_file, other_key = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "o.pem"
-    cert_file.write_bytes(_sign(csr, ca_key, ca_cert, days=90).public_bytes(
-        serialization.Encoding.PEM))
+    cert_file.write_bytes(
+        _sign(csr, ca_key, ca_cert, days=90).public_bytes(serialization.Encoding.PEM)
+    )
     for path, k in ((key_file, key), (other_key, ec.generate_private_key(ec.SECP256R1()))):
-        path.write_bytes(k.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
+        path.write_bytes(
+            k.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     bad = tmp_path / "bad"
-    assert cli(["cas", "init", str(bad), "--tls-cert", str(cert_file), "--tls-key",
-                str(other_key)]) == 2
+    assert (
+        cli(["cas", "init", str(bad), "--tls-cert", str(cert_file), "--tls-key", str(other_key)])
+        == 2
+    )
     assert "is not the key of the certificate" in capsys.readouterr().err
     assert not bad.exists()
     good = tmp_path / "good"
-    assert cli(["cas", "init", str(good), "--tls-cert", str(cert_file), "--tls-key",
-                str(key_file)]) == 0
+    assert (
+        cli(["cas", "init", str(good), "--tls-cert", str(cert_file), "--tls-key", str(key_file)])
+        == 0
+    )
     settings = load_settings(good / "cas.yaml", environ={})
     assert settings.tls_cert == cert_file.resolve()
     assert check_server_tls(cert_file, key_file) == []
     expired = tmp_path / "expired.pem"
-    expired.write_bytes(_sign(csr, ca_key, ca_cert, days=-1).public_bytes(
-        serialization.Encoding.PEM))
+    expired.write_bytes(
+        _sign(csr, ca_key, ca_cert, days=-1).public_bytes(serialization.Encoding.PEM)
+    )
     with pytest.raises(TlsSetupError, match="expired"):
         check_server_tls(expired, key_file)
     assert cli(["cas", "init", str(tmp_path / "x"), "--loopback-tls", "--tls-csr", "h"]) == 2

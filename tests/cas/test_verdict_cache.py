@@ -311,10 +311,13 @@ def test_the_window_holds_every_date_the_verdict_depended_on(testdata, sgx_quote
         *x509.load_pem_x509_certificates(pck_chain(sgx_quote).encode()),
         x509.load_pem_x509_certificate(pck.INTEL_SGX_ROOT_CA_PEM),
     ]
-    assert ValidityWindow(
-        max(_validity(c).not_before for c in quote_chain),
-        min(_validity(c).not_after for c in quote_chain),
-    ) in sources
+    assert (
+        ValidityWindow(
+            max(_validity(c).not_before for c in quote_chain),
+            min(_validity(c).not_after for c in quote_chain),
+        )
+        in sources
+    )
     document = json.loads(collateral.to_json())
     for field in ("tcb_info_issuer_chain", "qe_identity_issuer_chain", "pck_crl_issuer_chain"):
         for certificate in x509.load_pem_x509_certificates(document[field].encode()):

@@ -64,15 +64,19 @@ def _split(served: Served) -> list[int]:
             connections = psutil.Process(pid).net_connections("tcp")
         except psutil.NoSuchProcess:
             continue
-        counts.append(sum(1 for c in connections
-                          if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == served.port))
+        counts.append(
+            sum(
+                1
+                for c in connections
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == served.port
+            )
+        )
     return sorted(counts)
 
 
 def _connect(served: Served) -> http.client.HTTPSConnection:
     context = ssl.create_default_context(cafile=str(served.tls.ca_cert))
-    connection = http.client.HTTPSConnection("127.0.0.1", served.port, context=context,
-                                             timeout=20)
+    connection = http.client.HTTPSConnection("127.0.0.1", served.port, context=context, timeout=20)
     connection.request("GET", "/v1/health/live")
     connection.getresponse().read()
     return connection
@@ -124,8 +128,9 @@ def test_connections_move_to_a_replacement_worker_without_errors(served: Served)
     answered = [0]
 
     def client() -> None:
-        connection = http.client.HTTPSConnection("127.0.0.1", served.port,
-                                                 context=context, timeout=20)
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", served.port, context=context, timeout=20
+        )
         while not stop.is_set():
             try:
                 connection.request("GET", "/v1/health/live")
@@ -155,8 +160,10 @@ def test_connections_move_to_a_replacement_worker_without_errors(served: Served)
         assert answered[0] > before  # still answering
         exposition = served.metrics()
         check_metrics(exposition)
-        moved = {outcome: _counter(exposition, "sgxcloud_cas_connections_total",
-                                   outcome=outcome) for outcome in ("handed_over", "shed")}
+        moved = {
+            outcome: _counter(exposition, "sgxcloud_cas_connections_total", outcome=outcome)
+            for outcome in ("handed_over", "shed")
+        }
         assert moved["shed"] >= 1 and moved["handed_over"] >= 1, moved
     finally:
         stop.set()

@@ -68,9 +68,22 @@ class Served:
         env.pop("SGXCLOUD_CAS_DATABASE_URL", None)
         with self.log.open("w") as sink:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--config",
-                 str(settings), "--port", str(self.port), "--workers", str(workers)],
-                env=env, stdout=sink, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "sgxcloud.cli.main",
+                    "cas",
+                    "serve",
+                    "--config",
+                    str(settings),
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(workers),
+                ],
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
             )
         self.url = f"https://127.0.0.1:{self.port}"
         self.seen: set[int] = set()  # every worker pid ever seen (for the orphan check)
@@ -149,8 +162,9 @@ def _worker_connections(
     context = ssl.create_default_context(cafile=str(served.tls.ca_cert))
 
     def connect(_: int) -> http.client.HTTPSConnection:
-        connection = http.client.HTTPSConnection("127.0.0.1", served.port, context=context,
-                                                 timeout=10)
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", served.port, context=context, timeout=10
+        )
         connection.request("GET", "/v1/health/live")
         connection.getresponse().read()
         return connection
@@ -176,8 +190,12 @@ def _worker_connections(
 
 def _connections_of(workers: list[int]) -> dict[tuple[str, int], int]:
     """The worker serving each client address (ip, port) connected to the service."""
-    return {tuple(c.raddr): pid for pid in workers  # type: ignore[misc]
-            for c in psutil.Process(pid).net_connections() if c.raddr}
+    return {
+        tuple(c.raddr): pid
+        for pid in workers  # type: ignore[misc]
+        for c in psutil.Process(pid).net_connections()
+        if c.raddr
+    }
 
 
 def _post(connection: http.client.HTTPSConnection, path: str, body: dict | None = None):  # type: ignore[no-untyped-def]
@@ -197,8 +215,13 @@ def _nonce_single_use_across_workers(served: Served, workers: list[int]) -> None
         evidence = make_simulated_evidence(
             pg.simulated_identity(), protocol.report_data_for(key.public_key(), nonce)
         ).raw
-        body = {"policy": "shop", "service": "web", "nonce": nonce.hex(),
-                "public_key": pg.public_pem(key), "evidence": base64.b64encode(evidence).decode()}
+        body = {
+            "policy": "shop",
+            "service": "web",
+            "nonce": nonce.hex(),
+            "public_key": pg.public_pem(key),
+            "evidence": base64.b64encode(evidence).decode(),
+        }
         assert _post(second, "/v1/attest", body)[0] == 200  # issued by one, spent at the other
         for connection in (first, second):  # then refused by both
             status, answer = _post(connection, "/v1/attest", body)
@@ -210,8 +233,11 @@ def _nonce_single_use_across_workers(served: Served, workers: list[int]) -> None
 
 def _counter(exposition: bytes, name: str, **labels: str) -> float:
     wanted = tuple(sorted(labels.items()))
-    return sum(v for (n, got), v in samples(exposition).items()
-               if n == name and all(item in got for item in wanted))
+    return sum(
+        v
+        for (n, got), v in samples(exposition).items()
+        if n == name and all(item in got for item in wanted)
+    )
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -224,8 +250,9 @@ def test_two_workers_one_killed_nothing_lost(tmp_path: Path, backend: str) -> No
     try:
         workers = served.wait_workers(2)
         owner = pg.owner_key()
-        with client.OwnerClient(served.url, owner, ca_file=served.tls.ca_cert,
-                                audience=PUBLIC) as owners:
+        with client.OwnerClient(
+            served.url, owner, ca_file=served.tls.ca_cert, audience=PUBLIC
+        ) as owners:
             applied = owners.apply(pg.policy_text(owner))
         _nonce_single_use_across_workers(served, workers)
 
@@ -239,9 +266,14 @@ def test_two_workers_one_killed_nothing_lost(tmp_path: Path, backend: str) -> No
                 for _ in range(ROUNDS):
                     try:
                         fetched = client.fetch_configuration(
-                            served.url, policy="shop", service="web", root=tmp_path,
-                            simulate=pg.simulated_identity(), connection=connection,
-                            attempts=8, backoff=0.2,
+                            served.url,
+                            policy="shop",
+                            service="web",
+                            root=tmp_path,
+                            simulate=pg.simulated_identity(),
+                            connection=connection,
+                            attempts=8,
+                            backoff=0.2,
                         )
                         results.append(fetched.policy_hash)
                     except BaseException as exc:
@@ -339,8 +371,12 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
 def test_a_bad_workers_setting_is_one_line(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--workers", "0"],
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True,
-        timeout=60, check=False, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--workers" in done.stderr
@@ -348,8 +384,12 @@ def test_a_bad_workers_setting_is_one_line(tmp_path: Path) -> None:
     settings.write_text("workers: 100\n")
     done = subprocess.run(
         [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--config", str(settings)],
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True,
-        timeout=60, check=False, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "invalid setting workers" in done.stderr

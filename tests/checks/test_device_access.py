@@ -18,9 +18,11 @@ def device(tmp_path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "dev").mkdir()
     (tmp_path / "etc/passwd").write_text(
-        f"root:x:0:0::/root:/bin/sh\nlibvirt-qemu:x:{QEMU_UID}:{KVM_GID}::/:/bin/false\n")
+        f"root:x:0:0::/root:/bin/sh\nlibvirt-qemu:x:{QEMU_UID}:{KVM_GID}::/:/bin/false\n"
+    )
     (tmp_path / "etc/group").write_text(
-        f"root:x:0:\nkvm:x:{KVM_GID}:\nsgx:x:{SGX_GID}:libvirt-qemu\nother:x:110:\n")
+        f"root:x:0:\nkvm:x:{KVM_GID}:\nsgx:x:{SGX_GID}:libvirt-qemu\nother:x:110:\n"
+    )
     node = tmp_path / "dev/sgx_vepc"
     node.write_bytes(b"")
     tree = HostTree(tmp_path)
@@ -60,14 +62,24 @@ def test_other_bits_for_strangers(device):
 
 def test_acl_group_entry_grants_within_mask(device):
     # user::rw- group::--- group:kvm:rw- mask::rw- other::---
-    entries = [(0x01, 6, 0xFFFFFFFF), (0x04, 0, 0xFFFFFFFF), (0x08, 6, KVM_GID),
-               (0x10, 6, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)]
+    entries = [
+        (0x01, 6, 0xFFFFFFFF),
+        (0x04, 0, 0xFFFFFFFF),
+        (0x08, 6, KVM_GID),
+        (0x10, 6, 0xFFFFFFFF),
+        (0x20, 0, 0xFFFFFFFF),
+    ]
     assert device(0, 0, 0o660, entries) == (True, "ACL group:kvm")
 
 
 def test_acl_mask_limits_named_entries(device):
     # user:libvirt-qemu:rw- but mask::r--
-    entries = [(0x01, 6, 0xFFFFFFFF), (0x02, 6, QEMU_UID), (0x04, 0, 0xFFFFFFFF),
-               (0x10, 4, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)]
+    entries = [
+        (0x01, 6, 0xFFFFFFFF),
+        (0x02, 6, QEMU_UID),
+        (0x04, 0, 0xFFFFFFFF),
+        (0x10, 4, 0xFFFFFFFF),
+        (0x20, 0, 0xFFFFFFFF),
+    ]
     ok, how = device(0, 0, 0o640, entries)
     assert not ok and how == "ACL user:libvirt-qemu"

@@ -68,8 +68,19 @@ def test_named_config_file_that_is_missing_is_one_finding(tree):
 
 def test_cli_takes_config_file_more_than_once(tree, capsys):
     root = kolla_shaped(tree("sgx-host-2numa"))
-    code = main(["host", "check", "--root", str(root), "--json",
-                 "--config-file", "/" + KOLLA_CONF, "--config-file", "/" + KOLLA_CONF])
+    code = main(
+        [
+            "host",
+            "check",
+            "--root",
+            str(root),
+            "--json",
+            "--config-file",
+            "/" + KOLLA_CONF,
+            "--config-file",
+            "/" + KOLLA_CONF,
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0, out
     config = next(f for f in out["findings"] if f["check"] == "nova.config")
@@ -88,8 +99,9 @@ def test_host_check_never_imports_nova_and_warns_nothing(tree):
         "sys.exit(code)\n"
     )
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Warning" not in done.stderr, done.stderr

@@ -40,8 +40,10 @@ def rekey_key() -> bytes:
 
 @pytest.fixture(scope="session")
 def party_keys() -> dict[str, Ed25519PrivateKey]:
-    return {name: Ed25519PrivateKey.generate()
-            for name in ("bank", "telecom", "retailer", "brand", "agency")}
+    return {
+        name: Ed25519PrivateKey.generate()
+        for name in ("bank", "telecom", "retailer", "brand", "agency")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +93,9 @@ def prepared(generated: GeneratedData, base_doc: dict[str, Any]) -> dict[str, An
 def make_engine(tmp_path: Path, prepared: dict[str, Any]) -> Callable[..., Engine]:
     engines: list[Engine] = []
 
-    def make(definition: Definition, workdir: Path | None = None, ingest: bool = True,
-             **kwargs: Any) -> Engine:
+    def make(
+        definition: Definition, workdir: Path | None = None, ingest: bool = True, **kwargs: Any
+    ) -> Engine:
         engine = Engine(definition, workdir or tmp_path / "engine", **kwargs)
         engines.append(engine)
         if ingest:
@@ -108,8 +111,12 @@ def make_engine(tmp_path: Path, prepared: dict[str, Any]) -> Callable[..., Engin
 
 
 @pytest.fixture(scope="module")
-def k_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-             base_doc: dict[str, Any], prepared: dict[str, Any]) -> Iterator[Engine]:
+def k_engine(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    base_doc: dict[str, Any],
+    prepared: dict[str, Any],
+) -> Iterator[Engine]:
     """One engine per test module with that module's ``K`` as minimum group size and
     the differencing check off (the module tests suppression, not differencing)."""
     doc = copy.deepcopy(base_doc)
@@ -145,11 +152,12 @@ class Plain:
     """Plaintext figures computed with pandas and statsmodels, nothing else."""
 
     IDS: ClassVar[dict[str, dict[str, str]]] = {
-           "bank.customers": {"customer_id": "customer_id", "email": "email", "phone": "phone"},
-           "telecom.subscribers": {"phone": "phone"},
-           "retailer.customers": {"email": "email", "phone": "phone"},
-           "retailer.exposures": {"email": "email", "phone": "phone"},
-           "retailer.purchases": {"email": "email", "phone": "phone"}}
+        "bank.customers": {"customer_id": "customer_id", "email": "email", "phone": "phone"},
+        "telecom.subscribers": {"phone": "phone"},
+        "retailer.customers": {"email": "email", "phone": "phone"},
+        "retailer.exposures": {"email": "email", "phone": "phone"},
+        "retailer.purchases": {"email": "email", "phone": "phone"},
+    }
 
     def __init__(self, generated: GeneratedData) -> None:
         self.raw = {ref: pq.read_table(path).to_pandas() for ref, path in generated.files.items()}
@@ -158,8 +166,10 @@ class Plain:
         for ref, frame in self.raw.items():
             rows = []
             for record in frame.to_dict("records"):
-                ids = [(kind, normalise(kind, record[col], "GB"))
-                       for col, kind in self.IDS[ref].items()]
+                ids = [
+                    (kind, normalise(kind, record[col], "GB"))
+                    for col, kind in self.IDS[ref].items()
+                ]
                 ids = [i for i in ids if i[1] is not None]
                 for other in ids[1:]:
                     uf.union(ids[0], other)
@@ -176,12 +186,17 @@ class Plain:
         frame = self.data[ref]
         return set(frame[mask(frame)].person) if mask else set(frame.person)
 
-    def lift_table(self, window_days: int = 28, restrict: Iterable | None = None,
-                   segment: tuple[str, str] | None = None) -> pd.DataFrame:
+    def lift_table(
+        self,
+        window_days: int = 28,
+        restrict: Iterable | None = None,
+        segment: tuple[str, str] | None = None,
+    ) -> pd.DataFrame:
         """One row per exposed person: arm, segment, attributed purchases and revenue."""
         exp = self.data["retailer.exposures"]
-        per = exp.groupby("person").agg(first=("exposed_at", "min"),
-                                        arms=("group", "nunique"), arm=("group", "first"))
+        per = exp.groupby("person").agg(
+            first=("exposed_at", "min"), arms=("group", "nunique"), arm=("group", "first")
+        )
         per = per[per.arms == 1].drop(columns="arms")
         if restrict is not None:
             per = per[per.index.isin(set(restrict))]

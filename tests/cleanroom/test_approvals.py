@@ -69,8 +69,9 @@ def test_tampered_or_forged_approvals_are_invalid(definition, party_keys):
     status = verify_approvals(definition, [forged, *approvals[1:]])
     assert status.invalid == ("bank",) and status.missing == ("bank",)
     # the retailer cannot approve on the bank's behalf
-    impostor = Approval(**{**approve(definition, "retailer", party_keys["retailer"]).to_dict(),
-                           "party": "bank"})
+    impostor = Approval(
+        **{**approve(definition, "retailer", party_keys["retailer"]).to_dict(), "party": "bank"}
+    )
     assert "bank" in verify_approvals(definition, [impostor]).invalid
     garbage = Approval(**{**approvals[1].to_dict(), "signature": "!!notbase64"})
     assert "telecom" in verify_approvals(definition, [garbage]).invalid
@@ -95,8 +96,9 @@ def test_round_trip_and_key_helpers(definition, party_keys):
     with pytest.raises(ApprovalError):
         Approval.from_dict({"party": "bank"})
     key = generate_private_key()
-    assert encode_public_key(private_key_from_pem(private_key_to_pem(key))) == \
-        encode_public_key(key)
+    assert encode_public_key(private_key_from_pem(private_key_to_pem(key))) == encode_public_key(
+        key
+    )
     assert encode_public_key(decode_public_key(encode_public_key(key))) == encode_public_key(key)
     with pytest.raises(CleanroomError):
         decode_public_key("rsa:abc")

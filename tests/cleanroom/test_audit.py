@@ -74,8 +74,10 @@ def test_unknown_event(tmp_path):
 
 def test_concurrent_appends_keep_the_chain(tmp_path):
     log = AuditLog(tmp_path / "audit.jsonl")
-    threads = [threading.Thread(target=lambda: [log.append("query", "t", {}) for _ in range(20)])
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: [log.append("query", "t", {}) for _ in range(20)])
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -116,9 +118,13 @@ def test_engine_logs_requests_releases_and_refusals(make_definition, make_engine
     release = entries[6]
     assert release.data["result_id"] == result.result_id
     # the figures reach only the result's recipients; the log names and digests it
-    assert release.data == {"query_hash": result.query_hash, "result_id": result.result_id,
-                            "analysis": "audience", "recipients": list(result.recipients),
-                            "result_digest": result_digest(result)}
+    assert release.data == {
+        "query_hash": result.query_hash,
+        "result_id": result.result_id,
+        "analysis": "audience",
+        "recipients": list(result.recipients),
+        "result_digest": result_digest(result),
+    }
     assert entries[8].data["result_digest"] == result_digest(result)  # the cache hit
     assert entries[-1].actor == "agency" and entries[-1].data["reason"] == "not_allowed"
     engine.audit.verify()
@@ -131,19 +137,32 @@ def test_audit_log_holds_no_released_figure(make_definition, make_engine):
     no release or cache-hit entry carries a cell, each carries the digest of the
     result the recipients get; fails on the old code, which logged every cell."""
     engine = make_engine(make_definition(min_group_size=20))
-    queries = [{"template": "audience_size", "analysis": "audience"},
-               {"template": "overlap", "analysis": "reach",
-                "datasets": ["bank.customers", "telecom.subscribers"]},
-               {"template": "campaign_lift", "analysis": "lift",
-                "breakdown": "bank.customers.premium_card"}]
+    queries = [
+        {"template": "audience_size", "analysis": "audience"},
+        {
+            "template": "overlap",
+            "analysis": "reach",
+            "datasets": ["bank.customers", "telecom.subscribers"],
+        },
+        {
+            "template": "campaign_lift",
+            "analysis": "lift",
+            "breakdown": "bank.customers.premium_card",
+        },
+    ]
     results = [engine.run(q, "brand") for q in queries]
     engine.run(queries[0], "brand")  # a cache hit
     digests = {r.result_id: result_digest(r) for r in results}
     logged = [e for e in engine.audit.entries() if e.event in ("release", "cache_hit")]
     assert len(logged) == 4
     for entry in logged:
-        assert set(entry.data) <= {"query_hash", "result_id", "analysis", "recipients",
-                                   "result_digest"}
+        assert set(entry.data) <= {
+            "query_hash",
+            "result_id",
+            "analysis",
+            "recipients",
+            "result_digest",
+        }
         assert entry.data["result_digest"] == digests[entry.data["result_id"]]
     for entry in engine.audit.entries():  # nothing else carries figures either
         assert "cells" not in json.dumps(entry.data)
@@ -154,6 +173,7 @@ def test_result_digest_survives_resigning_and_catches_edits(make_definition, mak
     result = engine.run({"template": "audience_size", "analysis": "audience"}, "brand")
     resigned = sign_result(dataclasses.replace(result, signature=""), generate_private_key())
     assert result_digest(resigned) == result_digest(result)
-    edited = dataclasses.replace(result, cells=(dataclasses.replace(
-        result.cells[0], value=result.cells[0].value + 1),))
+    edited = dataclasses.replace(
+        result, cells=(dataclasses.replace(result.cells[0], value=result.cells[0].value + 1),)
+    )
     assert result_digest(edited) != result_digest(result)

@@ -52,18 +52,21 @@ baseline = _load_baseline()
 
 @pytest.fixture(scope="module")
 def population(tmp_path_factory: pytest.TempPathFactory) -> GeneratedData:
-    return generate(tmp_path_factory.mktemp("baseline-data"), people=PEOPLE, seed=23,
-                    chunk_people=2000)
+    return generate(
+        tmp_path_factory.mktemp("baseline-data"), people=PEOPLE, seed=23, chunk_people=2000
+    )
 
 
 @pytest.fixture(scope="module")
-def engine(population: GeneratedData, base_doc: dict[str, Any],
-           tmp_path_factory: pytest.TempPathFactory) -> Engine:
+def engine(
+    population: GeneratedData, base_doc: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Engine:
     """The clean room's engine with every dataset prepared as the nodes do it."""
     from sgxcloud.cleanroom.definition import definition_from_dict
 
-    doc = dict(base_doc, privacy={**base_doc["privacy"], "min_group_size": 2,
-                                  "differencing_check": False})
+    doc = dict(
+        base_doc, privacy={**base_doc["privacy"], "min_group_size": 2, "differencing_check": False}
+    )
     definition = definition_from_dict(doc)
     engine = Engine(definition, tmp_path_factory.mktemp("baseline-engine"))
     for ref, path in population.files.items():
@@ -79,15 +82,19 @@ def answers(population: GeneratedData) -> dict[str | None, dict[str, Any]]:
     out = {}
     for text in FILTERS:
         audience = baseline.BENCH_AUDIENCE if text is None else text
-        out[text] = baseline.run_baseline(population.outdir, "256MB", audience,
-                                          breakdown=text is None)
+        out[text] = baseline.run_baseline(
+            population.outdir, "256MB", audience, breakdown=text is None
+        )
     return out
 
 
 @pytest.mark.parametrize("text", FILTERS, ids=["bench", "premium_baby", "north_income", "gold"])
 def test_audience_equals_the_clean_rooms(engine, answers, text):
-    query = {"template": "audience_size", "analysis": "audience",
-             "filter": baseline.BENCH_AUDIENCE if text is None else text}
+    query = {
+        "template": "audience_size",
+        "analysis": "audience",
+        "filter": baseline.BENCH_AUDIENCE if text is None else text,
+    }
     expected = engine.run(query, "brand").value("people")
     assert expected is not None  # k = 2: released, not suppressed
     assert answers[text]["audience"] == expected
@@ -104,29 +111,46 @@ def test_lift_equals_the_clean_rooms(engine, answers):
             assert cell[metric] == result.value(metric, segment="(all)", arm=arm), (arm, metric)
         # float sums in another order: equal to the cent
         assert cell["revenue"] == pytest.approx(
-            result.value("revenue", segment="(all)", arm=arm), abs=1e-6)
+            result.value("revenue", segment="(all)", arm=arm), abs=1e-6
+        )
     assert got["lift"]["test"]["people"] > 500
 
 
 def test_lift_by_region_equals_the_clean_rooms(engine, answers):
     got = answers[None]["lift_by_region"]
-    result = engine.run({"template": "campaign_lift", "analysis": "lift",
-                         "breakdown": "telecom.subscribers.region"}, "brand")
+    result = engine.run(
+        {
+            "template": "campaign_lift",
+            "analysis": "lift",
+            "breakdown": "telecom.subscribers.region",
+        },
+        "brand",
+    )
     assert set(got) == set(REGIONS)
     for segment in REGIONS:
         for arm in ARMS:
             cell = got[segment][arm]
             for metric in ("people", "converters", "purchases"):
-                assert cell[metric] == result.value(metric, segment=segment, arm=arm), \
-                    (segment, arm, metric)
+                assert cell[metric] == result.value(metric, segment=segment, arm=arm), (
+                    segment,
+                    arm,
+                    metric,
+                )
             assert cell["revenue"] == pytest.approx(
-                result.value("revenue", segment=segment, arm=arm), abs=1e-6)
+                result.value("revenue", segment=segment, arm=arm), abs=1e-6
+            )
 
 
 # Shapes the clean room hands to libphonenumber's full parser, which the
 # baseline's SQL calls invalid (documented there); datagen writes none of them.
-PARSER_ONLY_PHONES = ("+44 (0) 7400 000001", "+44 07400000001", "7400000001",
-                      "0044 7400 000001", "+1 202 555 0100", "(07400) 000-001")
+PARSER_ONLY_PHONES = (
+    "+44 (0) 7400 000001",
+    "+44 07400000001",
+    "7400000001",
+    "0044 7400 000001",
+    "+1 202 555 0100",
+    "(07400) 000-001",
+)
 
 
 def _normalised_by_sql(kind: str, values: list[str]) -> dict[str, str | None]:
@@ -146,13 +170,37 @@ def test_identifiers_normalise_like_the_clean_room(population):
         for column, kind in idcols.items():
             values[kind].update(v for v in table.column(column).to_pylist() if v is not None)
     assert len(values["phone"]) > 1000 and len(values["email"]) > 1000
-    values["email"] |= {" A.B+x@GoogleMail.com ", ".+x@gmail.com", "a@b", "a b@c.de",
-                        "x@y.z.", "UPPER@Example.ORG", "a+b@example.org", "@@", "a@b.c",
-                        "a@b@c.de", "\tx@y.org\n", "\u3000x@y.org\xa0",
-                        "x" * 250 + "@y.org"}
-    values["phone"] |= {"07400000001", "+44 7400 000001", "+4420 7946 0000", "020 7946 0000",
-                        "074OO 000001", "+44 12", "12345", "", "0", "+44", "07400-000.001",
-                        "0800 123 4567", "+44 70 1234 5678", " +447400000001 "}
+    values["email"] |= {
+        " A.B+x@GoogleMail.com ",
+        ".+x@gmail.com",
+        "a@b",
+        "a b@c.de",
+        "x@y.z.",
+        "UPPER@Example.ORG",
+        "a+b@example.org",
+        "@@",
+        "a@b.c",
+        "a@b@c.de",
+        "\tx@y.org\n",
+        "\u3000x@y.org\xa0",
+        "x" * 250 + "@y.org",
+    }
+    values["phone"] |= {
+        "07400000001",
+        "+44 7400 000001",
+        "+4420 7946 0000",
+        "020 7946 0000",
+        "074OO 000001",
+        "+44 12",
+        "12345",
+        "",
+        "0",
+        "+44",
+        "07400-000.001",
+        "0800 123 4567",
+        "+44 70 1234 5678",
+        " +447400000001 ",
+    }
     values["customer_id"] |= {"  C1  ", "", "x" * 128, "x" * 129, "a\tb", "a\x7fb"}
     for kind, seen in values.items():
         ordered = sorted(seen)
@@ -173,10 +221,15 @@ def test_the_audience_filter_is_parsed_or_refused():
     assert [(c.dataset, c.column, c.op, c.value) for c in parsed] == [
         ("bank.customers", "premium_card", "=", True),
         ("retailer.customers", "baby_buyer", "=", True),
-        ("telecom.subscribers", "region", "=", "north")]
-    assert baseline.parse_conjunction("bank.customers.income_band != 'o''neil'")[0].value \
-        == "o'neil"
-    for bad in ("bank.customers.premium_card = true OR x.y.z = 1",
-                "nowhere.table.col = 1", "bank.customers.region = north"):
+        ("telecom.subscribers", "region", "=", "north"),
+    ]
+    assert (
+        baseline.parse_conjunction("bank.customers.income_band != 'o''neil'")[0].value == "o'neil"
+    )
+    for bad in (
+        "bank.customers.premium_card = true OR x.y.z = 1",
+        "nowhere.table.col = 1",
+        "bank.customers.region = north",
+    ):
         with pytest.raises(ValueError):
             baseline.parse_conjunction(bad)

@@ -29,14 +29,29 @@ def example(tmp_path_factory):
 def test_help_lists_every_role(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for command in ("init", "keygen", "approve", "node", "coordinator", "query", "verify-result",
-                    "status", "audit", "budget", "local", "refresh", "match-rate", "public-key"):
+    for command in (
+        "init",
+        "keygen",
+        "approve",
+        "node",
+        "coordinator",
+        "query",
+        "verify-result",
+        "status",
+        "audit",
+        "budget",
+        "local",
+        "refresh",
+        "match-rate",
+        "public-key",
+    ):
         assert command in out
 
 
 def test_init_prepares_a_collaboration(capsys, tmp_path):
-    code, out, err = run(capsys, "init", tmp_path / "c", "--people", 200, "--format", "csv",
-                         "--json")
+    code, out, err = run(
+        capsys, "init", tmp_path / "c", "--people", 200, "--format", "csv", "--json"
+    )
     assert code == 0
     doc = json.loads(out)
     # init signs every provider's approval of the example (budget 10): it says what
@@ -58,15 +73,35 @@ def test_keygen_and_approve(capsys, tmp_path, example):
     code, _, err = run(capsys, "keygen", "--out", tmp_path / "k.pem")
     assert code == 2 and err.count("\n") == 1 and "refusing to overwrite" in err
 
-    code, out, _ = run(capsys, "approve", "--definition", example.definition, "--party", "bank",
-                       "--key", example.workdir / "keys" / "bank.pem",
-                       "--out", tmp_path / "a.json", "--json")
+    code, out, _ = run(
+        capsys,
+        "approve",
+        "--definition",
+        example.definition,
+        "--party",
+        "bank",
+        "--key",
+        example.workdir / "keys" / "bank.pem",
+        "--out",
+        tmp_path / "a.json",
+        "--json",
+    )
     assert code == 0
     approval = Approval.from_dict(json.loads((tmp_path / "a.json").read_text()))
     assert "bank" in verify_approvals(load_definition(example.definition), [approval]).valid
     # Someone else's key: refused in one line.
-    code, _, err = run(capsys, "approve", "--definition", example.definition, "--party", "bank",
-                       "--key", tmp_path / "k.pem", "--out", tmp_path / "b.json")
+    code, _, err = run(
+        capsys,
+        "approve",
+        "--definition",
+        example.definition,
+        "--party",
+        "bank",
+        "--key",
+        tmp_path / "k.pem",
+        "--out",
+        tmp_path / "b.json",
+    )
     assert code == 3 and "does not match" in err and "Traceback" not in err
     assert err.count("\n") == 1  # no warning before the refusal: nothing was approved
 
@@ -83,9 +118,19 @@ def _privacy_variant(example, tmp_path, name: str, **dp) -> Path:
 
 
 def _approve(capsys, tmp_path, example, definition: Path):
-    return run(capsys, "approve", "--definition", definition, "--party", "bank",
-               "--key", example.workdir / "keys" / "bank.pem",
-               "--out", tmp_path / f"{definition.stem}.json", "--json")
+    return run(
+        capsys,
+        "approve",
+        "--definition",
+        definition,
+        "--party",
+        "bank",
+        "--key",
+        example.workdir / "keys" / "bank.pem",
+        "--out",
+        tmp_path / f"{definition.stem}.json",
+        "--json",
+    )
 
 
 def test_approving_a_definition_with_dp_off_warns_loudly(capsys, tmp_path, example):
@@ -103,10 +148,13 @@ def test_approving_a_definition_with_dp_off_warns_loudly(capsys, tmp_path, examp
     assert json.loads(out)["warnings"] == [err.split("WARNING: ", 1)[1].strip()]
 
 
-@pytest.mark.parametrize("budget, alone, two", [
-    (10.0, "99.995 %", "~100 %"), (2.0, "88 %", "98 %"), (1.5, "82 %", "95 %")])
-def test_approving_a_large_dp_budget_says_what_it_permits(capsys, tmp_path, example, budget,
-                                                           alone, two):
+@pytest.mark.parametrize(
+    "budget, alone, two",
+    [(10.0, "99.995 %", "~100 %"), (2.0, "88 %", "98 %"), (1.5, "82 %", "95 %")],
+)
+def test_approving_a_large_dp_budget_says_what_it_permits(
+    capsys, tmp_path, example, budget, alone, two
+):
     """Red team cr7 finding 1: at ε=10 one analyst learnt one person's hidden attribute
     83 % of the time with allowed queries.  Approving a budget above 1 says, in one
     line on stderr and in --json, how often a yes/no fact about one person can be told
@@ -123,38 +171,56 @@ def test_approving_a_large_dp_budget_says_what_it_permits(capsys, tmp_path, exam
     assert json.loads(out)["warnings"] == [line]
 
 
-@pytest.mark.parametrize("dp", [{"budget_per_analyst": 1.0},
-                                {"budget_per_analyst": 0.5, "epsilon_per_query": 0.1}])
+@pytest.mark.parametrize(
+    "dp", [{"budget_per_analyst": 1.0}, {"budget_per_analyst": 0.5, "epsilon_per_query": 0.1}]
+)
 def test_approving_a_budget_of_at_most_1_is_silent(capsys, tmp_path, example, dp):
     path = _privacy_variant(example, tmp_path, "small", **dp)
     code, out, err = _approve(capsys, tmp_path, example, path)
     assert code == 0 and "WARNING" not in err and json.loads(out)["warnings"] == []
 
 
-@pytest.mark.parametrize("args, message", [
-    (["node", "--provider", "bank", "--dataset", "nope=x.csv"], "not declared"),
-    (["node", "--provider", "bank", "--dataset", "customers"], "NAME=SOURCE"),
-    (["node", "--provider", "bank", "--dataset", "customers=x.xlsx"], "unsupported"),
-    (["node", "--provider", "brand", "--dataset", "customers=x.csv"], "not a data provider"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["node", "--provider", "bank", "--dataset", "nope=x.csv"], "not declared"),
+        (["node", "--provider", "bank", "--dataset", "customers"], "NAME=SOURCE"),
+        (["node", "--provider", "bank", "--dataset", "customers=x.xlsx"], "unsupported"),
+        (["node", "--provider", "brand", "--dataset", "customers=x.csv"], "not a data provider"),
+    ],
+)
 def test_node_bad_arguments_are_one_line(capsys, example, args, message):
-    code, _, err = run(capsys, *args[:1], "--definition", example.definition, "--simulate",
-                       *args[1:])
+    code, _, err = run(
+        capsys, *args[:1], "--definition", example.definition, "--simulate", *args[1:]
+    )
     assert code == 2 and message in err and err.count("\n") == 1
 
 
 def test_verify_result_rejects_garbage(capsys, tmp_path, example):
     (tmp_path / "x.json").write_text("{}")
-    code, out, _ = run(capsys, "verify-result", tmp_path / "x.json", "--definition",
-                       example.definition, "--json")
+    code, out, _ = run(
+        capsys, "verify-result", tmp_path / "x.json", "--definition", example.definition, "--json"
+    )
     assert code == 1 and json.loads(out)["valid"] is False
 
 
 def test_query_unreachable_coordinator(capsys, example):
-    code, _, err = run(capsys, "query", "--url", "https://127.0.0.1:9", "--definition",
-                       example.definition, "--party", "brand", "--key",
-                       example.workdir / "keys" / "brand.pem", "--template", "audience_size",
-                       "--analysis", "audience")
+    code, _, err = run(
+        capsys,
+        "query",
+        "--url",
+        "https://127.0.0.1:9",
+        "--definition",
+        example.definition,
+        "--party",
+        "brand",
+        "--key",
+        example.workdir / "keys" / "brand.pem",
+        "--template",
+        "audience_size",
+        "--analysis",
+        "audience",
+    )
     assert code == 3 and "cannot reach" in err and err.count("\n") == 1
 
 
@@ -166,8 +232,16 @@ def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, 
 
     printed = []
     with example:
-        common = ["--url", example.url, "--definition", example.definition,
-                  "--party", "brand", "--key", example.workdir / "keys" / "brand.pem"]
+        common = [
+            "--url",
+            example.url,
+            "--definition",
+            example.definition,
+            "--party",
+            "brand",
+            "--key",
+            example.workdir / "keys" / "brand.pem",
+        ]
         code, out, _ = run(capsys, "status", *common)
         printed.append(out)
         code, out, _ = run(capsys, "status", *common, "--json")
@@ -175,18 +249,38 @@ def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, 
         # the attested signer, which a node's --coordinator pins
         assert json.loads(out)["coordinator"].startswith("ed25519:")
         assert json.loads(out)["coordinator"] in printed[0]
-        code, out, err = run(capsys, "query", *common, "--template", "campaign_lift",
-                             "--analysis", "lift", "--breakdown", "telecom.subscribers.region",
-                             "--out", tmp_path / "lift.json", "--html", tmp_path / "lift.html")
+        code, out, err = run(
+            capsys,
+            "query",
+            *common,
+            "--template",
+            "campaign_lift",
+            "--analysis",
+            "lift",
+            "--breakdown",
+            "telecom.subscribers.region",
+            "--out",
+            tmp_path / "lift.json",
+            "--html",
+            tmp_path / "lift.html",
+        )
         assert code == 0, err
         assert "conversion_lift_rel" in out and "SIMULATED" in out
         printed.append(out)
         assert "data:image/png;base64," in (tmp_path / "lift.html").read_text()
-        code, out, _ = run(capsys, "query", *common, "--template", "audience_size",
-                           "--analysis", "audience", "--filter",
-                           "telecom.subscribers.device = 'other' AND "
-                           "bank.customers.income_band = 'high' AND "
-                           "retailer.customers.loyalty_tier = 'gold'")
+        code, out, _ = run(
+            capsys,
+            "query",
+            *common,
+            "--template",
+            "audience_size",
+            "--analysis",
+            "audience",
+            "--filter",
+            "telecom.subscribers.device = 'other' AND "
+            "bank.customers.income_band = 'high' AND "
+            "retailer.customers.loyalty_tier = 'gold'",
+        )
         assert code == 4  # refused: suppressed
         code, out, _ = run(capsys, "audit", *common)
         printed.append(out)
@@ -197,8 +291,9 @@ def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, 
         assert audit_doc["chain"]["verified"] and len(audit_doc["chain"]["head"]) == 64
         code, out, _ = run(capsys, "budget", *common, "--json")
         assert code == 0 and "remaining" in json.loads(out)
-    code, out, _ = run(capsys, "verify-result", tmp_path / "lift.json", "--definition",
-                       example.definition)
+    code, out, _ = run(
+        capsys, "verify-result", tmp_path / "lift.json", "--definition", example.definition
+    )
     assert code == 0 and "signature verified" in out
     printed += [out, (tmp_path / "lift.html").read_text(), (tmp_path / "lift.json").read_text()]
     identifiers = identifier_strings(example)
@@ -234,44 +329,93 @@ def test_provider_and_analyst_everyday_commands(capsys, tmp_path, monkeypatch):
     original = pq.read_table(subscribers)
     with collab:
         monkeypatch.setenv("SGXCLOUD_CLEANROOM_URL", collab.url)
-        brand = ["--definition", collab.definition, "--party", "brand", "--key",
-                 keys / "brand.pem"]
-        telecom = ["--definition", collab.definition, "--party", "telecom", "--key",
-                   keys / "telecom.pem"]
-        code, out, _ = run(capsys, "query", *brand, "--template", "overlap", "--analysis",
-                           "reach", "--datasets", "bank.customers,telecom.subscribers", "--json")
+        brand = ["--definition", collab.definition, "--party", "brand", "--key", keys / "brand.pem"]
+        telecom = [
+            "--definition",
+            collab.definition,
+            "--party",
+            "telecom",
+            "--key",
+            keys / "telecom.pem",
+        ]
+        code, out, _ = run(
+            capsys,
+            "query",
+            *brand,
+            "--template",
+            "overlap",
+            "--analysis",
+            "reach",
+            "--datasets",
+            "bank.customers,telecom.subscribers",
+            "--json",
+        )
         assert code == 0
         (tmp_path / "reach.json").write_text(out)
         bundle = json.loads(out)
         assert set(bundle) == {"result", "signer_statement"}
-        everyone = next(c["value"] for c in bundle["result"]["cells"]
-                        if c["dims"] == {"datasets": "telecom.subscribers"})
-        code, out, _ = run(capsys, "verify-result", tmp_path / "reach.json", "--definition",
-                           collab.definition)
+        everyone = next(
+            c["value"]
+            for c in bundle["result"]["cells"]
+            if c["dims"] == {"datasets": "telecom.subscribers"}
+        )
+        code, out, _ = run(
+            capsys, "verify-result", tmp_path / "reach.json", "--definition", collab.definition
+        )
         assert code == 0 and "signature verified" in out
-        code, out, _ = run(capsys, "match-rate", *brand, "--analysis", "reach", "--datasets",
-                           "bank.customers,telecom.subscribers", "--json")
+        code, out, _ = run(
+            capsys,
+            "match-rate",
+            *brand,
+            "--analysis",
+            "reach",
+            "--datasets",
+            "bank.customers,telecom.subscribers",
+            "--json",
+        )
         rates = json.loads(out)["rates"]
-        assert code == 0 and {r["of"] for r in rates} == {"bank.customers",
-                                                          "telecom.subscribers"}
+        assert code == 0 and {r["of"] for r in rates} == {"bank.customers", "telecom.subscribers"}
         assert all(r["rate"] is None or 0 < r["rate"] <= 1 for r in rates)
-        north = run(capsys, "query", *brand, "--template", "audience_size", "--analysis",
-                    "audience", "--filter", "telecom.subscribers.region = 'north'", "--json")
+        north = run(
+            capsys,
+            "query",
+            *brand,
+            "--template",
+            "audience_size",
+            "--analysis",
+            "audience",
+            "--filter",
+            "telecom.subscribers.region = 'north'",
+            "--json",
+        )
         before = json.loads(north[1])["result"]["cells"][0]["value"]
         assert before < everyone
 
         # the provider moves everyone to the north and refreshes from the CLI
-        pq.write_table(original.set_column(
-            original.schema.get_field_index("region"), "region",
-            pc.if_else(pc.is_valid(original["region"]), "north", original["region"])),
-            subscribers)
+        pq.write_table(
+            original.set_column(
+                original.schema.get_field_index("region"),
+                "region",
+                pc.if_else(pc.is_valid(original["region"]), "north", original["region"]),
+            ),
+            subscribers,
+        )
         code, out, _ = run(capsys, "refresh", *telecom, "--json")
         (state,) = json.loads(out)["datasets"]
         assert code == 0 and state["state"] == "ingested" and state["rows"] > 1000
         in_use = state["rows"]
-        code, out, _ = run(capsys, "query", *brand, "--template", "audience_size", "--analysis",
-                           "audience", "--filter", "telecom.subscribers.region IN ('north')",
-                           "--json")
+        code, out, _ = run(
+            capsys,
+            "query",
+            *brand,
+            "--template",
+            "audience_size",
+            "--analysis",
+            "audience",
+            "--filter",
+            "telecom.subscribers.region IN ('north')",
+            "--json",
+        )
         assert code == 0 and json.loads(out)["result"]["cells"][0]["value"] == everyone
 
         # a broken refresh: rejected, the previous rows stay in use, exit 1
@@ -295,19 +439,45 @@ def test_provider_and_analyst_everyday_commands(capsys, tmp_path, monkeypatch):
         assert "audience_size audience; filter" in out
 
         # errors that say what to fix, once
-        code, _, err = run(capsys, "query", *brand, "--template", "audience_size",
-                           "--analysis", "audience", "--filter",
-                           "telecom.subscribers.region == 'north'")
+        code, _, err = run(
+            capsys,
+            "query",
+            *brand,
+            "--template",
+            "audience_size",
+            "--analysis",
+            "audience",
+            "--filter",
+            "telecom.subscribers.region == 'north'",
+        )
         assert code == 2 and err.count("query:") == 1 and "write = to compare, not ==" in err
-        code, _, err = run(capsys, "query", *brand, "--template", "audience_size",
-                           "--analysis", "audience", "--filter",
-                           'telecom.subscribers.region = "north"')
+        code, _, err = run(
+            capsys,
+            "query",
+            *brand,
+            "--template",
+            "audience_size",
+            "--analysis",
+            "audience",
+            "--filter",
+            'telecom.subscribers.region = "north"',
+        )
         assert code == 2 and "single quotes" in err
-        code, _, err = run(capsys, "query", *brand, "--template", "overlap", "--analysis",
-                           "reach", "--datasets", "bank.customers,telecom.subscriber")
+        code, _, err = run(
+            capsys,
+            "query",
+            *brand,
+            "--template",
+            "overlap",
+            "--analysis",
+            "reach",
+            "--datasets",
+            "bank.customers,telecom.subscriber",
+        )
         assert code == 2 and "unknown dataset telecom.subscriber" in err
-    code, out, _ = run(capsys, "public-key", "--key", keys / "brand.pem", "--definition",
-                       collab.definition)
+    code, out, _ = run(
+        capsys, "public-key", "--key", keys / "brand.pem", "--definition", collab.definition
+    )
     assert code == 0 and out.startswith("ed25519:") and "party brand" in out
     monkeypatch.delenv("SGXCLOUD_CLEANROOM_URL")
     code, _, err = run(capsys, "status", *brand)
@@ -316,7 +486,8 @@ def test_provider_and_analyst_everyday_commands(capsys, tmp_path, monkeypatch):
     assert "[required]" not in out.split("--definition")[0]
     # a result checked against another collaboration's definition says so
     other = prepare_example(tmp_path / "other", people=50)
-    code, out, _ = run(capsys, "verify-result", tmp_path / "reach.json", "--definition",
-                       other.definition)
+    code, out, _ = run(
+        capsys, "verify-result", tmp_path / "reach.json", "--definition", other.definition
+    )
     assert code == 1 and "answers definition" in out and "check the --definition file" in out
     assert "nonce" not in out

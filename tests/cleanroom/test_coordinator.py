@@ -35,8 +35,11 @@ from sgxcloud.cleanroom.transport import (
 from sgxcloud.cleanroom.transport.request_auth import RequestRejected, sign_request
 
 ROOT = Path(__file__).resolve().parents[2]
-AUDIENCE = {"template": "audience_size", "analysis": "audience",
-            "filter": "bank.customers.premium_card = true AND retailer.customers.baby_buyer = true"}
+AUDIENCE = {
+    "template": "audience_size",
+    "analysis": "audience",
+    "filter": "bank.customers.premium_card = true AND retailer.customers.baby_buyer = true",
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +56,9 @@ def key(collab, party):
 
 
 def client(collab, party="brand"):
-    return CleanroomClient.connect(collab.url, load_definition(collab.definition), party,
-                                   key(collab, party))
+    return CleanroomClient.connect(
+        collab.url, load_definition(collab.definition), party, key(collab, party)
+    )
 
 
 def test_separate_processes_and_everything_ingested(running):
@@ -66,9 +70,12 @@ def test_separate_processes_and_everything_ingested(running):
     assert status["simulated"] is True
     assert status["approvals"]["complete"]
     assert {d["dataset"]: d["state"] for d in status["datasets"]} == {
-        "bank.customers": "ingested", "telecom.subscribers": "ingested",
-        "retailer.customers": "ingested", "retailer.exposures": "ingested",
-        "retailer.purchases": "ingested"}
+        "bank.customers": "ingested",
+        "telecom.subscribers": "ingested",
+        "retailer.customers": "ingested",
+        "retailer.exposures": "ingested",
+        "retailer.purchases": "ingested",
+    }
 
 
 def test_query_result_verifies_and_recipients_can_fetch_it(running, tmp_path):
@@ -84,8 +91,17 @@ def test_query_result_verifies_and_recipients_can_fetch_it(running, tmp_path):
     # verify-result, the recipients' command, as a real process.
     bundle = tmp_path / "bundle.json"
     bundle.write_text(verified.to_json())
-    cli = [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", "verify-result", str(bundle),
-           "--definition", str(running.definition), "--json"]
+    cli = [
+        sys.executable,
+        "-m",
+        "sgxcloud.cli.main",
+        "cleanroom",
+        "verify-result",
+        str(bundle),
+        "--definition",
+        str(running.definition),
+        "--json",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
@@ -102,8 +118,10 @@ def test_bundle_checks_definition_and_signer(running):
     with client(running) as brand:
         verified = brand.query(AUDIENCE)
     bundle = json.loads(verified.to_json())
-    other = dict(bundle, signer_statement=dict(bundle["signer_statement"],
-                                               signer="ed25519:" + "A" * 43 + "="))
+    other = dict(
+        bundle,
+        signer_statement=dict(bundle["signer_statement"], signer="ed25519:" + "A" * 43 + "="),
+    )
     with pytest.raises(PeerRefused, match="not bound"):
         verify_bundle(other, load_definition(running.definition))
     forged = json.loads(verified.to_json())
@@ -113,10 +131,13 @@ def test_bundle_checks_definition_and_signer(running):
 
 
 def test_refusals_come_back_typed(running):
-    small = {"template": "audience_size", "analysis": "audience",
-             "filter": "telecom.subscribers.region = 'north' AND bank.customers.income_band = "
-                       "'high' AND retailer.customers.loyalty_tier = 'gold' "
-                       "AND telecom.subscribers.device = 'other'"}
+    small = {
+        "template": "audience_size",
+        "analysis": "audience",
+        "filter": "telecom.subscribers.region = 'north' AND bank.customers.income_band = "
+        "'high' AND retailer.customers.loyalty_tier = 'gold' "
+        "AND telecom.subscribers.device = 'other'",
+    }
     with client(running) as brand:
         with pytest.raises(QueryRefused) as info:
             brand.query(small)
@@ -128,8 +149,13 @@ def test_refusals_come_back_typed(running):
 
 
 PARTIES = ("bank", "telecom", "retailer", "brand", "agency")
-DATASETS = {"bank.customers", "telecom.subscribers", "retailer.customers",
-            "retailer.exposures", "retailer.purchases"}
+DATASETS = {
+    "bank.customers",
+    "telecom.subscribers",
+    "retailer.customers",
+    "retailer.exposures",
+    "retailer.purchases",
+}
 
 
 def _numbers(value):
@@ -231,16 +257,23 @@ def test_a_recipient_checks_its_result_against_the_audit_log(running):
     assert entry["event"] == "release" and entry["data"]["result_id"] == fetched.result.result_id
     assert entry["data"]["result_digest"].startswith("hmac-sha256:")
     with client(running, "bank") as bank:
-        seen = [e for e in bank.audit() if e["event"] in ("release", "cache_hit")
-                and e["data"]["result_id"] == fetched.result.result_id]
+        seen = [
+            e
+            for e in bank.audit()
+            if e["event"] in ("release", "cache_hit")
+            and e["data"]["result_id"] == fetched.result.result_id
+        ]
         assert seen and all("cells" not in json.dumps(e) for e in seen)
         assert fetched.result.digest_key not in json.dumps(bank.audit())
     import dataclasses
 
-    other = dataclasses.replace(fetched, result=dataclasses.replace(
-        fetched.result, result_id="0" * 8 + fetched.result.result_id[8:]))
-    with client(running, "agency") as agency, pytest.raises(ResultDigestError,
-                                                            match="no release"):
+    other = dataclasses.replace(
+        fetched,
+        result=dataclasses.replace(
+            fetched.result, result_id="0" * 8 + fetched.result.result_id[8:]
+        ),
+    )
+    with client(running, "agency") as agency, pytest.raises(ResultDigestError, match="no release"):
         agency.check_logged(other)
 
 
@@ -259,8 +292,7 @@ def test_requests_must_be_signed_fresh_and_by_the_party(running):
         wrong = sign_request(key(running, "bank"), "brand", "GET", "/v1/status", **here)
         assert http.get("/v1/status", headers=wrong).status_code == 401
         body = json.dumps(AUDIENCE).encode()
-        signed = sign_request(key(running, "brand"), "brand", "POST", "/v1/queries", body,
-                              **here)
+        signed = sign_request(key(running, "brand"), "brand", "POST", "/v1/queries", body, **here)
         tampered = body.replace(b"true", b"false", 1)
         answer = http.post("/v1/queries", content=tampered, headers=signed)
         assert answer.status_code == 401
@@ -275,16 +307,20 @@ def test_long_and_deeply_nested_text_filters_are_clear_400s(running):
     cert = fetch_server_certificate(host, int(port))
     ctx = pinned_client_context(cert.public_bytes(serialization.Encoding.PEM))
     same = "bank.customers.premium_card = true"
-    cases = [("NOT " * 5000 + same, "longer than 16384 characters"),
-             ("NOT " * 3000 + same, "nested deeper than 8"),
-             (" AND ".join([same] * 400), "more than 64 filter nodes")]
+    cases = [
+        ("NOT " * 5000 + same, "longer than 16384 characters"),
+        ("NOT " * 3000 + same, "nested deeper than 8"),
+        (" AND ".join([same] * 400), "more than 64 filter nodes"),
+    ]
     with httpx.Client(base_url=running.url, verify=ctx, timeout=30) as http:
         here = signed_for(http)
         for text, message in cases:
-            body = json.dumps({"template": "audience_size", "analysis": "audience",
-                               "filter": text}).encode()
-            headers = sign_request(key(running, "brand"), "brand", "POST", "/v1/queries", body,
-                                   **here)
+            body = json.dumps(
+                {"template": "audience_size", "analysis": "audience", "filter": text}
+            ).encode()
+            headers = sign_request(
+                key(running, "brand"), "brand", "POST", "/v1/queries", body, **here
+            )
             headers["Content-Type"] = "application/json"
             started = time.monotonic()
             answer = http.post("/v1/queries", content=body, headers=headers)
@@ -293,8 +329,11 @@ def test_long_and_deeply_nested_text_filters_are_clear_400s(running):
             assert time.monotonic() - started < 5
     with client(running) as brand:  # still serving, and the refusals are audited
         assert brand.query(AUDIENCE).result
-        refusals = [e for e in brand.audit() if e["event"] == "refusal"
-                    and "query: filter:" in e["data"].get("message", "")]
+        refusals = [
+            e
+            for e in brand.audit()
+            if e["event"] == "refusal" and "query: filter:" in e["data"].get("message", "")
+        ]
     assert len(refusals) >= 3
 
 
@@ -316,8 +355,13 @@ def test_audit_log_and_no_identifiers_anywhere(running):
         from tests.cleanroom.test_trust import assert_absent, identifier_strings
 
     with client(running) as brand:
-        lift = brand.query({"template": "campaign_lift", "analysis": "lift",
-                            "breakdown": "telecom.subscribers.region"})
+        lift = brand.query(
+            {
+                "template": "campaign_lift",
+                "analysis": "lift",
+                "breakdown": "telecom.subscribers.region",
+            }
+        )
         entries = brand.audit()
         status = brand.status()
     events = {e["event"] for e in entries}
@@ -347,15 +391,29 @@ def test_file_going_bad_half_way_leaves_nothing_and_can_be_fixed(tmp_path):
     rows = 100_000  # enough for several 1 MiB DATA frames to arrive before the bad row
     good = "".join(f"C{i:05d},p{i}@example.org,,true,low\n" for i in range(rows))
     csv_path.write_text(header + good + "C99999,late@example.org,,perhaps,low\n")
-    node = ProviderNode(NodeConfig(provider="bank", definition=definition,
-                                   sources={"customers": Source.parse(str(csv_path))},
-                                   approvals=approvals, simulate=True, allow_simulated=True,
-                                   batch_rows=1000))
+    node = ProviderNode(
+        NodeConfig(
+            provider="bank",
+            definition=definition,
+            sources={"customers": Source.parse(str(csv_path))},
+            approvals=approvals,
+            simulate=True,
+            allow_simulated=True,
+            batch_rows=1000,
+        )
+    )
     node.start()
-    coordinator = Coordinator(CoordinatorConfig(
-        definition=definition, workdir=tmp_path / "coordinator",
-        nodes={"bank": node.address}, approvals=approvals, simulate=True,
-        allow_simulated=True, batch_rows=1000))
+    coordinator = Coordinator(
+        CoordinatorConfig(
+            definition=definition,
+            workdir=tmp_path / "coordinator",
+            nodes={"bank": node.address},
+            approvals=approvals,
+            simulate=True,
+            allow_simulated=True,
+            batch_rows=1000,
+        )
+    )
     try:
         seen = []
         coordinator.ingest_all(lambda kind, info: seen.append((kind, info.get("bytes"))))
@@ -391,9 +449,14 @@ def test_unreachable_node_is_reported_and_stale_staging_dropped(tmp_path):
     stale = tmp_path / "c" / "staging" / "bank.customers.arrows"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half of a stream from a run that was killed")
-    coordinator = Coordinator(CoordinatorConfig(
-        definition=definition, workdir=tmp_path / "c", nodes={"bank": ("127.0.0.1", 9)},
-        simulate=True))
+    coordinator = Coordinator(
+        CoordinatorConfig(
+            definition=definition,
+            workdir=tmp_path / "c",
+            nodes={"bank": ("127.0.0.1", 9)},
+            simulate=True,
+        )
+    )
     try:
         assert not stale.exists()
         coordinator.ingest_all()
@@ -427,12 +490,30 @@ def test_metrics_are_not_on_the_api_port_and_only_on_loopback(running, tmp_path)
         assert "sgxcloud_cleanroom" not in answer.text
     # A metrics listener others could reach is refused, in one line, before ingestion.
     run = subprocess.run(
-        [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", "coordinator",
-         "--definition", str(running.definition), "--approvals", str(running.approvals[0]),
-         "--node", "bank=127.0.0.1:9", "--workdir", str(tmp_path / "w"), "--simulate",
-         "--allow-simulated", "--metrics-listen", "0.0.0.0:0"],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        [
+            sys.executable,
+            "-m",
+            "sgxcloud.cli.main",
+            "cleanroom",
+            "coordinator",
+            "--definition",
+            str(running.definition),
+            "--approvals",
+            str(running.approvals[0]),
+            "--node",
+            "bank=127.0.0.1:9",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--simulate",
+            "--allow-simulated",
+            "--metrics-listen",
+            "0.0.0.0:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert run.returncode != 0
     assert "loopback only" in run.stderr + run.stdout
     assert "Traceback" not in run.stderr
@@ -467,8 +548,15 @@ def test_metrics_are_aggregates_with_no_query_content(running):
     assert delta("sgxcloud_cleanroom_queries_released_total") == 1
     assert delta("sgxcloud_cleanroom_queries_refused_total", (("reason", "not_allowed"),)) == 1
     assert after[("sgxcloud_cleanroom_dataset_rows", (("dataset", "bank.customers"),))] > 0
-    assert after[("sgxcloud_cleanroom_dataset_state",
-                  (("dataset", "bank.customers"), ("state", "ingested")))] == 1
+    assert (
+        after[
+            (
+                "sgxcloud_cleanroom_dataset_state",
+                (("dataset", "bank.customers"), ("state", "ingested")),
+            )
+        ]
+        == 1
+    )
     spent = after[("sgxcloud_cleanroom_dp_budget_spent", (("analyst", "brand"),))]
     assert spent == budget["spent"]
     # Labels and values say nothing of the queries: no filter text, no attribute names.

@@ -22,13 +22,19 @@ def test_deterministic_by_seed(tmp_path):
     for ref in a.files:
         assert pq.read_table(a.files[ref]).equals(pq.read_table(b.files[ref])), ref
     assert not pq.read_table(a.files["bank.customers"]).equals(
-        pq.read_table(c.files["bank.customers"]))
+        pq.read_table(c.files["bank.customers"])
+    )
 
 
 def test_streams_in_chunks_with_the_declared_schemas(tmp_path):
     seen = []
-    data = generate(tmp_path, people=1000, seed=1, chunk_people=250,
-                    progress=lambda done, total: seen.append((done, total)))
+    data = generate(
+        tmp_path,
+        people=1000,
+        seed=1,
+        chunk_people=250,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert seen == [(250, 1000), (500, 1000), (750, 1000), (1000, 1000)]
     for name, schema in SCHEMAS.items():
         ref = name.replace("/", ".")

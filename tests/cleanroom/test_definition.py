@@ -58,10 +58,12 @@ def test_hash_ignores_formatting_but_not_meaning(base_doc):
     assert definition_from_dict(reordered).definition_hash() == definition.definition_hash()
     as_yaml = yaml.safe_dump(base_doc, default_flow_style=True)
     assert parse_definition(as_yaml).definition_hash() == definition.definition_hash()
-    for path, value in [(("privacy", "min_group_size"), 21),
-                        (("enclaves", "node", "mrenclave"), "ab" * 32),
-                        (("analyses", 2, "attribution_window_days"), 27),
-                        (("description",), "changed")]:
+    for path, value in [
+        (("privacy", "min_group_size"), 21),
+        (("enclaves", "node", "mrenclave"), "ab" * 32),
+        (("analyses", 2, "attribution_window_days"), 27),
+        (("description",), "changed"),
+    ]:
         doc = copy.deepcopy(base_doc)
         target = doc
         for part in path[:-1]:
@@ -77,48 +79,93 @@ def _error(doc) -> DefinitionError:
     return err.value
 
 
-@pytest.mark.parametrize(("mutate", "field"), [
-    (lambda d: d["enclaves"]["coordinator"].update(mrenclave="XYZ"),
-     "enclaves.coordinator.mrenclave"),
-    (lambda d: d["parties"][0].update(roles=["boss"]), "parties[0].roles[0]"),
-    (lambda d: d["datasets"][1]["identifiers"][0].update(kind="passport"),
-     "datasets[1].identifiers[0].kind"),
-    (lambda d: d["privacy"].update(min_group_size=1), "privacy.min_group_size"),
-    (lambda d: d["analyses"][0].update(colour="blue"), "analyses[0]"),
-    (lambda d: d.pop("privacy"), ""),
-])
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (
+            lambda d: d["enclaves"]["coordinator"].update(mrenclave="XYZ"),
+            "enclaves.coordinator.mrenclave",
+        ),
+        (lambda d: d["parties"][0].update(roles=["boss"]), "parties[0].roles[0]"),
+        (
+            lambda d: d["datasets"][1]["identifiers"][0].update(kind="passport"),
+            "datasets[1].identifiers[0].kind",
+        ),
+        (lambda d: d["privacy"].update(min_group_size=1), "privacy.min_group_size"),
+        (lambda d: d["analyses"][0].update(colour="blue"), "analyses[0]"),
+        (lambda d: d.pop("privacy"), ""),
+    ],
+)
 def test_schema_errors_carry_the_field(base_doc, mutate, field):
     doc = copy.deepcopy(base_doc)
     mutate(doc)
     assert _error(doc).field == field
 
 
-@pytest.mark.parametrize(("mutate", "field", "words"), [
-    (lambda d: d["parties"][1].update(name="bank"), "parties[1].name", "duplicate"),
-    (lambda d: d["datasets"][0].update(provider="brand"), "datasets[0].provider",
-     "data_provider"),
-    (lambda d: d["datasets"][1].pop("default_phone_region"),
-     "datasets[1].default_phone_region", "required"),
-    (lambda d: d["datasets"][3].pop("group_column"), "datasets[3].group_column", "required"),
-    (lambda d: d["datasets"][1]["attributes"][0].pop("values"),
-     "datasets[1].attributes[0].values", "category"),
-    (lambda d: d["analyses"][0]["analysts"].append("bank"), "analyses[0].analysts[1]",
-     "analyst"),
-    (lambda d: d["analyses"][0]["attributes"].append("bank.customers.salary"),
-     "analyses[0].attributes[6]", "no such attribute"),
-    (lambda d: d["analyses"][2].update(exposures="retailer.purchases"), "analyses[2].exposures",
-     "kind exposures"),
-    (lambda d: d["analyses"][2]["breakdowns"].append("retailer.purchases.amount"),
-     "analyses[2].breakdowns[2]", "no such attribute"),
-    (lambda d: d["analyses"][1].update(datasets=["bank.customers"]), "analyses[1].datasets",
-     "at least two"),
-    (lambda d: d["enclaves"]["node"].update(mrenclave=d["enclaves"]["coordinator"]["mrenclave"]),
-     "enclaves.node.mrenclave", "differ"),
-    (lambda d: d["privacy"]["differential_privacy"].update(budget_per_analyst=0.1),
-     "privacy.differential_privacy.budget_per_analyst", "smaller"),
-    (lambda d: d["privacy"]["differential_privacy"].update(mechanism="gaussian"),
-     "privacy.differential_privacy.delta", "required"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "field", "words"),
+    [
+        (lambda d: d["parties"][1].update(name="bank"), "parties[1].name", "duplicate"),
+        (
+            lambda d: d["datasets"][0].update(provider="brand"),
+            "datasets[0].provider",
+            "data_provider",
+        ),
+        (
+            lambda d: d["datasets"][1].pop("default_phone_region"),
+            "datasets[1].default_phone_region",
+            "required",
+        ),
+        (lambda d: d["datasets"][3].pop("group_column"), "datasets[3].group_column", "required"),
+        (
+            lambda d: d["datasets"][1]["attributes"][0].pop("values"),
+            "datasets[1].attributes[0].values",
+            "category",
+        ),
+        (
+            lambda d: d["analyses"][0]["analysts"].append("bank"),
+            "analyses[0].analysts[1]",
+            "analyst",
+        ),
+        (
+            lambda d: d["analyses"][0]["attributes"].append("bank.customers.salary"),
+            "analyses[0].attributes[6]",
+            "no such attribute",
+        ),
+        (
+            lambda d: d["analyses"][2].update(exposures="retailer.purchases"),
+            "analyses[2].exposures",
+            "kind exposures",
+        ),
+        (
+            lambda d: d["analyses"][2]["breakdowns"].append("retailer.purchases.amount"),
+            "analyses[2].breakdowns[2]",
+            "no such attribute",
+        ),
+        (
+            lambda d: d["analyses"][1].update(datasets=["bank.customers"]),
+            "analyses[1].datasets",
+            "at least two",
+        ),
+        (
+            lambda d: d["enclaves"]["node"].update(
+                mrenclave=d["enclaves"]["coordinator"]["mrenclave"]
+            ),
+            "enclaves.node.mrenclave",
+            "differ",
+        ),
+        (
+            lambda d: d["privacy"]["differential_privacy"].update(budget_per_analyst=0.1),
+            "privacy.differential_privacy.budget_per_analyst",
+            "smaller",
+        ),
+        (
+            lambda d: d["privacy"]["differential_privacy"].update(mechanism="gaussian"),
+            "privacy.differential_privacy.delta",
+            "required",
+        ),
+    ],
+)
 def test_semantic_errors_carry_the_field(base_doc, mutate, field, words):
     doc = copy.deepcopy(base_doc)
     mutate(doc)
@@ -147,8 +194,9 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 def test_enclave_pin_matches_identity():
     pin = load_definition(EXAMPLE).enclaves.coordinator
-    good = EnclaveIdentity(mrenclave=pin.mrenclave, mrsigner=pin.mrsigner or "", isvprodid=0,
-                           isvsvn=1, debug=False)
+    good = EnclaveIdentity(
+        mrenclave=pin.mrenclave, mrsigner=pin.mrsigner or "", isvprodid=0, isvsvn=1, debug=False
+    )
     assert pin.matches(good)
     assert not pin.matches(EnclaveIdentity(**{**good.__dict__, "debug": True}))
     assert not pin.matches(EnclaveIdentity(**{**good.__dict__, "mrenclave": "00" * 32}))
@@ -161,8 +209,11 @@ def test_public_surfaces_are_explicit():
     import sgxcloud.cleanroom.privacy as privacy_pkg
 
     for module in (definition_pkg, engine_pkg, privacy_pkg):
-        public = {n for n in vars(module) if not n.startswith("_")
-                  and not isinstance(getattr(module, n), type(module))}
+        public = {
+            n
+            for n in vars(module)
+            if not n.startswith("_") and not isinstance(getattr(module, n), type(module))
+        }
         public -= {"annotations"}
         assert sorted(module.__all__) == sorted(public), module.__name__
 
@@ -185,8 +236,10 @@ def test_tolerated_advisories(base_doc):
     doc["enclaves"]["tolerated_advisories"] = ["INTEL-SA-00615", "INTEL-SA-00657"]
     enclaves = definition_from_dict(doc).enclaves
     assert enclaves.tolerated_advisories == ("INTEL-SA-00615", "INTEL-SA-00657")
-    assert definition_from_dict(doc).definition_hash() != definition_from_dict(
-        base_doc).definition_hash()  # peers approve what they tolerate
+    assert (
+        definition_from_dict(doc).definition_hash()
+        != definition_from_dict(base_doc).definition_hash()
+    )  # peers approve what they tolerate
     doc["enclaves"]["tolerated_advisories"] = ["*"]
     assert definition_from_dict(doc).enclaves.tolerated_advisories == ("*",)
     doc["enclaves"]["tolerated_advisories"] = ["SA-615"]
@@ -195,15 +248,26 @@ def test_tolerated_advisories(base_doc):
     assert err.value.field == "enclaves.tolerated_advisories[0]"
 
 
-@pytest.mark.parametrize("dp, warned, figure", [
-    ({"budget_per_analyst": 10.0}, True, "99.995 %"),  # the red team's (cr7) setting
-    ({"budget_per_analyst": 1.01}, True, "73 %"),
-    ({"budget_per_analyst": 1.0}, False, None),
-    ({"budget_per_analyst": 0.5, "epsilon_per_query": 0.1}, False, None),
-    # gaussian: every query's δ counts too, (e^B + δ_total)/(1 + e^B)
-    ({"mechanism": "gaussian", "delta": 9e-4, "epsilon_per_query": 0.01,
-      "budget_per_analyst": 2.0}, True, "90 %"),  # 88 % without the 200 queries' δ
-])
+@pytest.mark.parametrize(
+    "dp, warned, figure",
+    [
+        ({"budget_per_analyst": 10.0}, True, "99.995 %"),  # the red team's (cr7) setting
+        ({"budget_per_analyst": 1.01}, True, "73 %"),
+        ({"budget_per_analyst": 1.0}, False, None),
+        ({"budget_per_analyst": 0.5, "epsilon_per_query": 0.1}, False, None),
+        # gaussian: every query's δ counts too, (e^B + δ_total)/(1 + e^B)
+        (
+            {
+                "mechanism": "gaussian",
+                "delta": 9e-4,
+                "epsilon_per_query": 0.01,
+                "budget_per_analyst": 2.0,
+            },
+            True,
+            "90 %",
+        ),  # 88 % without the 200 queries' δ
+    ],
+)
 def test_a_budget_above_1_is_said_in_plain_words(base_doc, dp, warned, figure):
     """What a budget permits is said where parties decide (Privacy.warnings: approve,
     node, coordinator, local, init, the console, the engine's log)."""

@@ -16,10 +16,15 @@ def engine(make_definition, make_engine):
 
 
 def test_audience_size_matches_plain(engine, plain):
-    result = engine.run({
-        "template": "audience_size", "analysis": "audience",
-        "filter": "retailer.customers.baby_buyer = true AND (bank.customers.income_band "
-                  "IN ('high', 'middle') OR NOT telecom.subscribers.region = 'north')"}, "brand")
+    result = engine.run(
+        {
+            "template": "audience_size",
+            "analysis": "audience",
+            "filter": "retailer.customers.baby_buyer = true AND (bank.customers.income_band "
+            "IN ('high', 'middle') OR NOT telecom.subscribers.region = 'north')",
+        },
+        "brand",
+    )
     baby = plain.people("retailer.customers", lambda f: f.baby_buyer)
     income = plain.people("bank.customers", lambda f: f.income_band.isin(["high", "middle"]))
     north = plain.people("telecom.subscribers", lambda f: f.region == "north")
@@ -30,8 +35,14 @@ def test_audience_size_matches_plain(engine, plain):
 
 def test_comparison_needs_presence_in_the_dataset(engine, plain):
     """``x != v`` means: has a row in x's dataset whose value is not v."""
-    result = engine.run({"template": "audience_size", "analysis": "audience",
-                         "filter": "bank.customers.premium_card != true"}, "brand")
+    result = engine.run(
+        {
+            "template": "audience_size",
+            "analysis": "audience",
+            "filter": "bank.customers.premium_card != true",
+        },
+        "brand",
+    )
     assert result.value("people") == len(plain.people("bank.customers", lambda f: ~f.premium_card))
 
 
@@ -42,9 +53,17 @@ def test_audience_without_filter_counts_everyone(engine, plain):
 
 def test_overlap_matches_plain(engine, plain):
     refs = ["bank.customers", "retailer.customers", "telecom.subscribers"]
-    result = engine.run({"template": "overlap", "analysis": "reach", "datasets": refs,
-                         "filter": {"not": {"attribute": "bank.customers.premium_card",
-                                            "op": "=", "value": True}}}, "brand")
+    result = engine.run(
+        {
+            "template": "overlap",
+            "analysis": "reach",
+            "datasets": refs,
+            "filter": {
+                "not": {"attribute": "bank.customers.premium_card", "op": "=", "value": True}
+            },
+        },
+        "brand",
+    )
     # NOT holds for people the bank does not know too
     not_premium = plain.everyone - plain.people("bank.customers", lambda f: f.premium_card)
     sets = {r: plain.people(r) & not_premium for r in refs}
@@ -55,8 +74,9 @@ def test_overlap_matches_plain(engine, plain):
 
 
 def _welch(test, control):
-    compare = CompareMeans(DescrStatsW(test.revenue.to_numpy()),
-                           DescrStatsW(control.revenue.to_numpy()))
+    compare = CompareMeans(
+        DescrStatsW(test.revenue.to_numpy()), DescrStatsW(control.revenue.to_numpy())
+    )
     _, p_value, _ = compare.ttest_ind(usevar="unequal")
     return p_value, compare.tconfint_diff(alpha=0.05, usevar="unequal")
 
@@ -106,9 +126,15 @@ def test_campaign_lift_matches_plain(engine, plain):
 
 
 def test_campaign_lift_breakdown_and_filter_match_plain(engine, plain):
-    result = engine.run({"template": "campaign_lift", "analysis": "lift",
-                         "breakdown": "bank.customers.premium_card",
-                         "filter": "bank.customers.income_band != 'low'"}, "brand")
+    result = engine.run(
+        {
+            "template": "campaign_lift",
+            "analysis": "lift",
+            "breakdown": "bank.customers.premium_card",
+            "filter": "bank.customers.income_band != 'low'",
+        },
+        "brand",
+    )
     chosen = plain.people("bank.customers", lambda f: f.income_band != "low")
     table = plain.lift_table(restrict=chosen, segment=("bank.customers", "premium_card"))
     _check_segment(result, table, "(all)")
@@ -130,8 +156,14 @@ def test_attribution_window_changes_what_counts(engine, plain):
 
 
 def test_results_are_json_finite(engine):
-    result = engine.run({"template": "campaign_lift", "analysis": "lift",
-                         "breakdown": "telecom.subscribers.region"}, "brand")
+    result = engine.run(
+        {
+            "template": "campaign_lift",
+            "analysis": "lift",
+            "breakdown": "telecom.subscribers.region",
+        },
+        "brand",
+    )
     for cell in result.cells:
         assert cell.value is None or np.isfinite(cell.value)
     assert result.to_json()

@@ -42,8 +42,11 @@ def test_extra_columns_are_refused(engine, prepared):
 
 def test_wrong_type_is_reported_without_values(engine, prepared):
     batch = prepared["retailer.purchases"]
-    bad = batch.set_column(batch.schema.get_field_index("amount"), "amount",
-                           pa.array(["secret-amount"] * batch.num_rows))
+    bad = batch.set_column(
+        batch.schema.get_field_index("amount"),
+        "amount",
+        pa.array(["secret-amount"] * batch.num_rows),
+    )
     with pytest.raises(IngestError) as err:
         engine.ingest("retailer", "purchases", bad)
     assert "amount" in str(err.value)
@@ -111,8 +114,11 @@ def test_prepare_batch_rejects_uncastable_columns_without_values(make_definition
     definition = make_definition()
     ds = definition.dataset("bank.customers")
     table = pq.read_table(generated.files["bank.customers"])
-    table = table.set_column(table.schema.get_field_index("premium_card"), "premium_card",
-                             pc.cast(pa.array(["maybe-yes"] * table.num_rows), pa.string()))
+    table = table.set_column(
+        table.schema.get_field_index("premium_card"),
+        "premium_card",
+        pc.cast(pa.array(["maybe-yes"] * table.num_rows), pa.string()),
+    )
     with pytest.raises(IngestError) as err:
         prepare_batch(ds, table, bytes(32), definition.columns_needed(ds.ref))
     assert "premium_card" in str(err.value) and "maybe-yes" not in str(err.value)
@@ -137,33 +143,82 @@ def test_queries_are_authorised(engine):
         engine.run(AUDIENCE, "agency")  # a recipient, not an analyst of this analysis
     assert err.value.reason == "not_allowed"
     with pytest.raises(QueryRefused) as err:
-        engine.run({"analysis": "reach", "template": "overlap",
-                    "datasets": ["bank.customers", "retailer.purchases"]}, "brand")
+        engine.run(
+            {
+                "analysis": "reach",
+                "template": "overlap",
+                "datasets": ["bank.customers", "retailer.purchases"],
+            },
+            "brand",
+        )
     assert err.value.reason == "not_allowed"
     with pytest.raises(QueryRefused) as err:  # the template must match the analysis
         engine.run({"template": "audience_size", "analysis": "reach"}, "brand")
     assert err.value.reason == "not_allowed"
-    with pytest.raises(QueryError, match=r"unknown attribute telecom.subscribers.phone_model; "
-                       "analysis audience allows bank.customers.premium_card"):
-        engine.run({"template": "audience_size", "analysis": "audience",
-                    "filter": "telecom.subscribers.phone_model = 'x'"}, "brand")
-    with pytest.raises(QueryError, match=r"unknown dataset bank.customer; analysis reach "
-                       "allows bank.customers, telecom.subscribers"):
-        engine.run({"analysis": "reach", "template": "overlap",
-                    "datasets": ["bank.customer", "telecom.subscribers"]}, "brand")
-    with pytest.raises(QueryError, match="no analysis named reech in the definition; "
-                       "yours: audience, reach, lift"):
-        engine.run({"analysis": "reech", "template": "overlap",
-                    "datasets": ["bank.customers", "telecom.subscribers"]}, "brand")
+    with pytest.raises(
+        QueryError,
+        match=r"unknown attribute telecom.subscribers.phone_model; "
+        "analysis audience allows bank.customers.premium_card",
+    ):
+        engine.run(
+            {
+                "template": "audience_size",
+                "analysis": "audience",
+                "filter": "telecom.subscribers.phone_model = 'x'",
+            },
+            "brand",
+        )
+    with pytest.raises(
+        QueryError,
+        match=r"unknown dataset bank.customer; analysis reach "
+        "allows bank.customers, telecom.subscribers",
+    ):
+        engine.run(
+            {
+                "analysis": "reach",
+                "template": "overlap",
+                "datasets": ["bank.customer", "telecom.subscribers"],
+            },
+            "brand",
+        )
+    with pytest.raises(
+        QueryError, match="no analysis named reech in the definition; yours: audience, reach, lift"
+    ):
+        engine.run(
+            {
+                "analysis": "reech",
+                "template": "overlap",
+                "datasets": ["bank.customers", "telecom.subscribers"],
+            },
+            "brand",
+        )
     with pytest.raises(QueryRefused):
-        engine.run({"template": "campaign_lift", "analysis": "lift",
-                    "breakdown": "retailer.customers.loyalty_tier"}, "brand")
+        engine.run(
+            {
+                "template": "campaign_lift",
+                "analysis": "lift",
+                "breakdown": "retailer.customers.loyalty_tier",
+            },
+            "brand",
+        )
     with pytest.raises(QueryError):
-        engine.run({"template": "audience_size", "analysis": "audience",
-                    "filter": "bank.customers.premium_card = 'yes'"}, "brand")
+        engine.run(
+            {
+                "template": "audience_size",
+                "analysis": "audience",
+                "filter": "bank.customers.premium_card = 'yes'",
+            },
+            "brand",
+        )
     with pytest.raises(QueryError):
-        engine.run({"template": "audience_size", "analysis": "audience",
-                    "filter": "bank.customers.income_band = 'x'; DROP TABLE persons"}, "brand")
+        engine.run(
+            {
+                "template": "audience_size",
+                "analysis": "audience",
+                "filter": "bank.customers.income_band = 'x'; DROP TABLE persons",
+            },
+            "brand",
+        )
 
 
 def test_data_from_another_definition_is_dropped(make_definition, make_engine, tmp_path):
@@ -178,7 +233,8 @@ def test_record_batch_reader_is_streamed(make_definition, make_engine, prepared)
     engine = make_engine(make_definition(), ingest=False)
     batch = prepared["telecom.subscribers"]
     reader = pa.RecordBatchReader.from_batches(
-        batch.schema, [batch.slice(i, 400) for i in range(0, batch.num_rows, 400)])
+        batch.schema, [batch.slice(i, 400) for i in range(0, batch.num_rows, 400)]
+    )
     report = engine.ingest("telecom", "subscribers", reader)
     assert report.rows == batch.num_rows and report.batches == -(-batch.num_rows // 400)
 
@@ -202,8 +258,9 @@ def test_a_workdir_serves_one_engine_process(make_definition, make_engine, tmp_p
     make_engine(definition, tmp_path / "busy", ingest=False)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_open_engine_elsewhere,
-                       args=(definition.document, tmp_path / "busy", queue))
+    proc = ctx.Process(
+        target=_open_engine_elsewhere, args=(definition.document, tmp_path / "busy", queue)
+    )
     proc.start()
     proc.join(60)
     assert "in use by another engine" in queue.get(timeout=5)
@@ -215,14 +272,21 @@ def test_running_out_of_memory_is_a_typed_error(make_definition, make_engine, pr
     engine = make_engine(make_definition(), memory_limit="64MB")
     engine._con.execute("SET memory_limit = '1MB'")  # squeeze it after ingestion
     with pytest.raises(EngineLimitError, match="memory limit"):
-        engine.run({"template": "campaign_lift", "analysis": "lift",
-                    "breakdown": "telecom.subscribers.region"}, "brand")
+        engine.run(
+            {
+                "template": "campaign_lift",
+                "analysis": "lift",
+                "breakdown": "telecom.subscribers.region",
+            },
+            "brand",
+        )
     engine._con.execute("SET memory_limit = '256MB'")
     assert engine.run({"template": "audience_size", "analysis": "audience"}, "brand")
 
 
-def test_a_database_of_an_older_format_is_refused_not_reused(make_definition, make_engine,
-                                                             tmp_path):
+def test_a_database_of_an_older_format_is_refused_not_reused(
+    make_definition, make_engine, tmp_path
+):
     import duckdb
 
     from sgxcloud.cleanroom.errors import CleanroomError
@@ -236,18 +300,22 @@ def test_a_database_of_an_older_format_is_refused_not_reused(make_definition, ma
         make_engine(make_definition(), old, ingest=False)
     # the refused database is left as it was
     con = duckdb.connect(str(old / "engine.duckdb"))
-    assert [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()] \
-        == ["released_cohort"]
+    assert [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()] == [
+        "released_cohort"
+    ]
 
 
-def test_attribution_days_are_utc_days_whatever_the_host_zone(make_definition, make_engine,
-                                                              monkeypatch):
+def test_attribution_days_are_utc_days_whatever_the_host_zone(
+    make_definition, make_engine, monkeypatch
+):
     import time
 
     import duckdb
 
-    sql = ("SELECT epoch(TIMESTAMPTZ '2026-03-20 12:00:00+00' + INTERVAL 28 DAY) "
-           "- epoch(TIMESTAMPTZ '2026-03-20 12:00:00+00')")
+    sql = (
+        "SELECT epoch(TIMESTAMPTZ '2026-03-20 12:00:00+00' + INTERVAL 28 DAY) "
+        "- epoch(TIMESTAMPTZ '2026-03-20 12:00:00+00')"
+    )
     monkeypatch.setenv("TZ", "Europe/London")  # a host there: the clocks change on 29 March
     time.tzset()
     try:
@@ -259,8 +327,9 @@ def test_attribution_days_are_utc_days_whatever_the_host_zone(make_definition, m
         time.tzset()
 
 
-def test_ingestion_holds_one_batch_at_a_time_not_the_whole_stream(make_definition, make_engine,
-                                                                   prepared):
+def test_ingestion_holds_one_batch_at_a_time_not_the_whole_stream(
+    make_definition, make_engine, prepared
+):
     # DuckDB keeps a registered Arrow view's batch alive until the transaction
     # ends; ingesting that way held the whole dataset in memory (EPC is scarce).
     engine = make_engine(make_definition(), ingest=False)
@@ -274,31 +343,56 @@ def test_ingestion_holds_one_batch_at_a_time_not_the_whole_stream(make_definitio
         for _ in range(batches):
             peak = max(peak, pa.total_allocated_bytes() - start)
             # fresh buffers every time, as a node's stream delivers them
-            yield pa.RecordBatch.from_arrays([pa.concat_arrays([c]) for c in template.columns],
-                                             schema=template.schema)
+            yield pa.RecordBatch.from_arrays(
+                [pa.concat_arrays([c]) for c in template.columns], schema=template.schema
+            )
 
     report = engine.ingest("telecom", "subscribers", stream())
     assert report.rows == batches * template.num_rows
     assert peak < 6 * batch_bytes, (peak, batch_bytes)
 
 
-def test_long_chains_of_identifiers_resolve_to_one_person(make_definition, make_engine,
-                                                          rekey_key):
+def test_long_chains_of_identifiers_resolve_to_one_person(make_definition, make_engine, rekey_key):
     # C0–E0–C1–E1–…: each bank row shares one identifier with the next, so the
     # component is a path that needs several contraction levels.
     engine = make_engine(make_definition(), ingest=False)
     ds = engine.definition.dataset("bank.customers")
     links = 200
-    rows = [{"customer_id": f"C{i}", "email": f"e{i}@example.org", "phone": None,
-             "premium_card": True, "income_band": "low"} for i in range(links)]
-    rows += [{"customer_id": f"C{i + 1}", "email": f"e{i}@example.org", "phone": None,
-              "premium_card": True, "income_band": "low"} for i in range(links)]
-    rows.append({"customer_id": "LONER", "email": None, "phone": None,
-                 "premium_card": True, "income_band": "low"})
-    batch, _ = prepare_batch(ds, pa.Table.from_pylist(rows), rekey_key,
-                             engine.definition.columns_needed(ds.ref))
+    rows = [
+        {
+            "customer_id": f"C{i}",
+            "email": f"e{i}@example.org",
+            "phone": None,
+            "premium_card": True,
+            "income_band": "low",
+        }
+        for i in range(links)
+    ]
+    rows += [
+        {
+            "customer_id": f"C{i + 1}",
+            "email": f"e{i}@example.org",
+            "phone": None,
+            "premium_card": True,
+            "income_band": "low",
+        }
+        for i in range(links)
+    ]
+    rows.append(
+        {
+            "customer_id": "LONER",
+            "email": None,
+            "phone": None,
+            "premium_card": True,
+            "income_band": "low",
+        }
+    )
+    batch, _ = prepare_batch(
+        ds, pa.Table.from_pylist(rows), rekey_key, engine.definition.columns_needed(ds.ref)
+    )
     engine.ingest("bank", "customers", batch)
     engine._ensure_resolved()
     people = engine._con.execute(
-        'SELECT count(DISTINCT person), count(*) FROM "p_bank__customers"').fetchone()
+        'SELECT count(DISTINCT person), count(*) FROM "p_bank__customers"'
+    ).fetchone()
     assert people == (2, 2 * links + 1)

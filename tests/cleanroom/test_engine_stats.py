@@ -10,8 +10,13 @@ from sgxcloud.cleanroom.engine.stats import ArmSummary, conversion_lift, revenue
 
 
 def _summary(revenue: np.ndarray) -> ArmSummary:
-    return ArmSummary(len(revenue), int((revenue > 0).sum()), int((revenue > 0).sum()),
-                      float(revenue.sum()), float(revenue.var(ddof=1)))
+    return ArmSummary(
+        len(revenue),
+        int((revenue > 0).sum()),
+        int((revenue > 0).sum()),
+        float(revenue.sum()),
+        float(revenue.var(ddof=1)),
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -39,8 +44,12 @@ def test_no_control_converters_leaves_relative_lift_undefined():
 
 
 def test_tiny_or_degenerate_arms_give_no_statistics():
-    assert all(v is None for v in conversion_lift(ArmSummary(1, 1, 1, 5.0, 0.0),
-                                                  ArmSummary(50, 5, 5, 50.0, 1.0)).values())
+    assert all(
+        v is None
+        for v in conversion_lift(
+            ArmSummary(1, 1, 1, 5.0, 0.0), ArmSummary(50, 5, 5, 50.0, 1.0)
+        ).values()
+    )
     out = revenue_lift(ArmSummary(50, 0, 0, 0.0, 0.0), ArmSummary(50, 0, 0, 0.0, 0.0))
     assert out["revenue_p_value"] is None and out["revenue_per_person_lift_abs"] == 0.0
     same = conversion_lift(ArmSummary(50, 0, 0, 0, 0), ArmSummary(50, 0, 0, 0, 0))

@@ -24,28 +24,40 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cleanroom" / "collaboration.yaml"
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("  Anna.Smith@Example.ORG ", "anna.smith@example.org"),
-    ("anna.smith+news@example.org", "anna.smith+news@example.org"),  # not Gmail: kept
-    ("A.n.n.a+shop@GMAIL.com", "anna@gmail.com"),
-    ("anna@googlemail.com", "anna@gmail.com"),
-    ("\uff41nna@example.org", "anna@example.org"),  # full-width letter, NFKC
-    ("not-an-email", None), ("a@b", None), ("a b@example.org", None), ("@@", None),
-    ("+tag@gmail.com", None), ("x" * 250 + "@example.org", None),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  Anna.Smith@Example.ORG ", "anna.smith@example.org"),
+        ("anna.smith+news@example.org", "anna.smith+news@example.org"),  # not Gmail: kept
+        ("A.n.n.a+shop@GMAIL.com", "anna@gmail.com"),
+        ("anna@googlemail.com", "anna@gmail.com"),
+        ("\uff41nna@example.org", "anna@example.org"),  # full-width letter, NFKC
+        ("not-an-email", None),
+        ("a@b", None),
+        ("a b@example.org", None),
+        ("@@", None),
+        ("+tag@gmail.com", None),
+        ("x" * 250 + "@example.org", None),
+    ],
+)
 def test_email(raw, expected):
     assert normalise_email(raw) == expected
 
 
-@pytest.mark.parametrize(("raw", "region", "expected"), [
-    ("07400 123456", "GB", "+447400123456"),
-    ("+44 7400 123456", "GB", "+447400123456"),
-    ("+44 (0)7400 123456", "US", "+447400123456"),
-    ("0044 7400 123456", "GB", "+447400123456"),
-    ("(201) 555-0123", "US", "+12015550123"),
-    ("12345", "GB", None), ("+44 12", "GB", None), ("phone", "GB", None),
-    ("07400 123456", None, None),  # national format needs a region
-])
+@pytest.mark.parametrize(
+    ("raw", "region", "expected"),
+    [
+        ("07400 123456", "GB", "+447400123456"),
+        ("+44 7400 123456", "GB", "+447400123456"),
+        ("+44 (0)7400 123456", "US", "+447400123456"),
+        ("0044 7400 123456", "GB", "+447400123456"),
+        ("(201) 555-0123", "US", "+12015550123"),
+        ("12345", "GB", None),
+        ("+44 12", "GB", None),
+        ("phone", "GB", None),
+        ("07400 123456", None, None),  # national format needs a region
+    ],
+)
 def test_phone(raw, region, expected):
     assert normalise_phone(raw, region) == expected
 
@@ -73,22 +85,28 @@ def test_prepare_batch_rekeys_counts_and_drops():
     definition = load_definition(EXAMPLE)
     ds = definition.dataset("retailer.customers")
     key = new_key()
-    table = pa.table({
-        "email": ["Anna@Example.org", "bad-email", None, "  ", "b.o.b+x@gmail.com"],
-        "phone": [None, "07400 000001", "nope", None, "+447400000002"],
-        "baby_buyer": [True, False, True, False, True],
-        "loyalty_tier": ["gold", "none", "none", "silver", "gold"],
-        "home_address": ["1 Road", "2 Road", "3 Road", "4 Road", "5 Road"],  # never sent
-    })
+    table = pa.table(
+        {
+            "email": ["Anna@Example.org", "bad-email", None, "  ", "b.o.b+x@gmail.com"],
+            "phone": [None, "07400 000001", "nope", None, "+447400000002"],
+            "baby_buyer": [True, False, True, False, True],
+            "loyalty_tier": ["gold", "none", "none", "silver", "gold"],
+            "home_address": ["1 Road", "2 Road", "3 Road", "4 Road", "5 Road"],  # never sent
+        }
+    )
     batch, report = prepare_batch(ds, table, key, definition.columns_needed(ds.ref))
     assert batch.schema == prepared_schema(ds, definition.columns_needed(ds.ref))
     assert "home_address" not in batch.schema.names
     assert batch.schema.field("email").type == HASH_TYPE
     assert batch.num_rows == 3  # rows 3 and 4 have no valid identifier
     assert report.to_dict() == {
-        "dataset": "retailer.customers", "rows_in": 5, "rows_out": 3,
-        "rows_without_identifier": 2, "invalid_identifiers": {"email": 1, "phone": 1},
-        "missing_identifiers": {"email": 2, "phone": 2}}
+        "dataset": "retailer.customers",
+        "rows_in": 5,
+        "rows_out": 3,
+        "rows_without_identifier": 2,
+        "invalid_identifiers": {"email": 1, "phone": 1},
+        "missing_identifiers": {"email": 2, "phone": 2},
+    }
     assert batch.column("email")[0].as_py() == keyed_hash(key, "email", "anna@example.org")
     assert batch.column("email")[2].as_py() == keyed_hash(key, "email", "bob@gmail.com")
     assert batch.column("phone")[1].as_py() == keyed_hash(key, "phone", "+447400000001")
@@ -107,8 +125,9 @@ def test_reports_add_up():
     definition = load_definition(EXAMPLE)
     ds = definition.dataset("telecom.subscribers")
     key = new_key()
-    table = pa.table({"phone": ["07400 000001", "x"], "region": ["north", "west"],
-                      "device": ["ios", "ios"]})
+    table = pa.table(
+        {"phone": ["07400 000001", "x"], "region": ["north", "west"], "device": ["ios", "ios"]}
+    )
     _, total = prepare_batch(ds, table, key)
     _, other = prepare_batch(ds, table, key)
     total.add(other)

@@ -9,10 +9,17 @@ from hypothesis import strategies as st
 from sgxcloud.cleanroom.identifiers import _fast_e164, _parse_phone, normalise_phone
 
 REGIONS = ["GB", "US", "DE", "FR", "IT", "CH", "AU", "IN", "BR", "RU", "NL", "ES", "JP", "SG"]
-FORMATS = (phonenumbers.PhoneNumberFormat.E164, phonenumbers.PhoneNumberFormat.NATIONAL,
-           phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-TYPES = (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE,
-         phonenumbers.PhoneNumberType.TOLL_FREE, phonenumbers.PhoneNumberType.VOIP)
+FORMATS = (
+    phonenumbers.PhoneNumberFormat.E164,
+    phonenumbers.PhoneNumberFormat.NATIONAL,
+    phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+)
+TYPES = (
+    phonenumbers.PhoneNumberType.FIXED_LINE,
+    phonenumbers.PhoneNumberType.MOBILE,
+    phonenumbers.PhoneNumberType.TOLL_FREE,
+    phonenumbers.PhoneNumberType.VOIP,
+)
 
 
 def agree(text: str, region: str) -> None:
@@ -43,7 +50,8 @@ def phone_like(draw):
     region = draw(st.sampled_from(REGIONS))
     meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
     example = phonenumbers.example_number_for_type(
-        region, draw(st.sampled_from(TYPES))) or phonenumbers.example_number(region)
+        region, draw(st.sampled_from(TYPES))
+    ) or phonenumbers.example_number(region)
     national = str(example.national_number)
     # mutate: change, drop or add digits
     digits = list(national)
@@ -58,12 +66,12 @@ def phone_like(draw):
         else:
             digits.insert(at, digit)
     code = str(meta.country_code)
-    prefix = draw(st.sampled_from(
-        ["+" + code, meta.national_prefix or "", "", "00" + code, "+1", "+44", "0"]))
+    prefix = draw(
+        st.sampled_from(["+" + code, meta.national_prefix or "", "", "00" + code, "+1", "+44", "0"])
+    )
     separator = draw(st.sampled_from(["", " ", "-", ".", " - "]))
     cuts = sorted(draw(st.sets(st.integers(1, max(len(digits) - 1, 1)), max_size=3)))
-    groups = ["".join(digits[a:b]) for a, b in zip([0, *cuts], [*cuts, len(digits)],
-                                                    strict=True)]
+    groups = ["".join(digits[a:b]) for a, b in zip([0, *cuts], [*cuts, len(digits)], strict=True)]
     return prefix + separator + separator.join(g for g in groups if g), region
 
 
@@ -74,7 +82,6 @@ def test_generated_and_mutated_numbers(case):
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet="+0123456789 ()-.", min_size=1, max_size=20),
-       st.sampled_from(REGIONS))
+@given(st.text(alphabet="+0123456789 ()-.", min_size=1, max_size=20), st.sampled_from(REGIONS))
 def test_arbitrary_phone_shaped_text(text, region):
     agree(text, region)

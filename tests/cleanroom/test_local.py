@@ -22,15 +22,18 @@ from sgxcloud.cleanroom.sdk import CleanroomClient
 from sgxcloud.cleanroom.transport import PeerRefused
 
 ROOT = Path(__file__).resolve().parents[2]
-QUERY = {"template": "audience_size", "analysis": "audience",
-         "filter": "bank.customers.premium_card = true"}
+QUERY = {
+    "template": "audience_size",
+    "analysis": "audience",
+    "filter": "bank.customers.premium_card = true",
+}
 
 
 def brand(collab, definition_path=None, party="brand"):
     key = private_key_from_pem((collab.workdir / "keys" / f"{party}.pem").read_bytes())
-    return CleanroomClient.connect(collab.url, load_definition(definition_path
-                                                               or collab.definition),
-                                   party, key)
+    return CleanroomClient.connect(
+        collab.url, load_definition(definition_path or collab.definition), party, key
+    )
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +135,21 @@ def test_local_stops_its_processes_on_sigterm_and_sigint(tmp_path, signum):
 
     prepare_example(tmp_path, people=200, min_group_size=5)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", "local", "--workdir",
-         str(tmp_path), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        [
+            sys.executable,
+            "-m",
+            "sgxcloud.cli.main",
+            "cleanroom",
+            "local",
+            "--workdir",
+            str(tmp_path),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     pids: dict[str, int] = {}
     try:
         text = ""
@@ -185,8 +199,10 @@ def test_the_coordinator_log_has_one_format_uvicorns_lines_included(tmp_path):
         address = urlsplit(collab.url)
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        with socket.create_connection((address.hostname, address.port), timeout=10) as raw, \
-                context.wrap_socket(raw) as tls:
+        with (
+            socket.create_connection((address.hostname, address.port), timeout=10) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
             tls.sendall(b"NOT HTTP \x00\x01\r\n\r\n")
             tls.recv(100)
         log = tmp_path / "logs" / "coordinator.log"
@@ -197,5 +213,8 @@ def test_the_coordinator_log_has_one_format_uvicorns_lines_included(tmp_path):
     lines = [line for line in log.read_text().splitlines() if "Invalid HTTP request" in line]
     stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
     assert re.match(stamp + r"uvicorn\.error WARNING Invalid HTTP request received\.$", lines[0])
-    assert [line for line in log.read_text().splitlines()
-            if re.match(stamp + r"sgxcloud\.\S+ INFO ", line)]  # the coordinator's own, -v
+    assert [
+        line
+        for line in log.read_text().splitlines()
+        if re.match(stamp + r"sgxcloud\.\S+ INFO ", line)
+    ]  # the coordinator's own, -v

@@ -31,17 +31,21 @@ SECRET_EMAILS = ["zelda.secret@example.org", "Oscar.Hidden@Example.org", "mallor
 def setup():
     keys = {p: generate_private_key() for p in ("bank", "telecom", "retailer", "brand")}
     definition = definition_from_dict(
-        example_definition({p: encode_public_key(k) for p, k in keys.items()}))
+        example_definition({p: encode_public_key(k) for p, k in keys.items()})
+    )
     approvals = [approve(definition, p, keys[p]) for p in ("bank", "telecom", "retailer")]
     return definition, approvals
 
 
 def good_rows(n=30):
     emails = SECRET_EMAILS + [f"p{i}@example.org" for i in range(n)]
-    return {"customer_id": [f"C{i:05d}" for i in range(len(emails))], "email": emails,
-            "phone": [None] * len(emails),
-            "premium_card": [str(i % 2 == 0).lower() for i in range(len(emails))],
-            "income_band": ["middle"] * len(emails)}
+    return {
+        "customer_id": [f"C{i:05d}" for i in range(len(emails))],
+        "email": emails,
+        "phone": [None] * len(emails),
+        "premium_card": [str(i % 2 == 0).lower() for i in range(len(emails))],
+        "income_band": ["middle"] * len(emails),
+    }
 
 
 def write_csv(path, text):
@@ -50,20 +54,33 @@ def write_csv(path, text):
 
 
 def start(definition, approvals, sources, **kw):
-    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
-                                   approvals=approvals, simulate=True, allow_simulated=True,
-                                   **kw))
+    node = ProviderNode(
+        NodeConfig(
+            provider="bank",
+            definition=definition,
+            sources=sources,
+            approvals=approvals,
+            simulate=True,
+            allow_simulated=True,
+            **kw,
+        )
+    )
     node.start()
     return node
 
 
 def request(node, definition, dataset="customers"):
     tls = connect(node.address, TlsIdentity.generate("coordinator"))
-    channel = open_client(tls, "coordinator", peer_policy(definition, "node", allow_simulated=True),
-                          local_attester(definition, "coordinator", simulate=True))
+    channel = open_client(
+        tls,
+        "coordinator",
+        peer_policy(definition, "node", allow_simulated=True),
+        local_attester(definition, "coordinator", simulate=True),
+    )
     try:
-        channel.request({"op": "send", "dataset": dataset,
-                         "key": base64.b64encode(new_key()).decode()})
+        channel.request(
+            {"op": "send", "dataset": dataset, "key": base64.b64encode(new_key()).decode()}
+        )
         sink = io.BytesIO()
         trailer = channel.receive_stream(sink)
         return pa.ipc.open_stream(sink.getvalue()).read_all(), trailer
@@ -81,28 +98,41 @@ CSV_HEADER = "customer_id,email,phone,premium_card,income_band\n"
 # Every message names the dataset, the file, the line and the column, and says
 # what would be accepted (issue 12).
 CASES = {
-    "wrong field count": (CSV_HEADER + "C0,p0@example.org,,true,low\n"
-                          + "C1,zelda.secret@example.org,,true\n"
-                          + "C2,mallory@corp.example,,true,low,extra\n",
-                          r"^bank\.customers: .*bad\.csv: 2 line\(s\) do not have the header's 5 "
-                          r"fields: line 3 has 4, line 4 has 6; a value containing a comma"),
-    "missing column": ("customer_id,email,income_band\nC1,zelda.secret@example.org,low\n",
-                       r"^bank\.customers: .*bad\.csv: missing column\(s\) phone, premium_card"),
-    "not boolean": (CSV_HEADER + "C0,p0@example.org,,true,low\n"
-                    + "C1,zelda.secret@example.org,,maybe-yes,low\n",
-                    r"^bank\.customers: .*bad\.csv, line 3: column premium_card: 1 value\(s\) "
-                    r"cannot be read as boolean; accepted: true/false, yes/no"),
-    "undeclared category": (CSV_HEADER + "C0,p0@example.org,,true,low\n"
-                            + '"C1","zelda.secret@example.org",,true,\n'
-                            + '"C2\nstill C2",mallory@corp.example,,yes,very-high\n',
-                            r"^bank\.customers: .*bad\.csv, line 4: column income_band: 1 "
-                            r"value\(s\) not among the declared values; accepted: low, middle, "
-                            r"high$"),
-    "bad identifiers": (CSV_HEADER + "".join(f",{e.replace('@', ' at ')},,true,low\n"
-                                             for e in SECRET_EMAILS)
-                        + ",p1@example.org,,true,low\n",
-                        r"^bank\.customers: .*bad\.csv: 3 invalid identifier\(s\) \(email=3\) .*"
-                        r"run 'sgxcloud cleanroom node check'"),
+    "wrong field count": (
+        CSV_HEADER
+        + "C0,p0@example.org,,true,low\n"
+        + "C1,zelda.secret@example.org,,true\n"
+        + "C2,mallory@corp.example,,true,low,extra\n",
+        r"^bank\.customers: .*bad\.csv: 2 line\(s\) do not have the header's 5 "
+        r"fields: line 3 has 4, line 4 has 6; a value containing a comma",
+    ),
+    "missing column": (
+        "customer_id,email,income_band\nC1,zelda.secret@example.org,low\n",
+        r"^bank\.customers: .*bad\.csv: missing column\(s\) phone, premium_card",
+    ),
+    "not boolean": (
+        CSV_HEADER
+        + "C0,p0@example.org,,true,low\n"
+        + "C1,zelda.secret@example.org,,maybe-yes,low\n",
+        r"^bank\.customers: .*bad\.csv, line 3: column premium_card: 1 value\(s\) "
+        r"cannot be read as boolean; accepted: true/false, yes/no",
+    ),
+    "undeclared category": (
+        CSV_HEADER
+        + "C0,p0@example.org,,true,low\n"
+        + '"C1","zelda.secret@example.org",,true,\n'
+        + '"C2\nstill C2",mallory@corp.example,,yes,very-high\n',
+        r"^bank\.customers: .*bad\.csv, line 4: column income_band: 1 "
+        r"value\(s\) not among the declared values; accepted: low, middle, "
+        r"high$",
+    ),
+    "bad identifiers": (
+        CSV_HEADER
+        + "".join(f",{e.replace('@', ' at ')},,true,low\n" for e in SECRET_EMAILS)
+        + ",p1@example.org,,true,low\n",
+        r"^bank\.customers: .*bad\.csv: 3 invalid identifier\(s\) \(email=3\) .*"
+        r"run 'sgxcloud cleanroom node check'",
+    ),
     "empty file": ("", r"^bank\.customers: .*bad\.csv: empty CSV file"),
 }
 
@@ -145,8 +175,13 @@ def test_garbage_parquet_reported(setup, tmp_path):
 def test_parquet_and_duckdb_sources_stream_in_batches(setup, tmp_path):
     definition, approvals = setup
     rows = good_rows(500)
-    table = pa.table({**rows, "phone": pa.array(rows["phone"], pa.string()),
-                      "premium_card": [v == "true" for v in rows["premium_card"]]})
+    table = pa.table(
+        {
+            **rows,
+            "phone": pa.array(rows["phone"], pa.string()),
+            "premium_card": [v == "true" for v in rows["premium_card"]],
+        }
+    )
     pq.write_table(table, tmp_path / "bank.parquet", row_group_size=100)
     with duckdb.connect(str(tmp_path / "bank.duckdb")) as con:
         con.register("t", table)
@@ -164,8 +199,9 @@ def test_parquet_and_duckdb_sources_stream_in_batches(setup, tmp_path):
 def test_duckdb_missing_table_reported(setup, tmp_path):
     definition, approvals = setup
     duckdb.connect(str(tmp_path / "x.duckdb")).close()
-    node = start(definition, approvals,
-                 {"customers": Source.parse(f"{tmp_path / 'x.duckdb'}:customers")})
+    node = start(
+        definition, approvals, {"customers": Source.parse(f"{tmp_path / 'x.duckdb'}:customers")}
+    )
     try:
         with pytest.raises(RemoteError, match="no such table"):
             request(node, definition)
@@ -176,8 +212,11 @@ def test_duckdb_missing_table_reported(setup, tmp_path):
 def test_unknown_dataset_and_bad_source_specs(setup, tmp_path):
     definition, _approvals = setup
     with pytest.raises(InputError, match="not declared"):
-        NodeConfig(provider="bank", definition=definition,
-                   sources={"nope": Source.parse(str(tmp_path / "a.csv"))}).validate()
+        NodeConfig(
+            provider="bank",
+            definition=definition,
+            sources={"nope": Source.parse(str(tmp_path / "a.csv"))},
+        ).validate()
     with pytest.raises(InputError, match="unsupported"):
         Source.parse(str(tmp_path / "a.xlsx"))
     with pytest.raises(InputError, match="DuckDB table"):
@@ -201,9 +240,16 @@ def test_a_stranger_learns_nothing_of_the_node_before_its_evidence_is_checked(se
 
     def hello(definition_hash):
         frames = FramedConnection(connect(node.address, TlsIdentity.generate("stranger")))
-        frames.send_json(Kind.HELLO, {"protocol": PROTOCOL, "role": "coordinator",
-                                      "definition_hash": definition_hash,
-                                      "nonce": os.urandom(32).hex(), "extra": {}})
+        frames.send_json(
+            Kind.HELLO,
+            {
+                "protocol": PROTOCOL,
+                "role": "coordinator",
+                "definition_hash": definition_hash,
+                "nonce": os.urandom(32).hex(),
+                "extra": {},
+            },
+        )
         return frames
 
     try:
@@ -216,7 +262,7 @@ def test_a_stranger_learns_nothing_of_the_node_before_its_evidence_is_checked(se
         # What helps an honest coordinator: its own hash, and that the node runs another.
         assert theirs[:16] in told and "this side runs another" in told
         digest = ours.split(":")[-1]
-        assert not [digest[i:i + 6] for i in range(len(digest) - 5) if digest[i:i + 6] in told]
+        assert not [digest[i : i + 6] for i in range(len(digest) - 5) if digest[i : i + 6] in told]
         # Knowing the hash (an approval file shows it) still names no provider.
         frames = hello(ours)
         _, answer = frames.recv_json(Kind.HELLO)

@@ -17,8 +17,15 @@ def example(tmp_path_factory):
 
 
 def check(capsys, example, provider, *datasets, as_json=True):
-    args = ["cleanroom", "node", "check", "--definition", str(example.definition),
-            "--provider", provider]
+    args = [
+        "cleanroom",
+        "node",
+        "check",
+        "--definition",
+        str(example.definition),
+        "--provider",
+        provider,
+    ]
     for spec in datasets:
         args += ["--dataset", spec]
     code = main(args + (["--json"] if as_json else []))
@@ -28,10 +35,10 @@ def check(capsys, example, provider, *datasets, as_json=True):
 
 def broken_bank(example, tmp_path):
     lines = (example.workdir / "data" / "bank" / "customers.csv").read_text().splitlines()
-    lines[3] = lines[3].replace("@", " at ")           # line 4: invalid e-mail
-    lines[5] = lines[5].rsplit(",", 1)[0] + ",rich"    # line 6: undeclared category
+    lines[3] = lines[3].replace("@", " at ")  # line 4: invalid e-mail
+    lines[5] = lines[5].rsplit(",", 1)[0] + ",rich"  # line 6: undeclared category
     lines[8] = lines[8].rsplit(",", 2)[0] + ",maybe," + lines[8].rsplit(",", 1)[1]  # line 9
-    lines.append(lines[4])                             # a duplicate of line 5
+    lines.append(lines[4])  # a duplicate of line 5
     path = tmp_path / "customers.csv"
     path.write_text("\n".join(lines) + "\n")
     return path, lines
@@ -63,22 +70,36 @@ def test_check_of_good_files_passes_and_reports_time_zones(capsys, example, tmp_
     data = example.workdir / "data" / "retailer"
     exposures = (data / "exposures.csv").read_text().splitlines()
     # what most exports write: no zone; the definition's default is UTC
-    naive = [exposures[0]] + [line.rstrip("Z") if i % 2 else line
-                              for i, line in enumerate(exposures[1:])]
+    naive = [exposures[0]] + [
+        line.rstrip("Z") if i % 2 else line for i, line in enumerate(exposures[1:])
+    ]
     (tmp_path / "exposures.csv").write_text("\n".join(naive) + "\n")
-    code, doc, _ = check(capsys, example, "retailer", f"customers={data / 'customers.csv'}",
-                         f"exposures={tmp_path / 'exposures.csv'}",
-                         f"purchases={data / 'purchases.csv'}")
+    code, doc, _ = check(
+        capsys,
+        example,
+        "retailer",
+        f"customers={data / 'customers.csv'}",
+        f"exposures={tmp_path / 'exposures.csv'}",
+        f"purchases={data / 'purchases.csv'}",
+    )
     assert code == 0 and doc["ok"]
     zones = [f for d in doc["datasets"] for f in d["findings"] if f["column"] == "exposed_at"]
     assert zones and "without a zone, read in UTC" in zones[0]["message"]
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("customer_id,email\nC1,a@example.org\n", "column(s) missing: an allowed analysis needs them"),
-    ('customer_id,email,phone,premium_card,income_band\nC1,a@example.org,,true,low,x\n',
-     "line 2 has 6"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            "customer_id,email\nC1,a@example.org\n",
+            "column(s) missing: an allowed analysis needs them",
+        ),
+        (
+            "customer_id,email,phone,premium_card,income_band\nC1,a@example.org,,true,low,x\n",
+            "line 2 has 6",
+        ),
+    ],
+)
 def test_check_schema_problems(capsys, example, tmp_path, content, message):
     path = tmp_path / "c.csv"
     path.write_text(content)

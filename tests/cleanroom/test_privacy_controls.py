@@ -23,14 +23,24 @@ BOOLEANS = ["bank.customers.premium_card", "retailer.customers.baby_buyer"]
 
 
 def _comparisons():
-    category = st.sampled_from(sorted(CATEGORIES)).flatmap(lambda a: st.one_of(
-        st.builds(lambda v, op: {"attribute": a, "op": op, "value": v},
-                  st.sampled_from(CATEGORIES[a]), st.sampled_from(["=", "!="])),
-        st.builds(lambda vs: {"attribute": a, "op": "in", "value": vs},
-                  st.lists(st.sampled_from(CATEGORIES[a]), min_size=1, max_size=3, unique=True)),
-    ))
-    boolean = st.builds(lambda a, v: {"attribute": a, "op": "=", "value": v},
-                        st.sampled_from(BOOLEANS), st.booleans())
+    category = st.sampled_from(sorted(CATEGORIES)).flatmap(
+        lambda a: st.one_of(
+            st.builds(
+                lambda v, op: {"attribute": a, "op": op, "value": v},
+                st.sampled_from(CATEGORIES[a]),
+                st.sampled_from(["=", "!="]),
+            ),
+            st.builds(
+                lambda vs: {"attribute": a, "op": "in", "value": vs},
+                st.lists(st.sampled_from(CATEGORIES[a]), min_size=1, max_size=3, unique=True),
+            ),
+        )
+    )
+    boolean = st.builds(
+        lambda a, v: {"attribute": a, "op": "=", "value": v},
+        st.sampled_from(BOOLEANS),
+        st.booleans(),
+    )
     return st.one_of(category, boolean)
 
 
@@ -53,8 +63,11 @@ def _assert_cells_cover_k(result, plain_lift=None):
             assert cell.value >= K, (cell.metric, cell.dims)
 
 
-_OPS = {"=": lambda col, v: col == v, "!=": lambda col, v: col != v,
-        "in": lambda col, v: col.isin(v)}
+_OPS = {
+    "=": lambda col, v: col == v,
+    "!=": lambda col, v: col != v,
+    "in": lambda col, v: col.isin(v),
+}
 
 
 def _plain_audience(plain, node) -> set:
@@ -75,8 +88,9 @@ def _plain_audience(plain, node) -> set:
 def test_no_released_audience_below_k(k_engine, plain, flt):
     truth = len(_plain_audience(plain, flt))
     try:
-        result = k_engine.run({"template": "audience_size", "analysis": "audience",
-                               "filter": flt}, "brand")
+        result = k_engine.run(
+            {"template": "audience_size", "analysis": "audience", "filter": flt}, "brand"
+        )
     except QueryRefused as exc:
         assert exc.reason == "suppressed"
         assert truth < K
@@ -88,12 +102,19 @@ def test_no_released_audience_below_k(k_engine, plain, flt):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(breakdown=st.sampled_from(["telecom.subscribers.region", "bank.customers.premium_card",
-                                  None]),
-       flt=st.one_of(st.none(), st.sampled_from([
-           "retailer.customers.baby_buyer = true",
-           "bank.customers.income_band = 'high'",
-           "NOT bank.customers.income_band IN ('low')"])))
+@given(
+    breakdown=st.sampled_from(["telecom.subscribers.region", "bank.customers.premium_card", None]),
+    flt=st.one_of(
+        st.none(),
+        st.sampled_from(
+            [
+                "retailer.customers.baby_buyer = true",
+                "bank.customers.income_band = 'high'",
+                "NOT bank.customers.income_band IN ('low')",
+            ]
+        ),
+    ),
+)
 def test_no_released_lift_cell_below_k_and_no_small_remainder(k_engine, breakdown, flt):
     query = {"template": "campaign_lift", "analysis": "lift", "breakdown": breakdown}
     if flt:
@@ -104,15 +125,21 @@ def test_no_released_lift_cell_below_k_and_no_small_remainder(k_engine, breakdow
         assert exc.reason == "suppressed"
         event("suppressed")
         return
-    event("released with some suppressed cells" if any(c.suppressed for c in result.cells)
-          else "released in full")
+    event(
+        "released with some suppressed cells"
+        if any(c.suppressed for c in result.cells)
+        else "released in full"
+    )
     _assert_cells_cover_k(result)
     if breakdown is None:
         return
     for arm, metric in itertools.product(("test", "control"), ("people", "converters")):
         total = result.cell(metric, segment="(all)", arm=arm)
-        parts = [c for c in result.cells if c.metric == metric and c.dims.get("arm") == arm
-                 and c.dims["segment"] != "(all)"]
+        parts = [
+            c
+            for c in result.cells
+            if c.metric == metric and c.dims.get("arm") == arm and c.dims["segment"] != "(all)"
+        ]
         if not total.suppressed:
             # total minus the released parts is the hidden parts together: 0 or ≥ k
             rest = total.value - sum(c.value for c in parts if not c.suppressed)
@@ -121,23 +148,35 @@ def test_no_released_lift_cell_below_k_and_no_small_remainder(k_engine, breakdow
 
 def test_small_audience_is_refused_as_suppressed(k_engine):
     with pytest.raises(QueryRefused) as err:
-        k_engine.run({"template": "audience_size", "analysis": "audience",
-                      "filter": "bank.customers.income_band = 'high' AND "
-                                "retailer.customers.loyalty_tier = 'gold' AND "
-                                "telecom.subscribers.device = 'other'"}, "brand")
+        k_engine.run(
+            {
+                "template": "audience_size",
+                "analysis": "audience",
+                "filter": "bank.customers.income_band = 'high' AND "
+                "retailer.customers.loyalty_tier = 'gold' AND "
+                "telecom.subscribers.device = 'other'",
+            },
+            "brand",
+        )
     assert err.value.reason == "suppressed"
 
 
 def test_complementary_suppression_rule():
     assert complementary_suppression({"a": 3, "b": 50, "c": 40}, {"a"}) == {"a", "c"}
     # two tiny hidden parts: total minus the others would reveal 7 people together
-    assert complementary_suppression({"a": 3, "b": 4, "c": 40, "d": 50}, {"a", "b"},
-                                     k=20) == {"a", "b", "c"}
+    assert complementary_suppression({"a": 3, "b": 4, "c": 40, "d": 50}, {"a", "b"}, k=20) == {
+        "a",
+        "b",
+        "c",
+    }
     assert complementary_suppression({"a": 3, "b": 4, "c": 40}, {"a", "b"}, k=5) == {"a", "b"}
     # empty parts hidden alone reveal nothing (0 people)
     assert complementary_suppression({"a": 0, "b": 40}, {"a"}, k=20) == {"a"}
-    assert complementary_suppression({"a": 0, "b": 3, "c": 40, "d": 41}, {"a", "b"},
-                                     k=20) == {"a", "b", "c"}
+    assert complementary_suppression({"a": 0, "b": 3, "c": 40, "d": 41}, {"a", "b"}, k=20) == {
+        "a",
+        "b",
+        "c",
+    }
     assert complementary_suppression({"a": 50, "b": 60}, set()) == set()
 
 
@@ -145,12 +184,16 @@ def test_complementary_suppression_rule():
 
 
 def _dp_definition(make_definition, budget=2.0, eps=1.0, **extra):
-    return make_definition(dp={"enabled": True, "epsilon_per_query": eps,
-                               "budget_per_analyst": budget}, differencing_check=False, **extra)
+    return make_definition(
+        dp={"enabled": True, "epsilon_per_query": eps, "budget_per_analyst": budget},
+        differencing_check=False,
+        **extra,
+    )
 
 
-AUDIENCES = [f"telecom.subscribers.region = '{r}'" for r in CATEGORIES[
-    "telecom.subscribers.region"]]
+AUDIENCES = [
+    f"telecom.subscribers.region = '{r}'" for r in CATEGORIES["telecom.subscribers.region"]
+]
 
 
 def _audience(flt):
@@ -230,8 +273,10 @@ def test_dp_adds_noise_and_repeats_the_same_answer(make_definition, make_engine,
     engine = make_engine(_dp_definition(make_definition, budget=10.0, eps=0.5))
     queries = [_audience(f) for f in AUDIENCES]
     results = [engine.run(q, "brand") for q in queries]
-    exact = [len(plain.people("telecom.subscribers", lambda f, r=r: f.region == r))
-             for r in CATEGORIES["telecom.subscribers.region"]]
+    exact = [
+        len(plain.people("telecom.subscribers", lambda f, r=r: f.region == r))
+        for r in CATEGORIES["telecom.subscribers.region"]
+    ]
     noisy = [r.value("people") for r in results]
     assert noisy != exact  # P(all five Laplace draws are 0) is about 0.2**5 (scale 2)
     assert all(abs(n - e) < 60 for n, e in zip(noisy, exact, strict=True))
@@ -239,9 +284,15 @@ def test_dp_adds_noise_and_repeats_the_same_answer(make_definition, make_engine,
     assert results[0].privacy["differential_privacy"]["epsilon"] == 0.5
     spent = engine.budget("brand").spent
     # same question, written differently (IN list order) -> same canonical query
-    in_query = {"template": "audience_size", "analysis": "audience",
-                "filter": {"attribute": "telecom.subscribers.region", "op": "in",
-                           "value": ["west", "north"]}}
+    in_query = {
+        "template": "audience_size",
+        "analysis": "audience",
+        "filter": {
+            "attribute": "telecom.subscribers.region",
+            "op": "in",
+            "value": ["west", "north"],
+        },
+    }
     first = engine.run(in_query, "brand")
     in_query["filter"]["value"] = ["north", "west", "north"]
     assert engine.run(in_query, "brand").to_dict() == first.to_dict()
@@ -250,21 +301,37 @@ def test_dp_adds_noise_and_repeats_the_same_answer(make_definition, make_engine,
 
 def test_dp_lift_releases_noisy_consistent_figures(make_definition, make_engine):
     engine = make_engine(_dp_definition(make_definition, budget=10.0, eps=2.0))
-    result = engine.run({"template": "campaign_lift", "analysis": "lift",
-                         "breakdown": "bank.customers.premium_card"}, "brand")
+    result = engine.run(
+        {
+            "template": "campaign_lift",
+            "analysis": "lift",
+            "breakdown": "bank.customers.premium_card",
+        },
+        "brand",
+    )
     dp = result.privacy["differential_privacy"]
     assert dp["epsilon_per_measure"] == pytest.approx(0.4)
     for arm in ("test", "control"):
-        parts = [c.value for c in result.cells if c.metric == "people"
-                 and c.dims.get("arm") == arm and c.dims["segment"] != "(all)"]
+        parts = [
+            c.value
+            for c in result.cells
+            if c.metric == "people" and c.dims.get("arm") == arm and c.dims["segment"] != "(all)"
+        ]
         if all(v is not None for v in parts):
             assert result.value("people", segment="(all)", arm=arm) == sum(parts)
     assert all(c.noisy for c in result.cells if not c.suppressed)
 
 
 def test_gaussian_mechanism(make_definition, make_engine):
-    definition = make_definition(dp={"enabled": True, "mechanism": "gaussian", "delta": 1e-6,
-                                     "epsilon_per_query": 1.0, "budget_per_analyst": 2.0})
+    definition = make_definition(
+        dp={
+            "enabled": True,
+            "mechanism": "gaussian",
+            "delta": 1e-6,
+            "epsilon_per_query": 1.0,
+            "budget_per_analyst": 2.0,
+        }
+    )
     engine = make_engine(definition)
     result = engine.run(_audience(AUDIENCES[0]), "brand")
     assert result.privacy["differential_privacy"]["mechanism"] == "gaussian"
@@ -279,29 +346,43 @@ def test_differencing_attempt_is_refused(make_definition, make_engine, plain):
     engine = make_engine(make_definition(min_group_size=k))
     base = plain.people("retailer.customers", lambda f: f.baby_buyer)
     # find a slice of the baby buyers smaller than k: "everyone but them" is a differencing attack
-    for region, device in itertools.product(CATEGORIES["telecom.subscribers.region"],
-                                            CATEGORIES["telecom.subscribers.device"]):
-        removed = base & plain.people("telecom.subscribers",
-                                      lambda f, r=region, d=device: (f.region == r)
-                                      & (f.device == d))
+    for region, device in itertools.product(
+        CATEGORIES["telecom.subscribers.region"], CATEGORIES["telecom.subscribers.device"]
+    ):
+        removed = base & plain.people(
+            "telecom.subscribers", lambda f, r=region, d=device: (f.region == r) & (f.device == d)
+        )
         if 0 < len(removed) < k:
             break
     else:
         pytest.fail("the generated data has no small slice to test with")
-    first = engine.run({"template": "audience_size", "analysis": "audience",
-                        "filter": "retailer.customers.baby_buyer = true"}, "brand")
+    first = engine.run(
+        {
+            "template": "audience_size",
+            "analysis": "audience",
+            "filter": "retailer.customers.baby_buyer = true",
+        },
+        "brand",
+    )
     assert first.value("people") == len(base)
-    attack = ("retailer.customers.baby_buyer = true AND NOT (telecom.subscribers.region = "
-              f"'{region}' AND telecom.subscribers.device = '{device}')")
+    attack = (
+        "retailer.customers.baby_buyer = true AND NOT (telecom.subscribers.region = "
+        f"'{region}' AND telecom.subscribers.device = '{device}')"
+    )
     with pytest.raises(QueryRefused) as err:
-        engine.run({"template": "audience_size", "analysis": "audience", "filter": attack},
-                   "brand")
+        engine.run({"template": "audience_size", "analysis": "audience", "filter": attack}, "brand")
     assert err.value.reason == "differencing"
     assert "differs from an earlier released one" in str(err.value)
     # a cohort that differs by k or more is fine
-    engine.run({"template": "audience_size", "analysis": "audience",
-                "filter": "retailer.customers.baby_buyer = true AND "
-                          "telecom.subscribers.region != 'north'"}, "brand")
+    engine.run(
+        {
+            "template": "audience_size",
+            "analysis": "audience",
+            "filter": "retailer.customers.baby_buyer = true AND "
+            "telecom.subscribers.region != 'north'",
+        },
+        "brand",
+    )
     refusals = [e for e in engine.audit.entries() if e.event == "refusal"]
     assert refusals[-1].data["reason"] == "differencing"
 
@@ -309,21 +390,39 @@ def test_differencing_attempt_is_refused(make_definition, make_engine, plain):
 def test_differencing_state_survives_restart(make_definition, make_engine, tmp_path, plain):
     definition = make_definition(min_group_size=20)
     engine = make_engine(definition, tmp_path / "d")
-    engine.run({"template": "audience_size", "analysis": "audience",
-                "filter": "bank.customers.income_band IN ('low', 'middle')"}, "brand")
+    engine.run(
+        {
+            "template": "audience_size",
+            "analysis": "audience",
+            "filter": "bank.customers.income_band IN ('low', 'middle')",
+        },
+        "brand",
+    )
     engine.close()
     restarted = make_engine(definition, tmp_path / "d", ingest=False)
     # identical cohort via an equivalent but different filter: difference 0, allowed
-    result = restarted.run({"template": "audience_size", "analysis": "audience",
-                            "filter": "bank.customers.income_band != 'high'"}, "brand")
+    result = restarted.run(
+        {
+            "template": "audience_size",
+            "analysis": "audience",
+            "filter": "bank.customers.income_band != 'high'",
+        },
+        "brand",
+    )
     expected = plain.people("bank.customers", lambda f: f.income_band != "high")
     assert result.value("people") == len(expected)
 
 
 def test_dp_overlap_cells_come_from_noisy_disjoint_regions(make_definition, make_engine):
     engine = make_engine(_dp_definition(make_definition, budget=5.0, eps=1.0))
-    result = engine.run({"template": "overlap", "analysis": "reach",
-                         "datasets": ["bank.customers", "telecom.subscribers"]}, "brand")
+    result = engine.run(
+        {
+            "template": "overlap",
+            "analysis": "reach",
+            "datasets": ["bank.customers", "telecom.subscribers"],
+        },
+        "brand",
+    )
     a = result.value("people", datasets="bank.customers")
     b = result.value("people", datasets="telecom.subscribers")
     both = result.value("people", datasets="bank.customers+telecom.subscribers")
@@ -339,17 +438,19 @@ def test_lift_differencing_is_refused(make_definition, make_engine, plain):
     banked = table[table.index.isin(plain.people("bank.customers"))]
     base = "bank.customers.income_band IN ('low', 'middle', 'high')"
     for band, baby in itertools.product(("high", "middle", "low"), (True, False)):
-        removed = plain.people("bank.customers", lambda f, b=band: f.income_band == b) \
-            & plain.people("retailer.customers", lambda f, y=baby: f.baby_buyer == y)
-        arm_diffs = [len(set(banked[banked.arm == a].index) & removed)
-                     for a in ("test", "control")]
+        removed = plain.people(
+            "bank.customers", lambda f, b=band: f.income_band == b
+        ) & plain.people("retailer.customers", lambda f, y=baby: f.baby_buyer == y)
+        arm_diffs = [len(set(banked[banked.arm == a].index) & removed) for a in ("test", "control")]
         if any(0 < d < k for d in arm_diffs):
             break
     else:
         pytest.fail("the generated data has no small slice to test with")
     engine.run({"template": "campaign_lift", "analysis": "lift", "filter": base}, "brand")
-    attack = (f"{base} AND NOT (bank.customers.income_band = '{band}' AND "
-              f"retailer.customers.baby_buyer = {str(baby).lower()})")
+    attack = (
+        f"{base} AND NOT (bank.customers.income_band = '{band}' AND "
+        f"retailer.customers.baby_buyer = {str(baby).lower()})"
+    )
     with pytest.raises(QueryRefused) as err:
         engine.run({"template": "campaign_lift", "analysis": "lift", "filter": attack}, "brand")
     assert err.value.reason == "differencing"

@@ -30,14 +30,21 @@ def _union_world() -> World:
     """181 premium bank customers: 60 also in telecom only, 60 also at the retailer
     only, 60 in both, and one — Bob — in neither."""
     people, pid = [], 0
-    for telecom, retailer, n in ((True, False, 60), (False, True, 60), (True, True, 60),
-                                 (False, False, 1)):
+    for telecom, retailer, n in (
+        (True, False, 60),
+        (False, True, 60),
+        (True, True, 60),
+        (False, False, 1),
+    ):
         for _ in range(n):
-            people.append(Person(pid, bank=_bank(),
-                                 telecom={"region": "south", "device": "ios"} if telecom
-                                 else None,
-                                 retailer={"baby_buyer": False, "loyalty_tier": "none"}
-                                 if retailer else None))
+            people.append(
+                Person(
+                    pid,
+                    bank=_bank(),
+                    telecom={"region": "south", "device": "ios"} if telecom else None,
+                    retailer={"baby_buyer": False, "loyalty_tier": "none"} if retailer else None,
+                )
+            )
             pid += 1
     return World(people)
 
@@ -48,8 +55,12 @@ def test_audience_minus_overlap_union_is_refused(make_definition, make_engine, k
     """audience(F) − (T + R − T∩R) counts the people of F in neither dataset (1 here)."""
     engine = make_engine(_exact(make_definition, k), ingest=False)
     _union_world().ingest(engine)
-    overlap = {"template": "overlap", "analysis": "reach", "filter": PREMIUM,
-               "datasets": ["telecom.subscribers", "retailer.customers"]}
+    overlap = {
+        "template": "overlap",
+        "analysis": "reach",
+        "filter": PREMIUM,
+        "datasets": ["telecom.subscribers", "retailer.customers"],
+    }
     audience = {"template": "audience_size", "analysis": "audience", "filter": PREMIUM}
     first, second = (overlap, audience) if order == "overlap_first" else (audience, overlap)
     released = engine.run(first, "brand")
@@ -63,19 +74,23 @@ def test_audience_minus_both_lift_arms_is_refused(make_definition, make_engine):
     """A lift's arms add up to everyone exposed: audience(F) − (test + control) is
     the one person of F never exposed."""
     k = 20
-    people = [Person(pid, retailer={"baby_buyer": True, "loyalty_tier": "gold"},
-                     arm=("test", "control")[pid % 2], converted=pid % 3 == 0)
-              for pid in range(100)]
+    people = [
+        Person(
+            pid,
+            retailer={"baby_buyer": True, "loyalty_tier": "gold"},
+            arm=("test", "control")[pid % 2],
+            converted=pid % 3 == 0,
+        )
+        for pid in range(100)
+    ]
     people.append(Person(100, retailer={"baby_buyer": True, "loyalty_tier": "gold"}))
     engine = make_engine(_exact(make_definition, k), ingest=False)
     World(people).ingest(engine)
     baby = {"attribute": "retailer.customers.baby_buyer", "op": "=", "value": True}
-    lift = engine.run({"template": "campaign_lift", "analysis": "lift", "filter": baby},
-                      "brand")
+    lift = engine.run({"template": "campaign_lift", "analysis": "lift", "filter": baby}, "brand")
     assert lift.value("people", segment="(all)", arm="test") == 50
     with pytest.raises(QueryRefused) as err:
-        engine.run({"template": "audience_size", "analysis": "audience", "filter": baby},
-                   "brand")
+        engine.run({"template": "audience_size", "analysis": "audience", "filter": baby}, "brand")
     assert err.value.reason == "differencing"
 
 
@@ -83,28 +98,47 @@ def test_breakdown_cell_against_audience_is_refused(make_definition, make_engine
     """A breakdown segment's two arms together against an audience of the same
     segment: the difference is the one premium customer not exposed."""
     k = 20
-    people = [Person(pid, bank=_bank(premium=pid % 2 == 0),
-                     retailer={"baby_buyer": False, "loyalty_tier": "none"},
-                     arm=("test", "control")[pid // 2 % 2], converted=pid % 5 == 0)
-              for pid in range(200)]
+    people = [
+        Person(
+            pid,
+            bank=_bank(premium=pid % 2 == 0),
+            retailer={"baby_buyer": False, "loyalty_tier": "none"},
+            arm=("test", "control")[pid // 2 % 2],
+            converted=pid % 5 == 0,
+        )
+        for pid in range(200)
+    ]
     people.append(Person(200, bank=_bank(premium=True)))
     engine = make_engine(_exact(make_definition, k), ingest=False)
     World(people).ingest(engine)
-    engine.run({"template": "campaign_lift", "analysis": "lift",
-                "breakdown": "bank.customers.premium_card"}, "brand")
+    engine.run(
+        {
+            "template": "campaign_lift",
+            "analysis": "lift",
+            "breakdown": "bank.customers.premium_card",
+        },
+        "brand",
+    )
     with pytest.raises(QueryRefused) as err:
-        engine.run({"template": "audience_size", "analysis": "audience", "filter": PREMIUM},
-                   "brand")
+        engine.run(
+            {"template": "audience_size", "analysis": "audience", "filter": PREMIUM}, "brand"
+        )
     assert err.value.reason == "differencing"
 
 
 def _refresh_world() -> World:
     """40 high-income bank customers in telecom: Bob (the only one in the north)
     and 39 in the south."""
-    return World([Person(pid, bank=_bank(band="high"),
-                         telecom={"region": "north" if pid == 0 else "south",
-                                  "device": "ios"})
-                  for pid in range(40)])
+    return World(
+        [
+            Person(
+                pid,
+                bank=_bank(band="high"),
+                telecom={"region": "north" if pid == 0 else "south", "device": "ios"},
+            )
+            for pid in range(40)
+        ]
+    )
 
 
 HIGH = "bank.customers.income_band = 'high'"
@@ -113,24 +147,29 @@ HIGH_NOT_BOB = f"{HIGH} AND telecom.subscribers.region != 'north'"
 
 @pytest.mark.parametrize("refresh", [False, True])
 def test_a_refresh_that_changes_person_keys_keeps_cohorts_comparable(
-        make_definition, make_engine, refresh):
+    make_definition, make_engine, refresh
+):
     """Finding 3: the bank re-ingests with one more identifier per row (every bank
     person's key changes); 40 then 39 would reveal Bob's region."""
     engine = make_engine(_exact(make_definition, 5), ingest=False)
     world = _refresh_world()
     world.ingest(engine)
-    assert engine.run({"template": "audience_size", "analysis": "audience",
-                       "filter": HIGH}, "brand").value("people") == 40
+    assert (
+        engine.run(
+            {"template": "audience_size", "analysis": "audience", "filter": HIGH}, "brand"
+        ).value("people")
+        == 40
+    )
     if refresh:
         world.ingest(engine, extra_ids=True, only=("bank.customers",))
     with pytest.raises(QueryRefused) as err:
-        engine.run({"template": "audience_size", "analysis": "audience",
-                    "filter": HIGH_NOT_BOB}, "brand")
+        engine.run(
+            {"template": "audience_size", "analysis": "audience", "filter": HIGH_NOT_BOB}, "brand"
+        )
     assert err.value.reason == "differencing"
 
 
-def test_cohorts_stay_comparable_across_refresh_and_restart(make_definition, make_engine,
-                                                            tmp_path):
+def test_cohorts_stay_comparable_across_refresh_and_restart(make_definition, make_engine, tmp_path):
     """The stored links survive a restart: a refresh after it still remaps."""
     definition = _exact(make_definition, 5)
     engine = make_engine(definition, tmp_path / "w", ingest=False)
@@ -141,11 +180,14 @@ def test_cohorts_stay_comparable_across_refresh_and_restart(make_definition, mak
     restarted = make_engine(definition, tmp_path / "w", ingest=False)
     world.ingest(restarted, extra_ids=True, only=("bank.customers",))
     with pytest.raises(QueryRefused):
-        restarted.run({"template": "audience_size", "analysis": "audience",
-                       "filter": HIGH_NOT_BOB}, "brand")
+        restarted.run(
+            {"template": "audience_size", "analysis": "audience", "filter": HIGH_NOT_BOB}, "brand"
+        )
     # the same 40 people after the refresh: difference 0, allowed, same answer
-    same = restarted.run({"template": "audience_size", "analysis": "audience",
-                          "filter": f"{HIGH} OR {HIGH}"}, "brand")
+    same = restarted.run(
+        {"template": "audience_size", "analysis": "audience", "filter": f"{HIGH} OR {HIGH}"},
+        "brand",
+    )
     assert same.value("people") == 40
 
 
@@ -177,8 +219,13 @@ def test_store_refuses_pairwise_differences_below_k():
         _stage(store, close)
         with pytest.raises(QueryRefused):
             store.check_staged(_one(0), 10)
-    for fine in (range(100), [*range(5, 100), *range(100, 105)], range(150, 200),
-                 range(500, 600), []):
+    for fine in (
+        range(100),
+        [*range(5, 100), *range(100, 105)],
+        range(150, 200),
+        range(500, 600),
+        [],
+    ):
         _stage(store, fine)
         store.check_staged(_one(0), 10)  # same, 10 apart, far, disjoint, empty
     assert con.execute("SELECT count(*) FROM released_region").fetchone()[0] == 100
@@ -188,8 +235,7 @@ def test_store_sees_unions_and_inclusion_exclusion():
     """Regions 0, 1, 2 released as the cells {0, 2}, {1, 2}, {2} (an overlap): their
     union, 0 + 1 + 2, is derivable; an audience one person larger is refused."""
     _, store = _store()
-    overlap = Release(("T", "R", "T+R"), (frozenset({0, 2}), frozenset({1, 2}),
-                                           frozenset({2})))
+    overlap = Release(("T", "R", "T+R"), (frozenset({0, 2}), frozenset({1, 2}), frozenset({2})))
     _stage(store, range(0, 60), range(60, 120), range(120, 180))
     store.check_staged(overlap, 50)
     store.record_staged(overlap, "overlap")

@@ -33,13 +33,20 @@ from sgxcloud.cleanroom.results import (
 )
 
 DP = {"enabled": True, "epsilon_per_query": 0.5, "budget_per_analyst": 10}
-QUERIES = [{"template": "audience_size", "analysis": "audience"},
-           {"template": "audience_size", "analysis": "audience",
-            "filter": "bank.customers.premium_card = true"},
-           {"template": "overlap", "analysis": "reach",
-            "datasets": ["bank.customers", "telecom.subscribers"]},
-           {"template": "campaign_lift", "analysis": "lift",
-            "breakdown": "bank.customers.premium_card"}]
+QUERIES = [
+    {"template": "audience_size", "analysis": "audience"},
+    {
+        "template": "audience_size",
+        "analysis": "audience",
+        "filter": "bank.customers.premium_card = true",
+    },
+    {
+        "template": "overlap",
+        "analysis": "reach",
+        "datasets": ["bank.customers", "telecom.subscribers"],
+    },
+    {"template": "campaign_lift", "analysis": "lift", "breakdown": "bank.customers.premium_card"},
+]
 
 
 @pytest.fixture
@@ -51,10 +58,12 @@ def _guesses(content: bytes) -> set[str]:
     """Every digest a party without the result's key can compute from a guessed
     content: the unkeyed SHA-256 the red team used, and keyed forms with the
     keys it could guess (none, the empty one)."""
-    return {"sha256:" + hashlib.sha256(content).hexdigest(),
-            "hmac-sha256:" + hashlib.sha256(content).hexdigest(),
-            "hmac-sha256:" + hmac.new(b"", content, hashlib.sha256).hexdigest(),
-            "hmac-sha256:" + hmac.new(bytes(32), content, hashlib.sha256).hexdigest()}
+    return {
+        "sha256:" + hashlib.sha256(content).hexdigest(),
+        "hmac-sha256:" + hashlib.sha256(content).hexdigest(),
+        "hmac-sha256:" + hmac.new(b"", content, hashlib.sha256).hexdigest(),
+        "hmac-sha256:" + hmac.new(bytes(32), content, hashlib.sha256).hexdigest(),
+    }
 
 
 def _public_content(result: Result) -> dict[str, Any]:
@@ -71,33 +80,57 @@ def _red_team_candidates(definition, entries, release, values) -> dict[bytes, in
     the audit log alone, for each guessed figure, release time (the entry's time
     minus up to 400 ms) and result format; content -> the figure guessed."""
     queries = {e.data["query_hash"]: e.data["query"] for e in entries if e.event == "query"}
-    earlier = [e for e in entries if e.seq < release.seq and e.actor == release.actor
-               and (e.event == "release" or (e.event == "refusal"
-                                             and e.data.get("reason") == "suppressed"))]
+    earlier = [
+        e
+        for e in entries
+        if e.seq < release.seq
+        and e.actor == release.actor
+        and (
+            e.event == "release" or (e.event == "refusal" and e.data.get("reason") == "suppressed")
+        )
+    ]
     dp = definition.privacy.dp
     remaining = round(dp.budget_per_analyst - dp.epsilon_per_query * (len(earlier) + 1), 10)
     data = release.data
     at = datetime.fromisoformat(release.at)
     out = {}
     for fmt in (RESULT_FORMAT, RESULT_FORMAT_V1):
-        base = {"result_id": data["result_id"], "collaboration": definition.name,
-                "definition_hash": definition.definition_hash(), "analysis": data["analysis"],
-                "template": "audience_size", "query": queries[data["query_hash"]],
-                "query_hash": data["query_hash"], "recipients": data["recipients"],
-                "format": fmt,
-                "privacy": {"min_group_size": definition.privacy.min_group_size,
-                            "differencing_check": False,
-                            "differential_privacy": {"mechanism": dp.mechanism,
-                                                     "epsilon": dp.epsilon_per_query,
-                                                     "delta": dp.delta,
-                                                     "epsilon_per_measure": dp.epsilon_per_query},
-                            "budget_remaining_at_release": remaining}}
+        base = {
+            "result_id": data["result_id"],
+            "collaboration": definition.name,
+            "definition_hash": definition.definition_hash(),
+            "analysis": data["analysis"],
+            "template": "audience_size",
+            "query": queries[data["query_hash"]],
+            "query_hash": data["query_hash"],
+            "recipients": data["recipients"],
+            "format": fmt,
+            "privacy": {
+                "min_group_size": definition.privacy.min_group_size,
+                "differencing_check": False,
+                "differential_privacy": {
+                    "mechanism": dp.mechanism,
+                    "epsilon": dp.epsilon_per_query,
+                    "delta": dp.delta,
+                    "epsilon_per_measure": dp.epsilon_per_query,
+                },
+                "budget_remaining_at_release": remaining,
+            },
+        }
         for ms in range(0, 400):
             base["released_at"] = (at - timedelta(milliseconds=ms)).isoformat(
-                timespec="milliseconds")
+                timespec="milliseconds"
+            )
             for value in values:
-                cells = [{"metric": "people", "value": value, "dims": {}, "suppressed": False,
-                          "noisy": True}]
+                cells = [
+                    {
+                        "metric": "people",
+                        "value": value,
+                        "dims": {},
+                        "suppressed": False,
+                        "noisy": True,
+                    }
+                ]
                 out[canonical_json({**base, "cells": cells})] = value
                 if fmt == RESULT_FORMAT:  # the key's field present but guessed empty
                     out[canonical_json({**base, "cells": cells, "digest_key": ""})] = value
@@ -114,8 +147,9 @@ def test_a_non_recipient_brute_forcing_the_audit_digest_finds_nothing(dp_engine)
     assert len(releases) == 2
     for result, release in zip(results, releases, strict=True):
         truth = result.value("people")
-        candidates = _red_team_candidates(dp_engine.definition, entries, release,
-                                          range(max(0, truth - 25), truth + 26))
+        candidates = _red_team_candidates(
+            dp_engine.definition, entries, release, range(max(0, truth - 25), truth + 26)
+        )
         # control: the rebuild is exact — the true content (figures and all, less
         # the key) is among the candidates, so only the key stands in the way
         assert canonical_json(_public_content(result)) in candidates
@@ -135,8 +169,11 @@ def test_no_digest_in_the_log_is_a_hash_of_what_others_could_rebuild(dp_engine):
     for entry in logged:
         result = by_id[entry.data["result_id"]]
         assert entry.data["result_digest"].startswith("hmac-sha256:")
-        for variant in (_public_content(result), {**_public_content(result), "digest_key": ""},
-                        {**_public_content(result), "format": RESULT_FORMAT_V1}):
+        for variant in (
+            _public_content(result),
+            {**_public_content(result), "digest_key": ""},
+            {**_public_content(result), "format": RESULT_FORMAT_V1},
+        ):
             assert entry.data["result_digest"] not in _guesses(canonical_json(variant))
 
 
@@ -164,8 +201,9 @@ def test_recipients_check_the_result_they_hold_against_the_log(dp_engine):
     check_result_digest(resigned, logged[0].data["result_digest"])
     # any other figure does not; nor does a forged key (the key is signed with the rest)
     cell = result.cells[0]
-    edited = dataclasses.replace(result, cells=(dataclasses.replace(cell, value=cell.value + 1),
-                                                *result.cells[1:]))
+    edited = dataclasses.replace(
+        result, cells=(dataclasses.replace(cell, value=cell.value + 1), *result.cells[1:])
+    )
     with pytest.raises(ResultDigestError, match="does not match"):
         check_result_digest(edited, logged[0].data["result_digest"])
     with pytest.raises(ResultSignatureError):
@@ -181,8 +219,9 @@ def test_older_unkeyed_digests_and_v1_results_are_refused_with_a_reason(dp_engin
         check_result_digest(result, "md5:00")
     # a v1 result (saved before the change) still verifies by its signature...
     key = dp_engine._signing_key
-    v1 = sign_result(dataclasses.replace(result, format=RESULT_FORMAT_V1, digest_key="",
-                                         signature=""), key)
+    v1 = sign_result(
+        dataclasses.replace(result, format=RESULT_FORMAT_V1, digest_key="", signature=""), key
+    )
     assert "digest_key" not in json.loads(v1.to_json())
     assert verify_result(v1.to_json(), dp_engine.public_key) == v1
     # ...but has no key to check a digest with
@@ -198,8 +237,10 @@ def test_a_stored_v1_answer_is_upgraded_before_its_cache_hit_is_logged(dp_engine
     """An answer stored by an older coordinator (v1, no key) is given a key when it
     is next repeated, and stored back: no cache-hit entry carries an unkeyed digest."""
     result = dp_engine.run(QUERIES[0], "brand")
-    v1 = sign_result(dataclasses.replace(result, format=RESULT_FORMAT_V1, digest_key="",
-                                         signature=""), dp_engine._signing_key)
+    v1 = sign_result(
+        dataclasses.replace(result, format=RESULT_FORMAT_V1, digest_key="", signature=""),
+        dp_engine._signing_key,
+    )
     dp_engine.ledger.replace_release(result.query_hash, v1.to_json())
     again = dp_engine.run(QUERIES[0], "brand")
     assert again.format == RESULT_FORMAT and len(bytes.fromhex(again.digest_key)) == 32
@@ -226,8 +267,9 @@ def _numbers(value: Any) -> list[int | float]:
     return []
 
 
-def test_audit_entries_carry_no_exact_counts_of_anyones_data(make_definition, make_engine,
-                                                             prepared):
+def test_audit_entries_carry_no_exact_counts_of_anyones_data(
+    make_definition, make_engine, prepared
+):
     """Ingestions, refreshes and rejected ingestions: every party reads the log, so
     no entry names a number of rows (ingested, replaced, seen, bad) or a row
     number; the old code logged ``rows`` and ``replaced_rows`` of every ingestion."""
@@ -237,8 +279,9 @@ def test_audit_entries_carry_no_exact_counts_of_anyones_data(make_definition, ma
     bad = prepared["bank.customers"].to_pylist()
     bad[7]["income_band"] = "enormous"
     with pytest.raises(IngestError) as err:  # the provider gets the details...
-        engine.ingest("bank", "customers",
-                      pa.Table.from_pylist(bad, schema=prepared["bank.customers"].schema))
+        engine.ingest(
+            "bank", "customers", pa.Table.from_pylist(bad, schema=prepared["bank.customers"].schema)
+        )
     assert err.value.report["problems"]  # ...counts and row numbers, in the error
     ingests = [e for e in engine.audit.entries() if e.event.startswith("ingest")]
     assert [e.event for e in ingests] == ["ingest"] * 6 + ["ingest_rejected"]
@@ -272,8 +315,9 @@ def test_results_and_audit_entries_match_their_published_schemas(dp_engine, prep
     bad = prepared["bank.customers"].to_pylist()
     bad[0]["income_band"] = "enormous"
     with pytest.raises(IngestError):
-        dp_engine.ingest("bank", "customers",
-                         pa.Table.from_pylist(bad, schema=prepared["bank.customers"].schema))
+        dp_engine.ingest(
+            "bank", "customers", pa.Table.from_pylist(bad, schema=prepared["bank.customers"].schema)
+        )
     result_schema, entry_schema = schema("result"), schema("audit-entry")
     for result in results:
         result_schema.validate(json.loads(result.to_json()))
@@ -281,8 +325,13 @@ def test_results_and_audit_entries_match_their_published_schemas(dp_engine, prep
     result_schema.validate(json.loads(v1.to_json()))
     assert not result_schema.is_valid({**json.loads(v1.to_json()), "digest_key": "00" * 32})
     entries = [dataclasses.asdict(e) for e in dp_engine.audit.entries()]
-    assert {e["event"] for e in entries} == {"ingest", "ingest_rejected", "query", "release",
-                                             "cache_hit"}
+    assert {e["event"] for e in entries} == {
+        "ingest",
+        "ingest_rejected",
+        "query",
+        "release",
+        "cache_hit",
+    }
     for entry in entries:
         entry_schema.validate(entry)
     old = {**entries[0], "data": {"dataset": "bank.customers", "rows": 10, "replaced_rows": 0}}

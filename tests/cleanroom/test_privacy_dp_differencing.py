@@ -22,19 +22,29 @@ def _world(bob_baby: bool, seed: int) -> World:
     for person in world.people:  # nobody else has Bob's bank + telecom combination
         if person.bank == BOB_BANK and person.telecom == BOB_TELECOM:
             person.telecom = {"region": "north", "device": "other"}
-    world.people.append(Person(len(world.people), bank=dict(BOB_BANK),
-                               telecom=dict(BOB_TELECOM),
-                               retailer={"baby_buyer": bob_baby, "loyalty_tier": "gold"}))
+    world.people.append(
+        Person(
+            len(world.people),
+            bank=dict(BOB_BANK),
+            telecom=dict(BOB_TELECOM),
+            retailer={"baby_buyer": bob_baby, "loyalty_tier": "gold"},
+        )
+    )
     return world
 
 
 def _not_bob_with(baby: bool) -> dict:
-    return {"not": {"and": [
-        {"attribute": "bank.customers.premium_card", "op": "=", "value": True},
-        {"attribute": "bank.customers.income_band", "op": "=", "value": "high"},
-        {"attribute": "telecom.subscribers.region", "op": "=", "value": "central"},
-        {"attribute": "telecom.subscribers.device", "op": "=", "value": "other"},
-        {"attribute": "retailer.customers.baby_buyer", "op": "=", "value": baby}]}}
+    return {
+        "not": {
+            "and": [
+                {"attribute": "bank.customers.premium_card", "op": "=", "value": True},
+                {"attribute": "bank.customers.income_band", "op": "=", "value": "high"},
+                {"attribute": "telecom.subscribers.region", "op": "=", "value": "central"},
+                {"attribute": "telecom.subscribers.device", "op": "=", "value": "other"},
+                {"attribute": "retailer.customers.baby_buyer", "op": "=", "value": baby},
+            ]
+        }
+    }
 
 
 def _probe(engine, baby: bool) -> str:
@@ -51,9 +61,11 @@ def test_differencing_refusal_is_no_oracle_under_dp(make_definition, make_engine
     """Everyone, then everyone but (Bob and baby_buyer = x) for both x: on the old
     code exactly the probe matching Bob's hidden value was refused (4/4 in the
     red-team run); now both are released, whatever Bob's value."""
-    definition = make_definition(min_group_size=50, differencing_check=True,
-                                 dp={"enabled": True, "epsilon_per_query": 0.5,
-                                     "budget_per_analyst": 10.0})
+    definition = make_definition(
+        min_group_size=50,
+        differencing_check=True,
+        dp={"enabled": True, "epsilon_per_query": 0.5, "budget_per_analyst": 10.0},
+    )
     engine = make_engine(definition, ingest=False)
     _world(truth, seed=100 + truth).ingest(engine)
     everyone = engine.run({"template": "audience_size", "analysis": "audience"}, "brand")
@@ -65,8 +77,7 @@ def test_differencing_refusal_is_no_oracle_under_dp(make_definition, make_engine
 
 def test_differencing_check_still_refuses_without_dp(make_definition, make_engine):
     """DP off: the check is the protection and refuses the probe that matches."""
-    definition = make_definition(min_group_size=50, differencing_check=True,
-                                 dp={"enabled": False})
+    definition = make_definition(min_group_size=50, differencing_check=True, dp={"enabled": False})
     engine = make_engine(definition, ingest=False)
     _world(True, seed=7).ingest(engine)
     engine.run({"template": "audience_size", "analysis": "audience"}, "brand")

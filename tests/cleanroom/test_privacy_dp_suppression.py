@@ -11,19 +11,31 @@ from sgxcloud.cleanroom.errors import QueryRefused
 from .world import Person, World
 
 # nobody matches: the true count is 0, far below k
-EMPTY = ("bank.customers.income_band = 'high' AND bank.customers.premium_card = true "
-         "AND telecom.subscribers.device = 'other'")
+EMPTY = (
+    "bank.customers.income_band = 'high' AND bank.customers.premium_card = true "
+    "AND telecom.subscribers.device = 'other'"
+)
 
 
 def _dp(make_definition, eps, budget, k=20, check=False):
-    return make_definition(min_group_size=k, differencing_check=check,
-                           dp={"enabled": True, "epsilon_per_query": eps,
-                               "budget_per_analyst": budget})
+    return make_definition(
+        min_group_size=k,
+        differencing_check=check,
+        dp={"enabled": True, "epsilon_per_query": eps, "budget_per_analyst": budget},
+    )
 
 
 def _world() -> World:
-    return World([Person(pid, bank={"premium_card": pid % 2 == 0, "income_band": "low"},
-                         telecom={"region": "north", "device": "ios"}) for pid in range(200)])
+    return World(
+        [
+            Person(
+                pid,
+                bank={"premium_card": pid % 2 == 0, "income_band": "low"},
+                telecom={"region": "north", "device": "ios"},
+            )
+            for pid in range(200)
+        ]
+    )
 
 
 def test_a_suppressed_answer_costs_budget(make_definition, make_engine):
@@ -62,17 +74,28 @@ def test_suppression_is_decided_on_the_noisy_count(make_definition, make_engine)
     assert engine.run(query, "brand").to_dict() == released[0].to_dict()
 
 
-def test_overlap_and_lift_suppression_under_dp_use_noisy_counts(make_definition,
-                                                                make_engine):
+def test_overlap_and_lift_suppression_under_dp_use_noisy_counts(make_definition, make_engine):
     """Every overlap and lift cell is decided on noisy figures; a hidden one is
     hidden because its noisy count is below k (checked against what is shown)."""
     engine = make_engine(_dp(make_definition, eps=1.0, budget=10.0, k=20), ingest=False)
     World.random(400, seed=3).ingest(engine)
-    overlap = engine.run({"template": "overlap", "analysis": "reach",
-                          "datasets": ["bank.customers", "telecom.subscribers"]}, "brand")
+    overlap = engine.run(
+        {
+            "template": "overlap",
+            "analysis": "reach",
+            "datasets": ["bank.customers", "telecom.subscribers"],
+        },
+        "brand",
+    )
     assert all(c.noisy for c in overlap.cells if not c.suppressed)
-    lift = engine.run({"template": "campaign_lift", "analysis": "lift",
-                       "breakdown": "bank.customers.premium_card"}, "brand")
+    lift = engine.run(
+        {
+            "template": "campaign_lift",
+            "analysis": "lift",
+            "breakdown": "bank.customers.premium_card",
+        },
+        "brand",
+    )
     for cell in lift.cells:
         if cell.metric in ("people", "converters") and not cell.suppressed:
             assert cell.noisy and cell.value >= 20

@@ -40,24 +40,40 @@ def _needles(plain, key: bytes) -> tuple[set[str], set[bytes]]:
     return texts, raw
 
 
-def test_identifiers_never_leave(make_definition, make_engine, prepared, plain, caplog,
-                                 generated, rekey_key):
+def test_identifiers_never_leave(
+    make_definition, make_engine, prepared, plain, caplog, generated, rekey_key
+):
     caplog.set_level(logging.DEBUG)
     engine = make_engine(make_definition(min_group_size=20))
     outputs: list[str] = []
     queries = [
-        {"template": "audience_size", "analysis": "audience",
-         "filter": "retailer.customers.baby_buyer = true"},
-        {"template": "audience_size", "analysis": "audience",
-         "filter": "retailer.customers.baby_buyer = true AND NOT (telecom.subscribers.region"
-                   " = 'north' AND telecom.subscribers.device = 'other')"},
-        {"template": "audience_size", "analysis": "audience",
-         "filter": "bank.customers.income_band = 'high' AND retailer.customers.loyalty_tier"
-                   " = 'gold' AND telecom.subscribers.device = 'other'"},
-        {"template": "overlap", "analysis": "reach",
-         "datasets": ["bank.customers", "retailer.customers", "telecom.subscribers"]},
-        {"template": "campaign_lift", "analysis": "lift",
-         "breakdown": "telecom.subscribers.region"},
+        {
+            "template": "audience_size",
+            "analysis": "audience",
+            "filter": "retailer.customers.baby_buyer = true",
+        },
+        {
+            "template": "audience_size",
+            "analysis": "audience",
+            "filter": "retailer.customers.baby_buyer = true AND NOT (telecom.subscribers.region"
+            " = 'north' AND telecom.subscribers.device = 'other')",
+        },
+        {
+            "template": "audience_size",
+            "analysis": "audience",
+            "filter": "bank.customers.income_band = 'high' AND retailer.customers.loyalty_tier"
+            " = 'gold' AND telecom.subscribers.device = 'other'",
+        },
+        {
+            "template": "overlap",
+            "analysis": "reach",
+            "datasets": ["bank.customers", "retailer.customers", "telecom.subscribers"],
+        },
+        {
+            "template": "campaign_lift",
+            "analysis": "lift",
+            "breakdown": "telecom.subscribers.region",
+        },
         {"template": "audience_size", "analysis": "audience", "filter": "nonsense ((("},
     ]
     for query in queries:
@@ -78,8 +94,12 @@ def test_identifiers_never_leave(make_definition, make_engine, prepared, plain, 
 
     definition = engine.definition
     ds = definition.dataset("bank.customers")
-    _, report = prepare_batch(ds, pq.read_table(generated.files["bank.customers"]), rekey_key,
-                              definition.columns_needed(ds.ref))
+    _, report = prepare_batch(
+        ds,
+        pq.read_table(generated.files["bank.customers"]),
+        rekey_key,
+        definition.columns_needed(ds.ref),
+    )
     outputs.append(repr(report.to_dict()))
     assert report.to_dict()["invalid_identifiers"]  # the data has invalid ones: they're counted
 
@@ -96,18 +116,28 @@ def test_identifiers_never_leave(make_definition, make_engine, prepared, plain, 
 def test_refusals_do_not_echo_identifier_like_names(make_definition, make_engine):
     engine = make_engine(make_definition(), ingest=False)
     probes = [
-        {"template": "audience_size", "analysis": "audience",
-         "filter": {"attribute": "anna.smith@example.org", "op": "=", "value": True}},
+        {
+            "template": "audience_size",
+            "analysis": "audience",
+            "filter": {"attribute": "anna.smith@example.org", "op": "=", "value": True},
+        },
         {"template": "audience_size", "analysis": "+447400000001"},
-        {"template": "overlap", "analysis": "reach",
-         "datasets": ["bank.customers", "07400 000001"]},
+        {
+            "template": "overlap",
+            "analysis": "reach",
+            "datasets": ["bank.customers", "07400 000001"],
+        },
         {"template": "audience_size", "analysis": "audience", "anna@example.org": 1},
     ]
     for probe in probes:
         with pytest.raises(CleanroomError) as err:
             engine.run(probe, "brand")
-        for secret in ("anna.smith@example.org", "+447400000001", "07400 000001",
-                       "anna@example.org"):
+        for secret in (
+            "anna.smith@example.org",
+            "+447400000001",
+            "07400 000001",
+            "anna@example.org",
+        ):
             assert secret not in str(err.value)
     log = engine.audit.path.read_text()
     assert "@example.org" not in log and "7400" not in log

@@ -38,14 +38,14 @@ ANALYSTS = ("brand", "agency")
 
 
 def _eq(attribute: str, values: tuple) -> Any:
-    return st.sampled_from(values).map(lambda v: {"attribute": attribute, "op": "=",
-                                                  "value": v})
+    return st.sampled_from(values).map(lambda v: {"attribute": attribute, "op": "=", "value": v})
 
 
 def _filters(leaves: list[Any]) -> Any:
     leaf = st.one_of(*leaves)
     return st.one_of(
-        st.none(), leaf,
+        st.none(),
+        leaf,
         st.builds(lambda a, b: {"and": [a, b]}, leaf, leaf),
         st.builds(lambda a, b: {"or": [a, b]}, leaf, leaf),
         st.builds(lambda a: {"not": a}, leaf),
@@ -54,28 +54,42 @@ def _filters(leaves: list[Any]) -> Any:
 
 
 BOOL = (True, False)
-AUDIENCE_FILTERS = _filters([
-    _eq("bank.customers.premium_card", BOOL), _eq("bank.customers.income_band", BANDS),
-    _eq("telecom.subscribers.region", REGIONS), _eq("telecom.subscribers.device", DEVICES),
-    _eq("retailer.customers.baby_buyer", BOOL), _eq("retailer.customers.loyalty_tier", TIERS)])
-OVERLAP_FILTERS = _filters([_eq("bank.customers.premium_card", BOOL),
-                            _eq("retailer.customers.baby_buyer", BOOL)])
-LIFT_FILTERS = _filters([_eq("retailer.customers.baby_buyer", BOOL),
-                         _eq("bank.customers.income_band", BANDS)])
+AUDIENCE_FILTERS = _filters(
+    [
+        _eq("bank.customers.premium_card", BOOL),
+        _eq("bank.customers.income_band", BANDS),
+        _eq("telecom.subscribers.region", REGIONS),
+        _eq("telecom.subscribers.device", DEVICES),
+        _eq("retailer.customers.baby_buyer", BOOL),
+        _eq("retailer.customers.loyalty_tier", TIERS),
+    ]
+)
+OVERLAP_FILTERS = _filters(
+    [_eq("bank.customers.premium_card", BOOL), _eq("retailer.customers.baby_buyer", BOOL)]
+)
+LIFT_FILTERS = _filters(
+    [_eq("retailer.customers.baby_buyer", BOOL), _eq("bank.customers.income_band", BANDS)]
+)
 DATASETS = ("bank.customers", "telecom.subscribers", "retailer.customers")
 
 STEPS = st.one_of(
-    st.builds(lambda f, a: ("audience_size", {"filter": f}, a),
-              AUDIENCE_FILTERS, st.sampled_from(ANALYSTS)),
-    st.builds(lambda f, d, a: ("overlap", {"filter": f, "datasets": list(d)}, a),
-              OVERLAP_FILTERS,
-              st.sampled_from([c for n in (2, 3) for c in itertools.combinations(DATASETS, n)]),
-              st.sampled_from(ANALYSTS)),
-    st.builds(lambda f, b, a: ("campaign_lift", {"filter": f, "breakdown": b}, a),
-              LIFT_FILTERS,
-              st.sampled_from([None, "bank.customers.premium_card",
-                               "telecom.subscribers.region"]),
-              st.sampled_from(ANALYSTS)),
+    st.builds(
+        lambda f, a: ("audience_size", {"filter": f}, a),
+        AUDIENCE_FILTERS,
+        st.sampled_from(ANALYSTS),
+    ),
+    st.builds(
+        lambda f, d, a: ("overlap", {"filter": f, "datasets": list(d)}, a),
+        OVERLAP_FILTERS,
+        st.sampled_from([c for n in (2, 3) for c in itertools.combinations(DATASETS, n)]),
+        st.sampled_from(ANALYSTS),
+    ),
+    st.builds(
+        lambda f, b, a: ("campaign_lift", {"filter": f, "breakdown": b}, a),
+        LIFT_FILTERS,
+        st.sampled_from([None, "bank.customers.premium_card", "telecom.subscribers.region"]),
+        st.sampled_from(ANALYSTS),
+    ),
     st.just(("refresh", {}, "")),
 )
 ANALYSIS = {"audience_size": "audience", "overlap": "reach", "campaign_lift": "lift"}
@@ -95,8 +109,9 @@ def _definition(base_doc: dict[str, Any], k: int):
 # -- the oracle: released figures as plaintext sets ---------------------------------------
 
 
-def _released_sets(world: World, template: str, params: dict[str, Any],
-                   result: Any) -> list[tuple[frozenset[int], float]]:
+def _released_sets(
+    world: World, template: str, params: dict[str, Any], result: Any
+) -> list[tuple[frozenset[int], float]]:
     """Every released count of ``result`` as (the people it counts, its value)."""
     chosen = world.matches(params.get("filter"))
     out = []
@@ -119,9 +134,13 @@ def _released_sets(world: World, template: str, params: dict[str, Any],
         if cell.suppressed or cell.metric not in ("people", "converters"):
             continue
         segment, arm = cell.dims["segment"], cell.dims["arm"]
-        members = {p.pid for p in exposed if p.arm == arm
-                   and (segment == "(all)" or world.segment(p, params["breakdown"]) == segment)
-                   and (cell.metric == "people" or p.converted)}
+        members = {
+            p.pid
+            for p in exposed
+            if p.arm == arm
+            and (segment == "(all)" or world.segment(p, params["breakdown"]) == segment)
+            and (cell.metric == "people" or p.converted)
+        }
         out.append((frozenset(members), cell.value))
     return out
 
@@ -165,16 +184,21 @@ def _pair_leak(first: list[frozenset[int]], second: list[frozenset[int]], k: int
         fits = [i for i in small[start:] if weight + sizes[i] < k]
         if not fits or not leaks(inside + fits):
             return False  # the condition only grows with the set: nothing beyond
-        return any(search(small.index(i) + 1, [*inside, i], weight + int(sizes[i]))
-                   for i in fits)
+        return any(search(small.index(i) + 1, [*inside, i], weight + int(sizes[i])) for i in fits)
 
     return search(0, [], 0)
 
 
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 10_000), k=st.sampled_from([3, 5, 8]),
-       steps=st.lists(STEPS, min_size=3, max_size=8))
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    seed=st.integers(0, 10_000),
+    k=st.sampled_from([3, 5, 8]),
+    steps=st.lists(STEPS, min_size=3, max_size=8),
+)
 def test_no_two_releases_isolate_fewer_than_k_people(base_doc, seed, k, steps):
     world = World.random(150, seed=seed)
     definition = _definition(base_doc, k)
@@ -189,8 +213,11 @@ def test_no_two_releases_isolate_fewer_than_k_people(base_doc, seed, k, steps):
                     extra_ids = not extra_ids
                     world.ingest(engine, extra_ids=extra_ids, only=("bank.customers",))
                     continue
-                query = {"template": template, "analysis": ANALYSIS[template],
-                         **{key: v for key, v in params.items() if v is not None}}
+                query = {
+                    "template": template,
+                    "analysis": ANALYSIS[template],
+                    **{key: v for key, v in params.items() if v is not None},
+                }
                 try:
                     result = engine.run(query, analyst)
                 except QueryRefused as exc:

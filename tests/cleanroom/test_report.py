@@ -14,47 +14,69 @@ from sgxcloud.cleanroom.results import Cell, Result
 
 def arm_cells(segment, arm, people, converters, revenue):
     dims = {"segment": segment, "arm": arm}
-    return [Cell("people", people, dims), Cell("converters", converters, dims),
-            Cell("conversion_rate", converters / people, dims),
-            Cell("revenue_per_person", revenue / people, dims)]
+    return [
+        Cell("people", people, dims),
+        Cell("converters", converters, dims),
+        Cell("conversion_rate", converters / people, dims),
+        Cell("revenue_per_person", revenue / people, dims),
+    ]
 
 
 def lift_cells(segment, rel, low, high):
     dims = {"segment": segment}
-    return [Cell("conversion_lift_abs", 0.03, dims), Cell("conversion_lift_rel", rel, dims),
-            Cell("conversion_lift_rel_ci_low", low, dims),
-            Cell("conversion_lift_rel_ci_high", high, dims),
-            Cell("conversion_p_value", 0.0123, dims),
-            Cell("incremental_conversions", 31.5, dims),
-            Cell("incremental_revenue", 1234.5, dims)]
+    return [
+        Cell("conversion_lift_abs", 0.03, dims),
+        Cell("conversion_lift_rel", rel, dims),
+        Cell("conversion_lift_rel_ci_low", low, dims),
+        Cell("conversion_lift_rel_ci_high", high, dims),
+        Cell("conversion_p_value", 0.0123, dims),
+        Cell("incremental_conversions", 31.5, dims),
+        Cell("incremental_revenue", 1234.5, dims),
+    ]
 
 
 def suppressed(segment):
     cells = []
     for arm in ("test", "control"):
         dims = {"segment": segment, "arm": arm}
-        cells += [Cell(m, None, dims, suppressed=True)
-                  for m in ("people", "converters", "conversion_rate", "revenue_per_person")]
+        cells += [
+            Cell(m, None, dims, suppressed=True)
+            for m in ("people", "converters", "conversion_rate", "revenue_per_person")
+        ]
     dims = {"segment": segment}
-    cells += [Cell(m, None, dims, suppressed=True)
-              for m in ("conversion_lift_abs", "conversion_lift_rel", "incremental_revenue")]
+    cells += [
+        Cell(m, None, dims, suppressed=True)
+        for m in ("conversion_lift_abs", "conversion_lift_rel", "incremental_revenue")
+    ]
     return cells
 
 
 @pytest.fixture
 def result():
-    cells = (arm_cells("(all)", "test", 1000, 130, 9000.0)
-             + arm_cells("(all)", "control", 1000, 100, 7000.0)
-             + lift_cells("(all)", 0.3, 0.05, 0.6)
-             + arm_cells("north", "test", 400, 60, 4000.0)
-             + arm_cells("north", "control", 380, 40, 2500.0)
-             + lift_cells("north", 0.42, -0.02, 0.9)
-             + suppressed("central"))
-    return Result(result_id="r-1", collaboration="demo", definition_hash="ab" * 32,
-                  analysis="lift", template="campaign_lift", query={"template": "campaign_lift"},
-                  query_hash="cd" * 32, cells=tuple(cells), privacy={"min_group_size": 50},
-                  recipients=("brand",), released_at="2026-11-27T00:00:00+00:00",
-                  signer="ed25519:x", signature="sig")
+    cells = (
+        arm_cells("(all)", "test", 1000, 130, 9000.0)
+        + arm_cells("(all)", "control", 1000, 100, 7000.0)
+        + lift_cells("(all)", 0.3, 0.05, 0.6)
+        + arm_cells("north", "test", 400, 60, 4000.0)
+        + arm_cells("north", "control", 380, 40, 2500.0)
+        + lift_cells("north", 0.42, -0.02, 0.9)
+        + suppressed("central")
+    )
+    return Result(
+        result_id="r-1",
+        collaboration="demo",
+        definition_hash="ab" * 32,
+        analysis="lift",
+        template="campaign_lift",
+        query={"template": "campaign_lift"},
+        query_hash="cd" * 32,
+        cells=tuple(cells),
+        privacy={"min_group_size": 50},
+        recipients=("brand",),
+        released_at="2026-11-27T00:00:00+00:00",
+        signer="ed25519:x",
+        signature="sig",
+    )
 
 
 def test_report_is_self_contained_with_chart(result, tmp_path):

@@ -32,8 +32,11 @@ from sgxcloud.cleanroom.local import LocalCollaboration, prepare_example
 from sgxcloud.cleanroom.sdk import CleanroomClient
 from sgxcloud.cleanroom.transport import fetch_server_certificate, pinned_client_context
 
-QUERY = {"template": "audience_size", "analysis": "audience",
-         "filter": "bank.customers.premium_card = true"}
+QUERY = {
+    "template": "audience_size",
+    "analysis": "audience",
+    "filter": "bank.customers.premium_card = true",
+}
 
 
 def _key(collab: LocalCollaboration, party: str):
@@ -49,8 +52,9 @@ def world(tmp_path_factory):
         a.start()
         started.append(a)
         # The same definition at a second coordinator with its own workdir.
-        a2 = LocalCollaboration(workdir=root / "a2", definition=a.definition,
-                                approvals=a.approvals, nodes=a.nodes)
+        a2 = LocalCollaboration(
+            workdir=root / "a2", definition=a.definition, approvals=a.approvals, nodes=a.nodes
+        )
         (root / "a2").mkdir()
         a2.addresses = dict(a.addresses)
         a2.start_coordinator()
@@ -66,8 +70,12 @@ def world(tmp_path_factory):
             path = root / "b" / "approvals" / f"{provider}.json"
             path.write_text(json.dumps(approve(other, provider, _key(a, provider)).to_dict()))
             approvals.append(path)
-        b = LocalCollaboration(workdir=root / "b", definition=root / "b" / "definition.yaml",
-                               approvals=approvals, nodes=a.nodes)
+        b = LocalCollaboration(
+            workdir=root / "b",
+            definition=root / "b" / "definition.yaml",
+            approvals=approvals,
+            nodes=a.nodes,
+        )
         b.start()
         started.append(b)
         yield {"a": a, "a2": a2, "b": b}
@@ -77,8 +85,9 @@ def world(tmp_path_factory):
 
 
 def connect(collab: LocalCollaboration, party: str = "brand", key_from=None) -> CleanroomClient:
-    return CleanroomClient.connect(collab.url, load_definition(collab.definition), party,
-                                   _key(key_from or collab, party))
+    return CleanroomClient.connect(
+        collab.url, load_definition(collab.definition), party, _key(key_from or collab, party)
+    )
 
 
 def recording(client: CleanroomClient) -> list[tuple[str, str, dict[str, str], bytes]]:
@@ -86,8 +95,7 @@ def recording(client: CleanroomClient) -> list[tuple[str, str, dict[str, str], b
     sent: list[tuple[str, str, dict[str, str], bytes]] = []
 
     def record(request: httpx.Request) -> None:
-        sent.append((request.method, request.url.path, dict(request.headers),
-                     request.read()))
+        sent.append((request.method, request.url.path, dict(request.headers), request.read()))
 
     client._http.event_hooks["request"].append(record)
     return sent
@@ -98,8 +106,11 @@ def replay(collab: LocalCollaboration, captured) -> httpx.Response:
     host, port = collab.url.removeprefix("https://").split(":")
     cert = fetch_server_certificate(host, int(port))
     ctx = pinned_client_context(cert.public_bytes(serialization.Encoding.PEM))
-    keep = {k: v for k, v in headers.items() if k.lower().startswith("x-cleanroom-")
-            or k.lower() == "content-type"}
+    keep = {
+        k: v
+        for k, v in headers.items()
+        if k.lower().startswith("x-cleanroom-") or k.lower() == "content-type"
+    }
     with httpx.Client(base_url=collab.url, verify=ctx, timeout=120) as http:
         return http.request(method, path, headers=keep, content=body)
 
@@ -129,7 +140,8 @@ def test_a_query_captured_at_one_collaboration_is_refused_by_another_with_the_sa
 
 
 def test_a_request_captured_at_one_coordinator_is_refused_by_another_running_the_same_definition(
-        world):
+    world,
+):
     """Same definition hash, two coordinators (two workdirs, two nonce stores):
     the definition alone cannot tell them apart; the coordinator's attested
     result-signing key does."""
@@ -184,14 +196,24 @@ def test_a_request_signed_in_the_older_form_is_refused_naming_the_upgrade(world)
     a = world["a"]
     body = json.dumps(QUERY).encode()
     nonce, issued_at = os.urandom(16).hex(), int(time.time())
-    payload = canonical_json({
-        "purpose": "sgxcloud.cleanroom.request/v1", "method": "POST", "path": "/v1/queries",
-        "body_sha256": hashlib.sha256(body).hexdigest(), "party": "brand",
-        "nonce": nonce, "issued_at": issued_at})
-    headers = {"x-cleanroom-party": "brand", "x-cleanroom-nonce": nonce,
-               "x-cleanroom-issued-at": str(issued_at),
-               "x-cleanroom-signature": base64.b64encode(_key(a, "brand").sign(payload)).decode(),
-               "content-type": "application/json"}
+    payload = canonical_json(
+        {
+            "purpose": "sgxcloud.cleanroom.request/v1",
+            "method": "POST",
+            "path": "/v1/queries",
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+            "party": "brand",
+            "nonce": nonce,
+            "issued_at": issued_at,
+        }
+    )
+    headers = {
+        "x-cleanroom-party": "brand",
+        "x-cleanroom-nonce": nonce,
+        "x-cleanroom-issued-at": str(issued_at),
+        "x-cleanroom-signature": base64.b64encode(_key(a, "brand").sign(payload)).decode(),
+        "content-type": "application/json",
+    }
     answer = replay(a, ("POST", "/v1/queries", headers, body))
     assert answer.status_code == 401, answer.text[:300]
     message = answer.json()["error"]["message"]
@@ -220,8 +242,9 @@ def _verifier_world():
     from sgxcloud.cleanroom.transport.request_auth import RequestVerifier
 
     keys = {p: generate_private_key() for p in ("bank", "telecom", "retailer", "brand", "agency")}
-    definition = definition_from_dict(example_definition(
-        {p: encode_public_key(k) for p, k in keys.items()}))
+    definition = definition_from_dict(
+        example_definition({p: encode_public_key(k) for p, k in keys.items()})
+    )
     here = encode_public_key(generate_private_key())
     return keys, definition, here, RequestVerifier(definition, here)
 
@@ -237,8 +260,10 @@ def test_the_verifier_refuses_other_collaborations_and_coordinators_on_the_heade
     keys, definition, here, verifier = _verifier_world()
     elsewhere = encode_public_key(generate_private_key())
     ours = definition.definition_hash()
-    cases = [({"definition_hash": "ab" * 32, "coordinator": here}, "another collaboration"),
-             ({"definition_hash": ours, "coordinator": elsewhere}, "another coordinator")]
+    cases = [
+        ({"definition_hash": "ab" * 32, "coordinator": here}, "another collaboration"),
+        ({"definition_hash": ours, "coordinator": elsewhere}, "another coordinator"),
+    ]
     for names, message in cases:
         headers = _lower(sign_request(keys["brand"], "brand", "GET", "/v1/status", **names))
         with pytest.raises(RequestRejected, match=message):
@@ -248,13 +273,19 @@ def test_the_verifier_refuses_other_collaborations_and_coordinators_on_the_heade
     assert verifier.nonces.count() == 0  # refusals record nothing
     # Headers edited to name this coordinator do not help: the signature covers
     # the coordinator it was made for, and is checked over this one's values.
-    moved = _lower(sign_request(keys["brand"], "brand", "GET", "/v1/status",
-                                definition_hash=ours, coordinator=elsewhere))
+    moved = _lower(
+        sign_request(
+            keys["brand"], "brand", "GET", "/v1/status", definition_hash=ours, coordinator=elsewhere
+        )
+    )
     moved["x-cleanroom-coordinator"] = here
     with pytest.raises(RequestRejected, match="does not verify"):
         verifier.verify(moved, "GET", "/v1/status", b"")
-    good = _lower(sign_request(keys["brand"], "brand", "GET", "/v1/status",
-                               definition_hash=ours, coordinator=here))
+    good = _lower(
+        sign_request(
+            keys["brand"], "brand", "GET", "/v1/status", definition_hash=ours, coordinator=here
+        )
+    )
     assert verifier.verify(good, "GET", "/v1/status", b"") == "brand"
     verifier.close()
 
@@ -263,19 +294,34 @@ def test_the_verifier_refuses_the_older_form_and_half_named_requests_on_the_head
     from sgxcloud.cleanroom.transport.request_auth import RequestRejected, sign_request
 
     keys, definition, here, verifier = _verifier_world()
-    full = _lower(sign_request(keys["brand"], "brand", "GET", "/v1/status",
-                               definition_hash=definition.definition_hash(), coordinator=here))
-    old = {k: v for k, v in full.items()
-           if k not in ("x-cleanroom-definition", "x-cleanroom-coordinator")}
-    with pytest.raises(RequestRejected, match=r"older form \(sgxcloud.cleanroom.request/v1\).*"
-                                              r"upgrade sgxcloud"):
+    full = _lower(
+        sign_request(
+            keys["brand"],
+            "brand",
+            "GET",
+            "/v1/status",
+            definition_hash=definition.definition_hash(),
+            coordinator=here,
+        )
+    )
+    old = {
+        k: v
+        for k, v in full.items()
+        if k not in ("x-cleanroom-definition", "x-cleanroom-coordinator")
+    }
+    with pytest.raises(
+        RequestRejected,
+        match=r"older form \(sgxcloud.cleanroom.request/v1\).*"
+        r"upgrade sgxcloud",
+    ):
         verifier.check_headers(old)
     half = {k: v for k, v in full.items() if k != "x-cleanroom-coordinator"}
     with pytest.raises(RequestRejected, match="not both"):
         verifier.check_headers(half)
     with pytest.raises(ValueError, match="64 lower-case hex"):
-        sign_request(keys["brand"], "brand", "GET", "/v1/status", definition_hash="x",
-                     coordinator=here)
+        sign_request(
+            keys["brand"], "brand", "GET", "/v1/status", definition_hash="x", coordinator=here
+        )
     verifier.close()
 
 
@@ -283,15 +329,30 @@ def test_malformed_names_are_refused_without_being_echoed():
     from sgxcloud.cleanroom.transport.request_auth import RequestRejected, sign_request
 
     keys, definition, here, verifier = _verifier_world()
-    good = _lower(sign_request(keys["brand"], "brand", "GET", "/v1/status",
-                               definition_hash=definition.definition_hash(), coordinator=here))
+    good = _lower(
+        sign_request(
+            keys["brand"],
+            "brand",
+            "GET",
+            "/v1/status",
+            definition_hash=definition.definition_hash(),
+            coordinator=here,
+        )
+    )
     for header, value, message in (
-            ("x-cleanroom-definition", "<script>" * 20, "not a definition hash"),
-            ("x-cleanroom-coordinator", "<script>" * 20, "not a coordinator's signing key")):
+        ("x-cleanroom-definition", "<script>" * 20, "not a definition hash"),
+        ("x-cleanroom-coordinator", "<script>" * 20, "not a coordinator's signing key"),
+    ):
         with pytest.raises(RequestRejected, match=message) as info:
             verifier.check_headers({**good, header: value})
         assert "<script>" not in str(info.value)
     with pytest.raises(ValueError, match="coordinator's signer"):
-        sign_request(keys["brand"], "brand", "GET", "/v1/status",
-                     definition_hash=definition.definition_hash(), coordinator="ed25519:x")
+        sign_request(
+            keys["brand"],
+            "brand",
+            "GET",
+            "/v1/status",
+            definition_hash=definition.definition_hash(),
+            coordinator="ed25519:x",
+        )
     verifier.close()

@@ -46,8 +46,9 @@ from sgxcloud.cleanroom.transport.request_auth import (
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {p: generate_private_key() for p in ("bank", "telecom", "retailer", "brand", "agency")}
-DEFINITION = definition_from_dict(example_definition(
-    {p: encode_public_key(k) for p, k in KEYS.items()}))
+DEFINITION = definition_from_dict(
+    example_definition({p: encode_public_key(k) for p, k in KEYS.items()})
+)
 T0 = 1_800_000_000
 SIGNER = encode_public_key(generate_private_key())
 """Stands for the coordinator's result-signing key, the id requests name."""
@@ -55,13 +56,16 @@ HERE = {"definition_hash": DEFINITION.definition_hash(), "coordinator": SIGNER}
 
 
 def signed(party: str = "brand", now: int = T0, path: str = "/v1/status") -> dict[str, str]:
-    return {k.lower(): v
-            for k, v in sign_request(KEYS[party], party, "GET", path, now=now, **HERE).items()}
+    return {
+        k.lower(): v
+        for k, v in sign_request(KEYS[party], party, "GET", path, now=now, **HERE).items()
+    }
 
 
 def make_coordinator(workdir: Path) -> Coordinator:
-    return Coordinator(CoordinatorConfig(definition=DEFINITION, workdir=workdir, nodes={},
-                                         simulate=True))
+    return Coordinator(
+        CoordinatorConfig(definition=DEFINITION, workdir=workdir, nodes={}, simulate=True)
+    )
 
 
 # -- the used-nonce store ---------------------------------------------------------------
@@ -134,8 +138,9 @@ def test_malformed_nonce_refused(tmp_path):
     verifier = RequestVerifier(DEFINITION, SIGNER, tmp_path / "n.sqlite")
     for nonce in ("", "00", "g" * 32, "A" * 32, "0" * 129):
         with pytest.raises(RequestRejected, match="nonce"):
-            verifier.verify({**signed(), "x-cleanroom-nonce": nonce}, "GET", "/v1/status", b"",
-                            now=T0)
+            verifier.verify(
+                {**signed(), "x-cleanroom-nonce": nonce}, "GET", "/v1/status", b"", now=T0
+            )
     verifier.close()
 
 
@@ -178,12 +183,12 @@ def test_api_fails_closed_when_the_store_cannot_be_written(tmp_path):
 
     here = {"definition_hash": coordinator.definition_hash, "coordinator": coordinator.signer}
     try:
-        accepted = asyncio.run(get(sign_request(KEYS["brand"], "brand", "GET", "/v1/status",
-                                                **here)))
+        accepted = asyncio.run(
+            get(sign_request(KEYS["brand"], "brand", "GET", "/v1/status", **here))
+        )
         assert accepted.status_code == 200
         coordinator.requests.close()  # the store is gone: nothing may be accepted unrecorded
-        answer = asyncio.run(get(sign_request(KEYS["brand"], "brand", "GET", "/v1/status",
-                                              **here)))
+        answer = asyncio.run(get(sign_request(KEYS["brand"], "brand", "GET", "/v1/status", **here)))
         assert answer.status_code == 500
         assert "simulated" not in answer.text
         # NonceStoreError: the operator's problem, answered as one (not a 401 or 400).
@@ -217,7 +222,8 @@ def test_rekey_key_created_private_whatever_the_umask(tmp_path):
 
 
 def test_interrupted_creation_leaves_no_key_and_the_next_start_makes_a_whole_one(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     rekey = tmp_path / "keys" / "rekey.bin"
 
     def fail(*_args):
@@ -266,10 +272,22 @@ def test_damaged_rekey_key_stops_the_command_with_one_line(tmp_path):
     rekey.parent.mkdir(mode=0o700)
     rekey.touch(mode=0o600)
     rekey.write_bytes(b"\x00" * 5)
-    cli = [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", "coordinator",
-           "--definition", str(collab.definition), "--node", "bank=127.0.0.1:9",
-           "--workdir", str(collab.workdir / "coordinator"), "--simulate",
-           "--listen", "127.0.0.1:0"]
+    cli = [
+        sys.executable,
+        "-m",
+        "sgxcloud.cli.main",
+        "cleanroom",
+        "coordinator",
+        "--definition",
+        str(collab.definition),
+        "--node",
+        "bank=127.0.0.1:9",
+        "--workdir",
+        str(collab.workdir / "coordinator"),
+        "--simulate",
+        "--listen",
+        "127.0.0.1:0",
+    ]
     for approval in collab.approvals:
         cli += ["--approvals", str(approval)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -321,8 +339,12 @@ def test_replay_refused_across_a_real_coordinator_restart_and_key_never_logged(t
         rekey = workdir / "keys" / "rekey.bin"
         assert stat.S_IMODE(rekey.stat().st_mode) == 0o600
         key = rekey.read_bytes()
-        forms = [key.hex(), key.hex().upper(), base64.b64encode(key).decode(),
-                 base64.urlsafe_b64encode(key).decode().rstrip("=")]
+        forms = [
+            key.hex(),
+            key.hex().upper(),
+            base64.b64encode(key).decode(),
+            base64.urlsafe_b64encode(key).decode().rstrip("="),
+        ]
         logs = list((collab.workdir / "logs").glob("*.log"))
         assert {p.name for p in logs} >= {"coordinator.log", "node-bank.log"}
         for log in logs:
@@ -330,4 +352,3 @@ def test_replay_refused_across_a_real_coordinator_restart_and_key_never_logged(t
             assert key not in text, log.name
             for form in forms:
                 assert form.encode() not in text, log.name
-

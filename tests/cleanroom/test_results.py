@@ -16,8 +16,14 @@ from sgxcloud.cleanroom.results import Cell, Result, verify_result
 def signed(make_definition, make_engine):
     key = generate_private_key()
     engine = make_engine(make_definition(), signing_key=key)
-    result = engine.run({"template": "overlap", "analysis": "reach",
-                         "datasets": ["bank.customers", "telecom.subscribers"]}, "brand")
+    result = engine.run(
+        {
+            "template": "overlap",
+            "analysis": "reach",
+            "datasets": ["bank.customers", "telecom.subscribers"],
+        },
+        "brand",
+    )
     return engine, key, result
 
 
@@ -26,8 +32,12 @@ def test_result_verifies_with_the_engine_key(signed):
     assert engine.public_key == encode_public_key(key) == result.signer
     assert verify_result(result, engine.public_key) == result
     assert verify_result(result.to_json(), key.public_key()) == result
-    assert verify_result(result.to_dict(), engine.public_key,
-                         definition_hash=engine.definition.definition_hash()) == result
+    assert (
+        verify_result(
+            result.to_dict(), engine.public_key, definition_hash=engine.definition.definition_hash()
+        )
+        == result
+    )
     assert result.query["datasets"] == ["bank.customers", "telecom.subscribers"]
     assert result.recipients == ("brand", "agency")
 
@@ -36,10 +46,12 @@ def test_any_change_breaks_the_signature(signed):
     engine, _, result = signed
     cells = list(result.cells)
     cells[0] = replace(cells[0], value=cells[0].value + 1)
-    for tampered in (replace(result, cells=tuple(cells)),
-                     replace(result, definition_hash="00" * 32),
-                     replace(result, query={**result.query, "analysis": "other"}),
-                     replace(result, released_at="2020-01-01T00:00:00+00:00")):
+    for tampered in (
+        replace(result, cells=tuple(cells)),
+        replace(result, definition_hash="00" * 32),
+        replace(result, query={**result.query, "analysis": "other"}),
+        replace(result, released_at="2020-01-01T00:00:00+00:00"),
+    ):
         with pytest.raises(ResultSignatureError):
             verify_result(tampered, engine.public_key)
 

@@ -24,8 +24,9 @@ KEYS = {p: generate_private_key() for p in ("bank", "telecom", "retailer", "bran
 
 
 def definition(**kw):
-    return definition_from_dict(example_definition(
-        {p: encode_public_key(k) for p, k in KEYS.items()}, **kw))
+    return definition_from_dict(
+        example_definition({p: encode_public_key(k) for p, k in KEYS.items()}, **kw)
+    )
 
 
 def test_plain_http_refused():
@@ -33,13 +34,19 @@ def test_plain_http_refused():
         CleanroomClient.connect("http://127.0.0.1:1", definition(), "brand", KEYS["brand"])
 
 
-@pytest.mark.parametrize("status, body, error", [
-    (403, {"error": {"code": "refused_budget", "message": "query refused (budget): spent"}},
-     QueryRefused),
-    (401, {"error": {"code": "unauthenticated", "message": "replayed"}}, RequestRejected),
-    (400, {"error": {"code": "bad_request", "message": "query: filter: bad"}}, QueryError),
-    (404, {"error": {"code": "not_found", "message": "no such result"}}, CleanroomError),
-])
+@pytest.mark.parametrize(
+    "status, body, error",
+    [
+        (
+            403,
+            {"error": {"code": "refused_budget", "message": "query refused (budget): spent"}},
+            QueryRefused,
+        ),
+        (401, {"error": {"code": "unauthenticated", "message": "replayed"}}, RequestRejected),
+        (400, {"error": {"code": "bad_request", "message": "query: filter: bad"}}, QueryError),
+        (404, {"error": {"code": "not_found", "message": "no such result"}}, CleanroomError),
+    ],
+)
 def test_http_errors_become_typed(status, body, error):
     with pytest.raises(error):
         _json_or_error(httpx.Response(status, json=body))
@@ -47,8 +54,11 @@ def test_http_errors_become_typed(status, body, error):
 
 def test_bundle_from_simulated_signer_refused_when_hardware_required():
     hardware = definition(allow_simulated=False)
-    statement = signer_statement(SimulatedAttester(simulated_identity(hardware, "coordinator")),
-                                 "ed25519:" + "A" * 43 + "=", hardware.definition_hash())
+    statement = signer_statement(
+        SimulatedAttester(simulated_identity(hardware, "coordinator")),
+        "ed25519:" + "A" * 43 + "=",
+        hardware.definition_hash(),
+    )
     with pytest.raises(PeerRefused, match="SIMULATED"):
         verify_bundle({"result": {}, "signer_statement": statement}, hardware)
     with pytest.raises(CleanroomError, match="not a result bundle"):
@@ -63,15 +73,21 @@ def test_request_signatures():
     d = definition()
     verifier = RequestVerifier(d, SIGNER)
     here = {"definition_hash": d.definition_hash(), "coordinator": SIGNER}
-    headers = {k.lower(): v for k, v in
-               sign_request(KEYS["brand"], "brand", "POST", "/v1/queries", b"{}", now=1000,
-                            **here).items()}
+    headers = {
+        k.lower(): v
+        for k, v in sign_request(
+            KEYS["brand"], "brand", "POST", "/v1/queries", b"{}", now=1000, **here
+        ).items()
+    }
     assert verifier.verify(headers, "POST", "/v1/queries", b"{}", now=1000) == "brand"
     with pytest.raises(RequestRejected, match="replayed"):
         verifier.verify(headers, "POST", "/v1/queries", b"{}", now=1000)
-    fresh = {k.lower(): v for k, v in
-             sign_request(KEYS["brand"], "brand", "POST", "/v1/queries", b"{}", now=1000,
-                          **here).items()}
+    fresh = {
+        k.lower(): v
+        for k, v in sign_request(
+            KEYS["brand"], "brand", "POST", "/v1/queries", b"{}", now=1000, **here
+        ).items()
+    }
     with pytest.raises(RequestRejected, match="clock"):
         verifier.verify(fresh, "POST", "/v1/queries", b"{}", now=1000 + MAX_SKEW_S + 1)
     with pytest.raises(RequestRejected, match="does not verify"):

@@ -33,11 +33,26 @@ def example(tmp_path_factory):
 
 def _node(example, name: str, *extra: str) -> LocalCollaboration:
     """The bank's node as its own process, started as an operator would type it."""
-    node = LocalCollaboration(workdir=example.workdir, definition=example.definition,
-                              approvals=example.approvals, nodes={})
-    args = ["node", "--definition", str(example.definition), "--provider", "bank",
-            "--listen", "127.0.0.1:0", "--simulate", "--verbose",
-            "--dataset", f"customers={example.nodes['bank']['customers']}", *extra]
+    node = LocalCollaboration(
+        workdir=example.workdir,
+        definition=example.definition,
+        approvals=example.approvals,
+        nodes={},
+    )
+    args = [
+        "node",
+        "--definition",
+        str(example.definition),
+        "--provider",
+        "bank",
+        "--listen",
+        "127.0.0.1:0",
+        "--simulate",
+        "--verbose",
+        "--dataset",
+        f"customers={example.nodes['bank']['customers']}",
+        *extra,
+    ]
     info = node._spawn(name, args)
     node.addresses["bank"] = (info["host"], info["port"])
     return node
@@ -48,10 +63,13 @@ def _impostor_session(example, address):
     definition = definition_from_dict(yaml.safe_load(example.definition.read_text()))
     approvals = [json.loads(p.read_text()) for p in example.approvals]
     tls = connect(address, TlsIdentity.generate("coordinator"))
-    return open_client(tls, "coordinator",
-                       peer_policy(definition, "node", allow_simulated=True),
-                       local_attester(definition, "coordinator", simulate=True),
-                       extra={"approvals": approvals})
+    return open_client(
+        tls,
+        "coordinator",
+        peer_policy(definition, "node", allow_simulated=True),
+        local_attester(definition, "coordinator", simulate=True),
+        extra={"approvals": approvals},
+    )
 
 
 def test_a_node_without_the_flag_refuses_a_simulated_coordinator(example):
@@ -85,9 +103,15 @@ def test_a_coordinator_without_the_flag_gives_no_key_to_a_simulated_node(example
     node = _node(example, "node-bank-for-coordinator", "--allow-simulated")
     definition = definition_from_dict(yaml.safe_load(example.definition.read_text()))
     approvals = [Approval.from_dict(json.loads(p.read_text())) for p in example.approvals]
-    coordinator = Coordinator(CoordinatorConfig(
-        definition=definition, workdir=tmp_path / "coordinator", approvals=approvals,
-        nodes={"bank": node.addresses["bank"]}, simulate=True))
+    coordinator = Coordinator(
+        CoordinatorConfig(
+            definition=definition,
+            workdir=tmp_path / "coordinator",
+            approvals=approvals,
+            nodes={"bank": node.addresses["bank"]},
+            simulate=True,
+        )
+    )
     try:
         coordinator.ingest_all()
         state = coordinator.status()["bank.customers"]

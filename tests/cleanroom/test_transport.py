@@ -74,9 +74,14 @@ def node_server():
     def start(server_policy=None, attester=None):
         echo = Echo()
         server = AttestedServer(
-            "127.0.0.1", 0, TlsIdentity.generate("node"), "node",
-            server_policy or policy([COORD]), attester or SimulatedAttester(NODE),
-            echo.handle, on_refusal=echo.refusals.append,
+            "127.0.0.1",
+            0,
+            TlsIdentity.generate("node"),
+            "node",
+            server_policy or policy([COORD]),
+            attester or SimulatedAttester(NODE),
+            echo.handle,
+            on_refusal=echo.refusals.append,
         )
         server.start()
         servers.append(server)
@@ -89,8 +94,9 @@ def node_server():
 
 def client(server, client_policy=None, attester=None, identity=None):
     tls = connect(server.address, identity or TlsIdentity.generate("coordinator"))
-    return open_client(tls, "coordinator", client_policy or policy([NODE]),
-                       attester or SimulatedAttester(COORD))
+    return open_client(
+        tls, "coordinator", client_policy or policy([NODE]), attester or SimulatedAttester(COORD)
+    )
 
 
 def test_mutual_attestation_and_request(node_server):
@@ -177,7 +183,8 @@ def test_evidence_for_another_key_refused(node_server):
         def evidence(self, _data):
             nonce = b"\0" * 32
             return SimulatedAttester(COORD).evidence(
-                report_data(genuine.public_key_der(), DEF_HASH, nonce))
+                report_data(genuine.public_key_der(), DEF_HASH, nonce)
+            )
 
     with pytest.raises(RemoteError, match="not bound"):
         client(server, attester=Relay())
@@ -242,14 +249,22 @@ def test_tampered_record_rejected(node_server):
     # Measure how many bytes the session opening takes, then tamper right after.
     record: list[bytes] = []
     plain = TamperingProxy(server.address, record=record)
-    channel = open_client(connect(plain.address, TlsIdentity.generate("c")), "coordinator",
-                          policy([NODE]), SimulatedAttester(COORD))
+    channel = open_client(
+        connect(plain.address, TlsIdentity.generate("c")),
+        "coordinator",
+        policy([NODE]),
+        SimulatedAttester(COORD),
+    )
     opened = sum(len(r) for r in record)
     channel.close()
 
     proxy = TamperingProxy(server.address, after=opened + 10)
-    channel = open_client(connect(proxy.address, TlsIdentity.generate("c")), "coordinator",
-                          policy([NODE]), SimulatedAttester(COORD))
+    channel = open_client(
+        connect(proxy.address, TlsIdentity.generate("c")),
+        "coordinator",
+        policy([NODE]),
+        SimulatedAttester(COORD),
+    )
     channel.request({"op": "pay-attention"})
     with pytest.raises(TransportError):
         channel.frames.recv_json(Kind.RESPONSE)
@@ -260,8 +275,12 @@ def test_replayed_connection_rejected(node_server):
     server, echo = node_server()
     record: list[bytes] = []
     proxy = TamperingProxy(server.address, record=record)
-    channel = open_client(connect(proxy.address, TlsIdentity.generate("c")), "coordinator",
-                          policy([NODE]), SimulatedAttester(COORD))
+    channel = open_client(
+        connect(proxy.address, TlsIdentity.generate("c")),
+        "coordinator",
+        policy([NODE]),
+        SimulatedAttester(COORD),
+    )
     channel.request({"op": "once"})
     channel.frames.recv_json(Kind.RESPONSE)
     channel.close()
@@ -318,16 +337,18 @@ def recorded_attestation(tmp_path):
 QUOTE_ADVISORIES = frozenset({"INTEL-SA-00289", "INTEL-SA-00615"})
 
 
-def hardware_policy(tcb_status="ConfigurationAndSWHardeningNeeded",
-                    advisories=QUOTE_ADVISORIES):
+def hardware_policy(tcb_status="ConfigurationAndSWHardeningNeeded", advisories=QUOTE_ADVISORIES):
     from sgxcloud.cas.collateral import FileCollateral
 
     return PeerPolicy(
-        definition_hash=DEF_HASH, mrenclaves=frozenset({QUOTE_MRENCLAVE}),
+        definition_hash=DEF_HASH,
+        mrenclaves=frozenset({QUOTE_MRENCLAVE}),
         allow_simulation=False,
         verifier=verifier_for(FileCollateral(DCAP / "sgx_quote_collateral.json")),
-        allowed_tcb_statuses=frozenset({tcb_status}), tolerated_advisories=advisories,
-        clock=lambda: QUOTE_TIME)
+        allowed_tcb_statuses=frozenset({tcb_status}),
+        tolerated_advisories=advisories,
+        clock=lambda: QUOTE_TIME,
+    )
 
 
 def test_genuine_quote_not_bound_to_the_session_is_refused(recorded_attestation, node_server):
@@ -357,7 +378,8 @@ def test_genuine_quote_with_untolerated_advisories_is_refused(recorded_attestati
     evidence = GramineAttester(recorded_attestation).evidence(bytes(64))
     with pytest.raises(PeerRefused, match="INTEL-SA-00615"):
         hardware_policy(advisories=frozenset({"INTEL-SA-00289"})).check(
-            evidence, b"spki", b"\1" * 32)
+            evidence, b"spki", b"\1" * 32
+        )
     # "*" tolerates any advisory; the quote then fails only on its binding.
     with pytest.raises(PeerRefused, match="not bound"):
         hardware_policy(advisories=frozenset({"*"})).check(evidence, b"spki", b"\1" * 32)

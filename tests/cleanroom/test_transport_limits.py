@@ -36,8 +36,12 @@ DEF_HASH = "sha256:" + "1" * 64
 
 
 def _policy() -> PeerPolicy:
-    return PeerPolicy(definition_hash=DEF_HASH, mrenclaves=frozenset({COORD.mrenclave}),
-                      allow_simulation=True, verifier=verifier_for())
+    return PeerPolicy(
+        definition_hash=DEF_HASH,
+        mrenclaves=frozenset({COORD.mrenclave}),
+        allow_simulation=True,
+        verifier=verifier_for(),
+    )
 
 
 def _server(refusals: list[str], **kwargs) -> AttestedServer:  # type: ignore[no-untyped-def]
@@ -45,9 +49,17 @@ def _server(refusals: list[str], **kwargs) -> AttestedServer:  # type: ignore[no
         channel.frames.recv_json(Kind.REQUEST)
         channel.respond({"ok": True})
 
-    server = AttestedServer("127.0.0.1", 0, TlsIdentity.generate("node"), "node", _policy(),
-                            SimulatedAttester(NODE), handle, on_refusal=refusals.append,
-                            **kwargs)
+    server = AttestedServer(
+        "127.0.0.1",
+        0,
+        TlsIdentity.generate("node"),
+        "node",
+        _policy(),
+        SimulatedAttester(NODE),
+        handle,
+        on_refusal=refusals.append,
+        **kwargs,
+    )
     server.start()
     return server
 
@@ -148,8 +160,9 @@ def test_strangers_cannot_grow_a_node_process() -> None:
     import psutil
 
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-c", _NODE_PROCESS, str(root)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _NODE_PROCESS, str(root)], stdout=subprocess.PIPE, text=True
+    )
     held: list[FramedConnection] = []
     try:
         port = int(proc.stdout.readline())  # type: ignore[union-attr]
@@ -166,8 +179,9 @@ def test_strangers_cannot_grow_a_node_process() -> None:
 
         def stranger(declared: int, sent: int) -> None:
             with contextlib.suppress(TransportError, OSError):
-                frames = FramedConnection(connect(("127.0.0.1", port),
-                                                  TlsIdentity.generate("stranger")))
+                frames = FramedConnection(
+                    connect(("127.0.0.1", port), TlsIdentity.generate("stranger"))
+                )
                 held.append(frames)
                 frames.tls.sendall(HEADER.pack(Kind.HELLO, 0, declared))
                 for start in range(0, sent, 1 << 20):
@@ -175,10 +189,13 @@ def test_strangers_cannot_grow_a_node_process() -> None:
 
         watcher = threading.Thread(target=watch)
         watcher.start()
-        for declared, sent, count in ((16 << 20, 15 << 20, 24),
-                                      (MAX_OPENING_FRAME, MAX_OPENING_FRAME - 1, 40)):
-            threads = [threading.Thread(target=stranger, args=(declared, sent))
-                       for _ in range(count)]
+        for declared, sent, count in (
+            (16 << 20, 15 << 20, 24),
+            (MAX_OPENING_FRAME, MAX_OPENING_FRAME - 1, 40),
+        ):
+            threads = [
+                threading.Thread(target=stranger, args=(declared, sent)) for _ in range(count)
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -205,12 +222,17 @@ def _genuine_coordinator_connects(address, within: float, pause: float):
     deadline = time.monotonic() + within
     while True:
         try:
-            return open_client(connect(address, TlsIdentity.generate("coord")),
-                               "coordinator", PeerPolicy(
-                                   definition_hash=DEF_HASH,
-                                   mrenclaves=frozenset({NODE.mrenclave}),
-                                   allow_simulation=True, verifier=verifier_for()),
-                               SimulatedAttester(COORD))
+            return open_client(
+                connect(address, TlsIdentity.generate("coord")),
+                "coordinator",
+                PeerPolicy(
+                    definition_hash=DEF_HASH,
+                    mrenclaves=frozenset({NODE.mrenclave}),
+                    allow_simulation=True,
+                    verifier=verifier_for(),
+                ),
+                SimulatedAttester(COORD),
+            )
         except TransportError:
             if time.monotonic() > deadline:
                 raise
@@ -323,8 +345,10 @@ def test_silent_strangers_from_many_addresses_give_way_at_once() -> None:
                     sock.recv(1)  # returns (or fails) early only if the node closed it
                 sock.close()
 
-    attackers = [threading.Thread(target=renew, args=(f"127.0.6.{n}", n * 0.15), daemon=True)
-                 for n in range(1, 9)]
+    attackers = [
+        threading.Thread(target=renew, args=(f"127.0.6.{n}", n * 0.15), daemon=True)
+        for n in range(1, 9)
+    ]
     for thread in attackers:
         thread.start()
     try:
@@ -454,7 +478,8 @@ class _DelayingRelay:
 
 
 def test_one_byte_strangers_from_32_addresses_do_not_lock_the_coordinator_out_of_a_node(
-        tmp_path) -> None:
+    tmp_path,
+) -> None:
     """The red team's t_node_onebyte.py on a real node (its default limits): 32
     addresses, one byte each, renewed every 1.5 s and re-opened at once when
     closed; a genuine coordinator ingests 5 times (the red team: 0 of 8)."""
@@ -463,16 +488,23 @@ def test_one_byte_strangers_from_32_addresses_do_not_lock_the_coordinator_out_of
 
     collab, definition, approvals, *_ = _collaboration(tmp_path)
     sources = {name: Source.parse(path) for name, path in collab.nodes["bank"].items()}
-    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
-                                   approvals=approvals, simulate=True, allow_simulated=True))
+    node = ProviderNode(
+        NodeConfig(
+            provider="bank",
+            definition=definition,
+            sources=sources,
+            approvals=approvals,
+            simulate=True,
+            allow_simulated=True,
+        )
+    )
     node.start()
     states = []
     try:
         strangers = [f"127.0.7.{n}" for n in range(1, 33)]
         with OneByteOpeners(node.address, strangers) as attack:
             for n in range(5):
-                coordinator = _coordinator(tmp_path / f"c{n}", definition, approvals,
-                                           node.address)
+                coordinator = _coordinator(tmp_path / f"c{n}", definition, approvals, node.address)
                 try:
                     coordinator.ingest_provider("bank")
                     states.append(coordinator.status()["bank.customers"])
@@ -487,15 +519,27 @@ def test_one_byte_strangers_from_32_addresses_do_not_lock_the_coordinator_out_of
 # -- attested sessions: idle ones give way, requests in progress never do (attack-rt5, 2) --
 
 
-def _attested_from(address: tuple[str, int], source: str, policy: PeerPolicy | None = None,
-                   attester: SimulatedAttester | None = None, extra: dict | None = None):
+def _attested_from(
+    address: tuple[str, int],
+    source: str,
+    policy: PeerPolicy | None = None,
+    attester: SimulatedAttester | None = None,
+    extra: dict | None = None,
+):
     """A session that passes attestation as the coordinator, from ``source``."""
-    return open_client(connect(address, TlsIdentity.generate("not-the-coordinator"),
-                               timeout=10, source=source), "coordinator",
-                       policy or PeerPolicy(definition_hash=DEF_HASH,
-                                            mrenclaves=frozenset({NODE.mrenclave}),
-                                            allow_simulation=True, verifier=verifier_for()),
-                       attester or SimulatedAttester(COORD), extra)
+    return open_client(
+        connect(address, TlsIdentity.generate("not-the-coordinator"), timeout=10, source=source),
+        "coordinator",
+        policy
+        or PeerPolicy(
+            definition_hash=DEF_HASH,
+            mrenclaves=frozenset({NODE.mrenclave}),
+            allow_simulation=True,
+            verifier=verifier_for(),
+        ),
+        attester or SimulatedAttester(COORD),
+        extra,
+    )
 
 
 def _ended(channel, within: float) -> bool:  # type: ignore[no-untyped-def]
@@ -524,9 +568,16 @@ def _collaboration(tmp_path):  # type: ignore[no-untyped-def]
 def _coordinator(tmp_path, definition, approvals, address):  # type: ignore[no-untyped-def]
     from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig
 
-    return Coordinator(CoordinatorConfig(
-        definition=definition, workdir=tmp_path / "coordinator", nodes={"bank": address},
-        approvals=approvals, simulate=True, allow_simulated=True))
+    return Coordinator(
+        CoordinatorConfig(
+            definition=definition,
+            workdir=tmp_path / "coordinator",
+            nodes={"bank": address},
+            approvals=approvals,
+            simulate=True,
+            allow_simulated=True,
+        )
+    )
 
 
 def test_attested_idle_sessions_cannot_lock_the_coordinator_out_of_a_node_process(tmp_path):
@@ -543,8 +594,7 @@ def test_attested_idle_sessions_cannot_lock_the_coordinator_out_of_a_node_proces
         collab.start_nodes()
         address = collab.addresses["bank"]
         for n in range(32):
-            held.append(_attested_from(address, f"127.0.0.{2 + n // 8}", policy, attester,
-                                       extra))
+            held.append(_attested_from(address, f"127.0.0.{2 + n // 8}", policy, attester, extra))
         time.sleep(0.3)
         coordinator = _coordinator(tmp_path, definition, approvals, address)
         started = time.monotonic()
@@ -575,8 +625,17 @@ def test_a_request_in_progress_is_never_taken() -> None:
                 release.wait(20)
             channel.respond({"ok": request.get("op")})
 
-    server = AttestedServer("127.0.0.1", 0, TlsIdentity.generate("node"), "node", _policy(),
-                            SimulatedAttester(NODE), handle, max_sessions=3, max_per_peer=3)
+    server = AttestedServer(
+        "127.0.0.1",
+        0,
+        TlsIdentity.generate("node"),
+        "node",
+        _policy(),
+        SimulatedAttester(NODE),
+        handle,
+        max_sessions=3,
+        max_per_peer=3,
+    )
     server.start()
     sessions = []
     try:
@@ -619,8 +678,16 @@ def test_an_idle_attested_session_is_closed_by_the_node(tmp_path, monkeypatch) -
     monkeypatch.setattr(nodemod, "IDLE_TIMEOUT_S", 1.0, raising=False)
     collab, definition, approvals, policy, attester, extra = _collaboration(tmp_path)
     sources = {name: Source.parse(path) for name, path in collab.nodes["bank"].items()}
-    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
-                                   approvals=approvals, simulate=True, allow_simulated=True))
+    node = ProviderNode(
+        NodeConfig(
+            provider="bank",
+            definition=definition,
+            sources=sources,
+            approvals=approvals,
+            simulate=True,
+            allow_simulated=True,
+        )
+    )
     node.start()
     try:
         silent = _attested_from(node.address, "127.0.0.2", policy, attester, extra)
@@ -646,15 +713,25 @@ def test_the_coordinator_asks_again_when_a_full_node_closes_its_session(tmp_path
 
     collab, definition, approvals, policy, attester, extra = _collaboration(tmp_path)
     sources = {name: Source.parse(path) for name, path in collab.nodes["bank"].items()}
-    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
-                                   approvals=approvals, simulate=True, allow_simulated=True))
+    node = ProviderNode(
+        NodeConfig(
+            provider="bank",
+            definition=definition,
+            sources=sources,
+            approvals=approvals,
+            simulate=True,
+            allow_simulated=True,
+        )
+    )
     node.server.max_sessions = 4
     node.start()
     held = []
     coordinator = _coordinator(tmp_path, definition, approvals, node.address)
     try:
-        held += [_attested_from(node.address, f"127.0.6.{n}", policy, attester, extra)
-                 for n in range(1, 5)]
+        held += [
+            _attested_from(node.address, f"127.0.6.{n}", policy, attester, extra)
+            for n in range(1, 5)
+        ]
         coordinator.ingest_provider("bank")
         state = coordinator.status()["bank.customers"]
         assert state["state"] == "ingested", state["reason"]
@@ -681,9 +758,17 @@ def test_a_node_pinned_to_its_coordinator_serves_no_other(tmp_path) -> None:
     collab, definition, approvals, policy, attester, extra = _collaboration(tmp_path)
     coordinator = _coordinator(tmp_path, definition, approvals, ("127.0.0.1", 9))
     sources = {name: Source.parse(path) for name, path in collab.nodes["bank"].items()}
-    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
-                                   approvals=approvals, simulate=True, allow_simulated=True,
-                                   coordinator=coordinator.signer))
+    node = ProviderNode(
+        NodeConfig(
+            provider="bank",
+            definition=definition,
+            sources=sources,
+            approvals=approvals,
+            simulate=True,
+            allow_simulated=True,
+            coordinator=coordinator.signer,
+        )
+    )
     node.start()
     coordinator.config.nodes["bank"] = node.address
     impostor = generate_private_key()
@@ -695,7 +780,8 @@ def test_a_node_pinned_to_its_coordinator_serves_no_other(tmp_path) -> None:
         "a copied proof": lambda nonce, key: replayed,
         "a forged proof": lambda nonce, key: {
             "signer": coordinator.signer,
-            "signer_proof": session_proof(impostor, dh, nonce, key)["signer_proof"]},
+            "signer_proof": session_proof(impostor, dh, nonce, key)["signer_proof"],
+        },
     }
     try:
         for label, proof in cases.items():
@@ -727,17 +813,27 @@ def test_a_pinned_node_checks_the_signer_before_the_evidence(tmp_path) -> None:
     collab, definition, approvals, policy, _attester, extra = _collaboration(tmp_path)
     coordinator = _coordinator(tmp_path, definition, approvals, ("127.0.0.1", 9))
     sources = {name: Source.parse(path) for name, path in collab.nodes["bank"].items()}
-    node = ProviderNode(NodeConfig(provider="bank", definition=definition, sources=sources,
-                                   approvals=approvals, simulate=True, allow_simulated=True,
-                                   coordinator=coordinator.signer))
+    node = ProviderNode(
+        NodeConfig(
+            provider="bank",
+            definition=definition,
+            sources=sources,
+            approvals=approvals,
+            simulate=True,
+            allow_simulated=True,
+            coordinator=coordinator.signer,
+        )
+    )
     node.start()
     try:
         tls = connect(node.address, TlsIdentity.generate("stranger"), timeout=10)
         with pytest.raises((PeerRefused, RemoteError)):
             open_client(tls, "coordinator", policy, SimulatedAttester(NODE), extra)
         deadline = time.monotonic() + 5  # the node notes it just after it answers
-        while not (refused := [e["reason"] for e in node.events if e["event"] == "refused"]) \
-                and time.monotonic() < deadline:
+        while (
+            not (refused := [e["reason"] for e in node.events if e["event"] == "refused"])
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         assert len(refused) == 1 and "coordinator" in refused[0], refused
         assert "enclave" not in refused[0].lower(), refused
@@ -752,8 +848,15 @@ def test_a_node_refuses_a_malformed_coordinator_pin(tmp_path) -> None:
 
     _, definition, approvals, *_ = _collaboration(tmp_path)
     with pytest.raises(InputError, match="--coordinator"):
-        ProviderNode(NodeConfig(provider="bank", definition=definition, sources={},
-                                approvals=approvals, coordinator="ed25519:not-a-key"))
+        ProviderNode(
+            NodeConfig(
+                provider="bank",
+                definition=definition,
+                sources={},
+                approvals=approvals,
+                coordinator="ed25519:not-a-key",
+            )
+        )
 
 
 def test_closing_a_connection_twice_leaves_a_reused_descriptor_alone(tmp_path) -> None:
@@ -827,12 +930,21 @@ def test_an_attested_peers_request_of_many_values_is_refused_before_it_is_parsed
         except TransportError as exc:
             outcomes.append(exc)
 
-    server = AttestedServer("127.0.0.1", 0, TlsIdentity.generate("node"), "node", _policy(),
-                            SimulatedAttester(NODE), handle)
+    server = AttestedServer(
+        "127.0.0.1",
+        0,
+        TlsIdentity.generate("node"),
+        "node",
+        _policy(),
+        SimulatedAttester(NODE),
+        handle,
+    )
     server.start()
     try:
-        payloads = [b'{"op":"describe","x":[' + b",".join([b"[]"] * 1000) + b"]}",
-                    b'{"op":"x","x":[' + b",".join([b"[]"] * (((1 << 20) - 16) // 3)) + b"]}"]
+        payloads = [
+            b'{"op":"describe","x":[' + b",".join([b"[]"] * 1000) + b"]}",
+            b'{"op":"x","x":[' + b",".join([b"[]"] * (((1 << 20) - 16) // 3)) + b"]}",
+        ]
         started = time.process_time()  # the listener runs in this process
         for payload in payloads:
             channel = _attested_from(server.address, "127.0.0.1")

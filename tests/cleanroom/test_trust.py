@@ -37,8 +37,12 @@ def collab(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("trust")
     example = prepare_example(workdir, people=400, min_group_size=5)
     # The node knows no approvals of its own: only what the coordinator presents.
-    nodes = LocalCollaboration(workdir=workdir, definition=example.definition, approvals=[],
-                               nodes={"bank": example.nodes["bank"]})
+    nodes = LocalCollaboration(
+        workdir=workdir,
+        definition=example.definition,
+        approvals=[],
+        nodes={"bank": example.nodes["bank"]},
+    )
     nodes.start_nodes()
     yield example, nodes
     nodes.stop()
@@ -85,14 +89,19 @@ def approvals_of(example, without=()):
 def open_session(nodes, definition, approvals, *, mrenclave=None, policy_definition=None):
     attester = local_attester(definition, "coordinator", simulate=True, mrenclave=mrenclave)
     tls = connect(nodes.addresses["bank"], TlsIdentity.generate("coordinator"))
-    return open_client(tls, "coordinator", peer_policy(policy_definition or definition, "node",
-                                                   allow_simulated=True),
-                       attester, extra={"approvals": approvals})
+    return open_client(
+        tls,
+        "coordinator",
+        peer_policy(policy_definition or definition, "node", allow_simulated=True),
+        attester,
+        extra={"approvals": approvals},
+    )
 
 
 def fetch(channel, dataset="customers", key=None):
-    channel.request({"op": "send", "dataset": dataset,
-                     "key": base64.b64encode(key or new_key()).decode()})
+    channel.request(
+        {"op": "send", "dataset": dataset, "key": base64.b64encode(key or new_key()).decode()}
+    )
     buffer = io.BytesIO()
     trailer = channel.receive_stream(buffer)
     return pa.ipc.open_stream(buffer.getvalue()).read_all(), trailer, buffer.getvalue()
@@ -117,8 +126,7 @@ def test_honest_coordinator_gets_only_needed_columns_rekeyed(collab):
 def test_wrong_mrenclave_refused(collab):
     example, nodes = collab
     with pytest.raises(RemoteError, match="not pinned"):
-        open_session(nodes, definition_of(example), approvals_of(example),
-                     mrenclave="ee" * 32)
+        open_session(nodes, definition_of(example), approvals_of(example), mrenclave="ee" * 32)
 
 
 def test_changed_definition_refused(collab):
@@ -158,8 +166,12 @@ def test_node_keeps_serving_after_refusals(collab):
 
 def test_hardware_definition_refuses_simulated_coordinator(tmp_path):
     example = prepare_example(tmp_path, people=50, allow_simulated=False)
-    node = LocalCollaboration(workdir=tmp_path, definition=example.definition, approvals=[],
-                              nodes={"bank": example.nodes["bank"]})
+    node = LocalCollaboration(
+        workdir=tmp_path,
+        definition=example.definition,
+        approvals=[],
+        nodes={"bank": example.nodes["bank"]},
+    )
     node.start_nodes()
     try:
         definition = definition_of(example)
@@ -175,8 +187,7 @@ def test_node_log_has_refusals_but_no_identifiers(collab):
     example, nodes = collab
     # Refusals of its own, so the test holds when run alone too.
     with pytest.raises(RemoteError, match="not pinned"):
-        open_session(nodes, definition_of(example), approvals_of(example),
-                     mrenclave="ee" * 32)
+        open_session(nodes, definition_of(example), approvals_of(example), mrenclave="ee" * 32)
     with pytest.raises(RemoteError, match="approval"):
         open_session(nodes, definition_of(example), approvals_of(example, without={"bank"}))
     # The node logs a refusal just after it answers: give the line a moment.

@@ -20,9 +20,11 @@ from sgxcloud.cleanroom.definition import load_definition
 from sgxcloud.cleanroom.local import prepare_example
 from sgxcloud.cleanroom.sdk import CleanroomClient
 
-AUDIENCE = {"template": "audience_size", "analysis": "audience",
-            "filter": "bank.customers.premium_card = true AND "
-                      "retailer.customers.baby_buyer = true"}
+AUDIENCE = {
+    "template": "audience_size",
+    "analysis": "audience",
+    "filter": "bank.customers.premium_card = true AND retailer.customers.baby_buyer = true",
+}
 
 
 def loose(root: Path) -> list[str]:
@@ -42,15 +44,21 @@ def test_everything_the_coordinator_writes_is_private(tmp_path):
     collab = prepare_example(tmp_path, people=2000, min_group_size=5)
     with collab:
         key = private_key_from_pem((tmp_path / "keys" / "brand.pem").read_bytes())
-        with CleanroomClient.connect(collab.url, load_definition(collab.definition), "brand",
-                                     key) as brand:
+        with CleanroomClient.connect(
+            collab.url, load_definition(collab.definition), "brand", key
+        ) as brand:
             assert brand.query(AUDIENCE).result.value("people") > 0
             brand.audit()
     workdir = tmp_path / "coordinator"
     written = {p.name for p in workdir.rglob("*")}
     # The files that matter are there: engine DB, ledger, audit log, result, keys.
-    assert {"engine.duckdb", "privacy.sqlite", "audit.jsonl", "rekey.bin",
-            "request-nonces.sqlite"} <= written
+    assert {
+        "engine.duckdb",
+        "privacy.sqlite",
+        "audit.jsonl",
+        "rekey.bin",
+        "request-nonces.sqlite",
+    } <= written
     assert any(p.suffix == ".json" for p in (workdir / "results").iterdir())
     assert loose(workdir) == []
     assert loose(tmp_path / "logs") == []
@@ -65,9 +73,14 @@ def test_an_open_workdir_is_restricted_at_start_with_a_warning(tmp_path, caplog)
     old_result.write_text("{}")
     old_result.chmod(0o644)
     with caplog.at_level(logging.WARNING):
-        coordinator = Coordinator(CoordinatorConfig(
-            definition=load_definition(collab.definition), workdir=workdir, nodes={},
-            simulate=True))
+        coordinator = Coordinator(
+            CoordinatorConfig(
+                definition=load_definition(collab.definition),
+                workdir=workdir,
+                nodes={},
+                simulate=True,
+            )
+        )
     try:
         assert any("open to other users" in r.getMessage() for r in caplog.records)
         assert stat.S_IMODE(old_result.stat().st_mode) == 0o600
@@ -81,14 +94,24 @@ def test_files_the_coordinator_writes_itself_are_private_whatever_the_umask(tmp_
     collab = prepare_example(tmp_path / "ex", people=50)
     previous = os.umask(0o022)  # a library caller's usual umask
     try:
-        coordinator = Coordinator(CoordinatorConfig(
-            definition=load_definition(collab.definition), workdir=tmp_path / "c", nodes={},
-            simulate=True))
+        coordinator = Coordinator(
+            CoordinatorConfig(
+                definition=load_definition(collab.definition),
+                workdir=tmp_path / "c",
+                nodes={},
+                simulate=True,
+            )
+        )
         try:
             coordinator.keep_result({"result": {"result_id": "1234abcd"}}, "brand")
-            for name in ("results/1234abcd.json", "request-nonces.sqlite",
-                         "engine/privacy.sqlite", "engine/audit.jsonl", "keys/rekey.bin",
-                         "tls/tls-key.pem"):
+            for name in (
+                "results/1234abcd.json",
+                "request-nonces.sqlite",
+                "engine/privacy.sqlite",
+                "engine/audit.jsonl",
+                "keys/rekey.bin",
+                "tls/tls-key.pem",
+            ):
                 path = tmp_path / "c" / name
                 if path.exists():
                     assert stat.S_IMODE(path.stat().st_mode) == 0o600, name

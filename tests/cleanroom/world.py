@@ -53,13 +53,14 @@ class World:
         for pid in range(n):
             person = Person(pid)
             if rng.random() < presence:
-                person.bank = {"premium_card": rng.random() < 0.3,
-                               "income_band": rng.choice(BANDS)}
+                person.bank = {"premium_card": rng.random() < 0.3, "income_band": rng.choice(BANDS)}
             if rng.random() < presence:
                 person.telecom = {"region": rng.choice(REGIONS), "device": rng.choice(DEVICES)}
             if rng.random() < presence or not (person.bank or person.telecom):
-                person.retailer = {"baby_buyer": rng.random() < 0.25,
-                                   "loyalty_tier": rng.choice(TIERS)}
+                person.retailer = {
+                    "baby_buyer": rng.random() < 0.25,
+                    "loyalty_tier": rng.choice(TIERS),
+                }
             if person.retailer and rng.random() < 0.7:
                 person.arm = rng.choice(("test", "control"))
                 person.converted = rng.random() < (0.35 if person.arm == "test" else 0.25)
@@ -72,31 +73,43 @@ class World:
         rows: dict[str, list[dict[str, Any]]] = {ds.ref: [] for ds in definition.datasets}
         for p in self.people:
             if p.bank is not None:
-                rows["bank.customers"].append({
-                    "customer_id": 10**12 + p.pid, "phone": p.phone,
-                    "email": -(2**62) - p.pid if extra_ids else None, **p.bank})
+                rows["bank.customers"].append(
+                    {
+                        "customer_id": 10**12 + p.pid,
+                        "phone": p.phone,
+                        "email": -(2**62) - p.pid if extra_ids else None,
+                        **p.bank,
+                    }
+                )
             if p.telecom is not None:
                 rows["telecom.subscribers"].append({"phone": p.phone, **p.telecom})
             if p.retailer is not None:
-                rows["retailer.customers"].append({"phone": p.phone, "email": None,
-                                                   **p.retailer})
+                rows["retailer.customers"].append({"phone": p.phone, "email": None, **p.retailer})
             if p.arm is not None:
                 exposed = START + timedelta(days=p.pid % 20)
-                rows["retailer.exposures"].append({"phone": p.phone, "email": None,
-                                                   "group": p.arm, "exposed_at": exposed})
+                rows["retailer.exposures"].append(
+                    {"phone": p.phone, "email": None, "group": p.arm, "exposed_at": exposed}
+                )
                 if p.converted:
-                    rows["retailer.purchases"].append({
-                        "phone": p.phone, "email": None, "amount": 20.0 + p.pid % 7,
-                        "purchased_at": exposed + timedelta(days=1)})
+                    rows["retailer.purchases"].append(
+                        {
+                            "phone": p.phone,
+                            "email": None,
+                            "amount": 20.0 + p.pid % 7,
+                            "purchased_at": exposed + timedelta(days=1),
+                        }
+                    )
         out = {}
         for ds in definition.datasets:
             schema = prepared_schema(ds, definition.columns_needed(ds.ref))
             out[ds.ref] = pa.Table.from_pylist(
-                [{f.name: r.get(f.name) for f in schema} for r in rows[ds.ref]], schema=schema)
+                [{f.name: r.get(f.name) for f in schema} for r in rows[ds.ref]], schema=schema
+            )
         return out
 
-    def ingest(self, engine: Any, extra_ids: bool = False,
-               only: tuple[str, ...] | None = None) -> None:
+    def ingest(
+        self, engine: Any, extra_ids: bool = False, only: tuple[str, ...] | None = None
+    ) -> None:
         for ref, table in self.batches(engine.definition, extra_ids).items():
             if only is None or ref in only:
                 engine.ingest(*ref.split("."), table)
@@ -104,8 +117,11 @@ class World:
     # -- plaintext -----------------------------------------------------------------------
 
     def record(self, ref: str, p: Person) -> dict[str, Any] | None:
-        return {"bank.customers": p.bank, "telecom.subscribers": p.telecom,
-                "retailer.customers": p.retailer}[ref]
+        return {
+            "bank.customers": p.bank,
+            "telecom.subscribers": p.telecom,
+            "retailer.customers": p.retailer,
+        }[ref]
 
     def everyone(self) -> set[int]:
         return {p.pid for p in self.people}
@@ -128,8 +144,11 @@ class World:
                 continue
             value = rec[column]
             op, want = node["op"], node["value"]
-            if (op == "=" and value == want) or (op == "!=" and value != want) \
-                    or (op == "in" and value in want):
+            if (
+                (op == "=" and value == want)
+                or (op == "!=" and value != want)
+                or (op == "in" and value in want)
+            ):
                 out.add(p.pid)
         return out
 

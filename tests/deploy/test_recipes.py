@@ -60,8 +60,11 @@ def conf_items():
     for path in KOLLA_SNIPPETS:
         parser = ini(path)
         for group in ["DEFAULT", *parser.sections()]:
-            items = parser.defaults() if group == "DEFAULT" else {
-                k: v for k, v in parser.items(group) if k not in parser.defaults()}
+            items = (
+                parser.defaults()
+                if group == "DEFAULT"
+                else {k: v for k, v in parser.items(group) if k not in parser.defaults()}
+            )
             for option, value in items.items():
                 yield path.name, group, option, value
     for group, options in osa()["nova_nova_conf_overrides"].items():
@@ -104,7 +107,8 @@ def test_driver_filters_and_weighers_resolve():
         elif option in ("available_filters", "weight_classes"):
             for path in values:
                 assert path.strip().endswith(("all_filters", "all_weighers")) or _class_exists(
-                    path.strip()), (recipe, path)
+                    path.strip()
+                ), (recipe, path)
         elif option == "enabled_filters":
             assert "SGXFilter" in values
             assert set(values) - {"SGXFilter"} <= nova_filter_names, (recipe, values)
@@ -162,8 +166,9 @@ def test_osa_paste_overrides_applied_to_novas_file_guard_the_api():
         lines.extend(f"{k} = {v}" for k, v in merged.items(section))
     text = "\n".join(lines) + "\n"
     keystone = {k: v for k, v in paste.pipelines(text).items() if k.endswith("/keystone")}
-    assert keystone and all(v[-2:] == [paste.FILTER_NAME, paste.APP_NAME]
-                            for v in keystone.values())
+    assert keystone and all(
+        v[-2:] == [paste.FILTER_NAME, paste.APP_NAME] for v in keystone.values()
+    )
     # The override keeps Nova's own pipeline otherwise unchanged.
     nova = {k: v for k, v in paste.pipelines(installed_paste()).items() if k.endswith("/keystone")}
     for key, words in keystone.items():
@@ -177,14 +182,25 @@ def test_kolla_compute_node_with_the_recipe_passes_host_check(tree):
     target = root / "etc/kolla/nova-compute/nova.conf"
     target.parent.mkdir(parents=True)
     # What kolla renders: its own nova.conf, then our snippet merged over it.
-    target.write_text("[DEFAULT]\ncompute_driver = libvirt.LibvirtDriver\n\n"
-                      + (KOLLA / "config/nova/nova-compute.conf").read_text())
+    target.write_text(
+        "[DEFAULT]\ncompute_driver = libvirt.LibvirtDriver\n\n"
+        + (KOLLA / "config/nova/nova-compute.conf").read_text()
+    )
     merged = ini(target)  # later values win, as kolla's merge_configs does
-    target.write_text("".join(
-        f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in (
-            merged.defaults() if s == "DEFAULT" else
-            {k: v for k, v in merged.items(s) if k not in merged.defaults()}).items())
-        for s in ["DEFAULT", *merged.sections()]))
+    target.write_text(
+        "".join(
+            f"[{s}]\n"
+            + "".join(
+                f"{k} = {v}\n"
+                for k, v in (
+                    merged.defaults()
+                    if s == "DEFAULT"
+                    else {k: v for k, v in merged.items(s) if k not in merged.defaults()}
+                ).items()
+            )
+            for s in ["DEFAULT", *merged.sections()]
+        )
+    )
     report = check_host(root)
     nova = {f.check: f.status for f in report.findings if f.check.startswith("nova.")}
     assert nova["nova.config"] is Status.OK

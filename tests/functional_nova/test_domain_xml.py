@@ -24,7 +24,6 @@ def _run(*argv: str, timeout: int = 60) -> subprocess.CompletedProcess:
 
 
 class SGXDomainXMLTest(SGXServersTestBase):
-
     def setUp(self):
         super().setUp()
         missing = [tool for tool in ("virsh", "virt-xml-validate") if not shutil.which(tool)]
@@ -35,7 +34,8 @@ class SGXDomainXMLTest(SGXServersTestBase):
         self.flags(provision_key_device=os.devnull, group="sgx")  # exists here
         self.start_sgx_compute("sgx1", {0: 64, 1: 128}, flc=True, sgx2=True)
         flavor = self.create_sgx_flavor(
-            96, vcpu=2, extra={"sgx:provision_key": "true", "sgx:require_sgx2": "true"})
+            96, vcpu=2, extra={"sgx:provision_key": "true", "sgx:require_sgx2": "true"}
+        )
         server = self._create_server(flavor_id=flavor, networks="none")
         self.xml = self.domain_xml(server)
         directory = self.useFixture(_TempDir()).path
@@ -49,7 +49,7 @@ class SGXDomainXMLTest(SGXServersTestBase):
         self.assertEqual({1}, device.source_nodemask)  # only node 1 has 96 MiB free
         self.assertEqual(0, device.target_node)
         for feature in ("sgx", "sgx1", "sgxlc", "sgx2", "sgx-provisionkey"):
-            self.assertIn(f"name=\"{feature}\"", self.xml.replace("'", '"'))
+            self.assertIn(f'name="{feature}"', self.xml.replace("'", '"'))
         self.assertIn("<maxMemory", self.xml)
         self.assertIn("<numa>", self.xml)
 
@@ -79,6 +79,7 @@ class SGXDomainXMLTest(SGXServersTestBase):
 
     def _domain_name(self) -> str:
         from lxml import etree
+
         return etree.fromstring(self.xml).findtext("name")
 
 
@@ -87,4 +88,5 @@ class _TempDir:
 
     def __new__(cls):
         import fixtures
+
         return fixtures.TempDir(rootdir=tempfile.gettempdir())

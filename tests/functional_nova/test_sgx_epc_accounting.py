@@ -19,7 +19,6 @@ EPC = resources.EPC_RESOURCE_CLASS
 
 
 class SGXEPCAccountingTest(SGXServersTestBase):
-
     def epc_given_kib(self, hostname: str) -> int:
         """EPC in the domains libvirt holds on ``hostname`` (what guests really get)."""
         host = self.computes[hostname].driver._host
@@ -38,8 +37,12 @@ class SGXEPCAccountingTest(SGXServersTestBase):
         # 1 to 64, so its scheduler asks Placement for no EPC for this key.
         ignored = f"resources_{'a' * 64}:{EPC}"
         flavor = self._create_flavor(
-            memory_mb=512, vcpu=1, disk=1, name="sneaky",
-            extra_spec={ignored: "64", f"trait:{resources.TRAIT_SGX}": "required"})
+            memory_mb=512,
+            vcpu=1,
+            disk=1,
+            name="sneaky",
+            extra_spec={ignored: "64", f"trait:{resources.TRAIT_SGX}": "required"},
+        )
         second = self._create_server(flavor_id=flavor, networks="none")
         self.assertEqual("sgx1", second["OS-EXT-SRV-ATTR:host"])
         self.assertEqual({}, self.epc_allocation(second["id"]))
@@ -50,9 +53,17 @@ class SGXEPCAccountingTest(SGXServersTestBase):
         self.start_sgx_compute("sgx1", {0: 128})
         grouped = f"resources_{'a' * 63}:{EPC}"  # a 64-character suffix
         flavor = self._create_flavor(
-            memory_mb=512, vcpu=1, disk=1, name="grouped",
-            extra_spec={grouped: "32", f"resources1:{EPC}": "16", "group_policy": "none",
-                        f"trait:{resources.TRAIT_SGX}": "required"})
+            memory_mb=512,
+            vcpu=1,
+            disk=1,
+            name="grouped",
+            extra_spec={
+                grouped: "32",
+                f"resources1:{EPC}": "16",
+                "group_policy": "none",
+                f"trait:{resources.TRAIT_SGX}": "required",
+            },
+        )
         server = self._create_server(flavor_id=flavor, networks="none")
         self.assertEqual({"sgx1": 48}, self.epc_allocation(server["id"]))
         self.assertEqual(48 * 1024, self.epc_given_kib("sgx1"))
@@ -65,12 +76,12 @@ class SGXEPCAccountingTest(SGXServersTestBase):
         connection.defineXML(_domain_with_epc(96 * 1024))
         self.assertEqual(96 * 1024, self.epc_given_kib("sgx1"))
         flavor = self.create_sgx_flavor(64)
-        server = self._create_server(flavor_id=flavor, networks="none",
-                                     expected_state="ERROR")
+        server = self._create_server(flavor_id=flavor, networks="none", expected_state="ERROR")
         self.assertEqual(96 * 1024, self.epc_given_kib("sgx1"))  # nothing over-committed
         self.assertEqual(0, self.epc_usage("sgx1"))  # the claim was given back
-        events = self.api.api_get(
-            f"/servers/{server['id']}/os-instance-actions").body["instanceActions"]
+        events = self.api.api_get(f"/servers/{server['id']}/os-instance-actions").body[
+            "instanceActions"
+        ]
         self.assertTrue(events)
         log = self.stdlog.logger.output
         self.assertIn("needs 64 MiB EPC but this host has only 32 MiB free", log)

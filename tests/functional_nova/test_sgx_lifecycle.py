@@ -14,7 +14,6 @@ from tests.functional_nova.base import SGXServersTestBase
 
 
 class SGXLifecycleTest(SGXServersTestBase):
-
     def setUp(self):
         super().setUp()
         # Instance directories aren't real; Nova's own resize tests stub this too.
@@ -25,8 +24,7 @@ class SGXLifecycleTest(SGXServersTestBase):
         self.large = self.create_sgx_flavor(128)
 
     def _boot(self, flavor=None, host=None):
-        server = self._create_server(flavor_id=flavor or self.small, networks="none",
-                                     host=host)
+        server = self._create_server(flavor_id=flavor or self.small, networks="none", host=host)
         return server
 
     def _epc_kib_in_xml(self, server) -> list[int]:
@@ -75,8 +73,11 @@ class SGXLifecycleTest(SGXServersTestBase):
     def test_live_migration_refused_with_clear_error(self):
         server = self._boot(host="sgx1")
         ex = self.assertRaises(
-            client.OpenStackApiException, self.admin_api.post_server_action,
-            server["id"], {"os-migrateLive": {"host": None, "block_migration": "auto"}})
+            client.OpenStackApiException,
+            self.admin_api.post_server_action,
+            server["id"],
+            {"os-migrateLive": {"host": None, "block_migration": "auto"}},
+        )
         self.assertEqual(409, ex.response.status_code)
         self.assertIn("Live migration is not supported for SGX servers", ex.response.text)
         self.assertEqual({"sgx1": 64}, self.epc_allocation(server["id"]))
@@ -84,8 +85,8 @@ class SGXLifecycleTest(SGXServersTestBase):
     def test_suspend_refused_with_clear_error(self):
         server = self._boot(host="sgx1")
         ex = self.assertRaises(
-            client.OpenStackApiException, self.api.post_server_action,
-            server["id"], {"suspend": {}})
+            client.OpenStackApiException, self.api.post_server_action, server["id"], {"suspend": {}}
+        )
         self.assertEqual(409, ex.response.status_code)
         self.assertIn("Suspend is not supported for SGX servers", ex.response.text)
         self.assertEqual("ACTIVE", self.api.get_server(server["id"])["status"])
@@ -95,8 +96,13 @@ class SGXLifecycleTest(SGXServersTestBase):
         context = nova_context.get_admin_context()
         instance = objects.Instance.get_by_uuid(context, server["id"])
         driver = self.computes["sgx1"].driver
-        self.assertRaises(exception.MigrationPreCheckError,
-                          driver.check_can_live_migrate_source, context, instance, None)
+        self.assertRaises(
+            exception.MigrationPreCheckError,
+            driver.check_can_live_migrate_source,
+            context,
+            instance,
+            None,
+        )
         self.assertRaises(exception.Invalid, driver.suspend, context, instance)
 
     def test_ordinary_servers_are_not_refused(self):
@@ -110,7 +116,8 @@ class SGXLifecycleTest(SGXServersTestBase):
         server = self._boot(host="sgx1")
         self.computes["sgx1"].stop()
         self.admin_api.put_service_force_down(
-            self.admin_api.get_services(host="sgx1", binary="nova-compute")[0]["id"], True)
+            self.admin_api.get_services(host="sgx1", binary="nova-compute")[0]["id"], True
+        )
         # Since API 2.95 an evacuated server arrives stopped.
         server = self._evacuate_server(server, expected_host="sgx2", expected_state="SHUTOFF")
         # Nova keeps the source allocation until the source host comes back.
@@ -118,7 +125,8 @@ class SGXLifecycleTest(SGXServersTestBase):
         self.assertEqual([64 * 1024], self._epc_kib_in_xml(server))
         self.restart_compute_service("sgx1")
         self.admin_api.put_service_force_down(
-            self.admin_api.get_services(host="sgx1", binary="nova-compute")[0]["id"], False)
+            self.admin_api.get_services(host="sgx1", binary="nova-compute")[0]["id"], False
+        )
         self.assertEqual({"sgx2": 64}, self.epc_allocation(server["id"]))
         self.assertEqual(0, self.epc_usage("sgx1"))
 
@@ -160,16 +168,14 @@ class SGXLifecycleTest(SGXServersTestBase):
     def test_restart_with_sgx_lost_is_refused(self):
         self._boot(host="sgx1")
         self.set_host_features("sgx1", sgx_features_xml(None, supported=False))
-        ex = self.assertRaises(exception.InvalidConfiguration,
-                               self.restart_compute_service, "sgx1")
+        ex = self.assertRaises(exception.InvalidConfiguration, self.restart_compute_service, "sgx1")
         self.assertIn("SGX is no longer available", str(ex))
         self.assertIn("sgx supported='no'", str(ex))
 
     def test_recovery_after_sgx_lost_by_evacuation(self):
         server = self._boot(host="sgx1")
         self.set_host_features("sgx1", sgx_features_xml(None, supported=False))
-        self.assertRaises(exception.InvalidConfiguration,
-                          self.restart_compute_service, "sgx1")
+        self.assertRaises(exception.InvalidConfiguration, self.restart_compute_service, "sgx1")
         # What the refusal tells the operator to do: mark down, evacuate, restart.
         service = self.admin_api.get_services(host="sgx1", binary="nova-compute")[0]
         self.admin_api.put_service_force_down(service["id"], True)

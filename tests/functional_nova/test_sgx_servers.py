@@ -10,7 +10,6 @@ from tests.functional_nova.base import SGXServersTestBase
 
 
 class SGXInventoryTest(SGXServersTestBase):
-
     def test_sgx_host_reports_epc_inventory_and_traits(self):
         self.flags(reserved_epc_mb=16, group="sgx")
         self.start_sgx_compute("sgx1", {0: 64, 1: 64}, flc=True, sgx2=True)
@@ -22,7 +21,8 @@ class SGXInventoryTest(SGXServersTestBase):
         self.assertEqual(1, inventory["step_size"])
         self.assertLessEqual(
             {resources.TRAIT_SGX, resources.TRAIT_SGX_FLC, resources.TRAIT_SGX2},
-            self.traits("sgx1"))
+            self.traits("sgx1"),
+        )
 
     def test_only_true_traits_are_reported(self):
         self.start_sgx_compute("sgx1", {0: 64}, flc=False, sgx2=False)
@@ -38,6 +38,7 @@ class SGXInventoryTest(SGXServersTestBase):
 
     def test_old_libvirt_or_qemu_means_no_sgx(self):
         from oslo_utils import versionutils
+
         old_libvirt = versionutils.convert_version_to_int((8, 9, 0))
         old_qemu = versionutils.convert_version_to_int((6, 2, 0))
         self.start_sgx_compute("old-libvirt", {0: 64}, libvirt_version=old_libvirt)
@@ -66,7 +67,6 @@ class SGXInventoryTest(SGXServersTestBase):
 
 
 class SGXSchedulingTest(SGXServersTestBase):
-
     def test_sgx_server_lands_only_where_epc_fits(self):
         self.start_sgx_compute("small", {0: 64})
         self.start_sgx_compute("large", {0: 128, 1: 128})
@@ -83,8 +83,7 @@ class SGXSchedulingTest(SGXServersTestBase):
         self.start_sgx_compute("small", {0: 64})
         self.start_compute("plain")
         flavor = self.create_sgx_flavor(512)
-        server = self._create_server(flavor_id=flavor, networks="none",
-                                     expected_state="ERROR")
+        server = self._create_server(flavor_id=flavor, networks="none", expected_state="ERROR")
         self.assertIn("No valid host", server["fault"]["message"])
         self.assertEqual(0, self.epc_usage("small"))
 
@@ -93,8 +92,7 @@ class SGXSchedulingTest(SGXServersTestBase):
         self.start_sgx_compute("sgx2", {0: 64})
         flavor = self.create_sgx_flavor(64)
         requests = [
-            self.api.post_server({"server": self._build_server(
-                flavor_id=flavor, networks="none")})
+            self.api.post_server({"server": self._build_server(flavor_id=flavor, networks="none")})
             for _ in range(5)
         ]
         finals = [self.wait_for_any_status(s, {"ACTIVE", "ERROR"}) for s in requests]
@@ -102,8 +100,7 @@ class SGXSchedulingTest(SGXServersTestBase):
         self.assertEqual(["ACTIVE"] * 3 + ["ERROR"] * 2, statuses)
         for host in ("sgx1", "sgx2"):
             inventory = self.epc_inventory(host)
-            self.assertLessEqual(self.epc_usage(host),
-                                 inventory["total"] - inventory["reserved"])
+            self.assertLessEqual(self.epc_usage(host), inventory["total"] - inventory["reserved"])
         self.assertEqual(128, self.epc_usage("sgx1"))
         self.assertEqual(64, self.epc_usage("sgx2"))
 
@@ -113,8 +110,10 @@ class SGXSchedulingTest(SGXServersTestBase):
         self.start_compute("plain1")
         # The fake hosts have 16 CPUs: four of these fill one.
         flavor = self._create_flavor(memory_mb=512, vcpu=4, disk=1)
-        hosts = [self._create_server(flavor_id=flavor, networks="none")
-                 ["OS-EXT-SRV-ATTR:host"] for _ in range(4)]
+        hosts = [
+            self._create_server(flavor_id=flavor, networks="none")["OS-EXT-SRV-ATTR:host"]
+            for _ in range(4)
+        ]
         self.assertEqual(["plain1"] * 4, hosts)
         # plain1 is full now: the next ordinary server may use the SGX host.
         overflow = self._create_server(flavor_id=flavor, networks="none")
@@ -154,38 +153,42 @@ class SGXSchedulingTest(SGXServersTestBase):
 
 
 class SGXFlavorKeysTest(SGXServersTestBase):
-
     def _extra_specs(self, specs):
         flavor = self._create_flavor(memory_mb=512, vcpu=1, disk=1)
         self.admin_api.post_extra_spec(flavor, {"extra_specs": specs})
         return self.admin_api.get_flavor(flavor)
 
     def test_valid_keys_accepted(self):
-        body = self._extra_specs({
-            "resources:CUSTOM_SGX_EPC_MB": "64",
-            "trait:HW_CPU_X86_SGX": "required",
-            "sgx:provision_key": "true",
-            "sgx:require_flc": "false",
-            "sgx:require_sgx2": "no",
-        })
+        body = self._extra_specs(
+            {
+                "resources:CUSTOM_SGX_EPC_MB": "64",
+                "trait:HW_CPU_X86_SGX": "required",
+                "sgx:provision_key": "true",
+                "sgx:require_flc": "false",
+                "sgx:require_sgx2": "no",
+            }
+        )
         self.assertEqual("true", body["extra_specs"]["sgx:provision_key"])
         self.assertEqual("64", body["extra_specs"]["resources:CUSTOM_SGX_EPC_MB"])
 
     def test_bad_value_rejected_at_flavor_creation(self):
-        ex = self.assertRaises(client.OpenStackApiException, self._extra_specs,
-                               {"sgx:provision_key": "maybe"})
+        ex = self.assertRaises(
+            client.OpenStackApiException, self._extra_specs, {"sgx:provision_key": "maybe"}
+        )
         self.assertEqual(400, ex.response.status_code)
         self.assertIn("not a valid boolean-like value", ex.response.text)
 
     def test_tcb_status_values_validated(self):
         self._extra_specs({"sgx:tcb_status": "UpToDate,SWHardeningNeeded"})
         for bad in ("Revoked", "uptodate", "UpToDate,", "UpToDate;OutOfDate"):
-            ex = self.assertRaises(client.OpenStackApiException, self._extra_specs,
-                                   {"sgx:tcb_status": bad})
+            ex = self.assertRaises(
+                client.OpenStackApiException, self._extra_specs, {"sgx:tcb_status": bad}
+            )
             self.assertEqual(400, ex.response.status_code)
 
     def test_unknown_sgx_key_rejected(self):
-        ex = self.assertRaises(client.OpenStackApiException, self._extra_specs,
-                               {"sgx:provisionkey": "true"})
+        ex = self.assertRaises(
+            client.OpenStackApiException, self._extra_specs, {"sgx:provisionkey": "true"}
+        )
         self.assertEqual(400, ex.response.status_code)
         self.assertIn("does not appear to be a valid extra spec", ex.response.text)

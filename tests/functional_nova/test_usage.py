@@ -175,7 +175,6 @@ class EPCUsageTest(SGXServersTestBase):
         self.assertIn("HW_CPU_X86_SGX", sgx1["SGX Traits"])
 
 
-
 class EPCUsageStableWindowsTest(SGXServersTestBase):
     """Issue 11: a closed window's bill must not change after the fact.
 
@@ -319,8 +318,9 @@ class EPCUsageStableWindowsTest(SGXServersTestBase):
         self.at(56)
         self._delete_server(c)
         self.at(57)
-        self.assertEqual([], self.admin_api.api_get(
-            f"/os-migrations?instance_uuid={c['id']}").body["migrations"])
+        self.assertEqual(
+            [], self.admin_api.api_get(f"/os-migrations?instance_uuid={c['id']}").body["migrations"]
+        )
         self.assertEqual(w1, self.window(8, 36))
         self.assertEqual(w2, self.window(36, 48))
 
@@ -337,7 +337,8 @@ def osc_app(conn, project_id):
     # OSC 6 (2024.1) reads its compute client from sdk_connection and names
     # (without calling) a keystoneclient ``identity``.
     no_keystone = types.SimpleNamespace(
-        identity=types.SimpleNamespace(api_version="3"), compute=conn.compute)
+        identity=types.SimpleNamespace(api_version="3"), compute=conn.compute
+    )
     client_manager = types.SimpleNamespace(
         sgx=conn,
         compute=conn.compute,

@@ -61,12 +61,15 @@ def test_libvirt_without_sgx_element_is_not_sgx():
     assert "no <sgx>" in caps.reason
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("bad-size.xml", "not a whole number"),
-    ("bad-flag.xml", "expected 'yes' or 'no'"),
-    ("bad-supported.xml", "expected 'yes' or 'no'"),
-    ("truncated.xml", "not XML"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("bad-size.xml", "not a whole number"),
+        ("bad-flag.xml", "expected 'yes' or 'no'"),
+        ("bad-supported.xml", "expected 'yes' or 'no'"),
+        ("truncated.xml", "not XML"),
+    ],
+)
 def test_malformed_documents_raise_one_clear_error(name, message):
     with pytest.raises(SGXCapabilitiesError, match=message) as caught:
         parse(name)
@@ -74,15 +77,20 @@ def test_malformed_documents_raise_one_clear_error(name, message):
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("text", [
-    "", "<capabilities/>", "<domainCapabilities><features><sgx/></features></domainCapabilities>",
-    "<domainCapabilities><features><sgx supported='yes'><section_size unit='parsecs'>1"
-    "</section_size></sgx></features></domainCapabilities>",
-    "<domainCapabilities><features><sgx supported='yes'><sections><section node='x' "
-    "size='1'/></sections></sgx></features></domainCapabilities>",
-    "<domainCapabilities><features><sgx supported='yes'><section_size>-5</section_size>"
-    "</sgx></features></domainCapabilities>",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "<capabilities/>",
+        "<domainCapabilities><features><sgx/></features></domainCapabilities>",
+        "<domainCapabilities><features><sgx supported='yes'><section_size unit='parsecs'>1"
+        "</section_size></sgx></features></domainCapabilities>",
+        "<domainCapabilities><features><sgx supported='yes'><sections><section node='x' "
+        "size='1'/></sections></sgx></features></domainCapabilities>",
+        "<domainCapabilities><features><sgx supported='yes'><section_size>-5</section_size>"
+        "</sgx></features></domainCapabilities>",
+    ],
+)
 def test_other_bad_input(text):
     with pytest.raises(SGXCapabilitiesError):
         parse_sgx_capabilities(text)

@@ -25,8 +25,10 @@ SAMPLE = REPO / "etc" / "nova" / "nova.conf.sgx.sample"
 REFERENCE = REPO / "docs" / "nova" / "config-reference.md"
 PASTE_SNIPPET = REPO / "etc" / "nova" / "api-paste.ini.sgx-snippet"
 GUIDE = REPO / "docs" / "nova" / "operator-guide.md"
-PIPELINES = ("composite:openstack_compute_api_v21",
-             "composite:openstack_compute_api_v21_legacy_v2_compatible")
+PIPELINES = (
+    "composite:openstack_compute_api_v21",
+    "composite:openstack_compute_api_v21_legacy_v2_compatible",
+)
 
 
 def _load_tool():
@@ -49,14 +51,17 @@ def _sgx_opts() -> list[cfg.Opt]:
 
 # -- generated files are current ---------------------------------------------
 
+
 def test_committed_sample_is_what_the_generator_writes(tool):
     assert SAMPLE.read_text() == tool.render_sample(), (
-        "etc/nova/nova.conf.sgx.sample is stale: run python tools/gen_config_docs.py")
+        "etc/nova/nova.conf.sgx.sample is stale: run python tools/gen_config_docs.py"
+    )
 
 
 def test_committed_reference_is_current(tool):
     assert REFERENCE.read_text() == tool.render_reference(), (
-        "docs/nova/config-reference.md is stale: run python tools/gen_config_docs.py")
+        "docs/nova/config-reference.md is stale: run python tools/gen_config_docs.py"
+    )
 
 
 def test_check_mode_flags_a_stale_copy_and_write_mode_fixes_it(tmp_path):
@@ -80,6 +85,7 @@ def test_check_mode_flags_a_stale_copy_and_write_mode_fixes_it(tmp_path):
 
 
 # -- what the files say -------------------------------------------------------
+
 
 def test_sample_uncommented_is_a_valid_config_meaning_the_defaults(tmp_path):
     # Every option appears as "#name = default"; uncommenting them all must
@@ -111,9 +117,13 @@ def test_reference_documents_every_option_with_type_default_and_choices():
 
 # -- api-paste.ini snippet ----------------------------------------------------
 
+
 def _documented_sed_command() -> list[str]:
-    (line,) = [line for line in PASTE_SNIPPET.read_text().splitlines()
-               if line.lstrip("# ").startswith("sed -i ")]
+    (line,) = [
+        line
+        for line in PASTE_SNIPPET.read_text().splitlines()
+        if line.lstrip("# ").startswith("sed -i ")
+    ]
     match = re.fullmatch(r"#\s+sed -i '(?P<expr>[^']+)' /etc/nova/api-paste.ini", line)
     assert match, line
     return ["sed", "-i", match["expr"]]
@@ -161,12 +171,12 @@ def test_snippet_shows_the_pipelines_the_edit_produces(edited_paste_ini):
 
 
 def test_paste_deploy_resolves_the_guard_filter(edited_paste_ini):
-    context = loadwsgi.loadcontext(
-        loadwsgi.FILTER, f"config:{edited_paste_ini}", name="sgx_guard")
+    context = loadwsgi.loadcontext(loadwsgi.FILTER, f"config:{edited_paste_ini}", name="sgx_guard")
     assert context.object.__self__ is SGXActionGuard
 
 
 # -- operator guide -----------------------------------------------------------
+
 
 def test_guide_names_every_option_flavor_key_and_placement_name():
     text = GUIDE.read_text()
@@ -174,19 +184,24 @@ def test_guide_names_every_option_flavor_key_and_placement_name():
         assert f"`{opt.name}`" in text or f"{opt.name} =" in text, opt.name
     for validator in extra_specs.EXTRA_SPEC_VALIDATORS:
         assert validator.name in text, validator.name
-    for name in (resources.EPC_RESOURCE_CLASS, *resources.SGX_TRAITS,
-                 "sgxcloud.SGXLibvirtDriver", "sgxcloud.nova.scheduler.SGXFilter",
-                 "sgxcloud.nova.scheduler.SGXWeigher", "sgx_weight_multiplier",
-                 "enable_isolated_aggregate_filtering", "nova.quota.UnifiedLimitsDriver",
-                 f"class:{resources.EPC_RESOURCE_CLASS}"):
+    for name in (
+        resources.EPC_RESOURCE_CLASS,
+        *resources.SGX_TRAITS,
+        "sgxcloud.SGXLibvirtDriver",
+        "sgxcloud.nova.scheduler.SGXFilter",
+        "sgxcloud.nova.scheduler.SGXWeigher",
+        "sgx_weight_multiplier",
+        "enable_isolated_aggregate_filtering",
+        "nova.quota.UnifiedLimitsDriver",
+        f"class:{resources.EPC_RESOURCE_CLASS}",
+    ):
         assert name in text, name
 
 
 def test_guide_quotes_the_refusal_message_the_code_sends():
     from sgxcloud.nova.requirements import EPC_CANNOT_MOVE
 
-    assert EPC_CANNOT_MOVE.format(action="Live migration") in " ".join(
-        GUIDE.read_text().split())
+    assert EPC_CANNOT_MOVE.format(action="Live migration") in " ".join(GUIDE.read_text().split())
 
 
 def test_guide_relative_links_resolve():
@@ -197,8 +212,9 @@ def test_guide_relative_links_resolve():
     assert not missing, missing
 
 
-def test_tool_refuses_clearly_when_the_namespace_is_not_installed(tool, monkeypatch, capsys,
-                                                                 tmp_path):
+def test_tool_refuses_clearly_when_the_namespace_is_not_installed(
+    tool, monkeypatch, capsys, tmp_path
+):
     # oslo-config-generator itself would only log a warning and write an empty sample.
     monkeypatch.setattr(tool.metadata, "entry_points", lambda group: [])
     status = tool.main(["--sample", str(tmp_path / "s"), "--reference", str(tmp_path / "r")])

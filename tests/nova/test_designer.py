@@ -10,8 +10,14 @@ from sgxcloud.nova.host import SGXCapabilities
 from sgxcloud.nova.requirements import SGXRequest
 
 MIB = 1024
-TWO_NODES = SGXCapabilities(supported=True, flc=True, sgx1=True, sgx2=False,
-                            epc_total_kib=256 * MIB, sections_kib={0: 64 * MIB, 1: 192 * MIB})
+TWO_NODES = SGXCapabilities(
+    supported=True,
+    flc=True,
+    sgx1=True,
+    sgx2=False,
+    epc_total_kib=256 * MIB,
+    sections_kib={0: 64 * MIB, 1: 192 * MIB},
+)
 
 
 def guest(vcpus=2, memory_kib=512 * MIB):

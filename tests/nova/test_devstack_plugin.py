@@ -71,9 +71,15 @@ dump() { local k; for k in "${!INI[@]}"; do echo "INI $k=${INI[$k]}"; done; }
 """
 
 
-def _run_phases(tmp_path: Path, phases: list[str], *, enabled: str,
-                env: dict[str, str] | None = None, nova_from_wheel: bool = False,
-                preset: dict[str, str] | None = None) -> tuple[dict[str, str], list[str], Path]:
+def _run_phases(
+    tmp_path: Path,
+    phases: list[str],
+    *,
+    enabled: str,
+    env: dict[str, str] | None = None,
+    nova_from_wheel: bool = False,
+    preset: dict[str, str] | None = None,
+) -> tuple[dict[str, str], list[str], Path]:
     """Source settings + plugin.sh for each phase, as stack.sh does; return
     the nova.conf/api-paste.ini values set, the call log and the tree root."""
     dest = tmp_path / "opt-stack"
@@ -87,50 +93,74 @@ def _run_phases(tmp_path: Path, phases: list[str], *, enabled: str,
     if nova_from_wheel:
         (purelib / "nova" / "__init__.py").write_text("")
     python = tmp_path / "python3"
-    python.write_text(
-        "#!/bin/bash\n"
-        f"case \"$*\" in *sysconfig*) echo {purelib};; *) exit 0;; esac\n")
+    python.write_text(f'#!/bin/bash\ncase "$*" in *sysconfig*) echo {purelib};; *) exit 0;; esac\n')
     python.chmod(0o755)
     paste = tmp_path / "api-paste.ini"
     if not paste.exists():
         shutil.copy(Path(sys.prefix) / "etc" / "nova" / "api-paste.ini", paste)
     log = tmp_path / "calls.log"
     preset_lines = "".join(f'INI["{k}"]="{v}"\n' for k, v in (preset or {}).items())
-    script = STANDINS + preset_lines + "".join(
-        f"source {SETTINGS}\nsource {PLUGIN} {phase}\n" for phase in phases) + "dump\n"
+    script = (
+        STANDINS
+        + preset_lines
+        + "".join(f"source {SETTINGS}\nsource {PLUGIN} {phase}\n" for phase in phases)
+        + "dump\n"
+    )
     variables = {
-        "DEST": str(dest), "NOVA_DIR": str(dest / "nova"), "NOVA_CONF": "nova.conf",
-        "NOVA_API_PASTE_INI": str(paste), "PYTHON": str(python), "REGION_NAME": "RegionOne",
-        "NOVA_USE_UNIFIED_LIMITS": "False", "STUBLOG": str(log), "ENABLED": enabled,
-        "PATH": "/usr/bin:/bin", **(env or {}),
+        "DEST": str(dest),
+        "NOVA_DIR": str(dest / "nova"),
+        "NOVA_CONF": "nova.conf",
+        "NOVA_API_PASTE_INI": str(paste),
+        "PYTHON": str(python),
+        "REGION_NAME": "RegionOne",
+        "NOVA_USE_UNIFIED_LIMITS": "False",
+        "STUBLOG": str(log),
+        "ENABLED": enabled,
+        "PATH": "/usr/bin:/bin",
+        **(env or {}),
     }
-    result = subprocess.run(["bash", "-c", script], env=variables, capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        env=variables,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    values = dict(line[4:].split("=", 1) for line in result.stdout.splitlines()
-                  if line.startswith("INI "))
+    values = dict(
+        line[4:].split("=", 1) for line in result.stdout.splitlines() if line.startswith("INI ")
+    )
     calls = log.read_text().splitlines() if log.exists() else []
     return values, calls, tmp_path
 
 
 # -- syntax -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", [PLUGIN, SETTINGS], ids=lambda p: p.name)
 def test_bash_syntax(path):
-    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True,
-                            timeout=30, check=False)
+    result = subprocess.run(
+        ["bash", "-n", str(path)], capture_output=True, text=True, timeout=30, check=False
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_shellcheck_clean():
     if not shutil.which("shellcheck"):
         pytest.skip("shellcheck not installed (Debian: apt-get install shellcheck)")
-    result = subprocess.run(["shellcheck", "-s", "bash", str(PLUGIN), str(SETTINGS)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["shellcheck", "-s", "bash", str(PLUGIN), str(SETTINGS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout
 
 
 # -- stack install -------------------------------------------------------------
+
 
 def test_install_moves_shim_into_an_editable_nova_tree(tmp_path):
     _, calls, root = _run_phases(tmp_path, ["stack install"], enabled="n-cpu")
@@ -144,8 +174,7 @@ def test_install_moves_shim_into_an_editable_nova_tree(tmp_path):
 
 
 def test_install_leaves_shim_beside_a_wheel_installed_nova(tmp_path):
-    _, _, root = _run_phases(tmp_path, ["stack install"], enabled="n-cpu",
-                             nova_from_wheel=True)
+    _, _, root = _run_phases(tmp_path, ["stack install"], enabled="n-cpu", nova_from_wheel=True)
     assert (root / "purelib" / "nova" / "virt" / "sgxcloud" / "__init__.py").is_file()
     assert not (root / "opt-stack" / "nova" / "nova" / "virt" / "sgxcloud").exists()
 
@@ -160,10 +189,11 @@ def test_clean_removes_the_shim_link_and_the_package(tmp_path):
 # -- stack post-config ---------------------------------------------------------
 
 DEVSTACK_NOVA_CONF = {
-    "nova.conf|filter_scheduler|enabled_filters":
+    "nova.conf|filter_scheduler|enabled_filters": (
         "ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter,"
         "ServerGroupAntiAffinityFilter,ServerGroupAffinityFilter,SameHostFilter,"
-        "DifferentHostFilter",
+        "DifferentHostFilter"
+    ),
     "nova.conf|libvirt|virt_type": "kvm",
     "nova.conf|libvirt|cpu_mode": "custom",
     "nova.conf|libvirt|cpu_models": "Nehalem",
@@ -173,8 +203,11 @@ DEVSTACK_NOVA_CONF = {
 
 def test_post_config_all_in_one_twice(tmp_path):
     values, calls, root = _run_phases(
-        tmp_path, ["stack post-config", "stack post-config"],
-        enabled="n-api n-cpu n-sch placement-api", preset=DEVSTACK_NOVA_CONF)
+        tmp_path,
+        ["stack post-config", "stack post-config"],
+        enabled="n-api n-cpu n-sch placement-api",
+        preset=DEVSTACK_NOVA_CONF,
+    )
     assert values["nova.conf|DEFAULT|compute_driver"] == "sgxcloud.SGXLibvirtDriver"
     assert values["nova.conf|libvirt|cpu_mode"] == "host-model"
     assert "nova.conf|libvirt|cpu_models" not in values
@@ -182,9 +215,12 @@ def test_post_config_all_in_one_twice(tmp_path):
     assert filters[-1] == "SGXFilter" and filters.count("SGXFilter") == 1
     assert "DifferentHostFilter" in filters  # DevStack's own list kept
     assert values["nova.conf|filter_scheduler|available_filters"].split() == [
-        "nova.scheduler.filters.all_filters", "sgxcloud.nova.scheduler.SGXFilter"]
+        "nova.scheduler.filters.all_filters",
+        "sgxcloud.nova.scheduler.SGXFilter",
+    ]
     assert values["nova.conf|filter_scheduler|weight_classes"] == (
-        "nova.scheduler.weights.all_weighers,sgxcloud.nova.scheduler.SGXWeigher")
+        "nova.scheduler.weights.all_weighers,sgxcloud.nova.scheduler.SGXWeigher"
+    )
     assert values["nova.conf|sgx|reserved_epc_mb"] == "0"
     assert values["nova.conf|sgx|placement_strategy"] == "pack"
     assert "nova.conf|scheduler|enable_isolated_aggregate_filtering" not in values
@@ -194,24 +230,32 @@ def test_post_config_all_in_one_twice(tmp_path):
     assert pipelines and all(
         line.endswith(" keystonecontext sgx_guard osapi_compute_app_v21")
         or line.endswith(" legacy_v2_compatible sgx_guard osapi_compute_app_v21")
-        for line in pipelines)
+        for line in pipelines
+    )
     assert values[f"{root / 'api-paste.ini'}|filter:sgx_guard|paste.filter_factory"] == (
-        "sgxcloud.nova.api.middleware:SGXActionGuard.factory")
+        "sgxcloud.nova.api.middleware:SGXActionGuard.factory"
+    )
     # /dev/sgx_vepc is absent on this machine: the plugin says so, once per run.
     assert sum("/dev/sgx_vepc is missing" in call for call in calls) == 2
 
 
 def test_plugin_and_snippet_make_the_same_paste_edit():
-    snippet_sed = [line.strip("# ").split(" /etc/nova")[0]
-                   for line in SNIPPET.read_text().splitlines() if "sed -i" in line]
+    snippet_sed = [
+        line.strip("# ").split(" /etc/nova")[0]
+        for line in SNIPPET.read_text().splitlines()
+        if "sed -i" in line
+    ]
     assert len(snippet_sed) == 1
     assert snippet_sed[0] + ' "$NOVA_API_PASTE_INI"' in PLUGIN.read_text()
 
 
 def test_post_config_compute_only_node_touches_no_scheduler_or_api(tmp_path):
     values, calls, root = _run_phases(
-        tmp_path, ["stack post-config"], enabled="n-cpu",
-        preset={"nova.conf|libvirt|virt_type": "qemu"})
+        tmp_path,
+        ["stack post-config"],
+        enabled="n-cpu",
+        preset={"nova.conf|libvirt|virt_type": "qemu"},
+    )
     assert values["nova.conf|DEFAULT|compute_driver"] == "sgxcloud.SGXLibvirtDriver"
     assert "nova.conf|filter_scheduler|enabled_filters" not in values
     assert "sgx_guard" not in (root / "api-paste.ini").read_text()
@@ -220,15 +264,19 @@ def test_post_config_compute_only_node_touches_no_scheduler_or_api(tmp_path):
 
 def test_post_config_isolation_and_kept_cpu_mode(tmp_path):
     values, _, _ = _run_phases(
-        tmp_path, ["stack post-config"], enabled="n-sch n-cpu",
+        tmp_path,
+        ["stack post-config"],
+        enabled="n-sch n-cpu",
         env={"SGXCLOUD_ISOLATE_SGX_HOSTS": "True", "SGXCLOUD_CPU_MODE": ""},
-        preset=DEVSTACK_NOVA_CONF)
+        preset=DEVSTACK_NOVA_CONF,
+    )
     assert values["nova.conf|scheduler|enable_isolated_aggregate_filtering"] == "true"
     assert values["nova.conf|libvirt|cpu_mode"] == "custom"
     assert values["nova.conf|libvirt|cpu_models"] == "Nehalem"
 
 
 # -- stack extra / test-config ---------------------------------------------------
+
 
 def _flavor_creates(calls: list[str]) -> dict[str, dict[str, str]]:
     flavors = {}
@@ -238,8 +286,9 @@ def _flavor_creates(calls: list[str]) -> dict[str, dict[str, str]]:
         words = call.split()
         assert "--os-compute-api-version" in words
         assert words[words.index("--os-compute-api-version") + 1] == "2.86"
-        properties = dict(words[i + 1].split("=", 1)
-                          for i, word in enumerate(words) if word == "--property")
+        properties = dict(
+            words[i + 1].split("=", 1) for i, word in enumerate(words) if word == "--property"
+        )
         flavors[words[-1]] = properties
     return flavors
 
@@ -266,20 +315,34 @@ def test_validators_would_reject_a_typo_in_a_flavor_spec():
 
 def test_extra_registers_epc_limit_and_isolated_aggregate(tmp_path):
     _, calls, _ = _run_phases(
-        tmp_path, ["stack extra", "stack test-config"] * 2, enabled="n-api",
-        env={"NOVA_USE_UNIFIED_LIMITS": "True", "SGXCLOUD_ISOLATE_SGX_HOSTS": "True",
-             "SGXCLOUD_SGX_HOSTS": "sgx-1 sgx-2", "SGXCLOUD_FLAVORS": "",
-             "SGXCLOUD_DCAP_FLAVOR": ""})
+        tmp_path,
+        ["stack extra", "stack test-config"] * 2,
+        enabled="n-api",
+        env={
+            "NOVA_USE_UNIFIED_LIMITS": "True",
+            "SGXCLOUD_ISOLATE_SGX_HOSTS": "True",
+            "SGXCLOUD_SGX_HOSTS": "sgx-1 sgx-2",
+            "SGXCLOUD_FLAVORS": "",
+            "SGXCLOUD_DCAP_FLAVOR": "",
+        },
+    )
     assert not _flavor_creates(calls)
-    assert ("openstack --os-cloud devstack-system-admin registered limit create "
-            "--service nova --default-limit 512 --region RegionOne "
-            f"class:{resources.EPC_RESOURCE_CLASS}") in calls
+    assert (
+        "openstack --os-cloud devstack-system-admin registered limit create "
+        "--service nova --default-limit 512 --region RegionOne "
+        f"class:{resources.EPC_RESOURCE_CLASS}"
+    ) in calls
     assert "openstack aggregate create sgx-hosts" in calls
-    assert (f"openstack aggregate set --property trait:{resources.TRAIT_SGX}=required "
-            "sgx-hosts") in calls
+    assert (
+        f"openstack aggregate set --property trait:{resources.TRAIT_SGX}=required sgx-hosts"
+    ) in calls
     # Run twice, as a re-stack does: each thing is made once.
-    for once in ("registered limit create", "aggregate create sgx-hosts",
-                 "aggregate add host sgx-hosts sgx-1", "aggregate add host sgx-hosts sgx-2"):
+    for once in (
+        "registered limit create",
+        "aggregate create sgx-hosts",
+        "aggregate add host sgx-hosts sgx-1",
+        "aggregate add host sgx-hosts sgx-2",
+    ):
         assert sum(once in call for call in calls) == 1, once
 
 

@@ -14,16 +14,23 @@ def test_plain_flavor_wants_nothing():
 
 
 def test_epc_and_flags():
-    request = sgx_request_from_extra_specs({
-        "resources:CUSTOM_SGX_EPC_MB": "64", "sgx:provision_key": "True",
-        "sgx:require_flc": "yes", "sgx:require_sgx2": "0"})
-    assert request == SGXRequest(epc_mb=64, provision_key=True, require_flc=True,
-                                 require_sgx2=False)
+    request = sgx_request_from_extra_specs(
+        {
+            "resources:CUSTOM_SGX_EPC_MB": "64",
+            "sgx:provision_key": "True",
+            "sgx:require_flc": "yes",
+            "sgx:require_sgx2": "0",
+        }
+    )
+    assert request == SGXRequest(
+        epc_mb=64, provision_key=True, require_flc=True, require_sgx2=False
+    )
 
 
 def test_granular_groups_add_up():
-    request = sgx_request_from_extra_specs({
-        "resources1:CUSTOM_SGX_EPC_MB": "32", "resources_a:CUSTOM_SGX_EPC_MB": "16"})
+    request = sgx_request_from_extra_specs(
+        {"resources1:CUSTOM_SGX_EPC_MB": "32", "resources_a:CUSTOM_SGX_EPC_MB": "16"}
+    )
     assert request.epc_mb == 48
 
 
@@ -37,11 +44,13 @@ def test_sgx_keys_without_epc_mean_no_sgx():
 
 
 def test_accepted_tcb_statuses():
-    request = sgx_request_from_extra_specs({
-        "resources:CUSTOM_SGX_EPC_MB": "8", "sgx:tcb_status": "UpToDate, SWHardeningNeeded"})
+    request = sgx_request_from_extra_specs(
+        {"resources:CUSTOM_SGX_EPC_MB": "8", "sgx:tcb_status": "UpToDate, SWHardeningNeeded"}
+    )
     assert request.accepted_tcb_statuses == {"UpToDate", "SWHardeningNeeded"}
     assert not sgx_request_from_extra_specs(
-        {"resources:CUSTOM_SGX_EPC_MB": "8"}).accepted_tcb_statuses
+        {"resources:CUSTOM_SGX_EPC_MB": "8"}
+    ).accepted_tcb_statuses
 
 
 # -- flavor keys read exactly as Nova reads them (issue 9, finding 7) -----------------
@@ -49,23 +58,27 @@ def test_accepted_tcb_statuses():
 EPC_KEY = "CUSTOM_SGX_EPC_MB"
 
 
-@pytest.mark.parametrize("key", [
-    f"resources_{'a' * 64}:{EPC_KEY}",  # a 65-character group suffix
-    f"resources{'1' * 65}:{EPC_KEY}",
-    f"resourcesé:{EPC_KEY}",  # outside [a-zA-Z0-9_-]
-    f"resources.1:{EPC_KEY}",
-    f"resources1:{EPC_KEY}:extra",
-    f"Resources:{EPC_KEY}",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"resources_{'a' * 64}:{EPC_KEY}",  # a 65-character group suffix
+        f"resources{'1' * 65}:{EPC_KEY}",
+        f"resourcesé:{EPC_KEY}",  # outside [a-zA-Z0-9_-]
+        f"resources.1:{EPC_KEY}",
+        f"resources1:{EPC_KEY}:extra",
+        f"Resources:{EPC_KEY}",
+    ],
+)
 def test_keys_nova_ignores_give_no_epc(key):
     """Placement allocates nothing for these: the guest must get no EPC either."""
     assert sgx_request_from_extra_specs({key: "64"}) == NO_SGX
     assert _nova_epc({key: "64"}) == 0
 
 
-@pytest.mark.parametrize("key", [f"resources_{'a' * 63}:{EPC_KEY}",
-                                 f"resources{'Z' * 64}:{EPC_KEY}",
-                                 f"resources-x:{EPC_KEY}"])
+@pytest.mark.parametrize(
+    "key",
+    [f"resources_{'a' * 63}:{EPC_KEY}", f"resources{'Z' * 64}:{EPC_KEY}", f"resources-x:{EPC_KEY}"],
+)
 def test_group_suffixes_up_to_64_characters_count(key):
     assert sgx_request_from_extra_specs({key: "64"}).epc_mb == 64 == _nova_epc({key: "64"})
 

@@ -25,17 +25,24 @@ class Host:
 
 
 def sgx_host(name, free, flc=True, sgx2=False, pkey=True):
-    return Host(name, {
-        resources.STAT_SGX: "true", resources.STAT_EPC_FREE_MB: str(free),
-        resources.STAT_EPC_TOTAL_MB: "512", resources.STAT_FLC: str(flc).lower(),
-        resources.STAT_SGX2: str(sgx2).lower(), resources.STAT_PROVISION_KEY: str(pkey).lower(),
-    })
+    return Host(
+        name,
+        {
+            resources.STAT_SGX: "true",
+            resources.STAT_EPC_FREE_MB: str(free),
+            resources.STAT_EPC_TOTAL_MB: "512",
+            resources.STAT_FLC: str(flc).lower(),
+            resources.STAT_SGX2: str(sgx2).lower(),
+            resources.STAT_PROVISION_KEY: str(pkey).lower(),
+        },
+    )
 
 
 def spec(extra_specs):
     flavor = objects.Flavor(extra_specs=extra_specs, memory_mb=512, vcpus=1)
-    return objects.RequestSpec(flavor=flavor, instance_uuid="1b6e5a3e-6d8f-4c9f-9a43-6c0e2c1f9a10",
-                               num_instances=1)
+    return objects.RequestSpec(
+        flavor=flavor, instance_uuid="1b6e5a3e-6d8f-4c9f-9a43-6c0e2c1f9a10", num_instances=1
+    )
 
 
 SGX64 = {"resources:CUSTOM_SGX_EPC_MB": "64"}
@@ -56,11 +63,14 @@ def test_filter_requires_sgx_and_free_epc():
     assert passing(hosts, spec(SGX64)) == ["roomy"]
 
 
-@pytest.mark.parametrize(("key", "host_kwargs"), [
-    ("sgx:require_flc", {"flc": False}),
-    ("sgx:require_sgx2", {"sgx2": False}),
-    ("sgx:provision_key", {"pkey": False}),
-])
+@pytest.mark.parametrize(
+    ("key", "host_kwargs"),
+    [
+        ("sgx:require_flc", {"flc": False}),
+        ("sgx:require_sgx2", {"sgx2": False}),
+        ("sgx:provision_key", {"pkey": False}),
+    ],
+)
 def test_filter_checks_each_sgx_requirement(key, host_kwargs):
     hosts = [sgx_host("lacking", 256, **host_kwargs), sgx_host("able", 256, sgx2=True)]
     assert passing(hosts, spec({**SGX64, key: "true"})) == ["able"]
@@ -73,10 +83,15 @@ def test_filter_checks_tcb_status():
             host.stats[resources.STAT_TCB_STATUS] = status
         return host
 
-    hosts = [with_tcb("current", "UpToDate"), with_tcb("stale", "OutOfDate"),
-             with_tcb("unmeasured", "unknown"), with_tcb("old-driver", None)]
-    assert passing(hosts, spec({**SGX64, "sgx:tcb_status": "UpToDate,SWHardeningNeeded"})) \
-        == ["current"]
+    hosts = [
+        with_tcb("current", "UpToDate"),
+        with_tcb("stale", "OutOfDate"),
+        with_tcb("unmeasured", "unknown"),
+        with_tcb("old-driver", None),
+    ]
+    assert passing(hosts, spec({**SGX64, "sgx:tcb_status": "UpToDate,SWHardeningNeeded"})) == [
+        "current"
+    ]
     assert len(passing(hosts, spec(SGX64))) == 4
 
 
@@ -113,6 +128,7 @@ def test_weigher_puts_sgx_hosts_last_for_ordinary_servers():
 
 def test_weigher_packs_by_default_and_spreads_when_asked():
     from sgxcloud.nova.scheduler.weigher import CONF
+
     hosts = [sgx_host("roomy", 400), sgx_host("tight", 80), sgx_host("middle", 200)]
     assert ranking(hosts, spec(SGX64)) == ["tight", "middle", "roomy"]
     CONF.set_override("placement_strategy", "spread", group="sgx")

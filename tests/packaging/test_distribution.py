@@ -30,8 +30,9 @@ pytestmark = pytest.mark.timeout(2400)
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False,
-                          timeout=1800, **kwargs)
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=env, check=False, timeout=1800, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +78,25 @@ def test_wheel_has_the_plug_in_entry_points_and_role_extras(dist):
     assert "sgxcloud/nova/compat.py" in names
     assert not any(n.startswith(("nova/__init__", "nova/virt/__init__")) for n in names)
     assert set(ROLES) <= set(metadata.get_all("Provides-Extra"))
-    for group in ("nova.api.extra_spec_validators", "oslo.config.opts",
-                  "openstack.cli.extension", "openstack.sgx.v1"):
+    for group in (
+        "nova.api.extra_spec_validators",
+        "oslo.config.opts",
+        "openstack.cli.extension",
+        "openstack.sgx.v1",
+    ):
         assert f"[{group}]" in entry_points
 
 
 def test_sdist_carries_what_operators_and_the_build_need(dist):
     with tarfile.open(dist["sdist"]) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
-    for path in ("pyproject.toml", "README.md", "src/sgxcloud/nova/compat.py",
-                 "src/nova/virt/sgxcloud/__init__.py",
-                 "constraints/upper-constraints-2024.1.txt"):
+    for path in (
+        "pyproject.toml",
+        "README.md",
+        "src/sgxcloud/nova/compat.py",
+        "src/nova/virt/sgxcloud/__init__.py",
+        "constraints/upper-constraints-2024.1.txt",
+    ):
         assert path in names, path
 
 
@@ -107,9 +116,14 @@ def test_bare_install_runs_help_and_names_the_extra(envs):
 
 def test_nova_extra_loads_the_plug_in_inside_nova(envs):
     env = envs["nova"]
-    done = run([str(env / "bin/python"), "-c",
-                "import nova.virt.sgxcloud, sgxcloud.nova.driver, sgxcloud.nova.scheduler, "
-                "sgxcloud.nova.extra_specs, sgxcloud.nova.api.middleware"])
+    done = run(
+        [
+            str(env / "bin/python"),
+            "-c",
+            "import nova.virt.sgxcloud, sgxcloud.nova.driver, sgxcloud.nova.scheduler, "
+            "sgxcloud.nova.extra_specs, sgxcloud.nova.api.middleware",
+        ]
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     sample = run([str(env / "bin/oslo-config-generator"), "--namespace", "sgxcloud"])
     assert sample.returncode == 0 and "reserved_epc_mb" in sample.stdout, sample.stderr
@@ -129,8 +143,7 @@ def test_admin_extra_has_the_osc_plugin_without_nova(envs):
 def test_host_extra_checks_a_node_without_nova(envs):
     env = envs["host"]
     assert "nova" not in installed(env)
-    done = run([str(env / "bin/sgxcloud"), "host", "check", "--root", str(RECORDED_NODE),
-                "--json"])
+    done = run([str(env / "bin/sgxcloud"), "host", "check", "--root", str(RECORDED_NODE), "--json"])
     # The recorded tree as committed has no device nodes (tests/checks makes
     # them with mknod), so the verdict is "not ready" (1); the check ran.
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
@@ -148,8 +161,16 @@ def test_client_extra_is_minimal(envs):
     env = envs["client"]
     done = run([str(env / "bin/python"), "-m", "sgxcloud.cas.client", "--help"])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert not {"nova", "fastapi", "uvicorn", "sqlalchemy", "psycopg", "duckdb", "lxml",
-                "requests"} & installed(env)
+    assert not {
+        "nova",
+        "fastapi",
+        "uvicorn",
+        "sqlalchemy",
+        "psycopg",
+        "duckdb",
+        "lxml",
+        "requests",
+    } & installed(env)
 
 
 def test_cleanroom_extra_runs_the_cleanroom_cli(envs):

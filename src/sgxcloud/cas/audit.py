@@ -181,8 +181,9 @@ def append(
     }
     digest = entry_hash(**fields)
     repo.add_audit_entry({**fields, "entry_hash": digest})
-    return AuditEntry(head.seq + 1, now, str(kind), subject, actor, outcome, dict(detail),
-                      head.entry_hash, digest)
+    return AuditEntry(
+        head.seq + 1, now, str(kind), subject, actor, outcome, dict(detail), head.entry_hash, digest
+    )
 
 
 def entries(
@@ -225,9 +226,7 @@ def verify_chain(
     if start.seq:
         problems.extend(_anchor_problems(database, start))
     while cursor < end:
-        rows = database.run(
-            lambda repo, after=cursor: repo.audit_entries(after=after, limit=page)
-        )
+        rows = database.run(lambda repo, after=cursor: repo.audit_entries(after=after, limit=page))
         rows = [row for row in rows if row.seq <= end]
         if not rows:
             break

@@ -90,9 +90,7 @@ class CheckpointTags:
         return self._tag(self._keys[0], seq, entry_hash)
 
     def check(self, seq: int, entry_hash: str, tag: str) -> bool:
-        return any(
-            hmac.compare_digest(tag, self._tag(key, seq, entry_hash)) for key in self._keys
-        )
+        return any(hmac.compare_digest(tag, self._tag(key, seq, entry_hash)) for key in self._keys)
 
     @staticmethod
     def _tag(key: bytes, seq: int, entry_hash: str) -> str:

@@ -61,8 +61,13 @@ def backup(database_url: str, destination: Path) -> BackupReport:
             _sqlite_copy(_sqlite_path(database_url), partial)
             report = _chain_of(f"sqlite:///{partial}")
         elif backend == "postgresql":
-            _run(_pg_tool("pg_dump"), "--format=custom", "--no-owner", f"--file={partial}",
-                 url=database_url)
+            _run(
+                _pg_tool("pg_dump"),
+                "--format=custom",
+                "--no-owner",
+                f"--file={partial}",
+                url=database_url,
+            )
             report = None
         else:
             raise BackupError(f"no backup method for {backend!r} databases")
@@ -98,8 +103,16 @@ def restore(source: Path, database_url: str, *, replace: bool = False) -> Backup
         if backend != "postgresql":
             raise BackupError(f"{source} is a PostgreSQL dump; database_url is {backend}")
         clean = ["--clean", "--if-exists"] if replace else []
-        _run(_pg_tool("pg_restore"), *clean, "--no-owner", "--single-transaction",
-             "--exit-on-error", str(source), url=database_url, url_option="--dbname")
+        _run(
+            _pg_tool("pg_restore"),
+            *clean,
+            "--no-owner",
+            "--single-transaction",
+            "--exit-on-error",
+            str(source),
+            url=database_url,
+            url_option="--dbname",
+        )
     else:
         raise BackupError(f"{source} is neither a SQLite backup nor a pg_dump custom archive")
     return BackupReport(source, backend, source.stat().st_size, _chain_of(database_url))
@@ -154,13 +167,15 @@ def _run(tool: str, *args: str, url: str, url_option: str = "--dbname") -> None:
     env = dict(os.environ)
     if parsed.password:
         env["PGPASSWORD"] = str(parsed.password)
-    libpq = parsed.set(drivername="postgresql", password=None).render_as_string(
-        hide_password=False
-    )
+    libpq = parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
     try:
         done = subprocess.run(
-            [tool, *args, f"{url_option}={libpq}"], env=env, capture_output=True, text=True,
-            timeout=3600, check=False,
+            [tool, *args, f"{url_option}={libpq}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            check=False,
         )
     except OSError as exc:
         raise BackupError(f"cannot run {tool}: {exc.strerror}") from exc

@@ -217,7 +217,6 @@ class Settings(BaseModel):
             return FileCollateral(self.collateral_file)
         return None
 
-
     def _pccs_http_client(self) -> Any:
         """An HTTP client for the PCCS, trusting ``pccs_ca_file`` when it is set."""
         import ssl

@@ -72,9 +72,7 @@ def load_enclave_public_key(pem_or_der: bytes) -> ec.EllipticCurvePublicKey:
             key = serialization.load_der_public_key(pem_or_der)
     except (ValueError, TypeError) as exc:
         raise ProtocolError("public_key is not a valid PEM or DER public key") from exc
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
-        key.curve, ec.SECP256R1
-    ):
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ProtocolError("public_key must be an EC P-256 key")
     return key
 
@@ -100,9 +98,7 @@ def report_data_for(public_key: ec.EllipticCurvePublicKey, nonce: bytes) -> byte
     return binding_digest(public_key, nonce).ljust(REPORT_DATA_SIZE, b"\0")
 
 
-def check_binding(
-    report_data: bytes, public_key: ec.EllipticCurvePublicKey, nonce: bytes
-) -> None:
+def check_binding(report_data: bytes, public_key: ec.EllipticCurvePublicKey, nonce: bytes) -> None:
     """Raise :class:`BindingError` unless REPORTDATA[:32] commits to key and nonce."""
     expected = binding_digest(public_key, nonce)
     if not hmac.compare_digest(report_data[:BINDING_SIZE], expected):

@@ -195,9 +195,7 @@ class SecretValue:
     @classmethod
     def from_bytes(cls, data: bytes) -> SecretValue:
         document = json.loads(data)
-        return cls(
-            document["kind"], {k: base64.b64decode(v) for k, v in document["parts"].items()}
-        )
+        return cls(document["kind"], {k: base64.b64decode(v) for k, v in document["parts"].items()})
 
 
 def random_bytes(size: int) -> SecretValue:

@@ -83,18 +83,24 @@ def check_server_tls(cert_file: Path, key_file: Path, now: dt.datetime | None = 
         raise TlsSetupError(f"tls_key {key_file} is not an unencrypted PEM private key") from exc
     leaf = chain[0]
     public = serialization.PublicFormat.SubjectPublicKeyInfo
-    if leaf.public_key().public_bytes(serialization.Encoding.DER, public) != key.public_key(
-    ).public_bytes(serialization.Encoding.DER, public):
+    if leaf.public_key().public_bytes(
+        serialization.Encoding.DER, public
+    ) != key.public_key().public_bytes(serialization.Encoding.DER, public):
         raise TlsSetupError(f"tls_key {key_file} is not the key of the certificate in {cert_file}")
     if now >= leaf.not_valid_after_utc:
-        raise TlsSetupError(f"the CAS certificate in {cert_file} expired on "
-                            f"{leaf.not_valid_after_utc:%Y-%m-%d}")
+        raise TlsSetupError(
+            f"the CAS certificate in {cert_file} expired on {leaf.not_valid_after_utc:%Y-%m-%d}"
+        )
     if now < leaf.not_valid_before_utc:
-        raise TlsSetupError(f"the CAS certificate in {cert_file} is not valid before "
-                            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+        raise TlsSetupError(
+            f"the CAS certificate in {cert_file} is not valid before "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )
     warnings = []
     left = leaf.not_valid_after_utc - now
     if left < dt.timedelta(days=RENEW_WARNING_DAYS):
-        warnings.append(f"the CAS certificate expires in {left.days} day(s): renew it "
-                        "(same CA, so enclaves keep their pinned cas-ca.pem)")
+        warnings.append(
+            f"the CAS certificate expires in {left.days} day(s): renew it "
+            "(same CA, so enclaves keep their pinned cas-ca.pem)"
+        )
     return warnings

@@ -48,7 +48,7 @@ def decode_public_key(text: str) -> Ed25519PublicKey:
     if not text.startswith(KEY_PREFIX):
         raise CleanroomError("public key must start with 'ed25519:'")
     try:
-        raw = base64.b64decode(text[len(KEY_PREFIX):], validate=True)
+        raw = base64.b64decode(text[len(KEY_PREFIX) :], validate=True)
         return Ed25519PublicKey.from_public_bytes(raw)
     except (binascii.Error, ValueError) as exc:
         raise CleanroomError("public key is not a valid Ed25519 key") from exc
@@ -56,7 +56,8 @@ def decode_public_key(text: str) -> Ed25519PublicKey:
 
 def private_key_to_pem(key: Ed25519PrivateKey) -> bytes:
     return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
 
@@ -93,22 +94,34 @@ class Approval:
 
     @classmethod
     def from_dict(cls, doc: Any) -> Approval:
-        fields = ("party", "definition_hash", "coordinator_mrenclave", "node_mrenclave",
-                  "approved_at", "signature")
+        fields = (
+            "party",
+            "definition_hash",
+            "coordinator_mrenclave",
+            "node_mrenclave",
+            "approved_at",
+            "signature",
+        )
         if not isinstance(doc, dict) or any(not isinstance(doc.get(f), str) for f in fields):
             raise ApprovalError("approval document must have string fields " + ", ".join(fields))
         return cls(**{f: doc[f] for f in fields})
 
 
-def approve(definition: Definition, party: str, private_key: Ed25519PrivateKey, *,
-            now: datetime | None = None) -> Approval:
+def approve(
+    definition: Definition,
+    party: str,
+    private_key: Ed25519PrivateKey,
+    *,
+    now: datetime | None = None,
+) -> Approval:
     """Sign ``party``'s approval of this definition and its pinned enclaves."""
     member = definition.party(party)
     if member is None:
         raise ApprovalError(f"{party} is not a party of this collaboration")
     if encode_public_key(private_key) != member.public_key:
-        raise ApprovalError(f"the private key does not match {party}'s public key "
-                            "in the definition")
+        raise ApprovalError(
+            f"the private key does not match {party}'s public key in the definition"
+        )
     unsigned = Approval(
         party=party,
         definition_hash=definition.definition_hash(),
@@ -171,8 +184,11 @@ def require_approvals(definition: Definition, approvals: Iterable[Approval]) -> 
             parts.append("missing from " + ", ".join(status.missing))
         if status.invalid:
             parts.append("invalid from " + ", ".join(status.invalid))
-        raise ApprovalError("approvals incomplete: " + "; ".join(parts),
-                            missing=status.missing, invalid=status.invalid)
+        raise ApprovalError(
+            "approvals incomplete: " + "; ".join(parts),
+            missing=status.missing,
+            invalid=status.invalid,
+        )
     return status
 
 

@@ -73,8 +73,15 @@ class AuditLog:
             fcntl.flock(handle, fcntl.LOCK_EX)  # other processes append too
             try:
                 seq, prev = self._head(handle)
-                draft = AuditEntry(seq, datetime.now(UTC).isoformat(timespec="milliseconds"),
-                                   event, actor, json.loads(canonical_json(data)), prev, "")
+                draft = AuditEntry(
+                    seq,
+                    datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    event,
+                    actor,
+                    json.loads(canonical_json(data)),
+                    prev,
+                    "",
+                )
                 entry = AuditEntry(**{**asdict(draft), "hash": draft.compute_hash()})
                 handle.seek(0, 2)
                 handle.write(json.dumps(asdict(entry), sort_keys=True, allow_nan=False) + "\n")

@@ -34,10 +34,11 @@ from sgxcloud.cleanroom.identifiers import (
 from sgxcloud.cleanroom.node import Source, csv_lines, read_batches
 
 MAX_EXAMPLES = 5
-KIND_NAMES = {"email": "e-mail addresses", "phone": "phone numbers",
-              "customer_id": "customer ids"}
-PHONE_HINT = ("numbers without a country code are read in default_phone_region {region}; "
-              "write others as +<country code> …")
+KIND_NAMES = {"email": "e-mail addresses", "phone": "phone numbers", "customer_id": "customer ids"}
+PHONE_HINT = (
+    "numbers without a country code are read in default_phone_region {region}; "
+    "write others as +<country code> …"
+)
 
 
 @dataclass
@@ -51,9 +52,14 @@ class Finding:
     where: str = ""  # "line" (CSV) or "row", with ``rows`` as file numbers once located
 
     def to_dict(self) -> dict[str, Any]:
-        return {"severity": self.severity, "column": self.column, "message": self.message,
-                "count": self.count, self.where + "s" if self.where else "rows": self.rows,
-                "examples": self.examples}
+        return {
+            "severity": self.severity,
+            "column": self.column,
+            "message": self.message,
+            "count": self.count,
+            self.where + "s" if self.where else "rows": self.rows,
+            "examples": self.examples,
+        }
 
 
 @dataclass
@@ -72,9 +78,14 @@ class DatasetCheck:
         return sum(f.severity == "warning" for f in self.findings)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "source": self.source, "rows": self.rows,
-                "errors": self.errors, "warnings": self.warnings,
-                "findings": [f.to_dict() for f in self.findings]}
+        return {
+            "dataset": self.dataset,
+            "source": self.source,
+            "rows": self.rows,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "findings": [f.to_dict() for f in self.findings],
+        }
 
 
 @dataclass
@@ -87,12 +98,20 @@ class CheckReport:
         return not any(d.errors for d in self.datasets)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"provider": self.provider, "ok": self.ok,
-                "datasets": [d.to_dict() for d in self.datasets]}
+        return {
+            "provider": self.provider,
+            "ok": self.ok,
+            "datasets": [d.to_dict() for d in self.datasets],
+        }
 
 
-def check_provider(definition: Definition, provider: str, sources: dict[str, Source],
-                   max_invalid_fraction: float = 0.01, batch_rows: int = 65_536) -> CheckReport:
+def check_provider(
+    definition: Definition,
+    provider: str,
+    sources: dict[str, Source],
+    max_invalid_fraction: float = 0.01,
+    batch_rows: int = 65_536,
+) -> CheckReport:
     """Check every dataset of ``provider`` that ``sources`` names (and say which
     declared ones have no file)."""
     checks = []
@@ -100,8 +119,9 @@ def check_provider(definition: Definition, provider: str, sources: dict[str, Sou
         source = sources.get(ds.name)
         if source is None:
             check = DatasetCheck(ds.ref, "")
-            check.findings.append(Finding("warning", "", "no file given for this dataset "
-                                          f"(--dataset {ds.name}=FILE)"))
+            check.findings.append(
+                Finding("warning", "", f"no file given for this dataset (--dataset {ds.name}=FILE)")
+            )
             checks.append(check)
             continue
         checks.append(check_dataset(definition, ds, source, max_invalid_fraction, batch_rows))
@@ -120,34 +140,49 @@ class _Tracker:
         hits = pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
         self.count += len(hits)
         room = MAX_EXAMPLES - len(self.rows)
-        for i in hits[:max(0, room)]:
+        for i in hits[: max(0, room)]:
             self.rows.append(offset + i)
             if values is not None:
                 self.examples.append(str(values[i].as_py()))
 
 
-def check_dataset(definition: Definition, ds: Dataset, source: Source,
-                  max_invalid_fraction: float = 0.01, batch_rows: int = 65_536) -> DatasetCheck:
+def check_dataset(
+    definition: Definition,
+    ds: Dataset,
+    source: Source,
+    max_invalid_fraction: float = 0.01,
+    batch_rows: int = 65_536,
+) -> DatasetCheck:
     check = DatasetCheck(ds.ref, source.describe())
     needed = list(definition.columns_needed(ds.ref))
-    declared = list(dict.fromkeys([*needed, *(a.column for a in ds.attributes),
-                                   *ds.event_columns]))
+    declared = list(dict.fromkeys([*needed, *(a.column for a in ds.attributes), *ds.event_columns]))
     available = _columns_of(source, check)
     if available is None:
         return check
     missing = [c for c in needed if c not in available]
     if missing:
-        check.findings.append(Finding("error", ", ".join(missing),
-                                      "column(s) missing: an allowed analysis needs them"))
+        check.findings.append(
+            Finding(
+                "error", ", ".join(missing), "column(s) missing: an allowed analysis needs them"
+            )
+        )
     unused_missing = [c for c in declared if c not in needed and c not in available]
     if unused_missing:
-        check.findings.append(Finding(
-            "warning", ", ".join(unused_missing), "declared in the definition but not in the "
-            "file; no analysis uses them, so nothing is lost (they would never be sent)"))
+        check.findings.append(
+            Finding(
+                "warning",
+                ", ".join(unused_missing),
+                "declared in the definition but not in the "
+                "file; no analysis uses them, so nothing is lost (they would never be sent)",
+            )
+        )
     extra = [c for c in available if c not in declared]
     if extra:
-        check.findings.append(Finding("info", ", ".join(extra),
-                                      "not declared: these columns never leave this machine"))
+        check.findings.append(
+            Finding(
+                "info", ", ".join(extra), "not declared: these columns never leave this machine"
+            )
+        )
     present = [c for c in declared if c in available]
     if missing:
         return check
@@ -172,14 +207,19 @@ def check_dataset(definition: Definition, ds: Dataset, source: Source,
                 values = table[col].combine_chunks()
                 nulls[col] += _blank(values)
                 if col in kinds:
-                    valid = _identifier(values, kinds[col], ds, col, offset, track, keyed,
-                                        keyed_rows, rekeyer)
+                    valid = _identifier(
+                        values, kinds[col], ds, col, offset, track, keyed, keyed_rows, rekeyer
+                    )
                     has_id = valid if has_id is None else pc.or_(has_id, valid)
                     continue
                 zone = ds.timestamp_timezone if col == ds.timestamp_column else "UTC"
                 if col == ds.timestamp_column and pa.types.is_string(values.type):
-                    aware = pc.sum(pc.fill_null(pc.match_substring_regex(
-                        values, coltypes._OFFSET), False)).as_py() or 0
+                    aware = (
+                        pc.sum(
+                            pc.fill_null(pc.match_substring_regex(values, coltypes._OFFSET), False)
+                        ).as_py()
+                        or 0
+                    )
                     zone_counts[0] += aware
                     zone_counts[1] += len(values) - values.null_count - aware
                     ambiguous, gap = coltypes.count_local_time_gaps(values, zone)
@@ -191,43 +231,60 @@ def check_dataset(definition: Definition, ds: Dataset, source: Source,
                     bad = coltypes.bad_rows(values, types[col], zone)
                     mask = np.zeros(len(values), dtype=bool)
                     mask[bad] = True
-                    track(col, "error", f"value(s) cannot be read as "
-                                        f"{coltypes.type_name(types[col])}; "
-                                        f"accepted: {coltypes.accepted_text(types[col], zone)}"
-                          ).add(pa.array(mask), values, offset)
+                    track(
+                        col,
+                        "error",
+                        f"value(s) cannot be read as "
+                        f"{coltypes.type_name(types[col])}; "
+                        f"accepted: {coltypes.accepted_text(types[col], zone)}",
+                    ).add(pa.array(mask), values, offset)
             if has_id is not None:
-                track("", "warning",
-                      "rows without any usable identifier (dropped, never sent)"
-                      ).add(pc.invert(has_id), None, offset)
+                track(
+                    "", "warning", "rows without any usable identifier (dropped, never sent)"
+                ).add(pc.invert(has_id), None, offset)
                 _values(ds, table, types, has_id, offset, track)
             offset += table.num_rows
     except IngestError as exc:
-        check.findings.append(Finding("error", str(exc.report.get("column", "")),
-                                      str(exc).replace(f"{source.describe()}: ", "", 1)))
+        check.findings.append(
+            Finding(
+                "error",
+                str(exc.report.get("column", "")),
+                str(exc).replace(f"{source.describe()}: ", "", 1),
+            )
+        )
         return check
     check.rows = offset
     for (column, severity, message), tracker in trackers.items():
         if tracker.count:
-            check.findings.append(Finding(severity, column, message, tracker.count,
-                                          tracker.rows, tracker.examples))
+            check.findings.append(
+                Finding(severity, column, message, tracker.count, tracker.rows, tracker.examples)
+            )
     _duplicates(ds, keyed, keyed_rows, check)
     _identifier_share(check, trackers, kinds, max_invalid_fraction)
     for col, n in nulls.items():
         if offset and n == offset:
             check.findings.append(Finding("warning", col, "empty in every row", n))
     if ds.timestamp_column and (zone_counts[0] or zone_counts[1]):
-        check.findings.append(Finding(
-            "info", ds.timestamp_column,
-            f"{zone_counts[1]:,} timestamp(s) without a zone, read in {ds.timestamp_timezone} "
-            "(the definition's timestamp_timezone); "
-            f"{zone_counts[0]:,} with a zone or offset, kept as written"))
+        check.findings.append(
+            Finding(
+                "info",
+                ds.timestamp_column,
+                f"{zone_counts[1]:,} timestamp(s) without a zone, read in {ds.timestamp_timezone} "
+                "(the definition's timestamp_timezone); "
+                f"{zone_counts[0]:,} with a zone or offset, kept as written",
+            )
+        )
     if zone_counts[2] or zone_counts[3]:
-        check.findings.append(Finding(
-            "warning", ds.timestamp_column or "",
-            f"{zone_counts[2]:,} local time(s) occur twice in {ds.timestamp_timezone} (clocks "
-            f"going back; read as the first) and {zone_counts[3]:,} do not exist (clocks going "
-            "forward; moved past the gap): write an offset to be exact", zone_counts[2]
-            + zone_counts[3]))
+        check.findings.append(
+            Finding(
+                "warning",
+                ds.timestamp_column or "",
+                f"{zone_counts[2]:,} local time(s) occur twice in {ds.timestamp_timezone} (clocks "
+                f"going back; read as the first) and {zone_counts[3]:,} do not exist (clocks going "
+                "forward; moved past the gap): write an offset to be exact",
+                zone_counts[2] + zone_counts[3],
+            )
+        )
     _locate(check, source)
     order = {"error": 0, "warning": 1, "info": 2}
     check.findings.sort(key=lambda f: order[f.severity])
@@ -240,9 +297,11 @@ def _columns_of(source: Source, check: DatasetCheck) -> list[str] | None:
         if source.format == "csv":
             import pyarrow.csv as pacsv
 
-            with pacsv.open_csv(source.path, read_options=pacsv.ReadOptions(block_size=1 << 20),
-                                parse_options=pacsv.ParseOptions(
-                                    invalid_row_handler=lambda _row: "skip")) as reader:
+            with pacsv.open_csv(
+                source.path,
+                read_options=pacsv.ReadOptions(block_size=1 << 20),
+                parse_options=pacsv.ParseOptions(invalid_row_handler=lambda _row: "skip"),
+            ) as reader:
                 return list(reader.schema.names)
         if source.format == "parquet":
             import pyarrow.parquet as pq
@@ -252,9 +311,13 @@ def _columns_of(source: Source, check: DatasetCheck) -> list[str] | None:
         import duckdb
 
         with duckdb.connect(str(source.path), read_only=True) as con:
-            return [r[0] for r in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
-                [source.table]).fetchall()]
+            return [
+                r[0]
+                for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                    [source.table],
+                ).fetchall()
+            ]
     except IngestError as exc:
         check.findings.append(Finding("error", "", str(exc)))
     except FileNotFoundError:
@@ -266,8 +329,9 @@ def _columns_of(source: Source, check: DatasetCheck) -> list[str] | None:
 
 def _blank(values: pa.Array) -> int:
     if pa.types.is_string(values.type):
-        return int(pc.sum(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), True))
-                   .as_py() or 0)
+        return int(
+            pc.sum(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), True)).as_py() or 0
+        )
     return values.null_count
 
 
@@ -303,7 +367,8 @@ def _values(ds, table, types, has_id, offset, track) -> None:
         return
     for column, problem, accepted, mask in _value_checks(ds, pa.table(converted)):
         track(column, "error", f"value(s) {problem}; accepted: {accepted}").add(
-            pc.and_(mask, has_id), table[column].combine_chunks(), offset)
+            pc.and_(mask, has_id), table[column].combine_chunks(), offset
+        )
 
 
 def _duplicates(ds: Dataset, keyed, keyed_rows, check: DatasetCheck) -> None:
@@ -318,25 +383,44 @@ def _duplicates(ds: Dataset, keyed, keyed_rows, check: DatasetCheck) -> None:
         repeated = counts[inverse] > 1
         if repeated.any():
             values = int((counts > 1).sum())
-            check.findings.append(Finding(
-                "warning", col, f"{values:,} identifier(s) appear on more than one row; a "
-                "person's attributes are then read from several rows (a filter matches if "
-                "any row does)", int(repeated.sum()), [int(r) for r in rows[repeated][:5]]))
+            check.findings.append(
+                Finding(
+                    "warning",
+                    col,
+                    f"{values:,} identifier(s) appear on more than one row; a "
+                    "person's attributes are then read from several rows (a filter matches if "
+                    "any row does)",
+                    int(repeated.sum()),
+                    [int(r) for r in rows[repeated][:5]],
+                )
+            )
 
 
 def _identifier_share(check: DatasetCheck, trackers, kinds, limit: float) -> None:
     if not check.rows:
         return
-    invalid = sum(t.count for (col, _, msg), t in trackers.items()
-                  if col in kinds and msg.startswith("invalid"))
-    without = sum(t.count for (col, _, msg), t in trackers.items()
-                  if col == "" and msg.startswith("rows without"))
+    invalid = sum(
+        t.count
+        for (col, _, msg), t in trackers.items()
+        if col in kinds and msg.startswith("invalid")
+    )
+    without = sum(
+        t.count
+        for (col, _, msg), t in trackers.items()
+        if col == "" and msg.startswith("rows without")
+    )
     worst = max(invalid, without)
     if worst / check.rows > limit:
-        check.findings.append(Finding(
-            "error", ", ".join(kinds), f"{worst:,} of {check.rows:,} rows have unusable "
-            f"identifiers: above the node's limit of {limit:.1%}, so the node would refuse "
-            "this dataset (fix the rows below, or raise --max-invalid-fraction)", worst))
+        check.findings.append(
+            Finding(
+                "error",
+                ", ".join(kinds),
+                f"{worst:,} of {check.rows:,} rows have unusable "
+                f"identifiers: above the node's limit of {limit:.1%}, so the node would refuse "
+                "this dataset (fix the rows below, or raise --max-invalid-fraction)",
+                worst,
+            )
+        )
 
 
 def _locate(check: DatasetCheck, source: Source) -> None:

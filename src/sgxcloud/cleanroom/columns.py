@@ -47,8 +47,10 @@ def accepted_text(target: pa.DataType, timezone: str = "UTC") -> str:
     if pa.types.is_floating(target):
         return "numbers such as 12.5 or -0.75 (a dot for decimals, no thousands separators)"
     if pa.types.is_timestamp(target):
-        return ("ISO 8601 date-times such as 2026-03-04 00:04:34 (read in "
-                f"{timezone}), 2026-03-04T00:04:34Z or 2026-03-04 02:04:34+02:00")
+        return (
+            "ISO 8601 date-times such as 2026-03-04 00:04:34 (read in "
+            f"{timezone}), 2026-03-04T00:04:34Z or 2026-03-04 02:04:34+02:00"
+        )
     return "text"
 
 
@@ -64,8 +66,11 @@ def type_name(target: pa.DataType) -> str:
     return "text"
 
 
-def convert(values: pa.Array | pa.ChunkedArray, target: pa.DataType, timezone: str = "UTC",
-            ) -> pa.Array:
+def convert(
+    values: pa.Array | pa.ChunkedArray,
+    target: pa.DataType,
+    timezone: str = "UTC",
+) -> pa.Array:
     """``values`` as ``target``; raises ``pa.ArrowInvalid`` (and kin) if any cannot be read."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
@@ -79,8 +84,11 @@ def convert(values: pa.Array | pa.ChunkedArray, target: pa.DataType, timezone: s
         return _timestamps(values, target, timezone)
     if pa.types.is_boolean(target) and text:
         lowered = pc.utf8_lower(values)
-        truth = pc.if_else(pc.is_in(lowered, pa.array(_TRUE)), "true",
-                           pc.if_else(pc.is_in(lowered, pa.array(_FALSE)), "false", lowered))
+        truth = pc.if_else(
+            pc.is_in(lowered, pa.array(_TRUE)),
+            "true",
+            pc.if_else(pc.is_in(lowered, pa.array(_FALSE)), "false", lowered),
+        )
         return truth.cast(target)
     return values.cast(target)
 
@@ -88,8 +96,9 @@ def convert(values: pa.Array | pa.ChunkedArray, target: pa.DataType, timezone: s
 def _timestamps(values: pa.Array, target: pa.DataType, timezone: str) -> pa.Array:
     if pa.types.is_timestamp(values.type):
         if values.type.tz is None:
-            values = pc.assume_timezone(values, timezone, ambiguous="earliest",
-                                        nonexistent="latest")
+            values = pc.assume_timezone(
+                values, timezone, ambiguous="earliest", nonexistent="latest"
+            )
         return values.cast(target)
     if pa.types.is_date(values.type):
         return _timestamps(values.cast(pa.timestamp("us")), target, timezone)
@@ -98,13 +107,18 @@ def _timestamps(values: pa.Array, target: pa.DataType, timezone: str) -> pa.Arra
     aware = pc.fill_null(pc.match_substring_regex(values, _OFFSET), False)
     naive_text = pc.if_else(aware, pa.scalar(None, pa.string()), values)
     aware_text = pc.if_else(aware, values, pa.scalar(None, pa.string()))
-    naive = pc.assume_timezone(naive_text.cast(pa.timestamp(target.unit)), timezone,
-                               ambiguous="earliest", nonexistent="latest").cast(target)
+    naive = pc.assume_timezone(
+        naive_text.cast(pa.timestamp(target.unit)),
+        timezone,
+        ambiguous="earliest",
+        nonexistent="latest",
+    ).cast(target)
     return pc.if_else(aware, aware_text.cast(target), naive)
 
 
-def bad_rows(values: pa.Array | pa.ChunkedArray, target: pa.DataType,
-             timezone: str = "UTC") -> list[int]:
+def bad_rows(
+    values: pa.Array | pa.ChunkedArray, target: pa.DataType, timezone: str = "UTC"
+) -> list[int]:
     """Rows (0-based) whose value :func:`convert` cannot read.  Slow: for the error
     path only."""
     if isinstance(values, pa.ChunkedArray):
@@ -125,11 +139,17 @@ def bad_rows(values: pa.Array | pa.ChunkedArray, target: pa.DataType,
     return bad
 
 
-def problem(values: pa.Array | pa.ChunkedArray, column: str, target: pa.DataType,
-            timezone: str = "UTC") -> ColumnProblem:
+def problem(
+    values: pa.Array | pa.ChunkedArray, column: str, target: pa.DataType, timezone: str = "UTC"
+) -> ColumnProblem:
     rows = bad_rows(values, target, timezone)
-    return ColumnProblem(column, type_name(target), accepted_text(target, timezone),
-                         tuple(rows[:MAX_ROWS_SHOWN]), len(rows))
+    return ColumnProblem(
+        column,
+        type_name(target),
+        accepted_text(target, timezone),
+        tuple(rows[:MAX_ROWS_SHOWN]),
+        len(rows),
+    )
 
 
 def count_local_time_gaps(values: pa.Array, timezone: str) -> tuple[int, int]:

@@ -42,17 +42,37 @@ LAST = ("smith", "jones", "taylor", "brown", "wilson", "evans", "thomas", "rober
 TS = pa.timestamp("us", tz="UTC")
 
 SCHEMAS = {
-    "bank/customers": pa.schema([("customer_id", pa.string()), ("email", pa.string()),
-                                 ("phone", pa.string()), ("premium_card", pa.bool_()),
-                                 ("income_band", pa.string())]),
-    "telecom/subscribers": pa.schema([("phone", pa.string()), ("region", pa.string()),
-                                      ("device", pa.string())]),
-    "retailer/customers": pa.schema([("email", pa.string()), ("phone", pa.string()),
-                                     ("baby_buyer", pa.bool_()), ("loyalty_tier", pa.string())]),
-    "retailer/exposures": pa.schema([("email", pa.string()), ("phone", pa.string()),
-                                     ("group", pa.string()), ("exposed_at", TS)]),
-    "retailer/purchases": pa.schema([("email", pa.string()), ("phone", pa.string()),
-                                     ("amount", pa.float64()), ("purchased_at", TS)]),
+    "bank/customers": pa.schema(
+        [
+            ("customer_id", pa.string()),
+            ("email", pa.string()),
+            ("phone", pa.string()),
+            ("premium_card", pa.bool_()),
+            ("income_band", pa.string()),
+        ]
+    ),
+    "telecom/subscribers": pa.schema(
+        [("phone", pa.string()), ("region", pa.string()), ("device", pa.string())]
+    ),
+    "retailer/customers": pa.schema(
+        [
+            ("email", pa.string()),
+            ("phone", pa.string()),
+            ("baby_buyer", pa.bool_()),
+            ("loyalty_tier", pa.string()),
+        ]
+    ),
+    "retailer/exposures": pa.schema(
+        [("email", pa.string()), ("phone", pa.string()), ("group", pa.string()), ("exposed_at", TS)]
+    ),
+    "retailer/purchases": pa.schema(
+        [
+            ("email", pa.string()),
+            ("phone", pa.string()),
+            ("amount", pa.float64()),
+            ("purchased_at", TS),
+        ]
+    ),
 }
 
 
@@ -102,19 +122,26 @@ class _Writer:
         self._writer.close()
 
 
-def generate(outdir: str | Path, *, people: int = 10_000, seed: int = 7, fmt: str = "parquet",
-             chunk_people: int = 100_000, progress: Callable[[int, int], None] | None = None,
-             **overrides: object) -> GeneratedData:
+def generate(
+    outdir: str | Path,
+    *,
+    people: int = 10_000,
+    seed: int = 7,
+    fmt: str = "parquet",
+    chunk_people: int = 100_000,
+    progress: Callable[[int, int], None] | None = None,
+    **overrides: object,
+) -> GeneratedData:
     """Write the five files under ``outdir/<provider>/<dataset>.<fmt>``."""
     if fmt not in ("parquet", "csv"):
         raise ValueError("fmt must be parquet or csv")
     if people < 1 or chunk_people < 1:
         raise ValueError("people and chunk_people must be positive")
-    settings = GenerationSettings(people=people, seed=seed, chunk_people=chunk_people,
-                                  **overrides)  # type: ignore[arg-type]
+    settings = GenerationSettings(people=people, seed=seed, chunk_people=chunk_people, **overrides)  # type: ignore[arg-type]
     out = GeneratedData(Path(outdir), settings=settings)
-    writers = {name: _Writer(out.outdir / f"{name}.{fmt}", schema, fmt)
-               for name, schema in SCHEMAS.items()}
+    writers = {
+        name: _Writer(out.outdir / f"{name}.{fmt}", schema, fmt) for name, schema in SCHEMAS.items()
+    }
     try:
         for chunk, start in enumerate(range(0, people, chunk_people)):
             stop = min(start + chunk_people, people)
@@ -151,12 +178,15 @@ def _phones(rng: np.random.Generator, ids: np.ndarray) -> list[str]:
     """UK mobile numbers (+44 74xx…, a valid range) in mixed national/international styles."""
     digits = [f"{400000000 + int(i):09d}" for i in ids]  # 7 + these 9 digits
     style = rng.integers(0, 3, ids.size)
-    return [f"+44 7{d[:3]} {d[3:]}" if s == 0 else (f"07{d[:3]} {d[3:]}" if s == 1 else f"+447{d}")
-            for d, s in zip(digits, style, strict=True)]
+    return [
+        f"+44 7{d[:3]} {d[3:]}" if s == 0 else (f"07{d[:3]} {d[3:]}" if s == 1 else f"+447{d}")
+        for d, s in zip(digits, style, strict=True)
+    ]
 
 
-def _spoil(rng: np.random.Generator, values: list[str | None], rate: float,
-           bad: str) -> list[str | None]:
+def _spoil(
+    rng: np.random.Generator, values: list[str | None], rate: float, bad: str
+) -> list[str | None]:
     hit = rng.random(len(values)) < rate
     return [bad if h and v is not None else v for v, h in zip(values, hit, strict=True)]
 
@@ -182,41 +212,56 @@ def _chunk(rng: np.random.Generator, ids: np.ndarray, s: GenerationSettings) -> 
     tables: dict[str, pa.Table] = {}
 
     b = np.flatnonzero(in_bank)
-    tables["bank/customers"] = pa.table({
-        "customer_id": [f"C{int(i):09d}" for i in ids[b]],
-        "email": _spoil(rng, _maybe(rng, [bank_email[i] for i in b], 0.9), s.invalid_rate,
-                        "not-an-email"),
-        "phone": _spoil(rng, _maybe(rng, [phones[i] for i in b], 0.8), s.invalid_rate, "12345"),
-        "premium_card": premium[b],
-        "income_band": np.array(INCOME_BANDS)[income[b]],
-    }, schema=SCHEMAS["bank/customers"])
+    tables["bank/customers"] = pa.table(
+        {
+            "customer_id": [f"C{int(i):09d}" for i in ids[b]],
+            "email": _spoil(
+                rng, _maybe(rng, [bank_email[i] for i in b], 0.9), s.invalid_rate, "not-an-email"
+            ),
+            "phone": _spoil(rng, _maybe(rng, [phones[i] for i in b], 0.8), s.invalid_rate, "12345"),
+            "premium_card": premium[b],
+            "income_band": np.array(INCOME_BANDS)[income[b]],
+        },
+        schema=SCHEMAS["bank/customers"],
+    )
 
     t = np.flatnonzero(in_telecom)
-    tables["telecom/subscribers"] = pa.table({
-        "phone": _spoil(rng, [phones[i] for i in t], s.invalid_rate, "+44 12"),
-        "region": np.array(REGIONS)[region[t]],
-        "device": np.array(DEVICES)[device[t]],
-    }, schema=SCHEMAS["telecom/subscribers"])
+    tables["telecom/subscribers"] = pa.table(
+        {
+            "phone": _spoil(rng, [phones[i] for i in t], s.invalid_rate, "+44 12"),
+            "region": np.array(REGIONS)[region[t]],
+            "device": np.array(DEVICES)[device[t]],
+        },
+        schema=SCHEMAS["telecom/subscribers"],
+    )
 
     r = np.flatnonzero(in_retail)
     has_email = rng.random(r.size) < 0.85
     has_phone = (rng.random(r.size) < 0.6) | ~has_email
     r_email = [shop_email[i] if e else None for i, e in zip(r, has_email, strict=True)]
     r_phone = [phones[i] if p else None for i, p in zip(r, has_phone, strict=True)]
-    tables["retailer/customers"] = pa.table({
-        "email": _spoil(rng, r_email, s.invalid_rate, "@@"),
-        "phone": r_phone,
-        "baby_buyer": baby[r],
-        "loyalty_tier": np.array(LOYALTY_TIERS)[loyalty[r]],
-    }, schema=SCHEMAS["retailer/customers"])
+    tables["retailer/customers"] = pa.table(
+        {
+            "email": _spoil(rng, r_email, s.invalid_rate, "@@"),
+            "phone": r_phone,
+            "baby_buyer": baby[r],
+            "loyalty_tier": np.array(LOYALTY_TIERS)[loyalty[r]],
+        },
+        schema=SCHEMAS["retailer/customers"],
+    )
 
     tables.update(_campaign(rng, r, r_email, r_phone, baby, s))
     return tables
 
 
-def _campaign(rng: np.random.Generator, r: np.ndarray, r_email: list[str | None],
-              r_phone: list[str | None], baby: np.ndarray,
-              s: GenerationSettings) -> dict[str, pa.Table]:
+def _campaign(
+    rng: np.random.Generator,
+    r: np.ndarray,
+    r_email: list[str | None],
+    r_phone: list[str | None],
+    baby: np.ndarray,
+    s: GenerationSettings,
+) -> dict[str, pa.Table]:
     start_us = int(s.campaign_start.timestamp() * 1_000_000)
     day_us = 86_400 * 1_000_000
     exposed = rng.random(r.size) < s.exposed_share
@@ -229,8 +274,9 @@ def _campaign(rng: np.random.Generator, r: np.ndarray, r_email: list[str | None]
             exp_phone.append(r_phone[j] if r_email[j] is None else None)
             exp_group.append("test" if test[j] else "control")
             exp_at.append(first[j] + extra * int(rng.integers(0, 3 * day_us)))
-    p_convert = (s.base_conversion + s.baby_conversion_bonus * baby[r]) \
-        * np.where(test, 1 + s.lift, 1.0)
+    p_convert = (s.base_conversion + s.baby_conversion_bonus * baby[r]) * np.where(
+        test, 1 + s.lift, 1.0
+    )
     converts = exposed & (rng.random(r.size) < p_convert)
     pur_email, pur_phone, amount, pur_at = [], [], [], []
     window_us = s.window_days * day_us
@@ -250,12 +296,22 @@ def _campaign(rng: np.random.Generator, r: np.ndarray, r_email: list[str | None]
             offset = int(rng.integers(day_us, 20 * day_us))
             buy(j, first[j] - offset if before else first[j] + window_us + offset)
     return {
-        "retailer/exposures": pa.table({"email": exp_email, "phone": exp_phone,
-                                        "group": exp_group,
-                                        "exposed_at": pa.array(exp_at, pa.int64()).cast(TS)},
-                                       schema=SCHEMAS["retailer/exposures"]),
-        "retailer/purchases": pa.table({"email": pur_email, "phone": pur_phone,
-                                        "amount": amount,
-                                        "purchased_at": pa.array(pur_at, pa.int64()).cast(TS)},
-                                       schema=SCHEMAS["retailer/purchases"]),
+        "retailer/exposures": pa.table(
+            {
+                "email": exp_email,
+                "phone": exp_phone,
+                "group": exp_group,
+                "exposed_at": pa.array(exp_at, pa.int64()).cast(TS),
+            },
+            schema=SCHEMAS["retailer/exposures"],
+        ),
+        "retailer/purchases": pa.table(
+            {
+                "email": pur_email,
+                "phone": pur_phone,
+                "amount": amount,
+                "purchased_at": pa.array(pur_at, pa.int64()).cast(TS),
+            },
+            schema=SCHEMAS["retailer/purchases"],
+        ),
     }

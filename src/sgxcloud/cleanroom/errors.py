@@ -30,8 +30,9 @@ class ApprovalError(CleanroomError):
 
     exit_code = 3
 
-    def __init__(self, message: str, *, missing: tuple[str, ...] = (),
-                 invalid: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, message: str, *, missing: tuple[str, ...] = (), invalid: tuple[str, ...] = ()
+    ) -> None:
         self.missing = missing
         self.invalid = invalid
         super().__init__(message)

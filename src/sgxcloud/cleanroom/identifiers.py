@@ -112,8 +112,18 @@ def _parse_phone(text: str, default_region: str | None) -> str | None:
 # Separators people write inside phone numbers; anything else takes the slow path.
 _PHONE_SHAPE = re.compile(r"\+?[0-9][0-9 ().-]*")
 _PHONE_SEPARATORS = str.maketrans("", "", " ().-")
-_NUMBER_TYPES = ("mobile", "fixed_line", "premium_rate", "toll_free", "shared_cost", "voip",
-                 "personal_number", "pager", "uan", "voicemail")
+_NUMBER_TYPES = (
+    "mobile",
+    "fixed_line",
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+)
 
 
 @dataclass(frozen=True)
@@ -139,14 +149,23 @@ def _matches(national: str, pattern: re.Pattern[str], lengths: frozenset[int]) -
 def _region_rules(region: str | None) -> _RegionRules | None:
     """Rules for the fast path, or None where it cannot be exact (then always slow)."""
     meta = phonenumbers.PhoneMetadata.metadata_for_region(region) if region else None
-    if meta is None or meta.general_desc is None or (not meta.main_country_for_code and \
-            len(phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(meta.country_code, ())) > 1):
+    if (
+        meta is None
+        or meta.general_desc is None
+        or (
+            not meta.main_country_for_code
+            and len(phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(meta.country_code, ())) > 1
+        )
+    ):
         return None
     if meta.national_prefix_transform_rule:
         return None
     prefix = meta.national_prefix
-    if prefix and meta.national_prefix_for_parsing and \
-            not re.match(meta.national_prefix_for_parsing, prefix + "1"):
+    if (
+        prefix
+        and meta.national_prefix_for_parsing
+        and not re.match(meta.national_prefix_for_parsing, prefix + "1")
+    ):
         return None
 
     def compiled(desc) -> tuple[re.Pattern[str], frozenset[int]] | None:
@@ -177,9 +196,9 @@ def _fast_e164(text: str, default_region: str | None) -> str | None:
         return None
     digits = text.translate(_PHONE_SEPARATORS)
     if digits.startswith("+" + rules.country_code):
-        national = digits[1 + len(rules.country_code):]
+        national = digits[1 + len(rules.country_code) :]
     elif rules.national_prefix and digits.startswith(rules.national_prefix):
-        national = digits[len(rules.national_prefix):]
+        national = digits[len(rules.national_prefix) :]
     else:
         return None
     if not national or national[0] == "0" or not rules.valid(national):
@@ -224,8 +243,7 @@ class Rekeyer:
     node's time; tests check every output equals ``cryptography``'s CMAC.
     """
 
-    _PADS = pa.array([b"\x80" + b"\x00" * (n - 1) if n else b"" for n in range(16)],
-                     pa.binary())
+    _PADS = pa.array([b"\x80" + b"\x00" * (n - 1) if n else b"" for n in range(16)], pa.binary())
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
@@ -255,8 +273,9 @@ class Rekeyer:
             rows = np.flatnonzero(blocks == n)
             group = pc.take(messages, rows)
             offsets = np.frombuffer(group.buffers()[1], dtype=np.int32)[
-                group.offset:group.offset + len(group) + 1]
-            data = np.frombuffer(group.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+                group.offset : group.offset + len(group) + 1
+            ]
+            data = np.frombuffer(group.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
             data = data.reshape(len(rows), n, 16).copy()
             data[:, -1] ^= np.where(complete[rows, None], self._k1, self._k2)
             state = np.zeros((len(rows), 16), dtype=np.uint8)
@@ -291,13 +310,20 @@ def prepared_schema(dataset: Dataset, columns: Sequence[str] | None = None) -> p
 
 
 def _declared(dataset: Dataset) -> list[str]:
-    return ([i.column for i in dataset.identifiers] + [a.column for a in dataset.attributes]
-            + list(dataset.event_columns))
+    return (
+        [i.column for i in dataset.identifiers]
+        + [a.column for a in dataset.attributes]
+        + list(dataset.event_columns)
+    )
 
 
 def _column_types(dataset: Dataset) -> dict[str, pa.DataType]:
-    attr_types = {"boolean": pa.bool_(), "category": pa.string(), "integer": pa.int64(),
-                  "number": pa.float64()}
+    attr_types = {
+        "boolean": pa.bool_(),
+        "category": pa.string(),
+        "integer": pa.int64(),
+        "number": pa.float64(),
+    }
     types: dict[str, pa.DataType] = {i.column: HASH_TYPE for i in dataset.identifiers}
     types.update({a.column: attr_types[a.type] for a in dataset.attributes})
     if dataset.group_column:
@@ -330,15 +356,21 @@ class PrepareReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "dataset": self.dataset, "rows_in": self.rows_in, "rows_out": self.rows_out,
+            "dataset": self.dataset,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
             "rows_without_identifier": self.rows_without_identifier,
-            "invalid_identifiers": dict(self.invalid), "missing_identifiers": dict(self.missing),
+            "invalid_identifiers": dict(self.invalid),
+            "missing_identifiers": dict(self.missing),
         }
 
 
-def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table,
-                  key: bytes | Rekeyer,
-                  columns: Sequence[str] | None = None) -> tuple[pa.RecordBatch, PrepareReport]:
+def prepare_batch(
+    dataset: Dataset,
+    batch: pa.RecordBatch | pa.Table,
+    key: bytes | Rekeyer,
+    columns: Sequence[str] | None = None,
+) -> tuple[pa.RecordBatch, PrepareReport]:
     """Normalise and re-key identifiers, keep only ``columns`` (default: all
     declared), cast the rest to their declared types.
 
@@ -350,8 +382,10 @@ def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table,
     schema = prepared_schema(dataset, columns)
     missing_cols = [f.name for f in schema if f.name not in table.column_names]
     if missing_cols:
-        raise IngestError(f"{dataset.ref}: missing column(s) " + ", ".join(missing_cols),
-                          {"dataset": dataset.ref, "missing_columns": missing_cols})
+        raise IngestError(
+            f"{dataset.ref}: missing column(s) " + ", ".join(missing_cols),
+            {"dataset": dataset.ref, "missing_columns": missing_cols},
+        )
     report = PrepareReport(dataset.ref, rows_in=table.num_rows)
     kinds = {i.column: i.kind for i in dataset.identifiers}
     rekeyer = key if isinstance(key, Rekeyer) else Rekeyer(key)
@@ -359,8 +393,11 @@ def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table,
     for fld in schema:
         column = table.column(fld.name)
         if fld.name in kinds:
-            arrays.append(_rekey(column, kinds[fld.name], dataset.default_phone_region,
-                                 rekeyer, report, fld.name))
+            arrays.append(
+                _rekey(
+                    column, kinds[fld.name], dataset.default_phone_region, rekeyer, report, fld.name
+                )
+            )
         else:
             zone = dataset.timestamp_timezone if fld.name == dataset.timestamp_column else "UTC"
             arrays.append(_cast(column, fld.type, dataset.ref, fld.name, zone))
@@ -374,8 +411,14 @@ def prepare_batch(dataset: Dataset, batch: pa.RecordBatch | pa.Table,
     return _one_batch(kept), report
 
 
-def _rekey(column: pa.ChunkedArray, kind: str, region: str | None, rekeyer: Rekeyer,
-           report: PrepareReport, name: str) -> pa.Array:
+def _rekey(
+    column: pa.ChunkedArray,
+    kind: str,
+    region: str | None,
+    rekeyer: Rekeyer,
+    report: PrepareReport,
+    name: str,
+) -> pa.Array:
     normalised, missing = normalise_array(kind, column.combine_chunks(), region)
     invalid = normalised.null_count - missing
     if invalid:
@@ -402,8 +445,11 @@ _CUSTOMER_ID_RE2 = r"^[\x20-\x7e]{1,128}$"  # str.isprintable() for ASCII
 _PHONE_SHAPE_RE2 = r"^\+?[0-9][0-9 ().-]*$"
 
 
-def normalise_array(kind: str, values: pa.Array, region: str | None = None,
-                    ) -> tuple[pa.Array, int]:
+def normalise_array(
+    kind: str,
+    values: pa.Array,
+    region: str | None = None,
+) -> tuple[pa.Array, int]:
     """Normalised strings (null where missing or invalid) and the number missing.
 
     Same verdict as :func:`normalise` on every value, column-wise where it can.
@@ -427,8 +473,7 @@ def normalise_array(kind: str, values: pa.Array, region: str | None = None,
     if handled is None:
         handled = pa.array(np.ones(len(values), dtype=bool))
     settled = pc.or_(missing_mask, pc.and_(ascii_, pc.fill_null(handled, False)))
-    out = pc.if_else(pc.or_(missing_mask, pc.invert(settled)), pa.scalar(None, pa.string()),
-                     fast)
+    out = pc.if_else(pc.or_(missing_mask, pc.invert(settled)), pa.scalar(None, pa.string()), fast)
     others = pc.indices_nonzero(pc.invert(settled))
     extra_missing = 0
     if len(others):
@@ -455,19 +500,28 @@ def _normalise_each(kind: str, values: list[Any], region: str | None) -> tuple[p
 
 def _emails(lowered: pa.Array) -> tuple[pa.Array, None]:
     """ASCII e-mails: every value is settled here (valid or invalid)."""
-    valid = pc.fill_null(pc.and_(pc.less_equal(pc.utf8_length(lowered), 254),
-                                 pc.match_substring_regex(lowered, _EMAIL_RE2)), False)
+    valid = pc.fill_null(
+        pc.and_(
+            pc.less_equal(pc.utf8_length(lowered), 254),
+            pc.match_substring_regex(lowered, _EMAIL_RE2),
+        ),
+        False,
+    )
     # a valid address has one '@': its domain is Gmail's exactly when it ends so
-    gmail = functools.reduce(pc.or_, [pc.fill_null(pc.ends_with(lowered, "@" + d), False)
-                                      for d in sorted(GMAIL_DOMAINS)])
+    gmail = functools.reduce(
+        pc.or_, [pc.fill_null(pc.ends_with(lowered, "@" + d), False) for d in sorted(GMAIL_DOMAINS)]
+    )
     gmail = pc.and_(valid, gmail)
     out = pc.if_else(valid, lowered, pa.scalar(None, pa.string()))
     rows = pc.indices_nonzero(gmail)
     if len(rows):  # few rows: Gmail's dot and +tag rules on those only
         local = pc.struct_field(pc.extract_regex(pc.take(lowered, rows), r"^(?P<l>[^@]*)@"), "l")
         local = pc.replace_substring(pc.replace_substring_regex(local, r"\+.*$", ""), ".", "")
-        address = pc.if_else(pc.equal(local, ""), pa.scalar(None, pa.string()),
-                             pc.binary_join_element_wise(local, "gmail.com", "@"))
+        address = pc.if_else(
+            pc.equal(local, ""),
+            pa.scalar(None, pa.string()),
+            pc.binary_join_element_wise(local, "gmail.com", "@"),
+        )
         out = pc.replace_with_mask(out, gmail, address)
     return out, None
 
@@ -483,15 +537,22 @@ def _phones(trimmed: pa.Array, region: str | None) -> tuple[pa.Array, pa.Array]:
     digits = pc.replace_substring_regex(trimmed, r"[ ().-]", "")
     plus_cc = "+" + rules.country_code
     by_cc = pc.fill_null(pc.starts_with(digits, plus_cc), False)
-    national = pc.if_else(by_cc, pc.utf8_slice_codeunits(digits, len(plus_cc)),
-                          pa.scalar(None, pa.string()))
+    national = pc.if_else(
+        by_cc, pc.utf8_slice_codeunits(digits, len(plus_cc)), pa.scalar(None, pa.string())
+    )
     if rules.national_prefix:
-        by_prefix = pc.and_(pc.invert(by_cc),
-                            pc.fill_null(pc.starts_with(digits, rules.national_prefix), False))
-        national = pc.if_else(by_prefix, pc.utf8_slice_codeunits(
-            digits, len(rules.national_prefix)), national)
-    usable = pc.and_(shaped, pc.fill_null(pc.and_(
-        pc.not_equal(national, ""), pc.invert(pc.starts_with(national, "0"))), False))
+        by_prefix = pc.and_(
+            pc.invert(by_cc), pc.fill_null(pc.starts_with(digits, rules.national_prefix), False)
+        )
+        national = pc.if_else(
+            by_prefix, pc.utf8_slice_codeunits(digits, len(rules.national_prefix)), national
+        )
+    usable = pc.and_(
+        shaped,
+        pc.fill_null(
+            pc.and_(pc.not_equal(national, ""), pc.invert(pc.starts_with(national, "0"))), False
+        ),
+    )
     valid = pc.and_(usable, _rule_matches(national, rules.general))
     # valid for some number type: each type's patterns only on the rows no
     # earlier type took (mobile and fixed line first, which take nearly all)
@@ -505,21 +566,25 @@ def _phones(trimmed: pa.Array, region: str | None) -> tuple[pa.Array, pa.Array]:
         pending = pending[~hit]
     accepted = pa.array(accepted)
     e164 = pc.binary_join_element_wise("+" + rules.country_code, national, "")
-    return (pc.if_else(accepted, e164, pa.scalar(None, pa.string())),
-            pc.or_(accepted, too_long))
+    return (pc.if_else(accepted, e164, pa.scalar(None, pa.string())), pc.or_(accepted, too_long))
 
 
 def _rule_matches(national: pa.Array, rule: tuple[re.Pattern[str], frozenset[int]]) -> pa.Array:
     pattern, lengths = rule
     ok = pc.fill_null(pc.match_substring_regex(national, f"^(?:{pattern.pattern})$"), False)
     if lengths:
-        ok = pc.and_(ok, pc.fill_null(pc.is_in(pc.utf8_length(national),
-                                               pa.array(sorted(lengths), pa.int32())), False))
+        ok = pc.and_(
+            ok,
+            pc.fill_null(
+                pc.is_in(pc.utf8_length(national), pa.array(sorted(lengths), pa.int32())), False
+            ),
+        )
     return ok
 
 
-def _cast(column: pa.ChunkedArray, target: pa.DataType, ref: str, name: str,
-          timezone: str = "UTC") -> pa.Array:
+def _cast(
+    column: pa.ChunkedArray, target: pa.DataType, ref: str, name: str, timezone: str = "UTC"
+) -> pa.Array:
     try:
         return columns.convert(column, target, timezone)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
@@ -529,9 +594,14 @@ def _cast(column: pa.ChunkedArray, target: pa.DataType, ref: str, name: str,
         raise IngestError(
             f"{ref}: column {name}: {found.count} value(s) cannot be read as {found.expected}; "
             f"accepted: {found.accepted}",
-            {"dataset": ref, "column": name, "expected_type": found.expected,
-             "bad_rows": list(found.rows), "bad_count": found.count,
-             "accepted": found.accepted},
+            {
+                "dataset": ref,
+                "column": name,
+                "expected_type": found.expected,
+                "bad_rows": list(found.rows),
+                "bad_count": found.count,
+                "accepted": found.accepted,
+            },
         ) from None
 
 
@@ -549,9 +619,15 @@ def check_values(dataset: Dataset, table: pa.Table, has_id: pa.Array | None = No
             raise IngestError(
                 f"{dataset.ref}: column {column}: {len(rows)} value(s) {problem}; "
                 f"accepted: {accepted}",
-                {"dataset": dataset.ref, "column": column, "problem": problem,
-                 "bad_rows": rows[:columns.MAX_ROWS_SHOWN], "bad_count": len(rows),
-                 "accepted": accepted})
+                {
+                    "dataset": dataset.ref,
+                    "column": column,
+                    "problem": problem,
+                    "bad_rows": rows[: columns.MAX_ROWS_SHOWN],
+                    "bad_count": len(rows),
+                    "accepted": accepted,
+                },
+            )
 
 
 def _value_checks(dataset: Dataset, table: pa.Table):
@@ -563,25 +639,44 @@ def _value_checks(dataset: Dataset, table: pa.Table):
         column = table[attr.column]
         if attr.values:
             # an empty cell is an unknown value, not a wrong one
-            yield (attr.column, "not among the declared values", ", ".join(attr.values),
-                   pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column,
-                                                                   pa.array(attr.values)))))
+            yield (
+                attr.column,
+                "not among the declared values",
+                ", ".join(attr.values),
+                pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, pa.array(attr.values)))),
+            )
         if attr.min is not None:
-            yield (attr.column, f"below the declared min {attr.min:g}",
-                   f"values from {attr.min:g}", pc.less(column, attr.min))
+            yield (
+                attr.column,
+                f"below the declared min {attr.min:g}",
+                f"values from {attr.min:g}",
+                pc.less(column, attr.min),
+            )
         if attr.max is not None:
-            yield (attr.column, f"above the declared max {attr.max:g}",
-                   f"values up to {attr.max:g}", pc.greater(column, attr.max))
+            yield (
+                attr.column,
+                f"above the declared max {attr.max:g}",
+                f"values up to {attr.max:g}",
+                pc.greater(column, attr.max),
+            )
     for col in dataset.event_columns:
         if col in names:
             yield (col, "empty", "a value in every row", pc.is_null(table[col]))
     if dataset.group_column and dataset.group_column in names:
-        yield (dataset.group_column, "neither test nor control", "test, control",
-               pc.invert(pc.is_in(table[dataset.group_column], pa.array(("test", "control")))))
+        yield (
+            dataset.group_column,
+            "neither test nor control",
+            "test, control",
+            pc.invert(pc.is_in(table[dataset.group_column], pa.array(("test", "control")))),
+        )
     if dataset.amount_column and dataset.amount_column in names:
         amount = table[dataset.amount_column]
-        yield (dataset.amount_column, "negative or not a number", "amounts of 0 or more",
-               pc.or_(pc.less(amount, 0.0), pc.is_nan(amount)))
+        yield (
+            dataset.amount_column,
+            "negative or not a number",
+            "amounts of 0 or more",
+            pc.or_(pc.less(amount, 0.0), pc.is_nan(amount)),
+        )
 
 
 def _one_batch(table: pa.Table) -> pa.RecordBatch:

@@ -61,19 +61,32 @@ class LocalCollaboration:
             doc = json.loads((workdir / LOCAL_FILE).read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"{workdir / LOCAL_FILE}: missing or not JSON") from exc
-        return cls(workdir=workdir, definition=workdir / doc["definition"],
-                   approvals=[workdir / a for a in doc.get("approvals", [])],
-                   nodes={p: {d: str(workdir / s) for d, s in ds.items()}
-                          for p, ds in doc["nodes"].items()})
+        return cls(
+            workdir=workdir,
+            definition=workdir / doc["definition"],
+            approvals=[workdir / a for a in doc.get("approvals", [])],
+            nodes={
+                p: {d: str(workdir / s) for d, s in ds.items()} for p, ds in doc["nodes"].items()
+            },
+        )
 
     def save(self) -> None:
         def rel(p: Path | str) -> str:
             return os.path.relpath(p, self.workdir)
 
-        (self.workdir / LOCAL_FILE).write_text(json.dumps({
-            "definition": rel(self.definition), "approvals": [rel(a) for a in self.approvals],
-            "nodes": {p: {d: rel(s) for d, s in ds.items()} for p, ds in self.nodes.items()},
-        }, indent=2) + "\n")
+        (self.workdir / LOCAL_FILE).write_text(
+            json.dumps(
+                {
+                    "definition": rel(self.definition),
+                    "approvals": [rel(a) for a in self.approvals],
+                    "nodes": {
+                        p: {d: rel(s) for d, s in ds.items()} for p, ds in self.nodes.items()
+                    },
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     # -- processes -----------------------------------------------------------------------
 
@@ -88,16 +101,29 @@ class LocalCollaboration:
         log_fd = os.open(logs / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(log_fd, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", *args,
-                 "--ready-file", str(ready)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                [
+                    sys.executable,
+                    "-m",
+                    "sgxcloud.cli.main",
+                    "cleanroom",
+                    *args,
+                    "--ready-file",
+                    str(ready),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
         self.processes[name] = proc
         deadline = time.monotonic() + self.start_timeout
         while not ready.exists():
             if proc.poll() is not None:
                 tail = (logs / f"{name}.log").read_text(errors="replace").strip().splitlines()
-                raise LocalProcessError(f"{name} exited with status {proc.returncode}: "
-                                        + (tail[-1] if tail else "no output"))
+                raise LocalProcessError(
+                    f"{name} exited with status {proc.returncode}: "
+                    + (tail[-1] if tail else "no output")
+                )
             if time.monotonic() > deadline:
                 raise LocalProcessError(f"{name} did not become ready in time")
             time.sleep(0.05)
@@ -105,8 +131,18 @@ class LocalCollaboration:
 
     def start_nodes(self) -> None:
         for provider, datasets in self.nodes.items():
-            args = ["node", "--definition", str(self.definition), "--provider", provider,
-                    "--listen", "127.0.0.1:0", "--simulate", "--allow-simulated", "--verbose"]
+            args = [
+                "node",
+                "--definition",
+                str(self.definition),
+                "--provider",
+                provider,
+                "--listen",
+                "127.0.0.1:0",
+                "--simulate",
+                "--allow-simulated",
+                "--verbose",
+            ]
             for name, source in datasets.items():
                 args += ["--dataset", f"{name}={source}"]
             for approval in self.approvals:
@@ -115,9 +151,20 @@ class LocalCollaboration:
             self.addresses[provider] = (info["host"], info["port"])
 
     def start_coordinator(self) -> None:
-        args = ["coordinator", "--definition", str(self.definition), "--workdir",
-                str(self.workdir / "coordinator"), "--listen", "127.0.0.1:0", "--simulate",
-                "--allow-simulated", "--metrics-listen", "127.0.0.1:0", "--verbose"]
+        args = [
+            "coordinator",
+            "--definition",
+            str(self.definition),
+            "--workdir",
+            str(self.workdir / "coordinator"),
+            "--listen",
+            "127.0.0.1:0",
+            "--simulate",
+            "--allow-simulated",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--verbose",
+        ]
         for provider, (host, port) in self.addresses.items():
             args += ["--node", f"{provider}={host}:{port}"]
         for approval in self.approvals:
@@ -140,10 +187,14 @@ class LocalCollaboration:
         return {name: p.pid for name, p in self.processes.items() if p.poll() is None}
 
     def describe(self) -> dict[str, Any]:
-        return {"simulated": True, "url": self.url, "metrics": self.metrics_url,
-                "pids": self.pids(),
-                "nodes": {p: f"{h}:{port}" for p, (h, port) in self.addresses.items()},
-                "datasets": self.ingestion}
+        return {
+            "simulated": True,
+            "url": self.url,
+            "metrics": self.metrics_url,
+            "pids": self.pids(),
+            "nodes": {p: f"{h}:{port}" for p, (h, port) in self.addresses.items()},
+            "datasets": self.ingestion,
+        }
 
     def wait(self) -> None:
         try:
@@ -181,9 +232,14 @@ EXAMPLE_DEFINITION = Path(__file__).with_name("example_collaboration.yaml")
 :mod:`sgxcloud.cleanroom.datagen`."""
 
 
-def example_definition(public_keys: dict[str, str] | None = None, *,
-                       allow_simulated: bool = True, min_group_size: int | None = None,
-                       dp: bool | None = None, dp_budget: float | None = None) -> dict[str, Any]:
+def example_definition(
+    public_keys: dict[str, str] | None = None,
+    *,
+    allow_simulated: bool = True,
+    min_group_size: int | None = None,
+    dp: bool | None = None,
+    dp_budget: float | None = None,
+) -> dict[str, Any]:
     """The worked collaboration as a document, with each party's key replaced.
 
     The example file carries keys derived from public strings; a real run
@@ -209,10 +265,17 @@ def example_definition(public_keys: dict[str, str] | None = None, *,
     return doc
 
 
-def prepare_example(workdir: Path, people: int = 20_000, *, allow_simulated: bool = True,
-                    min_group_size: int | None = None, dp: bool | None = None,
-                    dp_budget: float | None = None, fmt: str = "parquet",
-                    progress=None) -> LocalCollaboration:
+def prepare_example(
+    workdir: Path,
+    people: int = 20_000,
+    *,
+    allow_simulated: bool = True,
+    min_group_size: int | None = None,
+    dp: bool | None = None,
+    dp_budget: float | None = None,
+    fmt: str = "parquet",
+    progress=None,
+) -> LocalCollaboration:
     """Fresh keys for every party, the definition, every provider's approval and
     synthetic data for ``people`` people: a ready-to-start local collaboration."""
     import yaml
@@ -234,24 +297,30 @@ def prepare_example(workdir: Path, people: int = 20_000, *, allow_simulated: boo
         path = workdir / "keys" / f"{party}.pem"
         path.touch(mode=0o600)
         path.write_bytes(private_key_to_pem(key))
-    doc = example_definition({p: encode_public_key(k) for p, k in keys.items()},
-                             allow_simulated=allow_simulated, min_group_size=min_group_size,
-                             dp=dp, dp_budget=dp_budget)
+    doc = example_definition(
+        {p: encode_public_key(k) for p, k in keys.items()},
+        allow_simulated=allow_simulated,
+        min_group_size=min_group_size,
+        dp=dp,
+        dp_budget=dp_budget,
+    )
     (workdir / "definition.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     definition = definition_from_dict(doc)
     (workdir / "approvals").mkdir(exist_ok=True)
     approvals = []
     for provider in definition.providers:
         path = workdir / "approvals" / f"{provider}.json"
-        path.write_text(json.dumps(approve(definition, provider, keys[provider]).to_dict(),
-                                   indent=2) + "\n")
+        path.write_text(
+            json.dumps(approve(definition, provider, keys[provider]).to_dict(), indent=2) + "\n"
+        )
         approvals.append(path)
     data = generate(workdir / "data", people=people, fmt=fmt, progress=progress)
     nodes: dict[str, dict[str, str]] = {}
     for ref, path in data.files.items():
         provider, dataset = ref.split(".")
         nodes.setdefault(provider, {})[dataset] = str(path)
-    collab = LocalCollaboration(workdir=workdir, definition=workdir / "definition.yaml",
-                                approvals=approvals, nodes=nodes)
+    collab = LocalCollaboration(
+        workdir=workdir, definition=workdir / "definition.yaml", approvals=approvals, nodes=nodes
+    )
     collab.save()
     return collab

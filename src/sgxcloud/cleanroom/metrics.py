@@ -83,7 +83,6 @@ class CoordinatorMetrics:
         self.registry.register(_StateCollector(coordinator))
 
 
-
 def check_metrics_address(host: str) -> None:
     """Refuse a metrics listener anyone but this host could reach."""
     try:
@@ -107,11 +106,11 @@ def serve_metrics(metrics: CoordinatorMetrics, host: str, port: int) -> Any:
     """
     check_metrics_address(host)
     try:
-        server, _thread = start_http_server(port, addr=host.strip("[]"),
-                                            registry=metrics.registry)
+        server, _thread = start_http_server(port, addr=host.strip("[]"), registry=metrics.registry)
     except OSError as exc:
-        raise InputError(f"cannot listen for metrics on {host}:{port} "
-                         f"({exc.strerror or exc})") from None
+        raise InputError(
+            f"cannot listen for metrics on {host}:{port} ({exc.strerror or exc})"
+        ) from None
     return server
 
 
@@ -194,8 +193,7 @@ class MeasuredCoordinator:
         return result
 
 
-def measured_app(coordinator: Any, metrics: CoordinatorMetrics,
-                 **app_options: Any) -> Any:
+def measured_app(coordinator: Any, metrics: CoordinatorMetrics, **app_options: Any) -> Any:
     """The coordinator's API with queries measured into ``metrics`` (served apart:
     :func:`serve_metrics`); ``app_options``, e.g. request limits, go to ``create_app``."""
     from sgxcloud.cleanroom.coordinator.app import create_app

@@ -61,8 +61,13 @@ WRITE_STALL_S = 60.0
 """How long one write of an answer may stall: the coordinator takes each 1 MiB
 frame into a staging file as it arrives."""
 MAX_LINES_SHOWN = 5
-SOURCE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
-                   ".duckdb": "duckdb", ".db": "duckdb"}
+SOURCE_SUFFIXES = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".duckdb": "duckdb",
+    ".db": "duckdb",
+}
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,15 @@ def read_batches(source: Source, columns: list[str], batch_rows: int) -> Iterato
     except IngestError:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise IngestError(f"{source.describe()}: {_safe_reason(exc)}",
-                          {"problem": "malformed_file"}) from None
+        raise IngestError(
+            f"{source.describe()}: {_safe_reason(exc)}", {"problem": "malformed_file"}
+        ) from None
     except Exception as exc:  # DuckDB's own error classes
         if type(exc).__module__.startswith("duckdb"):
-            raise IngestError(f"{source.describe()}: cannot read table ({type(exc).__name__})",
-                              {"problem": "malformed_file"}) from None
+            raise IngestError(
+                f"{source.describe()}: cannot read table ({type(exc).__name__})",
+                {"problem": "malformed_file"},
+            ) from None
         raise
 
 
@@ -158,17 +166,25 @@ def _csv_batches(source: Source, columns: list[str], batch_rows: int):
         return "skip"
 
     parse = pacsv.ParseOptions(invalid_row_handler=skip)
-    with pacsv.open_csv(source.path, read_options=pacsv.ReadOptions(block_size=1 << 20),
-                        parse_options=parse,
-                        convert_options=pacsv.ConvertOptions(column_types={})) as probe:
+    with pacsv.open_csv(
+        source.path,
+        read_options=pacsv.ReadOptions(block_size=1 << 20),
+        parse_options=parse,
+        convert_options=pacsv.ConvertOptions(column_types={}),
+    ) as probe:
         _require(probe.schema.names, columns, source)
     invalid.clear()
-    convert = pacsv.ConvertOptions(include_columns=columns,
-                                   column_types={c: pa.string() for c in columns},
-                                   strings_can_be_null=True)
-    with pacsv.open_csv(source.path, read_options=pacsv.ReadOptions(block_size=4 << 20),
-                        parse_options=parse,
-                        convert_options=convert) as reader:
+    convert = pacsv.ConvertOptions(
+        include_columns=columns,
+        column_types={c: pa.string() for c in columns},
+        strings_can_be_null=True,
+    )
+    with pacsv.open_csv(
+        source.path,
+        read_options=pacsv.ReadOptions(block_size=4 << 20),
+        parse_options=parse,
+        convert_options=convert,
+    ) as reader:
         for batch in reader:
             if invalid:
                 raise _field_count_error(source, invalid[0])
@@ -204,16 +220,22 @@ def csv_lines(path: Path, rows: list[int]) -> dict[int, int]:
 
 
 def _field_count_error(source: Source, expected: int) -> IngestError:
-    bad = [(line, len(fields)) for line, fields in csv_records(source.path)
-           if len(fields) != expected]
+    bad = [
+        (line, len(fields)) for line, fields in csv_records(source.path) if len(fields) != expected
+    ]
     shown = ", ".join(f"line {line} has {n}" for line, n in bad[:MAX_LINES_SHOWN])
     more = f" and {len(bad) - MAX_LINES_SHOWN} more line(s)" if len(bad) > MAX_LINES_SHOWN else ""
     return IngestError(
         f"{source.describe()}: {len(bad) or 'some'} line(s) do not have the header's "
         f"{expected} fields: {shown or 'lines not found'}{more}; a value containing a comma, "
         "quote or line break must be in double quotes",
-        {"problem": "field_count", "expected_fields": expected,
-         "lines": [line for line, _ in bad[:MAX_LINES_SHOWN]], "count": len(bad)})
+        {
+            "problem": "field_count",
+            "expected_fields": expected,
+            "lines": [line for line, _ in bad[:MAX_LINES_SHOWN]],
+            "count": len(bad),
+        },
+    )
 
 
 def _parquet_batches(source: Source, columns: list[str], batch_rows: int):
@@ -226,12 +248,15 @@ def _duckdb_batches(source: Source, columns: list[str], batch_rows: int):
     import duckdb
 
     with duckdb.connect(str(source.path), read_only=True) as con:
-        names = [r[0] for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
-            [source.table]).fetchall()]
+        names = [
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                [source.table],
+            ).fetchall()
+        ]
         if not names:
-            raise IngestError(f"{source.describe()}: no such table",
-                              {"problem": "schema_mismatch"})
+            raise IngestError(f"{source.describe()}: no such table", {"problem": "schema_mismatch"})
         _require(names, columns, source)
         # Column names come from the validated definition and the table name matched
         # an identifier pattern in Source.parse, so quoting them is enough.
@@ -239,8 +264,11 @@ def _duckdb_batches(source: Source, columns: list[str], batch_rows: int):
         query = f'SELECT {select} FROM "{source.table}"'  # noqa: S608
         # A relation streams (DuckDB >= 2); the older cursor API is the fallback.
         relation = con.sql(query)
-        reader = (relation.to_arrow_reader(batch_rows) if hasattr(relation, "to_arrow_reader")
-                  else relation.fetch_arrow_reader(batch_rows))
+        reader = (
+            relation.to_arrow_reader(batch_rows)
+            if hasattr(relation, "to_arrow_reader")
+            else relation.fetch_arrow_reader(batch_rows)
+        )
         for batch in reader:
             yield from _split(batch, batch_rows)
 
@@ -285,8 +313,10 @@ class NodeConfig:
         declared = {d.name for d in self.definition.datasets_of(self.provider)}
         unknown = sorted(set(self.sources) - declared)
         if unknown:
-            raise InputError(f"dataset(s) {', '.join(unknown)} are not declared for "
-                             f"{self.provider} in the definition")
+            raise InputError(
+                f"dataset(s) {', '.join(unknown)} are not declared for "
+                f"{self.provider} in the definition"
+            )
 
 
 class _FrameSink:
@@ -332,11 +362,22 @@ class ProviderNode:
         if config.allow_simulated and self.definition.enclaves.allow_simulated:
             log.warning(SIMULATION_WARNING)
         self.server = AttestedServer(
-            host, port, TlsIdentity.generate(f"node-{config.provider}"), "node",
-            peer_policy(self.definition, "coordinator", config.collateral_source,
-                        allow_simulated=config.allow_simulated),
-            local_attester(self.definition, "node", simulate=config.simulate,
-                           mrenclave=config.simulate_mrenclave),
+            host,
+            port,
+            TlsIdentity.generate(f"node-{config.provider}"),
+            "node",
+            peer_policy(
+                self.definition,
+                "coordinator",
+                config.collateral_source,
+                allow_simulated=config.allow_simulated,
+            ),
+            local_attester(
+                self.definition,
+                "node",
+                simulate=config.simulate,
+                mrenclave=config.simulate_mrenclave,
+            ),
             self._serve_session,
             on_refusal=lambda reason: self._event("refused", reason=reason),
             # No HELLO extra: it goes to the peer before its evidence is checked,
@@ -367,8 +408,11 @@ class ProviderNode:
     # -- one session ------------------------------------------------------------------
 
     def _serve_session(self, channel: AttestedChannel) -> None:
-        self._event("session", coordinator=channel.peer.identity.mrenclave[:16],
-                    simulated=channel.peer.simulated)
+        self._event(
+            "session",
+            coordinator=channel.peer.identity.mrenclave[:16],
+            simulated=channel.peer.simulated,
+        )
         while True:
             # Idle while waiting here (the listener may give the place away or
             # close it after IDLE_TIMEOUT_S); the request, once read, is never cut.
@@ -392,9 +436,13 @@ class ProviderNode:
         full DCAP quote check), so a stranger's opening costs no quote check
         (red team attack-rt6, lead)."""
         assert self.config.coordinator is not None
-        check_session_proof(opening.evidence, self.config.coordinator,
-                            self.definition.definition_hash(), opening.nonce,
-                            opening.peer_key)
+        check_session_proof(
+            opening.evidence,
+            self.config.coordinator,
+            self.definition.definition_hash(),
+            opening.nonce,
+            opening.peer_key,
+        )
 
     def _admit(self, _peer: Any, opening: Opening) -> None:
         """No data without every provider's approval of this definition and these
@@ -410,17 +458,25 @@ class ProviderNode:
         if self.config.provider not in status.valid:
             raise PeerRefused(
                 f"no valid approval from {self.config.provider} of definition "
-                f"{self.definition.definition_hash()[:16]}… and its enclaves")
+                f"{self.definition.definition_hash()[:16]}… and its enclaves"
+            )
         if not status.complete:
-            raise PeerRefused("approvals incomplete: missing or invalid from "
-                              + ", ".join((*status.missing, *status.invalid)))
+            raise PeerRefused(
+                "approvals incomplete: missing or invalid from "
+                + ", ".join((*status.missing, *status.invalid))
+            )
 
     def _describe(self) -> dict[str, Any]:
         datasets = []
         for ds in self.definition.datasets_of(self.config.provider):
             source = self.config.sources.get(ds.name)
-            datasets.append({"dataset": ds.name, "available": source is not None,
-                             "columns": list(self.definition.columns_needed(ds.ref))})
+            datasets.append(
+                {
+                    "dataset": ds.name,
+                    "available": source is not None,
+                    "columns": list(self.definition.columns_needed(ds.ref)),
+                }
+            )
         return {"provider": self.config.provider, "datasets": datasets}
 
     def _send_dataset(self, channel: AttestedChannel, request: dict[str, Any]) -> None:
@@ -437,8 +493,9 @@ class ProviderNode:
         if len(key) != KEY_BYTES:
             channel.refuse("bad_request", "the re-keying key must be 32 bytes")
             return
-        batch_rows = min(int(request.get("batch_rows") or self.config.batch_rows),
-                         self.config.batch_rows)
+        batch_rows = min(
+            int(request.get("batch_rows") or self.config.batch_rows), self.config.batch_rows
+        )
         try:
             trailer = self._stream(channel, ds, source, key, batch_rows)
         except IngestError as exc:
@@ -449,8 +506,9 @@ class ProviderNode:
             return
         self._event("sent", dataset=name, rows=trailer["rows"], bytes=trailer["bytes"])
 
-    def _stream(self, channel: AttestedChannel, ds: Dataset, source: Source, key: bytes,
-                batch_rows: int) -> dict[str, Any]:
+    def _stream(
+        self, channel: AttestedChannel, ds: Dataset, source: Source, key: bytes, batch_rows: int
+    ) -> dict[str, Any]:
         columns = list(self.definition.columns_needed(ds.ref))
         report = PrepareReport(ds.ref)
         sink = _FrameSink(channel)
@@ -470,13 +528,19 @@ class ProviderNode:
             writer.write_batch(prepared)
             batches += 1
         if writer is None:
-            raise IngestError(f"{source.describe()}: no data rows (a header alone, or an "
-                              "empty table)", {"problem": "empty"})
+            raise IngestError(
+                f"{source.describe()}: no data rows (a header alone, or an empty table)",
+                {"problem": "empty"},
+            )
         writer.close()
         sink.flush()
         self._check_identifiers(ds, source, report)
-        trailer = {"rows": report.rows_out, "batches": batches, "bytes": sink.bytes_sent,
-                   "report": report.to_dict()}
+        trailer = {
+            "rows": report.rows_out,
+            "batches": batches,
+            "bytes": sink.bytes_sent,
+            "report": report.to_dict(),
+        }
         channel.frames.send_json(Kind.END, trailer)
         return trailer
 
@@ -484,8 +548,9 @@ class ProviderNode:
         check_identifier_share(ds, source, report, self.config.max_invalid_fraction)
 
 
-def check_identifier_share(ds: Dataset, source: Source, report: PrepareReport,
-                           limit: float) -> None:
+def check_identifier_share(
+    ds: Dataset, source: Source, report: PrepareReport, limit: float
+) -> None:
     """Refuse a dataset when too many rows have unusable identifiers.  Counts only:
     the rows and values are shown by ``node check``, on the provider's machine."""
     invalid = sum(report.invalid.values())
@@ -518,9 +583,13 @@ def locate(exc: IngestError, ds: Dataset, source: Source, offset: int) -> Ingest
         numbers = [r + 1 for r in rows]
     count = int(report.get("bad_count", len(rows)))
     more = f" and {count - len(rows)} more" if count > len(rows) else ""
-    report.update(bad_rows=[r + 1 for r in rows], file=source.describe(),
-                  **({"lines": numbers} if source.format == "csv" else {}))
+    report.update(
+        bad_rows=[r + 1 for r in rows],
+        file=source.describe(),
+        **({"lines": numbers} if source.format == "csv" else {}),
+    )
     detail = str(exc).split(": ", 1)[1] if str(exc).startswith(ds.ref + ": ") else str(exc)
-    return IngestError(f"{ds.ref}: {source.describe()}, {where} "
-                       f"{', '.join(map(str, numbers))}{more}: {detail}", report)
-
+    return IngestError(
+        f"{ds.ref}: {source.describe()}, {where} {', '.join(map(str, numbers))}{more}: {detail}",
+        report,
+    )

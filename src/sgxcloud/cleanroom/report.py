@@ -28,16 +28,19 @@ ALL = "(all)"
 # an interval propagated from their parts.  All of it follows from the signed
 # privacy block of the result and the public definition parameters in it.
 
-BASE_LIFT_METRICS = {"people": "count", "converters": "count", "purchases": "purchases",
-                     "revenue": "revenue"}
+BASE_LIFT_METRICS = {
+    "people": "count",
+    "converters": "count",
+    "purchases": "purchases",
+    "revenue": "revenue",
+}
 LAPLACE_95 = 2.1183  # ln(20)/sqrt(2): a Laplace draw lies within this many sd 95% of the time
 GAUSS_95 = 1.96
 
 
-def _draw_sd(dp: dict[str, Any], sensitivity: float, epsilon: float,
-             delta: float | None) -> float:
+def _draw_sd(dp: dict[str, Any], sensitivity: float, epsilon: float, delta: float | None) -> float:
     if dp.get("mechanism", "laplace") == "laplace":
-        return sensitivity / epsilon * 2 ** 0.5
+        return sensitivity / epsilon * 2**0.5
     from sgxcloud.cleanroom.privacy.dp import _gaussian_scale
 
     return _gaussian_scale(float(sensitivity), float(epsilon), float(delta or 1e-6))
@@ -58,15 +61,16 @@ def noise_sd(result: Result, cell: Cell) -> float | None:
         datasets = result.query.get("datasets") or []
         members = len(cell.dims.get("datasets", "").split("+"))
         draws = 2 ** max(0, len(datasets) - members)  # the Venn regions summed
-        return _draw_sd(dp, 1.0, eps, dp.get("delta")) * draws ** 0.5
+        return _draw_sd(dp, 1.0, eps, dp.get("delta")) * draws**0.5
     if result.template == "campaign_lift" and cell.metric in BASE_LIFT_METRICS:
         measures = int(dp.get("measures") or 1)
         delta = dp["delta"] / measures if dp.get("delta") else None
         bounds = dp.get("contribution_bounds") or {}
-        sensitivity = {"count": 1.0,
-                       "purchases": float(bounds.get("max_purchases_per_person", 1)),
-                       "revenue": float(bounds.get("max_revenue_per_person", 1))
-                       }[BASE_LIFT_METRICS[cell.metric]]
+        sensitivity = {
+            "count": 1.0,
+            "purchases": float(bounds.get("max_purchases_per_person", 1)),
+            "revenue": float(bounds.get("max_revenue_per_person", 1)),
+        }[BASE_LIFT_METRICS[cell.metric]]
         sd = _draw_sd(dp, sensitivity, eps, delta)
         segments = {c.dims.get("segment") for c in result.cells} - {ALL, None}
         if cell.dims.get("segment") == ALL and segments:
@@ -93,8 +97,10 @@ def noise_interval(result: Result, cell: Cell) -> tuple[float, float] | None:
     margin = noise_margin(result, cell)
     if margin is not None:
         return max(0.0, cell.value - margin), cell.value + margin
-    if result.template == "campaign_lift" and cell.metric in ("conversion_rate",
-                                                              "revenue_per_person"):
+    if result.template == "campaign_lift" and cell.metric in (
+        "conversion_rate",
+        "revenue_per_person",
+    ):
         top = "converters" if cell.metric == "conversion_rate" else "revenue"
         dims = dict(cell.dims)
         try:
@@ -163,15 +169,29 @@ def chart_png(result: Result) -> bytes:
             rate = _value(cells, "conversion_rate", seg, arm)
             if rate is None:
                 left.bar(x, 0.002, width, color="white", edgecolor="#c05621", hatch="//")
-                left.annotate("suppressed", (x, 0.004), ha="center", va="bottom", rotation=90,
-                              fontsize=7, color="#c05621")
+                left.annotate(
+                    "suppressed",
+                    (x, 0.004),
+                    ha="center",
+                    va="bottom",
+                    rotation=90,
+                    fontsize=7,
+                    color="#c05621",
+                )
                 continue
             ci = wilson(_value(cells, "converters", seg, arm), _value(cells, "people", seg, arm))
             # Under DP the rate is noised apart from the counts the interval comes
             # from, so it may lie outside it: no bar below the rate (or above).
             err = [[max(rate - ci[0], 0.0)], [max(ci[1] - rate, 0.0)]] if ci else None
-            left.bar(x, rate, width, color=colors[arm], yerr=err, capsize=3,
-                     label=arm if i == 0 else None)
+            left.bar(
+                x,
+                rate,
+                width,
+                color=colors[arm],
+                yerr=err,
+                capsize=3,
+                label=arm if i == 0 else None,
+            )
     left.set_xticks(range(len(segs)), segs, rotation=20, ha="right")
     left.set_ylabel("conversion rate")
     left.set_title("Conversion rate, test vs control (95% CI)")
@@ -180,14 +200,27 @@ def chart_png(result: Result) -> bytes:
         lift = _value(cells, "conversion_lift_rel", seg)
         if lift is None:
             right.plot(i, 0, marker="x", color="#c05621")
-            right.annotate("suppressed", (i, 0), textcoords="offset points", xytext=(0, 6),
-                           ha="center", fontsize=7, color="#c05621")
+            right.annotate(
+                "suppressed",
+                (i, 0),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+                color="#c05621",
+            )
             continue
         low = _value(cells, "conversion_lift_rel_ci_low", seg)
         high = _value(cells, "conversion_lift_rel_ci_high", seg)
         err = [[lift - low], [high - lift]] if low is not None and high is not None else None
-        right.errorbar(i, lift * 100, yerr=[[e[0] * 100] for e in err] if err else None,
-                       fmt="o", color="#2b6cb0", capsize=4)
+        right.errorbar(
+            i,
+            lift * 100,
+            yerr=[[e[0] * 100] for e in err] if err else None,
+            fmt="o",
+            color="#2b6cb0",
+            capsize=4,
+        )
     right.axhline(0, color="black", linewidth=0.8)
     right.set_xticks(range(len(segs)), segs, rotation=20, ha="right")
     right.set_ylabel("relative lift (%)")
@@ -199,8 +232,16 @@ def chart_png(result: Result) -> bytes:
     return buffer.getvalue()
 
 
-def _fmt(cells, metric: str, seg: str, arm: str = "", pct: bool = False, money: bool = False,
-         digits: int = 1, result: Result | None = None) -> str:
+def _fmt(
+    cells,
+    metric: str,
+    seg: str,
+    arm: str = "",
+    pct: bool = False,
+    money: bool = False,
+    digits: int = 1,
+    result: Result | None = None,
+) -> str:
     if _suppressed(cells, metric, seg, arm):
         return '<span class="sup">suppressed (&lt; k)</span>'
     value = _value(cells, metric, seg, arm)
@@ -215,8 +256,10 @@ def _fmt(cells, metric: str, seg: str, arm: str = "", pct: bool = False, money: 
             wide = ' class="wide"' if margin > abs(value) else ""
             text += f"<br><small{wide}>± {_plain(margin, pct, money, digits)} noise</small>"
         elif interval is not None:
-            text += (f"<br><small>[{_plain(interval[0], pct, money, digits)}, "
-                     f"{_plain(interval[1], pct, money, digits)}] with noise</small>")
+            text += (
+                f"<br><small>[{_plain(interval[0], pct, money, digits)}, "
+                f"{_plain(interval[1], pct, money, digits)}] with noise</small>"
+            )
     return text
 
 
@@ -237,8 +280,11 @@ def _ci(cells, metric: str, seg: str, pct: bool = False, money: bool = False) ->
         return ""
     if pct:
         return f" <small>[{low * 100:.2f}%, {high * 100:.2f}%]</small>"
-    return f" <small>[{low:,.2f}, {high:,.2f}]</small>" if money else \
-        f" <small>[{low:,.1f}, {high:,.1f}]</small>"
+    return (
+        f" <small>[{low:,.2f}, {high:,.2f}]</small>"
+        if money
+        else f" <small>[{low:,.1f}, {high:,.1f}]</small>"
+    )
 
 
 def lift_report_html(result: Result, *, simulated: bool, title: str | None = None) -> str:
@@ -253,28 +299,38 @@ def lift_report_html(result: Result, *, simulated: bool, title: str | None = Non
         rows.append(
             "<tr>"
             f"<th>{esc(seg)}</th>"
-            + "".join(f"<td>{_fmt(cells, 'people', seg, arm, result=result)}</td>"
-                      f"<td>{_fmt(cells, 'converters', seg, arm, result=result)}</td>"
-                      f"<td>{_fmt(cells, 'conversion_rate', seg, arm, pct=True, result=result)}"
-                      "</td>"
-                      f"<td>{_fmt(cells, 'revenue', seg, arm, money=True, result=result)}</td>"
-                      f"<td>{_fmt(cells, 'revenue_per_person', seg, arm, False, True, 1, result)}"
-                      "</td>"
-                      for arm in ARMS)
+            + "".join(
+                f"<td>{_fmt(cells, 'people', seg, arm, result=result)}</td>"
+                f"<td>{_fmt(cells, 'converters', seg, arm, result=result)}</td>"
+                f"<td>{_fmt(cells, 'conversion_rate', seg, arm, pct=True, result=result)}"
+                "</td>"
+                f"<td>{_fmt(cells, 'revenue', seg, arm, money=True, result=result)}</td>"
+                f"<td>{_fmt(cells, 'revenue_per_person', seg, arm, False, True, 1, result)}"
+                "</td>"
+                for arm in ARMS
+            )
             + f"<td>{_fmt(cells, 'conversion_lift_abs', seg, pct=True)}"
-              f"{_ci(cells, 'conversion_lift_abs', seg, pct=True)}</td>"
+            f"{_ci(cells, 'conversion_lift_abs', seg, pct=True)}</td>"
             + f"<td>{_fmt(cells, 'conversion_lift_rel', seg, pct=True)}"
-              f"{_ci(cells, 'conversion_lift_rel', seg, pct=True)}</td>"
+            f"{_ci(cells, 'conversion_lift_rel', seg, pct=True)}</td>"
             + f"<td>{_fmt(cells, 'conversion_p_value', seg, digits=4)}</td>"
             + f"<td>{_fmt(cells, 'incremental_conversions', seg)}"
-              f"{_ci(cells, 'incremental_conversions', seg)}</td>"
+            f"{_ci(cells, 'incremental_conversions', seg)}</td>"
             + f"<td>{_fmt(cells, 'incremental_revenue', seg, money=True)}"
-              f"{_ci(cells, 'incremental_revenue', seg, money=True)}</td>"
-            "</tr>")
-    banner = ('<div class="sim">SIMULATED attestation: this result was produced without SGX '
-              "hardware and proves nothing about confidentiality.</div>") if simulated else ""
-    privacy = "".join(f"<li>{esc(str(k))}: {esc(str(v))}</li>"
-                      for k, v in sorted(result.privacy.items()))
+            f"{_ci(cells, 'incremental_revenue', seg, money=True)}</td>"
+            "</tr>"
+        )
+    banner = (
+        (
+            '<div class="sim">SIMULATED attestation: this result was produced without SGX '
+            "hardware and proves nothing about confidentiality.</div>"
+        )
+        if simulated
+        else ""
+    )
+    privacy = "".join(
+        f"<li>{esc(str(k))}: {esc(str(v))}</li>" for k, v in sorted(result.privacy.items())
+    )
     heading = esc(title or f"Campaign lift — {result.collaboration} / {result.analysis}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{heading}</title>
@@ -311,8 +367,9 @@ the chart are Wilson intervals from the released counts.</small></p>
 """
 
 
-ARM_HEADINGS = ("<th>people</th><th>converters</th><th>rate</th><th>revenue</th>"
-                "<th>revenue/person</th>")
+ARM_HEADINGS = (
+    "<th>people</th><th>converters</th><th>rate</th><th>revenue</th><th>revenue/person</th>"
+)
 SEGMENTS_SHOWN = 12
 """Segments in the report's table before the rest is collapsed (and in the chart)."""
 
@@ -320,20 +377,25 @@ SEGMENTS_SHOWN = 12
 def _more_rows(rows: list[str]) -> str:
     if not rows:
         return ""
-    return (f"<details><summary>{len(rows)} more segment(s)</summary><table>"
-            + "".join(rows) + "</table></details>")
+    return (
+        f"<details><summary>{len(rows)} more segment(s)</summary><table>"
+        + "".join(rows)
+        + "</table></details>"
+    )
 
 
 def _noise_note(result: Result) -> str:
     dp = (result.privacy or {}).get("differential_privacy")
     if not dp:
         return ""
-    return (f"<p class=\"dp\">Differential privacy: {html.escape(str(dp.get('mechanism')))} "
-            f"noise, ε = {html.escape(str(dp.get('epsilon')))} for this query. Under each noised "
-            "figure, ± is the 95% margin of the noise added to it (marked when larger than the "
-            "figure itself: such a figure says little); rates show the interval their noised "
-            "parts allow. Lifts, p-values and their confidence intervals are computed from the "
-            "noised figures and cover sampling error only.</p>")
+    return (
+        f'<p class="dp">Differential privacy: {html.escape(str(dp.get("mechanism")))} '
+        f"noise, ε = {html.escape(str(dp.get('epsilon')))} for this query. Under each noised "
+        "figure, ± is the 95% margin of the noise added to it (marked when larger than the "
+        "figure itself: such a figure says little); rates show the interval their noised "
+        "parts allow. Lifts, p-values and their confidence intervals are computed from the "
+        "noised figures and cover sampling error only.</p>"
+    )
 
 
 def write_lift_report(result: Result, path: str | Path, *, simulated: bool) -> Path:
@@ -345,6 +407,13 @@ def write_lift_report(result: Result, path: str | Path, *, simulated: bool) -> P
 def summary(result: Result) -> dict[str, Any]:
     """Headline numbers of the overall segment (for consoles and demo summaries)."""
     cells = _index(result)
-    return {m: _value(cells, m, ALL) for m in (
-        "conversion_lift_abs", "conversion_lift_rel", "conversion_p_value",
-        "incremental_conversions", "incremental_revenue")}
+    return {
+        m: _value(cells, m, ALL)
+        for m in (
+            "conversion_lift_abs",
+            "conversion_lift_rel",
+            "conversion_p_value",
+            "incremental_conversions",
+            "incremental_revenue",
+        )
+    }

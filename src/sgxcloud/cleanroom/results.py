@@ -113,11 +113,29 @@ class Result:
     def from_dict(cls, doc: Any) -> Result:
         try:
             cells = tuple(Cell(**c) for c in doc["cells"])
-            body = {k: doc[k] for k in (
-                "result_id", "collaboration", "definition_hash", "analysis", "template", "query",
-                "query_hash", "privacy", "released_at", "signer", "signature", "format")}
-            return cls(cells=cells, recipients=tuple(doc["recipients"]),
-                       digest_key=doc.get("digest_key", ""), **body)
+            body = {
+                k: doc[k]
+                for k in (
+                    "result_id",
+                    "collaboration",
+                    "definition_hash",
+                    "analysis",
+                    "template",
+                    "query",
+                    "query_hash",
+                    "privacy",
+                    "released_at",
+                    "signer",
+                    "signature",
+                    "format",
+                )
+            }
+            return cls(
+                cells=cells,
+                recipients=tuple(doc["recipients"]),
+                digest_key=doc.get("digest_key", ""),
+                **body,
+            )
         except (KeyError, TypeError) as exc:
             raise ResultSignatureError("not a clean room result document") from exc
 
@@ -132,8 +150,9 @@ class Result:
         except json.JSONDecodeError as exc:
             raise ResultSignatureError("not a clean room result document (bad JSON)") from exc
         except RecursionError as exc:
-            raise ResultSignatureError("not a clean room result document (nested too deeply)") \
-                from exc
+            raise ResultSignatureError(
+                "not a clean room result document (nested too deeply)"
+            ) from exc
 
 
 def load_result(path: str | Path) -> Result:
@@ -154,14 +173,16 @@ def _digest_key(result: Result) -> bytes:
     if result.format == RESULT_FORMAT_V1:
         raise ResultDigestError(
             f"result {result.result_id} is of format v1 (written before keyed digests) and has "
-            "no digest key; only its signature can be checked")
+            "no digest key; only its signature can be checked"
+        )
     try:
         key = bytes.fromhex(result.digest_key)
     except ValueError:
         key = b""
     if len(key) != DIGEST_KEY_BYTES:
-        raise ResultDigestError(f"result {result.result_id}: digest_key is not "
-                                f"{DIGEST_KEY_BYTES} bytes of hex")
+        raise ResultDigestError(
+            f"result {result.result_id}: digest_key is not {DIGEST_KEY_BYTES} bytes of hex"
+        )
     return key
 
 
@@ -189,12 +210,14 @@ def check_result_digest(result: Result, digest: object) -> None:
         raise ResultDigestError(
             "the audit entry holds an unkeyed sha256: digest (result digest v1, written by an "
             "older coordinator); it is not checked — v1 digests let any party test guessed "
-            "figures — rely on the result's signature instead")
+            "figures — rely on the result's signature instead"
+        )
     if not isinstance(digest, str) or not digest.startswith(DIGEST_PREFIX):
         raise ResultDigestError(f"unknown result digest format (expected {DIGEST_PREFIX}…)")
     if not hmac.compare_digest(result_digest(result).encode(), digest.encode()):
-        raise ResultDigestError(f"result {result.result_id} does not match the digest the "
-                                "audit log records for it")
+        raise ResultDigestError(
+            f"result {result.result_id} does not match the digest the audit log records for it"
+        )
 
 
 def new_result_id() -> str:
@@ -211,9 +234,12 @@ def sign_result(result: Result, private_key: Ed25519PrivateKey) -> Result:
     return replace(unsigned, signature=base64.b64encode(signature).decode("ascii"))
 
 
-def verify_result(result: Result | dict[str, Any] | str | bytes,
-                  coordinator_public_key: str | Ed25519PublicKey,
-                  *, definition_hash: str | None = None) -> Result:
+def verify_result(
+    result: Result | dict[str, Any] | str | bytes,
+    coordinator_public_key: str | Ed25519PublicKey,
+    *,
+    definition_hash: str | None = None,
+) -> Result:
     """Return the result if it is signed by ``coordinator_public_key`` (and,
     when given, answers ``definition_hash``); raise ResultSignatureError."""
     if isinstance(result, str | bytes):
@@ -221,8 +247,11 @@ def verify_result(result: Result | dict[str, Any] | str | bytes,
     elif isinstance(result, dict):
         result = Result.from_dict(result)
     try:
-        key = (decode_public_key(coordinator_public_key)
-               if isinstance(coordinator_public_key, str) else coordinator_public_key)
+        key = (
+            decode_public_key(coordinator_public_key)
+            if isinstance(coordinator_public_key, str)
+            else coordinator_public_key
+        )
     except CleanroomError as exc:
         raise ResultSignatureError(str(exc)) from exc
     if result.format not in RESULT_FORMATS:

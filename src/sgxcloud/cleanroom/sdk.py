@@ -82,8 +82,9 @@ class MatchRates:
 
     @classmethod
     def from_result(cls, verified: VerifiedResult) -> MatchRates:
-        cells = {c.dims.get("datasets", ""): c for c in verified.result.cells
-                 if c.metric == "people"}
+        cells = {
+            c.dims.get("datasets", ""): c for c in verified.result.cells if c.metric == "people"
+        }
         rows = []
         for label, cell in cells.items():
             members = label.split("+")
@@ -91,19 +92,28 @@ class MatchRates:
                 continue
             for member in members:
                 total = cells.get(member)
-                usable = not cell.suppressed and total is not None and not total.suppressed \
+                usable = (
+                    not cell.suppressed
+                    and total is not None
+                    and not total.suppressed
                     and total.value
-                rows.append({
-                    "datasets": label, "of": member,
-                    "matched": None if cell.suppressed else cell.value,
-                    "total": None if total is None or total.suppressed else total.value,
-                    "rate": (cell.value / total.value) if usable else None,
-                    "noisy": bool(cell.noisy or (total is not None and total.noisy))})
+                )
+                rows.append(
+                    {
+                        "datasets": label,
+                        "of": member,
+                        "matched": None if cell.suppressed else cell.value,
+                        "total": None if total is None or total.suppressed else total.value,
+                        "rate": (cell.value / total.value) if usable else None,
+                        "noisy": bool(cell.noisy or (total is not None and total.noisy)),
+                    }
+                )
         return cls(verified, rows)
 
 
-def verify_bundle(bundle: dict[str, Any] | str, definition: Definition,
-                  collateral_source: Any = None) -> VerifiedResult:
+def verify_bundle(
+    bundle: dict[str, Any] | str, definition: Definition, collateral_source: Any = None
+) -> VerifiedResult:
     """Verify a result bundle offline against ``definition``.
 
     Checks, in order: the signer statement's evidence (coordinator MRENCLAVE
@@ -118,29 +128,41 @@ def verify_bundle(bundle: dict[str, Any] | str, definition: Definition,
             raise CleanroomError("not a result bundle (bad JSON)") from exc
     if not isinstance(bundle, dict) or "result" not in bundle or "signer_statement" not in bundle:
         raise CleanroomError("not a result bundle (needs 'result' and 'signer_statement')")
-    answered = bundle["result"].get("definition_hash") if isinstance(bundle["result"], dict) \
-        else None
+    answered = (
+        bundle["result"].get("definition_hash") if isinstance(bundle["result"], dict) else None
+    )
     expected = definition.definition_hash()
     if isinstance(answered, str) and answered != expected:
         # Say so first: the attestation checks below would fail too, but in words
         # about keys and nonces that do not point at the wrong file.
         raise ResultSignatureError(
             f"this result answers definition {answered[:16]}…, not the definition given "
-            f"({expected[:16]}…): check the --definition file")
+            f"({expected[:16]}…): check the --definition file"
+        )
     statement = bundle["signer_statement"]
     verified = verify_signer_statement(
-        statement, _coordinator_policy(definition, collateral_source))
-    result = verify_result(bundle["result"], str(statement.get("signer")),
-                           definition_hash=definition.definition_hash())
+        statement, _coordinator_policy(definition, collateral_source)
+    )
+    result = verify_result(
+        bundle["result"], str(statement.get("signer")), definition_hash=definition.definition_hash()
+    )
     return VerifiedResult(result, bundle, bool(verified.simulated))
 
 
 class CleanroomClient:
     """An attested, authenticated session with the coordinator API."""
 
-    def __init__(self, base_url: str, definition: Definition, party: str,
-                 private_key: Ed25519PrivateKey, http: httpx.Client, attestation: dict[str, Any],
-                 simulated: bool, collateral_source: Any = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        definition: Definition,
+        party: str,
+        private_key: Ed25519PrivateKey,
+        http: httpx.Client,
+        attestation: dict[str, Any],
+        simulated: bool,
+        collateral_source: Any = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.definition = definition
         self.party = party
@@ -152,9 +174,15 @@ class CleanroomClient:
         self._definition_hash = definition.definition_hash()
 
     @classmethod
-    def connect(cls, base_url: str, definition: Definition, party: str,
-                private_key: Ed25519PrivateKey, timeout: float = 600.0,
-                collateral_source: Any = None) -> CleanroomClient:
+    def connect(
+        cls,
+        base_url: str,
+        definition: Definition,
+        party: str,
+        private_key: Ed25519PrivateKey,
+        timeout: float = 600.0,
+        collateral_source: Any = None,
+    ) -> CleanroomClient:
         """Attest the coordinator, then open an HTTPS session pinned to its key."""
         parts = urlsplit(base_url)
         if parts.scheme != "https" or not parts.hostname:
@@ -170,13 +198,22 @@ class CleanroomClient:
             raise TransportError(f"coordinator unreachable ({type(exc).__name__})") from exc
         attestation = _json_or_error(response)
         try:
-            verified = _check_attestation(attestation, definition, public_key_der(cert), nonce,
-                                          collateral_source)
+            verified = _check_attestation(
+                attestation, definition, public_key_der(cert), nonce, collateral_source
+            )
         except Exception:
             http.close()
             raise
-        return cls(base_url, definition, party, private_key, http, attestation,
-                   bool(verified.simulated), collateral_source)
+        return cls(
+            base_url,
+            definition,
+            party,
+            private_key,
+            http,
+            attestation,
+            bool(verified.simulated),
+            collateral_source,
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -193,9 +230,15 @@ class CleanroomClient:
         content = b"" if body is None else json.dumps(body).encode()
         # Named from what connect() verified: the definition we hold and the
         # signer the coordinator's evidence binds; no other coordinator accepts it.
-        headers = sign_request(self._key, self.party, method, path, content,
-                               definition_hash=self._definition_hash,
-                               coordinator=str(self.attestation["signer"]))
+        headers = sign_request(
+            self._key,
+            self.party,
+            method,
+            path,
+            content,
+            definition_hash=self._definition_hash,
+            coordinator=str(self.attestation["signer"]),
+        )
         if content:
             headers["Content-Type"] = "application/json"
         try:
@@ -206,12 +249,14 @@ class CleanroomClient:
 
     def query(self, query: dict[str, Any]) -> VerifiedResult:
         """Submit a query; the answer is verified before it is returned."""
-        return verify_bundle(self._call("POST", "/v1/queries", query), self.definition,
-                             self.collateral_source)
+        return verify_bundle(
+            self._call("POST", "/v1/queries", query), self.definition, self.collateral_source
+        )
 
     def result(self, result_id: str) -> VerifiedResult:
-        return verify_bundle(self._call("GET", f"/v1/results/{result_id}"), self.definition,
-                             self.collateral_source)
+        return verify_bundle(
+            self._call("GET", f"/v1/results/{result_id}"), self.definition, self.collateral_source
+        )
 
     def status(self) -> dict[str, Any]:
         """Approvals and datasets: this party's own datasets in full (rows,
@@ -238,8 +283,9 @@ class CleanroomClient:
         head = verify_chain(parsed)
         return AuditTrail(entries, head)
 
-    def check_logged(self, verified: VerifiedResult,
-                     trail: AuditTrail | None = None) -> dict[str, Any]:
+    def check_logged(
+        self, verified: VerifiedResult, trail: AuditTrail | None = None
+    ) -> dict[str, Any]:
         """Check that the audit log records ``verified`` as released: its
         ``release`` entry (and any ``cache_hit``) carries this result's keyed
         digest.  Returns the release entry; raises :class:`ResultDigestError`
@@ -247,22 +293,31 @@ class CleanroomClient:
         :class:`AuditChainError` if the log's chain is broken."""
         trail = trail or self.audit_verified()
         result = verified.result
-        logged = [e for e in trail.entries if e.get("event") in ("release", "cache_hit")
-                  and (e.get("data") or {}).get("result_id") == result.result_id]
+        logged = [
+            e
+            for e in trail.entries
+            if e.get("event") in ("release", "cache_hit")
+            and (e.get("data") or {}).get("result_id") == result.result_id
+        ]
         if not logged:
-            raise ResultDigestError(f"the audit log records no release of result "
-                                    f"{result.result_id}")
+            raise ResultDigestError(
+                f"the audit log records no release of result {result.result_id}"
+            )
         for entry in logged:
             check_result_digest(result, entry["data"].get("result_digest"))
         return next((e for e in logged if e["event"] == "release"), logged[0])
 
-    def match_rate(self, analysis: str, datasets: list[str],
-                   filter_text: str | None = None) -> MatchRates:
+    def match_rate(
+        self, analysis: str, datasets: list[str], filter_text: str | None = None
+    ) -> MatchRates:
         """How many of each provider's people the others also know: an overlap
         query of an analysis the definition allows, released (k-suppressed,
         noised) like any other; the rates are computed here from its cells."""
-        query: dict[str, Any] = {"template": "overlap", "analysis": analysis,
-                                 "datasets": list(datasets)}
+        query: dict[str, Any] = {
+            "template": "overlap",
+            "analysis": analysis,
+            "datasets": list(datasets),
+        }
         if filter_text:
             query["filter"] = filter_text
         return MatchRates.from_result(self.query(query))
@@ -280,8 +335,13 @@ class CleanroomClient:
         return self.refresh()
 
 
-def _check_attestation(attestation: dict[str, Any], definition: Definition, tls_key: bytes,
-                       nonce: bytes, collateral_source: Any = None) -> Any:
+def _check_attestation(
+    attestation: dict[str, Any],
+    definition: Definition,
+    tls_key: bytes,
+    nonce: bytes,
+    collateral_source: Any = None,
+) -> Any:
     import base64
 
     from sgxcloud.cas.evidence.model import Evidence
@@ -289,8 +349,10 @@ def _check_attestation(attestation: dict[str, Any], definition: Definition, tls_
     if attestation.get("definition_hash") != definition.definition_hash():
         raise PeerRefused("the coordinator runs a different collaboration definition")
     try:
-        evidence = Evidence(format=str(attestation["evidence"]["format"]),
-                            raw=base64.b64decode(attestation["evidence"]["raw"], validate=True))
+        evidence = Evidence(
+            format=str(attestation["evidence"]["format"]),
+            raw=base64.b64decode(attestation["evidence"]["raw"], validate=True),
+        )
         signer = str(attestation["signer"])
     except (KeyError, TypeError, ValueError) as exc:
         raise PeerRefused("malformed attestation document from the coordinator") from exc
@@ -307,20 +369,26 @@ def _coordinator_policy(definition: Definition, collateral_source: Any):
     # Parties and recipients follow the definition alone: they send signed
     # queries, never data or keys, and every result from a SIMULATED
     # coordinator is labelled so (VerifiedResult.simulated, red in the CLI).
-    return peer_policy(definition, "coordinator", collateral_source,
-                       allow_simulated=definition.enclaves.allow_simulated)
+    return peer_policy(
+        definition,
+        "coordinator",
+        collateral_source,
+        allow_simulated=definition.enclaves.allow_simulated,
+    )
 
 
-_REFUSAL_CODES = {f"refused_{r}": r for r in ("not_allowed", "budget", "differencing",
-                                              "suppressed")}
+_REFUSAL_CODES = {
+    f"refused_{r}": r for r in ("not_allowed", "budget", "differencing", "suppressed")
+}
 
 
 def _json_or_error(response: httpx.Response) -> dict[str, Any]:
     try:
         doc = response.json()
     except ValueError as exc:
-        raise TransportError(f"coordinator answered HTTP {response.status_code} without JSON") \
-            from exc
+        raise TransportError(
+            f"coordinator answered HTTP {response.status_code} without JSON"
+        ) from exc
     if response.is_success:
         return doc
     err = doc.get("error", {}) if isinstance(doc, dict) else {}

@@ -94,9 +94,14 @@ def prepare_workdir(workdir: Path, *, refused_elsewhere: tuple[str, ...] = ()) -
         except OSError as exc:
             raise CleanroomError(
                 f"{path}: open to other users and cannot be restricted ({exc.strerror}); "
-                f"run 'chmod -R go= {workdir}' as its owner") from exc
+                f"run 'chmod -R go= {workdir}' as its owner"
+            ) from exc
         loose.append((path, mode))
     if loose:
-        log.warning("%s: %d file(s) or directories were open to other users (keyed "
-                    "identifiers, results, keys; they may have been copied) and are now "
-                    "restricted to the owner (0600/0700)", workdir, len(loose))
+        log.warning(
+            "%s: %d file(s) or directories were open to other users (keyed "
+            "identifiers, results, keys; they may have been copied) and are now "
+            "restricted to the owner (0600/0700)",
+            workdir,
+            len(loose),
+        )

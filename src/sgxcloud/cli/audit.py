@@ -52,8 +52,9 @@ def _open(config_path: Path | None, database_url: str | None) -> Database:
     return Database.open(settings.database_url, migrate=False)
 
 
-def _ref_seq(config_path: Path | None, database_url: str | None, database: Database,
-             ref: str) -> int:
+def _ref_seq(
+    config_path: Path | None, database_url: str | None, database: Database, ref: str
+) -> int:
     """The position a ref names, read with the deployment's master key (operators)."""
     keyring = load_settings(config_path, database_url=database_url).keyring()
     deployment = database.run(lambda repo: repo.deployment_id())

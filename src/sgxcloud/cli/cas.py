@@ -44,9 +44,7 @@ def cas() -> None:
     help="Worker processes sharing the port (setting: workers; default 1). One process "
     "uses about one core: up to the number of cores (docs/cas/operator-guide.md).",
 )  # fmt: skip
-def serve(
-    config_path: Path | None, host: str | None, port: int | None, workers: int | None
-) -> int:
+def serve(config_path: Path | None, host: str | None, port: int | None, workers: int | None) -> int:
     """Serve the HTTPS API until interrupted.
 
     Validates every setting, migrates the database (SQLite by default,
@@ -268,8 +266,9 @@ def backup(destination: Path, config_path: Path | None, as_json: bool) -> int:
             if report.audit is not None
             else ""
         )
-        console().print(f"backup {destination} ({report.backend}, {report.size} bytes){chain}",
-                        highlight=False)
+        console().print(
+            f"backup {destination} ({report.backend}, {report.size} bytes){chain}", highlight=False
+        )
     return 0
 
 
@@ -315,8 +314,10 @@ def restore(source: Path, config_path: Path | None, replace: bool, as_json: bool
             highlight=False,
         )
     else:
-        console(stderr=True).print(f"restored, but the audit chain is BROKEN: "
-                                   f"{[p.problem for p in report.audit.problems][:3]}")
+        console(stderr=True).print(
+            f"restored, but the audit chain is BROKEN: "
+            f"{[p.problem for p in report.audit.problems][:3]}"
+        )
     return 0 if report.audit.ok else 1
 
 

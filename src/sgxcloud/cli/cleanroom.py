@@ -100,10 +100,14 @@ def _collateral(collateral: str | None, pccs: str | None):
 
 
 def _collateral_options(f):
-    f = click.option("--pccs", metavar="URL",
-                     help="PCCS to fetch DCAP collateral from (cached).")(f)
-    return click.option("--collateral", type=click.Path(exists=True, dir_okay=False),
-                        help="DCAP collateral file for verifying peers' quotes.")(f)
+    f = click.option("--pccs", metavar="URL", help="PCCS to fetch DCAP collateral from (cached).")(
+        f
+    )
+    return click.option(
+        "--collateral",
+        type=click.Path(exists=True, dir_okay=False),
+        help="DCAP collateral file for verifying peers' quotes.",
+    )(f)
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -123,9 +127,11 @@ def _ready(path: str | None, doc: dict[str, Any]) -> None:
 
 def _allow_simulated_option(f):
     return click.option(
-        "--allow-simulated", is_flag=True,
+        "--allow-simulated",
+        is_flag=True,
         help="Accept SIMULATED peers (demos and tests only). Needed on top of the "
-             "definition's enclaves.allow_simulated: the definition alone is never enough.")(f)
+        "definition's enclaves.allow_simulated: the definition alone is never enough.",
+    )(f)
 
 
 def _simulation_banner(definition, allow_simulated: bool) -> None:
@@ -136,19 +142,25 @@ def _simulation_banner(definition, allow_simulated: bool) -> None:
 
     err = Console(stderr=True)
     if allow_simulated and definition.enclaves.allow_simulated:
-        err.print(Panel(SIMULATION_WARNING, title="WARNING: --allow-simulated",
-                        style="bold red"))
+        err.print(Panel(SIMULATION_WARNING, title="WARNING: --allow-simulated", style="bold red"))
     elif allow_simulated:
-        err.print("[yellow]--allow-simulated has no effect: the definition requires SGX "
-                  "hardware (enclaves.allow_simulated is false)[/]")
+        err.print(
+            "[yellow]--allow-simulated has no effect: the definition requires SGX "
+            "hardware (enclaves.allow_simulated is false)[/]"
+        )
     elif definition.enclaves.allow_simulated:
-        err.print("[yellow]the definition allows SIMULATED enclaves; this process still "
-                  "refuses them (start it with --allow-simulated for a demo)[/]")
+        err.print(
+            "[yellow]the definition allows SIMULATED enclaves; this process still "
+            "refuses them (start it with --allow-simulated for a demo)[/]"
+        )
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
 
 
 @click.group("cleanroom")
@@ -158,12 +170,26 @@ def cleanroom() -> None:
 
 @cleanroom.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--people", default=20_000, show_default=True, type=click.IntRange(1),
-              help="Synthetic population size.")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet",
-              show_default=True, help="Provider file format.")
-@click.option("--hardware", is_flag=True,
-              help="Write allow_simulated: false (nodes then refuse SIMULATED peers).")
+@click.option(
+    "--people",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Synthetic population size.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "csv"]),
+    default="parquet",
+    show_default=True,
+    help="Provider file format.",
+)
+@click.option(
+    "--hardware",
+    is_flag=True,
+    help="Write allow_simulated: false (nodes then refuse SIMULATED peers).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def init(directory: str, people: int, fmt: str, hardware: bool, as_json: bool) -> int:
     """Start a collaboration from the worked example: a key per party, the
@@ -176,16 +202,31 @@ def init(directory: str, people: int, fmt: str, hardware: bool, as_json: bool) -
     target = Path(directory)
     if target.exists() and any(target.iterdir()):
         raise InputError(f"{directory} is not empty")
-    with Progress(TextColumn("{task.description}"), BarColumn(), console=Console(stderr=True),
-                  transient=True, disable=as_json) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=as_json,
+    ) as bar:
         task = bar.add_task(f"generating data for {people:,} people", total=people)
-        collab = prepare_example(target, people=people, fmt=fmt, allow_simulated=not hardware,
-                                 progress=lambda done, _total: bar.update(task, completed=done))
+        collab = prepare_example(
+            target,
+            people=people,
+            fmt=fmt,
+            allow_simulated=not hardware,
+            progress=lambda done, _total: bar.update(task, completed=done),
+        )
     # init signs every provider's approval: say what the definition does not protect
     warnings = _privacy_warnings(_definition(str(collab.definition)))
-    doc = {"directory": str(target), "definition": str(collab.definition),
-           "approvals": [str(a) for a in collab.approvals], "keys": str(target / "keys"),
-           "datasets": collab.nodes, "warnings": warnings}
+    doc = {
+        "directory": str(target),
+        "definition": str(collab.definition),
+        "approvals": [str(a) for a in collab.approvals],
+        "keys": str(target / "keys"),
+        "datasets": collab.nodes,
+        "warnings": warnings,
+    }
 
     def render(d):
         console.print(f"definition: {d['definition']}")
@@ -198,8 +239,13 @@ def init(directory: str, people: int, fmt: str, hardware: bool, as_json: bool) -
 
 
 @cleanroom.command()
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the private key (PEM, mode 0600).")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the private key (PEM, mode 0600).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def keygen(out: str, as_json: bool) -> int:
     """Make a party's Ed25519 key; put the printed public key in the definition."""
@@ -220,8 +266,11 @@ def keygen(out: str, as_json: bool) -> int:
         raise InputError(f"cannot write {out}: {exc.strerror}") from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(private_key_to_pem(key))
-    _emit(as_json, {"private_key": out, "public_key": encode_public_key(key)},
-          lambda d: console.print(f"public key: [bold]{d['public_key']}[/]"))
+    _emit(
+        as_json,
+        {"private_key": out, "public_key": encode_public_key(key)},
+        lambda d: console.print(f"public key: [bold]{d['public_key']}[/]"),
+    )
     return 0
 
 
@@ -239,13 +288,22 @@ def approve(definition: str, party: str, key_path: str, out: str, as_json: bool)
     approval = sign(d, party, _key(key_path))
     warnings = _privacy_warnings(d)  # what was approved; a refusal stays one line
     Path(out).write_text(json.dumps(approval.to_dict(), indent=2) + "\n")
-    doc = {"party": party, "definition_hash": d.definition_hash(),
-           "coordinator_mrenclave": d.enclaves.coordinator.mrenclave,
-           "node_mrenclave": d.enclaves.node.mrenclave, "approval": out,
-           "warnings": warnings}
-    _emit(as_json, doc, lambda x: console.print(
-        f"{party} approved definition {x['definition_hash'][:16]}… "
-        f"(coordinator {x['coordinator_mrenclave'][:16]}…) → {out}"))
+    doc = {
+        "party": party,
+        "definition_hash": d.definition_hash(),
+        "coordinator_mrenclave": d.enclaves.coordinator.mrenclave,
+        "node_mrenclave": d.enclaves.node.mrenclave,
+        "approval": out,
+        "warnings": warnings,
+    }
+    _emit(
+        as_json,
+        doc,
+        lambda x: console.print(
+            f"{party} approved definition {x['definition_hash'][:16]}… "
+            f"(coordinator {x['coordinator_mrenclave'][:16]}…) → {out}"
+        ),
+    )
     return 0
 
 
@@ -268,11 +326,21 @@ def node() -> None:
 @node.command("check")
 @click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--provider", required=True, help="Your provider name in the definition.")
-@click.option("--dataset", "datasets", multiple=True, required=True, metavar="NAME=SOURCE",
-              help="A dataset and its file: x.csv, x.parquet or x.duckdb:TABLE. Repeatable.")
-@click.option("--max-invalid-fraction", default=0.01, show_default=True,
-              type=click.FloatRange(0, 1),
-              help="The node's limit of rows with unusable identifiers.")
+@click.option(
+    "--dataset",
+    "datasets",
+    multiple=True,
+    required=True,
+    metavar="NAME=SOURCE",
+    help="A dataset and its file: x.csv, x.parquet or x.duckdb:TABLE. Repeatable.",
+)
+@click.option(
+    "--max-invalid-fraction",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="The node's limit of rows with unusable identifiers.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def node_check(definition, provider, datasets, max_invalid_fraction, as_json) -> int:
     """Dry run over your own files before anything leaves this machine: schema and
@@ -283,28 +351,38 @@ def node_check(definition, provider, datasets, max_invalid_fraction, as_json) ->
 
     d = _definition(definition)
     if provider not in d.providers:
-        raise InputError(f"{provider} is not a data provider in this definition; providers: "
-                         + ", ".join(d.providers))
-    sources = {name: Source.parse(path)
-               for name, path in _pairs(datasets, "--dataset", "NAME=SOURCE")}
+        raise InputError(
+            f"{provider} is not a data provider in this definition; providers: "
+            + ", ".join(d.providers)
+        )
+    sources = {
+        name: Source.parse(path) for name, path in _pairs(datasets, "--dataset", "NAME=SOURCE")
+    }
     declared = [ds.name for ds in d.datasets_of(provider)]
     unknown = sorted(set(sources) - set(declared))
     if unknown:
-        raise InputError(f"dataset(s) {', '.join(unknown)} are not declared for {provider}; "
-                         f"its datasets: {', '.join(declared)}")
+        raise InputError(
+            f"dataset(s) {', '.join(unknown)} are not declared for {provider}; "
+            f"its datasets: {', '.join(declared)}"
+        )
     report = check_provider(d, provider, sources, max_invalid_fraction)
     _emit(as_json, report.to_dict(), _render_check)
     return 0 if report.ok else 1
 
 
 def _render_check(doc: dict[str, Any]) -> None:
-    marks = {"error": "[bold red]error[/]", "warning": "[yellow]warning[/]",
-             "info": "[dim]info[/]"}
+    marks = {"error": "[bold red]error[/]", "warning": "[yellow]warning[/]", "info": "[dim]info[/]"}
     for ds in doc["datasets"]:
-        verdict = ("[green]ready[/]" if not ds["errors"] else
-                   f"[bold red]{ds['errors']} error(s): the node would refuse it[/]")
-        console.print(f"[bold]{ds['dataset']}[/] ← {ds['source'] or '(no file)'}: "
-                      f"{ds['rows']:,} rows, {verdict}", highlight=False)
+        verdict = (
+            "[green]ready[/]"
+            if not ds["errors"]
+            else f"[bold red]{ds['errors']} error(s): the node would refuse it[/]"
+        )
+        console.print(
+            f"[bold]{ds['dataset']}[/] ← {ds['source'] or '(no file)'}: "
+            f"{ds['rows']:,} rows, {verdict}",
+            highlight=False,
+        )
         for f in ds["findings"]:
             where = next((k for k in ("lines", "rows") if f.get(k)), None)
             column = f"{f['column']}: " if f["column"] else ""
@@ -312,44 +390,87 @@ def _render_check(doc: dict[str, Any]) -> None:
             line = f"  {marks[f['severity']]} {column}{count}{f['message']}"
             if where:
                 more = "…" if f["count"] > len(f[where]) else ""
-                line += f" ({where[:-1] if len(f[where]) == 1 else where} " \
-                        f"{', '.join(map(str, f[where]))}{more})"
+                line += (
+                    f" ({where[:-1] if len(f[where]) == 1 else where} "
+                    f"{', '.join(map(str, f[where]))}{more})"
+                )
             console.print(line, highlight=False, markup=True)
             for n, example in zip(f.get(where) or [], f["examples"], strict=False):
-                console.print(f"      {where[:-1] if where else 'row'} {n}: {example!r}",
-                              highlight=False, markup=False)
-    console.print("[green]every dataset is ready to be served[/]" if doc["ok"] else
-                  "[bold red]fix the errors above before serving[/] "
-                  "(values shown here never leave this machine)")
+                console.print(
+                    f"      {where[:-1] if where else 'row'} {n}: {example!r}",
+                    highlight=False,
+                    markup=False,
+                )
+    console.print(
+        "[green]every dataset is ready to be served[/]"
+        if doc["ok"]
+        else "[bold red]fix the errors above before serving[/] "
+        "(values shown here never leave this machine)"
+    )
 
 
 @node.command("serve")
 @click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--provider", required=True, help="The provider this node serves.")
-@click.option("--dataset", "datasets", multiple=True, required=True, metavar="NAME=SOURCE",
-              help="A dataset and its file: x.csv, x.parquet or x.duckdb:TABLE. Repeatable.")
-@click.option("--approvals", "approval_files", multiple=True,
-              type=click.Path(exists=True, dir_okay=False),
-              help="Approval files known locally (the coordinator also presents its own).")
+@click.option(
+    "--dataset",
+    "datasets",
+    multiple=True,
+    required=True,
+    metavar="NAME=SOURCE",
+    help="A dataset and its file: x.csv, x.parquet or x.duckdb:TABLE. Repeatable.",
+)
+@click.option(
+    "--approvals",
+    "approval_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Approval files known locally (the coordinator also presents its own).",
+)
 @click.option("--listen", default="127.0.0.1:7401", show_default=True)
-@click.option("--simulate", is_flag=True,
-              help="Use SIMULATED attestation (no SGX). Peers refuse it unless allowed.")
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="Use SIMULATED attestation (no SGX). Peers refuse it unless allowed.",
+)
 @click.option("--simulate-mrenclave", hidden=True, help="Tests: claim another MRENCLAVE.")
 @_allow_simulated_option
 @click.option("--batch-rows", default=65_536, show_default=True, type=click.IntRange(1))
-@click.option("--max-invalid-fraction", default=0.01, show_default=True,
-              type=click.FloatRange(0, 1),
-              help="Refuse a dataset when more rows than this have unusable identifiers.")
-@click.option("--coordinator", "coordinator_signer", metavar="SIGNER",
-              help="Serve only the coordinator with this result-signing key (ed25519:..., "
-                   "as 'cleanroom status' shows it); default: any attested coordinator "
-                   "of this definition.")
+@click.option(
+    "--max-invalid-fraction",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Refuse a dataset when more rows than this have unusable identifiers.",
+)
+@click.option(
+    "--coordinator",
+    "coordinator_signer",
+    metavar="SIGNER",
+    help="Serve only the coordinator with this result-signing key (ed25519:..., "
+    "as 'cleanroom status' shows it); default: any attested coordinator "
+    "of this definition.",
+)
 @_collateral_options
 @click.option("--ready-file", hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log sessions and refusals.")
-def node_serve(definition, provider, datasets, approval_files, listen, simulate,
-               simulate_mrenclave, allow_simulated, batch_rows, max_invalid_fraction,
-               coordinator_signer, collateral, pccs, ready_file, verbose) -> int:
+def node_serve(
+    definition,
+    provider,
+    datasets,
+    approval_files,
+    listen,
+    simulate,
+    simulate_mrenclave,
+    allow_simulated,
+    batch_rows,
+    max_invalid_fraction,
+    coordinator_signer,
+    collateral,
+    pccs,
+    ready_file,
+    verbose,
+) -> int:
     """Serve your own data to the attested coordinator (runs until stopped)."""
     from sgxcloud.cleanroom.node import NodeConfig, ProviderNode, Source
     from sgxcloud.cleanroom.workdir import private_umask
@@ -357,17 +478,28 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
     private_umask()  # anything this process writes is the owner's alone
 
     _logging(verbose)
-    sources = {name: Source.parse(path)
-               for name, path in _pairs(datasets, "--dataset", "NAME=SOURCE")}
+    sources = {
+        name: Source.parse(path) for name, path in _pairs(datasets, "--dataset", "NAME=SOURCE")
+    }
     host, port = _hostport(listen)
     loaded = _definition(definition)
-    server = ProviderNode(NodeConfig(
-        provider=provider, definition=loaded, sources=sources,
-        approvals=_approvals(approval_files), simulate=simulate,
-        simulate_mrenclave=simulate_mrenclave, allow_simulated=allow_simulated,
-        batch_rows=batch_rows,
-        max_invalid_fraction=max_invalid_fraction, coordinator=coordinator_signer,
-        collateral_source=_collateral(collateral, pccs)), host, port)
+    server = ProviderNode(
+        NodeConfig(
+            provider=provider,
+            definition=loaded,
+            sources=sources,
+            approvals=_approvals(approval_files),
+            simulate=simulate,
+            simulate_mrenclave=simulate_mrenclave,
+            allow_simulated=allow_simulated,
+            batch_rows=batch_rows,
+            max_invalid_fraction=max_invalid_fraction,
+            coordinator=coordinator_signer,
+            collateral_source=_collateral(collateral, pccs),
+        ),
+        host,
+        port,
+    )
     _privacy_warnings(loaded)  # once the arguments are good: a mistake stays one line
     _simulation_banner(loaded, allow_simulated)
     bound = server.address
@@ -384,40 +516,88 @@ def node_serve(definition, provider, datasets, approval_files, listen, simulate,
 
 @cleanroom.command()
 @click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--approvals", "approval_files", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--approvals",
+    "approval_files",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+)
 @click.option("--node", "nodes", multiple=True, required=True, metavar="PROVIDER=HOST:PORT")
 @click.option("--workdir", required=True, type=click.Path(file_okay=False))
 @click.option("--listen", default="127.0.0.1:8443", show_default=True)
 @click.option("--simulate", is_flag=True, help="Use SIMULATED attestation (no SGX).")
 @click.option("--simulate-mrenclave", hidden=True)
 @_allow_simulated_option
-@click.option("--memory-limit", default="512MB", show_default=True,
-              help="DuckDB memory limit inside the enclave (EPC is scarce).")
+@click.option(
+    "--memory-limit",
+    default="512MB",
+    show_default=True,
+    help="DuckDB memory limit inside the enclave (EPC is scarce).",
+)
 @click.option("--batch-rows", default=65_536, show_default=True, type=click.IntRange(1))
-@click.option("--max-query-bytes", default=64 << 10, show_default=True,
-              type=click.IntRange(1024, 16 << 20),
-              help="Largest query body accepted (larger ones: 413, before reading them).")
-@click.option("--max-connections", default=256, show_default=True, type=click.IntRange(1),
-              help="Connections held at once, TLS handshakes included; one more takes the "
-                   "slot of a connection slow to send its request, or is closed.")
-@click.option("--max-connections-per-client", default=16, show_default=True,
-              type=click.IntRange(0), metavar="N",
-              help="Connections one client address (IPv6: /64) may hold at once; 0: no "
-                   "per-client limit (behind a proxy that hides client addresses).")
-@click.option("--response-timeout", default=30.0, show_default=True,
-              type=click.FloatRange(0, 3600, min_open=True), metavar="SECONDS",
-              help="A client that leaves its answers unread this long loses the connection.")
-@click.option("--metrics-listen", metavar="HOST:PORT",
-              help="Serve Prometheus GET /metrics over HTTP here; loopback addresses only "
-                   "(127.0.0.1:PORT). Off by default; never on the API's port.")
+@click.option(
+    "--max-query-bytes",
+    default=64 << 10,
+    show_default=True,
+    type=click.IntRange(1024, 16 << 20),
+    help="Largest query body accepted (larger ones: 413, before reading them).",
+)
+@click.option(
+    "--max-connections",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Connections held at once, TLS handshakes included; one more takes the "
+    "slot of a connection slow to send its request, or is closed.",
+)
+@click.option(
+    "--max-connections-per-client",
+    default=16,
+    show_default=True,
+    type=click.IntRange(0),
+    metavar="N",
+    help="Connections one client address (IPv6: /64) may hold at once; 0: no "
+    "per-client limit (behind a proxy that hides client addresses).",
+)
+@click.option(
+    "--response-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0, 3600, min_open=True),
+    metavar="SECONDS",
+    help="A client that leaves its answers unread this long loses the connection.",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="Serve Prometheus GET /metrics over HTTP here; loopback addresses only "
+    "(127.0.0.1:PORT). Off by default; never on the API's port.",
+)
 @_collateral_options
 @click.option("--ready-file", hidden=True)
 @click.option("-v", "--verbose", is_flag=True)
-def coordinator(definition, approval_files, nodes, workdir, listen, simulate, simulate_mrenclave,
-                allow_simulated, memory_limit, batch_rows, max_query_bytes, max_connections,
-                max_connections_per_client, response_timeout, metrics_listen, collateral, pccs,
-                ready_file, verbose) -> int:
+def coordinator(
+    definition,
+    approval_files,
+    nodes,
+    workdir,
+    listen,
+    simulate,
+    simulate_mrenclave,
+    allow_simulated,
+    memory_limit,
+    batch_rows,
+    max_query_bytes,
+    max_connections,
+    max_connections_per_client,
+    response_timeout,
+    metrics_listen,
+    collateral,
+    pccs,
+    ready_file,
+    verbose,
+) -> int:
     """Pull approved data from the nodes and serve the HTTPS API (runs until stopped)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -432,25 +612,42 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
     private_umask()  # DuckDB's and SQLite's files in the workdir: owner only
 
     _logging(verbose)
-    node_map = {provider: _hostport(address)
-                for provider, address in _pairs(nodes, "--node", "PROVIDER=HOST:PORT")}
+    node_map = {
+        provider: _hostport(address)
+        for provider, address in _pairs(nodes, "--node", "PROVIDER=HOST:PORT")
+    }
     loaded = _definition(definition)
-    coord = Coordinator(CoordinatorConfig(
-        definition=loaded, workdir=Path(workdir), nodes=node_map,
-        approvals=_approvals(approval_files), simulate=simulate,
-        simulate_mrenclave=simulate_mrenclave, allow_simulated=allow_simulated,
-        memory_limit=memory_limit,
-        batch_rows=batch_rows, collateral_source=_collateral(collateral, pccs)))
+    coord = Coordinator(
+        CoordinatorConfig(
+            definition=loaded,
+            workdir=Path(workdir),
+            nodes=node_map,
+            approvals=_approvals(approval_files),
+            simulate=simulate,
+            simulate_mrenclave=simulate_mrenclave,
+            allow_simulated=allow_simulated,
+            memory_limit=memory_limit,
+            batch_rows=batch_rows,
+            collateral_source=_collateral(collateral, pccs),
+        )
+    )
     _simulation_banner(loaded, allow_simulated)
     if simulate:
         console.print("[bold red]SIMULATED attestation: no SGX hardware, no security[/]")
     _privacy_warnings(coord.config.definition)
     approvals = coord.approval_status()
     if not approvals["complete"]:
-        console.print(f"[yellow]approvals incomplete: missing {approvals['missing']}, "
-                      f"invalid {approvals['invalid']}; nodes will refuse[/]")
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  console=console, transient=True) as bar:
+        console.print(
+            f"[yellow]approvals incomplete: missing {approvals['missing']}, "
+            f"invalid {approvals['invalid']}; nodes will refuse[/]"
+        )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(kind: str, info: dict[str, Any]) -> None:
@@ -480,54 +677,98 @@ def coordinator(definition, approval_files, nodes, workdir, listen, simulate, si
     from sgxcloud.web.limits import RequestLimits
 
     try:
-        serve(coord, host, port, on_ready=ready, max_query_bytes=max_query_bytes,
-              limits=RequestLimits(max_connections=max_connections,
-                                   max_connections_per_client=max_connections_per_client,
-                                   response_timeout_s=response_timeout),
-              metrics_listen=metrics_at)
+        serve(
+            coord,
+            host,
+            port,
+            on_ready=ready,
+            max_query_bytes=max_query_bytes,
+            limits=RequestLimits(
+                max_connections=max_connections,
+                max_connections_per_client=max_connections_per_client,
+                response_timeout_s=response_timeout,
+            ),
+            metrics_listen=metrics_at,
+        )
     finally:
         coord.close()
     return 0
 
 
-def _client(url: str | None, definition: str, party: str, key: str, collateral=None,
-            pccs=None):
+def _client(url: str | None, definition: str, party: str, key: str, collateral=None, pccs=None):
     from sgxcloud.cleanroom.sdk import CleanroomClient
 
     if not url:
         raise InputError("give --url https://HOST:PORT or set SGXCLOUD_CLEANROOM_URL")
-    return CleanroomClient.connect(url, _definition(definition), party, _key(key),
-                                   collateral_source=_collateral(collateral, pccs))
+    return CleanroomClient.connect(
+        url,
+        _definition(definition),
+        party,
+        _key(key),
+        collateral_source=_collateral(collateral, pccs),
+    )
 
 
 def _client_options(f):
-    for option in reversed([
-        click.option("--url", envvar="SGXCLOUD_CLEANROOM_URL", show_envvar=True,
-                     help="Coordinator API, https://HOST:PORT."),
-        click.option("--definition", required=True, type=click.Path(exists=True, dir_okay=False)),
-        click.option("--party", required=True, help="Your party name."),
-        click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
-                     help="Your Ed25519 private key (PEM)."),
-        click.option("--json", "as_json", is_flag=True),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--url",
+                envvar="SGXCLOUD_CLEANROOM_URL",
+                show_envvar=True,
+                help="Coordinator API, https://HOST:PORT.",
+            ),
+            click.option(
+                "--definition", required=True, type=click.Path(exists=True, dir_okay=False)
+            ),
+            click.option("--party", required=True, help="Your party name."),
+            click.option(
+                "--key",
+                required=True,
+                type=click.Path(exists=True, dir_okay=False),
+                help="Your Ed25519 private key (PEM).",
+            ),
+            click.option("--json", "as_json", is_flag=True),
+        ]
+    ):
         f = option(f)
     return _collateral_options(f)
 
 
 @cleanroom.command()
 @_client_options
-@click.option("--file", "query_file", type=click.Path(exists=True, dir_okay=False),
-              help="A query document (JSON).")
+@click.option(
+    "--file",
+    "query_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A query document (JSON).",
+)
 @click.option("--template", type=click.Choice(["audience_size", "overlap", "campaign_lift"]))
 @click.option("--analysis", help="The analysis name in the definition.")
-@click.option("--filter", "filter_text", help="e.g. \"bank.customers.premium_card = true\".")
+@click.option("--filter", "filter_text", help='e.g. "bank.customers.premium_card = true".')
 @click.option("--breakdown", help="campaign_lift: an allowed attribute.")
 @click.option("--datasets", help="overlap: comma-separated provider.dataset names.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Save the signed result bundle.")
 @click.option("--html", type=click.Path(dir_okay=False), help="campaign_lift: HTML report.")
 @click.option("--all", "show_all", is_flag=True, help="Show every segment of a long breakdown.")
-def query(url, definition, party, key, as_json, collateral, pccs, query_file, template, analysis,
-          filter_text, breakdown, datasets, out, html, show_all) -> int:
+def query(
+    url,
+    definition,
+    party,
+    key,
+    as_json,
+    collateral,
+    pccs,
+    query_file,
+    template,
+    analysis,
+    filter_text,
+    breakdown,
+    datasets,
+    out,
+    html,
+    show_all,
+) -> int:
     """Run a query as an analyst; prints the verified, released numbers.  With
     --json it prints the signed result bundle, which `verify-result` accepts."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -547,9 +788,17 @@ def query(url, definition, party, key, as_json, collateral, pccs, query_file, te
             doc["breakdown"] = breakdown
         if datasets:
             doc["datasets"] = [d.strip() for d in datasets.split(",")]
-    with _client(url, definition, party, key, collateral, pccs) as client, Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-            console=Console(stderr=True), transient=True, disable=as_json) as bar:
+    with (
+        _client(url, definition, party, key, collateral, pccs) as client,
+        Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            disable=as_json,
+        ) as bar,
+    ):
         bar.add_task(f"running {doc.get('template')} in the enclave", total=None)
         verified = client.query(doc)
     if out:
@@ -586,8 +835,9 @@ def _shown_value(result, cell) -> str:
         return text
     margin = noise_margin(result, cell)
     if margin is not None:
-        text += f" ± {margin:,.1f}" if isinstance(cell.value, int) else \
-            f" ± {_number(float(margin))}"
+        text += (
+            f" ± {margin:,.1f}" if isinstance(cell.value, int) else f" ± {_number(float(margin))}"
+        )
         if isinstance(cell.value, int | float) and margin > abs(cell.value):
             text += " [yellow](noise larger than the figure)[/]"
         return text + " [dim](DP 95%)[/]"
@@ -607,27 +857,35 @@ def render_result(verified, target: Console | None = None, *, show_all: bool = F
     dims = sorted({k for c in result.cells for k in c.dims})
     for col in (*dims, "metric", "value"):
         table.add_column(col, justify="right" if col == "value" else "left")
-    segments = list(dict.fromkeys(c.dims["segment"] for c in result.cells
-                                  if "segment" in c.dims))
+    segments = list(dict.fromkeys(c.dims["segment"] for c in result.cells if "segment" in c.dims))
     shown = segments if show_all else segments[:SEGMENTS_SHOWN]
     for cell in result.cells:
         if "segment" in cell.dims and cell.dims["segment"] not in shown:
             continue
-        table.add_row(*(cell.dims.get(d, "") for d in dims), cell.metric,
-                      _shown_value(result, cell))
+        table.add_row(
+            *(cell.dims.get(d, "") for d in dims), cell.metric, _shown_value(result, cell)
+        )
     out.print(table)
     hidden = len(segments) - len(shown)
     if hidden:
-        out.print(f"{hidden} more segment(s) not shown: --all shows them, --json gives the "
-                  "whole signed bundle, --html a report", highlight=False)
+        out.print(
+            f"{hidden} more segment(s) not shown: --all shows them, --json gives the "
+            "whole signed bundle, --html a report",
+            highlight=False,
+        )
     dp = (result.privacy or {}).get("differential_privacy")
     if dp:
-        out.print(f"differential privacy: {dp.get('mechanism')} noise, ε={dp.get('epsilon')} for "
-                  "this query; ± is the 95% margin of the noise in a figure (sampling error "
-                  "comes on top); lifts and p-values are computed from the noised figures",
-                  highlight=False)
-    note = "[bold red]signed by a SIMULATED enclave[/]" if verified.simulated \
+        out.print(
+            f"differential privacy: {dp.get('mechanism')} noise, ε={dp.get('epsilon')} for "
+            "this query; ± is the 95% margin of the noise in a figure (sampling error "
+            "comes on top); lifts and p-values are computed from the noised figures",
+            highlight=False,
+        )
+    note = (
+        "[bold red]signed by a SIMULATED enclave[/]"
+        if verified.simulated
         else "[green]signed by the attested coordinator enclave[/]"
+    )
     out.print(f"signature verified; {note}")
 
 
@@ -637,8 +895,9 @@ def render_result(verified, target: Console | None = None, *, show_all: bool = F
 @_collateral_options
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--all", "show_all", is_flag=True, help="Show every segment of a long breakdown.")
-def verify_result_cmd(bundle: str, definition: str, collateral, pccs, as_json: bool,
-                      show_all: bool) -> int:
+def verify_result_cmd(
+    bundle: str, definition: str, collateral, pccs, as_json: bool, show_all: bool
+) -> int:
     """Verify a result bundle offline: exit 0 if valid, 1 if not."""
     from sgxcloud.cleanroom.errors import CleanroomError
     from sgxcloud.cleanroom.sdk import verify_bundle
@@ -652,12 +911,19 @@ def verify_result_cmd(bundle: str, definition: str, collateral, pccs, as_json: b
     try:
         verified = verify_bundle(text, d, _collateral(collateral, pccs))
     except (CleanroomError, TransportError) as exc:
-        _emit(as_json, {"valid": False, "reason": str(exc)},
-              lambda x: console.print(f"[bold red]INVALID[/]: {x['reason']}"))
+        _emit(
+            as_json,
+            {"valid": False, "reason": str(exc)},
+            lambda x: console.print(f"[bold red]INVALID[/]: {x['reason']}"),
+        )
         return 1
-    doc = {"valid": True, "result_id": verified.result.result_id,
-           "definition_hash": verified.result.definition_hash, "signer": verified.result.signer,
-           "simulated": verified.simulated}
+    doc = {
+        "valid": True,
+        "result_id": verified.result.result_id,
+        "definition_hash": verified.result.definition_hash,
+        "signer": verified.result.signer,
+        "simulated": verified.simulated,
+    }
     _emit(as_json, doc, lambda _: render_result(verified, show_all=show_all))
     return 0
 
@@ -678,10 +944,15 @@ def _render_datasets(datasets: list[dict[str, Any]], title: str) -> None:
 def _approvals_line(approvals: dict[str, Any]) -> str:
     if approvals.get("complete"):
         return "approvals: [green]complete[/] (" + ", ".join(approvals.get("valid", [])) + ")"
-    parts = [f"missing: {', '.join(approvals['missing'])}" if approvals.get("missing") else "",
-             f"invalid: {', '.join(approvals['invalid'])}" if approvals.get("invalid") else ""]
-    return "approvals: [red]incomplete[/] — " + "; ".join(p for p in parts if p) \
+    parts = [
+        f"missing: {', '.join(approvals['missing'])}" if approvals.get("missing") else "",
+        f"invalid: {', '.join(approvals['invalid'])}" if approvals.get("invalid") else "",
+    ]
+    return (
+        "approvals: [red]incomplete[/] — "
+        + "; ".join(p for p in parts if p)
         + " (nodes refuse to send data until every provider approved)"
+    )
 
 
 @cleanroom.command()
@@ -696,8 +967,7 @@ def status(url, definition, party, key, as_json, collateral, pccs) -> int:
         _render_datasets(d["datasets"], "datasets" + (" (SIMULATED)" if d["simulated"] else ""))
         console.print(_approvals_line(d["approvals"]), highlight=False)
         console.print(f"definition {d['definition_hash']}", highlight=False)
-        console.print(f"coordinator {d['coordinator']} (attested result signer)",
-                      highlight=False)
+        console.print(f"coordinator {d['coordinator']} (attested result signer)", highlight=False)
 
     _emit(as_json, doc, render)
     return 0
@@ -705,8 +975,13 @@ def status(url, definition, party, key, as_json, collateral, pccs) -> int:
 
 @cleanroom.command()
 @_client_options
-@click.option("--dataset", "datasets", multiple=True, metavar="NAME",
-              help="Only this dataset (repeatable); default: all of yours.")
+@click.option(
+    "--dataset",
+    "datasets",
+    multiple=True,
+    metavar="NAME",
+    help="Only this dataset (repeatable); default: all of yours.",
+)
 def refresh(url, definition, party, key, as_json, collateral, pccs, datasets) -> int:
     """(Data providers) have the coordinator pull your datasets again after you
     fixed or updated a file.  A rejected pull keeps the previous data in use.
@@ -726,11 +1001,17 @@ def budget(url, definition, party, key, as_json, collateral, pccs) -> int:
 
     def render(d):
         if not d["total"]:
-            console.print(f"{d['analyst']}: differential privacy is off in this collaboration "
-                          "(no budget is spent)", highlight=False)
+            console.print(
+                f"{d['analyst']}: differential privacy is off in this collaboration "
+                "(no budget is spent)",
+                highlight=False,
+            )
             return
-        console.print(f"{d['analyst']}: ε spent {d['spent']:.4g} of {d['total']:.4g}; "
-                      f"[bold]{d['remaining']:.4g} remaining[/]", highlight=False)
+        console.print(
+            f"{d['analyst']}: ε spent {d['spent']:.4g} of {d['total']:.4g}; "
+            f"[bold]{d['remaining']:.4g} remaining[/]",
+            highlight=False,
+        )
 
     _emit(as_json, doc, render)
     return 0
@@ -743,8 +1024,10 @@ def _audit_summary(entry: dict[str, Any]) -> str:
     if event in ("ingest",):
         return f"{data.get('dataset')}: ingested"
     if event == "ingest_rejected":
-        return f"{data.get('dataset') or ', '.join(data.get('datasets', []))}: " \
-               f"{data.get('message', '')}"
+        return (
+            f"{data.get('dataset') or ', '.join(data.get('datasets', []))}: "
+            f"{data.get('message', '')}"
+        )
     if event == "query":
         q = data.get("query") or {}
         parts = [f"{q.get('template')} {q.get('analysis')}"]
@@ -753,13 +1036,16 @@ def _audit_summary(entry: dict[str, Any]) -> str:
         if q.get("breakdown"):
             parts.append(f"by {q['breakdown']}")
         if q.get("filter"):
-            parts.append("filter " + json.dumps(q["filter"], ensure_ascii=False,
-                                                 separators=(",", ":")))
+            parts.append(
+                "filter " + json.dumps(q["filter"], ensure_ascii=False, separators=(",", ":"))
+            )
         return "; ".join(parts)
     if event == "release":
         to = ", ".join(data.get("recipients") or [])
-        return f"result {str(data.get('result_id', ''))[:8]} released to {to or '?'}, " \
-               f"{data.get('result_digest', '')}"
+        return (
+            f"result {str(data.get('result_id', ''))[:8]} released to {to or '?'}, "
+            f"{data.get('result_digest', '')}"
+        )
     if event == "cache_hit":
         return f"same query as before: result {str(data.get('result_id', ''))[:8]} again"
     if event == "refusal":
@@ -775,19 +1061,29 @@ def audit(url, definition, party, key, as_json, collateral, pccs) -> int:
     here; exit 3 if the chain is broken."""
     with _client(url, definition, party, key, collateral, pccs) as client:
         trail = client.audit_verified()
-    doc = {"chain": {"verified": True, "entries": len(trail.entries), "head": trail.head},
-           "entries": trail.entries}
+    doc = {
+        "chain": {"verified": True, "entries": len(trail.entries), "head": trail.head},
+        "entries": trail.entries,
+    }
 
     def render(d):
         table = Table(title="audit log")
         for col in ("seq", "at", "event", "actor", "what"):
             table.add_column(col, overflow="fold")
         for e in d["entries"]:
-            table.add_row(str(e.get("seq", "")), str(e.get("at", ""))[:19].replace("T", " "),
-                          str(e.get("event", "")), str(e.get("actor", "")), _audit_summary(e))
+            table.add_row(
+                str(e.get("seq", "")),
+                str(e.get("at", ""))[:19].replace("T", " "),
+                str(e.get("event", "")),
+                str(e.get("actor", "")),
+                _audit_summary(e),
+            )
         console.print(table)
-        console.print(f"[green]hash chain verified[/]: {d['chain']['entries']} entries, "
-                      f"head {d['chain']['head']}", highlight=False)
+        console.print(
+            f"[green]hash chain verified[/]: {d['chain']['entries']} entries, "
+            f"head {d['chain']['head']}",
+            highlight=False,
+        )
 
     if as_json:
         click.echo(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False))
@@ -801,8 +1097,9 @@ def audit(url, definition, party, key, as_json, collateral, pccs) -> int:
 @click.option("--analysis", required=True, help="An overlap analysis of the definition.")
 @click.option("--datasets", required=True, help="Two or three provider.dataset names.")
 @click.option("--filter", "filter_text", help="Optional filter, as for `query`.")
-def match_rate(url, definition, party, key, as_json, collateral, pccs, analysis, datasets,
-               filter_text) -> int:
+def match_rate(
+    url, definition, party, key, as_json, collateral, pccs, analysis, datasets, filter_text
+) -> int:
     """How many of each dataset's people the other datasets also know, from an
     overlap query: released like any other result (suppressed below k, noised
     under differential privacy)."""
@@ -819,11 +1116,13 @@ def match_rate(url, definition, party, key, as_json, collateral, pccs, analysis,
             rate = "[yellow]suppressed (< k)[/]" if r["rate"] is None else f"{r['rate']:.1%}"
             if r["noisy"] and r["rate"] is not None:
                 rate += " [dim](DP)[/]"
-            table.add_row(r["datasets"], r["of"], _number(r["matched"]), _number(r["total"]),
-                          rate)
+            table.add_row(r["datasets"], r["of"], _number(r["matched"]), _number(r["total"]), rate)
         console.print(table)
-        note = "[bold red]SIMULATED enclave[/]" if rates.verified.simulated \
+        note = (
+            "[bold red]SIMULATED enclave[/]"
+            if rates.verified.simulated
             else "[green]attested coordinator enclave[/]"
+        )
         console.print(f"from result {rates.verified.result.result_id}, signed by the {note}")
 
     _emit(as_json, doc, render)
@@ -831,10 +1130,18 @@ def match_rate(url, definition, party, key, as_json, collateral, pccs, analysis,
 
 
 @cleanroom.command("public-key")
-@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="A party's Ed25519 private key (PEM).")
-@click.option("--definition", type=click.Path(exists=True, dir_okay=False),
-              help="Also say which party of this definition the key belongs to.")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A party's Ed25519 private key (PEM).",
+)
+@click.option(
+    "--definition",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Also say which party of this definition the key belongs to.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def public_key(key_path: str, definition: str | None, as_json: bool) -> int:
     """Print the public key (the party id in definitions) of a private key PEM."""
@@ -851,17 +1158,24 @@ def public_key(key_path: str, definition: str | None, as_json: bool) -> int:
     def render(x):
         console.print(x["public_key"], highlight=False)
         if "party" in x:
-            console.print(f"party {x['party']} ({', '.join(x['roles'])})" if x["party"] else
-                          "[yellow]no party of this definition has this key[/]",
-                          highlight=False)
+            console.print(
+                f"party {x['party']} ({', '.join(x['roles'])})"
+                if x["party"]
+                else "[yellow]no party of this definition has this key[/]",
+                highlight=False,
+            )
 
     _emit(as_json, doc, render)
     return 0 if not definition or doc.get("party") else 1
 
 
 @cleanroom.command()
-@click.option("--workdir", required=True, type=click.Path(file_okay=False),
-              help="A directory prepared by the demo or by hand (see docs/cleanroom).")
+@click.option(
+    "--workdir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="A directory prepared by the demo or by hand (see docs/cleanroom).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def local(workdir: str, as_json: bool) -> int:
     """Run every node and the coordinator as separate local processes (SIMULATED)."""
@@ -871,8 +1185,9 @@ def local(workdir: str, as_json: bool) -> int:
     from sgxcloud.cleanroom.transport.trust import SIMULATION_WARNING
 
     # Every process here is started with --allow-simulated: say what that means.
-    Console(stderr=True).print(Panel(SIMULATION_WARNING, style="bold red",
-                                     title="WARNING: SIMULATED collaboration"))
+    Console(stderr=True).print(
+        Panel(SIMULATION_WARNING, style="bold red", title="WARNING: SIMULATED collaboration")
+    )
 
     def stop(_signum: int, _frame: Any) -> None:
         # SIGTERM's default ends this process at once and leaves every node and the
@@ -887,9 +1202,14 @@ def local(workdir: str, as_json: bool) -> int:
     with LocalCollaboration.from_workdir(Path(workdir)) as collab:
         try:
             _privacy_warnings(_definition(str(collab.definition)))
-            _emit(as_json, collab.describe(), lambda d: console.print(
-                f"[bold red]SIMULATED[/] collaboration running; coordinator at {d['url']} "
-                "(Ctrl-C or SIGTERM stops it and its processes)"))
+            _emit(
+                as_json,
+                collab.describe(),
+                lambda d: console.print(
+                    f"[bold red]SIMULATED[/] collaboration running; coordinator at {d['url']} "
+                    "(Ctrl-C or SIGTERM stops it and its processes)"
+                ),
+            )
             sys.stdout.flush()  # a supervisor reading --json waits for it
             collab.wait()
         except KeyboardInterrupt:

@@ -58,8 +58,9 @@ def _parse_subject(text: str) -> x509.Name:
     try:
         return x509.Name.from_rfc4514_string(text)
     except ValueError as exc:
-        raise InputError(f"--subject {text!r} is not an RFC 4514 name (e.g. CN=alice,O=Example)") \
-            from exc
+        raise InputError(
+            f"--subject {text!r} is not an RFC 4514 name (e.g. CN=alice,O=Example)"
+        ) from exc
 
 
 @owner.command(name="keygen")
@@ -217,6 +218,9 @@ def id_(file: Path, as_json: bool) -> int:
     out = console()
     out.print(found["id"] or f"(no certificate yet) key id {found['key_id']}", highlight=False)
     if found.get("subject"):
-        out.print(f"{found['kind']} {found['subject']}; key id {found['key_id']}",
-                  highlight=False, style="dim")
+        out.print(
+            f"{found['kind']} {found['subject']}; key id {found['key_id']}",
+            highlight=False,
+            style="dim",
+        )
     return 0

@@ -45,23 +45,35 @@ def owner_credentials(qualifier: str = "") -> Callable[[F], F]:
     text (e.g. "With --url: ") where the options apply only in one mode."""
     options = (
         click.option(
-            "--key", "key_file", envvar="SGXCLOUD_CAS_OWNER_KEY",
+            "--key",
+            "key_file",
+            envvar="SGXCLOUD_CAS_OWNER_KEY",
             type=click.Path(dir_okay=False, path_type=Path),
             help=f"{qualifier}your owner private key (PEM) that signs requests "
-                 "(env SGXCLOUD_CAS_OWNER_KEY)."),
+            "(env SGXCLOUD_CAS_OWNER_KEY).",
+        ),
         click.option(
-            "--cert", "cert_file", envvar="SGXCLOUD_CAS_OWNER_CERT",
+            "--cert",
+            "cert_file",
+            envvar="SGXCLOUD_CAS_OWNER_CERT",
             type=click.Path(dir_okay=False, path_type=Path),
             help=f"{qualifier}your client certificate (PEM), if the policy names you "
-                 "by certificate (env SGXCLOUD_CAS_OWNER_CERT)."),
+            "by certificate (env SGXCLOUD_CAS_OWNER_CERT).",
+        ),
         click.option(
-            "--deployment", "deployment", envvar="SGXCLOUD_CAS_DEPLOYMENT", metavar="ID|@FILE",
-            help=f"{qualifier}{DEPLOYMENT_HELP}"),
+            "--deployment",
+            "deployment",
+            envvar="SGXCLOUD_CAS_DEPLOYMENT",
+            metavar="ID|@FILE",
+            help=f"{qualifier}{DEPLOYMENT_HELP}",
+        ),
         click.option(
-            "--ca-file", envvar="SGXCLOUD_CAS_CA",
+            "--ca-file",
+            envvar="SGXCLOUD_CAS_CA",
             type=click.Path(dir_okay=False, path_type=Path),
             help=f"{qualifier}trust only this CA for the CAS's TLS certificate "
-                 "(env SGXCLOUD_CAS_CA)."),
+            "(env SGXCLOUD_CAS_CA).",
+        ),
     )
 
     def apply(function: F) -> F:

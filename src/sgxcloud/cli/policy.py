@@ -53,7 +53,10 @@ class Connection:
     def client(self) -> OwnerClient:
         url, key, certificate = self.credentials()
         return OwnerClient(
-            url, key, ca_file=self.ca_file, certificate=certificate,
+            url,
+            key,
+            ca_file=self.ca_file,
+            certificate=certificate,
             deployment=read_deployment(self.deployment),
         )
 
@@ -108,23 +111,58 @@ _WIDE_HELP = "Never crop values to the terminal's width (always so when output i
 def connection_options(function: Any) -> Any:
     """The group's connection options, accepted again after the subcommand."""
     options = [
-        click.option("--url", metavar="URL", expose_value=False, callback=_override,
-                     help=_URL_HELP),
-        click.option("--key", "key_file", expose_value=False, callback=_override,
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="Owner private key (PEM) signing requests (env SGXCLOUD_CAS_OWNER_KEY)."),
-        click.option("--cert", "cert_file", expose_value=False, callback=_override,
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="Client certificate (PEM) if the policy names you by certificate."),
-        click.option("--ca-file", "ca_file", expose_value=False, callback=_override,
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="Trust only this CA for the CAS's TLS (env SGXCLOUD_CAS_CA)."),
-        click.option("--deployment", "deployment", metavar="ID|@FILE", expose_value=False,
-                     callback=_override, help=DEPLOYMENT_HELP[0].upper() + DEPLOYMENT_HELP[1:]),
-        click.option("--json", "as_json", is_flag=True, default=None, expose_value=False,
-                     callback=_override, help="Print results as JSON for scripts."),
-        click.option("--wide", is_flag=True, default=None, expose_value=False,
-                     callback=_override, help=_WIDE_HELP),
+        click.option(
+            "--url", metavar="URL", expose_value=False, callback=_override, help=_URL_HELP
+        ),
+        click.option(
+            "--key",
+            "key_file",
+            expose_value=False,
+            callback=_override,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Owner private key (PEM) signing requests (env SGXCLOUD_CAS_OWNER_KEY).",
+        ),
+        click.option(
+            "--cert",
+            "cert_file",
+            expose_value=False,
+            callback=_override,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Client certificate (PEM) if the policy names you by certificate.",
+        ),
+        click.option(
+            "--ca-file",
+            "ca_file",
+            expose_value=False,
+            callback=_override,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Trust only this CA for the CAS's TLS (env SGXCLOUD_CAS_CA).",
+        ),
+        click.option(
+            "--deployment",
+            "deployment",
+            metavar="ID|@FILE",
+            expose_value=False,
+            callback=_override,
+            help=DEPLOYMENT_HELP[0].upper() + DEPLOYMENT_HELP[1:],
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            default=None,
+            expose_value=False,
+            callback=_override,
+            help="Print results as JSON for scripts.",
+        ),
+        click.option(
+            "--wide",
+            is_flag=True,
+            default=None,
+            expose_value=False,
+            callback=_override,
+            help=_WIDE_HELP,
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -173,8 +211,7 @@ def _print_problems(source: str, exc: PolicyError) -> None:
 
 
 @policy.command(name="validate")
-@click.argument("files", nargs=-1, required=True,
-                type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @connection_options
 @click.pass_obj
 def validate(conn: Connection, files: tuple[Path, ...]) -> int:
@@ -196,8 +233,13 @@ def validate(conn: Connection, files: tuple[Path, ...]) -> int:
                 _print_problems(str(file), exc)
             continue
         results.append(
-            {"file": str(file), "valid": True, "name": loaded.name, "policy_hash": loaded.hash,
-             "problems": []}
+            {
+                "file": str(file),
+                "valid": True,
+                "name": loaded.name,
+                "policy_hash": loaded.hash,
+                "problems": [],
+            }
         )
         if not conn.as_json:
             console(conn.wide).print(
@@ -287,8 +329,13 @@ def consent(conn: Connection, file: Path, hours: int, output: Path | None) -> in
             deployment = client.deployment_id()
     try:
         document = cas_client.consent(
-            key, url, text, now=int(time.time()), deployment=deployment,
-            valid_for=hours * 3600, certificate=certificate,
+            key,
+            url,
+            text,
+            now=int(time.time()),
+            deployment=deployment,
+            valid_for=hours * 3600,
+            certificate=certificate,
         )
     except ValueError as exc:
         raise InputError(str(exc)) from exc
@@ -308,8 +355,12 @@ def consent(conn: Connection, file: Path, hours: int, output: Path | None) -> in
         "expires_at": document["expires_at"],
         "file": str(output),
     }
-    _emit(conn, summary, f"consent to own {policy_doc.name} at {policy_doc.hash[:12]}… "
-          f"on {document['audience']} (deployment {document['deployment']}) written to {output}")
+    _emit(
+        conn,
+        summary,
+        f"consent to own {policy_doc.name} at {policy_doc.hash[:12]}… "
+        f"on {document['audience']} (deployment {document['deployment']}) written to {output}",
+    )
     return 0
 
 

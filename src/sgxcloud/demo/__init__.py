@@ -21,8 +21,9 @@ from rich.console import Console
 SECTIONS = ("nova", "usage", "cas", "cleanroom")
 
 
-def run_demo(console: Console, workdir: Path, sections: Iterable[str] = SECTIONS,
-             people: int | None = None) -> dict[str, Any]:
+def run_demo(
+    console: Console, workdir: Path, sections: Iterable[str] = SECTIONS, people: int | None = None
+) -> dict[str, Any]:
     """Run the chosen sections in order; returns each section's summary."""
     sections = [s for s in SECTIONS if s in set(sections)]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +50,8 @@ def run_demo(console: Console, workdir: Path, sections: Iterable[str] = SECTIONS
 
         kwargs = {"people": people} if people else {}
         summary["cleanroom"] = _timed(
-            timings, "cleanroom", cleanroom.run, console, workdir, **kwargs)
+            timings, "cleanroom", cleanroom.run, console, workdir, **kwargs
+        )
     summary["seconds"] = timings
     return summary
 
@@ -77,8 +79,9 @@ def _timed(timings: dict[str, float], name: str, function, *args, **kwargs):
 def _plain_logging() -> None:
     """Nova's harness leaves oslo.log's DEBUG handlers behind; the rest of the
     demo speaks through its screens, with warnings (SIMULATED!) still shown."""
-    logging.basicConfig(level=logging.WARNING, force=True,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, force=True, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _import_http_stack_before_eventlet() -> None:

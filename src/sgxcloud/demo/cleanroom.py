@@ -31,34 +31,49 @@ from sgxcloud.cleanroom.sdk import CleanroomClient, verify_bundle
 from sgxcloud.cleanroom.transport.trust import SIMULATION_OPT_IN, SIMULATION_WARNING
 
 DEFAULT_PEOPLE = 60_000
-SEGMENT = ("(bank.customers.premium_card = true OR retailer.customers.baby_buyer = true) "
-           "AND telecom.subscribers.region = 'north'")
-TINY = ("telecom.subscribers.device = 'other' AND bank.customers.income_band = 'high' "
-        "AND retailer.customers.loyalty_tier = 'gold'")
+SEGMENT = (
+    "(bank.customers.premium_card = true OR retailer.customers.baby_buyer = true) "
+    "AND telecom.subscribers.region = 'north'"
+)
+TINY = (
+    "telecom.subscribers.device = 'other' AND bank.customers.income_band = 'high' "
+    "AND retailer.customers.loyalty_tier = 'gold'"
+)
 
 
 def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[str, Any]:
     started = time.monotonic()
     workdir = Path(workdir) / "cleanroom"
-    console.print(Panel(
-        "A bank, a telecom operator and a retailer pool data for a brand's campaign.\n"
-        "Each runs a [bold]node[/] next to its own data; a [bold]coordinator[/] enclave "
-        "matches people and releases only aggregates: differentially private (OpenDP "
-        "noise, a budget per analyst), k-suppression decided on the noisy counts, and, "
-        "when DP is off, a differencing check instead.\n"
-        "[bold red]SIMULATED attestation[/]: this machine has no SGX, so every enclave "
-        "here is a plain process whose evidence is labelled simulated.",
-        title="Confidential data clean room", border_style="blue"))
+    console.print(
+        Panel(
+            "A bank, a telecom operator and a retailer pool data for a brand's campaign.\n"
+            "Each runs a [bold]node[/] next to its own data; a [bold]coordinator[/] enclave "
+            "matches people and releases only aggregates: differentially private (OpenDP "
+            "noise, a budget per analyst), k-suppression decided on the noisy counts, and, "
+            "when DP is off, a differencing check instead.\n"
+            "[bold red]SIMULATED attestation[/]: this machine has no SGX, so every enclave "
+            "here is a plain process whose evidence is labelled simulated.",
+            title="Confidential data clean room",
+            border_style="blue",
+        )
+    )
     # Every node and the coordinator below is started with --allow-simulated:
     # without it each would refuse the others, whatever the definition says.
-    console.print(Panel(SIMULATION_WARNING, style="bold red",
-                        title=f"WARNING: processes started with {SIMULATION_OPT_IN}"))
+    console.print(
+        Panel(
+            SIMULATION_WARNING,
+            style="bold red",
+            title=f"WARNING: processes started with {SIMULATION_OPT_IN}",
+        )
+    )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), console=console,
-                  transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), console=console, transient=True
+    ) as bar:
         task = bar.add_task(f"generating data for {people:,} people", total=people)
-        collab = prepare_example(workdir, people=people,
-                                 progress=lambda done, total: bar.update(task, completed=done))
+        collab = prepare_example(
+            workdir, people=people, progress=lambda done, total: bar.update(task, completed=done)
+        )
     definition = load_definition(collab.definition)
     approvals = [Approval.from_dict(json.loads(p.read_text())) for p in collab.approvals]
     status = verify_approvals(definition, approvals)
@@ -92,66 +107,104 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
         key = private_key_from_pem((workdir / "keys" / "brand.pem").read_bytes())
         with CleanroomClient.connect(collab.url, definition, "brand", key) as brand:
             try:
-                audience_result = brand.query({"template": "audience_size",
-                                               "analysis": "audience", "filter": SEGMENT})
+                audience_result = brand.query(
+                    {"template": "audience_size", "analysis": "audience", "filter": SEGMENT}
+                )
                 audience: int | None = audience_result.result.value("people")
                 shown = f"[bold]{audience:,}[/] people" + (
-                    " (with DP noise)" if audience_result.result.cell("people").noisy else "")
+                    " (with DP noise)" if audience_result.result.cell("people").noisy else ""
+                )
             except QueryRefused as exc:  # a small --people run can make it too small
                 audience, shown = None, f"[yellow]{exc}[/]"
-            console.print(Panel(f"{SEGMENT}\n→ {shown}",
-                                title="audience size across bank, telecom and retailer"))
+            console.print(
+                Panel(
+                    f"{SEGMENT}\n→ {shown}", title="audience size across bank, telecom and retailer"
+                )
+            )
 
-            lift = brand.query({"template": "campaign_lift", "analysis": "lift",
-                                "breakdown": "telecom.subscribers.region"})
-            report = write_lift_report(lift.result, workdir / "lift-report.html",
-                                       simulated=lift.simulated)
+            lift = brand.query(
+                {
+                    "template": "campaign_lift",
+                    "analysis": "lift",
+                    "breakdown": "telecom.subscribers.region",
+                }
+            )
+            report = write_lift_report(
+                lift.result, workdir / "lift-report.html", simulated=lift.simulated
+            )
             console.print(_lift_table(lift.result))
             console.print(f"HTML report with chart: [bold]{report}[/]")
 
             try:
-                tiny = brand.query({"template": "audience_size", "analysis": "audience",
-                                    "filter": TINY})
+                tiny = brand.query(
+                    {"template": "audience_size", "analysis": "audience", "filter": TINY}
+                )
                 suppressed = bool(tiny.result.cell("people").suppressed)
             except QueryRefused as exc:
                 suppressed = exc.reason == "suppressed"
             noisy = " (noisy count)" if definition.privacy.dp_enabled else ""
-            console.print(Panel(f"{TINY}\n→ [yellow]suppressed[/]: fewer than "
-                                f"k={definition.privacy.min_group_size} people{noisy}"
-                                if suppressed else "→ released (group was large enough)",
-                                title="small group"))
+            console.print(
+                Panel(
+                    f"{TINY}\n→ [yellow]suppressed[/]: fewer than "
+                    f"k={definition.privacy.min_group_size} people{noisy}"
+                    if suppressed
+                    else "→ released (group was large enough)",
+                    title="small group",
+                )
+            )
 
             base = "bank.customers.premium_card = true"
-            first = brand.query({"template": "audience_size", "analysis": "audience",
-                                 "filter": base})
+            first = brand.query(
+                {"template": "audience_size", "analysis": "audience", "filter": base}
+            )
             try:
-                second = brand.query({"template": "audience_size", "analysis": "audience",
-                                      "filter": f"{base} AND NOT ({TINY})"})
+                second = brand.query(
+                    {
+                        "template": "audience_size",
+                        "analysis": "audience",
+                        "filter": f"{base} AND NOT ({TINY})",
+                    }
+                )
                 differencing = "released"
             except QueryRefused as exc:
                 second, differencing = None, exc.reason
             if differencing == "differencing":
-                outcome = ("[bold red]refused[/]: the cohorts differ by fewer than k people, "
-                           "so subtracting the answers would reveal a small group")
-            elif second is not None and definition.privacy.dp_enabled and None not in (
-                    first.result.value("people"), second.result.value("people")):
+                outcome = (
+                    "[bold red]refused[/]: the cohorts differ by fewer than k people, "
+                    "so subtracting the answers would reveal a small group"
+                )
+            elif (
+                second is not None
+                and definition.privacy.dp_enabled
+                and None not in (first.result.value("people"), second.result.value("people"))
+            ):
                 a, b = first.result.value("people"), second.result.value("people")
-                outcome = (f"released with noise: {a} − {b} = {a - b} is a difference of "
-                           "two noisy counts and says nothing exact about the small group "
-                           "(DP protects it; a refusal decided on the exact data would itself "
-                           "reveal whether the group is empty, so under DP there is none)")
+                outcome = (
+                    f"released with noise: {a} − {b} = {a - b} is a difference of "
+                    "two noisy counts and says nothing exact about the small group "
+                    "(DP protects it; a refusal decided on the exact data would itself "
+                    "reveal whether the group is empty, so under DP there is none)"
+                )
             else:
                 outcome = differencing
-            console.print(Panel(f"1. {base}\n2. {base} AND NOT ({TINY})\n→ second query "
-                                + outcome, title="differencing attempt"))
+            console.print(
+                Panel(
+                    f"1. {base}\n2. {base} AND NOT ({TINY})\n→ second query " + outcome,
+                    title="differencing attempt",
+                )
+            )
             entries = brand.audit()
 
         verified = verify_bundle(lift.to_json(), definition)
-        console.print(f"recipient check: lift result {verified.result.result_id[:8]} signature "
-                      f"[green]verified[/] against the coordinator key bound in its "
-                      f"{'[bold red]SIMULATED[/] ' if verified.simulated else ''}attestation")
-        console.print(f"audit log: {len(entries)} hash-chained entries "
-                      f"({', '.join(sorted({e['event'] for e in entries}))})")
+        console.print(
+            f"recipient check: lift result {verified.result.result_id[:8]} signature "
+            f"[green]verified[/] against the coordinator key bound in its "
+            f"{'[bold red]SIMULATED[/] ' if verified.simulated else ''}attestation"
+        )
+        console.print(
+            f"audit log: {len(entries)} hash-chained entries "
+            f"({', '.join(sorted({e['event'] for e in entries}))})"
+        )
 
     return {
         "simulated": True,
@@ -170,11 +223,18 @@ def run(console: Console, workdir: Path, people: int = DEFAULT_PEOPLE) -> dict[s
 
 def _lift_table(result) -> Table:
     table = Table(title="campaign lift by region (test vs control)")
-    for col in ("segment", "test rate", "control rate", "relative lift [95% CI]", "p-value",
-                "incremental revenue"):
+    for col in (
+        "segment",
+        "test rate",
+        "control rate",
+        "relative lift [95% CI]",
+        "p-value",
+        "incremental revenue",
+    ):
         table.add_column(col, justify="right")
-    segments = sorted({c.dims.get("segment", "(all)") for c in result.cells},
-                      key=lambda s: (s != "(all)", s))
+    segments = sorted(
+        {c.dims.get("segment", "(all)") for c in result.cells}, key=lambda s: (s != "(all)", s)
+    )
 
     def get(metric, segment, arm=None):
         dims = {"segment": segment, **({"arm": arm} if arm else {})}
@@ -190,13 +250,19 @@ def _lift_table(result) -> Table:
     for seg in segments:
         low, high = get("conversion_lift_rel_ci_low", seg), get("conversion_lift_rel_ci_high", seg)
         rel = get("conversion_lift_rel", seg)
-        ci = f" [{pct(low)}, {pct(high)}]" if isinstance(low, float) and isinstance(high, float) \
+        ci = (
+            f" [{pct(low)}, {pct(high)}]"
+            if isinstance(low, float) and isinstance(high, float)
             else ""
+        )
         p = get("conversion_p_value", seg)
         rev = get("incremental_revenue", seg)
-        table.add_row(seg, pct(get("conversion_rate", seg, "test")) or "–",
-                      pct(get("conversion_rate", seg, "control")) or "–",
-                      f"{pct(rel)}{ci}" if rel is not None else "–",
-                      f"{p:.4f}" if isinstance(p, float) else str(p or "–"),
-                      f"{rev:,.0f}" if isinstance(rev, float) else str(rev or "–"))
+        table.add_row(
+            seg,
+            pct(get("conversion_rate", seg, "test")) or "–",
+            pct(get("conversion_rate", seg, "control")) or "–",
+            f"{pct(rel)}{ci}" if rel is not None else "–",
+            f"{p:.4f}" if isinstance(p, float) else str(p or "–"),
+            f"{rev:,.0f}" if isinstance(rev, float) else str(rev or "–"),
+        )
     return table

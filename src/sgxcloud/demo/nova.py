@@ -43,10 +43,14 @@ FLAVORS: dict[str, tuple[int, dict[str, str]]] = {
 
 # (hours after the demo's week starts, server name, flavor) in boot order
 SERVERS = [
-    (0, "web-1", "std.small"), (0, "web-2", "std.small"), (0, "web-3", "std.small"),
-    (0, "enclave-1", "sgx.small"), (0, "enclave-2", "sgx.small"),
+    (0, "web-1", "std.small"),
+    (0, "web-2", "std.small"),
+    (0, "web-3", "std.small"),
+    (0, "enclave-1", "sgx.small"),
+    (0, "enclave-2", "sgx.small"),
     (0, "enclave-3", "sgx.small"),
-    (24, "cleanroom-node", "sgx.medium"), (24, "coordinator", "sgx.large"),
+    (24, "cleanroom-node", "sgx.medium"),
+    (24, "coordinator", "sgx.large"),
     (24, "too-big", "sgx.huge"),
 ]
 RESIZE_AT_HOURS = 72  # enclave-1: sgx.small (64 MiB) -> sgx.medium (128 MiB)
@@ -62,7 +66,8 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
         "In-process cloud: Nova API, conductor, scheduler and Placement for real; "
         "libvirt [bold yellow]faked[/] as in Nova's own functional tests (no SGX here). "
         "Its clock is [bold]simulated[/]: the demo plays one week of operations so "
-        "that the usage report has hours to count.")
+        "that the usage report has hours to count."
+    )
     clock = SimulatedClock(cloud)
 
     with console.status("Starting compute hosts…"):
@@ -73,8 +78,11 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
                 sections, flc, sgx2 = spec
                 cloud.start_sgx_compute(name, sections, flc=flc, sgx2=sgx2)
     flavor_ids = {
-        name: (cloud.create_sgx_flavor(epc, extra=extra, name=name) if epc
-               else cloud._create_flavor(memory_mb=512, vcpu=1, disk=1, name=name))
+        name: (
+            cloud.create_sgx_flavor(epc, extra=extra, name=name)
+            if epc
+            else cloud._create_flavor(memory_mb=512, vcpu=1, disk=1, name=name)
+        )
         for name, (epc, extra) in FLAVORS.items()
     }
 
@@ -83,25 +91,38 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
         for at_hours, name, flavor in SERVERS:
             clock.advance_to(at_hours)
             status.update(f"Booting {name} ({flavor})…")
-            created = cloud.api.post_server({"server": cloud._build_server(
-                name=name, flavor_id=flavor_ids[flavor], networks="none")})
+            created = cloud.api.post_server(
+                {
+                    "server": cloud._build_server(
+                        name=name, flavor_id=flavor_ids[flavor], networks="none"
+                    )
+                }
+            )
             servers[name] = cloud.wait_for_any_status(created, {"ACTIVE", "ERROR"})
 
     console.print(_servers_table(servers))
     console.print(_hosts_table(cloud))
 
     refusal = _try_live_migration(cloud, servers["enclave-1"])
-    console.print(Panel(refusal, title="Live migration of enclave-1 (an SGX server)",
-                        border_style="yellow"))
+    console.print(
+        Panel(refusal, title="Live migration of enclave-1 (an SGX server)", border_style="yellow")
+    )
 
     xml = cloud.domain_xml(servers["cleanroom-node"])
     xml_path = workdir / "cleanroom-node.xml"
     xml_path.write_text(xml)
     checks = _libvirt_checks(xml_path)
-    console.print(Panel(
-        Group(Syntax(_excerpt(xml), "xml", theme="ansi_dark"), "", checks.render(),
-              f"[dim]whole file: {xml_path}[/]"),
-        title="Domain XML of cleanroom-node (the parts SGX adds)"))
+    console.print(
+        Panel(
+            Group(
+                Syntax(_excerpt(xml), "xml", theme="ansi_dark"),
+                "",
+                checks.render(),
+                f"[dim]whole file: {xml_path}[/]",
+            ),
+            title="Domain XML of cleanroom-node (the parts SGX adds)",
+        )
+    )
 
     with console.status("Later that week: a resize and a deletion…"):
         clock.advance_to(RESIZE_AT_HOURS)
@@ -113,11 +134,14 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
     console.print(
         f"Hour {RESIZE_AT_HOURS}: enclave-1 resized sgx.small → sgx.medium (64 → 128 MiB "
         f"EPC, now on {servers['enclave-1']['OS-EXT-SRV-ATTR:host']}); hour "
-        f"{DELETE_AT_HOURS}: enclave-3 deleted; the week ends at hour {WEEK_HOURS}.")
+        f"{DELETE_AT_HOURS}: enclave-3 deleted; the week ends at hour {WEEK_HOURS}."
+    )
     cloud.usage_window = (clock.start, clock.now)
     return {
-        "servers": {name: {"status": s["status"], "host": s.get("OS-EXT-SRV-ATTR:host")}
-                    for name, s in servers.items()},
+        "servers": {
+            name: {"status": s["status"], "host": s.get("OS-EXT-SRV-ATTR:host")}
+            for name, s in servers.items()
+        },
         "epc_used_mb": {h: cloud.epc_usage(h) for h, spec in HOSTS.items() if spec},
         "domain_xml": str(xml_path),
         "libvirt_checks": checks.results,
@@ -159,6 +183,7 @@ def _resize(cloud: Any, server: dict, flavor_id: str) -> dict:
         cloud.api.post_server_action(server["id"], {"confirmResize": None})
         return cloud._wait_for_state_change(server, "ACTIVE")
 
+
 def _servers_table(servers: dict[str, dict]) -> Table:
     table = Table(title="Where each server landed")
     for column in ("server", "flavor", "EPC MiB", "status", "host / reason"):
@@ -170,8 +195,9 @@ def _servers_table(servers: dict[str, dict]) -> Table:
             where, style = server["OS-EXT-SRV-ATTR:host"], "green"
         else:
             where, style = server.get("fault", {}).get("message", "?"), "red"
-        table.add_row(name, flavor_of[name], str(epc or "–"),
-                      f"[{style}]{server['status']}[/]", where)
+        table.add_row(
+            name, flavor_of[name], str(epc or "–"), f"[{style}]{server['status']}[/]", where
+        )
     return table
 
 
@@ -181,15 +207,18 @@ def _hosts_table(cloud: Any) -> Table:
         table.add_column(column, justify="right" if column[0] in "Euf" else "left")
     for host in HOSTS:
         inventory = cloud.epc_inventory(host)
-        traits = sorted(t.removeprefix("CUSTOM_").removeprefix("HW_CPU_X86_")
-                        for t in cloud.traits(host) & set(resources.SGX_TRAITS))
+        traits = sorted(
+            t.removeprefix("CUSTOM_").removeprefix("HW_CPU_X86_")
+            for t in cloud.traits(host) & set(resources.SGX_TRAITS)
+        )
         if not inventory:
             table.add_row(host, "[dim]none[/]", "–", "–", "–")
             continue
         used = cloud.epc_usage(host)
         free = inventory["total"] - inventory["reserved"] - used
-        table.add_row(host, ", ".join(traits), f"{inventory['total']} MiB",
-                      f"{used} MiB", f"{free} MiB")
+        table.add_row(
+            host, ", ".join(traits), f"{inventory['total']} MiB", f"{used} MiB", f"{free} MiB"
+        )
     return table
 
 
@@ -198,7 +227,8 @@ def _try_live_migration(cloud: Any, server: dict) -> str:
 
     try:
         cloud.admin_api.post_server_action(
-            server["id"], {"os-migrateLive": {"host": None, "block_migration": "auto"}})
+            server["id"], {"os-migrateLive": {"host": None, "block_migration": "auto"}}
+        )
     except client.OpenStackApiException as exc:
         import json
 
@@ -218,7 +248,7 @@ def _excerpt(xml: str) -> str:
         if inside:
             keep.append(line)
             inside = not stripped.startswith(("</numa>", "</memory>"))
-        elif stripped.startswith(("<maxMemory", "<memory>", "<vcpu", "<feature name=\"sgx")):
+        elif stripped.startswith(("<maxMemory", "<memory>", "<vcpu", '<feature name="sgx')):
             keep.append(line)
     return "\n".join(keep)
 
@@ -239,15 +269,20 @@ def _libvirt_checks(path: Path) -> _LibvirtChecks:
     checks = _LibvirtChecks()
     commands = {
         "virt-xml-validate (libvirt RNG schema)": ["virt-xml-validate", str(path), "domain"],
-        "virsh -c test:///default define (libvirt parser)":
-            ["virsh", "-c", "test:///default", "define", str(path)],
+        "virsh -c test:///default define (libvirt parser)": [
+            "virsh",
+            "-c",
+            "test:///default",
+            "define",
+            str(path),
+        ],
     }
     for label, argv in commands.items():
         if not shutil.which(argv[0]):
             checks.results[label] = "not installed here"
             continue
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-        checks.results[label] = ("ok" if done.returncode == 0
-                                 else f"FAILED: {done.stderr.strip()[:200]}")
+        checks.results[label] = (
+            "ok" if done.returncode == 0 else f"FAILED: {done.stderr.strip()[:200]}"
+        )
     return checks
-

@@ -327,9 +327,7 @@ def _on_confirm(walk: _Walk, index: int, action: ActionRecord) -> None:
     walk.before_move.clear()
 
 
-def _at_finish_of(
-    kind: ChangeKind, *events: str
-) -> Callable[[_Walk, int, ActionRecord], None]:
+def _at_finish_of(kind: ChangeKind, *events: str) -> Callable[[_Walk, int, ActionRecord], None]:
     def handle(walk: _Walk, index: int, action: ActionRecord) -> None:
         when = action.finished(*events)
         if when is not None:
@@ -396,5 +394,3 @@ def _move_sizes(
         sizes[index] = new
         sizes.setdefault(-1, old)
     return sizes
-
-

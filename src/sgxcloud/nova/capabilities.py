@@ -18,10 +18,14 @@ from sgxcloud.nova.errors import SGXCapabilitiesError as SGXCapabilitiesError
 from sgxcloud.sgx.epc import kib_to_mib
 
 _SIZE_UNITS_IN_KIB = {
-    "b": 1 / 1024, "bytes": 1 / 1024,
-    "k": 1, "kib": 1,
-    "m": 1024, "mib": 1024,
-    "g": 1024 * 1024, "gib": 1024 * 1024,
+    "b": 1 / 1024,
+    "bytes": 1 / 1024,
+    "k": 1,
+    "kib": 1,
+    "m": 1024,
+    "mib": 1024,
+    "g": 1024 * 1024,
+    "gib": 1024 * 1024,
 }
 
 
@@ -33,7 +37,8 @@ def parse_size_kib(text: str | None, unit: str | None, where: str) -> int:
         value = int(text.strip())
     except ValueError:
         raise SGXCapabilitiesError(
-            f"{where}: size {text.strip()!r} is not a whole number") from None
+            f"{where}: size {text.strip()!r} is not a whole number"
+        ) from None
     factor = _SIZE_UNITS_IN_KIB.get((unit or "KiB").lower())
     if factor is None:
         raise SGXCapabilitiesError(f"{where}: unknown size unit {unit!r}")
@@ -86,10 +91,12 @@ def read_sgx_feature(element: etree._Element) -> SGXFeature:
             setattr(feature, child.tag, parse_yes_no(child.text, f"sgx {child.tag}"))
         elif child.tag == "section_size":
             feature.section_size_kib = parse_size_kib(
-                child.text, child.get("unit"), "sgx section_size")
+                child.text, child.get("unit"), "sgx section_size"
+            )
         elif child.tag == "sections":
             feature.sections.extend(
-                read_section(section) for section in child if section.tag == "section")
+                read_section(section) for section in child if section.tag == "section"
+            )
     return feature
 
 
@@ -150,7 +157,8 @@ def capabilities_from_feature(feature: SGXFeature) -> SGXCapabilities:
         total_kib = sum(sections.values())
     if not total_kib:
         return SGXCapabilities.unsupported(
-            "libvirt reports SGX but no EPC (is PRMRR/EPC size set in firmware?)")
+            "libvirt reports SGX but no EPC (is PRMRR/EPC size set in firmware?)"
+        )
     return SGXCapabilities(
         supported=True,
         flc=bool(feature.flc),

@@ -104,8 +104,11 @@ Possible values:
         "placement_strategy",
         default="pack",
         choices=[
-            ("pack", "Fill the SGX host with the least free EPC first, keeping "
-                     "large EPC slices free elsewhere."),
+            (
+                "pack",
+                "Fill the SGX host with the least free EPC first, keeping "
+                "large EPC slices free elsewhere.",
+            ),
             ("spread", "Use the SGX host with the most free EPC first."),
         ],
         help="How ``SGXWeigher`` ranks SGX hosts for guests that need EPC.",

@@ -102,7 +102,11 @@ class LibvirtConfigDomainCapsFeatureSGX(_ComparableConfig):
         except capabilities.SGXCapabilitiesError as exc:
             raise _invalid(str(exc)) from None
         self.supported, self.flc, self.sgx1, self.sgx2 = (
-            feature.supported, feature.flc, feature.sgx1, feature.sgx2)
+            feature.supported,
+            feature.flc,
+            feature.sgx1,
+            feature.sgx2,
+        )
         self.section_size_kib = feature.section_size_kib
         self.sections = [
             LibvirtConfigDomainCapsSGXSection(node=section.node, size_kib=section.size_kib)
@@ -156,8 +160,9 @@ class LibvirtConfigGuestSGXEPC(_ComparableConfig, vconfig.LibvirtConfigGuestDevi
         memory.set("model", "sgx-epc")
         if self.source_nodemask:
             source = self._new_node("source")
-            source.append(self._text_node(
-                "nodemask", hardware.format_cpu_spec(self.source_nodemask)))
+            source.append(
+                self._text_node("nodemask", hardware.format_cpu_spec(self.source_nodemask))
+            )
             memory.append(source)
         target = self._new_node("target")
         target.append(self._text_node("size", self.target_size_kib, unit="KiB"))

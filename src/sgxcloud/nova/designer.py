@@ -82,7 +82,9 @@ def _ensure_guest_numa_cell(guest: vconfig.LibvirtConfigGuest) -> None:
 
 
 def _add_cpu_features(
-    cpu: vconfig.LibvirtConfigGuestCPU, request: SGXRequest, capabilities: SGXCapabilities,
+    cpu: vconfig.LibvirtConfigGuestCPU,
+    request: SGXRequest,
+    capabilities: SGXCapabilities,
 ) -> None:
     wanted = ["sgx", "sgx1"]
     if capabilities.flc:

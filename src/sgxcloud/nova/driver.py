@@ -37,9 +37,7 @@ CONF = nova.conf.CONF
 sgx_conf.register_opts(CONF)
 
 
-
 class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
-
     @cached_property
     def _sgx_host(self) -> SGXHost:
         return SGXHost(self._host, CONF.libvirt.virt_type, CONF.sgx.provision_key_device)
@@ -64,7 +62,8 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
         if self._sgx_host.capabilities.supported:
             return
         sgx_servers = [
-            instance.uuid for instance in instances
+            instance.uuid
+            for instance in instances
             if not instance.deleted and sgx_request_from_flavor(instance.flavor).wants_sgx
         ]
         if sgx_servers:
@@ -74,7 +73,8 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
                 f"({self._sgx_host.capabilities.reason}). Re-enable SGX in "
                 "firmware/libvirt; or mark this compute service down "
                 "(openstack compute service set --down), evacuate or delete "
-                "these servers, then restart nova-compute.")
+                "these servers, then restart nova-compute."
+            )
 
     # -- Placement and scheduler stats --------------------------------------
 
@@ -100,8 +100,11 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
             return None
         reserved = _reserved_epc_mb(total)
         if reserved == total:
-            LOG.warning("[sgx] reserved_epc_mb (%d) leaves none of the %d MiB EPC "
-                        "for guests", CONF.sgx.reserved_epc_mb, total)
+            LOG.warning(
+                "[sgx] reserved_epc_mb (%d) leaves none of the %d MiB EPC for guests",
+                CONF.sgx.reserved_epc_mb,
+                total,
+            )
         max_unit = total - reserved
         if CONF.sgx.max_epc_per_instance_mb:
             max_unit = min(max_unit, CONF.sgx.max_epc_per_instance_mb)
@@ -173,10 +176,10 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     # -- guest XML -----------------------------------------------------------
 
-    def _get_guest_config(self, instance, network_info, image_meta, disk_info,
-                          *args, **kwargs):
+    def _get_guest_config(self, instance, network_info, image_meta, disk_info, *args, **kwargs):
         guest = super()._get_guest_config(
-            instance, network_info, image_meta, disk_info, *args, **kwargs)
+            instance, network_info, image_meta, disk_info, *args, **kwargs
+        )
         request = sgx_request_from_flavor(instance.flavor)
         if request.wants_sgx:
             self._add_sgx_to_guest(guest, instance, request)
@@ -191,22 +194,26 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
         if not capabilities.supported:
             raise exception.InvalidConfiguration(
                 f"Server {instance.uuid} needs {request.epc_mb} MiB EPC but this "
-                f"host offers no SGX ({capabilities.reason})")
+                f"host offers no SGX ({capabilities.reason})"
+            )
         if request.provision_key and not self._sgx_host.provision_key:
             raise exception.InvalidConfiguration(
                 f"Server {instance.uuid} asks for the SGX provisioning key but "
-                f"{CONF.sgx.provision_key_device} is absent on this host")
+                f"{CONF.sgx.provision_key_device} is absent on this host"
+            )
         used_kib = self._epc_used_kib_by_node(exclude_uuid=instance.uuid)
-        free_kib = ((capabilities.epc_total_mb - _reserved_epc_mb(capabilities.epc_total_mb))
-                    * KIB - sum(used_kib.values()))
+        free_kib = (
+            capabilities.epc_total_mb - _reserved_epc_mb(capabilities.epc_total_mb)
+        ) * KIB - sum(used_kib.values())
         if request.epc_mb * KIB > free_kib:
             # EPC given to a guest is never reclaimed: never over-commit, whatever
             # Placement believed (guests defined outside Nova, a flavor key Nova
             # read differently). Nova reschedules the build elsewhere.
             raise exception.ComputeResourcesUnavailable(
                 reason=f"server {instance.uuid} needs {request.epc_mb} MiB EPC but this "
-                       f"host has only {kib_to_mib(max(free_kib, 0))} MiB free (EPC is never "
-                       "over-committed)")
+                f"host has only {kib_to_mib(max(free_kib, 0))} MiB free (EPC is never "
+                "over-committed)"
+            )
         nodemask = designer.choose_host_nodemask(
             capabilities,
             request.epc_mb * KIB,
@@ -214,9 +221,13 @@ class SGXLibvirtDriver(libvirt_driver.LibvirtDriver):
             preferred_nodes=_host_cells_of(instance),
         )
         designer.add_sgx_epc(guest, request, capabilities, nodemask)
-        LOG.info("Giving server %s %d MiB EPC from host NUMA node(s) %s",
-                 instance.uuid, request.epc_mb,
-                 sorted(nodemask) if nodemask else "chosen by QEMU", instance=instance)
+        LOG.info(
+            "Giving server %s %d MiB EPC from host NUMA node(s) %s",
+            instance.uuid,
+            request.epc_mb,
+            sorted(nodemask) if nodemask else "chosen by QEMU",
+            instance=instance,
+        )
 
     # -- lifecycle refusals --------------------------------------------------
 
@@ -247,9 +258,7 @@ def _record_epc_size(context, instance, epc_mb: int) -> None:
     if context is None:
         return
     try:
-        with compute_utils.EventReporter(
-            context, epc_event_name(epc_mb), CONF.host, instance.uuid
-        ):
+        with compute_utils.EventReporter(context, epc_event_name(epc_mb), CONF.host, instance.uuid):
             pass
     except Exception as exc:  # accounting falls back to migration records
         LOG.debug("Could not record the EPC size of %s: %s", instance.uuid, exc)

@@ -26,8 +26,7 @@ LOG = logging.getLogger(__name__)
 class SGXHost:
     """SGX facts about one libvirt host, probed once per service start."""
 
-    def __init__(self, host: libvirt_host.Host, virt_type: str,
-                 provision_key_device: str) -> None:
+    def __init__(self, host: libvirt_host.Host, virt_type: str, provision_key_device: str) -> None:
         self._host = host
         self._virt_type = virt_type
         self._provision_key_device = provision_key_device
@@ -43,7 +42,8 @@ class SGXHost:
             return self._give_up(f"QEMU older than {_dotted(compat.MIN_QEMU)}")
         try:
             xml = self._host.get_connection().getDomainCapabilities(
-                None, "x86_64", None, self._virt_type, 0)
+                None, "x86_64", None, self._virt_type, 0
+            )
         except Exception as exc:  # libvirtError, or no x86_64 emulator at all
             return self._give_up(f"libvirt domain capabilities unavailable: {exc}")
         try:
@@ -52,9 +52,13 @@ class SGXHost:
             return self._give_up(str(exc))
         if not capabilities.supported:
             return self._give_up(capabilities.reason)
-        LOG.info("SGX detected: %d MiB EPC, FLC %s, SGX2 %s, sections %s",
-                 capabilities.epc_total_mb, capabilities.flc, capabilities.sgx2,
-                 capabilities.sections_kib or "not reported")
+        LOG.info(
+            "SGX detected: %d MiB EPC, FLC %s, SGX2 %s, sections %s",
+            capabilities.epc_total_mb,
+            capabilities.flc,
+            capabilities.sgx2,
+            capabilities.sections_kib or "not reported",
+        )
         return capabilities
 
     @cached_property

@@ -68,5 +68,3 @@ def _placement_get(placement: Any, path: str, microversion: str) -> dict[str, An
     if response.status_code != 200:
         raise UsageError(f"Placement GET {path} failed with HTTP {response.status_code}")
     return response.json()
-
-

@@ -109,8 +109,10 @@ def sgx_request_from_extra_specs(extra_specs: Mapping[str, str] | None) -> SGXRe
         require_flc=_flag(extra_specs, SPEC_REQUIRE_FLC),
         require_sgx2=_flag(extra_specs, SPEC_REQUIRE_SGX2),
         accepted_tcb_statuses=frozenset(
-            status.strip() for status in extra_specs.get(SPEC_TCB_STATUS, "").split(",")
-            if status.strip()),
+            status.strip()
+            for status in extra_specs.get(SPEC_TCB_STATUS, "").split(",")
+            if status.strip()
+        ),
     )
 
 

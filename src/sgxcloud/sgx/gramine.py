@@ -48,7 +48,7 @@ class GramineAttestation:
             return None
         if kind in QUOTING_TYPES:
             return None
-        return f"{self._type} says {kind!r}: set sgx.remote_attestation = \"dcap\" in the manifest"
+        return f'{self._type} says {kind!r}: set sgx.remote_attestation = "dcap" in the manifest'
 
     def quote(self, report_data: bytes) -> bytes:
         """A quote over ``report_data``; ``OSError`` when Gramine gives none.
@@ -58,8 +58,7 @@ class GramineAttestation:
         """
         if len(report_data) != REPORT_DATA_SIZE:
             raise ValueError(
-                f"report data is {len(report_data)} bytes; Gramine takes exactly "
-                f"{REPORT_DATA_SIZE}"
+                f"report data is {len(report_data)} bytes; Gramine takes exactly {REPORT_DATA_SIZE}"
             )
         # The read returns a quote over the report data just written.
         self._report_data.write_bytes(report_data)

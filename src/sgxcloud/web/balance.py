@@ -99,8 +99,9 @@ class ConnectionBalancer:
 
     # -- this worker ---------------------------------------------------------------
 
-    def start(self, loop: asyncio.AbstractEventLoop,
-              receive: Callable[[socket.socket], None]) -> None:
+    def start(
+        self, loop: asyncio.AbstractEventLoop, receive: Callable[[socket.socket], None]
+    ) -> None:
         """Publish a count of 0 and take handovers, each given to ``receive``."""
         load_path = self.directory / f"{self.pid}.load"
         fd = os.open(load_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -155,9 +156,12 @@ class ConnectionBalancer:
             return False
         try:
             # (socket.send_fds ignores its address argument: sendmsg itself)
-            self._outbox.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                           array.array("i", [sock.fileno()]))],
-                                 0, target.address)
+            self._outbox.sendmsg(
+                [b"c"],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))],
+                0,
+                target.address,
+            )
         except (BlockingIOError, InterruptedError):
             return False  # its queue is full: it is busy enough
         except OSError as exc:  # gone (died, replaced): forget it
@@ -202,7 +206,9 @@ class ConnectionBalancer:
                     os.close(fd)
                     continue
                 if sock.type != socket.SOCK_STREAM or sock.family not in (
-                        socket.AF_INET, socket.AF_INET6):
+                    socket.AF_INET,
+                    socket.AF_INET6,
+                ):
                     sock.close()  # only siblings can write here; still, only TCP
                     continue
                 sock.setblocking(False)
@@ -224,8 +230,7 @@ class ConnectionBalancer:
             names = {entry.name for entry in os.scandir(self.directory)}
         except OSError:
             return
-        pids = {int(name[:-5]) for name in names
-                if name.endswith(".load") and name[:-5].isdigit()}
+        pids = {int(name[:-5]) for name in names if name.endswith(".load") and name[:-5].isdigit()}
         for pid in list(self.siblings):
             if pid not in pids:
                 self._forget(self.siblings[pid], unlink=False)
@@ -280,8 +285,11 @@ class WorkerServerState(ServerState):
         """What uvicorn's server sets once a second: Date and the configured headers."""
         second = int(time.time())
         if self._dated[0] != second:
-            date = [(b"date", formatdate(second, usegmt=True).encode())] \
-                if self._config.date_header else []
+            date = (
+                [(b"date", formatdate(second, usegmt=True).encode())]
+                if self._config.date_header
+                else []
+            )
             self._dated = (second, date + self._config.encoded_headers)
         return self._dated[1]
 

@@ -128,13 +128,15 @@ def _heap_trimmer() -> Callable[[], None] | None:
 _trim_heap = _heap_trimmer()
 
 
-def tls_context(certfile: str, keyfile: str, *, ca_certs: str | None = None,
-                cert_reqs: int = ssl.CERT_NONE) -> ssl.SSLContext:
+def tls_context(
+    certfile: str, keyfile: str, *, ca_certs: str | None = None, cert_reqs: int = ssl.CERT_NONE
+) -> ssl.SSLContext:
     """The server TLS context uvicorn would make from its ``ssl_*`` options."""
     from uvicorn.config import SSL_PROTOCOL_VERSION, create_ssl_context
 
-    return create_ssl_context(certfile, keyfile, None, SSL_PROTOCOL_VERSION, cert_reqs,
-                              ca_certs, "TLSv1")
+    return create_ssl_context(
+        certfile, keyfile, None, SSL_PROTOCOL_VERSION, cert_reqs, ca_certs, "TLSv1"
+    )
 
 
 def client_of(peer: Any) -> str | None:
@@ -184,10 +186,17 @@ class Places:
     ends one taken for a newcomer (already forgotten here).
     """
 
-    def __init__(self, *, max_proven: int, max_unproven: int, max_per_client: int,
-                 evict: Callable[[Any], None], grace_s: float = EVICTION_GRACE_S,
-                 unproven_grace_s: float = UNPROVEN_GRACE_S,
-                 silent_grace_s: float = SILENT_GRACE_S) -> None:
+    def __init__(
+        self,
+        *,
+        max_proven: int,
+        max_unproven: int,
+        max_per_client: int,
+        evict: Callable[[Any], None],
+        grace_s: float = EVICTION_GRACE_S,
+        unproven_grace_s: float = UNPROVEN_GRACE_S,
+        silent_grace_s: float = SILENT_GRACE_S,
+    ) -> None:
         self.max_proven = max_proven
         self.max_unproven = max_unproven
         self.max_per_client = max_per_client
@@ -211,15 +220,19 @@ class Places:
     def admit(self, place: Any, now: float) -> bool:
         """An unproven place for a just-accepted connection, or False: close it."""
         client = place.client
-        if client is not None and self.max_per_client \
-                and self.per_client.get(client, 0) >= self.max_per_client:
+        if (
+            client is not None
+            and self.max_per_client
+            and self.per_client.get(client, 0) >= self.max_per_client
+        ):
             victim = self._owing_longest(now, client, grace=self.grace_s)
             if victim is None:
                 return False
             self._take(victim)
         if len(self.unproven) >= self.max_unproven:
-            victim = self._from_biggest(self._unproven_of, client, self.unproven) \
-                or self._oldest_unproven(now)
+            victim = self._from_biggest(
+                self._unproven_of, client, self.unproven
+            ) or self._oldest_unproven(now)
             if victim is None:
                 return False
             self._take(victim)
@@ -238,8 +251,9 @@ class Places:
         del self.unproven[place]
         _add(self._unproven_of, client, -1)
         if len(self.proven) >= self.max_proven:
-            victim = self._from_biggest(self._proven_of, client, self.proven) \
-                or self._owing_longest(now, None, self.proven)
+            victim = self._from_biggest(
+                self._proven_of, client, self.proven
+            ) or self._owing_longest(now, None, self.proven)
             if victim is None:
                 _add(self.per_client, client, -1)
                 return False
@@ -271,8 +285,7 @@ class Places:
             return self.grace_s
         return self.silent_grace_s if place.silent else self.unproven_grace_s
 
-    def _from_biggest(self, counts: dict[str, int], newcomer: str | None,
-                      pool: Any) -> Any:
+    def _from_biggest(self, counts: dict[str, int], newcomer: str | None, pool: Any) -> Any:
         """The place owing longest (any age) in ``pool`` of the client holding
         most there, if it would still hold more than the newcomer's."""
         if not counts:
@@ -283,8 +296,11 @@ class Places:
             return None
         oldest = None
         for place in pool:  # the unproven in accept order: the first is the oldest
-            if place.client == biggest and place.owes() \
-                    and (oldest is None or place.owed_since < oldest.owed_since):
+            if (
+                place.client == biggest
+                and place.owes()
+                and (oldest is None or place.owed_since < oldest.owed_since)
+            ):
                 oldest = place
                 if pool is self.unproven:
                     break
@@ -301,17 +317,20 @@ class Places:
                 return place
         return None
 
-    def _owing_longest(self, now: float, client: str | None, pool: Any = None,
-                       grace: float | None = None) -> Any:
+    def _owing_longest(
+        self, now: float, client: str | None, pool: Any = None, grace: float | None = None
+    ) -> Any:
         """The connection (of ``client``, if given; in ``pool``, if given, else
         any) owing its request longest, past ``grace`` (the grace of its kind
         if None)."""
         oldest = None
-        for place in (pool if pool is not None else (*self.unproven, *self.proven)):
-            if (client is None or place.client == client) and place.owes() \
-                    and now - place.owed_since >= (self._grace(place) if grace is None
-                                                   else grace) \
-                    and (oldest is None or place.owed_since < oldest.owed_since):
+        for place in pool if pool is not None else (*self.unproven, *self.proven):
+            if (
+                (client is None or place.client == client)
+                and place.owes()
+                and now - place.owed_since >= (self._grace(place) if grace is None else grace)
+                and (oldest is None or place.owed_since < oldest.owed_since)
+            ):
                 oldest = place
         return oldest
 
@@ -329,8 +348,16 @@ def _add(counts: dict[str, int], client: str | None, n: int) -> None:
 class Slot:
     """One accepted connection's place in its gate, from accept until it is lost."""
 
-    __slots__ = ("client", "close", "gate", "handshake", "owed_since", "protocol", "proven",
-                 "silent")
+    __slots__ = (
+        "client",
+        "close",
+        "gate",
+        "handshake",
+        "owed_since",
+        "protocol",
+        "proven",
+        "silent",
+    )
 
     def __init__(self, gate: ConnectionGate, client: str | None, now: float) -> None:
         self.gate = gate
@@ -367,12 +394,19 @@ class ConnectionGate:
     One per server (per process): the counts are this process's connections.
     """
 
-    def __init__(self, protocol_class: type, *, max_connections: int,
-                 max_per_client: int, handshake_timeout_s: float,
-                 tls: ssl.SSLContext | None, grace_s: float = EVICTION_GRACE_S,
-                 unproven_grace_s: float = UNPROVEN_GRACE_S,
-                 silent_grace_s: float = SILENT_GRACE_S,
-                 max_unproven: int | None = None) -> None:
+    def __init__(
+        self,
+        protocol_class: type,
+        *,
+        max_connections: int,
+        max_per_client: int,
+        handshake_timeout_s: float,
+        tls: ssl.SSLContext | None,
+        grace_s: float = EVICTION_GRACE_S,
+        unproven_grace_s: float = UNPROVEN_GRACE_S,
+        silent_grace_s: float = SILENT_GRACE_S,
+        max_unproven: int | None = None,
+    ) -> None:
         self.protocol_class = protocol_class
         self.max_connections = max_connections
         """Places for connections whose TLS handshake has completed."""
@@ -381,10 +415,15 @@ class ConnectionGate:
         self.tls = tls
         self.places = Places(
             max_proven=max_connections,
-            max_unproven=max_unproven if max_unproven is not None
+            max_unproven=max_unproven
+            if max_unproven is not None
             else UNPROVEN_PER_PLACE * max_connections,
-            max_per_client=max_per_client, evict=self._evicted, grace_s=grace_s,
-            unproven_grace_s=unproven_grace_s, silent_grace_s=silent_grace_s)
+            max_per_client=max_per_client,
+            evict=self._evicted,
+            grace_s=grace_s,
+            unproven_grace_s=unproven_grace_s,
+            silent_grace_s=silent_grace_s,
+        )
         self.refused = 0
         self.evicted = 0
         self._reported = (0, 0)
@@ -402,15 +441,23 @@ class ConnectionGate:
         out): a service's metrics count them."""
         self._config: Any = None
 
-    def __call__(self, *, config: Any, server_state: Any, app_state: Any,
-                 _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+    def __call__(
+        self,
+        *,
+        config: Any,
+        server_state: Any,
+        app_state: Any,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Protocol:
         loop = _loop or asyncio.get_event_loop()
         if self.balancer is not None:  # one state for accepted and handed-over connections
             return _Accepted(self, self._make_balanced, loop)
 
         def make() -> Any:
-            return self.protocol_class(config=config, server_state=server_state,
-                                       app_state=app_state, _loop=_loop)
+            return self.protocol_class(
+                config=config, server_state=server_state, app_state=app_state, _loop=_loop
+            )
+
         return _Accepted(self, make, loop)
 
     @property
@@ -464,11 +511,13 @@ class ConnectionGate:
         return True
 
     def _make_balanced(self) -> Any:
-        return self.protocol_class(config=self._config, server_state=self.state,
-                                   app_state={}, _loop=None)
+        return self.protocol_class(
+            config=self._config, server_state=self.state, app_state={}, _loop=None
+        )
 
-    def arrived(self, sock: socket.socket, make: Callable[[], Any],
-                loop: asyncio.AbstractEventLoop) -> None:
+    def arrived(
+        self, sock: socket.socket, make: Callable[[], Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
         """A connection this process accepted: handed to a sibling worker holding
         fewer, or taken here."""
         if self.balancer is not None and self.balancer.hand_over(sock, len(self.places)):
@@ -477,8 +526,9 @@ class ConnectionGate:
             return
         self.take(sock, make, loop)
 
-    def take(self, sock: socket.socket, make: Callable[[], Any],
-             loop: asyncio.AbstractEventLoop) -> None:
+    def take(
+        self, sock: socket.socket, make: Callable[[], Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
         """Admit a connection (accepted here or handed over), or close it."""
         try:
             peer = sock.getpeername()
@@ -518,12 +568,16 @@ class ConnectionGate:
         if self.balancer is not None:
             self.balancer.publish(len(self.places))
         self._closed_since_trim += 1
-        if self._closed_since_trim >= TRIM_AFTER_CLOSED and self._trim_timer is None \
-                and _trim_heap is not None:
+        if (
+            self._closed_since_trim >= TRIM_AFTER_CLOSED
+            and self._trim_timer is None
+            and _trim_heap is not None
+        ):
             loop = asyncio.get_running_loop()
             # A second after the wave (or when the last trim is old enough).
-            self._trim_timer = loop.call_later(max(self._trim_at - loop.time(), 1.0),
-                                               self._trim, loop)
+            self._trim_timer = loop.call_later(
+                max(self._trim_at - loop.time(), 1.0), self._trim, loop
+            )
 
     def _trim(self, loop: asyncio.AbstractEventLoop) -> None:
         self._trim_timer = None
@@ -555,10 +609,17 @@ class ConnectionGate:
         self._report_at = now + REPORT_EVERY_S
         refused, evicted = self.refused - self._reported[0], self.evicted - self._reported[1]
         self._reported = (self.refused, self.evicted)
-        log.warning("connection limits: %d connections refused, %d slow ones evicted "
-                    "(%d held, at most %d with a completed handshake and %d without, "
-                    "%d per client)", refused, evicted, len(self.places),
-                    self.max_connections, self.places.max_unproven, self.max_per_client)
+        log.warning(
+            "connection limits: %d connections refused, %d slow ones evicted "
+            "(%d held, at most %d with a completed handshake and %d without, "
+            "%d per client)",
+            refused,
+            evicted,
+            len(self.places),
+            self.max_connections,
+            self.places.max_unproven,
+            self.max_per_client,
+        )
 
 
 class _Accepted(asyncio.Protocol):
@@ -573,8 +634,9 @@ class _Accepted(asyncio.Protocol):
     protocol asked.)
     """
 
-    def __init__(self, gate: ConnectionGate, make: Callable[[], Any],
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, gate: ConnectionGate, make: Callable[[], Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.gate = gate
         self.make = make
         self.loop = loop
@@ -600,8 +662,9 @@ class _Accepted(asyncio.Protocol):
         pass  # the raw transport closed by connection_made: the slot lives on
 
 
-def _open(slot: Slot, sock: socket.socket, make: Callable[[], Any],
-          loop: asyncio.AbstractEventLoop) -> None:
+def _open(
+    slot: Slot, sock: socket.socket, make: Callable[[], Any], loop: asyncio.AbstractEventLoop
+) -> None:
     """An admitted connection: once its first bytes arrive, its TLS handshake
     (within the gate's deadline for the whole opening), then ``make``'s HTTP
     protocol.  Until the socket is readable only a descriptor and a reader are
@@ -647,15 +710,17 @@ def _open(slot: Slot, sock: socket.socket, make: Callable[[], Any],
     slot.close = drop
 
 
-def _serve(slot: Slot, sock: socket.socket, make: Callable[[], Any],
-           loop: asyncio.AbstractEventLoop) -> None:
+def _serve(
+    slot: Slot, sock: socket.socket, make: Callable[[], Any], loop: asyncio.AbstractEventLoop
+) -> None:
     task = loop.create_task(_connect(slot, sock, make, loop))
     slot.handshake = task
     slot.close = task.cancel  # connect_accepted_socket closes the socket
 
 
-async def _connect(slot: Slot, sock: socket.socket, make: Callable[[], Any],
-                   loop: asyncio.AbstractEventLoop) -> None:
+async def _connect(
+    slot: Slot, sock: socket.socket, make: Callable[[], Any], loop: asyncio.AbstractEventLoop
+) -> None:
     def protocol() -> Any:
         made = make()
         made.gate_slot = slot
@@ -669,8 +734,11 @@ async def _connect(slot: Slot, sock: socket.socket, make: Callable[[], Any],
     left = gate.handshake_timeout_s - (loop.time() - slot.owed_since)
     try:
         transport, _ = await loop.connect_accepted_socket(
-            protocol, sock, ssl=tls,
-            ssl_handshake_timeout=max(left, 0.1) if tls is not None else None)
+            protocol,
+            sock,
+            ssl=tls,
+            ssl_handshake_timeout=max(left, 0.1) if tls is not None else None,
+        )
     except (OSError, asyncio.CancelledError) as exc:
         # The handshake timed out or failed, the client left, or the slot was
         # taken by another connection (evicted: this task cancelled).
@@ -709,8 +777,12 @@ class GatedProtocol:
         """Close this connection after the response to the request just arrived
         if the gate wants it elsewhere (:meth:`ConnectionGate.should_shed`)."""
         slot, cycle = self.gate_slot, getattr(self, "cycle", None)
-        if slot is not None and cycle is not None and cycle.keep_alive \
-                and slot.gate.should_shed(slot):
+        if (
+            slot is not None
+            and cycle is not None
+            and cycle.keep_alive
+            and slot.gate.should_shed(slot)
+        ):
             cycle.keep_alive = False  # uvicorn: "connection: close", then closes
 
     def on_response_complete(self) -> None:
@@ -723,4 +795,3 @@ class GatedProtocol:
             self.gate_slot.release()
             self.gate_slot = None
         super().connection_lost(exc)  # type: ignore[misc]
-

@@ -117,8 +117,13 @@ class RequestLimits:
     writing stays paused this long (the client takes nothing in) is aborted."""
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_header_bytes", "max_connections", "keep_alive_s",
-                     "max_connections_per_client"):
+        for name in (
+            "max_body_bytes",
+            "max_header_bytes",
+            "max_connections",
+            "keep_alive_s",
+            "max_connections_per_client",
+        ):
             least = 0 if name in ("max_body_bytes", "max_connections_per_client") else 1
             if int(getattr(self, name)) < least:
                 raise ValueError(f"{name} must be {'positive' if least else 'zero or more'}")
@@ -134,8 +139,14 @@ class RequestLimitsMiddleware:
     one message, so nothing downstream can read more than the limit.
     """
 
-    def __init__(self, app: ASGIApp, *, limits: RequestLimits,
-                 routes: tuple[RouteLimit, ...] | list[RouteLimit], render: Render) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limits: RequestLimits,
+        routes: tuple[RouteLimit, ...] | list[RouteLimit],
+        render: Render,
+    ) -> None:
         self.app = app
         self.limits = limits
         self.routes = tuple(routes)
@@ -148,13 +159,15 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        admitted = await self.admit(scope, receive, send,
-                                    self.route_for(scope["method"], scope["path"]))
+        admitted = await self.admit(
+            scope, receive, send, self.route_for(scope["method"], scope["path"])
+        )
         if admitted is not None:
             await self.app(scope, admitted, send)
 
-    async def admit(self, scope: Scope, receive: Receive, send: Send,
-                    route: RouteLimit | None) -> Receive | None:
+    async def admit(
+        self, scope: Scope, receive: Receive, send: Send, route: RouteLimit | None
+    ) -> Receive | None:
         """Apply the limits of ``route`` (None: the shared ones) to an HTTP request.
 
         Returns what the application must receive the request through: the
@@ -185,8 +198,13 @@ class RequestLimitsMiddleware:
             async with asyncio.timeout(self.limits.body_timeout_s):
                 body = await _read_body(receive, limit)
         except TimeoutError:
-            await self._refuse(scope, receive, send, 408,
-                               f"request body not received within {self.limits.body_timeout_s:g} s")
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                408,
+                f"request body not received within {self.limits.body_timeout_s:g} s",
+            )
             return None
         except BodyTooLarge as exc:
             await self._refuse(scope, receive, send, 413, str(exc))
@@ -195,11 +213,13 @@ class RequestLimitsMiddleware:
             return None
         return _replay(body, receive)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
-                      message: str) -> None:
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, status: int, message: str
+    ) -> None:
         # Connection: close — the rest of an oversized body is never read.
-        response = JSONResponse(dict(self.render(status, message)), status_code=status,
-                                headers={"connection": "close"})
+        response = JSONResponse(
+            dict(self.render(status, message)), status_code=status, headers={"connection": "close"}
+        )
         await response(scope, receive, send)
 
 
@@ -333,8 +353,9 @@ class _SlowReadCutoff:
     def pause_writing(self) -> None:
         super().pause_writing()  # type: ignore[misc]
         if self._write_deadline is None:
-            self._write_deadline = self.loop.call_later(self.response_timeout_s,
-                                                        self._unread_too_long)
+            self._write_deadline = self.loop.call_later(
+                self.response_timeout_s, self._unread_too_long
+            )
 
     def resume_writing(self) -> None:
         self._cancel_write_deadline()
@@ -402,8 +423,7 @@ class LimitedH11Protocol(GatedProtocol, _SlowReadCutoff, _SlowHeadCutoff, H11Pro
     """
 
 
-class LimitedHttpToolsProtocol(GatedProtocol, _SlowReadCutoff, _SlowHeadCutoff,
-                               HttpToolsProtocol):
+class LimitedHttpToolsProtocol(GatedProtocol, _SlowReadCutoff, _SlowHeadCutoff, HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol on httptools (llhttp, C) with the same limits as h11.
 
     The C parser costs a fraction of h11's CPU per request.  It has no bound
@@ -421,8 +441,11 @@ class LimitedHttpToolsProtocol(GatedProtocol, _SlowReadCutoff, _SlowHeadCutoff,
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._in_head and self._head_bytes > self.max_head_bytes \
-                and not self.transport.is_closing():
+        if (
+            self._in_head
+            and self._head_bytes > self.max_head_bytes
+            and not self.transport.is_closing()
+        ):
             self.send_400_response("Invalid HTTP request received.")
 
     def on_headers_complete(self) -> None:
@@ -487,9 +510,12 @@ class _HeadWithFirstBody:
 LimitedProtocol = LimitedH11Protocol | LimitedHttpToolsProtocol
 
 
-def uvicorn_options(limits: RequestLimits,
-                    protocol: type[LimitedProtocol] = LimitedHttpToolsProtocol, *,
-                    tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+def uvicorn_options(
+    limits: RequestLimits,
+    protocol: type[LimitedProtocol] = LimitedHttpToolsProtocol,
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config``/``uvicorn.run`` enforcing ``limits``.
 
     Always one of the protocols above (httptools unless told), so that the
@@ -500,15 +526,22 @@ def uvicorn_options(limits: RequestLimits,
     it has admitted a connection: give it here, never as uvicorn's ``ssl_*``
     options (the gate refuses connections that arrive already handshaken).
     """
-    limited = type(protocol.__name__, (protocol,), {
-        "header_timeout_s": limits.header_timeout_s,
-        "max_head_bytes": limits.max_header_bytes,
-        "response_timeout_s": limits.response_timeout_s,
-    })
+    limited = type(
+        protocol.__name__,
+        (protocol,),
+        {
+            "header_timeout_s": limits.header_timeout_s,
+            "max_head_bytes": limits.max_header_bytes,
+            "response_timeout_s": limits.response_timeout_s,
+        },
+    )
     gate = ConnectionGate(
-        limited, max_connections=limits.max_connections,
+        limited,
+        max_connections=limits.max_connections,
         max_per_client=limits.max_connections_per_client,
-        handshake_timeout_s=limits.header_timeout_s, tls=tls)
+        handshake_timeout_s=limits.header_timeout_s,
+        tls=tls,
+    )
     return {
         "http": gate,
         # The gate bounds connections; uvicorn's own count (503 at the limit)

@@ -24,8 +24,9 @@ MAX_TRACKED = 1024
 class RepeatsThinned(logging.Filter):
     """At most one record per ``window_s`` with the same logger, level and message."""
 
-    def __init__(self, window_s: float = WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, window_s: float = WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self.window_s = window_s
         self.clock = clock

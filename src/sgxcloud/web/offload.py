@@ -71,8 +71,9 @@ class OffloadThreads:
     def _start(self) -> None:
         with self._lock:
             while len(self._started) < self.threads:
-                thread = threading.Thread(target=self._work, daemon=True,
-                                          name=f"{self.name}_{len(self._started)}")
+                thread = threading.Thread(
+                    target=self._work, daemon=True, name=f"{self.name}_{len(self._started)}"
+                )
                 thread.start()
                 self._started.append(thread)
 
@@ -83,8 +84,12 @@ class OffloadThreads:
             job = None  # hold nothing of a finished call while waiting for the next
 
 
-def _run(loop: asyncio.AbstractEventLoop, future: asyncio.Future, function: Callable[..., Any],
-         args: tuple) -> None:
+def _run(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future,
+    function: Callable[..., Any],
+    args: tuple,
+) -> None:
     try:
         result = function(*args)
     except BaseException as exc:  # as an executor does: the awaiting caller decides
@@ -92,8 +97,10 @@ def _run(loop: asyncio.AbstractEventLoop, future: asyncio.Future, function: Call
     else:
         _hand_back(loop, _resolve, future, result)
 
-def _hand_back(loop: asyncio.AbstractEventLoop, settle: Callable[..., None],
-               future: asyncio.Future, value: Any) -> None:
+
+def _hand_back(
+    loop: asyncio.AbstractEventLoop, settle: Callable[..., None], future: asyncio.Future, value: Any
+) -> None:
     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody awaits it
         loop.call_soon_threadsafe(settle, future, value)
 

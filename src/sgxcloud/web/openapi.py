@@ -45,6 +45,5 @@ def first_problem(exc: RequestValidationError) -> tuple[str, str]:
     ``body`` prefix) and pydantic's message, never the value sent (it may be a secret)."""
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    where = ".".join(str(part) for part in first.get("loc", ())
-                     if part != "body")
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
     return where, str(first.get("msg", "invalid request"))

@@ -69,9 +69,14 @@ class DirectRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         dependant = self.dependant
-        if (dependant.path_params or dependant.query_params or dependant.header_params
-                or dependant.cookie_params or dependant.dependencies
-                or len(dependant.body_params) > 1):
+        if (
+            dependant.path_params
+            or dependant.query_params
+            or dependant.header_params
+            or dependant.cookie_params
+            or dependant.dependencies
+            or len(dependant.body_params) > 1
+        ):
             raise TypeError(f"{self.path}: a DirectRoute endpoint takes at most one JSON body")
         body_name, model, max_values = None, None, MAX_JSON_VALUES
         if dependant.body_params:
@@ -85,12 +90,14 @@ class DirectRoute(APIRoute):
         threaded = not inspect.iscoroutinefunction(endpoint)
         path = self.path
 
-        async def respond(content_type: str | None,
-                          body: Callable[[], Awaitable[bytes]]) -> Response:
+        async def respond(
+            content_type: str | None, body: Callable[[], Awaitable[bytes]]
+        ) -> Response:
             arguments: dict[str, Any] = {}
             if model is not None:
                 arguments[body_name] = validated_body(  # type: ignore[index]
-                    model, content_type, await body(), max_values)
+                    model, content_type, await body(), max_values
+                )
             if threaded:
                 response = await run_in_threadpool(endpoint, **arguments)
             else:
@@ -108,23 +115,35 @@ class DirectRoute(APIRoute):
         return handle
 
 
-def validated_body(model: type[Model], content_type: str | None, body: bytes,
-                   max_values: int = MAX_JSON_VALUES) -> Model:
+def validated_body(
+    model: type[Model], content_type: str | None, body: bytes, max_values: int = MAX_JSON_VALUES
+) -> Model:
     """The body as ``model``, or RequestValidationError; every error without its input."""
     if not _is_json(content_type):
-        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",),
-                                       "msg": NOT_JSON, "input": None}])
+        raise RequestValidationError(
+            [{"type": "model_attributes_type", "loc": ("body",), "msg": NOT_JSON, "input": None}]
+        )
     if not json_values_within(body, max_values):
-        raise RequestValidationError([{"type": "too_long", "loc": ("body",), "input": None,
-                                       "msg": f"Input should be a JSON document of at most "
-                                              f"{max_values} values"}])
+        raise RequestValidationError(
+            [
+                {
+                    "type": "too_long",
+                    "loc": ("body",),
+                    "input": None,
+                    "msg": f"Input should be a JSON document of at most {max_values} values",
+                }
+            ]
+        )
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])}
-             for error in exc.errors(include_url=False, include_context=False,
-                                     include_input=False)]
+            [
+                {**error, "loc": ("body", *error["loc"])}
+                for error in exc.errors(
+                    include_url=False, include_context=False, include_input=False
+                )
+            ]
         ) from None
 
 
@@ -133,12 +152,14 @@ def _is_json(content_type: str | None) -> bool:
     if not content_type:
         return False
     main = content_type.split(";", 1)[0].strip().lower()
-    return main == "application/json" or (main.startswith("application/")
-                                          and main.endswith("+json"))
+    return main == "application/json" or (
+        main.startswith("application/") and main.endswith("+json")
+    )
 
 
-_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None,
-                           separators=(",", ":")).encode
+_ENCODE = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+).encode
 
 
 class JSONAnswer(JSONResponse):
@@ -191,11 +212,11 @@ class DirectApp(FastAPI):
     application starts (its first request), as its middleware stack is.
     """
 
-    def __init__(self, *args: Any, telemetry: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, telemetry: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, telemetry=telemetry, **kwargs)  # type: ignore[arg-type]
         self._telemetry_off = telemetry is not None and all(
-            telemetry.get(name) is False for name in TELEMETRY_OFF)
+            telemetry.get(name) is False for name in TELEMETRY_OFF
+        )
         self._direct: dict[tuple[str, str], _Direct] = {}
         self._limits: RequestLimitsMiddleware | None = None
         self._status_handlers: dict[int, ExceptionHandler] = {}
@@ -213,8 +234,12 @@ class DirectApp(FastAPI):
         return stack
 
     def _direct_table(self) -> dict[tuple[str, str], _Direct]:
-        if (self.debug or not self._telemetry_off or self.root_path
-                or getattr(self, "max_body_size", None) is not None):
+        if (
+            self.debug
+            or not self._telemetry_off
+            or self.root_path
+            or getattr(self, "max_body_size", None) is not None
+        ):
             return {}
         self._limits = None
         for middleware in self.user_middleware:
@@ -270,8 +295,9 @@ class DirectApp(FastAPI):
                     return
             scope["route"], scope["endpoint"] = direct.route, direct.route.endpoint
             try:
-                response = await direct.route.respond(_content_type(scope),
-                                                      lambda: _read_body(admitted))
+                response = await direct.route.respond(
+                    _content_type(scope), lambda: _read_body(admitted)
+                )
             except Exception as exc:
                 handler = self._handler_for(exc)
                 if handler is None:
@@ -313,8 +339,7 @@ async def _call(handler: ExceptionHandler, request: Request, exc: Exception) -> 
     target: Any = handler
     while isinstance(target, functools.partial):
         target = target.func
-    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-            type(target).__call__):
+    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(type(target).__call__):
         return await handler(request, exc)
     return await run_in_threadpool(handler, request, exc)
 

@@ -29,10 +29,18 @@ from sgxcloud.cleanroom.local import LocalCollaboration, prepare_example
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",
-                  "--window-size=1280,1000")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1000",
+)
 
 
 @dataclass
@@ -71,9 +79,25 @@ def start_console(workdir: Path, party: str, *extra: str) -> Console:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", "console",
-             "--workdir", str(workdir), "--party", party, "--ready-file", str(ready), *extra],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            [
+                sys.executable,
+                "-m",
+                "sgxcloud.cli.main",
+                "cleanroom",
+                "console",
+                "--workdir",
+                str(workdir),
+                "--party",
+                party,
+                "--ready-file",
+                str(ready),
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     deadline = time.monotonic() + 60
     while not ready.exists():
         if proc.poll() is not None:
@@ -138,8 +162,7 @@ def collab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collab]:
 @pytest.fixture(scope="module")
 def unapproved_collab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collab]:
     """telecom has not approved the definition yet."""
-    c = _collab(tmp_path_factory.mktemp("console-unapproved"), people=400,
-                unapproved="telecom")
+    c = _collab(tmp_path_factory.mktemp("console-unapproved"), people=400, unapproved="telecom")
     yield c
     c.stop()
 
@@ -179,8 +202,11 @@ class Browser:
     def wait_download(self, suffix: str, timeout: float = 20) -> Path:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done = [p for p in self.downloads.iterdir()
-                    if p.name.endswith(suffix) and not p.name.endswith(".crdownload")]
+            done = [
+                p
+                for p in self.downloads.iterdir()
+                if p.name.endswith(suffix) and not p.name.endswith(".crdownload")
+            ]
             if done:
                 return done[0]
             time.sleep(0.1)
@@ -212,8 +238,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.add_experimental_option("prefs", {
-        "download.default_directory": str(downloads), "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
+    )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: Selenium Manager never runs, nothing is downloaded.
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

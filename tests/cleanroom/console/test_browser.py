@@ -87,10 +87,13 @@ def test_provider_approves_then_sees_its_data_ingested(unapproved_collab, browse
     collab.restart_coordinator()  # the operator restarts it with the new approval
     d.get(telecom.base + "/")
     row = d.find_element(By.ID, "approvals").find_element(
-        By.XPATH, ".//tr[th[contains(., '(telecom)')]]")
+        By.XPATH, ".//tr[th[contains(., '(telecom)')]]"
+    )
     assert "approved" in row.text
-    states = [r.find_elements(By.TAG_NAME, "td")[0].text
-              for r in d.find_elements(By.CSS_SELECTOR, "#ingestion tbody tr")]
+    states = [
+        r.find_elements(By.TAG_NAME, "td")[0].text
+        for r in d.find_elements(By.CSS_SELECTOR, "#ingestion tbody tr")
+    ]
     assert states == ["ingested"] * 5
     mine = d.find_element(By.ID, "identifier-report").text
     assert "telecom.subscribers" in mine and "bank.customers" not in mine
@@ -112,12 +115,15 @@ def test_the_query_builder_offers_only_what_the_definition_allows(collab, browse
     brand = collab.console("brand")
     d.get(brand.url)
     d.get(brand.base + "/query")
-    offered = sorted(a.get_attribute("href").rsplit("/", 1)[1]
-                     for a in d.find_elements(By.CSS_SELECTOR, "ul.cards a"))
+    offered = sorted(
+        a.get_attribute("href").rsplit("/", 1)[1]
+        for a in d.find_elements(By.CSS_SELECTOR, "ul.cards a")
+    )
     assert offered == ["audience", "lift", "reach"]
     d.get(brand.base + "/query/lift")
-    breakdowns = [o.get_attribute("value") for o in
-                  Select(d.find_element(By.ID, "breakdown")).options]
+    breakdowns = [
+        o.get_attribute("value") for o in Select(d.find_element(By.ID, "breakdown")).options
+    ]
     assert breakdowns == ["", "telecom.subscribers.region", "bank.customers.premium_card"]
     legends = {e.text.split(" (")[0] for e in d.find_elements(By.TAG_NAME, "legend")}
     labels = {e.text for e in d.find_elements(By.CSS_SELECTOR, ".field > label")}
@@ -158,11 +164,14 @@ def test_analyst_lift_query_chart_verify_and_export(collab, browser):
     result_id = d.current_url.rsplit("/", 1)[1]
     charts = d.find_elements(By.CSS_SELECTOR, "svg.chart")
     assert len(charts) == 2
-    assert "Relative conversion lift" in charts[0].find_element(By.TAG_NAME, "title") \
-        .get_attribute("textContent")
+    assert "Relative conversion lift" in charts[0].find_element(By.TAG_NAME, "title").get_attribute(
+        "textContent"
+    )
     assert charts[0].find_elements(By.TAG_NAME, "circle")  # at least one released lift
-    segments = [r.find_element(By.TAG_NAME, "th").text
-                for r in d.find_elements(By.CSS_SELECTOR, "#lift-table tbody tr")]
+    segments = [
+        r.find_element(By.TAG_NAME, "th").text
+        for r in d.find_elements(By.CSS_SELECTOR, "#lift-table tbody tr")
+    ]
     assert segments[0] == "(all)" and {"north", "south"} <= set(segments)
     assert "[" in d.find_element(By.ID, "lift-table").text  # confidence intervals shown
     browser.screenshot("lift-result", height=2600)
@@ -170,8 +179,11 @@ def test_analyst_lift_query_chart_verify_and_export(collab, browser):
     _click(d, "verify-again")
     assert "verified again" in d.find_element(By.ID, "verify-outcome").text
 
-    for link, suffix in (("export-csv", ".csv"), ("export-json", ".json"),
-                         ("export-html", ".html")):
+    for link, suffix in (
+        ("export-csv", ".csv"),
+        ("export-json", ".json"),
+        ("export-html", ".html"),
+    ):
         d.find_element(By.ID, link).click()
         browser.wait_download(suffix)
     definition = load_definition(collab.local.definition)
@@ -213,13 +225,17 @@ def test_a_refused_query_says_why(collab, browser):
     assert "Refused: not allowed" in alert.text
     assert "telecom.subscribers.device is not allowed in analysis lift" in alert.text
     # The form keeps what was typed, to fix and resubmit.
-    assert d.find_element(By.ID, "filter_text").get_attribute("value") \
+    assert (
+        d.find_element(By.ID, "filter_text").get_attribute("value")
         == "telecom.subscribers.device = 'ios'"
+    )
     browser.screenshot("refused", height=1400)
 
     d.get(brand.base + "/query/audience")  # a group far below k: nothing released
-    for field, value in (("a-bank-customers-premium_card", "true"),
-                         ("a-retailer-customers-baby_buyer", "true")):
+    for field, value in (
+        ("a-bank-customers-premium_card", "true"),
+        ("a-retailer-customers-baby_buyer", "true"),
+    ):
         Select(d.find_element(By.ID, field)).select_by_value(value)
     for label in ("high", "north", "other", "gold"):
         d.find_element(By.XPATH, f"//label[.='{label}']").click()
@@ -260,8 +276,7 @@ def test_keyboard_only(collab, browser):
     browser.screenshot("overlap-result")
     # The focus ring is visible (not removed by the stylesheet).
     d.find_element(By.ID, "verify-again").send_keys("")
-    outline = d.execute_script(
-        "return getComputedStyle(document.activeElement).outlineStyle")
+    outline = d.execute_script("return getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none"
 
 
@@ -276,8 +291,10 @@ def test_budget_and_audit_pages(collab, browser):
     browser.screenshot("budget", height=900)
     d.get(brand.base + "/audit")
     assert d.find_element(By.ID, "chain").text.startswith("Hash chain verified")
-    events = {r.find_elements(By.TAG_NAME, "td")[2].text
-              for r in d.find_elements(By.CSS_SELECTOR, "#audit-table tbody tr")}
+    events = {
+        r.find_elements(By.TAG_NAME, "td")[2].text
+        for r in d.find_elements(By.CSS_SELECTOR, "#audit-table tbody tr")
+    }
     assert {"query", "release", "refusal"} <= events
     browser.screenshot("audit", height=1400)
     d.get(brand.base + "/results")

@@ -24,8 +24,9 @@ def test_a_recipient_finds_verifies_and_exports_what_the_analyst_released(collab
         csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
         # The browser tests' question too: asked again, it is answered from the
         # store (no budget, no differencing against itself).
-        ran = brand.post("/query/lift", data={"csrf": csrf,
-                                              "breakdown": "telecom.subscribers.region"})
+        ran = brand.post(
+            "/query/lift", data={"csrf": csrf, "breakdown": "telecom.subscribers.region"}
+        )
         assert ran.status_code == 303, re.sub(r"<[^>]+>", " ", ran.text)[-600:]
         result_id = ran.headers["location"].rsplit("/", 1)[1]
 
@@ -47,7 +48,7 @@ def test_a_provider_approving_in_the_console_is_told_what_the_budget_permits(col
     console's definition has a budget of 20 per analyst (red team cr7 finding 1)."""
     with closing(_client(collab.console("bank"))) as bank:
         overview = bank.get("/").text
-        form = overview[overview.index('id="approve-form"'):overview.index("</form>")]
+        form = overview[overview.index('id="approve-form"') : overview.index("</form>")]
         assert "privacy-warning" in form
         assert "budget_per_analyst is 20, above 1" in form and "yes/no fact" in form
         definition = bank.get("/definition").text

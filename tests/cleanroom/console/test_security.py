@@ -20,8 +20,17 @@ from sgxcloud.cleanroom.console.security import CSP, Guard
 
 pytestmark = pytest.mark.timeout(240)
 
-PAGES = ("/", "/definition", "/query", "/query/audience", "/query/lift", "/results",
-         "/budget", "/audit", "/verify")
+PAGES = (
+    "/",
+    "/definition",
+    "/query",
+    "/query/audience",
+    "/query/lift",
+    "/results",
+    "/budget",
+    "/audit",
+    "/verify",
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +66,11 @@ def post_routes() -> list[str]:
 
 
 def test_listens_on_loopback_only(brand):
-    sockets = [c for c in psutil.Process(brand.proc.pid).net_connections(kind="inet")
-               if c.status == psutil.CONN_LISTEN]
+    sockets = [
+        c
+        for c in psutil.Process(brand.proc.pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
     assert [s.laddr.ip for s in sockets] == ["127.0.0.1"]
 
 
@@ -107,28 +119,37 @@ def test_every_post_needs_this_starts_csrf_token(session):
 
 def test_a_post_from_another_site_is_refused_even_with_the_token(session):
     token = _csrf(session)
-    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
-                    {"Origin": "null"}):
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+    ):
         response = session.post("/query/audience", data={"csrf": token}, headers=headers)
         assert response.status_code == 403, headers
-    ok = session.post("/query/audience", data={"csrf": token, "filter_text": "("},
-                      headers={"Origin": session.base_url.scheme + "://"
-                               + session.base_url.netloc.decode()})
+    ok = session.post(
+        "/query/audience",
+        data={"csrf": token, "filter_text": "("},
+        headers={"Origin": session.base_url.scheme + "://" + session.base_url.netloc.decode()},
+    )
     assert ok.status_code == 400  # past the guard; the filter itself is bad
 
 
 def test_the_private_key_never_reaches_the_browser(session, collab):
     pem = (collab.workdir / "keys" / "brand.pem").read_bytes()
     key = private_key_from_pem(pem)
-    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                            serialization.NoEncryption())
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     secrets = [base64.b64encode(raw).decode(), raw.hex(), pem.decode().splitlines()[1]]
-    session.post("/query/audience", data={"csrf": _csrf(session),
-                                          "a-retailer-customers-baby_buyer": "true"})
+    session.post(
+        "/query/audience", data={"csrf": _csrf(session), "a-retailer-customers-baby_buyer": "true"}
+    )
     bodies = [session.get(p).text for p in PAGES]
     for link in set(re.findall(r'href="(/results/[0-9a-f-]+)"', session.get("/results").text)):
-        bodies += [session.get(link).text,
-                   *(session.get(f"{link}/export.{f}").text for f in ("csv", "json"))]
+        bodies += [
+            session.get(link).text,
+            *(session.get(f"{link}/export.{f}").text for f in ("csv", "json")),
+        ]
     assert len(bodies) > len(PAGES)
     for body in bodies:
         assert not any(s in body for s in secrets)
@@ -141,15 +162,23 @@ def test_approval_needs_the_reviewed_hash(session, collab):
 
 
 def test_bad_result_ids_and_exports_are_plain_404s(session):
-    for path in ("/results/..%2f..%2fetc", "/results/ZZZ", "/results/0000/export.csv",
-                 "/query/nope"):
+    for path in (
+        "/results/..%2f..%2fetc",
+        "/results/ZZZ",
+        "/results/0000/export.csv",
+        "/query/nope",
+    ):
         assert session.get(path).status_code == 404, path
 
 
 def test_cli_errors_are_one_line(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "sgxcloud.cli.main", "cleanroom",
-                               "console", *args], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "sgxcloud.cli.main", "cleanroom", "console", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     missing = run("--party", "brand")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1

@@ -195,8 +195,9 @@ def fetch_configuration(
             if attempt >= attempts:
                 raise failure
             delay = min(backoff * 2 ** (attempt - 1), 10.0)
-            log.warning("%s; retrying in %.1f s (attempt %d of %d)", failure, delay, attempt + 1,
-                        attempts)
+            log.warning(
+                "%s; retrying in %.1f s (attempt %d of %d)", failure, delay, attempt + 1, attempts
+            )
             time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
     finally:

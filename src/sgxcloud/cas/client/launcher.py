@@ -104,9 +104,7 @@ def pinned_owners(environ: Mapping[str, str]) -> list[str] | None:
         return owners
     if environ.get(NO_PIN_ENV, "").strip().lower() in ("1", "true", "yes"):
         return None
-    raise ClientError(
-        f"missing launcher settings: {OWNERS_ENV} (or --no-owner-pin, insecure)"
-    )
+    raise ClientError(f"missing launcher settings: {OWNERS_ENV} (or --no-owner-pin, insecure)")
 
 
 def missing_settings(environ: Mapping[str, str]) -> list[str]:
@@ -138,8 +136,7 @@ def launch(
     owners = pinned_owners(environ)
     if owners is None:
         logging.getLogger(__name__).warning(
-            "policy owners are not pinned (%s): whoever controls policy %r configures "
-            "this enclave",
+            "policy owners are not pinned (%s): whoever controls policy %r configures this enclave",
             NO_PIN_ENV,
             environ["SGXCLOUD_CAS_POLICY"],
         )
@@ -200,9 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch_cmd.add_argument("--url", help="CAS base URL (env SGXCLOUD_CAS_URL)")
     launch_cmd.add_argument("--policy", help="policy name (env SGXCLOUD_CAS_POLICY)")
     launch_cmd.add_argument("--service", help="service in the policy (env SGXCLOUD_CAS_SERVICE)")
-    launch_cmd.add_argument(
-        "--ca-file", help="the CAS's CA certificate, PEM (env SGXCLOUD_CAS_CA)"
-    )
+    launch_cmd.add_argument("--ca-file", help="the CAS's CA certificate, PEM (env SGXCLOUD_CAS_CA)")
     launch_cmd.add_argument(
         "--policy-owner",
         action="append",

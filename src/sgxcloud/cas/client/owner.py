@@ -142,8 +142,9 @@ class OwnerClient:
     def audit(self, after: str = "", limit: int = 100) -> list[dict[str, Any]]:
         """Entries about our policies, oldest first; ``after``: the previous page's last ref."""
         # no empty 'after': a CAS of an earlier release reads it as a number
-        query = urllib.parse.urlencode({"after": after, "limit": limit} if after else
-                                       {"limit": limit})
+        query = urllib.parse.urlencode(
+            {"after": after, "limit": limit} if after else {"limit": limit}
+        )
         answer: list[dict[str, Any]] = _owner_answer(self._request("GET", f"/v1/audit?{query}"))
         return answer
 

@@ -65,9 +65,7 @@ def evaluate_strength(
         users = [s for s in services if secret in services_secrets(s)]
         services = users or services
     if not services:
-        return Decision(
-            accepted=False, reasons=["the policy has no service"], codes=["identity"]
-        )
+        return Decision(accepted=False, reasons=["the policy has no service"], codes=["identity"])
     reasons: list[tuple[str, str]] = []
     for service in services:
         for reason in _evidence_reasons(service, evidence):

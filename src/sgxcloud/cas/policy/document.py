@@ -97,13 +97,15 @@ class _Strict(Composer, SafeConstructor, Resolver):
         self._nodes += 1
         if self._nodes > MAX_YAML_NODES:
             raise PolicyError(
-                "", f"policy has more than {MAX_YAML_NODES} YAML nodes "
-                f"(values, keys, lists and mappings; line {event.start_mark.line + 1})"
+                "",
+                f"policy has more than {MAX_YAML_NODES} YAML nodes "
+                f"(values, keys, lists and mappings; line {event.start_mark.line + 1})",
             )
         if self._depth >= MAX_YAML_DEPTH:
             raise PolicyError(
-                "", f"policy is nested more than {MAX_YAML_DEPTH} levels deep "
-                f"(line {event.start_mark.line + 1})"
+                "",
+                f"policy is nested more than {MAX_YAML_DEPTH} levels deep "
+                f"(line {event.start_mark.line + 1})",
             )
         self._depth += 1
         try:
@@ -168,8 +170,9 @@ def parse_document(
             size = len(text.encode("utf-8", "surrogatepass"))
             if size > max_bytes:
                 raise PolicyError(
-                    "", f"policy is larger than {max_bytes} bytes ({size}): the service's "
-                    "max_policy_bytes setting"
+                    "",
+                    f"policy is larger than {max_bytes} bytes ({size}): the service's "
+                    "max_policy_bytes setting",
                 )
         try:
             loader = _StrictLoader(text)

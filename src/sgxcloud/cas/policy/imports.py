@@ -45,9 +45,7 @@ def check_import(
         source = exporting.secrets.get(spec.import_from.secret)
         if spec.import_from.owner not in exporter_owners:
             problems.append(
-                PolicyProblem(
-                    f"{where}.owner", f"is not an owner of policy {exporting.name!r}"
-                )
+                PolicyProblem(f"{where}.owner", f"is not an owner of policy {exporting.name!r}")
             )
         elif source is None:
             problems.append(

@@ -103,9 +103,7 @@ def _service(name: str, spec: dict[str, Any]) -> ServicePolicy:
 def _secret(name: str, spec: dict[str, Any]) -> SecretSpec:
     kind = spec["kind"]
     source = spec.get("import_from")
-    imported = (
-        SecretImport(source["policy"], source["owner"], source["secret"]) if source else None
-    )
+    imported = SecretImport(source["policy"], source["owner"], source["secret"]) if source else None
     size = spec.get("size")
     if kind == "gramine-key":
         size = GRAMINE_KEY_SIZE

@@ -216,16 +216,25 @@ def check_access(access: dict[str, Any]) -> Iterator[PolicyProblem]:
 
 
 def check_secrets(policy_name: str, secrets: dict[str, Any]) -> Iterator[PolicyProblem]:
-    generated_keys = [spec.get("algorithm", "") for spec in secrets.values()
-                      if spec["kind"] == "private-key" and "import_from" not in spec]
+    generated_keys = [
+        spec.get("algorithm", "")
+        for spec in secrets.values()
+        if spec["kind"] == "private-key" and "import_from" not in spec
+    ]
     if len(generated_keys) > MAX_PRIVATE_KEYS:
-        yield PolicyProblem("secrets", f"declares {len(generated_keys)} private keys to "
-                            f"generate; at most {MAX_PRIVATE_KEYS} are allowed")
+        yield PolicyProblem(
+            "secrets",
+            f"declares {len(generated_keys)} private keys to "
+            f"generate; at most {MAX_PRIVATE_KEYS} are allowed",
+        )
     rsa_keys = sum(1 for algorithm in generated_keys if algorithm.startswith("rsa"))
     if rsa_keys > MAX_RSA_KEYS:
-        yield PolicyProblem("secrets", f"declares {rsa_keys} RSA private keys to generate; "
-                            f"at most {MAX_RSA_KEYS} are allowed (EC and Ed25519 keys are "
-                            "cheap to make)")
+        yield PolicyProblem(
+            "secrets",
+            f"declares {rsa_keys} RSA private keys to generate; "
+            f"at most {MAX_RSA_KEYS} are allowed (EC and Ed25519 keys are "
+            "cheap to make)",
+        )
     for name, spec in secrets.items():
         where = f"secrets.{name}"
         kind = spec["kind"]

@@ -197,8 +197,12 @@ def create_app(
             state=cas().state, database=cas().database.dialect, deployment=cas().deployment_id
         )
 
-    @app.get("/v1/health/live", response_model=schemas.ProbeResponse, tags=["service"],
-             response_model_exclude_none=True)
+    @app.get(
+        "/v1/health/live",
+        response_model=schemas.ProbeResponse,
+        tags=["service"],
+        response_model_exclude_none=True,
+    )
     async def live() -> schemas.ProbeResponse:
         """Liveness: the process answers (restart it if not). Touches nothing else."""
         return schemas.ProbeResponse(ok=True, check="live")
@@ -214,8 +218,9 @@ def create_app(
         """Serve an endpoint on a lean :class:`DirectRoute`, documented as any other."""
 
         def register(endpoint: Endpoint) -> Endpoint:
-            app.router.add_api_route(path, endpoint, methods=[method],
-                                     route_class_override=DirectRoute, **options)
+            app.router.add_api_route(
+                path, endpoint, methods=[method], route_class_override=DirectRoute, **options
+            )
             return endpoint
 
         return register
@@ -248,29 +253,36 @@ def create_app(
         A rejection answers 403 with code 'rejected' and the audit entry's
         ref only: the reasons are for the policy's owners (GET /v1/audit).
         """
-        request = AttestRequest(body.policy, body.service, body.nonce, body.public_key,
-                                body.evidence)
+        request = AttestRequest(
+            body.policy, body.service, body.nonce, body.public_key, body.evidence
+        )
         result = await attest_workers.call(cas().attest, request, now())
-        return JSONAnswer({
-            "policy": result.policy,
-            "service": result.service,
-            "policy_hash": result.policy_hash,
-            "nonce": result.nonce,
-            "hpke_suite": HPKE_SUITE_NAME,
-            "sealed_configuration": base64.b64encode(result.sealed_configuration).decode(),
-            "certificate": result.certificate_pem,
-            "ca_certificate": result.ca_certificate_pem,
-            "simulated": result.simulated,
-            "tcb_status": result.tcb_status,
-            "audit_ref": result.audit_ref,
-        })
+        return JSONAnswer(
+            {
+                "policy": result.policy,
+                "service": result.service,
+                "policy_hash": result.policy_hash,
+                "nonce": result.nonce,
+                "hpke_suite": HPKE_SUITE_NAME,
+                "sealed_configuration": base64.b64encode(result.sealed_configuration).decode(),
+                "certificate": result.certificate_pem,
+                "ca_certificate": result.ca_certificate_pem,
+                "simulated": result.simulated,
+                "tcb_status": result.tcb_status,
+                "audit_ref": result.audit_ref,
+            }
+        )
 
     # The body is read raw: its signature is checked before it is parsed (a
     # body parameter would have FastAPI parse and validate it first, for
     # anyone who forges well-formed signature headers), and it is parsed on a
     # thread (a legitimate policy may be a MiB).  Documented as a body parameter.
-    @app.put("/v1/policies", response_model=schemas.PolicyApplyResponse, tags=["policies"],
-             openapi_extra=_json_body(schemas.PolicyApplyBody))
+    @app.put(
+        "/v1/policies",
+        response_model=schemas.PolicyApplyResponse,
+        tags=["policies"],
+        openapi_extra=_json_body(schemas.PolicyApplyBody),
+    )
     async def apply_policy(request: Request) -> schemas.PolicyApplyResponse:
         """Create or update a policy (signed by an owner; updates name their predecessor)."""
         who = await caller(request)
@@ -280,8 +292,9 @@ def create_app(
         content_type, raw, when = request.headers.get("content-type"), await request.body(), now()
 
         def decode() -> tuple[schemas.PolicyApplyBody, list]:
-            body = validated_body(schemas.PolicyApplyBody, content_type, raw,
-                                  schemas.PolicyApplyBody.max_json_values)
+            body = validated_body(
+                schemas.PolicyApplyBody, content_type, raw, schemas.PolicyApplyBody.max_json_values
+            )
             # Up to 32 signature checks: on the thread too.
             return body, [
                 auth.verify_consent(
@@ -338,7 +351,8 @@ def create_app(
     async def audit_entries(
         request: Request,
         after: str = Query(
-            "", max_length=64,
+            "",
+            max_length=64,
             description="ref of the last entry of the previous page (empty or 0: from the start)",
         ),
         limit: int = Query(100, ge=1, le=1000),
@@ -403,8 +417,7 @@ _RAW_BODIES: tuple[type[BaseModel], ...] = (schemas.PolicyApplyBody,)
 def _json_body(model: type[BaseModel]) -> dict:
     """``openapi_extra`` documenting a raw body as the body parameter ``model``."""
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"content": {"application/json": {"schema": schema}},
-                            "required": True}}
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
 
 
 def _document_400_not_422(app: FastAPI) -> None:

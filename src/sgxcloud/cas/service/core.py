@@ -430,13 +430,17 @@ class CasService:
                 # A character is at least one byte: these are over the limit for sure.
                 oversized = repo.policies_longer_than(self.max_policy_bytes)
             if not WITH_LIBYAML:  # pragma: no cover - PyYAML's wheels bundle libyaml
-                log.warning("PyYAML has no libyaml: policies are read by its pure-Python "
-                            "parser, ~5-10x the CPU (still bounded by size, depth and nodes)")
+                log.warning(
+                    "PyYAML has no libyaml: policies are read by its pure-Python "
+                    "parser, ~5-10x the CPU (still bounded by size, depth and nodes)"
+                )
             if oversized:
                 log.warning(
                     "%d stored policies are larger than max_policy_bytes (%d), e.g. %s: they "
                     "still load, but their owners must shrink them to update them",
-                    len(oversized), self.max_policy_bytes, ", ".join(oversized[:5]),
+                    len(oversized),
+                    self.max_policy_bytes,
+                    ", ".join(oversized[:5]),
                 )
             self._nonces = NonceMinter(self.keyring, self.nonce_ttl, self.deployment_id)
             self._refs = EntryRefs(self.keyring, self.deployment_id)
@@ -502,8 +506,13 @@ class CasService:
                 lambda repo: self._reject_malformed(repo, request, nonce, public_key, problem, now)
             )
             ref = self._refs.ref(seq)
-            log.info("malformed attestation for %s/%s (audit #%d, ref %s)",
-                     request.policy, request.service, seq, ref)
+            log.info(
+                "malformed attestation for %s/%s (audit #%d, ref %s)",
+                request.policy,
+                request.service,
+                seq,
+                ref,
+            )
             raise MalformedAttestation(str(malformed), audit_seq=seq, audit_ref=ref) from malformed
         assert nonce is not None and public_key is not None and evidence is not None
         # Verification is pure CPU work: do it before taking any database lock.
@@ -557,8 +566,9 @@ class CasService:
                 verdict.extend(decision.reasons)
             configuration = None
             if verdict.accepted and policy is not None and loaded is not None:
-                configuration = self._configuration(repo, loaded, request.service, verdict,
-                                                    verified, prepared)
+                configuration = self._configuration(
+                    repo, loaded, request.service, verdict, verified, prepared
+                )
             entry = audit.append(
                 repo,
                 kind=audit.AuditKind.ATTESTATION,
@@ -574,17 +584,28 @@ class CasService:
         verdict, seq, outcome = self._run_parsed(decide, prepared)
         ref = self._refs.ref(seq)
         if not verdict.accepted:
-            log.info("attestation rejected for %s/%s (audit #%d, ref %s)",
-                     request.policy, request.service, seq, ref)
-            raise AttestationRejected(verdict.reasons, code=verdict.code, audit_seq=seq,
-                                      audit_ref=ref)
+            log.info(
+                "attestation rejected for %s/%s (audit #%d, ref %s)",
+                request.policy,
+                request.service,
+                seq,
+                ref,
+            )
+            raise AttestationRejected(
+                verdict.reasons, code=verdict.code, audit_seq=seq, audit_ref=ref
+            )
         stored, configuration, ca, template = outcome
         assert verified is not None
         certificate = secrets.issue_certificate(
             ca, public_key, now=materials.utc(now), days=ATTESTED_CERT_DAYS, template=template
         )
-        log.info("attestation accepted for %s/%s (audit #%d, ref %s)",
-                 request.policy, request.service, seq, ref)
+        log.info(
+            "attestation accepted for %s/%s (audit #%d, ref %s)",
+            request.policy,
+            request.service,
+            seq,
+            ref,
+        )
         return AttestResult(
             policy=request.policy,
             service=request.service,
@@ -829,6 +850,7 @@ class CasService:
         """The private keys applying ``policy`` will need, made before its transaction
         (``materials.keys_to_generate``): none for a caller who does not own the
         stored policy of that name, whom the transaction refuses anyway."""
+
         def stored_rows(repo: Repository) -> dict[str, SealedSecret] | None:
             current = repo.get_policy(policy.name)
             if current is not None and caller not in current.owners:
@@ -888,8 +910,11 @@ class CasService:
             if not live:
                 return  # free
             last = live[-1]
-            owners = self._known(prepared, ("owners", name, last.version, last.policy_hash),
-                                 lambda: owner_ids(last.text))
+            owners = self._known(
+                prepared,
+                ("owners", name, last.version, last.policy_hash),
+                lambda: owner_ids(last.text),
+            )
             if caller in owners:
                 return  # one of its last owners takes it again
             if any(row.applied_by == caller for row in history):
@@ -920,9 +945,7 @@ class CasService:
         listed = {p.id: p.name for p in policy.access.owners}
         readers = {p.id for p in policy.access.readers}
         signers = {caller} | {c.principal for c in consents}
-        strangers = sorted(
-            c.principal for c in consents if c.principal not in {*listed, *readers}
-        )
+        strangers = sorted(c.principal for c in consents if c.principal not in {*listed, *readers})
         if strangers:
             raise AccessDenied(
                 f"consent from {strangers[0]}, who is not an owner or reader the policy lists"
@@ -1097,8 +1120,9 @@ class CasService:
             start = self._ref_seq(after, "after") if after not in ("", "0") else 0
             found = self.audit_entries(caller, after=start, limit=limit)
         return [
-            OwnerAuditEntry(self._refs.ref(e.seq), e.at, e.kind, e.subject, e.actor, e.outcome,
-                            e.detail)
+            OwnerAuditEntry(
+                self._refs.ref(e.seq), e.at, e.kind, e.subject, e.actor, e.outcome, e.detail
+            )
             for e in found
         ]
 
@@ -1252,11 +1276,13 @@ def _not_offered(policy: Policy, exporter: str, problem: PolicyError | None) -> 
             continue
         where = f"secrets.{spec.name}.import_from"
         if problem is None or any(p.field.startswith(where) for p in problem.problems):
-            problems.append(PolicyProblem(
-                where,
-                f"no policy {exporter!r} owned by {source.owner} offers a secret "
-                f"{source.secret!r} to {policy.name!r} with one of its owners",
-            ))
+            problems.append(
+                PolicyProblem(
+                    where,
+                    f"no policy {exporter!r} owned by {source.owner} offers a secret "
+                    f"{source.secret!r} to {policy.name!r} with one of its owners",
+                )
+            )
     return PolicyError.from_problems(problems)
 
 

@@ -73,8 +73,9 @@ def utc(now: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(now, tz=dt.UTC)
 
 
-def keys_to_generate(policy: Policy, stored: Mapping[str, SealedSecret]
-                     ) -> dict[str, tuple[str, secrets.SecretValue]]:
+def keys_to_generate(
+    policy: Policy, stored: Mapping[str, SealedSecret]
+) -> dict[str, tuple[str, secrets.SecretValue]]:
     """The private keys :func:`reconcile` would make for ``policy`` given its ``stored``
     rows, made now: name -> (spec digest, key).
 

@@ -123,7 +123,6 @@ class CasMetrics:
         self.registry.register(_StateCollector(service, self))
 
 
-
 class WorkerMetrics:
     """/metrics of a service with several worker processes, served by their parent.
 
@@ -263,9 +262,7 @@ class MeasuredService:
             raise
         finally:
             self._metrics.attestations.labels(verdict, reason).inc()
-            self._metrics.attestation_seconds.labels(verdict).observe(
-                time.perf_counter() - started
-            )
+            self._metrics.attestation_seconds.labels(verdict).observe(time.perf_counter() - started)
 
 
 class ObservedCollateral:

@@ -63,8 +63,10 @@ log = logging.getLogger(__name__)
 def count_connections(gate: ConnectionGate, metrics: CasMetrics) -> None:
     """``sgxcloud_cas_connections_total``: what the connection gate refused,
     evicted, handed to another worker or closed to even the workers out."""
-    counters = {outcome: metrics.connections.labels(outcome=outcome)
-                for outcome in ("refused", "evicted", "handed_over", "shed")}
+    counters = {
+        outcome: metrics.connections.labels(outcome=outcome)
+        for outcome in ("refused", "evicted", "handed_over", "shed")
+    }
     gate.observe = lambda outcome: counters[outcome].inc()
 
 
@@ -161,8 +163,7 @@ def _server_options(
     connection is counted and admitted before its handshake (web.connections)."""
     protocol = LimitedHttpToolsProtocol
     if owner_ca is not None:
-        tls = tls_context(str(cert), str(key), ca_certs=str(owner_ca),
-                          cert_reqs=ssl.CERT_OPTIONAL)
+        tls = tls_context(str(cert), str(key), ca_certs=str(owner_ca), cert_reqs=ssl.CERT_OPTIONAL)
         protocol = PeerCertificateProtocol
     else:
         tls = tls_context(str(cert), str(key))
@@ -192,8 +193,14 @@ def log_config(level: str) -> dict[str, Any]:
         "formatters": {"cas": {"format": LOG_FORMAT}},
         # Exact repeats (uvicorn's one warning per refused request) thinned out.
         "filters": {"repeats": {"()": "sgxcloud.web.logs.RepeatsThinned"}},
-        "handlers": {"cas": {"class": "logging.StreamHandler", "formatter": "cas",
-                             "stream": "ext://sys.stderr", "filters": ["repeats"]}},
+        "handlers": {
+            "cas": {
+                "class": "logging.StreamHandler",
+                "formatter": "cas",
+                "stream": "ext://sys.stderr",
+                "filters": ["repeats"],
+            }
+        },
         "loggers": {
             name: {"handlers": ["cas"], "level": upper, "propagate": False}
             for name in ("sgxcloud", "uvicorn", "uvicorn.access")
@@ -347,8 +354,9 @@ class WorkerConfig(uvicorn.Config):
     is not), with an app factory that builds the worker's own service there.
     """
 
-    def __init__(self, settings: Settings, builder: Callable[..., CasService],
-                 balance_dir: Path) -> None:
+    def __init__(
+        self, settings: Settings, builder: Callable[..., CasService], balance_dir: Path
+    ) -> None:
         self.settings = settings
         self.builder = builder
         self.balance_dir = balance_dir
@@ -406,8 +414,9 @@ ASGIApp = Callable[
 ]
 
 
-def worker_app(settings: Settings, builder: Callable[..., CasService],
-               gate: ConnectionGate) -> ASGIApp:
+def worker_app(
+    settings: Settings, builder: Callable[..., CasService], gate: ConnectionGate
+) -> ASGIApp:
     """The app of one worker, built in the worker (uvicorn calls this factory there)."""
     _stop_with_parent()
     metrics = CasMetrics()  # counts into the parent's multiprocess directory

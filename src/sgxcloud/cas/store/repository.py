@@ -715,14 +715,14 @@ _SEQS_FOR_POSTGRESQL = (
     # index range per policy on the bytewise index (migration 0006); "+ 0" keeps the
     # prefix half off the primary key, as the unary + does on SQLite.
     "SELECT s.seq AS seq FROM policy_access p CROSS JOIN LATERAL ("
-    "SELECT a.seq FROM audit_log a WHERE a.subject COLLATE \"C\" = p.policy COLLATE \"C\" "
+    'SELECT a.seq FROM audit_log a WHERE a.subject COLLATE "C" = p.policy COLLATE "C" '
     "AND a.seq > :after AND a.seq < :before OFFSET 0) s "
     "WHERE p.principal = :principal "
     "UNION ALL "
     "SELECT s.seq AS seq FROM policy_access p CROSS JOIN LATERAL ("
     "SELECT a.seq FROM audit_log a "
-    "WHERE a.subject COLLATE \"C\" >= (p.policy || '/') COLLATE \"C\" "
-    "AND a.subject COLLATE \"C\" < (p.policy || '0') COLLATE \"C\" "
+    'WHERE a.subject COLLATE "C" >= (p.policy || \'/\') COLLATE "C" '
+    'AND a.subject COLLATE "C" < (p.policy || \'0\') COLLATE "C" '
     "AND a.seq + 0 > :after AND a.seq + 0 < :before OFFSET 0) s "
     "WHERE p.principal = :principal "
     "ORDER BY seq @ORDER LIMIT :limit"

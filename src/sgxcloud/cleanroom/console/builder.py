@@ -16,8 +16,11 @@ from typing import Any
 from sgxcloud.cleanroom.definition import Analysis, Attribute, Definition
 from sgxcloud.cleanroom.errors import QueryError
 
-TEMPLATE_TITLES = {"audience_size": "Audience size", "overlap": "Overlap between datasets",
-                   "campaign_lift": "Campaign lift (test vs control)"}
+TEMPLATE_TITLES = {
+    "audience_size": "Audience size",
+    "overlap": "Overlap between datasets",
+    "campaign_lift": "Campaign lift (test vs control)",
+}
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,17 @@ def offers(definition: Definition, party: str) -> list[AnalysisOffer]:
 def _offer(definition: Definition, analysis: Analysis) -> AnalysisOffer:
     attrs = tuple(a for a in (_attribute(definition, r) for r in analysis.attributes) if a)
     return AnalysisOffer(
-        name=analysis.name, template=analysis.template,
-        description=_description(definition, analysis.name), attributes=attrs,
-        datasets=tuple(analysis.datasets), breakdowns=tuple(analysis.breakdowns),
+        name=analysis.name,
+        template=analysis.template,
+        description=_description(definition, analysis.name),
+        attributes=attrs,
+        datasets=tuple(analysis.datasets),
+        breakdowns=tuple(analysis.breakdowns),
         recipients=tuple(analysis.recipients),
-        attribution_window_days=(analysis.attribution_window_days
-                                 if analysis.template == "campaign_lift" else None))
+        attribution_window_days=(
+            analysis.attribution_window_days if analysis.template == "campaign_lift" else None
+        ),
+    )
 
 
 def offer_for(definition: Definition, party: str, name: str) -> AnalysisOffer | None:
@@ -145,8 +153,9 @@ def attribute_filters(offer: AnalysisOffer, form: Form) -> list[dict[str, Any]]:
             for bound, op in (("min", ">="), ("max", "<=")):
                 text = form.get(f"{attr.field}-{bound}").strip()
                 if text:
-                    out.append({"attribute": attr.ref, "op": op,
-                                "value": _number(text, attr.ref, bound)})
+                    out.append(
+                        {"attribute": attr.ref, "op": op, "value": _number(text, attr.ref, bound)}
+                    )
     return out
 
 

@@ -30,8 +30,15 @@ BOTTOM = 40
 MAX_ROWS = 12
 """Longer breakdowns are charted in part; the table below the chart has them all."""
 
-COLOURS = {"test": "#1d4ed8", "control": "#6b7280", "lift": "#1d4ed8", "bar": "#0f766e",
-           "suppressed": "#b45309", "axis": "#374151", "grid": "#e5e7eb"}
+COLOURS = {
+    "test": "#1d4ed8",
+    "control": "#6b7280",
+    "lift": "#1d4ed8",
+    "bar": "#0f766e",
+    "suppressed": "#b45309",
+    "axis": "#374151",
+    "grid": "#e5e7eb",
+}
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,9 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
         high = low + 1.0
     raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw),
-               default=magnitude * 10)
+    step = min(
+        (m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=magnitude * 10
+    )
     start = math.floor(low / step) * step
     out = [round(start, 12)]
     while out[-1] < high - step * 1e-9:  # the last tick covers the highest value
@@ -56,12 +64,19 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 
 class _Canvas:
-    def __init__(self, title: str, description: str, rows: int, labels: Sequence[str],
-                 legend: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        title: str,
+        description: str,
+        rows: int,
+        labels: Sequence[str],
+        legend: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.height = TOP + rows * ROW_H + BOTTOM
         # The label column fits the longest label, so no label is cut off.
-        self.label_w = min(max(120, int(max((len(x) for x in labels), default=0) * CHAR_W) + 20),
-                           460)
+        self.label_w = min(
+            max(120, int(max((len(x) for x in labels), default=0) * CHAR_W) + 20), 460
+        )
         self.width = self.label_w + PLOT_W + RIGHT_PAD
         self.parts: list[str] = []
         self.title = title
@@ -80,28 +95,40 @@ class _Canvas:
     def add(self, markup: str) -> None:
         self.parts.append(markup)
 
-    def text(self, x: float, y: float, text: str, anchor: str = "start", size: int = 12,
-             fill: str = "#111827", italic: bool = False) -> None:
+    def text(
+        self,
+        x: float,
+        y: float,
+        text: str,
+        anchor: str = "start",
+        size: int = 12,
+        fill: str = "#111827",
+        italic: bool = False,
+    ) -> None:
         style = ' font-style="italic"' if italic else ""
-        self.add(f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" '
-                 f'fill="{fill}"{style}>{escape(text)}</text>')
+        self.add(
+            f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" '
+            f'fill="{fill}"{style}>{escape(text)}</text>'
+        )
 
     def axis(self, fmt) -> None:
         bottom = self.height - BOTTOM + 6
         for tick in self.ticks:
             x = self.x(tick)
-            self.add(f'<line x1="{x:.1f}" y1="{TOP - 6}" x2="{x:.1f}" y2="{bottom}" '
-                     f'stroke="{COLOURS["grid"]}"/>')
-            self.text(x, bottom + 14, fmt(tick), anchor="middle", size=11,
-                      fill=COLOURS["axis"])
+            self.add(
+                f'<line x1="{x:.1f}" y1="{TOP - 6}" x2="{x:.1f}" y2="{bottom}" '
+                f'stroke="{COLOURS["grid"]}"/>'
+            )
+            self.text(x, bottom + 14, fmt(tick), anchor="middle", size=11, fill=COLOURS["axis"])
 
     def render(self) -> Markup:
         legend = []
         x = self.label_w
         for label, colour in self.legend:
             legend.append(f'<rect x="{x}" y="24" width="12" height="12" fill="{colour}"/>')
-            legend.append(f'<text x="{x + 16}" y="34" font-size="12" fill="#111827">'
-                          f"{escape(label)}</text>")
+            legend.append(
+                f'<text x="{x + 16}" y="34" font-size="12" fill="#111827">{escape(label)}</text>'
+            )
             x += 24 + 8 * len(label)
         body = "".join(self.parts)
         # Every piece of text above went through escape(): the markup is ours.
@@ -113,7 +140,8 @@ class _Canvas:
             f'<title id="{self._id}-t">{escape(self.title)}</title>'
             f'<desc id="{self._id}-d">{escape(self.description)}</desc>'
             f'<text x="8" y="16" font-size="14" font-weight="bold" fill="#111827">'
-            f"{escape(self.title)}</text>{''.join(legend)}{body}</svg>")
+            f"{escape(self.title)}</text>{''.join(legend)}{body}</svg>"
+        )
 
     @property
     def _id(self) -> str:
@@ -126,8 +154,7 @@ def _segments(result: Result) -> list[str]:
 
 
 def _index(result: Result) -> dict[tuple[str, str, str], Cell]:
-    return {(c.metric, c.dims.get("segment", ALL), c.dims.get("arm", "")): c
-            for c in result.cells}
+    return {(c.metric, c.dims.get("segment", ALL), c.dims.get("arm", "")): c for c in result.cells}
 
 
 def _val(cells, metric: str, seg: str, arm: str = "") -> float | None:
@@ -140,8 +167,14 @@ def _row_y(i: int) -> float:
 
 
 def _suppressed_mark(canvas: _Canvas, y: float) -> None:
-    canvas.text(canvas.x(canvas.lo) + 4, y + 4, "suppressed (< k)", size=11,
-                fill=COLOURS["suppressed"], italic=True)
+    canvas.text(
+        canvas.x(canvas.lo) + 4,
+        y + 4,
+        "suppressed (< k)",
+        size=11,
+        fill=COLOURS["suppressed"],
+        italic=True,
+    )
 
 
 def _percent(value: float) -> str:
@@ -152,19 +185,32 @@ def lift_chart(result: Result) -> Markup:
     """Relative conversion lift per segment with its released 95% CI (a forest plot)."""
     cells = _index(result)
     segs = _segments(result)[:MAX_ROWS]
-    rows = [(seg, Interval(_val(cells, "conversion_lift_rel", seg),
-                           _val(cells, "conversion_lift_rel_ci_low", seg),
-                           _val(cells, "conversion_lift_rel_ci_high", seg))) for seg in segs]
+    rows = [
+        (
+            seg,
+            Interval(
+                _val(cells, "conversion_lift_rel", seg),
+                _val(cells, "conversion_lift_rel_ci_low", seg),
+                _val(cells, "conversion_lift_rel_ci_high", seg),
+            ),
+        )
+        for seg in segs
+    ]
     shown = [v for _, iv in rows for v in (iv.value, iv.low, iv.high) if v is not None]
-    canvas = _Canvas("Relative conversion lift, test vs control (95% CI)",
-                     "Point estimate and 95% confidence interval of the relative lift in "
-                     "conversion rate for each segment; zero means no effect.", len(rows),
-                     segs)
+    canvas = _Canvas(
+        "Relative conversion lift, test vs control (95% CI)",
+        "Point estimate and 95% confidence interval of the relative lift in "
+        "conversion rate for each segment; zero means no effect.",
+        len(rows),
+        segs,
+    )
     canvas.scale(min([0.0, *shown]), max([0.0, *shown]))
     canvas.axis(_percent)
     zero = canvas.x(0.0)
-    canvas.add(f'<line x1="{zero:.1f}" y1="{TOP - 6}" x2="{zero:.1f}" '
-               f'y2="{canvas.height - BOTTOM + 6}" stroke="{COLOURS["axis"]}" stroke-width="1.5"/>')
+    canvas.add(
+        f'<line x1="{zero:.1f}" y1="{TOP - 6}" x2="{zero:.1f}" '
+        f'y2="{canvas.height - BOTTOM + 6}" stroke="{COLOURS["axis"]}" stroke-width="1.5"/>'
+    )
     for i, (seg, iv) in enumerate(rows):
         y = _row_y(i)
         canvas.text(canvas.label_w - 10, y + 4, seg, anchor="end")
@@ -172,16 +218,22 @@ def lift_chart(result: Result) -> Markup:
             _suppressed_mark(canvas, y)
             continue
         if iv.low is not None and iv.high is not None:
-            canvas.add(f'<line x1="{canvas.x(iv.low):.1f}" y1="{y:.1f}" '
-                       f'x2="{canvas.x(iv.high):.1f}" y2="{y:.1f}" stroke="{COLOURS["lift"]}" '
-                       'stroke-width="2"/>')
+            canvas.add(
+                f'<line x1="{canvas.x(iv.low):.1f}" y1="{y:.1f}" '
+                f'x2="{canvas.x(iv.high):.1f}" y2="{y:.1f}" stroke="{COLOURS["lift"]}" '
+                'stroke-width="2"/>'
+            )
             for end in (iv.low, iv.high):
-                canvas.add(f'<line x1="{canvas.x(end):.1f}" y1="{y - 6:.1f}" '
-                           f'x2="{canvas.x(end):.1f}" y2="{y + 6:.1f}" '
-                           f'stroke="{COLOURS["lift"]}" stroke-width="2"/>')
-        canvas.add(f'<circle cx="{canvas.x(iv.value):.1f}" cy="{y:.1f}" r="5" '
-                   f'fill="{COLOURS["lift"]}"><title>{escape(seg)}: '
-                   f"{iv.value * 100:+.1f}%</title></circle>")
+                canvas.add(
+                    f'<line x1="{canvas.x(end):.1f}" y1="{y - 6:.1f}" '
+                    f'x2="{canvas.x(end):.1f}" y2="{y + 6:.1f}" '
+                    f'stroke="{COLOURS["lift"]}" stroke-width="2"/>'
+                )
+        canvas.add(
+            f'<circle cx="{canvas.x(iv.value):.1f}" cy="{y:.1f}" r="5" '
+            f'fill="{COLOURS["lift"]}"><title>{escape(seg)}: '
+            f"{iv.value * 100:+.1f}%</title></circle>"
+        )
         canvas.text(canvas.width - RIGHT_PAD + 6, y + 4, f"{iv.value * 100:+.1f}%", size=11)
     return canvas.render()
 
@@ -191,16 +243,23 @@ def arm_chart(result: Result) -> Markup:
     computed from the released people and converter counts."""
     cells = _index(result)
     segs = _segments(result)[:MAX_ROWS]
-    canvas = _Canvas("Conversion rate by arm (95% Wilson interval)",
-                     "For each segment, the conversion rate of the test (exposed) and control "
-                     "groups with 95% intervals.", len(segs) * 2, segs,
-                     legend=(("test", COLOURS["test"]), ("control", COLOURS["control"])))
+    canvas = _Canvas(
+        "Conversion rate by arm (95% Wilson interval)",
+        "For each segment, the conversion rate of the test (exposed) and control "
+        "groups with 95% intervals.",
+        len(segs) * 2,
+        segs,
+        legend=(("test", COLOURS["test"]), ("control", COLOURS["control"])),
+    )
     bars = []
     for seg in segs:
         for arm in ("test", "control"):
             rate = _val(cells, "conversion_rate", seg, arm)
-            ci = wilson(_val(cells, "converters", seg, arm), _val(cells, "people", seg, arm)) \
-                if rate is not None else None
+            ci = (
+                wilson(_val(cells, "converters", seg, arm), _val(cells, "people", seg, arm))
+                if rate is not None
+                else None
+            )
             bars.append((seg, arm, rate, ci))
     highs = [ci[1] for *_, ci in bars if ci] + [r for *_, r, _ in bars if r is not None]
     canvas.scale(0.0, max([0.01, *highs]))
@@ -213,18 +272,21 @@ def arm_chart(result: Result) -> Markup:
             _suppressed_mark(canvas, y)
             continue
         x0 = canvas.x(0.0)
-        canvas.add(f'<rect x="{x0:.1f}" y="{y - 9:.1f}" width="{canvas.x(rate) - x0:.1f}" '
-                   f'height="18" fill="{COLOURS[arm]}"><title>{escape(seg)} {arm}: '
-                   f"{rate * 100:.2f}%</title></rect>")
+        canvas.add(
+            f'<rect x="{x0:.1f}" y="{y - 9:.1f}" width="{canvas.x(rate) - x0:.1f}" '
+            f'height="18" fill="{COLOURS[arm]}"><title>{escape(seg)} {arm}: '
+            f"{rate * 100:.2f}%</title></rect>"
+        )
         if ci:
-            canvas.add(f'<line x1="{canvas.x(ci[0]):.1f}" y1="{y:.1f}" x2="{canvas.x(ci[1]):.1f}"'
-                       f' y2="{y:.1f}" stroke="#111827" stroke-width="1.5"/>')
+            canvas.add(
+                f'<line x1="{canvas.x(ci[0]):.1f}" y1="{y:.1f}" x2="{canvas.x(ci[1]):.1f}"'
+                f' y2="{y:.1f}" stroke="#111827" stroke-width="1.5"/>'
+            )
         canvas.text(canvas.width - RIGHT_PAD + 6, y + 4, f"{rate * 100:.2f}%", size=11)
     return canvas.render()
 
 
-def bar_chart(title: str, description: str,
-              rows: Sequence[tuple[str, float | None]]) -> Markup:
+def bar_chart(title: str, description: str, rows: Sequence[tuple[str, float | None]]) -> Markup:
     """Horizontal bars of counts (overlap, audience); None is a suppressed cell."""
     rows = list(rows)[:MAX_ROWS]
     canvas = _Canvas(title, description, len(rows), [label for label, _ in rows])
@@ -237,9 +299,11 @@ def bar_chart(title: str, description: str,
             _suppressed_mark(canvas, y)
             continue
         x0 = canvas.x(0.0)
-        canvas.add(f'<rect x="{x0:.1f}" y="{y - 10:.1f}" width="{canvas.x(value) - x0:.1f}" '
-                   f'height="20" fill="{COLOURS["bar"]}"><title>{escape(label)}: '
-                   f"{value:,.0f}</title></rect>")
+        canvas.add(
+            f'<rect x="{x0:.1f}" y="{y - 10:.1f}" width="{canvas.x(value) - x0:.1f}" '
+            f'height="20" fill="{COLOURS["bar"]}"><title>{escape(label)}: '
+            f"{value:,.0f}</title></rect>"
+        )
         canvas.text(canvas.width - RIGHT_PAD + 6, y + 4, f"{value:,.0f}", size=11)
     return canvas.render()
 
@@ -249,10 +313,17 @@ def charts_for(result: Result) -> list[Markup]:
     if result.template == "campaign_lift":
         return [lift_chart(result), arm_chart(result)]
     if result.template == "overlap":
-        rows = [(c.dims.get("datasets", "").replace("+", " ∩ "),
-                 None if c.suppressed else c.value)
-                for c in result.cells if c.metric == "people"]
+        rows = [
+            (c.dims.get("datasets", "").replace("+", " ∩ "), None if c.suppressed else c.value)
+            for c in result.cells
+            if c.metric == "people"
+        ]
         rows.sort(key=lambda r: (r[0].count("∩"), r[0]))
-        return [bar_chart("People per dataset and shared between them",
-                          "Distinct people in each dataset and in each intersection.", rows)]
+        return [
+            bar_chart(
+                "People per dataset and shared between them",
+                "Distinct people in each dataset and in each intersection.",
+                rows,
+            )
+        ]
     return []

@@ -34,15 +34,32 @@ def result_csv(result: Result) -> str:
     dims = sorted({k for c in result.cells for k in c.dims})
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["result_id", "analysis", "template", "metric", *dims, "value",
-                     "suppressed", "dp_noise"])
+    writer.writerow(
+        ["result_id", "analysis", "template", "metric", *dims, "value", "suppressed", "dp_noise"]
+    )
     for cell in result.cells:
-        value = "" if cell.suppressed or cell.value is None else repr(cell.value) \
-            if isinstance(cell.value, float) else cell.value
-        writer.writerow([_cell_text(x) for x in (
-            result.result_id, result.analysis, result.template, cell.metric,
-            *(cell.dims.get(d, "") for d in dims), value,
-            str(cell.suppressed).lower(), str(cell.noisy).lower())])
+        value = (
+            ""
+            if cell.suppressed or cell.value is None
+            else repr(cell.value)
+            if isinstance(cell.value, float)
+            else cell.value
+        )
+        writer.writerow(
+            [
+                _cell_text(x)
+                for x in (
+                    result.result_id,
+                    result.analysis,
+                    result.template,
+                    cell.metric,
+                    *(cell.dims.get(d, "") for d in dims),
+                    value,
+                    str(cell.suppressed).lower(),
+                    str(cell.noisy).lower(),
+                )
+            ]
+        )
     return out.getvalue()
 
 

@@ -30,8 +30,10 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-frame-options": "DENY",
@@ -46,8 +48,14 @@ TOKEN_PARAM = "token"  # noqa: S105 (the query parameter's name, not a secret)
 PUBLIC_PREFIXES = ("/static/",)
 """Served without the session cookie: stylesheet only, nothing from the coordinator."""
 
-ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
-                    Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [
+        dict[str, Any],
+        Callable[[], Awaitable[dict[str, Any]]],
+        Callable[[dict[str, Any]], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
 
 
 @dataclass
@@ -98,12 +106,16 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
         guard = self.guard
         if headers.get("host") not in guard.hosts:
-            await _plain(send, 421, "This console answers only on its own address "
-                                    f"(http://127.0.0.1:{guard.port}).")
+            await _plain(
+                send,
+                421,
+                f"This console answers only on its own address (http://127.0.0.1:{guard.port}).",
+            )
             return
         path = scope.get("path", "/")
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
@@ -111,16 +123,21 @@ class GuardMiddleware:
             await self._exchange(scope, send, query)
             return
         if not path.startswith(PUBLIC_PREFIXES) and not self._has_session(headers):
-            await _page(send, 401, "Access token needed",
-                        "Open the URL the console printed when it started: it carries "
-                        "an access token. Restarting the console prints a new one.")
+            await _page(
+                send,
+                401,
+                "Access token needed",
+                "Open the URL the console printed when it started: it carries "
+                "an access token. Restarting the console prints a new one.",
+            )
             return
         if scope["method"] not in ("GET", "HEAD", "POST"):
             await _plain(send, 405, "method not allowed")
             return
         if scope["method"] == "POST" and not guard.origin_ok(headers):
-            await _page(send, 403, "Refused",
-                        "This request did not come from a page of this console.")
+            await _page(
+                send, 403, "Refused", "This request did not come from a page of this console."
+            )
             return
         await self.app(scope, receive, _with_headers(send))
 
@@ -131,38 +148,56 @@ class GuardMiddleware:
         except Exception:  # a malformed Cookie header is simply no session
             return False
         morsel = cookie.get(self.guard.cookie_name)
-        return morsel is not None and hmac.compare_digest(morsel.value.encode(),
-                                                          self.guard.session.encode())
+        return morsel is not None and hmac.compare_digest(
+            morsel.value.encode(), self.guard.session.encode()
+        )
 
     async def _exchange(self, scope, send, query: dict[str, str]) -> None:
         guard = self.guard
         if not hmac.compare_digest(query[TOKEN_PARAM].encode(), guard.token.encode()):
-            await _page(send, 403, "Wrong access token",
-                        "This token is not the one this console printed at its start "
-                        "(restarting the console prints a new one).")
+            await _page(
+                send,
+                403,
+                "Wrong access token",
+                "This token is not the one this console printed at its start "
+                "(restarting the console prints a new one).",
+            )
             return
         rest = {k: v for k, v in query.items() if k != TOKEN_PARAM}
         location = scope.get("path", "/") + (f"?{urlencode(rest)}" if rest else "")
-        cookie = (f"{guard.cookie_name}={guard.session}; Path=/; HttpOnly; SameSite=Strict")
-        await _send(send, 303, b"", "text/plain", [(b"location", location.encode()),
-                                                    (b"set-cookie", cookie.encode())])
+        cookie = f"{guard.cookie_name}={guard.session}; Path=/; HttpOnly; SameSite=Strict"
+        await _send(
+            send,
+            303,
+            b"",
+            "text/plain",
+            [(b"location", location.encode()), (b"set-cookie", cookie.encode())],
+        )
 
 
 def _with_headers(send):
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            existing = [(k, v) for k, v in message.get("headers", [])
-                        if k.decode("latin-1").lower() not in SECURITY_HEADERS]
+            existing = [
+                (k, v)
+                for k, v in message.get("headers", [])
+                if k.decode("latin-1").lower() not in SECURITY_HEADERS
+            ]
             existing += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
             message = {**message, "headers": existing}
         await send(message)
+
     return wrapped
 
 
-async def _send(send, status: int, body: bytes, content_type: str,
-                extra: list[tuple[bytes, bytes]] = ()) -> None:
-    headers = [(b"content-type", content_type.encode()),
-               (b"content-length", str(len(body)).encode()), *extra]
+async def _send(
+    send, status: int, body: bytes, content_type: str, extra: list[tuple[bytes, bytes]] = ()
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
     headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -173,8 +208,10 @@ async def _plain(send, status: int, text: str) -> None:
 
 
 async def _page(send, status: int, title: str, text: str) -> None:
-    body = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<title>{escape(title)}</title><link rel="stylesheet" href="/static/console.css">'
-            f'</head><body><main id="main"><h1>{escape(title)}</h1><p>{escape(text)}</p>'
-            f"</main></body></html>")
+    body = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<title>{escape(title)}</title><link rel="stylesheet" href="/static/console.css">'
+        f'</head><body><main id="main"><h1>{escape(title)}</h1><p>{escape(text)}</p>'
+        f"</main></body></html>"
+    )
     await _send(send, status, body.encode(), "text/html; charset=utf-8")

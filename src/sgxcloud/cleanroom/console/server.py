@@ -18,15 +18,21 @@ def bind(port: int = 0) -> socket.socket:
     return socket.create_server((HOST, port))
 
 
-def serve(session: PartySession, sock: socket.socket,
-          on_ready: Callable[[Guard], None] | None = None) -> None:
+def serve(
+    session: PartySession, sock: socket.socket, on_ready: Callable[[Guard], None] | None = None
+) -> None:
     """Serve until interrupted.  Access logging stays off: a logged request
     line would carry the access token."""
     import uvicorn
 
     guard = Guard(port=sock.getsockname()[1])
-    config = uvicorn.Config(create_app(session, guard), log_level="warning", access_log=False,
-                            server_header=False, date_header=False)
+    config = uvicorn.Config(
+        create_app(session, guard),
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+    )
     server = uvicorn.Server(config)
     if on_ready:
         on_ready(guard)

@@ -68,8 +68,9 @@ class PartySession:
         if member is None:
             raise CleanroomError(f"{self.party} is not a party of this collaboration")
         if encode_public_key(self.key) != member.public_key:
-            raise CleanroomError(f"the key does not match {self.party}'s public key in the "
-                                 "definition")
+            raise CleanroomError(
+                f"the key does not match {self.party}'s public key in the definition"
+            )
 
     # -- who we are ------------------------------------------------------------------
 
@@ -93,8 +94,13 @@ class PartySession:
             return self.connector()
         if self.locate:
             self.url = self.locate() or self.url
-        return CleanroomClient.connect(self.url, self.definition, self.party, self.key,
-                                       collateral_source=self.collateral_source)
+        return CleanroomClient.connect(
+            self.url,
+            self.definition,
+            self.party,
+            self.key,
+            collateral_source=self.collateral_source,
+        )
 
     def client(self) -> CleanroomClient:
         with self._lock:
@@ -189,8 +195,7 @@ class PartySession:
     def approve(self) -> Approval:
         approval = approve(self.definition, self.party, self.key)
         if self.approval_out:
-            _write_atomically(self.approval_out,
-                              json.dumps(approval.to_dict(), indent=2) + "\n")
+            _write_atomically(self.approval_out, json.dumps(approval.to_dict(), indent=2) + "\n")
         self.approval = approval
         return approval
 

@@ -13,8 +13,12 @@ from sgxcloud.cleanroom.results import Cell, Result
 PAGE_ROWS = 12
 """Segments shown before a long breakdown is folded away (the rest one click off)."""
 
-_PERCENT = ("conversion_rate", "conversion_lift_abs", "conversion_lift_rel",
-            "revenue_per_person_lift_rel")
+_PERCENT = (
+    "conversion_rate",
+    "conversion_lift_abs",
+    "conversion_lift_rel",
+    "revenue_per_person_lift_rel",
+)
 _MONEY = ("revenue", "revenue_per_person", "revenue_per_person_lift_abs", "incremental_revenue")
 
 
@@ -58,8 +62,7 @@ def cell_text(cell: Cell | None, result: Result | None = None) -> str:
             return f"{text} ± {number(cell.metric, margin)}"
         interval = noise_interval(result, cell)
         if interval is not None:
-            return f"{text} ({number(cell.metric, interval[0])}–" \
-                   f"{number(cell.metric, interval[1])})"
+            return f"{text} ({number(cell.metric, interval[0])}–{number(cell.metric, interval[1])})"
     return text
 
 
@@ -86,36 +89,58 @@ def _with_ci(result: Result, metric: str, segment: str) -> str:
     text = cell_text(main, result)
     low = _find(result, f"{metric}_ci_low", segment=segment)
     high = _find(result, f"{metric}_ci_high", segment=segment)
-    if main is None or main.suppressed or low is None or high is None \
-            or low.suppressed or high.suppressed:
+    if (
+        main is None
+        or main.suppressed
+        or low is None
+        or high is None
+        or low.suppressed
+        or high.suppressed
+    ):
         return text
     return f"{text} [{number(metric, low.value)}, {number(metric, high.value)}]"
 
 
 def lift_rows(result: Result) -> list[LiftRow]:
-    segments = sorted({c.dims.get("segment", ALL) for c in result.cells},
-                      key=lambda s: (s != ALL, s))
+    segments = sorted(
+        {c.dims.get("segment", ALL) for c in result.cells}, key=lambda s: (s != ALL, s)
+    )
     rows = []
     for seg in segments:
-        arms = {arm: {m: cell_text(_find(result, m, segment=seg, arm=arm), result)
-                      for m in ("people", "converters", "conversion_rate",
-                                "revenue_per_person")}
-                for arm in ("test", "control")}
-        rows.append(LiftRow(
-            seg, arms, _with_ci(result, "conversion_lift_abs", seg),
-            _with_ci(result, "conversion_lift_rel", seg),
-            cell_text(_find(result, "conversion_p_value", segment=seg), result),
-            _with_ci(result, "incremental_conversions", seg),
-            _with_ci(result, "incremental_revenue", seg)))
+        arms = {
+            arm: {
+                m: cell_text(_find(result, m, segment=seg, arm=arm), result)
+                for m in ("people", "converters", "conversion_rate", "revenue_per_person")
+            }
+            for arm in ("test", "control")
+        }
+        rows.append(
+            LiftRow(
+                seg,
+                arms,
+                _with_ci(result, "conversion_lift_abs", seg),
+                _with_ci(result, "conversion_lift_rel", seg),
+                cell_text(_find(result, "conversion_p_value", segment=seg), result),
+                _with_ci(result, "incremental_conversions", seg),
+                _with_ci(result, "incremental_revenue", seg),
+            )
+        )
     return rows
 
 
 def cell_rows(result: Result) -> tuple[list[str], list[dict[str, Any]]]:
     """Every released cell as a row: its dimensions, metric and shown value."""
     dims = sorted({k for c in result.cells for k in c.dims})
-    rows = [{"dims": [c.dims.get(d, "") for d in dims], "metric": c.metric,
-             "value": cell_text(c, result), "suppressed": c.suppressed, "noisy": c.noisy}
-            for c in result.cells]
+    rows = [
+        {
+            "dims": [c.dims.get(d, "") for d in dims],
+            "metric": c.metric,
+            "value": cell_text(c, result),
+            "suppressed": c.suppressed,
+            "noisy": c.noisy,
+        }
+        for c in result.cells
+    ]
     return dims, rows
 
 
@@ -140,13 +165,17 @@ def filter_text(node: Any) -> str:
     if "and" in node or "or" in node:
         key = "and" if "and" in node else "or"
         parts = [filter_text(n) for n in node[key]]
-        return f" {key.upper()} ".join(f"({p})" if " " in p and ("AND" in p or "OR" in p)
-                                        else p for p in parts)
+        return f" {key.upper()} ".join(
+            f"({p})" if " " in p and ("AND" in p or "OR" in p) else p for p in parts
+        )
     if "not" in node:
         return f"NOT ({filter_text(node['not'])})"
     value = node.get("value")
-    shown = json.dumps(value).replace('"', "'") if not isinstance(value, list) else \
-        "(" + ", ".join(json.dumps(v).replace('"', "'") for v in value) + ")"
+    shown = (
+        json.dumps(value).replace('"', "'")
+        if not isinstance(value, list)
+        else "(" + ", ".join(json.dumps(v).replace('"', "'") for v in value) + ")"
+    )
     return f"{node.get('attribute')} {str(node.get('op', '')).upper()} {shown}"
 
 
@@ -156,26 +185,34 @@ def audit_summary(entry: dict[str, Any]) -> str:
     event = entry.get("event")
     if event == "query":
         query = data.get("query") or {}
-        return (f"{query.get('template')} · {query.get('analysis')} · "
-                f"{filter_text(query.get('filter'))}")
+        return (
+            f"{query.get('template')} · {query.get('analysis')} · "
+            f"{filter_text(query.get('filter'))}"
+        )
     if event == "release":
         return f"result {data.get('result_id')} · to {', '.join(data.get('recipients') or [])}"
     if event == "cache_hit":
         return f"repeated question: result {data.get('result_id')} again"
     if event == "refusal":
         message = str(data.get("message", ""))
-        return message if message.startswith("query refused") else \
-            f"refused ({data.get('reason')}): {message}"
+        return (
+            message
+            if message.startswith("query refused")
+            else f"refused ({data.get('reason')}): {message}"
+        )
     if event == "ingest":
         return f"{data.get('dataset', '')} · ingested"
     if event == "ingest_rejected":
-        return f"{data.get('dataset') or ', '.join(data.get('datasets') or [])}: " \
-               f"{data.get('message', '')}"
+        return (
+            f"{data.get('dataset') or ', '.join(data.get('datasets') or [])}: "
+            f"{data.get('message', '')}"
+        )
     return json.dumps(data, ensure_ascii=False)[:200]
 
 
-def visible_releases(entries: list[dict[str, Any]], party: str,
-                     recipients: dict[str, tuple[str, ...]]) -> list[dict[str, Any]]:
+def visible_releases(
+    entries: list[dict[str, Any]], party: str, recipients: dict[str, tuple[str, ...]]
+) -> list[dict[str, Any]]:
     """Released results this party may fetch (it asked, or it is a recipient),
     newest first, read from the audit log (the coordinator has no listing)."""
     analysis_of: dict[str, str] = {}
@@ -183,13 +220,20 @@ def visible_releases(entries: list[dict[str, Any]], party: str,
     for entry in entries:
         data = entry.get("data") or {}
         if entry.get("event") == "query":
-            analysis_of[str(data.get("query_hash"))] = str((data.get("query") or {})
-                                                          .get("analysis"))
+            analysis_of[str(data.get("query_hash"))] = str(
+                (data.get("query") or {}).get("analysis")
+            )
         elif entry.get("event") == "release":
             analysis = analysis_of.get(str(data.get("query_hash")), "")
             if entry.get("actor") == party or party in recipients.get(analysis, ()):
-                out.append({"result_id": data.get("result_id"), "analysis": analysis,
-                            "at": entry.get("at"), "analyst": entry.get("actor")})
+                out.append(
+                    {
+                        "result_id": data.get("result_id"),
+                        "analysis": analysis,
+                        "at": entry.get("at"),
+                        "analyst": entry.get("actor"),
+                    }
+                )
     return list(reversed(out))
 
 

@@ -71,8 +71,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # Error codes of the refusals made before a request reaches a handler.
 _LIMIT_CODES = {400: "bad_request", 401: "unauthenticated", 408: "timeout", 413: "too_large"}
 
-INTERNAL_ERROR_MESSAGE = ("internal error in the coordinator; its operator has the details "
-                          "in the coordinator's log")
+INTERNAL_ERROR_MESSAGE = (
+    "internal error in the coordinator; its operator has the details in the coordinator's log"
+)
 INGEST_BODY_HINT = 'body must be {"datasets": ["NAME", ...]} or empty'
 
 
@@ -144,7 +145,10 @@ async def _authenticate(request: Request) -> str:
     body = await request.body()
     return _coordinator(request).requests.verify(
         {k.lower(): v for k, v in request.headers.items()},
-        request.method, signed_path(request.url.path, request.url.query), body)
+        request.method,
+        signed_path(request.url.path, request.url.query),
+        body,
+    )
 
 
 def _query_document(body: bytes) -> Any:
@@ -159,12 +163,14 @@ def _dataset_names(body: bytes) -> list[str] | None:
     if not body.strip():
         return None
     try:
-        names = load_json(body, max_depth=MAX_QUERY_DEPTH,
-                          max_values=MAX_QUERY_VALUES).get("datasets")
+        names = load_json(body, max_depth=MAX_QUERY_DEPTH, max_values=MAX_QUERY_VALUES).get(
+            "datasets"
+        )
     except (InputError, AttributeError):
         raise InputError(INGEST_BODY_HINT) from None
-    if names is not None and (not isinstance(names, list)
-                              or not all(isinstance(n, str) for n in names)):
+    if names is not None and (
+        not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+    ):
         raise InputError(INGEST_BODY_HINT)
     return names
 
@@ -195,14 +201,19 @@ async def health(request: Request) -> dict[str, Any]:
     signed requests must name (definition hash, coordinator); a client signs for
     the coordinator its attestation proved, not for what this unattested answer says."""
     c = _coordinator(request)
-    return {"status": "ok", "simulated": c.simulated, "definition_hash": c.definition_hash,
-            "coordinator": c.signer}
+    return {
+        "status": "ok",
+        "simulated": c.simulated,
+        "definition_hash": c.definition_hash,
+        "coordinator": c.signer,
+    }
 
 
 @_route("GET", "/v1/attestation", tags=["public"], responses=_ERRORS)
-async def attestation(request: Request,
-                      nonce: str = Query(..., pattern="^[0-9a-f]{64}$",
-                                         description="32 random bytes, hex")):
+async def attestation(
+    request: Request,
+    nonce: str = Query(..., pattern="^[0-9a-f]{64}$", description="32 random bytes, hex"),
+):
     """Fresh evidence binding the HTTPS key, the result signer, the definition
     hash and ``nonce``; check it before trusting anything else."""
     return _coordinator(request).attestation(bytes.fromhex(nonce))
@@ -223,8 +234,12 @@ async def status(request: Request):
     name, state and ingestion time only for everyone else's."""
     party = await _authenticate(request)
     c = _coordinator(request)
-    return {"simulated": c.simulated, "definition_hash": c.definition_hash,
-            "approvals": c.approval_status(), "datasets": c.status_for(party)}
+    return {
+        "simulated": c.simulated,
+        "definition_hash": c.definition_hash,
+        "approvals": c.approval_status(),
+        "datasets": c.status_for(party),
+    }
 
 
 @_route("POST", "/v1/ingest", tags=["providers"], responses=_ERRORS)
@@ -290,16 +305,21 @@ async def audit(request: Request):
 _SIGNED_READS = ("/v1/status", "/v1/results/[^/]+", "/v1/budget", "/v1/audit")
 
 
-def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits | None = None,
-               max_query_bytes: int = MAX_QUERY_BODY_BYTES) -> FastAPI:
+def create_app(
+    coordinator: Coordinator | None = None,
+    *,
+    limits: RequestLimits | None = None,
+    max_query_bytes: int = MAX_QUERY_BODY_BYTES,
+) -> FastAPI:
     """The coordinator's HTTP API (FastAPI) over ``coordinator``.
 
     ``coordinator`` may be None to render the OpenAPI document only.
     ``limits`` holds the bounds shared by all routes; ``max_query_bytes``
     bounds a query's body.
     """
-    app = FastAPI(title="sgxcloud clean room coordinator", version=API_VERSION,
-                  description=DESCRIPTION)
+    app = FastAPI(
+        title="sgxcloud clean room coordinator", version=API_VERSION, description=DESCRIPTION
+    )
     app.state.coordinator = coordinator
     app.add_exception_handler(RequestValidationError, _bad_request)
     app.add_exception_handler(Exception, _unexpected)
@@ -313,10 +333,15 @@ def create_app(coordinator: Coordinator | None = None, *, limits: RequestLimits 
     limits = limits or RequestLimits()
     small = limits.max_body_bytes
     app.add_middleware(
-        RequestLimitsMiddleware, limits=limits, render=_limit_error,
-        routes=[RouteLimit("POST", "/v1/queries", max_query_bytes, signed),
-                RouteLimit("POST", "/v1/ingest", small, signed),
-                *(RouteLimit("GET", path, small, signed) for path in _SIGNED_READS)])
+        RequestLimitsMiddleware,
+        limits=limits,
+        render=_limit_error,
+        routes=[
+            RouteLimit("POST", "/v1/queries", max_query_bytes, signed),
+            RouteLimit("POST", "/v1/ingest", small, signed),
+            *(RouteLimit("GET", path, small, signed) for path in _SIGNED_READS),
+        ],
+    )
     return app
 
 

@@ -13,11 +13,16 @@ from sgxcloud.web.heap import freeze_startup_objects
 from sgxcloud.web.limits import RequestLimits, uvicorn_options
 
 
-def serve(coordinator: Coordinator, host: str, port: int,
-          on_ready: Callable[[int, int | None], None] | None = None, *,
-          limits: RequestLimits | None = None,
-          max_query_bytes: int = MAX_QUERY_BODY_BYTES,
-          metrics_listen: tuple[str, int] | None = None) -> None:
+def serve(
+    coordinator: Coordinator,
+    host: str,
+    port: int,
+    on_ready: Callable[[int, int | None], None] | None = None,
+    *,
+    limits: RequestLimits | None = None,
+    max_query_bytes: int = MAX_QUERY_BODY_BYTES,
+    metrics_listen: tuple[str, int] | None = None,
+) -> None:
     """Serve the API over HTTPS with the coordinator's attested TLS key (blocks).
 
     With ``metrics_listen`` (a loopback address), ``GET /metrics`` is served
@@ -36,17 +41,19 @@ def serve(coordinator: Coordinator, host: str, port: int,
         cert, key = coordinator.tls.write_pem_files(coordinator.workdir / "tls")
         sock = socket.create_server((host, port))
         # TLS by the connection gate: every connection counted before its handshake.
-        config = uvicorn.Config(measured_app(coordinator, metrics, limits=limits,
-                                             max_query_bytes=max_query_bytes),
-                                # uvicorn's lines through the logging the command set up
-                                # (one format for the whole log), not a handler of its own
-                                log_level="warning", access_log=False, log_config=None,
-                                **uvicorn_options(limits, tls=tls_context(str(cert), str(key))))
+        config = uvicorn.Config(
+            measured_app(coordinator, metrics, limits=limits, max_query_bytes=max_query_bytes),
+            # uvicorn's lines through the logging the command set up
+            # (one format for the whole log), not a handler of its own
+            log_level="warning",
+            access_log=False,
+            log_config=None,
+            **uvicorn_options(limits, tls=tls_context(str(cert), str(key))),
+        )
         server = uvicorn.Server(config)
         freeze_startup_objects()
         if on_ready:
-            on_ready(sock.getsockname()[1],
-                     metrics_server.server_port if metrics_server else None)
+            on_ready(sock.getsockname()[1], metrics_server.server_port if metrics_server else None)
         server.run(sockets=[sock])
     finally:
         if metrics_server:

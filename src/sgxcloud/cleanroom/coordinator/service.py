@@ -101,12 +101,14 @@ class CoordinatorConfig:
     def validate(self) -> None:
         unknown = sorted(set(self.nodes) - set(self.definition.providers))
         if unknown:
-            raise InputError(f"node(s) for {', '.join(unknown)}: "
-                             "not data providers in the definition")
+            raise InputError(
+                f"node(s) for {', '.join(unknown)}: not data providers in the definition"
+            )
 
 
-def _secret_file(path: Path, make: Callable[[], bytes],
-                 check: Callable[[bytes], str | None] = lambda _: None) -> bytes:
+def _secret_file(
+    path: Path, make: Callable[[], bytes], check: Callable[[bytes], str | None] = lambda _: None
+) -> bytes:
     """Read a key kept in the (enclave-encrypted) workdir, creating it once.
 
     ``check`` returns what is wrong with the bytes read, or None.  Errors name
@@ -120,8 +122,9 @@ def _secret_file(path: Path, make: Callable[[], bytes],
         raise CleanroomError(f"{path}: cannot read ({exc.strerror})") from exc
     mode = os.stat(path).st_mode & 0o777
     if mode & 0o077:  # as ssh does: a key others could read may already be known
-        raise CleanroomError(f"{path}: open to other users (mode {mode:o}); "
-                             f"restrict it with 'chmod 600 {path}'")
+        raise CleanroomError(
+            f"{path}: open to other users (mode {mode:o}); restrict it with 'chmod 600 {path}'"
+        )
     problem = check(data)
     if problem:
         raise CleanroomError(f"{path}: {problem}")
@@ -165,8 +168,10 @@ def _rekey_problem(data: bytes) -> str | None:
         return None
     # Replacing the key is no fix: released cohorts were recorded under it and
     # the differencing check could no longer compare new ones with them.
-    return (f"the re-keying key is damaged ({len(data)} bytes, expected {KEY_BYTES}); "
-            "restore this file from a backup of the workdir, do not delete it")
+    return (
+        f"the re-keying key is damaged ({len(data)} bytes, expected {KEY_BYTES}); "
+        "restore this file from a backup of the workdir, do not delete it"
+    )
 
 
 class Coordinator:
@@ -184,11 +189,17 @@ class Coordinator:
         keys = self.workdir / "keys"
         self._rekey = _secret_file(keys / "rekey.bin", new_key, _rekey_problem)
         signing = private_key_from_pem(
-            _secret_file(keys / "result-signing.pem",
-                         lambda: private_key_to_pem(generate_private_key())))
+            _secret_file(
+                keys / "result-signing.pem", lambda: private_key_to_pem(generate_private_key())
+            )
+        )
         self._signing = signing  # also proves to nodes pinned to it who this is
-        self.attester = local_attester(self.definition, "coordinator", simulate=config.simulate,
-                                       mrenclave=config.simulate_mrenclave)
+        self.attester = local_attester(
+            self.definition,
+            "coordinator",
+            simulate=config.simulate,
+            mrenclave=config.simulate_mrenclave,
+        )
         self.simulated = bool(self.attester.simulated)
         if config.allow_simulated and self.definition.enclaves.allow_simulated:
             log.warning(SIMULATION_WARNING)
@@ -196,21 +207,30 @@ class Coordinator:
         engine_dir = private_dir(self.workdir / "engine")
         for name in ("privacy.sqlite", "audit.jsonl"):  # SQLite's journals take this mode
             private_file(engine_dir / name)
-        self.engine = Engine(self.definition, engine_dir, signing_key=signing,
-                             memory_limit=config.memory_limit)
+        self.engine = Engine(
+            self.definition, engine_dir, signing_key=signing, memory_limit=config.memory_limit
+        )
         self.signer = self.engine.public_key
-        self.signer_statement = signer_statement(self.attester, self.signer,
-                                                 self.definition_hash)
+        self.signer_statement = signer_statement(self.attester, self.signer, self.definition_hash)
         # Requests must name this definition and this coordinator's attested
         # signer, so one captured here is refused by any other coordinator.
         self.requests = RequestVerifier(
-            self.definition, self.signer, private_file(self.workdir / "request-nonces.sqlite"))
+            self.definition, self.signer, private_file(self.workdir / "request-nonces.sqlite")
+        )
         self._engine_lock = threading.Lock()
         self._status_lock = threading.Lock()
         self.datasets: dict[str, dict[str, Any]] = {
-            ds.ref: {"dataset": ds.ref, "state": "pending", "rows": 0, "reason": "",
-                     "public_reason": None, "in_use": False, "ingested_at": None}
-            for ds in self.definition.datasets if ds.provider in config.nodes
+            ds.ref: {
+                "dataset": ds.ref,
+                "state": "pending",
+                "rows": 0,
+                "reason": "",
+                "public_reason": None,
+                "in_use": False,
+                "ingested_at": None,
+            }
+            for ds in self.definition.datasets
+            if ds.provider in config.nodes
         }
 
     def _discard_staging(self) -> None:
@@ -222,23 +242,27 @@ class Coordinator:
 
     def attestation(self, nonce: bytes) -> dict[str, Any]:
         """Evidence binding the HTTPS key, the signer and the definition to ``nonce``."""
-        binding = report_data(self.tls.public_key_der(), self.definition_hash, nonce,
-                              self.signer.encode())
+        binding = report_data(
+            self.tls.public_key_der(), self.definition_hash, nonce, self.signer.encode()
+        )
         evidence = self.attester.evidence(binding)
         return {
             "definition_hash": self.definition_hash,
             "simulated": self.simulated,
             "signer": self.signer,
             "tls_public_key": base64.b64encode(self.tls.public_key_der()).decode(),
-            "evidence": {"format": evidence.format,
-                         "raw": base64.b64encode(evidence.raw).decode()},
+            "evidence": {"format": evidence.format, "raw": base64.b64encode(evidence.raw).decode()},
             "signer_statement": self.signer_statement,
         }
 
     def approval_status(self) -> dict[str, Any]:
         status = verify_approvals(self.definition, self.config.approvals)
-        return {"valid": list(status.valid), "missing": list(status.missing),
-                "invalid": list(status.invalid), "complete": status.complete}
+        return {
+            "valid": list(status.valid),
+            "missing": list(status.missing),
+            "invalid": list(status.invalid),
+            "complete": status.complete,
+        }
 
     # -- ingestion ---------------------------------------------------------------------
 
@@ -256,40 +280,51 @@ class Coordinator:
             available = {p: pool.submit(self._available, p) for p in self.config.nodes}
             wanted = [(p, name) for p, future in available.items() for name in future.result()]
         with ThreadPoolExecutor(max_workers=max(1, len(wanted))) as pool:
-            for future in [pool.submit(self.ingest_dataset, p, name, progress)
-                           for p, name in wanted]:
+            for future in [
+                pool.submit(self.ingest_dataset, p, name, progress) for p, name in wanted
+            ]:
                 future.result()
         return self.status()
 
-    def ingest_provider(self, provider: str, progress: Progress | None = None,
-                        datasets: list[str] | None = None) -> None:
+    def ingest_provider(
+        self, provider: str, progress: Progress | None = None, datasets: list[str] | None = None
+    ) -> None:
         """Pull (again) one provider's datasets, or only ``datasets`` of them, one
         after another.  A refresh replaces a dataset atomically: a rejected one
         leaves the previous data in use."""
         declared = [ds.name for ds in self.definition.datasets_of(provider)]
         unknown = sorted(set(datasets or ()) - set(declared))
         if unknown:
-            raise InputError(f"{provider} has no dataset {', '.join(unknown)} in the definition; "
-                             f"its datasets: {', '.join(declared)}")
+            raise InputError(
+                f"{provider} has no dataset {', '.join(unknown)} in the definition; "
+                f"its datasets: {', '.join(declared)}"
+            )
         for name in self._available(provider):
             if datasets is None or name in datasets:
                 self.ingest_dataset(provider, name, progress)
 
     def _open(self, provider: str) -> AttestedChannel:
         channel = open_client(
-            connect(self.config.nodes[provider], self.tls), "coordinator",
-            peer_policy(self.definition, "node", self.config.collateral_source,
-                        allow_simulated=self.config.allow_simulated),
+            connect(self.config.nodes[provider], self.tls),
+            "coordinator",
+            peer_policy(
+                self.definition,
+                "node",
+                self.config.collateral_source,
+                allow_simulated=self.config.allow_simulated,
+            ),
             self.attester,
             extra={"approvals": [a.to_dict() for a in self.config.approvals]},
-            proof=lambda nonce, tls_key: session_proof(self._signing, self.definition_hash,
-                                                       nonce, tls_key),
+            proof=lambda nonce, tls_key: session_proof(
+                self._signing, self.definition_hash, nonce, tls_key
+            ),
         )
         channel.set_timeout(STREAM_TIMEOUT_S)
         return channel
 
-    def _node_call(self, provider: str, refs: list[str],
-                   work: Callable[[AttestedChannel], T]) -> T | None:
+    def _node_call(
+        self, provider: str, refs: list[str], work: Callable[[AttestedChannel], T]
+    ) -> T | None:
         """``work`` over an attested session with ``provider``'s node; None when
         no session could be opened (``refs`` marked unavailable, refusal audited).
 
@@ -311,8 +346,11 @@ class Coordinator:
                     # the attested session failed (unreachable, approvals, evidence):
                     # nothing about the data, so every party may read why
                     self._not_ingested(ref, "unavailable", str(exc), public=True)
-                self._audit("ingest_rejected", provider,
-                            {"datasets": refs, "stage": "session", "message": str(exc)})
+                self._audit(
+                    "ingest_rejected",
+                    provider,
+                    {"datasets": refs, "stage": "session", "message": str(exc)},
+                )
                 log.warning("node %s: %s", provider, exc)
                 return None
             opened = channel.frames.received
@@ -321,8 +359,9 @@ class Coordinator:
             except TransportError as exc:
                 if pause is None or not _transient(exc) or channel.frames.received != opened:
                     raise
-                log.info("node %s: session lost before the answer (%s); asking again",
-                         provider, exc)
+                log.info(
+                    "node %s: session lost before the answer (%s); asking again", provider, exc
+                )
             finally:
                 channel.close()
             time.sleep(pause)
@@ -352,37 +391,45 @@ class Coordinator:
             if ref not in self.datasets:
                 continue
             if not entry.get("available"):
-                self._not_ingested(ref, "unavailable", "the node has no file for it",
-                                   public=True)
+                self._not_ingested(ref, "unavailable", "the node has no file for it", public=True)
                 continue
             names.append(str(entry["dataset"]))
         return names
 
-    def ingest_dataset(self, provider: str, dataset: str,
-                       progress: Progress | None = None) -> None:
+    def ingest_dataset(self, provider: str, dataset: str, progress: Progress | None = None) -> None:
         """Pull one dataset over a session of its own."""
         ref = f"{provider}.{dataset}"
         try:
-            self._node_call(provider, [ref], lambda channel: self._ingest_dataset(
-                channel, provider, dataset, progress))
+            self._node_call(
+                provider,
+                [ref],
+                lambda channel: self._ingest_dataset(channel, provider, dataset, progress),
+            )
         except TransportError as exc:
             if self.datasets[ref]["state"] in ("pending", "ingesting"):
                 self._not_ingested(ref, "failed", str(exc))
 
-    def _ingest_dataset(self, channel, provider: str, dataset: str,
-                        progress: Progress | None) -> None:
+    def _ingest_dataset(
+        self, channel, provider: str, dataset: str, progress: Progress | None
+    ) -> None:
         ref = f"{provider}.{dataset}"
         self._set(ref, state="ingesting", reason="", public_reason=None)
         staging = private_dir(self.workdir / "staging")
         staged = staging / f"{ref}.arrows"
-        channel.request({"op": "send", "dataset": dataset,
-                         "key": base64.b64encode(self._rekey).decode(),
-                         "batch_rows": self.config.batch_rows})
+        channel.request(
+            {
+                "op": "send",
+                "dataset": dataset,
+                "key": base64.b64encode(self._rekey).decode(),
+                "batch_rows": self.config.batch_rows,
+            }
+        )
         started = time.monotonic()
         try:
             with _private_open(staged) as sink:
-                counting = _Counting(sink, lambda n: progress and progress(
-                    "receive", {"dataset": ref, "bytes": n}))
+                counting = _Counting(
+                    sink, lambda n: progress and progress("receive", {"dataset": ref, "bytes": n})
+                )
                 trailer = channel.receive_stream(counting)
             # Done with the node before the (long) ingestion: an attested session
             # left idle is closed by the node after its idle timeout.
@@ -397,8 +444,11 @@ class Coordinator:
             # The node's message (counts, row numbers, the file's name) is for its
             # provider's status only: every party reads the audit log.
             self._not_ingested(ref, "rejected", str(exc))
-            self._audit("ingest_rejected", provider,
-                        {"dataset": ref, "stage": "node", "message": NODE_REJECTED_MESSAGE})
+            self._audit(
+                "ingest_rejected",
+                provider,
+                {"dataset": ref, "stage": "node", "message": NODE_REJECTED_MESSAGE},
+            )
             log.warning("%s rejected by its node: %s", ref, exc)
             return
         except (IngestError, CleanroomError, pa.ArrowException) as exc:
@@ -407,10 +457,18 @@ class Coordinator:
         finally:
             with contextlib.suppress(OSError):
                 staged.unlink()
-        self._set(ref, state="ingested", rows=report.rows, reason="", public_reason=None,
-                  in_use=True, ingested_at=now_iso(), bytes=trailer.get("bytes", 0),
-                  seconds=round(time.monotonic() - started, 3),
-                  identifier_report=trailer.get("report", {}))
+        self._set(
+            ref,
+            state="ingested",
+            rows=report.rows,
+            reason="",
+            public_reason=None,
+            in_use=True,
+            ingested_at=now_iso(),
+            bytes=trailer.get("bytes", 0),
+            seconds=round(time.monotonic() - started, 3),
+            identifier_report=trailer.get("report", {}),
+        )
         if progress:
             progress("ingested", {"dataset": ref, "rows": report.rows})
 
@@ -426,10 +484,19 @@ class Coordinator:
         sentence (a node's or the engine's refusal names counts, rows, files)."""
         with self._engine_lock:
             held = self.engine.datasets().get(ref)
-        note = (f"; queries keep using the {held} rows of its previous ingestion" if held
-                else "; no data of it is held")
-        self._set(ref, state=state, rows=held or 0, in_use=held is not None,
-                  reason=reason + note, public_reason=reason if public else None)
+        note = (
+            f"; queries keep using the {held} rows of its previous ingestion"
+            if held
+            else "; no data of it is held"
+        )
+        self._set(
+            ref,
+            state=state,
+            rows=held or 0,
+            in_use=held is not None,
+            reason=reason + note,
+            public_reason=reason if public else None,
+        )
 
     def _set(self, ref: str, **fields: Any) -> None:
         with self._status_lock:
@@ -484,8 +551,9 @@ class Coordinator:
         results = private_dir(self.workdir / "results")
         result_id = bundle["result"]["result_id"]
         with _private_open(results / f"{result_id}.json") as handle:
-            handle.write(json.dumps({"analyst": analyst, "bundle": bundle},
-                                    sort_keys=True).encode())
+            handle.write(
+                json.dumps({"analyst": analyst, "bundle": bundle}, sort_keys=True).encode()
+            )
 
     def kept_result(self, result_id: str) -> dict[str, Any] | None:
         if not re.fullmatch(r"[0-9a-f-]{1,64}", result_id):
@@ -496,8 +564,12 @@ class Coordinator:
     def budget(self, analyst: str) -> dict[str, Any]:
         with self._engine_lock:
             status = self.engine.budget(analyst)
-        return {"analyst": analyst, "total": status.total, "spent": status.spent,
-                "remaining": status.remaining}
+        return {
+            "analyst": analyst,
+            "total": status.total,
+            "spent": status.spent,
+            "remaining": status.remaining,
+        }
 
     def audit_entries(self) -> list[dict[str, Any]]:
         with self._engine_lock:
@@ -509,8 +581,10 @@ class Coordinator:
         self.requests.close()
 
 
-NODE_REJECTED_MESSAGE = ("the provider's node refused to send the data; nothing of it was "
-                         "ingested (its provider sees why)")
+NODE_REJECTED_MESSAGE = (
+    "the provider's node refused to send the data; nothing of it was "
+    "ingested (its provider sees why)"
+)
 PUBLIC_REASONS = {
     "rejected": "refused by its provider's node or by the engine; its provider sees why",
     "failed": "the pull from its provider's node failed; its provider sees why",
@@ -526,10 +600,17 @@ def public_dataset_view(entry: dict[str, Any], provider: str) -> dict[str, Any]:
     in_use = bool(entry.get("in_use"))
     reason = entry.get("public_reason") or PUBLIC_REASONS.get(entry.get("state", ""), "")
     if reason:
-        reason += ("; queries keep using its previous ingestion" if in_use
-                   else "; no data of it is held")
-    return {"dataset": entry["dataset"], "provider": provider, "state": entry.get("state"),
-            "in_use": in_use, "ingested_at": entry.get("ingested_at"), "reason": reason}
+        reason += (
+            "; queries keep using its previous ingestion" if in_use else "; no data of it is held"
+        )
+    return {
+        "dataset": entry["dataset"],
+        "provider": provider,
+        "state": entry.get("state"),
+        "in_use": in_use,
+        "ingested_at": entry.get("ingested_at"),
+        "reason": reason,
+    }
 
 
 def _entry_dict(entry: Any) -> dict[str, Any]:

@@ -131,6 +131,7 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
 
 # -- semantic checks, one per section -----------------------------------------
 
+
 def _check_parties(doc: dict[str, Any]) -> Iterator[Problem]:
     seen_names: set[str] = set()
     seen_keys: set[str] = set()
@@ -163,9 +164,11 @@ def _check_datasets(doc: dict[str, Any]) -> Iterator[Problem]:
         if ref in refs:
             yield f"{at}.name", f"duplicate dataset {ref}"
         refs.add(ref)
-        columns = [c["column"] for c in ds["identifiers"]] + [
-            a["column"] for a in ds.get("attributes", [])
-        ] + [ds[k] for k in ("group_column", "timestamp_column", "amount_column") if k in ds]
+        columns = (
+            [c["column"] for c in ds["identifiers"]]
+            + [a["column"] for a in ds.get("attributes", [])]
+            + [ds[k] for k in ("group_column", "timestamp_column", "amount_column") if k in ds]
+        )
         for col in {c for c in columns if columns.count(c) > 1}:
             yield at, f"column {col} is declared more than once"
         kinds = [c["kind"] for c in ds["identifiers"]]
@@ -247,13 +250,19 @@ def _check_analyses(doc: dict[str, Any]) -> Iterator[Problem]:
 _TEMPLATE_FIELDS = {
     "audience_size": {"attributes"},
     "overlap": {"attributes", "datasets"},
-    "campaign_lift": {"attributes", "exposures", "purchases", "attribution_window_days",
-                      "breakdowns"},
+    "campaign_lift": {
+        "attributes",
+        "exposures",
+        "purchases",
+        "attribution_window_days",
+        "breakdowns",
+    },
 }
 
 
-def _check_template_fields(an: dict[str, Any], at: str, datasets: dict[str, Any],
-                           attrs: dict[str, Any]) -> Iterator[Problem]:
+def _check_template_fields(
+    an: dict[str, Any], at: str, datasets: dict[str, Any], attrs: dict[str, Any]
+) -> Iterator[Problem]:
     template = an["template"]
     for key in ("datasets", "exposures", "purchases", "attribution_window_days", "breakdowns"):
         if key in an and key not in _TEMPLATE_FIELDS[template]:
@@ -293,15 +302,21 @@ def _check_privacy(doc: dict[str, Any]) -> Iterator[Problem]:
 
 
 _SECTION_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Problem]], ...] = (
-    _check_parties, _check_enclaves, _check_datasets, _check_analyses, _check_privacy,
+    _check_parties,
+    _check_enclaves,
+    _check_datasets,
+    _check_analyses,
+    _check_privacy,
 )
 
 
 # -- building the model ---------------------------------------------------------
 
+
 def _pin(doc: dict[str, Any]) -> EnclavePin:
-    return EnclavePin(doc["mrenclave"], doc.get("mrsigner"), doc.get("isvprodid"),
-                      doc.get("min_isvsvn"))
+    return EnclavePin(
+        doc["mrenclave"], doc.get("mrsigner"), doc.get("isvprodid"), doc.get("min_isvsvn")
+    )
 
 
 def _build(doc: dict[str, Any]) -> Definition:
@@ -343,11 +358,17 @@ def _build(doc: dict[str, Any]) -> Definition:
                 provider=d["provider"],
                 name=d["name"],
                 kind=d["kind"],
-                identifiers=tuple(IdentifierColumn(i["column"], i["kind"])
-                                  for i in d["identifiers"]),
+                identifiers=tuple(
+                    IdentifierColumn(i["column"], i["kind"]) for i in d["identifiers"]
+                ),
                 attributes=tuple(
-                    Attribute(a["column"], a["type"], tuple(a.get("values", ())), a.get("min"),
-                              a.get("max"))
+                    Attribute(
+                        a["column"],
+                        a["type"],
+                        tuple(a.get("values", ())),
+                        a.get("min"),
+                        a.get("max"),
+                    )
                     for a in d.get("attributes", [])
                 ),
                 default_phone_region=d.get("default_phone_region"),

@@ -112,7 +112,8 @@ DP_OFF_WARNING = (
     "sums of purchases and revenue are not compared across analyses over the same "
     "people, so two releases (e.g. lift with attribution windows of 27 and 28 days) can "
     "reveal one purchase's amount, and combinations of three or more releases are not "
-    "stopped — see docs/cleanroom/privacy-model.md, 'Limits'")
+    "stopped — see docs/cleanroom/privacy-model.md, 'Limits'"
+)
 
 # Above this total ε per analyst the approval warns (what it permits, in plain words).
 # ε ≤ 1 is what the DP literature calls strong protection (e.g. Dwork and Roth, "The
@@ -141,8 +142,11 @@ def budget_warning(dp: DifferentialPrivacy) -> str:
     """What ``budget_per_analyst`` permits one analyst, and analysts pooling answers."""
     budget = dp.budget_per_analyst
     # gaussian: each query adds its δ (the ledger composes linearly)
-    delta = dp.delta * math.floor(budget / dp.epsilon_per_query + 1e-9) \
-        if dp.mechanism == "gaussian" and dp.delta else 0.0
+    delta = (
+        dp.delta * math.floor(budget / dp.epsilon_per_query + 1e-9)
+        if dp.mechanism == "gaussian" and dp.delta
+        else 0.0
+    )
     return (
         f"differential-privacy budget_per_analyst is {budget:g}, above "
         f"{STRONG_DP_BUDGET:g} (the usual level for strong protection): an analyst who "
@@ -152,7 +156,8 @@ def budget_warning(dp: DifferentialPrivacy) -> str:
         "guessing gives 50 %, B=1 at most 73 %), and budgets are per analyst, so analysts "
         "who pool their answers add them up (two: "
         f"{_percent(inference_bound(2 * budget, 2 * delta))}) — see "
-        "docs/cleanroom/privacy-model.md, 'What a budget permits'")
+        "docs/cleanroom/privacy-model.md, 'What a budget permits'"
+    )
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,10 @@ class Cohort:
     @staticmethod
     def union(parts: list[Cohort]) -> Cohort:
         """Disjoint parts together (e.g. the hidden segments of one arm)."""
-        return Cohort(" OR ".join(f"({p.condition})" for p in parts),
-                      tuple(v for p in parts for v in p.params))
+        return Cohort(
+            " OR ".join(f"({p.condition})" for p in parts),
+            tuple(v for p in parts for v in p.params),
+        )
 
 
 @dataclass
@@ -64,12 +66,18 @@ class Draft:
     segments: tuple[str, ...] = ()
 
 
-def audience_size(con: duckdb.DuckDBPyConnection, definition: Definition,
-                  query: AudienceSizeQuery) -> Draft:
+def audience_size(
+    con: duckdb.DuckDBPyConnection, definition: Definition, query: AudienceSizeQuery
+) -> Draft:
     params: list[Any] = []
     universe, rest = "persons", query.filter
-    comparisons = (query.filter.items if isinstance(query.filter, And)
-                   else (query.filter,) if isinstance(query.filter, Comparison) else ())
+    comparisons = (
+        query.filter.items
+        if isinstance(query.filter, And)
+        else (query.filter,)
+        if isinstance(query.filter, Comparison)
+        else ()
+    )
     if comparisons and all(isinstance(c, Comparison) for c in comparisons):
         # Only people of the first comparison's dataset can match a conjunction of
         # comparisons: start from them, not from everyone in any dataset.
@@ -79,11 +87,13 @@ def audience_size(con: duckdb.DuckDBPyConnection, definition: Definition,
     else:
         ensure_persons(con, definition.datasets)
     where = compile_filter(definition, rest, params)
-    con.execute(f"CREATE OR REPLACE TABLE q_audience AS "
-                f"SELECT person FROM {universe} WHERE {where}", params)
+    con.execute(
+        f"CREATE OR REPLACE TABLE q_audience AS SELECT person FROM {universe} WHERE {where}", params
+    )
     n = con.execute("SELECT count(*) FROM q_audience").fetchone()[0]
-    return Draft(counts={"audience": n}, cohorts={"audience": Cohort("TRUE")},
-                 cohort_table="q_audience")
+    return Draft(
+        counts={"audience": n}, cohorts={"audience": Cohort("TRUE")}, cohort_table="q_audience"
+    )
 
 
 def overlap_label(datasets: tuple[str, ...]) -> str:
@@ -92,12 +102,13 @@ def overlap_label(datasets: tuple[str, ...]) -> str:
 
 def region_label(datasets: tuple[str, ...], region: tuple[bool, ...]) -> str:
     """The Venn region of people in exactly the ``region`` datasets."""
-    return overlap_label(tuple(d for d, inside in zip(datasets, region, strict=True)
-                               if inside)) + " only"
+    return (
+        overlap_label(tuple(d for d, inside in zip(datasets, region, strict=True) if inside))
+        + " only"
+    )
 
 
-def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
-            query: OverlapQuery) -> Draft:
+def overlap(con: duckdb.DuckDBPyConnection, definition: Definition, query: OverlapQuery) -> Draft:
     params: list[Any] = []
     where = compile_filter(definition, query.filter, params)
     ensure_persons(con, definition.datasets)
@@ -110,7 +121,8 @@ def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
     con.execute(
         f"CREATE OR REPLACE TABLE q_overlap AS SELECT * FROM "
         f"(SELECT person, {', '.join(flags)} FROM persons WHERE {where}) WHERE {any_member}",
-        params)
+        params,
+    )
     draft = Draft(cohort_table="q_overlap")
     cols = ", ".join(f"m{i}" for i in range(len(query.datasets)))
     for row in con.execute(f"SELECT {cols}, count(*) FROM q_overlap GROUP BY ALL").fetchall():
@@ -123,14 +135,19 @@ def overlap(con: duckdb.DuckDBPyConnection, definition: Definition,
         for subset in itertools.combinations(range(len(query.datasets)), size):
             label = overlap_label(tuple(query.datasets[i] for i in subset))
             cond = " AND ".join(f"m{i}" for i in subset)
-            draft.counts[label] = sum(n for region, n in draft.regions.items()
-                                      if all(region[i] for i in subset))
+            draft.counts[label] = sum(
+                n for region, n in draft.regions.items() if all(region[i] for i in subset)
+            )
             draft.cohorts[label] = Cohort(cond)
     return draft
 
 
-def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analysis: Analysis,
-                  query: CampaignLiftQuery) -> Draft:
+def campaign_lift(
+    con: duckdb.DuckDBPyConnection,
+    definition: Definition,
+    analysis: Analysis,
+    query: CampaignLiftQuery,
+) -> Draft:
     """Exact lift figures per (segment, arm), and the person-key table of every
     cell (people and converters) for the differencing check."""
     exposures = definition.dataset(analysis.exposures or "")
@@ -144,15 +161,21 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
     # One large join per statement, and arms and segments aggregated as small
     # integer codes: min()/max() of strings next to a join cannot spill and ran
     # out of memory on ten million people.
-    arm_code = "CASE " + grp + " " + " ".join(
-        f"WHEN '{arm}' THEN {n}" for n, arm in enumerate(ARMS)) + " END"
+    arm_code = (
+        "CASE "
+        + grp
+        + " "
+        + " ".join(f"WHEN '{arm}' THEN {n}" for n, arm in enumerate(ARMS))
+        + " END"
+    )
     con.execute(f"""
         CREATE OR REPLACE TABLE q_exposed AS
         SELECT person, min({ets}) AS first_exposure, min(arm) AS arm
         FROM (SELECT person, {ets}, {arm_code} AS arm FROM {person_table(exposures)})
         GROUP BY person HAVING min(arm) = max(arm)  -- one arm only""")
-    con.execute(f"CREATE OR REPLACE TABLE q_chosen AS SELECT * FROM q_exposed WHERE {where}",
-                params)
+    con.execute(
+        f"CREATE OR REPLACE TABLE q_chosen AS SELECT * FROM q_exposed WHERE {where}", params
+    )
     con.execute("DROP TABLE q_exposed")
     con.execute(f"""
         CREATE OR REPLACE TABLE q_attributed AS
@@ -161,8 +184,9 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
          AND p.{pts} >= c.first_exposure
          AND p.{pts} < c.first_exposure + INTERVAL {window} DAY
         GROUP BY c.person""")
-    arm_name = "CASE c.arm " + " ".join(f"WHEN {n} THEN '{arm}'" for n, arm in enumerate(ARMS)) \
-        + " END"
+    arm_name = (
+        "CASE c.arm " + " ".join(f"WHEN {n} THEN '{arm}'" for n, arm in enumerate(ARMS)) + " END"
+    )
     con.execute(f"""
         CREATE OR REPLACE TABLE q_lift AS
         SELECT c.person, {arm_name} AS arm, '{ALL}' AS segment,
@@ -176,24 +200,37 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
         ds, attr = resolved
         # codes in the values' own order, so min() picks what min(value) would
         values = ("false", "true") if attr.type == "boolean" else tuple(sorted(attr.values))
-        code = (f"CAST({quote(attr.column)} AS INTEGER)" if attr.type == "boolean"
-                else "CASE " + quote(attr.column) + " " + " ".join(
-                    f"WHEN ? THEN {n}" for n in range(len(values))) + " END")
+        code = (
+            f"CAST({quote(attr.column)} AS INTEGER)"
+            if attr.type == "boolean"
+            else "CASE "
+            + quote(attr.column)
+            + " "
+            + " ".join(f"WHEN ? THEN {n}" for n in range(len(values)))
+            + " END"
+        )
         code_params = [] if attr.type == "boolean" else list(values)
-        con.execute(f"CREATE OR REPLACE TABLE q_segment AS SELECT person, min(code) AS code "
-                    f"FROM (SELECT person, {code} AS code FROM {person_table(ds)}) "
-                    "WHERE code IS NOT NULL GROUP BY person", code_params)
+        con.execute(
+            f"CREATE OR REPLACE TABLE q_segment AS SELECT person, min(code) AS code "
+            f"FROM (SELECT person, {code} AS code FROM {person_table(ds)}) "
+            "WHERE code IS NOT NULL GROUP BY person",
+            code_params,
+        )
         names = " ".join(f"WHEN {n} THEN ?" for n in range(len(values)))
-        con.execute(f"""
+        con.execute(
+            f"""
             CREATE OR REPLACE TABLE q_lift AS
             SELECT l.person, l.arm, coalesce(CASE s.code {names} END, '{NONE_SEGMENT}') AS segment,
                    l.purchases, l.revenue
-            FROM q_lift l LEFT JOIN q_segment s ON s.person = l.person""", list(values))
+            FROM q_lift l LEFT JOIN q_segment s ON s.person = l.person""",
+            list(values),
+        )
         con.execute("DROP TABLE q_segment")
     bounds = definition.privacy.dp.bounds if definition.privacy.dp else None
     max_p = bounds.max_purchases_per_person if bounds else 1
     max_r = float(bounds.max_revenue_per_person) if bounds else 1.0
-    rows = con.execute("""
+    rows = con.execute(
+        """
         SELECT coalesce(segment, ?) AS segment, arm, count(*) AS people,
                count(*) FILTER (WHERE purchases > 0) AS converters,
                sum(purchases) AS purchases, sum(revenue) AS revenue,
@@ -202,9 +239,21 @@ def campaign_lift(con: duckdb.DuckDBPyConnection, definition: Definition, analys
                sum(least(revenue, ?)) AS revenue_clipped,
                sum(least(revenue, ?) * least(revenue, ?)) AS revenue_sq_clipped
         FROM q_lift GROUP BY GROUPING SETS ((segment, arm), (arm))
-        """, [ALL, max_p, max_r, max_r, max_r]).fetchall()
-    names = ("segment", "arm", "people", "converters", "purchases", "revenue", "revenue_var",
-             "purchases_clipped", "revenue_clipped", "revenue_sq_clipped")
+        """,
+        [ALL, max_p, max_r, max_r, max_r],
+    ).fetchall()
+    names = (
+        "segment",
+        "arm",
+        "people",
+        "converters",
+        "purchases",
+        "revenue",
+        "revenue_var",
+        "purchases_clipped",
+        "revenue_clipped",
+        "revenue_sq_clipped",
+    )
     draft = Draft(cohort_table="q_lift")
     for row in rows:
         record = dict(zip(names, row, strict=True))
@@ -243,4 +292,5 @@ def _lift_cohorts(draft: Draft) -> None:
                 where, params = f"{where} AND segment = ?", (arm, segment)
             draft.cohorts[lift_cohort(segment, arm, "people")] = Cohort(where, params)
             draft.cohorts[lift_cohort(segment, arm, "conversion")] = Cohort(
-                f"{where} AND purchases > 0", params)
+                f"{where} AND purchases > 0", params
+            )

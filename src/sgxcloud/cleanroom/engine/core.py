@@ -72,8 +72,9 @@ from sgxcloud.cleanroom.results import (
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_ROWS = 10
-INGEST_REJECTED_MESSAGE = ("the data did not pass the engine's checks; nothing of it was "
-                           "ingested (its provider sees why)")
+INGEST_REJECTED_MESSAGE = (
+    "the data did not pass the engine's checks; nothing of it was ingested (its provider sees why)"
+)
 # Version of what the engine keeps in its database; 2: 64-bit keyed identifiers
 # and numbered cohorts; 3: releases kept as regions and vectors, person links kept
 # for remapping.  An older database is refused, never silently reused.
@@ -88,8 +89,12 @@ class IngestReport:
     replaced_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "rows": self.rows, "batches": self.batches,
-                "replaced_rows": self.replaced_rows}
+        return {
+            "dataset": self.dataset,
+            "rows": self.rows,
+            "batches": self.batches,
+            "replaced_rows": self.replaced_rows,
+        }
 
 
 @dataclass(frozen=True)
@@ -122,9 +127,15 @@ class _Problems:
 class Engine:
     """Runs approved analyses over ingested, keyed data; releases signed aggregates."""
 
-    def __init__(self, definition: Definition, workdir: str | Path, *,
-                 signing_key: Ed25519PrivateKey | None = None, memory_limit: str = "512MB",
-                 threads: int = 2) -> None:
+    def __init__(
+        self,
+        definition: Definition,
+        workdir: str | Path,
+        *,
+        signing_key: Ed25519PrivateKey | None = None,
+        memory_limit: str = "512MB",
+        threads: int = 2,
+    ) -> None:
         self.definition = definition
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -140,8 +151,9 @@ class Engine:
             self._con.execute("SET threads = ?", [int(threads)])
         except duckdb.Error as exc:
             self._con.close()
-            raise QueryError("memory_limit", "not a valid DuckDB memory limit or thread count") \
-                from exc
+            raise QueryError(
+                "memory_limit", "not a valid DuckDB memory limit or thread count"
+            ) from exc
         self._con.execute("SET temp_directory = ?", [str(self.workdir / "spill")])
         self._con.execute("SET preserve_insertion_order = false")
         # attribution windows count days in UTC, whatever the host's zone says
@@ -151,8 +163,7 @@ class Engine:
         self.ledger = PrivacyLedger(self.workdir / "privacy.sqlite")
         self.audit = AuditLog(self.workdir / "audit.jsonl")
         self.cohorts = CohortStore(self._con)
-        self._noise = NoiseSource(definition.privacy.dp) if definition.privacy.dp_enabled \
-            else None
+        self._noise = NoiseSource(definition.privacy.dp) if definition.privacy.dp_enabled else None
         self._resolved = False
         for warning in definition.privacy.warnings():
             log.warning("%s", warning)
@@ -177,8 +188,10 @@ class Engine:
         self.close()
 
     def _check_format(self) -> None:
-        tables = {name for (name,) in self._con.execute(
-            "SELECT table_name FROM duckdb_tables()").fetchall()}
+        tables = {
+            name
+            for (name,) in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        }
         if "engine_format" in tables:
             version = self._con.execute("SELECT max(version) FROM engine_format").fetchone()[0]
         elif tables:
@@ -192,7 +205,8 @@ class Engine:
             raise CleanroomError(
                 f"{self.workdir} holds an engine database of format {version}, this version "
                 f"uses format {ENGINE_FORMAT}; start from a fresh workdir (released answers "
-                "and cohorts of the old one cannot be carried over)")
+                "and cohorts of the old one cannot be carried over)"
+            )
 
     def _bind_definition(self) -> None:
         """Data ingested under another definition was approved for that one only."""
@@ -201,28 +215,31 @@ class Engine:
         current = self.definition.definition_hash()
         if row and row[0] != current:
             for (name,) in self._con.execute(
-                    "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'd\\_%' "
-                    "ESCAPE '\\' OR table_name LIKE 'p\\_%' ESCAPE '\\'").fetchall():
+                "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'd\\_%' "
+                "ESCAPE '\\' OR table_name LIKE 'p\\_%' ESCAPE '\\'"
+            ).fetchall():
                 self._con.execute(f"DROP TABLE {quote(name)}")
             self._con.execute("DROP TABLE IF EXISTS data_versions")
             log.warning("definition changed: dropped data ingested under the previous one")
         self._con.execute("DELETE FROM engine_meta")
         self._con.execute("INSERT INTO engine_meta VALUES (?)", [current])
         # what each dataset holds, by content: answers are cached per data version
-        self._con.execute("CREATE TABLE IF NOT EXISTS data_versions "
-                          "(dataset VARCHAR PRIMARY KEY, fingerprint VARCHAR)")
+        self._con.execute(
+            "CREATE TABLE IF NOT EXISTS data_versions "
+            "(dataset VARCHAR PRIMARY KEY, fingerprint VARCHAR)"
+        )
 
     def datasets(self) -> dict[str, int]:
         """Rows held per ingested dataset."""
         with self._lock:
-            return {ds.ref: self._rows(ds) for ds in self.definition.datasets
-                    if self._has_table(ds)}
+            return {
+                ds.ref: self._rows(ds) for ds in self.definition.datasets if self._has_table(ds)
+            }
 
     def budget(self, analyst: str) -> BudgetStatus:
         dp = self.definition.privacy.dp
         total = dp.budget_per_analyst if dp and dp.enabled else 0.0
-        return BudgetStatus(analyst, total,
-                            self.ledger.spent(analyst, self._analyst_key(analyst)))
+        return BudgetStatus(analyst, total, self.ledger.spent(analyst, self._analyst_key(analyst)))
 
     def _analyst_key(self, analyst: str) -> str | None:
         party = self.definition.party(analyst)
@@ -230,9 +247,14 @@ class Engine:
 
     # -- ingestion -----------------------------------------------------------------
 
-    def ingest(self, provider: str, dataset: str,
-               data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch], *,
-               actor: str | None = None) -> IngestReport:
+    def ingest(
+        self,
+        provider: str,
+        dataset: str,
+        data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
+        *,
+        actor: str | None = None,
+    ) -> IngestReport:
         """Replace ``provider.dataset`` with ``data`` (prepared by the node), atomically.
 
         Raises IngestError with a report of counts and row numbers — never
@@ -250,9 +272,11 @@ class Engine:
             except IngestError:
                 # Every party reads the log: the error's counts, row numbers and
                 # file name are the provider's (it gets them with the error).
-                self.audit.append("ingest_rejected", actor or provider,
-                                  {"dataset": ref, "stage": "engine",
-                                   "message": INGEST_REJECTED_MESSAGE})
+                self.audit.append(
+                    "ingest_rejected",
+                    actor or provider,
+                    {"dataset": ref, "stage": "engine", "message": INGEST_REJECTED_MESSAGE},
+                )
                 raise
             self._resolved = False
             # No row counts: every party reads the log, and exact sizes are the
@@ -261,8 +285,9 @@ class Engine:
             log.info("ingested %s: %d rows", ref, report.rows)
             return report
 
-    def _ingest_atomically(self, ds: Dataset, schema: pa.Schema,
-                           batches: Iterator[pa.RecordBatch]) -> IngestReport:
+    def _ingest_atomically(
+        self, ds: Dataset, schema: pa.Schema, batches: Iterator[pa.RecordBatch]
+    ) -> IngestReport:
         table, staging = data_table(ds), quote(f"staging_{ds.provider}__{ds.name}")
         columns = ", ".join(f"{quote(f.name)} {_duck_type(f.type)}" for f in schema)
         problems = _Problems()
@@ -284,7 +309,8 @@ class Engine:
                 raise IngestError(
                     f"{ds.ref}: {sum(p['count'] for p in problems.found.values())} bad row(s); "
                     "nothing was ingested",
-                    {"dataset": ds.ref, "rows_seen": rows, "problems": problems.found})
+                    {"dataset": ds.ref, "rows_seen": rows, "problems": problems.found},
+                )
             replaced = self._rows(ds) if self._has_table(ds) else 0
             self._con.execute(f"DROP TABLE IF EXISTS {table}")
             self._con.execute(f"ALTER TABLE {staging} RENAME TO {table}")
@@ -292,9 +318,11 @@ class Engine:
             # restart: same re-keying key) keeps cached answers; changed data does not.
             fingerprint = self._con.execute(
                 f"SELECT coalesce(sum(hash(t)::HUGEINT), 0)::VARCHAR || ':' || count(*) "
-                f"FROM {table} t").fetchone()[0]
-            self._con.execute("INSERT OR REPLACE INTO data_versions VALUES (?, ?)",
-                              [ds.ref, fingerprint])
+                f"FROM {table} t"
+            ).fetchone()[0]
+            self._con.execute(
+                "INSERT OR REPLACE INTO data_versions VALUES (?, ?)", [ds.ref, fingerprint]
+            )
             self._con.execute("COMMIT")
         except BaseException:
             self._con.execute("ROLLBACK")
@@ -306,13 +334,17 @@ class Engine:
         changes it, so a repeated query is answered from the new data (and, under
         DP, is a new release that costs budget) instead of from the cache."""
         rows = self._con.execute(
-            "SELECT dataset, fingerprint FROM data_versions ORDER BY dataset").fetchall()
+            "SELECT dataset, fingerprint FROM data_versions ORDER BY dataset"
+        ).fetchall()
         return hashlib.sha256(repr(rows).encode()).hexdigest()
 
     def _has_table(self, ds: Dataset) -> bool:
         name = data_table(ds).strip('"')
-        return bool(self._con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
+        return bool(
+            self._con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]
+            ).fetchone()[0]
+        )
 
     def _rows(self, ds: Dataset) -> int:
         return self._con.execute(f"SELECT count(*) FROM {data_table(ds)}").fetchone()[0]
@@ -333,16 +365,17 @@ class Engine:
         """Released cohorts follow people to their keys under the new resolution
         (a refresh can merge components and change keys); without this, a query
         differing from an earlier one by one real person would look k apart."""
-        tables = {name for (name,) in self._con.execute(
-            "SELECT table_name FROM duckdb_tables()").fetchall()}
+        tables = {
+            name
+            for (name,) in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        }
         if "person_link_prev" not in tables:
             return
         if self._con.execute("SELECT count(*) FROM released_region").fetchone()[0]:
             ensure_persons(self._con, self.definition.datasets)
             moved = self.cohorts.remap("person_link_prev", "person_link", "persons")
             if moved:
-                log.info("person resolution changed: %d released people moved to new keys",
-                         moved)
+                log.info("person resolution changed: %d released people moved to new keys", moved)
         self._con.execute("DROP TABLE person_link_prev")
 
     # -- queries -----------------------------------------------------------------------
@@ -364,33 +397,49 @@ class Engine:
             with self._memory_guard():
                 version = self._data_version()
             key = query_key(parsed, self.definition.definition_hash(), version)
-            self.audit.append("query", analyst, {"query": canonical_query(parsed),
-                                                 "query_hash": key})
+            self.audit.append(
+                "query", analyst, {"query": canonical_query(parsed), "query_hash": key}
+            )
             earlier = self.ledger.released(key)
             if earlier is not None:
                 result = self._resign(self._keyed(key, Result.from_json(earlier)))
-                self.audit.append("cache_hit", analyst, {
-                    "query_hash": key, "result_id": result.result_id,
-                    "result_digest": result_digest(result)})
+                self.audit.append(
+                    "cache_hit",
+                    analyst,
+                    {
+                        "query_hash": key,
+                        "result_id": result.result_id,
+                        "result_digest": result_digest(result),
+                    },
+                )
                 return result
             try:
                 with self._memory_guard():
                     result = self._compute_and_release(parsed, analysis, analyst, key)
             except QueryRefused as exc:
-                self.audit.append("refusal", analyst, {"reason": exc.reason, "query_hash": key,
-                                                       "message": str(exc)})
+                self.audit.append(
+                    "refusal",
+                    analyst,
+                    {"reason": exc.reason, "query_hash": key, "message": str(exc)},
+                )
                 raise
             # Every party reads the audit log: it records who released what to whom
             # and the result's digest, never the figures — those reach only the
             # result's recipients (red-team attack 05).
-            self.audit.append("release", analyst, {
-                "query_hash": key, "result_id": result.result_id,
-                "analysis": result.analysis, "recipients": list(result.recipients),
-                "result_digest": result_digest(result)})
+            self.audit.append(
+                "release",
+                analyst,
+                {
+                    "query_hash": key,
+                    "result_id": result.result_id,
+                    "analysis": result.analysis,
+                    "recipients": list(result.recipients),
+                    "result_digest": result_digest(result),
+                },
+            )
             return result
 
-    def _compute_and_release(self, query: Query, analysis: Any, analyst: str,
-                             key: str) -> Result:
+    def _compute_and_release(self, query: Query, analysis: Any, analyst: str, key: str) -> Result:
         self._ensure_resolved()
         if isinstance(query, AudienceSizeQuery):
             draft = analyses.audience_size(self._con, self.definition, query)
@@ -410,17 +459,23 @@ class Engine:
             # Every query that reaches the data costs ε, whatever comes of it, and
             # noise comes before suppression: a suppressed answer is then decided on
             # noisy counts (post-processing), and asking again is never free.
-            remaining = self.ledger.spend(self.definition.name, analyst, key,
-                                          dp.epsilon_per_query, dp.budget_per_analyst,
-                                          dp.delta or 0.0,
-                                          analyst_key=self._analyst_key(analyst))
+            remaining = self.ledger.spend(
+                self.definition.name,
+                analyst,
+                key,
+                dp.epsilon_per_query,
+                dp.budget_per_analyst,
+                dp.delta or 0.0,
+                analyst_key=self._analyst_key(analyst),
+            )
             dp_info = plan.add_noise(self._noise, dp)
         decide_suppression(plan)  # on exact counts, or on the noisy ones under DP
         if not plan.any_released:
-            raise QueryRefused("suppressed",
-                               f"every figure would cover fewer than k={k} people"
-                               + (" (decided on the noisy counts; the budget was spent)"
-                                  if dp_info else ""))
+            raise QueryRefused(
+                "suppressed",
+                f"every figure would cover fewer than k={k} people"
+                + (" (decided on the noisy counts; the budget was spent)" if dp_info else ""),
+            )
         # staged (and recorded) even when the check is off, so turning it on later sees them
         release = self._stage_release(plan, draft)
         if privacy.differencing_check and dp_info is None:
@@ -432,23 +487,28 @@ class Engine:
             self.cohorts.check_staged(release, k)
         cells = plan.cells()
         self.cohorts.record_staged(release, key)
-        result = sign_result(Result(
-            result_id=new_result_id(),
-            collaboration=self.definition.name,
-            definition_hash=self.definition.definition_hash(),
-            analysis=analysis.name,
-            template=query.template,
-            query=canonical_query(query),
-            query_hash=key,
-            cells=tuple(cells),
-            privacy={"min_group_size": k,
-                     "differencing_check": privacy.differencing_check and dp_info is None,
-                     "differential_privacy": dp_info,
-                     "budget_remaining_at_release": remaining},
-            recipients=tuple(dict.fromkeys((analyst, *analysis.recipients))),
-            released_at=now_iso(),
-            digest_key=new_digest_key(),
-        ), self._signing_key)
+        result = sign_result(
+            Result(
+                result_id=new_result_id(),
+                collaboration=self.definition.name,
+                definition_hash=self.definition.definition_hash(),
+                analysis=analysis.name,
+                template=query.template,
+                query=canonical_query(query),
+                query_hash=key,
+                cells=tuple(cells),
+                privacy={
+                    "min_group_size": k,
+                    "differencing_check": privacy.differencing_check and dp_info is None,
+                    "differential_privacy": dp_info,
+                    "budget_remaining_at_release": remaining,
+                },
+                recipients=tuple(dict.fromkeys((analyst, *analysis.recipients))),
+                released_at=now_iso(),
+                digest_key=new_digest_key(),
+            ),
+            self._signing_key,
+        )
         stored = self.ledger.store_release(self.definition.name, key, result.to_json())
         return result if stored == result.to_json() else self._resign(Result.from_json(stored))
 
@@ -456,8 +516,7 @@ class Engine:
         """Stage the people of this release by region (Venn region, lift part, the
         audience) for the differencing check, in one pass over the draft's table."""
         region, params, release = plan.release_shape()
-        self.cohorts.stage(f"SELECT {region} AS region, person FROM {draft.cohort_table}",
-                           params)
+        self.cohorts.stage(f"SELECT {region} AS region, person FROM {draft.cohort_table}", params)
         return release
 
     @contextlib.contextmanager
@@ -469,7 +528,8 @@ class Engine:
             self._resolved = False  # a resolution may have stopped half-way
             raise EngineLimitError(
                 f"the engine needs more than its memory limit ({self.memory_limit}); "
-                "raise memory_limit or give it fewer threads") from exc
+                "raise memory_limit or give it fewer threads"
+            ) from exc
 
     def _keyed(self, key: str, result: Result) -> Result:
         """A stored answer of format v1 (released before keyed digests) becomes v2
@@ -477,8 +537,10 @@ class Engine:
         cache-hit entries must not carry an unkeyed digest of its figures."""
         if result.format != RESULT_FORMAT_V1:
             return result
-        upgraded = sign_result(replace(result, format=RESULT_FORMAT, digest_key=new_digest_key(),
-                                       signature=""), self._signing_key)
+        upgraded = sign_result(
+            replace(result, format=RESULT_FORMAT, digest_key=new_digest_key(), signature=""),
+            self._signing_key,
+        )
         self.ledger.replace_release(key, upgraded.to_json())
         return upgraded
 
@@ -492,8 +554,9 @@ class Engine:
 # -- ingestion helpers ---------------------------------------------------------------
 
 
-def _batches(data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
-             ) -> Iterator[pa.RecordBatch]:
+def _batches(
+    data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
+) -> Iterator[pa.RecordBatch]:
     if isinstance(data, pa.Table):
         yield from data.to_batches(max_chunksize=65536)
     elif isinstance(data, pa.RecordBatch):
@@ -525,10 +588,16 @@ def _conform(ds: Dataset, schema: pa.Schema, batch: pa.RecordBatch) -> pa.Record
     got = set(batch.schema.names)
     want = set(schema.names)
     if got != want:
-        report = {"dataset": ds.ref, "missing_columns": sorted(want - got),
-                  "unexpected_columns": sorted(got - want)}
-        raise IngestError(f"{ds.ref}: columns do not match the approved analysis "
-                          "(only the columns it needs may be sent)", report)
+        report = {
+            "dataset": ds.ref,
+            "missing_columns": sorted(want - got),
+            "unexpected_columns": sorted(got - want),
+        }
+        raise IngestError(
+            f"{ds.ref}: columns do not match the approved analysis "
+            "(only the columns it needs may be sent)",
+            report,
+        )
     arrays = []
     for fld in schema:
         column = batch.column(batch.schema.get_field_index(fld.name))
@@ -546,8 +615,11 @@ def _conform(ds: Dataset, schema: pa.Schema, batch: pa.RecordBatch) -> pa.Record
 
 
 def _validate_rows(ds: Dataset, batch: pa.RecordBatch, problems: _Problems, offset: int) -> None:
-    ids = [batch.column(batch.schema.get_field_index(i.column)) for i in ds.identifiers
-           if i.column in batch.schema.names]
+    ids = [
+        batch.column(batch.schema.get_field_index(i.column))
+        for i in ds.identifiers
+        if i.column in batch.schema.names
+    ]
     if ids:
         no_id = pc.invert(pc.is_valid(ids[0]))
         for column in ids[1:]:
@@ -560,21 +632,27 @@ def _validate_rows(ds: Dataset, batch: pa.RecordBatch, problems: _Problems, offs
         column = batch.column(names.index(attr.column))
         if attr.values:
             # an empty cell is an unknown value (null), not an undeclared one
-            problems.add(f"{attr.column}: value not declared",
-                         pc.and_(pc.is_valid(column),
-                                 pc.invert(pc.is_in(column, pa.array(attr.values)))), offset)
+            problems.add(
+                f"{attr.column}: value not declared",
+                pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, pa.array(attr.values)))),
+                offset,
+            )
         if attr.min is not None:
             problems.add(f"{attr.column}: below min", pc.less(column, attr.min), offset)
         if attr.max is not None:
             problems.add(f"{attr.column}: above max", pc.greater(column, attr.max), offset)
     for col in ds.event_columns:
         if col in names:
-            problems.add(f"{col}: missing value", pc.is_null(batch.column(names.index(col))),
-                         offset)
+            problems.add(
+                f"{col}: missing value", pc.is_null(batch.column(names.index(col))), offset
+            )
     if ds.group_column and ds.group_column in names:
         column = batch.column(names.index(ds.group_column))
-        problems.add(f"{ds.group_column}: not test/control",
-                     pc.invert(pc.is_in(column, pa.array(EXPOSURE_GROUPS))), offset)
+        problems.add(
+            f"{ds.group_column}: not test/control",
+            pc.invert(pc.is_in(column, pa.array(EXPOSURE_GROUPS))),
+            offset,
+        )
     if ds.amount_column and ds.amount_column in names:
         column = batch.column(names.index(ds.amount_column))
         bad = pc.or_(pc.less(column, 0.0), pc.is_nan(column))

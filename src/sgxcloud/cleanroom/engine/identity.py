@@ -74,23 +74,27 @@ def _anchor(ds: Dataset, alias: str = "t") -> str:
 def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) -> Resolution:
     """(Re)build one ``p_*`` table (person + columns) per dataset."""
     # working tables an interrupted run (out of memory, a crash) may have left
-    for (name,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name "
-                               "LIKE 'r\\_%' ESCAPE '\\'").fetchall():
+    for (name,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'r\\_%' ESCAPE '\\'"
+    ).fetchall():
         con.execute(f"DROP TABLE {quote(name)}")
     con.execute("DROP TABLE IF EXISTS persons")  # of the previous resolution
     # The previous links stay until released cohorts were moved to the new keys
     # (CohortStore.remap); if an earlier remap never ran, those links are the ones
     # the stored keys come from, so they are kept and the newer ones dropped.
-    tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()"
-                                                ).fetchall()}
+    tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     if "person_link" in tables:
         if "person_link_prev" in tables:
             con.execute("DROP TABLE person_link")
         else:
             con.execute("ALTER TABLE person_link RENAME TO person_link_prev")
-    edges = [f"SELECT {_anchor(ds)} AS a, t.{quote(i.column)} AS b FROM {data_table(ds)} t "
-             f"WHERE t.{quote(i.column)} IS NOT NULL AND t.{quote(i.column)} <> {_anchor(ds)}"
-             for ds in datasets if len(ds.identifiers) > 1 for i in ds.identifiers[1:]]
+    edges = [
+        f"SELECT {_anchor(ds)} AS a, t.{quote(i.column)} AS b FROM {data_table(ds)} t "
+        f"WHERE t.{quote(i.column)} IS NOT NULL AND t.{quote(i.column)} <> {_anchor(ds)}"
+        for ds in datasets
+        if len(ds.identifiers) > 1
+        for i in ds.identifiers[1:]
+    ]
     edges_sql = " UNION ALL ".join(edges) or "SELECT 0::BIGINT AS a, 0::BIGINT AS b WHERE false"
     con.execute(f"CREATE OR REPLACE TABLE r_graph_0 AS {edges_sql}")
     level = 0
@@ -99,18 +103,25 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
             raise RuntimeError("person resolution did not converge")
         level += 1
         graph, labels = f"r_graph_{level - 1}", f"r_label_{level}"
-        con.execute(f"CREATE OR REPLACE TABLE {labels} AS SELECT a AS v, least(a, min(b)) AS l "
-                    f"FROM (SELECT a, b FROM {graph} UNION ALL SELECT b, a FROM {graph}) "
-                    "GROUP BY a")
+        con.execute(
+            f"CREATE OR REPLACE TABLE {labels} AS SELECT a AS v, least(a, min(b)) AS l "
+            f"FROM (SELECT a, b FROM {graph} UNION ALL SELECT b, a FROM {graph}) "
+            "GROUP BY a"
+        )
         # contract: an edge between two different labels survives (one join a statement)
-        con.execute(f"CREATE OR REPLACE TABLE r_half AS SELECT x.l AS a, e.b FROM {graph} e "
-                    f"JOIN {labels} x ON x.v = e.a")
+        con.execute(
+            f"CREATE OR REPLACE TABLE r_half AS SELECT x.l AS a, e.b FROM {graph} e "
+            f"JOIN {labels} x ON x.v = e.a"
+        )
         con.execute(f"DROP TABLE {graph}")
-        con.execute(f"CREATE OR REPLACE TABLE r_joined AS SELECT e.a, y.l AS b "
-                    f"FROM r_half e JOIN {labels} y ON y.v = e.b WHERE e.a <> y.l")
+        con.execute(
+            f"CREATE OR REPLACE TABLE r_joined AS SELECT e.a, y.l AS b "
+            f"FROM r_half e JOIN {labels} y ON y.v = e.b WHERE e.a <> y.l"
+        )
         con.execute("DROP TABLE r_half")
-        con.execute(f"CREATE OR REPLACE TABLE r_graph_{level} AS SELECT DISTINCT a, b "
-                    "FROM r_joined")
+        con.execute(
+            f"CREATE OR REPLACE TABLE r_graph_{level} AS SELECT DISTINCT a, b FROM r_joined"
+        )
         con.execute("DROP TABLE r_joined")
         if not con.execute(f"SELECT count(*) FROM r_graph_{level}").fetchone()[0]:
             break
@@ -123,8 +134,10 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
     for k in range(level - 1, 0, -1):
         keep = " WHERE coalesce(h.l, x.l) <> x.v" if k == 1 else ""
         target = "r_link" if k == 1 else "r_label_next"
-        con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT x.v, coalesce(h.l, x.l) AS l "
-                    f"FROM r_label_{k} x LEFT JOIN {top} h ON h.v = x.l{keep}")
+        con.execute(
+            f"CREATE OR REPLACE TABLE {target} AS SELECT x.v, coalesce(h.l, x.l) AS l "
+            f"FROM r_label_{k} x LEFT JOIN {top} h ON h.v = x.l{keep}"
+        )
         con.execute(f"DROP TABLE r_label_{k}")
         con.execute(f"DROP TABLE {top}")
         if k > 1:
@@ -135,15 +148,24 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
     for ds in datasets:
         # The columns the data table really has: a declared attribute no analysis
         # uses is never sent (Definition.columns_needed), so it is not there.
-        present = {name for (name,) in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE table_name = ?",
-            [data_table(ds).strip('"')]).fetchall()}
-        rest = [quote(c) for c in (*(a.column for a in ds.attributes), *ds.event_columns)
-                if c in present]
+        present = {
+            name
+            for (name,) in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ?",
+                [data_table(ds).strip('"')],
+            ).fetchall()
+        }
+        rest = [
+            quote(c)
+            for c in (*(a.column for a in ds.attributes), *ds.event_columns)
+            if c in present
+        ]
         cols = ", ".join([f"coalesce(r.l, {_anchor(ds)}) AS person", *(f"t.{c}" for c in rest)])
-        con.execute(f"CREATE OR REPLACE TABLE {person_table(ds)} AS "
-                    f"SELECT {cols} FROM {data_table(ds)} t "
-                    f"LEFT JOIN r_link r ON r.v = {_anchor(ds)}")
+        con.execute(
+            f"CREATE OR REPLACE TABLE {person_table(ds)} AS "
+            f"SELECT {cols} FROM {data_table(ds)} t "
+            f"LEFT JOIN r_link r ON r.v = {_anchor(ds)}"
+        )
     # kept: the next resolution moves released cohorts from these keys to its own
     con.execute("ALTER TABLE r_link RENAME TO person_link")
     log.info("resolved %d linked identifiers in %d contraction levels", linked, level)
@@ -153,6 +175,8 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
 def ensure_persons(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) -> None:
     """``persons(person)``: everyone in any dataset, built when a query first needs it
     (a filter with NOT, or an overlap); resolution drops it."""
-    people = " UNION ".join(f"SELECT person FROM {person_table(ds)}" for ds in datasets) \
+    people = (
+        " UNION ".join(f"SELECT person FROM {person_table(ds)}" for ds in datasets)
         or "SELECT 0::BIGINT AS person WHERE false"
+    )
     con.execute(f"CREATE TABLE IF NOT EXISTS persons AS {people}")

@@ -139,8 +139,11 @@ Query = AudienceSizeQuery | OverlapQuery | CampaignLiftQuery
 
 
 def _query_dict(query: Query, extra: dict[str, Any]) -> dict[str, Any]:
-    doc = {"template": query.template, "analysis": query.analysis,
-           "filter": query.filter.to_dict() if query.filter else None}
+    doc = {
+        "template": query.template,
+        "analysis": query.analysis,
+        "filter": query.filter.to_dict() if query.filter else None,
+    }
     doc.update(extra)
     return doc
 
@@ -153,8 +156,7 @@ def canonical_query(query: Query) -> dict[str, Any]:
 def query_key(query: Query, definition_hash: str, data_version: str = "") -> str:
     """Cache key: the same question on the same definition and the same data gets
     the same answer (``data_version``: the engine's hash of what it holds)."""
-    body: dict[str, Any] = {"definition_hash": definition_hash,
-                            "query": canonical_query(query)}
+    body: dict[str, Any] = {"definition_hash": definition_hash, "query": canonical_query(query)}
     if data_version:
         body["data_version"] = data_version
     return hashlib.sha256(canonical_json(body)).hexdigest()
@@ -165,9 +167,11 @@ def parse_query(doc: Any) -> Query:
     if not isinstance(doc, dict):
         raise QueryError("", "a query must be a JSON object")
     template = doc.get("template")
-    allowed = {"audience_size": {"template", "analysis", "filter"},
-               "overlap": {"template", "analysis", "filter", "datasets"},
-               "campaign_lift": {"template", "analysis", "filter", "breakdown"}}
+    allowed = {
+        "audience_size": {"template", "analysis", "filter"},
+        "overlap": {"template", "analysis", "filter", "datasets"},
+        "campaign_lift": {"template", "analysis", "filter", "breakdown"},
+    }
     if template not in allowed:
         raise QueryError("template", "must be one of " + ", ".join(allowed))
     unknown = sorted(set(doc) - allowed[template])
@@ -211,8 +215,11 @@ class _NodeBudget:
     def take(self) -> None:
         self.left -= 1
         if self.left < 0:
-            raise QueryError(self.path, f"more than {MAX_FILTER_NODES} filter nodes "
-                                        "(comparisons, AND, OR and NOT, counted as written)")
+            raise QueryError(
+                self.path,
+                f"more than {MAX_FILTER_NODES} filter nodes "
+                "(comparisons, AND, OR and NOT, counted as written)",
+            )
 
 
 def _parse_filter(doc: Any, path: str, depth: int, budget: _NodeBudget) -> Filter:
@@ -226,14 +233,16 @@ def _parse_filter(doc: Any, path: str, depth: int, budget: _NodeBudget) -> Filte
         items = doc[op]
         if not isinstance(items, list) or len(items) < 2:
             raise QueryError(f"{path}.{op}", "needs a list of at least two filters")
-        parsed = [_parse_filter(x, f"{path}.{op}[{i}]", depth + 1, budget)
-                  for i, x in enumerate(items)]
+        parsed = [
+            _parse_filter(x, f"{path}.{op}[{i}]", depth + 1, budget) for i, x in enumerate(items)
+        ]
         return _junction(And if op == "and" else Or, parsed)
     if set(doc) == {"not"}:
         return Not(_parse_filter(doc["not"], f"{path}.not", depth + 1, budget))
     if set(doc) != {"attribute", "op", "value"}:
-        raise QueryError(path, "must be {attribute, op, value}, {and: [...]}, {or: [...]} "
-                               "or {not: ...}")
+        raise QueryError(
+            path, "must be {attribute, op, value}, {and: [...]}, {or: [...]} or {not: ...}"
+        )
     attribute, op, value = doc["attribute"], doc["op"], doc["value"]
     if not isinstance(attribute, str):
         raise QueryError(f"{path}.attribute", "must be a string")
@@ -265,7 +274,7 @@ def _junction(kind: type[And] | type[Or], items: list[Filter]) -> Filter:
     (one cache entry, one budget charge)."""
     flat: dict[bytes, Filter] = {}
     for item in items:
-        for part in (item.items if isinstance(item, kind) else (item,)):
+        for part in item.items if isinstance(item, kind) else (item,):
             flat[canonical_json(part.to_dict())] = part
     ordered = tuple(flat[key] for key in sorted(flat))
     return ordered[0] if len(ordered) == 1 else kind(ordered)
@@ -314,8 +323,13 @@ def _unreadable(text: str, pos: int) -> str:
     while pos < len(text) - 1 and text[pos].isspace():
         pos += 1
     char = text[pos]
-    hints = {"&": "write AND", "|": "write OR", "!": "write NOT, or != to compare",
-             '"': "write text values in single quotes", "'": "a quote is not closed"}
+    hints = {
+        "&": "write AND",
+        "|": "write OR",
+        "!": "write NOT, or != to compare",
+        '"': "write text values in single quotes",
+        "'": "a quote is not closed",
+    }
     hint = hints.get(char, "")
     where = f"cannot read the filter at character {pos + 1}"
     if not char.isalnum() and char.isascii() and char.isprintable():
@@ -348,8 +362,9 @@ class _TextParser:
     def _depth(depth: int) -> None:
         # Checked on every way down (parentheses and NOT), so recursion stays shallow.
         if depth > MAX_FILTER_DEPTH:
-            raise QueryError("filter", f"filter nested deeper than {MAX_FILTER_DEPTH} "
-                                       "(parentheses and NOT)")
+            raise QueryError(
+                "filter", f"filter nested deeper than {MAX_FILTER_DEPTH} (parentheses and NOT)"
+            )
 
     def parse_or(self, depth: int) -> Filter:
         self._depth(depth)
@@ -400,8 +415,11 @@ class _TextParser:
             return Comparison(attribute, "in", tuple(values))
         kind, op = self._take()
         if kind != "op":
-            raise QueryError("filter", f"expected a comparison operator after {shown(attribute)} "
-                                       "(=, !=, <, <=, >, >= or IN)")
+            raise QueryError(
+                "filter",
+                f"expected a comparison operator after {shown(attribute)} "
+                "(=, !=, <, <=, >, >= or IN)",
+            )
         if op == "==":
             raise QueryError("filter", f"write = to compare, not == (after {shown(attribute)})")
         return Comparison(attribute, "!=" if op == "<>" else op, self._literal())
@@ -415,10 +433,15 @@ class _TextParser:
         if kind == "word" and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if kind == "dq":
-            raise QueryError("filter", "write text values in single quotes, e.g. "
-                                       "region = 'north' (double quotes are not used)")
-        raise QueryError("filter", "expected a value: a string in single quotes ('north'), "
-                                   "a number, true or false")
+            raise QueryError(
+                "filter",
+                "write text values in single quotes, e.g. "
+                "region = 'north' (double quotes are not used)",
+            )
+        raise QueryError(
+            "filter",
+            "expected a value: a string in single quotes ('north'), a number, true or false",
+        )
 
 
 # -- checking a query against the definition ------------------------------------------
@@ -435,7 +458,6 @@ def shown(text: str) -> str:
     return text if isinstance(text, str) and _NAME.match(text) else "(not a valid name)"
 
 
-
 def check_query(definition: Definition, query: Query, analyst: str) -> Analysis:
     """Authorise and type-check; raise QueryRefused("not_allowed") or QueryError.
 
@@ -446,43 +468,61 @@ def check_query(definition: Definition, query: Query, analyst: str) -> Analysis:
     analysis = definition.analysis(query.analysis)
     if analysis is None:
         mine = [a.name for a in definition.analyses if analyst in a.analysts]
-        raise QueryError("analysis", f"no analysis named {shown(query.analysis)} in the "
-                                     f"definition; yours: {_listed(mine)}")
+        raise QueryError(
+            "analysis",
+            f"no analysis named {shown(query.analysis)} in the definition; yours: {_listed(mine)}",
+        )
     if analysis.template != query.template:
-        raise QueryRefused("not_allowed",
-                           f"analysis {analysis.name} runs template {analysis.template}, "
-                           f"not {query.template}")
+        raise QueryRefused(
+            "not_allowed",
+            f"analysis {analysis.name} runs template {analysis.template}, not {query.template}",
+        )
     if analyst not in analysis.analysts:
-        raise QueryRefused("not_allowed",
-                           f"{shown(analyst)} may not run analysis {analysis.name}")
+        raise QueryRefused("not_allowed", f"{shown(analyst)} may not run analysis {analysis.name}")
     for attribute in sorted(filter_attributes(query.filter)):
         if definition.resolve_attribute(attribute) is None:
-            raise QueryError("filter", f"unknown attribute {shown(attribute)}; analysis "
-                                       f"{analysis.name} allows {_listed(analysis.attributes)}")
+            raise QueryError(
+                "filter",
+                f"unknown attribute {shown(attribute)}; analysis "
+                f"{analysis.name} allows {_listed(analysis.attributes)}",
+            )
         if attribute not in analysis.attributes:
-            raise QueryRefused("not_allowed",
-                               f"attribute {shown(attribute)} is not allowed in analysis "
-                               f"{analysis.name} (allowed: {_listed(analysis.attributes)})")
+            raise QueryRefused(
+                "not_allowed",
+                f"attribute {shown(attribute)} is not allowed in analysis "
+                f"{analysis.name} (allowed: {_listed(analysis.attributes)})",
+            )
     if query.filter is not None:
         _check_types(definition, query.filter, "filter")
     if isinstance(query, OverlapQuery):
         for ref in query.datasets:
             if definition.dataset(ref) is None:
-                raise QueryError("datasets", f"unknown dataset {shown(ref)}; analysis "
-                                             f"{analysis.name} allows {_listed(analysis.datasets)}")
+                raise QueryError(
+                    "datasets",
+                    f"unknown dataset {shown(ref)}; analysis "
+                    f"{analysis.name} allows {_listed(analysis.datasets)}",
+                )
             if ref not in analysis.datasets:
-                raise QueryRefused("not_allowed", f"dataset {shown(ref)} is not allowed "
-                                                  f"in analysis {analysis.name} "
-                                                  f"(allowed: {_listed(analysis.datasets)})")
+                raise QueryRefused(
+                    "not_allowed",
+                    f"dataset {shown(ref)} is not allowed "
+                    f"in analysis {analysis.name} "
+                    f"(allowed: {_listed(analysis.datasets)})",
+                )
     if isinstance(query, CampaignLiftQuery) and query.breakdown is not None:
         if definition.resolve_attribute(query.breakdown) is None:
-            raise QueryError("breakdown", f"unknown attribute {shown(query.breakdown)}; "
-                                          f"analysis {analysis.name} allows breakdowns by "
-                                          f"{_listed(analysis.breakdowns)}")
+            raise QueryError(
+                "breakdown",
+                f"unknown attribute {shown(query.breakdown)}; "
+                f"analysis {analysis.name} allows breakdowns by "
+                f"{_listed(analysis.breakdowns)}",
+            )
         if query.breakdown not in analysis.breakdowns:
-            raise QueryRefused("not_allowed",
-                               f"breakdown {shown(query.breakdown)} is not allowed in analysis "
-                               f"{analysis.name} (allowed: {_listed(analysis.breakdowns)})")
+            raise QueryRefused(
+                "not_allowed",
+                f"breakdown {shown(query.breakdown)} is not allowed in analysis "
+                f"{analysis.name} (allowed: {_listed(analysis.breakdowns)})",
+            )
     return analysis
 
 

@@ -42,8 +42,13 @@ LEVELS = ("people", "conversion")  # suppression units of a lift cell
 REST = "(hidden)"  # the segments hidden in one arm, as a whole
 LIFT_MEASURES = 5  # people, converters, purchases, revenue, revenue² per arm
 ARM_PEOPLE_METRICS = ("people",)
-ARM_CONVERSION_METRICS = ("converters", "conversion_rate", "purchases", "revenue",
-                          "revenue_per_person")
+ARM_CONVERSION_METRICS = (
+    "converters",
+    "conversion_rate",
+    "purchases",
+    "revenue",
+    "revenue_per_person",
+)
 
 
 @dataclass
@@ -86,51 +91,67 @@ class ReleasePlan:
                     continue
                 members = [query.datasets.index(r) for r in label.split("+")]
                 labels.append(label)
-                vectors.append(frozenset(mask - 1 for mask in range(1, 2 ** n)
-                                         if all(mask >> i & 1 for i in members)))
+                vectors.append(
+                    frozenset(
+                        mask - 1 for mask in range(1, 2**n) if all(mask >> i & 1 for i in members)
+                    )
+                )
             return expr, [], Release(tuple(labels), tuple(vectors))
         # lift: (segment, arm, converted) regions; a segment's cells and the totals
         # per arm are unions of them
         segments = draft.segments or (ALL,)
-        seg_code = "0" if not draft.segments else "CASE segment " + " ".join(
-            f"WHEN ? THEN {n}" for n in range(len(segments))) + " END"
+        seg_code = (
+            "0"
+            if not draft.segments
+            else "CASE segment "
+            + " ".join(f"WHEN ? THEN {n}" for n in range(len(segments)))
+            + " END"
+        )
         params: list[Any] = [] if not draft.segments else list(segments)
-        expr = (f"({seg_code}) * 4 + (CASE arm WHEN 'test' THEN 0 WHEN 'control' THEN 2 END)"
-                " + (purchases > 0)::INTEGER")
+        expr = (
+            f"({seg_code}) * 4 + (CASE arm WHEN 'test' THEN 0 WHEN 'control' THEN 2 END)"
+            " + (purchases > 0)::INTEGER"
+        )
         for level in LEVELS:
             for arm_no, arm in enumerate(ARMS):
                 for segment in (ALL, *draft.segments):
                     if (level, segment, arm) in self.suppressed:
                         continue
-                    chosen = range(len(segments)) if segment == ALL \
-                        else (segments.index(segment),)
+                    chosen = range(len(segments)) if segment == ALL else (segments.index(segment),)
                     converted = (0, 1) if level == "people" else (1,)
                     labels.append(lift_cohort(segment, arm, level))
-                    vectors.append(frozenset(s * 4 + arm_no * 2 + c
-                                             for s in chosen for c in converted))
+                    vectors.append(
+                        frozenset(s * 4 + arm_no * 2 + c for s in chosen for c in converted)
+                    )
         return expr, params, Release(tuple(labels), tuple(vectors))
 
     # -- noise -------------------------------------------------------------------
 
     def add_noise(self, noise: NoiseSource, dp: DifferentialPrivacy) -> dict[str, Any]:
         self.noisy = True
-        info: dict[str, Any] = {"mechanism": dp.mechanism, "epsilon": dp.epsilon_per_query,
-                                "delta": dp.delta}
+        info: dict[str, Any] = {
+            "mechanism": dp.mechanism,
+            "epsilon": dp.epsilon_per_query,
+            "delta": dp.delta,
+        }
         if isinstance(self.query, AudienceSizeQuery):
-            self.draft.counts["audience"] = noise.count(self.draft.counts["audience"],
-                                                        dp.epsilon_per_query, dp.delta)
+            self.draft.counts["audience"] = noise.count(
+                self.draft.counts["audience"], dp.epsilon_per_query, dp.delta
+            )
             info["epsilon_per_measure"] = dp.epsilon_per_query
         elif isinstance(self.query, OverlapQuery):
             n = len(self.query.datasets)
             regions = {}
-            for mask in range(1, 2 ** n):
+            for mask in range(1, 2**n):
                 region = tuple(bool(mask >> i & 1) for i in range(n))
-                regions[region] = noise.count(self.draft.regions.get(region, 0),
-                                              dp.epsilon_per_query, dp.delta)
+                regions[region] = noise.count(
+                    self.draft.regions.get(region, 0), dp.epsilon_per_query, dp.delta
+                )
             for label in list(self.draft.counts):
                 members = [self.query.datasets.index(r) for r in label.split("+")]
-                self.draft.counts[label] = sum(v for region, v in regions.items()
-                                               if all(region[i] for i in members))
+                self.draft.counts[label] = sum(
+                    v for region, v in regions.items() if all(region[i] for i in members)
+                )
             self.draft.regions = regions  # suppression then sees only noisy regions
             info["epsilon_per_measure"] = dp.epsilon_per_query
         else:
@@ -149,12 +170,15 @@ class ReleasePlan:
                 rec.update(
                     people=people,
                     converters=min(noise.count(rec["converters"], eps, delta), people),
-                    purchases=noise.bounded_sum(rec["purchases_clipped"],
-                                                bounds.max_purchases_per_person, eps, delta),
-                    revenue=noise.bounded_sum(rec["revenue_clipped"],
-                                              bounds.max_revenue_per_person, eps, delta),
-                    revenue_sq=noise.bounded_sum(rec["revenue_sq_clipped"],
-                                                 bounds.max_revenue_per_person ** 2, eps, delta),
+                    purchases=noise.bounded_sum(
+                        rec["purchases_clipped"], bounds.max_purchases_per_person, eps, delta
+                    ),
+                    revenue=noise.bounded_sum(
+                        rec["revenue_clipped"], bounds.max_revenue_per_person, eps, delta
+                    ),
+                    revenue_sq=noise.bounded_sum(
+                        rec["revenue_sq_clipped"], bounds.max_revenue_per_person**2, eps, delta
+                    ),
                 )
         if self.draft.segments:  # overall figures are sums of the noisy segments
             for arm in ARMS:
@@ -164,13 +188,18 @@ class ReleasePlan:
         for rec in self.draft.lift.values():
             n = rec["people"]
             mean = rec["revenue"] / n if n > 0 else 0.0
-            rec["revenue_var"] = max(0.0, (rec["revenue_sq"] - n * mean * mean) / (n - 1)) \
-                if n > 1 else 0.0
-        return {"epsilon_per_measure": eps, "measures": LIFT_MEASURES,
-                "contribution_bounds": {
-                    "max_purchases_per_person": bounds.max_purchases_per_person,
-                    "max_revenue_per_person": bounds.max_revenue_per_person},
-                "note": "purchases and revenue are clipped per person to the bounds"}
+            rec["revenue_var"] = (
+                max(0.0, (rec["revenue_sq"] - n * mean * mean) / (n - 1)) if n > 1 else 0.0
+            )
+        return {
+            "epsilon_per_measure": eps,
+            "measures": LIFT_MEASURES,
+            "contribution_bounds": {
+                "max_purchases_per_person": bounds.max_purchases_per_person,
+                "max_revenue_per_person": bounds.max_revenue_per_person,
+            },
+            "note": "purchases and revenue are clipped per person to the bounds",
+        }
 
     # -- cells ---------------------------------------------------------------------
 
@@ -178,12 +207,13 @@ class ReleasePlan:
         if isinstance(self.query, AudienceSizeQuery):
             return [self._cell("people", self.draft.counts["audience"], {}, ("audience",))]
         if isinstance(self.query, OverlapQuery):
-            return [self._cell("people", n, {"datasets": label}, (label,))
-                    for label, n in self.draft.counts.items()]
+            return [
+                self._cell("people", n, {"datasets": label}, (label,))
+                for label, n in self.draft.counts.items()
+            ]
         return self._lift_cells()
 
-    def _cell(self, metric: str, value: Any, dims: dict[str, str],
-              unit: tuple[str, ...]) -> Cell:
+    def _cell(self, metric: str, value: Any, dims: dict[str, str], unit: tuple[str, ...]) -> Cell:
         hidden = unit in self.suppressed
         if isinstance(value, float):
             value = finite(value)
@@ -195,31 +225,58 @@ class ReleasePlan:
             summaries = {}
             for arm in ARMS:
                 rec = self.draft.lift.setdefault((segment, arm), _empty(segment, arm))
-                summary = ArmSummary(rec["people"], rec["converters"], rec["purchases"],
-                                     rec["revenue"], rec["revenue_var"])
+                summary = ArmSummary(
+                    rec["people"],
+                    rec["converters"],
+                    rec["purchases"],
+                    rec["revenue"],
+                    rec["revenue_var"],
+                )
                 summaries[arm] = summary
                 dims = {"segment": segment, "arm": arm}
                 out.append(self._cell("people", rec["people"], dims, ("people", segment, arm)))
-                values = {"converters": rec["converters"],
-                          "conversion_rate": summary.conversion_rate,
-                          "purchases": rec["purchases"], "revenue": float(rec["revenue"]),
-                          "revenue_per_person": summary.revenue_per_person}
+                values = {
+                    "converters": rec["converters"],
+                    "conversion_rate": summary.conversion_rate,
+                    "purchases": rec["purchases"],
+                    "revenue": float(rec["revenue"]),
+                    "revenue_per_person": summary.revenue_per_person,
+                }
                 for metric in ARM_CONVERSION_METRICS:
-                    out.append(self._cell(metric, values[metric], dims,
-                                          ("conversion", segment, arm)))
+                    out.append(
+                        self._cell(metric, values[metric], dims, ("conversion", segment, arm))
+                    )
             hidden = any(("conversion", segment, arm) in self.suppressed for arm in ARMS)
-            comparison = {**conversion_lift(summaries["test"], summaries["control"]),
-                          **revenue_lift(summaries["test"], summaries["control"])}
+            comparison = {
+                **conversion_lift(summaries["test"], summaries["control"]),
+                **revenue_lift(summaries["test"], summaries["control"]),
+            }
             for metric, value in comparison.items():
-                out.append(Cell(metric, None if hidden else value, {"segment": segment},
-                                hidden, self.noisy and not hidden))
+                out.append(
+                    Cell(
+                        metric,
+                        None if hidden else value,
+                        {"segment": segment},
+                        hidden,
+                        self.noisy and not hidden,
+                    )
+                )
         return out
 
 
 def _empty(segment: str, arm: str) -> dict[str, Any]:
-    return {"segment": segment, "arm": arm, "people": 0, "converters": 0, "purchases": 0,
-            "revenue": 0.0, "revenue_var": 0.0, "purchases_clipped": 0,
-            "revenue_clipped": 0.0, "revenue_sq_clipped": 0.0}
+    return {
+        "segment": segment,
+        "arm": arm,
+        "people": 0,
+        "converters": 0,
+        "purchases": 0,
+        "revenue": 0.0,
+        "revenue_var": 0.0,
+        "purchases_clipped": 0,
+        "revenue_clipped": 0.0,
+        "revenue_sq_clipped": 0.0,
+    }
 
 
 def build_cells(query: Query, draft: Draft, k: int) -> ReleasePlan:
@@ -266,7 +323,8 @@ def _lift_released_cohorts(plan: ReleasePlan) -> None:
             hidden = tuple(s for s in segments if (level, s, arm) in plan.suppressed)
             if hidden and (level, ALL, arm) not in plan.suppressed:
                 plan.derived_cohorts[lift_cohort(REST, arm, level)] = tuple(
-                    lift_cohort(s, arm, level) for s in hidden)
+                    lift_cohort(s, arm, level) for s in hidden
+                )
 
 
 def _suppress_lift(plan: ReleasePlan) -> None:
@@ -324,8 +382,10 @@ def _suppress_overlap(plan: ReleasePlan) -> None:
             break
         # hide the most specific (then smallest) cell whose absence stops the leak
         order = sorted(released, key=lambda lb: (-lb.count("+"), draft.counts[lb], lb))
-        victim = next((lb for lb in order
-                       if not venn.derivable([x for x in released if x != lb], bad)), order[0])
+        victim = next(
+            (lb for lb in order if not venn.derivable([x for x in released if x != lb], bad)),
+            order[0],
+        )
         released.remove(victim)
     for label in draft.counts:
         if label in released:
@@ -334,8 +394,7 @@ def _suppress_overlap(plan: ReleasePlan) -> None:
             plan.suppressed.add((label,))
     for region in venn.derivable_regions(released):
         if not all(region):  # the all-datasets region is the released intersection cell
-            plan.derived_cohorts[region_label(datasets, region)] = \
-                (region_label(datasets, region),)
+            plan.derived_cohorts[region_label(datasets, region)] = (region_label(datasets, region),)
 
 
 class VennAlgebra:
@@ -350,12 +409,13 @@ class VennAlgebra:
     def __init__(self, datasets: tuple[str, ...], regions: dict[tuple[bool, ...], int]) -> None:
         n = len(datasets)
         self.datasets = datasets
-        self.regions = [tuple(bool(mask >> i & 1) for i in range(n)) for mask in range(1, 2 ** n)]
+        self.regions = [tuple(bool(mask >> i & 1) for i in range(n)) for mask in range(1, 2**n)]
         self.counts = np.array([regions.get(r, 0) for r in self.regions], dtype=float)
         # every non-empty set of regions, as rows of 0/1
         m = len(self.regions)
-        self.sets = np.array([[mask >> j & 1 for j in range(m)] for mask in range(1, 2 ** m)],
-                             dtype=float)
+        self.sets = np.array(
+            [[mask >> j & 1 for j in range(m)] for mask in range(1, 2**m)], dtype=float
+        )
 
     def vector(self, label: str) -> np.ndarray:
         members = [self.datasets.index(ref) for ref in label.split("+")]
@@ -379,5 +439,4 @@ class VennAlgebra:
 
     def derivable_regions(self, released: list[str]) -> list[tuple[bool, ...]]:
         unit = np.eye(len(self.regions))
-        return [r for r, ok in zip(self.regions, self._in_span(released, unit), strict=True)
-                if ok]
+        return [r for r, ok in zip(self.regions, self._in_span(released, unit), strict=True) if ok]

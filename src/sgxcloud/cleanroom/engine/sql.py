@@ -13,8 +13,9 @@ from sgxcloud.cleanroom.engine.identity import person_table, quote
 from sgxcloud.cleanroom.engine.query import COMPARISON_OPS, And, Comparison, Filter, Not, Or
 
 
-def compile_filter(definition: Definition, node: Filter | None, params: list[Any],
-                   person_col: str = "person") -> str:
+def compile_filter(
+    definition: Definition, node: Filter | None, params: list[Any], person_col: str = "person"
+) -> str:
     """A SQL boolean expression over ``person_col``; appends bound values to ``params``.
 
     A comparison holds for a person when any of their rows in that dataset
@@ -26,13 +27,19 @@ def compile_filter(definition: Definition, node: Filter | None, params: list[Any
         return f"(NOT {compile_filter(definition, node.item, params, person_col)})"
     if isinstance(node, And | Or):
         joiner = " AND " if isinstance(node, And) else " OR "
-        return "(" + joiner.join(
-            compile_filter(definition, item, params, person_col) for item in node.items) + ")"
+        return (
+            "("
+            + joiner.join(
+                compile_filter(definition, item, params, person_col) for item in node.items
+            )
+            + ")"
+        )
     return _comparison(definition, node, params, person_col)
 
 
-def comparison_condition(definition: Definition, node: Comparison,
-                         params: list[Any]) -> tuple[Dataset, str]:
+def comparison_condition(
+    definition: Definition, node: Comparison, params: list[Any]
+) -> tuple[Dataset, str]:
     """The dataset a comparison reads and its condition over that dataset's rows."""
     resolved = definition.resolve_attribute(node.attribute)
     if resolved is None or node.op not in COMPARISON_OPS:
@@ -47,8 +54,8 @@ def comparison_condition(definition: Definition, node: Comparison,
     return dataset, f"{column} {node.op} ?"
 
 
-def _comparison(definition: Definition, node: Comparison, params: list[Any],
-                person_col: str) -> str:
+def _comparison(
+    definition: Definition, node: Comparison, params: list[Any], person_col: str
+) -> str:
     dataset, condition = comparison_condition(definition, node, params)
-    return (f"{quote(person_col)} IN "
-            f"(SELECT person FROM {person_table(dataset)} WHERE {condition})")
+    return f"{quote(person_col)} IN (SELECT person FROM {person_table(dataset)} WHERE {condition})"

@@ -58,27 +58,46 @@ def finite(value: float | None) -> float | None:
 def conversion_lift(test: ArmSummary, control: ArmSummary) -> dict[str, float | None]:
     nt, nc = test.people, control.people
     ct, cc = min(test.converters, nt), min(control.converters, nc)
-    out: dict[str, float | None] = dict.fromkeys((
-        "conversion_lift_abs", "conversion_lift_abs_ci_low", "conversion_lift_abs_ci_high",
-        "conversion_lift_rel", "conversion_lift_rel_ci_low", "conversion_lift_rel_ci_high",
-        "conversion_p_value", "incremental_conversions", "incremental_conversions_ci_low",
-        "incremental_conversions_ci_high"))
+    out: dict[str, float | None] = dict.fromkeys(
+        (
+            "conversion_lift_abs",
+            "conversion_lift_abs_ci_low",
+            "conversion_lift_abs_ci_high",
+            "conversion_lift_rel",
+            "conversion_lift_rel_ci_low",
+            "conversion_lift_rel_ci_high",
+            "conversion_p_value",
+            "incremental_conversions",
+            "incremental_conversions_ci_low",
+            "incremental_conversions_ci_high",
+        )
+    )
     if nt < 2 or nc < 2:
         return out
     rt, rc = ct / nt, cc / nc
     diff = rt - rc
-    low, high = confint_proportions_2indep(ct, nt, cc, nc, method="wald", compare="diff",
-                                           alpha=ALPHA)
-    out.update(conversion_lift_abs=diff, conversion_lift_abs_ci_low=low,
-               conversion_lift_abs_ci_high=high, incremental_conversions=diff * nt,
-               incremental_conversions_ci_low=low * nt, incremental_conversions_ci_high=high * nt)
+    low, high = confint_proportions_2indep(
+        ct, nt, cc, nc, method="wald", compare="diff", alpha=ALPHA
+    )
+    out.update(
+        conversion_lift_abs=diff,
+        conversion_lift_abs_ci_low=low,
+        conversion_lift_abs_ci_high=high,
+        incremental_conversions=diff * nt,
+        incremental_conversions_ci_low=low * nt,
+        incremental_conversions_ci_high=high * nt,
+    )
     if 0 < (ct + cc) < (nt + nc):
         out["conversion_p_value"] = proportions_ztest([ct, cc], [nt, nc])[1]
     if ct > 0 and cc > 0:
-        rlow, rhigh = confint_proportions_2indep(ct, nt, cc, nc, method="log", compare="ratio",
-                                                 alpha=ALPHA)
-        out.update(conversion_lift_rel=rt / rc - 1, conversion_lift_rel_ci_low=rlow - 1,
-                   conversion_lift_rel_ci_high=rhigh - 1)
+        rlow, rhigh = confint_proportions_2indep(
+            ct, nt, cc, nc, method="log", compare="ratio", alpha=ALPHA
+        )
+        out.update(
+            conversion_lift_rel=rt / rc - 1,
+            conversion_lift_rel_ci_low=rlow - 1,
+            conversion_lift_rel_ci_high=rhigh - 1,
+        )
     return {k: finite(v) for k, v in out.items()}
 
 
@@ -90,29 +109,44 @@ def _moments_sample(people: float, mean: float, var: float) -> DescrStatsW:
 
 
 def revenue_lift(test: ArmSummary, control: ArmSummary) -> dict[str, float | None]:
-    out: dict[str, float | None] = dict.fromkeys((
-        "revenue_per_person_lift_abs", "revenue_per_person_lift_abs_ci_low",
-        "revenue_per_person_lift_abs_ci_high", "revenue_per_person_lift_rel",
-        "revenue_per_person_lift_rel_ci_low", "revenue_per_person_lift_rel_ci_high",
-        "revenue_p_value", "incremental_revenue", "incremental_revenue_ci_low",
-        "incremental_revenue_ci_high"))
+    out: dict[str, float | None] = dict.fromkeys(
+        (
+            "revenue_per_person_lift_abs",
+            "revenue_per_person_lift_abs_ci_low",
+            "revenue_per_person_lift_abs_ci_high",
+            "revenue_per_person_lift_rel",
+            "revenue_per_person_lift_rel_ci_low",
+            "revenue_per_person_lift_rel_ci_high",
+            "revenue_p_value",
+            "incremental_revenue",
+            "incremental_revenue_ci_low",
+            "incremental_revenue_ci_high",
+        )
+    )
     if test.people < 2 or control.people < 2:
         return out
     mt, mc = test.revenue / test.people, control.revenue / control.people
     diff = mt - mc
     out.update(revenue_per_person_lift_abs=diff, incremental_revenue=diff * test.people)
     if test.revenue_var > 0 or control.revenue_var > 0:
-        compare = CompareMeans(_moments_sample(test.people, mt, test.revenue_var),
-                               _moments_sample(control.people, mc, control.revenue_var))
+        compare = CompareMeans(
+            _moments_sample(test.people, mt, test.revenue_var),
+            _moments_sample(control.people, mc, control.revenue_var),
+        )
         _, p_value, _ = compare.ttest_ind(usevar="unequal")
         low, high = compare.tconfint_diff(alpha=ALPHA, usevar="unequal")
-        out.update(revenue_p_value=p_value, revenue_per_person_lift_abs_ci_low=low,
-                   revenue_per_person_lift_abs_ci_high=high,
-                   incremental_revenue_ci_low=low * test.people,
-                   incremental_revenue_ci_high=high * test.people)
+        out.update(
+            revenue_p_value=p_value,
+            revenue_per_person_lift_abs_ci_low=low,
+            revenue_per_person_lift_abs_ci_high=high,
+            incremental_revenue_ci_low=low * test.people,
+            incremental_revenue_ci_high=high * test.people,
+        )
         if mc > 0:
-            out.update(revenue_per_person_lift_rel_ci_low=low / mc,
-                       revenue_per_person_lift_rel_ci_high=high / mc)
+            out.update(
+                revenue_per_person_lift_rel_ci_low=low / mc,
+                revenue_per_person_lift_rel_ci_high=high / mc,
+            )
     if mc > 0:
         out["revenue_per_person_lift_rel"] = diff / mc
     return {k: finite(v) for k, v in out.items()}

@@ -7,5 +7,4 @@ from sgxcloud.cleanroom.privacy.dp import NoiseSource
 from sgxcloud.cleanroom.privacy.ledger import PrivacyLedger
 from sgxcloud.cleanroom.privacy.suppression import complementary_suppression
 
-__all__ = ["CohortStore", "NoiseSource", "PrivacyLedger", "Release",
-           "complementary_suppression"]
+__all__ = ["CohortStore", "NoiseSource", "PrivacyLedger", "Release", "complementary_suppression"]

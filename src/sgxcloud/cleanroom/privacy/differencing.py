@@ -98,41 +98,50 @@ class CohortStore:
         """Stage one release's people: ``relation`` (engine-made SQL, values bound)
         yields ``(region, person)``, each person in at most one region."""
         source = relation or "SELECT NULL::INTEGER AS region, NULL::BIGINT AS person WHERE false"
-        self.con.execute(f"CREATE OR REPLACE TABLE {STAGED} AS "
-                         f"SELECT region::INTEGER AS region, person FROM ({source})",
-                         list(params))
-        self._sizes = dict(self.con.execute(
-            f"SELECT region, count(*) FROM {STAGED} GROUP BY region").fetchall())
+        self.con.execute(
+            f"CREATE OR REPLACE TABLE {STAGED} AS "
+            f"SELECT region::INTEGER AS region, person FROM ({source})",
+            list(params),
+        )
+        self._sizes = dict(
+            self.con.execute(f"SELECT region, count(*) FROM {STAGED} GROUP BY region").fetchall()
+        )
 
     def check_staged(self, release: Release, k: int) -> None:
         """Refuse if the staged release and any recorded one together reveal a
         count about 1 … k−1 people that neither reveals alone."""
         if not release.vectors:
             return
-        earlier = {no: _release_from_row(labels, vectors) for no, labels, vectors in
-                   self.con.execute("SELECT release_no, labels, vectors FROM released_meta")
-                   .fetchall()}
+        earlier = {
+            no: _release_from_row(labels, vectors)
+            for no, labels, vectors in self.con.execute(
+                "SELECT release_no, labels, vectors FROM released_meta"
+            ).fetchall()
+        }
         if not earlier:
             return
         shared: dict[int, dict[tuple[int, int], int]] = {}
         for no, old_region, new_region, n in self.con.execute(
-                f"""SELECT r.release_no, r.region, s.region, count(*)
+            f"""SELECT r.release_no, r.region, s.region, count(*)
                     FROM {STAGED} s JOIN released_region r ON r.person = s.person
-                    GROUP BY ALL""").fetchall():
+                    GROUP BY ALL"""
+        ).fetchall():
             shared.setdefault(no, {})[(old_region, new_region)] = n
         old_sizes: dict[int, dict[int, int]] = {}
         for no, region, n in self.con.execute(
-                "SELECT release_no, region, count(*) FROM released_region GROUP BY ALL"
-                ).fetchall():
+            "SELECT release_no, region, count(*) FROM released_region GROUP BY ALL"
+        ).fetchall():
             old_sizes.setdefault(no, {})[region] = n
         for no, old in earlier.items():
-            if _pair_reveals_small(old, old_sizes.get(no, {}), release, self._sizes,
-                                   shared.get(no, {}), k):
+            if _pair_reveals_small(
+                old, old_sizes.get(no, {}), release, self._sizes, shared.get(no, {}), k
+            ):
                 raise QueryRefused(
                     "differencing",
                     "together with an earlier release, this one would reveal a count "
                     f"covering fewer than k={k} people (the cohort differs from an earlier "
-                    "released one by fewer than k people)")
+                    "released one by fewer than k people)",
+                )
 
     def record_staged(self, release: Release, query_key: str) -> None:
         """Keep the staged release; all or nothing.  Only people some released
@@ -140,14 +149,22 @@ class CohortStore:
         self.con.execute("BEGIN TRANSACTION")
         try:
             no = self.con.execute(
-                "SELECT coalesce(max(release_no), 0) + 1 FROM released_meta").fetchone()[0]
-            self.con.execute("INSERT INTO released_meta VALUES (?, ?, ?, ?)",
-                             [no, query_key, json.dumps(list(release.labels)),
-                              json.dumps([sorted(v) for v in release.vectors])])
+                "SELECT coalesce(max(release_no), 0) + 1 FROM released_meta"
+            ).fetchone()[0]
+            self.con.execute(
+                "INSERT INTO released_meta VALUES (?, ?, ?, ?)",
+                [
+                    no,
+                    query_key,
+                    json.dumps(list(release.labels)),
+                    json.dumps([sorted(v) for v in release.vectors]),
+                ],
+            )
             self.con.execute(
                 f"INSERT INTO released_region SELECT ?, region, person FROM {STAGED} "
                 "WHERE region IN (SELECT unnest(?::INTEGER[]))",
-                [no, sorted(release.regions)])
+                [no, sorted(release.regions)],
+            )
             self.con.execute(f"DROP TABLE {STAGED}")
             self.con.execute("COMMIT")
         except BaseException:
@@ -207,9 +224,14 @@ def _release_from_row(labels: str, vectors: str) -> Release:
 # -- the linear algebra of one pair of releases --------------------------------------------
 
 
-def _pair_reveals_small(old: Release, old_sizes: dict[int, int], new: Release,
-                        new_sizes: dict[int, int], shared: dict[tuple[int, int], int],
-                        k: int) -> bool:
+def _pair_reveals_small(
+    old: Release,
+    old_sizes: dict[int, int],
+    new: Release,
+    new_sizes: dict[int, int],
+    shared: dict[tuple[int, int], int],
+    k: int,
+) -> bool:
     """Whether the two releases together determine a count over 1 … k−1 people
     that neither determines alone (see the module docstring)."""
     atoms: list[tuple[int | None, int | None]] = []

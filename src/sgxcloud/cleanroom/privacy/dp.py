@@ -27,15 +27,16 @@ class NoiseSource:
 
     def count(self, true_count: int, epsilon: float, delta: float | None = None) -> int:
         """A noisy count of distinct people (sensitivity 1), clamped at 0."""
-        measurement = _measurement(self.settings.mechanism, True,
-                                   self.scale(1.0, epsilon, delta))
+        measurement = _measurement(self.settings.mechanism, True, self.scale(1.0, epsilon, delta))
         return max(0, int(measurement(int(true_count))))
 
-    def bounded_sum(self, value: float, bound: float, epsilon: float,
-                    delta: float | None = None) -> float:
+    def bounded_sum(
+        self, value: float, bound: float, epsilon: float, delta: float | None = None
+    ) -> float:
         """A noisy sum where each person contributed at most ``bound`` (≥ 0)."""
-        measurement = _measurement(self.settings.mechanism, False,
-                                   self.scale(bound, epsilon, delta))
+        measurement = _measurement(
+            self.settings.mechanism, False, self.scale(bound, epsilon, delta)
+        )
         return max(0.0, float(measurement(float(value))))
 
     def scale(self, sensitivity: float, epsilon: float, delta: float | None = None) -> float:
@@ -56,8 +57,9 @@ def _measurement(mechanism: str, integer: bool, scale: float) -> dp.Measurement:
 @cache
 def _gaussian_scale(sensitivity: float, epsilon: float, delta: float) -> float:
     def meets(scale: float) -> bool:
-        gauss = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False),
-                                   dp.absolute_distance(T=float), scale)
+        gauss = dp.m.make_gaussian(
+            dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale
+        )
         profile = dp.c.make_zCDP_to_approxDP(gauss).map(float(sensitivity))
         try:
             return profile.epsilon(delta) <= epsilon

@@ -41,7 +41,8 @@ from sgxcloud.cleanroom.errors import QueryRefused
 _metadata = MetaData()
 
 spend_table = Table(
-    "dp_spend", _metadata,
+    "dp_spend",
+    _metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("collaboration", String(64), nullable=False, index=True),
     Column("analyst", String(64), nullable=False, index=True),
@@ -54,7 +55,8 @@ spend_table = Table(
 )
 
 released_table = Table(
-    "released", _metadata,
+    "released",
+    _metadata,
     Column("query_key", String(64), primary_key=True),
     Column("collaboration", String(64), nullable=False),
     Column("result_json", Text, nullable=False),
@@ -110,8 +112,16 @@ class PrivacyLedger:
         ).scalar_one()
         return float(total)
 
-    def spend(self, collaboration: str, analyst: str, query_key: str, epsilon: float,
-              budget: float, delta: float = 0.0, analyst_key: str | None = None) -> float:
+    def spend(
+        self,
+        collaboration: str,
+        analyst: str,
+        query_key: str,
+        epsilon: float,
+        budget: float,
+        delta: float = 0.0,
+        analyst_key: str | None = None,
+    ) -> float:
         """Record ``epsilon`` against the analyst's budget and return what
         remains, or raise QueryRefused("budget") and record nothing.
         ``collaboration`` is recorded for the record only; the budget is the
@@ -124,33 +134,47 @@ class PrivacyLedger:
                     f"{analyst} has {max(0.0, budget - spent):.4g} of ε={budget:g} left; "
                     f"this query needs {epsilon:g}",
                 )
-            conn.execute(spend_table.insert().values(
-                collaboration=collaboration, analyst=analyst, analyst_key=analyst_key,
-                query_key=query_key,
-                epsilon=epsilon, delta=delta, at=datetime.now(UTC).isoformat()))
+            conn.execute(
+                spend_table.insert().values(
+                    collaboration=collaboration,
+                    analyst=analyst,
+                    analyst_key=analyst_key,
+                    query_key=query_key,
+                    epsilon=epsilon,
+                    delta=delta,
+                    at=datetime.now(UTC).isoformat(),
+                )
+            )
             return budget - spent - epsilon
 
     def released(self, query_key: str) -> str | None:
         """The result JSON released earlier for this exact query, if any."""
         with self._engine.begin() as conn:
             return conn.execute(
-                select(released_table.c.result_json).where(
-                    released_table.c.query_key == query_key)
+                select(released_table.c.result_json).where(released_table.c.query_key == query_key)
             ).scalar_one_or_none()
 
     def replace_release(self, query_key: str, result_json: str) -> None:
         """Replace the stored answer to ``query_key`` (same figures, new form)."""
         with self._engine.begin() as conn:
-            conn.execute(released_table.update().where(
-                released_table.c.query_key == query_key).values(result_json=result_json))
+            conn.execute(
+                released_table.update()
+                .where(released_table.c.query_key == query_key)
+                .values(result_json=result_json)
+            )
 
     def store_release(self, collaboration: str, query_key: str, result_json: str) -> str:
         """Store a released result; if another released it first, return that one."""
         try:
             with self._engine.begin() as conn:
-                conn.execute(released_table.insert().values(
-                    query_key=query_key, collaboration=collaboration, result_json=result_json,
-                    at=datetime.now(UTC).isoformat()))
+                conn.execute(
+                    released_table.insert().values(
+                        query_key=query_key,
+                        collaboration=collaboration,
+                        result_json=result_json,
+                        at=datetime.now(UTC).isoformat(),
+                    )
+                )
         except IntegrityError:
             earlier = self.released(query_key)
             if earlier is not None:

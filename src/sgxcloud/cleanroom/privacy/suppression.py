@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 
-def complementary_suppression(parts: Mapping[str, int], suppressed: set[str],
-                              k: int | None = None) -> set[str]:
+def complementary_suppression(
+    parts: Mapping[str, int], suppressed: set[str], k: int | None = None
+) -> set[str]:
     """Parts to suppress, given primary ``suppressed`` ones, so that the total of
     ``parts`` minus the released ones covers 0 or at least ``k`` people.
 

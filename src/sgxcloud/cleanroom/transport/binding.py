@@ -31,8 +31,9 @@ DOMAIN = b"sgxcloud-cleanroom-tls-v1"
 NONCE_SIZE = 32
 
 
-def report_data(public_key_der: bytes, definition_hash: str, peer_nonce: bytes,
-                *extra: bytes) -> bytes:
+def report_data(
+    public_key_der: bytes, definition_hash: str, peer_nonce: bytes, *extra: bytes
+) -> bytes:
     """REPORTDATA binding a key, a definition and a nonce (plus ``extra`` parts,
     e.g. the coordinator's result-signing key next to its TLS key)."""
     digest = hashlib.sha256()
@@ -85,8 +86,9 @@ class PeerPolicy:
     """Why SIMULATED evidence is refused, when ``allow_simulation`` is false
     (the definition's reason unless set)."""
 
-    def check(self, evidence: Any, peer_public_key_der: bytes, own_nonce: bytes,
-              *extra: bytes) -> Any:
+    def check(
+        self, evidence: Any, peer_public_key_der: bytes, own_nonce: bytes, *extra: bytes
+    ) -> Any:
         """Verify ``evidence`` for this session or raise :class:`PeerRefused`."""
         if evidence.simulated and not self.allow_simulation:
             raise _simulated_refused(self.simulation_refusal)
@@ -125,8 +127,11 @@ class PeerPolicy:
 def _simulated_refused(reason: str = "") -> PeerRefused:
     return PeerRefused(
         "peer presented SIMULATED attestation evidence; "
-        + (reason or "the collaboration definition requires SGX hardware "
-           "(enclaves.allow_simulated is false)")
+        + (
+            reason
+            or "the collaboration definition requires SGX hardware "
+            "(enclaves.allow_simulated is false)"
+        )
     )
 
 

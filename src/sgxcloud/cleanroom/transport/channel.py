@@ -112,8 +112,9 @@ class FramedConnection:
         self._recv_seq += 1
         return frame_kind, payload
 
-    def recv_json(self, *expected: Kind, limit: int = MAX_FRAME,
-                  max_values: int | None = None) -> tuple[Kind, dict[str, Any]]:
+    def recv_json(
+        self, *expected: Kind, limit: int = MAX_FRAME, max_values: int | None = None
+    ) -> tuple[Kind, dict[str, Any]]:
         """The next frame's JSON object; ``max_values`` bounds its values before parsing."""
         kind, payload = self.recv(limit)
         if kind not in expected and kind is not Kind.ERROR:
@@ -128,8 +129,10 @@ class FramedConnection:
         if not isinstance(obj, dict):
             raise ProtocolViolation(f"malformed {kind.name} message")
         if kind is Kind.ERROR:
-            raise RemoteError(str(obj.get("message", "peer reported an error"))[:500],
-                              str(obj.get("code", "error")))
+            raise RemoteError(
+                str(obj.get("message", "peer reported an error"))[:500],
+                str(obj.get("code", "error")),
+            )
         return kind, obj
 
     @property
@@ -171,8 +174,9 @@ class AttestedChannel:
             return None
         self.set_timeout(idle_timeout)
         try:
-            _, request = self.frames.recv_json(Kind.REQUEST, limit=MAX_REQUEST_FRAME,
-                                               max_values=MAX_REQUEST_VALUES)
+            _, request = self.frames.recv_json(
+                Kind.REQUEST, limit=MAX_REQUEST_FRAME, max_values=MAX_REQUEST_VALUES
+            )
         except (PeerClosed, PeerTimedOut):
             return None
         except TransportError:
@@ -225,8 +229,9 @@ class AttestedChannel:
                 except ValueError as exc:
                     raise ProtocolViolation(f"malformed {kind.name} message") from exc
                 if kind is Kind.ERROR:
-                    raise RemoteError(str(obj.get("message", "peer failed"))[:500],
-                                      str(obj.get("code", "error")))
+                    raise RemoteError(
+                        str(obj.get("message", "peer failed"))[:500], str(obj.get("code", "error"))
+                    )
                 return obj
             raise ProtocolViolation(f"unexpected {kind.name} inside a data stream")
 
@@ -241,8 +246,9 @@ def _hello(role: str, policy: PeerPolicy, nonce: bytes, extra: dict[str, Any]) -
     }
 
 
-def _read_hello(frames: FramedConnection, policy: PeerPolicy, *,
-                answering: bool = False) -> dict[str, Any]:
+def _read_hello(
+    frames: FramedConnection, policy: PeerPolicy, *, answering: bool = False
+) -> dict[str, Any]:
     """The peer's HELLO, checked; ``answering``: this side has not said its HELLO yet.
 
     A server refuses a HELLO for another definition before anything of its own
@@ -252,8 +258,7 @@ def _read_hello(frames: FramedConnection, policy: PeerPolicy, *,
     and to link its nodes).  The client has sent its hash already; its refusal
     names both, for its operator.
     """
-    _, hello = frames.recv_json(Kind.HELLO, limit=MAX_OPENING_FRAME,
-                                max_values=MAX_OPENING_VALUES)
+    _, hello = frames.recv_json(Kind.HELLO, limit=MAX_OPENING_FRAME, max_values=MAX_OPENING_VALUES)
     if hello.get("protocol") != PROTOCOL:
         raise ProtocolViolation(f"peer speaks {hello.get('protocol')!r}, not {PROTOCOL}")
     try:
@@ -278,8 +283,13 @@ Proof = Callable[[bytes, bytes], dict[str, Any]]
 side's TLS key (the coordinator's proof of its signer, ``signer.session_proof``)."""
 
 
-def _evidence_message(attester: Attester, frames: FramedConnection, policy: PeerPolicy,
-                      peer_nonce: bytes, proof: Proof | None = None) -> dict[str, Any]:
+def _evidence_message(
+    attester: Attester,
+    frames: FramedConnection,
+    policy: PeerPolicy,
+    peer_nonce: bytes,
+    proof: Proof | None = None,
+) -> dict[str, Any]:
     own_key = public_key_der(frames.tls.own_certificate())
     evidence = attester.evidence(report_data(own_key, policy.definition_hash, peer_nonce))
     message = {"format": evidence.format, "raw": base64.b64encode(evidence.raw).decode()}
@@ -301,8 +311,9 @@ class Opening:
     """SubjectPublicKeyInfo DER of the TLS key the client used in this handshake."""
 
 
-def _check_evidence(frames: FramedConnection, policy: PeerPolicy, message: dict[str, Any],
-                    own_nonce: bytes) -> Any:
+def _check_evidence(
+    frames: FramedConnection, policy: PeerPolicy, message: dict[str, Any], own_nonce: bytes
+) -> Any:
     from sgxcloud.cas.evidence.model import Evidence
 
     try:
@@ -313,9 +324,14 @@ def _check_evidence(frames: FramedConnection, policy: PeerPolicy, message: dict[
     return policy.check(evidence, peer_key, own_nonce)
 
 
-def open_client(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Attester,
-                extra: dict[str, Any] | None = None,
-                proof: Proof | None = None) -> AttestedChannel:
+def open_client(
+    tls: TlsConnection,
+    role: str,
+    policy: PeerPolicy,
+    attester: Attester,
+    extra: dict[str, Any] | None = None,
+    proof: Proof | None = None,
+) -> AttestedChannel:
     """Client side of the session opening; raises PeerRefused / RemoteError on refusal.
     ``proof`` adds fields to this side's EVIDENCE message (older servers ignore them)."""
     frames = FramedConnection(tls)
@@ -323,10 +339,12 @@ def open_client(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
         nonce = os.urandom(NONCE_SIZE)
         frames.send_json(Kind.HELLO, _hello(role, policy, nonce, extra or {}))
         hello = _read_hello(frames, policy)
-        frames.send_json(Kind.EVIDENCE, _evidence_message(attester, frames, policy,
-                                                          hello["nonce_bytes"], proof))
-        _, message = frames.recv_json(Kind.EVIDENCE, limit=MAX_OPENING_FRAME,
-                                      max_values=MAX_OPENING_VALUES)
+        frames.send_json(
+            Kind.EVIDENCE, _evidence_message(attester, frames, policy, hello["nonce_bytes"], proof)
+        )
+        _, message = frames.recv_json(
+            Kind.EVIDENCE, limit=MAX_OPENING_FRAME, max_values=MAX_OPENING_VALUES
+        )
         peer = _check_evidence(frames, policy, message, nonce)
     except PeerRefused as exc:
         frames.send_error("refused", str(exc))
@@ -338,10 +356,15 @@ def open_client(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
     return AttestedChannel(frames, peer, hello)
 
 
-def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Attester,
-                extra: dict[str, Any] | None = None,
-                admit: Callable[[Any, Opening], None] | None = None,
-                vouch: Callable[[Opening], None] | None = None) -> AttestedChannel:
+def open_server(
+    tls: TlsConnection,
+    role: str,
+    policy: PeerPolicy,
+    attester: Attester,
+    extra: dict[str, Any] | None = None,
+    admit: Callable[[Any, Opening], None] | None = None,
+    vouch: Callable[[Opening], None] | None = None,
+) -> AttestedChannel:
     """Server side: refuses (with an ERROR frame and a reason) before sending anything else.
 
     ``vouch(opening)`` may raise :class:`PeerRefused` before the evidence is
@@ -355,16 +378,18 @@ def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
         nonce = os.urandom(NONCE_SIZE)
         hello = _read_hello(frames, policy, answering=True)
         frames.send_json(Kind.HELLO, _hello(role, policy, nonce, extra or {}))
-        _, message = frames.recv_json(Kind.EVIDENCE, limit=MAX_OPENING_FRAME,
-                                      max_values=MAX_OPENING_VALUES)
+        _, message = frames.recv_json(
+            Kind.EVIDENCE, limit=MAX_OPENING_FRAME, max_values=MAX_OPENING_VALUES
+        )
         opening = Opening(hello, message, nonce, public_key_der(frames.tls.peer_certificate()))
         if vouch:
             vouch(opening)
         peer = _check_evidence(frames, policy, message, nonce)
         if admit:
             admit(peer, opening)
-        frames.send_json(Kind.EVIDENCE, _evidence_message(attester, frames, policy,
-                                                          hello["nonce_bytes"]))
+        frames.send_json(
+            Kind.EVIDENCE, _evidence_message(attester, frames, policy, hello["nonce_bytes"])
+        )
     except PeerRefused as exc:
         frames.send_error("refused", str(exc))
         frames.close()
@@ -373,4 +398,3 @@ def open_server(tls: TlsConnection, role: str, policy: PeerPolicy, attester: Att
         frames.close()
         raise
     return AttestedChannel(frames, peer, hello)
-

@@ -61,33 +61,61 @@ from sgxcloud.signed_requests import (
 PURPOSE = "sgxcloud.cleanroom.request/v2"
 OLD_PURPOSE = "sgxcloud.cleanroom.request/v1"
 MAX_SKEW_S = 300
-HEADERS = ("x-cleanroom-party", "x-cleanroom-nonce", "x-cleanroom-issued-at",
-           "x-cleanroom-signature")
+HEADERS = (
+    "x-cleanroom-party",
+    "x-cleanroom-nonce",
+    "x-cleanroom-issued-at",
+    "x-cleanroom-signature",
+)
 DEFINITION_HEADER = "x-cleanroom-definition"
 COORDINATOR_HEADER = "x-cleanroom-coordinator"
 UPGRADE_MESSAGE = (
     f"request is signed in the older form ({OLD_PURPOSE}), which names no collaboration "
     "and no coordinator, so it could be replayed at another coordinator where the party "
     "has the same key: upgrade sgxcloud on the party's side (SDK, CLI, console) to sign "
-    f"{PURPOSE}")
+    f"{PURPOSE}"
+)
 _DEFINITION_HASH = re.compile(r"[0-9a-f]{64}")
 _COORDINATOR = re.compile(r"ed25519:[A-Za-z0-9+/]{43}=")
 """A coordinator id: its Ed25519 result-signing key as definitions write keys."""
 
 
-def _payload(method: str, path: str, body: bytes, party: str, nonce: str, issued_at: int,
-             definition_hash: str, coordinator: str) -> bytes:
-    return canonical_json({
-        "purpose": PURPOSE, "method": method.upper(), "path": path,
-        "body_sha256": body_digest(body), "party": party,
-        "nonce": nonce, "issued_at": issued_at,
-        "definition_hash": definition_hash, "coordinator": coordinator,
-    })
+def _payload(
+    method: str,
+    path: str,
+    body: bytes,
+    party: str,
+    nonce: str,
+    issued_at: int,
+    definition_hash: str,
+    coordinator: str,
+) -> bytes:
+    return canonical_json(
+        {
+            "purpose": PURPOSE,
+            "method": method.upper(),
+            "path": path,
+            "body_sha256": body_digest(body),
+            "party": party,
+            "nonce": nonce,
+            "issued_at": issued_at,
+            "definition_hash": definition_hash,
+            "coordinator": coordinator,
+        }
+    )
 
 
-def sign_request(key: Ed25519PrivateKey, party: str, method: str, path: str,
-                 body: bytes = b"", now: int | None = None, *, definition_hash: str,
-                 coordinator: str) -> dict[str, str]:
+def sign_request(
+    key: Ed25519PrivateKey,
+    party: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    now: int | None = None,
+    *,
+    definition_hash: str,
+    coordinator: str,
+) -> dict[str, str]:
     """Headers that authenticate one request as ``party`` to one coordinator.
 
     ``definition_hash`` is the collaboration's (the client's own definition);
@@ -100,8 +128,9 @@ def sign_request(key: Ed25519PrivateKey, party: str, method: str, path: str,
         raise ValueError("coordinator must be the coordinator's signer, ed25519:<base64>")
     nonce = new_request_id()
     issued_at = int(time.time() if now is None else now)
-    signature = sign(key, _payload(method, path, body, party, nonce, issued_at,
-                                   definition_hash, coordinator))
+    signature = sign(
+        key, _payload(method, path, body, party, nonce, issued_at, definition_hash, coordinator)
+    )
     return {
         "X-Cleanroom-Party": party,
         "X-Cleanroom-Nonce": nonce,
@@ -138,8 +167,12 @@ class UsedNonces:
                 path.parent.mkdir(parents=True, exist_ok=True)
             # One connection shared by the API's threads, serialised by _lock;
             # autocommit mode so BEGIN IMMEDIATE below is ours.
-            self._db = sqlite3.connect(":memory:" if path is None else str(path), timeout=30,
-                                       isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                ":memory:" if path is None else str(path),
+                timeout=30,
+                isolation_level=None,
+                check_same_thread=False,
+            )
             if path is not None:
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -153,11 +186,11 @@ class UsedNonces:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 # Those whose requests are stale (stale_from(issued_at) <= now).
-                self._db.execute("DELETE FROM used_nonce WHERE issued_at < ?",
-                                 (now - MAX_SKEW_S,))
+                self._db.execute("DELETE FROM used_nonce WHERE issued_at < ?", (now - MAX_SKEW_S,))
                 added = self._db.execute(
                     "INSERT OR IGNORE INTO used_nonce (party, nonce, issued_at) VALUES (?, ?, ?)",
-                    (party, nonce, issued_at)).rowcount
+                    (party, nonce, issued_at),
+                ).rowcount
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
@@ -185,8 +218,9 @@ class RequestVerifier:
     it nonces are kept in memory only, which suits unit tests and nothing else.
     """
 
-    def __init__(self, definition: Definition, coordinator: str,
-                 nonce_store: Path | None = None) -> None:
+    def __init__(
+        self, definition: Definition, coordinator: str, nonce_store: Path | None = None
+    ) -> None:
         self.definition = definition
         self.definition_hash = definition.definition_hash()
         self.coordinator = coordinator
@@ -204,8 +238,9 @@ class RequestVerifier:
         """
         self._check_headers(headers, now)
 
-    def _check_headers(self, headers: Mapping[str, str],
-                       now: int | None) -> tuple[str, str, int, bytes, int]:
+    def _check_headers(
+        self, headers: Mapping[str, str], now: int | None
+    ) -> tuple[str, str, int, bytes, int]:
         values = {h: headers.get(h) for h in HEADERS}
         if any(v is None for v in values.values()):
             raise RequestRejected("request is not signed (X-Cleanroom-* headers missing)")
@@ -237,27 +272,39 @@ class RequestVerifier:
         if definition is None and coordinator is None:
             raise RequestRejected(UPGRADE_MESSAGE)
         if definition is None or coordinator is None:
-            raise RequestRejected("request names its collaboration or its coordinator, not "
-                                  "both (X-Cleanroom-Definition, X-Cleanroom-Coordinator)")
+            raise RequestRejected(
+                "request names its collaboration or its coordinator, not "
+                "both (X-Cleanroom-Definition, X-Cleanroom-Coordinator)"
+            )
         if not _DEFINITION_HASH.fullmatch(definition):
-            raise RequestRejected("X-Cleanroom-Definition is not a definition hash "
-                                  "(64 lower-case hex digits)")
+            raise RequestRejected(
+                "X-Cleanroom-Definition is not a definition hash (64 lower-case hex digits)"
+            )
         if not _COORDINATOR.fullmatch(coordinator):
-            raise RequestRejected("X-Cleanroom-Coordinator is not a coordinator's signing key "
-                                  "(ed25519:<base64>)")
+            raise RequestRejected(
+                "X-Cleanroom-Coordinator is not a coordinator's signing key (ed25519:<base64>)"
+            )
         if definition != self.definition_hash:
             raise RequestRejected(
                 f"request was signed for another collaboration (definition "
                 f"{definition[:16]}…); this coordinator runs definition "
-                f"{self.definition_hash[:16]}… (GET /v1/definition): sign for it")
+                f"{self.definition_hash[:16]}… (GET /v1/definition): sign for it"
+            )
         if coordinator != self.coordinator:
             raise RequestRejected(
                 f"request was signed for another coordinator ({coordinator[:24]}…); this "
                 f"coordinator is {self.coordinator[:24]}… (the signer of GET /v1/attestation): "
-                "attest it and sign for it")
+                "attest it and sign for it"
+            )
 
-    def verify(self, headers: Mapping[str, str], method: str, path: str, body: bytes,
-               now: int | None = None) -> str:
+    def verify(
+        self,
+        headers: Mapping[str, str],
+        method: str,
+        path: str,
+        body: bytes,
+        now: int | None = None,
+    ) -> str:
         """Return the authenticated party name or raise :class:`RequestRejected`.
 
         The nonce is recorded (durably, with a store) before this returns, so
@@ -267,8 +314,9 @@ class RequestVerifier:
         party = self.definition.party(party_name)
         if party is None:  # checked above; kept so the key below is never None
             raise RequestRejected(f"{party_name[:40]!r} is not a party of this collaboration")
-        payload = _payload(method, path, body, party_name, nonce, issued_at,
-                           self.definition_hash, self.coordinator)
+        payload = _payload(
+            method, path, body, party_name, nonce, issued_at, self.definition_hash, self.coordinator
+        )
         try:
             key = decode_public_key(party.public_key)
         except SgxcloudError as exc:

@@ -118,16 +118,24 @@ class AttestedServer:
     session) only once its handshake has completed.
     """
 
-    def __init__(self, host: str, port: int, identity: tlsmod.TlsIdentity, role: str,
-                 policy: PeerPolicy, attester: Attester, handler: Handler,
-                 on_refusal: Callable[[str], None] | None = None,
-                 hello_extra: dict | None = None,
-                 admit: Callable[[Any, Opening], None] | None = None,
-                 vouch: Callable[[Opening], None] | None = None,
-                 max_sessions: int = MAX_SESSIONS,
-                 opening_timeout: float = OPENING_TIMEOUT_S,
-                 max_per_peer: int = MAX_PER_PEER,
-                 max_handshakes: int | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        identity: tlsmod.TlsIdentity,
+        role: str,
+        policy: PeerPolicy,
+        attester: Attester,
+        handler: Handler,
+        on_refusal: Callable[[str], None] | None = None,
+        hello_extra: dict | None = None,
+        admit: Callable[[Any, Opening], None] | None = None,
+        vouch: Callable[[Opening], None] | None = None,
+        max_sessions: int = MAX_SESSIONS,
+        opening_timeout: float = OPENING_TIMEOUT_S,
+        max_per_peer: int = MAX_PER_PEER,
+        max_handshakes: int | None = None,
+    ) -> None:
         self.identity = identity
         self.role = role
         self.policy = policy
@@ -142,9 +150,12 @@ class AttestedServer:
         self._lock = threading.Lock()
         self.places = Places(
             max_proven=max_sessions,
-            max_unproven=max_handshakes if max_handshakes is not None
+            max_unproven=max_handshakes
+            if max_handshakes is not None
             else HANDSHAKES_PER_SESSION * max_sessions,
-            max_per_client=max_per_peer, evict=self._evict)
+            max_per_client=max_per_peer,
+            evict=self._evict,
+        )
         self.evicted = 0
         """Sessions taken for newcomers (openings and idle attested ones)."""
         self._context = tlsmod.server_context(identity)
@@ -182,8 +193,7 @@ class AttestedServer:
                         try:
                             self._advance(key.data)
                         except Exception as exc:  # never the listener's end
-                            log.error("handshake failed: internal error (%s)",
-                                      type(exc).__name__)
+                            log.error("handshake failed: internal error (%s)", type(exc).__name__)
                             self._give_up(key.data, None)
                 self._expire(time.monotonic())
         finally:
@@ -305,9 +315,14 @@ class AttestedServer:
         (the listener's thread, which admits), a session's thread finds its
         socket shut."""
         self.evicted += 1
-        log.info("%s session evicted for a new connection",
-                 "handshaking" if not session.proven else
-                 "opening" if session.opening else "idle attested")
+        log.info(
+            "%s session evicted for a new connection",
+            "handshaking"
+            if not session.proven
+            else "opening"
+            if session.opening
+            else "idle attested",
+        )
         if not session.proven:
             self._drop(session)
             return
@@ -349,11 +364,16 @@ class AttestedServer:
 
     def _attested_session(self, session: _Session) -> None:
         assert session.tls is not None
-        tls = tlsmod.TlsConnection(session.tls, session.conn, tlsmod.IO_TIMEOUT_S,
-                                   deadline=session.started + self.opening_timeout)
+        tls = tlsmod.TlsConnection(
+            session.tls,
+            session.conn,
+            tlsmod.IO_TIMEOUT_S,
+            deadline=session.started + self.opening_timeout,
+        )
         try:
-            channel = open_server(tls, self.role, self.policy, self.attester,
-                                  self.hello_extra, self.admit, self.vouch)
+            channel = open_server(
+                tls, self.role, self.policy, self.attester, self.hello_extra, self.admit, self.vouch
+            )
             tls.deadline = None  # attested: the handler sets its own timeouts
             with self._lock:
                 session.opening = False  # attested: owes its first request from now

@@ -43,8 +43,10 @@ def verify_signer_statement(statement: dict[str, Any], policy: PeerPolicy) -> An
 
     try:
         signer = str(statement["signer"])
-        evidence = Evidence(format=str(statement["evidence"]["format"]),
-                            raw=base64.b64decode(statement["evidence"]["raw"], validate=True))
+        evidence = Evidence(
+            format=str(statement["evidence"]["format"]),
+            raw=base64.b64decode(statement["evidence"]["raw"], validate=True),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise PeerRefused("malformed signer statement") from exc
     return policy.check(evidence, signer.encode(), SIGNER_LABEL)
@@ -61,29 +63,39 @@ def verify_signer_statement(statement: dict[str, Any], policy: PeerPolicy) -> An
 # (inside its enclave on SGX), so no other instance can answer.
 
 
-def session_proof(signing_key: Ed25519PrivateKey, definition_hash: str, peer_nonce: bytes,
-                  own_tls_key: bytes) -> dict[str, Any]:
+def session_proof(
+    signing_key: Ed25519PrivateKey, definition_hash: str, peer_nonce: bytes, own_tls_key: bytes
+) -> dict[str, Any]:
     """Fields of the coordinator's EVIDENCE message proving it holds ``signing_key``."""
     from sgxcloud.cleanroom.approvals import encode_public_key
 
     payload = report_data(own_tls_key, definition_hash, peer_nonce, SESSION_LABEL)
-    return {"signer": encode_public_key(signing_key),
-            "signer_proof": base64.b64encode(signing_key.sign(payload)).decode()}
+    return {
+        "signer": encode_public_key(signing_key),
+        "signer_proof": base64.b64encode(signing_key.sign(payload)).decode(),
+    }
 
 
-def check_session_proof(message: dict[str, Any], signer: str, definition_hash: str,
-                        own_nonce: bytes, peer_tls_key: bytes) -> None:
+def check_session_proof(
+    message: dict[str, Any],
+    signer: str,
+    definition_hash: str,
+    own_nonce: bytes,
+    peer_tls_key: bytes,
+) -> None:
     """Refuse a session whose EVIDENCE message does not prove ``signer``."""
     from sgxcloud.cleanroom.approvals import decode_public_key
 
     if message.get("signer") != signer:
         named = str(message.get("signer") or "none")[:60]
-        raise PeerRefused(f"this node serves only the coordinator {signer[:24]}…; "
-                          f"the peer's signer is {named}")
+        raise PeerRefused(
+            f"this node serves only the coordinator {signer[:24]}…; the peer's signer is {named}"
+        )
     payload = report_data(peer_tls_key, definition_hash, own_nonce, SESSION_LABEL)
     try:
         proof = base64.b64decode(str(message.get("signer_proof", "")), validate=True)
         decode_public_key(signer).verify(proof, payload)
     except (ValueError, InvalidSignature) as exc:
-        raise PeerRefused("the peer does not hold the coordinator's signing key "
-                          "(no valid proof for this session)") from exc
+        raise PeerRefused(
+            "the peer does not hold the coordinator's signing key (no valid proof for this session)"
+        ) from exc

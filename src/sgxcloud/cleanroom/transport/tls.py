@@ -52,9 +52,7 @@ class TlsIdentity:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=30))
             .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.DNSName(common_name)]
-                ),
+                x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.DNSName(common_name)]),
                 critical=False,
             )
             .sign(key, hashes.SHA256())
@@ -122,8 +120,13 @@ class TlsConnection:
     call loops on OpenSSL's want-read/want-write until done or timed out.
     """
 
-    def __init__(self, conn: SSL.Connection, sock: socket.socket, timeout: float,
-                 deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        conn: SSL.Connection,
+        sock: socket.socket,
+        timeout: float,
+        deadline: float | None = None,
+    ) -> None:
         self._conn = conn
         self._sock = sock
         self.timeout = timeout
@@ -199,8 +202,13 @@ class TlsConnection:
             self._sock.close()
 
 
-def _wrap(sock: socket.socket, identity: TlsIdentity, server: bool, timeout: float,
-          deadline: float | None = None):
+def _wrap(
+    sock: socket.socket,
+    identity: TlsIdentity,
+    server: bool,
+    timeout: float,
+    deadline: float | None = None,
+):
     sock.settimeout(timeout)
     conn = SSL.Connection(_context(identity), sock)
     if server:
@@ -216,13 +224,18 @@ def _wrap(sock: socket.socket, identity: TlsIdentity, server: bool, timeout: flo
     return tls
 
 
-def connect(address: tuple[str, int], identity: TlsIdentity, timeout: float = IO_TIMEOUT_S,
-            source: str | None = None):
+def connect(
+    address: tuple[str, int],
+    identity: TlsIdentity,
+    timeout: float = IO_TIMEOUT_S,
+    source: str | None = None,
+):
     """Open a mutually authenticated TLS 1.3 connection (certificates unjudged yet),
     from the local address ``source`` if given."""
     try:
-        sock = socket.create_connection(address, timeout=timeout,
-                                        source_address=(source, 0) if source else None)
+        sock = socket.create_connection(
+            address, timeout=timeout, source_address=(source, 0) if source else None
+        )
     except TimeoutError as exc:  # a timeout, not a refusal: callers do not retry it
         raise PeerTimedOut(f"cannot reach {address[0]}:{address[1]} (timed out)") from exc
     except OSError as exc:
@@ -230,8 +243,12 @@ def connect(address: tuple[str, int], identity: TlsIdentity, timeout: float = IO
     return _wrap(sock, identity, server=False, timeout=timeout)
 
 
-def accept(sock: socket.socket, identity: TlsIdentity, timeout: float = IO_TIMEOUT_S,
-           deadline: float | None = None):
+def accept(
+    sock: socket.socket,
+    identity: TlsIdentity,
+    timeout: float = IO_TIMEOUT_S,
+    deadline: float | None = None,
+):
     """Complete the server side of the handshake on an accepted socket
     (by ``deadline``, a ``time.monotonic()`` value, if given)."""
     return _wrap(sock, identity, server=True, timeout=timeout, deadline=deadline)
@@ -257,9 +274,10 @@ def fetch_server_certificate(host: str, port: int, timeout: float = 10.0) -> x50
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, ctx.wrap_socket(
-            raw, server_hostname=host
-        ) as tls:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
             der = tls.getpeercert(binary_form=True)
     except OSError as exc:
         raise TransportError(f"cannot reach {host}:{port} ({exc})") from exc

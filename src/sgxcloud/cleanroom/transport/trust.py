@@ -41,8 +41,9 @@ SIMULATION_WARNING = (
 """The banner every process that accepts SIMULATED peers shows (and logs)."""
 
 
-def peer_policy(definition: Definition, peer_role: str, collateral_source=None, *,
-                allow_simulated: bool = False) -> PeerPolicy:
+def peer_policy(
+    definition: Definition, peer_role: str, collateral_source=None, *, allow_simulated: bool = False
+) -> PeerPolicy:
     """What a peer in ``peer_role`` must prove, exactly as the definition pins it.
 
     SIMULATED evidence is accepted only when the definition allows it *and*
@@ -53,8 +54,10 @@ def peer_policy(definition: Definition, peer_role: str, collateral_source=None, 
     pin = _pin(definition, peer_role)
     refusal = ""
     if definition.enclaves.allow_simulated and not allow_simulated:
-        refusal = (f"the definition allows simulation but this process was not started "
-                   f"with {SIMULATION_OPT_IN} (never trusted by accident)")
+        refusal = (
+            f"the definition allows simulation but this process was not started "
+            f"with {SIMULATION_OPT_IN} (never trusted by accident)"
+        )
     return PeerPolicy(
         definition_hash=definition.definition_hash(),
         mrenclaves=frozenset({pin.mrenclave}),
@@ -67,8 +70,9 @@ def peer_policy(definition: Definition, peer_role: str, collateral_source=None, 
     )
 
 
-def simulated_identity(definition: Definition, role: str,
-                       mrenclave: str | None = None) -> EnclaveIdentity:
+def simulated_identity(
+    definition: Definition, role: str, mrenclave: str | None = None
+) -> EnclaveIdentity:
     """The identity a SIMULATED enclave of ``role`` claims (the pinned one unless
     overridden, which tests use to play an enclave running other code)."""
     pin = _pin(definition, role)
@@ -81,9 +85,14 @@ def simulated_identity(definition: Definition, role: str,
     )
 
 
-def local_attester(definition: Definition, role: str, *, simulate: bool,
-                   mrenclave: str | None = None,
-                   attestation_root: Path = GRAMINE_ATTESTATION) -> Attester:
+def local_attester(
+    definition: Definition,
+    role: str,
+    *,
+    simulate: bool,
+    mrenclave: str | None = None,
+    attestation_root: Path = GRAMINE_ATTESTATION,
+) -> Attester:
     """Evidence source for this process: DCAP quotes inside Gramine, or
     SIMULATED evidence when asked for (never as a silent fallback: a
     definition that forbids simulation then makes every peer refuse us)."""

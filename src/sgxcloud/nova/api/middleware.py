@@ -39,7 +39,6 @@ REFUSED_ACTIONS = {
 
 
 class SGXActionGuard(base_wsgi.Middleware):
-
     def __init__(self, application, **local_config) -> None:
         super().__init__(application)
         self._compute_api = None
@@ -78,8 +77,7 @@ class SGXActionGuard(base_wsgi.Middleware):
         if context is None:
             return None
         try:
-            instance = self.compute_api.get(
-                context, match["server"], expected_attrs=["flavor"])
+            instance = self.compute_api.get(context, match["server"], expected_attrs=["flavor"])
         except exception.NovaException:
             return None  # not found / not visible: Nova answers as usual
         if not sgx_request_from_flavor(instance.flavor).wants_sgx:

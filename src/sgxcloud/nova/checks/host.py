@@ -285,8 +285,11 @@ def _can_open_rw(tree: HostTree, node: NodeInfo, user: str) -> tuple[bool, str]:
     if node.gid in gids:
         matched.append((((node.mode >> 3) & 0o7) & mask, f"group {tree.group_name(node.gid)}"))
     if acl is not None:
-        matched += [(perm & mask, f"ACL group:{tree.group_name(gid)}")
-                    for gid, perm in acl.groups.items() if gid in gids]
+        matched += [
+            (perm & mask, f"ACL group:{tree.group_name(gid)}")
+            for gid, perm in acl.groups.items()
+            if gid in gids
+        ]
     if matched:
         granting = [how for perm, how in matched if perm & rw == rw]
         return (True, granting[0]) if granting else (False, matched[0][1])

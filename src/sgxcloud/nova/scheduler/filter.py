@@ -29,7 +29,6 @@ _FEATURE_STATS = (
 
 
 class SGXFilter(filters.BaseHostFilter):
-
     # A rebuild keeps the server where it is, with the EPC it already holds;
     # its own EPC would make a full host look unable to take it.
     RUN_ON_REBUILD = False
@@ -57,8 +56,9 @@ class _HostChecks:
 
     def __init__(self, request: SGXRequest) -> None:
         self.epc_mb = request.epc_mb
-        self.flags = [(stat, why) for wanted, stat, why in _FEATURE_STATS
-                      if getattr(request, wanted)]
+        self.flags = [
+            (stat, why) for wanted, stat, why in _FEATURE_STATS if getattr(request, wanted)
+        ]
         self.tcb = request.accepted_tcb_statuses
 
     def passes(self, host_state) -> bool:

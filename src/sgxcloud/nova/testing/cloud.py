@@ -61,8 +61,7 @@ class _FakeLibvirtKeepsEPC(fixtures.Fixture):
 
         def xml_desc(domain, flags):
             rendered = original_xml_desc(domain, flags)
-            epc = etree.fromstring(domain.defined_xml).findall(
-                "./devices/memory[@model='sgx-epc']")
+            epc = etree.fromstring(domain.defined_xml).findall("./devices/memory[@model='sgx-epc']")
             if not epc:
                 return rendered
             tree = etree.fromstring(rendered)
@@ -71,10 +70,10 @@ class _FakeLibvirtKeepsEPC(fixtures.Fixture):
                 devices.append(element)
             return etree.tostring(tree, encoding="unicode")
 
-        self.useFixture(fixtures.MonkeyPatch(
-            "nova.tests.fixtures.libvirt.Domain.__init__", init))
-        self.useFixture(fixtures.MonkeyPatch(
-            "nova.tests.fixtures.libvirt.Domain.XMLDesc", xml_desc))
+        self.useFixture(fixtures.MonkeyPatch("nova.tests.fixtures.libvirt.Domain.__init__", init))
+        self.useFixture(
+            fixtures.MonkeyPatch("nova.tests.fixtures.libvirt.Domain.XMLDesc", xml_desc)
+        )
 
 
 class SGXServersTestBase(base.ServersTestBase):
@@ -109,29 +108,51 @@ class SGXServersTestBase(base.ServersTestBase):
         self.useFixture(_FakeLibvirtKeepsEPC())
         # No real disk images exist; Nova's own vPMEM tests stub the same call
         # so that cold migration and resize reach the guest-config code.
-        self.useFixture(fixtures.MockPatch(
-            "nova.virt.libvirt.LibvirtDriver._get_instance_disk_info", return_value=[]))
+        self.useFixture(
+            fixtures.MockPatch(
+                "nova.virt.libvirt.LibvirtDriver._get_instance_disk_info", return_value=[]
+            )
+        )
         self.flags(cpu_mode="host-model", group="libvirt")
 
     def _setup_compute_service(self):
         # Computes start per test (start_*compute) with their own capabilities.
         self.flags(compute_driver="sgxcloud.SGXLibvirtDriver")
 
-    def _get_connection(self, host_info=None, pci_info=None, mdev_info=None,
-                        vdpa_info=None, libvirt_version=None, qemu_version=None,
-                        hostname=None):
+    def _get_connection(
+        self,
+        host_info=None,
+        pci_info=None,
+        mdev_info=None,
+        vdpa_info=None,
+        libvirt_version=None,
+        qemu_version=None,
+        hostname=None,
+    ):
         connection = super()._get_connection(
-            host_info, pci_info, mdev_info, vdpa_info,
-            libvirt_version or SGX_LIBVIRT_VERSION, qemu_version or SGX_QEMU_VERSION,
-            hostname)
+            host_info,
+            pci_info,
+            mdev_info,
+            vdpa_info,
+            libvirt_version or SGX_LIBVIRT_VERSION,
+            qemu_version or SGX_QEMU_VERSION,
+            hostname,
+        )
         features = self.host_features.get(hostname)
         if features is not None:
             # An instance attribute shadows fakelibvirt's class-wide default.
             connection._domain_capability_features = features
         return connection
 
-    def start_sgx_compute(self, hostname: str, sections_mb: dict[int, int],
-                          *, flc: bool = True, sgx2: bool = False, **kwargs) -> str:
+    def start_sgx_compute(
+        self,
+        hostname: str,
+        sections_mb: dict[int, int],
+        *,
+        flc: bool = True,
+        sgx2: bool = False,
+        **kwargs,
+    ) -> str:
         self.host_features[hostname] = sgx_features_xml(sections_mb, flc=flc, sgx2=sgx2)
         return self.start_compute(hostname, **kwargs)
 
@@ -143,40 +164,53 @@ class SGXServersTestBase(base.ServersTestBase):
 
     # -- flavors and Placement views ----------------------------------------
 
-    def create_sgx_flavor(self, epc_mb: int, *, memory_mb: int = 512, vcpu: int = 1,
-                          extra: dict[str, str] | None = None, name: str | None = None) -> str:
+    def create_sgx_flavor(
+        self,
+        epc_mb: int,
+        *,
+        memory_mb: int = 512,
+        vcpu: int = 1,
+        extra: dict[str, str] | None = None,
+        name: str | None = None,
+    ) -> str:
         specs = {
             f"resources:{resources.EPC_RESOURCE_CLASS}": str(epc_mb),
             f"trait:{resources.TRAIT_SGX}": "required",
             **(extra or {}),
         }
         return self._create_flavor(
-            memory_mb=memory_mb, vcpu=vcpu, disk=1, extra_spec=specs,
-            name=name or f"sgx-{epc_mb}-{len(self.host_features)}-{os.urandom(2).hex()}")
+            memory_mb=memory_mb,
+            vcpu=vcpu,
+            disk=1,
+            extra_spec=specs,
+            name=name or f"sgx-{epc_mb}-{len(self.host_features)}-{os.urandom(2).hex()}",
+        )
 
     def rp_uuid(self, hostname: str) -> str:
         return self.compute_rp_uuids[hostname]
 
     def epc_inventory(self, hostname: str) -> dict | None:
         inventories = self.placement.get(
-            f"/resource_providers/{self.rp_uuid(hostname)}/inventories",
-            version="1.26").body["inventories"]
+            f"/resource_providers/{self.rp_uuid(hostname)}/inventories", version="1.26"
+        ).body["inventories"]
         return inventories.get(resources.EPC_RESOURCE_CLASS)
 
     def epc_usage(self, hostname: str) -> int:
-        usages = self.placement.get(
-            f"/resource_providers/{self.rp_uuid(hostname)}/usages").body["usages"]
+        usages = self.placement.get(f"/resource_providers/{self.rp_uuid(hostname)}/usages").body[
+            "usages"
+        ]
         return usages.get(resources.EPC_RESOURCE_CLASS, 0)
 
     def traits(self, hostname: str) -> set[str]:
-        return set(self.placement.get(
-            f"/resource_providers/{self.rp_uuid(hostname)}/traits",
-            version="1.6").body["traits"])
+        return set(
+            self.placement.get(
+                f"/resource_providers/{self.rp_uuid(hostname)}/traits", version="1.6"
+            ).body["traits"]
+        )
 
     def epc_allocation(self, server_id: str) -> dict[str, int]:
         """Hostname -> EPC MiB allocated to a server (consumer)."""
-        allocations = self.placement.get(
-            f"/allocations/{server_id}").body["allocations"]
+        allocations = self.placement.get(f"/allocations/{server_id}").body["allocations"]
         by_uuid = {uuid: name for name, uuid in self.compute_rp_uuids.items()}
         return {
             by_uuid.get(rp, rp): alloc["resources"][resources.EPC_RESOURCE_CLASS]
@@ -190,8 +224,7 @@ class SGXServersTestBase(base.ServersTestBase):
         connection = self.computes[hostname].driver._host.get_connection()
         return connection.lookupByUUIDString(server["id"]).defined_xml
 
-    def wait_for_any_status(self, server: dict, statuses: set[str],
-                            attempts: int = 100) -> dict:
+    def wait_for_any_status(self, server: dict, statuses: set[str], attempts: int = 100) -> dict:
         for _ in range(attempts):
             server = self.api.get_server(server["id"])
             if server["status"] in statuses:

@@ -42,9 +42,9 @@ def upgrade() -> None:
         sa.column("owners", sa.Text()),
     )
     rows = []
-    for name, text, owners in op.get_bind().execute(
-        sa.select(policies.c.name, policies.c.text, policies.c.owners)
-    ).all():
+    for name, text, owners in (
+        op.get_bind().execute(sa.select(policies.c.name, policies.c.text, policies.c.owners)).all()
+    ):
         principals = {*json.loads(owners), *_readers(text)}
         rows.extend({"principal": p, "policy": name} for p in sorted(principals))
     if rows:

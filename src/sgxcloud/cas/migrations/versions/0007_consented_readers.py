@@ -53,9 +53,7 @@ def upgrade() -> None:
     for principal, policy in bind.execute(sa.select(access.c.principal, access.c.policy)).all():
         if principal not in owners.get(policy, set()):
             bind.execute(
-                sa.delete(access).where(
-                    access.c.principal == principal, access.c.policy == policy
-                )
+                sa.delete(access).where(access.c.principal == principal, access.c.policy == policy)
             )
 
 
