@@ -36,6 +36,20 @@ MIN_KERNEL = (5, 13)  # first with /dev/sgx_vepc (virtual EPC for KVM)
 # SGX is not offered on them at all.
 MIN_LIBVIRT = (8, 10, 0)
 MIN_QEMU = (7, 0, 0)
+# The in-kernel SGX driver (/dev/sgx_enclave, the 'sgx' flag in /proc/cpuinfo):
+# older kernels need the out-of-tree isgx driver and never list the flag.
+MIN_KERNEL_SGX_DRIVER = (5, 11)
+
+
+def older_than(found: tuple[int, ...], minimum: tuple[int, ...]) -> bool:
+    """Whether version ``found`` predates ``minimum``: the one comparison of
+    versions, so a check never writes its own (tuples compare part by part)."""
+    return found < minimum
+
+
+def dotted(version: tuple[int, ...]) -> str:
+    """``(8, 10, 0)`` -> ``"8.10.0"``: how messages print a version."""
+    return ".".join(str(part) for part in version)
 
 
 # -- the OpenStack releases sgxcloud supports -------------------------------

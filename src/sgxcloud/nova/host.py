@@ -37,9 +37,9 @@ class SGXHost:
         if self._virt_type != "kvm":
             return self._give_up(f"virt_type is {self._virt_type!r}; SGX guests need 'kvm'")
         if not self._host.has_min_version(lv_ver=compat.MIN_LIBVIRT):
-            return self._give_up(f"libvirt older than {_dotted(compat.MIN_LIBVIRT)}")
+            return self._give_up(f"libvirt older than {compat.dotted(compat.MIN_LIBVIRT)}")
         if not self._host.has_min_version(hv_ver=compat.MIN_QEMU):
-            return self._give_up(f"QEMU older than {_dotted(compat.MIN_QEMU)}")
+            return self._give_up(f"QEMU older than {compat.dotted(compat.MIN_QEMU)}")
         try:
             xml = self._host.get_connection().getDomainCapabilities(
                 None, "x86_64", None, self._virt_type, 0
@@ -70,10 +70,6 @@ class SGXHost:
     def _give_up(reason: str) -> SGXCapabilities:
         LOG.info("SGX not offered on this host: %s", reason)
         return SGXCapabilities.unsupported(reason)
-
-
-def _dotted(version: tuple[int, ...]) -> str:
-    return ".".join(str(part) for part in version)
 
 
 __all__ = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from sgxcloud.nova import compat
 from sgxcloud.nova.checks import sysfacts
 from sgxcloud.nova.checks.cpuid import CpuidReader
 from sgxcloud.nova.checks.model import Finding, Report, failure, ok, warning
@@ -31,6 +32,8 @@ ISGX_COUNTERS = (
 ENCLAVE_DEVICES = ("/dev/sgx_enclave", "/dev/isgx", "/dev/sgx/enclave")
 PROVISION_DEVICES = ("/dev/sgx_provision", "/dev/sgx/provision")
 NODE_EPC_GLOB = "/sys/devices/system/node/node*/x86/sgx_total_bytes"
+# The kernel version lives in compat (the one place that knows versions).
+_DRIVER_KERNEL = compat.dotted(compat.MIN_KERNEL_SGX_DRIVER)
 
 
 def check_guest(root: str | os.PathLike[str] = "/") -> Report:
@@ -80,13 +83,14 @@ def _check_flags(tree: HostTree) -> list[Finding]:
     if "sgx" in flags:
         findings = [ok("guest.flags.sgx", "CPU flag 'sgx' visible in the guest")]
     elif _kernel_predates_flags(tree) and tree.exists(ISGX_PARAMETERS):
-        # Kernels before 5.11 never list 'sgx'; the loaded isgx driver proves SGX is there.
+        # Older kernels never list 'sgx'; the loaded isgx driver proves SGX is there.
         findings = [
             warning(
                 "guest.flags.sgx",
-                "no 'sgx' flag, but this kernel predates it (5.11) and the isgx driver is loaded",
-                "nothing to do for isgx; a guest kernel >= 5.11 shows the flag and has its own "
-                "driver",
+                f"no 'sgx' flag, but this kernel predates it ({_DRIVER_KERNEL}) and the isgx "
+                "driver is loaded",
+                f"nothing to do for isgx; a guest kernel >= {_DRIVER_KERNEL} shows the flag and "
+                "has its own driver",
             )
         ]
     else:
@@ -114,7 +118,8 @@ def _check_flags(tree: HostTree) -> list[Finding]:
 
 def _kernel_predates_flags(tree: HostTree) -> bool:
     try:
-        return sysfacts.kernel_version(tree.read_text("/proc/sys/kernel/osrelease"))[:2] < (5, 11)
+        kernel = sysfacts.kernel_version(tree.read_text("/proc/sys/kernel/osrelease"))
+        return compat.older_than(kernel[:2], compat.MIN_KERNEL_SGX_DRIVER)
     except (TreeReadError, ValueError):
         return False
 
@@ -130,7 +135,8 @@ def _check_devices(tree: HostTree) -> list[Finding]:
             failure(
                 "guest.device.enclave",
                 "no enclave device (/dev/sgx_enclave or /dev/isgx)",
-                "use a guest kernel >= 5.11 with CONFIG_X86_SGX, or load the isgx driver",
+                f"use a guest kernel >= {_DRIVER_KERNEL} with CONFIG_X86_SGX, or load the isgx "
+                "driver",
             )
         )
     if provision:

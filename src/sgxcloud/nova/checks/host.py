@@ -22,10 +22,10 @@ from sgxcloud.nova.checks.model import Finding, Report, failure, ok, warning
 from sgxcloud.nova.checks.tree import HostTree, MissingFile, NodeInfo, TreeReadError
 from sgxcloud.sgx.epc import KIB, bytes_to_mib
 
-# Version minima live in sgxcloud.nova.compat (the one place that knows versions).
-MIN_KERNEL = compat.MIN_KERNEL
-MIN_LIBVIRT = compat.MIN_LIBVIRT
-MIN_QEMU = compat.MIN_QEMU
+# Version minima and their comparison live in sgxcloud.nova.compat (the one
+# place that knows versions); the messages print them from there.
+_KERNEL = compat.dotted(compat.MIN_KERNEL)
+_DRIVER_KERNEL = compat.dotted(compat.MIN_KERNEL_SGX_DRIVER)
 
 RECORDED_DIR = "/var/lib/sgxcloud"  # where a recorded tree keeps command outputs
 DOMCAPS_FILE = f"{RECORDED_DIR}/domcapabilities.xml"  # `virsh domcapabilities`
@@ -235,15 +235,15 @@ def _check_kernel(kernel: tuple[int, int, int] | Finding) -> list[Finding]:
     if isinstance(kernel, Finding):
         return [kernel]
     text = sysfacts.version_text(kernel)
-    if kernel[:2] < MIN_KERNEL:
+    if compat.older_than(kernel[:2], compat.MIN_KERNEL):
         return [
             failure(
                 "kernel.version",
-                f"kernel {text} predates virtual EPC (/dev/sgx_vepc arrived in 5.13)",
-                "boot a kernel >= 5.13 with CONFIG_X86_SGX and CONFIG_X86_SGX_KVM",
+                f"kernel {text} predates virtual EPC (/dev/sgx_vepc arrived in {_KERNEL})",
+                f"boot a kernel >= {_KERNEL} with CONFIG_X86_SGX and CONFIG_X86_SGX_KVM",
             )
         ]
-    return [ok("kernel.version", f"kernel {text} supports virtual EPC (>= 5.13)")]
+    return [ok("kernel.version", f"kernel {text} supports virtual EPC (>= {_KERNEL})")]
 
 
 def qemu_user(tree: HostTree) -> str:
@@ -336,9 +336,9 @@ def _check_devices(tree: HostTree, kernel: tuple[int, int, int] | Finding) -> li
 def _missing_device(name: str, kernel: tuple[int, int, int] | Finding) -> Finding:
     path = f"/dev/{name}"
     if name == "sgx_vepc":
-        if isinstance(kernel, tuple) and kernel[:2] < MIN_KERNEL:
+        if isinstance(kernel, tuple) and compat.older_than(kernel[:2], compat.MIN_KERNEL):
             why = f"kernel {sysfacts.version_text(kernel)} has no virtual EPC"
-            fix = "boot a kernel >= 5.13 with CONFIG_X86_SGX_KVM=y"
+            fix = f"boot a kernel >= {_KERNEL} with CONFIG_X86_SGX_KVM=y"
         else:
             why = "no virtual EPC device: SGX disabled or the kernel lacks CONFIG_X86_SGX_KVM"
             fix = "enable SGX in firmware and use a kernel with CONFIG_X86_SGX_KVM=y"
@@ -346,7 +346,7 @@ def _missing_device(name: str, kernel: tuple[int, int, int] | Finding) -> Findin
     return failure(
         f"device.{name}",
         f"{path} missing: the in-kernel SGX driver is not active",
-        "enable SGX in firmware and boot a kernel >= 5.11 with CONFIG_X86_SGX=y",
+        f"enable SGX in firmware and boot a kernel >= {_DRIVER_KERNEL} with CONFIG_X86_SGX=y",
     )
 
 
@@ -498,13 +498,13 @@ def _check_libvirt(tree: HostTree, runner: Runner, facts: dict) -> list[Finding]
     facts["libvirt_version"] = sysfacts.version_text(versions.libvirt) if versions.libvirt else None
     facts["qemu_version"] = sysfacts.version_text(versions.qemu) if versions.qemu else None
     for check, found, minimum, what in (
-        ("libvirt.version", versions.libvirt, MIN_LIBVIRT, "libvirt"),
-        ("qemu.version", versions.qemu, MIN_QEMU, "QEMU"),
+        ("libvirt.version", versions.libvirt, compat.MIN_LIBVIRT, "libvirt"),
+        ("qemu.version", versions.qemu, compat.MIN_QEMU, "QEMU"),
     ):
         need = sysfacts.version_text(minimum)
         if found is None:
             continue  # already reported by _versions
-        if found < minimum:
+        if compat.older_than(found, minimum):
             findings.append(
                 failure(
                     check,

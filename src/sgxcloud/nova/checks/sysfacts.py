@@ -11,6 +11,7 @@ import re
 import struct
 from dataclasses import dataclass
 
+from sgxcloud.nova import compat
 from sgxcloud.sgx.epc import KIB
 
 # libvirt's unit names (docs: formatdomain.html#memory-allocation), as multipliers of bytes.
@@ -87,7 +88,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def version_text(version: tuple[int, ...] | None) -> str:
-    return ".".join(map(str, version)) if version else "unknown"
+    return compat.dotted(version) if version else "unknown"
 
 
 # POSIX ACL xattr layout (linux/posix_acl_xattr.h): u32 version 2, then
