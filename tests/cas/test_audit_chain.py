@@ -306,16 +306,33 @@ def test_a_callers_older_entries_are_rechecked_with_their_successors_links(
     chain: Database,
 ) -> None:
     """Red team rt6 finding 2: entries older than the checkpoint were never re-hashed over
-    the API.  verify_entries_about re-checks the latest ``limit`` entries about the caller's
-    policies before it, each with its successor's link and hash; another's are not read."""
-    assert audit.verify_entries_about(chain, {"policy"}, before=5) == []
+    the API.  The caller's sweep (recheck_entries_of, what ``GET /v1/audit/verify`` runs)
+    re-checks the entries about the policies in its view before ``before``, each with its
+    successor's link and hash; another's are not read."""
+    from sgxcloud.cas.store.models import PolicyAccessRow
+
+    with chain.transaction() as repo:
+        repo.session.add(PolicyAccessRow(principal="alice", policy="policy"))
+        repo.session.add(PolicyAccessRow(principal="bob", policy="other"))
+
+    def recheck(principal: str, before: int, **options: object) -> list[tuple[int, str]]:
+        sweep = options.pop("sweep", audit.Sweep(0, 0))
+        problems, _ = audit.recheck_entries_of(
+            chain,
+            principal,
+            before=before,
+            sweep=sweep,  # type: ignore[arg-type]
+            **options,  # type: ignore[arg-type]
+        )
+        return [(p.seq, p.kind) for p in problems]
+
+    assert recheck("alice", 5) == []
     _tamper(chain, update(AuditEntryRow).where(AuditEntryRow.seq == 1).values(outcome="x"))
-    found = audit.verify_entries_about(chain, {"policy"}, before=5)
-    assert [(p.seq, p.kind) for p in found] == [(1, audit.CONTENT_CHANGED)]
-    # the bound: only the latest `limit` of the caller's entries (2 and 3 here)
-    assert audit.verify_entries_about(chain, {"policy"}, before=4, limit=2) == []
-    assert audit.verify_entries_about(chain, {"other"}, before=5) == []  # not the caller's
-    assert audit.verify_entries_about(chain, {"policy"}, before=1) == []  # walked instead
+    assert recheck("alice", 5) == [(1, audit.CONTENT_CHANGED)]
+    # the bound: the latest `limit` (3) and the sweep's next `limit` after its position (2)
+    assert recheck("alice", 4, limit=1, sweep=audit.Sweep(0, 1)) == []
+    assert recheck("bob", 5) == []  # not the caller's
+    assert recheck("alice", 1) == []  # walked instead
     # the edited entry's hash recomputed: its successor's link breaks
     row = audit.entries(chain)[0]
     forged = audit.entry_hash(
@@ -329,8 +346,7 @@ def test_a_callers_older_entries_are_rechecked_with_their_successors_links(
         prev_hash=row.prev_hash,
     )
     _tamper(chain, update(AuditEntryRow).where(AuditEntryRow.seq == 1).values(entry_hash=forged))
-    found = audit.verify_entries_about(chain, {"policy"}, before=5)
-    assert [(p.seq, p.kind) for p in found] == [(2, audit.LINK_BROKEN)]
+    assert recheck("alice", 5) == [(2, audit.LINK_BROKEN)]
 
 
 def test_a_principals_entries_come_from_one_statement_over_its_access_rows(

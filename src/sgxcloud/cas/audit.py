@@ -293,8 +293,17 @@ def recheck_entries_of(
     (⌈entries / limit⌉ calls), however many entries others add about its
     policies: they lengthen the round, they cannot push an entry out of it
     (red team rt7 finding 4: the latest 1000 alone were a window anyone could
-    fill in ~2 s with keyless malformed attestations).  Each entry is checked
-    as :func:`verify_entries_about` does.
+    fill in ~2 s with keyless malformed attestations).
+
+    For what an incremental walk (:func:`verify_chain` from a checkpoint at
+    ``before``) no longer looks at: each entry must still match its hash,
+    and its successor must link to that hash and match its own.  So an
+    edit that leaves the hash alone (red team rt6 finding 2) shows, and so
+    does one that rewrites the entry's hash; a writer who also rewrites the
+    successor's link and hash moves the break one entry further, onto an
+    entry of someone else that only the full walk (``sgxcloud audit
+    verify``) checks.  The cost follows the caller's entries (indexed
+    reads), never the whole chain.
     """
     if before <= 1:
         return [], sweep
@@ -315,29 +324,6 @@ def recheck_entries_of(
         following = Sweep(sweep.round + 1, 0)
     rows = {row.seq: row for row in (*latest, *swept)}
     return _recheck(database, sorted(rows.values(), key=lambda row: row.seq)), following
-
-
-def verify_entries_about(
-    database: Database, policies: Iterable[str], *, before: int, limit: int = OWNED_CHECKED
-) -> list[ChainProblem]:
-    """Re-check the latest ``limit`` entries about ``policies`` older than ``before``.
-
-    For what an incremental walk (:func:`verify_chain` from a checkpoint at
-    ``before``) no longer looks at: each entry must still match its hash,
-    and its successor must link to that hash and match its own.  So an
-    edit that leaves the hash alone (red team rt6 finding 2) shows, and so
-    does one that rewrites the entry's hash; a writer who also rewrites the
-    successor's link and hash moves the break one entry further, onto an
-    entry of someone else that only the full walk (``sgxcloud audit
-    verify``) checks.  The cost follows the caller's entries (two indexed
-    reads), never the whole chain.
-    """
-    if before <= 1:
-        return []
-    owned = database.run(
-        lambda repo: repo.latest_audit_entries_about(policies, before=before, limit=limit)
-    )
-    return _recheck(database, owned)
 
 
 def _recheck(database: Database, owned: list[AuditEntryRow]) -> list[ChainProblem]:

@@ -612,28 +612,6 @@ class Repository:
         found.sort(key=lambda row: row.seq)
         return found[:limit] if limit is not None else found
 
-    def latest_audit_entries_about(
-        self, policies: Iterable[str], *, before: int, limit: int
-    ) -> list[AuditEntryRow]:
-        """The ``limit`` latest entries before ``before`` about ``policies``, oldest first.
-
-        Through the same (subject, seq) index ranges as :meth:`audit_entries`:
-        the cost follows the caller's entries, not the whole log.
-        """
-        names = sorted(policies)
-        found: list[AuditEntryRow] = []
-        for start in range(0, len(names), _NAMES_PER_QUERY):
-            about = self._seqs_about(names[start : start + _NAMES_PER_QUERY], 0)
-            query = (
-                select(AuditEntryRow)
-                .where(AuditEntryRow.seq.in_(about), AuditEntryRow.seq < before)
-                .order_by(AuditEntryRow.seq.desc())
-                .limit(limit)
-            )
-            found.extend(self.session.scalars(query))
-        found.sort(key=lambda row: row.seq)
-        return found[-limit:]
-
     def audit_entries_for(
         self,
         principal: str,
