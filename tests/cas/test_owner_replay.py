@@ -485,3 +485,112 @@ def test_one_signature_is_accepted_once_whichever_credential_names_its_key(
         as_certificate = {k: v for k, v in fresh.items() if k != auth.KEY_HEADER}
         as_certificate[auth.CERT_HEADER] = signed[auth.CERT_HEADER]
         assert http.get(f"{a}/v1/policies/shop", headers=as_certificate).status_code == 401
+
+
+def _self_signed(key: Any) -> Any:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bob")])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_a_consent_counts_only_for_the_credential_it_was_made_with(
+    same_origin,  # type: ignore[no-untyped-def]
+) -> None:
+    """A consent's signature did not cover its credential: bob's consent made with his
+    certificate (to read) also verified under his bare key (another principal, listed as
+    an owner), and was spent once per form — so alice made bob's bare key a co-owner of
+    her policy with a consent bob gave as a reader.  The signature now covers the
+    credential's principal id (sgxcloud-cas-owner-consent-v3); v2 consents are refused
+    with the command that makes a new one."""
+    import base64
+    import hashlib
+
+    import yaml
+    from cryptography.hazmat.primitives import serialization
+
+    (a, _), ca, services = same_origin
+    alice, bob = pg.owner_key(), pg.owner_key()
+    certificate = _self_signed(bob)
+    document = yaml.safe_load(pg.policy_text([alice, bob], name="shared"))
+    fingerprint = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+    document["access"]["readers"] = [{"name": "bob-cert", "client_certificate_sha256": fingerprint}]
+    text = yaml.safe_dump(document)
+    deployment = services[0].deployment_id
+    as_reader = client.consent(
+        bob, PUBLIC, text, now=int(time.time()), deployment=deployment, certificate=certificate
+    )
+    assert as_reader["principal"] == "cert:sha256:" + fingerprint
+    spki = bob.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    as_key = {k: v for k, v in as_reader.items() if k != "certificate"}
+    as_key["key"] = base64.b64encode(spki).decode()
+    bob_key = public_key_id(pg.public_pem(bob))
+    with client.OwnerClient(a, alice, ca_file=ca, audience=PUBLIC) as owner:
+        with pytest.raises(
+            AccessDenied,
+            match=rf"consent presented with the credential of {bob_key} was made for "
+            rf"cert:sha256:{fingerprint}",
+        ):
+            owner.apply(text, [as_reader, as_key])
+        # Nor without the principal field (the signature is over the credential's id).
+        unnamed = {k: v for k, v in as_key.items() if k != "principal"}
+        with pytest.raises(AccessDenied, match="older form"):
+            owner.apply(text, [as_reader, unnamed])
+        with pytest.raises(client.PolicyNotFound):
+            owner.show("shared")
+        # A consent of the older form (v2: no credential signed) is refused, naming the fix.
+        expires = int(time.time()) + 600
+        v2 = b"\n".join(
+            f.encode()
+            for f in (
+                "sgxcloud-cas-owner-consent-v2",
+                deployment,
+                PUBLIC,
+                "shared",
+                policy_hash(text),
+                str(expires),
+            )
+        )
+        older = {
+            "deployment": deployment,
+            "audience": PUBLIC,
+            "policy": "shared",
+            "policy_hash": policy_hash(text),
+            "expires_at": expires,
+            "key": base64.b64encode(spki).decode(),
+            "signature": base64.b64encode(bob.sign(v2, _ecdsa())).decode(),
+        }
+        with pytest.raises(
+            AccessDenied,
+            match=r"older form \(sgxcloud-cas-owner-consent-v2\) whose signature does not "
+            r"name the credential.*'sgxcloud policy consent'",
+        ):
+            owner.apply(text, [as_reader, older])
+        # Made for the bare key, bob's consent makes him a co-owner.
+        as_owner = client.consent(bob, PUBLIC, text, now=int(time.time()), deployment=deployment)
+        assert owner.apply(text, [as_reader, as_owner])["created"]
+    with client.OwnerClient(a, bob, ca_file=ca, audience=PUBLIC) as as_bob:
+        assert as_bob.show("shared")["version"] == 1
+
+
+def _ecdsa() -> Any:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.ECDSA(hashes.SHA256())

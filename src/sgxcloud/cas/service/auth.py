@@ -41,11 +41,25 @@ Co-owners consent.  Listing someone as an owner hands them the policy's
 secrets *and* lends the policy their identity (exporters pin importers by an
 owner id, and the reverse), so a policy may list only owners who signed it:
 each co-owner other than the caller signs a :func:`sign_consent` statement over
-the service (its deployment id and origin), the policy name and the exact
-policy hash (which includes the predecessor), with an expiry of at most
+the service (its deployment id and origin), the principal id of the
+credential it is presented with (``key:sha256:…`` of the bare key, or
+``cert:sha256:…`` of the certificate), the policy name and the exact policy
+hash (which includes the predecessor), with an expiry of at most
 :data:`CONSENT_MAX_LIFETIME`.  The service spends each consent once.
-Consents of the older form (``sgxcloud-cas-owner-consent-v1``, no deployment)
-are refused.
+Consents of the older forms are refused, each with a message naming the
+command that makes a new one: ``sgxcloud-cas-owner-consent-v1`` (no
+deployment) and ``sgxcloud-cas-owner-consent-v2`` (no credential: one key's
+consent verified under its bare key and under every certificate of it, each
+another principal — a co-owner who consented as its certificate could be
+listed, and its consent spent again, as its bare key).  No v2 consent can be
+told to be meant for the credential it arrives with (anyone holding one
+certificate of the key can present it as the bare key, and the reverse), and
+a consent lives at most 7 days, so none is accepted.
+
+The request signature (``sgxcloud-cas-request-v3``) does not cover the
+credential headers either; a request is spent once per signing key (see
+:func:`authenticate`), so a captured request acts once, under whichever
+credential of its key arrives first.
 
 The request-id form, the clock window, the body digest, signing and the
 signature check are :mod:`sgxcloud.signed_requests`, which the clean-room
@@ -104,7 +118,13 @@ _DOMAIN = b"sgxcloud-cas-request-v3"
 DEPLOYMENT_PATTERN = "^[0-9a-f]{32}$"
 """A deployment id: 16 random bytes, hex (migration 0003 makes it)."""
 _DEPLOYMENT = re.compile(DEPLOYMENT_PATTERN)
-_CONSENT_DOMAIN = b"sgxcloud-cas-owner-consent-v2"
+_CONSENT_DOMAIN = b"sgxcloud-cas-owner-consent-v3"
+_OLDER_CONSENT = (
+    "the consent of {principal} is in an older form ({form}) whose signature does not name "
+    "the credential it is for, so it could be presented under another certificate or the "
+    "bare key of the same key: have it made again with an upgraded 'sgxcloud policy consent' "
+    "(it signs sgxcloud-cas-owner-consent-v3)"
+)
 _OLDER_REQUEST = (
     "request is signed in an older form (sgxcloud-cas-request-v2 or before) that names no "
     f"CAS deployment ({DEPLOYMENT_HEADER}), so it could be replayed at another CAS with the "
@@ -508,9 +528,16 @@ class Consent:
 
 
 def consent_payload(
-    deployment: str, audience: str, policy: str, policy_hash: str, expires_at: int
+    deployment: str,
+    audience: str,
+    principal: str,
+    policy: str,
+    policy_hash: str,
+    expires_at: int,
 ) -> bytes:
-    fields = [deployment, audience, policy, policy_hash, str(expires_at)]
+    """What a consent's signature covers; ``principal`` is the id of the credential
+    (bare key or certificate) it is made for, so it is worth nothing under another."""
+    fields = [deployment, audience, principal, policy, policy_hash, str(expires_at)]
     return b"\n".join([_CONSENT_DOMAIN, *(f.encode() for f in fields)])
 
 
@@ -528,11 +555,16 @@ def sign_consent(
     CAS ``deployment`` (its id, from ``GET /v1/health``) at ``audience``."""
     if not is_deployment_id(deployment):
         raise ValueError(f"not a CAS deployment id (32 hex digits): {deployment!r}")
-    payload = consent_payload(deployment, audience, policy, policy_hash, expires_at)
+    if certificate is not None:
+        principal = certificate_id(certificate.public_bytes(serialization.Encoding.DER))
+    else:
+        principal = _key_id(key.public_key())
+    payload = consent_payload(deployment, audience, principal, policy, policy_hash, expires_at)
     signature = sign(key, payload)
     return {
         "deployment": deployment,
         "audience": audience,
+        "principal": principal,
         "policy": policy,
         "policy_hash": policy_hash,
         "expires_at": expires_at,
@@ -568,6 +600,19 @@ def verify_consent(
             f"the consent of {principal} is in an older form (sgxcloud-cas-owner-consent-v1) "
             "that names no CAS deployment: have it made again with 'sgxcloud policy consent'"
         )
+    named = document.get("principal")
+    if not named:
+        raise AuthenticationError(
+            _OLDER_CONSENT.format(principal=principal, form="sgxcloud-cas-owner-consent-v2")
+        )
+    if named != principal:
+        # Signed for another credential of (perhaps) the same key: the signature
+        # below is checked over this credential's id, so it could not verify.
+        raise AuthenticationError(
+            f"the consent presented with the credential of {principal} was made for "
+            f"{str(named)[:80]}: a consent counts only for the credential (certificate or "
+            "bare key) it was made with"
+        )
     if signed_for != deployment:
         raise AuthenticationError(
             f"the consent of {principal} was made for another CAS deployment; this CAS is "
@@ -581,7 +626,7 @@ def verify_consent(
         raise AuthenticationError(
             f"the consent of {principal} is valid for longer than {CONSENT_MAX_LIFETIME} s"
         )
-    payload = consent_payload(deployment, audience, policy, policy_hash, expires_at)
+    payload = consent_payload(deployment, audience, principal, policy, policy_hash, expires_at)
     if not signature_verifies(public_key, signature, payload):
         raise AuthenticationError(f"the consent of {principal} does not verify")
     spend = hashlib.sha256(b"consent\n" + principal.encode() + b"\n" + payload).hexdigest()

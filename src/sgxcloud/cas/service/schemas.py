@@ -103,6 +103,13 @@ class ConsentBody(_Model):
         "required: consents without it are of an older form and refused",
     )
     audience: str = Field(max_length=300, description="origin of the service it is for")
+    principal: str | None = Field(
+        None,
+        max_length=80,
+        description="principal id of the credential it is made with (key:sha256:<hex> of "
+        "'key', cert:sha256:<hex> of 'certificate'), covered by the signature; "
+        "required: consents without it (sgxcloud-cas-owner-consent-v2) are refused",
+    )
     policy: str = Field(pattern=NAME_PATTERN)
     policy_hash: str = Field(pattern="^[0-9a-f]{64}$")
     expires_at: int = Field(description="Unix seconds; at most 7 days ahead")
