@@ -21,7 +21,7 @@ from typing import Any
 
 import duckdb
 
-from sgxcloud.cleanroom.definition import Analysis, Attribute, Definition
+from sgxcloud.cleanroom.definition import Analysis, Attribute, Dataset, Definition
 from sgxcloud.cleanroom.engine.identity import ensure_persons, person_table, quote
 from sgxcloud.cleanroom.engine.query import (
     And,
@@ -155,77 +155,135 @@ def campaign_lift(
     assert exposures is not None and purchases is not None  # checked by the definition
     params: list[Any] = []
     where = compile_filter(definition, query.filter, params, person_col="person")
+    _choose_exposed(con, exposures, where, params)
+    _attribute_purchases(con, purchases, int(analysis.attribution_window_days))
+    attribute = _segment_people(con, definition, query.breakdown) if query.breakdown else None
+    draft = Draft(cohort_table="q_lift")
+    draft.lift = _lift_figures(con, definition)
+    if attribute is not None:
+        draft.segments = _lift_segments(attribute, draft.lift)
+    for arm in ARMS:
+        draft.counts[arm] = draft.lift.get((ALL, arm), {}).get("people", 0)
+    _lift_cohorts(draft)
+    return draft
+
+
+# One large join per statement, and arms and segments aggregated as small
+# integer codes: min()/max() of strings next to a join cannot spill and ran
+# out of memory on ten million people.
+
+
+def _arm_code(group_column: str) -> str:
+    """SQL turning the (quoted) arm column into the arm's index in ``ARMS``."""
+    whens = " ".join(f"WHEN '{arm}' THEN {n}" for n, arm in enumerate(ARMS))
+    return f"CASE {group_column} {whens} END"
+
+
+def _arm_name(code_column: str) -> str:
+    """SQL turning an arm code back into its name."""
+    whens = " ".join(f"WHEN {n} THEN '{arm}'" for n, arm in enumerate(ARMS))
+    return f"CASE {code_column} {whens} END"
+
+
+def _choose_exposed(
+    con: duckdb.DuckDBPyConnection, exposures: Dataset, where: str, params: list[Any]
+) -> None:
+    """``q_chosen``: people exposed to one arm only, with their first exposure,
+    meeting the query's filter."""
     grp, ets = quote(exposures.group_column or ""), quote(exposures.timestamp_column or "")
-    pts, amt = quote(purchases.timestamp_column or ""), quote(purchases.amount_column or "")
-    window = int(analysis.attribution_window_days)
-    # One large join per statement, and arms and segments aggregated as small
-    # integer codes: min()/max() of strings next to a join cannot spill and ran
-    # out of memory on ten million people.
-    arm_code = (
-        "CASE "
-        + grp
-        + " "
-        + " ".join(f"WHEN '{arm}' THEN {n}" for n, arm in enumerate(ARMS))
-        + " END"
-    )
     con.execute(f"""
         CREATE OR REPLACE TABLE q_exposed AS
         SELECT person, min({ets}) AS first_exposure, min(arm) AS arm
-        FROM (SELECT person, {ets}, {arm_code} AS arm FROM {person_table(exposures)})
+        FROM (SELECT person, {ets}, {_arm_code(grp)} AS arm FROM {person_table(exposures)})
         GROUP BY person HAVING min(arm) = max(arm)  -- one arm only""")
     con.execute(
         f"CREATE OR REPLACE TABLE q_chosen AS SELECT * FROM q_exposed WHERE {where}", params
     )
     con.execute("DROP TABLE q_exposed")
+
+
+def _attribute_purchases(
+    con: duckdb.DuckDBPyConnection, purchases: Dataset, window_days: int
+) -> None:
+    """``q_lift`` from ``q_chosen``: one row per chosen person with the purchases
+    and revenue made within ``window_days`` of the first exposure (zero for none),
+    all in the segment ``ALL``."""
+    pts, amt = quote(purchases.timestamp_column or ""), quote(purchases.amount_column or "")
     con.execute(f"""
         CREATE OR REPLACE TABLE q_attributed AS
         SELECT c.person, count(*) AS purchases, sum(p.{amt}) AS revenue
         FROM {person_table(purchases)} p JOIN q_chosen c ON p.person = c.person
          AND p.{pts} >= c.first_exposure
-         AND p.{pts} < c.first_exposure + INTERVAL {window} DAY
+         AND p.{pts} < c.first_exposure + INTERVAL {window_days} DAY
         GROUP BY c.person""")
-    arm_name = (
-        "CASE c.arm " + " ".join(f"WHEN {n} THEN '{arm}'" for n, arm in enumerate(ARMS)) + " END"
-    )
     con.execute(f"""
         CREATE OR REPLACE TABLE q_lift AS
-        SELECT c.person, {arm_name} AS arm, '{ALL}' AS segment,
+        SELECT c.person, {_arm_name("c.arm")} AS arm, '{ALL}' AS segment,
                coalesce(a.purchases, 0) AS purchases, coalesce(a.revenue, 0.0) AS revenue
         FROM q_chosen c LEFT JOIN q_attributed a ON a.person = c.person""")
     con.execute("DROP TABLE q_chosen")
     con.execute("DROP TABLE q_attributed")
-    if query.breakdown:
-        resolved = definition.resolve_attribute(query.breakdown)
-        assert resolved is not None
-        ds, attr = resolved
-        # codes in the values' own order, so min() picks what min(value) would
-        values = ("false", "true") if attr.type == "boolean" else tuple(sorted(attr.values))
-        code = (
-            f"CAST({quote(attr.column)} AS INTEGER)"
-            if attr.type == "boolean"
-            else "CASE "
-            + quote(attr.column)
-            + " "
-            + " ".join(f"WHEN ? THEN {n}" for n in range(len(values)))
-            + " END"
-        )
-        code_params = [] if attr.type == "boolean" else list(values)
-        con.execute(
-            f"CREATE OR REPLACE TABLE q_segment AS SELECT person, min(code) AS code "
-            f"FROM (SELECT person, {code} AS code FROM {person_table(ds)}) "
-            "WHERE code IS NOT NULL GROUP BY person",
-            code_params,
-        )
-        names = " ".join(f"WHEN {n} THEN ?" for n in range(len(values)))
-        con.execute(
-            f"""
+
+
+def _segment_code(attribute: Attribute) -> tuple[str, list[Any], tuple[str, ...]]:
+    """(SQL coding a person's value as an integer, its parameters, the values in
+    code order).  Codes follow the values' own order, so min() picks what
+    min(value) would."""
+    if attribute.type == "boolean":
+        return f"CAST({quote(attribute.column)} AS INTEGER)", [], ("false", "true")
+    values = tuple(sorted(attribute.values))
+    whens = " ".join(f"WHEN ? THEN {n}" for n in range(len(values)))
+    return f"CASE {quote(attribute.column)} {whens} END", list(values), values
+
+
+def _segment_people(
+    con: duckdb.DuckDBPyConnection, definition: Definition, breakdown: str
+) -> Attribute:
+    """Each ``q_lift`` row's segment: the person's value of ``breakdown`` (the
+    smallest if several), ``NONE_SEGMENT`` without one.  Returns the attribute."""
+    resolved = definition.resolve_attribute(breakdown)
+    assert resolved is not None  # checked by check_query
+    ds, attribute = resolved
+    code, code_params, values = _segment_code(attribute)
+    con.execute(
+        f"CREATE OR REPLACE TABLE q_segment AS SELECT person, min(code) AS code "
+        f"FROM (SELECT person, {code} AS code FROM {person_table(ds)}) "
+        "WHERE code IS NOT NULL GROUP BY person",
+        code_params,
+    )
+    names = " ".join(f"WHEN {n} THEN ?" for n in range(len(values)))
+    con.execute(
+        f"""
             CREATE OR REPLACE TABLE q_lift AS
             SELECT l.person, l.arm, coalesce(CASE s.code {names} END, '{NONE_SEGMENT}') AS segment,
                    l.purchases, l.revenue
             FROM q_lift l LEFT JOIN q_segment s ON s.person = l.person""",
-            list(values),
-        )
-        con.execute("DROP TABLE q_segment")
+        list(values),
+    )
+    con.execute("DROP TABLE q_segment")
+    return attribute
+
+
+_LIFT_COLUMNS = (
+    "segment",
+    "arm",
+    "people",
+    "converters",
+    "purchases",
+    "revenue",
+    "revenue_var",
+    "purchases_clipped",
+    "revenue_clipped",
+    "revenue_sq_clipped",
+)
+"""The columns of one lift cell's record, as ``_lift_figures`` selects them."""
+
+
+def _lift_figures(
+    con: duckdb.DuckDBPyConnection, definition: Definition
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The exact figures of every (segment, arm) cell and of each arm over all
+    segments, clipped too at the DP bounds (1 without DP) for the noise."""
     bounds = definition.privacy.dp.bounds if definition.privacy.dp else None
     max_p = bounds.max_purchases_per_person if bounds else 1
     max_r = float(bounds.max_revenue_per_person) if bounds else 1.0
@@ -242,34 +300,24 @@ def campaign_lift(
         """,
         [ALL, max_p, max_r, max_r, max_r],
     ).fetchall()
-    names = (
-        "segment",
-        "arm",
-        "people",
-        "converters",
-        "purchases",
-        "revenue",
-        "revenue_var",
-        "purchases_clipped",
-        "revenue_clipped",
-        "revenue_sq_clipped",
-    )
-    draft = Draft(cohort_table="q_lift")
+    lift: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
-        record = dict(zip(names, row, strict=True))
+        record = dict(zip(_LIFT_COLUMNS, row, strict=True))
         if record["arm"] not in ARMS:
             continue  # ingestion rejects other values; be safe anyway
-        draft.lift[(record["segment"], record["arm"])] = record
-    if query.breakdown:
-        # Every declared value is a segment, present or not: which segments exist
-        # would otherwise show that 1 … k−1 people have a value (and escape DP).
-        declared = tuple(dict.fromkeys((*breakdown_values(attr), NONE_SEGMENT)))
-        extra = sorted({s for s, _ in draft.lift if s != ALL} - set(declared))
-        draft.segments = (*declared, *extra)  # extra: never, ingestion checks values
-    for arm in ARMS:
-        draft.counts[arm] = draft.lift.get((ALL, arm), {}).get("people", 0)
-    _lift_cohorts(draft)
-    return draft
+        lift[(record["segment"], record["arm"])] = record
+    return lift
+
+
+def _lift_segments(
+    attribute: Attribute, lift: dict[tuple[str, str], dict[str, Any]]
+) -> tuple[str, ...]:
+    """The breakdown's segments: every declared value and ``NONE_SEGMENT``,
+    present or not — which segments exist would otherwise show that 1 … k−1
+    people have a value (and escape DP)."""
+    declared = tuple(dict.fromkeys((*breakdown_values(attribute), NONE_SEGMENT)))
+    extra = sorted({s for s, _ in lift if s != ALL} - set(declared))
+    return (*declared, *extra)  # extra: never, ingestion checks values
 
 
 def breakdown_values(attribute: Attribute) -> tuple[str, ...]:
