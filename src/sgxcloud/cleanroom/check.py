@@ -159,136 +159,180 @@ def check_dataset(
     available = _columns_of(source, check)
     if available is None:
         return check
+    check.findings += _schema_findings(needed, declared, available)
+    if any(c not in available for c in needed):
+        return check  # nothing to read the values by
+    scan = _Scan(ds, [c for c in declared if c in available])
+    try:
+        for raw in read_batches(source, scan.present, batch_rows):
+            scan.add(pa.Table.from_batches([raw]) if isinstance(raw, pa.RecordBatch) else raw)
+    except IngestError as exc:
+        # the node's own refusal (e.g. a short CSV line), without the file's name again
+        message = str(exc).replace(f"{source.describe()}: ", "", 1)
+        check.findings.append(Finding("error", str(exc.report.get("column", "")), message))
+        return check
+    check.rows = scan.rows
+    check.findings += scan.tracked()
+    _duplicates(ds, scan.keyed, scan.keyed_rows, check)
+    _identifier_share(check, scan.trackers, scan.kinds, max_invalid_fraction)
+    check.findings += _empty_columns(scan.nulls, scan.rows)
+    check.findings += _zone_findings(ds, scan.zones)
+    _locate(check, source)
+    check.findings.sort(key=lambda f: SEVERITY_ORDER[f.severity])  # stable: found order within
+    return check
+
+
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def _schema_findings(needed: list[str], declared: list[str], available: list[str]) -> list[Finding]:
+    """Columns an analysis needs but the file lacks (the node would refuse),
+    declared ones no analysis needs (never sent anyway), undeclared ones (never leave)."""
+    findings = []
     missing = [c for c in needed if c not in available]
     if missing:
-        check.findings.append(
-            Finding(
-                "error", ", ".join(missing), "column(s) missing: an allowed analysis needs them"
-            )
-        )
+        message = "column(s) missing: an allowed analysis needs them"
+        findings.append(Finding("error", ", ".join(missing), message))
     unused_missing = [c for c in declared if c not in needed and c not in available]
     if unused_missing:
-        check.findings.append(
-            Finding(
-                "warning",
-                ", ".join(unused_missing),
-                "declared in the definition but not in the "
-                "file; no analysis uses them, so nothing is lost (they would never be sent)",
-            )
+        message = (
+            "declared in the definition but not in the "
+            "file; no analysis uses them, so nothing is lost (they would never be sent)"
         )
+        findings.append(Finding("warning", ", ".join(unused_missing), message))
     extra = [c for c in available if c not in declared]
     if extra:
-        check.findings.append(
-            Finding(
-                "info", ", ".join(extra), "not declared: these columns never leave this machine"
-            )
-        )
-    present = [c for c in declared if c in available]
-    if missing:
-        return check
-    types = _column_types(ds)
-    kinds = {i.column: i.kind for i in ds.identifiers}
-    trackers: dict[tuple[str, str, str], _Tracker] = {}
-    nulls = dict.fromkeys(present, 0)
-    keyed: dict[str, list[np.ndarray]] = {c: [] for c in kinds if c in present}
-    keyed_rows: dict[str, list[np.ndarray]] = {c: [] for c in keyed}
-    rekeyer = Rekeyer(new_key())  # a throw-away key: only equality matters here
-    zone_counts = [0, 0, 0, 0]  # with offset, naive, ambiguous, nonexistent
+        message = "not declared: these columns never leave this machine"
+        findings.append(Finding("info", ", ".join(extra), message))
+    return findings
 
-    def track(column: str, severity: str, message: str) -> _Tracker:
-        return trackers.setdefault((column, severity, message), _Tracker())
 
-    offset = 0
-    try:
-        for raw in read_batches(source, present, batch_rows):
-            table = pa.Table.from_batches([raw]) if isinstance(raw, pa.RecordBatch) else raw
-            has_id = None
-            for col in present:
-                values = table[col].combine_chunks()
-                nulls[col] += _blank(values)
-                if col in kinds:
-                    valid = _identifier(
-                        values, kinds[col], ds, col, offset, track, keyed, keyed_rows, rekeyer
-                    )
-                    has_id = valid if has_id is None else pc.or_(has_id, valid)
-                    continue
-                zone = ds.timestamp_timezone if col == ds.timestamp_column else "UTC"
-                if col == ds.timestamp_column and pa.types.is_string(values.type):
-                    aware = (
-                        pc.sum(
-                            pc.fill_null(pc.match_substring_regex(values, coltypes._OFFSET), False)
-                        ).as_py()
-                        or 0
-                    )
-                    zone_counts[0] += aware
-                    zone_counts[1] += len(values) - values.null_count - aware
-                    ambiguous, gap = coltypes.count_local_time_gaps(values, zone)
-                    zone_counts[2] += ambiguous
-                    zone_counts[3] += gap
-                try:
-                    coltypes.convert(values, types[col], zone)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                    bad = coltypes.bad_rows(values, types[col], zone)
-                    mask = np.zeros(len(values), dtype=bool)
-                    mask[bad] = True
-                    track(
-                        col,
-                        "error",
-                        f"value(s) cannot be read as "
-                        f"{coltypes.type_name(types[col])}; "
-                        f"accepted: {coltypes.accepted_text(types[col], zone)}",
-                    ).add(pa.array(mask), values, offset)
-            if has_id is not None:
-                track(
-                    "", "warning", "rows without any usable identifier (dropped, never sent)"
-                ).add(pc.invert(has_id), None, offset)
-                _values(ds, table, types, has_id, offset, track)
-            offset += table.num_rows
-    except IngestError as exc:
-        check.findings.append(
-            Finding(
+class _Scan:
+    """What one pass over a dataset's batches gathers: findings by kind, blanks
+    per column, the re-keyed identifiers (for duplicates) and the time zones seen."""
+
+    def __init__(self, ds: Dataset, present: list[str]) -> None:
+        self.ds = ds
+        self.present = present
+        self.types = _column_types(ds)
+        self.kinds = {i.column: i.kind for i in ds.identifiers}
+        self.trackers: dict[tuple[str, str, str], _Tracker] = {}
+        self.nulls = dict.fromkeys(present, 0)
+        self.keyed: dict[str, list[np.ndarray]] = {c: [] for c in self.kinds if c in present}
+        self.keyed_rows: dict[str, list[np.ndarray]] = {c: [] for c in self.keyed}
+        self.rekeyer = Rekeyer(new_key())  # a throw-away key: only equality matters here
+        self.zones = [0, 0, 0, 0]  # timestamps with offset, naive, ambiguous, nonexistent
+        self.rows = 0  # read so far: the next batch's first data row
+
+    def track(self, column: str, severity: str, message: str) -> _Tracker:
+        return self.trackers.setdefault((column, severity, message), _Tracker())
+
+    def add(self, table: pa.Table) -> None:
+        """One batch: identifiers, then every other column's type, then the
+        declared values of the rows that have an identifier."""
+        has_id = None
+        for col in self.present:
+            values = table[col].combine_chunks()
+            self.nulls[col] += _blank(values)
+            if col in self.kinds:
+                valid = _identifier(
+                    values,
+                    self.kinds[col],
+                    self.ds,
+                    col,
+                    self.rows,
+                    self.track,
+                    self.keyed,
+                    self.keyed_rows,
+                    self.rekeyer,
+                )
+                has_id = valid if has_id is None else pc.or_(has_id, valid)
+            else:
+                self._typed(col, values)
+        if has_id is not None:
+            self.track(
+                "", "warning", "rows without any usable identifier (dropped, never sent)"
+            ).add(pc.invert(has_id), None, self.rows)
+            _values(self.ds, table, self.types, has_id, self.rows, self.track)
+        self.rows += table.num_rows
+
+    def _typed(self, col: str, values: pa.Array) -> None:
+        """Values of ``col`` that cannot be read as its declared type (and, for
+        the event time, how its zones read)."""
+        ds = self.ds
+        zone = ds.timestamp_timezone if col == ds.timestamp_column else "UTC"
+        if col == ds.timestamp_column and pa.types.is_string(values.type):
+            _count_zones(values, zone, self.zones)
+        try:
+            coltypes.convert(values, self.types[col], zone)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            bad = coltypes.bad_rows(values, self.types[col], zone)
+            mask = np.zeros(len(values), dtype=bool)
+            mask[bad] = True
+            self.track(
+                col,
                 "error",
-                str(exc.report.get("column", "")),
-                str(exc).replace(f"{source.describe()}: ", "", 1),
-            )
-        )
-        return check
-    check.rows = offset
-    for (column, severity, message), tracker in trackers.items():
-        if tracker.count:
-            check.findings.append(
-                Finding(severity, column, message, tracker.count, tracker.rows, tracker.examples)
-            )
-    _duplicates(ds, keyed, keyed_rows, check)
-    _identifier_share(check, trackers, kinds, max_invalid_fraction)
-    for col, n in nulls.items():
-        if offset and n == offset:
-            check.findings.append(Finding("warning", col, "empty in every row", n))
-    if ds.timestamp_column and (zone_counts[0] or zone_counts[1]):
-        check.findings.append(
+                f"value(s) cannot be read as "
+                f"{coltypes.type_name(self.types[col])}; "
+                f"accepted: {coltypes.accepted_text(self.types[col], zone)}",
+            ).add(pa.array(mask), values, self.rows)
+
+    def tracked(self) -> list[Finding]:
+        """A finding for each kind of problem seen at least once, in order seen."""
+        return [
+            Finding(severity, column, message, tracker.count, tracker.rows, tracker.examples)
+            for (column, severity, message), tracker in self.trackers.items()
+            if tracker.count
+        ]
+
+
+def _count_zones(values: pa.Array, zone: str, zones: list[int]) -> None:
+    """Add to ``zones`` the timestamp texts of ``values`` that carry an offset,
+    those that do not, and local times that are ambiguous or fall in a gap in ``zone``."""
+    aware = (
+        pc.sum(pc.fill_null(pc.match_substring_regex(values, coltypes._OFFSET), False)).as_py() or 0
+    )
+    zones[0] += aware
+    zones[1] += len(values) - values.null_count - aware
+    ambiguous, gap = coltypes.count_local_time_gaps(values, zone)
+    zones[2] += ambiguous
+    zones[3] += gap
+
+
+def _empty_columns(nulls: dict[str, int], rows: int) -> list[Finding]:
+    return [
+        Finding("warning", col, "empty in every row", n)
+        for col, n in nulls.items()
+        if rows and n == rows
+    ]
+
+
+def _zone_findings(ds: Dataset, zones: list[int]) -> list[Finding]:
+    """How zone-less timestamps were read, and local times that are not one instant."""
+    with_zone, naive, ambiguous, gap = zones
+    findings = []
+    if ds.timestamp_column and (with_zone or naive):
+        findings.append(
             Finding(
                 "info",
                 ds.timestamp_column,
-                f"{zone_counts[1]:,} timestamp(s) without a zone, read in {ds.timestamp_timezone} "
+                f"{naive:,} timestamp(s) without a zone, read in {ds.timestamp_timezone} "
                 "(the definition's timestamp_timezone); "
-                f"{zone_counts[0]:,} with a zone or offset, kept as written",
+                f"{with_zone:,} with a zone or offset, kept as written",
             )
         )
-    if zone_counts[2] or zone_counts[3]:
-        check.findings.append(
+    if ambiguous or gap:
+        findings.append(
             Finding(
                 "warning",
                 ds.timestamp_column or "",
-                f"{zone_counts[2]:,} local time(s) occur twice in {ds.timestamp_timezone} (clocks "
-                f"going back; read as the first) and {zone_counts[3]:,} do not exist (clocks going "
+                f"{ambiguous:,} local time(s) occur twice in {ds.timestamp_timezone} (clocks "
+                f"going back; read as the first) and {gap:,} do not exist (clocks going "
                 "forward; moved past the gap): write an offset to be exact",
-                zone_counts[2] + zone_counts[3],
+                ambiguous + gap,
             )
         )
-    _locate(check, source)
-    order = {"error": 0, "warning": 1, "info": 2}
-    check.findings.sort(key=lambda f: order[f.severity])
-    return check
+    return findings
 
 
 def _columns_of(source: Source, check: DatasetCheck) -> list[str] | None:
