@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sgxcloud.cas.service.metrics import CasMetrics
-from sgxcloud.cleanroom.metrics import CoordinatorMetrics
+from sgxcloud.cleanroom.coordinator.metrics import CoordinatorMetrics
 from sgxcloud.nova.checks import exporter
 from sgxcloud.nova.checks.model import Status
 from tests.metrics.promtool import names, run

@@ -602,7 +602,7 @@ def coordinator(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from sgxcloud.cleanroom.coordinator import Coordinator, CoordinatorConfig, serve
-    from sgxcloud.cleanroom.metrics import check_metrics_address
+    from sgxcloud.cleanroom.coordinator.metrics import check_metrics_address
     from sgxcloud.cleanroom.workdir import private_umask
 
     metrics_at = _hostport(metrics_listen) if metrics_listen else None

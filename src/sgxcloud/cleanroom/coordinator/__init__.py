@@ -9,6 +9,8 @@ be tested alone:
 - :mod:`.schemas`: the API's wire shapes (its error answer);
 - :mod:`.app`: :func:`create_app` (FastAPI: decode, call, encode; one table
   maps errors to statuses);
+- :mod:`.metrics`: Prometheus metrics, by wrapping :class:`Coordinator`
+  (:class:`~.metrics.MeasuredCoordinator`), on a loopback listener of their own;
 - :mod:`.server`: :func:`serve`, the composition root (HTTPS, limits, metrics).
 
 The names below were all importable from ``sgxcloud.cleanroom.coordinator``

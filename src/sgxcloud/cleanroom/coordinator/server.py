@@ -26,13 +26,17 @@ def serve(
     """Serve the API over HTTPS with the coordinator's attested TLS key (blocks).
 
     With ``metrics_listen`` (a loopback address), ``GET /metrics`` is served
-    there over plain HTTP; never on the API's port (see cleanroom/metrics.py).
+    there over plain HTTP; never on the API's port (see .metrics).
     ``on_ready(api_port, metrics_port_or_None)`` is called once both listen.
     """
     # Here, not above: uvicorn and prometheus_client load in a serving process only.
     import uvicorn
 
-    from sgxcloud.cleanroom.metrics import CoordinatorMetrics, measured_app, serve_metrics
+    from sgxcloud.cleanroom.coordinator.metrics import (
+        CoordinatorMetrics,
+        measured_app,
+        serve_metrics,
+    )
 
     limits = limits or RequestLimits()
     metrics = CoordinatorMetrics()
