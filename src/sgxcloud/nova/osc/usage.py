@@ -77,6 +77,17 @@ def row(usage: epc_usage.ProjectEpcUsage) -> tuple[Any, ...]:
     )
 
 
+def _project_id(conn: Any, parsed_args: argparse.Namespace) -> str | None:
+    """The ID of the project ``--project`` names (a name or an ID, in
+    ``--project-domain``), as ``openstack usage show`` finds it; None without it."""
+    if not parsed_args.project:
+        return None
+    identity = sdk_utils.ensure_service_version(conn.identity, "3")
+    return identity_common.find_project_id_sdk(
+        identity, parsed_args.project, parsed_args.project_domain
+    )
+
+
 def _add_window_and_chart(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start",
@@ -114,12 +125,8 @@ class ShowSGXUsage(command.ShowOne):
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[tuple[str, ...], Any]:
         conn = self.app.client_manager.sgx
         start, end = window(parsed_args)
-        if parsed_args.project:
-            identity = sdk_utils.ensure_service_version(conn.identity, "3")
-            project = identity_common.find_project_id_sdk(
-                identity, parsed_args.project, parsed_args.project_domain
-            )
-        else:
+        project = _project_id(conn, parsed_args)
+        if project is None:
             project = self.app.client_manager.auth_ref.project_id
         result = epc_usage.project_usage(conn, project, start, end)
         if parsed_args.chart:
@@ -211,11 +218,8 @@ class ExportSGXUsage(command.Lister):
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
         conn = self.app.client_manager.sgx
         start, end = window(parsed_args)
-        if parsed_args.project:
-            identity = sdk_utils.ensure_service_version(conn.identity, "3")
-            project = identity_common.find_project_id_sdk(
-                identity, parsed_args.project, parsed_args.project_domain
-            )
+        project = _project_id(conn, parsed_args)
+        if project is not None:
             results = [epc_usage.project_usage(conn, project, start, end)]
         else:
             results = epc_usage.usages(conn, start, end)
