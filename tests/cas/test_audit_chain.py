@@ -317,7 +317,7 @@ def test_a_callers_older_entries_are_rechecked_with_their_successors_links(
 
     def recheck(principal: str, before: int, **options: object) -> list[tuple[int, str]]:
         sweep = options.pop("sweep", audit.Sweep(0, 0))
-        problems, _ = audit.recheck_entries_of(
+        problems, _, _ = audit.recheck_entries_of(
             chain,
             principal,
             before=before,
@@ -435,14 +435,33 @@ def test_a_sweep_rechecks_every_older_entry_of_a_principal_round_after_round(
         _tamper(
             database, update(AuditEntryRow).where(AuditEntryRow.seq == 6).values(outcome="accepted")
         )
-        sweep, found = audit.Sweep(0, 0), []
+        sweep, found, rounds = audit.Sweep(0, 0), [], []
         for _ in range(6):
-            problems, sweep = audit.recheck_entries_of(
+            problems, sweep, progress = audit.recheck_entries_of(
                 database, "alice", before=13, sweep=sweep, limit=3
             )
             found.append([(p.seq, p.kind) for p in problems])
+            rounds.append((progress.round, progress.complete, progress.left))
         # the latest 3 (10..12) each time; the sweep 1..3, 4..6, 7..9, 10..12, then over
         assert found == [[], [(6, audit.CONTENT_CHANGED)], [], [], [], [(6, audit.CONTENT_CHANGED)]]
         assert sweep == audit.Sweep(1, 6)
+        # each call says how far its round is: the 4th completes it (nothing of alice's
+        # left before the checkpoint; the 13th entry is another's)
+        assert rounds == [
+            (0, False, 9),
+            (0, False, 6),
+            (0, False, 3),
+            (0, True, 0),
+            (1, False, 9),
+            (1, False, 6),
+        ]
+        # entries the caller's walk checked past ``before`` join the round's count
+        _append(database, 2, subject="shop/web")  # 14, 15
+        _, _, progress = audit.recheck_entries_of(
+            database, "alice", before=13, sweep=audit.Sweep(2, 0), limit=3, walked_to=15
+        )
+        assert progress == audit.Progress(2, False, 11)
+        with database.transaction() as repo:  # counted up to a cap
+            assert repo.count_audit_entries_for("alice", after=0, before=99, cap=5) == 5
     finally:
         database.close()

@@ -366,7 +366,13 @@ def test_audit_endpoints(api: Api, owner) -> None:  # type: ignore[no-untyped-de
         ("policy.apply", "shop", "applied")
     ]
     report = api.signed("GET", "/v1/audit/verify", owner).json()
-    assert report == {"ok": True, "problems": []}
+    assert report == {
+        "ok": True,
+        "problems": [],
+        "round": 0,
+        "round_complete": True,  # the walk checked the owner's one entry
+        "round_left": 0,
+    }
     assert api.client.get("/v1/audit/verify").status_code == 401
     # Red-team a08: a key anyone can make does not buy a walk of the whole chain.
     stranger = api.signed("GET", "/v1/audit/verify", pg.owner_key())
@@ -461,7 +467,10 @@ def test_audit_verify_costs_what_was_appended_and_tells_no_position(
     hashed.clear()
     third = api.signed("GET", "/v1/audit/verify", stranger)
     assert hashed == [7, 8, 9, 10, 1, 2]
-    assert first.json() == second.json() == third.json() == {"ok": True, "problems": []}
+    for answer in (first.json(), second.json(), third.json()):
+        # no position or count of the chain: only the caller's own round (its entries)
+        assert set(answer) == {"ok", "problems", "round", "round_complete", "round_left"}
+        assert (answer["ok"], answer["problems"], answer["round_left"]) == (True, [], 0)
 
 
 def test_audit_verify_reports_a_break_found_once_until_restart(api: Api, owner) -> None:
@@ -474,7 +483,7 @@ def test_audit_verify_reports_a_break_found_once_until_restart(api: Api, owner) 
     with api.service.database.engine.begin() as connection:
         connection.execute(update(AuditEntryRow).where(AuditEntryRow.seq == 2).values(actor="x"))
     broken = {"ok": False, "problems": [{"problem": audit.CONTENT_CHANGED}]}
-    assert api.signed("GET", "/v1/audit/verify", owner).json() == broken
+    assert api.signed("GET", "/v1/audit/verify", owner).json().items() >= broken.items()
     _attest_garbage(api, "shop")  # walked past; still reported
     again = api.signed("GET", "/v1/audit/verify", owner).json()
     assert not again["ok"] and broken["problems"][0] in again["problems"]
@@ -568,7 +577,7 @@ def test_audit_verify_finds_an_edit_of_the_callers_entry_older_than_the_checkpoi
     # Another tenant's answer stays about the part it may check (and tells nothing else).
     assert api.signed("GET", "/v1/audit/verify", stranger).json()["ok"]
     broken = api.signed("GET", "/v1/audit/verify", owner).json()
-    assert broken == {"ok": False, "problems": [{"problem": audit.CONTENT_CHANGED}]}
+    assert (broken["ok"], broken["problems"]) == (False, [{"problem": audit.CONTENT_CHANGED}])
 
 
 def test_audit_verify_finds_a_rehashed_entry_of_the_caller_by_its_successors_link(
@@ -601,7 +610,7 @@ def test_audit_verify_finds_a_rehashed_entry_of_the_caller_by_its_successors_lin
             update(AuditEntryRow).where(AuditEntryRow.seq == 2).values(entry_hash=digest, **forged)
         )
     broken = api.signed("GET", "/v1/audit/verify", owner).json()
-    assert broken == {"ok": False, "problems": [{"problem": audit.LINK_BROKEN}]}
+    assert (broken["ok"], broken["problems"]) == (False, [{"problem": audit.LINK_BROKEN}])
 
 
 def real_actor(api: Api) -> str:
@@ -983,7 +992,7 @@ def test_a_window_flood_cannot_push_an_owners_edited_entry_out_of_verify(
             update(AuditEntryRow).where(AuditEntryRow.seq == 1).values(outcome="deleted")
         )
     broken = api.signed("GET", "/v1/audit/verify", owner).json()
-    assert broken == {"ok": False, "problems": [{"problem": audit.CONTENT_CHANGED}]}
+    assert (broken["ok"], broken["problems"]) == (False, [{"problem": audit.CONTENT_CHANGED}])
 
 
 def test_an_owners_verify_sweeps_every_older_entry_in_bounded_calls(
@@ -997,7 +1006,7 @@ def test_an_owners_verify_sweeps_every_older_entry_in_bounded_calls(
     from sgxcloud.cas.store.models import AuditEntryRow, AuditSweepRow
 
     monkeypatch.setattr(audit, "OWNED_CHECKED", 4)
-    monkeypatch.setattr(audit.recheck_entries_of, "__kwdefaults__", {"limit": 4})
+    monkeypatch.setattr(audit.recheck_entries_of, "__kwdefaults__", {"limit": 4, "walked_to": None})
     assert api.apply(owner, pg.policy_text(owner)).status_code == 200
     for _ in range(20):
         _attest_garbage(api, "shop")  # entries 2..21
@@ -1020,6 +1029,46 @@ def test_an_owners_verify_sweeps_every_older_entry_in_bounded_calls(
         row = connection.execute(AuditSweepRow.__table__.select()).one()
     assert row.principal == who
     assert api.service._checkpoint_tags.check(row.seq, f"sweep:{row.round}:{who}", row.tag)
+
+
+def test_an_owners_verify_says_which_round_and_when_it_completes(
+    api: Api, owner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big owner needed ⌈entries / 1000⌉ verify calls for a round and no answer said when
+    one was complete.  Each answer now says the caller's round, whether this call completed
+    it and how many of the caller's entries it has left (its own: a stranger's entries
+    count in no one else's answer)."""
+    monkeypatch.setattr(audit.recheck_entries_of, "__kwdefaults__", {"limit": 4, "walked_to": None})
+    stranger = pg.owner_key()
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200  # entry 1
+    assert api.apply(stranger, pg.policy_text(stranger, name="else")).status_code == 200
+    for i in range(10):
+        _attest_garbage(api, "shop")  # the owner's 10, interleaved with the stranger's 6
+        if i < 6:
+            _attest_garbage(api, "else")
+    first = api.signed("GET", "/v1/audit/verify", owner).json()
+    # the walk checked everything up to the head; the sweep had nothing older yet
+    assert first == {
+        "ok": True,
+        "problems": [],
+        "round": 0,
+        "round_complete": True,
+        "round_left": 0,
+    }
+    answers = [api.signed("GET", "/v1/audit/verify", owner).json() for _ in range(4)]
+    # round 1 sweeps the owner's 11 entries before the checkpoint, 4 per call: 7, 3 left, done
+    assert [(a["round"], a["round_complete"], a["round_left"]) for a in answers] == [
+        (1, False, 7),
+        (1, False, 3),
+        (1, True, 0),
+        (2, False, 7),
+    ]
+    # the stranger's round counts its own 7 entries only (already walked: the sweep's turn)
+    theirs = [api.signed("GET", "/v1/audit/verify", stranger).json() for _ in range(2)]
+    assert [(a["round"], a["round_complete"], a["round_left"]) for a in theirs] == [
+        (0, False, 3),
+        (0, True, 0),
+    ]
 
 
 def test_a_reader_gets_a_policy_in_their_audit_view_only_with_their_consent(

@@ -662,3 +662,49 @@ def test_serve_refuses_settings_others_can_change(home: Path, capsys) -> None:  
         assert err.startswith("error:") and err.count("\n") == 1
         assert "writable by group or others" in err and f"chmod go-w {target}" in err
         target.chmod(0o755 if target.is_dir() else 0o600)
+
+
+def test_owner_audit_verify_runs_a_whole_round_in_one_command(
+    running, home: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A big owner needed ⌈entries / 1000⌉ verify calls for a round of re-checks, by hand,
+    and no answer said when a round was complete.  ``audit verify --url`` makes the calls
+    until the round is complete (``--once``: one, saying how much is left), so an edit
+    of any of the owner's older entries is found by one command."""
+    from sgxcloud.cas import audit
+
+    monkeypatch.setattr(audit.recheck_entries_of, "__kwdefaults__", {"limit": 4, "walked_to": None})
+    base, owner = running
+    policy_file = tmp_path / "p.yaml"
+    policy_file.write_text(pg.policy_text(owner))
+    assert cli([*base, "apply", str(policy_file)]) == 0
+    capsys.readouterr()
+    url, ca = base[2], base[4]
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca)) as http:
+        for _ in range(13):  # entries 2..14: keyless garbage naming the owner's policy
+            body = {"policy": "shop", "service": "web", "nonce": "00", "public_key": "x"}
+            assert (
+                http.post(url + "/v1/attest", json={**body, "evidence": "AA=="}).status_code == 400
+            )
+    owner_args = ["audit", "verify", "--url", url, *base[3:]]
+    assert cli([*owner_args, "--json"]) == 0  # the first call walks all 14
+    first = json.loads(capsys.readouterr().out)
+    assert (first["round_complete"], first["calls"]) == (True, 1)
+    assert cli([*owner_args, "--once", "--wide"]) == 0
+    out = capsys.readouterr().out
+    assert "audit chain intact" in out
+    assert "round 1: 10 of your entries left to re-check (~1 more call(s))" in out
+    assert cli([*owner_args, "--json"]) == 0  # the rest of that round: 3 more calls (4 each)
+    rest = json.loads(capsys.readouterr().out)
+    assert (rest["ok"], rest["round_complete"], rest["calls"]) == (True, True, 3)
+    database = Database.open(f"sqlite:///{home / 'data' / 'cas.db'}", migrate=False)
+    with database.engine.begin() as connection:  # an insider edits an older entry
+        connection.execute(
+            update(AuditEntryRow).where(AuditEntryRow.seq == 7).values(outcome="accepted")
+        )
+    database.close()
+    assert cli(owner_args) == 1  # one command: the round's second call finds it
+    captured = capsys.readouterr()
+    assert "BROKEN" in captured.out and audit.CONTENT_CHANGED in captured.out
+    assert cli(["audit", "verify", "--url", url, "--database-url", "sqlite:///x.db"]) == 2
+    assert cli(["audit", "verify", *["--config", str(home / "cas.yaml")], "--once"]) == 2

@@ -264,6 +264,28 @@ OWNED_CHECKED = 1000
 more continuing the caller's sweep (see :func:`recheck_entries_of`)."""
 
 
+ROUND_LEFT_COUNTED = 100_000
+"""How far the entries a round still has to re-check are counted: at this value the
+count means "at least" (the count is an index walk over the caller's entries; bounded so
+a big owner's call stays bounded)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a principal's re-check round stands after one call of :func:`recheck_entries_of`.
+
+    ``complete``: this call reached the principal's last entry before the checkpoint, so
+    every one of its entries was re-checked in round ``round`` (older ones by the sweep,
+    newer ones by the walk from the checkpoint); the next call starts round ``round + 1``.
+    ``left``: the principal's entries the round still has to re-check (up to
+    :data:`ROUND_LEFT_COUNTED`; 0 when complete).
+    """
+
+    round: int
+    complete: bool
+    left: int
+
+
 @dataclass(frozen=True)
 class Sweep:
     """Where a principal's re-check of its older entries goes on from: after ``seq``, in
@@ -283,8 +305,15 @@ def recheck_entries_of(
     before: int,
     sweep: Sweep,
     limit: int = OWNED_CHECKED,
-) -> tuple[list[ChainProblem], Sweep]:
-    """Re-check ``principal``'s entries older than ``before``; where the sweep goes on from.
+    walked_to: int | None = None,
+) -> tuple[list[ChainProblem], Sweep, Progress]:
+    """Re-check ``principal``'s entries older than ``before``; where the sweep goes on from,
+    and how far its round is (:class:`Progress`).
+
+    ``walked_to``: the last position the caller's walk checked (entries up to it are
+    swept by the round's later calls, whose ``before`` will have moved there); the round
+    is complete when no entry of the principal is left between the sweep's new position
+    and it.
 
     The entries are those about the policies in the principal's audit view
     (``policy_access``).  Two sets, each at most ``limit``: the latest before
@@ -305,8 +334,8 @@ def recheck_entries_of(
     verify``) checks.  The cost follows the caller's entries (indexed
     reads), never the whole chain.
     """
-    if before <= 1:
-        return [], sweep
+    if before <= 1:  # nothing older than the checkpoint: the walk checked it all
+        return [], Sweep(sweep.round + 1, 0), Progress(sweep.round, True, 0)
     latest, swept = database.run(
         lambda repo: (
             repo.audit_entries_for(principal, before=before, limit=limit, latest=True),
@@ -318,12 +347,20 @@ def recheck_entries_of(
         swept = database.run(
             lambda repo: repo.audit_entries_for(principal, before=before, limit=limit)
         )
+    left = 0
     if len(swept) == limit:
         following = Sweep(sweep.round, swept[-1].seq)
-    else:  # the round reached the caller's last entry before ``before``
+        end = before if walked_to is None else max(before, walked_to + 1)
+        left = database.run(
+            lambda repo: repo.count_audit_entries_for(
+                principal, after=following.seq, before=end, cap=ROUND_LEFT_COUNTED
+            )
+        )
+    if left == 0:  # the round reached the caller's last entry (the walk checked the rest)
         following = Sweep(sweep.round + 1, 0)
     rows = {row.seq: row for row in (*latest, *swept)}
-    return _recheck(database, sorted(rows.values(), key=lambda row: row.seq)), following
+    problems = _recheck(database, sorted(rows.values(), key=lambda row: row.seq))
+    return problems, following, Progress(sweep.round, left == 0, left)
 
 
 def _recheck(database: Database, owned: list[AuditEntryRow]) -> list[ChainProblem]:

@@ -5,7 +5,9 @@ database without migrating it.  Policy owners read the entries about their
 policies over the API instead (``show --url URL --key KEY``): that is where an
 enclave's rejection reasons are, since the enclave is told only the entry's
 ref (an opaque name: positions in the chain, which every tenant shares, are
-the operator's).  Exit status of ``verify``: 0 intact, 1 broken; of ``show``:
+the operator's), and verify it (``verify --url URL --key KEY``: a whole round of
+re-checks of their entries, one API call per 1000).  Exit status of ``verify``:
+0 intact, 1 broken; of ``show``:
 0 listed, 1 the asked entry (``--seq``, ``--ref``) is not visible; 2 usage or input error.
 """
 
@@ -69,18 +71,81 @@ def audit() -> None:
     """Inspect and verify the CAS audit log (a hash chain of every decision)."""
 
 
+_url = click.option(
+    "--url",
+    metavar="URL",
+    envvar="SGXCLOUD_CAS_URL",
+    help="Over the CAS API as a policy owner or consenting reader (signed with --key) instead "
+    "of the database (env SGXCLOUD_CAS_URL; an explicit --config or --database-url wins over "
+    "the environment).",
+)
+
+
+def _owner_mode(ctx: click.Context, url: str | None, local: bool) -> str | None:
+    """The URL to use over the API, or None to read the database."""
+    if url is not None and local and ctx.get_parameter_source("url") is ParameterSource.ENVIRONMENT:
+        return None  # the operator named a database on the command line: read it
+    if url is not None and local:
+        raise click.UsageError("give --url (owner, over the API) or a database, not both")
+    return url
+
+
 @audit.command(name="verify")
 @_config
 @_database
+@_url
+@owner_credentials("With --url: ")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="With --url: one verify call (up to 1000 of your older entries) instead of a whole "
+    "round; says how many entries the round has left.",
+)
 @_json
 @_wide
-def verify(config_path: Path | None, database_url: str | None, as_json: bool, wide: bool) -> int:
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    config_path: Path | None,
+    database_url: str | None,
+    url: str | None,
+    key_file: Path | None,
+    cert_file: Path | None,
+    deployment: str | None,
+    ca_file: Path | None,
+    once: bool,
+    as_json: bool,
+    wide: bool,
+) -> int:
     """Check that no audit entry was edited, deleted or reordered.
 
-    Recomputes every entry's hash and link and compares the last entry with
-    the chain head.  Prints the head hash: keep a copy elsewhere to detect
-    later rewrites of the whole chain.  Exit 0 intact, 1 broken.
+    From the database (operators: --config or --database-url): recomputes
+    every entry's hash and link and compares the last entry with the chain
+    head.  Prints the head hash: keep a copy elsewhere to detect later
+    rewrites of the whole chain.
+
+    Over the API (owners and consenting readers: --url and --key): checks the
+    chain appended since the CAS last verified it and re-checks every entry
+    about your policies once per round.  A round takes one call per 1000 of
+    your entries; this command makes the calls until the round is complete
+    (progress on stderr), or one call with --once.
+
+    Exit 0 intact (over the API: as far as checked), 1 broken.
     """
+    url = _owner_mode(ctx, url, config_path is not None or database_url is not None)
+    if (
+        url is not None
+        and key_file is None
+        and ctx.get_parameter_source("url") is (ParameterSource.ENVIRONMENT)
+    ):
+        url = None  # an operator's scheduled walk in an owner's environment: the database
+    if url is not None:
+        owner = Connection(url, ca_file, key_file, cert_file, as_json, deployment=deployment)
+        with owner.client() as client:
+            answer = _verify_round(client, once=once, as_json=as_json)
+        return _print_round(answer, as_json, wide)
+    if once:
+        raise click.UsageError("--once is for --url (a database is walked whole)")
     database = _open(config_path, database_url)
     try:
         report = audit_log.verify_chain(database)
@@ -107,13 +172,7 @@ def verify(config_path: Path | None, database_url: str | None, as_json: bool, wi
 @audit.command(name="show")
 @_config
 @_database
-@click.option(
-    "--url",
-    metavar="URL",
-    envvar="SGXCLOUD_CAS_URL",
-    help="Read over the CAS API as a policy owner (signed with --key) instead of the database "
-    "(env SGXCLOUD_CAS_URL; an explicit --config or --database-url wins over the environment).",
-)
+@_url
 @owner_credentials("With --url: ")
 @click.option(
     "--after", type=click.IntRange(min=0), default=0, help="Start after this seq (database)."
@@ -164,12 +223,8 @@ def show(
     """
     if seq is not None and ref is not None:
         raise click.UsageError("give --seq or --ref, not both")
-    local = config_path is not None or database_url is not None
-    if url is not None and local and ctx.get_parameter_source("url") is ParameterSource.ENVIRONMENT:
-        url = None  # the operator named a database on the command line: read it
+    url = _owner_mode(ctx, url, config_path is not None or database_url is not None)
     if url is not None:
-        if local:
-            raise click.UsageError("give --url (owner, over the API) or a database, not both")
         if seq is not None or after:
             raise click.UsageError(
                 "over the API entries are named by ref, not position: use --ref / --after-ref"
@@ -196,6 +251,73 @@ def show(
     if seq is not None:
         listed = [e for e in listed if e["seq"] == seq]
     return _print(listed, "seq", ref or (f"#{seq}" if seq is not None else None), as_json, wide)
+
+
+def _verify_round(client: object, *, once: bool, as_json: bool) -> dict:
+    """Verify calls over the API until the caller's round is complete (one with ``once``)."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from sgxcloud.cas.client.owner import verify_audit_round
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=console(stderr=True),
+        transient=True,
+        disable=as_json,
+    ) as bar:
+        task = bar.add_task("re-checking your audit entries", total=None, note="")
+        start: dict[str, int] = {}
+
+        def progress(answer: dict, calls: int) -> None:
+            left = int(answer.get("round_left", 0))
+            total = start.setdefault("total", left + 1000 * calls)
+            bar.update(
+                task,
+                description=f"round {answer.get('round', '?')}, call {calls}",
+                total=max(total, left),
+                completed=max(total, left) - left,
+                note=f"{left:,} of your entries left",
+            )
+
+        return verify_audit_round(
+            client,  # type: ignore[arg-type]
+            max_calls=1 if once else 100_000,
+            progress=progress,
+        )
+
+
+def _print_round(answer: dict, as_json: bool, wide: bool) -> int:
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return 0 if answer["ok"] else 1
+    calls = answer.get("calls", 1)
+    if not answer["ok"]:
+        kinds = ", ".join(p["problem"] for p in answer["problems"])
+        console(wide).print(
+            Panel.fit(
+                f"{kinds}\n(the operator sees where with 'sgxcloud audit verify' on the database)",
+                title="audit chain BROKEN",
+                style="bold red",
+            )
+        )
+        return 1
+    if "round_complete" not in answer:  # a CAS of an earlier release
+        text = "what this call checked is intact (this CAS does not report rounds)"
+    elif answer["round_complete"]:
+        text = (
+            f"round {answer['round']} complete in {calls} call(s): every entry about your "
+            "policies re-checked, and the chain since the CAS last verified it"
+        )
+    else:
+        text = (
+            f"round {answer['round']}: {answer['round_left']:,} of your entries left to re-check "
+            f"(~{-(-answer['round_left'] // 1000)} more call(s)); run without --once for a "
+            "whole round"
+        )
+    console(wide).print(Panel.fit(text, title="audit chain intact", style="green"))
+    return 0
 
 
 def _print(listed: list[dict], name: str, asked: str | None, as_json: bool, wide: bool) -> int:

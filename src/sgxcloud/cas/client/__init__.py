@@ -39,7 +39,7 @@ from sgxcloud.cas.client.errors import (
 from sgxcloud.cas.client.launcher import LAUNCH_ENV, install, launch, main, run_argv
 
 if TYPE_CHECKING:
-    from sgxcloud.cas.client.owner import OwnerClient, consent
+    from sgxcloud.cas.client.owner import OwnerClient, consent, verify_audit_round
 
 __all__ = [
     "ATTESTATION_DIR",
@@ -63,13 +63,14 @@ __all__ = [
     "main",
     "pinned_tls",
     "run_argv",
+    "verify_audit_round",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # The owners' client (httpx) loads on first use: the launcher, inside an
     # enclave, never imports httpx and its dependencies.
-    if name in ("OwnerClient", "consent"):
+    if name in ("OwnerClient", "consent", "verify_audit_round"):
         from sgxcloud.cas.client import owner
 
         return getattr(owner, name)

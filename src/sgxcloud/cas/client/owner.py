@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import httpx
 from cryptography import x509
 
 from sgxcloud.cas.client.enclave import pinned_tls
-from sgxcloud.cas.client.errors import ClientError, PolicyNotFound
+from sgxcloud.cas.client.errors import ClientError, PolicyNotFound, ServiceUnavailable
 from sgxcloud.cas.errors import AccessDenied, ConflictError, PolicyError, PolicyProblem
 
 
@@ -148,11 +148,51 @@ class OwnerClient:
         answer: list[dict[str, Any]] = _owner_answer(self._request("GET", f"/v1/audit?{query}"))
         return answer
 
+    def verify_audit(self) -> dict[str, Any]:
+        """One ``GET /v1/audit/verify``: ``ok``, ``problems``, and the caller's round
+        (``round``, ``round_complete``, ``round_left``; see :func:`verify_audit_round`)."""
+        answer: dict[str, Any] = _owner_answer(self._request("GET", "/v1/audit/verify"))
+        return answer
+
     def audit_entry(self, ref: str) -> dict[str, Any] | None:
         """Audit entry ``ref`` (e.g. a rejection's), or None if it is not about our policies."""
         query = urllib.parse.urlencode({"ref": ref})
         found = _owner_answer(self._request("GET", f"/v1/audit?{query}"))
         return found[0] if found else None
+
+
+def verify_audit_round(
+    client: OwnerClient,
+    *,
+    max_calls: int = 100_000,
+    busy_wait: float = 1.0,
+    progress: Callable[[dict[str, Any], int], None] | None = None,
+) -> dict[str, Any]:
+    """Verify calls until one completes the caller's round (or a call finds a break).
+
+    Returns the last answer with ``calls`` (how many were made).  A round re-checks
+    every entry about the caller's policies once, up to 1000 per call, so it takes
+    about ``round_left / 1000`` calls after the first.  A call that finds the round
+    already complete in the middle of an earlier one (another client of the same key
+    finished it) ends the loop too.  ``progress(answer, calls)`` after each call.  A
+    CAS busy verifying for another caller (503) is asked again after ``busy_wait``
+    seconds.  A CAS of an earlier release (no ``round_complete``) answers once.
+    """
+    calls = 0
+    while True:
+        try:
+            answer = client.verify_audit()
+        except ServiceUnavailable:
+            if calls >= max_calls:
+                raise
+            time.sleep(busy_wait)
+            continue
+        calls += 1
+        if progress is not None:
+            progress(answer, calls)
+        done = answer.get("round_complete", True) or not answer.get("ok", True)
+        if done or calls >= max_calls:
+            return {**answer, "calls": calls}
 
 
 DEFAULT_CONSENT_SECONDS = 86400
@@ -225,4 +265,6 @@ def _owner_answer(response: httpx.Response) -> Any:
         raise PolicyNotFound(message)
     if response.status_code == 409:
         raise ConflictError(message)
+    if response.status_code == 503:  # e.g. verifying the chain for another caller: retry
+        raise ServiceUnavailable(f"CAS answered 503: {message}")
     raise ClientError(f"CAS answered {response.status_code}: {message}")

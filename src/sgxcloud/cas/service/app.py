@@ -375,13 +375,19 @@ def create_app(
         goes on where its previous call stopped: every entry once per round of
         calls), with their successors' links; not the whole chain (that is
         ``sgxcloud audit verify``).  Entries of policies the caller reads count
-        only if the caller consented to being a reader.  Answers no position or
-        count.
+        only if the caller consented to being a reader.  Says whether this call
+        completed the caller's round and how many of the caller's entries it has
+        left (``round``, ``round_complete``, ``round_left``); no position, and no
+        count of anything but the caller's own entries.
         """
         who = await caller(request)
         check = await run_in_threadpool(cas().verify_audit, who)
         return schemas.AuditVerifyResponse(
-            ok=check.ok, problems=[{"problem": kind} for kind in check.problems]
+            ok=check.ok,
+            problems=[{"problem": kind} for kind in check.problems],
+            round=check.progress.round,
+            round_complete=check.progress.complete,
+            round_left=check.progress.left,
         )
 
     def signed(scope: dict, headers: Mapping[str, str]) -> None:

@@ -142,10 +142,12 @@ class OwnerAuditEntry:
 
 @dataclass(frozen=True)
 class AuditCheck:
-    """What an owner learns of the chain: intact or not, and which kinds of break."""
+    """What an owner learns of the chain: intact or not, which kinds of break, and how far
+    the caller's re-check round is (see :class:`audit.Progress`)."""
 
     ok: bool
     problems: list[str]
+    progress: audit.Progress
 
 
 @dataclass(frozen=True)
@@ -1148,7 +1150,10 @@ class CasService:
         ones of the caller's sweep, which goes on where the caller's previous verify
         stopped, so each of the caller's entries is re-checked once every
         ⌈entries / OWNED_CHECKED⌉ calls whatever others append (see
-        :func:`audit.recheck_entries_of`; red team rt7 finding 4).  The sweep position is
+        :func:`audit.recheck_entries_of`; red team rt7 finding 4).  The answer says which
+        round this call worked in, whether it completed it and how many of the caller's
+        entries the round has left (:class:`audit.Progress`): counts of the caller's own
+        entries, which it may list anyway, never of the chain.  The sweep position is
         kept per caller in the database under an HMAC tag (master key) and in memory.  The
         chain position is also kept in the database under an HMAC tag, so a restart or
         another replica resumes from it; it is not moved past a break, so a restart finds
@@ -1179,13 +1184,19 @@ class CasService:
         # The walk re-hashes only from the checkpoint on: the caller's own older
         # entries are re-checked here (red team rt6 finding 2), outside the walk's
         # lock, since this costs a bounded share of what the caller owns.
-        problems, following = audit.recheck_entries_of(
-            self.database, caller, before=start.seq, sweep=self._sweep_of(caller)
+        problems, following, progress = audit.recheck_entries_of(
+            self.database,
+            caller,
+            before=start.seq,
+            sweep=self._sweep_of(caller),
+            walked_to=report.head_seq,
         )
         self._note_audit_problems(problems)
         self._keep_sweep(caller, following)
         with self._audit_noted:
-            return AuditCheck(ok=not self._audit_problems, problems=list(self._audit_problems))
+            return AuditCheck(
+                ok=not self._audit_problems, problems=list(self._audit_problems), progress=progress
+            )
 
     def _sweep_of(self, caller: str) -> audit.Sweep:
         """The later of this process's and the database's (if its tag checks) sweep position.

@@ -188,3 +188,17 @@ class AuditVerifyResponse(_Model):
         description="one {'problem': kind} per kind of break found (operators see where with "
         "'sgxcloud audit verify'); empty when ok"
     )
+    round: int = Field(
+        description="the caller's re-check round this call worked in (each round re-checks "
+        "every entry about the caller's policies once, 1000 older ones per call)"
+    )
+    round_complete: bool = Field(
+        description="this call finished the round: with ok, every entry about the caller's "
+        "policies was re-checked in it and the chain since the last verified position is "
+        "intact; the next call starts round + 1"
+    )
+    round_left: int = Field(
+        description="entries about the caller's policies the round still has to re-check "
+        "(0 when complete; counted up to 100000, which then means at least that many); "
+        "each call re-checks up to 1000 of them"
+    )

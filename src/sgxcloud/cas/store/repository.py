@@ -644,6 +644,12 @@ class Repository:
         rows.sort(key=lambda row: row.seq)
         return rows
 
+    def count_audit_entries_for(self, principal: str, *, after: int, before: int, cap: int) -> int:
+        """How many entries :meth:`audit_entries_for` has between ``after`` and ``before``,
+        counted up to ``cap`` (the same index ranges, unsorted)."""
+        values = {"principal": principal, "after": after, "before": before, "limit": cap}
+        return int(self.session.scalar(text(_COUNT_FOR[self._dialect]), values) or 0)
+
     def audit_entries_at(self, seqs: Iterable[int]) -> list[AuditEntryRow]:
         """The entries at these positions (those that exist), by primary key."""
         wanted = sorted(set(seqs))
@@ -710,6 +716,16 @@ _SEQS_FOR_POSTGRESQL = (
 _SEQS_FOR = {
     "sqlite": tuple(_SEQS_FOR_SQLITE.replace("@ORDER", o) for o in ("ASC", "DESC")),
     "postgresql": tuple(_SEQS_FOR_POSTGRESQL.replace("@ORDER", o) for o in ("ASC", "DESC")),
+}
+
+
+# A principal's entries between two positions, counted (no sort) up to :limit.  Built
+# from the constant statements above only.
+_COUNT_FOR = {
+    dialect: "SELECT count(*) FROM ("  # noqa: S608
+    + sql.replace(" ORDER BY seq @ORDER", "")
+    + ") AS counted"
+    for dialect, sql in (("sqlite", _SEQS_FOR_SQLITE), ("postgresql", _SEQS_FOR_POSTGRESQL))
 }
 
 
