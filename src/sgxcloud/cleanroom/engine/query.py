@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sgxcloud.cleanroom.definition import Analysis, Definition, canonical_json
+from sgxcloud.cleanroom.definition import Analysis, Attribute, Definition, canonical_json
 from sgxcloud.cleanroom.errors import QueryError, QueryRefused
 
 COMPARISON_OPS = ("=", "!=", "<", "<=", ">", ">=", "in")
@@ -188,16 +188,21 @@ def parse_query(doc: Any) -> Query:
     if template == "audience_size":
         return AudienceSizeQuery(analysis, flt)
     if template == "overlap":
-        datasets = doc.get("datasets")
-        if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
-            raise QueryError("datasets", "must be a list of provider.dataset names")
-        if len(set(datasets)) != len(datasets) or not 2 <= len(datasets) <= 3:
-            raise QueryError("datasets", "must name two or three different datasets")
-        return OverlapQuery(analysis, tuple(sorted(datasets)), flt)
+        return OverlapQuery(analysis, _overlap_datasets(doc.get("datasets")), flt)
     breakdown = doc.get("breakdown")
     if breakdown is not None and not isinstance(breakdown, str):
         raise QueryError("breakdown", "must be an attribute name or null")
     return CampaignLiftQuery(analysis, flt, breakdown)
+
+
+def _overlap_datasets(datasets: Any) -> tuple[str, ...]:
+    """An overlap's two or three different ``provider.dataset`` names, sorted
+    (the order they are given in does not make another query)."""
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        raise QueryError("datasets", "must be a list of provider.dataset names")
+    if len(set(datasets)) != len(datasets) or not 2 <= len(datasets) <= 3:
+        raise QueryError("datasets", "must name two or three different datasets")
+    return tuple(sorted(datasets))
 
 
 def parse_filter(doc: Any, path: str = "filter", depth: int = 0) -> Filter:
@@ -243,7 +248,12 @@ def _parse_filter(doc: Any, path: str, depth: int, budget: _NodeBudget) -> Filte
         raise QueryError(
             path, "must be {attribute, op, value}, {and: [...]}, {or: [...]} or {not: ...}"
         )
-    attribute, op, value = doc["attribute"], doc["op"], doc["value"]
+    return _parse_comparison(doc["attribute"], doc["op"], doc["value"], path)
+
+
+def _parse_comparison(attribute: Any, op: Any, value: Any, path: str) -> Comparison:
+    """One ``{attribute, op, value}`` leaf, its shape only (types: :func:`check_query`);
+    an ``in`` list's values de-duplicated and sorted, so their order makes no other query."""
     if not isinstance(attribute, str):
         raise QueryError(f"{path}.attribute", "must be a string")
     if len(attribute) > MAX_NAME:
@@ -480,50 +490,53 @@ def check_query(definition: Definition, query: Query, analyst: str) -> Analysis:
     if analyst not in analysis.analysts:
         raise QueryRefused("not_allowed", f"{shown(analyst)} may not run analysis {analysis.name}")
     for attribute in sorted(filter_attributes(query.filter)):
-        if definition.resolve_attribute(attribute) is None:
-            raise QueryError(
-                "filter",
-                f"unknown attribute {shown(attribute)}; analysis "
-                f"{analysis.name} allows {_listed(analysis.attributes)}",
-            )
-        if attribute not in analysis.attributes:
-            raise QueryRefused(
-                "not_allowed",
-                f"attribute {shown(attribute)} is not allowed in analysis "
-                f"{analysis.name} (allowed: {_listed(analysis.attributes)})",
-            )
+        known = definition.resolve_attribute(attribute) is not None
+        _check_allowed(analysis, "filter", "attribute", attribute, known, analysis.attributes)
     if query.filter is not None:
         _check_types(definition, query.filter, "filter")
-    if isinstance(query, OverlapQuery):
-        for ref in query.datasets:
-            if definition.dataset(ref) is None:
-                raise QueryError(
-                    "datasets",
-                    f"unknown dataset {shown(ref)}; analysis "
-                    f"{analysis.name} allows {_listed(analysis.datasets)}",
-                )
-            if ref not in analysis.datasets:
-                raise QueryRefused(
-                    "not_allowed",
-                    f"dataset {shown(ref)} is not allowed "
-                    f"in analysis {analysis.name} "
-                    f"(allowed: {_listed(analysis.datasets)})",
-                )
+    for ref in query.datasets if isinstance(query, OverlapQuery) else ():
+        known = definition.dataset(ref) is not None
+        _check_allowed(analysis, "datasets", "dataset", ref, known, analysis.datasets)
     if isinstance(query, CampaignLiftQuery) and query.breakdown is not None:
-        if definition.resolve_attribute(query.breakdown) is None:
-            raise QueryError(
-                "breakdown",
-                f"unknown attribute {shown(query.breakdown)}; "
-                f"analysis {analysis.name} allows breakdowns by "
-                f"{_listed(analysis.breakdowns)}",
-            )
-        if query.breakdown not in analysis.breakdowns:
-            raise QueryRefused(
-                "not_allowed",
-                f"breakdown {shown(query.breakdown)} is not allowed in analysis "
-                f"{analysis.name} (allowed: {_listed(analysis.breakdowns)})",
-            )
+        known = definition.resolve_attribute(query.breakdown) is not None
+        _check_allowed(
+            analysis,
+            "breakdown",
+            "attribute",
+            query.breakdown,
+            known,
+            analysis.breakdowns,
+            allows="allows breakdowns by",
+            refused_as="breakdown",
+        )
     return analysis
+
+
+def _check_allowed(
+    analysis: Analysis,
+    field: str,
+    kind: str,
+    name: str,
+    known: bool,
+    allowed: tuple[str, ...],
+    *,
+    allows: str = "allows",
+    refused_as: str | None = None,
+) -> None:
+    """A name the definition does not have is a QueryError listing what the
+    analysis allows (the definition is public to every party); one it has but
+    the analysis does not allow is a refusal (not_allowed)."""
+    if not known:
+        raise QueryError(
+            field,
+            f"unknown {kind} {shown(name)}; analysis {analysis.name} {allows} {_listed(allowed)}",
+        )
+    if name not in allowed:
+        raise QueryRefused(
+            "not_allowed",
+            f"{refused_as or kind} {shown(name)} is not allowed in analysis "
+            f"{analysis.name} (allowed: {_listed(allowed)})",
+        )
 
 
 def _listed(names: tuple[str, ...] | list[str]) -> str:
@@ -542,7 +555,11 @@ def _check_types(definition: Definition, node: Filter, path: str) -> None:
     resolved = definition.resolve_attribute(node.attribute)
     if resolved is None:
         raise QueryError(f"{path}.attribute", "no such attribute")
-    attr = resolved[1]
+    _check_comparison_type(resolved[1], node, path)
+
+
+def _check_comparison_type(attr: Attribute, node: Comparison, path: str) -> None:
+    """``node`` compares ``attr`` the way its type allows, with values of that type."""
     values = node.value if isinstance(node.value, tuple) else (node.value,)
     if attr.type == "boolean":
         if node.op not in ("=", "!=", "in") or not all(isinstance(v, bool) for v in values):
