@@ -234,23 +234,7 @@ def _pair_reveals_small(
 ) -> bool:
     """Whether the two releases together determine a count over 1 … k−1 people
     that neither determines alone (see the module docstring)."""
-    atoms: list[tuple[int | None, int | None]] = []
-    sizes: list[int] = []
-    for (i, j), n in shared.items():
-        atoms.append((i, j))
-        sizes.append(n)
-    for i, total in old_sizes.items():
-        rest = total - sum(n for (a, _), n in shared.items() if a == i)
-        if rest > 0:
-            atoms.append((i, None))
-            sizes.append(rest)
-    for j, total in new_sizes.items():
-        if j not in new.regions:
-            continue
-        rest = total - sum(n for (_, b), n in shared.items() if b == j)
-        if rest > 0:
-            atoms.append((None, j))
-            sizes.append(rest)
+    atoms, sizes = _atoms(old_sizes, new, new_sizes, shared)
     if not atoms or min(sizes) >= k:
         return False  # every derivable count covers whole atoms of ≥ k people
     old_rows = np.array([[float(i in v) for i, _ in atoms] for v in old.vectors])
@@ -287,6 +271,35 @@ def _pair_reveals_small(
         if not _in_row_space(old_rows, whole) and not _in_row_space(new_rows, whole):
             return True
     return False
+
+
+def _atoms(
+    old_sizes: dict[int, int],
+    new: Release,
+    new_sizes: dict[int, int],
+    shared: dict[tuple[int, int], int],
+) -> tuple[list[tuple[int | None, int | None]], list[int]]:
+    """The pieces both releases cut the people into, with their sizes: each
+    (old region, new region) overlap, then what each old region, and each new
+    one, holds outside every overlap (``None`` on the other side)."""
+    atoms: list[tuple[int | None, int | None]] = []
+    sizes: list[int] = []
+    for (i, j), n in shared.items():
+        atoms.append((i, j))
+        sizes.append(n)
+    for i, total in old_sizes.items():
+        rest = total - sum(n for (a, _), n in shared.items() if a == i)
+        if rest > 0:
+            atoms.append((i, None))
+            sizes.append(rest)
+    for j, total in new_sizes.items():
+        if j not in new.regions:
+            continue
+        rest = total - sum(n for (_, b), n in shared.items() if b == j)
+        if rest > 0:
+            atoms.append((None, j))
+            sizes.append(rest)
+    return atoms, sizes
 
 
 def _null_space(matrix: np.ndarray) -> np.ndarray:
