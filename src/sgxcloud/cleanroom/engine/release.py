@@ -328,28 +328,17 @@ def _lift_released_cohorts(plan: ReleasePlan) -> None:
 
 
 def _suppress_lift(plan: ReleasePlan) -> None:
-    draft, k = plan.draft, plan.k
-    slices = (ALL, *draft.segments)
-
-    def get(segment: str, arm: str, metric: str) -> int:
-        return int(draft.lift.get((segment, arm), {}).get(metric, 0))
-
-    for segment in slices:
-        for arm in ARMS:
-            if get(segment, arm, "people") < k:
-                plan.suppressed.add(("people", segment, arm))
-                plan.suppressed.add(("conversion", segment, arm))
-            elif get(segment, arm, "converters") < k:
-                plan.suppressed.add(("conversion", segment, arm))
-    if not draft.segments or plan.noisy:
+    """Hide lift cells over fewer than k people (converters for the conversion
+    figures), then, without noise, enough further segments of each arm that no
+    hidden one is had by subtracting the shown ones from the arm's total."""
+    _suppress_small_lift_cells(plan)
+    if not plan.draft.segments or plan.noisy:
         return
     for level, metric in (("people", "people"), ("conversion", "converters")):
         for arm in ARMS:
             if (level, ALL, arm) in plan.suppressed:
                 continue  # the total is hidden: nothing to subtract from
-            parts = {s: get(s, arm, metric) for s in draft.segments}
-            primary = {s for s in draft.segments if (level, s, arm) in plan.suppressed}
-            for segment in complementary_suppression(parts, primary, k):
+            for segment in _complements(plan, level, metric, arm):
                 plan.suppressed.add((level, segment, arm))
                 if level == "people":
                     plan.suppressed.add(("conversion", segment, arm))
@@ -357,10 +346,35 @@ def _suppress_lift(plan: ReleasePlan) -> None:
     for arm in ARMS:
         if ("conversion", ALL, arm) in plan.suppressed:
             continue
-        parts = {s: get(s, arm, "converters") for s in draft.segments}
-        primary = {s for s in draft.segments if ("conversion", s, arm) in plan.suppressed}
-        for segment in complementary_suppression(parts, primary, k):
+        for segment in _complements(plan, "conversion", "converters", arm):
             plan.suppressed.add(("conversion", segment, arm))
+
+
+def _lift_figure(draft: Draft, segment: str, arm: str, metric: str) -> int:
+    """One exact figure of a lift cell; 0 for a cell with nobody in it."""
+    return int(draft.lift.get((segment, arm), {}).get(metric, 0))
+
+
+def _suppress_small_lift_cells(plan: ReleasePlan) -> None:
+    """A cell of fewer than k people hides all its figures; one with fewer than
+    k converters, its conversion figures."""
+    draft, k = plan.draft, plan.k
+    for segment in (ALL, *draft.segments):
+        for arm in ARMS:
+            if _lift_figure(draft, segment, arm, "people") < k:
+                plan.suppressed.add(("people", segment, arm))
+                plan.suppressed.add(("conversion", segment, arm))
+            elif _lift_figure(draft, segment, arm, "converters") < k:
+                plan.suppressed.add(("conversion", segment, arm))
+
+
+def _complements(plan: ReleasePlan, level: str, metric: str, arm: str) -> set[str]:
+    """The segments of ``arm`` to hide at ``level`` besides those hidden already,
+    so that the arm's total minus the shown segments covers 0 or at least k."""
+    segments = plan.draft.segments
+    parts = {s: _lift_figure(plan.draft, s, arm, metric) for s in segments}
+    primary = {s for s in segments if (level, s, arm) in plan.suppressed}
+    return complementary_suppression(parts, primary, plan.k)
 
 
 def _suppress_overlap(plan: ReleasePlan) -> None:
