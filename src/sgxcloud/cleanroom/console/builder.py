@@ -135,27 +135,41 @@ def attribute_filters(offer: AnalysisOffer, form: Form) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for attr in offer.attributes:
         if attr.type == "boolean":
-            choice = form.get(attr.field, "any")
-            if choice in ("true", "false"):
-                out.append({"attribute": attr.ref, "op": "=", "value": choice == "true"})
-            elif choice != "any":
-                raise QueryError(attr.ref, "choose any, true or false")
+            out += _boolean_filter(attr, form.get(attr.field, "any"))
         elif attr.type == "category":
-            chosen = form.getlist(attr.field)
-            unknown = [v for v in chosen if v not in attr.values]
-            if unknown:
-                raise QueryError(attr.ref, "not a declared value of this attribute")
-            if len(chosen) == 1:
-                out.append({"attribute": attr.ref, "op": "=", "value": chosen[0]})
-            elif chosen and len(chosen) < len(attr.values):
-                out.append({"attribute": attr.ref, "op": "in", "value": chosen})
+            out += _category_filter(attr, form.getlist(attr.field))
         else:
-            for bound, op in (("min", ">="), ("max", "<=")):
-                text = form.get(f"{attr.field}-{bound}").strip()
-                if text:
-                    out.append(
-                        {"attribute": attr.ref, "op": op, "value": _number(text, attr.ref, bound)}
-                    )
+            out += _range_filters(attr, form)
+    return out
+
+
+def _boolean_filter(attr: AttributeOffer, choice: str) -> list[dict[str, Any]]:
+    """``= true``/``= false``, or nothing for "any"."""
+    if choice in ("true", "false"):
+        return [{"attribute": attr.ref, "op": "=", "value": choice == "true"}]
+    if choice != "any":
+        raise QueryError(attr.ref, "choose any, true or false")
+    return []
+
+
+def _category_filter(attr: AttributeOffer, chosen: list[str]) -> list[dict[str, Any]]:
+    """``=`` one value, ``in`` several; nothing for none or all of them (no constraint)."""
+    if any(v not in attr.values for v in chosen):
+        raise QueryError(attr.ref, "not a declared value of this attribute")
+    if len(chosen) == 1:
+        return [{"attribute": attr.ref, "op": "=", "value": chosen[0]}]
+    if chosen and len(chosen) < len(attr.values):
+        return [{"attribute": attr.ref, "op": "in", "value": chosen}]
+    return []
+
+
+def _range_filters(attr: AttributeOffer, form: Form) -> list[dict[str, Any]]:
+    """``>=`` the minimum and ``<=`` the maximum given (a number each)."""
+    out = []
+    for bound, op in (("min", ">="), ("max", "<=")):
+        text = form.get(f"{attr.field}-{bound}").strip()
+        if text:
+            out.append({"attribute": attr.ref, "op": op, "value": _number(text, attr.ref, bound)})
     return out
 
 
