@@ -73,6 +73,22 @@ def _anchor(ds: Dataset, alias: str = "t") -> str:
 
 def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) -> Resolution:
     """(Re)build one ``p_*`` table (person + columns) per dataset."""
+    _start_over(con)
+    con.execute(f"CREATE OR REPLACE TABLE r_graph_0 AS {_edges_sql(datasets)}")
+    level = _contract(con)
+    linked = con.execute("SELECT count(*) FROM r_label_1").fetchone()[0]
+    _compose_links(con, level)
+    for ds in datasets:
+        _write_person_table(con, ds)
+    # kept: the next resolution moves released cohorts from these keys to its own
+    con.execute("ALTER TABLE r_link RENAME TO person_link")
+    log.info("resolved %d linked identifiers in %d contraction levels", linked, level)
+    return Resolution(linked, level)
+
+
+def _start_over(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop what a previous resolution left but its links, which become the
+    previous links."""
     # working tables an interrupted run (out of memory, a crash) may have left
     for (name,) in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'r\\_%' ESCAPE '\\'"
@@ -88,6 +104,11 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
             con.execute("DROP TABLE person_link")
         else:
             con.execute("ALTER TABLE person_link RENAME TO person_link_prev")
+
+
+def _edges_sql(datasets: Sequence[Dataset]) -> str:
+    """SQL of the graph's edges: a row's anchor to each of its other identifiers
+    (rows with one identifier link nothing)."""
     edges = [
         f"SELECT {_anchor(ds)} AS a, t.{quote(i.column)} AS b FROM {data_table(ds)} t "
         f"WHERE t.{quote(i.column)} IS NOT NULL AND t.{quote(i.column)} <> {_anchor(ds)}"
@@ -95,8 +116,12 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
         if len(ds.identifiers) > 1
         for i in ds.identifiers[1:]
     ]
-    edges_sql = " UNION ALL ".join(edges) or "SELECT 0::BIGINT AS a, 0::BIGINT AS b WHERE false"
-    con.execute(f"CREATE OR REPLACE TABLE r_graph_0 AS {edges_sql}")
+    return " UNION ALL ".join(edges) or "SELECT 0::BIGINT AS a, 0::BIGINT AS b WHERE false"
+
+
+def _contract(con: duckdb.DuckDBPyConnection) -> int:
+    """Label and contract ``r_graph_0`` until no edge is left; ``r_label_1`` …
+    ``r_label_N`` hold each level's labels.  Returns N."""
     level = 0
     while True:
         if level >= MAX_ROUNDS:
@@ -126,7 +151,11 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
         if not con.execute(f"SELECT count(*) FROM r_graph_{level}").fetchone()[0]:
             break
     con.execute(f"DROP TABLE r_graph_{level}")
-    linked = con.execute("SELECT count(*) FROM r_label_1").fetchone()[0]
+    return level
+
+
+def _compose_links(con: duckdb.DuckDBPyConnection, level: int) -> None:
+    """``r_link`` (identifier v → its person's key l) from the labels of every level."""
     # Compose the levels' labels back down (a label without a surviving edge is
     # final); the last step keeps only identifiers labelled by another one: a
     # component's smallest identifier is its own label and needs no row.
@@ -145,31 +174,28 @@ def resolve_people(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) 
     if level == 1:
         con.execute("CREATE OR REPLACE TABLE r_link AS SELECT v, l FROM r_label_1 WHERE v <> l")
         con.execute("DROP TABLE r_label_1")
-    for ds in datasets:
-        # The columns the data table really has: a declared attribute no analysis
-        # uses is never sent (Definition.columns_needed), so it is not there.
-        present = {
-            name
-            for (name,) in con.execute(
-                "SELECT column_name FROM duckdb_columns() WHERE table_name = ?",
-                [data_table(ds).strip('"')],
-            ).fetchall()
-        }
-        rest = [
-            quote(c)
-            for c in (*(a.column for a in ds.attributes), *ds.event_columns)
-            if c in present
-        ]
-        cols = ", ".join([f"coalesce(r.l, {_anchor(ds)}) AS person", *(f"t.{c}" for c in rest)])
-        con.execute(
-            f"CREATE OR REPLACE TABLE {person_table(ds)} AS "
-            f"SELECT {cols} FROM {data_table(ds)} t "
-            f"LEFT JOIN r_link r ON r.v = {_anchor(ds)}"
-        )
-    # kept: the next resolution moves released cohorts from these keys to its own
-    con.execute("ALTER TABLE r_link RENAME TO person_link")
-    log.info("resolved %d linked identifiers in %d contraction levels", linked, level)
-    return Resolution(linked, level)
+
+
+def _write_person_table(con: duckdb.DuckDBPyConnection, ds: Dataset) -> None:
+    """``ds``'s rows with their person's key and the columns analyses read."""
+    # The columns the data table really has: a declared attribute no analysis
+    # uses is never sent (Definition.columns_needed), so it is not there.
+    present = {
+        name
+        for (name,) in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ?",
+            [data_table(ds).strip('"')],
+        ).fetchall()
+    }
+    rest = [
+        quote(c) for c in (*(a.column for a in ds.attributes), *ds.event_columns) if c in present
+    ]
+    cols = ", ".join([f"coalesce(r.l, {_anchor(ds)}) AS person", *(f"t.{c}" for c in rest)])
+    con.execute(
+        f"CREATE OR REPLACE TABLE {person_table(ds)} AS "
+        f"SELECT {cols} FROM {data_table(ds)} t "
+        f"LEFT JOIN r_link r ON r.v = {_anchor(ds)}"
+    )
 
 
 def ensure_persons(con: duckdb.DuckDBPyConnection, datasets: Sequence[Dataset]) -> None:
