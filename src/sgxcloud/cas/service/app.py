@@ -32,6 +32,7 @@ from sgxcloud.cas.errors import (
     EvidenceError,
     MalformedEvidenceError,
     PolicyError,
+    RejectionsLimited,
 )
 from sgxcloud.cas.protocol import HPKE_SUITE_NAME, ProtocolError
 from sgxcloud.cas.secrets import SecretsError
@@ -77,6 +78,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (AccessDenied, 403, "forbidden"),
     (NotFound, 404, "not-found"),
     (ConflictError, 409, "conflict"),
+    (RejectionsLimited, 429, "too-many-requests"),
     (CollateralError, 503, "unavailable"),
     (NotReady, 503, "unavailable"),
     (StoreError, 503, "unavailable"),
@@ -84,7 +86,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
 ]
 
 _ERRORS = {
-    status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 408, 409, 413, 503)
+    status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 408, 409, 413, 429, 503)
 }
 
 # Error labels of the refusals made before a request reaches a handler.

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from sgxcloud.cas.errors import (
     MalformedEvidenceError,
     PolicyError,
     PolicyProblem,
+    RejectionsLimited,
 )
 from sgxcloud.cas.errors import AttestationRejected as AttestationRejected
 from sgxcloud.cas.errors import Busy as Busy
@@ -70,6 +72,19 @@ outside them (see ``_run_parsed``): the policy, what it imports, and one change.
 AUDIT_WALK_WAIT = 2.0
 """Seconds a verification waits for another one to finish before answering 503
 (a first walk of a long chain takes a while; waiting callers would hold threads)."""
+REJECTIONS_BURST = 100
+REJECTIONS_PER_SECOND = 1.0
+"""Per policy name and process: how many rejected attestations are recorded one by one —
+up to ``REJECTIONS_BURST`` at once, then ``REJECTIONS_PER_SECOND`` (a token bucket).  Past
+it, a request that cannot be judged (malformed: no key needed, ~0.5 ms of CPU and a write
+transaction each) is refused with 429 before any transaction, and one whose verdict is
+known before the transaction to be a rejection (evidence, binding, or the current policy
+version's rules) after verification, likewise; each is counted in the next recorded entry
+about the policy (``unrecorded``).  Accepted attestations are never counted, refused or
+delayed: the budget cannot lock a policy's genuine enclaves out (see :class:`_Rejections`)."""
+REJECTION_NAMES_KEPT = 4096
+"""Policy names whose rejection budget a process keeps (least recently used go; a name
+dropped starts again with a full budget)."""
 SWEEPS_KEPT = 4096
 """Callers whose verify sweep position this process remembers (the database keeps all)."""
 ATTEST_CONCURRENCY = 4
@@ -217,6 +232,52 @@ class _Unparsed(CasError):
         self.parse = parse
 
 
+class _Rejections:
+    """Per policy name, a token bucket of rejected attestations recorded one by one.
+
+    Why only rejections, and only those known before the transaction: a genuine
+    enclave's request is well-formed and its evidence passes the current policy, so it
+    never takes from the budget and is never refused by it — an outsider flooding a
+    policy with garbage spends the budget only for garbage.  What the budget cannot do
+    is spare the verification of well-formed evidence: telling a genuine quote from a
+    forged one is that verification, so a limit before it would let the flood refuse
+    the genuine enclaves too.  That CPU is bounded per client by the connection limits,
+    not per policy.
+    """
+
+    def __init__(self, burst: int, per_second: float) -> None:
+        self.burst = burst
+        self.per_second = per_second
+        self._lock = threading.Lock()
+        # name -> (tokens, at (monotonic), refused since the last recorded one)
+        self._names: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
+
+    def take(self, name: str) -> int | None:
+        """Record one more rejection about ``name``: the number refused since the last
+        recorded one (the entry says it), or None if the budget is spent (counted)."""
+        at = time.monotonic()
+        with self._lock:
+            tokens, then, refused = self._names.pop(name, (float(self.burst), at, 0))
+            tokens = min(float(self.burst), tokens + (at - then) * self.per_second)
+            if tokens < 1:
+                self._names[name] = (tokens, at, refused + 1)
+                if refused == 0:
+                    log.warning(
+                        "rejected attestations naming policy %r past its budget (%d, then %g/s):"
+                        " refused with 429 and counted in its next audit entry",
+                        name,
+                        self.burst,
+                        self.per_second,
+                    )
+                result = None
+            else:
+                self._names[name] = (tokens - 1, at, 0)
+                result = refused
+            while len(self._names) > REJECTION_NAMES_KEPT:
+                self._names.popitem(last=False)
+            return result
+
+
 class CasService:
     """Attestation and configuration: policies in, verified enclaves' configurations out."""
 
@@ -230,6 +291,8 @@ class CasService:
         policy_creators: frozenset[str] | None = None,
         attest_concurrency: int = ATTEST_CONCURRENCY,
         max_policy_bytes: int = DEFAULT_MAX_POLICY_BYTES,
+        rejections_burst: int = REJECTIONS_BURST,
+        rejections_per_second: float = REJECTIONS_PER_SECOND,
     ) -> None:
         if attest_concurrency < 1:
             raise ValueError("attest_concurrency must be at least 1")
@@ -247,6 +310,7 @@ class CasService:
         self.deployment_id = ""
         self._lock = threading.Lock()
         self._attest_slots = threading.BoundedSemaphore(attest_concurrency)
+        self._rejections = _Rejections(rejections_burst, rejections_per_second)
         self._nonces = NonceMinter(keyring, nonce_ttl)
         self._refs = EntryRefs(keyring)
         self._checkpoint_tags = CheckpointTags(keyring)
@@ -504,8 +568,11 @@ class CasService:
         nonce, public_key, evidence, malformed = _read_request(request)
         if malformed is not None:
             problem = malformed
+            unrecorded = self._take_rejection(request.policy)
             seq = self.database.run(
-                lambda repo: self._reject_malformed(repo, request, nonce, public_key, problem, now)
+                lambda repo: self._reject_malformed(
+                    repo, request, nonce, public_key, problem, now, unrecorded
+                )
             )
             ref = self._refs.ref(seq)
             log.info(
@@ -531,6 +598,9 @@ class CasService:
         # inside, only its version is confirmed.
         prepared: dict[_ParseKey, Any] = {}
         self._prepare(request.policy, prepared)
+        unrecorded = 0
+        if self._doomed(request, verified, evidence_failure, public_key, nonce, prepared):
+            unrecorded = self._take_rejection(request.policy)
 
         def decide(repo: Repository, prepared: dict[_ParseKey, Any]) -> tuple[_Verdict, int, Any]:
             verdict = _Verdict()
@@ -577,7 +647,7 @@ class CasService:
                 subject=f"{request.policy}/{request.service}",
                 actor=_enclave_actor(public_key),
                 outcome="accepted" if verdict.accepted else "rejected",
-                detail=_attestation_detail(verified, verdict.reasons, stored),
+                detail=_attestation_detail(verified, verdict.reasons, stored, unrecorded),
                 now=now,
                 head=head,
             )
@@ -622,6 +692,54 @@ class CasService:
             audit_ref=ref,
         )
 
+    def _take_rejection(self, policy: str) -> int:
+        """One recorded rejection from ``policy``'s budget: how many were refused since
+        the last one; RejectionsLimited (429) if it is spent."""
+        unrecorded = self._rejections.take(policy)
+        if unrecorded is None:
+            raise RejectionsLimited(
+                "too many rejected attestations naming this policy lately: this one was not "
+                "recorded (its count is, in the policy's next audit entry); retry later"
+            )
+        return unrecorded
+
+    def _doomed(
+        self,
+        request: AttestRequest,
+        verified: VerifiedEvidence | None,
+        evidence_failure: EvidenceError | None,
+        public_key: Any,
+        nonce: bytes,
+        prepared: dict[_ParseKey, Any],
+    ) -> bool:
+        """Whether the transaction could only reject this request: the evidence or its
+        binding fails, there is no such policy, or the current version of the policy has
+        no such service or rejects the evidence.  Costs no write, and no read for a request
+        the policy would accept; a rejection by a copy this process held loaded is
+        confirmed current by one read first, so an update that admits an enclave is seen
+        at once, even under a flood."""
+        if verified is None or evidence_failure is not None:
+            return True
+        if _binding_problem(verified, public_key, nonce) is not None:
+            return True
+        name = request.policy
+        parsed = [v for k, v in prepared.items() if k[0] == "policy" and k[1] == name]
+        if parsed:  # read and parsed for this request, just now
+            policy, held = (parsed[0] if isinstance(parsed[0], Policy) else None), None
+        else:
+            with self._lock:
+                cached = self._loaded.get(name)
+            if cached is None:  # _prepare found no such policy, or another thread dropped it
+                return self.database.run(lambda repo: repo.policy_version(name)) is None
+            policy, held = cached.policy, cached.key
+        if policy is not None:
+            service = policy.services.get(request.service)
+            if service is not None and not evaluate(service, verified).reasons:
+                return False  # it would be accepted: never limited
+        if held is None:
+            return True
+        return self.database.run(lambda repo: repo.policy_version(name)) == held
+
     def _reject_malformed(
         self,
         repo: Repository,
@@ -630,6 +748,7 @@ class CasService:
         public_key: Any,
         problem: CasError,
         now: int,
+        unrecorded: int = 0,
     ) -> int:
         """Audit a request that cannot be judged; spend its nonce if it is one.
 
@@ -649,7 +768,12 @@ class CasService:
             subject=f"{request.policy}/{request.service}",
             actor=_enclave_actor(public_key),
             outcome="rejected",
-            detail={"reasons": reasons, "malformed": True, "policy_hash": None},
+            detail={
+                "reasons": reasons,
+                "malformed": True,
+                "policy_hash": None,
+                **({"unrecorded": unrecorded} if unrecorded else {}),
+            },
             now=now,
             head=head,
         )
@@ -1375,12 +1499,17 @@ def _binding_problem(verified: VerifiedEvidence, public_key: Any, nonce: bytes) 
 
 
 def _attestation_detail(
-    verified: VerifiedEvidence | None, reasons: list[str], stored: StoredPolicy | None
+    verified: VerifiedEvidence | None,
+    reasons: list[str],
+    stored: StoredPolicy | None,
+    unrecorded: int = 0,
 ) -> dict[str, Any]:
     detail: dict[str, Any] = {
         "reasons": reasons,
         "policy_hash": stored.policy_hash if stored else None,
     }
+    if unrecorded:  # rejections refused (429) since the last recorded one about the policy
+        detail["unrecorded"] = unrecorded
     if verified is not None:
         detail.update(
             {
