@@ -87,7 +87,7 @@ def _service(name: str, spec: dict[str, Any]) -> ServicePolicy:
         else SignerIdentity(i["mrsigner"].lower(), i["isvprodid"], i["min_isvsvn"])
         for i in spec["identities"]
     )
-    return ServicePolicy(
+    service = ServicePolicy(
         name=name,
         identities=identities,
         allow_debug=spec.get("allow_debug", False),
@@ -98,6 +98,8 @@ def _service(name: str, spec: dict[str, Any]) -> ServicePolicy:
         environment=dict(spec.get("environment", {})),
         files=dict(spec.get("files", {})),
     )
+    service.render_plan()  # now, while parsing (outside any transaction)
+    return service
 
 
 def _secret(name: str, spec: dict[str, Any]) -> SecretSpec:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sgxcloud.cas.policy.placeholders import RenderPlan, render_plan
+
 SecretKind = Literal["random", "private-key", "x509", "gramine-key"]
 Action = Literal["read", "update", "delete"]
 
@@ -46,6 +48,22 @@ class ServicePolicy:
     command: tuple[str, ...] = ()
     environment: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+
+    def render_plan(self) -> RenderPlan:
+        """What rendering this service's configuration takes (read once, then kept):
+        ``load_policy`` reads it, so no transaction that renders has to."""
+        plan = self.__dict__.get("_render_plan")
+        if plan is None:
+            texts = [
+                *self.command,
+                *self.environment.keys(),
+                *self.environment.values(),
+                *self.files.keys(),
+                *self.files.values(),
+            ]
+            plan = render_plan(texts)
+            object.__setattr__(self, "_render_plan", plan)  # derived from frozen fields
+        return plan
 
 
 @dataclass(frozen=True)

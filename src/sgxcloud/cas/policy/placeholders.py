@@ -91,3 +91,37 @@ def render_file(text: str, value_of: Callable[[str, str | None], bytes]) -> byte
         position = placeholder.end
     pieces.append(text[position:].encode())
     return b"".join(pieces)
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """What rendering one service's configuration takes, read once from its texts.
+
+    ``literal_bytes``: UTF-8 bytes of the argv entries, environment names and
+    values, and file paths and contents, without their placeholders.
+    ``uses``: (secret, format or None) -> how many placeholders name it.  The
+    rendered size is ``literal_bytes`` + each use's count times its value's
+    formatted length: known before anything is rendered.
+    """
+
+    literal_bytes: int
+    uses: dict[tuple[str, str | None], int]
+
+    def size_with(self, length_of: Callable[[str, str | None], int]) -> int:
+        """The rendered size if each (secret, format) fills ``length_of`` bytes."""
+        return self.literal_bytes + sum(
+            count * length_of(secret, fmt) for (secret, fmt), count in self.uses.items()
+        )
+
+
+def render_plan(texts: Iterator[str] | list[str]) -> RenderPlan:
+    """The :class:`RenderPlan` of ``texts`` (every string that ends up in a configuration)."""
+    literal = 0
+    uses: dict[tuple[str, str | None], int] = {}
+    for text in texts:
+        literal += len(text.encode())
+        for placeholder in find_placeholders(text):
+            literal -= placeholder.end - placeholder.start  # placeholders are ASCII
+            key = (placeholder.secret, placeholder.format)
+            uses[key] = uses.get(key, 0) + 1
+    return RenderPlan(literal, uses)

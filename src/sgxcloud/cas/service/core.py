@@ -293,12 +293,15 @@ class CasService:
         max_policy_bytes: int = DEFAULT_MAX_POLICY_BYTES,
         rejections_burst: int = REJECTIONS_BURST,
         rejections_per_second: float = REJECTIONS_PER_SECOND,
+        max_rendered_bytes: int = materials.MAX_RENDERED_BYTES,
     ) -> None:
         if attest_concurrency < 1:
             raise ValueError("attest_concurrency must be at least 1")
         self.database = database
         # The largest policy text (UTF-8 bytes) applied; stored ones still load.
         self.max_policy_bytes = max_policy_bytes
+        # The largest configuration one service may receive (see materials.MAX_RENDERED_BYTES).
+        self.max_rendered_bytes = max_rendered_bytes
         self.attest_concurrency = attest_concurrency
         self.keyring = keyring
         self.verifier = verifier
@@ -666,8 +669,15 @@ class CasService:
             raise AttestationRejected(
                 verdict.reasons, code=verdict.code, audit_seq=seq, audit_ref=ref
             )
-        stored, configuration, ca, template = outcome
+        stored, service, values, ca, template = outcome
         assert verified is not None
+        # Filled in after the commit: the transaction only read and sized the values.
+        configuration = dataclasses.replace(
+            materials.fill(service, values),
+            policy_name=stored.name,
+            policy_hash=stored.policy_hash,
+            policy_owners=tuple(sorted(stored.owners)),
+        )
         certificate = secrets.issue_certificate(
             ca, public_key, now=materials.utc(now), days=ATTESTED_CERT_DAYS, template=template
         )
@@ -787,22 +797,17 @@ class CasService:
         verdict: _Verdict,
         verified: VerifiedEvidence | None,
         prepared: dict[_ParseKey, Any],
-    ) -> tuple[StoredPolicy, protocol.Configuration, secrets.CertificateAuthority, Any] | None:
-        """The rendered configuration (and the enclave certificate's template), or None
-        with the reason added to ``verdict``."""
+    ) -> tuple[StoredPolicy, Any, dict, secrets.CertificateAuthority, Any] | None:
+        """What the configuration needs (the service, its placeholders' values, sized
+        against ``max_rendered_bytes``) and the enclave certificate's template, or None
+        with the reason added to ``verdict``.  Nothing is rendered here: this runs in the
+        attestation's transaction (red team rt9 finding 7)."""
         assert loaded.policy is not None
         stored = loaded.stored
         try:
             loader = self._loader(repo, verified, loaded, prepared)
-            rendered = materials.render(loaded.policy.services[service], loaded.policy, loader)
-            # Who controls this configuration, sealed with it: the enclave checks
-            # the owners against its pinned ones (a squatted name is refused).
-            rendered = dataclasses.replace(
-                rendered,
-                policy_name=stored.name,
-                policy_hash=stored.policy_hash,
-                policy_owners=tuple(sorted(stored.owners)),
-            )
+            spec = loaded.policy.services[service]
+            values = materials.resolve(spec, loaded.policy, loader, self.max_rendered_bytes)
             ca = self._loaded_ca(loaded)
             template = loaded.certificates.get(service)
             if template is None:
@@ -811,7 +816,7 @@ class CasService:
                     common_name=f"{service}.{stored.name}",
                     sans=[f"urn:sgxcloud:cas:{stored.name}:{service}"],
                 )
-            return stored, rendered, ca, template
+            return stored, spec, values, ca, template
         except (AccessDenied, PolicyError) as exc:
             # e.g. an imported secret whose exporter withdrew it: a rejection
             # like any other, recorded with its reason.
@@ -907,6 +912,9 @@ class CasService:
         """
         self._require_ready()
         policy = load_policy(text, max_bytes=self.max_policy_bytes)
+        oversized = materials.rendered_size_problems(policy, self.max_rendered_bytes)
+        if oversized:
+            raise PolicyError.from_problems(oversized)
         _check_consents_match(policy, consents)
         made_keys = self._keys_for(policy, caller)
 

@@ -18,8 +18,14 @@ from dataclasses import asdict
 from cryptography.hazmat.primitives import serialization
 
 from sgxcloud.cas import secrets
-from sgxcloud.cas.errors import PolicyError
-from sgxcloud.cas.policy.model import DEFAULT_VALIDITY_DAYS, Policy, SecretSpec, ServicePolicy
+from sgxcloud.cas.errors import PolicyError, PolicyProblem
+from sgxcloud.cas.policy.model import (
+    DEFAULT_VALIDITY_DAYS,
+    GRAMINE_KEY_SIZE,
+    Policy,
+    SecretSpec,
+    ServicePolicy,
+)
 from sgxcloud.cas.policy.placeholders import FORMATS, substitute
 from sgxcloud.cas.policy.placeholders import render_file as _render_file
 from sgxcloud.cas.protocol import Configuration
@@ -29,6 +35,22 @@ CA_ROW = "@ca"
 """The policy CA's row; '@' cannot start a secret name, so it never collides."""
 
 Loader = Callable[[str, str], secrets.SecretValue]
+
+MAX_RENDERED_BYTES = 1 << 20
+"""The largest configuration (argv, environment and files with every placeholder
+filled in, UTF-8 bytes) one service may receive.  A policy whose configuration
+could be larger is refused when applied; a stored one that renders larger (an
+imported secret grew, or it predates the limit) is rejected at attestation before
+anything is rendered (red team rt9 finding 7: a 195 KB policy whose placeholders
+expanded 680x cost ~2 s of CPU and a 177 MB answer per keyless attestation)."""
+
+_PRIVATE_KEY_PEM = {"ec-p256": (256, 192), "ed25519": (128, 128), "rsa-3072": (2560, 640)}
+"""Algorithm -> (PKCS#8 PEM, public PEM) bytes, rounded up (measured: 241/178,
+119/113, 2484/625)."""
+_CA_PEM = 1024  # a policy CA's certificate (measured: 769 bytes for a 63-character name)
+_IMPORTED_X509_PEM = 16 << 10
+"""An imported certificate's size is its exporter's business (its SANs): assumed at
+apply time, and checked exactly when it is rendered."""
 
 
 GENERATION_FIELDS = ("kind", "size", "algorithm", "key", "subject", "sans", "validity_days")
@@ -199,15 +221,76 @@ def formatted(value: secrets.SecretValue, fmt: str) -> bytes:
     return {"pem": cert, "chain-pem": cert + ca, "ca-pem": ca}[fmt]
 
 
-def render(service: ServicePolicy, policy: Policy, load: Loader) -> Configuration:
-    """The service's configuration with every placeholder replaced by its value."""
+def max_formatted_bytes(spec: SecretSpec, fmt: str | None) -> int:
+    """An upper bound of ``spec``'s value's length in format ``fmt`` (before it exists)."""
+    fmt = fmt or FORMATS[spec.kind][0]
+    imported = spec.import_from is not None
+    if spec.kind in {"random", "gramine-key"}:
+        if spec.kind == "gramine-key":
+            size = GRAMINE_KEY_SIZE
+        else:
+            size = 4096 if imported else (spec.size or 32)  # 4096: the schema's maximum
+        return {"hex": 2 * size, "base64": 4 * ((size + 2) // 3), "raw": size}[fmt]
+    if spec.kind == "private-key":
+        algorithm = "rsa-3072" if imported else (spec.algorithm or "ec-p256")  # the largest
+        pem, public = _PRIVATE_KEY_PEM[algorithm]
+        return pem if fmt == "pem" else public
+    if fmt == "ca-pem":
+        return _CA_PEM
+    if imported:
+        cert = _IMPORTED_X509_PEM
+    else:  # PEM of a DER that grows with the subject and SANs (measured: at most half this)
+        cert = 1536 + 2 * (len((spec.subject or spec.name).encode()) + 4 * len(spec.sans))
+        cert += 2 * sum(len(san.encode()) for san in spec.sans)
+    return cert + _CA_PEM if fmt == "chain-pem" else cert
 
-    def value_bytes(name: str, fmt: str | None) -> bytes:
-        spec = policy.secrets.get(name)
-        if spec is None:
+
+def rendered_size_problems(policy: Policy, limit: int = MAX_RENDERED_BYTES) -> list[PolicyProblem]:
+    """Services whose configuration could be larger than ``limit`` bytes once rendered."""
+    problems = []
+    for service in policy.services.values():
+        plan = service.render_plan()
+        bound = plan.size_with(lambda name, fmt: max_formatted_bytes(policy.secrets[name], fmt))
+        if bound > limit:
+            problems.append(
+                PolicyProblem(
+                    f"services.{service.name}",
+                    f"its configuration (command, environment and files with every secret "
+                    f"placeholder filled in) could be {bound} bytes; at most {limit} are allowed",
+                )
+            )
+    return problems
+
+
+def resolve(
+    service: ServicePolicy, policy: Policy, load: Loader, limit: int = MAX_RENDERED_BYTES
+) -> dict[tuple[str, str | None], bytes]:
+    """Each (secret, format) ``service`` names, formatted: what :func:`fill` needs.
+
+    One load per distinct placeholder, however often it appears; refuses
+    (``PolicyError``) a configuration that would be larger than ``limit``,
+    before anything is rendered.
+    """
+    values: dict[tuple[str, str | None], bytes] = {}
+    for name, fmt in service.render_plan().uses:
+        if name not in policy.secrets:
             raise PolicyError(f"services.{service.name}", f"unknown secret {name!r}")
         value = load(policy.name, name)
-        return formatted(value, fmt or FORMATS[value.kind][0])
+        values[name, fmt] = formatted(value, fmt or FORMATS[value.kind][0])
+    size = service.render_plan().size_with(lambda name, fmt: len(values[name, fmt]))
+    if size > limit:
+        raise PolicyError(
+            f"services.{service.name}",
+            f"the configuration would be {size} bytes once rendered; at most {limit} are allowed",
+        )
+    return values
+
+
+def fill(service: ServicePolicy, values: Mapping[tuple[str, str | None], bytes]) -> Configuration:
+    """The service's configuration from :func:`resolve`'s values: no database, no secrets read."""
+
+    def value_bytes(name: str, fmt: str | None) -> bytes:
+        return values[name, fmt]
 
     def value_text(name: str, fmt: str | None) -> str:
         if fmt == "raw":
@@ -219,6 +302,13 @@ def render(service: ServicePolicy, policy: Policy, load: Loader) -> Configuratio
         env={k: substitute(v, value_text) for k, v in service.environment.items()},
         files={path: _render_file(text, value_bytes) for path, text in service.files.items()},
     )
+
+
+def render(
+    service: ServicePolicy, policy: Policy, load: Loader, limit: int = MAX_RENDERED_BYTES
+) -> Configuration:
+    """The service's configuration with every placeholder replaced by its value."""
+    return fill(service, resolve(service, policy, load, limit))
 
 
 def rewrap_all(repo: Repository, keyring: secrets.Keyring) -> int:
