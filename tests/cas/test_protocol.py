@@ -340,13 +340,16 @@ def test_client_refuses_a_service_not_signed_by_the_pinned_ca(https_cas, tmp_pat
 class _Tampering:
     """A CAS gone wrong: a real connection whose attest answers pass through ``change``."""
 
-    def __init__(self, connection: client.CasConnection, change) -> None:  # type: ignore[no-untyped-def]
-        self.connection, self.change = connection, change
+    def __init__(self, connection: client.CasConnection, change, request=None) -> None:  # type: ignore[no-untyped-def]
+        self.connection, self.change, self.request = connection, change, request
         self.base_url = connection.base_url
 
     def post_json(self, path: str, body=None) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
         import json
 
+        if path == "/v1/attest" and self.request is not None:
+            body = dict(body)
+            self.request(body)
         status, content = self.connection.post_json(path, body)
         if path == "/v1/attest" and status == 200:
             answer = json.loads(content)
@@ -411,6 +414,93 @@ def test_the_enclave_checks_the_certificates_of_every_answer(https_cas, tmp_path
         again = fetch(connection)
     assert again.ca_certificate == first.ca_certificate
     again.certificate.verify_directly_issued_by(again.ca_certificate)
+
+
+def test_the_enclave_refuses_an_answer_for_another_service_or_with_unsealed_parts_changed(
+    tmp_path: Path,
+) -> None:
+    """Red team rt9 F5: whoever can change the request on its way (a TLS-terminating
+    proxy) rewrote service 'web' to 'admin' and the enclave installed admin's
+    configuration; the sealed answer now names the service and binds the parts
+    of the answer outside the seal, and the client compares them."""
+    import time
+
+    import yaml
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    service = pg.make_service(f"sqlite:///{tmp_path / 'cas.db'}")
+    owner = pg.owner_key()
+    document = yaml.safe_load(pg.policy_text(owner))
+    document["services"]["admin"] = {  # one runtime image, its role chosen by the configuration
+        "identities": [{"mrenclave": pg.MRENCLAVE}],
+        "allow_simulated": True,
+        "command": ["/usr/bin/python3", "admin.py", "--drop-all-tables"],
+    }
+    service.apply_policy(_owner_id(owner), yaml.safe_dump(document), int(time.time()))
+    tls = make_loopback_tls(tmp_path / "tls")
+    forger = ec.generate_private_key(ec.SECP256R1())
+
+    def own_ca(answer: dict) -> None:  # another CA, and a certificate from it for this key
+        issued = x509.load_pem_x509_certificate(answer["certificate"].encode())
+        ca = x509.load_pem_x509_certificate(answer["ca_certificate"].encode())
+        fake_ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca.subject)
+            .issuer_name(ca.subject)
+            .public_key(forger.public_key())
+            .serial_number(ca.serial_number)
+            .not_valid_before(ca.not_valid_before_utc)
+            .not_valid_after(ca.not_valid_after_utc)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(forger, hashes.SHA256())
+        )
+        fake = (
+            x509.CertificateBuilder()
+            .subject_name(issued.subject)
+            .issuer_name(ca.subject)
+            .public_key(issued.public_key())
+            .serial_number(issued.serial_number)
+            .not_valid_before(issued.not_valid_before_utc)
+            .not_valid_after(issued.not_valid_after_utc)
+            .sign(forger, hashes.SHA256())
+        )
+        answer["certificate"] = fake.public_bytes(Encoding.PEM).decode()
+        answer["ca_certificate"] = fake_ca.public_bytes(Encoding.PEM).decode()
+
+    def fetch(connection):  # type: ignore[no-untyped-def]
+        return client.fetch_configuration(
+            "https://unused",
+            policy="shop",
+            service="web",
+            root=tmp_path,
+            simulate=pg.simulated_identity(),
+            connection=connection,
+            policy_owners=[_owner_id(owner)],
+        )
+
+    def unchanged(answer: dict) -> None:
+        pass
+
+    with (
+        background_https(create_app(service), tls) as url,
+        client.CasConnection(url, tls.ca_cert) as connection,
+    ):
+        with pytest.raises(client.UntrustedConfiguration) as refused:
+            fetch(_Tampering(connection, unchanged, lambda r: r.update(service="admin")))
+        assert "answered for 'shop'/'admin', not 'shop'/'web'" in str(refused.value)
+        for change, named in [
+            (own_ca, "ca_certificate_sha256, certificate_sha256"),
+            (lambda answer: answer.update(simulated=False), "simulated"),
+            (lambda answer: answer.update(tcb_status="UpToDate"), "tcb_status"),
+            (lambda answer: answer.update(policy_hash="00" * 32), "policy_hash"),
+        ]:
+            with pytest.raises(client.UntrustedConfiguration, match=f"\\({named}: changed"):
+                fetch(_Tampering(connection, change))
+        fetched = fetch(connection)
+    service.stop()
+    assert fetched.configuration.argv[1] == "app.py"
+    assert fetched.configuration.answer["service"] == "web"
 
 
 def test_a_gramine_tree_is_looked_for_at_every_fetch(tmp_path: Path) -> None:

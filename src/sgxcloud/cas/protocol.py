@@ -36,6 +36,8 @@ BINDING_SIZE = 32  # the first half of the 64-byte REPORTDATA
 REPORT_DATA_SIZE = 64
 HPKE_SUITE_NAME = "DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM"
 _INFO_PREFIX = b"sgxcloud-cas configuration v1\0"
+ANSWER_VERSION = 2
+"""The sealed document's ``answer`` member: 2 binds service, certificates and verdict."""
 _SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
@@ -118,6 +120,17 @@ class Configuration:
     set them; an enclave checks them against what its manifest pins, and so
     refuses a policy created under its expected name by someone else.  An
     older CAS sends none (empty): a pinning enclave then refuses.
+
+    ``answer`` (wire version 2, :data:`ANSWER_VERSION`) says what request this
+    answer is for and binds the parts of the attest answer that travel
+    outside the seal: the ``service`` asked for, the SHA-256 of the
+    ``certificate`` issued and of the ``ca_certificate`` returned (DER), and
+    ``simulated`` and ``tcb_status``.  The enclave compares them with its own
+    request and with the unsealed answer, and refuses any difference (red
+    team rt9 F5: a request rewritten from service ``web`` to ``admin`` on its
+    way installed ``admin``'s configuration).  The nonce and the enclave key
+    are bound by the seal itself (HPKE ``info`` and recipient).  A CAS before
+    version 2 sends no ``answer``: the client refuses it.
     """
 
     argv: list[str] = field(default_factory=list)
@@ -126,21 +139,22 @@ class Configuration:
     policy_name: str = ""
     policy_hash: str = ""
     policy_owners: tuple[str, ...] = ()
+    answer: Mapping[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "argv": self.argv,
-                "env": self.env,
-                "files": {path: content.hex() for path, content in sorted(self.files.items())},
-                "policy": {
-                    "name": self.policy_name,
-                    "hash": self.policy_hash,
-                    "owners": sorted(self.policy_owners),
-                },
+        document: dict[str, Any] = {
+            "argv": self.argv,
+            "env": self.env,
+            "files": {path: content.hex() for path, content in sorted(self.files.items())},
+            "policy": {
+                "name": self.policy_name,
+                "hash": self.policy_hash,
+                "owners": sorted(self.policy_owners),
             },
-            sort_keys=True,
-        ).encode()
+        }
+        if self.answer:
+            document["answer"] = dict(self.answer)
+        return json.dumps(document, sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Configuration:
@@ -154,9 +168,24 @@ class Configuration:
                 policy_name=str(policy.get("name", "")),
                 policy_hash=str(policy.get("hash", "")),
                 policy_owners=tuple(str(o) for o in policy.get("owners", ())),
+                answer=dict(document.get("answer") or {}),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ProtocolError("configuration document is malformed") from exc
+
+
+def answer_binding(
+    *, service: str, certificate_der: bytes, ca_der: bytes, simulated: bool, tcb_status: str
+) -> dict[str, Any]:
+    """The sealed ``answer`` member: what the attest answer is for and its unsealed parts."""
+    return {
+        "version": ANSWER_VERSION,
+        "service": service,
+        "certificate_sha256": hashlib.sha256(certificate_der).hexdigest(),
+        "ca_certificate_sha256": hashlib.sha256(ca_der).hexdigest(),
+        "simulated": simulated,
+        "tcb_status": tcb_status,
+    }
 
 
 def _info(nonce: bytes) -> bytes:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -212,7 +213,7 @@ def check_pins(
     policy_hash: str | None,
 ) -> None:
     """Refuse a configuration whose policy is not the one this enclave pins."""
-    if configuration.policy_name and configuration.policy_name != policy:
+    if configuration.policy_name != policy:
         raise UntrustedConfiguration(
             f"the CAS answered for policy {configuration.policy_name!r}, not {policy!r}"
         )
@@ -275,7 +276,7 @@ def _attest(
         certificate.verify_directly_issued_by(ca_certificate)
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise ClientError("the certificate returned is not issued by the CA returned") from exc
-    return FetchedConfiguration(
+    fetched = FetchedConfiguration(
         configuration,
         key,
         certificate,
@@ -285,6 +286,52 @@ def _attest(
         _field(answer, "tcb_status"),
         answer.get("audit_ref"),
     )
+    check_answer(fetched, policy, service)
+    return fetched
+
+
+def check_answer(fetched: FetchedConfiguration, policy: str, service: str) -> None:
+    """Refuse an answer that is not for this request, or whose unsealed parts were changed.
+
+    The sealed ``answer`` member (wire version 2) names the service the CAS
+    answered for and binds the certificate, the CA, ``simulated`` and
+    ``tcb_status`` that travel beside the seal; ``policy`` names the policy
+    and its hash.  Only the CAS can write them (HPKE to this enclave's key,
+    for this nonce), so a request or answer changed on its way — a service
+    rewritten from ``web`` to ``admin``, another CA and certificate for this
+    key — is refused before anything is installed.
+    """
+    configuration = fetched.configuration
+    sealed = configuration.answer
+    if sealed.get("version") != protocol.ANSWER_VERSION:
+        raise UntrustedConfiguration(
+            "the CAS's sealed answer does not say what it answers for (a CAS older than "
+            "this client?): upgrade the CAS — nothing was installed"
+        )
+    if configuration.policy_name != policy or sealed.get("service") != service:
+        raise UntrustedConfiguration(
+            f"the CAS answered for {configuration.policy_name!r}/{sealed.get('service')!r}, "
+            f"not {policy!r}/{service!r} (the request was changed on its way?) "
+            "— nothing was installed"
+        )
+    unsealed = {
+        "certificate_sha256": _der_sha256(fetched.certificate),
+        "ca_certificate_sha256": _der_sha256(fetched.ca_certificate),
+        "simulated": fetched.simulated,
+        "tcb_status": fetched.tcb_status,
+    }
+    changed = sorted(name for name, value in unsealed.items() if sealed.get(name) != value)
+    if fetched.policy_hash != configuration.policy_hash:
+        changed.append("policy_hash")
+    if changed:
+        raise UntrustedConfiguration(
+            f"the CAS's answer does not match what it sealed ({', '.join(changed)}: changed "
+            "on its way?) — nothing was installed"
+        )
+
+
+def _der_sha256(certificate: x509.Certificate) -> str:
+    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 @functools.lru_cache(maxsize=8)

@@ -688,6 +688,18 @@ class CasService:
             seq,
             ref,
         )
+        # What this answer is for, sealed with it: the service asked for and the
+        # parts of the answer that travel outside the seal (red team rt9 F5).
+        configuration = dataclasses.replace(
+            configuration,
+            answer=protocol.answer_binding(
+                service=request.service,
+                certificate_der=certificate.public_bytes(serialization.Encoding.DER),
+                ca_der=ca.certificate.public_bytes(serialization.Encoding.DER),
+                simulated=verified.simulated,
+                tcb_status=verified.tcb_status,
+            ),
+        )
         return AttestResult(
             policy=request.policy,
             service=request.service,
