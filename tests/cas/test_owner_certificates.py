@@ -333,3 +333,42 @@ def test_with_crls_every_certificate_of_the_chain_needs_a_current_crl_of_its_iss
                 owner.show("shop")
     finally:
         service.stop()
+
+
+def test_every_crl_of_an_issuer_counts_whatever_the_order(home: Path, tmp_path: Path) -> None:
+    """Red team rt9 F8: with two current CRLs of the owner CA, the first listed decided,
+    so a certificate revoked only by the newer one, listed second, still authenticated."""
+    from sgxcloud.cas.service.auth import AuthenticationError, OwnerCertificates
+
+    root = _authority("owners root")
+    (tmp_path / "owners.pem").write_bytes(root.certificate_pem)
+    key = secrets.new_private_key("ec-p256")
+    alice = secrets.issue_certificate(root, key.public_key(), common_name="alice", now=NOW)
+    older, newer = tmp_path / "2026-11.crl", tmp_path / "2026-12.crl"
+    week = NOW + dt.timedelta(days=7)
+    older.write_bytes(crl_of(root, [], next_update=week).public_bytes(serialization.Encoding.PEM))
+    newer.write_bytes(
+        crl_of(root, [alice], next_update=week).public_bytes(serialization.Encoding.PEM)
+    )
+    environ = {
+        "SGXCLOUD_CAS_OWNER_CA_FILE": str(tmp_path / "owners.pem"),
+        "SGXCLOUD_CAS_OWNER_CRL_FILES": f"{older}:{newer}",  # rolled by appending, dated
+    }
+    cas = Cas(home, environ)
+    service, served = cas.serve()
+    try:
+        with served as url, pytest.raises(AccessDenied, match="revoked"):
+            _apply(url, cas.tls.ca_cert, key, alice)
+    finally:
+        service.stop()
+    now = int(NOW.timestamp())
+    for order in ([older, newer], [newer, older]):
+        with pytest.raises(AuthenticationError, match="revoked"):
+            OwnerCertificates(tmp_path / "owners.pem", order).check(alice, now)
+    # Not revoked by either: it authenticates; an out-of-date one among them stops it.
+    newer.write_bytes(older.read_bytes())
+    OwnerCertificates(tmp_path / "owners.pem", [older, newer]).check(alice, now)
+    stale = crl_of(root, [], next_update=NOW - dt.timedelta(minutes=1))
+    newer.write_bytes(stale.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(AuthenticationError, match="out of date"):
+        OwnerCertificates(tmp_path / "owners.pem", [older, newer]).check(alice, now)

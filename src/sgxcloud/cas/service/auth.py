@@ -212,7 +212,15 @@ class OwnerCertificates:
     def _check_covered(
         self, subject: x509.Certificate, issuer: x509.Certificate, at: dt.datetime
     ) -> None:
-        """Fail closed: a current CRL signed by ``issuer`` must cover ``subject``."""
+        """Fail closed: a current CRL signed by ``issuer`` must cover ``subject``.
+
+        Every CRL of the issuer counts, in any order (red team rt9 F8: the first
+        one listed used to decide, so a certificate revoked only by a newer CRL
+        listed after an older one still authenticated): revoked by any of them
+        is revoked, and any of them out of date stops the issuer's
+        certificates, as one alone does.
+        """
+        covered = False
         for crl in self._current_crls():
             if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
                 continue
@@ -225,6 +233,8 @@ class OwnerCertificates:
                 raise AuthenticationError(
                     f"owner certificate is revoked ({subject.subject.rfc4514_string()})"
                 )
+            covered = True
+        if covered:
             return
         raise AuthenticationError(
             f"no current owner CRL of {issuer.subject.rfc4514_string()} is configured "
