@@ -161,7 +161,7 @@ def test_the_apply_time_bound_covers_what_is_rendered() -> None:
     ca = secrets.make_ca("p" * 63, now)
     made: dict[str, secrets.SecretValue] = {}
     for spec in sorted(policy.secrets.values(), key=lambda s: (s.kind == "x509", s.name)):
-        made[spec.name] = materials._generate(spec, ca, made, None, None, policy.name, pg.CLOCK)  # type: ignore[arg-type]
+        made[spec.name] = materials._generate(spec, ca, made, {}.get, None, policy.name, pg.CLOCK)  # type: ignore[arg-type]
         for fmt in FORMATS[spec.kind]:
             actual = len(materials.formatted(made[spec.name], fmt))
             assert actual <= materials.max_formatted_bytes(spec, fmt), (spec.name, fmt)

@@ -928,7 +928,7 @@ class CasService:
         if oversized:
             raise PolicyError.from_problems(oversized)
         _check_consents_match(policy, consents)
-        made_keys = self._keys_for(policy, caller)
+        prepared_secrets = self._secrets_for(policy, caller, now)
 
         def work(repo: Repository, prepared: dict[_ParseKey, Any]) -> PolicyInfo:
             current = repo.get_policy(policy.name, lock=True)
@@ -966,7 +966,13 @@ class CasService:
                 repo.create_policy(stored)
             elif not repo.replace_policy(stored, predecessor=current.policy_hash):
                 raise ConflictError(f"policy {policy.name!r} changed concurrently; retry")
-            generated = materials.reconcile(repo, self.keyring, policy, now, made_keys)
+            if prepared_secrets is not None and materials.write_prepared(
+                repo, policy, prepared_secrets
+            ):
+                generated = prepared_secrets.generated
+            else:  # not foreseen (a stranger, or the rows changed since): made here, as before
+                keys = prepared_secrets.keys if prepared_secrets is not None else {}
+                generated = materials.reconcile(repo, self.keyring, policy, now, keys)
             audit.append(
                 repo,
                 kind=audit.AuditKind.POLICY_APPLY,
@@ -992,10 +998,12 @@ class CasService:
         log.info("policy %s version %d applied by %s", info.name, info.version, caller)
         return info
 
-    def _keys_for(self, policy: Policy, caller: str) -> dict[str, tuple[str, Any]]:
-        """The private keys applying ``policy`` will need, made before its transaction
-        (``materials.keys_to_generate``): none for a caller who does not own the
-        stored policy of that name, whom the transaction refuses anyway."""
+    def _secrets_for(
+        self, policy: Policy, caller: str, now: int
+    ) -> materials.PreparedSecrets | None:
+        """The secrets applying ``policy`` will write, made and sealed before its transaction
+        (``materials.prepare_secrets``): none for a caller who does not own the stored
+        policy of that name, whom the transaction refuses anyway."""
 
         def stored_rows(repo: Repository) -> dict[str, SealedSecret] | None:
             current = repo.get_policy(policy.name)
@@ -1004,7 +1012,9 @@ class CasService:
             return repo.get_secrets(policy.name) if current is not None else {}
 
         stored = self.database.run(stored_rows)
-        return {} if stored is None else materials.keys_to_generate(policy, stored)
+        if stored is None:
+            return None
+        return materials.prepare_secrets(self.keyring, policy, stored, now)
 
     def check_may_apply(self, caller: str) -> None:
         """Refuse, before its body is read, a caller who may not apply any policy.

@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 from cryptography.hazmat.primitives import serialization
 
@@ -117,6 +117,81 @@ def keys_to_generate(
     return made
 
 
+@dataclass
+class PreparedSecrets:
+    """Everything applying a policy writes to its secrets, made and sealed before the
+    transaction (:func:`prepare_secrets`), for rows as they stood then (``basis``)."""
+
+    basis: dict[str, tuple[str, bytes]]
+    """name -> (spec digest, ciphertext) of every row read: the transaction writes
+    ``rows`` only if the rows are still these (otherwise it reconciles itself)."""
+    rows: list[SealedSecret] = field(default_factory=list)
+    generated: list[str] = field(default_factory=list)
+    keep: set[str] = field(default_factory=set)
+    keys: dict[str, tuple[str, secrets.SecretValue]] = field(default_factory=dict)
+    """The private keys made (for the transaction's own reconcile if the basis moved)."""
+
+
+def _basis(rows: Mapping[str, SealedSecret]) -> dict[str, tuple[str, bytes]]:
+    return {name: (row.spec_hash, bytes(row.ciphertext)) for name, row in rows.items()}
+
+
+def prepare_secrets(
+    keyring: secrets.Keyring, policy: Policy, stored: Mapping[str, SealedSecret], now: int
+) -> PreparedSecrets:
+    """What :func:`reconcile` would write for ``policy`` given its ``stored`` rows,
+    computed now: keys made, certificates issued, values sealed.
+
+    Called before the transaction that applies the policy, so none of it holds the
+    database's write lock, which every attestation needs (red team rt8 finding 1 for
+    keys; rt9 finding 1: 255 certificates re-issued and sealed, and one merge per
+    row, held it ~0.3 s of CPU per update).
+    """
+    prepared = PreparedSecrets(_basis(stored))
+    ca_row = stored.get(CA_ROW)
+    if ca_row is None:
+        ca = secrets.make_ca(policy.name, utc(now))
+        prepared.rows.append(
+            seal_value(keyring, policy.name, CA_ROW, ca.to_secret(), spec_digest="ca", now=now)
+        )
+    else:
+        ca = secrets.CertificateAuthority.from_secret(open_value(keyring, ca_row))
+    made: dict[str, secrets.SecretValue] = {}
+
+    def no_row(name: str) -> SealedSecret | None:
+        return None  # every key an x509 secret names is a private-key secret of the policy
+
+    for spec in sorted(policy.secrets.values(), key=lambda s: (s.kind == "x509", s.name)):
+        if spec.import_from is not None:
+            continue
+        digest = spec_hash(spec)
+        row = stored.get(spec.name)
+        if row is not None and row.spec_hash == digest:
+            if spec.kind == "private-key":
+                made[spec.name] = open_value(keyring, row)
+            continue
+        value = _generate(spec, ca, made, no_row, keyring, policy.name, now)
+        made[spec.name] = value
+        if spec.kind == "private-key":
+            prepared.keys[spec.name] = (digest, value)
+        prepared.rows.append(
+            seal_value(keyring, policy.name, spec.name, value, spec_digest=digest, now=now)
+        )
+        prepared.generated.append(spec.name)
+    prepared.keep = {CA_ROW} | {s.name for s in policy.secrets.values() if s.import_from is None}
+    return prepared
+
+
+def write_prepared(repo: Repository, policy: Policy, prepared: PreparedSecrets) -> bool:
+    """Inside the apply's transaction: write ``prepared`` if the rows are still its basis
+    (two statements for the writes, one to drop removed secrets); False if not."""
+    if _basis(repo.get_secrets(policy.name)) != prepared.basis:
+        return False
+    repo.put_secrets(policy.name, prepared.rows)
+    repo.delete_secrets(policy.name, prepared.keep)
+    return True
+
+
 def reconcile(
     repo: Repository,
     keyring: secrets.Keyring,
@@ -156,7 +231,7 @@ def reconcile(
         if ready is not None and ready[0] == digest:
             value = ready[1]
         else:  # not foreseen (the stored rows changed since): made here, as before
-            value = _generate(spec, ca, made, repo, keyring, policy.name, now)
+            value = _generate(spec, ca, made, existing.get, keyring, policy.name, now)
         made[spec.name] = value
         repo.put_secret(
             seal_value(keyring, policy.name, spec.name, value, spec_digest=digest, now=now)
@@ -171,7 +246,7 @@ def _generate(
     spec: SecretSpec,
     ca: secrets.CertificateAuthority,
     made: dict[str, secrets.SecretValue],
-    repo: Repository,
+    stored_row: Callable[[str], SealedSecret | None],
     keyring: secrets.Keyring,
     policy: str,
     now: int,
@@ -191,7 +266,7 @@ def _generate(
             )
         key_value = made.get(spec.key)
         if key_value is None:
-            row = repo.get_secrets(policy).get(spec.key)
+            row = stored_row(spec.key)
             if row is None:
                 raise PolicyError(f"secrets.{spec.name}.key", f"no private-key secret {spec.key!r}")
             key_value = open_value(keyring, row)

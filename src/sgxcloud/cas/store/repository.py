@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, delete, func, select, text, union_all, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, union_all, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -490,6 +490,41 @@ class Repository:
             )
         )
         self.session.flush()
+
+    def put_secrets(self, policy: str, rows: list[SealedSecret]) -> None:
+        """Insert or replace ``policy``'s ``rows``: one DELETE and one multi-row INSERT,
+        however many (not a SELECT and an UPDATE each, as ``put_secret``'s merge)."""
+        if not rows:
+            return
+        names = sorted({row.name for row in rows})
+        self.session.flush()
+        self.session.execute(
+            delete(SecretRow)
+            .where(SecretRow.policy == policy, SecretRow.name.in_(names))
+            .execution_options(synchronize_session=False)
+        )
+        for stale in [  # row objects read earlier for the names rewritten here
+            obj
+            for obj in self.session.identity_map.values()
+            if isinstance(obj, SecretRow) and obj.policy == policy and obj.name in names
+        ]:
+            self.session.expunge(stale)
+        self.session.execute(
+            insert(SecretRow),
+            [
+                {
+                    "policy": row.policy,
+                    "name": row.name,
+                    "kind": row.kind,
+                    "master_key_id": row.master_key_id,
+                    "wrapped_key": row.wrapped_key,
+                    "ciphertext": row.ciphertext,
+                    "spec_hash": row.spec_hash,
+                    "created_at": row.created_at,
+                }
+                for row in rows
+            ],
+        )
 
     def delete_secrets(self, policy: str, keep: set[str]) -> None:
         query = delete(SecretRow).where(SecretRow.policy == policy)
