@@ -54,11 +54,16 @@ def test_init_prepares_a_collaboration(capsys, tmp_path):
     )
     assert code == 0
     doc = json.loads(out)
-    # init signs every provider's approval of the example (budget 10): it says what
-    # that budget permits (red team cr7 finding 1), on stderr and in --json
-    (warning,) = doc["warnings"]
-    assert "budget_per_analyst is 10, above 1" in warning and "up to 99.995 %" in warning
-    assert f"WARNING: {warning}" in err
+    # init signs every provider's approval of the example: its budgets are 1 per
+    # analyst and 1 together (red team cr7 finding 1), nothing to warn about, and
+    # it says what they permit
+    assert doc["warnings"] == [] and "WARNING" not in err
+    assert doc["privacy"] == (
+        "differential privacy: ε 0.25 per new question, 1 per analyst, 1 for every "
+        "analyst together: a yes/no fact about one person can be told right at most "
+        "73 % of the time by one analyst and 73 % by analysts pooling their answers "
+        "(a coin: 50 %)"
+    )
     assert len(doc["approvals"]) == 3
     assert all(p.endswith(".csv") for ds in doc["datasets"].values() for p in ds.values())
     assert (tmp_path / "c" / "local.json").exists()
@@ -112,6 +117,8 @@ def _privacy_variant(example, tmp_path, name: str, **dp) -> Path:
 
     doc = yaml.safe_load(Path(example.definition).read_text())
     doc["privacy"]["differential_privacy"].update(dp)
+    for key in [k for k, v in dp.items() if v is None]:  # None: leave the key out
+        del doc["privacy"]["differential_privacy"][key]
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -159,20 +166,44 @@ def test_approving_a_large_dp_budget_says_what_it_permits(
     83 % of the time with allowed queries.  Approving a budget above 1 says, in one
     line on stderr and in --json, how often a yes/no fact about one person can be told
     (e^B/(1+e^B)), and that analysts pooling their answers add their budgets."""
-    path = _privacy_variant(example, tmp_path, f"b{budget:g}", budget_per_analyst=budget)
+    path = _privacy_variant(
+        example,
+        tmp_path,
+        f"b{budget:g}",
+        budget_per_analyst=budget,
+        budget_per_collaboration=None,  # per analyst only: pooling analysts add up
+    )
     code, out, err = _approve(capsys, tmp_path, example, path)
     assert code == 0
     line = err.split("WARNING: ", 1)[1].strip()
     assert "\n" not in line and err.count("WARNING") == 1
     assert f"budget_per_analyst is {budget:g}, above 1" in line
     assert f"correctly with probability up to {alone} " in line
-    assert f"two: {two})" in line and "per analyst" in line
+    assert f"two: {two}; budget_per_collaboration caps them)" in line and "per analyst" in line
     assert "docs/cleanroom/privacy-model.md, 'What a budget permits'" in line
     assert json.loads(out)["warnings"] == [line]
 
 
+def test_approving_a_large_budget_says_the_collaboration_budget_caps_pooling(
+    capsys, tmp_path, example
+):
+    """With budget_per_collaboration set, the line gives its bound for analysts who
+    pool their answers instead of the sum of their budgets."""
+    path = _privacy_variant(example, tmp_path, "b2c1", budget_per_analyst=2.0)
+    code, out, _ = _approve(capsys, tmp_path, example, path)
+    assert code == 0
+    (line,) = json.loads(out)["warnings"]
+    assert "correctly with probability up to 88 % " in line
+    assert "analysts who pool their answers are held together to " in line
+    assert "budget_per_collaboration=1 (up to 73 %)" in line and "two:" not in line
+
+
 @pytest.mark.parametrize(
-    "dp", [{"budget_per_analyst": 1.0}, {"budget_per_analyst": 0.5, "epsilon_per_query": 0.1}]
+    "dp",
+    [
+        {"budget_per_analyst": 1.0},
+        {"budget_per_analyst": 0.5, "epsilon_per_query": 0.1, "budget_per_collaboration": 0.5},
+    ],
 )
 def test_approving_a_budget_of_at_most_1_is_silent(capsys, tmp_path, example, dp):
     path = _privacy_variant(example, tmp_path, "small", **dp)
@@ -291,6 +322,19 @@ def test_analyst_recipient_flow_against_running_collaboration(capsys, tmp_path, 
         assert audit_doc["chain"]["verified"] and len(audit_doc["chain"]["head"]) == 64
         code, out, _ = run(capsys, "budget", *common, "--json")
         assert code == 0 and "remaining" in json.loads(out)
+        # two new questions at 0.25 (the lift, the suppressed one): the collaboration's
+        # budget (every analyst together) is shown by budget and status
+        doc = json.loads(out)
+        assert doc["collaboration"] == {"total": 1.0, "spent": 0.5, "remaining": 0.5}
+        assert (doc["spent"], doc["available"]) == (0.5, 0.5)
+        code, out, _ = run(capsys, "budget", *common)
+        flat = " ".join(out.split())
+        assert "collaboration (every analyst together): ε spent 0.5 of 1; 0.5 remaining" in flat
+        code, out, _ = run(capsys, "status", *common)
+        flat = " ".join(out.split())
+        assert "DP budget of the collaboration (every analyst together): ε spent 0.5 of 1" in flat
+        code, out, _ = run(capsys, "status", *common, "--json")
+        assert json.loads(out)["dp_budget"] == {"total": 1.0, "spent": 0.5, "remaining": 0.5}
     code, out, _ = run(
         capsys, "verify-result", tmp_path / "lift.json", "--definition", example.definition
     )

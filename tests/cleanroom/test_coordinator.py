@@ -45,7 +45,8 @@ AUDIENCE = {
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("coord")
-    collab = prepare_example(workdir, people=3000, min_group_size=20)
+    # a budget for this module's many queries (the example's is 1: four of them)
+    collab = prepare_example(workdir, people=3000, min_group_size=20, dp_budget=10.0)
     collab.start()
     yield collab
     collab.stop()

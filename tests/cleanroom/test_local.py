@@ -39,7 +39,8 @@ def brand(collab, definition_path=None, party="brand"):
 @pytest.fixture(scope="module")
 def dp_collab(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("local")
-    collab = prepare_example(workdir, people=1000, min_group_size=20, dp=True, dp_budget=1.0)
+    # ε 0.25 per query (the example's): a budget of 0.5 is two new questions
+    collab = prepare_example(workdir, people=1000, min_group_size=20, dp=True, dp_budget=0.5)
     collab.start()
     yield collab
     collab.stop()
@@ -60,7 +61,7 @@ def test_budget_and_repeat_cache_survive_a_coordinator_restart(dp_collab):
         assert first.result.cell("people").noisy
         assert c.query(QUERY).result.value("people") == first.result.value("people")
         spent = c.budget()["spent"]
-    assert spent == pytest.approx(0.5)
+    assert spent == pytest.approx(0.25)
 
     dp_collab.stop("coordinator")
     dp_collab.start_coordinator()  # same workdir; nodes keep running; data pulled again
@@ -122,10 +123,17 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert summary["lift"]["conversion_lift_rel"] is not None
     assert "data:image/png;base64," in Path(summary["report"]).read_text()
     assert summary["audit_entries"] > 5
-    # the example's budget (10) is shown with what it permits, under the approvals
+    # the example's budgets (1 per analyst, 1 together; red team cr7) pay for the
+    # demo's four new questions at 0.25 each; its fifth is a repeat, free from the cache
     flat = re.sub(r"[│\s]+", " ", text)
-    assert "WARNING: privacy settings" in flat
-    assert "budget_per_analyst is 10, above 1" in flat and "up to 99.995 %" in flat
+    assert "WARNING: privacy settings" not in flat
+    assert summary["budget"] == {
+        "spent": 1.0,
+        "total": 1.0,
+        "collaboration": {"total": 1.0, "spent": 1.0, "remaining": 0.0},
+    }
+    assert "(the audience again: answered from the cache, no ε spent)" in flat
+    assert "privacy budget: brand spent ε 1 of 1 (4 new questions × 0.25" in flat
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -47,13 +47,16 @@ class QueryError(InputError, CleanroomError):
         super().__init__(f"query: {field}: {message}" if field else f"query: {message}")
 
 
-REFUSAL_REASONS = ("not_allowed", "budget", "differencing", "suppressed")
+REFUSAL_REASONS = ("not_allowed", "budget", "collaboration_budget", "differencing", "suppressed")
 """Why a well-formed query released nothing.
 
 ``not_allowed``: the analyst may not run this template, or it is not in the
 definition; ``budget``: the analyst's differential-privacy budget would be
-exceeded; ``differencing``: together with an earlier release, this one would
-determine a count over fewer than k people (e.g. its cohort differs from an
+exceeded (its ε or, under the Gaussian mechanism, its δ);
+``collaboration_budget``: the collaboration-wide budget (every analyst
+together, ``budget_per_collaboration``) would be exceeded; ``differencing``:
+together with an earlier release, this one would determine a count over
+fewer than k people (e.g. its cohort differs from an
 earlier released one by fewer than k people); ``suppressed``: every cell would
 cover fewer than k people (under DP: every noisy count is below k), so there is
 nothing to release.  Under DP, ``differencing`` and ``suppressed`` refusals

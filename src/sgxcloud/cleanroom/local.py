@@ -260,8 +260,9 @@ def example_definition(
     dp_doc = doc["privacy"].get("differential_privacy")
     if dp is not None and dp_doc:
         dp_doc["enabled"] = dp
-    if dp_budget is not None and dp_doc:
+    if dp_budget is not None and dp_doc:  # the example has one analyst: both budgets
         dp_doc["budget_per_analyst"] = dp_budget
+        dp_doc["budget_per_collaboration"] = dp_budget
     return doc
 
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sgxcloud.cleanroom.definition import Definition
 from sgxcloud.cleanroom.errors import (
+    REFUSAL_REASONS,
     AuditChainError,
     CleanroomError,
     QueryError,
@@ -377,9 +378,7 @@ def _coordinator_policy(definition: Definition, collateral_source: Any):
     )
 
 
-_REFUSAL_CODES = {
-    f"refused_{r}": r for r in ("not_allowed", "budget", "differencing", "suppressed")
-}
+_REFUSAL_CODES = {f"refused_{r}": r for r in REFUSAL_REASONS}
 
 
 def _json_or_error(response: httpx.Response) -> dict[str, Any]:

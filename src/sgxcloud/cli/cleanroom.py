@@ -197,6 +197,7 @@ def init(directory: str, people: int, fmt: str, hardware: bool, as_json: bool) -
     local.json for `sgxcloud cleanroom local`."""
     from rich.progress import BarColumn, Progress, TextColumn
 
+    from sgxcloud.cleanroom.definition import budget_summary
     from sgxcloud.cleanroom.local import prepare_example
 
     target = Path(directory)
@@ -218,8 +219,11 @@ def init(directory: str, people: int, fmt: str, hardware: bool, as_json: bool) -
             progress=lambda done, _total: bar.update(task, completed=done),
         )
     # init signs every provider's approval: say what the definition does not protect
-    warnings = _privacy_warnings(_definition(str(collab.definition)))
+    definition = _definition(str(collab.definition))
+    warnings = _privacy_warnings(definition)
+    dp = definition.privacy.dp
     doc = {
+        "privacy": budget_summary(dp) if dp is not None and dp.enabled else "DP off",
         "directory": str(target),
         "definition": str(collab.definition),
         "approvals": [str(a) for a in collab.approvals],
@@ -232,6 +236,7 @@ def init(directory: str, people: int, fmt: str, hardware: bool, as_json: bool) -
         console.print(f"definition: {d['definition']}")
         console.print(f"keys: {d['keys']} (one per party; keep them private)")
         console.print(f"approvals: {', '.join(d['approvals'])}")
+        console.print(d["privacy"], highlight=False)
         console.print(f"next: [bold]sgxcloud cleanroom local --workdir {directory}[/]")
 
     _emit(as_json, doc, render)
@@ -966,6 +971,13 @@ def status(url, definition, party, key, as_json, collateral, pccs) -> int:
     def render(d):
         _render_datasets(d["datasets"], "datasets" + (" (SIMULATED)" if d["simulated"] else ""))
         console.print(_approvals_line(d["approvals"]), highlight=False)
+        pooled = d.get("dp_budget")
+        if pooled:
+            console.print(
+                f"DP budget of the collaboration (every analyst together): ε spent "
+                f"{pooled['spent']:.4g} of {pooled['total']:.4g}, {pooled['remaining']:.4g} left",
+                highlight=False,
+            )
         console.print(f"definition {d['definition_hash']}", highlight=False)
         console.print(f"coordinator {d['coordinator']} (attested result signer)", highlight=False)
 
@@ -1012,6 +1024,29 @@ def budget(url, definition, party, key, as_json, collateral, pccs) -> int:
             f"[bold]{d['remaining']:.4g} remaining[/]",
             highlight=False,
         )
+        if d.get("delta_total"):
+            console.print(
+                f"{d['analyst']}: δ spent {d['delta_spent']:.3g} of {d['delta_total']:.3g}",
+                highlight=False,
+            )
+        pooled = d.get("collaboration")
+        if pooled:
+            console.print(
+                f"collaboration (every analyst together): ε spent {pooled['spent']:.4g} "
+                f"of {pooled['total']:.4g}; [bold]{pooled['remaining']:.4g} remaining[/]"
+                + (
+                    f"; δ spent {pooled['delta_spent']:.3g} of {pooled['delta_total']:.3g}"
+                    if pooled.get("delta_total")
+                    else ""
+                ),
+                highlight=False,
+            )
+            if d.get("available", d["remaining"]) < d["remaining"]:
+                console.print(
+                    f"[bold]{d['available']:.4g}[/] of yours can still be spent "
+                    "(the collaboration's budget is the smaller)",
+                    highlight=False,
+                )
 
     _emit(as_json, doc, render)
     return 0

@@ -53,3 +53,20 @@ def test_a_provider_approving_in_the_console_is_told_what_the_budget_permits(col
         assert "budget_per_analyst is 20, above 1" in form and "yes/no fact" in form
         definition = bank.get("/definition").text
         assert "budget_per_analyst is 20, above 1" in definition
+
+
+def test_the_budget_page_shows_the_collaborations_budget(collab):
+    """Every analyst together is held to budget_per_collaboration (20 in the console's
+    definition, like its per-analyst budget): the budget page and the overview say
+    how much of it is spent, and the definition page states it."""
+    with closing(_client(collab.console("brand"))) as brand:
+        page = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", brand.get("/budget").text))
+        assert "The collaboration's budget" in page
+        spent = re.search(r"Every analyst together has spent (\S+) of ε = 20\.00; (\S+) left", page)
+        assert spent is not None
+        assert float(spent.group(1)) + float(spent.group(2)) == pytest.approx(20.0)
+        assert 'id="collaboration-budget-meter"' in brand.get("/budget").text
+        overview = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", brand.get("/").text))
+        assert "The collaboration (every analyst together):" in overview
+        definition = brand.get("/definition").text
+        assert "20.0 for every analyst together" in definition

@@ -41,6 +41,10 @@ MAX_UPLOAD_BYTES = 4 << 20
 REFUSAL_HELP = {
     "not_allowed": "The definition does not allow this for your party.",
     "budget": "Your differential-privacy budget cannot pay for this query.",
+    "collaboration_budget": (
+        "The collaboration's differential-privacy budget, shared by every analyst, "
+        "is spent: no new question can be answered."
+    ),
     "differencing": "Together with an earlier answer this would single out a small group.",
     "suppressed": "Every figure would describe fewer people than the minimum group size (k).",
 }

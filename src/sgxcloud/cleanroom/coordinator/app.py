@@ -239,6 +239,7 @@ async def status(request: Request):
         "definition_hash": c.definition_hash,
         "approvals": c.approval_status(),
         "datasets": c.status_for(party),
+        "dp_budget": await run_in_threadpool(c.collaboration_budget),
     }
 
 

@@ -564,12 +564,39 @@ class Coordinator:
     def budget(self, analyst: str) -> dict[str, Any]:
         with self._engine_lock:
             status = self.engine.budget(analyst)
-        return {
+        doc: dict[str, Any] = {
             "analyst": analyst,
             "total": status.total,
             "spent": status.spent,
             "remaining": status.remaining,
+            # what the analyst can spend now: its own remainder within the collaboration's
+            "available": status.available,
+            "collaboration": None,
         }
+        if status.delta_total:  # gaussian mechanism: δ is budgeted too
+            doc["delta_total"] = status.delta_total
+            doc["delta_spent"] = status.delta_spent
+        if status.collaboration_total is not None:
+            doc["collaboration"] = {
+                "total": status.collaboration_total,
+                "spent": status.collaboration_spent,
+                "remaining": status.collaboration_remaining,
+            }
+            if status.collaboration_delta_total:
+                doc["collaboration"]["delta_total"] = status.collaboration_delta_total
+                doc["collaboration"]["delta_spent"] = status.collaboration_delta_spent
+        return doc
+
+    def collaboration_budget(self) -> dict[str, Any] | None:
+        """The collaboration-wide DP budget (every analyst together), for every
+        party's status: ε only, no figure of the data; None when the definition
+        sets none (or DP is off)."""
+        dp = self.engine.definition.privacy.dp
+        if dp is None or not dp.enabled or dp.budget_per_collaboration is None:
+            return None
+        spent, _ = self.engine.ledger.collaboration_spent()  # SQLite: no engine lock
+        total = dp.budget_per_collaboration
+        return {"total": total, "spent": spent, "remaining": max(0.0, total - spent)}
 
     def audit_entries(self) -> list[dict[str, Any]]:
         with self._engine_lock:

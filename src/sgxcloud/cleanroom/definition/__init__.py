@@ -27,6 +27,7 @@ from sgxcloud.cleanroom.definition.model import (
     IdentifierColumn,
     Party,
     Privacy,
+    budget_summary,
     canonical_json,
     inference_bound,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "IdentifierColumn",
     "Party",
     "Privacy",
+    "budget_summary",
     "canonical_json",
     "definition_from_dict",
     "definition_schema",

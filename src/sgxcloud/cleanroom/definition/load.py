@@ -38,8 +38,11 @@ Problem = tuple[str, str]  # (field path, message)
 RESERVED_SEGMENTS = ("(all)", "(none)")
 # DP settings when a definition has no differential_privacy section: DP is on by
 # default; exact answers need an explicit ``enabled: false``
-DEFAULT_EPSILON_PER_QUERY = 0.5
-DEFAULT_BUDGET_PER_ANALYST = 10.0
+# ε ≤ 1 in total: a yes/no guess about one person right at most 73 % of the time
+# (docs/cleanroom/privacy-model.md, 'What a budget permits'; red team cr7)
+DEFAULT_EPSILON_PER_QUERY = 0.25
+DEFAULT_BUDGET_PER_ANALYST = 1.0
+DEFAULT_BUDGET_PER_COLLABORATION = 1.0
 
 
 @cache
@@ -294,6 +297,19 @@ def _check_privacy(doc: dict[str, Any]) -> Iterator[Problem]:
         return
     if dp["budget_per_analyst"] < dp["epsilon_per_query"]:
         yield "privacy.differential_privacy.budget_per_analyst", "smaller than epsilon_per_query"
+    pooled = dp.get("budget_per_collaboration")
+    if pooled is not None and pooled < dp["epsilon_per_query"]:
+        yield (
+            "privacy.differential_privacy.budget_per_collaboration",
+            "smaller than epsilon_per_query",
+        )
+    analysts = {name for an in doc.get("analyses", []) for name in an.get("analysts", [])}
+    if pooled is not None and pooled > len(analysts) * dp["budget_per_analyst"]:
+        yield (
+            "privacy.differential_privacy.budget_per_collaboration",
+            f"larger than the analysts' budgets added up ({len(analysts)} × "
+            f"{dp['budget_per_analyst']:g}): it would never apply",
+        )
     gaussian = dp.get("mechanism", "laplace") == "gaussian"
     if gaussian and "delta" not in dp:
         yield "privacy.differential_privacy.delta", "required for the gaussian mechanism"
@@ -325,7 +341,11 @@ def _build(doc: dict[str, Any]) -> Definition:
     dp_doc = privacy.get("differential_privacy")
     # DP is on unless the definition turns it off (``enabled: false``): k-suppression
     # and the differencing check alone cannot stop every tracker (issue 9)
-    dp = DifferentialPrivacy(DEFAULT_EPSILON_PER_QUERY, DEFAULT_BUDGET_PER_ANALYST)
+    dp = DifferentialPrivacy(
+        DEFAULT_EPSILON_PER_QUERY,
+        DEFAULT_BUDGET_PER_ANALYST,
+        budget_per_collaboration=DEFAULT_BUDGET_PER_COLLABORATION,
+    )
     if dp_doc:
         bounds = dp_doc.get("contribution_bounds", {})
         dp = DifferentialPrivacy(
@@ -337,6 +357,11 @@ def _build(doc: dict[str, Any]) -> Definition:
             bounds=ContributionBounds(
                 int(bounds.get("max_purchases_per_person", 10)),
                 float(bounds.get("max_revenue_per_person", 1000.0)),
+            ),
+            budget_per_collaboration=(
+                float(dp_doc["budget_per_collaboration"])
+                if "budget_per_collaboration" in dp_doc
+                else None
             ),
         )
     return Definition(

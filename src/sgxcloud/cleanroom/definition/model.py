@@ -104,6 +104,20 @@ class DifferentialPrivacy:
     mechanism: str = "laplace"
     delta: float | None = None
     bounds: ContributionBounds = field(default_factory=ContributionBounds)
+    budget_per_collaboration: float | None = None
+    """Total ε of every analyst together (None: only the per-analyst budgets):
+    analysts who collude or pool their answers cannot add their budgets beyond it."""
+
+    @property
+    def delta_per_query(self) -> float:
+        """δ each query spends: the definition's δ under the Gaussian mechanism, else 0."""
+        return float(self.delta or 0.0) if self.mechanism == "gaussian" else 0.0
+
+    def delta_budget(self, epsilon_budget: float) -> float:
+        """The δ an ε budget comes with: δ per query times the queries it pays for.
+        δ composes additively (basic composition), so k queries of (ε, δ) are
+        (kε, kδ)-DP; the ledger checks Σδ against this as it checks Σε."""
+        return self.delta_per_query * math.floor(epsilon_budget / self.epsilon_per_query + 1e-9)
 
 
 DP_OFF_WARNING = (
@@ -142,21 +156,67 @@ def budget_warning(dp: DifferentialPrivacy) -> str:
     """What ``budget_per_analyst`` permits one analyst, and analysts pooling answers."""
     budget = dp.budget_per_analyst
     # gaussian: each query adds its δ (the ledger composes linearly)
-    delta = (
-        dp.delta * math.floor(budget / dp.epsilon_per_query + 1e-9)
-        if dp.mechanism == "gaussian" and dp.delta
-        else 0.0
-    )
+    delta = dp.delta_budget(budget)
+    pooled = dp.budget_per_collaboration
+    if pooled is None:
+        pooling = (
+            "and budgets are per analyst, so analysts who pool their answers add them up "
+            f"(two: {_percent(inference_bound(2 * budget, 2 * delta))}; "
+            "budget_per_collaboration caps them)"
+        )
+    else:
+        pooling = (
+            "and analysts who pool their answers are held together to "
+            f"budget_per_collaboration={pooled:g} "
+            f"(up to {_percent(inference_bound(pooled, dp.delta_budget(pooled)))})"
+        )
     return (
         f"differential-privacy budget_per_analyst is {budget:g}, above "
         f"{STRONG_DP_BUDGET:g} (the usual level for strong protection): an analyst who "
         "spends it can tell a yes/no fact about one person (an attribute, or being in a "
         "dataset) correctly with probability up to "
         f"{_percent(inference_bound(budget, delta))} (e^B/(1+e^B) for B={budget:g}; "
-        "guessing gives 50 %, B=1 at most 73 %), and budgets are per analyst, so analysts "
-        "who pool their answers add them up (two: "
-        f"{_percent(inference_bound(2 * budget, 2 * delta))}) — see "
+        f"guessing gives 50 %, B=1 at most 73 %), {pooling} — see "
         "docs/cleanroom/privacy-model.md, 'What a budget permits'"
+    )
+
+
+def budget_summary(dp: DifferentialPrivacy) -> str:
+    """One line: the budgets and the bound they give (said by ``cleanroom init``)."""
+    pooled = dp.budget_per_collaboration
+    bound = inference_bound(dp.budget_per_analyst, dp.delta_budget(dp.budget_per_analyst))
+    text = (
+        f"differential privacy: ε {dp.epsilon_per_query:g} per new question, "
+        f"{dp.budget_per_analyst:g} per analyst"
+    )
+    if pooled is not None:
+        text += f", {pooled:g} for every analyst together"
+    if dp.delta_per_query:
+        text += f" (δ {dp.delta_per_query:g} per question)"
+    text += (
+        f": a yes/no fact about one person can be told right at most {_percent(bound)} "
+        "of the time by one analyst"
+    )
+    if pooled is not None:
+        text += (
+            " and "
+            f"{_percent(inference_bound(pooled, dp.delta_budget(pooled)))} by analysts "
+            "pooling their answers"
+        )
+    return text + " (a coin: 50 %)"
+
+
+def collaboration_budget_warning(dp: DifferentialPrivacy) -> str:
+    """What ``budget_per_collaboration`` permits analysts who pool their answers."""
+    pooled = dp.budget_per_collaboration
+    assert pooled is not None
+    return (
+        f"differential-privacy budget_per_collaboration is {pooled:g}, above "
+        f"{STRONG_DP_BUDGET:g} (the usual level for strong protection): analysts who "
+        "pool their answers can tell a yes/no fact about one person correctly with "
+        f"probability up to {_percent(inference_bound(pooled, dp.delta_budget(pooled)))} "
+        "(guessing gives 50 %) — see docs/cleanroom/privacy-model.md, "
+        "'What a budget permits'"
     )
 
 
@@ -178,6 +238,9 @@ class Privacy:
         assert self.dp is not None
         if self.dp.budget_per_analyst > STRONG_DP_BUDGET:
             return [budget_warning(self.dp)]
+        pooled = self.dp.budget_per_collaboration
+        if pooled is not None and pooled > STRONG_DP_BUDGET:
+            return [collaboration_budget_warning(self.dp)]
         return []
 
 

@@ -99,13 +99,34 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class BudgetStatus:
+    """An analyst's DP budget (ε; δ under the Gaussian mechanism), and the
+    collaboration's (every analyst together) when the definition sets one."""
+
     analyst: str
     total: float
     spent: float
+    delta_total: float = 0.0
+    delta_spent: float = 0.0
+    collaboration_total: float | None = None
+    collaboration_spent: float = 0.0
+    collaboration_delta_total: float = 0.0
+    collaboration_delta_spent: float = 0.0
 
     @property
     def remaining(self) -> float:
         return max(0.0, self.total - self.spent)
+
+    @property
+    def collaboration_remaining(self) -> float | None:
+        if self.collaboration_total is None:
+            return None
+        return max(0.0, self.collaboration_total - self.collaboration_spent)
+
+    @property
+    def available(self) -> float:
+        """ε this analyst can still spend: its own remainder, within the collaboration's."""
+        pooled = self.collaboration_remaining
+        return self.remaining if pooled is None else min(self.remaining, pooled)
 
 
 @dataclass
@@ -238,8 +259,22 @@ class Engine:
 
     def budget(self, analyst: str) -> BudgetStatus:
         dp = self.definition.privacy.dp
-        total = dp.budget_per_analyst if dp and dp.enabled else 0.0
-        return BudgetStatus(analyst, total, self.ledger.spent(analyst, self._analyst_key(analyst)))
+        spent, delta_spent = self.ledger.spent_both(analyst, self._analyst_key(analyst))
+        if not (dp and dp.enabled):
+            return BudgetStatus(analyst, 0.0, spent, delta_spent=delta_spent)
+        pooled = dp.budget_per_collaboration
+        everyone, everyone_delta = self.ledger.collaboration_spent()
+        return BudgetStatus(
+            analyst,
+            dp.budget_per_analyst,
+            spent,
+            delta_total=dp.delta_budget(dp.budget_per_analyst),
+            delta_spent=delta_spent,
+            collaboration_total=pooled,
+            collaboration_spent=everyone,
+            collaboration_delta_total=dp.delta_budget(pooled) if pooled is not None else 0.0,
+            collaboration_delta_spent=everyone_delta,
+        )
 
     def _analyst_key(self, analyst: str) -> str | None:
         party = self.definition.party(analyst)
@@ -459,14 +494,20 @@ class Engine:
             # Every query that reaches the data costs ε, whatever comes of it, and
             # noise comes before suppression: a suppressed answer is then decided on
             # noisy counts (post-processing), and asking again is never free.
+            pooled = dp.budget_per_collaboration
             remaining = self.ledger.spend(
                 self.definition.name,
                 analyst,
                 key,
                 dp.epsilon_per_query,
                 dp.budget_per_analyst,
-                dp.delta or 0.0,
+                dp.delta_per_query,
                 analyst_key=self._analyst_key(analyst),
+                collaboration_budget=pooled,
+                delta_budget=dp.delta_budget(dp.budget_per_analyst),
+                collaboration_delta_budget=(
+                    dp.delta_budget(pooled) if pooled is not None else None
+                ),
             )
             dp_info = plan.add_noise(self._noise, dp)
         decide_suppression(plan)  # on exact counts, or on the noisy ones under DP

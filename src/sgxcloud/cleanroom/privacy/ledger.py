@@ -11,6 +11,12 @@ workdir must not reset what an analyst has already spent on that data
 (red-team attack 14).  An analyst is recognised by party name *or* public
 key, so renaming the party does not reset it either.  A fresh workdir is a
 new collaboration.
+
+A collaboration-wide budget caps every analyst's spending together (analysts
+who collude or pool their answers add their budgets up): the same transaction
+sums the whole ledger too, so concurrent queries of different analysts cannot
+overspend it either.  δ (Gaussian mechanism) is summed and checked the same
+way: k queries of (ε, δ) are (kε, kδ)-DP (basic composition).
 """
 
 from __future__ import annotations
@@ -99,18 +105,34 @@ class PrivacyLedger:
     def spent(self, analyst: str, analyst_key: str | None = None) -> float:
         """ε the analyst spent in this workdir, under any collaboration name or
         definition, as this party name or under this key."""
+        return self.spent_both(analyst, analyst_key)[0]
+
+    def spent_both(self, analyst: str, analyst_key: str | None = None) -> tuple[float, float]:
+        """(ε, δ) the analyst spent in this workdir."""
         with self._engine.begin() as conn:
             return self._spent(conn, analyst, analyst_key)
 
+    def collaboration_spent(self) -> tuple[float, float]:
+        """(ε, δ) every analyst together spent in this workdir."""
+        with self._engine.begin() as conn:
+            return self._spent(conn, None, None)
+
     @staticmethod
-    def _spent(conn: Connection, analyst: str, analyst_key: str | None) -> float:
-        who = spend_table.c.analyst == analyst
-        if analyst_key:
-            who = or_(who, spend_table.c.analyst_key == analyst_key)
-        total = conn.execute(
-            select(func.coalesce(func.sum(spend_table.c.epsilon), 0.0)).where(who)
-        ).scalar_one()
-        return float(total)
+    def _spent(
+        conn: Connection, analyst: str | None, analyst_key: str | None
+    ) -> tuple[float, float]:
+        """Σε and Σδ of one analyst (by name or key), or of everyone (``None``)."""
+        query = select(
+            func.coalesce(func.sum(spend_table.c.epsilon), 0.0),
+            func.coalesce(func.sum(spend_table.c.delta), 0.0),
+        )
+        if analyst is not None:
+            who = spend_table.c.analyst == analyst
+            if analyst_key:
+                who = or_(who, spend_table.c.analyst_key == analyst_key)
+            query = query.where(who)
+        epsilon, delta = conn.execute(query).one()
+        return float(epsilon), float(delta)
 
     def spend(
         self,
@@ -121,19 +143,58 @@ class PrivacyLedger:
         budget: float,
         delta: float = 0.0,
         analyst_key: str | None = None,
+        *,
+        collaboration_budget: float | None = None,
+        delta_budget: float | None = None,
+        collaboration_delta_budget: float | None = None,
     ) -> float:
-        """Record ``epsilon`` against the analyst's budget and return what
-        remains, or raise QueryRefused("budget") and record nothing.
-        ``collaboration`` is recorded for the record only; the budget is the
-        analyst's across the workdir."""
+        """Record ``epsilon`` (and ``delta``) against the analyst's budget and,
+        if given, the collaboration's (every analyst together), and return what
+        remains of the analyst's; or raise QueryRefused("budget") or
+        QueryRefused("collaboration_budget") and record nothing.  Both checks
+        and the insert are one ``BEGIN IMMEDIATE`` transaction.
+        ``collaboration`` is recorded for the record only; the budgets are the
+        analyst's, and everyone's, across the workdir."""
         with self._engine.begin() as conn:
-            spent = self._spent(conn, analyst, analyst_key)
+            spent, spent_delta = self._spent(conn, analyst, analyst_key)
             if spent + epsilon > budget + _EPS_SLACK:
                 raise QueryRefused(
                     "budget",
                     f"{analyst} has {max(0.0, budget - spent):.4g} of ε={budget:g} left; "
                     f"this query needs {epsilon:g}",
                 )
+            if (
+                delta
+                and delta_budget is not None
+                and spent_delta + delta > delta_budget * (1 + _EPS_SLACK)
+            ):
+                raise QueryRefused(
+                    "budget",
+                    f"{analyst} has {max(0.0, delta_budget - spent_delta):.3g} of "
+                    f"δ={delta_budget:.3g} left; this query needs {delta:.3g}",
+                )
+            if collaboration_budget is not None:
+                everyone, everyone_delta = self._spent(conn, None, None)
+                over_delta = (
+                    delta
+                    and collaboration_delta_budget is not None
+                    and everyone_delta + delta > collaboration_delta_budget * (1 + _EPS_SLACK)
+                )
+                if everyone + epsilon > collaboration_budget + _EPS_SLACK or over_delta:
+                    raise QueryRefused(
+                        "collaboration_budget",
+                        "the collaboration's budget is spent: every analyst together has "
+                        f"{max(0.0, collaboration_budget - everyone):.4g} of "
+                        f"ε={collaboration_budget:g} left"
+                        + (
+                            f" and {max(0.0, collaboration_delta_budget - everyone_delta):.3g}"
+                            f" of δ={collaboration_delta_budget:.3g}"
+                            if delta and collaboration_delta_budget is not None
+                            else ""
+                        )
+                        + f"; this query needs ε={epsilon:g}"
+                        + (f", δ={delta:.3g}" if delta else ""),
+                    )
             conn.execute(
                 spend_table.insert().values(
                     collaboration=collaboration,
