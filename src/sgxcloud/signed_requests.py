@@ -1,7 +1,7 @@
 """The rules every signed HTTP request to an sgxcloud service follows.
 
 Two services take signed requests: the CAS from policy owners
-(:mod:`sgxcloud.cas.service.auth`, ``sgxcloud-cas-request-v3``) and the
+(:mod:`sgxcloud.cas.service.auth`, ``sgxcloud-cas-request-v4``) and the
 clean-room coordinator from the parties
 (:mod:`sgxcloud.cleanroom.transport.request_auth`,
 ``sgxcloud.cleanroom.request/v2``).  Each keeps its wire format — its header
@@ -12,14 +12,17 @@ follow these rules, and the pieces here implement them once:
 * What is signed names the service it is for (CAS: deployment id and origin;
   coordinator: definition hash and result-signing key) and is rebuilt from the
   service's own values — method, path, its identity — never from what the
-  headers claim; the path with its query string (:func:`signed_path`); the
-  body by its SHA-256 (:func:`body_digest`).
+  headers claim; the signer as the service will know it (CAS: the principal
+  id of the credential presented, so one key's bare key and certificates —
+  different principals — cannot stand in for each other; coordinator: the
+  party); the path with its query string (:func:`signed_path`); the body by
+  its SHA-256 (:func:`body_digest`).
 * A request id (the coordinator's nonce): 16 to 64 random bytes, lower-case
   hex (:data:`REQUEST_ID`; :func:`new_request_id` makes 16).
 * Fresh: the signed time is within ``max_skew`` seconds of the service's
   clock, either way (:func:`is_fresh`).
-* Once: the signer (the signing key for the CAS, whose credential headers are
-  not signed; the party, which the coordinator's signature names) and the
+* Once: the signer (the signing key for the CAS, whichever of its
+  credentials it presents; the party for the coordinator) and the
   request id are recorded, only after the signature verified and before the
   service acts, and kept until the request can no longer pass the clock
   (:func:`stale_from`).

@@ -358,7 +358,7 @@ def test_older_signatures_are_refused_naming_the_upgrade(same_origin) -> None:  
         assert answer.status_code == 401
         message = answer.json()["message"]
         assert "older form (sgxcloud-cas-request-v2 or before)" in message
-        assert "upgrade the owner client" in message and "sgxcloud-cas-request-v3" in message
+        assert "upgrade the owner client" in message and "sgxcloud-cas-request-v4" in message
         # Naming a deployment does not revive a v2 signature: the domain differs.
         dressed = {**older, auth.DEPLOYMENT_HEADER: services[0].deployment_id}
         answer = http.get(f"{a}/v1/policies/shop", headers=dressed)
@@ -467,10 +467,14 @@ def test_one_signature_is_accepted_once_whichever_credential_names_its_key(
     )
     as_key[auth.KEY_HEADER] = base64.b64encode(spki).decode()
     with httpx.Client(verify=pinned_tls(ca)) as http:
+        # Since v4 the signature names the credential: under the bare key it is
+        # another principal's request, and does not verify — also presented first.
+        first = http.get(f"{a}/v1/policies/shop", headers=as_key)
+        assert first.status_code == 401, first.text
+        assert first.json()["message"] == "request signature does not verify"
         assert http.get(f"{a}/v1/policies/shop", headers=signed).status_code == 200
         replayed = http.get(f"{a}/v1/policies/shop", headers=as_key)
         assert replayed.status_code == 401, replayed.text
-        assert "already used" in replayed.json()["message"]
         # Either way round.
         fresh = auth.sign_request(
             owner,
@@ -594,3 +598,61 @@ def _ecdsa() -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     return ec.ECDSA(hashes.SHA256())
+
+
+def test_a_request_signed_without_its_credential_v3_is_refused_naming_the_upgrade(
+    same_origin,  # type: ignore[no-untyped-def]
+) -> None:
+    """v3 signatures did not cover the credential headers: one verified under the bare key
+    and under every certificate of the key (each another principal).  v4 names the
+    credential's principal id; a v3 signature is refused with the upgrade, not as bad."""
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    (a, _), ca, services = same_origin
+    owner = pg.owner_key()
+    services[0].apply_policy(public_key_id(pg.public_pem(owner)), pg.policy_text(owner), pg.CLOCK)
+    now, request_id = int(time.time()), "ab" * 16
+    deployment = services[0].deployment_id
+    v3 = b"\n".join(
+        [
+            b"sgxcloud-cas-request-v3",
+            deployment.encode(),
+            PUBLIC.encode(),
+            b"GET",
+            b"/v1/policies/shop",
+            str(now).encode(),
+            request_id.encode(),
+            hashlib.sha256(b"").hexdigest().encode(),
+        ]
+    )
+    spki = owner.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    headers = {
+        auth.DATE_HEADER: str(now),
+        auth.DEPLOYMENT_HEADER: deployment,
+        auth.AUDIENCE_HEADER: PUBLIC,
+        auth.REQUEST_ID_HEADER: request_id,
+        auth.KEY_HEADER: base64.b64encode(spki).decode(),
+        auth.SIGNATURE_HEADER: base64.b64encode(owner.sign(v3, _ecdsa())).decode(),
+    }
+    with httpx.Client(verify=pinned_tls(ca)) as http:
+        answer = http.get(f"{a}/v1/policies/shop", headers=headers)
+        assert answer.status_code == 401
+        message = answer.json()["message"]
+        assert "older form (sgxcloud-cas-request-v3)" in message
+        assert "upgrade the owner client" in message and "sgxcloud-cas-request-v4" in message
+        # the upgraded client's request is accepted
+        fresh = auth.sign_request(
+            owner,
+            "GET",
+            "/v1/policies/shop",
+            b"",
+            now=int(time.time()),
+            audience=PUBLIC,
+            deployment=deployment,
+        )
+        assert http.get(f"{a}/v1/policies/shop", headers=fresh).status_code == 200

@@ -1,7 +1,8 @@
 """Signed owner requests: who is calling, proven by a signature over the request.
 
-An owner signs ``sgxcloud-cas-request-v3``, the service's *deployment id*,
-its origin (the *audience*, see :func:`origin_of`), the method, the path
+An owner signs ``sgxcloud-cas-request-v4``, the service's *deployment id*,
+its origin (the *audience*, see :func:`origin_of`), the principal id of the
+credential it presents (``key:sha256:…`` or ``cert:sha256:…``, below), the method, the path
 (with query), the time, a fresh request id and the SHA-256 of the body with
 the private key of either
 
@@ -24,8 +25,11 @@ records (signing key, request id) in its database until the request's time
 leaves the skew window, so a captured request is accepted once — never
 replayed after a delete or a revert, never at another replica sharing the
 database, never at another deployment, even one reached at the same origin,
-and never again under another credential (bare key or certificate) of the
-same key.
+and never under another credential (bare key or certificate) of the same key
+than the one it was signed for: the signature covers the credential's
+principal id (before v4 it did not, and a request signed as one's certificate
+verified as one's bare key, or as another certificate of that key — another
+principal; it is still spent per signing key).
 
 The deployment id is random, made once with the deployment's database (so
 replicas sharing it share the id, and a backup carries it), and served
@@ -33,9 +37,11 @@ unauthenticated by ``GET /v1/health``.  Origins alone cannot tell
 deployments apart: two CASes without ``public_urls`` on one loopback port, or
 two behind one name, have the same origin but separate records of used
 request ids, so a request signed for one could be spent again at the other.
-Older signatures (``sgxcloud-cas-request-v2`` and before) name no deployment
-and are refused with a message naming the upgrade; the service cannot know
-whether its origin is unique, so it cannot accept them safely anywhere.
+Older signatures are refused with a message naming the upgrade:
+``sgxcloud-cas-request-v2`` and before name no deployment (the service cannot
+know whether its origin is unique, so it cannot accept them safely anywhere);
+``sgxcloud-cas-request-v3`` names no credential (nothing in it says which
+principal of the key its signer meant, so none is accepted as equivalent).
 
 Co-owners consent.  Listing someone as an owner hands them the policy's
 secrets *and* lends the policy their identity (exporters pin importers by an
@@ -56,10 +62,7 @@ told to be meant for the credential it arrives with (anyone holding one
 certificate of the key can present it as the bare key, and the reverse), and
 a consent lives at most 7 days, so none is accepted.
 
-The request signature (``sgxcloud-cas-request-v3``) does not cover the
-credential headers either; a request is spent once per signing key (see
-:func:`authenticate`), so a captured request acts once, under whichever
-credential of its key arrives first.
+The request signature covers the credential the same way (v4, above).
 
 The request-id form, the clock window, the body digest, signing and the
 signature check are :mod:`sgxcloud.signed_requests`, which the clean-room
@@ -114,7 +117,8 @@ REQUEST_ID_HEADER = "x-sgxcloud-request-id"
 DEPLOYMENT_HEADER = "x-sgxcloud-deployment"
 PEER_CERTIFICATE_STATE = "sgxcloud_tls_client_certificate"
 """Key in a request's ASGI ``state`` holding the verified TLS client certificate (DER)."""
-_DOMAIN = b"sgxcloud-cas-request-v3"
+_DOMAIN = b"sgxcloud-cas-request-v4"
+_V3_DOMAIN = b"sgxcloud-cas-request-v3"
 DEPLOYMENT_PATTERN = "^[0-9a-f]{32}$"
 """A deployment id: 16 random bytes, hex (migration 0003 makes it)."""
 _DEPLOYMENT = re.compile(DEPLOYMENT_PATTERN)
@@ -129,7 +133,13 @@ _OLDER_REQUEST = (
     "request is signed in an older form (sgxcloud-cas-request-v2 or before) that names no "
     f"CAS deployment ({DEPLOYMENT_HEADER}), so it could be replayed at another CAS with the "
     "same address: upgrade the owner client (sgxcloud policy, OwnerClient) to sign "
-    "sgxcloud-cas-request-v3"
+    "sgxcloud-cas-request-v4"
+)
+_OLDER_V3_REQUEST = (
+    "request is signed in an older form (sgxcloud-cas-request-v3) that does not name the "
+    f"credential it is presented with ({KEY_HEADER} or {CERT_HEADER}), so it could act as "
+    "another principal of the same key: upgrade the owner client (sgxcloud policy, "
+    "OwnerClient) to sign sgxcloud-cas-request-v4"
 )
 CONSENT_MAX_LIFETIME = 7 * 86400
 """Longest a consent may be valid for: owners sign offline, but not forever."""
@@ -336,12 +346,18 @@ def signing_payload(
     deployment: str,
     audience: str,
     request_id: str,
+    principal: str,
+    domain: bytes = _DOMAIN,
 ) -> bytes:
+    """What a request's signature covers; ``principal`` is the id of the credential
+    (bare key or certificate) presented with it (not in the older v3 ``domain``)."""
+    named = [principal.encode()] if domain != _V3_DOMAIN else []
     return b"\n".join(
         [
-            _DOMAIN,
+            domain,
             deployment.encode(),
             audience.encode(),
+            *named,
             method.upper().encode(),
             path.encode(),
             str(date).encode(),
@@ -371,7 +387,14 @@ def sign_request(
         raise ValueError(f"not a CAS deployment id (32 hex digits): {deployment!r}")
     request_id = request_id or new_request_id()
     payload = signing_payload(
-        method, path, now, body, deployment=deployment, audience=audience, request_id=request_id
+        method,
+        path,
+        now,
+        body,
+        deployment=deployment,
+        audience=audience,
+        request_id=request_id,
+        principal=_principal_of(key, certificate),
     )
     signature = sign(key, payload)
     headers = {
@@ -449,17 +472,19 @@ def authenticate(
             f"request time is {date - now:+d} s from the service's clock (allowed ±{max_skew} s)"
         )
     public_key, caller_id = _credential(headers, certificates, now)
-    payload = signing_payload(
-        method, path, date, body, deployment=deployment, audience=audience, request_id=request_id
-    )
+    fields = {"deployment": deployment, "audience": audience, "request_id": request_id}
+    payload = signing_payload(method, path, date, body, principal=caller_id, **fields)
     if not signature_verifies(public_key, signature, payload):
+        # A second check only for a signature that failed: an older client's gets
+        # the upgrade message rather than "does not verify".
+        older = signing_payload(method, path, date, body, principal="", domain=_V3_DOMAIN, **fields)
+        if signature_verifies(public_key, signature, older):
+            raise AuthenticationError(_OLDER_V3_REQUEST)
         raise AuthenticationError("request signature does not verify")
-    # Spent per signing key, not per principal: the credential headers are not
-    # signed, so one signature verifies under the bare key and under every
-    # certificate of that key, each another principal.  Keyed by principal, a
-    # captured request was accepted once per credential form (for a bare key
-    # the two ids are the same, so its spend id is what it was, and it is not
-    # worked out twice: ~17 µs of CPU, a sixth of this call).
+    # Spent per signing key: since v4 the signature names the principal, so it
+    # verifies under one credential only, but a record keyed by key stays right
+    # whatever the form (for a bare key the two ids are the same, so its spend id
+    # is what it was, and it is not worked out twice: ~17 µs of CPU).
     signer = _key_id(public_key) if headers.get(CERT_HEADER) else caller_id
     spend = hashlib.sha256(f"request\n{signer}\n{request_id}".encode()).hexdigest()
     # Kept until no clock could accept the request again.
@@ -482,6 +507,13 @@ def _signed_deployment(headers: Mapping[str, str]) -> str:
     if not is_deployment_id(named):
         raise AuthenticationError(f"{DEPLOYMENT_HEADER} is not a deployment id (32 hex digits)")
     return named
+
+
+def _principal_of(key: SigningKey, certificate: x509.Certificate | None) -> str:
+    """The principal id a signer presenting ``certificate`` (or its bare key) stands for."""
+    if certificate is not None:
+        return certificate_id(certificate.public_bytes(serialization.Encoding.DER))
+    return _key_id(key.public_key())
 
 
 def _credential_fields(key: SigningKey, certificate: x509.Certificate | None) -> dict[str, str]:
@@ -565,10 +597,7 @@ def sign_consent(
     CAS ``deployment`` (its id, from ``GET /v1/health``) at ``audience``."""
     if not is_deployment_id(deployment):
         raise ValueError(f"not a CAS deployment id (32 hex digits): {deployment!r}")
-    if certificate is not None:
-        principal = certificate_id(certificate.public_bytes(serialization.Encoding.DER))
-    else:
-        principal = _key_id(key.public_key())
+    principal = _principal_of(key, certificate)
     payload = consent_payload(deployment, audience, principal, policy, policy_hash, expires_at)
     signature = sign(key, payload)
     return {
