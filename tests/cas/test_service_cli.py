@@ -708,3 +708,34 @@ def test_owner_audit_verify_runs_a_whole_round_in_one_command(
     assert "BROKEN" in captured.out and audit.CONTENT_CHANGED in captured.out
     assert cli(["audit", "verify", "--url", url, "--database-url", "sqlite:///x.db"]) == 2
     assert cli(["audit", "verify", *["--config", str(home / "cas.yaml")], "--once"]) == 2
+
+
+def test_rejections_recorded_per_policy_follow_the_settings(home: Path) -> None:
+    """The per-policy budget of recorded rejections is a setting (per worker process),
+    served over real HTTPS: past it, garbage naming the policy gets 429 and no entry."""
+    from sgxcloud.cas.service.server import TlsFiles
+
+    settings_path = home / "cas.yaml"
+    settings_path.write_text(
+        settings_path.read_text() + "rejections_burst: 3\nrejections_per_second: 0.001\n"
+    )
+    settings = load_settings(settings_path, environ={})
+    assert (settings.rejections_burst, settings.rejections_per_second) == (3, 0.001)
+    service = build_service(settings)
+    tls = TlsFiles(home / "tls" / "ca.pem", settings.tls_cert, settings.tls_key)  # type: ignore[arg-type]
+    body = {"policy": "shop", "service": "web", "nonce": "00", "public_key": "x", "evidence": ""}
+    try:
+        with (
+            background_https(build_app(settings, service), tls) as url,
+            httpx.Client(verify=ssl.create_default_context(cafile=str(tls.ca_cert))) as http,
+        ):
+            answers = [http.post(url + "/v1/attest", json=body) for _ in range(5)]
+            assert [a.status_code for a in answers] == [400, 400, 400, 429, 429]
+            assert answers[3].json()["error"] == "too-many-requests"
+            assert "audit_ref" not in answers[3].json()
+    finally:
+        service.stop()
+    database = Database.open(f"sqlite:///{home / 'data' / 'cas.db'}", migrate=False)
+    with database.engine.connect() as connection:
+        assert len(connection.execute(AuditEntryRow.__table__.select()).all()) == 3
+    database.close()

@@ -76,6 +76,11 @@ class Settings(BaseModel):
     # Attestations worked on at once (the rest queue): see core.ATTEST_CONCURRENCY.
     # Per worker process, as are max_connections and the database pool.
     attest_concurrency: int = Field(4, ge=1, le=64)
+    # Rejected attestations naming one policy recorded one by one, per worker
+    # process: this many at once, then rejections_per_second (see
+    # core.REJECTIONS_BURST); past it, what can only be rejected gets 429.
+    rejections_burst: int = Field(100, ge=1, le=1_000_000)
+    rejections_per_second: float = Field(1.0, gt=0, le=10_000)
     # Worker processes of one 'cas serve', sharing its listening socket: one
     # Python process uses about one core (the GIL), so up to the number of
     # cores (see docs/cas/operator-guide.md, "Workers").

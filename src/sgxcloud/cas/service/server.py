@@ -93,6 +93,8 @@ def build_service(
         attest_concurrency=settings.attest_concurrency,
         policy_creators=frozenset(creators) if creators is not None else None,
         max_policy_bytes=settings.max_policy_bytes,
+        rejections_burst=settings.rejections_burst,
+        rejections_per_second=settings.rejections_per_second,
     )
     try:
         service.start()
