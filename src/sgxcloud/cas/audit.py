@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from sgxcloud.bounded import bounded
 from sgxcloud.canonical import canonical_json as shared_canonical_json
 from sgxcloud.cas.store import AuditHead, Database, Repository
 from sgxcloud.cas.store.models import AuditEntryRow
@@ -168,6 +169,7 @@ def append(
     ``head`` is the chain head this transaction already locked, if it did.
     """
     head = head or repo.lock_audit_head()
+    detail = bounded(detail)
     detail_json = canonical_json(detail)
     fields = {
         "seq": head.seq + 1,

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from sgxcloud.bounded import bounded
 from sgxcloud.cleanroom.approvals import encode_public_key, generate_private_key
 from sgxcloud.cleanroom.audit import AuditLog
 from sgxcloud.cleanroom.definition import EXPOSURE_GROUPS, Dataset, Definition
@@ -418,7 +419,7 @@ class Engine:
     def record_refusal(self, analyst: str, exc: QueryError | QueryRefused) -> None:
         """Audit a query refused before it reached :meth:`run` (or inside it)."""
         reason = getattr(exc, "reason", "invalid_query")
-        self.audit.append("refusal", analyst, {"reason": reason, "message": str(exc)})
+        self.audit.append("refusal", analyst, {"reason": reason, "message": bounded(str(exc))})
 
     def run(self, query: Query | dict[str, Any], analyst: str) -> Result:
         """Answer ``query`` for ``analyst`` or raise QueryRefused / QueryError."""
@@ -455,7 +456,7 @@ class Engine:
                 self.audit.append(
                     "refusal",
                     analyst,
-                    {"reason": exc.reason, "query_hash": key, "message": str(exc)},
+                    {"reason": exc.reason, "query_hash": key, "message": bounded(str(exc))},
                 )
                 raise
             # Every party reads the audit log: it records who released what to whom
