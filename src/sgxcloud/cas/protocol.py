@@ -34,6 +34,8 @@ from sgxcloud.cas.errors import ProtocolError as ProtocolError
 NONCE_SIZE = 32
 BINDING_SIZE = 32  # the first half of the 64-byte REPORTDATA
 REPORT_DATA_SIZE = 64
+AUDIT_MORE_HEADER = "X-Audit-More-After"
+"""On a ``GET /v1/audit`` page cut at its byte bound: the ``after`` of the next page."""
 HPKE_SUITE_NAME = "DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM"
 _INFO_PREFIX = b"sgxcloud-cas configuration v1\0"
 ANSWER_VERSION = 2

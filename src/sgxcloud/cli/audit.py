@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -235,7 +236,11 @@ def show(
                 found = client.audit_entry(ref)
                 listed = [found] if found else []
             else:
-                listed = client.audit(after=after_ref, limit=min(limit, 1000))
+                listed, more = client.audit_page(after=after_ref, limit=min(limit, 1000))
+                if more:  # the CAS stopped the page at its byte bound
+                    console(stderr=True).print(
+                        f"(page cut at its size: more with --after-ref {escape(more)})"
+                    )
         return _print(listed, "ref", ref, as_json, wide)
     if after_ref:
         raise click.UsageError("--after-ref pages over the API (--url); a database pages --after")

@@ -27,6 +27,7 @@ from cryptography import x509
 from sgxcloud.cas.client.enclave import pinned_tls
 from sgxcloud.cas.client.errors import ClientError, PolicyNotFound, ServiceUnavailable
 from sgxcloud.cas.errors import AccessDenied, ConflictError, PolicyError, PolicyProblem
+from sgxcloud.cas.protocol import AUDIT_MORE_HEADER
 
 
 class OwnerClient:
@@ -141,12 +142,18 @@ class OwnerClient:
 
     def audit(self, after: str = "", limit: int = 100) -> list[dict[str, Any]]:
         """Entries about our policies, oldest first; ``after``: the previous page's last ref."""
+        return self.audit_page(after, limit)[0]
+
+    def audit_page(self, after: str = "", limit: int = 100) -> tuple[list[dict[str, Any]], str]:
+        """:meth:`audit`, and the ``after`` of the next page if the CAS stopped this one at
+        its byte bound ("" otherwise: then a page shorter than ``limit`` is the last)."""
         # no empty 'after': a CAS of an earlier release reads it as a number
         query = urllib.parse.urlencode(
             {"after": after, "limit": limit} if after else {"limit": limit}
         )
-        answer: list[dict[str, Any]] = _owner_answer(self._request("GET", f"/v1/audit?{query}"))
-        return answer
+        response = self._request("GET", f"/v1/audit?{query}")
+        answer: list[dict[str, Any]] = _owner_answer(response)
+        return answer, response.headers.get(AUDIT_MORE_HEADER, "")
 
     def verify_audit(self) -> dict[str, Any]:
         """One ``GET /v1/audit/verify``: ``ok``, ``problems``, and the caller's round

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -34,7 +34,7 @@ from sgxcloud.cas.errors import (
     PolicyError,
     RejectionsLimited,
 )
-from sgxcloud.cas.protocol import HPKE_SUITE_NAME, ProtocolError
+from sgxcloud.cas.protocol import AUDIT_MORE_HEADER, HPKE_SUITE_NAME, ProtocolError
 from sgxcloud.cas.secrets import SecretsError
 from sgxcloud.cas.service import auth, schemas
 from sgxcloud.cas.service.core import (
@@ -352,6 +352,7 @@ def create_app(
     @app.get("/v1/audit", response_model=list[schemas.AuditEntryModel], tags=["audit"])
     async def audit_entries(
         request: Request,
+        response: Response,
         after: str = Query(
             "",
             max_length=64,
@@ -360,11 +361,18 @@ def create_app(
         limit: int = Query(100, ge=1, le=1000),
         ref: str | None = Query(None, max_length=64, description="just this entry"),
     ) -> list[schemas.AuditEntryModel]:
-        """Audit entries about the policies the caller owns or reads with consent, oldest first."""
+        """Audit entries about the policies the caller owns or reads with consent, oldest first.
+
+        A page holds up to ``limit`` entries and about 1 MiB: when it stops
+        short for its size, header ``X-Audit-More-After`` names its last ref
+        (the ``after`` of the next page).
+        """
         who = await caller(request)
-        entries = await run_in_threadpool(
-            lambda: cas().owner_audit(who, after=after, limit=limit, ref=ref)
+        entries, more = await run_in_threadpool(
+            lambda: cas().owner_audit_page(who, after=after, limit=limit, ref=ref)
         )
+        if more:
+            response.headers[AUDIT_MORE_HEADER] = entries[-1].ref
         return [schemas.AuditEntryModel(**e.to_dict()) for e in entries]
 
     @app.get("/v1/audit/verify", response_model=schemas.AuditVerifyResponse, tags=["audit"])
