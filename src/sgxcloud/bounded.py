@@ -22,9 +22,19 @@ MAX_ITEMS = 300
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
-def printable(text: str) -> str:
-    """``text`` with control, format and bidi characters written as escapes (``\\x1b``)."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+_CONTROL_BUT_LINES = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` with control, format and bidi characters written as escapes (``\\x1b``);
+    with ``lines``, tabs and line feeds kept (documents shown as they are laid out)."""
+    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(_escape, text)
 
 
 def bounded(value: Any) -> Any:

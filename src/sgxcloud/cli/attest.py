@@ -26,6 +26,7 @@ from sgxcloud.cas.evidence import (
     load_evidence,
     make_simulated_evidence,
 )
+from sgxcloud.cli.output import safe
 from sgxcloud.errors import InputError
 from sgxcloud.sgx.identity import EnclaveIdentity
 from sgxcloud.sgx.quote import parse_sgx_quote
@@ -177,20 +178,23 @@ def _render(report: AttestationReport, console: Console, policy_path: str | None
     rows = [
         ("Evidence", kind),
         ("Signature/collateral verified", "n/a (SIMULATED)" if report.simulated else verified),
-        ("TCB status", data["tcb_status"] or "—"),
-        ("Advisories", ", ".join(data["advisory_ids"]) or "none"),
-        ("MRENCLAVE", data["mrenclave"] or "—"),
-        ("MRSIGNER", data["mrsigner"] or "—"),
+        # collateral and evidence are data from outside: never markup
+        ("TCB status", safe(data["tcb_status"] or "—")),
+        ("Advisories", safe(", ".join(data["advisory_ids"]) or "none")),
+        ("MRENCLAVE", safe(data["mrenclave"] or "—")),
+        ("MRSIGNER", safe(data["mrsigner"] or "—")),
         (
             "ISVPRODID / ISVSVN",
-            f"{data['isvprodid']} / {data['isvsvn']}" if data["isvprodid"] is not None else "—",
+            safe(f"{data['isvprodid']} / {data['isvsvn']}")
+            if data["isvprodid"] is not None
+            else "—",
         ),
         ("Debug", {True: "[red]yes[/]", False: "no", None: "—"}[data["debug"]]),
-        ("Report data", data["report_data"] or "—"),
+        ("Report data", safe(data["report_data"] or "—")),
         ("Checked at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.checked_at))),
     ]
     if policy_path:
-        rows.append(("Policy / service", f"{policy_path} / {report.service}"))
+        rows.append(("Policy / service", safe(f"{policy_path} / {report.service}")))
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
@@ -201,7 +205,7 @@ def _render(report: AttestationReport, console: Console, policy_path: str | None
     else:
         console.print(f"[bold red]✘ rejected[/]{label}")
         for reason in report.reasons:
-            console.print(f"  • {reason}")
+            console.print(f"  • {safe(reason)}")
 
 
 @attest.command(name="simulate")
@@ -257,7 +261,7 @@ def simulate(
     except OSError as exc:
         raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
     Console(stderr=True).print(
-        f"[bold yellow]SIMULATED[/] evidence written to {output} — {SIMULATED_WARNING}"
+        f"[bold yellow]SIMULATED[/] evidence written to {safe(output)} — {SIMULATED_WARNING}"
     )
     return 0
 
@@ -296,6 +300,6 @@ def show(quote_path: str, as_json: bool) -> int:
     table.add_column("Field", style="bold")
     table.add_column("Value", overflow="fold")
     for key, value in data.items():
-        table.add_row(key, str(value))
+        table.add_row(key, safe(value))
     Console().print(table)
     return 0

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -27,7 +26,7 @@ from sgxcloud.cas import audit as audit_log
 from sgxcloud.cas.audit_refs import EntryRefs
 from sgxcloud.cas.config import load_settings
 from sgxcloud.cas.store import Database
-from sgxcloud.cli.output import console, wide_output
+from sgxcloud.cli.output import console, safe, wide_output
 from sgxcloud.cli.owner_options import owner_credentials
 from sgxcloud.cli.policy import Connection
 
@@ -165,7 +164,7 @@ def verify(
     else:
         table = Table("seq", "problem", title="audit chain BROKEN", title_style="bold red")
         for problem in report.problems:
-            table.add_row(str(problem.seq), problem.problem)
+            table.add_row(str(problem.seq), safe(problem.problem))
         console(wide).print(table)
     return 0 if report.ok else 1
 
@@ -239,7 +238,7 @@ def show(
                 listed, more = client.audit_page(after=after_ref, limit=min(limit, 1000))
                 if more:  # the CAS stopped the page at its byte bound
                     console(stderr=True).print(
-                        f"(page cut at its size: more with --after-ref {escape(more)})"
+                        f"(page cut at its size: more with --after-ref {safe(more)})"
                     )
         return _print(listed, "ref", ref, as_json, wide)
     if after_ref:
@@ -299,7 +298,7 @@ def _print_round(answer: dict, as_json: bool, wide: bool) -> int:
         return 0 if answer["ok"] else 1
     calls = answer.get("calls", 1)
     if not answer["ok"]:
-        kinds = ", ".join(p["problem"] for p in answer["problems"])
+        kinds = safe(", ".join(str(p["problem"]) for p in answer["problems"]))
         console(wide).print(
             Panel.fit(
                 f"{kinds}\n(the operator sees where with 'sgxcloud audit verify' on the database)",
@@ -312,12 +311,13 @@ def _print_round(answer: dict, as_json: bool, wide: bool) -> int:
         text = "what this call checked is intact (this CAS does not report rounds)"
     elif answer["round_complete"]:
         text = (
-            f"round {answer['round']} complete in {calls} call(s): every entry about your "
+            f"round {safe(answer['round'])} complete in {calls} call(s): every entry about your "
             "policies re-checked, and the chain since the CAS last verified it"
         )
     else:
         text = (
-            f"round {answer['round']}: {answer['round_left']:,} of your entries left to re-check "
+            f"round {safe(answer['round'])}: {answer['round_left']:,} of your entries left to "
+            "re-check "
             f"(~{-(-answer['round_left'] // 1000)} more call(s)); run without --once for a "
             "whole round"
         )
@@ -328,7 +328,9 @@ def _print_round(answer: dict, as_json: bool, wide: bool) -> int:
 def _print(listed: list[dict], name: str, asked: str | None, as_json: bool, wide: bool) -> int:
     """Print entries named by ``name`` (seq or ref); 1 if the one ``asked`` is not there."""
     if asked is not None and not listed:
-        console(stderr=True).print(f"audit entry {asked} is not there or not about your policies")
+        console(stderr=True).print(
+            f"audit entry {safe(asked)} is not there or not about your policies"
+        )
         return 1
     if as_json:
         click.echo(json.dumps(listed, indent=2))
@@ -338,12 +340,12 @@ def _print(listed: list[dict], name: str, asked: str | None, as_json: bool, wide
         when = dt.datetime.fromtimestamp(e["at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         style = {"rejected": "red", "accepted": "green"}.get(e["outcome"], "")
         table.add_row(
-            str(e.get(name, e.get("seq", "?"))),  # a CAS of an earlier release answers seq
+            safe(e.get(name, e.get("seq", "?"))),  # a CAS of an earlier release answers seq
             when,
-            e["kind"],
-            e["subject"],
-            f"[{style}]{e['outcome']}[/]" if style else e["outcome"],
-            _summary(e["kind"], e["detail"], full=wide_output(wide)),
+            safe(e["kind"]),
+            safe(e["subject"]),
+            f"[{style}]{safe(e['outcome'])}[/]" if style else safe(e["outcome"]),
+            safe(_summary(e["kind"], e["detail"], full=wide_output(wide))),
         )
     console(wide).print(table)
     return 0
@@ -357,7 +359,7 @@ def _summary(kind: str, detail: dict, *, full: bool = False) -> str:
         if detail.get("mrenclave"):
             mrenclave = detail["mrenclave"]
             parts.append(f"MRENCLAVE {mrenclave if full else mrenclave[:12] + '…'}")
-        parts.extend(detail.get("reasons", []))
+        parts.extend(str(reason) for reason in detail.get("reasons", []))
         return "; ".join(parts)
     policy_hash = str(detail.get("policy_hash"))
     return f"v{detail.get('version')} {policy_hash if full else policy_hash[:12] + '…'}"

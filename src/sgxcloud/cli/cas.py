@@ -13,7 +13,7 @@ from rich.panel import Panel
 
 from sgxcloud.cas import files, secrets
 from sgxcloud.cas.config import check_settings_file, load_settings
-from sgxcloud.cli.output import console
+from sgxcloud.cli.output import console, safe
 
 _CONFIG_HELP = (
     "Settings file (YAML). Every setting can also come from SGXCLOUD_CAS_<NAME>, which wins; "
@@ -63,14 +63,14 @@ def serve(config_path: Path | None, host: str | None, port: int | None, workers:
     settings.keyring()  # the master key first: without it nothing else matters
     if settings.tls_cert is not None and settings.tls_key is not None:
         for warning in check_server_tls(settings.tls_cert, settings.tls_key):
-            console(stderr=True).print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
+            console(stderr=True).print(f"[bold yellow]warning:[/] {safe(warning)}", soft_wrap=True)
     from sgxcloud.cas.store.db import secure_sqlite_files
 
     for message in secure_sqlite_files(settings.database_url):
-        console(stderr=True).print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
+        console(stderr=True).print(f"[bold yellow]warning:[/] {safe(message)}", soft_wrap=True)
     if settings.master_key_beside_database():
         console(stderr=True).print(
-            f"[bold yellow]warning:[/] master key {settings.master_key_file} is in the same "
+            f"[bold yellow]warning:[/] master key {safe(settings.master_key_file)} is in the same "
             "directory as the SQLite database: a copy of that directory opens every secret. "
             "Move the key (or use SGXCLOUD_CAS_MASTER_KEY).",
             soft_wrap=True,
@@ -202,13 +202,13 @@ def init(
         files.write_file(settings_path, ("\n".join(lines) + "\n").encode(), files.PRIVATE)
     console().print(
         Panel.fit(
-            f"master key id [bold]{key.key_id}[/] in {key_path}\n"
-            f"database in {data_dir}\nsettings in {settings_path}",
+            f"master key id [bold]{safe(key.key_id)}[/] in {safe(key_path)}\n"
+            f"database in {safe(data_dir)}\nsettings in {safe(settings_path)}",
             title="CAS initialised",
         )
     )
     for note in notes:
-        console().print(note, highlight=False)
+        console().print(safe(note), highlight=False)
     return 0
 
 
@@ -232,7 +232,7 @@ def rewrap(config_path: Path | None) -> int:
         moved = database.run(lambda repo: rewrap_all(repo, keyring))
     finally:
         database.close()
-    console().print(f"{moved} secret(s) re-wrapped under master key {keyring.current.key_id}")
+    console().print(f"{moved} secret(s) re-wrapped under master key {safe(keyring.current.key_id)}")
     return 0
 
 
@@ -267,7 +267,8 @@ def backup(destination: Path, config_path: Path | None, as_json: bool) -> int:
             else ""
         )
         console().print(
-            f"backup {destination} ({report.backend}, {report.size} bytes){chain}", highlight=False
+            f"backup {safe(destination)} ({report.backend}, {report.size} bytes){safe(chain)}",
+            highlight=False,
         )
     return 0
 
@@ -309,14 +310,14 @@ def restore(source: Path, config_path: Path | None, replace: bool, as_json: bool
         click.echo(json.dumps(report.to_dict(), indent=2))
     elif report.audit.ok:
         console().print(
-            f"restored {source} into the {report.backend} database; audit chain intact, "
+            f"restored {safe(source)} into the {report.backend} database; audit chain intact, "
             f"{report.audit.entries} entries, head {report.audit.head_hash}",
             highlight=False,
         )
     else:
         console(stderr=True).print(
             f"restored, but the audit chain is BROKEN: "
-            f"{[p.problem for p in report.audit.problems][:3]}"
+            f"{safe([p.problem for p in report.audit.problems][:3])}"
         )
     return 0 if report.audit.ok else 1
 
@@ -357,7 +358,7 @@ def deployment(config_path: Path | None, renew: bool, as_json: bool) -> int:
         answer = {"deployment": found, **({"previous": previous} if renew else {})}
         click.echo(json.dumps(answer))
     elif renew:
-        console().print(f"deployment {found} (was {previous})", highlight=False)
+        console().print(f"deployment {safe(found)} (was {safe(previous)})", highlight=False)
     else:
         click.echo(found)
     return 0

@@ -20,7 +20,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from sgxcloud.bounded import printable
 from sgxcloud.cli.output import console as output_console
+from sgxcloud.cli.output import safe
 from sgxcloud.errors import InputError
 
 console = output_console()  # full values when piped (cli/output.py)
@@ -233,11 +235,11 @@ def init(directory: str, people: int, fmt: str, hardware: bool, as_json: bool) -
     }
 
     def render(d):
-        console.print(f"definition: {d['definition']}")
-        console.print(f"keys: {d['keys']} (one per party; keep them private)")
-        console.print(f"approvals: {', '.join(d['approvals'])}")
+        console.print(f"definition: {safe(d['definition'])}")
+        console.print(f"keys: {safe(d['keys'])} (one per party; keep them private)")
+        console.print(f"approvals: {safe(', '.join(d['approvals']))}")
         console.print(d["privacy"], highlight=False)
-        console.print(f"next: [bold]sgxcloud cleanroom local --workdir {directory}[/]")
+        console.print(f"next: [bold]sgxcloud cleanroom local --workdir {safe(directory)}[/]")
 
     _emit(as_json, doc, render)
     return 0
@@ -274,7 +276,7 @@ def keygen(out: str, as_json: bool) -> int:
     _emit(
         as_json,
         {"private_key": out, "public_key": encode_public_key(key)},
-        lambda d: console.print(f"public key: [bold]{d['public_key']}[/]"),
+        lambda d: console.print(f"public key: [bold]{safe(d['public_key'])}[/]"),
     )
     return 0
 
@@ -305,8 +307,8 @@ def approve(definition: str, party: str, key_path: str, out: str, as_json: bool)
         as_json,
         doc,
         lambda x: console.print(
-            f"{party} approved definition {x['definition_hash'][:16]}… "
-            f"(coordinator {x['coordinator_mrenclave'][:16]}…) → {out}"
+            f"{safe(party)} approved definition {safe(x['definition_hash'][:16])}… "
+            f"(coordinator {safe(x['coordinator_mrenclave'][:16])}…) → {safe(out)}"
         ),
     )
     return 0
@@ -384,15 +386,15 @@ def _render_check(doc: dict[str, Any]) -> None:
             else f"[bold red]{ds['errors']} error(s): the node would refuse it[/]"
         )
         console.print(
-            f"[bold]{ds['dataset']}[/] ← {ds['source'] or '(no file)'}: "
+            f"[bold]{safe(ds['dataset'])}[/] ← {safe(ds['source'] or '(no file)')}: "
             f"{ds['rows']:,} rows, {verdict}",
             highlight=False,
         )
         for f in ds["findings"]:
             where = next((k for k in ("lines", "rows") if f.get(k)), None)
-            column = f"{f['column']}: " if f["column"] else ""
+            column = f"{safe(f['column'])}: " if f["column"] else ""
             count = f"{f['count']:,} " if f["count"] and not f["message"][0].isdigit() else ""
-            line = f"  {marks[f['severity']]} {column}{count}{f['message']}"
+            line = f"  {marks[f['severity']]} {column}{count}{safe(f['message'])}"
             if where:
                 more = "…" if f["count"] > len(f[where]) else ""
                 line += (
@@ -402,7 +404,7 @@ def _render_check(doc: dict[str, Any]) -> None:
             console.print(line, highlight=False, markup=True)
             for n, example in zip(f.get(where) or [], f["examples"], strict=False):
                 console.print(
-                    f"      {where[:-1] if where else 'row'} {n}: {example!r}",
+                    f"      {where[:-1] if where else 'row'} {n}: {printable(repr(example))}",
                     highlight=False,
                     markup=False,
                 )
@@ -509,7 +511,9 @@ def node_serve(
     _simulation_banner(loaded, allow_simulated)
     bound = server.address
     label = " [bold red]SIMULATED attestation[/]" if simulate else ""
-    console.print(f"node {provider} listening on {bound[0]}:{bound[1]}{label}", highlight=False)
+    console.print(
+        f"node {safe(provider)} listening on {safe(bound[0])}:{bound[1]}{label}", highlight=False
+    )
     _ready(ready_file, {"host": bound[0], "port": bound[1], "pid": __import__("os").getpid()})
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:
@@ -643,8 +647,8 @@ def coordinator(
     approvals = coord.approval_status()
     if not approvals["complete"]:
         console.print(
-            f"[yellow]approvals incomplete: missing {approvals['missing']}, "
-            f"invalid {approvals['invalid']}; nodes will refuse[/]"
+            f"[yellow]approvals incomplete: missing {safe(approvals['missing'])}, "
+            f"invalid {safe(approvals['invalid'])}; nodes will refuse[/]"
         )
     with Progress(
         TextColumn("{task.description}"),
@@ -667,16 +671,21 @@ def coordinator(
     for col in ("dataset", "state", "rows", "reason"):
         table.add_column(col)
     for st in coord.status().values():
-        table.add_row(st["dataset"], st["state"], str(st.get("rows", 0)), st.get("reason", ""))
+        table.add_row(
+            safe(st["dataset"]),
+            safe(st["state"]),
+            safe(st.get("rows", 0)),
+            safe(st.get("reason", "")),  # a node's or a file's words
+        )
     console.print(table)
     host, port = _hostport(listen)
 
     def ready(bound_port: int, metrics_port: int | None) -> None:
-        console.print(f"coordinator API on https://{host}:{bound_port}", highlight=False)
+        console.print(f"coordinator API on https://{safe(host)}:{bound_port}", highlight=False)
         doc = {"host": host, "port": bound_port, "status": coord.status()}
         if metrics_at and metrics_port:
             doc["metrics"] = f"http://{metrics_at[0]}:{metrics_port}/metrics"
-            console.print(f"metrics on {doc['metrics']}", highlight=False)
+            console.print(f"metrics on {safe(doc['metrics'])}", highlight=False)
         _ready(ready_file, doc)
 
     from sgxcloud.web.limits import RequestLimits
@@ -857,18 +866,21 @@ def render_result(verified, target: Console | None = None, *, show_all: bool = F
     noised figure with its noise, long breakdowns collapsed unless ``show_all``."""
     result = verified.result
     out = target or console
-    title = f"{result.template} · {result.analysis} · result {result.result_id[:8]}"
+    title = safe(f"{result.template} · {result.analysis} · result {result.result_id[:8]}")
     table = Table(title=title)
     dims = sorted({k for c in result.cells for k in c.dims})
     for col in (*dims, "metric", "value"):
-        table.add_column(col, justify="right" if col == "value" else "left")
+        table.add_column(safe(col), justify="right" if col == "value" else "left")
     segments = list(dict.fromkeys(c.dims["segment"] for c in result.cells if "segment" in c.dims))
     shown = segments if show_all else segments[:SEGMENTS_SHOWN]
     for cell in result.cells:
         if "segment" in cell.dims and cell.dims["segment"] not in shown:
             continue
         table.add_row(
-            *(cell.dims.get(d, "") for d in dims), cell.metric, _shown_value(result, cell)
+            # categories are the providers' data: shown as written, never as markup
+            *(safe(cell.dims.get(d, "")) for d in dims),
+            safe(cell.metric),
+            _shown_value(result, cell),
         )
     out.print(table)
     hidden = len(segments) - len(shown)
@@ -881,7 +893,8 @@ def render_result(verified, target: Console | None = None, *, show_all: bool = F
     dp = (result.privacy or {}).get("differential_privacy")
     if dp:
         out.print(
-            f"differential privacy: {dp.get('mechanism')} noise, ε={dp.get('epsilon')} for "
+            f"differential privacy: {safe(dp.get('mechanism'))} noise, "
+            f"ε={safe(dp.get('epsilon'))} for "
             "this query; ± is the 95% margin of the noise in a figure (sampling error "
             "comes on top); lifts and p-values are computed from the noised figures",
             highlight=False,
@@ -919,7 +932,7 @@ def verify_result_cmd(
         _emit(
             as_json,
             {"valid": False, "reason": str(exc)},
-            lambda x: console.print(f"[bold red]INVALID[/]: {x['reason']}"),
+            lambda x: console.print(f"[bold red]INVALID[/]: {safe(x['reason'])}"),
         )
         return 1
     doc = {
@@ -934,7 +947,7 @@ def verify_result_cmd(
 
 
 def _render_datasets(datasets: list[dict[str, Any]], title: str) -> None:
-    table = Table(title=title)
+    table = Table(title=safe(title))
     for col in ("dataset", "state", "rows in use", "reason"):
         table.add_column(col, justify="right" if col == "rows in use" else "left")
     colours = {"ingested": "green", "rejected": "red", "failed": "red", "unavailable": "yellow"}
@@ -942,16 +955,22 @@ def _render_datasets(datasets: list[dict[str, Any]], title: str) -> None:
         colour = colours.get(st["state"], "white")
         # another provider's dataset comes without counts (not released to us)
         rows = f"{st['rows']:,}" if isinstance(st.get("rows"), int) else "–"
-        table.add_row(st["dataset"], f"[{colour}]{st['state']}[/]", rows, st.get("reason", ""))
+        table.add_row(
+            safe(st["dataset"]),
+            f"[{colour}]{safe(st['state'])}[/]",
+            rows,
+            safe(st.get("reason", "")),  # a node's or a file's words
+        )
     console.print(table)
 
 
 def _approvals_line(approvals: dict[str, Any]) -> str:
     if approvals.get("complete"):
-        return "approvals: [green]complete[/] (" + ", ".join(approvals.get("valid", [])) + ")"
+        valid = safe(", ".join(approvals.get("valid", [])))
+        return f"approvals: [green]complete[/] ({valid})"
     parts = [
-        f"missing: {', '.join(approvals['missing'])}" if approvals.get("missing") else "",
-        f"invalid: {', '.join(approvals['invalid'])}" if approvals.get("invalid") else "",
+        f"missing: {safe(', '.join(approvals['missing']))}" if approvals.get("missing") else "",
+        f"invalid: {safe(', '.join(approvals['invalid']))}" if approvals.get("invalid") else "",
     ]
     return (
         "approvals: [red]incomplete[/] — "
@@ -978,8 +997,10 @@ def status(url, definition, party, key, as_json, collateral, pccs) -> int:
                 f"{pooled['spent']:.4g} of {pooled['total']:.4g}, {pooled['remaining']:.4g} left",
                 highlight=False,
             )
-        console.print(f"definition {d['definition_hash']}", highlight=False)
-        console.print(f"coordinator {d['coordinator']} (attested result signer)", highlight=False)
+        console.print(f"definition {safe(d['definition_hash'])}", highlight=False)
+        console.print(
+            f"coordinator {safe(d['coordinator'])} (attested result signer)", highlight=False
+        )
 
     _emit(as_json, doc, render)
     return 0
@@ -1014,13 +1035,13 @@ def budget(url, definition, party, key, as_json, collateral, pccs) -> int:
     def render(d):
         if not d["total"]:
             console.print(
-                f"{d['analyst']}: differential privacy is off in this collaboration "
+                f"{safe(d['analyst'])}: differential privacy is off in this collaboration "
                 "(no budget is spent)",
                 highlight=False,
             )
             return
         console.print(
-            f"{d['analyst']}: ε spent {d['spent']:.4g} of {d['total']:.4g}; "
+            f"{safe(d['analyst'])}: ε spent {d['spent']:.4g} of {d['total']:.4g}; "
             f"[bold]{d['remaining']:.4g} remaining[/]",
             highlight=False,
         )
@@ -1107,16 +1128,16 @@ def audit(url, definition, party, key, as_json, collateral, pccs) -> int:
             table.add_column(col, overflow="fold")
         for e in d["entries"]:
             table.add_row(
-                str(e.get("seq", "")),
-                str(e.get("at", ""))[:19].replace("T", " "),
-                str(e.get("event", "")),
-                str(e.get("actor", "")),
-                _audit_summary(e),
+                safe(e.get("seq", "")),
+                safe(str(e.get("at", ""))[:19].replace("T", " ")),
+                safe(e.get("event", "")),
+                safe(e.get("actor", "")),  # every party's words: shown, never obeyed
+                safe(_audit_summary(e)),
             )
         console.print(table)
         console.print(
             f"[green]hash chain verified[/]: {d['chain']['entries']} entries, "
-            f"head {d['chain']['head']}",
+            f"head {safe(d['chain']['head'])}",
             highlight=False,
         )
 
@@ -1144,21 +1165,23 @@ def match_rate(
     doc = {"rates": rates.rates, "bundle": rates.verified.bundle}
 
     def render(d):
-        table = Table(title=f"match rates · {analysis}")
+        table = Table(title=f"match rates · {safe(analysis)}")
         for col in ("matched in", "of", "matched", "of total", "rate"):
             table.add_column(col, justify="left" if col in ("matched in", "of") else "right")
         for r in d["rates"]:
             rate = "[yellow]suppressed (< k)[/]" if r["rate"] is None else f"{r['rate']:.1%}"
             if r["noisy"] and r["rate"] is not None:
                 rate += " [dim](DP)[/]"
-            table.add_row(r["datasets"], r["of"], _number(r["matched"]), _number(r["total"]), rate)
+            table.add_row(
+                safe(r["datasets"]), safe(r["of"]), _number(r["matched"]), _number(r["total"]), rate
+            )
         console.print(table)
         note = (
             "[bold red]SIMULATED enclave[/]"
             if rates.verified.simulated
             else "[green]attested coordinator enclave[/]"
         )
-        console.print(f"from result {rates.verified.result.result_id}, signed by the {note}")
+        console.print(f"from result {safe(rates.verified.result.result_id)}, signed by the {note}")
 
     _emit(as_json, doc, render)
     return 0
@@ -1191,10 +1214,10 @@ def public_key(key_path: str, definition: str | None, as_json: bool) -> int:
         doc["roles"] = list(party.roles) if party else []
 
     def render(x):
-        console.print(x["public_key"], highlight=False)
+        console.print(safe(x["public_key"]), highlight=False)
         if "party" in x:
             console.print(
-                f"party {x['party']} ({', '.join(x['roles'])})"
+                safe(f"party {x['party']} ({', '.join(x['roles'])})")
                 if x["party"]
                 else "[yellow]no party of this definition has this key[/]",
                 highlight=False,
@@ -1241,7 +1264,8 @@ def local(workdir: str, as_json: bool) -> int:
                 as_json,
                 collab.describe(),
                 lambda d: console.print(
-                    f"[bold red]SIMULATED[/] collaboration running; coordinator at {d['url']} "
+                    "[bold red]SIMULATED[/] collaboration running; coordinator at "
+                    f"{safe(d['url'])} "
                     "(Ctrl-C or SIGTERM stops it and its processes)"
                 ),
             )

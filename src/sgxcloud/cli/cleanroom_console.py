@@ -100,6 +100,7 @@ def console(
     from sgxcloud.cleanroom.console.server import bind, serve
     from sgxcloud.cli.cleanroom import _collateral, _definition, _key
     from sgxcloud.cli.cleanroom import console as out
+    from sgxcloud.cli.output import safe
 
     explicit_url = url
     if workdir:
@@ -143,13 +144,13 @@ def console(
                 else "coordinator attested"
             )
         except Exception as exc:  # shown, not fatal: the page retries
-            reach = f"[yellow]coordinator not reachable yet: {exc}[/]"
+            reach = f"[yellow]coordinator not reachable yet: {safe(exc)}[/]"
         if as_json:
             click.echo(json.dumps({"url": link, "party": party, "port": guard.port}))
         else:
-            out.print(f"console for {party}: {reach}", highlight=False)
+            out.print(f"console for {safe(party)}: {reach}", highlight=False)
             out.print(
-                f"open [bold]{link}[/] (this machine only; Ctrl-C stops)",
+                f"open [bold]{safe(link)}[/] (this machine only; Ctrl-C stops)",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from sgxcloud.cli.output import safe
 from sgxcloud.demo import SECTIONS, run_demo
 
 
@@ -46,7 +47,9 @@ def demo(workdir: Path, only: tuple[str, ...], people: int | None, as_json: bool
     console = Console(stderr=as_json)
     summary = run_demo(console, workdir, only or SECTIONS, people=people)
     console.rule("[bold]Done")
-    console.print(f"Outputs are in {workdir.resolve()}; seconds per section: {summary['seconds']}")
+    console.print(
+        f"Outputs are in {safe(workdir.resolve())}; seconds per section: {summary['seconds']}"
+    )
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     return 0

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sgxcloud.cli.host import emit, json_option, root_option
+from sgxcloud.cli.output import safe
 from sgxcloud.nova.checks import check_guest
 
 
@@ -34,6 +35,6 @@ def check(root: str, as_json: bool) -> int:
         table.add_column("Pages", justify="right")
         table.add_column("MiB", justify="right")
         for name, value in counters.items():
-            table.add_row(name, str(value["pages"]), f"{value['mib']:g}")
+            table.add_row(safe(name), safe(value["pages"]), f"{value['mib']:g}")
         console.print(table)
     return emit(report, as_json, console)

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from sgxcloud.cli.output import safe
 from sgxcloud.nova.checks import Report, Status, check_host, check_vm_epc
 
 _STYLE = {Status.OK: "green", Status.WARNING: "yellow", Status.FAILURE: "bold red"}
@@ -42,14 +43,18 @@ def emit(report: Report, as_json: bool, console: Console | None = None) -> int:
     good, bad = _VERDICT.get(report.tool, ("ready", "not ready"))
     if report.ready:
         warnings = sum(f.status is Status.WARNING for f in report.findings)
-        console.print(f"[green]✔ {good}[/]" + (f" ({warnings} warning(s))" if warnings else ""))
+        console.print(
+            f"[green]✔ {safe(good)}[/]" + (f" ({warnings} warning(s))" if warnings else "")
+        )
     else:
         console.print(f"[bold red]✘ {bad}[/]")
     return report.exit_code
 
 
 def findings_table(report: Report) -> Table:
-    table = Table(title=f"{report.tool} — root {report.root}", show_lines=False, expand=False)
+    table = Table(
+        title=f"{safe(report.tool)} — root {safe(report.root)}", show_lines=False, expand=False
+    )
     table.add_column("Check", no_wrap=True)
     table.add_column("Status", no_wrap=True)
     table.add_column("Detail")
@@ -57,10 +62,10 @@ def findings_table(report: Report) -> Table:
     for finding in report.findings:
         style = _STYLE[finding.status]
         table.add_row(
-            finding.check,
+            safe(finding.check),
             f"[{style}]{finding.status.value}[/]",
-            finding.detail,
-            finding.fix or "",
+            safe(finding.detail),  # may quote what it read: VM names, files, command lines
+            safe(finding.fix or ""),
         )
     return table
 
@@ -116,7 +121,7 @@ def _vm_table(report: Report) -> Table:
         status = Status(vm["status"])
         table.add_row(
             str(vm["pid"]),
-            vm["domain"] or "—",
+            safe(vm["domain"] or "—"),  # a tenant names its VM
             _mib(vm["requested_kib"]),
             _mib(vm["mapped_kib"]),
             f"[{_STYLE[status]}]{status.value}[/]",

@@ -13,6 +13,7 @@ import sys
 import click
 
 from sgxcloud import extras
+from sgxcloud.bounded import printable
 from sgxcloud.errors import SgxcloudError
 
 # name -> (module, attribute, one-line help).  Adding an area is one line here.
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("aborted", err=True)
         return 130
     except SgxcloudError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(str(exc))}", err=True)  # a service's words: no escapes
         return exc.exit_code
     except ModuleNotFoundError as exc:
         # A command reached for an optional dependency this install lacks.

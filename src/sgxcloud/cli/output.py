@@ -12,7 +12,11 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
+from rich.text import Text
+
+from sgxcloud.bounded import printable
 
 UNLIMITED = 1_000_000
 
@@ -29,8 +33,16 @@ def console(wide: bool = False, *, stderr: bool = False) -> Console:
     return Console(stderr=stderr)
 
 
+def safe(value: Any) -> str:
+    """``value`` as data in a Rich string or table cell: shown as written, never as markup
+    (``[/x]`` made ``audit show`` fail; red team rt9 finding F2), and with control, format
+    and bidi characters shown as escapes, so stored text cannot drive the terminal."""
+    return escape(printable(str(value)))
+
+
 def code(text: str, lexer: str, wide: bool = False) -> Any:
     """Highlighted on a terminal; verbatim otherwise (Syntax pads and crops to a width)."""
+    text = printable(text, lines=True)  # no terminal control from a stored document
     if wide_output(wide):
-        return text.rstrip("\n")
+        return Text(text.rstrip("\n"))  # as written: a document is not markup
     return Syntax(text, lexer)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from sgxcloud.cas.policy import certificate_id, public_key_id
-from sgxcloud.cli.output import console
+from sgxcloud.cli.output import console, safe
 from sgxcloud.errors import InputError
 
 ALGORITHMS = ("ed25519", "p256")
@@ -142,10 +142,10 @@ def keygen(
         click.echo(json.dumps(result, indent=2))
         return 0
     out_console = console()
-    out_console.print(f"owner key {out} ({algorithm}), public key {public_path}")
+    out_console.print(f"owner key {safe(out)} ({algorithm}), public key {safe(public_path)}")
     if csr_path is not None:
-        out_console.print(f"certificate signing request {csr_path} (subject {subject})")
-    out_console.print(f"id {principal}")
+        out_console.print(f"certificate signing request {safe(csr_path)} (subject {safe(subject)})")
+    out_console.print(f"id {safe(principal)}")
     return 0
 
 
@@ -216,10 +216,12 @@ def id_(file: Path, as_json: bool) -> int:
         click.echo(json.dumps(found, indent=2))
         return 0
     out = console()
-    out.print(found["id"] or f"(no certificate yet) key id {found['key_id']}", highlight=False)
+    out.print(
+        safe(found["id"] or f"(no certificate yet) key id {found['key_id']}"), highlight=False
+    )
     if found.get("subject"):
         out.print(
-            f"{found['kind']} {found['subject']}; key id {found['key_id']}",
+            safe(f"{found['kind']} {found['subject']}; key id {found['key_id']}"),
             highlight=False,
             style="dim",
         )

@@ -35,7 +35,7 @@ from sgxcloud.cas import client as cas_client
 from sgxcloud.cas.client import OwnerClient
 from sgxcloud.cas.errors import PolicyError
 from sgxcloud.cas.policy import certificate_id, load_policy, public_key_id
-from sgxcloud.cli.output import code, console
+from sgxcloud.cli.output import code, console, safe
 from sgxcloud.cli.owner_options import DEPLOYMENT_HELP, owner_credentials, read_deployment
 from sgxcloud.errors import InputError
 
@@ -205,9 +205,11 @@ def _check_locally(text: str, source: str) -> None:
 
 def _print_problems(source: str, exc: PolicyError) -> None:
     out = console(stderr=True)
-    out.print(f"error: {source}: {len(exc.problems)} problem(s):", highlight=False)
+    out.print(f"error: {safe(source)}: {len(exc.problems)} problem(s):", highlight=False)
     for problem in exc.problems:
-        out.print(f"  {problem.field or '(document)'}: {problem.message}", highlight=False)
+        out.print(
+            f"  {safe(problem.field or '(document)')}: {safe(problem.message)}", highlight=False
+        )
 
 
 @policy.command(name="validate")
@@ -243,7 +245,8 @@ def validate(conn: Connection, files: tuple[Path, ...]) -> int:
         )
         if not conn.as_json:
             console(conn.wide).print(
-                f"{file}: valid (policy {loaded.name}, hash {loaded.hash})", highlight=False
+                f"{safe(file)}: valid (policy {safe(loaded.name)}, hash {loaded.hash})",
+                highlight=False,
             )
     if conn.as_json:
         click.echo(json.dumps(results, indent=2))
@@ -284,11 +287,11 @@ def apply(conn: Connection, file: Path, consent_files: tuple[Path, ...]) -> int:
     consents = [_read_consent(path) for path in consent_files]
     with conn.client() as client:
         result = client.apply(text, consents)
-    table = Table(show_header=False, title=f"policy {result['name']}")
-    table.add_row("version", str(result["version"]))
-    table.add_row("hash", result["policy_hash"])
+    table = Table(show_header=False, title=f"policy {safe(result['name'])}")
+    table.add_row("version", safe(result["version"]))
+    table.add_row("hash", safe(result["policy_hash"]))
     table.add_row("created", "yes" if result["created"] else "no (updated)")
-    table.add_row("secrets generated", ", ".join(result["generated_secrets"]) or "none")
+    table.add_row("secrets generated", safe(", ".join(result["generated_secrets"]) or "none"))
     _emit(conn, result, table)
     return 0
 
@@ -372,13 +375,18 @@ def show(conn: Connection, name: str) -> int:
     """Show policy NAME: version, hash, document and secret metadata (never values)."""
     with conn.client() as client:
         view = client.show(name)
-    summary = Table(show_header=False, title=f"policy {view['name']} v{view['version']}")
-    summary.add_row("hash (predecessor of the next update)", view["policy_hash"])
-    summary.add_row("updated by", view["updated_by"])
+    summary = Table(
+        show_header=False, title=f"policy {safe(view['name'])} v{safe(view['version'])}"
+    )
+    summary.add_row("hash (predecessor of the next update)", safe(view["policy_hash"]))
+    summary.add_row("updated by", safe(view["updated_by"]))
     secrets_table = Table("secret", "kind", "from", "sealed under key", title="secrets")
     for s in view["secrets"]:
         secrets_table.add_row(
-            s["name"], s["kind"], s["imported_from"] or "generated", s["master_key_id"] or "-"
+            safe(s["name"]),
+            safe(s["kind"]),
+            safe(s["imported_from"] or "generated"),
+            safe(s["master_key_id"] or "-"),
         )
     _emit(conn, view, Group(summary, secrets_table, code(view["text"], "yaml", conn.wide)))
     return 0
@@ -419,7 +427,7 @@ def diff(conn: Connection, file: Path) -> int:
         note = (
             "[green]predecessor matches the service: 'apply' will update[/]"
             if predecessor_ok
-            else f"[yellow]predecessor must be {remote['policy_hash']} to update[/]"
+            else f"[yellow]predecessor must be {safe(remote['policy_hash'])} to update[/]"
         )
         human = Group(code("".join(lines) or "(layout only)", "diff", conn.wide), note)
     _emit(conn, result, human)
@@ -449,7 +457,7 @@ def delete(conn: Connection, name: str, predecessor: str | None, yes: bool) -> i
     _emit(
         conn,
         {"name": name, "deleted": True, "policy_hash": predecessor},
-        Panel.fit(f"policy {name} deleted", style="red"),
+        Panel.fit(f"policy {safe(name)} deleted", style="red"),
     )
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives import serialization
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -204,7 +205,7 @@ def run(console: Console, workdir: Path) -> dict[str, Any]:
                     Group(
                         f"the enclave is told only: [bold]{told}[/]",
                         "the owner reads the reasons in that audit entry (signed request):",
-                        *(f"• {r}" for r in reasons),
+                        *(f"• {escape(r)}" for r in reasons),
                     ),
                     title=f"[red]REJECTED[/] variant with MRENCLAVE {TAMPERED_MRENCLAVE[:16]}… "
                     "(SIMULATED evidence)",
