@@ -170,7 +170,7 @@ class AttestationRejected(EvidenceError):
 class RejectionsLimited(CasError):
     """An attestation naming a policy whose budget of recorded rejections is spent
     (HTTP 429): it could not be judged or was judged a rejection, and is counted in
-    the next recorded entry about the policy (``unrecorded``) instead of one of its own.
+    the next rejection recorded about the policy (``unrecorded``) instead of one of its own.
     Accepted attestations never meet this."""
 
 

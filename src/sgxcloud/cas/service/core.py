@@ -83,7 +83,7 @@ up to ``REJECTIONS_BURST`` at once, then ``REJECTIONS_PER_SECOND`` (a token buck
 it, a request that cannot be judged (malformed: no key needed, ~0.5 ms of CPU and a write
 transaction each) is refused with 429 before any transaction, and one whose verdict is
 known before the transaction to be a rejection (evidence, binding, or the current policy
-version's rules) after verification, likewise; each is counted in the next recorded entry
+version's rules) after verification, likewise; each is counted in the next recorded rejection entry
 about the policy (``unrecorded``).  Accepted attestations are never counted, refused or
 delayed: the budget cannot lock a policy's genuine enclaves out (see :class:`_Rejections`)."""
 REJECTION_NAMES_KEPT = 4096
@@ -268,7 +268,7 @@ class _Rejections:
                 if refused == 0:
                     log.warning(
                         "rejected attestations naming policy %r past its budget (%d, then %g/s):"
-                        " refused with 429 and counted in its next audit entry",
+                        " refused with 429 and counted in its next recorded rejection",
                         name,
                         self.burst,
                         self.per_second,
@@ -725,7 +725,8 @@ class CasService:
         if unrecorded is None:
             raise RejectionsLimited(
                 "too many rejected attestations naming this policy lately: this one was not "
-                "recorded (its count is, in the policy's next audit entry); retry later"
+                "recorded (its count is, in the next rejection recorded about the policy); "
+                "retry later"
             )
         return unrecorded
 
