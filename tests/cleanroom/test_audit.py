@@ -177,3 +177,19 @@ def test_result_digest_survives_resigning_and_catches_edits(make_definition, mak
         result, cells=(dataclasses.replace(result.cells[0], value=result.cells[0].value + 1),)
     )
     assert result_digest(edited) != result_digest(result)
+
+
+def test_a_refusals_message_is_recorded_printable_and_bounded(make_definition, make_engine):
+    """Red team rt9 F2's sibling: a refused query's message may quote what the analyst
+    sent (every party reads the log); it is recorded bounded, control characters escaped."""
+    from sgxcloud.bounded import MAX_TEXT
+    from sgxcloud.cleanroom.errors import QueryError
+
+    engine = make_engine(make_definition(min_group_size=20))
+    engine.record_refusal(
+        "brand", QueryError("filter", "unknown attribute '\x1b[31m" + "x" * 50_000)
+    )
+    (entry,) = [e for e in engine.audit.entries() if e.event == "refusal"]
+    message = entry.data["message"]
+    assert len(message) < MAX_TEXT + 40 and "\x1b" not in message and "\\x1b[31m" in message
+    engine.audit.verify()

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from sgxcloud.bounded import bounded
 from sgxcloud.cleanroom.approvals import (
     Approval,
     generate_private_key,
@@ -482,6 +483,7 @@ class Coordinator:
         ``public``: ``reason`` says nothing about the data (a session that could
         not be opened), so other parties see it too; otherwise they get a fixed
         sentence (a node's or the engine's refusal names counts, rows, files)."""
+        reason = bounded(reason)  # a node's or a file's words: kept short, shown as text
         with self._engine_lock:
             held = self.engine.datasets().get(ref)
         note = (
