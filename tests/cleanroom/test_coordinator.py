@@ -115,6 +115,22 @@ def test_query_result_verifies_and_recipients_can_fetch_it(running, tmp_path):
     assert "does not verify" in json.loads(done.stdout)["reason"]
 
 
+def test_an_answer_for_another_query_or_result_is_refused(running):
+    """Red team rt9 F5's question for the clean room: every answer names what it is for,
+    and the SDK now compares.  A genuine, validly signed result bundle handed back for
+    another result id, or for a query of another template or analysis (a confused or
+    replaying server), was returned as the answer; now it is refused."""
+    with client(running) as brand:
+        genuine = brand.query(AUDIENCE)
+        bundle = json.loads(genuine.to_json())
+        brand._call = lambda method, path, body=None: bundle  # type: ignore[method-assign]
+        assert brand.result(genuine.result.result_id).result == genuine.result
+        with pytest.raises(ResultSignatureError, match="answered with result"):
+            brand.result("another-result-id")
+        with pytest.raises(ResultSignatureError, match="not the query sent"):
+            brand.query({**AUDIENCE, "template": "overlap", "datasets": ["bank.customers"]})
+
+
 def test_bundle_checks_definition_and_signer(running):
     with client(running) as brand:
         verified = brand.query(AUDIENCE)

@@ -249,15 +249,30 @@ class CleanroomClient:
         return _json_or_error(response)
 
     def query(self, query: dict[str, Any]) -> VerifiedResult:
-        """Submit a query; the answer is verified before it is returned."""
-        return verify_bundle(
+        """Submit a query; the answer is verified before it is returned, and must be a
+        result for this query's template and analysis."""
+        verified = verify_bundle(
             self._call("POST", "/v1/queries", query), self.definition, self.collateral_source
         )
+        asked = tuple(str(query.get(part, "")) for part in ("template", "analysis"))
+        answered = (verified.result.template, verified.result.analysis)
+        if answered != asked:
+            raise ResultSignatureError(
+                f"the coordinator answered with a result for {'/'.join(answered)}, "
+                f"not the query sent ({'/'.join(asked)})"
+            )
+        return verified
 
     def result(self, result_id: str) -> VerifiedResult:
-        return verify_bundle(
+        """The result ``result_id``, verified; another (validly signed) result is refused."""
+        verified = verify_bundle(
             self._call("GET", f"/v1/results/{result_id}"), self.definition, self.collateral_source
         )
+        if verified.result.result_id != result_id:
+            raise ResultSignatureError(
+                f"the coordinator answered with result {verified.result.result_id}, not {result_id}"
+            )
+        return verified
 
     def status(self) -> dict[str, Any]:
         """Approvals and datasets: this party's own datasets in full (rows,
