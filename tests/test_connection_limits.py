@@ -200,13 +200,13 @@ def assert_a_newcomer_gets_a_fair_share(service: Service) -> None:
 
 
 def assert_slow_connections_give_way(service: Service) -> None:
-    """Slow heads from as many addresses as there are slots, one each: a newcomer
-    is refused at first, then takes the slot of the one waiting longest."""
+    """Slow heads from as many addresses as there are slots, one each: a
+    connection whose first request has not arrived whole has proven only its
+    handshake (red team attack-rt8, finding 3), so a newcomer takes the slot of
+    the one waiting longest at once."""
     held = [_slow_head(service, f"127.0.1.{n}") for n in range(1, MAX_CONNECTIONS + 1)]
     try:
         time.sleep(0.3)
-        assert _refused(service, LEGIT), "the service was not full"
-        time.sleep(EVICTION_GRACE_S + 0.5)
         for _ in range(3):
             assert _status(service, LEGIT) == 200
         time.sleep(0.2)
@@ -215,6 +215,68 @@ def assert_slow_connections_give_way(service: Service) -> None:
         assert evicted == list(range(len(evicted))), "not the ones waiting longest"
     finally:
         _close_all(held)
+
+
+def _answered(service: Service, source: str) -> ssl.SSLSocket:
+    """A keep-alive connection whose first request was answered, now idle."""
+    sock = service.context.wrap_socket(_tcp(service, source), server_hostname=service.host)
+    sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(4096)
+    head, body = received.split(b"\r\n\r\n", 1)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return sock
+
+
+def assert_idle_connections_give_way_after_the_grace(service: Service) -> None:
+    """Keep-alive connections answered once and now idle, one per address, fill
+    the service: a client that has sent a whole request keeps its slot for
+    ``EVICTION_GRACE_S`` (it may send its next one), so a newcomer is refused at
+    first, then takes the slot of the one idle longest."""
+    held = [_answered(service, f"127.0.2.{n}") for n in range(1, MAX_CONNECTIONS + 1)]
+    try:
+        time.sleep(0.3)
+        assert _refused(service, LEGIT), "the service was not full"
+        time.sleep(EVICTION_GRACE_S + 0.5)
+        for _ in range(3):
+            assert _status(service, LEGIT) == 200
+        time.sleep(0.2)
+        evicted = [n for n, s in enumerate(held) if _closed_by_server(s, 0.01)]
+        assert 1 <= len(evicted) <= 3, f"{len(evicted)} idle connections closed for 3 requests"
+        assert evicted == list(range(len(evicted))), "not the ones idle longest"
+    finally:
+        _close_all(held)
+
+
+def assert_completed_handshakes_do_not_keep_a_client_out(
+    service: Service, request: Callable[[], object], tries: int = 6
+) -> None:
+    """Red team attack-rt8, finding 3: from more addresses than the service has
+    slots, real TLS handshakes then silence, each address renewing every 1.5 s
+    (under the 2 s grace): a completed handshake held its slot for the grace
+    (the coordinator's API, 64 slots: 56 of 73 party requests failed from 70
+    addresses).  It has proven only a handshake: it gives way to a newcomer,
+    the oldest first."""
+    from tests.handshake_holders import HandshakeHolders
+
+    sources = [f"127.0.50.{n}" for n in range(1, 2 * MAX_CONNECTIONS + 1)]
+    failures: list[str] = []
+    with HandshakeHolders((service.host, service.port), sources) as attack:
+        for _ in range(tries):
+            try:
+                request()
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}"[:120])
+            time.sleep(0.2)
+    assert attack.handshakes >= len(sources), "the attack did not run"
+    assert not failures, f"{len(failures)} of {tries} requests failed: {failures}"
 
 
 def assert_silent_connections_give_way_at_once(service: Service) -> None:
@@ -272,6 +334,21 @@ def test_cas_a_newcomer_takes_a_slot_from_the_biggest_holder(cas: Service) -> No
 
 def test_cas_slow_connections_give_their_slots_to_new_ones_when_full(cas: Service) -> None:
     assert_slow_connections_give_way(cas)
+
+
+def test_cas_idle_connections_give_their_slots_after_the_grace(cas: Service) -> None:
+    assert_idle_connections_give_way_after_the_grace(cas)
+
+
+def test_cas_completed_handshakes_from_many_addresses_do_not_keep_a_client_out(
+    cas: Service,
+) -> None:
+    def request() -> object:
+        status = _status(cas, LEGIT)
+        assert status == 200, status
+        return status
+
+    assert_completed_handshakes_do_not_keep_a_client_out(cas, request)
 
 
 def test_cas_silent_connections_give_their_slots_at_once_when_full(cas: Service) -> None:
@@ -445,6 +522,23 @@ def test_coordinator_slow_connections_give_their_slots_to_new_ones_when_full(
 
 
 # -- whose connection is it ----------------------------------------------------------------
+
+
+def test_coordinator_idle_connections_give_their_slots_after_the_grace(
+    coordinator: Service,
+) -> None:
+    assert_idle_connections_give_way_after_the_grace(coordinator)
+
+
+def test_coordinator_completed_handshakes_from_many_addresses_do_not_keep_a_party_out(
+    coordinator: Service,
+) -> None:
+    def request() -> object:
+        status = _status(coordinator, LEGIT)
+        assert status == 200, status
+        return status
+
+    assert_completed_handshakes_do_not_keep_a_client_out(coordinator, request)
 
 
 def test_coordinator_silent_connections_give_their_slots_at_once_when_full(

@@ -418,6 +418,73 @@ def test_a_coordinator_300_ms_away_gets_in(tmp_path) -> None:
         server.stop()
 
 
+def _hello() -> bytes:
+    """A HELLO for the collaboration (its hash is public: the coordinator's
+    ``/v1/health`` says it), as a stranger can send one."""
+    import json
+    import os
+
+    body = json.dumps(
+        {
+            "protocol": "sgxcloud-cleanroom/1",
+            "role": "coordinator",
+            "definition_hash": DEF_HASH,
+            "nonce": os.urandom(32).hex(),
+            "extra": {},
+        }
+    ).encode()
+    return HEADER.pack(Kind.HELLO, 0, len(body)) + body
+
+
+@pytest.mark.parametrize("then", [None, _hello], ids=["silent", "hello-then-silent"])
+def test_completed_handshakes_from_many_addresses_do_not_keep_the_coordinator_out(then) -> None:
+    """Red team attack-rt8, finding 3: from 40 addresses, real TLS handshakes
+    (a throwaway client certificate) then silence, each address renewing every
+    1.5 s: a completed handshake held a session place for the 2 s grace, so
+    the coordinator was refused (0 of 4 ingestions).  A session whose peer has
+    not sent its part of the opening (HELLO, EVIDENCE) has proven only a
+    handshake: it gives way to a newcomer, the oldest first, whatever its age.
+    Here 16 addresses for 4 places; the genuine coordinator tries once each
+    time (on the old code: served 0-1 times in 5)."""
+    from tests.handshake_holders import HandshakeHolders
+
+    server = _server([], max_sessions=4, max_per_peer=2, opening_timeout=30)
+    sources = [f"127.0.11.{n}" for n in range(1, 17)]
+    try:
+        with HandshakeHolders(server.address, sources, then=then) as attack:
+            served = _coordinator_served(server.address, 5, within=0, pause=0)
+            handshakes = attack.handshakes
+    finally:
+        server.stop()
+    assert handshakes >= len(sources), "the attack did not run"
+    assert served == 5, f"the coordinator was served {served} times in 5"
+    assert server.evicted >= 5, "the session places were not full"
+
+
+def test_a_coordinator_300_ms_away_gets_in_among_completed_handshakes() -> None:
+    """An honest slow peer (150 ms each way through a delaying relay) while 8
+    addresses complete handshakes and stay silent, renewing every 1.5 s: its
+    HELLO comes right behind its handshake, its EVIDENCE one round trip
+    later, before four newer strangers have taken the older places."""
+    from tests.handshake_holders import HandshakeHolders
+
+    server = _server([], max_sessions=4, max_per_peer=2, opening_timeout=30)
+    relay = _DelayingRelay(server.address, "127.0.12.100", delay_s=0.15)
+    sources = [f"127.0.12.{n}" for n in range(1, 9)]
+    try:
+        with HandshakeHolders(server.address, sources) as attack:
+            started = time.monotonic()
+            served = _coordinator_served(relay.address, 3, within=0, pause=0)
+            took = time.monotonic() - started
+        assert attack.handshakes >= len(sources), "the attack did not run"
+        assert served == 3, f"the coordinator was served {served} times in 3"
+        assert took >= 3 * 0.6, f"the relay did not delay ({took:.2f} s)"
+        assert server.evicted >= 3, "the session places were not full"
+    finally:
+        relay.stop()
+        server.stop()
+
+
 class _DelayingRelay:
     """Forwards connections to ``target`` from ``source``, every chunk ``delay_s``
     late in each direction (order kept): a peer one round trip of 2 x delay away."""

@@ -364,6 +364,7 @@ def open_server(
     extra: dict[str, Any] | None = None,
     admit: Callable[[Any, Opening], None] | None = None,
     vouch: Callable[[Opening], None] | None = None,
+    working: Callable[[bool], None] | None = None,
 ) -> AttestedChannel:
     """Server side: refuses (with an ERROR frame and a reason) before sending anything else.
 
@@ -372,15 +373,24 @@ def open_server(
     coordinator's signature: a stranger then costs no quote verification);
     ``admit(verified_peer, opening)`` after it, for checks beyond attestation
     (a node's approvals), still inside the opening.
+
+    ``working(False)`` is called when this side starts waiting for the peer
+    (its HELLO sent), ``working(True)`` when the peer's part has arrived
+    (its EVIDENCE) and the wait is this side's: a listener counts its grace
+    only while it waits on the peer.
     """
     frames = FramedConnection(tls)
     try:
         nonce = os.urandom(NONCE_SIZE)
         hello = _read_hello(frames, policy, answering=True)
         frames.send_json(Kind.HELLO, _hello(role, policy, nonce, extra or {}))
+        if working:
+            working(False)
         _, message = frames.recv_json(
             Kind.EVIDENCE, limit=MAX_OPENING_FRAME, max_values=MAX_OPENING_VALUES
         )
+        if working:
+            working(True)
         opening = Opening(hello, message, nonce, public_key_der(frames.tls.peer_certificate()))
         if vouch:
             vouch(opening)

@@ -126,14 +126,18 @@ class TlsConnection:
         sock: socket.socket,
         timeout: float,
         deadline: float | None = None,
+        received: bytes = b"",
     ) -> None:
         self._conn = conn
         self._sock = sock
         self.timeout = timeout
         self.deadline = deadline
-        self._closed = False
         """``time.monotonic()`` by which everything must be done (a session
         opening), on top of the per-operation ``timeout``; None: no deadline."""
+        self._closed = False
+        self._received = bytearray(received)
+        """Bytes already read from the connection (a listener reads a peer's
+        first frame itself, ``transport.server``), returned before any more."""
 
     def _wait(self, readable: bool) -> None:
         rl, wl = ([self._sock], []) if readable else ([], [self._sock])
@@ -178,7 +182,8 @@ class TlsConnection:
             view = view[sent:]
 
     def recv_exact(self, n: int) -> bytes:
-        chunks = bytearray()
+        chunks = self._received[:n]
+        del self._received[:n]
         while len(chunks) < n:
             want = min(n - len(chunks), 1 << 20)
             chunk = self._retrying(lambda want=want: self._conn.recv(want))
