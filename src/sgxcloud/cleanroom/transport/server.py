@@ -263,7 +263,8 @@ class AttestedServer:
         """The next step of ``session``'s handshake (or of reading its first
         frame), its socket being ready."""
         if session.proven:
-            self._hear(session)
+            if not session.hello_read:  # else a stale event: its HELLO was read meanwhile
+                self._hear(session)
             return
         if session.tls is None:  # its first bytes: only now an OpenSSL object
             try:
@@ -321,8 +322,9 @@ class AttestedServer:
         needs one (the oldest first, :class:`Places`): a peer sends its HELLO
         right behind its handshake, and a completed handshake alone proves
         nothing (red team attack-rt8, finding 3)."""
-        assert session.tls is not None and session.first is not None
         first = session.first
+        if session.tls is None or first is None or session.hello_read:
+            return  # handed to its thread already (read ahead of its event)
         while want := _first_frame_wants(first):
             try:
                 chunk = session.tls.recv(min(want, 1 << 16))
