@@ -292,10 +292,16 @@ def any_api(database_url: str):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def parses(monkeypatch):  # type: ignore[no-untyped-def]
-    """Every policy text the service parses, and whether a transaction was open then."""
+    """Every policy text the service parses (or stored form it reads, see migration 0008),
+    and whether a transaction was open then."""
     seen: list[tuple[str, bool]] = []
     inside = track_transactions(monkeypatch)
     real_load, real_owner_ids = core.load_policy, core.owner_ids
+    real_compiled = core.load_compiled
+
+    def compiled(form, policy_hash):  # type: ignore[no-untyped-def]
+        seen.append((form or "", inside()))
+        return real_compiled(form, policy_hash)
 
     def load(text, **options):  # type: ignore[no-untyped-def]
         seen.append((text, inside()))
@@ -307,6 +313,7 @@ def parses(monkeypatch):  # type: ignore[no-untyped-def]
 
     monkeypatch.setattr(core, "load_policy", load)
     monkeypatch.setattr(core, "owner_ids", owners)
+    monkeypatch.setattr(core, "load_compiled", compiled)
     return seen
 
 

@@ -937,8 +937,9 @@ def test_policy_stored_in_the_old_name_only_form_fails_closed_and_stays_updatabl
         text, lambda d: d["secrets"].update(x={"kind": "random", "size": 4, "export_to": ["b"]})
     )
     with service.database.transaction() as repo:
+        # A row an older release wrote: no validated form of this release's (migration 0008).
         repo.session.execute(
-            update(PolicyRow).where(PolicyRow.name == "shop").values(text=old_form)
+            update(PolicyRow).where(PolicyRow.name == "shop").values(text=old_form, compiled=None)
         )
     with pytest.raises(AttestationRejected) as info:
         _attest_simulated(service, "shop")

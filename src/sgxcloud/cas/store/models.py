@@ -47,6 +47,8 @@ class PolicyRow(Base):
     owners: Mapped[str] = mapped_column(Text, nullable=False)
     updated_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
     updated_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    # the validated document, tagged with the code that validated it (migration 0008)
+    compiled: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class PolicyAccessRow(Base):

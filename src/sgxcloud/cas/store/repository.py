@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, union_all, update
@@ -62,6 +62,9 @@ class StoredPolicy:
     # this version): only these get the policy in their audit view (only written;
     # reads leave it empty; red team rt7 finding 4/5)
     readers: tuple[str, ...] = ()
+    # the validated document as ``sgxcloud.cas.policy.load.compiled_form`` wrote it when
+    # the policy was applied (None for rows applied before migration 0008)
+    compiled: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -390,6 +393,7 @@ class Repository:
                 owners=json.dumps(list(policy.owners)),
                 updated_at=policy.updated_at,
                 updated_by=policy.updated_by,
+                compiled=policy.compiled,
             )
         )
         try:
@@ -398,6 +402,18 @@ class Repository:
             raise DuplicateRow(policy.name) from exc
         self._set_access(policy, policy.name)
         self._record_version(policy, predecessor=None, deleted=False)
+
+    def set_compiled(self, name: str, version: int, policy_hash: str, compiled: str) -> None:
+        """Store the validated form of ``name`` at (``version``, ``policy_hash``), if current."""
+        self.session.execute(
+            update(PolicyRow)
+            .where(
+                PolicyRow.name == name,
+                PolicyRow.version == version,
+                PolicyRow.policy_hash == policy_hash,
+            )
+            .values(compiled=compiled)
+        )
 
     def replace_policy(self, policy: StoredPolicy, predecessor: str) -> bool:
         """Swap in ``policy`` only if the stored hash is still ``predecessor``.
@@ -415,6 +431,7 @@ class Repository:
                 owners=json.dumps(list(policy.owners)),
                 updated_at=policy.updated_at,
                 updated_by=policy.updated_by,
+                compiled=policy.compiled,
             )
         )
         if result.rowcount != 1:
@@ -817,6 +834,7 @@ def _policy(row: PolicyRow) -> StoredPolicy:
         owners=tuple(json.loads(row.owners)),
         updated_at=row.updated_at,
         updated_by=row.updated_by,
+        compiled=row.compiled,
     )
 
 
