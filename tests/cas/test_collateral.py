@@ -29,6 +29,8 @@ from sgxcloud.cas.collateral import (
 from sgxcloud.cas.errors import CollateralError, EvidenceError, MalformedEvidenceError
 from sgxcloud.cas.evidence import DcapVerifier, Evidence
 
+DAY = 86_400  # PccsCollateral's default max_age: a cached piece is asked for again
+
 
 class LoopbackPccs:
     """A real HTTP server on loopback serving real collateral, recording requests."""
@@ -200,18 +202,44 @@ def test_pccs_collateral_verifies_like_the_file(pccs, tmp_path, sgx_quote, sgx_c
 
 
 def test_pccs_cache_serves_while_valid_and_survives_restart(pccs, tmp_path, sgx_quote, vectors):
-    start, end = vectors.sgx_window
+    start = vectors.sgx_window[0]
     verifier = DcapVerifier(PccsCollateral(pccs.url, tmp_path))
     evidence = Evidence("dcap", sgx_quote)
-    for now in (start, start + 3600, end - 1):
+    for now in (start, start + 3600, start + DAY - 1):
         verifier.verify(evidence, now)
-    assert len(pccs.requests) == 4  # fetched once, then served from the cache
+    assert len(pccs.requests) == 4  # fetched once, then served from the cache (for a day)
     restarted = DcapVerifier(PccsCollateral(pccs.url, tmp_path))
-    assert restarted.verify(evidence, vectors.sgx_now).tcb_status == vectors.status
+    assert restarted.verify(evidence, start + 7200).tcb_status == vectors.status
     assert len(pccs.requests) == 4  # the on-disk cache was enough
     assert {p.name for p in tmp_path.glob("*.json")} == {
         "tcb-sgx-00A067110000.json", "qe-sgx.json", "pckcrl-processor.json", "rootcacrl.json",
     }  # fmt: skip
+
+
+def test_a_cached_piece_is_asked_for_again_after_a_day_and_serves_while_the_pccs_is_down(
+    pccs, tmp_path, sgx_quote, vectors
+):
+    """Red team rt9 F8's sibling: a cached piece (the PCK CRL, the TCB info...) served until
+    its own nextUpdate, ~a month, so a newer one Intel published before then (a PCK revoked
+    mid-cycle) was never fetched: the older collateral decided.  Now each piece is asked
+    for again once a day old; if the PCCS cannot answer, the cached piece, still valid,
+    keeps serving (asked again once per failure_ttl), also after a restart."""
+    start = vectors.sgx_window[0]
+    source = PccsCollateral(pccs.url, tmp_path)
+    source.get(sgx_quote, start)
+    source.get(sgx_quote, start + DAY - 1)
+    assert len(pccs.requests) == 4
+    source.get(sgx_quote, start + DAY)
+    assert sorted(pccs.requests[4:]) == sorted(pccs.requests[:4])  # every piece asked again
+    for path in {*pccs.requests}:
+        pccs.broken[path] = 503
+    later = start + 2 * DAY
+    for _ in range(5):
+        assert collateral_window(source.get(sgx_quote, later)).contains(later)
+    assert len(pccs.requests) == 12  # each piece once (the failure is remembered)
+    restarted = DcapVerifier(PccsCollateral(pccs.url, tmp_path))
+    assert restarted.verify(Evidence("dcap", sgx_quote), later).tcb_status == vectors.status
+    assert len(pccs.requests) == 16
 
 
 def test_pccs_cache_is_never_used_past_next_update(pccs, tmp_path, sgx_quote, vectors):

@@ -5,7 +5,13 @@ and signatures) is what dcap-qvl needs besides the quote.  Each piece is signed
 by Intel and valid for a window (``issueDate``/``nextUpdate``, CRL
 ``lastUpdate``/``nextUpdate``).  The verifier refuses collateral outside its
 window; the PCCS cache serves a piece only while it is valid and refetches it
-at its ``nextUpdate``, so a stale cache can never widen that window.
+at its ``nextUpdate``, so a stale cache can never widen that window.  It also
+asks the PCCS again once a piece is ``max_age`` old (a day by default, as
+Intel's PCCS refreshes): a newer CRL or TCB info published before the cached
+one's ``nextUpdate`` (a PCK certificate revoked mid-cycle) is used within a day,
+not up to a month later; if the PCCS cannot answer then, the cached piece,
+still valid, keeps serving (red team rt9 F8's sibling: the older collateral
+decided while a newer one existed).
 
 The PCCS client speaks the Intel PCS v4 API shape that both Intel's PCS and a
 PCCS serve::
@@ -19,6 +25,7 @@ PCCS serve::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -41,6 +48,9 @@ from sgxcloud.cas.errors import CollateralError, EvidenceError
 from sgxcloud.cas.pck import PckCheckError, precheck
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_AGE = 86_400
+"""Seconds after which a cached PCCS piece is asked for again, though still valid."""
 
 _CACHE_MAX = 256  # entries per cache; keys are verified platforms, so few in practice
 
@@ -324,6 +334,7 @@ class _Piece:
 
     fields: dict[str, str]
     window: ValidityWindow
+    fetched_at: int = 0  # unix seconds of the attestation that fetched it (0: unknown)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -331,6 +342,7 @@ class _Piece:
                 "fields": self.fields,
                 "not_before": self.window.not_before,
                 "not_after": self.window.not_after,
+                "fetched_at": self.fetched_at,
             }
         )
 
@@ -346,7 +358,9 @@ class _Piece:
             and type(end) is int
         ):
             raise ValueError("not a cached collateral piece")
-        return cls(dict(fields), ValidityWindow(start, end))
+        fetched_at = data.get("fetched_at", 0)  # absent in files of earlier releases
+        fetched_at = fetched_at if type(fetched_at) is int else 0
+        return cls(dict(fields), ValidityWindow(start, end), fetched_at)
 
 
 class _FetchesBusy(CollateralError):
@@ -402,8 +416,10 @@ class PccsCollateral:
         max_waiting: int = 1,
         wait_seconds: float = 15.0,
         clock: Any = time.monotonic,
+        max_age: int = DEFAULT_MAX_AGE,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_age = max_age
         self.root_ca_crl_url = root_ca_crl_url or f"{self.base_url}/sgx/certification/v4/rootcacrl"
         self.cache_dir = Path(cache_dir)
         try:
@@ -419,7 +435,8 @@ class PccsCollateral:
         self.wait_seconds = wait_seconds
         self._clock = clock
         self._pieces: dict[str, _Piece] = {}
-        self._assembled: dict[tuple[str, ...], tuple[Any, ValidityWindow]] = {}
+        # (tee, fmspc, ca) -> (collateral, window, asked again from): see get()
+        self._assembled: dict[tuple[str, ...], tuple[Any, ValidityWindow, int]] = {}
         self._flights: dict[str, _Flight] = {}
         self._failures: dict[str, tuple[float, str]] = {}  # piece -> (retry after, message)
         self._fetch_slots = threading.BoundedSemaphore(max_fetches)
@@ -437,7 +454,7 @@ class PccsCollateral:
         tee, fmspc, ca = self._platform_of(quote, now)
         key = (tee, fmspc, ca)
         hit = self._assembled.get(key)
-        if hit is not None and hit[1].contains(now):
+        if hit is not None and hit[1].contains(now) and now < hit[2]:
             return hit[0]
         fetchers = {
             f"tcb-{tee}-{fmspc}": lambda: self._fetch_tcb(tee, fmspc),
@@ -448,6 +465,10 @@ class PccsCollateral:
         pieces = [self._piece(name, now, fetch) for name, fetch in fetchers.items()]
         fields: dict[str, str] = {}
         window = ValidityWindow(0, 2**63)
+        # Reassembled when its oldest piece is due to be asked again; while the
+        # PCCS cannot refresh it (a still-valid old piece serves), once a minute.
+        refresh = min(piece.fetched_at for piece in pieces) + self.max_age
+        refresh = refresh if refresh > now else now + 60
         for piece in pieces:
             fields.update(piece.fields)
             window = window.intersect(piece.window)
@@ -460,16 +481,32 @@ class PccsCollateral:
             self._forget(fetchers, "the PCCS's collateral cannot be read together")
             raise
         with self._lock:
-            self._assembled[key] = (collateral, window)
+            self._assembled[key] = (collateral, window, refresh)
             _trim(self._assembled, _CACHE_MAX)
         return collateral
 
     # -- cache ------------------------------------------------------------
 
+    def _young(self, piece: _Piece, now: int) -> bool:
+        """Whether ``piece`` was fetched less than ``max_age`` ago (not asked again yet)."""
+        return now - piece.fetched_at < self.max_age
+
     def _piece(self, name: str, now: int, fetch: Any) -> _Piece:
         piece = self._pieces.get(name)
-        if piece is not None and piece.window.contains(now):
+        if piece is not None and piece.window.contains(now) and self._young(piece, now):
             return piece
+        try:
+            return self._refreshed(name, now, fetch)
+        except CollateralError as exc:
+            # A piece due to be asked again, but still valid (in memory, or read
+            # from disk by the failed refresh), serves while the PCCS cannot answer.
+            old = self._pieces.get(name)
+            if old is None or not old.window.contains(now):
+                raise
+            log.warning("%s; the cached %s, valid until its nextUpdate, still serves", exc, name)
+            return old
+
+    def _refreshed(self, name: str, now: int, fetch: Any) -> _Piece:
         with self._lock:
             failed = self._failures.get(name)
             if failed is not None and self._clock() < failed[0]:
@@ -519,14 +556,18 @@ class PccsCollateral:
 
     def _load_or_fetch(self, name: str, now: int, fetch: Any) -> _Piece:
         piece = self._load_cached(name)
-        if piece is None or not piece.window.contains(now):
+        if piece is None or not piece.window.contains(now) or not self._young(piece, now):
+            if piece is not None and piece.window.contains(now) and name not in self._pieces:
+                with self._lock:  # valid on disk, only due to be asked again: a fallback
+                    self._pieces[name] = piece
+                    _trim(self._pieces, _CACHE_MAX)
             if not self._fetch_slots.acquire(blocking=False):
                 raise _FetchesBusy(
                     f"PCCS {self.base_url}: {self._max_fetches} collateral fetches already "
                     "in flight; try again"
                 )
             try:
-                piece = fetch()
+                piece = dataclasses.replace(fetch(), fetched_at=now)
             finally:
                 self._fetch_slots.release()
             # Before it is kept (memory and disk, until the date it states):
