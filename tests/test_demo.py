@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,17 @@ def run_demo(tmp_path: Path, *sections: str) -> dict:
     return json.loads(done.stdout)
 
 
+def _why(server: dict, log: str) -> str:
+    """A server's fault and the errors Nova's services logged, for a failure message."""
+    errors = [
+        line
+        for line in Path(log).read_text().splitlines()
+        if " ERROR " in line or re.match(r"[\w.]+(Error|Exception)\b", line)
+    ]
+    recent = "\n".join(line[:300] for line in errors[-10:])
+    return f"fault: {server.get('fault')!r}\nNova's errors:\n{recent}"
+
+
 # Nova boots, a simulated week, attestation and three providers' analyses: on a
 # busy 2-core machine this takes longer than the suite's default limit.
 @pytest.mark.timeout(900)
@@ -37,7 +49,7 @@ def test_whole_demo(tmp_path):
     for name in ("web-1", "web-2", "web-3"):
         assert servers[name]["host"].startswith("plain-")
     for name in ("enclave-1", "enclave-2", "cleanroom-node", "coordinator"):
-        assert servers[name]["status"] == "ACTIVE"
+        assert servers[name]["status"] == "ACTIVE", _why(servers[name], summary["nova"]["log"])
         assert servers[name]["host"].startswith("sgx-")
     assert servers["coordinator"]["host"] == "sgx-b"  # the only SGX2 host
     assert set(summary["nova"]["libvirt_checks"].values()) <= {"ok", "not installed here"}

@@ -137,15 +137,25 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict[str, Any]:
         f"{DELETE_AT_HOURS}: enclave-3 deleted; the week ends at hour {WEEK_HOURS}."
     )
     cloud.usage_window = (clock.start, clock.now)
+    # What Nova's services logged (INFO and up), for a server that ended in
+    # ERROR: its fault says what failed, the log says why.
+    log_path = workdir / "nova.log"
+    log_path.write_text(cloud.stdlog.logger.output)
     return {
-        "servers": {
-            name: {"status": s["status"], "host": s.get("OS-EXT-SRV-ATTR:host")}
-            for name, s in servers.items()
-        },
+        "servers": {name: _server_summary(s) for name, s in servers.items()},
+        "log": str(log_path),
         "epc_used_mb": {h: cloud.epc_usage(h) for h, spec in HOSTS.items() if spec},
         "domain_xml": str(xml_path),
         "libvirt_checks": checks.results,
     }
+
+
+def _server_summary(server: dict) -> dict[str, Any]:
+    """Status and host; for a server in ERROR, Nova's fault (why it failed)."""
+    summary = {"status": server["status"], "host": server.get("OS-EXT-SRV-ATTR:host")}
+    if server["status"] == "ERROR":
+        summary["fault"] = (server.get("fault") or {}).get("message", "?")
+    return summary
 
 
 class SimulatedClock:

@@ -7,6 +7,20 @@ libvirt faked the way Nova's functional tests fake it) with SGX compute hosts.
 
 from __future__ import annotations
 
+# First, before any other Nova or oslo module is imported: importing Nova's
+# functional-test package applies eventlet's monkey patching (each release in
+# its own way), as it does first thing for Nova's own functional tests.
+# Modules imported before it keep the real ``threading.local``: oslo.db's
+# per-context transaction state and oslo.context's request store then become
+# one per OS thread, shared by every green thread of the in-process services.
+# A compute's heartbeat and its resource claims use one context (the
+# service's admin context), so a claim joined the heartbeat's transaction and
+# failed ("Can't upgrade a READER transaction to a WRITER mid-transaction"):
+# the build was rescheduled, or ended in ERROR on a host that was the only
+# candidate (tests/functional_nova/test_harness.py).
+import nova.tests.functional  # noqa: F401
+
+# isort: split
 import logging
 import os
 import sys
