@@ -27,6 +27,18 @@ from sgxcloud.cleanroom.definition import canonical_json
 from sgxcloud.cleanroom.errors import AuditChainError
 
 GENESIS = "0" * 64
+PAGE_BYTES = 1 << 20
+"""About how many bytes of entries one page of the log holds at most (always at least
+one entry): what a reader of ``GET /v1/audit`` makes the coordinator hold, whatever
+the size of the log (the CAS bounds its audit pages the same way, red team rt9 F6)."""
+AUDIT_MORE_HEADER = "X-Audit-More-After"
+"""On a ``GET /v1/audit`` page with entries after it: the ``after`` of the next page
+(the seq of the page's last entry; the CAS's header of the same name carries a ref)."""
+PAGE_ENTRIES = 1000
+"""Most entries a page holds."""
+_INDEX_EVERY = 256
+"""The log remembers the byte offset of every this-many-th entry it has read, so a
+page far into a long log starts with a seek and at most this many skipped lines."""
 EVENTS = ("ingest", "ingest_rejected", "query", "release", "cache_hit", "refusal")
 
 
@@ -55,6 +67,9 @@ class AuditLog:
         self.path.touch(exist_ok=True)
         self._lock = threading.Lock()
         self._known: tuple[int, int, str] | None = None  # (file size, next seq, head hash)
+        # _offsets[i]: byte offset of entry number i * _INDEX_EVERY + 1 (entries counted
+        # from 1 in file order, blank lines skipped), as far as pages have read
+        self._offsets: list[int] = [0]
 
     def _head(self, handle: Any) -> tuple[int, str]:
         """Next sequence number and previous hash; re-read only if another
@@ -94,6 +109,42 @@ class AuditLog:
     def entries(self) -> list[AuditEntry]:
         return list(read_entries(self.path))
 
+    def page(
+        self, after: int = 0, limit: int = PAGE_ENTRIES, max_bytes: int = PAGE_BYTES
+    ) -> tuple[list[AuditEntry], bool]:
+        """Entries ``after + 1`` onwards (counted from 1 in file order: their ``seq``
+        in an intact log), at most ``limit`` of them and about ``max_bytes`` of their
+        lines (at least one entry); and whether the page stopped at either bound with
+        entries left after it.  Memory and work do not grow with the log's length:
+        the read starts from a remembered offset at most ``_INDEX_EVERY`` entries back.
+        A line still being written (no newline yet) is not read.
+        """
+        with self._lock, self.path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            if self._offsets[-1] > size:  # the file was replaced by a shorter one
+                self._offsets = [0]
+            slot = min(max(after, 0) // _INDEX_EVERY, len(self._offsets) - 1)
+            number = slot * _INDEX_EVERY  # entries before the offset we seek to
+            handle.seek(self._offsets[slot])
+            page: list[AuditEntry] = []
+            used = 0
+            while True:
+                at = handle.tell()
+                line = handle.readline()
+                if not line.endswith(b"\n"):
+                    return page, False  # end of the log (or a line being written)
+                if not line.strip():
+                    continue
+                if number % _INDEX_EVERY == 0 and number // _INDEX_EVERY == len(self._offsets):
+                    self._offsets.append(at)
+                number += 1
+                if number <= after:
+                    continue
+                if page and (len(page) >= limit or used + len(line) > max_bytes):
+                    return page, True
+                page.append(_parse(line.decode("utf-8"), number))
+                used += len(line)
+
     def verify(self) -> str:
         return verify_chain(self.entries())
 
@@ -120,10 +171,14 @@ def read_entries(path: str | Path) -> Iterator[AuditEntry]:
                 yield _parse(line, lineno)
 
 
-def verify_chain(entries: Iterable[AuditEntry]) -> str:
-    """Return the head hash of an intact chain; raise AuditChainError at the first break."""
-    prev = GENESIS
-    expected_seq = 1
+def verify_chain(entries: Iterable[AuditEntry], prev: str = GENESIS, after: int = 0) -> str:
+    """Return the head hash of an intact chain; raise AuditChainError at the first break.
+
+    ``prev`` and ``after``: the head hash and the last ``seq`` of the entries before
+    these, already verified (a page of the log after the first), so checking the pages
+    one after another, each from the head the previous one returned, checks exactly
+    what checking the whole log at once would."""
+    expected_seq = after + 1
     for entry in entries:
         if entry.seq != expected_seq:
             raise AuditChainError(entry.seq, f"expected entry {expected_seq}")

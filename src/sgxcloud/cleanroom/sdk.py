@@ -26,6 +26,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from sgxcloud.cleanroom.audit import AUDIT_MORE_HEADER
 from sgxcloud.cleanroom.definition import Definition
 from sgxcloud.cleanroom.errors import (
     REFUSAL_REASONS,
@@ -228,6 +229,9 @@ class CleanroomClient:
     # -- signed calls ----------------------------------------------------------------
 
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        return _json_or_error(self._send(method, path, body))
+
+    def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
         content = b"" if body is None else json.dumps(body).encode()
         # Named from what connect() verified: the definition we hold and the
         # signer the coordinator's evidence binds; no other coordinator accepts it.
@@ -246,7 +250,7 @@ class CleanroomClient:
             response = self._http.request(method, path, content=content, headers=headers)
         except httpx.HTTPError as exc:
             raise TransportError(f"coordinator request failed ({type(exc).__name__})") from exc
-        return _json_or_error(response)
+        return response
 
     def query(self, query: dict[str, Any]) -> VerifiedResult:
         """Submit a query; the answer is verified before it is returned, and must be a
@@ -283,21 +287,52 @@ class CleanroomClient:
     def budget(self) -> dict[str, Any]:
         return self._call("GET", "/v1/budget")
 
+    def audit_page(self, after: int = 0) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the audit log: entries ``after + 1`` onwards (up to 1000 and about
+        1 MiB), unchecked, and the ``after`` of the next page (None: this was the last)."""
+        response = self._send("GET", f"/v1/audit?after={int(after)}" if after else "/v1/audit")
+        entries = _json_or_error(response).get("entries")
+        if not isinstance(entries, list):
+            raise AuditChainError(after + 1, "the coordinator sent no list of entries")
+        more = response.headers.get(AUDIT_MORE_HEADER)
+        if more is None:
+            return entries, None
+        if not entries or more != str(after + len(entries)):
+            # a page that does not move on: refuse it rather than loop
+            raise AuditChainError(after + 1, "the coordinator's page does not continue the log")
+        return entries, after + len(entries)
+
     def audit(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/v1/audit")["entries"]
+        """The whole audit log, every page of it, unchecked (see :meth:`audit_verified`)."""
+        entries: list[dict[str, Any]] = []
+        after: int | None = 0
+        while after is not None:
+            page, after = self.audit_page(after)
+            entries += page
+        return entries
 
     def audit_verified(self) -> AuditTrail:
-        """The audit log with its hash chain checked here, on the party's side.
+        """The audit log with its hash chain checked here, on the party's side, page by
+        page: each page from the head hash and seq the previous one ended on, so the
+        chain is checked as if the log came in one piece.
         Raises :class:`AuditChainError` at the first broken entry."""
-        from sgxcloud.cleanroom.audit import AuditEntry, verify_chain
+        from sgxcloud.cleanroom.audit import GENESIS, AuditEntry, verify_chain
 
-        entries = self.audit()
-        try:
-            parsed = [AuditEntry(**e) for e in entries]
-        except TypeError as exc:
-            raise AuditChainError(0, "the coordinator sent entries of an unknown shape") from exc
-        head = verify_chain(parsed)
-        return AuditTrail(entries, head)
+        entries: list[dict[str, Any]] = []
+        head, after = GENESIS, 0
+        while True:
+            page, more = self.audit_page(after)
+            try:
+                parsed = [AuditEntry(**e) for e in page]
+            except TypeError as exc:
+                raise AuditChainError(
+                    after + 1, "the coordinator sent entries of an unknown shape"
+                ) from exc
+            head = verify_chain(parsed, head, after)
+            entries += page
+            after += len(page)
+            if more is None:
+                return AuditTrail(entries, head)
 
     def check_logged(
         self, verified: VerifiedResult, trail: AuditTrail | None = None

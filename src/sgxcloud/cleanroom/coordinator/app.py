@@ -24,6 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from sgxcloud.cleanroom.audit import AUDIT_MORE_HEADER, PAGE_ENTRIES
 from sgxcloud.cleanroom.coordinator import schemas
 from sgxcloud.cleanroom.coordinator.service import Coordinator
 from sgxcloud.cleanroom.errors import CleanroomError, QueryRefused
@@ -294,13 +295,44 @@ async def budget(request: Request):
     return await run_in_threadpool(_coordinator(request).budget, analyst)
 
 
-@_route("GET", "/v1/audit", tags=["parties"], responses=_ERRORS)
+@_route(
+    "GET",
+    "/v1/audit",
+    tags=["parties"],
+    responses={
+        **_ERRORS,
+        200: {
+            "headers": {
+                AUDIT_MORE_HEADER: {
+                    "description": "on a page with entries after it: the seq of its last "
+                    "entry (the next page's 'after')",
+                    "schema": {"type": "string"},
+                }
+            }
+        },
+    },
+)
 @guarded
-async def audit(request: Request):
+async def audit(
+    request: Request,
+    after: int = Query(
+        0, ge=0, description="the seq of the last entry already read (0: from the first)"
+    ),
+    limit: int = Query(PAGE_ENTRIES, ge=1, le=PAGE_ENTRIES, description="most entries"),
+):
     """The hash-chained audit log: every request, verdict and result digest
-    (released figures reach only the result's recipients)."""
+    (released figures reach only the result's recipients), a page at a time.
+
+    A page holds entries ``after + 1`` onwards, oldest first: up to ``limit`` of
+    them and about 1 MiB (always at least one entry).  When entries follow it, the
+    header ``X-Audit-More-After`` names the seq of its last entry, the ``after`` of
+    the next page; a page without it is the last.  Check the chain across pages:
+    each page's first entry follows the previous page's last."""
     await _authenticate(request)
-    return {"entries": await run_in_threadpool(_coordinator(request).audit_entries)}
+    entries, more = await run_in_threadpool(_coordinator(request).audit_page, after, limit)
+    # entries are counted in file order: the last one's seq, in an intact log
+    headers = {AUDIT_MORE_HEADER: str(after + len(entries))} if more else None
+    return JSONResponse({"entries": entries}, headers=headers)
 
 
 _SIGNED_READS = ("/v1/status", "/v1/results/[^/]+", "/v1/budget", "/v1/audit")

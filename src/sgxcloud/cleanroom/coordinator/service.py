@@ -32,6 +32,7 @@ from sgxcloud.cleanroom.approvals import (
     private_key_to_pem,
     verify_approvals,
 )
+from sgxcloud.cleanroom.audit import PAGE_ENTRIES
 from sgxcloud.cleanroom.definition import Definition
 from sgxcloud.cleanroom.engine import Engine, parse_query
 from sgxcloud.cleanroom.errors import CleanroomError, IngestError, QueryError
@@ -601,8 +602,19 @@ class Coordinator:
         return {"total": total, "spent": spent, "remaining": max(0.0, total - spent)}
 
     def audit_entries(self) -> list[dict[str, Any]]:
+        """The whole log (in-process callers); the API answers :meth:`audit_page`."""
         with self._engine_lock:
             return [_entry_dict(e) for e in self.engine.audit.entries()]
+
+    def audit_page(
+        self, after: int = 0, limit: int = PAGE_ENTRIES
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Entries ``after + 1`` onwards, at most ``limit`` and about
+        :data:`~sgxcloud.cleanroom.audit.PAGE_BYTES` of them, and whether more follow:
+        an answer bounded whatever the log's length (see ``AuditLog.page``)."""
+        with self._engine_lock:
+            entries, more = self.engine.audit.page(after, limit)
+        return [_entry_dict(e) for e in entries], more
 
     def close(self) -> None:
         with self._engine_lock:
