@@ -105,6 +105,38 @@ def test_appends_from_several_processes(tmp_path):
     log.verify()
 
 
+def test_pages_read_any_part_of_the_log_in_bounded_pieces(tmp_path):
+    """``AuditLog.page`` (what ``GET /v1/audit`` answers): every entry once, in
+    order, in pages bounded in entries and bytes; a page deep in the log found from
+    a remembered offset (a fresh log object and one that already read); a line
+    still being written is not read."""
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for n in range(700):
+        log.append("query", "brand", {"filter": "x" * (n % 9 * 100)})
+    whole = log.entries()
+    for limit, max_bytes in ((1000, 1 << 20), (7, 1 << 20), (1000, 4000), (5, 10)):
+        got, after, head = [], 0, "0" * 64
+        while True:
+            page, more = log.page(after, limit, max_bytes)
+            assert 1 <= len(page) <= limit
+            lines = [json.dumps(dataclasses.asdict(e), sort_keys=True) + "\n" for e in page]
+            assert len(page) == 1 or sum(map(len, lines)) <= max_bytes
+            head = verify_chain(page, head, after)
+            got += page
+            after += len(page)
+            if not more:
+                break
+        assert got == whole and head == whole[-1].hash
+    for reader in (AuditLog(log.path), log):
+        for after in (699, 513, 0, 256, 255, 257, 512, 700, 10**9):
+            page, more = reader.page(after, 3)
+            assert [e.seq for e in page] == list(range(after + 1, min(after + 4, 701)))
+            assert more == (after + 3 < 700)
+    with log.path.open("a") as handle:
+        handle.write('{"seq": 701, "at": "')  # an append in progress
+    assert log.page(699) == ([whole[-1]], False)
+
+
 def test_engine_logs_requests_releases_and_refusals(make_definition, make_engine):
     engine = make_engine(make_definition(min_group_size=20))
     result = engine.run({"template": "audience_size", "analysis": "audience"}, "brand")
