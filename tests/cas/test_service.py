@@ -1216,3 +1216,45 @@ def test_garbage_naming_a_policy_is_recorded_within_a_budget_and_never_locks_out
     told = api.client.post("/v1/attest", json=garbage).json()
     (entry,) = api.signed("GET", f"/v1/audit?ref={told['audit_ref']}", owner).json()
     assert entry["detail"]["unrecorded"] == 16  # 15 malformed and the other MRENCLAVE
+
+
+def test_rejections_naming_new_names_share_one_budget_and_spare_live_policies(
+    api: Api, owner
+) -> None:
+    """Red team rt10 F2: the budget was per name, so a stranger naming a new name on every
+    request had every rejection recorded (~1 KB of permanent audit log each, ~125/s per
+    connection).  All names no live policy has now share one budget; a live policy keeps
+    its own, which the flood does not spend."""
+    from sgxcloud.cas.service import core as service_core
+    from sgxcloud.cas.store.models import AuditEntryRow
+
+    api.service._rejections = service_core._Rejections(5, 0.0)
+    assert api.apply(owner, pg.policy_text(owner)).status_code == 200
+
+    def entries() -> int:
+        with api.service.database.engine.connect() as connection:
+            return len(connection.execute(AuditEntryRow.__table__.select()).all())
+
+    garbage = {"service": "web", "nonce": "00", "public_key": "x", "evidence": "AA=="}
+    codes = [
+        api.client.post("/v1/attest", json={**garbage, "policy": f"n{i}"}).status_code
+        for i in range(40)
+    ]
+    assert codes == [400] * 5 + [429] * 35
+    assert entries() == 1 + 5  # the apply and five: not one per invented name
+    # well-formed evidence naming new names is refused the same way, after verification
+    made_up = api.client.post("/v1/attest", json=_enclave_request(api, policy="n99"))
+    assert made_up.status_code == 429
+    # the live policy's budget is its own: its rejections are still recorded
+    assert api.client.post("/v1/attest", json={**garbage, "policy": "shop"}).status_code == 400
+    assert api.client.post("/v1/attest", json=_enclave_request(api)).status_code == 200
+    assert entries() == 1 + 5 + 2
+    # once the shared budget refills, its next entry counts what it refused
+    api.service._rejections.per_second = 1000.0
+    time.sleep(0.01)
+    told = api.client.post("/v1/attest", json={**garbage, "policy": "n100"})
+    assert told.status_code == 400
+    with api.service.database.engine.connect() as connection:
+        rows = connection.execute(AuditEntryRow.__table__.select()).all()
+    assert len(rows) == 1 + 5 + 2 + 1
+    assert json.loads(rows[-1].detail)["unrecorded"] == 36  # 35 malformed, 1 well-formed
