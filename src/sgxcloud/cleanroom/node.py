@@ -514,27 +514,16 @@ class ProviderNode:
         sink = _FrameSink(channel)
         writer = None
         batches = 0
-        rekeyer = Rekeyer(key)
-        offset = 0
-        for raw in read_batches(source, columns, batch_rows):
-            try:
-                prepared, part = prepare_batch(ds, raw, rekeyer, columns)
-            except IngestError as exc:
-                raise locate(exc, ds, source, offset) from None
-            offset += raw.num_rows
-            report.add(part)
+        for prepared in prepared_batches(
+            ds, source, columns, Rekeyer(key), batch_rows, report, self.config.max_invalid_fraction
+        ):
             if writer is None:
                 writer = pa.ipc.new_stream(sink, prepared.schema)
             writer.write_batch(prepared)
             batches += 1
-        if writer is None:
-            raise IngestError(
-                f"{source.describe()}: no data rows (a header alone, or an empty table)",
-                {"problem": "empty"},
-            )
+        assert writer is not None  # prepared_batches refuses a dataset without rows
         writer.close()
         sink.flush()
-        self._check_identifiers(ds, source, report)
         trailer = {
             "rows": report.rows_out,
             "batches": batches,
@@ -544,8 +533,38 @@ class ProviderNode:
         channel.frames.send_json(Kind.END, trailer)
         return trailer
 
-    def _check_identifiers(self, ds: Dataset, source: Source, report: PrepareReport) -> None:
-        check_identifier_share(ds, source, report, self.config.max_invalid_fraction)
+
+def prepared_batches(
+    ds: Dataset,
+    source: Source,
+    columns: list[str],
+    rekeyer: Rekeyer,
+    batch_rows: int,
+    report: PrepareReport,
+    max_invalid_fraction: float,
+) -> Iterator[pa.RecordBatch]:
+    """What a node sends of ``ds``: ``columns`` read in batches, identifiers
+    re-keyed, values cast and checked.  Raises a value-free :class:`IngestError`
+    naming the file, its lines and the column for anything the node refuses —
+    the identifier share after the last batch, before the stream ends: a
+    receiver keeps nothing of a refused stream."""
+    offset = 0
+    batches = 0
+    for raw in read_batches(source, columns, batch_rows):
+        try:
+            prepared, part = prepare_batch(ds, raw, rekeyer, columns)
+        except IngestError as exc:
+            raise locate(exc, ds, source, offset) from None
+        offset += raw.num_rows
+        report.add(part)
+        batches += 1
+        yield prepared
+    if not batches:
+        raise IngestError(
+            f"{source.describe()}: no data rows (a header alone, or an empty table)",
+            {"problem": "empty"},
+        )
+    check_identifier_share(ds, source, report, max_invalid_fraction)
 
 
 def check_identifier_share(
