@@ -31,9 +31,12 @@ from sgxcloud.cleanroom.identifiers import (
     new_key,
     normalise_array,
 )
-from sgxcloud.cleanroom.node import Source, csv_lines, read_batches
+from sgxcloud.cleanroom.node import Source, csv_columns, csv_lines, read_batches
 
 MAX_EXAMPLES = 5
+MAX_EXAMPLE_CHARS = 200
+HEADER = -1  # a finding's "row" for the file's header line (the columns it names)
+WITHOUT_IDENTIFIER = "rows without any usable identifier (dropped, never sent)"
 KIND_NAMES = {"email": "e-mail addresses", "phone": "phone numbers", "customer_id": "customer ids"}
 PHONE_HINT = (
     "numbers without a country code are read in default_phone_region {region}; "
@@ -143,7 +146,9 @@ class _Tracker:
         for i in hits[: max(0, room)]:
             self.rows.append(offset + i)
             if values is not None:
-                self.examples.append(str(values[i].as_py()))
+                text = str(values[i].as_py())  # cut: a cell may hold a whole file
+                cut = len(text) > MAX_EXAMPLE_CHARS
+                self.examples.append(text[:MAX_EXAMPLE_CHARS] + "…" * cut)
 
 
 def check_dataset(
@@ -161,28 +166,41 @@ def check_dataset(
         return check
     check.findings += _schema_findings(needed, declared, available)
     if any(c not in available for c in needed):
+        _locate(check, source)
         return check  # nothing to read the values by
     scan = _Scan(ds, [c for c in declared if c in available])
     try:
         for raw in read_batches(source, scan.present, batch_rows):
             scan.add(pa.Table.from_batches([raw]) if isinstance(raw, pa.RecordBatch) else raw)
     except IngestError as exc:
-        # the node's own refusal (e.g. a short CSV line), without the file's name again
-        message = str(exc).replace(f"{source.describe()}: ", "", 1)
-        check.findings.append(Finding("error", str(exc.report.get("column", "")), message))
+        _locate(check, source)
+        check.findings.append(_reader_finding(exc, source))
         return check
+    if not scan.rows:
+        message = "no data rows (a header alone): the node would refuse it"
+        check.findings.append(Finding("error", "", message, rows=[HEADER]))
     check.rows = scan.rows
     check.findings += scan.tracked()
     _duplicates(ds, scan.keyed, scan.keyed_rows, check)
     _identifier_share(check, scan.trackers, scan.kinds, max_invalid_fraction)
     check.findings += _empty_columns(scan.nulls, scan.rows)
-    check.findings += _zone_findings(ds, scan.zones)
+    check.findings += _zone_findings(ds, scan.zones, scan.zone_rows)
     _locate(check, source)
     check.findings.sort(key=lambda f: SEVERITY_ORDER[f.severity])  # stable: found order within
     return check
 
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def _reader_finding(exc: IngestError, source: Source) -> Finding:
+    """The node's own refusal of a file (a short CSV line, bytes that are not
+    UTF-8), without the file's name again: lines and columns from its report."""
+    message = str(exc).replace(f"{source.describe()}: ", "", 1)
+    report = exc.report
+    column = str(report.get("column", "")) or ", ".join(report.get("columns", []))
+    lines = [int(n) for n in report.get("lines", [])]
+    return Finding("error", column, message, int(report.get("count", 0)), lines, where="line")
 
 
 def _schema_findings(needed: list[str], declared: list[str], available: list[str]) -> list[Finding]:
@@ -192,18 +210,18 @@ def _schema_findings(needed: list[str], declared: list[str], available: list[str
     missing = [c for c in needed if c not in available]
     if missing:
         message = "column(s) missing: an allowed analysis needs them"
-        findings.append(Finding("error", ", ".join(missing), message))
+        findings.append(Finding("error", ", ".join(missing), message, rows=[HEADER]))
     unused_missing = [c for c in declared if c not in needed and c not in available]
     if unused_missing:
         message = (
             "declared in the definition but not in the "
             "file; no analysis uses them, so nothing is lost (they would never be sent)"
         )
-        findings.append(Finding("warning", ", ".join(unused_missing), message))
+        findings.append(Finding("warning", ", ".join(unused_missing), message, rows=[HEADER]))
     extra = [c for c in available if c not in declared]
     if extra:
         message = "not declared: these columns never leave this machine"
-        findings.append(Finding("info", ", ".join(extra), message))
+        findings.append(Finding("info", ", ".join(extra), message, rows=[HEADER]))
     return findings
 
 
@@ -222,6 +240,7 @@ class _Scan:
         self.keyed_rows: dict[str, list[np.ndarray]] = {c: [] for c in self.keyed}
         self.rekeyer = Rekeyer(new_key())  # a throw-away key: only equality matters here
         self.zones = [0, 0, 0, 0]  # timestamps with offset, naive, ambiguous, nonexistent
+        self.zone_rows = _Tracker()  # ambiguous or nonexistent local times
         self.rows = 0  # read so far: the next batch's first data row
 
     def track(self, column: str, severity: str, message: str) -> _Tracker:
@@ -250,9 +269,9 @@ class _Scan:
             else:
                 self._typed(col, values)
         if has_id is not None:
-            self.track(
-                "", "warning", "rows without any usable identifier (dropped, never sent)"
-            ).add(pc.invert(has_id), None, self.rows)
+            self.track(", ".join(self.kinds), "warning", WITHOUT_IDENTIFIER).add(
+                pc.invert(has_id), None, self.rows
+            )
             _values(self.ds, table, self.types, has_id, self.rows, self.track)
         self.rows += table.num_rows
 
@@ -262,7 +281,7 @@ class _Scan:
         ds = self.ds
         zone = ds.timestamp_timezone if col == ds.timestamp_column else "UTC"
         if col == ds.timestamp_column and pa.types.is_string(values.type):
-            _count_zones(values, zone, self.zones)
+            _count_zones(values, zone, self.zones, self.zone_rows, self.rows)
         try:
             coltypes.convert(values, self.types[col], zone)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
@@ -286,7 +305,9 @@ class _Scan:
         ]
 
 
-def _count_zones(values: pa.Array, zone: str, zones: list[int]) -> None:
+def _count_zones(
+    values: pa.Array, zone: str, zones: list[int], gaps: _Tracker, offset: int
+) -> None:
     """Add to ``zones`` the timestamp texts of ``values`` that carry an offset,
     those that do not, and local times that are ambiguous or fall in a gap in ``zone``."""
     aware = (
@@ -294,20 +315,21 @@ def _count_zones(values: pa.Array, zone: str, zones: list[int]) -> None:
     )
     zones[0] += aware
     zones[1] += len(values) - values.null_count - aware
-    ambiguous, gap = coltypes.count_local_time_gaps(values, zone)
-    zones[2] += ambiguous
-    zones[3] += gap
+    ambiguous, gap = coltypes.local_time_gaps(values, zone)
+    zones[2] += pc.sum(ambiguous).as_py() or 0
+    zones[3] += pc.sum(gap).as_py() or 0
+    gaps.add(pc.or_(ambiguous, gap), values, offset)
 
 
 def _empty_columns(nulls: dict[str, int], rows: int) -> list[Finding]:
     return [
-        Finding("warning", col, "empty in every row", n)
+        Finding("warning", col, "empty in every row", n, [HEADER])
         for col, n in nulls.items()
         if rows and n == rows
     ]
 
 
-def _zone_findings(ds: Dataset, zones: list[int]) -> list[Finding]:
+def _zone_findings(ds: Dataset, zones: list[int], gaps: _Tracker) -> list[Finding]:
     """How zone-less timestamps were read, and local times that are not one instant."""
     with_zone, naive, ambiguous, gap = zones
     findings = []
@@ -330,6 +352,8 @@ def _zone_findings(ds: Dataset, zones: list[int]) -> list[Finding]:
                 f"going back; read as the first) and {gap:,} do not exist (clocks going "
                 "forward; moved past the gap): write an offset to be exact",
                 ambiguous + gap,
+                gaps.rows,
+                gaps.examples,
             )
         )
     return findings
@@ -339,14 +363,7 @@ def _columns_of(source: Source, check: DatasetCheck) -> list[str] | None:
     """The file's column names, or None (with the error recorded)."""
     try:
         if source.format == "csv":
-            import pyarrow.csv as pacsv
-
-            with pacsv.open_csv(
-                source.path,
-                read_options=pacsv.ReadOptions(block_size=1 << 20),
-                parse_options=pacsv.ParseOptions(invalid_row_handler=lambda _row: "skip"),
-            ) as reader:
-                return list(reader.schema.names)
+            return csv_columns(source)
         if source.format == "parquet":
             import pyarrow.parquet as pq
 
@@ -363,7 +380,7 @@ def _columns_of(source: Source, check: DatasetCheck) -> list[str] | None:
                 ).fetchall()
             ]
     except IngestError as exc:
-        check.findings.append(Finding("error", "", str(exc)))
+        check.findings.append(_reader_finding(exc, source))
     except FileNotFoundError:
         check.findings.append(Finding("error", "", "file not found"))
     except Exception as exc:  # Arrow's and DuckDB's parse errors quote data: name the kind
@@ -443,17 +460,11 @@ def _duplicates(ds: Dataset, keyed, keyed_rows, check: DatasetCheck) -> None:
 def _identifier_share(check: DatasetCheck, trackers, kinds, limit: float) -> None:
     if not check.rows:
         return
-    invalid = sum(
-        t.count
-        for (col, _, msg), t in trackers.items()
-        if col in kinds and msg.startswith("invalid")
-    )
-    without = sum(
-        t.count
-        for (col, _, msg), t in trackers.items()
-        if col == "" and msg.startswith("rows without")
-    )
-    worst = max(invalid, without)
+    invalid = [
+        t for (col, _, msg), t in trackers.items() if col in kinds and msg.startswith("invalid")
+    ]
+    without = [t for (_, _, msg), t in trackers.items() if msg == WITHOUT_IDENTIFIER]
+    worst = max(sum(t.count for t in invalid), sum(t.count for t in without))
     if worst / check.rows > limit:
         check.findings.append(
             Finding(
@@ -463,6 +474,7 @@ def _identifier_share(check: DatasetCheck, trackers, kinds, limit: float) -> Non
                 f"identifiers: above the node's limit of {limit:.1%}, so the node would refuse "
                 "this dataset (fix the rows below, or raise --max-invalid-fraction)",
                 worst,
+                sorted({r for t in invalid + without for r in t.rows})[:MAX_EXAMPLES],
             )
         )
 
@@ -477,4 +489,4 @@ def _locate(check: DatasetCheck, source: Source) -> None:
             finding.rows = [lines.get(r, r + 2) for r in finding.rows]
         else:
             finding.where = "row"
-            finding.rows = [r + 1 for r in finding.rows]
+            finding.rows = [r + 1 for r in finding.rows if r != HEADER]

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 MAX_ROWS_SHOWN = 5
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
-_OFFSET = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+# a zone or offset after a time: 2026-03-04 10:00Z, …T10:00:00.5+02:00 — not the
+# day of a date alone (2026-03-04 is midnight, not "-04" hours)
+_OFFSET = r"[T ]\d{2}(?::?\d{2}){0,2}(?:[.,]\d+)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
 
 
 @dataclass(frozen=True)
@@ -152,19 +155,41 @@ def problem(
     )
 
 
-def count_local_time_gaps(values: pa.Array, timezone: str) -> tuple[int, int]:
-    """How many naive text timestamps fall on a local time that occurs twice
-    (clocks going back) or not at all (clocks going forward) in ``timezone``."""
+def local_time_gaps(values: pa.Array, timezone: str) -> tuple[pa.Array, pa.Array]:
+    """Masks of the naive text timestamps that fall on a local time that occurs
+    twice (clocks going back) or not at all (clocks going forward) in
+    ``timezone``.  Values that cannot be read are neither: they are type
+    problems, reported as such."""
+    none = pa.array(np.zeros(len(values), dtype=bool))
     if not pa.types.is_string(values.type) or timezone == "UTC":
-        return 0, 0
+        return none, none
     text = pc.utf8_trim_whitespace(values)
-    naive = pc.invert(pc.fill_null(pc.match_substring_regex(text, _OFFSET), True))
-    local = pc.filter(text, naive).cast(pa.timestamp("us"))
-    local = pc.drop_null(local)
+    aware = pc.fill_null(pc.match_substring_regex(text, _OFFSET), True)
+    local = _readable(pc.if_else(aware, pa.scalar(None, pa.string()), text), pa.timestamp("us"))
     first = pc.assume_timezone(local, timezone, ambiguous="earliest", nonexistent="latest")
     last = pc.assume_timezone(local, timezone, ambiguous="latest", nonexistent="earliest")
-    differ = pc.not_equal(first, last)
-    gap = pc.greater(first, last)  # nonexistent: "latest" lands after "earliest"
-    ambiguous = pc.sum(pc.and_(differ, pc.invert(gap))).as_py() or 0
-    missing = pc.sum(gap).as_py() or 0
-    return ambiguous, missing
+    differ = pc.fill_null(pc.not_equal(first, last), False)
+    gap = pc.fill_null(pc.greater(first, last), False)  # nonexistent: "latest" lands after
+    return pc.and_(differ, pc.invert(gap)), gap
+
+
+_CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+
+def _readable(text: pa.Array, target: pa.DataType) -> pa.Array:
+    """``text`` cast to ``target``, null where a value cannot be read.  Slow
+    (one distinct value at a time) only when some cannot."""
+    try:
+        return text.cast(target)
+    except _CAST_ERRORS:
+        pass
+    verdict: dict[str | None, bool] = {}
+    for value in text.to_pylist():
+        if value not in verdict:
+            try:
+                pa.array([value], pa.string()).cast(target)
+                verdict[value] = True
+            except _CAST_ERRORS:
+                verdict[value] = False
+    keep = pa.array([verdict[v] for v in text.to_pylist()], pa.bool_())
+    return pc.if_else(keep, text, pa.scalar(None, pa.string())).cast(target)

@@ -117,6 +117,8 @@ def read_batches(source: Source, columns: list[str], batch_rows: int) -> Iterato
     except IngestError:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:
+        if source.format == "csv":
+            raise _csv_error(exc, source, columns) from None
         raise IngestError(
             f"{source.describe()}: {_safe_reason(exc)}", {"problem": "malformed_file"}
         ) from None
@@ -127,6 +129,23 @@ def read_batches(source: Source, columns: list[str], batch_rows: int) -> Iterato
                 {"problem": "malformed_file"},
             ) from None
         raise
+
+
+_NOT_UTF8 = re.compile(r"invalid UTF-8|Invalid UTF8", re.I)
+_FIELD_COUNT = re.compile(r"Expected (\d+) columns, got (\d+)")
+
+
+def _csv_error(exc: Exception, source: Source, columns: list[str] | None) -> IngestError:
+    """Arrow's refusal of a CSV file, located by reading it again with Python:
+    the lines (and columns) at fault, never their text (Arrow's message quotes it)."""
+    if isinstance(exc, UnicodeDecodeError) or _NOT_UTF8.search(str(exc)):
+        return _encoding_error(source, columns)
+    fields = _FIELD_COUNT.search(str(exc))
+    if fields:
+        return _field_count_error(source, int(fields.group(1)))
+    if "straddl" in str(exc):  # a record longer than a block
+        return _long_record_error(source)
+    return IngestError(f"{source.describe()}: {_safe_reason(exc)}", {"problem": "malformed_file"})
 
 
 _SAFE_PATTERNS = (
@@ -159,21 +178,11 @@ def _require(available: list[str], columns: list[str], source: Source) -> None:
 
 
 def _csv_batches(source: Source, columns: list[str], batch_rows: int):
-    invalid: list[int] = []
-
-    def skip(row: pacsv.InvalidRow) -> str:
-        invalid.append(row.expected_columns)  # Arrow knows no line number when streaming
-        return "skip"
-
-    parse = pacsv.ParseOptions(invalid_row_handler=skip)
-    with pacsv.open_csv(
-        source.path,
-        read_options=pacsv.ReadOptions(block_size=1 << 20),
-        parse_options=parse,
-        convert_options=pacsv.ConvertOptions(column_types={}),
-    ) as probe:
-        _require(probe.schema.names, columns, source)
-    invalid.clear()
+    # No invalid_row_handler: Arrow cannot hand one a row that is not UTF-8 (it
+    # prints a traceback and raises anyway); a short or long row raises, and
+    # _csv_error finds its line.
+    parse = _csv_parse_options(source)
+    _require(_csv_header(source, parse), columns, source)
     convert = pacsv.ConvertOptions(
         include_columns=columns,
         column_types={c: pa.string() for c in columns},
@@ -181,26 +190,73 @@ def _csv_batches(source: Source, columns: list[str], batch_rows: int):
     )
     with pacsv.open_csv(
         source.path,
-        read_options=pacsv.ReadOptions(block_size=4 << 20),
+        read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
         parse_options=parse,
         convert_options=convert,
     ) as reader:
         for batch in reader:
-            if invalid:
-                raise _field_count_error(source, invalid[0])
             yield from _split(batch, batch_rows)
-    if invalid:
-        raise _field_count_error(source, invalid[0])
 
 
-def csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+CSV_DELIMITERS = (",", ";", "\t")
+
+
+def csv_delimiter(path: Path) -> str:
+    """A CSV file's field separator: of a comma, a semicolon and a tab, the one its
+    header line has most of (spreadsheets in many locales export semicolons);
+    a comma on a tie."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.readline(1 << 20)
+    except OSError:
+        return ","
+    counts = [header.count(d.encode()) for d in CSV_DELIMITERS]
+    return CSV_DELIMITERS[counts.index(max(counts))]
+
+
+def _csv_parse_options(source: Source) -> pacsv.ParseOptions:
+    # Quoted line breaks (multi-line cells, as spreadsheets write them) anywhere:
+    # without newlines_in_values one that falls on a block boundary stops Arrow
+    # ("parser got out of sync with chunker"); it costs no measurable time.
+    return pacsv.ParseOptions(delimiter=csv_delimiter(source.path), newlines_in_values=True)
+
+
+def csv_columns(source: Source) -> list[str]:
+    """A CSV file's column names, read as the node reads them; raises
+    :class:`IngestError` as :func:`read_batches` does."""
+    try:
+        return _csv_header(source, _csv_parse_options(source))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise _csv_error(exc, source, None) from None
+
+
+CSV_BLOCK_BYTES = 4 << 20
+"""Arrow reads a CSV file in blocks of this size: a record (a line, or several
+with quoted line breaks) must fit in one."""
+
+
+def _csv_header(source: Source, parse: pacsv.ParseOptions) -> list[str]:
+    with pacsv.open_csv(
+        source.path,
+        read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+        parse_options=parse,
+        convert_options=pacsv.ConvertOptions(column_types={}),
+    ) as probe:
+        return list(probe.schema.names)
+
+
+def csv_records(path: Path, errors: str = "replace") -> Iterator[tuple[int, list[str]]]:
     """(line where the record starts, fields) of every non-empty CSV record, header
     included, read as Python's csv module reads it (quoted newlines count).  For
     error reports only: it is ~50x slower than Arrow."""
     import csv
 
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        reader = csv.reader(handle)
+    # Arrow reads fields of any length; Python's csv refuses those over 128 KiB
+    # by default (one process-wide setting, raised once)
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    delimiter = csv_delimiter(path)
+    with path.open(newline="", encoding="utf-8-sig", errors=errors) as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
         start = 1
         for fields in reader:
             if fields:
@@ -217,6 +273,57 @@ def csv_lines(path: Path, rows: list[int]) -> dict[int, int]:
             if len(out) == len(wanted):
                 break
     return out
+
+
+def _encoding_error(source: Source, columns: list[str] | None) -> IngestError:
+    """Where a CSV file is not UTF-8 (a Windows-1252 export, typically): the lines
+    and columns (of ``columns``; None: any) it is not in, never the bytes."""
+
+    def undecodable(text: str) -> bool:
+        return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+    bad: list[tuple[int, str]] = []
+    header: list[str] | None = None
+    for line, fields in csv_records(source.path, errors="surrogateescape"):
+        if header is None:
+            header = [f"field {i + 1}" if undecodable(h) else h for i, h in enumerate(fields)]
+            if any(map(undecodable, fields)):
+                bad.append((line, "the header"))
+            continue
+        for index, text in enumerate(fields):
+            name = header[index] if index < len(header) else f"field {index + 1}"
+            if (columns is None or name in columns) and undecodable(text):
+                bad.append((line, name))
+                break
+    shown = ", ".join(f"line {line} ({column})" for line, column in bad[:MAX_LINES_SHOWN])
+    more = f" and {len(bad) - MAX_LINES_SHOWN} more line(s)" if len(bad) > MAX_LINES_SHOWN else ""
+    return IngestError(
+        f"{source.describe()}: {len(bad) or 'some'} line(s) are not UTF-8 text: "
+        f"{shown or 'lines not found'}{more}; save the file as UTF-8 (Excel: 'CSV UTF-8')",
+        {
+            "problem": "encoding",
+            "lines": [line for line, _ in bad[:MAX_LINES_SHOWN]],
+            "columns": list(dict.fromkeys(column for _, column in bad[:MAX_LINES_SHOWN])),
+            "count": len(bad),
+        },
+    )
+
+
+def _long_record_error(source: Source) -> IngestError:
+    """The lines where records longer than a block start (often a quote that is
+    never closed, which takes the rest of the file into one value)."""
+    sizes = [
+        (len(",".join(fields).encode("utf-8", "replace")), line)
+        for line, fields in csv_records(source.path)
+    ]
+    bad = [line for size, line in sizes if size > CSV_BLOCK_BYTES]
+    bad = bad or [max(sizes)[1]] if sizes else []  # the longest, at least
+    shown = ", ".join(f"line {line}" for line in bad[:MAX_LINES_SHOWN])
+    return IngestError(
+        f"{source.describe()}: a record longer than {CSV_BLOCK_BYTES >> 20} MiB starts at "
+        f"{shown or 'a line not found'}; is a double quote not closed, or a line break missing?",
+        {"problem": "long_record", "lines": bad[:MAX_LINES_SHOWN], "count": len(bad)},
+    )
 
 
 def _field_count_error(source: Source, expected: int) -> IngestError:
