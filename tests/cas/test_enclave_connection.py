@@ -486,3 +486,154 @@ def test_an_interrupted_request_never_leaves_its_answer_for_the_next(tmp_path: P
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# -- answers the enclave will not buffer or wait for without bound (red team rt10 F3) --
+
+
+@contextlib.contextmanager
+def _rogue_https(tls, send) -> Iterator[tuple[int, list[int]]]:  # type: ignore[no-untyped-def]
+    """A TLS server holding the pinned CA's certificate (a TLS-ending proxy, a compromised
+    replica) that reads each request's head and body, then calls ``send(conn)``; yields
+    (port, bytes of answer each connection got out before the client left)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    sent: list[int] = []
+
+    def handle(raw: socket.socket) -> None:
+        with context.wrap_socket(raw, server_side=True) as conn, conn.makefile("rb") as reader:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = reader.readline()
+                if not line:
+                    return
+                head += line
+            reader.read(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+            sent.append(send(conn))
+
+    with _listener(handle) as port:
+        yield port, sent
+
+
+def _endless(head: bytes, piece: bytes, *, chunked: bool = False):  # type: ignore[no-untyped-def]
+    def send(conn: ssl.SSLSocket) -> int:
+        total = 0
+        with contextlib.suppress(OSError):
+            conn.sendall(head)
+            while total < 1 << 30:  # 1 GiB at most: the client must leave long before
+                frame = b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
+                conn.sendall(frame)
+                total += len(piece)
+        return total
+
+    return send
+
+
+MIB = 1 << 20
+ENDLESS = {
+    "to-close": (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", False),
+    "chunked": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+}
+
+
+@pytest.mark.parametrize("framing", ENDLESS)
+def test_an_endless_answer_is_cut_at_the_cap_as_it_arrives(tmp_path: Path, framing: str) -> None:
+    """rt10 F3: 300 MiB streamed to close grew the client 39 -> 647 MiB (all buffered)."""
+    tls = make_loopback_tls(tmp_path / "tls")
+    head, chunked = ENDLESS[framing]
+    with _rogue_https(tls, _endless(head, b"x" * 65536, chunked=chunked)) as (port, sent):
+        url = f"https://127.0.0.1:{port}"
+        with (
+            client.CasConnection(url, tls.ca_cert, max_answer_bytes=MIB) as connection,
+            pytest.raises(client.ServiceUnavailable, match=f"at most {MIB} bytes"),
+        ):
+            connection.post_json("/v1/nonces")
+        for _ in range(100):
+            if sent:
+                break
+            time.sleep(0.05)
+    # what was sent before the client left: the cap and what the socket buffers held
+    assert sent and sent[0] < 16 * MIB
+
+
+def test_a_huge_declared_length_is_refused_before_reading_and_retried(tmp_path: Path) -> None:
+    """rt10 F3: Content-Length 100 GB was a bare MemoryError, not retried nor one line."""
+    tls = make_loopback_tls(tmp_path / "tls")
+
+    def send(conn: ssl.SSLSocket) -> int:
+        with contextlib.suppress(OSError):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n{")
+        return 0
+
+    with _rogue_https(tls, send) as (port, sent):
+        url = f"https://127.0.0.1:{port}"
+        with pytest.raises(client.ServiceUnavailable, match="declared 100000000000 bytes"):
+            _fetch(url, tmp_path, ca_file=tls.ca_cert, attempts=2, backoff=0.05)
+        time.sleep(0.2)
+    assert len(sent) == 2  # a transient failure: retried on a fresh connection
+
+
+def test_a_trickled_answer_ends_at_the_requests_deadline(tmp_path: Path) -> None:
+    """rt10 F3: one byte every 2 s held a client with a 3 s timeout for as long as the server
+    went on (the timeout was per receive)."""
+    tls = make_loopback_tls(tmp_path / "tls")
+
+    def send(conn: ssl.SSLSocket) -> int:
+        total = 0
+        with contextlib.suppress(OSError):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(40):
+                time.sleep(0.25)
+                conn.sendall(b" ")
+                total += 1
+        return total
+
+    with _rogue_https(tls, send) as (port, _):
+        url = f"https://127.0.0.1:{port}"
+        with client.CasConnection(url, tls.ca_cert, timeout=1.0, deadline=1.5) as connection:
+            started = time.monotonic()
+            with pytest.raises(client.ServiceUnavailable, match="deadline"):
+                connection.post_json("/v1/nonces")
+            assert time.monotonic() - started < 2.5
+    # the default deadline is twice the timeout
+    assert client.CasConnection("https://cas.example", tls.ca_cert, timeout=3).deadline == 6
+
+
+def test_the_launcher_ends_an_oversized_answer_with_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from sgxcloud.cas.client import launcher
+
+    try:
+        from tests.cas.fake_gramine import FakeAttestationDevice
+    except ImportError:
+        from fake_gramine import FakeAttestationDevice  # type: ignore[no-redef]
+
+    tls = make_loopback_tls(tmp_path / "tls")
+    head, _ = ENDLESS["to-close"]
+    root = tmp_path / "root"
+    with (
+        _rogue_https(tls, _endless(head, b"x" * 65536)) as (port, _),
+        FakeAttestationDevice(root, pg.simulated_identity()),
+    ):
+        status = launcher.main(
+            [
+                "launch",
+                "--attempts",
+                "1",
+                "--root",
+                str(root),
+                "--url",
+                f"https://127.0.0.1:{port}",
+                "--policy",
+                "shop",
+                "--service",
+                "web",
+                "--ca-file",
+                str(tls.ca_cert),
+                "--policy-owner",
+                "someone",
+            ]
+        )
+    error = capsys.readouterr().err.strip()
+    assert status == 1
+    assert "Traceback" not in error and "\n" not in error
+    assert error.startswith("error: the CAS at") and "at most 8388608 bytes" in error

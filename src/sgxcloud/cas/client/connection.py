@@ -15,7 +15,17 @@ enclave needs it:
 - Keep-alive: one connection serves many attestations; a connection the
   CAS closed while idle is noticed before it is reused, and a broken one is
   reopened on the next request.
-- ``timeout`` applies to connecting and to every read and write.
+- ``timeout`` applies to connecting and to every read and write, and
+  ``deadline`` (default twice ``timeout``) to the whole request, connecting
+  included: an answer trickled a byte at a time cannot hold the enclave
+  longer (red team rt10 F3: a 1-byte-per-2-s answer held a 3 s-timeout client
+  until the server chose to stop).
+- An answer is at most ``max_answer_bytes`` (:data:`MAX_ANSWER_BYTES`, 8 MiB:
+  the CAS's largest answer, an accepted attestation with a 1 MiB configuration,
+  is about 2.8 MB), counted as it arrives whatever its framing, and a declared
+  length above it is refused before any of it is read: whoever ends the TLS
+  cannot make the enclave buffer more (rt10 F3: 300 MiB streamed to close grew
+  the client by 608 MiB of EPC; a declared 100 GB length was a bare MemoryError).
 - ``HTTPS_PROXY`` / ``ALL_PROXY`` (an ``http://`` proxy, reached with
   ``CONNECT``, so TLS and the pin stay end to end) and ``NO_PROXY``, read from
   the environment as urllib reads them.
@@ -29,12 +39,14 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import re
 import select
 import socket
 import ssl
 import threading
+import time
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -45,6 +57,8 @@ from urllib.parse import unquote, urlsplit
 from sgxcloud.cas.client.errors import ClientError, ServiceUnavailable
 
 USER_AGENT = "sgxcloud-cas-client"
+MAX_ANSWER_BYTES = 8 << 20
+"""The largest answer body the enclave client reads (see the module's docstring)."""
 _PRINTABLE = re.compile(r"[!-~]*")
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # made once, not per request
 
@@ -74,6 +88,8 @@ class CasConnection:
         *,
         tls: ssl.SSLContext | None = None,
         timeout: float = 30.0,
+        deadline: float | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "https" or not parts.hostname:
@@ -98,10 +114,15 @@ class CasConnection:
         if not _PRINTABLE.fullmatch(parts.netloc + parts.path):
             raise ClientError("the CAS URL must be printable ASCII without spaces")
         self.base_url = base_url
+        self.timeout = timeout
+        # Seconds one request may take in all, connecting included.
+        self.deadline = 2 * timeout if deadline is None else deadline
+        self.max_answer_bytes = max_answer_bytes
         self._host = parts.netloc
         self._prefix = parts.path.rstrip("/")
         self._lock = threading.Lock()
         self._answers: BinaryIO | None = None
+        self._raw: _DeadlineReader | None = None
         proxy = _environment_proxy(parts.hostname)
         if proxy is None:
             self._http = http.client.HTTPSConnection(
@@ -131,18 +152,28 @@ class CasConnection:
         ).encode("ascii") + payload
         with self._lock:
             self._drop_if_closed_by_peer()
+            until = time.monotonic() + self.deadline
             try:
                 if self._answers is None:
                     # http.client connects: TCP, the proxy's CONNECT, TLS with
                     # the pinned context and the CAS's host name, the timeout.
+                    self._http.timeout = min(self.timeout, self.deadline)
                     self._http.connect()
-                    self._answers = self._http.sock.makefile("rb")
+                    self._raw = _DeadlineReader(self._http.sock, self.timeout)
+                    self._answers = io.BufferedReader(self._raw)
+                assert self._raw is not None
+                self._raw.until = until
+                self._http.sock.settimeout(self._raw.left())
                 self._http.sock.sendall(request)
-                status, content, keep_alive = read_response(self._answers)
+                status, content, keep_alive = read_response(
+                    self._answers, limit=self.max_answer_bytes
+                )
             except (OSError, http.client.HTTPException) as exc:
                 # Half a request or half an answer: this connection is done;
                 # the next request opens a new one.
                 self._disconnect()
+                if isinstance(exc, (AnswerTooLarge, DeadlinePassed)):
+                    raise ServiceUnavailable(f"the CAS at {self.base_url}: {exc}") from exc
                 raise ServiceUnavailable(
                     f"cannot reach the CAS at {self.base_url}: {type(exc).__name__}"
                 ) from exc
@@ -172,6 +203,7 @@ class CasConnection:
         if self._answers is not None:
             self._answers.close()  # before the socket: the file holds a reference to it
             self._answers = None
+            self._raw = None
         self._http.close()
 
     def close(self) -> None:
@@ -188,6 +220,40 @@ class CasConnection:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class AnswerTooLarge(http.client.HTTPException):
+    """An answer longer than the client reads (``max_answer_bytes``)."""
+
+
+class DeadlinePassed(TimeoutError):
+    """The request's overall deadline passed before its answer was complete."""
+
+
+class _DeadlineReader(socket.SocketIO):
+    """The socket's reading side, each receive waiting at most ``timeout`` and never past
+    ``until`` (the request's deadline): a trickle of bytes cannot stretch a request."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        super().__init__(sock, "rb")
+        self.timeout = timeout
+        self.until = float("inf")
+
+    def left(self) -> float:
+        """Seconds the next wait may take; DeadlinePassed if none are left."""
+        left = self.until - time.monotonic()
+        if left <= 0:
+            raise DeadlinePassed("no complete answer within the request's deadline")
+        return min(self.timeout, left)
+
+    def readinto(self, buffer: Any) -> int | None:
+        self._sock.settimeout(self.left())  # type: ignore[attr-defined]
+        try:
+            return super().readinto(buffer)
+        except TimeoutError:
+            if self.until - time.monotonic() <= 0:
+                raise DeadlinePassed("no complete answer within the request's deadline") from None
+            raise
 
 
 def _environment_proxy(host: str) -> tuple[str, int, dict[str, str]] | None:
@@ -231,8 +297,11 @@ _FRAMING = (b"content-length", b"transfer-encoding", b"connection")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110)
 
 
-def read_response(answers: BinaryIO) -> tuple[int, bytes, bool]:
-    """(status, body, whether the connection stays open) of one HTTP/1.x answer to a POST."""
+def read_response(answers: BinaryIO, *, limit: int = MAX_ANSWER_BYTES) -> tuple[int, bytes, bool]:
+    """(status, body, whether the connection stays open) of one HTTP/1.x answer to a POST.
+
+    A body longer than ``limit`` bytes is :class:`AnswerTooLarge`: a declared length
+    before any of it is read, other framings as the bytes arrive."""
     while True:
         head = _buffered_head(answers)
         line = head[0] if head else _line(answers)
@@ -255,13 +324,15 @@ def read_response(answers: BinaryIO) -> tuple[int, bytes, bool]:
     coding = headers.get(b"transfer-encoding")
     if coding is not None:
         if coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
-            return status, _chunked(answers), keep_alive
-        return status, answers.read(), False  # no length: the body ends with the connection
+            return status, _chunked(answers, limit), keep_alive
+        return status, _to_close(answers, limit), False  # no length: ends with the connection
     length = headers.get(b"content-length")
     if length is None:
-        return status, answers.read(), False
+        return status, _to_close(answers, limit), False
     if not length.isdigit():
         raise http.client.HTTPException("invalid Content-Length")
+    if int(length) > limit:
+        raise AnswerTooLarge(_too_large(limit, f"declared {int(length)} bytes"))
     body = answers.read(int(length))
     if len(body) != int(length):
         raise http.client.IncompleteRead(body, int(length) - len(body))
@@ -327,8 +398,27 @@ def _headers(lines: Iterable[bytes]) -> dict[bytes, bytes]:
     return found
 
 
-def _chunked(answers: BinaryIO) -> bytes:
+def _too_large(limit: int, what: str) -> str:
+    return f"answer larger than the client reads ({what}; at most {limit} bytes)"
+
+
+def _to_close(answers: BinaryIO, limit: int) -> bytes:
+    """A body framed by the connection's close, read as it arrives, at most ``limit``."""
     parts = []
+    size = 0
+    while True:
+        part = answers.read1(65536)  # type: ignore[attr-defined]
+        if not part:
+            return b"".join(parts)
+        size += len(part)
+        if size > limit:
+            raise AnswerTooLarge(_too_large(limit, "read until close"))
+        parts.append(part)
+
+
+def _chunked(answers: BinaryIO, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    parts = []
+    total = 0
     while True:
         size = _line(answers).split(b";", 1)[0].strip()
         if not size or size.strip(b"0123456789abcdefABCDEF"):
@@ -336,6 +426,9 @@ def _chunked(answers: BinaryIO) -> bytes:
         left = int(size, 16)
         if left == 0:
             break
+        total += left
+        if total > limit:
+            raise AnswerTooLarge(_too_large(limit, "chunked"))
         chunk = answers.read(left)
         if len(chunk) != left or _line(answers) not in (b"\r\n", b"\n"):
             raise http.client.IncompleteRead(chunk, left - len(chunk))
