@@ -53,6 +53,10 @@ class Settings(BaseModel):
     database_url: str = "sqlite:///cas.db"
     master_key_file: Path | None = None
     retired_master_key_files: tuple[Path, ...] = ()
+    # Ed25519 key signing every answer to a signed owner request (made by
+    # 'cas init' beside the master key; replicas share it; owners pin its
+    # public key).  Unset: answers are unsigned (owners who pin refuse them).
+    answer_signing_key_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     owner_ca_file: Path | None = None
@@ -315,6 +319,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         name: resolve(getattr(settings, name))
         for name in (
             "master_key_file",
+            "answer_signing_key_file",
             "tls_cert",
             "tls_key",
             "owner_ca_file",

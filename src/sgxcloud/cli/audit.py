@@ -113,6 +113,7 @@ def verify(
     cert_file: Path | None,
     deployment: str | None,
     ca_file: Path | None,
+    cas_key: Path | None,
     once: bool,
     as_json: bool,
     wide: bool,
@@ -140,7 +141,9 @@ def verify(
     ):
         url = None  # an operator's scheduled walk in an owner's environment: the database
     if url is not None:
-        owner = Connection(url, ca_file, key_file, cert_file, as_json, deployment=deployment)
+        owner = Connection(
+            url, ca_file, key_file, cert_file, as_json, deployment=deployment, cas_key=cas_key
+        )
         with owner.client() as client:
             answer = _verify_round(client, once=once, as_json=as_json)
         return _print_round(answer, as_json, wide)
@@ -207,6 +210,7 @@ def show(
     cert_file: Path | None,
     deployment: str | None,
     ca_file: Path | None,
+    cas_key: Path | None,
     after: int,
     after_ref: str,
     limit: int,
@@ -229,7 +233,9 @@ def show(
             raise click.UsageError(
                 "over the API entries are named by ref, not position: use --ref / --after-ref"
             )
-        owner = Connection(url, ca_file, key_file, cert_file, as_json, deployment=deployment)
+        owner = Connection(
+            url, ca_file, key_file, cert_file, as_json, deployment=deployment, cas_key=cas_key
+        )
         with owner.client() as client:
             if ref is not None:
                 found = client.audit_entry(ref)

@@ -155,11 +155,17 @@ def init(
     key_setting = key_path.resolve()
     if key_setting.is_relative_to(directory.resolve()):
         key_setting = key_setting.relative_to(directory.resolve())
+    answer_key_path = key_dir / ANSWER_KEY_NAME
+    answer_public = _make_answer_key(answer_key_path, directory / ANSWER_PUBLIC_NAME)
+    answer_setting = answer_key_path.resolve()
+    if answer_setting.is_relative_to(directory.resolve()):
+        answer_setting = answer_setting.relative_to(directory.resolve())
     notes: list[str] = []
     lines = [
         "# sgxcloud CAS settings (docs/cas/operator-guide.md)",
         "database_url: sqlite:///data/cas.db   # back up data/; never keys/ with it",
         f"master_key_file: {key_setting}",
+        f"answer_signing_key_file: {answer_setting}   # owners pin {ANSWER_PUBLIC_NAME}",
         "host: 127.0.0.1",
         "port: 8443",
         "# workers: 2   # processes serving the port: about the cores the CAS may use",
@@ -203,6 +209,8 @@ def init(
     console().print(
         Panel.fit(
             f"master key id [bold]{safe(key.key_id)}[/] in {safe(key_path)}\n"
+            f"answer signing key in {safe(answer_key_path)}; owners pin "
+            f"{safe(directory / ANSWER_PUBLIC_NAME)} ({safe(answer_public)})\n"
             f"database in {safe(data_dir)}\nsettings in {safe(settings_path)}",
             title="CAS initialised",
         )
@@ -361,6 +369,87 @@ def deployment(config_path: Path | None, renew: bool, as_json: bool) -> int:
         console().print(f"deployment {safe(found)} (was {safe(previous)})", highlight=False)
     else:
         click.echo(found)
+    return 0
+
+
+ANSWER_KEY_NAME = "answer-signing.key"
+ANSWER_PUBLIC_NAME = "cas-signing.pub.pem"
+
+
+def _make_answer_key(private_path: Path, public_path: Path) -> str:
+    """A new answer signing key (0600) and its public key (0644); its fingerprint."""
+    from sgxcloud.cas import answers
+
+    if private_path.exists():
+        raise click.UsageError(f"{private_path} exists; refusing to replace a signing key")
+    key = answers.generate_key()
+    files.write_file(private_path, answers.private_pem(key), files.PRIVATE, replace=False)
+    files.write_file(public_path, answers.public_pem(key.public_key()), files.PUBLIC)
+    return answers.fingerprint(key.public_key())
+
+
+@cas.command(name="signing-key")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=_CONFIG_HELP
+)
+@click.option(
+    "--generate",
+    "generate",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="KEY_FILE",
+    help="Make a new answer signing key in KEY_FILE (0600; beside the master key, never "
+    "with the database) for a deployment made before signed answers; then set "
+    "answer_signing_key_file to it, copy it to every replica and restart them.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def signing_key(config_path: Path | None, generate: Path | None, as_json: bool) -> int:
+    """Print the public key (PEM) of the key signing this CAS's answers to owners.
+
+    Owners pin it (sgxcloud policy/audit --cas-key FILE, env
+    SGXCLOUD_CAS_SIGNING_KEY) and then refuse any answer it did not sign,
+    which no proxy between them and the CAS can forge. Give them this output
+    over a channel you trust, as enclaves get cas-ca.pem.
+    """
+    from sgxcloud.cas import answers
+
+    if generate is not None:
+        public_path = generate.with_name(generate.stem + ".pub.pem")
+        found = _make_answer_key(generate, public_path)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "key_file": str(generate),
+                        "public_key_file": str(public_path),
+                        "fingerprint": found,
+                    }
+                )
+            )
+        else:
+            console().print(
+                f"answer signing key {safe(generate)}, public key {safe(public_path)} "
+                f"({safe(found)}): set answer_signing_key_file: {safe(generate.resolve())}",
+                highlight=False,
+            )
+        return 0
+    settings = load_settings(config_path)
+    if settings.answer_signing_key_file is None:
+        raise click.UsageError(
+            "no answer_signing_key_file in the settings: make one with "
+            "'sgxcloud cas signing-key --generate KEY_FILE' and set it"
+        )
+    public = answers.load_private_key(settings.answer_signing_key_file).public_key()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "public_key": answers.public_pem(public).decode(),
+                    "fingerprint": answers.fingerprint(public),
+                }
+            )
+        )
+    else:
+        click.echo(answers.public_pem(public).decode(), nl=False)
     return 0
 
 

@@ -16,6 +16,12 @@ DEPLOYMENT_HELP = (
     "(env SGXCLOUD_CAS_DEPLOYMENT)."
 )
 
+CAS_KEY_HELP = (
+    "the CAS's answer signing key (PEM, from 'sgxcloud cas signing-key') to pin: every "
+    "answer must carry its signature, else the command stops (no proxy can alter "
+    "answers); unset: answers are not verified (env SGXCLOUD_CAS_SIGNING_KEY)."
+)
+
 
 def read_deployment(value: str | None) -> str | None:
     """The deployment id an option names: the id itself, or ``@FILE`` holding it."""
@@ -73,6 +79,13 @@ def owner_credentials(qualifier: str = "") -> Callable[[F], F]:
             type=click.Path(dir_okay=False, path_type=Path),
             help=f"{qualifier}trust only this CA for the CAS's TLS certificate "
             "(env SGXCLOUD_CAS_CA).",
+        ),
+        click.option(
+            "--cas-key",
+            "cas_key",
+            envvar="SGXCLOUD_CAS_SIGNING_KEY",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help=f"{qualifier}{CAS_KEY_HELP}",
         ),
     )
 

@@ -36,7 +36,12 @@ from sgxcloud.cas.client import OwnerClient
 from sgxcloud.cas.errors import PolicyError
 from sgxcloud.cas.policy import certificate_id, load_policy, public_key_id
 from sgxcloud.cli.output import code, console, safe
-from sgxcloud.cli.owner_options import DEPLOYMENT_HELP, owner_credentials, read_deployment
+from sgxcloud.cli.owner_options import (
+    CAS_KEY_HELP,
+    DEPLOYMENT_HELP,
+    owner_credentials,
+    read_deployment,
+)
 from sgxcloud.errors import InputError
 
 
@@ -49,6 +54,7 @@ class Connection:
     as_json: bool
     wide: bool = False
     deployment: str | None = None
+    cas_key: Path | None = None
 
     def client(self) -> OwnerClient:
         url, key, certificate = self.credentials()
@@ -58,6 +64,7 @@ class Connection:
             ca_file=self.ca_file,
             certificate=certificate,
             deployment=read_deployment(self.deployment),
+            cas_key=self.cas_key,
         )
 
     def credentials(self) -> tuple[str, Any, x509.Certificate | None]:
@@ -147,6 +154,14 @@ def connection_options(function: Any) -> Any:
             help=DEPLOYMENT_HELP[0].upper() + DEPLOYMENT_HELP[1:],
         ),
         click.option(
+            "--cas-key",
+            "cas_key",
+            expose_value=False,
+            callback=_override,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help=CAS_KEY_HELP[0].upper() + CAS_KEY_HELP[1:],
+        ),
+        click.option(
             "--json",
             "as_json",
             is_flag=True,
@@ -182,6 +197,7 @@ def policy(
     key_file: Path | None,
     cert_file: Path | None,
     deployment: str | None,
+    cas_key: Path | None,
     as_json: bool,
     wide: bool,
 ) -> None:
@@ -191,7 +207,7 @@ def policy(
     replaces (see 'show'); if someone else updated first, the service answers
     409 and nothing changes. Options may come before or after the subcommand.
     """
-    ctx.obj = Connection(url, ca_file, key_file, cert_file, as_json, wide, deployment)
+    ctx.obj = Connection(url, ca_file, key_file, cert_file, as_json, wide, deployment, cas_key)
 
 
 def _check_locally(text: str, source: str) -> None:

@@ -10,6 +10,13 @@ at ``GET /v1/health``, shared by its replicas): taken from there over the
 pinned TLS on first use, or pinned by the owner (``deployment=``), so a
 request or consent made for one deployment is worthless at another — even at
 one reached at the same address.
+
+Every answer is checked against the CAS's answer signing key when one is
+pinned (``cas_key``: ``sgxcloud cas signing-key``'s output, as a file or a
+key): an answer without its valid signature — altered by a proxy that ends
+TLS, or from another CAS — raises :class:`AnswerNotVerified` before anything
+in it is used.  Without a pin the client warns once that answers are not
+verified (:mod:`sgxcloud.cas.answers`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,8 @@ from typing import Any
 import httpx
 from cryptography import x509
 
+from sgxcloud.cas import answers
+from sgxcloud.cas.answers import AnswerNotVerified as AnswerNotVerified
 from sgxcloud.cas.client.enclave import pinned_tls
 from sgxcloud.cas.client.errors import ClientError, PolicyNotFound, ServiceUnavailable
 from sgxcloud.cas.errors import AccessDenied, ConflictError, PolicyError, PolicyProblem
@@ -53,7 +63,13 @@ class OwnerClient:
         clock: Any = None,
         audience: str | None = None,
         deployment: str | None = None,
+        cas_key: Any = None,
     ) -> None:
+        if isinstance(cas_key, (str, Path)):
+            cas_key = answers.load_public_key(Path(cas_key))
+        if cas_key is None:
+            _warn_unverified()
+        self._cas_key = cas_key
         if deployment is not None:
             deployment = _checked_deployment(deployment, "the pinned deployment id")
         self._key = key
@@ -121,11 +137,31 @@ class OwnerClient:
         if body is not None:
             headers["content-type"] = "application/json"
         try:
-            return self._http.request(method, path, content=content, headers=headers)
+            response = self._http.request(method, path, content=content, headers=headers)
         except httpx.HTTPError as exc:
             raise ClientError(
                 f"cannot reach the CAS at {self.base_url}: {type(exc).__name__}"
             ) from exc
+        if self._cas_key is not None:
+            from sgxcloud.cas.service.auth import REQUEST_ID_HEADER, SIGNATURE_HEADER
+
+            payload = answers.answer_payload(
+                deployment=deployment,
+                request_id=headers[REQUEST_ID_HEADER],
+                request_signature=headers[SIGNATURE_HEADER],
+                method=method,
+                path=path,
+                status=response.status_code,
+                headers={n: response.headers.get(n, "") for n in answers.SIGNED_HEADERS},
+                body=response.content,
+            )
+            answers.verify_answer(
+                self._cas_key,
+                response.headers.get(answers.ANSWER_HEADER),
+                payload,
+                f"{method} {path} at {self.base_url}",
+            )
+        return response
 
     def apply(self, text: str, consents: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
         """Create or update a policy; ``consents`` from each owner it adds (see :func:`consent`)."""
@@ -235,6 +271,22 @@ def consent(
         expires_at=now + valid_for,
         certificate=certificate,
     )
+
+
+_warned = False
+
+
+def _warn_unverified() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "no CAS signing key pinned (--cas-key, SGXCLOUD_CAS_SIGNING_KEY; 'sgxcloud cas "
+            "signing-key' shows it): the CAS's answers are not verified, and any TLS endpoint "
+            "between you and the CAS (a proxy) could alter them",
+            answers.UnverifiedAnswers,
+            stacklevel=3,
+        )
 
 
 def _checked_deployment(value: str, source: str) -> str:

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from sgxcloud.cas import answers
 from sgxcloud.cas.errors import (
     AccessDenied,
     CollateralError,
@@ -115,6 +118,7 @@ def create_app(
     limits: RequestLimits | None = None,
     max_attest_bytes: int = MAX_ATTEST_BODY_BYTES,
     max_policy_bytes: int = MAX_POLICY_BODY_BYTES,
+    answer_key: Ed25519PrivateKey | None = None,
 ) -> FastAPI:
     """The ASGI application for ``service``; ``clock`` is injectable for tests.
 
@@ -124,7 +128,8 @@ def create_app(
     only documents the API (``openapi_document``): every endpoint answers 503.
     Request bodies are bounded per route and owner requests' signature
     headers checked before any body is read (:mod:`sgxcloud.web.limits`);
-    ``limits`` holds the bounds shared by all routes.
+    ``limits`` holds the bounds shared by all routes.  With ``answer_key``
+    every answer to a signed owner request is signed (:mod:`sgxcloud.cas.answers`).
     """
     # DirectApp: the attestation's two requests skip FastAPI's generic stack.
     # FastAPI's own OpenTelemetry is off: the CAS's metrics are Prometheus
@@ -422,8 +427,79 @@ def create_app(
         ],
         render=_limit_error,
     )
+    if answer_key is not None:
+        # Outermost: the refusals of RequestLimitsMiddleware are signed too.
+        app.add_middleware(
+            SignedAnswersMiddleware, key=answer_key, deployment=lambda: cas().deployment_id
+        )
     _document_400_not_422(app)
     return app
+
+
+_OWNER_PATHS = re.compile(r"/v1/(policies(/[^/]+)?|audit(/verify)?)")
+
+
+class SignedAnswersMiddleware:
+    """Sign each answer to a signed owner request (red team rt10 F1).
+
+    A request is a signed owner request when it is on an owner route and
+    carries a request id and a request signature; its whole answer (status,
+    :data:`answers.SIGNED_HEADERS`, body) is held, signed over
+    :func:`answers.answer_payload` and sent with ``X-Sgxcloud-Answer-Signature``.
+    Owner answers are bounded (an audit page is about 1 MiB at most), so
+    holding one costs what sending it does.
+    """
+
+    def __init__(self, app: Any, *, key: Ed25519PrivateKey, deployment: Callable[[], str]) -> None:
+        self.app = app
+        self.key = key
+        self.deployment = deployment
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not _OWNER_PATHS.fullmatch(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        request_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = request_headers.get(auth.REQUEST_ID_HEADER)
+        request_signature = request_headers.get(auth.SIGNATURE_HEADER)
+        if not request_id or not request_signature:
+            await self.app(scope, receive, send)
+            return
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def hold(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            assert start is not None
+            body = b"".join(chunks)
+            headers = [(k, v) for k, v in start.get("headers", [])]
+            named = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
+            query = scope.get("query_string", b"").decode("latin-1")
+            payload = answers.answer_payload(
+                deployment=self.deployment(),
+                request_id=request_id,
+                request_signature=request_signature,
+                method=scope["method"],
+                path=signed_path(scope["path"], query),
+                status=start["status"],
+                headers=named,
+                body=body,
+            )
+            signature = answers.sign_answer(self.key, payload)
+            headers.append((answers.ANSWER_HEADER.encode(), signature.encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        await self.app(scope, receive, hold)
 
 
 _RAW_BODIES: tuple[type[BaseModel], ...] = (schemas.PolicyApplyBody,)

@@ -33,6 +33,7 @@ import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
@@ -52,6 +53,7 @@ from sgxcloud.cas.service.metrics import (
     serve_metrics,
 )
 from sgxcloud.cas.store import Database
+from sgxcloud.errors import SgxcloudError
 from sgxcloud.web.balance import ConnectionBalancer
 from sgxcloud.web.connections import ConnectionGate, tls_context
 from sgxcloud.web.heap import freeze_startup_objects
@@ -115,7 +117,20 @@ def build_app(
         limits=settings.request_limits(),
         max_attest_bytes=settings.max_attest_body_bytes,
         max_policy_bytes=settings.max_policy_body_bytes,
+        answer_key=answer_key(settings),
     )  # fmt: skip
+
+
+def answer_key(settings: Settings) -> Ed25519PrivateKey | None:
+    """The key signing owner answers (``answer_signing_key_file``), or None."""
+    if settings.answer_signing_key_file is None:
+        return None
+    from sgxcloud.cas.answers import load_private_key
+
+    try:
+        return load_private_key(settings.answer_signing_key_file)
+    except SgxcloudError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def owner_certificates(settings: Settings) -> OwnerCertificates:
@@ -314,6 +329,7 @@ def serve_workers(settings: Settings) -> None:
     sock: socket.socket | None = None
     try:
         service = builder(settings)  # once, before any worker: migrations, deployment id
+        answer_key(settings)  # an unreadable answer signing key stops the start, not a worker
         config = WorkerConfig(settings, builder, balance_dir)
         sock = _listen(settings)
         supervisor = WorkerSupervisor(config, [sock])
