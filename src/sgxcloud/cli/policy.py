@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from sgxcloud.cas import client as cas_client
+from sgxcloud.cas.answers import UnverifiedAnswers
 from sgxcloud.cas.client import OwnerClient
 from sgxcloud.cas.errors import PolicyError
 from sgxcloud.cas.policy import certificate_id, load_policy, public_key_id
@@ -58,14 +60,19 @@ class Connection:
 
     def client(self) -> OwnerClient:
         url, key, certificate = self.credentials()
-        return OwnerClient(
-            url,
-            key,
-            ca_file=self.ca_file,
-            certificate=certificate,
-            deployment=read_deployment(self.deployment),
-            cas_key=self.cas_key,
-        )
+        with warnings.catch_warnings(record=True) as unverified:
+            warnings.simplefilter("always", UnverifiedAnswers)
+            made = OwnerClient(
+                url,
+                key,
+                ca_file=self.ca_file,
+                certificate=certificate,
+                deployment=read_deployment(self.deployment),
+                cas_key=self.cas_key,
+            )
+        for warning in unverified:  # one plain line on stderr, not Python's warning format
+            click.echo(f"warning: {warning.message}", err=True)
+        return made
 
     def credentials(self) -> tuple[str, Any, x509.Certificate | None]:
         """URL, private key and (optional) certificate of the owner running the command."""
