@@ -475,7 +475,32 @@ class Engine:
             )
             return result
 
+    def _budget_terms(self, analyst: str) -> dict[str, Any] | None:
+        """What one new query of ``analyst`` costs and may cost, for the ledger;
+        None when nothing is budgeted (DP off).  Known from the definition alone."""
+        dp = self.definition.privacy.dp
+        if self._noise is None or dp is None:
+            return None
+        pooled = dp.budget_per_collaboration
+        return {
+            "analyst": analyst,
+            "epsilon": dp.epsilon_per_query,
+            "budget": dp.budget_per_analyst,
+            "delta": dp.delta_per_query,
+            "analyst_key": self._analyst_key(analyst),
+            "collaboration_budget": pooled,
+            "delta_budget": dp.delta_budget(dp.budget_per_analyst),
+            "collaboration_delta_budget": dp.delta_budget(pooled) if pooled is not None else None,
+        }
+
     def _compute_and_release(self, query: Query, analysis: Any, analyst: str, key: str) -> Result:
+        terms = self._budget_terms(analyst)
+        if terms is not None:
+            # Before the data is touched: a query the analyst's or the collaboration's
+            # budget cannot pay is refused here, from the ledger alone, so it never
+            # reaches the data and costs what any other early refusal costs (red team
+            # cr8, F1).  ``spend`` below still decides, atomically, when it is charged.
+            self.ledger.check(**terms)
         self._ensure_resolved()
         if isinstance(query, AudienceSizeQuery):
             draft = analyses.audience_size(self._con, self.definition, query)
@@ -490,27 +515,12 @@ class Engine:
         plan = ReleasePlan(query, draft, k)
         dp_info: dict[str, Any] | None = None
         remaining = None
-        if self._noise is not None and privacy.dp is not None:
-            dp = privacy.dp
+        if terms is not None and self._noise is not None and privacy.dp is not None:
             # Every query that reaches the data costs ε, whatever comes of it, and
             # noise comes before suppression: a suppressed answer is then decided on
             # noisy counts (post-processing), and asking again is never free.
-            pooled = dp.budget_per_collaboration
-            remaining = self.ledger.spend(
-                self.definition.name,
-                analyst,
-                key,
-                dp.epsilon_per_query,
-                dp.budget_per_analyst,
-                dp.delta_per_query,
-                analyst_key=self._analyst_key(analyst),
-                collaboration_budget=pooled,
-                delta_budget=dp.delta_budget(dp.budget_per_analyst),
-                collaboration_delta_budget=(
-                    dp.delta_budget(pooled) if pooled is not None else None
-                ),
-            )
-            dp_info = plan.add_noise(self._noise, dp)
+            remaining = self.ledger.spend(self.definition.name, query_key=key, **terms)
+            dp_info = plan.add_noise(self._noise, privacy.dp)
         decide_suppression(plan)  # on exact counts, or on the noisy ones under DP
         if not plan.any_released:
             raise QueryRefused(

@@ -156,45 +156,17 @@ class PrivacyLedger:
         ``collaboration`` is recorded for the record only; the budgets are the
         analyst's, and everyone's, across the workdir."""
         with self._engine.begin() as conn:
-            spent, spent_delta = self._spent(conn, analyst, analyst_key)
-            if spent + epsilon > budget + _EPS_SLACK:
-                raise QueryRefused(
-                    "budget",
-                    f"{analyst} has {max(0.0, budget - spent):.4g} of ε={budget:g} left; "
-                    f"this query needs {epsilon:g}",
-                )
-            if (
-                delta
-                and delta_budget is not None
-                and spent_delta + delta > delta_budget * (1 + _EPS_SLACK)
-            ):
-                raise QueryRefused(
-                    "budget",
-                    f"{analyst} has {max(0.0, delta_budget - spent_delta):.3g} of "
-                    f"δ={delta_budget:.3g} left; this query needs {delta:.3g}",
-                )
-            if collaboration_budget is not None:
-                everyone, everyone_delta = self._spent(conn, None, None)
-                over_delta = (
-                    delta
-                    and collaboration_delta_budget is not None
-                    and everyone_delta + delta > collaboration_delta_budget * (1 + _EPS_SLACK)
-                )
-                if everyone + epsilon > collaboration_budget + _EPS_SLACK or over_delta:
-                    raise QueryRefused(
-                        "collaboration_budget",
-                        "the collaboration's budget is spent: every analyst together has "
-                        f"{max(0.0, collaboration_budget - everyone):.4g} of "
-                        f"ε={collaboration_budget:g} left"
-                        + (
-                            f" and {max(0.0, collaboration_delta_budget - everyone_delta):.3g}"
-                            f" of δ={collaboration_delta_budget:.3g}"
-                            if delta and collaboration_delta_budget is not None
-                            else ""
-                        )
-                        + f"; this query needs ε={epsilon:g}"
-                        + (f", δ={delta:.3g}" if delta else ""),
-                    )
+            spent = self._check(
+                conn,
+                analyst,
+                epsilon,
+                budget,
+                delta,
+                analyst_key,
+                collaboration_budget=collaboration_budget,
+                delta_budget=delta_budget,
+                collaboration_delta_budget=collaboration_delta_budget,
+            )
             conn.execute(
                 spend_table.insert().values(
                     collaboration=collaboration,
@@ -207,6 +179,91 @@ class PrivacyLedger:
                 )
             )
             return budget - spent - epsilon
+
+    def check(
+        self,
+        analyst: str,
+        epsilon: float,
+        budget: float,
+        delta: float = 0.0,
+        analyst_key: str | None = None,
+        *,
+        collaboration_budget: float | None = None,
+        delta_budget: float | None = None,
+        collaboration_delta_budget: float | None = None,
+    ) -> None:
+        """Raise what :meth:`spend` would raise now, and record nothing.  The
+        engine asks before a query reaches the data, so a query the budget
+        cannot pay is never computed (red team cr8, F1); :meth:`spend` still
+        decides, atomically, when the query is charged."""
+        with self._engine.begin() as conn:
+            self._check(
+                conn,
+                analyst,
+                epsilon,
+                budget,
+                delta,
+                analyst_key,
+                collaboration_budget=collaboration_budget,
+                delta_budget=delta_budget,
+                collaboration_delta_budget=collaboration_delta_budget,
+            )
+
+    def _check(
+        self,
+        conn: Connection,
+        analyst: str,
+        epsilon: float,
+        budget: float,
+        delta: float,
+        analyst_key: str | None,
+        *,
+        collaboration_budget: float | None,
+        delta_budget: float | None,
+        collaboration_delta_budget: float | None,
+    ) -> float:
+        """Refuse (QueryRefused) if the analyst's or the collaboration's budget
+        cannot pay ε (and δ); else return what the analyst spent so far."""
+        spent, spent_delta = self._spent(conn, analyst, analyst_key)
+        if spent + epsilon > budget + _EPS_SLACK:
+            raise QueryRefused(
+                "budget",
+                f"{analyst} has {max(0.0, budget - spent):.4g} of ε={budget:g} left; "
+                f"this query needs {epsilon:g}",
+            )
+        if (
+            delta
+            and delta_budget is not None
+            and spent_delta + delta > delta_budget * (1 + _EPS_SLACK)
+        ):
+            raise QueryRefused(
+                "budget",
+                f"{analyst} has {max(0.0, delta_budget - spent_delta):.3g} of "
+                f"δ={delta_budget:.3g} left; this query needs {delta:.3g}",
+            )
+        if collaboration_budget is not None:
+            everyone, everyone_delta = self._spent(conn, None, None)
+            over_delta = (
+                delta
+                and collaboration_delta_budget is not None
+                and everyone_delta + delta > collaboration_delta_budget * (1 + _EPS_SLACK)
+            )
+            if everyone + epsilon > collaboration_budget + _EPS_SLACK or over_delta:
+                raise QueryRefused(
+                    "collaboration_budget",
+                    "the collaboration's budget is spent: every analyst together has "
+                    f"{max(0.0, collaboration_budget - everyone):.4g} of "
+                    f"ε={collaboration_budget:g} left"
+                    + (
+                        f" and {max(0.0, collaboration_delta_budget - everyone_delta):.3g}"
+                        f" of δ={collaboration_delta_budget:.3g}"
+                        if delta and collaboration_delta_budget is not None
+                        else ""
+                    )
+                    + f"; this query needs ε={epsilon:g}"
+                    + (f", δ={delta:.3g}" if delta else ""),
+                )
+        return spent
 
     def released(self, query_key: str) -> str | None:
         """The result JSON released earlier for this exact query, if any."""
