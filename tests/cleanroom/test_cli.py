@@ -535,3 +535,36 @@ def test_provider_and_analyst_everyday_commands(capsys, tmp_path, monkeypatch):
     )
     assert code == 1 and "answers definition" in out and "check the --definition file" in out
     assert "nonce" not in out
+
+
+@pytest.mark.parametrize(
+    "pooled, warned",
+    [(None, True), (1.0, False)],
+)
+def test_approving_two_analysts_without_a_collaboration_budget_warns(
+    capsys, tmp_path, example, pooled, warned
+):
+    """Red team cr8 F2: a DP section without budget_per_collaboration has no pooled
+    cap; two analysts at 1 each spend ε=2 together (88 %).  Approving it said nothing
+    (``warnings: []``); it now says what pooled analysts can spend.  Capped at 1: silent."""
+    import yaml
+
+    path = _privacy_variant(
+        example, tmp_path, f"two-{pooled}", budget_per_analyst=1.0, budget_per_collaboration=pooled
+    )
+    doc = yaml.safe_load(path.read_text())
+    for party in doc["parties"]:
+        if party["name"] == "agency":
+            party["roles"] = ["analyst", "result_recipient"]
+    for analysis in doc["analyses"]:
+        analysis["analysts"] = ["brand", "agency"]
+    path.write_text(yaml.safe_dump(doc))
+    code, out, err = _approve(capsys, tmp_path, example, path)
+    assert code == 0
+    if not warned:
+        assert json.loads(out)["warnings"] == [] and "WARNING" not in err
+        return
+    (line,) = json.loads(out)["warnings"]
+    assert line == err.split("WARNING: ", 1)[1].strip()
+    assert "sets no budget_per_collaboration: the 2 analysts hold 1 each" in line
+    assert "spend ε=2 together" in line and "probability up to 88 % " in line

@@ -216,3 +216,39 @@ def test_a_large_collaboration_budget_warns(base_doc):
     assert "correctly with probability up to 88 % " in warning
     doc = _doc(base_doc, budget_per_analyst=1.0, budget_per_collaboration=1.0)
     assert definition_from_dict(doc).privacy.warnings() == []
+
+
+@pytest.mark.parametrize(
+    "dp, together, figure",
+    [
+        ({"budget_per_analyst": 1.0}, "ε=2 together", "88 %"),  # the red team's (cr8 F2)
+        ({"budget_per_analyst": 0.75}, "ε=1.5 together", "82 %"),
+        ({"budget_per_analyst": 0.5}, None, None),  # 1 together: strong, silent
+        ({"budget_per_analyst": 1.0, "budget_per_collaboration": 1.0}, None, None),
+    ],
+)
+def test_analysts_pooling_without_a_collaboration_budget_are_warned(base_doc, dp, together, figure):
+    """Red team cr8 F2: a DP section without budget_per_collaboration has no pooled
+    cap, and two analysts at 1 each (ε 2 together) were approved without a word.  The
+    warning now bounds what pooled analysts can spend: the cap, or the budgets added up."""
+    from sgxcloud.cleanroom.definition import budget_summary
+
+    doc = _doc(base_doc, epsilon_per_query=0.25, **dp)
+    assert "budget_per_collaboration" not in base_doc["privacy"]["differential_privacy"]
+    privacy = definition_from_dict(doc).privacy
+    assert privacy.dp.analysts == 2
+    if together is None:
+        assert privacy.warnings() == []
+        return
+    (warning,) = privacy.warnings()
+    assert "sets no budget_per_collaboration: the 2 analysts" in warning
+    assert together in warning and f"correctly with probability up to {figure} " in warning
+    assert f"{figure} by analysts pooling their answers (2 analysts" in budget_summary(privacy.dp)
+
+
+def test_one_analyst_without_a_collaboration_budget_is_not_warned(base_doc):
+    """Nobody to pool with: a budget of 1 for the only analyst stays silent."""
+    doc = copy.deepcopy(base_doc)
+    doc["privacy"]["differential_privacy"].update(enabled=True, budget_per_analyst=1.0)
+    privacy = definition_from_dict(doc).privacy
+    assert privacy.dp.analysts == 1 and privacy.warnings() == []

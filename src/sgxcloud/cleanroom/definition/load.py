@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -364,6 +365,10 @@ def _build(doc: dict[str, Any]) -> Definition:
                 else None
             ),
         )
+    # who may spend the budget: analysts pooling their answers add their budgets up
+    # when no budget_per_collaboration caps them (red team cr8, F2)
+    analysts = {name for a in doc["analyses"] for name in a["analysts"]}
+    dp = replace(dp, analysts=max(1, len(analysts)))
     return Definition(
         name=doc["name"],
         description=doc.get("description", ""),

@@ -107,6 +107,16 @@ class DifferentialPrivacy:
     budget_per_collaboration: float | None = None
     """Total ε of every analyst together (None: only the per-analyst budgets):
     analysts who collude or pool their answers cannot add their budgets beyond it."""
+    analysts: int = 1
+    """How many parties may spend the budget (every analyst of an analysis)."""
+
+    @property
+    def pooled_budget(self) -> float:
+        """The ε analysts who pool their answers can spend together: the
+        collaboration's cap, or without one every analyst's budget added up."""
+        if self.budget_per_collaboration is not None:
+            return self.budget_per_collaboration
+        return self.analysts * self.budget_per_analyst
 
     @property
     def delta_per_query(self) -> float:
@@ -159,9 +169,11 @@ def budget_warning(dp: DifferentialPrivacy) -> str:
     delta = dp.delta_budget(budget)
     pooled = dp.budget_per_collaboration
     if pooled is None:
+        many = max(2, dp.analysts)
         pooling = (
             "and budgets are per analyst, so analysts who pool their answers add them up "
-            f"(two: {_percent(inference_bound(2 * budget, 2 * delta))}; "
+            f"({'two' if dp.analysts < 2 else f'the {many} analysts'}: "
+            f"{_percent(inference_bound(many * budget, many * delta))}; "
             "budget_per_collaboration caps them)"
         )
     else:
@@ -197,12 +209,17 @@ def budget_summary(dp: DifferentialPrivacy) -> str:
         f": a yes/no fact about one person can be told right at most {_percent(bound)} "
         "of the time by one analyst"
     )
-    if pooled is not None:
+    if pooled is not None or dp.analysts > 1:
+        together = dp.pooled_budget
         text += (
             " and "
-            f"{_percent(inference_bound(pooled, dp.delta_budget(pooled)))} by analysts "
+            f"{_percent(inference_bound(together, dp.delta_budget(together)))} by analysts "
             "pooling their answers"
         )
+        if pooled is None:
+            text += (
+                f" ({dp.analysts} analysts, ε {together:g} together: no budget_per_collaboration)"
+            )
     return text + " (a coin: 50 %)"
 
 
@@ -217,6 +234,21 @@ def collaboration_budget_warning(dp: DifferentialPrivacy) -> str:
         f"probability up to {_percent(inference_bound(pooled, dp.delta_budget(pooled)))} "
         "(guessing gives 50 %) — see docs/cleanroom/privacy-model.md, "
         "'What a budget permits'"
+    )
+
+
+def uncapped_pooling_warning(dp: DifferentialPrivacy) -> str:
+    """What analysts who pool their answers can spend when no
+    ``budget_per_collaboration`` caps them: every analyst's budget added up."""
+    together = dp.pooled_budget
+    return (
+        f"differential privacy sets no budget_per_collaboration: the {dp.analysts} analysts "
+        f"hold {dp.budget_per_analyst:g} each, so analysts who pool their answers spend "
+        f"ε={together:g} together, above {STRONG_DP_BUDGET:g} (the usual level for strong "
+        "protection), and can tell a yes/no fact about one person correctly with "
+        f"probability up to {_percent(inference_bound(together, dp.delta_budget(together)))} "
+        "(guessing gives 50 %); set budget_per_collaboration to cap them — see "
+        "docs/cleanroom/privacy-model.md, 'What a budget permits'"
     )
 
 
@@ -238,10 +270,12 @@ class Privacy:
         assert self.dp is not None
         if self.dp.budget_per_analyst > STRONG_DP_BUDGET:
             return [budget_warning(self.dp)]
-        pooled = self.dp.budget_per_collaboration
-        if pooled is not None and pooled > STRONG_DP_BUDGET:
-            return [collaboration_budget_warning(self.dp)]
-        return []
+        if self.dp.pooled_budget <= STRONG_DP_BUDGET + 1e-9:
+            return []
+        if self.dp.budget_per_collaboration is None:
+            # several analysts and no cap: their budgets add up (red team cr8, F2)
+            return [uncapped_pooling_warning(self.dp)]
+        return [collaboration_budget_warning(self.dp)]
 
 
 @dataclass(frozen=True)
