@@ -256,6 +256,7 @@ def test_every_declared_segment_is_always_emitted(base_doc, make_engine, dp):
                 **base_doc["privacy"]["differential_privacy"],
                 "enabled": True,
                 "epsilon_per_query": 1.0,
+                "budget_per_analyst": 2.0,  # two questions (the example's is 1 since cr7)
             }
         }
         if dp
