@@ -70,6 +70,7 @@ class AuditLog:
         # _offsets[i]: byte offset of entry number i * _INDEX_EVERY + 1 (entries counted
         # from 1 in file order, blank lines skipped), as far as pages have read
         self._offsets: list[int] = [0]
+        self._index_lock = threading.Lock()  # _offsets only: appends never wait for a read
 
     def _head(self, handle: Any) -> tuple[int, str]:
         """Next sequence number and previous hash; re-read only if another
@@ -115,35 +116,62 @@ class AuditLog:
         """Entries ``after + 1`` onwards (counted from 1 in file order: their ``seq``
         in an intact log), at most ``limit`` of them and about ``max_bytes`` of their
         lines (at least one entry); and whether the page stopped at either bound with
-        entries left after it.  Memory and work do not grow with the log's length:
-        the read starts from a remembered offset at most ``_INDEX_EVERY`` entries back.
-        A line still being written (no newline yet) is not read.
+        entries left after it.  See :meth:`page_lines`."""
+        lines, more = self.page_lines(after, limit, max_bytes)
+        return [_parse(line.decode("utf-8"), after + i) for i, line in enumerate(lines, 1)], more
+
+    def page_lines(
+        self, after: int = 0, limit: int = PAGE_ENTRIES, max_bytes: int = PAGE_BYTES
+    ) -> tuple[list[bytes], bool]:
+        """The lines of :meth:`page`'s entries as stored (each one JSON object, newline
+        stripped), for an answer that need not parse or re-serialise them.
+
+        Memory and work do not grow with the log's length: the read starts from a
+        remembered offset at most ``_INDEX_EVERY`` entries back.  It takes no lock a
+        writer waits for: the log is append-only, so the read stops at the length the
+        file had when it began (entries committed by then) and never reads a line
+        still being written (no newline yet).  Only the offset index is shared, under
+        its own short lock.
         """
-        with self._lock, self.path.open("rb") as handle:
+        with self._index_lock:
+            offsets = self._offsets
+            slot = min(max(after, 0) // _INDEX_EVERY, len(offsets) - 1)
+            start = offsets[slot]
+        with self.path.open("rb") as handle:
             size = handle.seek(0, 2)
-            if self._offsets[-1] > size:  # the file was replaced by a shorter one
-                self._offsets = [0]
-            slot = min(max(after, 0) // _INDEX_EVERY, len(self._offsets) - 1)
+            if start > size:  # the file was replaced by a shorter one
+                with self._index_lock:
+                    self._offsets = [0]
+                slot, start = 0, 0
             number = slot * _INDEX_EVERY  # entries before the offset we seek to
-            handle.seek(self._offsets[slot])
-            page: list[AuditEntry] = []
+            handle.seek(start)
+            found: list[tuple[int, int]] = []  # (slot, offset) met on the way
+            page: list[bytes] = []
             used = 0
-            while True:
-                at = handle.tell()
-                line = handle.readline()
+            more = False
+            at = start
+            while at < size:
+                line = handle.readline(size - at)
                 if not line.endswith(b"\n"):
-                    return page, False  # end of the log (or a line being written)
+                    break  # a line being written (past the committed length)
+                line_at, at = at, at + len(line)
                 if not line.strip():
                     continue
-                if number % _INDEX_EVERY == 0 and number // _INDEX_EVERY == len(self._offsets):
-                    self._offsets.append(at)
+                if number % _INDEX_EVERY == 0:
+                    found.append((number // _INDEX_EVERY, line_at))
                 number += 1
                 if number <= after:
                     continue
                 if page and (len(page) >= limit or used + len(line) > max_bytes):
-                    return page, True
-                page.append(_parse(line.decode("utf-8"), number))
+                    more = True
+                    break
+                page.append(line.rstrip(b"\r\n"))
                 used += len(line)
+        with self._index_lock:
+            for index, offset in found:
+                if index == len(self._offsets) and offset <= size:
+                    self._offsets.append(offset)
+        return page, more
 
     def verify(self) -> str:
         return verify_chain(self.entries())

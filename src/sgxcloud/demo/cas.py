@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from sgxcloud.cas import answers, audit, client, files, secrets
+from sgxcloud.cas import audit, client, secrets
 from sgxcloud.cas.config import Settings
 from sgxcloud.cas.evidence import SIMULATED_WARNING
 from sgxcloud.cas.service.server import (
@@ -98,13 +98,9 @@ def run(console: Console, workdir: Path) -> dict[str, Any]:
     if not key_path.exists():
         secrets.write_master_key(key_path, secrets.MasterKey.generate())
     tls = make_loopback_tls(home / "tls")
-    answer_key = answers.generate_key()  # signs owner answers; the owner pins its public key
-    answer_key_path = home / "answer-signing.key"
-    files.write_file(answer_key_path, answers.private_pem(answer_key), files.PRIVATE)
     settings = Settings(
         database_url=f"sqlite:///{home / 'cas-demo.db'}",
         master_key_file=key_path,
-        answer_signing_key_file=answer_key_path,
         tls_cert=tls.cert,
         tls_key=tls.key,
     )
@@ -124,9 +120,7 @@ def run(console: Console, workdir: Path) -> dict[str, Any]:
                 f"CAS listening on [bold]{url}[/] (TLS, pinned demo CA), "
                 f"database SQLite, master key id {service.keyring.current.key_id}"
             )
-            with client.OwnerClient(
-                url, owner, ca_file=tls.ca_cert, cas_key=answer_key.public_key()
-            ) as owner_client:
+            with client.OwnerClient(url, owner, ca_file=tls.ca_cert) as owner_client:
                 applied = owner_client.apply(_policy(owner_pem))
             summary["policy_hash"] = applied["policy_hash"]
             table = Table("policy", "service", "accepted MRENCLAVE", "simulation", "secrets made")
@@ -203,9 +197,7 @@ def run(console: Console, workdir: Path) -> dict[str, Any]:
                 # The enclave learns only a verdict and an audit entry ref; the
                 # owner reads the reasons from the audit log.
                 told = f"code {exc.code!r}, audit entry {exc.audit_ref}"
-                with client.OwnerClient(
-                    url, owner, ca_file=tls.ca_cert, cas_key=answer_key.public_key()
-                ) as owner_client:
+                with client.OwnerClient(url, owner, ca_file=tls.ca_cert) as owner_client:
                     entry = owner_client.audit_entry(exc.audit_ref) if exc.audit_ref else None
                 reasons = entry["detail"]["reasons"] if entry else ["(entry not visible)"]
             console.print(

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from sgxcloud.cleanroom.audit import AUDIT_MORE_HEADER, PAGE_ENTRIES
 from sgxcloud.cleanroom.coordinator import schemas
@@ -329,10 +329,10 @@ async def audit(
     the next page; a page without it is the last.  Check the chain across pages:
     each page's first entry follows the previous page's last."""
     await _authenticate(request)
-    entries, more = await run_in_threadpool(_coordinator(request).audit_page, after, limit)
+    body, count, more = await run_in_threadpool(_coordinator(request).audit_page_json, after, limit)
     # entries are counted in file order: the last one's seq, in an intact log
-    headers = {AUDIT_MORE_HEADER: str(after + len(entries))} if more else None
-    return JSONResponse({"entries": entries}, headers=headers)
+    headers = {AUDIT_MORE_HEADER: str(after + count)} if more else None
+    return Response(body, media_type="application/json", headers=headers)
 
 
 _SIGNED_READS = ("/v1/status", "/v1/results/[^/]+", "/v1/budget", "/v1/audit")

@@ -69,6 +69,7 @@ from sgxcloud.cleanroom.results import (
     result_digest,
     sign_result,
 )
+from sgxcloud.ratelimit import RecordBudget
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,15 @@ class _Problems:
         entry["rows"].extend(offset + i for i in hits[:room])
 
 
+REFUSALS_BURST = 50
+REFUSALS_PER_SECOND = 0.1
+"""Per party and engine process: how many refused queries the audit log records one by
+one — up to ``REFUSALS_BURST`` at once, then one every 10 s (a token bucket, the CAS's
+convention for rejected attestations).  Past it a refusal is answered as usual but only
+counted, in the party's next recorded refusal (``unrecorded``); releases and cache hits
+are never limited.  At most about 8,700 recorded refusals a party a day."""
+
+
 class Engine:
     """Runs approved analyses over ingested, keyed data; releases signed aggregates."""
 
@@ -157,8 +167,13 @@ class Engine:
         signing_key: Ed25519PrivateKey | None = None,
         memory_limit: str = "512MB",
         threads: int = 2,
+        refusals_burst: int = REFUSALS_BURST,
+        refusals_per_second: float = REFUSALS_PER_SECOND,
     ) -> None:
         self.definition = definition
+        self._refusals = RecordBudget(
+            refusals_burst, refusals_per_second, on_first_unrecorded=self._warn_unrecorded
+        )
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._signing_key = signing_key or generate_private_key()
@@ -416,13 +431,46 @@ class Engine:
 
     # -- queries -----------------------------------------------------------------------
 
+    def _warn_unrecorded(self, party: str) -> None:
+        log.warning(
+            "refused queries of %r past their audit budget (%d, then %g/s): answered,"
+            " and counted in its next recorded refusal",
+            party,
+            self._refusals.burst,
+            self._refusals.per_second,
+        )
+
     def record_refusal(self, analyst: str, exc: QueryError | QueryRefused) -> None:
-        """Audit a query refused before it reached :meth:`run` (or inside it)."""
+        """Audit a query refused before it reached :meth:`run` (or inside it), within
+        the party's budget of recorded refusals (see :meth:`_audit_refusal`)."""
         reason = getattr(exc, "reason", "invalid_query")
-        self.audit.append("refusal", analyst, {"reason": reason, "message": bounded(str(exc))})
+        self._audit_refusal(analyst, {"reason": reason, "message": bounded(str(exc))})
+
+    def _audit_refusal(
+        self, analyst: str, refusal: dict[str, Any], query: dict[str, Any] | None = None
+    ) -> bool:
+        """Append a refusal (after its ``query`` entry, if any) unless ``analyst`` has
+        spent its budget of recorded refusals (``REFUSALS_BURST``, then
+        ``REFUSALS_PER_SECOND``); past it the refusal is only counted, and the count
+        goes into the party's next recorded refusal as ``unrecorded``.  The query is
+        refused all the same.  Without a bound, any party — a provider refused
+        ``not_allowed`` included — could grow the log every party reads by hundreds of
+        entries a second (red team cr8 F3).  Returns whether it was recorded."""
+        unrecorded = self._refusals.take(analyst)
+        if unrecorded is None:
+            return False
+        if query is not None:
+            self.audit.append("query", analyst, query)
+        self.audit.append(
+            "refusal", analyst, {**refusal, **({"unrecorded": unrecorded} if unrecorded else {})}
+        )
+        return True
 
     def run(self, query: Query | dict[str, Any], analyst: str) -> Result:
-        """Answer ``query`` for ``analyst`` or raise QueryRefused / QueryError."""
+        """Answer ``query`` for ``analyst`` or raise QueryRefused / QueryError.
+
+        Its ``query`` entry is written with its outcome (release, cache hit, refusal or
+        a failure), so that a refusal past the party's budget leaves neither."""
         try:
             parsed = query if not isinstance(query, dict) else parse_query(query)
             analysis = check_query(self.definition, parsed, analyst)
@@ -433,12 +481,11 @@ class Engine:
             with self._memory_guard():
                 version = self._data_version()
             key = query_key(parsed, self.definition.definition_hash(), version)
-            self.audit.append(
-                "query", analyst, {"query": canonical_query(parsed), "query_hash": key}
-            )
+            asked = {"query": canonical_query(parsed), "query_hash": key}
             earlier = self.ledger.released(key)
             if earlier is not None:
                 result = self._resign(self._keyed(key, Result.from_json(earlier)))
+                self.audit.append("query", analyst, asked)
                 self.audit.append(
                     "cache_hit",
                     analyst,
@@ -453,12 +500,16 @@ class Engine:
                 with self._memory_guard():
                     result = self._compute_and_release(parsed, analysis, analyst, key)
             except QueryRefused as exc:
-                self.audit.append(
-                    "refusal",
+                self._audit_refusal(
                     analyst,
                     {"reason": exc.reason, "query_hash": key, "message": bounded(str(exc))},
+                    asked,
                 )
                 raise
+            except BaseException:
+                self.audit.append("query", analyst, asked)
+                raise
+            self.audit.append("query", analyst, asked)
             # Every party reads the audit log: it records who released what to whom
             # and the result's digest, never the figures — those reach only the
             # result's recipients (red-team attack 05).
