@@ -118,13 +118,15 @@ def test_audit_reads_and_cheap_refusals_do_not_take_the_engine_lock(coordinator)
         with pytest.raises(QueryError):  # malformed: refused before the engine
             coordinator.run_query({"template": "nope"}, "bank")
         done.append("refused")
+        done.append(coordinator.budget("brand"))  # the ledger is SQLite: no engine lock
 
     with coordinator._engine_lock:  # a long query (or ingestion) holds it
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
         thread.join(5)
-        assert len(done) == 3, "an audit read or a refusal waited for the engine lock"
-    (entries, more), whole, _ = done
+        assert len(done) == 4, "an audit or budget read, or a refusal, waited for the lock"
+    (entries, more), whole, _, budget = done
+    assert budget["analyst"] == "brand" and budget["spent"] == 0
     assert len(entries) == len(whole) >= 5 and not more
     now = coordinator.audit_entries()
     assert len(now) == len(whole) + 1 and now[-1]["data"]["reason"] == "invalid_query"

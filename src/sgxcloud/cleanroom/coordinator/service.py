@@ -565,8 +565,9 @@ class Coordinator:
         return json.loads(path.read_text()) if path.exists() else None
 
     def budget(self, analyst: str) -> dict[str, Any]:
-        with self._engine_lock:
-            status = self.engine.budget(analyst)
+        # the ledger is SQLite (its own transactions): no engine lock, so a budget read
+        # never waits for another party's query or ingestion (red team cr8 F3's sibling)
+        status = self.engine.budget(analyst)
         doc: dict[str, Any] = {
             "analyst": analyst,
             "total": status.total,
