@@ -26,6 +26,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from sgxcloud.bounded_http import BoundedTransport
 from sgxcloud.cleanroom.audit import AUDIT_MORE_HEADER
 from sgxcloud.cleanroom.definition import Definition
 from sgxcloud.cleanroom.errors import (
@@ -48,6 +49,11 @@ from sgxcloud.cleanroom.transport import (
 from sgxcloud.cleanroom.transport.request_auth import RequestRejected, sign_request
 from sgxcloud.cleanroom.transport.signer import verify_signer_statement
 from sgxcloud.cleanroom.transport.trust import peer_policy
+
+SDK_MAX_ANSWER_BYTES = 64 << 20
+"""The largest answer the SDK reads from a coordinator by default (an audit page is
+about 1 MiB; a verified result bundle is well under this): a server cannot make a party's
+client buffer more (``CleanroomClient.connect(max_answer_bytes=...)``)."""
 
 
 @dataclass(frozen=True)
@@ -184,14 +190,21 @@ class CleanroomClient:
         private_key: Ed25519PrivateKey,
         timeout: float = 600.0,
         collateral_source: Any = None,
+        max_answer_bytes: int = SDK_MAX_ANSWER_BYTES,
     ) -> CleanroomClient:
-        """Attest the coordinator, then open an HTTPS session pinned to its key."""
+        """Attest the coordinator, then open an HTTPS session pinned to its key.
+
+        Each answer is at most ``max_answer_bytes`` and each request ends within twice
+        ``timeout`` (see :mod:`sgxcloud.bounded_http`, red team rt10 F3's sibling)."""
         parts = urlsplit(base_url)
         if parts.scheme != "https" or not parts.hostname:
             raise CleanroomError("the coordinator URL must be https://HOST:PORT")
         cert = fetch_server_certificate(parts.hostname, parts.port or 443)
         pinned = pinned_client_context(cert.public_bytes(serialization.Encoding.PEM))
-        http = httpx.Client(base_url=base_url, verify=pinned, timeout=timeout)
+        transport = BoundedTransport(
+            verify=pinned, max_answer_bytes=max_answer_bytes, deadline=2 * timeout
+        )
+        http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
         nonce = os.urandom(32)
         try:
             response = http.get("/v1/attestation", params={"nonce": nonce.hex()})

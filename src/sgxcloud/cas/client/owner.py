@@ -32,12 +32,18 @@ from typing import Any
 import httpx
 from cryptography import x509
 
+from sgxcloud.bounded_http import BoundedTransport
 from sgxcloud.cas import answers
 from sgxcloud.cas.answers import AnswerNotVerified as AnswerNotVerified
 from sgxcloud.cas.client.enclave import pinned_tls
 from sgxcloud.cas.client.errors import ClientError, PolicyNotFound, ServiceUnavailable
 from sgxcloud.cas.errors import AccessDenied, ConflictError, PolicyError, PolicyProblem
 from sgxcloud.cas.protocol import AUDIT_MORE_HEADER
+
+OWNER_MAX_ANSWER_BYTES = 16 << 20
+"""The largest answer the owners' client reads: the CAS's largest answers to owners, an
+audit page (about 1 MiB of entries) and a policy (at most 1 MiB of text, JSON-escaped),
+with margin."""
 
 
 class OwnerClient:
@@ -79,7 +85,11 @@ class OwnerClient:
         self._clock = clock or time.time
         if http_client is None:
             verify: Any = pinned_tls(ca_file) if ca_file is not None else True
-            http_client = httpx.Client(base_url=base_url, verify=verify, timeout=30.0)
+            # Answers bounded in size and time (red team rt10 F3's sibling: see bounded_http).
+            transport = BoundedTransport(
+                verify=verify, max_answer_bytes=OWNER_MAX_ANSWER_BYTES, deadline=60.0
+            )
+            http_client = httpx.Client(base_url=base_url, timeout=30.0, transport=transport)
         self._http = http_client
         self.base_url = base_url
 
