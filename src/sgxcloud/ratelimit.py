@@ -1,11 +1,11 @@
 """A per-key budget of recorded refusals: a token bucket that counts what it refuses.
 
-The clean room's coordinator records refused queries within one per party (red team
-cr8 F3), by the CAS's convention for rejected attestations (``cas.service.core.
-_Rejections``, which adds a bucket shared by names no policy has): up to ``burst``
-refusals about one key are recorded one by one, then ``per_second``; past it a
-refusal is not recorded, only counted, and the count goes into the next recorded
-entry about that key (``unrecorded``), so the log says how many it left out.
+Up to ``burst`` refusals about one key are recorded one by one, then ``per_second``;
+past it a refusal is not recorded, only counted, and the count goes into the next
+recorded entry about that key (``unrecorded``), so the log says how many it left out.
+The CAS keeps rejected attestations so (``cas.service.core._Rejections``: one budget
+per live policy name, one shared by all names no policy has, red team rt10 F2), and
+the clean room's coordinator refused queries, one budget per party (red team cr8 F3).
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ from sgxcloud.cas.store import (
     StoredPolicy,
     StoreError,
 )
+from sgxcloud.ratelimit import RecordBudget
 
 log = logging.getLogger(__name__)
 
@@ -260,42 +260,50 @@ class _Rejections:
     """
 
     def __init__(self, burst: int, per_second: float) -> None:
-        self.burst = burst
-        self.per_second = per_second
-        self._lock = threading.Lock()
-        # name -> (tokens, at (monotonic), refused since the last recorded one)
-        self._names: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
-        # the same for every name that is no live policy (never dropped)
-        self._unowned: tuple[float, float, int] | None = None
+        self._named = RecordBudget(
+            burst,
+            per_second,
+            keys_kept=REJECTION_NAMES_KEPT,
+            on_first_unrecorded=lambda name: self._warn(f"policy {name!r}"),
+        )
+        # the same for every name that is no live policy: one key, never dropped
+        self._unowned = RecordBudget(
+            burst,
+            per_second,
+            keys_kept=1,
+            on_first_unrecorded=lambda _: self._warn("policies that do not exist"),
+        )
+
+    @property
+    def burst(self) -> int:
+        return self._named.burst
+
+    @burst.setter
+    def burst(self, value: int) -> None:
+        self._named.burst = self._unowned.burst = value
+
+    @property
+    def per_second(self) -> float:
+        return self._named.per_second
+
+    @per_second.setter
+    def per_second(self, value: float) -> None:  # both budgets refill alike
+        self._named.per_second = self._unowned.per_second = value
 
     def take(self, name: str, *, live: bool = True) -> int | None:
         """Record one more rejection about ``name`` (``live``: a policy has that name now):
         the number refused since the last recorded one in its budget (the entry says it),
         or None if the budget is spent (counted)."""
-        at = time.monotonic()
-        with self._lock:
-            state = self._names.pop(name, None) if live else self._unowned
-            tokens, then, refused = state or (float(self.burst), at, 0)
-            tokens = min(float(self.burst), tokens + (at - then) * self.per_second)
-            if tokens < 1:
-                state, result = (tokens, at, refused + 1), None
-                if refused == 0:
-                    log.warning(
-                        "rejected attestations naming %s past its budget (%d, then %g/s):"
-                        " refused with 429 and counted in its next recorded rejection",
-                        f"policy {name!r}" if live else "policies that do not exist",
-                        self.burst,
-                        self.per_second,
-                    )
-            else:
-                state, result = (tokens - 1, at, 0), refused
-            if live:
-                self._names[name] = state
-                while len(self._names) > REJECTION_NAMES_KEPT:
-                    self._names.popitem(last=False)
-            else:
-                self._unowned = state
-            return result
+        return self._named.take(name) if live else self._unowned.take("")
+
+    def _warn(self, about: str) -> None:
+        log.warning(
+            "rejected attestations naming %s past its budget (%d, then %g/s):"
+            " refused with 429 and counted in its next recorded rejection",
+            about,
+            self.burst,
+            self.per_second,
+        )
 
 
 class CasService:
