@@ -1242,6 +1242,23 @@ def test_rejections_naming_new_names_share_one_budget_and_spare_live_policies(
     ]
     assert codes == [400] * 5 + [429] * 35
     assert entries() == 1 + 5  # the apply and five: not one per invented name
+    # refused before any transaction: which budget a name takes is decided without a read
+    from sqlalchemy import event
+
+    begun: list[object] = []
+
+    def count(connection: object) -> None:
+        begun.append(connection)
+
+    engine = api.service.database.engine
+    event.listen(engine, "begin", count)
+    try:
+        for i in range(10):
+            made_up = api.client.post("/v1/attest", json={**garbage, "policy": f"m{i}"})
+            assert made_up.status_code == 429
+    finally:
+        event.remove(engine, "begin", count)
+    assert begun == []
     # well-formed evidence naming new names is refused the same way, after verification
     made_up = api.client.post("/v1/attest", json=_enclave_request(api, policy="n99"))
     assert made_up.status_code == 429
@@ -1257,4 +1274,4 @@ def test_rejections_naming_new_names_share_one_budget_and_spare_live_policies(
     with api.service.database.engine.connect() as connection:
         rows = connection.execute(AuditEntryRow.__table__.select()).all()
     assert len(rows) == 1 + 5 + 2 + 1
-    assert json.loads(rows[-1].detail)["unrecorded"] == 36  # 35 malformed, 1 well-formed
+    assert json.loads(rows[-1].detail)["unrecorded"] == 46  # 45 malformed, 1 well-formed

@@ -87,6 +87,8 @@ known before the transaction to be a rejection (evidence, binding, or the curren
 version's rules) after verification, likewise; each is counted in the next recorded rejection entry
 about the policy (``unrecorded``).  Accepted attestations are never counted, refused or
 delayed: the budget cannot lock a policy's genuine enclaves out (see :class:`_Rejections`)."""
+LIVE_NAMES_SECONDS = 5.0
+"""How old the names of live policies a process picks rejection budgets by may get."""
 REJECTION_NAMES_KEPT = 4096
 """Policy names whose rejection budget a process keeps (least recently used go; a name
 dropped starts again with a full budget)."""
@@ -342,6 +344,9 @@ class CasService:
         self._lock = threading.Lock()
         self._attest_slots = threading.BoundedSemaphore(attest_concurrency)
         self._rejections = _Rejections(rejections_burst, rejections_per_second)
+        # The names of live policies, as last read (see _live_names).
+        self._live_names: frozenset[str] = frozenset()
+        self._live_names_until = 0.0
         self._nonces = NonceMinter(keyring, nonce_ttl)
         self._refs = EntryRefs(keyring)
         self._checkpoint_tags = CheckpointTags(keyring)
@@ -779,10 +784,10 @@ class CasService:
         """One recorded rejection from ``policy``'s budget (or, if no policy has that name,
         the budget all such names share): how many were refused since the last one;
         RejectionsLimited (429) if it is spent."""
-        # One narrow read, made for every name alike: whether a policy has it now picks
-        # the budget (its own, or the one shared by all names no policy has).
-        live = self.database.run(lambda repo: repo.policy_version(policy)) is not None
-        unrecorded = self._rejections.take(policy, live=live)
+        # Whether a policy has the name picks the budget (its own, or the one shared by
+        # all names no policy has), from the names read at most LIVE_NAMES_SECONDS ago:
+        # no read, let alone a transaction, per request of a flood.
+        unrecorded = self._rejections.take(policy, live=policy in self._current_names())
         if unrecorded is None:
             raise RejectionsLimited(
                 "too many rejected attestations naming this policy lately: this one was not "
@@ -790,6 +795,16 @@ class CasService:
                 "retry later"
             )
         return unrecorded
+
+    def _current_names(self) -> frozenset[str]:
+        """The names of live policies, read again once ``LIVE_NAMES_SECONDS`` old (and after
+        this process applies or deletes one): a policy another process created moments ago
+        may take that long to get its own rejection budget (until then, the shared one)."""
+        at = time.monotonic()
+        if at >= self._live_names_until:
+            names = frozenset(self.database.run(lambda repo: repo.policy_names()))
+            self._live_names, self._live_names_until = names, at + LIVE_NAMES_SECONDS
+        return self._live_names
 
     def _doomed(
         self,
@@ -1066,6 +1081,7 @@ class CasService:
             # Two creators raced; the loser sees the winner's row.
             raise ConflictError(f"policy {policy.name!r} was created concurrently; retry") from exc
         log.info("policy %s version %d applied by %s", info.name, info.version, caller)
+        self._live_names_until = 0.0  # a new name may be live: read them again
         return info
 
     def _secrets_for(
@@ -1308,6 +1324,7 @@ class CasService:
 
         self.database.run(work)
         log.info("policy %s deleted by %s", name, caller)
+        self._live_names_until = 0.0
 
     # -- audit -----------------------------------------------------------------------
 

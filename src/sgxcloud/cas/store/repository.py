@@ -324,6 +324,10 @@ class Repository:
         rows = self.session.scalars(select(PolicyRow).order_by(PolicyRow.name))
         return [_policy(row) for row in rows]
 
+    def policy_names(self) -> list[str]:
+        """The names of all live policies (names only: one index scan)."""
+        return list(self.session.scalars(select(PolicyRow.name)))
+
     def count_policies(self) -> int:
         return self.session.scalar(select(func.count()).select_from(PolicyRow)) or 0
 
