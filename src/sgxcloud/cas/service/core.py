@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
