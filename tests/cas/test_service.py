@@ -684,6 +684,23 @@ def test_committed_openapi_document_is_current(api: Api) -> None:
     )
 
 
+def test_openapi_names_the_answer_signature_and_continuation_headers() -> None:
+    """The document (and so the committed one) says which answers carry the CAS's
+    signature and where an audit page says there is more."""
+    document = json.loads(OPENAPI.read_text())
+    signed = {"/v1/policies", "/v1/policies/{name}", "/v1/audit", "/v1/audit/verify"}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                headers = response.get("headers", {})
+                named = "X-Sgxcloud-Answer-Signature" in headers
+                assert named == (path in signed), (path, status)
+    audit_ok = document["paths"]["/v1/audit"]["get"]["responses"]["200"]["headers"]
+    assert "X-Audit-More-After" in audit_ok
+    pattern = audit_ok["X-Sgxcloud-Answer-Signature"]["schema"]["pattern"]
+    assert pattern.startswith("^sgxcloud-cas-answer-v1 ")
+
+
 def test_service_refuses_work_before_start_and_after_stop(tmp_path: Path) -> None:
     from sgxcloud.cas import secrets
     from sgxcloud.cas.evidence import DefaultVerifier

@@ -526,10 +526,41 @@ def _document_400_not_422(app: FastAPI) -> None:
                 components.update(schema.pop("$defs", {}))
                 components[model.__name__] = schema
             document["components"]["schemas"] = dict(sorted(components.items()))
-            app.openapi_schema = drop_validation_422(document)
+            app.openapi_schema = _document_answer_headers(drop_validation_422(document))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+ANSWER_SIGNATURE_DOC = {
+    "description": "On answers to owner requests signed with X-Sgxcloud-Request-Id and "
+    "X-Sgxcloud-Signature, when the CAS has an answer signing key: "
+    "'sgxcloud-cas-answer-v1 <base64 Ed25519 signature>' over the request's id and "
+    "signature, method, path, status, X-Audit-More-After and the body's SHA-256 "
+    "(docs/cas/protocol.md, Signed answers). Owners verify it against the pinned "
+    "public key ('sgxcloud cas signing-key').",
+    "schema": {"type": "string", "pattern": "^sgxcloud-cas-answer-v1 [A-Za-z0-9+/]+=*$"},
+}
+AUDIT_MORE_DOC = {
+    "description": "When the page stopped short for its size: the ref of its last entry, "
+    "the 'after' of the next page. Covered by the answer signature.",
+    "schema": {"type": "string"},
+}
+
+
+def _document_answer_headers(document: dict) -> dict:
+    """Every response of the owner routes (the paths SignedAnswersMiddleware signs) names
+    the answer signature header; the audit pages name X-Audit-More-After too."""
+    for path, operations in document.get("paths", {}).items():
+        if not _OWNER_PATHS.fullmatch(re.sub(r"\{[^}/]+\}", "x", path)):
+            continue
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                headers = response.setdefault("headers", {})
+                headers["X-Sgxcloud-Answer-Signature"] = ANSWER_SIGNATURE_DOC
+                if path == "/v1/audit" and status.startswith("2"):
+                    headers[AUDIT_MORE_HEADER] = AUDIT_MORE_DOC
+    return document
 
 
 def add_audience(app: FastAPI, url: str) -> None:
