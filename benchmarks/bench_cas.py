@@ -305,19 +305,29 @@ class Setup:
 
     def start(self, workdir: Path, tls: Any, key_path: Path, owner: Any) -> None:
         settings = workdir / f"cas-{self.key}.yaml"
+        # The deployment's answer signing key (as 'cas init' makes one), when the tree
+        # served has signed answers: its owner client pins the public key, no warning.
+        signs = (self.src / "sgxcloud" / "cas" / "answers.py").exists()
+        answer_key, answer_public = _answer_key(workdir) if signs else (None, None)
         settings.write_text(
             f"database_url: {self.database_url}\nmaster_key_file: {key_path}\n"
             f"tls_cert: {tls.cert}\ntls_key: {tls.key}\nlog_level: warning\n"
-            "nonce_ttl_seconds: 600\n" + (f"workers: {self.workers}\n" if self.workers > 1 else "")
+            "nonce_ttl_seconds: 600\n"
+            + (f"workers: {self.workers}\n" if self.workers > 1 else "")
+            + (f"answer_signing_key_file: {answer_key}\n" if answer_key else "")
         )
         for _ in range(self.replicas):
             self.servers.append(_start_replica(settings, tls.ca_cert, self.src))
         policy = _policy(_public_pem(owner))
         if self.src == ROOT / "src":
-            with client.OwnerClient(self.urls[0], owner, ca_file=tls.ca_cert) as owners:
+            with client.OwnerClient(
+                self.urls[0], owner, ca_file=tls.ca_cert, cas_key=answer_public
+            ) as owners:
                 owners.apply(policy)
         else:  # another tree's server speaks that tree's owner protocol
-            _apply_with_tree(self.src, workdir, self.urls[0], tls.ca_cert, owner, policy)
+            _apply_with_tree(
+                self.src, workdir, self.urls[0], tls.ca_cert, owner, policy, answer_public
+            )
 
     def stop(self) -> None:
         for server, _ in self.servers:
@@ -331,8 +341,30 @@ class Setup:
         self.servers.clear()
 
 
-def _apply_with_tree(src: Path, workdir: Path, url: str, ca: Path, owner: Any, policy: str) -> None:
-    """Apply ``policy`` with the owner client of the tree at ``src`` (a baseline's)."""
+def _answer_key(workdir: Path) -> tuple[Path, Path]:
+    """The benchmark deployment's answer signing key and its public key (made once)."""
+    from sgxcloud.cas import answers
+
+    private, public = workdir / "answer-signing.key", workdir / "cas-signing.pub.pem"
+    if not private.exists():
+        key = answers.generate_key()
+        private.write_bytes(answers.private_pem(key))
+        private.chmod(0o600)
+        public.write_bytes(answers.public_pem(key.public_key()))
+    return private, public
+
+
+def _apply_with_tree(
+    src: Path,
+    workdir: Path,
+    url: str,
+    ca: Path,
+    owner: Any,
+    policy: str,
+    cas_key: Path | None = None,
+) -> None:
+    """Apply ``policy`` with the owner client of the tree at ``src`` (a baseline's),
+    pinning ``cas_key`` when that tree's CAS signs answers."""
     from cryptography.hazmat.primitives import serialization
 
     key_file, policy_file = workdir / "baseline-owner.pem", workdir / "baseline-policy.yaml"
@@ -350,11 +382,13 @@ def _apply_with_tree(src: Path, workdir: Path, url: str, ca: Path, owner: Any, p
         "from cryptography.hazmat.primitives import serialization\n"
         "from sgxcloud.cas import client\n"
         "key = serialization.load_pem_private_key(Path(sys.argv[1]).read_bytes(), None)\n"
-        "with client.OwnerClient(sys.argv[2], key, ca_file=Path(sys.argv[3])) as owners:\n"
+        "pin = {'cas_key': Path(sys.argv[5])} if len(sys.argv) > 5 else {}\n"
+        "with client.OwnerClient(sys.argv[2], key, ca_file=Path(sys.argv[3]), **pin) as owners:\n"
         "    owners.apply(Path(sys.argv[4]).read_text())\n"
     )
+    pin = [str(cas_key)] if cas_key is not None else []
     done = subprocess.run(
-        [sys.executable, "-c", code, str(key_file), url, str(ca), str(policy_file)],
+        [sys.executable, "-c", code, str(key_file), url, str(ca), str(policy_file), *pin],
         env={**os.environ, "PYTHONPATH": str(src)},
         capture_output=True,
         text=True,

@@ -10,6 +10,7 @@ import itertools
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -153,11 +154,21 @@ def test_bad_options_are_one_line_and_exit_non_zero(argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_a_tiny_run_against_a_real_replica(tmp_path):
+def test_a_tiny_run_against_a_real_replica(tmp_path, monkeypatch):
+    from sgxcloud.cas import answers
+    from sgxcloud.cas.client import owner
+
     plan = bench_cas.Plan(
         seconds=1.0, configs=("sqlite",), clients=(2,), open_clients=2, rate=10, sweep=(), rounds=2
     )
-    cells = bench_cas.bench_load(tmp_path, plan)
+    monkeypatch.setattr(owner, "_warned", False)  # the once-per-process warning, afresh
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        cells = bench_cas.bench_load(tmp_path, plan)
+    # The benchmark's CAS signs owner answers and its owner client pins the public key:
+    # no "no CAS signing key pinned" warning, and the policy was applied through it.
+    assert not [w for w in warned if issubclass(w.category, answers.UnverifiedAnswers)]
+    assert "answer_signing_key_file:" in (tmp_path / "cas-sqlite.yaml").read_text()
     (closed,), (opened,) = cells["closed"], cells["open"]
     # Round 2: the target's closed- and open-loop cells again, on the same replica.
     assert [(r["round"], r["offered_per_s"]) for r in cells["repeats"]] == [(2, None), (2, 10)]
