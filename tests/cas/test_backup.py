@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from sgxcloud.cas import audit, client, secrets
+from sgxcloud.cas import answers, audit, client, secrets
 from sgxcloud.cas.policy import public_key_id
 from sgxcloud.cas.service.app import create_app
 from sgxcloud.cas.service.server import background_https, make_loopback_tls
@@ -198,3 +207,126 @@ def test_backup_and_restore_files_are_private_from_their_first_byte(
     assert "b.partial" in names and (backend != "sqlite" or "a.db.restoring" in names)
     assert all(mode == 0o600 for _, mode in seen), seen
     assert (tmp_path / "b").stat().st_mode & 0o777 == 0o600
+
+
+@contextlib.contextmanager
+def _cas_serve(settings_path: Path, url: str, ca: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``cas serve`` in a process of its own, answering on ``url``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--config", str(settings_path)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                with httpx.Client(verify=client.pinned_tls(ca)) as http:
+                    if http.get(url + "/v1/health").status_code == 200:
+                        break
+            except httpx.TransportError as exc:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    process.kill()
+                    message = process.stderr.read().decode() if process.stderr else ""
+                    raise AssertionError(message) from exc
+                time.sleep(0.2)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _host_from_backups(home: Path, where: Path, *, keys: bool) -> Path:
+    """A new host for the deployment made by ``cas init`` in ``home``: its settings
+    and TLS files, the key files from the key backup (``keys``), an empty data/."""
+    where.mkdir()
+    shutil.copytree(home / "tls", where / "tls")
+    (where / "data").mkdir()
+    if keys:
+        shutil.copytree(home / "keys", where / "keys")
+    else:  # the master key only: the answer signing key was not kept with it
+        (where / "keys").mkdir(mode=0o700)
+        shutil.copy2(home / "keys" / "master.key", where / "keys" / "master.key")
+    port = _free_port()
+    text = re.sub(r"port: \d+", f"port: {port}", (home / "cas.yaml").read_text())
+    if not keys:
+        text = text.replace("answer_signing_key_file:", "# answer_signing_key_file:")
+    (where / "cas.yaml").write_text(text)
+    return where / "cas.yaml"
+
+
+def test_owners_pinning_the_signing_key_verify_answers_after_a_restore(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Backups hold the database only; the answer signing key comes back from the key
+    backup with the master key, and the restored CAS's answers verify against the public
+    key owners pinned before.  A restore without it (or with another key) is refused
+    when the published key is named, saying which file to restore."""
+    for name in ("SGXCLOUD_CAS_DATABASE_URL", "SGXCLOUD_CAS_MASTER_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "cas"
+    assert cli(["cas", "init", str(home), "--loopback-tls"]) == 0
+    port = _free_port()
+    settings = home / "cas.yaml"
+    settings.write_text(settings.read_text().replace("port: 8443", f"port: {port}"))
+    pinned = tmp_path / "owner-pins" / "cas-signing.pub.pem"  # what owners were given
+    pinned.parent.mkdir()
+    shutil.copy2(home / "cas-signing.pub.pem", pinned)
+    ca = home / "tls" / "ca.pem"
+    owner = pg.owner_key()
+    backup_file = tmp_path / "cas.backup"
+    with _cas_serve(settings, f"https://127.0.0.1:{port}", ca):
+        with client.OwnerClient(
+            f"https://127.0.0.1:{port}", owner, ca_file=ca, cas_key=pinned
+        ) as owners:
+            owners.apply(pg.policy_text(owner))
+            before = owners.show("shop")
+        capsys.readouterr()
+        assert cli(["cas", "backup", "--config", str(settings), str(backup_file)]) == 0
+    assert b"answer-signing" not in backup_file.read_bytes()  # the database only
+
+    # A host restored from the database backup without the signing key: refused up
+    # front, naming the file, and nothing restored.
+    bare = _host_from_backups(home, tmp_path / "bare", keys=False)
+    restore = ["cas", "restore", "--signing-key-pub", str(pinned), str(backup_file)]
+    assert cli([*restore, "--config", str(bare)]) == 1
+    err = capsys.readouterr().err
+    assert "no answer_signing_key_file" in err and "restore answer-signing.key" in err
+    assert not (bare.parent / "data" / "cas.db").exists()
+    # ... or with a new key in its place: refused, both fingerprints named.
+    wrong = _host_from_backups(home, tmp_path / "wrong", keys=True)
+    (wrong.parent / "keys" / "answer-signing.key").unlink()
+    assert (
+        cli(["cas", "signing-key", "--generate", str(wrong.parent / "keys" / "answer-signing.key")])
+        == 0
+    )
+    capsys.readouterr()
+    assert cli([*restore, "--config", str(wrong)]) == 1
+    assert "is not the key owners pin" in capsys.readouterr().err
+    assert cli(["cas", "signing-key", "--config", str(wrong), "--check", str(pinned)]) == 1
+    assert "is not the key owners pin" in capsys.readouterr().err
+
+    # The host restored with the key files from the key backup.
+    restored = _host_from_backups(home, tmp_path / "restored", keys=True)
+    assert cli([*restore, "--config", str(restored)]) == 0
+    out = capsys.readouterr().out
+    assert "audit chain intact" in out and "is the published" in out
+    assert cli(["cas", "signing-key", "--config", str(restored), "--check", str(pinned)]) == 0
+    new_port = int(re.search(r"port: (\d+)", restored.read_text()).group(1))  # type: ignore[union-attr]
+    url = f"https://127.0.0.1:{new_port}"
+    with (
+        _cas_serve(restored, url, ca) as process,
+        client.OwnerClient(url, owner, ca_file=ca, cas_key=pinned) as owners,
+    ):
+        assert owners.show("shop") == before  # a verified answer, old pin
+        assert owners.verify_audit()["ok"]
+    log = process.stderr.read().decode() if process.stderr else ""
+    fingerprint = answers.fingerprint(answers.load_public_key(pinned))
+    assert f"public key fingerprint {fingerprint}" in log

@@ -47,6 +47,40 @@ class AnswerNotVerified(SgxcloudError):
     exit_code = 1
 
 
+class SigningKeyMismatch(SgxcloudError):
+    """The configured answer signing key is not the one owners pin (e.g. after a restore)."""
+
+    exit_code = 1
+
+
+def check_deployment_key(key_file: Path | None, published: Path) -> str:
+    """The fingerprint of ``key_file`` when it is the private half of the ``published``
+    public key (what owners pin); otherwise :class:`SigningKeyMismatch` naming what to
+    restore.  The key is not in database backups, as the master key is not."""
+    expected = load_public_key(published)
+    if key_file is None:
+        raise SigningKeyMismatch(
+            f"no answer_signing_key_file in the settings, but owners pin {published} "
+            f"({fingerprint(expected)}): restore answer-signing.key from the key backup "
+            "(where the master key is kept) and set answer_signing_key_file to it"
+        )
+    try:
+        found = load_private_key(key_file).public_key()
+    except SgxcloudError as exc:
+        raise SigningKeyMismatch(
+            f"{exc}; owners pin {published} ({fingerprint(expected)}): restore "
+            "answer-signing.key from the key backup (where the master key is kept)"
+        ) from exc
+    if found.public_bytes_raw() != expected.public_bytes_raw():
+        raise SigningKeyMismatch(
+            f"the answer signing key {key_file} ({fingerprint(found)}) is not the key owners "
+            f"pin in {published} ({fingerprint(expected)}): every owner would refuse this "
+            "CAS's answers; restore the deployment's answer-signing.key from the key backup "
+            "(or, if it is lost, give owners the new public key to pin)"
+        )
+    return fingerprint(found)
+
+
 class UnverifiedAnswers(UserWarning):
     """An owner client was made without a pinned CAS signing key (warned once)."""
 

@@ -7,8 +7,10 @@
 - PostgreSQL: ``pg_dump --format=custom`` (one repeatable-read snapshot);
   restored with ``pg_restore --clean --if-exists --single-transaction``.
 
-Either way a backup holds sealed secrets only: the master key is backed up
-separately (never beside the database), and a restore needs it.  Every
+Either way a backup holds sealed secrets only: the master key and the answer
+signing key are backed up separately (never beside the database), and
+restoring the same deployment needs both (``cas restore --signing-key-pub``
+checks the signing key against the public key owners pin).  Every
 backup and restore ends by walking the audit chain of the result.
 """
 

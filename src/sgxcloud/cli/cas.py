@@ -256,7 +256,8 @@ def backup(destination: Path, config_path: Path | None, as_json: bool) -> int:
     SQLite: the online backup API (a snapshot; copying cas.db by hand misses
     what is still in cas.db-wal). PostgreSQL: pg_dump --format=custom (needs
     the PostgreSQL client tools). The copy holds sealed secrets only: back up
-    the master key separately, never beside it. Refuses to overwrite
+    the master key and the answer signing key separately, never beside it
+    (a restore needs both: see 'cas restore --signing-key-pub'). Refuses to overwrite
     DESTINATION; a SQLite copy's audit chain is verified before it is kept.
     """
     from sgxcloud.cas.backup import backup as take
@@ -291,20 +292,43 @@ def backup(destination: Path, config_path: Path | None, as_json: bool) -> int:
     is_flag=True,
     help="Replace an existing database (stop every 'cas serve' on it first).",
 )
+@click.option(
+    "--signing-key-pub",
+    "published",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    metavar="PUBLIC_PEM",
+    help="The deployment's published answer signing public key (cas-signing.pub.pem, what "
+    "owners pin): refuse to restore unless answer_signing_key_file is its private key.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def restore(source: Path, config_path: Path | None, replace: bool, as_json: bool) -> int:
+def restore(
+    source: Path, config_path: Path | None, replace: bool, published: Path | None, as_json: bool
+) -> int:
     """Restore backup SOURCE into the configured database, then verify it.
 
-    Stop the service first. Afterwards the audit chain is walked and every
+    Stop the service first. The backup holds the database only: the key files
+    (master key, answer signing key) come from the key backup. With
+    --signing-key-pub the answer signing key is checked against the published
+    public key before anything is restored; without it the restore prints the
+    key's fingerprint to compare. Afterwards the audit chain is walked and every
     stored secret's master key is looked up in the configured keyring: a
     restore without the master key that sealed the secrets is refused.
-    Exit 0 restored and verified, 1 the restored audit chain is broken.
+    Exit 0 restored and verified, 1 the restored audit chain is broken or the
+    signing key is not the published one.
     """
+    from sgxcloud.cas import answers
     from sgxcloud.cas.backup import restore as load
     from sgxcloud.cas.store import Database
 
     settings = load_settings(config_path)
     keyring = settings.keyring()
+    key_file = settings.answer_signing_key_file
+    if published is not None:
+        signing = answers.check_deployment_key(key_file, published)
+    elif key_file is not None:
+        signing = answers.fingerprint(answers.load_private_key(key_file).public_key())
+    else:
+        signing = None
     report = load(source, settings.database_url, replace=replace)
     database = Database.open(settings.database_url, migrate=False)
     try:
@@ -315,8 +339,9 @@ def restore(source: Path, config_path: Path | None, replace: bool, as_json: bool
         database.close()
     assert report.audit is not None
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    elif report.audit.ok:
+        click.echo(json.dumps({**report.to_dict(), "answer_signing_key": signing}, indent=2))
+        return 0 if report.audit.ok else 1
+    if report.audit.ok:
         console().print(
             f"restored {safe(source)} into the {report.backend} database; audit chain intact, "
             f"{report.audit.entries} entries, head {report.audit.head_hash}",
@@ -326,6 +351,25 @@ def restore(source: Path, config_path: Path | None, replace: bool, as_json: bool
         console(stderr=True).print(
             f"restored, but the audit chain is BROKEN: "
             f"{safe([p.problem for p in report.audit.problems][:3])}"
+        )
+    if signing is None:
+        console(stderr=True).print(
+            "no answer_signing_key_file: this CAS will not sign answers and owners pinning "
+            "the deployment's key refuse them; restore answer-signing.key from the key "
+            "backup and set answer_signing_key_file",
+            highlight=False,
+        )
+    elif published is not None:
+        console().print(
+            f"answer signing key {safe(key_file)} is the published {safe(published)} "
+            f"({safe(signing)})",
+            highlight=False,
+        )
+    else:
+        console().print(
+            f"answer signing key {safe(key_file)} ({safe(signing)}): check it is the "
+            "published one with 'sgxcloud cas signing-key --check cas-signing.pub.pem'",
+            highlight=False,
         )
     return 0 if report.audit.ok else 1
 
@@ -401,8 +445,19 @@ def _make_answer_key(private_path: Path, public_path: Path) -> str:
     "with the database) for a deployment made before signed answers; then set "
     "answer_signing_key_file to it, copy it to every replica and restart them.",
 )
+@click.option(
+    "--check",
+    "published",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    metavar="PUBLIC_PEM",
+    help="Exit 0 if answer_signing_key_file is the private key of PUBLIC_PEM (the published "
+    "cas-signing.pub.pem owners pin), 1 naming the key file to restore otherwise: run it "
+    "after a restore or on a new replica.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def signing_key(config_path: Path | None, generate: Path | None, as_json: bool) -> int:
+def signing_key(
+    config_path: Path | None, generate: Path | None, published: Path | None, as_json: bool
+) -> int:
     """Print the public key (PEM) of the key signing this CAS's answers to owners.
 
     Owners pin it (sgxcloud policy/audit --cas-key FILE, env
@@ -433,6 +488,17 @@ def signing_key(config_path: Path | None, generate: Path | None, as_json: bool) 
             )
         return 0
     settings = load_settings(config_path)
+    if published is not None:
+        found = answers.check_deployment_key(settings.answer_signing_key_file, published)
+        if as_json:
+            click.echo(json.dumps({"matches": True, "fingerprint": found}))
+        else:
+            console().print(
+                f"answer signing key {safe(settings.answer_signing_key_file)} is the "
+                f"published {safe(published)} ({safe(found)})",
+                highlight=False,
+            )
+        return 0
     if settings.answer_signing_key_file is None:
         raise click.UsageError(
             "no answer_signing_key_file in the settings: make one with "

@@ -124,13 +124,26 @@ def build_app(
 def answer_key(settings: Settings) -> Ed25519PrivateKey | None:
     """The key signing owner answers (``answer_signing_key_file``), or None."""
     if settings.answer_signing_key_file is None:
+        log.warning(
+            "no answer_signing_key_file: answers to owners are not signed, and owners who "
+            "pin this deployment's signing key refuse them (restore keys/answer-signing.key "
+            "from the key backup and set it)"
+        )
         return None
-    from sgxcloud.cas.answers import load_private_key
+    from sgxcloud.cas.answers import fingerprint, load_private_key
 
     try:
-        return load_private_key(settings.answer_signing_key_file)
+        key = load_private_key(settings.answer_signing_key_file)
     except SgxcloudError as exc:
         raise ConfigError(str(exc)) from exc
+    # The line an operator compares with the published key after a restore
+    # ('sgxcloud cas signing-key --check cas-signing.pub.pem' does it for them).
+    log.info(
+        "answer signing key %s, public key fingerprint %s",
+        settings.answer_signing_key_file,
+        fingerprint(key.public_key()),
+    )
+    return key
 
 
 def owner_certificates(settings: Settings) -> OwnerCertificates:
