@@ -108,6 +108,350 @@ def _limit_error(status: int, message: str) -> dict:
     return schemas.ErrorBody(error=label, message=message).model_dump(exclude_none=True)
 
 
+_RAW_BODIES: tuple[type[BaseModel], ...] = (schemas.PolicyApplyBody,)
+"""Models of bodies read raw (checked before parsing), documented as FastAPI would."""
+
+
+def _json_body(model: type[BaseModel]) -> dict:
+    """``openapi_extra`` documenting a raw body as the body parameter ``model``."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
+
+
+class _Cas:
+    """What the handlers of one app share: the service (None: documentation only),
+    the clock, the owners' signature settings and the attestations' threads."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        service: CasService | None,
+        *,
+        clock: Callable[[], float],
+        max_skew: int,
+        certificates: auth.OwnerCertificates,
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.clock = clock
+        self.max_skew = max_skew
+        self.certificates = certificates
+        # Attestations run on threads of their own, as many as the service works
+        # on at once: the others wait in the queue, not on a lock in one of the
+        # shared pool's threads (whose wake-ups and hand-offs cost about a tenth
+        # of the server's CPU under load), and are handed back to the loop
+        # without an executor's futures and semaphore (sgxcloud.web.offload).
+        self.attest_workers = OffloadThreads(
+            getattr(service, "attest_concurrency", 1), "cas-attest"
+        )
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def cas(self) -> CasService:
+        if self.service is None:
+            raise NotReady("no service behind this application (documentation only)")
+        return self.service
+
+    def deployment(self) -> str:
+        return self.cas().deployment_id
+
+    async def caller(self, request: Request) -> str:
+        body = await request.body()
+        path = signed_path(request.url.path, request.url.query)
+        peer = request.scope.get("state", {}).get(auth.PEER_CERTIFICATE_STATE)
+        # Off the event loop: a signature check costs up to a few ms of CPU,
+        # and every caller (enclaves included) waits on the loop.
+        who = await run_in_threadpool(
+            auth.authenticate,
+            request.headers,
+            request.method,
+            path,
+            body,
+            now=self.now(),
+            max_skew=self.max_skew,
+            deployment=self.cas().deployment_id,
+            audiences=self.app.state.audiences,
+            tls_client_certificate=peer,
+            certificates=self.certificates,
+        )
+        if who.spend_id is not None:
+            # Committed before the request acts: a replay is refused even if
+            # this request fails later (e.g. a conflicting update).
+            await run_in_threadpool(
+                self.cas().spend_request, who.spend_id, who.spend_until, self.now()
+            )
+        return who.id
+
+    def signed(self, scope: dict, headers: Mapping[str, str]) -> None:
+        """The owner routes' signature headers, checked before any body is read."""
+        auth.check_headers(
+            headers,
+            now=self.now(),
+            max_skew=self.max_skew,
+            tls_client_certificate=scope.get("state", {}).get(auth.PEER_CERTIFICATE_STATE),
+        )
+
+    # The two requests of every attestation: FastAPI's generic handling cost
+    # as much CPU as their HTTP/TLS, so they are served on a DirectRoute
+    # (body validated from bytes once, no second validation of the answer)
+    # and answer JSON built here.  response_model still documents the answer;
+    # tests check the answers against it.  A DirectRoute endpoint is given no
+    # Request, so these two are the shared object's methods.
+    async def nonce(self) -> JSONAnswer:
+        """A fresh single-use nonce for the enclave to bind into REPORTDATA.
+
+        Pure CPU (an authenticated nonce, stored only when spent): on the event loop.
+        """
+        grant = self.cas().issue_nonce(int(self.clock()))  # self.now(), one call less
+        return JSONAnswer({"nonce": grant.nonce, "expires_at": grant.expires_at})
+
+    async def attest(self, body: schemas.AttestBody) -> JSONAnswer:
+        """Verify evidence, binding, nonce and policy; answer the sealed configuration.
+
+        A rejection answers 403 with code 'rejected' and the audit entry's
+        ref only: the reasons are for the policy's owners (GET /v1/audit).
+        """
+        request = AttestRequest(
+            body.policy, body.service, body.nonce, body.public_key, body.evidence
+        )
+        result = await self.attest_workers.call(self.cas().attest, request, int(self.clock()))
+        return JSONAnswer(
+            {
+                "policy": result.policy,
+                "service": result.service,
+                "policy_hash": result.policy_hash,
+                "nonce": result.nonce,
+                "hpke_suite": HPKE_SUITE_NAME,
+                "sealed_configuration": base64.b64encode(result.sealed_configuration).decode(),
+                "certificate": result.certificate_pem,
+                "ca_certificate": result.ca_certificate_pem,
+                "simulated": result.simulated,
+                "tcb_status": result.tcb_status,
+                "audit_ref": result.audit_ref,
+            }
+        )
+
+
+def _shared(request: Request) -> _Cas:
+    return request.app.state.cas
+
+
+async def _typed_error(_request: Request, exc: SgxcloudError) -> JSONResponse:
+    return _error_response(exc)
+
+
+async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    where, what = first_problem(exc)
+    body = schemas.ErrorBody(error="bad-request", message=what, field=where)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=400)
+
+
+async def _bug(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("internal error handling a request: %s", type(exc).__name__)
+    body = schemas.ErrorBody(error="internal", message="internal error")
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=500)
+
+
+_ROUTES: list[tuple[str, str, Callable[..., Any] | str, dict[str, Any]]] = []
+"""The API's routes in the order they are served and documented (``create_app``):
+an endpoint, or the name of a :class:`_Cas` method served on a DirectRoute."""
+
+
+def _route(method: str, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+    """Declare an endpoint of the API, as ``app.get``/``app.put`` would; ``create_app``
+    adds them to each app as its own routes (no ``include_router``)."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        _ROUTES.append((method, path, endpoint, options))
+        return endpoint
+
+    return register
+
+
+def _direct(method: str, path: str, name: str, **options: Any) -> None:
+    """Declare ``_Cas.<name>`` served on a lean :class:`DirectRoute`, documented as any other."""
+    _ROUTES.append((method, path, name, {"route_class_override": DirectRoute, **options}))
+
+
+@_route("GET", "/v1/health", response_model=schemas.HealthResponse, tags=["service"])
+def health(request: Request) -> schemas.HealthResponse:
+    """State, database kind, and the deployment id owners' signatures must name."""
+    cas = _shared(request).cas
+    return schemas.HealthResponse(
+        state=cas().state, database=cas().database.dialect, deployment=cas().deployment_id
+    )
+
+
+@_route(
+    "GET",
+    "/v1/health/live",
+    response_model=schemas.ProbeResponse,
+    tags=["service"],
+    response_model_exclude_none=True,
+)
+async def live() -> schemas.ProbeResponse:
+    """Liveness: the process answers (restart it if not). Touches nothing else."""
+    return schemas.ProbeResponse(ok=True, check="live")
+
+
+@_route("GET", "/v1/health/ready", response_model=schemas.ProbeResponse, tags=["service"])
+def ready(request: Request) -> JSONResponse:
+    """Readiness: started and the database answers (503 otherwise): route traffic here."""
+    problem = _shared(request).cas().readiness_problem()
+    body = schemas.ProbeResponse(ok=problem is None, check="ready", problem=problem)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=503 if problem else 200)
+
+
+_direct("POST", "/v1/nonces", "nonce", response_model=schemas.NonceResponse, tags=["attestation"])
+_direct("POST", "/v1/attest", "attest", response_model=schemas.AttestResponse, tags=["attestation"])
+
+
+def _decoded_apply(
+    shared: _Cas, content_type: str | None, raw: bytes, when: int
+) -> tuple[schemas.PolicyApplyBody, list]:
+    """The policy body and its verified consents (on a thread)."""
+    body = validated_body(
+        schemas.PolicyApplyBody, content_type, raw, schemas.PolicyApplyBody.max_json_values
+    )
+    # Up to 32 signature checks: on the thread too.
+    return body, [
+        auth.verify_consent(
+            c.model_dump(),
+            deployment=shared.cas().deployment_id,
+            audiences=shared.app.state.audiences,
+            now=when,
+            certificates=shared.certificates,
+        )
+        for c in body.consents
+    ]
+
+
+# The body is read raw: its signature is checked before it is parsed (a
+# body parameter would have FastAPI parse and validate it first, for
+# anyone who forges well-formed signature headers), and it is parsed on a
+# thread (a legitimate policy may be a MiB).  Documented as a body parameter.
+@_route(
+    "PUT",
+    "/v1/policies",
+    response_model=schemas.PolicyApplyResponse,
+    tags=["policies"],
+    openapi_extra=_json_body(schemas.PolicyApplyBody),
+)
+async def apply_policy(request: Request) -> schemas.PolicyApplyResponse:
+    """Create or update a policy (signed by an owner; updates name their predecessor)."""
+    shared = _shared(request)
+    cas = shared.cas
+    who = await shared.caller(request)
+    # Before the body is decoded: a caller who may create no policy and owns
+    # none is refused without its policy text being read (red team rt7).
+    await run_in_threadpool(cas().check_may_apply, who)
+    content_type, raw, when = (
+        request.headers.get("content-type"),
+        await request.body(),
+        shared.now(),
+    )
+    body, consents = await run_in_threadpool(_decoded_apply, shared, content_type, raw, when)
+    info = await run_in_threadpool(cas().apply_policy, who, body.policy, when, consents)
+    return schemas.PolicyApplyResponse(
+        name=info.name,
+        version=info.version,
+        policy_hash=info.policy_hash,
+        created=info.created,
+        generated_secrets=info.generated_secrets,
+    )
+
+
+policy_name = Path(pattern=schemas.NAME_PATTERN, description="policy name")
+
+
+@_route("GET", "/v1/policies/{name}", response_model=schemas.PolicyResponse, tags=["policies"])
+async def read_policy(request: Request, name: str = policy_name) -> schemas.PolicyResponse:
+    """The policy document and secret metadata (owners and readers; never values)."""
+    shared = _shared(request)
+    who = await shared.caller(request)
+    view = await run_in_threadpool(shared.cas().read_policy, who, name)
+    return schemas.PolicyResponse(
+        name=view.name,
+        version=view.version,
+        policy_hash=view.policy_hash,
+        text=view.text,
+        updated_at=view.updated_at,
+        updated_by=view.updated_by,
+        secrets=[schemas.SecretMetadata(**s) for s in view.secrets],
+        ca_certificate=view.ca_certificate_pem,
+    )
+
+
+@_route("DELETE", "/v1/policies/{name}", status_code=204, tags=["policies"])
+async def delete_policy(
+    request: Request,
+    name: str = policy_name,
+    predecessor: str = Query(
+        pattern="^[0-9a-f]{64}$", description="hash of the version being deleted"
+    ),
+) -> None:
+    """Delete a policy and its secrets (owners; names the current hash)."""
+    shared = _shared(request)
+    who = await shared.caller(request)
+    await run_in_threadpool(shared.cas().delete_policy, who, name, predecessor, shared.now())
+
+
+@_route("GET", "/v1/audit", response_model=list[schemas.AuditEntryModel], tags=["audit"])
+async def audit_entries(
+    request: Request,
+    response: Response,
+    after: str = Query(
+        "",
+        max_length=64,
+        description="ref of the last entry of the previous page (empty or 0: from the start)",
+    ),
+    limit: int = Query(100, ge=1, le=1000),
+    ref: str | None = Query(None, max_length=64, description="just this entry"),
+) -> list[schemas.AuditEntryModel]:
+    """Audit entries about the policies the caller owns or reads with consent, oldest first.
+
+    A page holds up to ``limit`` entries and about 1 MiB: when it stops
+    short for its size, header ``X-Audit-More-After`` names its last ref
+    (the ``after`` of the next page).
+    """
+    shared = _shared(request)
+    who = await shared.caller(request)
+    entries, more = await run_in_threadpool(
+        lambda: shared.cas().owner_audit_page(who, after=after, limit=limit, ref=ref)
+    )
+    if more:
+        response.headers[AUDIT_MORE_HEADER] = entries[-1].ref
+    return [schemas.AuditEntryModel(**e.to_dict()) for e in entries]
+
+
+@_route("GET", "/v1/audit/verify", response_model=schemas.AuditVerifyResponse, tags=["audit"])
+async def audit_verify(request: Request) -> schemas.AuditVerifyResponse:
+    """Whether the chain's new part and the caller's entries are intact (owners, readers).
+
+    Checks what was appended since the last check (the position verified
+    before stays in the service's memory) and, of the caller's older
+    entries, the latest 1000 and the next 1000 of the caller's sweep (which
+    goes on where its previous call stopped: every entry once per round of
+    calls), with their successors' links; not the whole chain (that is
+    ``sgxcloud audit verify``).  Entries of policies the caller reads count
+    only if the caller consented to being a reader.  Says whether this call
+    completed the caller's round and how many of the caller's entries it has
+    left (``round``, ``round_complete``, ``round_left``); no position, and no
+    count of anything but the caller's own entries.
+    """
+    shared = _shared(request)
+    who = await shared.caller(request)
+    check = await run_in_threadpool(shared.cas().verify_audit, who)
+    return schemas.AuditVerifyResponse(
+        ok=check.ok,
+        problems=[{"problem": kind} for kind in check.problems],
+        round=check.progress.round,
+        round_complete=check.progress.complete,
+        round_left=check.progress.left,
+    )
+
+
 def create_app(
     service: CasService | None,
     *,
@@ -146,273 +490,21 @@ def create_app(
         responses=_ERRORS,
     )
     app.state.audiences = frozenset(auth.origin_of(a) for a in audiences)
-    certificates = owner_certificates or auth.OwnerCertificates()
-
-    def now() -> int:
-        return int(clock())
-
-    def cas() -> CasService:
-        if service is None:
-            raise NotReady("no service behind this application (documentation only)")
-        return service
-
-    async def caller(request: Request) -> str:
-        body = await request.body()
-        path = signed_path(request.url.path, request.url.query)
-        peer = request.scope.get("state", {}).get(auth.PEER_CERTIFICATE_STATE)
-        # Off the event loop: a signature check costs up to a few ms of CPU,
-        # and every caller (enclaves included) waits on the loop.
-        who = await run_in_threadpool(
-            auth.authenticate,
-            request.headers,
-            request.method,
-            path,
-            body,
-            now=now(),
-            max_skew=max_skew,
-            deployment=cas().deployment_id,
-            audiences=app.state.audiences,
-            tls_client_certificate=peer,
-            certificates=certificates,
-        )
-        if who.spend_id is not None:
-            # Committed before the request acts: a replay is refused even if
-            # this request fails later (e.g. a conflicting update).
-            await run_in_threadpool(cas().spend_request, who.spend_id, who.spend_until, now())
-        return who.id
-
-    @app.exception_handler(SgxcloudError)
-    async def _typed_error(_request: Request, exc: SgxcloudError) -> JSONResponse:
-        return _error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        where, what = first_problem(exc)
-        body = schemas.ErrorBody(error="bad-request", message=what, field=where)
-        return JSONResponse(body.model_dump(exclude_none=True), status_code=400)
-
-    @app.exception_handler(Exception)
-    async def _bug(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error handling a request: %s", type(exc).__name__)
-        body = schemas.ErrorBody(error="internal", message="internal error")
-        return JSONResponse(body.model_dump(exclude_none=True), status_code=500)
-
-    @app.get("/v1/health", response_model=schemas.HealthResponse, tags=["service"])
-    def health() -> schemas.HealthResponse:
-        """State, database kind, and the deployment id owners' signatures must name."""
-        return schemas.HealthResponse(
-            state=cas().state, database=cas().database.dialect, deployment=cas().deployment_id
-        )
-
-    @app.get(
-        "/v1/health/live",
-        response_model=schemas.ProbeResponse,
-        tags=["service"],
-        response_model_exclude_none=True,
+    shared = _Cas(
+        app,
+        service,
+        clock=clock,
+        max_skew=max_skew,
+        certificates=owner_certificates or auth.OwnerCertificates(),
     )
-    async def live() -> schemas.ProbeResponse:
-        """Liveness: the process answers (restart it if not). Touches nothing else."""
-        return schemas.ProbeResponse(ok=True, check="live")
-
-    @app.get("/v1/health/ready", response_model=schemas.ProbeResponse, tags=["service"])
-    def ready() -> JSONResponse:
-        """Readiness: started and the database answers (503 otherwise): route traffic here."""
-        problem = cas().readiness_problem()
-        body = schemas.ProbeResponse(ok=problem is None, check="ready", problem=problem)
-        return JSONResponse(body.model_dump(exclude_none=True), status_code=503 if problem else 200)
-
-    def direct(method: str, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
-        """Serve an endpoint on a lean :class:`DirectRoute`, documented as any other."""
-
-        def register(endpoint: Endpoint) -> Endpoint:
-            app.router.add_api_route(
-                path, endpoint, methods=[method], route_class_override=DirectRoute, **options
-            )
-            return endpoint
-
-        return register
-
-    # The two requests of every attestation: FastAPI's generic handling cost
-    # as much CPU as their HTTP/TLS, so they are served on a DirectRoute
-    # (body validated from bytes once, no second validation of the answer)
-    # and answer JSON built here.  response_model still documents the answer;
-    # tests check the answers against it.
-    @direct("POST", "/v1/nonces", response_model=schemas.NonceResponse, tags=["attestation"])
-    async def nonce() -> JSONAnswer:
-        """A fresh single-use nonce for the enclave to bind into REPORTDATA.
-
-        Pure CPU (an authenticated nonce, stored only when spent): on the event loop.
-        """
-        grant = cas().issue_nonce(now())
-        return JSONAnswer({"nonce": grant.nonce, "expires_at": grant.expires_at})
-
-    # Attestations run on threads of their own, as many as the service works
-    # on at once: the others wait in the queue, not on a lock in one of the
-    # shared pool's threads (whose wake-ups and hand-offs cost about a tenth
-    # of the server's CPU under load), and are handed back to the loop
-    # without an executor's futures and semaphore (sgxcloud.web.offload).
-    attest_workers = OffloadThreads(getattr(service, "attest_concurrency", 1), "cas-attest")
-
-    @direct("POST", "/v1/attest", response_model=schemas.AttestResponse, tags=["attestation"])
-    async def attest(body: schemas.AttestBody) -> JSONAnswer:
-        """Verify evidence, binding, nonce and policy; answer the sealed configuration.
-
-        A rejection answers 403 with code 'rejected' and the audit entry's
-        ref only: the reasons are for the policy's owners (GET /v1/audit).
-        """
-        request = AttestRequest(
-            body.policy, body.service, body.nonce, body.public_key, body.evidence
-        )
-        result = await attest_workers.call(cas().attest, request, now())
-        return JSONAnswer(
-            {
-                "policy": result.policy,
-                "service": result.service,
-                "policy_hash": result.policy_hash,
-                "nonce": result.nonce,
-                "hpke_suite": HPKE_SUITE_NAME,
-                "sealed_configuration": base64.b64encode(result.sealed_configuration).decode(),
-                "certificate": result.certificate_pem,
-                "ca_certificate": result.ca_certificate_pem,
-                "simulated": result.simulated,
-                "tcb_status": result.tcb_status,
-                "audit_ref": result.audit_ref,
-            }
-        )
-
-    # The body is read raw: its signature is checked before it is parsed (a
-    # body parameter would have FastAPI parse and validate it first, for
-    # anyone who forges well-formed signature headers), and it is parsed on a
-    # thread (a legitimate policy may be a MiB).  Documented as a body parameter.
-    @app.put(
-        "/v1/policies",
-        response_model=schemas.PolicyApplyResponse,
-        tags=["policies"],
-        openapi_extra=_json_body(schemas.PolicyApplyBody),
-    )
-    async def apply_policy(request: Request) -> schemas.PolicyApplyResponse:
-        """Create or update a policy (signed by an owner; updates name their predecessor)."""
-        who = await caller(request)
-        # Before the body is decoded: a caller who may create no policy and owns
-        # none is refused without its policy text being read (red team rt7).
-        await run_in_threadpool(cas().check_may_apply, who)
-        content_type, raw, when = request.headers.get("content-type"), await request.body(), now()
-
-        def decode() -> tuple[schemas.PolicyApplyBody, list]:
-            body = validated_body(
-                schemas.PolicyApplyBody, content_type, raw, schemas.PolicyApplyBody.max_json_values
-            )
-            # Up to 32 signature checks: on the thread too.
-            return body, [
-                auth.verify_consent(
-                    c.model_dump(),
-                    deployment=cas().deployment_id,
-                    audiences=app.state.audiences,
-                    now=when,
-                    certificates=certificates,
-                )
-                for c in body.consents
-            ]
-
-        body, consents = await run_in_threadpool(decode)
-        info = await run_in_threadpool(cas().apply_policy, who, body.policy, when, consents)
-        return schemas.PolicyApplyResponse(
-            name=info.name,
-            version=info.version,
-            policy_hash=info.policy_hash,
-            created=info.created,
-            generated_secrets=info.generated_secrets,
-        )
-
-    policy_name = Path(pattern=schemas.NAME_PATTERN, description="policy name")
-
-    @app.get("/v1/policies/{name}", response_model=schemas.PolicyResponse, tags=["policies"])
-    async def read_policy(request: Request, name: str = policy_name) -> schemas.PolicyResponse:
-        """The policy document and secret metadata (owners and readers; never values)."""
-        who = await caller(request)
-        view = await run_in_threadpool(cas().read_policy, who, name)
-        return schemas.PolicyResponse(
-            name=view.name,
-            version=view.version,
-            policy_hash=view.policy_hash,
-            text=view.text,
-            updated_at=view.updated_at,
-            updated_by=view.updated_by,
-            secrets=[schemas.SecretMetadata(**s) for s in view.secrets],
-            ca_certificate=view.ca_certificate_pem,
-        )
-
-    @app.delete("/v1/policies/{name}", status_code=204, tags=["policies"])
-    async def delete_policy(
-        request: Request,
-        name: str = policy_name,
-        predecessor: str = Query(
-            pattern="^[0-9a-f]{64}$", description="hash of the version being deleted"
-        ),
-    ) -> None:
-        """Delete a policy and its secrets (owners; names the current hash)."""
-        who = await caller(request)
-        await run_in_threadpool(cas().delete_policy, who, name, predecessor, now())
-
-    @app.get("/v1/audit", response_model=list[schemas.AuditEntryModel], tags=["audit"])
-    async def audit_entries(
-        request: Request,
-        response: Response,
-        after: str = Query(
-            "",
-            max_length=64,
-            description="ref of the last entry of the previous page (empty or 0: from the start)",
-        ),
-        limit: int = Query(100, ge=1, le=1000),
-        ref: str | None = Query(None, max_length=64, description="just this entry"),
-    ) -> list[schemas.AuditEntryModel]:
-        """Audit entries about the policies the caller owns or reads with consent, oldest first.
-
-        A page holds up to ``limit`` entries and about 1 MiB: when it stops
-        short for its size, header ``X-Audit-More-After`` names its last ref
-        (the ``after`` of the next page).
-        """
-        who = await caller(request)
-        entries, more = await run_in_threadpool(
-            lambda: cas().owner_audit_page(who, after=after, limit=limit, ref=ref)
-        )
-        if more:
-            response.headers[AUDIT_MORE_HEADER] = entries[-1].ref
-        return [schemas.AuditEntryModel(**e.to_dict()) for e in entries]
-
-    @app.get("/v1/audit/verify", response_model=schemas.AuditVerifyResponse, tags=["audit"])
-    async def audit_verify(request: Request) -> schemas.AuditVerifyResponse:
-        """Whether the chain's new part and the caller's entries are intact (owners, readers).
-
-        Checks what was appended since the last check (the position verified
-        before stays in the service's memory) and, of the caller's older
-        entries, the latest 1000 and the next 1000 of the caller's sweep (which
-        goes on where its previous call stopped: every entry once per round of
-        calls), with their successors' links; not the whole chain (that is
-        ``sgxcloud audit verify``).  Entries of policies the caller reads count
-        only if the caller consented to being a reader.  Says whether this call
-        completed the caller's round and how many of the caller's entries it has
-        left (``round``, ``round_complete``, ``round_left``); no position, and no
-        count of anything but the caller's own entries.
-        """
-        who = await caller(request)
-        check = await run_in_threadpool(cas().verify_audit, who)
-        return schemas.AuditVerifyResponse(
-            ok=check.ok,
-            problems=[{"problem": kind} for kind in check.problems],
-            round=check.progress.round,
-            round_complete=check.progress.complete,
-            round_left=check.progress.left,
-        )
-
-    def signed(scope: dict, headers: Mapping[str, str]) -> None:
-        auth.check_headers(
-            headers,
-            now=now(),
-            max_skew=max_skew,
-            tls_client_certificate=scope.get("state", {}).get(auth.PEER_CERTIFICATE_STATE),
-        )
-
+    app.state.cas = shared
+    app.add_exception_handler(SgxcloudError, _typed_error)
+    app.add_exception_handler(RequestValidationError, _bad_request)
+    app.add_exception_handler(Exception, _bug)
+    for method, path, endpoint, options in _ROUTES:
+        if isinstance(endpoint, str):
+            endpoint = getattr(shared, endpoint)
+        app.router.add_api_route(path, endpoint, methods=[method], **options)
     limits = limits or RequestLimits()
     owner = r"/v1/policies/[^/]+"
     app.add_middleware(
@@ -420,18 +512,16 @@ def create_app(
         limits=limits,
         routes=[
             RouteLimit("POST", "/v1/attest", max_attest_bytes),
-            RouteLimit("PUT", "/v1/policies", max_policy_bytes, signed),
-            RouteLimit("GET", owner, limits.max_body_bytes, signed),
-            RouteLimit("DELETE", owner, limits.max_body_bytes, signed),
-            RouteLimit("GET", "/v1/audit(/verify)?", limits.max_body_bytes, signed),
+            RouteLimit("PUT", "/v1/policies", max_policy_bytes, shared.signed),
+            RouteLimit("GET", owner, limits.max_body_bytes, shared.signed),
+            RouteLimit("DELETE", owner, limits.max_body_bytes, shared.signed),
+            RouteLimit("GET", "/v1/audit(/verify)?", limits.max_body_bytes, shared.signed),
         ],
         render=_limit_error,
     )
     if answer_key is not None:
         # Outermost: the refusals of RequestLimitsMiddleware are signed too.
-        app.add_middleware(
-            SignedAnswersMiddleware, key=answer_key, deployment=lambda: cas().deployment_id
-        )
+        app.add_middleware(SignedAnswersMiddleware, key=answer_key, deployment=shared.deployment)
     _document_400_not_422(app)
     return app
 
@@ -500,16 +590,6 @@ class SignedAnswersMiddleware:
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
         await self.app(scope, receive, hold)
-
-
-_RAW_BODIES: tuple[type[BaseModel], ...] = (schemas.PolicyApplyBody,)
-"""Models of bodies read raw (checked before parsing), documented as FastAPI would."""
-
-
-def _json_body(model: type[BaseModel]) -> dict:
-    """``openapi_extra`` documenting a raw body as the body parameter ``model``."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
 
 
 def _document_400_not_422(app: FastAPI) -> None:
