@@ -58,3 +58,19 @@ class RecordBudget:
         if first and self._on_first_unrecorded is not None:
             self._on_first_unrecorded(key)
         return result
+
+    def drain(self, key: str) -> int:
+        """The number left unrecorded about ``key`` since its last recorded entry, now
+        reset, without taking from its budget: for an entry written whatever the
+        budget says (one that must always be recorded) to carry the count."""
+        with self._lock:
+            state = self._keys.get(key)
+            if state is None or not state[2]:
+                return 0
+            self._keys[key] = (state[0], state[1], 0)
+            return state[2]
+
+    def pending(self) -> dict[str, int]:
+        """Every key with refusals left unrecorded since its last recorded entry."""
+        with self._lock:
+            return {key: refused for key, (_t, _a, refused) in self._keys.items() if refused}

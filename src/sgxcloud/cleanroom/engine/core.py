@@ -152,8 +152,12 @@ REFUSALS_PER_SECOND = 0.1
 """Per party and engine process: how many refused queries the audit log records one by
 one — up to ``REFUSALS_BURST`` at once, then one every 10 s (a token bucket, the CAS's
 convention for rejected attestations).  Past it a refusal is answered as usual but only
-counted, in the party's next recorded refusal (``unrecorded``); releases and cache hits
-are never limited.  At most about 8,700 recorded refusals a party a day."""
+counted, in the party's next recorded entry (``unrecorded``).  Only refusals decided
+before the data is touched take from it (shape, rights, an analysis or budget the query
+cannot have: cheap and data-independent); a query that reached the data — refused
+``suppressed`` or ``differencing``, or charged ε — and every release and cache hit are
+always recorded (red team rt11 F2).  At most about 8,700 budgeted refusals a party a
+day; counts still pending at :meth:`Engine.close` are written then."""
 
 
 class Engine:
@@ -215,6 +219,18 @@ class Engine:
 
     def close(self) -> None:
         with self._lock:
+            # what the budget left out is counted in memory: write it before it is lost
+            for party, count in sorted(self._refusals.pending().items()):
+                if self._refusals.drain(party):
+                    self.audit.append(
+                        "refusal",
+                        party,
+                        {
+                            "reason": "unrecorded",
+                            "message": "refusals left out of the log before the engine stopped",
+                            "unrecorded": count,
+                        },
+                    )
             self._con.close()
             self.ledger.close()
 
@@ -459,18 +475,38 @@ class Engine:
         unrecorded = self._refusals.take(analyst)
         if unrecorded is None:
             return False
+        self._append_refusal(analyst, refusal, query, unrecorded)
+        return True
+
+    def _audit_data_refusal(
+        self, analyst: str, refusal: dict[str, Any], query: dict[str, Any]
+    ) -> None:
+        """Append a query and its refusal whatever the party's refusal budget says: it
+        reached the data (and under DP was charged ε), so the log must show it (red
+        team rt11 F2: past the budget, 150 exact "fewer than k?" probes and 2.1 ε of
+        spending left no entry).  The count the budget left out rides along."""
+        self._append_refusal(analyst, refusal, query, self._refusals.drain(analyst))
+
+    def _append_refusal(
+        self,
+        analyst: str,
+        refusal: dict[str, Any],
+        query: dict[str, Any] | None,
+        unrecorded: int,
+    ) -> None:
         if query is not None:
             self.audit.append("query", analyst, query)
         self.audit.append(
             "refusal", analyst, {**refusal, **({"unrecorded": unrecorded} if unrecorded else {})}
         )
-        return True
 
     def run(self, query: Query | dict[str, Any], analyst: str) -> Result:
         """Answer ``query`` for ``analyst`` or raise QueryRefused / QueryError.
 
         Its ``query`` entry is written with its outcome (release, cache hit, refusal or
-        a failure), so that a refusal past the party's budget leaves neither."""
+        a failure).  A refusal decided before the data is touched is recorded within
+        the party's refusal budget (past it, neither entry); once the query reaches
+        the data — ``suppressed``, ``differencing``, or ε charged — both always are."""
         try:
             parsed = query if not isinstance(query, dict) else parse_query(query)
             analysis = check_query(self.definition, parsed, analyst)
@@ -496,13 +532,40 @@ class Engine:
                     },
                 )
                 return result
+            terms = self._budget_terms(analyst)
             try:
-                with self._memory_guard():
-                    result = self._compute_and_release(parsed, analysis, analyst, key)
+                if terms is not None:
+                    # Before the data is touched: a query the analyst's or the
+                    # collaboration's budget cannot pay is refused here, from the
+                    # ledger alone, so it never reaches the data and costs what any
+                    # other early refusal costs (red team cr8, F1) — its record too
+                    # is within the party's refusal budget.  ``spend`` still decides,
+                    # atomically, when it is charged.
+                    self.ledger.check(**terms)
             except QueryRefused as exc:
                 self._audit_refusal(
                     analyst,
                     {"reason": exc.reason, "query_hash": key, "message": bounded(str(exc))},
+                    asked,
+                )
+                raise
+            charged: dict[str, float] = {}  # the ε (and δ) the ledger charged, if any
+            try:
+                with self._memory_guard():
+                    result = self._compute_and_release(
+                        parsed, analysis, analyst, key, terms, charged
+                    )
+            except QueryRefused as exc:
+                # Decided on the data (suppressed, differencing) or charged ε: always
+                # recorded, never taken from the refusal budget (red team rt11 F2).
+                self._audit_data_refusal(
+                    analyst,
+                    {
+                        "reason": exc.reason,
+                        "query_hash": key,
+                        "message": bounded(str(exc)),
+                        **charged,
+                    },
                     asked,
                 )
                 raise
@@ -522,6 +585,7 @@ class Engine:
                     "analysis": result.analysis,
                     "recipients": list(result.recipients),
                     "result_digest": result_digest(result),
+                    **charged,
                 },
             )
             return result
@@ -544,14 +608,19 @@ class Engine:
             "collaboration_delta_budget": dp.delta_budget(pooled) if pooled is not None else None,
         }
 
-    def _compute_and_release(self, query: Query, analysis: Any, analyst: str, key: str) -> Result:
-        terms = self._budget_terms(analyst)
-        if terms is not None:
-            # Before the data is touched: a query the analyst's or the collaboration's
-            # budget cannot pay is refused here, from the ledger alone, so it never
-            # reaches the data and costs what any other early refusal costs (red team
-            # cr8, F1).  ``spend`` below still decides, atomically, when it is charged.
-            self.ledger.check(**terms)
+    def _compute_and_release(
+        self,
+        query: Query,
+        analysis: Any,
+        analyst: str,
+        key: str,
+        terms: dict[str, Any] | None,
+        charged: dict[str, float],
+    ) -> Result:
+        """Compute and release ``query``; :meth:`run` has checked ``terms`` (the
+        ledger) already.  Everything here reaches the data: a refusal raised here is
+        always recorded.  What the ledger charges goes into ``charged`` (``epsilon``,
+        and ``delta`` when not 0), for the query's audit entry."""
         self._ensure_resolved()
         if isinstance(query, AudienceSizeQuery):
             draft = analyses.audience_size(self._con, self.definition, query)
@@ -571,6 +640,9 @@ class Engine:
             # noise comes before suppression: a suppressed answer is then decided on
             # noisy counts (post-processing), and asking again is never free.
             remaining = self.ledger.spend(self.definition.name, query_key=key, **terms)
+            charged["epsilon"] = terms["epsilon"]
+            if terms["delta"]:
+                charged["delta"] = terms["delta"]
             dp_info = plan.add_noise(self._noise, privacy.dp)
         decide_suppression(plan)  # on exact counts, or on the noisy ones under DP
         if not plan.any_released:
