@@ -570,7 +570,8 @@ class Engine:
                 )
                 raise
             except BaseException:
-                self.audit.append("query", analyst, asked)
+                # a failure (not a refusal); if the ledger charged it, the ε is here
+                self.audit.append("query", analyst, {**asked, **charged})
                 raise
             self.audit.append("query", analyst, asked)
             # Every party reads the audit log: it records who released what to whom
