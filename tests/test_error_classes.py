@@ -40,6 +40,10 @@ ELSEWHERE = {
     "cas/collateral.py:_FetchesBusy": "private flow control inside the collateral cache",
     "cas/service/core.py:_Unparsed": "private flow control: a transaction rolled back to parse "
     "a policy text outside it",
+    # Not errors of the area: a warning issued (never raised), a socket-level timeout.
+    "cas/answers.py:UnverifiedAnswers": "a UserWarning (warnings.warn), never raised",
+    "cas/client/connection.py:DeadlinePassed": "a TimeoutError inside the enclave client's "
+    "socket reader, turned into ServiceUnavailable where it is caught",
     # Shared helpers of no single area: their root is sgxcloud's own.
     "sgx/quote.py:QuoteFormatError": "read by the CAS, the clean room and the node checks",
     "web/limits.py:BodyTooLarge": "the HTTP limits of both services",

@@ -32,6 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from sgxcloud.cas.errors import AnswerNotVerified as AnswerNotVerified
+from sgxcloud.cas.errors import SigningKeyMismatch as SigningKeyMismatch
 from sgxcloud.cas.protocol import AUDIT_MORE_HEADER
 from sgxcloud.errors import SgxcloudError
 
@@ -39,18 +41,6 @@ ANSWER_HEADER = "x-sgxcloud-answer-signature"
 ANSWER_FORM = "sgxcloud-cas-answer-v1"
 SIGNED_HEADERS = (AUDIT_MORE_HEADER.lower(),)
 """Answer headers whose presence and value the signature covers."""
-
-
-class AnswerNotVerified(SgxcloudError):
-    """An answer to a signed owner request did not carry the pinned CAS's signature."""
-
-    exit_code = 1
-
-
-class SigningKeyMismatch(SgxcloudError):
-    """The configured answer signing key is not the one owners pin (e.g. after a restore)."""
-
-    exit_code = 1
 
 
 def check_deployment_key(key_file: Path | None, published: Path) -> str:

@@ -211,3 +211,15 @@ class SecretsError(CasError):
 
 class MasterKeyError(SecretsError):
     """The master key is missing, malformed, or not the one that sealed a row."""
+
+
+class AnswerNotVerified(CasError):
+    """An answer to a signed owner request did not carry the pinned CAS's signature."""
+
+    exit_code = 1
+
+
+class SigningKeyMismatch(CasError):
+    """The configured answer signing key is not the one owners pin (e.g. after a restore)."""
+
+    exit_code = 1
