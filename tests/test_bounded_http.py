@@ -44,6 +44,22 @@ def _trickle(conn: ssl.SSLSocket) -> None:
         conn.sendall(b" ")
 
 
+def _head_trickle(conn: ssl.SSLSocket) -> None:
+    """The status line and headers one byte at a time, each well within a read's timeout
+    (red team rt11 F4: the deadline did not cover the head)."""
+    head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200 + b"\r\nContent-Length: 0\r\n\r\n"
+    for byte in head:
+        conn.sendall(bytes([byte]))
+        time.sleep(0.1)
+
+
+def _interim(conn: ssl.SSLSocket) -> None:
+    """``102 Processing`` interim answers without end (for the test: 20 s)."""
+    for _ in range(400):
+        conn.sendall(b"HTTP/1.1 102 Processing\r\n\r\n")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def _rogue(cert: Path, key: Path, send: Callable[[ssl.SSLSocket], None]) -> Iterator[int]:
     """A loopback TLS server that reads each request's head and answers with ``send``."""
@@ -78,7 +94,13 @@ def tls(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     ("send", "error"),
-    [(_endless, AnswerTooLarge), (_declared, AnswerTooLarge), (_trickle, AnswerDeadline)],
+    [
+        (_endless, AnswerTooLarge),
+        (_declared, AnswerTooLarge),
+        (_trickle, AnswerDeadline),
+        (_head_trickle, AnswerDeadline),
+        (_interim, AnswerDeadline),
+    ],
 )
 def test_the_transport_bounds_size_and_time(tls, send, error) -> None:  # type: ignore[no-untyped-def]
     transport = BoundedTransport(
@@ -91,6 +113,83 @@ def test_the_transport_bounds_size_and_time(tls, send, error) -> None:  # type: 
         with pytest.raises(error):
             http.get(f"https://127.0.0.1:{port}/")
         assert time.monotonic() - started < 3.5  # the deadline and at most one read's timeout
+
+
+@pytest.mark.parametrize("send", [_head_trickle, _interim])
+def test_the_deadline_bounds_the_answers_head(tls, send) -> None:  # type: ignore[no-untyped-def]
+    """Reads of the head get the time left, not the client's (here longer) read timeout."""
+    transport = BoundedTransport(
+        verify=ssl.create_default_context(cafile=str(tls.ca_cert)),
+        max_answer_bytes=MIB,
+        deadline=1.5,
+    )
+    with (
+        _rogue(tls.cert, tls.key, send) as port,
+        httpx.Client(transport=transport, timeout=1.0) as http,
+    ):
+        started = time.monotonic()
+        with pytest.raises(AnswerDeadline, match="deadline"):
+            http.get(f"https://127.0.0.1:{port}/")
+        elapsed = time.monotonic() - started
+        assert 1.5 <= elapsed < 2.0, elapsed
+
+
+def test_the_deadline_bounds_connecting(tls) -> None:  # type: ignore[no-untyped-def]
+    """A server that accepts and never completes the TLS handshake: the deadline (1 s) ends
+    the request, not the client's longer connect timeout."""
+    server = socket.create_server(("127.0.0.1", 0))
+    transport = BoundedTransport(
+        verify=ssl.create_default_context(cafile=str(tls.ca_cert)),
+        max_answer_bytes=MIB,
+        deadline=1.0,
+    )
+    with server, httpx.Client(transport=transport, timeout=30.0) as http:
+        started = time.monotonic()
+        with pytest.raises(AnswerDeadline):
+            http.get(f"https://127.0.0.1:{server.getsockname()[1]}/")
+        assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.filterwarnings("ignore:no CAS signing key pinned")
+@pytest.mark.parametrize("send", [_head_trickle, _interim])
+def test_the_owner_client_ends_a_slow_head_at_its_deadline(tls, monkeypatch, send) -> None:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from sgxcloud.cas.client import owner as owner_module
+
+    # The owners' settings, shortened for the test: deadline 2 s, each read 1 s.
+    monkeypatch.setattr(owner_module, "OWNER_DEADLINE", 2.0)
+    monkeypatch.setattr(owner_module, "OWNER_TIMEOUT", 1.0)
+    with _rogue(tls.cert, tls.key, send) as port:
+        owner = OwnerClient(
+            f"https://127.0.0.1:{port}",
+            ec.generate_private_key(ec.SECP256R1()),
+            ca_file=tls.ca_cert,
+        )
+        started = time.monotonic()
+        with owner, pytest.raises(ClientError, match=r"cannot reach the CAS .*: AnswerDeadline$"):
+            owner.deployment_id()
+        assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.parametrize("send", [_head_trickle, _interim])
+def test_the_sdk_ends_a_slow_head_at_its_deadline(tmp_path: Path, send) -> None:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from sgxcloud.cleanroom.sdk import CleanroomClient
+
+    cert, key = TlsIdentity.generate("127.0.0.1").write_pem_files(tmp_path)
+    with _rogue(cert, key, send) as port:
+        started = time.monotonic()
+        with pytest.raises(TransportError, match=r"unreachable \(AnswerDeadline\)$"):
+            CleanroomClient.connect(
+                f"https://127.0.0.1:{port}",
+                None,  # type: ignore[arg-type]  # never reached
+                "party",
+                Ed25519PrivateKey.generate(),
+                timeout=1.0,  # deadline: 2 s
+            )
+        assert time.monotonic() - started < 2.5
 
 
 @pytest.mark.filterwarnings("ignore:no CAS signing key pinned")

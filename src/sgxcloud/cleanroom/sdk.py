@@ -195,7 +195,9 @@ class CleanroomClient:
         """Attest the coordinator, then open an HTTPS session pinned to its key.
 
         Each answer is at most ``max_answer_bytes`` and each request ends within twice
-        ``timeout`` (see :mod:`sgxcloud.bounded_http`, red team rt10 F3's sibling)."""
+        ``timeout``, all of it: connecting, TLS, the request, the answer's head (interim 1xx
+        answers included) and body (see :mod:`sgxcloud.bounded_http`, red team rt10 F3's
+        sibling, rt11 F4)."""
         parts = urlsplit(base_url)
         if parts.scheme != "https" or not parts.hostname:
             raise CleanroomError("the coordinator URL must be https://HOST:PORT")

@@ -45,6 +45,13 @@ OWNER_MAX_ANSWER_BYTES = 16 << 20
 audit page (about 1 MiB of entries) and a policy (at most 1 MiB of text, JSON-escaped),
 with margin."""
 
+OWNER_DEADLINE = 60.0
+"""Seconds within which each request of the owners' client ends, all of it: connecting, TLS,
+the request, the answer's head (interim 1xx answers included) and body (bounded_http)."""
+
+OWNER_TIMEOUT = 30.0
+"""Seconds the owners' client waits for any one connect, read or write."""
+
 
 class OwnerClient:
     """Policy management for owners: every request signed with the owner's key.
@@ -87,9 +94,11 @@ class OwnerClient:
             verify: Any = pinned_tls(ca_file) if ca_file is not None else True
             # Answers bounded in size and time (red team rt10 F3's sibling: see bounded_http).
             transport = BoundedTransport(
-                verify=verify, max_answer_bytes=OWNER_MAX_ANSWER_BYTES, deadline=60.0
+                verify=verify, max_answer_bytes=OWNER_MAX_ANSWER_BYTES, deadline=OWNER_DEADLINE
             )
-            http_client = httpx.Client(base_url=base_url, timeout=30.0, transport=transport)
+            http_client = httpx.Client(
+                base_url=base_url, timeout=OWNER_TIMEOUT, transport=transport
+            )
         self._http = http_client
         self.base_url = base_url
 
