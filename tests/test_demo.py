@@ -59,7 +59,9 @@ def test_whole_demo(tmp_path):
     # coordinator 256 x 144, enclave-2 64 x 168, enclave-3 64 x 120 (deleted),
     # enclave-1 64 x 72 then 128 x 96 (resized at hour 72).
     expected = 128 * 144 + 256 * 144 + 64 * 168 + 64 * 120 + 64 * 72 + 128 * 96
-    assert summary["usage"]["epc_mb_hours"] == expected
+    assert summary["usage"]["epc_mb_hours"] == expected, summary["usage"].get(
+        "epc_mb_hours_per_server"
+    )
     assert summary["usage"]["hosts"]["sgx-c"]["used_mb"] == 0  # enclave-1 moved away
     # Attestation: accepted only because the demo policy allows simulation,
     # labelled so; the wrong-MRENCLAVE variant refused with that reason.

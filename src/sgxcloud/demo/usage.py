@@ -167,6 +167,7 @@ def run(console: Console, workdir: Path, cloud: Any) -> dict:
         "servers": len(usage.servers),
         "sgx_servers": len(usage.sgx_servers),
         "epc_mb_hours": round(usage.epc_mb_hours, 6),
+        "epc_mb_hours_per_server": {s.name: round(s.epc_mb_hours, 6) for s in usage.servers},
         "cpu_hours": usage.total_vcpus_usage,
         "hosts": {h.name: {"total_mb": h.total_mb, "used_mb": h.used_mb} for h in hosts},
         "chart": chart,
