@@ -84,8 +84,8 @@ def test_captured_create_replayed_after_delete_does_not_bring_the_policy_back(
     captured_create = wire.last()
     wire.owner.delete("shop", policy_hash(text))
     replayed = replay(captured_create, ca)
-    assert replayed.status_code == 401, replayed.text
-    assert "already used" in replayed.json()["message"]
+    assert replayed.status_code == 409, replayed.text
+    assert replayed.json()["error"] == "already-received"
     with pytest.raises(client.PolicyNotFound):
         wire.owner.show("shop")
 
@@ -103,7 +103,7 @@ def test_captured_update_replayed_after_a_revert_changes_nothing(two_cas) -> Non
     wire.owner.delete("shop", policy_hash(v2))
     wire.owner.apply(v1)
     replayed = replay(captured_update, ca)
-    assert replayed.status_code == 401, replayed.text
+    assert replayed.status_code == 409, replayed.text
     assert wire.owner.show("shop")["policy_hash"] == policy_hash(v1)
 
 
@@ -184,7 +184,7 @@ def test_a_request_refused_by_the_other_deployment_is_still_accepted_by_its_own(
         )
         # B's refusal spent nothing: the request is A's, once.
         assert http.get(f"{a}/v1/policies/shop", headers=signed_for_a).status_code == 200
-        assert http.get(f"{a}/v1/policies/shop", headers=signed_for_a).status_code == 401
+        assert http.get(f"{a}/v1/policies/shop", headers=signed_for_a).status_code == 409
 
 
 def test_a_consent_for_one_deployment_is_refused_by_another_at_the_same_origin(
@@ -240,8 +240,8 @@ def test_a_request_is_accepted_once_across_replicas_on_one_database(
             with httpx.Client(verify=pinned_tls(tls.ca_cert)) as http:
                 assert http.get(f"{one}/v1/policies/shop", headers=headers).status_code == 200
                 again = http.get(f"{two}/v1/policies/shop", headers=headers)
-                assert again.status_code == 401 and "already used" in again.json()["message"]
-                assert http.get(f"{one}/v1/policies/shop", headers=headers).status_code == 401
+                assert again.status_code == 409 and again.json()["error"] == "already-received"
+                assert http.get(f"{one}/v1/policies/shop", headers=headers).status_code == 409
                 fresh = auth.sign_request(
                     owner,
                     "GET",
@@ -304,7 +304,7 @@ def test_a_replica_with_a_clock_ahead_does_not_purge_a_request_another_still_acc
             )
             http.get(f"{two}/v1/audit", headers=anyone)
             again = http.get(f"{one}/v1/policies/shop", headers=captured)
-            assert again.status_code == 401 and "already used" in again.json()["message"]
+            assert again.status_code == 409 and again.json()["error"] == "already-received"
     finally:
         for replica in replicas:
             replica.stop()

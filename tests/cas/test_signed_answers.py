@@ -31,6 +31,7 @@ import pytest
 from sgxcloud.cas import answers, client
 from sgxcloud.cas.answers import AnswerNotVerified
 from sgxcloud.cas.config import load_settings
+from sgxcloud.cas.errors import AccessDenied
 from sgxcloud.cli.main import main as cli
 
 try:
@@ -39,6 +40,7 @@ except ImportError:  # tests/cas is not a package: pytest put its directory on s
     import postgres as pg  # type: ignore[no-redef]
 
 Rewrite = Callable[[str, int, list[tuple[str, str]], bytes], tuple[list[tuple[str, str]], bytes]]
+AlterRequest = Callable[[dict[str, str], bytes | None], tuple[dict[str, str], bytes | None]]
 
 
 def _untouched(
@@ -55,6 +57,9 @@ class TerminatingProxy:
         self, port: int, upstream: tuple[str, int], ca: Path, cert: Path, key: Path
     ) -> None:
         self.rewrite: Rewrite = _untouched
+        self.copies = 1  # the request sent this many times, the last answer returned
+        self.alter_request: AlterRequest = lambda headers, body: (headers, body)
+        self.statuses: list[int] = []
         outer = self
         upstream_tls = ssl.create_default_context(cafile=str(ca))
 
@@ -67,15 +72,18 @@ class TerminatingProxy:
             def forward(self) -> None:
                 size = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(size) if size else None
-                connection = http.client.HTTPSConnection(*upstream, context=upstream_tls)
                 headers = {
                     k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
                 }
                 headers["Host"] = f"{upstream[0]}:{upstream[1]}"
-                connection.request(self.command, self.path, body=body, headers=headers)
-                answer = connection.getresponse()
-                data = answer.read()
-                connection.close()
+                headers, body = outer.alter_request(headers, body)
+                for _ in range(outer.copies):
+                    connection = http.client.HTTPSConnection(*upstream, context=upstream_tls)
+                    connection.request(self.command, self.path, body=body, headers=headers)
+                    answer = connection.getresponse()
+                    data = answer.read()
+                    connection.close()
+                    outer.statuses.append(answer.status)
                 kept = [
                     (k, v)
                     for k, v in answer.getheaders()
@@ -326,3 +334,93 @@ def test_a_removed_continuation_header_is_refused(
                 proxy.close()
     finally:
         service.stop()
+
+
+def _shifted_date(
+    headers: dict[str, str], body: bytes | None
+) -> tuple[dict[str, str], bytes | None]:
+    """One byte the request's signature covers but the old answer binding did not."""
+    out = dict(headers)
+    for name in out:
+        if name.lower() == "x-sgxcloud-date":
+            out[name] = str(int(out[name]) + 1)
+    return out, body
+
+
+def _flipped_body_byte(
+    headers: dict[str, str], body: bytes | None
+) -> tuple[dict[str, str], bytes | None]:
+    if not body:
+        return headers, body
+    return headers, body.replace(b"test policy", b"test polica", 1)
+
+
+def test_an_answer_to_an_altered_request_does_not_verify(served) -> None:  # type: ignore[no-untyped-def]
+    """Red team rt11 F1 (b): a proxy alters one byte of the owner's request (its date, its
+    body); the CAS refuses it (401 "does not verify"), and that signed refusal used to
+    verify as the answer to the owner's request.  Now the answer binds the request as the
+    CAS received it: the owner's client cannot verify it and says so."""
+    url, home, proxy = served
+    owner = pg.owner_key()
+    pin = home / "cas-signing.pub.pem"
+    ca = home / "tls" / "ca.pem"
+    text = pg.policy_text(owner)
+    direct = client.OwnerClient(url, owner, ca_file=ca, cas_key=pin)
+    via = client.OwnerClient(proxy.url, owner, ca_file=ca, cas_key=pin)
+    proxy.alter_request = _flipped_body_byte
+    with pytest.raises(AnswerNotVerified, match="does not verify"):
+        via.apply(text)
+    assert proxy.statuses[-1] == 401  # the CAS refused the altered copy
+    applied = direct.apply(text)
+    proxy.alter_request = _shifted_date
+    for call in (
+        lambda: via.show(applied["name"]),
+        lambda: via.audit(),
+        lambda: via.delete(applied["name"], applied["policy_hash"]),
+    ):
+        with pytest.raises(AnswerNotVerified, match="does not verify"):
+            call()
+        assert proxy.statuses[-1] == 401
+    assert direct.show(applied["name"])["text"] == text  # the delete never happened
+    # Unaltered, through the same proxy: verified.
+    proxy.alter_request = lambda headers, body: (headers, body)
+    assert via.show(applied["name"])["text"] == text
+
+
+def test_a_second_copy_of_the_owners_request_is_not_shown_as_a_refusal(  # type: ignore[no-untyped-def]
+    served, capsys
+) -> None:
+    """Red team rt11 F1 (a): a proxy sends the owner's signed PUT/DELETE twice and returns
+    the CAS's answer to the second copy.  It used to be a verified 401 "already used":
+    the owner was told an apply/delete that happened was refused.  Now it is the signed
+    409 already-received, which the client reports as OutcomeUnknown (CLI exit 6)."""
+    url, home, proxy = served
+    owner = pg.owner_key()
+    pin = home / "cas-signing.pub.pem"
+    ca = home / "tls" / "ca.pem"
+    text = pg.policy_text(owner)
+    direct = client.OwnerClient(url, owner, ca_file=ca, cas_key=pin)
+    via = client.OwnerClient(proxy.url, owner, ca_file=ca, cas_key=pin)
+    proxy.copies = 2
+    with pytest.raises(client.OutcomeUnknown, match="may have been carried out") as raised:
+        via.apply(text)
+    assert not isinstance(raised.value, AccessDenied)
+    assert proxy.statuses[-2:] == [200, 409]
+    shown = direct.show("shop")  # it was carried out
+    assert shown["text"] == text
+    with pytest.raises(client.OutcomeUnknown):
+        via.delete("shop", shown["policy_hash"])
+    with pytest.raises(client.PolicyNotFound):
+        direct.show("shop")  # carried out too
+
+    # The CLI: one line, its own exit code (not 1, a refusal).
+    key_file = home / "owner.pem"
+    key_file.write_bytes(pg.private_pem(owner))
+    policy_file = home / "p.yaml"
+    policy_file.write_text(text)
+    args = ["--url", proxy.url, "--ca-file", str(ca), "--key", str(key_file), "--cas-key", str(pin)]
+    capsys.readouterr()
+    assert cli(["policy", *args, "apply", str(policy_file)]) == 6
+    err = capsys.readouterr().err
+    assert "outcome unknown" in err and len(err.strip().splitlines()) == 1
+    assert direct.show("shop")["text"] == text

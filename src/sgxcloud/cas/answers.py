@@ -11,14 +11,21 @@ with the master key, shared by replicas), and the owner's tools verify it
 against the public key they pin (``--cas-key`` / ``SGXCLOUD_CAS_SIGNING_KEY``;
 ``sgxcloud cas signing-key`` shows it).
 
-Header ``X-Sgxcloud-Answer-Signature: sgxcloud-cas-answer-v1 <base64>``; the
+Header ``X-Sgxcloud-Answer-Signature: sgxcloud-cas-answer-v2 <base64>``; the
 signature is over :func:`answer_payload`: the form, the deployment id, the
-request's id, the SHA-256 of the request's signature header, its method and
-path (with query), the status, every header of :data:`SIGNED_HEADERS` (name
-and value, empty when absent) and the SHA-256 of the body.  The request's
-signature binds the answer to exactly the request the owner sent (its
-principal, time, body), so an answer to a request a proxy made itself, even
-with the owner's request id and its own owner key, does not verify.
+request's id, :func:`request_digest` of the request *as the CAS received it*
+(method, path with query, every signed request header -- date, deployment,
+audience, request id, credential, signature -- and the SHA-256 of the body
+bytes the CAS read), the status, every header of :data:`SIGNED_HEADERS` (name
+and value, empty when absent) and the SHA-256 of the answer body.  The owner's
+client computes the digest of what it sent: an answer to a request altered on
+the way (one byte of its date or body: red team rt11 F1) does not verify, nor
+does an answer to a request a proxy made itself.
+
+A byte-identical replay of the owner's own request is the same request: the
+CAS refuses it with the distinct, signed ``409 already-received`` ("it may
+have been carried out"), which the owner's client reports as
+:class:`~sgxcloud.cas.client.errors.OutcomeUnknown`, never as a refusal.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -38,7 +46,8 @@ from sgxcloud.cas.protocol import AUDIT_MORE_HEADER
 from sgxcloud.errors import SgxcloudError
 
 ANSWER_HEADER = "x-sgxcloud-answer-signature"
-ANSWER_FORM = "sgxcloud-cas-answer-v1"
+ANSWER_FORM = "sgxcloud-cas-answer-v2"
+"""v1 (until rt11) bound only the request's id and signature, not what it signed."""
 SIGNED_HEADERS = (AUDIT_MORE_HEADER.lower(),)
 """Answer headers whose presence and value the signature covers."""
 
@@ -75,13 +84,37 @@ class UnverifiedAnswers(UserWarning):
     """An owner client was made without a pinned CAS signing key (warned once)."""
 
 
+_REQUEST_HEADERS = (
+    "x-sgxcloud-date",
+    "x-sgxcloud-deployment",
+    "x-sgxcloud-audience",
+    "x-sgxcloud-request-id",
+    "x-sgxcloud-key",
+    "x-sgxcloud-certificate",
+    "x-sgxcloud-signature",
+)
+"""The headers of a signed owner request (:mod:`sgxcloud.cas.service.auth`) an answer binds."""
+
+
+def request_digest(method: str, path: str, headers: Mapping[str, str], body_sha256: str) -> str:
+    """SHA-256 over everything an owner request's signature stands on, as one side saw it:
+    ``headers`` has lower-case names (the first value of each), ``body_sha256`` is the hex
+    SHA-256 of the body bytes sent (client) or read (CAS)."""
+    lines = [
+        "sgxcloud-cas-request-digest-v1",
+        method.upper(),
+        path,
+        *(f"{name}:{headers.get(name, '')}" for name in _REQUEST_HEADERS),
+        body_sha256,
+    ]
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def answer_payload(
     *,
     deployment: str,
     request_id: str,
-    request_signature: str,
-    method: str,
-    path: str,
+    request_digest: str,
     status: int,
     headers: dict[str, str],
     body: bytes,
@@ -90,9 +123,7 @@ def answer_payload(
         ANSWER_FORM,
         deployment,
         request_id,
-        hashlib.sha256(request_signature.encode()).hexdigest(),
-        method.upper(),
-        path,
+        request_digest,
         str(status),
         *(f"{name}:{headers.get(name, '')}" for name in SIGNED_HEADERS),
         hashlib.sha256(body).hexdigest(),

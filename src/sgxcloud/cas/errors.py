@@ -115,6 +115,12 @@ class AuthenticationError(AccessDenied):
     """The request is unsigned, badly signed, or too old (HTTP 401)."""
 
 
+class RequestAlreadyReceived(AuthenticationError):
+    """A signed owner request whose id was already spent: the same request again (a
+    replay, or a proxy's second copy).  The first copy may have been carried out, so
+    the CAS answers it apart (409 ``already-received``), never as a refusal (rt11 F1)."""
+
+
 # -- the attestation protocol ------------------------------------------------
 
 

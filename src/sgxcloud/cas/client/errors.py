@@ -28,6 +28,15 @@ class AttestationRefused(EvidenceError):
         self.audit_ref = audit_ref
 
 
+class OutcomeUnknown(ClientError):
+    """The CAS had already received this very request (409 ``already-received``): a proxy
+    or network sent it twice, and the first copy may have been carried out.  Neither a
+    success nor a refusal: check the outcome (``policy show``, ``audit show``) before
+    signing it again.  Its own exit code (6) so scripts never take it for a failure."""
+
+    exit_code = 6
+
+
 class PolicyNotFound(ClientError):
     """The service has no policy of that name."""
 

@@ -21,6 +21,7 @@ verified (:mod:`sgxcloud.cas.answers`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import urllib.parse
@@ -36,7 +37,12 @@ from sgxcloud.bounded_http import BoundedTransport
 from sgxcloud.cas import answers
 from sgxcloud.cas.answers import AnswerNotVerified as AnswerNotVerified
 from sgxcloud.cas.client.enclave import pinned_tls
-from sgxcloud.cas.client.errors import ClientError, PolicyNotFound, ServiceUnavailable
+from sgxcloud.cas.client.errors import (
+    ClientError,
+    OutcomeUnknown,
+    PolicyNotFound,
+    ServiceUnavailable,
+)
 from sgxcloud.cas.errors import AccessDenied, ConflictError, PolicyError, PolicyProblem
 from sgxcloud.cas.protocol import AUDIT_MORE_HEADER
 
@@ -162,14 +168,16 @@ class OwnerClient:
                 f"cannot reach the CAS at {self.base_url}: {type(exc).__name__}"
             ) from exc
         if self._cas_key is not None:
-            from sgxcloud.cas.service.auth import REQUEST_ID_HEADER, SIGNATURE_HEADER
+            from sgxcloud.cas.service.auth import REQUEST_ID_HEADER
 
+            # Bound to exactly the request sent: an answer to an altered copy does not verify.
+            sent = answers.request_digest(
+                method, path, headers, hashlib.sha256(content).hexdigest()
+            )
             payload = answers.answer_payload(
                 deployment=deployment,
                 request_id=headers[REQUEST_ID_HEADER],
-                request_signature=headers[SIGNATURE_HEADER],
-                method=method,
-                path=path,
+                request_digest=sent,
                 status=response.status_code,
                 headers={n: response.headers.get(n, "") for n in answers.SIGNED_HEADERS},
                 body=response.content,
@@ -331,6 +339,14 @@ def _owner_answer(response: httpx.Response) -> Any:
     if response.status_code < 400:
         return body
     message = body.get("message", "") if isinstance(body, dict) else ""
+    if (
+        response.status_code == 409
+        and isinstance(body, dict)
+        and body.get("error") == "already-received"
+    ):
+        raise OutcomeUnknown(
+            f"outcome unknown: {message or 'the CAS had already received this request'}"
+        )
     if response.status_code == 400 and body.get("field") is not None:
         problems = body.get("problems") or []
         raise PolicyError.from_problems(

@@ -14,6 +14,7 @@ nor internals can leak through an error body.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import re
 import time
@@ -36,6 +37,7 @@ from sgxcloud.cas.errors import (
     MalformedEvidenceError,
     PolicyError,
     RejectionsLimited,
+    RequestAlreadyReceived,
 )
 from sgxcloud.cas.protocol import AUDIT_MORE_HEADER, HPKE_SUITE_NAME, ProtocolError
 from sgxcloud.cas.secrets import SecretsError
@@ -77,6 +79,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (EvidenceError, 403, "attestation-rejected"),
     (PolicyError, 400, "bad-request"),
     (ProtocolError, 400, "bad-request"),
+    (RequestAlreadyReceived, 409, "already-received"),  # may have been carried out
     (auth.AuthenticationError, 401, "unauthenticated"),
     (AccessDenied, 403, "forbidden"),
     (NotFound, 404, "not-found"),
@@ -549,14 +552,24 @@ class SignedAnswersMiddleware:
         if scope["type"] != "http" or not _OWNER_PATHS.fullmatch(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
-        request_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_headers: dict[str, str] = {}
+        for k, v in scope["headers"]:  # the first of each, as the handlers read them
+            request_headers.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
         request_id = request_headers.get(auth.REQUEST_ID_HEADER)
-        request_signature = request_headers.get(auth.SIGNATURE_HEADER)
-        if not request_id or not request_signature:
+        if not request_id or not request_headers.get(auth.SIGNATURE_HEADER):
             await self.app(scope, receive, send)
             return
         start: dict | None = None
         chunks: list[bytes] = []
+        # The body bytes the CAS read (rt11 F1): the answer binds them, so a request
+        # altered on the way gets an answer its owner cannot verify.
+        received = hashlib.sha256()
+
+        async def read() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                received.update(message.get("body", b""))
+            return message
 
         async def hold(message: dict) -> None:
             nonlocal start
@@ -574,12 +587,14 @@ class SignedAnswersMiddleware:
             headers = [(k, v) for k, v in start.get("headers", [])]
             named = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
             query = scope.get("query_string", b"").decode("latin-1")
+            path = signed_path(scope["path"], query)
+            digest = answers.request_digest(
+                scope["method"], path, request_headers, received.hexdigest()
+            )
             payload = answers.answer_payload(
                 deployment=self.deployment(),
                 request_id=request_id,
-                request_signature=request_signature,
-                method=scope["method"],
-                path=signed_path(scope["path"], query),
+                request_digest=digest,
                 status=start["status"],
                 headers=named,
                 body=body,
@@ -589,7 +604,7 @@ class SignedAnswersMiddleware:
             await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
-        await self.app(scope, receive, hold)
+        await self.app(scope, read, hold)
 
 
 def _document_400_not_422(app: FastAPI) -> None:

@@ -36,6 +36,7 @@ from sgxcloud.cas.errors import (
     PolicyError,
     PolicyProblem,
     RejectionsLimited,
+    RequestAlreadyReceived,
 )
 from sgxcloud.cas.errors import AttestationRejected as AttestationRejected
 from sgxcloud.cas.errors import Busy as Busy
@@ -49,7 +50,7 @@ from sgxcloud.cas.policy.document import DEFAULT_MAX_POLICY_BYTES, WITH_LIBYAML
 from sgxcloud.cas.policy.load import compiled_form, load_compiled, owner_ids
 from sgxcloud.cas.policy.model import Policy
 from sgxcloud.cas.service import materials
-from sgxcloud.cas.service.auth import AuthenticationError, Consent
+from sgxcloud.cas.service.auth import Consent
 from sgxcloud.cas.service.nonces import REPLAYED, NonceMinter
 from sgxcloud.cas.store import (
     REPLICA_CLOCK_MARGIN,
@@ -991,7 +992,10 @@ class CasService:
             lambda repo: repo.spend_signature(spend_id, expires_at=expires_at, now=now)
         )
         if not fresh:
-            raise AuthenticationError("request was already used (replay); sign a new one")
+            raise RequestAlreadyReceived(
+                "this request was already received (its id is spent): it may have been "
+                "carried out; check the outcome (policy show, audit show) and sign a new one"
+            )
 
     # -- policies ------------------------------------------------------------------
 
