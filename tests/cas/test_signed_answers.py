@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -123,14 +124,31 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, TerminatingProxy]]:
     """``cas init --loopback-tls`` and ``cas serve`` in a process of its own; the proxy."""
     home = tmp_path / "cas"
     assert cli(["cas", "init", str(home), "--loopback-tls"]) == 0
-    settings_path = home / "cas.yaml"
     port, proxy_port = _free_port(), _free_port()
+    process, url = _start(home, port, proxy_port)
+    settings = load_settings(home / "cas.yaml", environ={})
+    ca = home / "tls" / "ca.pem"
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    proxy = TerminatingProxy(
+        proxy_port, ("127.0.0.1", port), ca, settings.tls_cert, settings.tls_key
+    )
+    try:
+        yield url, home, proxy
+    finally:
+        proxy.close()
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _start(home: Path, port: int, proxy_port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """``cas serve`` of ``home`` on ``port`` (also reached as ``proxy_port``), ready."""
+    settings_path = home / "cas.yaml"
     # Owners reach the CAS directly and through the proxy: both origins are its own.
+    text = re.sub(r"(?m)^public_urls:.*\n", "", settings_path.read_text())
     settings_path.write_text(
-        settings_path.read_text().replace("port: 8443", f"port: {port}")
+        re.sub(r"(?m)^port: \d+", f"port: {port}", text)
         + f"public_urls: [https://127.0.0.1:{port}, https://127.0.0.1:{proxy_port}]\n"
     )
-    settings = load_settings(settings_path, environ={})
     process = subprocess.Popen(
         [sys.executable, "-m", "sgxcloud.cli.main", "cas", "serve", "--config", str(settings_path)],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
@@ -151,16 +169,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, TerminatingProxy]]:
                 message = process.stderr.read().decode() if process.stderr else ""
                 raise AssertionError(message) from exc
             time.sleep(0.2)
-    assert settings.tls_cert is not None and settings.tls_key is not None
-    proxy = TerminatingProxy(
-        proxy_port, ("127.0.0.1", port), ca, settings.tls_cert, settings.tls_key
-    )
-    try:
-        yield url, home, proxy
-    finally:
-        proxy.close()
-        process.terminate()
-        process.wait(timeout=30)
+    return process, url
 
 
 def _json_rewrite(path_prefix: str, change: Callable[[object], object]) -> Rewrite:
@@ -424,3 +433,43 @@ def test_a_second_copy_of_the_owners_request_is_not_shown_as_a_refusal(  # type:
     err = capsys.readouterr().err
     assert "outcome unknown" in err and len(err.strip().splitlines()) == 1
     assert direct.show("shop")["text"] == text
+
+
+def test_a_renewed_copy_signs_with_a_key_of_its_own(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Red team rt11 F3: a staging CAS made from production (copy + 'cas deployment
+    --renew', as the operator guide says) kept production's answer signing key, so a
+    proxy could route an owner pinning production's key to the stale copy and every
+    answer verified.  --renew now gives the copy a new key: production's pin refuses
+    the copy's answers; the copy's owners pin the new public key --renew writes."""
+    production = tmp_path / "production"
+    assert cli(["cas", "init", str(production), "--loopback-tls"]) == 0
+    production_pin = production / "cas-signing.pub.pem"
+    pinned = production_pin.read_bytes()
+    process, _ = _start(production, _free_port(), _free_port())  # production ran (its database)
+    process.terminate()
+    process.wait(timeout=30)
+    staging = tmp_path / "staging"
+    shutil.copytree(production, staging)  # keys included, as the guide's copy has them
+    settings_path = staging / "cas.yaml"
+    settings_path.write_text(settings_path.read_text().replace(str(production), str(staging)))
+    capsys.readouterr()
+    assert cli(["cas", "deployment", "--renew", "--json", "--config", str(settings_path)]) == 0
+    renewed = json.loads(capsys.readouterr().out)
+    staging_pin = Path(renewed["public_key_file"])
+    assert staging_pin == staging / "cas-signing.pub.pem"
+    assert staging_pin.read_bytes() != pinned and production_pin.read_bytes() == pinned
+    assert renewed["fingerprint"] == answers.fingerprint(answers.load_public_key(staging_pin))
+    port = _free_port()
+    process, url = _start(staging, port, _free_port())
+    try:
+        owner = pg.owner_key()
+        ca = staging / "tls" / "ca.pem"
+        fooled = client.OwnerClient(url, owner, ca_file=ca, cas_key=production_pin)
+        with pytest.raises(AnswerNotVerified, match="does not verify"):
+            fooled.audit()
+        own = client.OwnerClient(url, owner, ca_file=ca, cas_key=staging_pin)
+        with pytest.raises(AccessDenied, match="own or read no policy"):  # verified
+            own.audit()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -382,7 +382,9 @@ def restore(
     "--renew",
     is_flag=True,
     help="Give the database a new id first: for a copy (a restored backup) that becomes a "
-    "deployment of its own. Stop every 'cas serve' on it before.",
+    "deployment of its own. Also replaces answer_signing_key_file with a new key (the copy "
+    "must not sign answers that verify against the original's pin) and writes its public "
+    "key for the copy's owners to pin. Stop every 'cas serve' on it before.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def deployment(config_path: Path | None, renew: bool, as_json: bool) -> int:
@@ -395,10 +397,16 @@ def deployment(config_path: Path | None, renew: bool, as_json: bool) -> int:
     TLS). A copy started as a separate CAS (e.g. staging from a production
     backup) would accept requests signed for the original: --renew it first;
     signed requests, consents and pins made for the old id then fail there.
+    --renew also makes the copy a new answer signing key (red team rt11 F3):
+    answers of the copy no longer verify against the original's published
+    key; its owners pin the new public key it writes.
     """
     from sgxcloud.cas.store import Database
 
     settings = load_settings(config_path)
+    key_file = settings.answer_signing_key_file if renew else None
+    if key_file is not None and not key_file.is_file():
+        raise click.UsageError(f"answer_signing_key_file {key_file} is not a file")
     database = Database.open(settings.database_url, migrate=False)
     try:
         with database.transaction() as repo:
@@ -406,14 +414,52 @@ def deployment(config_path: Path | None, renew: bool, as_json: bool) -> int:
             found = repo.renew_deployment_id() if renew else previous
     finally:
         database.close()
+    renewed: dict[str, str] = {}
+    if key_file is not None:
+        renewed = _renew_answer_key(key_file, config_path)
     if as_json:
         answer = {"deployment": found, **({"previous": previous} if renew else {})}
-        click.echo(json.dumps(answer))
+        click.echo(json.dumps({**answer, **renewed}))
     elif renew:
         console().print(f"deployment {safe(found)} (was {safe(previous)})", highlight=False)
+        if renewed:
+            console().print(
+                f"new answer signing key {safe(renewed['answer_signing_key_file'])} "
+                f"({safe(renewed['fingerprint'])}); its public key "
+                f"{safe(renewed['public_key_file'])} is what this deployment's owners must pin "
+                "(--cas-key): the original's no longer verifies here. Copy the key to every "
+                "replica of this deployment.",
+                highlight=False,
+            )
+        else:
+            console().print(
+                "no answer_signing_key_file: this deployment signs no answers; make one "
+                "with 'sgxcloud cas signing-key --generate KEY_FILE' (never the original's)",
+                highlight=False,
+            )
     else:
         click.echo(found)
     return 0
+
+
+def _renew_answer_key(key_file: Path, config_path: Path | None) -> dict[str, str]:
+    """Replace ``key_file`` with a new answer signing key; write its public key where
+    ``cas init`` put the published one (beside the settings) if it is there, else beside
+    the key.  A copy keeping the original's key would sign answers that verify against
+    the original's pin (red team rt11 F3)."""
+    from sgxcloud.cas import answers
+
+    public_path = key_file.with_name(key_file.stem + ".pub.pem")
+    if config_path is not None and (config_path.parent / ANSWER_PUBLIC_NAME).exists():
+        public_path = config_path.parent / ANSWER_PUBLIC_NAME
+    key = answers.generate_key()
+    files.write_file(key_file, answers.private_pem(key), files.PRIVATE)
+    files.write_file(public_path, answers.public_pem(key.public_key()), files.PUBLIC)
+    return {
+        "answer_signing_key_file": str(key_file),
+        "public_key_file": str(public_path),
+        "fingerprint": answers.fingerprint(key.public_key()),
+    }
 
 
 ANSWER_KEY_NAME = "answer-signing.key"
