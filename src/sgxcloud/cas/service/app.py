@@ -630,11 +630,12 @@ def _document_400_not_422(app: FastAPI) -> None:
 ANSWER_SIGNATURE_DOC = {
     "description": "On answers to owner requests signed with X-Sgxcloud-Request-Id and "
     "X-Sgxcloud-Signature, when the CAS has an answer signing key: "
-    "'sgxcloud-cas-answer-v1 <base64 Ed25519 signature>' over the request's id and "
-    "signature, method, path, status, X-Audit-More-After and the body's SHA-256 "
+    "'sgxcloud-cas-answer-v2 <base64 Ed25519 signature>' over the request's id, the "
+    "digest of the request as received (method, path, signed headers, body's SHA-256), "
+    "status, X-Audit-More-After and the body's SHA-256 "
     "(docs/cas/protocol.md, Signed answers). Owners verify it against the pinned "
     "public key ('sgxcloud cas signing-key').",
-    "schema": {"type": "string", "pattern": "^sgxcloud-cas-answer-v1 [A-Za-z0-9+/]+=*$"},
+    "schema": {"type": "string", "pattern": "^sgxcloud-cas-answer-v2 [A-Za-z0-9+/]+=*$"},
 }
 AUDIT_MORE_DOC = {
     "description": "When the page stopped short for its size: the ref of its last entry, "

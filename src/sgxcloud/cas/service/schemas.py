@@ -14,8 +14,9 @@ class _Model(BaseModel):
 class ErrorBody(_Model):
     error: str = Field(
         description="error class: bad-request, unauthenticated, forbidden, "
-        "attestation-rejected, not-found, timeout, conflict, too-large, too-many-requests, "
-        "unavailable, internal"
+        "attestation-rejected, not-found, timeout, conflict, already-received (409: the "
+        "signed request was received before and may have been carried out), too-large, "
+        "too-many-requests, unavailable, internal"
     )
     message: str
     field: str | None = Field(None, description="the offending field (policies, requests)")
