@@ -698,7 +698,7 @@ def test_openapi_names_the_answer_signature_and_continuation_headers() -> None:
     audit_ok = document["paths"]["/v1/audit"]["get"]["responses"]["200"]["headers"]
     assert "X-Audit-More-After" in audit_ok
     pattern = audit_ok["X-Sgxcloud-Answer-Signature"]["schema"]["pattern"]
-    assert pattern.startswith("^sgxcloud-cas-answer-v1 ")
+    assert pattern.startswith("^sgxcloud-cas-answer-v2 ")
 
 
 def test_service_refuses_work_before_start_and_after_stop(tmp_path: Path) -> None:
