@@ -1212,15 +1212,16 @@ def test_garbage_naming_a_policy_is_recorded_within_a_budget_and_never_locks_out
     assert [a.status_code for a in answers] == [400] * 5 + [429] * 15
     assert answers[5].json()["error"] == "too-many-requests"
     assert entries() == 2 + 5  # the two applies, five recorded: none for the 15 refused
-    # a well-formed request the policy rejects (another MRENCLAVE) is refused likewise
-    wrong = api.client.post("/v1/attest", json=_enclave_request(api, "cd" * 32))
-    assert wrong.status_code == 429
+    # a well-formed request the policy's rules reject (another MRENCLAVE) draws on the
+    # budget of judged rejections: recorded while it lasts, then refused likewise
+    wrong = [api.client.post("/v1/attest", json=_enclave_request(api, "cd" * 32)) for _ in range(6)]
+    assert [a.status_code for a in wrong] == [403] * 5 + [429]
     # the policy's genuine enclave is accepted mid-flood, as often as it comes
     for _ in range(3):
         assert api.client.post("/v1/attest", json=_enclave_request(api)).status_code == 200
-    # another policy's budget is its own
+    # malformed requests share one budget whatever policy they name
     other = api.client.post("/v1/attest", json={**garbage, "policy": "else"})
-    assert other.status_code == 400
+    assert other.status_code == 429
     # an update admitting the other MRENCLAVE is seen at once, though a copy of the
     # old version (which rejects it) is held and the budget is spent
     current = api.signed("GET", "/v1/policies/shop", owner).json()["policy_hash"]
@@ -1232,19 +1233,22 @@ def test_garbage_naming_a_policy_is_recorded_within_a_budget_and_never_locks_out
     time.sleep(0.01)
     told = api.client.post("/v1/attest", json=garbage).json()
     (entry,) = api.signed("GET", f"/v1/audit?ref={told['audit_ref']}", owner).json()
-    assert entry["detail"]["unrecorded"] == 16  # 15 malformed and the other MRENCLAVE
+    assert entry["detail"]["unrecorded"] == 16  # 15 malformed naming shop, 1 naming else
 
 
-def test_rejections_naming_new_names_share_one_budget_and_spare_live_policies(
-    api: Api, owner
-) -> None:
+def test_rejections_are_budgeted_alike_whatever_the_name(api: Api, owner, monkeypatch) -> None:
     """Red team rt10 F2: the budget was per name, so a stranger naming a new name on every
     request had every rejection recorded (~1 KB of permanent audit log each, ~125/s per
-    connection).  All names no live policy has now share one budget; a live policy keeps
-    its own, which the flood does not spend."""
+    connection).  Its first fix (a budget per live policy, one shared by all other names)
+    let a stranger list the live policies: once the shared budget was spent, an invented
+    name got 429 and a live one 400/403 (review of stop 19).  Now no budget follows
+    whether a name is live: malformed or unbound requests share one, rejections a
+    policy's rules decide fall into keyed-hash groups — every name alike, and what a
+    stranger can have recorded stays bounded by the number of budgets."""
     from sgxcloud.cas.service import core as service_core
     from sgxcloud.cas.store.models import AuditEntryRow
 
+    monkeypatch.setattr(service_core, "REJECTION_GROUPS", 1)  # every judged one in one group
     api.service._rejections = service_core._Rejections(5, 0.0)
     assert api.apply(owner, pg.policy_text(owner)).status_code == 200
 
@@ -1259,7 +1263,7 @@ def test_rejections_naming_new_names_share_one_budget_and_spare_live_policies(
     ]
     assert codes == [400] * 5 + [429] * 35
     assert entries() == 1 + 5  # the apply and five: not one per invented name
-    # refused before any transaction: which budget a name takes is decided without a read
+    # refused before any transaction: no read, let alone a write, per request of a flood
     from sqlalchemy import event
 
     begun: list[object] = []
@@ -1276,19 +1280,27 @@ def test_rejections_naming_new_names_share_one_budget_and_spare_live_policies(
     finally:
         event.remove(engine, "begin", count)
     assert begun == []
-    # well-formed evidence naming new names is refused the same way, after verification
-    made_up = api.client.post("/v1/attest", json=_enclave_request(api, policy="n99"))
-    assert made_up.status_code == 429
-    # the live policy's budget is its own: its rejections are still recorded
-    assert api.client.post("/v1/attest", json={**garbage, "policy": "shop"}).status_code == 400
+    # the live policy's name is answered exactly as an invented one: nothing to list
+    assert api.client.post("/v1/attest", json={**garbage, "policy": "shop"}).status_code == 429
+    # rejections a policy decides: the same for invented and live names
+    judged = [
+        api.client.post("/v1/attest", json=_enclave_request(api, policy=f"j{i}")).status_code
+        for i in range(5)
+    ]
+    assert judged == [403] * 5
+    invented = api.client.post("/v1/attest", json=_enclave_request(api, policy="n99"))
+    live = api.client.post("/v1/attest", json=_enclave_request(api, "cd" * 32))
+    assert (invented.status_code, live.status_code) == (429, 429)
+    assert invented.json() == live.json()
+    # the live policy's genuine enclave is never refused by any budget
     assert api.client.post("/v1/attest", json=_enclave_request(api)).status_code == 200
-    assert entries() == 1 + 5 + 2
-    # once the shared budget refills, its next entry counts what it refused
+    assert entries() == 1 + 5 + 5 + 1
+    # once the budgets refill, the next entry in each counts what it refused
     api.service._rejections.per_second = 1000.0
     time.sleep(0.01)
     told = api.client.post("/v1/attest", json={**garbage, "policy": "n100"})
     assert told.status_code == 400
     with api.service.database.engine.connect() as connection:
         rows = connection.execute(AuditEntryRow.__table__.select()).all()
-    assert len(rows) == 1 + 5 + 2 + 1
-    assert json.loads(rows[-1].detail)["unrecorded"] == 46  # 45 malformed, 1 well-formed
+    assert len(rows) == 1 + 5 + 5 + 1 + 1
+    assert json.loads(rows[-1].detail)["unrecorded"] == 46  # 35 + 10 invented, 1 shop

@@ -14,9 +14,10 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import hmac
 import logging
+import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,20 +81,19 @@ AUDIT_PAGE_CHUNK = 50
 (a first walk of a long chain takes a while; waiting callers would hold threads)."""
 REJECTIONS_BURST = 100
 REJECTIONS_PER_SECOND = 1.0
-"""Per live policy name and process, and once for all names no live policy has (red team
-rt10 F2): how many rejected attestations are recorded one by one —
-up to ``REJECTIONS_BURST`` at once, then ``REJECTIONS_PER_SECOND`` (a token bucket).  Past
-it, a request that cannot be judged (malformed: no key needed, ~0.5 ms of CPU and a write
-transaction each) is refused with 429 before any transaction, and one whose verdict is
-known before the transaction to be a rejection (evidence, binding, or the current policy
-version's rules) after verification, likewise; each is counted in the next recorded rejection entry
-about the policy (``unrecorded``).  Accepted attestations are never counted, refused or
-delayed: the budget cannot lock a policy's genuine enclaves out (see :class:`_Rejections`)."""
-LIVE_NAMES_SECONDS = 5.0
-"""How old the names of live policies a process picks rejection budgets by may get."""
-REJECTION_NAMES_KEPT = 4096
-"""Policy names whose rejection budget a process keeps (least recently used go; a name
-dropped starts again with a full budget)."""
+"""Per budget and process (see :class:`_Rejections`: one for requests no policy judged,
+``REJECTION_GROUPS`` for rejections a policy decided): how many rejected attestations
+are recorded one by one — up to ``REJECTIONS_BURST`` at once, then
+``REJECTIONS_PER_SECOND`` (a token bucket).  Past it, a malformed request (no key
+needed, ~0.5 ms of CPU and a write transaction each) is refused with 429 before any
+transaction, and one whose verdict is known before the transaction to be a rejection
+(evidence, binding, or the current policy version's rules) after verification,
+likewise; each is counted in the next rejection recorded in its budget
+(``unrecorded``).  Accepted attestations are never counted, refused or delayed: the
+budget cannot lock a policy's genuine enclaves out."""
+REJECTION_GROUPS = 256
+"""Budgets of rejections a policy's rules decided, per process: names fall into them by
+a hash keyed per process (see :class:`_Rejections`)."""
 SWEEPS_KEPT = 4096
 """Callers whose verify sweep position this process remembers (the database keeps all)."""
 ATTEST_CONCURRENCY = 4
@@ -243,8 +243,10 @@ class _Unparsed(CasError):
 
 
 class _Rejections:
-    """Token buckets of rejected attestations recorded one by one: one per live policy
-    name, and ONE shared by every name that is no live policy.
+    """Token buckets of rejected attestations recorded one by one: ONE for requests no
+    policy judged (malformed, or evidence that fails or is not bound to the request's
+    key and nonce: their policy is never read), and ``REJECTION_GROUPS`` for rejections
+    a policy's rules decided, the group picked by a keyed hash of the name.
 
     Why only rejections, and only those known before the transaction: a genuine
     enclave's request is well-formed and its evidence passes the current policy, so it
@@ -255,55 +257,62 @@ class _Rejections:
     the genuine enclaves too.  That CPU is bounded per client by the connection limits,
     not per policy.
 
-    Why one shared budget for names no policy has (red team rt10 F2): with a budget per
-    name, a stranger naming a new name on every request had every rejection recorded
-    (~125 entries, ~125 KB of permanent audit log a second per connection).  Nobody owns
-    such a name, so nobody's view loses anything when they share a budget; the total a
-    stranger can have recorded is then bounded by the live policies (the operator's own
-    number) plus one, not by the names a stranger can invent.
+    Why no budget follows whether a name is a live policy: a budget per live name and
+    one shared by all other names (rt10 F2's first fix) answered 429 for an invented
+    name and 400/403 for a live one once the shared budget was spent — a stranger could
+    list the live policies (the review of stop 19; the oracle rt7 F6 and rt9 F3 closed).
+    Groups by a hash keyed per process treat every name alike, and what a stranger can
+    have recorded stays bounded by ``REJECTION_GROUPS + 1`` budgets, not by the names
+    a stranger can invent (rt10 F2).  A count of unrecorded rejections is written into
+    the next rejection recorded in the same budget, which may name another policy of
+    the group.
     """
 
     def __init__(self, burst: int, per_second: float) -> None:
-        self._named = RecordBudget(
+        self._key = os.urandom(16)  # names cannot be chosen to share one group
+        self._judged = RecordBudget(
             burst,
             per_second,
-            keys_kept=REJECTION_NAMES_KEPT,
-            on_first_unrecorded=lambda name: self._warn(f"policy {name!r}"),
+            keys_kept=REJECTION_GROUPS,
+            on_first_unrecorded=lambda group: self._warn(f"policies of group {group}"),
         )
-        # the same for every name that is no live policy: one key, never dropped
-        self._unowned = RecordBudget(
+        self._unjudged = RecordBudget(
             burst,
             per_second,
             keys_kept=1,
-            on_first_unrecorded=lambda _: self._warn("policies that do not exist"),
+            on_first_unrecorded=lambda _: self._warn("requests no policy judged"),
         )
 
     @property
     def burst(self) -> int:
-        return self._named.burst
+        return self._judged.burst
 
     @burst.setter
     def burst(self, value: int) -> None:
-        self._named.burst = self._unowned.burst = value
+        self._judged.burst = self._unjudged.burst = value
 
     @property
     def per_second(self) -> float:
-        return self._named.per_second
+        return self._judged.per_second
 
     @per_second.setter
-    def per_second(self, value: float) -> None:  # both budgets refill alike
-        self._named.per_second = self._unowned.per_second = value
+    def per_second(self, value: float) -> None:  # both refill alike
+        self._judged.per_second = self._unjudged.per_second = value
 
-    def take(self, name: str, *, live: bool = True) -> int | None:
-        """Record one more rejection about ``name`` (``live``: a policy has that name now):
-        the number refused since the last recorded one in its budget (the entry says it),
-        or None if the budget is spent (counted)."""
-        return self._named.take(name) if live else self._unowned.take("")
+    def take(self, name: str, *, judged: bool) -> int | None:
+        """Record one more rejection (``judged``: a policy's rules decided it, else the
+        request was malformed or its evidence failed or was unbound): the number refused
+        since the last recorded one in its budget (the entry says it), or None if the
+        budget is spent (counted)."""
+        if not judged:
+            return self._unjudged.take("")
+        digest = hmac.digest(self._key, name.encode("utf-8", "surrogatepass"), "sha256")
+        return self._judged.take(str(int.from_bytes(digest[:4], "big") % REJECTION_GROUPS))
 
     def _warn(self, about: str) -> None:
         log.warning(
-            "rejected attestations naming %s past its budget (%d, then %g/s):"
-            " refused with 429 and counted in its next recorded rejection",
+            "rejected attestations about %s past their budget (%d, then %g/s):"
+            " refused with 429 and counted in the next rejection recorded in it",
             about,
             self.burst,
             self.per_second,
@@ -346,9 +355,6 @@ class CasService:
         self._lock = threading.Lock()
         self._attest_slots = threading.BoundedSemaphore(attest_concurrency)
         self._rejections = _Rejections(rejections_burst, rejections_per_second)
-        # The names of live policies, as last read (see _live_names).
-        self._live_names: frozenset[str] = frozenset()
-        self._live_names_until = 0.0
         self._nonces = NonceMinter(keyring, nonce_ttl)
         self._refs = EntryRefs(keyring)
         self._checkpoint_tags = CheckpointTags(keyring)
@@ -630,7 +636,7 @@ class CasService:
         nonce, public_key, evidence, malformed = _read_request(request)
         if malformed is not None:
             problem = malformed
-            unrecorded = self._take_rejection(request.policy)
+            unrecorded = self._take_rejection(request.policy, judged=False)
             seq = self.database.run(
                 lambda repo: self._reject_malformed(
                     repo, request, nonce, public_key, problem, now, unrecorded
@@ -669,7 +675,7 @@ class CasService:
             self._prepare(request.policy, prepared)
         unrecorded = 0
         if self._doomed(request, verified, evidence_failure, public_key, nonce, prepared):
-            unrecorded = self._take_rejection(request.policy)
+            unrecorded = self._take_rejection(request.policy, judged=not unbound)
 
         def decide(repo: Repository, prepared: dict[_ParseKey, Any]) -> tuple[_Verdict, int, Any]:
             verdict = _Verdict()
@@ -782,31 +788,17 @@ class CasService:
             audit_ref=ref,
         )
 
-    def _take_rejection(self, policy: str) -> int:
-        """One recorded rejection from ``policy``'s budget (or, if no policy has that name,
-        the budget all such names share): how many were refused since the last one;
-        RejectionsLimited (429) if it is spent."""
-        # Whether a policy has the name picks the budget (its own, or the one shared by
-        # all names no policy has), from the names read at most LIVE_NAMES_SECONDS ago:
-        # no read, let alone a transaction, per request of a flood.
-        unrecorded = self._rejections.take(policy, live=policy in self._current_names())
+    def _take_rejection(self, policy: str, *, judged: bool) -> int:
+        """One recorded rejection from its budget (see :class:`_Rejections`): how many were
+        refused since the last one; RejectionsLimited (429) if it is spent.  No read, let
+        alone a transaction, per request of a flood; the same for every name."""
+        unrecorded = self._rejections.take(policy, judged=judged)
         if unrecorded is None:
             raise RejectionsLimited(
-                "too many rejected attestations naming this policy lately: this one was not "
-                "recorded (its count is, in the next rejection recorded about the policy); "
-                "retry later"
+                "too many rejected attestations lately: this one was not recorded (its "
+                "count is, in the next rejection recorded in its budget); retry later"
             )
         return unrecorded
-
-    def _current_names(self) -> frozenset[str]:
-        """The names of live policies, read again once ``LIVE_NAMES_SECONDS`` old (and after
-        this process applies or deletes one): a policy another process created moments ago
-        may take that long to get its own rejection budget (until then, the shared one)."""
-        at = time.monotonic()
-        if at >= self._live_names_until:
-            names = frozenset(self.database.run(lambda repo: repo.policy_names()))
-            self._live_names, self._live_names_until = names, at + LIVE_NAMES_SECONDS
-        return self._live_names
 
     def _doomed(
         self,
@@ -1086,7 +1078,6 @@ class CasService:
             # Two creators raced; the loser sees the winner's row.
             raise ConflictError(f"policy {policy.name!r} was created concurrently; retry") from exc
         log.info("policy %s version %d applied by %s", info.name, info.version, caller)
-        self._live_names_until = 0.0  # a new name may be live: read them again
         return info
 
     def _secrets_for(
@@ -1329,7 +1320,6 @@ class CasService:
 
         self.database.run(work)
         log.info("policy %s deleted by %s", name, caller)
-        self._live_names_until = 0.0
 
     # -- audit -----------------------------------------------------------------------
 
