@@ -236,6 +236,7 @@ def verify_audit_round(
     *,
     max_calls: int = 100_000,
     busy_wait: float = 1.0,
+    max_busy: int = 60,
     progress: Callable[[dict[str, Any], int], None] | None = None,
 ) -> dict[str, Any]:
     """Verify calls until one completes the caller's round (or a call finds a break).
@@ -246,17 +247,21 @@ def verify_audit_round(
     already complete in the middle of an earlier one (another client of the same key
     finished it) ends the loop too.  ``progress(answer, calls)`` after each call.  A
     CAS busy verifying for another caller (503) is asked again after ``busy_wait``
-    seconds.  A CAS of an earlier release (no ``round_complete``) answers once.
+    seconds, at most ``max_busy`` times in a row (then the 503 is raised: a CAS that
+    answers nothing else, or a proxy pretending to be one, does not hold the loop
+    forever).  A CAS of an earlier release (no ``round_complete``) answers once.
     """
-    calls = 0
+    calls = busy = 0
     while True:
         try:
             answer = client.verify_audit()
         except ServiceUnavailable:
-            if calls >= max_calls:
+            busy += 1
+            if calls >= max_calls or busy > max_busy:
                 raise
             time.sleep(busy_wait)
             continue
+        busy = 0
         calls += 1
         if progress is not None:
             progress(answer, calls)

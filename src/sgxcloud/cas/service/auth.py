@@ -90,6 +90,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from sgxcloud.bounded import printable
 from sgxcloud.cas.errors import AuthenticationError as AuthenticationError
 from sgxcloud.cas.policy.access import (
     OwnerKeyError,
@@ -649,8 +650,8 @@ def verify_consent(
         # below is checked over this credential's id, so it could not verify.
         raise AuthenticationError(
             f"the consent presented with the credential of {principal} was made for "
-            f"{str(named)[:80]}: a consent counts only for the credential (certificate or "
-            "bare key) it was made with"
+            f"{printable(str(named)[:80])}: a consent counts only for the credential "
+            "(certificate or bare key) it was made with"
         )
     if signed_for != deployment:
         raise AuthenticationError(
