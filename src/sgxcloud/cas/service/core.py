@@ -1329,7 +1329,7 @@ class CasService:
         """Entries about the policies in ``caller``'s audit view, with their positions.
 
         Those ``caller`` owns or reads with consent (see :meth:`_consenting_readers`).
-        For this process's own use; callers over the API get :meth:`owner_audit`.
+        For this process's own use; callers over the API get :meth:`owner_audit_page`.
         Operators read the whole chain, deleted policies included, with
         ``sgxcloud audit show`` against the database.
         """
@@ -1340,23 +1340,16 @@ class CasService:
         )
         return [audit.entry_of(row) for row in rows]
 
-    def owner_audit(
-        self, caller: str, *, after: str = "", limit: int = 100, ref: str | None = None
-    ) -> list[OwnerAuditEntry]:
-        """Entries about the policies ``caller`` may read, named by ref (never by position).
-
-        ``after`` is the ref of the last entry of the previous page ("" to
-        start); ``ref`` asks for that one entry (an empty list if it is not
-        about the caller's policies).  A ref this deployment did not make is
-        a bad request.
-        """
-        return self.owner_audit_page(caller, after=after, limit=limit, ref=ref)[0]
-
     def owner_audit_page(
         self, caller: str, *, after: str = "", limit: int = 100, ref: str | None = None
     ) -> tuple[list[OwnerAuditEntry], bool]:
-        """:meth:`owner_audit`, and whether the page stopped at :data:`AUDIT_PAGE_BYTES`
-        before ``limit`` entries (more may follow after its last ref).
+        """Entries about the policies ``caller`` may read, named by ref (never by position),
+        and whether the page stopped at :data:`AUDIT_PAGE_BYTES` before ``limit`` entries
+        (more may follow after its last ref).
+
+        ``after`` is the ref of the last entry of the previous page ("" to start);
+        ``ref`` asks for that one entry (an empty list if it is not about the caller's
+        policies).  A ref this deployment did not make is a bad request.
 
         Entries are read :data:`AUDIT_PAGE_CHUNK` at a time and the page ends once
         their details pass the byte bound, so neither the answer nor the rows read

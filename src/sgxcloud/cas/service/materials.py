@@ -379,13 +379,6 @@ def fill(service: ServicePolicy, values: Mapping[tuple[str, str | None], bytes])
     )
 
 
-def render(
-    service: ServicePolicy, policy: Policy, load: Loader, limit: int = MAX_RENDERED_BYTES
-) -> Configuration:
-    """The service's configuration with every placeholder replaced by its value."""
-    return fill(service, resolve(service, policy, load, limit))
-
-
 def rewrap_all(repo: Repository, keyring: secrets.Keyring) -> int:
     """Re-wrap every row sealed under a retired master key; returns how many moved.
 
